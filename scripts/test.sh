@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Run the test suite after setup.sh, so a fresh machine (or CI) needs nothing else.
+# Extra arguments go to pytest, e.g. scripts/test.sh -k sshd -x
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/setup.sh
+exec .venv/bin/python -m pytest -q "$@"

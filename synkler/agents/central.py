@@ -1,0 +1,218 @@
+"""The central role: admit offers, verify what upload pushed, hand it to download, expire it.
+
+Central's directory is ``file_dir/<id>/``: ``staging/<entry>/`` receives pushes, ``stored/<entry>/``
+holds verified copies that download pulls. An entry only ever reaches ``stored`` by a rename after
+its md5 matched. Central never opens an ssh connection.
+
+States: waiting -> uploading -> verifying -> downloading -> delivered -> expired, or failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from ..checksum import md5_entry
+from ..errors import MessageError
+from ..fsutil import free_bytes, remove_tree, rename_noreplace, total_bytes
+from ..messages import is_valid_entry_id
+from ..state import Entry
+from .base import Agent
+
+log = logging.getLogger("synkler")
+
+DOWNLOAD = "download"
+
+
+class Central(Agent):
+    mode = "central"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.base = os.path.join(self.cfg.file_dir, self.cfg.id)
+        self.staging_dir = os.path.join(self.base, "staging")
+        self.stored_dir = os.path.join(self.base, "stored")
+
+    def staging(self, entry: Entry) -> str:
+        return os.path.join(self.staging_dir, entry.id)
+
+    def stored(self, entry: Entry) -> str:
+        return os.path.join(self.stored_dir, entry.id)
+
+    def startup(self) -> None:
+        os.makedirs(self.staging_dir, exist_ok=True)
+        os.makedirs(self.stored_dir, exist_ok=True)
+        keep = {
+            "staging": ("waiting", "uploading", "verifying"),
+            "stored": ("verifying", "downloading", "delivered", "failed"),
+        }
+        for area, states in keep.items():
+            top = os.path.join(self.base, area)
+            for name in os.listdir(top):
+                entry = self.state.get(name) if is_valid_entry_id(name) else None
+                if entry is None and not is_valid_entry_id(name):
+                    log.warning("leaving unknown item %s in %s alone", name, top)
+                elif entry is None or entry.state not in states:
+                    log.info(
+                        "removing leftover %s/%s (%s)", area, name, entry.state if entry else "unknown entry"
+                    )
+                    remove_tree(os.path.join(top, name))
+
+    # messages ------------------------------------------------------------------------------------
+
+    def on_message(self, msg: dict[str, Any]) -> None:
+        kind = msg["type"]
+        if kind == "offer":
+            if self.state.get(msg["entry"]) is not None:
+                return  # a duplicate offer: already handled
+            entry = Entry(
+                id=msg["entry"],
+                name=msg["name"],
+                kind=msg["kind"],
+                size=msg["size"],
+                files=msg["files"],
+                md5=msg["md5"],
+                state="waiting",
+                peer=msg["from"],
+            )
+            self.state.insert(entry)
+            log.info("%s: offered by %s (%d bytes)", entry.name, entry.peer, entry.size)
+            why = self._no_room(entry)
+            if why:
+                self.send(entry.peer, "wait", entry.id, reason=why)
+                log.info("%s: waiting: %s", entry.name, why)
+            else:
+                self._admit(entry)
+            return
+        entry = self.entry_for(msg)
+        if kind == "sent":
+            if entry.state == "uploading" and msg["attempt"] == entry.attempt:
+                self.state.update(entry, state="verifying", tries=0, due=0)
+        elif kind == "fetched":
+            if entry.state == "downloading":
+                keep = self.cfg.keep_minutes * 60
+                self.state.update(
+                    entry, state="delivered", stored_as=msg["stored_as"], due=time.time() + keep
+                )
+                self.send(entry.peer, "delivered", entry.id, stored_as=msg["stored_as"])
+                log.info(
+                    "%s: delivered to %s as %s; central copy kept %g min",
+                    entry.name,
+                    msg["from"],
+                    msg["stored_as"],
+                    self.cfg.keep_minutes,
+                )
+        elif kind == "failed":
+            if entry.state not in ("delivered", "expired", "failed"):
+                reason = f"{msg['hop']}: {msg['reason']}"
+                self.state.update(entry, state="failed", reason=reason)
+                log.error("%s: %s reports failure: %s", entry.name, msg["from"], reason)
+                if msg["from"] != entry.peer:
+                    self.send(entry.peer, "failed", entry.id, hop=msg["hop"], reason=msg["reason"])
+        else:
+            raise MessageError(f"central does not take {kind!r} messages")
+
+    # admission -----------------------------------------------------------------------------------
+
+    def _no_room(self, entry: Entry) -> str | None:
+        """Why `entry` cannot be admitted now (None if it can)."""
+        active = self.state.by_state("uploading", "verifying")
+        if len(active) >= self.cfg.max_transfers:
+            return f"{len(active)} uploads running (max_transfers)"
+        free = free_bytes(self.cfg.file_dir)
+        reserve = total_bytes(self.cfg.file_dir) * self.cfg.free_percent / 100
+        promised = sum(e.size for e in active if e.state == "uploading")
+        room = free - reserve - promised
+        if entry.size > room:
+            return f"needs {entry.size} bytes, {max(0, int(room))} available above the {self.cfg.free_percent}% reserve"
+        return None
+
+    def _admit(self, entry: Entry) -> None:
+        staging = self.staging(entry)
+        remove_tree(staging)  # a fresh start for every attempt
+        os.makedirs(staging)
+        self.state.update(entry, state="uploading", attempt=entry.attempt + 1, tries=0, reason=None)
+        self.send(entry.peer, "admit", entry.id, attempt=entry.attempt, dest=staging)
+
+    # jobs ----------------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        for entry in self.state.by_state("waiting"):
+            if self._no_room(entry):
+                break
+            self._admit(entry)
+        for entry in self.state.by_state("verifying"):
+            if entry.id not in self.rt.busy:
+                self._verify(entry)
+        for entry in self.state.by_state("delivered", due_before=now):
+            if entry.id not in self.rt.busy:
+                self._expire(entry)
+
+    def _verify(self, entry: Entry) -> None:
+        staged = os.path.join(self.staging(entry), entry.name)
+        stored = os.path.join(self.stored(entry), entry.name)
+
+        def work() -> tuple[str, bool]:
+            # A crash between the rename and its commit leaves the verified copy in stored/.
+            if not os.path.lexists(staged) and os.path.lexists(stored):
+                return md5_entry(stored), True
+            return md5_entry(staged), False
+
+        def done(result: tuple[str, bool] | None, error: BaseException | None) -> None:
+            entry_now = self.state.get(entry.id)
+            if entry_now.state != "verifying":
+                return
+            md5, in_store = result if result else (None, False)
+            if md5 == entry.md5:
+                if not in_store:
+                    rename_noreplace(self.staging(entry), self.stored(entry))
+                self.state.update(entry_now, state="downloading", tries=0, path=stored)
+                self.send(
+                    DOWNLOAD,
+                    "fetch",
+                    entry.id,
+                    name=entry.name,
+                    kind=entry.kind,
+                    size=entry.size,
+                    files=entry.files,
+                    md5=entry.md5,
+                    attempt=1,
+                    path=stored,
+                )
+                log.info("%s: md5 verified at central (%s); download may fetch it", entry.name, md5)
+                return
+            why = (
+                f"md5 mismatch at central: expected {entry.md5}, got {md5}"
+                if md5
+                else f"cannot read upload: {error}"
+            )
+            remove_tree(self.staging(entry))
+            if entry_now.attempt >= self.cfg.max_attempts:
+                self.state.update(entry_now, state="failed", reason=why)
+                self.send(entry.peer, "failed", entry.id, hop="upload to central", reason=why)
+                log.error(
+                    "%s: %s after %d attempts; giving up (upload keeps its copy)",
+                    entry.name,
+                    why,
+                    entry_now.attempt,
+                )
+            else:
+                log.warning("%s: %s; asking upload again", entry.name, why)
+                self._admit(entry_now)
+
+        self.rt.submit("hash", entry.id, work, done)
+
+    def _expire(self, entry: Entry) -> None:
+        path = self.stored(entry)
+
+        def done(_result: None, error: BaseException | None) -> None:
+            if error is not None:
+                log.error("%s: cannot remove central copy %s: %s", entry.name, path, error)
+                self.state.update(self.state.get(entry.id), due=time.time() + 60)
+                return
+            self.state.update(self.state.get(entry.id), state="expired")
+            log.info("%s: central copy removed (%g min after delivery)", entry.name, self.cfg.keep_minutes)
+
+        self.rt.submit("hash", entry.id, lambda: remove_tree(path), done)

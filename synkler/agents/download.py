@@ -1,0 +1,163 @@
+"""The download role: pull verified entries from central, verify them again, publish them by rename.
+
+Pulls land in ``file_dir/.synkler-<id>/<entry>/`` (dot-prefixed, so nothing else mistakes them for
+finished data). After the md5 matches, the entry is renamed into ``file_dir`` without ever replacing
+anything: an existing entry of the same name and other content is kept and the new one is placed
+beside it as ``name (2).ext``, ``name (3).ext`` ... (directories: ``name (2)``). Same name and same
+md5: already there, nothing to do.
+
+States: fetching -> placing -> delivered (cleanup script pending) -> done, or failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from .. import transfer
+from ..checksum import md5_entry
+from ..errors import MessageError
+from ..fsutil import remove_tree, rename_noreplace
+from ..state import Entry
+from .base import Agent
+
+log = logging.getLogger("synkler")
+
+MAX_VERSIONS = 1000
+
+
+def versioned_name(name: str, kind: str, n: int) -> str:
+    """The n-th name tried for `name` (n = 1 is the name itself): 'data (2).csv', 'run42 (2)'."""
+    if n == 1:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    if kind == "dir" or not dot or not stem:
+        return f"{name} ({n})"
+    return f"{stem} ({n}).{ext}"
+
+
+def choose_name(file_dir: str, name: str, kind: str, md5: str) -> tuple[str, bool]:
+    """Where a verified entry goes: (name, already_present). Reads existing same-named entries."""
+    for n in range(1, MAX_VERSIONS + 1):
+        candidate = versioned_name(name, kind, n)
+        path = os.path.join(file_dir, candidate)
+        if not os.path.lexists(path):
+            return candidate, False
+        try:
+            if md5_entry(path) == md5:
+                return candidate, True
+        except (OSError, ValueError):
+            pass  # unreadable or odd: certainly not our content
+    raise RuntimeError(f"{MAX_VERSIONS} entries named like {name!r} already exist")
+
+
+class Download(Agent):
+    mode = "download"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.staging_dir = os.path.join(self.cfg.file_dir, f".synkler-{self.cfg.id}")
+
+    def staging(self, entry: Entry) -> str:
+        return os.path.join(self.staging_dir, entry.id)
+
+    def startup(self) -> None:
+        os.makedirs(self.staging_dir, exist_ok=True)
+        for name in os.listdir(self.staging_dir):
+            entry = self.state.get(name)
+            if entry is None or entry.state not in ("fetching", "placing"):
+                log.info("removing leftover staging %s", name)
+                remove_tree(os.path.join(self.staging_dir, name))
+        self.interrupt_cleanups()
+
+    def on_message(self, msg: dict[str, Any]) -> None:
+        if msg["type"] != "fetch":
+            raise MessageError(f"download does not take {msg['type']!r} messages")
+        entry = self.state.get(msg["entry"])
+        if entry is None:
+            entry = Entry(
+                id=msg["entry"],
+                name=msg["name"],
+                kind=msg["kind"],
+                size=msg["size"],
+                files=msg["files"],
+                md5=msg["md5"],
+                state="fetching",
+                peer=msg["from"],
+                attempt=msg["attempt"],
+                path=msg["path"],
+            )
+            self.state.insert(entry)
+        elif entry.state == "failed" and msg["attempt"] > entry.attempt:
+            self.state.update(
+                entry, state="fetching", attempt=msg["attempt"], path=msg["path"], tries=0, due=0
+            )
+
+    def tick(self, now: float) -> None:
+        for entry in self.state.by_state("fetching", due_before=now):
+            if entry.id not in self.rt.busy:
+                self._fetch(entry)
+        for entry in self.state.by_state("placing"):
+            self._place(entry)
+        for entry in self.state.by_state("delivered"):
+            if entry.cleanup == "pending" and "cleanup:" + entry.id not in self.rt.busy:
+                self.start_cleanup(entry, entry.stored_as, os.path.join(self.cfg.file_dir, entry.stored_as))
+
+    def _fetch(self, entry: Entry) -> None:
+        staging = self.staging(entry)
+        log.info("%s: pulling from central", entry.name)
+
+        def work() -> tuple[str, Any]:
+            result = transfer.pull(self.cfg, entry.path, staging)
+            if not result.ok:
+                return "rsync", result.summary()
+            md5 = md5_entry(os.path.join(staging, entry.name))
+            if md5 != entry.md5:
+                remove_tree(staging)
+                return "mismatch", f"md5 mismatch at download: expected {entry.md5}, got {md5}"
+            return "ok", choose_name(self.cfg.file_dir, entry.name, entry.kind, md5)
+
+        def done(result: tuple[str, Any] | None, error: BaseException | None) -> None:
+            entry_now = self.state.get(entry.id)
+            if entry_now.state != "fetching":
+                return
+            outcome, detail = result if result else ("error", repr(error))
+            if outcome != "ok":
+                if not self.retry_later(entry_now, "pull from central", detail):
+                    self.send(entry.peer, "failed", entry.id, hop="pull from central", reason=detail[:1900])
+                return
+            target, present = detail
+            log.info("%s: md5 verified at download (%s)", entry.name, entry.md5)
+            if present:
+                remove_tree(staging)
+                self.state.update(entry_now, state="done", stored_as=target, tries=0, reason=None)
+                self.send(entry.peer, "fetched", entry.id, stored_as=target, outcome="present")
+                log.info("%s: already present as %s with the same md5; nothing to do", entry.name, target)
+                return
+            # Commit the chosen name before the rename, so a crash in between is recognised at restart.
+            self.state.update(entry_now, state="placing", stored_as=target, tries=0, reason=None)
+
+        self.rt.submit("transfer", entry.id, work, done)
+
+    def _place(self, entry: Entry) -> None:
+        src = os.path.join(self.staging(entry), entry.name)
+        dst = os.path.join(self.cfg.file_dir, entry.stored_as)
+        if os.path.lexists(src):
+            try:
+                rename_noreplace(src, dst)
+            except FileExistsError:
+                # Someone put something there since we looked: choose again (the pull is a no-op now).
+                self.state.update(entry, state="fetching", due=0)
+                return
+        elif not os.path.lexists(dst):
+            log.warning("%s: staged copy vanished before it was placed; fetching again", entry.name)
+            self.state.update(entry, state="fetching", due=0)
+            return
+        remove_tree(self.staging(entry))
+        script = bool(self.cfg.cleanup_script)
+        self.state.update(
+            entry, state="delivered" if script else "done", cleanup="pending" if script else None
+        )
+        self.send(entry.peer, "fetched", entry.id, stored_as=entry.stored_as, outcome="placed")
+        log.info("%s: delivered into %s as %s", entry.name, self.cfg.file_dir, entry.stored_as)

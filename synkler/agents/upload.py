@@ -1,0 +1,197 @@
+"""The upload role: notice settled entries in file_dir, offer them, push them when admitted.
+
+Upload's entry states: offered -> (waiting) -> uploading -> sent -> delivered -> done, or failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from .. import transfer
+from ..checksum import EntryStat, md5_entry, stat_entry
+from ..messages import name_problem, new_entry_id
+from ..state import Entry
+from .base import Agent
+
+log = logging.getLogger("synkler")
+
+SCAN_INTERVAL = 0.5  # seconds between looks at file_dir (a stat of each top-level entry)
+CENTRAL = "central"
+
+
+class Upload(Agent):
+    mode = "upload"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.pending: dict[str, tuple[str, float]] = {}  # name -> (signature, unchanged since)
+        self.hashing: set[str] = set()
+        self.scanning = False
+        self.next_scan = 0.0
+        self.warned: set[str] = set()
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.cfg.file_dir, name)
+
+    def startup(self) -> None:
+        self.interrupt_cleanups()
+
+    # noticing entries ----------------------------------------------------------------------------
+
+    def _scan(self) -> dict[str, EntryStat | None]:
+        found: dict[str, EntryStat | None] = {}
+        with os.scandir(self.cfg.file_dir) as it:
+            for d in it:
+                if d.name.startswith("."):
+                    continue
+                try:
+                    found[d.name] = stat_entry(d.path)
+                except (OSError, ValueError):  # vanished, or holds a fifo/socket: not (yet) an entry
+                    found[d.name] = None
+        return found
+
+    def _scanned(self, found: dict[str, EntryStat | None] | None, error: BaseException | None) -> None:
+        self.scanning = False
+        now = time.time()
+        self.next_scan = now + SCAN_INTERVAL
+        if error is not None:
+            log.error("cannot scan %s: %s", self.cfg.file_dir, error)
+            return
+        for name in list(self.pending):
+            if name not in found:
+                del self.pending[name]
+        for name, st in found.items():
+            if st is None:
+                self.pending.pop(name, None)
+                continue
+            problem = name_problem(name)
+            if problem:
+                if name not in self.warned:
+                    self.warned.add(name)
+                    log.warning("ignoring %r in %s: %s", name, self.cfg.file_dir, problem)
+                continue
+            latest = self.state.latest_by_name(name)
+            if latest is not None and latest.signature == st.signature:
+                self.pending.pop(name, None)  # this content is already on its way or delivered
+                continue
+            seen = self.pending.get(name)
+            if seen is None or seen[0] != st.signature:
+                self.pending[name] = (st.signature, now)
+            elif now - seen[1] >= self.cfg.settle_seconds and name not in self.hashing:
+                self._hash(name, st.signature)
+
+    def _hash(self, name: str, signature: str) -> None:
+        self.hashing.add(name)
+        path = self.path(name)
+
+        def work() -> tuple[str, EntryStat]:
+            return md5_entry(path), stat_entry(path)
+
+        def done(result: tuple[str, EntryStat] | None, error: BaseException | None) -> None:
+            self.hashing.discard(name)
+            if error is not None:
+                log.warning("%s: cannot read it (%s); will look again", name, error)
+                self.pending.pop(name, None)
+                return
+            md5, st = result
+            if st.signature != signature:
+                self.pending[name] = (st.signature, time.time())  # changed while hashing: settle again
+                return
+            latest = self.state.latest_by_name(name)
+            if latest is not None and latest.md5 == md5 and latest.state != "failed":
+                self.state.update(latest, signature=st.signature)  # touched, same content: nothing to send
+                return
+            entry = Entry(
+                id=new_entry_id(),
+                name=name,
+                kind=st.kind,
+                size=st.size,
+                files=st.files,
+                md5=md5,
+                state="offered",
+                peer=CENTRAL,
+                signature=st.signature,
+            )
+            self.state.insert(entry)
+            self.send(
+                CENTRAL, "offer", entry.id, name=name, kind=st.kind, size=st.size, files=st.files, md5=md5
+            )
+            self.pending.pop(name, None)
+            log.info("%s: offered (%s, %d bytes, %d files, md5 %s)", name, st.kind, st.size, st.files, md5)
+
+        self.rt.submit("hash", "md5:" + name, work, done)
+
+    # messages ------------------------------------------------------------------------------------
+
+    def on_message(self, msg: dict[str, Any]) -> None:
+        entry = self.entry_for(msg)
+        kind = msg["type"]
+        if kind == "admit":
+            if entry.state in ("offered", "waiting", "uploading", "sent") and msg["attempt"] > entry.attempt:
+                self.state.update(
+                    entry, state="uploading", attempt=msg["attempt"], path=msg["dest"], tries=0, due=0
+                )
+        elif kind == "wait":
+            if entry.state == "offered":
+                self.state.update(entry, state="waiting", reason=msg["reason"])
+        elif kind == "delivered":
+            if entry.state not in ("delivered", "done"):
+                script = bool(self.cfg.cleanup_script)
+                self.state.update(
+                    entry,
+                    state="delivered" if script else "done",
+                    stored_as=msg["stored_as"],
+                    cleanup="pending" if script else None,
+                    reason=None,
+                )
+                log.info("%s: delivered (as %s at download)", entry.name, msg["stored_as"])
+        elif kind == "failed":
+            if entry.state not in ("delivered", "done", "failed"):
+                self.state.update(entry, state="failed", reason=f"{msg['hop']}: {msg['reason']}")
+                log.error(
+                    "%s: central reports failure at %s: %s; the data stays here",
+                    entry.name,
+                    msg["hop"],
+                    msg["reason"],
+                )
+        else:
+            from ..errors import MessageError
+
+            raise MessageError(f"upload does not take {kind!r} messages")
+
+    # jobs ----------------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        if not self.scanning and now >= self.next_scan:
+            self.scanning = True
+            self.rt.submit("hash", "<scan>", self._scan, self._scanned)
+        for entry in self.state.by_state("uploading", due_before=now):
+            if entry.id not in self.rt.busy:
+                self._push(entry)
+        for entry in self.state.by_state("delivered"):
+            if entry.cleanup == "pending" and "cleanup:" + entry.id not in self.rt.busy:
+                self.start_cleanup(entry, entry.name, self.path(entry.name))
+
+    def _push(self, entry: Entry) -> None:
+        attempt = entry.attempt
+        src, dest = self.path(entry.name), entry.path
+        log.info("%s: pushing to central (attempt %d)", entry.name, attempt)
+        started = time.time()
+
+        def done(result: transfer.Result | None, error: BaseException | None) -> None:
+            now_entry = self.state.get(entry.id)
+            if now_entry.state != "uploading" or now_entry.attempt != attempt:
+                return  # superseded meanwhile
+            if error is None and result.ok:
+                self.state.update(now_entry, state="sent", tries=0, reason=None)
+                self.send(now_entry.peer, "sent", entry.id, attempt=attempt)
+                log.info("%s: pushed in %.1f s", entry.name, time.time() - started)
+                return
+            why = repr(error) if error else result.summary()
+            if not self.retry_later(now_entry, "push to central", why):
+                self.send(now_entry.peer, "failed", entry.id, hop="push to central", reason=why[:1900])
+
+        self.rt.submit("transfer", entry.id, lambda: transfer.push(self.cfg, src, dest), done)

@@ -1,0 +1,227 @@
+"""Content digests and cheap change fingerprints for relay entries.
+
+synkler verifies every hop of a relay by comparing an md5 computed on the
+sending side with one computed on the receiving side, so the digest of an
+entry must depend only on what rsync -a reproduces faithfully (names, file
+contents, symlink targets, directory structure) and never on the order in
+which a filesystem happens to list a directory.  The exact directory digest is
+documented in docs/checksums.md so a user can recompute it by hand.
+
+Nothing here follows a symbolic link: a link inside an entry is part of the
+data being relayed, and following it could hash (or loop through) something
+outside the entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from typing import Union
+
+PathLike = Union[str, bytes, os.PathLike]
+
+# Kind markers fed into the directory digest; part of the documented format.
+_KIND_DIR = b"d"
+_KIND_FILE = b"f"
+_KIND_LINK = b"l"
+
+_KIND_NAMES = {_KIND_DIR: "dir", _KIND_FILE: "file", _KIND_LINK: "symlink"}
+
+
+def _new_md5() -> hashlib._Hash:
+    """md5 is an integrity check here, not security; say so, so FIPS builds allow it."""
+    try:
+        return hashlib.md5(usedforsecurity=False)
+    except TypeError:  # pragma: no cover - interpreters without the keyword
+        return hashlib.md5()
+
+
+def _hash_fd(fd: int, bufsize: int) -> str:
+    """Hash an open file with one reusable buffer: large reads keep the GIL released most of the time."""
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    except (AttributeError, OSError):  # only a hint; some filesystems refuse it
+        pass
+    digest = _new_md5()
+    buf = bytearray(bufsize)
+    view = memoryview(buf)
+    with open(fd, "rb", buffering=0, closefd=False) as stream:
+        while True:
+            n = stream.readinto(buf)
+            if not n:
+                break
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+def _open_regular(path: bytes, follow: bool) -> int:
+    """Open a path for reading only if it is a regular file.
+
+    O_NONBLOCK keeps a FIFO from blocking the open forever; it has no effect on
+    reads from a regular file.  O_NOFOLLOW (when not following) closes the race
+    where a file listed by the walk is swapped for a symlink before we open it.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    if not follow:
+        flags |= os.O_NOFOLLOW
+    fd = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{os.fsdecode(path)!r} is not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def md5_file(path: PathLike, bufsize: int = 4 << 20) -> str:
+    """Return the hex md5 of a regular file's content.
+
+    A symlink given here *is* followed, like md5sum does; use md5_entry for
+    relay entries, which never follows links.  Anything that is not a regular
+    file (directory, FIFO, device) raises ValueError rather than blocking.
+    """
+    if bufsize <= 0:
+        raise ValueError("bufsize must be positive")
+    fd = _open_regular(os.fsencode(path), follow=True)
+    try:
+        return _hash_fd(fd, bufsize)
+    finally:
+        os.close(fd)
+
+
+def _md5_file_nofollow(path: bytes, bufsize: int = 4 << 20) -> str:
+    fd = _open_regular(path, follow=False)
+    try:
+        return _hash_fd(fd, bufsize)
+    finally:
+        os.close(fd)
+
+
+def _unsupported(path: bytes) -> ValueError:
+    return ValueError(
+        f"{os.fsdecode(path)!r}: unsupported file type (only regular files, directories and symlinks relay)"
+    )
+
+
+def _walk(top: bytes) -> list[tuple[bytes, bytes, bytes, os.stat_result]]:
+    """List everything below a directory as (relpath, kind, fullpath, lstat), sorted by relpath bytes.
+
+    An explicit stack instead of recursion so very deep trees do not hit
+    Python's recursion limit.  Bytes paths throughout so names that are not
+    valid in the filesystem encoding still hash exactly as stored.
+    """
+    items: list[tuple[bytes, bytes, bytes, os.stat_result]] = []
+    pending: list[tuple[bytes, bytes]] = [(top, b"")]
+    while pending:
+        directory, rel_dir = pending.pop()
+        with os.scandir(directory) as listing:
+            for entry in listing:
+                name = os.fsencode(entry.name)
+                rel = rel_dir + b"/" + name if rel_dir else name
+                full = os.fsencode(entry.path)
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISLNK(st.st_mode):
+                    kind = _KIND_LINK
+                elif stat.S_ISDIR(st.st_mode):
+                    kind = _KIND_DIR
+                    pending.append((full, rel))
+                elif stat.S_ISREG(st.st_mode):
+                    kind = _KIND_FILE
+                else:
+                    raise _unsupported(full)
+                items.append((rel, kind, full, st))
+    items.sort(key=lambda item: item[0])
+    return items
+
+
+def _md5_dir(top: bytes) -> str:
+    """Return the deterministic digest of a directory tree (format in docs/checksums.md).
+
+    Each record is kind, relative path and payload separated and terminated by
+    NUL bytes; NUL cannot occur in a file name, so two different trees can
+    never produce the same byte stream.
+    """
+    digest = _new_md5()
+    for rel, kind, full, _st in _walk(top):
+        if kind == _KIND_FILE:
+            payload = _md5_file_nofollow(full).encode("ascii")
+        elif kind == _KIND_LINK:
+            payload = os.readlink(full)
+        else:
+            payload = b""
+        digest.update(kind + b"\0" + rel + b"\0" + payload + b"\0")
+    return digest.hexdigest()
+
+
+def md5_entry(path: PathLike) -> str:
+    """Return the digest synkler compares between hops for one entry.
+
+    A regular file gives the md5 of its content (what md5sum prints), a
+    top-level symlink the md5 of its target string (the link is relayed, not
+    what it points to), a directory the tree digest described in docs/checksums.md.  The digest
+    does not encode the top-level kind, so compare EntryStat.kind as well.
+    """
+    p = os.fsencode(path)
+    st = os.lstat(p)
+    if stat.S_ISLNK(st.st_mode):
+        digest = _new_md5()
+        digest.update(os.readlink(p))
+        return digest.hexdigest()
+    if stat.S_ISREG(st.st_mode):
+        return _md5_file_nofollow(p)
+    if stat.S_ISDIR(st.st_mode):
+        return _md5_dir(p)
+    raise _unsupported(p)
+
+
+@dataclass(frozen=True)
+class EntryStat:
+    """What an lstat-only look at an entry tells, enough to notice it is still being written.
+
+    kind: 'file', 'dir' or 'symlink'.
+    size: total bytes of regular files inside (a symlink: length of its target).
+    files: number of regular files (1 for a file entry, 0 for a symlink).
+    signature: hex fingerprint that changes whenever any path, kind, size,
+    mtime_ns or ctime_ns inside the entry (the top included) changes.
+    """
+
+    kind: str
+    size: int
+    files: int
+    signature: str
+
+
+def _stat_record(kind: bytes, rel: bytes, st: os.stat_result) -> bytes:
+    # ctime catches a file replaced by one with the same size and a preserved mtime (mv of an rsync copy).
+    return b"%s\0%s\0%d\0%d\0%d\0" % (kind, rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def stat_entry(path: PathLike) -> EntryStat:
+    """Fingerprint an entry from lstat data only, reading no file content.
+
+    Cheap enough to call repeatedly on a large tree, which is how a watcher
+    decides that an upload has stopped changing before paying for md5_entry.
+    """
+    p = os.fsencode(path)
+    st = os.lstat(p)
+    digest = _new_md5()
+    if stat.S_ISLNK(st.st_mode):
+        digest.update(_stat_record(_KIND_LINK, b"", st))
+        return EntryStat("symlink", st.st_size, 0, digest.hexdigest())
+    if stat.S_ISREG(st.st_mode):
+        digest.update(_stat_record(_KIND_FILE, b"", st))
+        return EntryStat("file", st.st_size, 1, digest.hexdigest())
+    if not stat.S_ISDIR(st.st_mode):
+        raise _unsupported(p)
+    digest.update(_stat_record(_KIND_DIR, b"", st))
+    size = 0
+    files = 0
+    for rel, kind, _full, child in _walk(p):
+        digest.update(_stat_record(kind, rel, child))
+        if kind == _KIND_FILE:
+            size += child.st_size
+            files += 1
+    return EntryStat("dir", size, files, digest.hexdigest())

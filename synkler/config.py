@@ -1,0 +1,481 @@
+"""Find, read and check synkler's YAML configuration file.
+
+Every setting is described exactly once, in ``KEYS``: how to check it, its
+default and whether it is required.  The loader, the list of known keys (used
+for "did you mean" hints) and the defaults all come from that one table, so a
+new setting cannot be half-added.
+
+Every bad input ends up as a single ``ConfigError`` naming the file and the
+key, because the agents run unattended and an operator reading a log line needs
+to know exactly which line of which file to fix - not a Python traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import math
+import os
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import yaml
+
+from synkler.errors import ConfigError
+
+ENV_VAR = "SYNKLER_CONF"
+# Module level so tests can point it somewhere harmless; read at call time.
+SYSTEM_CONFIG = Path("/etc/synkler.conf")
+_HOME_CONFIGS = ("synkler.conf", ".config/synkler/synkler.conf")
+
+#: Where find_config looks when no -c/--config is given, first match wins.
+DEFAULT_SEARCH: tuple[str, ...] = (
+    "$" + ENV_VAR,
+    "~/synkler.conf",
+    "~/.config/synkler/synkler.conf",
+    "/etc/synkler.conf",
+)
+
+MODES = ("upload", "central", "download")
+
+# Ids and names end up in exchange/queue names, a directory name on central and
+# file names of pidfiles, so keep them to characters that are safe in all four.
+_IDENT_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
+
+
+def find_config(
+    explicit: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    home: Path | None = None,
+) -> Path:
+    """Return the configuration file to use.
+
+    An explicit path or ``$SYNKLER_CONF`` that does not exist is an error
+    rather than a reason to keep searching: silently falling back to another
+    file would run the agent with settings the operator did not ask for.
+    """
+    environ = os.environ if environ is None else environ
+    home = Path.home() if home is None else Path(home)
+    if explicit is not None:
+        return _existing_file(Path(explicit), explicit, "no such file")
+    named = environ.get(ENV_VAR)
+    if named:
+        return _existing_file(Path(named), named, f"no such file (named by ${ENV_VAR})")
+    candidates = [home / rel for rel in _HOME_CONFIGS] + [SYSTEM_CONFIG]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    looked = ", ".join(str(c) for c in candidates)
+    raise ConfigError(None, None, f"no configuration file found (looked in: {looked})")
+
+
+def _existing_file(path: Path, shown: str, missing: str) -> Path:
+    """Return ``path`` if it is a file, otherwise explain why it cannot be used."""
+    if path.is_file():
+        return path
+    raise ConfigError(shown, None, "not a regular file" if path.exists() else missing)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A checked configuration; every field holds its final, typed value.
+
+    Fields have no defaults here on purpose: defaults live in ``KEYS`` only, and
+    a Config is meant to be built by ``parse_config``/``load_config``.
+    """
+
+    path: Path
+    mode: str
+    id: str
+    name: str
+    file_dir: Path
+    keep_minutes: float
+    pidfile: Path
+    state_db: Path
+    rsync: tuple[str, ...]
+    rsync_opts: tuple[str, ...]
+    rsync_timeout: int
+    synkler_server: str
+    central_host: str
+    broker_port: int
+    broker_username: str
+    broker_password: str
+    broker_vhost: str
+    cleanup_script: str | None
+    free_percent: float
+    settle_seconds: float
+    max_transfers: int
+    max_attempts: int
+    retry_max_seconds: float
+
+    @property
+    def stem(self) -> str:
+        """Base name for per-agent files, unique per (id, mode, name) so agents can share a host."""
+        return _stem(self.id, self.mode, self.name)
+
+    @property
+    def cleanup_argv(self) -> tuple[str, ...]:
+        """The cleanup command as argv; it is run without a shell, so it is split here, once."""
+        if self.cleanup_script is None:
+            return ()
+        return tuple(shlex.split(self.cleanup_script))
+
+
+def _stem(id_: str, mode: str, name: str) -> str:
+    return f"{id_}-{mode}" if name == mode else f"{id_}-{mode}-{name}"
+
+
+# --------------------------------------------------------------------------
+# Checkers.  Each takes the YAML value and the load context and returns the
+# converted value, or raises _Invalid with a short problem text; parse_config
+# adds the file and key.  A YAML null never reaches them (null = default).
+
+
+class _Invalid(Exception):
+    """A value is unacceptable; the message is the problem text only."""
+
+
+class _Context(NamedTuple):
+    """What checkers and derived defaults need besides the value itself."""
+
+    base: Path  # directory of the config file, for relative paths
+    home: Path
+    environ: Mapping[str, str]
+    check_dirs: bool
+
+
+def _describe(value: object) -> str:
+    """Show a YAML value the way the user wrote it, short, on one line."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        text = repr(value)
+        return text if len(text) <= 60 else text[:56] + "...'"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return str(value)
+
+
+def _string(value: Any, ctx: _Context) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"must be a string, got {_describe(value)}")
+    return value
+
+
+def _text(value: Any, ctx: _Context) -> str:
+    value = _string(value, ctx)
+    if not value.strip():
+        raise _Invalid("must not be empty")
+    return value
+
+
+def _choice(*options: str) -> Callable[[Any, _Context], str]:
+    def check(value: Any, ctx: _Context) -> str:
+        if value not in options:
+            raise _Invalid(f"must be one of {', '.join(options)}, got {_describe(value)}")
+        return value
+
+    return check
+
+
+def _identifier(value: Any, ctx: _Context) -> str:
+    value = _string(value, ctx)
+    if not _IDENT_RE.fullmatch(value):
+        raise _Invalid(
+            f"must be 1-64 letters, digits, '_', '.' or '-' and not start with '.', got {_describe(value)}"
+        )
+    return value
+
+
+def _host(value: Any, ctx: _Context) -> str:
+    # Handed to ssh/pika as one argument: a space or a leading '-' would turn it
+    # into something else (another argument, an ssh option).
+    value = _text(value, ctx)
+    if value.startswith("-") or any(c.isspace() for c in value):
+        raise _Invalid(f"must be a host name or user@host, got {_describe(value)}")
+    return value
+
+
+def _number(
+    minimum: float, maximum: float | None = None, *, above: bool = False
+) -> Callable[[Any, _Context], float]:
+    def check(value: Any, ctx: _Context) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _Invalid(f"must be a number, got {_describe(value)}")
+        if not math.isfinite(value):
+            raise _Invalid(f"must be a finite number, got {_describe(value)}")
+        _check_range(value, minimum, maximum, above)
+        return float(value)
+
+    return check
+
+
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[Any, _Context], int]:
+    def check(value: Any, ctx: _Context) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid(f"must be an integer, got {_describe(value)}")
+        _check_range(value, minimum, maximum, False)
+        return value
+
+    return check
+
+
+def _check_range(value: float, minimum: float, maximum: float | None, above: bool) -> None:
+    if maximum is not None and not minimum <= value <= maximum:
+        raise _Invalid(f"must be between {minimum:g} and {maximum:g}, got {value:g}")
+    if above and value <= minimum:
+        raise _Invalid(f"must be > {minimum:g}, got {value:g}")
+    if value < minimum:
+        raise _Invalid(f"must be >= {minimum:g}, got {value:g}")
+
+
+def _expand(text: str, ctx: _Context) -> Path:
+    """expanduser against ctx.home (so tests stay hermetic), then make absolute.
+
+    Relative paths are taken relative to the config file's directory, not the
+    current directory: an agent started from cron or systemd has an arbitrary
+    working directory, the config file's location is stable.
+    """
+    if text == "~" or text.startswith("~/"):
+        text = str(ctx.home) + text[1:]
+    else:
+        text = os.path.expanduser(text)  # ~otheruser
+    return Path(os.path.abspath(os.path.join(ctx.base, text)))
+
+
+def _path(value: Any, ctx: _Context) -> Path:
+    return _expand(_text(value, ctx), ctx)
+
+
+def _directory(value: Any, ctx: _Context) -> Path:
+    path = _path(value, ctx)
+    if ctx.check_dirs:
+        if not path.exists():
+            raise _Invalid(f"directory does not exist: {path}")
+        if not path.is_dir():
+            raise _Invalid(f"not a directory: {path}")
+    return path
+
+
+def _split(text: str) -> tuple[str, ...]:
+    try:
+        return tuple(shlex.split(text))
+    except ValueError as exc:
+        raise _Invalid(f"cannot be split into words ({exc}): {_describe(text)}") from None
+
+
+def _string_list(value: list, ctx: _Context) -> tuple[str, ...]:
+    for index, item in enumerate(value, 1):
+        if not isinstance(item, str) or not item:
+            raise _Invalid(f"item {index} must be a non-empty string, got {_describe(item)}")
+    return tuple(value)
+
+
+def _command(value: Any, ctx: _Context) -> tuple[str, ...]:
+    # A string is split like a shell would (so "/usr/bin/env rsync" works);
+    # a list is taken word for word.
+    if isinstance(value, list):
+        words = _string_list(value, ctx)
+    else:
+        words = _split(_text(value, ctx))
+    if not words:
+        raise _Invalid("must not be empty")
+    return words
+
+
+def _rsync_opts(value: Any, ctx: _Context) -> tuple[str, ...]:
+    # The original synkler took a comma-separated string; csv (not str.split)
+    # lets an option that itself holds a comma be quoted.  Spaces around items
+    # are dropped and empty items ignored, because rsync would take " --foo" or
+    # "" as a file name, which is never what the user meant.
+    if isinstance(value, list):
+        return _string_list(value, ctx)
+    text = _string(value, ctx)
+    try:
+        rows = list(csv.reader([text], skipinitialspace=True))
+    except csv.Error as exc:
+        raise _Invalid(f"cannot be read as comma-separated options ({exc})") from None
+    return tuple(item.strip() for row in rows for item in row if item.strip())
+
+
+def _cleanup_script(value: Any, ctx: _Context) -> str:
+    # Kept as written (it is shown in logs), but split now so a broken quote is
+    # reported at start-up rather than after the first delivery.
+    text = _text(value, ctx)
+    _split(text)
+    return text
+
+
+# --------------------------------------------------------------------------
+# The table.
+
+
+class _Derived(NamedTuple):
+    """A default computed from other settings once those are known."""
+
+    compute: Callable[[dict[str, Any], _Context], Any]
+
+
+class _Key(NamedTuple):
+    check: Callable[[Any, _Context], Any]
+    default: Any = None
+    required: bool = False
+
+
+def _state_dir(ctx: _Context) -> Path:
+    # XDG says relative values are invalid and must be ignored.
+    xdg = ctx.environ.get("XDG_STATE_HOME", "")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "synkler"
+    return ctx.home / ".local" / "state" / "synkler"
+
+
+def _state_file(suffix: str) -> _Derived:
+    return _Derived(lambda s, ctx: _state_dir(ctx) / f"{_stem(s['id'], s['mode'], s['name'])}{suffix}")
+
+
+# Order matters for derived defaults: anything a _Derived reads comes earlier.
+KEYS: dict[str, _Key] = {
+    "mode": _Key(_choice(*MODES), required=True),
+    "id": _Key(_identifier, "default"),
+    "name": _Key(_identifier, _Derived(lambda s, ctx: s["mode"])),
+    "file_dir": _Key(_directory, required=True),
+    "keep_minutes": _Key(_number(0), 30.0),
+    "pidfile": _Key(_path, _state_file(".pid")),
+    "state_db": _Key(_path, _state_file(".sqlite")),
+    "rsync": _Key(_command, ("rsync",)),
+    "rsync_opts": _Key(_rsync_opts, ()),
+    "rsync_timeout": _Key(_integer(1), 300),
+    "synkler_server": _Key(_host, required=True),
+    "central_host": _Key(_host, _Derived(lambda s, ctx: s["synkler_server"])),
+    "broker_port": _Key(_integer(1, 65535), 5672),
+    "broker_username": _Key(_text, "guest"),
+    "broker_password": _Key(_string, "guest"),
+    "broker_vhost": _Key(_text, "/"),
+    "cleanup_script": _Key(_cleanup_script, None),
+    "free_percent": _Key(_number(0, 100), 10.0),
+    "settle_seconds": _Key(_number(0), 2.0),
+    "max_transfers": _Key(_integer(1), 4),
+    "max_attempts": _Key(_integer(1), 5),
+    "retry_max_seconds": _Key(_number(0, above=True), 300.0),
+}
+
+
+# --------------------------------------------------------------------------
+# Loading.
+
+
+def load_config(
+    path: str | Path,
+    *,
+    check_dirs: bool = True,
+    environ: Mapping[str, str] | None = None,
+    home: Path | None = None,
+) -> Config:
+    """Read, parse and check the file at ``path``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(path, None, "not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(path, None, f"cannot read: {exc.strerror or exc}") from None
+    return parse_config(_parse_yaml(text, path), path, check_dirs=check_dirs, environ=environ, home=home)
+
+
+def _parse_yaml(text: str, path: Path) -> object:
+    """safe_load, plus a check for keys given twice.
+
+    PyYAML silently keeps the last of two equal keys; in a config file that is
+    nearly always an edit gone wrong, so it is reported with both line numbers.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag == "tag:yaml.org,2002:str":
+                    line = key_node.start_mark.line + 1
+                    if key_node.value in seen:
+                        raise ConfigError(
+                            path, key_node.value, f"given twice (lines {seen[key_node.value]} and {line})"
+                        )
+                    seen[key_node.value] = line
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, None, _yaml_problem(exc)) from None
+    finally:
+        loader.dispose()
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line from PyYAML's multi-line message: what and where."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    problem = " ".join(problem.split())
+    if mark is not None:
+        return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return f"invalid YAML: {problem}"
+
+
+def parse_config(
+    data: object,
+    path: str | Path,
+    *,
+    check_dirs: bool = True,
+    environ: Mapping[str, str] | None = None,
+    home: Path | None = None,
+) -> Config:
+    """Check already-parsed YAML ``data`` and build a Config.
+
+    Separate from load_config so tests can feed plain dicts; the only outside
+    world it touches is ``file_dir`` (when ``check_dirs``), ``environ`` and
+    ``home``, and both of those can be passed in.
+    """
+    path = Path(path)
+    ctx = _Context(
+        base=Path(os.path.abspath(path)).parent,
+        home=Path.home() if home is None else Path(home),
+        environ=os.environ if environ is None else environ,
+        check_dirs=check_dirs,
+    )
+    if data is None:  # empty file
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(path, None, f"must be a mapping of 'key: value' lines, got {_describe(data)}")
+
+    for key in data:
+        if not isinstance(key, str):
+            raise ConfigError(path, str(key), "keys must be strings")
+        if key not in KEYS:
+            close = difflib.get_close_matches(key, KEYS, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(path, key, f"unknown key{hint}")
+
+    settings: dict[str, Any] = {}
+    for key, value in data.items():
+        if value is None:
+            continue
+        try:
+            settings[key] = KEYS[key].check(value, ctx)
+        except _Invalid as exc:
+            raise ConfigError(path, key, str(exc)) from None
+
+    for key, spec in KEYS.items():
+        if key in settings:
+            continue
+        if spec.required:
+            raise ConfigError(path, key, "is required")
+        default = spec.default
+        settings[key] = default.compute(settings, ctx) if isinstance(default, _Derived) else default
+
+    return Config(path=path, **settings)

@@ -1,0 +1,141 @@
+"""`synkler demo`: relay generated files and a directory through all three roles on this machine."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from .checksum import md5_entry
+from .localrelay import ROLES, LocalRelay
+from .sshd import LocalSshd
+
+
+def _make_files(upload_dir: Path) -> dict[str, str]:
+    """A handful of files of different sizes and one directory tree; returns name -> md5."""
+    sizes = {"hello.txt": 13, "empty.dat": 0, "sample 1 MB.bin": 1 << 20, "sample-8MB.bin": 8 << 20}
+    staging = upload_dir.parent / "making"
+    staging.mkdir()
+    for name, size in sizes.items():
+        (staging / name).write_bytes(b"hello synkler" if name == "hello.txt" else os.urandom(size))
+    tree = staging / "run-0042"
+    (tree / "raw").mkdir(parents=True)
+    (tree / "empty-subdir").mkdir()
+    for i in range(5):
+        (tree / "raw" / f"frame{i:03d}.dat").write_bytes(os.urandom(64 << 10))
+    (tree / "notes.txt").write_text("acquired by the demo\n")
+    os.symlink("notes.txt", tree / "README")
+    md5s = {p.name: md5_entry(p) for p in staging.iterdir()}
+    # Appear in file_dir by rename, as a careful instrument writer does.
+    for p in staging.iterdir():
+        os.rename(p, upload_dir / p.name)
+    staging.rmdir()
+    return md5s
+
+
+def _follow(relay: LocalRelay, stop: threading.Event) -> None:
+    """Print the agents' INFO lines as they come, prefixed by role."""
+    offsets = dict.fromkeys(ROLES, 0)
+    while not stop.is_set():
+        for role in ROLES:
+            path = relay.log_path(role)
+            if not path.exists():
+                continue
+            with open(path, "rb") as f:
+                f.seek(offsets[role])
+                data = f.read()
+            cut = data.rfind(b"\n") + 1
+            offsets[role] += cut
+            for line in data[:cut].decode("utf-8", "replace").splitlines():
+                if " INFO " in line or " WARNING " in line or " ERROR " in line:
+                    print(f"  [{role:8}] {line.split(' ', 2)[-1]}", flush=True)
+        stop.wait(0.2)
+
+
+def run_demo(*, keep: bool = False, timeout: float = 120, verbose: bool = False) -> int:
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="synkler-demo-"))
+    instance = "demo-" + uuid.uuid4().hex[:8]
+    print(f"synkler demo: instance {instance}, working in {workdir}")
+    ok = False
+    try:
+        with LocalSshd(workdir / "sshd") as sshd:
+            print(f"  sshd on {sshd.host}:{sshd.port} with throwaway keys")
+            cleanup = [sys.executable, "-c", "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"]
+            settings = {
+                "upload": {
+                    "cleanup_script": shlex.join([*cleanup, str(workdir / "upload-cleaned.txt"), "%f"])
+                },
+                "download": {
+                    "cleanup_script": shlex.join([*cleanup, str(workdir / "download-cleaned.txt"), "%f"])
+                },
+                "central": {"keep_minutes": 0.05},
+            }
+            with LocalRelay(workdir, sshd, instance, settings=settings, verbose=verbose) as relay:
+                relay.start()
+                stop = threading.Event()
+                follower = threading.Thread(target=_follow, args=(relay, stop), daemon=True)
+                follower.start()
+                try:
+                    md5s = _make_files(relay.dirs["upload"])
+                    print(f"  placed {len(md5s)} entries in upload's file_dir {relay.dirs['upload']}")
+                    relay.wait_for("every entry delivered", lambda: relay.all_done(set(md5s)), timeout)
+                    relay.wait_for(
+                        "central copies expired",
+                        lambda: all(s == "expired" for s in relay.states("central").values()),
+                        timeout,
+                    )
+                finally:
+                    stop.set()
+                    follower.join()
+                ok = _report(relay, md5s, workdir)
+    except AssertionError as e:
+        print(f"demo FAILED: {e}")
+    finally:
+        if keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(f"demo {'passed' if ok else 'FAILED'} in {time.monotonic() - started:.1f} s")
+    return 0 if ok else 1
+
+
+def _report(relay: LocalRelay, md5s: dict[str, str], workdir: Path) -> bool:
+    down_dir = relay.dirs["download"]
+    central = {e.name: e for e in relay.entries("central")}
+    cleaned_up = _lines(workdir / "upload-cleaned.txt")
+    cleaned_down = _lines(workdir / "download-cleaned.txt")
+    print(
+        "\n  entry                kind      bytes  md5 at download                    central    cleanup up/down"
+    )
+    ok = True
+    for name, md5 in sorted(md5s.items()):
+        path = down_dir / name
+        got = md5_entry(path) if os.path.lexists(path) else "missing"
+        good = got == md5 and cleaned_up.count(name) == 1 and cleaned_down.count(name) == 1
+        ok &= good and central[name].state == "expired"
+        entry = central[name]
+        print(
+            f"  {name:20} {entry.kind:5} {entry.size:10}  {got} {'ok ' if got == md5 else 'BAD'} "
+            f"{entry.state:9}  {cleaned_up.count(name)}/{cleaned_down.count(name)}"
+        )
+    leftovers = [p for p in (relay.dirs["central"] / relay.instance / "staging").iterdir()]
+    leftovers += [p for p in (relay.dirs["central"] / relay.instance / "stored").iterdir()]
+    if leftovers:
+        ok = False
+        print(f"  leftovers at central: {leftovers}")
+    print(
+        f"\n  every md5 matched at download: {all((down_dir / n).exists() or (down_dir / n).is_symlink() for n in md5s)}"
+        f"; cleanup scripts ran once per entry on both sides: {ok}"
+    )
+    return ok
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []

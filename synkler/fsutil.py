@@ -1,0 +1,278 @@
+"""Filesystem primitives that never lose or overwrite data.
+
+synkler moves entries between its spool directories by rename, and a plain
+rename(2) silently replaces a file (or an empty directory) that is already at
+the destination.  rename_noreplace asks the kernel to refuse instead, so an
+entry that arrives twice can never clobber the first copy.  remove_tree and
+the space helpers exist here so every module removes and measures trees the
+same careful way.
+
+Linux only: renameat2(2) is reached through ctypes because the os module does
+not expose its flags.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import stat
+from typing import Union
+
+PathLike = Union[str, bytes, os.PathLike]
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+# Raw syscall numbers, used only when the C library has no renameat2() wrapper (glibc < 2.28).
+_SYS_RENAMEAT2: dict[str, int] = {"x86_64": 316, "aarch64": 276, "riscv64": 276}
+
+_libc: ctypes.CDLL | None = None
+
+
+def _get_libc() -> ctypes.CDLL:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
+
+
+def _renameat2_noreplace(src: bytes, dst: bytes) -> None:
+    """Call renameat2(AT_FDCWD, src, AT_FDCWD, dst, RENAME_NOREPLACE); raise OSError on failure.
+
+    Raises OSError(ENOSYS) when neither a libc wrapper nor a known syscall
+    number is available, so the caller can fall back.
+    """
+    libc = _get_libc()
+    func = getattr(libc, "renameat2", None)
+    if func is not None:
+        func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        func.restype = ctypes.c_int
+        result = func(_AT_FDCWD, src, _AT_FDCWD, dst, _RENAME_NOREPLACE)
+    else:
+        number = _SYS_RENAMEAT2.get(platform.machine())
+        if number is None:
+            raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS), os.fsdecode(src), None, os.fsdecode(dst))
+        syscall = libc.syscall
+        syscall.restype = ctypes.c_long
+        result = syscall(
+            ctypes.c_long(number),
+            ctypes.c_int(_AT_FDCWD),
+            ctypes.c_char_p(src),
+            ctypes.c_int(_AT_FDCWD),
+            ctypes.c_char_p(dst),
+            ctypes.c_uint(_RENAME_NOREPLACE),
+        )
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), os.fsdecode(src), None, os.fsdecode(dst))
+
+
+def _exists_error(dst: bytes) -> FileExistsError:
+    return FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fsdecode(dst))
+
+
+def _rename_fallback(src: bytes, dst: bytes) -> None:
+    """Best-effort no-replace rename for kernels or filesystems without RENAME_NOREPLACE.
+
+    Files and symlinks are hard-linked to the new name first: link(2) fails
+    with EEXIST atomically, so this path is as safe as renameat2.  Directories
+    cannot be hard-linked, so they are checked with lexists() and then renamed:
+    if something creates dst (a file, a symlink or an empty directory) in the
+    instant between the check and the rename, rename(2) may replace it (an
+    empty directory) or fail (anything else).  The same check-then-rename is
+    used for a non-directory on a filesystem that refuses hard links.
+    """
+    st = os.lstat(src)
+    if not stat.S_ISDIR(st.st_mode):
+        try:
+            os.link(src, dst, follow_symlinks=False)
+        except FileExistsError:
+            raise _exists_error(dst) from None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+                raise
+        else:
+            try:
+                os.unlink(src)
+            except BaseException:
+                # Leave things as they were rather than with the data under two names.
+                os.unlink(dst)
+                raise
+            return
+    if os.path.lexists(dst):
+        raise _exists_error(dst)
+    os.rename(src, dst)
+
+
+def rename_noreplace(src: PathLike, dst: PathLike) -> None:
+    """Atomically rename src to dst, raising FileExistsError if anything at all is at dst.
+
+    Works for files, directories and symlinks (never followed), within one
+    filesystem like rename(2).  Where the kernel or filesystem lacks
+    RENAME_NOREPLACE (ENOSYS, or EINVAL) a fallback is used whose only weakness
+    is a short race for directories, described in _rename_fallback.
+    """
+    s = os.fsencode(src)
+    d = os.fsencode(dst)
+    if b"\0" in s or b"\0" in d:
+        # ctypes would silently cut the path at the NUL and rename something else.
+        raise ValueError("embedded null byte in path")
+    try:
+        _renameat2_noreplace(s, d)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSYS, errno.EINVAL):
+            raise
+        _rename_fallback(s, d)
+
+
+def fsync_dir(path: PathLike) -> None:
+    """fsync a directory so renames and creations inside it survive a crash.
+
+    Filesystems that cannot fsync a directory answer EINVAL; that means there
+    is nothing to flush, so it is not an error.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+    finally:
+        os.close(fd)
+
+
+def free_bytes(path: PathLike) -> int:
+    """Bytes an unprivileged user may still write on path's filesystem (root's reserve excluded)."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def total_bytes(path: PathLike) -> int:
+    """Size in bytes of path's filesystem."""
+    st = os.statvfs(path)
+    return st.f_blocks * st.f_frsize
+
+
+# ---------------------------------------------------------------------------
+# remove_tree
+# ---------------------------------------------------------------------------
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _make_writable(fd: int) -> None:
+    """Give the owner rwx on an open directory so its entries can be listed and removed."""
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    if mode & 0o700 != 0o700:
+        os.fchmod(fd, mode | 0o700)
+
+
+def _open_dir(name: str | bytes, dir_fd: int | None) -> int:
+    """Open a directory for listing without following a symlink.
+
+    On EACCES the parent may lack search permission (mode 0o600), which is
+    fixed through its fd.  A directory without read permission for us (0o000,
+    0o300) can't be opened to fix it through its own fd, so it is chmod-ed by
+    name after lstat confirmed it is a directory; between the two a symlink
+    swapped in by someone else would be followed by chmod (never by anything
+    that deletes).
+    """
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except PermissionError:
+        if dir_fd is not None:
+            _make_writable(dir_fd)
+        st = os.lstat(name, dir_fd=dir_fd)
+        if not stat.S_ISDIR(st.st_mode):
+            raise
+        os.chmod(name, stat.S_IMODE(st.st_mode) | 0o700, dir_fd=dir_fd)
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+
+
+def _remove_at(name: str | bytes, dir_fd: int | None, is_dir: bool) -> None:
+    """unlink/rmdir one name; on EACCES/EPERM make the parent writable and retry once.
+
+    The top-level path (dir_fd None) is never retried: its parent is outside
+    the tree and not ours to chmod.
+    """
+    remove = os.rmdir if is_dir else os.unlink
+    try:
+        remove(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return
+    except PermissionError:
+        if dir_fd is None:
+            raise
+        _make_writable(dir_fd)
+        try:
+            remove(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return
+
+
+class _Frame:
+    """One directory being emptied: its fd, its remaining entries, and how to remove it afterwards."""
+
+    __slots__ = ("entries", "fd", "name", "parent_fd")
+
+    def __init__(self, fd: int, name: str | bytes, parent_fd: int | None) -> None:
+        self.fd = fd
+        self.name = name
+        self.parent_fd = parent_fd
+        with os.scandir(fd) as listing:
+            self.entries = iter([(e.name, e.is_dir(follow_symlinks=False)) for e in listing])
+
+
+def remove_tree(path: PathLike) -> None:
+    """Delete a file, symlink or whole directory tree; a missing path is not an error.
+
+    Symlinks are removed, never followed, at the top and inside, and all work
+    inside the tree goes through directory fds opened with O_NOFOLLOW, so a
+    link swapped in during the removal cannot redirect it outside the tree.
+    A directory inside that refuses us (rsync -a keeps modes such as 0o555 or
+    0o000) is given owner rwx and the step retried.  An explicit stack replaces recursion, so depth
+    is limited only by open file descriptors (one per level).
+    """
+    top = os.fsencode(path)
+    try:
+        st = os.lstat(top)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        _remove_at(top, None, is_dir=False)
+        return
+    stack: list[_Frame] = []
+    try:
+        fd = _open_dir(top, None)
+        try:
+            stack.append(_Frame(fd, top, None))
+        except BaseException:
+            os.close(fd)
+            raise
+        while stack:
+            frame = stack[-1]
+            descended = False
+            for name, is_dir in frame.entries:
+                if is_dir:
+                    try:
+                        fd = _open_dir(name, frame.fd)
+                    except FileNotFoundError:
+                        continue
+                    try:
+                        stack.append(_Frame(fd, name, frame.fd))
+                    except BaseException:
+                        os.close(fd)
+                        raise
+                    descended = True
+                    break
+                _remove_at(name, frame.fd, is_dir=False)
+            if descended:
+                continue
+            stack.pop()
+            os.close(frame.fd)
+            _remove_at(frame.name, frame.parent_fd, is_dir=True)
+    finally:
+        for frame in stack:
+            os.close(frame.fd)

@@ -1,0 +1,183 @@
+"""All three roles on one machine, as real subprocesses: for `synkler demo` and the end-to-end tests.
+
+Each role gets its own file_dir, config file, state database, pidfile and log under one work
+directory; data crosses through rsync over ssh to a private sshd on loopback, messages through the
+local RabbitMQ under a unique instance id.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .broker import Broker, BrokerParams
+from .errors import BrokerError
+from .state import Entry, State
+
+ROLES = ("upload", "central", "download")
+
+
+class LocalRelay:
+    def __init__(
+        self,
+        workdir: Path,
+        sshd,
+        instance: str,
+        *,
+        broker_host: str = "127.0.0.1",
+        broker_port: int = 5672,
+        settings: dict[str, dict[str, Any]] | None = None,
+        verbose: bool = True,
+    ):
+        self.workdir = Path(workdir)
+        self.sshd = sshd
+        self.instance = instance
+        self.broker = BrokerParams(broker_host, broker_port)
+        self.verbose = verbose
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.dirs = {role: self.workdir / role / "files" for role in ROLES}
+        self.configs = {role: self.workdir / role / "synkler.conf" for role in ROLES}
+        for role in ROLES:
+            self.dirs[role].mkdir(parents=True, exist_ok=True)
+            self.write_config(role, (settings or {}).get(role, {}))
+
+    def write_config(self, role: str, extra: dict[str, Any]) -> None:
+        base = self.workdir / role
+        cfg: dict[str, Any] = {
+            "mode": role,
+            "id": self.instance,
+            "file_dir": str(self.dirs[role]),
+            "synkler_server": self.broker.host,
+            "broker_port": self.broker.port,
+            "pidfile": str(base / "synkler.pid"),
+            "state_db": str(base / "state.sqlite"),
+            "keep_minutes": 30,
+        }
+        if role != "central":
+            cfg["central_host"] = self.sshd.target
+            cfg["rsync_opts"] = self.sshd.rsync_opts()
+            cfg["settle_seconds"] = 0.5
+        cfg.update(extra)
+        self.configs[role].write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+    def log_path(self, role: str) -> Path:
+        return self.workdir / role / "agent.log"
+
+    def command(self, role: str, *args: str) -> list[str]:
+        return [sys.executable, "-m", "synkler", "-c", str(self.configs[role]), *args]
+
+    # processes -----------------------------------------------------------------------------------
+
+    def start(self, *roles: str) -> None:
+        for role in roles or ROLES:
+            if role in self.procs and self.procs[role].poll() is None:
+                continue
+            log = open(self.log_path(role), "ab")
+            flags = ["--debug"] if self.verbose else ["-v"]
+            self.procs[role] = subprocess.Popen(
+                self.command(role, *flags, "run"), stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            )
+            log.close()
+
+    def stop(self, *roles: str, timeout: float = 30) -> None:
+        """SIGTERM and wait: the orderly stop a user (or systemd) does."""
+        for role in roles or ROLES:
+            proc = self.procs.pop(role, None)
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def kill(self, role: str) -> None:
+        """SIGKILL: the crash nothing may survive badly."""
+        proc = self.procs.pop(role)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def alive(self, role: str) -> bool:
+        proc = self.procs.get(role)
+        return proc is not None and proc.poll() is None
+
+    def close(self) -> None:
+        self.stop()
+        try:
+            broker = Broker(self.broker, self.instance, "admin")
+            broker.connect(consume=False)
+            broker.delete_instance(list(ROLES))
+            broker.close()
+        except BrokerError:
+            pass
+
+    def __enter__(self) -> LocalRelay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # observing -----------------------------------------------------------------------------------
+
+    def entries(self, role: str) -> list[Entry]:
+        path = self.workdir / role / "state.sqlite"
+        if not path.exists():
+            return []
+        state = State(path, readonly=True)
+        try:
+            return state.all()
+        except Exception:  # the agent may be creating the schema right now
+            return []
+        finally:
+            state.close()
+
+    def states(self, role: str) -> dict[str, str]:
+        return {e.name: e.state for e in self.entries(role)}
+
+    def wait_for(self, what: str, predicate: Callable[[], bool], timeout: float = 60, interval: float = 0.1):
+        """Poll `predicate` until true or the deadline; on timeout raise with the agents' log tails."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            for role, proc in list(self.procs.items()):
+                if proc.poll() is not None:
+                    raise AssertionError(
+                        f"{role} agent exited ({proc.returncode}) while waiting for {what}\n"
+                        + self.log_tail(role)
+                    )
+            time.sleep(interval)
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}\n" + self.all_logs_tail())
+
+    def log_tail(self, role: str, lines: int = 40) -> str:
+        path = self.log_path(role)
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return f"--- {role} log ---\n" + "\n".join(text.splitlines()[-lines:])
+
+    def all_logs_tail(self) -> str:
+        return "\n".join(self.log_tail(role) for role in ROLES)
+
+    def all_done(self, names: set[str] | None = None) -> bool:
+        """Every entry (or every named one) is done at upload and download and delivered at central."""
+        up = self.states("upload")
+        down = self.states("download")
+        if names is not None and not names <= set(up):
+            return False
+        return (
+            bool(up)
+            and all(s == "done" for s in up.values())
+            and all(s == "done" for s in down.values())
+            and (set(down) >= set(up))
+        )
+
+
+def free_env() -> dict[str, str]:
+    return dict(os.environ)

@@ -1,0 +1,179 @@
+"""The wire format: JSON envelopes with a schema version, validated field by field on receipt.
+
+Pure functions only: no broker, no disk. Anything that fails validation raises MessageError,
+which the agent turns into a dead-lettered message and a log line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from typing import Any
+
+from .errors import MessageError
+
+SCHEMA = 1
+MAX_BODY = 64 * 1024
+MAX_SIZE = 1 << 62  # bytes; anything larger is absurd and rejected
+MAX_NAME_BYTES = 255
+
+_HEX32 = re.compile(r"^[0-9a-f]{32}$")
+_AGENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+KINDS = ("file", "dir", "symlink")
+
+
+def new_entry_id() -> str:
+    """A fresh entry id: one per version of an entry, so a changed file is a new entry."""
+    return uuid.uuid4().hex
+
+
+def is_valid_entry_id(value: object) -> bool:
+    return isinstance(value, str) and bool(_HEX32.match(value))
+
+
+def name_problem(name: object) -> str | None:
+    """Why `name` cannot be an entry name (None if it can).
+
+    An entry name is one path component: it never contains '/', NUL or control characters, is never
+    '.' or '..', and never starts with '.' (dot names are synkler's own staging places and are ignored).
+    """
+    if not isinstance(name, str) or not name:
+        return "name must be a non-empty string"
+    if "/" in name:
+        return "name contains '/'"
+    if _CONTROL.search(name):
+        return "name contains control characters"
+    if name.startswith("."):
+        return "name starts with '.'"
+    try:
+        encoded = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return "name is not encodable"
+    if len(encoded) > MAX_NAME_BYTES:
+        return f"name is longer than {MAX_NAME_BYTES} bytes"
+    return None
+
+
+def path_problem(path: object) -> str | None:
+    """Why `path` cannot be a remote path in a message: absolute, no '..', no control characters."""
+    if not isinstance(path, str) or not path.startswith("/"):
+        return "path must be an absolute path"
+    if _CONTROL.search(path):
+        return "path contains control characters"
+    if ".." in path.split("/"):
+        return "path contains '..'"
+    if len(path) > 4096:
+        return "path is too long"
+    return None
+
+
+def _int(limit: int):
+    def check(value: object) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+            return f"must be an integer between 0 and {limit}"
+        return None
+
+    return check
+
+
+def _md5(value: object) -> str | None:
+    return None if isinstance(value, str) and _HEX32.match(value) else "must be 32 lowercase hex digits"
+
+
+def _kind(value: object) -> str | None:
+    return None if value in KINDS else f"must be one of {', '.join(KINDS)}"
+
+
+def _agent(value: object) -> str | None:
+    return None if isinstance(value, str) and _AGENT.match(value) else "must be an agent name"
+
+
+def _text(value: object) -> str | None:
+    return None if isinstance(value, str) and len(value) <= 2000 else "must be a string"
+
+
+def _attempt(value: object) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+        return "must be an integer between 1 and 1000"
+    return None
+
+
+_ENTRY_META = {
+    "name": name_problem,
+    "kind": _kind,
+    "size": _int(MAX_SIZE),
+    "files": _int(MAX_SIZE),
+    "md5": _md5,
+}
+
+# type -> required body fields and their validators
+SCHEMAS: dict[str, dict[str, Any]] = {
+    # upload -> central: an entry has settled and is ready to send
+    "offer": dict(_ENTRY_META),
+    # central -> upload: push attempt N into this directory on central
+    "admit": {"attempt": _attempt, "dest": path_problem},
+    # central -> upload: no room yet; the entry waits at central
+    "wait": {"reason": _text},
+    # upload -> central: attempt N has been pushed
+    "sent": {"attempt": _attempt},
+    # central -> download: pull this verified copy
+    "fetch": dict(_ENTRY_META, attempt=_attempt, path=path_problem),
+    # download -> central: verified and placed under `stored_as` (or already present with the same md5)
+    "fetched": {
+        "stored_as": name_problem,
+        "outcome": lambda v: None if v in ("placed", "present") else "bad outcome",
+    },
+    # central -> upload: download has a verified copy; upload may run its cleanup script
+    "delivered": {"stored_as": name_problem},
+    # any -> any: this entry could not be relayed; a person must look
+    "failed": {"hop": _text, "reason": _text},
+}
+
+
+def encode(mtype: str, entry: str, sender: str, **body: Any) -> bytes:
+    """Build and validate a message; raising here means a bug in the sender, not bad input."""
+    msg = {"v": SCHEMA, "type": mtype, "entry": entry, "from": sender, "at": time.time(), **body}
+    validate(msg)
+    return json.dumps(msg, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+def decode(raw: bytes) -> dict[str, Any]:
+    """Parse and validate a message body; MessageError says what is wrong with it."""
+    if len(raw) > MAX_BODY:
+        raise MessageError(f"message is {len(raw)} bytes, more than {MAX_BODY}")
+    try:
+        msg = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise MessageError(f"message is not valid JSON: {e}") from None
+    validate(msg)
+    return msg
+
+
+def validate(msg: object) -> None:
+    if not isinstance(msg, dict):
+        raise MessageError("message is not a JSON object")
+    if msg.get("v") != SCHEMA:
+        raise MessageError(f"unsupported schema version {msg.get('v')!r} (this synkler speaks {SCHEMA})")
+    mtype = msg.get("type")
+    schema = SCHEMAS.get(mtype) if isinstance(mtype, str) else None
+    if schema is None:
+        raise MessageError(f"unknown message type {mtype!r}")
+    if not is_valid_entry_id(msg.get("entry")):
+        raise MessageError(f"{mtype}: entry id {msg.get('entry')!r} is not 32 hex digits")
+    if _agent(msg.get("from")):
+        raise MessageError(f"{mtype}: sender {msg.get('from')!r} is not a valid agent name")
+    at = msg.get("at")
+    if isinstance(at, bool) or not isinstance(at, (int, float)):
+        raise MessageError(f"{mtype}: 'at' must be a timestamp")
+    for field, check in schema.items():
+        if field not in msg:
+            raise MessageError(f"{mtype}: missing field {field!r}")
+        problem = check(msg[field])
+        if problem:
+            raise MessageError(f"{mtype}: field {field!r} {problem}")
+    extra = set(msg) - set(schema) - {"v", "type", "entry", "from", "at"}
+    if extra:
+        raise MessageError(f"{mtype}: unknown fields {sorted(extra)}")

@@ -1,0 +1,212 @@
+"""The agent's durable memory: one SQLite database (WAL) with the entries and the outbox.
+
+This is the only module that touches SQLite. One thread (the agent's main loop) owns the
+connection; workers never write here, they hand results back to that thread.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    id        TEXT PRIMARY KEY,
+    name      TEXT NOT NULL,
+    kind      TEXT NOT NULL,
+    size      INTEGER NOT NULL DEFAULT 0,
+    files     INTEGER NOT NULL DEFAULT 0,
+    md5       TEXT NOT NULL,
+    state     TEXT NOT NULL,
+    peer      TEXT,                       -- the agent this entry came from (or goes to)
+    attempt   INTEGER NOT NULL DEFAULT 0, -- the hop attempt the peer asked for
+    tries     INTEGER NOT NULL DEFAULT 0, -- local failures of the current step
+    path      TEXT,                       -- remote path (dest for upload, source for download)
+    stored_as TEXT,                       -- final name at download
+    signature TEXT,                       -- upload: stat fingerprint of the content that was offered
+    cleanup   TEXT,                       -- cleanup script: pending | running | done | failed | interrupted
+    reason    TEXT,
+    created   REAL NOT NULL,
+    updated   REAL NOT NULL,
+    due       REAL NOT NULL DEFAULT 0     -- earliest time of the next action (retry, expiry)
+);
+CREATE INDEX IF NOT EXISTS entries_state ON entries(state, due);
+CREATE INDEX IF NOT EXISTS entries_name ON entries(name, created);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    dest    TEXT NOT NULL,
+    body    BLOB NOT NULL,
+    created REAL NOT NULL
+);
+"""
+
+
+@dataclass
+class Entry:
+    id: str
+    name: str
+    kind: str
+    md5: str
+    state: str
+    size: int = 0
+    files: int = 0
+    peer: str | None = None
+    attempt: int = 0
+    tries: int = 0
+    path: str | None = None
+    stored_as: str | None = None
+    signature: str | None = None
+    cleanup: str | None = None
+    reason: str | None = None
+    created: float = 0.0
+    updated: float = 0.0
+    due: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+_COLUMNS = [f.name for f in fields(Entry)]
+
+
+class State:
+    """Entries and outbox of one agent. Use `transaction()` around every change."""
+
+    def __init__(self, path: str | Path, *, readonly: bool = False):
+        self.path = Path(path)
+        if readonly:
+            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(self.path), isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit that acknowledged a message survives a power cut, not only a crash.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.row_factory = sqlite3.Row
+        self._depth = 0
+        self._after_commit: list = []
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[State]:
+        """One atomic change; nested uses join the outer transaction."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self
+            finally:
+                self._depth -= 1
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield self
+        except BaseException:
+            self._depth = 0
+            self._after_commit = []
+            self._db.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        self._db.execute("COMMIT")
+        callbacks, self._after_commit = self._after_commit, []
+        for fn in callbacks:
+            fn()
+
+    def after_commit(self, fn) -> None:
+        """Run `fn` once the current transaction has committed (at once outside one); dropped on rollback.
+
+        Side effects that must not happen unless the state change is durable (starting a cleanup
+        script that was just marked 'running') go through here.
+        """
+        if self._depth:
+            self._after_commit.append(fn)
+        else:
+            fn()
+
+    # entries -------------------------------------------------------------------------------------
+
+    def insert(self, entry: Entry) -> Entry:
+        now = time.time()
+        entry.created = entry.created or now
+        entry.updated = now
+        row = entry.as_dict()
+        self._db.execute(
+            f"INSERT INTO entries ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+            [row[c] for c in _COLUMNS],
+        )
+        return entry
+
+    def update(self, entry: Entry, **changes: Any) -> Entry:
+        """Change some fields of an entry, in the database and on the object."""
+        changes["updated"] = time.time()
+        for key, value in changes.items():
+            if key not in _COLUMNS or key == "id":
+                raise KeyError(key)
+            setattr(entry, key, value)
+        sets = ", ".join(f"{k} = ?" for k in changes)
+        self._db.execute(f"UPDATE entries SET {sets} WHERE id = ?", [*changes.values(), entry.id])
+        return entry
+
+    def get(self, entry_id: str) -> Entry | None:
+        row = self._db.execute("SELECT * FROM entries WHERE id = ?", (entry_id,)).fetchone()
+        return Entry(**row) if row else None
+
+    def latest_by_name(self, name: str) -> Entry | None:
+        row = self._db.execute(
+            "SELECT * FROM entries WHERE name = ? ORDER BY created DESC LIMIT 1", (name,)
+        ).fetchone()
+        return Entry(**row) if row else None
+
+    def by_state(self, *states: str, due_before: float | None = None) -> list[Entry]:
+        marks = ", ".join("?" * len(states))
+        sql = f"SELECT * FROM entries WHERE state IN ({marks})"
+        args: list[Any] = list(states)
+        if due_before is not None:
+            sql += " AND due <= ?"
+            args.append(due_before)
+        sql += " ORDER BY created"
+        return [Entry(**r) for r in self._db.execute(sql, args)]
+
+    def next_due(self, *states: str) -> float | None:
+        marks = ", ".join("?" * len(states))
+        row = self._db.execute(f"SELECT MIN(due) FROM entries WHERE state IN ({marks})", states).fetchone()
+        return row[0]
+
+    def all(self) -> list[Entry]:
+        return [Entry(**r) for r in self._db.execute("SELECT * FROM entries ORDER BY created")]
+
+    def count(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+
+    # outbox --------------------------------------------------------------------------------------
+
+    def enqueue(self, dest: str, body: bytes) -> None:
+        """Queue a message to send; call inside the transaction that made the change it reports."""
+        self._db.execute(
+            "INSERT INTO outbox (dest, body, created) VALUES (?, ?, ?)", (dest, body, time.time())
+        )
+
+    def outbox(self, limit: int = 100) -> list[tuple[int, str, bytes]]:
+        rows = self._db.execute("SELECT seq, dest, body FROM outbox ORDER BY seq LIMIT ?", (limit,))
+        return [(r[0], r[1], bytes(r[2])) for r in rows]
+
+    def sent(self, seq: int) -> None:
+        """The broker confirmed this message: forget it."""
+        self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+
+    def outbox_size(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+
+
+def entries_as_json(entries: list[Entry]) -> str:
+    return json.dumps([e.as_dict() for e in entries], indent=2)

@@ -1,0 +1,106 @@
+"""Fixtures shared by the whole suite: a private sshd, the RabbitMQ broker, unique ids.
+
+Missing infrastructure skips the tests that need it on a developer's machine, but fails
+them under CI (CI=true), where a skip would let a broken setup pass silently.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+from urllib.parse import quote
+
+import pytest
+
+from synkler.sshd import LocalSshd
+
+# Sent by an AMQP 0-9-1 client first; a broker answers it with Connection.Start (or with
+# its own header if it speaks another version), so any reply means "a broker is there".
+AMQP_PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
+
+
+def missing_infrastructure(reason: str) -> NoReturn:
+    """Skip locally, fail in CI: CI must never go green by skipping everything."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true, so this is a failure, not a skip)", pytrace=False)
+    pytest.skip(reason)
+
+
+@dataclass(frozen=True)
+class BrokerInfo:
+    """Where the test broker is and how to log in; pika is left to the tests that use it."""
+
+    host: str
+    port: int
+    username: str = "guest"
+    password: str = "guest"
+    vhost: str = "/"
+
+    @property
+    def url(self) -> str:
+        """The amqp:// URL form (vhost percent-encoded, so "/" becomes "%2F")."""
+        return (
+            f"amqp://{quote(self.username, safe='')}:{quote(self.password, safe='')}"
+            f"@{self.host}:{self.port}/{quote(self.vhost, safe='')}"
+        )
+
+
+def amqp_answers(host: str, port: int, timeout: float = 5.0) -> bool:
+    """True if something on host:port replies to the AMQP 0-9-1 protocol header.
+
+    A bare TCP connect is not enough: a half-started RabbitMQ (or an unrelated service)
+    can accept connections without speaking AMQP.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(AMQP_PROTOCOL_HEADER)
+            return bool(sock.recv(8))
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def broker() -> BrokerInfo:
+    """The RabbitMQ broker for integration tests (override with SYNKLER_TEST_BROKER_HOST/_PORT)."""
+    host = os.environ.get("SYNKLER_TEST_BROKER_HOST", "127.0.0.1")
+    port = int(os.environ.get("SYNKLER_TEST_BROKER_PORT", "5672"))
+    if not amqp_answers(host, port):
+        missing_infrastructure(
+            f"RabbitMQ not reachable on {host}:{port} (no AMQP reply); run scripts/setup.sh to "
+            "install and start it, or point SYNKLER_TEST_BROKER_HOST/_PORT at a broker"
+        )
+    return BrokerInfo(host=host, port=port)
+
+
+@pytest.fixture(scope="session")
+def broker_url(broker: BrokerInfo) -> str:
+    """The same broker as an amqp:// URL, for code that takes a URL."""
+    return broker.url
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSshd]:
+    """One private sshd for the whole session: starting one costs ~0.5 s, not worth per test."""
+    for tool, package in (("ssh", "openssh-client"), ("ssh-keygen", "openssh-client"), ("rsync", "rsync")):
+        if shutil.which(tool) is None:
+            missing_infrastructure(f"{tool} not installed (apt-get install {package}, or scripts/setup.sh)")
+    if shutil.which("sshd") is None and not Path("/usr/sbin/sshd").exists():
+        missing_infrastructure("sshd not installed (apt-get install openssh-server, or scripts/setup.sh)")
+    server = LocalSshd(tmp_path_factory.mktemp("sshd"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def instance_id() -> str:
+    """A fresh id per test, so queues/dirs named after it never collide between tests."""
+    return "t" + uuid.uuid4().hex[:10]

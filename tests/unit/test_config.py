@@ -1,0 +1,471 @@
+"""Behaviour of synkler.config: finding, reading and checking synkler.conf."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from synkler import config
+from synkler.config import KEYS, Config, find_config, load_config, parse_config
+from synkler.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE = REPO / "sample-config"
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    path = tmp_path / "home"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def file_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "files"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def conf_path(tmp_path: Path) -> Path:
+    return tmp_path / "etc" / "synkler.conf"
+
+
+@pytest.fixture
+def parse(file_dir: Path, home: Path, conf_path: Path):
+    """parse_config on a minimal valid mapping updated with the given keys, hermetically."""
+
+    def run(environ: dict | None = None, **keys: object) -> Config:
+        data = {"mode": "upload", "file_dir": str(file_dir), "synkler_server": "broker.example"}
+        data.update(keys)
+        return parse_config(data, conf_path, environ=environ or {}, home=home)
+
+    return run
+
+
+def error_of(parse, **keys: object) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse(**keys)
+    return info.value
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+# ---------------------------------------------------------------- defaults
+
+
+def test_defaults_fill_every_optional_key(parse, file_dir: Path, home: Path, conf_path: Path) -> None:
+    cfg = parse()
+    state = home / ".local" / "state" / "synkler"
+    assert cfg == Config(
+        path=conf_path,
+        mode="upload",
+        id="default",
+        name="upload",
+        file_dir=file_dir,
+        keep_minutes=30.0,
+        pidfile=state / "default-upload.pid",
+        state_db=state / "default-upload.sqlite",
+        rsync=("rsync",),
+        rsync_opts=(),
+        rsync_timeout=300,
+        synkler_server="broker.example",
+        central_host="broker.example",
+        broker_port=5672,
+        broker_username="guest",
+        broker_password="guest",
+        broker_vhost="/",
+        cleanup_script=None,
+        free_percent=10.0,
+        settle_seconds=2.0,
+        max_transfers=4,
+        max_attempts=5,
+        retry_max_seconds=300.0,
+    )
+    assert cfg.cleanup_argv == ()
+
+
+def test_yaml_null_means_the_default(parse) -> None:
+    cfg = parse(keep_minutes=None, rsync_opts=None, name=None, central_host=None)
+    assert (cfg.keep_minutes, cfg.rsync_opts, cfg.name, cfg.central_host) == (
+        30.0,
+        (),
+        "upload",
+        "broker.example",
+    )
+
+
+def test_central_host_can_differ_from_the_broker_host(parse) -> None:
+    cfg = parse(central_host="synkler@relay.example")
+    assert cfg.synkler_server == "broker.example"
+    assert cfg.central_host == "synkler@relay.example"
+
+
+def test_key_table_and_config_fields_are_the_same_set() -> None:
+    fields = [f.name for f in dataclasses.fields(Config) if f.name != "path"]
+    assert fields == list(KEYS)
+
+
+# ---------------------------------------------------------------- derived paths
+
+
+def test_derived_pidfile_and_state_db_differ_across_modes_with_the_same_id(parse) -> None:
+    configs = [parse(mode=mode, id="relay1") for mode in ("upload", "central", "download")]
+    assert len({c.pidfile for c in configs}) == 3
+    assert len({c.state_db for c in configs}) == 3
+    assert configs[1].pidfile.name == "relay1-central.pid"
+    assert configs[1].state_db.name == "relay1-central.sqlite"
+
+
+def test_a_name_other_than_the_mode_is_part_of_the_stem(parse) -> None:
+    cfg = parse(mode="download", id="relay1", name="nas2")
+    assert cfg.stem == "relay1-download-nas2"
+    assert cfg.pidfile.name == "relay1-download-nas2.pid"
+    assert cfg.state_db.name == "relay1-download-nas2.sqlite"
+
+
+def test_state_dir_follows_xdg_state_home(parse, tmp_path: Path) -> None:
+    cfg = parse(environ={"XDG_STATE_HOME": str(tmp_path / "state")})
+    assert cfg.pidfile == tmp_path / "state" / "synkler" / "default-upload.pid"
+
+
+def test_relative_xdg_state_home_is_ignored(parse, home: Path) -> None:
+    cfg = parse(environ={"XDG_STATE_HOME": "relative/state"})
+    assert cfg.state_db == home / ".local" / "state" / "synkler" / "default-upload.sqlite"
+
+
+def test_explicit_paths_get_tilde_expanded_against_home(parse, home: Path) -> None:
+    (home / "out").mkdir()
+    cfg = parse(pidfile="~/run/u.pid", state_db="~/db/u.sqlite", file_dir="~/out")
+    assert cfg.pidfile == home / "run" / "u.pid"
+    assert cfg.state_db == home / "db" / "u.sqlite"
+    assert cfg.file_dir == home / "out"
+
+
+def test_relative_paths_are_taken_from_the_config_files_directory(parse, conf_path: Path) -> None:
+    (conf_path.parent / "data").mkdir(parents=True)
+    cfg = parse(file_dir="data", pidfile="run/../u.pid")
+    assert cfg.file_dir == conf_path.parent / "data"
+    assert cfg.pidfile == conf_path.parent / "u.pid"
+    assert cfg.file_dir.is_absolute() and cfg.pidfile.is_absolute()
+
+
+# ---------------------------------------------------------------- search order
+
+
+def test_explicit_path_wins_over_everything(tmp_path: Path, home: Path) -> None:
+    explicit = write(tmp_path / "mine.conf", "")
+    env = write(tmp_path / "env.conf", "")
+    write(home / "synkler.conf", "")
+    assert find_config(str(explicit), environ={"SYNKLER_CONF": str(env)}, home=home) == explicit
+
+
+def test_synkler_conf_variable_wins_over_home_files(tmp_path: Path, home: Path) -> None:
+    env = write(tmp_path / "env.conf", "")
+    write(home / "synkler.conf", "")
+    assert find_config(environ={"SYNKLER_CONF": str(env)}, home=home) == env
+
+
+def test_home_file_comes_before_dot_config(home: Path) -> None:
+    first = write(home / "synkler.conf", "")
+    write(home / ".config" / "synkler" / "synkler.conf", "")
+    assert find_config(environ={}, home=home) == first
+
+
+def test_dot_config_comes_before_etc(home: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(config, "SYSTEM_CONFIG", write(tmp_path / "etc" / "synkler.conf", ""))
+    second = write(home / ".config" / "synkler" / "synkler.conf", "")
+    assert find_config(environ={}, home=home) == second
+
+
+def test_etc_is_the_last_resort(home: Path, tmp_path: Path, monkeypatch) -> None:
+    system = write(tmp_path / "etc" / "synkler.conf", "")
+    monkeypatch.setattr(config, "SYSTEM_CONFIG", system)
+    assert find_config(environ={"SYNKLER_CONF": ""}, home=home) == system
+
+
+def test_nothing_found_lists_every_place_looked_in(home: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(config, "SYSTEM_CONFIG", tmp_path / "nowhere" / "synkler.conf")
+    with pytest.raises(ConfigError) as info:
+        find_config(environ={}, home=home)
+    message = str(info.value)
+    assert "no configuration file found (looked in:" in message
+    assert str(home / "synkler.conf") in message
+    assert str(home / ".config" / "synkler" / "synkler.conf") in message
+    assert str(tmp_path / "nowhere" / "synkler.conf") in message
+
+
+def test_explicit_missing_file_is_an_error_not_a_fallback(tmp_path: Path, home: Path) -> None:
+    write(home / "synkler.conf", "")
+    missing = str(tmp_path / "missing.conf")
+    with pytest.raises(ConfigError) as info:
+        find_config(missing, environ={}, home=home)
+    assert str(info.value) == f"{missing}: no such file"
+    assert info.value.exit_code == 2
+
+
+def test_synkler_conf_variable_naming_a_missing_file_is_an_error(tmp_path: Path, home: Path) -> None:
+    write(home / "synkler.conf", "")
+    missing = str(tmp_path / "missing.conf")
+    with pytest.raises(ConfigError) as info:
+        find_config(environ={"SYNKLER_CONF": missing}, home=home)
+    assert missing in str(info.value)
+    assert "SYNKLER_CONF" in str(info.value)
+
+
+def test_default_search_documents_the_order() -> None:
+    assert config.DEFAULT_SEARCH == (
+        "$SYNKLER_CONF",
+        "~/synkler.conf",
+        "~/.config/synkler/synkler.conf",
+        "/etc/synkler.conf",
+    )
+
+
+# ---------------------------------------------------------------- file-level errors
+
+
+def test_yaml_syntax_error_names_file_and_line_without_traceback(conf_path: Path) -> None:
+    write(conf_path, "mode: upload\nfile_dir: [unclosed\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(conf_path, check_dirs=False)
+    message = str(info.value)
+    assert message.startswith(f"{conf_path}: invalid YAML at line ")
+    assert "\n" not in message and "Traceback" not in message
+
+
+def test_top_level_that_is_not_a_mapping_is_rejected(conf_path: Path) -> None:
+    write(conf_path, "- mode: upload\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(conf_path, check_dirs=False)
+    assert str(info.value) == f"{conf_path}: must be a mapping of 'key: value' lines, got a list"
+
+
+def test_empty_file_says_mode_is_required(conf_path: Path) -> None:
+    write(conf_path, "# nothing yet\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(conf_path, check_dirs=False)
+    assert str(info.value) == f"{conf_path}: mode: is required"
+
+
+def test_a_key_given_twice_names_both_lines(conf_path: Path) -> None:
+    write(conf_path, "mode: upload\nid: a\nid: b\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(conf_path, check_dirs=False)
+    assert str(info.value) == f"{conf_path}: id: given twice (lines 2 and 3)"
+
+
+def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path, check_dirs=False)
+    assert str(info.value).startswith(f"{tmp_path}: cannot read:")
+
+
+def test_load_config_reads_a_file(conf_path: Path, file_dir: Path, home: Path) -> None:
+    write(conf_path, f"mode: central\nfile_dir: {file_dir}\nsynkler_server: mq.example\nkeep_minutes: 1.5\n")
+    cfg = load_config(conf_path, environ={}, home=home)
+    assert (cfg.path, cfg.mode, cfg.file_dir, cfg.keep_minutes) == (conf_path, "central", file_dir, 1.5)
+
+
+# ---------------------------------------------------------------- key-level errors
+
+
+def test_unknown_key_names_file_and_key_and_suggests_the_close_one(parse, conf_path: Path) -> None:
+    err = error_of(parse, keep_minuts=5)
+    assert str(err) == f"{conf_path}: keep_minuts: unknown key; did you mean 'keep_minutes'?"
+    assert (err.path, err.key) == (str(conf_path), "keep_minuts")
+
+
+def test_unknown_key_without_a_close_match_has_no_hint(parse, conf_path: Path) -> None:
+    assert str(error_of(parse, colour="blue")) == f"{conf_path}: colour: unknown key"
+
+
+def test_non_string_key_is_rejected(file_dir: Path, conf_path: Path) -> None:
+    data = {"mode": "upload", "file_dir": str(file_dir), "synkler_server": "h", 42: "x"}
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, conf_path, environ={})
+    assert str(info.value) == f"{conf_path}: 42: keys must be strings"
+
+
+@pytest.mark.parametrize("key", ["mode", "file_dir", "synkler_server"])
+def test_missing_required_key_names_file_and_key(key: str, file_dir: Path, conf_path: Path) -> None:
+    data = {"mode": "upload", "file_dir": str(file_dir), "synkler_server": "h"}
+    del data[key]
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, conf_path, environ={})
+    assert str(info.value) == f"{conf_path}: {key}: is required"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("mode", "uplaod", "must be one of upload, central, download, got 'uplaod'"),
+        ("keep_minutes", "30", "must be a number, got '30'"),
+        ("keep_minutes", True, "must be a number, got true"),
+        ("keep_minutes", -1, "must be >= 0, got -1"),
+        ("keep_minutes", float("inf"), "must be a finite number, got inf"),
+        ("max_transfers", 4.0, "must be an integer, got 4.0"),
+        ("max_transfers", "4", "must be an integer, got '4'"),
+        ("max_transfers", 0, "must be >= 1, got 0"),
+        ("max_attempts", False, "must be an integer, got false"),
+        ("rsync_timeout", 0, "must be >= 1, got 0"),
+        ("broker_port", 0, "must be between 1 and 65535, got 0"),
+        ("broker_port", 70000, "must be between 1 and 65535, got 70000"),
+        ("free_percent", 101, "must be between 0 and 100, got 101"),
+        ("settle_seconds", -0.5, "must be >= 0, got -0.5"),
+        ("retry_max_seconds", 0, "must be > 0, got 0"),
+        ("broker_password", 1234, "must be a string, got 1234"),
+        ("broker_username", "", "must not be empty"),
+        ("broker_vhost", ["/"], "must be a string, got a list"),
+        ("synkler_server", "-oProxyCommand=x", "must be a host name or user@host, got '-oProxyCommand=x'"),
+        ("central_host", "user@host extra", "must be a host name or user@host, got 'user@host extra'"),
+        ("rsync", "", "must not be empty"),
+        ("rsync_opts", {"a": 1}, "must be a string, got a mapping"),
+        ("rsync_opts", ["--ok", 3], "item 2 must be a non-empty string, got 3"),
+        ("pidfile", 5, "must be a string, got 5"),
+        ("cleanup_script", "  ", "must not be empty"),
+    ],
+)
+def test_each_bad_value_names_file_key_and_problem(parse, conf_path: Path, key, value, problem) -> None:
+    err = error_of(parse, **{key: value})
+    assert str(err) == f"{conf_path}: {key}: {problem}"
+
+
+def test_file_dir_that_does_not_exist_is_rejected(parse, tmp_path: Path, conf_path: Path) -> None:
+    missing = tmp_path / "nope"
+    err = error_of(parse, file_dir=str(missing))
+    assert str(err) == f"{conf_path}: file_dir: directory does not exist: {missing}"
+
+
+def test_file_dir_that_is_a_file_is_rejected(parse, tmp_path: Path, conf_path: Path) -> None:
+    plain = write(tmp_path / "plain", "x")
+    err = error_of(parse, file_dir=str(plain))
+    assert str(err) == f"{conf_path}: file_dir: not a directory: {plain}"
+
+
+def test_check_dirs_false_accepts_a_missing_file_dir(tmp_path: Path, conf_path: Path) -> None:
+    data = {"mode": "download", "file_dir": str(tmp_path / "later"), "synkler_server": "h"}
+    cfg = parse_config(data, conf_path, check_dirs=False, environ={})
+    assert cfg.file_dir == tmp_path / "later"
+
+
+# ---------------------------------------------------------------- id and name
+
+
+@pytest.mark.parametrize("good", ["default", "relay-1", "a", "A_b.c-9", "_x", "-x", "x" * 64])
+def test_id_and_name_accept_safe_identifiers(parse, good: str) -> None:
+    cfg = parse(id=good, name=good)
+    assert (cfg.id, cfg.name) == (good, good)
+
+
+@pytest.mark.parametrize("bad", ["", ".hidden", "a/b", "a b", "x" * 65, "ünï", "a:b"])
+@pytest.mark.parametrize("key", ["id", "name"])
+def test_id_and_name_reject_unsafe_identifiers(parse, conf_path: Path, key: str, bad: str) -> None:
+    err = error_of(parse, **{key: bad})
+    assert str(err).startswith(f"{conf_path}: {key}: must be 1-64 letters, digits")
+
+
+def test_id_given_as_a_number_is_rejected_rather_than_converted(parse) -> None:
+    assert error_of(parse, id=7).problem == "must be a string, got 7"
+
+
+# ---------------------------------------------------------------- numbers
+
+
+def test_keep_minutes_accepts_fractions(parse) -> None:
+    assert parse(keep_minutes=0.5).keep_minutes == 0.5
+
+
+def test_whole_number_floats_become_floats(parse) -> None:
+    cfg = parse(keep_minutes=5, free_percent=0, retry_max_seconds=1)
+    assert isinstance(cfg.keep_minutes, float) and cfg.keep_minutes == 5.0
+    assert isinstance(cfg.free_percent, float) and isinstance(cfg.retry_max_seconds, float)
+
+
+def test_integer_keys_keep_integers(parse) -> None:
+    cfg = parse(max_transfers=1, max_attempts=10, rsync_timeout=1, broker_port=65535)
+    assert (cfg.max_transfers, cfg.max_attempts, cfg.rsync_timeout, cfg.broker_port) == (1, 10, 1, 65535)
+
+
+# ---------------------------------------------------------------- rsync
+
+
+def test_rsync_string_is_split_like_a_shell(parse) -> None:
+    assert parse(rsync="/usr/bin/env rsync").rsync == ("/usr/bin/env", "rsync")
+    assert parse(rsync="'/opt/my tools/rsync' -q").rsync == ("/opt/my tools/rsync", "-q")
+
+
+def test_rsync_may_also_be_a_list(parse) -> None:
+    assert parse(rsync=["/usr/bin/env", "rsync"]).rsync == ("/usr/bin/env", "rsync")
+
+
+def test_rsync_with_an_unbalanced_quote_is_rejected(parse, conf_path: Path) -> None:
+    err = error_of(parse, rsync="'rsync")
+    assert str(err).startswith(f"{conf_path}: rsync: cannot be split into words")
+
+
+def test_rsync_opts_comma_string_is_read_like_the_original(parse) -> None:
+    cfg = parse(rsync_opts="--rsh=ssh -p 2222 -i key,--bwlimit=1000")
+    assert cfg.rsync_opts == ("--rsh=ssh -p 2222 -i key", "--bwlimit=1000")
+
+
+def test_rsync_opts_comma_string_allows_quoted_commas_and_ignores_blanks(parse) -> None:
+    cfg = parse(rsync_opts='"--chmod=u=rw,go=r", --partial,')
+    assert cfg.rsync_opts == ("--chmod=u=rw,go=r", "--partial")
+
+
+def test_rsync_opts_empty_string_means_no_options(parse) -> None:
+    assert parse(rsync_opts="").rsync_opts == ()
+
+
+def test_rsync_opts_list_is_taken_item_for_item(parse) -> None:
+    opts = ["--rsh=ssh -p 22 -i /home/synkler/.ssh/id_ed25519", "--bwlimit=1000"]
+    assert parse(rsync_opts=opts).rsync_opts == tuple(opts)
+
+
+# ---------------------------------------------------------------- cleanup_script
+
+
+def test_cleanup_script_is_kept_as_written_and_split_on_demand(parse) -> None:
+    cfg = parse(cleanup_script="/usr/local/bin/after --in '%F' --name %f")
+    assert cfg.cleanup_script == "/usr/local/bin/after --in '%F' --name %f"
+    assert cfg.cleanup_argv == ("/usr/local/bin/after", "--in", "%F", "--name", "%f")
+
+
+def test_cleanup_script_that_cannot_be_split_fails_at_load_time(parse, conf_path: Path) -> None:
+    err = error_of(parse, cleanup_script='run "%F')
+    assert str(err).startswith(f"{conf_path}: cleanup_script: cannot be split into words")
+
+
+# ---------------------------------------------------------------- sample-config
+
+
+def test_sample_config_loads_as_shipped(home: Path) -> None:
+    cfg = load_config(SAMPLE, check_dirs=False, environ={}, home=home)
+    assert cfg.mode == "upload"
+    assert cfg.file_dir == Path("/srv/synkler/outgoing")
+    assert cfg.synkler_server == "central.example.org"
+
+
+def test_sample_config_documents_every_key() -> None:
+    text = SAMPLE.read_text()
+    for key in KEYS:
+        assert re.search(rf"^#?{key}:", text, re.MULTILINE), f"{key} missing from sample-config"
+
+
+def test_sample_config_examples_are_valid_when_uncommented(tmp_path: Path, home: Path) -> None:
+    text = re.sub(r"^#(?=[a-z_]+:)", "", SAMPLE.read_text(), flags=re.MULTILINE)
+    uncommented = write(tmp_path / "synkler.conf", text)
+    cfg = load_config(uncommented, check_dirs=False, environ={}, home=home)
+    assert cfg.rsync_opts == ("--rsh=ssh -p 22 -i /home/synkler/.ssh/id_ed25519",)
+    assert cfg.cleanup_argv == ("/usr/local/bin/process-delivery", "--input", "%F")
+    assert cfg.central_host == "synkler@central.example.org"
+    assert cfg.pidfile == home / ".local" / "state" / "synkler" / "default-upload.pid"
