@@ -38,7 +38,12 @@ class BrokerParams:
     @classmethod
     def from_config(cls, cfg) -> BrokerParams:
         return cls(
-            cfg.synkler_server, cfg.broker_port, cfg.broker_username, cfg.broker_password, cfg.broker_vhost
+            cfg.synkler_server,
+            cfg.broker_port,
+            cfg.broker_username,
+            cfg.broker_password,
+            cfg.broker_vhost,
+            cfg.broker_heartbeat,
         )
 
 

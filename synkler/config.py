@@ -105,6 +105,7 @@ class Config:
     broker_username: str
     broker_password: str
     broker_vhost: str
+    broker_heartbeat: int
     cleanup_script: str | None
     free_percent: float
     settle_seconds: float
@@ -358,6 +359,7 @@ KEYS: dict[str, _Key] = {
     "broker_username": _Key(_text, "guest"),
     "broker_password": _Key(_string, "guest"),
     "broker_vhost": _Key(_text, "/"),
+    "broker_heartbeat": _Key(_integer(1, 3600), 30),
     "cleanup_script": _Key(_cleanup_script, None),
     "free_percent": _Key(_number(0, 100), 10.0),
     "settle_seconds": _Key(_number(0), 2.0),

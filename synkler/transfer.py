@@ -7,8 +7,10 @@ with spaces, quotes and non-ASCII characters survive the remote shell.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import subprocess
 import threading
 from collections.abc import Sequence
@@ -52,6 +54,22 @@ def rsync_argv(cfg, src: str, dest: str) -> list[str]:
 _running: set[subprocess.Popen] = set()
 _lock = threading.Lock()
 
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _prctl = None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_agent() -> None:
+    """In the child before exec: get SIGTERM if the agent dies, even by SIGKILL.
+
+    Without this an rsync outlives a killed agent and races the one the restarted agent starts.
+    (The signal comes when the forking thread ends; transfer threads live as long as the agent.)
+    """
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
 
 def run(
     argv: Sequence[str], *, timeout: float | None = None, env: dict | None = None, track: bool = True
@@ -63,7 +81,12 @@ def run(
     """
     try:
         proc = subprocess.Popen(
-            list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=_die_with_agent if track else None,
         )
     except FileNotFoundError:
         return Result(False, 127, f"program not found: {argv[0]}", tuple(argv))

@@ -83,6 +83,7 @@ def test_defaults_fill_every_optional_key(parse, file_dir: Path, home: Path, con
         broker_username="guest",
         broker_password="guest",
         broker_vhost="/",
+        broker_heartbeat=30,
         cleanup_script=None,
         free_percent=10.0,
         settle_seconds=2.0,

@@ -1,0 +1,271 @@
+"""The whole path of an entry through three real agents, RabbitMQ, sshd and rsync.
+
+Each test checks what a user would: the bytes and md5 at download, the cleanup scripts' runs,
+central's copy, and that no staging debris is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from synkler.checksum import md5_entry
+
+from relay_helpers import place, tree_listing, write_random
+
+RECORD = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\t' + sys.argv[3] + '\\n')"
+
+
+def recorder(log: Path) -> str:
+    """A cleanup_script that appends '%f<TAB>%F' to `log`, run without a shell."""
+    return shlex.join([sys.executable, "-c", RECORD, str(log), "%f", "%F"])
+
+
+def runs(log: Path) -> list[tuple[str, str]]:
+    if not log.exists():
+        return []
+    return [tuple(line.split("\t")) for line in log.read_text().splitlines()]
+
+
+def assert_clean(relay) -> None:
+    """No staging debris at central or download once everything is delivered."""
+    assert tree_listing(relay.dirs["central"] / relay.instance / "staging") == []
+    assert tree_listing(relay.dirs["download"] / f".synkler-{relay.instance}") == []
+
+
+def deliver(relay, md5s: dict[str, str], timeout: float = 60) -> None:
+    relay.wait_for(f"{sorted(md5s)} delivered", lambda: relay.all_done(set(md5s)), timeout)
+    down = relay.dirs["download"]
+    for name, md5 in md5s.items():
+        assert md5_entry(down / name) == md5, name
+    assert_clean(relay)
+
+
+def test_one_file_arrives_with_identical_bytes(make_relay):
+    relay = make_relay()
+    relay.start()
+    data = os.urandom(300_000)
+    md5 = place(relay.dirs["upload"], "measurement.raw", data)
+    deliver(relay, {"measurement.raw": md5})
+    assert (relay.dirs["download"] / "measurement.raw").read_bytes() == data
+    assert relay.states("central") == {"measurement.raw": "delivered"}
+    assert [e.state for e in relay.entries("upload")] == ["done"]
+
+
+def test_an_empty_file_arrives_empty(make_relay):
+    relay = make_relay()
+    relay.start()
+    md5 = place(relay.dirs["upload"], "empty", b"")
+    deliver(relay, {"empty": md5})
+    assert (relay.dirs["download"] / "empty").stat().st_size == 0
+
+
+def test_a_directory_with_an_empty_subdirectory_and_a_symlink_arrives_whole(make_relay):
+    relay = make_relay()
+    tree = relay.workdir / "run-7"
+    (tree / "raw" / "deep").mkdir(parents=True)
+    (tree / "empty").mkdir()
+    (tree / "raw" / "a.dat").write_bytes(os.urandom(50_000))
+    (tree / "raw" / "deep" / "b.dat").write_bytes(b"b")
+    (tree / "notes.txt").write_text("notes\n")
+    os.symlink("raw/a.dat", tree / "latest")
+    md5 = md5_entry(tree)
+    os.rename(tree, relay.dirs["upload"] / "run-7")
+    relay.start()
+    deliver(relay, {"run-7": md5})
+    got = relay.dirs["download"] / "run-7"
+    assert (got / "empty").is_dir() and list((got / "empty").iterdir()) == []
+    assert os.readlink(got / "latest") == "raw/a.dat"
+    assert (got / "raw" / "deep" / "b.dat").read_bytes() == b"b"
+
+
+def test_names_with_spaces_quotes_and_non_ascii_survive_both_hops(make_relay):
+    relay = make_relay()
+    relay.start()
+    names = [
+        "two words.txt",
+        "it's \"quoted\".dat",
+        "ünïcødé-日本語.bin",
+        "-starts-with-dash",
+        "semi;colon $(touch pwned) `x` & y.txt",
+        "back\\slash*?[].txt",
+    ]
+    md5s = {name: place(relay.dirs["upload"], name, name.encode() * 100) for name in names}
+    deliver(relay, md5s)
+    assert sorted(os.listdir(relay.dirs["download"])) == sorted([*names, f".synkler-{relay.instance}"])
+    assert not (relay.dirs["download"] / "pwned").exists() and not Path("pwned").exists()
+
+
+def test_a_hundred_small_files_all_arrive(make_relay):
+    relay = make_relay()
+    relay.start()
+    md5s = {f"small-{i:03d}.dat": place(relay.dirs["upload"], f"small-{i:03d}.dat", os.urandom(i * 37)) for i in range(100)}
+    deliver(relay, md5s, timeout=120)
+    assert len(relay.entries("central")) == 100
+
+
+def test_a_200_mb_file_arrives_intact(make_relay):
+    relay = make_relay()
+    relay.start()
+    big = relay.workdir / "big.bin"
+    write_random(big, 200 << 20)
+    md5 = md5_entry(big)
+    os.rename(big, relay.dirs["upload"] / "big.bin")
+    deliver(relay, {"big.bin": md5}, timeout=240)
+
+
+def test_a_name_collision_at_download_keeps_both_and_identical_content_is_not_duplicated(make_relay):
+    relay = make_relay()
+    down = relay.dirs["download"]
+    (down / "data.csv").write_text("the old data\n")
+    (down / "same.txt").write_text("identical\n")
+    relay.start()
+    place(relay.dirs["upload"], "data.csv", b"the new data\n")
+    place(relay.dirs["upload"], "same.txt", b"identical\n")
+    relay.wait_for("both delivered", lambda: relay.all_done({"data.csv", "same.txt"}))
+    assert (down / "data.csv").read_text() == "the old data\n"
+    assert (down / "data (2).csv").read_text() == "the new data\n"
+    assert (down / "same.txt").read_text() == "identical\n"
+    assert not (down / "same (2).txt").exists()
+    stored = {e.name: e.stored_as for e in relay.entries("download")}
+    assert stored == {"data.csv": "data (2).csv", "same.txt": "same.txt"}
+    assert_clean(relay)
+
+
+def test_cleanup_scripts_run_exactly_once_on_each_side_with_name_and_full_path(make_relay):
+    relay = make_relay()
+    up_log, down_log = relay.workdir / "up.log", relay.workdir / "down.log"
+    relay.write_config("upload", {"cleanup_script": recorder(up_log)})
+    relay.write_config("download", {"cleanup_script": recorder(down_log)})
+    relay.start()
+    md5s = {n: place(relay.dirs["upload"], n, n.encode()) for n in ("a.txt", "b c.txt", "d")}
+    deliver(relay, md5s)
+    relay.wait_for("cleanup scripts", lambda: len(runs(up_log)) == 3 and len(runs(down_log)) == 3)
+    assert sorted(runs(up_log)) == sorted((n, str(relay.dirs["upload"] / n)) for n in md5s)
+    assert sorted(runs(down_log)) == sorted((n, str(relay.dirs["download"] / n)) for n in md5s)
+    # A restart finds nothing left to do: no script runs a second time, nothing is offered again.
+    relay.stop()
+    relay.start()
+    relay.wait_for("agents reconnected", lambda: all(
+        relay.log_path(r).read_text().count("connected to broker") >= 2 for r in ("upload", "download")))
+    md5s["e"] = place(relay.dirs["upload"], "e", b"e")  # proves the loop ran after the restart
+    deliver(relay, md5s)
+    relay.wait_for("cleanup of e", lambda: len(runs(up_log)) == 4 and len(runs(down_log)) == 4)
+    assert sorted(n for n, _ in runs(up_log)) == ["a.txt", "b c.txt", "d", "e"]
+    assert len(relay.entries("central")) == 4
+
+
+def test_central_deletes_its_copy_keep_minutes_after_delivery_and_not_before(make_relay):
+    keep_minutes = 0.1  # 6 s
+    relay = make_relay(central={"keep_minutes": keep_minutes})
+    relay.start()
+    md5 = place(relay.dirs["upload"], "kept.bin", os.urandom(1000))
+    relay.wait_for("delivered at central", lambda: relay.states("central").get("kept.bin") == "delivered")
+    seen_delivered = time.time()
+    entry = relay.entries("central")[0]
+    stored = relay.dirs["central"] / relay.instance / "stored" / entry.id / "kept.bin"
+    assert md5_entry(stored) == md5
+    # Watch the copy for most of the keep time: it must stay.
+    while time.time() < seen_delivered + keep_minutes * 60 - 1.5:
+        assert stored.exists(), "central copy deleted before keep_minutes had passed"
+        time.sleep(0.1)
+    relay.wait_for("central copy expired", lambda: relay.states("central").get("kept.bin") == "expired", 20)
+    assert not stored.parent.exists()
+    expired = relay.entries("central")[0]
+    delivered_at = expired.due - keep_minutes * 60
+    assert delivered_at <= seen_delivered
+    assert expired.updated >= expired.due
+
+
+def test_messages_sent_while_download_was_down_are_delivered_when_it_starts(make_relay):
+    relay = make_relay()
+    relay.start("upload", "central")
+    md5s = {n: place(relay.dirs["upload"], n, os.urandom(5000)) for n in ("x1", "x2", "x3")}
+    relay.wait_for("waiting for download", lambda: relay.states("central") == dict.fromkeys(md5s, "downloading"))
+    relay.stop("central")  # nobody but the broker holds the fetch requests now
+    assert [p for p in os.listdir(relay.dirs["download"])] == []
+    relay.start("download", "central")
+    deliver(relay, md5s)
+
+
+@pytest.mark.parametrize("victim", ["upload", "central", "download"])
+def test_an_agent_killed_mid_transfer_and_restarted_loses_nothing_and_repeats_nothing(make_relay, sshd, victim):
+    slow = [*sshd.rsync_opts(), "--bwlimit=6000"]  # KB/s: the big file takes ~4 s per hop
+    relay = make_relay()
+    up_log, down_log = relay.workdir / "up.log", relay.workdir / "down.log"
+    relay.write_config("upload", {"rsync_opts": slow, "cleanup_script": recorder(up_log)})
+    relay.write_config("download", {"rsync_opts": slow, "cleanup_script": recorder(down_log)})
+    write_random(relay.workdir / "big.bin", 24 << 20)
+    md5s = {"big.bin": md5_entry(relay.workdir / "big.bin")}
+    os.rename(relay.workdir / "big.bin", relay.dirs["upload"] / "big.bin")
+    md5s.update({f"s{i}": place(relay.dirs["upload"], f"s{i}", os.urandom(2000)) for i in range(5)})
+    relay.start()
+
+    def partial_bytes(top: Path) -> int:
+        return sum(p.stat().st_size for p in top.rglob("*") if p.is_file()) if top.exists() else 0
+
+    if victim == "download":
+        staging = relay.dirs["download"] / f".synkler-{relay.instance}"
+        relay.wait_for("download mid-pull", lambda: partial_bytes(staging) > 2 << 20, 60)
+    else:
+        staging = relay.dirs["central"] / relay.instance / "staging"
+        relay.wait_for("upload mid-push", lambda: partial_bytes(staging) > 2 << 20, 60)
+    relay.kill(victim)
+    relay.start(victim)
+    if victim == "central":
+        # Kill central a second time while download pulls from it.
+        relay.wait_for("download mid-pull", lambda: partial_bytes(relay.dirs["download"] / f".synkler-{relay.instance}") > 2 << 20, 60)
+        relay.kill("central")
+        relay.start("central")
+    deliver(relay, md5s, timeout=120)
+    relay.wait_for("cleanup scripts", lambda: len(runs(up_log)) == 6 and len(runs(down_log)) == 6)
+    assert sorted(n for n, _ in runs(up_log)) == sorted(md5s)
+    assert sorted(n for n, _ in runs(down_log)) == sorted(md5s)
+    assert sorted(os.listdir(relay.dirs["download"])) == sorted([*md5s, f".synkler-{relay.instance}"])
+
+
+def test_agents_reconnect_and_carry_on_after_the_broker_drops_their_connections(make_relay):
+    rabbitmqctl = shutil.which("rabbitmqctl")
+    if rabbitmqctl is None:
+        pytest.skip("rabbitmqctl not available")
+    relay = make_relay()
+    relay.start()
+    md5s = {"before": place(relay.dirs["upload"], "before", b"before")}
+    deliver(relay, md5s)
+    subprocess.run([rabbitmqctl, "close_all_connections", "synkler test"], check=True, capture_output=True)
+    md5s["after"] = place(relay.dirs["upload"], "after", b"after")
+    deliver(relay, md5s)
+    assert all("reconnecting" in relay.log_path(r).read_text() for r in ("upload", "central", "download"))
+
+
+def test_heartbeats_keep_the_connection_up_during_a_long_transfer(make_relay, sshd):
+    slow = [*sshd.rsync_opts(), "--bwlimit=2000"]
+    hb = {"broker_heartbeat": 1}
+    relay = make_relay(upload={**hb, "rsync_opts": slow}, central=hb, download={**hb, "rsync_opts": slow})
+    relay.start()
+    big = relay.workdir / "slow.bin"
+    write_random(big, 8 << 20)  # ~4 s per hop at 2 MB/s: several heartbeat intervals
+    md5s = {"slow.bin": md5_entry(big)}
+    os.rename(big, relay.dirs["upload"] / "slow.bin")
+    deliver(relay, md5s, timeout=60)
+    for role in ("upload", "central", "download"):
+        assert "reconnecting" not in relay.log_path(role).read_text(), role
+
+
+def test_a_second_run_with_the_same_pidfile_exits_at_once(make_relay):
+    relay = make_relay()
+    relay.start("central")
+    relay.wait_for("central connected", lambda: "connected to broker" in relay.log_path("central").read_text())
+    started = time.monotonic()
+    second = subprocess.run(relay.command("central", "run"), capture_output=True, timeout=20)
+    assert second.returncode == 0
+    assert second.stderr == b""
+    assert time.monotonic() - started < 5
+    assert relay.alive("central")

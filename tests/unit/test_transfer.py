@@ -1,0 +1,264 @@
+"""Subprocesses for the relay: argument lists built exactly, never a shell, clear results when they fail."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from synkler import transfer
+from synkler.transfer import PARTIAL_DIR, cleanup_argv, rsync_argv, run, run_cleanup
+
+NASTY_NAME = "it's a \"quoted\" file; with spaces & $(touch x) `y`.csv"
+
+
+def rsync_cfg(**changes) -> SimpleNamespace:
+    values = dict(
+        rsync=("rsync",),
+        rsync_opts=("--rsh=ssh -p 2222 -i /home/me/.ssh/key", "--bwlimit=1000"),
+        rsync_timeout=77,
+        central_host="central.example",
+    )
+    values.update(changes)
+    return SimpleNamespace(**values)
+
+
+# --------------------------------------------------------------------------------------------------
+# cleanup_argv
+
+
+def test_cleanup_argv_substitutes_name_and_full_path_inside_arguments():
+    argv = cleanup_argv(["mv", "%F", "/archive/done-%f", "--tag=%f@%F"], "data.csv", "/files/data.csv")
+    assert argv == ["mv", "/files/data.csv", "/archive/done-data.csv", "--tag=data.csv@/files/data.csv"]
+
+
+def test_cleanup_argv_turns_a_double_percent_into_one_literal_percent():
+    argv = cleanup_argv(["echo", "100%%", "%%f", "%%F", "%%%f"], "n", "/p/n")
+    assert argv == ["echo", "100%", "%f", "%F", "%n"]
+
+
+def test_cleanup_argv_leaves_other_percent_sequences_alone():
+    assert cleanup_argv(["date", "+%Y-%m-%d", "%"], "n", "/p/n") == ["date", "+%Y-%m-%d", "%"]
+
+
+def test_a_name_with_spaces_quotes_and_shell_syntax_stays_one_argument():
+    full = "/files/" + NASTY_NAME
+    argv = cleanup_argv(["rm", "--", "%F"], NASTY_NAME, full)
+    assert argv == ["rm", "--", full]
+
+
+def test_percent_signs_in_the_name_are_not_substituted_again():
+    argv = cleanup_argv(["echo", "%f"], "50%F %% %f.csv", "/files/50%F %% %f.csv")
+    assert argv == ["echo", "50%F %% %f.csv"]
+
+
+@pytest.mark.xfail(
+    reason="cleanup_argv replaces %F first and then %f over the result, so a path holding '%f' is mangled",
+    strict=True,
+)
+def test_percent_f_inside_the_full_path_is_not_substituted_again():
+    argv = cleanup_argv(["rm", "%F"], "50%frac.csv", "/files/50%frac.csv")
+    assert argv == ["rm", "/files/50%frac.csv"]
+
+
+def test_cleanup_argv_does_not_change_the_template():
+    template = ("rm", "%F")
+    cleanup_argv(template, "a", "/b/a")
+    assert template == ("rm", "%F")
+
+
+# --------------------------------------------------------------------------------------------------
+# rsync_argv
+
+
+def test_rsync_argv_puts_the_users_options_after_synklers_and_before_source_and_destination():
+    argv = rsync_argv(rsync_cfg(), "/files/data.csv", "central.example:/srv/in/")
+    assert argv[0] == "rsync"
+    assert argv[-2:] == ["/files/data.csv", "central.example:/srv/in/"]
+    user = argv.index("--rsh=ssh -p 2222 -i /home/me/.ssh/key")
+    assert argv[user : user + 2] == ["--rsh=ssh -p 2222 -i /home/me/.ssh/key", "--bwlimit=1000"]
+    assert user + 2 == len(argv) - 2
+    for own in ("--archive", "--partial", f"--partial-dir={PARTIAL_DIR}", "--timeout=77"):
+        assert argv.index(own) < user
+
+
+def test_rsync_argv_uses_a_dot_prefixed_partial_dir_and_the_configured_timeout():
+    argv = rsync_argv(rsync_cfg(rsync_timeout=5), "a", "b")
+    assert f"--partial-dir={PARTIAL_DIR}" in argv
+    assert PARTIAL_DIR.startswith(".")
+    assert "--timeout=5" in argv
+
+
+def test_rsync_argv_keeps_a_multi_word_rsync_command_and_works_without_user_options():
+    argv = rsync_argv(rsync_cfg(rsync=("/usr/bin/env", "rsync"), rsync_opts=()), "/src", "host:/dst/")
+    assert argv[:2] == ["/usr/bin/env", "rsync"]
+    assert argv[-2:] == ["/src", "host:/dst/"]
+
+
+def test_rsync_argv_passes_a_name_with_spaces_and_quotes_as_one_argument():
+    src = "/files/" + NASTY_NAME
+    argv = rsync_argv(rsync_cfg(), src, "central.example:/srv/in/")
+    assert argv[-2] == src
+
+
+# --------------------------------------------------------------------------------------------------
+# run
+
+
+def test_run_captures_output_and_success():
+    result = run([sys.executable, "-c", "print('hello'); import sys; print('err', file=sys.stderr)"])
+    assert result.ok
+    assert result.returncode == 0
+    assert "hello" in result.output
+    assert "err" in result.output  # stderr is folded into the output
+    assert result.argv[0] == sys.executable
+
+
+def test_run_reports_a_failing_exit_status_with_the_last_output_lines():
+    result = run([sys.executable, "-c", "print('a'); print('b'); raise SystemExit(23)"])
+    assert not result.ok
+    assert result.returncode == 23
+    assert result.summary() == "exit 23: a / b"
+
+
+def test_run_reports_a_missing_program_as_exit_127_naming_it(tmp_path: Path):
+    missing = str(tmp_path / "no-such-rsync")
+    result = run([missing, "--version"])
+    assert not result.ok
+    assert result.returncode == 127
+    assert result.output == f"program not found: {missing}"
+
+
+def test_run_reports_a_non_executable_program_as_exit_126_naming_it(tmp_path: Path):
+    script = tmp_path / "cleanup.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o644)
+    result = run([str(script)])
+    assert not result.ok
+    assert result.returncode == 126
+    assert str(script) in result.output
+
+
+@pytest.mark.xfail(
+    reason="run catches only FileNotFoundError/PermissionError; ENOEXEC (no #! line) raises OSError",
+    strict=True,
+)
+def test_run_reports_a_script_without_an_interpreter_line_as_a_failed_result(tmp_path: Path):
+    script = tmp_path / "cleanup.sh"
+    script.write_text("echo no shebang\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    result = run([str(script)])
+    assert not result.ok
+    assert str(script) in result.output
+
+
+def test_run_kills_a_command_that_outlives_its_timeout():
+    result = run([sys.executable, "-c", "import signal; print('started', flush=True); signal.pause()"], timeout=1)
+    assert not result.ok
+    assert result.returncode == -1
+    assert "started" in result.output
+    assert "timed out after 1 s" in result.output
+
+
+def test_run_passes_the_given_environment():
+    env = dict(os.environ, SYNKLER_PROBE="value with spaces")
+    result = run([sys.executable, "-c", "import os; print(os.environ['SYNKLER_PROBE'])"], env=env)
+    assert result.output.strip() == "value with spaces"
+
+
+def test_run_gives_the_command_no_stdin():
+    result = run([sys.executable, "-c", "import sys; print(repr(sys.stdin.read()))"])
+    assert result.output.strip() == "''"
+
+
+# --------------------------------------------------------------------------------------------------
+# run_cleanup
+
+RECORD_ARGS = "import json, sys; open(sys.argv[1], 'w').write(json.dumps(sys.argv[2:]))"
+
+
+def test_run_cleanup_runs_the_script_with_substituted_arguments_and_no_shell(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.chdir(tmp_path)  # where a shell would have run `touch pwned`
+    record = tmp_path / "args.json"
+    template = (
+        sys.executable,
+        "-c",
+        RECORD_ARGS,
+        str(record),
+        "%f",
+        "%F",
+        "moved to /archive/%f",
+        "$(touch pwned)",
+        "; touch pwned2",
+        "| touch pwned3",
+        "*",
+        "~",
+    )
+    full = str(tmp_path / NASTY_NAME)
+    result = run_cleanup(SimpleNamespace(cleanup_argv=template), NASTY_NAME, full)
+    assert result.ok, result.output
+    assert json.loads(record.read_text()) == [
+        NASTY_NAME,
+        full,
+        f"moved to /archive/{NASTY_NAME}",
+        "$(touch pwned)",
+        "; touch pwned2",
+        "| touch pwned3",
+        "*",
+        "~",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["args.json"]
+
+
+def test_run_cleanup_can_remove_the_delivered_file(tmp_path: Path):
+    delivered = tmp_path / NASTY_NAME
+    delivered.write_text("payload")
+    remover = "import os, sys; os.remove(sys.argv[1])"
+    cfg = SimpleNamespace(cleanup_argv=(sys.executable, "-c", remover, "%F"))
+    result = run_cleanup(cfg, NASTY_NAME, str(delivered))
+    assert result.ok, result.output
+    assert not delivered.exists()
+
+
+def test_run_cleanup_reports_a_failing_script(tmp_path: Path):
+    cfg = SimpleNamespace(cleanup_argv=(sys.executable, "-c", "raise SystemExit(3)", "%F"))
+    result = run_cleanup(cfg, "a", str(tmp_path / "a"))
+    assert not result.ok
+    assert result.returncode == 3
+
+
+def test_run_cleanup_reports_a_missing_script_by_name(tmp_path: Path):
+    missing = str(tmp_path / "cleanup-that-is-not-there")
+    result = run_cleanup(SimpleNamespace(cleanup_argv=(missing, "%F")), "a", "/files/a")
+    assert (result.ok, result.returncode) == (False, 127)
+    assert missing in result.output
+
+
+class RecordingSet(set):
+    """Stands in for transfer._running and remembers every process ever added."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.added: list[object] = []
+
+    def add(self, item) -> None:
+        self.added.append(item)
+        super().add(item)
+
+
+def test_transfers_are_tracked_for_shutdown_but_cleanup_scripts_are_not(monkeypatch: pytest.MonkeyPatch):
+    running = RecordingSet()
+    monkeypatch.setattr(transfer, "_running", running)
+    cfg = SimpleNamespace(cleanup_argv=(sys.executable, "-c", "pass", "%f"))
+    assert run_cleanup(cfg, "a", "/files/a").ok
+    assert running.added == []
+    assert run([sys.executable, "-c", "pass"]).ok
+    assert len(running.added) == 1
+    assert len(running) == 0  # and forgotten once finished
