@@ -7,6 +7,7 @@ which the agent turns into a dead-lettered message and a log line.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 import uuid
@@ -21,7 +22,7 @@ MAX_NAME_BYTES = 255
 
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 _AGENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 KINDS = ("file", "dir", "symlink")
 
 
@@ -31,7 +32,7 @@ def new_entry_id() -> str:
 
 
 def is_valid_entry_id(value: object) -> bool:
-    return isinstance(value, str) and bool(_HEX32.match(value))
+    return isinstance(value, str) and bool(_HEX32.fullmatch(value))
 
 
 def name_problem(name: object) -> str | None:
@@ -80,7 +81,7 @@ def _int(limit: int):
 
 
 def _md5(value: object) -> str | None:
-    return None if isinstance(value, str) and _HEX32.match(value) else "must be 32 lowercase hex digits"
+    return None if isinstance(value, str) and _HEX32.fullmatch(value) else "must be 32 lowercase hex digits"
 
 
 def _kind(value: object) -> str | None:
@@ -88,7 +89,7 @@ def _kind(value: object) -> str | None:
 
 
 def _agent(value: object) -> str | None:
-    return None if isinstance(value, str) and _AGENT.match(value) else "must be an agent name"
+    return None if isinstance(value, str) and _AGENT.fullmatch(value) else "must be an agent name"
 
 
 def _text(value: object) -> str | None:
@@ -146,7 +147,7 @@ def decode(raw: bytes) -> dict[str, Any]:
         raise MessageError(f"message is {len(raw)} bytes, more than {MAX_BODY}")
     try:
         msg = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise MessageError(f"message is not valid JSON: {e}") from None
     validate(msg)
     return msg
@@ -155,7 +156,7 @@ def decode(raw: bytes) -> dict[str, Any]:
 def validate(msg: object) -> None:
     if not isinstance(msg, dict):
         raise MessageError("message is not a JSON object")
-    if msg.get("v") != SCHEMA:
+    if type(msg.get("v")) is not int or msg["v"] != SCHEMA:
         raise MessageError(f"unsupported schema version {msg.get('v')!r} (this synkler speaks {SCHEMA})")
     mtype = msg.get("type")
     schema = SCHEMAS.get(mtype) if isinstance(mtype, str) else None
@@ -166,7 +167,7 @@ def validate(msg: object) -> None:
     if _agent(msg.get("from")):
         raise MessageError(f"{mtype}: sender {msg.get('from')!r} is not a valid agent name")
     at = msg.get("at")
-    if isinstance(at, bool) or not isinstance(at, (int, float)):
+    if isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at):
         raise MessageError(f"{mtype}: 'at' must be a timestamp")
     for field, check in schema.items():
         if field not in msg:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -92,6 +93,8 @@ def run(
         return Result(False, 127, f"program not found: {argv[0]}", tuple(argv))
     except PermissionError:
         return Result(False, 126, f"program not executable: {argv[0]}", tuple(argv))
+    except OSError as e:  # e.g. a script without a #! line
+        return Result(False, 126, f"cannot run {argv[0]}: {e.strerror}", tuple(argv))
     if track:
         with _lock:
             _running.add(proc)
@@ -138,11 +141,9 @@ def probe(cfg) -> Result:
 
 def cleanup_argv(template: Sequence[str], name: str, full_path: str) -> list[str]:
     """Substitute %f (name) and %F (full path) in each argument; %% is a literal %."""
-    out = []
-    for arg in template:
-        parts = arg.split("%%")
-        out.append("%".join(p.replace("%F", full_path).replace("%f", name) for p in parts))
-    return out
+    subst = {"%%": "%", "%f": name, "%F": full_path}
+    # One pass, so a '%f' inside the substituted path is never substituted again.
+    return [re.sub(r"%[%fF]", lambda m: subst[m.group()], arg) for arg in template]
 
 
 def run_cleanup(cfg, name: str, full_path: str) -> Result:

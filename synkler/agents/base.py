@@ -149,6 +149,8 @@ class Runtime:
         self._pools = {
             "transfer": ThreadPoolExecutor(cfg.max_transfers, thread_name_prefix="transfer"),
             "hash": ThreadPoolExecutor(2, thread_name_prefix="hash"),
+            # Its own thread, so noticing new entries never waits behind the md5 of a big one.
+            "scan": ThreadPoolExecutor(1, thread_name_prefix="scan"),
             "script": ThreadPoolExecutor(1, thread_name_prefix="script"),
         }
         self.busy: set[str] = set()  # entry ids with a job running

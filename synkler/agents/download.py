@@ -16,7 +16,7 @@ import os
 from typing import Any
 
 from .. import transfer
-from ..checksum import md5_entry
+from ..checksum import md5_entry, stat_entry
 from ..errors import MessageError
 from ..fsutil import remove_tree, rename_noreplace
 from ..state import Entry
@@ -45,7 +45,8 @@ def choose_name(file_dir: str, name: str, kind: str, md5: str) -> tuple[str, boo
         if not os.path.lexists(path):
             return candidate, False
         try:
-            if md5_entry(path) == md5:
+            # The digest leaves out the top-level kind (an empty dir and an empty file agree): compare it too.
+            if stat_entry(path).kind == kind and md5_entry(path) == md5:
                 return candidate, True
         except (OSError, ValueError):
             pass  # unreadable or odd: certainly not our content

@@ -167,7 +167,7 @@ class Upload(Agent):
     def tick(self, now: float) -> None:
         if not self.scanning and now >= self.next_scan:
             self.scanning = True
-            self.rt.submit("hash", "<scan>", self._scan, self._scanned)
+            self.rt.submit("scan", "<scan>", self._scan, self._scanned)
         for entry in self.state.by_state("uploading", due_before=now):
             if entry.id not in self.rt.busy:
                 self._push(entry)

@@ -15,10 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
+from relay_helpers import place, tree_listing, write_random
 
 from synkler.checksum import md5_entry
-
-from relay_helpers import place, tree_listing, write_random
 
 RECORD = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\t' + sys.argv[3] + '\\n')"
 

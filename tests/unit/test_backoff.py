@@ -1,4 +1,4 @@
-"""Retry timing: doubling delays, capped, with jitter that never retries faster than half the nominal delay."""
+"""Retry timing: doubling delays, capped, with jitter that never retries faster than half the nominal."""
 
 from __future__ import annotations
 
@@ -43,7 +43,8 @@ def test_rand_zero_gives_half_the_nominal_delay_and_rand_one_the_full_delay():
 
 
 def test_the_same_rand_always_gives_the_same_delay():
-    assert {backoff(5, base=0.3, cap=7, rand=0.37) for _ in range(10)} == {backoff(5, base=0.3, cap=7, rand=0.37)}
+    delays = {backoff(5, base=0.3, cap=7, rand=0.37) for _ in range(10)}
+    assert len(delays) == 1
 
 
 @pytest.mark.parametrize("attempt", [1, 2, 3, 5, 8, 9, 20, 61, 200])

@@ -95,7 +95,7 @@ def test_a_fresh_entry_id_is_valid_and_unique():
     "name",
     [
         "my data file.csv",
-        "it's \"quoted\".txt",
+        'it\'s "quoted".txt',
         "Grüße aus Köln – 東京.txt",
         "-starts-with-dash",
         "x" * MAX_NAME_BYTES,
@@ -172,9 +172,6 @@ def test_a_message_without_schema_version_is_rejected():
     assert "schema version" in rejected(without("offer", "v"))
 
 
-@pytest.mark.xfail(
-    reason="messages.validate compares v with != and True == 1 in Python, so a JSON true passes", strict=True
-)
 def test_a_boolean_schema_version_is_rejected():
     assert "schema version" in rejected(envelope(v=True))
 
@@ -203,9 +200,6 @@ def test_a_bad_entry_id_is_rejected(entry):
     assert "entry id" in rejected(envelope(entry=entry))
 
 
-@pytest.mark.xfail(
-    reason="messages._HEX32 ends in '$', which also matches before a trailing newline", strict=True
-)
 def test_an_entry_id_with_a_trailing_newline_is_rejected():
     assert "entry id" in rejected(envelope(entry=ENTRY + "\n"))
 
@@ -215,9 +209,6 @@ def test_a_bad_sender_is_rejected(sender):
     assert "sender" in rejected(envelope(**{"from": sender}))
 
 
-@pytest.mark.xfail(
-    reason="messages._AGENT ends in '$', which also matches before a trailing newline", strict=True
-)
 def test_a_sender_with_a_trailing_newline_is_rejected():
     assert "sender" in rejected(envelope(**{"from": "central\n"}))
 
@@ -227,9 +218,6 @@ def test_a_bad_timestamp_is_rejected(at):
     assert "'at'" in rejected(envelope(at=at))
 
 
-@pytest.mark.xfail(
-    reason="json.loads accepts NaN/Infinity and validate only checks the type of 'at'", strict=True
-)
 @pytest.mark.parametrize("constant", [b"NaN", b"Infinity"])
 def test_a_non_finite_timestamp_is_rejected(constant):
     body = raw(envelope(at=0)).replace(b'"at": 0', b'"at": ' + constant)
@@ -237,9 +225,6 @@ def test_a_non_finite_timestamp_is_rejected(constant):
     assert "'at'" in rejected(body)
 
 
-@pytest.mark.xfail(
-    reason="decode lets json.loads' RecursionError escape instead of raising MessageError", strict=True
-)
 def test_deeply_nested_json_is_rejected_as_a_bad_message():
     body = b"[" * 30000 + b"]" * 30000
     assert len(body) <= MAX_BODY
@@ -286,9 +271,6 @@ def test_a_bad_md5_is_rejected(md5):
     assert "'md5'" in rejected(envelope(md5=md5))
 
 
-@pytest.mark.xfail(
-    reason="messages._HEX32 ends in '$', which also matches before a trailing newline", strict=True
-)
 def test_an_md5_with_a_trailing_newline_is_rejected():
     assert "'md5'" in rejected(envelope(md5=MD5 + "\n"))
 

@@ -370,10 +370,6 @@ def test_readonly_does_not_create_a_missing_database(tmp_path: Path):
     assert not missing.exists()
 
 
-@pytest.mark.xfail(
-    reason="State(readonly=True) puts the raw path into a file: URI, so '#', '?' and '%' are not escaped",
-    strict=True,
-)
 @pytest.mark.parametrize("dirname", ["run #1", "what?", "100%25"])
 def test_readonly_opens_a_database_whose_path_has_uri_special_characters(tmp_path: Path, dirname):
     db_path = tmp_path / dirname / "agent.sqlite"

@@ -1,0 +1,350 @@
+"""The synkler command run as a real subprocess: exit statuses, one-line errors, status and check output."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import yaml
+
+from synkler import __version__
+from synkler.pidfile import Pidfile, read_pid
+from synkler.state import Entry, State
+
+REPO = Path(__file__).resolve().parents[2]
+TIMEOUT = 60  # seconds; only reached if the command hangs, which is itself the failure
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on (bound and released at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """The environment of the child: no config found by accident, no real home touched."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("SYNKLER_CONF", "XDG_STATE_HOME", "PYTHONPATH")}
+    env["HOME"] = str(home)
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+@pytest.fixture
+def synkler(tmp_path: Path, env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess]:
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "synkler", *args],
+            cwd=tmp_path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+
+    return run
+
+
+@pytest.fixture
+def settings(tmp_path: Path, instance_id: str) -> dict[str, Any]:
+    """A valid central config: every path inside tmp_path, and nothing listening on its broker port."""
+    file_dir = tmp_path / "files"
+    file_dir.mkdir()
+    return {
+        "mode": "central",
+        "id": instance_id,
+        "file_dir": str(file_dir),
+        "synkler_server": "127.0.0.1",
+        "broker_port": free_port(),
+        "state_db": str(tmp_path / "state" / "central.sqlite"),
+        "pidfile": str(tmp_path / "run" / "central.pid"),
+    }
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[..., Path]:
+    def write(data: dict[str, Any] | str) -> Path:
+        path = tmp_path / "etc" / "synkler.conf"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def config(settings: dict[str, Any], write_config: Callable[..., Path]) -> Path:
+    return write_config(settings)
+
+
+# --------------------------------------------------------------------------------------------------
+# --version and configuration errors
+
+
+def test_version_prints_the_version_and_exits_0(synkler):
+    result = synkler("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"synkler {__version__}"
+
+
+def _unknown_key(s: dict[str, Any]) -> str:
+    return yaml.safe_dump({**s, "colour": "blue"})
+
+
+def _wrong_type(s: dict[str, Any]) -> str:
+    return yaml.safe_dump({**s, "keep_minutes": "soon"})
+
+
+def _missing(key: str) -> Callable[[dict[str, Any]], str]:
+    return lambda s: yaml.safe_dump({k: v for k, v in s.items() if k != key})
+
+
+def _no_file_dir(s: dict[str, Any]) -> str:
+    return yaml.safe_dump({**s, "file_dir": s["file_dir"] + "-does-not-exist"})
+
+
+@pytest.mark.parametrize(
+    "make, key, problem",
+    [
+        (_unknown_key, "colour", "unknown key"),
+        (_wrong_type, "keep_minutes", "must be a number"),
+        (_missing("mode"), "mode", "is required"),
+        (_missing("file_dir"), "file_dir", "is required"),
+        (_missing("synkler_server"), "synkler_server", "is required"),
+        (_no_file_dir, "file_dir", "does not exist"),
+    ],
+    ids=["unknown-key", "wrong-type", "no-mode", "no-file_dir", "no-synkler_server", "file_dir-missing"],
+)
+@pytest.mark.parametrize("command", ["run", "status", "check"])
+def test_a_bad_config_exits_2_with_one_line_naming_the_file_and_the_key(
+    synkler, settings, write_config, command, make, key, problem
+):
+    path = write_config(make(settings))
+    result = synkler("-c", str(path), command)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert str(path) in lines[0]
+    assert f": {key}: " in lines[0]
+    assert problem in lines[0]
+    assert result.stdout == ""
+
+
+def test_invalid_yaml_exits_2_with_one_line_naming_the_file_and_the_place(synkler, write_config):
+    path = write_config("mode: central\nfile_dir: [unclosed\n")
+    result = synkler("-c", str(path), "status")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert str(path) in lines[0]
+    assert "invalid YAML" in lines[0]
+    assert "line " in lines[0]
+
+
+def test_a_missing_config_file_given_with_c_exits_2_naming_it(synkler, tmp_path):
+    missing = tmp_path / "nowhere" / "synkler.conf"
+    result = synkler("-c", str(missing), "status")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert str(missing) in lines[0]
+    assert "no such file" in lines[0]
+
+
+def test_synkler_conf_in_the_environment_is_used_when_no_c_is_given(synkler, config, env):
+    env["SYNKLER_CONF"] = str(config)
+    result = synkler("status", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+
+
+def test_no_config_anywhere_exits_2(synkler, tmp_path):
+    if Path("/etc/synkler.conf").exists():
+        pytest.skip("/etc/synkler.conf exists on this machine")
+    result = synkler("status")
+    assert result.returncode == 2
+    assert "no configuration file found" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# status
+
+
+def test_status_on_a_fresh_agent_says_there_are_no_entries(synkler, config, settings):
+    result = synkler("-c", str(config), "status")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("no entries")
+    assert "central" in result.stdout
+    assert result.stderr == ""
+    assert not Path(settings["state_db"]).exists()  # looking does not create the database
+
+
+def test_status_json_on_a_fresh_agent_prints_an_empty_array(synkler, config):
+    result = synkler("-c", str(config), "status", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+
+
+@pytest.fixture
+def recorded(settings: dict[str, Any]) -> list[Entry]:
+    """Two entries written into the configured state database, the way an agent would."""
+    state = State(settings["state_db"])
+    try:
+        with state.transaction():
+            first = state.insert(
+                Entry(
+                    id="a" * 32,
+                    name="first file.csv",
+                    kind="file",
+                    md5="d41d8cd98f00b204e9800998ecf8427e",
+                    state="stored",
+                    size=1234,
+                    files=1,
+                    created=1_700_000_000.0,
+                )
+            )
+            second = state.insert(
+                Entry(
+                    id="b" * 32,
+                    name="Grüße run",
+                    kind="dir",
+                    md5="0123456789abcdef0123456789abcdef",
+                    state="failed",
+                    size=99,
+                    files=3,
+                    reason="md5 mismatch at central",
+                    created=1_700_000_100.0,
+                )
+            )
+    finally:
+        state.close()
+    return [first, second]
+
+
+def test_status_json_lists_the_recorded_entries_with_their_fields(synkler, config, recorded):
+    result = synkler("-c", str(config), "status", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [row["name"] for row in rows] == [e.name for e in recorded]
+    for row, entry in zip(rows, recorded):
+        assert row["size"] == entry.size
+        assert row["md5"] == entry.md5
+        assert row["state"] == entry.state
+        updated = datetime.datetime.fromisoformat(row["updated"])
+        assert abs(updated.timestamp() - entry.updated) < 1
+    assert rows[1]["reason"] == "md5 mismatch at central"
+
+
+def test_status_prints_a_table_with_one_line_per_entry(synkler, config, recorded):
+    result = synkler("-c", str(config), "status")
+    assert result.returncode == 0, result.stderr
+    header, *lines = result.stdout.splitlines()
+    assert header.split() == ["NAME", "SIZE", "MD5", "STATE", "UPDATED", "NOTE"]
+    assert len(lines) == 2
+    for line, entry in zip(lines, recorded):
+        assert line.startswith(entry.name)
+        assert entry.md5 in line
+        assert entry.state in line
+    assert lines[1].endswith("md5 mismatch at central")
+
+
+# --------------------------------------------------------------------------------------------------
+# check
+
+
+def test_check_against_an_unreachable_broker_prints_a_fail_line_and_exits_non_zero(synkler, config, settings):
+    result = synkler("-c", str(config), "check")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stdout + result.stderr
+    fails = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
+    assert len(fails) == 1
+    assert "broker" in fails[0]
+    assert str(settings["broker_port"]) in fails[0]
+
+
+@pytest.fixture
+def real_broker_settings(broker, settings: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Settings pointing at the test broker; the exchanges `check` declares are removed afterwards."""
+    settings = dict(
+        settings,
+        synkler_server=broker.host,
+        broker_port=broker.port,
+        broker_username=broker.username,
+        broker_password=broker.password,
+        broker_vhost=broker.vhost,
+    )
+    yield settings
+    from synkler.broker import Broker, BrokerParams
+
+    cleanup = Broker(
+        BrokerParams(broker.host, broker.port, broker.username, broker.password, broker.vhost),
+        settings["id"],
+        "central",
+    )
+    cleanup.connect(consume=False)
+    try:
+        cleanup.delete_instance([])
+    finally:
+        cleanup.close()
+
+
+def test_check_against_the_real_broker_prints_only_ok_lines_and_exits_0(
+    synkler, write_config, real_broker_settings
+):
+    config = write_config(real_broker_settings)
+    result = synkler("-c", str(config), "check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines, "check printed nothing"
+    assert all(line.startswith("ok") for line in lines), result.stdout
+    assert any("broker" in line for line in lines)
+    assert any("config" in line and str(config) in line for line in lines)
+    assert any("file_dir" in line for line in lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# run while another agent holds the pidfile
+
+
+@pytest.fixture
+def held_pidfile(settings: dict[str, Any]) -> Iterator[Pidfile]:
+    pidfile = Pidfile(settings["pidfile"])
+    assert pidfile.acquire()
+    try:
+        yield pidfile
+    finally:
+        pidfile.release()
+
+
+def test_run_while_another_agent_holds_the_pidfile_exits_0_silently(synkler, config, settings, held_pidfile):
+    result = synkler("-c", str(config), "run")
+    assert result.returncode == 0
+    assert result.stdout == ""
+    assert result.stderr == ""
+    assert held_pidfile.held
+    assert read_pid(settings["pidfile"]) == os.getpid()
+    assert not Path(settings["state_db"]).exists()  # it never started an agent
+
+
+def test_run_while_another_agent_holds_the_pidfile_says_so_with_v(synkler, config, settings, held_pidfile):
+    result = synkler("-v", "-c", str(config), "run")
+    assert result.returncode == 0
+    assert "already running" in result.stderr
+    assert str(os.getpid()) in result.stderr
+    assert "Traceback" not in result.stderr
