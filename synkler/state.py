@@ -81,7 +81,9 @@ class State:
     def __init__(self, path: str | Path, *, readonly: bool = False):
         self.path = Path(path)
         if readonly:
-            self._db = sqlite3.connect(self.path.absolute().as_uri() + "?mode=ro", uri=True, isolation_level=None)
+            self._db = sqlite3.connect(
+                self.path.absolute().as_uri() + "?mode=ro", uri=True, isolation_level=None
+            )
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(self.path), isolation_level=None)

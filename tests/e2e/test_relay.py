@@ -90,7 +90,7 @@ def test_names_with_spaces_quotes_and_non_ascii_survive_both_hops(make_relay):
     relay.start()
     names = [
         "two words.txt",
-        "it's \"quoted\".dat",
+        'it\'s "quoted".dat',
         "ünïcødé-日本語.bin",
         "-starts-with-dash",
         "semi;colon $(touch pwned) `x` & y.txt",
@@ -105,7 +105,10 @@ def test_names_with_spaces_quotes_and_non_ascii_survive_both_hops(make_relay):
 def test_a_hundred_small_files_all_arrive(make_relay):
     relay = make_relay()
     relay.start()
-    md5s = {f"small-{i:03d}.dat": place(relay.dirs["upload"], f"small-{i:03d}.dat", os.urandom(i * 37)) for i in range(100)}
+    md5s = {
+        f"small-{i:03d}.dat": place(relay.dirs["upload"], f"small-{i:03d}.dat", os.urandom(i * 37))
+        for i in range(100)
+    }
     deliver(relay, md5s, timeout=120)
     assert len(relay.entries("central")) == 100
 
@@ -152,8 +155,12 @@ def test_cleanup_scripts_run_exactly_once_on_each_side_with_name_and_full_path(m
     # A restart finds nothing left to do: no script runs a second time, nothing is offered again.
     relay.stop()
     relay.start()
-    relay.wait_for("agents reconnected", lambda: all(
-        relay.log_path(r).read_text().count("connected to broker") >= 2 for r in ("upload", "download")))
+    relay.wait_for(
+        "agents reconnected",
+        lambda: all(
+            relay.log_path(r).read_text().count("connected to broker") >= 2 for r in ("upload", "download")
+        ),
+    )
     md5s["e"] = place(relay.dirs["upload"], "e", b"e")  # proves the loop ran after the restart
     deliver(relay, md5s)
     relay.wait_for("cleanup of e", lambda: len(runs(up_log)) == 4 and len(runs(down_log)) == 4)
@@ -187,7 +194,9 @@ def test_messages_sent_while_download_was_down_are_delivered_when_it_starts(make
     relay = make_relay()
     relay.start("upload", "central")
     md5s = {n: place(relay.dirs["upload"], n, os.urandom(5000)) for n in ("x1", "x2", "x3")}
-    relay.wait_for("waiting for download", lambda: relay.states("central") == dict.fromkeys(md5s, "downloading"))
+    relay.wait_for(
+        "waiting for download", lambda: relay.states("central") == dict.fromkeys(md5s, "downloading")
+    )
     relay.stop("central")  # nobody but the broker holds the fetch requests now
     assert [p for p in os.listdir(relay.dirs["download"])] == []
     relay.start("download", "central")
@@ -195,7 +204,9 @@ def test_messages_sent_while_download_was_down_are_delivered_when_it_starts(make
 
 
 @pytest.mark.parametrize("victim", ["upload", "central", "download"])
-def test_an_agent_killed_mid_transfer_and_restarted_loses_nothing_and_repeats_nothing(make_relay, sshd, victim):
+def test_an_agent_killed_mid_transfer_and_restarted_loses_nothing_and_repeats_nothing(
+    make_relay, sshd, victim
+):
     slow = [*sshd.rsync_opts(), "--bwlimit=6000"]  # KB/s: the big file takes ~4 s per hop
     relay = make_relay()
     up_log, down_log = relay.workdir / "up.log", relay.workdir / "down.log"
@@ -220,7 +231,11 @@ def test_an_agent_killed_mid_transfer_and_restarted_loses_nothing_and_repeats_no
     relay.start(victim)
     if victim == "central":
         # Kill central a second time while download pulls from it.
-        relay.wait_for("download mid-pull", lambda: partial_bytes(relay.dirs["download"] / f".synkler-{relay.instance}") > 2 << 20, 60)
+        relay.wait_for(
+            "download mid-pull",
+            lambda: partial_bytes(relay.dirs["download"] / f".synkler-{relay.instance}") > 2 << 20,
+            60,
+        )
         relay.kill("central")
         relay.start("central")
     deliver(relay, md5s, timeout=120)
@@ -261,10 +276,73 @@ def test_heartbeats_keep_the_connection_up_during_a_long_transfer(make_relay, ss
 def test_a_second_run_with_the_same_pidfile_exits_at_once(make_relay):
     relay = make_relay()
     relay.start("central")
-    relay.wait_for("central connected", lambda: "connected to broker" in relay.log_path("central").read_text())
+    relay.wait_for(
+        "central connected", lambda: "connected to broker" in relay.log_path("central").read_text()
+    )
     started = time.monotonic()
     second = subprocess.run(relay.command("central", "run"), capture_output=True, timeout=20)
     assert second.returncode == 0
     assert second.stderr == b""
     assert time.monotonic() - started < 5
     assert relay.alive("central")
+
+
+def test_a_delivered_entry_is_sent_again_only_when_its_content_changes(make_relay):
+    relay = make_relay()
+    relay.start()
+    up = relay.dirs["upload"] / "report.txt"
+    md5 = place(relay.dirs["upload"], "report.txt", b"version 1\n")
+    deliver(relay, {"report.txt": md5})
+    # Touching it (same content) is not a new version: upload re-reads it and just notes the new mtime.
+    before = relay.entries("upload")[0].signature
+    os.utime(up, (time.time() + 5, time.time() + 5))
+    relay.wait_for("the touch noticed", lambda: relay.entries("upload")[0].signature != before)
+    assert len(relay.entries("upload")) == 1
+    up.write_text("version 2\n")
+    relay.wait_for("version 2 delivered", lambda: len(relay.entries("download")) == 2 and relay.all_done())
+    down = relay.dirs["download"]
+    assert (down / "report.txt").read_text() == "version 1\n"
+    assert (down / "report (2).txt").read_text() == "version 2\n"
+    assert len(relay.entries("upload")) == 2
+    assert len(relay.entries("central")) == 2
+
+
+def test_malformed_and_hostile_messages_are_dead_lettered_and_the_relay_carries_on(make_relay, broker):
+    from synkler.broker import Broker, BrokerParams
+
+    relay = make_relay()
+    relay.start()
+    admin = Broker(BrokerParams(broker.host, broker.port), relay.instance, "test-admin")
+    admin.connect(consume=False)
+    try:
+        entry = "0" * 32
+        bad = [
+            b"not json at all",
+            b"\xff\xfe",
+            b'{"v": 99, "type": "offer"}',
+            (
+                '{"v":1,"type":"offer","entry":"%s","from":"upload","at":1,"name":"../../etc/passwd",'
+                '"kind":"file","size":1,"files":1,"md5":"%s"}' % (entry, "a" * 32)
+            ).encode(),
+            (
+                '{"v":1,"type":"fetch","entry":"%s","from":"central","at":1,"name":"x","kind":"file","size":1,'
+                '"files":1,"md5":"%s","attempt":1,"path":"/etc/../etc/shadow"}' % (entry, "a" * 32)
+            ).encode(),
+            (
+                '{"v":1,"type":"admit","entry":"%s","from":"central","at":1,"attempt":1,"dest":"/tmp"}'
+                % entry
+            ).encode(),
+        ]
+        for body in bad[:4]:
+            admin.publish("central", body)
+        admin.publish("download", bad[4])
+        admin.publish("upload", bad[5])  # well-formed, but for an entry upload never offered
+        dead: list[bytes] = []
+        relay.wait_for("six dead letters", lambda: dead.extend(admin.get_dead()) or len(dead) == 6, 30)
+        assert sorted(dead) == sorted(bad)
+    finally:
+        admin.close()
+    md5 = place(relay.dirs["upload"], "after-poison", b"still working")
+    deliver(relay, {"after-poison": md5})
+    assert all(relay.alive(r) for r in ("upload", "central", "download"))
+    assert "dead-lettering" in relay.log_path("central").read_text()
