@@ -6,6 +6,7 @@ import argparse
 import datetime
 import json
 import logging
+import sqlite3
 import sys
 from collections.abc import Sequence
 
@@ -79,6 +80,11 @@ def cmd_run(cfg, args) -> int:
         return 0
     try:
         Runtime(cfg, AGENTS[cfg.mode]).run()
+    except (OSError, sqlite3.Error) as e:
+        # Typically an unwritable state_db or file_dir: one line, the traceback only with --debug.
+        log.debug("agent stopped", exc_info=True)
+        print(f"synkler: {cfg.mode} agent cannot run: {e}", file=sys.stderr)
+        return 1
     finally:
         pidfile.release()
     return 0

@@ -44,7 +44,7 @@ MODES = ("upload", "central", "download")
 
 # Ids and names end up in exchange/queue names, a directory name on central and
 # file names of pidfiles, so keep them to characters that are safe in all four.
-_IDENT_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
+_IDENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 
 def find_config(
@@ -189,7 +189,7 @@ def _identifier(value: Any, ctx: _Context) -> str:
     value = _string(value, ctx)
     if not _IDENT_RE.fullmatch(value):
         raise _Invalid(
-            f"must be 1-64 letters, digits, '_', '.' or '-' and not start with '.', got {_describe(value)}"
+            f"must be 1-64 letters, digits, '_', '.' or '-', not starting with '.' or '-', got {_describe(value)}"
         )
     return value
 
@@ -480,4 +480,9 @@ def parse_config(
         default = spec.default
         settings[key] = default.compute(settings, ctx) if isinstance(default, _Derived) else default
 
+    if settings["mode"] != "upload" and settings["name"] != settings["mode"]:
+        # Peers address central and download by their role's name; several of them come later.
+        raise ConfigError(
+            path, "name", f"a {settings['mode']} agent must be named '{settings['mode']}' (for now)"
+        )
     return Config(path=path, **settings)

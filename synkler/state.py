@@ -119,8 +119,13 @@ class State:
             self._db.execute("ROLLBACK")
             raise
         self._depth = 0
-        self._db.execute("COMMIT")
         callbacks, self._after_commit = self._after_commit, []
+        try:
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
         for fn in callbacks:
             fn()
 

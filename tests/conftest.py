@@ -104,3 +104,12 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSshd]:
 def instance_id() -> str:
     """A fresh id per test, so queues/dirs named after it never collide between tests."""
     return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def rabbitmqctl(broker) -> str:
+    """Path of rabbitmqctl, to act on the broker from its side (close connections)."""
+    path = shutil.which("rabbitmqctl")
+    if path is None:
+        missing_infrastructure("rabbitmqctl not found: cannot act on the broker from its side")
+    return path

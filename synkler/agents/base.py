@@ -34,6 +34,13 @@ log = logging.getLogger("synkler")
 TICK = 0.5  # longest the loop sleeps when nothing happens; events wake it at once
 
 
+def msg_type(body: bytes) -> str:
+    try:
+        return str(messages.decode(body)["type"])
+    except Exception:
+        return "malformed"
+
+
 class Agent:
     """Base of the three roles: reacts to messages, job results and time. No direct broker I/O."""
 
@@ -163,7 +170,6 @@ class Runtime:
         self, pool: str, key: str, fn: Callable[[], Any], done: Callable[[Any, BaseException | None], None]
     ):
         """Run `fn` on a worker thread; `done(result, error)` later runs in the main loop, in a transaction."""
-        self.busy.add(key)
 
         def work() -> None:
             try:
@@ -173,8 +179,13 @@ class Runtime:
             self._done.put((lambda r, e: (self.busy.discard(key), done(r, e)), result, error))
             self.wake()
 
-        # Start only once the state change that led here is committed (see State.after_commit).
-        self.state.after_commit(lambda: self._pools[pool].submit(work))
+        def start() -> None:
+            self.busy.add(key)
+            self._pools[pool].submit(work)
+
+        # Start only once the state change that led here is committed (see State.after_commit);
+        # a rolled-back change starts nothing and leaves nothing marked busy.
+        self.state.after_commit(start)
 
     def wake(self) -> None:
         self._wake.set()
@@ -236,11 +247,19 @@ class Runtime:
             for tag, body in deliveries:
                 self._handle(tag, body)
             self._drain_done()
-            with self.state.transaction():
-                self.agent.tick(time.time())
+            self._tick()
             self._flush_outbox()
         except BrokerError as e:
             self._lost(e)
+
+    def _tick(self) -> None:
+        try:
+            with self.state.transaction():
+                self.agent.tick(time.time())
+        except Exception:
+            # A full disk or a vanished directory must not kill the agent: log, pause, try again.
+            log.exception("error in the agent's periodic work; retrying in a second")
+            self._stop.wait(1.0)
 
     def _connect(self) -> None:
         broker = Broker(self._params, self.cfg.id, self.cfg.name)
@@ -281,9 +300,10 @@ class Runtime:
             log.warning("dead-lettering a message: %s: %r", e, body[:200])
             self.broker.reject(tag)
             return
-        except sqlite3.OperationalError as e:
-            # Disk full, database locked: the message is fine, we are not. Let it come back later.
-            log.error("cannot record a message (%s); it stays queued", e)
+        except (sqlite3.OperationalError, OSError) as e:
+            # Disk full, database locked, a directory we cannot write: the message is fine, we are not.
+            # Let it come back later instead of dead-lettering a valid request.
+            log.error("cannot act on a %s message now (%s); it stays queued", msg_type(body), e)
             self.broker.reject(tag, requeue=True)
             self._stop.wait(1.0)
             return

@@ -28,8 +28,6 @@ class Upload(Agent):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.pending: dict[str, tuple[str, float]] = {}  # name -> (signature, unchanged since)
-        self.hashing: set[str] = set()
-        self.scanning = False
         self.next_scan = 0.0
         self.warned: set[str] = set()
 
@@ -41,20 +39,23 @@ class Upload(Agent):
 
     # noticing entries ----------------------------------------------------------------------------
 
-    def _scan(self) -> dict[str, EntryStat | None]:
-        found: dict[str, EntryStat | None] = {}
+    def _scan(self) -> dict[str, EntryStat | Exception | None]:
+        found: dict[str, EntryStat | Exception | None] = {}
         with os.scandir(self.cfg.file_dir) as it:
             for d in it:
                 if d.name.startswith("."):
                     continue
                 try:
                     found[d.name] = stat_entry(d.path)
-                except (OSError, ValueError):  # vanished, or holds a fifo/socket: not (yet) an entry
+                except FileNotFoundError:  # vanished while we looked
                     found[d.name] = None
+                except (OSError, ValueError) as e:  # unreadable, or holds a fifo/socket/device
+                    found[d.name] = e
         return found
 
-    def _scanned(self, found: dict[str, EntryStat | None] | None, error: BaseException | None) -> None:
-        self.scanning = False
+    def _scanned(
+        self, found: dict[str, EntryStat | Exception | None] | None, error: BaseException | None
+    ) -> None:
         now = time.time()
         self.next_scan = now + SCAN_INTERVAL
         if error is not None:
@@ -64,8 +65,11 @@ class Upload(Agent):
             if name not in found:
                 del self.pending[name]
         for name, st in found.items():
-            if st is None:
+            if not isinstance(st, EntryStat):
                 self.pending.pop(name, None)
+                if st is not None and name not in self.warned:
+                    self.warned.add(name)
+                    log.warning("not sending %r: %s", name, st)
                 continue
             problem = name_problem(name)
             if problem:
@@ -80,18 +84,16 @@ class Upload(Agent):
             seen = self.pending.get(name)
             if seen is None or seen[0] != st.signature:
                 self.pending[name] = (st.signature, now)
-            elif now - seen[1] >= self.cfg.settle_seconds and name not in self.hashing:
+            elif now - seen[1] >= self.cfg.settle_seconds and "md5:" + name not in self.rt.busy:
                 self._hash(name, st.signature)
 
     def _hash(self, name: str, signature: str) -> None:
-        self.hashing.add(name)
         path = self.path(name)
 
         def work() -> tuple[str, EntryStat]:
             return md5_entry(path), stat_entry(path)
 
         def done(result: tuple[str, EntryStat] | None, error: BaseException | None) -> None:
-            self.hashing.discard(name)
             if error is not None:
                 log.warning("%s: cannot read it (%s); will look again", name, error)
                 self.pending.pop(name, None)
@@ -132,7 +134,13 @@ class Upload(Agent):
         if kind == "admit":
             if entry.state in ("offered", "waiting", "uploading", "sent") and msg["attempt"] > entry.attempt:
                 self.state.update(
-                    entry, state="uploading", attempt=msg["attempt"], path=msg["dest"], tries=0, due=0
+                    entry,
+                    state="uploading",
+                    attempt=msg["attempt"],
+                    path=msg["dest"],
+                    tries=0,
+                    due=0,
+                    reason=None,
                 )
         elif kind == "wait":
             if entry.state == "offered":
@@ -165,8 +173,7 @@ class Upload(Agent):
     # jobs ----------------------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        if not self.scanning and now >= self.next_scan:
-            self.scanning = True
+        if "<scan>" not in self.rt.busy and now >= self.next_scan:
             self.rt.submit("scan", "<scan>", self._scan, self._scanned)
         for entry in self.state.by_state("uploading", due_before=now):
             if entry.id not in self.rt.busy:
