@@ -79,7 +79,9 @@ class Central(Agent):
             )
             self.state.insert(entry)
             log.info("%s: offered by %s (%d bytes)", entry.name, entry.peer, entry.size)
-            why = self._no_room(entry)
+            # First come, first served: behind entries already waiting, a new one waits too.
+            queued = len(self.state.by_state("waiting")) > 1
+            why = "older entries are waiting for room" if queued else self._no_room(entry)
             if why:
                 self.send(entry.peer, "wait", entry.id, reason=why)
                 log.info("%s: waiting: %s", entry.name, why)
