@@ -298,6 +298,10 @@ def test_a_second_run_with_the_same_pidfile_exits_at_once(make_relay):
     assert second.stderr == b""
     assert time.monotonic() - started < 5
     assert relay.alive("central")
+    pidfile = relay.workdir / "central" / "synkler.pid"
+    assert pidfile.read_text().strip() == str(relay.procs["central"].pid)
+    relay.stop("central")  # SIGTERM: an orderly stop removes the pidfile
+    assert not pidfile.exists()
 
 
 def test_a_delivered_entry_is_sent_again_only_when_its_content_changes(make_relay):
@@ -359,3 +363,56 @@ def test_malformed_and_hostile_messages_are_dead_lettered_and_the_relay_carries_
     deliver(relay, {"after-poison": md5})
     assert all(relay.alive(r) for r in ("upload", "central", "download"))
     assert "dead-lettering" in relay.log_path("central").read_text()
+
+
+def test_check_proves_ssh_and_rsync_to_central_and_names_what_fails(make_relay, sshd):
+    relay = make_relay()
+    for role in ("upload", "download"):
+        ok = subprocess.run(relay.command(role, "check"), capture_output=True, text=True, timeout=60)
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert f"ok    ssh + rsync to central {sshd.target}" in ok.stdout
+    relay.write_config("upload", {"central_host": "nobody@127.0.0.1"})
+    bad = subprocess.run(relay.command("upload", "check"), capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1
+    assert "FAIL  ssh + rsync to central nobody@127.0.0.1" in bad.stdout
+    assert "ok    broker" in bad.stdout
+
+
+def corrupting_rsync(relay, side: str, times: int) -> str:
+    """An `rsync` setting whose first `times` runs flip a byte of what they delivered."""
+    wrapper = Path(__file__).with_name("corrupting_rsync.py")
+    return shlex.join([sys.executable, str(wrapper), str(relay.workdir / f"{side}-runs"), str(times)])
+
+
+@pytest.mark.parametrize("side", ["upload", "download"])
+def test_a_corrupted_copy_is_discarded_and_the_hop_redone(make_relay, side):
+    relay = make_relay()
+    relay.write_config(side, {"rsync": corrupting_rsync(relay, side, 1)})
+    relay.start()
+    data = os.urandom(100_000)
+    md5 = place(relay.dirs["upload"], "precious.bin", data)
+    deliver(relay, {"precious.bin": md5})
+    assert (relay.dirs["download"] / "precious.bin").read_bytes() == data
+    checker = "central" if side == "upload" else "download"  # who verifies what this side's rsync wrote
+    assert f"md5 mismatch at {checker}" in relay.log_path(checker).read_text()
+    assert (relay.workdir / f"{side}-runs").read_text() == "2"
+
+
+def test_a_copy_corrupted_on_every_try_ends_failed_with_the_original_untouched(make_relay):
+    relay = make_relay()
+    relay.write_config("upload", {"rsync": corrupting_rsync(relay, "upload", 99)})
+    relay.write_config("central", {"max_attempts": 2})
+    relay.start()
+    data = os.urandom(10_000)
+    place(relay.dirs["upload"], "doomed.bin", data)
+    relay.wait_for(
+        "failed everywhere",
+        lambda: (
+            relay.states("upload") == {"doomed.bin": "failed"}
+            and relay.states("central") == {"doomed.bin": "failed"}
+        ),
+    )
+    assert (relay.dirs["upload"] / "doomed.bin").read_bytes() == data
+    assert os.listdir(relay.dirs["download"]) == [f".synkler-{relay.instance}"]
+    assert "md5 mismatch at central" in relay.entries("upload")[0].reason
+    assert (relay.workdir / "upload-runs").read_text() == "2"
