@@ -42,7 +42,9 @@ def _make_files(upload_dir: Path) -> dict[str, str]:
 def _follow(relay: LocalRelay, stop: threading.Event) -> None:
     """Print the agents' INFO lines as they come, prefixed by role."""
     offsets = dict.fromkeys(ROLES, 0)
-    while not stop.is_set():
+    last = False
+    while not last:
+        last = stop.is_set()  # one more pass after the stop, for the final lines
         for role in ROLES:
             path = relay.log_path(role)
             if not path.exists():
@@ -107,34 +109,34 @@ def run_demo(*, keep: bool = False, timeout: float = 120, verbose: bool = False)
 
 
 def _report(relay: LocalRelay, md5s: dict[str, str], workdir: Path) -> bool:
+    """Check and print what a user would: md5 at download, scripts once each, nothing left at central."""
     down_dir = relay.dirs["download"]
     central = {e.name: e for e in relay.entries("central")}
     cleaned_up = _lines(workdir / "upload-cleaned.txt")
     cleaned_down = _lines(workdir / "download-cleaned.txt")
     print(
-        "\n  entry                kind      bytes  md5 at download                    central    cleanup up/down"
+        f"\n  {'entry':20} {'kind':5} {'bytes':>10}  {'md5 at download':32}     {'central':9}  cleanup up/down"
     )
-    ok = True
+    md5_ok = scripts_ok = True
     for name, md5 in sorted(md5s.items()):
         path = down_dir / name
         got = md5_entry(path) if os.path.lexists(path) else "missing"
-        good = got == md5 and cleaned_up.count(name) == 1 and cleaned_down.count(name) == 1
-        ok &= good and central[name].state == "expired"
+        md5_ok &= got == md5
+        ups, downs = cleaned_up.count(name), cleaned_down.count(name)
+        scripts_ok &= ups == downs == 1
         entry = central[name]
         print(
-            f"  {name:20} {entry.kind:5} {entry.size:10}  {got} {'ok ' if got == md5 else 'BAD'} "
-            f"{entry.state:9}  {cleaned_up.count(name)}/{cleaned_down.count(name)}"
+            f"  {name:20} {entry.kind:5} {entry.size:10}  {got:32} {'ok ' if got == md5 else 'BAD'} "
+            f"{entry.state:9}  {ups}/{downs}"
         )
-    leftovers = [p for p in (relay.dirs["central"] / relay.instance / "staging").iterdir()]
-    leftovers += [p for p in (relay.dirs["central"] / relay.instance / "stored").iterdir()]
-    if leftovers:
-        ok = False
-        print(f"  leftovers at central: {leftovers}")
+    base = relay.dirs["central"] / relay.instance
+    leftovers = [*(base / "staging").iterdir(), *(base / "stored").iterdir()]
+    expired = all(e.state == "expired" for e in central.values())
     print(
-        f"\n  every md5 matched at download: {all((down_dir / n).exists() or (down_dir / n).is_symlink() for n in md5s)}"
-        f"; cleanup scripts ran once per entry on both sides: {ok}"
+        f"\n  md5 verified at download for every entry: {md5_ok}; cleanup scripts ran once per entry on both "
+        f"sides: {scripts_ok}; central's copies removed after keep_minutes: {expired and not leftovers}"
     )
-    return ok
+    return md5_ok and scripts_ok and expired and not leftovers
 
 
 def _lines(path: Path) -> list[str]:
