@@ -189,7 +189,8 @@ def _identifier(value: Any, ctx: _Context) -> str:
     value = _string(value, ctx)
     if not _IDENT_RE.fullmatch(value):
         raise _Invalid(
-            f"must be 1-64 letters, digits, '_', '.' or '-', not starting with '.' or '-', got {_describe(value)}"
+            "must be 1-64 letters, digits, '_', '.' or '-', not starting with '.' or '-', "
+            f"got {_describe(value)}"
         )
     return value
 

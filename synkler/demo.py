@@ -114,9 +114,10 @@ def _report(relay: LocalRelay, md5s: dict[str, str], workdir: Path) -> bool:
     central = {e.name: e for e in relay.entries("central")}
     cleaned_up = _lines(workdir / "upload-cleaned.txt")
     cleaned_down = _lines(workdir / "download-cleaned.txt")
-    print(
-        f"\n  {'entry':20} {'kind':5} {'bytes':>10}  {'md5 at download':32}     {'central':9}  cleanup up/down"
+    header = (
+        f"{'entry':20} {'kind':5} {'bytes':>10}  {'md5 at download':32}     {'central':9}  cleanup up/down"
     )
+    print(f"\n  {header}")
     md5_ok = scripts_ok = True
     for name, md5 in sorted(md5s.items()):
         path = down_dir / name

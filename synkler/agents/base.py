@@ -169,7 +169,7 @@ class Runtime:
     def submit(
         self, pool: str, key: str, fn: Callable[[], Any], done: Callable[[Any, BaseException | None], None]
     ):
-        """Run `fn` on a worker thread; `done(result, error)` later runs in the main loop, in a transaction."""
+        """Run `fn` on a worker thread; `done(result, error)` then runs in the main loop, in a transaction."""
 
         def work() -> None:
             try:

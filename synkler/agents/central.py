@@ -128,7 +128,10 @@ class Central(Agent):
         promised = sum(e.size for e in active if e.state == "uploading")
         room = free - reserve - promised
         if entry.size > room:
-            return f"needs {entry.size} bytes, {max(0, int(room))} available above the {self.cfg.free_percent}% reserve"
+            available = max(0, int(room))
+            return (
+                f"needs {entry.size} bytes, {available} available above the {self.cfg.free_percent}% reserve"
+            )
         return None
 
     def _admit(self, entry: Entry) -> None:

@@ -332,23 +332,17 @@ def test_malformed_and_hostile_messages_are_dead_lettered_and_the_relay_carries_
     admin = Broker(BrokerParams(broker.host, broker.port), relay.instance, "test-admin")
     admin.connect(consume=False)
     try:
-        entry = "0" * 32
+        entry, md5 = "0" * 32, "a" * 32
+        head = f'{{"v":1,"entry":"{entry}","at":1,'
         bad = [
             b"not json at all",
             b"\xff\xfe",
             b'{"v": 99, "type": "offer"}',
-            (
-                '{"v":1,"type":"offer","entry":"%s","from":"upload","at":1,"name":"../../etc/passwd",'
-                '"kind":"file","size":1,"files":1,"md5":"%s"}' % (entry, "a" * 32)
-            ).encode(),
-            (
-                '{"v":1,"type":"fetch","entry":"%s","from":"central","at":1,"name":"x","kind":"file","size":1,'
-                '"files":1,"md5":"%s","attempt":1,"path":"/etc/../etc/shadow"}' % (entry, "a" * 32)
-            ).encode(),
-            (
-                '{"v":1,"type":"admit","entry":"%s","from":"central","at":1,"attempt":1,"dest":"/tmp"}'
-                % entry
-            ).encode(),
+            f'{head}"type":"offer","from":"upload","name":"../../etc/passwd","kind":"file","size":1,'
+            f'"files":1,"md5":"{md5}"}}'.encode(),
+            f'{head}"type":"fetch","from":"central","name":"x","kind":"file","size":1,"files":1,'
+            f'"md5":"{md5}","attempt":1,"path":"/etc/../etc/shadow"}}'.encode(),
+            f'{head}"type":"admit","from":"central","attempt":1,"dest":"/tmp"}}'.encode(),
         ]
         for body in bad[:4]:
             admin.publish("central", body)

@@ -16,7 +16,10 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "checksums.md"
 
 
 def build_tree(root: Path, reverse: bool = False) -> Path:
-    """Create the same tree in one of two creation orders (directory listing order follows creation on most filesystems)."""
+    """Create the same tree in one of two creation orders.
+
+    Directory listing order follows creation order on most filesystems.
+    """
     root.mkdir()
     steps = [
         lambda: (root / "b").mkdir(),
