@@ -410,3 +410,21 @@ def test_a_copy_corrupted_on_every_try_ends_failed_with_the_original_untouched(m
     assert os.listdir(relay.dirs["download"]) == [f".synkler-{relay.instance}"]
     assert "md5 mismatch at central" in relay.entries("upload")[0].reason
     assert (relay.workdir / "upload-runs").read_text() == "2"
+
+
+def test_a_broker_restart_loses_nothing_and_the_agents_carry_on(make_relay, rabbitmqctl):
+    relay = make_relay()
+    relay.start()
+    md5s = {"before": place(relay.dirs["upload"], "before", b"before")}
+    deliver(relay, md5s)
+    subprocess.run([rabbitmqctl, "-q", "stop_app"], check=True, capture_output=True)
+    try:
+        # While the broker is away, upload notices and hashes a new entry; its offer waits in the outbox.
+        md5s["during"] = place(relay.dirs["upload"], "during", os.urandom(50_000))
+        relay.wait_for("offer queued while the broker is down", lambda: "during" in relay.states("upload"))
+    finally:
+        subprocess.run([rabbitmqctl, "-q", "start_app"], check=True, capture_output=True)
+    subprocess.run([rabbitmqctl, "-q", "await_startup"], check=True, capture_output=True, timeout=120)
+    md5s["after"] = place(relay.dirs["upload"], "after", b"after")
+    deliver(relay, md5s, timeout=120)
+    assert all(relay.alive(r) for r in ("upload", "central", "download"))
