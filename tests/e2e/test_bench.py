@@ -1,0 +1,63 @@
+"""bench/relay_bench.py must keep working: run it with tiny sizes and check its JSON report.
+
+Only the shape of the report is checked, never the timing targets: those depend on the machine, and a
+test that fails on a slow CI runner would say nothing about synkler.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "relay_bench.py"
+
+
+def positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def test_the_benchmark_runs_and_reports_positive_figures(broker, sshd, tmp_path):
+    out = tmp_path / "bench.json"
+    argv = [
+        sys.executable,
+        str(BENCH),
+        "--quick",
+        "--only",
+        "latency,many",
+        "--latency-runs",
+        "2",
+        "--many",
+        "20",
+        "--broker",
+        f"{broker.host}:{broker.port}",
+        "--json",
+        str(out),
+    ]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads(out.read_text())
+    assert set(report) >= {"machine", "settings", "results", "table"}
+    assert "error" not in report
+    assert positive(report["machine"]["nproc"])
+    assert report["machine"]["python"] and report["machine"]["rsync"]
+    assert report["settings"]["many"] == 20 and positive(report["settings"]["settle_seconds"])
+    assert set(report["results"]) == {"latency", "many"}
+
+    latency = report["results"]["latency"]
+    assert latency["runs"] == 2 and len(latency["times_s"]) == 2
+    for key in ("median_s", "min_s", "max_s", "median_recorded_s"):
+        assert positive(latency[key]), key
+    assert latency["min_s"] <= latency["median_s"] <= latency["max_s"]
+    assert latency["median_minus_settle_s"] == latency["median_s"] - latency["settle_seconds"]
+
+    many = report["results"]["many"]
+    assert many["files"] == 20 and many["file_bytes"] == 4 << 10
+    for key in ("relay_s", "direct_s", "ratio", "relay_files_per_s"):
+        assert positive(many[key]), key
+    assert positive(many["concurrency"]["peak_rsync"])
+
+    assert any(row["figure"].startswith("latency") for row in report["table"])
+    assert "| figure" in run.stdout and "BENCHMARK FAILED" not in run.stdout
+    assert not Path(run.stdout.split("working in ", 1)[1].split()[0]).exists(), "work dir left behind"
