@@ -14,6 +14,7 @@ import os
 import time
 from typing import Any
 
+from .. import transfer
 from ..checksum import md5_entry
 from ..errors import MessageError
 from ..fsutil import free_bytes, remove_tree, rename_noreplace, total_bytes
@@ -24,6 +25,7 @@ from .base import Agent
 log = logging.getLogger("synkler")
 
 DOWNLOAD = "download"
+MAX_ADMITTED = 2000  # entries admitted but not yet verified; free space is the other limit
 
 
 class Central(Agent):
@@ -36,7 +38,12 @@ class Central(Agent):
         self.stored_dir = os.path.join(self.base, "stored")
 
     def staging(self, entry: Entry) -> str:
-        return os.path.join(self.staging_dir, entry.id)
+        """Where the entry's upload agent pushes: one directory per upload agent, so one rsync run
+        can carry many entries. Central admits one version of a name per agent at a time."""
+        return os.path.join(self.staging_dir, entry.peer)
+
+    def staged(self, entry: Entry) -> str:
+        return os.path.join(self.staging_dir, entry.peer, entry.name)
 
     def stored(self, entry: Entry) -> str:
         return os.path.join(self.stored_dir, entry.id)
@@ -44,21 +51,27 @@ class Central(Agent):
     def startup(self) -> None:
         os.makedirs(self.staging_dir, exist_ok=True)
         os.makedirs(self.stored_dir, exist_ok=True)
-        keep = {
-            "staging": ("waiting", "uploading", "verifying"),
-            "stored": ("verifying", "downloading", "delivered", "failed"),
-        }
-        for area, states in keep.items():
-            top = os.path.join(self.base, area)
+        in_flight = {(e.peer, e.name) for e in self.state.by_state("waiting", "uploading", "verifying")}
+        for peer in os.listdir(self.staging_dir):
+            top = os.path.join(self.staging_dir, peer)
+            if not os.path.isdir(top) or os.path.islink(top):
+                log.warning("leaving unknown item %s alone", top)
+                continue
             for name in os.listdir(top):
-                entry = self.state.get(name) if is_valid_entry_id(name) else None
-                if entry is None and not is_valid_entry_id(name):
-                    log.warning("leaving unknown item %s in %s alone", name, top)
-                elif entry is None or entry.state not in states:
-                    log.info(
-                        "removing leftover %s/%s (%s)", area, name, entry.state if entry else "unknown entry"
-                    )
+                if name == transfer.PARTIAL_DIR:
+                    if not any(p == peer for p, _ in in_flight):
+                        remove_tree(os.path.join(top, name))
+                elif (peer, name) not in in_flight:
+                    log.info("removing leftover staging/%s/%s", peer, name)
                     remove_tree(os.path.join(top, name))
+        keep = ("verifying", "downloading", "delivered", "failed")
+        for name in os.listdir(self.stored_dir):
+            entry = self.state.get(name) if is_valid_entry_id(name) else None
+            if entry is None and not is_valid_entry_id(name):
+                log.warning("leaving unknown item %s in %s alone", name, self.stored_dir)
+            elif entry is None or entry.state not in keep:
+                log.info("removing leftover stored/%s (%s)", name, entry.state if entry else "unknown entry")
+                remove_tree(os.path.join(self.stored_dir, name))
 
     # messages ------------------------------------------------------------------------------------
 
@@ -121,8 +134,10 @@ class Central(Agent):
     def _no_room(self, entry: Entry) -> str | None:
         """Why `entry` cannot be admitted now (None if it can)."""
         active = self.state.by_state("uploading", "verifying")
-        if len(active) >= self.cfg.max_transfers:
-            return f"{len(active)} uploads running (max_transfers)"
+        if len(active) >= MAX_ADMITTED:
+            return f"{len(active)} entries admitted and not yet verified"
+        if any(e.name == entry.name and e.peer == entry.peer for e in active):
+            return "another version of this name is still being uploaded"
         free = free_bytes(self.cfg.file_dir)
         reserve = total_bytes(self.cfg.file_dir) * self.cfg.free_percent / 100
         promised = sum(e.size for e in active if e.state == "uploading")
@@ -135,11 +150,10 @@ class Central(Agent):
         return None
 
     def _admit(self, entry: Entry) -> None:
-        staging = self.staging(entry)
-        remove_tree(staging)  # a fresh start for every attempt
-        os.makedirs(staging)
+        os.makedirs(self.staging(entry), exist_ok=True)
+        remove_tree(self.staged(entry))  # a fresh start for every attempt
         self.state.update(entry, state="uploading", attempt=entry.attempt + 1, tries=0, reason=None)
-        self.send(entry.peer, "admit", entry.id, attempt=entry.attempt, dest=staging)
+        self.send(entry.peer, "admit", entry.id, attempt=entry.attempt, dest=self.staging(entry))
 
     # jobs ----------------------------------------------------------------------------------------
 
@@ -156,7 +170,7 @@ class Central(Agent):
                 self._expire(entry)
 
     def _verify(self, entry: Entry) -> None:
-        staged = os.path.join(self.staging(entry), entry.name)
+        staged = self.staged(entry)
         stored = os.path.join(self.stored(entry), entry.name)
 
         def work() -> tuple[str, bool]:
@@ -172,7 +186,8 @@ class Central(Agent):
             md5, in_store = result if result else (None, False)
             if md5 == entry.md5:
                 if not in_store:
-                    rename_noreplace(self.staging(entry), self.stored(entry))
+                    os.makedirs(self.stored(entry), exist_ok=True)
+                    rename_noreplace(staged, stored)
                 self.state.update(entry_now, state="downloading", tries=0, path=stored)
                 self.send(
                     DOWNLOAD,
@@ -193,7 +208,7 @@ class Central(Agent):
                 if md5
                 else f"cannot read upload: {error}"
             )
-            remove_tree(self.staging(entry))
+            remove_tree(staged)
             if entry_now.attempt >= self.cfg.max_attempts:
                 self.state.update(entry_now, state="failed", reason=why)
                 self.send(entry.peer, "failed", entry.id, hop="upload to central", reason=why)

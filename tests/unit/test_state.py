@@ -181,9 +181,9 @@ def test_a_sent_message_leaves_the_outbox_and_the_others_stay(state: State):
     state.enqueue("central", b"a")
     state.enqueue("central", b"b")
     first, second = state.outbox()
-    state.sent(first[0])
+    state.sent([first[0]])
     assert state.outbox() == [second]
-    state.sent(first[0])  # a duplicate confirm is harmless
+    state.sent([first[0]])  # a duplicate confirm is harmless
     assert state.outbox_size() == 1
 
 
