@@ -1,6 +1,6 @@
 """The central role: admit offers, verify what upload pushed, hand it to download, expire it.
 
-Central's directory is ``file_dir/<id>/``: ``staging/<entry>/`` receives pushes, ``stored/<entry>/``
+Central's directory is ``file_dir/<id>/``: ``staging/<upload agent>/`` receives pushes, ``stored/<entry>/``
 holds verified copies that download pulls. An entry only ever reaches ``stored`` by a rename after
 its md5 matched. Central never opens an ssh connection.
 
