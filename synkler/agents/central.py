@@ -26,6 +26,7 @@ log = logging.getLogger("synkler")
 
 DOWNLOAD = "download"
 MAX_ADMITTED = 2000  # entries admitted but not yet verified; free space is the other limit
+SWEEP_INTERVAL = 60.0  # seconds between looks for stale partial files (and their minimum age)
 
 
 class Central(Agent):
@@ -36,6 +37,7 @@ class Central(Agent):
         self.base = os.path.join(self.cfg.file_dir, self.cfg.id)
         self.staging_dir = os.path.join(self.base, "staging")
         self.stored_dir = os.path.join(self.base, "stored")
+        self.next_sweep = 0.0
 
     def staging(self, entry: Entry) -> str:
         """Where the entry's upload agent pushes: one directory per upload agent, so one rsync run
@@ -92,15 +94,7 @@ class Central(Agent):
             )
             self.state.insert(entry)
             log.info("%s: offered by %s (%d bytes)", entry.name, entry.peer, entry.size)
-            # First come, first served: behind entries already waiting, a new one waits too.
-            queued = len(self.state.by_state("waiting")) > 1
-            why = "older entries are waiting for room" if queued else self._no_room(entry)
-            if why:
-                self.send(entry.peer, "wait", entry.id, reason=why)
-                log.info("%s: waiting: %s", entry.name, why)
-            else:
-                self._admit(entry)
-            return
+            return  # admitted (or told to wait) by the tick that follows, in offer order
         entry = self.entry_for(msg)
         if kind == "sent":
             if entry.state == "uploading" and msg["attempt"] == entry.attempt:
@@ -131,23 +125,68 @@ class Central(Agent):
 
     # admission -----------------------------------------------------------------------------------
 
-    def _no_room(self, entry: Entry) -> str | None:
-        """Why `entry` cannot be admitted now (None if it can)."""
+    def _admit_waiting(self) -> None:
+        """Admit waiting entries, oldest first, while there is room; tell the others why they wait.
+
+        Room: at most MAX_ADMITTED entries between admission and verification, one version of a name
+        per upload agent at a time (they share a staging path), and free space on file_dir's
+        filesystem above the free_percent reserve, minus what admitted entries have yet to bring.
+        """
+        waiting = self.state.by_state("waiting")
+        if not waiting:
+            return
         active = self.state.by_state("uploading", "verifying")
-        if len(active) >= MAX_ADMITTED:
-            return f"{len(active)} entries admitted and not yet verified"
-        if any(e.name == entry.name and e.peer == entry.peer for e in active):
-            return "another version of this name is still being uploaded"
+        count = len(active)
+        busy_names = {(e.peer, e.name) for e in active}
         free = free_bytes(self.cfg.file_dir)
         reserve = total_bytes(self.cfg.file_dir) * self.cfg.free_percent / 100
-        promised = sum(e.size for e in active if e.state == "uploading")
-        room = free - reserve - promised
-        if entry.size > room:
-            available = max(0, int(room))
-            return (
-                f"needs {entry.size} bytes, {available} available above the {self.cfg.free_percent}% reserve"
-            )
-        return None
+        room = free - reserve - sum(e.size for e in active if e.state == "uploading")
+        blocked = None  # once an entry must wait for room, later ones queue behind it
+        for entry in waiting:
+            if blocked:
+                why = "older entries are waiting for room"
+            elif count >= MAX_ADMITTED:
+                why = blocked = f"{count} entries admitted and not yet verified"
+            elif (entry.peer, entry.name) in busy_names:
+                why = "another version of this name is still being uploaded"
+            elif entry.size > room:
+                available, reserve_pct = max(0, int(room)), self.cfg.free_percent
+                why = blocked = (
+                    f"needs {entry.size} bytes, {available} available above the {reserve_pct}% reserve"
+                )
+            else:
+                self._admit(entry)
+                count += 1
+                busy_names.add((entry.peer, entry.name))
+                room -= entry.size
+                continue
+            if entry.reason != why:  # say it once per reason, not at every tick
+                self.state.update(entry, reason=why)
+                self.send(entry.peer, "wait", entry.id, reason=why)
+                log.info("%s: waiting: %s", entry.name, why)
+
+    def _sweep_partials(self, now: float) -> None:
+        """Remove partial files that no push will resume: their entry is not uploading any more.
+
+        A push cut off mid-file leaves its partial file for the next try to resume from; an rsync
+        that was killed may even write it late. Once the entry has moved on, the file is debris.
+        """
+        uploading = {(e.peer, e.name) for e in self.state.by_state("waiting", "uploading")}
+        for peer in os.listdir(self.staging_dir):
+            partial = os.path.join(self.staging_dir, peer, transfer.PARTIAL_DIR)
+            try:
+                names = os.listdir(partial)
+            except OSError:
+                continue
+            for name in names:
+                path = os.path.join(partial, name)
+                try:
+                    old = now - os.lstat(path).st_mtime > SWEEP_INTERVAL
+                except FileNotFoundError:
+                    continue
+                if old and (peer, name) not in uploading:
+                    log.info("removing stale partial file %s", path)
+                    remove_tree(path)
 
     def _admit(self, entry: Entry) -> None:
         os.makedirs(self.staging(entry), exist_ok=True)
@@ -158,10 +197,10 @@ class Central(Agent):
     # jobs ----------------------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        for entry in self.state.by_state("waiting"):
-            if self._no_room(entry):
-                break
-            self._admit(entry)
+        self._admit_waiting()
+        if now >= self.next_sweep:
+            self.next_sweep = now + SWEEP_INTERVAL
+            self._sweep_partials(now)
         for entry in self.state.by_state("verifying"):
             if entry.id not in self.rt.busy:
                 self._verify(entry)
@@ -188,6 +227,8 @@ class Central(Agent):
                 if not in_store:
                     os.makedirs(self.stored(entry), exist_ok=True)
                     rename_noreplace(staged, stored)
+                # An interrupted earlier push may have left a partial file of this name behind.
+                remove_tree(os.path.join(self.staging(entry), transfer.PARTIAL_DIR, entry.name))
                 self.state.update(entry_now, state="downloading", tries=0, path=stored)
                 self.send(
                     DOWNLOAD,

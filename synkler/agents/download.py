@@ -103,9 +103,10 @@ class Download(Agent):
             )
 
     def tick(self, now: float) -> None:
-        due = [e for e in self.state.by_state("fetching", due_before=now) if e.id not in self.rt.busy]
-        for batch in self.batches(due, group=lambda e: stored_root(e)):
-            self._fetch(batch)
+        if self.rt.transfers < self.cfg.max_transfers:
+            due = [e for e in self.state.by_state("fetching", due_before=now) if e.id not in self.rt.busy]
+            for batch in self.batches(due, group=lambda e: stored_root(e)):
+                self._fetch(batch)
         for entry in self.state.by_state("placing"):
             self._place(entry)
         for entry in self.state.by_state("delivered"):

@@ -202,9 +202,10 @@ class Upload(Agent):
             self.changed.clear()
             self.last_scan = now
             self.rt.submit("scan", "<scan>", self._scan, self._scanned)
-        due = [e for e in self.state.by_state("uploading", due_before=now) if e.id not in self.rt.busy]
-        for batch in self.batches(due, group=lambda e: e.path):
-            self._push(batch)
+        if self.rt.transfers < self.cfg.max_transfers:
+            due = [e for e in self.state.by_state("uploading", due_before=now) if e.id not in self.rt.busy]
+            for batch in self.batches(due, group=lambda e: e.path):
+                self._push(batch)
         for entry in self.state.by_state("delivered"):
             if entry.cleanup == "pending" and "cleanup:" + entry.id not in self.rt.busy:
                 self.start_cleanup(entry, entry.name, self.path(entry.name))
