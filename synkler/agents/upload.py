@@ -54,7 +54,9 @@ class Upload(Agent):
         self.changed.set()
         self.rt.wake()
 
-    def next_wakeup(self) -> float:
+    def next_wakeup(self) -> float | None:
+        if "<scan>" in self.rt.busy:
+            return None  # the scan's completion wakes the loop; a past time here would make it spin
         return self.last_scan + MIN_SCAN_GAP if self.changed.is_set() else self.next_scan
 
     # noticing entries ----------------------------------------------------------------------------
