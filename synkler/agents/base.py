@@ -70,6 +70,11 @@ class Agent:
         """Queue a message in the outbox, in the caller's transaction."""
         self.state.enqueue(to, messages.encode(mtype, entry, self.name, **body))
 
+    def entry_from(self, msg: dict[str, Any], state: str, **fields: Any) -> Entry:
+        """A new entry described by an offer or fetch message (name, kind, size, files, md5)."""
+        meta = {k: msg[k] for k in ("name", "kind", "size", "files", "md5")}
+        return Entry(id=msg["entry"], state=state, peer=msg["from"], **meta, **fields)
+
     def entry_for(self, msg: dict[str, Any]) -> Entry:
         entry = self.state.get(msg["entry"])
         if entry is None:

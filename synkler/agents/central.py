@@ -82,17 +82,7 @@ class Central(Agent):
         if kind == "offer":
             if self.state.get(msg["entry"]) is not None:
                 return  # a duplicate offer: already handled
-            entry = Entry(
-                id=msg["entry"],
-                name=msg["name"],
-                kind=msg["kind"],
-                size=msg["size"],
-                files=msg["files"],
-                md5=msg["md5"],
-                state="waiting",
-                peer=msg["from"],
-            )
-            self.state.insert(entry)
+            entry = self.state.insert(self.entry_from(msg, "waiting"))
             log.info("%s: offered by %s (%d bytes)", entry.name, entry.peer, entry.size)
             return  # admitted (or told to wait) by the tick that follows, in offer order
         entry = self.entry_for(msg)

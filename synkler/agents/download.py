@@ -84,18 +84,7 @@ class Download(Agent):
             raise MessageError(f"fetch: path {msg['path']!r} is not <stored dir>/<entry id>/<name>")
         entry = self.state.get(msg["entry"])
         if entry is None:
-            entry = Entry(
-                id=msg["entry"],
-                name=msg["name"],
-                kind=msg["kind"],
-                size=msg["size"],
-                files=msg["files"],
-                md5=msg["md5"],
-                state="fetching",
-                peer=msg["from"],
-                attempt=msg["attempt"],
-                path=msg["path"],
-            )
+            entry = self.entry_from(msg, "fetching", attempt=msg["attempt"], path=msg["path"])
             self.state.insert(entry)
         elif entry.state == "failed" and msg["attempt"] > entry.attempt:
             self.state.update(
