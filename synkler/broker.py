@@ -24,6 +24,7 @@ from .errors import BrokerError
 log = logging.getLogger(__name__)
 
 _PIKA_ERRORS = (pika.exceptions.AMQPError, OSError)
+_PERSISTENT = pika.BasicProperties(delivery_mode=2, content_type="application/json")
 
 
 @dataclass(frozen=True)
@@ -173,14 +174,18 @@ class Broker:
         def do() -> None:
             self._declare_queue(agent)
             self._chan.basic_publish(
-                exchange_name(self.instance),
-                agent,
-                body,
-                properties=pika.BasicProperties(delivery_mode=2, content_type="application/json"),
-                mandatory=True,
+                exchange_name(self.instance), agent, body, properties=_PERSISTENT, mandatory=True
             )
 
         self._call(do)
+
+    def dead_letter(self, body: bytes) -> None:
+        """Put one rejected message (e.g. a bad element of a batch) on the dead-letter queue."""
+        self._call(
+            lambda: self._chan.basic_publish(
+                dead_name(self.instance), "", body, properties=_PERSISTENT, mandatory=True
+            )
+        )
 
     def _call(self, fn: Callable[[], None]) -> None:
         if not self.connected:

@@ -99,6 +99,7 @@ class Config:
     rsync: tuple[str, ...]
     rsync_opts: tuple[str, ...]
     rsync_timeout: int
+    ssh_control_persist: int
     synkler_server: str
     central_host: str
     broker_port: int
@@ -354,6 +355,7 @@ KEYS: dict[str, _Key] = {
     "rsync": _Key(_command, ("rsync",)),
     "rsync_opts": _Key(_rsync_opts, ()),
     "rsync_timeout": _Key(_integer(1), 300),
+    "ssh_control_persist": _Key(_integer(0, 86400), 60),
     "synkler_server": _Key(_host, required=True),
     "central_host": _Key(_host, _Derived(lambda s, ctx: s["synkler_server"])),
     "broker_port": _Key(_integer(1, 65535), 5672),
@@ -363,7 +365,7 @@ KEYS: dict[str, _Key] = {
     "broker_heartbeat": _Key(_integer(1, 3600), 30),
     "cleanup_script": _Key(_cleanup_script, None),
     "free_percent": _Key(_number(0, 100), 10.0),
-    "settle_seconds": _Key(_number(0), 2.0),
+    "settle_seconds": _Key(_number(0), 1.0),
     "max_transfers": _Key(_integer(1), 4),
     "max_attempts": _Key(_integer(1), 5),
     "retry_max_seconds": _Key(_number(0, above=True), 300.0),

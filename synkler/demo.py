@@ -131,7 +131,7 @@ def _report(relay: LocalRelay, md5s: dict[str, str], workdir: Path) -> bool:
             f"{entry.state:9}  {ups}/{downs}"
         )
     base = relay.dirs["central"] / relay.instance
-    leftovers = [*(base / "staging").iterdir(), *(base / "stored").iterdir()]
+    leftovers = [*(base / "staging").glob("*/*"), *(base / "stored").iterdir()]
     expired = all(e.state == "expired" for e in central.values())
     print(
         f"\n  md5 verified at download for every entry: {md5_ok}; cleanup scripts ran once per entry on both "

@@ -17,7 +17,9 @@ from typing import Any, Callable
 
 import yaml
 
+from . import transfer
 from .broker import Broker, BrokerParams
+from .config import load_config
 from .errors import BrokerError
 from .state import Entry, State
 
@@ -111,6 +113,9 @@ class LocalRelay:
 
     def close(self) -> None:
         self.stop()
+        for role in ("upload", "download"):
+            # A SIGKILLed agent leaves its ssh master connection to time out: end it now.
+            transfer.close_shared_connection(load_config(self.configs[role], check_dirs=False))
         try:
             broker = Broker(self.broker, self.instance, "admin")
             broker.connect(consume=False)

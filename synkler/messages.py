@@ -16,7 +16,9 @@ from typing import Any
 from .errors import MessageError
 
 SCHEMA = 1
-MAX_BODY = 64 * 1024
+MAX_BODY = 64 * 1024  # one message
+MAX_BATCH_BODY = 1024 * 1024  # one AMQP body carrying a JSON array of messages
+MAX_BATCH = 1000
 MAX_SIZE = 1 << 62  # bytes; anything larger is absurd and rejected
 MAX_NAME_BYTES = 255
 
@@ -145,12 +147,46 @@ def decode(raw: bytes) -> dict[str, Any]:
     """Parse and validate a message body; MessageError says what is wrong with it."""
     if len(raw) > MAX_BODY:
         raise MessageError(f"message is {len(raw)} bytes, more than {MAX_BODY}")
-    try:
-        msg = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise MessageError(f"message is not valid JSON: {e}") from None
+    msg = _parse(raw)
     validate(msg)
     return msg
+
+
+def decode_many(raw: bytes) -> list[dict[str, Any] | MessageError]:
+    """Parse an AMQP body: one message (a JSON object) or a batch (a JSON array of them).
+
+    Batches let an agent send many messages with one publisher confirm. Each element is validated on
+    its own: the result holds the message, or the MessageError that rejects just that element.
+    A body that is not valid JSON at all raises MessageError.
+    """
+    if not raw.lstrip().startswith(b"["):
+        return [decode(raw)]
+    if len(raw) > MAX_BATCH_BODY:
+        raise MessageError(f"batch is {len(raw)} bytes, more than {MAX_BATCH_BODY}")
+    items = _parse(raw)
+    if not 1 <= len(items) <= MAX_BATCH:
+        raise MessageError(f"batch holds {len(items)} messages, not 1 to {MAX_BATCH}")
+    out: list[dict[str, Any] | MessageError] = []
+    for item in items:
+        try:
+            validate(item)
+            out.append(item)
+        except MessageError as e:
+            e.element = item  # kept for the dead-letter queue
+            out.append(e)
+    return out
+
+
+def encode_batch(bodies: list[bytes]) -> bytes:
+    """One AMQP body for several encoded messages (a single one is sent as it is)."""
+    return bodies[0] if len(bodies) == 1 else b"[" + b",".join(bodies) + b"]"
+
+
+def _parse(raw: bytes) -> Any:
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise MessageError(f"message is not valid JSON: {e}") from None
 
 
 def validate(msg: object) -> None:

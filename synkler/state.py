@@ -95,6 +95,7 @@ class State:
         self._db.row_factory = sqlite3.Row
         self._depth = 0
         self._after_commit: list = []
+        self._savepoints = 0
 
     def close(self) -> None:
         self._db.close()
@@ -128,6 +129,25 @@ class State:
             raise
         for fn in callbacks:
             fn()
+
+    @contextmanager
+    def savepoint(self) -> Iterator[State]:
+        """A part of the current transaction that can fail alone: its changes and its after_commit
+        callbacks are undone, the rest of the transaction goes on. Lets many messages share one commit."""
+        if not self._depth:
+            raise RuntimeError("savepoint() outside a transaction")
+        self._savepoints += 1
+        name = f"sp{self._savepoints}"
+        pending = len(self._after_commit)
+        self._db.execute(f"SAVEPOINT {name}")
+        try:
+            yield self
+        except BaseException:
+            self._db.execute(f"ROLLBACK TO {name}")
+            self._db.execute(f"RELEASE {name}")
+            del self._after_commit[pending:]
+            raise
+        self._db.execute(f"RELEASE {name}")
 
     def after_commit(self, fn) -> None:
         """Run `fn` once the current transaction has committed (at once outside one); dropped on rollback.
@@ -207,9 +227,9 @@ class State:
         rows = self._db.execute("SELECT seq, dest, body FROM outbox ORDER BY seq LIMIT ?", (limit,))
         return [(r[0], r[1], bytes(r[2])) for r in rows]
 
-    def sent(self, seq: int) -> None:
-        """The broker confirmed this message: forget it."""
-        self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+    def sent(self, seqs: list[int]) -> None:
+        """The broker confirmed these messages: forget them."""
+        self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
 
     def outbox_size(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]

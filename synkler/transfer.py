@@ -8,11 +8,15 @@ with spaces, quotes and non-ASCII characters survive the remote shell.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import logging
 import os
 import re
+import shlex
 import signal
+import stat
 import subprocess
+import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,9 +38,74 @@ class Result:
         return f"exit {self.returncode}" + (f": {' / '.join(tail)}" if tail else "")
 
 
-def rsync_argv(cfg, src: str, dest: str) -> list[str]:
+def _rsh_option(opts: Sequence[str]) -> tuple[int, int, str | None]:
+    """Where the remote shell is set in rsync options: (index, how many items, command)."""
+    for i, opt in enumerate(opts):
+        if opt.startswith("--rsh="):
+            return i, 1, opt[len("--rsh=") :]
+        if opt in ("--rsh", "-e") and i + 1 < len(opts):
+            return i, 2, opts[i + 1]
+        if opt.startswith("-e") and not opt.startswith("--"):
+            return i, 1, opt[2:]
+    return len(opts), 0, None
+
+
+def control_dir() -> str | None:
+    """A private directory for ssh control sockets (short path: sockets are limited to ~100 bytes)."""
+    path = os.path.join(tempfile.gettempdir(), f"synkler-{os.getuid()}")
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.lstat(path)
+    except OSError:
+        return None
+    # Someone else's directory, or one others can write, could hand us their socket: do without.
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        return None
+    return path
+
+
+def effective_opts(cfg) -> tuple[tuple[str, ...], str | None]:
+    """rsync_opts with ssh connection sharing added, and the ssh command line it uses (or None).
+
+    One ssh master connection per agent carries every rsync run to central, so a small file does not
+    pay an ssh handshake. The user's --rsh is kept: our options go after theirs, and for ssh the
+    first value given for an option wins. A remote shell other than ssh is left alone.
+    """
+    opts = tuple(cfg.rsync_opts)
+    if cfg.ssh_control_persist <= 0:
+        return opts, None
+    index, width, rsh = _rsh_option(opts)
+    if rsh is None:
+        if os.environ.get("RSYNC_RSH"):
+            return opts, None
+        rsh = "ssh"
+    try:
+        program = shlex.split(rsh)[0]
+    except (ValueError, IndexError):
+        return opts, None
+    directory = control_dir()
+    if os.path.basename(program) != "ssh" or directory is None:
+        return opts, None
+    tag = hashlib.sha1(f"{cfg.id}\0{cfg.name}\0{cfg.state_db}".encode()).hexdigest()[:12]
+    shared = (
+        f"{rsh} -o ControlMaster=auto -o ControlPersist={cfg.ssh_control_persist} "
+        f"-o ControlPath={directory}/{tag}-%C"
+    )
+    return (*opts[:index], f"--rsh={shared}", *opts[index + width :]), shared
+
+
+def close_shared_connection(cfg) -> None:
+    """Ask this agent's ssh master connection to exit (agent shutdown); harmless if there is none."""
+    _opts, shared = effective_opts(cfg)
+    if shared is not None:
+        run([*shlex.split(shared), "-O", "exit", cfg.central_host], timeout=10, track=False)
+
+
+def rsync_argv(cfg, src: str, dest: str, *, listed: bool = False) -> list[str]:
     """The rsync command for one hop: archive mode, resumable, with a stall timeout.
 
+    `listed`: the paths to copy (relative to `src`, a directory) come NUL-separated on stdin, so one
+    run carries many entries and no name is ever parsed as an option or by a shell.
     The user's `rsync_opts` come last so that anything they set (e.g. --rsh with their ssh port and
     key, a --bwlimit) is honoured as given.
     """
@@ -46,10 +115,15 @@ def rsync_argv(cfg, src: str, dest: str) -> list[str]:
         "--partial",
         f"--partial-dir={PARTIAL_DIR}",
         f"--timeout={cfg.rsync_timeout}",
-        *cfg.rsync_opts,
+        *(("--recursive", "--from0", "--files-from=-") if listed else ()),
+        *effective_opts(cfg)[0],
         src,
         dest,
     ]
+
+
+def _listing(paths: Sequence[str]) -> bytes:
+    return b"".join(os.fsencode(p) + b"\0" for p in paths)
 
 
 _running: set[subprocess.Popen] = set()
@@ -73,7 +147,12 @@ def _die_with_agent() -> None:
 
 
 def run(
-    argv: Sequence[str], *, timeout: float | None = None, env: dict | None = None, track: bool = True
+    argv: Sequence[str],
+    *,
+    timeout: float | None = None,
+    env: dict | None = None,
+    track: bool = True,
+    input: bytes | None = None,
 ) -> Result:
     """Run a command to completion, capturing its output; a missing program is a failed Result.
 
@@ -83,7 +162,7 @@ def run(
     try:
         proc = subprocess.Popen(
             list(argv),
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=env,
@@ -99,7 +178,7 @@ def run(
         with _lock:
             _running.add(proc)
     try:
-        out, _ = proc.communicate(timeout=timeout)
+        out, _ = proc.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, _ = proc.communicate()
@@ -122,15 +201,24 @@ def terminate_all() -> None:
             pass
 
 
-def push(cfg, local_path: str, remote_dir: str) -> Result:
-    """upload -> central: copy `local_path` (file, dir or symlink) into `remote_dir` on central."""
-    return run(rsync_argv(cfg, local_path, f"{cfg.central_host}:{remote_dir.rstrip('/')}/"))
+def push(cfg, local_dir: str, names: Sequence[str], remote_dir: str) -> Result:
+    """upload -> central: copy the entries `names` of `local_dir` into `remote_dir` on central, in one run."""
+    argv = rsync_argv(
+        cfg, local_dir.rstrip("/") + "/", f"{cfg.central_host}:{remote_dir.rstrip('/')}/", listed=True
+    )
+    return run(argv, input=_listing(names))
 
 
-def pull(cfg, remote_path: str, local_dir: str) -> Result:
-    """central -> download: copy `remote_path` on central into `local_dir`."""
+def pull(cfg, remote_dir: str, paths: Sequence[str], local_dir: str) -> Result:
+    """central -> download: copy `paths` (relative to `remote_dir` on central) into `local_dir`, in one run.
+
+    The relative paths are kept: "<entry id>/<name>" lands in local_dir/<entry id>/<name>.
+    """
     os.makedirs(local_dir, exist_ok=True)
-    return run(rsync_argv(cfg, f"{cfg.central_host}:{remote_path}", local_dir.rstrip("/") + "/"))
+    argv = rsync_argv(
+        cfg, f"{cfg.central_host}:{remote_dir.rstrip('/')}/", local_dir.rstrip("/") + "/", listed=True
+    )
+    return run(argv, input=_listing(paths))
 
 
 def probe(cfg) -> Result:

@@ -14,6 +14,7 @@ doing when the agent died is found again from the durable state at the next star
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import signal
@@ -32,13 +33,8 @@ from ..state import Entry, State
 log = logging.getLogger("synkler")
 
 TICK = 0.5  # longest the loop sleeps when nothing happens; events wake it at once
-
-
-def msg_type(body: bytes) -> str:
-    try:
-        return str(messages.decode(body)["type"])
-    except Exception:
-        return "malformed"
+BATCH_ENTRIES = 500  # at most this many entries in one rsync run
+BATCH_BYTES = 64 << 20  # ... and about this many bytes; bigger entries get a run of their own
 
 
 class Agent:
@@ -61,11 +57,23 @@ class Agent:
     def tick(self, now: float) -> None:
         """Start what is due. Called often: keep it cheap."""
 
+    def next_wakeup(self) -> float | None:
+        """When `tick` next has something to do on its own (None: nothing timed)."""
+        return None
+
+    def shutdown(self) -> None:
+        """Release what `startup` took (threads, watches)."""
+
     # helpers shared by the roles -----------------------------------------------------------------
 
     def send(self, to: str, mtype: str, entry: str, **body: Any) -> None:
         """Queue a message in the outbox, in the caller's transaction."""
         self.state.enqueue(to, messages.encode(mtype, entry, self.name, **body))
+
+    def entry_from(self, msg: dict[str, Any], state: str, **fields: Any) -> Entry:
+        """A new entry described by an offer or fetch message (name, kind, size, files, md5)."""
+        meta = {k: msg[k] for k in ("name", "kind", "size", "files", "md5")}
+        return Entry(id=msg["entry"], state=state, peer=msg["from"], **meta, **fields)
 
     def entry_for(self, msg: dict[str, Any]) -> Entry:
         entry = self.state.get(msg["entry"])
@@ -95,6 +103,34 @@ class Agent:
         self.state.update(entry, tries=tries, due=time.time() + delay, reason=f"{hop}: {why}", **changes)
         log.warning("%s: %s failed (%s); retry %d in %.1f s", entry.name, hop, why, tries, delay)
         return True
+
+    def batches(self, entries: list[Entry], group) -> list[list[Entry]]:
+        """Group entries for transfer runs: many small entries share one rsync run, big ones go alone.
+
+        Only entries on their first try are grouped: one that failed before goes alone, so a single
+        bad entry cannot hold a whole batch back. Returns at most as many batches as there are free
+        transfer slots, oldest entries first.
+        """
+        free = self.cfg.max_transfers - self.rt.transfers
+        out: list[list[Entry]] = []
+        open_batches: dict[Any, tuple[list[Entry], int]] = {}
+        for entry in entries:
+            alone = bool(entry.tries) or entry.size >= BATCH_BYTES
+            key = group(entry)
+            batch, size = ([], 0) if alone else open_batches.get(key, ([], 0))
+            if not batch:
+                if len(out) >= free:
+                    continue  # no slot for a new run; entries of open batches may still join
+                out.append(batch)
+            batch.append(entry)
+            if alone:
+                continue
+            size += entry.size
+            if len(batch) >= BATCH_ENTRIES or size >= BATCH_BYTES:
+                open_batches.pop(key, None)  # full: the next entry of this group starts a new batch
+            else:
+                open_batches[key] = (batch, size)
+        return out
 
     def start_cleanup(self, entry: Entry, name: str, full_path: str) -> None:
         """Run the cleanup script for a delivered entry, at most once.
@@ -161,26 +197,43 @@ class Runtime:
             "script": ThreadPoolExecutor(1, thread_name_prefix="script"),
         }
         self.busy: set[str] = set()  # entry ids with a job running
+        self.transfers = 0  # rsync runs going on
         self._connect_failures = 0
         self._next_connect = 0.0
 
     # jobs ----------------------------------------------------------------------------------------
 
     def submit(
-        self, pool: str, key: str, fn: Callable[[], Any], done: Callable[[Any, BaseException | None], None]
+        self,
+        pool: str,
+        keys: str | list[str],
+        fn: Callable[[], Any],
+        done: Callable[[Any, BaseException | None], None],
     ):
-        """Run `fn` on a worker thread; `done(result, error)` then runs in the main loop, in a transaction."""
+        """Run `fn` on a worker thread; `done(result, error)` then runs in the main loop, in a transaction.
+
+        `keys` (entry ids and the like) are marked busy until `done` has run.
+        """
+        keys = [keys] if isinstance(keys, str) else list(keys)
+
+        def finish(result: Any, error: BaseException | None) -> None:
+            self.busy.difference_update(keys)
+            if pool == "transfer":
+                self.transfers -= 1
+            done(result, error)
 
         def work() -> None:
             try:
                 result, error = fn(), None
             except BaseException as e:  # handed to the main loop, which decides
                 result, error = None, e
-            self._done.put((lambda r, e: (self.busy.discard(key), done(r, e)), result, error))
+            self._done.put((finish, result, error))
             self.wake()
 
         def start() -> None:
-            self.busy.add(key)
+            self.busy.update(keys)
+            if pool == "transfer":
+                self.transfers += 1
             self._pools[pool].submit(work)
 
         # Start only once the state change that led here is committed (see State.after_commit);
@@ -220,6 +273,7 @@ class Runtime:
                 self._step()
         finally:
             log.info("stopping: ending transfers, waiting for running jobs")
+            self.agent.shutdown()
             transfer.terminate_all()
             for pool in self._pools.values():
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -231,6 +285,8 @@ class Runtime:
             if self.broker:
                 self.broker.close()
             self.state.close()
+            if self.cfg.mode != "central":
+                transfer.close_shared_connection(self.cfg)
             log.info("stopped")
 
     def _step(self) -> None:
@@ -239,18 +295,26 @@ class Runtime:
             self._connect()
         deliveries: list[tuple[int, bytes]] = []
         try:
+            timeout = self._sleep_for(now)
             if self.broker is not None:
-                deliveries = self.broker.poll(0 if self._wake.is_set() else TICK)
+                deliveries = self.broker.poll(timeout)
             else:
-                self._wake.wait(max(0.0, min(TICK, self._next_connect - now)))
+                self._wake.wait(max(0.0, min(timeout, self._next_connect - now)))
             self._wake.clear()
-            for tag, body in deliveries:
-                self._handle(tag, body)
+            if deliveries:
+                self._handle_all(deliveries)
             self._drain_done()
             self._tick()
             self._flush_outbox()
         except BrokerError as e:
             self._lost(e)
+
+    def _sleep_for(self, now: float) -> float:
+        """How long the loop may wait for events: up to TICK, less if a timer of the agent is due."""
+        if self._wake.is_set():
+            return 0.0
+        wakeup = self.agent.next_wakeup()
+        return TICK if wakeup is None else max(0.0, min(TICK, wakeup - now))
 
     def _tick(self) -> None:
         try:
@@ -291,47 +355,118 @@ class Runtime:
         self._connect_failures += 1
         self._next_connect = time.time() + backoff(self._connect_failures, base=0.5, cap=30)
 
-    def _handle(self, tag: int, body: bytes) -> None:
+    def _handle_all(self, deliveries: list[tuple[int, bytes]]) -> None:
+        """Apply a poll's worth of deliveries in one transaction (one commit), then ack them.
+
+        Each delivery has a savepoint of its own, so one that fails is undone alone. Acks, rejects
+        and dead letters go out only after the commit: a crash before it means redelivery, and every
+        handler takes a redelivered message as a no-op.
+        """
+        outcomes: list[tuple[int, str, list[bytes]]] = []
         try:
-            msg = messages.decode(body)
             with self.state.transaction():
-                self.agent.on_message(msg)
+                for tag, body in deliveries:
+                    outcomes.append((tag, *self._apply(body)))
+        except (sqlite3.OperationalError, OSError) as e:  # the commit itself failed
+            log.error("cannot record %d messages (%s); they stay queued", len(deliveries), e)
+            outcomes = [(tag, "requeue", []) for tag, _ in deliveries]
+        for tag, outcome, dead in outcomes:
+            for body in dead:
+                self.broker.dead_letter(body)
+            if outcome == "ack":
+                self.broker.ack(tag)
+            else:
+                self.broker.reject(tag, requeue=outcome == "requeue")
+        if any(outcome == "requeue" for _, outcome, _ in outcomes):
+            self._stop.wait(1.0)
+
+    def _apply(self, body: bytes) -> tuple[str, list[bytes]]:
+        """Handle one AMQP body: ("ack" | "dead" | "requeue", elements of a batch to dead-letter)."""
+        try:
+            items = messages.decode_many(body)
         except MessageError as e:
             log.warning("dead-lettering a message: %s: %r", e, body[:200])
-            self.broker.reject(tag)
-            return
+            return "dead", []
+        dead: list[bytes] = []
+        try:
+            with self.state.savepoint():
+                for item in items:
+                    if isinstance(item, MessageError):
+                        log.warning("dead-lettering a message of a batch: %s", item)
+                        dead.append(_reencode(item))
+                        continue
+                    try:
+                        with self.state.savepoint():
+                            self.agent.on_message(item)
+                    except MessageError as e:
+                        log.warning("dead-lettering a message: %s: %r", e, str(item)[:200])
+                        dead.append(_reencode(item))
         except (sqlite3.OperationalError, OSError) as e:
             # Disk full, database locked, a directory we cannot write: the message is fine, we are not.
-            # Let it come back later instead of dead-lettering a valid request.
-            log.error("cannot act on a %s message now (%s); it stays queued", msg_type(body), e)
-            self.broker.reject(tag, requeue=True)
-            self._stop.wait(1.0)
-            return
+            # Let it come back later (handlers are idempotent) instead of dead-lettering a valid request.
+            log.error("cannot act on a message now (%s); it stays queued", e)
+            return "requeue", []
         except Exception:
             log.exception("bug while handling a message; dead-lettering it: %r", body[:200])
-            self.broker.reject(tag)
-            return
-        self.broker.ack(tag)
+            return "dead", []
+        if len(items) == 1 and dead:
+            return "dead", []  # a single message is dead-lettered as it came
+        return "ack", dead
 
     def _drain_done(self) -> None:
-        while True:
-            try:
-                callback, result, error = self._done.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                with self.state.transaction():
-                    callback(result, error)
-            except Exception:
-                log.exception("bug while recording a job's result")
+        """Record every finished job's result, all in one transaction, each in its own savepoint."""
+        if self._done.empty():
+            return
+        with self.state.transaction():
+            while True:
+                try:
+                    callback, result, error = self._done.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    with self.state.savepoint():
+                        callback(result, error)
+                except Exception:
+                    log.exception("bug while recording a job's result")
 
     def _flush_outbox(self) -> None:
+        """Publish the outbox, many messages per AMQP body and per publisher confirm."""
         if self.broker is None:
             return
         while True:
-            rows = self.state.outbox(200)
+            rows = self.state.outbox(OUTBOX_BATCH)
             if not rows:
                 return
-            for seq, dest, body in rows:
-                self.broker.publish(dest, body)
-                self.state.sent(seq)
+            for dest, chunk in _chunks(rows):
+                self.broker.publish(dest, messages.encode_batch([body for _, _, body in chunk]))
+                with self.state.transaction():
+                    self.state.sent([seq for seq, _, _ in chunk])
+
+
+OUTBOX_BATCH = 2000
+_CHUNK_BYTES = 256 * 1024
+
+
+def _chunks(rows: list[tuple[int, str, bytes]]):
+    """Split outbox rows into per-destination chunks, keeping each destination's order."""
+    by_dest: dict[str, list[tuple[int, str, bytes]]] = {}
+    for row in rows:
+        by_dest.setdefault(row[1], []).append(row)
+    for dest, dest_rows in by_dest.items():
+        chunk: list[tuple[int, str, bytes]] = []
+        size = 0
+        for row in dest_rows:
+            if chunk and (size + len(row[2]) > _CHUNK_BYTES or len(chunk) >= messages.MAX_BATCH):
+                yield dest, chunk
+                chunk, size = [], 0
+            chunk.append(row)
+            size += len(row[2]) + 1
+        if chunk:
+            yield dest, chunk
+
+
+def _reencode(item: object) -> bytes:
+    """The JSON of one element of a batch, for the dead-letter queue."""
+    if isinstance(item, MessageError):
+        item = getattr(item, "element", str(item))
+    return json.dumps(item, ensure_ascii=True, default=str).encode("ascii")

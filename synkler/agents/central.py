@@ -1,6 +1,6 @@
 """The central role: admit offers, verify what upload pushed, hand it to download, expire it.
 
-Central's directory is ``file_dir/<id>/``: ``staging/<entry>/`` receives pushes, ``stored/<entry>/``
+Central's directory is ``file_dir/<id>/``: ``staging/<upload agent>/`` receives pushes, ``stored/<entry>/``
 holds verified copies that download pulls. An entry only ever reaches ``stored`` by a rename after
 its md5 matched. Central never opens an ssh connection.
 
@@ -14,6 +14,7 @@ import os
 import time
 from typing import Any
 
+from .. import transfer
 from ..checksum import md5_entry
 from ..errors import MessageError
 from ..fsutil import free_bytes, remove_tree, rename_noreplace, total_bytes
@@ -24,6 +25,8 @@ from .base import Agent
 log = logging.getLogger("synkler")
 
 DOWNLOAD = "download"
+MAX_ADMITTED = 2000  # entries admitted but not yet verified; free space is the other limit
+SWEEP_INTERVAL = 60.0  # seconds between looks for stale partial files (and their minimum age)
 
 
 class Central(Agent):
@@ -34,9 +37,15 @@ class Central(Agent):
         self.base = os.path.join(self.cfg.file_dir, self.cfg.id)
         self.staging_dir = os.path.join(self.base, "staging")
         self.stored_dir = os.path.join(self.base, "stored")
+        self.next_sweep = 0.0
 
     def staging(self, entry: Entry) -> str:
-        return os.path.join(self.staging_dir, entry.id)
+        """Where the entry's upload agent pushes: one directory per upload agent, so one rsync run
+        can carry many entries. Central admits one version of a name per agent at a time."""
+        return os.path.join(self.staging_dir, entry.peer)
+
+    def staged(self, entry: Entry) -> str:
+        return os.path.join(self.staging_dir, entry.peer, entry.name)
 
     def stored(self, entry: Entry) -> str:
         return os.path.join(self.stored_dir, entry.id)
@@ -44,21 +53,27 @@ class Central(Agent):
     def startup(self) -> None:
         os.makedirs(self.staging_dir, exist_ok=True)
         os.makedirs(self.stored_dir, exist_ok=True)
-        keep = {
-            "staging": ("waiting", "uploading", "verifying"),
-            "stored": ("verifying", "downloading", "delivered", "failed"),
-        }
-        for area, states in keep.items():
-            top = os.path.join(self.base, area)
+        in_flight = {(e.peer, e.name) for e in self.state.by_state("waiting", "uploading", "verifying")}
+        for peer in os.listdir(self.staging_dir):
+            top = os.path.join(self.staging_dir, peer)
+            if not os.path.isdir(top) or os.path.islink(top):
+                log.warning("leaving unknown item %s alone", top)
+                continue
             for name in os.listdir(top):
-                entry = self.state.get(name) if is_valid_entry_id(name) else None
-                if entry is None and not is_valid_entry_id(name):
-                    log.warning("leaving unknown item %s in %s alone", name, top)
-                elif entry is None or entry.state not in states:
-                    log.info(
-                        "removing leftover %s/%s (%s)", area, name, entry.state if entry else "unknown entry"
-                    )
+                if name == transfer.PARTIAL_DIR:
+                    if not any(p == peer for p, _ in in_flight):
+                        remove_tree(os.path.join(top, name))
+                elif (peer, name) not in in_flight:
+                    log.info("removing leftover staging/%s/%s", peer, name)
                     remove_tree(os.path.join(top, name))
+        keep = ("verifying", "downloading", "delivered", "failed")
+        for name in os.listdir(self.stored_dir):
+            entry = self.state.get(name) if is_valid_entry_id(name) else None
+            if entry is None and not is_valid_entry_id(name):
+                log.warning("leaving unknown item %s in %s alone", name, self.stored_dir)
+            elif entry is None or entry.state not in keep:
+                log.info("removing leftover stored/%s (%s)", name, entry.state if entry else "unknown entry")
+                remove_tree(os.path.join(self.stored_dir, name))
 
     # messages ------------------------------------------------------------------------------------
 
@@ -67,27 +82,9 @@ class Central(Agent):
         if kind == "offer":
             if self.state.get(msg["entry"]) is not None:
                 return  # a duplicate offer: already handled
-            entry = Entry(
-                id=msg["entry"],
-                name=msg["name"],
-                kind=msg["kind"],
-                size=msg["size"],
-                files=msg["files"],
-                md5=msg["md5"],
-                state="waiting",
-                peer=msg["from"],
-            )
-            self.state.insert(entry)
+            entry = self.state.insert(self.entry_from(msg, "waiting"))
             log.info("%s: offered by %s (%d bytes)", entry.name, entry.peer, entry.size)
-            # First come, first served: behind entries already waiting, a new one waits too.
-            queued = len(self.state.by_state("waiting")) > 1
-            why = "older entries are waiting for room" if queued else self._no_room(entry)
-            if why:
-                self.send(entry.peer, "wait", entry.id, reason=why)
-                log.info("%s: waiting: %s", entry.name, why)
-            else:
-                self._admit(entry)
-            return
+            return  # admitted (or told to wait) by the tick that follows, in offer order
         entry = self.entry_for(msg)
         if kind == "sent":
             if entry.state == "uploading" and msg["attempt"] == entry.attempt:
@@ -118,36 +115,82 @@ class Central(Agent):
 
     # admission -----------------------------------------------------------------------------------
 
-    def _no_room(self, entry: Entry) -> str | None:
-        """Why `entry` cannot be admitted now (None if it can)."""
+    def _admit_waiting(self) -> None:
+        """Admit waiting entries, oldest first, while there is room; tell the others why they wait.
+
+        Room: at most MAX_ADMITTED entries between admission and verification, one version of a name
+        per upload agent at a time (they share a staging path), and free space on file_dir's
+        filesystem above the free_percent reserve, minus what admitted entries have yet to bring.
+        """
+        waiting = self.state.by_state("waiting")
+        if not waiting:
+            return
         active = self.state.by_state("uploading", "verifying")
-        if len(active) >= self.cfg.max_transfers:
-            return f"{len(active)} uploads running (max_transfers)"
+        count = len(active)
+        busy_names = {(e.peer, e.name) for e in active}
         free = free_bytes(self.cfg.file_dir)
         reserve = total_bytes(self.cfg.file_dir) * self.cfg.free_percent / 100
-        promised = sum(e.size for e in active if e.state == "uploading")
-        room = free - reserve - promised
-        if entry.size > room:
-            available = max(0, int(room))
-            return (
-                f"needs {entry.size} bytes, {available} available above the {self.cfg.free_percent}% reserve"
-            )
-        return None
+        room = free - reserve - sum(e.size for e in active if e.state == "uploading")
+        blocked = None  # once an entry must wait for room, later ones queue behind it
+        for entry in waiting:
+            if blocked:
+                why = "older entries are waiting for room"
+            elif count >= MAX_ADMITTED:
+                why = blocked = f"{count} entries admitted and not yet verified"
+            elif (entry.peer, entry.name) in busy_names:
+                why = "another version of this name is still being uploaded"
+            elif entry.size > room:
+                available, reserve_pct = max(0, int(room)), self.cfg.free_percent
+                why = blocked = (
+                    f"needs {entry.size} bytes, {available} available above the {reserve_pct}% reserve"
+                )
+            else:
+                self._admit(entry)
+                count += 1
+                busy_names.add((entry.peer, entry.name))
+                room -= entry.size
+                continue
+            if entry.reason != why:  # say it once per reason, not at every tick
+                self.state.update(entry, reason=why)
+                self.send(entry.peer, "wait", entry.id, reason=why)
+                log.info("%s: waiting: %s", entry.name, why)
+
+    def _sweep_partials(self, now: float) -> None:
+        """Remove partial files that no push will resume: their entry is not uploading any more.
+
+        A push cut off mid-file leaves its partial file for the next try to resume from; an rsync
+        that was killed may even write it late. Once the entry has moved on, the file is debris.
+        """
+        uploading = {(e.peer, e.name) for e in self.state.by_state("waiting", "uploading")}
+        for peer in os.listdir(self.staging_dir):
+            partial = os.path.join(self.staging_dir, peer, transfer.PARTIAL_DIR)
+            try:
+                names = os.listdir(partial)
+            except OSError:
+                continue
+            for name in names:
+                path = os.path.join(partial, name)
+                try:
+                    old = now - os.lstat(path).st_mtime > SWEEP_INTERVAL
+                except FileNotFoundError:
+                    continue
+                if old and (peer, name) not in uploading:
+                    log.info("removing stale partial file %s", path)
+                    remove_tree(path)
 
     def _admit(self, entry: Entry) -> None:
-        staging = self.staging(entry)
-        remove_tree(staging)  # a fresh start for every attempt
-        os.makedirs(staging)
+        os.makedirs(self.staging(entry), exist_ok=True)
+        remove_tree(self.staged(entry))  # a fresh start for every attempt
         self.state.update(entry, state="uploading", attempt=entry.attempt + 1, tries=0, reason=None)
-        self.send(entry.peer, "admit", entry.id, attempt=entry.attempt, dest=staging)
+        self.send(entry.peer, "admit", entry.id, attempt=entry.attempt, dest=self.staging(entry))
 
     # jobs ----------------------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        for entry in self.state.by_state("waiting"):
-            if self._no_room(entry):
-                break
-            self._admit(entry)
+        self._admit_waiting()
+        if now >= self.next_sweep:
+            self.next_sweep = now + SWEEP_INTERVAL
+            self._sweep_partials(now)
         for entry in self.state.by_state("verifying"):
             if entry.id not in self.rt.busy:
                 self._verify(entry)
@@ -156,7 +199,7 @@ class Central(Agent):
                 self._expire(entry)
 
     def _verify(self, entry: Entry) -> None:
-        staged = os.path.join(self.staging(entry), entry.name)
+        staged = self.staged(entry)
         stored = os.path.join(self.stored(entry), entry.name)
 
         def work() -> tuple[str, bool]:
@@ -172,7 +215,10 @@ class Central(Agent):
             md5, in_store = result if result else (None, False)
             if md5 == entry.md5:
                 if not in_store:
-                    rename_noreplace(self.staging(entry), self.stored(entry))
+                    os.makedirs(self.stored(entry), exist_ok=True)
+                    rename_noreplace(staged, stored)
+                # An interrupted earlier push may have left a partial file of this name behind.
+                remove_tree(os.path.join(self.staging(entry), transfer.PARTIAL_DIR, entry.name))
                 self.state.update(entry_now, state="downloading", tries=0, path=stored)
                 self.send(
                     DOWNLOAD,
@@ -193,7 +239,7 @@ class Central(Agent):
                 if md5
                 else f"cannot read upload: {error}"
             )
-            remove_tree(self.staging(entry))
+            remove_tree(staged)
             if entry_now.attempt >= self.cfg.max_attempts:
                 self.state.update(entry_now, state="failed", reason=why)
                 self.send(entry.peer, "failed", entry.id, hop="upload to central", reason=why)

@@ -37,6 +37,11 @@ def versioned_name(name: str, kind: str, n: int) -> str:
     return f"{stem} ({n}).{ext}"
 
 
+def stored_root(entry: Entry) -> str:
+    """Central's directory of stored entries, from a fetch path "<root>/<entry id>/<name>"."""
+    return os.path.dirname(os.path.dirname(entry.path))
+
+
 def choose_name(file_dir: str, name: str, kind: str, md5: str) -> tuple[str, bool]:
     """Where a verified entry goes: (name, already_present). Reads existing same-named entries."""
     for n in range(1, MAX_VERSIONS + 1):
@@ -75,20 +80,11 @@ class Download(Agent):
     def on_message(self, msg: dict[str, Any]) -> None:
         if msg["type"] != "fetch":
             raise MessageError(f"download does not take {msg['type']!r} messages")
+        if not msg["path"].endswith(f"/{msg['entry']}/{msg['name']}"):
+            raise MessageError(f"fetch: path {msg['path']!r} is not <stored dir>/<entry id>/<name>")
         entry = self.state.get(msg["entry"])
         if entry is None:
-            entry = Entry(
-                id=msg["entry"],
-                name=msg["name"],
-                kind=msg["kind"],
-                size=msg["size"],
-                files=msg["files"],
-                md5=msg["md5"],
-                state="fetching",
-                peer=msg["from"],
-                attempt=msg["attempt"],
-                path=msg["path"],
-            )
+            entry = self.entry_from(msg, "fetching", attempt=msg["attempt"], path=msg["path"])
             self.state.insert(entry)
         elif entry.state == "failed" and msg["attempt"] > entry.attempt:
             self.state.update(
@@ -96,50 +92,66 @@ class Download(Agent):
             )
 
     def tick(self, now: float) -> None:
-        for entry in self.state.by_state("fetching", due_before=now):
-            if entry.id not in self.rt.busy:
-                self._fetch(entry)
+        if self.rt.transfers < self.cfg.max_transfers:
+            due = [e for e in self.state.by_state("fetching", due_before=now) if e.id not in self.rt.busy]
+            for batch in self.batches(due, group=lambda e: stored_root(e)):
+                self._fetch(batch)
         for entry in self.state.by_state("placing"):
             self._place(entry)
         for entry in self.state.by_state("delivered"):
             if entry.cleanup == "pending" and "cleanup:" + entry.id not in self.rt.busy:
                 self.start_cleanup(entry, entry.stored_as, os.path.join(self.cfg.file_dir, entry.stored_as))
 
-    def _fetch(self, entry: Entry) -> None:
-        staging = self.staging(entry)
-        log.info("%s: pulling from central", entry.name)
+    def _fetch(self, batch: list[Entry]) -> None:
+        """One rsync run for entries stored under the same directory on central, then md5 of each."""
+        what = batch[0].name if len(batch) == 1 else f"{len(batch)} entries"
+        log.info("pulling %s from central", what)
 
-        def work() -> tuple[str, Any]:
-            result = transfer.pull(self.cfg, entry.path, staging)
-            if not result.ok:
-                return "rsync", result.summary()
-            md5 = md5_entry(os.path.join(staging, entry.name))
-            if md5 != entry.md5:
-                remove_tree(staging)
-                return "mismatch", f"md5 mismatch at download: expected {entry.md5}, got {md5}"
-            return "ok", choose_name(self.cfg.file_dir, entry.name, entry.kind, md5)
+        def work() -> dict[str, tuple[str, Any]]:
+            result = transfer.pull(
+                self.cfg, stored_root(batch[0]), [f"{e.id}/{e.name}" for e in batch], self.staging_dir
+            )
+            outcomes: dict[str, tuple[str, Any]] = {}
+            # Verify every entry even if rsync failed: whatever arrived whole is good (rsync only ever
+            # puts complete files in place; partial ones wait in the partial dir).
+            for e in batch:
+                path = os.path.join(self.staging(e), e.name)
+                if not os.path.lexists(path):
+                    outcomes[e.id] = ("rsync", result.summary() if not result.ok else "nothing arrived")
+                    continue
+                md5 = md5_entry(path)
+                if md5 != e.md5:
+                    # rsync's quick check would take a bad copy for done: remove it, pull it anew.
+                    remove_tree(self.staging(e))
+                    outcomes[e.id] = ("mismatch", f"md5 mismatch at download: expected {e.md5}, got {md5}")
+                    continue
+                outcomes[e.id] = ("ok", choose_name(self.cfg.file_dir, e.name, e.kind, md5))
+            return outcomes
 
-        def done(result: tuple[str, Any] | None, error: BaseException | None) -> None:
-            entry_now = self.state.get(entry.id)
-            if entry_now.state != "fetching":
-                return
-            outcome, detail = result if result else ("error", repr(error))
-            if outcome != "ok":
-                if not self.retry_later(entry_now, "pull from central", detail):
-                    self.send(entry.peer, "failed", entry.id, hop="pull from central", reason=detail[:1900])
-                return
-            target, present = detail
-            log.info("%s: md5 verified at download (%s)", entry.name, entry.md5)
-            if present:
-                remove_tree(staging)
-                self.state.update(entry_now, state="done", stored_as=target, tries=0, reason=None)
-                self.send(entry.peer, "fetched", entry.id, stored_as=target, outcome="present")
-                log.info("%s: already present as %s with the same md5; nothing to do", entry.name, target)
-                return
-            # Commit the chosen name before the rename, so a crash in between is recognised at restart.
-            self.state.update(entry_now, state="placing", stored_as=target, tries=0, reason=None)
+        def done(outcomes: dict[str, tuple[str, Any]] | None, error: BaseException | None) -> None:
+            for entry in batch:
+                entry_now = self.state.get(entry.id)
+                if entry_now.state != "fetching":
+                    continue
+                outcome, detail = outcomes[entry.id] if outcomes else ("error", repr(error))
+                if outcome != "ok":
+                    if not self.retry_later(entry_now, "pull from central", detail):
+                        self.send(
+                            entry.peer, "failed", entry.id, hop="pull from central", reason=detail[:1900]
+                        )
+                    continue
+                target, present = detail
+                log.info("%s: md5 verified at download (%s)", entry.name, entry.md5)
+                if present:
+                    remove_tree(self.staging(entry))
+                    self.state.update(entry_now, state="done", stored_as=target, tries=0, reason=None)
+                    self.send(entry.peer, "fetched", entry.id, stored_as=target, outcome="present")
+                    log.info("%s: already present as %s with the same md5; nothing to do", entry.name, target)
+                    continue
+                # Commit the chosen name before the rename, so a crash in between is recognised at restart.
+                self.state.update(entry_now, state="placing", stored_as=target, tries=0, reason=None)
 
-        self.rt.submit("transfer", entry.id, work, done)
+        self.rt.submit("transfer", [e.id for e in batch], work, done)
 
     def _place(self, entry: Entry) -> None:
         src = os.path.join(self.staging(entry), entry.name)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from typing import Any
 
@@ -14,11 +15,14 @@ from .. import transfer
 from ..checksum import EntryStat, md5_entry, stat_entry
 from ..messages import name_problem, new_entry_id
 from ..state import Entry
+from ..watch import DirWatcher
 from .base import Agent
 
 log = logging.getLogger("synkler")
 
-SCAN_INTERVAL = 0.5  # seconds between looks at file_dir (a stat of each top-level entry)
+SCAN_INTERVAL = 0.5  # seconds between looks at file_dir when inotify is not available
+RESCAN_INTERVAL = 5.0  # backstop rescan when inotify tells us about changes
+MIN_SCAN_GAP = 0.05  # a burst of changes costs one scan per this many seconds at most
 CENTRAL = "central"
 
 
@@ -29,13 +33,31 @@ class Upload(Agent):
         super().__init__(*args, **kwargs)
         self.pending: dict[str, tuple[str, float]] = {}  # name -> (signature, unchanged since)
         self.next_scan = 0.0
+        self.last_scan = 0.0
         self.warned: set[str] = set()
+        self.changed = threading.Event()
+        self.watcher = DirWatcher(str(self.cfg.file_dir), self._on_change)
+        self.watching = False
 
     def path(self, name: str) -> str:
         return os.path.join(self.cfg.file_dir, name)
 
     def startup(self) -> None:
         self.interrupt_cleanups()
+        self.watching = self.watcher.start()
+
+    def shutdown(self) -> None:
+        self.watcher.stop()
+
+    def _on_change(self) -> None:
+        """Called by the watcher thread: something happened in file_dir; look soon."""
+        self.changed.set()
+        self.rt.wake()
+
+    def next_wakeup(self) -> float | None:
+        if "<scan>" in self.rt.busy:
+            return None  # the scan's completion wakes the loop; a past time here would make it spin
+        return self.last_scan + MIN_SCAN_GAP if self.changed.is_set() else self.next_scan
 
     # noticing entries ----------------------------------------------------------------------------
 
@@ -57,7 +79,7 @@ class Upload(Agent):
         self, found: dict[str, EntryStat | Exception | None] | None, error: BaseException | None
     ) -> None:
         now = time.time()
-        self.next_scan = now + SCAN_INTERVAL
+        self.next_scan = now + (RESCAN_INTERVAL if self.watching else SCAN_INTERVAL)
         if error is not None:
             log.error("cannot scan %s: %s", self.cfg.file_dir, error)
             return
@@ -86,6 +108,11 @@ class Upload(Agent):
                 self.pending[name] = (st.signature, now)
             elif now - seen[1] >= self.cfg.settle_seconds and "md5:" + name not in self.rt.busy:
                 self._hash(name, st.signature)
+        # Look again when the first pending entry may have settled (entries being hashed wait for that).
+        deadlines = [since + self.cfg.settle_seconds for since in (s[1] for s in self.pending.values())]
+        deadlines = [d for d in deadlines if d > now]
+        if deadlines:
+            self.next_scan = min(self.next_scan, min(deadlines))
 
     def _hash(self, name: str, signature: str) -> None:
         path = self.path(name)
@@ -173,32 +200,45 @@ class Upload(Agent):
     # jobs ----------------------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        if "<scan>" not in self.rt.busy and now >= self.next_scan:
+        if "<scan>" not in self.rt.busy and now >= self.next_wakeup():
+            self.changed.clear()
+            self.last_scan = now
             self.rt.submit("scan", "<scan>", self._scan, self._scanned)
-        for entry in self.state.by_state("uploading", due_before=now):
-            if entry.id not in self.rt.busy:
-                self._push(entry)
+        if self.rt.transfers < self.cfg.max_transfers:
+            due = [e for e in self.state.by_state("uploading", due_before=now) if e.id not in self.rt.busy]
+            for batch in self.batches(due, group=lambda e: e.path):
+                self._push(batch)
         for entry in self.state.by_state("delivered"):
             if entry.cleanup == "pending" and "cleanup:" + entry.id not in self.rt.busy:
                 self.start_cleanup(entry, entry.name, self.path(entry.name))
 
-    def _push(self, entry: Entry) -> None:
-        attempt = entry.attempt
-        src, dest = self.path(entry.name), entry.path
-        log.info("%s: pushing to central (attempt %d)", entry.name, attempt)
+    def _push(self, batch: list[Entry]) -> None:
+        """One rsync run for entries admitted into the same directory on central."""
+        attempts = {e.id: e.attempt for e in batch}
+        names = [e.name for e in batch]
+        dest = batch[0].path
+        what = f"{names[0]} (attempt {batch[0].attempt})" if len(batch) == 1 else f"{len(batch)} entries"
+        log.info("pushing %s to central", what)
         started = time.time()
 
         def done(result: transfer.Result | None, error: BaseException | None) -> None:
-            now_entry = self.state.get(entry.id)
-            if now_entry.state != "uploading" or now_entry.attempt != attempt:
-                return  # superseded meanwhile
-            if error is None and result.ok:
-                self.state.update(now_entry, state="sent", tries=0, reason=None)
-                self.send(now_entry.peer, "sent", entry.id, attempt=attempt)
-                log.info("%s: pushed in %.1f s", entry.name, time.time() - started)
-                return
-            why = repr(error) if error else result.summary()
-            if not self.retry_later(now_entry, "push to central", why):
-                self.send(now_entry.peer, "failed", entry.id, hop="push to central", reason=why[:1900])
+            ok = error is None and result.ok
+            why = "" if ok else repr(error) if error else result.summary()
+            for entry in batch:
+                now_entry = self.state.get(entry.id)
+                if now_entry.state != "uploading" or now_entry.attempt != attempts[entry.id]:
+                    continue  # superseded meanwhile
+                if ok:
+                    self.state.update(now_entry, state="sent", tries=0, reason=None)
+                    self.send(now_entry.peer, "sent", entry.id, attempt=now_entry.attempt)
+                elif not self.retry_later(now_entry, "push to central", why):
+                    self.send(now_entry.peer, "failed", entry.id, hop="push to central", reason=why[:1900])
+            if ok:
+                log.info("pushed %s in %.1f s", what, time.time() - started)
 
-        self.rt.submit("transfer", entry.id, lambda: transfer.push(self.cfg, src, dest), done)
+        self.rt.submit(
+            "transfer",
+            list(attempts),
+            lambda: transfer.push(self.cfg, str(self.cfg.file_dir), names, dest),
+            done,
+        )

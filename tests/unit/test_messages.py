@@ -360,3 +360,35 @@ def test_a_relative_or_escaping_remote_path_is_rejected(mtype, field, path, why)
 def test_a_path_with_dots_inside_a_component_is_accepted():
     msg = decode(raw(envelope("fetch", path="/srv/files/run..v1/data...csv")))
     assert msg["path"] == "/srv/files/run..v1/data...csv"
+
+
+# --------------------------------------------------------------------------------------------------
+# Batches: many messages in one AMQP body
+
+
+def test_a_batch_round_trips_and_a_single_message_is_sent_as_it_is():
+    bodies = [raw(envelope("sent", attempt=n)) for n in (1, 2, 3)]
+    assert messages.encode_batch(bodies[:1]) == bodies[0]
+    got = messages.decode_many(messages.encode_batch(bodies))
+    assert [m["attempt"] for m in got] == [1, 2, 3]
+
+
+def test_a_bad_element_of_a_batch_is_rejected_alone_and_kept_for_the_dead_letter_queue():
+    bad = envelope("offer", name="../etc/passwd")
+    got = messages.decode_many(raw([envelope("sent"), bad, envelope("wait")]))
+    assert got[0]["type"] == "sent" and got[2]["type"] == "wait"
+    assert isinstance(got[1], MessageError) and got[1].element == bad
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[]",
+        b"[" + b",".join([raw(envelope("sent"))] * (messages.MAX_BATCH + 1)) + b"]",
+        b"[1, 2",
+        b"[" + b" " * (1 << 20),
+    ],
+)
+def test_an_empty_oversized_or_broken_batch_is_rejected_whole(body):
+    with pytest.raises(MessageError):
+        messages.decode_many(body)

@@ -181,9 +181,9 @@ def test_a_sent_message_leaves_the_outbox_and_the_others_stay(state: State):
     state.enqueue("central", b"a")
     state.enqueue("central", b"b")
     first, second = state.outbox()
-    state.sent(first[0])
+    state.sent([first[0]])
     assert state.outbox() == [second]
-    state.sent(first[0])  # a duplicate confirm is harmless
+    state.sent([first[0]])  # a duplicate confirm is harmless
     assert state.outbox_size() == 1
 
 
@@ -384,3 +384,39 @@ def test_readonly_opens_a_database_whose_path_has_uri_special_characters(tmp_pat
         ro.close()
     # A "read-only" open must not have created another database next to it.
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+# --------------------------------------------------------------------------------------------------
+# Savepoints: many changes share one commit, a failing one is undone alone
+
+
+def test_a_failing_savepoint_is_undone_alone_and_drops_its_after_commit_callbacks(state: State):
+    ran: list[str] = []
+    a, b = entry("a"), entry("b")
+    with state.transaction():
+        with state.savepoint():
+            state.insert(a)
+            state.after_commit(lambda: ran.append("a"))
+        with pytest.raises(Boom), state.savepoint():
+            state.insert(b)
+            state.enqueue("central", b"{}")
+            state.after_commit(lambda: ran.append("b"))
+            raise Boom
+        assert ran == []
+    assert ran == ["a"]
+    assert state.get(a.id) is not None and state.get(b.id) is None
+    assert state.outbox_size() == 0
+
+
+def test_a_savepoint_needs_a_transaction(state: State):
+    with pytest.raises(RuntimeError), state.savepoint():
+        pass
+
+
+def test_sent_forgets_several_outbox_rows_at_once(state: State):
+    with state.transaction():
+        for n in range(3):
+            state.enqueue("central", b"%d" % n)
+    seqs = [seq for seq, _, _ in state.outbox()]
+    state.sent(seqs[:2])
+    assert [body for _, _, body in state.outbox()] == [b"2"]

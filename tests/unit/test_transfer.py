@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from synkler import transfer
-from synkler.transfer import PARTIAL_DIR, cleanup_argv, rsync_argv, run, run_cleanup
+from synkler.transfer import PARTIAL_DIR, cleanup_argv, effective_opts, rsync_argv, run, run_cleanup
 
 NASTY_NAME = 'it\'s a "quoted" file; with spaces & $(touch x) `y`.csv'
 
@@ -23,6 +23,10 @@ def rsync_cfg(**changes) -> SimpleNamespace:
         rsync_opts=("--rsh=ssh -p 2222 -i /home/me/.ssh/key", "--bwlimit=1000"),
         rsync_timeout=77,
         central_host="central.example",
+        ssh_control_persist=0,
+        id="default",
+        name="upload",
+        state_db="/tmp/state.sqlite",
     )
     values.update(changes)
     return SimpleNamespace(**values)
@@ -256,3 +260,47 @@ def test_transfers_are_tracked_for_shutdown_but_cleanup_scripts_are_not(monkeypa
     assert run([sys.executable, "-c", "pass"]).ok
     assert len(running.added) == 1
     assert len(running) == 0  # and forgotten once finished
+
+
+# ---------------------------------------------------------------- ssh connection sharing
+
+
+def test_connection_sharing_is_appended_to_the_users_ssh_command_whose_options_still_win():
+    opts, shared = effective_opts(rsync_cfg(ssh_control_persist=60))
+    assert opts[1] == "--bwlimit=1000" and len(opts) == 2
+    assert opts[0] == f"--rsh={shared}"
+    assert shared.startswith("ssh -p 2222 -i /home/me/.ssh/key -o ControlMaster=auto -o ControlPersist=60 ")
+    assert shared.endswith("-%C") and "-o ControlPath=" in shared
+
+
+@pytest.mark.parametrize(
+    "given",
+    [("-e", "ssh -p 2222"), ("--rsh", "ssh -p 2222"), ("-essh -p 2222",)],
+)
+def test_every_spelling_of_the_remote_shell_option_is_recognised(given):
+    opts, shared = effective_opts(rsync_cfg(rsync_opts=(*given, "--bwlimit=1"), ssh_control_persist=60))
+    assert shared.startswith("ssh -p 2222 -o ControlMaster=auto")
+    assert opts == (f"--rsh={shared}", "--bwlimit=1")
+
+
+def test_without_an_rsh_option_plain_ssh_is_shared():
+    opts, shared = effective_opts(rsync_cfg(rsync_opts=(), ssh_control_persist=30))
+    assert opts == (f"--rsh={shared}",) and shared.startswith(
+        "ssh -o ControlMaster=auto -o ControlPersist=30 "
+    )
+
+
+def test_a_remote_shell_other_than_ssh_is_left_alone():
+    cfg = rsync_cfg(rsync_opts=("--rsh=/usr/local/bin/my-tunnel -x",), ssh_control_persist=60)
+    assert effective_opts(cfg) == (("--rsh=/usr/local/bin/my-tunnel -x",), None)
+
+
+def test_zero_persist_turns_sharing_off():
+    cfg = rsync_cfg(ssh_control_persist=0)
+    assert effective_opts(cfg) == (cfg.rsync_opts, None)
+
+
+def test_agents_get_separate_control_sockets():
+    _, up = effective_opts(rsync_cfg(ssh_control_persist=60, name="upload"))
+    _, down = effective_opts(rsync_cfg(ssh_control_persist=60, name="download"))
+    assert up.split("ControlPath=")[1] != down.split("ControlPath=")[1]
