@@ -65,7 +65,6 @@ class LocalRelay:
         if role != "central":
             cfg["central_host"] = self.sshd.target
             cfg["rsync_opts"] = self.sshd.rsync_opts()
-            cfg["settle_seconds"] = 0.5
         cfg.update(extra)
         self.configs[role].write_text(yaml.safe_dump(cfg, sort_keys=False))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import logging
 import os
 import re
@@ -16,8 +17,10 @@ import shlex
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -234,6 +237,60 @@ def cleanup_argv(template: Sequence[str], name: str, full_path: str) -> list[str
     return [re.sub(r"%[%fF]", lambda m: subst[m.group()], arg) for arg in template]
 
 
-def run_cleanup(cfg, name: str, full_path: str) -> Result:
-    argv = cleanup_argv(cfg.cleanup_argv, name, full_path)
-    return run(argv, track=False)
+def script_status(cfg, entry_id: str) -> str:
+    """Where the runner of an entry's cleanup script leaves its pid and its result."""
+    directory = os.path.join(os.path.dirname(cfg.state_db), os.path.basename(cfg.state_db) + ".scripts")
+    os.makedirs(directory, exist_ok=True)
+    return os.path.join(directory, f"{entry_id}.json")
+
+
+def run_cleanup(cfg, entry_id: str, name: str, full_path: str, *, resume: bool = False) -> Result | None:
+    """Run an entry's cleanup script (once) through synkler.scriptrunner, and return its result.
+
+    The runner is a session of its own that outlives the agent. With `resume` (the agent restarted
+    while the script was marked running) an existing result is collected, a runner still going is
+    waited for, and a script that never started is started. None: the runner died while the
+    script ran, so whether it finished is unknown; it is not run again.
+    """
+    status = script_status(cfg, entry_id)
+    if resume and not os.path.exists(status) and os.path.exists(status + ".pid"):
+        pid = _read_pid(status + ".pid")
+        while pid is not None and _runs(pid, status) and not os.path.exists(status):
+            time.sleep(0.2)
+        if not os.path.exists(status):
+            os.unlink(status + ".pid")
+            return None
+    if not os.path.exists(status):
+        argv = [
+            sys.executable,
+            "-m",
+            "synkler.scriptrunner",
+            status,
+            "--",
+            *cleanup_argv(cfg.cleanup_argv, name, full_path),
+        ]
+        subprocess.run(argv, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        with open(status, "rb") as f:
+            outcome = json.load(f)
+    except (OSError, ValueError) as e:
+        return Result(False, -1, f"the script runner left no result: {e}", ())
+    os.unlink(status)
+    return Result(outcome["returncode"] == 0, outcome["returncode"], outcome["output"], ())
+
+
+def _read_pid(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _runs(pid: int, status: str) -> bool:
+    """Is `pid` still the runner for `status` (and not a recycled pid)?"""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return os.fsencode(status) in f.read()
+    except OSError:
+        return False

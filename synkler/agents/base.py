@@ -132,17 +132,32 @@ class Agent:
                 open_batches[key] = (batch, size)
         return out
 
-    def start_cleanup(self, entry: Entry, name: str, full_path: str) -> None:
-        """Run the cleanup script for a delivered entry, at most once.
+    def cleanup_target(self, entry: Entry) -> tuple[str, str]:
+        """(%f, %F) for the entry's cleanup script: its name and full path on this host."""
+        raise NotImplementedError
 
-        'running' is committed before the script starts; an agent that dies while the script runs
-        finds 'running' at its next start and marks it 'interrupted' instead of running it again.
+    def start_cleanup(self, entry: Entry, *, resume: bool = False) -> None:
+        """Run the cleanup script for a delivered entry exactly once, as far as anything can.
+
+        'running' is committed before the script starts. The script runs under a runner that
+        survives the agent (synkler.scriptrunner): an agent killed meanwhile collects the result at
+        its next start. Only if the runner itself died mid-script is the cleanup 'interrupted';
+        it is then not run again.
         """
-        self.state.update(entry, cleanup="running")
+        if not resume:
+            self.state.update(entry, cleanup="running")
+        name, full_path = self.cleanup_target(entry)
 
         def done(result: transfer.Result | None, error: BaseException | None) -> None:
             entry_now = self.state.get(entry.id)
-            if error is not None or not result.ok:
+            if result is None and error is None:
+                self.state.update(
+                    entry_now, cleanup="interrupted", state="done", reason="cleanup script interrupted"
+                )
+                log.warning(
+                    "%s: the cleanup script was interrupted (its runner died); not running it again", name
+                )
+            elif error is not None or not result.ok:
                 why = repr(error) if error else result.summary()
                 self.state.update(entry_now, cleanup="failed", state="done", reason=f"cleanup script: {why}")
                 log.error(
@@ -153,28 +168,29 @@ class Agent:
                 )
             else:
                 self.state.update(entry_now, cleanup="done", state="done")
-                log.info(
-                    "%s: cleanup script ran (exit 0)%s",
-                    name,
-                    f": {result.output.strip()}" if result.output.strip() else "",
-                )
+                output = result.output.strip()
+                log.info("%s: cleanup script ran (exit 0)%s", name, f": {output}" if output else "")
 
         self.rt.submit(
-            "script", "cleanup:" + entry.id, lambda: transfer.run_cleanup(self.cfg, name, full_path), done
+            "script",
+            "cleanup:" + entry.id,
+            lambda: transfer.run_cleanup(self.cfg, entry.id, name, full_path, resume=resume),
+            done,
         )
 
-    def interrupt_cleanups(self) -> None:
+    def start_due_cleanups(self) -> None:
+        for entry in self.state.by_state("delivered"):
+            if entry.cleanup == "pending" and "cleanup:" + entry.id not in self.rt.busy:
+                self.start_cleanup(entry)
+
+    def resume_cleanups(self) -> None:
+        """At start: scripts marked running when the agent stopped are collected, not run again."""
         for entry in self.state.by_state("delivered"):
             if entry.cleanup == "running":
-                self.state.update(
-                    entry,
-                    cleanup="interrupted",
-                    state="done",
-                    reason="agent stopped while the cleanup script ran",
+                log.info(
+                    "%s: the agent stopped while the cleanup script ran; collecting its result", entry.name
                 )
-                log.warning(
-                    "%s: the agent stopped while its cleanup script ran; not running it again", entry.name
-                )
+                self.start_cleanup(entry, resume=True)
 
 
 class Runtime:

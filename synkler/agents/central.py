@@ -176,7 +176,16 @@ class Central(Agent):
                     continue
                 if old and (peer, name) not in uploading:
                     log.info("removing stale partial file %s", path)
-                    remove_tree(path)
+                    self._drop_partial(partial, name)
+
+    @staticmethod
+    def _drop_partial(partial_dir: str, name: str) -> None:
+        """Remove one partial file, and the partial dir once it is empty (as rsync itself would)."""
+        remove_tree(os.path.join(partial_dir, name))
+        try:
+            os.rmdir(partial_dir)
+        except OSError:
+            pass  # missing, or still holds partial files of running pushes
 
     def _admit(self, entry: Entry) -> None:
         os.makedirs(self.staging(entry), exist_ok=True)
@@ -218,7 +227,7 @@ class Central(Agent):
                     os.makedirs(self.stored(entry), exist_ok=True)
                     rename_noreplace(staged, stored)
                 # An interrupted earlier push may have left a partial file of this name behind.
-                remove_tree(os.path.join(self.staging(entry), transfer.PARTIAL_DIR, entry.name))
+                self._drop_partial(os.path.join(self.staging(entry), transfer.PARTIAL_DIR), entry.name)
                 self.state.update(entry_now, state="downloading", tries=0, path=stored)
                 self.send(
                     DOWNLOAD,

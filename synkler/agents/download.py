@@ -65,6 +65,9 @@ class Download(Agent):
         super().__init__(*args, **kwargs)
         self.staging_dir = os.path.join(self.cfg.file_dir, f".synkler-{self.cfg.id}")
 
+    def cleanup_target(self, entry: Entry) -> tuple[str, str]:
+        return entry.stored_as, os.path.join(self.cfg.file_dir, entry.stored_as)
+
     def staging(self, entry: Entry) -> str:
         return os.path.join(self.staging_dir, entry.id)
 
@@ -75,7 +78,7 @@ class Download(Agent):
             if entry is None or entry.state not in ("fetching", "placing"):
                 log.info("removing leftover staging %s", name)
                 remove_tree(os.path.join(self.staging_dir, name))
-        self.interrupt_cleanups()
+        self.resume_cleanups()
 
     def on_message(self, msg: dict[str, Any]) -> None:
         if msg["type"] != "fetch":
@@ -98,9 +101,7 @@ class Download(Agent):
                 self._fetch(batch)
         for entry in self.state.by_state("placing"):
             self._place(entry)
-        for entry in self.state.by_state("delivered"):
-            if entry.cleanup == "pending" and "cleanup:" + entry.id not in self.rt.busy:
-                self.start_cleanup(entry, entry.stored_as, os.path.join(self.cfg.file_dir, entry.stored_as))
+        self.start_due_cleanups()
 
     def _fetch(self, batch: list[Entry]) -> None:
         """One rsync run for entries stored under the same directory on central, then md5 of each."""

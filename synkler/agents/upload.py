@@ -42,8 +42,11 @@ class Upload(Agent):
     def path(self, name: str) -> str:
         return os.path.join(self.cfg.file_dir, name)
 
+    def cleanup_target(self, entry: Entry) -> tuple[str, str]:
+        return entry.name, self.path(entry.name)
+
     def startup(self) -> None:
-        self.interrupt_cleanups()
+        self.resume_cleanups()
         self.watching = self.watcher.start()
 
     def shutdown(self) -> None:
@@ -208,9 +211,7 @@ class Upload(Agent):
             due = [e for e in self.state.by_state("uploading", due_before=now) if e.id not in self.rt.busy]
             for batch in self.batches(due, group=lambda e: e.path):
                 self._push(batch)
-        for entry in self.state.by_state("delivered"):
-            if entry.cleanup == "pending" and "cleanup:" + entry.id not in self.rt.busy:
-                self.start_cleanup(entry, entry.name, self.path(entry.name))
+        self.start_due_cleanups()
 
     def _push(self, batch: list[Entry]) -> None:
         """One rsync run for entries admitted into the same directory on central."""

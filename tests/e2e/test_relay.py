@@ -433,3 +433,33 @@ def test_a_broker_restart_loses_nothing_and_the_agents_carry_on(make_relay, rabb
     md5s["after"] = place(relay.dirs["upload"], "after", b"after")
     deliver(relay, md5s, timeout=120)
     assert all(relay.alive(r) for r in ("upload", "central", "download"))
+
+
+GATED = (
+    "import os, sys, time\n"
+    "open(sys.argv[1] + '.started', 'a').write(sys.argv[2] + '\\n')\n"
+    "while not os.path.exists(sys.argv[1] + '.gate'): time.sleep(0.05)\n"
+    "open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')\n"
+)
+
+
+@pytest.mark.parametrize("side", ["upload", "download"])
+def test_an_agent_killed_while_its_cleanup_script_runs_collects_the_result_and_never_reruns_it(
+    make_relay, side
+):
+    relay = make_relay()
+    log = relay.workdir / f"{side}-cleanup"
+    relay.write_config(side, {"cleanup_script": shlex.join([sys.executable, "-c", GATED, str(log), "%f"])})
+    relay.start()
+    md5s = {"gated.txt": place(relay.dirs["upload"], "gated.txt", b"gated")}
+    started = Path(f"{log}.started")
+    relay.wait_for("the cleanup script started", started.exists)
+    relay.kill(side)
+    relay.start(side)
+    Path(f"{log}.gate").touch()
+    relay.wait_for(
+        "the cleanup recorded as done", lambda: [e.cleanup for e in relay.entries(side)] == ["done"]
+    )
+    deliver(relay, md5s)
+    assert log.read_text() == "gated.txt\n"
+    assert started.read_text() == "gated.txt\n"

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,6 +16,13 @@ import pytest
 
 from synkler import transfer
 from synkler.transfer import PARTIAL_DIR, cleanup_argv, effective_opts, rsync_argv, run, run_cleanup
+
+ENTRY = "0123456789abcdef0123456789abcdef"
+
+
+def script_cfg(tmp_path: Path, template) -> SimpleNamespace:
+    return SimpleNamespace(cleanup_argv=tuple(template), state_db=tmp_path / "state.sqlite")
+
 
 NASTY_NAME = 'it\'s a "quoted" file; with spaces & $(touch x) `y`.csv'
 
@@ -200,7 +210,7 @@ def test_run_cleanup_runs_the_script_with_substituted_arguments_and_no_shell(
         "~",
     )
     full = str(tmp_path / NASTY_NAME)
-    result = run_cleanup(SimpleNamespace(cleanup_argv=template), NASTY_NAME, full)
+    result = run_cleanup(script_cfg(tmp_path, template), ENTRY, NASTY_NAME, full)
     assert result.ok, result.output
     assert json.loads(record.read_text()) == [
         NASTY_NAME,
@@ -212,29 +222,30 @@ def test_run_cleanup_runs_the_script_with_substituted_arguments_and_no_shell(
         "*",
         "~",
     ]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["args.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["args.json", "state.sqlite.scripts"]
+    assert list((tmp_path / "state.sqlite.scripts").iterdir()) == []  # the runner's files are collected
 
 
 def test_run_cleanup_can_remove_the_delivered_file(tmp_path: Path):
     delivered = tmp_path / NASTY_NAME
     delivered.write_text("payload")
     remover = "import os, sys; os.remove(sys.argv[1])"
-    cfg = SimpleNamespace(cleanup_argv=(sys.executable, "-c", remover, "%F"))
-    result = run_cleanup(cfg, NASTY_NAME, str(delivered))
+    cfg = script_cfg(tmp_path, (sys.executable, "-c", remover, "%F"))
+    result = run_cleanup(cfg, ENTRY, NASTY_NAME, str(delivered))
     assert result.ok, result.output
     assert not delivered.exists()
 
 
 def test_run_cleanup_reports_a_failing_script(tmp_path: Path):
-    cfg = SimpleNamespace(cleanup_argv=(sys.executable, "-c", "raise SystemExit(3)", "%F"))
-    result = run_cleanup(cfg, "a", str(tmp_path / "a"))
+    cfg = script_cfg(tmp_path, (sys.executable, "-c", "raise SystemExit(3)", "%F"))
+    result = run_cleanup(cfg, ENTRY, "a", str(tmp_path / "a"))
     assert not result.ok
     assert result.returncode == 3
 
 
 def test_run_cleanup_reports_a_missing_script_by_name(tmp_path: Path):
     missing = str(tmp_path / "cleanup-that-is-not-there")
-    result = run_cleanup(SimpleNamespace(cleanup_argv=(missing, "%F")), "a", "/files/a")
+    result = run_cleanup(script_cfg(tmp_path, (missing, "%F")), ENTRY, "a", "/files/a")
     assert (result.ok, result.returncode) == (False, 127)
     assert missing in result.output
 
@@ -251,11 +262,13 @@ class RecordingSet(set):
         super().add(item)
 
 
-def test_transfers_are_tracked_for_shutdown_but_cleanup_scripts_are_not(monkeypatch: pytest.MonkeyPatch):
+def test_transfers_are_tracked_for_shutdown_but_cleanup_scripts_are_not(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
     running = RecordingSet()
     monkeypatch.setattr(transfer, "_running", running)
-    cfg = SimpleNamespace(cleanup_argv=(sys.executable, "-c", "pass", "%f"))
-    assert run_cleanup(cfg, "a", "/files/a").ok
+    cfg = script_cfg(tmp_path, (sys.executable, "-c", "pass", "%f"))
+    assert run_cleanup(cfg, ENTRY, "a", "/files/a").ok
     assert running.added == []
     assert run([sys.executable, "-c", "pass"]).ok
     assert len(running.added) == 1
@@ -304,3 +317,56 @@ def test_agents_get_separate_control_sockets():
     _, up = effective_opts(rsync_cfg(ssh_control_persist=60, name="upload"))
     _, down = effective_opts(rsync_cfg(ssh_control_persist=60, name="download"))
     assert up.split("ControlPath=")[1] != down.split("ControlPath=")[1]
+
+
+# ---------------------------------------------------------------- cleanup scripts across agent crashes
+
+
+def test_a_result_left_by_a_runner_whose_agent_died_is_collected_without_running_again(tmp_path: Path):
+    cfg = script_cfg(tmp_path, (sys.executable, "-c", "raise SystemExit('must not run')"))
+    status = transfer.script_status(cfg, ENTRY)
+    Path(status).write_text('{"returncode": 0, "output": "ran before the crash"}')
+    result = run_cleanup(cfg, ENTRY, "a", "/files/a", resume=True)
+    assert result.ok and result.output == "ran before the crash"
+    assert not Path(status).exists()
+
+
+def test_a_runner_that_died_mid_script_means_interrupted_and_no_second_run(tmp_path: Path):
+    cfg = script_cfg(tmp_path, (sys.executable, "-c", "raise SystemExit('must not run')"))
+    status = transfer.script_status(cfg, ENTRY)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    Path(status + ".pid").write_text(dead.stdout)
+    assert run_cleanup(cfg, ENTRY, "a", "/files/a", resume=True) is None
+    assert not Path(status + ".pid").exists() and not Path(status).exists()
+
+
+def test_a_script_that_never_started_is_started_on_resume(tmp_path: Path):
+    marker = tmp_path / "ran"
+    cfg = script_cfg(
+        tmp_path, (sys.executable, "-c", "import sys; open(sys.argv[1], 'a').write('x')", str(marker))
+    )
+    assert run_cleanup(cfg, ENTRY, "a", "/files/a", resume=True).ok
+    assert marker.read_text() == "x"
+
+
+def test_a_runner_still_going_after_the_agent_died_is_waited_for(tmp_path: Path):
+    gate = tmp_path / "gate"
+    waiter = (
+        "import os, sys, time\nwhile not os.path.exists(sys.argv[1]): time.sleep(0.05)\nprint('finished')"
+    )
+    cfg = script_cfg(tmp_path, (sys.executable, "-c", waiter, str(gate)))
+    status = transfer.script_status(cfg, ENTRY)
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "synkler.scriptrunner", status, "--", *cfg.cleanup_argv],
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 10
+    while not Path(status + ".pid").exists():
+        assert time.monotonic() < deadline, "the runner never wrote its pid file"
+        time.sleep(0.02)
+    threading.Timer(0.3, gate.touch).start()  # the script ends a little after the "restart"
+    result = run_cleanup(cfg, ENTRY, "a", "/files/a", resume=True)
+    runner.wait(10)
+    assert result.ok and result.output.strip() == "finished"
