@@ -47,6 +47,7 @@ class Agent:
         self.state = state
         self.rt = runtime
         self.name = cfg.name
+        self.cleanup_due = True  # set when an entry's cleanup script becomes due
 
     def startup(self) -> None:
         """Reconcile the disk with the durable state after a (possibly unclean) stop."""
@@ -60,6 +61,10 @@ class Agent:
     def next_wakeup(self) -> float | None:
         """When `tick` next has something to do on its own (None: nothing timed)."""
         return None
+
+    def look_again(self) -> None:
+        """Forget the hints that let `tick` skip work (after a tick was rolled back)."""
+        self.cleanup_due = True
 
     def shutdown(self) -> None:
         """Release what `startup` took (threads, watches)."""
@@ -179,6 +184,9 @@ class Agent:
         )
 
     def start_due_cleanups(self) -> None:
+        if not self.cleanup_due:
+            return
+        self.cleanup_due = False
         for entry in self.state.by_state("delivered"):
             if entry.cleanup == "pending" and "cleanup:" + entry.id not in self.rt.busy:
                 self.start_cleanup(entry)
@@ -293,7 +301,8 @@ class Runtime:
             transfer.terminate_all()
             for pool in self._pools.values():
                 pool.shutdown(wait=True, cancel_futures=True)
-            self._drain_done()
+            with self.state.transaction():
+                self._drain_done()
             try:
                 self._flush_outbox()
             except BrokerError:
@@ -317,13 +326,46 @@ class Runtime:
             else:
                 self._wake.wait(max(0.0, min(timeout, self._next_connect - now)))
             self._wake.clear()
-            if deliveries:
-                self._handle_all(deliveries)
-            self._drain_done()
-            self._tick()
+            self._work(deliveries)
             self._flush_outbox()
         except BrokerError as e:
             self._lost(e)
+
+    def _work(self, deliveries: list[tuple[int, bytes]]) -> None:
+        """One pass, one transaction, one commit: the deliveries, the finished jobs, the tick.
+
+        Each delivery, job result and the tick has a savepoint of its own, so one that fails is
+        undone alone. Acks, rejects and dead letters go out only after the commit: a crash before
+        it means redelivery, and every handler takes a redelivered message as a no-op.
+        """
+        outcomes: list[tuple[int, str, list[bytes]]] = []
+        pause = False
+        try:
+            with self.state.transaction():
+                for tag, body in deliveries:
+                    outcomes.append((tag, *self._apply(body)))
+                self._drain_done()
+                try:
+                    with self.state.savepoint():
+                        self.agent.tick(time.time())
+                except Exception:
+                    # A full disk or a vanished directory must not kill the agent: log, pause, retry.
+                    log.exception("error in the agent's periodic work; retrying in a second")
+                    self.agent.look_again()
+                    pause = True
+        except (sqlite3.OperationalError, OSError) as e:  # the commit itself failed
+            log.error("cannot record the agent's state (%s); messages stay queued", e)
+            outcomes = [(tag, "requeue", []) for tag, _ in deliveries]
+            self.agent.look_again()
+        for tag, outcome, dead in outcomes:
+            for body in dead:
+                self.broker.dead_letter(body)
+            if outcome == "ack":
+                self.broker.ack(tag)
+            else:
+                self.broker.reject(tag, requeue=outcome == "requeue")
+        if pause or any(outcome == "requeue" for _, outcome, _ in outcomes):
+            self._stop.wait(1.0)
 
     def _sleep_for(self, now: float) -> float:
         """How long the loop may wait for events: up to TICK, less if a timer of the agent is due."""
@@ -331,15 +373,6 @@ class Runtime:
             return 0.0
         wakeup = self.agent.next_wakeup()
         return TICK if wakeup is None else max(0.0, min(TICK, wakeup - now))
-
-    def _tick(self) -> None:
-        try:
-            with self.state.transaction():
-                self.agent.tick(time.time())
-        except Exception:
-            # A full disk or a vanished directory must not kill the agent: log, pause, try again.
-            log.exception("error in the agent's periodic work; retrying in a second")
-            self._stop.wait(1.0)
 
     def _connect(self) -> None:
         broker = Broker(self._params, self.cfg.id, self.cfg.name)
@@ -370,31 +403,6 @@ class Runtime:
         self.broker = None
         self._connect_failures += 1
         self._next_connect = time.time() + backoff(self._connect_failures, base=0.5, cap=30)
-
-    def _handle_all(self, deliveries: list[tuple[int, bytes]]) -> None:
-        """Apply a poll's worth of deliveries in one transaction (one commit), then ack them.
-
-        Each delivery has a savepoint of its own, so one that fails is undone alone. Acks, rejects
-        and dead letters go out only after the commit: a crash before it means redelivery, and every
-        handler takes a redelivered message as a no-op.
-        """
-        outcomes: list[tuple[int, str, list[bytes]]] = []
-        try:
-            with self.state.transaction():
-                for tag, body in deliveries:
-                    outcomes.append((tag, *self._apply(body)))
-        except (sqlite3.OperationalError, OSError) as e:  # the commit itself failed
-            log.error("cannot record %d messages (%s); they stay queued", len(deliveries), e)
-            outcomes = [(tag, "requeue", []) for tag, _ in deliveries]
-        for tag, outcome, dead in outcomes:
-            for body in dead:
-                self.broker.dead_letter(body)
-            if outcome == "ack":
-                self.broker.ack(tag)
-            else:
-                self.broker.reject(tag, requeue=outcome == "requeue")
-        if any(outcome == "requeue" for _, outcome, _ in outcomes):
-            self._stop.wait(1.0)
 
     def _apply(self, body: bytes) -> tuple[str, list[bytes]]:
         """Handle one AMQP body: ("ack" | "dead" | "requeue", elements of a batch to dead-letter)."""
@@ -430,20 +438,17 @@ class Runtime:
         return "ack", dead
 
     def _drain_done(self) -> None:
-        """Record every finished job's result, all in one transaction, each in its own savepoint."""
-        if self._done.empty():
-            return
-        with self.state.transaction():
-            while True:
-                try:
-                    callback, result, error = self._done.get_nowait()
-                except queue.Empty:
-                    return
-                try:
-                    with self.state.savepoint():
-                        callback(result, error)
-                except Exception:
-                    log.exception("bug while recording a job's result")
+        """Record every finished job's result, each in its own savepoint of the current transaction."""
+        while True:
+            try:
+                callback, result, error = self._done.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                with self.state.savepoint():
+                    callback(result, error)
+            except Exception:
+                log.exception("bug while recording a job's result")
 
     def _flush_outbox(self) -> None:
         """Publish the outbox, many messages per AMQP body and per publisher confirm."""

@@ -26,6 +26,7 @@ log = logging.getLogger("synkler")
 
 DOWNLOAD = "download"
 MAX_ADMITTED = 2000  # entries admitted but not yet verified; free space is the other limit
+ADMIT_RECHECK = 1.0  # seconds: waiting entries are looked at again this often (free space changes)
 SWEEP_INTERVAL = 60.0  # seconds between looks for stale partial files (and their minimum age)
 
 
@@ -38,6 +39,8 @@ class Central(Agent):
         self.staging_dir = os.path.join(self.base, "staging")
         self.stored_dir = os.path.join(self.base, "stored")
         self.next_sweep = 0.0
+        self.next_admit_check = 0.0
+        self.admit_due = self.verify_due = True
 
     def staging(self, entry: Entry) -> str:
         """Where the entry's upload agent pushes: one directory per upload agent, so one rsync run
@@ -83,12 +86,14 @@ class Central(Agent):
             if self.state.get(msg["entry"]) is not None:
                 return  # a duplicate offer: already handled
             entry = self.state.insert(self.entry_from(msg, "waiting"))
+            self.admit_due = True
             log.info("%s: offered by %s (%d bytes)", entry.name, entry.peer, entry.size)
             return  # admitted (or told to wait) by the tick that follows, in offer order
         entry = self.entry_for(msg)
         if kind == "sent":
             if entry.state == "uploading" and msg["attempt"] == entry.attempt:
                 self.state.update(entry, state="verifying", tries=0, due=0)
+                self.verify_due = True
         elif kind == "fetched":
             if entry.state == "downloading":
                 keep = self.cfg.keep_minutes * 60
@@ -195,14 +200,24 @@ class Central(Agent):
 
     # jobs ----------------------------------------------------------------------------------------
 
+    def look_again(self) -> None:
+        super().look_again()
+        self.admit_due = self.verify_due = True
+
     def tick(self, now: float) -> None:
-        self._admit_waiting()
+        # The loop ticks after every message batch and finished job: look at the (possibly
+        # thousands of) waiting and verifying entries only when something may have changed.
+        if self.admit_due or now >= self.next_admit_check:
+            self.admit_due, self.next_admit_check = False, now + ADMIT_RECHECK
+            self._admit_waiting()
         if now >= self.next_sweep:
             self.next_sweep = now + SWEEP_INTERVAL
             self._sweep_partials(now)
-        for entry in self.state.by_state("verifying"):
-            if entry.id not in self.rt.busy:
-                self._verify(entry)
+        if self.verify_due:
+            self.verify_due = False
+            for entry in self.state.by_state("verifying"):
+                if entry.id not in self.rt.busy:
+                    self._verify(entry)
         for entry in self.state.by_state("delivered", due_before=now):
             if entry.id not in self.rt.busy:
                 self._expire(entry)
@@ -218,6 +233,8 @@ class Central(Agent):
             return md5_entry(staged), False
 
         def done(result: tuple[str, bool] | None, error: BaseException | None) -> None:
+            # Whatever happens below (even a rollback), look at verifying entries and admission again.
+            self.verify_due = self.admit_due = True
             entry_now = self.state.get(entry.id)
             if entry_now.state != "verifying":
                 return
@@ -268,6 +285,7 @@ class Central(Agent):
         path = self.stored(entry)
 
         def done(_result: None, error: BaseException | None) -> None:
+            self.admit_due = True  # space was freed
             if error is not None:
                 log.error("%s: cannot remove central copy %s: %s", entry.name, path, error)
                 self.state.update(self.state.get(entry.id), due=time.time() + 60)

@@ -173,5 +173,6 @@ class Download(Agent):
         self.state.update(
             entry, state="delivered" if script else "done", cleanup="pending" if script else None
         )
+        self.cleanup_due = self.cleanup_due or script
         self.send(entry.peer, "fetched", entry.id, stored_as=entry.stored_as, outcome="placed")
         log.info("%s: delivered into %s as %s", entry.name, self.cfg.file_dir, entry.stored_as)

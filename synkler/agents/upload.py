@@ -185,6 +185,7 @@ class Upload(Agent):
                     cleanup="pending" if script else None,
                     reason=None,
                 )
+                self.cleanup_due = self.cleanup_due or script
                 log.info("%s: delivered (as %s at download)", entry.name, msg["stored_as"])
         elif kind == "failed":
             if entry.state not in ("delivered", "done", "failed"):
