@@ -16,6 +16,8 @@ import os
 import subprocess
 import sys
 
+from .fsutil import fsync_dir
+
 MAX_OUTPUT = 64 * 1024
 
 
@@ -26,11 +28,7 @@ def _write(path: str, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(os.path.dirname(path) or ".")
 
 
 def main(argv: list[str]) -> int:

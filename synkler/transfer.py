@@ -24,6 +24,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .pidfile import read_pid
+
 log = logging.getLogger(__name__)
 
 PARTIAL_DIR = ".synkler-partial"
@@ -254,7 +256,7 @@ def run_cleanup(cfg, entry_id: str, name: str, full_path: str, *, resume: bool =
     """
     status = script_status(cfg, entry_id)
     if resume and not os.path.exists(status) and os.path.exists(status + ".pid"):
-        pid = _read_pid(status + ".pid")
+        pid = read_pid(status + ".pid")
         while pid is not None and _runs(pid, status) and not os.path.exists(status):
             time.sleep(0.2)
         if not os.path.exists(status):
@@ -277,14 +279,6 @@ def run_cleanup(cfg, entry_id: str, name: str, full_path: str, *, resume: bool =
         return Result(False, -1, f"the script runner left no result: {e}", ())
     os.unlink(status)
     return Result(outcome["returncode"] == 0, outcome["returncode"], outcome["output"], ())
-
-
-def _read_pid(path: str) -> int | None:
-    try:
-        with open(path) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return None
 
 
 def _runs(pid: int, status: str) -> bool:
