@@ -92,9 +92,11 @@ def effective_opts(cfg) -> tuple[tuple[str, ...], str | None]:
     if os.path.basename(program) != "ssh" or directory is None:
         return opts, None
     tag = hashlib.sha1(f"{cfg.id}\0{cfg.name}\0{cfg.state_db}".encode()).hexdigest()[:12]
+    # Keep-alives: a link that stalls without closing is noticed within a minute, even by the
+    # master connection that outlives single rsync runs (rsync's --timeout covers the data).
     shared = (
         f"{rsh} -o ControlMaster=auto -o ControlPersist={cfg.ssh_control_persist} "
-        f"-o ControlPath={directory}/{tag}-%C"
+        f"-o ControlPath={directory}/{tag}-%C -o ServerAliveInterval=15 -o ServerAliveCountMax=4"
     )
     return (*opts[:index], f"--rsh={shared}", *opts[index + width :]), shared
 

@@ -283,7 +283,8 @@ def test_connection_sharing_is_appended_to_the_users_ssh_command_whose_options_s
     assert opts[1] == "--bwlimit=1000" and len(opts) == 2
     assert opts[0] == f"--rsh={shared}"
     assert shared.startswith("ssh -p 2222 -i /home/me/.ssh/key -o ControlMaster=auto -o ControlPersist=60 ")
-    assert shared.endswith("-%C") and "-o ControlPath=" in shared
+    assert "-o ControlPath=" in shared and "-%C " in shared
+    assert shared.endswith("-o ServerAliveInterval=15 -o ServerAliveCountMax=4")
 
 
 @pytest.mark.parametrize(
