@@ -194,6 +194,11 @@ class State:
         ).fetchone()
         return Entry(**row) if row else None
 
+    def by_name(self, name: str, *states: str) -> list[Entry]:
+        marks = ", ".join("?" * len(states))
+        sql = f"SELECT * FROM entries WHERE name = ? AND state IN ({marks}) ORDER BY created"
+        return [Entry(**r) for r in self._db.execute(sql, (name, *states))]
+
     def by_state(self, *states: str, due_before: float | None = None) -> list[Entry]:
         marks = ", ".join("?" * len(states))
         sql = f"SELECT * FROM entries WHERE state IN ({marks})"

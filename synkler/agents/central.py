@@ -108,6 +108,12 @@ class Central(Agent):
                     msg["stored_as"],
                     self.cfg.keep_minutes,
                 )
+        elif kind == "withdraw":
+            if entry.state in ("waiting", "uploading", "verifying"):
+                self.state.update(entry, state="withdrawn", reason=msg["reason"])
+                remove_tree(self.staged(entry))
+                self.admit_due = True  # its name and its room are free for the newer version
+                log.info("%s: withdrawn by %s: %s", entry.name, msg["from"], msg["reason"])
         elif kind == "failed":
             if entry.state not in ("delivered", "expired", "failed"):
                 reason = f"{msg['hop']}: {msg['reason']}"
@@ -160,28 +166,42 @@ class Central(Agent):
                 self.send(entry.peer, "wait", entry.id, reason=why)
                 log.info("%s: waiting: %s", entry.name, why)
 
-    def _sweep_partials(self, now: float) -> None:
-        """Remove partial files that no push will resume: their entry is not uploading any more.
+    def _sweep_staging(self, now: float) -> None:
+        """Remove what no push will finish or resume: staged copies and partial files of names
+        that are no longer waiting, uploading or being verified.
 
-        A push cut off mid-file leaves its partial file for the next try to resume from; an rsync
-        that was killed may even write it late. Once the entry has moved on, the file is debris.
+        A push cut off mid-file leaves its partial file for the next try; an rsync that was killed,
+        or that still ran for a version upload withdrew, may even write one late. Only items that
+        have not changed for a while are touched (ctime: rsync keeps the sender's mtime).
         """
-        uploading = {(e.peer, e.name) for e in self.state.by_state("waiting", "uploading")}
-        for peer in os.listdir(self.staging_dir):
-            partial = os.path.join(self.staging_dir, peer, transfer.PARTIAL_DIR)
+        live = {(e.peer, e.name) for e in self.state.by_state("waiting", "uploading", "verifying")}
+
+        def stale(path: str) -> bool:
             try:
-                names = os.listdir(partial)
+                return now - os.lstat(path).st_ctime > SWEEP_INTERVAL
+            except FileNotFoundError:
+                return False
+
+        for peer in os.listdir(self.staging_dir):
+            top = os.path.join(self.staging_dir, peer)
+            partial = os.path.join(top, transfer.PARTIAL_DIR)
+            try:
+                names = os.listdir(top)
+                partials = os.listdir(partial) if transfer.PARTIAL_DIR in names else []
             except OSError:
                 continue
-            for name in names:
-                path = os.path.join(partial, name)
-                try:
-                    old = now - os.lstat(path).st_mtime > SWEEP_INTERVAL
-                except FileNotFoundError:
-                    continue
-                if old and (peer, name) not in uploading:
-                    log.info("removing stale partial file %s", path)
+            for name in partials:
+                if (peer, name) not in live and stale(os.path.join(partial, name)):
+                    log.info("removing stale partial file %s/%s", partial, name)
                     self._drop_partial(partial, name)
+            for name in names:
+                if (
+                    name != transfer.PARTIAL_DIR
+                    and (peer, name) not in live
+                    and stale(os.path.join(top, name))
+                ):
+                    log.info("removing stale staged copy %s/%s", top, name)
+                    remove_tree(os.path.join(top, name))
 
     @staticmethod
     def _drop_partial(partial_dir: str, name: str) -> None:
@@ -212,7 +232,7 @@ class Central(Agent):
             self._admit_waiting()
         if now >= self.next_sweep:
             self.next_sweep = now + SWEEP_INTERVAL
-            self._sweep_partials(now)
+            self._sweep_staging(now)
         if self.verify_due:
             self.verify_due = False
             for entry in self.state.by_state("verifying"):

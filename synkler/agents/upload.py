@@ -147,6 +147,10 @@ class Upload(Agent):
                 peer=CENTRAL,
                 signature=st.signature,
             )
+            # Older versions of this name not yet sent would now send the new content under the
+            # old md5: withdraw them (one already pushed and being verified goes on).
+            for older in self.state.by_name(name, "offered", "waiting", "uploading"):
+                self._withdraw(older, f"superseded by a newer version ({md5})")
             self.state.insert(entry)
             self.send(
                 CENTRAL, "offer", entry.id, name=name, kind=st.kind, size=st.size, files=st.files, md5=md5
@@ -162,7 +166,15 @@ class Upload(Agent):
         entry = self.entry_for(msg)
         kind = msg["type"]
         if kind == "admit":
-            if entry.state in ("offered", "waiting", "uploading", "sent") and msg["attempt"] > entry.attempt:
+            newest = self.state.latest_by_name(entry.name)
+            if entry.state == "superseded" or (
+                newest.id != entry.id and entry.state in ("offered", "waiting", "uploading", "sent")
+            ):
+                # Central asks again for a version that has changed since: withdraw it (again).
+                self._withdraw(entry, f"superseded by a newer version ({newest.md5})")
+            elif (
+                entry.state in ("offered", "waiting", "uploading", "sent") and msg["attempt"] > entry.attempt
+            ):
                 self.state.update(
                     entry,
                     state="uploading",
@@ -200,6 +212,12 @@ class Upload(Agent):
             from ..errors import MessageError
 
             raise MessageError(f"upload does not take {kind!r} messages")
+
+    def _withdraw(self, entry: Entry, why: str) -> None:
+        if entry.state != "superseded":
+            self.state.update(entry, state="superseded", reason=why)
+            log.info("%s: version %s withdrawn: %s", entry.name, entry.md5, why)
+        self.send(entry.peer, "withdraw", entry.id, reason=why)
 
     # jobs ----------------------------------------------------------------------------------------
 

@@ -463,3 +463,25 @@ def test_an_agent_killed_while_its_cleanup_script_runs_collects_the_result_and_n
     deliver(relay, md5s)
     assert log.read_text() == "gated.txt\n"
     assert started.read_text() == "gated.txt\n"
+
+
+def test_an_entry_changed_before_it_was_sent_is_withdrawn_and_only_the_new_version_arrives(make_relay, sshd):
+    slow = [*sshd.rsync_opts(), "--bwlimit=2000"]  # KB/s: the first version takes ~4 s to push
+    relay = make_relay()
+    relay.write_config("upload", {"rsync_opts": slow})
+    relay.start()
+    up = relay.dirs["upload"]
+    write_random(relay.workdir / "v1", 8 << 20)
+    os.rename(relay.workdir / "v1", up / "growing.dat")
+    relay.wait_for("version 1 being pushed", lambda: relay.states("upload").get("growing.dat") == "uploading")
+    write_random(relay.workdir / "v2", 1 << 20)
+    md5 = md5_entry(relay.workdir / "v2")
+    os.rename(relay.workdir / "v2", up / "growing.dat")  # the instrument rewrote it
+    relay.wait_for(
+        "version 2 delivered", lambda: [e.state for e in relay.entries("download")] == ["done"], 60
+    )
+    assert md5_entry(relay.dirs["download"] / "growing.dat") == md5
+    assert sorted(e.state for e in relay.entries("upload")) == ["done", "superseded"]
+    assert sorted(e.state for e in relay.entries("central")) == ["delivered", "withdrawn"]
+    assert sorted(os.listdir(relay.dirs["download"])) == [f".synkler-{relay.instance}", "growing.dat"]
+    assert_clean(relay)

@@ -26,6 +26,7 @@ BODIES: dict[str, dict[str, Any]] = {
     "fetched": {"stored_as": "data (2).csv", "outcome": "placed"},
     "delivered": {"stored_as": "data.csv"},
     "failed": {"hop": "pull from central", "reason": "rsync: exit 23"},
+    "withdraw": {"reason": "superseded by a newer version"},
 }
 
 
