@@ -171,7 +171,8 @@ class LocalRelay:
 
     def all_done(self, names: set[str] | None = None) -> bool:
         """Every entry (or every named one) is done at upload and download and delivered at central."""
-        up = self.states("upload")
+        # The newest version of each name counts; older ones are superseded (withdrawn).
+        up = {e.name: e.state for e in self.entries("upload") if e.state != "superseded"}
         down = self.states("download")
         if names is not None and not names <= set(up):
             return False
