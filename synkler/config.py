@@ -108,6 +108,7 @@ class Config:
     broker_vhost: str
     broker_heartbeat: int
     cleanup_script: str | None
+    cleanup_attempts: int
     free_percent: float
     settle_seconds: float
     max_transfers: int
@@ -364,6 +365,7 @@ KEYS: dict[str, _Key] = {
     "broker_vhost": _Key(_text, "/"),
     "broker_heartbeat": _Key(_integer(1, 3600), 30),
     "cleanup_script": _Key(_cleanup_script, None),
+    "cleanup_attempts": _Key(_integer(1, 100), 1),
     "free_percent": _Key(_number(0, 100), 10.0),
     "settle_seconds": _Key(_number(0), 1.0),
     "max_transfers": _Key(_integer(1), 4),

@@ -48,6 +48,7 @@ class Agent:
         self.rt = runtime
         self.name = cfg.name
         self.cleanup_due = True  # set when an entry's cleanup script becomes due
+        self.next_cleanup_retry = float("inf")  # when a failed cleanup script is due to run again
 
     def startup(self) -> None:
         """Reconcile the disk with the durable state after a (possibly unclean) stop."""
@@ -162,6 +163,27 @@ class Agent:
                 log.warning(
                     "%s: the cleanup script was interrupted (its runner died); not running it again", name
                 )
+            elif (error is not None or not result.ok) and entry_now.tries + 1 < self.cfg.cleanup_attempts:
+                why = repr(error) if error else result.summary()
+                tries = entry_now.tries + 1
+                delay = backoff(tries, cap=self.cfg.retry_max_seconds)
+                self.state.update(
+                    entry_now,
+                    cleanup="pending",
+                    tries=tries,
+                    due=time.time() + delay,
+                    reason=f"cleanup script: {why}",
+                )
+                self.next_cleanup_retry = min(self.next_cleanup_retry, entry_now.due)
+                log.warning(
+                    "%s: cleanup script failed (%s); run %d of %d in %.1f s; output: %s",
+                    name,
+                    why,
+                    tries + 1,
+                    self.cfg.cleanup_attempts,
+                    delay,
+                    (result.output if result else "").strip(),
+                )
             elif error is not None or not result.ok:
                 why = repr(error) if error else result.summary()
                 self.state.update(entry_now, cleanup="failed", state="done", reason=f"cleanup script: {why}")
@@ -183,13 +205,17 @@ class Agent:
             done,
         )
 
-    def start_due_cleanups(self) -> None:
-        if not self.cleanup_due:
+    def start_due_cleanups(self, now: float) -> None:
+        if not self.cleanup_due and now < self.next_cleanup_retry:
             return
-        self.cleanup_due = False
+        self.cleanup_due, self.next_cleanup_retry = False, float("inf")
         for entry in self.state.by_state("delivered"):
-            if entry.cleanup == "pending" and "cleanup:" + entry.id not in self.rt.busy:
-                self.start_cleanup(entry)
+            if entry.cleanup != "pending" or "cleanup:" + entry.id in self.rt.busy:
+                continue
+            if entry.due > now:  # a retry after a failed run, not yet due
+                self.next_cleanup_retry = min(self.next_cleanup_retry, entry.due)
+                continue
+            self.start_cleanup(entry)
 
     def resume_cleanups(self) -> None:
         """At start: scripts marked running when the agent stopped are collected, not run again."""

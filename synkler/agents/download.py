@@ -101,7 +101,7 @@ class Download(Agent):
                 self._fetch(batch)
         for entry in self.state.by_state("placing"):
             self._place(entry)
-        self.start_due_cleanups()
+        self.start_due_cleanups(now)
 
     def _fetch(self, batch: list[Entry]) -> None:
         """One rsync run for entries stored under the same directory on central, then md5 of each."""

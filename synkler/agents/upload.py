@@ -196,6 +196,7 @@ class Upload(Agent):
                     stored_as=msg["stored_as"],
                     cleanup="pending" if script else None,
                     reason=None,
+                    tries=0,
                 )
                 self.cleanup_due = self.cleanup_due or script
                 log.info("%s: delivered (as %s at download)", entry.name, msg["stored_as"])
@@ -230,7 +231,7 @@ class Upload(Agent):
             due = [e for e in self.state.by_state("uploading", due_before=now) if e.id not in self.rt.busy]
             for batch in self.batches(due, group=lambda e: e.path):
                 self._push(batch)
-        self.start_due_cleanups()
+        self.start_due_cleanups(now)
 
     def _push(self, batch: list[Entry]) -> None:
         """One rsync run for entries admitted into the same directory on central."""

@@ -485,3 +485,33 @@ def test_an_entry_changed_before_it_was_sent_is_withdrawn_and_only_the_new_versi
     assert sorted(e.state for e in relay.entries("central")) == ["delivered", "withdrawn"]
     assert sorted(os.listdir(relay.dirs["download"])) == [f".synkler-{relay.instance}", "growing.dat"]
     assert_clean(relay)
+
+
+FLAKY = (
+    "import os, sys\n"
+    "open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')\n"
+    "sys.exit(0 if os.path.getsize(sys.argv[1]) > len(sys.argv[2]) + 1 else 7)\n"  # fails on its first run
+)
+
+
+@pytest.mark.parametrize(("attempts", "runs", "outcome"), [(1, 1, "failed"), (3, 2, "done")])
+def test_a_failing_cleanup_script_is_retried_as_configured_and_never_causes_a_resend(
+    make_relay, attempts, runs, outcome
+):
+    relay = make_relay()
+    log = relay.workdir / "runs"
+    script = shlex.join([sys.executable, "-c", FLAKY, str(log), "%f"])
+    relay.write_config(
+        "download", {"cleanup_script": script, "cleanup_attempts": attempts, "retry_max_seconds": 1}
+    )
+    relay.start()
+    md5s = {"once.txt": place(relay.dirs["upload"], "once.txt", b"once")}
+    relay.wait_for(f"cleanup {outcome}", lambda: [e.cleanup for e in relay.entries("download")] == [outcome])
+    deliver(relay, md5s)
+    assert log.read_text() == "once.txt\n" * runs
+    entry = relay.entries("download")[0]
+    assert (entry.state, entry.tries) == ("done", runs - 1)
+    assert len(relay.entries("central")) == 1 and relay.states("central") == {"once.txt": "delivered"}
+    assert sorted(os.listdir(relay.dirs["download"])) == [f".synkler-{relay.instance}", "once.txt"]
+    if outcome == "failed":
+        assert "exit 7" in entry.reason

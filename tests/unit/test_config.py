@@ -86,6 +86,7 @@ def test_defaults_fill_every_optional_key(parse, file_dir: Path, home: Path, con
         broker_vhost="/",
         broker_heartbeat=30,
         cleanup_script=None,
+        cleanup_attempts=1,
         free_percent=10.0,
         settle_seconds=1.0,
         max_transfers=4,
