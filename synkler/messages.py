@@ -133,6 +133,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "delivered": {"stored_as": name_problem},
     # any -> any: this entry could not be relayed; a person must look
     "failed": {"hop": _text, "reason": _text},
+    # download -> central: what I pulled did not match; check your stored copy
+    "corrupt": {"got": _md5},
     # upload -> central: this version changed before it was sent; forget it (a newer one is offered)
     "withdraw": {"reason": _text},
 }

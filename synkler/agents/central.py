@@ -108,6 +108,15 @@ class Central(Agent):
                     msg["stored_as"],
                     self.cfg.keep_minutes,
                 )
+        elif kind == "corrupt":
+            if entry.state == "downloading" and "recheck:" + entry.id not in self.rt.busy:
+                log.warning(
+                    "%s: download got md5 %s instead of %s; checking central's copy",
+                    entry.name,
+                    msg["got"],
+                    entry.md5,
+                )
+                self._recheck(entry)
         elif kind == "withdraw":
             if entry.state in ("waiting", "uploading", "verifying"):
                 self.state.update(entry, state="withdrawn", reason=msg["reason"])
@@ -275,7 +284,7 @@ class Central(Agent):
                     size=entry.size,
                     files=entry.files,
                     md5=entry.md5,
-                    attempt=1,
+                    attempt=entry_now.attempt,  # grows when central had to get the entry again
                     path=stored,
                 )
                 log.info("%s: md5 verified at central (%s); download may fetch it", entry.name, md5)
@@ -300,6 +309,37 @@ class Central(Agent):
                 self._admit(entry_now)
 
         self.rt.submit("hash", entry.id, work, done)
+
+    def _recheck(self, entry: Entry) -> None:
+        """Verify the stored copy again; if it went bad, drop it and get the entry again from upload."""
+        stored = os.path.join(self.stored(entry), entry.name)
+
+        def done(md5: str | None, error: BaseException | None) -> None:
+            entry_now = self.state.get(entry.id)
+            if entry_now.state != "downloading":
+                return
+            if md5 == entry.md5:
+                log.info("%s: central's copy is intact; download pulls again", entry.name)
+                return
+            why = (
+                f"stored copy at central went bad (md5 {md5})" if md5 else f"stored copy unreadable: {error}"
+            )
+            remove_tree(self.stored(entry))
+            if entry_now.attempt >= self.cfg.max_attempts:
+                self.state.update(entry_now, state="failed", reason=why)
+                self.send(entry.peer, "failed", entry.id, hop="store at central", reason=why)
+                log.error(
+                    "%s: %s after %d attempts; giving up (upload keeps its copy)",
+                    entry.name,
+                    why,
+                    entry_now.attempt,
+                )
+                return
+            log.warning("%s: %s; getting it again from upload", entry.name, why)
+            self.state.update(entry_now, state="waiting", reason=why)
+            self.admit_due = True
+
+        self.rt.submit("hash", "recheck:" + entry.id, lambda: md5_entry(stored), done)
 
     def _expire(self, entry: Entry) -> None:
         path = self.stored(entry)

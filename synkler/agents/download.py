@@ -89,7 +89,8 @@ class Download(Agent):
         if entry is None:
             entry = self.entry_from(msg, "fetching", attempt=msg["attempt"], path=msg["path"])
             self.state.insert(entry)
-        elif entry.state == "failed" and msg["attempt"] > entry.attempt:
+        elif entry.state in ("fetching", "failed") and msg["attempt"] > entry.attempt:
+            # Central has a fresh copy (it found its stored one bad and got it again from upload).
             self.state.update(
                 entry, state="fetching", attempt=msg["attempt"], path=msg["path"], tries=0, due=0
             )
@@ -124,7 +125,7 @@ class Download(Agent):
                 if md5 != e.md5:
                     # rsync's quick check would take a bad copy for done: remove it, pull it anew.
                     remove_tree(self.staging(e))
-                    outcomes[e.id] = ("mismatch", f"md5 mismatch at download: expected {e.md5}, got {md5}")
+                    outcomes[e.id] = ("mismatch", md5)
                     continue
                 outcomes[e.id] = ("ok", choose_name(self.cfg.file_dir, e.name, e.kind, md5))
             return outcomes
@@ -135,6 +136,10 @@ class Download(Agent):
                 if entry_now.state != "fetching":
                     continue
                 outcome, detail = outcomes[entry.id] if outcomes else ("error", repr(error))
+                if outcome == "mismatch":
+                    # Central re-checks its stored copy (and gets it again from upload if it is bad).
+                    self.send(entry.peer, "corrupt", entry.id, got=detail)
+                    detail = f"md5 mismatch at download: expected {entry.md5}, got {detail}"
                 if outcome != "ok":
                     if not self.retry_later(entry_now, "pull from central", detail):
                         self.send(

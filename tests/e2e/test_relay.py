@@ -515,3 +515,20 @@ def test_a_failing_cleanup_script_is_retried_as_configured_and_never_causes_a_re
     assert sorted(os.listdir(relay.dirs["download"])) == [f".synkler-{relay.instance}", "once.txt"]
     if outcome == "failed":
         assert "exit 7" in entry.reason
+
+
+def test_a_stored_copy_gone_bad_at_central_is_fetched_again_from_upload(make_relay):
+    relay = make_relay()
+    wrapper = Path(__file__).with_name("corrupting_rsync.py")
+    corrupt_at_central = shlex.join(
+        [sys.executable, str(wrapper), str(relay.workdir / "pulls"), "1", "--source"]
+    )
+    relay.write_config("download", {"rsync": corrupt_at_central})
+    relay.start()
+    data = os.urandom(200_000)
+    md5s = {"rotten.bin": place(relay.dirs["upload"], "rotten.bin", data)}
+    deliver(relay, md5s)
+    assert (relay.dirs["download"] / "rotten.bin").read_bytes() == data
+    assert "getting it again from upload" in relay.log_path("central").read_text()
+    assert relay.log_path("upload").read_text().count("pushing rotten.bin") == 2
+    assert [e.attempt for e in relay.entries("central")] == [2]

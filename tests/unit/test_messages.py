@@ -27,6 +27,7 @@ BODIES: dict[str, dict[str, Any]] = {
     "delivered": {"stored_as": "data.csv"},
     "failed": {"hop": "pull from central", "reason": "rsync: exit 23"},
     "withdraw": {"reason": "superseded by a newer version"},
+    "corrupt": {"got": "0" * 32},
 }
 
 
