@@ -124,7 +124,7 @@ class Central(Agent):
                 self.admit_due = True  # its name and its room are free for the newer version
                 log.info("%s: withdrawn by %s: %s", entry.name, msg["from"], msg["reason"])
         elif kind == "failed":
-            if entry.state not in ("delivered", "expired", "failed"):
+            if entry.state not in ("delivered", "expired", "failed", "withdrawn"):
                 reason = f"{msg['hop']}: {msg['reason']}"
                 self.state.update(entry, state="failed", reason=reason)
                 log.error("%s: %s reports failure: %s", entry.name, msg["from"], reason)

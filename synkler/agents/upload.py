@@ -201,7 +201,7 @@ class Upload(Agent):
                 self.cleanup_due = self.cleanup_due or script
                 log.info("%s: delivered (as %s at download)", entry.name, msg["stored_as"])
         elif kind == "failed":
-            if entry.state not in ("delivered", "done", "failed"):
+            if entry.state not in ("delivered", "done", "failed", "superseded"):
                 self.state.update(entry, state="failed", reason=f"{msg['hop']}: {msg['reason']}")
                 log.error(
                     "%s: central reports failure at %s: %s; the data stays here",
