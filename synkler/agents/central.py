@@ -296,19 +296,20 @@ class Central(Agent):
             )
             remove_tree(staged)
             if entry_now.attempt >= self.cfg.max_attempts:
-                self.state.update(entry_now, state="failed", reason=why)
-                self.send(entry.peer, "failed", entry.id, hop="upload to central", reason=why)
-                log.error(
-                    "%s: %s after %d attempts; giving up (upload keeps its copy)",
-                    entry.name,
-                    why,
-                    entry_now.attempt,
-                )
+                self._give_up(entry_now, "upload to central", why)
             else:
                 log.warning("%s: %s; asking upload again", entry.name, why)
                 self._admit(entry_now)
 
         self.rt.submit("hash", entry.id, work, done)
+
+    def _give_up(self, entry: Entry, hop: str, why: str) -> None:
+        """max_attempts uploads did not give a good copy: fail the entry and tell upload."""
+        self.state.update(entry, state="failed", reason=why)
+        self.send(entry.peer, "failed", entry.id, hop=hop, reason=why)
+        log.error(
+            "%s: %s after %d attempts; giving up (upload keeps its copy)", entry.name, why, entry.attempt
+        )
 
     def _recheck(self, entry: Entry) -> None:
         """Verify the stored copy again; if it went bad, drop it and get the entry again from upload."""
@@ -326,14 +327,7 @@ class Central(Agent):
             )
             remove_tree(self.stored(entry))
             if entry_now.attempt >= self.cfg.max_attempts:
-                self.state.update(entry_now, state="failed", reason=why)
-                self.send(entry.peer, "failed", entry.id, hop="store at central", reason=why)
-                log.error(
-                    "%s: %s after %d attempts; giving up (upload keeps its copy)",
-                    entry.name,
-                    why,
-                    entry_now.attempt,
-                )
+                self._give_up(entry_now, "store at central", why)
                 return
             log.warning("%s: %s; getting it again from upload", entry.name, why)
             self.state.update(entry_now, state="waiting", reason=why)
