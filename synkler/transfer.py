@@ -42,6 +42,18 @@ class Result:
         tail = self.output.strip().splitlines()[-3:]
         return f"exit {self.returncode}" + (f": {' / '.join(tail)}" if tail else "")
 
+    @property
+    def out_of_space(self) -> bool:
+        """Did the run fail because a disk (or quota) was full, on either side?
+
+        rsync ends such an error line with the errno in parentheses whatever the locale:
+        ENOSPC is 28 and EDQUOT 122 on Linux.
+        """
+        return not self.ok and any(_NO_SPACE.search(line) for line in self.output.splitlines())
+
+
+_NO_SPACE = re.compile(r"No space left on device|Disk quota exceeded|: [^:]*\((?:28|122)\)\s*$")
+
 
 def _rsh_option(opts: Sequence[str]) -> tuple[int, int, str | None]:
     """Where the remote shell is set in rsync options: (index, how many items, command)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -113,3 +114,25 @@ def rabbitmqctl(broker) -> str:
     if path is None:
         missing_infrastructure("rabbitmqctl not found: cannot act on the broker from its side")
     return path
+
+
+@pytest.fixture
+def tmpfs() -> Iterator:
+    """mount(path, size_mb): a small tmpfs on `path` for full-disk tests, unmounted afterwards.
+
+    Needs root (or CAP_SYS_ADMIN): missing that is missing infrastructure.
+    """
+    mounted: list[Path] = []
+
+    def mount(path: Path, size_mb: int) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        argv = ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0755", "tmpfs", str(path)]
+        run = subprocess.run(argv, capture_output=True, text=True)
+        if run.returncode != 0:
+            missing_infrastructure(f"cannot mount a tmpfs on {path}: {run.stderr.strip()}")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", "--lazy", str(path)], capture_output=True)

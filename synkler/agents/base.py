@@ -35,6 +35,7 @@ log = logging.getLogger("synkler")
 TICK = 0.5  # longest the loop sleeps when nothing happens; events wake it at once
 BATCH_ENTRIES = 500  # at most this many entries in one rsync run
 BATCH_BYTES = 64 << 20  # ... and about this many bytes; bigger entries get a run of their own
+SPACE_WAIT = 30.0  # seconds between tries of a step that failed for lack of disk space
 
 
 class Agent:
@@ -87,11 +88,34 @@ class Agent:
             raise MessageError(f"{msg['type']} for unknown entry {msg['entry']}")
         return entry
 
-    def retry_later(self, entry: Entry, hop: str, why: str, **changes: Any) -> bool:
-        """Count a failed step; schedule a retry, or mark the entry failed. True if it will retry."""
+    def retry_later(
+        self, entry: Entry, hop: str, why: str, *, out_of_space: bool = False, **changes: Any
+    ) -> bool:
+        """Count a failed step; schedule a retry, or mark the entry failed. True if it will retry.
+
+        `out_of_space`: a disk was full. That is no fault of the entry's, so it does not count
+        toward max_attempts: the step is retried every SPACE_WAIT seconds (at most
+        retry_max_seconds) until the space is there.
+        """
         if self.rt.stopping:
             # A transfer cut short by our own shutdown is not the hop's fault: redo it at the next start.
             log.info("%s: %s interrupted by shutdown; resumes at the next start", entry.name, hop)
+            return True
+        if out_of_space:
+            waiting = f"{hop}: waiting for disk space"
+            delay = backoff(6, cap=min(SPACE_WAIT, self.cfg.retry_max_seconds))
+            said = (entry.reason or "").startswith(waiting)  # warn once, not at every try
+            level = logging.DEBUG if said else logging.WARNING
+            self.state.update(entry, due=time.time() + delay, reason=f"{waiting}: {why}", **changes)
+            log.log(
+                level,
+                "%s: %s failed for lack of disk space (%s); trying again in %.0f s, "
+                "not counted as a failed attempt",
+                entry.name,
+                hop,
+                why,
+                delay,
+            )
             return True
         tries = entry.tries + 1
         if tries >= self.cfg.max_attempts:

@@ -119,7 +119,8 @@ class Download(Agent):
             for e in batch:
                 path = os.path.join(self.staging(e), e.name)
                 if not os.path.lexists(path):
-                    outcomes[e.id] = ("rsync", result.summary() if not result.ok else "nothing arrived")
+                    failure = "space" if result.out_of_space else "rsync"
+                    outcomes[e.id] = (failure, result.summary() if not result.ok else "nothing arrived")
                     continue
                 md5 = md5_entry(path)
                 if md5 != e.md5:
@@ -141,7 +142,8 @@ class Download(Agent):
                     self.send(entry.peer, "corrupt", entry.id, got=detail)
                     detail = f"md5 mismatch at download: expected {entry.md5}, got {detail}"
                 if outcome != "ok":
-                    if not self.retry_later(entry_now, "pull from central", detail):
+                    space = outcome == "space"
+                    if not self.retry_later(entry_now, "pull from central", detail, out_of_space=space):
                         self.send(
                             entry.peer, "failed", entry.id, hop="pull from central", reason=detail[:1900]
                         )

@@ -252,7 +252,9 @@ class Upload(Agent):
                 if ok:
                     self.state.update(now_entry, state="sent", tries=0, reason=None)
                     self.send(now_entry.peer, "sent", entry.id, attempt=now_entry.attempt)
-                elif not self.retry_later(now_entry, "push to central", why):
+                elif not self.retry_later(
+                    now_entry, "push to central", why, out_of_space=bool(result and result.out_of_space)
+                ):
                     self.send(now_entry.peer, "failed", entry.id, hop="push to central", reason=why[:1900])
             if ok:
                 log.info("pushed %s in %.1f s", what, time.time() - started)

@@ -532,3 +532,36 @@ def test_a_stored_copy_gone_bad_at_central_is_fetched_again_from_upload(make_rel
     assert "getting it again from upload" in relay.log_path("central").read_text()
     assert relay.log_path("upload").read_text().count("pushing rotten.bin") == 2
     assert [e.attempt for e in relay.entries("central")] == [2]
+
+
+@pytest.mark.parametrize("side", ["upload", "download"])
+def test_a_hop_into_a_full_disk_waits_for_space_without_using_up_attempts(make_relay, tmpfs, side):
+    relay = make_relay()
+    target = "central" if side == "upload" else "download"  # where this side's rsync writes
+    disk = tmpfs(relay.dirs[target], 64)
+    wrapper = Path(__file__).with_name("filling_rsync.py")
+    ballast = disk / "ballast"
+    fills = [sys.executable, str(wrapper), str(relay.workdir / "filled"), str(ballast)]
+    # Admission sees room (no reserve); then the disk fills up before the transfer, as if another
+    # writer took the space. One counted failure would end the entry: max_attempts is 1.
+    relay.write_config(side, {"rsync": shlex.join(fills), "max_attempts": 1, "retry_max_seconds": 2})
+    relay.write_config("central", {"free_percent": 0})
+    relay.start()
+    md5s = {"big.bin": place(relay.dirs["upload"], "big.bin", os.urandom(8 << 20))}
+
+    def waiting_for_space() -> bool:
+        entries = relay.entries(side)
+        return bool(entries) and "waiting for disk space" in (entries[0].reason or "")
+
+    relay.wait_for(f"{side} to notice the full disk", waiting_for_space)
+    verb = "pushing" if side == "upload" else "pulling"
+
+    def tries() -> int:
+        return relay.log_path(side).read_text().count(f"{verb} big.bin")
+
+    relay.wait_for("a second try on the full disk", lambda: tries() >= 2)
+    assert relay.states(side) == {"big.bin": "uploading" if side == "upload" else "fetching"}
+    ballast.unlink()
+    deliver(relay, md5s)
+    assert relay.entries(side)[0].tries == 0
+    assert "lack of disk space" in relay.log_path(side).read_text()
