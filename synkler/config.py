@@ -109,6 +109,7 @@ class Config:
     broker_heartbeat: int
     cleanup_script: str | None
     cleanup_attempts: int
+    cleanup_timeout: float
     free_percent: float
     settle_seconds: float
     max_transfers: int
@@ -366,6 +367,7 @@ KEYS: dict[str, _Key] = {
     "broker_heartbeat": _Key(_integer(1, 3600), 30),
     "cleanup_script": _Key(_cleanup_script, None),
     "cleanup_attempts": _Key(_integer(1, 100), 1),
+    "cleanup_timeout": _Key(_number(0, above=True), 3600.0),
     "free_percent": _Key(_number(0, 100), 10.0),
     "settle_seconds": _Key(_number(0), 1.0),
     "max_transfers": _Key(_integer(1), 4),

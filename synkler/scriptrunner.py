@@ -1,24 +1,29 @@
 """Runs one cleanup script on behalf of an agent, and outlives the agent if it has to.
 
-Usage: python -m synkler.scriptrunner STATUS_FILE -- COMMAND [ARG...]
+Usage: python -m synkler.scriptrunner STATUS_FILE [--timeout SECONDS] -- COMMAND [ARG...]
 
 Writes STATUS_FILE.pid before the script starts and STATUS_FILE (JSON: exit status and output)
 after it ends, each by an atomic rename. An agent killed while the script runs finds at its next
 start either the result (and records it), a runner still going (and waits for it), or a pid file
 whose runner is gone (the script was interrupted: it is not run again). No pid file and no result
 means the script never started, so starting it then is still "exactly once".
+
+A script still running after --timeout seconds is stopped: SIGTERM to its whole process group,
+SIGKILL 10 s later. It then counts as failed (exit status -15 or -9), with a note in its output.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
 from .fsutil import fsync_dir
 
 MAX_OUTPUT = 64 * 1024
+KILL_GRACE = 10.0  # seconds between SIGTERM and SIGKILL for a script over its time limit
 
 
 def _write(path: str, data: bytes) -> None:
@@ -31,23 +36,56 @@ def _write(path: str, data: bytes) -> None:
     fsync_dir(os.path.dirname(path) or ".")
 
 
+def run(command: list[str], timeout: float | None) -> tuple[int, str]:
+    """Run the script in a process group of its own; (exit status, output)."""
+    try:
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except FileNotFoundError:
+        return 127, f"program not found: {command[0]}"
+    except PermissionError:
+        return 126, f"program not executable: {command[0]}"
+    except OSError as e:  # e.g. a script without a #! line
+        return 126, f"cannot run {command[0]}: {e.strerror}"
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        note = ""
+    except subprocess.TimeoutExpired:
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=KILL_GRACE)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+        note = f"\nsynkler: stopped after {timeout:g} s (cleanup_timeout)"
+    return proc.returncode, out.decode("utf-8", "replace") + note
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def main(argv: list[str]) -> int:
+    timeout = None
+    if len(argv) >= 3 and argv[1] == "--timeout":
+        timeout, argv = float(argv[2]), [argv[0], *argv[3:]]
     if len(argv) < 3 or argv[1] != "--":
-        print("usage: python -m synkler.scriptrunner STATUS_FILE -- COMMAND [ARG...]", file=sys.stderr)
+        print(
+            "usage: python -m synkler.scriptrunner STATUS_FILE [--timeout SECONDS] -- COMMAND [ARG...]",
+            file=sys.stderr,
+        )
         return 2
     status, command = argv[0], argv[2:]
     _write(f"{status}.pid", f"{os.getpid()}\n".encode())
-    try:
-        proc = subprocess.run(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-        rc, output = proc.returncode, proc.stdout.decode("utf-8", "replace")
-    except FileNotFoundError:
-        rc, output = 127, f"program not found: {command[0]}"
-    except PermissionError:
-        rc, output = 126, f"program not executable: {command[0]}"
-    except OSError as e:  # e.g. a script without a #! line
-        rc, output = 126, f"cannot run {command[0]}: {e.strerror}"
+    rc, output = run(command, timeout)
     _write(status, json.dumps({"returncode": rc, "output": output[-MAX_OUTPUT:]}).encode())
     os.unlink(f"{status}.pid")
     return 0

@@ -282,6 +282,8 @@ def run_cleanup(cfg, entry_id: str, name: str, full_path: str, *, resume: bool =
             "-m",
             "synkler.scriptrunner",
             status,
+            "--timeout",
+            str(cfg.cleanup_timeout),
             "--",
             *cleanup_argv(cfg.cleanup_argv, name, full_path),
         ]

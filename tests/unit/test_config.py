@@ -87,6 +87,7 @@ def test_defaults_fill_every_optional_key(parse, file_dir: Path, home: Path, con
         broker_heartbeat=30,
         cleanup_script=None,
         cleanup_attempts=1,
+        cleanup_timeout=3600.0,
         free_percent=10.0,
         settle_seconds=1.0,
         max_transfers=4,

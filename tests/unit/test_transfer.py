@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -20,8 +21,10 @@ from synkler.transfer import PARTIAL_DIR, cleanup_argv, effective_opts, rsync_ar
 ENTRY = "0123456789abcdef0123456789abcdef"
 
 
-def script_cfg(tmp_path: Path, template) -> SimpleNamespace:
-    return SimpleNamespace(cleanup_argv=tuple(template), state_db=tmp_path / "state.sqlite")
+def script_cfg(tmp_path: Path, template, timeout: float = 3600.0) -> SimpleNamespace:
+    return SimpleNamespace(
+        cleanup_argv=tuple(template), state_db=tmp_path / "state.sqlite", cleanup_timeout=timeout
+    )
 
 
 NASTY_NAME = 'it\'s a "quoted" file; with spaces & $(touch x) `y`.csv'
@@ -371,3 +374,26 @@ def test_a_runner_still_going_after_the_agent_died_is_waited_for(tmp_path: Path)
     result = run_cleanup(cfg, ENTRY, "a", "/files/a", resume=True)
     runner.wait(10)
     assert result.ok and result.output.strip() == "finished"
+
+
+def test_a_script_over_its_time_limit_is_stopped_with_its_children_and_counts_as_failed(tmp_path: Path):
+    # The script starts a grandchild that would outlive it, then hangs; both must be gone afterwards.
+    pidfile = tmp_path / "child.pid"
+    hang = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        "open(sys.argv[1], 'w').write(str(child.pid))\n"
+        "print('started', flush=True)\n"
+        "time.sleep(600)"
+    )
+    cfg = script_cfg(tmp_path, (sys.executable, "-c", hang, str(pidfile)), timeout=1.5)
+    started = time.monotonic()
+    result = run_cleanup(cfg, ENTRY, "a", "/files/a")
+    assert time.monotonic() - started < 30
+    assert not result.ok and result.returncode == -signal.SIGTERM
+    assert "started" in result.output and "stopped after 1.5 s (cleanup_timeout)" in result.output
+    child = int(pidfile.read_text())
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists() and Path(f"/proc/{child}/stat").read_text().split()[2] != "Z":
+        assert time.monotonic() < deadline, "the script's child survived the time limit"
+        time.sleep(0.05)
