@@ -565,3 +565,30 @@ def test_a_hop_into_a_full_disk_waits_for_space_without_using_up_attempts(make_r
     deliver(relay, md5s)
     assert relay.entries(side)[0].tries == 0
     assert "lack of disk space" in relay.log_path(side).read_text()
+
+
+def test_symlinks_pointing_outside_file_dir_travel_as_links_and_their_targets_stay_home(make_relay):
+    relay = make_relay()
+    secret = relay.workdir / "secret.key"
+    secret.write_bytes(b"SECRET-" + os.urandom(32).hex().encode())
+    os.symlink(secret, relay.dirs["upload"] / "key-link")  # an entry that is itself a link
+    tree = relay.workdir / "run-8"
+    tree.mkdir()
+    (tree / "data.csv").write_text("1,2,3\n")
+    os.symlink("/etc", tree / "etc-link")  # a link to a directory outside, inside an entry
+    os.symlink("../../secret.key", tree / "up-and-out")
+    md5s = {"key-link": md5_entry(relay.dirs["upload"] / "key-link"), "run-8": md5_entry(tree)}
+    os.rename(tree, relay.dirs["upload"] / "run-8")
+    relay.start()
+    deliver(relay, md5s)
+    down = relay.dirs["download"]
+    assert os.readlink(down / "key-link") == str(secret)
+    assert os.readlink(down / "run-8" / "etc-link") == "/etc"
+    assert os.readlink(down / "run-8" / "up-and-out") == "../../secret.key"
+    # Nothing of what the links point to was copied, at central or at download.
+    for side in ("central", "download"):
+        for top, _dirs, files in os.walk(relay.dirs[side]):  # os.walk does not follow links
+            for name in files:
+                path = Path(top, name)
+                assert path.is_symlink() or secret.read_bytes() not in path.read_bytes(), path
+    assert sorted(p.name for p in (down / "run-8").iterdir()) == ["data.csv", "etc-link", "up-and-out"]
