@@ -119,7 +119,7 @@ def cmd_status(cfg, args) -> int:
         note = e.reason or (f"as {e.stored_as}" if e.stored_as and e.stored_as != e.name else "")
         if e.cleanup in ("failed", "interrupted"):
             note = f"cleanup {e.cleanup}" + (f": {note}" if note else "")
-        table.append((e.name, str(e.size), e.md5, e.state, _iso(e.updated, sep=" "), note))
+        table.append((e.name, str(e.size), e.md5 or "-", e.state, _iso(e.updated, sep=" "), note))
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])

@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import MessageError
 
-SCHEMA = 1
+SCHEMA = 2  # 2: the md5 travels in `sent` (upload hashes while it pushes), not in `offer`
 MAX_BODY = 64 * 1024  # one message
 MAX_BATCH_BODY = 1024 * 1024  # one AMQP body carrying a JSON array of messages
 MAX_BATCH = 1000
@@ -109,21 +109,20 @@ _ENTRY_META = {
     "kind": _kind,
     "size": _int(MAX_SIZE),
     "files": _int(MAX_SIZE),
-    "md5": _md5,
 }
 
 # type -> required body fields and their validators
 SCHEMAS: dict[str, dict[str, Any]] = {
-    # upload -> central: an entry has settled and is ready to send
+    # upload -> central: an entry has settled and is ready to send (its md5 follows with `sent`)
     "offer": dict(_ENTRY_META),
     # central -> upload: push attempt N into this directory on central
     "admit": {"attempt": _attempt, "dest": path_problem},
     # central -> upload: no room yet; the entry waits at central
     "wait": {"reason": _text},
-    # upload -> central: attempt N has been pushed
-    "sent": {"attempt": _attempt},
+    # upload -> central: attempt N has been pushed; the md5 upload computed of the entry
+    "sent": {"attempt": _attempt, "md5": _md5},
     # central -> download: pull this verified copy
-    "fetch": dict(_ENTRY_META, attempt=_attempt, path=path_problem),
+    "fetch": dict(_ENTRY_META, md5=_md5, attempt=_attempt, path=path_problem),
     # download -> central: verified and placed under `stored_as` (or already present with the same md5)
     "fetched": {
         "stored_as": name_problem,

@@ -78,9 +78,10 @@ class Agent:
         self.state.enqueue(to, messages.encode(mtype, entry, self.name, **body))
 
     def entry_from(self, msg: dict[str, Any], state: str, **fields: Any) -> Entry:
-        """A new entry described by an offer or fetch message (name, kind, size, files, md5)."""
-        meta = {k: msg[k] for k in ("name", "kind", "size", "files", "md5")}
-        return Entry(id=msg["entry"], state=state, peer=msg["from"], **meta, **fields)
+        """A new entry described by an offer or fetch message (name, kind, size, files, and the md5
+        if the message has it: an offer does not, "" stands for not known yet)."""
+        meta = {k: msg[k] for k in ("name", "kind", "size", "files")}
+        return Entry(id=msg["entry"], state=state, peer=msg["from"], md5=msg.get("md5", ""), **meta, **fields)
 
     def entry_for(self, msg: dict[str, Any]) -> Entry:
         entry = self.state.get(msg["entry"])

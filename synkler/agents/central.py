@@ -92,7 +92,7 @@ class Central(Agent):
         entry = self.entry_for(msg)
         if kind == "sent":
             if entry.state == "uploading" and msg["attempt"] == entry.attempt:
-                self.state.update(entry, state="verifying", tries=0, due=0)
+                self.state.update(entry, state="verifying", md5=msg["md5"], tries=0, due=0)
                 self.verify_due = True
         elif kind == "fetched":
             if entry.state == "downloading":

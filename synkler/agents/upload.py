@@ -1,6 +1,12 @@
 """The upload role: notice settled entries in file_dir, offer them, push them when admitted.
 
-Upload's entry states: offered -> (waiting) -> uploading -> sent -> delivered -> done, or failed.
+Upload's entry states: offered -> (waiting) -> uploading -> (pushed) -> sent -> delivered -> done,
+or failed; superseded when a newer version of the name replaces one not yet sent.
+
+A new name is offered as soon as it has settled and hashed while central admits it and while it is
+pushed: the md5 goes with `sent`, once both the push and the hash are done (`pushed`: the push is,
+the hash is not yet). A name relayed before is hashed first, so an entry that was only touched
+(same content) is not sent again.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ SCAN_INTERVAL = 0.5  # seconds between looks at file_dir when inotify is not ava
 RESCAN_INTERVAL = 5.0  # backstop rescan when inotify tells us about changes
 MIN_SCAN_GAP = 0.05  # a burst of changes costs one scan per this many seconds at most
 CENTRAL = "central"
+UNSENT = ("offered", "waiting", "uploading", "pushed")  # versions a newer one withdraws
 
 
 class Upload(Agent):
@@ -47,6 +54,9 @@ class Upload(Agent):
 
     def startup(self) -> None:
         self.resume_cleanups()
+        for entry in self.state.by_state(*UNSENT):
+            if not entry.md5:
+                self._hash_entry(entry)  # the hash was cut short by the stop
         self.watching = self.watcher.start()
 
     def shutdown(self) -> None:
@@ -110,7 +120,10 @@ class Upload(Agent):
             if seen is None or seen[0] != st.signature:
                 self.pending[name] = (st.signature, now)
             elif now - seen[1] >= self.cfg.settle_seconds and "md5:" + name not in self.rt.busy:
-                self._hash(name, st.signature)
+                if latest is None or latest.state == "failed":
+                    self._offer(name, st, "")  # hashed while it travels
+                else:
+                    self._hash(name, st.signature)  # maybe only touched: compare before sending
         # Look again when the first pending entry may have settled (entries being hashed wait for that).
         deadlines = [since + self.cfg.settle_seconds for since in (s[1] for s in self.pending.values())]
         deadlines = [d for d in deadlines if d > now]
@@ -136,29 +149,68 @@ class Upload(Agent):
             if latest is not None and latest.md5 == md5 and latest.state != "failed":
                 self.state.update(latest, signature=st.signature)  # touched, same content: nothing to send
                 return
-            entry = Entry(
-                id=new_entry_id(),
-                name=name,
-                kind=st.kind,
-                size=st.size,
-                files=st.files,
-                md5=md5,
-                state="offered",
-                peer=CENTRAL,
-                signature=st.signature,
-            )
-            # Older versions of this name not yet sent would now send the new content under the
-            # old md5: withdraw them (one already pushed and being verified goes on).
-            for older in self.state.by_name(name, "offered", "waiting", "uploading"):
-                self._withdraw(older, f"superseded by a newer version ({md5})")
-            self.state.insert(entry)
-            self.send(
-                CENTRAL, "offer", entry.id, name=name, kind=st.kind, size=st.size, files=st.files, md5=md5
-            )
-            self.pending.pop(name, None)
-            log.info("%s: offered (%s, %d bytes, %d files, md5 %s)", name, st.kind, st.size, st.files, md5)
+            self._offer(name, st, md5)
 
         self.rt.submit("hash", "md5:" + name, work, done)
+
+    def _offer(self, name: str, st: EntryStat, md5: str) -> None:
+        """Record a new version of `name` and offer it; with md5 "" it is hashed meanwhile."""
+        entry = Entry(
+            id=new_entry_id(),
+            name=name,
+            kind=st.kind,
+            size=st.size,
+            files=st.files,
+            md5=md5,
+            state="offered",
+            peer=CENTRAL,
+            signature=st.signature,
+        )
+        # Older versions of this name not yet sent would now send the new content under the
+        # old md5: withdraw them (one already pushed and being verified goes on).
+        for older in self.state.by_name(name, *UNSENT):
+            self._withdraw(older, "superseded by a newer version")
+        self.state.insert(entry)
+        self.send(CENTRAL, "offer", entry.id, name=name, kind=st.kind, size=st.size, files=st.files)
+        self.pending.pop(name, None)
+        log.info(
+            "%s: offered (%s, %d bytes, %d files%s)",
+            name,
+            st.kind,
+            st.size,
+            st.files,
+            f", md5 {md5}" if md5 else "",
+        )
+        if not md5:
+            self._hash_entry(entry)
+
+    def _hash_entry(self, entry: Entry) -> None:
+        """md5 of an offered entry, while it waits for admission and while it is pushed."""
+        path = self.path(entry.name)
+
+        def work() -> tuple[str, EntryStat]:
+            return md5_entry(path), stat_entry(path)
+
+        def done(result: tuple[str, EntryStat] | None, error: BaseException | None) -> None:
+            now_entry = self.state.get(entry.id)
+            if now_entry.state == "superseded" or now_entry.md5:
+                return
+            if error is None and result[1].signature == entry.signature:
+                self.state.update(now_entry, md5=result[0])
+                log.info("%s: md5 %s", entry.name, result[0])
+                if now_entry.state == "pushed":
+                    self._sent(now_entry)
+            elif now_entry.state in UNSENT:
+                # Changed (or gone) since it was offered: what is being pushed is not what settled.
+                # The scan offers the new content as a new version.
+                self._withdraw(now_entry, f"cannot read it ({error})" if error else "changed while sent")
+
+        self.rt.submit("hash", "md5:" + entry.id, work, done)
+
+    def _sent(self, entry: Entry) -> None:
+        """Pushed and hashed: tell central, which verifies what arrived against the md5."""
+        self.state.update(entry, state="sent", tries=0, reason=None)
+        self.send(entry.peer, "sent", entry.id, attempt=entry.attempt, md5=entry.md5)
 
     # messages ------------------------------------------------------------------------------------
 
@@ -167,14 +219,10 @@ class Upload(Agent):
         kind = msg["type"]
         if kind == "admit":
             newest = self.state.latest_by_name(entry.name)
-            if entry.state == "superseded" or (
-                newest.id != entry.id and entry.state in ("offered", "waiting", "uploading", "sent")
-            ):
+            if entry.state == "superseded" or (newest.id != entry.id and entry.state in (*UNSENT, "sent")):
                 # Central asks again for a version that has changed since: withdraw it (again).
-                self._withdraw(entry, f"superseded by a newer version ({newest.md5})")
-            elif (
-                entry.state in ("offered", "waiting", "uploading", "sent") and msg["attempt"] > entry.attempt
-            ):
+                self._withdraw(entry, "superseded by a newer version")
+            elif entry.state in (*UNSENT, "sent") and msg["attempt"] > entry.attempt:
                 self.state.update(
                     entry,
                     state="uploading",
@@ -217,7 +265,7 @@ class Upload(Agent):
     def _withdraw(self, entry: Entry, why: str) -> None:
         if entry.state != "superseded":
             self.state.update(entry, state="superseded", reason=why)
-            log.info("%s: version %s withdrawn: %s", entry.name, entry.md5, why)
+            log.info("%s: version %s withdrawn: %s", entry.name, entry.md5 or entry.id, why)
         self.send(entry.peer, "withdraw", entry.id, reason=why)
 
     # jobs ----------------------------------------------------------------------------------------
@@ -249,9 +297,10 @@ class Upload(Agent):
                 now_entry = self.state.get(entry.id)
                 if now_entry.state != "uploading" or now_entry.attempt != attempts[entry.id]:
                     continue  # superseded meanwhile
-                if ok:
-                    self.state.update(now_entry, state="sent", tries=0, reason=None)
-                    self.send(now_entry.peer, "sent", entry.id, attempt=now_entry.attempt)
+                if ok and now_entry.md5:
+                    self._sent(now_entry)
+                elif ok:
+                    self.state.update(now_entry, state="pushed", tries=0, reason=None)  # md5 to come
                 elif not self.retry_later(
                     now_entry, "push to central", why, out_of_space=bool(result and result.out_of_space)
                 ):

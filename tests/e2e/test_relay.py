@@ -326,6 +326,7 @@ def test_a_delivered_entry_is_sent_again_only_when_its_content_changes(make_rela
 
 
 def test_malformed_and_hostile_messages_are_dead_lettered_and_the_relay_carries_on(make_relay, broker):
+    from synkler import messages
     from synkler.broker import Broker, BrokerParams
 
     relay = make_relay()
@@ -334,13 +335,13 @@ def test_malformed_and_hostile_messages_are_dead_lettered_and_the_relay_carries_
     admin.connect(consume=False)
     try:
         entry, md5 = "0" * 32, "a" * 32
-        head = f'{{"v":1,"entry":"{entry}","at":1,'
+        head = f'{{"v":{messages.SCHEMA},"entry":"{entry}","at":1,'
         bad = [
             b"not json at all",
             b"\xff\xfe",
             b'{"v": 99, "type": "offer"}',
             f'{head}"type":"offer","from":"upload","name":"../../etc/passwd","kind":"file","size":1,'
-            f'"files":1,"md5":"{md5}"}}'.encode(),
+            f'"files":1}}'.encode(),
             f'{head}"type":"fetch","from":"central","name":"x","kind":"file","size":1,"files":1,'
             f'"md5":"{md5}","attempt":1,"path":"/etc/../etc/shadow"}}'.encode(),
             f'{head}"type":"admit","from":"central","attempt":1,"dest":"/tmp"}}'.encode(),

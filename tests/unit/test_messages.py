@@ -14,15 +14,15 @@ from synkler.messages import MAX_BODY, MAX_NAME_BYTES, MAX_SIZE, SCHEMAS, decode
 
 ENTRY = "0123456789abcdef0123456789abcdef"
 MD5 = "d41d8cd98f00b204e9800998ecf8427e"
-META = {"name": "data.csv", "kind": "file", "size": 1234, "files": 1, "md5": MD5}
+META = {"name": "data.csv", "kind": "file", "size": 1234, "files": 1}
 
 # One valid body per message type; the test below makes sure a new type cannot be added without one.
 BODIES: dict[str, dict[str, Any]] = {
     "offer": dict(META),
     "admit": {"attempt": 1, "dest": "/srv/synkler/.staging/" + ENTRY},
     "wait": {"reason": "not enough free space on central"},
-    "sent": {"attempt": 2},
-    "fetch": dict(META, attempt=1, path="/srv/synkler/stored/data.csv"),
+    "sent": {"attempt": 2, "md5": MD5},
+    "fetch": dict(META, md5=MD5, attempt=1, path="/srv/synkler/stored/data.csv"),
     "fetched": {"stored_as": "data (2).csv", "outcome": "placed"},
     "delivered": {"stored_as": "data.csv"},
     "failed": {"hop": "pull from central", "reason": "rsync: exit 23"},
@@ -33,7 +33,7 @@ BODIES: dict[str, dict[str, Any]] = {
 
 def envelope(mtype: str = "offer", **changes: Any) -> dict[str, Any]:
     """A valid message as a dict; `changes` override or add fields."""
-    msg = {"v": 1, "type": mtype, "entry": ENTRY, "from": "upload", "at": 1700000000.5, **BODIES[mtype]}
+    msg = {"v": messages.SCHEMA, "type": mtype, "entry": ENTRY, "from": "upload", "at": 1700000000.5, **BODIES[mtype]}
     msg.update(changes)
     return msg
 
@@ -165,7 +165,7 @@ def test_a_valid_message_padded_beyond_64_kib_is_rejected():
     assert str(MAX_BODY) in rejected(body)
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", None])
+@pytest.mark.parametrize("version", [0, 1, 3, "2", None])
 def test_another_schema_version_is_rejected(version):
     assert "schema version" in rejected(envelope(v=version))
 
@@ -270,11 +270,16 @@ def test_a_field_of_another_message_type_is_an_extra_field():
     ],
 )
 def test_a_bad_md5_is_rejected(md5):
-    assert "'md5'" in rejected(envelope(md5=md5))
+    assert "field 'md5'" in rejected(envelope("sent", md5=md5))
+    assert "field 'md5'" in rejected(envelope("fetch", md5=md5))
 
 
 def test_an_md5_with_a_trailing_newline_is_rejected():
-    assert "'md5'" in rejected(envelope(md5=MD5 + "\n"))
+    assert "field 'md5'" in rejected(envelope("sent", md5=MD5 + "\n"))
+
+
+def test_an_offer_does_not_carry_the_md5_any_more():
+    assert "unknown fields ['md5']" in rejected(envelope("offer", md5=MD5))
 
 
 @pytest.mark.parametrize("size", [-1, MAX_SIZE + 1, 10**30, True, False, 1.5, "12", None])
