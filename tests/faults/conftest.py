@@ -14,7 +14,8 @@ from synkler.localrelay import ROLES, LocalRelay
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "long: the long fault variant (more kills, bigger files, longer stalls); SYNKLER_FAULTS=long"
+        "markers",
+        "long: the long fault variant (more kills, bigger files, longer stalls); SYNKLER_FAULTS=long",
     )
 
 

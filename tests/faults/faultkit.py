@@ -38,8 +38,15 @@ class Profile:
 
 DEFAULT = Profile("default")
 LONG = Profile(
-    "long", small=120, medium=6, big_mb=300, kills_per_role=6, sever_s=10.0, stall_s=25.0,
-    corrupt_times=5, deliver_timeout=600.0,
+    "long",
+    small=120,
+    medium=6,
+    big_mb=300,
+    kills_per_role=6,
+    sever_s=10.0,
+    stall_s=25.0,
+    corrupt_times=5,
+    deliver_timeout=600.0,
 )
 
 
@@ -113,7 +120,7 @@ def build_workload(upload_dir: Path, rng, profile: Profile, *, scratch: Path) ->
     for i in range(profile.small):
         path = scratch / f"small{i}"
         path.write_bytes(os.urandom(0 if i == 0 else rng.randint(1, 256 << 10)))
-        name = (f"small {i} é.txt" if i % 7 == 3 else f"small-{i:03d}.dat")
+        name = f"small {i} é.txt" if i % 7 == 3 else f"small-{i:03d}.dat"
         publish(path, name, "file")
     return wl
 
@@ -143,12 +150,15 @@ def common_settings(relay_dir: Path, profile: Profile, rsync_opts: list[str]) ->
     fast = {"retry_max_seconds": 2, "max_attempts": 8}
     return {
         "upload": {
-            **fast, "settle_seconds": 0.3, "cleanup_script": recorder(up_log),
+            **fast,
+            "settle_seconds": 0.3,
+            "cleanup_script": recorder(up_log),
             "rsync_opts": [*rsync_opts, f"--bwlimit={profile.bwlimit}"],
         },
         "central": {**fast},
         "download": {
-            **fast, "cleanup_script": recorder(down_log),
+            **fast,
+            "cleanup_script": recorder(down_log),
             "rsync_opts": [*rsync_opts, f"--bwlimit={profile.bwlimit}"],
         },
     }
@@ -187,7 +197,9 @@ def flow_for(relay, wl: Workload, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         for role, proc in relay.procs.items():
-            assert proc.poll() is None, f"{role} exited on its own ({proc.returncode})\n" + relay.log_tail(role)
+            assert proc.poll() is None, f"{role} exited on its own ({proc.returncode})\n" + relay.log_tail(
+                role
+            )
         if settled(relay, wl):
             return True
         time.sleep(0.1)
@@ -203,15 +215,16 @@ def wait_settled(relay, wl: Workload, timeout: float) -> None:
 
 
 def rabbitmqctl_run(rabbitmqctl: str, *args: str, timeout: float = 120) -> str:
-    done = subprocess.run([rabbitmqctl, "-q", *args], check=True, capture_output=True, text=True,
-                          timeout=timeout)
+    done = subprocess.run(
+        [rabbitmqctl, "-q", *args], check=True, capture_output=True, text=True, timeout=timeout
+    )
     return done.stdout
 
 
 # the verdict --------------------------------------------------------------------------------------
 
 
-def verdict(relay, wl: Workload, *, faults: int, killed: set[str] = frozenset()) -> None:
+def verdict(relay, wl: Workload, *, faults: int) -> None:
     """Tally the outcome, then assert everything the suite promises about it.
 
     Every entry is at download exactly once with the right md5 (no "name (2).ext"), or `failed` with
@@ -246,7 +259,9 @@ def verdict(relay, wl: Workload, *, faults: int, killed: set[str] = frozenset())
             problems.append(f"{name}: at download but {entry.state if entry else 'unknown'} at upload")
         else:
             lost.append(name)
-            problems.append(f"{name}: {entry.state if entry else 'never recorded'} at upload, not at download")
+            problems.append(
+                f"{name}: {entry.state if entry else 'never recorded'} at upload, not at download"
+            )
     extra = sorted(set(present) - wl.names)
     if extra:
         corrupt.extend(extra)
@@ -270,8 +285,10 @@ def verdict(relay, wl: Workload, *, faults: int, killed: set[str] = frozenset())
     up_log, down_log = cleanup_logs(relay)
     relay.wait_for(
         "cleanup scripts recorded",
-        lambda: all(e.cleanup not in ("pending", "running") for e in relay.entries("upload"))
-        and all(e.cleanup not in ("pending", "running") for e in relay.entries("download")),
+        lambda: (
+            all(e.cleanup not in ("pending", "running") for e in relay.entries("upload"))
+            and all(e.cleanup not in ("pending", "running") for e in relay.entries("download"))
+        ),
         30,
     )
     assert sorted(runs(up_log)) == sorted(delivered), "upload cleanup runs != delivered entries"
@@ -285,19 +302,22 @@ def verdict(relay, wl: Workload, *, faults: int, killed: set[str] = frozenset())
     staging = relay.dirs["central"] / relay.instance / "staging"
     relay.wait_for(
         "central staging empty",
-        lambda: all(not any(d.iterdir()) for d in staging.iterdir() if d.is_dir()) if staging.exists() else True,
+        lambda: (
+            all(not any(d.iterdir()) for d in staging.iterdir() if d.is_dir()) if staging.exists() else True
+        ),
         70,  # central sweeps a killed rsync's leftovers after a minute
         interval=0.5,
     )
     assert [p.name for p in (down_dir / staging_name).iterdir()] == []
-    partials = [str(p) for role in ("central", "download") for p in relay.dirs[role].rglob(".synkler-partial")]
+    partials = [
+        str(p) for role in ("central", "download") for p in relay.dirs[role].rglob(".synkler-partial")
+    ]
     assert partials == [], partials
 
     # Nobody died on their own: wait_for raised already if one had; check once more explicitly.
     assert all(relay.alive(r) for r in ("upload", "central", "download")), {
         r: relay.alive(r) for r in ("upload", "central", "download")
     }
-    del killed
 
 
 def wait_until(what: str, predicate, timeout: float, interval: float = 0.1) -> None:

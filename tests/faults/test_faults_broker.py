@@ -37,7 +37,9 @@ def test_broker_closing_connections_and_restarting_mid_run_loses_nothing(
     relay.start()
     relay.wait_for(
         "all three connected",
-        lambda: all("connected to broker" in relay.log_path(r).read_text() for r in ("upload", "central", "download")),
+        lambda: all(
+            "connected to broker" in relay.log_path(r).read_text() for r in ("upload", "central", "download")
+        ),
         30,
     )
     relay.wait_for("a few entries delivered", lambda: delivered_count(relay) >= 3, 60)
@@ -46,7 +48,9 @@ def test_broker_closing_connections_and_restarting_mid_run_loses_nothing(
     faults = 1
     relay.wait_for(
         "everyone reconnecting after the close",
-        lambda: all("reconnecting" in relay.log_path(r).read_text() for r in ("upload", "central", "download")),
+        lambda: all(
+            "reconnecting" in relay.log_path(r).read_text() for r in ("upload", "central", "download")
+        ),
         30,
     )
     relay.wait_for("more entries delivered", lambda: delivered_count(relay) >= 10, 60)

@@ -20,7 +20,9 @@ def test_bytes_flipped_at_central_and_at_download_are_caught_and_redone(make_rel
     settings = common_settings(workdir, profile, sshd.rsync_opts())
     flips = {side: workdir / f"flips-{side}.log" for side in ("upload", "download")}
     for side, log in flips.items():
-        settings[side]["rsync"] = shlex.join([sys.executable, str(WRAPPER), str(log), str(profile.corrupt_times)])
+        settings[side]["rsync"] = shlex.join(
+            [sys.executable, str(WRAPPER), str(log), str(profile.corrupt_times)]
+        )
     relay = make_relay(settings)
     wl = build_workload(relay.dirs["upload"], rng, profile, scratch=workdir / "scratch")
     relay.start()

@@ -29,7 +29,8 @@ def test_entries_wait_while_central_is_full_and_flow_once_space_is_freed(make_re
     central = relay.dirs["central"]
     mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "synkler-faults", str(central)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     if mounted.returncode != 0:
         missing_infrastructure(f"cannot mount a tmpfs on central's file_dir: {mounted.stderr.strip()}")
@@ -44,7 +45,9 @@ def test_entries_wait_while_central_is_full_and_flow_once_space_is_freed(make_re
         relay.start()
         relay.wait_for(
             "the big file waiting at central and upload",
-            lambda: relay.states("central").get(big) == "waiting" and relay.states("upload").get(big) == "waiting",
+            lambda: (
+                relay.states("central").get(big) == "waiting" and relay.states("upload").get(big) == "waiting"
+            ),
             60,
         )
         assert not flow_for(relay, wl, 3.0)

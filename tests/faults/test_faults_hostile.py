@@ -11,7 +11,7 @@ import time
 import faultkit
 import pika
 import pytest
-from faultkit import build_workload, common_settings, verdict, wait_settled, wait_until
+from faultkit import build_workload, common_settings, verdict, wait_settled
 
 MARK = "pwned"  # every hostile name contains it, so anything written anywhere can be found
 
@@ -31,7 +31,14 @@ def hostile_messages(real) -> dict[str, tuple[list[bytes], int]]:
     unknown = "f" * 32
     fetch = dict(kind="file", size=1, files=1, md5="b" * 32, attempt=1)
     duplicate_offer = envelope(
-        "offer", real.id, "upload", name=real.name, kind=real.kind, size=real.size, files=real.files, md5=real.md5
+        "offer",
+        real.id,
+        "upload",
+        name=real.name,
+        kind=real.kind,
+        size=real.size,
+        files=real.files,
+        md5=real.md5,
     )
     batch = [
         duplicate_offer,  # good: a duplicate of a recorded offer is simply ignored, not dead-lettered
@@ -67,20 +74,30 @@ def hostile_messages(real) -> dict[str, tuple[list[bytes], int]]:
         b"\x00\x01\x02",
         json.dumps(envelope("admit", unknown, "central", attempt=1, dest=f"/tmp/{MARK}")).encode(),
         json.dumps(envelope("delivered", unknown, "central", stored_as=MARK)).encode(),
-        json.dumps(envelope("offer", unknown, "upload", name=MARK, kind="file", size=1, files=1,
-                            md5="c" * 32)).encode(),  # a type upload does not take
+        json.dumps(
+            envelope("offer", unknown, "upload", name=MARK, kind="file", size=1, files=1, md5="c" * 32)
+        ).encode(),  # a type upload does not take
     ]
     download = [
         b"{",
-        json.dumps(envelope("fetch", unknown, "central", name=f"../../{MARK}", path="/etc", **fetch)).encode(),
+        json.dumps(
+            envelope("fetch", unknown, "central", name=f"../../{MARK}", path="/etc", **fetch)
+        ).encode(),
         json.dumps(envelope("fetch", unknown, "central", name=MARK, path="/tmp/../etc", **fetch)).encode(),
-        json.dumps(envelope("fetch", unknown, "central", name=f"{MARK}\nline", path="/tmp", **fetch)).encode(),
+        json.dumps(
+            envelope("fetch", unknown, "central", name=f"{MARK}\nline", path="/tmp", **fetch)
+        ).encode(),
         json.dumps(envelope("fetch", unknown, "central", name=MARK, path="relative/dir", **fetch)).encode(),
-        json.dumps(envelope("fetch", unknown, "central", name=MARK, path="/tmp", **{**fetch, "attempt": 0})).encode(),
+        json.dumps(
+            envelope("fetch", unknown, "central", name=MARK, path="/tmp", **{**fetch, "attempt": 0})
+        ).encode(),
     ]
     # Every central message is dead, except that the batch's good element is handled: 4 of its 5 die.
-    return {"central": (central, len(central) - 1 + 4), "upload": (upload, len(upload)),
-            "download": (download, len(download))}
+    return {
+        "central": (central, len(central) - 1 + 4),
+        "upload": (upload, len(upload)),
+        "download": (download, len(download)),
+    }
 
 
 def marked_paths(*tops) -> list[str]:
@@ -101,7 +118,9 @@ def test_hostile_messages_are_dead_lettered_and_the_relay_carries_on(
     relay.start()
     relay.wait_for(
         "all three connected",
-        lambda: all("connected to broker" in relay.log_path(r).read_text() for r in ("upload", "central", "download")),
+        lambda: all(
+            "connected to broker" in relay.log_path(r).read_text() for r in ("upload", "central", "download")
+        ),
         30,
     )
     relay.wait_for("an offer recorded at central", lambda: bool(relay.entries("central")), 30)
@@ -117,7 +136,9 @@ def test_hostile_messages_are_dead_lettered_and_the_relay_carries_on(
         for agent, (bodies, _dead) in messages.items():
             for body in bodies:
                 chan.basic_publish(
-                    "", f"synkler.{relay.instance}.{agent}", body,
+                    "",
+                    f"synkler.{relay.instance}.{agent}",
+                    body,
                     properties=pika.BasicProperties(delivery_mode=2, content_type="application/json"),
                     mandatory=True,
                 )

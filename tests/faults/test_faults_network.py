@@ -55,8 +55,10 @@ def test_a_severed_and_a_stalled_ssh_path_are_survived(make_relay, sshd, rng, pr
             proxy.restore()
         started = time.monotonic()
         wait_settled(relay, wl, profile.deliver_timeout)
-        print(f"stalled {live // 2} live connections for {profile.stall_s} s; settled {time.monotonic() - started:.0f}"
-              " s after the restore")
+        print(
+            f"stalled {live // 2} live connections for {profile.stall_s} s; "
+            f"settled {time.monotonic() - started:.0f} s after the restore"
+        )
         verdict(relay, wl, faults=2)
         # Both cuts were noticed as failed transfers (the stall by a timeout, not waited out), then redone.
         assert f"{big}: push to central failed" in relay.log_path("upload").read_text()
