@@ -1,0 +1,330 @@
+"""Helpers for the fault suite: the workload, the cleanup recorders, the final verdict and the tally.
+
+`TALLY` accumulates over the session; conftest.py prints it as the suite's summary line.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from synkler.checksum import md5_entry
+
+TALLY = {"entries": 0, "faults": 0, "delivered": 0, "failed": 0, "lost": 0, "corrupt": 0}
+
+RECORD = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How hard a scenario pushes: the default fits the project's test budget, `long` does more."""
+
+    name: str
+    small: int = 46  # small files (0 B .. 256 KiB)
+    medium: int = 3  # 1-4 MiB files
+    big_mb: int = 100
+    kills_per_role: int = 2
+    sever_s: float = 3.0
+    stall_s: float = 9.0
+    corrupt_times: int = 2
+    bwlimit: int = 40000  # KiB/s per rsync run: the big file stays in flight long enough to be hit
+    deliver_timeout: float = 150.0
+
+
+DEFAULT = Profile("default")
+LONG = Profile(
+    "long",
+    small=120,
+    medium=6,
+    big_mb=300,
+    kills_per_role=6,
+    sever_s=10.0,
+    stall_s=25.0,
+    corrupt_times=5,
+    deliver_timeout=600.0,
+)
+
+
+def missing_infrastructure(reason: str):
+    """As tests/conftest.py does: skip locally, fail under CI=true."""
+    import pytest
+
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true, so this is a failure, not a skip)", pytrace=False)
+    pytest.skip(reason)
+
+
+def profiles():
+    import pytest
+
+    return [pytest.param(DEFAULT, id="default"), pytest.param(LONG, id="long", marks=pytest.mark.long)]
+
+
+# the workload -------------------------------------------------------------------------------------
+
+
+def write_random(path: Path, size: int, chunk: int = 8 << 20) -> None:
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(chunk, left)
+            f.write(os.urandom(n))
+            left -= n
+
+
+@dataclass
+class Workload:
+    md5s: dict[str, str] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def names(self) -> set[str]:
+        return set(self.md5s)
+
+
+def build_workload(upload_dir: Path, rng, profile: Profile, *, scratch: Path) -> Workload:
+    """Write the entries beside upload's file_dir and rename each in, as a careful writer does.
+
+    Mixed sizes: empty and small files, a few MiB-sized ones, one big file, one directory tree with
+    subdirectories, an empty subdirectory and a symlink; some names with spaces and non-ASCII.
+    """
+    scratch.mkdir(parents=True, exist_ok=True)
+    wl = Workload()
+
+    def publish(tmp: Path, name: str, kind: str) -> None:
+        wl.md5s[name] = md5_entry(tmp)
+        wl.kinds[name] = kind
+        os.rename(tmp, upload_dir / name)
+
+    big = scratch / "big.bin"
+    write_random(big, profile.big_mb << 20)
+    publish(big, f"big-{profile.big_mb}M.bin", "file")
+
+    tree = scratch / "tree"
+    for sub in ("a/b/c", "a/d", "e", "empty/inner"):
+        (tree / sub).mkdir(parents=True, exist_ok=True)
+    for i, rel in enumerate(("a/one.txt", "a/b/two.bin", "a/b/c/three.bin", "a/d/four", "e/five.dat", "top")):
+        (tree / rel).write_bytes(os.urandom(rng.randint(0, 300_000) if i else 0))
+    os.symlink("a/one.txt", tree / "link-to-one")
+    publish(tree, "tree dir", "dir")
+
+    for i in range(profile.medium):
+        path = scratch / f"medium{i}"
+        write_random(path, rng.randint(1 << 20, 4 << 20))
+        publish(path, f"medium-{i}.bin", "file")
+    for i in range(profile.small):
+        path = scratch / f"small{i}"
+        path.write_bytes(os.urandom(0 if i == 0 else rng.randint(1, 256 << 10)))
+        name = f"small {i} é.txt" if i % 7 == 3 else f"small-{i:03d}.dat"
+        publish(path, name, "file")
+    return wl
+
+
+# settings -----------------------------------------------------------------------------------------
+
+
+def recorder(log: Path) -> str:
+    """A cleanup_script that appends '%f' to `log`, run without a shell."""
+    return shlex.join([sys.executable, "-c", RECORD, str(log), "%f"])
+
+
+def runs(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def proxied_rsh(sshd, port: int, *extra: str) -> str:
+    """sshd.ssh_command() aimed at `port` (a proxy), still checking sshd's pinned host key."""
+    cmd = sshd.ssh_command()
+    cmd[cmd.index("-p") + 1] = str(port)
+    cmd += ["-o", f"HostKeyAlias=[{sshd.host}]:{sshd.port}", *extra]
+    return shlex.join(cmd)
+
+
+def common_settings(relay_dir: Path, profile: Profile, rsync_opts: list[str]) -> dict[str, dict]:
+    up_log, down_log = relay_dir / "cleanup-upload.log", relay_dir / "cleanup-download.log"
+    fast = {"retry_max_seconds": 2, "max_attempts": 8}
+    return {
+        "upload": {
+            **fast,
+            "settle_seconds": 0.3,
+            "cleanup_script": recorder(up_log),
+            "rsync_opts": [*rsync_opts, f"--bwlimit={profile.bwlimit}"],
+        },
+        "central": {**fast},
+        "download": {
+            **fast,
+            "cleanup_script": recorder(down_log),
+            "rsync_opts": [*rsync_opts, f"--bwlimit={profile.bwlimit}"],
+        },
+    }
+
+
+def cleanup_logs(relay) -> tuple[Path, Path]:
+    return relay.workdir / "cleanup-upload.log", relay.workdir / "cleanup-download.log"
+
+
+# observing ----------------------------------------------------------------------------------------
+
+
+def tree_size(top: Path) -> int:
+    if not top.exists():
+        return 0
+    return sum(p.lstat().st_size for p in top.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def settled(relay, wl: Workload) -> bool:
+    """Every workload entry has reached an end state at upload, with download done for the delivered."""
+    up = {e.name: e for e in relay.entries("upload") if e.state != "superseded"}
+    if not wl.names <= set(up):
+        return False
+    if any(up[n].state not in ("done", "failed") for n in wl.names):
+        return False
+    down = relay.entries("download")
+    if any(e.state not in ("done", "failed") for e in down):
+        return False
+    delivered = {n for n in wl.names if up[n].state == "done"}
+    stored = {e.stored_as or e.name for e in down if e.state == "done"}
+    return len(stored) >= len(delivered)
+
+
+def flow_for(relay, wl: Workload, seconds: float) -> bool:
+    """Let the relay run for `seconds` (no agent may exit); True as soon as the workload settled."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for role, proc in relay.procs.items():
+            assert proc.poll() is None, f"{role} exited on its own ({proc.returncode})\n" + relay.log_tail(
+                role
+            )
+        if settled(relay, wl):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def delivered_count(relay) -> int:
+    return sum(1 for e in relay.entries("upload") if e.state == "done")
+
+
+def wait_settled(relay, wl: Workload, timeout: float) -> None:
+    relay.wait_for(f"{len(wl.names)} entries settled", lambda: settled(relay, wl), timeout, interval=0.5)
+
+
+def rabbitmqctl_run(rabbitmqctl: str, *args: str, timeout: float = 120) -> str:
+    done = subprocess.run(
+        [rabbitmqctl, "-q", *args], check=True, capture_output=True, text=True, timeout=timeout
+    )
+    return done.stdout
+
+
+# the verdict --------------------------------------------------------------------------------------
+
+
+def verdict(relay, wl: Workload, *, faults: int) -> None:
+    """Tally the outcome, then assert everything the suite promises about it.
+
+    Every entry is at download exactly once with the right md5 (no "name (2).ext"), or `failed` with
+    its data untouched at upload and a reason. Each cleanup script ran exactly once per delivered
+    entry. No staging or partial debris. Every agent is alive (those killed were restarted).
+    """
+    up = {e.name: e for e in relay.entries("upload") if e.state != "superseded"}
+    down_dir = relay.dirs["download"]
+    staging_name = f".synkler-{relay.instance}"
+    present = sorted(p for p in os.listdir(down_dir) if p != staging_name)
+    delivered, failed, lost, corrupt = [], [], [], []
+    problems: list[str] = []
+    for name in sorted(wl.names):
+        entry = up.get(name)
+        at_down = down_dir / name
+        if entry is not None and entry.state == "done":
+            if not os.path.lexists(at_down) or md5_entry(at_down) != wl.md5s[name]:
+                corrupt.append(name)
+                problems.append(f"{name}: done at upload but missing or wrong md5 at download")
+            else:
+                delivered.append(name)
+        elif entry is not None and entry.state == "failed":
+            src = relay.dirs["upload"] / name
+            if os.path.lexists(src) and md5_entry(src) == wl.md5s[name] and entry.reason:
+                failed.append(name)
+                problems.append(f"{name}: failed ({entry.reason})")  # allowed, but reported below
+            else:
+                lost.append(name)
+                problems.append(f"{name}: failed without its data in place or without a reason")
+        elif os.path.lexists(at_down) and md5_entry(at_down) == wl.md5s[name]:
+            delivered.append(name)  # arrived, but upload has not recorded it: flagged below
+            problems.append(f"{name}: at download but {entry.state if entry else 'unknown'} at upload")
+        else:
+            lost.append(name)
+            problems.append(
+                f"{name}: {entry.state if entry else 'never recorded'} at upload, not at download"
+            )
+    extra = sorted(set(present) - wl.names)
+    if extra:
+        corrupt.extend(extra)
+        problems.append(f"unexpected entries at download (duplicates?): {extra}")
+    TALLY["entries"] += len(wl.names)
+    TALLY["faults"] += faults
+    TALLY["delivered"] += len(delivered)
+    TALLY["failed"] += len(failed)
+    TALLY["lost"] += len(lost)
+    TALLY["corrupt"] += len(corrupt)
+    print(
+        f"\n{relay.instance}: entries={len(wl.names)} faults={faults} delivered={len(delivered)} "
+        f"failed={len(failed)} lost={len(lost)} corrupt={len(corrupt)}"
+    )
+
+    assert not lost and not corrupt, "\n".join(problems)
+    for name in failed:
+        print(f"  failed: {name}: {up[name].reason}")
+
+    # Cleanup scripts: exactly once per delivered entry, never for a failed one.
+    up_log, down_log = cleanup_logs(relay)
+    relay.wait_for(
+        "cleanup scripts recorded",
+        lambda: (
+            all(e.cleanup not in ("pending", "running") for e in relay.entries("upload"))
+            and all(e.cleanup not in ("pending", "running") for e in relay.entries("download"))
+        ),
+        30,
+    )
+    assert sorted(runs(up_log)) == sorted(delivered), "upload cleanup runs != delivered entries"
+    placed = sorted(e.stored_as or e.name for e in relay.entries("download") if e.state == "done")
+    assert sorted(runs(down_log)) == placed == sorted(delivered), "download cleanup runs != delivered entries"
+    assert len(relay.entries("download")) == len(placed) + sum(
+        1 for e in relay.entries("download") if e.state == "failed"
+    )
+
+    # No debris: central staging empty once every entry is settled, download staging empty, no partials.
+    staging = relay.dirs["central"] / relay.instance / "staging"
+    relay.wait_for(
+        "central staging empty",
+        lambda: (
+            all(not any(d.iterdir()) for d in staging.iterdir() if d.is_dir()) if staging.exists() else True
+        ),
+        70,  # central sweeps a killed rsync's leftovers after a minute
+        interval=0.5,
+    )
+    assert [p.name for p in (down_dir / staging_name).iterdir()] == []
+    partials = [
+        str(p) for role in ("central", "download") for p in relay.dirs[role].rglob(".synkler-partial")
+    ]
+    assert partials == [], partials
+
+    # Nobody died on their own: wait_for raised already if one had; check once more explicitly.
+    assert all(relay.alive(r) for r in ("upload", "central", "download")), {
+        r: relay.alive(r) for r in ("upload", "central", "download")
+    }
+
+
+def wait_until(what: str, predicate, timeout: float, interval: float = 0.1) -> None:
+    """For waits that involve no relay (the broker coming back)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -1,0 +1,44 @@
+"""A byte flips in central's staged copy and in download's staging copy before they are verified:
+the md5 check must catch each one, discard the copy, redo the hop and deliver the right bytes."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import faultkit
+import pytest
+from faultkit import build_workload, common_settings, verdict, wait_settled
+
+WRAPPER = Path(__file__).with_name("corrupting_rsync.py")
+
+
+@pytest.mark.parametrize("profile", faultkit.profiles())
+def test_bytes_flipped_at_central_and_at_download_are_caught_and_redone(make_relay, sshd, rng, profile):
+    workdir = make_relay.next_dir()
+    settings = common_settings(workdir, profile, sshd.rsync_opts())
+    flips = {side: workdir / f"flips-{side}.log" for side in ("upload", "download")}
+    for side, log in flips.items():
+        settings[side]["rsync"] = shlex.join(
+            [sys.executable, str(WRAPPER), str(log), str(profile.corrupt_times)]
+        )
+    relay = make_relay(settings)
+    wl = build_workload(relay.dirs["upload"], rng, profile, scratch=workdir / "scratch")
+    relay.start()
+    wait_settled(relay, wl, profile.deliver_timeout)
+    flipped = {side: log.read_text().splitlines() if log.exists() else [] for side, log in flips.items()}
+    print(f"flipped: {flipped}")
+    faults = sum(len(v) for v in flipped.values())
+    verdict(relay, wl, faults=faults)
+    assert {side: len(v) for side, v in flipped.items()} == {
+        "upload": profile.corrupt_times,
+        "download": profile.corrupt_times,
+    }
+    # Each flip was caught by the md5 check of the hop it corrupted, for the very entry it hit.
+    for side, checker in (("upload", "central"), ("download", "download")):
+        text = relay.log_path(checker).read_text()
+        for rel in flipped[side]:
+            name = rel.split("/")[-1]
+            assert f"md5 mismatch at {checker}: expected {wl.md5s[name]}" in text, (side, name)
+        assert text.count(f"md5 mismatch at {checker}") == len(flipped[side])

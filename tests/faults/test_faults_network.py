@@ -1,0 +1,65 @@
+"""The ssh path to central is cut mid-transfer (every connection closed) and later stalls (open but
+silent), through a proxy in front of the test sshd; the relay must notice, retry and finish."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import faultkit
+import pytest
+from faultkit import build_workload, common_settings, flow_for, proxied_rsh, tree_size, verdict, wait_settled
+from netproxy import NetProxy
+
+
+@pytest.mark.parametrize("profile", faultkit.profiles())
+def test_a_severed_and_a_stalled_ssh_path_are_survived(make_relay, sshd, rng, profile):
+    profile = dataclasses.replace(profile, bwlimit=20000)
+    with NetProxy(sshd.port) as proxy:
+        rsh = proxied_rsh(sshd, proxy.port, "-o", "ServerAliveInterval=2", "-o", "ServerAliveCountMax=3")
+        workdir = make_relay.next_dir()
+        settings = common_settings(workdir, profile, [f"--rsh={rsh}"])
+        for role in ("upload", "download"):
+            settings[role]["rsync_timeout"] = 6
+        relay = make_relay(settings)
+        wl = build_workload(relay.dirs["upload"], rng, profile, scratch=workdir / "scratch")
+        big = next(n for n in wl.names if n.startswith("big-"))
+        relay.start()
+
+        # 1. Sever while upload pushes the big file.
+        staging = relay.dirs["central"] / relay.instance / "staging"
+        relay.wait_for("the big file half-pushed", lambda: tree_size(staging) > 20 << 20, 60, interval=0.05)
+        assert relay.states("upload")[big] == "uploading"
+        pushed = proxy.bytes_forwarded
+        closed = proxy.sever()
+        assert closed > 0 and pushed > 20 << 20, (closed, pushed)
+        try:
+            assert not flow_for(relay, wl, profile.sever_s)
+        finally:
+            proxy.restore()
+        print(f"severed {closed // 2} live ssh connections; {proxy.refused} refused while severed")
+
+        # 2. Stall while download pulls the big file: longer than rsync_timeout and ssh's keep-alives.
+        pulling = relay.dirs["download"] / f".synkler-{relay.instance}"
+        relay.wait_for("the big file half-pulled", lambda: tree_size(pulling) > 20 << 20, 90, interval=0.05)
+        assert relay.states("download").get(big) == "fetching"
+        proxy.stall()
+        try:
+            live = proxy.live
+            assert live > 0
+            assert not flow_for(relay, wl, 1.0)  # what was already in socket buffers drains
+            forwarded = proxy.bytes_forwarded
+            assert not flow_for(relay, wl, profile.stall_s - 1.0)
+            assert proxy.bytes_forwarded == forwarded, "bytes got through a stalled proxy"
+        finally:
+            proxy.restore()
+        started = time.monotonic()
+        wait_settled(relay, wl, profile.deliver_timeout)
+        print(
+            f"stalled {live // 2} live connections for {profile.stall_s} s; "
+            f"settled {time.monotonic() - started:.0f} s after the restore"
+        )
+        verdict(relay, wl, faults=2)
+        # Both cuts were noticed as failed transfers (the stall by a timeout, not waited out), then redone.
+        assert f"{big}: push to central failed" in relay.log_path("upload").read_text()
+        assert f"{big}: pull from central failed" in relay.log_path("download").read_text()
