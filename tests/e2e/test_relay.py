@@ -536,7 +536,8 @@ def test_a_stored_copy_gone_bad_at_central_is_fetched_again_from_upload(make_rel
 
 
 @pytest.mark.parametrize("side", ["upload", "download"])
-def test_a_hop_into_a_full_disk_waits_for_space_without_using_up_attempts(make_relay, tmpfs, side):
+def test_a_hop_into_a_full_disk_waits_for_space_without_using_up_attempts(tmpfs, make_relay, side):
+    # (tmpfs first: it is unmounted after the relay is closed)
     relay = make_relay()
     target = "central" if side == "upload" else "download"  # where this side's rsync writes
     disk = tmpfs(relay.dirs[target], 64)

@@ -50,15 +50,6 @@ LONG = Profile(
 )
 
 
-def missing_infrastructure(reason: str):
-    """As tests/conftest.py does: skip locally, fail under CI=true."""
-    import pytest
-
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true, so this is a failure, not a skip)", pytrace=False)
-    pytest.skip(reason)
-
-
 def profiles():
     import pytest
 

@@ -13,15 +13,17 @@ import pika
 import pytest
 from faultkit import build_workload, common_settings, verdict, wait_settled
 
+from synkler.messages import SCHEMA
+
 MARK = "pwned"  # every hostile name contains it, so anything written anywhere can be found
 
 
 def envelope(mtype: str, entry: str, sender: str, **body) -> dict:
-    return {"v": 1, "type": mtype, "entry": entry, "from": sender, "at": time.time(), **body}
+    return {"v": SCHEMA, "type": mtype, "entry": entry, "from": sender, "at": time.time(), **body}
 
 
 def offer(name, size=1, entry="1" * 32, **over) -> bytes:
-    msg = envelope("offer", entry, "upload", name=name, kind="file", size=size, files=1, md5="a" * 32)
+    msg = envelope("offer", entry, "upload", name=name, kind="file", size=size, files=1)
     msg.update(over)
     return json.dumps(msg).encode()
 
@@ -38,11 +40,10 @@ def hostile_messages(real) -> dict[str, tuple[list[bytes], int]]:
         kind=real.kind,
         size=real.size,
         files=real.files,
-        md5=real.md5,
     )
     batch = [
         duplicate_offer,  # good: a duplicate of a recorded offer is simply ignored, not dead-lettered
-        envelope("sent", unknown, "upload", attempt=1),  # well-formed, unknown entry
+        envelope("sent", unknown, "upload", attempt=1, md5="a" * 32),  # well-formed, unknown entry
         json.loads(offer(f"/{MARK}")),
         42,
         "a string",
@@ -52,7 +53,9 @@ def hostile_messages(real) -> dict[str, tuple[list[bytes], int]]:
         b"\xff\xfe\x00 binary garbage",
         b"[" * 100_000,  # nesting too deep
         b"[]",  # an empty batch
-        offer(f"v2-{MARK}", v=2),
+        offer(f"v1-{MARK}", v=1),  # the schema of synkler 0.1
+        offer(f"v3-{MARK}", v=SCHEMA + 1),
+        offer(f"md5-{MARK}", md5="a" * 32),  # 0.1's offer carried the md5: an unknown field now
         offer(f"v-string-{MARK}", v="1"),
         json.dumps(envelope("explode", unknown, "upload")).encode(),
         offer(f"a/{MARK}"),
@@ -66,7 +69,7 @@ def hostile_messages(real) -> dict[str, tuple[list[bytes], int]]:
         offer(f"{MARK}-float", size=1e300),
         offer(f"{MARK}-bool", size=True),
         offer(f"{MARK}-extra", evil="field"),
-        json.dumps(envelope("sent", unknown, "upload", attempt=1)).encode(),
+        json.dumps(envelope("sent", unknown, "upload", attempt=1, md5="a" * 32)).encode(),
         json.dumps(batch).encode(),
         b'{"v":1,"type":"offer","name":"' + b"x" * (3 << 20) + b'"}',  # a huge body
     ]
@@ -75,7 +78,7 @@ def hostile_messages(real) -> dict[str, tuple[list[bytes], int]]:
         json.dumps(envelope("admit", unknown, "central", attempt=1, dest=f"/tmp/{MARK}")).encode(),
         json.dumps(envelope("delivered", unknown, "central", stored_as=MARK)).encode(),
         json.dumps(
-            envelope("offer", unknown, "upload", name=MARK, kind="file", size=1, files=1, md5="c" * 32)
+            envelope("offer", unknown, "upload", name=MARK, kind="file", size=1, files=1)
         ).encode(),  # a type upload does not take
     ]
     download = [

@@ -24,6 +24,7 @@ def test_a_severed_and_a_stalled_ssh_path_are_survived(make_relay, sshd, rng, pr
         relay = make_relay(settings)
         wl = build_workload(relay.dirs["upload"], rng, profile, scratch=workdir / "scratch")
         big = next(n for n in wl.names if n.startswith("big-"))
+        payload = tree_size(relay.dirs["upload"])  # every byte crosses the proxy twice: push, pull
         relay.start()
 
         # 1. Sever while upload pushes the big file.
@@ -63,3 +64,8 @@ def test_a_severed_and_a_stalled_ssh_path_are_survived(make_relay, sshd, rng, pr
         # Both cuts were noticed as failed transfers (the stall by a timeout, not waited out), then redone.
         assert f"{big}: push to central failed" in relay.log_path("upload").read_text()
         assert f"{big}: pull from central failed" in relay.log_path("download").read_text()
+        # Both cut transfers resumed from their partial files: had either started over, the 20+ MiB it
+        # had moved before the cut would have crossed the proxy a second time.
+        resent = proxy.bytes_forwarded - 2 * payload
+        print(f"{proxy.bytes_forwarded} bytes through the proxy for 2 x {payload}: {resent} more")
+        assert resent < 20 << 20, "an interrupted transfer started over instead of resuming"

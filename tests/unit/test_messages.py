@@ -33,7 +33,14 @@ BODIES: dict[str, dict[str, Any]] = {
 
 def envelope(mtype: str = "offer", **changes: Any) -> dict[str, Any]:
     """A valid message as a dict; `changes` override or add fields."""
-    msg = {"v": messages.SCHEMA, "type": mtype, "entry": ENTRY, "from": "upload", "at": 1700000000.5, **BODIES[mtype]}
+    msg = {
+        "v": messages.SCHEMA,
+        "type": mtype,
+        "entry": ENTRY,
+        "from": "upload",
+        "at": 1700000000.5,
+        **BODIES[mtype],
+    }
     msg.update(changes)
     return msg
 
