@@ -43,6 +43,15 @@ class Result:
         return f"exit {self.returncode}" + (f": {' / '.join(tail)}" if tail else "")
 
     @property
+    def link_down(self) -> bool:
+        """Did the run fail because central could not be reached or the link broke or stalled?
+
+        ssh's own failures (refused, unreachable, host key, closed) are exit 255; a connection that
+        broke mid-run is 10 or 12; rsync's --timeout is 30 (35 for a daemon connection).
+        """
+        return not self.ok and self.returncode in _LINK_CODES and not self.out_of_space
+
+    @property
     def out_of_space(self) -> bool:
         """Did the run fail because a disk (or quota) was full, on either side?
 
@@ -52,6 +61,7 @@ class Result:
         return not self.ok and any(_NO_SPACE.search(line) for line in self.output.splitlines())
 
 
+_LINK_CODES = frozenset({10, 12, 30, 35, 255})
 _NO_SPACE = re.compile(r"No space left on device|Disk quota exceeded|: [^:]*\((?:28|122)\)\s*$")
 
 

@@ -50,6 +50,7 @@ class Agent:
         self.name = cfg.name
         self.cleanup_due = True  # set when an entry's cleanup script becomes due
         self.next_cleanup_retry = float("inf")  # when a failed cleanup script is due to run again
+        self.link_failures = 0  # transfer runs in a row that could not reach central
 
     def startup(self) -> None:
         """Reconcile the disk with the durable state after a (possibly unclean) stop."""
@@ -89,31 +90,50 @@ class Agent:
             raise MessageError(f"{msg['type']} for unknown entry {msg['entry']}")
         return entry
 
+    def link_result(self, result: transfer.Result | None) -> None:
+        """Note how a transfer run went: the backoff for a link that is down grows with its failures."""
+        if result is not None and result.ok:
+            self.link_failures = 0
+        elif result is not None and result.link_down:
+            self.link_failures += 1
+
     def retry_later(
-        self, entry: Entry, hop: str, why: str, *, out_of_space: bool = False, **changes: Any
+        self,
+        entry: Entry,
+        hop: str,
+        why: str,
+        *,
+        out_of_space: bool = False,
+        link_down: bool = False,
+        **changes: Any,
     ) -> bool:
         """Count a failed step; schedule a retry, or mark the entry failed. True if it will retry.
 
-        `out_of_space`: a disk was full. That is no fault of the entry's, so it does not count
-        toward max_attempts: the step is retried every SPACE_WAIT seconds (at most
-        retry_max_seconds) until the space is there.
+        Two causes are no fault of the entry's and do not count toward max_attempts:
+        `out_of_space` (a disk was full: tried again every SPACE_WAIT seconds, at most
+        retry_max_seconds) and `link_down` (central could not be reached, or the link broke or
+        stalled: tried again with a backoff that grows with the failed runs in a row, up to
+        retry_max_seconds). Either way the entry waits, however long that takes.
         """
         if self.rt.stopping:
             # A transfer cut short by our own shutdown is not the hop's fault: redo it at the next start.
             log.info("%s: %s interrupted by shutdown; resumes at the next start", entry.name, hop)
             return True
-        if out_of_space:
-            waiting = f"{hop}: waiting for disk space"
-            delay = backoff(6, cap=min(SPACE_WAIT, self.cfg.retry_max_seconds))
+        if out_of_space or link_down:
+            waiting = f"{hop}: waiting for disk space" if out_of_space else f"{hop}: link down"
+            if out_of_space:
+                delay = backoff(6, cap=min(SPACE_WAIT, self.cfg.retry_max_seconds))
+            else:
+                delay = backoff(max(1, self.link_failures), cap=self.cfg.retry_max_seconds)
             said = (entry.reason or "").startswith(waiting)  # warn once, not at every try
             level = logging.DEBUG if said else logging.WARNING
             self.state.update(entry, due=time.time() + delay, reason=f"{waiting}: {why}", **changes)
             log.log(
                 level,
-                "%s: %s failed for lack of disk space (%s); trying again in %.0f s, "
-                "not counted as a failed attempt",
+                "%s: %s failed %s (%s); trying again in %.0f s, not counted as a failed attempt",
                 entry.name,
                 hop,
+                "for lack of disk space" if out_of_space else "because the link to central is down",
                 why,
                 delay,
             )

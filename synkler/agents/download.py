@@ -109,7 +109,7 @@ class Download(Agent):
         what = batch[0].name if len(batch) == 1 else f"{len(batch)} entries"
         log.info("pulling %s from central", what)
 
-        def work() -> dict[str, tuple[str, Any]]:
+        def work() -> tuple[transfer.Result, dict[str, tuple[str, Any]]]:
             result = transfer.pull(
                 self.cfg, stored_root(batch[0]), [f"{e.id}/{e.name}" for e in batch], self.staging_dir
             )
@@ -119,7 +119,7 @@ class Download(Agent):
             for e in batch:
                 path = os.path.join(self.staging(e), e.name)
                 if not os.path.lexists(path):
-                    failure = "space" if result.out_of_space else "rsync"
+                    failure = "space" if result.out_of_space else "link" if result.link_down else "rsync"
                     outcomes[e.id] = (failure, result.summary() if not result.ok else "nothing arrived")
                     continue
                 md5 = md5_entry(path)
@@ -129,9 +129,13 @@ class Download(Agent):
                     outcomes[e.id] = ("mismatch", md5)
                     continue
                 outcomes[e.id] = ("ok", choose_name(self.cfg.file_dir, e.name, e.kind, md5))
-            return outcomes
+            return result, outcomes
 
-        def done(outcomes: dict[str, tuple[str, Any]] | None, error: BaseException | None) -> None:
+        def done(
+            ran: tuple[transfer.Result, dict[str, tuple[str, Any]]] | None, error: BaseException | None
+        ) -> None:
+            result, outcomes = ran if ran else (None, None)
+            self.link_result(result)
             for entry in batch:
                 entry_now = self.state.get(entry.id)
                 if entry_now.state != "fetching":
@@ -142,8 +146,13 @@ class Download(Agent):
                     self.send(entry.peer, "corrupt", entry.id, got=detail)
                     detail = f"md5 mismatch at download: expected {entry.md5}, got {detail}"
                 if outcome != "ok":
-                    space = outcome == "space"
-                    if not self.retry_later(entry_now, "pull from central", detail, out_of_space=space):
+                    if not self.retry_later(
+                        entry_now,
+                        "pull from central",
+                        detail,
+                        out_of_space=outcome == "space",
+                        link_down=outcome == "link",
+                    ):
                         self.send(
                             entry.peer, "failed", entry.id, hop="pull from central", reason=detail[:1900]
                         )

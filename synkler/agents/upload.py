@@ -291,6 +291,7 @@ class Upload(Agent):
         started = time.time()
 
         def done(result: transfer.Result | None, error: BaseException | None) -> None:
+            self.link_result(result)
             ok = error is None and result.ok
             why = "" if ok else repr(error) if error else result.summary()
             for entry in batch:
@@ -302,7 +303,11 @@ class Upload(Agent):
                 elif ok:
                     self.state.update(now_entry, state="pushed", tries=0, reason=None)  # md5 to come
                 elif not self.retry_later(
-                    now_entry, "push to central", why, out_of_space=bool(result and result.out_of_space)
+                    now_entry,
+                    "push to central",
+                    why,
+                    out_of_space=bool(result and result.out_of_space),
+                    link_down=bool(result and result.link_down),
                 ):
                     self.send(now_entry.peer, "failed", entry.id, hop="push to central", reason=why[:1900])
             if ok:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import stat
 import subprocess
 import sys
 import time
@@ -163,9 +164,16 @@ def cleanup_logs(relay) -> tuple[Path, Path]:
 
 
 def tree_size(top: Path) -> int:
-    if not top.exists():
-        return 0
-    return sum(p.lstat().st_size for p in top.rglob("*") if p.is_file() and not p.is_symlink())
+    """Bytes of the regular files under `top`, while the agents create and remove them."""
+    total = 0
+    for root, _dirs, files in os.walk(top):  # a directory that vanishes meanwhile is skipped
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except FileNotFoundError:
+                continue
+            total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+    return total
 
 
 def settled(relay, wl: Workload) -> bool:

@@ -397,3 +397,24 @@ def test_a_script_over_its_time_limit_is_stopped_with_its_children_and_counts_as
     while Path(f"/proc/{child}").exists() and Path(f"/proc/{child}/stat").read_text().split()[2] != "Z":
         assert time.monotonic() < deadline, "the script's child survived the time limit"
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    "code, output, space, link",
+    [
+        (0, "", False, False),
+        (11, 'rsync: [receiver] write failed on "/c/big.bin": No space left on device (28)', True, False),
+        (11, 'rsync: [receiver] mkstemp "/c/.b.XYZ" failed: Plus d\'espace disponible (28)', True, False),
+        (23, 'rsync: [receiver] write failed on "/c/x": Disk quota exceeded (122)', True, False),
+        (23, 'rsync: [receiver] open "/c/a (28)" failed: Permission denied (13)', False, False),
+        (255, "ssh: connect to host central port 22: Connection refused", False, True),
+        (255, "kex_exchange_identification: Connection closed by remote host", False, True),
+        (12, "rsync: connection unexpectedly closed (0 bytes received so far) [sender]", False, True),
+        (30, "[sender] io timeout after 6 seconds -- exiting", False, True),
+        (23, 'rsync: [sender] link_stat "/u/gone" failed: No such file or directory (2)', False, False),
+        (12, 'rsync: [receiver] write failed on "/c/f": No space left on device (28)', True, False),
+    ],
+)
+def test_a_failed_run_says_whether_a_disk_was_full_or_the_link_was_down(code, output, space, link):
+    result = transfer.Result(code == 0, code, output)
+    assert (result.out_of_space, result.link_down) == (space, link)
