@@ -18,6 +18,7 @@ from relay_helpers import place, tree_listing, write_random
 
 from synkler.checksum import md5_entry
 
+TOOLS = Path(__file__).parent.parent / "tools"  # rsync wrappers that corrupt or fill disks
 RECORD = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\t' + sys.argv[3] + '\\n')"
 
 
@@ -376,8 +377,14 @@ def test_check_proves_ssh_and_rsync_to_central_and_names_what_fails(make_relay, 
 
 def corrupting_rsync(relay, side: str, times: int) -> str:
     """An `rsync` setting whose first `times` runs flip a byte of what they delivered."""
-    wrapper = Path(__file__).with_name("corrupting_rsync.py")
-    return shlex.join([sys.executable, str(wrapper), str(relay.workdir / f"{side}-runs"), str(times)])
+    return shlex.join(
+        [sys.executable, str(TOOLS / "corrupting_rsync.py"), str(flips(relay, side)), str(times)]
+    )
+
+
+def flips(relay, side: str) -> Path:
+    """Where the corrupting wrapper on `side` lists the entries it corrupted, one line each."""
+    return relay.workdir / f"{side}-flips"
 
 
 @pytest.mark.parametrize("side", ["upload", "download"])
@@ -395,7 +402,7 @@ def test_a_corrupted_copy_is_discarded_and_the_hop_redone(make_relay, side):
     assert (relay.dirs["download"] / "precious.bin").read_bytes() == data
     checker = "central" if side == "upload" else "download"  # who verifies what this side's rsync wrote
     assert f"md5 mismatch at {checker}" in relay.log_path(checker).read_text()
-    assert int((relay.workdir / f"{side}-runs").read_text()) >= 2
+    assert len(flips(relay, side).read_text().splitlines()) == 1  # one entry of the run was hit
 
 
 def test_a_copy_corrupted_on_every_try_ends_failed_with_the_original_untouched(make_relay):
@@ -415,7 +422,7 @@ def test_a_copy_corrupted_on_every_try_ends_failed_with_the_original_untouched(m
     assert (relay.dirs["upload"] / "doomed.bin").read_bytes() == data
     assert os.listdir(relay.dirs["download"]) == [f".synkler-{relay.instance}"]
     assert "md5 mismatch at central" in relay.entries("upload")[0].reason
-    assert (relay.workdir / "upload-runs").read_text() == "2"
+    assert flips(relay, "upload").read_text().splitlines() == ["doomed.bin", "doomed.bin"]
 
 
 def test_a_broker_restart_loses_nothing_and_the_agents_carry_on(make_relay, rabbitmqctl):
@@ -520,9 +527,8 @@ def test_a_failing_cleanup_script_is_retried_as_configured_and_never_causes_a_re
 
 def test_a_stored_copy_gone_bad_at_central_is_fetched_again_from_upload(make_relay):
     relay = make_relay()
-    wrapper = Path(__file__).with_name("corrupting_rsync.py")
     corrupt_at_central = shlex.join(
-        [sys.executable, str(wrapper), str(relay.workdir / "pulls"), "1", "--source"]
+        [sys.executable, str(TOOLS / "corrupting_rsync.py"), str(flips(relay, "download")), "1", "--source"]
     )
     relay.write_config("download", {"rsync": corrupt_at_central})
     relay.start()
@@ -541,7 +547,7 @@ def test_a_hop_into_a_full_disk_waits_for_space_without_using_up_attempts(tmpfs,
     relay = make_relay()
     target = "central" if side == "upload" else "download"  # where this side's rsync writes
     disk = tmpfs(relay.dirs[target], 64)
-    wrapper = Path(__file__).with_name("filling_rsync.py")
+    wrapper = TOOLS / "filling_rsync.py"
     ballast = disk / "ballast"
     fills = [sys.executable, str(wrapper), str(relay.workdir / "filled"), str(ballast)]
     # Admission sees room (no reserve); then the disk fills up before the transfer, as if another

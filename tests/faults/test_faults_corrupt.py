@@ -11,7 +11,7 @@ import faultkit
 import pytest
 from faultkit import build_workload, common_settings, verdict, wait_settled
 
-WRAPPER = Path(__file__).with_name("corrupting_rsync.py")
+WRAPPER = Path(__file__).parent.parent / "tools" / "corrupting_rsync.py"
 
 
 @pytest.mark.parametrize("profile", faultkit.profiles())
