@@ -36,6 +36,18 @@ TICK = 0.5  # longest the loop sleeps when nothing happens; events wake it at on
 BATCH_ENTRIES = 500  # at most this many entries in one rsync run
 BATCH_BYTES = 64 << 20  # ... and about this many bytes; bigger entries get a run of their own
 SPACE_WAIT = 30.0  # seconds between tries of a step that failed for lack of disk space
+# What a person can do when a hop gives up (after the log line that says which hop failed and why).
+REOFFER = "then `touch` the entry in upload's file_dir to relay it again (docs/operations.md)."
+GIVE_UP_ADVICE = {
+    "push to central": "The entry stays in upload's file_dir. Fix the cause (`synkler check` tests "
+    "ssh and rsync to central), " + REOFFER,
+    "pull from central": "Upload keeps its copy, central its verified one (stored/<entry id>/). Fix the "
+    "cause on download's side or the path to central, " + REOFFER,
+    "upload to central": "Upload keeps its copy. Find out why the copies differ (a file still being "
+    "written, a disk or memory problem), " + REOFFER,
+    "store at central": "Upload keeps its copy. Central's copies keep going bad: check central's disk, "
+    + REOFFER,
+}
 
 
 class Agent:
@@ -142,12 +154,12 @@ class Agent:
         if tries >= self.cfg.max_attempts:
             self.state.update(entry, state="failed", tries=tries, reason=f"{hop}: {why}", **changes)
             log.error(
-                "%s: %s failed %d times, giving up: %s. The data stays where it is; fix the cause and "
-                "put the entry back in place to relay it again.",
+                "%s: %s failed %d times, giving up: %s. %s",
                 entry.name,
                 hop,
                 tries,
                 why,
+                GIVE_UP_ADVICE.get(hop, "The data stays where it is."),
             )
             return False
         delay = backoff(tries, cap=self.cfg.retry_max_seconds)

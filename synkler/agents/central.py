@@ -20,7 +20,7 @@ from ..errors import MessageError
 from ..fsutil import free_bytes, remove_tree, rename_noreplace, total_bytes
 from ..messages import is_valid_entry_id
 from ..state import Entry
-from .base import Agent
+from .base import GIVE_UP_ADVICE, Agent
 
 log = logging.getLogger("synkler")
 
@@ -308,7 +308,7 @@ class Central(Agent):
         self.state.update(entry, state="failed", reason=why)
         self.send(entry.peer, "failed", entry.id, hop=hop, reason=why)
         log.error(
-            "%s: %s after %d attempts; giving up (upload keeps its copy)", entry.name, why, entry.attempt
+            "%s: %s after %d attempts; giving up. %s", entry.name, why, entry.attempt, GIVE_UP_ADVICE[hop]
         )
 
     def _recheck(self, entry: Entry) -> None:
