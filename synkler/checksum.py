@@ -45,7 +45,9 @@ def _hash_fd(fd: int, bufsize: int) -> str:
     except (AttributeError, OSError):  # only a hint; some filesystems refuse it
         pass
     digest = _new_md5()
-    buf = bytearray(bufsize)
+    # No bigger than the file: zeroing a 4 MiB buffer costs more than hashing a small file.
+    # (A file that grows meanwhile is still read to its end, in more reads.)
+    buf = bytearray(max(1, min(bufsize, os.fstat(fd).st_size + 1)))
     view = memoryview(buf)
     with open(fd, "rb", buffering=0, closefd=False) as stream:
         while True:
