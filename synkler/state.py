@@ -209,6 +209,13 @@ class State:
         sql += " ORDER BY created"
         return [Entry(**r) for r in self._db.execute(sql, args)]
 
+    def ids_by_state(self, *states: str) -> list[tuple[str, float]]:
+        """(id, due) of the entries in these states, oldest first: much cheaper than `by_state` when
+        most of them are only to be skipped."""
+        marks = ", ".join("?" * len(states))
+        sql = f"SELECT id, due FROM entries WHERE state IN ({marks}) ORDER BY created"
+        return self._db.execute(sql, states).fetchall()
+
     def next_due(self, *states: str) -> float | None:
         marks = ", ".join("?" * len(states))
         row = self._db.execute(f"SELECT MIN(due) FROM entries WHERE state IN ({marks})", states).fetchone()

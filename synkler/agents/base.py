@@ -61,6 +61,8 @@ class Agent:
         self.rt = runtime
         self.name = cfg.name
         self.cleanup_due = True  # set when an entry's cleanup script becomes due
+        self.transfer_due = True  # set when an entry may need a transfer, or a transfer slot freed up
+        self.next_transfer_retry = float("inf")  # when a failed transfer is due to run again
         self.next_cleanup_retry = float("inf")  # when a failed cleanup script is due to run again
         self.link_failures = 0  # transfer runs in a row that could not reach central
 
@@ -79,7 +81,7 @@ class Agent:
 
     def look_again(self) -> None:
         """Forget the hints that let `tick` skip work (after a tick was rolled back)."""
-        self.cleanup_due = True
+        self.cleanup_due = self.transfer_due = True
 
     def shutdown(self) -> None:
         """Release what `startup` took (threads, watches)."""
@@ -166,6 +168,28 @@ class Agent:
         self.state.update(entry, tries=tries, due=time.time() + delay, reason=f"{hop}: {why}", **changes)
         log.warning("%s: %s failed (%s); retry %d in %.1f s", entry.name, hop, why, tries, delay)
         return True
+
+    def due_for_transfer(self, state: str, now: float) -> list[Entry]:
+        """Entries in `state` whose transfer may start now and is not running, oldest first.
+
+        The loop passes after every message and finished job, and thousands of entries may be in
+        `state`: look only when something changed (`transfer_due`) or a retry has come due, and
+        load only the entries that are due and not already being transferred.
+        """
+        if self.rt.transfers >= self.cfg.max_transfers:
+            return []  # transfer_due stays as it is: the run that ends frees a slot and sets it
+        if not self.transfer_due and now < self.next_transfer_retry:
+            return []
+        self.transfer_due, self.next_transfer_retry = False, float("inf")
+        due = []
+        for entry_id, entry_due in self.state.ids_by_state(state):
+            if entry_id in self.rt.busy:
+                continue
+            if entry_due > now:
+                self.next_transfer_retry = min(self.next_transfer_retry, entry_due)
+            else:
+                due.append(self.state.get(entry_id))
+        return due
 
     def batches(self, entries: list[Entry], group) -> list[list[Entry]]:
         """Group entries for transfer runs: many small entries share one rsync run, big ones go alone.
@@ -327,6 +351,7 @@ class Runtime:
             self.busy.difference_update(keys)
             if pool == "transfer":
                 self.transfers -= 1
+                self.agent.transfer_due = True  # a slot is free, and retries may have been scheduled
             done(result, error)
 
         def work() -> None:

@@ -244,9 +244,9 @@ class Central(Agent):
             self._sweep_staging(now)
         if self.verify_due:
             self.verify_due = False
-            for entry in self.state.by_state("verifying"):
-                if entry.id not in self.rt.busy:
-                    self._verify(entry)
+            for entry_id, _ in self.state.ids_by_state("verifying"):
+                if entry_id not in self.rt.busy:
+                    self._verify(self.state.get(entry_id))
         for entry in self.state.by_state("delivered", due_before=now):
             if entry.id not in self.rt.busy:
                 self._expire(entry)

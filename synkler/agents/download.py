@@ -64,6 +64,7 @@ class Download(Agent):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.staging_dir = os.path.join(self.cfg.file_dir, f".synkler-{self.cfg.id}")
+        self.place_due = True  # set when an entry's name was chosen and it may be renamed into place
 
     def cleanup_target(self, entry: Entry) -> tuple[str, str]:
         return entry.stored_as, os.path.join(self.cfg.file_dir, entry.stored_as)
@@ -89,19 +90,26 @@ class Download(Agent):
         if entry is None:
             entry = self.entry_from(msg, "fetching", attempt=msg["attempt"], path=msg["path"])
             self.state.insert(entry)
+            self.transfer_due = True
         elif entry.state in ("fetching", "failed") and msg["attempt"] > entry.attempt:
             # Central has a fresh copy (it found its stored one bad and got it again from upload).
             self.state.update(
                 entry, state="fetching", attempt=msg["attempt"], path=msg["path"], tries=0, due=0
             )
+            self.transfer_due = True
+
+    def look_again(self) -> None:
+        super().look_again()
+        self.place_due = True
 
     def tick(self, now: float) -> None:
-        if self.rt.transfers < self.cfg.max_transfers:
-            due = [e for e in self.state.by_state("fetching", due_before=now) if e.id not in self.rt.busy]
-            for batch in self.batches(due, group=lambda e: stored_root(e)):
-                self._fetch(batch)
-        for entry in self.state.by_state("placing"):
-            self._place(entry)
+        due = self.due_for_transfer("fetching", now)
+        for batch in self.batches(due, group=lambda e: stored_root(e)):
+            self._fetch(batch)
+        if self.place_due:
+            self.place_due = False
+            for entry in self.state.by_state("placing"):
+                self._place(entry)
         self.start_due_cleanups(now)
 
     def _fetch(self, batch: list[Entry]) -> None:
@@ -167,6 +175,7 @@ class Download(Agent):
                     continue
                 # Commit the chosen name before the rename, so a crash in between is recognised at restart.
                 self.state.update(entry_now, state="placing", stored_as=target, tries=0, reason=None)
+                self.place_due = True
 
         self.rt.submit("transfer", [e.id for e in batch], work, done)
 
@@ -179,10 +188,12 @@ class Download(Agent):
             except FileExistsError:
                 # Someone put something there since we looked: choose again (the pull is a no-op now).
                 self.state.update(entry, state="fetching", due=0)
+                self.transfer_due = True
                 return
         elif not os.path.lexists(dst):
             log.warning("%s: staged copy vanished before it was placed; fetching again", entry.name)
             self.state.update(entry, state="fetching", due=0)
+            self.transfer_due = True
             return
         remove_tree(self.staging(entry))
         script = bool(self.cfg.cleanup_script)

@@ -232,6 +232,7 @@ class Upload(Agent):
                     due=0,
                     reason=None,
                 )
+                self.transfer_due = True
         elif kind == "wait":
             if entry.state == "offered":
                 self.state.update(entry, state="waiting", reason=msg["reason"])
@@ -275,10 +276,9 @@ class Upload(Agent):
             self.changed.clear()
             self.last_scan = now
             self.rt.submit("scan", "<scan>", self._scan, self._scanned)
-        if self.rt.transfers < self.cfg.max_transfers:
-            due = [e for e in self.state.by_state("uploading", due_before=now) if e.id not in self.rt.busy]
-            for batch in self.batches(due, group=lambda e: e.path):
-                self._push(batch)
+        due = self.due_for_transfer("uploading", now)
+        for batch in self.batches(due, group=lambda e: e.path):
+            self._push(batch)
         self.start_due_cleanups(now)
 
     def _push(self, batch: list[Entry]) -> None:
