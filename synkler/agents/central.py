@@ -28,6 +28,8 @@ DOWNLOAD = "download"
 MAX_ADMITTED = 2000  # entries admitted but not yet verified; free space is the other limit
 ADMIT_RECHECK = 1.0  # seconds: waiting entries are looked at again this often (free space changes)
 SWEEP_INTERVAL = 60.0  # seconds between looks for stale partial files (and their minimum age)
+VERIFY_BATCH = 100  # small entries checked by one md5 job
+VERIFY_BATCH_BYTES = 4 << 20  # ... (a big entry gets a job of its own)
 
 
 class Central(Agent):
@@ -244,64 +246,99 @@ class Central(Agent):
             self._sweep_staging(now)
         if self.verify_due:
             self.verify_due = False
+            group: list[Entry] = []
+            size = 0
             for entry_id, _ in self.state.ids_by_state("verifying"):
-                if entry_id not in self.rt.busy:
-                    self._verify(self.state.get(entry_id))
+                if entry_id in self.rt.busy:
+                    continue
+                entry = self.state.get(entry_id)
+                if entry.size >= VERIFY_BATCH_BYTES:
+                    self._verify([entry])
+                    continue
+                group.append(entry)
+                size += entry.size
+                if len(group) >= VERIFY_BATCH or size >= VERIFY_BATCH_BYTES:
+                    self._verify(group)
+                    group, size = [], 0
+            if group:
+                self._verify(group)
         for entry in self.state.by_state("delivered", due_before=now):
             if entry.id not in self.rt.busy:
                 self._expire(entry)
 
-    def _verify(self, entry: Entry) -> None:
-        staged = self.staged(entry)
-        stored = os.path.join(self.stored(entry), entry.name)
+    def _verify(self, group: list[Entry]) -> None:
+        """md5 of the staged copies of a group of entries, by one job (small entries share one:
+        one hand-over and one wake-up of the loop instead of one per entry)."""
 
-        def work() -> tuple[str, bool]:
-            # A crash between the rename and its commit leaves the verified copy in stored/.
-            if not os.path.lexists(staged) and os.path.lexists(stored):
-                return md5_entry(stored), True
-            return md5_entry(staged), False
+        def work() -> list[tuple[str, bool] | BaseException]:
+            results: list[tuple[str, bool] | BaseException] = []
+            for entry in group:
+                staged, stored = self.staged(entry), os.path.join(self.stored(entry), entry.name)
+                try:
+                    # A crash between the rename and its commit leaves the verified copy in stored/.
+                    if not os.path.lexists(staged) and os.path.lexists(stored):
+                        results.append((md5_entry(stored), True))
+                    else:
+                        results.append((md5_entry(staged), False))
+                except Exception as e:  # this entry only; the others of the group go on
+                    results.append(e)
+            return results
 
-        def done(result: tuple[str, bool] | None, error: BaseException | None) -> None:
+        def done(results: list | None, error: BaseException | None) -> None:
             # Whatever happens below (even a rollback), look at verifying entries and admission again.
             self.verify_due = self.admit_due = True
-            entry_now = self.state.get(entry.id)
-            if entry_now.state != "verifying":
-                return
-            md5, in_store = result if result else (None, False)
-            if md5 == entry.md5:
-                if not in_store:
-                    os.makedirs(self.stored(entry), exist_ok=True)
-                    rename_noreplace(staged, stored)
-                # An interrupted earlier push may have left a partial file of this name behind.
-                self._drop_partial(os.path.join(self.staging(entry), transfer.PARTIAL_DIR), entry.name)
-                self.state.update(entry_now, state="downloading", tries=0, path=stored)
-                self.send(
-                    DOWNLOAD,
-                    "fetch",
-                    entry.id,
-                    name=entry.name,
-                    kind=entry.kind,
-                    size=entry.size,
-                    files=entry.files,
-                    md5=entry.md5,
-                    attempt=entry_now.attempt,  # grows when central had to get the entry again
-                    path=stored,
-                )
-                log.info("%s: md5 verified at central (%s); download may fetch it", entry.name, md5)
-                return
-            why = (
-                f"md5 mismatch at central: expected {entry.md5}, got {md5}"
-                if md5
-                else f"cannot read upload: {error}"
-            )
-            remove_tree(staged)
-            if entry_now.attempt >= self.cfg.max_attempts:
-                self._give_up(entry_now, "upload to central", why)
-            else:
-                log.warning("%s: %s; asking upload again", entry.name, why)
-                self._admit(entry_now)
+            for entry, result in zip(group, results or [error] * len(group)):
+                try:
+                    with self.state.savepoint():
+                        if isinstance(result, BaseException):
+                            self._verified(entry, None, result)
+                        else:
+                            self._verified(entry, result, None)
+                except Exception:
+                    log.exception("%s: bug while recording its md5 check", entry.name)
 
-        self.rt.submit("hash", entry.id, work, done)
+        self.rt.submit("hash", [e.id for e in group], work, done)
+
+    def _verified(self, entry: Entry, result: tuple[str, bool] | None, error: BaseException | None) -> None:
+        """Record one md5 check: on a match move the copy into stored/ and tell download."""
+        staged = self.staged(entry)
+        stored = os.path.join(self.stored(entry), entry.name)
+        entry_now = self.state.get(entry.id)
+        if entry_now.state != "verifying":
+            return
+        md5, in_store = result if result else (None, False)
+        if md5 == entry.md5:
+            if not in_store:
+                os.makedirs(self.stored(entry), exist_ok=True)
+                rename_noreplace(staged, stored)
+            # An interrupted earlier push may have left a partial file of this name behind.
+            self._drop_partial(os.path.join(self.staging(entry), transfer.PARTIAL_DIR), entry.name)
+            self.state.update(entry_now, state="downloading", tries=0, path=stored)
+            self.send(
+                DOWNLOAD,
+                "fetch",
+                entry.id,
+                name=entry.name,
+                kind=entry.kind,
+                size=entry.size,
+                files=entry.files,
+                md5=entry.md5,
+                attempt=entry_now.attempt,  # grows when central had to get the entry again
+                path=stored,
+            )
+            log.info("%s: md5 verified at central (%s); download may fetch it", entry.name, md5)
+            return
+        why = (
+            f"md5 mismatch at central: expected {entry.md5}, got {md5}"
+            if md5
+            else f"cannot read upload: {error}"
+        )
+        remove_tree(staged)
+        if entry_now.attempt >= self.cfg.max_attempts:
+            self._give_up(entry_now, "upload to central", why)
+        else:
+            log.warning("%s: %s; asking upload again", entry.name, why)
+            self._admit(entry_now)
 
     def _give_up(self, entry: Entry, hop: str, why: str) -> None:
         """max_attempts uploads did not give a good copy: fail the entry and tell upload."""
