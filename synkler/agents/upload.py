@@ -29,6 +29,8 @@ log = logging.getLogger("synkler")
 SCAN_INTERVAL = 0.5  # seconds between looks at file_dir when inotify is not available
 RESCAN_INTERVAL = 5.0  # backstop rescan when inotify tells us about changes
 MIN_SCAN_GAP = 0.05  # a burst of changes costs one scan per this many seconds at most
+HASH_BATCH = 100  # offered entries hashed by one job, when they are small
+HASH_BATCH_BYTES = 4 << 20  # ... (a big entry gets a job of its own)
 CENTRAL = "central"
 UNSENT = ("offered", "waiting", "uploading", "pushed")  # versions a newer one withdraws
 
@@ -54,9 +56,8 @@ class Upload(Agent):
 
     def startup(self) -> None:
         self.resume_cleanups()
-        for entry in self.state.by_state(*UNSENT):
-            if not entry.md5:
-                self._hash_entry(entry)  # the hash was cut short by the stop
+        # Hashes cut short by the stop start again.
+        self._hash_entries([e for e in self.state.by_state(*UNSENT) if not e.md5])
         self.watching = self.watcher.start()
 
     def shutdown(self) -> None:
@@ -99,6 +100,7 @@ class Upload(Agent):
         for name in list(self.pending):
             if name not in found:
                 del self.pending[name]
+        fresh: list[Entry] = []  # offered now, to be hashed while they travel
         for name, st in found.items():
             if not isinstance(st, EntryStat):
                 self.pending.pop(name, None)
@@ -121,9 +123,10 @@ class Upload(Agent):
                 self.pending[name] = (st.signature, now)
             elif now - seen[1] >= self.cfg.settle_seconds and "md5:" + name not in self.rt.busy:
                 if latest is None or latest.state == "failed":
-                    self._offer(name, st, "")  # hashed while it travels
+                    fresh.append(self._offer(name, st, ""))
                 else:
                     self._hash(name, st.signature)  # maybe only touched: compare before sending
+        self._hash_entries(fresh)
         # Look again when the first pending entry may have settled (entries being hashed wait for that).
         deadlines = [since + self.cfg.settle_seconds for since in (s[1] for s in self.pending.values())]
         deadlines = [d for d in deadlines if d > now]
@@ -153,8 +156,8 @@ class Upload(Agent):
 
         self.rt.submit("hash", "md5:" + name, work, done)
 
-    def _offer(self, name: str, st: EntryStat, md5: str) -> None:
-        """Record a new version of `name` and offer it; with md5 "" it is hashed meanwhile."""
+    def _offer(self, name: str, st: EntryStat, md5: str) -> Entry:
+        """Record a new version of `name` and offer it (md5 "": not hashed yet; see _hash_entries)."""
         entry = Entry(
             id=new_entry_id(),
             name=name,
@@ -181,31 +184,61 @@ class Upload(Agent):
             st.files,
             f", md5 {md5}" if md5 else "",
         )
-        if not md5:
-            self._hash_entry(entry)
+        return entry
 
-    def _hash_entry(self, entry: Entry) -> None:
-        """md5 of an offered entry, while it waits for admission and while it is pushed."""
-        path = self.path(entry.name)
+    def _hash_entries(self, entries: list[Entry]) -> None:
+        """md5 of offered entries while they wait for admission and while they are pushed. Small
+        ones share a job (one hand-over and one wake-up of the loop instead of one each), big ones
+        get their own."""
+        group: list[Entry] = []
+        size = 0
+        for entry in entries:
+            if entry.size >= HASH_BATCH_BYTES:
+                self._hash_group([entry])
+                continue
+            group.append(entry)
+            size += entry.size
+            if len(group) >= HASH_BATCH or size >= HASH_BATCH_BYTES:
+                self._hash_group(group)
+                group, size = [], 0
+        if group:
+            self._hash_group(group)
 
-        def work() -> tuple[str, EntryStat]:
-            return md5_entry(path), stat_entry(path)
+    def _hash_group(self, group: list[Entry]) -> None:
+        def work() -> list[tuple[str, EntryStat] | BaseException]:
+            results: list[tuple[str, EntryStat] | BaseException] = []
+            for entry in group:
+                path = self.path(entry.name)
+                try:
+                    results.append((md5_entry(path), stat_entry(path)))
+                except Exception as e:  # this entry only; the others of the group go on
+                    results.append(e)
+            return results
 
-        def done(result: tuple[str, EntryStat] | None, error: BaseException | None) -> None:
-            now_entry = self.state.get(entry.id)
-            if now_entry.state == "superseded" or now_entry.md5:
-                return
-            if error is None and result[1].signature == entry.signature:
-                self.state.update(now_entry, md5=result[0])
-                log.info("%s: md5 %s", entry.name, result[0])
-                if now_entry.state == "pushed":
-                    self._sent(now_entry)
-            elif now_entry.state in UNSENT:
-                # Changed (or gone) since it was offered: what is being pushed is not what settled.
-                # The scan offers the new content as a new version.
-                self._withdraw(now_entry, f"cannot read it ({error})" if error else "changed while sent")
+        def done(results: list | None, error: BaseException | None) -> None:
+            for entry, result in zip(group, results or [error] * len(group)):
+                try:
+                    with self.state.savepoint():
+                        self._entry_hashed(entry, result)
+                except Exception:
+                    log.exception("%s: bug while recording its md5", entry.name)
 
-        self.rt.submit("hash", "md5:" + entry.id, work, done)
+        self.rt.submit("hash", ["md5:" + e.id for e in group], work, done)
+
+    def _entry_hashed(self, entry: Entry, result: tuple[str, EntryStat] | BaseException) -> None:
+        now_entry = self.state.get(entry.id)
+        if now_entry.state == "superseded" or now_entry.md5:
+            return
+        if not isinstance(result, BaseException) and result[1].signature == entry.signature:
+            self.state.update(now_entry, md5=result[0])
+            log.info("%s: md5 %s", entry.name, result[0])
+            if now_entry.state == "pushed":
+                self._sent(now_entry)
+        elif now_entry.state in UNSENT:
+            # Changed (or gone) since it was offered: what is being pushed is not what settled.
+            # The scan offers the new content as a new version.
+            why = f"cannot read it ({result})" if isinstance(result, BaseException) else "changed while sent"
+            self._withdraw(now_entry, why)
 
     def _sent(self, entry: Entry) -> None:
         """Pushed and hashed: tell central, which verifies what arrived against the md5."""

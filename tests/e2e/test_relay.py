@@ -37,7 +37,9 @@ def assert_clean(relay) -> None:
     """No staging debris at central or download once everything is delivered."""
     # Central keeps one (empty) staging directory per upload agent.
     assert tree_listing(relay.dirs["central"] / relay.instance / "staging") in ([], ["upload"])
-    assert tree_listing(relay.dirs["download"] / f".synkler-{relay.instance}") == []
+    # Download removes the emptied per-entry directories by a job after the commit: soon, not at once.
+    staging = relay.dirs["download"] / f".synkler-{relay.instance}"
+    relay.wait_for("download's staging emptied", lambda: tree_listing(staging) == [], 10)
 
 
 def deliver(relay, md5s: dict[str, str], timeout: float = 60) -> None:
