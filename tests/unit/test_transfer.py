@@ -287,7 +287,7 @@ def test_connection_sharing_is_appended_to_the_users_ssh_command_whose_options_s
     assert opts[0] == f"--rsh={shared}"
     assert shared.startswith("ssh -p 2222 -i /home/me/.ssh/key -o ControlMaster=auto -o ControlPersist=60 ")
     assert "-o ControlPath=" in shared and "-%C " in shared
-    assert shared.endswith("-o ServerAliveInterval=15 -o ServerAliveCountMax=4")
+    assert "-o ServerAliveInterval=15 -o ServerAliveCountMax=4" in shared
 
 
 @pytest.mark.parametrize(
@@ -321,6 +321,45 @@ def test_agents_get_separate_control_sockets():
     _, up = effective_opts(rsync_cfg(ssh_control_persist=60, name="upload"))
     _, down = effective_opts(rsync_cfg(ssh_control_persist=60, name="download"))
     assert up.split("ControlPath=")[1] != down.split("ControlPath=")[1]
+
+
+@pytest.fixture
+def fresh_cipher_choice():
+    transfer.preferred_ciphers.cache_clear()
+    yield
+    transfer.preferred_ciphers.cache_clear()
+
+
+def default_ciphers() -> list[str]:
+    return transfer._ssh_ciphers(["ssh", "-F", "/dev/null", "-G", "central.example"]) or []
+
+
+def test_with_aes_instructions_aes_gcm_goes_first_and_the_set_of_ciphers_stays(
+    monkeypatch, fresh_cipher_choice
+):
+    monkeypatch.setattr(transfer, "_cpu_has_aes", lambda: True)
+    chosen = transfer.preferred_ciphers("ssh -F /dev/null -p 2222", "central.example")
+    default = default_ciphers()
+    if not set(transfer.GCM) & set(default) or default[0] in transfer.GCM:
+        assert chosen is None  # nothing to reorder with this OpenSSH
+        return
+    assert chosen.split(",")[0] in transfer.GCM
+    assert sorted(chosen.split(",")) == sorted(default)
+    _, shared = effective_opts(rsync_cfg(rsync_opts=("--rsh=ssh -F /dev/null",), ssh_control_persist=60))
+    assert shared.endswith(f" -o Ciphers={chosen}")
+
+
+@pytest.mark.parametrize("rsh", ["ssh -F /dev/null -c aes256-ctr", "ssh -F /dev/null -o Ciphers=aes128-ctr"])
+def test_ciphers_someone_chose_are_left_alone(monkeypatch, fresh_cipher_choice, rsh):
+    monkeypatch.setattr(transfer, "_cpu_has_aes", lambda: True)
+    assert transfer.preferred_ciphers(rsh, "central.example") is None
+    _, shared = effective_opts(rsync_cfg(rsync_opts=(f"--rsh={rsh}",), ssh_control_persist=60))
+    assert "Ciphers=" not in shared.removeprefix(rsh)
+
+
+def test_without_aes_instructions_the_ciphers_are_left_alone(monkeypatch, fresh_cipher_choice):
+    monkeypatch.setattr(transfer, "_cpu_has_aes", lambda: False)
+    assert transfer.preferred_ciphers("ssh -F /dev/null", "central.example") is None
 
 
 # ---------------------------------------------------------------- cleanup scripts across agent crashes
