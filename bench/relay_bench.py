@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import synkler
+from synkler import transfer
 from synkler.checksum import md5_entry
 from synkler.config import Config, load_config
 from synkler.localrelay import ROLES, LocalRelay
@@ -426,12 +427,14 @@ class Bench:
 
     # baselines --------------------------------------------------------------------------------------
 
-    def direct_rsync(self, src: Path, label: str) -> float:
-        """Time one plain `rsync -a` over ssh of `src` into a fresh directory on the same sshd."""
+    def direct_rsync(self, src: Path, label: str, ciphers: str | None = None) -> float:
+        """Time one plain `rsync -a` over ssh of `src` into a fresh directory on the same sshd
+        (with `ciphers`: the same, but with ssh's cipher order set as synkler sets it)."""
         dest = self.root / f"direct-{label}"
         shutil.rmtree(dest, ignore_errors=True)
         dest.mkdir()
-        argv = ["rsync", "-a", f"--rsh={self.sshd.rsh()}", str(src), f"{self.sshd.target}:{dest}/"]
+        rsh = self.sshd.rsh() + (f" -o Ciphers={ciphers}" if ciphers else "")
+        argv = ["rsync", "-a", f"--rsh={rsh}", str(src), f"{self.sshd.target}:{dest}/"]
         started = time.monotonic()
         run = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
         elapsed = time.monotonic() - started
@@ -517,6 +520,15 @@ class Bench:
             # One file: rsync that file. Several: rsync the directory holding them, in one go.
             direct = self.direct_rsync(src / next(iter(md5s)) if count == 1 else src, label)
             say(f"  {label}: direct rsync {direct:.2f} s")
+            # synkler's ssh prefers AES-GCM where the CPU has AES instructions (transfer.preferred_ciphers);
+            # for the big file, also time a direct rsync with that same cipher order.
+            ciphers = transfer.preferred_ciphers(self.sshd.rsh(), self.sshd.target) if count == 1 else None
+            same_cipher = self.direct_rsync(src / next(iter(md5s)), label, ciphers) if ciphers else None
+            if same_cipher:
+                say(
+                    f"  {label}: direct rsync, synkler's cipher order ({ciphers.split(',')[0]} first) "
+                    f"{same_cipher:.2f} s"
+                )
             sampler = ConcurrencySampler(relay, with_states)
             sampler.start()
             started = time.monotonic()
@@ -539,6 +551,9 @@ class Bench:
                 "direct_mb_per_s": total / 2**20 / direct,
                 "relay_files_per_s": count / elapsed,
                 "concurrency": concurrency,
+                "direct_same_cipher_s": same_cipher,
+                "ratio_same_cipher": elapsed / same_cipher if same_cipher else None,
+                "ciphers": ciphers,
             }
         finally:
             close_all(state)
@@ -799,6 +814,13 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
             f"<= {target}× direct" if target else "-",
             verdict(r["ratio"] <= target) if target else "-",
         )
+        if r.get("direct_same_cipher_s"):
+            add(
+                f"{what}, against a direct rsync with synkler's ssh cipher order",
+                f"{r['relay_s']:.2f} s",
+                f"{r['direct_same_cipher_s']:.2f} s",
+                f"{r['ratio_same_cipher']:.2f}×",
+            )
         if key == "mixed":
             c = r["concurrency"]
             add(
