@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import pytest
 
+from synkler.localrelay import ROLES, LocalRelay
 from synkler.sshd import LocalSshd
 
 # Sent by an AMQP 0-9-1 client first; a broker answers it with Connection.Start (or with
@@ -136,3 +137,33 @@ def tmpfs() -> Iterator:
     yield mount
     for path in reversed(mounted):
         subprocess.run(["umount", "--lazy", str(path)], capture_output=True)
+
+
+@pytest.fixture
+def make_relay(tmp_path, sshd, broker, instance_id):
+    """make(settings=None, *, verbose=True, upload={...}, central={...}, download={...}): a LocalRelay
+    (not started) with per-role settings; every relay is closed (agents stopped, queues deleted)
+    afterwards. `make.next_dir()` is the work directory the next relay will get."""
+    relays: list[LocalRelay] = []
+
+    def make(settings: dict[str, dict] | None = None, *, verbose: bool = True, **by_role) -> LocalRelay:
+        settings = {**(settings or {}), **by_role}
+        n = len(relays)
+        relay = LocalRelay(
+            tmp_path / f"relay{n}",
+            sshd,
+            f"{instance_id}-{n}",
+            broker_host=broker.host,
+            broker_port=broker.port,
+            settings={role: settings.get(role, {}) for role in ROLES},
+            verbose=verbose,
+        )
+        relays.append(relay)
+        return relay
+
+    make.next_dir = lambda: tmp_path / f"relay{len(relays)}"
+    yield make
+    for relay in relays:
+        procs = list(relay.procs.values())
+        relay.close()
+        assert all(p.poll() is not None for p in procs), "an agent survived the teardown"

@@ -21,6 +21,7 @@ import signal
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -48,6 +49,28 @@ GIVE_UP_ADVICE = {
     "store at central": "Upload keeps its copy. Central's copies keep going bad: check central's disk, "
     + REOFFER,
 }
+
+
+HASH_GROUP = 100  # small entries hashed by one job (md5 at upload and central)
+HASH_GROUP_BYTES = 4 << 20  # ... at most this many bytes together; a bigger entry gets a job alone
+
+
+def hash_groups(entries: Iterable[Entry]) -> Iterator[list[Entry]]:
+    """Entries in groups for md5 jobs: small ones share a job (one hand-over to a worker and one
+    wake-up of the loop instead of one each), a big one gets its own."""
+    group: list[Entry] = []
+    size = 0
+    for entry in entries:
+        if entry.size >= HASH_GROUP_BYTES:
+            yield [entry]
+            continue
+        group.append(entry)
+        size += entry.size
+        if len(group) >= HASH_GROUP or size >= HASH_GROUP_BYTES:
+            yield group
+            group, size = [], 0
+    if group:
+        yield group
 
 
 class Agent:

@@ -20,7 +20,7 @@ from ..errors import MessageError
 from ..fsutil import free_bytes, remove_tree, rename_noreplace, total_bytes
 from ..messages import is_valid_entry_id
 from ..state import Entry
-from .base import GIVE_UP_ADVICE, Agent
+from .base import GIVE_UP_ADVICE, Agent, hash_groups
 
 log = logging.getLogger("synkler")
 
@@ -28,8 +28,6 @@ DOWNLOAD = "download"
 MAX_ADMITTED = 2000  # entries admitted but not yet verified; free space is the other limit
 ADMIT_RECHECK = 1.0  # seconds: waiting entries are looked at again this often (free space changes)
 SWEEP_INTERVAL = 60.0  # seconds between looks for stale partial files (and their minimum age)
-VERIFY_BATCH = 100  # small entries checked by one md5 job
-VERIFY_BATCH_BYTES = 4 << 20  # ... (a big entry gets a job of its own)
 
 
 class Central(Agent):
@@ -246,21 +244,12 @@ class Central(Agent):
             self._sweep_staging(now)
         if self.verify_due:
             self.verify_due = False
-            group: list[Entry] = []
-            size = 0
-            for entry_id, _ in self.state.ids_by_state("verifying"):
-                if entry_id in self.rt.busy:
-                    continue
-                entry = self.state.get(entry_id)
-                if entry.size >= VERIFY_BATCH_BYTES:
-                    self._verify([entry])
-                    continue
-                group.append(entry)
-                size += entry.size
-                if len(group) >= VERIFY_BATCH or size >= VERIFY_BATCH_BYTES:
-                    self._verify(group)
-                    group, size = [], 0
-            if group:
+            ready = (
+                self.state.get(entry_id)
+                for entry_id, _ in self.state.ids_by_state("verifying")
+                if entry_id not in self.rt.busy
+            )
+            for group in hash_groups(ready):
                 self._verify(group)
         for entry in self.state.by_state("delivered", due_before=now):
             if entry.id not in self.rt.busy:

@@ -22,15 +22,13 @@ from ..checksum import EntryStat, md5_entry, stat_entry
 from ..messages import name_problem, new_entry_id
 from ..state import Entry
 from ..watch import DirWatcher
-from .base import Agent
+from .base import Agent, hash_groups
 
 log = logging.getLogger("synkler")
 
 SCAN_INTERVAL = 0.5  # seconds between looks at file_dir when inotify is not available
 RESCAN_INTERVAL = 5.0  # backstop rescan when inotify tells us about changes
 MIN_SCAN_GAP = 0.05  # a burst of changes costs one scan per this many seconds at most
-HASH_BATCH = 100  # offered entries hashed by one job, when they are small
-HASH_BATCH_BYTES = 4 << 20  # ... (a big entry gets a job of its own)
 CENTRAL = "central"
 UNSENT = ("offered", "waiting", "uploading", "pushed")  # versions a newer one withdraws
 
@@ -187,21 +185,8 @@ class Upload(Agent):
         return entry
 
     def _hash_entries(self, entries: list[Entry]) -> None:
-        """md5 of offered entries while they wait for admission and while they are pushed. Small
-        ones share a job (one hand-over and one wake-up of the loop instead of one each), big ones
-        get their own."""
-        group: list[Entry] = []
-        size = 0
-        for entry in entries:
-            if entry.size >= HASH_BATCH_BYTES:
-                self._hash_group([entry])
-                continue
-            group.append(entry)
-            size += entry.size
-            if len(group) >= HASH_BATCH or size >= HASH_BATCH_BYTES:
-                self._hash_group(group)
-                group, size = [], 0
-        if group:
+        """md5 of offered entries while they wait for admission and while they are pushed."""
+        for group in hash_groups(entries):
             self._hash_group(group)
 
     def _hash_group(self, group: list[Entry]) -> None:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from relay_helpers import place, tree_listing, write_random
+from relay_helpers import close_connections_of, every_log_says, place, tree_listing, write_random
 
 from synkler.checksum import md5_entry
 
@@ -248,23 +248,6 @@ def test_an_agent_killed_mid_transfer_and_restarted_loses_nothing_and_repeats_no
     assert sorted(os.listdir(relay.dirs["download"])) == sorted([*md5s, f".synkler-{relay.instance}"])
 
 
-def close_connections_of(rabbitmqctl: str, instance: str) -> int:
-    """Close, from the broker side, every connection of one synkler instance (and nobody else's)."""
-    listing = subprocess.run(
-        [rabbitmqctl, "-q", "list_connections", "pid", "client_properties"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    closed = 0
-    for line in listing.stdout.splitlines()[1:]:
-        pid, _, props = line.partition("\t")
-        if f'{{"connection_name","synkler {instance} ' in props:
-            subprocess.run([rabbitmqctl, "-q", "close_connection", pid, "synkler test"], check=True)
-            closed += 1
-    return closed
-
-
 def test_agents_reconnect_and_carry_on_after_the_broker_drops_their_connections(make_relay, rabbitmqctl):
     relay = make_relay()
     relay.start()
@@ -273,7 +256,7 @@ def test_agents_reconnect_and_carry_on_after_the_broker_drops_their_connections(
     assert close_connections_of(rabbitmqctl, relay.instance) == 3
     md5s["after"] = place(relay.dirs["upload"], "after", b"after")
     deliver(relay, md5s)
-    assert all("reconnecting" in relay.log_path(r).read_text() for r in ("upload", "central", "download"))
+    assert every_log_says(relay, "reconnecting")
 
 
 def test_heartbeats_keep_the_connection_up_during_a_long_transfer(make_relay, sshd):

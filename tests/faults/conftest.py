@@ -9,8 +9,6 @@ import random
 import faultkit
 import pytest
 
-from synkler.localrelay import ROLES, LocalRelay
-
 
 def pytest_configure(config):
     config.addinivalue_line(
@@ -44,30 +42,3 @@ def rng(request) -> random.Random:
     seed = int(os.environ.get("SYNKLER_FAULTS_SEED") or random.SystemRandom().randrange(1 << 32))
     print(f"\n{request.node.name}: seed {seed} (SYNKLER_FAULTS_SEED={seed} to replay)")
     return random.Random(seed)
-
-
-@pytest.fixture
-def make_relay(tmp_path, sshd, broker, instance_id):
-    """Build a LocalRelay (not started); it is closed (agents stopped, queues deleted) afterwards."""
-    relays: list[LocalRelay] = []
-
-    def make(settings: dict[str, dict]) -> LocalRelay:
-        n = len(relays)
-        relay = LocalRelay(
-            tmp_path / f"relay{n}",
-            sshd,
-            f"{instance_id}-{n}",
-            broker_host=broker.host,
-            broker_port=broker.port,
-            settings={role: settings.get(role, {}) for role in ROLES},
-            verbose=False,
-        )
-        relays.append(relay)
-        return relay
-
-    make.next_dir = lambda: tmp_path / f"relay{len(relays)}"
-    yield make
-    for relay in relays:
-        procs = list(relay.procs.values())
-        relay.close()
-        assert all(p.poll() is not None for p in procs), "an agent survived the teardown"

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from relay_helpers import write_random
+
 from synkler.checksum import md5_entry
 
 TALLY = {"entries": 0, "faults": 0, "delivered": 0, "failed": 0, "lost": 0, "corrupt": 0}
@@ -58,15 +60,6 @@ def profiles():
 
 
 # the workload -------------------------------------------------------------------------------------
-
-
-def write_random(path: Path, size: int, chunk: int = 8 << 20) -> None:
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            n = min(chunk, left)
-            f.write(os.urandom(n))
-            left -= n
 
 
 @dataclass

@@ -14,17 +14,7 @@ from faultkit import (
     verdict,
     wait_settled,
 )
-
-
-def close_connections_of(rabbitmqctl: str, instance: str) -> int:
-    """Close, from the broker side, every connection of this relay (other users of the broker are spared)."""
-    closed = 0
-    for line in rabbitmqctl_run(rabbitmqctl, "list_connections", "pid", "client_properties").splitlines()[1:]:
-        pid, _, props = line.partition("\t")
-        if f'{{"connection_name","synkler {instance} ' in props:
-            rabbitmqctl_run(rabbitmqctl, "close_connection", pid, "synkler fault suite")
-            closed += 1
-    return closed
+from relay_helpers import close_connections_of, every_log_says
 
 
 @pytest.mark.parametrize("profile", faultkit.profiles())
@@ -32,27 +22,15 @@ def test_broker_closing_connections_and_restarting_mid_run_loses_nothing(
     make_relay, sshd, rabbitmqctl, rng, profile
 ):
     workdir = make_relay.next_dir()
-    relay = make_relay(common_settings(workdir, profile, sshd.rsync_opts()))
+    relay = make_relay(common_settings(workdir, profile, sshd.rsync_opts()), verbose=False)
     wl = build_workload(relay.dirs["upload"], rng, profile, scratch=workdir / "scratch")
     relay.start()
-    relay.wait_for(
-        "all three connected",
-        lambda: all(
-            "connected to broker" in relay.log_path(r).read_text() for r in ("upload", "central", "download")
-        ),
-        30,
-    )
+    relay.wait_for("all three connected", lambda: every_log_says(relay, "connected to broker"), 30)
     relay.wait_for("a few entries delivered", lambda: delivered_count(relay) >= 3, 60)
     assert not settled(relay, wl)
     assert close_connections_of(rabbitmqctl, relay.instance) == 3
     faults = 1
-    relay.wait_for(
-        "everyone reconnecting after the close",
-        lambda: all(
-            "reconnecting" in relay.log_path(r).read_text() for r in ("upload", "central", "download")
-        ),
-        30,
-    )
+    relay.wait_for("everyone reconnecting after the close", lambda: every_log_says(relay, "reconnecting"), 30)
     relay.wait_for("more entries delivered", lambda: delivered_count(relay) >= 10, 60)
     before = delivered_count(relay)
     assert not settled(relay, wl), "the relay finished before the broker restart could hit it"

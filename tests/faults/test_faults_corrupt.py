@@ -23,7 +23,7 @@ def test_bytes_flipped_at_central_and_at_download_are_caught_and_redone(make_rel
         settings[side]["rsync"] = shlex.join(
             [sys.executable, str(WRAPPER), str(log), str(profile.corrupt_times)]
         )
-    relay = make_relay(settings)
+    relay = make_relay(settings, verbose=False)
     wl = build_workload(relay.dirs["upload"], rng, profile, scratch=workdir / "scratch")
     relay.start()
     wait_settled(relay, wl, profile.deliver_timeout)

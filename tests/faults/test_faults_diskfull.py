@@ -13,8 +13,8 @@ from faultkit import (
     flow_for,
     verdict,
     wait_settled,
-    write_random,
 )
+from relay_helpers import write_random
 
 
 @pytest.mark.parametrize("profile", faultkit.profiles())
@@ -29,7 +29,7 @@ def test_entries_wait_while_central_is_full_and_flow_once_space_is_freed(
     workdir = make_relay.next_dir()
     settings = common_settings(workdir, profile, sshd.rsync_opts())
     settings["central"]["free_percent"] = 10
-    relay = make_relay(settings)
+    relay = make_relay(settings, verbose=False)
     central = tmpfs(relay.dirs["central"], size_mb)
     # Ballast: leave only the free_percent reserve plus 4 MiB, so the big file cannot be admitted.
     st = os.statvfs(central)

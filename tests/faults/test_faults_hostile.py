@@ -12,6 +12,7 @@ import faultkit
 import pika
 import pytest
 from faultkit import build_workload, common_settings, verdict, wait_settled
+from relay_helpers import every_log_says
 
 from synkler.messages import SCHEMA
 
@@ -116,16 +117,10 @@ def test_hostile_messages_are_dead_lettered_and_the_relay_carries_on(
     make_relay, sshd, broker, rng, tmp_path, profile
 ):
     workdir = make_relay.next_dir()
-    relay = make_relay(common_settings(workdir, profile, sshd.rsync_opts()))
+    relay = make_relay(common_settings(workdir, profile, sshd.rsync_opts()), verbose=False)
     wl = build_workload(relay.dirs["upload"], rng, profile, scratch=workdir / "scratch")
     relay.start()
-    relay.wait_for(
-        "all three connected",
-        lambda: all(
-            "connected to broker" in relay.log_path(r).read_text() for r in ("upload", "central", "download")
-        ),
-        30,
-    )
+    relay.wait_for("all three connected", lambda: every_log_says(relay, "connected to broker"), 30)
     relay.wait_for("an offer recorded at central", lambda: bool(relay.entries("central")), 30)
     before_tmp = set(marked_paths("/tmp")) if os.path.isdir("/tmp") else set()
     messages = hostile_messages(relay.entries("central")[0])

@@ -13,7 +13,7 @@ from faultkit import build_workload, common_settings, flow_for, verdict, wait_se
 def test_agents_killed_at_random_moments_lose_nothing_and_repeat_nothing(make_relay, sshd, rng, profile):
     profile = dataclasses.replace(profile, bwlimit=20000)  # KiB/s: keep the big file in flight for a while
     workdir = make_relay.next_dir()
-    relay = make_relay(common_settings(workdir, profile, sshd.rsync_opts()))
+    relay = make_relay(common_settings(workdir, profile, sshd.rsync_opts()), verbose=False)
     wl = build_workload(relay.dirs["upload"], rng, profile, scratch=workdir / "scratch")
     relay.start()
     victims = [role for role in ("upload", "central", "download") for _ in range(profile.kills_per_role)]

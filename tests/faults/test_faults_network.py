@@ -24,7 +24,7 @@ def test_a_severed_and_a_stalled_ssh_path_are_survived(make_relay, sshd, rng, pr
             # A link that is down is no fault of the entries': however long it lasts, it must not use
             # up their attempts. With one attempt, a single counted failure would end an entry.
             settings[role]["max_attempts"] = 1
-        relay = make_relay(settings)
+        relay = make_relay(settings, verbose=False)
         wl = build_workload(relay.dirs["upload"], rng, profile, scratch=workdir / "scratch")
         big = next(n for n in wl.names if n.startswith("big-"))
         payload = tree_size(relay.dirs["upload"])  # every byte crosses the proxy twice: push, pull

@@ -5,7 +5,7 @@ from __future__ import annotations
 from itertools import count
 from types import SimpleNamespace
 
-from synkler.agents.base import BATCH_BYTES, BATCH_ENTRIES, Agent
+from synkler.agents.base import BATCH_BYTES, BATCH_ENTRIES, HASH_GROUP_BYTES, Agent, hash_groups
 from synkler.state import Entry
 
 _ids = count(1)
@@ -58,3 +58,17 @@ def test_no_more_runs_than_free_transfer_slots():
     es = [entry(size=BATCH_BYTES) for _ in range(5)]
     assert sizes(agent(max_transfers=4, running=1).batches(es, group=lambda e: e.path)) == [1, 1, 1]
     assert agent(max_transfers=2, running=2).batches(es, group=lambda e: e.path) == []
+
+
+def test_md5_jobs_take_up_to_100_small_entries_and_a_big_one_alone():
+    small = [entry(1024) for _ in range(250)]
+    big = entry(HASH_GROUP_BYTES)
+    groups = list(hash_groups([*small[:150], big, *small[150:]]))
+    assert [len(g) for g in groups] == [100, 1, 100, 50]
+    assert groups[1] == [big]
+    assert [e for g in groups for e in g if e is not big] == small  # every entry once, in order
+
+
+def test_md5_jobs_stop_at_the_byte_limit():
+    half = HASH_GROUP_BYTES // 2
+    assert [len(g) for g in hash_groups([entry(half), entry(half), entry(half)])] == [2, 1]

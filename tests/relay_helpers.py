@@ -1,0 +1,55 @@
+"""Small helpers for the end-to-end tests and the fault suite (tests/ is on sys.path through its
+conftest.py, so both import this module by name)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from synkler.checksum import md5_entry
+
+
+def place(upload_dir: Path, name: str, data: bytes) -> str:
+    """Write a file next to file_dir and rename it in, as a careful writer does; return its md5."""
+    tmp = upload_dir.parent / ("." + name + ".writing")
+    tmp.write_bytes(data)
+    md5 = md5_entry(tmp)
+    os.rename(tmp, upload_dir / name)
+    return md5
+
+
+def write_random(path: Path, size: int, chunk: int = 8 << 20) -> None:
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(chunk, left)
+            f.write(os.urandom(n))
+            left -= n
+
+
+def tree_listing(top: Path) -> list[str]:
+    """Relative paths under `top`, for "nothing left behind" assertions."""
+    return sorted(str(p.relative_to(top)) for p in top.rglob("*"))
+
+
+def every_log_says(relay, text: str) -> bool:
+    """Has each of the three agents logged `text` (e.g. "connected to broker")?"""
+    return all(text in relay.log_path(role).read_text() for role in ("upload", "central", "download"))
+
+
+def close_connections_of(rabbitmqctl: str, instance: str) -> int:
+    """Close, from the broker side, every connection of one synkler instance (and nobody else's)."""
+    listing = subprocess.run(
+        [rabbitmqctl, "-q", "list_connections", "pid", "client_properties"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    closed = 0
+    for line in listing.stdout.splitlines()[1:]:
+        pid, _, props = line.partition("\t")
+        if f'{{"connection_name","synkler {instance} ' in props:
+            subprocess.run([rabbitmqctl, "-q", "close_connection", pid, "synkler test"], check=True)
+            closed += 1
+    return closed
