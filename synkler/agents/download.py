@@ -127,15 +127,20 @@ class Download(Agent):
                 self.cfg, stored_root(batch[0]), [f"{e.id}/{e.name}" for e in batch], self.staging_dir
             )
             outcomes: dict[str, tuple[str, Any]] = {}
+            failure = "space" if result.out_of_space else "link" if result.link_down else "rsync"
             # Verify every entry even if rsync failed: whatever arrived whole is good (rsync only ever
             # puts complete files in place; partial ones wait in the partial dir).
             for e in batch:
                 path = os.path.join(self.staging(e), e.name)
                 if not os.path.lexists(path):
-                    failure = "space" if result.out_of_space else "link" if result.link_down else "rsync"
                     outcomes[e.id] = (failure, result.summary() if not result.ok else "nothing arrived")
                     continue
                 md5 = md5_entry(path)
+                if md5 != e.md5 and not result.ok:
+                    # The run broke off: a directory may be incomplete. That is no corruption: keep what
+                    # arrived for the next run to complete.
+                    outcomes[e.id] = (failure, result.summary())
+                    continue
                 if md5 != e.md5:
                     # rsync's quick check would take a bad copy for done: remove it, pull it anew.
                     remove_tree(self.staging(e))

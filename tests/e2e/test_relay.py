@@ -585,3 +585,21 @@ def test_symlinks_pointing_outside_file_dir_travel_as_links_and_their_targets_st
                 path = Path(top, name)
                 assert path.is_symlink() or secret.read_bytes() not in path.read_bytes(), path
     assert sorted(p.name for p in (down / "run-8").iterdir()) == ["data.csv", "etc-link", "up-and-out"]
+
+
+def test_a_directory_pull_cut_off_halfway_is_completed_not_taken_for_corruption(make_relay):
+    relay = make_relay()
+    cut = [sys.executable, str(TOOLS / "cutting_rsync.py"), str(relay.workdir / "cut")]
+    # One counted failure would end the entry: a broken-off run must not count, nor look corrupt.
+    relay.write_config("download", {"rsync": shlex.join(cut), "max_attempts": 1, "retry_max_seconds": 1})
+    tree = relay.workdir / "run-9"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "small.txt").write_text("small\n")
+    (tree / "sub" / "big.bin").write_bytes(os.urandom(200_000))
+    md5s = {"run-9": md5_entry(tree)}
+    os.rename(tree, relay.dirs["upload"] / "run-9")
+    relay.start()
+    deliver(relay, md5s)
+    log = relay.log_path("download").read_text()
+    assert (relay.workdir / "cut").exists() and "link to central is down" in log
+    assert "md5 mismatch" not in log and "corrupt" not in relay.log_path("central").read_text()

@@ -156,11 +156,14 @@ def cleanup_logs(relay) -> tuple[Path, Path]:
 # observing ----------------------------------------------------------------------------------------
 
 
-def tree_size(top: Path) -> int:
-    """Bytes of the regular files under `top`, while the agents create and remove them."""
+def tree_size(top: Path, named: str = "") -> int:
+    """Bytes of the regular files under `top` (only those whose name contains `named`: rsync's
+    temporary and partial files keep the name), while the agents create and remove them."""
     total = 0
     for root, _dirs, files in os.walk(top):  # a directory that vanishes meanwhile is skipped
         for name in files:
+            if named not in name:
+                continue
             try:
                 st = os.lstat(os.path.join(root, name))
             except FileNotFoundError:

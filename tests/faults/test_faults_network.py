@@ -32,7 +32,9 @@ def test_a_severed_and_a_stalled_ssh_path_are_survived(make_relay, sshd, rng, pr
 
         # 1. Sever while upload pushes the big file.
         staging = relay.dirs["central"] / relay.instance / "staging"
-        relay.wait_for("the big file half-pushed", lambda: tree_size(staging) > 20 << 20, 60, interval=0.05)
+        relay.wait_for(
+            "the big file half-pushed", lambda: tree_size(staging, big) > 20 << 20, 60, interval=0.05
+        )
         assert relay.states("upload")[big] == "uploading"
         pushed = proxy.bytes_forwarded
         closed = proxy.sever()
@@ -45,7 +47,9 @@ def test_a_severed_and_a_stalled_ssh_path_are_survived(make_relay, sshd, rng, pr
 
         # 2. Stall while download pulls the big file: longer than rsync_timeout and ssh's keep-alives.
         pulling = relay.dirs["download"] / f".synkler-{relay.instance}"
-        relay.wait_for("the big file half-pulled", lambda: tree_size(pulling) > 20 << 20, 90, interval=0.05)
+        relay.wait_for(
+            "the big file half-pulled", lambda: tree_size(pulling, big) > 20 << 20, 90, interval=0.05
+        )
         assert relay.states("download").get(big) == "fetching"
         proxy.stall()
         try:
