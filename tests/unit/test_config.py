@@ -480,3 +480,19 @@ def test_sample_config_examples_are_valid_when_uncommented(tmp_path: Path, home:
     assert cfg.cleanup_argv == ("/usr/local/bin/process-delivery", "--input", "%F")
     assert cfg.central_host == "synkler@central.example.org"
     assert cfg.pidfile == home / ".local" / "state" / "synkler" / "default-upload.pid"
+
+
+def test_the_systemd_unit_runs_a_command_line_the_cli_accepts():
+    import configparser
+    import shlex
+
+    from synkler.cli import build_parser
+
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # systemd keys are case-sensitive
+    unit.read(Path(__file__).parents[2] / "systemd" / "synkler@.service")
+    argv = shlex.split(unit["Service"]["ExecStart"])
+    assert Path(argv[0]).name == "synkler"
+    args = build_parser().parse_args(argv[1:])
+    assert args.config == "/etc/synkler/%i.conf" and args.command == "run"
+    assert unit["Service"]["KillMode"] == "mixed"  # SIGTERM to the agent alone: it ends its rsyncs
