@@ -9,6 +9,8 @@ from pathlib import Path
 
 from synkler.checksum import md5_entry
 
+TOOLS = Path(__file__).parent / "tools"  # rsync wrappers that corrupt, cut off or fill disks
+
 
 def place(upload_dir: Path, name: str, data: bytes) -> str:
     """Write a file next to file_dir and rename it in, as a careful writer does; return its md5."""

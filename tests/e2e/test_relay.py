@@ -14,11 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from relay_helpers import close_connections_of, every_log_says, place, tree_listing, write_random
+from relay_helpers import TOOLS, close_connections_of, every_log_says, place, tree_listing, write_random
 
 from synkler.checksum import md5_entry
 
-TOOLS = Path(__file__).parent.parent / "tools"  # rsync wrappers that corrupt or fill disks
 RECORD = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\t' + sys.argv[3] + '\\n')"
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import shlex
 import sys
-from pathlib import Path
 
 import faultkit
 import pytest
 from faultkit import build_workload, common_settings, verdict, wait_settled
+from relay_helpers import TOOLS
 
-WRAPPER = Path(__file__).parent.parent / "tools" / "corrupting_rsync.py"
+WRAPPER = TOOLS / "corrupting_rsync.py"
 
 
 @pytest.mark.parametrize("profile", faultkit.profiles())
