@@ -136,9 +136,9 @@ class NetProxy:
                     dst.shutdown(socket.SHUT_WR)
                     clean = True
                     return
-                dst.sendall(data)
-                with self._lock:
+                with self._lock:  # counted first, so the count never lags what the peer received
                     self.bytes_forwarded += len(data)
+                dst.sendall(data)
         except (OSError, ValueError):
             pass
         finally:
