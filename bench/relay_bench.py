@@ -218,6 +218,41 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(own, reaped children's) user + system CPU seconds: fields 14+15 and 16+17 (cutime, cstime).
+
+    An agent's children are the rsync and ssh clients of its transfers and its md5-free helpers; their
+    time shows once they have exited and been waited for.
+    """
+    fields = proc_stat_fields(pid)
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores of the machine spent not idle (first line of /proc/stat, idle + iowait out)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(values[:8]) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot(relay: LocalRelay) -> dict[str, Any]:
+    return {
+        "machine": machine_busy_seconds(),
+        **{role: cpu_split(proc.pid) for role, proc in relay.procs.items()},
+    }
+
+
+def cpu_used(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """CPU seconds spent between two snapshots: per agent (itself, its children) and by the whole machine."""
+    used: dict[str, Any] = {"machine_s": after["machine"] - before["machine"]}
+    for role in ROLES:
+        used[role] = {
+            "agent_s": after[role][0] - before[role][0],
+            "children_s": after[role][1] - before[role][1],
+        }
+    return used
+
+
 def rss_mb(pid: int) -> float:
     """Resident set size (VmRSS) in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -531,12 +566,19 @@ class Bench:
                 )
             sampler = ConcurrencySampler(relay, with_states)
             sampler.start()
+            cpu_before = cpu_snapshot(relay)
             started = time.monotonic()
             move_into(sorted(src.iterdir()), relay.dirs["upload"])
             try:
                 elapsed = self.wait_delivered(relay, state, label, set(md5s), started)
             finally:
                 concurrency = sampler.stop()
+            cpu = cpu_used(cpu_before, cpu_snapshot(relay))
+            say(
+                f"  {label}: CPU s: "
+                + ", ".join(f"{r} {cpu[r]['agent_s']:.2f}+{cpu[r]['children_s']:.2f}" for r in ROLES)
+                + f" (agent+its rsync/ssh); whole machine {cpu['machine_s']:.2f} in {elapsed:.2f} s"
+            )
             say(f"  {label}: relay {elapsed:.2f} s ({elapsed / direct:.1f}× direct)")
             self.verify(relay, state, md5s, size, verify_all)
             total = count * size
@@ -551,6 +593,7 @@ class Bench:
                 "direct_mb_per_s": total / 2**20 / direct,
                 "relay_files_per_s": count / elapsed,
                 "concurrency": concurrency,
+                "cpu": cpu,
                 "direct_same_cipher_s": same_cipher,
                 "ratio_same_cipher": elapsed / same_cipher if same_cipher else None,
                 "ciphers": ciphers,
