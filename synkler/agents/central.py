@@ -87,7 +87,7 @@ class Central(Agent):
                 return  # a duplicate offer: already handled
             entry = self.state.insert(self.entry_from(msg, "waiting"))
             self.admit_due = True
-            log.info("%s: offered by %s (%d bytes)", entry.name, entry.peer, entry.size)
+            log.debug("%s: offered by %s (%d bytes)", entry.name, entry.peer, entry.size)
             return  # admitted (or told to wait) by the tick that follows, in offer order
         entry = self.entry_for(msg)
         if kind == "sent":
@@ -216,10 +216,7 @@ class Central(Agent):
     def _drop_partial(partial_dir: str, name: str) -> None:
         """Remove one partial file, and the partial dir once it is empty (as rsync itself would)."""
         remove_tree(os.path.join(partial_dir, name))
-        try:
-            os.rmdir(partial_dir)
-        except OSError:
-            pass  # missing, or still holds partial files of running pushes
+        _rmdir(partial_dir)  # kept while it holds partial files of running pushes
 
     def _admit(self, entry: Entry) -> None:
         os.makedirs(self.staging(entry), exist_ok=True)
@@ -267,8 +264,13 @@ class Central(Agent):
                     # A crash between the rename and its commit leaves the verified copy in stored/.
                     if not os.path.lexists(staged) and os.path.lexists(stored):
                         results.append((md5_entry(stored), True))
-                    else:
-                        results.append((md5_entry(staged), False))
+                        continue
+                    md5 = md5_entry(staged)
+                    if md5 == entry.md5:
+                        # Its directory in stored/, ready for the rename (a mkdir is ~0.1 ms: not on
+                        # the main loop). Empty, so harmless if the rename never comes.
+                        os.makedirs(self.stored(entry), exist_ok=True)
+                    results.append((md5, False))
                 except Exception as e:  # this entry only; the others of the group go on
                     results.append(e)
             return results
@@ -293,12 +295,13 @@ class Central(Agent):
         staged = self.staged(entry)
         stored = os.path.join(self.stored(entry), entry.name)
         entry_now = self.state.get(entry.id)
-        if entry_now.state != "verifying":
-            return
         md5, in_store = result if result else (None, False)
+        if entry_now.state != "verifying":  # withdrawn meanwhile
+            if md5 == entry.md5 and not in_store:
+                _rmdir(self.stored(entry))
+            return
         if md5 == entry.md5:
             if not in_store:
-                os.makedirs(self.stored(entry), exist_ok=True)
                 rename_noreplace(staged, stored)
             # An interrupted earlier push may have left a partial file of this name behind.
             self._drop_partial(os.path.join(self.staging(entry), transfer.PARTIAL_DIR), entry.name)
@@ -374,3 +377,11 @@ class Central(Agent):
             log.info("%s: central copy removed (%g min after delivery)", entry.name, self.cfg.keep_minutes)
 
         self.rt.submit("hash", entry.id, lambda: remove_tree(path), done)
+
+
+def _rmdir(path: str) -> None:
+    """Remove a directory if it is empty; a missing or non-empty one is left as it is."""
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass

@@ -176,12 +176,17 @@ class Download(Agent):
                         )
                     continue
                 target, present = detail
-                log.info("%s: md5 verified at download (%s)", entry.name, entry.md5)
+                log.debug("%s: md5 verified at download (%s)", entry.name, entry.md5)
                 if present:
                     remove_tree(self.staging(entry))
                     self.state.update(entry_now, state="done", stored_as=target, tries=0, reason=None)
                     self.send(entry.peer, "fetched", entry.id, stored_as=target, outcome="present")
-                    log.info("%s: already present as %s with the same md5; nothing to do", entry.name, target)
+                    log.info(
+                        "%s: already present as %s with the same md5 (%s); nothing to do",
+                        entry.name,
+                        target,
+                        entry.md5,
+                    )
                     continue
                 # Commit the chosen name before the rename, so a crash in between is recognised at restart.
                 self.state.update(entry_now, state="placing", stored_as=target, tries=0, reason=None)
@@ -213,7 +218,13 @@ class Download(Agent):
         )
         self.cleanup_due = self.cleanup_due or script
         self.send(entry.peer, "fetched", entry.id, stored_as=entry.stored_as, outcome="placed")
-        log.info("%s: delivered into %s as %s", entry.name, self.cfg.file_dir, entry.stored_as)
+        log.info(
+            "%s: delivered into %s as %s (md5 %s verified)",
+            entry.name,
+            self.cfg.file_dir,
+            entry.stored_as,
+            entry.md5,
+        )
 
 
 def _ignore(_result: Any, error: BaseException | None) -> None:

@@ -39,6 +39,10 @@ class Upload(Agent):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.pending: dict[str, tuple[str, float]] = {}  # name -> (signature, unchanged since)
+        # name -> signature of the name's latest version in the state, as committed: a rescan skips
+        # what is on its way or delivered without a query per name. The signature holds the ctime,
+        # so a file never gets back a signature it had; a changed one is looked up again.
+        self.relayed: dict[str, str] = {}
         self.next_scan = 0.0
         self.last_scan = 0.0
         self.warned: set[str] = set()
@@ -95,9 +99,9 @@ class Upload(Agent):
         if error is not None:
             log.error("cannot scan %s: %s", self.cfg.file_dir, error)
             return
-        for name in list(self.pending):
-            if name not in found:
-                del self.pending[name]
+        for known in (self.pending, self.relayed):
+            for name in [n for n in known if n not in found]:
+                del known[name]
         fresh: list[Entry] = []  # offered now, to be hashed while they travel
         for name, st in found.items():
             if not isinstance(st, EntryStat):
@@ -112,9 +116,12 @@ class Upload(Agent):
                     self.warned.add(name)
                     log.warning("ignoring %r in %s: %s", name, self.cfg.file_dir, problem)
                 continue
+            if self.relayed.get(name) == st.signature:
+                continue  # this content is already on its way or delivered
             latest = self.state.latest_by_name(name)
             if latest is not None and latest.signature == st.signature:
-                self.pending.pop(name, None)  # this content is already on its way or delivered
+                self.pending.pop(name, None)
+                self.state.after_commit(lambda n=name, s=st.signature: self.relayed.__setitem__(n, s))
                 continue
             seen = self.pending.get(name)
             if seen is None or seen[0] != st.signature:
@@ -216,7 +223,7 @@ class Upload(Agent):
             return
         if not isinstance(result, BaseException) and result[1].signature == entry.signature:
             self.state.update(now_entry, md5=result[0])
-            log.info("%s: md5 %s", entry.name, result[0])
+            log.debug("%s: md5 %s", entry.name, result[0])  # INFO gives it in the "delivered" line
             if now_entry.state == "pushed":
                 self._sent(now_entry)
         elif now_entry.state in UNSENT:
@@ -266,7 +273,7 @@ class Upload(Agent):
                     tries=0,
                 )
                 self.cleanup_due = self.cleanup_due or script
-                log.info("%s: delivered (as %s at download)", entry.name, msg["stored_as"])
+                log.info("%s: delivered (md5 %s, as %s at download)", entry.name, entry.md5, msg["stored_as"])
         elif kind == "failed":
             if entry.state not in ("delivered", "done", "failed", "superseded"):
                 self.state.update(entry, state="failed", reason=f"{msg['hop']}: {msg['reason']}")

@@ -470,10 +470,14 @@ def test_an_entry_changed_before_it_was_sent_is_withdrawn_and_only_the_new_versi
     md5 = md5_entry(relay.workdir / "v2")
     os.rename(relay.workdir / "v2", up / "growing.dat")  # the instrument rewrote it
     relay.wait_for(
-        "version 2 delivered", lambda: [e.state for e in relay.entries("download")] == ["done"], 60
+        "version 2 delivered, and upload told so",
+        lambda: (
+            [e.state for e in relay.entries("download")] == ["done"]
+            and sorted(e.state for e in relay.entries("upload")) == ["done", "superseded"]
+        ),
+        60,
     )
     assert md5_entry(relay.dirs["download"] / "growing.dat") == md5
-    assert sorted(e.state for e in relay.entries("upload")) == ["done", "superseded"]
     assert sorted(e.state for e in relay.entries("central")) == ["delivered", "withdrawn"]
     assert sorted(os.listdir(relay.dirs["download"])) == [f".synkler-{relay.instance}", "growing.dat"]
     assert_clean(relay)
