@@ -803,7 +803,7 @@ def seed_states(relay: LocalRelay, count: int) -> None:
                         entry.stored_as = name
                         entry.due = created + 1800
                     else:
-                        entry.path = f"{central_dir}/stored/{eid}/{name}"
+                        entry.path = f"{central_dir}/stored/{eid}"
                         entry.stored_as = name
                     state.insert(entry)
         finally:

@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import MessageError
 
-SCHEMA = 2  # 2: the md5 travels in `sent` (upload hashes while it pushes), not in `offer`
+SCHEMA = 3  # 3: `fetch.path` is stored/<entry id>, the entry itself; 2: md5 in `sent`, not in `offer`
 MAX_BODY = 64 * 1024  # one message
 MAX_BATCH_BODY = 1024 * 1024  # one AMQP body carrying a JSON array of messages
 MAX_BATCH = 1000

@@ -298,7 +298,7 @@ def push(cfg, local_dir: str, names: Sequence[str], remote_dir: str) -> Result:
 def pull(cfg, remote_dir: str, paths: Sequence[str], local_dir: str) -> Result:
     """central -> download: copy `paths` (relative to `remote_dir` on central) into `local_dir`, in one run.
 
-    The relative paths are kept: "<entry id>/<name>" lands in local_dir/<entry id>/<name>.
+    The relative paths are kept: "<entry id>" lands in local_dir/<entry id>.
     """
     os.makedirs(local_dir, exist_ok=True)
     argv = rsync_argv(

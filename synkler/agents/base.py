@@ -42,7 +42,7 @@ REOFFER = "then `touch` the entry in upload's file_dir to relay it again (docs/o
 GIVE_UP_ADVICE = {
     "push to central": "The entry stays in upload's file_dir. Fix the cause (`synkler check` tests "
     "ssh and rsync to central), " + REOFFER,
-    "pull from central": "Upload keeps its copy, central its verified one (stored/<entry id>/). Fix the "
+    "pull from central": "Upload keeps its copy, central its verified one (stored/<entry id>). Fix the "
     "cause on download's side or the path to central, " + REOFFER,
     "upload to central": "Upload keeps its copy. Find out why the copies differ (a file still being "
     "written, a disk or memory problem), " + REOFFER,

@@ -1,8 +1,10 @@
 """The central role: admit offers, verify what upload pushed, hand it to download, expire it.
 
-Central's directory is ``file_dir/<id>/``: ``staging/<upload agent>/`` receives pushes, ``stored/<entry>/``
-holds verified copies that download pulls. An entry only ever reaches ``stored`` by a rename after
-its md5 matched. Central never opens an ssh connection.
+Central's directory is ``file_dir/<id>/``: ``staging/<upload agent>/`` receives pushes,
+``stored/<entry id>`` is a verified copy that download pulls (the entry itself under its id: its name
+is in the state, and a directory per entry would cost a mkdir each, the dearest step for small
+files). An entry only ever reaches ``stored`` by a rename after its md5 matched. Central never opens
+an ssh connection.
 
 States: waiting -> uploading -> verifying -> downloading -> delivered -> expired, or failed.
 """
@@ -51,6 +53,7 @@ class Central(Agent):
         return os.path.join(self.staging_dir, entry.peer, entry.name)
 
     def stored(self, entry: Entry) -> str:
+        """The verified copy of the entry (file, directory or symlink), named by its id."""
         return os.path.join(self.stored_dir, entry.id)
 
     def startup(self) -> None:
@@ -216,7 +219,10 @@ class Central(Agent):
     def _drop_partial(partial_dir: str, name: str) -> None:
         """Remove one partial file, and the partial dir once it is empty (as rsync itself would)."""
         remove_tree(os.path.join(partial_dir, name))
-        _rmdir(partial_dir)  # kept while it holds partial files of running pushes
+        try:
+            os.rmdir(partial_dir)
+        except OSError:
+            pass  # missing, or still holds partial files of running pushes
 
     def _admit(self, entry: Entry) -> None:
         os.makedirs(self.staging(entry), exist_ok=True)
@@ -259,18 +265,13 @@ class Central(Agent):
         def work() -> list[tuple[str, bool] | BaseException]:
             results: list[tuple[str, bool] | BaseException] = []
             for entry in group:
-                staged, stored = self.staged(entry), os.path.join(self.stored(entry), entry.name)
+                staged, stored = self.staged(entry), self.stored(entry)
                 try:
                     # A crash between the rename and its commit leaves the verified copy in stored/.
                     if not os.path.lexists(staged) and os.path.lexists(stored):
                         results.append((md5_entry(stored), True))
-                        continue
-                    md5 = md5_entry(staged)
-                    if md5 == entry.md5:
-                        # Its directory in stored/, ready for the rename (a mkdir is ~0.1 ms: not on
-                        # the main loop). Empty, so harmless if the rename never comes.
-                        os.makedirs(self.stored(entry), exist_ok=True)
-                    results.append((md5, False))
+                    else:
+                        results.append((md5_entry(staged), False))
                 except Exception as e:  # this entry only; the others of the group go on
                     results.append(e)
             return results
@@ -293,13 +294,11 @@ class Central(Agent):
     def _verified(self, entry: Entry, result: tuple[str, bool] | None, error: BaseException | None) -> None:
         """Record one md5 check: on a match move the copy into stored/ and tell download."""
         staged = self.staged(entry)
-        stored = os.path.join(self.stored(entry), entry.name)
+        stored = self.stored(entry)
         entry_now = self.state.get(entry.id)
-        md5, in_store = result if result else (None, False)
-        if entry_now.state != "verifying":  # withdrawn meanwhile
-            if md5 == entry.md5 and not in_store:
-                _rmdir(self.stored(entry))
+        if entry_now.state != "verifying":
             return
+        md5, in_store = result if result else (None, False)
         if md5 == entry.md5:
             if not in_store:
                 rename_noreplace(staged, stored)
@@ -342,7 +341,7 @@ class Central(Agent):
 
     def _recheck(self, entry: Entry) -> None:
         """Verify the stored copy again; if it went bad, drop it and get the entry again from upload."""
-        stored = os.path.join(self.stored(entry), entry.name)
+        stored = self.stored(entry)
 
         def done(md5: str | None, error: BaseException | None) -> None:
             entry_now = self.state.get(entry.id)
@@ -377,11 +376,3 @@ class Central(Agent):
             log.info("%s: central copy removed (%g min after delivery)", entry.name, self.cfg.keep_minutes)
 
         self.rt.submit("hash", entry.id, lambda: remove_tree(path), done)
-
-
-def _rmdir(path: str) -> None:
-    """Remove a directory if it is empty; a missing or non-empty one is left as it is."""
-    try:
-        os.rmdir(path)
-    except OSError:
-        pass

@@ -1,10 +1,10 @@
 """The download role: pull verified entries from central, verify them again, publish them by rename.
 
-Pulls land in ``file_dir/.synkler-<id>/<entry>/`` (dot-prefixed, so nothing else mistakes them for
-finished data). After the md5 matches, the entry is renamed into ``file_dir`` without ever replacing
-anything: an existing entry of the same name and other content is kept and the new one is placed
-beside it as ``name (2).ext``, ``name (3).ext`` ... (directories: ``name (2)``). Same name and same
-md5: already there, nothing to do.
+Pulls land in ``file_dir/.synkler-<id>/<entry id>`` (dot-prefixed, so nothing else mistakes them for
+finished data; the entry itself under its id, as central stores it). After the md5 matches, the
+entry is renamed into ``file_dir`` without ever replacing anything: an existing entry of the same
+name and other content is kept and the new one is placed beside it as ``name (2).ext``,
+``name (3).ext`` ... (directories: ``name (2)``). Same name and same md5: already there, nothing to do.
 
 States: fetching -> placing -> delivered (cleanup script pending) -> done, or failed.
 """
@@ -38,8 +38,8 @@ def versioned_name(name: str, kind: str, n: int) -> str:
 
 
 def stored_root(entry: Entry) -> str:
-    """Central's directory of stored entries, from a fetch path "<root>/<entry id>/<name>"."""
-    return os.path.dirname(os.path.dirname(entry.path))
+    """Central's directory of stored entries, from a fetch path "<root>/<entry id>"."""
+    return os.path.dirname(entry.path)
 
 
 def choose_name(file_dir: str, name: str, kind: str, md5: str) -> tuple[str, bool]:
@@ -70,22 +70,46 @@ class Download(Agent):
         return entry.stored_as, os.path.join(self.cfg.file_dir, entry.stored_as)
 
     def staging(self, entry: Entry) -> str:
+        """Where the entry is pulled to (file, directory or symlink), named by its id."""
         return os.path.join(self.staging_dir, entry.id)
 
     def startup(self) -> None:
         os.makedirs(self.staging_dir, exist_ok=True)
-        for name in os.listdir(self.staging_dir):
-            entry = self.state.get(name)
-            if entry is None or entry.state not in ("fetching", "placing"):
-                log.info("removing leftover staging %s", name)
-                remove_tree(os.path.join(self.staging_dir, name))
+        partial = os.path.join(self.staging_dir, transfer.PARTIAL_DIR)
+        for top in (self.staging_dir, partial):
+            for name in os.listdir(top) if os.path.isdir(top) else ():
+                if top == self.staging_dir and name == transfer.PARTIAL_DIR:
+                    continue
+                entry = self.state.get(name)
+                # A pull cut short keeps what it got (and rsync its partial file) for the next run.
+                if entry is None or entry.state not in ("fetching", "placing"):
+                    log.info(
+                        "removing leftover staging %s",
+                        os.path.relpath(os.path.join(top, name), self.staging_dir),
+                    )
+                    remove_tree(os.path.join(top, name))
+        self._drop_empty_partial_dir()
         self.resume_cleanups()
+
+    def _drop_staging(self, entry: Entry) -> None:
+        """Remove what a pull of the entry left in staging: the copy and rsync's partial file."""
+        remove_tree(self.staging(entry))
+        partial = os.path.join(self.staging_dir, transfer.PARTIAL_DIR)
+        if os.path.lexists(partial):
+            remove_tree(os.path.join(partial, entry.id))
+            self._drop_empty_partial_dir()
+
+    def _drop_empty_partial_dir(self) -> None:
+        try:
+            os.rmdir(os.path.join(self.staging_dir, transfer.PARTIAL_DIR))
+        except OSError:
+            pass  # missing, or holds partial files of pulls to resume
 
     def on_message(self, msg: dict[str, Any]) -> None:
         if msg["type"] != "fetch":
             raise MessageError(f"download does not take {msg['type']!r} messages")
-        if not msg["path"].endswith(f"/{msg['entry']}/{msg['name']}"):
-            raise MessageError(f"fetch: path {msg['path']!r} is not <stored dir>/<entry id>/<name>")
+        if not msg["path"].endswith(f"/{msg['entry']}"):
+            raise MessageError(f"fetch: path {msg['path']!r} is not <stored dir>/<entry id>")
         entry = self.state.get(msg["entry"])
         if entry is None:
             entry = self.entry_from(msg, "fetching", attempt=msg["attempt"], path=msg["path"])
@@ -108,13 +132,8 @@ class Download(Agent):
             self._fetch(batch)
         if self.place_due:
             self.place_due = False
-            emptied: list[str] = []
             for entry in self.state.by_state("placing"):
-                self._place(entry, emptied)
-            if emptied:
-                # rmdir costs ~0.1 ms a directory: not on the main loop. One left behind by a crash
-                # is removed at the next start (its entry is then neither fetching nor placing).
-                self.rt.submit("hash", [], lambda: [remove_tree(p) for p in emptied], _ignore)
+                self._place(entry)
         self.start_due_cleanups(now)
 
     def _fetch(self, batch: list[Entry]) -> None:
@@ -123,15 +142,13 @@ class Download(Agent):
         log.info("pulling %s from central", what)
 
         def work() -> tuple[transfer.Result, dict[str, tuple[str, Any]]]:
-            result = transfer.pull(
-                self.cfg, stored_root(batch[0]), [f"{e.id}/{e.name}" for e in batch], self.staging_dir
-            )
+            result = transfer.pull(self.cfg, stored_root(batch[0]), [e.id for e in batch], self.staging_dir)
             outcomes: dict[str, tuple[str, Any]] = {}
             failure = "space" if result.out_of_space else "link" if result.link_down else "rsync"
             # Verify every entry even if rsync failed: whatever arrived whole is good (rsync only ever
             # puts complete files in place; partial ones wait in the partial dir).
             for e in batch:
-                path = os.path.join(self.staging(e), e.name)
+                path = self.staging(e)
                 if not os.path.lexists(path):
                     outcomes[e.id] = (failure, result.summary() if not result.ok else "nothing arrived")
                     continue
@@ -143,10 +160,12 @@ class Download(Agent):
                     continue
                 if md5 != e.md5:
                     # rsync's quick check would take a bad copy for done: remove it, pull it anew.
-                    remove_tree(self.staging(e))
+                    self._drop_staging(e)
                     outcomes[e.id] = ("mismatch", md5)
                     continue
                 outcomes[e.id] = ("ok", choose_name(self.cfg.file_dir, e.name, e.kind, md5))
+            # rsync removes its partial dir only if this run made it: not after resuming a cut-off pull.
+            self._drop_empty_partial_dir()
             return result, outcomes
 
         def done(
@@ -178,7 +197,7 @@ class Download(Agent):
                 target, present = detail
                 log.debug("%s: md5 verified at download (%s)", entry.name, entry.md5)
                 if present:
-                    remove_tree(self.staging(entry))
+                    self._drop_staging(entry)
                     self.state.update(entry_now, state="done", stored_as=target, tries=0, reason=None)
                     self.send(entry.peer, "fetched", entry.id, stored_as=target, outcome="present")
                     log.info(
@@ -194,9 +213,9 @@ class Download(Agent):
 
         self.rt.submit("transfer", [e.id for e in batch], work, done)
 
-    def _place(self, entry: Entry, emptied: list[str]) -> None:
-        """Rename the verified copy into file_dir; its emptied staging directory goes to `emptied`."""
-        src = os.path.join(self.staging(entry), entry.name)
+    def _place(self, entry: Entry) -> None:
+        """Rename the verified copy into file_dir."""
+        src = self.staging(entry)
         dst = os.path.join(self.cfg.file_dir, entry.stored_as)
         if os.path.lexists(src):
             try:
@@ -211,7 +230,6 @@ class Download(Agent):
             self.state.update(entry, state="fetching", due=0)
             self.transfer_due = True
             return
-        emptied.append(self.staging(entry))
         script = bool(self.cfg.cleanup_script)
         self.state.update(
             entry, state="delivered" if script else "done", cleanup="pending" if script else None
@@ -225,8 +243,3 @@ class Download(Agent):
             entry.stored_as,
             entry.md5,
         )
-
-
-def _ignore(_result: Any, error: BaseException | None) -> None:
-    if error is not None:
-        log.warning("cannot remove emptied staging directories: %s", error)

@@ -47,9 +47,12 @@ def test_a_severed_and_a_stalled_ssh_path_are_survived(make_relay, sshd, rng, pr
 
         # 2. Stall while download pulls the big file: longer than rsync_timeout and ssh's keep-alives.
         pulling = relay.dirs["download"] / f".synkler-{relay.instance}"
-        relay.wait_for(
-            "the big file half-pulled", lambda: tree_size(pulling, big) > 20 << 20, 90, interval=0.05
-        )
+
+        def pulled() -> int:  # download pulls an entry under its id
+            entry = next((e for e in relay.entries("download") if e.name == big), None)
+            return tree_size(pulling, entry.id) if entry else 0
+
+        relay.wait_for("the big file half-pulled", lambda: pulled() > 20 << 20, 90, interval=0.05)
         assert relay.states("download").get(big) == "fetching"
         proxy.stall()
         try:
