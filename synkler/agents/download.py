@@ -75,19 +75,19 @@ class Download(Agent):
 
     def startup(self) -> None:
         os.makedirs(self.staging_dir, exist_ok=True)
+        # A pull cut short keeps what it got, and rsync's partial file, for its entry's next run;
+        # anything else in staging is left over.
         partial = os.path.join(self.staging_dir, transfer.PARTIAL_DIR)
-        for top in (self.staging_dir, partial):
-            for name in os.listdir(top) if os.path.isdir(top) else ():
-                if top == self.staging_dir and name == transfer.PARTIAL_DIR:
-                    continue
-                entry = self.state.get(name)
-                # A pull cut short keeps what it got (and rsync its partial file) for the next run.
-                if entry is None or entry.state not in ("fetching", "placing"):
-                    log.info(
-                        "removing leftover staging %s",
-                        os.path.relpath(os.path.join(top, name), self.staging_dir),
-                    )
-                    remove_tree(os.path.join(top, name))
+        items = [os.path.join(self.staging_dir, n) for n in os.listdir(self.staging_dir)]
+        if os.path.isdir(partial):
+            items += [os.path.join(partial, n) for n in os.listdir(partial)]
+        for path in items:
+            if path == partial:
+                continue
+            entry = self.state.get(os.path.basename(path))
+            if entry is None or entry.state not in ("fetching", "placing"):
+                log.info("removing leftover staging %s", os.path.relpath(path, self.staging_dir))
+                remove_tree(path)
         self._drop_empty_partial_dir()
         self.resume_cleanups()
 
