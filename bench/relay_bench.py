@@ -139,12 +139,6 @@ def link_into(sources: Iterable[Path], file_dir: Path) -> None:
         os.link(src, file_dir / src.name)
 
 
-def median(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 # --------------------------------------------------------------------------------------------------
 # Looking at the agents from outside
 
@@ -222,15 +216,14 @@ def proc_stat_fields(pid: int) -> list[str]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of the process itself (utime and stime, fields 14 and 15)."""
-    fields = proc_stat_fields(pid)
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of the process itself."""
+    return cpu_split(pid)[0]
 
 
 def cpu_split(pid: int) -> tuple[float, float]:
     """(own, reaped children's) user + system CPU seconds: fields 14+15 and 16+17 (cutime, cstime).
 
-    An agent's children are the rsync and ssh clients of its transfers and its md5-free helpers; their
+    An agent's children are the rsync and ssh clients of its transfers and its cleanup scripts; their
     time shows once they have exited and been waited for.
     """
     fields = proc_stat_fields(pid)
@@ -573,9 +566,10 @@ class Bench:
             ]
         finally:
             shutil.rmtree(src, ignore_errors=True)
-        relay_s, direct_s = median([r["relay_s"] for r in runs]), median([r["direct_s"] for r in runs])
+        relay_s = statistics.median(r["relay_s"] for r in runs)
+        direct_s = statistics.median(r["direct_s"] for r in runs)
         same = [r["direct_same_cipher_s"] for r in runs if r["direct_same_cipher_s"]]
-        same_cipher = median(same) if same else None
+        same_cipher = statistics.median(same) if same else None
         total = count * size
         if len(runs) > 1:
             say(
