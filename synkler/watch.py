@@ -1,4 +1,7 @@
-"""Noticing changes in upload's file_dir at once, through Linux inotify (via ctypes, no dependency).
+"""Noticing changes in a directory at once, through Linux inotify (via ctypes, no dependency).
+
+Upload watches its file_dir with a DirWatcher; the md5 followers (synkler.follow) read the events
+themselves through Inotify.
 
 Only the top level is watched: a new name, a rename into the directory, a closed write, a change of
 attributes or a removal. Changes deep inside a directory entry are caught by the settle re-check
@@ -13,11 +16,13 @@ import errno
 import logging
 import os
 import select
+import struct
 import threading
 from typing import Callable
 
 log = logging.getLogger(__name__)
 
+IN_MODIFY = 0x002
 IN_ATTRIB = 0x004
 IN_CLOSE_WRITE = 0x008
 IN_MOVED_FROM = 0x040
@@ -41,31 +46,77 @@ _MASK = (
 )
 
 
+_EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of NUL-padded name
+
+
+class Inotify:
+    """One inotify instance: watches on directories, and their events with the names in them.
+
+    Raises OSError where inotify cannot be used (not Linux, out of watches or instances).
+    """
+
+    def __init__(self) -> None:
+        try:
+            self._libc = ctypes.CDLL(None, use_errno=True)
+            fd = self._libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        except AttributeError as e:
+            raise OSError(errno.ENOSYS, f"no inotify here ({e})") from None
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        self.fd = fd
+
+    def watch(self, path: str, mask: int) -> int:
+        wd = self._libc.inotify_add_watch(self.fd, os.fsencode(path), mask)
+        if wd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+        return wd
+
+    def events(self) -> list[tuple[int, int, int, bytes]]:
+        """The events queued now, as (watch, mask, cookie, name); [] if there are none. Never blocks."""
+        out: list[tuple[int, int, int, bytes]] = []
+        while True:
+            try:
+                data = os.read(self.fd, 64 * 1024)
+            except BlockingIOError:
+                return out
+            if not data:
+                return out
+            offset = 0
+            while offset + _EVENT.size <= len(data):
+                wd, mask, cookie, length = _EVENT.unpack_from(data, offset)
+                offset += _EVENT.size
+                out.append((wd, mask, cookie, data[offset : offset + length].rstrip(b"\0")))
+                offset += length
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 class DirWatcher:
     """Calls `on_change()` from a background thread whenever something happens in `path`."""
 
     def __init__(self, path: str, on_change: Callable[[], None]):
         self.path = path
         self.on_change = on_change
-        self._fd = -1
+        self._inotify: Inotify | None = None
         self._stop_r, self._stop_w = -1, -1
         self._thread: threading.Thread | None = None
 
     def start(self) -> bool:
         """Begin watching; False (and a debug line) where inotify cannot be used."""
+        inotify = None
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
-            if fd < 0:
-                raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
-            if libc.inotify_add_watch(fd, os.fsencode(self.path), _MASK) < 0:
-                err = ctypes.get_errno()
-                os.close(fd)
-                raise OSError(err, os.strerror(err))
-        except (OSError, AttributeError) as e:
+            inotify = Inotify()
+            inotify.watch(self.path, _MASK)
+        except OSError as e:
+            if inotify is not None:
+                inotify.close()
             log.debug("inotify unavailable for %s (%s); relying on periodic rescans", self.path, e)
             return False
-        self._fd = fd
+        self._inotify = inotify
         self._stop_r, self._stop_w = os.pipe()
         self._thread = threading.Thread(target=self._run, name="watch", daemon=True)
         self._thread.start()
@@ -76,20 +127,18 @@ class DirWatcher:
             return
         os.write(self._stop_w, b"x")
         self._thread.join()
-        for fd in (self._fd, self._stop_r, self._stop_w):
+        self._inotify.close()
+        for fd in (self._stop_r, self._stop_w):
             os.close(fd)
         self._thread = None
 
     def _run(self) -> None:
         while True:
-            ready, _, _ = select.select([self._fd, self._stop_r], [], [])
+            ready, _, _ = select.select([self._inotify.fd, self._stop_r], [], [])
             if self._stop_r in ready:
                 return
             try:
-                while os.read(self._fd, 64 * 1024):  # the events themselves do not matter: something changed
-                    pass
-            except BlockingIOError:
-                pass
+                self._inotify.events()  # the events themselves do not matter: something changed
             except OSError as e:
                 if e.errno != errno.EINTR:
                     log.warning("inotify on %s failed (%s); relying on periodic rescans", self.path, e)

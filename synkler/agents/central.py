@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from typing import Any
 
 from .. import transfer
 from ..checksum import md5_entry
 from ..errors import MessageError
+from ..follow import Follower, verified_md5, worth_following
 from ..fsutil import free_bytes, remove_tree, rename_noreplace, total_bytes
 from ..messages import is_valid_entry_id
 from ..state import Entry
@@ -43,6 +45,10 @@ class Central(Agent):
         self.next_sweep = 0.0
         self.next_admit_check = 0.0
         self.admit_due = self.verify_due = True
+        # entry id -> Follower hashing a big file while upload pushes it (synkler.follow); verify
+        # jobs take them from worker threads, hence the lock.
+        self.followers: dict[str, Follower] = {}
+        self.followers_lock = threading.Lock()
 
     def staging(self, entry: Entry) -> str:
         """Where the entry's upload agent pushes: one directory per upload agent, so one rsync run
@@ -80,6 +86,51 @@ class Central(Agent):
             elif entry is None or entry.state not in keep:
                 log.info("removing leftover stored/%s (%s)", name, entry.state if entry else "unknown entry")
                 remove_tree(os.path.join(self.stored_dir, name))
+        self._follow_more()  # pushes cut short by the stop start again
+
+    def shutdown(self) -> None:
+        with self.followers_lock:
+            followers, self.followers = list(self.followers.values()), {}
+        for follower in followers:
+            follower.stop()
+
+    # hashing big files while they arrive ----------------------------------------------------------
+
+    def _follow(self, entry: Entry) -> None:
+        """Hash a big file while upload pushes it, if fewer than max_transfers are followed already."""
+        self._unfollow(entry.id)
+        if not worth_following(entry.kind, entry.size):
+            return
+        directory, name = self.staging(entry), entry.name
+
+        def start() -> None:
+            with self.followers_lock:
+                if len(self.followers) >= self.cfg.max_transfers or entry.id in self.followers:
+                    return
+                self.followers[entry.id] = Follower(directory, name).start()
+
+        self.state.after_commit(start)
+
+    def _follow_more(self) -> None:
+        """Follow uploading big files that have no follower yet, while there are free followers."""
+        with self.followers_lock:
+            free = self.cfg.max_transfers - len(self.followers)
+        if free <= 0:
+            return
+        for entry in self.state.by_state("uploading"):
+            if free > 0 and worth_following(entry.kind, entry.size) and entry.id not in self.followers:
+                self._follow(entry)
+                free -= 1
+
+    def _unfollow(self, entry_id: str) -> None:
+        with self.followers_lock:
+            follower = self.followers.pop(entry_id, None)
+        if follower is not None:
+            follower.stop()
+
+    def _take_follower(self, entry_id: str) -> Follower | None:
+        with self.followers_lock:
+            return self.followers.pop(entry_id, None)
 
     # messages ------------------------------------------------------------------------------------
 
@@ -123,6 +174,7 @@ class Central(Agent):
         elif kind == "withdraw":
             if entry.state in ("waiting", "uploading", "verifying"):
                 self.state.update(entry, state="withdrawn", reason=msg["reason"])
+                self._unfollow(entry.id)
                 remove_tree(self.staged(entry))
                 self.admit_due = True  # its name and its room are free for the newer version
                 log.info("%s: withdrawn by %s: %s", entry.name, msg["from"], msg["reason"])
@@ -130,6 +182,7 @@ class Central(Agent):
             if entry.state not in ("delivered", "expired", "failed", "withdrawn"):
                 reason = f"{msg['hop']}: {msg['reason']}"
                 self.state.update(entry, state="failed", reason=reason)
+                self._unfollow(entry.id)
                 log.error("%s: %s reports failure: %s", entry.name, msg["from"], reason)
                 if msg["from"] != entry.peer:
                     self.send(entry.peer, "failed", entry.id, hop=msg["hop"], reason=msg["reason"])
@@ -229,6 +282,7 @@ class Central(Agent):
         remove_tree(self.staged(entry))  # a fresh start for every attempt
         self.state.update(entry, state="uploading", attempt=entry.attempt + 1, tries=0, reason=None)
         self.send(entry.peer, "admit", entry.id, attempt=entry.attempt, dest=self.staging(entry))
+        self._follow(entry)
 
     # jobs ----------------------------------------------------------------------------------------
 
@@ -260,18 +314,24 @@ class Central(Agent):
 
     def _verify(self, group: list[Entry]) -> None:
         """md5 of the staged copies of a group of entries, by one job (small entries share one:
-        one hand-over and one wake-up of the loop instead of one per entry)."""
+        one hand-over and one wake-up of the loop instead of one per entry). A big file's follower
+        usually has the md5 already (synkler.follow)."""
 
         def work() -> list[tuple[str, bool] | BaseException]:
             results: list[tuple[str, bool] | BaseException] = []
             for entry in group:
                 staged, stored = self.staged(entry), self.stored(entry)
+                follower = self._take_follower(entry.id)
                 try:
+                    followed = follower.finish() if follower else None
                     # A crash between the rename and its commit leaves the verified copy in stored/.
                     if not os.path.lexists(staged) and os.path.lexists(stored):
                         results.append((md5_entry(stored), True))
                     else:
-                        results.append((md5_entry(staged), False))
+                        md5, unread = verified_md5(staged, entry.md5, followed)
+                        if unread:
+                            log.debug("%s: hashed while it arrived", entry.name)
+                        results.append((md5, False))
                 except Exception as e:  # this entry only; the others of the group go on
                     results.append(e)
             return results
@@ -279,6 +339,8 @@ class Central(Agent):
         def done(results: list | None, error: BaseException | None) -> None:
             # Whatever happens below (even a rollback), look at verifying entries and admission again.
             self.verify_due = self.admit_due = True
+            if any(worth_following(e.kind, e.size) for e in group):
+                self._follow_more()  # a follower is free again
             for entry, result in zip(group, results or [error] * len(group)):
                 try:
                     with self.state.savepoint():

@@ -18,6 +18,7 @@ from typing import Any
 from .. import transfer
 from ..checksum import md5_entry, stat_entry
 from ..errors import MessageError
+from ..follow import Follower, verified_md5, worth_following
 from ..fsutil import remove_tree, rename_noreplace
 from ..state import Entry
 from .base import Agent
@@ -25,6 +26,7 @@ from .base import Agent
 log = logging.getLogger("synkler")
 
 MAX_VERSIONS = 1000
+FOLLOWERS = 4  # big files of one pull hashed while they arrive; the others after the pull
 
 
 def versioned_name(name: str, kind: str, n: int) -> str:
@@ -142,7 +144,18 @@ class Download(Agent):
         log.info("pulling %s from central", what)
 
         def work() -> tuple[transfer.Result, dict[str, tuple[str, Any]]]:
-            result = transfer.pull(self.cfg, stored_root(batch[0]), [e.id for e in batch], self.staging_dir)
+            # Big files are hashed while they arrive (synkler.follow), at most FOLLOWERS per run.
+            follow = [e for e in batch if worth_following(e.kind, e.size)][:FOLLOWERS]
+            followers = {e.id: Follower(self.staging_dir, e.id).start() for e in follow}
+            try:
+                result = transfer.pull(
+                    self.cfg, stored_root(batch[0]), [e.id for e in batch], self.staging_dir
+                )
+            except BaseException:
+                for follower in followers.values():
+                    follower.stop()
+                raise
+            followed = {entry_id: follower.finish() for entry_id, follower in followers.items()}
             outcomes: dict[str, tuple[str, Any]] = {}
             failure = "space" if result.out_of_space else "link" if result.link_down else "rsync"
             # Verify every entry even if rsync failed: whatever arrived whole is good (rsync only ever
@@ -152,7 +165,9 @@ class Download(Agent):
                 if not os.path.lexists(path):
                     outcomes[e.id] = (failure, result.summary() if not result.ok else "nothing arrived")
                     continue
-                md5 = md5_entry(path)
+                md5, unread = verified_md5(path, e.md5, followed.get(e.id))
+                if unread:
+                    log.debug("%s: hashed while it arrived", e.name)
                 if md5 != e.md5 and not result.ok:
                     # The run broke off: a directory may be incomplete. That is no corruption: keep what
                     # arrived for the next run to complete.

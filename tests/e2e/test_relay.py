@@ -122,6 +122,9 @@ def test_a_200_mb_file_arrives_intact(make_relay):
     md5 = md5_entry(big)
     os.rename(big, relay.dirs["upload"] / "big.bin")
     deliver(relay, {"big.bin": md5}, timeout=240)
+    # Central and download hashed it while rsync wrote it (synkler.follow), not in a second read.
+    for role in ("central", "download"):
+        assert "big.bin: hashed while it arrived" in relay.log_path(role).read_text(), role
 
 
 def test_a_name_collision_at_download_keeps_both_and_identical_content_is_not_duplicated(make_relay):
@@ -370,11 +373,14 @@ def flips(relay, side: str) -> Path:
     return relay.workdir / f"{side}-flips"
 
 
+@pytest.mark.parametrize("size", [100_000, 24 << 20], ids=["small", "followed"])
 @pytest.mark.parametrize("side", ["upload", "download"])
-def test_a_corrupted_copy_is_discarded_and_the_hop_redone(make_relay, side):
+def test_a_corrupted_copy_is_discarded_and_the_hop_redone(make_relay, side, size):
+    # A file of 24 MiB is hashed while it arrives (synkler.follow): the byte flipped after rsync
+    # wrote it must make the receiving side read the file, not trust what it read on the way.
     relay = make_relay()
     relay.write_config(side, {"rsync": corrupting_rsync(relay, side, 1)})
-    data = os.urandom(100_000)
+    data = os.urandom(size)
     md5s = {"precious.bin": place(relay.dirs["upload"], "precious.bin", data)}
     # Siblings that travel in the same rsync run and are not corrupted go on unharmed.
     md5s.update(

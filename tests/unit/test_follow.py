@@ -1,0 +1,170 @@
+"""Hashing a file while rsync writes it (synkler.follow), against real rsync runs on real files.
+
+The follower's digest may stand in for reading the file after the hop only when it is certainly
+the digest of the file as it is now: every way a byte could differ must send the caller back to
+reading the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from synkler.follow import Follower, is_temp_name, verified_md5
+from synkler.transfer import PARTIAL_DIR
+
+SIZE = 24 << 20
+SLOW = "--bwlimit=48m"  # about half a second for SIZE: the follower reads while rsync writes
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> tuple[Path, str]:
+    data = os.urandom(SIZE)
+    path = tmp_path / "src" / "data.bin"
+    path.parent.mkdir()
+    path.write_bytes(data)
+    return path, hashlib.md5(data).hexdigest()
+
+
+@pytest.fixture
+def dest(tmp_path: Path) -> Path:
+    path = tmp_path / "dest"
+    path.mkdir()
+    return path
+
+
+def rsync(*args: str) -> None:
+    subprocess.run(["rsync", "-a", *args], check=True)
+
+
+def flip_middle_byte(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.seek(SIZE // 2)
+        byte = f.read(1)
+        f.seek(SIZE // 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_the_digest_of_a_followed_transfer_stands_for_the_file(source, dest):
+    src, md5 = source
+    follower = Follower(str(dest), "data.bin").start()
+    rsync(SLOW, str(src), f"{dest}/")
+    followed = follower.finish()
+    assert followed is not None and followed.md5 == md5 and followed.size == SIZE
+    assert verified_md5(str(dest / "data.bin"), md5, followed) == (md5, True)
+
+
+def test_a_byte_changed_after_rsync_renamed_the_file_is_read_not_vouched_for(source, dest):
+    src, md5 = source
+    follower = Follower(str(dest), "data.bin").start()
+    rsync(str(src), f"{dest}/")
+    flip_middle_byte(dest / "data.bin")  # as the tests' corrupting rsync wrapper does, before "sent"
+    followed = follower.finish()
+    assert followed is None
+    got, unread = verified_md5(str(dest / "data.bin"), md5, followed)
+    assert not unread and got == hashlib.md5((dest / "data.bin").read_bytes()).hexdigest() != md5
+
+
+def test_a_byte_changed_after_the_follow_ended_is_read_not_vouched_for(source, dest):
+    src, md5 = source
+    follower = Follower(str(dest), "data.bin").start()
+    rsync(SLOW, str(src), f"{dest}/")
+    followed = follower.finish()
+    assert followed is not None
+    flip_middle_byte(dest / "data.bin")  # the ctime moves on: the digest no longer stands for it
+    got, unread = verified_md5(str(dest / "data.bin"), md5, followed)
+    assert not unread and got != md5
+
+
+def test_a_file_replaced_by_another_with_the_same_bytes_is_read_again(source, dest):
+    src, md5 = source
+    follower = Follower(str(dest), "data.bin").start()
+    rsync(SLOW, str(src), f"{dest}/")
+    followed = follower.finish()
+    os.rename(dest / "data.bin", dest / "old")
+    (dest / "data.bin").write_bytes((dest / "old").read_bytes())
+    assert verified_md5(str(dest / "data.bin"), md5, followed) == (md5, False)
+
+
+def test_an_inplace_transfer_has_no_temporary_file_and_is_not_followed(source, dest):
+    src, md5 = source
+    follower = Follower(str(dest), "data.bin").start()
+    rsync("--inplace", str(src), f"{dest}/")
+    followed = follower.finish()
+    assert followed is None
+    assert verified_md5(str(dest / "data.bin"), md5, followed) == (md5, False)
+
+
+def test_a_transfer_cut_off_and_resumed_from_its_partial_file_is_never_vouched_for_wrongly(source, dest):
+    src, md5 = source
+    partial = f"--partial-dir={PARTIAL_DIR}"
+    follower = Follower(str(dest), "data.bin").start()
+    # All of rsync's processes stop, as when an agent stops or the link breaks.
+    cut = subprocess.Popen(
+        ["rsync", "-a", partial, "--bwlimit=8m", str(src), f"{dest}/"], start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not any(n.startswith(".data.bin.") and (dest / n).stat().st_size for n in os.listdir(dest)):
+            assert time.monotonic() < deadline, "rsync wrote nothing"
+            time.sleep(0.02)
+    finally:
+        os.killpg(cut.pid, signal.SIGTERM)
+        cut.wait()
+    # What it got waits for the next run (rsync's receiver moves it there as it stops).
+    deadline = time.monotonic() + 30
+    while not (dest / PARTIAL_DIR / "data.bin").exists():
+        assert time.monotonic() < deadline, "no partial file kept"
+        time.sleep(0.02)
+    rsync(partial, SLOW, str(src), f"{dest}/")  # rsync 3.5 completes the partial file where it lies
+    followed = follower.finish()
+    assert followed is None or followed.md5 == md5  # what was read before the cut is not the file
+    assert verified_md5(str(dest / "data.bin"), md5, followed)[0] == md5
+
+
+def test_a_very_long_name_is_found_under_rsyncs_shortened_temporary_name(tmp_path, dest):
+    name = "n" * 250
+    data = os.urandom(SIZE)
+    (tmp_path / name).write_bytes(data)
+    follower = Follower(str(dest), name).start()
+    rsync(SLOW, str(tmp_path / name), f"{dest}/")
+    followed = follower.finish()
+    assert followed is not None and followed.md5 == hashlib.md5(data).hexdigest()
+
+
+def test_a_follower_with_nothing_to_follow_ends_at_once_and_leaves_no_thread(dest):
+    before = threading.active_count()
+    started = time.monotonic()
+    assert Follower(str(dest), "never.bin").start().finish() is None
+    follower = Follower(str(dest), "never.bin").start()
+    follower.stop()
+    assert time.monotonic() - started < 5
+    assert threading.active_count() == before
+
+
+def test_a_missing_directory_means_no_follow_not_an_error(tmp_path):
+    assert Follower(str(tmp_path / "nowhere"), "x").start().finish() is None
+
+
+@pytest.mark.parametrize(
+    "name, temp, expected",
+    [
+        (b"data.bin", b".data.bin.a1B2c3", True),
+        (b"data.bin", b".data.bin.a1B2c", False),  # five characters
+        (b"data.bin", b".data.bi.a1B2c3", False),  # another file's
+        (b"data.bin", b".data.bin.old.a1B2c3", False),
+        (b"data.", b".data.a1B2c3", True),  # rsync drops one trailing dot
+        (b".hidden", b".hidden.a1B2c3", True),  # ... and a leading one
+        (b"n" * 250, b"." + b"n" * 246 + b".a1B2c3", True),  # a long name is cut
+        (b"n" * 250, b"." + b"n" * 100 + b".a1B2c3", False),
+    ],
+)
+def test_rsyncs_temporary_names_are_recognised(name, temp, expected):
+    assert is_temp_name(name, temp) is expected
