@@ -142,6 +142,11 @@ class Follower:
         self._abandon = True
         self.finish()
 
+    @property
+    def ended(self) -> bool:
+        """Stopped on its own, unasked: nothing arrived for IDLE_GIVE_UP seconds, or no inotify."""
+        return not self._thread.is_alive()
+
     def _run(self) -> None:
         inotify = None
         try:

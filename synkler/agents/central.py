@@ -112,7 +112,12 @@ class Central(Agent):
         self.state.after_commit(start)
 
     def _follow_more(self) -> None:
-        """Follow uploading big files that have no follower yet, while there are free followers."""
+        """Follow uploading big files that have no follower yet, while there are free followers
+        (one that gave up waiting for its push frees its place)."""
+        with self.followers_lock:
+            ended = [entry_id for entry_id, follower in self.followers.items() if follower.ended]
+        for entry_id in ended:
+            self._unfollow(entry_id)
         with self.followers_lock:
             free = self.cfg.max_transfers - len(self.followers)
         if free <= 0:
@@ -299,6 +304,7 @@ class Central(Agent):
         if now >= self.next_sweep:
             self.next_sweep = now + SWEEP_INTERVAL
             self._sweep_staging(now)
+            self._follow_more()
         if self.verify_due:
             self.verify_due = False
             ready = (

@@ -168,3 +168,13 @@ def test_a_missing_directory_means_no_follow_not_an_error(tmp_path):
 )
 def test_rsyncs_temporary_names_are_recognised(name, temp, expected):
     assert is_temp_name(name, temp) is expected
+
+
+def test_a_follower_whose_transfer_never_comes_gives_up_by_itself(dest, monkeypatch):
+    monkeypatch.setattr("synkler.follow.IDLE_GIVE_UP", 0.2)
+    follower = Follower(str(dest), "late.bin").start()
+    deadline = time.monotonic() + 10  # it looks at the clock at least once a second
+    while not follower.ended:
+        assert time.monotonic() < deadline, "the follower kept waiting"
+        time.sleep(0.05)
+    assert follower.finish() is None
