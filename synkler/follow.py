@@ -231,10 +231,11 @@ class Follower:
             return False
         view = memoryview(self._buf)
         got = False
-        while True:
+        while not self._abandon:  # a follower far behind is stopped between two reads
             n = os.readv(self._fd, [self._buf])
             if not n:
                 return got
             self._digest.update(view[:n])
             self._size += n
             got = True
+        return got
