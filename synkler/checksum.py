@@ -30,7 +30,7 @@ _KIND_LINK = b"l"
 _KIND_NAMES = {_KIND_DIR: "dir", _KIND_FILE: "file", _KIND_LINK: "symlink"}
 
 
-def _new_md5() -> hashlib._Hash:
+def new_md5() -> hashlib._Hash:
     """md5 is an integrity check here, not security; say so, so FIPS builds allow it."""
     try:
         return hashlib.md5(usedforsecurity=False)
@@ -44,7 +44,7 @@ def _hash_fd(fd: int, bufsize: int) -> str:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
     except (AttributeError, OSError):  # only a hint; some filesystems refuse it
         pass
-    digest = _new_md5()
+    digest = new_md5()
     # No bigger than the file: zeroing a 4 MiB buffer costs more than hashing a small file.
     # (A file that grows meanwhile is still read to its end, in more reads.)
     buf = bytearray(max(1, min(bufsize, os.fstat(fd).st_size + 1)))
@@ -146,7 +146,7 @@ def _md5_dir(top: bytes) -> str:
     NUL bytes; NUL cannot occur in a file name, so two different trees can
     never produce the same byte stream.
     """
-    digest = _new_md5()
+    digest = new_md5()
     for rel, kind, full, _st in _walk(top):
         if kind == _KIND_FILE:
             payload = _md5_file_nofollow(full).encode("ascii")
@@ -169,7 +169,7 @@ def md5_entry(path: PathLike) -> str:
     p = os.fsencode(path)
     st = os.lstat(p)
     if stat.S_ISLNK(st.st_mode):
-        digest = _new_md5()
+        digest = new_md5()
         digest.update(os.readlink(p))
         return digest.hexdigest()
     if stat.S_ISREG(st.st_mode):
@@ -209,7 +209,7 @@ def stat_entry(path: PathLike) -> EntryStat:
     """
     p = os.fsencode(path)
     st = os.lstat(p)
-    digest = _new_md5()
+    digest = new_md5()
     if stat.S_ISLNK(st.st_mode):
         digest.update(_stat_record(_KIND_LINK, b"", st))
         return EntryStat("symlink", st.st_size, 0, digest.hexdigest())

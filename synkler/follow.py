@@ -30,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .checksum import _new_md5, md5_entry
+from .checksum import md5_entry, new_md5
 from .watch import IN_CLOSE_WRITE, IN_CREATE, IN_MODIFY, IN_MOVED_FROM, IN_MOVED_TO, IN_Q_OVERFLOW, Inotify
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class Follower:
         # What is being read, and what the events said about it.
         self._fd = -1
         self._open_path = b""
-        self._digest = _new_md5()
+        self._digest = new_md5()
         self._size = 0
         self._cookie: int | None = None  # of the rename away from the temporary name
         self._renamed_ctime: int | None = None  # ctime just after the rename into place
@@ -214,7 +214,7 @@ class Follower:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        self._open_path, self._digest, self._size = path, _new_md5(), 0
+        self._open_path, self._digest, self._size = path, new_md5(), 0
         self._cookie = self._renamed_ctime = None
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
