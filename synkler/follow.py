@@ -129,12 +129,13 @@ class Follower:
 
     def finish(self) -> Followed | None:
         """The transfer has ended: hash the rest and return what was read (None: it cannot stand
-        for the file)."""
-        self._finish.set()
-        os.write(self._wake_w, b"x")
-        self._thread.join()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        for the file). Once only: a second call returns the same answer."""
+        if not self._finish.is_set():
+            self._finish.set()
+            os.write(self._wake_w, b"x")
+            self._thread.join()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
         return self._result
 
     def stop(self) -> None:

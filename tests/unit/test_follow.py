@@ -145,6 +145,7 @@ def test_a_follower_with_nothing_to_follow_ends_at_once_and_leaves_no_thread(des
     assert Follower(str(dest), "never.bin").start().finish() is None
     follower = Follower(str(dest), "never.bin").start()
     follower.stop()
+    assert follower.finish() is None  # a second call closes nothing twice
     assert time.monotonic() - started < 5
     assert threading.active_count() == before
 
