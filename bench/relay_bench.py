@@ -46,7 +46,7 @@ from synkler.localrelay import ROLES, LocalRelay
 from synkler.sshd import LocalSshd
 from synkler.state import Entry, State
 
-SCENARIOS = ("latency", "big", "many", "mixed", "idle")
+SCENARIOS = ("latency", "big", "many", "tree", "mixed", "idle")
 
 # Sizes of a full run (what the issue asks for) and of --quick (fits in about a minute). An explicit
 # flag always wins over either.
@@ -132,11 +132,28 @@ def make_files(directory: Path, prefix: str, count: int, size: int) -> dict[str,
     return md5s
 
 
-def link_into(sources: Iterable[Path], file_dir: Path) -> None:
-    """Hard-link finished files into upload's file_dir: like a rename, each appears whole at once,
-    and the sources stay for the next repetition and its direct rsync."""
+def link_into(sources: Iterable[Path], file_dir: Path) -> Callable[[], None]:
+    """Prepare hard links of finished entries for upload's file_dir; the returned function puts them
+    in place. A file appears whole at once, as by a rename; a directory is linked file by file under
+    a hidden name first (upload ignores names starting with '.') and then renamed into place. The
+    sources stay for the next repetition and its direct rsync."""
+    files: list[Path] = []
+    trees: list[tuple[Path, Path]] = []
     for src in sources:
-        os.link(src, file_dir / src.name)
+        if src.is_dir():
+            hidden = file_dir / f".bench-{src.name}"
+            shutil.copytree(src, hidden, copy_function=os.link)
+            trees.append((hidden, file_dir / src.name))
+        else:
+            files.append(src)
+
+    def put() -> None:
+        for src in files:
+            os.link(src, file_dir / src.name)
+        for hidden, final in trees:
+            os.rename(hidden, final)
+
+    return put
 
 
 # --------------------------------------------------------------------------------------------------
@@ -546,38 +563,55 @@ class Bench:
     def bulk(
         self, label: str, count: int, size: int, *, verify_all: bool, with_states: bool
     ) -> dict[str, Any]:
-        """Shared by big, many and mixed: a direct rsync of the data, then the same data through a
-        fresh relay, --repeat times in turn; the figures are medians, so that the two sides of the
-        ratio meet the same noise of a shared machine."""
+        """Shared by big, many and mixed (tree calls bulk_runs itself): a direct rsync of the data,
+        then the same data through a fresh relay, --repeat times in turn; the figures are medians,
+        so that the two sides of the ratio meet the same noise of a shared machine."""
         src = self.root / f"{label}-src"
         say(f"  {label}: writing {count} × {size_text(size)} of random data")
         md5s = make_files(src, f"{label}-", count, size)
         try:
-            runs = [
-                self.bulk_once(
-                    f"{label}-{i + 1}" if self.args.repeat > 1 else label,
-                    src,
-                    md5s,
-                    size,
-                    verify_all=verify_all,
-                    with_states=with_states,
-                )
-                for i in range(self.args.repeat)
-            ]
+            return self.bulk_runs(
+                label, src, md5s, size, files=count, verify_all=verify_all, with_states=with_states
+            )
         finally:
             shutil.rmtree(src, ignore_errors=True)
+
+    def bulk_runs(
+        self,
+        label: str,
+        src: Path,
+        md5s: dict[str, str],
+        size: int,
+        *,
+        files: int,
+        verify_all: bool,
+        with_states: bool = False,
+    ) -> dict[str, Any]:
+        """--repeat runs of bulk_once on the entries in `src` (`files` files of `size` bytes in all),
+        and their medians."""
+        runs = [
+            self.bulk_once(
+                f"{label}-{i + 1}" if self.args.repeat > 1 else label,
+                src,
+                md5s,
+                size,
+                verify_all=verify_all,
+                with_states=with_states,
+            )
+            for i in range(self.args.repeat)
+        ]
         relay_s = statistics.median(r["relay_s"] for r in runs)
         direct_s = statistics.median(r["direct_s"] for r in runs)
         same = [r["direct_same_cipher_s"] for r in runs if r["direct_same_cipher_s"]]
         same_cipher = statistics.median(same) if same else None
-        total = count * size
+        total = files * size
         if len(runs) > 1:
             say(
                 f"  {label}: median of {len(runs)}: relay {relay_s:.2f} s, direct {direct_s:.2f} s, "
                 f"{relay_s / direct_s:.2f}× direct"
             )
         return {
-            "files": count,
+            "files": files,
             "file_bytes": size,
             "total_bytes": total,
             "relay_s": relay_s,
@@ -585,7 +619,7 @@ class Bench:
             "ratio": relay_s / direct_s,
             "relay_mb_per_s": total / 2**20 / relay_s,
             "direct_mb_per_s": total / 2**20 / direct_s,
-            "relay_files_per_s": count / relay_s,
+            "relay_files_per_s": files / relay_s,
             "concurrency": runs[len(runs) // 2]["concurrency"],
             "direct_same_cipher_s": same_cipher,
             "ratio_same_cipher": relay_s / same_cipher if same_cipher else None,
@@ -615,18 +649,20 @@ class Bench:
             say(f"  {label}: direct rsync {direct:.2f} s")
             # synkler's ssh prefers AES-GCM where the CPU has AES instructions (transfer.preferred_ciphers);
             # for the big file, also time a direct rsync with that same cipher order.
-            ciphers = transfer.preferred_ciphers(self.sshd.rsh(), self.sshd.target) if count == 1 else None
+            one_file = count == 1 and (src / next(iter(md5s))).is_file()
+            ciphers = transfer.preferred_ciphers(self.sshd.rsh(), self.sshd.target) if one_file else None
             same_cipher = self.direct_rsync(src / next(iter(md5s)), label, ciphers) if ciphers else None
             if same_cipher:
                 say(
                     f"  {label}: direct rsync, synkler's cipher order ({ciphers.split(',')[0]} first) "
                     f"{same_cipher:.2f} s"
                 )
+            put = link_into(sorted(src.iterdir()), relay.dirs["upload"])
             sampler = ConcurrencySampler(relay, with_states)
             sampler.start()
             cpu_before = cpu_snapshot(relay)
             started, started_wall = time.monotonic(), time.time()
-            link_into(sorted(src.iterdir()), relay.dirs["upload"])
+            put()
             try:
                 self.wait_delivered(relay, state, label, set(md5s), started)
             finally:
@@ -663,7 +699,7 @@ class Bench:
         wrong = [n for n in md5s if stored.get(n) != n]
         if wrong:
             raise BenchError(f"{len(wrong)} entries not stored under their own name, e.g. {wrong[:3]}")
-        short = [n for n in md5s if (down / n).stat().st_size != size]
+        short = [n for n in md5s if (down / n).is_file() and (down / n).stat().st_size != size]
         if short:
             raise BenchError(f"{len(short)} files at download are not {size} bytes, e.g. {short[:3]}")
         names = list(md5s) if all_ else random.Random(0).sample(sorted(md5s), min(50, len(md5s)))
@@ -677,6 +713,19 @@ class Bench:
 
     def many(self) -> dict[str, Any]:
         return self.bulk("many", self.args.many, self.args.many_kb << 10, verify_all=False, with_states=False)
+
+    def tree(self) -> dict[str, Any]:
+        """The files of `many` as one entry: a directory holding them (one rsync run per hop, one md5
+        of the tree at each hop). Compared with a direct rsync of that directory."""
+        count, size = self.args.many, self.args.many_kb << 10
+        src = self.root / "tree-src"
+        say(f"  tree: writing one directory of {count} × {size_text(size)} of random data")
+        make_files(src / "tree", "tree-", count, size)
+        try:
+            md5s = {"tree": md5_entry(src / "tree")}
+            return self.bulk_runs("tree", src, md5s, size, files=count, verify_all=True)
+        finally:
+            shutil.rmtree(src, ignore_errors=True)
 
     def mixed(self) -> dict[str, Any]:
         return self.bulk(
@@ -893,6 +942,7 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
     for key, title, target in (
         ("big", "big file", TARGET_BIG_RATIO),
         ("many", "many files", TARGET_MANY_RATIO),
+        ("tree", "many files in one directory entry", None),
         ("mixed", "mixed", None),
     ):
         if key not in results:
@@ -989,7 +1039,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--only", default=",".join(SCENARIOS), help=f"comma-separated subset of {','.join(SCENARIOS)}"
     )
     p.add_argument("--big-mb", type=int, help=f"size of the big file in MiB (full {FULL['big_mb']})")
-    p.add_argument("--many", type=int, help=f"number of small files (full {FULL['many']})")
+    p.add_argument("--many", type=int, help=f"number of small files, many and tree (full {FULL['many']})")
     p.add_argument("--many-kb", type=int, help=f"size of each small file in KiB (full {FULL['many_kb']})")
     p.add_argument("--mixed", type=int, help=f"number of mixed files (full {FULL['mixed']})")
     p.add_argument("--mixed-mb", type=int, help=f"size of each mixed file in MiB (full {FULL['mixed_mb']})")
@@ -1010,7 +1060,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--repeat",
         type=int,
-        help=f"runs of big, many and mixed (direct rsync and relay in turn), median (full {FULL['repeat']})",
+        help=f"runs of big, many, tree and mixed (direct rsync, then relay), median (full {FULL['repeat']})",
     )
     p.add_argument(
         "--settle", type=float, help="settle_seconds for upload and download (default: not overridden)"

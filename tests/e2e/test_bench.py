@@ -25,7 +25,7 @@ def test_the_benchmark_runs_and_reports_positive_figures(broker, sshd, tmp_path)
         str(BENCH),
         "--quick",
         "--only",
-        "latency,many",
+        "latency,many,tree",
         "--latency-runs",
         "2",
         "--many",
@@ -43,7 +43,7 @@ def test_the_benchmark_runs_and_reports_positive_figures(broker, sshd, tmp_path)
     assert positive(report["machine"]["nproc"])
     assert report["machine"]["python"] and report["machine"]["rsync"]
     assert report["settings"]["many"] == 20 and positive(report["settings"]["settle_seconds"])
-    assert set(report["results"]) == {"latency", "many"}
+    assert set(report["results"]) == {"latency", "many", "tree"}
 
     latency = report["results"]["latency"]
     assert latency["runs"] == 2 and len(latency["times_s"]) == 2
@@ -57,6 +57,11 @@ def test_the_benchmark_runs_and_reports_positive_figures(broker, sshd, tmp_path)
     for key in ("relay_s", "direct_s", "ratio", "relay_files_per_s"):
         assert positive(many[key]), key
     assert positive(many["concurrency"]["peak_rsync"])
+
+    tree = report["results"]["tree"]  # the same files as one directory entry
+    assert tree["files"] == 20 and tree["total_bytes"] == 20 * (4 << 10) and len(tree["runs"]) == 1
+    for key in ("relay_s", "direct_s", "ratio"):
+        assert positive(tree[key]), key
 
     assert any(row["figure"].startswith("latency") for row in report["table"])
     assert "| figure" in run.stdout and "BENCHMARK FAILED" not in run.stdout
