@@ -17,8 +17,9 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 PathLike = Union[str, bytes, os.PathLike]
 
@@ -139,7 +140,7 @@ def _walk(top: bytes) -> list[tuple[bytes, bytes, bytes, os.stat_result]]:
     return items
 
 
-def _md5_dir(top: bytes) -> str:
+def _md5_dir(top: bytes, known: Mapping[bytes, Any] | None = None) -> str:
     """Return the deterministic digest of a directory tree (format in docs/checksums.md).
 
     Each record is kind, relative path and payload separated and terminated by
@@ -149,7 +150,9 @@ def _md5_dir(top: bytes) -> str:
     digest = new_md5()
     for rel, kind, full, _st in _walk(top):
         if kind == _KIND_FILE:
-            payload = _md5_file_nofollow(full).encode("ascii")
+            seen = known.get(rel) if known else None
+            md5 = seen.md5 if seen is not None and seen.matches(full) else _md5_file_nofollow(full)
+            payload = md5.encode("ascii")
         elif kind == _KIND_LINK:
             payload = os.readlink(full)
         else:
@@ -158,13 +161,16 @@ def _md5_dir(top: bytes) -> str:
     return digest.hexdigest()
 
 
-def md5_entry(path: PathLike) -> str:
+def md5_entry(path: PathLike, known: Mapping[bytes, Any] | None = None) -> str:
     """Return the digest synkler compares between hops for one entry.
 
     A regular file gives the md5 of its content (what md5sum prints), a
     top-level symlink the md5 of its target string (the link is relayed, not
     what it points to), a directory the tree digest described in docs/checksums.md.  The digest
     does not encode the top-level kind, so compare EntryStat.kind as well.
+
+    `known`: for a directory, digests of some files already taken (synkler.follow), by path within
+    the directory; each is used instead of reading the file only while its `matches(path)` holds.
     """
     p = os.fsencode(path)
     st = os.lstat(p)
@@ -175,7 +181,7 @@ def md5_entry(path: PathLike) -> str:
     if stat.S_ISREG(st.st_mode):
         return _md5_file_nofollow(p)
     if stat.S_ISDIR(st.st_mode):
-        return _md5_dir(p)
+        return _md5_dir(p, known)
     raise _unsupported(p)
 
 

@@ -7,14 +7,17 @@ after it lands (from the page cache, on a thread of its own, while ssh and rsync
 and the other core). When the transfer is over, `finish` reads what is left and returns the digest
 with the identity of the file it read.
 
-The digest stands for the file only when all of these hold (`verified_md5` checks the last two):
+A directory entry is followed file by file: every subdirectory rsync makes is watched too.
+
+The digest stands for a file only when all of these hold (`verified_md5` checks the last two):
 - the follower saw the temporary file renamed to the name, and no write to the name after that
   (inotify reports every write(2) in the directory, in order; a lost event voids the follow);
 - the file there now is that inode, with the size read and the ctime it had just after the rename
   (any later change of content, even through mmap, changes the ctime);
-- the digest is the expected md5. A follow that disagrees proves nothing (rsync may have
-  preallocated the file, a user's --inplace or --temp-dir may put the data elsewhere): the file is
-  then read and hashed as it is, as it always was for files below FOLLOW_MIN.
+- the digest is the expected md5 (for a directory: the tree digest made with it). A follow that
+  disagrees proves nothing (rsync may have preallocated the file, a user's --inplace or --temp-dir
+  may put the data elsewhere): the entry is then read and hashed as it is, as it always was for
+  entries below FOLLOW_MIN.
 It assumes what rsync does: nothing writes into rsync's temporary file but rsync, and rsync writes
 it from start to end and never again after the rename.
 """
@@ -31,20 +34,34 @@ import time
 from dataclasses import dataclass
 
 from .checksum import md5_entry, new_md5
-from .watch import IN_CLOSE_WRITE, IN_CREATE, IN_MODIFY, IN_MOVED_FROM, IN_MOVED_TO, IN_Q_OVERFLOW, Inotify
+from .watch import (
+    IN_CLOSE_WRITE,
+    IN_CREATE,
+    IN_DELETE,
+    IN_ISDIR,
+    IN_MODIFY,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
+    IN_Q_OVERFLOW,
+    Inotify,
+)
 
 log = logging.getLogger(__name__)
 
 FOLLOW_MIN = 16 << 20  # smaller files are read again after the hop: following them would not pay
 IDLE_GIVE_UP = 120.0  # seconds without a byte of its file after which a follower stops
 COALESCE = 0.02  # seconds to let writes pile up after an event: one read per burst, not per write
-_MASK = IN_CREATE | IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO
+_MASK = IN_CREATE | IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE
 _NAME_MAX = 255
 _READ = 1 << 20
 
 
-def worth_following(kind: str, size: int) -> bool:
-    return kind == "file" and size >= FOLLOW_MIN
+def worth_following(kind: str, size: int, files: int) -> bool:
+    """Big files, and directories of big files (1 MiB a file on average): for small files, the
+    events and reads of following cost about what a read after the hop does."""
+    if kind == "file":
+        return size >= FOLLOW_MIN
+    return kind == "dir" and size >= FOLLOW_MIN and size >= files * (1 << 20)
 
 
 @dataclass(frozen=True)
@@ -57,7 +74,7 @@ class Followed:
     size: int
     ctime_ns: int
 
-    def matches(self, path: str) -> bool:
+    def matches(self, path: str | bytes) -> bool:
         """Is the regular file at `path` the one read, unchanged since rsync renamed it into place?"""
         try:
             st = os.lstat(path)
@@ -71,10 +88,22 @@ class Followed:
         )
 
 
-def verified_md5(path: str, expected: str, followed: Followed | None) -> tuple[str, bool]:
-    """(md5 of the entry at `path`, whether the follower's digest stood for it instead of a read)."""
-    if followed is not None and followed.md5 == expected and followed.matches(path):
-        return followed.md5, True
+def verified_md5(path: str, expected: str, followed: dict[bytes, Followed] | None) -> tuple[str, bool]:
+    """(md5 of the entry at `path`, whether what a follower read stood in for reading it again).
+
+    A file: the follower's digest, if it is the expected one and the file is still the one read.
+    A directory: the tree digest with the followed files' digests where those files are still the
+    ones read (the others are read); if that is not the expected digest, the whole tree is read
+    again, so that only a match ever rests on what was followed.
+    """
+    if followed:
+        mode = os.lstat(path).st_mode
+        if stat.S_ISREG(mode):
+            mine = followed.get(b"")
+            if mine is not None and mine.md5 == expected and mine.matches(path):
+                return mine.md5, True
+        elif stat.S_ISDIR(mode) and md5_entry(path, known=followed) == expected:
+            return expected, True
     return md5_entry(path), False
 
 
@@ -95,29 +124,41 @@ def is_temp_name(name: bytes, candidate: bytes) -> bool:
     )
 
 
+class _Temp:
+    """One of rsync's temporary files being read: its descriptor and the digest so far."""
+
+    __slots__ = ("fd", "digest", "size")
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.digest = new_md5()
+        self.size = 0
+
+
 class Follower:
-    """Hashes the file that rsync writes as `name` in `directory` while it arrives, on a thread.
+    """Hashes what rsync writes as `name` in `directory` while it arrives, on a thread: a file
+    (kind "file"), or each file of a directory tree (kind "dir"; its subdirectories are watched as
+    rsync makes them).
 
     A transfer resumed from a partial file (rsync's --partial-dir) is not followed: rsync 3.5
     updates the partial file where it lies instead of writing a new file from the start.
     """
 
-    def __init__(self, directory: str, name: str):
+    def __init__(self, directory: str, name: str, kind: str = "file"):
         self.directory = os.fsencode(directory)
         self.name = os.fsencode(name)
+        self.tree = kind == "dir"
         self._finish = threading.Event()
         self._abandon = False
         self._watching = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
-        self._result: Followed | None = None
+        self._result: dict[bytes, Followed] = {}
         self._thread = threading.Thread(target=self._run, name="follow", daemon=True)
-        # What is being read, and what the events said about it.
-        self._fd = -1
-        self._open_path = b""
-        self._digest = new_md5()
-        self._size = 0
-        self._cookie: int | None = None  # of the rename away from the temporary name
-        self._renamed_ctime: int | None = None  # ctime just after the rename into place
+        # Paths below are relative to `directory`.
+        self._dirs: dict[int, bytes] = {}  # inotify watch -> the directory it watches (b"": directory)
+        self._temps: dict[bytes, _Temp] = {}  # temporary files being read
+        self._moving: dict[int, _Temp] = {}  # renamed away from their temporary name, by inotify cookie
+        self._done: dict[bytes, Followed] = {}  # files rsync renamed into place, read whole
         self._buf = bytearray(_READ)
 
     def start(self) -> Follower:
@@ -127,9 +168,10 @@ class Follower:
         self._watching.wait()
         return self
 
-    def finish(self) -> Followed | None:
-        """The transfer has ended: hash the rest and return what was read (None: it cannot stand
-        for the file). Once only: a second call returns the same answer."""
+    def finish(self) -> dict[bytes, Followed]:
+        """The transfer has ended: hash the rest and return what was read, by path within the
+        entry (b"" for a file entry). Missing paths were not followed to the end. Once only: a
+        second call returns the same answer."""
         if not self._finish.is_set():
             self._finish.set()
             os.write(self._wake_w, b"x")
@@ -152,91 +194,139 @@ class Follower:
         inotify = None
         try:
             inotify = Inotify()
-            inotify.watch(os.fsdecode(self.directory), _MASK)
+            self._dirs[inotify.watch(os.fsdecode(self.directory), _MASK)] = b""
+            if self.tree and os.path.isdir(os.path.join(self.directory, self.name)):
+                self._watch_tree(inotify, self.name)  # a pull cut off before left part of it
             self._watching.set()
-            self._result = self._follow(inotify)
-        except OSError as e:  # no inotify, the directory went: the file gets hashed the usual way
+            done = self._follow(inotify)
+            if self.tree:
+                top = self.name + b"/"
+                self._result = {p[len(top) :]: f for p, f in done.items() if p.startswith(top)}
+            elif self.name in done:
+                self._result = {b"": done[self.name]}
+        except OSError as e:  # no inotify, the directory went: the entry gets hashed the usual way
             log.debug("cannot follow %s in %s: %s", self.name, self.directory, e)
         finally:
             self._watching.set()
             if inotify is not None:
                 inotify.close()
-            if self._fd >= 0:
-                os.close(self._fd)
+            for temp in [*self._temps.values(), *self._moving.values()]:
+                os.close(temp.fd)
 
-    def _follow(self, inotify: Inotify) -> Followed | None:
-        # A temporary file made before the watch began: the newest one (older ones are left-overs).
-        made = []
-        for name in os.listdir(self.directory):
-            if is_temp_name(self.name, name):
-                try:
-                    path = os.path.join(self.directory, name)
-                    made.append((os.lstat(path).st_ctime_ns, path))
-                except FileNotFoundError:
-                    pass
-        if made:
-            self._open(max(made)[1])
+    def _in_tree(self, rel: bytes) -> bool:
+        return rel == self.name or rel.startswith(self.name + b"/")
+
+    def _is_temp(self, rel_dir: bytes, name: bytes) -> bool:
+        if self.tree:
+            return self._in_tree(rel_dir) and _TEMP.fullmatch(name) is not None
+        return rel_dir == b"" and is_temp_name(self.name, name)
+
+    def _wanted(self, rel: bytes) -> bool:
+        """Is `rel` a file whose content is part of the entry?"""
+        return rel.startswith(self.name + b"/") if self.tree else rel == self.name
+
+    def _watch_tree(self, inotify: Inotify, rel: bytes) -> None:
+        """Watch a directory of the entry and those below it, and open the temporary files in
+        them (made before the watch began)."""
+        try:
+            self._dirs[inotify.watch(os.fsdecode(os.path.join(self.directory, rel)), _MASK)] = rel
+            listing = list(os.scandir(os.path.join(self.directory, rel)))
+        except OSError:  # gone, or out of watches: what is in it is read after the hop
+            return
+        for item in listing:
+            sub = rel + b"/" + os.fsencode(item.name)
+            if item.is_dir(follow_symlinks=False):
+                self._watch_tree(inotify, sub)
+            elif _TEMP.fullmatch(os.fsencode(item.name)) and sub not in self._temps:
+                self._open(sub)
+
+    def _follow(self, inotify: Inotify) -> dict[bytes, Followed]:
+        if not self.tree:
+            # A temporary file made before the watch began: the newest one (older ones are left-overs).
+            made = []
+            for name in os.listdir(self.directory):
+                if is_temp_name(self.name, name):
+                    try:
+                        made.append((os.lstat(os.path.join(self.directory, name)).st_ctime_ns, name))
+                    except FileNotFoundError:
+                        pass
+            if made:
+                self._open(max(made)[1])
         last_progress = time.monotonic()
         while True:
             finishing = self._finish.is_set()
-            for _wd, mask, cookie, name in inotify.events():
+            for wd, mask, cookie, name in inotify.events():
                 if mask & IN_Q_OVERFLOW:
-                    return None  # events were lost: a write after the rename could be among them
-                path = os.path.join(self.directory, name)
-                if mask & IN_CREATE and is_temp_name(self.name, name) and path != self._open_path:
-                    self._open(path)  # a new run (a retry after a cut) writes a new file
-                    last_progress = time.monotonic()
-                elif mask & IN_MOVED_FROM and path == self._open_path:
-                    self._cookie = cookie
-                elif name != self.name:
+                    return {}  # events were lost: a write after a rename could be among them
+                rel_dir = self._dirs.get(wd)
+                if rel_dir is None:
                     continue
-                elif mask & IN_MOVED_TO:
-                    moved_here = self._fd >= 0 and self._cookie is not None and cookie == self._cookie
-                    self._renamed_ctime = os.fstat(self._fd).st_ctime_ns if moved_here else None
-                elif mask & (IN_MODIFY | IN_CLOSE_WRITE):
-                    self._renamed_ctime = None  # written after the rename: not (only) what rsync wrote
-            if self._read():
-                last_progress = time.monotonic()
+                rel = rel_dir + b"/" + name if rel_dir else name
+                if mask & IN_ISDIR:
+                    if mask & (IN_CREATE | IN_MOVED_TO) and self.tree and self._in_tree(rel):
+                        self._watch_tree(inotify, rel)
+                        last_progress = time.monotonic()
+                elif mask & IN_CREATE and self._is_temp(rel_dir, name):
+                    self._open(rel)  # a new file, or a new run (a retry after a cut) of one
+                    last_progress = time.monotonic()
+                elif mask & IN_MOVED_FROM and rel in self._temps:
+                    self._moving[cookie] = self._temps.pop(rel)
+                elif not self._wanted(rel):
+                    continue
+                elif mask & IN_MOVED_TO and cookie in self._moving:
+                    self._renamed(self._moving.pop(cookie), rel)
+                else:  # written, removed or replaced after rsync put it there: not what was read
+                    self._done.pop(rel, None)
+            for temp in self._temps.values():
+                if self._read(temp):
+                    last_progress = time.monotonic()
             if finishing or self._abandon:
                 break
             if time.monotonic() - last_progress > IDLE_GIVE_UP:
-                return None
+                return {}
             ready, _, _ = select.select([inotify.fd, self._wake_r], [], [], 1.0)
             if ready and self._wake_r not in ready:
                 self._finish.wait(COALESCE)
-        if self._abandon or self._fd < 0 or self._renamed_ctime is None:
-            return None
-        st = os.fstat(self._fd)
-        if st.st_size != self._size:
-            return None
-        return Followed(self._digest.hexdigest(), st.st_dev, st.st_ino, self._size, self._renamed_ctime)
+        return {} if self._abandon else self._done
 
-    def _open(self, path: bytes) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        self._open_path, self._digest, self._size = path, new_md5(), 0
-        self._cookie = self._renamed_ctime = None
+    def _open(self, rel: bytes) -> None:
+        old = self._temps.pop(rel, None)
+        if old is not None:
+            os.close(old.fd)
+        if not self.tree:  # one file: a new temporary file replaces what was read before
+            for temp in self._temps.values():
+                os.close(temp.fd)
+            self._temps.clear()
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
+            fd = os.open(os.path.join(self.directory, rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
             return  # already renamed or removed: nothing to follow
         if stat.S_ISREG(os.fstat(fd).st_mode):
-            self._fd = fd
+            self._temps[rel] = _Temp(fd)
         else:
             os.close(fd)
 
-    def _read(self) -> bool:
+    def _renamed(self, temp: _Temp, rel: bytes) -> None:
+        """rsync renamed a temporary file to `rel`, complete and closed: read the rest, note what was read."""
+        try:
+            self._read(temp)
+            st = os.fstat(temp.fd)
+            if st.st_size == temp.size and not self._abandon:
+                self._done[rel] = Followed(
+                    temp.digest.hexdigest(), st.st_dev, st.st_ino, temp.size, st.st_ctime_ns
+                )
+        finally:
+            os.close(temp.fd)
+
+    def _read(self, temp: _Temp) -> bool:
         """Hash what has landed since the last read; True if there was any."""
-        if self._fd < 0:
-            return False
         view = memoryview(self._buf)
         got = False
         while not self._abandon:  # a follower far behind is stopped between two reads
-            n = os.readv(self._fd, [self._buf])
+            n = os.readv(temp.fd, [self._buf])
             if not n:
                 return got
-            self._digest.update(view[:n])
-            self._size += n
+            temp.digest.update(view[:n])
+            temp.size += n
             got = True
         return got

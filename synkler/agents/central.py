@@ -97,17 +97,18 @@ class Central(Agent):
     # hashing big files while they arrive ----------------------------------------------------------
 
     def _follow(self, entry: Entry) -> None:
-        """Hash a big file while upload pushes it, if fewer than max_transfers are followed already."""
+        """Hash a big file (or a directory of them) while upload pushes it, if fewer than
+        max_transfers are followed already."""
         self._unfollow(entry.id)
-        if not worth_following(entry.kind, entry.size):
+        if not worth_following(entry.kind, entry.size, entry.files):
             return
-        directory, name = self.staging(entry), entry.name
+        directory, name, kind = self.staging(entry), entry.name, entry.kind
 
         def start() -> None:
             with self.followers_lock:
                 if len(self.followers) >= self.cfg.max_transfers or entry.id in self.followers:
                     return
-                self.followers[entry.id] = Follower(directory, name).start()
+                self.followers[entry.id] = Follower(directory, name, kind).start()
 
         self.state.after_commit(start)
 
@@ -123,7 +124,11 @@ class Central(Agent):
         if free <= 0:
             return
         for entry in self.state.by_state("uploading"):
-            if free > 0 and worth_following(entry.kind, entry.size) and entry.id not in self.followers:
+            if (
+                free > 0
+                and worth_following(entry.kind, entry.size, entry.files)
+                and entry.id not in self.followers
+            ):
                 self._follow(entry)
                 free -= 1
 
@@ -345,7 +350,7 @@ class Central(Agent):
         def done(results: list | None, error: BaseException | None) -> None:
             # Whatever happens below (even a rollback), look at verifying entries and admission again.
             self.verify_due = self.admit_due = True
-            if any(worth_following(e.kind, e.size) for e in group):
+            if any(worth_following(e.kind, e.size, e.files) for e in group):
                 self._follow_more()  # a follower is free again
             for entry, result in zip(group, results or [error] * len(group)):
                 try:

@@ -144,9 +144,10 @@ class Download(Agent):
         log.info("pulling %s from central", what)
 
         def work() -> tuple[transfer.Result, dict[str, tuple[str, Any]]]:
-            # Big files are hashed while they arrive (synkler.follow), at most FOLLOWERS per run.
-            follow = [e for e in batch if worth_following(e.kind, e.size)][:FOLLOWERS]
-            followers = {e.id: Follower(self.staging_dir, e.id).start() for e in follow}
+            # Big files (and directories of them) are hashed while they arrive (synkler.follow), at
+            # most FOLLOWERS entries per run.
+            follow = [e for e in batch if worth_following(e.kind, e.size, e.files)][:FOLLOWERS]
+            followers = {e.id: Follower(self.staging_dir, e.id, e.kind).start() for e in follow}
             try:
                 result = transfer.pull(
                     self.cfg, stored_root(batch[0]), [e.id for e in batch], self.staging_dir

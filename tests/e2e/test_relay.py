@@ -86,6 +86,23 @@ def test_a_directory_with_an_empty_subdirectory_and_a_symlink_arrives_whole(make
     assert (got / "raw" / "deep" / "b.dat").read_bytes() == b"b"
 
 
+def test_a_directory_of_big_files_arrives_intact_and_is_hashed_on_the_way(make_relay):
+    relay = make_relay()
+    tree = relay.workdir / "run-8"
+    (tree / "raw").mkdir(parents=True)
+    for rel in ("a.raw", "raw/b.raw", "raw/c.raw"):
+        write_random(tree / rel, 16 << 20)
+    (tree / "notes.txt").write_text("notes\n")
+    md5 = md5_entry(tree)
+    relay.start()
+    os.rename(tree, relay.dirs["upload"] / "run-8")
+    deliver(relay, {"run-8": md5}, timeout=120)
+    # Central and download hashed its files while rsync wrote them (synkler.follow), and the tree
+    # digest made with those came out right.
+    for role in ("central", "download"):
+        assert "run-8: hashed while it arrived" in relay.log_path(role).read_text(), role
+
+
 def test_names_with_spaces_quotes_and_non_ascii_survive_both_hops(make_relay):
     relay = make_relay()
     relay.start()
@@ -392,6 +409,25 @@ def test_a_corrupted_copy_is_discarded_and_the_hop_redone(make_relay, side, size
     checker = "central" if side == "upload" else "download"  # who verifies what this side's rsync wrote
     assert f"md5 mismatch at {checker}" in relay.log_path(checker).read_text()
     assert len(flips(relay, side).read_text().splitlines()) == 1  # one entry of the run was hit
+
+
+@pytest.mark.parametrize("side", ["upload", "download"])
+def test_a_byte_flipped_in_a_followed_directory_is_caught_and_the_hop_redone(make_relay, side):
+    # The wrapper flips a byte of the tree's first file after rsync wrote it: the tree digest made
+    # from the followed files must not hide it.
+    relay = make_relay()
+    relay.write_config(side, {"rsync": corrupting_rsync(relay, side, 1)})
+    tree = relay.workdir / "run-9"
+    (tree / "raw").mkdir(parents=True)
+    for rel in ("a.raw", "raw/b.raw"):
+        write_random(tree / rel, 16 << 20)
+    md5 = md5_entry(tree)
+    os.rename(tree, relay.dirs["upload"] / "run-9")
+    relay.start()
+    deliver(relay, {"run-9": md5}, timeout=120)
+    checker = "central" if side == "upload" else "download"
+    assert f"md5 mismatch at {checker}" in relay.log_path(checker).read_text()
+    assert len(flips(relay, side).read_text().splitlines()) == 1
 
 
 def test_a_copy_corrupted_on_every_try_ends_failed_with_the_original_untouched(make_relay):

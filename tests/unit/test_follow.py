@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from synkler.checksum import md5_entry
 from synkler.follow import Follower, is_temp_name, verified_md5
 from synkler.transfer import PARTIAL_DIR
 
@@ -57,7 +58,7 @@ def test_the_digest_of_a_followed_transfer_stands_for_the_file(source, dest):
     follower = Follower(str(dest), "data.bin").start()
     rsync(SLOW, str(src), f"{dest}/")
     followed = follower.finish()
-    assert followed is not None and followed.md5 == md5 and followed.size == SIZE
+    assert set(followed) == {b""} and followed[b""].md5 == md5 and followed[b""].size == SIZE
     assert verified_md5(str(dest / "data.bin"), md5, followed) == (md5, True)
 
 
@@ -67,7 +68,7 @@ def test_a_byte_changed_after_rsync_renamed_the_file_is_read_not_vouched_for(sou
     rsync(str(src), f"{dest}/")
     flip_middle_byte(dest / "data.bin")  # as the tests' corrupting rsync wrapper does, before "sent"
     followed = follower.finish()
-    assert followed is None
+    assert followed == {}
     got, unread = verified_md5(str(dest / "data.bin"), md5, followed)
     assert not unread and got == hashlib.md5((dest / "data.bin").read_bytes()).hexdigest() != md5
 
@@ -77,7 +78,7 @@ def test_a_byte_changed_after_the_follow_ended_is_read_not_vouched_for(source, d
     follower = Follower(str(dest), "data.bin").start()
     rsync(SLOW, str(src), f"{dest}/")
     followed = follower.finish()
-    assert followed is not None
+    assert followed[b""].md5 == md5
     flip_middle_byte(dest / "data.bin")  # the ctime moves on: the digest no longer stands for it
     got, unread = verified_md5(str(dest / "data.bin"), md5, followed)
     assert not unread and got != md5
@@ -98,7 +99,7 @@ def test_an_inplace_transfer_has_no_temporary_file_and_is_not_followed(source, d
     follower = Follower(str(dest), "data.bin").start()
     rsync("--inplace", str(src), f"{dest}/")
     followed = follower.finish()
-    assert followed is None
+    assert followed == {}
     assert verified_md5(str(dest / "data.bin"), md5, followed) == (md5, False)
 
 
@@ -125,7 +126,7 @@ def test_a_transfer_cut_off_and_resumed_from_its_partial_file_is_never_vouched_f
         time.sleep(0.02)
     rsync(partial, SLOW, str(src), f"{dest}/")  # rsync 3.5 completes the partial file where it lies
     followed = follower.finish()
-    assert followed is None or followed.md5 == md5  # what was read before the cut is not the file
+    assert followed in ({}, {b"": followed.get(b"")}) and all(f.md5 == md5 for f in followed.values())
     assert verified_md5(str(dest / "data.bin"), md5, followed)[0] == md5
 
 
@@ -136,22 +137,22 @@ def test_a_very_long_name_is_found_under_rsyncs_shortened_temporary_name(tmp_pat
     follower = Follower(str(dest), name).start()
     rsync(SLOW, str(tmp_path / name), f"{dest}/")
     followed = follower.finish()
-    assert followed is not None and followed.md5 == hashlib.md5(data).hexdigest()
+    assert followed[b""].md5 == hashlib.md5(data).hexdigest()
 
 
 def test_a_follower_with_nothing_to_follow_ends_at_once_and_leaves_no_thread(dest):
     before = threading.active_count()
     started = time.monotonic()
-    assert Follower(str(dest), "never.bin").start().finish() is None
+    assert Follower(str(dest), "never.bin").start().finish() == {}
     follower = Follower(str(dest), "never.bin").start()
     follower.stop()
-    assert follower.finish() is None  # a second call closes nothing twice
+    assert follower.finish() == {}  # a second call closes nothing twice
     assert time.monotonic() - started < 5
     assert threading.active_count() == before
 
 
 def test_a_missing_directory_means_no_follow_not_an_error(tmp_path):
-    assert Follower(str(tmp_path / "nowhere"), "x").start().finish() is None
+    assert Follower(str(tmp_path / "nowhere"), "x").start().finish() == {}
 
 
 @pytest.mark.parametrize(
@@ -178,4 +179,47 @@ def test_a_follower_whose_transfer_never_comes_gives_up_by_itself(dest, monkeypa
     while not follower.ended:
         assert time.monotonic() < deadline, "the follower kept waiting"
         time.sleep(0.05)
-    assert follower.finish() is None
+    assert follower.finish() == {}
+
+
+def make_tree(root: Path) -> dict[bytes, str]:
+    """A directory entry as instruments write them: big files, a subdirectory, an empty directory,
+    a small file and a symlink. Returns the md5 of each regular file by path within the tree."""
+    (root / "raw" / "empty").mkdir(parents=True)
+    md5s = {}
+    for rel, size in (
+        ("a.bin", 12 << 20),
+        ("raw/b.bin", 12 << 20),
+        ("raw/c.bin", 8 << 20),
+        ("notes.txt", 99),
+    ):
+        data = os.urandom(size)
+        (root / rel).write_bytes(data)
+        md5s[rel.encode()] = hashlib.md5(data).hexdigest()
+    os.symlink("raw/b.bin", root / "link")
+    return md5s
+
+
+def test_each_file_of_a_directory_is_followed_and_the_tree_digest_stands(tmp_path, dest):
+    md5s = make_tree(tmp_path / "run42")
+    expected = md5_entry(tmp_path / "run42")
+    follower = Follower(str(dest), "run42", "dir").start()  # rsync makes run42/ and raw/ as it goes
+    rsync(SLOW, str(tmp_path / "run42"), f"{dest}/")
+    followed = follower.finish()
+    # The big files were read as they arrived; a small one may be renamed before it can be opened.
+    assert {b"a.bin", b"raw/b.bin", b"raw/c.bin"} <= set(followed)
+    assert all(f.md5 == md5s[rel] for rel, f in followed.items())
+    assert verified_md5(str(dest / "run42"), expected, followed) == (expected, True)
+
+
+def test_a_byte_changed_in_one_file_of_a_followed_directory_is_found_by_reading_it(tmp_path, dest):
+    make_tree(tmp_path / "run42")
+    expected = md5_entry(tmp_path / "run42")
+    follower = Follower(str(dest), "run42", "dir").start()
+    rsync(SLOW, str(tmp_path / "run42"), f"{dest}/")
+    with open(dest / "run42" / "raw" / "b.bin", "r+b") as f:  # after rsync, before the check
+        f.write(b"X")
+    followed = follower.finish()
+    assert b"raw/b.bin" not in followed and b"a.bin" in followed
+    got, unread = verified_md5(str(dest / "run42"), expected, followed)
+    assert not unread and got == md5_entry(dest / "run42") != expected
