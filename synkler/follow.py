@@ -103,7 +103,8 @@ def verified_md5(path: str, expected: str, followed: dict[bytes, Followed] | Non
             if mine is not None and mine.md5 == expected and mine.matches(path):
                 return mine.md5, True
         elif stat.S_ISDIR(mode) and md5_entry(path, known=followed) == expected:
-            return expected, True
+            top = os.fsencode(path)
+            return expected, any(f.matches(os.path.join(top, rel)) for rel, f in followed.items())
     return md5_entry(path), False
 
 
