@@ -26,7 +26,7 @@ from .base import Agent
 log = logging.getLogger("synkler")
 
 MAX_VERSIONS = 1000
-FOLLOWERS = 4  # big files of one pull hashed while they arrive; the others after the pull
+FOLLOWERS = 4  # entries of one pull hashed while they arrive (synkler.follow); the others after it
 
 
 def versioned_name(name: str, kind: str, n: int) -> str:
@@ -66,6 +66,7 @@ class Download(Agent):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.staging_dir = os.path.join(self.cfg.file_dir, f".synkler-{self.cfg.id}")
+        self.partial_dir = os.path.join(self.staging_dir, transfer.PARTIAL_DIR)  # rsync's, shared
         self.place_due = True  # set when an entry's name was chosen and it may be renamed into place
 
     def cleanup_target(self, entry: Entry) -> tuple[str, str]:
@@ -79,7 +80,7 @@ class Download(Agent):
         os.makedirs(self.staging_dir, exist_ok=True)
         # A pull cut short keeps what it got, and rsync's partial file, for its entry's next run;
         # anything else in staging is left over.
-        partial = os.path.join(self.staging_dir, transfer.PARTIAL_DIR)
+        partial = self.partial_dir
         items = [os.path.join(self.staging_dir, n) for n in os.listdir(self.staging_dir)]
         if os.path.isdir(partial):
             items += [os.path.join(partial, n) for n in os.listdir(partial)]
@@ -96,14 +97,13 @@ class Download(Agent):
     def _drop_staging(self, entry: Entry) -> None:
         """Remove what a pull of the entry left in staging: the copy and rsync's partial file."""
         remove_tree(self.staging(entry))
-        partial = os.path.join(self.staging_dir, transfer.PARTIAL_DIR)
-        if os.path.lexists(partial):
-            remove_tree(os.path.join(partial, entry.id))
+        if os.path.lexists(self.partial_dir):
+            remove_tree(os.path.join(self.partial_dir, entry.id))
             self._drop_empty_partial_dir()
 
     def _drop_empty_partial_dir(self) -> None:
         try:
-            os.rmdir(os.path.join(self.staging_dir, transfer.PARTIAL_DIR))
+            os.rmdir(self.partial_dir)
         except OSError:
             pass  # missing, or holds partial files of pulls to resume
 
