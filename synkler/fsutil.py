@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import platform
+import signal
 import stat
 from typing import Union
 
@@ -141,6 +143,32 @@ def fsync_dir(path: PathLike) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def open_for_writing(path: PathLike) -> bool | None:
+    """Does any process hold the regular file at `path` open for writing (or mapped writable)?
+
+    The kernel grants a read lease only while nobody has the file open for writing; the lease is
+    asked for and dropped at once. None: cannot tell (not a regular file, a symlink, leases off or
+    unsupported on this filesystem, neither the file's owner nor CAP_LEASE, ...).
+    """
+    try:
+        # O_NONBLOCK: where someone holds a write lease (Samba's oplocks), fail instead of waiting.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        return True if exc.errno == errno.EWOULDBLOCK else None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        # A writer opening the file in the microseconds we hold the lease makes the kernel signal
+        # us: SIGURG, ignored by default, instead of SIGIO, whose default action would kill us.
+        fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        return True if exc.errno == errno.EAGAIN else None
+    finally:
+        os.close(fd)  # drops the lease
+    return False
 
 
 def free_bytes(path: PathLike) -> int:

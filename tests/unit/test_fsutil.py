@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import errno
+import mmap
 import os
+import subprocess
+import sys
 import traceback
 from pathlib import Path
 from typing import Callable
@@ -11,7 +14,14 @@ from typing import Callable
 import pytest
 
 from synkler import fsutil
-from synkler.fsutil import free_bytes, fsync_dir, remove_tree, rename_noreplace, total_bytes
+from synkler.fsutil import (
+    free_bytes,
+    fsync_dir,
+    open_for_writing,
+    remove_tree,
+    rename_noreplace,
+    total_bytes,
+)
 
 NOBODY = 65534
 
@@ -384,3 +394,66 @@ def test_the_raw_syscall_is_used_when_libc_lacks_a_renameat2_wrapper(tmp_path: P
     rename_noreplace(tmp_path / "a", tmp_path / "c")
     assert (tmp_path / "c").read_bytes() == b"1"
     assert (tmp_path / "b").read_bytes() == b"2"
+
+
+# ---------------------------------------------------------------------------
+# open_for_writing
+# ---------------------------------------------------------------------------
+
+
+def test_open_for_writing_says_no_for_a_closed_file_and_for_readers(tmp_path: Path) -> None:
+    f = tmp_path / "done.raw"
+    f.write_bytes(b"x" * 100)
+    assert open_for_writing(f) is False
+    with open(f, "rb"):
+        assert open_for_writing(f) is False
+
+
+def test_open_for_writing_sees_a_writer_in_another_process_until_it_closes(tmp_path: Path) -> None:
+    f = tmp_path / "growing.raw"
+    f.write_bytes(b"")
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; f = open(sys.argv[1], 'ab'); print('open', flush=True); sys.stdin.read()",
+            str(f),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert writer.stdout.readline() == b"open\n"
+        assert open_for_writing(f) is True
+    finally:
+        writer.communicate(b"")
+    assert open_for_writing(f) is False
+
+
+def test_open_for_writing_sees_a_writable_mapping_after_its_descriptor_is_closed(tmp_path: Path) -> None:
+    f = tmp_path / "mapped.raw"
+    f.write_bytes(b"\0" * 4096)
+    with open(f, "r+b") as fh:
+        mapping = mmap.mmap(fh.fileno(), 4096)
+    try:
+        assert open_for_writing(f) is True
+    finally:
+        mapping.close()
+    assert open_for_writing(f) is False
+
+
+def test_open_for_writing_leaves_the_file_free_for_a_writer_at_once(tmp_path: Path) -> None:
+    f = tmp_path / "f"
+    f.write_bytes(b"x")
+    assert open_for_writing(f) is False
+    fd = os.open(f, os.O_WRONLY | os.O_NONBLOCK)  # would fail with EWOULDBLOCK if a lease were left
+    os.close(fd)
+
+
+def test_open_for_writing_cannot_tell_for_directories_symlinks_and_missing_names(tmp_path: Path) -> None:
+    (tmp_path / "target").write_bytes(b"x")
+    (tmp_path / "link").symlink_to("target")
+    (tmp_path / "dir").mkdir()
+    assert open_for_writing(tmp_path / "link") is None
+    assert open_for_writing(tmp_path / "dir") is None
+    assert open_for_writing(tmp_path / "missing") is None
