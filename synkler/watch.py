@@ -6,7 +6,9 @@ themselves through Inotify.
 Only the top level is watched: a new name, a rename into the directory, a closed write, a change of
 attributes or a removal. Changes deep inside a directory entry are caught by the settle re-check
 that follows any change, and a slow periodic rescan stays as the backstop (and the only mechanism
-where inotify is unavailable).
+where inotify is unavailable). The watcher also remembers which files were renamed into the
+directory and left alone since, so upload can tell a file put in place whole from one still being
+written where it stands.
 """
 
 from __future__ import annotations
@@ -102,6 +104,10 @@ class DirWatcher:
     def __init__(self, path: str, on_change: Callable[[], None]):
         self.path = path
         self.on_change = on_change
+        # Files whose last event was their rename into `path` (nothing written, changed, created
+        # or removed under that name since); emptied by take_renamed and by a lost event.
+        self._renamed: set[str] = set()
+        self._lock = threading.Lock()
         self._inotify: Inotify | None = None
         self._stop_r, self._stop_w = -1, -1
         self._thread: threading.Thread | None = None
@@ -123,6 +129,13 @@ class DirWatcher:
         self._thread.start()
         return True
 
+    def take_renamed(self) -> set[str]:
+        """The names of files renamed into the directory with no event on them since, as far as the
+        events read so far tell; each name is handed out once."""
+        with self._lock:
+            names, self._renamed = self._renamed, set()
+        return names
+
     def stop(self) -> None:
         if self._thread is None:
             return
@@ -139,9 +152,18 @@ class DirWatcher:
             if self._stop_r in ready:
                 return
             try:
-                self._inotify.events()  # the events themselves do not matter: something changed
+                events = self._inotify.events()
             except OSError as e:
                 if e.errno != errno.EINTR:
                     log.warning("inotify on %s failed (%s); relying on periodic rescans", self.path, e)
                     return
+                events = []
+            with self._lock:
+                for _wd, mask, _cookie, name in events:
+                    if mask & IN_Q_OVERFLOW:
+                        self._renamed.clear()  # events were lost: no name is known to be whole
+                    elif mask & IN_MOVED_TO and not mask & IN_ISDIR:
+                        self._renamed.add(os.fsdecode(name))
+                    elif name:
+                        self._renamed.discard(os.fsdecode(name))
             self.on_change()

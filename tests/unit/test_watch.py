@@ -1,0 +1,82 @@
+"""DirWatcher: which files it vouches for as renamed in whole (real inotify on a real directory)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from synkler.watch import DirWatcher
+
+
+@pytest.fixture
+def watched(tmp_path: Path):
+    d = tmp_path / "files"
+    d.mkdir()
+    w = DirWatcher(str(d), lambda: None)
+    if not w.start():
+        pytest.skip("no inotify here")
+    yield d, w
+    w.stop()
+
+
+def renamed_after(d: Path, w: DirWatcher) -> set[str]:
+    """Rename a sentinel in last and wait until the watcher has read its event (and so all before it)."""
+    (d.parent / ".sentinel").write_bytes(b"")
+    os.rename(d.parent / ".sentinel", d / "sentinel")
+    deadline = time.monotonic() + 10
+    while True:
+        with w._lock:
+            if "sentinel" in w._renamed:
+                break
+        assert time.monotonic() < deadline, "the watcher never saw the sentinel"
+        time.sleep(0.01)
+    return w.take_renamed() - {"sentinel"}
+
+
+def rename_in(d: Path, name: str, data: bytes = b"data") -> Path:
+    tmp = d / f".{name}.part"
+    tmp.write_bytes(data)
+    os.rename(tmp, d / name)
+    return d / name
+
+
+def test_a_file_renamed_in_is_vouched_for_once(watched):
+    d, w = watched
+    rename_in(d, "a.raw")
+    (d.parent / "b.raw").write_bytes(b"from outside")
+    os.rename(d.parent / "b.raw", d / "b.raw")
+    assert renamed_after(d, w) == {"a.raw", "b.raw"}
+    assert w.take_renamed() == set()
+
+
+def test_a_file_written_where_it_stands_is_not_vouched_for(watched):
+    d, w = watched
+    (d / "in-place.raw").write_bytes(b"data")
+    assert renamed_after(d, w) == set()
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        pytest.param(lambda p: p.open("ab").close(), id="opened-for-writing-and-closed"),
+        pytest.param(lambda p: p.chmod(0o600), id="chmod"),
+        pytest.param(lambda p: os.rename(p, p.parent.parent / "moved-away"), id="moved-out"),
+        pytest.param(lambda p: p.unlink(), id="removed"),
+        pytest.param(lambda p: (p.unlink(), p.write_bytes(b"new")), id="replaced"),
+    ],
+)
+def test_anything_done_to_a_renamed_file_afterwards_withdraws_it(watched, after):
+    d, w = watched
+    after(rename_in(d, "x.raw"))
+    assert renamed_after(d, w) == set()
+
+
+def test_a_directory_renamed_in_is_not_vouched_for(watched):
+    d, w = watched
+    (d / ".run").mkdir()
+    (d / ".run" / "f").write_bytes(b"x")
+    os.rename(d / ".run", d / "run")
+    assert renamed_after(d, w) == set()
