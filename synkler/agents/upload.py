@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import transfer
 from ..checksum import EntryStat, md5_entry, stat_entry
+from ..fsutil import open_for_writing
 from ..messages import name_problem, new_entry_id
 from ..state import Entry
 from ..watch import DirWatcher
@@ -61,6 +62,8 @@ class Upload(Agent):
         # Hashes cut short by the stop start again.
         self._hash_entries([e for e in self.state.by_state(*UNSENT) if not e.md5])
         self.watching = self.watcher.start()
+        if self.watching:
+            log.debug("watching %s through inotify", self.cfg.file_dir)
 
     def shutdown(self) -> None:
         self.watcher.stop()
@@ -77,28 +80,42 @@ class Upload(Agent):
 
     # noticing entries ----------------------------------------------------------------------------
 
-    def _scan(self) -> dict[str, EntryStat | Exception | None]:
+    def _scan(self) -> tuple[dict[str, EntryStat | Exception | None], set[str]]:
+        """Fingerprint every entry of file_dir; also say which are whole already: files renamed in
+        (nothing happened to them since) that no process holds open for writing."""
         found: dict[str, EntryStat | Exception | None] = {}
+        whole: set[str] = set()
+        renamed = self.watcher.take_renamed()
         with os.scandir(self.cfg.file_dir) as it:
             for d in it:
                 if d.name.startswith("."):
                     continue
                 try:
+                    if d.name in renamed:  # asked before the fingerprint, so that is of the whole file
+                        writing = open_for_writing(d.path)
+                        if writing is False:
+                            whole.add(d.name)
+                        else:
+                            why = "is still open for writing" if writing else "may still be written"
+                            log.debug("%s: renamed in, but %s: it settles first", d.name, why)
                     found[d.name] = stat_entry(d.path)
                 except FileNotFoundError:  # vanished while we looked
                     found[d.name] = None
                 except (OSError, ValueError) as e:  # unreadable, or holds a fifo/socket/device
                     found[d.name] = e
-        return found
+        return found, whole
 
     def _scanned(
-        self, found: dict[str, EntryStat | Exception | None] | None, error: BaseException | None
+        self,
+        result: tuple[dict[str, EntryStat | Exception | None], set[str]] | None,
+        error: BaseException | None,
     ) -> None:
         now = time.time()
         self.next_scan = now + (RESCAN_INTERVAL if self.watching else SCAN_INTERVAL)
         if error is not None:
             log.error("cannot scan %s: %s", self.cfg.file_dir, error)
             return
+        found, whole = result
         for known in (self.pending, self.relayed):
             for name in [n for n in known if n not in found]:
                 del known[name]
@@ -124,9 +141,15 @@ class Upload(Agent):
                 self.state.after_commit(lambda n=name, s=st.signature: self.relayed.__setitem__(n, s))
                 continue
             seen = self.pending.get(name)
-            if seen is None or seen[0] != st.signature:
+            if name not in whole and (seen is None or seen[0] != st.signature):
                 self.pending[name] = (st.signature, now)
-            elif now - seen[1] >= self.cfg.settle_seconds and "md5:" + name not in self.rt.busy:
+            elif (
+                name in whole or now - seen[1] >= self.cfg.settle_seconds
+            ) and "md5:" + name not in self.rt.busy:
+                if name in whole:
+                    log.debug(
+                        "%s: renamed in and not open for writing: no need to wait for it to settle", name
+                    )
                 if latest is None or latest.state == "failed":
                     fresh.append(self._offer(name, st, ""))
                 else:

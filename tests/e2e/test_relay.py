@@ -6,6 +6,7 @@ central's copy, and that no staging debris is left behind.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import subprocess
@@ -142,6 +143,53 @@ def test_a_200_mb_file_arrives_intact(make_relay):
     # Central and download hashed it while rsync wrote it (synkler.follow), not in a second read.
     for role in ("central", "download"):
         assert "big.bin: hashed while it arrived" in relay.log_path(role).read_text(), role
+
+
+def wait_until_upload_watches(relay) -> None:
+    """A file renamed in before upload watches file_dir is found by its first scan and settles."""
+    relay.wait_for("upload to watch", lambda: "watching" in relay.log_path("upload").read_text(), 10)
+
+
+def test_a_file_renamed_in_whole_goes_at_once_and_one_written_in_place_waits_to_settle(make_relay):
+    relay = make_relay(upload={"settle_seconds": 4})
+    relay.start()
+    up = relay.dirs["upload"]
+    wait_until_upload_watches(relay)
+    renamed = place(up, "renamed.raw", os.urandom(4096))
+    placed = time.time()
+    deliver(relay, {"renamed.raw": renamed}, timeout=30)
+    [entry] = relay.entries("upload")
+    assert entry.created - placed < 2  # offered well before 4 s of settling
+    data = os.urandom(4096)
+    with open(up / "in-place.raw", "wb") as f:
+        f.write(data)
+    closed = time.time()
+    deliver(relay, {"renamed.raw": renamed, "in-place.raw": hashlib.md5(data).hexdigest()}, timeout=30)
+    offered = next(e.created for e in relay.entries("upload") if e.name == "in-place.raw")
+    assert offered - closed >= 4
+
+
+def test_a_file_renamed_in_while_still_open_for_writing_waits_until_it_is_written(make_relay):
+    relay = make_relay(upload={"settle_seconds": 2})
+    relay.start()
+    up = relay.dirs["upload"]
+    wait_until_upload_watches(relay)
+    first, rest = os.urandom(1 << 20), os.urandom(1 << 20)
+    with open(relay.workdir / "growing.raw", "wb") as f:
+        f.write(first)
+        f.flush()
+        os.rename(relay.workdir / "growing.raw", up / "growing.raw")  # the writer is not done yet
+        relay.wait_for(
+            "upload to see it still open",
+            lambda: (
+                "growing.raw: renamed in, but is still open for writing"
+                in relay.log_path("upload").read_text()
+            ),
+            10,
+        )
+        f.write(rest)
+    deliver(relay, {"growing.raw": hashlib.md5(first + rest).hexdigest()})
+    assert [e.state for e in relay.entries("upload")] == ["done"]  # no early, partial version was sent
 
 
 def test_a_name_collision_at_download_keeps_both_and_identical_content_is_not_duplicated(make_relay):
