@@ -43,6 +43,7 @@ def test_the_benchmark_runs_and_reports_positive_figures(broker, sshd, tmp_path)
     assert positive(report["machine"]["nproc"])
     assert report["machine"]["python"] and report["machine"]["rsync"]
     assert report["settings"]["many"] == 20 and positive(report["settings"]["settle_seconds"])
+    assert report["settings"]["quiet_s"] == 0  # --quick: no rest before timed runs
     assert set(report["results"]) == {"latency", "many", "tree"}
 
     latency = report["results"]["latency"]  # renamed in; "in_place": written where it stands
