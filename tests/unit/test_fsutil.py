@@ -7,6 +7,7 @@ import mmap
 import os
 import subprocess
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 from typing import Callable
@@ -457,3 +458,36 @@ def test_open_for_writing_cannot_tell_for_directories_symlinks_and_missing_names
     assert open_for_writing(tmp_path / "link") is None
     assert open_for_writing(tmp_path / "dir") is None
     assert open_for_writing(tmp_path / "missing") is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a check as another user")
+def test_open_for_writing_cannot_tell_for_someone_else_s_file_without_cap_lease() -> None:
+    top = Path(tempfile.mkdtemp(prefix="synkler-lease-", dir="/tmp"))  # pytest's tmp_path is root's only
+    try:
+        top.chmod(0o755)
+        f = top / "theirs.raw"
+        f.write_bytes(b"x")
+        f.chmod(0o644)
+        assert check_as_nobody(f) == "cannot tell"
+        os.chown(f, 65534, 65534)  # the same file, now nobody's own: the lease tells
+        assert check_as_nobody(f) == "not open for writing"
+    finally:
+        remove_tree(top)
+
+
+def check_as_nobody(f: Path) -> str:
+    """open_for_writing(f) in a child running as nobody (no CAP_LEASE), who can read f."""
+    answers = {10: "not open for writing", 11: "open for writing", 12: "cannot tell"}
+    pid = os.fork()
+    if pid == 0:
+        code = 1  # an exception: e.g. nobody cannot read the file after all
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            f.read_bytes()
+            code = {False: 10, True: 11, None: 12}[open_for_writing(f)]
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    return answers.get(code, f"exit {code}")
