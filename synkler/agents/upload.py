@@ -141,15 +141,12 @@ class Upload(Agent):
                 self.state.after_commit(lambda n=name, s=st.signature: self.relayed.__setitem__(n, s))
                 continue
             seen = self.pending.get(name)
-            if name not in whole and (seen is None or seen[0] != st.signature):
+            if name in whole:  # counts as settled already
+                log.debug("%s: renamed in and not open for writing: no need to wait for it to settle", name)
+                seen = (st.signature, float("-inf"))
+            if seen is None or seen[0] != st.signature:
                 self.pending[name] = (st.signature, now)
-            elif (
-                name in whole or now - seen[1] >= self.cfg.settle_seconds
-            ) and "md5:" + name not in self.rt.busy:
-                if name in whole:
-                    log.debug(
-                        "%s: renamed in and not open for writing: no need to wait for it to settle", name
-                    )
+            elif now - seen[1] >= self.cfg.settle_seconds and "md5:" + name not in self.rt.busy:
                 if latest is None or latest.state == "failed":
                     fresh.append(self._offer(name, st, ""))
                 else:
