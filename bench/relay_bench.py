@@ -94,14 +94,17 @@ QUIET_AFTER_CONNECT_S = 2.0
 # the first touch of such a page costs a fault in the host: here, touching 4 GiB took 11.6 s cold
 # and 2.3 s right after another process had freed it. Without the rest, a run that starts right
 # after another deleted its copy writes into warm pages, which the relay's second copy never
-# gets; after it, every timed run starts from the same memory.
+# gets; after it, every timed run starts from the same memory. The rest begins with a sync, so
+# that no run pays for writing back the data of the one before it: with it, the big relay took
+# 7.30-7.47 s, against 7.54-7.99 s without, in runs ten minutes apart.
 # Deleting many files shortly before a timed run slows that run down on ext4 without a journal (as
-# on this machine): ext4 then avoids reusing an inode freed less than about 30 s ago, and each new
-# file's inode search steps over every such inode. Measured here: a direct rsync of 2,000 files
-# took 0.52 s with no recent deletion, and 1.38 s when 2,000 files had been deleted 2 s before.
-# Deleting the direct copy just before the relay made the relay pay for it. So a directory holding
-# more than this many files stays until the end of the run (all under one root); big files, few
-# inodes and much disk, go at once.
+# on this machine): ext4 then avoids reusing an inode freed less than 60 s ago (up to 6 min while
+# its inode table block is not yet written back), and each new file's inode search steps over
+# every such inode. Measured here: a direct rsync of 2,000 files took 0.52 s with no recent
+# deletion, and 1.38 s when 2,000 files had been deleted 2 s before. Deleting the direct copy just
+# before the relay made the relay pay for it. So a directory holding more than this many files
+# stays until the end of the run (all under one root); big files, few inodes and much disk, go at
+# once. (The sync before each rest, see Bench.rest, also ends the 6-minute window of earlier ones.)
 DELETE_AT_ONCE_MAX_FILES = 64
 LATENCY_POLL_S = 0.01  # how often the latency loop looks at download's state
 SAMPLE_S = 0.05  # how often the concurrency sampler looks at rsync processes and states
@@ -390,6 +393,13 @@ class Bench:
         self.results: dict[str, Any] = {}
         self.effective: dict[str, Any] = {}
 
+    def rest(self) -> None:
+        """Before a timed run (--quiet > 0): write all dirty data out, then rest for --quiet seconds,
+        so that no run pays for writing back the data of the one before it."""
+        if self.args.quiet > 0:
+            os.sync()
+            time.sleep(self.args.quiet)
+
     def discard(self, path: Path) -> None:
         """Delete `path` now, unless it holds many files: those go with the root at the end of the
         run (see DELETE_AT_ONCE_MAX_FILES)."""
@@ -513,7 +523,7 @@ class Bench:
         dest.mkdir()
         rsh = self.sshd.rsh() + (f" -o Ciphers={ciphers}" if ciphers else "")
         argv = ["rsync", "-a", f"--rsh={rsh}", str(src), f"{self.sshd.target}:{dest}/"]
-        time.sleep(self.args.quiet)
+        self.rest()
         started = time.monotonic()
         run = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
         elapsed = time.monotonic() - started
@@ -697,7 +707,7 @@ class Bench:
                     f"{same_cipher:.2f} s"
                 )
             put = link_into(sorted(src.iterdir()), relay.dirs["upload"])
-            time.sleep(self.args.quiet)
+            self.rest()
             sampler = ConcurrencySampler(relay, with_states)
             sampler.start()
             cpu_before = cpu_snapshot(relay)
@@ -1109,7 +1119,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--quiet",
         type=float,
-        help=f"seconds of rest before each timed direct rsync and relay (full {FULL['quiet']:g}, quick 0)",
+        help="a sync, then this many seconds of rest, before each timed direct rsync and relay "
+        f"(full {FULL['quiet']:g}, quick 0: no sync, no rest)",
     )
     p.add_argument(
         "--settle", type=float, help="settle_seconds for upload and download (default: not overridden)"
