@@ -325,14 +325,13 @@ class ConcurrencySampler(threading.Thread):
     Two views: rsync processes that the upload (push) and download (pull) agents have running, and the
     entries in state 'uploading' at upload plus 'fetching' at download (states also count entries
     waiting for a retry or for a free transfer slot, the processes only the ones really moving data).
-    The state view is optional because reading the databases costs CPU that grows with the number of
-    entries.
+    Only mixed runs it: each sample reads every /proc/<pid>/stat, about 0.4 CPU-s in a big relay,
+    work that the direct rsync does not compete with.
     """
 
-    def __init__(self, relay: LocalRelay, with_states: bool):
+    def __init__(self, relay: LocalRelay):
         super().__init__(daemon=True)
         self.relay = relay
-        self.with_states = with_states
         self.stop_event = threading.Event()
         self.peak_push = self.peak_pull = self.peak_rsync = 0
         self.peak_uploading = self.peak_fetching = self.peak_states = 0
@@ -342,7 +341,7 @@ class ConcurrencySampler(threading.Thread):
     def run(self) -> None:
         parents = {proc.pid: role for role, proc in self.relay.procs.items()}
         # sqlite connections belong to the thread that made them: open ours here.
-        state = readers(self.relay) if self.with_states else {}
+        state = readers(self.relay)
         try:
             while not self.stop_event.wait(SAMPLE_S):
                 counts = rsync_children(parents)
@@ -351,11 +350,10 @@ class ConcurrencySampler(threading.Thread):
                 self.peak_pull = max(self.peak_pull, pull)
                 self.peak_rsync = max(self.peak_rsync, push + pull)
                 self.both_hops_at_once = self.both_hops_at_once or (push > 0 and pull > 0)
-                if state:
-                    up, down = state["upload"].count("uploading"), state["download"].count("fetching")
-                    self.peak_uploading = max(self.peak_uploading, up)
-                    self.peak_fetching = max(self.peak_fetching, down)
-                    self.peak_states = max(self.peak_states, up + down)
+                up, down = state["upload"].count("uploading"), state["download"].count("fetching")
+                self.peak_uploading = max(self.peak_uploading, up)
+                self.peak_fetching = max(self.peak_fetching, down)
+                self.peak_states = max(self.peak_states, up + down)
                 self.samples += 1
         finally:
             close_all(state)
@@ -363,20 +361,16 @@ class ConcurrencySampler(threading.Thread):
     def stop(self) -> dict[str, Any]:
         self.stop_event.set()
         self.join()
-        result: dict[str, Any] = {
+        return {
             "peak_rsync": self.peak_rsync,
             "peak_push_rsync": self.peak_push,
             "peak_pull_rsync": self.peak_pull,
             "push_and_pull_at_once": self.both_hops_at_once,
             "samples": self.samples,
+            "peak_states": self.peak_states,
+            "peak_uploading": self.peak_uploading,
+            "peak_fetching": self.peak_fetching,
         }
-        if self.with_states:
-            result.update(
-                peak_states=self.peak_states,
-                peak_uploading=self.peak_uploading,
-                peak_fetching=self.peak_fetching,
-            )
-        return result
 
 
 # --------------------------------------------------------------------------------------------------
@@ -609,9 +603,7 @@ class Bench:
             close_all(state)
             self.finish(relay)
 
-    def bulk(
-        self, label: str, count: int, size: int, *, verify_all: bool, with_states: bool
-    ) -> dict[str, Any]:
+    def bulk(self, label: str, count: int, size: int, *, verify_all: bool, sampled: bool) -> dict[str, Any]:
         """Shared by big, many and mixed (tree calls bulk_runs itself): a direct rsync of the data,
         then the same data through a fresh relay, --repeat times in turn; the figures are medians,
         so that the two sides of the ratio meet the same noise of a shared machine."""
@@ -619,9 +611,7 @@ class Bench:
         say(f"  {label}: writing {count} × {size_text(size)} of random data")
         md5s = make_files(src, f"{label}-", count, size)
         try:
-            return self.bulk_runs(
-                label, src, md5s, size, files=count, verify_all=verify_all, with_states=with_states
-            )
+            return self.bulk_runs(label, src, md5s, size, files=count, verify_all=verify_all, sampled=sampled)
         finally:
             self.discard(src)
 
@@ -634,7 +624,7 @@ class Bench:
         *,
         files: int,
         verify_all: bool,
-        with_states: bool = False,
+        sampled: bool = False,
     ) -> dict[str, Any]:
         """--repeat runs of bulk_once on the entries in `src` (`files` files of `size` bytes in all),
         and their medians."""
@@ -645,7 +635,7 @@ class Bench:
                 md5s,
                 size,
                 verify_all=verify_all,
-                with_states=with_states,
+                sampled=sampled,
             )
             for i in range(self.args.repeat)
         ]
@@ -684,7 +674,7 @@ class Bench:
         size: int,
         *,
         verify_all: bool,
-        with_states: bool,
+        sampled: bool,
     ) -> dict[str, Any]:
         """One direct rsync of `src` and one relay of its files; the relay is timed from the moment
         the files appear in upload's file_dir to the last entry recorded 'done' at download."""
@@ -708,15 +698,16 @@ class Bench:
                 )
             put = link_into(sorted(src.iterdir()), relay.dirs["upload"])
             self.rest()
-            sampler = ConcurrencySampler(relay, with_states)
-            sampler.start()
+            sampler = ConcurrencySampler(relay) if sampled else None
+            if sampler:
+                sampler.start()
             cpu_before = cpu_snapshot(relay)
             started, started_wall = time.monotonic(), time.time()
             put()
             try:
                 self.wait_delivered(relay, state, label, set(md5s), started)
             finally:
-                concurrency = sampler.stop()
+                concurrency = sampler.stop() if sampler else None
             # The poll that saw the last entry done comes up to its interval late: take the time
             # download recorded instead.
             elapsed = state["download"].query("SELECT MAX(updated) FROM entries")[0][0] - started_wall
@@ -759,10 +750,10 @@ class Bench:
         self.check_no_failures(relay, state)
 
     def big(self) -> dict[str, Any]:
-        return self.bulk("big", 1, self.args.big_mb << 20, verify_all=True, with_states=False)
+        return self.bulk("big", 1, self.args.big_mb << 20, verify_all=True, sampled=False)
 
     def many(self) -> dict[str, Any]:
-        return self.bulk("many", self.args.many, self.args.many_kb << 10, verify_all=False, with_states=False)
+        return self.bulk("many", self.args.many, self.args.many_kb << 10, verify_all=False, sampled=False)
 
     def tree(self) -> dict[str, Any]:
         """The files of `many` as one entry: a directory holding them (one rsync run per hop, one md5
@@ -778,9 +769,7 @@ class Bench:
             self.discard(src)
 
     def mixed(self) -> dict[str, Any]:
-        return self.bulk(
-            "mixed", self.args.mixed, self.args.mixed_mb << 20, verify_all=True, with_states=True
-        )
+        return self.bulk("mixed", self.args.mixed, self.args.mixed_mb << 20, verify_all=True, sampled=True)
 
     def idle(self) -> dict[str, Any]:
         """CPU and memory of agents with nothing to do: with an empty state, and with many finished entries.

@@ -25,11 +25,15 @@ def test_the_benchmark_runs_and_reports_positive_figures(broker, sshd, tmp_path)
         str(BENCH),
         "--quick",
         "--only",
-        "latency,many,tree",
+        "latency,many,tree,mixed",
         "--latency-runs",
         "2",
         "--many",
         "20",
+        "--mixed",
+        "3",
+        "--mixed-mb",
+        "8",  # each rsync run lives longer than the sampler's 50 ms period
         "--broker",
         f"{broker.host}:{broker.port}",
         "--json",
@@ -44,7 +48,7 @@ def test_the_benchmark_runs_and_reports_positive_figures(broker, sshd, tmp_path)
     assert report["machine"]["python"] and report["machine"]["rsync"]
     assert report["settings"]["many"] == 20 and positive(report["settings"]["settle_seconds"])
     assert report["settings"]["quiet_s"] == 0  # --quick: no rest before timed runs
-    assert set(report["results"]) == {"latency", "many", "tree"}
+    assert set(report["results"]) == {"latency", "many", "tree", "mixed"}
 
     latency = report["results"]["latency"]  # renamed in; "in_place": written where it stands
     assert latency["runs"] == 2
@@ -61,7 +65,14 @@ def test_the_benchmark_runs_and_reports_positive_figures(broker, sshd, tmp_path)
     assert many["files"] == 20 and many["file_bytes"] == 4 << 10
     for key in ("relay_s", "direct_s", "ratio", "relay_files_per_s"):
         assert positive(many[key]), key
-    assert positive(many["concurrency"]["peak_rsync"])
+    assert many["concurrency"] is None  # sampled only in mixed
+
+    mixed = report["results"]["mixed"]
+    assert mixed["files"] == 3 and mixed["total_bytes"] == 3 * (8 << 20)
+    assert positive(mixed["ratio"])
+    concurrency = mixed["concurrency"]
+    assert positive(concurrency["samples"]) and positive(concurrency["peak_rsync"])
+    assert positive(concurrency["peak_states"])
 
     tree = report["results"]["tree"]  # the same files as one directory entry
     assert tree["files"] == 20 and tree["total_bytes"] == 20 * (4 << 10) and len(tree["runs"]) == 1
