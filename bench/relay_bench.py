@@ -442,7 +442,8 @@ class Bench:
         time.sleep(QUIET_AFTER_CONNECT_S)
 
     def finish(self, relay: LocalRelay) -> None:
-        """Stop the agents, delete the instance's queues and (unless --keep) the relay's files."""
+        """Stop the agents, delete the instance's queues and (unless --keep) the relay's files, now
+        or with the root at the end of the run (see discard)."""
         relay.close()
         if not self.args.keep:
             self.discard(relay.workdir)
