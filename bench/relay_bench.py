@@ -997,7 +997,7 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
         # Each run's own ratio (its relay against the direct rsync just before it): the target counts
         # as met only if every run met it, since a shared machine can favour either side of a run.
         ratios = [run["relay_s"] / run["direct_s"] for run in r.get("runs", [])] or [r["ratio"]]
-        spread = f" (runs {min(ratios):.1f}–{max(ratios):.1f}×)" if len(ratios) > 1 else ""
+        spread = f" (runs {min(ratios):.2f}–{max(ratios):.2f}×)" if len(ratios) > 1 else ""
         add(
             what + (f", median of {len(ratios)}" if len(ratios) > 1 else ""),
             f"{r['relay_s']:.2f} s",
