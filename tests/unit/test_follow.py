@@ -223,3 +223,18 @@ def test_a_byte_changed_in_one_file_of_a_followed_directory_is_found_by_reading_
     assert b"raw/b.bin" not in followed and b"a.bin" in followed
     got, unread = verified_md5(str(dest / "run42"), expected, followed)
     assert not unread and got == md5_entry(dest / "run42") != expected
+
+
+def test_a_file_made_and_renamed_between_two_reads_is_still_followed(dest):
+    """rsync on a fast link makes, writes and renames a file of a directory entry well within the
+    follower's 0.1 s between reads; the follower must open it before the rename all the same."""
+    follower = Follower(str(dest), "run43", "dir").start()
+    (dest / "run43").mkdir()  # wakes the follower, which then waits to read
+    time.sleep(0.01)
+    data = os.urandom(1 << 20)
+    temp = dest / "run43" / ".a.bin.Xy12Zq"  # what rsync does, by hand
+    temp.write_bytes(data)
+    time.sleep(0.06)  # longer than the follower takes events, shorter than it waits to read
+    os.rename(temp, dest / "run43" / "a.bin")
+    followed = follower.finish()
+    assert b"a.bin" in followed and followed[b"a.bin"].md5 == hashlib.md5(data).hexdigest()
