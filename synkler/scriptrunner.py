@@ -1,12 +1,17 @@
 """Runs one cleanup script on behalf of an agent, and outlives the agent if it has to.
 
-Usage: python -m synkler.scriptrunner STATUS_FILE [--timeout SECONDS] -- COMMAND [ARG...]
+Usage: python -m synkler.scriptrunner STATUS_FILE [--timeout SECONDS] [--lock-fd FD] -- COMMAND [ARG...]
 
-Writes STATUS_FILE.pid before the script starts and STATUS_FILE (JSON: exit status and output)
-after it ends, each by an atomic rename. An agent killed while the script runs finds at its next
-start either the result (and records it), a runner still going (and waits for it), or a pid file
-whose runner is gone (the script was interrupted: it is not run again). No pid file and no result
-means the script never started, so starting it then is still "exactly once".
+Writes its pid to STATUS_FILE.pid before the script starts and STATUS_FILE (JSON: exit status and
+output) after it ends. An agent killed while the script runs finds at its next start either the
+result (and records it), a runner still going (and waits for it), or a pid file whose runner is gone
+(the script was interrupted: it is not run again). No pid in the file and no result means the
+script never started, so starting it then is still "exactly once".
+
+The agent makes STATUS_FILE.pid itself, empty, and holds an flock on it before it starts the runner,
+which inherits the lock as --lock-fd and writes its pid into that file. So from before the runner
+exists until it ends, the file is locked: an agent restarted while the runner is still starting
+(Python takes a moment) waits for it instead of starting the script a second time.
 
 A script still running after --timeout seconds is stopped: SIGTERM to its whole process group,
 SIGKILL 10 s later. It then counts as failed (exit status -15 or -9), with a note in its output.
@@ -74,17 +79,25 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    timeout = None
+    timeout = lock_fd = None
     if len(argv) >= 3 and argv[1] == "--timeout":
         timeout, argv = float(argv[2]), [argv[0], *argv[3:]]
+    if len(argv) >= 3 and argv[1] == "--lock-fd":
+        lock_fd, argv = int(argv[2]), [argv[0], *argv[3:]]
     if len(argv) < 3 or argv[1] != "--":
         print(
-            "usage: python -m synkler.scriptrunner STATUS_FILE [--timeout SECONDS] -- COMMAND [ARG...]",
+            "usage: python -m synkler.scriptrunner STATUS_FILE [--timeout SECONDS] [--lock-fd FD] "
+            "-- COMMAND [ARG...]",
             file=sys.stderr,
         )
         return 2
     status, command = argv[0], argv[2:]
-    _write(f"{status}.pid", f"{os.getpid()}\n".encode())
+    pid = f"{os.getpid()}\n".encode()
+    if lock_fd is None:
+        _write(f"{status}.pid", pid)
+    else:  # the agent's locked, empty pid file: fill it in where it is, keeping the lock
+        os.pwrite(lock_fd, pid, 0)
+        os.fsync(lock_fd)
     rc, output = run(command, timeout)
     _write(status, json.dumps({"returncode": rc, "output": output[-MAX_OUTPUT:]}).encode())
     os.unlink(f"{status}.pid")

@@ -8,6 +8,7 @@ with spaces, quotes and non-ASCII characters survive the remote shell.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import functools
 import hashlib
 import json
@@ -25,6 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .fsutil import fsync_dir
 from .pidfile import read_pid
 
 log = logging.getLogger(__name__)
@@ -337,12 +339,16 @@ def run_cleanup(cfg, entry_id: str, name: str, full_path: str, *, resume: bool =
     """
     status = script_status(cfg, entry_id)
     if resume and not os.path.exists(status) and os.path.exists(status + ".pid"):
+        while _locked(status + ".pid") and not os.path.exists(status):
+            time.sleep(0.2)  # a runner has it: one still starting has written no pid yet
         pid = read_pid(status + ".pid")
         while pid is not None and _runs(pid, status) and not os.path.exists(status):
             time.sleep(0.2)
         if not os.path.exists(status):
             os.unlink(status + ".pid")
-            return None
+            if pid is not None:
+                return None
+            # No pid: the agent died before its runner started, so the script never ran.
     if not os.path.exists(status):
         argv = [
             sys.executable,
@@ -351,10 +357,16 @@ def run_cleanup(cfg, entry_id: str, name: str, full_path: str, *, resume: bool =
             status,
             "--timeout",
             str(cfg.cleanup_timeout),
-            "--",
-            *cleanup_argv(cfg.cleanup_argv, name, full_path),
         ]
-        subprocess.run(argv, stdin=subprocess.DEVNULL, start_new_session=True)
+        # The pid file exists, locked, before the runner does; the runner inherits the lock.
+        fd = os.open(status + ".pid", os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            fsync_dir(os.path.dirname(status))
+            argv += ["--lock-fd", str(fd), "--", *cleanup_argv(cfg.cleanup_argv, name, full_path)]
+            subprocess.run(argv, stdin=subprocess.DEVNULL, start_new_session=True, pass_fds=(fd,))
+        finally:
+            os.close(fd)
     try:
         with open(status, "rb") as f:
             outcome = json.load(f)
@@ -362,6 +374,21 @@ def run_cleanup(cfg, entry_id: str, name: str, full_path: str, *, resume: bool =
         return Result(False, -1, f"the script runner left no result: {e}", ())
     os.unlink(status)
     return Result(outcome["returncode"] == 0, outcome["returncode"], outcome["output"], ())
+
+
+def _locked(path: str) -> bool:
+    """Does a script runner (or the agent starting one) hold the lock on this pid file?"""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _runs(pid: int, status: str) -> bool:

@@ -415,6 +415,30 @@ def test_a_runner_still_going_after_the_agent_died_is_waited_for(tmp_path: Path)
     assert result.ok and result.output.strip() == "finished"
 
 
+def test_an_agent_killed_while_its_runner_starts_does_not_run_the_script_twice(tmp_path: Path):
+    # The agent starts the runner and dies at once, before the runner (still starting Python) has
+    # written its pid; the restarted agent must wait for that runner, not start the script again.
+    log = tmp_path / "runs"
+    append_x = "import sys; open(sys.argv[1], 'a').write('x')"
+    cfg = script_cfg(tmp_path, (sys.executable, "-c", append_x, str(log)))
+    agent = (
+        "import os, signal, subprocess, sys\n"
+        "from types import SimpleNamespace\n"
+        "from synkler import transfer\n"
+        "def run_then_die(argv, **kw):\n"
+        "    subprocess.Popen(argv, **kw)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "subprocess.run = run_then_die\n"
+        "cfg = SimpleNamespace(cleanup_argv=tuple(sys.argv[3:]), state_db=sys.argv[1],\n"
+        "                      cleanup_timeout=3600.0)\n"
+        "transfer.run_cleanup(cfg, sys.argv[2], 'a', '/files/a')\n"
+    )
+    died = subprocess.run([sys.executable, "-c", agent, str(cfg.state_db), ENTRY, *cfg.cleanup_argv])
+    assert died.returncode == -signal.SIGKILL
+    result = run_cleanup(cfg, ENTRY, "a", "/files/a", resume=True)
+    assert result.ok and log.read_text() == "x"
+
+
 def test_a_script_over_its_time_limit_is_stopped_with_its_children_and_counts_as_failed(tmp_path: Path):
     # The script starts a grandchild that would outlive it, then hangs; both must be gone afterwards.
     pidfile = tmp_path / "child.pid"
