@@ -412,6 +412,8 @@ class Bench:
         if self.args.settle is not None:
             settings["upload"]["settle_seconds"] = self.args.settle
             settings["download"]["settle_seconds"] = self.args.settle
+        for role in ("upload", "download"):
+            settings[role]["rsync_opts"] = [*self.sshd.rsync_opts(), *self.bwlimit()]
         host, _, port = self.args.broker.rpartition(":")
         relay = LocalRelay(
             self.root / name,
@@ -509,6 +511,10 @@ class Bench:
 
     # baselines --------------------------------------------------------------------------------------
 
+    def bwlimit(self) -> list[str]:
+        """rsync's --bwlimit for --link-mib (every rsync run, direct or synkler's), or nothing."""
+        return [f"--bwlimit={self.args.link_mib:g}m"] if self.args.link_mib else []
+
     def direct_rsync(self, src: Path, label: str, ciphers: str | None = None) -> float:
         """Time one plain `rsync -a` over ssh of `src` into a fresh directory on the same sshd
         (with `ciphers`: the same, but with ssh's cipher order set as synkler sets it)."""
@@ -517,7 +523,7 @@ class Bench:
             dest = dest.with_name(dest.name + "-same-cipher")
         dest.mkdir()
         rsh = self.sshd.rsh() + (f" -o Ciphers={ciphers}" if ciphers else "")
-        argv = ["rsync", "-a", f"--rsh={rsh}", str(src), f"{self.sshd.target}:{dest}/"]
+        argv = ["rsync", "-a", f"--rsh={rsh}", *self.bwlimit(), str(src), f"{self.sshd.target}:{dest}/"]
         self.rest()
         started = time.monotonic()
         run = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
@@ -1113,6 +1119,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         f"(full {FULL['quiet']:g}, quick 0: no sync, no rest)",
     )
     p.add_argument(
+        "--link-mib",
+        type=float,
+        help="limit every rsync run, direct and synkler's, to this many MiB/s (rsync --bwlimit): "
+        "a link slower than this machine's CPUs, as between real hosts (default: no limit)",
+    )
+    p.add_argument(
         "--settle", type=float, help="settle_seconds for upload and download (default: not overridden)"
     )
     p.add_argument(
@@ -1193,6 +1205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settle_override": args.settle,
         **(bench.effective if bench else {}),
         "broker": args.broker,
+        "link_mib": args.link_mib,
         "quiet_after_connect_s": QUIET_AFTER_CONNECT_S,
         "latency_poll_s": LATENCY_POLL_S,
         "sample_s": SAMPLE_S,
@@ -1208,6 +1221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(
         f"\n{m['date']}, {m['nproc']} CPUs ({m['cpu']}), {m['mem_gb']} GiB, Python {m['python']}, "
         f"{m['rsync']}; took {report['elapsed_s']:.0f} s"
+        + (f"; every rsync run limited to {args.link_mib:g} MiB/s" if args.link_mib else "")
     )
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

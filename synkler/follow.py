@@ -31,6 +31,7 @@ import select
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .checksum import md5_entry, new_md5
@@ -49,6 +50,7 @@ from .watch import (
 log = logging.getLogger(__name__)
 
 FOLLOW_MIN = 16 << 20  # smaller files are read again after the hop: following them would not pay
+EARLY_MIN = 64 << 20  # smaller files are pulled once they are verified at central
 IDLE_GIVE_UP = 120.0  # seconds without a byte of its file after which a follower stops
 # Seconds to let writes pile up before reading them: one read per burst, not per write. Fewer, larger
 # reads cost the hop less: a 1 GiB push with a follower took 2.93 s (median of 6) reading every
@@ -62,6 +64,13 @@ EVENTS_EVERY = 0.02
 _MASK = IN_CREATE | IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE
 _NAME_MAX = 255
 _READ = 1 << 20
+
+
+def pulled_early(kind: str, size: int) -> bool:
+    """Is a file big enough for download to pull it while upload still pushes it? Each early run
+    costs an ssh session and a remote rsync; a file of a few tens of MiB is pushed in well under a
+    second on a fast link."""
+    return kind == "file" and size >= EARLY_MIN
 
 
 def worth_following(kind: str, size: int, files: int) -> bool:
@@ -153,8 +162,13 @@ class Follower:
     updates the partial file where it lies instead of writing a new file from the start.
     """
 
-    def __init__(self, directory: str, name: str, kind: str = "file"):
+    def __init__(
+        self, directory: str, name: str, kind: str = "file", on_open: Callable[[int], None] | None = None
+    ):
+        """`on_open(fd)` is called, on the follower's thread, with each temporary file of a file
+        entry that it opens (central links it where download can pull it early)."""
         self.directory = os.fsencode(directory)
+        self.on_open = on_open
         self.name = os.fsencode(name)
         self.tree = kind == "dir"
         self._finish = threading.Event()
@@ -334,6 +348,8 @@ class Follower:
             return  # already renamed or removed: nothing to follow
         if stat.S_ISREG(os.fstat(fd).st_mode):
             self._temps[rel] = _Temp(fd)
+            if self.on_open is not None and not self.tree:
+                self.on_open(fd)
         else:
             os.close(fd)
 

@@ -15,7 +15,8 @@ from typing import Any
 
 from .errors import MessageError
 
-SCHEMA = 3  # 3: `fetch.path` is stored/<entry id>, the entry itself; 2: md5 in `sent`, not in `offer`
+# 4: `pushing`; 3: `fetch.path` is stored/<entry id>, the entry itself; 2: md5 in `sent`, not in `offer`
+SCHEMA = 4
 MAX_BODY = 64 * 1024  # one message
 MAX_BATCH_BODY = 1024 * 1024  # one AMQP body carrying a JSON array of messages
 MAX_BATCH = 1000
@@ -121,6 +122,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "wait": {"reason": _text},
     # upload -> central: attempt N has been pushed; the md5 upload computed of the entry
     "sent": {"attempt": _attempt, "md5": _md5},
+    # central -> download: a big file is being pushed; what has arrived may be pulled early from `path`
+    "pushing": {"size": _int(MAX_SIZE), "path": path_problem},
     # central -> download: pull this verified copy
     "fetch": dict(_ENTRY_META, md5=_md5, attempt=_attempt, path=path_problem),
     # download -> central: verified and placed under `stored_as` (or already present with the same md5)

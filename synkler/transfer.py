@@ -309,6 +309,24 @@ def pull(cfg, remote_dir: str, paths: Sequence[str], local_dir: str) -> Result:
     return run(argv, input=_listing(paths))
 
 
+def pull_more(cfg, remote_path: str, local_path: str) -> Result:
+    """central -> download: append to `local_path` what `remote_path` on central has beyond its length.
+
+    A file shorter on central than here is left alone. rsync writes in place (--append), so no
+    partial dir: what arrived stays where it is for the next run to go on from.
+    """
+    argv = [
+        *cfg.rsync,
+        "--archive",
+        "--append",
+        f"--timeout={cfg.rsync_timeout}",
+        *effective_opts(cfg)[0],
+        f"{cfg.central_host}:{remote_path}",
+        local_path,
+    ]
+    return run(argv)
+
+
 def probe(cfg) -> Result:
     """ssh + remote rsync round trip to central, for `synkler check`: list the remote home."""
     argv = [*cfg.rsync, f"--timeout={min(cfg.rsync_timeout, 30)}", *cfg.rsync_opts, "--list-only"]

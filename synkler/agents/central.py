@@ -3,14 +3,17 @@
 Central's directory is ``file_dir/<id>/``: ``staging/<upload agent>/`` receives pushes,
 ``stored/<entry id>`` is a verified copy that download pulls (the entry itself under its id: its name
 is in the state, and a directory per entry would cost a mkdir each, the dearest step for small
-files). An entry only ever reaches ``stored`` by a rename after its md5 matched. Central never opens
-an ssh connection.
+files). An entry only ever reaches ``stored`` by a rename after its md5 matched. ``growing/<entry id>``
+is a hard link to rsync's temporary file of a big file while upload pushes it, so that download can
+pull what has arrived before it is verified (download places nothing before its own md5 matches).
+Central never opens an ssh connection.
 
 States: waiting -> uploading -> verifying -> downloading -> delivered -> expired, or failed.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -20,7 +23,7 @@ from typing import Any
 from .. import transfer
 from ..checksum import md5_entry
 from ..errors import MessageError
-from ..follow import Follower, verified_md5, worth_following
+from ..follow import Follower, pulled_early, verified_md5, worth_following
 from ..fsutil import free_bytes, remove_tree, rename_noreplace, total_bytes
 from ..messages import is_valid_entry_id
 from ..state import Entry
@@ -42,6 +45,7 @@ class Central(Agent):
         self.base = os.path.join(self.cfg.file_dir, self.cfg.id)
         self.staging_dir = os.path.join(self.base, "staging")
         self.stored_dir = os.path.join(self.base, "stored")
+        self.growing_dir = os.path.join(self.base, "growing")
         self.next_sweep = 0.0
         self.next_admit_check = 0.0
         self.admit_due = self.verify_due = True
@@ -65,6 +69,9 @@ class Central(Agent):
     def startup(self) -> None:
         os.makedirs(self.staging_dir, exist_ok=True)
         os.makedirs(self.stored_dir, exist_ok=True)
+        os.makedirs(self.growing_dir, exist_ok=True)
+        for name in os.listdir(self.growing_dir):  # pushes cut short by the stop start again
+            remove_tree(os.path.join(self.growing_dir, name))
         in_flight = {(e.peer, e.name) for e in self.state.by_state("waiting", "uploading", "verifying")}
         for peer in os.listdir(self.staging_dir):
             top = os.path.join(self.staging_dir, peer)
@@ -103,12 +110,14 @@ class Central(Agent):
         if not worth_following(entry.kind, entry.size, entry.files):
             return
         directory, name, kind = self.staging(entry), entry.name, entry.kind
+        early = pulled_early(entry.kind, entry.size)
+        link = functools.partial(self._link_growing, entry.id) if early else None
 
         def start() -> None:
             with self.followers_lock:
                 if len(self.followers) >= self.cfg.max_transfers or entry.id in self.followers:
                     return
-                self.followers[entry.id] = Follower(directory, name, kind).start()
+                self.followers[entry.id] = Follower(directory, name, kind, on_open=link).start()
 
         self.state.after_commit(start)
 
@@ -137,6 +146,30 @@ class Central(Agent):
             follower = self.followers.pop(entry_id, None)
         if follower is not None:
             follower.stop()
+        self._drop_growing(entry_id)
+
+    def growing(self, entry_id: str) -> str:
+        return os.path.join(self.growing_dir, entry_id)
+
+    def _link_growing(self, entry_id: str, fd: int) -> None:
+        """On a follower's thread: make growing/<entry id> the file rsync has just begun to write
+        (a new try replaces the link of the one before)."""
+        path = self.growing(entry_id)
+        try:
+            # linkat() with AT_SYMLINK_FOLLOW links the open file itself, whatever its name is by now
+            # (Python calls plain link(), which does not follow, unless a directory fd is given).
+            directory = os.open(self.growing_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.link(f"/proc/self/fd/{fd}", entry_id + ".new", dst_dir_fd=directory, follow_symlinks=True)
+            finally:
+                os.close(directory)
+            os.replace(path + ".new", path)
+        except OSError as e:  # download then pulls the verified copy, as it would anyway
+            log.debug("cannot link %s for an early pull: %s", path, e)
+            remove_tree(path + ".new")
+
+    def _drop_growing(self, entry_id: str) -> None:
+        remove_tree(self.growing(entry_id))
 
     def _take_follower(self, entry_id: str) -> Follower | None:
         with self.followers_lock:
@@ -292,6 +325,9 @@ class Central(Agent):
         remove_tree(self.staged(entry))  # a fresh start for every attempt
         self.state.update(entry, state="uploading", attempt=entry.attempt + 1, tries=0, reason=None)
         self.send(entry.peer, "admit", entry.id, attempt=entry.attempt, dest=self.staging(entry))
+        if pulled_early(entry.kind, entry.size):
+            path = self.growing(entry.id)
+            self.send(DOWNLOAD, "pushing", entry.id, size=entry.size, path=path)
         self._follow(entry)
 
     # jobs ----------------------------------------------------------------------------------------
@@ -371,6 +407,7 @@ class Central(Agent):
         entry_now = self.state.get(entry.id)
         if entry_now.state != "verifying":
             return
+        self._drop_growing(entry.id)  # download pulls the rest from stored/, or all of it again
         md5, in_store = result if result else (None, False)
         if md5 == entry.md5:
             if not in_store:

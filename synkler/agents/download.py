@@ -7,16 +7,23 @@ name and other content is kept and the new one is placed beside it as ``name (2)
 ``name (3).ext`` ... (directories: ``name (2)``). Same name and same md5: already there, nothing to do.
 
 States: fetching -> placing -> delivered (cleanup script pending) -> done, or failed.
+
+A big file is pulled early: while upload pushes it, central says so (`pushing`) and download appends
+what has arrived to its copy in staging, hashing it as it comes (`Early`, memory only). When the
+`fetch` comes, one more run appends the rest from the verified copy, and the copy counts only if
+its md5 is the one in `fetch`; otherwise it is dropped and pulled whole, as any other entry.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from typing import Any
 
 from .. import transfer
-from ..checksum import md5_entry, stat_entry
+from ..checksum import md5_entry, new_md5, stat_entry
 from ..errors import MessageError
 from ..follow import Follower, verified_md5, worth_following
 from ..fsutil import remove_tree, rename_noreplace
@@ -27,6 +34,11 @@ log = logging.getLogger("synkler")
 
 MAX_VERSIONS = 1000
 FOLLOWERS = 4  # entries of one pull hashed while they arrive (synkler.follow); the others after it
+EARLY_MAX = 2  # files pulled early at a time
+EARLY_WAIT = 60.0  # seconds an early pull waits for upload's push to begin before it gives up
+EARLY_KEEP = 600.0  # seconds an early copy whose fetch never came is kept (central gave it up)
+EARLY_STEP = 8 << 20  # an early run that brought less than this waits EARLY_PAUSE before the next
+EARLY_PAUSE = 0.25
 
 
 def versioned_name(name: str, kind: str, n: int) -> str:
@@ -60,6 +72,47 @@ def choose_name(file_dir: str, name: str, kind: str, md5: str) -> tuple[str, boo
     raise RuntimeError(f"{MAX_VERSIONS} entries named like {name!r} already exist")
 
 
+class Early:
+    """A big file pulled while upload pushes it: its copy in staging and the md5 of its first bytes.
+
+    The digest leaves out the copy's last byte, so that the run after `fetch` always brings at least
+    one byte: rsync sets the file's mode and mtime only on a file it writes to.
+    """
+
+    def __init__(self, path: str, size: int, local: str):
+        self.path = path  # growing/<entry id> on central
+        self.size = size
+        self.local = local
+        self.fetched = threading.Event()  # the fetch has come: stop pulling early
+        self.digest = new_md5()
+        self.hashed = 0
+        self.ino: int | None = None
+        self.ended: float | None = None  # when the early pulling stopped
+
+    def hash_more(self, limit: int) -> bool:
+        """Hash what has been appended (at most up to `limit`); False if the copy is not the file
+        hashed so far."""
+        try:
+            fd = os.open(self.local, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return self.ino is None
+        try:
+            st = os.fstat(fd)
+            if self.ino is None:
+                self.ino = st.st_ino
+            if st.st_ino != self.ino or st.st_size < self.hashed:
+                return False
+            while self.hashed < min(st.st_size, limit):
+                block = os.pread(fd, min(1 << 20, limit - self.hashed), self.hashed)
+                if not block:
+                    break
+                self.digest.update(block)
+                self.hashed += len(block)
+            return True
+        finally:
+            os.close(fd)
+
+
 class Download(Agent):
     mode = "download"
 
@@ -68,6 +121,7 @@ class Download(Agent):
         self.staging_dir = os.path.join(self.cfg.file_dir, f".synkler-{self.cfg.id}")
         self.partial_dir = os.path.join(self.staging_dir, transfer.PARTIAL_DIR)  # rsync's, shared
         self.place_due = True  # set when an entry's name was chosen and it may be renamed into place
+        self.early: dict[str, Early] = {}  # entry id -> its early pull (memory only)
 
     def cleanup_target(self, entry: Entry) -> tuple[str, str]:
         return entry.stored_as, os.path.join(self.cfg.file_dir, entry.stored_as)
@@ -108,11 +162,22 @@ class Download(Agent):
             pass  # missing, or holds partial files of pulls to resume
 
     def on_message(self, msg: dict[str, Any]) -> None:
+        if msg["type"] == "pushing":
+            if (
+                self.state.get(msg["entry"]) is None
+                and msg["entry"] not in self.early
+                and len(self.early) < EARLY_MAX
+                and self.rt.transfers < self.cfg.max_transfers
+            ):
+                self._pull_early(msg["entry"], msg["path"], msg["size"])
+            return
         if msg["type"] != "fetch":
             raise MessageError(f"download does not take {msg['type']!r} messages")
         if not msg["path"].endswith(f"/{msg['entry']}"):
             raise MessageError(f"fetch: path {msg['path']!r} is not <stored dir>/<entry id>")
         entry = self.state.get(msg["entry"])
+        if msg["entry"] in self.early:
+            self.early[msg["entry"]].fetched.set()
         if entry is None:
             entry = self.entry_from(msg, "fetching", attempt=msg["attempt"], path=msg["path"])
             self.state.insert(entry)
@@ -137,13 +202,99 @@ class Download(Agent):
             for entry in self.state.by_state("placing"):
                 self._place(entry)
         self.start_due_cleanups(now)
+        for entry_id, early in list(self.early.items()):
+            if early.ended and now - early.ended > EARLY_KEEP and self.state.get(entry_id) is None:
+                log.info("dropping the early copy of entry %s: central never sent it", entry_id)
+                del self.early[entry_id]
+                remove_tree(early.local)
+
+    def shutdown(self) -> None:
+        for early in self.early.values():
+            early.fetched.set()
+
+    def _pull_early(self, entry_id: str, path: str, size: int) -> None:
+        """Pull a file while upload pushes it to central, until its fetch comes or the push ends."""
+        early = self.early[entry_id] = Early(path, size, os.path.join(self.staging_dir, entry_id))
+
+        def work() -> None:
+            give_up = time.monotonic() + EARLY_WAIT
+            arrived = False
+            while not early.fetched.is_set():
+                before = early.hashed
+                result = transfer.pull_more(self.cfg, path, early.local)
+                if not result.ok:
+                    if "No such file" not in result.output or arrived or time.monotonic() > give_up:
+                        # The push is over (or failed, or never began): the fetch decides.
+                        log.debug("early pull of entry %s ends: %s", entry_id, result.summary())
+                        return
+                    early.fetched.wait(EARLY_PAUSE)
+                    continue
+                if not arrived:
+                    arrived = True
+                    log.info("pulling entry %s early, while upload pushes it", entry_id)
+                if not early.hash_more(size - 1):
+                    raise OSError(f"{early.local} was replaced while it was pulled early")
+                if early.hashed - before < EARLY_STEP:
+                    early.fetched.wait(EARLY_PAUSE)
+
+        def done(_result: None, error: BaseException | None) -> None:
+            early.ended = time.time()
+            if error is not None:
+                log.warning("early pull of entry %s stopped: %s", entry_id, error)
+                self._drop_early(entry_id)
+
+        self.rt.submit("transfer", entry_id, work, done)
+
+    def _drop_early(self, entry_id: str) -> None:
+        early = self.early.pop(entry_id, None)
+        if early is not None:
+            remove_tree(early.local)
+
+    def _finish_early(self, entry: Entry, early: Early) -> tuple[transfer.Result, tuple[str, Any]] | None:
+        """Append the rest of an early-pulled file from its verified copy.
+
+        (result, outcome): the copy is whole and its md5 matched ("ok"), or the link or the disk
+        failed and the copy is kept for the next try ("link", "space"). None: the copy was removed,
+        pull the file whole.
+        """
+        if not early.hashed or not early.hash_more(early.hashed):
+            why = "nothing was pulled early" if not early.hashed else "it was replaced"
+        else:
+            before = early.hashed
+            os.truncate(early.local, early.hashed)  # the copy is what was hashed, no more
+            result = transfer.pull_more(self.cfg, entry.path, early.local)
+            if result.link_down or result.out_of_space:
+                return result, ("space" if result.out_of_space else "link", result.summary())
+            if not result.ok:
+                why = result.summary()
+            elif not early.hash_more(entry.size) or early.hashed != entry.size:
+                why = f"{early.hashed} bytes instead of {entry.size}"
+            elif early.digest.hexdigest() != entry.md5:
+                why = f"md5 mismatch at download: expected {entry.md5}, got {early.digest.hexdigest()}"
+            else:
+                pulled = f"{before} of {entry.size} bytes were pulled while upload pushed it"
+                log.info("%s: %s", entry.name, pulled)
+                return result, ("ok", choose_name(self.cfg.file_dir, entry.name, entry.kind, entry.md5))
+        log.info("%s: the early copy is not used (%s); pulling it whole", entry.name, why)
+        remove_tree(early.local)
+        return None
 
     def _fetch(self, batch: list[Entry]) -> None:
         """One rsync run for entries stored under the same directory on central, then md5 of each."""
         what = batch[0].name if len(batch) == 1 else f"{len(batch)} entries"
         log.info("pulling %s from central", what)
+        # Big files go alone (base.BATCH_BYTES): one pulled early has a batch of its own.
+        early = self.early.pop(batch[0].id, None) if len(batch) == 1 else None
+        kept: list[Early] = []
 
         def work() -> tuple[transfer.Result, dict[str, tuple[str, Any]]]:
+            if early is not None:
+                finished = self._finish_early(batch[0], early)
+                if finished is not None:
+                    result, outcome = finished
+                    if outcome[0] != "ok":
+                        kept.append(early)  # the next try goes on from it
+                    return result, {batch[0].id: outcome}
             # Big files (and directories of them) are hashed while they arrive (synkler.follow), at
             # most FOLLOWERS entries per run.
             follow = [e for e in batch if worth_following(e.kind, e.size, e.files)][:FOLLOWERS]
@@ -189,6 +340,8 @@ class Download(Agent):
         ) -> None:
             result, outcomes = ran if ran else (None, None)
             self.link_result(result)
+            for early_copy in kept:
+                self.early[batch[0].id] = early_copy
             for entry in batch:
                 entry_now = self.state.get(entry.id)
                 if entry_now.state != "fetching":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -137,12 +138,22 @@ def test_a_200_mb_file_arrives_intact(make_relay):
     relay.start()
     big = relay.workdir / "big.bin"
     write_random(big, 200 << 20)
+    os.chmod(big, 0o640)
+    os.utime(big, (1_600_000_000, 1_600_000_000))
     md5 = md5_entry(big)
     os.rename(big, relay.dirs["upload"] / "big.bin")
     deliver(relay, {"big.bin": md5}, timeout=240)
-    # Central and download hashed it while rsync wrote it (synkler.follow), not in a second read.
-    for role in ("central", "download"):
-        assert "big.bin: hashed while it arrived" in relay.log_path(role).read_text(), role
+    # Central hashed it while rsync wrote it (synkler.follow), not in a second read; download pulled
+    # part of it while upload still pushed it, and hashed that as it came.
+    assert "big.bin: hashed while it arrived" in relay.log_path("central").read_text()
+    early = re.search(
+        r"big\.bin: (\d+) of 209715200 bytes were pulled while", relay.log_path("download").read_text()
+    )
+    assert early and int(early[1]) > 0
+    # Its mode and mtime came along, as with any pull (the last run after the fetch sets them).
+    st = os.stat(relay.dirs["download"] / "big.bin")
+    assert (st.st_mode & 0o777, st.st_mtime) == (0o640, 1_600_000_000)
+    assert os.listdir(relay.dirs["central"] / relay.instance / "growing") == []
 
 
 def wait_until_upload_watches(relay) -> None:
@@ -431,6 +442,25 @@ def corrupting_rsync(relay, side: str, times: int) -> str:
     return shlex.join(
         [sys.executable, str(TOOLS / "corrupting_rsync.py"), str(flips(relay, side)), str(times)]
     )
+
+
+def test_an_early_copy_gone_bad_is_dropped_and_the_file_pulled_whole(make_relay):
+    # Download's first pull of the file while upload pushes it gets a byte flipped: the md5 after
+    # the fetch must catch it, and the file is pulled whole (central's copy is fine: no `corrupt`).
+    relay = make_relay()
+    relay.write_config("download", {"rsync": corrupting_rsync(relay, "download", 1)})
+    big = relay.workdir / "big.bin"
+    write_random(big, 160 << 20)
+    md5 = md5_entry(big)
+    relay.start()
+    os.rename(big, relay.dirs["upload"] / "big.bin")
+    deliver(relay, {"big.bin": md5}, timeout=240)
+    [entry] = relay.entries("download")
+    assert flips(relay, "download").read_text().splitlines() == [entry.id]
+    log = relay.log_path("download").read_text()
+    assert f"big.bin: the early copy is not used (md5 mismatch at download: expected {md5}" in log
+    assert "were pulled while upload pushed it" not in log
+    assert "download got md5" not in relay.log_path("central").read_text()
 
 
 def flips(relay, side: str) -> Path:

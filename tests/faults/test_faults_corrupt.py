@@ -37,10 +37,13 @@ def test_bytes_flipped_at_central_and_at_download_are_caught_and_redone(make_rel
     }
     # Each flip was caught by the md5 check of the hop it corrupted, for the very entry it hit.
     # The wrapper logs the path it was given: the name for a push, the entry id for a pull.
+    # Download's early pulls of the big file (several runs, one check after the fetch) may flip one
+    # copy twice before it is checked: one mismatch for both.
     name_of = {e.id: e.name for e in relay.entries("download")}
     for side, checker in (("upload", "central"), ("download", "download")):
         text = relay.log_path(checker).read_text()
         for rel in flipped[side]:
             name = rel if side == "upload" else name_of[rel]
             assert f"md5 mismatch at {checker}: expected {wl.md5s[name]}" in text, (side, name)
-        assert text.count(f"md5 mismatch at {checker}") == len(flipped[side])
+        checks = text.count(f"md5 mismatch at {checker}")
+        assert len(set(flipped[side])) <= checks <= len(flipped[side]), (side, checks)

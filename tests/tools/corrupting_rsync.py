@@ -2,7 +2,9 @@
 
 Usage (as synkler's `rsync` setting): python corrupting_rsync.py FLIPLOG TIMES [--source] [rsync args...]
 The first TIMES successful runs flip a byte in the middle of the first non-empty regular file among
-the entries they copied (a directory entry is searched inside), at the destination. With --source,
+the entries they copied (a directory entry is searched inside), at the destination. A run given no
+list of entries on stdin (download's early pulls: one file, source and destination) flips a byte
+of its destination file. With --source,
 the flip is done at the source before copying instead, as if central's stored copy had gone bad.
 Both ends are on this machine (the tests' central is loopback). Each flip appends the entry's
 listed path to FLIPLOG.
@@ -38,9 +40,10 @@ def corrupt(location: str, listing: bytes, fliplog: str, times: int) -> None:
         done = len(open(fliplog).read().splitlines()) if os.path.exists(fliplog) else 0
         if done >= times:
             return
-        for item in filter(None, listing.split(b"\0")):
+        for item in filter(None, listing.split(b"\0")) if listing else [b""]:
             rel = os.fsdecode(item)
-            target = first_nonempty_file(os.path.join(top, rel))
+            target = first_nonempty_file(os.path.join(top, rel) if rel else top)
+            rel = rel or os.path.basename(top)
             if target is not None:
                 flip(target)
                 with open(fliplog, "a") as f:
