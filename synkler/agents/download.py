@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from typing import Any
@@ -39,6 +40,8 @@ EARLY_WAIT = 60.0  # seconds an early pull waits for upload's push to begin befo
 EARLY_KEEP = 600.0  # seconds an early copy whose fetch never came is kept (central gave it up)
 EARLY_STEP = 8 << 20  # an early run that brought less than this waits EARLY_PAUSE before the next
 EARLY_PAUSE = 0.25
+# rsync's error line for a source that does not exist ends with ENOENT's number, whatever the locale.
+_MISSING = re.compile(r"^rsync: \[sender\] .*\(2\)\s*$", re.MULTILINE)
 
 
 def versioned_name(name: str, kind: str, n: int) -> str:
@@ -223,7 +226,7 @@ class Download(Agent):
                 before = early.hashed
                 result = transfer.pull_more(self.cfg, path, early.local)
                 if not result.ok:
-                    if "No such file" not in result.output or arrived or time.monotonic() > give_up:
+                    if not _MISSING.search(result.output) or arrived or time.monotonic() > give_up:
                         # The push is over (or failed, or never began): the fetch decides.
                         log.debug("early pull of entry %s ends: %s", entry_id, result.summary())
                         return
