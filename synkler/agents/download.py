@@ -225,6 +225,10 @@ class Download(Agent):
             while not early.fetched.is_set():
                 before = early.hashed
                 result = transfer.pull_more(self.cfg, path, early.local)
+                # Also what a run cut short appended: the next run, or the one after the fetch, goes on
+                # from there.
+                if not early.hash_more(size - 1):
+                    raise OSError(f"{early.local} was replaced while it was pulled early")
                 if not result.ok:
                     if not _MISSING.search(result.output) or arrived or time.monotonic() > give_up:
                         # The push is over (or failed, or never began): the fetch decides.
@@ -235,8 +239,6 @@ class Download(Agent):
                 if not arrived:
                     arrived = True
                     log.info("pulling entry %s early, while upload pushes it", entry_id)
-                if not early.hash_more(size - 1):
-                    raise OSError(f"{early.local} was replaced while it was pulled early")
                 if early.hashed - before < EARLY_STEP:
                     early.fetched.wait(EARLY_PAUSE)
 

@@ -303,6 +303,9 @@ def verdict(relay, wl: Workload, *, faults: int) -> None:
         70,  # central sweeps a killed rsync's leftovers after a minute
         interval=0.5,
     )
+    # Links for download's early pulls go when their push has been checked (or at central's restart).
+    growing = relay.dirs["central"] / relay.instance / "growing"
+    relay.wait_for("central growing/ empty", lambda: not growing.exists() or not any(growing.iterdir()), 10)
     # Download removes the emptied per-entry directories by a job after the commit: soon, not at once.
     relay.wait_for("download staging empty", lambda: not any((down_dir / staging_name).iterdir()), 10)
     partials = [

@@ -4,6 +4,7 @@ silent), through a proxy in front of the test sshd; the relay must notice, retry
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 
 import faultkit
@@ -81,3 +82,47 @@ def test_a_severed_and_a_stalled_ssh_path_are_survived(make_relay, sshd, rng, pr
         resent = proxy.bytes_forwarded - 2 * payload
         print(f"{proxy.bytes_forwarded} bytes through the proxy for 2 x {payload}: {resent} more")
         assert resent < 20 << 20, "an interrupted transfer started over instead of resuming"
+
+
+@pytest.mark.parametrize("profile", faultkit.profiles())
+def test_a_link_severed_while_download_pulls_a_big_file_early_loses_none_of_it(
+    make_relay, sshd, rng, profile
+):
+    # Download pulls a file of 64 MiB or more while upload pushes it. A cut then ends both runs; what
+    # download has pulled early is kept and, once the file is verified at central, completed.
+    profile = dataclasses.replace(profile, bwlimit=20000)
+    with NetProxy(sshd.port) as proxy:
+        rsh = proxied_rsh(sshd, proxy.port, "-o", "ServerAliveInterval=2", "-o", "ServerAliveCountMax=3")
+        workdir = make_relay.next_dir()
+        settings = common_settings(workdir, profile, [f"--rsh={rsh}"])
+        for role in ("upload", "download"):
+            settings[role]["rsync_timeout"] = 6
+        relay = make_relay(settings, verbose=False)
+        wl = build_workload(relay.dirs["upload"], rng, profile, scratch=workdir / "scratch")
+        big = next(n for n in wl.names if n.startswith("big-"))
+        payload = tree_size(relay.dirs["upload"])
+        relay.start()
+        pulling = relay.dirs["download"] / f".synkler-{relay.instance}"
+
+        def pulled_early() -> int:  # before the fetch, download has no entry for it
+            entry = next((e for e in relay.entries("upload") if e.name == big), None)
+            if entry is None or any(e.id == entry.id for e in relay.entries("download")):
+                return 0
+            return tree_size(pulling, entry.id)
+
+        relay.wait_for("the big file half-pulled early", lambda: pulled_early() > 20 << 20, 60, interval=0.05)
+        closed = proxy.sever()
+        assert closed > 0
+        try:
+            assert not flow_for(relay, wl, profile.sever_s)
+        finally:
+            proxy.restore()
+        wait_settled(relay, wl, profile.deliver_timeout)
+        verdict(relay, wl, faults=1)
+        early = re.search(
+            rf"{re.escape(big)}: (\d+) of \d+ bytes were pulled while", relay.log_path("download").read_text()
+        )
+        assert early and int(early[1]) > 20 << 20, "the early copy was not used"
+        resent = proxy.bytes_forwarded - 2 * payload
+        print(f"{proxy.bytes_forwarded} bytes through the proxy for 2 x {payload}: {resent} more")
+        assert resent < 20 << 20, "the cut pushes or pulls started over instead of going on"
