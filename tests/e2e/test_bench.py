@@ -34,6 +34,8 @@ def test_the_benchmark_runs_and_reports_positive_figures(broker, sshd, tmp_path)
         "3",
         "--mixed-mb",
         "8",  # each rsync run lives longer than the sampler's 50 ms period
+        "--link-mib",
+        "1000",  # every rsync run, direct and the agents', takes the limit (too high to slow them)
         "--broker",
         f"{broker.host}:{broker.port}",
         "--json",
@@ -48,6 +50,8 @@ def test_the_benchmark_runs_and_reports_positive_figures(broker, sshd, tmp_path)
     assert report["machine"]["python"] and report["machine"]["rsync"]
     assert report["settings"]["many"] == 20 and positive(report["settings"]["settle_seconds"])
     assert report["settings"]["quiet_s"] == 0  # --quick: no rest before timed runs
+    assert report["settings"]["link_mib"] == 1000
+    assert "every rsync run limited to 1000 MiB/s" in run.stdout
     assert set(report["results"]) == {"latency", "many", "tree", "mixed"}
 
     latency = report["results"]["latency"]  # renamed in; "in_place": written where it stands
