@@ -13,24 +13,30 @@ from faultkit import build_workload, common_settings, flow_for, proxied_rsh, tre
 from netproxy import NetProxy
 
 
+def proxied_relay(make_relay, sshd, rng, profile, proxy, **per_role):
+    """A relay whose upload and download reach sshd through `proxy` (ssh keep-alives every 2 s,
+    rsync_timeout 6, and `per_role` settings), with its workload in place: (relay, workload, the big
+    file's name, the workload's bytes, which cross the proxy twice, pushed and pulled)."""
+    rsh = proxied_rsh(sshd, proxy.port, "-o", "ServerAliveInterval=2", "-o", "ServerAliveCountMax=3")
+    workdir = make_relay.next_dir()
+    settings = common_settings(workdir, profile, [f"--rsh={rsh}"])
+    for role in ("upload", "download"):
+        settings[role].update(rsync_timeout=6, **per_role)
+    relay = make_relay(settings, verbose=False)
+    wl = build_workload(relay.dirs["upload"], rng, profile, scratch=workdir / "scratch")
+    big = next(n for n in wl.names if n.startswith("big-"))
+    return relay, wl, big, tree_size(relay.dirs["upload"])
+
+
 @pytest.mark.parametrize("profile", faultkit.profiles())
 def test_a_severed_and_a_stalled_ssh_path_are_survived(make_relay, sshd, rng, profile):
     # A file of 64 MiB or more would be pulled while it is pushed (download's early pull): its pull
     # would be under way, unlogged, by the time step 2 looks for it. Kept below that size here.
     profile = dataclasses.replace(profile, bwlimit=20000, big_mb=min(profile.big_mb, 60))
     with NetProxy(sshd.port) as proxy:
-        rsh = proxied_rsh(sshd, proxy.port, "-o", "ServerAliveInterval=2", "-o", "ServerAliveCountMax=3")
-        workdir = make_relay.next_dir()
-        settings = common_settings(workdir, profile, [f"--rsh={rsh}"])
-        for role in ("upload", "download"):
-            settings[role]["rsync_timeout"] = 6
-            # A link that is down is no fault of the entries': however long it lasts, it must not use
-            # up their attempts. With one attempt, a single counted failure would end an entry.
-            settings[role]["max_attempts"] = 1
-        relay = make_relay(settings, verbose=False)
-        wl = build_workload(relay.dirs["upload"], rng, profile, scratch=workdir / "scratch")
-        big = next(n for n in wl.names if n.startswith("big-"))
-        payload = tree_size(relay.dirs["upload"])  # every byte crosses the proxy twice: push, pull
+        # A link that is down is no fault of the entries': however long it lasts, it must not use
+        # up their attempts. With one attempt, a single counted failure would end an entry.
+        relay, wl, big, payload = proxied_relay(make_relay, sshd, rng, profile, proxy, max_attempts=1)
         relay.start()
 
         # 1. Sever while upload pushes the big file.
@@ -92,15 +98,7 @@ def test_a_link_severed_while_download_pulls_a_big_file_early_loses_none_of_it(
     # download has pulled early is kept and, once the file is verified at central, completed.
     profile = dataclasses.replace(profile, bwlimit=20000)
     with NetProxy(sshd.port) as proxy:
-        rsh = proxied_rsh(sshd, proxy.port, "-o", "ServerAliveInterval=2", "-o", "ServerAliveCountMax=3")
-        workdir = make_relay.next_dir()
-        settings = common_settings(workdir, profile, [f"--rsh={rsh}"])
-        for role in ("upload", "download"):
-            settings[role]["rsync_timeout"] = 6
-        relay = make_relay(settings, verbose=False)
-        wl = build_workload(relay.dirs["upload"], rng, profile, scratch=workdir / "scratch")
-        big = next(n for n in wl.names if n.startswith("big-"))
-        payload = tree_size(relay.dirs["upload"])
+        relay, wl, big, payload = proxied_relay(make_relay, sshd, rng, profile, proxy)
         relay.start()
         pulling = relay.dirs["download"] / f".synkler-{relay.instance}"
 
