@@ -189,19 +189,20 @@ def close_shared_connection(cfg) -> None:
         run([*shlex.split(shared), "-O", "exit", cfg.central_host], timeout=10, track=False)
 
 
-def rsync_argv(cfg, src: str, dest: str, *, listed: bool = False) -> list[str]:
+def rsync_argv(cfg, src: str, dest: str, *, listed: bool = False, append: bool = False) -> list[str]:
     """The rsync command for one hop: archive mode, resumable, with a stall timeout.
 
     `listed`: the paths to copy (relative to `src`, a directory) come NUL-separated on stdin, so one
     run carries many entries and no name is ever parsed as an option or by a shell.
+    `append`: add to the destination file what the source has beyond its length, in place (rsync
+    refuses a partial dir with it; what arrived stays where it is).
     The user's `rsync_opts` come last so that anything they set (e.g. --rsh with their ssh port and
     key, a --bwlimit) is honoured as given.
     """
     return [
         *cfg.rsync,
         "--archive",
-        "--partial",
-        f"--partial-dir={PARTIAL_DIR}",
+        *(("--append",) if append else ("--partial", f"--partial-dir={PARTIAL_DIR}")),
         f"--timeout={cfg.rsync_timeout}",
         *(("--recursive", "--from0", "--files-from=-") if listed else ()),
         *effective_opts(cfg)[0],
@@ -312,19 +313,9 @@ def pull(cfg, remote_dir: str, paths: Sequence[str], local_dir: str) -> Result:
 def pull_more(cfg, remote_path: str, local_path: str) -> Result:
     """central -> download: append to `local_path` what `remote_path` on central has beyond its length.
 
-    A file shorter on central than here is left alone. rsync writes in place (--append), so no
-    partial dir: what arrived stays where it is for the next run to go on from.
+    A file shorter on central than here is left alone; what a run cut short appended stays.
     """
-    argv = [
-        *cfg.rsync,
-        "--archive",
-        "--append",
-        f"--timeout={cfg.rsync_timeout}",
-        *effective_opts(cfg)[0],
-        f"{cfg.central_host}:{remote_path}",
-        local_path,
-    ]
-    return run(argv)
+    return run(rsync_argv(cfg, f"{cfg.central_host}:{remote_path}", local_path, append=True))
 
 
 def probe(cfg) -> Result:

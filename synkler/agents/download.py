@@ -82,9 +82,7 @@ class Early:
     one byte: rsync sets the file's mode and mtime only on a file it writes to.
     """
 
-    def __init__(self, path: str, size: int, local: str):
-        self.path = path  # growing/<entry id> on central
-        self.size = size
+    def __init__(self, local: str):
         self.local = local
         self.fetched = threading.Event()  # the fetch has come: stop pulling early
         self.digest = new_md5()
@@ -217,7 +215,7 @@ class Download(Agent):
 
     def _pull_early(self, entry_id: str, path: str, size: int) -> None:
         """Pull a file while upload pushes it to central, until its fetch comes or the push ends."""
-        early = self.early[entry_id] = Early(path, size, os.path.join(self.staging_dir, entry_id))
+        early = self.early[entry_id] = Early(os.path.join(self.staging_dir, entry_id))
 
         def work() -> None:
             give_up = time.monotonic() + EARLY_WAIT

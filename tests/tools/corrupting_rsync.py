@@ -4,8 +4,8 @@ Usage (as synkler's `rsync` setting): python corrupting_rsync.py FLIPLOG TIMES [
 The first TIMES successful runs flip a byte in the middle of the first non-empty regular file among
 the entries they copied (a directory entry is searched inside), at the destination. A run given no
 list of entries on stdin (download's early pulls: one file, source and destination) flips a byte
-of its destination file. With --source,
-the flip is done at the source before copying instead, as if central's stored copy had gone bad.
+of its destination file. With --source, the flip is done at the source before copying instead, as
+if central's stored copy had gone bad.
 Both ends are on this machine (the tests' central is loopback). Each flip appends the entry's
 listed path to FLIPLOG.
 """

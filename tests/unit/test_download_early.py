@@ -10,7 +10,7 @@ from synkler.agents.download import Early
 
 def test_the_digest_covers_what_was_appended_up_to_the_limit(tmp_path):
     local = tmp_path / "copy"
-    early = Early("/central/growing/x", 300, str(local))
+    early = Early(str(local))
     assert early.hash_more(299) and early.hashed == 0  # nothing pulled yet
     data = os.urandom(300)
     local.write_bytes(data[:100])
@@ -25,7 +25,7 @@ def test_the_digest_covers_what_was_appended_up_to_the_limit(tmp_path):
 def test_a_copy_replaced_or_removed_is_not_the_same_copy(tmp_path):
     local = tmp_path / "copy"
     local.write_bytes(b"a" * 50)
-    early = Early("/central/growing/x", 100, str(local))
+    early = Early(str(local))
     assert early.hash_more(99) and early.hashed == 50
     other = tmp_path / "other"
     other.write_bytes(b"a" * 60)
@@ -38,7 +38,7 @@ def test_a_copy_replaced_or_removed_is_not_the_same_copy(tmp_path):
 def test_a_copy_cut_shorter_than_what_was_hashed_is_not_the_same_copy(tmp_path):
     local = tmp_path / "copy"
     local.write_bytes(b"a" * 50)
-    early = Early("/central/growing/x", 100, str(local))
+    early = Early(str(local))
     assert early.hash_more(99) and early.hashed == 50
     os.truncate(local, 10)
     assert not early.hash_more(99)
