@@ -39,11 +39,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import synkler
-from synkler import transfer
-from synkler.checksum import md5_entry
 from synkler.config import Config, load_config
-from synkler.localrelay import ROLES, LocalRelay
-from synkler.sshd import LocalSshd
+from synkler.devkit.localrelay import ROLES, LocalRelay
+from synkler.devkit.sshd import LocalSshd
+from synkler.hops import transfer
+from synkler.hops.checksum import md5_entry
 from synkler.state import Entry, State
 
 SCENARIOS = ("latency", "big", "many", "tree", "mixed", "idle")

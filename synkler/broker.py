@@ -198,12 +198,6 @@ class Broker:
 
     # administration (tests, demo, check) ---------------------------------------------------------
 
-    def queue_depth(self, agent: str) -> int:
-        name = dead_name(self.instance) if agent == "dead" else queue_name(self.instance, agent)
-        result: list[int] = []
-        self._call(lambda: result.append(self._chan.queue_declare(name, passive=True).method.message_count))
-        return result[0]
-
     def get_dead(self) -> list[bytes]:
         """Drain the dead-letter queue (for tests and inspection)."""
         bodies: list[bytes] = []

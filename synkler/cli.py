@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         command = args.command or "run"
         if command == "demo":
-            from .demo import run_demo
+            from .devkit.demo import run_demo
 
             return run_demo(keep=args.keep, timeout=args.timeout, verbose=args.verbose or args.debug)
         from .config import find_config, load_config
@@ -70,8 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_run(cfg, args) -> int:
     from .agents import AGENTS
-    from .agents.base import Runtime
     from .pidfile import Pidfile, read_pid
+    from .runtime import Runtime
 
     pidfile = Pidfile(cfg.pidfile)
     if not pidfile.acquire():
@@ -131,10 +131,10 @@ def _iso(ts: float, sep: str = "T") -> str:
 
 
 def cmd_check(cfg, args) -> int:
-    from . import transfer
     from .broker import Broker, BrokerParams
     from .errors import BrokerError
-    from .fsutil import free_bytes
+    from .hops import transfer
+    from .linux.fs import free_bytes
 
     failures = 0
     print(f"ok    config {cfg.path} ({cfg.mode}, id {cfg.id})")

@@ -35,9 +35,5 @@ class MessageError(SynklerError):
     """A message failed validation; it is dead-lettered, never acted upon."""
 
 
-class TransferError(SynklerError):
-    """An rsync/ssh transfer failed."""
-
-
 class PidfileError(SynklerError):
     """The pidfile could not be created or holds garbage."""

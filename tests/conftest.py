@@ -19,8 +19,8 @@ from urllib.parse import quote
 
 import pytest
 
-from synkler.localrelay import ROLES, LocalRelay
-from synkler.sshd import LocalSshd
+from synkler.devkit.localrelay import ROLES, LocalRelay
+from synkler.devkit.sshd import LocalSshd
 
 # Sent by an AMQP 0-9-1 client first; a broker answers it with Connection.Start (or with
 # its own header if it speaks another version), so any reply means "a broker is there".

@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from synkler.checksum import md5_entry
+from synkler.hops.checksum import md5_entry
 
 TOOLS = Path(__file__).parent / "tools"  # rsync wrappers that corrupt, cut off or fill disks
 

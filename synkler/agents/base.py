@@ -1,39 +1,27 @@
-"""The agent runtime: one main loop that owns the broker connection and the state database.
+"""What the three roles share: the Agent base class (retries, transfer batches, cleanup scripts).
 
-The loop alternates between
-- running the AMQP connection for a short while (heartbeats flow, deliveries are collected),
-- handling each delivery in a state transaction, then acking it (ack after commit),
-- handing results of finished background jobs (rsync, md5, cleanup scripts) to the agent,
-- the agent's `tick` (timers, scans, starting jobs),
-- publishing the outbox with publisher confirms.
-
-Background jobs run on worker threads and never touch the broker or the database: they return a
-value, which the main loop passes to the job's callback inside a transaction. Whatever a job was
-doing when the agent died is found again from the durable state at the next start.
+An agent reacts to messages, job results and time; it never talks to the broker itself. The
+runtime (synkler.runtime) runs it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import queue
-import signal
-import sqlite3
-import threading
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from .. import messages, transfer
+from .. import messages
 from ..backoff import backoff
-from ..broker import Broker, BrokerParams
-from ..errors import BrokerError, MessageError
+from ..errors import MessageError
+from ..hops import cleanup, transfer
 from ..state import Entry, State
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
 
 log = logging.getLogger("synkler")
 
-TICK = 0.5  # longest the loop sleeps when nothing happens; events wake it at once
 BATCH_ENTRIES = 500  # at most this many entries in one rsync run
 BATCH_BYTES = 64 << 20  # ... and about this many bytes; bigger entries get a run of their own
 SPACE_WAIT = 30.0  # seconds between tries of a step that failed for lack of disk space
@@ -250,7 +238,7 @@ class Agent:
         """Run the cleanup script for a delivered entry exactly once, as far as anything can.
 
         'running' is committed before the script starts. The script runs under a runner that
-        survives the agent (synkler.scriptrunner): an agent killed meanwhile collects the result at
+        survives the agent (synkler.hops.scriptrunner): an agent killed meanwhile collects the result at
         its next start. Only if the runner itself died mid-script is the cleanup 'interrupted';
         it is then not run again.
         """
@@ -305,7 +293,7 @@ class Agent:
         self.rt.submit(
             "script",
             "cleanup:" + entry.id,
-            lambda: transfer.run_cleanup(self.cfg, entry.id, name, full_path, resume=resume),
+            lambda: cleanup.run_cleanup(self.cfg, entry.id, name, full_path, resume=resume),
             done,
         )
 
@@ -329,296 +317,3 @@ class Agent:
                     "%s: the agent stopped while the cleanup script ran; collecting its result", entry.name
                 )
                 self.start_cleanup(entry, resume=True)
-
-
-class Runtime:
-    """Wires an Agent to the broker, the state database, worker threads and signals."""
-
-    def __init__(self, cfg, agent_class: type[Agent]):
-        self.cfg = cfg
-        self.state = State(cfg.state_db)
-        self.agent = agent_class(cfg, self.state, self)
-        self.broker: Broker | None = None
-        self._params = BrokerParams.from_config(cfg)
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._done: queue.Queue[tuple[Callable, Any, BaseException | None]] = queue.Queue()
-        self._pools = {
-            "transfer": ThreadPoolExecutor(cfg.max_transfers, thread_name_prefix="transfer"),
-            "hash": ThreadPoolExecutor(2, thread_name_prefix="hash"),
-            # Its own thread, so noticing new entries never waits behind the md5 of a big one.
-            "scan": ThreadPoolExecutor(1, thread_name_prefix="scan"),
-            "script": ThreadPoolExecutor(1, thread_name_prefix="script"),
-        }
-        self.busy: set[str] = set()  # entry ids with a job running
-        self.transfers = 0  # rsync runs going on
-        self._connect_failures = 0
-        self._next_connect = 0.0
-
-    # jobs ----------------------------------------------------------------------------------------
-
-    def submit(
-        self,
-        pool: str,
-        keys: str | list[str],
-        fn: Callable[[], Any],
-        done: Callable[[Any, BaseException | None], None],
-    ):
-        """Run `fn` on a worker thread; `done(result, error)` then runs in the main loop, in a transaction.
-
-        `keys` (entry ids and the like) are marked busy until `done` has run.
-        """
-        keys = [keys] if isinstance(keys, str) else list(keys)
-
-        def finish(result: Any, error: BaseException | None) -> None:
-            self.busy.difference_update(keys)
-            if pool == "transfer":
-                self.transfers -= 1
-                self.agent.transfer_due = True  # a slot is free, and retries may have been scheduled
-            done(result, error)
-
-        def work() -> None:
-            try:
-                result, error = fn(), None
-            except BaseException as e:  # handed to the main loop, which decides
-                result, error = None, e
-            self._done.put((finish, result, error))
-            self.wake()
-
-        def start() -> None:
-            self.busy.update(keys)
-            if pool == "transfer":
-                self.transfers += 1
-            self._pools[pool].submit(work)
-
-        # Start only once the state change that led here is committed (see State.after_commit);
-        # a rolled-back change starts nothing and leaves nothing marked busy.
-        self.state.after_commit(start)
-
-    def wake(self) -> None:
-        self._wake.set()
-        broker = self.broker
-        if broker is not None:
-            broker.wake()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
-    def stop(self, *_args: Any) -> None:
-        self._stop.set()
-        self.wake()
-
-    # main loop -----------------------------------------------------------------------------------
-
-    def run(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, self.stop)
-        log.info(
-            "%s agent %r of instance %r starting (state %s)",
-            self.agent.mode,
-            self.cfg.name,
-            self.cfg.id,
-            self.cfg.state_db,
-        )
-        with self.state.transaction():
-            self.agent.startup()
-        try:
-            while not self._stop.is_set():
-                self._step()
-        finally:
-            log.info("stopping: ending transfers, waiting for running jobs")
-            self.agent.shutdown()
-            transfer.terminate_all()
-            for pool in self._pools.values():
-                pool.shutdown(wait=True, cancel_futures=True)
-            with self.state.transaction():
-                self._drain_done()
-            try:
-                self._flush_outbox()
-            except BrokerError:
-                pass  # the outbox is durable: sent at the next start
-            if self.broker:
-                self.broker.close()
-            self.state.close()
-            if self.cfg.mode != "central":
-                transfer.close_shared_connection(self.cfg)
-            log.info("stopped")
-
-    def _step(self) -> None:
-        now = time.time()
-        if self.broker is None and now >= self._next_connect:
-            self._connect()
-        deliveries: list[tuple[int, bytes]] = []
-        try:
-            timeout = self._sleep_for(now)
-            if self.broker is not None:
-                deliveries = self.broker.poll(timeout)
-            else:
-                self._wake.wait(max(0.0, min(timeout, self._next_connect - now)))
-            self._wake.clear()
-            self._work(deliveries)
-            self._flush_outbox()
-        except BrokerError as e:
-            self._lost(e)
-
-    def _work(self, deliveries: list[tuple[int, bytes]]) -> None:
-        """One pass, one transaction, one commit: the deliveries, the finished jobs, the tick.
-
-        Each delivery, job result and the tick has a savepoint of its own, so one that fails is
-        undone alone. Acks, rejects and dead letters go out only after the commit: a crash before
-        it means redelivery, and every handler takes a redelivered message as a no-op.
-        """
-        outcomes: list[tuple[int, str, list[bytes]]] = []
-        pause = False
-        try:
-            with self.state.transaction():
-                for tag, body in deliveries:
-                    outcomes.append((tag, *self._apply(body)))
-                self._drain_done()
-                try:
-                    with self.state.savepoint():
-                        self.agent.tick(time.time())
-                except Exception:
-                    # A full disk or a vanished directory must not kill the agent: log, pause, retry.
-                    log.exception("error in the agent's periodic work; retrying in a second")
-                    self.agent.look_again()
-                    pause = True
-        except (sqlite3.OperationalError, OSError) as e:  # the commit itself failed
-            log.error("cannot record the agent's state (%s); messages stay queued", e)
-            outcomes = [(tag, "requeue", []) for tag, _ in deliveries]
-            self.agent.look_again()
-        for tag, outcome, dead in outcomes:
-            for body in dead:
-                self.broker.dead_letter(body)
-            if outcome == "ack":
-                self.broker.ack(tag)
-            else:
-                self.broker.reject(tag, requeue=outcome == "requeue")
-        if pause or any(outcome == "requeue" for _, outcome, _ in outcomes):
-            self._stop.wait(1.0)
-
-    def _sleep_for(self, now: float) -> float:
-        """How long the loop may wait for events: up to TICK, less if a timer of the agent is due."""
-        if self._wake.is_set():
-            return 0.0
-        wakeup = self.agent.next_wakeup()
-        return TICK if wakeup is None else max(0.0, min(TICK, wakeup - now))
-
-    def _connect(self) -> None:
-        broker = Broker(self._params, self.cfg.id, self.cfg.name)
-        try:
-            broker.connect()
-        except BrokerError as e:
-            self._connect_failures += 1
-            delay = backoff(self._connect_failures, base=0.5, cap=30)
-            self._next_connect = time.time() + delay
-            level = (
-                logging.WARNING
-                if self._connect_failures in (1, 5) or self._connect_failures % 20 == 0
-                else logging.DEBUG
-            )
-            log.log(level, "%s; retrying in %.1f s (attempt %d)", e, delay, self._connect_failures)
-            return
-        if self._connect_failures:
-            log.info("connected to broker %s:%s again", self._params.host, self._params.port)
-        else:
-            log.info("connected to broker %s:%s", self._params.host, self._params.port)
-        self._connect_failures = 0
-        self.broker = broker
-
-    def _lost(self, e: BrokerError) -> None:
-        log.warning("%s; reconnecting", e)
-        if self.broker is not None:
-            self.broker.close()
-        self.broker = None
-        self._connect_failures += 1
-        self._next_connect = time.time() + backoff(self._connect_failures, base=0.5, cap=30)
-
-    def _apply(self, body: bytes) -> tuple[str, list[bytes]]:
-        """Handle one AMQP body: ("ack" | "dead" | "requeue", elements of a batch to dead-letter)."""
-        try:
-            items = messages.decode_many(body)
-        except MessageError as e:
-            log.warning("dead-lettering a message: %s: %r", e, body[:200])
-            return "dead", []
-        dead: list[bytes] = []
-        try:
-            with self.state.savepoint():
-                for item in items:
-                    if isinstance(item, MessageError):
-                        log.warning("dead-lettering a message of a batch: %s", item)
-                        dead.append(_reencode(item))
-                        continue
-                    try:
-                        with self.state.savepoint():
-                            self.agent.on_message(item)
-                    except MessageError as e:
-                        log.warning("dead-lettering a message: %s: %r", e, str(item)[:200])
-                        dead.append(_reencode(item))
-        except (sqlite3.OperationalError, OSError) as e:
-            # Disk full, database locked, a directory we cannot write: the message is fine, we are not.
-            # Let it come back later (handlers are idempotent) instead of dead-lettering a valid request.
-            log.error("cannot act on a message now (%s); it stays queued", e)
-            return "requeue", []
-        except Exception:
-            log.exception("bug while handling a message; dead-lettering it: %r", body[:200])
-            return "dead", []
-        if len(items) == 1 and dead:
-            return "dead", []  # a single message is dead-lettered as it came
-        return "ack", dead
-
-    def _drain_done(self) -> None:
-        """Record every finished job's result, each in its own savepoint of the current transaction."""
-        while True:
-            try:
-                callback, result, error = self._done.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                with self.state.savepoint():
-                    callback(result, error)
-            except Exception:
-                log.exception("bug while recording a job's result")
-
-    def _flush_outbox(self) -> None:
-        """Publish the outbox, many messages per AMQP body and per publisher confirm."""
-        if self.broker is None:
-            return
-        while True:
-            rows = self.state.outbox(OUTBOX_BATCH)
-            if not rows:
-                return
-            for dest, chunk in _chunks(rows):
-                self.broker.publish(dest, messages.encode_batch([body for _, _, body in chunk]))
-                with self.state.transaction():
-                    self.state.sent([seq for seq, _, _ in chunk])
-
-
-OUTBOX_BATCH = 2000
-_CHUNK_BYTES = 256 * 1024
-
-
-def _chunks(rows: list[tuple[int, str, bytes]]):
-    """Split outbox rows into per-destination chunks, keeping each destination's order."""
-    by_dest: dict[str, list[tuple[int, str, bytes]]] = {}
-    for row in rows:
-        by_dest.setdefault(row[1], []).append(row)
-    for dest, dest_rows in by_dest.items():
-        chunk: list[tuple[int, str, bytes]] = []
-        size = 0
-        for row in dest_rows:
-            if chunk and (size + len(row[2]) > _CHUNK_BYTES or len(chunk) >= messages.MAX_BATCH):
-                yield dest, chunk
-                chunk, size = [], 0
-            chunk.append(row)
-            size += len(row[2]) + 1
-        if chunk:
-            yield dest, chunk
-
-
-def _reencode(item: object) -> bytes:
-    """The JSON of one element of a batch, for the dead-letter queue."""
-    if isinstance(item, MessageError):
-        item = getattr(item, "element", str(item))
-    return json.dumps(item, ensure_ascii=True, default=str).encode("ascii")

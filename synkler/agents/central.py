@@ -20,11 +20,11 @@ import threading
 import time
 from typing import Any
 
-from .. import transfer
-from ..checksum import md5_entry
 from ..errors import MessageError
-from ..follow import Follower, pulled_early, verified_md5, worth_following
-from ..fsutil import free_bytes, remove_tree, rename_noreplace, total_bytes
+from ..hops import transfer
+from ..hops.checksum import md5_entry
+from ..hops.follow import Follower, pulled_early, verified_md5, worth_following
+from ..linux.fs import free_bytes, remove_tree, rename_noreplace, total_bytes
 from ..messages import is_valid_entry_id
 from ..state import Entry
 from .base import GIVE_UP_ADVICE, Agent, hash_groups
@@ -49,7 +49,7 @@ class Central(Agent):
         self.next_sweep = 0.0
         self.next_admit_check = 0.0
         self.admit_due = self.verify_due = True
-        # entry id -> Follower hashing a big file while upload pushes it (synkler.follow); verify
+        # entry id -> Follower hashing a big file while upload pushes it (synkler.hops.follow); verify
         # jobs take them from worker threads, hence the lock.
         self.followers: dict[str, Follower] = {}
         self.followers_lock = threading.Lock()
@@ -362,7 +362,7 @@ class Central(Agent):
     def _verify(self, group: list[Entry]) -> None:
         """md5 of the staged copies of a group of entries, by one job (small entries share one:
         one hand-over and one wake-up of the loop instead of one per entry). A big file's follower
-        usually has the md5 already (synkler.follow)."""
+        usually has the md5 already (synkler.hops.follow)."""
 
         def work() -> list[tuple[str, bool] | BaseException]:
             results: list[tuple[str, bool] | BaseException] = []

@@ -23,18 +23,18 @@ import threading
 import time
 from typing import Any
 
-from .. import transfer
-from ..checksum import md5_entry, new_md5, stat_entry
 from ..errors import MessageError
-from ..follow import Follower, verified_md5, worth_following
-from ..fsutil import remove_tree, rename_noreplace
+from ..hops import transfer
+from ..hops.checksum import md5_entry, new_md5, stat_entry
+from ..hops.follow import Follower, verified_md5, worth_following
+from ..linux.fs import remove_tree, rename_noreplace
 from ..state import Entry
 from .base import Agent
 
 log = logging.getLogger("synkler")
 
 MAX_VERSIONS = 1000
-FOLLOWERS = 4  # entries of one pull hashed while they arrive (synkler.follow); the others after it
+FOLLOWERS = 4  # entries of one pull hashed while they arrive (synkler.hops.follow); the others after it
 EARLY_MAX = 2  # files pulled early at a time
 EARLY_WAIT = 60.0  # seconds an early pull waits for upload's push to begin before it gives up
 EARLY_KEEP = 600.0  # seconds an early copy whose fetch never came is kept (central gave it up)
@@ -298,7 +298,7 @@ class Download(Agent):
                     if outcome[0] != "ok":
                         kept.append(early)  # the next try goes on from it
                     return result, {batch[0].id: outcome}
-            # Big files (and directories of them) are hashed while they arrive (synkler.follow), at
+            # Big files (and directories of them) are hashed while they arrive (synkler.hops.follow), at
             # most FOLLOWERS entries per run.
             follow = [e for e in batch if worth_following(e.kind, e.size, e.files)][:FOLLOWERS]
             followers = {e.id: Follower(self.staging_dir, e.id, e.kind).start() for e in follow}

@@ -17,13 +17,13 @@ import threading
 import time
 from typing import Any
 
-from .. import transfer
-from ..checksum import EntryStat, md5_entry, stat_entry
-from ..fsutil import open_for_writing
+from ..hops import transfer
+from ..hops.checksum import EntryStat, md5_entry, stat_entry
+from ..linux.fs import open_for_writing
 from ..messages import name_problem, new_entry_id
 from ..state import Entry
-from ..watch import DirWatcher
 from .base import Agent, hash_groups
+from .watch import DirWatcher
 
 log = logging.getLogger("synkler")
 

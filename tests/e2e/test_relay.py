@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from relay_helpers import TOOLS, close_connections_of, every_log_says, place, tree_listing, write_random
 
-from synkler.checksum import md5_entry
+from synkler.hops.checksum import md5_entry
 
 RECORD = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\t' + sys.argv[3] + '\\n')"
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-import synkler.sshd as sshd_module
-from synkler.sshd import LocalSshd
+import synkler.devkit.sshd as sshd_module
+from synkler.devkit.sshd import LocalSshd
 
 
 def _port_refuses(port: int) -> bool:

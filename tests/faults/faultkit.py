@@ -16,7 +16,7 @@ from pathlib import Path
 
 from relay_helpers import write_random
 
-from synkler.checksum import md5_entry
+from synkler.hops.checksum import md5_entry
 
 TALLY = {"entries": 0, "faults": 0, "delivered": 0, "failed": 0, "lost": 0, "corrupt": 0}
 

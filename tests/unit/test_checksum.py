@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from synkler.checksum import EntryStat, md5_entry, md5_file, stat_entry
+from synkler.hops.checksum import EntryStat, md5_entry, md5_file, stat_entry
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "checksums.md"
 
@@ -280,6 +280,6 @@ def test_the_digest_does_not_depend_on_directory_listing_order(tmp_path: Path, m
         def __exit__(self, *exc):
             return False
 
-    monkeypatch.setattr("synkler.checksum.os.scandir", ReversedListing)
+    monkeypatch.setattr("synkler.hops.checksum.os.scandir", ReversedListing)
     assert md5_entry(tree) == natural
     assert listed, "the walk did not go through os.scandir"

@@ -11,8 +11,8 @@ import pytest
 
 from synkler.agents.download import Download
 from synkler.config import parse_config
+from synkler.hops.transfer import PARTIAL_DIR
 from synkler.state import Entry, State
-from synkler.transfer import PARTIAL_DIR
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from synkler.checksum import md5_entry
-from synkler.follow import Follower, is_temp_name, verified_md5
-from synkler.transfer import PARTIAL_DIR
+from synkler.hops.checksum import md5_entry
+from synkler.hops.follow import Follower, is_temp_name, verified_md5
+from synkler.hops.transfer import PARTIAL_DIR
 
 SIZE = 24 << 20
 SLOW = "--bwlimit=48m"  # about half a second for SIZE: the follower reads while rsync writes
@@ -173,7 +173,7 @@ def test_rsyncs_temporary_names_are_recognised(name, temp, expected):
 
 
 def test_a_follower_whose_transfer_never_comes_gives_up_by_itself(dest, monkeypatch):
-    monkeypatch.setattr("synkler.follow.IDLE_GIVE_UP", 0.2)
+    monkeypatch.setattr("synkler.hops.follow.IDLE_GIVE_UP", 0.2)
     follower = Follower(str(dest), "late.bin").start()
     deadline = time.monotonic() + 10  # it looks at the clock at least once a second
     while not follower.ended:

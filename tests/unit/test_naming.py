@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from synkler.agents.download import MAX_VERSIONS, choose_name, versioned_name
-from synkler.checksum import md5_entry
+from synkler.hops.checksum import md5_entry
 
 # --------------------------------------------------------------------------------------------------
 # versioned_name

@@ -15,8 +15,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from synkler import transfer
-from synkler.transfer import PARTIAL_DIR, cleanup_argv, effective_opts, rsync_argv, run, run_cleanup
+from synkler.hops import cleanup, transfer
+from synkler.hops.cleanup import cleanup_argv, run_cleanup
+from synkler.hops.transfer import PARTIAL_DIR, effective_opts, rsync_argv, run
 
 ENTRY = "0123456789abcdef0123456789abcdef"
 
@@ -367,7 +368,7 @@ def test_without_aes_instructions_the_ciphers_are_left_alone(monkeypatch, fresh_
 
 def test_a_result_left_by_a_runner_whose_agent_died_is_collected_without_running_again(tmp_path: Path):
     cfg = script_cfg(tmp_path, (sys.executable, "-c", "raise SystemExit('must not run')"))
-    status = transfer.script_status(cfg, ENTRY)
+    status = cleanup.script_status(cfg, ENTRY)
     Path(status).write_text('{"returncode": 0, "output": "ran before the crash"}')
     result = run_cleanup(cfg, ENTRY, "a", "/files/a", resume=True)
     assert result.ok and result.output == "ran before the crash"
@@ -376,7 +377,7 @@ def test_a_result_left_by_a_runner_whose_agent_died_is_collected_without_running
 
 def test_a_runner_that_died_mid_script_means_interrupted_and_no_second_run(tmp_path: Path):
     cfg = script_cfg(tmp_path, (sys.executable, "-c", "raise SystemExit('must not run')"))
-    status = transfer.script_status(cfg, ENTRY)
+    status = cleanup.script_status(cfg, ENTRY)
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
@@ -400,9 +401,9 @@ def test_a_runner_still_going_after_the_agent_died_is_waited_for(tmp_path: Path)
         "import os, sys, time\nwhile not os.path.exists(sys.argv[1]): time.sleep(0.05)\nprint('finished')"
     )
     cfg = script_cfg(tmp_path, (sys.executable, "-c", waiter, str(gate)))
-    status = transfer.script_status(cfg, ENTRY)
+    status = cleanup.script_status(cfg, ENTRY)
     runner = subprocess.Popen(
-        [sys.executable, "-m", "synkler.scriptrunner", status, "--", *cfg.cleanup_argv],
+        [sys.executable, "-m", "synkler.hops.scriptrunner", status, "--", *cfg.cleanup_argv],
         start_new_session=True,
     )
     deadline = time.monotonic() + 10
@@ -424,14 +425,14 @@ def test_an_agent_killed_while_its_runner_starts_does_not_run_the_script_twice(t
     agent = (
         "import os, signal, subprocess, sys\n"
         "from types import SimpleNamespace\n"
-        "from synkler import transfer\n"
+        "from synkler.hops import cleanup\n"
         "def run_then_die(argv, **kw):\n"
         "    subprocess.Popen(argv, **kw)\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
         "subprocess.run = run_then_die\n"
         "cfg = SimpleNamespace(cleanup_argv=tuple(sys.argv[3:]), state_db=sys.argv[1],\n"
         "                      cleanup_timeout=3600.0)\n"
-        "transfer.run_cleanup(cfg, sys.argv[2], 'a', '/files/a')\n"
+        "cleanup.run_cleanup(cfg, sys.argv[2], 'a', '/files/a')\n"
     )
     died = subprocess.run([sys.executable, "-c", agent, str(cfg.state_db), ENTRY, *cfg.cleanup_argv])
     assert died.returncode == -signal.SIGKILL

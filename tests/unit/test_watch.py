@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from synkler.watch import DirWatcher
+from synkler.agents.watch import DirWatcher
 
 
 @pytest.fixture

@@ -34,8 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .checksum import md5_entry, new_md5
-from .watch import (
+from ..linux.inotify import (
     IN_CLOSE_WRITE,
     IN_CREATE,
     IN_DELETE,
@@ -46,6 +45,7 @@ from .watch import (
     IN_Q_OVERFLOW,
     Inotify,
 )
+from .checksum import md5_entry, new_md5
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""rsync over ssh and the cleanup scripts: the only module that runs subprocesses for the relay.
+"""rsync over ssh: the only module that runs rsync and ssh (the cleanup scripts run in synkler.hops.cleanup).
 
 Every command is an argument list, never a shell line. Paths are passed absolute so a name starting
 with '-' can never be taken for an option; rsync >= 3.2.4 quotes remote arguments itself, so names
@@ -8,10 +8,8 @@ with spaces, quotes and non-ASCII characters survive the remote shell.
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import functools
 import hashlib
-import json
 import logging
 import os
 import re
@@ -19,15 +17,10 @@ import shlex
 import signal
 import stat
 import subprocess
-import sys
 import tempfile
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-from .fsutil import fsync_dir
-from .pidfile import read_pid
 
 log = logging.getLogger(__name__)
 
@@ -322,88 +315,3 @@ def probe(cfg) -> Result:
     """ssh + remote rsync round trip to central, for `synkler check`: list the remote home."""
     argv = [*cfg.rsync, f"--timeout={min(cfg.rsync_timeout, 30)}", *cfg.rsync_opts, "--list-only"]
     return run([*argv, f"{cfg.central_host}:."], timeout=60)
-
-
-def cleanup_argv(template: Sequence[str], name: str, full_path: str) -> list[str]:
-    """Substitute %f (name) and %F (full path) in each argument; %% is a literal %."""
-    subst = {"%%": "%", "%f": name, "%F": full_path}
-    # One pass, so a '%f' inside the substituted path is never substituted again.
-    return [re.sub(r"%[%fF]", lambda m: subst[m.group()], arg) for arg in template]
-
-
-def script_status(cfg, entry_id: str) -> str:
-    """Where the runner of an entry's cleanup script leaves its pid and its result."""
-    directory = os.path.join(os.path.dirname(cfg.state_db), os.path.basename(cfg.state_db) + ".scripts")
-    os.makedirs(directory, exist_ok=True)
-    return os.path.join(directory, f"{entry_id}.json")
-
-
-def run_cleanup(cfg, entry_id: str, name: str, full_path: str, *, resume: bool = False) -> Result | None:
-    """Run an entry's cleanup script (once) through synkler.scriptrunner, and return its result.
-
-    The runner is a session of its own that outlives the agent. With `resume` (the agent restarted
-    while the script was marked running) an existing result is collected, a runner still going is
-    waited for, and a script that never started is started. None: the runner died while the
-    script ran, so whether it finished is unknown; it is not run again.
-    """
-    status = script_status(cfg, entry_id)
-    if resume and not os.path.exists(status) and os.path.exists(status + ".pid"):
-        while _locked(status + ".pid") and not os.path.exists(status):
-            time.sleep(0.2)  # a runner has it: one still starting has written no pid yet
-        pid = read_pid(status + ".pid")
-        while pid is not None and _runs(pid, status) and not os.path.exists(status):
-            time.sleep(0.2)
-        if not os.path.exists(status):
-            os.unlink(status + ".pid")
-            if pid is not None:
-                return None
-            # No pid: the agent died before its runner started, so the script never ran.
-    if not os.path.exists(status):
-        argv = [
-            sys.executable,
-            "-m",
-            "synkler.scriptrunner",
-            status,
-            "--timeout",
-            str(cfg.cleanup_timeout),
-        ]
-        # The pid file exists, locked, before the runner does; the runner inherits the lock.
-        fd = os.open(status + ".pid", os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            fsync_dir(os.path.dirname(status))
-            argv += ["--lock-fd", str(fd), "--", *cleanup_argv(cfg.cleanup_argv, name, full_path)]
-            subprocess.run(argv, stdin=subprocess.DEVNULL, start_new_session=True, pass_fds=(fd,))
-        finally:
-            os.close(fd)
-    try:
-        with open(status, "rb") as f:
-            outcome = json.load(f)
-    except (OSError, ValueError) as e:
-        return Result(False, -1, f"the script runner left no result: {e}", ())
-    os.unlink(status)
-    return Result(outcome["returncode"] == 0, outcome["returncode"], outcome["output"], ())
-
-
-def _locked(path: str) -> bool:
-    """Does a script runner (or the agent starting one) hold the lock on this pid file?"""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
-def _runs(pid: int, status: str) -> bool:
-    """Is `pid` still the runner for `status` (and not a recycled pid)?"""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return os.fsencode(status) in f.read()
-    except OSError:
-        return False

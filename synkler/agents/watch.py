@@ -1,7 +1,4 @@
-"""Noticing changes in a directory at once, through Linux inotify (via ctypes, no dependency).
-
-Upload watches its file_dir with a DirWatcher; the md5 followers (synkler.follow) read the events
-themselves through Inotify.
+"""Noticing changes in upload's file_dir at once, through Linux inotify (synkler.linux.inotify).
 
 Only the top level is watched: a new name, a rename into the directory, a closed write, a change of
 attributes or a removal. Changes deep inside a directory entry are caught by the settle re-check
@@ -13,30 +10,29 @@ written where it stands.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import os
 import select
-import struct
 import threading
 from typing import Callable
 
+from ..linux.inotify import (
+    IN_ATTRIB,
+    IN_CLOSE_WRITE,
+    IN_CREATE,
+    IN_DELETE,
+    IN_DELETE_SELF,
+    IN_ISDIR,
+    IN_MOVE_SELF,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
+    IN_Q_OVERFLOW,
+    Inotify,
+)
+
 log = logging.getLogger(__name__)
 
-IN_MODIFY = 0x002
-IN_ATTRIB = 0x004
-IN_CLOSE_WRITE = 0x008
-IN_MOVED_FROM = 0x040
-IN_MOVED_TO = 0x080
-IN_CREATE = 0x100
-IN_DELETE = 0x200
-IN_DELETE_SELF = 0x400
-IN_MOVE_SELF = 0x800
-IN_Q_OVERFLOW = 0x4000
-IN_ISDIR = 0x40000000
-IN_NONBLOCK = 0o4000
-IN_CLOEXEC = 0o2000000
 _MASK = (
     IN_ATTRIB
     | IN_CLOSE_WRITE
@@ -47,55 +43,6 @@ _MASK = (
     | IN_DELETE_SELF
     | IN_MOVE_SELF
 )
-
-
-_EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of NUL-padded name
-
-
-class Inotify:
-    """One inotify instance: watches on directories, and their events with the names in them.
-
-    Raises OSError where inotify cannot be used (not Linux, out of watches or instances).
-    """
-
-    def __init__(self) -> None:
-        try:
-            self._libc = ctypes.CDLL(None, use_errno=True)
-            fd = self._libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
-        except AttributeError as e:
-            raise OSError(errno.ENOSYS, f"no inotify here ({e})") from None
-        if fd < 0:
-            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
-        self.fd = fd
-
-    def watch(self, path: str, mask: int) -> int:
-        wd = self._libc.inotify_add_watch(self.fd, os.fsencode(path), mask)
-        if wd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), path)
-        return wd
-
-    def events(self) -> list[tuple[int, int, int, bytes]]:
-        """The events queued now, as (watch, mask, cookie, name); [] if there are none. Never blocks."""
-        out: list[tuple[int, int, int, bytes]] = []
-        while True:
-            try:
-                data = os.read(self.fd, 64 * 1024)
-            except BlockingIOError:
-                return out
-            if not data:
-                return out
-            offset = 0
-            while offset + _EVENT.size <= len(data):
-                wd, mask, cookie, length = _EVENT.unpack_from(data, offset)
-                offset += _EVENT.size
-                out.append((wd, mask, cookie, data[offset : offset + length].rstrip(b"\0")))
-                offset += length
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
 
 class DirWatcher:

@@ -12,7 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
-from .checksum import md5_entry
+from ..hops.checksum import md5_entry
 from .localrelay import ROLES, LocalRelay
 from .sshd import LocalSshd
 

@@ -169,7 +169,7 @@ def md5_entry(path: PathLike, known: Mapping[bytes, Any] | None = None) -> str:
     what it points to), a directory the tree digest described in docs/checksums.md.  The digest
     does not encode the top-level kind, so compare EntryStat.kind as well.
 
-    `known`: for a directory, digests of some files already taken (synkler.follow), by path within
+    `known`: for a directory, digests of some files already taken (synkler.hops.follow), by path within
     the directory; each is used instead of reading the file only while its `matches(path)` holds.
     """
     p = os.fsencode(path)

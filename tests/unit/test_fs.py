@@ -14,8 +14,8 @@ from typing import Callable
 
 import pytest
 
-from synkler import fsutil
-from synkler.fsutil import (
+from synkler.linux import fs as fsutil
+from synkler.linux.fs import (
     free_bytes,
     fsync_dir,
     open_for_writing,

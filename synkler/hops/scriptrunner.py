@@ -1,6 +1,6 @@
 """Runs one cleanup script on behalf of an agent, and outlives the agent if it has to.
 
-Usage: python -m synkler.scriptrunner STATUS_FILE [--timeout SECONDS] [--lock-fd FD] -- COMMAND [ARG...]
+Usage: python -m synkler.hops.scriptrunner STATUS_FILE [--timeout SECONDS] [--lock-fd FD] -- COMMAND [ARG...]
 
 Writes its pid to STATUS_FILE.pid before the script starts and STATUS_FILE (JSON: exit status and
 output) after it ends. An agent killed while the script runs finds at its next start either the
@@ -25,7 +25,7 @@ import signal
 import subprocess
 import sys
 
-from .fsutil import fsync_dir
+from ..linux.fs import fsync_dir
 
 MAX_OUTPUT = 64 * 1024
 KILL_GRACE = 10.0  # seconds between SIGTERM and SIGKILL for a script over its time limit
@@ -86,7 +86,7 @@ def main(argv: list[str]) -> int:
         lock_fd, argv = int(argv[2]), [argv[0], *argv[3:]]
     if len(argv) < 3 or argv[1] != "--":
         print(
-            "usage: python -m synkler.scriptrunner STATUS_FILE [--timeout SECONDS] [--lock-fd FD] "
+            "usage: python -m synkler.hops.scriptrunner STATUS_FILE [--timeout SECONDS] [--lock-fd FD] "
             "-- COMMAND [ARG...]",
             file=sys.stderr,
         )

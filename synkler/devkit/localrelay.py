@@ -7,7 +7,6 @@ local RabbitMQ under a unique instance id.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -17,11 +16,11 @@ from typing import Any, Callable
 
 import yaml
 
-from . import transfer
-from .broker import Broker, BrokerParams
-from .config import load_config
-from .errors import BrokerError
-from .state import Entry, State
+from ..broker import Broker, BrokerParams
+from ..config import load_config
+from ..errors import BrokerError
+from ..hops import transfer
+from ..state import Entry, State
 
 ROLES = ("upload", "central", "download")
 
@@ -182,7 +181,3 @@ class LocalRelay:
             and all(s == "done" for s in down.values())
             and (set(down) >= set(up))
         )
-
-
-def free_env() -> dict[str, str]:
-    return dict(os.environ)
