@@ -1,5 +1,9 @@
 """The wire format: JSON envelopes with a schema version, validated field by field on receipt.
 
+Each message type is a small frozen dataclass (`Offer`, `Admit`, ...): agents build them to send and
+get them back from `decode`, never a dict. Every body field names its validator; `decode` checks the
+envelope and every field before it builds the object, and `encode` checks what it sends.
+
 Pure functions only: no broker, no disk. Anything that fails validation raises MessageError,
 which the agent turns into a dead-lettered message and a log line.
 """
@@ -11,7 +15,8 @@ import math
 import re
 import time
 import uuid
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, ClassVar, Union
 
 from .errors import MessageError
 
@@ -105,81 +110,196 @@ def _attempt(value: object) -> str | None:
     return None
 
 
-_ENTRY_META = {
-    "name": name_problem,
-    "kind": _kind,
-    "size": _int(MAX_SIZE),
-    "files": _int(MAX_SIZE),
+Check = Callable[[object], Union[str, None]]  # None: valid; else what is wrong with the value
+
+
+def _outcome(value: object) -> str | None:
+    return None if value in ("placed", "present") else "bad outcome"
+
+
+def _checked(check: Check) -> dict[str, Check]:
+    """The metadata of a body field: the validator of its value."""
+    return {"check": check}
+
+
+@dataclass(frozen=True)
+class Message:
+    """The envelope every message has: the entry it is about and the agent that sent it.
+
+    On the wire it also carries the schema version `v`, its `type` and the time it was sent (`at`).
+    """
+
+    TYPE: ClassVar[str] = ""
+    entry: str
+    sender: str
+
+
+@dataclass(frozen=True)
+class EntryMessage(Message):
+    """A message that describes an entry to its receiver."""
+
+    name: str = field(metadata=_checked(name_problem))
+    kind: str = field(metadata=_checked(_kind))
+    size: int = field(metadata=_checked(_int(MAX_SIZE)))
+    files: int = field(metadata=_checked(_int(MAX_SIZE)))
+
+
+@dataclass(frozen=True)
+class Offer(EntryMessage):
+    """upload -> central: an entry has settled and is ready to send (its md5 follows with `sent`)."""
+
+    TYPE: ClassVar[str] = "offer"
+
+
+@dataclass(frozen=True)
+class Admit(Message):
+    """central -> upload: push attempt N into this directory on central."""
+
+    TYPE: ClassVar[str] = "admit"
+    attempt: int = field(metadata=_checked(_attempt))
+    dest: str = field(metadata=_checked(path_problem))
+
+
+@dataclass(frozen=True)
+class Wait(Message):
+    """central -> upload: no room yet; the entry waits at central."""
+
+    TYPE: ClassVar[str] = "wait"
+    reason: str = field(metadata=_checked(_text))
+
+
+@dataclass(frozen=True)
+class Sent(Message):
+    """upload -> central: attempt N has been pushed; the md5 upload computed of the entry."""
+
+    TYPE: ClassVar[str] = "sent"
+    attempt: int = field(metadata=_checked(_attempt))
+    md5: str = field(metadata=_checked(_md5))
+
+
+@dataclass(frozen=True)
+class Pushing(Message):
+    """central -> download: a big file is being pushed; what has arrived may be pulled early from `path`."""
+
+    TYPE: ClassVar[str] = "pushing"
+    size: int = field(metadata=_checked(_int(MAX_SIZE)))
+    path: str = field(metadata=_checked(path_problem))
+
+
+@dataclass(frozen=True)
+class Fetch(EntryMessage):
+    """central -> download: pull this verified copy."""
+
+    TYPE: ClassVar[str] = "fetch"
+    md5: str = field(metadata=_checked(_md5))
+    attempt: int = field(metadata=_checked(_attempt))
+    path: str = field(metadata=_checked(path_problem))
+
+
+@dataclass(frozen=True)
+class Fetched(Message):
+    """download -> central: verified and placed under `stored_as` (or already present with the same md5)."""
+
+    TYPE: ClassVar[str] = "fetched"
+    stored_as: str = field(metadata=_checked(name_problem))
+    outcome: str = field(metadata=_checked(_outcome))  # "placed" | "present"
+
+
+@dataclass(frozen=True)
+class Delivered(Message):
+    """central -> upload: download has a verified copy; upload may run its cleanup script."""
+
+    TYPE: ClassVar[str] = "delivered"
+    stored_as: str = field(metadata=_checked(name_problem))
+
+
+@dataclass(frozen=True)
+class Failed(Message):
+    """any -> any: this entry could not be relayed; a person must look."""
+
+    TYPE: ClassVar[str] = "failed"
+    hop: str = field(metadata=_checked(_text))
+    reason: str = field(metadata=_checked(_text))
+
+
+@dataclass(frozen=True)
+class Corrupt(Message):
+    """download -> central: what I pulled did not match; check your stored copy."""
+
+    TYPE: ClassVar[str] = "corrupt"
+    got: str = field(metadata=_checked(_md5))
+
+
+@dataclass(frozen=True)
+class Withdraw(Message):
+    """upload -> central: this version changed before it was sent; forget it (a newer one is offered)."""
+
+    TYPE: ClassVar[str] = "withdraw"
+    reason: str = field(metadata=_checked(_text))
+
+
+TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (Offer, Admit, Wait, Sent, Pushing, Fetch, Fetched, Delivered, Failed, Corrupt, Withdraw)
+}
+_ENVELOPE = ("v", "type", "entry", "from", "at")
+# type -> its body fields, in order, and their validators
+SCHEMAS: dict[str, dict[str, Check]] = {
+    name: {f.name: f.metadata["check"] for f in fields(cls) if "check" in f.metadata}
+    for name, cls in TYPES.items()
 }
 
-# type -> required body fields and their validators
-SCHEMAS: dict[str, dict[str, Any]] = {
-    # upload -> central: an entry has settled and is ready to send (its md5 follows with `sent`)
-    "offer": dict(_ENTRY_META),
-    # central -> upload: push attempt N into this directory on central
-    "admit": {"attempt": _attempt, "dest": path_problem},
-    # central -> upload: no room yet; the entry waits at central
-    "wait": {"reason": _text},
-    # upload -> central: attempt N has been pushed; the md5 upload computed of the entry
-    "sent": {"attempt": _attempt, "md5": _md5},
-    # central -> download: a big file is being pushed; what has arrived may be pulled early from `path`
-    "pushing": {"size": _int(MAX_SIZE), "path": path_problem},
-    # central -> download: pull this verified copy
-    "fetch": dict(_ENTRY_META, md5=_md5, attempt=_attempt, path=path_problem),
-    # download -> central: verified and placed under `stored_as` (or already present with the same md5)
-    "fetched": {
-        "stored_as": name_problem,
-        "outcome": lambda v: None if v in ("placed", "present") else "bad outcome",
-    },
-    # central -> upload: download has a verified copy; upload may run its cleanup script
-    "delivered": {"stored_as": name_problem},
-    # any -> any: this entry could not be relayed; a person must look
-    "failed": {"hop": _text, "reason": _text},
-    # download -> central: what I pulled did not match; check your stored copy
-    "corrupt": {"got": _md5},
-    # upload -> central: this version changed before it was sent; forget it (a newer one is offered)
-    "withdraw": {"reason": _text},
-}
+
+def body(msg: Message) -> dict[str, Any]:
+    """The body fields of a message, by name."""
+    return {name: getattr(msg, name) for name in SCHEMAS[msg.TYPE]}
 
 
-def encode(mtype: str, entry: str, sender: str, **body: Any) -> bytes:
-    """Build and validate a message; raising here means a bug in the sender, not bad input."""
-    msg = {"v": SCHEMA, "type": mtype, "entry": entry, "from": sender, "at": time.time(), **body}
-    validate(msg)
-    return json.dumps(msg, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+def encode(msg: Message) -> bytes:
+    """The wire form of a message; raising here means a bug in the sender, not bad input."""
+    wire = {
+        "v": SCHEMA,
+        "type": msg.TYPE,
+        "entry": msg.entry,
+        "from": msg.sender,
+        "at": time.time(),
+        **body(msg),
+    }
+    _validate(wire)
+    return json.dumps(wire, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
-def decode(raw: bytes) -> dict[str, Any]:
+def decode(raw: bytes) -> Message:
     """Parse and validate a message body; MessageError says what is wrong with it."""
     if len(raw) > MAX_BODY:
         raise MessageError(f"message is {len(raw)} bytes, more than {MAX_BODY}")
-    msg = _parse(raw)
-    validate(msg)
-    return msg
+    return _validate(_parse(raw))
 
 
-def decode_many(raw: bytes) -> list[dict[str, Any] | MessageError]:
+def decode_many(raw: bytes) -> list[tuple[Any, Message | MessageError]]:
     """Parse an AMQP body: one message (a JSON object) or a batch (a JSON array of them).
 
     Batches let an agent send many messages with one publisher confirm. Each element is validated on
-    its own: the result holds the message, or the MessageError that rejects just that element.
-    A body that is not valid JSON at all raises MessageError.
+    its own: the result pairs each element as parsed (what goes to the dead-letter queue) with its
+    message, or with the MessageError that rejects just that element. A body that is not valid JSON
+    at all raises MessageError.
     """
     if not raw.lstrip().startswith(b"["):
-        return [decode(raw)]
+        if len(raw) > MAX_BODY:
+            raise MessageError(f"message is {len(raw)} bytes, more than {MAX_BODY}")
+        item = _parse(raw)
+        return [(item, _validate(item))]
     if len(raw) > MAX_BATCH_BODY:
         raise MessageError(f"batch is {len(raw)} bytes, more than {MAX_BATCH_BODY}")
     items = _parse(raw)
     if not 1 <= len(items) <= MAX_BATCH:
         raise MessageError(f"batch holds {len(items)} messages, not 1 to {MAX_BATCH}")
-    out: list[dict[str, Any] | MessageError] = []
+    out: list[tuple[Any, Message | MessageError]] = []
     for item in items:
         try:
-            validate(item)
-            out.append(item)
+            out.append((item, _validate(item)))
         except MessageError as e:
-            e.element = item  # kept for the dead-letter queue
-            out.append(e)
+            out.append((item, e))
     return out
 
 
@@ -195,7 +315,8 @@ def _parse(raw: bytes) -> Any:
         raise MessageError(f"message is not valid JSON: {e}") from None
 
 
-def validate(msg: object) -> None:
+def _validate(msg: object) -> Message:
+    """Check a parsed message field by field and build its typed object."""
     if not isinstance(msg, dict):
         raise MessageError("message is not a JSON object")
     if type(msg.get("v")) is not int or msg["v"] != SCHEMA:
@@ -211,12 +332,13 @@ def validate(msg: object) -> None:
     at = msg.get("at")
     if isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at):
         raise MessageError(f"{mtype}: 'at' must be a timestamp")
-    for field, check in schema.items():
-        if field not in msg:
-            raise MessageError(f"{mtype}: missing field {field!r}")
-        problem = check(msg[field])
+    for name, check in schema.items():
+        if name not in msg:
+            raise MessageError(f"{mtype}: missing field {name!r}")
+        problem = check(msg[name])
         if problem:
-            raise MessageError(f"{mtype}: field {field!r} {problem}")
-    extra = set(msg) - set(schema) - {"v", "type", "entry", "from", "at"}
-    if extra:
+            raise MessageError(f"{mtype}: field {name!r} {problem}")
+    if len(msg) != len(schema) + len(_ENVELOPE):
+        extra = set(msg) - set(schema) - set(_ENVELOPE)
         raise MessageError(f"{mtype}: unknown fields {sorted(extra)}")
+    return TYPES[mtype](msg["entry"], msg["from"], *[msg[name] for name in schema])

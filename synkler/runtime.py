@@ -14,6 +14,7 @@ doing when the agent died is found again from the durable state at the next star
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import queue
@@ -21,16 +22,22 @@ import signal
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from . import messages
-from .agents.base import Agent
+from .agents.base import Agent, Done, Key
 from .backoff import backoff
 from .broker import Broker, BrokerParams
 from .errors import BrokerError, MessageError
 from .hops import transfer
 from .state import State
+
+if TYPE_CHECKING:
+    from .config import Config
+
+T = TypeVar("T")
 
 log = logging.getLogger("synkler")
 
@@ -40,7 +47,7 @@ TICK = 0.5  # longest the loop sleeps when nothing happens; events wake it at on
 class Runtime:
     """Wires an Agent to the broker, the state database, worker threads and signals."""
 
-    def __init__(self, cfg, agent_class: type[Agent]):
+    def __init__(self, cfg: Config, agent_class: type[Agent]):
         self.cfg = cfg
         self.state = State(cfg.state_db)
         self.agent = agent_class(cfg, self.state, self)
@@ -48,7 +55,10 @@ class Runtime:
         self._params = BrokerParams.from_config(cfg)
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._done: queue.Queue[tuple[Callable, Any, BaseException | None]] = queue.Queue()
+        # finished jobs: (pool, keys, done, outcome, error)
+        self._done: queue.Queue[tuple[str, tuple[Key, ...], Done[Any], Any, BaseException | None]] = (
+            queue.Queue()
+        )
         self._pools = {
             "transfer": ThreadPoolExecutor(cfg.max_transfers, thread_name_prefix="transfer"),
             "hash": ThreadPoolExecutor(2, thread_name_prefix="hash"),
@@ -56,50 +66,39 @@ class Runtime:
             "scan": ThreadPoolExecutor(1, thread_name_prefix="scan"),
             "script": ThreadPoolExecutor(1, thread_name_prefix="script"),
         }
-        self.busy: set[str] = set()  # entry ids with a job running
+        self._busy: set[Key] = set()  # what running jobs hold
         self.transfers = 0  # rsync runs going on
         self._connect_failures = 0
         self._next_connect = 0.0
 
     # jobs ----------------------------------------------------------------------------------------
 
-    def submit(
-        self,
-        pool: str,
-        keys: str | list[str],
-        fn: Callable[[], Any],
-        done: Callable[[Any, BaseException | None], None],
-    ):
-        """Run `fn` on a worker thread; `done(result, error)` then runs in the main loop, in a transaction.
+    def submit(self, pool: str, keys: Sequence[Key], work: Callable[[], T], done: Done[T]) -> None:
+        """Run `work` on a worker thread; `done(outcome, error)` then runs in the main loop, in a
+        transaction. `keys` are busy until `done` has run.
 
-        `keys` (entry ids and the like) are marked busy until `done` has run.
+        The job starts only once the state change that led here is committed (State.after_commit);
+        a rolled-back change starts nothing and leaves nothing busy.
         """
-        keys = [keys] if isinstance(keys, str) else list(keys)
+        self.state.after_commit(functools.partial(self._start, pool, tuple(keys), work, done))
 
-        def finish(result: Any, error: BaseException | None) -> None:
-            self.busy.difference_update(keys)
-            if pool == "transfer":
-                self.transfers -= 1
-                self.agent.transfer_due = True  # a slot is free, and retries may have been scheduled
-            done(result, error)
+    def busy(self, key: Key) -> bool:
+        return key in self._busy
 
-        def work() -> None:
-            try:
-                result, error = fn(), None
-            except BaseException as e:  # handed to the main loop, which decides
-                result, error = None, e
-            self._done.put((finish, result, error))
-            self.wake()
+    def _start(self, pool: str, keys: tuple[Key, ...], work: Callable[[], T], done: Done[T]) -> None:
+        self._busy.update(keys)
+        if pool == "transfer":
+            self.transfers += 1
+        self._pools[pool].submit(self._run_job, pool, keys, work, done)
 
-        def start() -> None:
-            self.busy.update(keys)
-            if pool == "transfer":
-                self.transfers += 1
-            self._pools[pool].submit(work)
-
-        # Start only once the state change that led here is committed (see State.after_commit);
-        # a rolled-back change starts nothing and leaves nothing marked busy.
-        self.state.after_commit(start)
+    def _run_job(self, pool: str, keys: tuple[Key, ...], work: Callable[[], T], done: Done[T]) -> None:
+        """On a worker thread: run the job and hand its outcome to the main loop."""
+        try:
+            outcome, error = work(), None
+        except BaseException as e:  # handed to the main loop, which decides
+            outcome, error = None, e
+        self._done.put((pool, keys, done, outcome, error))
+        self.wake()
 
     def wake(self) -> None:
         self._wake.set()
@@ -147,8 +146,7 @@ class Runtime:
             if self.broker:
                 self.broker.close()
             self.state.close()
-            if self.cfg.mode != "central":
-                transfer.close_shared_connection(self.cfg)
+            self.agent.stopped()
             log.info("stopped")
 
     def _step(self) -> None:
@@ -251,17 +249,17 @@ class Runtime:
         dead: list[bytes] = []
         try:
             with self.state.savepoint():
-                for item in items:
+                for element, item in items:
                     if isinstance(item, MessageError):
                         log.warning("dead-lettering a message of a batch: %s", item)
-                        dead.append(_reencode(item))
+                        dead.append(_reencode(element))
                         continue
                     try:
                         with self.state.savepoint():
                             self.agent.on_message(item)
                     except MessageError as e:
-                        log.warning("dead-lettering a message: %s: %r", e, str(item)[:200])
-                        dead.append(_reencode(item))
+                        log.warning("dead-lettering a message: %s: %r", e, str(element)[:200])
+                        dead.append(_reencode(element))
         except (sqlite3.OperationalError, OSError) as e:
             # Disk full, database locked, a directory we cannot write: the message is fine, we are not.
             # Let it come back later (handlers are idempotent) instead of dead-lettering a valid request.
@@ -278,12 +276,15 @@ class Runtime:
         """Record every finished job's result, each in its own savepoint of the current transaction."""
         while True:
             try:
-                callback, result, error = self._done.get_nowait()
+                pool, keys, done, outcome, error = self._done.get_nowait()
             except queue.Empty:
                 return
+            self._busy.difference_update(keys)
+            if pool == "transfer":
+                self.transfers -= 1
             try:
                 with self.state.savepoint():
-                    callback(result, error)
+                    done(outcome, error)
             except Exception:
                 log.exception("bug while recording a job's result")
 
@@ -323,8 +324,6 @@ def _chunks(rows: list[tuple[int, str, bytes]]):
             yield dest, chunk
 
 
-def _reencode(item: object) -> bytes:
+def _reencode(element: object) -> bytes:
     """The JSON of one element of a batch, for the dead-letter queue."""
-    if isinstance(item, MessageError):
-        item = getattr(item, "element", str(item))
-    return json.dumps(item, ensure_ascii=True, default=str).encode("ascii")
+    return json.dumps(element, ensure_ascii=True, default=str).encode("ascii")

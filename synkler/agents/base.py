@@ -1,24 +1,30 @@
-"""What the three roles share: the Agent base class (retries, transfer batches, cleanup scripts).
+"""What the roles share: entry states and their transitions, message dispatch, the seam to the runtime
+(`Jobs`), and for upload and download (`Endpoint`) retries, transfer batches and cleanup scripts.
 
-An agent reacts to messages, job results and time; it never talks to the broker itself. The
-runtime (synkler.runtime) runs it.
+An agent reacts to messages, job results and time; it never talks to the broker itself and never
+waits for a job. The runtime (synkler.runtime) runs it: it hands each message to `on_message`,
+runs the jobs an agent submits on worker threads and hands their outcome back in the main loop,
+and calls `tick` after each pass. A test can do the same with jobs run at once (tests/unit/fakes.py).
 """
 
 from __future__ import annotations
 
+import enum
+import functools
 import logging
 import time
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, NamedTuple, Protocol, TypeVar
 
 from .. import messages
 from ..backoff import backoff
 from ..errors import MessageError
 from ..hops import cleanup, transfer
+from ..messages import EntryMessage, Message
 from ..state import Entry, State
 
 if TYPE_CHECKING:
-    from ..runtime import Runtime
+    from ..config import Config
 
 log = logging.getLogger("synkler")
 
@@ -61,27 +67,103 @@ def hash_groups(entries: Iterable[Entry]) -> Iterator[list[Entry]]:
         yield group
 
 
+class Key(NamedTuple):
+    """What a running job holds busy until its outcome is recorded: `kind` and an entry id or name."""
+
+    kind: str
+    of: str = ""
+
+
+ENTRY = "entry"  # the transfer or check of an entry (its id): one job at a time per entry
+HASHING = "md5"  # upload: the md5 of an offered entry (its id)
+NAME = "md5 of name"  # upload: the md5 of a name relayed before, before a new version is offered
+CLEANUP = "cleanup"  # the cleanup script of an entry (its id)
+RECHECK = "recheck"  # central: the md5 of a stored copy download found bad (its id)
+SCAN = Key("scan")  # upload: the listing of file_dir
+
+T = TypeVar("T")
+Done = Callable[["T | None", "BaseException | None"], None]
+
+
+class Jobs(Protocol):
+    """What an agent sees of the runtime that runs it."""
+
+    transfers: int  # rsync runs going on (jobs of the "transfer" pool)
+
+    @property
+    def stopping(self) -> bool:
+        """The agent is stopping: a job cut short now is not the entry's fault."""
+
+    def busy(self, key: Key) -> bool:
+        """Does a job hold `key`?"""
+
+    def submit(self, pool: str, keys: Sequence[Key], work: Callable[[], T], done: Done[T]) -> None:
+        """Run `work()` on a worker of `pool` once the current transaction commits; then
+        `done(outcome, error)` runs in the main loop, in a transaction. `keys` stay busy meanwhile."""
+
+    def wake(self) -> None:
+        """Make the main loop pass soon (from any thread)."""
+
+
+class Status(str, enum.Enum):
+    """Base of each role's entry states. The value is what the state column holds and status shows."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class Cleanup(Status):
+    """Where an entry's cleanup script is (upload and download; the `cleanup` column)."""
+
+    PENDING = "pending"  # due: starts when the script runner is free (and a retry's wait is over)
+    RUNNING = "running"  # committed before the runner starts; collected after a restart
+    DONE = "done"  # exit 0
+    FAILED = "failed"  # failed cleanup_attempts times
+    INTERRUPTED = "interrupted"  # its runner died mid-script: not run again
+
+
+Transitions = Mapping[Status, "frozenset[Status]"]
+
+
+class TransitionError(Exception):
+    """A bug: a role tried a state change its transition table does not allow."""
+
+
 class Agent:
-    """Base of the three roles: reacts to messages, job results and time. No direct broker I/O."""
+    """Base of the three roles: reacts to messages, job results and time. No direct broker I/O.
 
-    mode = ""
+    Each role declares its states (`STATES`, an enum), the states a new entry starts in (`NEW`) and
+    every change of state it may make (`TRANSITIONS`: state -> the states it may go to; staying in a
+    state is not a change). Entries change state only through `move`, which enforces the table;
+    docs/architecture.md shows the same tables (a test keeps them equal). Messages are dispatched by
+    type to one handler each (`handlers`).
+    """
 
-    def __init__(self, cfg, state: State, runtime: Runtime):
+    mode: ClassVar[str] = ""
+    STATES: ClassVar[type[Status]]
+    NEW: ClassVar[tuple[Status, ...]] = ()
+    TRANSITIONS: ClassVar[Transitions] = {}
+
+    def __init__(self, cfg: Config, state: State, jobs: Jobs):
         self.cfg = cfg
         self.state = state
-        self.rt = runtime
+        self.jobs = jobs
         self.name = cfg.name
-        self.cleanup_due = True  # set when an entry's cleanup script becomes due
-        self.transfer_due = True  # set when an entry may need a transfer, or a transfer slot freed up
-        self.next_transfer_retry = float("inf")  # when a failed transfer is due to run again
-        self.next_cleanup_retry = float("inf")  # when a failed cleanup script is due to run again
-        self.link_failures = 0  # transfer runs in a row that could not reach central
+        # message type -> its handler; a type not here is refused (dead-lettered)
+        self.handlers: dict[type[Message], Callable[[Any], None]] = {}
 
     def startup(self) -> None:
         """Reconcile the disk with the durable state after a (possibly unclean) stop."""
 
-    def on_message(self, msg: dict[str, Any]) -> None:
-        raise NotImplementedError
+    def on_message(self, msg: Message) -> None:
+        """Act on one message, inside the caller's savepoint; MessageError dead-letters it."""
+        handler = self.handlers.get(type(msg))
+        if handler is None:
+            raise MessageError(f"{self.mode} does not take {msg.TYPE!r} messages")
+        handler(msg)
 
     def tick(self, now: float) -> None:
         """Start what is due. Called often: keep it cheap."""
@@ -92,28 +174,92 @@ class Agent:
 
     def look_again(self) -> None:
         """Forget the hints that let `tick` skip work (after a tick was rolled back)."""
-        self.cleanup_due = self.transfer_due = True
 
     def shutdown(self) -> None:
-        """Release what `startup` took (threads, watches)."""
+        """Stop what `startup` began (threads, watches), before the running jobs are ended."""
 
-    # helpers shared by the roles -----------------------------------------------------------------
+    def stopped(self) -> None:
+        """Release what jobs used, once every job has ended."""
 
-    def send(self, to: str, mtype: str, entry: str, **body: Any) -> None:
+    # helpers -------------------------------------------------------------------------------------
+
+    def send(self, to: str, msg: Message) -> None:
         """Queue a message in the outbox, in the caller's transaction."""
-        self.state.enqueue(to, messages.encode(mtype, entry, self.name, **body))
+        self.state.enqueue(to, messages.encode(msg))
 
-    def entry_from(self, msg: dict[str, Any], state: str, **fields: Any) -> Entry:
+    def create(self, entry: Entry) -> Entry:
+        """Record a new entry, in one of the role's `NEW` states."""
+        if entry.state not in self.NEW:
+            raise TransitionError(f"{self.mode}: a new entry cannot start in {entry.state!r}")
+        return self.state.insert(entry)
+
+    def move(self, entry: Entry, to: Status, **changes: Any) -> Entry:
+        """Change an entry's state (and other fields) as the role's transition table allows."""
+        if to != entry.state and to not in self.TRANSITIONS.get(self.STATES(entry.state), ()):
+            raise TransitionError(f"{self.mode}: entry {entry.id}: {entry.state} -> {to} is not a transition")
+        return self.state.update(entry, state=to, **changes)
+
+    def entry_from(self, msg: EntryMessage, state: Status, **fields: Any) -> Entry:
         """A new entry described by an offer or fetch message (name, kind, size, files, and the md5
         if the message has it: an offer does not, "" stands for not known yet)."""
-        meta = {k: msg[k] for k in ("name", "kind", "size", "files")}
-        return Entry(id=msg["entry"], state=state, peer=msg["from"], md5=msg.get("md5", ""), **meta, **fields)
+        return Entry(
+            id=msg.entry,
+            state=state,
+            peer=msg.sender,
+            name=msg.name,
+            kind=msg.kind,
+            size=msg.size,
+            files=msg.files,
+            md5=getattr(msg, "md5", ""),
+            **fields,
+        )
 
-    def entry_for(self, msg: dict[str, Any]) -> Entry:
-        entry = self.state.get(msg["entry"])
+    def entry_for(self, msg: Message) -> Entry:
+        """The entry a message is about; a message about an entry this agent never had is refused."""
+        entry = self.state.get(msg.entry)
         if entry is None:
-            raise MessageError(f"{msg['type']} for unknown entry {msg['entry']}")
+            raise MessageError(f"{msg.TYPE} for unknown entry {msg.entry}")
         return entry
+
+    def entry(self, entry_id: str) -> Entry:
+        """An entry this agent has (a job's entry, recorded before the job began)."""
+        entry = self.state.get(entry_id)
+        if entry is None:
+            raise LookupError(f"{self.mode}: no entry {entry_id}")
+        return entry
+
+
+class Endpoint(Agent):
+    """Upload and download, the ends of the relay: they run rsync over ssh to central, retry what
+    failed, and run the cleanup script of each delivered entry exactly once."""
+
+    DELIVERED: ClassVar[Status]  # delivered; the cleanup script is pending or running
+    DONE: ClassVar[Status]
+    FAILED: ClassVar[Status]
+
+    def __init__(self, cfg: Config, state: State, jobs: Jobs):
+        super().__init__(cfg, state, jobs)
+        self.cleanup_due = True  # set when an entry's cleanup script becomes due
+        self.transfer_due = True  # set when an entry may need a transfer, or a transfer slot freed up
+        self.next_transfer_retry = float("inf")  # when a failed transfer is due to run again
+        self.next_cleanup_retry = float("inf")  # when a failed cleanup script is due to run again
+        self.link_failures = 0  # transfer runs in a row that could not reach central
+
+    def look_again(self) -> None:
+        self.cleanup_due = self.transfer_due = True
+
+    def stopped(self) -> None:
+        transfer.close_shared_connection(self.cfg)
+
+    # transfers -----------------------------------------------------------------------------------
+
+    def submit_transfer(self, keys: Sequence[Key], work: Callable[[], T], done: Done[T]) -> None:
+        """Run an rsync job on the transfer pool; when it ends its slot is free for the next."""
+        self.jobs.submit("transfer", keys, work, functools.partial(self._transfer_ended, done))
+
+    def _transfer_ended(self, done: Done[T], outcome: T | None, error: BaseException | None) -> None:
+        self.transfer_due = True  # a slot is free, and retries may have been scheduled
+        done(outcome, error)
 
     def link_result(self, result: transfer.Result | None) -> None:
         """Note how a transfer run went: the backoff for a link that is down grows with its failures."""
@@ -140,7 +286,7 @@ class Agent:
         stalled: tried again with a backoff that grows with the failed runs in a row, up to
         retry_max_seconds). Either way the entry waits, however long that takes.
         """
-        if self.rt.stopping:
+        if self.jobs.stopping:
             # A transfer cut short by our own shutdown is not the hop's fault: redo it at the next start.
             log.info("%s: %s interrupted by shutdown; resumes at the next start", entry.name, hop)
             return True
@@ -165,7 +311,7 @@ class Agent:
             return True
         tries = entry.tries + 1
         if tries >= self.cfg.max_attempts:
-            self.state.update(entry, state="failed", tries=tries, reason=f"{hop}: {why}", **changes)
+            self.move(entry, self.FAILED, tries=tries, reason=f"{hop}: {why}", **changes)
             log.error(
                 "%s: %s failed %d times, giving up: %s. %s",
                 entry.name,
@@ -180,38 +326,38 @@ class Agent:
         log.warning("%s: %s failed (%s); retry %d in %.1f s", entry.name, hop, why, tries, delay)
         return True
 
-    def due_for_transfer(self, state: str, now: float) -> list[Entry]:
+    def due_for_transfer(self, state: Status, now: float) -> list[Entry]:
         """Entries in `state` whose transfer may start now and is not running, oldest first.
 
         The loop passes after every message and finished job, and thousands of entries may be in
         `state`: look only when something changed (`transfer_due`) or a retry has come due, and
         load only the entries that are due and not already being transferred.
         """
-        if self.rt.transfers >= self.cfg.max_transfers:
+        if self.jobs.transfers >= self.cfg.max_transfers:
             return []  # transfer_due stays as it is: the run that ends frees a slot and sets it
         if not self.transfer_due and now < self.next_transfer_retry:
             return []
         self.transfer_due, self.next_transfer_retry = False, float("inf")
         due = []
         for entry_id, entry_due in self.state.ids_by_state(state):
-            if entry_id in self.rt.busy:
+            if self.jobs.busy(Key(ENTRY, entry_id)):
                 continue
             if entry_due > now:
                 self.next_transfer_retry = min(self.next_transfer_retry, entry_due)
             else:
-                due.append(self.state.get(entry_id))
+                due.append(self.entry(entry_id))
         return due
 
-    def batches(self, entries: list[Entry], group) -> list[list[Entry]]:
+    def batches(self, entries: list[Entry], group: Callable[[Entry], object]) -> list[list[Entry]]:
         """Group entries for transfer runs: many small entries share one rsync run, big ones go alone.
 
         Only entries on their first try are grouped: one that failed before goes alone, so a single
         bad entry cannot hold a whole batch back. Returns at most as many batches as there are free
         transfer slots, oldest entries first.
         """
-        free = self.cfg.max_transfers - self.rt.transfers
+        free = self.cfg.max_transfers - self.jobs.transfers
         out: list[list[Entry]] = []
-        open_batches: dict[Any, tuple[list[Entry], int]] = {}
+        open_batches: dict[object, tuple[list[Entry], int]] = {}
         for entry in entries:
             alone = bool(entry.tries) or entry.size >= BATCH_BYTES
             key = group(entry)
@@ -230,9 +376,19 @@ class Agent:
                 open_batches[key] = (batch, size)
         return out
 
+    # cleanup scripts -----------------------------------------------------------------------------
+
     def cleanup_target(self, entry: Entry) -> tuple[str, str]:
         """(%f, %F) for the entry's cleanup script: its name and full path on this host."""
         raise NotImplementedError
+
+    def delivered(self, entry: Entry, **changes: Any) -> None:
+        """The entry is delivered: its cleanup script is due, if there is one, else it is done."""
+        if self.cfg.cleanup_script:
+            self.move(entry, self.DELIVERED, cleanup=Cleanup.PENDING, **changes)
+            self.cleanup_due = True
+        else:
+            self.move(entry, self.DONE, cleanup=None, **changes)
 
     def start_cleanup(self, entry: Entry, *, resume: bool = False) -> None:
         """Run the cleanup script for a delivered entry exactly once, as far as anything can.
@@ -243,66 +399,61 @@ class Agent:
         it is then not run again.
         """
         if not resume:
-            self.state.update(entry, cleanup="running")
+            self.state.update(entry, cleanup=Cleanup.RUNNING)
         name, full_path = self.cleanup_target(entry)
-
-        def done(result: transfer.Result | None, error: BaseException | None) -> None:
-            entry_now = self.state.get(entry.id)
-            if result is None and error is None:
-                self.state.update(
-                    entry_now, cleanup="interrupted", state="done", reason="cleanup script interrupted"
-                )
-                log.warning(
-                    "%s: the cleanup script was interrupted (its runner died); not running it again", name
-                )
-            elif (error is not None or not result.ok) and entry_now.tries + 1 < self.cfg.cleanup_attempts:
-                why = repr(error) if error else result.summary()
-                tries = entry_now.tries + 1
-                delay = backoff(tries, cap=self.cfg.retry_max_seconds)
-                self.state.update(
-                    entry_now,
-                    cleanup="pending",
-                    tries=tries,
-                    due=time.time() + delay,
-                    reason=f"cleanup script: {why}",
-                )
-                self.next_cleanup_retry = min(self.next_cleanup_retry, entry_now.due)
-                log.warning(
-                    "%s: cleanup script failed (%s); run %d of %d in %.1f s; output: %s",
-                    name,
-                    why,
-                    tries + 1,
-                    self.cfg.cleanup_attempts,
-                    delay,
-                    (result.output if result else "").strip(),
-                )
-            elif error is not None or not result.ok:
-                why = repr(error) if error else result.summary()
-                self.state.update(entry_now, cleanup="failed", state="done", reason=f"cleanup script: {why}")
-                log.error(
-                    "%s: cleanup script failed (%s); output: %s",
-                    name,
-                    why,
-                    (result.output if result else "").strip(),
-                )
-            else:
-                self.state.update(entry_now, cleanup="done", state="done")
-                output = result.output.strip()
-                log.info("%s: cleanup script ran (exit 0)%s", name, f": {output}" if output else "")
-
-        self.rt.submit(
+        self.jobs.submit(
             "script",
-            "cleanup:" + entry.id,
-            lambda: cleanup.run_cleanup(self.cfg, entry.id, name, full_path, resume=resume),
-            done,
+            [Key(CLEANUP, entry.id)],
+            functools.partial(cleanup.run_cleanup, self.cfg, entry.id, name, full_path, resume=resume),
+            functools.partial(self._cleanup_ended, entry.id, name),
         )
+
+    def _cleanup_ended(
+        self, entry_id: str, name: str, result: transfer.Result | None, error: BaseException | None
+    ) -> None:
+        entry = self.entry(entry_id)
+        if result is None and error is None:
+            self.move(entry, self.DONE, cleanup=Cleanup.INTERRUPTED, reason="cleanup script interrupted")
+            log.warning(
+                "%s: the cleanup script was interrupted (its runner died); not running it again", name
+            )
+            return
+        output = (result.output if result else "").strip()
+        if result is not None and result.ok:
+            self.move(entry, self.DONE, cleanup=Cleanup.DONE)
+            log.info("%s: cleanup script ran (exit 0)%s", name, f": {output}" if output else "")
+            return
+        why = repr(error) if error is not None or result is None else result.summary()
+        tries = entry.tries + 1
+        if tries < self.cfg.cleanup_attempts:
+            delay = backoff(tries, cap=self.cfg.retry_max_seconds)
+            self.state.update(
+                entry,
+                cleanup=Cleanup.PENDING,
+                tries=tries,
+                due=time.time() + delay,
+                reason=f"cleanup script: {why}",
+            )
+            self.next_cleanup_retry = min(self.next_cleanup_retry, entry.due)
+            log.warning(
+                "%s: cleanup script failed (%s); run %d of %d in %.1f s; output: %s",
+                name,
+                why,
+                tries + 1,
+                self.cfg.cleanup_attempts,
+                delay,
+                output,
+            )
+        else:
+            self.move(entry, self.DONE, cleanup=Cleanup.FAILED, reason=f"cleanup script: {why}")
+            log.error("%s: cleanup script failed (%s); output: %s", name, why, output)
 
     def start_due_cleanups(self, now: float) -> None:
         if not self.cleanup_due and now < self.next_cleanup_retry:
             return
         self.cleanup_due, self.next_cleanup_retry = False, float("inf")
-        for entry in self.state.by_state("delivered"):
-            if entry.cleanup != "pending" or "cleanup:" + entry.id in self.rt.busy:
+        for entry in self.state.by_state(self.DELIVERED):
+            if entry.cleanup != Cleanup.PENDING or self.jobs.busy(Key(CLEANUP, entry.id)):
                 continue
             if entry.due > now:  # a retry after a failed run, not yet due
                 self.next_cleanup_retry = min(self.next_cleanup_retry, entry.due)
@@ -311,8 +462,8 @@ class Agent:
 
     def resume_cleanups(self) -> None:
         """At start: scripts marked running when the agent stopped are collected, not run again."""
-        for entry in self.state.by_state("delivered"):
-            if entry.cleanup == "running":
+        for entry in self.state.by_state(self.DELIVERED):
+            if entry.cleanup == Cleanup.RUNNING:
                 log.info(
                     "%s: the agent stopped while the cleanup script ran; collecting its result", entry.name
                 )

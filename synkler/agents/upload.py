@@ -1,8 +1,5 @@
 """The upload role: notice settled entries in file_dir, offer them, push them when admitted.
 
-Upload's entry states: offered -> (waiting) -> uploading -> (pushed) -> sent -> delivered -> done,
-or failed; superseded when a newer version of the name replaces one not yet sent.
-
 A new name is offered as soon as it has settled and hashed while central admits it and while it is
 pushed: the md5 goes with `sent`, once both the push and the hash are done (`pushed`: the push is,
 the hash is not yet). A name relayed before is hashed first, so an entry that was only touched
@@ -11,18 +8,20 @@ the hash is not yet). A name relayed before is hashed first, so an entry that wa
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, Union
 
 from ..hops import transfer
 from ..hops.checksum import EntryStat, md5_entry, stat_entry
 from ..linux.fs import open_for_writing
-from ..messages import name_problem, new_entry_id
+from ..messages import Admit, Delivered, Failed, Offer, Sent, Wait, Withdraw, name_problem, new_entry_id
 from ..state import Entry
-from .base import Agent, hash_groups
+from .base import ENTRY, HASHING, NAME, SCAN, Endpoint, Key, Status, hash_groups
 from .watch import DirWatcher
 
 log = logging.getLogger("synkler")
@@ -31,14 +30,115 @@ SCAN_INTERVAL = 0.5  # seconds between looks at file_dir when inotify is not ava
 RESCAN_INTERVAL = 5.0  # backstop rescan when inotify tells us about changes
 MIN_SCAN_GAP = 0.05  # a burst of changes costs one scan per this many seconds at most
 CENTRAL = "central"
-UNSENT = ("offered", "waiting", "uploading", "pushed")  # versions a newer one withdraws
 
 
-class Upload(Agent):
+class Up(Status):
+    """Upload's entry states."""
+
+    OFFERED = "offered"
+    WAITING = "waiting"
+    UPLOADING = "uploading"
+    PUSHED = "pushed"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    DONE = "done"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"
+
+
+UNSENT = (Up.OFFERED, Up.WAITING, Up.UPLOADING, Up.PUSHED)  # versions a newer one withdraws
+# `delivered` ends every state but the last two: central's word is final, even for a version upload
+# gave up on or withdrew after it was pushed.
+_ENDS = (Up.DELIVERED, Up.DONE)
+TRANSITIONS = {
+    Up.OFFERED: frozenset({Up.WAITING, Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, *_ENDS}),
+    Up.WAITING: frozenset({Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, *_ENDS}),
+    Up.UPLOADING: frozenset({Up.PUSHED, Up.SENT, Up.SUPERSEDED, Up.FAILED, *_ENDS}),
+    Up.PUSHED: frozenset({Up.SENT, Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, *_ENDS}),
+    Up.SENT: frozenset({Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, *_ENDS}),
+    Up.DELIVERED: frozenset({Up.DONE}),
+    Up.DONE: frozenset(),
+    Up.FAILED: frozenset(_ENDS),
+    Up.SUPERSEDED: frozenset(_ENDS),
+}
+
+
+@dataclass(frozen=True)
+class Hashed:
+    """An entry read whole: its md5, and its fingerprint taken after the read."""
+
+    md5: str
+    stat: EntryStat
+
+
+Found = Union[EntryStat, Exception, None]  # None: vanished while looked at
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What a scan of file_dir found: each entry's fingerprint (or why it has none), and which
+    entries are whole already (renamed in, not open for writing)."""
+
+    found: dict[str, Found]
+    whole: set[str]
+
+
+def scan(file_dir: str, take_renamed: Callable[[], set[str]]) -> Listing:
+    """Fingerprint every entry of file_dir; also say which are whole already: files renamed in
+    (nothing happened to them since) that no process holds open for writing."""
+    found: dict[str, Found] = {}
+    whole: set[str] = set()
+    renamed = take_renamed()
+    with os.scandir(file_dir) as it:
+        for d in it:
+            if d.name.startswith("."):
+                continue
+            try:
+                if d.name in renamed:  # asked before the fingerprint, so that is of the whole file
+                    writing = open_for_writing(d.path)
+                    if writing is False:
+                        whole.add(d.name)
+                    else:
+                        why = "is still open for writing" if writing else "may still be written"
+                        log.debug("%s: renamed in, but %s: it settles first", d.name, why)
+                found[d.name] = stat_entry(d.path)
+            except FileNotFoundError:  # vanished while we looked
+                found[d.name] = None
+            except (OSError, ValueError) as e:  # unreadable, or holds a fifo/socket/device
+                found[d.name] = e
+    return Listing(found, whole)
+
+
+def hash_entry(path: str) -> Hashed:
+    return Hashed(md5_entry(path), stat_entry(path))
+
+
+def hash_each(paths: list[str]) -> list[Hashed | Exception]:
+    """md5 of several entries; an entry that cannot be read does not stop the others."""
+    results: list[Hashed | Exception] = []
+    for path in paths:
+        try:
+            results.append(hash_entry(path))
+        except Exception as e:  # this entry only; the others of the group go on
+            results.append(e)
+    return results
+
+
+class Upload(Endpoint):
     mode = "upload"
+    STATES = Up
+    NEW = (Up.OFFERED,)
+    TRANSITIONS = TRANSITIONS
+    DELIVERED, DONE, FAILED = Up.DELIVERED, Up.DONE, Up.FAILED
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.handlers = {
+            Admit: self.on_admit,
+            Wait: self.on_wait,
+            Delivered: self.on_delivered,
+            Failed: self.on_failed,
+        }
         self.pending: dict[str, tuple[str, float]] = {}  # name -> (signature, unchanged since)
         # name -> signature of the name's latest version in the state, as committed: a rescan skips
         # what is on its way or delivered without a query per name. The signature holds the ctime,
@@ -71,51 +171,22 @@ class Upload(Agent):
     def _on_change(self) -> None:
         """Called by the watcher thread: something happened in file_dir; look soon."""
         self.changed.set()
-        self.rt.wake()
+        self.jobs.wake()
 
     def next_wakeup(self) -> float | None:
-        if "<scan>" in self.rt.busy:
+        if self.jobs.busy(SCAN):
             return None  # the scan's completion wakes the loop; a past time here would make it spin
         return self.last_scan + MIN_SCAN_GAP if self.changed.is_set() else self.next_scan
 
     # noticing entries ----------------------------------------------------------------------------
 
-    def _scan(self) -> tuple[dict[str, EntryStat | Exception | None], set[str]]:
-        """Fingerprint every entry of file_dir; also say which are whole already: files renamed in
-        (nothing happened to them since) that no process holds open for writing."""
-        found: dict[str, EntryStat | Exception | None] = {}
-        whole: set[str] = set()
-        renamed = self.watcher.take_renamed()
-        with os.scandir(self.cfg.file_dir) as it:
-            for d in it:
-                if d.name.startswith("."):
-                    continue
-                try:
-                    if d.name in renamed:  # asked before the fingerprint, so that is of the whole file
-                        writing = open_for_writing(d.path)
-                        if writing is False:
-                            whole.add(d.name)
-                        else:
-                            why = "is still open for writing" if writing else "may still be written"
-                            log.debug("%s: renamed in, but %s: it settles first", d.name, why)
-                    found[d.name] = stat_entry(d.path)
-                except FileNotFoundError:  # vanished while we looked
-                    found[d.name] = None
-                except (OSError, ValueError) as e:  # unreadable, or holds a fifo/socket/device
-                    found[d.name] = e
-        return found, whole
-
-    def _scanned(
-        self,
-        result: tuple[dict[str, EntryStat | Exception | None], set[str]] | None,
-        error: BaseException | None,
-    ) -> None:
+    def _scanned(self, listing: Listing | None, error: BaseException | None) -> None:
         now = time.time()
         self.next_scan = now + (RESCAN_INTERVAL if self.watching else SCAN_INTERVAL)
-        if error is not None:
+        if listing is None:
             log.error("cannot scan %s: %s", self.cfg.file_dir, error)
             return
-        found, whole = result
+        found = listing.found
         for known in (self.pending, self.relayed):
             for name in [n for n in known if n not in found]:
                 del known[name]
@@ -138,16 +209,16 @@ class Upload(Agent):
             latest = self.state.latest_by_name(name)
             if latest is not None and latest.signature == st.signature:
                 self.pending.pop(name, None)
-                self.state.after_commit(lambda n=name, s=st.signature: self.relayed.__setitem__(n, s))
+                self.state.after_commit(functools.partial(self.relayed.__setitem__, name, st.signature))
                 continue
             seen = self.pending.get(name)
-            if name in whole:  # counts as settled already
+            if name in listing.whole:  # counts as settled already
                 log.debug("%s: renamed in and not open for writing: no need to wait for it to settle", name)
                 seen = (st.signature, float("-inf"))
             if seen is None or seen[0] != st.signature:
                 self.pending[name] = (st.signature, now)
-            elif now - seen[1] >= self.cfg.settle_seconds and "md5:" + name not in self.rt.busy:
-                if latest is None or latest.state == "failed":
+            elif now - seen[1] >= self.cfg.settle_seconds and not self.jobs.busy(Key(NAME, name)):
+                if latest is None or latest.state == Up.FAILED:
                     fresh.append(self._offer(name, st, ""))
                 else:
                     self._hash(name, st.signature)  # maybe only touched: compare before sending
@@ -159,27 +230,31 @@ class Upload(Agent):
             self.next_scan = min(self.next_scan, min(deadlines))
 
     def _hash(self, name: str, signature: str) -> None:
-        path = self.path(name)
+        """md5 of a name relayed before, to tell new content from a touch."""
+        self.jobs.submit(
+            "hash",
+            [Key(NAME, name)],
+            functools.partial(hash_entry, self.path(name)),
+            functools.partial(self._name_hashed, name, signature),
+        )
 
-        def work() -> tuple[str, EntryStat]:
-            return md5_entry(path), stat_entry(path)
-
-        def done(result: tuple[str, EntryStat] | None, error: BaseException | None) -> None:
-            if error is not None:
-                log.warning("%s: cannot read it (%s); will look again", name, error)
-                self.pending.pop(name, None)
-                return
-            md5, st = result
-            if st.signature != signature:
-                self.pending[name] = (st.signature, time.time())  # changed while hashing: settle again
-                return
-            latest = self.state.latest_by_name(name)
-            if latest is not None and latest.md5 == md5 and latest.state != "failed":
-                self.state.update(latest, signature=st.signature)  # touched, same content: nothing to send
-                return
-            self._offer(name, st, md5)
-
-        self.rt.submit("hash", "md5:" + name, work, done)
+    def _name_hashed(
+        self, name: str, signature: str, hashed: Hashed | None, error: BaseException | None
+    ) -> None:
+        if hashed is None:
+            log.warning("%s: cannot read it (%s); will look again", name, error)
+            self.pending.pop(name, None)
+            return
+        if hashed.stat.signature != signature:
+            self.pending[name] = (hashed.stat.signature, time.time())  # changed while hashing: settle again
+            return
+        latest = self.state.latest_by_name(name)
+        if latest is not None and latest.md5 == hashed.md5 and latest.state != Up.FAILED:
+            self.state.update(
+                latest, signature=hashed.stat.signature
+            )  # touched, same content: nothing to send
+            return
+        self._offer(name, hashed.stat, hashed.md5)
 
     def _offer(self, name: str, st: EntryStat, md5: str) -> Entry:
         """Record a new version of `name` and offer it (md5 "": not hashed yet; see _hash_entries)."""
@@ -190,7 +265,7 @@ class Upload(Agent):
             size=st.size,
             files=st.files,
             md5=md5,
-            state="offered",
+            state=Up.OFFERED,
             peer=CENTRAL,
             signature=st.signature,
         )
@@ -198,8 +273,8 @@ class Upload(Agent):
         # old md5: withdraw them (one already pushed and being verified goes on).
         for older in self.state.by_name(name, *UNSENT):
             self._withdraw(older, "superseded by a newer version")
-        self.state.insert(entry)
-        self.send(CENTRAL, "offer", entry.id, name=name, kind=st.kind, size=st.size, files=st.files)
+        self.create(entry)
+        self.send(CENTRAL, Offer(entry.id, self.name, name=name, kind=st.kind, size=st.size, files=st.files))
         self.pending.pop(name, None)
         log.info(
             "%s: offered (%s, %d bytes, %d files%s)",
@@ -214,37 +289,31 @@ class Upload(Agent):
     def _hash_entries(self, entries: list[Entry]) -> None:
         """md5 of offered entries while they wait for admission and while they are pushed."""
         for group in hash_groups(entries):
-            self._hash_group(group)
+            self.jobs.submit(
+                "hash",
+                [Key(HASHING, e.id) for e in group],
+                functools.partial(hash_each, [self.path(e.name) for e in group]),
+                functools.partial(self._group_hashed, group),
+            )
 
-    def _hash_group(self, group: list[Entry]) -> None:
-        def work() -> list[tuple[str, EntryStat] | BaseException]:
-            results: list[tuple[str, EntryStat] | BaseException] = []
-            for entry in group:
-                path = self.path(entry.name)
-                try:
-                    results.append((md5_entry(path), stat_entry(path)))
-                except Exception as e:  # this entry only; the others of the group go on
-                    results.append(e)
-            return results
+    def _group_hashed(
+        self, group: list[Entry], results: list[Hashed | Exception] | None, error: BaseException | None
+    ) -> None:
+        for entry, result in zip(group, results or [error or RuntimeError("no result")] * len(group)):
+            try:
+                with self.state.savepoint():
+                    self._entry_hashed(entry, result)
+            except Exception:
+                log.exception("%s: bug while recording its md5", entry.name)
 
-        def done(results: list | None, error: BaseException | None) -> None:
-            for entry, result in zip(group, results or [error] * len(group)):
-                try:
-                    with self.state.savepoint():
-                        self._entry_hashed(entry, result)
-                except Exception:
-                    log.exception("%s: bug while recording its md5", entry.name)
-
-        self.rt.submit("hash", ["md5:" + e.id for e in group], work, done)
-
-    def _entry_hashed(self, entry: Entry, result: tuple[str, EntryStat] | BaseException) -> None:
-        now_entry = self.state.get(entry.id)
-        if now_entry.state == "superseded" or now_entry.md5:
+    def _entry_hashed(self, entry: Entry, result: Hashed | BaseException) -> None:
+        now_entry = self.entry(entry.id)
+        if now_entry.state == Up.SUPERSEDED or now_entry.md5:
             return
-        if not isinstance(result, BaseException) and result[1].signature == entry.signature:
-            self.state.update(now_entry, md5=result[0])
-            log.debug("%s: md5 %s", entry.name, result[0])  # INFO gives it in the "delivered" line
-            if now_entry.state == "pushed":
+        if isinstance(result, Hashed) and result.stat.signature == entry.signature:
+            self.state.update(now_entry, md5=result.md5)
+            log.debug("%s: md5 %s", entry.name, result.md5)  # INFO gives it in the "delivered" line
+            if now_entry.state == Up.PUSHED:
                 self._sent(now_entry)
         elif now_entry.state in UNSENT:
             # Changed (or gone) since it was offered: what is being pushed is not what settled.
@@ -254,113 +323,105 @@ class Upload(Agent):
 
     def _sent(self, entry: Entry) -> None:
         """Pushed and hashed: tell central, which verifies what arrived against the md5."""
-        self.state.update(entry, state="sent", tries=0, reason=None)
-        self.send(entry.peer, "sent", entry.id, attempt=entry.attempt, md5=entry.md5)
+        self.move(entry, Up.SENT, tries=0, reason=None)
+        self.send(entry.peer or CENTRAL, Sent(entry.id, self.name, attempt=entry.attempt, md5=entry.md5))
 
     # messages ------------------------------------------------------------------------------------
 
-    def on_message(self, msg: dict[str, Any]) -> None:
+    def on_admit(self, msg: Admit) -> None:
         entry = self.entry_for(msg)
-        kind = msg["type"]
-        if kind == "admit":
-            newest = self.state.latest_by_name(entry.name)
-            if entry.state == "superseded" or (newest.id != entry.id and entry.state in (*UNSENT, "sent")):
-                # Central asks again for a version that has changed since: withdraw it (again).
-                self._withdraw(entry, "superseded by a newer version")
-            elif entry.state in (*UNSENT, "sent") and msg["attempt"] > entry.attempt:
-                self.state.update(
-                    entry,
-                    state="uploading",
-                    attempt=msg["attempt"],
-                    path=msg["dest"],
-                    tries=0,
-                    due=0,
-                    reason=None,
-                )
-                self.transfer_due = True
-        elif kind == "wait":
-            if entry.state == "offered":
-                self.state.update(entry, state="waiting", reason=msg["reason"])
-        elif kind == "delivered":
-            if entry.state not in ("delivered", "done"):
-                script = bool(self.cfg.cleanup_script)
-                self.state.update(
-                    entry,
-                    state="delivered" if script else "done",
-                    stored_as=msg["stored_as"],
-                    cleanup="pending" if script else None,
-                    reason=None,
-                    tries=0,
-                )
-                self.cleanup_due = self.cleanup_due or script
-                log.info("%s: delivered (md5 %s, as %s at download)", entry.name, entry.md5, msg["stored_as"])
-        elif kind == "failed":
-            if entry.state not in ("delivered", "done", "failed", "superseded"):
-                self.state.update(entry, state="failed", reason=f"{msg['hop']}: {msg['reason']}")
-                log.error(
-                    "%s: central reports failure at %s: %s; the data stays here",
-                    entry.name,
-                    msg["hop"],
-                    msg["reason"],
-                )
-        else:
-            from ..errors import MessageError
+        newest = self.state.latest_by_name(entry.name)
+        stale = newest is not None and newest.id != entry.id
+        if entry.state == Up.SUPERSEDED or (stale and entry.state in (*UNSENT, Up.SENT)):
+            # Central asks again for a version that has changed since: withdraw it (again).
+            self._withdraw(entry, "superseded by a newer version")
+        elif entry.state in (*UNSENT, Up.SENT) and msg.attempt > entry.attempt:
+            self.move(entry, Up.UPLOADING, attempt=msg.attempt, path=msg.dest, tries=0, due=0, reason=None)
+            self.transfer_due = True
 
-            raise MessageError(f"upload does not take {kind!r} messages")
+    def on_wait(self, msg: Wait) -> None:
+        entry = self.entry_for(msg)
+        if entry.state == Up.OFFERED:
+            self.move(entry, Up.WAITING, reason=msg.reason)
+
+    def on_delivered(self, msg: Delivered) -> None:
+        entry = self.entry_for(msg)
+        if entry.state not in (Up.DELIVERED, Up.DONE):
+            self.delivered(entry, stored_as=msg.stored_as, reason=None, tries=0)
+            log.info("%s: delivered (md5 %s, as %s at download)", entry.name, entry.md5, msg.stored_as)
+
+    def on_failed(self, msg: Failed) -> None:
+        entry = self.entry_for(msg)
+        if entry.state not in (Up.DELIVERED, Up.DONE, Up.FAILED, Up.SUPERSEDED):
+            self.move(entry, Up.FAILED, reason=f"{msg.hop}: {msg.reason}")
+            log.error(
+                "%s: central reports failure at %s: %s; the data stays here", entry.name, msg.hop, msg.reason
+            )
 
     def _withdraw(self, entry: Entry, why: str) -> None:
-        if entry.state != "superseded":
-            self.state.update(entry, state="superseded", reason=why)
+        if entry.state != Up.SUPERSEDED:
+            self.move(entry, Up.SUPERSEDED, reason=why)
             log.info("%s: version %s withdrawn: %s", entry.name, entry.md5 or entry.id, why)
-        self.send(entry.peer, "withdraw", entry.id, reason=why)
+        self.send(entry.peer or CENTRAL, Withdraw(entry.id, self.name, reason=why))
 
     # jobs ----------------------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        if "<scan>" not in self.rt.busy and now >= self.next_wakeup():
+        wakeup = self.next_wakeup()
+        if wakeup is not None and now >= wakeup:
             self.changed.clear()
             self.last_scan = now
-            self.rt.submit("scan", "<scan>", self._scan, self._scanned)
-        due = self.due_for_transfer("uploading", now)
+            self.jobs.submit(
+                "scan",
+                [SCAN],
+                functools.partial(scan, str(self.cfg.file_dir), self.watcher.take_renamed),
+                self._scanned,
+            )
+        due = self.due_for_transfer(Up.UPLOADING, now)
         for batch in self.batches(due, group=lambda e: e.path):
             self._push(batch)
         self.start_due_cleanups(now)
 
     def _push(self, batch: list[Entry]) -> None:
         """One rsync run for entries admitted into the same directory on central."""
-        attempts = {e.id: e.attempt for e in batch}
         names = [e.name for e in batch]
-        dest = batch[0].path
         what = f"{names[0]} (attempt {batch[0].attempt})" if len(batch) == 1 else f"{len(batch)} entries"
         log.info("pushing %s to central", what)
-        started = time.time()
-
-        def done(result: transfer.Result | None, error: BaseException | None) -> None:
-            self.link_result(result)
-            ok = error is None and result.ok
-            why = "" if ok else repr(error) if error else result.summary()
-            for entry in batch:
-                now_entry = self.state.get(entry.id)
-                if now_entry.state != "uploading" or now_entry.attempt != attempts[entry.id]:
-                    continue  # superseded meanwhile
-                if ok and now_entry.md5:
-                    self._sent(now_entry)
-                elif ok:
-                    self.state.update(now_entry, state="pushed", tries=0, reason=None)  # md5 to come
-                elif not self.retry_later(
-                    now_entry,
-                    "push to central",
-                    why,
-                    out_of_space=bool(result and result.out_of_space),
-                    link_down=bool(result and result.link_down),
-                ):
-                    self.send(now_entry.peer, "failed", entry.id, hop="push to central", reason=why[:1900])
-            if ok:
-                log.info("pushed %s in %.1f s", what, time.time() - started)
-
-        self.rt.submit(
-            "transfer",
-            list(attempts),
-            lambda: transfer.push(self.cfg, str(self.cfg.file_dir), names, dest),
-            done,
+        self.submit_transfer(
+            [Key(ENTRY, e.id) for e in batch],
+            functools.partial(transfer.push, self.cfg, str(self.cfg.file_dir), names, batch[0].path or ""),
+            functools.partial(self._pushed, {e.id: e.attempt for e in batch}, what, time.time()),
         )
+
+    def _pushed(
+        self,
+        attempts: dict[str, int],
+        what: str,
+        started: float,
+        result: transfer.Result | None,
+        error: BaseException | None,
+    ) -> None:
+        self.link_result(result)
+        ok = result is not None and result.ok
+        why = "" if ok else repr(error) if result is None else result.summary()
+        for entry_id, attempt in attempts.items():
+            entry = self.entry(entry_id)
+            if entry.state != Up.UPLOADING or entry.attempt != attempt:
+                continue  # superseded meanwhile
+            if ok and entry.md5:
+                self._sent(entry)
+            elif ok:
+                self.move(entry, Up.PUSHED, tries=0, reason=None)  # md5 to come
+            elif not self.retry_later(
+                entry,
+                "push to central",
+                why,
+                out_of_space=bool(result and result.out_of_space),
+                link_down=bool(result and result.link_down),
+            ):
+                self.send(
+                    entry.peer or CENTRAL,
+                    Failed(entry.id, self.name, hop="push to central", reason=why[:1900]),
+                )
+        if ok:
+            log.info("pushed %s in %.1f s", what, time.time() - started)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from itertools import count
 from types import SimpleNamespace
 
-from synkler.agents.base import BATCH_BYTES, BATCH_ENTRIES, HASH_GROUP_BYTES, Agent, hash_groups
+from synkler.agents.base import BATCH_BYTES, BATCH_ENTRIES, HASH_GROUP_BYTES, Endpoint, hash_groups
 from synkler.state import Entry
 
 _ids = count(1)
@@ -24,10 +24,10 @@ def entry(size: int = 10, tries: int = 0, path: str = "/c/staging/upload") -> En
     )
 
 
-def agent(max_transfers: int = 4, running: int = 0) -> Agent:
-    a = Agent.__new__(Agent)
+def agent(max_transfers: int = 4, running: int = 0) -> Endpoint:
+    a = Endpoint.__new__(Endpoint)
     a.cfg = SimpleNamespace(max_transfers=max_transfers)
-    a.rt = SimpleNamespace(transfers=running)
+    a.jobs = SimpleNamespace(transfers=running)
     return a
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-from synkler.agents.download import Early
+from synkler.agents.pull import Early
 
 
 def test_the_digest_covers_what_was_appended_up_to_the_limit(tmp_path):

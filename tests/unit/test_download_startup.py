@@ -27,7 +27,7 @@ def agent(tmp_path: Path):
     }
     cfg = parse_config(data, tmp_path / "synkler.conf", environ={}, home=tmp_path)
     state = State(cfg.state_db)
-    yield Download(cfg, state, runtime=None)
+    yield Download(cfg, state, jobs=None)
     state.close()
 
 
@@ -41,7 +41,7 @@ def test_start_up_keeps_what_pulls_to_resume_left_and_removes_the_rest(agent: Do
     with agent.state.transaction():
         for what in ("fetching", "placing", "done"):
             agent.state.insert(Entry(id=ids[what], name=f"{what}.bin", kind="file", md5="0" * 32, state=what))
-    staging = Path(agent.staging_dir)
+    staging = Path(agent.staging.dir)
     partial = staging / PARTIAL_DIR
     partial.mkdir(parents=True)
     for entry_id in ids.values():
@@ -58,7 +58,7 @@ def test_start_up_keeps_what_pulls_to_resume_left_and_removes_the_rest(agent: Do
 
 
 def test_start_up_removes_an_empty_partial_dir(agent: Download) -> None:
-    staging = Path(agent.staging_dir)
+    staging = Path(agent.staging.dir)
     (staging / PARTIAL_DIR).mkdir(parents=True)
     start(agent)
     assert os.listdir(staging) == []

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import fields
 from typing import Any
 
 import pytest
 
 from synkler import messages
 from synkler.errors import MessageError
-from synkler.messages import MAX_BODY, MAX_NAME_BYTES, MAX_SIZE, SCHEMAS, decode, encode
+from synkler.messages import MAX_BODY, MAX_NAME_BYTES, MAX_SIZE, SCHEMAS, TYPES, decode, encode
 
 ENTRY = "0123456789abcdef0123456789abcdef"
 MD5 = "d41d8cd98f00b204e9800998ecf8427e"
@@ -30,6 +31,11 @@ BODIES: dict[str, dict[str, Any]] = {
     "withdraw": {"reason": "superseded by a newer version"},
     "corrupt": {"got": "0" * 32},
 }
+
+
+def make(mtype: str = "offer", sender: str = "upload", **changes: Any) -> messages.Message:
+    """A valid message object; `changes` override body fields."""
+    return TYPES[mtype](ENTRY, sender, **{**BODIES[mtype], **changes})
 
 
 def envelope(mtype: str = "offer", **changes: Any) -> dict[str, Any]:
@@ -74,25 +80,34 @@ def test_every_message_type_has_a_sample_body_in_these_tests():
 
 @pytest.mark.parametrize("mtype", sorted(SCHEMAS))
 def test_every_message_type_survives_encode_then_decode(mtype):
-    body = encode(mtype, ENTRY, "central", **BODIES[mtype])
-    msg = decode(body)
-    assert msg["v"] == messages.SCHEMA
-    assert msg["type"] == mtype
-    assert msg["entry"] == ENTRY
-    assert msg["from"] == "central"
-    assert isinstance(msg["at"], float)
-    assert {k: v for k, v in msg.items() if k not in ("v", "type", "entry", "from", "at")} == BODIES[mtype]
+    sent = make(mtype, sender="central")
+    body = encode(sent)
+    assert decode(body) == sent
+    assert type(decode(body)) is TYPES[mtype]
+    wire = json.loads(body)
+    assert wire["v"] == messages.SCHEMA
+    assert wire["type"] == mtype
+    assert wire["entry"] == ENTRY
+    assert wire["from"] == "central"
+    assert isinstance(wire["at"], float)
+    assert {k: v for k, v in wire.items() if k not in ("v", "type", "entry", "from", "at")} == BODIES[mtype]
+
+
+def test_every_message_class_names_a_validator_for_each_body_field():
+    for mtype, cls in TYPES.items():
+        assert cls.TYPE == mtype
+        assert [f.name for f in fields(cls)] == ["entry", "sender", *SCHEMAS[mtype]]
 
 
 def test_encode_produces_compact_ascii_json():
-    body = encode("offer", ENTRY, "upload", **dict(META, name="café€.csv"))
+    body = encode(make(name="café€.csv"))
     body.decode("ascii")  # raises if not ASCII
     assert b" " not in body
 
 
 def test_encode_refuses_to_build_an_invalid_message():
     with pytest.raises(MessageError, match="name"):
-        encode("offer", ENTRY, "upload", **dict(META, name="a/b"))
+        encode(make(name="a/b"))
 
 
 def test_a_fresh_entry_id_is_valid_and_unique():
@@ -114,28 +129,28 @@ def test_a_fresh_entry_id_is_valid_and_unique():
     ],
 )
 def test_unusual_but_legal_names_are_accepted_and_survive_a_round_trip(name):
-    msg = decode(encode("offer", ENTRY, "upload", **dict(META, name=name)))
-    assert msg["name"] == name
+    msg = decode(encode(make(name=name)))
+    assert msg.name == name
 
 
 def test_a_name_that_is_not_utf8_on_disk_survives_as_surrogate_escapes():
     on_disk = b"caf\xe9 r\xe9sum\xe9 \xff.csv"  # Latin-1 bytes: not valid UTF-8
     name = os.fsdecode(on_disk)
-    msg = decode(encode("offer", ENTRY, "upload", **dict(META, name=name)))
-    assert msg["name"] == name
-    assert os.fsencode(msg["name"]) == on_disk
+    msg = decode(encode(make(name=name)))
+    assert msg.name == name
+    assert os.fsencode(msg.name) == on_disk
 
 
 def test_a_surrogate_escaped_name_counts_its_bytes_on_disk_not_its_escape_length():
     name = os.fsdecode(b"\xff" * MAX_NAME_BYTES)  # 255 bytes on disk
-    assert decode(encode("offer", ENTRY, "upload", **dict(META, name=name)))["name"] == name
+    assert decode(encode(make(name=name))).name == name
     too_long = os.fsdecode(b"\xff" * (MAX_NAME_BYTES + 1))
     assert "255 bytes" in rejected(envelope(name=too_long))
 
 
 def test_size_zero_and_the_largest_allowed_size_are_accepted():
-    assert decode(raw(envelope(size=0)))["size"] == 0
-    assert decode(raw(envelope(size=MAX_SIZE)))["size"] == MAX_SIZE
+    assert decode(raw(envelope(size=0))).size == 0
+    assert decode(raw(envelope(size=MAX_SIZE))).size == MAX_SIZE
 
 
 # --------------------------------------------------------------------------------------------------
@@ -374,7 +389,7 @@ def test_a_relative_or_escaping_remote_path_is_rejected(mtype, field, path, why)
 
 def test_a_path_with_dots_inside_a_component_is_accepted():
     msg = decode(raw(envelope("fetch", path="/srv/files/run..v1/data...csv")))
-    assert msg["path"] == "/srv/files/run..v1/data...csv"
+    assert msg.path == "/srv/files/run..v1/data...csv"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -385,14 +400,15 @@ def test_a_batch_round_trips_and_a_single_message_is_sent_as_it_is():
     bodies = [raw(envelope("sent", attempt=n)) for n in (1, 2, 3)]
     assert messages.encode_batch(bodies[:1]) == bodies[0]
     got = messages.decode_many(messages.encode_batch(bodies))
-    assert [m["attempt"] for m in got] == [1, 2, 3]
+    assert [m.attempt for _, m in got] == [1, 2, 3]  # type: ignore[union-attr]
+    assert [element for element, _ in got] == [json.loads(b) for b in bodies]
 
 
 def test_a_bad_element_of_a_batch_is_rejected_alone_and_kept_for_the_dead_letter_queue():
     bad = envelope("offer", name="../etc/passwd")
     got = messages.decode_many(raw([envelope("sent"), bad, envelope("wait")]))
-    assert got[0]["type"] == "sent" and got[2]["type"] == "wait"
-    assert isinstance(got[1], MessageError) and got[1].element == bad
+    assert isinstance(got[0][1], messages.Sent) and isinstance(got[2][1], messages.Wait)
+    assert isinstance(got[1][1], MessageError) and got[1][0] == bad
 
 
 @pytest.mark.parametrize(

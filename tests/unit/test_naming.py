@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from synkler.agents.download import MAX_VERSIONS, choose_name, versioned_name
+from synkler.agents.naming import MAX_VERSIONS, choose_name, versioned_name
 from synkler.hops.checksum import md5_entry
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,269 @@
+"""Download's pulls: rsync runs from central into the staging place, the md5 of what arrived, and the
+early pull of a big file while upload still pushes it. These run on worker threads and return
+typed outcomes; the download agent records them in the main loop.
+
+Pulls land in ``file_dir/.synkler-<id>/<entry id>`` (dot-prefixed, so nothing else mistakes them for
+finished data; the entry itself under its id, as central stores it).
+
+A big file is pulled early: while upload pushes it, central says so (`pushing`) and download appends
+what has arrived to its copy in staging, hashing it as it comes (`Early`, memory only). When the
+`fetch` comes, one more run appends the rest from the verified copy, and the copy counts only if
+its md5 is the one in `fetch`; otherwise it is dropped and pulled whole, as any other entry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Union
+
+from ..hops import transfer
+from ..hops.checksum import new_md5
+from ..hops.follow import Follower, verified_md5, worth_following
+from ..linux.fs import remove_tree
+from ..state import Entry
+from .naming import choose_name
+
+if TYPE_CHECKING:
+    import hashlib
+
+    from ..config import Config
+
+log = logging.getLogger("synkler")
+
+FOLLOWERS = 4  # entries of one pull hashed while they arrive (synkler.hops.follow); the others after it
+EARLY_WAIT = 60.0  # seconds an early pull waits for upload's push to begin before it gives up
+EARLY_STEP = 8 << 20  # an early run that brought less than this waits EARLY_PAUSE before the next
+EARLY_PAUSE = 0.25
+# rsync's error line for a source that does not exist ends with ENOENT's number, whatever the locale.
+_MISSING = re.compile(r"^rsync: \[sender\] .*\(2\)\s*$", re.MULTILINE)
+
+
+class Staging:
+    """Download's staging place: the pulled copies, by entry id, and rsync's partial files."""
+
+    def __init__(self, cfg: Config):
+        self.dir = os.path.join(cfg.file_dir, f".synkler-{cfg.id}")
+        self.partial_dir = os.path.join(self.dir, transfer.PARTIAL_DIR)  # rsync's, shared
+
+    def of(self, entry_id: str) -> str:
+        """Where the entry is pulled to (file, directory or symlink), named by its id."""
+        return os.path.join(self.dir, entry_id)
+
+    def drop(self, entry_id: str) -> None:
+        """Remove what a pull of the entry left in staging: the copy and rsync's partial file."""
+        remove_tree(self.of(entry_id))
+        if os.path.lexists(self.partial_dir):
+            remove_tree(os.path.join(self.partial_dir, entry_id))
+            self.drop_empty_partial_dir()
+
+    def drop_empty_partial_dir(self) -> None:
+        try:
+            os.rmdir(self.partial_dir)
+        except OSError:
+            pass  # missing, or holds partial files of pulls to resume
+
+    def leftovers(self) -> list[tuple[str, str]]:
+        """(entry id, path) of everything in staging: copies and partial files."""
+        items = [(n, os.path.join(self.dir, n)) for n in os.listdir(self.dir)]
+        if os.path.isdir(self.partial_dir):
+            items += [(n, os.path.join(self.partial_dir, n)) for n in os.listdir(self.partial_dir)]
+        return [(name, path) for name, path in items if path != self.partial_dir]
+
+
+# outcomes of a pull, per entry --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verified:
+    """The copy's md5 matched: it goes to `target`, or is there already (`present`)."""
+
+    target: str
+    present: bool
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """The copy arrived whole with another md5 (and was removed)."""
+
+    got: str
+
+
+@dataclass(frozen=True)
+class NotPulled:
+    """Nothing usable arrived: `cause` is "space" (a disk was full), "link" (central out of reach)
+    or "rsync" (any other failure)."""
+
+    cause: str
+    why: str
+
+
+Outcome = Union[Verified, Mismatch, NotPulled]
+
+
+@dataclass(frozen=True)
+class PullRun:
+    """A pull of a batch: rsync's result, each entry's outcome, and an early copy to go on from."""
+
+    result: transfer.Result
+    outcomes: dict[str, Outcome]
+    early: Early | None = None
+
+
+def _failure(result: transfer.Result) -> str:
+    return "space" if result.out_of_space else "link" if result.link_down else "rsync"
+
+
+# the early pull ------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Early:
+    """A big file pulled while upload pushes it: its copy in staging and the md5 of its first bytes.
+
+    The digest leaves out the copy's last byte, so that the run after `fetch` always brings at least
+    one byte: rsync sets the file's mode and mtime only on a file it writes to. The pulling job
+    appends and hashes; the main loop only sets `fetched` and, once the job has ended, `ended`.
+    """
+
+    local: str
+    fetched: threading.Event = field(default_factory=threading.Event)  # the fetch has come: stop
+    digest: hashlib._Hash = field(default_factory=new_md5)
+    hashed: int = 0
+    ino: int | None = None
+    ended: float | None = None  # when the early pulling stopped
+
+    def hash_more(self, limit: int) -> bool:
+        """Hash what has been appended (at most up to `limit`); False if the copy is not the file
+        hashed so far."""
+        try:
+            fd = os.open(self.local, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return self.ino is None
+        try:
+            st = os.fstat(fd)
+            if self.ino is None:
+                self.ino = st.st_ino
+            if st.st_ino != self.ino or st.st_size < self.hashed:
+                return False
+            while self.hashed < min(st.st_size, limit):
+                block = os.pread(fd, min(1 << 20, limit - self.hashed), self.hashed)
+                if not block:
+                    break
+                self.digest.update(block)
+                self.hashed += len(block)
+            return True
+        finally:
+            os.close(fd)
+
+    def hexdigest(self) -> str:
+        return self.digest.hexdigest()
+
+
+def pull_early(cfg: Config, entry_id: str, path: str, size: int, early: Early) -> None:
+    """Pull a file while upload pushes it to central, until its fetch comes or the push ends."""
+    give_up = time.monotonic() + EARLY_WAIT
+    arrived = False
+    while not early.fetched.is_set():
+        before = early.hashed
+        result = transfer.pull_more(cfg, path, early.local)
+        # Also what a run cut short appended: the next run, or the one after the fetch, goes on
+        # from there.
+        if not early.hash_more(size - 1):
+            raise OSError(f"{early.local} was replaced while it was pulled early")
+        if not result.ok:
+            if not _MISSING.search(result.output) or arrived or time.monotonic() > give_up:
+                # The push is over (or failed, or never began): the fetch decides.
+                log.debug("early pull of entry %s ends: %s", entry_id, result.summary())
+                return
+            early.fetched.wait(EARLY_PAUSE)
+            continue
+        if not arrived:
+            arrived = True
+            log.info("pulling entry %s early, while upload pushes it", entry_id)
+        if early.hashed - before < EARLY_STEP:
+            early.fetched.wait(EARLY_PAUSE)
+
+
+def finish_early(cfg: Config, entry: Entry, early: Early) -> PullRun | None:
+    """Append the rest of an early-pulled file from its verified copy.
+
+    The copy is whole and its md5 matched (Verified), or the link or the disk failed and the copy is
+    kept for the next try (NotPulled, with `early` in the run). None: the copy was removed, pull
+    the file whole.
+    """
+    if not early.hashed or not early.hash_more(early.hashed):
+        why = "nothing was pulled early" if not early.hashed else "it was replaced"
+    else:
+        before = early.hashed
+        os.truncate(early.local, early.hashed)  # the copy is what was hashed, no more
+        result = transfer.pull_more(cfg, entry.path or "", early.local)
+        if result.link_down or result.out_of_space:
+            return PullRun(result, {entry.id: NotPulled(_failure(result), result.summary())}, early)
+        if not result.ok:
+            why = result.summary()
+        elif not early.hash_more(entry.size) or early.hashed != entry.size:
+            why = f"{early.hashed} bytes instead of {entry.size}"
+        elif early.hexdigest() != entry.md5:
+            why = f"md5 mismatch at download: expected {entry.md5}, got {early.hexdigest()}"
+        else:
+            log.info("%s: %d of %d bytes were pulled while upload pushed it", entry.name, before, entry.size)
+            target, present = choose_name(str(cfg.file_dir), entry.name, entry.kind, entry.md5)
+            return PullRun(result, {entry.id: Verified(target, present)})
+    log.info("%s: the early copy is not used (%s); pulling it whole", entry.name, why)
+    remove_tree(early.local)
+    return None
+
+
+# the pull of a batch -------------------------------------------------------------------------------
+
+
+def pull(cfg: Config, staging: Staging, batch: list[Entry], early: Early | None) -> PullRun:
+    """One rsync run for entries stored under the same directory on central, then md5 of each."""
+    if early is not None:
+        finished = finish_early(cfg, batch[0], early)
+        if finished is not None:
+            return finished
+    # Big files (and directories of them) are hashed while they arrive (synkler.hops.follow), at
+    # most FOLLOWERS entries per run.
+    follow = [e for e in batch if worth_following(e.kind, e.size, e.files)][:FOLLOWERS]
+    followers = {e.id: Follower(staging.dir, e.id, e.kind).start() for e in follow}
+    try:
+        result = transfer.pull(cfg, os.path.dirname(batch[0].path or ""), [e.id for e in batch], staging.dir)
+    except BaseException:
+        for follower in followers.values():
+            follower.stop()
+        raise
+    followed = {entry_id: follower.finish() for entry_id, follower in followers.items()}
+    outcomes: dict[str, Outcome] = {}
+    # Verify every entry even if rsync failed: whatever arrived whole is good (rsync only ever puts
+    # complete files in place; partial ones wait in the partial dir).
+    for e in batch:
+        path = staging.of(e.id)
+        if not os.path.lexists(path):
+            outcomes[e.id] = NotPulled(
+                _failure(result), result.summary() if not result.ok else "nothing arrived"
+            )
+            continue
+        md5, unread = verified_md5(path, e.md5, followed.get(e.id))
+        if unread:
+            log.debug("%s: hashed while it arrived", e.name)
+        if md5 != e.md5 and not result.ok:
+            # The run broke off: a directory may be incomplete. That is no corruption: keep what
+            # arrived for the next run to complete.
+            outcomes[e.id] = NotPulled(_failure(result), result.summary())
+            continue
+        if md5 != e.md5:
+            # rsync's quick check would take a bad copy for done: remove it, pull it anew.
+            staging.drop(e.id)
+            outcomes[e.id] = Mismatch(md5)
+            continue
+        target, present = choose_name(str(cfg.file_dir), e.name, e.kind, md5)
+        outcomes[e.id] = Verified(target, present)
+    # rsync removes its partial dir only if this run made it: not after resuming a cut-off pull.
+    staging.drop_empty_partial_dir()
+    return PullRun(result, outcomes)
