@@ -1,0 +1,141 @@
+"""A fake runtime for unit tests of the roles' decisions: no broker, no sshd, no worker threads.
+
+`Role` builds an agent of one role on a real state database in a temporary directory and plays the
+runtime's part: it hands it messages and ticks, each in a transaction, and keeps the jobs the agent
+submits until the test runs them (`run`: the real work, here and now) or answers them with an
+outcome of its choosing (`finish`: an rsync result, an md5). What the agent sent is read back from
+its outbox as typed messages.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from synkler import messages
+from synkler.agents import AGENTS
+from synkler.agents.base import Key
+from synkler.config import parse_config
+from synkler.messages import Message
+from synkler.state import Entry, State
+
+
+@dataclass
+class Job:
+    pool: str
+    keys: tuple[Key, ...]
+    work: Callable[[], Any]
+    done: Callable[[Any, BaseException | None], None]
+
+
+class FakeJobs:
+    """The runtime's side of the seam (synkler.agents.base.Jobs), with jobs kept for the test."""
+
+    def __init__(self, state: State):
+        self.state = state
+        self.transfers = 0
+        self.stopping = False
+        self.pending: list[Job] = []
+        self.held: set[Key] = set()
+
+    def busy(self, key: Key) -> bool:
+        return key in self.held
+
+    def submit(self, pool: str, keys: Sequence[Key], work: Callable[[], Any], done: Any) -> None:
+        job = Job(pool, tuple(keys), work, done)
+        self.state.after_commit(lambda: self._start(job))  # as the runtime: only once committed
+
+    def _start(self, job: Job) -> None:
+        self.held.update(job.keys)
+        self.transfers += job.pool == "transfer"
+        self.pending.append(job)
+
+    def wake(self) -> None:
+        pass
+
+
+class Role:
+    """One agent of `mode`, its state database and its fake runtime."""
+
+    def __init__(self, mode: str, tmp_path: Path, **settings: Any):
+        file_dir = tmp_path / "files"
+        file_dir.mkdir(exist_ok=True)
+        data = {
+            "mode": mode,
+            "file_dir": str(file_dir),
+            "synkler_server": "central.example",
+            "state_db": str(tmp_path / f"{mode}.sqlite"),
+            **settings,
+        }
+        self.cfg = parse_config(data, tmp_path / "synkler.conf", environ={}, home=tmp_path)
+        self.state = State(self.cfg.state_db)
+        self.jobs = FakeJobs(self.state)
+        self.agent = AGENTS[mode](self.cfg, self.state, self.jobs)
+        self.file_dir = file_dir
+
+    def close(self) -> None:
+        self.agent.shutdown()
+        self.state.close()
+
+    # what the runtime does -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        with self.state.transaction():
+            self.agent.startup()
+
+    def deliver(self, msg: Message) -> None:
+        with self.state.transaction(), self.state.savepoint():
+            self.agent.on_message(msg)
+
+    def tick(self, now: float | None = None) -> None:
+        with self.state.transaction():
+            self.agent.tick(time.time() if now is None else now)
+
+    def job(self, pool: str | None = None) -> Job:
+        """The one job waiting (of `pool`)."""
+        jobs = [j for j in self.jobs.pending if pool is None or j.pool == pool]
+        assert len(jobs) == 1, f"expected one {pool or ''} job, got {jobs}"
+        return jobs[0]
+
+    def finish(self, job: Job, outcome: Any = None, error: BaseException | None = None) -> None:
+        """Hand the job's outcome back in the main loop, as the runtime does."""
+        self.jobs.pending.remove(job)
+        self.jobs.held.difference_update(job.keys)
+        self.jobs.transfers -= job.pool == "transfer"
+        with self.state.transaction(), self.state.savepoint():
+            job.done(outcome, error)
+
+    def run(self, job: Job) -> None:
+        """Do the job's real work here, and hand back what it gave."""
+        try:
+            outcome, error = job.work(), None
+        except Exception as e:
+            outcome, error = None, e
+        self.finish(job, outcome, error)
+
+    # looking at it ---------------------------------------------------------------------------------
+
+    def given(self, state: str, name: str = "data.bin", **fields: Any) -> Entry:
+        """An entry already in `state` (as an earlier run of the agent left it)."""
+        values: dict[str, Any] = {"kind": "file", "size": 4, "files": 1, "md5": "a" * 32, "attempt": 1}
+        values.update(fields)
+        entry = Entry(id=uuid.uuid4().hex, name=name, state=state, **values)
+        with self.state.transaction():
+            self.state.insert(entry)
+        return entry
+
+    def entry(self, entry_id: str) -> Entry:
+        entry = self.state.get(entry_id)
+        assert entry is not None
+        return entry
+
+    def sent(self) -> list[tuple[str, Message]]:
+        """What the agent sent since the last look: (to whom, message)."""
+        rows = self.state.outbox(10_000)
+        with self.state.transaction():
+            self.state.sent([seq for seq, _, _ in rows])
+        return [(dest, messages.decode(body)) for _, dest, body in rows]

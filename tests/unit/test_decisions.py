@@ -1,0 +1,569 @@
+"""Every transition of every role's state table, driven without a broker, sshd or rsync.
+
+Each scenario puts an entry in a state (as an earlier run would have left it), hands the agent a
+message, a tick or a job's outcome through the fake runtime (tests/unit/fakes.py), and checks the
+state it went to and what it sent. The table of scenarios must cover each transition the code
+allows (synkler/agents/*.py TRANSITIONS, shown in docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fakes import Role
+
+from synkler.agents import AGENTS
+from synkler.agents.base import Cleanup
+from synkler.agents.central import Checked
+from synkler.agents.pull import Mismatch, NotPulled, PullRun, Verified
+from synkler.agents.upload import Hashed
+from synkler.hops.checksum import EntryStat, md5_entry
+from synkler.hops.transfer import Result
+from synkler.messages import (
+    Admit,
+    Corrupt,
+    Delivered,
+    Failed,
+    Fetch,
+    Fetched,
+    Message,
+    Offer,
+    Sent,
+    Wait,
+    Withdraw,
+)
+from synkler.state import Entry
+
+MD5 = "a" * 32
+OTHER = "b" * 32
+OK = Result(True, 0, "")
+RSYNC_FAILED = Result(False, 23, "rsync: some files could not be transferred")
+
+Scenario = Callable[[Path, str, str], Entry]
+SCENARIOS: dict[tuple[str, str, str], Scenario] = {}
+
+
+def transition(role: str, *pairs: tuple[str, str]) -> Callable[[Scenario], Scenario]:
+    """Register a scenario for each (from, to) of `role`; from "" is a new entry."""
+
+    def register(fn: Scenario) -> Scenario:
+        for pair in pairs:
+            assert (role, *pair) not in SCENARIOS, pair
+            SCENARIOS[(role, *pair)] = fn
+        return fn
+
+    return register
+
+
+OPEN: list[Role] = []
+
+
+@pytest.fixture(autouse=True)
+def close_roles() -> Iterator[None]:
+    yield
+    while OPEN:
+        OPEN.pop().close()
+
+
+def role(tmp_path: Path, mode: str, **settings: object) -> Role:
+    r = Role(mode, tmp_path, **settings)
+    OPEN.append(r)
+    return r
+
+
+def only(sent: list[tuple[str, Message]], kind: type[Message]) -> tuple[str, Message]:
+    found = [(to, m) for to, m in sent if isinstance(m, kind)]
+    assert len(found) == 1, sent
+    return found[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# upload
+
+
+UNSENT_AND_SENT = ("offered", "waiting", "uploading", "pushed", "sent")
+
+
+@transition("upload", ("", "offered"))
+def upload_offers_a_settled_file(tmp_path: Path, _from: str, _to: str) -> Entry:
+    r = role(tmp_path, "upload", settle_seconds=0)
+    (r.file_dir / "data.bin").write_bytes(b"data")
+    r.start()
+    for _ in range(2):  # seen once, then settled
+        r.tick(time.time() + 10)
+        r.run(r.job("scan"))
+    to, offer = only(r.sent(), Offer)
+    assert to == "central" and offer.name == "data.bin" and offer.size == 4
+    r.run(r.job("hash"))  # hashed while it waits for admission
+    entry = r.entry(offer.entry)
+    assert entry.md5 == md5_entry(r.file_dir / "data.bin")
+    return entry
+
+
+@transition("upload", ("offered", "waiting"))
+def upload_waits_when_central_says_so(tmp_path: Path, from_: str, _to: str) -> Entry:
+    r = role(tmp_path, "upload")
+    e = r.given(from_, peer="central")
+    r.deliver(Wait(e.id, "central", reason="no room"))
+    assert r.entry(e.id).reason == "no room"
+    return r.entry(e.id)
+
+
+@transition("upload", *((s, "uploading") for s in ("offered", "waiting", "pushed", "sent")))
+def upload_is_admitted(tmp_path: Path, from_: str, _to: str) -> Entry:
+    r = role(tmp_path, "upload")
+    e = r.given(from_, peer="central", attempt=1)
+    r.deliver(Admit(e.id, "central", attempt=2, dest="/srv/central/lab/staging/upload"))
+    entry = r.entry(e.id)
+    assert (entry.attempt, entry.path) == (2, "/srv/central/lab/staging/upload")
+    r.tick()
+    assert r.job("transfer").keys  # the push starts
+    return entry
+
+
+@transition("upload", *((s, "superseded") for s in UNSENT_AND_SENT))
+def upload_withdraws_a_version_a_newer_one_replaced(tmp_path: Path, from_: str, _to: str) -> Entry:
+    r = role(tmp_path, "upload")
+    old = r.given(from_, peer="central", created=1.0)
+    r.given("offered", peer="central", created=2.0)  # the newer version of the same name
+    r.deliver(Admit(old.id, "central", attempt=2, dest="/srv/central/lab/staging/upload"))
+    to, withdraw = only(r.sent(), Withdraw)
+    assert to == "central" and withdraw.entry == old.id
+    return r.entry(old.id)
+
+
+@transition("upload", *((s, "failed") for s in UNSENT_AND_SENT))
+def upload_fails_when_central_reports_failure(tmp_path: Path, from_: str, _to: str) -> Entry:
+    r = role(tmp_path, "upload")
+    e = r.given(from_, peer="central")
+    r.deliver(Failed(e.id, "central", hop="pull from central", reason="exit 23"))
+    assert r.entry(e.id).reason == "pull from central: exit 23"
+    assert r.sent() == []  # not sent back
+    return r.entry(e.id)
+
+
+@transition("upload", *((s, "delivered") for s in (*UNSENT_AND_SENT, "failed", "superseded")))
+def upload_is_told_of_delivery_with_a_cleanup_script(tmp_path: Path, from_: str, _to: str) -> Entry:
+    r = role(tmp_path, "upload", cleanup_script="rm %F")
+    e = r.given(from_, peer="central")
+    r.deliver(Delivered(e.id, "central", stored_as="data (2).bin"))
+    entry = r.entry(e.id)
+    assert (entry.cleanup, entry.stored_as) == (Cleanup.PENDING, "data (2).bin")
+    r.tick()
+    assert r.job("script").keys  # the cleanup script starts
+    return entry
+
+
+@transition("upload", *((s, "done") for s in (*UNSENT_AND_SENT, "failed", "superseded")))
+def upload_is_told_of_delivery_without_a_cleanup_script(tmp_path: Path, from_: str, _to: str) -> Entry:
+    r = role(tmp_path, "upload")
+    e = r.given(from_, peer="central")
+    r.deliver(Delivered(e.id, "central", stored_as="data.bin"))
+    assert r.entry(e.id).cleanup is None
+    return r.entry(e.id)
+
+
+def pushing(tmp_path: Path, md5: str, **settings: object) -> tuple[Role, Entry]:
+    r = role(tmp_path, "upload", **settings)
+    e = r.given("uploading", peer="central", md5=md5, path="/srv/central/lab/staging/upload")
+    r.tick()
+    return r, e
+
+
+@transition("upload", ("uploading", "sent"))
+def upload_sends_the_md5_when_the_push_ends(tmp_path: Path, _from: str, _to: str) -> Entry:
+    r, e = pushing(tmp_path, MD5)
+    r.finish(r.job("transfer"), OK)
+    to, sent = only(r.sent(), Sent)
+    assert (to, sent.md5, sent.attempt) == ("central", MD5, 1)
+    return r.entry(e.id)
+
+
+@transition("upload", ("uploading", "pushed"))
+def upload_waits_for_its_md5_after_the_push(tmp_path: Path, _from: str, _to: str) -> Entry:
+    r, e = pushing(tmp_path, "")
+    r.finish(r.job("transfer"), OK)
+    assert r.sent() == []
+    return r.entry(e.id)
+
+
+@transition("upload", ("pushed", "sent"))
+def upload_sends_the_md5_once_it_is_hashed(tmp_path: Path, _from: str, _to: str) -> Entry:
+    r = role(tmp_path, "upload")
+    e = r.given("pushed", peer="central", md5="", signature="sig")
+    r.start()  # hashes cut short by a stop start again
+    r.finish(r.job("hash"), [Hashed(MD5, EntryStat("file", 4, 1, "sig"))])
+    _, sent = only(r.sent(), Sent)
+    assert sent.md5 == MD5
+    return r.entry(e.id)
+
+
+@transition("upload", ("delivered", "done"))
+def upload_is_done_when_the_cleanup_script_ran(tmp_path: Path, _from: str, _to: str) -> Entry:
+    r = role(tmp_path, "upload", cleanup_script="true")
+    e = r.given("delivered", peer="central", cleanup=Cleanup.PENDING)
+    r.tick()
+    r.finish(r.job("script"), OK)
+    assert r.entry(e.id).cleanup == Cleanup.DONE
+    return r.entry(e.id)
+
+
+def test_upload_gives_up_a_push_after_max_attempts_and_tells_central(tmp_path: Path):
+    r, e = pushing(tmp_path, MD5, max_attempts=2)
+    r.finish(r.job("transfer"), RSYNC_FAILED)
+    assert r.entry(e.id).state == "uploading" and r.entry(e.id).tries == 1
+    r.tick(time.time() + 600)  # the retry is due
+    r.finish(r.job("transfer"), RSYNC_FAILED)
+    assert r.entry(e.id).state == "failed"
+    _, failed = only(r.sent(), Failed)
+    assert failed.hop == "push to central"
+
+
+def test_upload_does_not_count_a_push_that_failed_for_a_link_that_is_down(tmp_path: Path):
+    r, e = pushing(tmp_path, MD5, max_attempts=1)
+    r.finish(r.job("transfer"), Result(False, 255, "ssh: connect to host central: Connection refused"))
+    entry = r.entry(e.id)
+    assert (entry.state, entry.tries) == ("uploading", 0) and "link down" in (entry.reason or "")
+
+
+def test_upload_ignores_an_admit_it_has_seen(tmp_path: Path):
+    r = role(tmp_path, "upload")
+    e = r.given("sent", peer="central", attempt=2)
+    r.deliver(Admit(e.id, "central", attempt=2, dest="/srv/central/lab/staging/upload"))
+    assert r.entry(e.id).state == "sent"
+
+
+def test_upload_runs_a_failing_cleanup_script_cleanup_attempts_times(tmp_path: Path):
+    r = role(tmp_path, "upload", cleanup_script="false", cleanup_attempts=2)
+    e = r.given("delivered", peer="central", cleanup=Cleanup.PENDING)
+    r.tick()
+    r.finish(r.job("script"), Result(False, 1, ""))
+    assert (r.entry(e.id).state, r.entry(e.id).cleanup) == ("delivered", Cleanup.PENDING)
+    r.tick(time.time() + 600)
+    r.finish(r.job("script"), Result(False, 1, ""))
+    assert (r.entry(e.id).state, r.entry(e.id).cleanup) == ("done", Cleanup.FAILED)
+
+
+def test_a_cleanup_script_whose_runner_died_is_interrupted_and_not_run_again(tmp_path: Path):
+    r = role(tmp_path, "upload", cleanup_script="true")
+    e = r.given("delivered", peer="central", cleanup=Cleanup.PENDING)
+    r.tick()
+    r.finish(r.job("script"), None)  # run_cleanup's None: the runner died mid-script
+    assert (r.entry(e.id).state, r.entry(e.id).cleanup) == ("done", Cleanup.INTERRUPTED)
+    r.tick(time.time() + 600)
+    assert [job for job in r.jobs.pending if job.pool == "script"] == []
+
+
+# --------------------------------------------------------------------------------------------------
+# central
+
+
+@transition("central", ("", "waiting"))
+def central_records_an_offer(tmp_path: Path, _from: str, _to: str) -> Entry:
+    r = role(tmp_path, "central")
+    r.deliver(Offer("1" * 32, "upload", name="data.bin", kind="file", size=4, files=1))
+    return r.entry("1" * 32)
+
+
+@transition("central", ("waiting", "uploading"))
+def central_admits_when_there_is_room(tmp_path: Path, _from: str, _to: str) -> Entry:
+    r = role(tmp_path, "central")
+    r.start()
+    e = r.given("waiting", peer="upload", attempt=0)
+    r.tick()
+    to, admit = only(r.sent(), Admit)
+    assert (to, admit.attempt, admit.dest) == ("upload", 1, r.agent.spool.staging(e))
+    return r.entry(e.id)
+
+
+@transition("central", *((s, "withdrawn") for s in ("waiting", "uploading", "verifying")))
+def central_forgets_a_withdrawn_version(tmp_path: Path, from_: str, _to: str) -> Entry:
+    r = role(tmp_path, "central")
+    r.start()
+    e = r.given(from_, peer="upload")
+    r.deliver(Withdraw(e.id, "upload", reason="superseded by a newer version"))
+    return r.entry(e.id)
+
+
+@transition("central", *((s, "failed") for s in ("waiting", "uploading")))
+def central_fails_what_upload_gave_up(tmp_path: Path, from_: str, _to: str) -> Entry:
+    r = role(tmp_path, "central")
+    r.start()
+    e = r.given(from_, peer="upload")
+    r.deliver(Failed(e.id, "upload", hop="push to central", reason="exit 23"))
+    assert r.sent() == []  # a failure upload reported is not sent back to it
+    return r.entry(e.id)
+
+
+@transition("central", ("downloading", "failed"))
+def central_passes_a_download_failure_on_to_upload(tmp_path: Path, _from: str, _to: str) -> Entry:
+    r = role(tmp_path, "central")
+    r.start()
+    e = r.given("downloading", peer="upload")
+    r.deliver(Failed(e.id, "download", hop="pull from central", reason="exit 23"))
+    to, failed = only(r.sent(), Failed)
+    assert (to, failed.hop) == ("upload", "pull from central")
+    return r.entry(e.id)
+
+
+@transition("central", ("uploading", "verifying"))
+def central_checks_what_was_sent(tmp_path: Path, _from: str, _to: str) -> Entry:
+    r = role(tmp_path, "central")
+    r.start()
+    e = r.given("uploading", peer="upload", attempt=1, md5="")
+    r.deliver(Sent(e.id, "upload", attempt=1, md5=MD5))
+    assert r.entry(e.id).md5 == MD5
+    return r.entry(e.id)
+
+
+def staged(tmp_path: Path, content: bytes, **settings: object) -> tuple[Role, Entry]:
+    """Central with an entry pushed and `sent`, its staged copy holding `content`."""
+    r = role(tmp_path, "central", **settings)
+    r.start()
+    e = r.given("verifying", peer="upload", md5=MD5)
+    path = Path(r.agent.spool.staged(e))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    r.tick()
+    return r, e
+
+
+@transition("central", ("verifying", "downloading"))
+def central_stores_a_verified_copy_and_tells_download(tmp_path: Path, _from: str, _to: str) -> Entry:
+    r, e = staged(tmp_path, b"data")
+    r.finish(r.job("hash"), [Checked(MD5, False)])
+    to, fetch = only(r.sent(), Fetch)
+    assert (to, fetch.md5, fetch.path) == ("download", MD5, r.agent.spool.stored(e.id))
+    assert Path(fetch.path).read_bytes() == b"data"
+    return r.entry(e.id)
+
+
+@transition("central", ("verifying", "uploading"))
+def central_asks_upload_again_on_a_mismatch(tmp_path: Path, _from: str, _to: str) -> Entry:
+    r, e = staged(tmp_path, b"bad!")
+    r.run(r.job("hash"))  # the real md5 of b"bad!" is not MD5
+    _, admit = only(r.sent(), Admit)
+    assert admit.attempt == 2 and not Path(r.agent.spool.staged(e)).exists()
+    return r.entry(e.id)
+
+
+@transition("central", ("verifying", "failed"))
+def central_gives_up_after_max_attempts_mismatches(tmp_path: Path, _from: str, _to: str) -> Entry:
+    r, e = staged(tmp_path, b"bad!", max_attempts=1)
+    r.run(r.job("hash"))
+    to, failed = only(r.sent(), Failed)
+    assert (to, failed.hop) == ("upload", "upload to central")
+    return r.entry(e.id)
+
+
+@transition("central", ("downloading", "delivered"))
+def central_is_told_download_has_it(tmp_path: Path, _from: str, _to: str) -> Entry:
+    r = role(tmp_path, "central", keep_minutes=10)
+    r.start()
+    e = r.given("downloading", peer="upload")
+    r.deliver(Fetched(e.id, "download", stored_as="data.bin", outcome="placed"))
+    to, delivered = only(r.sent(), Delivered)
+    assert (to, delivered.stored_as) == ("upload", "data.bin")
+    assert r.entry(e.id).due == pytest.approx(time.time() + 600, abs=5)
+    return r.entry(e.id)
+
+
+def corrupt_reported(tmp_path: Path, **settings: object) -> tuple[Role, Entry]:
+    r = role(tmp_path, "central", **settings)
+    r.start()
+    e = r.given("downloading", peer="upload", md5=MD5)
+    Path(r.agent.spool.stored(e.id)).write_bytes(b"went bad")
+    r.deliver(Corrupt(e.id, "download", got=OTHER))
+    r.run(r.job("hash"))  # central hashes its stored copy again: it is not MD5
+    return r, e
+
+
+@transition("central", ("downloading", "waiting"))
+def central_gets_an_entry_again_when_its_stored_copy_went_bad(tmp_path: Path, _from: str, _to: str) -> Entry:
+    r, e = corrupt_reported(tmp_path)
+    assert not Path(r.agent.spool.stored(e.id)).exists()
+    return r.entry(e.id)
+
+
+def test_central_gives_up_a_stored_copy_that_keeps_going_bad(tmp_path: Path):
+    r, e = corrupt_reported(tmp_path, max_attempts=1)
+    assert r.entry(e.id).state == "failed"
+    assert only(r.sent(), Failed)[1].hop == "store at central"
+
+
+@transition("central", ("delivered", "expired"))
+def central_removes_its_copy_keep_minutes_after_delivery(tmp_path: Path, _from: str, _to: str) -> Entry:
+    r = role(tmp_path, "central")
+    r.start()
+    e = r.given("delivered", peer="upload", due=time.time() - 1)
+    Path(r.agent.spool.stored(e.id)).write_bytes(b"data")
+    r.tick()
+    r.run(r.job("hash"))
+    assert not Path(r.agent.spool.stored(e.id)).exists()
+    return r.entry(e.id)
+
+
+def test_central_admits_in_offer_order_and_a_big_entry_holds_the_later_ones(tmp_path: Path):
+    r = role(tmp_path, "central")
+    r.start()
+    big = r.given("waiting", peer="upload", size=1 << 62, name="big", created=1.0, attempt=0)
+    small = r.given("waiting", peer="upload", size=1, name="small", created=2.0, attempt=0)
+    r.tick()
+    assert (r.entry(big.id).state, r.entry(small.id).state) == ("waiting", "waiting")
+    waits = {m.entry: m.reason for _, m in r.sent() if isinstance(m, Wait)}
+    assert "available above" in waits[big.id] and waits[small.id] == "older entries are waiting for room"
+
+
+# --------------------------------------------------------------------------------------------------
+# download
+
+
+def fetch_for(entry_id: str, attempt: int = 1) -> Fetch:
+    return Fetch(
+        entry_id,
+        "central",
+        name="data.bin",
+        kind="file",
+        size=4,
+        files=1,
+        md5=MD5,
+        attempt=attempt,
+        path=f"/srv/central/lab/stored/{entry_id}",
+    )
+
+
+@transition("download", ("", "fetching"))
+def download_records_a_fetch(tmp_path: Path, _from: str, _to: str) -> Entry:
+    r = role(tmp_path, "download")
+    r.deliver(fetch_for("2" * 32))
+    r.tick()
+    assert r.job("transfer").keys  # the pull starts
+    return r.entry("2" * 32)
+
+
+@transition("download", ("failed", "fetching"))
+def download_fetches_again_when_central_got_the_entry_again(tmp_path: Path, _from: str, _to: str) -> Entry:
+    r = role(tmp_path, "download")
+    e = r.given("failed", peer="central", attempt=1, path="/srv/central/lab/stored/x")
+    r.deliver(fetch_for(e.id, attempt=2))
+    assert r.entry(e.id).attempt == 2
+    return r.entry(e.id)
+
+
+def pulled(tmp_path: Path, outcome: object, **settings: object) -> tuple[Role, Entry]:
+    r = role(tmp_path, "download", **settings)
+    r.start()
+    e = r.given("fetching", peer="central", path="/srv/central/lab/stored/x")
+    r.tick()
+    job = r.job("transfer")
+    result = RSYNC_FAILED if isinstance(outcome, NotPulled) else OK
+    r.finish(job, PullRun(result, {e.id: outcome}))  # type: ignore[dict-item]
+    return r, e
+
+
+@transition("download", ("fetching", "placing"))
+def download_chooses_a_name_for_a_verified_copy(tmp_path: Path, _from: str, _to: str) -> Entry:
+    r, e = pulled(tmp_path, Verified("data (2).bin", False))
+    assert r.entry(e.id).stored_as == "data (2).bin"
+    return r.entry(e.id)
+
+
+@transition("download", ("fetching", "done"))
+def download_is_done_when_the_same_content_is_there(tmp_path: Path, _from: str, _to: str) -> Entry:
+    r, e = pulled(tmp_path, Verified("data.bin", True))
+    to, fetched = only(r.sent(), Fetched)
+    assert (to, fetched.outcome, fetched.stored_as) == ("central", "present", "data.bin")
+    return r.entry(e.id)
+
+
+@transition("download", ("fetching", "failed"))
+def download_gives_up_after_max_attempts(tmp_path: Path, _from: str, _to: str) -> Entry:
+    r, e = pulled(tmp_path, NotPulled("rsync", "exit 23"), max_attempts=1)
+    to, failed = only(r.sent(), Failed)
+    assert (to, failed.hop) == ("central", "pull from central")
+    return r.entry(e.id)
+
+
+def test_download_reports_a_mismatch_to_central_and_tries_again(tmp_path: Path):
+    r, e = pulled(tmp_path, Mismatch(OTHER))
+    assert only(r.sent(), Corrupt)[1].got == OTHER
+    entry = r.entry(e.id)
+    assert (entry.state, entry.tries) == ("fetching", 1)
+
+
+def placing(tmp_path: Path, staged: bool, **settings: object) -> tuple[Role, Entry]:
+    r = role(tmp_path, "download", **settings)
+    r.start()
+    e = r.given("placing", peer="central", stored_as="data.bin")
+    if staged:
+        Path(r.agent.staging.of(e.id)).write_bytes(b"data")
+    r.tick()
+    return r, e
+
+
+@transition("download", ("placing", "delivered"))
+def download_places_and_then_runs_its_cleanup_script(tmp_path: Path, _from: str, _to: str) -> Entry:
+    r, e = placing(tmp_path, True, cleanup_script="true")
+    assert (r.file_dir / "data.bin").read_bytes() == b"data"
+    assert only(r.sent(), Fetched)[1].outcome == "placed"
+    assert r.entry(e.id).cleanup == Cleanup.RUNNING and r.job("script").keys  # started in the same pass
+    return r.entry(e.id)
+
+
+@transition("download", ("placing", "done"))
+def download_places_without_a_cleanup_script(tmp_path: Path, _from: str, _to: str) -> Entry:
+    r, e = placing(tmp_path, True)
+    assert (r.file_dir / "data.bin").read_bytes() == b"data"
+    return r.entry(e.id)
+
+
+@transition("download", ("placing", "fetching"))
+def download_fetches_again_when_its_staged_copy_vanished(tmp_path: Path, _from: str, _to: str) -> Entry:
+    r, e = placing(tmp_path, False)
+    assert r.sent() == []
+    return r.entry(e.id)
+
+
+def test_download_never_places_over_an_entry_put_there_meanwhile(tmp_path: Path):
+    r = role(tmp_path, "download")
+    r.start()
+    e = r.given("placing", peer="central", stored_as="data.bin")
+    Path(r.agent.staging.of(e.id)).write_bytes(b"data")
+    (r.file_dir / "data.bin").write_bytes(b"someone else's")
+    r.tick()
+    assert r.entry(e.id).state == "fetching"
+    assert (r.file_dir / "data.bin").read_bytes() == b"someone else's"
+
+
+@transition("download", ("delivered", "done"))
+def download_is_done_when_the_cleanup_script_ran(tmp_path: Path, _from: str, _to: str) -> Entry:
+    r = role(tmp_path, "download", cleanup_script="true")
+    e = r.given("delivered", peer="central", stored_as="data.bin", cleanup=Cleanup.PENDING)
+    r.tick()
+    r.finish(r.job("script"), OK)
+    return r.entry(e.id)
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def every_transition() -> list[tuple[str, str, str]]:
+    pairs = []
+    for mode, agent in AGENTS.items():
+        pairs += [(mode, "", str(state)) for state in agent.NEW]
+        for from_, targets in agent.TRANSITIONS.items():
+            pairs += [(mode, str(from_), str(to)) for to in sorted(targets)]
+    return pairs
+
+
+def test_every_transition_has_a_scenario_and_every_scenario_a_transition():
+    assert sorted(SCENARIOS) == sorted(every_transition())
+
+
+@pytest.mark.parametrize("mode,from_,to", sorted(SCENARIOS), ids=lambda v: v or "new")
+def test_transition(tmp_path: Path, mode: str, from_: str, to: str):
+    entry = SCENARIOS[(mode, from_, to)](tmp_path, from_, to)
+    assert entry.state == to
