@@ -322,9 +322,10 @@ def _validate(msg: object) -> Message:
     if type(msg.get("v")) is not int or msg["v"] != SCHEMA:
         raise MessageError(f"unsupported schema version {msg.get('v')!r} (this synkler speaks {SCHEMA})")
     mtype = msg.get("type")
-    schema = SCHEMAS.get(mtype) if isinstance(mtype, str) else None
-    if schema is None:
+    cls = TYPES.get(mtype) if isinstance(mtype, str) else None
+    if cls is None:
         raise MessageError(f"unknown message type {mtype!r}")
+    schema = SCHEMAS[cls.TYPE]
     if not is_valid_entry_id(msg.get("entry")):
         raise MessageError(f"{mtype}: entry id {msg.get('entry')!r} is not 32 hex digits")
     if _agent(msg.get("from")):
@@ -341,4 +342,4 @@ def _validate(msg: object) -> Message:
     if len(msg) != len(schema) + len(_ENVELOPE):
         extra = set(msg) - set(schema) - set(_ENVELOPE)
         raise MessageError(f"{mtype}: unknown fields {sorted(extra)}")
-    return TYPES[mtype](msg["entry"], msg["from"], *[msg[name] for name in schema])
+    return cls(msg["entry"], msg["from"], *[msg[name] for name in schema])

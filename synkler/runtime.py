@@ -192,13 +192,15 @@ class Runtime:
             log.error("cannot record the agent's state (%s); messages stay queued", e)
             outcomes = [(tag, "requeue", []) for tag, _ in deliveries]
             self.agent.look_again()
+        broker = self.broker
         for tag, outcome, dead in outcomes:
+            assert broker is not None  # deliveries come only through a connection
             for body in dead:
-                self.broker.dead_letter(body)
+                broker.dead_letter(body)
             if outcome == "ack":
-                self.broker.ack(tag)
+                broker.ack(tag)
             else:
-                self.broker.reject(tag, requeue=outcome == "requeue")
+                broker.reject(tag, requeue=outcome == "requeue")
         if pause or any(outcome == "requeue" for _, outcome, _ in outcomes):
             self._stop.wait(1.0)
 

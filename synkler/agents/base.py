@@ -85,6 +85,11 @@ T = TypeVar("T")
 Done = Callable[["T | None", "BaseException | None"], None]
 
 
+def job_error(error: BaseException | None) -> BaseException:
+    """The error a job ended with (a job ends with an outcome or an error)."""
+    return error if error is not None else RuntimeError("the job ended without an outcome")
+
+
 class Jobs(Protocol):
     """What an agent sees of the runtime that runs it."""
 

@@ -19,7 +19,7 @@ from ..hops.follow import Follower, pulled_early, verified_md5, worth_following
 from ..linux.fs import remove_tree
 from ..messages import Admit, Corrupt, Delivered, Failed, Fetch, Fetched, Offer, Pushing, Sent, Wait, Withdraw
 from ..state import Entry
-from .base import ENTRY, GIVE_UP_ADVICE, RECHECK, Agent, Key, Status, hash_groups
+from .base import ENTRY, GIVE_UP_ADVICE, RECHECK, Agent, Key, Status, Transitions, hash_groups, job_error
 from .followers import Followers
 from .spool import Spool
 
@@ -44,7 +44,7 @@ class Mid(Status):
     FAILED = "failed"
 
 
-TRANSITIONS = {
+TRANSITIONS: Transitions = {
     Mid.WAITING: frozenset({Mid.UPLOADING, Mid.WITHDRAWN, Mid.FAILED}),
     Mid.UPLOADING: frozenset({Mid.VERIFYING, Mid.WITHDRAWN, Mid.FAILED}),
     Mid.VERIFYING: frozenset({Mid.DOWNLOADING, Mid.UPLOADING, Mid.WITHDRAWN, Mid.FAILED}),
@@ -334,7 +334,10 @@ class Central(Agent):
         self.verify_due = self.admit_due = True
         if any(worth_following(e.kind, e.size, e.files) for e in group):
             self._follow_more()  # a follower is free again
-        for entry, result in zip(group, results or [error or RuntimeError("no result")] * len(group)):
+        outcomes: list[Checked | BaseException] = (
+            [*results] if results is not None else [job_error(error)] * len(group)
+        )
+        for entry, result in zip(group, outcomes):
             try:
                 with self.state.savepoint():
                     self._verified(entry, result)

@@ -19,7 +19,7 @@ from ..errors import MessageError
 from ..linux.fs import remove_tree, rename_noreplace
 from ..messages import Corrupt, Failed, Fetch, Fetched, Pushing
 from ..state import Entry
-from .base import ENTRY, Endpoint, Key, Status
+from .base import ENTRY, Endpoint, Key, Status, Transitions
 from .pull import Early, Mismatch, NotPulled, PullRun, Staging, pull, pull_early
 
 log = logging.getLogger("synkler")
@@ -38,7 +38,7 @@ class Down(Status):
     FAILED = "failed"
 
 
-TRANSITIONS = {
+TRANSITIONS: Transitions = {
     Down.FETCHING: frozenset({Down.PLACING, Down.DONE, Down.FAILED}),
     Down.PLACING: frozenset({Down.FETCHING, Down.DELIVERED, Down.DONE}),
     Down.DELIVERED: frozenset({Down.DONE}),

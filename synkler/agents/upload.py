@@ -21,7 +21,7 @@ from ..hops.checksum import EntryStat, md5_entry, stat_entry
 from ..linux.fs import open_for_writing
 from ..messages import Admit, Delivered, Failed, Offer, Sent, Wait, Withdraw, name_problem, new_entry_id
 from ..state import Entry
-from .base import ENTRY, HASHING, NAME, SCAN, Endpoint, Key, Status, hash_groups
+from .base import ENTRY, HASHING, NAME, SCAN, Endpoint, Key, Status, Transitions, hash_groups, job_error
 from .watch import DirWatcher
 
 log = logging.getLogger("synkler")
@@ -50,7 +50,7 @@ UNSENT = (Up.OFFERED, Up.WAITING, Up.UPLOADING, Up.PUSHED)  # versions a newer o
 # `delivered` ends every state but the last two: central's word is final, even for a version upload
 # gave up on or withdrew after it was pushed.
 _ENDS = (Up.DELIVERED, Up.DONE)
-TRANSITIONS = {
+TRANSITIONS: Transitions = {
     Up.OFFERED: frozenset({Up.WAITING, Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, *_ENDS}),
     Up.WAITING: frozenset({Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, *_ENDS}),
     Up.UPLOADING: frozenset({Up.PUSHED, Up.SENT, Up.SUPERSEDED, Up.FAILED, *_ENDS}),
@@ -299,7 +299,10 @@ class Upload(Endpoint):
     def _group_hashed(
         self, group: list[Entry], results: list[Hashed | Exception] | None, error: BaseException | None
     ) -> None:
-        for entry, result in zip(group, results or [error or RuntimeError("no result")] * len(group)):
+        outcomes: list[Hashed | BaseException] = (
+            [*results] if results is not None else [job_error(error)] * len(group)
+        )
+        for entry, result in zip(group, outcomes):
             try:
                 with self.state.savepoint():
                     self._entry_hashed(entry, result)

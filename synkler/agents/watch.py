@@ -72,7 +72,7 @@ class DirWatcher:
             return False
         self._inotify = inotify
         self._stop_r, self._stop_w = os.pipe()
-        self._thread = threading.Thread(target=self._run, name="watch", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(inotify,), name="watch", daemon=True)
         self._thread.start()
         return True
 
@@ -88,18 +88,19 @@ class DirWatcher:
             return
         os.write(self._stop_w, b"x")
         self._thread.join()
-        self._inotify.close()
+        if self._inotify is not None:
+            self._inotify.close()
         for fd in (self._stop_r, self._stop_w):
             os.close(fd)
         self._thread = None
 
-    def _run(self) -> None:
+    def _run(self, inotify: Inotify) -> None:
         while True:
-            ready, _, _ = select.select([self._inotify.fd, self._stop_r], [], [])
+            ready, _, _ = select.select([inotify.fd, self._stop_r], [], [])
             if self._stop_r in ready:
                 return
             try:
-                events = self._inotify.events()
+                events = inotify.events()
             except OSError as e:
                 if e.errno != errno.EINTR:
                     log.warning("inotify on %s failed (%s); relying on periodic rescans", self.path, e)
