@@ -9,9 +9,13 @@ import logging
 import sqlite3
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import SynklerError
+
+if TYPE_CHECKING:  # annotations only: main() imports the config module when a command needs it
+    from .config import Config
 
 log = logging.getLogger("synkler")
 
@@ -68,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def cmd_run(cfg, args) -> int:
+def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     from .agents import AGENTS
     from .pidfile import Pidfile, read_pid
     from .runtime import Runtime
@@ -90,7 +94,7 @@ def cmd_run(cfg, args) -> int:
     return 0
 
 
-def cmd_status(cfg, args) -> int:
+def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     from .state import State
 
     if not cfg.state_db.exists():
@@ -120,9 +124,9 @@ def cmd_status(cfg, args) -> int:
         if e.cleanup in ("failed", "interrupted"):
             note = f"cleanup {e.cleanup}" + (f": {note}" if note else "")
         table.append((e.name, str(e.size), e.md5 or "-", e.state, _iso(e.updated, sep=" "), note))
-    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
-    for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    widths = [max(len(line[i]) for line in table) for i in range(len(header) - 1)]
+    for line in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) + "  " + line[-1])
     return 0
 
 
@@ -130,7 +134,7 @@ def _iso(ts: float, sep: str = "T") -> str:
     return datetime.datetime.fromtimestamp(ts).astimezone().isoformat(sep=sep, timespec="seconds")
 
 
-def cmd_check(cfg, args) -> int:
+def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
     from .broker import Broker, BrokerParams
     from .errors import BrokerError
     from .hops import transfer

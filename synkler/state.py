@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -96,7 +96,7 @@ class State:
             self._db.executescript(_SCHEMA)
         self._db.execute("PRAGMA busy_timeout=5000")
         self._depth = 0
-        self._after_commit: list = []
+        self._after_commit: list[Callable[[], object]] = []
         self._savepoints = 0
 
     def close(self) -> None:
@@ -151,7 +151,7 @@ class State:
             raise
         self._db.execute(f"RELEASE {name}")
 
-    def after_commit(self, fn) -> None:
+    def after_commit(self, fn: Callable[[], object]) -> None:
         """Run `fn` once the current transaction has committed (at once outside one); dropped on rollback.
 
         Side effects that must not happen unless the state change is durable (starting a cleanup

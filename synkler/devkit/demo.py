@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from ..hops.checksum import md5_entry
 from .localrelay import ROLES, LocalRelay
@@ -70,7 +71,7 @@ def run_demo(*, keep: bool = False, timeout: float = 120, verbose: bool = False)
         with LocalSshd(workdir / "sshd") as sshd:
             print(f"  sshd on {sshd.host}:{sshd.port} with throwaway keys")
             cleanup = [sys.executable, "-c", "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"]
-            settings = {
+            settings: dict[str, dict[str, Any]] = {
                 "upload": {
                     "cleanup_script": shlex.join([*cleanup, str(workdir / "upload-cleaned.txt"), "%f"])
                 },

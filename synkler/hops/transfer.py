@@ -19,8 +19,10 @@ import stat
 import subprocess
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from ..config import Config
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,7 @@ def control_dir() -> str | None:
     return path
 
 
-def effective_opts(cfg) -> tuple[tuple[str, ...], str | None]:
+def effective_opts(cfg: Config) -> tuple[tuple[str, ...], str | None]:
     """rsync_opts with ssh connection sharing added, and the ssh command line it uses (or None).
 
     One ssh master connection per agent carries every rsync run to central, so a small file does not
@@ -175,14 +177,14 @@ def _cpu_has_aes() -> bool:
     return False
 
 
-def close_shared_connection(cfg) -> None:
+def close_shared_connection(cfg: Config) -> None:
     """Ask this agent's ssh master connection to exit (agent shutdown); harmless if there is none."""
     _opts, shared = effective_opts(cfg)
     if shared is not None:
         run([*shlex.split(shared), "-O", "exit", cfg.central_host], timeout=10, track=False)
 
 
-def rsync_argv(cfg, src: str, dest: str, *, listed: bool = False, append: bool = False) -> list[str]:
+def rsync_argv(cfg: Config, src: str, dest: str, *, listed: bool = False, append: bool = False) -> list[str]:
     """The rsync command for one hop: archive mode, resumable, with a stall timeout.
 
     `listed`: the paths to copy (relative to `src`, a directory) come NUL-separated on stdin, so one
@@ -208,9 +210,10 @@ def _listing(paths: Sequence[str]) -> bytes:
     return b"".join(os.fsencode(p) + b"\0" for p in paths)
 
 
-_running: set[subprocess.Popen] = set()
+_running: set[subprocess.Popen[bytes]] = set()
 _lock = threading.Lock()
 
+_prctl: Callable[..., int] | None
 try:
     _prctl = ctypes.CDLL(None, use_errno=True).prctl
 except (OSError, AttributeError):  # not Linux
@@ -232,7 +235,7 @@ def run(
     argv: Sequence[str],
     *,
     timeout: float | None = None,
-    env: dict | None = None,
+    env: dict[str, str] | None = None,
     track: bool = True,
     input: bytes | None = None,
 ) -> Result:
@@ -283,7 +286,7 @@ def terminate_all() -> None:
             pass
 
 
-def push(cfg, local_dir: str, names: Sequence[str], remote_dir: str) -> Result:
+def push(cfg: Config, local_dir: str, names: Sequence[str], remote_dir: str) -> Result:
     """upload -> central: copy the entries `names` of `local_dir` into `remote_dir` on central, in one run."""
     argv = rsync_argv(
         cfg, local_dir.rstrip("/") + "/", f"{cfg.central_host}:{remote_dir.rstrip('/')}/", listed=True
@@ -291,7 +294,7 @@ def push(cfg, local_dir: str, names: Sequence[str], remote_dir: str) -> Result:
     return run(argv, input=_listing(names))
 
 
-def pull(cfg, remote_dir: str, paths: Sequence[str], local_dir: str) -> Result:
+def pull(cfg: Config, remote_dir: str, paths: Sequence[str], local_dir: str) -> Result:
     """central -> download: copy `paths` (relative to `remote_dir` on central) into `local_dir`, in one run.
 
     The relative paths are kept: "<entry id>" lands in local_dir/<entry id>.
@@ -303,7 +306,7 @@ def pull(cfg, remote_dir: str, paths: Sequence[str], local_dir: str) -> Result:
     return run(argv, input=_listing(paths))
 
 
-def pull_more(cfg, remote_path: str, local_path: str) -> Result:
+def pull_more(cfg: Config, remote_path: str, local_path: str) -> Result:
     """central -> download: append to `local_path` what `remote_path` on central has beyond its length.
 
     A file shorter on central than here is left alone; what a run cut short appended stays.
@@ -311,7 +314,7 @@ def pull_more(cfg, remote_path: str, local_path: str) -> Result:
     return run(rsync_argv(cfg, f"{cfg.central_host}:{remote_path}", local_path, append=True))
 
 
-def probe(cfg) -> Result:
+def probe(cfg: Config) -> Result:
     """ssh + remote rsync round trip to central, for `synkler check`: list the remote home."""
     argv = [*cfg.rsync, f"--timeout={min(cfg.rsync_timeout, 30)}", *cfg.rsync_opts, "--list-only"]
     return run([*argv, f"{cfg.central_host}:."], timeout=60)
