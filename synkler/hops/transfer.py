@@ -7,7 +7,6 @@ with spaces, quotes and non-ASCII characters survive the remote shell.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import hashlib
 import logging
@@ -19,10 +18,11 @@ import stat
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..config import Config
+from ..linux.process import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -213,13 +213,6 @@ def _listing(paths: Sequence[str]) -> bytes:
 _running: set[subprocess.Popen[bytes]] = set()
 _lock = threading.Lock()
 
-_prctl: Callable[..., int] | None
-try:
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):  # not Linux
-    _prctl = None
-_PR_SET_PDEATHSIG = 1
-
 
 def _die_with_agent() -> None:
     """In the child before exec: get SIGTERM if the agent dies, even by SIGKILL.
@@ -227,8 +220,7 @@ def _die_with_agent() -> None:
     Without this an rsync outlives a killed agent and races the one the restarted agent starts.
     (The signal comes when the forking thread ends; transfer threads live as long as the agent.)
     """
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    die_with_parent(signal.SIGTERM)
 
 
 def run(
