@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ..errors import ExitStatus
 from ..hops.checksum import md5_entry
 from .localrelay import ROLES, LocalRelay
 from .sshd import LocalSshd
@@ -106,7 +107,7 @@ def run_demo(*, keep: bool = False, timeout: float = 120, verbose: bool = False)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     print(f"demo {'passed' if ok else 'FAILED'} in {time.monotonic() - started:.1f} s")
-    return 0 if ok else 1
+    return ExitStatus.OK if ok else ExitStatus.FAILURE
 
 
 def _report(relay: LocalRelay, md5s: dict[str, str], workdir: Path) -> bool:
