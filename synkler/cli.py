@@ -6,13 +6,12 @@ import argparse
 import datetime
 import json
 import logging
-import sqlite3
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .errors import BrokerError, ExitStatus, SynklerError
+from .errors import BrokerError, ExitStatus, StateError, SynklerError
 
 if TYPE_CHECKING:  # annotations only: main() imports the config module when a command needs it
     from .config import Config
@@ -84,7 +83,7 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
         return ExitStatus.OK
     try:
         Runtime(cfg, AGENTS[cfg.mode]).run()
-    except (OSError, sqlite3.Error) as e:
+    except (OSError, StateError) as e:
         # Typically an unwritable state_db or file_dir: one line, the traceback only with --debug.
         log.debug("agent stopped", exc_info=True)
         print(f"synkler: {cfg.mode} agent cannot run: {e}", file=sys.stderr)

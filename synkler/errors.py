@@ -9,7 +9,7 @@ class ExitStatus(IntEnum):
     """Every status the synkler command exits with (docs/operations.md, "Exit status")."""
 
     OK = 0
-    FAILURE = 1  # a failed check or demo, an agent that cannot run, a pidfile error
+    FAILURE = 1  # a failed check or demo, an agent that cannot run, a pidfile or state database error
     CONFIG = 2  # the configuration file is missing or invalid
     BROKER = 3  # BrokerError; `run` retries and `check` reports instead, so no command exits with it now
     INTERRUPTED = 130  # Ctrl-C outside the agent loop (128 + SIGINT, as shells report it)
@@ -49,3 +49,12 @@ class MessageError(SynklerError):
 
 class PidfileError(SynklerError):
     """The pidfile could not be created or holds garbage."""
+
+
+class StateError(SynklerError):
+    """The agent's state database failed (any SQLite error): a corrupt file, a broken constraint."""
+
+
+class StateUnavailable(StateError):
+    """The state database cannot be used now (SQLite's OperationalError): disk full, locked, read-only,
+    cannot be opened. What was asked of it may work later."""
