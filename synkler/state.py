@@ -7,7 +7,6 @@ leave here as StateError, or StateUnavailable for the ones that may pass (disk f
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -314,7 +313,3 @@ class State:
             return self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
         except sqlite3.Error as e:
             raise _error(e) from e
-
-
-def entries_as_json(entries: list[Entry]) -> str:
-    return json.dumps([e.as_dict() for e in entries], indent=2)

@@ -227,7 +227,6 @@ def run(
     argv: Sequence[str],
     *,
     timeout: float | None = None,
-    env: dict[str, str] | None = None,
     track: bool = True,
     input: bytes | None = None,
 ) -> Result:
@@ -242,7 +241,6 @@ def run(
             stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            env=env,
             preexec_fn=_die_with_agent if track else None,
         )
     except FileNotFoundError:

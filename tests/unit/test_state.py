@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterator
 from itertools import count
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from synkler.errors import StateError, StateUnavailable
-from synkler.state import Entry, State, entries_as_json
+from synkler.state import Entry, State
 
 _ids = count(1)
 
@@ -147,12 +146,6 @@ def test_all_lists_every_entry_oldest_first_and_count_agrees(state: State):
     a = state.insert(entry("a", created=1.0))
     assert [e.id for e in state.all()] == [a.id, b.id]
     assert state.count() == 2
-
-
-def test_entries_as_json_lists_every_field(state: State):
-    e = state.insert(entry("x y.csv", size=7))
-    [row] = json.loads(entries_as_json(state.all()))
-    assert row == e.as_dict()
 
 
 # --------------------------------------------------------------------------------------------------
