@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Run the test suite after setup.sh, so a fresh machine (or CI) needs nothing else.
+# Run the type check and the test suite after setup.sh, so a fresh machine (or CI) needs nothing else.
 # Extra arguments go to pytest, e.g. scripts/test.sh -k sshd -x
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
+# Over synkler/ as [tool.mypy] in pyproject.toml says; a type error fails the run before any test.
+.venv/bin/python -m mypy
 exec .venv/bin/python -m pytest -q "$@"

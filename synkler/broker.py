@@ -18,7 +18,9 @@ from typing import Callable
 
 import pika
 import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
 
+from .config import Config
 from .errors import BrokerError
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ class BrokerParams:
     heartbeat: int = 30
 
     @classmethod
-    def from_config(cls, cfg) -> BrokerParams:
+    def from_config(cls, cfg: Config) -> BrokerParams:
         return cls(
             cfg.synkler_server,
             cfg.broker_port,
@@ -68,8 +70,8 @@ class Broker:
         self.instance = instance
         self.agent = agent
         self.prefetch = prefetch
-        self._conn = None
-        self._chan = None
+        self._conn: pika.BlockingConnection | None = None
+        self._chan: BlockingChannel | None = None
         self._declared: set[str] = set()
         self._inbox: list[tuple[int, bytes]] = []
 
@@ -90,15 +92,15 @@ class Broker:
             client_properties={"connection_name": f"synkler {self.instance} {self.agent}"},
         )
         try:
-            self._conn = pika.BlockingConnection(parameters)
-            self._chan = self._conn.channel()
-            self._chan.confirm_delivery()
+            self._conn = conn = pika.BlockingConnection(parameters)
+            self._chan = chan = conn.channel()
+            chan.confirm_delivery()
             self._declared = set()
-            self._declare_topology()
+            self._declare_topology(chan)
             if consume:
-                self._declare_queue(self.agent)
-                self._chan.basic_qos(prefetch_count=self.prefetch)
-                self._chan.basic_consume(queue_name(self.instance, self.agent), self._on_message)
+                self._declare_queue(chan, self.agent)
+                chan.basic_qos(prefetch_count=self.prefetch)
+                chan.basic_consume(queue_name(self.instance, self.agent), self._on_message)
         except _PIKA_ERRORS as e:
             self.close()
             raise BrokerError(f"cannot use broker {p.host}:{p.port}: {_describe(e)}") from None
@@ -116,34 +118,40 @@ class Broker:
             except Exception:  # closing a broken connection: nothing left to save
                 pass
 
-    def _declare_topology(self) -> None:
-        ch = self._chan
+    def _declare_topology(self, ch: BlockingChannel) -> None:
         ch.exchange_declare(exchange_name(self.instance), exchange_type="topic", durable=True)
         ch.exchange_declare(dead_name(self.instance), exchange_type="fanout", durable=True)
         ch.queue_declare(dead_name(self.instance), durable=True)
         ch.queue_bind(dead_name(self.instance), dead_name(self.instance))
 
-    def _declare_queue(self, agent: str) -> None:
+    def _declare_queue(self, ch: BlockingChannel, agent: str) -> None:
         """Declare an agent's queue, so messages to an agent that never ran yet wait for it."""
         if agent in self._declared:
             return
         q = queue_name(self.instance, agent)
-        self._chan.queue_declare(
-            q, durable=True, arguments={"x-dead-letter-exchange": dead_name(self.instance)}
-        )
-        self._chan.queue_bind(q, exchange_name(self.instance), routing_key=agent)
+        ch.queue_declare(q, durable=True, arguments={"x-dead-letter-exchange": dead_name(self.instance)})
+        ch.queue_bind(q, exchange_name(self.instance), routing_key=agent)
         self._declared.add(agent)
 
     # consuming -----------------------------------------------------------------------------------
 
-    def _on_message(self, _chan, method, _props, body) -> None:
+    def _on_message(
+        self,
+        _chan: BlockingChannel,
+        method: pika.spec.Basic.Deliver,
+        _props: pika.BasicProperties,
+        body: bytes,
+    ) -> None:
         # Only collect here: handling happens in the main loop, outside pika's dispatch.
         self._inbox.append((method.delivery_tag, body))
 
     def poll(self, timeout: float) -> list[tuple[int, bytes]]:
         """Run the connection (heartbeats included) for up to `timeout` s; return the deliveries."""
+        conn = self._conn
+        if conn is None:
+            raise BrokerError("not connected to the broker")
         try:
-            self._conn.process_data_events(time_limit=timeout)
+            conn.process_data_events(time_limit=timeout)
         except _PIKA_ERRORS as e:
             self.close()
             raise BrokerError(f"lost broker connection: {_describe(e)}") from None
@@ -151,11 +159,11 @@ class Broker:
         return batch
 
     def ack(self, tag: int) -> None:
-        self._call(lambda: self._chan.basic_ack(tag))
+        self._call(lambda ch: ch.basic_ack(tag))
 
     def reject(self, tag: int, *, requeue: bool = False) -> None:
         """Reject a delivery; without requeue it goes to the dead-letter queue."""
-        self._call(lambda: self._chan.basic_nack(tag, requeue=requeue))
+        self._call(lambda ch: ch.basic_nack(tag, requeue=requeue))
 
     def wake(self) -> None:
         """Make a running `poll` return early; callable from any thread."""
@@ -171,9 +179,9 @@ class Broker:
     def publish(self, agent: str, body: bytes) -> None:
         """Publish persistently to an agent's queue and wait for the broker's confirm."""
 
-        def do() -> None:
-            self._declare_queue(agent)
-            self._chan.basic_publish(
+        def do(ch: BlockingChannel) -> None:
+            self._declare_queue(ch, agent)
+            ch.basic_publish(
                 exchange_name(self.instance), agent, body, properties=_PERSISTENT, mandatory=True
             )
 
@@ -182,16 +190,18 @@ class Broker:
     def dead_letter(self, body: bytes) -> None:
         """Put one rejected message (e.g. a bad element of a batch) on the dead-letter queue."""
         self._call(
-            lambda: self._chan.basic_publish(
+            lambda ch: ch.basic_publish(
                 dead_name(self.instance), "", body, properties=_PERSISTENT, mandatory=True
             )
         )
 
-    def _call(self, fn: Callable[[], None]) -> None:
-        if not self.connected:
+    def _call(self, fn: Callable[[BlockingChannel], None]) -> None:
+        """Run `fn(channel)`; a pika error closes the connection and becomes a BrokerError."""
+        chan = self._chan
+        if chan is None or not self.connected:
             raise BrokerError("not connected to the broker")
         try:
-            fn()
+            fn(chan)
         except _PIKA_ERRORS as e:
             self.close()
             raise BrokerError(f"broker operation failed: {_describe(e)}") from None
@@ -202,9 +212,9 @@ class Broker:
         """Drain the dead-letter queue (for tests and inspection)."""
         bodies: list[bytes] = []
 
-        def do() -> None:
+        def do(ch: BlockingChannel) -> None:
             while True:
-                method, _props, body = self._chan.basic_get(dead_name(self.instance), auto_ack=True)
+                method, _props, body = ch.basic_get(dead_name(self.instance), auto_ack=True)
                 if method is None:
                     return
                 bodies.append(body)
@@ -215,12 +225,12 @@ class Broker:
     def delete_instance(self, agents: list[str]) -> None:
         """Remove every queue and exchange of this instance (demo and test clean-up)."""
 
-        def do() -> None:
+        def do(ch: BlockingChannel) -> None:
             for agent in agents:
-                self._chan.queue_delete(queue_name(self.instance, agent))
-            self._chan.queue_delete(dead_name(self.instance))
-            self._chan.exchange_delete(exchange_name(self.instance))
-            self._chan.exchange_delete(dead_name(self.instance))
+                ch.queue_delete(queue_name(self.instance, agent))
+            ch.queue_delete(dead_name(self.instance))
+            ch.exchange_delete(exchange_name(self.instance))
+            ch.exchange_delete(dead_name(self.instance))
 
         self._call(do)
 

@@ -6,12 +6,15 @@ import argparse
 import datetime
 import json
 import logging
-import sqlite3
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__
-from .errors import SynklerError
+from .errors import BrokerError, ExitStatus, StateError, SynklerError
+
+if TYPE_CHECKING:  # annotations only: main() imports the config module when a command needs it
+    from .config import Config
 
 log = logging.getLogger("synkler")
 
@@ -65,10 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"synkler: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        return 130
+        return ExitStatus.INTERRUPTED
 
 
-def cmd_run(cfg, args) -> int:
+def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     from .agents import AGENTS
     from .pidfile import Pidfile, read_pid
     from .runtime import Runtime
@@ -77,20 +80,20 @@ def cmd_run(cfg, args) -> int:
     if not pidfile.acquire():
         # Cron starts us every minute: a live agent is the normal case, not an error.
         log.info("already running (pid %s, pidfile %s)", read_pid(cfg.pidfile), cfg.pidfile)
-        return 0
+        return ExitStatus.OK
     try:
         Runtime(cfg, AGENTS[cfg.mode]).run()
-    except (OSError, sqlite3.Error) as e:
+    except (OSError, StateError) as e:
         # Typically an unwritable state_db or file_dir: one line, the traceback only with --debug.
         log.debug("agent stopped", exc_info=True)
         print(f"synkler: {cfg.mode} agent cannot run: {e}", file=sys.stderr)
-        return 1
+        return ExitStatus.FAILURE
     finally:
         pidfile.release()
-    return 0
+    return ExitStatus.OK
 
 
-def cmd_status(cfg, args) -> int:
+def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     from .state import State
 
     if not cfg.state_db.exists():
@@ -109,10 +112,10 @@ def cmd_status(cfg, args) -> int:
             row["created"] = _iso(e.created)
             rows.append(row)
         print(json.dumps(rows, indent=2))
-        return 0
+        return ExitStatus.OK
     if not entries:
         print(f"no entries ({cfg.mode} agent, state {cfg.state_db})")
-        return 0
+        return ExitStatus.OK
     header = ("NAME", "SIZE", "MD5", "STATE", "UPDATED", "NOTE")
     table = [header]
     for e in entries:
@@ -120,19 +123,18 @@ def cmd_status(cfg, args) -> int:
         if e.cleanup in ("failed", "interrupted"):
             note = f"cleanup {e.cleanup}" + (f": {note}" if note else "")
         table.append((e.name, str(e.size), e.md5 or "-", e.state, _iso(e.updated, sep=" "), note))
-    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
-    for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
-    return 0
+    widths = [max(len(line[i]) for line in table) for i in range(len(header) - 1)]
+    for line in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) + "  " + line[-1])
+    return ExitStatus.OK
 
 
 def _iso(ts: float, sep: str = "T") -> str:
     return datetime.datetime.fromtimestamp(ts).astimezone().isoformat(sep=sep, timespec="seconds")
 
 
-def cmd_check(cfg, args) -> int:
+def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
     from .broker import Broker, BrokerParams
-    from .errors import BrokerError
     from .hops import transfer
     from .linux.fs import free_bytes
 
@@ -155,4 +157,4 @@ def cmd_check(cfg, args) -> int:
             failures += 1
             print(f"FAIL  ssh + rsync to central {cfg.central_host}: {result.summary()}")
     print(f"ok    file_dir {cfg.file_dir} ({free_bytes(cfg.file_dir) / 1e9:.1f} GB free)")
-    return 1 if failures else 0
+    return ExitStatus.FAILURE if failures else ExitStatus.OK

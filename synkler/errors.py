@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+from enum import IntEnum
+
+
+class ExitStatus(IntEnum):
+    """Every status the synkler command exits with (docs/operations.md, "Exit status")."""
+
+    OK = 0
+    FAILURE = 1  # a failed check or demo, an agent that cannot run, a pidfile or state database error
+    CONFIG = 2  # the configuration file is missing or invalid
+    BROKER = 3  # BrokerError; `run` retries and `check` reports instead, so no command exits with it now
+    INTERRUPTED = 130  # Ctrl-C outside the agent loop (128 + SIGINT, as shells report it)
+
 
 class SynklerError(Exception):
     """Base of synkler's own errors: one line for the user, no traceback."""
 
-    exit_code = 1
+    exit_code = ExitStatus.FAILURE
 
 
 class ConfigError(SynklerError):
     """The configuration file is missing, unreadable or invalid."""
 
-    exit_code = 2
+    exit_code = ExitStatus.CONFIG
 
     def __init__(self, path: object, key: str | None, problem: str):
         self.path = str(path) if path is not None else None
@@ -28,7 +40,7 @@ class ConfigError(SynklerError):
 class BrokerError(SynklerError):
     """The message broker could not be reached or refused an operation."""
 
-    exit_code = 3
+    exit_code = ExitStatus.BROKER
 
 
 class MessageError(SynklerError):
@@ -37,3 +49,12 @@ class MessageError(SynklerError):
 
 class PidfileError(SynklerError):
     """The pidfile could not be created or holds garbage."""
+
+
+class StateError(SynklerError):
+    """The agent's state database failed (any SQLite error): a corrupt file, a broken constraint."""
+
+
+class StateUnavailable(StateError):
+    """The state database cannot be used now (SQLite's OperationalError): disk full, locked, read-only,
+    cannot be opened. What was asked of it may work later."""

@@ -79,7 +79,7 @@ def path_problem(path: object) -> str | None:
     return None
 
 
-def _int(limit: int):
+def _int(limit: int) -> Check:
     def check(value: object) -> str | None:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
             return f"must be an integer between 0 and {limit}"

@@ -19,10 +19,9 @@ import json
 import logging
 import queue
 import signal
-import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
@@ -30,7 +29,7 @@ from . import messages
 from .agents.base import Agent, Done, Key
 from .backoff import backoff
 from .broker import Broker, BrokerParams
-from .errors import BrokerError, MessageError
+from .errors import BrokerError, MessageError, StateUnavailable
 from .hops import transfer
 from .state import State
 
@@ -188,7 +187,7 @@ class Runtime:
                     log.exception("error in the agent's periodic work; retrying in a second")
                     self.agent.look_again()
                     pause = True
-        except (sqlite3.OperationalError, OSError) as e:  # the commit itself failed
+        except (StateUnavailable, OSError) as e:  # the commit itself failed
             log.error("cannot record the agent's state (%s); messages stay queued", e)
             outcomes = [(tag, "requeue", []) for tag, _ in deliveries]
             self.agent.look_again()
@@ -262,7 +261,7 @@ class Runtime:
                     except MessageError as e:
                         log.warning("dead-lettering a message: %s: %r", e, str(element)[:200])
                         dead.append(_reencode(element))
-        except (sqlite3.OperationalError, OSError) as e:
+        except (StateUnavailable, OSError) as e:
             # Disk full, database locked, a directory we cannot write: the message is fine, we are not.
             # Let it come back later (handlers are idempotent) instead of dead-lettering a valid request.
             log.error("cannot act on a message now (%s); it stays queued", e)
@@ -308,7 +307,7 @@ OUTBOX_BATCH = 2000
 _CHUNK_BYTES = 256 * 1024
 
 
-def _chunks(rows: list[tuple[int, str, bytes]]):
+def _chunks(rows: list[tuple[int, str, bytes]]) -> Iterator[tuple[str, list[tuple[int, str, bytes]]]]:
     """Split outbox rows into per-destination chunks, keeping each destination's order."""
     by_dest: dict[str, list[tuple[int, str, bytes]]] = {}
     for row in rows:

@@ -1,19 +1,21 @@
 """The agent's durable memory: one SQLite database (WAL) with the entries and the outbox.
 
 This is the only module that touches SQLite. One thread (the agent's main loop) owns the
-connection; workers never write here, they hand results back to that thread.
+connection; workers never write here, they hand results back to that thread. SQLite's errors
+leave here as StateError, or StateUnavailable for the ones that may pass (disk full, locked).
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from .errors import StateError, StateUnavailable
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -78,29 +80,42 @@ _COLUMNS = [f.name for f in fields(Entry)]
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM entries"
 
 
+def _error(e: sqlite3.Error) -> StateError:
+    """synkler's exception for an SQLite error, with SQLite's message."""
+    if isinstance(e, sqlite3.OperationalError):
+        return StateUnavailable(str(e))
+    return StateError(str(e))
+
+
 class State:
     """Entries and outbox of one agent. Use `transaction()` around every change."""
 
     def __init__(self, path: str | Path, *, readonly: bool = False):
         self.path = Path(path)
-        if readonly:
-            self._db = sqlite3.connect(
-                self.path.absolute().as_uri() + "?mode=ro", uri=True, isolation_level=None
-            )
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(self.path), isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # FULL: a commit that acknowledged a message survives a power cut, not only a crash.
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        self._db.execute("PRAGMA busy_timeout=5000")
+        try:
+            if readonly:
+                self._db = sqlite3.connect(
+                    self.path.absolute().as_uri() + "?mode=ro", uri=True, isolation_level=None
+                )
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(str(self.path), isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                # FULL: a commit that acknowledged a message survives a power cut, not only a crash.
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.executescript(_SCHEMA)
+            self._db.execute("PRAGMA busy_timeout=5000")
+        except sqlite3.Error as e:
+            raise _error(e) from e
         self._depth = 0
-        self._after_commit: list = []
+        self._after_commit: list[Callable[[], object]] = []
         self._savepoints = 0
 
     def close(self) -> None:
-        self._db.close()
+        try:
+            self._db.close()
+        except sqlite3.Error as e:
+            raise _error(e) from e
 
     @contextmanager
     def transaction(self) -> Iterator[State]:
@@ -112,22 +127,24 @@ class State:
             finally:
                 self._depth -= 1
             return
-        self._db.execute("BEGIN IMMEDIATE")
+        self._run("BEGIN IMMEDIATE")
         self._depth = 1
         try:
             yield self
         except BaseException:
             self._depth = 0
             self._after_commit = []
-            self._db.execute("ROLLBACK")
+            self._run("ROLLBACK")
             raise
         self._depth = 0
         callbacks, self._after_commit = self._after_commit, []
         try:
             self._db.execute("COMMIT")
-        except BaseException:
+        except BaseException as e:
             if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+                self._run("ROLLBACK")
+            if isinstance(e, sqlite3.Error):
+                raise _error(e) from e
             raise
         for fn in callbacks:
             fn()
@@ -141,17 +158,24 @@ class State:
         self._savepoints += 1
         name = f"sp{self._savepoints}"
         pending = len(self._after_commit)
-        self._db.execute(f"SAVEPOINT {name}")
+        self._run(f"SAVEPOINT {name}")
         try:
             yield self
         except BaseException:
-            self._db.execute(f"ROLLBACK TO {name}")
-            self._db.execute(f"RELEASE {name}")
+            self._run(f"ROLLBACK TO {name}")
+            self._run(f"RELEASE {name}")
             del self._after_commit[pending:]
             raise
-        self._db.execute(f"RELEASE {name}")
+        self._run(f"RELEASE {name}")
 
-    def after_commit(self, fn) -> None:
+    def _run(self, sql: str) -> None:
+        """One statement of transaction control (BEGIN, SAVEPOINT, ROLLBACK, ...)."""
+        try:
+            self._db.execute(sql)
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
+    def after_commit(self, fn: Callable[[], object]) -> None:
         """Run `fn` once the current transaction has committed (at once outside one); dropped on rollback.
 
         Side effects that must not happen unless the state change is durable (starting a cleanup
@@ -169,10 +193,13 @@ class State:
         entry.created = entry.created or now
         entry.updated = now
         row = entry.as_dict()
-        self._db.execute(
-            f"INSERT INTO entries ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
-            [row[c] for c in _COLUMNS],
-        )
+        try:
+            self._db.execute(
+                f"INSERT INTO entries ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+                [row[c] for c in _COLUMNS],
+            )
+        except sqlite3.Error as e:
+            raise _error(e) from e
         return entry
 
     def update(self, entry: Entry, **changes: Any) -> Entry:
@@ -183,21 +210,35 @@ class State:
                 raise KeyError(key)
             setattr(entry, key, value)
         sets = ", ".join(f"{k} = ?" for k in changes)
-        self._db.execute(f"UPDATE entries SET {sets} WHERE id = ?", [*changes.values(), entry.id])
+        try:
+            self._db.execute(f"UPDATE entries SET {sets} WHERE id = ?", [*changes.values(), entry.id])
+        except sqlite3.Error as e:
+            raise _error(e) from e
         return entry
 
     def get(self, entry_id: str) -> Entry | None:
-        row = self._db.execute(f"{_SELECT} WHERE id = ?", (entry_id,)).fetchone()
+        # Called at every step of every entry: a try block costs next to nothing until SQLite fails.
+        try:
+            row = self._db.execute(f"{_SELECT} WHERE id = ?", (entry_id,)).fetchone()
+        except sqlite3.Error as e:
+            raise _error(e) from e
         return Entry(*row) if row else None
 
     def latest_by_name(self, name: str) -> Entry | None:
-        row = self._db.execute(f"{_SELECT} WHERE name = ? ORDER BY created DESC LIMIT 1", (name,)).fetchone()
+        sql = f"{_SELECT} WHERE name = ? ORDER BY created DESC LIMIT 1"
+        try:
+            row = self._db.execute(sql, (name,)).fetchone()
+        except sqlite3.Error as e:
+            raise _error(e) from e
         return Entry(*row) if row else None
 
     def by_name(self, name: str, *states: str) -> list[Entry]:
         marks = ", ".join("?" * len(states))
         sql = f"{_SELECT} WHERE name = ? AND state IN ({marks}) ORDER BY created"
-        return [Entry(*r) for r in self._db.execute(sql, (name, *states))]
+        try:
+            return [Entry(*r) for r in self._db.execute(sql, (name, *states))]
+        except sqlite3.Error as e:
+            raise _error(e) from e
 
     def by_state(self, *states: str, due_before: float | None = None) -> list[Entry]:
         marks = ", ".join("?" * len(states))
@@ -207,45 +248,68 @@ class State:
             sql += " AND due <= ?"
             args.append(due_before)
         sql += " ORDER BY created"
-        return [Entry(*r) for r in self._db.execute(sql, args)]
+        try:
+            return [Entry(*r) for r in self._db.execute(sql, args)]
+        except sqlite3.Error as e:
+            raise _error(e) from e
 
     def ids_by_state(self, *states: str) -> list[tuple[str, float]]:
         """(id, due) of the entries in these states, oldest first: much cheaper than `by_state` when
         most of them are only to be skipped."""
         marks = ", ".join("?" * len(states))
         sql = f"SELECT id, due FROM entries WHERE state IN ({marks}) ORDER BY created"
-        return self._db.execute(sql, states).fetchall()
+        try:
+            return self._db.execute(sql, states).fetchall()
+        except sqlite3.Error as e:
+            raise _error(e) from e
 
     def next_due(self, *states: str) -> float | None:
-        marks = ", ".join("?" * len(states))
-        row = self._db.execute(f"SELECT MIN(due) FROM entries WHERE state IN ({marks})", states).fetchone()
+        sql = f"SELECT MIN(due) FROM entries WHERE state IN ({', '.join('?' * len(states))})"
+        try:
+            row = self._db.execute(sql, states).fetchone()
+        except sqlite3.Error as e:
+            raise _error(e) from e
         return row[0]
 
     def all(self) -> list[Entry]:
-        return [Entry(*r) for r in self._db.execute(f"{_SELECT} ORDER BY created")]
+        try:
+            return [Entry(*r) for r in self._db.execute(f"{_SELECT} ORDER BY created")]
+        except sqlite3.Error as e:
+            raise _error(e) from e
 
     def count(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+        try:
+            return self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+        except sqlite3.Error as e:
+            raise _error(e) from e
 
     # outbox --------------------------------------------------------------------------------------
 
     def enqueue(self, dest: str, body: bytes) -> None:
         """Queue a message to send; call inside the transaction that made the change it reports."""
-        self._db.execute(
-            "INSERT INTO outbox (dest, body, created) VALUES (?, ?, ?)", (dest, body, time.time())
-        )
+        try:
+            self._db.execute(
+                "INSERT INTO outbox (dest, body, created) VALUES (?, ?, ?)", (dest, body, time.time())
+            )
+        except sqlite3.Error as e:
+            raise _error(e) from e
 
     def outbox(self, limit: int = 100) -> list[tuple[int, str, bytes]]:
-        rows = self._db.execute("SELECT seq, dest, body FROM outbox ORDER BY seq LIMIT ?", (limit,))
-        return [(r[0], r[1], bytes(r[2])) for r in rows]
+        sql = "SELECT seq, dest, body FROM outbox ORDER BY seq LIMIT ?"
+        try:
+            return [(r[0], r[1], bytes(r[2])) for r in self._db.execute(sql, (limit,))]
+        except sqlite3.Error as e:
+            raise _error(e) from e
 
     def sent(self, seqs: list[int]) -> None:
         """The broker confirmed these messages: forget them."""
-        self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+        try:
+            self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+        except sqlite3.Error as e:
+            raise _error(e) from e
 
     def outbox_size(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-
-
-def entries_as_json(entries: list[Entry]) -> str:
-    return json.dumps([e.as_dict() for e in entries], indent=2)
+        try:
+            return self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        except sqlite3.Error as e:
+            raise _error(e) from e

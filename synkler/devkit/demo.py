@@ -11,7 +11,9 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
+from ..errors import ExitStatus
 from ..hops.checksum import md5_entry
 from .localrelay import ROLES, LocalRelay
 from .sshd import LocalSshd
@@ -70,7 +72,7 @@ def run_demo(*, keep: bool = False, timeout: float = 120, verbose: bool = False)
         with LocalSshd(workdir / "sshd") as sshd:
             print(f"  sshd on {sshd.host}:{sshd.port} with throwaway keys")
             cleanup = [sys.executable, "-c", "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"]
-            settings = {
+            settings: dict[str, dict[str, Any]] = {
                 "upload": {
                     "cleanup_script": shlex.join([*cleanup, str(workdir / "upload-cleaned.txt"), "%f"])
                 },
@@ -105,7 +107,7 @@ def run_demo(*, keep: bool = False, timeout: float = 120, verbose: bool = False)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     print(f"demo {'passed' if ok else 'FAILED'} in {time.monotonic() - started:.1f} s")
-    return 0 if ok else 1
+    return ExitStatus.OK if ok else ExitStatus.FAILURE
 
 
 def _report(relay: LocalRelay, md5s: dict[str, str], workdir: Path) -> bool:

@@ -21,6 +21,7 @@ from ..config import load_config
 from ..errors import BrokerError
 from ..hops import transfer
 from ..state import Entry, State
+from .sshd import LocalSshd
 
 ROLES = ("upload", "central", "download")
 
@@ -29,7 +30,7 @@ class LocalRelay:
     def __init__(
         self,
         workdir: Path,
-        sshd,
+        sshd: LocalSshd,
         instance: str,
         *,
         broker_host: str = "127.0.0.1",
@@ -42,7 +43,7 @@ class LocalRelay:
         self.instance = instance
         self.broker = BrokerParams(broker_host, broker_port)
         self.verbose = verbose
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.dirs = {role: self.workdir / role / "files" for role in ROLES}
         self.configs = {role: self.workdir / role / "synkler.conf" for role in ROLES}
         for role in ROLES:
@@ -145,7 +146,9 @@ class LocalRelay:
     def states(self, role: str) -> dict[str, str]:
         return {e.name: e.state for e in self.entries(role)}
 
-    def wait_for(self, what: str, predicate: Callable[[], bool], timeout: float = 60, interval: float = 0.1):
+    def wait_for(
+        self, what: str, predicate: Callable[[], bool], timeout: float = 60, interval: float = 0.1
+    ) -> None:
         """Poll `predicate` until true or the deadline; on timeout raise with the agents' log tails."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

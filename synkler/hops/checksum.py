@@ -28,8 +28,6 @@ _KIND_DIR = b"d"
 _KIND_FILE = b"f"
 _KIND_LINK = b"l"
 
-_KIND_NAMES = {_KIND_DIR: "dir", _KIND_FILE: "file", _KIND_LINK: "symlink"}
-
 
 def new_md5() -> hashlib._Hash:
     """md5 is an integrity check here, not security; say so, so FIPS builds allow it."""

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from ..config import Config
 from ..linux.fs import fsync_dir
 from ..pidfile import read_pid
 from .transfer import Result
@@ -28,14 +29,16 @@ def cleanup_argv(template: Sequence[str], name: str, full_path: str) -> list[str
     return [re.sub(r"%[%fF]", lambda m: subst[m.group()], arg) for arg in template]
 
 
-def script_status(cfg, entry_id: str) -> str:
+def script_status(cfg: Config, entry_id: str) -> str:
     """Where the runner of an entry's cleanup script leaves its pid and its result."""
     directory = os.path.join(os.path.dirname(cfg.state_db), os.path.basename(cfg.state_db) + ".scripts")
     os.makedirs(directory, exist_ok=True)
     return os.path.join(directory, f"{entry_id}.json")
 
 
-def run_cleanup(cfg, entry_id: str, name: str, full_path: str, *, resume: bool = False) -> Result | None:
+def run_cleanup(
+    cfg: Config, entry_id: str, name: str, full_path: str, *, resume: bool = False
+) -> Result | None:
     """Run an entry's cleanup script (once) through synkler.hops.scriptrunner, and return its result.
 
     The runner is a session of its own that outlives the agent. With `resume` (the agent restarted

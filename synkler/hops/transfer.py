@@ -7,7 +7,6 @@ with spaces, quotes and non-ASCII characters survive the remote shell.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import hashlib
 import logging
@@ -21,6 +20,9 @@ import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from ..config import Config
+from ..linux.process import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,7 @@ def control_dir() -> str | None:
     return path
 
 
-def effective_opts(cfg) -> tuple[tuple[str, ...], str | None]:
+def effective_opts(cfg: Config) -> tuple[tuple[str, ...], str | None]:
     """rsync_opts with ssh connection sharing added, and the ssh command line it uses (or None).
 
     One ssh master connection per agent carries every rsync run to central, so a small file does not
@@ -175,14 +177,14 @@ def _cpu_has_aes() -> bool:
     return False
 
 
-def close_shared_connection(cfg) -> None:
+def close_shared_connection(cfg: Config) -> None:
     """Ask this agent's ssh master connection to exit (agent shutdown); harmless if there is none."""
     _opts, shared = effective_opts(cfg)
     if shared is not None:
         run([*shlex.split(shared), "-O", "exit", cfg.central_host], timeout=10, track=False)
 
 
-def rsync_argv(cfg, src: str, dest: str, *, listed: bool = False, append: bool = False) -> list[str]:
+def rsync_argv(cfg: Config, src: str, dest: str, *, listed: bool = False, append: bool = False) -> list[str]:
     """The rsync command for one hop: archive mode, resumable, with a stall timeout.
 
     `listed`: the paths to copy (relative to `src`, a directory) come NUL-separated on stdin, so one
@@ -208,14 +210,8 @@ def _listing(paths: Sequence[str]) -> bytes:
     return b"".join(os.fsencode(p) + b"\0" for p in paths)
 
 
-_running: set[subprocess.Popen] = set()
+_running: set[subprocess.Popen[bytes]] = set()
 _lock = threading.Lock()
-
-try:
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):  # not Linux
-    _prctl = None
-_PR_SET_PDEATHSIG = 1
 
 
 def _die_with_agent() -> None:
@@ -224,15 +220,13 @@ def _die_with_agent() -> None:
     Without this an rsync outlives a killed agent and races the one the restarted agent starts.
     (The signal comes when the forking thread ends; transfer threads live as long as the agent.)
     """
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    die_with_parent(signal.SIGTERM)
 
 
 def run(
     argv: Sequence[str],
     *,
     timeout: float | None = None,
-    env: dict | None = None,
     track: bool = True,
     input: bytes | None = None,
 ) -> Result:
@@ -247,7 +241,6 @@ def run(
             stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            env=env,
             preexec_fn=_die_with_agent if track else None,
         )
     except FileNotFoundError:
@@ -283,7 +276,7 @@ def terminate_all() -> None:
             pass
 
 
-def push(cfg, local_dir: str, names: Sequence[str], remote_dir: str) -> Result:
+def push(cfg: Config, local_dir: str, names: Sequence[str], remote_dir: str) -> Result:
     """upload -> central: copy the entries `names` of `local_dir` into `remote_dir` on central, in one run."""
     argv = rsync_argv(
         cfg, local_dir.rstrip("/") + "/", f"{cfg.central_host}:{remote_dir.rstrip('/')}/", listed=True
@@ -291,7 +284,7 @@ def push(cfg, local_dir: str, names: Sequence[str], remote_dir: str) -> Result:
     return run(argv, input=_listing(names))
 
 
-def pull(cfg, remote_dir: str, paths: Sequence[str], local_dir: str) -> Result:
+def pull(cfg: Config, remote_dir: str, paths: Sequence[str], local_dir: str) -> Result:
     """central -> download: copy `paths` (relative to `remote_dir` on central) into `local_dir`, in one run.
 
     The relative paths are kept: "<entry id>" lands in local_dir/<entry id>.
@@ -303,7 +296,7 @@ def pull(cfg, remote_dir: str, paths: Sequence[str], local_dir: str) -> Result:
     return run(argv, input=_listing(paths))
 
 
-def pull_more(cfg, remote_path: str, local_path: str) -> Result:
+def pull_more(cfg: Config, remote_path: str, local_path: str) -> Result:
     """central -> download: append to `local_path` what `remote_path` on central has beyond its length.
 
     A file shorter on central than here is left alone; what a run cut short appended stays.
@@ -311,7 +304,7 @@ def pull_more(cfg, remote_path: str, local_path: str) -> Result:
     return run(rsync_argv(cfg, f"{cfg.central_host}:{remote_path}", local_path, append=True))
 
 
-def probe(cfg) -> Result:
+def probe(cfg: Config) -> Result:
     """ssh + remote rsync round trip to central, for `synkler check`: list the remote home."""
     argv = [*cfg.rsync, f"--timeout={min(cfg.rsync_timeout, 30)}", *cfg.rsync_opts, "--list-only"]
     return run([*argv, f"{cfg.central_host}:."], timeout=60)

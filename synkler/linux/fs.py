@@ -22,6 +22,8 @@ import signal
 import stat
 from typing import Union
 
+from . import libc
+
 PathLike = Union[str, bytes, os.PathLike]
 
 _AT_FDCWD = -100
@@ -30,15 +32,6 @@ _RENAME_NOREPLACE = 1
 # Raw syscall numbers, used only when the C library has no renameat2() wrapper (glibc < 2.28).
 _SYS_RENAMEAT2: dict[str, int] = {"x86_64": 316, "aarch64": 276, "riscv64": 276}
 
-_libc: ctypes.CDLL | None = None
-
-
-def _get_libc() -> ctypes.CDLL:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    return _libc
-
 
 def _renameat2_noreplace(src: bytes, dst: bytes) -> None:
     """Call renameat2(AT_FDCWD, src, AT_FDCWD, dst, RENAME_NOREPLACE); raise OSError on failure.
@@ -46,8 +39,8 @@ def _renameat2_noreplace(src: bytes, dst: bytes) -> None:
     Raises OSError(ENOSYS) when neither a libc wrapper nor a known syscall
     number is available, so the caller can fall back.
     """
-    libc = _get_libc()
-    func = getattr(libc, "renameat2", None)
+    lib = libc.load()
+    func = getattr(lib, "renameat2", None)
     if func is not None:
         func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
         func.restype = ctypes.c_int
@@ -56,7 +49,7 @@ def _renameat2_noreplace(src: bytes, dst: bytes) -> None:
         number = _SYS_RENAMEAT2.get(platform.machine())
         if number is None:
             raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS), os.fsdecode(src), None, os.fsdecode(dst))
-        syscall = libc.syscall
+        syscall = lib.syscall
         syscall.restype = ctypes.c_long
         result = syscall(
             ctypes.c_long(number),
@@ -67,8 +60,7 @@ def _renameat2_noreplace(src: bytes, dst: bytes) -> None:
             ctypes.c_uint(_RENAME_NOREPLACE),
         )
     if result != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), os.fsdecode(src), None, os.fsdecode(dst))
+        raise libc.errno_error(os.fsdecode(src), os.fsdecode(dst))
 
 
 def _exists_error(dst: bytes) -> FileExistsError:

@@ -6,10 +6,11 @@ through `Inotify`.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import struct
+
+from . import libc
 
 IN_MODIFY = 0x002
 IN_ATTRIB = 0x004
@@ -36,19 +37,18 @@ class Inotify:
 
     def __init__(self) -> None:
         try:
-            self._libc = ctypes.CDLL(None, use_errno=True)
+            self._libc = libc.load()
             fd = self._libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         except AttributeError as e:
             raise OSError(errno.ENOSYS, f"no inotify here ({e})") from None
         if fd < 0:
-            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+            raise libc.errno_error()
         self.fd = fd
 
     def watch(self, path: str, mask: int) -> int:
         wd = self._libc.inotify_add_watch(self.fd, os.fsencode(path), mask)
         if wd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), path)
+            raise libc.errno_error(path)
         return wd
 
     def events(self) -> list[tuple[int, int, int, bytes]]:

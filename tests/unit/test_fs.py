@@ -15,6 +15,7 @@ from typing import Callable
 import pytest
 
 from synkler.linux import fs as fsutil
+from synkler.linux import libc
 from synkler.linux.fs import (
     free_bytes,
     fsync_dir,
@@ -384,9 +385,9 @@ def test_the_raw_syscall_is_used_when_libc_lacks_a_renameat2_wrapper(tmp_path: P
     class OldLibc:
         """A C library from before glibc 2.28: syscall() but no renameat2()."""
 
-        syscall = fsutil._get_libc().syscall
+        syscall = libc.load().syscall
 
-    monkeypatch.setattr(fsutil, "_get_libc", OldLibc)
+    monkeypatch.setattr(libc, "load", OldLibc)
     monkeypatch.setattr(fsutil, "_rename_fallback", pytest.fail)
     (tmp_path / "a").write_bytes(b"1")
     (tmp_path / "b").write_bytes(b"2")
