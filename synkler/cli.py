@@ -108,6 +108,7 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
         rows = []
         for e in entries:
             row = e.as_dict()
+            row["md5"] = e.md5 or ""  # as the column holds it: "" until it is known
             row["updated"] = _iso(e.updated)
             row["created"] = _iso(e.created)
             rows.append(row)

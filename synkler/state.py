@@ -54,7 +54,7 @@ class Entry:
     id: str
     name: str
     kind: str
-    md5: str
+    md5: str | None  # None: not hashed yet (an offer carries no md5); stored as ""
     state: str
     size: int = 0
     files: int = 0
@@ -70,11 +70,28 @@ class Entry:
     updated: float = 0.0
     due: float = 0.0
 
+    def __post_init__(self) -> None:
+        if not self.md5:
+            self.md5 = None  # "" in the database
+
+    def known_md5(self) -> str:
+        """The md5, where it must be known by now (a bug if it is not)."""
+        if self.md5 is None:
+            raise LookupError(f"entry {self.id} ({self.name!r}) has no md5 yet")
+        return self.md5
+
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 _COLUMNS = [f.name for f in fields(Entry)]
+
+
+def _stored(column: str, value: object) -> object:
+    """A field's value as its column holds it (an md5 not known yet is "")."""
+    return "" if value is None and column == "md5" else value
+
+
 # Rows are read in Entry's field order and built positionally: a read by id takes 13.5 µs instead
 # of 19 µs with sqlite3.Row and keyword arguments, and the agents read an entry at every step.
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM entries"
@@ -196,7 +213,7 @@ class State:
         try:
             self._db.execute(
                 f"INSERT INTO entries ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
-                [row[c] for c in _COLUMNS],
+                [_stored(c, row[c]) for c in _COLUMNS],
             )
         except sqlite3.Error as e:
             raise _error(e) from e
@@ -211,7 +228,8 @@ class State:
             setattr(entry, key, value)
         sets = ", ".join(f"{k} = ?" for k in changes)
         try:
-            self._db.execute(f"UPDATE entries SET {sets} WHERE id = ?", [*changes.values(), entry.id])
+            values = [_stored(k, v) for k, v in changes.items()]
+            self._db.execute(f"UPDATE entries SET {sets} WHERE id = ?", [*values, entry.id])
         except sqlite3.Error as e:
             raise _error(e) from e
         return entry

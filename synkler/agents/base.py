@@ -206,7 +206,7 @@ class Agent:
 
     def entry_from(self, msg: EntryMessage, state: Status, **fields: Any) -> Entry:
         """A new entry described by an offer or fetch message (name, kind, size, files, and the md5
-        if the message has it: an offer does not, "" stands for not known yet)."""
+        if the message has it: an offer does not)."""
         return Entry(
             id=msg.entry,
             state=state,
@@ -215,7 +215,7 @@ class Agent:
             kind=msg.kind,
             size=msg.size,
             files=msg.files,
-            md5=getattr(msg, "md5", ""),
+            md5=getattr(msg, "md5", None),
             **fields,
         )
 

@@ -319,7 +319,9 @@ class Central(Agent):
     def _verify(self, group: list[Entry]) -> None:
         """md5 of the staged copies of a group of entries, by one job (small entries share one:
         one hand-over and one wake-up of the loop instead of one per entry)."""
-        items = [ToCheck(e.id, e.name, self.spool.staged(e), self.spool.stored(e.id), e.md5) for e in group]
+        items = [
+            ToCheck(e.id, e.name, self.spool.staged(e), self.spool.stored(e.id), e.known_md5()) for e in group
+        ]
         self.jobs.submit(
             "hash",
             [Key(ENTRY, e.id) for e in group],
@@ -366,7 +368,7 @@ class Central(Agent):
                     kind=entry.kind,
                     size=entry.size,
                     files=entry.files,
-                    md5=entry.md5,
+                    md5=entry.known_md5(),
                     attempt=entry_now.attempt,  # grows when central had to get the entry again
                     path=stored,
                 ),

@@ -212,7 +212,7 @@ def finish_early(cfg: Config, entry: Entry, early: Early) -> PullRun | None:
             why = f"md5 mismatch at download: expected {entry.md5}, got {early.hexdigest()}"
         else:
             log.info("%s: %d of %d bytes were pulled while upload pushed it", entry.name, before, entry.size)
-            target, present = choose_name(str(cfg.file_dir), entry.name, entry.kind, entry.md5)
+            target, present = choose_name(str(cfg.file_dir), entry.name, entry.kind, entry.known_md5())
             return PullRun(result, {entry.id: Verified(target, present)})
     log.info("%s: the early copy is not used (%s); pulling it whole", entry.name, why)
     remove_tree(early.local)
@@ -249,7 +249,7 @@ def pull(cfg: Config, staging: Staging, batch: list[Entry], early: Early | None)
                 _failure(result), result.summary() if not result.ok else "nothing arrived"
             )
             continue
-        md5, unread = verified_md5(path, e.md5, followed.get(e.id))
+        md5, unread = verified_md5(path, e.known_md5(), followed.get(e.id))
         if unread:
             log.debug("%s: hashed while it arrived", e.name)
         if md5 != e.md5 and not result.ok:

@@ -219,7 +219,7 @@ class Upload(Endpoint):
                 self.pending[name] = (st.signature, now)
             elif now - seen[1] >= self.cfg.settle_seconds and not self.jobs.busy(Key(NAME, name)):
                 if latest is None or latest.state == Up.FAILED:
-                    fresh.append(self._offer(name, st, ""))
+                    fresh.append(self._offer(name, st, None))
                 else:
                     self._hash(name, st.signature)  # maybe only touched: compare before sending
         self._hash_entries(fresh)
@@ -256,8 +256,8 @@ class Upload(Endpoint):
             return
         self._offer(name, hashed.stat, hashed.md5)
 
-    def _offer(self, name: str, st: EntryStat, md5: str) -> Entry:
-        """Record a new version of `name` and offer it (md5 "": not hashed yet; see _hash_entries)."""
+    def _offer(self, name: str, st: EntryStat, md5: str | None) -> Entry:
+        """Record a new version of `name` and offer it (md5 None: not hashed yet; see _hash_entries)."""
         entry = Entry(
             id=new_entry_id(),
             name=name,
@@ -327,7 +327,9 @@ class Upload(Endpoint):
     def _sent(self, entry: Entry) -> None:
         """Pushed and hashed: tell central, which verifies what arrived against the md5."""
         self.move(entry, Up.SENT, tries=0, reason=None)
-        self.send(entry.peer or CENTRAL, Sent(entry.id, self.name, attempt=entry.attempt, md5=entry.md5))
+        self.send(
+            entry.peer or CENTRAL, Sent(entry.id, self.name, attempt=entry.attempt, md5=entry.known_md5())
+        )
 
     # messages ------------------------------------------------------------------------------------
 

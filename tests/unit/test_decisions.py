@@ -193,7 +193,7 @@ def upload_waits_for_its_md5_after_the_push(tmp_path: Path, _from: str, _to: str
 @transition("upload", ("pushed", "sent"))
 def upload_sends_the_md5_once_it_is_hashed(tmp_path: Path, _from: str, _to: str) -> Entry:
     r = role(tmp_path, "upload")
-    e = r.given("pushed", peer="central", md5="", signature="sig")
+    e = r.given("pushed", peer="central", md5=None, signature="sig")
     r.start()  # hashes cut short by a stop start again
     r.finish(r.job("hash"), [Hashed(MD5, EntryStat("file", 4, 1, "sig"))])
     _, sent = only(r.sent(), Sent)
@@ -313,7 +313,7 @@ def central_passes_a_download_failure_on_to_upload(tmp_path: Path, _from: str, _
 def central_checks_what_was_sent(tmp_path: Path, _from: str, _to: str) -> Entry:
     r = role(tmp_path, "central")
     r.start()
-    e = r.given("uploading", peer="upload", attempt=1, md5="")
+    e = r.given("uploading", peer="upload", attempt=1, md5=None)
     r.deliver(Sent(e.id, "upload", attempt=1, md5=MD5))
     assert r.entry(e.id).md5 == MD5
     return r.entry(e.id)

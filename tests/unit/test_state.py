@@ -71,6 +71,21 @@ def test_an_inserted_entry_reads_back_with_every_field(state: State):
     assert got.updated >= got.created
 
 
+def test_an_md5_not_known_yet_is_none_and_stored_as_an_empty_string(state: State, db_path: Path):
+    e = entry()
+    e.md5 = None
+    state.insert(e)
+    got = state.get(e.id)
+    assert got is not None and got.md5 is None
+    with pytest.raises(LookupError, match="no md5 yet"):
+        got.known_md5()
+    state.update(got, md5="e" * 32)
+    assert state.get(e.id).known_md5() == "e" * 32
+    state.update(got, md5=None)
+    with sqlite3.connect(db_path) as raw:  # the column is NOT NULL, as in every earlier version
+        assert raw.execute("SELECT md5 FROM entries WHERE id = ?", (e.id,)).fetchone() == ("",)
+
+
 def test_insert_keeps_a_given_creation_time(state: State):
     e = state.insert(entry(created=123.0))
     assert state.get(e.id).created == 123.0
