@@ -99,7 +99,7 @@ def test_a_directory_of_big_files_arrives_intact_and_is_hashed_on_the_way(make_r
     relay.start()
     os.rename(tree, relay.dirs["upload"] / "run-8")
     deliver(relay, {"run-8": md5}, timeout=120)
-    # Central and download hashed its files while rsync wrote them (synkler.follow), and the tree
+    # Central and download hashed its files while rsync wrote them (synkler.hops.follow), and the tree
     # digest made with those came out right.
     for role in ("central", "download"):
         assert "run-8: hashed while it arrived" in relay.log_path(role).read_text(), role
@@ -143,7 +143,7 @@ def test_a_200_mb_file_arrives_intact(make_relay):
     md5 = md5_entry(big)
     os.rename(big, relay.dirs["upload"] / "big.bin")
     deliver(relay, {"big.bin": md5}, timeout=240)
-    # Central hashed it while rsync wrote it (synkler.follow), not in a second read; download pulled
+    # Central hashed it while rsync wrote it (synkler.hops.follow), not in a second read; download pulled
     # part of it while upload still pushed it, and hashed that as it came.
     assert "big.bin: hashed while it arrived" in relay.log_path("central").read_text()
     early = re.search(
@@ -471,7 +471,7 @@ def flips(relay, side: str) -> Path:
 @pytest.mark.parametrize("size", [100_000, 24 << 20], ids=["small", "followed"])
 @pytest.mark.parametrize("side", ["upload", "download"])
 def test_a_corrupted_copy_is_discarded_and_the_hop_redone(make_relay, side, size):
-    # A file of 24 MiB is hashed while it arrives (synkler.follow): the byte flipped after rsync
+    # A file of 24 MiB is hashed while it arrives (synkler.hops.follow): the byte flipped after rsync
     # wrote it must make the receiving side read the file, not trust what it read on the way.
     relay = make_relay()
     relay.write_config(side, {"rsync": corrupting_rsync(relay, side, 1)})

@@ -1,4 +1,4 @@
-"""Hashing a file while rsync writes it (synkler.follow), against real rsync runs on real files.
+"""Hashing a file while rsync writes it (synkler.hops.follow), against real rsync runs on real files.
 
 The follower's digest may stand in for reading the file after the hop only when it is certainly
 the digest of the file as it is now: every way a byte could differ must send the caller back to

@@ -14,8 +14,7 @@ from typing import Callable
 
 import pytest
 
-from synkler.linux import fs as fsutil
-from synkler.linux import libc
+from synkler.linux import fs, libc
 from synkler.linux.fs import (
     free_bytes,
     fsync_dir,
@@ -162,7 +161,7 @@ def test_rename_noreplace_refuses_any_occupied_destination_and_touches_neither_s
     tmp_path: Path, monkeypatch, destination: str, source: str, fallback: bool
 ) -> None:
     if fallback:
-        monkeypatch.setattr(fsutil, "_renameat2_noreplace", _raise_enosys)
+        monkeypatch.setattr(fs, "_renameat2_noreplace", _raise_enosys)
     src = tmp_path / "src"
     dst = tmp_path / "dst"
     _make_source(source, src)
@@ -200,7 +199,7 @@ def _raise_einval(src: bytes, dst: bytes) -> None:
 def test_the_fallback_moves_files_dirs_and_symlinks_when_renameat2_is_unavailable(
     tmp_path: Path, monkeypatch, unsupported, source: str
 ) -> None:
-    monkeypatch.setattr(fsutil, "_renameat2_noreplace", unsupported)
+    monkeypatch.setattr(fs, "_renameat2_noreplace", unsupported)
     src = tmp_path / "src"
     _make_source(source, src)
     before = _state(src)
@@ -210,19 +209,19 @@ def test_the_fallback_moves_files_dirs_and_symlinks_when_renameat2_is_unavailabl
 
 
 def test_the_fallback_keeps_a_file_single_linked_after_the_move(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(fsutil, "_renameat2_noreplace", _raise_enosys)
+    monkeypatch.setattr(fs, "_renameat2_noreplace", _raise_enosys)
     (tmp_path / "src").write_bytes(b"x")
     rename_noreplace(tmp_path / "src", tmp_path / "dst")
     assert os.lstat(tmp_path / "dst").st_nlink == 1
 
 
 def test_the_fallback_renames_when_the_filesystem_refuses_hard_links(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(fsutil, "_renameat2_noreplace", _raise_enosys)
+    monkeypatch.setattr(fs, "_renameat2_noreplace", _raise_enosys)
 
     def no_links(*args, **kwargs):
         raise OSError(errno.EPERM, os.strerror(errno.EPERM))
 
-    monkeypatch.setattr(fsutil.os, "link", no_links)
+    monkeypatch.setattr(fs.os, "link", no_links)
     (tmp_path / "src").write_bytes(b"x")
     rename_noreplace(tmp_path / "src", tmp_path / "dst")
     assert (tmp_path / "dst").read_bytes() == b"x"
@@ -236,8 +235,8 @@ def test_other_renameat2_errors_are_raised_without_fallback(tmp_path: Path, monk
     def cross_device(src: bytes, dst: bytes) -> None:
         raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
 
-    monkeypatch.setattr(fsutil, "_renameat2_noreplace", cross_device)
-    monkeypatch.setattr(fsutil, "_rename_fallback", pytest.fail)
+    monkeypatch.setattr(fs, "_renameat2_noreplace", cross_device)
+    monkeypatch.setattr(fs, "_rename_fallback", pytest.fail)
     (tmp_path / "src").write_bytes(b"x")
     with pytest.raises(OSError) as info:
         rename_noreplace(tmp_path / "src", tmp_path / "dst")
@@ -248,7 +247,7 @@ def test_the_real_syscall_names_both_paths_in_its_error(tmp_path: Path) -> None:
     (tmp_path / "a").write_bytes(b"1")
     (tmp_path / "b").write_bytes(b"2")
     with pytest.raises(FileExistsError) as info:
-        fsutil._renameat2_noreplace(os.fsencode(tmp_path / "a"), os.fsencode(tmp_path / "b"))
+        fs._renameat2_noreplace(os.fsencode(tmp_path / "a"), os.fsencode(tmp_path / "b"))
     assert info.value.filename == str(tmp_path / "a")
     assert info.value.filename2 == str(tmp_path / "b")
 
@@ -380,7 +379,7 @@ def test_free_and_total_bytes_match_statvfs(tmp_path: Path) -> None:
     assert abs(free_bytes(tmp_path) - st.f_bavail * st.f_frsize) < 64 * 1024 * 1024
 
 
-@pytest.mark.skipif(os.uname().machine not in fsutil._SYS_RENAMEAT2, reason="no known syscall number here")
+@pytest.mark.skipif(os.uname().machine not in fs._SYS_RENAMEAT2, reason="no known syscall number here")
 def test_the_raw_syscall_is_used_when_libc_lacks_a_renameat2_wrapper(tmp_path: Path, monkeypatch) -> None:
     class OldLibc:
         """A C library from before glibc 2.28: syscall() but no renameat2()."""
@@ -388,7 +387,7 @@ def test_the_raw_syscall_is_used_when_libc_lacks_a_renameat2_wrapper(tmp_path: P
         syscall = libc.load().syscall
 
     monkeypatch.setattr(libc, "load", OldLibc)
-    monkeypatch.setattr(fsutil, "_rename_fallback", pytest.fail)
+    monkeypatch.setattr(fs, "_rename_fallback", pytest.fail)
     (tmp_path / "a").write_bytes(b"1")
     (tmp_path / "b").write_bytes(b"2")
     with pytest.raises(FileExistsError):
