@@ -12,16 +12,30 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..hops.checksum import md5_entry
 from ..hops.follow import Follower, pulled_early, verified_md5, worth_following
 from ..linux.fs import remove_tree
 from ..messages import Admit, Corrupt, Delivered, Failed, Fetch, Fetched, Offer, Pushing, Sent, Wait, Withdraw
-from ..state import Entry
-from .base import ENTRY, GIVE_UP_ADVICE, RECHECK, Agent, Key, Status, Transitions, hash_groups, job_error
+from ..state import Entry, State
+from .base import (
+    ENTRY,
+    GIVE_UP_ADVICE,
+    RECHECK,
+    Agent,
+    Jobs,
+    Key,
+    Status,
+    Transitions,
+    hash_groups,
+    job_error,
+)
 from .followers import Followers
 from .spool import Spool
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 log = logging.getLogger("synkler")
 
@@ -106,8 +120,8 @@ class Central(Agent):
     NEW = (Mid.WAITING,)
     TRANSITIONS = TRANSITIONS
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+    def __init__(self, cfg: Config, state: State, jobs: Jobs):
+        super().__init__(cfg, state, jobs)
         self.handlers = {
             Offer: self.on_offer,
             Sent: self.on_sent,

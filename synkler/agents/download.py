@@ -13,14 +13,17 @@ import functools
 import logging
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..errors import MessageError
 from ..linux.fs import remove_tree, rename_noreplace
 from ..messages import Corrupt, Failed, Fetch, Fetched, Pushing
-from ..state import Entry
-from .base import ENTRY, Endpoint, Key, Status, Transitions
+from ..state import Entry, State
+from .base import ENTRY, Endpoint, Jobs, Key, Status, Transitions
 from .pull import Early, Mismatch, NotPulled, PullRun, Staging, pull, pull_early
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 log = logging.getLogger("synkler")
 
@@ -54,8 +57,8 @@ class Download(Endpoint):
     TRANSITIONS = TRANSITIONS
     DELIVERED, DONE, FAILED = Down.DELIVERED, Down.DONE, Down.FAILED
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+    def __init__(self, cfg: Config, state: State, jobs: Jobs):
+        super().__init__(cfg, state, jobs)
         self.handlers = {Pushing: self.on_pushing, Fetch: self.on_fetch}
         self.staging = Staging(self.cfg)
         self.place_due = True  # set when an entry's name was chosen and it may be renamed into place

@@ -14,15 +14,18 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import TYPE_CHECKING, Callable, Union
 
 from ..hops import transfer
 from ..hops.checksum import EntryStat, md5_entry, stat_entry
 from ..linux.fs import open_for_writing
 from ..messages import Admit, Delivered, Failed, Offer, Sent, Wait, Withdraw, name_problem, new_entry_id
-from ..state import Entry
-from .base import ENTRY, HASHING, NAME, SCAN, Endpoint, Key, Status, Transitions, hash_groups, job_error
+from ..state import Entry, State
+from .base import ENTRY, HASHING, NAME, SCAN, Endpoint, Jobs, Key, Status, Transitions, hash_groups, job_error
 from .watch import DirWatcher
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 log = logging.getLogger("synkler")
 
@@ -131,8 +134,8 @@ class Upload(Endpoint):
     TRANSITIONS = TRANSITIONS
     DELIVERED, DONE, FAILED = Up.DELIVERED, Up.DONE, Up.FAILED
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+    def __init__(self, cfg: Config, state: State, jobs: Jobs):
+        super().__init__(cfg, state, jobs)
         self.handlers = {
             Admit: self.on_admit,
             Wait: self.on_wait,
