@@ -226,6 +226,26 @@ class Agent:
             raise MessageError(f"{msg.TYPE} for unknown entry {msg.entry}")
         return entry
 
+    def record_each(
+        self,
+        group: list[Entry],
+        outcomes: Sequence[T | Exception] | None,
+        error: BaseException | None,
+        record: Callable[[Entry, T | BaseException], None],
+        what: str,
+    ) -> None:
+        """Record the outcome of a job that did one thing per entry (or the error that ended the
+        whole job), each entry in its own savepoint: a bug with one does not undo the others."""
+        each: Sequence[T | BaseException] = (
+            outcomes if outcomes is not None else [job_error(error)] * len(group)
+        )
+        for entry, outcome in zip(group, each):
+            try:
+                with self.state.savepoint():
+                    record(entry, outcome)
+            except Exception:
+                log.exception("%s: bug while recording %s", entry.name, what)
+
     def entry(self, entry_id: str) -> Entry:
         """An entry this agent has (a job's entry, recorded before the job began)."""
         entry = self.state.get(entry_id)

@@ -29,7 +29,6 @@ from .base import (
     Status,
     Transitions,
     hash_groups,
-    job_error,
 )
 from .followers import Followers
 from .spool import Spool
@@ -350,15 +349,7 @@ class Central(Agent):
         self.verify_due = self.admit_due = True
         if any(worth_following(e.kind, e.size, e.files) for e in group):
             self._follow_more()  # a follower is free again
-        outcomes: list[Checked | BaseException] = (
-            [*results] if results is not None else [job_error(error)] * len(group)
-        )
-        for entry, result in zip(group, outcomes):
-            try:
-                with self.state.savepoint():
-                    self._verified(entry, result)
-            except Exception:
-                log.exception("%s: bug while recording its md5 check", entry.name)
+        self.record_each(group, results, error, self._verified, "its md5 check")
 
     def _verified(self, entry: Entry, result: Checked | BaseException) -> None:
         """Record one md5 check: on a match move the copy into stored/ and tell download."""

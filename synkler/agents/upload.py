@@ -21,7 +21,7 @@ from ..hops.checksum import EntryStat, md5_entry, stat_entry
 from ..linux.fs import open_for_writing
 from ..messages import Admit, Delivered, Failed, Offer, Sent, Wait, Withdraw, name_problem, new_entry_id
 from ..state import Entry, State
-from .base import ENTRY, HASHING, NAME, SCAN, Endpoint, Jobs, Key, Status, Transitions, hash_groups, job_error
+from .base import ENTRY, HASHING, NAME, SCAN, Endpoint, Jobs, Key, Status, Transitions, hash_groups
 from .watch import DirWatcher
 
 if TYPE_CHECKING:
@@ -302,15 +302,7 @@ class Upload(Endpoint):
     def _group_hashed(
         self, group: list[Entry], results: list[Hashed | Exception] | None, error: BaseException | None
     ) -> None:
-        outcomes: list[Hashed | BaseException] = (
-            [*results] if results is not None else [job_error(error)] * len(group)
-        )
-        for entry, result in zip(group, outcomes):
-            try:
-                with self.state.savepoint():
-                    self._entry_hashed(entry, result)
-            except Exception:
-                log.exception("%s: bug while recording its md5", entry.name)
+        self.record_each(group, results, error, self._entry_hashed, "its md5")
 
     def _entry_hashed(self, entry: Entry, result: Hashed | BaseException) -> None:
         now_entry = self.entry(entry.id)
