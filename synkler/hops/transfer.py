@@ -207,7 +207,9 @@ def rsync_argv(cfg: Config, src: str, dest: str, *, listed: bool = False, append
 
 
 def _listing(paths: Sequence[str]) -> bytes:
-    return b"".join(os.fsencode(p) + b"\0" for p in paths)
+    """The paths for `--files-from=- --from0`. Each starts with "./": rsync skips a line of that list
+    that starts with '#' or ';' as a comment, even NUL-separated, so such a name would never go."""
+    return b"".join(b"./" + os.fsencode(p) + b"\0" for p in paths)
 
 
 _running: set[subprocess.Popen[bytes]] = set()

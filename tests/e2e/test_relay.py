@@ -122,6 +122,29 @@ def test_names_with_spaces_quotes_and_non_ascii_survive_both_hops(make_relay):
     assert not (relay.dirs["download"] / "pwned").exists() and not Path("pwned").exists()
 
 
+def test_names_starting_with_hash_or_semicolon_and_a_255_byte_name_arrive_and_a_refused_name_blocks_none(
+    make_relay,
+):
+    # rsync takes a line of its --files-from list that starts with '#' or ';' for a comment.
+    relay = make_relay()
+    relay.start()
+    longest = "é" * 127 + "x"  # 255 bytes in UTF-8, the most a name may have
+    assert len(longest.encode()) == 255
+    names = ["#hash first.txt", ";semicolon first.txt", "#", ";", "-", "--rsh=evil", longest]
+    md5s = {}
+    for i, name in enumerate(names):
+        tmp = relay.dirs["upload"].parent / f".tmp-{i}"  # a dot name of its own would be too long
+        tmp.write_bytes(name.encode() * 50)
+        md5s[name] = md5_entry(tmp)
+        os.rename(tmp, relay.dirs["upload"] / name)
+    (relay.dirs["upload"] / "line\nbreak.txt").write_bytes(b"refused")  # a control character
+    deliver(relay, md5s)
+    assert sorted(os.listdir(relay.dirs["download"])) == sorted([*names, f".synkler-{relay.instance}"])
+    log = relay.log_path("upload").read_text()
+    assert log.count("ignoring 'line\\nbreak.txt'") == 1, relay.log_tail("upload")
+    assert "line\nbreak.txt" not in relay.states("upload")
+
+
 def test_a_hundred_small_files_all_arrive(make_relay):
     relay = make_relay()
     relay.start()
