@@ -6,6 +6,7 @@ import argparse
 import datetime
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -120,14 +121,19 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     header = ("NAME", "SIZE", "MD5", "STATE", "UPDATED", "NOTE")
     table = [header]
     for e in entries:
-        note = e.reason or (f"as {e.stored_as}" if e.stored_as and e.stored_as != e.name else "")
+        note = e.reason or (f"as {_shown(e.stored_as)}" if e.stored_as and e.stored_as != e.name else "")
         if e.cleanup in ("failed", "interrupted"):
             note = f"cleanup {e.cleanup}" + (f": {note}" if note else "")
-        table.append((e.name, str(e.size), e.md5 or "-", e.state, _iso(e.updated, sep=" "), note))
+        table.append((_shown(e.name), str(e.size), e.md5 or "-", e.state, _iso(e.updated, sep=" "), note))
     widths = [max(len(line[i]) for line in table) for i in range(len(header) - 1)]
     for line in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) + "  " + line[-1])
     return ExitStatus.OK
+
+
+def _shown(name: str) -> str:
+    """A name as a person can read it on any terminal: bytes that are not UTF-8 as \\xNN."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def _iso(ts: float, sep: str = "T") -> str:

@@ -7,6 +7,7 @@ leave here as StateError, or StateUnavailable for the ones that may pass (disk f
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -73,6 +74,10 @@ class Entry:
     def __post_init__(self) -> None:
         if not self.md5:
             self.md5 = None  # "" in the database
+        if isinstance(self.name, bytes):  # a name that is not UTF-8: its bytes (see _stored)
+            self.name = os.fsdecode(self.name)
+        if isinstance(self.stored_as, bytes):
+            self.stored_as = os.fsdecode(self.stored_as)
 
     def known_md5(self) -> str:
         """The md5, where it must be known by now (a bug if it is not)."""
@@ -88,8 +93,20 @@ _COLUMNS = [f.name for f in fields(Entry)]
 
 
 def _stored(column: str, value: object) -> object:
-    """A field's value as its column holds it (an md5 not known yet is "")."""
-    return "" if value is None and column == "md5" else value
+    """A field's value as its column holds it. An md5 not known yet is "". A name that is not
+    UTF-8 (on POSIX a name is bytes: Python keeps the bytes it cannot decode as surrogate escapes,
+    which SQLite refuses) is held as its bytes, a BLOB: byte-exact, and equal only to itself."""
+    if value is None and column == "md5":
+        return ""
+    if column in _NAMES and isinstance(value, str) and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return os.fsencode(value)
+    return value
+
+
+_NAMES = ("name", "stored_as")
 
 
 # Rows are read in Entry's field order and built positionally: a read by id takes 13.5 µs instead
@@ -245,7 +262,7 @@ class State:
     def latest_by_name(self, name: str) -> Entry | None:
         sql = f"{_SELECT} WHERE name = ? ORDER BY created DESC LIMIT 1"
         try:
-            row = self._db.execute(sql, (name,)).fetchone()
+            row = self._db.execute(sql, (_stored("name", name),)).fetchone()
         except sqlite3.Error as e:
             raise _error(e) from e
         return Entry(*row) if row else None
@@ -254,7 +271,7 @@ class State:
         marks = ", ".join("?" * len(states))
         sql = f"{_SELECT} WHERE name = ? AND state IN ({marks}) ORDER BY created"
         try:
-            return [Entry(*r) for r in self._db.execute(sql, (name, *states))]
+            return [Entry(*r) for r in self._db.execute(sql, (_stored("name", name), *states))]
         except sqlite3.Error as e:
             raise _error(e) from e
 

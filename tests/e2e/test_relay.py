@@ -145,6 +145,20 @@ def test_names_starting_with_hash_or_semicolon_and_a_255_byte_name_arrive_and_a_
     assert "line\nbreak.txt" not in relay.states("upload")
 
 
+def test_a_name_that_is_not_utf8_relays_byte_exact_without_stopping_the_others(make_relay):
+    # Old and Windows instruments write Latin-1 names; on POSIX a name is bytes.
+    relay = make_relay()
+    relay.start()
+    raw = b"caf\xe9 r\xe9sum\xe9.txt"
+    name = os.fsdecode(raw)  # as Python lists it: the bytes it cannot decode as surrogate escapes
+    md5s = {name: place(relay.dirs["upload"], name, b"latin-1 " * 1000)}
+    md5s["plain.txt"] = place(relay.dirs["upload"], "plain.txt", b"utf-8")
+    deliver(relay, md5s)
+    assert raw in os.listdir(os.fsencode(relay.dirs["download"]))
+    status = subprocess.run(relay.command("upload", "status"), capture_output=True, text=True, check=True)
+    assert "caf\\xe9 r\\xe9sum\\xe9.txt" in status.stdout
+
+
 def test_a_hundred_small_files_all_arrive(make_relay):
     relay = make_relay()
     relay.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from itertools import count
@@ -84,6 +85,17 @@ def test_an_md5_not_known_yet_is_none_and_stored_as_an_empty_string(state: State
     state.update(got, md5=None)
     with sqlite3.connect(db_path) as raw:  # the column is NOT NULL, as in every earlier version
         assert raw.execute("SELECT md5 FROM entries WHERE id = ?", (e.id,)).fetchone() == ("",)
+
+
+def test_a_name_that_is_not_utf8_is_kept_byte_exact_and_found_by_name(state: State, db_path: Path):
+    name = os.fsdecode(b"caf\xe9.txt")  # how Python lists a Latin-1 name
+    e = entry(name=name, stored_as=os.fsdecode(b"caf\xe9 (2).txt"))
+    state.insert(e)
+    assert state.get(e.id) == e
+    assert state.latest_by_name(name) == e and state.by_name(name, "offered") == [e]
+    assert state.latest_by_name("caf\u00e9.txt") is None  # the UTF-8 name "café.txt" is another name
+    with sqlite3.connect(db_path) as raw:
+        assert raw.execute("SELECT name FROM entries WHERE id = ?", (e.id,)).fetchone() == (b"caf\xe9.txt",)
 
 
 def test_insert_keeps_a_given_creation_time(state: State):
