@@ -42,6 +42,8 @@ GIVE_UP_ADVICE = {
     "written, a disk or memory problem), " + REOFFER,
     "store at central": "Upload keeps its copy. Central's copies keep going bad: check central's disk, "
     + REOFFER,
+    "admission at central": "Upload keeps its copy. Give central's file_dir a bigger file system (or a "
+    "lower free_percent), " + REOFFER,
 }
 
 

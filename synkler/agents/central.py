@@ -134,6 +134,7 @@ class Central(Agent):
         self.next_sweep = 0.0
         self.next_admit_check = 0.0
         self.admit_due = self.verify_due = True
+        self.overtaken: dict[str, int] = {}  # waiting entry id -> bytes admitted past it (see _admit_waiting)
 
     def startup(self) -> None:
         in_flight = {(e.peer or "", e.name) for e in self.state.by_state(*IN_FLIGHT)}
@@ -257,16 +258,29 @@ class Central(Agent):
         Room: at most MAX_ADMITTED entries between admission and verification, one version of a name
         per upload agent at a time (they share a staging path), and free space on file_dir's
         filesystem above the free_percent reserve, minus what admitted entries have yet to bring.
+
+        An entry bigger than the whole filesystem above the reserve can never be admitted: it fails
+        at once. One that does not fit now waits, and later entries that fit may pass it, until
+        together they have taken as many bytes as it needs; then later entries wait behind it
+        until it fits (the space admitted entries take is freed keep_minutes after delivery). So a
+        big entry neither blocks the relay while space is there nor waits for ever behind smaller
+        ones. What has passed it is counted in memory: a restart of central lets as much pass again.
         """
         waiting = self.state.by_state(Mid.WAITING)
+        self.overtaken = {e.id: self.overtaken.get(e.id, 0) for e in waiting}
         if not waiting:
             return
         active = self.state.by_state(Mid.UPLOADING, Mid.VERIFYING)
         count = len(active)
         busy_names = {(e.peer, e.name) for e in active}
         room = self.spool.room() - sum(e.size for e in active if e.state == Mid.UPLOADING)
-        blocked = None  # once an entry must wait for room, later ones queue behind it
+        capacity = self.spool.capacity()
+        first: Entry | None = None  # the oldest entry that waits for room; later ones may pass it
+        blocked = None  # once set, later entries queue behind the entry that set it
         for entry in waiting:
+            if entry.size > capacity:
+                self._never_fits(entry, capacity)
+                continue
             if blocked:
                 why = "older entries are waiting for room"
             elif count >= MAX_ADMITTED:
@@ -275,11 +289,15 @@ class Central(Agent):
                 why = "another version of this name is still being uploaded"
             elif entry.size > room:
                 available, reserve_pct = max(0, int(room)), self.cfg.free_percent
-                why = blocked = (
-                    f"needs {entry.size} bytes, {available} available above the {reserve_pct}% reserve"
-                )
+                why = f"needs {entry.size} bytes, {available} available above the {reserve_pct}% reserve"
+                if first is None:
+                    first = entry
+                    if self.overtaken[entry.id] >= entry.size:
+                        blocked = why  # others have had their turn: now they wait for this one
             else:
                 self._admit(entry)
+                if first is not None:
+                    self.overtaken[first.id] += entry.size
                 count += 1
                 busy_names.add((entry.peer, entry.name))
                 room -= entry.size
@@ -288,6 +306,15 @@ class Central(Agent):
                 self.state.update(entry, reason=why)
                 self.send(entry.peer or "", Wait(entry.id, self.name, reason=why))
                 log.info("%s: waiting: %s", entry.name, why)
+
+    def _never_fits(self, entry: Entry, capacity: float) -> None:
+        why = (
+            f"needs {entry.size} bytes, more than central's file system can ever hold: "
+            f"{max(0, int(capacity))} bytes above the {self.cfg.free_percent}% reserve"
+        )
+        self.move(entry, Mid.FAILED, reason=why)
+        self.send(entry.peer or "", Failed(entry.id, self.name, hop="admission at central", reason=why))
+        log.error("%s: %s; giving up at once. %s", entry.name, why, GIVE_UP_ADVICE["admission at central"])
 
     def _admit(self, entry: Entry) -> None:
         self.spool.prepare(entry)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 from ..hops.transfer import PARTIAL_DIR
-from ..linux.fs import free_bytes, remove_tree, rename_noreplace, total_bytes
+from ..linux.fs import free_bytes, remove_tree, rename_noreplace, total_bytes, usable_bytes
 from ..messages import is_valid_entry_id
 from ..state import Entry
 
@@ -60,8 +60,15 @@ class Spool:
 
     def room(self) -> float:
         """Bytes free on file_dir's filesystem above the free_percent reserve."""
-        reserve = total_bytes(self.cfg.file_dir) * self.cfg.free_percent / 100
-        return free_bytes(self.cfg.file_dir) - reserve
+        return free_bytes(self.cfg.file_dir) - self._reserve()
+
+    def capacity(self) -> float:
+        """The most file_dir's filesystem could ever hold above the reserve, were it empty: an
+        entry bigger than this can never be admitted."""
+        return usable_bytes(self.cfg.file_dir) - self._reserve()
+
+    def _reserve(self) -> float:
+        return total_bytes(self.cfg.file_dir) * self.cfg.free_percent / 100
 
     # changes -------------------------------------------------------------------------------------
 

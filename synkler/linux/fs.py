@@ -175,6 +175,13 @@ def total_bytes(path: PathLike) -> int:
     return st.f_blocks * st.f_frsize
 
 
+def usable_bytes(path: PathLike) -> int:
+    """What an unprivileged user could write on path's filesystem were it empty (its size less
+    root's reserve)."""
+    st = os.statvfs(path)
+    return (st.f_blocks - (st.f_bfree - st.f_bavail)) * st.f_frsize
+
+
 # ---------------------------------------------------------------------------
 # remove_tree
 # ---------------------------------------------------------------------------

@@ -719,6 +719,27 @@ def test_a_hop_into_a_full_disk_waits_for_space_without_using_up_attempts(tmpfs,
     assert "lack of disk space" in relay.log_path(side).read_text()
 
 
+def test_an_entry_too_big_for_central_fails_at_once_and_the_others_arrive(tmpfs, make_relay):
+    # (tmpfs first: it is unmounted after the relay is closed)
+    relay = make_relay()
+    tmpfs(relay.dirs["central"], 32)  # 28.8 MiB above the 10 % reserve
+    relay.start()
+    place(relay.dirs["upload"], "too-big.bin", os.urandom(40 << 20))
+    md5s = {
+        f"small-{i}.bin": place(relay.dirs["upload"], f"small-{i}.bin", os.urandom(1 << 20)) for i in range(3)
+    }
+    relay.wait_for("the small ones", lambda: relay.states("download") == dict.fromkeys(md5s, "done"))
+    for name, md5 in md5s.items():
+        assert md5_entry(relay.dirs["download"] / name) == md5
+    relay.wait_for("upload to hear", lambda: relay.states("upload").get("too-big.bin") == "failed", 30)
+    [entry] = [e for e in relay.entries("upload") if e.name == "too-big.bin"]
+    assert (entry.reason or "").startswith("admission at central: needs 41943040 bytes, more than central's")
+    assert relay.states("central")["too-big.bin"] == "failed"
+    assert "too-big.bin" not in os.listdir(relay.dirs["download"])
+    assert (relay.dirs["upload"] / "too-big.bin").exists()  # upload keeps it
+    assert "giving up at once" in relay.log_path("central").read_text()
+
+
 def test_symlinks_pointing_outside_file_dir_travel_as_links_and_their_targets_stay_home(make_relay):
     relay = make_relay()
     secret = relay.workdir / "secret.key"

@@ -406,15 +406,57 @@ def central_removes_its_copy_keep_minutes_after_delivery(tmp_path: Path, _from: 
     return r.entry(e.id)
 
 
-def test_central_admits_in_offer_order_and_a_big_entry_holds_the_later_ones(tmp_path: Path):
+def central_with_room(tmp_path: Path, room: float, capacity: float) -> Role:
     r = role(tmp_path, "central")
     r.start()
-    big = r.given("waiting", peer="upload", size=1 << 62, name="big", created=1.0, attempt=0)
+    r.agent.spool.room = lambda: room  # type: ignore[method-assign]
+    r.agent.spool.capacity = lambda: capacity  # type: ignore[method-assign]
+    return r
+
+
+def test_central_fails_at_once_an_entry_bigger_than_its_file_system(tmp_path: Path):
+    r = central_with_room(tmp_path, room=1000, capacity=5000)
+    huge = r.given("waiting", peer="upload", size=1 << 62, name="huge", created=1.0, attempt=0)
+    small = r.given("waiting", peer="upload", size=10, name="small", created=2.0, attempt=0)
+    r.tick()
+    assert r.entry(small.id).state == "uploading"  # not held back by the one that can never fit
+    to, failed = only(r.sent(), Failed)
+    assert (to, failed.hop) == ("upload", "admission at central")
+    assert "can ever hold: 5000 bytes above the 10.0% reserve" in failed.reason
+    assert r.entry(huge.id).state == "failed"
+
+
+def test_later_entries_pass_a_big_one_until_they_have_taken_what_it_needs_then_wait_for_it(tmp_path: Path):
+    r = central_with_room(tmp_path, room=100, capacity=10_000)
+    big = r.given("waiting", peer="upload", size=300, name="big", created=1.0, attempt=0)
+    small = [
+        r.given("waiting", peer="upload", size=90, name=f"s{i}", created=2.0 + i, attempt=0) for i in range(6)
+    ]
+    r.tick()  # room for one small one: 90 of the 300 bytes big needs have passed it
+    assert [r.entry(e.id).state for e in small[:2]] == ["uploading", "waiting"]
+    for admitted in range(2, 5):
+        r.agent.spool.room = lambda a=admitted: 100 * a  # type: ignore[method-assign]  # others moved on
+        r.tick(time.time() + admitted * 10)
+    # 90 + 90 + 90 = 270 < 300 had passed when the fourth one came: it passed too; now it is big's turn
+    r.tick(time.time() + 60)
+    assert [r.entry(e.id).state for e in small] == ["uploading"] * 4 + ["waiting"] * 2
+    assert r.entry(small[4].id).reason == "older entries are waiting for room"
+    assert r.entry(big.id).state == "waiting"
+    r.agent.spool.room = lambda: 1_000_000  # type: ignore[method-assign]  # the admitted ones expired
+    r.tick(time.time() + 100)
+    assert r.entry(big.id).state == "uploading"
+    assert [r.entry(e.id).state for e in small[4:]] == ["uploading", "uploading"]
+
+
+def test_central_tells_each_entry_that_waits_for_room_what_it_needs(tmp_path: Path):
+    r = central_with_room(tmp_path, room=0, capacity=1 << 40)
+    big = r.given("waiting", peer="upload", size=1 << 30, name="big", created=1.0, attempt=0)
     small = r.given("waiting", peer="upload", size=1, name="small", created=2.0, attempt=0)
     r.tick()
     assert (r.entry(big.id).state, r.entry(small.id).state) == ("waiting", "waiting")
     waits = {m.entry: m.reason for _, m in r.sent() if isinstance(m, Wait)}
-    assert "available above" in waits[big.id] and waits[small.id] == "older entries are waiting for room"
+    assert waits[big.id] == "needs 1073741824 bytes, 0 available above the 10.0% reserve"
+    assert waits[small.id] == "needs 1 bytes, 0 available above the 10.0% reserve"
 
 
 # --------------------------------------------------------------------------------------------------
