@@ -31,6 +31,7 @@ log = logging.getLogger("synkler")
 BATCH_ENTRIES = 500  # at most this many entries in one rsync run
 BATCH_BYTES = 64 << 20  # ... and about this many bytes; bigger entries get a run of their own
 SPACE_WAIT = 30.0  # seconds between tries of a step that failed for lack of disk space
+PERSON_REPEAT = 600  # seconds between ERROR lines while ssh refuses for a reason a person must fix
 # What a person can do when a hop gives up (after the log line that says which hop failed and why).
 REOFFER = "then `touch` the entry in upload's file_dir to relay it again (docs/operations.md)."
 GIVE_UP_ADVICE = {
@@ -271,6 +272,7 @@ class Endpoint(Agent):
         self.next_transfer_retry = float("inf")  # when a failed transfer is due to run again
         self.next_cleanup_retry = float("inf")  # when a failed cleanup script is due to run again
         self.link_failures = 0  # transfer runs in a row that could not reach central
+        self.person_told = -float("inf")  # when the agent last said that ssh needs a person (monotonic)
 
     def look_again(self) -> None:
         self.cleanup_due = self.transfer_due = True
@@ -303,6 +305,7 @@ class Endpoint(Agent):
         *,
         out_of_space: bool = False,
         link_down: bool = False,
+        needs_person: bool = False,
         **changes: Any,
     ) -> bool:
         """Count a failed step; schedule a retry, or mark the entry failed. True if it will retry.
@@ -312,10 +315,17 @@ class Endpoint(Agent):
         retry_max_seconds) and `link_down` (central could not be reached, or the link broke or
         stalled: tried again with a backoff that grows with the failed runs in a row, up to
         retry_max_seconds). Either way the entry waits, however long that takes.
+
+        `needs_person` (with `link_down`): ssh refused for a reason only a person can fix (a key,
+        a host key, a host name). The entry waits as for a link that is down, and the agent says
+        so at ERROR, again every PERSON_REPEAT seconds while it lasts (once for all entries).
         """
         if self.jobs.stopping:
             # A transfer cut short by our own shutdown is not the hop's fault: redo it at the next start.
             log.info("%s: %s interrupted by shutdown; resumes at the next start", entry.name, hop)
+            return True
+        if link_down and needs_person:
+            self._needs_person(entry, hop, why, **changes)
             return True
         if out_of_space or link_down:
             waiting = f"{hop}: waiting for disk space" if out_of_space else f"{hop}: link down"
@@ -352,6 +362,24 @@ class Endpoint(Agent):
         self.state.update(entry, tries=tries, due=time.time() + delay, reason=f"{hop}: {why}", **changes)
         log.warning("%s: %s failed (%s); retry %d in %.1f s", entry.name, hop, why, tries, delay)
         return True
+
+    def _needs_person(self, entry: Entry, hop: str, why: str, **changes: Any) -> None:
+        delay = backoff(max(1, self.link_failures), cap=self.cfg.retry_max_seconds)
+        self.state.update(entry, due=time.time() + delay, reason=f"{hop}: needs a person: {why}", **changes)
+        now = time.monotonic()
+        if now - self.person_told < PERSON_REPEAT:
+            log.debug("%s: %s refused again (%s); trying again in %.0f s", entry.name, hop, why, delay)
+            return
+        self.person_told = now
+        log.error(
+            "%s: %s refused by ssh: %s. This needs a person: fix the key, known host or host name for "
+            "central (`synkler check` tests them). Entries wait and are tried again, not counted as "
+            "failed attempts; said again every %d minutes while it lasts",
+            entry.name,
+            hop,
+            why,
+            PERSON_REPEAT // 60,
+        )
 
     def due_for_transfer(self, state: Status, now: float) -> list[Entry]:
         """Entries in `state` whose transfer may start now and is not running, oldest first.

@@ -181,7 +181,8 @@ class Download(Endpoint):
                 "pull from central",
                 why,
                 out_of_space=isinstance(outcome, NotPulled) and outcome.cause == "space",
-                link_down=isinstance(outcome, NotPulled) and outcome.cause == "link",
+                link_down=isinstance(outcome, NotPulled) and outcome.cause in ("link", "person"),
+                needs_person=isinstance(outcome, NotPulled) and outcome.cause == "person",
             ):
                 self.send(
                     entry.peer or "", Failed(entry.id, self.name, hop="pull from central", reason=why[:1900])

@@ -95,8 +95,8 @@ class Mismatch:
 
 @dataclass(frozen=True)
 class NotPulled:
-    """Nothing usable arrived: `cause` is "space" (a disk was full), "link" (central out of reach)
-    or "rsync" (any other failure)."""
+    """Nothing usable arrived: `cause` is "space" (a disk was full), "link" (central out of reach),
+    "person" (ssh refused for a reason a person must fix) or "rsync" (any other failure)."""
 
     cause: str
     why: str
@@ -115,7 +115,11 @@ class PullRun:
 
 
 def _failure(result: transfer.Result) -> str:
-    return "space" if result.out_of_space else "link" if result.link_down else "rsync"
+    if result.out_of_space:
+        return "space"
+    if result.needs_person:
+        return "person"
+    return "link" if result.link_down else "rsync"
 
 
 # the early pull ------------------------------------------------------------------------------------
@@ -202,7 +206,7 @@ def finish_early(cfg: Config, entry: Entry, early: Early) -> PullRun | None:
         before = early.hashed
         os.truncate(early.local, early.hashed)  # the copy is what was hashed, no more
         result = transfer.pull_more(cfg, entry.path or "", early.local)
-        if result.link_down or result.out_of_space:
+        if result.link_down or result.out_of_space:  # (needs_person is a link_down)
             return PullRun(result, {entry.id: NotPulled(_failure(result), result.summary())}, early)
         if not result.ok:
             why = result.summary()

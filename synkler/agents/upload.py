@@ -418,6 +418,7 @@ class Upload(Endpoint):
                 why,
                 out_of_space=bool(result and result.out_of_space),
                 link_down=bool(result and result.link_down),
+                needs_person=bool(result and result.needs_person),
             ):
                 self.send(
                     entry.peer or CENTRAL,

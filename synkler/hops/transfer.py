@@ -37,8 +37,18 @@ class Result:
     argv: tuple[str, ...] = ()
 
     def summary(self) -> str:
-        tail = self.output.strip().splitlines()[-3:]
-        return f"exit {self.returncode}" + (f": {' / '.join(tail)}" if tail else "")
+        """The exit status, ssh's own complaints (rsync's lines after them would push them out of
+        view), and the last three lines of output."""
+        lines = self.output.strip().splitlines()
+        shown = [line for line in lines[:-3] if line.startswith("ssh: ") or _NEEDS_PERSON.search(line)]
+        shown += lines[-3:]
+        return f"exit {self.returncode}" + (f": {' / '.join(shown)}" if shown else "")
+
+    @property
+    def needs_person(self) -> bool:
+        """Did ssh refuse for a reason that only a person can fix: a key not accepted or not
+        readable, a host key unknown or changed, a host name that does not resolve?"""
+        return not self.ok and self.returncode in _LINK_CODES and bool(_NEEDS_PERSON.search(self.output))
 
     @property
     def link_down(self) -> bool:
@@ -60,6 +70,11 @@ class Result:
 
 
 _LINK_CODES = frozenset({10, 12, 30, 35, 255})
+_NEEDS_PERSON = re.compile(
+    r"Permission denied \(|Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED|"
+    r"Identity file .* not accessible|Could not resolve hostname|Bad configuration option|"
+    r"no such identity|Load key .*: "
+)
 _NO_SPACE = re.compile(r"No space left on device|Disk quota exceeded|: [^:]*\((?:28|122)\)\s*$")
 
 

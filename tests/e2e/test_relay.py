@@ -461,6 +461,32 @@ def test_malformed_and_hostile_messages_are_dead_lettered_and_the_relay_carries_
     assert "dead-lettering" in relay.log_path("central").read_text()
 
 
+def test_a_key_central_refuses_is_an_error_for_a_person_and_the_entry_waits_uncounted(make_relay, sshd):
+    relay = make_relay()
+    stranger = relay.workdir / "stranger_key"  # a key central's sshd does not know
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    rsh = sshd.rsh().replace(shlex.quote(str(sshd.client_key)), shlex.quote(str(stranger)))
+    assert rsh != sshd.rsh()
+    relay.write_config("upload", {"rsync_opts": [f"--rsh={rsh}"], "max_attempts": 1, "retry_max_seconds": 1})
+    relay.start()
+    place(relay.dirs["upload"], "waits.txt", b"for a person")
+
+    def told() -> bool:
+        return "This needs a person" in relay.log_path("upload").read_text()
+
+    relay.wait_for("upload to say that ssh refused its key", told)
+    log = relay.log_path("upload").read_text()
+    assert re.search(r" ERROR waits\.txt: push to central refused by ssh: exit 255: .*Permission denied", log)
+    relay.wait_for(
+        "a few more tries", lambda: relay.log_path("upload").read_text().count("pushing waits.txt") >= 3
+    )
+    [entry] = relay.entries("upload")
+    assert (entry.state, entry.tries) == ("uploading", 0)  # max_attempts 1: one counted failure would end it
+    assert relay.log_path("upload").read_text().count("This needs a person") == 1  # not a storm
+    status = subprocess.run(relay.command("upload", "status"), capture_output=True, text=True, check=True)
+    assert "push to central: needs a person: exit 255" in status.stdout
+
+
 def test_check_proves_ssh_and_rsync_to_central_and_names_what_fails(make_relay, sshd):
     relay = make_relay()
     for role in ("upload", "download"):

@@ -229,6 +229,25 @@ def test_upload_does_not_count_a_push_that_failed_for_a_link_that_is_down(tmp_pa
     assert (entry.state, entry.tries) == ("uploading", 0) and "link down" in (entry.reason or "")
 
 
+def test_upload_says_at_error_once_for_all_entries_that_ssh_refused_its_key(tmp_path: Path, caplog):
+    r = role(tmp_path, "upload")
+    a = r.given("uploading", peer="central", md5=MD5, path="/srv/central/lab/staging/upload", size=1 << 27)
+    b = r.given("uploading", peer="central", md5=MD5, path="/srv/central/lab/staging/upload", size=1 << 27)
+    r.tick()  # two big entries: two runs
+    refused = Result(False, 255, "root@central: Permission denied (publickey).\n" + "rsync: closed\n" * 3)
+    for job in list(r.jobs.pending):
+        if job.pool == "transfer":
+            r.finish(job, refused)
+    for e in (a, b):
+        entry = r.entry(e.id)
+        assert (entry.state, entry.tries) == ("uploading", 0)
+        assert (entry.reason or "").startswith(
+            "push to central: needs a person: exit 255: root@central: Permission"
+        )
+    errors = [rec for rec in caplog.records if rec.levelname == "ERROR"]
+    assert len(errors) == 1 and "This needs a person" in errors[0].getMessage()
+
+
 def test_upload_ignores_an_admit_it_has_seen(tmp_path: Path):
     r = role(tmp_path, "upload")
     e = r.given("sent", peer="central", attempt=2)

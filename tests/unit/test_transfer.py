@@ -475,3 +475,31 @@ def test_a_script_over_its_time_limit_is_stopped_with_its_children_and_counts_as
 def test_a_failed_run_says_whether_a_disk_was_full_or_the_link_was_down(code, output, space, link):
     result = transfer.Result(code == 0, code, output)
     assert (result.out_of_space, result.link_down) == (space, link)
+
+
+RSYNC_AFTER_SSH = (
+    "rsync: connection unexpectedly closed (0 bytes received so far) [sender]\n"
+    "rsync error: unexplained error (code 255) at io.c(232) [sender=3.5.0]"
+)
+
+
+@pytest.mark.parametrize(
+    "ssh_says, person",
+    [
+        ("root@central: Permission denied (publickey).", True),
+        ("Host key verification failed.", True),
+        ("@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @", True),
+        (
+            "Warning: Identity file /home/synkler/.ssh/id_ed25519 not accessible: No such file or directory.",
+            True,
+        ),
+        ("ssh: Could not resolve hostname centrl: Name or service not known", True),
+        ("ssh: connect to host central port 22: Connection refused", False),
+        ("ssh: connect to host central port 22: No route to host", False),
+    ],
+)
+def test_ssh_refusals_only_a_person_can_fix_are_told_from_a_link_that_is_down(ssh_says, person):
+    result = transfer.Result(False, 255, f"{ssh_says}\n{RSYNC_AFTER_SSH}\nmore rsync\nand more")
+    assert result.link_down  # neither counts as a failed attempt
+    assert result.needs_person == person
+    assert ssh_says in result.summary()  # kept, though rsync's lines came after it
