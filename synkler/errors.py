@@ -58,3 +58,8 @@ class StateError(SynklerError):
 class StateUnavailable(StateError):
     """The state database cannot be used now (SQLite's OperationalError): disk full, locked, read-only,
     cannot be opened. What was asked of it may work later."""
+
+
+class Interrupted(BaseException):
+    """Work cut short because the agent is stopping: nothing is recorded, it is done again at the
+    next start. A BaseException, so that a job's `except Exception` for one entry lets it through."""

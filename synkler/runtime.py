@@ -29,8 +29,8 @@ from . import messages
 from .agents.base import Agent, Done, Key
 from .backoff import backoff
 from .broker import Broker, BrokerParams
-from .errors import BrokerError, MessageError, StateUnavailable
-from .hops import transfer
+from .errors import BrokerError, Interrupted, MessageError, StateUnavailable
+from .hops import checksum, transfer
 from .state import State
 
 if TYPE_CHECKING:
@@ -53,6 +53,7 @@ class Runtime:
         self.broker: Broker | None = None
         self._params = BrokerParams.from_config(cfg)
         self._stop = threading.Event()
+        checksum.STOPPING.clear()
         self._wake = threading.Event()
         # finished jobs: (pool, keys, done, outcome, error)
         self._done: queue.Queue[tuple[str, tuple[Key, ...], Done[Any], Any, BaseException | None]] = (
@@ -111,6 +112,7 @@ class Runtime:
 
     def stop(self, *_args: Any) -> None:
         self._stop.set()
+        checksum.STOPPING.set()  # an md5 under way ends now; it is done again at the next start
         self.wake()
 
     # main loop -----------------------------------------------------------------------------------
@@ -283,6 +285,8 @@ class Runtime:
             self._busy.difference_update(keys)
             if pool == "transfer":
                 self.transfers -= 1
+            if isinstance(error, Interrupted):
+                continue  # cut short by the stop: nothing to record, the next start does it again
             try:
                 with self.state.savepoint():
                     done(outcome, error)

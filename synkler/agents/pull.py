@@ -21,8 +21,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Union
 
+from ..errors import Interrupted
 from ..hops import transfer
-from ..hops.checksum import new_md5
+from ..hops.checksum import STOPPING, new_md5
 from ..hops.follow import Follower, verified_md5, worth_following
 from ..linux.fs import remove_tree
 from ..state import Entry
@@ -155,6 +156,8 @@ class Early:
             if st.st_ino != self.ino or st.st_size < self.hashed:
                 return False
             while self.hashed < min(st.st_size, limit):
+                if STOPPING.is_set():
+                    raise Interrupted("the agent is stopping")
                 block = os.pread(fd, min(1 << 20, limit - self.hashed), self.hashed)
                 if not block:
                     break

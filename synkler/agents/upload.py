@@ -292,6 +292,7 @@ class Upload(Endpoint):
     def _hash_entries(self, entries: list[Entry]) -> None:
         """md5 of offered entries while they wait for admission and while they are pushed."""
         for group in hash_groups(entries):
+            log.debug("hashing %s", group[0].name if len(group) == 1 else f"{len(group)} entries")
             self.jobs.submit(
                 "hash",
                 [Key(HASHING, e.id) for e in group],

@@ -17,11 +17,18 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Union
 
+from ..errors import Interrupted
+
 PathLike = Union[str, bytes, os.PathLike]
+
+# Set when the agent stops: a hash under way ends at its next read with Interrupted, so that
+# stopping never waits for the md5 of a big file (it is hashed again at the next start).
+STOPPING = threading.Event()
 
 # Kind markers fed into the directory digest; part of the documented format.
 _KIND_DIR = b"d"
@@ -50,6 +57,8 @@ def _hash_fd(fd: int, bufsize: int) -> str:
     view = memoryview(buf)
     with open(fd, "rb", buffering=0, closefd=False) as stream:
         while True:
+            if STOPPING.is_set():
+                raise Interrupted("the agent is stopping")
             n = stream.readinto(buf)
             if not n:
                 break

@@ -591,6 +591,33 @@ def test_a_copy_corrupted_on_every_try_ends_failed_with_the_original_untouched(m
     assert flips(relay, "upload").read_text().splitlines() == ["doomed.bin", "doomed.bin"]
 
 
+def test_an_agent_hashing_a_10_tib_file_stops_within_seconds_and_hashes_it_again_next_start(make_relay):
+    relay = make_relay()
+
+    def log() -> str:
+        return relay.log_path("upload").read_text()
+
+    relay.start("upload")  # alone: nobody admits the offer, so the entry stays offered while it is hashed
+    sparse = relay.dirs["upload"].parent / ".huge.img"
+    with open(sparse, "wb") as f:
+        f.truncate(10 << 40)  # 10 TiB of holes: hours of md5
+    os.rename(sparse, relay.dirs["upload"] / "huge.img")
+    relay.wait_for("the hash", lambda: "hashing huge.img" in log())
+    for run in (1, 2):
+        proc = relay.procs["upload"]
+        started = time.monotonic()
+        proc.terminate()
+        proc.wait(timeout=10)  # TimeoutExpired fails the test
+        assert time.monotonic() - started < 5
+        assert proc.returncode == 0
+        [entry] = relay.entries("upload")
+        assert (entry.state, entry.md5) == ("offered", None)  # not withdrawn, not given a wrong md5
+        if run == 1:
+            relay.start("upload")
+            relay.wait_for("the hash to start again", lambda: log().count("hashing huge.img") == 2)
+    assert log().count("huge.img: offered") == 1
+
+
 def test_a_broker_restart_loses_nothing_and_the_agents_carry_on(make_relay, rabbitmqctl):
     relay = make_relay()
     relay.start()

@@ -283,3 +283,23 @@ def test_the_digest_does_not_depend_on_directory_listing_order(tmp_path: Path, m
     monkeypatch.setattr("synkler.hops.checksum.os.scandir", ReversedListing)
     assert md5_entry(tree) == natural
     assert listed, "the walk did not go through os.scandir"
+
+
+def test_a_hash_under_way_ends_with_interrupted_when_the_agent_stops(tmp_path: Path) -> None:
+    from synkler.errors import Interrupted
+    from synkler.hops import checksum
+
+    path = tmp_path / "big"
+    path.write_bytes(b"x" * 100)
+    checksum.STOPPING.set()
+    try:
+        with pytest.raises(Interrupted):
+            md5_file(path)
+        with pytest.raises(Interrupted):  # not an Exception: a job's per-entry handler lets it through
+            try:
+                md5_entry(path)
+            except Exception:
+                pytest.fail("Interrupted was caught as an Exception")
+    finally:
+        checksum.STOPPING.clear()
+    assert md5_file(path) == hashlib.md5(b"x" * 100).hexdigest()
