@@ -41,7 +41,7 @@ def corrupt(location: str, listing: bytes, fliplog: str, times: int) -> None:
         if done >= times:
             return
         for item in filter(None, listing.split(b"\0")) if listing else [b""]:
-            rel = os.fsdecode(item)
+            rel = os.fsdecode(item.removeprefix(b"./"))  # synkler lists each path as ./<path>
             target = first_nonempty_file(os.path.join(top, rel) if rel else top)
             rel = rel or os.path.basename(top)
             if target is not None:
