@@ -71,7 +71,8 @@ class Result:
 
 _LINK_CODES = frozenset({10, 12, 30, 35, 255})
 _NEEDS_PERSON = re.compile(
-    r"Permission denied \((?:publickey|password|keyboard|gssapi|hostbased)|Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED|"
+    r"Permission denied \((?:publickey|password|keyboard|gssapi|hostbased)|"
+    r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED|"
     r"Identity file .* not accessible|Could not resolve hostname|Bad configuration option|"
     r"no such identity|Load key .*: "
 )
