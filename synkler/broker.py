@@ -1,10 +1,21 @@
 """RabbitMQ through pika: the only module that imports pika.
 
-Topology of an instance `id`:
-- exchange ``synkler.<id>`` (topic, durable): every message, routed by the receiving agent's name;
-- queue ``synkler.<id>.<agent>`` (durable, one per agent) bound with routing key ``<agent>``, so a
-  message sent while that agent is down waits for it;
-- exchange and queue ``synkler.<id>.dead``: where rejected (malformed, hostile) messages end up.
+Topology of an instance `id` (':' cannot occur in an id or an agent name, so no name of one
+object can be the name of another, of this instance or of any other):
+- exchange ``synkler:<id>`` (topic, durable): every message, routed by the receiving agent's name;
+- queue ``synkler:<id>:agent:<agent>`` (durable, one per agent) bound with routing key ``<agent>``,
+  so a message sent while that agent is down waits for it. Its agent consumes it exclusively: a
+  second agent of the same name is refused by the broker (AgentActive) and waits as a standby;
+- queue ``synkler:<id>:holder:<agent>`` (durable, at most one message): who consumes the agent's
+  queue (host, pid, since when), so that the refused one can name it;
+- exchange and queue ``synkler:<id>:dead``: where rejected (malformed, hostile) messages end up.
+synkler 0.4 named them ``synkler.<id>``, ``synkler.<id>.<agent>`` and ``synkler.<id>.dead``; an agent
+moves what its old queue still holds into its new one when it connects (`_adopt_legacy`).
+
+The connection has two channels: one consumes (and acks), one publishes with confirms. A publish
+the broker refuses (a queue declared by someone else with other arguments, a queue that rejects
+messages) closes only the publishing channel and raises PublishRefused, so the caller can hold back
+that destination and go on with the others; the consumer is not disturbed.
 
 pika's BlockingConnection is not thread-safe: the agent's main loop owns it. Other threads may only
 call `wake()`. pika errors are re-raised as BrokerError so no other module sees a pika object.
@@ -12,7 +23,12 @@ call `wake()`. pika errors are re-raised as BrokerError so no other module sees 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import socket
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Callable
 
@@ -20,8 +36,9 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
+from . import __version__
 from .config import Config
-from .errors import BrokerError
+from .errors import AgentActive, BrokerError, PublishRefused
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +68,46 @@ class BrokerParams:
 
 
 def exchange_name(instance: str) -> str:
-    return f"synkler.{instance}"
+    return f"synkler:{instance}"
 
 
 def queue_name(instance: str, agent: str) -> str:
-    return f"synkler.{instance}.{agent}"
+    return f"synkler:{instance}:agent:{agent}"
+
+
+def holder_name(instance: str, agent: str) -> str:
+    return f"synkler:{instance}:holder:{agent}"
 
 
 def dead_name(instance: str) -> str:
-    return f"synkler.{instance}.dead"
+    return f"synkler:{instance}:dead"
+
+
+def legacy_queue_name(instance: str, agent: str) -> str | None:
+    """The agent's queue as synkler 0.4 named it, or None where that name is ambiguous: with a '.'
+    in the id or the name it may be another instance's queue, and 'dead' was the dead-letter queue."""
+    if "." in instance or "." in agent or agent == "dead":
+        return None
+    return f"synkler.{instance}.{agent}"
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who consumes an agent's queue: written by the agent that holds it, read by one refused."""
+
+    host: str
+    pid: int
+    since: float
+    token: str  # one per agent process: tells its own stale connection from another agent
+
+    def __str__(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
+        return f"host {self.host}, pid {self.pid}, since {when}"
+
+
+# One per process: an agent refused by a connection of its own that the broker has not yet seen
+# die (a cut link, until the heartbeat times out) waits for it instead of taking it for a rival.
+TOKEN = uuid.uuid4().hex
 
 
 class Broker:
@@ -71,7 +119,8 @@ class Broker:
         self.agent = agent
         self.prefetch = prefetch
         self._conn: pika.BlockingConnection | None = None
-        self._chan: BlockingChannel | None = None
+        self._chan: BlockingChannel | None = None  # consumes and acks
+        self._pub: BlockingChannel | None = None  # publishes with confirms; reopened after a refusal
         self._declared: set[str] = set()
         self._inbox: list[tuple[int, bytes]] = []
 
@@ -89,28 +138,110 @@ class Broker:
             connection_attempts=1,
             socket_timeout=5,
             stack_timeout=10,
-            client_properties={"connection_name": f"synkler {self.instance} {self.agent}"},
+            client_properties={
+                "connection_name": f"synkler {self.instance} {self.agent} on {socket.gethostname()}"
+                f" pid {os.getpid()}"
+            },
         )
         try:
             self._conn = conn = pika.BlockingConnection(parameters)
             self._chan = chan = conn.channel()
-            chan.confirm_delivery()
             self._declared = set()
-            self._declare_topology(chan)
+            pub = self._publisher()
+            self._declare_topology(pub)
             if consume:
-                self._declare_queue(chan, self.agent)
+                self._declare_queue(pub, self.agent)
+                self._adopt_legacy(pub)
                 chan.basic_qos(prefetch_count=self.prefetch)
-                chan.basic_consume(queue_name(self.instance, self.agent), self._on_message)
+                self._consume(chan)
         except _PIKA_ERRORS as e:
             self.close()
             raise BrokerError(f"cannot use broker {p.host}:{p.port}: {_describe(e)}") from None
+
+    def _consume(self, chan: BlockingChannel) -> None:
+        """Consume the agent's own queue, alone: the broker refuses a second exclusive consumer."""
+        queue = queue_name(self.instance, self.agent)
+        try:
+            chan.basic_consume(queue, self._on_message, exclusive=True)
+        except pika.exceptions.ChannelClosedByBroker as e:
+            if e.reply_code != 403:  # ACCESS_REFUSED: "in exclusive use"
+                raise
+            holder = self._read_holder()
+            self.close()
+            raise AgentActive(queue, holder, mine=holder is not None and holder.token == TOKEN) from None
+        body = json.dumps(
+            {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "since": time.time(),
+                "token": TOKEN,
+                "version": __version__,
+            }
+        ).encode()
+        self._publisher().basic_publish("", self._holder_queue(), body, properties=_PERSISTENT)
+
+    def _holder_queue(self) -> str:
+        q = holder_name(self.instance, self.agent)
+        # At most one message: the latest holder's. drop-head: a new one replaces the old.
+        self._publisher().queue_declare(
+            q, durable=True, arguments={"x-max-length": 1, "x-overflow": "drop-head"}
+        )
+        return q
+
+    def _read_holder(self) -> Holder | None:
+        """Who holds the agent's queue, as it wrote itself down (None if that cannot be told)."""
+        try:
+            ch = self._publisher()
+            method, _props, body = ch.basic_get(self._holder_queue(), auto_ack=False)
+            if method is None:
+                return None
+            ch.basic_nack(method.delivery_tag, requeue=True)
+            d = json.loads(body)
+            return Holder(str(d["host"]), int(d["pid"]), float(d["since"]), str(d["token"]))
+        except (*_PIKA_ERRORS, ValueError, KeyError, TypeError):
+            return None
+
+    def _adopt_legacy(self, ch: BlockingChannel) -> None:
+        """Move what synkler 0.4's queue of this agent still holds into its queue, then delete it."""
+        old = legacy_queue_name(self.instance, self.agent)
+        if old is None:
+            return
+        assert self._conn is not None
+        probe = self._conn.channel()
+        try:
+            probe.queue_declare(old, passive=True)
+        except pika.exceptions.ChannelClosedByBroker:
+            return  # no such queue: the usual case
+        moved = 0
+        while True:
+            method, _props, body = probe.basic_get(old, auto_ack=False)
+            if method is None:
+                break
+            ch.basic_publish(
+                exchange_name(self.instance), self.agent, body, properties=_PERSISTENT, mandatory=True
+            )
+            probe.basic_ack(method.delivery_tag)
+            moved += 1
+        probe.queue_delete(old, if_empty=True)
+        probe.close()
+        log.info("moved %d messages from synkler 0.4's queue %s and deleted it", moved, old)
 
     @property
     def connected(self) -> bool:
         return self._conn is not None and self._conn.is_open
 
+    def _publisher(self) -> BlockingChannel:
+        """The publishing channel, opened again if the broker closed it after refusing a publish."""
+        pub = self._pub
+        if pub is None or not pub.is_open:
+            if self._conn is None:
+                raise BrokerError("not connected to the broker")
+            self._pub = pub = self._conn.channel()
+            pub.confirm_delivery()
+        return pub
+
     def close(self) -> None:
-        conn, self._conn, self._chan = self._conn, None, None
+        conn, self._conn, self._chan, self._pub = self._conn, None, None, None
         self._inbox = []
         if conn is not None and conn.is_open:
             try:
@@ -159,11 +290,11 @@ class Broker:
         return batch
 
     def ack(self, tag: int) -> None:
-        self._call(lambda ch: ch.basic_ack(tag))
+        self._call(lambda ch: ch.basic_ack(tag), self._chan)
 
     def reject(self, tag: int, *, requeue: bool = False) -> None:
         """Reject a delivery; without requeue it goes to the dead-letter queue."""
-        self._call(lambda ch: ch.basic_nack(tag, requeue=requeue))
+        self._call(lambda ch: ch.basic_nack(tag, requeue=requeue), self._chan)
 
     def wake(self) -> None:
         """Make a running `poll` return early; callable from any thread."""
@@ -177,7 +308,11 @@ class Broker:
     # publishing ----------------------------------------------------------------------------------
 
     def publish(self, agent: str, body: bytes) -> None:
-        """Publish persistently to an agent's queue and wait for the broker's confirm."""
+        """Publish persistently to an agent's queue and wait for the broker's confirm.
+
+        PublishRefused: the broker refused this publish (the connection is fine; other agents'
+        messages can go); BrokerError: the connection is lost.
+        """
 
         def do(ch: BlockingChannel) -> None:
             self._declare_queue(ch, agent)
@@ -185,19 +320,42 @@ class Broker:
                 exchange_name(self.instance), agent, body, properties=_PERSISTENT, mandatory=True
             )
 
-        self._call(do)
+        self._publish(do)
 
     def dead_letter(self, body: bytes) -> None:
         """Put one rejected message (e.g. a bad element of a batch) on the dead-letter queue."""
-        self._call(
+        self._publish(
             lambda ch: ch.basic_publish(
                 dead_name(self.instance), "", body, properties=_PERSISTENT, mandatory=True
             )
         )
 
-    def _call(self, fn: Callable[[BlockingChannel], None]) -> None:
+    def _publish(self, fn: Callable[[BlockingChannel], None]) -> None:
+        if not self.connected:
+            raise BrokerError("not connected to the broker")
+        try:
+            pub = self._publisher()
+        except _PIKA_ERRORS as e:
+            self.close()
+            raise BrokerError(f"broker operation failed: {_describe(e)}") from None
+        try:
+            fn(pub)
+        except (
+            pika.exceptions.ChannelClosedByBroker,
+            pika.exceptions.UnroutableError,
+            pika.exceptions.NackError,
+        ) as e:
+            if not self.connected:
+                self.close()
+                raise BrokerError(f"broker operation failed: {_describe(e)}") from None
+            raise PublishRefused(_describe(e)) from None
+        except _PIKA_ERRORS as e:
+            self.close()
+            raise BrokerError(f"broker operation failed: {_describe(e)}") from None
+
+    def _call(self, fn: Callable[[BlockingChannel], None], chan: BlockingChannel | None = None) -> None:
         """Run `fn(channel)`; a pika error closes the connection and becomes a BrokerError."""
-        chan = self._chan
+        chan = chan or self._pub
         if chan is None or not self.connected:
             raise BrokerError("not connected to the broker")
         try:
@@ -228,6 +386,7 @@ class Broker:
         def do(ch: BlockingChannel) -> None:
             for agent in agents:
                 ch.queue_delete(queue_name(self.instance, agent))
+                ch.queue_delete(holder_name(self.instance, agent))
             ch.queue_delete(dead_name(self.instance))
             ch.exchange_delete(exchange_name(self.instance))
             ch.exchange_delete(dead_name(self.instance))

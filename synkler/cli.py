@@ -83,7 +83,8 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
         log.info("already running (pid %s, pidfile %s)", read_pid(cfg.pidfile), cfg.pidfile)
         return ExitStatus.OK
     try:
-        Runtime(cfg, AGENTS[cfg.mode]).run()
+        runtime = Runtime(cfg, AGENTS[cfg.mode])
+        runtime.run()
     except (OSError, StateError) as e:
         # Typically an unwritable state_db or file_dir: one line, the traceback only with --debug.
         log.debug("agent stopped", exc_info=True)
@@ -91,7 +92,7 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
         return ExitStatus.FAILURE
     finally:
         pidfile.release()
-    return ExitStatus.OK
+    return runtime.exit_status
 
 
 def cmd_status(cfg: Config, args: argparse.Namespace) -> int:

@@ -43,6 +43,22 @@ class BrokerError(SynklerError):
     exit_code = ExitStatus.BROKER
 
 
+class PublishRefused(BrokerError):
+    """The broker refused one publish (its queue was declared by someone else with other arguments,
+    or rejects messages); the connection is fine and other destinations' messages can go."""
+
+
+class AgentActive(BrokerError):
+    """Another agent of this instance and name consumes the agent's queue: this one may not work."""
+
+    def __init__(self, queue: str, holder: object, *, mine: bool = False):
+        self.queue = queue
+        self.holder = holder  # synkler.broker.Holder, or None if it cannot be told
+        self.mine = mine  # the holder is this very process: a connection of its own not yet gone
+        who = f" ({holder})" if holder is not None else ""
+        super().__init__(f"another agent consumes {queue}{who}")
+
+
 class MessageError(SynklerError):
     """A message failed validation; it is dead-lettered, never acted upon."""
 

@@ -26,10 +26,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from . import messages
-from .agents.base import Agent, Done, Key
+from .agents.base import PERSON_REPEAT, Agent, Done, Key
 from .backoff import backoff
 from .broker import Broker, BrokerParams
-from .errors import BrokerError, Interrupted, MessageError, StateUnavailable
+from .errors import (
+    AgentActive,
+    BrokerError,
+    ExitStatus,
+    Interrupted,
+    MessageError,
+    PublishRefused,
+    StateUnavailable,
+)
 from .hops import checksum, transfer
 from .state import State
 
@@ -41,6 +49,7 @@ T = TypeVar("T")
 log = logging.getLogger("synkler")
 
 TICK = 0.5  # longest the loop sleeps when nothing happens; events wake it at once
+STANDBY_RETRY = 5.0  # seconds between a standby's tries to take over its agent's queue
 
 
 class Runtime:
@@ -70,6 +79,11 @@ class Runtime:
         self.transfers = 0  # rsync runs going on
         self._connect_failures = 0
         self._next_connect = 0.0
+        self.exit_status = ExitStatus.OK
+        self._started = False  # startup has run: the agent holds its queue and works
+        self._standby_told = float("-inf")  # when the last ERROR about a rival agent was logged
+        # destination -> (refusals in a row, no publish to it before, last ERROR logged)
+        self._held: dict[str, tuple[int, float, float]] = {}
 
     # jobs ----------------------------------------------------------------------------------------
 
@@ -127,28 +141,44 @@ class Runtime:
             self.cfg.id,
             self.cfg.state_db,
         )
-        with self.state.transaction():
-            self.agent.startup()
         try:
+            # Nothing is done before the broker says this agent is the only one of its name: a
+            # second one (another state_db, the same file_dir) would take the first's files for
+            # leftovers.
+            while self.broker is None and not self._stop.is_set():
+                if time.time() >= self._next_connect:
+                    self._connect()
+                if self.broker is None:
+                    self._stop.wait(max(0.0, self._next_connect - time.time()))
+            if self._stop.is_set():
+                return
+            with self.state.transaction():
+                self.agent.startup()
+            self._started = True
             while not self._stop.is_set():
                 self._step()
         finally:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self._started:
             log.info("stopping: ending transfers, waiting for running jobs")
             self.agent.shutdown()
-            transfer.terminate_all()
-            for pool in self._pools.values():
-                pool.shutdown(wait=True, cancel_futures=True)
+        transfer.terminate_all()
+        for pool in self._pools.values():
+            pool.shutdown(wait=True, cancel_futures=True)
+        if self._started:
             with self.state.transaction():
                 self._drain_done()
             try:
                 self._flush_outbox()
             except BrokerError:
                 pass  # the outbox is durable: sent at the next start
-            if self.broker:
-                self.broker.close()
-            self.state.close()
-            self.agent.stopped()
-            log.info("stopped")
+        if self.broker:
+            self.broker.close()
+        self.state.close()
+        self.agent.stopped()
+        log.info("stopped")
 
     def _step(self) -> None:
         now = time.time()
@@ -216,6 +246,9 @@ class Runtime:
         broker = Broker(self._params, self.cfg.id, self.cfg.name)
         try:
             broker.connect()
+        except AgentActive as e:
+            self._rival(e)
+            return
         except BrokerError as e:
             self._connect_failures += 1
             delay = backoff(self._connect_failures, base=0.5, cap=30)
@@ -227,12 +260,49 @@ class Runtime:
             )
             log.log(level, "%s; retrying in %.1f s (attempt %d)", e, delay, self._connect_failures)
             return
+        if self._standby_told > float("-inf"):
+            log.warning("the other %s agent %r is gone: this one takes over", self.agent.mode, self.cfg.name)
+            self._standby_told = float("-inf")
         if self._connect_failures:
             log.info("connected to broker %s:%s again", self._params.host, self._params.port)
         else:
             log.info("connected to broker %s:%s", self._params.host, self._params.port)
         self._connect_failures = 0
         self.broker = broker
+
+    def _rival(self, e: AgentActive) -> None:
+        """Another agent consumes this agent's queue. Before startup, wait as its standby; after
+        it, stop: the other one has taken over while the broker was out of reach."""
+        self._next_connect = time.time() + STANDBY_RETRY
+        if e.mine:
+            # Our own previous connection, which the broker has not yet seen die (a cut link):
+            # it goes when its heartbeat times out.
+            log.info("the broker still holds this agent's previous connection; waiting for it to go")
+            return
+        if self._started:
+            log.error(
+                "%s agent %r of instance %r: %s: it took over while the broker was out of reach; "
+                "stopping this one",
+                self.agent.mode,
+                self.cfg.name,
+                self.cfg.id,
+                e,
+            )
+            self.exit_status = ExitStatus.FAILURE
+            self.stop()
+            return
+        now = time.time()
+        if now - self._standby_told >= PERSON_REPEAT:
+            self._standby_told = now
+            log.error(
+                "%s agent %r of instance %r is already running (%s): this one does nothing and "
+                "waits as a standby, taking over when that one stops (said again every %d minutes)",
+                self.agent.mode,
+                self.cfg.name,
+                self.cfg.id,
+                e.holder or f"consumer of {e.queue}",
+                PERSON_REPEAT // 60,
+            )
 
     def _lost(self, e: BrokerError) -> None:
         log.warning("%s; reconnecting", e)
@@ -294,17 +364,47 @@ class Runtime:
                 log.exception("bug while recording a job's result")
 
     def _flush_outbox(self) -> None:
-        """Publish the outbox, many messages per AMQP body and per publisher confirm."""
+        """Publish the outbox, many messages per AMQP body and per publisher confirm.
+
+        A destination whose publish the broker refuses is held back, in order, and tried again
+        later; the other destinations' messages go on.
+        """
         if self.broker is None:
             return
+        now = time.time()
+        held = {dest for dest, (_n, until, _told) in self._held.items() if until > now}
         while True:
-            rows = self.state.outbox(OUTBOX_BATCH)
+            rows = self.state.outbox(OUTBOX_BATCH, held=held)
             if not rows:
                 return
             for dest, chunk in _chunks(rows):
-                self.broker.publish(dest, messages.encode_batch([body for _, _, body in chunk]))
+                if dest in held:
+                    continue
+                try:
+                    self.broker.publish(dest, messages.encode_batch([body for _, _, body in chunk]))
+                except PublishRefused as e:
+                    held.add(dest)
+                    self._refused(dest, e, now)
+                    continue
                 with self.state.transaction():
                     self.state.sent([seq for seq, _, _ in chunk])
+                if dest in self._held:
+                    del self._held[dest]
+                    log.warning("messages to agent %r go out again", dest)
+
+    def _refused(self, dest: str, e: PublishRefused, now: float) -> None:
+        refusals, _until, told = self._held.get(dest, (0, 0.0, float("-inf")))
+        refusals += 1
+        if now - told >= PERSON_REPEAT:
+            told = now
+            log.error(
+                "the broker refuses messages to agent %r (%s); they wait in the outbox, in order, "
+                "and the other agents' messages go on (said again every %d minutes)",
+                dest,
+                e,
+                PERSON_REPEAT // 60,
+            )
+        self._held[dest] = (refusals, now + backoff(refusals, base=1, cap=60), told)
 
 
 OUTBOX_BATCH = 2000

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -329,10 +329,12 @@ class State:
         except sqlite3.Error as e:
             raise _error(e) from e
 
-    def outbox(self, limit: int = 100) -> list[tuple[int, str, bytes]]:
-        sql = "SELECT seq, dest, body FROM outbox ORDER BY seq LIMIT ?"
+    def outbox(self, limit: int = 100, *, held: Collection[str] = ()) -> list[tuple[int, str, bytes]]:
+        """The oldest messages to send, leaving out those to the `held` destinations."""
+        marks = ", ".join("?" * len(held))
+        sql = f"SELECT seq, dest, body FROM outbox WHERE dest NOT IN ({marks}) ORDER BY seq LIMIT ?"
         try:
-            return [(r[0], r[1], bytes(r[2])) for r in self._db.execute(sql, (limit,))]
+            return [(r[0], r[1], bytes(r[2])) for r in self._db.execute(sql, (*held, limit))]
         except sqlite3.Error as e:
             raise _error(e) from e
 

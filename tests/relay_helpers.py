@@ -35,6 +35,22 @@ def tree_listing(top: Path) -> list[str]:
     return sorted(str(p.relative_to(top)) for p in top.rglob("*"))
 
 
+def assert_clean(relay) -> None:
+    """No staging debris at central or download once everything is delivered."""
+    # Central keeps one (empty) staging directory per upload agent.
+    staging = relay.dirs["central"] / relay.instance / "staging"
+    assert all((staging / p).is_dir() and "/" not in p for p in tree_listing(staging))
+    assert tree_listing(relay.dirs["download"] / f".synkler-{relay.instance}") == []
+
+
+def deliver(relay, md5s: dict[str, str], timeout: float = 60) -> None:
+    relay.wait_for(f"{sorted(md5s)} delivered", lambda: relay.all_done(set(md5s)), timeout)
+    down = relay.dirs["download"]
+    for name, md5 in md5s.items():
+        assert md5_entry(down / name) == md5, name
+    assert_clean(relay)
+
+
 def every_log_says(relay, text: str) -> bool:
     """Has each of the three agents logged `text` (e.g. "connected to broker")?"""
     return all(text in relay.log_path(role).read_text() for role in ("upload", "central", "download"))

@@ -20,6 +20,6 @@ def test_the_demo_relays_every_entry_and_cleans_up_after_itself(broker, sshd, ra
     assert not Path(instance.group(2)).exists(), "the demo's directory was left behind"
     for what in ("list_queues", "list_exchanges"):
         names = subprocess.run([rabbitmqctl, "-q", what, "name"], capture_output=True, text=True, check=True)
-        assert f"synkler.{instance.group(1)}" not in names.stdout, f"the demo left broker objects ({what})"
+        assert f"synkler:{instance.group(1)}" not in names.stdout, f"the demo left broker objects ({what})"
     pids = subprocess.run(["pgrep", "-f", instance.group(2)], capture_output=True, text=True).stdout.split()
     assert pids == [], "the demo left processes running"

@@ -16,7 +16,15 @@ import time
 from pathlib import Path
 
 import pytest
-from relay_helpers import TOOLS, close_connections_of, every_log_says, place, tree_listing, write_random
+from relay_helpers import (
+    TOOLS,
+    assert_clean,
+    close_connections_of,
+    deliver,
+    every_log_says,
+    place,
+    write_random,
+)
 
 from synkler.hops.checksum import md5_entry
 
@@ -32,22 +40,6 @@ def runs(log: Path) -> list[tuple[str, str]]:
     if not log.exists():
         return []
     return [tuple(line.split("\t")) for line in log.read_text().splitlines()]
-
-
-def assert_clean(relay) -> None:
-    """No staging debris at central or download once everything is delivered."""
-    # Central keeps one (empty) staging directory per upload agent.
-    assert tree_listing(relay.dirs["central"] / relay.instance / "staging") in ([], ["upload"])
-    staging = relay.dirs["download"] / f".synkler-{relay.instance}"
-    assert tree_listing(staging) == []
-
-
-def deliver(relay, md5s: dict[str, str], timeout: float = 60) -> None:
-    relay.wait_for(f"{sorted(md5s)} delivered", lambda: relay.all_done(set(md5s)), timeout)
-    down = relay.dirs["download"]
-    for name, md5 in md5s.items():
-        assert md5_entry(down / name) == md5, name
-    assert_clean(relay)
 
 
 def test_one_file_arrives_with_identical_bytes(make_relay):

@@ -4,6 +4,7 @@ their directories, and the relay must deliver everything as usual."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -14,6 +15,7 @@ import pytest
 from faultkit import build_workload, common_settings, verdict, wait_settled
 from relay_helpers import every_log_says
 
+from synkler.broker import dead_name, queue_name
 from synkler.messages import SCHEMA
 
 MARK = "pwned"  # every hostile name contains it, so anything written anywhere can be found
@@ -124,7 +126,7 @@ def test_hostile_messages_are_dead_lettered_and_the_relay_carries_on(
     relay.wait_for("an offer recorded at central", lambda: bool(relay.entries("central")), 30)
     before_tmp = set(marked_paths("/tmp")) if os.path.isdir("/tmp") else set()
     messages = hostile_messages(relay.entries("central")[0])
-    dead_queue = f"synkler.{relay.instance}.dead"
+    dead_queue = dead_name(relay.instance)
     conn = pika.BlockingConnection(pika.ConnectionParameters(broker.host, broker.port))
     try:
         chan = conn.channel()
@@ -135,7 +137,7 @@ def test_hostile_messages_are_dead_lettered_and_the_relay_carries_on(
             for body in bodies:
                 chan.basic_publish(
                     "",
-                    f"synkler.{relay.instance}.{agent}",
+                    queue_name(relay.instance, agent),
                     body,
                     properties=pika.BasicProperties(delivery_mode=2, content_type="application/json"),
                     mandatory=True,
@@ -159,11 +161,11 @@ def test_hostile_messages_are_dead_lettered_and_the_relay_carries_on(
             queue = deaths[0]["queue"]
             per_queue[queue] = per_queue.get(queue, 0) + 1
         print(f"published {sent} hostile messages; dead letters per queue: {per_queue}")
-        q = f"synkler.{relay.instance}"
+        q = functools.partial(queue_name, relay.instance)
         assert per_queue == {
-            f"{q}.central": len(messages["central"][0]) - 1,  # all but the batch are rejected whole
-            f"{q}.upload": len(messages["upload"][0]),
-            f"{q}.download": len(messages["download"][0]),
+            q("central"): len(messages["central"][0]) - 1,  # all but the batch are rejected whole
+            q("upload"): len(messages["upload"][0]),
+            q("download"): len(messages["download"][0]),
             "(published by the agent)": 4,  # the batch's bad elements, one by one
         }
     finally:
