@@ -12,12 +12,13 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import stat
 import time
 from typing import TYPE_CHECKING
 
 from ..errors import MessageError
 from ..linux.fs import remove_tree, rename_noreplace
-from ..messages import Corrupt, Failed, Fetch, Fetched, Pushing
+from ..messages import Corrupt, Failed, Fetch, Fetched, Pushing, is_valid_entry_id
 from ..state import Entry, State
 from .base import ENTRY, Endpoint, Jobs, Key, Status, Transitions
 from .pull import Early, Mismatch, NotPulled, PullRun, Staging, pull, pull_early
@@ -29,6 +30,14 @@ log = logging.getLogger("synkler")
 
 EARLY_MAX = 2  # files pulled early at a time
 EARLY_KEEP = 600.0  # seconds an early copy whose fetch never came is kept (central gave it up)
+
+
+def _early_copy(name: str, path: str) -> bool:
+    """Can this item of staging be a copy an early pull left? A regular file named by an entry id."""
+    try:
+        return is_valid_entry_id(name) and stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 class Down(Status):
@@ -71,25 +80,43 @@ class Download(Endpoint):
     def startup(self) -> None:
         os.makedirs(self.staging.dir, exist_ok=True)
         # A pull cut short keeps what it got, and rsync's partial file, for its entry's next run;
-        # anything else in staging is left over.
+        # so does an early pull whose fetch has not come yet. Anything else in staging is left over.
+        now = time.time()
         for name, path in self.staging.leftovers():
             entry = self.state.get(name)
-            if entry is None or entry.state not in (Down.FETCHING, Down.PLACING):
-                log.info("removing leftover staging %s", os.path.relpath(path, self.staging.dir))
-                remove_tree(path)
+            if entry is not None and entry.state in (Down.FETCHING, Down.PLACING):
+                continue
+            if entry is None and path == self.staging.of(name) and _early_copy(name, path):
+                self._keep_early(name, path, now)
+                continue
+            log.info("removing leftover staging %s", os.path.relpath(path, self.staging.dir))
+            remove_tree(path)
         self.staging.drop_empty_partial_dir()
         self.resume_cleanups()
+
+    def _keep_early(self, entry_id: str, path: str, now: float) -> None:
+        """Keep the copy an early pull left for its fetch (or a `pushing` sent again), to go on from.
+
+        Its md5 is made again from the bytes on disk by the job that next uses it, on a worker: a
+        big copy neither blocks the main loop nor holds a stop. Never fetched, it goes EARLY_KEEP
+        seconds from now, as any early copy.
+        """
+        log.info(
+            "keeping the early copy of entry %s (%d bytes) for its fetch", entry_id, os.lstat(path).st_size
+        )
+        self.early[entry_id] = Early(path, ended=now)
 
     # messages ------------------------------------------------------------------------------------
 
     def on_pushing(self, msg: Pushing) -> None:
+        early = self.early.get(msg.entry)
         if (
             self.state.get(msg.entry) is None
-            and msg.entry not in self.early
-            and len(self.early) < EARLY_MAX
+            and (early is None or early.ended is not None)  # not pulling it early right now
+            and sum(e.ended is None for e in self.early.values()) < EARLY_MAX
             and self.jobs.transfers < self.cfg.max_transfers
         ):
-            self._pull_early(msg)
+            self._pull_early(msg, early)
 
     def on_fetch(self, msg: Fetch) -> None:
         if not msg.path.endswith(f"/{msg.entry}"):
@@ -130,8 +157,11 @@ class Download(Endpoint):
         for early in self.early.values():
             early.fetched.set()
 
-    def _pull_early(self, msg: Pushing) -> None:
-        early = self.early[msg.entry] = Early(self.staging.of(msg.entry))
+    def _pull_early(self, msg: Pushing, early: Early | None) -> None:
+        """Pull early, into a new copy or on from one kept (a restart, an earlier try of the push)."""
+        if early is None:
+            early = self.early[msg.entry] = Early(self.staging.of(msg.entry))
+        early.ended = None
         self.submit_transfer(
             [Key(ENTRY, msg.entry)],
             functools.partial(pull_early, self.cfg, msg.entry, msg.path, msg.size, early),

@@ -8,7 +8,9 @@ finished data; the entry itself under its id, as central stores it).
 A big file is pulled early: while upload pushes it, central says so (`pushing`) and download appends
 what has arrived to its copy in staging, hashing it as it comes (`Early`, memory only). When the
 `fetch` comes, one more run appends the rest from the verified copy, and the copy counts only if
-its md5 is the one in `fetch`; otherwise it is dropped and pulled whole, as any other entry.
+its md5 is the one in `fetch`; otherwise it is dropped and pulled whole, as any other entry. A copy
+kept across a restart is an `Early` that has hashed nothing yet: the job that next uses it hashes
+what is on disk first, on its worker thread.
 """
 
 from __future__ import annotations
@@ -133,6 +135,7 @@ class Early:
     The digest leaves out the copy's last byte, so that the run after `fetch` always brings at least
     one byte: rsync sets the file's mode and mtime only on a file it writes to. The pulling job
     appends and hashes; the main loop only sets `fetched` and, once the job has ended, `ended`.
+    A copy found at startup has hashed nothing: the next job hashes it first (`hash_more`).
     """
 
     local: str
@@ -174,7 +177,13 @@ class Early:
 def pull_early(cfg: Config, entry_id: str, path: str, size: int, early: Early) -> None:
     """Pull a file while upload pushes it to central, until its fetch comes or the push ends."""
     give_up = time.monotonic() + EARLY_WAIT
-    arrived = False
+    # A copy kept from an earlier run (a restart, an earlier try of the push) is hashed first: the
+    # pull goes on where it ends, and its push has begun.
+    if not early.hash_more(size - 1):
+        raise OSError(f"{early.local} was replaced while it was pulled early")
+    arrived = early.hashed > 0
+    if arrived:
+        log.info("pulling entry %s early again, from the %d bytes it has", entry_id, early.hashed)
     while not early.fetched.is_set():
         before = early.hashed
         result = transfer.pull_more(cfg, path, early.local)
@@ -203,8 +212,13 @@ def finish_early(cfg: Config, entry: Entry, early: Early) -> PullRun | None:
     kept for the next try (NotPulled, with `early` in the run). None: the copy was removed, pull
     the file whole.
     """
-    if not early.hashed or not early.hash_more(early.hashed):
-        why = "nothing was pulled early" if not early.hashed else "it was replaced"
+    # A copy kept across a restart is hashed here, on the worker (a stop ends it: Interrupted).
+    if entry.kind != "file":
+        why = f"the entry is a {entry.kind}"
+    elif not early.hash_more(entry.size - 1):
+        why = "it was replaced"
+    elif not early.hashed:
+        why = "nothing was pulled early"
     else:
         before = early.hashed
         os.truncate(early.local, early.hashed)  # the copy is what was hashed, no more

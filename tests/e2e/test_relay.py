@@ -518,6 +518,59 @@ def test_an_early_copy_gone_bad_is_dropped_and_the_file_pulled_whole(make_relay)
     assert "download got md5" not in relay.log_path("central").read_text()
 
 
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_download_restarted_during_an_early_pull_keeps_what_it_had_and_resumes(make_relay, sshd, how):
+    # Download pulls a big file while upload pushes it (slowly), and is stopped halfway, before the
+    # fetch. Its next start must keep the copy and complete it after the fetch, not pull it again.
+    slow = [*sshd.rsync_opts(), "--bwlimit=8000"]  # KB/s: the push takes about 12 s
+    relay = make_relay(upload={"rsync_opts": slow})
+    big = relay.workdir / "big.bin"
+    write_random(big, 96 << 20)
+    md5 = md5_entry(big)
+    relay.start()
+    os.rename(big, relay.dirs["upload"] / "big.bin")
+    staging = relay.dirs["download"] / f".synkler-{relay.instance}"
+
+    def copy_size() -> int | None:  # download's early copy (before the fetch, download has no entry)
+        entry = next(iter(relay.entries("upload")), None)
+        if entry is None or relay.entries("download"):
+            return None
+        try:
+            return (staging / entry.id).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    relay.wait_for("download to pull early", lambda: (copy_size() or 0) > 24 << 20, 60, interval=0.05)
+    if how == "sigterm":
+        relay.stop("download")
+    else:
+        relay.kill("download")
+    [entry] = relay.entries("upload")
+    copy = staging / entry.id
+    had = copy.stat().st_size
+    relay.start("download")
+    # What a user sees: the copy is there all along and never shorter, until it is placed.
+    sizes: list[int | None] = []
+
+    def delivered() -> bool:
+        sizes.append(copy.stat().st_size if copy.exists() else None)
+        return relay.all_done({"big.bin"})
+
+    relay.wait_for("big.bin delivered", delivered, 120, interval=0.05)
+    assert md5_entry(relay.dirs["download"] / "big.bin") == md5
+    assert_clean(relay)
+    placed = sizes.index(None) if None in sizes else len(sizes)
+    assert all(size is None for size in sizes[placed:]), "the copy vanished before it was placed"
+    assert min(s for s in sizes[:placed] if s is not None) >= had
+    log = relay.log_path("download").read_text()
+    found = re.search(rf"keeping the early copy of entry {entry.id} \((\d+) bytes\) for its fetch", log)
+    assert found and int(found[1]) >= had  # (after a SIGKILL, its rsync may have written a little more)
+    # The run after the fetch went on from what was there: the bytes pulled before the stop were
+    # not pulled again.
+    kept = re.search(r"big\.bin: (\d+) of 100663296 bytes were pulled while", log)
+    assert kept and int(kept[1]) >= had, log[-3000:]
+
+
 def flips(relay, side: str) -> Path:
     """Where the corrupting wrapper on `side` lists the entries it corrupted, one line each."""
     return relay.workdir / f"{side}-flips"

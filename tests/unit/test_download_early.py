@@ -1,11 +1,28 @@
-"""Download's early copy of a file pulled while upload pushes it: what its running md5 covers."""
+"""Download's early copy of a file pulled while upload pushes it: what its running md5 covers, and
+what becomes of it when download restarts before the fetch."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import pytest
+from fakes import Role
+
+from synkler.agents.base import ENTRY as ENTRY_KEY
+from synkler.agents.base import Key
+from synkler.agents.download import EARLY_KEEP, EARLY_MAX
 from synkler.agents.pull import Early
+from synkler.errors import Interrupted
+from synkler.hops import transfer
+from synkler.hops.checksum import STOPPING
+from synkler.hops.transfer import Result
+from synkler.messages import Fetch, Pushing
 
 
 def test_the_digest_covers_what_was_appended_up_to_the_limit(tmp_path):
@@ -42,3 +59,163 @@ def test_a_copy_cut_shorter_than_what_was_hashed_is_not_the_same_copy(tmp_path):
     assert early.hash_more(99) and early.hashed == 50
     os.truncate(local, 10)
     assert not early.hash_more(99)
+
+
+# --------------------------------------------------------------------------------------------------
+# A restart during an early pull (the fake runtime of tests/unit/fakes.py; rsync replaced by a function
+# that does what `rsync --append` does, from a local file standing for central's).
+
+
+@dataclass
+class Central:
+    """Central's files as download's rsync sees them (remote path -> bytes), and the appends asked."""
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    once: set[str] = field(default_factory=set)  # files gone after one run (a push that ends)
+    appended_from: list[int] = field(default_factory=list)  # the length of download's copy at each run
+
+    def pull_more(self, _cfg: object, remote: str, local: str) -> Result:
+        if remote not in self.files:
+            return Result(False, 23, f'rsync: [sender] link_stat "{remote}" failed: No such file (2)\n')
+        have = os.path.getsize(local) if os.path.exists(local) else 0
+        self.appended_from.append(have)
+        with open(local, "ab") as f:
+            f.write(self.files[remote][have:])
+        if remote in self.once:
+            del self.files[remote]
+        return Result(True, 0, "")
+
+    def pull(self, *_args: object) -> Result:
+        raise AssertionError("the file was pulled whole")
+
+
+DATA = os.urandom(300_000)
+ENTRY = "e" * 32
+STORED = f"/srv/central/lab/stored/{ENTRY}"
+GROWING = f"/srv/central/lab/growing/{ENTRY}"
+
+
+@pytest.fixture
+def central(monkeypatch: pytest.MonkeyPatch) -> Central:
+    fake = Central()
+    monkeypatch.setattr(transfer, "pull_more", fake.pull_more)
+    monkeypatch.setattr(transfer, "pull", fake.pull)
+    return fake
+
+
+@pytest.fixture
+def down(tmp_path: Path) -> Iterator[Role]:
+    r = Role("download", tmp_path)
+    yield r
+    r.close()
+
+
+def copy_of(r: Role, entry_id: str = ENTRY) -> Path:
+    return Path(r.agent.staging.of(entry_id))
+
+
+def left_by_an_early_pull(r: Role, length: int, entry_id: str = ENTRY) -> Path:
+    """What an early pull cut short by the stop left in staging: the file's first `length` bytes."""
+    copy = copy_of(r, entry_id)
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.write_bytes(DATA[:length])
+    return copy
+
+
+def fetch(entry_id: str = ENTRY) -> Fetch:
+    return Fetch(
+        entry_id,
+        "central",
+        name="data.bin",
+        kind="file",
+        size=len(DATA),
+        files=1,
+        md5=hashlib.md5(DATA).hexdigest(),
+        attempt=1,
+        path=STORED,
+    )
+
+
+def pushing(entry_id: str = ENTRY) -> Pushing:
+    return Pushing(entry_id, "central", size=len(DATA), path=f"/srv/central/lab/growing/{entry_id}")
+
+
+def test_a_copy_pulled_early_before_a_restart_is_completed_after_the_fetch_not_pulled_again(
+    down: Role, central: Central
+):
+    copy = left_by_an_early_pull(down, 200_000)
+    down.start()
+    assert copy.read_bytes() == DATA[:200_000]
+    assert down.agent.early[ENTRY].hashed == 0  # the main loop read nothing of it
+    central.files[STORED] = DATA
+    down.deliver(fetch())
+    down.tick()
+    down.run(down.job("transfer"))  # hashes the copy, then appends the rest
+    assert central.appended_from == [200_000]
+    entry = down.entry(ENTRY)
+    assert (entry.state, entry.stored_as) == ("placing", "data.bin")
+    down.tick()
+    assert (down.file_dir / "data.bin").read_bytes() == DATA
+    assert not copy.exists()
+
+
+def test_a_pushing_sent_again_after_a_restart_goes_on_pulling_early_from_where_the_copy_ends(
+    down: Role, central: Central
+):
+    left_by_an_early_pull(down, 100_000)
+    down.start()
+    central.files[GROWING] = DATA[:250_000]  # the push goes on
+    central.once.add(GROWING)  # then it is over: the link goes, and the early pull stops
+    down.deliver(pushing())  # a redelivery, or a new try of the push
+    down.run(down.job("transfer"))
+    assert central.appended_from == [100_000]
+    early = down.agent.early[ENTRY]
+    assert (early.hashed, early.hexdigest()) == (250_000, hashlib.md5(DATA[:250_000]).hexdigest())
+    central.files[STORED] = DATA
+    down.deliver(fetch())
+    down.tick()
+    down.run(down.job("transfer"))
+    assert central.appended_from == [100_000, 250_000]
+    down.tick()
+    assert (down.file_dir / "data.bin").read_bytes() == DATA
+
+
+def test_a_copy_kept_at_start_up_whose_fetch_never_comes_goes_after_early_keep(down: Role):
+    copy = left_by_an_early_pull(down, 1000)
+    started = time.time()
+    down.start()
+    down.tick(started + EARLY_KEEP - 5)
+    assert copy.exists()
+    down.tick(started + EARLY_KEEP + 5)
+    assert not copy.exists() and ENTRY not in down.agent.early
+
+
+def test_hashing_a_kept_copy_ends_at_once_when_the_agent_stops_and_the_copy_stays(
+    down: Role, central: Central
+):
+    copy = left_by_an_early_pull(down, 200_000)
+    down.start()
+    central.files[STORED] = DATA
+    down.deliver(fetch())
+    down.tick()
+    job = down.job("transfer")
+    STOPPING.set()
+    try:
+        with pytest.raises(Interrupted):
+            job.work()
+    finally:
+        STOPPING.clear()
+    assert central.appended_from == []
+    assert copy.read_bytes() == DATA[:200_000]
+
+
+def test_copies_kept_at_start_up_leave_room_for_new_early_pulls(down: Role, central: Central):
+    kept = [uuid.uuid4().hex for _ in range(EARLY_MAX)]
+    for entry_id in kept:
+        left_by_an_early_pull(down, 1000, entry_id)
+    down.start()
+    assert set(down.agent.early) == set(kept)
+    down.deliver(pushing())
+    assert down.job("transfer").keys == (Key(ENTRY_KEY, ENTRY),)
+    down.deliver(pushing())  # the same file, sent again while it is pulled: one pull
+    assert len(down.jobs.pending) == 1

@@ -4,6 +4,7 @@ everything else goes. Real files and a real state database; start-up needs no br
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -48,13 +49,31 @@ def test_start_up_keeps_what_pulls_to_resume_left_and_removes_the_rest(agent: Do
         (staging / entry_id).write_bytes(b"pulled")
         (partial / entry_id).write_bytes(b"half")
     (staging / "stray").mkdir()
+    unknown_dir = uuid.uuid4().hex  # an early pull leaves a file, never a directory
+    (staging / unknown_dir).mkdir()
 
     start(agent)
 
-    kept = {ids["fetching"], ids["placing"]}
+    # The unknown entry's file is what an early pull left before its fetch came: kept for it.
+    kept = {ids["fetching"], ids["placing"], ids["unknown"]}
     assert sorted(os.listdir(staging)) == sorted([*kept, PARTIAL_DIR])
-    assert sorted(os.listdir(partial)) == sorted(kept)
+    assert sorted(os.listdir(partial)) == sorted(kept - {ids["unknown"]})
     assert os.listdir(agent.cfg.file_dir) == [staging.name]  # nothing published, nothing else touched
+    assert list(agent.early) == [ids["unknown"]]
+
+
+def test_start_up_keeps_an_early_copy_without_reading_it(agent: Download) -> None:
+    # The md5 of a big copy is made again by the job that uses it, on a worker: never in the main
+    # loop, whose start-up would otherwise wait for it (and so would a stop).
+    entry_id = uuid.uuid4().hex
+    staging = Path(agent.staging.dir)
+    staging.mkdir(parents=True)
+    (staging / entry_id).write_bytes(b"x" * 1000)
+    before = time.time()
+    start(agent)
+    early = agent.early[entry_id]
+    assert (early.hashed, early.local) == (0, str(staging / entry_id))
+    assert early.ended is not None and early.ended >= before  # EARLY_KEEP counts from this start
 
 
 def test_start_up_removes_an_empty_partial_dir(agent: Download) -> None:
