@@ -1,0 +1,130 @@
+"""The runtime's own decisions, with a fake broker: a refused destination, a rival agent."""
+
+from __future__ import annotations
+
+import pytest
+
+from synkler import messages, runtime
+from synkler.agents.central import Central
+from synkler.config import parse_config
+from synkler.errors import AgentActive, BrokerError, ExitStatus, PublishRefused
+from synkler.runtime import Runtime
+
+
+class FakeBroker:
+    """Publishes into a list; refuses every publish to the agents in `refusing`."""
+
+    def __init__(self, refusing: set[str]):
+        self.refusing = refusing
+        self.published: list[tuple[str, list[str]]] = []
+        self.tried: list[str] = []
+
+    def publish(self, agent: str, body: bytes) -> None:
+        self.tried.append(agent)
+        if agent in self.refusing:
+            raise PublishRefused("PRECONDITION_FAILED - inequivalent arg 'durable'")
+        self.published.append((agent, [m.entry for _, m in messages.decode_many(body)]))
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def rt(tmp_path):
+    (tmp_path / "files").mkdir()
+    cfg = parse_config(
+        {
+            "mode": "central",
+            "file_dir": str(tmp_path / "files"),
+            "synkler_server": "broker.example",
+            "state_db": str(tmp_path / "central.sqlite"),
+        },
+        tmp_path / "synkler.conf",
+        environ={},
+        home=tmp_path,
+    )
+    r = Runtime(cfg, Central)
+    yield r
+    r.state.close()
+    for pool in r._pools.values():
+        pool.shutdown()
+
+
+def enqueue(rt: Runtime, dest: str, n: int) -> list[str]:
+    ids = [messages.new_entry_id() for _ in range(n)]
+    with rt.state.transaction():
+        for entry in ids:
+            rt.state.enqueue(dest, messages.encode(messages.Wait(entry, "central", reason="no room")))
+    return ids
+
+
+def test_a_refused_destination_is_held_back_in_order_and_the_others_go_out(rt, monkeypatch):
+    broker = rt.broker = FakeBroker(refusing={"ghost"})
+    ghost = enqueue(rt, "ghost", 3)
+    up = enqueue(rt, "upload", 2)
+    now = [1000.0]
+    monkeypatch.setattr(runtime.time, "time", lambda: now[0])
+
+    rt._flush_outbox()
+    assert broker.published == [("upload", up)]
+    assert [dest for _, dest, _ in rt.state.outbox(100)] == ["ghost"] * 3
+    # Held back: not tried again before its pause is over, while new messages to others go out.
+    more = enqueue(rt, "upload", 1)
+    now[0] += 0.1
+    rt._flush_outbox()
+    assert broker.tried.count("ghost") == 1
+    assert broker.published[-1] == ("upload", more)
+    # The broker takes them again: they go out, in their order, and the hold is gone.
+    broker.refusing.clear()
+    now[0] += 120
+    rt._flush_outbox()
+    assert broker.published[-1] == ("ghost", ghost)
+    assert rt.state.outbox(100) == []
+    assert rt._held == {}
+
+
+def test_a_destination_refused_again_and_again_waits_longer_each_time_up_to_a_minute(rt, monkeypatch):
+    broker = rt.broker = FakeBroker(refusing={"ghost"})
+    enqueue(rt, "ghost", 1)
+    now = [1000.0]
+    monkeypatch.setattr(runtime.time, "time", lambda: now[0])
+    pauses = []
+    for _ in range(12):
+        rt._flush_outbox()
+        _n, until, _told = rt._held["ghost"]
+        pauses.append(until - now[0])
+        now[0] = until
+    assert broker.tried == ["ghost"] * 12
+    assert pauses[-1] <= 60 and pauses[-1] > pauses[0]
+
+
+def test_a_lost_connection_is_not_taken_for_a_refusal(rt):
+    class Lost(FakeBroker):
+        def publish(self, agent: str, body: bytes) -> None:
+            raise BrokerError("lost broker connection")
+
+    rt.broker = Lost(set())
+    enqueue(rt, "upload", 1)
+    with pytest.raises(BrokerError):
+        rt._flush_outbox()
+    assert rt._held == {}
+    assert len(rt.state.outbox(100)) == 1
+
+
+def test_an_agent_refused_before_its_start_waits_as_a_standby(rt):
+    rt._rival(AgentActive("q", None))
+    assert not rt.stopping
+    assert rt.exit_status == ExitStatus.OK
+
+
+def test_an_agent_whose_queue_another_took_while_the_broker_was_away_stops(rt):
+    rt._started = True
+    rt._rival(AgentActive("q", None))
+    assert rt.stopping
+    assert rt.exit_status == ExitStatus.FAILURE
+
+
+def test_an_agent_refused_by_its_own_stale_connection_waits_for_it(rt):
+    rt._started = True
+    rt._rival(AgentActive("q", None, mine=True))
+    assert not rt.stopping
