@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import MessageError
 from ..linux.fs import remove_tree, rename_noreplace
+from ..logs import some_entries
 from ..messages import Corrupt, Failed, Fetch, Fetched, Pushing, is_valid_entry_id
 from ..state import Entry, State
 from .base import ENTRY, Endpoint, Jobs, Key, Status, Transitions
@@ -178,8 +179,10 @@ class Download(Endpoint):
 
     def _fetch(self, batch: list[Entry]) -> None:
         """One rsync run for entries stored under the same directory on central, then md5 of each."""
-        what = batch[0].name if len(batch) == 1 else f"{len(batch)} entries"
-        log.info("pulling %s from central", what)
+        if len(batch) == 1:
+            log.info("%s: pulling from central", batch[0].name)
+        else:
+            log.info("pulling %s from central", some_entries([e.name for e in batch]))
         # Big files go alone (base.BATCH_BYTES): one pulled early has a batch of its own.
         early = self.early.pop(batch[0].id, None) if len(batch) == 1 else None
         self.submit_transfer(

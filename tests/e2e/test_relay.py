@@ -133,7 +133,7 @@ def test_names_starting_with_hash_or_semicolon_and_a_255_byte_name_arrive_and_a_
     deliver(relay, md5s)
     assert sorted(os.listdir(relay.dirs["download"])) == sorted([*names, f".synkler-{relay.instance}"])
     log = relay.log_path("upload").read_text()
-    assert log.count("ignoring 'line\\nbreak.txt'") == 1, relay.log_tail("upload")
+    assert log.count("line\\nbreak.txt: not sending it") == 1, relay.log_tail("upload")
     assert "line\nbreak.txt" not in relay.states("upload")
 
 
@@ -470,7 +470,7 @@ def test_a_key_central_refuses_is_an_error_for_a_person_and_the_entry_waits_unco
     log = relay.log_path("upload").read_text()
     assert re.search(r" ERROR waits\.txt: push to central refused by ssh: exit 255: .*Permission denied", log)
     relay.wait_for(
-        "a few more tries", lambda: relay.log_path("upload").read_text().count("pushing waits.txt") >= 3
+        "a few more tries", lambda: relay.log_path("upload").read_text().count("waits.txt: pushing") >= 3
     )
     [entry] = relay.entries("upload")
     assert (entry.state, entry.tries) == ("uploading", 0)  # max_attempts 1: one counted failure would end it
@@ -779,7 +779,7 @@ def test_a_stored_copy_gone_bad_at_central_is_fetched_again_from_upload(make_rel
     deliver(relay, md5s)
     assert (relay.dirs["download"] / "rotten.bin").read_bytes() == data
     assert "getting it again from upload" in relay.log_path("central").read_text()
-    assert relay.log_path("upload").read_text().count("pushing rotten.bin") == 2
+    assert relay.log_path("upload").read_text().count("rotten.bin: pushing") == 2
     assert [e.attempt for e in relay.entries("central")] == [2]
 
 
