@@ -94,6 +94,9 @@ def migrate(text: str, path: Path) -> Migration:
             "Now counted from the confirmed delivery. 0.0.x removed central's copy once the file's "
             "modification time was this old, delivered or not."
         )
+    for key in ("keep_minutes", "free_percent"):
+        if key in settings and role != "central":
+            settings[key].notes.insert(0, f"Read by central only: this {role} agent ignores it.")
     if "file_dir" in settings and role == "central":
         settings["file_dir"].notes.append(
             "Central now keeps entries in file_dir/<id>/staging and file_dir/<id>/stored (id: default), "
