@@ -91,8 +91,8 @@ def migrate(text: str, path: Path) -> Migration:
     if "keep_minutes" in settings or role == "central":
         keep = settings.setdefault("keep_minutes", _Setting("keep_minutes", 30))
         keep.notes.append(
-            "Now counted from the confirmed delivery. 0.0.x removed central's copy once the file's "
-            "modification time was this old, delivered or not."
+            "Now counted from the confirmed delivery. 0.0.x went by the file's modification time "
+            "(kept from upload by rsync --archive): an old file could go at once, delivered or not."
         )
     for key in ("keep_minutes", "free_percent"):
         if key in settings and role != "central":
