@@ -810,26 +810,29 @@ def test_a_placed_copy_replaced_or_removed_at_download_before_its_cleanup_script
     relay.write_config("download", {"cleanup_script": mover(log)})
     relay.start()
     up, down = relay.dirs["upload"], relay.dirs["download"]
-    md5s = {"first.bin": place(up, "first.bin", os.urandom(1000))}
-    # Scripts run one at a time: while first.bin's waits at its gate, report.bin's waits its turn.
-    relay.wait_for("first.bin's cleanup script started", Path(f"{log}.started").exists)
-    md5s["report.bin"] = place(up, "report.bin", os.urandom(2000))
+    gate = Path(f"{log}.gate")
 
     def down_entries() -> dict:
         return {e.name: e for e in relay.entries("download")}
 
-    relay.wait_for(
-        "report.bin placed, its cleanup script due",
-        lambda: "report.bin" in down_entries() and down_entries()["report.bin"].state == "delivered",
-    )
-    assert md5_entry(down / "report.bin") == md5s["report.bin"]
-    other = os.urandom(3000)
-    if change == "replaced":
-        (down / ".other").write_bytes(other)
-        os.rename(down / ".other", down / "report.bin")
-    else:
-        os.unlink(down / "report.bin")
-    Path(f"{log}.gate").touch()
+    try:
+        md5s = {"first.bin": place(up, "first.bin", os.urandom(1000))}
+        # Scripts run one at a time: while first.bin's waits at its gate, report.bin's waits its turn.
+        relay.wait_for("first.bin's cleanup script started", Path(f"{log}.started").exists)
+        md5s["report.bin"] = place(up, "report.bin", os.urandom(2000))
+        relay.wait_for(
+            "report.bin placed, its cleanup script due",
+            lambda: "report.bin" in down_entries() and down_entries()["report.bin"].state == "delivered",
+        )
+        assert md5_entry(down / "report.bin") == md5s["report.bin"]
+        other = os.urandom(3000)
+        if change == "replaced":
+            (down / ".other").write_bytes(other)
+            os.rename(down / ".other", down / "report.bin")
+        else:
+            os.unlink(down / "report.bin")
+    finally:
+        gate.touch()  # first.bin's script goes on (and ends, even if this test failed)
     relay.wait_for(
         "both cleanups decided", lambda: [e.state for e in down_entries().values()] == ["done"] * 2
     )
