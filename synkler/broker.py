@@ -188,6 +188,21 @@ class Broker:
         )
         return q
 
+    def consumers(self) -> tuple[int, Holder | None]:
+        """How many consume the agent's queue (0 if it does not exist yet), and who holds it."""
+        assert self._conn is not None
+        probe = self._conn.channel()
+        try:
+            count = probe.queue_declare(queue_name(self.instance, self.agent), passive=True).method
+            n = int(count.consumer_count)
+        except pika.exceptions.ChannelClosedByBroker:
+            return 0, None  # no such queue
+        except _PIKA_ERRORS as e:
+            self.close()
+            raise BrokerError(f"broker operation failed: {_describe(e)}") from None
+        probe.close()
+        return n, self._read_holder() if n else None
+
     def _read_holder(self) -> Holder | None:
         """Who holds the agent's queue, as it wrote itself down (None if that cannot be told)."""
         try:
