@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,8 +125,11 @@ def test_a_batch_is_named_by_its_count_and_its_first_names():
 def stream() -> Iterator[io.StringIO]:
     """logs.setup() writing to a string; the logging set-up is restored afterwards."""
     saved = {name: logging.getLogger(name).level for name in ("", "synkler", "pika")}
+    hook = threading.excepthook
     out = io.StringIO()
     yield out
+    threading.excepthook = hook
+    logging.captureWarnings(False)
     logging.getLogger().removeHandler(logs._handler)
     logs._handler = None
     for name, level in saved.items():
@@ -156,6 +160,21 @@ def test_debug_pika_adds_pika_s_own_lines(stream):
     logs.setup(stream=stream, debug=True, pika=True)
     logging.getLogger("pika.connection").debug("Created channel=1")
     assert stream.getvalue().rstrip().endswith(" synkler DEBUG Created channel=1")
+
+
+def test_a_thread_that_dies_is_a_log_line_naming_the_agent(stream):
+    logs.setup(stream=stream)
+    logs.use_agent("central", "central", "lab", "text")
+
+    def boom() -> None:
+        raise RuntimeError("in a worker")
+
+    worker = threading.Thread(target=boom, name="worker-1")
+    worker.start()
+    worker.join()
+    lines = stream.getvalue().splitlines()
+    assert lines[0].endswith(" central[central] ERROR thread worker-1 died")
+    assert lines[-1].endswith(" central[central] ERROR | RuntimeError: in a worker")
 
 
 def test_use_agent_json_switches_the_format(stream):
