@@ -18,9 +18,19 @@ from relay_helpers import write_random
 
 from synkler.hops.checksum import md5_entry
 
-TALLY = {"entries": 0, "faults": 0, "delivered": 0, "failed": 0, "lost": 0, "corrupt": 0}
+TALLY = {
+    "entries": 0,
+    "faults": 0,
+    "delivered": 0,
+    "failed": 0,
+    "lost": 0,
+    "corrupt": 0,
+    "duplicated": 0,
+    "stalled": 0,
+}
 
-RECORD = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
+# Bytes, so that a name that is not UTF-8 is recorded as it is.
+RECORD = "import os, sys; open(sys.argv[1], 'ab').write(os.fsencode(sys.argv[2]) + b'\\n')"
 
 
 @dataclass(frozen=True)
@@ -119,7 +129,7 @@ def recorder(log: Path) -> str:
 
 
 def runs(log: Path) -> list[str]:
-    return log.read_text().splitlines() if log.exists() else []
+    return [os.fsdecode(line) for line in log.read_bytes().splitlines()] if log.exists() else []
 
 
 def proxied_rsh(sshd, port: int, *extra: str) -> str:
@@ -206,7 +216,16 @@ def delivered_count(relay) -> int:
 
 
 def wait_settled(relay, wl: Workload, timeout: float) -> None:
-    relay.wait_for(f"{len(wl.names)} entries settled", lambda: settled(relay, wl), timeout, interval=0.5)
+    """Wait for every entry to settle; those that have not by the deadline are counted as stalled."""
+    try:
+        relay.wait_for(f"{len(wl.names)} entries settled", lambda: settled(relay, wl), timeout, interval=0.5)
+    except AssertionError:
+        up = {e.name: e.state for e in relay.entries("upload") if e.state != "superseded"}
+        stalled = sorted(n for n in wl.names if up.get(n) not in ("done", "failed"))
+        TALLY["entries"] += len(wl.names)
+        TALLY["stalled"] += max(1, len(stalled))
+        print(f"\n{relay.instance}: stalled={len(stalled)}: {stalled[:20]}")
+        raise
 
 
 def rabbitmqctl_run(rabbitmqctl: str, *args: str, timeout: float = 120) -> str:
@@ -219,18 +238,19 @@ def rabbitmqctl_run(rabbitmqctl: str, *args: str, timeout: float = 120) -> str:
 # the verdict --------------------------------------------------------------------------------------
 
 
-def verdict(relay, wl: Workload, *, faults: int) -> None:
+def verdict(relay, wl: Workload, *, faults: int) -> list[str]:
     """Tally the outcome, then assert everything the suite promises about it.
 
     Every entry is at download exactly once with the right md5 (no "name (2).ext"), or `failed` with
     its data untouched at upload and a reason. Each cleanup script ran exactly once per delivered
     entry. No staging or partial debris. Every agent is alive (those killed were restarted).
+    Returns the names of the failed entries.
     """
     up = {e.name: e for e in relay.entries("upload") if e.state != "superseded"}
     down_dir = relay.dirs["download"]
     staging_name = f".synkler-{relay.instance}"
     present = sorted(p for p in os.listdir(down_dir) if p != staging_name)
-    delivered, failed, lost, corrupt = [], [], [], []
+    delivered, failed, lost, corrupt, duplicated = [], [], [], [], []
     problems: list[str] = []
     for name in sorted(wl.names):
         entry = up.get(name)
@@ -259,7 +279,7 @@ def verdict(relay, wl: Workload, *, faults: int) -> None:
             )
     extra = sorted(set(present) - wl.names)
     if extra:
-        corrupt.extend(extra)
+        duplicated.extend(extra)
         problems.append(f"unexpected entries at download (duplicates?): {extra}")
     TALLY["entries"] += len(wl.names)
     TALLY["faults"] += faults
@@ -267,12 +287,13 @@ def verdict(relay, wl: Workload, *, faults: int) -> None:
     TALLY["failed"] += len(failed)
     TALLY["lost"] += len(lost)
     TALLY["corrupt"] += len(corrupt)
+    TALLY["duplicated"] += len(duplicated)
     print(
         f"\n{relay.instance}: entries={len(wl.names)} faults={faults} delivered={len(delivered)} "
-        f"failed={len(failed)} lost={len(lost)} corrupt={len(corrupt)}"
+        f"failed={len(failed)} lost={len(lost)} corrupt={len(corrupt)} duplicated={len(duplicated)}"
     )
 
-    assert not lost and not corrupt, "\n".join(problems)
+    assert not lost and not corrupt and not duplicated, "\n".join(problems)
     for name in failed:
         print(f"  failed: {name}: {up[name].reason}")
 
@@ -317,6 +338,7 @@ def verdict(relay, wl: Workload, *, faults: int) -> None:
     assert all(relay.alive(r) for r in ("upload", "central", "download")), {
         r: relay.alive(r) for r in ("upload", "central", "download")
     }
+    return failed
 
 
 def wait_until(what: str, predicate, timeout: float, interval: float = 0.1) -> None:
