@@ -123,7 +123,7 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     table = [header]
     for e in entries:
         note = e.reason or (f"as {_shown(e.stored_as)}" if e.stored_as and e.stored_as != e.name else "")
-        if e.cleanup in ("failed", "interrupted"):
+        if e.cleanup in ("failed", "interrupted", "skipped"):
             note = f"cleanup {e.cleanup}" + (f": {note}" if note else "")
         table.append((_shown(e.name), str(e.size), e.md5 or "-", e.state, _iso(e.updated, sep=" "), note))
     widths = [max(len(line[i]) for line in table) for i in range(len(header) - 1)]
