@@ -1,6 +1,7 @@
 """Ordinary inputs and operator mistakes, all at once, while the workload flows (issue 14).
 
-Besides the usual workload: names of every awkward kind (a leading `#`, `;` or `-`, quotes,
+Besides the usual workload: a newer version renamed over the big file's name before the first
+is delivered, names of every awkward kind (a leading `#`, `;` or `-`, quotes,
 backslashes, a name that is not UTF-8, a 255-byte name), an upload agent named `dead`, an entry
 bigger than central's whole file system (central's file_dir is a small tmpfs), a second central
 (sharing the first one's file_dir) and a second download started from copied configs, download's
@@ -129,6 +130,16 @@ def test_ordinary_inputs_and_operator_mistakes_lose_stall_or_duplicate_nothing(
         for _proc, second_log in seconds:
             relay.wait_for("a standby", lambda p=second_log: "waits as a standby" in p.read_text(), 30)
         faults += 2
+        # A newer version of the big file renamed over its name once the first is at central and
+        # not yet delivered: both arrive, and upload's cleanup never acts on the one not delivered.
+        big = next(n for n in wl.names if n.startswith("big-"))
+        relay.wait_for(f"{big} sent", lambda: relay.states("upload").get(big) == "sent", 60, interval=0.02)
+        v2 = scratch / "big-v2"
+        v2.write_bytes(os.urandom(300_000))
+        replaced = {big: (wl.md5s.pop(big), md5_entry(v2))}
+        del wl.kinds[big]
+        os.rename(v2, relay.dirs["upload"] / big)
+        faults += 1
         relay.wait_for(
             f"{too_big} failed at once", lambda: relay.states("upload").get(too_big) == "failed", 30
         )
@@ -153,7 +164,17 @@ def test_ordinary_inputs_and_operator_mistakes_lose_stall_or_duplicate_nothing(
             faults += 1
 
         wait_settled(relay, wl, profile.deliver_timeout)
-        failed = verdict(relay, wl, faults=faults)
+        relay.wait_for(
+            f"both versions of {big} delivered",
+            lambda: (
+                [e.state for e in relay.entries("download") if e.name == big] == ["done", "done"]
+                and [e.state for e in relay.entries("upload") if e.name == big] == ["done", "done"]
+            ),
+            60,
+        )
+        first = min((e for e in relay.entries("upload") if e.name == big), key=lambda e: e.created)
+        print(f"{big}: the first version's cleanup: {first.cleanup} ({first.reason})")
+        failed = verdict(relay, wl, faults=faults, replaced=replaced)
     finally:
         for proc, _log in seconds:
             proc.terminate()
