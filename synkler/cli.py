@@ -291,6 +291,11 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
     finally:
         broker.close()
     if cfg.mode in ("upload", "download"):
+        try:
+            transfer.rsync_protection(tuple(cfg.rsync))
+        except transfer.RsyncTooOld as e:
+            failures += 1
+            print(f"FAIL  rsync: {e}")
         result = transfer.probe(cfg)
         if result.ok:
             print(f"ok    ssh + rsync to central {cfg.central_host}")

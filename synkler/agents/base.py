@@ -268,6 +268,8 @@ class Endpoint(Agent):
 
     def __init__(self, cfg: Config, state: State, jobs: Jobs):
         super().__init__(cfg, state, jobs)
+        # An rsync that would let central's shell parse a remote path is refused before anything runs.
+        transfer.rsync_protection(tuple(cfg.rsync))
         self.cleanup_due = True  # set when an entry's cleanup script becomes due
         self.transfer_due = True  # set when an entry may need a transfer, or a transfer slot freed up
         self.next_transfer_retry = float("inf")  # when a failed transfer is due to run again

@@ -20,7 +20,7 @@ from ..errors import MessageError
 from ..hops.checksum import stat_entry
 from ..linux.fs import remove_tree, rename_noreplace
 from ..logs import some_entries
-from ..messages import Corrupt, Failed, Fetch, Fetched, Pushing, is_valid_entry_id
+from ..messages import Corrupt, Failed, Fetch, Fetched, Pushing, confined, is_valid_entry_id
 from ..state import Entry, State
 from .base import ENTRY, Endpoint, Jobs, Key, Status, Transitions
 from .pull import Early, Mismatch, NotPulled, PullRun, Staging, pull, pull_early
@@ -111,6 +111,10 @@ class Download(Endpoint):
     # messages ------------------------------------------------------------------------------------
 
     def on_pushing(self, msg: Pushing) -> None:
+        if not confined(msg.path, self.cfg.id, "growing", msg.entry):
+            raise MessageError(
+                f"pushing: path {msg.path!r} is not <central's file_dir>/{self.cfg.id}/growing/<entry id>"
+            )
         early = self.early.get(msg.entry)
         if (
             self.state.get(msg.entry) is None
@@ -121,8 +125,10 @@ class Download(Endpoint):
             self._pull_early(msg, early)
 
     def on_fetch(self, msg: Fetch) -> None:
-        if not msg.path.endswith(f"/{msg.entry}"):
-            raise MessageError(f"fetch: path {msg.path!r} is not <stored dir>/<entry id>")
+        if not confined(msg.path, self.cfg.id, "stored", msg.entry):
+            raise MessageError(
+                f"fetch: path {msg.path!r} is not <central's file_dir>/{self.cfg.id}/stored/<entry id>"
+            )
         entry = self.state.get(msg.entry)
         if msg.entry in self.early:
             self.early[msg.entry].fetched.set()

@@ -16,11 +16,23 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Union
 
+from ..errors import MessageError
 from ..hops import transfer
 from ..hops.checksum import EntryStat, md5_entry, stat_entry
 from ..linux.fs import open_for_writing
 from ..logs import some_entries
-from ..messages import Admit, Delivered, Failed, Offer, Sent, Wait, Withdraw, name_problem, new_entry_id
+from ..messages import (
+    Admit,
+    Delivered,
+    Failed,
+    Offer,
+    Sent,
+    Wait,
+    Withdraw,
+    confined,
+    name_problem,
+    new_entry_id,
+)
 from ..state import Entry, State
 from .base import ENTRY, HASHING, NAME, SCAN, Endpoint, Jobs, Key, Status, Transitions, hash_groups
 from .watch import DirWatcher
@@ -334,6 +346,10 @@ class Upload(Endpoint):
     # messages ------------------------------------------------------------------------------------
 
     def on_admit(self, msg: Admit) -> None:
+        if not confined(msg.dest, self.cfg.id, "staging", self.name):
+            raise MessageError(
+                f"admit: dest {msg.dest!r} is not <central's file_dir>/{self.cfg.id}/staging/{self.name}"
+            )
         entry = self.entry_for(msg)
         newest = self.state.latest_by_name(entry.name)
         stale = newest is not None and newest.id != entry.id

@@ -519,3 +519,19 @@ def test_config_migrate_of_a_yaml_config_says_there_is_nothing_to_do(synkler, co
     assert result.returncode == 2
     assert "already a YAML configuration" in result.stderr
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("mode", ["upload", "download"])
+def test_an_agent_whose_rsync_cannot_protect_remote_paths_refuses_to_run_naming_the_version(
+    synkler, settings, write_config, tmp_path, mode
+):
+    old = tmp_path / "old-rsync"
+    old.write_text("#!/bin/sh\necho 'rsync  version 2.6.9  protocol version 29'\n")
+    old.chmod(0o755)
+    config = write_config({**settings, "mode": mode, "rsync": str(old), "central_host": "central.example"})
+    run = synkler("-c", str(config), "run")
+    assert run.returncode == 1, run.stderr
+    assert "rsync 2.6.9" in run.stderr and "3.0.0 or newer" in run.stderr
+    assert "Traceback" not in run.stderr
+    check = synkler("-c", str(config), "check")
+    assert "FAIL  rsync: rsync 2.6.9" in check.stdout
