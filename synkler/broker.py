@@ -44,6 +44,12 @@ from .errors import AgentActive, BrokerError, PublishRefused
 log = logging.getLogger(__name__)
 
 _PIKA_ERRORS = (pika.exceptions.AMQPError, OSError)
+# The agents whose queues a sender declares before its first publish to them, so that messages to
+# one that never ran yet wait for it: the two fixed roles. An upload agent's queue is declared only
+# by that agent itself, never because a message named it: an offer from an invented sender cannot
+# make central create a durable queue (a publish to it is refused instead: PublishRefused).
+PEERS = ("central", "download")
+DEAD_MAX = 10_000  # dead letters kept; beyond that the oldest go (x-max-length, drop-head)
 _PERSISTENT = pika.BasicProperties(delivery_mode=2, content_type="application/json")
 
 
@@ -277,7 +283,7 @@ class Broker:
     def _declare_topology(self, ch: BlockingChannel) -> None:
         ch.exchange_declare(exchange_name(self.instance), exchange_type="topic", durable=True)
         ch.exchange_declare(dead_name(self.instance), exchange_type="fanout", durable=True)
-        ch.queue_declare(dead_name(self.instance), durable=True)
+        ch.queue_declare(dead_name(self.instance), durable=True, arguments={"x-max-length": DEAD_MAX})
         ch.queue_bind(dead_name(self.instance), dead_name(self.instance))
 
     def _declare_queue(self, ch: BlockingChannel, agent: str) -> None:
@@ -340,7 +346,8 @@ class Broker:
         """
 
         def do(ch: BlockingChannel) -> None:
-            self._declare_queue(ch, agent)
+            if agent in PEERS:
+                self._declare_queue(ch, agent)
             ch.basic_publish(
                 exchange_name(self.instance), agent, body, properties=_PERSISTENT, mandatory=True
             )

@@ -258,7 +258,10 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
         note = e.reason or (f"as {_shown(e.stored_as)}" if e.stored_as and e.stored_as != e.name else "")
         if e.cleanup in ("failed", "interrupted", "skipped"):
             note = f"cleanup {e.cleanup}" + (f": {note}" if note else "")
-        table.append((_shown(e.name), str(e.size), e.md5 or "-", e.state, _iso(e.updated, sep=" "), note))
+        # A reason may come from a peer's message: shown escaped, like a name.
+        table.append(
+            (_shown(e.name), str(e.size), e.md5 or "-", e.state, _iso(e.updated, sep=" "), _shown(note))
+        )
     widths = [max(len(line[i]) for line in table) for i in range(len(header) - 1)]
     for line in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) + "  " + line[-1])

@@ -49,6 +49,8 @@ T = TypeVar("T")
 log = logging.getLogger("synkler")
 
 TICK = 0.5  # longest the loop sleeps when nothing happens; events wake it at once
+DEAD_LOG_BURST = 10  # dead letters logged one by one per DEAD_LOG_WINDOW; the rest are counted
+DEAD_LOG_WINDOW = 60.0
 STANDBY_RETRY = 5.0  # seconds between a standby's looks at its agent's queue
 # A standby takes over only once its queue has had no consumer for this long: longer than the
 # longest reconnect pause (30 s), so an agent that restarts, or reconnects after a broker outage,
@@ -88,6 +90,9 @@ class Runtime:
         self._standby_told = float("-inf")  # when the last ERROR about a rival agent was logged
         self._standby = False  # another agent of this name held the queue when this one started
         self._free_since: float | None = None  # a standby: since when its queue has had no consumer
+        self._dead_window = 0.0  # when the current window of dead-letter log lines began
+        self._dead_logged = 0  # dead letters logged one by one in it
+        self._dead_quiet = 0  # and those only counted
         # destination -> (refusals in a row, no publish to it before, last ERROR logged)
         self._held: dict[str, tuple[int, float, float]] = {}
 
@@ -212,6 +217,8 @@ class Runtime:
         """
         outcomes: list[tuple[int, str, list[bytes]]] = []
         pause = False
+        if self._dead_quiet:
+            self._end_dead_window(time.monotonic())
         try:
             with self.state.transaction():
                 for tag, body in deliveries:
@@ -355,21 +362,21 @@ class Runtime:
         try:
             items = messages.decode_many(body)
         except MessageError as e:
-            log.warning("dead-lettering a message: %s: %r", e, body[:200])
+            self._dead_log("dead-lettering a message: %s: %r", e, body[:200])
             return "dead", []
         dead: list[bytes] = []
         try:
             with self.state.savepoint():
                 for element, item in items:
                     if isinstance(item, MessageError):
-                        log.warning("dead-lettering a message of a batch: %s", item)
+                        self._dead_log("dead-lettering a message of a batch: %s", item)
                         dead.append(_reencode(element))
                         continue
                     try:
                         with self.state.savepoint():
                             self.agent.on_message(item)
                     except MessageError as e:
-                        log.warning("dead-lettering a message: %s: %r", e, str(element)[:200])
+                        self._dead_log("dead-lettering a message: %s: %r", e, str(element)[:200])
                         dead.append(_reencode(element))
         except (StateUnavailable, OSError) as e:
             # Disk full, database locked, a directory we cannot write: the message is fine, we are not.
@@ -382,6 +389,27 @@ class Runtime:
         if len(items) == 1 and dead:
             return "dead", []  # a single message is dead-lettered as it came
         return "ack", dead
+
+    def _dead_log(self, fmt: str, *args: object) -> None:
+        """Log a dead letter, at most DEAD_LOG_BURST a minute: a flood of bad messages is counted,
+        not written out line by line."""
+        self._end_dead_window(time.monotonic())
+        if self._dead_logged < DEAD_LOG_BURST:
+            self._dead_logged += 1
+            log.warning(fmt, *args)
+        else:
+            self._dead_quiet += 1
+
+    def _end_dead_window(self, now: float) -> None:
+        if now - self._dead_window < DEAD_LOG_WINDOW:
+            return
+        if self._dead_quiet:
+            log.warning(
+                "%d more messages were dead-lettered in the last %.0f s (not logged one by one)",
+                self._dead_quiet,
+                now - self._dead_window,
+            )
+        self._dead_window, self._dead_logged, self._dead_quiet = now, 0, 0
 
     def _drain_done(self) -> None:
         """Record every finished job's result, each in its own savepoint of the current transaction."""
