@@ -111,6 +111,7 @@ class Download(Endpoint):
     # messages ------------------------------------------------------------------------------------
 
     def on_pushing(self, msg: Pushing) -> None:
+        self.from_central(msg)
         if not confined(msg.path, self.cfg.id, "growing", msg.entry):
             raise MessageError(
                 f"pushing: path {msg.path!r} is not <central's file_dir>/{self.cfg.id}/growing/<entry id>"
@@ -125,6 +126,7 @@ class Download(Endpoint):
             self._pull_early(msg, early)
 
     def on_fetch(self, msg: Fetch) -> None:
+        self.from_central(msg)
         if not confined(msg.path, self.cfg.id, "stored", msg.entry):
             raise MessageError(
                 f"fetch: path {msg.path!r} is not <central's file_dir>/{self.cfg.id}/stored/<entry id>"

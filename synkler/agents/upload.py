@@ -34,7 +34,7 @@ from ..messages import (
     new_entry_id,
 )
 from ..state import Entry, State
-from .base import ENTRY, HASHING, NAME, SCAN, Endpoint, Jobs, Key, Status, Transitions, hash_groups
+from .base import CENTRAL, ENTRY, HASHING, NAME, SCAN, Endpoint, Jobs, Key, Status, Transitions, hash_groups
 from .watch import DirWatcher
 
 if TYPE_CHECKING:
@@ -45,7 +45,6 @@ log = logging.getLogger("synkler")
 SCAN_INTERVAL = 0.5  # seconds between looks at file_dir when inotify is not available
 RESCAN_INTERVAL = 5.0  # backstop rescan when inotify tells us about changes
 MIN_SCAN_GAP = 0.05  # a burst of changes costs one scan per this many seconds at most
-CENTRAL = "central"
 
 
 class Up(Status):

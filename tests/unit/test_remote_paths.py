@@ -10,7 +10,7 @@ import pytest
 from fakes import Role
 
 from synkler.errors import MessageError
-from synkler.messages import Admit, Fetch, Pushing, confined, new_entry_id
+from synkler.messages import Admit, Fetch, Offer, Pushing, confined, new_entry_id
 
 MD5 = "0123456789abcdef0123456789abcdef"
 
@@ -124,3 +124,64 @@ def test_the_protection_comes_before_every_other_option_of_a_hop(tmp_path):
     )
     argv = transfer.rsync_argv(cfg, "/a/", "central:/srv/x y/lab/staging/upload/", listed=True)
     assert argv[1] == "--protect-args"
+
+
+# Only the agent with a say over an entry is believed ------------------------------------------------
+
+
+def test_upload_believes_only_central_about_its_entries(tmp_path):
+    from synkler.messages import Delivered, Failed, Wait
+
+    r, entry_id = offered(tmp_path)
+    for forged in (
+        Delivered(entry_id, "download", stored_as="x"),
+        Delivered(entry_id, "mallory", stored_as="x"),
+        Failed(entry_id, "other-upload", hop="push to central", reason="forged"),
+        Wait(entry_id, "download", reason="forged"),
+    ):
+        with pytest.raises(MessageError, match="has no say"):
+            r.deliver(forged)
+    assert r.entry(entry_id).state == "offered"
+
+
+def test_central_believes_sent_and_withdraw_only_from_the_upload_that_offered_and_fetched_only_from_download(
+    tmp_path,
+):
+    from synkler.messages import Corrupt, Fetched, Sent, Withdraw
+
+    r = Role("central", tmp_path)
+    e = r.given("uploading", peer="lab-a", attempt=1)
+    for forged in (
+        Sent(e.id, "lab-b", attempt=1, md5=MD5),
+        Withdraw(e.id, "lab-b", reason="forged"),
+        Fetched(e.id, "lab-a", stored_as="x", outcome="placed"),
+        Corrupt(e.id, "lab-a", got=MD5),
+    ):
+        with pytest.raises(MessageError, match="has no say"):
+            r.deliver(forged)
+    assert r.entry(e.id).state == "uploading"
+    with pytest.raises(MessageError, match="offered it"):
+        r.deliver(Offer(e.id, "lab-b", name="data.bin", kind="file", size=4, files=1))
+    with pytest.raises(MessageError, match="only upload agents offer"):
+        r.deliver(Offer(new_entry_id(), "download", name="y", kind="file", size=1, files=1))
+
+
+def test_download_takes_fetch_and_pushing_only_from_central(tmp_path):
+    r = Role("download", tmp_path)
+    entry_id = new_entry_id()
+    fetch = Fetch(
+        entry_id,
+        "upload",
+        name="x",
+        kind="file",
+        size=1,
+        files=1,
+        md5=MD5,
+        attempt=1,
+        path=f"/srv/central/lab/stored/{entry_id}",
+    )
+    with pytest.raises(MessageError, match="only 'central'"):
+        r.deliver(fetch)
+    with pytest.raises(MessageError, match="only 'central'"):
+        r.deliver(Pushing(entry_id, "upload", size=1 << 30, path=f"/srv/central/lab/growing/{entry_id}"))
+    assert r.state.get(entry_id) is None and r.jobs.pending == []
