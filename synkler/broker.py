@@ -31,7 +31,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import pika
 import pika.exceptions
@@ -51,6 +51,14 @@ _PIKA_ERRORS = (pika.exceptions.AMQPError, OSError)
 PEERS = ("central", "download")
 DEAD_MAX = 10_000  # dead letters kept; beyond that the oldest go (x-max-length, drop-head)
 _PERSISTENT = pika.BasicProperties(delivery_mode=2, content_type="application/json")
+
+
+class Delivery(NamedTuple):
+    tag: int
+    body: bytes
+    # The broker user that published it, as the broker vouches: RabbitMQ refuses a publish whose
+    # user_id is not the publisher's own login (unless that user is tagged impersonator).
+    user: str | None
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,12 @@ def dead_name(instance: str) -> str:
     return f"synkler:{instance}:dead"
 
 
+def broker_user(instance: str, agent: str) -> str:
+    """The broker user of an agent where messages are authenticated: `<name>@<id>` ('@' occurs in
+    neither, so no two agents of any instances share one)."""
+    return f"{agent}@{instance}"
+
+
 def legacy_queue_name(instance: str, agent: str) -> str | None:
     """The agent's queue as synkler 0.4 named it, or None where that name is ambiguous: with a '.'
     in the id or the name it may be another instance's queue, and 'dead' was the dead-letter queue."""
@@ -133,7 +147,11 @@ class Broker:
         self._chan: BlockingChannel | None = None  # consumes and acks
         self._pub: BlockingChannel | None = None  # publishes with confirms; reopened after a refusal
         self._declared: set[str] = set()
-        self._inbox: list[tuple[int, bytes]] = []
+        self._inbox: list[Delivery] = []
+        # Every publish says who publishes it; the broker checks that it is this connection's user.
+        self._props = pika.BasicProperties(
+            delivery_mode=2, content_type="application/json", user_id=params.username
+        )
 
     # connection ----------------------------------------------------------------------------------
 
@@ -191,7 +209,7 @@ class Broker:
         ).encode()
         self._holder_queue()
         self._publisher().basic_publish(
-            holder_exchange(self.instance), self.agent, body, properties=_PERSISTENT, mandatory=True
+            holder_exchange(self.instance), self.agent, body, properties=self._props, mandatory=True
         )
 
     def _holder_queue(self) -> str:
@@ -301,13 +319,13 @@ class Broker:
         self,
         _chan: BlockingChannel,
         method: pika.spec.Basic.Deliver,
-        _props: pika.BasicProperties,
+        props: pika.BasicProperties,
         body: bytes,
     ) -> None:
         # Only collect here: handling happens in the main loop, outside pika's dispatch.
-        self._inbox.append((method.delivery_tag, body))
+        self._inbox.append(Delivery(method.delivery_tag, body, props.user_id))
 
-    def poll(self, timeout: float) -> list[tuple[int, bytes]]:
+    def poll(self, timeout: float) -> list[Delivery]:
         """Run the connection (heartbeats included) for up to `timeout` s; return the deliveries."""
         conn = self._conn
         if conn is None:
@@ -349,7 +367,7 @@ class Broker:
             if agent in PEERS:
                 self._declare_queue(ch, agent)
             ch.basic_publish(
-                exchange_name(self.instance), agent, body, properties=_PERSISTENT, mandatory=True
+                exchange_name(self.instance), agent, body, properties=self._props, mandatory=True
             )
 
         self._publish(do)
@@ -358,7 +376,7 @@ class Broker:
         """Put one rejected message (e.g. a bad element of a batch) on the dead-letter queue."""
         self._publish(
             lambda ch: ch.basic_publish(
-                dead_name(self.instance), "", body, properties=_PERSISTENT, mandatory=True
+                dead_name(self.instance), "", body, properties=self._props, mandatory=True
             )
         )
 

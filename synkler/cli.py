@@ -288,6 +288,13 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
     try:
         broker.connect(consume=False)
         print(f"ok    broker {cfg.synkler_server}:{cfg.broker_port} vhost {cfg.broker_vhost}")
+        if cfg.authenticate:
+            print(f"ok    messages authenticated: this agent publishes as {cfg.broker_username}")
+        else:
+            print(
+                "WARN  messages are not authenticated (authenticate: false): anyone who can publish "
+                "to the broker can make this agent act (docs/security.md)"
+            )
     except BrokerError as e:
         failures += 1
         print(f"FAIL  broker: {e}")

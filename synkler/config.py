@@ -107,6 +107,7 @@ class Config:
     broker_password: str
     broker_vhost: str
     broker_heartbeat: int
+    authenticate: bool
     cleanup_script: str | None
     cleanup_attempts: int
     cleanup_timeout: float
@@ -187,6 +188,12 @@ def _choice(*options: str) -> Callable[[Any, _Context], str]:
         return value
 
     return check
+
+
+def _boolean(value: Any, ctx: _Context) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"must be true or false, got {_describe(value)}")
+    return value
 
 
 def _identifier(value: Any, ctx: _Context) -> str:
@@ -366,6 +373,7 @@ KEYS: dict[str, _Key] = {
     "broker_password": _Key(_string, "guest"),
     "broker_vhost": _Key(_text, "/"),
     "broker_heartbeat": _Key(_integer(1, 3600), 30),
+    "authenticate": _Key(_boolean, False),
     "cleanup_script": _Key(_cleanup_script, None),
     "cleanup_attempts": _Key(_integer(1, 100), 1),
     "cleanup_timeout": _Key(_number(0, above=True), 3600.0),
@@ -565,5 +573,16 @@ def parse_config(
         # Peers address central and download by their role's name; several of them come later.
         raise ConfigError(
             path, "name", f"a {settings['mode']} agent must be named '{settings['mode']}' (for now)"
+        )
+    if settings["mode"] == "upload" and settings["name"] in ("central", "download"):
+        raise ConfigError(path, "name", f"an upload agent cannot be named {settings['name']!r}")
+    own_user = f"{settings['name']}@{settings['id']}"
+    if settings["authenticate"] and settings["broker_username"] != own_user:
+        # Peers believe a message only from the broker user of the agent it claims to come from.
+        raise ConfigError(
+            path,
+            "broker_username",
+            f"with authenticate: true it must be {own_user!r} (<name>@<id>: peers know this agent's "
+            f"messages by it), got {settings['broker_username']!r}",
         )
     return Config(path=path, **settings)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 from . import messages
 from .agents.base import PERSON_REPEAT, Agent, Done, Key
 from .backoff import backoff
-from .broker import Broker, BrokerParams, queue_name
+from .broker import Broker, BrokerParams, Delivery, broker_user, exchange_name, queue_name
 from .errors import (
     AgentActive,
     BrokerError,
@@ -152,6 +152,12 @@ class Runtime:
             self.cfg.id,
             self.cfg.state_db,
         )
+        if not self.cfg.authenticate:
+            log.warning(
+                "messages are not authenticated (authenticate: false): anyone who can publish to "
+                "exchange %s on the broker can make this agent act; see docs/security.md",
+                exchange_name(self.cfg.id),
+            )
         try:
             # Nothing is done before the broker says this agent is the only one of its name: a
             # second one (another state_db, the same file_dir) would take the first's files for
@@ -195,7 +201,7 @@ class Runtime:
         now = time.time()
         if self.broker is None and now >= self._next_connect:
             self._connect()
-        deliveries: list[tuple[int, bytes]] = []
+        deliveries: list[Delivery] = []
         try:
             timeout = self._sleep_for(now)
             if self.broker is not None:
@@ -208,7 +214,7 @@ class Runtime:
         except BrokerError as e:
             self._lost(e)
 
-    def _work(self, deliveries: list[tuple[int, bytes]]) -> None:
+    def _work(self, deliveries: list[Delivery]) -> None:
         """One pass, one transaction, one commit: the deliveries, the finished jobs, the tick.
 
         Each delivery, job result and the tick has a savepoint of its own, so one that fails is
@@ -221,8 +227,8 @@ class Runtime:
             self._end_dead_window(time.monotonic())
         try:
             with self.state.transaction():
-                for tag, body in deliveries:
-                    outcomes.append((tag, *self._apply(body)))
+                for d in deliveries:
+                    outcomes.append((d.tag, *self._apply(d.body, d.user)))
                 self._drain_done()
                 try:
                     with self.state.savepoint():
@@ -234,7 +240,7 @@ class Runtime:
                     pause = True
         except (StateUnavailable, OSError) as e:  # the commit itself failed
             log.error("cannot record the agent's state (%s); messages stay queued", e)
-            outcomes = [(tag, "requeue", []) for tag, _ in deliveries]
+            outcomes = [(d.tag, "requeue", []) for d in deliveries]
             self.agent.look_again()
         broker = self.broker
         for tag, outcome, dead in outcomes:
@@ -357,8 +363,9 @@ class Runtime:
         self._connect_failures += 1
         self._next_connect = time.time() + backoff(self._connect_failures, base=0.5, cap=30)
 
-    def _apply(self, body: bytes) -> tuple[str, list[bytes]]:
-        """Handle one AMQP body: ("ack" | "dead" | "requeue", elements of a batch to dead-letter)."""
+    def _apply(self, body: bytes, user: str | None = None) -> tuple[str, list[bytes]]:
+        """Handle one AMQP body published by broker user `user`: ("ack" | "dead" | "requeue",
+        elements of a batch to dead-letter)."""
         try:
             items = messages.decode_many(body)
         except MessageError as e:
@@ -373,6 +380,7 @@ class Runtime:
                         dead.append(_reencode(element))
                         continue
                     try:
+                        self._authenticate(item, user)
                         with self.state.savepoint():
                             self.agent.on_message(item)
                     except MessageError as e:
@@ -389,6 +397,19 @@ class Runtime:
         if len(items) == 1 and dead:
             return "dead", []  # a single message is dead-lettered as it came
         return "ack", dead
+
+    def _authenticate(self, msg: messages.Message, user: str | None) -> None:
+        """With `authenticate`, a message counts only if the broker user that published it is the
+        one of the agent it claims to come from (`<name>@<id>`): the broker vouches for the user
+        (user_id), the agent's own checks then tie the agent to the entry."""
+        if not self.cfg.authenticate:
+            return
+        expected = broker_user(self.cfg.id, msg.sender)
+        if user != expected:
+            raise MessageError(
+                f"{msg.TYPE} claims to come from {msg.sender!r}, but broker user {user!r} published "
+                f"it, not {expected!r}"
+            )
 
     def _dead_log(self, fmt: str, *args: object) -> None:
         """Log a dead letter, at most DEAD_LOG_BURST a minute: a flood of bad messages is counted,
