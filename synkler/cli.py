@@ -7,6 +7,7 @@ import datetime
 import json
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,6 +58,15 @@ examples:
 
 Reads a synkler 0.0.x configuration (INI, a [default] section) and writes the same settings in
 YAML, with comments saying what changed in meaning. An existing output file is not overwritten.""",
+    "broker-setup": """\
+examples:
+  synkler broker-setup -c /etc/synkler.conf --upload lab-a --upload lab-b
+  (umask 077; synkler broker-setup -c central.conf --upload lab-a > broker-setup.sh)
+
+Prints the rabbitmqctl commands that make one broker user per agent (<name>@<id>), each with a new
+random password and the least permissions it needs, and which settings each agent's configuration
+then needs (authenticate: true, broker_username, broker_password). The output holds the passwords:
+keep it private. See docs/security.md.""",
     "completion": """\
 examples:
   synkler completion bash > /etc/bash_completion.d/synkler
@@ -139,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument(
         "-o", "--output", metavar="NEW", help="write the YAML here (default: print it); never overwrites"
     )
+    setup = _command(sub, "broker-setup", "print the rabbitmqctl commands that make the relay's broker users")
+    setup.add_argument(
+        "--upload",
+        metavar="NAME",
+        action="append",
+        help="an upload agent's name (repeat for each; default: this config's name if it is an upload "
+        "agent's, else 'upload')",
+    )
     completion = _command(sub, "completion", "print a shell completion script")
     completion.add_argument(
         "shell", choices=["bash"], help="the shell (bash; zsh reads it with bashcompinit)"
@@ -195,7 +213,13 @@ def _main(argv: Sequence[str]) -> int:
 
         cfg = load_config(find_config(args.config))
         logs.use_agent(cfg.mode, cfg.name, cfg.id, cfg.log_format)
-        return {"run": cmd_run, "status": cmd_status, "check": cmd_check}[command](cfg, args)
+        commands = {
+            "run": cmd_run,
+            "status": cmd_status,
+            "check": cmd_check,
+            "broker-setup": cmd_broker_setup,
+        }
+        return commands[command](cfg, args)
     except SynklerError as e:
         if args.debug:
             log.exception("error")
@@ -314,6 +338,26 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
             print(f"FAIL  ssh + rsync to central {cfg.central_host}: {result.summary()}")
     print(f"ok    file_dir {cfg.file_dir} ({free_bytes(cfg.file_dir) / 1e9:.1f} GB free)")
     return ExitStatus.FAILURE if failures else ExitStatus.OK
+
+
+def cmd_broker_setup(cfg: Config, args: argparse.Namespace) -> int:
+    import secrets
+
+    from .broker import broker_user
+    from .brokersetup import commands
+
+    uploads = args.upload or [cfg.name if cfg.mode == "upload" else "upload"]
+    names = ["central", "download", *uploads]
+    passwords = {broker_user(cfg.id, n): secrets.token_urlsafe(24) for n in names}
+    print(f"# broker users of synkler instance {cfg.id!r} on vhost {cfg.broker_vhost!r}")
+    print("# This holds new passwords: keep it private, run it on the broker's host, then delete it.")
+    for argv in commands(cfg.id, uploads, vhost=cfg.broker_vhost, passwords=passwords):
+        print(shlex.join(["rabbitmqctl", *argv]))
+    print("#\n# Then, in each agent's synkler.conf (or broker_password_file):")
+    for user, password in passwords.items():
+        name = user.split("@")[0]
+        print(f"#   {name}: authenticate: true, broker_username: {user}, broker_password: {password}")
+    return ExitStatus.OK
 
 
 def cmd_config_migrate(args: argparse.Namespace) -> int:

@@ -1,0 +1,60 @@
+"""The broker users and permissions of an authenticated relay: one user per agent, least privilege.
+
+`commands` gives the `rabbitmqctl` commands that make them; `synkler broker-setup` prints them.
+Each agent's user `<name>@<id>` (see synkler.broker.broker_user) may
+- declare (configure) and bind (write) only the instance's exchanges and dead-letter queue, its own
+  queue and holder queue, and the queues of the peers it sends to (central's, download's);
+- read (consume, get) only its own queue and holder queue, and the exchanges it binds them to;
+- publish to the instance's topic exchange only with the routing keys of the agents it talks to
+  (topic permissions): upload and download only to `central`; central to anyone.
+RabbitMQ checks the `user_id` of every publish against the login, so with `authenticate: true` an
+agent believes a message only when the broker user of the agent it claims to come from sent it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+from .broker import broker_user, exchange_name
+
+
+def _alt(names: Sequence[str]) -> str:
+    return "|".join(re.escape(n) for n in names)
+
+
+def permissions(instance: str, mode: str, name: str) -> tuple[str, str, str, str, str]:
+    """(configure, write, read, topic write, topic read) regular expressions for one agent."""
+    base = re.escape(exchange_name(instance))
+    peers = ["central", "download"] if mode == "central" else [name, "central"]
+    own = re.escape(name)
+    may_declare = f"^{base}(:dead|:holder|:agent:({_alt(peers)})|:holder:{own})?$"
+    may_read = f"^{base}(:dead|:holder|:agent:{own}|:holder:{own})?$"
+    topic_write = ".*" if mode == "central" else "^central$"
+    return may_declare, may_declare, may_read, topic_write, f"^{own}$"
+
+
+def commands(
+    instance: str,
+    uploads: Sequence[str],
+    *,
+    vhost: str = "/",
+    passwords: Mapping[str, str] | None = None,
+) -> list[list[str]]:
+    """rabbitmqctl argument lists (without the program) that make the relay's users.
+
+    `passwords`: user -> password; a user without one gets `add_user` without a password, which
+    rabbitmqctl then reads from its standard input.
+    """
+    agents = [("central", "central"), ("download", "download"), *(("upload", u) for u in uploads)]
+    out: list[list[str]] = []
+    for mode, name in agents:
+        user = broker_user(instance, name)
+        password = (passwords or {}).get(user)
+        configure, write, read, topic_write, topic_read = permissions(instance, mode, name)
+        out += [
+            ["add_user", user, *([password] if password is not None else [])],
+            ["set_permissions", "-p", vhost, user, configure, write, read],
+            ["set_topic_permissions", "-p", vhost, user, exchange_name(instance), topic_write, topic_read],
+        ]
+    return out
