@@ -30,6 +30,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
@@ -45,7 +46,9 @@ log = logging.getLogger(__name__)
 
 _PIKA_ERRORS = (pika.exceptions.AMQPError, OSError)
 # The agents whose queues a sender declares before its first publish to them, so that messages to
-# one that never ran yet wait for it: the two fixed roles. An upload agent's queue is declared only
+# one that never ran yet wait for it: the two fixed roles (not with authentication, where each
+# agent's broker user may declare its own queue only: messages to an agent that never ran are then
+# held back in the outbox until it has). An upload agent's queue is declared only
 # by that agent itself, never because a message named it: an offer from an invented sender cannot
 # make central create a durable queue (a publish to it is refused instead: PublishRefused).
 PEERS = ("central", "download")
@@ -138,8 +141,17 @@ TOKEN = uuid.uuid4().hex
 class Broker:
     """One AMQP connection with a confirming channel, consuming the agent's own queue."""
 
-    def __init__(self, params: BrokerParams, instance: str, agent: str, *, prefetch: int = 64):
+    def __init__(
+        self,
+        params: BrokerParams,
+        instance: str,
+        agent: str,
+        *,
+        prefetch: int = 64,
+        peers: Sequence[str] = PEERS,
+    ):
         self.params = params
+        self.peers = tuple(peers)  # whose queues this agent declares before publishing to them
         self.instance = instance
         self.agent = agent
         self.prefetch = prefetch
@@ -364,7 +376,7 @@ class Broker:
         """
 
         def do(ch: BlockingChannel) -> None:
-            if agent in PEERS:
+            if agent in self.peers:
                 self._declare_queue(ch, agent)
             ch.basic_publish(
                 exchange_name(self.instance), agent, body, properties=self._props, mandatory=True

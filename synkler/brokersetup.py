@@ -2,11 +2,12 @@
 
 `commands` gives the `rabbitmqctl` commands that make them; `synkler broker-setup` prints them.
 Each agent's user `<name>@<id>` (see synkler.broker.broker_user) may
-- declare (configure) and bind (write) only the instance's exchanges and dead-letter queue, its own
-  queue and holder queue, and the queues of the peers it sends to (central's, download's);
-- read (consume, get) only its own queue and holder queue, and the exchanges it binds them to;
-- publish to the instance's topic exchange only with the routing keys of the agents it talks to
-  (topic permissions): upload and download only to `central`; central to anyone.
+- declare, bind and read only the instance's exchanges and dead-letter queue, its own queue and its
+  own holder queue (an authenticated agent declares no other agent's queue: each declares its own);
+- bind a queue to the instance's topic exchange only with its own name (topic read), so it cannot
+  have another agent's messages copied to it;
+- publish to that exchange only with the routing keys of the agents it talks to (topic write):
+  upload and download only to `central`; central to anyone.
 RabbitMQ checks the `user_id` of every publish against the login, so with `authenticate: true` an
 agent believes a message only when the broker user of the agent it claims to come from sent it.
 """
@@ -19,19 +20,13 @@ from collections.abc import Mapping, Sequence
 from .broker import broker_user, exchange_name
 
 
-def _alt(names: Sequence[str]) -> str:
-    return "|".join(re.escape(n) for n in names)
-
-
 def permissions(instance: str, mode: str, name: str) -> tuple[str, str, str, str, str]:
     """(configure, write, read, topic write, topic read) regular expressions for one agent."""
     base = re.escape(exchange_name(instance))
-    peers = ["central", "download"] if mode == "central" else [name, "central"]
     own = re.escape(name)
-    may_declare = f"^{base}(:dead|:holder|:agent:({_alt(peers)})|:holder:{own})?$"
-    may_read = f"^{base}(:dead|:holder|:agent:{own}|:holder:{own})?$"
+    resources = f"^{base}(:dead|:holder|:agent:{own}|:holder:{own})?$"
     topic_write = ".*" if mode == "central" else "^central$"
-    return may_declare, may_declare, may_read, topic_write, f"^{own}$"
+    return resources, resources, resources, topic_write, f"^{own}$"
 
 
 def commands(

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 from . import messages
 from .agents.base import PERSON_REPEAT, Agent, Done, Key
 from .backoff import backoff
-from .broker import Broker, BrokerParams, Delivery, broker_user, exchange_name, queue_name
+from .broker import PEERS, Broker, BrokerParams, Delivery, broker_user, exchange_name, queue_name
 from .errors import (
     AgentActive,
     BrokerError,
@@ -262,7 +262,9 @@ class Runtime:
         return TICK if wakeup is None else max(0.0, min(TICK, wakeup - now))
 
     def _connect(self) -> None:
-        broker = Broker(self._params, self.cfg.id, self.cfg.name)
+        broker = Broker(
+            self._params, self.cfg.id, self.cfg.name, peers=() if self.cfg.authenticate else PEERS
+        )
         try:
             if self._standby and not self._free_long_enough(broker):
                 return
