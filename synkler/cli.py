@@ -39,7 +39,10 @@ A second start on the same configuration finds the agent running and exits 0 at 
     "status": """\
 examples:
   synkler status -c /etc/synkler.conf
-  synkler status -c /etc/synkler.conf --json | jq '.[] | select(.state == "failed")'""",
+  synkler status -c /etc/synkler.conf --json | jq '.[] | select(.state == "failed")'
+  synkler status --relay                  all agents and entries of the relay, through the broker
+  synkler status --relay --watch          the same, redrawn every 2 s until Ctrl-C
+  synkler status --relay --json | jq .verdict""",
     "check": """\
 examples:
   synkler check -c /etc/synkler.conf      one line per check; exits 1 if one says FAIL""",
@@ -124,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     _command(sub, "run", "run this host's agent in the foreground (the default)")
     st = _command(sub, "status", "show this agent's entries")
     st.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+    st.add_argument(
+        "--relay",
+        action="store_true",
+        help="the whole relay (every agent, entry and queue), through the broker",
+    )
+    st.add_argument("--watch", action="store_true", help="with --relay: redraw it every 2 s until Ctrl-C")
+    st.add_argument("--all", action="store_true", help="with --relay: every finished entry the agents report")
     _command(sub, "check", "check the config, the broker and (upload/download) ssh+rsync to central")
     demo = _command(sub, "demo", "relay generated files through all three roles on this machine")
     demo.add_argument("--keep", action="store_true", help="keep the demo's directory afterwards")
@@ -230,6 +240,11 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     from .state import State
+
+    if args.relay or args.watch:
+        from .relayview import cmd_relay
+
+        return cmd_relay(cfg, as_json=args.json, watch=args.watch, all_finished=args.all)
 
     if not cfg.state_db.exists():
         entries = []

@@ -39,6 +39,7 @@ from .errors import (
     StateUnavailable,
 )
 from .hops import checksum, transfer
+from .presence import Presence
 from .state import State
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ class Runtime:
         self._free_since: float | None = None  # a standby: since when its queue has had no consumer
         # destination -> (refusals in a row, no publish to it before, last ERROR logged)
         self._held: dict[str, tuple[int, float, float]] = {}
+        self.presence = Presence(self, agent_class.mode)  # reports to the relay view, every few seconds
 
     # jobs ----------------------------------------------------------------------------------------
 
@@ -180,6 +182,7 @@ class Runtime:
                 self._flush_outbox()
             except BrokerError:
                 pass  # the outbox is durable: sent at the next start
+            self.presence.stopped(time.time())
         if self.broker:
             self.broker.close()
         self.state.close()
@@ -200,6 +203,7 @@ class Runtime:
             self._wake.clear()
             self._work(deliveries)
             self._flush_outbox()
+            self.presence.tick(time.time())  # after the outbox: it never holds a message back
         except BrokerError as e:
             self._lost(e)
 
