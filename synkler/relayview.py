@@ -60,6 +60,13 @@ def _str(d: Mapping[str, Any], key: str) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _ints(value: object) -> dict[str, int]:
+    """A dict of counts (entries per state, bytes of a disk), keeping only what is one."""
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): v for k, v in value.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
 def _list(d: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
     value = d.get(key)
     return [x for x in value if isinstance(x, dict)] if isinstance(value, list) else []
@@ -107,13 +114,13 @@ def assemble(
                 version=_str(report, "version"),
                 since=_num(report, "since") or None,
                 stopped=_num(report, "stopped") or None,
-                counts={k: v for k, v in (report.get("counts") or {}).items() if isinstance(v, int)},
+                counts=_ints(report.get("counts")),
                 unfinished=_int(report, "unfinished"),
                 oldest=_num(report, "oldest") or None,
                 outbox=_int(report, "outbox"),
                 transfers=_int(report, "transfers"),
                 hashes=_int(report, "hashes"),
-                disk=report.get("disk") if isinstance(report.get("disk"), dict) else None,
+                disk=_ints(report.get("disk")) or None,
                 left_out=_int(report, "left_out"),
             )
         row["queue"] = None if q is None else {"messages": q[0], "consumers": q[1]}
@@ -216,7 +223,7 @@ def problems(view: Mapping[str, Any], now: float) -> list[str]:
     for a in agents:
         label = a["role"] if a["name"] == a["role"] else f"{a['role']} '{shown(a['name'])}'"
         waiting = _waiting_for(a, central, agents)
-        tail = f": {_count(waiting, 'entry')} wait for it" if waiting else ""
+        tail = f": {_count(waiting, 'entry')} {'waits' if waiting == 1 else 'wait'} for it" if waiting else ""
         if a["status"] == "silent":
             out.append(f"{label} silent for {duration_text(now - (a['heard'] or now))}{tail}")
         elif a["status"] == "stopped":

@@ -154,7 +154,7 @@ def test_a_stopped_download_shows_as_stopped_and_a_killed_one_as_silent(make_rel
         "the entry to wait for download",
         lambda: (
             "download stopped" in (v := view_of(relay, "upload"))["verdict"]
-            and ": 1 entry wait for it" in v["verdict"]
+            and ": 1 entry waits for it" in v["verdict"]
         ),
         30,
     )
