@@ -117,10 +117,14 @@ def fit(report: dict[str, Any], max_bytes: int = MAX_BYTES) -> dict[str, Any]:
 class Presence:
     """Builds and publishes the presence reports of the agent a runtime runs."""
 
-    def __init__(self, runtime: Runner, mode: str):
+    def __init__(self, runtime: Runner, mode: str, states: Iterable[str]):
         self.runtime = runtime
         self.cfg = runtime.cfg
         self.mode = mode
+        self.unfinished_states = [s for s in states if s not in FINISHED[mode]]
+        # The finished entries and the peers change only when the counts do: read again only then
+        # (an idle agent with 10,000 entries then reads the counts only, 1 ms).
+        self._cached: tuple[dict[str, int], list[dict[str, Any]], list[str]] | None = None
         self.started = time.time()
         self.meter = Meter()
         self.next = 0.0
@@ -160,8 +164,12 @@ class Presence:
         state = self.runtime.state
         finished = FINISHED[self.mode]
         counts = state.counts()
-        unfinished = state.listed(finished, within=False, limit=LISTED)
+        unfinished = state.listed(self.unfinished_states, limit=LISTED) if self.unfinished_states else []
         total_unfinished = sum(n for s, n in counts.items() if s not in finished)
+        if self._cached is None or self._cached[0] != counts:
+            latest = [entry_row(e) for e in state.listed(finished, latest=True, limit=FINISHED_LISTED)]
+            self._cached = (counts, latest, state.peers(64) if self.mode == "central" else [])
+        _counts, latest, peers = self._cached
         progress = self._progress(now, unfinished)
         report: dict[str, Any] = {
             "kind": "synkler-presence",
@@ -183,10 +191,10 @@ class Presence:
             "transfers": self.runtime.transfers,
             "hashes": len(checksum.running()),
             "disk": self._disk(),
-            "peers": state.peers(64) if self.mode == "central" else [],
+            "peers": peers,
             "entries": [entry_row(e, progress.get(e.id)) for e in unfinished],
             "left_out": total_unfinished - len(unfinished),
-            "finished": [entry_row(e) for e in state.listed(finished, within=True, limit=FINISHED_LISTED)],
+            "finished": list(latest),
         }
         return fit(report)
 

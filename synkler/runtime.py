@@ -91,7 +91,9 @@ class Runtime:
         self._free_since: float | None = None  # a standby: since when its queue has had no consumer
         # destination -> (refusals in a row, no publish to it before, last ERROR logged)
         self._held: dict[str, tuple[int, float, float]] = {}
-        self.presence = Presence(self, agent_class.mode)  # reports to the relay view, every few seconds
+        self.presence = Presence(
+            self, agent_class.mode, [str(s) for s in agent_class.STATES]
+        )  # reports to the relay view, every few seconds
 
     # jobs ----------------------------------------------------------------------------------------
 

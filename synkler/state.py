@@ -327,14 +327,12 @@ class State:
         except sqlite3.Error as e:
             raise _error(e) from e
 
-    def listed(self, states: Collection[str], *, within: bool, limit: int) -> list[Entry]:
-        """At most `limit` entries: in `states` (within) the latest updated first, else (not
-        within) the oldest created first."""
+    def listed(self, states: Collection[str], *, latest: bool = False, limit: int) -> list[Entry]:
+        """At most `limit` entries in `states`: the oldest created first, or (latest) the latest
+        updated first."""
         marks = ", ".join("?" * len(states))
-        if within:
-            sql = f"{_SELECT} WHERE state IN ({marks}) ORDER BY updated DESC LIMIT ?"
-        else:
-            sql = f"{_SELECT} WHERE state NOT IN ({marks}) ORDER BY created LIMIT ?"
+        order = "updated DESC" if latest else "created"
+        sql = f"{_SELECT} WHERE state IN ({marks}) ORDER BY {order} LIMIT ?"
         try:
             return [Entry(*r) for r in self._db.execute(sql, (*states, limit))]
         except sqlite3.Error as e:
