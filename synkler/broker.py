@@ -280,11 +280,17 @@ class Broker:
         has none (never ran under this id). Declares nothing."""
 
         def do(ch: BlockingChannel) -> bytes | None:
-            method, _props, body = ch.basic_get(holder_name(self.instance, agent), auto_ack=False)
-            if method is None:
-                return None
-            ch.basic_nack(method.delivery_tag, requeue=True)
-            return bytes(body)
+            # Usually one message; should a report published while another reader held the old one
+            # have made two, the last is the newest. All go back.
+            latest, tag = None, None
+            for _ in range(4):
+                method, _props, body = ch.basic_get(holder_name(self.instance, agent), auto_ack=False)
+                if method is None:
+                    break
+                latest, tag = bytes(body), method.delivery_tag
+            if tag is not None:
+                ch.basic_nack(tag, multiple=True, requeue=True)
+            return latest
 
         return self._probe(do)
 
