@@ -217,6 +217,7 @@ class Runtime:
                 for tag, body in deliveries:
                     outcomes.append((tag, *self._apply(body)))
                 self._drain_done()
+                self.agent.take_requests()  # an operator's retry, forget or resend (each in a savepoint)
                 try:
                     with self.state.savepoint():
                         self.agent.tick(time.time())
