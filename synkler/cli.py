@@ -130,7 +130,7 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
             state.close()
     agent = AGENTS[cfg.mode]
     newest = _newest(entries)
-    actions = {e.id: agent.actions(e, newest[e.name] == e.id) for e in entries}
+    actions = {e.id: agent.actions(e, newest[e.name] == e.id, present=_present(cfg, e)) for e in entries}
     if args.json:
         rows = []
         for e in entries:
@@ -175,6 +175,11 @@ def _newest(entries: list[Entry]) -> dict[str, str]:
     return {e.name: e.id for e in entries}
 
 
+def _present(cfg: Config, entry: Entry) -> bool:
+    """Upload: is the entry's name in file_dir (what `retry` and `resend` would send)?"""
+    return cfg.mode != "upload" or os.path.lexists(os.path.join(cfg.file_dir, entry.name))
+
+
 def _short_ids(ids: list[str]) -> dict[str, str]:
     """The shortest start of every id, at least 8 digits, that tells it from every other."""
     ordered = sorted(ids)
@@ -201,7 +206,9 @@ def cmd_request(cfg: Config, args: argparse.Namespace) -> int:
         agent = AGENTS[cfg.mode]
         entry = _resolve(agent, action, args.entry, entries)
         what = f"{_shown(entry.name)} (entry {entry.id})"
-        why = agent.refusal(action, entry, _newest(entries)[entry.name] == entry.id)
+        why = agent.refusal(
+            action, entry, _newest(entries)[entry.name] == entry.id, present=_present(cfg, entry)
+        )
         if why is not None:
             raise Refused(f"{what}: cannot {action}: {why}")
         with state.transaction():
@@ -247,6 +254,7 @@ def _resolve(agent: type[Agent], action: str, ref: str, entries: list[Entry]) ->
     ]
     if len(found) > 1:
         newest = _newest(entries)
+        # (Whether the file is there does not tell versions of one name apart: not asked here.)
         fitting = [e for e in found if agent.refusal(action, e, newest[e.name] == e.id) is None]
         if len(fitting) == 1:
             return fitting[0]

@@ -279,10 +279,10 @@ class Agent:
     # an operator's requests (synkler retry | forget | resend) ----------------------------------------
 
     @classmethod
-    def refusal(cls, action: str, entry: Entry, latest: bool) -> str | None:
+    def refusal(cls, action: str, entry: Entry, latest: bool, *, present: bool = True) -> str | None:
         """Why an operator cannot `action` the entry as it is now; None if they can. `latest`: the entry
-        is the newest version of its name. Pure: `synkler status` shows the actions it allows, and the
-        agent refuses the others with this reason."""
+        is the newest version of its name; `present`: (upload) its name is in file_dir. Pure: `synkler
+        status` shows the actions it allows, and the agent refuses the others with this reason."""
         try:
             state = cls.STATES(entry.state)
         except ValueError:
@@ -298,9 +298,9 @@ class Agent:
         return f"{action!r} is not an action ({', '.join(ACTIONS)})"
 
     @classmethod
-    def actions(cls, entry: Entry, latest: bool) -> list[str]:
+    def actions(cls, entry: Entry, latest: bool, *, present: bool = True) -> list[str]:
         """What an operator can ask of the entry now (shown by `synkler status`)."""
-        return [action for action in ACTIONS if cls.refusal(action, entry, latest) is None]
+        return [action for action in ACTIONS if cls.refusal(action, entry, latest, present=present) is None]
 
     def take_requests(self) -> None:
         """Take the operator's requests not answered yet and answer each in its row, in the main loop's
@@ -326,7 +326,8 @@ class Agent:
         if entry is None:
             raise Refused(f"the {self.mode} agent has no entry {request.entry}")
         latest = self.state.latest_by_name(entry.name)
-        why = self.refusal(request.action, entry, latest is not None and latest.id == entry.id)
+        newest = latest is not None and latest.id == entry.id
+        why = self.refusal(request.action, entry, newest, present=self.present(entry))
         if why is not None:
             raise Refused(f"{shown(entry.name)} (entry {entry.id}): cannot {request.action}: {why}")
         if request.action == FORGET:
@@ -362,6 +363,10 @@ class Agent:
             raise MessageError(f"forget of entry {msg.entry} from {msg.sender!r}, which is not its peer")
         if self.STATES(entry.state) in self.FORGETTABLE:
             self.forget(entry, msg.reason, told_by=msg.sender)
+
+    def present(self, entry: Entry) -> bool:
+        """Is the entry's name in file_dir (what upload would send)? Only upload asks."""
+        return True
 
     def peers(self, entry: Entry) -> list[str]:
         """The agents this one exchanges messages with about the entry."""
@@ -642,10 +647,10 @@ class Endpoint(Agent):
     # an operator's requests ----------------------------------------------------------------------
 
     @classmethod
-    def refusal(cls, action: str, entry: Entry, latest: bool) -> str | None:
+    def refusal(cls, action: str, entry: Entry, latest: bool, *, present: bool = True) -> str | None:
         if action == RETRY and entry.state == cls.DONE and entry.cleanup in RERUN:
             return None
-        return super().refusal(action, entry, latest)
+        return super().refusal(action, entry, latest, present=present)
 
     def retry(self, entry: Entry) -> str:
         if entry.state == self.DONE:

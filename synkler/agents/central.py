@@ -276,13 +276,13 @@ class Central(Agent):
     # an operator's requests ----------------------------------------------------------------------
 
     @classmethod
-    def refusal(cls, action: str, entry: Entry, latest: bool) -> str | None:
+    def refusal(cls, action: str, entry: Entry, latest: bool, *, present: bool = True) -> str | None:
         if action == RETRY:
             return (
                 "central does not retry: run `synkler retry` on upload (it sends the entry again), or on "
                 "download for a failed pull (it pulls central's verified copy again)"
             )
-        return super().refusal(action, entry, latest)
+        return super().refusal(action, entry, latest, present=present)
 
     def peers(self, entry: Entry) -> list[str]:
         return [entry.peer or "", DOWNLOAD]

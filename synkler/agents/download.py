@@ -30,6 +30,7 @@ log = logging.getLogger("synkler")
 
 EARLY_MAX = 2  # files pulled early at a time
 EARLY_KEEP = 600.0  # seconds an early copy whose fetch never came is kept (central gave it up)
+CENTRAL = "central"
 
 
 def _early_copy(name: str, path: str) -> bool:
@@ -79,6 +80,7 @@ class Download(Endpoint):
         self.staging = Staging(self.cfg)
         self.place_due = True  # set when an entry's name was chosen and it may be renamed into place
         self.early: dict[str, Early] = {}  # entry id -> its early pull (memory only)
+        self.early_forgotten: set[str] = set()  # early pulls still running for entries central forgot
 
     def cleanup_target(self, entry: Entry) -> tuple[str, str]:
         stored_as = entry.stored_as or entry.name
@@ -142,7 +144,21 @@ class Download(Endpoint):
     # an operator's requests ----------------------------------------------------------------------
 
     def peers(self, entry: Entry) -> list[str]:
-        return [entry.peer or "central"]
+        return [entry.peer or CENTRAL]
+
+    def on_forget(self, msg: Forget) -> None:
+        early = self.early.get(msg.entry)
+        if early is not None and msg.sender == CENTRAL and self.state.get(msg.entry) is None:
+            # Pulled early, and central forgot it before its fetch: what was pulled goes now (or
+            # when the early pull ends), not EARLY_KEEP later. Nothing to pass on: download never had it.
+            del self.early[msg.entry]
+            early.fetched.set()
+            if early.ended is None:
+                self.early_forgotten.add(msg.entry)
+            else:
+                remove_tree(early.local)
+            return
+        super().on_forget(msg)
 
     def retry_failed(self, entry: Entry) -> str:
         """Pull a failed entry again: central keeps the verified copy of an entry it could not deliver."""
@@ -204,6 +220,10 @@ class Download(Endpoint):
 
     def _early_ended(self, entry_id: str, early: Early, _result: None, error: BaseException | None) -> None:
         early.ended = time.time()
+        if entry_id in self.early_forgotten:
+            self.early_forgotten.discard(entry_id)
+            remove_tree(early.local)
+            return
         if self._forgotten(entry_id):
             return
         if error is not None:

@@ -402,15 +402,23 @@ class Upload(Endpoint):
     # an operator's requests ----------------------------------------------------------------------
 
     @classmethod
-    def refusal(cls, action: str, entry: Entry, latest: bool) -> str | None:
+    def refusal(cls, action: str, entry: Entry, latest: bool, *, present: bool = True) -> str | None:
         # Retry (of a failed entry or its cleanup script) and resend act on what the name holds now.
         if action in (RETRY, RESEND) and not latest and entry.state != Up.SUPERSEDED:
             return "a newer version of its name has come since: act on that one"
         if action == RESEND:
-            if entry.state in (Up.DONE, Up.FORGOTTEN):
-                return None
-            return f"it is {entry.state}: only a delivered or forgotten entry can be sent again"
-        return super().refusal(action, entry, latest)
+            why = None
+            if entry.state not in (Up.DONE, Up.FORGOTTEN):
+                why = f"it is {entry.state}: only a delivered or forgotten entry can be sent again"
+        else:
+            why = super().refusal(action, entry, latest, present=present)
+        sends = action == RESEND or (action == RETRY and entry.state == Up.FAILED)
+        if why is None and sends and not present:
+            why = "its name is no longer in upload's file_dir: nothing to send"
+        return why
+
+    def present(self, entry: Entry) -> bool:
+        return os.path.lexists(self.path(entry.name))
 
     def peers(self, entry: Entry) -> list[str]:
         return [entry.peer or CENTRAL]
@@ -435,8 +443,6 @@ class Upload(Endpoint):
         """
         if self.jobs.busy(Key(NAME, entry.name)):
             raise Refused(f"{shown(entry.name)}: upload is reading it right now; ask again in a moment")
-        if not os.path.lexists(self.path(entry.name)):
-            raise Refused(f"{shown(entry.name)} is no longer in {self.cfg.file_dir}: nothing to send")
         stat = EntryStat(entry.kind, entry.size, entry.files, entry.signature or "")
         new = self._offer(entry.name, stat, None)
         self._hash_entries([new])

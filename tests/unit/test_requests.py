@@ -17,7 +17,7 @@ from synkler.cli import _resolve, _short_ids
 from synkler.errors import MessageError, Refused
 from synkler.hops.checksum import md5_entry, stat_entry
 from synkler.hops.transfer import Result
-from synkler.messages import Admit, Forget, Message, Offer, Sent, Withdraw
+from synkler.messages import Admit, Forget, Message, Offer, Pushing, Sent, Withdraw
 from synkler.state import Entry
 
 MD5 = "a" * 32
@@ -141,6 +141,20 @@ def test_download_forgotten_while_its_pull_runs_drops_what_the_pull_left_when_th
     assert r.entry(e.id).state == "forgotten" and forgets(r.sent()) == [("central", e.id)]
     r.tick(1e12)
     assert r.jobs.pending == []
+
+
+def test_an_early_copy_of_an_entry_central_forgot_before_its_fetch_goes_when_its_pull_ends(tmp_path: Path):
+    r = role(tmp_path, "download")
+    r.start()
+    entry_id = "7" * 32
+    r.deliver(Pushing(entry_id, "central", size=1 << 30, path=f"/srv/central/lab/growing/{entry_id}"))
+    early = r.job("transfer")
+    copy = Path(r.agent.staging.of(entry_id))
+    copy.write_bytes(b"the first bytes")
+    r.deliver(Forget(entry_id, "central", reason="forgotten by an operator at upload"))
+    assert copy.exists()  # not under the early pull's feet
+    r.finish(early, None)
+    assert not copy.exists() and r.sent() == [] and r.state.get(entry_id) is None
 
 
 def test_upload_forgotten_while_its_push_runs_sends_nothing_when_the_push_ends(tmp_path: Path):
@@ -296,6 +310,8 @@ def test_status_offers_each_entry_the_actions_that_apply_to_it(tmp_path: Path):
     assert up.actions(entry("done"), latest=True) == ["resend"]
     assert up.actions(entry("done", cleanup="failed"), latest=True) == ["retry", "resend"]
     assert up.actions(entry("forgotten"), latest=True) == ["resend"]
+    assert up.actions(entry("done"), latest=True, present=False) == []  # its cleanup script removed it
+    assert up.actions(entry("failed"), latest=True, present=False) == ["forget"]
     assert up.actions(entry("superseded"), latest=False) == []
     assert AGENTS["central"].actions(entry("failed"), latest=True) == ["forget"]
     assert AGENTS["central"].actions(entry("stored"), latest=True) == []  # not a state of its
