@@ -405,7 +405,7 @@ def test_status_into_a_pipe_closed_early_ends_quietly_with_status_141(config, se
     finally:
         state.close()
     result = _through_head(["status", "-c", str(config)], env, tmp_path)
-    assert result.stdout.split() == ["NAME", "SIZE", "MD5", "STATE", "UPDATED", "NOTE"]
+    assert result.stdout.split() == ["ID", "NAME", "SIZE", "MD5", "STATE", "UPDATED", "ACTIONS", "NOTE"]
     assert result.stderr == ""
     assert result.returncode == 141
 
