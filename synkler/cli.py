@@ -34,8 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log what happens (INFO)")
     p.add_argument("--debug", action="store_true", help="log everything, show tracebacks")
     p.add_argument("--version", action="version", version=f"synkler {__version__}")
+    fg = p.add_mutually_exclusive_group()
+    fg.add_argument("--daemon", action="store_true", help="run: detach and log to log_file (as daemon: true)")
+    fg.add_argument(
+        "--foreground", action="store_true", help="run: stay in the foreground despite daemon: true"
+    )
     sub = p.add_subparsers(dest="command", metavar="command")
-    sub.add_parser("run", help="run this host's agent in the foreground (the default)")
+    sub.add_parser("run", help="run this host's agent (the default); in the foreground unless --daemon")
     st = sub.add_parser("status", help="show this agent's entries")
     st.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
     sub.add_parser("check", help="check the config, the broker and (upload/download) ssh+rsync to central")
@@ -83,7 +88,12 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
         log.info("already running (pid %s, pidfile %s)", read_pid(cfg.pidfile), cfg.pidfile)
         return ExitStatus.OK
     try:
+        from .daemonize import prepare
+
+        # As a daemon, the launching process exits in there, once the daemon has started.
+        launch = prepare(cfg, pidfile, daemon=(args.daemon or cfg.daemon) and not args.foreground)
         runtime = Runtime(cfg, AGENTS[cfg.mode])
+        launch.started(runtime)
         runtime.run()
     except (OSError, StateError) as e:
         # Typically an unwritable state_db or file_dir: one line, the traceback only with --debug.
