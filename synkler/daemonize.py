@@ -20,7 +20,7 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .errors import ExitStatus
 
@@ -137,10 +137,13 @@ def _detach(pidfile: Pidfile, logfile: LogFile) -> int:
     if launcher_child:
         # The launcher: python-daemon forks twice more below and ends this child at once.
         os.close(write_fd)
-        status = _await_daemon(read_fd, launcher_child, logfile, offset)
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        os._exit(status)  # not exit(): atexit would remove the pidfile the daemon now holds
+        status: int = ExitStatus.FAILURE
+        try:
+            status = _await_daemon(read_fd, launcher_child, logfile, offset)
+        except KeyboardInterrupt:  # Ctrl-C while waiting: leave; a daemon already detached goes on
+            status = ExitStatus.INTERRUPTED
+        finally:
+            _leave(status)
     os.close(read_fd)
     context = daemon.DaemonContext(
         working_directory=WORKING_DIRECTORY,
@@ -153,6 +156,17 @@ def _detach(pidfile: Pidfile, logfile: LogFile) -> int:
     )
     context.open()
     return write_fd
+
+
+def _leave(status: int) -> NoReturn:
+    """End the launcher. Never by returning or exit(): the caller's cleanup and atexit would remove
+    the pidfile the daemon now holds."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
 
 
 class _Adopt:
