@@ -6,8 +6,9 @@ object can be the name of another, of this instance or of any other):
 - queue ``synkler:<id>:agent:<agent>`` (durable, one per agent) bound with routing key ``<agent>``,
   so a message sent while that agent is down waits for it. Its agent consumes it exclusively: a
   second agent of the same name is refused by the broker (AgentActive) and waits as a standby;
-- queue ``synkler:<id>:holder:<agent>`` (durable, at most one message): who consumes the agent's
-  queue (host, pid, since when), so that the refused one can name it;
+- exchange ``synkler:<id>:holder`` (direct) and queue ``synkler:<id>:holder:<agent>`` (durable,
+  at most one message): who consumes the agent's queue (host, pid, since when), so that the
+  refused one can name it;
 - exchange and queue ``synkler:<id>:dead``: where rejected (malformed, hostile) messages end up.
 synkler 0.4 named them ``synkler.<id>``, ``synkler.<id>.<agent>`` and ``synkler.<id>.dead``; an agent
 moves what its old queue still holds into its new one when it connects (`_adopt_legacy`).
@@ -77,6 +78,10 @@ def queue_name(instance: str, agent: str) -> str:
 
 def holder_name(instance: str, agent: str) -> str:
     return f"synkler:{instance}:holder:{agent}"
+
+
+def holder_exchange(instance: str) -> str:
+    return f"synkler:{instance}:holder"
 
 
 def dead_name(instance: str) -> str:
@@ -178,15 +183,35 @@ class Broker:
                 "version": __version__,
             }
         ).encode()
-        self._publisher().basic_publish("", self._holder_queue(), body, properties=_PERSISTENT)
+        self._holder_queue()
+        self._publisher().basic_publish(
+            holder_exchange(self.instance), self.agent, body, properties=_PERSISTENT, mandatory=True
+        )
 
     def _holder_queue(self) -> str:
-        q = holder_name(self.instance, self.agent)
-        # At most one message: the latest holder's. drop-head: a new one replaces the old.
-        self._publisher().queue_declare(
-            q, durable=True, arguments={"x-max-length": 1, "x-overflow": "drop-head"}
-        )
+        """Declare the agent's holder queue: at most one message, the latest holder's (drop-head: a
+        new one replaces the old). Written through an exchange of the instance's, so that a broker
+        user limited to `^synkler:` may (not the default exchange)."""
+        ch, q, x = self._publisher(), holder_name(self.instance, self.agent), holder_exchange(self.instance)
+        ch.exchange_declare(x, exchange_type="direct", durable=True)
+        ch.queue_declare(q, durable=True, arguments={"x-max-length": 1, "x-overflow": "drop-head"})
+        ch.queue_bind(q, x, routing_key=self.agent)
         return q
+
+    def consumers(self) -> tuple[int, Holder | None]:
+        """How many consume the agent's queue (0 if it does not exist yet), and who holds it."""
+        assert self._conn is not None
+        probe = self._conn.channel()
+        try:
+            count = probe.queue_declare(queue_name(self.instance, self.agent), passive=True).method
+            n = int(count.consumer_count)
+        except pika.exceptions.ChannelClosedByBroker:
+            return 0, None  # no such queue
+        except _PIKA_ERRORS as e:
+            self.close()
+            raise BrokerError(f"broker operation failed: {_describe(e)}") from None
+        probe.close()
+        return n, self._read_holder() if n else None
 
     def _read_holder(self) -> Holder | None:
         """Who holds the agent's queue, as it wrote itself down (None if that cannot be told)."""
@@ -389,6 +414,7 @@ class Broker:
                 ch.queue_delete(holder_name(self.instance, agent))
             ch.queue_delete(dead_name(self.instance))
             ch.exchange_delete(exchange_name(self.instance))
+            ch.exchange_delete(holder_exchange(self.instance))
             ch.exchange_delete(dead_name(self.instance))
 
         self._call(do)

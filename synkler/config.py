@@ -115,6 +115,7 @@ class Config:
     max_transfers: int
     max_attempts: int
     retry_max_seconds: float
+    log_format: str
     daemon: bool
     log_file: Path | None
 
@@ -391,9 +392,20 @@ KEYS: dict[str, _Key] = {
     "max_transfers": _Key(_integer(1), 4),
     "max_attempts": _Key(_integer(1), 5),
     "retry_max_seconds": _Key(_number(0, above=True), 300.0),
+    "log_format": _Key(_choice("text", "json"), "text"),
     "daemon": _Key(_boolean, False),
     "log_file": _Key(_path, None),
 }
+
+
+def value_problem(key: str, value: object, base: Path) -> str | None:
+    """Why ``value`` will not do for ``key`` (None if it will), without looking at the file system."""
+    ctx = _Context(base=base, home=Path.home(), environ={}, check_dirs=False)
+    try:
+        KEYS[key].check(value, ctx)
+    except _Invalid as exc:
+        return str(exc)
+    return None
 
 
 # --------------------------------------------------------------------------
@@ -407,15 +419,77 @@ def load_config(
     environ: Mapping[str, str] | None = None,
     home: Path | None = None,
 ) -> Config:
-    """Read, parse and check the file at ``path``."""
+    """Read, parse and check the file at ``path``.
+
+    Mistakes of people coming from synkler 0.0.x (an INI file, a file in another encoding) get a
+    hint saying what to do rather than the YAML parser's own words.
+    """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(path, None, "not UTF-8 text") from None
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(path, None, f"cannot read: {exc.strerror or exc}") from None
-    return parse_config(_parse_yaml(text, path), path, check_dirs=check_dirs, environ=environ, home=home)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, None, _not_utf8(raw, exc)) from None
+    try:
+        data = _parse_yaml(text, path)
+    except ConfigError as exc:
+        if exc.key is None and looks_like_ini(text):
+            raise ConfigError(path, None, _ini_hint(path)) from None
+        raise ConfigError(path, exc.key, exc.problem + _yaml_hint(exc.problem)) from None
+    if data is not None and not isinstance(data, Mapping):
+        if looks_like_ini(text):
+            raise ConfigError(path, None, _ini_hint(path))
+        if isinstance(data, str) and re.search(r"^[A-Za-z_]+:[^\s]", text, re.MULTILINE):
+            raise ConfigError(
+                path, None, "must be 'key: value' lines, with a space after each colon ('mode: upload')"
+            )
+    return parse_config(data, path, check_dirs=check_dirs, environ=environ, home=home)
+
+
+# The keys of synkler 0.0.x's INI file, all kept (docs/upgrading.md).
+OLD_KEYS = frozenset(
+    ("mode", "file_dir", "keep_minutes", "pidfile", "rsync", "rsync_opts", "synkler_server")
+    + ("cleanup_script", "free_percent")
+)
+_SECTION_RE = re.compile(r"^\[[^\]\[,]+\][ \t]*$", re.MULTILINE)
+_INI_KEY_RE = re.compile(r"^[ \t]*([A-Za-z_][A-Za-z0-9_]*)[ \t]*=", re.MULTILINE)
+
+
+def looks_like_ini(text: str) -> bool:
+    """Whether text that is no YAML mapping reads like an INI file: synkler 0.0.x's format, with a
+    ``[section]`` line or ``key = value`` lines of its keys."""
+    if _SECTION_RE.search(text):
+        return True
+    return any(
+        m.group(1).lower() in OLD_KEYS or m.group(1).lower() in KEYS for m in _INI_KEY_RE.finditer(text)
+    )
+
+
+def _ini_hint(path: Path) -> str:
+    return (
+        "this is an INI file, the format of synkler 0.0.x; synkler now reads YAML. "
+        f"Convert it with: synkler config migrate {shlex.quote(str(path))} -o NEW.conf "
+        "(see docs/upgrading.md)"
+    )
+
+
+def _not_utf8(raw: bytes, exc: UnicodeDecodeError) -> str:
+    before = raw[: exc.start]
+    line = before.count(b"\n") + 1
+    column = exc.start - (before.rfind(b"\n") + 1) + 1
+    return (
+        f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at line {line}, column {column}); "
+        "save it as UTF-8, e.g. iconv -f latin1 -t utf-8 OLD > NEW"
+    )
+
+
+def _yaml_hint(problem: str) -> str:
+    if "'\\t'" in problem:  # PyYAML's "found character '\\t' that cannot start any token"
+        return " (YAML takes no tabs for indentation: use spaces)"
+    return ""
 
 
 def _parse_yaml(text: str, path: Path) -> object:
@@ -486,7 +560,7 @@ def parse_config(
         if not isinstance(key, str):
             raise ConfigError(path, str(key), "keys must be strings")
         if key not in KEYS:
-            close = difflib.get_close_matches(key, KEYS, n=1)
+            close = [key.lower()] if key.lower() in KEYS else difflib.get_close_matches(key, KEYS, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(path, key, f"unknown key{hint}")
 

@@ -13,6 +13,7 @@ class ExitStatus(IntEnum):
     CONFIG = 2  # the configuration file is missing or invalid
     BROKER = 3  # BrokerError; `run` retries and `check` reports instead, so no command exits with it now
     INTERRUPTED = 130  # Ctrl-C outside the agent loop (128 + SIGINT, as shells report it)
+    BROKEN_PIPE = 141  # the reader of stdout went away (`synkler check | head -1`): 128 + SIGPIPE
 
 
 class SynklerError(Exception):

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 from . import messages
 from .agents.base import PERSON_REPEAT, Agent, Done, Key
 from .backoff import backoff
-from .broker import Broker, BrokerParams
+from .broker import Broker, BrokerParams, queue_name
 from .errors import (
     AgentActive,
     BrokerError,
@@ -50,7 +50,11 @@ T = TypeVar("T")
 log = logging.getLogger("synkler")
 
 TICK = 0.5  # longest the loop sleeps when nothing happens; events wake it at once
-STANDBY_RETRY = 5.0  # seconds between a standby's tries to take over its agent's queue
+STANDBY_RETRY = 5.0  # seconds between a standby's looks at its agent's queue
+# A standby takes over only once its queue has had no consumer for this long: longer than the
+# longest reconnect pause (30 s), so an agent that restarts, or reconnects after a broker outage,
+# finds its queue again and the standby never takes it in between.
+STANDBY_GRACE = 40.0
 
 
 class Runtime:
@@ -83,6 +87,8 @@ class Runtime:
         self.exit_status = ExitStatus.OK
         self._started = False  # startup has run: the agent holds its queue and works
         self._standby_told = float("-inf")  # when the last ERROR about a rival agent was logged
+        self._standby = False  # another agent of this name held the queue when this one started
+        self._free_since: float | None = None  # a standby: since when its queue has had no consumer
         # destination -> (refusals in a row, no publish to it before, last ERROR logged)
         self._held: dict[str, tuple[int, float, float]] = {}
         self.notify = Notifier.from_environ()  # systemd's Type=notify and watchdog; else no-ops
@@ -259,11 +265,14 @@ class Runtime:
     def _connect(self) -> None:
         broker = Broker(self._params, self.cfg.id, self.cfg.name)
         try:
+            if self._standby and not self._free_long_enough(broker):
+                return
             broker.connect()
         except AgentActive as e:
             self._rival(e)
             return
         except BrokerError as e:
+            self._free_since = None
             self._connect_failures += 1
             delay = backoff(self._connect_failures, base=0.5, cap=30)
             self._next_connect = time.time() + delay
@@ -275,9 +284,9 @@ class Runtime:
             log.log(level, "%s; retrying in %.1f s (attempt %d)", e, delay, self._connect_failures)
             self.notify.status(f"{self._who()}: waiting for the broker: {e}")
             return
-        if self._standby_told > float("-inf"):
+        if self._standby:
             log.warning("the other %s agent %r is gone: this one takes over", self.agent.mode, self.cfg.name)
-            self._standby_told = float("-inf")
+            self._standby = False
         if self._connect_failures:
             log.info("connected to broker %s:%s again", self._params.host, self._params.port)
         else:
@@ -286,6 +295,32 @@ class Runtime:
         self.broker = broker
         if self._started:
             self.notify.status(f"{self._who()}: working")
+
+    def _free_long_enough(self, broker: Broker) -> bool:
+        """A standby looks at its queue without consuming it: True once it has had no consumer for
+        STANDBY_GRACE seconds in a row (then `broker`, connected, takes it over)."""
+        broker.connect(consume=False)
+        consumers, holder = broker.consumers()
+        now = time.time()
+        self._next_connect = now + STANDBY_RETRY
+        if consumers:
+            broker.close()
+            self._free_since = None
+            self._rival(AgentActive(queue_name(self.cfg.id, self.cfg.name), holder))
+            return False
+        if self._free_since is None:
+            self._free_since = now
+            log.info(
+                "the other %s agent %r seems gone; taking over unless it is back within %.0f s",
+                self.agent.mode,
+                self.cfg.name,
+                STANDBY_GRACE,
+            )
+        if now - self._free_since < STANDBY_GRACE:
+            broker.close()
+            return False
+        broker.close()
+        return True
 
     def _rival(self, e: AgentActive) -> None:
         """Another agent consumes this agent's queue. Before startup, wait as its standby; after
@@ -308,6 +343,7 @@ class Runtime:
             self.exit_status = ExitStatus.FAILURE
             self.stop()
             return
+        self._standby = True
         # A standby is a steady state, not a start that hangs: ready, and watched, while it waits.
         self.notify.ready(f"{self._who()}: standby, another agent works ({e.holder or e.queue})")
         now = time.time()
@@ -315,11 +351,13 @@ class Runtime:
             self._standby_told = now
             log.error(
                 "%s agent %r of instance %r is already running (%s): this one does nothing and "
-                "waits as a standby, taking over when that one stops (said again every %d minutes)",
+                "waits as a standby, taking over only once that one has been gone for %.0f s (said "
+                "again every %d minutes)",
                 self.agent.mode,
                 self.cfg.name,
                 self.cfg.id,
                 e.holder or f"consumer of {e.queue}",
+                STANDBY_GRACE,
                 PERSON_REPEAT // 60,
             )
 

@@ -32,8 +32,8 @@ CREATE TABLE IF NOT EXISTS entries (
     tries     INTEGER NOT NULL DEFAULT 0, -- local failures of the current step
     path      TEXT,                       -- remote path (dest for upload, source for download)
     stored_as TEXT,                       -- final name at download
-    signature TEXT,                       -- upload: stat fingerprint of the content that was offered
-    cleanup   TEXT,                       -- cleanup script: pending | running | done | failed | interrupted
+    signature TEXT,                       -- stat fingerprint of what upload offered / download placed
+    cleanup   TEXT,                       -- cleanup script: agents.base.Cleanup (pending, running, done …)
     reason    TEXT,
     created   REAL NOT NULL,
     updated   REAL NOT NULL,

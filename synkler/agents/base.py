@@ -131,6 +131,7 @@ class Cleanup(Status):
     DONE = "done"  # exit 0
     FAILED = "failed"  # failed cleanup_attempts times
     INTERRUPTED = "interrupted"  # its runner died mid-script: not run again
+    SKIPPED = "skipped"  # not run: the name no longer held the delivered content (the reason says why)
 
 
 Transitions = Mapping[Status, "frozenset[Status]"]
@@ -446,27 +447,49 @@ class Endpoint(Agent):
             self.move(entry, self.DONE, cleanup=None, **changes)
 
     def start_cleanup(self, entry: Entry, *, resume: bool = False) -> None:
-        """Run the cleanup script for a delivered entry exactly once, as far as anything can.
+        """Run the cleanup script for a delivered entry exactly once, as far as anything can, and
+        only on the content that was delivered.
 
         'running' is committed before the script starts. The script runs under a runner that
         survives the agent (synkler.hops.scriptrunner): an agent killed meanwhile collects the result at
         its next start. Only if the runner itself died mid-script is the cleanup 'interrupted';
-        it is then not run again.
+        it is then not run again. Right before the script starts, on the script's own thread, its
+        target is checked to hold the delivered content (the entry's kind, md5 and fingerprint);
+        if it does not, the cleanup is 'skipped'.
         """
         if not resume:
             self.state.update(entry, cleanup=Cleanup.RUNNING)
         name, full_path = self.cleanup_target(entry)
+        content = cleanup.Content(entry.kind, entry.md5, entry.signature)
         self.jobs.submit(
             "script",
             [Key(CLEANUP, entry.id)],
-            functools.partial(cleanup.run_cleanup, self.cfg, entry.id, name, full_path, resume=resume),
+            functools.partial(
+                cleanup.run_cleanup, self.cfg, entry.id, name, full_path, resume=resume, content=content
+            ),
             functools.partial(self._cleanup_ended, entry.id, name),
         )
 
     def _cleanup_ended(
-        self, entry_id: str, name: str, result: transfer.Result | None, error: BaseException | None
+        self,
+        entry_id: str,
+        name: str,
+        result: transfer.Result | cleanup.Skipped | None,
+        error: BaseException | None,
     ) -> None:
         entry = self.entry(entry_id)
+        if isinstance(result, cleanup.Skipped):
+            runs = entry.tries  # failed runs before this one (cleanup_attempts)
+            after = f" (after {runs} failed run{'s' if runs > 1 else ''})" if runs else ""
+            self.move(entry, self.DONE, cleanup=Cleanup.SKIPPED, reason=f"{result.why}{after}")
+            log.warning(
+                "%s: cleanup script not run: %s no longer holds the delivered content: %s%s",
+                name,
+                self.cleanup_target(entry)[1],
+                result.why,
+                after,
+            )
+            return
         if result is None and error is None:
             self.move(entry, self.DONE, cleanup=Cleanup.INTERRUPTED, reason="cleanup script interrupted")
             log.warning(

@@ -17,7 +17,9 @@ import time
 from typing import TYPE_CHECKING
 
 from ..errors import MessageError
+from ..hops.checksum import stat_entry
 from ..linux.fs import remove_tree, rename_noreplace
+from ..logs import some_entries
 from ..messages import Corrupt, Failed, Fetch, Fetched, Pushing, is_valid_entry_id
 from ..state import Entry, State
 from .base import ENTRY, Endpoint, Jobs, Key, Status, Transitions
@@ -178,8 +180,10 @@ class Download(Endpoint):
 
     def _fetch(self, batch: list[Entry]) -> None:
         """One rsync run for entries stored under the same directory on central, then md5 of each."""
-        what = batch[0].name if len(batch) == 1 else f"{len(batch)} entries"
-        log.info("pulling %s from central", what)
+        if len(batch) == 1:
+            log.info("%s: pulling from central", batch[0].name)
+        else:
+            log.info("pulling %s from central", some_entries([e.name for e in batch]))
         # Big files go alone (base.BATCH_BYTES): one pulled early has a batch of its own.
         early = self.early.pop(batch[0].id, None) if len(batch) == 1 else None
         self.submit_transfer(
@@ -236,10 +240,12 @@ class Download(Endpoint):
         self.place_due = True
 
     def _place(self, entry: Entry) -> None:
-        """Rename the verified copy into file_dir."""
+        """Rename the verified copy into file_dir; for its cleanup script, note its fingerprint there."""
         src = self.staging.of(entry.id)
         dst = os.path.join(self.cfg.file_dir, entry.stored_as or entry.name)
+        signature = None  # not known: the cleanup script's check reads the md5 instead
         if os.path.lexists(src):
+            staged = os.lstat(src)
             try:
                 rename_noreplace(src, dst)
             except FileExistsError:
@@ -247,12 +253,14 @@ class Download(Endpoint):
                 self.move(entry, Down.FETCHING, due=0)
                 self.transfer_due = True
                 return
+            if self.cfg.cleanup_script:
+                signature = placed_signature(dst, staged)
         elif not os.path.lexists(dst):
             log.warning("%s: staged copy vanished before it was placed; fetching again", entry.name)
             self.move(entry, Down.FETCHING, due=0)
             self.transfer_due = True
             return
-        self.delivered(entry)
+        self.delivered(entry, signature=signature)
         self.send(
             entry.peer or "", Fetched(entry.id, self.name, stored_as=entry.stored_as or "", outcome="placed")
         )
@@ -263,3 +271,14 @@ class Download(Endpoint):
             entry.stored_as,
             entry.md5,
         )
+
+
+def placed_signature(path: str, staged: os.stat_result) -> str | None:
+    """The fingerprint (checksum.stat_entry) of what was just renamed to `path`, taken after the rename
+    (which changes the ctime); None if `path` is no longer the inode that was renamed there."""
+    try:
+        signature = stat_entry(path).signature
+        now = os.lstat(path)
+    except (OSError, ValueError):
+        return None
+    return signature if (now.st_dev, now.st_ino) == (staged.st_dev, staged.st_ino) else None

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Callable, Union
 from ..hops import transfer
 from ..hops.checksum import EntryStat, md5_entry, stat_entry
 from ..linux.fs import open_for_writing
+from ..logs import some_entries
 from ..messages import Admit, Delivered, Failed, Offer, Sent, Wait, Withdraw, name_problem, new_entry_id
 from ..state import Entry, State
 from .base import ENTRY, HASHING, NAME, SCAN, Endpoint, Jobs, Key, Status, Transitions, hash_groups
@@ -199,13 +200,13 @@ class Upload(Endpoint):
                 self.pending.pop(name, None)
                 if st is not None and name not in self.warned:
                     self.warned.add(name)
-                    log.warning("not sending %r: %s", name, st)
+                    log.warning("%s: not sending it: %s", name, st)
                 continue
             problem = name_problem(name)
             if problem:
                 if name not in self.warned:
                     self.warned.add(name)
-                    log.warning("ignoring %r in %s: %s", name, self.cfg.file_dir, problem)
+                    log.warning("%s: not sending it (in %s): %s", name, self.cfg.file_dir, problem)
                 continue
             if self.relayed.get(name) == st.signature:
                 continue  # this content is already on its way or delivered
@@ -292,7 +293,10 @@ class Upload(Endpoint):
     def _hash_entries(self, entries: list[Entry]) -> None:
         """md5 of offered entries while they wait for admission and while they are pushed."""
         for group in hash_groups(entries):
-            log.debug("hashing %s", group[0].name if len(group) == 1 else f"{len(group)} entries")
+            if len(group) == 1:
+                log.debug("%s: hashing", group[0].name)
+            else:
+                log.debug("hashing %s", some_entries([e.name for e in group]))
             self.jobs.submit(
                 "hash",
                 [Key(HASHING, e.id) for e in group],
@@ -386,17 +390,21 @@ class Upload(Endpoint):
     def _push(self, batch: list[Entry]) -> None:
         """One rsync run for entries admitted into the same directory on central."""
         names = [e.name for e in batch]
-        what = f"{names[0]} (attempt {batch[0].attempt})" if len(batch) == 1 else f"{len(batch)} entries"
-        log.info("pushing %s to central", what)
+        what = f"attempt {batch[0].attempt}" if len(batch) == 1 else some_entries(names)
+        if len(batch) == 1:
+            log.info("%s: pushing to central (%s)", batch[0].name, what)
+        else:
+            log.info("pushing %s to central", what)
         self.submit_transfer(
             [Key(ENTRY, e.id) for e in batch],
             functools.partial(transfer.push, self.cfg, str(self.cfg.file_dir), names, batch[0].path or ""),
-            functools.partial(self._pushed, {e.id: e.attempt for e in batch}, what, time.time()),
+            functools.partial(self._pushed, {e.id: e.attempt for e in batch}, names[0], what, time.time()),
         )
 
     def _pushed(
         self,
         attempts: dict[str, int],
+        first_name: str,
         what: str,
         started: float,
         result: transfer.Result | None,
@@ -425,5 +433,7 @@ class Upload(Endpoint):
                     entry.peer or CENTRAL,
                     Failed(entry.id, self.name, hop="push to central", reason=why[:1900]),
                 )
-        if ok:
+        if ok and len(attempts) == 1:
+            log.info("%s: pushed in %.1f s", first_name, time.time() - started)
+        elif ok:
             log.info("pushed %s in %.1f s", what, time.time() - started)

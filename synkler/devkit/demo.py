@@ -42,7 +42,7 @@ def _make_files(upload_dir: Path) -> dict[str, str]:
 
 
 def _follow(relay: LocalRelay, stop: threading.Event) -> None:
-    """Print the agents' INFO lines as they come, prefixed by role."""
+    """Print the agents' INFO lines as they come (each names its agent)."""
     offsets = dict.fromkeys(ROLES, 0)
     last = False
     while not last:
@@ -58,7 +58,7 @@ def _follow(relay: LocalRelay, stop: threading.Event) -> None:
             offsets[role] += cut
             for line in data[:cut].decode("utf-8", "replace").splitlines():
                 if " INFO " in line or " WARNING " in line or " ERROR " in line:
-                    print(f"  [{role:8}] {line.split(' ', 2)[-1]}", flush=True)
+                    print(f"  {line.split(' ', 2)[-1]}", flush=True)  # without the date and time
         stop.wait(0.2)
 
 

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
@@ -76,12 +77,15 @@ class LocalRelay:
 
     # processes -----------------------------------------------------------------------------------
 
-    def start(self, *roles: str) -> None:
+    def start(self, *roles: str, flags: Sequence[str] | None = None) -> None:
+        """Start the agents of `roles` (all three by default) with `flags` (default: --debug if
+        verbose, else -v), each logging to its log_path."""
         for role in roles or ROLES:
             if role in self.procs and self.procs[role].poll() is None:
                 continue
             log = open(self.log_path(role), "ab")
-            flags = ["--debug"] if self.verbose else ["-v"]
+            if flags is None:
+                flags = ["--debug"] if self.verbose else ["-v"]
             self.procs[role] = subprocess.Popen(
                 self.command(role, *flags, "run"), stdin=subprocess.DEVNULL, stdout=log, stderr=log
             )

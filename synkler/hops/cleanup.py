@@ -1,8 +1,11 @@
-"""Cleanup scripts: run an entry's script exactly once, through a runner that outlives the agent.
+"""Cleanup scripts: run an entry's script exactly once, through a runner that outlives the agent, and
+only on the content that was delivered.
 
 The script is an argument list (never a shell line) with %f and %F substituted. It runs under
 `python -m synkler.hops.scriptrunner` in a session of its own, which leaves its pid and then its
 result next to the state database; an agent killed meanwhile collects the result at its next start.
+Just before a script starts, %F is checked against the delivered content (`Content`): a name that
+now holds something else, or nothing, is not the script's to act on, and it is skipped.
 """
 
 from __future__ import annotations
@@ -15,11 +18,61 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from ..config import Config
 from ..linux.fs import fsync_dir
 from ..pidfile import read_pid
+from .checksum import md5_entry, stat_entry
 from .transfer import Result
+
+
+@dataclass(frozen=True)
+class Content:
+    """The content an entry's cleanup script may act on: the version that was delivered."""
+
+    kind: str  # 'file', 'dir' or 'symlink'
+    md5: str | None  # None: not known (upload: a version central delivered before upload hashed it)
+    signature: str | None  # its fingerprint in place (checksum.stat_entry); None: not known
+
+    def missing_from(self, path: str) -> str | None:
+        """Why `path` does not hold this content now; None if it does.
+
+        An unchanged fingerprint says so from lstat alone. A changed one (a touch, or other content)
+        is settled by the md5: a touch keeps the content, and the script may run. The md5 ends with
+        Interrupted when the agent stops (checksum.STOPPING).
+        """
+        try:
+            before = stat_entry(path)
+            if before.kind != self.kind:
+                return f"the name now holds a {before.kind}, not the delivered {self.kind}"
+            if self.signature is not None and before.signature == self.signature:
+                return None
+            if self.md5 is None:
+                return "it changed, and the md5 of the delivered version is not known"
+            md5 = md5_entry(path)
+            if stat_entry(path).signature != before.signature:
+                return "it changed while it was checked"
+        except FileNotFoundError:
+            return "the name is gone" if not os.path.lexists(path) else "it changed while it was checked"
+        except (OSError, ValueError) as e:
+            return f"it cannot be read ({_why(e)})"
+        if md5 != self.md5:
+            return f"the name now holds other content (md5 {md5}, delivered {self.md5})"
+        return None
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """The script was not started: the name no longer holds the delivered content (`why`)."""
+
+    why: str
+
+
+def _why(error: Exception) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror  # no path in it, so nothing of a name that is not UTF-8
+    return str(error)
 
 
 def cleanup_argv(template: Sequence[str], name: str, full_path: str) -> list[str]:
@@ -37,14 +90,24 @@ def script_status(cfg: Config, entry_id: str) -> str:
 
 
 def run_cleanup(
-    cfg: Config, entry_id: str, name: str, full_path: str, *, resume: bool = False
-) -> Result | None:
+    cfg: Config,
+    entry_id: str,
+    name: str,
+    full_path: str,
+    *,
+    resume: bool = False,
+    content: Content | None = None,
+) -> Result | Skipped | None:
     """Run an entry's cleanup script (once) through synkler.hops.scriptrunner, and return its result.
 
     The runner is a session of its own that outlives the agent. With `resume` (the agent restarted
     while the script was marked running) an existing result is collected, a runner still going is
     waited for, and a script that never started is started. None: the runner died while the
     script ran, so whether it finished is unknown; it is not run again.
+
+    `content`: what was delivered. Right before the script would start (and only then: a script
+    that ran or runs is collected as it is), `full_path` is checked to still hold it; if not, the
+    script is not started and Skipped says why.
     """
     status = script_status(cfg, entry_id)
     if resume and not os.path.exists(status) and os.path.exists(status + ".pid"):
@@ -59,6 +122,9 @@ def run_cleanup(
                 return None
             # No pid: the agent died before its runner started, so the script never ran.
     if not os.path.exists(status):
+        why = content.missing_from(full_path) if content is not None else None
+        if why is not None:
+            return Skipped(why)
         argv = [
             sys.executable,
             "-m",

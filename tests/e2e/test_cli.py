@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -348,3 +349,173 @@ def test_run_while_another_agent_holds_the_pidfile_says_so_with_v(synkler, confi
     assert "already running" in result.stderr
     assert str(os.getpid()) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# habits: options after the command, a closed pipe, help
+
+
+def test_global_options_after_the_command_work_as_before_it(synkler, config, settings, held_pidfile):
+    result = synkler("run", "-v", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "already running" in result.stderr  # -v after the command was heard
+    result = synkler("status", "--json", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+
+
+def test_a_log_line_names_the_agent_it_comes_from(synkler, config, held_pidfile):
+    result = synkler("-c", str(config), "run", "--verbose")
+    [line] = result.stderr.splitlines()
+    assert " central[central] INFO already running (pid " in line
+
+
+def _through_head(argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    """`synkler … | head -1` in a real shell, with pipefail so that synkler's own status shows."""
+    line = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "synkler", *argv])
+    return subprocess.run(
+        ["bash", "-o", "pipefail", "-c", f"{line} | head -1"],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
+def test_check_into_a_pipe_closed_early_ends_without_a_traceback(config, env, tmp_path):
+    result = _through_head(["-c", str(config), "check"], env, tmp_path)
+    assert result.stdout.startswith("ok    config ")
+    assert result.stderr == ""  # no BrokenPipeError, no "Exception ignored"
+    assert result.returncode in (1, 141)  # the broker FAIL line, or the pipe closed first
+
+
+def test_status_into_a_pipe_closed_early_ends_quietly_with_status_141(config, settings, env, tmp_path):
+    # More than a pipe holds (64 KiB): synkler is still writing when head has gone.
+    state = State(settings["state_db"])
+    try:
+        with state.transaction():
+            for i in range(2000):
+                state.insert(
+                    Entry(id=f"{i:032x}", name=f"entry {i:04d}.dat", kind="file", md5="", state="stored")
+                )
+    finally:
+        state.close()
+    result = _through_head(["status", "-c", str(config)], env, tmp_path)
+    assert result.stdout.split() == ["NAME", "SIZE", "MD5", "STATE", "UPDATED", "NOTE"]
+    assert result.stderr == ""
+    assert result.returncode == 141
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["status"], ["check"], ["demo"], ["config", "migrate"]])
+def test_every_command_has_help_with_an_example(synkler, command):
+    result = synkler(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    examples = result.stdout.split("examples:\n", 1)[1]
+    assert examples.lstrip().startswith("synkler ")
+
+
+# --------------------------------------------------------------------------------------------------
+# --debug and pika; log_format: json
+
+
+def _json_lines(stderr: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stderr.splitlines()]  # every line is one JSON object
+
+
+@pytest.mark.parametrize("debug, pika", [("--debug", False), ("--debug=pika", True)])
+def test_pika_s_own_log_lines_come_only_with_debug_pika(
+    synkler, write_config, real_broker_settings, debug, pika
+):
+    config = write_config({**real_broker_settings, "log_format": "json"})
+    result = synkler("check", debug, "-c", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = _json_lines(result.stderr)
+    assert all(r["role"] == "central" and r["agent"] == "central" for r in lines)
+    assert any(r["logger"].startswith("pika") for r in lines) == pika
+
+
+# --------------------------------------------------------------------------------------------------
+# upgrading from synkler 0.0.x
+
+# A synkler 0.0.x configuration as its sample-config had it: INI, a [default] section.
+OLD_CONF = """
+[default]
+# Directory where the files live. Required.
+file_dir = {file_dir}
+
+# How long to keep a file on the central server after the transfer is complete, in minutes.
+keep_minutes = 30
+
+# 'upload', 'central', or 'download'. Required.
+mode = upload
+
+pidfile = {pidfile}
+
+# location of the system's rsync command. Required.
+rsync = /usr/bin/env rsync
+
+# Additional options to pass to rsync, if necessary.  Separate multiple
+#   values by commas.
+rsync_opts = --rsh=/usr/bin/ssh -p 2222,--bwlimit=1000
+
+# The rabbitmq server. Required
+synkler_server = 127.0.0.1
+
+# Options are automatically enclosed in quotes.
+cleanup_script = mv %F /home/user/downloads
+"""
+
+
+@pytest.fixture
+def old_conf(tmp_path: Path, settings: dict[str, Any]) -> Path:
+    path = tmp_path / "etc" / "synkler.conf.0.0"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(OLD_CONF.format(file_dir=settings["file_dir"], pidfile=tmp_path / "run" / "old.pid"))
+    return path
+
+
+@pytest.mark.parametrize("command", ["run", "status", "check"])
+def test_a_0_0_x_ini_config_exits_2_saying_to_migrate_it(synkler, old_conf, command):
+    result = synkler(command, "-c", str(old_conf))
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"synkler: {old_conf}: ")
+    assert f"synkler config migrate {old_conf} -o " in line
+
+
+def test_a_config_that_is_not_utf8_exits_2_saying_where_and_what_to_do(synkler, write_config, settings):
+    path = write_config(yaml.safe_dump(settings))
+    path.write_bytes(path.read_bytes() + b"# caf\xe9\n")
+    result = synkler("status", "-c", str(path))
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert "not UTF-8 text (byte 0xe9 at line " in line
+    assert "iconv" in line
+
+
+def test_config_migrate_writes_a_yaml_config_the_agent_loads(synkler, old_conf, tmp_path, env):
+    new = tmp_path / "etc" / "synkler.conf"
+    result = synkler("config", "migrate", str(old_conf), "-o", str(new))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    status = synkler("status", "--json", "-c", str(new))
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout) == []
+    # Printed, it is the same text; and an existing file is never overwritten.
+    printed = synkler("config", "migrate", str(old_conf))
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout == new.read_text()
+    again = synkler("config", "migrate", str(old_conf), "-o", str(new))
+    assert again.returncode == 1
+    assert "exists" in again.stderr
+    assert new.read_text() == printed.stdout
+
+
+def test_config_migrate_of_a_yaml_config_says_there_is_nothing_to_do(synkler, config):
+    result = synkler("config", "migrate", str(config))
+    assert result.returncode == 2
+    assert "already a YAML configuration" in result.stderr
+    assert result.stdout == ""

@@ -90,9 +90,21 @@ def test_a_second_central_agent_waits_as_a_standby_and_every_entry_is_delivered_
             assert admin.get_dead() == []
         finally:
             admin.close()
+        # The first one restarts (as `systemctl restart` does): it finds its queue again, the standby
+        # never takes it in between.
+        relay.stop("central")
+        relay.start("central")
+        md5 = place(relay.dirs["upload"], "after-restart.dat", b"relayed by the first central again")
+        relay.wait_for(
+            "after-restart.dat delivered",
+            lambda: relay.states("download").get("after-restart.dat") == "done",
+            60,
+        )
+        assert "takes over" not in log_path.read_text()
+        assert [e.name for e in relay.entries("central")].count("after-restart.dat") == 1
         # The first one stops: the standby takes over, with its own state, and relays what comes next.
         relay.stop("central")
-        relay.wait_for("the standby to take over", lambda: "this one takes over" in log_path.read_text(), 30)
+        relay.wait_for("the standby to take over", lambda: "this one takes over" in log_path.read_text(), 90)
         md5 = place(relay.dirs["upload"], "after-takeover.dat", b"relayed by the second central")
         relay.wait_for(
             "after-takeover.dat delivered",
@@ -128,7 +140,7 @@ def test_a_second_download_agent_waits_as_a_standby_and_takes_over_when_the_firs
         assert sorted(os.listdir(other_dir)) == []  # nothing split off to the second one
         assert standby_entries(relay, "download") == []
         relay.kill("download")  # a crash: the broker drops its connection, the standby takes over
-        relay.wait_for("the standby to take over", lambda: "this one takes over" in log_path.read_text(), 30)
+        relay.wait_for("the standby to take over", lambda: "this one takes over" in log_path.read_text(), 90)
         md5 = place(relay.dirs["upload"], "late.tif", b"pulled by the second download")
         relay.wait_for("late.tif at the second download", lambda: (other_dir / "late.tif").exists(), 60)
         assert md5_entry(other_dir / "late.tif") == md5

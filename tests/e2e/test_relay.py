@@ -133,7 +133,7 @@ def test_names_starting_with_hash_or_semicolon_and_a_255_byte_name_arrive_and_a_
     deliver(relay, md5s)
     assert sorted(os.listdir(relay.dirs["download"])) == sorted([*names, f".synkler-{relay.instance}"])
     log = relay.log_path("upload").read_text()
-    assert log.count("ignoring 'line\\nbreak.txt'") == 1, relay.log_tail("upload")
+    assert log.count("line\\nbreak.txt: not sending it") == 1, relay.log_tail("upload")
     assert "line\nbreak.txt" not in relay.states("upload")
 
 
@@ -470,7 +470,7 @@ def test_a_key_central_refuses_is_an_error_for_a_person_and_the_entry_waits_unco
     log = relay.log_path("upload").read_text()
     assert re.search(r" ERROR waits\.txt: push to central refused by ssh: exit 255: .*Permission denied", log)
     relay.wait_for(
-        "a few more tries", lambda: relay.log_path("upload").read_text().count("pushing waits.txt") >= 3
+        "a few more tries", lambda: relay.log_path("upload").read_text().count("waits.txt: pushing") >= 3
     )
     [entry] = relay.entries("upload")
     assert (entry.state, entry.tries) == ("uploading", 0)  # max_attempts 1: one counted failure would end it
@@ -737,6 +737,118 @@ def test_an_entry_changed_before_it_was_sent_is_withdrawn_and_only_the_new_versi
     assert_clean(relay)
 
 
+# A cleanup script as documented (`mv %F sent/`), waiting for a gate file first; it records the name
+# and the md5 of what it found at %F ("-": nothing), then moves that away.
+MOVER = (
+    "import hashlib, os, sys, time\n"
+    "log, name, path = sys.argv[1:4]\n"
+    "open(log + '.started', 'a').write(name + '\\n')\n"
+    "while not os.path.exists(log + '.gate'): time.sleep(0.05)\n"
+    "found = hashlib.md5(open(path, 'rb').read()).hexdigest() if os.path.lexists(path) else '-'\n"
+    "open(log, 'a').write(name + '\\t' + found + '\\n')\n"
+    "os.makedirs(log + '.sent', exist_ok=True)\n"
+    "os.rename(path, os.path.join(log + '.sent', str(len(open(log).readlines()))))\n"
+)
+
+
+def mover(log: Path) -> str:
+    return shlex.join([sys.executable, "-c", MOVER, str(log), "%f", "%F"])
+
+
+def status_of(relay, side: str) -> str:
+    return subprocess.run(relay.command(side, "status"), capture_output=True, text=True, check=True).stdout
+
+
+def test_a_newer_version_renamed_over_the_name_before_delivery_is_not_cleaned_up_and_is_delivered_too(
+    make_relay,
+):
+    relay = make_relay()
+    log = relay.workdir / "upload-cleanup"
+    Path(f"{log}.gate").touch()  # upload's script runs as soon as it is started
+    relay.write_config("upload", {"cleanup_script": mover(log)})
+    up, down = relay.dirs["upload"], relay.dirs["download"]
+    v1, v2 = os.urandom(100_000), os.urandom(150_000)
+    md5_v1 = place(up, "report.bin", v1)
+    relay.start("upload", "central")  # no download yet: v1 is sent and stored, but not delivered
+    relay.wait_for("v1 stored at central", lambda: relay.states("central") == {"report.bin": "downloading"})
+    [first] = relay.entries("upload")
+    assert (first.state, first.md5) == ("sent", md5_v1)
+    md5_v2 = place(up, "report.bin", v2)  # a writer renames a new version over the name
+    relay.start("download")  # v1 is delivered now, while report.bin holds v2
+
+    def upload_entry(entry_id: str):
+        return next(e for e in relay.entries("upload") if e.id == entry_id)
+
+    relay.wait_for("v1's cleanup decided", lambda: upload_entry(first.id).state == "done")
+    first = upload_entry(first.id)
+    assert first.cleanup == "skipped", (first.cleanup, first.reason)
+    assert f"other content (md5 {md5_v2}, delivered {md5_v1})" in (first.reason or "")
+    # v2 relays as its own entry and arrives beside v1; its own cleanup runs, on v2.
+    relay.wait_for(
+        "v2 delivered and cleaned up",
+        lambda: (
+            [(e.md5, e.cleanup) for e in relay.entries("upload")] == [(md5_v1, "skipped"), (md5_v2, "done")]
+        ),
+    )
+    assert sorted(os.listdir(down)) == [f".synkler-{relay.instance}", "report (2).bin", "report.bin"]
+    assert {md5_entry(down / n) for n in ("report.bin", "report (2).bin")} == {md5_v1, md5_v2}
+    assert runs(log) == [("report.bin", md5_v2)]  # once, and never on v1's behalf
+    assert (Path(f"{log}.sent") / "1").read_bytes() == v2
+    assert os.listdir(up) == []
+    assert "cleanup skipped: " in status_of(relay, "upload")
+    log_text = relay.log_path("upload").read_text()
+    assert re.search(r" WARNING report\.bin: cleanup script not run: .*other content", log_text)
+    assert_clean(relay)
+
+
+@pytest.mark.parametrize("change", ["replaced", "removed"])
+def test_a_placed_copy_replaced_or_removed_at_download_before_its_cleanup_script_runs_is_left_alone(
+    make_relay, change
+):
+    relay = make_relay()
+    log = relay.workdir / "download-cleanup"
+    relay.write_config("download", {"cleanup_script": mover(log)})
+    relay.start()
+    up, down = relay.dirs["upload"], relay.dirs["download"]
+    gate = Path(f"{log}.gate")
+
+    def down_entries() -> dict:
+        return {e.name: e for e in relay.entries("download")}
+
+    try:
+        md5s = {"first.bin": place(up, "first.bin", os.urandom(1000))}
+        # Scripts run one at a time: while first.bin's waits at its gate, report.bin's waits its turn.
+        relay.wait_for("first.bin's cleanup script started", Path(f"{log}.started").exists)
+        md5s["report.bin"] = place(up, "report.bin", os.urandom(2000))
+        relay.wait_for(
+            "report.bin placed, its cleanup script due",
+            lambda: "report.bin" in down_entries() and down_entries()["report.bin"].state == "delivered",
+        )
+        assert md5_entry(down / "report.bin") == md5s["report.bin"]
+        other = os.urandom(3000)
+        if change == "replaced":
+            (down / ".other").write_bytes(other)
+            os.rename(down / ".other", down / "report.bin")
+        else:
+            os.unlink(down / "report.bin")
+    finally:
+        gate.touch()  # first.bin's script goes on (and ends, even if this test failed)
+    relay.wait_for(
+        "both cleanups decided", lambda: [e.state for e in down_entries().values()] == ["done"] * 2
+    )
+    entries = down_entries()
+    assert (entries["first.bin"].cleanup, entries["report.bin"].cleanup) == ("done", "skipped")
+    assert runs(log) == [("first.bin", md5s["first.bin"])]
+    if change == "replaced":
+        assert (down / "report.bin").read_bytes() == other  # someone else's file, left alone
+        assert "other content" in (entries["report.bin"].reason or "")
+    else:
+        assert not os.path.lexists(down / "report.bin")
+        assert "gone" in (entries["report.bin"].reason or "")
+    assert "cleanup skipped: " in status_of(relay, "download")
+    relay.wait_for("upload done", lambda: relay.all_done(set(md5s)))
+
+
 FLAKY = (
     "import os, sys\n"
     "open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')\n"
@@ -779,7 +891,7 @@ def test_a_stored_copy_gone_bad_at_central_is_fetched_again_from_upload(make_rel
     deliver(relay, md5s)
     assert (relay.dirs["download"] / "rotten.bin").read_bytes() == data
     assert "getting it again from upload" in relay.log_path("central").read_text()
-    assert relay.log_path("upload").read_text().count("pushing rotten.bin") == 2
+    assert relay.log_path("upload").read_text().count("rotten.bin: pushing") == 2
     assert [e.attempt for e in relay.entries("central")] == [2]
 
 

@@ -32,7 +32,8 @@ def pytest_terminal_summary(terminalreporter):
         return
     terminalreporter.write_line(
         f"fault suite: entries={t['entries']} faults={t['faults']} delivered={t['delivered']} "
-        f"failed={t['failed']} lost={t['lost']} corrupt={t['corrupt']}"
+        f"failed={t['failed']} lost={t['lost']} corrupt={t['corrupt']} duplicated={t['duplicated']} "
+        f"stalled={t['stalled']}"
     )
 
 

@@ -18,9 +18,27 @@ from relay_helpers import write_random
 
 from synkler.hops.checksum import md5_entry
 
-TALLY = {"entries": 0, "faults": 0, "delivered": 0, "failed": 0, "lost": 0, "corrupt": 0}
+TALLY = {
+    "entries": 0,
+    "faults": 0,
+    "delivered": 0,
+    "failed": 0,
+    "lost": 0,
+    "corrupt": 0,
+    "duplicated": 0,
+    "stalled": 0,
+}
 
-RECORD = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
+# One line per run: the name (as bytes, so that a name that is not UTF-8 is recorded as it is) and
+# the md5 of what %F held when the script ran ("-": nothing), to prove that a cleanup script only
+# ever acts on the content that was delivered.
+RECORD = (
+    "import os, sys\n"
+    "from synkler.hops.checksum import md5_entry\n"
+    "path = sys.argv[3]\n"
+    "md5 = md5_entry(path) if os.path.lexists(path) else '-'\n"
+    "open(sys.argv[1], 'ab').write(os.fsencode(sys.argv[2]) + b'\\t' + md5.encode() + b'\\n')\n"
+)
 
 
 @dataclass(frozen=True)
@@ -114,12 +132,20 @@ def build_workload(upload_dir: Path, rng, profile: Profile, *, scratch: Path) ->
 
 
 def recorder(log: Path) -> str:
-    """A cleanup_script that appends '%f' to `log`, run without a shell."""
-    return shlex.join([sys.executable, "-c", RECORD, str(log), "%f"])
+    """A cleanup_script that appends '%f<TAB>md5 of %F' to `log`, run without a shell."""
+    return shlex.join([sys.executable, "-c", RECORD, str(log), "%f", "%F"])
+
+
+def script_runs(log: Path) -> list[tuple[str, str]]:
+    """(name, md5 of what the script saw) of each run recorded in `log`."""
+    if not log.exists():
+        return []
+    pairs = (line.rsplit(b"\t", 1) for line in log.read_bytes().splitlines())
+    return [(os.fsdecode(name), md5.decode()) for name, md5 in pairs]
 
 
 def runs(log: Path) -> list[str]:
-    return log.read_text().splitlines() if log.exists() else []
+    return [name for name, _md5 in script_runs(log)]
 
 
 def proxied_rsh(sshd, port: int, *extra: str) -> str:
@@ -206,7 +232,16 @@ def delivered_count(relay) -> int:
 
 
 def wait_settled(relay, wl: Workload, timeout: float) -> None:
-    relay.wait_for(f"{len(wl.names)} entries settled", lambda: settled(relay, wl), timeout, interval=0.5)
+    """Wait for every entry to settle; those that have not by the deadline are counted as stalled."""
+    try:
+        relay.wait_for(f"{len(wl.names)} entries settled", lambda: settled(relay, wl), timeout, interval=0.5)
+    except AssertionError:
+        up = {e.name: e.state for e in relay.entries("upload") if e.state != "superseded"}
+        stalled = sorted(n for n in wl.names if up.get(n) not in ("done", "failed"))
+        TALLY["entries"] += len(wl.names)
+        TALLY["stalled"] += max(1, len(stalled))
+        print(f"\n{relay.instance}: stalled={len(stalled)}: {stalled[:20]}")
+        raise
 
 
 def rabbitmqctl_run(rabbitmqctl: str, *args: str, timeout: float = 120) -> str:
@@ -219,18 +254,26 @@ def rabbitmqctl_run(rabbitmqctl: str, *args: str, timeout: float = 120) -> str:
 # the verdict --------------------------------------------------------------------------------------
 
 
-def verdict(relay, wl: Workload, *, faults: int) -> None:
+def verdict(
+    relay, wl: Workload, *, faults: int, replaced: dict[str, tuple[str, str]] | None = None
+) -> list[str]:
     """Tally the outcome, then assert everything the suite promises about it.
 
     Every entry is at download exactly once with the right md5 (no "name (2).ext"), or `failed` with
     its data untouched at upload and a reason. Each cleanup script ran exactly once per delivered
-    entry. No staging or partial debris. Every agent is alive (those killed were restarted).
+    entry, on the delivered content. No staging or partial debris. Every agent is alive (those
+    killed were restarted).
+
+    `replaced`: names (not in `wl`) whose first version had a second renamed over it before it was
+    delivered: both versions arrive, under the name and as "name (2)", and upload's cleanup script
+    runs once for the second version and never on content that was not delivered.
+    Returns the names of the failed entries.
     """
     up = {e.name: e for e in relay.entries("upload") if e.state != "superseded"}
     down_dir = relay.dirs["download"]
     staging_name = f".synkler-{relay.instance}"
     present = sorted(p for p in os.listdir(down_dir) if p != staging_name)
-    delivered, failed, lost, corrupt = [], [], [], []
+    delivered, failed, lost, corrupt, duplicated = [], [], [], [], []
     problems: list[str] = []
     for name in sorted(wl.names):
         entry = up.get(name)
@@ -257,9 +300,17 @@ def verdict(relay, wl: Workload, *, faults: int) -> None:
             problems.append(
                 f"{name}: {entry.state if entry else 'never recorded'} at upload, not at download"
             )
-    extra = sorted(set(present) - wl.names)
+    versions: dict[str, str] = {}  # stored name at download -> md5, of the replaced names' versions
+    for name, (v1, v2) in (replaced or {}).items():
+        stored = [e.stored_as or e.name for e in relay.entries("download") if e.name == name]
+        got = sorted(md5_entry(down_dir / s) for s in stored if os.path.lexists(down_dir / s))
+        if got != sorted([v1, v2]):
+            lost.append(name)
+            problems.append(f"{name}: versions at download {got}, not {sorted([v1, v2])}")
+        versions.update((s, md5_entry(down_dir / s)) for s in stored if os.path.lexists(down_dir / s))
+    extra = sorted(set(present) - wl.names - set(versions))
     if extra:
-        corrupt.extend(extra)
+        duplicated.extend(extra)
         problems.append(f"unexpected entries at download (duplicates?): {extra}")
     TALLY["entries"] += len(wl.names)
     TALLY["faults"] += faults
@@ -267,12 +318,13 @@ def verdict(relay, wl: Workload, *, faults: int) -> None:
     TALLY["failed"] += len(failed)
     TALLY["lost"] += len(lost)
     TALLY["corrupt"] += len(corrupt)
+    TALLY["duplicated"] += len(duplicated)
     print(
         f"\n{relay.instance}: entries={len(wl.names)} faults={faults} delivered={len(delivered)} "
-        f"failed={len(failed)} lost={len(lost)} corrupt={len(corrupt)}"
+        f"failed={len(failed)} lost={len(lost)} corrupt={len(corrupt)} duplicated={len(duplicated)}"
     )
 
-    assert not lost and not corrupt, "\n".join(problems)
+    assert not lost and not corrupt and not duplicated, "\n".join(problems)
     for name in failed:
         print(f"  failed: {name}: {up[name].reason}")
 
@@ -286,12 +338,29 @@ def verdict(relay, wl: Workload, *, faults: int) -> None:
         ),
         30,
     )
-    assert sorted(runs(up_log)) == sorted(delivered), "upload cleanup runs != delivered entries"
-    placed = sorted(e.stored_as or e.name for e in relay.entries("download") if e.state == "done")
-    assert sorted(runs(down_log)) == placed == sorted(delivered), "download cleanup runs != delivered entries"
-    assert len(relay.entries("download")) == len(placed) + sum(
-        1 for e in relay.entries("download") if e.state == "failed"
+    up_runs = [(n, md5) for n, md5 in script_runs(up_log) if n not in (replaced or {})]
+    assert sorted(n for n, _ in up_runs) == sorted(delivered), "upload cleanup runs != delivered entries"
+    assert all(md5 == wl.md5s[n] for n, md5 in up_runs), "an upload cleanup script saw other content"
+    for name, (v1, v2) in (replaced or {}).items():
+        seen = [md5 for n, md5 in script_runs(up_log) if n == name]
+        # The second version's once; the first one's only if it was delivered before the second
+        # came, and then on its own content.
+        assert seen.count(v2) == 1 and seen.count(v1) <= 1 and set(seen) <= {v1, v2}, (name, seen, v1, v2)
+    down_runs = [(n, md5) for n, md5 in script_runs(down_log) if n not in versions]
+    placed = sorted(
+        e.stored_as or e.name
+        for e in relay.entries("download")
+        if e.state == "done" and e.name not in (replaced or {})
     )
+    assert sorted(n for n, _ in down_runs) == placed == sorted(delivered), (
+        "download cleanup runs != delivered entries"
+    )
+    assert all(md5 == wl.md5s[n] for n, md5 in down_runs), "a download cleanup script saw other content"
+    assert sorted((n, m) for n, m in script_runs(down_log) if n in versions) == sorted(versions.items()), (
+        "download cleanup runs of the replaced names' versions"
+    )
+    ours = [e for e in relay.entries("download") if e.name not in (replaced or {})]
+    assert len(ours) == len(placed) + sum(1 for e in ours if e.state == "failed")
 
     # No debris: central staging empty once every entry is settled, download staging empty, no partials.
     staging = relay.dirs["central"] / relay.instance / "staging"
@@ -317,6 +386,7 @@ def verdict(relay, wl: Workload, *, faults: int) -> None:
     assert all(relay.alive(r) for r in ("upload", "central", "download")), {
         r: relay.alive(r) for r in ("upload", "central", "download")
     }
+    return failed
 
 
 def wait_until(what: str, predicate, timeout: float, interval: float = 0.1) -> None:

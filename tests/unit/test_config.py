@@ -93,6 +93,7 @@ def test_defaults_fill_every_optional_key(parse, file_dir: Path, home: Path, con
         max_transfers=4,
         max_attempts=5,
         retry_max_seconds=300.0,
+        log_format="text",
         daemon=False,
         log_file=None,
     )
@@ -527,3 +528,56 @@ def test_the_systemd_unit_runs_a_command_line_the_cli_accepts():
     args = build_parser().parse_args(argv[1:])
     assert args.config == "/etc/synkler/%i.conf" and args.command == "run"
     assert unit["Service"]["KillMode"] == "mixed"  # SIGTERM to the agent alone: it ends its rsyncs
+
+
+# ---------------------------------------------------------------- people coming from synkler 0.0.x
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[default]\nmode = upload\nfile_dir = /x\nsynkler_server = h\n",
+        "[default]\nmode: upload\n",  # INI allows ':' too
+        "[default]\n",
+        "mode = upload\nfile_dir = /x\n",  # no section: still the INI habit
+        "# synkler\nkeep_minutes=30\n",
+    ],
+    ids=["section", "colons", "only-section", "no-section", "no-spaces"],
+)
+def test_an_ini_file_says_to_run_config_migrate(conf_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(conf_path, text))
+    assert info.value.key is None
+    assert "synkler 0.0.x" in info.value.problem
+    assert f"synkler config migrate {conf_path} -o " in info.value.problem
+
+
+def test_a_file_that_is_not_utf8_says_where_and_how_to_convert_it(conf_path: Path) -> None:
+    conf_path.parent.mkdir(parents=True)
+    conf_path.write_bytes(b"mode: upload\n# Gr\xfc\xdfe\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(conf_path)
+    assert "not UTF-8 text (byte 0xfc at line 2, column 5)" in info.value.problem
+    assert "iconv -f latin1 -t utf-8" in info.value.problem
+
+
+def test_a_tab_in_the_indentation_says_yaml_takes_spaces(conf_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(conf_path, "mode: upload\nrsync_opts:\n\t- --x\n"))
+    assert "line 3" in info.value.problem and "use spaces" in info.value.problem
+
+
+def test_a_colon_without_a_space_says_to_add_one(conf_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(conf_path, "mode:upload\nfile_dir:/x\n"))
+    assert "space after each colon" in info.value.problem
+
+
+def test_a_key_in_capitals_hints_at_the_lower_case_one(parse) -> None:
+    assert error_of(parse, KEEP_MINUTES=5).problem == "unknown key; did you mean 'keep_minutes'?"
+
+
+def test_log_format_is_text_or_json(parse) -> None:
+    assert parse().log_format == "text"
+    assert parse(log_format="json").log_format == "json"
+    assert error_of(parse, log_format="xml").key == "log_format"

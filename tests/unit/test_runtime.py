@@ -128,3 +128,40 @@ def test_an_agent_refused_by_its_own_stale_connection_waits_for_it(rt):
     rt._started = True
     rt._rival(AgentActive("q", None, mine=True))
     assert not rt.stopping
+
+
+class Probe:
+    """The standby's look at its queue: `consumers` of it, nothing consumed."""
+
+    def __init__(self, consumers: int):
+        self.n = consumers
+        self.consuming = False
+
+    def connect(self, *, consume: bool = True) -> None:
+        self.consuming = consume
+
+    def consumers(self):
+        return self.n, None
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_standby_takes_over_only_once_its_queue_has_had_no_consumer_for_the_grace(rt, monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(runtime.time, "time", lambda: now[0])
+    rt._rival(AgentActive("q", None))
+    assert rt._standby
+    assert not rt._free_long_enough(Probe(1))  # the other one is there
+    assert not rt._free_long_enough(Probe(0))  # gone for a moment: a restart, a reconnect
+    now[0] += runtime.STANDBY_GRACE / 2
+    assert not rt._free_long_enough(Probe(0))
+    assert not rt._free_long_enough(Probe(1))  # it came back: the grace starts again
+    now[0] += runtime.STANDBY_GRACE
+    assert not rt._free_long_enough(Probe(0))
+    now[0] += runtime.STANDBY_GRACE - 1
+    assert not rt._free_long_enough(Probe(0))
+    now[0] += 1
+    probe = Probe(0)
+    assert rt._free_long_enough(probe)
+    assert not probe.consuming  # it only looked

@@ -1,0 +1,199 @@
+"""Ordinary inputs and operator mistakes, all at once, while the workload flows (issue 14).
+
+Besides the usual workload: a newer version renamed over the big file's name before the first
+is delivered, names of every awkward kind (a leading `#`, `;` or `-`, quotes,
+backslashes, a name that is not UTF-8, a 255-byte name), an upload agent named `dead`, an entry
+bigger than central's whole file system (central's file_dir is a small tmpfs), a second central
+(sharing the first one's file_dir) and a second download started from copied configs, download's
+ssh key gone for a while, and each agent stopped with SIGTERM once, mid-flow, and started again.
+Nothing may be lost, corrupted, duplicated or stalled; only the entry too big fails, at once.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import faultkit
+import pytest
+import yaml
+from faultkit import build_workload, common_settings, delivered_count, verdict, wait_settled
+
+from synkler.hops.checksum import md5_entry
+
+AWKWARD = [
+    "#hash.dat",
+    ";semicolon.dat",
+    "-dash.dat",
+    "spaces and 'quotes' \"double\" back\\slash.dat",
+    os.fsdecode(b"latin-1 r\xe9sum\xe9.dat"),  # not UTF-8
+    "n" * 251 + ".dat",  # 255 bytes
+]
+STOP_WITHIN = 10.0  # seconds from SIGTERM to exit, whatever the agent was doing
+
+
+def add_awkward(wl: faultkit.Workload, upload_dir: Path, scratch: Path) -> None:
+    for i, name in enumerate(AWKWARD):
+        tmp = scratch / f"awkward{i}"
+        tmp.write_bytes(os.urandom(1000 + i))
+        wl.md5s[name] = md5_entry(tmp)
+        wl.kinds[name] = "file"
+        os.rename(tmp, upload_dir / name)
+
+
+def start_second(relay, role: str, **changes: object) -> tuple[subprocess.Popen[bytes], Path]:
+    """A second agent of `role` from a copy of its config, with its own pidfile and state_db."""
+    base = relay.workdir / f"{role}-2"
+    base.mkdir()
+    cfg = yaml.safe_load(relay.configs[role].read_text())
+    cfg.update(pidfile=str(base / "synkler.pid"), state_db=str(base / "state.sqlite"), **changes)
+    (base / "synkler.conf").write_text(yaml.safe_dump(cfg))
+    with open(base / "agent.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "synkler", "-c", str(base / "synkler.conf"), "-v", "run"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
+    return proc, base / "agent.log"
+
+
+def stop_and_start(relay, role: str) -> float:
+    """SIGTERM the agent, wait for it to exit, start it again; return how long the stop took."""
+    proc = relay.procs.pop(role)
+    began = time.monotonic()
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    took = time.monotonic() - began
+    relay.start(role)
+    return took
+
+
+@pytest.mark.parametrize("profile", faultkit.profiles())
+def test_ordinary_inputs_and_operator_mistakes_lose_stall_or_duplicate_nothing(
+    tmpfs, make_relay, sshd, rng, profile
+):
+    size_mb = 400 if profile is faultkit.DEFAULT else 700
+    workdir = make_relay.next_dir()
+    settings = common_settings(workdir, profile, sshd.rsync_opts())
+    settings["upload"]["name"] = "dead"  # the dead-letter queue's name in synkler 0.4
+    # Download's own copy of the ssh key, to take away for a while; no shared ssh connection, so
+    # that each pull logs in again.
+    key = workdir / "download-key"
+    ssh = sshd.ssh_command()
+    ssh[ssh.index("-i") + 1] = str(key)
+    settings["download"]["rsync_opts"] = [
+        "-e",
+        shlex.join(ssh),
+        f"--bwlimit={profile.bwlimit}",
+    ]
+    settings["download"]["ssh_control_persist"] = 0
+    relay = make_relay(settings, verbose=False)
+    key.write_bytes(sshd.client_key.read_bytes())
+    key.chmod(0o600)
+    central = tmpfs(relay.dirs["central"], size_mb)
+    scratch = workdir / "scratch"
+    wl = build_workload(relay.dirs["upload"], rng, profile, scratch=scratch)
+    add_awkward(wl, relay.dirs["upload"], scratch)
+    # Bigger than central's whole file system: it must fail at once and hold nobody back.
+    too_big = "too-big-for-central.img"
+    sparse = scratch / too_big
+    with open(sparse, "wb") as f:
+        f.truncate(2 * size_mb << 20)
+    wl.md5s[too_big] = md5_entry(sparse)
+    wl.kinds[too_big] = "file"
+    os.rename(sparse, relay.dirs["upload"] / too_big)
+    print(f"{len(wl.names)} entries, central on a {size_mb} MB tmpfs")
+
+    relay.start()
+    relay.wait_for(
+        "central connected", lambda: "connected to broker" in relay.log_path("central").read_text()
+    )
+    relay.wait_for(
+        "download connected", lambda: "connected to broker" in relay.log_path("download").read_text()
+    )
+    (workdir / "download-2-files").mkdir()
+    seconds = [
+        start_second(relay, "central", file_dir=str(central)),
+        start_second(relay, "download", file_dir=str(workdir / "download-2-files")),
+    ]
+    faults = 0
+    try:
+        for _proc, second_log in seconds:
+            relay.wait_for("a standby", lambda p=second_log: "waits as a standby" in p.read_text(), 30)
+        faults += 2
+        # A newer version of the big file renamed over its name once the first is at central and
+        # not yet delivered: both arrive, and upload's cleanup never acts on the one not delivered.
+        big = next(n for n in wl.names if n.startswith("big-"))
+        relay.wait_for(f"{big} sent", lambda: relay.states("upload").get(big) == "sent", 60, interval=0.02)
+        v2 = scratch / "big-v2"
+        v2.write_bytes(os.urandom(300_000))
+        replaced = {big: (wl.md5s.pop(big), md5_entry(v2))}
+        del wl.kinds[big]
+        os.rename(v2, relay.dirs["upload"] / big)
+        faults += 1
+        relay.wait_for(
+            f"{too_big} failed at once", lambda: relay.states("upload").get(too_big) == "failed", 30
+        )
+
+        # Download's key goes away while entries still flow, and comes back.
+        relay.wait_for("the first deliveries", lambda: delivered_count(relay) >= 3, 60)
+        key.rename(workdir / "download-key.away")
+        log = relay.log_path("download")
+        relay.wait_for("download to say it needs a person", lambda: "needs a person" in log.read_text(), 60)
+        time.sleep(profile.sever_s)  # the fault's length: entries wait, none fails
+        (workdir / "download-key.away").rename(key)
+        faults += 1
+
+        # Each agent stopped with SIGTERM at a random moment while entries flow, started at once.
+        for role in rng.sample(["upload", "central", "download"], 3):
+            if faultkit.settled(relay, wl):
+                break
+            time.sleep(rng.uniform(0.3, 2.0))
+            took = stop_and_start(relay, role)
+            print(f"SIGTERM {role}: stopped in {took:.1f} s")
+            assert took < STOP_WITHIN, f"{role} took {took:.1f} s to stop"
+            faults += 1
+
+        wait_settled(relay, wl, profile.deliver_timeout)
+        relay.wait_for(
+            f"both versions of {big} delivered",
+            lambda: (
+                [e.state for e in relay.entries("download") if e.name == big] == ["done", "done"]
+                and [e.state for e in relay.entries("upload") if e.name == big] == ["done", "done"]
+            ),
+            60,
+        )
+        first = min((e for e in relay.entries("upload") if e.name == big), key=lambda e: e.created)
+        print(f"{big}: the first version's cleanup: {first.cleanup} ({first.reason})")
+        failed = verdict(relay, wl, faults=faults, replaced=replaced)
+    finally:
+        for proc, _log in seconds:
+            proc.terminate()
+            proc.wait(30)
+    assert failed == [too_big]
+    reason = {e.name: e.reason for e in relay.entries("upload")}[too_big]
+    assert "can ever hold" in reason, reason
+    for role in ("central", "download"):
+        log = (relay.workdir / f"{role}-2" / "agent.log").read_text()
+        assert "takes over" not in log, log
+        assert not (relay.workdir / f"{role}-2" / "state.sqlite").exists() or _entries(relay, role) == 0
+    assert os.listdir(workdir / "download-2-files") == []
+
+
+def _entries(relay, role: str) -> int:
+    from synkler.state import State
+
+    state = State(relay.workdir / f"{role}-2" / "state.sqlite", readonly=True)
+    try:
+        return state.count()
+    finally:
+        state.close()
