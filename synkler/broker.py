@@ -8,7 +8,8 @@ object can be the name of another, of this instance or of any other):
   second agent of the same name is refused by the broker (AgentActive) and waits as a standby;
 - exchange ``synkler:<id>:holder`` (direct) and queue ``synkler:<id>:holder:<agent>`` (durable,
   at most one message): who consumes the agent's queue (host, pid, since when), so that the
-  refused one can name it;
+  refused one can name it; the agent's presence report (synkler.presence) replaces it every few
+  seconds, a superset of it, which `synkler status --relay` reads;
 - exchange and queue ``synkler:<id>:dead``: where rejected (malformed, hostile) messages end up.
 synkler 0.4 named them ``synkler.<id>``, ``synkler.<id>.<agent>`` and ``synkler.<id>.dead``; an agent
 moves what its old queue still holds into its new one when it connects (`_adopt_legacy`).
@@ -32,7 +33,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, TypeVar
 
 import pika
 import pika.exceptions
@@ -43,6 +44,7 @@ from .config import Config
 from .errors import AgentActive, BrokerError, PublishRefused
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _PIKA_ERRORS = (pika.exceptions.AMQPError, OSError)
 # The agents whose queues a sender declares before its first publish to them, so that messages to
@@ -167,7 +169,10 @@ class Broker:
 
     # connection ----------------------------------------------------------------------------------
 
-    def connect(self, *, consume: bool = True) -> None:
+    def connect(self, *, consume: bool = True, declare: bool = True) -> None:
+        """Connect; `consume`: the agent's own queue, exclusively. `declare` False (with consume
+        False): declare nothing, only look (`synkler status --relay` of a mistyped id creates
+        nothing)."""
         p = self.params
         parameters = pika.ConnectionParameters(
             host=p.host,
@@ -189,7 +194,8 @@ class Broker:
             self._chan = chan = conn.channel()
             self._declared = set()
             pub = self._publisher()
-            self._declare_topology(pub)
+            if declare or consume:
+                self._declare_topology(pub)
             if consume:
                 self._declare_queue(pub, self.agent)
                 self._adopt_legacy(pub)
@@ -261,6 +267,83 @@ class Broker:
             return Holder(str(d["host"]), int(d["pid"]), float(d["since"]), str(d["token"]))
         except (*_PIKA_ERRORS, ValueError, KeyError, TypeError):
             return None
+
+    # presence (synkler.presence, synkler.relayview) -----------------------------------------------
+
+    def publish_presence(self, report: dict[str, object]) -> None:
+        """Replace the agent's record in its holder queue with its presence report (confirmed).
+
+        PublishRefused and BrokerError as `publish`; the report is a superset of the holder record
+        (host, pid, since, token), so a refused standby still names this agent.
+        """
+        body = json.dumps({**report, "token": TOKEN}, ensure_ascii=True, separators=(",", ":")).encode()
+
+        def do(ch: BlockingChannel) -> None:
+            if ":holder" not in self._declared:
+                self._holder_queue()
+                self._declared.add(":holder")  # ":" cannot occur in an agent name
+            ch.basic_publish(
+                holder_exchange(self.instance), self.agent, body, properties=_PERSISTENT, mandatory=True
+            )
+
+        self._publish(do)
+
+    def _probe(self, fn: Callable[[BlockingChannel], T]) -> T | None:
+        """Run `fn` on a channel of its own; None if the broker refuses (a passive declare of a
+        queue that does not exist closes its channel, nothing else)."""
+        if self._conn is None:
+            raise BrokerError("not connected to the broker")
+        try:
+            probe = self._conn.channel()
+        except _PIKA_ERRORS as e:
+            self.close()
+            raise BrokerError(f"broker operation failed: {_describe(e)}") from None
+        try:
+            result = fn(probe)
+        except pika.exceptions.ChannelClosedByBroker:
+            return None
+        except _PIKA_ERRORS as e:
+            self.close()
+            raise BrokerError(f"broker operation failed: {_describe(e)}") from None
+        try:
+            probe.close()
+        except _PIKA_ERRORS:
+            pass
+        return result
+
+    def peek_presence(self, agent: str) -> bytes | None:
+        """The latest presence report (or holder record) of an agent, left in place; None if it
+        has none (never ran under this id). Declares nothing."""
+
+        def do(ch: BlockingChannel) -> bytes | None:
+            # Usually one message; should a report published while another reader held the old one
+            # have made two, the last is the newest. All go back.
+            latest, tag = None, None
+            for _ in range(4):
+                method, _props, body = ch.basic_get(holder_name(self.instance, agent), auto_ack=False)
+                if method is None:
+                    break
+                latest, tag = bytes(body), method.delivery_tag
+            if tag is not None:
+                ch.basic_nack(tag, multiple=True, requeue=True)
+            return latest
+
+        return self._probe(do)
+
+    def queue_info(self, agent: str) -> tuple[int, int] | None:
+        """(messages, consumers) of an agent's queue, or None if it does not exist. Declares nothing."""
+
+        def do(ch: BlockingChannel) -> tuple[int, int]:
+            m = ch.queue_declare(queue_name(self.instance, agent), passive=True).method
+            return int(m.message_count), int(m.consumer_count)
+
+        return self._probe(do)
+
+    def dead_count(self) -> int | None:
+        """Messages in the dead-letter queue, or None if it does not exist."""
+        return self._probe(
+            lambda ch: int(ch.queue_declare(dead_name(self.instance), passive=True).method.message_count)
+        )
 
     def _adopt_legacy(self, ch: BlockingChannel) -> None:
         """Move what synkler 0.4's queue of this agent still holds into its queue, then delete it."""
