@@ -3,7 +3,8 @@
 `commands` gives the `rabbitmqctl` commands that make them; `synkler broker-setup` prints them.
 Each agent's user `<name>@<id>` (see synkler.broker.broker_user) may
 - declare, bind and read only the instance's exchanges and dead-letter queue, its own queue and its
-  own holder queue (an authenticated agent declares no other agent's queue: each declares its own);
+  own holder queue (an authenticated agent declares no other agent's queue: each declares its own),
+  and read the other agents' presence reports (their holder queues: `status --relay`);
 - bind a queue to the instance's topic exchange only with its own name (topic read), so it cannot
   have another agent's messages copied to it;
 - publish to that exchange only with the routing keys of the agents it talks to (topic write):
@@ -25,8 +26,10 @@ def permissions(instance: str, mode: str, name: str) -> tuple[str, str, str, str
     base = re.escape(exchange_name(instance))
     own = re.escape(name)
     resources = f"^{base}(:dead|:holder|:agent:{own}|:holder:{own})?$"
+    # Reading every agent's presence report (holder queue) is what `status --relay` does.
+    readable = f"^{base}(:dead|:holder|:agent:{own}|:holder:[^:]+)?$"
     topic_write = ".*" if mode == "central" else "^central$"
-    return resources, resources, resources, topic_write, f"^{own}$"
+    return resources, resources, readable, topic_write, f"^{own}$"
 
 
 def commands(

@@ -150,3 +150,24 @@ def yaml_password(relay, role: str) -> str:
     import yaml
 
     return yaml.safe_load(relay.configs[role].read_text())["broker_password"]
+
+
+def test_the_relay_view_works_with_an_agents_own_least_privileged_user(relay):
+    import json
+    import subprocess
+
+    relay.start()
+    md5 = place(relay.dirs["upload"], "seen.dat", os.urandom(3000))
+    deliver(relay, {"seen.dat": md5})
+
+    def view(role: str) -> dict:
+        out = subprocess.run(
+            relay.command(role, "status", "--relay", "--json"), capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0, out.stderr
+        return {a["name"]: a["status"] for a in json.loads(out.stdout)["agents"]}
+
+    everyone = {"central": "running", "download": "running", UPLOAD: "running"}
+    for role in ("upload", "download"):
+        # Central names its upload agents in its next report (every 5 s).
+        relay.wait_for(f"the relay view from {role}", lambda role=role: view(role) == everyone, 30)
