@@ -182,3 +182,13 @@ def private_rabbit() -> Iterator:
         yield node.start()
     finally:
         node.stop()
+
+
+@pytest.fixture
+def authenticated_relay(private_rabbit, sshd, tmp_path, instance_id) -> Iterator[LocalRelay]:
+    """A relay (not started) on the private node, authenticated, one least-privileged broker user per
+    agent, and the attacker login mallory (tests/authrelay.py)."""
+    from authrelay import authenticated_relay as make
+
+    with make(private_rabbit, sshd, tmp_path, instance_id) as relay:
+        yield relay

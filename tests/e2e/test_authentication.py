@@ -6,70 +6,21 @@ with a login to the broker (but not an agent's) publishes forged messages: nothi
 from __future__ import annotations
 
 import os
-import secrets
-import shlex
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pika
 import pytest
+from authrelay import UPLOAD, connect
 from relay_helpers import deliver, place
 
 from synkler import messages
 from synkler.broker import broker_user, dead_name, exchange_name, queue_name
-from synkler.brokersetup import commands
 from synkler.devkit.localrelay import LocalRelay
-
-UPLOAD = "lab-a"
-RECORD = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
 
 
 @pytest.fixture
-def relay(private_rabbit, sshd, tmp_path, instance_id) -> Iterator[LocalRelay]:
-    node = private_rabbit
-    names = ["central", "download", UPLOAD]
-    passwords = {broker_user(instance_id, n): secrets.token_urlsafe(16) for n in names}
-    for argv in commands(instance_id, [UPLOAD], passwords=passwords):
-        node.ctl(*argv)
-    node.ctl("add_user", "mallory", "mallory-pw")  # a broker login, but no agent's
-    node.ctl("set_permissions", "-p", "/", "mallory", ".*", ".*", ".*")
-
-    def auth(name: str) -> dict:
-        user = broker_user(instance_id, name)
-        return {"authenticate": True, "broker_username": user, "broker_password": passwords[user]}
-
-    up_log = tmp_path / "upload-cleanup.log"
-    relay = LocalRelay(
-        tmp_path / "relay",
-        sshd,
-        instance_id,
-        broker_port=node.port,
-        settings={
-            "upload": {
-                **auth(UPLOAD),
-                "name": UPLOAD,
-                "settle_seconds": 0.2,
-                "cleanup_script": shlex.join([sys.executable, "-c", RECORD, str(up_log), "%f"]),
-            },
-            "central": auth("central"),
-            "download": auth("download"),
-        },
-    )
-    relay.up_log = up_log  # type: ignore[attr-defined]
-    try:
-        yield relay
-    finally:
-        relay.close()
-        for name in names:
-            node.ctl("delete_user", broker_user(instance_id, name))
-        node.ctl("delete_user", "mallory")
-
-
-def connect(node, user: str, password: str) -> pika.BlockingConnection:
-    return pika.BlockingConnection(
-        pika.ConnectionParameters("127.0.0.1", node.port, credentials=pika.PlainCredentials(user, password))
-    )
+def relay(authenticated_relay) -> LocalRelay:
+    return authenticated_relay
 
 
 def test_an_authenticated_relay_delivers_with_one_least_privileged_broker_user_per_agent(relay):

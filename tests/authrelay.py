@@ -1,0 +1,116 @@
+"""An authenticated relay on a private RabbitMQ node (tests/rabbitnode.py): one least-privileged broker
+user per agent, made with the commands `synkler broker-setup` prints, `authenticate: true` everywhere,
+and a cleanup script at upload and at download that records each run. Beside the agents' users, the
+node has `mallory`, a broker login with broad permissions (configure, write and read on everything,
+no topic permissions) but no agent's identity: the attacker of tests/e2e/test_authentication.py and
+tests/e2e/test_hostile_relay.py. The fixture `authenticated_relay` (tests/conftest.py) builds it."""
+
+from __future__ import annotations
+
+import secrets
+import shlex
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pika
+
+from synkler.broker import broker_user, dead_name, exchange_name
+from synkler.brokersetup import commands
+from synkler.devkit.localrelay import LocalRelay
+from synkler.messages import Message, encode
+
+UPLOAD = "lab-a"  # the upload agent's name (not the role's): its broker user is lab-a@<id>
+MALLORY = ("mallory", "mallory-pw")
+# A cleanup script that appends its %f to a file: how many times it ran, and for what.
+RECORD = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
+
+
+@contextmanager
+def authenticated_relay(node: Any, sshd: Any, workdir: Path, instance: str) -> Iterator[LocalRelay]:
+    """The relay (not started), with `up_log` and `down_log`: what each cleanup script recorded.
+    Its users, and mallory, are deleted afterwards."""
+    names = ["central", "download", UPLOAD]
+    passwords = {broker_user(instance, n): secrets.token_urlsafe(16) for n in names}
+    for argv in commands(instance, [UPLOAD], passwords=passwords):
+        node.ctl(*argv)
+    node.ctl("add_user", *MALLORY)
+    node.ctl("set_permissions", "-p", "/", MALLORY[0], ".*", ".*", ".*")
+
+    def auth(name: str) -> dict[str, Any]:
+        user = broker_user(instance, name)
+        return {"authenticate": True, "broker_username": user, "broker_password": passwords[user]}
+
+    def recorder(log: Path) -> str:
+        return shlex.join([sys.executable, "-c", RECORD, str(log), "%f"])
+
+    up_log, down_log = workdir / "upload-cleanup.log", workdir / "download-cleanup.log"
+    relay = LocalRelay(
+        workdir / "relay",
+        sshd,
+        instance,
+        broker_port=node.port,
+        settings={
+            "upload": {
+                **auth(UPLOAD),
+                "name": UPLOAD,
+                "settle_seconds": 0.2,
+                "cleanup_script": recorder(up_log),
+            },
+            "central": auth("central"),
+            "download": {**auth("download"), "cleanup_script": recorder(down_log)},
+        },
+    )
+    relay.up_log = up_log  # type: ignore[attr-defined]
+    relay.down_log = down_log  # type: ignore[attr-defined]
+    try:
+        yield relay
+    finally:
+        relay.close()
+        for name in names:
+            node.ctl("delete_user", broker_user(instance, name))
+        node.ctl("delete_user", MALLORY[0])
+
+
+def connect(node: Any, user: str, password: str) -> pika.BlockingConnection:
+    return pika.BlockingConnection(
+        pika.ConnectionParameters("127.0.0.1", node.port, credentials=pika.PlainCredentials(user, password))
+    )
+
+
+class Attacker:
+    """A broker login that is no agent's (mallory by default): publishes forged messages to the
+    instance's exchange, as anyone with that login can, and counts the dead letters."""
+
+    def __init__(self, node: Any, relay: LocalRelay, user: str = MALLORY[0], password: str = MALLORY[1]):
+        self.relay = relay
+        self.conn = connect(node, user, password)
+        self.ch = self.conn.channel()
+        self.ch.confirm_delivery()  # each publish returns once the broker has routed it
+
+    def publish(self, to: str, msg: Message | bytes) -> None:
+        """Publish to agent `to` through the exchange, as an agent would (persistent, mandatory)."""
+        body = encode(msg) if isinstance(msg, Message) else msg
+        props = pika.BasicProperties(delivery_mode=2, content_type="application/json")
+        self.ch.basic_publish(exchange_name(self.relay.instance), to, body, props, mandatory=True)
+
+    def dead(self) -> int:
+        """Messages in the instance's dead-letter queue."""
+        return int(self.ch.queue_declare(dead_name(self.relay.instance), passive=True).method.message_count)
+
+    def wait_dead(self, count: int, timeout: float = 30) -> None:
+        """Wait until the dead-letter queue holds `count` messages; then it must hold no more."""
+        self.relay.wait_for(f"{count} dead letters", lambda: self.dead() >= count, timeout)
+        assert self.dead() == count
+
+    def close(self) -> None:
+        if self.conn.is_open:
+            self.conn.close()
+
+    def __enter__(self) -> Attacker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
