@@ -51,7 +51,9 @@ def commands(
         password = (passwords or {}).get(user)
         configure, write, read, topic_write, topic_read = permissions(instance, mode, name)
         out += [
-            ["add_user", user, *([password] if password is not None else [])],
+            # `--`: a password may start with '-' (token_urlsafe makes one in 64), which rabbitmqctl
+            # would otherwise take for an option and refuse the command.
+            ["add_user", user, *(["--", password] if password is not None else [])],
             ["set_permissions", "-p", vhost, user, configure, write, read],
             ["set_topic_permissions", "-p", vhost, user, exchange_name(instance), topic_write, topic_read],
         ]

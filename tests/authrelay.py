@@ -34,6 +34,7 @@ def authenticated_relay(node: Any, sshd: Any, workdir: Path, instance: str) -> I
     Its users, and mallory, are deleted afterwards."""
     names = ["central", "download", UPLOAD]
     passwords = {broker_user(instance, n): secrets.token_urlsafe(16) for n in names}
+    passwords[broker_user(instance, "central")] = "-" + secrets.token_urlsafe(16)  # as one in 64 starts
     for argv in commands(instance, [UPLOAD], passwords=passwords):
         node.ctl(*argv)
     node.ctl("add_user", *MALLORY)
