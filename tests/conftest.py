@@ -18,9 +18,20 @@ from typing import NoReturn
 from urllib.parse import quote
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from synkler.devkit.localrelay import ROLES, LocalRelay
 from synkler.devkit.sshd import LocalSshd
+
+# Property-based fuzzing (tests/unit/test_fuzz_*.py): few examples by default, so the suite stays
+# fast; HYPOTHESIS_PROFILE=long runs many more (and `--hypothesis-seed=N` repeats a run).
+settings.register_profile(
+    "default", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "long", max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 # Sent by an AMQP 0-9-1 client first; a broker answers it with Connection.Start (or with
 # its own header if it speaks another version), so any reply means "a broker is there".

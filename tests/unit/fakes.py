@@ -21,6 +21,7 @@ from synkler.agents import AGENTS
 from synkler.agents.base import Key
 from synkler.config import parse_config
 from synkler.messages import Message
+from synkler.runtime import Runtime
 from synkler.state import Entry, State
 
 
@@ -92,6 +93,12 @@ class Role:
         with self.state.transaction(), self.state.savepoint():
             self.agent.on_message(msg)
 
+    def apply(self, body: bytes, user: str | None = None) -> tuple[str, list[bytes]]:
+        """An AMQP body as the runtime's main loop handles it (Runtime._apply: decode, authenticate,
+        dispatch, each in a savepoint), in a transaction: ("ack" | "dead" | "requeue", dead elements)."""
+        with self.state.transaction():
+            return _Loop(self)._apply(body, user)
+
     def tick(self, now: float | None = None) -> None:
         with self.state.transaction():
             self.agent.tick(time.time() if now is None else now)
@@ -151,3 +158,11 @@ class Role:
         with self.state.transaction():
             self.state.sent([seq for seq, _, _ in rows])
         return [(dest, messages.decode(body)) for _, dest, body in rows]
+
+
+class _Loop(Runtime):
+    """The runtime's message path alone, over a Role's agent: no broker, no worker threads."""
+
+    def __init__(self, role: Role):  # Runtime.__init__ would build pools, presence and signals
+        self.cfg, self.state, self.agent = role.cfg, role.state, role.agent
+        self._dead_window, self._dead_logged, self._dead_quiet = 0.0, 0, 0
