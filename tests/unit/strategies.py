@@ -1,0 +1,105 @@
+"""hypothesis strategies for synkler's messages: any JSON, valid messages as they travel, and
+messages near the schema (tests/unit/test_fuzz_messages.py, tests/unit/test_fuzz_handlers.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from hypothesis import strategies as st
+
+from synkler import messages
+from synkler.messages import KINDS, MAX_SIZE, SCHEMA, SCHEMAS
+
+HEX = "0123456789abcdef"
+
+# Any JSON value, nested a little.
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def names() -> st.SearchStrategy[str]:
+    """Entry names the validator accepts: printable text, and file names that are not UTF-8."""
+    text = st.text(
+        st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="/"), min_size=1, max_size=40
+    )
+    raw = st.binary(min_size=1, max_size=40).map(os.fsdecode)
+    return st.one_of(text, raw).filter(lambda n: messages.name_problem(n) is None)
+
+
+def paths() -> st.SearchStrategy[str]:
+    component = st.text(
+        st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="/"), min_size=1, max_size=12
+    )
+    return (
+        st.lists(component, min_size=1, max_size=6)
+        .map(lambda parts: "/" + "/".join(parts))
+        .filter(lambda p: messages.path_problem(p) is None)
+    )
+
+
+FIELDS: dict[str, st.SearchStrategy[Any]] = {
+    "name": names(),
+    "stored_as": names(),
+    "kind": st.sampled_from(KINDS),
+    "size": st.integers(0, MAX_SIZE),
+    "files": st.integers(0, MAX_SIZE),
+    "md5": st.text(HEX, min_size=32, max_size=32),
+    "got": st.text(HEX, min_size=32, max_size=32),
+    "attempt": st.integers(1, 1000),
+    "dest": paths(),
+    "path": paths(),
+    "reason": st.text(max_size=300),
+    "hop": st.text(max_size=50),
+    "outcome": st.sampled_from(["placed", "present"]),
+}
+senders = st.from_regex(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
+
+
+@st.composite
+def valid_wire(draw: st.DrawFn) -> dict[str, Any]:
+    """A message as it travels: the envelope and every body field of its type, all valid."""
+    mtype = draw(st.sampled_from(sorted(SCHEMAS)))
+    wire: dict[str, Any] = {
+        "v": SCHEMA,
+        "type": mtype,
+        "entry": draw(st.text(HEX, min_size=32, max_size=32)),
+        "from": draw(senders),
+        "at": draw(st.floats(allow_nan=False, allow_infinity=False) | st.integers(0, 2**40)),
+    }
+    for name in SCHEMAS[mtype]:
+        wire[name] = draw(FIELDS[name])
+    return wire
+
+
+@st.composite
+def near_wire(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid message with a few of its fields dropped, replaced by any JSON value, or added."""
+    wire = draw(valid_wire())
+    for _ in range(draw(st.integers(0, 3))):
+        keys = sorted(wire)
+        action = draw(st.sampled_from(["drop", "replace", "add", "other-field"]))
+        if action == "drop":
+            wire.pop(draw(st.sampled_from(keys)))
+        elif action == "replace":
+            wire[draw(st.sampled_from(keys))] = draw(json_values)
+        elif action == "add":
+            wire[draw(st.text(max_size=8))] = draw(json_values)
+        else:  # a valid value of another field: a path where a name goes, a size for an attempt
+            key, other = draw(st.sampled_from(keys)), draw(st.sampled_from(sorted(FIELDS)))
+            wire[key] = draw(FIELDS[other])
+    return wire
+
+
+def dumps(value: Any, ascii_only: bool) -> bytes:
+    """JSON as a sender may write it: escaped to ASCII (as synkler does) or as UTF-8 (a lone
+    surrogate, a name's byte that is not UTF-8, can only travel escaped)."""
+    text = json.dumps(value, ensure_ascii=ascii_only)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value).encode("ascii")
