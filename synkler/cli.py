@@ -17,8 +17,11 @@ from .errors import BrokerError, ConfigError, ExitStatus, StateError, SynklerErr
 
 if TYPE_CHECKING:  # annotations only: main() imports the config module when a command needs it
     from .config import Config
+    from .state import Entry, State
 
 log = logging.getLogger("synkler")
+
+STATUS_LAST = 50  # finished entries `status` shows besides those on their way (--all: every one)
 
 
 # Each command's --help ends with examples; global options are shown there too.
@@ -39,7 +42,10 @@ A second start on the same configuration finds the agent running and exits 0 at 
     "status": """\
 examples:
   synkler status -c /etc/synkler.conf
-  synkler status -c /etc/synkler.conf --json | jq '.[] | select(.state == "failed")'""",
+  synkler status -c /etc/synkler.conf --all --json | jq '.[] | select(.state == "failed")'
+
+Shows every entry on its way, failed or with a failed cleanup script, and the most recently
+finished ones (--last); --all shows every entry the history keeps (keep_history_days).""",
     "check": """\
 examples:
   synkler check -c /etc/synkler.conf      one line per check; exits 1 if one says FAIL""",
@@ -124,6 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
     _command(sub, "run", "run this host's agent in the foreground (the default)")
     st = _command(sub, "status", "show this agent's entries")
     st.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+    st.add_argument(
+        "--all", action="store_true", help="every entry in the history, not only those on their way or recent"
+    )
+    st.add_argument(
+        "--last",
+        type=int,
+        default=STATUS_LAST,
+        metavar="N",
+        help=f"how many of the most recently finished entries to show (default {STATUS_LAST})",
+    )
     _command(sub, "check", "check the config, the broker and (upload/download) ssh+rsync to central")
     demo = _command(sub, "demo", "relay generated files through all three roles on this machine")
     demo.add_argument("--keep", action="store_true", help="keep the demo's directory afterwards")
@@ -231,14 +247,20 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
 def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     from .state import State
 
-    if not cfg.state_db.exists():
-        entries = []
-    else:
+    hidden = 0
+    entries: list[Entry] = []
+    if cfg.state_db.exists():
         state = State(cfg.state_db, readonly=True)
         try:
-            entries = state.all()
+            entries, hidden = (state.all(), 0) if args.all else _status_entries(cfg, state, args.last)
         finally:
             state.close()
+    if hidden:
+        # On stderr: the table or JSON on stdout stays what it was for a reader.
+        print(
+            f"({hidden} older finished entries not shown: `synkler status --all` lists every entry)",
+            file=sys.stderr,
+        )
     if args.json:
         rows = []
         for e in entries:
@@ -263,6 +285,23 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     for line in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) + "  " + line[-1])
     return ExitStatus.OK
+
+
+def _status_entries(cfg: Config, state: State, last: int) -> tuple[list[Entry], int]:
+    """What `status` shows without --all, oldest first, and how many others there are: every entry
+    not finished (on its way, failed), every one whose cleanup script failed or was interrupted, and
+    the `last` most recently finished. Read through indexes: as quick with a million entries as with
+    a hundred."""
+    from .agents import AGENTS
+
+    finished = {str(s) for s in AGENTS[cfg.mode].FINISHED}
+    counts = state.counts()
+    open_states = [s for s in counts if s not in finished]
+    shown = {e.id: e for e in state.by_state(*open_states)} if open_states else {}
+    shown.update((e.id, e) for e in state.cleanups_needing_a_person())
+    for e in state.newest([s for s in counts if s in finished], max(0, last)):
+        shown.setdefault(e.id, e)
+    return sorted(shown.values(), key=lambda e: e.created), sum(counts.values()) - len(shown)
 
 
 def _shown(name: str) -> str:

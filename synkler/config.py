@@ -94,6 +94,7 @@ class Config:
     name: str
     file_dir: Path
     keep_minutes: float
+    keep_history_days: float
     pidfile: Path
     state_db: Path
     rsync: tuple[str, ...]
@@ -353,6 +354,7 @@ KEYS: dict[str, _Key] = {
     "name": _Key(_identifier, _Derived(lambda s, ctx: s["mode"])),
     "file_dir": _Key(_directory, required=True),
     "keep_minutes": _Key(_number(0), 30.0),
+    "keep_history_days": _Key(_number(0), 30.0),
     "pidfile": _Key(_path, _state_file(".pid")),
     "state_db": _Key(_path, _state_file(".sqlite")),
     "rsync": _Key(_command, ("rsync",)),

@@ -14,7 +14,7 @@ from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from .errors import StateError, StateUnavailable
 
@@ -41,6 +41,15 @@ CREATE TABLE IF NOT EXISTS entries (
 );
 CREATE INDEX IF NOT EXISTS entries_state ON entries(state, due);
 CREATE INDEX IF NOT EXISTS entries_name ON entries(name, created);
+-- Finished entries oldest first, for pruning the history and for the newest ones `status` shows.
+CREATE INDEX IF NOT EXISTS entries_end ON entries(state, updated);
+-- Done entries whose cleanup script needs a person: `status` shows them however old.
+CREATE INDEX IF NOT EXISTS entries_cleanup ON entries(cleanup) WHERE cleanup IN ('failed', 'interrupted');
+-- What the agent remembers of the entries it pruned: the latest `created` among them (one row).
+CREATE TABLE IF NOT EXISTS pruned (
+    one   INTEGER PRIMARY KEY CHECK (one = 1),
+    until REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outbox (
     seq     INTEGER PRIMARY KEY AUTOINCREMENT,
     dest    TEXT NOT NULL,
@@ -48,6 +57,17 @@ CREATE TABLE IF NOT EXISTS outbox (
     created REAL NOT NULL
 );
 """
+
+
+class Ended(NamedTuple):
+    """A finished entry, as pruning looks at it: where it is in the walk (`updated`, `rowid`) and what
+    a role needs to decide whether it must be kept."""
+
+    rowid: int
+    id: str
+    name: str
+    created: float
+    updated: float
 
 
 @dataclass
@@ -317,6 +337,70 @@ class State:
             return self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
         except sqlite3.Error as e:
             raise _error(e) from e
+
+    def counts(self) -> dict[str, int]:
+        """How many entries are in each state (read from an index, not the rows)."""
+        try:
+            return dict(self._db.execute("SELECT state, COUNT(*) FROM entries GROUP BY state"))
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
+    def newest(self, states: Collection[str], limit: int) -> list[Entry]:
+        """The `limit` entries in `states` changed last, newest first (an index walk per state)."""
+        sql = f"{_SELECT} WHERE state = ? ORDER BY updated DESC LIMIT ?"
+        try:
+            found = [Entry(*r) for state in states for r in self._db.execute(sql, (state, limit))]
+        except sqlite3.Error as e:
+            raise _error(e) from e
+        return sorted(found, key=lambda e: e.updated, reverse=True)[:limit]
+
+    def cleanups_needing_a_person(self) -> list[Entry]:
+        """Entries whose cleanup script failed or was interrupted (a partial index: cheap however many
+        entries there are)."""
+        sql = f"{_SELECT} WHERE cleanup IN ('failed', 'interrupted') ORDER BY created"
+        try:
+            return [Entry(*r) for r in self._db.execute(sql)]
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
+    # history -------------------------------------------------------------------------------------
+
+    def ended(self, state: str, before: float, after: tuple[float, int], limit: int) -> list[Ended]:
+        """Entries in `state` last changed before `before`, in the order (updated, rowid), from just
+        past `after`: the walk of pruning, resumed where it left off (an index range, no sort)."""
+        sql = (
+            "SELECT rowid, id, name, created, updated FROM entries INDEXED BY entries_end"
+            " WHERE state = ? AND updated < ? AND (updated, rowid) > (?, ?)"
+            " ORDER BY updated, rowid LIMIT ?"
+        )
+        try:
+            rows = self._db.execute(sql, (state, before, *after, limit)).fetchall()
+        except sqlite3.Error as e:
+            raise _error(e) from e
+        # A name that is not UTF-8 is held as its bytes (see _stored): as Python names it again.
+        return [Ended(r[0], r[1], os.fsdecode(r[2]), r[3], r[4]) for r in rows]
+
+    def prune(self, gone: Collection[Ended]) -> None:
+        """Forget these entries, and remember the latest `created` among them (`pruned_until`)."""
+        if not gone:
+            return
+        try:
+            self._db.executemany("DELETE FROM entries WHERE rowid = ?", [(e.rowid,) for e in gone])
+            self._db.execute(
+                "INSERT INTO pruned (one, until) VALUES (1, ?)"
+                " ON CONFLICT (one) DO UPDATE SET until = max(until, excluded.until)",
+                (max(e.created for e in gone),),
+            )
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
+    def pruned_until(self) -> float:
+        """The latest `created` of any entry pruned from this database (0: none ever was)."""
+        try:
+            row = self._db.execute("SELECT until FROM pruned").fetchone()
+        except sqlite3.Error as e:
+            raise _error(e) from e
+        return row[0] if row else 0.0
 
     # outbox --------------------------------------------------------------------------------------
 

@@ -21,7 +21,8 @@ from ..backoff import backoff
 from ..errors import MessageError
 from ..hops import cleanup, transfer
 from ..messages import EntryMessage, Message
-from ..state import Entry, State
+from ..state import Ended, Entry, State
+from .history import History
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -141,6 +142,11 @@ class TransitionError(Exception):
     """A bug: a role tried a state change its transition table does not allow."""
 
 
+class Pruned(Exception):
+    """A message about an entry this agent does not have, sent before the time its history still
+    covers: it was about an entry pruned since (or older still). Nothing to do."""
+
+
 class Agent:
     """Base of the three roles: reacts to messages, job results and time. No direct broker I/O.
 
@@ -155,6 +161,9 @@ class Agent:
     STATES: ClassVar[type[Status]]
     NEW: ClassVar[tuple[Status, ...]] = ()
     TRANSITIONS: ClassVar[Transitions] = {}
+    # The states an entry ends in, pruned from the history keep_history_days later (never `failed`:
+    # a person must look; `Agent.kept` says which of them the role keeps longer).
+    FINISHED: ClassVar[tuple[Status, ...]] = ()
 
     def __init__(self, cfg: Config, state: State, jobs: Jobs):
         self.cfg = cfg
@@ -163,6 +172,7 @@ class Agent:
         self.name = cfg.name
         # message type -> its handler; a type not here is refused (dead-lettered)
         self.handlers: dict[type[Message], Callable[[Any], None]] = {}
+        self.history = History(cfg, state, tuple(str(s) for s in self.FINISHED), self.kept)
 
     def startup(self) -> None:
         """Reconcile the disk with the durable state after a (possibly unclean) stop."""
@@ -172,7 +182,10 @@ class Agent:
         handler = self.handlers.get(type(msg))
         if handler is None:
             raise MessageError(f"{self.mode} does not take {msg.TYPE!r} messages")
-        handler(msg)
+        try:
+            handler(msg)
+        except Pruned as e:  # raised by entry_for, before the handler changed anything
+            log.info("%s", e)
 
     def tick(self, now: float) -> None:
         """Start what is due. Called often: keep it cheap."""
@@ -183,6 +196,23 @@ class Agent:
 
     def look_again(self) -> None:
         """Forget the hints that let `tick` skip work (after a tick was rolled back)."""
+
+    def prune_history(self, now: float) -> None:
+        """Prune finished entries older than keep_history_days, if a pass is due (at the end of each
+        role's tick). A pass that fails is undone alone, logged, and tried again later: it never stops
+        the tick or the loop."""
+        try:
+            with self.state.savepoint():
+                self.history.prune(now)
+        except Exception:
+            log.exception("error while pruning the history; trying again in a few minutes")
+            self.history.forget_cache()
+            self.history.next_pass = now + 300
+
+    def kept(self, ended: list[Ended]) -> set[str]:
+        """The ids of these finished, old entries that must stay in the history for now: those a job
+        still holds (a role adds what it needs to stay exactly-once)."""
+        return {e.id for e in ended if self.jobs.busy(Key(ENTRY, e.id))}
 
     def shutdown(self) -> None:
         """Stop what `startup` began (threads, watches), before the running jobs are ended."""
@@ -224,9 +254,17 @@ class Agent:
         )
 
     def entry_for(self, msg: Message) -> Entry:
-        """The entry a message is about; a message about an entry this agent never had is refused."""
+        """The entry a message is about. A message about an entry this agent does not have is refused
+        (dead-lettered), unless it was sent before the time the history still covers: then it is
+        about an entry pruned since, and nothing is done (`Pruned`)."""
         entry = self.state.get(msg.entry)
         if entry is None:
+            if self.history.older_than_history(msg):
+                raise Pruned(
+                    f"{msg.TYPE} from {msg.sender} about entry {msg.entry}, which this agent no longer "
+                    f"has: sent before the {self.cfg.keep_history_days:g} days of history it keeps; "
+                    "nothing to do"
+                )
             raise MessageError(f"{msg.TYPE} for unknown entry {msg.entry}")
         return entry
 

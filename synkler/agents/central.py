@@ -118,6 +118,7 @@ class Central(Agent):
     STATES = Mid
     NEW = (Mid.WAITING,)
     TRANSITIONS = TRANSITIONS
+    FINISHED = (Mid.EXPIRED, Mid.WITHDRAWN)
 
     def __init__(self, cfg: Config, state: State, jobs: Jobs):
         super().__init__(cfg, state, jobs)
@@ -355,6 +356,7 @@ class Central(Agent):
         for entry in self.state.by_state(Mid.DELIVERED, due_before=now):
             if not self.jobs.busy(Key(ENTRY, entry.id)):
                 self._expire(entry)
+        self.prune_history(now)
 
     def _verify(self, group: list[Entry]) -> None:
         """md5 of the staged copies of a group of entries, by one job (small entries share one:

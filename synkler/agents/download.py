@@ -67,6 +67,7 @@ class Download(Endpoint):
     NEW = (Down.FETCHING,)
     TRANSITIONS = TRANSITIONS
     DELIVERED, DONE, FAILED = Down.DELIVERED, Down.DONE, Down.FAILED
+    FINISHED = (Down.DONE,)
 
     def __init__(self, cfg: Config, state: State, jobs: Jobs):
         super().__init__(cfg, state, jobs)
@@ -114,6 +115,7 @@ class Download(Endpoint):
         early = self.early.get(msg.entry)
         if (
             self.state.get(msg.entry) is None
+            and not self.history.may_have_pruned(msg)  # a copy, about an entry delivered long ago
             and (early is None or early.ended is not None)  # not pulling it early right now
             and sum(e.ended is None for e in self.early.values()) < EARLY_MAX
             and self.jobs.transfers < self.cfg.max_transfers
@@ -126,13 +128,37 @@ class Download(Endpoint):
         entry = self.state.get(msg.entry)
         if msg.entry in self.early:
             self.early[msg.entry].fetched.set()
-        if entry is None:
+        if entry is None and self.history.may_have_pruned(msg):
+            self._not_fetched(msg)
+        elif entry is None:
             self.create(self.entry_from(msg, Down.FETCHING, attempt=msg.attempt, path=msg.path))
             self.transfer_due = True
         elif entry.state in (Down.FETCHING, Down.FAILED) and msg.attempt > entry.attempt:
             # Central has a fresh copy (it found its stored one bad and got it again from upload).
             self.move(entry, Down.FETCHING, attempt=msg.attempt, path=msg.path, tries=0, due=0)
             self.transfer_due = True
+
+    def _not_fetched(self, msg: Fetch) -> None:
+        """A fetch for an entry this agent does not have, sent no later than entries it has pruned
+        from its history: it may be a copy of a fetch delivered long ago (a message held back for
+        longer than keep_history_days), and pulling it would deliver that entry twice. So it is not
+        pulled: the entry is recorded as failed, for a person to decide, and central is told."""
+        until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.history.pruned_until))
+        sent = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(msg.at or 0))
+        why = (
+            f"fetch sent {sent}, no later than entries this agent has pruned from its history (fetched "
+            f"up to {until}): it may be a copy of one delivered before, so it is not pulled"
+        )
+        entry = self.create(self.entry_from(msg, Down.FETCHING, attempt=msg.attempt, path=msg.path))
+        self.move(entry, Down.FAILED, reason=why)
+        self.send(msg.sender, Failed(entry.id, self.name, hop="fetch at download", reason=why))
+        log.error(
+            "%s: %s. If it was not delivered (look in %s), relay it again from upload "
+            "(docs/operations.md, 'A fetch older than the history')",
+            entry.name,
+            why,
+            self.cfg.file_dir,
+        )
 
     # jobs ----------------------------------------------------------------------------------------
 
@@ -154,6 +180,7 @@ class Download(Endpoint):
                 log.info("dropping the early copy of entry %s: central never sent it", entry_id)
                 del self.early[entry_id]
                 remove_tree(early.local)
+        self.prune_history(now)
 
     def shutdown(self) -> None:
         for early in self.early.values():

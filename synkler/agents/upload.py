@@ -21,7 +21,7 @@ from ..hops.checksum import EntryStat, md5_entry, stat_entry
 from ..linux.fs import open_for_writing
 from ..logs import some_entries
 from ..messages import Admit, Delivered, Failed, Offer, Sent, Wait, Withdraw, name_problem, new_entry_id
-from ..state import Entry, State
+from ..state import Ended, Entry, State
 from .base import ENTRY, HASHING, NAME, SCAN, Endpoint, Jobs, Key, Status, Transitions, hash_groups
 from .watch import DirWatcher
 
@@ -134,6 +134,7 @@ class Upload(Endpoint):
     NEW = (Up.OFFERED,)
     TRANSITIONS = TRANSITIONS
     DELIVERED, DONE, FAILED = Up.DELIVERED, Up.DONE, Up.FAILED
+    FINISHED = (Up.DONE, Up.SUPERSEDED)
 
     def __init__(self, cfg: Config, state: State, jobs: Jobs):
         super().__init__(cfg, state, jobs)
@@ -386,6 +387,24 @@ class Upload(Endpoint):
         for batch in self.batches(due, group=lambda e: e.path):
             self._push(batch)
         self.start_due_cleanups(now)
+        self.prune_history(now)
+
+    def kept(self, ended: list[Ended]) -> set[str]:
+        """The latest version of each name still in file_dir stays, however old: the scan compares
+        what the name holds with it (fingerprint, then md5), and that is what keeps a delivered file
+        that is still here from being offered again. Older versions, and names no longer here, go.
+        While a scan runs, its listing may still show a name gone since: all latest versions stay."""
+        keep = super().kept(ended)
+        scanning = self.jobs.busy(SCAN)
+        for row in ended:
+            latest = self.state.latest_by_name(row.name)
+            if latest is None or latest.id != row.id:
+                continue
+            if scanning or os.path.lexists(self.path(row.name)):
+                keep.add(row.id)
+            else:
+                self.relayed.pop(row.name, None)  # only a cache: a name that comes back is looked up
+        return keep
 
     def _push(self, batch: list[Entry]) -> None:
         """One rsync run for entries admitted into the same directory on central."""

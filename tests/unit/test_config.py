@@ -72,6 +72,7 @@ def test_defaults_fill_every_optional_key(parse, file_dir: Path, home: Path, con
         name="upload",
         file_dir=file_dir,
         keep_minutes=30.0,
+        keep_history_days=30.0,
         pidfile=state / "default-upload.pid",
         state_db=state / "default-upload.sqlite",
         rsync=("rsync",),
@@ -324,6 +325,8 @@ def test_missing_required_key_names_file_and_key(key: str, file_dir: Path, conf_
         ("keep_minutes", True, "must be a number, got true"),
         ("keep_minutes", -1, "must be >= 0, got -1"),
         ("keep_minutes", float("inf"), "must be a finite number, got inf"),
+        ("keep_history_days", -1, "must be >= 0, got -1"),
+        ("keep_history_days", "30d", "must be a number, got '30d'"),
         ("max_transfers", 4.0, "must be an integer, got 4.0"),
         ("max_transfers", "4", "must be an integer, got '4'"),
         ("max_transfers", 0, "must be >= 1, got 0"),
@@ -394,6 +397,11 @@ def test_id_given_as_a_number_is_rejected_rather_than_converted(parse) -> None:
 
 def test_keep_minutes_accepts_fractions(parse) -> None:
     assert parse(keep_minutes=0.5).keep_minutes == 0.5
+
+
+def test_keep_history_days_accepts_fractions_and_zero_keeps_everything(parse) -> None:
+    assert parse(keep_history_days=0.5).keep_history_days == 0.5
+    assert parse(keep_history_days=0).keep_history_days == 0.0
 
 
 def test_whole_number_floats_become_floats(parse) -> None:
