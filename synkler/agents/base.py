@@ -172,7 +172,7 @@ class Agent:
         self.name = cfg.name
         # message type -> its handler; a type not here is refused (dead-lettered)
         self.handlers: dict[type[Message], Callable[[Any], None]] = {}
-        self.history = History(cfg, state, tuple(str(s) for s in self.FINISHED), self.kept)
+        self.history = History(cfg, state, tuple(str(s) for s in self.FINISHED), self.kept, self.prune_later)
 
     def startup(self) -> None:
         """Reconcile the disk with the durable state after a (possibly unclean) stop."""
@@ -208,6 +208,10 @@ class Agent:
             log.exception("error while pruning the history; trying again in a few minutes")
             self.history.forget_cache()
             self.history.next_pass = now + 300
+
+    def prune_later(self) -> bool:
+        """Is this a bad moment to decide what to keep? (The pass is then made a second later.)"""
+        return False
 
     def kept(self, ended: list[Ended]) -> set[str]:
         """The ids of these finished, old entries that must stay in the history for now: those a job

@@ -53,11 +53,13 @@ class History:
         state: State,
         finished: tuple[str, ...],
         kept: Callable[[list[Ended]], set[str]],
+        wait: Callable[[], bool] = lambda: False,
     ):
         self.keep = cfg.keep_history_days * DAY  # 0: keep everything
         self.state = state
         self.finished = finished  # the role's final states; `failed` is never one of them
         self.kept = kept  # the ids among these finished entries the role must keep
+        self.wait = wait  # true while the role cannot tell what it must keep (the pass comes later)
         self.next_pass = 0.0
         self.next_walk = 0.0
         self.after: dict[str, tuple[float, int]] = {}  # state -> (updated, rowid) the walk has passed
@@ -84,6 +86,9 @@ class History:
         """One pass, if one is due: forget finished entries older than keep_history_days that the role
         does not keep, at most PRUNE_ROWS looked at and about PRUNE_BUDGET seconds. How many went."""
         if not self.keep or now < self.next_pass:
+            return 0
+        if self.wait():
+            self.next_pass = now + PRUNE_AGAIN
             return 0
         if now >= self.next_walk:
             self.after.clear()

@@ -389,18 +389,21 @@ class Upload(Endpoint):
         self.start_due_cleanups(now)
         self.prune_history(now)
 
+    def prune_later(self) -> bool:
+        # A listing under way may still show a name that is gone now, and the scan would take it for
+        # new if its history went meanwhile: prune between scans.
+        return self.jobs.busy(SCAN)
+
     def kept(self, ended: list[Ended]) -> set[str]:
         """The latest version of each name still in file_dir stays, however old: the scan compares
         what the name holds with it (fingerprint, then md5), and that is what keeps a delivered file
-        that is still here from being offered again. Older versions, and names no longer here, go.
-        While a scan runs, its listing may still show a name gone since: all latest versions stay."""
+        that is still here from being offered again. Older versions, and names no longer here, go."""
         keep = super().kept(ended)
-        scanning = self.jobs.busy(SCAN)
         for row in ended:
             latest = self.state.latest_by_name(row.name)
             if latest is None or latest.id != row.id:
                 continue
-            if scanning or os.path.lexists(self.path(row.name)):
+            if os.path.lexists(self.path(row.name)):
                 keep.add(row.id)
             else:
                 self.relayed.pop(row.name, None)  # only a cache: a name that comes back is looked up
