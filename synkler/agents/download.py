@@ -142,7 +142,10 @@ class Download(Endpoint):
         """A fetch for an entry this agent does not have, sent no later than entries it has pruned
         from its history: it may be a copy of a fetch delivered long ago (a message held back for
         longer than keep_history_days), and pulling it would deliver that entry twice. So it is not
-        pulled: the entry is recorded as failed, for a person to decide, and central is told."""
+        pulled: the entry is recorded as failed (shown by status, logged at ERROR) for a person to
+        decide. Central is not told: for a copy, central forgot the entry too (a `failed` would be
+        dead-lettered there); for a fetch that really is that late, central keeps its verified copy
+        while it waits for `fetched`, so the entry can still be pulled."""
         until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.history.pruned_until))
         sent = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(msg.at or 0))
         why = (
@@ -151,10 +154,9 @@ class Download(Endpoint):
         )
         entry = self.create(self.entry_from(msg, Down.FETCHING, attempt=msg.attempt, path=msg.path))
         self.move(entry, Down.FAILED, reason=why)
-        self.send(msg.sender, Failed(entry.id, self.name, hop="fetch at download", reason=why))
         log.error(
-            "%s: %s. If it was not delivered (look in %s), relay it again from upload "
-            "(docs/operations.md, 'A fetch older than the history')",
+            "%s: %s. If it was not delivered (look in %s), pull it again: docs/operations.md, 'A fetch "
+            "older than the history'",
             entry.name,
             why,
             self.cfg.file_dir,
