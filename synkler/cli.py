@@ -8,20 +8,24 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, logs
-from .errors import BrokerError, ConfigError, ExitStatus, StateError, SynklerError
+from .errors import BrokerError, ConfigError, ExitStatus, Refused, StateError, SynklerError
 
 if TYPE_CHECKING:  # annotations only: main() imports the config module when a command needs it
+    from .agents.base import Agent
     from .config import Config
     from .state import Entry, State
 
 log = logging.getLogger("synkler")
 
 STATUS_LAST = 50  # finished entries `status` shows besides those on their way (--all: every one)
+REQUEST_WAIT = 30.0  # seconds the retry, forget and resend commands wait for the agent's answer
+POLL = 0.1  # seconds between looks for that answer
 
 
 # Each command's --help ends with examples; global options are shown there too.
@@ -36,6 +40,7 @@ Global options (-c, -v, --debug) go before or after the command: `synkler status
     "run": """\
 examples:
   synkler -c /etc/synkler.conf run -v
+  synkler -c /etc/synkler.conf run --daemon    detached; log in log_file, reopened on SIGHUP
   * * * * * /opt/synkler/bin/synkler -c /etc/synkler.conf >> /var/log/synkler/synkler.log 2>&1
 
 A second start on the same configuration finds the agent running and exits 0 at once (cron).""",
@@ -49,6 +54,18 @@ finished ones (--last); --all shows every entry the history keeps (keep_history_
     "check": """\
 examples:
   synkler check -c /etc/synkler.conf      one line per check; exits 1 if one says FAIL""",
+    "retry": """\
+examples:
+  synkler retry -c /etc/synkler.conf 3f2c81d0     a failed entry (its id or a start of it), or its cleanup
+  synkler retry -c /etc/synkler.conf run42.csv    by name, where one entry of that name can be retried
+
+Upload sends a failed entry again as a new entry, download pulls it again from central's copy.""",
+    "forget": """\
+examples:
+  synkler forget -c /etc/synkler.conf 3f2c81d0    end a stuck or failed entry at every role""",
+    "resend": """\
+examples:
+  synkler resend -c /etc/synkler.conf run42.csv   send the newest version of run42.csv again, unchanged""",
     "demo": """\
 examples:
   synkler demo                 relay generated files through all three roles on this machine
@@ -107,6 +124,18 @@ def _add_global_options(p: argparse.ArgumentParser, *, top: bool) -> None:
     group.add_argument("--debug-pika", action="store_true", help=argparse.SUPPRESS, **keep)
 
 
+def _add_run_options(p: argparse.ArgumentParser, *, top: bool) -> None:
+    # Before the command (`synkler --daemon`, run being the default) or after it, as the global ones.
+    keep: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
+    group = p.add_argument_group("run options").add_mutually_exclusive_group()
+    group.add_argument(
+        "--daemon", action="store_true", help="run: detach, log to log_file (daemon: true)", **keep
+    )
+    group.add_argument(
+        "--foreground", action="store_true", help="run: stay in the foreground despite daemon: true", **keep
+    )
+
+
 def _spread_global_options(p: argparse.ArgumentParser) -> None:
     """Give every command (and every command of a command) the global options."""
     for action in p._actions:
@@ -125,9 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     _add_global_options(p, top=True)
+    _add_run_options(p, top=True)
     p.add_argument("--version", action="version", version=f"synkler {__version__}")
     sub = p.add_subparsers(dest="command", metavar="command")
-    _command(sub, "run", "run this host's agent in the foreground (the default)")
+    run = _command(sub, "run", "run this host's agent (the default); in the foreground unless --daemon")
+    _add_run_options(run, top=False)
     st = _command(sub, "status", "show this agent's entries")
     st.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
     st.add_argument(
@@ -141,6 +172,20 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"how many of the most recently finished entries to show (default {STATUS_LAST})",
     )
     _command(sub, "check", "check the config, the broker and (upload/download) ssh+rsync to central")
+    for action, what in (
+        ("retry", "take up a failed entry again, or run its failed cleanup script again"),
+        ("forget", "end an entry on its way or failed, at every role that has it"),
+        ("resend", "upload: send a delivered entry's file again as a new entry, unchanged"),
+    ):
+        cmd = _command(sub, action, f"{what} (the running agent does it)")
+        cmd.add_argument("entry", help="entry id, a unique start of it (status shows one), or the name")
+        cmd.add_argument(
+            "--wait",
+            type=float,
+            default=REQUEST_WAIT,
+            metavar="SECONDS",
+            help=f"how long to wait for the agent's answer (default {REQUEST_WAIT:g}; 0: do not wait)",
+        )
     demo = _command(sub, "demo", "relay generated files through all three roles on this machine")
     demo.add_argument("--keep", action="store_true", help="keep the demo's directory afterwards")
     demo.add_argument(
@@ -211,7 +256,8 @@ def _main(argv: Sequence[str]) -> int:
 
         cfg = load_config(find_config(args.config))
         logs.use_agent(cfg.mode, cfg.name, cfg.id, cfg.log_format)
-        return {"run": cmd_run, "status": cmd_status, "check": cmd_check}[command](cfg, args)
+        commands = {"run": cmd_run, "status": cmd_status, "check": cmd_check}
+        return commands.get(command, cmd_request)(cfg, args)
     except SynklerError as e:
         if args.debug:
             log.exception("error")
@@ -232,7 +278,12 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
         log.info("already running (pid %s, pidfile %s)", read_pid(cfg.pidfile), cfg.pidfile)
         return ExitStatus.OK
     try:
+        from .daemonize import prepare
+
+        # As a daemon, the launching process exits in there, once the daemon has started.
+        launch = prepare(cfg, pidfile, daemon=(args.daemon or cfg.daemon) and not args.foreground)
         runtime = Runtime(cfg, AGENTS[cfg.mode])
+        launch.started(runtime)
         runtime.run()
     except (OSError, StateError) as e:
         # Typically an unwritable state_db or file_dir: one line, the traceback only with --debug.
@@ -245,14 +296,21 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
+    from .agents import AGENTS
     from .state import State
 
     hidden = 0
     entries: list[Entry] = []
+    newest: dict[str, str] = {}
     if cfg.state_db.exists():
         state = State(cfg.state_db, readonly=True)
         try:
-            entries, hidden = (state.all(), 0) if args.all else _status_entries(cfg, state, args.last)
+            if args.all:
+                entries = state.all()
+                newest = _newest(entries)
+            else:
+                entries, hidden = _status_entries(cfg, state, args.last)
+                newest = _latest_versions(state, entries)
         finally:
             state.close()
     if hidden:
@@ -261,6 +319,8 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
             f"({hidden} older finished entries not shown: `synkler status --all` lists every entry)",
             file=sys.stderr,
         )
+    agent = AGENTS[cfg.mode]
+    actions = {e.id: agent.actions(e, newest[e.name] == e.id, present=_present(cfg, e)) for e in entries}
     if args.json:
         rows = []
         for e in entries:
@@ -268,19 +328,32 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
             row["md5"] = e.md5 or ""  # as the column holds it: "" until it is known
             row["updated"] = _iso(e.updated)
             row["created"] = _iso(e.created)
+            row["actions"] = actions[e.id]
             rows.append(row)
         print(json.dumps(rows, indent=2))
         return ExitStatus.OK
     if not entries:
         print(f"no entries ({cfg.mode} agent, state {cfg.state_db})")
         return ExitStatus.OK
-    header = ("NAME", "SIZE", "MD5", "STATE", "UPDATED", "NOTE")
+    header = ("ID", "NAME", "SIZE", "MD5", "STATE", "UPDATED", "ACTIONS", "NOTE")
     table = [header]
+    short = _short_ids([e.id for e in entries])
     for e in entries:
         note = e.reason or (f"as {_shown(e.stored_as)}" if e.stored_as and e.stored_as != e.name else "")
         if e.cleanup in ("failed", "interrupted", "skipped"):
             note = f"cleanup {e.cleanup}" + (f": {note}" if note else "")
-        table.append((_shown(e.name), str(e.size), e.md5 or "-", e.state, _iso(e.updated, sep=" "), note))
+        table.append(
+            (
+                short[e.id],
+                _shown(e.name),
+                str(e.size),
+                e.md5 or "-",
+                e.state,
+                _iso(e.updated, sep=" "),
+                ",".join(actions[e.id]) or "-",
+                note,
+            )
+        )
     widths = [max(len(line[i]) for line in table) for i in range(len(header) - 1)]
     for line in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) + "  " + line[-1])
@@ -302,6 +375,108 @@ def _status_entries(cfg: Config, state: State, last: int) -> tuple[list[Entry], 
     for e in state.newest([s for s in counts if s in finished], max(0, last)):
         shown.setdefault(e.id, e)
     return sorted(shown.values(), key=lambda e: e.created), sum(counts.values()) - len(shown)
+
+
+def _latest_versions(state: State, entries: list[Entry]) -> dict[str, str]:
+    """Name -> the id of its newest version, of the names of `entries`, wherever that version is."""
+    latest = {name: state.latest_by_name(name) for name in {e.name for e in entries}}
+    return {name: e.id for name, e in latest.items() if e is not None}
+
+
+def _newest(entries: list[Entry]) -> dict[str, str]:
+    """Name -> the id of its newest version (entries come oldest first)."""
+    return {e.name: e.id for e in entries}
+
+
+def _present(cfg: Config, entry: Entry) -> bool:
+    """Upload: is the entry's name in file_dir (what `retry` and `resend` would send)?"""
+    return cfg.mode != "upload" or os.path.lexists(os.path.join(cfg.file_dir, entry.name))
+
+
+def _short_ids(ids: list[str]) -> dict[str, str]:
+    """The shortest start of every id, at least 8 digits, that tells it from every other."""
+    ordered = sorted(ids)
+    length = 8
+    for a, b in zip(ordered, ordered[1:]):
+        length = max(length, len(os.path.commonprefix([a, b])) + 1)
+    return {i: i[:length] for i in ids}
+
+
+def cmd_request(cfg: Config, args: argparse.Namespace) -> int:
+    """retry, forget or resend: write the request into the agent's state database, for the running
+    agent to take in its main loop (no broker credentials needed: who may write the state database is
+    the operator), and print its answer."""
+    from .agents import AGENTS
+    from .pidfile import holder
+    from .state import State
+
+    action = args.command
+    if not cfg.state_db.exists():
+        raise Refused(f"no entry {args.entry!r}: no entries yet ({cfg.mode} agent, state {cfg.state_db})")
+    state = State(cfg.state_db)
+    try:
+        entries = state.all()
+        agent = AGENTS[cfg.mode]
+        entry = _resolve(agent, action, args.entry, entries)
+        what = f"{_shown(entry.name)} (entry {entry.id})"
+        why = agent.refusal(
+            action, entry, _newest(entries)[entry.name] == entry.id, present=_present(cfg, entry)
+        )
+        if why is not None:
+            raise Refused(f"{what}: cannot {action}: {why}")
+        with state.transaction():
+            seq = state.add_request(entry.id, action)
+        pid = holder(cfg.pidfile)
+        if pid is None:
+            print(f"the {cfg.mode} agent is not running: it will {action} {what} when it starts")
+            return ExitStatus.OK
+        deadline = time.monotonic() + args.wait
+        while True:
+            request = state.get_request(seq)
+            if request is not None and request.answered is not None:
+                with state.transaction():
+                    state.drop_request(seq)
+                if not request.ok:
+                    raise Refused(request.answer or f"the agent refused to {action} {what}")
+                print(request.answer)
+                return ExitStatus.OK
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(POLL)
+        if args.wait <= 0:
+            print(f"asked the {cfg.mode} agent (pid {pid}) to {action} {what}; see `synkler status`")
+            return ExitStatus.OK
+        print(
+            f"synkler: no answer from the {cfg.mode} agent (pid {pid}) within {args.wait:g} s; it will "
+            f"{action} {what} when it gets to it: `synkler status` shows the outcome",
+            file=sys.stderr,
+        )
+        return ExitStatus.FAILURE
+    finally:
+        state.close()
+
+
+def _resolve(agent: type[Agent], action: str, ref: str, entries: list[Entry]) -> Entry:
+    """The entry `ref` names: its id, a start of its id (at least 4 digits), or its name. Where a name
+    or a start fits several, the one the action applies to, if only one does."""
+    key = ref.lower()
+    found = [
+        e
+        for e in entries
+        if (len(key) >= 4 and e.id.startswith(key)) or e.name == ref or _shown(e.name) == ref
+    ]
+    if len(found) > 1:
+        newest = _newest(entries)
+        # (Whether the file is there does not tell versions of one name apart: not asked here.)
+        fitting = [e for e in found if agent.refusal(action, e, newest[e.name] == e.id) is None]
+        if len(fitting) == 1:
+            return fitting[0]
+        short = _short_ids([e.id for e in entries])
+        listed = "; ".join(f"{short[e.id]} {_shown(e.name)} ({e.state})" for e in found[-5:])
+        raise Refused(f"{ref!r} fits {len(found)} entries, give the id: {listed}")
+    if not found:
+        raise Refused(f"no entry {ref!r} at this {agent.mode} agent (`synkler status` lists them)")
+    return found[0]
 
 
 def _shown(name: str) -> str:

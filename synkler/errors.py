@@ -64,6 +64,10 @@ class MessageError(SynklerError):
     """A message failed validation; it is dead-lettered, never acted upon."""
 
 
+class Refused(SynklerError):
+    """An operator's request (retry, forget, resend) does not apply to the entry as it is now."""
+
+
 class PidfileError(SynklerError):
     """The pidfile could not be created or holds garbage."""
 

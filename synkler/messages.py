@@ -20,7 +20,9 @@ from typing import Any, Callable, ClassVar, Union
 
 from .errors import MessageError
 
-# 4: `pushing`; 3: `fetch.path` is stored/<entry id>, the entry itself; 2: md5 in `sent`, not in `offer`
+# 4: `pushing`, later also `forget` (a new type only, so no new version: every other message is the
+# same, and a 0.4 agent dead-letters a `forget`); 3: `fetch.path` is stored/<entry id>, the entry
+# itself; 2: md5 in `sent`, not in `offer`
 SCHEMA = 4
 MAX_BODY = 64 * 1024  # one message
 MAX_BATCH_BODY = 1024 * 1024  # one AMQP body carrying a JSON array of messages
@@ -240,9 +242,30 @@ class Withdraw(Message):
     reason: str = field(metadata=_checked(_text))
 
 
+@dataclass(frozen=True)
+class Forget(Message):
+    """any -> its peers: an operator forgot this entry (`synkler forget`); end it here too."""
+
+    TYPE: ClassVar[str] = "forget"
+    reason: str = field(metadata=_checked(_text))
+
+
 TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
-    for cls in (Offer, Admit, Wait, Sent, Pushing, Fetch, Fetched, Delivered, Failed, Corrupt, Withdraw)
+    for cls in (
+        Offer,
+        Admit,
+        Wait,
+        Sent,
+        Pushing,
+        Fetch,
+        Fetched,
+        Delivered,
+        Failed,
+        Corrupt,
+        Withdraw,
+        Forget,
+    )
 }
 _ENVELOPE = ("v", "type", "entry", "from", "at")
 # type -> its body fields, in order, and their validators

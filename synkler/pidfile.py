@@ -46,6 +46,33 @@ def read_pid(path: PathLike) -> int | None:
     return pid if pid > 0 else None
 
 
+def holder(path: PathLike) -> int | None:
+    """The pid of the live process that holds the pidfile open (its owner), or None.
+
+    It looks and never locks: a probe that took the lock even for a moment could make an agent that
+    starts right then believe another one runs, and exit. A process of another user whose open files
+    cannot be read counts as the owner if it is alive.
+    """
+    pid = read_pid(path)
+    if pid is None:
+        return None
+    try:
+        st = os.stat(path)
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except PermissionError:
+        return pid
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            opened = os.stat(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if (opened.st_dev, opened.st_ino) == (st.st_dev, st.st_ino):
+            return pid
+    return None
+
+
 class Pidfile:
     """An flock-guarded pidfile; acquire() says whether this process is now the only instance.
 
@@ -111,12 +138,7 @@ class Pidfile:
                 if (current.st_ino, current.st_dev) != (mine.st_ino, mine.st_dev):
                     os.close(fd)
                     continue
-                try:
-                    os.ftruncate(fd, 0)
-                    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-                    os.fsync(fd)
-                except OSError as exc:
-                    raise self._fail("write pidfile", exc) from exc
+                self._write_pid(fd)
             except BaseException:
                 try:
                     os.close(fd)
@@ -128,6 +150,31 @@ class Pidfile:
             atexit.register(self.release)
             return True
         raise PidfileError(f"{self.path}: cannot lock pidfile: it keeps being replaced by another process")
+
+    def _write_pid(self, fd: int) -> None:
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+            os.fsync(fd)
+        except OSError as exc:
+            raise self._fail("write pidfile", exc) from exc
+
+    def fileno(self) -> int:
+        """The locked file's descriptor (to keep it open across a daemon's detach)."""
+        if self._fd is None:
+            raise PidfileError(f"{self.path}: not held")
+        return self._fd
+
+    def adopt(self) -> None:
+        """In a child forked after acquire(): make this process the owner, its pid in the file.
+
+        For a daemon's detach: the lock belongs to the open file description the processes share,
+        so it never lapses between the launcher and the daemon, and a second start sees it all
+        along. release() then removes the file in this process only.
+        """
+        fd = self.fileno()
+        self._write_pid(fd)
+        self._owner_pid = os.getpid()
 
     def release(self) -> None:
         """Remove the pidfile if we own it and drop the lock; safe to call any number of times.

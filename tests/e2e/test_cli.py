@@ -250,19 +250,21 @@ def test_status_json_lists_the_recorded_entries_with_their_fields(synkler, confi
         updated = datetime.datetime.fromisoformat(row["updated"])
         assert abs(updated.timestamp() - entry.updated) < 1
     assert rows[1]["reason"] == "md5 mismatch at central"
+    assert [row["id"] for row in rows] == [e.id for e in recorded]
+    assert [row["actions"] for row in rows] == [[], ["forget"]]  # "stored" is no state of central's
 
 
 def test_status_prints_a_table_with_one_line_per_entry(synkler, config, recorded):
     result = synkler("-c", str(config), "status")
     assert result.returncode == 0, result.stderr
     header, *lines = result.stdout.splitlines()
-    assert header.split() == ["NAME", "SIZE", "MD5", "STATE", "UPDATED", "NOTE"]
+    assert header.split() == ["ID", "NAME", "SIZE", "MD5", "STATE", "UPDATED", "ACTIONS", "NOTE"]
     assert len(lines) == 2
     for line, entry in zip(lines, recorded):
-        assert line.startswith(entry.name)
+        assert line.startswith(f"{entry.id[:8]}  {entry.name}")  # a start of the id the commands take
         assert entry.md5 in line
         assert entry.state in line
-    assert lines[1].endswith("md5 mismatch at central")
+    assert lines[1].split()[-5:] == ["forget", "md5", "mismatch", "at", "central"]  # what one can do
 
 
 # --------------------------------------------------------------------------------------------------
@@ -403,7 +405,7 @@ def test_status_into_a_pipe_closed_early_ends_quietly_with_status_141(config, se
     finally:
         state.close()
     result = _through_head(["status", "-c", str(config)], env, tmp_path)
-    assert result.stdout.split() == ["NAME", "SIZE", "MD5", "STATE", "UPDATED", "NOTE"]
+    assert result.stdout.split() == ["ID", "NAME", "SIZE", "MD5", "STATE", "UPDATED", "ACTIONS", "NOTE"]
     assert result.stderr == ""
     assert result.returncode == 141
 

@@ -62,7 +62,8 @@ def history(db: Path, done: int) -> dict[str, Entry]:
 
 
 def names(out: str) -> list[str]:
-    return [line.split()[0] for line in out.splitlines()[1:]]
+    """The NAME column of a status table (after ID)."""
+    return [line.split()[1] for line in out.splitlines()[1:]]
 
 
 def test_status_shows_what_is_on_its_way_failed_or_needs_a_person_and_the_newest_finished(
@@ -89,3 +90,36 @@ def test_status_all_lists_every_entry_oldest_first(
     assert cli.main(["-c", str(config), "status", "--all", "--json"]) == 0
     out, err = capsys.readouterr()
     assert len(json.loads(out)) == len(made) and err == ""
+
+
+def test_status_offers_actions_knowing_the_newest_version_even_when_it_is_not_shown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "data.csv").write_text("v2")
+    config = tmp_path / "synkler.conf"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "mode": "upload",
+                "file_dir": str(tmp_path / "files"),
+                "synkler_server": "127.0.0.1",
+                "state_db": str(tmp_path / "state.sqlite"),
+            }
+        )
+    )
+    state = State(tmp_path / "state.sqlite")
+    try:
+        with state.transaction():
+            state.insert(
+                Entry(id="1" * 32, name="data.csv", kind="file", md5="a" * 32, state="failed", created=1)
+            )
+            state.insert(
+                Entry(id="2" * 32, name="data.csv", kind="file", md5="b" * 32, state="done", created=2)
+            )
+    finally:
+        state.close()
+    assert cli.main(["-c", str(config), "status", "--last", "0", "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["id"] == "1" * 32
+    assert "retry" not in row["actions"]  # a newer version (hidden, delivered) has come since
