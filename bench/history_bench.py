@@ -75,18 +75,23 @@ def build(db: Path, role: str, count: int, per_day: int) -> float:
     """`count` finished entries, `per_day` a day, the newest a minute old. Seconds it took."""
     started = time.monotonic()
     State(db).close()  # synkler's own schema and indexes
+    add_entries(db, role, count, per_day, time.time() - 60)
+    return time.monotonic() - started
+
+
+def add_entries(db: Path, role: str, count: int, per_day: int, newest: float, first: int = 0) -> None:
+    """Write `count` ended entries, `per_day` a day, the last one ending at `newest`."""
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("PRAGMA synchronous=OFF")  # a benchmark's fixture, not an agent's commit
-    now = time.time() - 60
     step = DAY / per_day
     stored = f"/srv/synkler/bench/{'stored' if role == 'download' else 'staging/upload'}"
     sql = f"INSERT INTO entries ({COLUMNS}) VALUES ({', '.join('?' * 18)})"
     conn.execute("BEGIN")
     rows = []
-    for i in range(count):
+    for i in range(first, first + count):
         eid = uuid.uuid4().hex
         name = f"run-{i:07d}.dat"
-        ended = now - (count - 1 - i) * step
+        ended = newest - (first + count - 1 - i) * step
         rows.append(
             (
                 eid,
@@ -116,7 +121,6 @@ def build(db: Path, role: str, count: int, per_day: int) -> float:
     conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
-    return time.monotonic() - started
 
 
 def db_pages(db: Path) -> dict[str, int]:
@@ -261,13 +265,18 @@ def prune_in_process(cfg: Config, keep_days: float) -> dict[str, Any]:
         left = state.count()
     finally:
         state.close()
+    after = db_pages(cfg.state_db)
+    # New entries go into the pages the pruned ones freed: the file does not grow.
+    refill = min(pruned, 100_000)
+    add_entries(cfg.state_db, cfg.mode, refill, 10_000, time.time(), first=10_000_000)
     return {
         "entries": total,
         "first_pass": {"pruned": first, "s": one_pass},
         "backlog": {"pruned": pruned, "left": left, "passes": passes, "s": wall, "cpu_s": cpu},
         "per_second": pruned / wall if wall else 0.0,
         "db_before": before,
-        "db_after": db_pages(cfg.state_db),
+        "db_after": after,
+        "refill": {"entries": refill, "db": db_pages(cfg.state_db)},
     }
 
 
@@ -331,7 +340,9 @@ def run(args: argparse.Namespace, root: Path, sshd: LocalSshd) -> dict[str, Any]
                 f"the backlog of {p['backlog']['pruned']:,} in {p['backlog']['passes']} passes, "
                 f"{p['backlog']['s']:.1f} s ({p['per_second']:,.0f}/s); {p['backlog']['left']:,} left; "
                 f"file {p['db_before']['bytes'] / 2**20:.0f} MiB, "
-                f"{p['db_after']['free_pages']:,} pages free after"
+                f"{p['db_after']['free_pages']:,} pages free after; "
+                f"{p['refill']['entries']:,} new entries: file {p['refill']['db']['bytes'] / 2**20:.0f} MiB, "
+                f"{p['refill']['db']['free_pages']:,} pages free"
             )
 
         say(f"agents working through that backlog (keep_history_days {args.keep_days:g}):")

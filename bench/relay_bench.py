@@ -824,11 +824,12 @@ class Bench:
         return result
 
     def status_times(self, relay: LocalRelay, entries: int) -> dict[str, Any]:
-        """Wall time of `synkler -c CFG status` and `status --json` per role, while the agents run."""
+        """Wall time of `synkler -c CFG status --all` and `status --all --json` per role, agents running."""
         exe = Path(sys.executable).parent / "synkler"
         base = [str(exe)] if exe.exists() else [sys.executable, "-m", "synkler"]
         out: dict[str, Any] = {}
-        for fmt, extra in (("table", []), ("json", ["--json"])):
+        # --all: every entry, as status showed them before it left out the older ended ones.
+        for fmt, extra in (("table", ["--all"]), ("json", ["--all", "--json"])):
             per_role: dict[str, float] = {}
             for role in ROLES:
                 argv = [*base, "-c", str(relay.configs[role]), "status", *extra]
@@ -839,7 +840,8 @@ class Bench:
                     times.append(time.monotonic() - started)
                     if run.returncode != 0:
                         raise BenchError(f"{' '.join(argv)} exited {run.returncode}: {run.stderr}")
-                    shown = len(json.loads(run.stdout)) if extra else len(run.stdout.splitlines()) - 1
+                    json_out = "--json" in extra
+                    shown = len(json.loads(run.stdout)) if json_out else len(run.stdout.splitlines()) - 1
                     if shown != entries:
                         raise BenchError(f"{role} status shows {shown} entries, expected {entries}")
                 per_role[role] = statistics.median(times)
