@@ -208,8 +208,10 @@ def _main(argv: Sequence[str]) -> int:
 def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     from .agents import AGENTS
     from .pidfile import Pidfile, read_pid
+    from .private import restrict_umask
     from .runtime import Runtime
 
+    restrict_umask()  # what the agent creates is its own; rsync and cleanup scripts get the old umask
     pidfile = Pidfile(cfg.pidfile)
     if not pidfile.acquire():
         # Cron starts us every minute: a live agent is the normal case, not an error.
@@ -229,8 +231,11 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
+    from .private import exposed_secrets
     from .state import State
 
+    for problem in exposed_secrets(cfg.secret_files):
+        print(f"synkler: warning: {logs.shown(problem)}", file=sys.stderr)
     if not cfg.state_db.exists():
         entries = []
     else:
@@ -278,9 +283,12 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
     from .broker import Broker, BrokerParams
     from .hops import transfer
     from .linux.fs import free_bytes
+    from .private import exposed_secrets
 
     failures = 0
     print(f"ok    config {cfg.path} ({cfg.mode}, id {cfg.id})")
+    for problem in exposed_secrets(cfg.secret_files):  # reported, not failed: the relay works
+        print(f"WARN  {logs.shown(problem)}")
     broker = Broker(BrokerParams.from_config(cfg), cfg.id, cfg.name)
     try:
         broker.connect(consume=False)

@@ -39,6 +39,7 @@ from .errors import (
     StateUnavailable,
 )
 from .hops import checksum, transfer
+from .private import exposed_secrets
 from .state import State
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ class Runtime:
         self._free_since: float | None = None  # a standby: since when its queue has had no consumer
         # destination -> (refusals in a row, no publish to it before, last ERROR logged)
         self._held: dict[str, tuple[int, float, float]] = {}
+        self._secrets_looked = float("-inf")  # when files holding the password were last looked at
 
     # jobs ----------------------------------------------------------------------------------------
 
@@ -147,6 +149,7 @@ class Runtime:
             self.cfg.id,
             self.cfg.state_db,
         )
+        self._tell_secrets(time.time())
         try:
             # Nothing is done before the broker says this agent is the only one of its name: a
             # second one (another state_db, the same file_dir) would take the first's files for
@@ -186,8 +189,18 @@ class Runtime:
         self.agent.stopped()
         log.info("stopped")
 
+    def _tell_secrets(self, now: float) -> None:
+        """A password others can read needs a person: ERROR at start and every PERSON_REPEAT while
+        it lasts (reported, not refused: see synkler.private)."""
+        if now - self._secrets_looked < PERSON_REPEAT:
+            return
+        self._secrets_looked = now
+        for problem in exposed_secrets(self.cfg.secret_files):
+            log.error("%s (said again every %d minutes while it lasts)", problem, PERSON_REPEAT // 60)
+
     def _step(self) -> None:
         now = time.time()
+        self._tell_secrets(now)
         if self.broker is None and now >= self._next_connect:
             self._connect()
         deliveries: list[tuple[int, bytes]] = []
