@@ -33,6 +33,7 @@ Global options (-c, -v, --debug) go before or after the command: `synkler status
     "run": """\
 examples:
   synkler -c /etc/synkler.conf run -v
+  synkler -c /etc/synkler.conf run --daemon    detached; log in log_file, reopened on SIGHUP
   * * * * * /opt/synkler/bin/synkler -c /etc/synkler.conf >> /var/log/synkler/synkler.log 2>&1
 
 A second start on the same configuration finds the agent running and exits 0 at once (cron).""",
@@ -101,6 +102,18 @@ def _add_global_options(p: argparse.ArgumentParser, *, top: bool) -> None:
     group.add_argument("--debug-pika", action="store_true", help=argparse.SUPPRESS, **keep)
 
 
+def _add_run_options(p: argparse.ArgumentParser, *, top: bool) -> None:
+    # Before the command (`synkler --daemon`, run being the default) or after it, as the global ones.
+    keep: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
+    group = p.add_argument_group("run options").add_mutually_exclusive_group()
+    group.add_argument(
+        "--daemon", action="store_true", help="run: detach, log to log_file (daemon: true)", **keep
+    )
+    group.add_argument(
+        "--foreground", action="store_true", help="run: stay in the foreground despite daemon: true", **keep
+    )
+
+
 def _spread_global_options(p: argparse.ArgumentParser) -> None:
     """Give every command (and every command of a command) the global options."""
     for action in p._actions:
@@ -119,9 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     _add_global_options(p, top=True)
+    _add_run_options(p, top=True)
     p.add_argument("--version", action="version", version=f"synkler {__version__}")
     sub = p.add_subparsers(dest="command", metavar="command")
-    _command(sub, "run", "run this host's agent in the foreground (the default)")
+    run = _command(sub, "run", "run this host's agent (the default); in the foreground unless --daemon")
+    _add_run_options(run, top=False)
     st = _command(sub, "status", "show this agent's entries")
     st.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
     _command(sub, "check", "check the config, the broker and (upload/download) ssh+rsync to central")
@@ -218,7 +233,12 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
         log.info("already running (pid %s, pidfile %s)", read_pid(cfg.pidfile), cfg.pidfile)
         return ExitStatus.OK
     try:
+        from .daemonize import prepare
+
+        # As a daemon, the launching process exits in there, once the daemon has started.
+        launch = prepare(cfg, pidfile, daemon=(args.daemon or cfg.daemon) and not args.foreground)
         runtime = Runtime(cfg, AGENTS[cfg.mode])
+        launch.started(runtime)
         runtime.run()
     except (OSError, StateError) as e:
         # Typically an unwritable state_db or file_dir: one line, the traceback only with --debug.

@@ -121,9 +121,16 @@ class Config:
     max_attempts: int
     retry_max_seconds: float
     log_format: str
+    daemon: bool
+    log_file: Path | None
     # Not a key: the files that hold the broker password (this file when it sets one other than
     # guest, or broker_password_file), which the agent tells about when others can read them.
     secret_files: tuple[Path, ...] = ()
+
+    @property
+    def daemon_log(self) -> Path:
+        """The log of an agent that runs as a daemon: log_file, or <stem>.log beside state_db."""
+        return self.log_file or self.state_db.with_name(self.stem + ".log")
 
     @property
     def stem(self) -> str:
@@ -185,6 +192,12 @@ def _text(value: Any, ctx: _Context) -> str:
     value = _string(value, ctx)
     if not value.strip():
         raise _Invalid("must not be empty")
+    return value
+
+
+def _boolean(value: Any, ctx: _Context) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"must be true or false, got {_describe(value)}")
     return value
 
 
@@ -343,6 +356,11 @@ class _Key(NamedTuple):
 
 
 def _state_dir(ctx: _Context) -> Path:
+    # systemd's StateDirectory= (the unit's own directory, so no "synkler" below it); it lists one
+    # path per StateDirectory= name, separated by ':'.
+    systemd = ctx.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if systemd and os.path.isabs(systemd):
+        return Path(systemd)
     # XDG says relative values are invalid and must be ignored.
     xdg = ctx.environ.get("XDG_STATE_HOME", "")
     if xdg and os.path.isabs(xdg):
@@ -384,6 +402,8 @@ KEYS: dict[str, _Key] = {
     "max_attempts": _Key(_integer(1), 5),
     "retry_max_seconds": _Key(_number(0, above=True), 300.0),
     "log_format": _Key(_choice("text", "json"), "text"),
+    "daemon": _Key(_boolean, False),
+    "log_file": _Key(_path, None),
 }
 
 

@@ -112,13 +112,7 @@ class Pidfile:
                 if (current.st_ino, current.st_dev) != (mine.st_ino, mine.st_dev):
                     os.close(fd)
                     continue
-                try:
-                    tighten(fd, self.path)  # left 0644 by an older synkler
-                    os.ftruncate(fd, 0)
-                    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-                    os.fsync(fd)
-                except OSError as exc:
-                    raise self._fail("write pidfile", exc) from exc
+                self._write_pid(fd)
             except BaseException:
                 try:
                     os.close(fd)
@@ -130,6 +124,32 @@ class Pidfile:
             atexit.register(self.release)
             return True
         raise PidfileError(f"{self.path}: cannot lock pidfile: it keeps being replaced by another process")
+
+    def _write_pid(self, fd: int) -> None:
+        try:
+            tighten(fd, self.path)  # left 0644 by an older synkler
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+            os.fsync(fd)
+        except OSError as exc:
+            raise self._fail("write pidfile", exc) from exc
+
+    def fileno(self) -> int:
+        """The locked file's descriptor (to keep it open across a daemon's detach)."""
+        if self._fd is None:
+            raise PidfileError(f"{self.path}: not held")
+        return self._fd
+
+    def adopt(self) -> None:
+        """In a child forked after acquire(): make this process the owner, its pid in the file.
+
+        For a daemon's detach: the lock belongs to the open file description the processes share,
+        so it never lapses between the launcher and the daemon, and a second start sees it all
+        along. release() then removes the file in this process only.
+        """
+        fd = self.fileno()
+        self._write_pid(fd)
+        self._owner_pid = os.getpid()
 
     def release(self) -> None:
         """Remove the pidfile if we own it and drop the lock; safe to call any number of times.

@@ -39,6 +39,7 @@ from .errors import (
     StateUnavailable,
 )
 from .hops import checksum, transfer
+from .linux.sdnotify import Notifier
 from .private import exposed_secrets
 from .state import State
 
@@ -91,6 +92,9 @@ class Runtime:
         self._free_since: float | None = None  # a standby: since when its queue has had no consumer
         # destination -> (refusals in a row, no publish to it before, last ERROR logged)
         self._held: dict[str, tuple[int, float, float]] = {}
+        self.notify = Notifier.from_environ()  # systemd's Type=notify and watchdog; else no-ops
+        # What SIGHUP does: reopen the log file when the agent writes one (set by the CLI), else stop.
+        self.on_hangup: Callable[[], None] | None = None
         self._secrets_looked = float("-inf")  # when files holding the password were last looked at
 
     # jobs ----------------------------------------------------------------------------------------
@@ -140,8 +144,10 @@ class Runtime:
     # main loop -----------------------------------------------------------------------------------
 
     def run(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.stop)
+        hangup = self.on_hangup
+        signal.signal(signal.SIGHUP, self.stop if hangup is None else lambda *_: hangup())
         log.info(
             "%s agent %r of instance %r starting (state %s)",
             self.agent.mode,
@@ -155,21 +161,28 @@ class Runtime:
             # second one (another state_db, the same file_dir) would take the first's files for
             # leftovers.
             while self.broker is None and not self._stop.is_set():
+                self.notify.watchdog()  # a standby is ready (see _rival) and watched while it waits
                 if time.time() >= self._next_connect:
                     self._connect()
                 if self.broker is None:
-                    self._stop.wait(max(0.0, self._next_connect - time.time()))
+                    self._stop.wait(max(0.0, min(self._next_connect - time.time(), TICK)))
             if self._stop.is_set():
                 return
             with self.state.transaction():
                 self.agent.startup()
             self._started = True
+            self.notify.ready(f"{self._who()}: working")
             while not self._stop.is_set():
+                self.notify.watchdog()
                 self._step()
         finally:
             self._finish()
 
+    def _who(self) -> str:
+        return f"{self.agent.mode} agent {self.cfg.name!r} of instance {self.cfg.id!r}"
+
     def _finish(self) -> None:
+        self.notify.stopping()
         if self._started:
             log.info("stopping: ending transfers, waiting for running jobs")
             self.agent.shutdown()
@@ -187,6 +200,7 @@ class Runtime:
             self.broker.close()
         self.state.close()
         self.agent.stopped()
+        self.notify.close()
         log.info("stopped")
 
     def _tell_secrets(self, now: float) -> None:
@@ -281,6 +295,7 @@ class Runtime:
                 else logging.DEBUG
             )
             log.log(level, "%s; retrying in %.1f s (attempt %d)", e, delay, self._connect_failures)
+            self.notify.status(f"{self._who()}: waiting for the broker: {e}")
             return
         if self._standby:
             log.warning("the other %s agent %r is gone: this one takes over", self.agent.mode, self.cfg.name)
@@ -291,6 +306,8 @@ class Runtime:
             log.info("connected to broker %s:%s", self._params.host, self._params.port)
         self._connect_failures = 0
         self.broker = broker
+        if self._started:
+            self.notify.status(f"{self._who()}: working")
 
     def _free_long_enough(self, broker: Broker) -> bool:
         """A standby looks at its queue without consuming it: True once it has had no consumer for
@@ -340,6 +357,8 @@ class Runtime:
             self.stop()
             return
         self._standby = True
+        # A standby is a steady state, not a start that hangs: ready, and watched, while it waits.
+        self.notify.ready(f"{self._who()}: standby, another agent works ({e.holder or e.queue})")
         now = time.time()
         if now - self._standby_told >= PERSON_REPEAT:
             self._standby_told = now

@@ -95,8 +95,11 @@ def test_defaults_fill_every_optional_key(parse, file_dir: Path, home: Path, con
         max_attempts=5,
         retry_max_seconds=300.0,
         log_format="text",
+        daemon=False,
+        log_file=None,
     )
     assert cfg.cleanup_argv == ()
+    assert cfg.daemon_log == state / "default-upload.log"
 
 
 def test_yaml_null_means_the_default(parse) -> None:
@@ -148,6 +151,34 @@ def test_central_and_download_agents_must_keep_their_roles_name_for_now(parse, m
 def test_state_dir_follows_xdg_state_home(parse, tmp_path: Path) -> None:
     cfg = parse(environ={"XDG_STATE_HOME": str(tmp_path / "state")})
     assert cfg.pidfile == tmp_path / "state" / "synkler" / "default-upload.pid"
+
+
+def test_state_dir_follows_systemds_state_directory_first(parse, tmp_path: Path) -> None:
+    # StateDirectory=synkler sets it; with several StateDirectory= names, the first one.
+    environ = {
+        "STATE_DIRECTORY": f"{tmp_path}/lib/synkler:{tmp_path}/lib/other",
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+    }
+    cfg = parse(environ=environ)
+    assert cfg.pidfile == tmp_path / "lib" / "synkler" / "default-upload.pid"
+    assert cfg.state_db == tmp_path / "lib" / "synkler" / "default-upload.sqlite"
+    assert cfg.daemon_log == tmp_path / "lib" / "synkler" / "default-upload.log"
+
+
+def test_relative_state_directory_is_ignored(parse, home: Path) -> None:
+    cfg = parse(environ={"STATE_DIRECTORY": "lib/synkler"})
+    assert cfg.state_db == home / ".local" / "state" / "synkler" / "default-upload.sqlite"
+
+
+def test_daemon_log_is_log_file_when_set(parse, home: Path) -> None:
+    cfg = parse(log_file="~/log/agent.log", daemon=True)
+    assert cfg.daemon and cfg.log_file == cfg.daemon_log == home / "log" / "agent.log"
+
+
+def test_daemon_must_be_a_boolean(parse) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse(daemon="yes please")
+    assert err.value.key == "daemon" and "must be true or false" in str(err.value)
 
 
 def test_relative_xdg_state_home_is_ignored(parse, home: Path) -> None:
@@ -553,7 +584,7 @@ def test_sample_config_examples_are_valid_when_uncommented(tmp_path: Path, home:
     text = re.sub(r"^#(?=[a-z_]+:)", "", SAMPLE.read_text(), flags=re.MULTILINE)
     uncommented = write(tmp_path / "synkler.conf", text)
     cfg = load_config(uncommented, check_dirs=False, environ={}, home=home)
-    assert cfg.rsync_opts == ("--rsh=ssh -p 22 -i /home/synkler/.ssh/id_ed25519",)
+    assert cfg.rsync_opts == ("--rsh=ssh -p 22 -i /var/lib/synkler/.ssh/id_ed25519",)
     assert cfg.cleanup_argv == ("/usr/local/bin/process-delivery", "--input", "%F")
     assert cfg.central_host == "synkler@central.example.org"
     assert cfg.pidfile == home / ".local" / "state" / "synkler" / "default-upload.pid"

@@ -256,3 +256,43 @@ def test_read_pid_accepts_surrounding_whitespace(tmp_path: Path) -> None:
     path = tmp_path / "agent.pid"
     path.write_text(" 1234 \n")
     assert read_pid(path) == 1234
+
+
+DETACHER = """
+import os, sys
+from synkler.pidfile import Pidfile
+p = Pidfile(sys.argv[1])
+assert p.acquire()
+if os.fork():
+    os._exit(0)  # the launcher leaves as a daemon's launcher does: no release, no atexit
+p.adopt()
+print(os.getpid(), flush=True)
+sys.stdin.read()
+p.release()
+print("released", flush=True)
+"""
+
+
+def test_a_forked_child_that_adopts_the_pidfile_owns_it_and_the_lock_never_lapses(tmp_path: Path) -> None:
+    # A daemon's detach: the launcher acquires, the forked daemon adopts, the launcher leaves.
+    path = tmp_path / "agent.pid"
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", DETACHER, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+    )
+    try:
+        daemon_pid = int(launcher.stdout.readline())
+        assert launcher.wait(10) == 0
+        assert daemon_pid != launcher.pid
+        assert read_pid(path) == daemon_pid
+        assert not Pidfile(path).acquire()  # the lock went over with the open file, held all along
+    finally:
+        launcher.stdin.close()  # the daemon releases
+    assert launcher.stdout.readline() == b"released\n"
+    assert not path.exists()
+    launcher.stdout.close()
+
+
+def test_adopt_without_holding_the_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(PidfileError, match="not held"):
+        Pidfile(tmp_path / "agent.pid").adopt()
