@@ -223,10 +223,10 @@ def _main(argv: Sequence[str]) -> int:
 def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     from .agents import AGENTS
     from .pidfile import Pidfile, read_pid
-    from .private import restrict_umask
+    from .private import remember_umask, restrict_umask
     from .runtime import Runtime
 
-    restrict_umask()  # what the agent creates is its own; rsync and cleanup scripts get the old umask
+    remember_umask()  # the one synkler was started with: rsync's and the cleanup scripts'
     pidfile = Pidfile(cfg.pidfile)
     if not pidfile.acquire():
         # Cron starts us every minute: a live agent is the normal case, not an error.
@@ -237,6 +237,7 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
 
         # As a daemon, the launching process exits in there, once the daemon has started.
         launch = prepare(cfg, pidfile, daemon=(args.daemon or cfg.daemon) and not args.foreground)
+        restrict_umask()  # what the agent creates from here on is its own (docs/operations.md)
         runtime = Runtime(cfg, AGENTS[cfg.mode])
         launch.started(runtime)
         runtime.run()

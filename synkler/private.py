@@ -31,12 +31,20 @@ AGENT_UMASK = 0o077
 _started_umask: int | None = None  # the umask the agent was started with, once it restricted it
 
 
-def restrict_umask() -> None:
-    """Give the agent umask 077, remembering (the first time) the umask it was started with."""
+def remember_umask() -> None:
+    """Note the umask synkler was started with, for `child_umask` (only the first call counts: a
+    daemon's detaching sets another one)."""
     global _started_umask
-    before = os.umask(AGENT_UMASK)
+    current = os.umask(AGENT_UMASK)
+    os.umask(current)
     if _started_umask is None:
-        _started_umask = before
+        _started_umask = current
+
+
+def restrict_umask() -> None:
+    """Give the agent umask 077, remembering first (if not yet done) the umask it was started with."""
+    remember_umask()
+    os.umask(AGENT_UMASK)
 
 
 def child_umask() -> int:
