@@ -15,6 +15,7 @@ config has been root-owned 0644 for years.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import pwd
@@ -79,7 +80,9 @@ def make_dirs(path: PathLike) -> None:
 
 def private_dir(path: PathLike) -> None:
     """Make `path` a directory only its owner can enter: created 0700 (parents too) if missing,
-    tightened if we own it and others may enter."""
+    tightened if we own it and others may enter. A symlink is followed but its target left as it
+    is: where it points is someone's choice (another disk), and a chmod through a link planted
+    by someone else would change what they chose."""
     try:
         os.mkdir(path, 0o700)
         return
@@ -88,7 +91,12 @@ def private_dir(path: PathLike) -> None:
         return
     except FileExistsError:
         pass
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(path):
+            return
+        raise
     try:
         tighten(fd, path)
     finally:
@@ -99,15 +107,19 @@ def private_file(path: PathLike, companions: Sequence[str] = ()) -> None:
     """Make sure `path` exists (created empty, 0600, in 0700 parents if missing) and only its owner
     can read it; so must its `companions` (suffixes, e.g. SQLite's "-wal") where they exist."""
     make_dirs(os.path.dirname(os.path.abspath(path)))
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
+    if os.path.islink(path):  # as in private_dir: a link's target is left as it is
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW, 0o600)
     try:
         tighten(fd, path)
     finally:
         os.close(fd)
     for suffix in companions:
         try:
-            fd = os.open(f"{os.fspath(path)}{suffix}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-        except FileNotFoundError:
+            fd = os.open(
+                f"{os.fspath(path)}{suffix}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW
+            )
+        except OSError:  # missing, or a symlink (ELOOP): left alone
             continue
         try:
             tighten(fd, f"{os.fspath(path)}{suffix}")

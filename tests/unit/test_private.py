@@ -77,6 +77,19 @@ def test_private_file_creates_an_empty_0600_file_and_tightens_it_and_its_compani
     assert not (tmp_path / "state" / "agent.sqlite-shm").exists()  # a companion is never created
 
 
+def test_the_target_of_a_symlink_is_never_changed(tmp_path: Path, umask_022):
+    elsewhere = tmp_path / "other-disk"
+    elsewhere.mkdir(mode=0o755)
+    (tmp_path / "spool").symlink_to(elsewhere)
+    private_dir(tmp_path / "spool")
+    target = tmp_path / "target.sqlite"
+    target.write_bytes(b"")
+    target.chmod(0o644)
+    (tmp_path / "link.sqlite").symlink_to(target)
+    private_file(tmp_path / "link.sqlite")
+    assert (mode(elsewhere), mode(target)) == (0o755, 0o644)
+
+
 def test_what_is_not_ours_is_left_as_it_is(tmp_path: Path, umask_022, monkeypatch: pytest.MonkeyPatch):
     path = tmp_path / "theirs"
     path.mkdir(mode=0o755)
