@@ -7,18 +7,25 @@ import datetime
 import json
 import logging
 import os
+import shlex
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, logs
-from .errors import BrokerError, ConfigError, ExitStatus, StateError, SynklerError
+from .errors import BrokerError, ConfigError, ExitStatus, Refused, StateError, SynklerError
 
 if TYPE_CHECKING:  # annotations only: main() imports the config module when a command needs it
+    from .agents.base import Agent
     from .config import Config
+    from .state import Entry
 
 log = logging.getLogger("synkler")
+
+REQUEST_WAIT = 30.0  # seconds the retry, forget and resend commands wait for the agent's answer
+POLL = 0.1  # seconds between looks for that answer
 
 
 # Each command's --help ends with examples; global options are shown there too.
@@ -40,10 +47,25 @@ A second start on the same configuration finds the agent running and exits 0 at 
     "status": """\
 examples:
   synkler status -c /etc/synkler.conf
-  synkler status -c /etc/synkler.conf --json | jq '.[] | select(.state == "failed")'""",
+  synkler status -c /etc/synkler.conf --json | jq '.[] | select(.state == "failed")'
+  synkler status --relay                  all agents and entries of the relay, through the broker
+  synkler status --relay --watch          the same, redrawn every 2 s until Ctrl-C
+  synkler status --relay --json | jq .verdict""",
     "check": """\
 examples:
   synkler check -c /etc/synkler.conf      one line per check; exits 1 if one says FAIL""",
+    "retry": """\
+examples:
+  synkler retry -c /etc/synkler.conf 3f2c81d0     a failed entry (its id or a start of it), or its cleanup
+  synkler retry -c /etc/synkler.conf run42.csv    by name, where one entry of that name can be retried
+
+Upload sends a failed entry again as a new entry, download pulls it again from central's copy.""",
+    "forget": """\
+examples:
+  synkler forget -c /etc/synkler.conf 3f2c81d0    end a stuck or failed entry at every role""",
+    "resend": """\
+examples:
+  synkler resend -c /etc/synkler.conf run42.csv   send the newest version of run42.csv again, unchanged""",
     "demo": """\
 examples:
   synkler demo                 relay generated files through all three roles on this machine
@@ -58,6 +80,15 @@ examples:
 
 Reads a synkler 0.0.x configuration (INI, a [default] section) and writes the same settings in
 YAML, with comments saying what changed in meaning. An existing output file is not overwritten.""",
+    "broker-setup": """\
+examples:
+  synkler broker-setup -c /etc/synkler.conf --upload lab-a --upload lab-b
+  (umask 077; synkler broker-setup -c central.conf --upload lab-a > broker-setup.sh)
+
+Prints the rabbitmqctl commands that make one broker user per agent (<name>@<id>), each with a new
+random password and the least permissions it needs, and which settings each agent's configuration
+then needs (authenticate: true, broker_username, broker_password). The output holds the passwords:
+keep it private. See docs/security.md.""",
     "completion": """\
 examples:
   synkler completion bash > /etc/bash_completion.d/synkler
@@ -139,7 +170,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(run, top=False)
     st = _command(sub, "status", "show this agent's entries")
     st.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+    st.add_argument(
+        "--relay",
+        action="store_true",
+        help="the whole relay (every agent, entry and queue), through the broker",
+    )
+    st.add_argument("--watch", action="store_true", help="with --relay: redraw it every 2 s until Ctrl-C")
+    st.add_argument("--all", action="store_true", help="with --relay: every finished entry the agents report")
     _command(sub, "check", "check the config, the broker and (upload/download) ssh+rsync to central")
+    for action, what in (
+        ("retry", "take up a failed entry again, or run its failed cleanup script again"),
+        ("forget", "end an entry on its way or failed, at every role that has it"),
+        ("resend", "upload: send a delivered entry's file again as a new entry, unchanged"),
+    ):
+        cmd = _command(sub, action, f"{what} (the running agent does it)")
+        cmd.add_argument("entry", help="entry id, a unique start of it (status shows one), or the name")
+        cmd.add_argument(
+            "--wait",
+            type=float,
+            default=REQUEST_WAIT,
+            metavar="SECONDS",
+            help=f"how long to wait for the agent's answer (default {REQUEST_WAIT:g}; 0: do not wait)",
+        )
     demo = _command(sub, "demo", "relay generated files through all three roles on this machine")
     demo.add_argument("--keep", action="store_true", help="keep the demo's directory afterwards")
     demo.add_argument(
@@ -153,6 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("old", metavar="OLD", help="the 0.0.x configuration file")
     migrate.add_argument(
         "-o", "--output", metavar="NEW", help="write the YAML here (default: print it); never overwrites"
+    )
+    setup = _command(sub, "broker-setup", "print the rabbitmqctl commands that make the relay's broker users")
+    setup.add_argument(
+        "--upload",
+        metavar="NAME",
+        action="append",
+        help="an upload agent's name (repeat for each; default: this config's name if it is an upload "
+        "agent's, else 'upload')",
     )
     completion = _command(sub, "completion", "print a shell completion script")
     completion.add_argument(
@@ -210,7 +270,13 @@ def _main(argv: Sequence[str]) -> int:
 
         cfg = load_config(find_config(args.config))
         logs.use_agent(cfg.mode, cfg.name, cfg.id, cfg.log_format)
-        return {"run": cmd_run, "status": cmd_status, "check": cmd_check}[command](cfg, args)
+        commands = {
+            "run": cmd_run,
+            "status": cmd_status,
+            "check": cmd_check,
+            "broker-setup": cmd_broker_setup,
+        }
+        return commands.get(command, cmd_request)(cfg, args)
     except SynklerError as e:
         if args.debug:
             log.exception("error")
@@ -252,11 +318,17 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
+    from .agents import AGENTS
     from .private import exposed_secrets
     from .state import State
 
     for problem in exposed_secrets(cfg.secret_files):
         print(f"synkler: warning: {logs.shown(problem)}", file=sys.stderr)
+    if args.relay or args.watch:
+        from .relayview import cmd_relay
+
+        return cmd_relay(cfg, as_json=args.json, watch=args.watch, all_finished=args.all)
+
     if not cfg.state_db.exists():
         entries = []
     else:
@@ -265,6 +337,9 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
             entries = state.all()
         finally:
             state.close()
+    agent = AGENTS[cfg.mode]
+    newest = _newest(entries)
+    actions = {e.id: agent.actions(e, newest[e.name] == e.id, present=_present(cfg, e)) for e in entries}
     if args.json:
         rows = []
         for e in entries:
@@ -272,23 +347,133 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
             row["md5"] = e.md5 or ""  # as the column holds it: "" until it is known
             row["updated"] = _iso(e.updated)
             row["created"] = _iso(e.created)
+            row["actions"] = actions[e.id]
             rows.append(row)
         print(json.dumps(rows, indent=2))
         return ExitStatus.OK
     if not entries:
         print(f"no entries ({cfg.mode} agent, state {cfg.state_db})")
         return ExitStatus.OK
-    header = ("NAME", "SIZE", "MD5", "STATE", "UPDATED", "NOTE")
+    header = ("ID", "NAME", "SIZE", "MD5", "STATE", "UPDATED", "ACTIONS", "NOTE")
     table = [header]
+    short = _short_ids([e.id for e in entries])
     for e in entries:
         note = e.reason or (f"as {_shown(e.stored_as)}" if e.stored_as and e.stored_as != e.name else "")
         if e.cleanup in ("failed", "interrupted", "skipped"):
             note = f"cleanup {e.cleanup}" + (f": {note}" if note else "")
-        table.append((_shown(e.name), str(e.size), e.md5 or "-", e.state, _iso(e.updated, sep=" "), note))
+        # A reason may come from a peer's message: shown escaped, like a name.
+        table.append(
+            (
+                short[e.id],
+                _shown(e.name),
+                str(e.size),
+                e.md5 or "-",
+                e.state,
+                _iso(e.updated, sep=" "),
+                ",".join(actions[e.id]) or "-",
+                _shown(note),
+            )
+        )
     widths = [max(len(line[i]) for line in table) for i in range(len(header) - 1)]
     for line in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) + "  " + line[-1])
     return ExitStatus.OK
+
+
+def _newest(entries: list[Entry]) -> dict[str, str]:
+    """Name -> the id of its newest version (entries come oldest first)."""
+    return {e.name: e.id for e in entries}
+
+
+def _present(cfg: Config, entry: Entry) -> bool:
+    """Upload: is the entry's name in file_dir (what `retry` and `resend` would send)?"""
+    return cfg.mode != "upload" or os.path.lexists(os.path.join(cfg.file_dir, entry.name))
+
+
+def _short_ids(ids: list[str]) -> dict[str, str]:
+    """The shortest start of every id, at least 8 digits, that tells it from every other."""
+    ordered = sorted(ids)
+    length = 8
+    for a, b in zip(ordered, ordered[1:]):
+        length = max(length, len(os.path.commonprefix([a, b])) + 1)
+    return {i: i[:length] for i in ids}
+
+
+def cmd_request(cfg: Config, args: argparse.Namespace) -> int:
+    """retry, forget or resend: write the request into the agent's state database, for the running
+    agent to take in its main loop (no broker credentials needed: who may write the state database is
+    the operator), and print its answer."""
+    from .agents import AGENTS
+    from .pidfile import holder
+    from .state import State
+
+    action = args.command
+    if not cfg.state_db.exists():
+        raise Refused(f"no entry {args.entry!r}: no entries yet ({cfg.mode} agent, state {cfg.state_db})")
+    state = State(cfg.state_db)
+    try:
+        entries = state.all()
+        agent = AGENTS[cfg.mode]
+        entry = _resolve(agent, action, args.entry, entries)
+        what = f"{_shown(entry.name)} (entry {entry.id})"
+        why = agent.refusal(
+            action, entry, _newest(entries)[entry.name] == entry.id, present=_present(cfg, entry)
+        )
+        if why is not None:
+            raise Refused(f"{what}: cannot {action}: {why}")
+        with state.transaction():
+            seq = state.add_request(entry.id, action)
+        pid = holder(cfg.pidfile)
+        if pid is None:
+            print(f"the {cfg.mode} agent is not running: it will {action} {what} when it starts")
+            return ExitStatus.OK
+        deadline = time.monotonic() + args.wait
+        while True:
+            request = state.get_request(seq)
+            if request is not None and request.answered is not None:
+                with state.transaction():
+                    state.drop_request(seq)
+                if not request.ok:
+                    raise Refused(request.answer or f"the agent refused to {action} {what}")
+                print(request.answer)
+                return ExitStatus.OK
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(POLL)
+        if args.wait <= 0:
+            print(f"asked the {cfg.mode} agent (pid {pid}) to {action} {what}; see `synkler status`")
+            return ExitStatus.OK
+        print(
+            f"synkler: no answer from the {cfg.mode} agent (pid {pid}) within {args.wait:g} s; it will "
+            f"{action} {what} when it gets to it: `synkler status` shows the outcome",
+            file=sys.stderr,
+        )
+        return ExitStatus.FAILURE
+    finally:
+        state.close()
+
+
+def _resolve(agent: type[Agent], action: str, ref: str, entries: list[Entry]) -> Entry:
+    """The entry `ref` names: its id, a start of its id (at least 4 digits), or its name. Where a name
+    or a start fits several, the one the action applies to, if only one does."""
+    key = ref.lower()
+    found = [
+        e
+        for e in entries
+        if (len(key) >= 4 and e.id.startswith(key)) or e.name == ref or _shown(e.name) == ref
+    ]
+    if len(found) > 1:
+        newest = _newest(entries)
+        # (Whether the file is there does not tell versions of one name apart: not asked here.)
+        fitting = [e for e in found if agent.refusal(action, e, newest[e.name] == e.id) is None]
+        if len(fitting) == 1:
+            return fitting[0]
+        short = _short_ids([e.id for e in entries])
+        listed = "; ".join(f"{short[e.id]} {_shown(e.name)} ({e.state})" for e in found[-5:])
+        raise Refused(f"{ref!r} fits {len(found)} entries, give the id: {listed}")
+    if not found:
+        raise Refused(f"no entry {ref!r} at this {agent.mode} agent (`synkler status` lists them)")
+    return found[0]
 
 
 def _shown(name: str) -> str:
@@ -314,12 +499,24 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
     try:
         broker.connect(consume=False)
         print(f"ok    broker {cfg.synkler_server}:{cfg.broker_port} vhost {cfg.broker_vhost}")
+        if cfg.authenticate:
+            print(f"ok    messages authenticated: this agent publishes as {cfg.broker_username}")
+        else:
+            print(
+                "WARN  messages are not authenticated (authenticate: false): anyone who can publish "
+                "to the broker can make this agent act (docs/security.md)"
+            )
     except BrokerError as e:
         failures += 1
         print(f"FAIL  broker: {e}")
     finally:
         broker.close()
     if cfg.mode in ("upload", "download"):
+        try:
+            transfer.rsync_protection(tuple(cfg.rsync))
+        except transfer.RsyncTooOld as e:
+            failures += 1
+            print(f"FAIL  rsync: {e}")
         result = transfer.probe(cfg)
         if result.ok:
             print(f"ok    ssh + rsync to central {cfg.central_host}")
@@ -328,6 +525,26 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
             print(f"FAIL  ssh + rsync to central {cfg.central_host}: {result.summary()}")
     print(f"ok    file_dir {cfg.file_dir} ({free_bytes(cfg.file_dir) / 1e9:.1f} GB free)")
     return ExitStatus.FAILURE if failures else ExitStatus.OK
+
+
+def cmd_broker_setup(cfg: Config, args: argparse.Namespace) -> int:
+    import secrets
+
+    from .broker import broker_user
+    from .brokersetup import commands
+
+    uploads = args.upload or [cfg.name if cfg.mode == "upload" else "upload"]
+    names = ["central", "download", *uploads]
+    passwords = {broker_user(cfg.id, n): secrets.token_urlsafe(24) for n in names}
+    print(f"# broker users of synkler instance {cfg.id!r} on vhost {cfg.broker_vhost!r}")
+    print("# This holds new passwords: keep it private, run it on the broker's host, then delete it.")
+    for argv in commands(cfg.id, uploads, vhost=cfg.broker_vhost, passwords=passwords):
+        print(shlex.join(["rabbitmqctl", *argv]))
+    print("#\n# Then, in each agent's synkler.conf (or broker_password_file):")
+    for user, password in passwords.items():
+        name = user.split("@")[0]
+        print(f"#   {name}: authenticate: true, broker_username: {user}, broker_password: {password}")
+    return ExitStatus.OK
 
 
 def cmd_config_migrate(args: argparse.Namespace) -> int:

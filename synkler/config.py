@@ -112,6 +112,7 @@ class Config:
     broker_password_file: Path | None
     broker_vhost: str
     broker_heartbeat: int
+    authenticate: bool
     cleanup_script: str | None
     cleanup_attempts: int
     cleanup_timeout: float
@@ -393,6 +394,7 @@ KEYS: dict[str, _Key] = {
     "broker_password_file": _Key(_path, None),
     "broker_vhost": _Key(_text, "/"),
     "broker_heartbeat": _Key(_integer(1, 3600), 30),
+    "authenticate": _Key(_boolean, False),
     "cleanup_script": _Key(_cleanup_script, None),
     "cleanup_attempts": _Key(_integer(1, 100), 1),
     "cleanup_timeout": _Key(_number(0, above=True), 3600.0),
@@ -595,6 +597,17 @@ def parse_config(
         # Peers address central and download by their role's name; several of them come later.
         raise ConfigError(
             path, "name", f"a {settings['mode']} agent must be named '{settings['mode']}' (for now)"
+        )
+    if settings["mode"] == "upload" and settings["name"] in ("central", "download"):
+        raise ConfigError(path, "name", f"an upload agent cannot be named {settings['name']!r}")
+    own_user = f"{settings['name']}@{settings['id']}"
+    if settings["authenticate"] and settings["broker_username"] != own_user:
+        # Peers believe a message only from the broker user of the agent it claims to come from.
+        raise ConfigError(
+            path,
+            "broker_username",
+            f"with authenticate: true it must be {own_user!r} (<name>@<id>: peers know this agent's "
+            f"messages by it), got {settings['broker_username']!r}",
         )
     return Config(path=path, **settings, secret_files=secret_files)
 

@@ -20,7 +20,9 @@ from typing import Any, Callable, ClassVar, Union
 
 from .errors import MessageError
 
-# 4: `pushing`; 3: `fetch.path` is stored/<entry id>, the entry itself; 2: md5 in `sent`, not in `offer`
+# 4: `pushing`, later also `forget` (a new type only, so no new version: every other message is the
+# same, and a 0.4 agent dead-letters a `forget`); 3: `fetch.path` is stored/<entry id>, the entry
+# itself; 2: md5 in `sent`, not in `offer`
 SCHEMA = 4
 MAX_BODY = 64 * 1024  # one message
 MAX_BATCH_BODY = 1024 * 1024  # one AMQP body carrying a JSON array of messages
@@ -77,6 +79,22 @@ def path_problem(path: object) -> str | None:
     if len(path) > 4096:
         return "path is too long"
     return None
+
+
+def confined(path: str, *tail: str) -> bool:
+    """Is `path` (absolute, from a message) a place of this instance on central: does it end with
+    the components `tail` (e.g. <id>, "staging", <agent>), with nothing odd before them?
+
+    Agents never read or write on central where a message says unless the place has the shape only
+    central's own directories have, so a forged path can at most name another directory that
+    happens to end the same way, never a home directory, ~/.ssh or /etc.
+    """
+    parts = path.rstrip("/").split("/")
+    if path_problem(path) is not None or len(parts) < len(tail) + 2:
+        return False
+    if any(p in ("", ".", "..") for p in parts[1:]):  # no '//', '/./' or '..': one spelling only
+        return False
+    return parts[-len(tail) :] == list(tail)
 
 
 def _int(limit: int) -> Check:
@@ -238,9 +256,30 @@ class Withdraw(Message):
     reason: str = field(metadata=_checked(_text))
 
 
+@dataclass(frozen=True)
+class Forget(Message):
+    """any -> its peers: an operator forgot this entry (`synkler forget`); end it here too."""
+
+    TYPE: ClassVar[str] = "forget"
+    reason: str = field(metadata=_checked(_text))
+
+
 TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
-    for cls in (Offer, Admit, Wait, Sent, Pushing, Fetch, Fetched, Delivered, Failed, Corrupt, Withdraw)
+    for cls in (
+        Offer,
+        Admit,
+        Wait,
+        Sent,
+        Pushing,
+        Fetch,
+        Fetched,
+        Delivered,
+        Failed,
+        Corrupt,
+        Withdraw,
+        Forget,
+    )
 }
 _ENVELOPE = ("v", "type", "entry", "from", "at")
 # type -> its body fields, in order, and their validators

@@ -47,6 +47,33 @@ def read_pid(path: PathLike) -> int | None:
     return pid if pid > 0 else None
 
 
+def holder(path: PathLike) -> int | None:
+    """The pid of the live process that holds the pidfile open (its owner), or None.
+
+    It looks and never locks: a probe that took the lock even for a moment could make an agent that
+    starts right then believe another one runs, and exit. A process of another user whose open files
+    cannot be read counts as the owner if it is alive.
+    """
+    pid = read_pid(path)
+    if pid is None:
+        return None
+    try:
+        st = os.stat(path)
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except PermissionError:
+        return pid
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            opened = os.stat(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if (opened.st_dev, opened.st_ino) == (st.st_dev, st.st_ino):
+            return pid
+    return None
+
+
 class Pidfile:
     """An flock-guarded pidfile; acquire() says whether this process is now the only instance.
 

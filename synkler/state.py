@@ -1,4 +1,5 @@
-"""The agent's durable memory: one SQLite database (WAL) with the entries and the outbox.
+"""The agent's durable memory: one SQLite database (WAL) with the entries, the outbox and the
+operator's requests.
 
 This is the only module that touches SQLite. One thread (the agent's main loop) owns the
 connection; workers never write here, they hand results back to that thread. SQLite's errors
@@ -48,6 +49,17 @@ CREATE TABLE IF NOT EXISTS outbox (
     body    BLOB NOT NULL,
     created REAL NOT NULL
 );
+-- What an operator asked of one entry (synkler retry | forget | resend), taken by the running agent.
+CREATE TABLE IF NOT EXISTS requests (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    entry    TEXT NOT NULL,
+    action   TEXT NOT NULL,
+    created  REAL NOT NULL,
+    answered REAL,                        -- NULL until the agent has taken it
+    ok       INTEGER,                     -- 1: done, 0: refused
+    answer   TEXT
+);
+CREATE INDEX IF NOT EXISTS requests_open ON requests(seq) WHERE answered IS NULL;
 """
 
 
@@ -91,6 +103,23 @@ class Entry:
 
 
 _COLUMNS = [f.name for f in fields(Entry)]
+
+
+@dataclass
+class Request:
+    """An operator's request about one entry (`action`: retry, forget or resend) and the agent's answer."""
+
+    seq: int
+    entry: str
+    action: str
+    created: float
+    answered: float | None = None  # None: not taken yet
+    ok: bool | None = None
+    answer: str | None = None
+
+
+_REQUEST = "SELECT seq, entry, action, created, answered, ok, answer FROM requests"
+ANSWERS_KEPT = 86400.0  # seconds an answer nobody collected stays in the table
 
 
 def _stored(column: str, value: object) -> object:
@@ -320,6 +349,34 @@ class State:
         except sqlite3.Error as e:
             raise _error(e) from e
 
+    # summaries (presence reports: synkler.presence) -----------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        """Entries per state (an index scan: cheap at 10,000 entries)."""
+        try:
+            return dict(self._db.execute("SELECT state, COUNT(*) FROM entries GROUP BY state").fetchall())
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
+    def listed(self, states: Collection[str], *, latest: bool = False, limit: int) -> list[Entry]:
+        """At most `limit` entries in `states`: the oldest created first, or (latest) the latest
+        updated first."""
+        marks = ", ".join("?" * len(states))
+        order = "updated DESC" if latest else "created"
+        sql = f"{_SELECT} WHERE state IN ({marks}) ORDER BY {order} LIMIT ?"
+        try:
+            return [Entry(*r) for r in self._db.execute(sql, (*states, limit))]
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
+    def peers(self, limit: int) -> list[str]:
+        """The agents entries came from or go to (central: its upload agents)."""
+        sql = "SELECT DISTINCT peer FROM entries WHERE peer IS NOT NULL LIMIT ?"
+        try:
+            return sorted(r[0] for r in self._db.execute(sql, (limit,)))
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
     # outbox --------------------------------------------------------------------------------------
 
     def enqueue(self, dest: str, body: bytes) -> None:
@@ -352,3 +409,54 @@ class State:
             return self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
         except sqlite3.Error as e:
             raise _error(e) from e
+
+    # operator requests -----------------------------------------------------------------------------
+
+    def add_request(self, entry_id: str, action: str) -> int:
+        """Record an operator's request for the running agent to take; its number."""
+        try:
+            cursor = self._db.execute(
+                "INSERT INTO requests (entry, action, created) VALUES (?, ?, ?)",
+                (entry_id, action, time.time()),
+            )
+        except sqlite3.Error as e:
+            raise _error(e) from e
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def open_requests(self) -> list[Request]:
+        """The requests not taken yet, oldest first (cheap when there are none: a partial index)."""
+        try:
+            return [_request(r) for r in self._db.execute(f"{_REQUEST} WHERE answered IS NULL ORDER BY seq")]
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
+    def answer_request(self, seq: int, ok: bool, answer: str) -> None:
+        """The agent's answer to a request; answers nobody collected go after ANSWERS_KEPT."""
+        now = time.time()
+        try:
+            self._db.execute(
+                "UPDATE requests SET answered = ?, ok = ?, answer = ? WHERE seq = ?", (now, ok, answer, seq)
+            )
+            self._db.execute("DELETE FROM requests WHERE answered < ?", (now - ANSWERS_KEPT,))
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
+    def get_request(self, seq: int) -> Request | None:
+        try:
+            row = self._db.execute(f"{_REQUEST} WHERE seq = ?", (seq,)).fetchone()
+        except sqlite3.Error as e:
+            raise _error(e) from e
+        return _request(row) if row else None
+
+    def drop_request(self, seq: int) -> None:
+        """The command has read the answer."""
+        try:
+            self._db.execute("DELETE FROM requests WHERE seq = ?", (seq,))
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
+
+def _request(row: tuple[Any, ...]) -> Request:
+    seq, entry, action, created, answered, ok, answer = row
+    return Request(seq, entry, action, created, answered, None if ok is None else bool(ok), answer)

@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, NamedTuple, Protocol,
 
 from .. import messages
 from ..backoff import backoff
-from ..errors import MessageError
+from ..errors import MessageError, Refused
 from ..hops import cleanup, transfer
-from ..messages import EntryMessage, Message
-from ..state import Entry, State
+from ..logs import shown
+from ..messages import EntryMessage, Forget, Message
+from ..state import Entry, Request, State
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -31,14 +32,17 @@ log = logging.getLogger("synkler")
 BATCH_ENTRIES = 500  # at most this many entries in one rsync run
 BATCH_BYTES = 64 << 20  # ... and about this many bytes; bigger entries get a run of their own
 SPACE_WAIT = 30.0  # seconds between tries of a step that failed for lack of disk space
+CENTRAL = "central"  # the names of the two fixed roles: peers address them by these
+DOWNLOAD = "download"
 PERSON_REPEAT = 600  # seconds between ERROR lines while ssh refuses for a reason a person must fix
 # What a person can do when a hop gives up (after the log line that says which hop failed and why).
-REOFFER = "then `touch` the entry in upload's file_dir to relay it again (docs/operations.md)."
+REOFFER = "then `synkler retry <entry>` on upload relays it again (docs/operations.md)."
 GIVE_UP_ADVICE = {
     "push to central": "The entry stays in upload's file_dir. Fix the cause (`synkler check` tests "
     "ssh and rsync to central), " + REOFFER,
     "pull from central": "Upload keeps its copy, central its verified one (stored/<entry id>). Fix the "
-    "cause on download's side or the path to central, " + REOFFER,
+    "cause on download's side or the path to central, then `synkler retry <entry>` on download pulls it "
+    "again (docs/operations.md).",
     "upload to central": "Upload keeps its copy. Find out why the copies differ (a file still being "
     "written, a disk or memory problem), " + REOFFER,
     "store at central": "Upload keeps its copy. Central's copies keep going bad: check central's disk, "
@@ -83,6 +87,12 @@ NAME = "md5 of name"  # upload: the md5 of a name relayed before, before a new v
 CLEANUP = "cleanup"  # the cleanup script of an entry (its id)
 RECHECK = "recheck"  # central: the md5 of a stored copy download found bad (its id)
 SCAN = Key("scan")  # upload: the listing of file_dir
+
+# What an operator can ask of one entry (synkler retry | forget | resend, docs/operations.md). The
+# command writes the request into the agent's state database; the running agent takes it in its main
+# loop (Agent.take_requests) and answers there.
+RETRY, FORGET, RESEND = "retry", "forget", "resend"
+ACTIONS = (RETRY, FORGET, RESEND)
 
 T = TypeVar("T")
 Done = Callable[["T | None", "BaseException | None"], None]
@@ -135,6 +145,9 @@ class Cleanup(Status):
 
 
 Transitions = Mapping[Status, "frozenset[Status]"]
+# Cleanup scripts an operator may run again (`synkler retry`): whether an interrupted one ended is
+# unknown, so synkler never runs it again by itself, but a person who has looked may.
+RERUN = (Cleanup.FAILED, Cleanup.INTERRUPTED)
 
 
 class TransitionError(Exception):
@@ -155,6 +168,10 @@ class Agent:
     STATES: ClassVar[type[Status]]
     NEW: ClassVar[tuple[Status, ...]] = ()
     TRANSITIONS: ClassVar[Transitions] = {}
+    FORGOTTEN: ClassVar[Status]  # ended by an operator's `forget` (here or at a peer): final
+    FORGETTABLE: ClassVar[frozenset[Status]] = frozenset()  # the states `forget` ends: on the way, or failed
+    RETRYABLE: ClassVar[frozenset[Status]] = frozenset()  # the states `retry` takes up again
+    RETRIES: ClassVar[str] = "a failed entry"  # what `retry` takes up, for a person
 
     def __init__(self, cfg: Config, state: State, jobs: Jobs):
         self.cfg = cfg
@@ -223,12 +240,25 @@ class Agent:
             **fields,
         )
 
-    def entry_for(self, msg: Message) -> Entry:
-        """The entry a message is about; a message about an entry this agent never had is refused."""
+    def entry_for(self, msg: Message, *senders: str) -> Entry:
+        """The entry a message is about. Refused: a message about an entry this agent never had, and
+        one from an agent that has no say over the entry: by default only its peer (the central that
+        sent it, the upload that offered it) may; `senders` names who may instead."""
         entry = self.state.get(msg.entry)
         if entry is None:
             raise MessageError(f"{msg.TYPE} for unknown entry {msg.entry}")
+        allowed = senders or (entry.peer or "",)
+        if msg.sender not in allowed:
+            raise MessageError(
+                f"{msg.TYPE} for entry {msg.entry} from {msg.sender!r}, which has no say over it "
+                f"(only {' or '.join(repr(a) for a in allowed)})"
+            )
         return entry
+
+    def from_central(self, msg: Message) -> None:
+        """Refuse a message that only central may send, from anyone else."""
+        if msg.sender != CENTRAL:
+            raise MessageError(f"{msg.TYPE} from {msg.sender!r}: only {CENTRAL!r} sends it")
 
     def record_each(
         self,
@@ -257,17 +287,119 @@ class Agent:
             raise LookupError(f"{self.mode}: no entry {entry_id}")
         return entry
 
+    # an operator's requests (synkler retry | forget | resend) ----------------------------------------
+
+    @classmethod
+    def refusal(cls, action: str, entry: Entry, latest: bool, *, present: bool = True) -> str | None:
+        """Why an operator cannot `action` the entry as it is now; None if they can. `latest`: the entry
+        is the newest version of its name; `present`: (upload) its name is in file_dir. Pure: `synkler
+        status` shows the actions it allows, and the agent refuses the others with this reason."""
+        try:
+            state = cls.STATES(entry.state)
+        except ValueError:
+            return f"{entry.state!r} is not a {cls.mode} state"
+        if action == FORGET:
+            if state in cls.FORGETTABLE:
+                return None
+            return f"it is {state}: only an entry on its way or failed can be forgotten"
+        if action == RETRY:
+            return None if state in cls.RETRYABLE else f"it is {state}: only {cls.RETRIES} can be retried"
+        if action == RESEND:
+            return "only upload sends an entry again: run `synkler resend` there"
+        return f"{action!r} is not an action ({', '.join(ACTIONS)})"
+
+    @classmethod
+    def actions(cls, entry: Entry, latest: bool, *, present: bool = True) -> list[str]:
+        """What an operator can ask of the entry now (shown by `synkler status`)."""
+        return [action for action in ACTIONS if cls.refusal(action, entry, latest, present=present) is None]
+
+    def take_requests(self) -> None:
+        """Take the operator's requests not answered yet and answer each in its row, in the main loop's
+        transaction. Each is done in a savepoint of its own: one that is refused (or fails) changes
+        nothing and is answered with the reason."""
+        for request in self.state.open_requests():
+            try:
+                with self.state.savepoint():
+                    ok, answer = True, self.on_request(request)
+            except Refused as e:
+                ok, answer = False, str(e)
+            except Exception as e:  # a bug, or the disk: answered, so the command does not wait in vain
+                log.exception(
+                    "error while taking an operator's %s of entry %s", request.action, request.entry
+                )
+                ok, answer = False, f"{request.action} of entry {request.entry} failed: {e!r} (see the log)"
+            self.state.answer_request(request.seq, ok, answer)
+            log.log(logging.INFO if ok else logging.WARNING, "operator's %s: %s", request.action, answer)
+
+    def on_request(self, request: Request) -> str:
+        """Do what an operator asked (inside a savepoint); the answer, or Refused with the reason."""
+        entry = self.state.get(request.entry)
+        if entry is None:
+            raise Refused(f"the {self.mode} agent has no entry {request.entry}")
+        latest = self.state.latest_by_name(entry.name)
+        newest = latest is not None and latest.id == entry.id
+        why = self.refusal(request.action, entry, newest, present=self.present(entry))
+        if why is not None:
+            raise Refused(f"{shown(entry.name)} (entry {entry.id}): cannot {request.action}: {why}")
+        if request.action == FORGET:
+            self.forget(entry, f"forgotten by an operator at {self.mode}")
+            return f"{shown(entry.name)} (entry {entry.id}) is forgotten here; its peers are told"
+        if request.action == RETRY:
+            return self.retry(entry)
+        return self.resend(entry)
+
+    def retry(self, entry: Entry) -> str:
+        """Take up again an entry in one of the RETRYABLE states; the answer for the operator."""
+        raise Refused(f"{shown(entry.name)}: the {self.mode} agent does not retry")
+
+    def resend(self, entry: Entry) -> str:
+        raise Refused(f"{shown(entry.name)}: the {self.mode} agent does not send entries")
+
+    def forget(self, entry: Entry, reason: str, told_by: str | None = None) -> None:
+        """End an entry here: what this role holds of it is removed (`drop`), it becomes forgotten, and
+        the peers are told, except the one that told us. Each role does this once per entry: one that
+        has forgotten it already, or never had it, neither acts nor passes it on, so it cannot loop."""
+        self.drop(entry)
+        self.move(entry, self.FORGOTTEN, reason=reason)
+        for peer in self.peers(entry):
+            if peer != told_by:
+                self.send(peer, Forget(entry.id, self.name, reason=reason))
+        log.info("%s: %s", entry.name, reason)
+
+    def on_forget(self, msg: Forget) -> None:
+        entry = self.state.get(msg.entry)
+        if entry is None:
+            return  # never had it: nothing to forget and nothing to pass on; not a bad message
+        if msg.sender not in self.peers(entry):
+            raise MessageError(f"forget of entry {msg.entry} from {msg.sender!r}, which is not its peer")
+        if self.STATES(entry.state) in self.FORGETTABLE:
+            self.forget(entry, msg.reason, told_by=msg.sender)
+
+    def present(self, entry: Entry) -> bool:
+        """Is the entry's name in file_dir (what upload would send)? Only upload asks."""
+        return True
+
+    def peers(self, entry: Entry) -> list[str]:
+        """The agents this one exchanges messages with about the entry."""
+        raise NotImplementedError
+
+    def drop(self, entry: Entry) -> None:
+        """Remove what this role holds of an entry it forgets (called before its state changes)."""
+
 
 class Endpoint(Agent):
     """Upload and download, the ends of the relay: they run rsync over ssh to central, retry what
     failed, and run the cleanup script of each delivered entry exactly once."""
 
     DELIVERED: ClassVar[Status]  # delivered; the cleanup script is pending or running
+    RETRIES = "a failed entry or cleanup script"
     DONE: ClassVar[Status]
     FAILED: ClassVar[Status]
 
     def __init__(self, cfg: Config, state: State, jobs: Jobs):
         super().__init__(cfg, state, jobs)
+        # An rsync that would let central's shell parse a remote path is refused before anything runs.
+        transfer.rsync_protection(tuple(cfg.rsync))
         self.cleanup_due = True  # set when an entry's cleanup script becomes due
         self.transfer_due = True  # set when an entry may need a transfer, or a transfer slot freed up
         self.next_transfer_retry = float("inf")  # when a failed transfer is due to run again
@@ -546,3 +678,28 @@ class Endpoint(Agent):
                     "%s: the agent stopped while the cleanup script ran; collecting its result", entry.name
                 )
                 self.start_cleanup(entry, resume=True)
+
+    # an operator's requests ----------------------------------------------------------------------
+
+    @classmethod
+    def refusal(cls, action: str, entry: Entry, latest: bool, *, present: bool = True) -> str | None:
+        if action == RETRY and entry.state == cls.DONE and entry.cleanup in RERUN:
+            return None
+        return super().refusal(action, entry, latest, present=present)
+
+    def retry(self, entry: Entry) -> str:
+        if entry.state == self.DONE:
+            return self.retry_cleanup(entry)
+        return self.retry_failed(entry)
+
+    def retry_failed(self, entry: Entry) -> str:
+        raise NotImplementedError
+
+    def retry_cleanup(self, entry: Entry) -> str:
+        """Run a cleanup script that failed (or was interrupted) again, as an operator asks: due now,
+        with cleanup_attempts counted afresh."""
+        if not self.cfg.cleanup_script:
+            raise Refused(f"{shown(entry.name)}: no cleanup_script is set (any more)")
+        self.move(entry, self.DELIVERED, cleanup=Cleanup.PENDING, tries=0, due=0, reason=None)
+        self.cleanup_due = True
+        return f"{shown(entry.name)} (entry {entry.id}): its cleanup script runs again"

@@ -14,15 +14,32 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..errors import MessageError
 from ..hops.checksum import md5_entry
 from ..hops.follow import Follower, pulled_early, verified_md5, worth_following
 from ..linux.fs import remove_tree
-from ..messages import Admit, Corrupt, Delivered, Failed, Fetch, Fetched, Offer, Pushing, Sent, Wait, Withdraw
+from ..messages import (
+    Admit,
+    Corrupt,
+    Delivered,
+    Failed,
+    Fetch,
+    Fetched,
+    Forget,
+    Offer,
+    Pushing,
+    Sent,
+    Wait,
+    Withdraw,
+)
 from ..state import Entry, State
 from .base import (
+    CENTRAL,
+    DOWNLOAD,
     ENTRY,
     GIVE_UP_ADVICE,
     RECHECK,
+    RETRY,
     Agent,
     Jobs,
     Key,
@@ -38,7 +55,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("synkler")
 
-DOWNLOAD = "download"
 MAX_ADMITTED = 2000  # entries admitted but not yet verified; free space is the other limit
 ADMIT_RECHECK = 1.0  # seconds: waiting entries are looked at again this often (free space changes)
 SWEEP_INTERVAL = 60.0  # seconds between looks for stale partial files
@@ -55,17 +71,22 @@ class Mid(Status):
     EXPIRED = "expired"
     WITHDRAWN = "withdrawn"
     FAILED = "failed"
+    FORGOTTEN = "forgotten"
 
 
+# An operator may forget an entry not delivered yet (at any role: the forget is passed on); a failed
+# entry is delivered after all if download, retried there, gets the verified copy central kept.
+FORGETTABLE = frozenset({Mid.WAITING, Mid.UPLOADING, Mid.VERIFYING, Mid.DOWNLOADING, Mid.FAILED})
 TRANSITIONS: Transitions = {
-    Mid.WAITING: frozenset({Mid.UPLOADING, Mid.WITHDRAWN, Mid.FAILED}),
-    Mid.UPLOADING: frozenset({Mid.VERIFYING, Mid.WITHDRAWN, Mid.FAILED}),
-    Mid.VERIFYING: frozenset({Mid.DOWNLOADING, Mid.UPLOADING, Mid.WITHDRAWN, Mid.FAILED}),
-    Mid.DOWNLOADING: frozenset({Mid.DELIVERED, Mid.WAITING, Mid.FAILED}),
+    Mid.WAITING: frozenset({Mid.UPLOADING, Mid.WITHDRAWN, Mid.FAILED, Mid.FORGOTTEN}),
+    Mid.UPLOADING: frozenset({Mid.VERIFYING, Mid.WITHDRAWN, Mid.FAILED, Mid.FORGOTTEN}),
+    Mid.VERIFYING: frozenset({Mid.DOWNLOADING, Mid.UPLOADING, Mid.WITHDRAWN, Mid.FAILED, Mid.FORGOTTEN}),
+    Mid.DOWNLOADING: frozenset({Mid.DELIVERED, Mid.WAITING, Mid.FAILED, Mid.FORGOTTEN}),
     Mid.DELIVERED: frozenset({Mid.EXPIRED}),
     Mid.EXPIRED: frozenset(),
     Mid.WITHDRAWN: frozenset(),
-    Mid.FAILED: frozenset(),
+    Mid.FAILED: frozenset({Mid.DELIVERED, Mid.FORGOTTEN}),
+    Mid.FORGOTTEN: frozenset(),
 }
 IN_FLIGHT = (Mid.WAITING, Mid.UPLOADING, Mid.VERIFYING)  # their staged copies may still be needed
 KEEP_STORED = (Mid.VERIFYING, Mid.DOWNLOADING, Mid.DELIVERED, Mid.FAILED)  # their stored/ copies stay
@@ -118,6 +139,8 @@ class Central(Agent):
     STATES = Mid
     NEW = (Mid.WAITING,)
     TRANSITIONS = TRANSITIONS
+    FORGOTTEN = Mid.FORGOTTEN
+    FORGETTABLE = FORGETTABLE
 
     def __init__(self, cfg: Config, state: State, jobs: Jobs):
         super().__init__(cfg, state, jobs)
@@ -128,6 +151,7 @@ class Central(Agent):
             Corrupt: self.on_corrupt,
             Withdraw: self.on_withdraw,
             Failed: self.on_failed,
+            Forget: self.on_forget,
         }
         self.spool = Spool(self.cfg)
         self.followers = Followers(self.cfg.max_transfers)
@@ -193,7 +217,14 @@ class Central(Agent):
     # messages ------------------------------------------------------------------------------------
 
     def on_offer(self, msg: Offer) -> None:
-        if self.state.get(msg.entry) is not None:
+        if msg.sender in (CENTRAL, DOWNLOAD):
+            raise MessageError(f"offer from {msg.sender!r}: only upload agents offer")
+        known = self.state.get(msg.entry)
+        if known is not None:
+            if known.peer != msg.sender:
+                raise MessageError(
+                    f"offer of entry {msg.entry} from {msg.sender!r}: {known.peer!r} offered it"
+                )
             return  # a duplicate offer: already handled
         entry = self.create(self.entry_from(msg, Mid.WAITING))
         self.admit_due = True
@@ -207,10 +238,11 @@ class Central(Agent):
             self.verify_due = True
 
     def on_fetched(self, msg: Fetched) -> None:
-        entry = self.entry_for(msg)
-        if entry.state == Mid.DOWNLOADING:
+        entry = self.entry_for(msg, DOWNLOAD)
+        # A failed entry too: download, retried by an operator, got the verified copy central kept.
+        if entry.state in (Mid.DOWNLOADING, Mid.FAILED):
             keep = self.cfg.keep_minutes * 60
-            self.move(entry, Mid.DELIVERED, stored_as=msg.stored_as, due=time.time() + keep)
+            self.move(entry, Mid.DELIVERED, stored_as=msg.stored_as, due=time.time() + keep, reason=None)
             self.send(entry.peer or "", Delivered(entry.id, self.name, stored_as=msg.stored_as))
             log.info(
                 "%s: delivered to %s as %s; central copy kept %g min",
@@ -221,7 +253,7 @@ class Central(Agent):
             )
 
     def on_corrupt(self, msg: Corrupt) -> None:
-        entry = self.entry_for(msg)
+        entry = self.entry_for(msg, DOWNLOAD)
         if entry.state == Mid.DOWNLOADING and not self.jobs.busy(Key(RECHECK, entry.id)):
             log.warning(
                 "%s: download got md5 %s instead of %s; checking central's copy",
@@ -241,14 +273,40 @@ class Central(Agent):
             log.info("%s: withdrawn by %s: %s", entry.name, msg.sender, msg.reason)
 
     def on_failed(self, msg: Failed) -> None:
-        entry = self.entry_for(msg)
-        if entry.state not in (Mid.DELIVERED, Mid.EXPIRED, Mid.FAILED, Mid.WITHDRAWN):
+        known = self.state.get(msg.entry)
+        entry = self.entry_for(msg, (known.peer if known else None) or "", DOWNLOAD)
+        if entry.state not in (Mid.DELIVERED, Mid.EXPIRED, Mid.FAILED, Mid.WITHDRAWN, Mid.FORGOTTEN):
             reason = f"{msg.hop}: {msg.reason}"
             self.move(entry, Mid.FAILED, reason=reason)
             self._unfollow(entry.id)
             log.error("%s: %s reports failure: %s", entry.name, msg.sender, reason)
             if msg.sender != entry.peer:
                 self.send(entry.peer or "", Failed(entry.id, self.name, hop=msg.hop, reason=msg.reason))
+
+    # an operator's requests ----------------------------------------------------------------------
+
+    @classmethod
+    def refusal(cls, action: str, entry: Entry, latest: bool, *, present: bool = True) -> str | None:
+        if action == RETRY:
+            return (
+                "central does not retry: run `synkler retry` on upload (it sends the entry again), or on "
+                "download for a failed pull (it pulls central's verified copy again)"
+            )
+        return super().refusal(action, entry, latest, present=present)
+
+    def peers(self, entry: Entry) -> list[str]:
+        return [entry.peer or "", DOWNLOAD]
+
+    def drop(self, entry: Entry) -> None:
+        """Its copies go: the staged one (a running push may still write there: the sweep removes that a
+        minute later, as for a withdrawn version) and the stored one. A running md5 check or expiry
+        finds the entry forgotten and records nothing."""
+        self._unfollow(entry.id)
+        if entry.state in (Mid.UPLOADING, Mid.VERIFYING):  # only then is the staging path this version's
+            self.spool.drop_staged(entry)
+            self.spool.drop_partial(entry)
+        self.spool.drop_stored(entry.id)
+        self.admit_due = True  # its room and its name are free
 
     # admission -----------------------------------------------------------------------------------
 

@@ -20,10 +20,10 @@ from ..errors import MessageError
 from ..hops.checksum import stat_entry
 from ..linux.fs import remove_tree, rename_noreplace
 from ..logs import some_entries
-from ..messages import Corrupt, Failed, Fetch, Fetched, Pushing, is_valid_entry_id
+from ..messages import Corrupt, Failed, Fetch, Fetched, Forget, Pushing, confined, is_valid_entry_id
 from ..private import private_dir
 from ..state import Entry, State
-from .base import ENTRY, Endpoint, Jobs, Key, Status, Transitions
+from .base import CENTRAL, ENTRY, Endpoint, Jobs, Key, Status, Transitions, shown
 from .pull import Early, Mismatch, NotPulled, PullRun, Staging, pull, pull_early
 
 if TYPE_CHECKING:
@@ -51,14 +51,19 @@ class Down(Status):
     DELIVERED = "delivered"
     DONE = "done"
     FAILED = "failed"
+    FORGOTTEN = "forgotten"
 
 
+# An operator may forget an entry not placed yet, retry a failed one (failed -> fetching, as a fetch
+# with a higher attempt does) and run a failed cleanup script again (done -> delivered).
+FORGETTABLE = frozenset({Down.FETCHING, Down.PLACING, Down.FAILED})
 TRANSITIONS: Transitions = {
-    Down.FETCHING: frozenset({Down.PLACING, Down.DONE, Down.FAILED}),
-    Down.PLACING: frozenset({Down.FETCHING, Down.DELIVERED, Down.DONE}),
+    Down.FETCHING: frozenset({Down.PLACING, Down.DONE, Down.FAILED, Down.FORGOTTEN}),
+    Down.PLACING: frozenset({Down.FETCHING, Down.DELIVERED, Down.DONE, Down.FORGOTTEN}),
     Down.DELIVERED: frozenset({Down.DONE}),
-    Down.DONE: frozenset(),
-    Down.FAILED: frozenset({Down.FETCHING}),
+    Down.DONE: frozenset({Down.DELIVERED}),
+    Down.FAILED: frozenset({Down.FETCHING, Down.FORGOTTEN}),
+    Down.FORGOTTEN: frozenset(),
 }
 
 
@@ -67,14 +72,17 @@ class Download(Endpoint):
     STATES = Down
     NEW = (Down.FETCHING,)
     TRANSITIONS = TRANSITIONS
-    DELIVERED, DONE, FAILED = Down.DELIVERED, Down.DONE, Down.FAILED
+    DELIVERED, DONE, FAILED, FORGOTTEN = Down.DELIVERED, Down.DONE, Down.FAILED, Down.FORGOTTEN
+    FORGETTABLE = FORGETTABLE
+    RETRYABLE = frozenset({Down.FAILED})
 
     def __init__(self, cfg: Config, state: State, jobs: Jobs):
         super().__init__(cfg, state, jobs)
-        self.handlers = {Pushing: self.on_pushing, Fetch: self.on_fetch}
+        self.handlers = {Pushing: self.on_pushing, Fetch: self.on_fetch, Forget: self.on_forget}
         self.staging = Staging(self.cfg)
         self.place_due = True  # set when an entry's name was chosen and it may be renamed into place
         self.early: dict[str, Early] = {}  # entry id -> its early pull (memory only)
+        self.early_forgotten: set[str] = set()  # early pulls still running for entries central forgot
 
     def cleanup_target(self, entry: Entry) -> tuple[str, str]:
         stored_as = entry.stored_as or entry.name
@@ -112,6 +120,11 @@ class Download(Endpoint):
     # messages ------------------------------------------------------------------------------------
 
     def on_pushing(self, msg: Pushing) -> None:
+        self.from_central(msg)
+        if not confined(msg.path, self.cfg.id, "growing", msg.entry):
+            raise MessageError(
+                f"pushing: path {msg.path!r} is not <central's file_dir>/{self.cfg.id}/growing/<entry id>"
+            )
         early = self.early.get(msg.entry)
         if (
             self.state.get(msg.entry) is None
@@ -122,8 +135,11 @@ class Download(Endpoint):
             self._pull_early(msg, early)
 
     def on_fetch(self, msg: Fetch) -> None:
-        if not msg.path.endswith(f"/{msg.entry}"):
-            raise MessageError(f"fetch: path {msg.path!r} is not <stored dir>/<entry id>")
+        self.from_central(msg)
+        if not confined(msg.path, self.cfg.id, "stored", msg.entry):
+            raise MessageError(
+                f"fetch: path {msg.path!r} is not <central's file_dir>/{self.cfg.id}/stored/<entry id>"
+            )
         entry = self.state.get(msg.entry)
         if msg.entry in self.early:
             self.early[msg.entry].fetched.set()
@@ -134,6 +150,47 @@ class Download(Endpoint):
             # Central has a fresh copy (it found its stored one bad and got it again from upload).
             self.move(entry, Down.FETCHING, attempt=msg.attempt, path=msg.path, tries=0, due=0)
             self.transfer_due = True
+
+    # an operator's requests ----------------------------------------------------------------------
+
+    def peers(self, entry: Entry) -> list[str]:
+        return [entry.peer or CENTRAL]
+
+    def on_forget(self, msg: Forget) -> None:
+        early = self.early.get(msg.entry)
+        if early is not None and msg.sender == CENTRAL and self.state.get(msg.entry) is None:
+            # Pulled early, and central forgot it before its fetch: what was pulled goes now (or
+            # when the early pull ends), not EARLY_KEEP later. Nothing to pass on: download never had it.
+            del self.early[msg.entry]
+            early.fetched.set()
+            if early.ended is None:
+                self.early_forgotten.add(msg.entry)
+            else:
+                remove_tree(early.local)
+            return
+        super().on_forget(msg)
+
+    def retry_failed(self, entry: Entry) -> str:
+        """Pull a failed entry again: central keeps the verified copy of an entry it could not deliver."""
+        self.move(entry, Down.FETCHING, tries=0, due=0, reason=None)
+        self.transfer_due = True
+        return f"{shown(entry.name)} (entry {entry.id}): pulling it again from central's verified copy"
+
+    def drop(self, entry: Entry) -> None:
+        """What was pulled of it goes; if a pull (or an early pull) of it runs, once that has ended."""
+        early = self.early.pop(entry.id, None)
+        if early is not None:
+            early.fetched.set()  # an early pull stops
+        if not self.jobs.busy(Key(ENTRY, entry.id)):
+            self.staging.drop(entry.id)
+
+    def _forgotten(self, entry_id: str) -> bool:
+        """Forgotten while a pull of it ran: what the pull left goes now."""
+        entry = self.state.get(entry_id)
+        if entry is None or entry.state != Down.FORGOTTEN:
+            return False
+        self.staging.drop(entry_id)
+        return True
 
     # jobs ----------------------------------------------------------------------------------------
 
@@ -173,6 +230,12 @@ class Download(Endpoint):
 
     def _early_ended(self, entry_id: str, early: Early, _result: None, error: BaseException | None) -> None:
         early.ended = time.time()
+        if entry_id in self.early_forgotten:
+            self.early_forgotten.discard(entry_id)
+            remove_tree(early.local)
+            return
+        if self._forgotten(entry_id):
+            return
         if error is not None:
             log.warning("early pull of entry %s stopped: %s", entry_id, error)
             dropped = self.early.pop(entry_id, None)
@@ -195,11 +258,12 @@ class Download(Endpoint):
 
     def _pulled(self, batch: list[Entry], run: PullRun | None, error: BaseException | None) -> None:
         self.link_result(run.result if run else None)
-        if run is not None and run.early is not None:
+        if run is not None and run.early is not None and self.entry(batch[0].id).state == Down.FETCHING:
             self.early[batch[0].id] = run.early  # the next try goes on from it
         for entry in batch:
             entry_now = self.entry(entry.id)
             if entry_now.state != Down.FETCHING:
+                self._forgotten(entry.id)
                 continue
             outcome = run.outcomes[entry.id] if run else NotPulled("error", repr(error))
             if isinstance(outcome, Mismatch):

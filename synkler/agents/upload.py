@@ -16,13 +16,41 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Union
 
+from ..errors import MessageError, Refused
 from ..hops import transfer
 from ..hops.checksum import EntryStat, md5_entry, stat_entry
 from ..linux.fs import open_for_writing
 from ..logs import some_entries
-from ..messages import Admit, Delivered, Failed, Offer, Sent, Wait, Withdraw, name_problem, new_entry_id
+from ..messages import (
+    Admit,
+    Delivered,
+    Failed,
+    Forget,
+    Offer,
+    Sent,
+    Wait,
+    Withdraw,
+    confined,
+    name_problem,
+    new_entry_id,
+)
 from ..state import Entry, State
-from .base import ENTRY, HASHING, NAME, SCAN, Endpoint, Jobs, Key, Status, Transitions, hash_groups
+from .base import (
+    CENTRAL,
+    ENTRY,
+    HASHING,
+    NAME,
+    RESEND,
+    RETRY,
+    SCAN,
+    Endpoint,
+    Jobs,
+    Key,
+    Status,
+    Transitions,
+    hash_groups,
+    shown,
+)
 from .watch import DirWatcher
 
 if TYPE_CHECKING:
@@ -33,7 +61,6 @@ log = logging.getLogger("synkler")
 SCAN_INTERVAL = 0.5  # seconds between looks at file_dir when inotify is not available
 RESCAN_INTERVAL = 5.0  # backstop rescan when inotify tells us about changes
 MIN_SCAN_GAP = 0.05  # a burst of changes costs one scan per this many seconds at most
-CENTRAL = "central"
 
 
 class Up(Status):
@@ -48,22 +75,27 @@ class Up(Status):
     DONE = "done"
     FAILED = "failed"
     SUPERSEDED = "superseded"
+    FORGOTTEN = "forgotten"
 
 
 UNSENT = (Up.OFFERED, Up.WAITING, Up.UPLOADING, Up.PUSHED)  # versions a newer one withdraws
 # `delivered` ends every state but the last two: central's word is final, even for a version upload
 # gave up on or withdrew after it was pushed.
 _ENDS = (Up.DELIVERED, Up.DONE)
+# An operator may forget an entry on its way or failed (`retry` of a failed one forgets it too, and
+# offers the file again as a new entry), and run a failed cleanup script again (done -> delivered).
+FORGETTABLE = frozenset({*UNSENT, Up.SENT, Up.FAILED})
 TRANSITIONS: Transitions = {
-    Up.OFFERED: frozenset({Up.WAITING, Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, *_ENDS}),
-    Up.WAITING: frozenset({Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, *_ENDS}),
-    Up.UPLOADING: frozenset({Up.PUSHED, Up.SENT, Up.SUPERSEDED, Up.FAILED, *_ENDS}),
-    Up.PUSHED: frozenset({Up.SENT, Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, *_ENDS}),
-    Up.SENT: frozenset({Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, *_ENDS}),
+    Up.OFFERED: frozenset({Up.WAITING, Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, Up.FORGOTTEN, *_ENDS}),
+    Up.WAITING: frozenset({Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, Up.FORGOTTEN, *_ENDS}),
+    Up.UPLOADING: frozenset({Up.PUSHED, Up.SENT, Up.SUPERSEDED, Up.FAILED, Up.FORGOTTEN, *_ENDS}),
+    Up.PUSHED: frozenset({Up.SENT, Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, Up.FORGOTTEN, *_ENDS}),
+    Up.SENT: frozenset({Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, Up.FORGOTTEN, *_ENDS}),
     Up.DELIVERED: frozenset({Up.DONE}),
-    Up.DONE: frozenset(),
-    Up.FAILED: frozenset(_ENDS),
+    Up.DONE: frozenset({Up.DELIVERED}),
+    Up.FAILED: frozenset({*_ENDS, Up.FORGOTTEN}),
     Up.SUPERSEDED: frozenset(_ENDS),
+    Up.FORGOTTEN: frozenset(),
 }
 
 
@@ -133,7 +165,9 @@ class Upload(Endpoint):
     STATES = Up
     NEW = (Up.OFFERED,)
     TRANSITIONS = TRANSITIONS
-    DELIVERED, DONE, FAILED = Up.DELIVERED, Up.DONE, Up.FAILED
+    DELIVERED, DONE, FAILED, FORGOTTEN = Up.DELIVERED, Up.DONE, Up.FAILED, Up.FORGOTTEN
+    FORGETTABLE = FORGETTABLE
+    RETRYABLE = frozenset({Up.FAILED})
 
     def __init__(self, cfg: Config, state: State, jobs: Jobs):
         super().__init__(cfg, state, jobs)
@@ -142,6 +176,7 @@ class Upload(Endpoint):
             Wait: self.on_wait,
             Delivered: self.on_delivered,
             Failed: self.on_failed,
+            Forget: self.on_forget,
         }
         self.pending: dict[str, tuple[str, float]] = {}  # name -> (signature, unchanged since)
         # name -> signature of the name's latest version in the state, as committed: a rescan skips
@@ -334,6 +369,10 @@ class Upload(Endpoint):
     # messages ------------------------------------------------------------------------------------
 
     def on_admit(self, msg: Admit) -> None:
+        if not confined(msg.dest, self.cfg.id, "staging", self.name):
+            raise MessageError(
+                f"admit: dest {msg.dest!r} is not <central's file_dir>/{self.cfg.id}/staging/{self.name}"
+            )
         entry = self.entry_for(msg)
         newest = self.state.latest_by_name(entry.name)
         stale = newest is not None and newest.id != entry.id
@@ -351,13 +390,13 @@ class Upload(Endpoint):
 
     def on_delivered(self, msg: Delivered) -> None:
         entry = self.entry_for(msg)
-        if entry.state not in (Up.DELIVERED, Up.DONE):
+        if entry.state not in (Up.DELIVERED, Up.DONE, Up.FORGOTTEN):
             self.delivered(entry, stored_as=msg.stored_as, reason=None, tries=0)
             log.info("%s: delivered (md5 %s, as %s at download)", entry.name, entry.md5, msg.stored_as)
 
     def on_failed(self, msg: Failed) -> None:
         entry = self.entry_for(msg)
-        if entry.state not in (Up.DELIVERED, Up.DONE, Up.FAILED, Up.SUPERSEDED):
+        if entry.state not in (Up.DELIVERED, Up.DONE, Up.FAILED, Up.SUPERSEDED, Up.FORGOTTEN):
             self.move(entry, Up.FAILED, reason=f"{msg.hop}: {msg.reason}")
             log.error(
                 "%s: central reports failure at %s: %s; the data stays here", entry.name, msg.hop, msg.reason
@@ -368,6 +407,55 @@ class Upload(Endpoint):
             self.move(entry, Up.SUPERSEDED, reason=why)
             log.info("%s: version %s withdrawn: %s", entry.name, entry.md5 or entry.id, why)
         self.send(entry.peer or CENTRAL, Withdraw(entry.id, self.name, reason=why))
+
+    # an operator's requests ----------------------------------------------------------------------
+
+    @classmethod
+    def refusal(cls, action: str, entry: Entry, latest: bool, *, present: bool = True) -> str | None:
+        # Retry (of a failed entry or its cleanup script) and resend act on what the name holds now.
+        if action in (RETRY, RESEND) and not latest and entry.state != Up.SUPERSEDED:
+            return "a newer version of its name has come since: act on that one"
+        if action == RESEND:
+            why = None
+            if entry.state not in (Up.DONE, Up.FORGOTTEN):
+                why = f"it is {entry.state}: only a delivered or forgotten entry can be sent again"
+        else:
+            why = super().refusal(action, entry, latest, present=present)
+        sends = action == RESEND or (action == RETRY and entry.state == Up.FAILED)
+        if why is None and sends and not present:
+            why = "its name is no longer in upload's file_dir: nothing to send"
+        return why
+
+    def present(self, entry: Entry) -> bool:
+        return os.path.lexists(self.path(entry.name))
+
+    def peers(self, entry: Entry) -> list[str]:
+        return [entry.peer or CENTRAL]
+
+    def retry_failed(self, entry: Entry) -> str:
+        """The file again as a new entry, and the failed one forgotten at every role (central drops a
+        copy it kept, download what it pulled of it)."""
+        new = self._offer_again(entry)
+        self.forget(entry, f"retried by an operator at upload: sent again as entry {new.id}")
+        return f"{shown(entry.name)}: sent again as entry {new.id}; the failed entry {entry.id} is forgotten"
+
+    def resend(self, entry: Entry) -> str:
+        new = self._offer_again(entry)
+        return f"{shown(entry.name)}: sent again as entry {new.id} (entry {entry.id} stays as it was)"
+
+    def _offer_again(self, entry: Entry) -> Entry:
+        """Offer what the entry's name holds as a new version, without waiting for a change.
+
+        The new version starts from the fingerprint last recorded for the name's content, and is
+        hashed on its way, as any new name: if the file changed since (or goes), the hash withdraws
+        it and the scan offers what is there now.
+        """
+        if self.jobs.busy(Key(NAME, entry.name)):
+            raise Refused(f"{shown(entry.name)}: upload is reading it right now; ask again in a moment")
+        stat = EntryStat(entry.kind, entry.size, entry.files, entry.signature or "")
+        new = self._offer(entry.name, stat, None)
+        self._hash_entries([new])
+        return new
 
     # jobs ----------------------------------------------------------------------------------------
 

@@ -272,19 +272,21 @@ def test_status_json_lists_the_recorded_entries_with_their_fields(synkler, confi
         updated = datetime.datetime.fromisoformat(row["updated"])
         assert abs(updated.timestamp() - entry.updated) < 1
     assert rows[1]["reason"] == "md5 mismatch at central"
+    assert [row["id"] for row in rows] == [e.id for e in recorded]
+    assert [row["actions"] for row in rows] == [[], ["forget"]]  # "stored" is no state of central's
 
 
 def test_status_prints_a_table_with_one_line_per_entry(synkler, config, recorded):
     result = synkler("-c", str(config), "status")
     assert result.returncode == 0, result.stderr
     header, *lines = result.stdout.splitlines()
-    assert header.split() == ["NAME", "SIZE", "MD5", "STATE", "UPDATED", "NOTE"]
+    assert header.split() == ["ID", "NAME", "SIZE", "MD5", "STATE", "UPDATED", "ACTIONS", "NOTE"]
     assert len(lines) == 2
     for line, entry in zip(lines, recorded):
-        assert line.startswith(entry.name)
+        assert line.startswith(f"{entry.id[:8]}  {entry.name}")  # a start of the id the commands take
         assert entry.md5 in line
         assert entry.state in line
-    assert lines[1].endswith("md5 mismatch at central")
+    assert lines[1].split()[-5:] == ["forget", "md5", "mismatch", "at", "central"]  # what one can do
 
 
 # --------------------------------------------------------------------------------------------------
@@ -327,7 +329,7 @@ def real_broker_settings(broker, settings: dict[str, Any]) -> Iterator[dict[str,
         cleanup.close()
 
 
-def test_check_against_the_real_broker_prints_only_ok_lines_and_exits_0(
+def test_check_against_the_real_broker_prints_ok_lines_and_the_unauthenticated_warning_and_exits_0(
     synkler, write_config, real_broker_settings
 ):
     config = write_config(real_broker_settings)
@@ -335,7 +337,9 @@ def test_check_against_the_real_broker_prints_only_ok_lines_and_exits_0(
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert lines, "check printed nothing"
-    assert all(line.startswith("ok") for line in lines), result.stdout
+    # The only line that is not "ok": this relay's messages are not authenticated (the shared login).
+    warned = [line for line in lines if not line.startswith("ok")]
+    assert [line.split(" (")[0] for line in warned] == ["WARN  messages are not authenticated"], result.stdout
     assert any("broker" in line for line in lines)
     assert any("config" in line and str(config) in line for line in lines)
     assert any("file_dir" in line for line in lines)
@@ -520,7 +524,7 @@ def test_status_into_a_pipe_closed_early_ends_quietly_with_status_141(config, se
     finally:
         state.close()
     result = _through_head(["status", "-c", str(config)], env, tmp_path)
-    assert result.stdout.split() == ["NAME", "SIZE", "MD5", "STATE", "UPDATED", "NOTE"]
+    assert result.stdout.split() == ["ID", "NAME", "SIZE", "MD5", "STATE", "UPDATED", "ACTIONS", "NOTE"]
     assert result.stderr == ""
     assert result.returncode == 141
 
@@ -636,3 +640,19 @@ def test_config_migrate_of_a_yaml_config_says_there_is_nothing_to_do(synkler, co
     assert result.returncode == 2
     assert "already a YAML configuration" in result.stderr
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("mode", ["upload", "download"])
+def test_an_agent_whose_rsync_cannot_protect_remote_paths_refuses_to_run_naming_the_version(
+    synkler, settings, write_config, tmp_path, mode
+):
+    old = tmp_path / "old-rsync"
+    old.write_text("#!/bin/sh\necho 'rsync  version 2.6.9  protocol version 29'\n")
+    old.chmod(0o755)
+    config = write_config({**settings, "mode": mode, "rsync": str(old), "central_host": "central.example"})
+    run = synkler("-c", str(config), "run")
+    assert run.returncode == 1, run.stderr
+    assert "rsync 2.6.9" in run.stderr and "3.0.0 or newer" in run.stderr
+    assert "Traceback" not in run.stderr
+    check = synkler("-c", str(config), "check")
+    assert "FAIL  rsync: rsync 2.6.9" in check.stdout

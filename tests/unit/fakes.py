@@ -66,6 +66,7 @@ class Role:
         file_dir.mkdir(exist_ok=True)
         data = {
             "mode": mode,
+            "id": "lab",
             "file_dir": str(file_dir),
             "synkler_server": "central.example",
             "state_db": str(tmp_path / f"{mode}.sqlite"),
@@ -95,6 +96,17 @@ class Role:
         with self.state.transaction():
             self.agent.tick(time.time() if now is None else now)
 
+    def request(self, action: str, entry_id: str) -> tuple[bool, str]:
+        """An operator's request (synkler retry | forget | resend): written as the command writes it,
+        taken in a pass of the main loop as the runtime takes it; (done?, the agent's answer)."""
+        with self.state.transaction():
+            seq = self.state.add_request(entry_id, action)
+        with self.state.transaction():
+            self.agent.take_requests()
+        request = self.state.get_request(seq)
+        assert request is not None and request.answered is not None, "the request was not taken"
+        return bool(request.ok), request.answer or ""
+
     def job(self, pool: str | None = None) -> Job:
         """The one job waiting (of `pool`)."""
         jobs = [j for j in self.jobs.pending if pool is None or j.pool == pool]
@@ -119,11 +131,11 @@ class Role:
 
     # looking at it ---------------------------------------------------------------------------------
 
-    def given(self, state: str, name: str = "data.bin", **fields: Any) -> Entry:
+    def given(self, state: str, name: str = "data.bin", entry_id: str | None = None, **fields: Any) -> Entry:
         """An entry already in `state` (as an earlier run of the agent left it)."""
         values: dict[str, Any] = {"kind": "file", "size": 4, "files": 1, "md5": "a" * 32, "attempt": 1}
         values.update(fields)
-        entry = Entry(id=uuid.uuid4().hex, name=name, state=state, **values)
+        entry = Entry(id=entry_id or uuid.uuid4().hex, name=name, state=state, **values)
         with self.state.transaction():
             self.state.insert(entry)
         return entry

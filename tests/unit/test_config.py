@@ -86,6 +86,7 @@ def test_defaults_fill_every_optional_key(parse, file_dir: Path, home: Path, con
         broker_password_file=None,
         broker_vhost="/",
         broker_heartbeat=30,
+        authenticate=False,
         cleanup_script=None,
         cleanup_attempts=1,
         cleanup_timeout=3600.0,

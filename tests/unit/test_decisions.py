@@ -37,6 +37,7 @@ from synkler.messages import (
     Failed,
     Fetch,
     Fetched,
+    Forget,
     Message,
     Offer,
     Sent,
@@ -217,6 +218,62 @@ def upload_is_done_when_the_cleanup_script_ran(tmp_path: Path, _from: str, _to: 
     r.finish(r.job("script"), OK)
     assert r.entry(e.id).cleanup == Cleanup.DONE
     return r.entry(e.id)
+
+
+@transition("upload", *((s, "forgotten") for s in UNSENT_AND_SENT))
+def upload_forgets_an_entry_on_its_way_when_an_operator_asks(tmp_path: Path, from_: str, _to: str) -> Entry:
+    r = role(tmp_path, "upload")
+    (r.file_dir / "data.bin").write_bytes(b"data")
+    e = r.given(from_, peer="central")
+    ok, answer = r.request("forget", e.id)
+    assert ok and "forgotten" in answer, answer
+    to, forget = only(r.sent(), Forget)
+    assert (to, forget.entry, forget.reason) == ("central", e.id, "forgotten by an operator at upload")
+    assert (r.file_dir / "data.bin").read_bytes() == b"data"  # the file stays
+    r.deliver(Admit(e.id, "central", attempt=9, dest="/srv/central/lab/staging/upload"))  # late: ignored
+    r.deliver(Delivered(e.id, "central", stored_as="data.bin"))
+    assert r.sent() == []
+    return r.entry(e.id)
+
+
+def upload_with_a_failed_file(tmp_path: Path, **settings: object) -> tuple[Role, Entry]:
+    r = role(tmp_path, "upload", **settings)
+    path = r.file_dir / "data.bin"
+    path.write_bytes(b"data")
+    st = stat_entry(path)
+    e = r.given("failed", peer="central", md5=md5_entry(path), signature=st.signature, reason="push: exit 23")
+    return r, e
+
+
+@transition("upload", ("failed", "forgotten"))
+def upload_retries_a_failed_entry_as_a_new_one_and_forgets_the_failed_one(
+    tmp_path: Path, _from: str, _to: str
+) -> Entry:
+    r, e = upload_with_a_failed_file(tmp_path)
+    ok, answer = r.request("retry", e.id)
+    assert ok, answer
+    sent = r.sent()
+    _, offer = only(sent, Offer)
+    _, forget = only(sent, Forget)
+    assert offer.entry != e.id and offer.name == "data.bin" and forget.entry == e.id
+    assert f"sent again as entry {offer.entry}" in forget.reason and offer.entry in answer
+    r.run(r.job("hash"))  # the new entry is hashed on its way, as any new name
+    assert r.entry(offer.entry).md5 == md5_entry(r.file_dir / "data.bin")
+    return r.entry(e.id)
+
+
+@transition("upload", ("done", "delivered"))
+def upload_runs_a_failed_cleanup_script_again_on_request(tmp_path: Path, _from: str, _to: str) -> Entry:
+    r = role(tmp_path, "upload", cleanup_script="true", cleanup_attempts=2)
+    e = r.given("done", peer="central", cleanup=Cleanup.FAILED, tries=1, reason="cleanup script: exit 1")
+    ok, answer = r.request("retry", e.id)
+    assert ok and "cleanup script runs again" in answer, answer
+    entry = r.entry(e.id)
+    assert (entry.cleanup, entry.tries, entry.reason) == (Cleanup.PENDING, 0, None)  # attempts counted afresh
+    r.tick()
+    r.finish(r.job("script"), OK)
+    assert (r.entry(e.id).state, r.entry(e.id).cleanup) == ("done", Cleanup.DONE)
+    return entry
 
 
 def test_upload_gives_up_a_push_after_max_attempts_and_tells_central(tmp_path: Path):
@@ -433,6 +490,62 @@ def central_removes_its_copy_keep_minutes_after_delivery(tmp_path: Path, _from: 
     return r.entry(e.id)
 
 
+def central_holding(tmp_path: Path, state: str) -> tuple[Role, Entry, Path, Path]:
+    """Central with an entry in `state` and the copies it would hold: staged and stored."""
+    r = role(tmp_path, "central")
+    r.start()
+    e = r.given(state, peer="upload", md5=MD5)
+    staged, stored = Path(r.agent.spool.staged(e)), Path(r.agent.spool.stored(e.id))
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    if state in ("uploading", "verifying"):
+        staged.write_bytes(b"data")
+    if state in ("downloading", "failed"):
+        stored.write_bytes(b"data")
+    return r, e, staged, stored
+
+
+@transition("central", *((s, "forgotten") for s in ("waiting", "uploading", "verifying", "downloading")))
+def central_forgets_on_request_drops_its_copies_and_tells_both_peers(
+    tmp_path: Path, from_: str, _to: str
+) -> Entry:
+    r, e, staged, stored = central_holding(tmp_path, from_)
+    r.tick()  # a verifying entry's md5 check starts
+    checking = [job for job in r.jobs.pending if job.pool == "hash"]
+    r.sent()
+    ok, answer = r.request("forget", e.id)
+    assert ok, answer
+    assert sorted(to for to, m in r.sent() if isinstance(m, Forget)) == ["download", "upload"]
+    assert not staged.exists() and not stored.exists()
+    for job in checking:  # the check that ran meanwhile records nothing: no fetch, no copy in stored/
+        r.finish(job, [Checked(MD5, False)])
+    assert r.sent() == [] and not stored.exists()
+    return r.entry(e.id)
+
+
+@transition("central", ("failed", "forgotten"))
+def central_forgets_what_download_forgot_and_tells_upload(tmp_path: Path, _from: str, _to: str) -> Entry:
+    r, e, _staged, stored = central_holding(tmp_path, "failed")
+    r.deliver(Forget(e.id, "download", reason="forgotten by an operator at download"))
+    to, forget = only(r.sent(), Forget)  # passed on to upload, not back to download
+    assert (to, forget.reason) == ("upload", "forgotten by an operator at download")
+    assert not stored.exists()  # the verified copy it kept for a failed entry goes
+    r.deliver(Forget(e.id, "upload", reason="forgotten by an operator at upload"))  # the echo: a no-op
+    assert r.sent() == []
+    return r.entry(e.id)
+
+
+@transition("central", ("failed", "delivered"))
+def central_delivers_a_failed_entry_that_download_got_after_a_retry(
+    tmp_path: Path, _from: str, _to: str
+) -> Entry:
+    r, e, _staged, stored = central_holding(tmp_path, "failed")
+    r.deliver(Fetched(e.id, "download", stored_as="data.bin", outcome="placed"))
+    to, delivered = only(r.sent(), Delivered)
+    assert (to, delivered.stored_as) == ("upload", "data.bin")
+    assert r.entry(e.id).reason is None and stored.exists()  # expires keep_minutes from now, as any
+    return r.entry(e.id)
+
+
 def central_with_room(tmp_path: Path, room: float, capacity: float) -> Role:
     r = role(tmp_path, "central")
     r.start()
@@ -614,6 +727,52 @@ def download_is_done_when_the_cleanup_script_ran(tmp_path: Path, _from: str, _to
     r.tick()
     r.finish(r.job("script"), OK)
     return r.entry(e.id)
+
+
+def download_holding(tmp_path: Path, state: str, **settings: object) -> tuple[Role, Entry, Path]:
+    """Download with an entry in `state` and what a pull left of it in staging."""
+    r = role(tmp_path, "download", **settings)
+    r.start()
+    e = r.given(state, peer="central", stored_as="data.bin", path="/srv/central/lab/stored/x")
+    staged = Path(r.agent.staging.of(e.id))
+    staged.write_bytes(b"da")
+    return r, e, staged
+
+
+@transition("download", ("fetching", "forgotten"))
+def download_forgets_what_central_forgot(tmp_path: Path, _from: str, _to: str) -> Entry:
+    r, e, staged = download_holding(tmp_path, "fetching")
+    r.deliver(Forget(e.id, "central", reason="forgotten by an operator at upload"))
+    assert r.sent() == [] and not staged.exists()
+    r.deliver(fetch_for(e.id, attempt=5))  # late: ignored
+    r.tick()
+    assert [job for job in r.jobs.pending if job.pool == "transfer"] == []
+    return r.entry(e.id)
+
+
+@transition("download", *((s, "forgotten") for s in ("placing", "failed")))
+def download_forgets_on_request_and_tells_central(tmp_path: Path, from_: str, _to: str) -> Entry:
+    r, e, staged = download_holding(tmp_path, from_)
+    ok, answer = r.request("forget", e.id)
+    assert ok, answer
+    to, forget = only(r.sent(), Forget)
+    assert (to, forget.reason) == ("central", "forgotten by an operator at download")
+    assert not staged.exists() and not (r.file_dir / "data.bin").exists()
+    r.tick()  # nothing is placed
+    assert not (r.file_dir / "data.bin").exists()
+    return r.entry(e.id)
+
+
+@transition("download", ("done", "delivered"))
+def download_runs_a_failed_cleanup_script_again_on_request(tmp_path: Path, _from: str, _to: str) -> Entry:
+    r = role(tmp_path, "download", cleanup_script="true")
+    e = r.given("done", peer="central", stored_as="data.bin", cleanup=Cleanup.INTERRUPTED)
+    ok, answer = r.request("retry", e.id)
+    assert ok, answer
+    entry = r.entry(e.id)
+    r.tick()
+    assert r.entry(e.id).cleanup == Cleanup.RUNNING and r.job("script").keys
+    return entry
 
 
 # --------------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ BODIES: dict[str, dict[str, Any]] = {
     "failed": {"hop": "pull from central", "reason": "rsync: exit 23"},
     "withdraw": {"reason": "superseded by a newer version"},
     "corrupt": {"got": "0" * 32},
+    "forget": {"reason": "forgotten by an operator at upload"},
 }
 
 
