@@ -824,12 +824,16 @@ class Bench:
         return result
 
     def status_times(self, relay: LocalRelay, entries: int) -> dict[str, Any]:
-        """Wall time of `synkler -c CFG status --all` and `status --all --json` per role, agents running."""
+        """Wall time of `status --all`, `status --all --json` and `status --relay --json` per role."""
         exe = Path(sys.executable).parent / "synkler"
         base = [str(exe)] if exe.exists() else [sys.executable, "-m", "synkler"]
         out: dict[str, Any] = {}
         # --all: every entry, as status showed them before it left out the older ended ones.
-        for fmt, extra in (("table", ["--all"]), ("json", ["--all", "--json"])):
+        for fmt, extra in (
+            ("table", ["--all"]),
+            ("json", ["--all", "--json"]),
+            ("relay", ["--relay", "--json"]),
+        ):
             per_role: dict[str, float] = {}
             for role in ROLES:
                 argv = [*base, "-c", str(relay.configs[role]), "status", *extra]
@@ -840,6 +844,12 @@ class Bench:
                     times.append(time.monotonic() - started)
                     if run.returncode != 0:
                         raise BenchError(f"{' '.join(argv)} exited {run.returncode}: {run.stderr}")
+                    if fmt == "relay":  # the whole relay through the broker: every agent running
+                        view = json.loads(run.stdout)
+                        running = [a["status"] for a in view["agents"]]
+                        if running != ["running"] * 3 or view["finished_listed"] == 0:
+                            raise BenchError(f"status --relay from {role}: {view['verdict']}")
+                        continue
                     json_out = "--json" in extra
                     shown = len(json.loads(run.stdout)) if json_out else len(run.stdout.splitlines()) - 1
                     if shown != entries:
@@ -1047,7 +1057,9 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
                 target=f"< {TARGET_IDLE_RSS_MB:g} MiB each",
                 result=verdict(all(v[role]["rss_mb"] < TARGET_IDLE_RSS_MB for role in ROLES)),
             )
-        for fmt, cmd in (("table", "status"), ("json", "status --json")):
+        for fmt, cmd in (("table", "status"), ("json", "status --json"), ("relay", "status --relay --json")):
+            if fmt not in r["status"]:
+                continue  # a result file from before the relay view
             s = r["status"][fmt]
             add(
                 f"`{cmd}`, {r['entries']} entries (slowest role)",

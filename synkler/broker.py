@@ -8,7 +8,8 @@ object can be the name of another, of this instance or of any other):
   second agent of the same name is refused by the broker (AgentActive) and waits as a standby;
 - exchange ``synkler:<id>:holder`` (direct) and queue ``synkler:<id>:holder:<agent>`` (durable,
   at most one message): who consumes the agent's queue (host, pid, since when), so that the
-  refused one can name it;
+  refused one can name it; the agent's presence report (synkler.presence) replaces it every few
+  seconds, a superset of it, which `synkler status --relay` reads;
 - exchange and queue ``synkler:<id>:dead``: where rejected (malformed, hostile) messages end up.
 synkler 0.4 named them ``synkler.<id>``, ``synkler.<id>.<agent>`` and ``synkler.<id>.dead``; an agent
 moves what its old queue still holds into its new one when it connects (`_adopt_legacy`).
@@ -30,8 +31,9 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple, TypeVar
 
 import pika
 import pika.exceptions
@@ -42,9 +44,26 @@ from .config import Config
 from .errors import AgentActive, BrokerError, PublishRefused
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _PIKA_ERRORS = (pika.exceptions.AMQPError, OSError)
+# The agents whose queues a sender declares before its first publish to them, so that messages to
+# one that never ran yet wait for it: the two fixed roles (not with authentication, where each
+# agent's broker user may declare its own queue only: messages to an agent that never ran are then
+# held back in the outbox until it has). An upload agent's queue is declared only
+# by that agent itself, never because a message named it: an offer from an invented sender cannot
+# make central create a durable queue (a publish to it is refused instead: PublishRefused).
+PEERS = ("central", "download")
+DEAD_MAX = 10_000  # dead letters kept; beyond that the oldest go (x-max-length, drop-head)
 _PERSISTENT = pika.BasicProperties(delivery_mode=2, content_type="application/json")
+
+
+class Delivery(NamedTuple):
+    tag: int
+    body: bytes
+    # The broker user that published it, as the broker vouches: RabbitMQ refuses a publish whose
+    # user_id is not the publisher's own login (unless that user is tagged impersonator).
+    user: str | None
 
 
 @dataclass(frozen=True)
@@ -88,6 +107,12 @@ def dead_name(instance: str) -> str:
     return f"synkler:{instance}:dead"
 
 
+def broker_user(instance: str, agent: str) -> str:
+    """The broker user of an agent where messages are authenticated: `<name>@<id>` ('@' occurs in
+    neither, so no two agents of any instances share one)."""
+    return f"{agent}@{instance}"
+
+
 def legacy_queue_name(instance: str, agent: str) -> str | None:
     """The agent's queue as synkler 0.4 named it, or None where that name is ambiguous: with a '.'
     in the id or the name it may be another instance's queue, and 'dead' was the dead-letter queue."""
@@ -118,8 +143,17 @@ TOKEN = uuid.uuid4().hex
 class Broker:
     """One AMQP connection with a confirming channel, consuming the agent's own queue."""
 
-    def __init__(self, params: BrokerParams, instance: str, agent: str, *, prefetch: int = 64):
+    def __init__(
+        self,
+        params: BrokerParams,
+        instance: str,
+        agent: str,
+        *,
+        prefetch: int = 64,
+        peers: Sequence[str] = PEERS,
+    ):
         self.params = params
+        self.peers = tuple(peers)  # whose queues this agent declares before publishing to them
         self.instance = instance
         self.agent = agent
         self.prefetch = prefetch
@@ -127,11 +161,18 @@ class Broker:
         self._chan: BlockingChannel | None = None  # consumes and acks
         self._pub: BlockingChannel | None = None  # publishes with confirms; reopened after a refusal
         self._declared: set[str] = set()
-        self._inbox: list[tuple[int, bytes]] = []
+        self._inbox: list[Delivery] = []
+        # Every publish says who publishes it; the broker checks that it is this connection's user.
+        self._props = pika.BasicProperties(
+            delivery_mode=2, content_type="application/json", user_id=params.username
+        )
 
     # connection ----------------------------------------------------------------------------------
 
-    def connect(self, *, consume: bool = True) -> None:
+    def connect(self, *, consume: bool = True, declare: bool = True) -> None:
+        """Connect; `consume`: the agent's own queue, exclusively. `declare` False (with consume
+        False): declare nothing, only look (`synkler status --relay` of a mistyped id creates
+        nothing)."""
         p = self.params
         parameters = pika.ConnectionParameters(
             host=p.host,
@@ -153,7 +194,8 @@ class Broker:
             self._chan = chan = conn.channel()
             self._declared = set()
             pub = self._publisher()
-            self._declare_topology(pub)
+            if declare or consume:
+                self._declare_topology(pub)
             if consume:
                 self._declare_queue(pub, self.agent)
                 self._adopt_legacy(pub)
@@ -185,7 +227,7 @@ class Broker:
         ).encode()
         self._holder_queue()
         self._publisher().basic_publish(
-            holder_exchange(self.instance), self.agent, body, properties=_PERSISTENT, mandatory=True
+            holder_exchange(self.instance), self.agent, body, properties=self._props, mandatory=True
         )
 
     def _holder_queue(self) -> str:
@@ -225,6 +267,83 @@ class Broker:
             return Holder(str(d["host"]), int(d["pid"]), float(d["since"]), str(d["token"]))
         except (*_PIKA_ERRORS, ValueError, KeyError, TypeError):
             return None
+
+    # presence (synkler.presence, synkler.relayview) -----------------------------------------------
+
+    def publish_presence(self, report: dict[str, object]) -> None:
+        """Replace the agent's record in its holder queue with its presence report (confirmed).
+
+        PublishRefused and BrokerError as `publish`; the report is a superset of the holder record
+        (host, pid, since, token), so a refused standby still names this agent.
+        """
+        body = json.dumps({**report, "token": TOKEN}, ensure_ascii=True, separators=(",", ":")).encode()
+
+        def do(ch: BlockingChannel) -> None:
+            if ":holder" not in self._declared:
+                self._holder_queue()
+                self._declared.add(":holder")  # ":" cannot occur in an agent name
+            ch.basic_publish(
+                holder_exchange(self.instance), self.agent, body, properties=_PERSISTENT, mandatory=True
+            )
+
+        self._publish(do)
+
+    def _probe(self, fn: Callable[[BlockingChannel], T]) -> T | None:
+        """Run `fn` on a channel of its own; None if the broker refuses (a passive declare of a
+        queue that does not exist closes its channel, nothing else)."""
+        if self._conn is None:
+            raise BrokerError("not connected to the broker")
+        try:
+            probe = self._conn.channel()
+        except _PIKA_ERRORS as e:
+            self.close()
+            raise BrokerError(f"broker operation failed: {_describe(e)}") from None
+        try:
+            result = fn(probe)
+        except pika.exceptions.ChannelClosedByBroker:
+            return None
+        except _PIKA_ERRORS as e:
+            self.close()
+            raise BrokerError(f"broker operation failed: {_describe(e)}") from None
+        try:
+            probe.close()
+        except _PIKA_ERRORS:
+            pass
+        return result
+
+    def peek_presence(self, agent: str) -> bytes | None:
+        """The latest presence report (or holder record) of an agent, left in place; None if it
+        has none (never ran under this id). Declares nothing."""
+
+        def do(ch: BlockingChannel) -> bytes | None:
+            # Usually one message; should a report published while another reader held the old one
+            # have made two, the last is the newest. All go back.
+            latest, tag = None, None
+            for _ in range(4):
+                method, _props, body = ch.basic_get(holder_name(self.instance, agent), auto_ack=False)
+                if method is None:
+                    break
+                latest, tag = bytes(body), method.delivery_tag
+            if tag is not None:
+                ch.basic_nack(tag, multiple=True, requeue=True)
+            return latest
+
+        return self._probe(do)
+
+    def queue_info(self, agent: str) -> tuple[int, int] | None:
+        """(messages, consumers) of an agent's queue, or None if it does not exist. Declares nothing."""
+
+        def do(ch: BlockingChannel) -> tuple[int, int]:
+            m = ch.queue_declare(queue_name(self.instance, agent), passive=True).method
+            return int(m.message_count), int(m.consumer_count)
+
+        return self._probe(do)
+
+    def dead_count(self) -> int | None:
+        """Messages in the dead-letter queue, or None if it does not exist."""
+        return self._probe(
+            lambda ch: int(ch.queue_declare(dead_name(self.instance), passive=True).method.message_count)
+        )
 
     def _adopt_legacy(self, ch: BlockingChannel) -> None:
         """Move what synkler 0.4's queue of this agent still holds into its queue, then delete it."""
@@ -277,7 +396,7 @@ class Broker:
     def _declare_topology(self, ch: BlockingChannel) -> None:
         ch.exchange_declare(exchange_name(self.instance), exchange_type="topic", durable=True)
         ch.exchange_declare(dead_name(self.instance), exchange_type="fanout", durable=True)
-        ch.queue_declare(dead_name(self.instance), durable=True)
+        ch.queue_declare(dead_name(self.instance), durable=True, arguments={"x-max-length": DEAD_MAX})
         ch.queue_bind(dead_name(self.instance), dead_name(self.instance))
 
     def _declare_queue(self, ch: BlockingChannel, agent: str) -> None:
@@ -295,13 +414,13 @@ class Broker:
         self,
         _chan: BlockingChannel,
         method: pika.spec.Basic.Deliver,
-        _props: pika.BasicProperties,
+        props: pika.BasicProperties,
         body: bytes,
     ) -> None:
         # Only collect here: handling happens in the main loop, outside pika's dispatch.
-        self._inbox.append((method.delivery_tag, body))
+        self._inbox.append(Delivery(method.delivery_tag, body, props.user_id))
 
-    def poll(self, timeout: float) -> list[tuple[int, bytes]]:
+    def poll(self, timeout: float) -> list[Delivery]:
         """Run the connection (heartbeats included) for up to `timeout` s; return the deliveries."""
         conn = self._conn
         if conn is None:
@@ -340,9 +459,10 @@ class Broker:
         """
 
         def do(ch: BlockingChannel) -> None:
-            self._declare_queue(ch, agent)
+            if agent in self.peers:
+                self._declare_queue(ch, agent)
             ch.basic_publish(
-                exchange_name(self.instance), agent, body, properties=_PERSISTENT, mandatory=True
+                exchange_name(self.instance), agent, body, properties=self._props, mandatory=True
             )
 
         self._publish(do)
@@ -351,7 +471,7 @@ class Broker:
         """Put one rejected message (e.g. a bad element of a batch) on the dead-letter queue."""
         self._publish(
             lambda ch: ch.basic_publish(
-                dead_name(self.instance), "", body, properties=_PERSISTENT, mandatory=True
+                dead_name(self.instance), "", body, properties=self._props, mandatory=True
             )
         )
 

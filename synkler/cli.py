@@ -7,6 +7,7 @@ import datetime
 import json
 import logging
 import os
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -47,10 +48,14 @@ A second start on the same configuration finds the agent running and exits 0 at 
     "status": """\
 examples:
   synkler status -c /etc/synkler.conf
+  synkler status -c /etc/synkler.conf
   synkler status -c /etc/synkler.conf --all --json | jq '.[] | select(.state == "failed")'
+  synkler status --relay                  all agents and entries of the relay, through the broker
+  synkler status --relay --watch          the same, redrawn every 2 s until Ctrl-C
+  synkler status --relay --json | jq .verdict
 
-Shows every entry on its way, failed or with a failed cleanup script, and the most recently
-finished ones (--last); --all shows every entry the history keeps (keep_history_days).""",
+Without --relay: every entry on its way, failed or with a failed cleanup script, and the most
+recently finished ones (--last); --all shows every entry the history keeps (keep_history_days).""",
     "check": """\
 examples:
   synkler check -c /etc/synkler.conf      one line per check; exits 1 if one says FAIL""",
@@ -80,6 +85,15 @@ examples:
 
 Reads a synkler 0.0.x configuration (INI, a [default] section) and writes the same settings in
 YAML, with comments saying what changed in meaning. An existing output file is not overwritten.""",
+    "broker-setup": """\
+examples:
+  synkler broker-setup -c /etc/synkler.conf --upload lab-a --upload lab-b
+  (umask 077; synkler broker-setup -c central.conf --upload lab-a > broker-setup.sh)
+
+Prints the rabbitmqctl commands that make one broker user per agent (<name>@<id>), each with a new
+random password and the least permissions it needs, and which settings each agent's configuration
+then needs (authenticate: true, broker_username, broker_password). The output holds the passwords:
+keep it private. See docs/security.md.""",
     "completion": """\
 examples:
   synkler completion bash > /etc/bash_completion.d/synkler
@@ -162,7 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     st = _command(sub, "status", "show this agent's entries")
     st.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
     st.add_argument(
-        "--all", action="store_true", help="every entry in the history, not only those on their way or recent"
+        "--relay",
+        action="store_true",
+        help="the whole relay (every agent, entry and queue), through the broker",
+    )
+    st.add_argument("--watch", action="store_true", help="with --relay: redraw it every 2 s until Ctrl-C")
+    st.add_argument(
+        "--all",
+        action="store_true",
+        help="every entry this agent's history keeps, not only those on their way and the newest ended "
+        "(with --relay: every finished entry the agents report)",
     )
     st.add_argument(
         "--last",
@@ -199,6 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("old", metavar="OLD", help="the 0.0.x configuration file")
     migrate.add_argument(
         "-o", "--output", metavar="NEW", help="write the YAML here (default: print it); never overwrites"
+    )
+    setup = _command(sub, "broker-setup", "print the rabbitmqctl commands that make the relay's broker users")
+    setup.add_argument(
+        "--upload",
+        metavar="NAME",
+        action="append",
+        help="an upload agent's name (repeat for each; default: this config's name if it is an upload "
+        "agent's, else 'upload')",
     )
     completion = _command(sub, "completion", "print a shell completion script")
     completion.add_argument(
@@ -256,7 +287,12 @@ def _main(argv: Sequence[str]) -> int:
 
         cfg = load_config(find_config(args.config))
         logs.use_agent(cfg.mode, cfg.name, cfg.id, cfg.log_format)
-        commands = {"run": cmd_run, "status": cmd_status, "check": cmd_check}
+        commands = {
+            "run": cmd_run,
+            "status": cmd_status,
+            "check": cmd_check,
+            "broker-setup": cmd_broker_setup,
+        }
         return commands.get(command, cmd_request)(cfg, args)
     except SynklerError as e:
         if args.debug:
@@ -270,8 +306,10 @@ def _main(argv: Sequence[str]) -> int:
 def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     from .agents import AGENTS
     from .pidfile import Pidfile, read_pid
+    from .private import remember_umask, restrict_umask
     from .runtime import Runtime
 
+    remember_umask()  # the one synkler was started with: rsync's and the cleanup scripts'
     pidfile = Pidfile(cfg.pidfile)
     if not pidfile.acquire():
         # Cron starts us every minute: a live agent is the normal case, not an error.
@@ -282,6 +320,7 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
 
         # As a daemon, the launching process exits in there, once the daemon has started.
         launch = prepare(cfg, pidfile, daemon=(args.daemon or cfg.daemon) and not args.foreground)
+        restrict_umask()  # what the agent creates from here on is its own (docs/operations.md)
         runtime = Runtime(cfg, AGENTS[cfg.mode])
         launch.started(runtime)
         runtime.run()
@@ -297,7 +336,15 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     from .agents import AGENTS
+    from .private import exposed_secrets
     from .state import State
+
+    for problem in exposed_secrets(cfg.secret_files):
+        print(f"synkler: warning: {logs.shown(problem)}", file=sys.stderr)
+    if args.relay or args.watch:
+        from .relayview import cmd_relay
+
+        return cmd_relay(cfg, as_json=args.json, watch=args.watch, all_finished=args.all)
 
     hidden = 0
     entries: list[Entry] = []
@@ -342,6 +389,7 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
         note = e.reason or (f"as {_shown(e.stored_as)}" if e.stored_as and e.stored_as != e.name else "")
         if e.cleanup in ("failed", "interrupted", "skipped"):
             note = f"cleanup {e.cleanup}" + (f": {note}" if note else "")
+        # A reason may come from a peer's message: shown escaped, like a name.
         table.append(
             (
                 short[e.id],
@@ -351,7 +399,7 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
                 e.state,
                 _iso(e.updated, sep=" "),
                 ",".join(actions[e.id]) or "-",
-                note,
+                _shown(note),
             )
         )
     widths = [max(len(line[i]) for line in table) for i in range(len(header) - 1)]
@@ -372,7 +420,7 @@ def _status_entries(cfg: Config, state: State, last: int) -> tuple[list[Entry], 
     open_states = [s for s in counts if s not in finished]
     shown = {e.id: e for e in state.by_state(*open_states)} if open_states else {}
     shown.update((e.id, e) for e in state.cleanups_needing_a_person())
-    for e in state.newest([s for s in counts if s in finished], max(0, last)):
+    for e in state.listed([s for s in counts if s in finished], latest=True, limit=max(0, last)):
         shown.setdefault(e.id, e)
     return sorted(shown.values(), key=lambda e: e.created), sum(counts.values()) - len(shown)
 
@@ -492,19 +540,34 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
     from .broker import Broker, BrokerParams
     from .hops import transfer
     from .linux.fs import free_bytes
+    from .private import exposed_secrets
 
     failures = 0
     print(f"ok    config {cfg.path} ({cfg.mode}, id {cfg.id})")
+    for problem in exposed_secrets(cfg.secret_files):  # reported, not failed: the relay works
+        print(f"WARN  {logs.shown(problem)}")
     broker = Broker(BrokerParams.from_config(cfg), cfg.id, cfg.name)
     try:
         broker.connect(consume=False)
         print(f"ok    broker {cfg.synkler_server}:{cfg.broker_port} vhost {cfg.broker_vhost}")
+        if cfg.authenticate:
+            print(f"ok    messages authenticated: this agent publishes as {cfg.broker_username}")
+        else:
+            print(
+                "WARN  messages are not authenticated (authenticate: false): anyone who can publish "
+                "to the broker can make this agent act (docs/security.md)"
+            )
     except BrokerError as e:
         failures += 1
         print(f"FAIL  broker: {e}")
     finally:
         broker.close()
     if cfg.mode in ("upload", "download"):
+        try:
+            transfer.rsync_protection(tuple(cfg.rsync))
+        except transfer.RsyncTooOld as e:
+            failures += 1
+            print(f"FAIL  rsync: {e}")
         result = transfer.probe(cfg)
         if result.ok:
             print(f"ok    ssh + rsync to central {cfg.central_host}")
@@ -513,6 +576,26 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
             print(f"FAIL  ssh + rsync to central {cfg.central_host}: {result.summary()}")
     print(f"ok    file_dir {cfg.file_dir} ({free_bytes(cfg.file_dir) / 1e9:.1f} GB free)")
     return ExitStatus.FAILURE if failures else ExitStatus.OK
+
+
+def cmd_broker_setup(cfg: Config, args: argparse.Namespace) -> int:
+    import secrets
+
+    from .broker import broker_user
+    from .brokersetup import commands
+
+    uploads = args.upload or [cfg.name if cfg.mode == "upload" else "upload"]
+    names = ["central", "download", *uploads]
+    passwords = {broker_user(cfg.id, n): secrets.token_urlsafe(24) for n in names}
+    print(f"# broker users of synkler instance {cfg.id!r} on vhost {cfg.broker_vhost!r}")
+    print("# This holds new passwords: keep it private, run it on the broker's host, then delete it.")
+    for argv in commands(cfg.id, uploads, vhost=cfg.broker_vhost, passwords=passwords):
+        print(shlex.join(["rabbitmqctl", *argv]))
+    print("#\n# Then, in each agent's synkler.conf (or broker_password_file):")
+    for user, password in passwords.items():
+        name = user.split("@")[0]
+        print(f"#   {name}: authenticate: true, broker_username: {user}, broker_password: {password}")
+    return ExitStatus.OK
 
 
 def cmd_config_migrate(args: argparse.Namespace) -> int:

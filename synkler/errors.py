@@ -11,7 +11,7 @@ class ExitStatus(IntEnum):
     OK = 0
     FAILURE = 1  # a failed check or demo, an agent that cannot run, a pidfile or state database error
     CONFIG = 2  # the configuration file is missing or invalid
-    BROKER = 3  # BrokerError; `run` retries and `check` reports instead, so no command exits with it now
+    BROKER = 3  # BrokerError: `status --relay` cannot read the broker (`run` retries, `check` reports)
     INTERRUPTED = 130  # Ctrl-C outside the agent loop (128 + SIGINT, as shells report it)
     BROKEN_PIPE = 141  # the reader of stdout went away (`synkler check | head -1`): 128 + SIGPIPE
 

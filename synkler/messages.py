@@ -81,6 +81,22 @@ def path_problem(path: object) -> str | None:
     return None
 
 
+def confined(path: str, *tail: str) -> bool:
+    """Is `path` (absolute, from a message) a place of this instance on central: does it end with
+    the components `tail` (e.g. <id>, "staging", <agent>), with nothing odd before them?
+
+    Agents never read or write on central where a message says unless the place has the shape only
+    central's own directories have, so a forged path can at most name another directory that
+    happens to end the same way, never a home directory, ~/.ssh or /etc.
+    """
+    parts = path.rstrip("/").split("/")
+    if path_problem(path) is not None or len(parts) < len(tail) + 2:
+        return False
+    if any(p in ("", ".", "..") for p in parts[1:]):  # no '//', '/./' or '..': one spelling only
+        return False
+    return parts[-len(tail) :] == list(tail)
+
+
 def _int(limit: int) -> Check:
     def check(value: object) -> str | None:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:

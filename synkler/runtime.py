@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 from . import messages
 from .agents.base import PERSON_REPEAT, Agent, Done, Key
 from .backoff import backoff
-from .broker import Broker, BrokerParams, queue_name
+from .broker import PEERS, Broker, BrokerParams, Delivery, broker_user, exchange_name, queue_name
 from .errors import (
     AgentActive,
     BrokerError,
@@ -40,6 +40,8 @@ from .errors import (
 )
 from .hops import checksum, transfer
 from .linux.sdnotify import Notifier
+from .presence import Presence
+from .private import exposed_secrets
 from .state import State
 
 if TYPE_CHECKING:
@@ -50,6 +52,8 @@ T = TypeVar("T")
 log = logging.getLogger("synkler")
 
 TICK = 0.5  # longest the loop sleeps when nothing happens; events wake it at once
+DEAD_LOG_BURST = 10  # dead letters logged one by one per DEAD_LOG_WINDOW; the rest are counted
+DEAD_LOG_WINDOW = 60.0
 STANDBY_RETRY = 5.0  # seconds between a standby's looks at its agent's queue
 # A standby takes over only once its queue has had no consumer for this long: longer than the
 # longest reconnect pause (30 s), so an agent that restarts, or reconnects after a broker outage,
@@ -89,11 +93,18 @@ class Runtime:
         self._standby_told = float("-inf")  # when the last ERROR about a rival agent was logged
         self._standby = False  # another agent of this name held the queue when this one started
         self._free_since: float | None = None  # a standby: since when its queue has had no consumer
+        self._dead_window = 0.0  # when the current window of dead-letter log lines began
+        self._dead_logged = 0  # dead letters logged one by one in it
+        self._dead_quiet = 0  # and those only counted
         # destination -> (refusals in a row, no publish to it before, last ERROR logged)
         self._held: dict[str, tuple[int, float, float]] = {}
+        self.presence = Presence(
+            self, agent_class.mode, [str(s) for s in agent_class.STATES]
+        )  # reports to the relay view, every few seconds
         self.notify = Notifier.from_environ()  # systemd's Type=notify and watchdog; else no-ops
         # What SIGHUP does: reopen the log file when the agent writes one (set by the CLI), else stop.
         self.on_hangup: Callable[[], None] | None = None
+        self._secrets_looked = float("-inf")  # when files holding the password were last looked at
 
     # jobs ----------------------------------------------------------------------------------------
 
@@ -153,6 +164,13 @@ class Runtime:
             self.cfg.id,
             self.cfg.state_db,
         )
+        self._tell_secrets(time.time())
+        if not self.cfg.authenticate:
+            log.warning(
+                "messages are not authenticated (authenticate: false): anyone who can publish to "
+                "exchange %s on the broker can make this agent act; see docs/security.md",
+                exchange_name(self.cfg.id),
+            )
         try:
             # Nothing is done before the broker says this agent is the only one of its name: a
             # second one (another state_db, the same file_dir) would take the first's files for
@@ -193,6 +211,7 @@ class Runtime:
                 self._flush_outbox()
             except BrokerError:
                 pass  # the outbox is durable: sent at the next start
+            self.presence.stopped(time.time())
         if self.broker:
             self.broker.close()
         self.state.close()
@@ -200,11 +219,21 @@ class Runtime:
         self.notify.close()
         log.info("stopped")
 
+    def _tell_secrets(self, now: float) -> None:
+        """A password others can read needs a person: ERROR at start and every PERSON_REPEAT while
+        it lasts (reported, not refused: see synkler.private)."""
+        if now - self._secrets_looked < PERSON_REPEAT:
+            return
+        self._secrets_looked = now
+        for problem in exposed_secrets(self.cfg.secret_files):
+            log.error("%s (said again every %d minutes while it lasts)", problem, PERSON_REPEAT // 60)
+
     def _step(self) -> None:
         now = time.time()
+        self._tell_secrets(now)
         if self.broker is None and now >= self._next_connect:
             self._connect()
-        deliveries: list[tuple[int, bytes]] = []
+        deliveries: list[Delivery] = []
         try:
             timeout = self._sleep_for(now)
             if self.broker is not None:
@@ -214,10 +243,11 @@ class Runtime:
             self._wake.clear()
             self._work(deliveries)
             self._flush_outbox()
+            self.presence.tick(time.time())  # after the outbox: it never holds a message back
         except BrokerError as e:
             self._lost(e)
 
-    def _work(self, deliveries: list[tuple[int, bytes]]) -> None:
+    def _work(self, deliveries: list[Delivery]) -> None:
         """One pass, one transaction, one commit: the deliveries, the finished jobs, the tick.
 
         Each delivery, job result and the tick has a savepoint of its own, so one that fails is
@@ -226,10 +256,12 @@ class Runtime:
         """
         outcomes: list[tuple[int, str, list[bytes]]] = []
         pause = False
+        if self._dead_quiet:
+            self._end_dead_window(time.monotonic())
         try:
             with self.state.transaction():
-                for tag, body in deliveries:
-                    outcomes.append((tag, *self._apply(body)))
+                for d in deliveries:
+                    outcomes.append((d.tag, *self._apply(d.body, d.user)))
                 self._drain_done()
                 self.agent.take_requests()  # an operator's retry, forget or resend (each in a savepoint)
                 try:
@@ -242,7 +274,7 @@ class Runtime:
                     pause = True
         except (StateUnavailable, OSError) as e:  # the commit itself failed
             log.error("cannot record the agent's state (%s); messages stay queued", e)
-            outcomes = [(tag, "requeue", []) for tag, _ in deliveries]
+            outcomes = [(d.tag, "requeue", []) for d in deliveries]
             self.agent.look_again()
         broker = self.broker
         for tag, outcome, dead in outcomes:
@@ -264,7 +296,9 @@ class Runtime:
         return TICK if wakeup is None else max(0.0, min(TICK, wakeup - now))
 
     def _connect(self) -> None:
-        broker = Broker(self._params, self.cfg.id, self.cfg.name)
+        broker = Broker(
+            self._params, self.cfg.id, self.cfg.name, peers=() if self.cfg.authenticate else PEERS
+        )
         try:
             if self._standby and not self._free_long_enough(broker):
                 return
@@ -370,26 +404,28 @@ class Runtime:
         self._connect_failures += 1
         self._next_connect = time.time() + backoff(self._connect_failures, base=0.5, cap=30)
 
-    def _apply(self, body: bytes) -> tuple[str, list[bytes]]:
-        """Handle one AMQP body: ("ack" | "dead" | "requeue", elements of a batch to dead-letter)."""
+    def _apply(self, body: bytes, user: str | None = None) -> tuple[str, list[bytes]]:
+        """Handle one AMQP body published by broker user `user`: ("ack" | "dead" | "requeue",
+        elements of a batch to dead-letter)."""
         try:
             items = messages.decode_many(body)
         except MessageError as e:
-            log.warning("dead-lettering a message: %s: %r", e, body[:200])
+            self._dead_log("dead-lettering a message: %s: %r", e, body[:200])
             return "dead", []
         dead: list[bytes] = []
         try:
             with self.state.savepoint():
                 for element, item in items:
                     if isinstance(item, MessageError):
-                        log.warning("dead-lettering a message of a batch: %s", item)
+                        self._dead_log("dead-lettering a message of a batch: %s", item)
                         dead.append(_reencode(element))
                         continue
                     try:
+                        self._authenticate(item, user)
                         with self.state.savepoint():
                             self.agent.on_message(item)
                     except MessageError as e:
-                        log.warning("dead-lettering a message: %s: %r", e, str(element)[:200])
+                        self._dead_log("dead-lettering a message: %s: %r", e, str(element)[:200])
                         dead.append(_reencode(element))
         except (StateUnavailable, OSError) as e:
             # Disk full, database locked, a directory we cannot write: the message is fine, we are not.
@@ -402,6 +438,40 @@ class Runtime:
         if len(items) == 1 and dead:
             return "dead", []  # a single message is dead-lettered as it came
         return "ack", dead
+
+    def _authenticate(self, msg: messages.Message, user: str | None) -> None:
+        """With `authenticate`, a message counts only if the broker user that published it is the
+        one of the agent it claims to come from (`<name>@<id>`): the broker vouches for the user
+        (user_id), the agent's own checks then tie the agent to the entry."""
+        if not self.cfg.authenticate:
+            return
+        expected = broker_user(self.cfg.id, msg.sender)
+        if user != expected:
+            raise MessageError(
+                f"{msg.TYPE} claims to come from {msg.sender!r}, but broker user {user!r} published "
+                f"it, not {expected!r}"
+            )
+
+    def _dead_log(self, fmt: str, *args: object) -> None:
+        """Log a dead letter, at most DEAD_LOG_BURST a minute: a flood of bad messages is counted,
+        not written out line by line."""
+        self._end_dead_window(time.monotonic())
+        if self._dead_logged < DEAD_LOG_BURST:
+            self._dead_logged += 1
+            log.warning(fmt, *args)
+        else:
+            self._dead_quiet += 1
+
+    def _end_dead_window(self, now: float) -> None:
+        if now - self._dead_window < DEAD_LOG_WINDOW:
+            return
+        if self._dead_quiet:
+            log.warning(
+                "%d more messages were dead-lettered in the last %.0f s (not logged one by one)",
+                self._dead_quiet,
+                now - self._dead_window,
+            )
+        self._dead_window, self._dead_logged, self._dead_quiet = now, 0, 0
 
     def _drain_done(self) -> None:
         """Record every finished job's result, each in its own savepoint of the current transaction."""

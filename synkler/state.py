@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 from .errors import StateError, StateUnavailable
+from .private import private_file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -181,7 +182,8 @@ class State:
                     self.path.absolute().as_uri() + "?mode=ro", uri=True, isolation_level=None
                 )
             else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                # Made 0600 before SQLite opens it: SQLite gives its -wal and -shm the same mode.
+                private_file(self.path, ("-wal", "-shm"))
                 self._db = sqlite3.connect(str(self.path), isolation_level=None)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 # FULL: a commit that acknowledged a message survives a power cut, not only a crash.
@@ -367,21 +369,40 @@ class State:
         except sqlite3.Error as e:
             raise _error(e) from e
 
+    # summaries (presence reports: synkler.presence) -----------------------------------------------
+
     def counts(self) -> dict[str, int]:
-        """How many entries are in each state (read from an index, not the rows)."""
+        """Entries per state (an index scan: cheap at 10,000 entries)."""
         try:
-            return dict(self._db.execute("SELECT state, COUNT(*) FROM entries GROUP BY state"))
+            return dict(self._db.execute("SELECT state, COUNT(*) FROM entries GROUP BY state").fetchall())
         except sqlite3.Error as e:
             raise _error(e) from e
 
-    def newest(self, states: Collection[str], limit: int) -> list[Entry]:
-        """The `limit` entries in `states` changed last, newest first (an index walk per state)."""
-        sql = f"{_SELECT} WHERE state = ? ORDER BY updated DESC LIMIT ?"
+    def listed(self, states: Collection[str], *, latest: bool = False, limit: int) -> list[Entry]:
+        """At most `limit` entries in `states`: the oldest created first, or (latest) the latest
+        updated first. The latest are read state by state down the index on (state, updated): a
+        query over all the states at once sorts every entry in them (1.5 s with a million)."""
+        if latest:
+            sql = f"{_SELECT} WHERE state = ? ORDER BY updated DESC LIMIT ?"
+            try:
+                found = [Entry(*r) for state in states for r in self._db.execute(sql, (state, limit))]
+            except sqlite3.Error as e:
+                raise _error(e) from e
+            return sorted(found, key=lambda e: e.updated, reverse=True)[:limit]
+        marks = ", ".join("?" * len(states))
+        sql = f"{_SELECT} WHERE state IN ({marks}) ORDER BY created LIMIT ?"
         try:
-            found = [Entry(*r) for state in states for r in self._db.execute(sql, (state, limit))]
+            return [Entry(*r) for r in self._db.execute(sql, (*states, limit))]
         except sqlite3.Error as e:
             raise _error(e) from e
-        return sorted(found, key=lambda e: e.updated, reverse=True)[:limit]
+
+    def peers(self, limit: int) -> list[str]:
+        """The agents entries came from or go to (central: its upload agents)."""
+        sql = "SELECT DISTINCT peer FROM entries WHERE peer IS NOT NULL LIMIT ?"
+        try:
+            return sorted(r[0] for r in self._db.execute(sql, (limit,)))
+        except sqlite3.Error as e:
+            raise _error(e) from e
 
     def cleanups_needing_a_person(self) -> list[Entry]:
         """Entries whose cleanup script failed or was interrupted (a partial index: cheap however many

@@ -167,3 +167,18 @@ def make_relay(tmp_path, sshd, broker, instance_id):
         procs = list(relay.procs.values())
         relay.close()
         assert all(p.poll() is not None for p in procs), "an agent survived the teardown"
+
+
+@pytest.fixture(scope="module")
+def private_rabbit() -> Iterator:
+    """A RabbitMQ node of the test module's own (tests/rabbitnode.py), for users and permissions."""
+    from rabbitnode import RabbitNode
+
+    why = RabbitNode.available()
+    if why is not None:
+        missing_infrastructure(why)
+    node = RabbitNode(["loopback_users = none"])
+    try:
+        yield node.start()
+    finally:
+        node.stop()

@@ -33,6 +33,8 @@ log = logging.getLogger("synkler")
 BATCH_ENTRIES = 500  # at most this many entries in one rsync run
 BATCH_BYTES = 64 << 20  # ... and about this many bytes; bigger entries get a run of their own
 SPACE_WAIT = 30.0  # seconds between tries of a step that failed for lack of disk space
+CENTRAL = "central"  # the names of the two fixed roles: peers address them by these
+DOWNLOAD = "download"
 PERSON_REPEAT = 600  # seconds between ERROR lines while ssh refuses for a reason a person must fix
 # What a person can do when a hop gives up (after the log line that says which hop failed and why).
 REOFFER = "then `synkler retry <entry>` on upload relays it again (docs/operations.md)."
@@ -272,10 +274,12 @@ class Agent:
             **fields,
         )
 
-    def entry_for(self, msg: Message) -> Entry:
-        """The entry a message is about. A message about an entry this agent does not have is refused
-        (dead-lettered), unless it was sent before the time the history still covers: then it is
-        about an entry pruned since, and nothing is done (`Pruned`)."""
+    def entry_for(self, msg: Message, *senders: str) -> Entry:
+        """The entry a message is about. Refused: a message about an entry this agent never had, and
+        one from an agent that has no say over the entry: by default only its peer (the central that
+        sent it, the upload that offered it) may; `senders` names who may instead. A message about an
+        entry this agent does not have, sent before the time its history still covers, is about an
+        entry pruned since: nothing is done (`Pruned`)."""
         entry = self.state.get(msg.entry)
         if entry is None:
             if self.history.older_than_history(msg):
@@ -285,7 +289,18 @@ class Agent:
                     "nothing to do"
                 )
             raise MessageError(f"{msg.TYPE} for unknown entry {msg.entry}")
+        allowed = senders or (entry.peer or "",)
+        if msg.sender not in allowed:
+            raise MessageError(
+                f"{msg.TYPE} for entry {msg.entry} from {msg.sender!r}, which has no say over it "
+                f"(only {' or '.join(repr(a) for a in allowed)})"
+            )
         return entry
+
+    def from_central(self, msg: Message) -> None:
+        """Refuse a message that only central may send, from anyone else."""
+        if msg.sender != CENTRAL:
+            raise MessageError(f"{msg.TYPE} from {msg.sender!r}: only {CENTRAL!r} sends it")
 
     def record_each(
         self,
@@ -425,6 +440,8 @@ class Endpoint(Agent):
 
     def __init__(self, cfg: Config, state: State, jobs: Jobs):
         super().__init__(cfg, state, jobs)
+        # An rsync that would let central's shell parse a remote path is refused before anything runs.
+        transfer.rsync_protection(tuple(cfg.rsync))
         self.cleanup_due = True  # set when an entry's cleanup script becomes due
         self.transfer_due = True  # set when an entry may need a transfer, or a transfer slot freed up
         self.next_transfer_retry = float("inf")  # when a failed transfer is due to run again

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..errors import MessageError
 from ..hops.checksum import md5_entry
 from ..hops.follow import Follower, pulled_early, verified_md5, worth_following
 from ..linux.fs import remove_tree
@@ -33,6 +34,8 @@ from ..messages import (
 )
 from ..state import Entry, State
 from .base import (
+    CENTRAL,
+    DOWNLOAD,
     ENTRY,
     GIVE_UP_ADVICE,
     RECHECK,
@@ -52,7 +55,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("synkler")
 
-DOWNLOAD = "download"
 MAX_ADMITTED = 2000  # entries admitted but not yet verified; free space is the other limit
 ADMIT_RECHECK = 1.0  # seconds: waiting entries are looked at again this often (free space changes)
 SWEEP_INTERVAL = 60.0  # seconds between looks for stale partial files
@@ -216,7 +218,14 @@ class Central(Agent):
     # messages ------------------------------------------------------------------------------------
 
     def on_offer(self, msg: Offer) -> None:
-        if self.state.get(msg.entry) is not None:
+        if msg.sender in (CENTRAL, DOWNLOAD):
+            raise MessageError(f"offer from {msg.sender!r}: only upload agents offer")
+        known = self.state.get(msg.entry)
+        if known is not None:
+            if known.peer != msg.sender:
+                raise MessageError(
+                    f"offer of entry {msg.entry} from {msg.sender!r}: {known.peer!r} offered it"
+                )
             return  # a duplicate offer: already handled
         entry = self.create(self.entry_from(msg, Mid.WAITING))
         self.admit_due = True
@@ -230,7 +239,7 @@ class Central(Agent):
             self.verify_due = True
 
     def on_fetched(self, msg: Fetched) -> None:
-        entry = self.entry_for(msg)
+        entry = self.entry_for(msg, DOWNLOAD)
         # A failed entry too: download, retried by an operator, got the verified copy central kept.
         if entry.state in (Mid.DOWNLOADING, Mid.FAILED):
             keep = self.cfg.keep_minutes * 60
@@ -245,7 +254,7 @@ class Central(Agent):
             )
 
     def on_corrupt(self, msg: Corrupt) -> None:
-        entry = self.entry_for(msg)
+        entry = self.entry_for(msg, DOWNLOAD)
         if entry.state == Mid.DOWNLOADING and not self.jobs.busy(Key(RECHECK, entry.id)):
             log.warning(
                 "%s: download got md5 %s instead of %s; checking central's copy",
@@ -265,7 +274,8 @@ class Central(Agent):
             log.info("%s: withdrawn by %s: %s", entry.name, msg.sender, msg.reason)
 
     def on_failed(self, msg: Failed) -> None:
-        entry = self.entry_for(msg)
+        known = self.state.get(msg.entry)
+        entry = self.entry_for(msg, (known.peer if known else None) or "", DOWNLOAD)
         if entry.state not in (Mid.DELIVERED, Mid.EXPIRED, Mid.FAILED, Mid.WITHDRAWN, Mid.FORGOTTEN):
             reason = f"{msg.hop}: {msg.reason}"
             self.move(entry, Mid.FAILED, reason=reason)

@@ -20,9 +20,10 @@ from ..errors import MessageError
 from ..hops.checksum import stat_entry
 from ..linux.fs import remove_tree, rename_noreplace
 from ..logs import some_entries
-from ..messages import Corrupt, Failed, Fetch, Fetched, Forget, Pushing, is_valid_entry_id
+from ..messages import Corrupt, Failed, Fetch, Fetched, Forget, Pushing, confined, is_valid_entry_id
+from ..private import private_dir
 from ..state import Entry, State
-from .base import ENTRY, Endpoint, Jobs, Key, Status, Transitions, shown
+from .base import CENTRAL, ENTRY, Endpoint, Jobs, Key, Status, Transitions, shown
 from .pull import Early, Mismatch, NotPulled, PullRun, Staging, pull, pull_early
 
 if TYPE_CHECKING:
@@ -32,7 +33,6 @@ log = logging.getLogger("synkler")
 
 EARLY_MAX = 2  # files pulled early at a time
 EARLY_KEEP = 600.0  # seconds an early copy whose fetch never came is kept (central gave it up)
-CENTRAL = "central"
 
 
 def _early_copy(name: str, path: str) -> bool:
@@ -90,7 +90,7 @@ class Download(Endpoint):
         return stored_as, os.path.join(self.cfg.file_dir, stored_as)
 
     def startup(self) -> None:
-        os.makedirs(self.staging.dir, exist_ok=True)
+        private_dir(self.staging.dir)  # data in transit: the agent's user's alone
         # A pull cut short keeps what it got, and rsync's partial file, for its entry's next run;
         # so does an early pull whose fetch has not come yet. Anything else in staging is left over.
         now = time.time()
@@ -121,6 +121,11 @@ class Download(Endpoint):
     # messages ------------------------------------------------------------------------------------
 
     def on_pushing(self, msg: Pushing) -> None:
+        self.from_central(msg)
+        if not confined(msg.path, self.cfg.id, "growing", msg.entry):
+            raise MessageError(
+                f"pushing: path {msg.path!r} is not <central's file_dir>/{self.cfg.id}/growing/<entry id>"
+            )
         early = self.early.get(msg.entry)
         if (
             self.state.get(msg.entry) is None
@@ -132,8 +137,11 @@ class Download(Endpoint):
             self._pull_early(msg, early)
 
     def on_fetch(self, msg: Fetch) -> None:
-        if not msg.path.endswith(f"/{msg.entry}"):
-            raise MessageError(f"fetch: path {msg.path!r} is not <stored dir>/<entry id>")
+        self.from_central(msg)
+        if not confined(msg.path, self.cfg.id, "stored", msg.entry):
+            raise MessageError(
+                f"fetch: path {msg.path!r} is not <central's file_dir>/{self.cfg.id}/stored/<entry id>"
+            )
         entry = self.state.get(msg.entry)
         if msg.entry in self.early:
             self.early[msg.entry].fetched.set()

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Union
 
-from ..errors import Refused
+from ..errors import MessageError, Refused
 from ..hops import transfer
 from ..hops.checksum import EntryStat, md5_entry, stat_entry
 from ..linux.fs import open_for_writing
@@ -30,11 +30,13 @@ from ..messages import (
     Sent,
     Wait,
     Withdraw,
+    confined,
     name_problem,
     new_entry_id,
 )
 from ..state import Ended, Entry, State
 from .base import (
+    CENTRAL,
     ENTRY,
     HASHING,
     NAME,
@@ -59,7 +61,6 @@ log = logging.getLogger("synkler")
 SCAN_INTERVAL = 0.5  # seconds between looks at file_dir when inotify is not available
 RESCAN_INTERVAL = 5.0  # backstop rescan when inotify tells us about changes
 MIN_SCAN_GAP = 0.05  # a burst of changes costs one scan per this many seconds at most
-CENTRAL = "central"
 
 
 class Up(Status):
@@ -369,6 +370,10 @@ class Upload(Endpoint):
     # messages ------------------------------------------------------------------------------------
 
     def on_admit(self, msg: Admit) -> None:
+        if not confined(msg.dest, self.cfg.id, "staging", self.name):
+            raise MessageError(
+                f"admit: dest {msg.dest!r} is not <central's file_dir>/{self.cfg.id}/staging/{self.name}"
+            )
         entry = self.entry_for(msg)
         newest = self.state.latest_by_name(entry.name)
         stale = newest is not None and newest.id != entry.id

@@ -18,6 +18,7 @@ import hashlib
 import os
 import stat
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Union
@@ -29,6 +30,28 @@ PathLike = Union[str, bytes, os.PathLike]
 # Set when the agent stops: a hash under way ends at its next read with Interrupted, so that
 # stopping never waits for the md5 of a big file (it is hashed again at the next start).
 STOPPING = threading.Event()
+
+# The md5 under way on each thread (thread id -> Hashing), so the agent can tell how far it got
+# (synkler.presence). Only the outermost md5_entry of a thread registers; reads add to its count.
+_RUNNING: dict[int, Hashing] = {}
+
+
+class Hashing:
+    """One md5_entry under way: its path, the bytes read so far and the bytes to read."""
+
+    __slots__ = ("path", "done", "total", "started")
+
+    def __init__(self, path: bytes, total: int, started: float):
+        self.path = path
+        self.done = 0
+        self.total = total
+        self.started = started
+
+
+def running() -> list[Hashing]:
+    """The hashes under way now (a snapshot; their counts keep moving)."""
+    return list(_RUNNING.values())
+
 
 # Kind markers fed into the directory digest; part of the documented format.
 _KIND_DIR = b"d"
@@ -55,6 +78,7 @@ def _hash_fd(fd: int, bufsize: int) -> str:
     # (A file that grows meanwhile is still read to its end, in more reads.)
     buf = bytearray(max(1, min(bufsize, os.fstat(fd).st_size + 1)))
     view = memoryview(buf)
+    counter = _RUNNING.get(threading.get_ident())
     with open(fd, "rb", buffering=0, closefd=False) as stream:
         while True:
             if STOPPING.is_set():
@@ -63,6 +87,8 @@ def _hash_fd(fd: int, bufsize: int) -> str:
             if not n:
                 break
             digest.update(view[:n])
+            if counter is not None:
+                counter.done += n
     return digest.hexdigest()
 
 
@@ -155,7 +181,11 @@ def _md5_dir(top: bytes, known: Mapping[bytes, Any] | None = None) -> str:
     never produce the same byte stream.
     """
     digest = new_md5()
-    for rel, kind, full, _st in _walk(top):
+    items = _walk(top)
+    counter = _RUNNING.get(threading.get_ident())
+    if counter is not None and counter.path == top:
+        counter.total = sum(st.st_size for _rel, kind, _full, st in items if kind == _KIND_FILE)
+    for rel, kind, full, _st in items:
         if kind == _KIND_FILE:
             seen = known.get(rel) if known else None
             md5 = seen.md5 if seen is not None and seen.matches(full) else _md5_file_nofollow(full)
@@ -185,11 +215,19 @@ def md5_entry(path: PathLike, known: Mapping[bytes, Any] | None = None) -> str:
         digest = new_md5()
         digest.update(os.readlink(p))
         return digest.hexdigest()
-    if stat.S_ISREG(st.st_mode):
-        return _md5_file_nofollow(p)
-    if stat.S_ISDIR(st.st_mode):
-        return _md5_dir(p, known)
-    raise _unsupported(p)
+    thread = threading.get_ident()
+    outermost = thread not in _RUNNING
+    if outermost:
+        _RUNNING[thread] = Hashing(p, st.st_size if stat.S_ISREG(st.st_mode) else 0, time.time())
+    try:
+        if stat.S_ISREG(st.st_mode):
+            return _md5_file_nofollow(p)
+        if stat.S_ISDIR(st.st_mode):
+            return _md5_dir(p, known)
+        raise _unsupported(p)
+    finally:
+        if outermost:
+            del _RUNNING[thread]
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """rsync over ssh: the only module that runs rsync and ssh (the cleanup scripts run in synkler.hops.cleanup).
 
 Every command is an argument list, never a shell line. Paths are passed absolute so a name starting
-with '-' can never be taken for an option; rsync >= 3.2.4 quotes remote arguments itself, so names
-with spaces, quotes and non-ASCII characters survive the remote shell.
+with '-' can never be taken for an option. The remote path of a hop must reach the remote rsync as
+it is, never parsed by the remote shell: rsync >= 3.2.4 protects it by default, an older one gets
+--protect-args (rsync_protection), and one too old for that is refused.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..config import Config
+from ..errors import SynklerError
 from ..linux.process import die_with_parent
+from ..private import child_umask
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +203,40 @@ def close_shared_connection(cfg: Config) -> None:
         run([*shlex.split(shared), "-O", "exit", cfg.central_host], timeout=10, track=False)
 
 
+PROTECTS_BY_DEFAULT = (3, 2, 4)  # rsync protects remote arguments from the remote shell by itself
+CAN_PROTECT = (3, 0, 0)  # rsync has --protect-args (-s)
+_VERSION = re.compile(rb"version\s+v?(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+class RsyncTooOld(SynklerError):
+    """The configured rsync cannot keep remote paths from the remote shell: the agent does not run."""
+
+
+@functools.lru_cache(maxsize=8)
+def rsync_protection(rsync: tuple[str, ...]) -> tuple[str, ...]:
+    """What `rsync` needs so that remote paths are never parsed by the remote shell: nothing for
+    3.2.4 and newer, --protect-args for 3.0.0 to 3.2.3; RsyncTooOld for anything older or unknown."""
+    try:
+        out = subprocess.run(
+            [*rsync, "--version"], capture_output=True, timeout=30, stdin=subprocess.DEVNULL
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise RsyncTooOld(f"cannot run {shlex.join(rsync)} --version: {e}") from None
+    found = _VERSION.search(out)
+    if found is None:
+        raise RsyncTooOld(f"{shlex.join(rsync)} --version does not say which version it is")
+    version = tuple(int(part or 0) for part in found.groups())
+    shown = ".".join(map(str, version))
+    if version >= PROTECTS_BY_DEFAULT:
+        return ()
+    if version >= CAN_PROTECT:
+        return ("--protect-args",)
+    raise RsyncTooOld(
+        f"rsync {shown} ({shlex.join(rsync)}) cannot keep remote paths from the remote shell; "
+        "synkler needs rsync 3.0.0 or newer (3.2.4 or newer protects them by default)"
+    )
+
+
 def rsync_argv(cfg: Config, src: str, dest: str, *, listed: bool = False, append: bool = False) -> list[str]:
     """The rsync command for one hop: archive mode, resumable, with a stall timeout.
 
@@ -212,6 +249,7 @@ def rsync_argv(cfg: Config, src: str, dest: str, *, listed: bool = False, append
     """
     return [
         *cfg.rsync,
+        *rsync_protection(tuple(cfg.rsync)),
         "--archive",
         *(("--append",) if append else ("--partial", f"--partial-dir={PARTIAL_DIR}")),
         f"--timeout={cfg.rsync_timeout}",
@@ -260,6 +298,9 @@ def run(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_agent if track else None,
+            # What rsync writes is the user's data: the agent's starting umask, not its own 077
+            # (with --archive rsync gives files the sender's modes anyway; this covers --no-perms).
+            umask=child_umask(),
         )
     except FileNotFoundError:
         return Result(False, 127, f"program not found: {argv[0]}", tuple(argv))
@@ -307,7 +348,7 @@ def pull(cfg: Config, remote_dir: str, paths: Sequence[str], local_dir: str) -> 
 
     The relative paths are kept: "<entry id>" lands in local_dir/<entry id>.
     """
-    os.makedirs(local_dir, exist_ok=True)
+    os.makedirs(local_dir, mode=0o700, exist_ok=True)  # download made it private at start
     argv = rsync_argv(
         cfg, f"{cfg.central_host}:{remote_dir.rstrip('/')}/", local_dir.rstrip("/") + "/", listed=True
     )

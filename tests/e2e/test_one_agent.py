@@ -214,7 +214,7 @@ def test_messages_left_in_a_synkler_0_4_queue_are_moved_into_the_agents_queue(br
         agent.connect()
         got: list[bytes] = []
         for _ in range(50):
-            got += [body for _tag, body in agent.poll(0.1)]
+            got += [d.body for d in agent.poll(0.1)]
             if len(got) >= 3:
                 break
         assert got == bodies

@@ -20,6 +20,8 @@ import sys
 
 def main() -> int:
     fliplog, times, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+    if args == ["--version"]:  # synkler asks which rsync it runs: not a transfer
+        os.execvp("rsync", ["rsync", "--version"])
     source = args[:1] == ["--source"]
     args = args[1:] if source else args
     listing = sys.stdin.buffer.read()  # synkler passes the entries as a NUL-separated list

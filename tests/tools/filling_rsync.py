@@ -27,6 +27,8 @@ def fill(path: str) -> None:
 
 def main() -> int:
     marker, ballast, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+    if args == ["--version"]:  # synkler asks which rsync it runs: not a transfer
+        os.execvp("rsync", ["rsync", "--version"])
     if not os.path.exists(marker):
         fill(ballast)
         open(marker, "w").close()

@@ -66,6 +66,7 @@ class Role:
         file_dir.mkdir(exist_ok=True)
         data = {
             "mode": mode,
+            "id": "lab",
             "file_dir": str(file_dir),
             "synkler_server": "central.example",
             "state_db": str(tmp_path / f"{mode}.sqlite"),

@@ -288,7 +288,7 @@ def test_central_ignores_a_redelivered_message_about_an_entry_it_pruned(tmp_path
 @pytest.mark.parametrize(
     "msg",
     [
-        Admit("0" * 32, "central", attempt=2, dest="/srv/x/staging/upload"),
+        Admit("0" * 32, "central", attempt=2, dest="/srv/central/lab/staging/upload"),
         Wait("0" * 32, "central", reason="no room"),
         Delivered("0" * 32, "central", stored_as="a"),
         Failed("0" * 32, "central", hop="admission at central", reason="too big"),
@@ -321,7 +321,7 @@ def fetch(entry_id: str, attempt: int = 1) -> Fetch:
         files=1,
         md5=MD5,
         attempt=attempt,
-        path=f"/srv/default/stored/{entry_id}",
+        path=f"/srv/central/lab/stored/{entry_id}",
     )
 
 
@@ -360,6 +360,8 @@ def test_download_does_not_pull_early_a_file_whose_entry_it_pruned(tmp_path: Pat
     e = old(r, "done", days=KEEP + 1)
     r.tick()
     r.deliver(
-        sent_days_ago(Pushing(e.id, "central", size=1 << 30, path="/srv/x/growing/" + e.id), KEEP + 1.01)
+        sent_days_ago(
+            Pushing(e.id, "central", size=1 << 30, path="/srv/central/lab/growing/" + e.id), KEEP + 1.01
+        )
     )
     assert r.jobs.pending == [] and r.agent.early == {}

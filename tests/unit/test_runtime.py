@@ -165,3 +165,19 @@ def test_a_standby_takes_over_only_once_its_queue_has_had_no_consumer_for_the_gr
     probe = Probe(0)
     assert rt._free_long_enough(probe)
     assert not probe.consuming  # it only looked
+
+
+def test_a_flood_of_bad_messages_is_logged_ten_a_minute_and_counted(rt, monkeypatch, caplog):
+    clock = [5000.0]
+    monkeypatch.setattr(runtime.time, "monotonic", lambda: clock[0])
+    caplog.set_level("WARNING", logger="synkler")
+    for _ in range(25):
+        assert rt._apply(b"not json at all") == ("dead", [])
+    lines = [r.getMessage() for r in caplog.records]
+    assert len([m for m in lines if m.startswith("dead-lettering")]) == runtime.DEAD_LOG_BURST
+    assert not any("more messages" in m for m in lines)
+    clock[0] += runtime.DEAD_LOG_WINDOW
+    rt._work([])  # the loop's next pass says how many were not shown
+    assert any(
+        m.startswith("15 more messages were dead-lettered") for m in (r.getMessage() for r in caplog.records)
+    )

@@ -1,0 +1,173 @@
+"""An authenticated relay on a RabbitMQ node of its own: one least-privileged broker user per agent,
+made with the commands `synkler broker-setup` prints, and `authenticate: true` everywhere. Someone
+with a login to the broker (but not an agent's) publishes forged messages: nothing is acted on.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shlex
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pika
+import pytest
+from relay_helpers import deliver, place
+
+from synkler import messages
+from synkler.broker import broker_user, dead_name, exchange_name, queue_name
+from synkler.brokersetup import commands
+from synkler.devkit.localrelay import LocalRelay
+
+UPLOAD = "lab-a"
+RECORD = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
+
+
+@pytest.fixture
+def relay(private_rabbit, sshd, tmp_path, instance_id) -> Iterator[LocalRelay]:
+    node = private_rabbit
+    names = ["central", "download", UPLOAD]
+    passwords = {broker_user(instance_id, n): secrets.token_urlsafe(16) for n in names}
+    for argv in commands(instance_id, [UPLOAD], passwords=passwords):
+        node.ctl(*argv)
+    node.ctl("add_user", "mallory", "mallory-pw")  # a broker login, but no agent's
+    node.ctl("set_permissions", "-p", "/", "mallory", ".*", ".*", ".*")
+
+    def auth(name: str) -> dict:
+        user = broker_user(instance_id, name)
+        return {"authenticate": True, "broker_username": user, "broker_password": passwords[user]}
+
+    up_log = tmp_path / "upload-cleanup.log"
+    relay = LocalRelay(
+        tmp_path / "relay",
+        sshd,
+        instance_id,
+        broker_port=node.port,
+        settings={
+            "upload": {
+                **auth(UPLOAD),
+                "name": UPLOAD,
+                "settle_seconds": 0.2,
+                "cleanup_script": shlex.join([sys.executable, "-c", RECORD, str(up_log), "%f"]),
+            },
+            "central": auth("central"),
+            "download": auth("download"),
+        },
+    )
+    relay.up_log = up_log  # type: ignore[attr-defined]
+    try:
+        yield relay
+    finally:
+        relay.close()
+        for name in names:
+            node.ctl("delete_user", broker_user(instance_id, name))
+        node.ctl("delete_user", "mallory")
+
+
+def connect(node, user: str, password: str) -> pika.BlockingConnection:
+    return pika.BlockingConnection(
+        pika.ConnectionParameters("127.0.0.1", node.port, credentials=pika.PlainCredentials(user, password))
+    )
+
+
+def test_an_authenticated_relay_delivers_with_one_least_privileged_broker_user_per_agent(relay):
+    relay.start()
+    md5s = {
+        f"run-{i}.dat": place(relay.dirs["upload"], f"run-{i}.dat", os.urandom(5000 + i)) for i in range(5)
+    }
+    deliver(relay, md5s)
+    for role in ("upload", "central", "download"):
+        text = relay.log_path(role).read_text()
+        assert "not authenticated" not in text, role
+        assert "dead-lettering" not in text, role
+
+
+def test_a_delivered_forged_by_another_broker_user_is_dead_lettered_and_no_cleanup_runs(
+    relay, private_rabbit
+):
+    relay.start("upload")  # central is down: only a forged message could move the entry on
+    place(relay.dirs["upload"], "precious.raw", b"the only copy")
+    relay.wait_for("the offer", lambda: relay.states("upload").get("precious.raw") == "offered")
+    entry = relay.entries("upload")[0]
+    forged = messages.encode(messages.Delivered(entry.id, "central", stored_as="precious.raw"))
+    conn = connect(private_rabbit, "mallory", "mallory-pw")
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        # Without a user_id: published, then refused by upload as not from central's user.
+        ch.basic_publish(exchange_name(relay.instance), UPLOAD, forged, mandatory=True)
+        # Claiming central's user: the broker itself refuses it (user_id must be the login).
+        claiming = conn.channel()
+        claiming.confirm_delivery()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+            claiming.basic_publish(
+                exchange_name(relay.instance),
+                UPLOAD,
+                forged,
+                pika.BasicProperties(user_id=broker_user(relay.instance, "central")),
+            )
+        assert refused.value.reply_code == 406
+        ch = conn.channel()
+
+        def dead() -> int:
+            return ch.queue_declare(dead_name(relay.instance), passive=True).method.message_count
+
+        relay.wait_for("the forged message dead-lettered", lambda: dead() == 1, 30)
+    finally:
+        conn.close()
+    assert relay.states("upload")["precious.raw"] == "offered"
+    assert not Path(relay.up_log).exists()  # type: ignore[attr-defined]
+    assert (relay.dirs["upload"] / "precious.raw").read_bytes() == b"the only copy"
+    assert "published it, not 'central@" in relay.log_path("upload").read_text()
+
+
+def test_an_upload_agents_broker_user_can_neither_reach_download_nor_read_centrals_queue(
+    relay, private_rabbit
+):
+    relay.start("central", "download")
+    relay.wait_for(
+        "download connected", lambda: "connected to broker" in relay.log_path("download").read_text()
+    )
+    user = broker_user(relay.instance, UPLOAD)
+    password = yaml_password(relay, "upload")
+    conn = connect(private_rabbit, user, password)
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+            ch.basic_publish(exchange_name(relay.instance), "download", b"{}")
+        assert refused.value.reply_code == 403  # topic permission: upload sends only to central
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+            conn.channel().basic_get(queue_name(relay.instance, "central"))
+        assert refused.value.reply_code == 403
+    finally:
+        conn.close()
+
+
+def yaml_password(relay, role: str) -> str:
+    import yaml
+
+    return yaml.safe_load(relay.configs[role].read_text())["broker_password"]
+
+
+def test_the_relay_view_works_with_an_agents_own_least_privileged_user(relay):
+    import json
+    import subprocess
+
+    relay.start()
+    md5 = place(relay.dirs["upload"], "seen.dat", os.urandom(3000))
+    deliver(relay, {"seen.dat": md5})
+
+    def view(role: str) -> dict:
+        out = subprocess.run(
+            relay.command(role, "status", "--relay", "--json"), capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0, out.stderr
+        return {a["name"]: a["status"] for a in json.loads(out.stdout)["agents"]}
+
+    everyone = {"central": "running", "download": "running", UPLOAD: "running"}
+    for role in ("upload", "download"):
+        # Central names its upload agents in its next report (every 5 s).
+        relay.wait_for(f"the relay view from {role}", lambda role=role: view(role) == everyone, 30)

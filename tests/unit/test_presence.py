@@ -1,0 +1,167 @@
+"""Presence reports: what an agent tells the relay about itself, bounded, and never at its expense."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from synkler import presence
+from synkler.agents.central import Central
+from synkler.agents.download import Download
+from synkler.agents.upload import Upload
+from synkler.config import parse_config
+from synkler.errors import BrokerError, PublishRefused
+from synkler.runtime import Runtime
+from synkler.state import Entry
+
+NOW = 1_800_000_000.0
+
+
+class FakeBroker:
+    connected = True
+
+    def __init__(self, error: BaseException | None = None):
+        self.error = error
+        self.reports: list[dict] = []
+
+    def publish_presence(self, report: dict) -> None:
+        if self.error is not None:
+            raise self.error
+        self.reports.append(json.loads(json.dumps(report)))  # as it goes on the wire
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def rt(tmp_path):
+    (tmp_path / "files").mkdir()
+    cfg = parse_config(
+        {
+            "mode": "central",
+            "file_dir": str(tmp_path / "files"),
+            "synkler_server": "broker.example",
+            "state_db": str(tmp_path / "central.sqlite"),
+            "free_percent": 10,
+        },
+        tmp_path / "synkler.conf",
+        environ={},
+        home=tmp_path,
+    )
+    r = Runtime(cfg, Central)
+    r.broker = FakeBroker()  # type: ignore[assignment]
+    yield r
+    r.state.close()
+    for pool in r._pools.values():
+        pool.shutdown()
+
+
+def add(rt, n: int, state: str, *, start: float = 0.0, **fields) -> list[Entry]:
+    out = []
+    with rt.state.transaction():
+        for i in range(n):
+            e = Entry(
+                id=f"{len(out) + int(start):08d}".rjust(32, "a"),
+                name=f"{state}-{i}",
+                kind="file",
+                md5=None,
+                state=state,
+                peer="upload",
+                created=NOW + start + i,
+                **fields,
+            )
+            out.append(rt.state.insert(e))
+    return out
+
+
+def test_a_report_says_who_the_agent_is_and_its_figures(rt):
+    add(rt, 2, "waiting", reason="needs 5 bytes")
+    add(rt, 3, "delivered", start=100)
+    r = rt.presence.report(NOW)
+    assert (r["kind"], r["v"], r["role"], r["agent"], r["id"]) == (
+        "synkler-presence",
+        1,
+        "central",
+        "central",
+        rt.cfg.id,
+    )
+    assert r["host"] and r["pid"] == os.getpid() and r["since"] and r["at"] == NOW and r["stopped"] is None
+    assert r["counts"] == {"waiting": 2, "delivered": 3} and r["unfinished"] == 2 and r["oldest"] == NOW
+    assert [e["name"] for e in r["entries"]] == ["waiting-0", "waiting-1"] and r["left_out"] == 0
+    assert r["entries"][0]["reason"] == "needs 5 bytes" and len(r["finished"]) == 3
+    assert r["peers"] == ["upload"] and r["outbox"] == 0 and r["transfers"] == 0
+    assert r["disk"]["reserve"] == r["disk"]["total"] // 10
+
+
+def test_a_report_lists_at_most_so_many_entries_and_counts_the_others(rt, monkeypatch):
+    monkeypatch.setattr(presence, "LISTED", 10)
+    add(rt, 25, "waiting")
+    r = rt.presence.report(NOW)
+    assert len(r["entries"]) == 10 and r["left_out"] == 15 and r["unfinished"] == 25
+    assert r["entries"][0]["name"] == "waiting-0"  # the oldest first
+
+
+def test_a_report_too_big_lists_fewer_entries():
+    rows = [{"id": str(i), "name": "é" * 255} for i in range(200)]
+    report = presence.fit({"entries": list(rows), "finished": list(rows), "left_out": 3}, max_bytes=64 * 1024)
+    assert len(json.dumps(report)) <= 64 * 1024
+    assert report["finished"] == [] and 0 < len(report["entries"]) < 200
+    assert report["left_out"] == 3 + 200 - len(report["entries"])
+
+
+def test_a_report_is_published_every_interval_and_once_more_at_a_stop(rt):
+    broker = rt.broker
+    rt.presence.tick(NOW)
+    rt.presence.tick(NOW + 1)
+    rt.presence.tick(NOW + presence.INTERVAL)
+    rt.presence.stopped(NOW + 6)
+    assert [r["at"] for r in broker.reports] == [NOW, NOW + presence.INTERVAL, NOW + 6]
+    assert broker.reports[-1]["stopped"] == NOW + 6
+
+
+@pytest.mark.parametrize(
+    "error", [BrokerError("lost broker connection"), PublishRefused("NOT_FOUND"), RuntimeError("a bug")]
+)
+def test_a_report_that_cannot_be_published_never_stops_the_agent(rt, error, caplog):
+    rt.broker = FakeBroker(error)
+    rt.presence.tick(NOW)
+    rt.presence.tick(NOW + presence.INTERVAL)  # tried again at the next interval
+    bugs = [r for r in caplog.records if "bug while building the presence report" in r.getMessage()]
+    assert len(bugs) == (1 if isinstance(error, RuntimeError) else 0)  # said once, not every 5 s
+
+
+def test_no_report_without_a_connection(rt):
+    rt.broker = None
+    rt.presence.tick(NOW)  # nothing to do, nothing raised
+
+
+def test_bytes_arriving_at_central_show_as_push_progress_and_a_long_one_is_logged(rt, caplog):
+    caplog.set_level("INFO", logger="synkler")
+    (e,) = add(rt, 1, "uploading", size=10 << 20)
+    staging = os.path.join(rt.cfg.file_dir, rt.cfg.id, "staging", "upload")
+    os.makedirs(staging)
+    temp = os.path.join(staging, f".{e.name}.Ab12Cd")
+    with open(temp, "wb") as f:
+        f.write(b"x" * (2 << 20))
+    first = rt.presence.report(NOW)["entries"][0]["progress"]
+    assert (first["what"], first["done"], first["total"], first["rate"]) == ("push", 2 << 20, 10 << 20, None)
+    with open(temp, "ab") as f:
+        f.write(b"x" * (3 << 20))
+    later = rt.presence.report(NOW + 5)["entries"][0]["progress"]
+    assert later["done"] == 5 << 20 and later["rate"] == (3 << 20) / 5 and later["eta"] == 8.3
+    assert "uploading-0: arriving from upload: 5.24 MB of 10.5 MB, 629 kB/s, 8 s left" in caplog.text
+
+
+def test_small_entries_get_no_progress_figures(rt):
+    add(rt, 1, "uploading", size=1000)
+    assert "progress" not in rt.presence.report(NOW)["entries"][0]
+
+
+@pytest.mark.parametrize("role", [Upload, Central, Download])
+def test_the_finished_states_of_each_role_are_states_of_that_role(role):
+    states = {str(s) for s in role.STATES}
+    assert set(presence.FINISHED[role.mode]) <= states
+    assert set(presence.HASHING[role.mode]) <= states
+    assert presence.RECEIVING.get(role.mode, "fetching" if role.mode == "download" else "uploading") in states
