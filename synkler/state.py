@@ -125,6 +125,32 @@ class Entry:
 _COLUMNS = [f.name for f in fields(Entry)]
 
 
+# How many entries are in each state, kept by triggers: `counts` reads a few rows instead of
+# counting a million (60 ms), which the presence report asks for every few seconds. Made, and filled
+# from the entries already there, once, in one transaction (so two processes opening the database at
+# the same time cannot both fill it).
+_COUNTS = """
+BEGIN IMMEDIATE;
+CREATE TABLE IF NOT EXISTS state_counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
+INSERT INTO state_counts (state, n)
+    SELECT state, COUNT(*) FROM entries
+    WHERE NOT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'entries_count_insert')
+    GROUP BY state;
+CREATE TRIGGER IF NOT EXISTS entries_count_insert AFTER INSERT ON entries BEGIN
+    INSERT INTO state_counts (state, n) VALUES (new.state, 1) ON CONFLICT (state) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS entries_count_delete AFTER DELETE ON entries BEGIN
+    UPDATE state_counts SET n = n - 1 WHERE state = old.state;
+END;
+CREATE TRIGGER IF NOT EXISTS entries_count_update AFTER UPDATE OF state ON entries
+    WHEN new.state IS NOT old.state BEGIN
+    UPDATE state_counts SET n = n - 1 WHERE state = old.state;
+    INSERT INTO state_counts (state, n) VALUES (new.state, 1) ON CONFLICT (state) DO UPDATE SET n = n + 1;
+END;
+COMMIT;
+"""
+
+
 @dataclass
 class Request:
     """An operator's request about one entry (`action`: retry, forget or resend) and the agent's answer."""
@@ -185,10 +211,12 @@ class State:
                 # Made 0600 before SQLite opens it: SQLite gives its -wal and -shm the same mode.
                 private_file(self.path, ("-wal", "-shm"))
                 self._db = sqlite3.connect(str(self.path), isolation_level=None)
+                self._db.execute("PRAGMA busy_timeout=5000")
                 self._db.execute("PRAGMA journal_mode=WAL")
                 # FULL: a commit that acknowledged a message survives a power cut, not only a crash.
                 self._db.execute("PRAGMA synchronous=FULL")
                 self._db.executescript(_SCHEMA)
+                self._db.executescript(_COUNTS)
             self._db.execute("PRAGMA busy_timeout=5000")
         except sqlite3.Error as e:
             raise _error(e) from e
@@ -372,9 +400,13 @@ class State:
     # summaries (presence reports: synkler.presence) -----------------------------------------------
 
     def counts(self) -> dict[str, int]:
-        """Entries per state (an index scan: cheap at 10,000 entries)."""
+        """Entries per state, as the triggers keep them (a database no agent of this version has
+        opened yet, read-only: counted, an index scan)."""
         try:
-            return dict(self._db.execute("SELECT state, COUNT(*) FROM entries GROUP BY state").fetchall())
+            try:
+                return dict(self._db.execute("SELECT state, n FROM state_counts WHERE n > 0").fetchall())
+            except sqlite3.OperationalError:  # no such table
+                return dict(self._db.execute("SELECT state, COUNT(*) FROM entries GROUP BY state").fetchall())
         except sqlite3.Error as e:
             raise _error(e) from e
 

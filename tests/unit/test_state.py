@@ -561,3 +561,40 @@ def test_counts_the_latest_ended_and_cleanups_needing_a_person_are_what_status_s
     newest = state.listed(["done", "expired"], latest=True, limit=3)
     assert [e.id for e in newest] == [done[4].id, expired.id, done[3].id]
     assert [e.id for e in state.cleanups_needing_a_person()] == [failed_cleanup.id]
+
+
+def test_counts_follow_every_change_of_state(state: State):
+    a, b = entry(state="offered"), entry(state="offered")
+    with state.transaction():
+        state.insert(a)
+        state.insert(b)
+        state.update(a, state="done")
+        state.update(a, reason="a change that is not of state")
+    assert state.counts() == {"offered": 1, "done": 1}
+    rows = state.ended("done", float("inf"), (0.0, 0), 10)
+    with state.transaction():
+        state.prune(rows)
+        state.update(b, state="done")
+    assert state.counts() == {"done": 1}
+
+
+def test_a_database_made_before_counts_were_kept_is_counted_once_when_opened(db_path: Path):
+    s = State(db_path)
+    with s.transaction():
+        for status in ("done", "done", "failed"):
+            s.insert(entry(state=status))
+    for trigger in ("insert", "delete", "update"):
+        s._db.execute(f"DROP TRIGGER entries_count_{trigger}")
+    s._db.execute("DROP TABLE state_counts")
+    s.close()
+    reader = State(db_path, readonly=True)  # `status` before the agent of this version ran: counted
+    try:
+        assert reader.counts() == {"done": 2, "failed": 1}
+    finally:
+        reader.close()
+    for _ in range(2):  # opened again and again: filled once
+        s = State(db_path)
+        try:
+            assert s.counts() == {"done": 2, "failed": 1}
+        finally:
+            s.close()
