@@ -20,7 +20,7 @@ import re
 import shlex
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -124,6 +124,10 @@ class Config:
     log_format: str
     daemon: bool
     log_file: Path | None
+    metrics_listen: tuple[str, int] | None
+    metrics_textfile: Path | None
+    # Not a key: the keys the file sets (`synkler check` warns of those this role ignores).
+    given: frozenset[str] = field(default=frozenset(), compare=False)
     # Not a key: the files that hold the broker password (this file when it sets one other than
     # guest, or broker_password_file), which the agent tells about when others can read them.
     secret_files: tuple[Path, ...] = ()
@@ -332,6 +336,19 @@ def _rsync_opts(value: Any, ctx: _Context) -> tuple[str, ...]:
     return tuple(item.strip() for row in rows for item in row if item.strip())
 
 
+def _listen(value: Any, ctx: _Context) -> tuple[str, int]:
+    """`host:port` (`[v6 address]:port`) for the metrics HTTP server: (host, port)."""
+    text = _text(value, ctx).strip()
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise _Invalid(f"must be host:port (e.g. 127.0.0.1:9310, [::1]:9310), got {_describe(value)}")
+    if host.startswith("-") or any(c.isspace() for c in host):
+        raise _Invalid(f"must be host:port, got {_describe(value)}")
+    return host, int(port)
+
+
 def _cleanup_script(value: Any, ctx: _Context) -> str:
     # Kept as written (it is shown in logs), but split now so a broken quote is
     # reported at start-up rather than after the first delivery.
@@ -354,6 +371,7 @@ class _Key(NamedTuple):
     check: Callable[[Any, _Context], Any]
     default: Any = None
     required: bool = False
+    roles: tuple[str, ...] = MODES  # the modes that read it (docs/configuration.md, "used by")
 
 
 def _state_dir(ctx: _Context) -> Path:
@@ -373,21 +391,23 @@ def _state_file(suffix: str) -> _Derived:
     return _Derived(lambda s, ctx: _state_dir(ctx) / f"{_stem(s['id'], s['mode'], s['name'])}{suffix}")
 
 
+_ENDS = ("upload", "download")  # the roles that run rsync and cleanup scripts
+
 # Order matters for derived defaults: anything a _Derived reads comes earlier.
 KEYS: dict[str, _Key] = {
     "mode": _Key(_choice(*MODES), required=True),
     "id": _Key(_identifier, "default"),
     "name": _Key(_identifier, _Derived(lambda s, ctx: s["mode"])),
     "file_dir": _Key(_directory, required=True),
-    "keep_minutes": _Key(_number(0), 30.0),
+    "keep_minutes": _Key(_number(0), 30.0, roles=("central",)),
     "pidfile": _Key(_path, _state_file(".pid")),
     "state_db": _Key(_path, _state_file(".sqlite")),
-    "rsync": _Key(_command, ("rsync",)),
-    "rsync_opts": _Key(_rsync_opts, ()),
-    "rsync_timeout": _Key(_integer(1), 300),
-    "ssh_control_persist": _Key(_integer(0, 86400), 60),
+    "rsync": _Key(_command, ("rsync",), roles=_ENDS),
+    "rsync_opts": _Key(_rsync_opts, (), roles=_ENDS),
+    "rsync_timeout": _Key(_integer(1), 300, roles=_ENDS),
+    "ssh_control_persist": _Key(_integer(0, 86400), 60, roles=_ENDS),
     "synkler_server": _Key(_host, required=True),
-    "central_host": _Key(_host, _Derived(lambda s, ctx: s["synkler_server"])),
+    "central_host": _Key(_host, _Derived(lambda s, ctx: s["synkler_server"]), roles=_ENDS),
     "broker_port": _Key(_integer(1, 65535), 5672),
     "broker_username": _Key(_text, "guest"),
     "broker_password": _Key(_string, "guest"),
@@ -395,18 +415,25 @@ KEYS: dict[str, _Key] = {
     "broker_vhost": _Key(_text, "/"),
     "broker_heartbeat": _Key(_integer(1, 3600), 30),
     "authenticate": _Key(_boolean, False),
-    "cleanup_script": _Key(_cleanup_script, None),
-    "cleanup_attempts": _Key(_integer(1, 100), 1),
-    "cleanup_timeout": _Key(_number(0, above=True), 3600.0),
-    "free_percent": _Key(_number(0, 100), 10.0),
-    "settle_seconds": _Key(_number(0), 1.0),
+    "cleanup_script": _Key(_cleanup_script, None, roles=_ENDS),
+    "cleanup_attempts": _Key(_integer(1, 100), 1, roles=_ENDS),
+    "cleanup_timeout": _Key(_number(0, above=True), 3600.0, roles=_ENDS),
+    "free_percent": _Key(_number(0, 100), 10.0, roles=("central",)),
+    "settle_seconds": _Key(_number(0), 1.0, roles=("upload",)),
     "max_transfers": _Key(_integer(1), 4),
     "max_attempts": _Key(_integer(1), 5),
-    "retry_max_seconds": _Key(_number(0, above=True), 300.0),
+    "retry_max_seconds": _Key(_number(0, above=True), 300.0, roles=_ENDS),
     "log_format": _Key(_choice("text", "json"), "text"),
     "daemon": _Key(_boolean, False),
     "log_file": _Key(_path, None),
+    "metrics_listen": _Key(_listen, None),
+    "metrics_textfile": _Key(_path, None),
 }
+
+
+def ignored_keys(cfg: Config) -> list[str]:
+    """The keys the configuration sets that its mode does not read, in table order."""
+    return [key for key in KEYS if key in cfg.given and cfg.mode not in KEYS[key].roles]
 
 
 def value_problem(key: str, value: object, base: Path) -> str | None:
@@ -609,7 +636,8 @@ def parse_config(
             f"with authenticate: true it must be {own_user!r} (<name>@<id>: peers know this agent's "
             f"messages by it), got {settings['broker_username']!r}",
         )
-    return Config(path=path, **settings, secret_files=secret_files)
+    given = frozenset(key for key, value in data.items() if value is not None)
+    return Config(path=path, **settings, given=given, secret_files=secret_files)
 
 
 def _broker_password(

@@ -404,6 +404,13 @@ class State:
         except sqlite3.Error as e:
             raise _error(e) from e
 
+    def outbox_counts(self) -> dict[str, int]:
+        """Messages waiting in the outbox, per destination agent."""
+        try:
+            return dict(self._db.execute("SELECT dest, COUNT(*) FROM outbox GROUP BY dest").fetchall())
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
     def outbox_size(self) -> int:
         try:
             return self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]

@@ -98,6 +98,8 @@ def test_defaults_fill_every_optional_key(parse, file_dir: Path, home: Path, con
         log_format="text",
         daemon=False,
         log_file=None,
+        metrics_listen=None,
+        metrics_textfile=None,
     )
     assert cfg.cleanup_argv == ()
     assert cfg.daemon_log == state / "default-upload.log"
@@ -120,7 +122,7 @@ def test_central_host_can_differ_from_the_broker_host(parse) -> None:
 
 
 def test_key_table_and_config_fields_are_the_same_set() -> None:
-    fields = [f.name for f in dataclasses.fields(Config) if f.name not in ("path", "secret_files")]
+    fields = [f.name for f in dataclasses.fields(Config) if f.name not in ("path", "given", "secret_files")]
     assert fields == list(KEYS)
 
 
