@@ -371,9 +371,7 @@ def test_check_logs_in_to_the_real_broker_with_the_password_from_broker_password
     assert all(
         line.startswith("ok") or "not authenticated" in line or line.startswith("WARN  no agent consumes")
         for line in result.stdout.splitlines()
-    ), (
-        result.stdout
-    )
+    ), result.stdout
     assert any(line.startswith("ok    broker") for line in result.stdout.splitlines())
 
 
