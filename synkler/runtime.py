@@ -40,6 +40,7 @@ from .errors import (
 )
 from .hops import checksum, transfer
 from .linux.sdnotify import Notifier
+from .metrics import metrics_for
 from .presence import Presence
 from .private import exposed_secrets
 from .state import State
@@ -101,6 +102,9 @@ class Runtime:
         self.presence = Presence(
             self, agent_class.mode, [str(s) for s in agent_class.STATES]
         )  # reports to the relay view, every few seconds
+        self.metrics = metrics_for(cfg, agent_class.mode, [str(s) for s in agent_class.STATES])
+        if self.metrics is not None:
+            self.agent.observer = self.metrics
         self.notify = Notifier.from_environ()  # systemd's Type=notify and watchdog; else no-ops
         # What SIGHUP does: reopen the log file when the agent writes one (set by the CLI), else stop.
         self.on_hangup: Callable[[], None] | None = None
@@ -165,6 +169,7 @@ class Runtime:
             self.cfg.state_db,
         )
         self._tell_secrets(time.time())
+        self._tick_metrics()
         if not self.cfg.authenticate:
             log.warning(
                 "messages are not authenticated (authenticate: false): anyone who can publish to "
@@ -214,10 +219,16 @@ class Runtime:
             self.presence.stopped(time.time())
         if self.broker:
             self.broker.close()
+        if self.metrics is not None:
+            self.metrics.close(self.presence.figures())
         self.state.close()
         self.agent.stopped()
         self.notify.close()
         log.info("stopped")
+
+    def _tick_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.tick(time.time(), self.presence.figures)
 
     def _tell_secrets(self, now: float) -> None:
         """A password others can read needs a person: ERROR at start and every PERSON_REPEAT while
@@ -244,6 +255,7 @@ class Runtime:
             self._work(deliveries)
             self._flush_outbox()
             self.presence.tick(time.time())  # after the outbox: it never holds a message back
+            self._tick_metrics()
         except BrokerError as e:
             self._lost(e)
 
@@ -422,6 +434,7 @@ class Runtime:
                         continue
                     try:
                         self._authenticate(item, user)
+                        self.agent.observer.heard_from(item.sender, time.time())
                         with self.state.savepoint():
                             self.agent.on_message(item)
                     except MessageError as e:
