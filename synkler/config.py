@@ -124,6 +124,7 @@ class Config:
     log_format: str
     daemon: bool
     log_file: Path | None
+    alerts: Alerts | None = None  # notices to people (synkler.alerts); None: none are sent
     # Not a key: the files that hold the broker password (this file when it sets one other than
     # guest, or broker_password_file), which the agent tells about when others can read them.
     secret_files: tuple[Path, ...] = ()
@@ -157,7 +158,12 @@ def _stem(id_: str, mode: str, name: str) -> str:
 
 
 class _Invalid(Exception):
-    """A value is unacceptable; the message is the problem text only."""
+    """A value is unacceptable; the message is the problem text only. `at`: where inside a nested
+    setting (``email.host`` of ``alerts``), added to the key the error names."""
+
+    def __init__(self, problem: str, at: str | None = None):
+        super().__init__(problem)
+        self.at = at
 
 
 class _Context(NamedTuple):
@@ -341,6 +347,170 @@ def _cleanup_script(value: Any, ctx: _Context) -> str:
 
 
 # --------------------------------------------------------------------------
+# alerts: a nested mapping (docs/configuration.md, "Alerts"). Its own small table per level, so a
+# mistake names the full key (alerts.email.host).
+
+
+@dataclass(frozen=True)
+class WebhookChannel:
+    url: str
+    headers: tuple[tuple[str, str], ...] = ()
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class EmailChannel:
+    host: str
+    to: tuple[str, ...]
+    sender: str  # the From address (key `from`)
+    port: int = 587
+    tls: str = "starttls"  # starttls | ssl | none
+    username: str | None = None
+    password: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None  # a CA to trust besides the system's (a private mail relay)
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class CommandChannel:
+    argv: tuple[str, ...]
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class Alerts:
+    """Where notices go and when conditions count (synkler.alerts)."""
+
+    webhook: WebhookChannel | None = None
+    email: EmailChannel | None = None
+    command: CommandChannel | None = None
+    stuck_minutes: float = 240.0
+    silent_minutes: float = 10.0
+    disk_warn_percent: float = 90.0
+    check_seconds: float = 30.0  # how often conditions are looked at
+    group_seconds: float = 30.0  # notices that start within this long go out together
+    max_per_hour: int = 10  # messages per channel per hour; more are held and sent together
+
+    @property
+    def channels(self) -> dict[str, WebhookChannel | EmailChannel | CommandChannel]:
+        found = {"webhook": self.webhook, "email": self.email, "command": self.command}
+        return {name: ch for name, ch in found.items() if ch is not None}
+
+
+def _section(
+    value: Any, ctx: _Context, keys: Mapping[str, Callable[[Any, _Context], Any]], required: tuple[str, ...]
+) -> dict[str, Any]:
+    """Check a nested mapping against `keys`; _Invalid names the sub-key (`at`)."""
+    if not isinstance(value, Mapping):
+        raise _Invalid(f"must be a mapping of 'key: value' lines, got {_describe(value)}")
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or key not in keys:
+            close = difflib.get_close_matches(str(key), keys, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise _Invalid(f"unknown key{hint}", at=str(key))
+        if item is None:
+            continue
+        try:
+            out[key] = keys[key](item, ctx)
+        except _Invalid as exc:
+            raise _Invalid(str(exc), at=key if exc.at is None else f"{key}.{exc.at}") from None
+    for key in required:
+        if key not in out:
+            raise _Invalid("is required", at=key)
+    return out
+
+
+def _url(value: Any, ctx: _Context) -> str:
+    value = _text(value, ctx)
+    if not re.match(r"https?://[^/\s]+", value) or any(c.isspace() for c in value):
+        raise _Invalid(f"must be an http:// or https:// URL, got {_describe(value)}")
+    return value
+
+
+def _headers(value: Any, ctx: _Context) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, Mapping):
+        raise _Invalid(f"must be a mapping of header: value, got {_describe(value)}")
+    out = []
+    for k, v in value.items():
+        if not isinstance(k, str) or not re.fullmatch(r"[A-Za-z0-9-]+", k):
+            raise _Invalid(f"{_describe(k)} is not a header name")
+        if not isinstance(v, str) or "\n" in v or "\r" in v:
+            raise _Invalid(f"{k}: must be a one-line string, got {_describe(v)}")
+        out.append((k, v))
+    return tuple(out)
+
+
+def _addresses(value: Any, ctx: _Context) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for item in items:
+        if not isinstance(item, str) or not re.fullmatch(r"[^@\s,<>]+@[^@\s,<>]+", item.strip()):
+            raise _Invalid(f"must be an email address or a list of them, got {_describe(item)}")
+        out.append(item.strip())
+    if not out:
+        raise _Invalid("must name at least one address")
+    return tuple(out)
+
+
+def _address(value: Any, ctx: _Context) -> str:
+    if isinstance(value, list):
+        raise _Invalid("must be one email address")
+    return _addresses(value, ctx)[0]
+
+
+_WEBHOOK = {"url": _url, "headers": _headers, "timeout": _number(0, 300, above=True)}
+_EMAIL = {
+    "host": _host,
+    "port": _integer(1, 65535),
+    "from": _address,
+    "to": _addresses,
+    "tls": _choice("starttls", "ssl", "none"),
+    "username": _text,
+    "password": _string,
+    "password_file": _path,
+    "ca_file": _path,
+    "timeout": _number(0, 300, above=True),
+}
+_COMMAND = {"argv": _command, "timeout": _number(0, 3600, above=True)}
+
+
+def _alerts(value: Any, ctx: _Context) -> Alerts:
+    channels = {
+        "webhook": lambda v, c: WebhookChannel(**_section(v, c, _WEBHOOK, ("url",))),
+        "email": _email,
+        "command": lambda v, c: CommandChannel(**_section(v, c, _COMMAND, ("argv",))),
+    }
+    limits = {
+        "stuck_minutes": _number(0, above=True),
+        "silent_minutes": _number(0, above=True),
+        "disk_warn_percent": _number(0, 100),
+        "check_seconds": _number(0, 3600, above=True),
+        "group_seconds": _number(0, 3600),
+        "max_per_hour": _integer(1, 3600),
+    }
+    return Alerts(**_section(value, ctx, {**channels, **limits}, ()))
+
+
+def _email(value: Any, ctx: _Context) -> EmailChannel:
+    got = _section(value, ctx, _EMAIL, ("host", "from", "to"))
+    got["sender"] = got.pop("from")
+    if "password" in got and "password_file" in got:
+        raise _Invalid("give password or password_file, not both", at="password_file")
+    if "password_file" in got:
+        try:
+            got["password"] = _read_secret(got["password_file"])
+        except _Invalid as exc:
+            raise _Invalid(str(exc), at="password_file") from None
+    if "password" in got and "username" not in got:
+        raise _Invalid("a password needs a username", at="username")
+    if got.get("username") and got.get("tls", "starttls") == "none":
+        raise _Invalid("a login needs tls: starttls or ssl (a password is never sent in clear)", at="tls")
+    return EmailChannel(**got)
+
+
+# --------------------------------------------------------------------------
 # The table.
 
 
@@ -406,6 +576,7 @@ KEYS: dict[str, _Key] = {
     "log_format": _Key(_choice("text", "json"), "text"),
     "daemon": _Key(_boolean, False),
     "log_file": _Key(_path, None),
+    "alerts": _Key(_alerts, None),
 }
 
 
@@ -582,7 +753,7 @@ def parse_config(
         try:
             settings[key] = KEYS[key].check(value, ctx)
         except _Invalid as exc:
-            raise ConfigError(path, key, str(exc)) from None
+            raise ConfigError(path, key if exc.at is None else f"{key}.{exc.at}", str(exc)) from None
 
     for key, spec in KEYS.items():
         if key in settings:
@@ -609,6 +780,11 @@ def parse_config(
             f"with authenticate: true it must be {own_user!r} (<name>@<id>: peers know this agent's "
             f"messages by it), got {settings['broker_username']!r}",
         )
+    alerts = settings["alerts"]
+    if alerts is not None and alerts.email is not None and alerts.email.password_file is not None:
+        secret_files += (alerts.email.password_file,)
+    elif alerts is not None and alerts.email is not None and alerts.email.password:
+        secret_files += (path,) if path not in secret_files else ()
     return Config(path=path, **settings, secret_files=secret_files)
 
 
@@ -637,10 +813,18 @@ def _broker_password(
 
 
 def _read_password(secret_file: Path, path: Path) -> str:
+    """The broker password in `secret_file`."""
+    try:
+        return _read_secret(secret_file)
+    except _Invalid as exc:
+        raise ConfigError(path, "broker_password_file", str(exc)) from None
+
+
+def _read_secret(secret_file: Path) -> str:
     """The password in `secret_file`: its one line, without the newline that ends it."""
 
-    def bad(problem: str) -> ConfigError:
-        return ConfigError(path, "broker_password_file", f"{problem}: {secret_file}")
+    def bad(problem: str) -> _Invalid:
+        return _Invalid(f"{problem}: {secret_file}")
 
     try:
         # O_NONBLOCK: a FIFO named by mistake must not hang the agent; the fstat below refuses it.

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from . import messages
 from .agents.base import PERSON_REPEAT, Agent, Done, Key
+from .alerts import Alerts
 from .backoff import backoff
 from .broker import PEERS, Broker, BrokerParams, Delivery, broker_user, exchange_name, queue_name
 from .errors import (
@@ -83,6 +84,8 @@ class Runtime:
             # Its own thread, so noticing new entries never waits behind the md5 of a big one.
             "scan": ThreadPoolExecutor(1, thread_name_prefix="scan"),
             "script": ThreadPoolExecutor(1, thread_name_prefix="script"),
+            # Notices (synkler.alerts): a send that hangs never holds up the relay, nor its stop.
+            "alert": ThreadPoolExecutor(1, thread_name_prefix="alert"),
         }
         self._busy: set[Key] = set()  # what running jobs hold
         self.transfers = 0  # rsync runs going on
@@ -105,6 +108,8 @@ class Runtime:
         # What SIGHUP does: reopen the log file when the agent writes one (set by the CLI), else stop.
         self.on_hangup: Callable[[], None] | None = None
         self._secrets_looked = float("-inf")  # when files holding the password were last looked at
+        self.alerts = Alerts(self, agent_class.mode)
+        self._alerts_complained = float("-inf")
 
     # jobs ----------------------------------------------------------------------------------------
 
@@ -202,8 +207,9 @@ class Runtime:
             log.info("stopping: ending transfers, waiting for running jobs")
             self.agent.shutdown()
         transfer.terminate_all()
-        for pool in self._pools.values():
-            pool.shutdown(wait=True, cancel_futures=True)
+        for name, pool in self._pools.items():
+            # A notice being sent is not waited for: unsent, it stays queued for the next start.
+            pool.shutdown(wait=name != "alert", cancel_futures=True)
         if self._started:
             with self.state.transaction():
                 self._drain_done()
@@ -272,6 +278,7 @@ class Runtime:
                     log.exception("error in the agent's periodic work; retrying in a second")
                     self.agent.look_again()
                     pause = True
+                self._alert(time.time())
         except (StateUnavailable, OSError) as e:  # the commit itself failed
             log.error("cannot record the agent's state (%s); messages stay queued", e)
             outcomes = [(d.tag, "requeue", []) for d in deliveries]
@@ -287,6 +294,21 @@ class Runtime:
                 broker.reject(tag, requeue=outcome == "requeue")
         if pause or any(outcome == "requeue" for _, outcome, _ in outcomes):
             self._stop.wait(1.0)
+
+    def _alert(self, now: float) -> None:
+        """Look at the conditions alerts tell about and send due notices; a failure here costs
+        only this look (said every PERSON_REPEAT seconds), never the relay's work."""
+        if not self.alerts.enabled:
+            return
+        try:
+            with self.state.savepoint():
+                self.alerts.tick(now)
+        except Exception:
+            if now - self._alerts_complained >= PERSON_REPEAT:
+                self._alerts_complained = now
+                log.exception(
+                    "error while looking at the conditions for alerts (said again every 10 minutes)"
+                )
 
     def _sleep_for(self, now: float) -> float:
         """How long the loop may wait for events: up to TICK, less if a timer of the agent is due."""
