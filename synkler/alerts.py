@@ -296,6 +296,20 @@ def disk_full(free: int, total: int, warn: float, role: str) -> Condition | None
     )
 
 
+def broker_login(refused: str | None, role: str, user: str) -> Condition | None:
+    if refused is None:
+        return None
+    return Condition(
+        key="needs-person:broker",
+        severity=ERROR,
+        summary=f"the broker refuses the login of the {role} agent (user {shown(user)})",
+        todo="Fix broker_username / broker_password(_file) or the user on the broker (`synkler "
+        "broker-setup` prints the commands; `synkler check` tests the login). The agent tries again "
+        "by itself.",
+        details={"user": shown(user), "reason": shown(refused)},
+    )
+
+
 def dead_letters(count: int | None) -> Condition | None:
     if not count:
         return None
@@ -318,6 +332,7 @@ class Runner(Protocol):
     cfg: Config
     state: State
     broker: Broker | None
+    login_refused: str | None  # why the broker refuses this agent's login (None: it does not)
 
     def submit(self, pool: str, keys: Sequence[Key], work: Any, done: Any) -> None: ...
 
@@ -377,6 +392,7 @@ class Alerts:
             found += [cleanup_failed(e, role) for e in state.by_cleanup("failed")]
             unfinished = ("offered", "waiting", "uploading", "pushed", "fetching")
             found.append(needs_person(state.reason_like("%: needs a person: %", unfinished, 100), role))
+        found.append(broker_login(self.runtime.login_refused, role, cfg.broker_username))
         found += self._from_broker(now, unknown)
         return {c.key: c for c in found if c is not None}, unknown
 

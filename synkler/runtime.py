@@ -18,6 +18,7 @@ import functools
 import json
 import logging
 import queue
+import re
 import signal
 import threading
 import time
@@ -109,6 +110,7 @@ class Runtime:
         self.on_hangup: Callable[[], None] | None = None
         self._secrets_looked = float("-inf")  # when files holding the password were last looked at
         self.alerts = Alerts(self, agent_class.mode)
+        self.login_refused: str | None = None  # the broker refuses this agent's login: why
         self._alerts_complained = float("-inf")
 
     # jobs ----------------------------------------------------------------------------------------
@@ -185,6 +187,7 @@ class Runtime:
                 if time.time() >= self._next_connect:
                     self._connect()
                 if self.broker is None:
+                    self._alert_waiting()
                     self._stop.wait(max(0.0, min(self._next_connect - time.time(), TICK)))
             if self._stop.is_set():
                 return
@@ -210,6 +213,13 @@ class Runtime:
         for name, pool in self._pools.items():
             # A notice being sent is not waited for: unsent, it stays queued for the next start.
             pool.shutdown(wait=name != "alert", cancel_futures=True)
+        if not self._started and self.alerts.enabled:
+            # Before startup only notices are sent: record the ones that went out.
+            try:
+                with self.state.transaction():
+                    self._drain_done()
+            except (StateUnavailable, OSError):
+                pass  # unrecorded, they are sent again at the next start
         if self._started:
             with self.state.transaction():
                 self._drain_done()
@@ -310,6 +320,17 @@ class Runtime:
                     "error while looking at the conditions for alerts (said again every 10 minutes)"
                 )
 
+    def _alert_waiting(self) -> None:
+        """Before the first connection: a broker that refuses the login is told too."""
+        if not self.alerts.enabled:
+            return
+        try:
+            with self.state.transaction():
+                self._drain_done()  # before startup, only notices are sent
+                self._alert(time.time())
+        except (StateUnavailable, OSError) as e:
+            log.debug("alerts not looked at: %s", e)
+
     def _sleep_for(self, now: float) -> float:
         """How long the loop may wait for events: up to TICK, less if a timer of the agent is due."""
         if self._wake.is_set():
@@ -330,6 +351,7 @@ class Runtime:
             return
         except BrokerError as e:
             self._free_since = None
+            self.login_refused = str(e) if _LOGIN_REFUSED.search(str(e)) else None
             self._connect_failures += 1
             delay = backoff(self._connect_failures, base=0.5, cap=30)
             self._next_connect = time.time() + delay
@@ -349,6 +371,7 @@ class Runtime:
         else:
             log.info("connected to broker %s:%s", self._params.host, self._params.port)
         self._connect_failures = 0
+        self.login_refused = None
         self.broker = broker
         if self._started:
             self.notify.status(f"{self._who()}: working")
@@ -557,6 +580,8 @@ class Runtime:
         self._held[dest] = (refusals, now + backoff(refusals, base=1, cap=60), told)
 
 
+# pika's words for a login or vhost the broker refuses (a person must fix the user or password).
+_LOGIN_REFUSED = re.compile(r"Authentication|AccessDenied|ACCESS_REFUSED - Login")
 OUTBOX_BATCH = 2000
 _CHUNK_BYTES = 256 * 1024
 

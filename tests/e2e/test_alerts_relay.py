@@ -245,3 +245,18 @@ def test_a_stopped_download_is_told_silent_by_central_and_cleared_when_it_is_bac
     assert n["summary"].startswith("download agent download stopped for ") and n["details"]["stopped"] is True
     relay.start("download")
     relay.wait_for("the cleared notice", lambda: inbox.everywhere(key, ["started", "cleared"]), timeout=60)
+
+
+def test_a_broker_that_refuses_the_login_is_told_and_cleared_once_the_password_is_right(make_relay, inbox):
+    relay = make_relay()
+    settings = {"alerts": inbox.settings()}
+    relay.write_config("upload", {**settings, "broker_password": "not-the-password"})
+    relay.start("upload")
+    key = "needs-person:broker"
+    relay.wait_for("the notice", lambda: inbox.everywhere(key, ["started"]), timeout=60)
+    [n] = [n for m in inbox.messages("webhook") for n in m["notices"] if n["key"] == key]
+    assert n["severity"] == "error" and "refuses the login of the upload agent" in n["summary"]
+    relay.stop("upload")
+    relay.write_config("upload", settings)
+    relay.start("upload")
+    relay.wait_for("the cleared notice", lambda: inbox.everywhere(key, ["started", "cleared"]), timeout=60)

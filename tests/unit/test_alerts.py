@@ -79,6 +79,17 @@ def test_conditions_of_entries_say_which_hop_why_and_what_to_do():
     )
     assert alerts.silent("download", "download", report, 1000.0 + 10, 0.1, 5.0) is None  # < 3 reports
     assert alerts.silent("download", "download", None, 1e9, 0.1, 5.0) is None  # never ran
+    login = alerts.broker_login("ProbableAuthenticationError: ...", "upload", "up@lab")
+    assert login is not None and login.key == "needs-person:broker" and "up@lab" in login.summary
+    assert alerts.broker_login(None, "upload", "up@lab") is None
+
+
+def test_a_refused_broker_login_is_recognised_in_pikas_words():
+    from synkler.runtime import _LOGIN_REFUSED
+
+    refused = "cannot use broker h:5672: ProbableAuthenticationError: ConnectionClosedByBroker: (403) ..."
+    assert _LOGIN_REFUSED.search(refused)
+    assert not _LOGIN_REFUSED.search("cannot use broker h:5672: AMQPConnectionError: [Errno 111] refused")
 
 
 class Runner:
@@ -92,6 +103,7 @@ class Runner:
         self.state = State(path)
         self.jobs = FakeJobs(self.state)
         self.broker = None
+        self.login_refused: str | None = None
 
     def submit(self, pool: str, keys: Any, work: Any, done: Any) -> None:
         self.jobs.submit(pool, keys, work, done)
