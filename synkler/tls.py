@@ -199,6 +199,12 @@ def explain(
     if isinstance(error, ssl.SSLError) and reason:
         reasons.insert(0, reason)
     for reason in reasons:
+        if reason == "SSLV3_ALERT_HANDSHAKE_FAILURE" and tls.cert_file is not None:
+            return (
+                f"TLS: the broker refused the handshake ({reason}): no TLS version or cipher in common, "
+                f"or it does not take our client certificate {tls.cert_file} "
+                "(is it made for client authentication?)"
+            )
         if reason in _CLIENT_REFUSED:
             if tls.cert_file is None:
                 if reason == "TLSV13_ALERT_CERTIFICATE_REQUIRED":
