@@ -289,8 +289,10 @@ def _main(argv: Sequence[str]) -> int:
 def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     from .agents import AGENTS
     from .pidfile import Pidfile, read_pid
+    from .private import remember_umask, restrict_umask
     from .runtime import Runtime
 
+    remember_umask()  # the one synkler was started with: rsync's and the cleanup scripts'
     pidfile = Pidfile(cfg.pidfile)
     if not pidfile.acquire():
         # Cron starts us every minute: a live agent is the normal case, not an error.
@@ -301,6 +303,7 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
 
         # As a daemon, the launching process exits in there, once the daemon has started.
         launch = prepare(cfg, pidfile, daemon=(args.daemon or cfg.daemon) and not args.foreground)
+        restrict_umask()  # what the agent creates from here on is its own (docs/operations.md)
         runtime = Runtime(cfg, AGENTS[cfg.mode])
         launch.started(runtime)
         runtime.run()
@@ -316,8 +319,11 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     from .agents import AGENTS
+    from .private import exposed_secrets
     from .state import State
 
+    for problem in exposed_secrets(cfg.secret_files):
+        print(f"synkler: warning: {logs.shown(problem)}", file=sys.stderr)
     if args.relay or args.watch:
         from .relayview import cmd_relay
 
@@ -483,9 +489,12 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
     from .broker import Broker, BrokerParams
     from .hops import transfer
     from .linux.fs import free_bytes
+    from .private import exposed_secrets
 
     failures = 0
     print(f"ok    config {cfg.path} ({cfg.mode}, id {cfg.id})")
+    for problem in exposed_secrets(cfg.secret_files):  # reported, not failed: the relay works
+        print(f"WARN  {logs.shown(problem)}")
     broker = Broker(BrokerParams.from_config(cfg), cfg.id, cfg.name)
     try:
         broker.connect(consume=False)

@@ -18,6 +18,7 @@ import math
 import os
 import re
 import shlex
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,9 @@ from synkler.errors import ConfigError
 from synkler.tls import TlsFileError, TlsSettings, tls_context
 
 ENV_VAR = "SYNKLER_CONF"
+#: The broker password, when the configuration names none (docs/configuration.md, "The broker password").
+PASSWORD_ENV_VAR = "SYNKLER_BROKER_PASSWORD"
+_PASSWORD_FILE_MAX = 4096  # bytes: a longer "password file" is some other file named by mistake
 # Module level so tests can point it somewhere harmless; read at call time.
 SYSTEM_CONFIG = Path("/etc/synkler.conf")
 _HOME_CONFIGS = ("synkler.conf", ".config/synkler/synkler.conf")
@@ -112,6 +116,7 @@ class Config:
     broker_port: int
     broker_username: str  # "" with EXTERNAL login and no name given: publishes name no user
     broker_password: str
+    broker_password_file: Path | None
     broker_vhost: str
     broker_heartbeat: int
     authenticate: bool
@@ -126,6 +131,9 @@ class Config:
     log_format: str
     daemon: bool
     log_file: Path | None
+    # Not a key: the files that hold the broker password (this file when it sets one other than
+    # guest, or broker_password_file), which the agent tells about when others can read them.
+    secret_files: tuple[Path, ...] = ()
 
     @property
     def daemon_log(self) -> Path:
@@ -416,6 +424,7 @@ KEYS: dict[str, _Key] = {
         _text, _Derived(lambda s, ctx: "guest" if s["broker_login"] == "password" else "")
     ),
     "broker_password": _Key(_string, "guest"),
+    "broker_password_file": _Key(_path, None),
     "broker_vhost": _Key(_text, "/"),
     "broker_heartbeat": _Key(_integer(1, 3600), 30),
     "authenticate": _Key(_boolean, False),
@@ -616,6 +625,7 @@ def parse_config(
         default = spec.default
         settings[key] = default.compute(settings, ctx) if isinstance(default, _Derived) else default
 
+    secret_files = _broker_password(data, settings, path, ctx)
     if settings["mode"] != "upload" and settings["name"] != settings["mode"]:
         # Peers address central and download by their role's name; several of them come later.
         raise ConfigError(
@@ -644,7 +654,7 @@ def parse_config(
             f"with authenticate: true it must be {own_user!r} (<name>@<id>: peers know this agent's "
             f"messages by it), got {settings['broker_username']!r}",
         )
-    return Config(path=path, **settings)
+    return Config(path=path, **settings, secret_files=secret_files)
 
 
 _TLS_KEYS = ("broker_tls_server_name", "broker_ca_file", "broker_cert_file", "broker_key_file")
@@ -678,3 +688,63 @@ def _check_tls(settings: dict[str, Any], path: Path, check_dirs: bool) -> None:
             tls_context(tls)
         except TlsFileError as exc:
             raise ConfigError(path, exc.key, exc.problem) from None
+
+
+def _broker_password(
+    data: Mapping[str, Any], settings: dict[str, Any], path: Path, ctx: _Context
+) -> tuple[Path, ...]:
+    """Settle broker_password: broker_password or broker_password_file in the file (not both), else
+    $SYNKLER_BROKER_PASSWORD, else guest. Returns the files that hold it.
+
+    The file comes before the environment: it is the one place that says what this agent does,
+    and an environment variable reaches every agent started from the same shell or unit.
+    """
+    secret_file = settings["broker_password_file"]
+    given = data.get("broker_password") is not None
+    if secret_file is not None:
+        if given:
+            raise ConfigError(
+                path, "broker_password_file", "give broker_password or broker_password_file, not both"
+            )
+        settings["broker_password"] = _read_password(secret_file, path)
+        return (secret_file,)
+    if given:
+        return (path,) if settings["broker_password"] != "guest" else ()
+    settings["broker_password"] = ctx.environ.get(PASSWORD_ENV_VAR) or settings["broker_password"]
+    return ()
+
+
+def _read_password(secret_file: Path, path: Path) -> str:
+    """The password in `secret_file`: its one line, without the newline that ends it."""
+
+    def bad(problem: str) -> ConfigError:
+        return ConfigError(path, "broker_password_file", f"{problem}: {secret_file}")
+
+    try:
+        # O_NONBLOCK: a FIFO named by mistake must not hang the agent; the fstat below refuses it.
+        fd = os.open(secret_file, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise bad(f"cannot read ({exc.strerror or exc})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise bad("not a regular file")
+        raw = os.read(fd, _PASSWORD_FILE_MAX + 1)
+    except OSError as exc:
+        raise bad(f"cannot read ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+    if len(raw) > _PASSWORD_FILE_MAX:
+        raise bad(f"longer than {_PASSWORD_FILE_MAX} bytes, so not a password file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad("not UTF-8 text") from None
+    for end in ("\r\n", "\n"):
+        if text.endswith(end):
+            text = text[: -len(end)]
+            break
+    if not text:
+        raise bad("empty")
+    if "\n" in text or "\r" in text:
+        raise bad("holds more than one line (the password must be its only line)")
+    return text

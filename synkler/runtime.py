@@ -41,6 +41,7 @@ from .errors import (
 from .hops import checksum, transfer
 from .linux.sdnotify import Notifier
 from .presence import Presence
+from .private import exposed_secrets
 from .state import State
 
 if TYPE_CHECKING:
@@ -103,6 +104,7 @@ class Runtime:
         self.notify = Notifier.from_environ()  # systemd's Type=notify and watchdog; else no-ops
         # What SIGHUP does: reopen the log file when the agent writes one (set by the CLI), else stop.
         self.on_hangup: Callable[[], None] | None = None
+        self._secrets_looked = float("-inf")  # when files holding the password were last looked at
 
     # jobs ----------------------------------------------------------------------------------------
 
@@ -162,6 +164,7 @@ class Runtime:
             self.cfg.id,
             self.cfg.state_db,
         )
+        self._tell_secrets(time.time())
         if not self.cfg.authenticate:
             log.warning(
                 "messages are not authenticated (authenticate: false): anyone who can publish to "
@@ -216,8 +219,18 @@ class Runtime:
         self.notify.close()
         log.info("stopped")
 
+    def _tell_secrets(self, now: float) -> None:
+        """A password others can read needs a person: ERROR at start and every PERSON_REPEAT while
+        it lasts (reported, not refused: see synkler.private)."""
+        if now - self._secrets_looked < PERSON_REPEAT:
+            return
+        self._secrets_looked = now
+        for problem in exposed_secrets(self.cfg.secret_files):
+            log.error("%s (said again every %d minutes while it lasts)", problem, PERSON_REPEAT // 60)
+
     def _step(self) -> None:
         now = time.time()
+        self._tell_secrets(now)
         if self.broker is None and now >= self._next_connect:
             self._connect()
         deliveries: list[Delivery] = []

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import StateError, StateUnavailable
+from .private import private_file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -161,7 +162,8 @@ class State:
                     self.path.absolute().as_uri() + "?mode=ro", uri=True, isolation_level=None
                 )
             else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                # Made 0600 before SQLite opens it: SQLite gives its -wal and -shm the same mode.
+                private_file(self.path, ("-wal", "-shm"))
                 self._db = sqlite3.connect(str(self.path), isolation_level=None)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 # FULL: a commit that acknowledged a message survives a power cut, not only a crash.

@@ -21,6 +21,7 @@ from ..hops.checksum import stat_entry
 from ..linux.fs import remove_tree, rename_noreplace
 from ..logs import some_entries
 from ..messages import Corrupt, Failed, Fetch, Fetched, Forget, Pushing, confined, is_valid_entry_id
+from ..private import private_dir
 from ..state import Entry, State
 from .base import CENTRAL, ENTRY, Endpoint, Jobs, Key, Status, Transitions, shown
 from .pull import Early, Mismatch, NotPulled, PullRun, Staging, pull, pull_early
@@ -88,7 +89,7 @@ class Download(Endpoint):
         return stored_as, os.path.join(self.cfg.file_dir, stored_as)
 
     def startup(self) -> None:
-        os.makedirs(self.staging.dir, exist_ok=True)
+        private_dir(self.staging.dir)  # data in transit: the agent's user's alone
         # A pull cut short keeps what it got, and rsync's partial file, for its entry's next run;
         # so does an early pull whose fetch has not come yet. Anything else in staging is left over.
         now = time.time()

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from ..config import Config
 from ..errors import SynklerError
 from ..linux.process import die_with_parent
+from ..private import child_umask
 
 log = logging.getLogger(__name__)
 
@@ -297,6 +298,9 @@ def run(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_agent if track else None,
+            # What rsync writes is the user's data: the agent's starting umask, not its own 077
+            # (with --archive rsync gives files the sender's modes anyway; this covers --no-perms).
+            umask=child_umask(),
         )
     except FileNotFoundError:
         return Result(False, 127, f"program not found: {argv[0]}", tuple(argv))
@@ -344,7 +348,7 @@ def pull(cfg: Config, remote_dir: str, paths: Sequence[str], local_dir: str) -> 
 
     The relative paths are kept: "<entry id>" lands in local_dir/<entry id>.
     """
-    os.makedirs(local_dir, exist_ok=True)
+    os.makedirs(local_dir, mode=0o700, exist_ok=True)  # download made it private at start
     argv = rsync_argv(
         cfg, f"{cfg.central_host}:{remote_dir.rstrip('/')}/", local_dir.rstrip("/") + "/", listed=True
     )

@@ -90,6 +90,7 @@ def test_defaults_fill_every_optional_key(parse, file_dir: Path, home: Path, con
         broker_port=5672,
         broker_username="guest",
         broker_password="guest",
+        broker_password_file=None,
         broker_vhost="/",
         broker_heartbeat=30,
         authenticate=False,
@@ -126,7 +127,7 @@ def test_central_host_can_differ_from_the_broker_host(parse) -> None:
 
 
 def test_key_table_and_config_fields_are_the_same_set() -> None:
-    fields = [f.name for f in dataclasses.fields(Config) if f.name != "path"]
+    fields = [f.name for f in dataclasses.fields(Config) if f.name not in ("path", "secret_files")]
     assert fields == list(KEYS)
 
 
@@ -494,6 +495,81 @@ def test_cleanup_script_is_kept_as_written_and_split_on_demand(parse) -> None:
 def test_cleanup_script_that_cannot_be_split_fails_at_load_time(parse, conf_path: Path) -> None:
     err = error_of(parse, cleanup_script='run "%F')
     assert str(err).startswith(f"{conf_path}: cleanup_script: cannot be split into words")
+
+
+# ---------------------------------------------------------------- the broker password
+
+
+def test_the_broker_password_is_read_from_broker_password_file_without_its_newline(
+    parse, tmp_path: Path, conf_path: Path
+) -> None:
+    secret = write(tmp_path / "secret", "s3cret pass\n")
+    cfg = parse(broker_password_file=str(secret))
+    assert cfg.broker_password == "s3cret pass"
+    assert cfg.broker_password_file == secret
+    assert cfg.secret_files == (secret,)
+
+
+def test_broker_password_file_is_relative_to_the_config_file(parse, conf_path: Path) -> None:
+    write(conf_path.parent / "pw", "x\r\n")
+    cfg = parse(broker_password_file="pw")
+    assert (cfg.broker_password, cfg.broker_password_file) == ("x", conf_path.parent / "pw")
+
+
+def test_broker_password_and_broker_password_file_together_are_an_error(parse, tmp_path, conf_path) -> None:
+    secret = write(tmp_path / "secret", "s3cret\n")
+    err = error_of(parse, broker_password="other", broker_password_file=str(secret))
+    assert str(err) == (
+        f"{conf_path}: broker_password_file: give broker_password or broker_password_file, not both"
+    )
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (None, "cannot read (No such file or directory)"),
+        ("", "empty"),
+        ("\n", "empty"),
+        ("one\ntwo\n", "holds more than one line (the password must be its only line)"),
+        (b"caf\xe9", "not UTF-8 text"),
+        ("x" * 5000, "longer than 4096 bytes, so not a password file"),
+        ("dir", "not a regular file"),
+    ],
+)
+def test_a_broker_password_file_that_will_not_do_is_an_error_naming_it(
+    parse, tmp_path: Path, conf_path: Path, content, problem: str
+) -> None:
+    secret = tmp_path / "secret"
+    if content == "dir":
+        secret.mkdir()
+    elif isinstance(content, bytes):
+        secret.write_bytes(content)
+    elif content is not None:
+        secret.write_text(content)
+    err = error_of(parse, broker_password_file=str(secret))
+    assert str(err) == f"{conf_path}: broker_password_file: {problem}: {secret}"
+
+
+def test_the_environment_gives_the_password_when_the_file_names_none(parse) -> None:
+    cfg = parse(environ={"SYNKLER_BROKER_PASSWORD": "from-env"})
+    assert cfg.broker_password == "from-env"
+    assert cfg.secret_files == ()
+    assert parse(environ={"SYNKLER_BROKER_PASSWORD": ""}).broker_password == "guest"
+
+
+def test_a_password_in_the_file_comes_before_the_environment(parse, tmp_path: Path) -> None:
+    env = {"SYNKLER_BROKER_PASSWORD": "from-env"}
+    assert parse(environ=env, broker_password="written").broker_password == "written"
+    secret = write(tmp_path / "secret", "from-file\n")
+    assert parse(environ=env, broker_password_file=str(secret)).broker_password == "from-file"
+
+
+def test_the_config_file_is_a_secret_file_only_when_it_holds_a_password_other_than_guest(
+    parse, conf_path: Path
+) -> None:
+    assert parse(broker_password="s3cret").secret_files == (conf_path,)
+    assert parse(broker_password="guest").secret_files == ()
+    assert parse().secret_files == ()
 
 
 # ---------------------------------------------------------------- sample-config

@@ -63,6 +63,40 @@ def test_a_new_database_and_its_directory_are_created(db_path: Path):
         s.close()
 
 
+def test_the_database_its_wal_and_shm_and_a_new_directory_are_owner_only_whatever_the_umask(db_path: Path):
+    before = os.umask(0o022)
+    try:
+        s = State(db_path)
+        try:
+            with s.transaction():
+                s.insert(entry())
+            modes = {p.name: p.stat().st_mode & 0o777 for p in db_path.parent.iterdir()}
+        finally:
+            s.close()
+    finally:
+        os.umask(before)
+    assert modes == {"agent.sqlite": 0o600, "agent.sqlite-wal": 0o600, "agent.sqlite-shm": 0o600}
+    assert db_path.parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_database_left_open_to_others_by_an_older_version_is_made_owner_only(db_path: Path):
+    State(db_path).close()
+    db_path.chmod(0o644)
+    s = State(db_path)
+    try:
+        assert db_path.stat().st_mode & 0o777 == 0o600
+        assert s.count() == 0
+    finally:
+        s.close()
+
+
+def test_a_read_only_state_changes_no_mode(db_path: Path):
+    State(db_path).close()
+    db_path.chmod(0o644)
+    State(db_path, readonly=True).close()
+    assert db_path.stat().st_mode & 0o777 == 0o644
+
+
 def test_an_inserted_entry_reads_back_with_every_field(state: State):
     e = entry(size=10, files=2, peer="upload", attempt=1, path="/srv/x", reason="why", due=5.0)
     state.insert(e)
