@@ -220,6 +220,16 @@ def explain(
             return f"TLS: {host}:{port} does not answer in TLS (a plain AMQP port? amqps is usually 5671)"
     if reasons:
         return f"TLS: the handshake with the broker failed ({reasons[0]})"
+    if "SSLEOFError" in text or "EOF occurred in violation of protocol" in text:
+        # TLS 1.3: the broker checks our certificate after we think the handshake is done, and its
+        # alert may be lost to the closing connection: we see only the end of the stream.
+        if tls.cert_file is not None:
+            return (
+                f"TLS: the broker closed the connection during the handshake: it does not take our "
+                f"client certificate {tls.cert_file} (is it signed by a CA the broker trusts, and made "
+                "for client authentication?)"
+            )
+        return "TLS: the broker closed the connection during the handshake"
     if isinstance(error, ssl.SSLError):
         return f"TLS: the handshake with the broker failed: {error}"
     return None
