@@ -498,7 +498,7 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
     broker = Broker(BrokerParams.from_config(cfg), cfg.id, cfg.name)
     try:
         broker.connect(consume=False)
-        print(f"ok    broker {cfg.synkler_server}:{cfg.broker_port} vhost {cfg.broker_vhost}")
+        print(f"ok    broker {cfg.synkler_server}:{cfg.broker_port} vhost {cfg.broker_vhost}{_tls_note(cfg)}")
         if cfg.authenticate:
             print(f"ok    messages authenticated: this agent publishes as {cfg.broker_username}")
         else:
@@ -525,6 +525,17 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
             print(f"FAIL  ssh + rsync to central {cfg.central_host}: {result.summary()}")
     print(f"ok    file_dir {cfg.file_dir} ({free_bytes(cfg.file_dir) / 1e9:.1f} GB free)")
     return ExitStatus.FAILURE if failures else ExitStatus.OK
+
+
+def _tls_note(cfg: Config) -> str:
+    """How `check` connected: plain, or TLS verified against what, logged in how."""
+    if not cfg.broker_tls:
+        return " (plain AMQP, no TLS)"
+    ca = cfg.broker_ca_file or "the system's CAs"
+    name = cfg.broker_tls_server_name or cfg.synkler_server
+    login = "EXTERNAL login (client certificate)" if cfg.broker_login == "external" else "password login"
+    cert = f", client certificate {cfg.broker_cert_file}" if cfg.broker_cert_file else ""
+    return f" (TLS: certificate for {name} verified against {ca}{cert}; {login})"
 
 
 def cmd_broker_setup(cfg: Config, args: argparse.Namespace) -> int:

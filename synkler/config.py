@@ -27,6 +27,7 @@ from typing import Any, Callable, NamedTuple
 import yaml
 
 from synkler.errors import ConfigError
+from synkler.tls import TlsFileError, TlsSettings, tls_context
 
 ENV_VAR = "SYNKLER_CONF"
 #: The broker password, when the configuration names none (docs/configuration.md, "The broker password").
@@ -106,8 +107,14 @@ class Config:
     ssh_control_persist: int
     synkler_server: str
     central_host: str
+    broker_tls: bool
+    broker_tls_server_name: str | None
+    broker_ca_file: Path | None
+    broker_cert_file: Path | None
+    broker_key_file: Path | None
+    broker_login: str
     broker_port: int
-    broker_username: str
+    broker_username: str  # "" with EXTERNAL login and no name given: publishes name no user
     broker_password: str
     broker_password_file: Path | None
     broker_vhost: str
@@ -294,6 +301,22 @@ def _directory(value: Any, ctx: _Context) -> Path:
             raise _Invalid(f"directory does not exist: {path}")
         if not path.is_dir():
             raise _Invalid(f"not a directory: {path}")
+    return path
+
+
+def _file(value: Any, ctx: _Context) -> Path:
+    """A file the agent must read (a certificate, a key): there and readable, when checked."""
+    path = _path(value, ctx)
+    if ctx.check_dirs:
+        if not path.exists():
+            raise _Invalid(f"file does not exist: {path}")
+        if not path.is_file():
+            raise _Invalid(f"not a regular file: {path}")
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise _Invalid(f"cannot read {path}: {exc.strerror or exc}") from None
     return path
 
 
@@ -558,8 +581,18 @@ KEYS: dict[str, _Key] = {
     "ssh_control_persist": _Key(_integer(0, 86400), 60),
     "synkler_server": _Key(_host, required=True),
     "central_host": _Key(_host, _Derived(lambda s, ctx: s["synkler_server"])),
-    "broker_port": _Key(_integer(1, 65535), 5672),
-    "broker_username": _Key(_text, "guest"),
+    "broker_tls": _Key(_boolean, False),
+    "broker_tls_server_name": _Key(_host, None),
+    "broker_ca_file": _Key(_file, None),
+    "broker_cert_file": _Key(_file, None),
+    "broker_key_file": _Key(_file, None),
+    "broker_login": _Key(_choice("password", "external"), "password"),
+    "broker_port": _Key(_integer(1, 65535), _Derived(lambda s, ctx: 5671 if s["broker_tls"] else 5672)),
+    # With EXTERNAL login the broker takes the user from the certificate; only a name given here
+    # goes into the publishes' user_id (and authenticate needs it).
+    "broker_username": _Key(
+        _text, _Derived(lambda s, ctx: "guest" if s["broker_login"] == "password" else "")
+    ),
     "broker_password": _Key(_string, "guest"),
     "broker_password_file": _Key(_path, None),
     "broker_vhost": _Key(_text, "/"),
@@ -771,7 +804,19 @@ def parse_config(
         )
     if settings["mode"] == "upload" and settings["name"] in ("central", "download"):
         raise ConfigError(path, "name", f"an upload agent cannot be named {settings['name']!r}")
+    _check_tls(settings, path, check_dirs)
     own_user = f"{settings['name']}@{settings['id']}"
+    if (
+        settings["authenticate"]
+        and settings["broker_login"] == "external"
+        and not settings["broker_username"]
+    ):
+        raise ConfigError(
+            path,
+            "broker_username",
+            f"with authenticate: true and broker_login: external it must be given, {own_user!r}, the user "
+            "the broker takes from the certificate (its CN, with ssl_cert_login_from = common_name)",
+        )
     if settings["authenticate"] and settings["broker_username"] != own_user:
         # Peers believe a message only from the broker user of the agent it claims to come from.
         raise ConfigError(
@@ -786,6 +831,39 @@ def parse_config(
     elif alerts is not None and alerts.email is not None and alerts.email.password:
         secret_files += (path,) if path not in secret_files else ()
     return Config(path=path, **settings, secret_files=secret_files)
+
+
+_TLS_KEYS = ("broker_tls_server_name", "broker_ca_file", "broker_cert_file", "broker_key_file")
+
+
+def _check_tls(settings: dict[str, Any], path: Path, check_dirs: bool) -> None:
+    """The TLS settings fit together, and (when files are checked) the files hold what they should:
+    a mistake here is found at start, not at the first connect."""
+    if not settings["broker_tls"]:
+        # Set without TLS is a connection someone believes is protected and is not.
+        for key in _TLS_KEYS:
+            if settings[key] is not None:
+                raise ConfigError(path, key, "is set but broker_tls is not true")
+        if settings["broker_login"] == "external":
+            raise ConfigError(path, "broker_login", "external needs broker_tls: true (a client certificate)")
+        return
+    cert, key = settings["broker_cert_file"], settings["broker_key_file"]
+    if cert is not None and key is None:
+        raise ConfigError(path, "broker_key_file", "is required with broker_cert_file")
+    if key is not None and cert is None:
+        raise ConfigError(path, "broker_cert_file", "is required with broker_key_file")
+    if settings["broker_login"] == "external" and cert is None:
+        raise ConfigError(
+            path,
+            "broker_login",
+            "external needs a client certificate: set broker_cert_file and broker_key_file",
+        )
+    if check_dirs:
+        tls = TlsSettings.of(settings["broker_ca_file"], cert, key, settings["broker_tls_server_name"])
+        try:
+            tls_context(tls)
+        except TlsFileError as exc:
+            raise ConfigError(path, exc.key, exc.problem) from None
 
 
 def _broker_password(
