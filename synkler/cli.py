@@ -507,7 +507,12 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
     broker = Broker(BrokerParams.from_config(cfg), cfg.id, cfg.name)
     try:
         broker.connect(consume=False)
-        say((checks.OK, f"broker {cfg.synkler_server}:{cfg.broker_port} vhost {cfg.broker_vhost}"))
+        say(
+            (
+                checks.OK,
+                f"broker {cfg.synkler_server}:{cfg.broker_port} vhost {cfg.broker_vhost}{_tls_note(cfg)}",
+            )
+        )
         if cfg.authenticate:
             say((checks.OK, f"messages authenticated: this agent publishes as {cfg.broker_username}"))
         else:
@@ -566,6 +571,17 @@ def _own_peers(cfg: Config) -> tuple[list[str], dict[str, int]]:
         return [], {}
     finally:
         state.close()
+
+
+def _tls_note(cfg: Config) -> str:
+    """How `check` connected: plain, or TLS verified against what, logged in how."""
+    if not cfg.broker_tls:
+        return " (plain AMQP, no TLS)"
+    ca = cfg.broker_ca_file or "the system's CAs"
+    name = cfg.broker_tls_server_name or cfg.synkler_server
+    login = "EXTERNAL login (client certificate)" if cfg.broker_login == "external" else "password login"
+    cert = f", client certificate {cfg.broker_cert_file}" if cfg.broker_cert_file else ""
+    return f" (TLS: certificate for {name} verified against {ca}{cert}; {login})"
 
 
 def cmd_broker_setup(cfg: Config, args: argparse.Namespace) -> int:
