@@ -537,45 +537,102 @@ def _iso(ts: float, sep: str = "T") -> str:
 
 
 def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
+    from . import checks
     from .broker import Broker, BrokerParams
     from .hops import transfer
-    from .linux.fs import free_bytes
+    from .linux.fs import free_bytes, total_bytes
     from .private import exposed_secrets
 
-    failures = 0
-    print(f"ok    config {cfg.path} ({cfg.mode}, id {cfg.id})")
+    lines: list[checks.Line] = []
+
+    def say(line: checks.Line | None) -> None:
+        if line is not None:
+            lines.append(line)
+            print(checks.show(line), flush=True)
+
+    say((checks.OK, f"config {cfg.path} ({cfg.mode}, id {cfg.id})"))
     for problem in exposed_secrets(cfg.secret_files):  # reported, not failed: the relay works
-        print(f"WARN  {logs.shown(problem)}")
+        say((checks.WARN, logs.shown(problem)))
+    for line in checks.ignored_lines(cfg):
+        say(line)
     broker = Broker(BrokerParams.from_config(cfg), cfg.id, cfg.name)
     try:
         broker.connect(consume=False)
-        print(f"ok    broker {cfg.synkler_server}:{cfg.broker_port} vhost {cfg.broker_vhost}")
-        if cfg.authenticate:
-            print(f"ok    messages authenticated: this agent publishes as {cfg.broker_username}")
-        else:
-            print(
-                "WARN  messages are not authenticated (authenticate: false): anyone who can publish "
-                "to the broker can make this agent act (docs/security.md)"
+        say(
+            (
+                checks.OK,
+                f"broker {cfg.synkler_server}:{cfg.broker_port} vhost {cfg.broker_vhost}{_tls_note(cfg)}",
             )
+        )
+        if cfg.authenticate:
+            say((checks.OK, f"messages authenticated: this agent publishes as {cfg.broker_username}"))
+        else:
+            say(
+                (
+                    checks.WARN,
+                    "messages are not authenticated (authenticate: false): anyone who can publish "
+                    "to the broker can make this agent act (docs/security.md)",
+                )
+            )
+        uploads, outbox = _own_peers(cfg)
+        for peer in checks.peers_of(cfg, uploads):
+            report = checks.parse_report(broker.peek_presence(peer))
+            say(checks.peer_line(cfg.id, peer, broker.queue_info(peer), report, outbox.get(peer, 0)))
     except BrokerError as e:
-        failures += 1
-        print(f"FAIL  broker: {e}")
+        say((checks.FAIL, f"broker: {e}"))
     finally:
         broker.close()
     if cfg.mode in ("upload", "download"):
         try:
             transfer.rsync_protection(tuple(cfg.rsync))
         except transfer.RsyncTooOld as e:
-            failures += 1
-            print(f"FAIL  rsync: {e}")
+            say((checks.FAIL, f"rsync: {e}"))
         result = transfer.probe(cfg)
         if result.ok:
-            print(f"ok    ssh + rsync to central {cfg.central_host}")
+            say((checks.OK, f"ssh + rsync to central {cfg.central_host}"))
         else:
-            failures += 1
-            print(f"FAIL  ssh + rsync to central {cfg.central_host}: {result.summary()}")
-    print(f"ok    file_dir {cfg.file_dir} ({free_bytes(cfg.file_dir) / 1e9:.1f} GB free)")
-    return ExitStatus.FAILURE if failures else ExitStatus.OK
+            say((checks.FAIL, f"ssh + rsync to central {cfg.central_host}: {result.summary()}"))
+    say(checks.cleanup_line(cfg, os.environ.get("PATH")))
+    for line in checks.files_lines(cfg):
+        say(line)
+    free = free_bytes(cfg.file_dir)
+    if cfg.mode == "central":
+        say(checks.reserve_line(cfg.file_dir, free, total_bytes(cfg.file_dir), cfg.free_percent))
+    else:
+        say((checks.OK, f"file_dir {cfg.file_dir} ({free / 1e9:.1f} GB free)"))
+    failed = any(level == checks.FAIL for level, _ in lines)
+    return ExitStatus.FAILURE if failed else ExitStatus.OK
+
+
+def _own_peers(cfg: Config) -> tuple[list[str], dict[str, int]]:
+    """From this agent's state database, read-only (absent before the first run): the upload
+    agents central has had entries from, and the messages waiting in the outbox per destination."""
+    from .state import State
+
+    if not cfg.state_db.exists():
+        return [], {}
+    try:
+        state = State(cfg.state_db, readonly=True)
+    except StateError:
+        return [], {}
+    try:
+        uploads = state.peers(64) if cfg.mode == "central" else []
+        return uploads, state.outbox_counts()
+    except StateError:
+        return [], {}
+    finally:
+        state.close()
+
+
+def _tls_note(cfg: Config) -> str:
+    """How `check` connected: plain, or TLS verified against what, logged in how."""
+    if not cfg.broker_tls:
+        return " (plain AMQP, no TLS)"
+    ca = cfg.broker_ca_file or "the system's CAs"
+    name = cfg.broker_tls_server_name or cfg.synkler_server
+    login = "EXTERNAL login (client certificate)" if cfg.broker_login == "external" else "password login"
+    cert = f", client certificate {cfg.broker_cert_file}" if cfg.broker_cert_file else ""
+    return f" (TLS: certificate for {name} verified against {ca}{cert}; {login})"
 
 
 def cmd_broker_setup(cfg: Config, args: argparse.Namespace) -> int:

@@ -198,6 +198,16 @@ class Presence:
         }
         return fit(report)
 
+    def figures(self) -> dict[str, Any]:
+        """The figures a report carries that the agent's metrics show too (synkler.metrics)."""
+        state = self.runtime.state
+        return {
+            "counts": state.counts(),
+            "outbox": state.outbox_size(),
+            "transfers": self.runtime.transfers,
+            "disk": self._disk(),
+        }
+
     def _disk(self) -> dict[str, int] | None:
         try:
             free, total = free_bytes(self.cfg.file_dir), total_bytes(self.cfg.file_dir)

@@ -69,6 +69,19 @@ CREATE TABLE IF NOT EXISTS requests (
     answer   TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_open ON requests(seq) WHERE answered IS NULL;
+-- Alerts (synkler.alerts): the conditions a notice said started and no notice said cleared yet,
+-- and the notices not sent yet, per channel.
+CREATE TABLE IF NOT EXISTS alert_conditions (
+    key     TEXT PRIMARY KEY,
+    started REAL NOT NULL,
+    notice  TEXT NOT NULL                 -- JSON: the notice that said it started
+);
+CREATE TABLE IF NOT EXISTS alert_notices (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel TEXT NOT NULL,
+    notice  TEXT NOT NULL,                -- JSON
+    created REAL NOT NULL
+);
 """
 
 
@@ -511,6 +524,13 @@ class State:
         except sqlite3.Error as e:
             raise _error(e) from e
 
+    def outbox_counts(self) -> dict[str, int]:
+        """Messages waiting in the outbox, per destination agent."""
+        try:
+            return dict(self._db.execute("SELECT dest, COUNT(*) FROM outbox GROUP BY dest").fetchall())
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
     def outbox_size(self) -> int:
         try:
             return self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
@@ -560,6 +580,72 @@ class State:
         """The command has read the answer."""
         try:
             self._db.execute("DELETE FROM requests WHERE seq = ?", (seq,))
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
+    # alerts (synkler.alerts) -------------------------------------------------------------------------
+
+    def by_cleanup(self, *values: str) -> list[Entry]:
+        """Entries whose cleanup script is in one of these states (failed, interrupted ...)."""
+        sql = f"{_SELECT} WHERE cleanup IN ({', '.join('?' * len(values))}) ORDER BY created"
+        try:
+            return [Entry(*r) for r in self._db.execute(sql, values)]
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
+    def reason_like(self, pattern: str, states: Collection[str], limit: int) -> list[Entry]:
+        """At most `limit` entries in `states` whose reason matches the SQL LIKE `pattern`."""
+        sql = f"{_SELECT} WHERE state IN ({', '.join('?' * len(states))}) AND reason LIKE ? LIMIT ?"
+        try:
+            return [Entry(*r) for r in self._db.execute(sql, (*states, pattern, limit))]
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
+    def open_conditions(self) -> dict[str, tuple[float, str]]:
+        """key -> (started, notice JSON) of the conditions told as started and not as cleared."""
+        try:
+            return {
+                k: (t, n) for k, t, n in self._db.execute("SELECT key, started, notice FROM alert_conditions")
+            }
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
+    def condition_started(self, key: str, started: float, notice: str) -> None:
+        try:
+            self._db.execute(
+                "INSERT OR REPLACE INTO alert_conditions (key, started, notice) VALUES (?, ?, ?)",
+                (key, started, notice),
+            )
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
+    def condition_cleared(self, key: str) -> None:
+        try:
+            self._db.execute("DELETE FROM alert_conditions WHERE key = ?", (key,))
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
+    def queue_notice(self, channel: str, notice: str, created: float) -> None:
+        """A notice to send on `channel`, in the transaction that opened or closed its condition."""
+        try:
+            self._db.execute(
+                "INSERT INTO alert_notices (channel, notice, created) VALUES (?, ?, ?)",
+                (channel, notice, created),
+            )
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
+    def notices(self, channel: str, limit: int) -> list[tuple[int, str, float]]:
+        """(seq, notice JSON, created) of the oldest unsent notices of `channel`."""
+        sql = "SELECT seq, notice, created FROM alert_notices WHERE channel = ? ORDER BY seq LIMIT ?"
+        try:
+            return self._db.execute(sql, (channel, limit)).fetchall()
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
+    def notices_sent(self, seqs: list[int]) -> None:
+        try:
+            self._db.executemany("DELETE FROM alert_notices WHERE seq = ?", [(s,) for s in seqs])
         except sqlite3.Error as e:
             raise _error(e) from e
 

@@ -9,6 +9,7 @@ and calls `tick` after each pass. A test can do the same with jobs run at once (
 
 from __future__ import annotations
 
+import copy
 import enum
 import functools
 import logging
@@ -124,6 +125,24 @@ class Jobs(Protocol):
         """Make the main loop pass soon (from any thread)."""
 
 
+class Observer:
+    """What an agent tells about as it happens, for its metrics (synkler.metrics); by default nothing.
+    Called in the main loop; `moved` only once the change has committed."""
+
+    def moved(self, old: str | None, entry: Entry) -> None:
+        """An entry was created (`old` None) or changed state from `old`."""
+
+    def mismatch(self, hop: str) -> None:
+        """A copy's md5 did not match after `hop`."""
+
+    def retried(self, hop: str, cause: str) -> None:
+        """A step of `hop` failed and is scheduled again; `cause`: failure, link_down, disk_full or
+        needs_person."""
+
+    def heard_from(self, peer: str, now: float) -> None:
+        """A message from agent `peer` arrived."""
+
+
 class Status(str, enum.Enum):
     """Base of each role's entry states. The value is what the state column holds and status shows."""
 
@@ -181,6 +200,7 @@ class Agent:
     # The states an entry ends in, pruned from the history keep_history_days later (never `failed`:
     # a person must look; `Agent.kept` says which of them the role keeps longer).
     FINISHED: ClassVar[tuple[Status, ...]] = ()
+    observer: Observer = Observer()  # the runtime puts the agent's metrics here
 
     def __init__(self, cfg: Config, state: State, jobs: Jobs):
         self.cfg = cfg
@@ -251,13 +271,19 @@ class Agent:
         """Record a new entry, in one of the role's `NEW` states."""
         if entry.state not in self.NEW:
             raise TransitionError(f"{self.mode}: a new entry cannot start in {entry.state!r}")
-        return self.state.insert(entry)
+        created = self.state.insert(entry)
+        self.state.after_commit(functools.partial(self.observer.moved, None, copy.copy(created)))
+        return created
 
     def move(self, entry: Entry, to: Status, **changes: Any) -> Entry:
         """Change an entry's state (and other fields) as the role's transition table allows."""
         if to != entry.state and to not in self.TRANSITIONS.get(self.STATES(entry.state), ()):
             raise TransitionError(f"{self.mode}: entry {entry.id}: {entry.state} -> {to} is not a transition")
-        return self.state.update(entry, state=to, **changes)
+        old = entry.state
+        moved = self.state.update(entry, state=to, **changes)
+        if to != old:  # a copy: the entry may change again before the commit
+            self.state.after_commit(functools.partial(self.observer.moved, old, copy.copy(moved)))
+        return moved
 
     def entry_from(self, msg: EntryMessage, state: Status, **fields: Any) -> Entry:
         """A new entry described by an offer or fetch message (name, kind, size, files, and the md5
@@ -499,6 +525,10 @@ class Endpoint(Agent):
             # A transfer cut short by our own shutdown is not the hop's fault: redo it at the next start.
             log.info("%s: %s interrupted by shutdown; resumes at the next start", entry.name, hop)
             return True
+        if out_of_space or link_down or entry.tries + 1 < self.cfg.max_attempts:  # else: failed
+            cause = "needs_person" if link_down and needs_person else "link_down" if link_down else "failure"
+            cause = "disk_full" if out_of_space else cause
+            self.state.after_commit(functools.partial(self.observer.retried, hop, cause))
         if link_down and needs_person:
             self._needs_person(entry, hop, why, **changes)
             return True

@@ -472,6 +472,8 @@ class Central(Agent):
             if checked is not None
             else f"cannot read upload: {result}"
         )
+        if checked is not None:
+            self.state.after_commit(functools.partial(self.observer.mismatch, "push"))
         self.spool.drop_staged(entry)
         if entry_now.attempt >= self.cfg.max_attempts:
             self._give_up(entry_now, "upload to central", why)

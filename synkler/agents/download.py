@@ -300,6 +300,7 @@ class Download(Endpoint):
                 # Central re-checks its stored copy (and gets it again from upload if it is bad).
                 self.send(entry.peer or "", Corrupt(entry.id, self.name, got=outcome.got))
                 why = f"md5 mismatch at download: expected {entry.md5}, got {outcome.got}"
+                self.state.after_commit(functools.partial(self.observer.mismatch, "pull"))
             elif isinstance(outcome, NotPulled):
                 why = outcome.why
             else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from pathlib import Path
 
@@ -81,6 +82,12 @@ def test_defaults_fill_every_optional_key(parse, file_dir: Path, home: Path, con
         ssh_control_persist=60,
         synkler_server="broker.example",
         central_host="broker.example",
+        broker_tls=False,
+        broker_tls_server_name=None,
+        broker_ca_file=None,
+        broker_cert_file=None,
+        broker_key_file=None,
+        broker_login="password",
         broker_port=5672,
         broker_username="guest",
         broker_password="guest",
@@ -99,6 +106,8 @@ def test_defaults_fill_every_optional_key(parse, file_dir: Path, home: Path, con
         log_format="text",
         daemon=False,
         log_file=None,
+        metrics_listen=None,
+        metrics_textfile=None,
     )
     assert cfg.cleanup_argv == ()
     assert cfg.daemon_log == state / "default-upload.log"
@@ -121,7 +130,7 @@ def test_central_host_can_differ_from_the_broker_host(parse) -> None:
 
 
 def test_key_table_and_config_fields_are_the_same_set() -> None:
-    fields = [f.name for f in dataclasses.fields(Config) if f.name not in ("path", "secret_files")]
+    fields = [f.name for f in dataclasses.fields(Config) if f.name not in ("path", "given", "secret_files")]
     assert fields == list(KEYS)
 
 
@@ -666,3 +675,141 @@ def test_log_format_is_text_or_json(parse) -> None:
     assert parse().log_format == "text"
     assert parse(log_format="json").log_format == "json"
     assert error_of(parse, log_format="xml").key == "log_format"
+
+
+# ---------------------------------------------------------------- TLS to the broker
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> dict[str, Path]:
+    import tlscerts
+
+    why = tlscerts.available()
+    if why is not None:
+        pytest.skip(why)
+    ca = tlscerts.CertAuthority(tmp_path_factory.mktemp("ca"))
+    cert, key = ca.issue("client", "upload@lab", client=True)
+    other_cert, other_key = ca.issue("other", "someone", client=True)
+    return {"ca": ca.cert, "cert": cert, "key": key, "other_key": other_key}
+
+
+def test_tls_makes_the_port_5671_unless_one_is_given(parse, certs) -> None:
+    assert parse(broker_tls=True, broker_ca_file=str(certs["ca"])).broker_port == 5671
+    assert parse(broker_tls=True, broker_port=5999).broker_port == 5999
+    assert parse().broker_port == 5672
+
+
+def test_tls_settings_are_read(parse, certs) -> None:
+    cfg = parse(
+        broker_tls=True,
+        broker_ca_file=str(certs["ca"]),
+        broker_cert_file=str(certs["cert"]),
+        broker_key_file=str(certs["key"]),
+        broker_login="external",
+        broker_tls_server_name="rabbit.example",
+    )
+    assert (cfg.broker_ca_file, cfg.broker_cert_file, cfg.broker_key_file) == (
+        certs["ca"],
+        certs["cert"],
+        certs["key"],
+    )
+    assert (cfg.broker_login, cfg.broker_tls_server_name) == ("external", "rabbit.example")
+    assert cfg.broker_username == ""  # the broker takes the user from the certificate
+
+
+@pytest.mark.parametrize(
+    "keys, key, problem",
+    [
+        ({"broker_ca_file": "ca"}, "broker_ca_file", "is set but broker_tls is not true"),
+        ({"broker_tls_server_name": "x.example"}, "broker_tls_server_name", "is set but broker_tls"),
+        ({"broker_login": "external"}, "broker_login", "external needs broker_tls: true"),
+        (
+            {"broker_tls": True, "broker_cert_file": "cert"},
+            "broker_key_file",
+            "is required with broker_cert_file",
+        ),
+        (
+            {"broker_tls": True, "broker_key_file": "key"},
+            "broker_cert_file",
+            "is required with broker_key_file",
+        ),
+        (
+            {"broker_tls": True, "broker_login": "external"},
+            "broker_login",
+            "external needs a client certificate",
+        ),
+        (
+            {"broker_tls": True, "broker_login": "certificate"},
+            "broker_login",
+            "must be one of password, external",
+        ),
+    ],
+)
+def test_tls_settings_that_do_not_fit_together_are_refused(parse, certs, keys, key, problem) -> None:
+    names = {"ca": certs["ca"], "cert": certs["cert"], "key": certs["key"]}
+    keys = {
+        k: str(names.get(v, v)) if isinstance(v, str) and k.endswith("_file") else v for k, v in keys.items()
+    }
+    err = error_of(parse, **keys)
+    assert err.key == key
+    assert problem in err.problem
+
+
+def test_a_tls_file_that_is_missing_unreadable_or_wrong_is_refused_naming_key_and_file(
+    parse, certs, tmp_path: Path
+) -> None:
+    missing = tmp_path / "nope.pem"
+    err = error_of(parse, broker_tls=True, broker_ca_file=str(missing))
+    assert (err.key, err.problem) == ("broker_ca_file", f"file does not exist: {missing}")
+    garbage = write(tmp_path / "garbage.pem", "not a certificate\n")
+    err = error_of(parse, broker_tls=True, broker_ca_file=str(garbage))
+    assert (err.key, err.problem) == ("broker_ca_file", f"no PEM certificate in {garbage}")
+    err = error_of(
+        parse, broker_tls=True, broker_cert_file=str(certs["key"]), broker_key_file=str(certs["key"])
+    )
+    assert (err.key, err.problem) == ("broker_cert_file", f"no PEM certificate in {certs['key']}")
+    err = error_of(
+        parse, broker_tls=True, broker_cert_file=str(certs["cert"]), broker_key_file=str(certs["other_key"])
+    )
+    assert err.key == "broker_key_file"
+    assert err.problem == f"{certs['other_key']} is not the key of the certificate {certs['cert']}"
+
+
+def test_an_encrypted_client_key_is_refused_without_asking_for_a_passphrase(parse, certs, tmp_path) -> None:
+    import subprocess
+
+    encrypted = tmp_path / "encrypted.key"
+    subprocess.run(
+        ["openssl", "pkey", "-in", certs["key"], "-aes256", "-passout", "pass:x", "-out", encrypted],
+        check=True,
+    )
+    err = error_of(
+        parse, broker_tls=True, broker_cert_file=str(certs["cert"]), broker_key_file=str(encrypted)
+    )
+    assert (err.key, err.problem) == (
+        "broker_key_file",
+        f"{encrypted} is encrypted: synkler needs a key without a passphrase",
+    )
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
+def test_an_unreadable_key_file_is_refused(parse, certs, tmp_path) -> None:
+    key = tmp_path / "locked.key"
+    key.write_bytes(certs["key"].read_bytes())
+    key.chmod(0)
+    err = error_of(parse, broker_tls=True, broker_cert_file=str(certs["cert"]), broker_key_file=str(key))
+    assert (err.key, err.problem) == ("broker_key_file", f"cannot read {key}: Permission denied")
+
+
+def test_external_login_with_authenticate_needs_the_agent_user_named(parse, certs) -> None:
+    tls = {
+        "broker_tls": True,
+        "broker_cert_file": str(certs["cert"]),
+        "broker_key_file": str(certs["key"]),
+        "broker_login": "external",
+        "authenticate": True,
+        "id": "lab",
+    }
+    err = error_of(parse, **tls)
+    assert err.key == "broker_username" and "'upload@lab'" in err.problem
+    assert parse(**tls, broker_username="upload@lab").broker_username == "upload@lab"
