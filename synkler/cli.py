@@ -544,6 +544,7 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
     from .private import exposed_secrets
 
     lines: list[checks.Line] = []
+    central_report: dict | None = None
 
     def say(line: checks.Line | None) -> None:
         if line is not None:
@@ -577,6 +578,8 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
         uploads, outbox = _own_peers(cfg)
         for peer in checks.peers_of(cfg, uploads):
             report = checks.parse_report(broker.peek_presence(peer))
+            if peer == "central":
+                central_report = report
             say(checks.peer_line(cfg.id, peer, broker.queue_info(peer), report, outbox.get(peer, 0)))
     except BrokerError as e:
         say((checks.FAIL, f"broker: {e}"))
@@ -590,6 +593,7 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
         result = transfer.probe(cfg)
         if result.ok:
             say((checks.OK, f"ssh + rsync to central {cfg.central_host}"))
+            say(_place_line(cfg, central_report))
         else:
             say((checks.FAIL, f"ssh + rsync to central {cfg.central_host}: {result.summary()}"))
     say(checks.cleanup_line(cfg, os.environ.get("PATH")))
@@ -602,6 +606,27 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
         say((checks.OK, f"file_dir {cfg.file_dir} ({free / 1e9:.1f} GB free)"))
     failed = any(level == checks.FAIL for level, _ in lines)
     return ExitStatus.FAILURE if failed else ExitStatus.OK
+
+
+def _place_line(cfg: Config, central: dict | None) -> tuple[str, str]:
+    """Upload writes a file into its staging at central and removes it; download lists central's
+    store: over ssh, as the transfers do. Where those are, central's presence report says."""
+    from . import checks
+    from .hops import transfer
+    from .messages import confined
+
+    place = central.get("place") if central else None
+    if not isinstance(place, str) or not confined(place, cfg.id):
+        return (checks.WARN, "central's directory not tried over ssh: central has not reported where it is")
+    if cfg.mode == "upload":
+        where = f"{place}/staging/{cfg.name}"
+        result, what = transfer.probe_write(cfg, where), "write into"
+    else:
+        where = f"{place}/stored"
+        result, what = transfer.probe_read(cfg, where), "read"
+    if result.ok:
+        return (checks.OK, f"{what} central's {logs.shown(where)} over ssh")
+    return (checks.FAIL, f"cannot {what} central's {logs.shown(where)} over ssh: {result.summary()}")
 
 
 def _own_peers(cfg: Config) -> tuple[list[str], dict[str, int]]:

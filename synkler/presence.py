@@ -192,6 +192,9 @@ class Presence:
             "hashes": len(checksum.running()),
             "disk": self._disk(),
             "peers": peers,
+            # central: its directory of this instance (<file_dir>/<id>), where `check` on upload and
+            # download tries a write into staging and a read of stored over ssh
+            "place": os.path.join(self.cfg.file_dir, self.cfg.id) if self.mode == "central" else None,
             "entries": [entry_row(e, progress.get(e.id)) for e in unfinished],
             "left_out": total_unfinished - len(unfinished),
             "finished": list(latest),

@@ -84,3 +84,26 @@ def test_a_missing_cleanup_script_an_unwritable_state_dir_and_a_key_of_another_r
     result = check(relay, "download")
     assert result.returncode == 0, result.stdout
     assert f"ok    cleanup_script runs {script}" in result.stdout
+
+
+def test_check_writes_into_centrals_staging_and_reads_its_store_over_ssh_and_leaves_nothing(make_relay):
+    relay = make_relay()
+    relay.start()
+    relay.wait_for(
+        "central's first report", lambda: "ok    the central agent consumes" in check(relay, "upload").stdout
+    )
+    staging = relay.dirs["central"] / relay.instance / "staging"
+    up = check(relay, "upload")
+    assert f"ok    write into central's {staging}/upload over ssh" in up.stdout, up.stdout
+    assert [p.name for p in staging.rglob(".synkler-check-*")] == []  # written, then removed
+    down = check(relay, "download")
+    assert f"ok    read central's {relay.dirs['central'] / relay.instance / 'stored'} over ssh" in down.stdout
+    # Central's staging for this upload agent is not a directory: the pushes could not land there.
+    relay.stop("central")
+    if (staging / "upload").exists():
+        (staging / "upload").rmdir()
+    (staging / "upload").write_text("in the way")
+    broken = check(relay, "upload")
+    assert broken.returncode == 1
+    [fail] = [line for line in lines(broken, "FAIL") if "write into" in line]
+    assert fail.startswith(f"FAIL  cannot write into central's {staging}/upload over ssh: exit ")
