@@ -824,11 +824,16 @@ class Bench:
         return result
 
     def status_times(self, relay: LocalRelay, entries: int) -> dict[str, Any]:
-        """Wall time of `synkler -c CFG status` and `status --json` per role, while the agents run."""
+        """Wall time of `status --all`, `status --all --json` and `status --relay --json` per role."""
         exe = Path(sys.executable).parent / "synkler"
         base = [str(exe)] if exe.exists() else [sys.executable, "-m", "synkler"]
         out: dict[str, Any] = {}
-        for fmt, extra in (("table", []), ("json", ["--json"]), ("relay", ["--relay", "--json"])):
+        # --all: every entry, as status showed them before it left out the older ended ones.
+        for fmt, extra in (
+            ("table", ["--all"]),
+            ("json", ["--all", "--json"]),
+            ("relay", ["--relay", "--json"]),
+        ):
             per_role: dict[str, float] = {}
             for role in ROLES:
                 argv = [*base, "-c", str(relay.configs[role]), "status", *extra]
@@ -845,7 +850,8 @@ class Bench:
                         if running != ["running"] * 3 or view["finished_listed"] == 0:
                             raise BenchError(f"status --relay from {role}: {view['verdict']}")
                         continue
-                    shown = len(json.loads(run.stdout)) if extra else len(run.stdout.splitlines()) - 1
+                    json_out = "--json" in extra
+                    shown = len(json.loads(run.stdout)) if json_out else len(run.stdout.splitlines()) - 1
                     if shown != entries:
                         raise BenchError(f"{role} status shows {shown} entries, expected {entries}")
                 per_role[role] = statistics.median(times)

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 import time
 import uuid
 from collections.abc import Sequence
@@ -42,6 +43,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from . import __version__
 from .config import Config
 from .errors import AgentActive, BrokerError, PublishRefused
+from .tls import TlsFileError, TlsSettings, explain, peer_certificate, tls_context
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -74,6 +76,8 @@ class BrokerParams:
     password: str = "guest"
     vhost: str = "/"
     heartbeat: int = 30
+    tls: TlsSettings | None = None  # None: plain AMQP
+    external: bool = False  # log in with the client certificate (EXTERNAL), not a password
 
     @classmethod
     def from_config(cls, cfg: Config) -> BrokerParams:
@@ -84,7 +88,18 @@ class BrokerParams:
             cfg.broker_password,
             cfg.broker_vhost,
             cfg.broker_heartbeat,
+            tls_settings(cfg),
+            cfg.broker_login == "external",
         )
+
+
+def tls_settings(cfg: Config) -> TlsSettings | None:
+    """The TLS settings of a configuration, None if it does not use TLS."""
+    if not cfg.broker_tls:
+        return None
+    return TlsSettings.of(
+        cfg.broker_ca_file, cfg.broker_cert_file, cfg.broker_key_file, cfg.broker_tls_server_name
+    )
 
 
 def exchange_name(instance: str) -> str:
@@ -163,8 +178,10 @@ class Broker:
         self._declared: set[str] = set()
         self._inbox: list[Delivery] = []
         # Every publish says who publishes it; the broker checks that it is this connection's user.
+        # With EXTERNAL login and no broker_username, synkler does not know that user's name (the
+        # broker takes it from the certificate): then publishes say nothing (not authenticated).
         self._props = pika.BasicProperties(
-            delivery_mode=2, content_type="application/json", user_id=params.username
+            delivery_mode=2, content_type="application/json", user_id=params.username or None
         )
 
     # connection ----------------------------------------------------------------------------------
@@ -174,11 +191,23 @@ class Broker:
         False): declare nothing, only look (`synkler status --relay` of a mistyped id creates
         nothing)."""
         p = self.params
+        ssl_options = None
+        if p.tls is not None:
+            try:
+                ssl_options = pika.SSLOptions(tls_context(p.tls), p.tls.server_name or p.host)
+            except TlsFileError as e:  # changed since the configuration was read
+                raise BrokerError(f"cannot use broker {p.host}:{p.port}: TLS: {e.key}: {e}") from None
+        credentials: pika.PlainCredentials | pika.credentials.ExternalCredentials
+        if p.external:
+            credentials = pika.credentials.ExternalCredentials()
+        else:
+            credentials = pika.PlainCredentials(p.username, p.password)
         parameters = pika.ConnectionParameters(
             host=p.host,
             port=p.port,
             virtual_host=p.vhost,
-            credentials=pika.PlainCredentials(p.username, p.password),
+            credentials=credentials,
+            ssl_options=ssl_options,
             heartbeat=p.heartbeat,
             blocked_connection_timeout=120,
             connection_attempts=1,
@@ -203,7 +232,35 @@ class Broker:
                 self._consume(chan)
         except _PIKA_ERRORS as e:
             self.close()
-            raise BrokerError(f"cannot use broker {p.host}:{p.port}: {_describe(e)}") from None
+            why = self._explain_failure(e) or _describe(e)
+            raise BrokerError(f"cannot use broker {p.host}:{p.port}: {why}") from None
+
+    def _explain_failure(self, e: BaseException) -> str | None:
+        """A failed TLS handshake or EXTERNAL login in one line (None: another failure). pika wraps
+        the ssl error, sometimes only as text: dig it out."""
+        p = self.params
+        if p.tls is None:
+            return None
+        error = _ssl_error(e)
+        peer = None
+        if isinstance(error, ssl.SSLCertVerificationError):
+            peer = peer_certificate(p.host, p.port, p.tls)  # for dates and names
+        why = explain(error if error is not None else _chain_text(e), p.tls, p.host, p.port, peer)
+        if why is not None or not p.external:
+            return why
+        text = _chain_text(e)
+        if isinstance(e, pika.exceptions.AuthenticationError) or "no acceptable" in text.lower():
+            return (
+                "the broker does not offer EXTERNAL login (RabbitMQ: enable the plugin "
+                "rabbitmq_auth_mechanism_ssl and list EXTERNAL in auth_mechanisms)"
+            )
+        if "mechanism EXTERNAL" in text:
+            return (
+                f"the broker refused EXTERNAL login with the certificate {p.tls.cert_file}: it has no "
+                "user of the name it takes from it (ssl_cert_login_from), or that user may not use "
+                f"vhost {p.vhost}"
+            )
+        return None
 
     def _consume(self, chan: BlockingChannel) -> None:
         """Consume the agent's own queue, alone: the broker refuses a second exclusive consumer."""
@@ -538,6 +595,28 @@ class Broker:
             ch.exchange_delete(dead_name(self.instance))
 
         self._call(do)
+
+
+def _causes(e: BaseException) -> list[BaseException]:
+    """`e` and what it wraps: causes, contexts, exceptions among its args (pika's way)."""
+    seen: list[BaseException] = []
+    todo = [e]
+    while todo:
+        x = todo.pop(0)
+        if any(x is s for s in seen):
+            continue
+        seen.append(x)
+        todo += [a for a in (x.__cause__, x.__context__, *x.args) if isinstance(a, BaseException)]
+        todo += [a for a in getattr(x, "exceptions", None) or () if isinstance(a, BaseException)]
+    return seen
+
+
+def _ssl_error(e: BaseException) -> ssl.SSLError | None:
+    return next((x for x in _causes(e) if isinstance(x, ssl.SSLError)), None)
+
+
+def _chain_text(e: BaseException) -> str:
+    return " ".join(f"{x!r} {x}" for x in _causes(e))
 
 
 def _describe(e: BaseException) -> str:

@@ -20,10 +20,11 @@ from .errors import BrokerError, ConfigError, ExitStatus, Refused, StateError, S
 if TYPE_CHECKING:  # annotations only: main() imports the config module when a command needs it
     from .agents.base import Agent
     from .config import Config
-    from .state import Entry
+    from .state import Entry, State
 
 log = logging.getLogger("synkler")
 
+STATUS_LAST = 50  # finished entries `status` shows besides those on their way (--all: every one)
 REQUEST_WAIT = 30.0  # seconds the retry, forget and resend commands wait for the agent's answer
 POLL = 0.1  # seconds between looks for that answer
 
@@ -47,10 +48,14 @@ A second start on the same configuration finds the agent running and exits 0 at 
     "status": """\
 examples:
   synkler status -c /etc/synkler.conf
-  synkler status -c /etc/synkler.conf --json | jq '.[] | select(.state == "failed")'
+  synkler status -c /etc/synkler.conf
+  synkler status -c /etc/synkler.conf --all --json | jq '.[] | select(.state == "failed")'
   synkler status --relay                  all agents and entries of the relay, through the broker
   synkler status --relay --watch          the same, redrawn every 2 s until Ctrl-C
-  synkler status --relay --json | jq .verdict""",
+  synkler status --relay --json | jq .verdict
+
+Without --relay: every entry on its way, failed or with a failed cleanup script, and the most
+recently finished ones (--last); --all shows every entry the history keeps (keep_history_days).""",
     "check": """\
 examples:
   synkler check -c /etc/synkler.conf      one line per check; exits 1 if one says FAIL""",
@@ -176,7 +181,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="the whole relay (every agent, entry and queue), through the broker",
     )
     st.add_argument("--watch", action="store_true", help="with --relay: redraw it every 2 s until Ctrl-C")
-    st.add_argument("--all", action="store_true", help="with --relay: every finished entry the agents report")
+    st.add_argument(
+        "--all",
+        action="store_true",
+        help="every entry this agent's history keeps, not only those on their way and the newest ended "
+        "(with --relay: every finished entry the agents report)",
+    )
+    st.add_argument(
+        "--last",
+        type=int,
+        default=STATUS_LAST,
+        metavar="N",
+        help=f"how many of the most recently finished entries to show (default {STATUS_LAST})",
+    )
     _command(sub, "check", "check the config, the broker and (upload/download) ssh+rsync to central")
     for action, what in (
         ("retry", "take up a failed entry again, or run its failed cleanup script again"),
@@ -289,8 +306,10 @@ def _main(argv: Sequence[str]) -> int:
 def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     from .agents import AGENTS
     from .pidfile import Pidfile, read_pid
+    from .private import remember_umask, restrict_umask
     from .runtime import Runtime
 
+    remember_umask()  # the one synkler was started with: rsync's and the cleanup scripts'
     pidfile = Pidfile(cfg.pidfile)
     if not pidfile.acquire():
         # Cron starts us every minute: a live agent is the normal case, not an error.
@@ -301,6 +320,7 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
 
         # As a daemon, the launching process exits in there, once the daemon has started.
         launch = prepare(cfg, pidfile, daemon=(args.daemon or cfg.daemon) and not args.foreground)
+        restrict_umask()  # what the agent creates from here on is its own (docs/operations.md)
         runtime = Runtime(cfg, AGENTS[cfg.mode])
         launch.started(runtime)
         runtime.run()
@@ -316,23 +336,37 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     from .agents import AGENTS
+    from .private import exposed_secrets
     from .state import State
 
+    for problem in exposed_secrets(cfg.secret_files):
+        print(f"synkler: warning: {logs.shown(problem)}", file=sys.stderr)
     if args.relay or args.watch:
         from .relayview import cmd_relay
 
         return cmd_relay(cfg, as_json=args.json, watch=args.watch, all_finished=args.all)
 
-    if not cfg.state_db.exists():
-        entries = []
-    else:
+    hidden = 0
+    entries: list[Entry] = []
+    newest: dict[str, str] = {}
+    if cfg.state_db.exists():
         state = State(cfg.state_db, readonly=True)
         try:
-            entries = state.all()
+            if args.all:
+                entries = state.all()
+                newest = _newest(entries)
+            else:
+                entries, hidden = _status_entries(cfg, state, args.last)
+                newest = _latest_versions(state, entries)
         finally:
             state.close()
+    if hidden:
+        # On stderr: the table or JSON on stdout stays what it was for a reader.
+        print(
+            f"({hidden} older finished entries not shown: `synkler status --all` lists every entry)",
+            file=sys.stderr,
+        )
     agent = AGENTS[cfg.mode]
-    newest = _newest(entries)
     actions = {e.id: agent.actions(e, newest[e.name] == e.id, present=_present(cfg, e)) for e in entries}
     if args.json:
         rows = []
@@ -372,6 +406,29 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     for line in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) + "  " + line[-1])
     return ExitStatus.OK
+
+
+def _status_entries(cfg: Config, state: State, last: int) -> tuple[list[Entry], int]:
+    """What `status` shows without --all, oldest first, and how many others there are: every entry
+    not finished (on its way, failed), every one whose cleanup script failed or was interrupted, and
+    the `last` most recently finished. Read through indexes: as quick with a million entries as with
+    a hundred."""
+    from .agents import AGENTS
+
+    finished = {str(s) for s in AGENTS[cfg.mode].FINISHED}
+    counts = state.counts()
+    open_states = [s for s in counts if s not in finished]
+    shown = {e.id: e for e in state.by_state(*open_states)} if open_states else {}
+    shown.update((e.id, e) for e in state.cleanups_needing_a_person())
+    for e in state.listed([s for s in counts if s in finished], latest=True, limit=max(0, last)):
+        shown.setdefault(e.id, e)
+    return sorted(shown.values(), key=lambda e: e.created), sum(counts.values()) - len(shown)
+
+
+def _latest_versions(state: State, entries: list[Entry]) -> dict[str, str]:
+    """Name -> the id of its newest version, of the names of `entries`, wherever that version is."""
+    latest = {name: state.latest_by_name(name) for name in {e.name for e in entries}}
+    return {name: e.id for name, e in latest.items() if e is not None}
 
 
 def _newest(entries: list[Entry]) -> dict[str, str]:
@@ -480,42 +537,127 @@ def _iso(ts: float, sep: str = "T") -> str:
 
 
 def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
+    from . import checks
     from .broker import Broker, BrokerParams
     from .hops import transfer
-    from .linux.fs import free_bytes
+    from .linux.fs import free_bytes, total_bytes
+    from .private import exposed_secrets
 
-    failures = 0
-    print(f"ok    config {cfg.path} ({cfg.mode}, id {cfg.id})")
+    lines: list[checks.Line] = []
+    central_report: dict | None = None
+
+    def say(line: checks.Line | None) -> None:
+        if line is not None:
+            lines.append(line)
+            print(checks.show(line), flush=True)
+
+    say((checks.OK, f"config {cfg.path} ({cfg.mode}, id {cfg.id})"))
+    for problem in exposed_secrets(cfg.secret_files):  # reported, not failed: the relay works
+        say((checks.WARN, logs.shown(problem)))
+    for line in checks.ignored_lines(cfg):
+        say(line)
     broker = Broker(BrokerParams.from_config(cfg), cfg.id, cfg.name)
     try:
         broker.connect(consume=False)
-        print(f"ok    broker {cfg.synkler_server}:{cfg.broker_port} vhost {cfg.broker_vhost}")
-        if cfg.authenticate:
-            print(f"ok    messages authenticated: this agent publishes as {cfg.broker_username}")
-        else:
-            print(
-                "WARN  messages are not authenticated (authenticate: false): anyone who can publish "
-                "to the broker can make this agent act (docs/security.md)"
+        say(
+            (
+                checks.OK,
+                f"broker {cfg.synkler_server}:{cfg.broker_port} vhost {cfg.broker_vhost}{_tls_note(cfg)}",
             )
+        )
+        if cfg.authenticate:
+            say((checks.OK, f"messages authenticated: this agent publishes as {cfg.broker_username}"))
+        else:
+            say(
+                (
+                    checks.WARN,
+                    "messages are not authenticated (authenticate: false): anyone who can publish "
+                    "to the broker can make this agent act (docs/security.md)",
+                )
+            )
+        uploads, outbox = _own_peers(cfg)
+        for peer in checks.peers_of(cfg, uploads):
+            report = checks.parse_report(broker.peek_presence(peer))
+            if peer == "central":
+                central_report = report
+            say(checks.peer_line(cfg.id, peer, broker.queue_info(peer), report, outbox.get(peer, 0)))
     except BrokerError as e:
-        failures += 1
-        print(f"FAIL  broker: {e}")
+        say((checks.FAIL, f"broker: {e}"))
     finally:
         broker.close()
     if cfg.mode in ("upload", "download"):
         try:
             transfer.rsync_protection(tuple(cfg.rsync))
         except transfer.RsyncTooOld as e:
-            failures += 1
-            print(f"FAIL  rsync: {e}")
+            say((checks.FAIL, f"rsync: {e}"))
         result = transfer.probe(cfg)
         if result.ok:
-            print(f"ok    ssh + rsync to central {cfg.central_host}")
+            say((checks.OK, f"ssh + rsync to central {cfg.central_host}"))
+            say(_place_line(cfg, central_report))
         else:
-            failures += 1
-            print(f"FAIL  ssh + rsync to central {cfg.central_host}: {result.summary()}")
-    print(f"ok    file_dir {cfg.file_dir} ({free_bytes(cfg.file_dir) / 1e9:.1f} GB free)")
-    return ExitStatus.FAILURE if failures else ExitStatus.OK
+            say((checks.FAIL, f"ssh + rsync to central {cfg.central_host}: {result.summary()}"))
+    say(checks.cleanup_line(cfg, os.environ.get("PATH")))
+    for line in checks.files_lines(cfg):
+        say(line)
+    free = free_bytes(cfg.file_dir)
+    if cfg.mode == "central":
+        say(checks.reserve_line(cfg.file_dir, free, total_bytes(cfg.file_dir), cfg.free_percent))
+    else:
+        say((checks.OK, f"file_dir {cfg.file_dir} ({free / 1e9:.1f} GB free)"))
+    failed = any(level == checks.FAIL for level, _ in lines)
+    return ExitStatus.FAILURE if failed else ExitStatus.OK
+
+
+def _place_line(cfg: Config, central: dict | None) -> tuple[str, str]:
+    """Upload writes a file into its staging at central and removes it; download lists central's
+    store: over ssh, as the transfers do. Where those are, central's presence report says."""
+    from . import checks
+    from .hops import transfer
+    from .messages import confined
+
+    place = central.get("place") if central else None
+    if not isinstance(place, str) or not confined(place, cfg.id):
+        return (checks.WARN, "central's directory not tried over ssh: central has not reported where it is")
+    if cfg.mode == "upload":
+        where = f"{place}/staging/{cfg.name}"
+        result, what = transfer.probe_write(cfg, where), "write into"
+    else:
+        where = f"{place}/stored"
+        result, what = transfer.probe_read(cfg, where), "read"
+    if result.ok:
+        return (checks.OK, f"{what} central's {logs.shown(where)} over ssh")
+    return (checks.FAIL, f"cannot {what} central's {logs.shown(where)} over ssh: {result.summary()}")
+
+
+def _own_peers(cfg: Config) -> tuple[list[str], dict[str, int]]:
+    """From this agent's state database, read-only (absent before the first run): the upload
+    agents central has had entries from, and the messages waiting in the outbox per destination."""
+    from .state import State
+
+    if not cfg.state_db.exists():
+        return [], {}
+    try:
+        state = State(cfg.state_db, readonly=True)
+    except StateError:
+        return [], {}
+    try:
+        uploads = state.peers(64) if cfg.mode == "central" else []
+        return uploads, state.outbox_counts()
+    except StateError:
+        return [], {}
+    finally:
+        state.close()
+
+
+def _tls_note(cfg: Config) -> str:
+    """How `check` connected: plain, or TLS verified against what, logged in how."""
+    if not cfg.broker_tls:
+        return " (plain AMQP, no TLS)"
+    ca = cfg.broker_ca_file or "the system's CAs"
+    name = cfg.broker_tls_server_name or cfg.synkler_server
+    login = "EXTERNAL login (client certificate)" if cfg.broker_login == "external" else "password login"
+    cert = f", client certificate {cfg.broker_cert_file}" if cfg.broker_cert_file else ""
+    return f" (TLS: certificate for {name} verified against {ca}{cert}; {login})"
 
 
 def cmd_broker_setup(cfg: Config, args: argparse.Namespace) -> int:

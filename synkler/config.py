@@ -18,16 +18,21 @@ import math
 import os
 import re
 import shlex
+import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import yaml
 
 from synkler.errors import ConfigError
+from synkler.tls import TlsFileError, TlsSettings, tls_context
 
 ENV_VAR = "SYNKLER_CONF"
+#: The broker password, when the configuration names none (docs/configuration.md, "The broker password").
+PASSWORD_ENV_VAR = "SYNKLER_BROKER_PASSWORD"
+_PASSWORD_FILE_MAX = 4096  # bytes: a longer "password file" is some other file named by mistake
 # Module level so tests can point it somewhere harmless; read at call time.
 SYSTEM_CONFIG = Path("/etc/synkler.conf")
 _HOME_CONFIGS = ("synkler.conf", ".config/synkler/synkler.conf")
@@ -94,6 +99,7 @@ class Config:
     name: str
     file_dir: Path
     keep_minutes: float
+    keep_history_days: float
     pidfile: Path
     state_db: Path
     rsync: tuple[str, ...]
@@ -102,9 +108,16 @@ class Config:
     ssh_control_persist: int
     synkler_server: str
     central_host: str
+    broker_tls: bool
+    broker_tls_server_name: str | None
+    broker_ca_file: Path | None
+    broker_cert_file: Path | None
+    broker_key_file: Path | None
+    broker_login: str
     broker_port: int
-    broker_username: str
+    broker_username: str  # "" with EXTERNAL login and no name given: publishes name no user
     broker_password: str
+    broker_password_file: Path | None
     broker_vhost: str
     broker_heartbeat: int
     authenticate: bool
@@ -119,6 +132,14 @@ class Config:
     log_format: str
     daemon: bool
     log_file: Path | None
+    metrics_listen: tuple[str, int] | None
+    metrics_textfile: Path | None
+    # Not a key: the keys the file sets (`synkler check` warns of those this role ignores).
+    given: frozenset[str] = field(default=frozenset(), compare=False)
+    alerts: Alerts | None = None  # notices to people (synkler.alerts); None: none are sent
+    # Not a key: the files that hold the broker password (this file when it sets one other than
+    # guest, or broker_password_file), which the agent tells about when others can read them.
+    secret_files: tuple[Path, ...] = ()
 
     @property
     def daemon_log(self) -> Path:
@@ -149,7 +170,12 @@ def _stem(id_: str, mode: str, name: str) -> str:
 
 
 class _Invalid(Exception):
-    """A value is unacceptable; the message is the problem text only."""
+    """A value is unacceptable; the message is the problem text only. `at`: where inside a nested
+    setting (``email.host`` of ``alerts``), added to the key the error names."""
+
+    def __init__(self, problem: str, at: str | None = None):
+        super().__init__(problem)
+        self.at = at
 
 
 class _Context(NamedTuple):
@@ -283,6 +309,22 @@ def _directory(value: Any, ctx: _Context) -> Path:
     return path
 
 
+def _file(value: Any, ctx: _Context) -> Path:
+    """A file the agent must read (a certificate, a key): there and readable, when checked."""
+    path = _path(value, ctx)
+    if ctx.check_dirs:
+        if not path.exists():
+            raise _Invalid(f"file does not exist: {path}")
+        if not path.is_file():
+            raise _Invalid(f"not a regular file: {path}")
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise _Invalid(f"cannot read {path}: {exc.strerror or exc}") from None
+    return path
+
+
 def _split(text: str) -> tuple[str, ...]:
     try:
         return tuple(shlex.split(text))
@@ -324,12 +366,189 @@ def _rsync_opts(value: Any, ctx: _Context) -> tuple[str, ...]:
     return tuple(item.strip() for row in rows for item in row if item.strip())
 
 
+def _listen(value: Any, ctx: _Context) -> tuple[str, int]:
+    """`host:port` (`[v6 address]:port`) for the metrics HTTP server: (host, port)."""
+    text = _text(value, ctx).strip()
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise _Invalid(f"must be host:port (e.g. 127.0.0.1:9310, [::1]:9310), got {_describe(value)}")
+    if host.startswith("-") or any(c.isspace() for c in host):
+        raise _Invalid(f"must be host:port, got {_describe(value)}")
+    return host, int(port)
+
+
 def _cleanup_script(value: Any, ctx: _Context) -> str:
     # Kept as written (it is shown in logs), but split now so a broken quote is
     # reported at start-up rather than after the first delivery.
     text = _text(value, ctx)
     _split(text)
     return text
+
+
+# --------------------------------------------------------------------------
+# alerts: a nested mapping (docs/configuration.md, "Alerts"). Its own small table per level, so a
+# mistake names the full key (alerts.email.host).
+
+
+@dataclass(frozen=True)
+class WebhookChannel:
+    url: str
+    headers: tuple[tuple[str, str], ...] = ()
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class EmailChannel:
+    host: str
+    to: tuple[str, ...]
+    sender: str  # the From address (key `from`)
+    port: int = 587
+    tls: str = "starttls"  # starttls | ssl | none
+    username: str | None = None
+    password: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None  # a CA to trust besides the system's (a private mail relay)
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class CommandChannel:
+    argv: tuple[str, ...]
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class Alerts:
+    """Where notices go and when conditions count (synkler.alerts)."""
+
+    webhook: WebhookChannel | None = None
+    email: EmailChannel | None = None
+    command: CommandChannel | None = None
+    stuck_minutes: float = 240.0
+    silent_minutes: float = 10.0
+    disk_warn_percent: float = 90.0
+    check_seconds: float = 30.0  # how often conditions are looked at
+    group_seconds: float = 30.0  # notices that start within this long go out together
+    max_per_hour: int = 10  # messages per channel per hour; more are held and sent together
+
+    @property
+    def channels(self) -> dict[str, WebhookChannel | EmailChannel | CommandChannel]:
+        found = {"webhook": self.webhook, "email": self.email, "command": self.command}
+        return {name: ch for name, ch in found.items() if ch is not None}
+
+
+def _section(
+    value: Any, ctx: _Context, keys: Mapping[str, Callable[[Any, _Context], Any]], required: tuple[str, ...]
+) -> dict[str, Any]:
+    """Check a nested mapping against `keys`; _Invalid names the sub-key (`at`)."""
+    if not isinstance(value, Mapping):
+        raise _Invalid(f"must be a mapping of 'key: value' lines, got {_describe(value)}")
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or key not in keys:
+            close = difflib.get_close_matches(str(key), keys, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise _Invalid(f"unknown key{hint}", at=str(key))
+        if item is None:
+            continue
+        try:
+            out[key] = keys[key](item, ctx)
+        except _Invalid as exc:
+            raise _Invalid(str(exc), at=key if exc.at is None else f"{key}.{exc.at}") from None
+    for key in required:
+        if key not in out:
+            raise _Invalid("is required", at=key)
+    return out
+
+
+def _url(value: Any, ctx: _Context) -> str:
+    value = _text(value, ctx)
+    if not re.match(r"https?://[^/\s]+", value) or any(c.isspace() for c in value):
+        raise _Invalid(f"must be an http:// or https:// URL, got {_describe(value)}")
+    return value
+
+
+def _headers(value: Any, ctx: _Context) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, Mapping):
+        raise _Invalid(f"must be a mapping of header: value, got {_describe(value)}")
+    out = []
+    for k, v in value.items():
+        if not isinstance(k, str) or not re.fullmatch(r"[A-Za-z0-9-]+", k):
+            raise _Invalid(f"{_describe(k)} is not a header name")
+        if not isinstance(v, str) or "\n" in v or "\r" in v:
+            raise _Invalid(f"{k}: must be a one-line string, got {_describe(v)}")
+        out.append((k, v))
+    return tuple(out)
+
+
+def _addresses(value: Any, ctx: _Context) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for item in items:
+        if not isinstance(item, str) or not re.fullmatch(r"[^@\s,<>]+@[^@\s,<>]+", item.strip()):
+            raise _Invalid(f"must be an email address or a list of them, got {_describe(item)}")
+        out.append(item.strip())
+    if not out:
+        raise _Invalid("must name at least one address")
+    return tuple(out)
+
+
+def _address(value: Any, ctx: _Context) -> str:
+    if isinstance(value, list):
+        raise _Invalid("must be one email address")
+    return _addresses(value, ctx)[0]
+
+
+_WEBHOOK = {"url": _url, "headers": _headers, "timeout": _number(0, 300, above=True)}
+_EMAIL = {
+    "host": _host,
+    "port": _integer(1, 65535),
+    "from": _address,
+    "to": _addresses,
+    "tls": _choice("starttls", "ssl", "none"),
+    "username": _text,
+    "password": _string,
+    "password_file": _path,
+    "ca_file": _path,
+    "timeout": _number(0, 300, above=True),
+}
+_COMMAND = {"argv": _command, "timeout": _number(0, 3600, above=True)}
+
+
+def _alerts(value: Any, ctx: _Context) -> Alerts:
+    channels = {
+        "webhook": lambda v, c: WebhookChannel(**_section(v, c, _WEBHOOK, ("url",))),
+        "email": _email,
+        "command": lambda v, c: CommandChannel(**_section(v, c, _COMMAND, ("argv",))),
+    }
+    limits = {
+        "stuck_minutes": _number(0, above=True),
+        "silent_minutes": _number(0, above=True),
+        "disk_warn_percent": _number(0, 100),
+        "check_seconds": _number(0, 3600, above=True),
+        "group_seconds": _number(0, 3600),
+        "max_per_hour": _integer(1, 3600),
+    }
+    return Alerts(**_section(value, ctx, {**channels, **limits}, ()))
+
+
+def _email(value: Any, ctx: _Context) -> EmailChannel:
+    got = _section(value, ctx, _EMAIL, ("host", "from", "to"))
+    got["sender"] = got.pop("from")
+    if "password" in got and "password_file" in got:
+        raise _Invalid("give password or password_file, not both", at="password_file")
+    if "password_file" in got:
+        try:
+            got["password"] = _read_secret(got["password_file"])
+        except _Invalid as exc:
+            raise _Invalid(str(exc), at="password_file") from None
+    if "password" in got and "username" not in got:
+        raise _Invalid("a password needs a username", at="username")
+    if got.get("username") and got.get("tls", "starttls") == "none":
+        raise _Invalid("a login needs tls: starttls or ssl (a password is never sent in clear)", at="tls")
+    return EmailChannel(**got)
 
 
 # --------------------------------------------------------------------------
@@ -346,6 +565,7 @@ class _Key(NamedTuple):
     check: Callable[[Any, _Context], Any]
     default: Any = None
     required: bool = False
+    roles: tuple[str, ...] = MODES  # the modes that read it (docs/configuration.md, "used by")
 
 
 def _state_dir(ctx: _Context) -> Path:
@@ -365,39 +585,61 @@ def _state_file(suffix: str) -> _Derived:
     return _Derived(lambda s, ctx: _state_dir(ctx) / f"{_stem(s['id'], s['mode'], s['name'])}{suffix}")
 
 
+_ENDS = ("upload", "download")  # the roles that run rsync and cleanup scripts
+
 # Order matters for derived defaults: anything a _Derived reads comes earlier.
 KEYS: dict[str, _Key] = {
     "mode": _Key(_choice(*MODES), required=True),
     "id": _Key(_identifier, "default"),
     "name": _Key(_identifier, _Derived(lambda s, ctx: s["mode"])),
     "file_dir": _Key(_directory, required=True),
-    "keep_minutes": _Key(_number(0), 30.0),
+    "keep_minutes": _Key(_number(0), 30.0, roles=("central",)),
+    "keep_history_days": _Key(_number(0), 30.0),
     "pidfile": _Key(_path, _state_file(".pid")),
     "state_db": _Key(_path, _state_file(".sqlite")),
-    "rsync": _Key(_command, ("rsync",)),
-    "rsync_opts": _Key(_rsync_opts, ()),
-    "rsync_timeout": _Key(_integer(1), 300),
-    "ssh_control_persist": _Key(_integer(0, 86400), 60),
+    "rsync": _Key(_command, ("rsync",), roles=_ENDS),
+    "rsync_opts": _Key(_rsync_opts, (), roles=_ENDS),
+    "rsync_timeout": _Key(_integer(1), 300, roles=_ENDS),
+    "ssh_control_persist": _Key(_integer(0, 86400), 60, roles=_ENDS),
     "synkler_server": _Key(_host, required=True),
-    "central_host": _Key(_host, _Derived(lambda s, ctx: s["synkler_server"])),
-    "broker_port": _Key(_integer(1, 65535), 5672),
-    "broker_username": _Key(_text, "guest"),
+    "central_host": _Key(_host, _Derived(lambda s, ctx: s["synkler_server"]), roles=_ENDS),
+    "broker_tls": _Key(_boolean, False),
+    "broker_tls_server_name": _Key(_host, None),
+    "broker_ca_file": _Key(_file, None),
+    "broker_cert_file": _Key(_file, None),
+    "broker_key_file": _Key(_file, None),
+    "broker_login": _Key(_choice("password", "external"), "password"),
+    "broker_port": _Key(_integer(1, 65535), _Derived(lambda s, ctx: 5671 if s["broker_tls"] else 5672)),
+    # With EXTERNAL login the broker takes the user from the certificate; only a name given here
+    # goes into the publishes' user_id (and authenticate needs it).
+    "broker_username": _Key(
+        _text, _Derived(lambda s, ctx: "guest" if s["broker_login"] == "password" else "")
+    ),
     "broker_password": _Key(_string, "guest"),
+    "broker_password_file": _Key(_path, None),
     "broker_vhost": _Key(_text, "/"),
     "broker_heartbeat": _Key(_integer(1, 3600), 30),
     "authenticate": _Key(_boolean, False),
-    "cleanup_script": _Key(_cleanup_script, None),
-    "cleanup_attempts": _Key(_integer(1, 100), 1),
-    "cleanup_timeout": _Key(_number(0, above=True), 3600.0),
-    "free_percent": _Key(_number(0, 100), 10.0),
-    "settle_seconds": _Key(_number(0), 1.0),
+    "cleanup_script": _Key(_cleanup_script, None, roles=_ENDS),
+    "cleanup_attempts": _Key(_integer(1, 100), 1, roles=_ENDS),
+    "cleanup_timeout": _Key(_number(0, above=True), 3600.0, roles=_ENDS),
+    "free_percent": _Key(_number(0, 100), 10.0, roles=("central",)),
+    "settle_seconds": _Key(_number(0), 1.0, roles=("upload",)),
     "max_transfers": _Key(_integer(1), 4),
     "max_attempts": _Key(_integer(1), 5),
-    "retry_max_seconds": _Key(_number(0, above=True), 300.0),
+    "retry_max_seconds": _Key(_number(0, above=True), 300.0, roles=_ENDS),
     "log_format": _Key(_choice("text", "json"), "text"),
     "daemon": _Key(_boolean, False),
     "log_file": _Key(_path, None),
+    "metrics_listen": _Key(_listen, None),
+    "metrics_textfile": _Key(_path, None),
+    "alerts": _Key(_alerts, None),
 }
+
+
+def ignored_keys(cfg: Config) -> list[str]:
+    """The keys the configuration sets that its mode does not read, in table order."""
+    return [key for key in KEYS if key in cfg.given and cfg.mode not in KEYS[key].roles]
 
 
 def value_problem(key: str, value: object, base: Path) -> str | None:
@@ -573,7 +815,7 @@ def parse_config(
         try:
             settings[key] = KEYS[key].check(value, ctx)
         except _Invalid as exc:
-            raise ConfigError(path, key, str(exc)) from None
+            raise ConfigError(path, key if exc.at is None else f"{key}.{exc.at}", str(exc)) from None
 
     for key, spec in KEYS.items():
         if key in settings:
@@ -583,6 +825,7 @@ def parse_config(
         default = spec.default
         settings[key] = default.compute(settings, ctx) if isinstance(default, _Derived) else default
 
+    secret_files = _broker_password(data, settings, path, ctx)
     if settings["mode"] != "upload" and settings["name"] != settings["mode"]:
         # Peers address central and download by their role's name; several of them come later.
         raise ConfigError(
@@ -590,7 +833,19 @@ def parse_config(
         )
     if settings["mode"] == "upload" and settings["name"] in ("central", "download"):
         raise ConfigError(path, "name", f"an upload agent cannot be named {settings['name']!r}")
+    _check_tls(settings, path, check_dirs)
     own_user = f"{settings['name']}@{settings['id']}"
+    if (
+        settings["authenticate"]
+        and settings["broker_login"] == "external"
+        and not settings["broker_username"]
+    ):
+        raise ConfigError(
+            path,
+            "broker_username",
+            f"with authenticate: true and broker_login: external it must be given, {own_user!r}, the user "
+            "the broker takes from the certificate (its CN, with ssl_cert_login_from = common_name)",
+        )
     if settings["authenticate"] and settings["broker_username"] != own_user:
         # Peers believe a message only from the broker user of the agent it claims to come from.
         raise ConfigError(
@@ -599,4 +854,111 @@ def parse_config(
             f"with authenticate: true it must be {own_user!r} (<name>@<id>: peers know this agent's "
             f"messages by it), got {settings['broker_username']!r}",
         )
-    return Config(path=path, **settings)
+    alerts = settings["alerts"]
+    if alerts is not None and alerts.email is not None and alerts.email.password_file is not None:
+        secret_files += (alerts.email.password_file,)
+    elif alerts is not None and alerts.email is not None and alerts.email.password:
+        secret_files += (path,) if path not in secret_files else ()
+    given = frozenset(key for key, value in data.items() if value is not None)
+    return Config(path=path, **settings, given=given, secret_files=secret_files)
+
+
+_TLS_KEYS = ("broker_tls_server_name", "broker_ca_file", "broker_cert_file", "broker_key_file")
+
+
+def _check_tls(settings: dict[str, Any], path: Path, check_dirs: bool) -> None:
+    """The TLS settings fit together, and (when files are checked) the files hold what they should:
+    a mistake here is found at start, not at the first connect."""
+    if not settings["broker_tls"]:
+        # Set without TLS is a connection someone believes is protected and is not.
+        for key in _TLS_KEYS:
+            if settings[key] is not None:
+                raise ConfigError(path, key, "is set but broker_tls is not true")
+        if settings["broker_login"] == "external":
+            raise ConfigError(path, "broker_login", "external needs broker_tls: true (a client certificate)")
+        return
+    cert, key = settings["broker_cert_file"], settings["broker_key_file"]
+    if cert is not None and key is None:
+        raise ConfigError(path, "broker_key_file", "is required with broker_cert_file")
+    if key is not None and cert is None:
+        raise ConfigError(path, "broker_cert_file", "is required with broker_key_file")
+    if settings["broker_login"] == "external" and cert is None:
+        raise ConfigError(
+            path,
+            "broker_login",
+            "external needs a client certificate: set broker_cert_file and broker_key_file",
+        )
+    if check_dirs:
+        tls = TlsSettings.of(settings["broker_ca_file"], cert, key, settings["broker_tls_server_name"])
+        try:
+            tls_context(tls)
+        except TlsFileError as exc:
+            raise ConfigError(path, exc.key, exc.problem) from None
+
+
+def _broker_password(
+    data: Mapping[str, Any], settings: dict[str, Any], path: Path, ctx: _Context
+) -> tuple[Path, ...]:
+    """Settle broker_password: broker_password or broker_password_file in the file (not both), else
+    $SYNKLER_BROKER_PASSWORD, else guest. Returns the files that hold it.
+
+    The file comes before the environment: it is the one place that says what this agent does,
+    and an environment variable reaches every agent started from the same shell or unit.
+    """
+    secret_file = settings["broker_password_file"]
+    given = data.get("broker_password") is not None
+    if secret_file is not None:
+        if given:
+            raise ConfigError(
+                path, "broker_password_file", "give broker_password or broker_password_file, not both"
+            )
+        settings["broker_password"] = _read_password(secret_file, path)
+        return (secret_file,)
+    if given:
+        return (path,) if settings["broker_password"] != "guest" else ()
+    settings["broker_password"] = ctx.environ.get(PASSWORD_ENV_VAR) or settings["broker_password"]
+    return ()
+
+
+def _read_password(secret_file: Path, path: Path) -> str:
+    """The broker password in `secret_file`."""
+    try:
+        return _read_secret(secret_file)
+    except _Invalid as exc:
+        raise ConfigError(path, "broker_password_file", str(exc)) from None
+
+
+def _read_secret(secret_file: Path) -> str:
+    """The password in `secret_file`: its one line, without the newline that ends it."""
+
+    def bad(problem: str) -> _Invalid:
+        return _Invalid(f"{problem}: {secret_file}")
+
+    try:
+        # O_NONBLOCK: a FIFO named by mistake must not hang the agent; the fstat below refuses it.
+        fd = os.open(secret_file, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise bad(f"cannot read ({exc.strerror or exc})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise bad("not a regular file")
+        raw = os.read(fd, _PASSWORD_FILE_MAX + 1)
+    except OSError as exc:
+        raise bad(f"cannot read ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+    if len(raw) > _PASSWORD_FILE_MAX:
+        raise bad(f"longer than {_PASSWORD_FILE_MAX} bytes, so not a password file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad("not UTF-8 text") from None
+    for end in ("\r\n", "\n"):
+        if text.endswith(end):
+            text = text[: -len(end)]
+            break
+    if not text:
+        raise bad("empty")
+    if "\n" in text or "\r" in text:
+        raise bad("holds more than one line (the password must be its only line)")
+    return text

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .errors import ExitStatus
+from .private import AGENT_UMASK
 
 if TYPE_CHECKING:
     from .config import Config
@@ -31,7 +32,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("synkler")
 
-UMASK = 0o027  # files the agent creates (state, log, staging directories) are not world-readable
+# The agent's own umask, as in the foreground (synkler.private); the log file, opened before the
+# detach, keeps its 0640.
+UMASK = AGENT_UMASK
 WORKING_DIRECTORY = "/"  # a daemon holds no mount point busy; every configured path is absolute
 _STARTED = b"started"
 

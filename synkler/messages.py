@@ -145,11 +145,13 @@ class Message:
     """The envelope every message has: the entry it is about and the agent that sent it.
 
     On the wire it also carries the schema version `v`, its `type` and the time it was sent (`at`).
+    `decode` keeps `at` (the sender's clock); a message made to be sent has none.
     """
 
     TYPE: ClassVar[str] = ""
     entry: str
     sender: str
+    at: float | None = field(default=None, init=False, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -381,4 +383,6 @@ def _validate(msg: object) -> Message:
     if len(msg) != len(schema) + len(_ENVELOPE):
         extra = set(msg) - set(schema) - set(_ENVELOPE)
         raise MessageError(f"{mtype}: unknown fields {sorted(extra)}")
-    return cls(msg["entry"], msg["from"], *[msg[name] for name in schema])
+    message = cls(msg["entry"], msg["from"], *[msg[name] for name in schema])
+    object.__setattr__(message, "at", float(at))  # not an argument: messages made to send have none
+    return message

@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Union
 
 from synkler.errors import PidfileError
+from synkler.private import make_dirs, tighten
 
 if TYPE_CHECKING:  # annotations only: typing.Self needs 3.11, the package supports 3.9
     from typing_extensions import Self
@@ -106,7 +107,7 @@ class Pidfile:
             return True
         parent = os.path.dirname(os.path.abspath(self.path))
         try:
-            os.makedirs(parent, mode=0o755, exist_ok=True)
+            make_dirs(parent)
         except FileExistsError:
             pass  # something that is not a directory: the open below reports it precisely
         except OSError as exc:
@@ -114,7 +115,7 @@ class Pidfile:
         for _ in range(_MAX_ATTEMPTS):
             try:
                 # O_NOFOLLOW: never write our pid through a symlink someone planted.
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
             except OSError as exc:
                 raise self._fail("open pidfile", exc) from exc
             try:
@@ -153,6 +154,7 @@ class Pidfile:
 
     def _write_pid(self, fd: int) -> None:
         try:
+            tighten(fd, self.path)  # left 0644 by an older synkler
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
             os.fsync(fd)

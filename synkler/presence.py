@@ -192,11 +192,24 @@ class Presence:
             "hashes": len(checksum.running()),
             "disk": self._disk(),
             "peers": peers,
+            # central: its directory of this instance (<file_dir>/<id>), where `check` on upload and
+            # download tries a write into staging and a read of stored over ssh
+            "place": os.path.join(self.cfg.file_dir, self.cfg.id) if self.mode == "central" else None,
             "entries": [entry_row(e, progress.get(e.id)) for e in unfinished],
             "left_out": total_unfinished - len(unfinished),
             "finished": list(latest),
         }
         return fit(report)
+
+    def figures(self) -> dict[str, Any]:
+        """The figures a report carries that the agent's metrics show too (synkler.metrics)."""
+        state = self.runtime.state
+        return {
+            "counts": state.counts(),
+            "outbox": state.outbox_size(),
+            "transfers": self.runtime.transfers,
+            "disk": self._disk(),
+        }
 
     def _disk(self) -> dict[str, int] | None:
         try:

@@ -18,6 +18,7 @@ import functools
 import json
 import logging
 import queue
+import re
 import signal
 import threading
 import time
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from . import messages
 from .agents.base import PERSON_REPEAT, Agent, Done, Key
+from .alerts import Alerts
 from .backoff import backoff
 from .broker import PEERS, Broker, BrokerParams, Delivery, broker_user, exchange_name, queue_name
 from .errors import (
@@ -40,7 +42,9 @@ from .errors import (
 )
 from .hops import checksum, transfer
 from .linux.sdnotify import Notifier
+from .metrics import metrics_for
 from .presence import Presence
+from .private import exposed_secrets
 from .state import State
 
 if TYPE_CHECKING:
@@ -82,6 +86,8 @@ class Runtime:
             # Its own thread, so noticing new entries never waits behind the md5 of a big one.
             "scan": ThreadPoolExecutor(1, thread_name_prefix="scan"),
             "script": ThreadPoolExecutor(1, thread_name_prefix="script"),
+            # Notices (synkler.alerts): a send that hangs never holds up the relay, nor its stop.
+            "alert": ThreadPoolExecutor(1, thread_name_prefix="alert"),
         }
         self._busy: set[Key] = set()  # what running jobs hold
         self.transfers = 0  # rsync runs going on
@@ -100,9 +106,16 @@ class Runtime:
         self.presence = Presence(
             self, agent_class.mode, [str(s) for s in agent_class.STATES]
         )  # reports to the relay view, every few seconds
+        self.metrics = metrics_for(cfg, agent_class.mode, [str(s) for s in agent_class.STATES])
+        if self.metrics is not None:
+            self.agent.observer = self.metrics
         self.notify = Notifier.from_environ()  # systemd's Type=notify and watchdog; else no-ops
         # What SIGHUP does: reopen the log file when the agent writes one (set by the CLI), else stop.
         self.on_hangup: Callable[[], None] | None = None
+        self._secrets_looked = float("-inf")  # when files holding the password were last looked at
+        self.alerts = Alerts(self, agent_class.mode)
+        self.login_refused: str | None = None  # the broker refuses this agent's login: why
+        self._alerts_complained = float("-inf")
 
     # jobs ----------------------------------------------------------------------------------------
 
@@ -162,6 +175,8 @@ class Runtime:
             self.cfg.id,
             self.cfg.state_db,
         )
+        self._tell_secrets(time.time())
+        self._tick_metrics()
         if not self.cfg.authenticate:
             log.warning(
                 "messages are not authenticated (authenticate: false): anyone who can publish to "
@@ -177,6 +192,7 @@ class Runtime:
                 if time.time() >= self._next_connect:
                     self._connect()
                 if self.broker is None:
+                    self._alert_waiting()
                     self._stop.wait(max(0.0, min(self._next_connect - time.time(), TICK)))
             if self._stop.is_set():
                 return
@@ -199,8 +215,16 @@ class Runtime:
             log.info("stopping: ending transfers, waiting for running jobs")
             self.agent.shutdown()
         transfer.terminate_all()
-        for pool in self._pools.values():
-            pool.shutdown(wait=True, cancel_futures=True)
+        for name, pool in self._pools.items():
+            # A notice being sent is not waited for: unsent, it stays queued for the next start.
+            pool.shutdown(wait=name != "alert", cancel_futures=True)
+        if not self._started and self.alerts.enabled:
+            # Before startup only notices are sent: record the ones that went out.
+            try:
+                with self.state.transaction():
+                    self._drain_done()
+            except (StateUnavailable, OSError):
+                pass  # unrecorded, they are sent again at the next start
         if self._started:
             with self.state.transaction():
                 self._drain_done()
@@ -211,13 +235,29 @@ class Runtime:
             self.presence.stopped(time.time())
         if self.broker:
             self.broker.close()
+        if self.metrics is not None:
+            self.metrics.close(self.presence.figures())
         self.state.close()
         self.agent.stopped()
         self.notify.close()
         log.info("stopped")
 
+    def _tick_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.tick(time.time(), self.presence.figures)
+
+    def _tell_secrets(self, now: float) -> None:
+        """A password others can read needs a person: ERROR at start and every PERSON_REPEAT while
+        it lasts (reported, not refused: see synkler.private)."""
+        if now - self._secrets_looked < PERSON_REPEAT:
+            return
+        self._secrets_looked = now
+        for problem in exposed_secrets(self.cfg.secret_files):
+            log.error("%s (said again every %d minutes while it lasts)", problem, PERSON_REPEAT // 60)
+
     def _step(self) -> None:
         now = time.time()
+        self._tell_secrets(now)
         if self.broker is None and now >= self._next_connect:
             self._connect()
         deliveries: list[Delivery] = []
@@ -231,6 +271,7 @@ class Runtime:
             self._work(deliveries)
             self._flush_outbox()
             self.presence.tick(time.time())  # after the outbox: it never holds a message back
+            self._tick_metrics()
         except BrokerError as e:
             self._lost(e)
 
@@ -259,6 +300,7 @@ class Runtime:
                     log.exception("error in the agent's periodic work; retrying in a second")
                     self.agent.look_again()
                     pause = True
+                self._alert(time.time())
         except (StateUnavailable, OSError) as e:  # the commit itself failed
             log.error("cannot record the agent's state (%s); messages stay queued", e)
             outcomes = [(d.tag, "requeue", []) for d in deliveries]
@@ -274,6 +316,32 @@ class Runtime:
                 broker.reject(tag, requeue=outcome == "requeue")
         if pause or any(outcome == "requeue" for _, outcome, _ in outcomes):
             self._stop.wait(1.0)
+
+    def _alert(self, now: float) -> None:
+        """Look at the conditions alerts tell about and send due notices; a failure here costs
+        only this look (said every PERSON_REPEAT seconds), never the relay's work."""
+        if not self.alerts.enabled:
+            return
+        try:
+            with self.state.savepoint():
+                self.alerts.tick(now)
+        except Exception:
+            if now - self._alerts_complained >= PERSON_REPEAT:
+                self._alerts_complained = now
+                log.exception(
+                    "error while looking at the conditions for alerts (said again every 10 minutes)"
+                )
+
+    def _alert_waiting(self) -> None:
+        """Before the first connection: a broker that refuses the login is told too."""
+        if not self.alerts.enabled:
+            return
+        try:
+            with self.state.transaction():
+                self._drain_done()  # before startup, only notices are sent
+                self._alert(time.time())
+        except (StateUnavailable, OSError) as e:
+            log.debug("alerts not looked at: %s", e)
 
     def _sleep_for(self, now: float) -> float:
         """How long the loop may wait for events: up to TICK, less if a timer of the agent is due."""
@@ -295,6 +363,7 @@ class Runtime:
             return
         except BrokerError as e:
             self._free_since = None
+            self.login_refused = str(e) if _LOGIN_REFUSED.search(str(e)) else None
             self._connect_failures += 1
             delay = backoff(self._connect_failures, base=0.5, cap=30)
             self._next_connect = time.time() + delay
@@ -314,6 +383,7 @@ class Runtime:
         else:
             log.info("connected to broker %s:%s", self._params.host, self._params.port)
         self._connect_failures = 0
+        self.login_refused = None
         self.broker = broker
         if self._started:
             self.notify.status(f"{self._who()}: working")
@@ -409,6 +479,7 @@ class Runtime:
                         continue
                     try:
                         self._authenticate(item, user)
+                        self.agent.observer.heard_from(item.sender, time.time())
                         with self.state.savepoint():
                             self.agent.on_message(item)
                     except MessageError as e:
@@ -522,6 +593,8 @@ class Runtime:
         self._held[dest] = (refusals, now + backoff(refusals, base=1, cap=60), told)
 
 
+# pika's words for a login or vhost the broker refuses (a person must fix the user or password).
+_LOGIN_REFUSED = re.compile(r"Authentication|AccessDenied|ACCESS_REFUSED - Login")
 OUTBOX_BATCH = 2000
 _CHUNK_BYTES = 256 * 1024
 

@@ -22,12 +22,48 @@ def free_port() -> int:
 
 
 class RabbitNode:
-    def __init__(self, conf_lines: list[str] | None = None):
+    """`tls`: (CA, certificate, key) files of a TLS listener on `tls_port` beside the plain one on
+    `port`; it asks clients for a certificate and refuses one its CA did not sign, but takes a
+    client without one (`fail_if_no_peer_cert`). `external`: EXTERNAL login too (the user is the
+    certificate's common name)."""
+
+    def __init__(
+        self,
+        conf_lines: list[str] | None = None,
+        *,
+        tls: tuple[Path, Path, Path] | None = None,
+        fail_if_no_peer_cert: bool = False,
+        external: bool = False,
+    ):
         self.name = f"synkler-test-{uuid.uuid4().hex[:8]}@localhost"
         self.port = free_port()
         self.dist_port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="synkler-rabbit-"))
         self.conf_lines = [f"listeners.tcp.local = 127.0.0.1:{self.port}", *(conf_lines or [])]
+        self.plugins: list[str] = []
+        self.tls_port: int | None = None
+        if tls is not None:
+            # Copies the node owns: the rabbitmq user may not reach the test's own directories.
+            (self.dir / "tls").mkdir()
+            for src, dest in zip(tls, ("ca.pem", "cert.pem", "key.pem")):
+                shutil.copyfile(src, self.dir / "tls" / dest)
+            self.tls_port = free_port()
+            self.conf_lines += [
+                f"listeners.ssl.default = 127.0.0.1:{self.tls_port}",
+                f"ssl_options.cacertfile = {self.dir / 'tls' / 'ca.pem'}",
+                f"ssl_options.certfile = {self.dir / 'tls' / 'cert.pem'}",
+                f"ssl_options.keyfile = {self.dir / 'tls' / 'key.pem'}",
+                "ssl_options.verify = verify_peer",
+                f"ssl_options.fail_if_no_peer_cert = {str(fail_if_no_peer_cert).lower()}",
+            ]
+        if external:
+            self.plugins.append("rabbitmq_auth_mechanism_ssl")
+            self.conf_lines += [
+                "auth_mechanisms.1 = PLAIN",
+                "auth_mechanisms.2 = AMQPLAIN",
+                "auth_mechanisms.3 = EXTERNAL",
+                "ssl_cert_login_from = common_name",
+            ]
         self.started = False
 
     @staticmethod
@@ -45,9 +81,10 @@ class RabbitNode:
 
     def start(self, timeout: float = 90) -> RabbitNode:
         (self.dir / "rabbitmq.conf").write_text("\n".join(self.conf_lines) + "\n")
-        (self.dir / "enabled_plugins").write_text("[].\n")  # no management: no port 15672 clash
+        # No management plugin: no port 15672 clash.
+        (self.dir / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
         user = pwd.getpwnam("rabbitmq")
-        for path in (self.dir, *self.dir.iterdir()):
+        for path in (self.dir, *self.dir.rglob("*")):
             os.chown(path, user.pw_uid, user.pw_gid)
         os.chmod(self.dir, 0o755)
         env = {
@@ -82,6 +119,12 @@ class RabbitNode:
         if done.returncode != 0:
             raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {done.stderr.strip() or done.stdout.strip()}")
         return done.stdout
+
+    def serve_certificate(self, cert: Path, key: Path) -> None:
+        """Make the TLS listener present another certificate from the next connection on."""
+        for src, dest in ((cert, "cert.pem"), (key, "key.pem")):
+            shutil.copyfile(src, self.dir / "tls" / dest)
+        self.ctl("eval", "ssl:clear_pem_cache().")
 
     def log_tail(self, lines: int = 30) -> str:
         logs = list((self.dir / "log").glob("*.log")) if (self.dir / "log").exists() else []

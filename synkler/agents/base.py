@@ -9,6 +9,7 @@ and calls `tick` after each pass. A test can do the same with jobs run at once (
 
 from __future__ import annotations
 
+import copy
 import enum
 import functools
 import logging
@@ -22,7 +23,8 @@ from ..errors import MessageError, Refused
 from ..hops import cleanup, transfer
 from ..logs import shown
 from ..messages import EntryMessage, Forget, Message
-from ..state import Entry, Request, State
+from ..state import Ended, Entry, Request, State
+from .history import History
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -123,6 +125,24 @@ class Jobs(Protocol):
         """Make the main loop pass soon (from any thread)."""
 
 
+class Observer:
+    """What an agent tells about as it happens, for its metrics (synkler.metrics); by default nothing.
+    Called in the main loop; `moved` only once the change has committed."""
+
+    def moved(self, old: str | None, entry: Entry) -> None:
+        """An entry was created (`old` None) or changed state from `old`."""
+
+    def mismatch(self, hop: str) -> None:
+        """A copy's md5 did not match after `hop`."""
+
+    def retried(self, hop: str, cause: str) -> None:
+        """A step of `hop` failed and is scheduled again; `cause`: failure, link_down, disk_full or
+        needs_person."""
+
+    def heard_from(self, peer: str, now: float) -> None:
+        """A message from agent `peer` arrived."""
+
+
 class Status(str, enum.Enum):
     """Base of each role's entry states. The value is what the state column holds and status shows."""
 
@@ -154,6 +174,11 @@ class TransitionError(Exception):
     """A bug: a role tried a state change its transition table does not allow."""
 
 
+class Pruned(Exception):
+    """A message about an entry this agent does not have, sent before the time its history still
+    covers: it was about an entry pruned since (or older still). Nothing to do."""
+
+
 class Agent:
     """Base of the three roles: reacts to messages, job results and time. No direct broker I/O.
 
@@ -172,6 +197,10 @@ class Agent:
     FORGETTABLE: ClassVar[frozenset[Status]] = frozenset()  # the states `forget` ends: on the way, or failed
     RETRYABLE: ClassVar[frozenset[Status]] = frozenset()  # the states `retry` takes up again
     RETRIES: ClassVar[str] = "a failed entry"  # what `retry` takes up, for a person
+    # The states an entry ends in, pruned from the history keep_history_days later (never `failed`:
+    # a person must look; `Agent.kept` says which of them the role keeps longer).
+    FINISHED: ClassVar[tuple[Status, ...]] = ()
+    observer: Observer = Observer()  # the runtime puts the agent's metrics here
 
     def __init__(self, cfg: Config, state: State, jobs: Jobs):
         self.cfg = cfg
@@ -180,6 +209,7 @@ class Agent:
         self.name = cfg.name
         # message type -> its handler; a type not here is refused (dead-lettered)
         self.handlers: dict[type[Message], Callable[[Any], None]] = {}
+        self.history = History(cfg, state, tuple(str(s) for s in self.FINISHED), self.kept, self.prune_later)
 
     def startup(self) -> None:
         """Reconcile the disk with the durable state after a (possibly unclean) stop."""
@@ -189,7 +219,10 @@ class Agent:
         handler = self.handlers.get(type(msg))
         if handler is None:
             raise MessageError(f"{self.mode} does not take {msg.TYPE!r} messages")
-        handler(msg)
+        try:
+            handler(msg)
+        except Pruned as e:  # raised by entry_for, before the handler changed anything
+            log.info("%s", e)
 
     def tick(self, now: float) -> None:
         """Start what is due. Called often: keep it cheap."""
@@ -200,6 +233,27 @@ class Agent:
 
     def look_again(self) -> None:
         """Forget the hints that let `tick` skip work (after a tick was rolled back)."""
+
+    def prune_history(self, now: float) -> None:
+        """Prune finished entries older than keep_history_days, if a pass is due (at the end of each
+        role's tick). A pass that fails is undone alone, logged, and tried again later: it never stops
+        the tick or the loop."""
+        try:
+            with self.state.savepoint():
+                self.history.prune(now)
+        except Exception:
+            log.exception("error while pruning the history; trying again in a few minutes")
+            self.history.forget_cache()
+            self.history.next_pass = now + 300
+
+    def prune_later(self) -> bool:
+        """Is this a bad moment to decide what to keep? (The pass is then made a second later.)"""
+        return False
+
+    def kept(self, ended: list[Ended]) -> set[str]:
+        """The ids of these finished, old entries that must stay in the history for now: those a job
+        still holds (a role adds what it needs to stay exactly-once)."""
+        return {e.id for e in ended if self.jobs.busy(Key(ENTRY, e.id))}
 
     def shutdown(self) -> None:
         """Stop what `startup` began (threads, watches), before the running jobs are ended."""
@@ -217,13 +271,19 @@ class Agent:
         """Record a new entry, in one of the role's `NEW` states."""
         if entry.state not in self.NEW:
             raise TransitionError(f"{self.mode}: a new entry cannot start in {entry.state!r}")
-        return self.state.insert(entry)
+        created = self.state.insert(entry)
+        self.state.after_commit(functools.partial(self.observer.moved, None, copy.copy(created)))
+        return created
 
     def move(self, entry: Entry, to: Status, **changes: Any) -> Entry:
         """Change an entry's state (and other fields) as the role's transition table allows."""
         if to != entry.state and to not in self.TRANSITIONS.get(self.STATES(entry.state), ()):
             raise TransitionError(f"{self.mode}: entry {entry.id}: {entry.state} -> {to} is not a transition")
-        return self.state.update(entry, state=to, **changes)
+        old = entry.state
+        moved = self.state.update(entry, state=to, **changes)
+        if to != old:  # a copy: the entry may change again before the commit
+            self.state.after_commit(functools.partial(self.observer.moved, old, copy.copy(moved)))
+        return moved
 
     def entry_from(self, msg: EntryMessage, state: Status, **fields: Any) -> Entry:
         """A new entry described by an offer or fetch message (name, kind, size, files, and the md5
@@ -243,9 +303,17 @@ class Agent:
     def entry_for(self, msg: Message, *senders: str) -> Entry:
         """The entry a message is about. Refused: a message about an entry this agent never had, and
         one from an agent that has no say over the entry: by default only its peer (the central that
-        sent it, the upload that offered it) may; `senders` names who may instead."""
+        sent it, the upload that offered it) may; `senders` names who may instead. A message about an
+        entry this agent does not have, sent before the time its history still covers, is about an
+        entry pruned since: nothing is done (`Pruned`)."""
         entry = self.state.get(msg.entry)
         if entry is None:
+            if self.history.older_than_history(msg):
+                raise Pruned(
+                    f"{msg.TYPE} from {msg.sender} about entry {msg.entry}, which this agent no longer "
+                    f"has: sent before the {self.cfg.keep_history_days:g} days of history it keeps; "
+                    "nothing to do"
+                )
             raise MessageError(f"{msg.TYPE} for unknown entry {msg.entry}")
         allowed = senders or (entry.peer or "",)
         if msg.sender not in allowed:
@@ -457,6 +525,10 @@ class Endpoint(Agent):
             # A transfer cut short by our own shutdown is not the hop's fault: redo it at the next start.
             log.info("%s: %s interrupted by shutdown; resumes at the next start", entry.name, hop)
             return True
+        if out_of_space or link_down or entry.tries + 1 < self.cfg.max_attempts:  # else: failed
+            cause = "needs_person" if link_down and needs_person else "link_down" if link_down else "failure"
+            cause = "disk_full" if out_of_space else cause
+            self.state.after_commit(functools.partial(self.observer.retried, hop, cause))
         if link_down and needs_person:
             self._needs_person(entry, hop, why, **changes)
             return True

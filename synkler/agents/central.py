@@ -141,6 +141,7 @@ class Central(Agent):
     TRANSITIONS = TRANSITIONS
     FORGOTTEN = Mid.FORGOTTEN
     FORGETTABLE = FORGETTABLE
+    FINISHED = (Mid.EXPIRED, Mid.WITHDRAWN, Mid.FORGOTTEN)
 
     def __init__(self, cfg: Config, state: State, jobs: Jobs):
         super().__init__(cfg, state, jobs)
@@ -413,6 +414,7 @@ class Central(Agent):
         for entry in self.state.by_state(Mid.DELIVERED, due_before=now):
             if not self.jobs.busy(Key(ENTRY, entry.id)):
                 self._expire(entry)
+        self.prune_history(now)
 
     def _verify(self, group: list[Entry]) -> None:
         """md5 of the staged copies of a group of entries, by one job (small entries share one:
@@ -470,6 +472,8 @@ class Central(Agent):
             if checked is not None
             else f"cannot read upload: {result}"
         )
+        if checked is not None:
+            self.state.after_commit(functools.partial(self.observer.mismatch, "push"))
         self.spool.drop_staged(entry)
         if entry_now.attempt >= self.cfg.max_attempts:
             self._give_up(entry_now, "upload to central", why)

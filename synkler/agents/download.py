@@ -21,6 +21,7 @@ from ..hops.checksum import stat_entry
 from ..linux.fs import remove_tree, rename_noreplace
 from ..logs import some_entries
 from ..messages import Corrupt, Failed, Fetch, Fetched, Forget, Pushing, confined, is_valid_entry_id
+from ..private import private_dir
 from ..state import Entry, State
 from .base import CENTRAL, ENTRY, Endpoint, Jobs, Key, Status, Transitions, shown
 from .pull import Early, Mismatch, NotPulled, PullRun, Staging, pull, pull_early
@@ -74,6 +75,7 @@ class Download(Endpoint):
     DELIVERED, DONE, FAILED, FORGOTTEN = Down.DELIVERED, Down.DONE, Down.FAILED, Down.FORGOTTEN
     FORGETTABLE = FORGETTABLE
     RETRYABLE = frozenset({Down.FAILED})
+    FINISHED = (Down.DONE, Down.FORGOTTEN)
 
     def __init__(self, cfg: Config, state: State, jobs: Jobs):
         super().__init__(cfg, state, jobs)
@@ -88,7 +90,7 @@ class Download(Endpoint):
         return stored_as, os.path.join(self.cfg.file_dir, stored_as)
 
     def startup(self) -> None:
-        os.makedirs(self.staging.dir, exist_ok=True)
+        private_dir(self.staging.dir)  # data in transit: the agent's user's alone
         # A pull cut short keeps what it got, and rsync's partial file, for its entry's next run;
         # so does an early pull whose fetch has not come yet. Anything else in staging is left over.
         now = time.time()
@@ -127,6 +129,7 @@ class Download(Endpoint):
         early = self.early.get(msg.entry)
         if (
             self.state.get(msg.entry) is None
+            and not self.history.may_have_pruned(msg)  # a copy, about an entry delivered long ago
             and (early is None or early.ended is not None)  # not pulling it early right now
             and sum(e.ended is None for e in self.early.values()) < EARLY_MAX
             and self.jobs.transfers < self.cfg.max_transfers
@@ -142,13 +145,40 @@ class Download(Endpoint):
         entry = self.state.get(msg.entry)
         if msg.entry in self.early:
             self.early[msg.entry].fetched.set()
-        if entry is None:
+        if entry is None and self.history.may_have_pruned(msg):
+            self._not_fetched(msg)
+        elif entry is None:
             self.create(self.entry_from(msg, Down.FETCHING, attempt=msg.attempt, path=msg.path))
             self.transfer_due = True
         elif entry.state in (Down.FETCHING, Down.FAILED) and msg.attempt > entry.attempt:
             # Central has a fresh copy (it found its stored one bad and got it again from upload).
             self.move(entry, Down.FETCHING, attempt=msg.attempt, path=msg.path, tries=0, due=0)
             self.transfer_due = True
+
+    def _not_fetched(self, msg: Fetch) -> None:
+        """A fetch for an entry this agent does not have, sent no later than entries it has pruned
+        from its history: it may be a copy of a fetch delivered long ago (a message held back for
+        longer than keep_history_days), and pulling it would deliver that entry twice. So it is not
+        pulled: the entry is recorded as failed (shown by status, logged at ERROR) for a person to
+        decide. Central is not told: for a copy, central forgot the entry too (a `failed` would be
+        dead-lettered there); for a fetch that really is that late, central keeps its verified copy
+        while it waits for `fetched`, so the entry can still be pulled."""
+        until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.history.pruned_until))
+        sent = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(msg.at or 0))
+        why = (
+            f"fetch sent {sent}, no later than entries this agent has pruned from its history (fetched "
+            f"up to {until}): it may be a copy of one delivered before, so it is not pulled"
+        )
+        entry = self.create(self.entry_from(msg, Down.FETCHING, attempt=msg.attempt, path=msg.path))
+        self.move(entry, Down.FAILED, reason=why)
+        log.error(
+            "%s: %s. If it was not delivered (look in %s), `synkler retry %s` on download pulls it "
+            "(docs/operations.md, 'A fetch older than the history')",
+            entry.name,
+            why,
+            self.cfg.file_dir,
+            entry.id,
+        )
 
     # an operator's requests ----------------------------------------------------------------------
 
@@ -211,6 +241,7 @@ class Download(Endpoint):
                 log.info("dropping the early copy of entry %s: central never sent it", entry_id)
                 del self.early[entry_id]
                 remove_tree(early.local)
+        self.prune_history(now)
 
     def shutdown(self) -> None:
         for early in self.early.values():
@@ -269,6 +300,7 @@ class Download(Endpoint):
                 # Central re-checks its stored copy (and gets it again from upload if it is bad).
                 self.send(entry.peer or "", Corrupt(entry.id, self.name, got=outcome.got))
                 why = f"md5 mismatch at download: expected {entry.md5}, got {outcome.got}"
+                self.state.after_commit(functools.partial(self.observer.mismatch, "pull"))
             elif isinstance(outcome, NotPulled):
                 why = outcome.why
             else:

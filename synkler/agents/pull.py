@@ -3,7 +3,8 @@ early pull of a big file while upload still pushes it. These run on worker threa
 typed outcomes; the download agent records them in the main loop.
 
 Pulls land in ``file_dir/.synkler-<id>/<entry id>`` (dot-prefixed, so nothing else mistakes them for
-finished data; the entry itself under its id, as central stores it).
+finished data; owner-only, 0700, so nobody else reads them before they are placed; the entry itself
+under its id, as central stores it).
 
 A big file is pulled early: while upload pushes it, central says so (`pushing`) and download appends
 what has arrived to its copy in staging, hashing it as it comes (`Early`, memory only). When the

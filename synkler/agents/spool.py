@@ -1,6 +1,6 @@
 """Central's spool: its directories on disk, what is left over in them after a stop, and the sweep.
 
-``file_dir/<id>/`` holds
+``file_dir/<id>/`` (like each directory in it, owner-only: 0700) holds
 - ``staging/<upload agent>/<name>``: where each upload agent pushes (one directory per agent, so one
   rsync run can carry many entries), with rsync's partial files in ``.synkler-partial/``;
 - ``stored/<entry id>``: a verified copy, the entry itself under its id (its name is in the state; a
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from ..hops.transfer import PARTIAL_DIR
 from ..linux.fs import free_bytes, remove_tree, rename_noreplace, total_bytes, usable_bytes
 from ..messages import is_valid_entry_id
+from ..private import private_dir
 from ..state import Entry
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ class Spool:
 
     def prepare(self, entry: Entry) -> None:
         """A fresh start for a push of the entry: its staging directory there, no old copy in it."""
-        os.makedirs(self.staging(entry), exist_ok=True)
+        os.makedirs(self.staging(entry), mode=0o700, exist_ok=True)
         remove_tree(self.staged(entry))
 
     def store(self, entry: Entry) -> None:
@@ -131,8 +132,9 @@ class Spool:
         staged copies and partial files stay. `keep_stored(entry id)`: None if stored/<entry id>
         stays, else why it goes.
         """
-        for path in (self.staging_dir, self.stored_dir, self.growing_dir):
-            os.makedirs(path, exist_ok=True)
+        # Data in transit is for the agent's user (who is also the ssh login of upload and download).
+        for path in (self.base, self.staging_dir, self.stored_dir, self.growing_dir):
+            private_dir(path)
         for name in os.listdir(self.growing_dir):  # pushes cut short by the stop start again
             remove_tree(os.path.join(self.growing_dir, name))
         for peer in os.listdir(self.staging_dir):

@@ -34,7 +34,7 @@ from ..messages import (
     name_problem,
     new_entry_id,
 )
-from ..state import Entry, State
+from ..state import Ended, Entry, State
 from .base import (
     CENTRAL,
     ENTRY,
@@ -168,6 +168,7 @@ class Upload(Endpoint):
     DELIVERED, DONE, FAILED, FORGOTTEN = Up.DELIVERED, Up.DONE, Up.FAILED, Up.FORGOTTEN
     FORGETTABLE = FORGETTABLE
     RETRYABLE = frozenset({Up.FAILED})
+    FINISHED = (Up.DONE, Up.SUPERSEDED, Up.FORGOTTEN)
 
     def __init__(self, cfg: Config, state: State, jobs: Jobs):
         super().__init__(cfg, state, jobs)
@@ -474,6 +475,27 @@ class Upload(Endpoint):
         for batch in self.batches(due, group=lambda e: e.path):
             self._push(batch)
         self.start_due_cleanups(now)
+        self.prune_history(now)
+
+    def prune_later(self) -> bool:
+        # A listing under way may still show a name that is gone now, and the scan would take it for
+        # new if its history went meanwhile: prune between scans.
+        return self.jobs.busy(SCAN)
+
+    def kept(self, ended: list[Ended]) -> set[str]:
+        """The latest version of each name still in file_dir stays, however old: the scan compares
+        what the name holds with it (fingerprint, then md5), and that is what keeps a delivered file
+        that is still here from being offered again. Older versions, and names no longer here, go."""
+        keep = super().kept(ended)
+        for row in ended:
+            latest = self.state.latest_by_name(row.name)
+            if latest is None or latest.id != row.id:
+                continue
+            if os.path.lexists(self.path(row.name)):
+                keep.add(row.id)
+            else:
+                self.relayed.pop(row.name, None)  # only a cache: a name that comes back is looked up
+        return keep
 
     def _push(self, batch: list[Entry]) -> None:
         """One rsync run for entries admitted into the same directory on central."""

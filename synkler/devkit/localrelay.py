@@ -38,11 +38,15 @@ class LocalRelay:
         broker_port: int = 5672,
         settings: dict[str, dict[str, Any]] | None = None,
         verbose: bool = True,
+        admin: BrokerParams | None = None,
     ):
+        """`admin`: how `close` reaches the broker to remove the instance's queues (default: guest
+        on broker_host:broker_port; another port where the agents' needs TLS)."""
         self.workdir = Path(workdir)
         self.sshd = sshd
         self.instance = instance
         self.broker = BrokerParams(broker_host, broker_port)
+        self.admin = admin or self.broker
         self.verbose = verbose
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.dirs = {role: self.workdir / role / "files" for role in ROLES}
@@ -120,7 +124,7 @@ class LocalRelay:
             # A SIGKILLed agent leaves its ssh master connection to time out: end it now.
             transfer.close_shared_connection(load_config(self.configs[role], check_dirs=False))
         try:
-            broker = Broker(self.broker, self.instance, "admin")
+            broker = Broker(self.admin, self.instance, "admin")
             broker.connect(consume=False)
             broker.delete_instance(list(ROLES))
             broker.close()

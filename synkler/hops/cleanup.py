@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from ..config import Config
 from ..linux.fs import fsync_dir
 from ..pidfile import read_pid
+from ..private import child_umask, private_dir
 from .checksum import md5_entry, stat_entry
 from .transfer import Result
 
@@ -83,9 +84,10 @@ def cleanup_argv(template: Sequence[str], name: str, full_path: str) -> list[str
 
 
 def script_status(cfg: Config, entry_id: str) -> str:
-    """Where the runner of an entry's cleanup script leaves its pid and its result."""
+    """Where the runner of an entry's cleanup script leaves its pid and its result (a directory only
+    the agent's user can enter, like the state database beside it)."""
     directory = os.path.join(os.path.dirname(cfg.state_db), os.path.basename(cfg.state_db) + ".scripts")
-    os.makedirs(directory, exist_ok=True)
+    private_dir(directory)
     return os.path.join(directory, f"{entry_id}.json")
 
 
@@ -134,12 +136,16 @@ def run_cleanup(
             str(cfg.cleanup_timeout),
         ]
         # The pid file exists, locked, before the runner does; the runner inherits the lock.
-        fd = os.open(status + ".pid", os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fd = os.open(status + ".pid", os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             fsync_dir(os.path.dirname(status))
             argv += ["--lock-fd", str(fd), "--", *cleanup_argv(cfg.cleanup_argv, name, full_path)]
-            subprocess.run(argv, stdin=subprocess.DEVNULL, start_new_session=True, pass_fds=(fd,))
+            # The script's files are the user's: it gets the umask the agent was started with, not
+            # the agent's own 077 (the runner makes its records 0600 itself).
+            subprocess.run(
+                argv, stdin=subprocess.DEVNULL, start_new_session=True, pass_fds=(fd,), umask=child_umask()
+            )
         finally:
             os.close(fd)
     try:

@@ -33,7 +33,8 @@ KILL_GRACE = 10.0  # seconds between SIGTERM and SIGKILL for a script over its t
 
 def _write(path: str, data: bytes) -> None:
     tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
+    # 0600 whatever the umask: the runner has the agent's starting umask, which is the script's.
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())

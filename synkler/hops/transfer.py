@@ -19,12 +19,14 @@ import stat
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..config import Config
 from ..errors import SynklerError
 from ..linux.process import die_with_parent
+from ..private import child_umask
 
 log = logging.getLogger(__name__)
 
@@ -297,6 +299,9 @@ def run(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_agent if track else None,
+            # What rsync writes is the user's data: the agent's starting umask, not its own 077
+            # (with --archive rsync gives files the sender's modes anyway; this covers --no-perms).
+            umask=child_umask(),
         )
     except FileNotFoundError:
         return Result(False, 127, f"program not found: {argv[0]}", tuple(argv))
@@ -344,7 +349,7 @@ def pull(cfg: Config, remote_dir: str, paths: Sequence[str], local_dir: str) -> 
 
     The relative paths are kept: "<entry id>" lands in local_dir/<entry id>.
     """
-    os.makedirs(local_dir, exist_ok=True)
+    os.makedirs(local_dir, mode=0o700, exist_ok=True)  # download made it private at start
     argv = rsync_argv(
         cfg, f"{cfg.central_host}:{remote_dir.rstrip('/')}/", local_dir.rstrip("/") + "/", listed=True
     )
@@ -357,6 +362,36 @@ def pull_more(cfg: Config, remote_path: str, local_path: str) -> Result:
     A file shorter on central than here is left alone; what a run cut short appended stays.
     """
     return run(rsync_argv(cfg, f"{cfg.central_host}:{remote_path}", local_path, append=True))
+
+
+def probe_write(cfg: Config, remote_dir: str) -> Result:
+    """upload's `check`: write a small file into `remote_dir` on central (central's staging of this
+    agent) and delete it again, the way the pushes go (rsync over the same ssh)."""
+    mark = f".synkler-check-{os.getpid()}-{int(time.time())}"
+    timeout = f"--timeout={min(cfg.rsync_timeout, 30)}"
+    base = [*cfg.rsync, *rsync_protection(tuple(cfg.rsync)), timeout, *cfg.rsync_opts]
+    remote = f"{cfg.central_host}:{remote_dir.rstrip('/')}/"
+    with tempfile.TemporaryDirectory(prefix="synkler-check-") as here:
+        path = os.path.join(here, mark)
+        with open(path, "w") as f:
+            f.write("written by synkler check; removed at once\n")
+        wrote = run([*base, path, remote], timeout=60)
+        if not wrote.ok:
+            return wrote
+        os.unlink(path)
+        # An empty directory, synced with --delete, everything but our file excluded: only it goes.
+        return run(
+            [*base, "--recursive", "--delete", f"--include=/{mark}", "--exclude=*", here + "/", remote],
+            timeout=60,
+        )
+
+
+def probe_read(cfg: Config, remote_dir: str) -> Result:
+    """download's `check`: list `remote_dir` on central (central's store), the way the pulls read."""
+    argv = [*cfg.rsync, *rsync_protection(tuple(cfg.rsync)), f"--timeout={min(cfg.rsync_timeout, 30)}"]
+    return run(
+        [*argv, *cfg.rsync_opts, "--list-only", f"{cfg.central_host}:{remote_dir.rstrip('/')}/"], timeout=60
+    )
 
 
 def probe(cfg: Config) -> Result:

@@ -9,6 +9,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
@@ -116,6 +117,16 @@ def _no_file_dir(s: dict[str, Any]) -> str:
     return yaml.safe_dump({**s, "file_dir": s["file_dir"] + "-does-not-exist"})
 
 
+def _no_password_file(s: dict[str, Any]) -> str:
+    return dict(s, broker_password_file=str(Path(s["file_dir"]).parent / "no-such-password"))
+
+
+def _two_passwords(s: dict[str, Any]) -> str:
+    secret = Path(s["file_dir"]).parent / "password"
+    secret.write_text("s3cret\n")
+    return dict(s, broker_password="s3cret", broker_password_file=str(secret))
+
+
 @pytest.mark.parametrize(
     "make, key, problem",
     [
@@ -125,8 +136,19 @@ def _no_file_dir(s: dict[str, Any]) -> str:
         (_missing("file_dir"), "file_dir", "is required"),
         (_missing("synkler_server"), "synkler_server", "is required"),
         (_no_file_dir, "file_dir", "does not exist"),
+        (_no_password_file, "broker_password_file", "cannot read (No such file or directory)"),
+        (_two_passwords, "broker_password_file", "give broker_password or broker_password_file, not both"),
     ],
-    ids=["unknown-key", "wrong-type", "no-mode", "no-file_dir", "no-synkler_server", "file_dir-missing"],
+    ids=[
+        "unknown-key",
+        "wrong-type",
+        "no-mode",
+        "no-file_dir",
+        "no-synkler_server",
+        "file_dir-missing",
+        "password-file-missing",
+        "two-passwords",
+    ],
 )
 @pytest.mark.parametrize("command", ["run", "status", "check"])
 def test_a_bad_config_exits_2_with_one_line_naming_the_file_and_the_key(
@@ -315,12 +337,114 @@ def test_check_against_the_real_broker_prints_ok_lines_and_the_unauthenticated_w
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert lines, "check printed nothing"
-    # The only line that is not "ok": this relay's messages are not authenticated (the shared login).
-    warned = [line for line in lines if not line.startswith("ok")]
-    assert [line.split(" (")[0] for line in warned] == ["WARN  messages are not authenticated"], result.stdout
+    # The lines that are not "ok": this relay's messages are not authenticated (the shared login), and
+    # no download agent consumes its queue (none runs), which is only a warning while nothing waits.
+    warned = [line.split(" (")[0].split(",")[0] for line in lines if not line.startswith("ok")]
+    assert warned == [
+        "WARN  messages are not authenticated",
+        f"WARN  no agent consumes synkler:{real_broker_settings['id']}:agent:download",
+    ], result.stdout
     assert any("broker" in line for line in lines)
     assert any("config" in line and str(config) in line for line in lines)
     assert any("file_dir" in line for line in lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# the broker password: from a file or the environment; a file others can read is reported
+
+
+def password_file(tmp_path: Path, password: str, file_mode: int) -> Path:
+    path = tmp_path / "etc" / "broker-password"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(password + "\n")
+    path.chmod(file_mode)
+    return path
+
+
+def test_check_logs_in_to_the_real_broker_with_the_password_from_broker_password_file(
+    synkler, write_config, real_broker_settings, tmp_path
+):
+    secret = password_file(tmp_path, real_broker_settings.pop("broker_password"), 0o600)
+    config = write_config(dict(real_broker_settings, broker_password_file=str(secret)))
+    result = synkler("-c", str(config), "check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert all(
+        line.startswith("ok") or "not authenticated" in line or line.startswith("WARN  no agent consumes")
+        for line in result.stdout.splitlines()
+    ), result.stdout
+    assert any(line.startswith("ok    broker") for line in result.stdout.splitlines())
+
+
+def test_the_password_comes_from_the_environment_only_when_the_config_names_none(
+    synkler, write_config, real_broker_settings, env
+):
+    env["SYNKLER_BROKER_PASSWORD"] = "not-the-password"
+    with_password = write_config(real_broker_settings)  # broker_password: guest, the right one
+    assert synkler("-c", str(with_password), "check").returncode == 0
+    without = write_config({k: v for k, v in real_broker_settings.items() if k != "broker_password"})
+    result = synkler("-c", str(without), "check")
+    assert result.returncode == 1
+    assert "FAIL  broker" in result.stdout and "ACCESS_REFUSED" in result.stdout
+
+
+def test_a_config_holding_a_password_others_can_read_is_a_warn_line_in_check_and_a_warning_in_status(
+    synkler, settings, write_config
+):
+    config = write_config(dict(settings, broker_password="s3cret"))
+    config.chmod(0o644)
+    result = synkler("-c", str(config), "check")
+    warns = [line for line in result.stdout.splitlines() if line.startswith("WARN")]
+    assert warns == [
+        f"WARN  {config} holds the broker password and can be read by its group and others (mode 0644); "
+        f"make it private: chmod 600 {config}"
+    ]
+    status = synkler("-c", str(config), "status")
+    assert status.returncode == 0
+    assert status.stderr.startswith(f"synkler: warning: {config} holds the broker password")
+    config.chmod(0o600)
+    result = synkler("-c", str(config), "check")
+    assert not [line for line in result.stdout.splitlines() if line.startswith("WARN")]
+    assert synkler("-c", str(config), "status").stderr == ""
+
+
+def test_an_agent_whose_password_file_others_can_read_says_so_at_error_and_runs(
+    real_broker_settings, write_config, env, tmp_path, broker
+):
+    secret = password_file(tmp_path, real_broker_settings.pop("broker_password"), 0o644)
+    config = write_config(dict(real_broker_settings, broker_password_file=str(secret)))
+    log = tmp_path / "agent.log"
+    with open(log, "wb") as out:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "synkler", "-c", str(config), "-v", "run"],
+            cwd=tmp_path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while "connected to broker" not in log.read_text() and time.monotonic() < deadline:
+            assert agent.poll() is None, log.read_text()
+            time.sleep(0.1)
+        text = log.read_text()
+        assert "connected to broker" in text, text
+        (error,) = [line for line in text.splitlines() if " ERROR " in line]
+        assert error.endswith(
+            f"{secret} holds the broker password and can be read by its group and others (mode 0644); "
+            f"make it private: chmod 600 {secret} (said again every 10 minutes while it lasts)"
+        )
+    finally:
+        agent.terminate()
+        assert agent.wait(TIMEOUT) == 0
+        from synkler.broker import Broker, BrokerParams
+
+        admin = Broker(BrokerParams(broker.host, broker.port), real_broker_settings["id"], "admin")
+        admin.connect(consume=False)
+        try:
+            admin.delete_instance(["central"])
+        finally:
+            admin.close()
 
 
 # --------------------------------------------------------------------------------------------------

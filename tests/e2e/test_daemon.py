@@ -117,7 +117,7 @@ def test_a_daemon_detaches_from_its_launcher_and_stops_on_sigterm_removing_its_p
     assert int(session) != os.getsid(0) and int(session) != pid  # setsid, then a second fork
     assert tty_nr == "0"
     assert os.readlink(f"/proc/{pid}/cwd") == "/"
-    assert "Umask:\t0027" in text(Path(f"/proc/{pid}/status"))
+    assert "Umask:\t0077" in text(Path(f"/proc/{pid}/status"))
     log = default_log(relay)  # <stem>.log beside state_db
     wait_until("the daemon to connect", lambda: "connected to broker" in text(log))
     assert "starting" in text(log)

@@ -423,6 +423,8 @@ def test_malformed_and_hostile_messages_are_dead_lettered_and_the_relay_carries_
 
     relay = make_relay()
     relay.start()
+    # An agent's queue is declared by that agent (and central's and download's by their peers too).
+    relay.wait_for("all three connected", lambda: every_log_says(relay, "connected to broker"))
     admin = Broker(BrokerParams(broker.host, broker.port), relay.instance, "test-admin")
     admin.connect(consume=False)
     try:

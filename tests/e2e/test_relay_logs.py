@@ -19,6 +19,9 @@ ESC_NAME = "esc\x1b[31mred\nline.txt"  # ESC and a newline: refused by upload, w
 LATIN1_NAME = os.fsdecode(b"caf\xe9.txt")  # not UTF-8: relays byte-exact
 
 
+UNAUTHENTICATED = "messages are not authenticated"
+
+
 def test_a_relay_run_logs_lines_that_name_their_agent_and_escape_names_at_every_level(make_relay):
     # upload: text, -v (the life of each entry). central: JSON, --debug (synkler's detail, no pika).
     # download: text, no option (only what a person must know: nothing, in a run where all goes well).
@@ -55,18 +58,24 @@ def test_a_relay_run_logs_lines_that_name_their_agent_and_escape_names_at_every_
     escaped = "esc\\x1b[31mred\\nline.txt"
     [refused] = [line for line in upload if escaped in line]
     assert " WARNING esc\\x1b[31mred\\nline.txt: not sending it" in refused
-    # What a person must know, and nothing else: the refused name is the one warning of the run.
-    assert [line for line in upload if TEXT_LINE.match(line).group(3) not in ("DEBUG", "INFO")] == [refused]
+    # What a person must know, and nothing else: that messages are not authenticated (the test's shared
+    # login), said once at start, and the refused name.
+    warned = [line for line in upload if TEXT_LINE.match(line).group(3) not in ("DEBUG", "INFO")]
+    assert [w for w in warned if UNAUTHENTICATED not in w] == [refused]
+    assert len([w for w in warned if UNAUTHENTICATED in w]) == 1
 
     central = [json.loads(line) for line in raw["central"].decode().splitlines()]  # one object a line
     assert central
     assert {(r["role"], r["agent"], r["id"]) for r in central} == {("central", "central", relay.instance)}
-    assert {r["level"] for r in central} <= {"DEBUG", "INFO"}, "a warning in a run where all went well"
-    assert {r["level"] for r in central} == {"DEBUG", "INFO"}
+    said = [r for r in central if UNAUTHENTICATED not in r["message"]]
+    assert [r["level"] for r in central if UNAUTHENTICATED in r["message"]] == ["WARNING"]
+    assert {r["level"] for r in said} == {"DEBUG", "INFO"}, "a warning in a run where all went well"
     assert not [r for r in central if not r["logger"].startswith("synkler")], "a line not from synkler"
     entries = {r["entry"] for r in central}
     assert {"plain.txt", "caf\\xe9.txt"} <= entries
     delivered = [r for r in central if r["entry"] == "plain.txt" and ": delivered to" in r["message"]]
     assert len(delivered) == 1 and delivered[0]["level"] == "INFO"
 
-    assert raw["download"] == b"", raw["download"].decode()  # all went well: nothing to say
+    # All went well: nothing to say but that messages are not authenticated.
+    lines = raw["download"].decode().splitlines()
+    assert len(lines) == 1 and " WARNING " in lines[0] and UNAUTHENTICATED in lines[0], lines

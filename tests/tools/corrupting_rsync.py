@@ -20,10 +20,10 @@ import sys
 
 def main() -> int:
     fliplog, times, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-    if args == ["--version"]:  # synkler asks which rsync it runs: not a transfer
-        os.execvp("rsync", ["rsync", "--version"])
     source = args[:1] == ["--source"]
     args = args[1:] if source else args
+    if args == ["--version"]:  # synkler asks which rsync it runs: not a transfer
+        os.execvp("rsync", ["rsync", "--version"])
     listing = sys.stdin.buffer.read()  # synkler passes the entries as a NUL-separated list
     if source:
         corrupt(args[-2], listing, fliplog, times)

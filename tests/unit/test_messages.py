@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import fields
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 
 from synkler import messages
 from synkler.errors import MessageError
-from synkler.messages import MAX_BODY, MAX_NAME_BYTES, MAX_SIZE, SCHEMAS, TYPES, decode, encode
+from synkler.messages import MAX_BODY, MAX_NAME_BYTES, MAX_SIZE, SCHEMAS, TYPES, Corrupt, decode, encode
 
 ENTRY = "0123456789abcdef0123456789abcdef"
 MD5 = "d41d8cd98f00b204e9800998ecf8427e"
@@ -97,7 +98,16 @@ def test_every_message_type_survives_encode_then_decode(mtype):
 def test_every_message_class_names_a_validator_for_each_body_field():
     for mtype, cls in TYPES.items():
         assert cls.TYPE == mtype
-        assert [f.name for f in fields(cls)] == ["entry", "sender", *SCHEMAS[mtype]]
+        assert [f.name for f in fields(cls) if f.init] == ["entry", "sender", *SCHEMAS[mtype]]
+
+
+def test_a_decoded_message_keeps_when_it_was_sent_and_one_made_here_has_no_time():
+    made = Corrupt(ENTRY, "download", got="b" * 32)
+    assert made.at is None
+    before = time.time()
+    got = decode(encode(made))
+    assert before <= (got.at or 0) <= time.time()
+    assert got == made  # the time is not part of what the message says
 
 
 def test_encode_produces_compact_ascii_json():

@@ -165,15 +165,31 @@ def test_the_context_manager_acquires_and_removes_the_file(tmp_path: Path) -> No
     assert not path.exists()
 
 
-def test_a_missing_parent_directory_is_created_with_mode_755(tmp_path: Path) -> None:
-    path = tmp_path / "run" / "synkler" / "agent.pid"
+def test_missing_parent_directories_are_created_owner_only_whatever_the_umask(tmp_path: Path) -> None:
+    shared = tmp_path / "var"
+    shared.mkdir(mode=0o755)
+    path = shared / "run" / "synkler" / "agent.pid"
     old_umask = os.umask(0o022)
     try:
         with Pidfile(path):
             assert read_pid(path) == os.getpid()
+            assert (path.stat().st_mode & 0o777) == 0o600
     finally:
         os.umask(old_umask)
-    assert (path.parent.stat().st_mode & 0o777) == 0o755
+    assert (path.parent.stat().st_mode & 0o777) == 0o700
+    assert (path.parent.parent.stat().st_mode & 0o777) == 0o700
+    assert (shared.stat().st_mode & 0o777) == 0o755  # an existing parent is left as it was
+
+
+def test_a_pidfile_left_open_to_others_by_an_older_version_is_taken_over_owner_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "agent.pid"
+    path.write_text("999999\n")
+    path.chmod(0o644)
+    with Pidfile(path):
+        assert (path.stat().st_mode & 0o777) == 0o600
+    assert "mode 0644" in caplog.text
 
 
 def test_an_unwritable_location_raises_pidfile_error_with_path_and_reason(tmp_path: Path) -> None:

@@ -63,6 +63,40 @@ def test_a_new_database_and_its_directory_are_created(db_path: Path):
         s.close()
 
 
+def test_the_database_its_wal_and_shm_and_a_new_directory_are_owner_only_whatever_the_umask(db_path: Path):
+    before = os.umask(0o022)
+    try:
+        s = State(db_path)
+        try:
+            with s.transaction():
+                s.insert(entry())
+            modes = {p.name: p.stat().st_mode & 0o777 for p in db_path.parent.iterdir()}
+        finally:
+            s.close()
+    finally:
+        os.umask(before)
+    assert modes == {"agent.sqlite": 0o600, "agent.sqlite-wal": 0o600, "agent.sqlite-shm": 0o600}
+    assert db_path.parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_database_left_open_to_others_by_an_older_version_is_made_owner_only(db_path: Path):
+    State(db_path).close()
+    db_path.chmod(0o644)
+    s = State(db_path)
+    try:
+        assert db_path.stat().st_mode & 0o777 == 0o600
+        assert s.count() == 0
+    finally:
+        s.close()
+
+
+def test_a_read_only_state_changes_no_mode(db_path: Path):
+    State(db_path).close()
+    db_path.chmod(0o644)
+    State(db_path, readonly=True).close()
+    assert db_path.stat().st_mode & 0o777 == 0o644
+
+
 def test_an_inserted_entry_reads_back_with_every_field(state: State):
     e = entry(size=10, files=2, peer="upload", attempt=1, path="/srv/x", reason="why", due=5.0)
     state.insert(e)
@@ -443,3 +477,124 @@ def test_sent_forgets_several_outbox_rows_at_once(state: State):
     seqs = [seq for seq, _, _ in state.outbox()]
     state.sent(seqs[:2])
     assert [body for _, _, body in state.outbox()] == [b"2"]
+
+
+# --------------------------------------------------------------------------------------------------
+# History
+
+
+def ended_at(state: State, when: float, name: str = "data.csv", status: str = "done", **fields) -> Entry:
+    """An entry that finished at `when` (created a minute before)."""
+    e = entry(name, status, created=when - 60, **fields)
+    with state.transaction():
+        state.insert(e)
+        state._db.execute("UPDATE entries SET updated = ? WHERE id = ?", (when, e.id))
+    return e
+
+
+def walk(state: State, status: str, before: float, step: int) -> list[str]:
+    """Every id `ended` gives, step by step from the start, as pruning walks them."""
+    after, seen = (0.0, 0), []
+    while rows := state.ended(status, before, after, step):
+        seen += [r.id for r in rows]
+        after = (rows[-1].updated, rows[-1].rowid)
+    return seen
+
+
+def test_ended_walks_one_states_entries_oldest_first_from_where_it_stopped(state: State):
+    old = [ended_at(state, 100 + i // 3) for i in range(7)]  # several share the same time
+    ended_at(state, 100, status="failed")
+    ended_at(state, 500)  # not old enough
+    assert walk(state, "done", 200, 2) == [e.id for e in old]
+    assert walk(state, "done", 200, 100) == [e.id for e in old]
+
+
+def test_ended_gives_a_name_that_is_not_utf8_as_python_names_it(state: State):
+    name = os.fsdecode(b"caf\xe9.txt")
+    ended_at(state, 100, name=name)
+    [row] = state.ended("done", 200, (0.0, 0), 10)
+    assert row.name == name
+    assert state.latest_by_name(row.name) is not None
+
+
+def test_prune_forgets_the_entries_and_remembers_the_latest_creation_time(state: State, db_path: Path):
+    a, b, c = ended_at(state, 100), ended_at(state, 300), ended_at(state, 200)
+    assert state.pruned_until() == 0
+    rows = {r.id: r for r in state.ended("done", 1000, (0.0, 0), 10)}
+    with state.transaction():
+        state.prune([rows[b.id], rows[c.id]])
+    assert [e.id for e in state.all()] == [a.id]
+    assert state.pruned_until() == b.created
+    with state.transaction():
+        state.prune([rows[a.id]])  # an older one: the mark never goes back
+    state.close()
+    again = State(db_path)
+    try:
+        assert again.count() == 0 and again.pruned_until() == b.created
+    finally:
+        again.close()
+
+
+def test_the_walk_and_the_newest_entries_use_an_index_and_no_sort(state: State):
+    plans = {
+        "walk": (
+            "SELECT rowid FROM entries INDEXED BY entries_end WHERE state = ? AND updated < ? "
+            "AND (updated, rowid) > (?, ?) ORDER BY updated, rowid LIMIT ?",
+            ("done", 1.0, 0.0, 0, 10),
+        ),
+        "newest": ("SELECT * FROM entries WHERE state = ? ORDER BY updated DESC LIMIT ?", ("done", 5)),
+        "cleanups": ("SELECT * FROM entries WHERE cleanup IN ('failed', 'interrupted')", ()),
+    }
+    for what, (sql, args) in plans.items():
+        plan = " ".join(row[3] for row in state._db.execute("EXPLAIN QUERY PLAN " + sql, args))
+        assert "INDEX entries_" in plan and "TEMP B-TREE" not in plan, (what, plan)
+
+
+def test_counts_the_latest_ended_and_cleanups_needing_a_person_are_what_status_shows(state: State):
+    done = [ended_at(state, 100 + i) for i in range(5)]
+    expired = ended_at(state, 103.5, status="expired")
+    failed_cleanup = ended_at(state, 50, cleanup="failed")
+    ended_at(state, 51, cleanup="skipped")
+    with state.transaction():
+        state.insert(entry(state="offered"))
+    assert state.counts() == {"done": 7, "expired": 1, "offered": 1}
+    newest = state.listed(["done", "expired"], latest=True, limit=3)
+    assert [e.id for e in newest] == [done[4].id, expired.id, done[3].id]
+    assert [e.id for e in state.cleanups_needing_a_person()] == [failed_cleanup.id]
+
+
+def test_counts_follow_every_change_of_state(state: State):
+    a, b = entry(state="offered"), entry(state="offered")
+    with state.transaction():
+        state.insert(a)
+        state.insert(b)
+        state.update(a, state="done")
+        state.update(a, reason="a change that is not of state")
+    assert state.counts() == {"offered": 1, "done": 1}
+    rows = state.ended("done", float("inf"), (0.0, 0), 10)
+    with state.transaction():
+        state.prune(rows)
+        state.update(b, state="done")
+    assert state.counts() == {"done": 1}
+
+
+def test_a_database_made_before_counts_were_kept_is_counted_once_when_opened(db_path: Path):
+    s = State(db_path)
+    with s.transaction():
+        for status in ("done", "done", "failed"):
+            s.insert(entry(state=status))
+    for trigger in ("insert", "delete", "update"):
+        s._db.execute(f"DROP TRIGGER entries_count_{trigger}")
+    s._db.execute("DROP TABLE state_counts")
+    s.close()
+    reader = State(db_path, readonly=True)  # `status` before the agent of this version ran: counted
+    try:
+        assert reader.counts() == {"done": 2, "failed": 1}
+    finally:
+        reader.close()
+    for _ in range(2):  # opened again and again: filled once
+        s = State(db_path)
+        try:
+            assert s.counts() == {"done": 2, "failed": 1}
+        finally:
+            s.close()

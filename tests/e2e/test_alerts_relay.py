@@ -1,0 +1,262 @@
+"""Alerts on a real relay (RabbitMQ, sshd, rsync): notices reach a webhook (an HTTP server on
+loopback), a mail server (aiosmtpd, with STARTTLS and a login) and a command, once when a condition
+starts and once when it clears."""
+
+from __future__ import annotations
+
+import email
+import json
+import os
+import shlex
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from relay_helpers import TOOLS, place
+
+aiosmtpd_controller = pytest.importorskip("aiosmtpd.controller")
+from aiosmtpd.smtp import AuthResult, LoginPassword  # noqa: E402
+
+SMTP_USER, SMTP_PASSWORD = "synkler", "mail-s3cret"
+APPEND = "import sys; open(sys.argv[1], 'a').write(sys.stdin.read() + '\\n')"
+
+
+class Inbox:
+    """Where the three channels deliver: what each received, as messages (the JSON body)."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.webhook: list[dict[str, Any]] = []
+        self.mails: list[tuple[Message, bool, bool]] = []  # (mail, over TLS, logged in)
+        self.command_out = workdir / "command.jsonl"
+        self.lock = threading.Lock()
+
+    def settings(self, **limits: Any) -> dict[str, Any]:
+        return {
+            "webhook": {"url": self.webhook_url, "headers": {"X-Test": "synkler"}},
+            "email": {
+                "host": "127.0.0.1",
+                "port": self.smtp_port,
+                "from": "synkler@relay.test",
+                "to": ["ops@relay.test"],
+                "username": SMTP_USER,
+                "password_file": str(self.password_file),
+                "ca_file": str(self.cert),
+            },
+            "command": {"argv": [sys.executable, "-c", APPEND, str(self.command_out)]},
+            "check_seconds": 1,
+            "group_seconds": 0,
+            **limits,
+        }
+
+    def messages(self, channel: str) -> list[dict[str, Any]]:
+        with self.lock:
+            if channel == "webhook":
+                return list(self.webhook)
+            if channel == "email":
+                return [json.loads(_json_part(m)) for m, _tls, _auth in self.mails]
+        if not self.command_out.exists():
+            return []
+        return [json.loads(line) for line in self.command_out.read_text().splitlines()]
+
+    def told(self, channel: str, key: str) -> list[str]:
+        """The states ("started", "cleared") told for condition `key` on `channel`, in order."""
+        return [n["state"] for m in self.messages(channel) for n in m["notices"] if n["key"] == key]
+
+    def everywhere(self, key: str, states: list[str]) -> bool:
+        return all(self.told(ch, key) == states for ch in ("webhook", "email", "command"))
+
+
+def _json_part(mail: Message) -> str:
+    """The email channel carries the same facts as text; the test reads them back from the text's
+    'condition:' and state lines into the notice shape the other channels have."""
+    text = mail.get_payload(decode=True).decode()  # type: ignore[union-attr]
+    notices = []
+    state = None
+    for line in text.splitlines():
+        for word in ("STARTED", "CLEARED"):
+            if line.startswith(word + " ("):
+                state = word.lower()
+        if line.startswith("  condition: "):
+            notices.append({"key": line.split(": ", 1)[1], "state": state})
+    return json.dumps({"notices": notices, "subject": mail["Subject"]})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def inbox(tmp_path: Path) -> Iterator[Inbox]:
+    box = Inbox(tmp_path)
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            assert self.headers["Content-Type"] == "application/json"
+            assert self.headers["X-Test"] == "synkler"
+            with box.lock:
+                box.webhook.append(json.loads(body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    http_thread = threading.Thread(target=http.serve_forever, daemon=True)
+    http_thread.start()
+    box.webhook_url = f"http://127.0.0.1:{http.server_address[1]}/hook"
+
+    # A private CA-less certificate for 127.0.0.1, trusted by the agents through alerts.email.ca_file.
+    box.cert, key = tmp_path / "smtp.crt", tmp_path / "smtp.key"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(box.cert),
+        ]
+        + ["-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )
+    box.password_file = tmp_path / "smtp-password"
+    box.password_file.write_text(SMTP_PASSWORD + "\n")
+    os.chmod(box.password_file, 0o600)
+
+    class Mailbox:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            mail = email.message_from_bytes(envelope.content)
+            with box.lock:
+                box.mails.append((mail, session.ssl is not None, bool(session.authenticated)))
+            return "250 OK"
+
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (
+            SMTP_USER.encode(),
+            SMTP_PASSWORD.encode(),
+        )
+        return AuthResult(success=ok, handled=False)
+
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(box.cert, key)
+    box.smtp_port = _free_port()
+    smtp = aiosmtpd_controller.Controller(
+        Mailbox(),
+        hostname="127.0.0.1",
+        port=box.smtp_port,
+        tls_context=tls,
+        require_starttls=True,
+        authenticator=authenticator,
+        auth_required=True,
+        auth_require_tls=True,
+    )
+    smtp.start()
+    try:
+        yield box
+    finally:
+        smtp.stop()
+        http.shutdown()
+        http.server_close()
+        http_thread.join(5)
+
+
+def synkler(relay: Any, role: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(relay.command(role, *args), capture_output=True, text=True, timeout=60)
+
+
+def test_a_failed_entry_and_a_failed_cleanup_are_each_told_once_by_every_channel_and_the_retry_clears(
+    make_relay, inbox
+):
+    relay = make_relay()
+    # Upload's first rsync run fails and max_attempts is 1: the first entry fails. Later runs work.
+    failing = [sys.executable, str(TOOLS / "failing_rsync.py"), str(relay.workdir / "failed-once")]
+    refusing = shlex.join(
+        [sys.executable, "-c", "import sys; sys.exit('refused by the test: ' + sys.argv[1])", "%f"]
+    )
+    relay.write_config(
+        "upload", {"rsync": shlex.join(failing), "max_attempts": 1, "alerts": inbox.settings()}
+    )
+    relay.write_config("central", {"alerts": inbox.settings()})
+    relay.write_config("download", {"cleanup_script": refusing, "alerts": inbox.settings()})
+    relay.start()
+
+    place(relay.dirs["upload"], "run-a.dat", os.urandom(100_000))
+    relay.wait_for("the entry to fail at central", lambda: relay.states("central") == {"run-a.dat": "failed"})
+    [a] = relay.entries("central")
+    failed = f"entry-failed:{a.id}"
+    relay.wait_for("central's notice on every channel", lambda: inbox.everywhere(failed, ["started"]))
+    [hooked] = [m for m in inbox.messages("webhook") if any(n["key"] == failed for n in m["notices"])]
+    assert hooked["kind"] == "synkler-notice" and hooked["v"] == 1 and hooked["role"] == "central"
+    assert hooked["instance"] == relay.instance and hooked["text"].endswith(
+        "started: entry run-a.dat failed (push to central)"
+    )
+    [n] = hooked["notices"]
+    assert n["severity"] == "error" and n["details"]["hop"] == "push to central"
+    assert "failed by the test" in n["details"]["reason"] and "synkler retry" in n["todo"]
+
+    place(relay.dirs["upload"], "run-b.dat", os.urandom(100_000))
+    relay.wait_for("run-b delivered", lambda: relay.states("download").get("run-b.dat") == "done")
+    [b] = [e for e in relay.entries("download") if e.name == "run-b.dat"]
+    cleanup = f"cleanup-failed:{b.id}"
+    relay.wait_for("download's notice on every channel", lambda: inbox.everywhere(cleanup, ["started"]))
+    assert inbox.everywhere(failed, ["started"])  # told once, not at every look since
+
+    result = synkler(relay, "upload", "retry", "run-a.dat")
+    assert result.returncode == 0, result.stdout + result.stderr
+    relay.wait_for("the cleared notice", lambda: inbox.everywhere(failed, ["started", "cleared"]), timeout=90)
+    assert inbox.everywhere(cleanup, ["started"])
+
+    mail, over_tls, logged_in = inbox.mails[0]
+    assert over_tls and logged_in
+    assert mail["From"] == "synkler@relay.test" and mail["To"] == "ops@relay.test"
+    assert mail["Subject"].startswith(f"[synkler {relay.instance}/")
+    assert "what to do: " in mail.get_payload(decode=True).decode()  # type: ignore[union-attr]
+
+
+def test_a_stopped_download_is_told_silent_by_central_and_cleared_when_it_is_back(make_relay, inbox):
+    relay = make_relay()
+    relay.write_config("central", {"alerts": inbox.settings(silent_minutes=0.05)})
+    relay.start()
+    relay.wait_for(
+        "download's first report", lambda: "connected to broker" in relay.log_path("download").read_text()
+    )
+    relay.stop("download")
+    key = "agent-silent:download"
+    relay.wait_for("the silent notice", lambda: inbox.everywhere(key, ["started"]), timeout=60)
+    [n] = [n for m in inbox.messages("webhook") for n in m["notices"] if n["key"] == key]
+    assert n["summary"].startswith("download agent download stopped for ") and n["details"]["stopped"] is True
+    relay.start("download")
+    relay.wait_for("the cleared notice", lambda: inbox.everywhere(key, ["started", "cleared"]), timeout=60)
+
+
+def test_a_broker_that_refuses_the_login_is_told_and_cleared_once_the_password_is_right(make_relay, inbox):
+    relay = make_relay()
+    settings = {"alerts": inbox.settings()}
+    relay.write_config("upload", {**settings, "broker_password": "not-the-password"})
+    relay.start("upload")
+    key = "needs-person:broker"
+    relay.wait_for("the notice", lambda: inbox.everywhere(key, ["started"]), timeout=60)
+    [n] = [n for m in inbox.messages("webhook") for n in m["notices"] if n["key"] == key]
+    assert n["severity"] == "error" and "refuses the login of the upload agent" in n["summary"]
+    relay.stop("upload")
+    relay.write_config("upload", settings)
+    relay.start("upload")
+    relay.wait_for("the cleared notice", lambda: inbox.everywhere(key, ["started", "cleared"]), timeout=60)
