@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,3 +167,26 @@ class _Loop(Runtime):
     def __init__(self, role: Role):  # Runtime.__init__ would build pools, presence and signals
         self.cfg, self.state, self.agent = role.cfg, role.state, role.agent
         self._dead_window, self._dead_logged, self._dead_quiet = 0.0, 0, 0
+
+
+@contextmanager
+def central_runtime(tmp_path: Path, **settings: Any) -> Iterator[Runtime]:
+    """The real runtime of a central agent on a real state database, no broker connected (a test
+    sets `broker` to a fake of its own), its worker pools shut down afterwards."""
+    (tmp_path / "files").mkdir(exist_ok=True)
+    data = {
+        "mode": "central",
+        "file_dir": str(tmp_path / "files"),
+        "synkler_server": "broker.example",
+        "state_db": str(tmp_path / "central.sqlite"),
+        **settings,
+    }
+    runtime = Runtime(
+        parse_config(data, tmp_path / "synkler.conf", environ={}, home=tmp_path), AGENTS["central"]
+    )
+    try:
+        yield runtime
+    finally:
+        runtime.state.close()
+        for pool in runtime._pools.values():
+            pool.shutdown()

@@ -6,14 +6,13 @@ import json
 import os
 
 import pytest
+from fakes import central_runtime
 
 from synkler import presence
 from synkler.agents.central import Central
 from synkler.agents.download import Download
 from synkler.agents.upload import Upload
-from synkler.config import parse_config
 from synkler.errors import BrokerError, PublishRefused
-from synkler.runtime import Runtime
 from synkler.state import Entry
 
 NOW = 1_800_000_000.0
@@ -37,25 +36,9 @@ class FakeBroker:
 
 @pytest.fixture
 def rt(tmp_path):
-    (tmp_path / "files").mkdir()
-    cfg = parse_config(
-        {
-            "mode": "central",
-            "file_dir": str(tmp_path / "files"),
-            "synkler_server": "broker.example",
-            "state_db": str(tmp_path / "central.sqlite"),
-            "free_percent": 10,
-        },
-        tmp_path / "synkler.conf",
-        environ={},
-        home=tmp_path,
-    )
-    r = Runtime(cfg, Central)
-    r.broker = FakeBroker()  # type: ignore[assignment]
-    yield r
-    r.state.close()
-    for pool in r._pools.values():
-        pool.shutdown()
+    with central_runtime(tmp_path, free_percent=10) as r:
+        r.broker = FakeBroker()  # type: ignore[assignment]
+        yield r
 
 
 def add(rt, n: int, state: str, *, start: float = 0.0, **fields) -> list[Entry]:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from fakes import central_runtime
 
 from synkler import messages, runtime
-from synkler.agents.central import Central
-from synkler.config import parse_config
 from synkler.errors import AgentActive, BrokerError, ExitStatus, PublishRefused
 from synkler.runtime import Runtime
 
@@ -31,23 +30,8 @@ class FakeBroker:
 
 @pytest.fixture
 def rt(tmp_path):
-    (tmp_path / "files").mkdir()
-    cfg = parse_config(
-        {
-            "mode": "central",
-            "file_dir": str(tmp_path / "files"),
-            "synkler_server": "broker.example",
-            "state_db": str(tmp_path / "central.sqlite"),
-        },
-        tmp_path / "synkler.conf",
-        environ={},
-        home=tmp_path,
-    )
-    r = Runtime(cfg, Central)
-    yield r
-    r.state.close()
-    for pool in r._pools.values():
-        pool.shutdown()
+    with central_runtime(tmp_path) as r:
+        yield r
 
 
 def enqueue(rt: Runtime, dest: str, n: int) -> list[str]:
