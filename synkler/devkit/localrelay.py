@@ -123,10 +123,12 @@ class LocalRelay:
         for role in ("upload", "download"):
             # A SIGKILLed agent leaves its ssh master connection to time out: end it now.
             transfer.close_shared_connection(load_config(self.configs[role], check_dirs=False))
+        # The agents' names as configured (an upload agent may have its own), besides the roles'.
+        names = {load_config(self.configs[role], check_dirs=False).name for role in ROLES}
         try:
             broker = Broker(self.admin, self.instance, "admin")
             broker.connect(consume=False)
-            broker.delete_instance(list(ROLES))
+            broker.delete_instance(sorted(names | set(ROLES)))
             broker.close()
         except BrokerError:
             pass
