@@ -61,9 +61,13 @@ class FakeJobs:
 
 
 class Role:
-    """One agent of `mode`, its state database and its fake runtime."""
+    """One agent of `mode`, its state database and its fake runtime. Every Role made in a test is
+    closed after it (tests/unit/conftest.py)."""
+
+    OPEN: list[Role] = []
 
     def __init__(self, mode: str, tmp_path: Path, **settings: Any):
+        Role.OPEN.append(self)
         file_dir = tmp_path / "files"
         file_dir.mkdir(exist_ok=True)
         data = {

@@ -14,7 +14,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -67,19 +67,8 @@ def transition(role: str, *pairs: tuple[str, str]) -> Callable[[Scenario], Scena
     return register
 
 
-OPEN: list[Role] = []
-
-
-@pytest.fixture(autouse=True)
-def close_roles() -> Iterator[None]:
-    yield
-    while OPEN:
-        OPEN.pop().close()
-
-
 def role(tmp_path: Path, mode: str, **settings: object) -> Role:
     r = Role(mode, tmp_path, **settings)
-    OPEN.append(r)
     return r
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,19 +37,10 @@ from synkler.state import Entry
 
 MD5 = "a" * 32
 KEEP = 7  # keep_history_days in these tests
-OPEN: list[Role] = []
-
-
-@pytest.fixture(autouse=True)
-def close_roles() -> Iterator[None]:
-    yield
-    while OPEN:
-        OPEN.pop().close()
 
 
 def role(tmp_path: Path, mode: str, **settings: object) -> Role:
     r = Role(mode, tmp_path, **{"keep_history_days": KEEP, **settings})
-    OPEN.append(r)
     if mode == "central":
         r.start()  # its spool's directories
     return r

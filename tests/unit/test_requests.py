@@ -5,7 +5,6 @@ in tests/unit/test_decisions.py with the others."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,21 +22,11 @@ from synkler.state import Entry
 MD5 = "a" * 32
 OK = Result(True, 0, "")
 
-OPEN: list[Role] = []
-
-
-@pytest.fixture(autouse=True)
-def close_roles() -> Iterator[None]:
-    yield
-    while OPEN:
-        OPEN.pop().close()
-
 
 def role(tmp_path: Path, mode: str, **settings: object) -> Role:
     """An agent of `mode` in a directory of its own (several roles may share a test)."""
     (tmp_path / mode).mkdir()
     r = Role(mode, tmp_path / mode, **settings)
-    OPEN.append(r)
     return r
 
 
