@@ -136,7 +136,7 @@ class Config:
     metrics_textfile: Path | None
     # Not a key: the keys the file sets (`synkler check` warns of those this role ignores).
     given: frozenset[str] = field(default=frozenset(), compare=False)
-    alerts: Alerts | None = None  # notices to people (synkler.alerts); None: none are sent
+    alerts: Alerts | None = None  # notices to people (synkler.observe.alerts); None: none are sent
     # Not a key: the files that hold the broker password (this file when it sets one other than
     # guest, or broker_password_file), which the agent tells about when others can read them.
     secret_files: tuple[Path, ...] = ()
@@ -421,7 +421,7 @@ class CommandChannel:
 
 @dataclass(frozen=True)
 class Alerts:
-    """Where notices go and when conditions count (synkler.alerts)."""
+    """Where notices go and when conditions count (synkler.observe.alerts)."""
 
     webhook: WebhookChannel | None = None
     email: EmailChannel | None = None

@@ -54,7 +54,7 @@ class AgentActive(BrokerError):
 
     def __init__(self, queue: str, holder: object, *, mine: bool = False):
         self.queue = queue
-        self.holder = holder  # synkler.broker.Holder, or None if it cannot be told
+        self.holder = holder  # synkler.broker.amqp.Holder, or None if it cannot be told
         self.mine = mine  # the holder is this very process: a connection of its own not yet gone
         who = f" ({holder})" if holder is not None else ""
         super().__init__(f"another agent consumes {queue}{who}")

@@ -69,7 +69,7 @@ CREATE TABLE IF NOT EXISTS requests (
     answer   TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_open ON requests(seq) WHERE answered IS NULL;
--- Alerts (synkler.alerts): the conditions a notice said started and no notice said cleared yet,
+-- Alerts (synkler.observe.alerts): the conditions a notice said started and no notice said cleared yet,
 -- and the notices not sent yet, per channel.
 CREATE TABLE IF NOT EXISTS alert_conditions (
     key     TEXT PRIMARY KEY,
@@ -410,7 +410,7 @@ class State:
         except sqlite3.Error as e:
             raise _error(e) from e
 
-    # summaries (presence reports: synkler.presence) -----------------------------------------------
+    # summaries (presence reports: synkler.observe.presence) -----------------------------------------------
 
     def counts(self) -> dict[str, int]:
         """Entries per state, as the triggers keep them (a database no agent of this version has
@@ -583,7 +583,7 @@ class State:
         except sqlite3.Error as e:
             raise _error(e) from e
 
-    # alerts (synkler.alerts) -------------------------------------------------------------------------
+    # alerts (synkler.observe.alerts) -------------------------------------------------------------------------
 
     def by_cleanup(self, *values: str) -> list[Entry]:
         """Entries whose cleanup script is in one of these states (failed, interrupted ...)."""

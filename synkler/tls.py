@@ -6,7 +6,7 @@ and it must be for the host synkler connects to (or `broker_tls_server_name`). T
 turn that off: the broker decides what every agent does (what to send, fetch, delete), so a broker
 that is not proven to be the right one may as well be anybody's (docs/operations.md).
 
-Kept apart from synkler.broker (which owns pika) so that the configuration can check the files with
+Kept apart from synkler.broker.amqp (which owns pika) so that the configuration can check the files with
 the same code the connection uses, and so that `explain` is a pure function that tests feed errors.
 """
 

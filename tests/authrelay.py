@@ -17,8 +17,8 @@ from typing import Any
 
 import pika
 
-from synkler.broker import broker_user, dead_name, exchange_name
-from synkler.brokersetup import commands
+from synkler.broker.amqp import broker_user, dead_name, exchange_name
+from synkler.broker.users import commands
 from synkler.devkit.localrelay import LocalRelay
 from synkler.messages import Message, encode
 

@@ -2,7 +2,7 @@
 (`Jobs`), and for upload and download (`Endpoint`) retries, transfer batches and cleanup scripts.
 
 An agent reacts to messages, job results and time; it never talks to the broker itself and never
-waits for a job. The runtime (synkler.runtime) runs it: it hands each message to `on_message`,
+waits for a job. The runtime (synkler.runtime.loop) runs it: it hands each message to `on_message`,
 runs the jobs an agent submits on worker threads and hands their outcome back in the main loop,
 and calls `tick` after each pass. A test can do the same with jobs run at once (tests/unit/fakes.py).
 """
@@ -21,7 +21,7 @@ from .. import messages
 from ..backoff import backoff
 from ..errors import MessageError, Refused
 from ..hops import cleanup, transfer
-from ..logs import shown
+from ..text import shown
 from ..messages import EntryMessage, Forget, Message
 from ..state import Ended, Entry, Request, State
 from .history import History
@@ -126,7 +126,7 @@ class Jobs(Protocol):
 
 
 class Observer:
-    """What an agent tells about as it happens, for its metrics (synkler.metrics); by default nothing.
+    """What an agent tells about as it happens, for its metrics (synkler.observe.metrics); by default nothing.
     Called in the main loop; `moved` only once the change has committed."""
 
     def moved(self, old: str | None, entry: Entry) -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from ..errors import MessageError
 from ..hops.checksum import stat_entry
 from ..linux.fs import remove_tree, rename_noreplace
-from ..logs import some_entries
+from ..text import some_entries
 from ..messages import Corrupt, Failed, Fetch, Fetched, Forget, Pushing, confined, is_valid_entry_id
 from ..private import private_dir
 from ..state import Entry, State

@@ -20,7 +20,7 @@ from ..errors import MessageError, Refused
 from ..hops import transfer
 from ..hops.checksum import EntryStat, md5_entry, stat_entry
 from ..linux.fs import open_for_writing
-from ..logs import some_entries
+from ..text import some_entries
 from ..messages import (
     Admit,
     Delivered,

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import yaml
 
-from ..broker import Broker, BrokerParams
+from ..broker.amqp import Broker, BrokerParams
 from ..config import load_config
 from ..errors import BrokerError
 from ..hops import transfer

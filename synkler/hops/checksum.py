@@ -32,7 +32,7 @@ PathLike = Union[str, bytes, os.PathLike]
 STOPPING = threading.Event()
 
 # The md5 under way on each thread (thread id -> Hashing), so the agent can tell how far it got
-# (synkler.presence). Only the outermost md5_entry of a thread registers; reads add to its count.
+# (synkler.observe.presence). Only the outermost md5_entry of a thread registers; reads add to its count.
 _RUNNING: dict[int, Hashing] = {}
 
 

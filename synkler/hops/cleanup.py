@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from ..config import Config
 from ..linux.fs import fsync_dir
-from ..pidfile import read_pid
+from ..linux.process import read_pid
 from ..private import child_umask, private_dir
 from .checksum import md5_entry, stat_entry
 from .transfer import Result

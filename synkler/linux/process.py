@@ -1,10 +1,14 @@
-"""What a child process asks of the kernel about its parent, through prctl(2)."""
+"""Processes: what a child asks of the kernel about its parent (prctl(2)), and the pid a pidfile holds."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from typing import Union
 
 from . import libc
+
+PathLike = Union[str, bytes, os.PathLike]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -25,3 +29,21 @@ def die_with_parent(sig: int) -> None:
     """
     if _prctl is not None:
         _prctl(_PR_SET_PDEATHSIG, sig)
+
+
+def read_pid(path: PathLike) -> int | None:
+    """Return the pid stored in a pidfile, or None if it is missing, unreadable or not a positive integer.
+
+    Informational only: whether that process still holds the lock is what
+    Pidfile.acquire tells.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read(64)
+    except OSError:
+        return None
+    try:
+        pid = int(data.strip())
+    except ValueError:
+        return None
+    return pid if pid > 0 else None

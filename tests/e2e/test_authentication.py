@@ -14,7 +14,7 @@ from authrelay import UPLOAD, connect
 from relay_helpers import deliver, place
 
 from synkler import messages
-from synkler.broker import broker_user, dead_name, exchange_name, queue_name
+from synkler.broker.amqp import broker_user, dead_name, exchange_name, queue_name
 from synkler.devkit.localrelay import LocalRelay
 
 

@@ -20,7 +20,7 @@ import yaml
 from conftest import missing_infrastructure
 from relay_helpers import deliver, place
 
-from synkler.broker import BrokerParams
+from synkler.broker.amqp import BrokerParams
 from synkler.devkit.localrelay import ROLES, LocalRelay
 
 # Broker users of the EXTERNAL relay: the common names of the agents' certificates.

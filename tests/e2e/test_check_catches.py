@@ -7,7 +7,7 @@ import sys
 
 from relay_helpers import place
 
-from synkler.broker import Broker
+from synkler.broker.amqp import Broker
 
 
 def check(relay, role: str) -> subprocess.CompletedProcess:

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from synkler import __version__
-from synkler.pidfile import Pidfile, read_pid
+from synkler.service.pidfile import Pidfile, read_pid
 from synkler.state import Entry, State
 
 REPO = Path(__file__).resolve().parents[2]
@@ -315,7 +315,7 @@ def real_broker_settings(broker, settings: dict[str, Any]) -> Iterator[dict[str,
         broker_vhost=broker.vhost,
     )
     yield settings
-    from synkler.broker import Broker, BrokerParams
+    from synkler.broker.amqp import Broker, BrokerParams
 
     cleanup = Broker(
         BrokerParams(broker.host, broker.port, broker.username, broker.password, broker.vhost),
@@ -437,7 +437,7 @@ def test_an_agent_whose_password_file_others_can_read_says_so_at_error_and_runs(
     finally:
         agent.terminate()
         assert agent.wait(TIMEOUT) == 0
-        from synkler.broker import Broker, BrokerParams
+        from synkler.broker.amqp import Broker, BrokerParams
 
         admin = Broker(BrokerParams(broker.host, broker.port), real_broker_settings["id"], "admin")
         admin.connect(consume=False)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from synkler.pidfile import read_pid
+from synkler.service.pidfile import read_pid
 
 TIMEOUT = 60  # seconds; only reached when something hangs, which is itself the failure
 

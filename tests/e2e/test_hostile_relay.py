@@ -26,7 +26,7 @@ from authrelay import UPLOAD, Attacker, connect
 from relay_helpers import deliver, place
 
 from synkler import messages
-from synkler.broker import broker_user, exchange_name, queue_name
+from synkler.broker.amqp import broker_user, exchange_name, queue_name
 from synkler.devkit.localrelay import LocalRelay
 from synkler.hops.checksum import md5_entry
 

@@ -20,7 +20,7 @@ import yaml
 from relay_helpers import deliver, place
 
 from synkler import messages
-from synkler.broker import Broker, BrokerParams, queue_name
+from synkler.broker.amqp import Broker, BrokerParams, queue_name
 from synkler.hops.checksum import md5_entry
 
 

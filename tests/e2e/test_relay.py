@@ -419,7 +419,7 @@ def test_a_delivered_entry_is_sent_again_only_when_its_content_changes(make_rela
 
 def test_malformed_and_hostile_messages_are_dead_lettered_and_the_relay_carries_on(make_relay, broker):
     from synkler import messages
-    from synkler.broker import Broker, BrokerParams
+    from synkler.broker.amqp import Broker, BrokerParams
 
     relay = make_relay()
     relay.start()

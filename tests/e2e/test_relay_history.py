@@ -17,7 +17,7 @@ import time
 from relay_helpers import place
 
 from synkler import messages
-from synkler.broker import Broker, BrokerParams
+from synkler.broker.amqp import Broker, BrokerParams
 from synkler.devkit.localrelay import ROLES
 from synkler.messages import Fetch
 

@@ -14,7 +14,7 @@ import sys
 import pexpect
 from relay_helpers import deliver, write_random
 
-from synkler.broker import Broker
+from synkler.broker.amqp import Broker
 from synkler.errors import BrokerError
 from synkler.hops.checksum import md5_entry
 

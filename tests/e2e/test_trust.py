@@ -11,7 +11,7 @@ import pika
 from relay_helpers import deliver, place
 
 from synkler import messages
-from synkler.broker import DEAD_MAX, Broker, dead_name, queue_name
+from synkler.broker.amqp import DEAD_MAX, Broker, dead_name, queue_name
 
 
 def publisher(relay) -> Broker:

@@ -15,7 +15,7 @@ import pytest
 from faultkit import build_workload, common_settings, verdict, wait_settled
 from relay_helpers import every_log_says
 
-from synkler.broker import dead_name, queue_name
+from synkler.broker.amqp import dead_name, queue_name
 from synkler.messages import SCHEMA
 
 MARK = "pwned"  # every hostile name contains it, so anything written anywhere can be found

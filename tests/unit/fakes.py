@@ -22,7 +22,7 @@ from synkler.agents import AGENTS
 from synkler.agents.base import Key
 from synkler.config import parse_config
 from synkler.messages import Message
-from synkler.runtime import Runtime
+from synkler.runtime.loop import Runtime
 from synkler.state import Entry, State
 
 

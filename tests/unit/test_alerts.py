@@ -1,4 +1,4 @@
-"""Alerts (synkler.alerts): when a condition starts and clears, how notices are grouped and rate
+"""Alerts (synkler.observe.alerts): when a condition starts and clears, how notices are grouped and rate
 limited, that their state survives a restart, and that a send that fails is tried again."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from fakes import FakeJobs
 
-from synkler import alerts
-from synkler.alerts import Alerts, Condition, changes, due_at, free_at, message
+from synkler.observe import alerts
+from synkler.observe.alerts import Alerts, Condition, changes, due_at, free_at, message
 from synkler.config import parse_config
 from synkler.errors import ConfigError
 from synkler.state import Entry, State
@@ -85,7 +85,7 @@ def test_conditions_of_entries_say_which_hop_why_and_what_to_do():
 
 
 def test_a_refused_broker_login_is_recognised_in_pikas_words():
-    from synkler.runtime import _LOGIN_REFUSED
+    from synkler.runtime.loop import _LOGIN_REFUSED
 
     refused = "cannot use broker h:5672: ProbableAuthenticationError: ConnectionClosedByBroker: (403) ..."
     assert _LOGIN_REFUSED.search(refused)

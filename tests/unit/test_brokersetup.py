@@ -1,8 +1,8 @@
-"""The rabbitmqctl commands of `synkler broker-setup` (synkler.brokersetup)."""
+"""The rabbitmqctl commands of `synkler broker-setup` (synkler.broker.users)."""
 
 from __future__ import annotations
 
-from synkler.brokersetup import commands
+from synkler.broker.users import commands
 
 
 def test_a_password_that_starts_with_a_dash_is_not_taken_for_an_option_by_rabbitmqctl():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from synkler import checks
+from synkler.cli import checks
 from synkler.config import parse_config
 
 

@@ -1,4 +1,4 @@
-"""synkler.cli in-process: where options may stand, --debug=pika, help, completion, the exit status
+"""synkler.cli.main in-process: where options may stand, --debug=pika, help, completion, the exit status
 of a closed pipe."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from synkler import cli
+from synkler.cli import main as cli
 from synkler.errors import ExitStatus
 
 

@@ -30,7 +30,7 @@ from strategies import FIELDS, HEX, json_values, near_wire
 
 from synkler import messages
 from synkler.agents import AGENTS, pull
-from synkler.broker import broker_user
+from synkler.broker.amqp import broker_user
 from synkler.hops import transfer
 from synkler.messages import SCHEMA, SCHEMAS, confined
 from synkler.state import Entry

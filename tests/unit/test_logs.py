@@ -1,4 +1,4 @@
-"""synkler.logs: escaping, the agent prefix, JSON lines, levels, and the log-call convention that
+"""synkler.service.logs: escaping, the agent prefix, JSON lines, levels, and the log-call convention that
 names each line's entry."""
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from synkler import logs
-from synkler.logs import Agent, JsonFormatter, TextFormatter, entry_of, shown, some_entries
+from synkler.service import logs
+from synkler.service.logs import Agent, JsonFormatter, TextFormatter, entry_of
+from synkler.text import shown, some_entries
 
 AGENTS_DIR = Path(__file__).resolve().parents[2] / "synkler" / "agents"
 

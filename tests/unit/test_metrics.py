@@ -7,7 +7,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from synkler.config import parse_config
-from synkler.metrics import HopClock, Metrics
+from synkler.observe.metrics import HopClock, Metrics
 from synkler.state import Entry
 
 

@@ -11,7 +11,7 @@ import yaml
 from synkler.config import load_config
 from synkler.errors import ConfigError
 from synkler.hops.cleanup import cleanup_argv
-from synkler.migrate import migrate
+from synkler.cli.migrate import migrate
 
 # The original synkler's sample-config (0.0.3), with its comments, as people copied it.
 SAMPLE_0_0 = """

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from synkler.errors import PidfileError
-from synkler.pidfile import Pidfile, read_pid
+from synkler.service.pidfile import Pidfile, read_pid
 
 REPO = Path(__file__).resolve().parents[2]
 
 HOLDER = """
 import sys
-from synkler.pidfile import Pidfile
+from synkler.service.pidfile import Pidfile
 p = Pidfile(sys.argv[1])
 print("held" if p.acquire() else "refused", flush=True)
 sys.stdin.read()
@@ -232,7 +232,7 @@ def test_acquire_retries_when_the_file_is_replaced_between_open_and_lock(tmp_pat
             path.write_text("")
         real_flock(fd, op)
 
-    monkeypatch.setattr("synkler.pidfile.fcntl.flock", flock_after_replacement)
+    monkeypatch.setattr("synkler.service.pidfile.fcntl.flock", flock_after_replacement)
     pidfile = Pidfile(path)
     assert pidfile.acquire()
     assert len(calls) == 2
@@ -260,7 +260,7 @@ def test_read_pid_accepts_surrounding_whitespace(tmp_path: Path) -> None:
 
 DETACHER = """
 import os, sys
-from synkler.pidfile import Pidfile
+from synkler.service.pidfile import Pidfile
 p = Pidfile(sys.argv[1])
 assert p.acquire()
 if os.fork():

@@ -8,7 +8,7 @@ import os
 import pytest
 from fakes import central_runtime
 
-from synkler import presence
+from synkler.observe import presence
 from synkler.agents.central import Central
 from synkler.agents.download import Download
 from synkler.agents.upload import Upload

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from synkler.relayview import assemble, parse_report, render
+from synkler.observe.relayview import assemble, parse_report, render
 
 NOW = 1_800_000_000.0
 AGENTS = [("upload", "upload"), ("central", "central"), ("download", "download")]

@@ -12,7 +12,7 @@ from fakes import Role
 
 from synkler.agents.base import Cleanup
 from synkler.agents.pull import NotPulled, PullRun
-from synkler.cli import _resolve, _short_ids
+from synkler.cli.main import _resolve, _short_ids
 from synkler.errors import MessageError, Refused
 from synkler.hops.checksum import md5_entry, stat_entry
 from synkler.hops.transfer import Result

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from fakes import central_runtime
 
-from synkler import messages, runtime
+from synkler import messages
+from synkler.runtime import loop as runtime
 from synkler.errors import AgentActive, BrokerError, ExitStatus, PublishRefused
-from synkler.runtime import Runtime
+from synkler.runtime.loop import Runtime
 
 
 class FakeBroker:

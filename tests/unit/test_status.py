@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from synkler import cli
+from synkler.cli import main as cli
 from synkler.state import Entry, State
 
 

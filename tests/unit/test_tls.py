@@ -1,5 +1,5 @@
 """A failed TLS handshake with the broker, told in one line (synkler.tls.explain), from the errors
-pika hands over (synkler.broker digs the ssl error out of its wrappers)."""
+pika hands over (synkler.broker.amqp digs the ssl error out of its wrappers)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import ssl
 import pika.exceptions
 import pytest
 
-from synkler.broker import Broker, BrokerParams, _ssl_error
+from synkler.broker.amqp import Broker, BrokerParams, _ssl_error
 from synkler.tls import TlsSettings, explain
 
 CA = "/etc/synkler/ca.pem"

@@ -14,13 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__, logs
-from .errors import BrokerError, ConfigError, ExitStatus, Refused, StateError, SynklerError
+from .. import __version__
+from ..service import logs
+from ..errors import BrokerError, ConfigError, ExitStatus, Refused, StateError, SynklerError
 
 if TYPE_CHECKING:  # annotations only: main() imports the config module when a command needs it
-    from .agents.base import Agent
-    from .config import Config
-    from .state import Entry, State
+    from ..agents.base import Agent
+    from ..config import Config
+    from ..state import Entry, State
 
 log = logging.getLogger("synkler")
 
@@ -275,7 +276,7 @@ def _main(argv: Sequence[str]) -> int:
     try:
         command = args.command or "run"
         if command == "demo":
-            from .devkit.demo import run_demo
+            from ..devkit.demo import run_demo
 
             return run_demo(keep=args.keep, timeout=args.timeout, verbose=args.verbose or args.debug)
         if command == "config":
@@ -283,7 +284,7 @@ def _main(argv: Sequence[str]) -> int:
         if command == "completion":
             print(completion_script(build_parser()), end="")
             return ExitStatus.OK
-        from .config import find_config, load_config
+        from ..config import find_config, load_config
 
         cfg = load_config(find_config(args.config))
         logs.use_agent(cfg.mode, cfg.name, cfg.id, cfg.log_format)
@@ -304,10 +305,10 @@ def _main(argv: Sequence[str]) -> int:
 
 
 def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
-    from .agents import AGENTS
-    from .pidfile import Pidfile, read_pid
-    from .private import remember_umask, restrict_umask
-    from .runtime import Runtime
+    from ..agents import AGENTS
+    from ..service.pidfile import Pidfile, read_pid
+    from ..private import remember_umask, restrict_umask
+    from ..runtime.loop import Runtime
 
     remember_umask()  # the one synkler was started with: rsync's and the cleanup scripts'
     pidfile = Pidfile(cfg.pidfile)
@@ -316,7 +317,7 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
         log.info("already running (pid %s, pidfile %s)", read_pid(cfg.pidfile), cfg.pidfile)
         return ExitStatus.OK
     try:
-        from .daemonize import prepare
+        from ..service.daemonize import prepare
 
         # As a daemon, the launching process exits in there, once the daemon has started.
         launch = prepare(cfg, pidfile, daemon=(args.daemon or cfg.daemon) and not args.foreground)
@@ -335,14 +336,14 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
-    from .agents import AGENTS
-    from .private import exposed_secrets
-    from .state import State
+    from ..agents import AGENTS
+    from ..private import exposed_secrets
+    from ..state import State
 
     for problem in exposed_secrets(cfg.secret_files):
         print(f"synkler: warning: {logs.shown(problem)}", file=sys.stderr)
     if args.relay or args.watch:
-        from .relayview import cmd_relay
+        from ..observe.relayview import cmd_relay
 
         return cmd_relay(cfg, as_json=args.json, watch=args.watch, all_finished=args.all)
 
@@ -413,7 +414,7 @@ def _status_entries(cfg: Config, state: State, last: int) -> tuple[list[Entry], 
     not finished (on its way, failed), every one whose cleanup script failed or was interrupted, and
     the `last` most recently finished. Read through indexes: as quick with a million entries as with
     a hundred."""
-    from .agents import AGENTS
+    from ..agents import AGENTS
 
     finished = {str(s) for s in AGENTS[cfg.mode].FINISHED}
     counts = state.counts()
@@ -454,9 +455,9 @@ def cmd_request(cfg: Config, args: argparse.Namespace) -> int:
     """retry, forget or resend: write the request into the agent's state database, for the running
     agent to take in its main loop (no broker credentials needed: who may write the state database is
     the operator), and print its answer."""
-    from .agents import AGENTS
-    from .pidfile import holder
-    from .state import State
+    from ..agents import AGENTS
+    from ..service.pidfile import holder
+    from ..state import State
 
     action = args.command
     if not cfg.state_db.exists():
@@ -538,10 +539,10 @@ def _iso(ts: float, sep: str = "T") -> str:
 
 def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
     from . import checks
-    from .broker import Broker, BrokerParams
-    from .hops import transfer
-    from .linux.fs import free_bytes, total_bytes
-    from .private import exposed_secrets
+    from ..broker.amqp import Broker, BrokerParams
+    from ..hops import transfer
+    from ..linux.fs import free_bytes, total_bytes
+    from ..private import exposed_secrets
 
     lines: list[checks.Line] = []
     central_report: dict | None = None
@@ -612,8 +613,8 @@ def _place_line(cfg: Config, central: dict | None) -> tuple[str, str]:
     """Upload writes a file into its staging at central and removes it; download lists central's
     store: over ssh, as the transfers do. Where those are, central's presence report says."""
     from . import checks
-    from .hops import transfer
-    from .messages import confined
+    from ..hops import transfer
+    from ..messages import confined
 
     place = central.get("place") if central else None
     if not isinstance(place, str) or not confined(place, cfg.id):
@@ -632,7 +633,7 @@ def _place_line(cfg: Config, central: dict | None) -> tuple[str, str]:
 def _own_peers(cfg: Config) -> tuple[list[str], dict[str, int]]:
     """From this agent's state database, read-only (absent before the first run): the upload
     agents central has had entries from, and the messages waiting in the outbox per destination."""
-    from .state import State
+    from ..state import State
 
     if not cfg.state_db.exists():
         return [], {}
@@ -663,8 +664,8 @@ def _tls_note(cfg: Config) -> str:
 def cmd_broker_setup(cfg: Config, args: argparse.Namespace) -> int:
     import secrets
 
-    from .broker import broker_user
-    from .brokersetup import commands
+    from ..broker.amqp import broker_user
+    from ..broker.users import commands
 
     uploads = args.upload or [cfg.name if cfg.mode == "upload" else "upload"]
     names = ["central", "download", *uploads]
@@ -684,7 +685,7 @@ def cmd_config_migrate(args: argparse.Namespace) -> int:
     """Print or write the YAML equivalent of a synkler 0.0.x configuration."""
     import yaml
 
-    from .config import _parse_yaml, looks_like_ini, parse_config
+    from ..config import _parse_yaml, looks_like_ini, parse_config
     from .migrate import migrate
 
     old = Path(args.old)

@@ -3,7 +3,7 @@
 Each check gives one line, `ok`, `WARN` or `FAIL`, with the reason (docs/operations.md, "synkler
 check"). The decisions are plain functions over what was looked up (`peer_line`, `reserve_line`,
 `program_problem`, `writable_problem`, `ignored_lines`), so they are unit-tested without a broker;
-`cmd_check` in synkler.cli does the looking. Nothing here creates a file or a queue, so `check`
+`cmd_check` in synkler.cli.main does the looking. Nothing here creates a file or a queue, so `check`
 never disturbs a running agent.
 """
 
@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .config import KEYS, Config, ignored_keys
-from .logs import shown
+from ..config import KEYS, Config, ignored_keys
+from ..text import shown
 
 OK, WARN, FAIL = "ok", "WARN", "FAIL"
 Line = tuple[str, str]  # (OK | WARN | FAIL, the text after it)

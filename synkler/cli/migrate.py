@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
-from . import __version__
-from .config import KEYS, value_problem
-from .errors import ConfigError
+from .. import __version__
+from ..config import KEYS, value_problem
+from ..errors import ConfigError
 
 SECTION = "default"  # the one section 0.0.x read
 

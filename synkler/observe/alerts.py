@@ -36,18 +36,18 @@ from dataclasses import asdict, dataclass, field
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any, Protocol, Union
 
-from .agents.base import CENTRAL, DOWNLOAD, GIVE_UP_ADVICE, PERSON_REPEAT, Key
-from .backoff import backoff
-from .config import Alerts as AlertsConfig
-from .config import CommandChannel, EmailChannel, WebhookChannel
-from .errors import BrokerError
-from .linux.fs import free_bytes, total_bytes
-from .logs import shown
+from ..agents.base import CENTRAL, DOWNLOAD, GIVE_UP_ADVICE, PERSON_REPEAT, Key
+from ..backoff import backoff
+from ..config import Alerts as AlertsConfig
+from ..config import CommandChannel, EmailChannel, WebhookChannel
+from ..errors import BrokerError
+from ..linux.fs import free_bytes, total_bytes
+from ..text import shown
 
 if TYPE_CHECKING:
-    from .broker import Broker
-    from .config import Config
-    from .state import Entry, State
+    from ..broker.amqp import Broker
+    from ..config import Config
+    from ..state import Entry, State
 
 log = logging.getLogger("synkler")
 
@@ -327,7 +327,7 @@ def dead_letters(count: int | None) -> Condition | None:
 
 
 class Runner(Protocol):
-    """What alerts need of the runtime (synkler.runtime)."""
+    """What alerts need of the runtime (synkler.runtime.loop)."""
 
     cfg: Config
     state: State

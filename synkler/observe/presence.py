@@ -5,9 +5,9 @@ who the agent is (role, name, host, pid, version, since when), when it was writt
 (entries per state, the outbox, transfers and md5s running, free space of file_dir and, at
 central, the reserve) and its unfinished entries, oldest first (at most `LISTED`, with the count
 left out), each with its progress when a transfer or md5 of it is under way. It replaces the
-agent's holder record (synkler.broker: a queue that keeps only the latest message), of which it
+agent's holder record (synkler.broker.amqp: a queue that keeps only the latest message), of which it
 is a superset, so nothing but the latest report is ever stored. `synkler status --relay` reads
-them (synkler.relayview); an alerting module may read them the same way.
+them (synkler.observe.relayview); an alerting module may read them the same way.
 
 The runtime calls `Presence.tick` after each pass of its main loop (a report is due every
 `INTERVAL` s, the first right after the agent's start) and `Presence.stopped` at an orderly stop.
@@ -25,22 +25,22 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import __version__
-from .agents.base import PERSON_REPEAT
-from .errors import BrokerError, PublishRefused
-from .hops import checksum
-from .linux.fs import free_bytes, total_bytes
+from .. import __version__
+from ..agents.base import PERSON_REPEAT
+from ..errors import BrokerError, PublishRefused
+from ..hops import checksum
+from ..linux.fs import free_bytes, total_bytes
 from .progress import Meter, Progress, arrived
-from .state import Entry
+from ..state import Entry
 
 if TYPE_CHECKING:
-    from .broker import Broker
-    from .config import Config
-    from .state import State
+    from ..broker.amqp import Broker
+    from ..config import Config
+    from ..state import State
 
 
 class Runner(Protocol):
-    """What a report is made of: the runtime (synkler.runtime) that runs the agent."""
+    """What a report is made of: the runtime (synkler.runtime.loop) that runs the agent."""
 
     cfg: Config
     state: State
@@ -202,7 +202,7 @@ class Presence:
         return fit(report)
 
     def figures(self) -> dict[str, Any]:
-        """The figures a report carries that the agent's metrics show too (synkler.metrics)."""
+        """The figures a report carries that the agent's metrics show too (synkler.observe.metrics)."""
         state = self.runtime.state
         return {
             "counts": state.counts(),

@@ -1,7 +1,7 @@
 """The broker users and permissions of an authenticated relay: one user per agent, least privilege.
 
 `commands` gives the `rabbitmqctl` commands that make them; `synkler broker-setup` prints them.
-Each agent's user `<name>@<id>` (see synkler.broker.broker_user) may
+Each agent's user `<name>@<id>` (see synkler.broker.amqp.broker_user) may
 - declare, bind and read only the instance's exchanges and dead-letter queue, its own queue and its
   own holder queue (an authenticated agent declares no other agent's queue: each declares its own),
   and read the other agents' presence reports (their holder queues: `status --relay`);
@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from .broker import broker_user, exchange_name
+from .amqp import broker_user, exchange_name
 
 
 def permissions(instance: str, mode: str, name: str) -> tuple[str, str, str, str, str]:

@@ -1,6 +1,6 @@
 """The whole relay seen from any host: `synkler status --relay`.
 
-Assembled from what the agents report through the broker (synkler.presence) and what the broker
+Assembled from what the agents report through the broker (synkler.observe.presence) and what the broker
 tells of their queues; no other connection. `collect` is the thin shell that reads the broker
 (declaring nothing: a mistyped id creates no queue); `assemble`, `verdict` and `render` are pure.
 The JSON view (`assemble`'s result, version `VIEW_V`) is documented in docs/operations.md.
@@ -14,12 +14,12 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .logs import shown
+from ..text import shown
 from .presence import INTERVAL
 from .progress import Progress, duration_text, size_text
 
 if TYPE_CHECKING:
-    from .config import Config
+    from ..config import Config
 
 VIEW_V = 1
 ROLES = ("upload", "central", "download")
@@ -412,7 +412,7 @@ def render(view: Mapping[str, Any], now: float) -> list[str]:
 
 def collect(cfg: Config, *, all_finished: bool = False) -> dict[str, Any]:
     """Read every agent's report and queue through the broker and assemble the view."""
-    from .broker import Broker, BrokerParams
+    from ..broker.amqp import Broker, BrokerParams
 
     broker = Broker(BrokerParams.from_config(cfg), cfg.id, cfg.name)
     broker.connect(consume=False, declare=False)
@@ -447,7 +447,7 @@ def cmd_relay(cfg: Config, *, as_json: bool, watch: bool, all_finished: bool, in
     """`synkler status --relay [--json] [--watch] [--all]`."""
     import sys
 
-    from .errors import BrokerError, ExitStatus
+    from ..errors import BrokerError, ExitStatus
 
     if not watch:
         view = collect(cfg, all_finished=all_finished)
@@ -464,6 +464,6 @@ def cmd_relay(cfg: Config, *, as_json: bool, watch: bool, all_finished: bool, in
             return f"relay '{shown(cfg.id)}': cannot read the broker: {shown(str(e))}; trying again"
         return "\n".join(render(view, view["at"]))
 
-    from .screen import watch as watch_screen
+    from ..cli.screen import watch as watch_screen
 
     return watch_screen(screen_text, interval, sys.stdout)

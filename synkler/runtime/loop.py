@@ -26,12 +26,12 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from . import messages
-from .agents.base import PERSON_REPEAT, Agent, Done, Key
-from .alerts import Alerts
-from .backoff import backoff
-from .broker import PEERS, Broker, BrokerParams, Delivery, broker_user, exchange_name, queue_name
-from .errors import (
+from .. import messages
+from ..agents.base import PERSON_REPEAT, Agent, Done, Key
+from ..observe.alerts import Alerts
+from ..backoff import backoff
+from ..broker.amqp import PEERS, Broker, BrokerParams, Delivery, broker_user, exchange_name, queue_name
+from ..errors import (
     AgentActive,
     BrokerError,
     ExitStatus,
@@ -40,15 +40,15 @@ from .errors import (
     PublishRefused,
     StateUnavailable,
 )
-from .hops import checksum, transfer
-from .linux.sdnotify import Notifier
-from .metrics import metrics_for
-from .presence import Presence
-from .private import exposed_secrets
-from .state import State
+from ..hops import checksum, transfer
+from ..linux.sdnotify import Notifier
+from ..observe.metrics import metrics_for
+from ..observe.presence import Presence
+from ..private import exposed_secrets
+from ..state import State
 
 if TYPE_CHECKING:
-    from .config import Config
+    from ..config import Config
 
 T = TypeVar("T")
 
@@ -86,7 +86,7 @@ class Runtime:
             # Its own thread, so noticing new entries never waits behind the md5 of a big one.
             "scan": ThreadPoolExecutor(1, thread_name_prefix="scan"),
             "script": ThreadPoolExecutor(1, thread_name_prefix="script"),
-            # Notices (synkler.alerts): a send that hangs never holds up the relay, nor its stop.
+            # Notices (synkler.observe.alerts): a send that hangs never holds up the relay, nor its stop.
             "alert": ThreadPoolExecutor(1, thread_name_prefix="alert"),
         }
         self._busy: set[Key] = set()  # what running jobs hold

@@ -8,7 +8,7 @@ object can be the name of another, of this instance or of any other):
   second agent of the same name is refused by the broker (AgentActive) and waits as a standby;
 - exchange ``synkler:<id>:holder`` (direct) and queue ``synkler:<id>:holder:<agent>`` (durable,
   at most one message): who consumes the agent's queue (host, pid, since when), so that the
-  refused one can name it; the agent's presence report (synkler.presence) replaces it every few
+  refused one can name it; the agent's presence report (synkler.observe.presence) replaces it every few
   seconds, a superset of it, which `synkler status --relay` reads;
 - exchange and queue ``synkler:<id>:dead``: where rejected (malformed, hostile) messages end up.
 synkler 0.4 named them ``synkler.<id>``, ``synkler.<id>.<agent>`` and ``synkler.<id>.dead``; an agent
@@ -40,10 +40,10 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from . import __version__
-from .config import Config
-from .errors import AgentActive, BrokerError, PublishRefused
-from .tls import TlsFileError, TlsSettings, explain, peer_certificate, tls_context
+from .. import __version__
+from ..config import Config
+from ..errors import AgentActive, BrokerError, PublishRefused
+from ..tls import TlsFileError, TlsSettings, explain, peer_certificate, tls_context
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -325,7 +325,7 @@ class Broker:
         except (*_PIKA_ERRORS, ValueError, KeyError, TypeError):
             return None
 
-    # presence (synkler.presence, synkler.relayview) -----------------------------------------------
+    # presence (synkler.observe.presence, synkler.observe.relayview) -----------------------------------------------
 
     def publish_presence(self, report: dict[str, object]) -> None:
         """Replace the agent's record in its holder queue with its presence report (confirmed).

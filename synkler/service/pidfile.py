@@ -17,8 +17,9 @@ import os
 from types import TracebackType
 from typing import TYPE_CHECKING, Union
 
-from synkler.errors import PidfileError
-from synkler.private import make_dirs, tighten
+from ..errors import PidfileError
+from ..linux.process import read_pid
+from ..private import make_dirs, tighten
 
 if TYPE_CHECKING:  # annotations only: typing.Self needs 3.11, the package supports 3.9
     from typing_extensions import Self
@@ -27,24 +28,6 @@ PathLike = Union[str, os.PathLike]
 
 # How many times to retry when the file is unlinked or replaced between our open and our lock.
 _MAX_ATTEMPTS = 10
-
-
-def read_pid(path: PathLike) -> int | None:
-    """Return the pid stored in a pidfile, or None if it is missing, unreadable or not a positive integer.
-
-    Informational only: whether that process still holds the lock is what
-    Pidfile.acquire tells.
-    """
-    try:
-        with open(path, "rb") as f:
-            data = f.read(64)
-    except OSError:
-        return None
-    try:
-        pid = int(data.strip())
-    except ValueError:
-        return None
-    return pid if pid > 0 else None
 
 
 def holder(path: PathLike) -> int | None:

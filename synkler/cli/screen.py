@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Callable, TextIO
 
-from .errors import ExitStatus
+from ..errors import ExitStatus
 
 
 def watch(text: Callable[[], str], interval: float, stream: TextIO) -> int:

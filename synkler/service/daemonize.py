@@ -22,13 +22,13 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .errors import ExitStatus
-from .private import AGENT_UMASK
+from ..errors import ExitStatus
+from ..private import AGENT_UMASK
 
 if TYPE_CHECKING:
-    from .config import Config
+    from ..config import Config
     from .pidfile import Pidfile
-    from .runtime import Runtime
+    from ..runtime.loop import Runtime
 
 log = logging.getLogger("synkler")
 

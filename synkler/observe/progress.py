@@ -4,7 +4,7 @@ The receiver of a transfer sees the bytes arrive on its own disk (`arrived`): rs
 into a temporary file beside its destination (`.<name>.XXXXXX`), or resumes it in the partial
 dir, and a directory entry grows in place. Nothing parses rsync's output. An md5 counts what it
 has read (synkler.hops.checksum.running). `Meter` turns the samples into a rate and an ETA; the
-agent's presence reports carry them (synkler.presence) and, with -v, a long one is logged now and
+agent's presence reports carry them (synkler.observe.presence) and, with -v, a long one is logged now and
 then (`Meter.line_due`).
 """
 

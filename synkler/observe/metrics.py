@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any, Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, write_to_textfile
 from prometheus_client.exposition import start_http_server
 
-from .agents.base import PERSON_REPEAT, Observer
-from .state import Entry
+from ..agents.base import PERSON_REPEAT, Observer
+from ..state import Entry
 
 if TYPE_CHECKING:
-    from .config import Config
+    from ..config import Config
 
 log = logging.getLogger("synkler")
 
@@ -184,7 +184,7 @@ class Metrics(Observer):
 
     def tick(self, now: float, figures: Callable[[], Mapping[str, Any]]) -> None:
         """Every EVERY seconds: set the gauges from `figures()` (counts, outbox, transfers, disk:
-        synkler.presence), write the textfile, and bind the HTTP server if that failed before."""
+        synkler.observe.presence), write the textfile, and bind the HTTP server if that failed before."""
         if now < self._next:
             return
         self._next = now + EVERY

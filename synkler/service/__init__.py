@@ -1,0 +1,1 @@
+"""The agent as a long-running service: log lines, the pidfile, detaching as a daemon."""
