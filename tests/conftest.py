@@ -183,7 +183,7 @@ def make_relay(tmp_path, sshd, broker, instance_id):
 @pytest.fixture(scope="module")
 def private_rabbit() -> Iterator:
     """A RabbitMQ node of the test module's own (tests/rabbitnode.py), for users and permissions."""
-    from rabbitnode import RabbitNode
+    from support.rabbitnode import RabbitNode
 
     why = RabbitNode.available()
     if why is not None:
@@ -199,7 +199,7 @@ def private_rabbit() -> Iterator:
 def authenticated_relay(private_rabbit, sshd, tmp_path, instance_id) -> Iterator[LocalRelay]:
     """A relay (not started) on the private node, authenticated, one least-privileged broker user per
     agent, and the attacker login mallory (tests/authrelay.py)."""
-    from authrelay import authenticated_relay as make
+    from support.authrelay import authenticated_relay as make
 
     with make(private_rabbit, sshd, tmp_path, instance_id) as relay:
         yield relay

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from relay_helpers import TOOLS, place
+from support.relay_helpers import TOOLS, place
 
 aiosmtpd_controller = pytest.importorskip("aiosmtpd.controller")
 from aiosmtpd.smtp import AuthResult, LoginPassword  # noqa: E402

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pika
 import pytest
-from authrelay import UPLOAD, connect
-from relay_helpers import deliver, place
+from support.authrelay import UPLOAD, connect
+from support.relay_helpers import deliver, place
 
 from synkler import messages
 from synkler.broker.amqp import broker_user, dead_name, exchange_name, queue_name

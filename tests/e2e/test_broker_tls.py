@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import missing_infrastructure
-from relay_helpers import deliver, place
+from support.relay_helpers import deliver, place
 
 from synkler.broker.amqp import BrokerParams
 from synkler.devkit.localrelay import ROLES, LocalRelay
@@ -29,7 +29,7 @@ CLIENTS = {role: f"tls-{role}" for role in ROLES}
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> dict[str, Any]:
-    import tlscerts
+    from support import tlscerts
 
     why = tlscerts.available()
     if why is not None:
@@ -49,7 +49,7 @@ def pki(tmp_path_factory) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def tls_rabbit(pki) -> Iterator:
-    from rabbitnode import RabbitNode
+    from support.rabbitnode import RabbitNode
 
     why = RabbitNode.available()
     if why is not None:
@@ -74,7 +74,7 @@ def tls_settings(pki, role: str | None = None) -> dict[str, Any]:
     return settings
 
 
-def make_relay(tmp_path, sshd, instance_id, node, settings: dict[str, dict[str, Any]]) -> LocalRelay:
+def tls_relay(tmp_path, sshd, instance_id, node, settings: dict[str, dict[str, Any]]) -> LocalRelay:
     settings["upload"].setdefault("settle_seconds", 0.2)
     return LocalRelay(
         tmp_path / "relay",
@@ -108,7 +108,7 @@ def relay_delivers(relay: LocalRelay, node) -> list[list[str]]:
 
 
 def test_a_relay_delivers_over_amqps_with_password_login(tls_rabbit, pki, sshd, tmp_path, instance_id):
-    relay = make_relay(tmp_path, sshd, instance_id, tls_rabbit, {role: tls_settings(pki) for role in ROLES})
+    relay = tls_relay(tmp_path, sshd, instance_id, tls_rabbit, {role: tls_settings(pki) for role in ROLES})
     try:
         seen = relay_delivers(relay, tls_rabbit)
     finally:
@@ -121,7 +121,7 @@ def test_a_relay_delivers_over_amqps_with_external_certificate_login(
     tls_rabbit, pki, sshd, tmp_path, instance_id
 ):
     settings = {role: {**tls_settings(pki, role), "broker_password": "not used"} for role in ROLES}
-    relay = make_relay(tmp_path, sshd, instance_id, tls_rabbit, settings)
+    relay = tls_relay(tmp_path, sshd, instance_id, tls_rabbit, settings)
     try:
         seen = relay_delivers(relay, tls_rabbit)
     finally:

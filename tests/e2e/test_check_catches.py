@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from relay_helpers import place
+from support.relay_helpers import place
 
 from synkler.broker.amqp import Broker
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import pika
 import pytest
-from authrelay import UPLOAD, Attacker, connect
-from relay_helpers import deliver, place
+from support.authrelay import UPLOAD, Attacker, connect
+from support.relay_helpers import deliver, place
 
 from synkler import messages
 from synkler.broker.amqp import broker_user, exchange_name, queue_name

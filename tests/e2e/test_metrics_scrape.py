@@ -8,7 +8,7 @@ import socket
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
-from relay_helpers import deliver, place
+from support.relay_helpers import deliver, place
 
 
 def free_port() -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pika
 import yaml
-from relay_helpers import deliver, place
+from support.relay_helpers import deliver, place
 
 from synkler import messages
 from synkler.broker.amqp import Broker, BrokerParams, queue_name

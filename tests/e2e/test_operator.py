@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from relay_helpers import TOOLS, assert_clean, place, tree_listing
+from support.relay_helpers import TOOLS, assert_clean, place, tree_listing
 
 from synkler.devkit.localrelay import ROLES
 from synkler.hops.checksum import md5_entry

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from relay_helpers import (
+from support.relay_helpers import (
     TOOLS,
     assert_clean,
     close_connections_of,

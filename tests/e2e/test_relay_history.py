@@ -14,7 +14,7 @@ import sqlite3
 import sys
 import time
 
-from relay_helpers import place
+from support.relay_helpers import place
 
 from synkler import messages
 from synkler.broker.amqp import Broker, BrokerParams

@@ -7,7 +7,7 @@ import json
 import os
 import re
 
-from relay_helpers import deliver, place
+from support.relay_helpers import deliver, place
 
 from synkler.hops.checksum import md5_entry
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from relay_helpers import deliver
+from support.relay_helpers import deliver
 
 from synkler.hops.checksum import md5_entry
 

@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pexpect
-from relay_helpers import deliver, write_random
+from support.relay_helpers import deliver, write_random
 
 from synkler.broker.amqp import Broker
 from synkler.errors import BrokerError

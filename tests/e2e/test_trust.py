@@ -8,7 +8,7 @@ import os
 import subprocess
 
 import pika
-from relay_helpers import deliver, place
+from support.relay_helpers import deliver, place
 
 from synkler import messages
 from synkler.broker.amqp import DEAD_MAX, Broker, dead_name, queue_name

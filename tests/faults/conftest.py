@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import random
 
-import faultkit
+from support import faultkit
 import pytest
 
 

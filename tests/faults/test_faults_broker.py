@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import faultkit
+from support import faultkit
 import pytest
-from faultkit import (
+from support.faultkit import (
     build_workload,
     common_settings,
     delivered_count,
@@ -14,7 +14,7 @@ from faultkit import (
     verdict,
     wait_settled,
 )
-from relay_helpers import close_connections_of, every_log_says
+from support.relay_helpers import close_connections_of, every_log_says
 
 
 @pytest.mark.parametrize("profile", faultkit.profiles())

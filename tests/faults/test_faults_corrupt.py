@@ -6,10 +6,10 @@ from __future__ import annotations
 import shlex
 import sys
 
-import faultkit
+from support import faultkit
 import pytest
-from faultkit import build_workload, common_settings, verdict, wait_settled
-from relay_helpers import TOOLS
+from support.faultkit import build_workload, common_settings, verdict, wait_settled
+from support.relay_helpers import TOOLS
 
 WRAPPER = TOOLS / "corrupting_rsync.py"
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import os
 
-import faultkit
+from support import faultkit
 import pytest
-from faultkit import (
+from support.faultkit import (
     build_workload,
     common_settings,
     flow_for,
     verdict,
     wait_settled,
 )
-from relay_helpers import write_random
+from support.relay_helpers import write_random
 
 
 @pytest.mark.parametrize("profile", faultkit.profiles())

@@ -18,10 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-import faultkit
+from support import faultkit
 import pytest
 import yaml
-from faultkit import build_workload, common_settings, delivered_count, verdict, wait_settled
+from support.faultkit import build_workload, common_settings, delivered_count, verdict, wait_settled
 
 from synkler.hops.checksum import md5_entry
 

@@ -9,11 +9,11 @@ import json
 import os
 import time
 
-import faultkit
+from support import faultkit
 import pika
 import pytest
-from faultkit import build_workload, common_settings, verdict, wait_settled
-from relay_helpers import every_log_says
+from support.faultkit import build_workload, common_settings, verdict, wait_settled
+from support.relay_helpers import every_log_says
 
 from synkler.broker.amqp import dead_name, queue_name
 from synkler.messages import SCHEMA

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import faultkit
+from support import faultkit
 import pytest
-from faultkit import build_workload, common_settings, flow_for, verdict, wait_settled
+from support.faultkit import build_workload, common_settings, flow_for, verdict, wait_settled
 
 
 @pytest.mark.parametrize("profile", faultkit.profiles())

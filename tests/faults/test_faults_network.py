@@ -7,10 +7,10 @@ import dataclasses
 import re
 import time
 
-import faultkit
+from support import faultkit
 import pytest
-from faultkit import build_workload, common_settings, flow_for, proxied_rsh, tree_size, verdict, wait_settled
-from netproxy import NetProxy
+from support.faultkit import build_workload, common_settings, flow_for, proxied_rsh, tree_size, verdict, wait_settled
+from support.netproxy import NetProxy
 
 
 def proxied_relay(make_relay, sshd, rng, profile, proxy, **per_role):

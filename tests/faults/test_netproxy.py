@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from netproxy import NetProxy
+from support.netproxy import NetProxy
 
 
 @pytest.fixture

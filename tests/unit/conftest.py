@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from fakes import Role
+from support.fakes import Role
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import FakeJobs
+from support.fakes import FakeJobs
 
 from synkler.observe import alerts
 from synkler.observe.alerts import Alerts, Condition, changes, due_at, free_at, message

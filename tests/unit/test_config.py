@@ -682,7 +682,7 @@ def test_log_format_is_text_or_json(parse) -> None:
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory) -> dict[str, Path]:
-    import tlscerts
+    from support import tlscerts
 
     why = tlscerts.available()
     if why is not None:

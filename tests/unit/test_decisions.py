@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from fakes import Role
+from support.fakes import Role
 
 from synkler.agents import AGENTS
 from synkler.agents.base import Cleanup

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from fakes import Role
+from support.fakes import Role
 
 from synkler.agents.base import ENTRY as ENTRY_KEY
 from synkler.agents.base import Key

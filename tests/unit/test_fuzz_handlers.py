@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import Role
+from support.fakes import Role
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import FIELDS, HEX, json_values, near_wire
+from support.strategies import FIELDS, HEX, json_values, near_wire
 
 from synkler import messages
 from synkler.agents import AGENTS, pull

@@ -8,7 +8,7 @@ import json
 
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import dumps, json_values, near_wire, valid_wire
+from support.strategies import dumps, json_values, near_wire, valid_wire
 
 from synkler import messages
 from synkler.errors import MessageError

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fakes import Role
+from support.fakes import Role
 
 from synkler import messages
 from synkler.agents import history

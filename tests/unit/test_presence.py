@@ -6,7 +6,7 @@ import json
 import os
 
 import pytest
-from fakes import central_runtime
+from support.fakes import central_runtime
 
 from synkler.observe import presence
 from synkler.agents.central import Central

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fakes import Role
+from support.fakes import Role
 
 from synkler.errors import MessageError
 from synkler.messages import Admit, Fetch, Offer, Pushing, confined, new_entry_id

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fakes import Role
+from support.fakes import Role
 
 from synkler.agents.base import Cleanup
 from synkler.agents.pull import NotPulled, PullRun

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from fakes import central_runtime
+from support.fakes import central_runtime
 
 from synkler import messages
 from synkler.runtime import loop as runtime

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from synkler.hops.checksum import md5_entry
 
-TOOLS = Path(__file__).parent / "tools"  # rsync wrappers that corrupt, cut off or fill disks
+TOOLS = Path(__file__).parent.parent / "tools"  # rsync wrappers that corrupt, cut off or fill disks
 
 
 def place(upload_dir: Path, name: str, data: bytes) -> str:

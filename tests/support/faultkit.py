@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from relay_helpers import write_random
+from support.relay_helpers import write_random
 
 from synkler.hops.checksum import md5_entry
 
