@@ -45,7 +45,7 @@ from ..config import Config
 from ..errors import AgentActive, BrokerError, PublishRefused
 from ..tls import TlsFileError, TlsSettings, explain, peer_certificate, tls_context
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("synkler.broker")  # the name operators filter on, as before the wings
 T = TypeVar("T")
 
 _PIKA_ERRORS = (pika.exceptions.AMQPError, OSError)
