@@ -6,7 +6,7 @@ from enum import IntEnum
 
 
 class ExitStatus(IntEnum):
-    """Every status the synkler command exits with (docs/operations.md, "Exit status")."""
+    """Every status the synkler command exits with (docs/running.md, "Exit status")."""
 
     OK = 0
     FAILURE = 1  # a failed check or demo, an agent that cannot run, a pidfile or state database error

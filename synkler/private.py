@@ -9,7 +9,7 @@ the user's data (rsync, cleanup scripts) run with the umask the agent was starte
 (`child_umask`): their files are the user's, and arrive as they did before.
 
 A file holding the broker password that its group or others can read is reported, not refused
-(docs/operations.md, "Secrets and file modes"): refusing would stop, at an upgrade, relays whose
+(docs/installing.md, "Secrets and file modes"): refusing would stop, at an upgrade, relays whose
 config has been root-owned 0644 for years.
 """
 

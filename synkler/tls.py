@@ -4,7 +4,8 @@ line a person can act on.
 The broker's certificate is always verified, against `broker_ca_file` or the system's trusted CAs,
 and it must be for the host synkler connects to (or `broker_tls_server_name`). There is no switch to
 turn that off: the broker decides what every agent does (what to send, fetch, delete), so a broker
-that is not proven to be the right one may as well be anybody's (docs/operations.md).
+that is not proven to be the right one may as well be anybody's (docs/installing.md, "TLS to the
+broker").
 
 Kept apart from synkler.broker.amqp (which owns pika) so that the configuration can check the files with
 the same code the connection uses, and so that `explain` is a pure function that tests feed errors.

@@ -38,13 +38,13 @@ CENTRAL = "central"  # the names of the two fixed roles: peers address them by t
 DOWNLOAD = "download"
 PERSON_REPEAT = 600  # seconds between ERROR lines while ssh refuses for a reason a person must fix
 # What a person can do when a hop gives up (after the log line that says which hop failed and why).
-REOFFER = "then `synkler retry <entry>` on upload relays it again (docs/operations.md)."
+REOFFER = "then `synkler retry <entry>` on upload relays it again (docs/runbook.md)."
 GIVE_UP_ADVICE = {
     "push to central": "The entry stays in upload's file_dir. Fix the cause (`synkler check` tests "
     "ssh and rsync to central), " + REOFFER,
     "pull from central": "Upload keeps its copy, central its verified one (stored/<entry id>). Fix the "
     "cause on download's side or the path to central, then `synkler retry <entry>` on download pulls it "
-    "again (docs/operations.md).",
+    "again (docs/runbook.md).",
     "upload to central": "Upload keeps its copy. Find out why the copies differ (a file still being "
     "written, a disk or memory problem), " + REOFFER,
     "store at central": "Upload keeps its copy. Central's copies keep going bad: check central's disk, "
@@ -90,7 +90,7 @@ CLEANUP = "cleanup"  # the cleanup script of an entry (its id)
 RECHECK = "recheck"  # central: the md5 of a stored copy download found bad (its id)
 SCAN = Key("scan")  # upload: the listing of file_dir
 
-# What an operator can ask of one entry (synkler retry | forget | resend, docs/operations.md). The
+# What an operator can ask of one entry (synkler retry | forget | resend, docs/runbook.md). The
 # command writes the request into the agent's state database; the running agent takes it in its main
 # loop (Agent.take_requests) and answers there.
 RETRY, FORGET, RESEND = "retry", "forget", "resend"

@@ -173,7 +173,7 @@ class Download(Endpoint):
         self.move(entry, Down.FAILED, reason=why)
         log.error(
             "%s: %s. If it was not delivered (look in %s), `synkler retry %s` on download pulls it "
-            "(docs/operations.md, 'A fetch older than the history')",
+            "(docs/runbook.md, 'A fetch older than the history')",
             entry.name,
             why,
             self.cfg.file_dir,

@@ -321,7 +321,7 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
 
         # As a daemon, the launching process exits in there, once the daemon has started.
         launch = prepare(cfg, pidfile, daemon=(args.daemon or cfg.daemon) and not args.foreground)
-        restrict_umask()  # what the agent creates from here on is its own (docs/operations.md)
+        restrict_umask()  # what the agent creates from here on is its own (docs/installing.md)
         runtime = Runtime(cfg, AGENTS[cfg.mode])
         launch.started(runtime)
         runtime.run()

@@ -13,7 +13,7 @@ queued notices go out as one message once the oldest has waited `group_seconds` 
 that start together make one message) and the channel has sent fewer than `max_per_hour` messages in
 the last hour (the rest wait and go out together, listed up to LISTED and counted beyond). A message
 that cannot be sent stays queued and is tried again with a growing pause; the relay never waits for
-it. The message format is documented in docs/operations.md ("Notices").
+it. The message format is documented in docs/notices.md.
 
 Which agent tells what (so that no condition is told twice): central tells failed entries, stuck
 entries, its own disk, dead letters, and silent download and upload agents; download tells a silent
@@ -171,7 +171,7 @@ def email_text(msg: Mapping[str, Any]) -> tuple[str, str]:
         lines.append(f"  what to do: {n['todo']}")
     if msg.get("more"):
         lines += ["", f"... and {msg['more']} more notices (see `synkler status` on the agent)."]
-    lines += ["", "What each notice means and what to do: docs/operations.md, section Notices."]
+    lines += ["", "What each notice means and what to do: docs/notices.md."]
     return msg["text"][:200], "\n".join(lines) + "\n"
 
 
@@ -190,7 +190,7 @@ def _advice(reason: str) -> tuple[str, str]:
     return (
         "",
         "Read the reason and the agent's log, fix the cause, then `synkler retry <entry>` "
-        "(docs/operations.md).",
+        "(docs/runbook.md).",
     )
 
 
@@ -286,7 +286,7 @@ def disk_full(free: int, total: int, warn: float, role: str) -> Condition | None
         key=f"disk-full:{role}",
         severity=WARNING,
         summary=f"{role}'s file system is {used:.0f} % full",
-        todo="Free space on it or give it more; entries that do not fit wait (docs/operations.md).",
+        todo="Free space on it or give it more; entries that do not fit wait (docs/runbook.md, 'Disk full').",
         details={
             "used percent": round(used, 1),
             "free bytes": free,
@@ -318,7 +318,7 @@ def dead_letters(count: int | None) -> Condition | None:
         severity=WARNING,
         summary=f"{count} messages in the dead-letter queue",
         todo="Read why in the agents' logs (`dead-lettering a message: ...`) and look at the messages in "
-        "the queue synkler:<id>:dead (docs/operations.md, Troubleshooting); then purge it.",
+        "the queue synkler:<id>:dead (docs/runbook.md, 'Dead-letter queue'); then purge it.",
         details={"messages": count},
     )
 

@@ -2,7 +2,7 @@
 
 Served over HTTP on `metrics_listen` (its own registry, not the library's global one) and/or
 written to `metrics_textfile` for node_exporter's textfile collector (atomically: a temporary file
-renamed over it). docs/operations.md#metrics lists every metric.
+renamed over it). docs/metrics.md lists every metric.
 
 Counters and histograms change as things happen, from the agent's own hooks (`Observer`, in
 synkler.agents.base): a state change, an md5 mismatch, a retry, a message from a peer. A state

@@ -3,7 +3,7 @@
 Assembled from what the agents report through the broker (synkler.observe.presence) and what the broker
 tells of their queues; no other connection. `collect` is the thin shell that reads the broker
 (declaring nothing: a mistyped id creates no queue); `assemble`, `verdict` and `render` are pure.
-The JSON view (`assemble`'s result, version `VIEW_V`) is documented in docs/operations.md.
+The JSON view (`assemble`'s result, version `VIEW_V`) is documented in docs/status.md ("The JSON view").
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The agents' log lines in a real relay: each names its agent, names are escaped, the levels say
-what they promise (docs/operations.md, "Logs")."""
+what they promise (docs/running.md, "Logs")."""
 
 from __future__ import annotations
 

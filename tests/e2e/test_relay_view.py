@@ -54,7 +54,7 @@ def _number(x) -> bool:
 
 
 def check_schema(view: dict) -> None:
-    """The JSON view as docs/operations.md documents it (version 1)."""
+    """The JSON view as docs/status.md ("The JSON view") documents it (version 1)."""
     assert view["kind"] == "synkler-relay-view" and view["v"] == 1
     assert isinstance(view["instance"], str) and _number(view["at"])
     assert isinstance(view["verdict"], str) and view["verdict"]
