@@ -284,9 +284,10 @@ def _main(argv: Sequence[str]) -> int:
         if command == "completion":
             print(completion_script(build_parser()), end="")
             return ExitStatus.OK
-        from ..config import find_config, load_config
+        from ..config import find_config
+        from .migrate import load
 
-        cfg = load_config(find_config(args.config))
+        cfg = load(find_config(args.config))
         logs.use_agent(cfg.mode, cfg.name, cfg.id, cfg.log_format)
         commands = {
             "run": cmd_run,
@@ -683,10 +684,8 @@ def cmd_broker_setup(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_config_migrate(args: argparse.Namespace) -> int:
     """Print or write the YAML equivalent of a synkler 0.0.x configuration."""
-    import yaml
-
-    from ..config import _parse_yaml, looks_like_ini, parse_config
-    from .migrate import migrate
+    from ..config import config_from_text, read_yaml
+    from .migrate import looks_like_ini, migrate
 
     old = Path(args.old)
     try:
@@ -701,7 +700,7 @@ def cmd_config_migrate(args: argparse.Namespace) -> int:
         ) from None
     if not looks_like_ini(text):
         try:
-            data = _parse_yaml(text, old)
+            data = read_yaml(text, old)
         except ConfigError:
             data = None
         if isinstance(data, dict):
@@ -720,7 +719,7 @@ def cmd_config_migrate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     try:  # the result must load (file_dir may live on another host: not looked at here)
-        parse_config(yaml.safe_load(result.text), target or old, check_dirs=False)
+        config_from_text(result.text, target or old, check_dirs=False)
     except ConfigError as e:
         print(f"synkler: the result does not load yet: {logs.shown(e.problem)} ({e.key})", file=sys.stderr)
         return ExitStatus.CONFIG

@@ -20,12 +20,50 @@ from typing import Any
 import yaml
 
 from .. import __version__
-from ..config import KEYS, value_problem
+from ..config import KEYS, Config, NotYamlMapping, config_from_text, read_text, value_problem
 from ..errors import ConfigError
 
 SECTION = "default"  # the one section 0.0.x read
 
 _TOKEN = re.compile(r"%[fF]")
+
+# The keys of synkler 0.0.x's INI file, all kept (docs/upgrading.md).
+OLD_KEYS = frozenset(
+    ("mode", "file_dir", "keep_minutes", "pidfile", "rsync", "rsync_opts", "synkler_server")
+    + ("cleanup_script", "free_percent")
+)
+_SECTION_RE = re.compile(r"^\[[^\]\[,]+\][ \t]*$", re.MULTILINE)
+_INI_KEY_RE = re.compile(r"^[ \t]*([A-Za-z_][A-Za-z0-9_]*)[ \t]*=", re.MULTILINE)
+
+
+def load(path: Path) -> Config:
+    """load_config, and a synkler 0.0.x file (INI) told as such, with what to do about it, rather
+    than in the YAML parser's words."""
+    text = read_text(path)
+    try:
+        return config_from_text(text, path)
+    except NotYamlMapping:
+        if looks_like_ini(text):
+            raise ConfigError(path, None, _ini_hint(path)) from None
+        raise
+
+
+def looks_like_ini(text: str) -> bool:
+    """Whether text that is no YAML mapping reads like an INI file: synkler 0.0.x's format, with a
+    ``[section]`` line or ``key = value`` lines of its keys."""
+    if _SECTION_RE.search(text):
+        return True
+    return any(
+        m.group(1).lower() in OLD_KEYS or m.group(1).lower() in KEYS for m in _INI_KEY_RE.finditer(text)
+    )
+
+
+def _ini_hint(path: Path) -> str:
+    return (
+        "this is an INI file, the format of synkler 0.0.x; synkler now reads YAML. "
+        f"Convert it with: synkler config migrate {shlex.quote(str(path))} -o NEW.conf "
+        "(see docs/upgrading.md)"
+    )
 
 
 @dataclass

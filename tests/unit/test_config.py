@@ -236,19 +236,19 @@ def test_home_file_comes_before_dot_config(home: Path) -> None:
 
 
 def test_dot_config_comes_before_etc(home: Path, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(config, "SYSTEM_CONFIG", write(tmp_path / "etc" / "synkler.conf", ""))
+    monkeypatch.setattr(config.load, "SYSTEM_CONFIG", write(tmp_path / "etc" / "synkler.conf", ""))
     second = write(home / ".config" / "synkler" / "synkler.conf", "")
     assert find_config(environ={}, home=home) == second
 
 
 def test_etc_is_the_last_resort(home: Path, tmp_path: Path, monkeypatch) -> None:
     system = write(tmp_path / "etc" / "synkler.conf", "")
-    monkeypatch.setattr(config, "SYSTEM_CONFIG", system)
+    monkeypatch.setattr(config.load, "SYSTEM_CONFIG", system)
     assert find_config(environ={"SYNKLER_CONF": ""}, home=home) == system
 
 
 def test_nothing_found_lists_every_place_looked_in(home: Path, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(config, "SYSTEM_CONFIG", tmp_path / "nowhere" / "synkler.conf")
+    monkeypatch.setattr(config.load, "SYSTEM_CONFIG", tmp_path / "nowhere" / "synkler.conf")
     with pytest.raises(ConfigError) as info:
         find_config(environ={}, home=home)
     message = str(info.value)
@@ -625,25 +625,6 @@ def test_the_systemd_unit_runs_a_command_line_the_cli_accepts():
 
 
 # ---------------------------------------------------------------- people coming from synkler 0.0.x
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "[default]\nmode = upload\nfile_dir = /x\nsynkler_server = h\n",
-        "[default]\nmode: upload\n",  # INI allows ':' too
-        "[default]\n",
-        "mode = upload\nfile_dir = /x\n",  # no section: still the INI habit
-        "# synkler\nkeep_minutes=30\n",
-    ],
-    ids=["section", "colons", "only-section", "no-section", "no-spaces"],
-)
-def test_an_ini_file_says_to_run_config_migrate(conf_path: Path, text: str) -> None:
-    with pytest.raises(ConfigError) as info:
-        load_config(write(conf_path, text))
-    assert info.value.key is None
-    assert "synkler 0.0.x" in info.value.problem
-    assert f"synkler config migrate {conf_path} -o " in info.value.problem
 
 
 def test_a_file_that_is_not_utf8_says_where_and_how_to_convert_it(conf_path: Path) -> None:
