@@ -143,7 +143,8 @@ def _no_key_twice(node: yaml.MappingNode, path: Path) -> None:
         if isinstance(key_node, yaml.ScalarNode) and key_node.tag == "tag:yaml.org,2002:str":
             line = key_node.start_mark.line + 1
             if key_node.value in seen:
-                raise ConfigError(path, key_node.value, f"given twice (lines {seen[key_node.value]} and {line})")
+                first = seen[key_node.value]
+                raise ConfigError(path, key_node.value, f"given twice (lines {first} and {line})")
             seen[key_node.value] = line
 
 

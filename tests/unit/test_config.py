@@ -612,7 +612,7 @@ def test_the_systemd_unit_runs_a_command_line_the_cli_accepts():
     import configparser
     import shlex
 
-    from synkler.cli.main import build_parser
+    from synkler.cli.parser import build_parser
 
     unit = configparser.ConfigParser(strict=False, interpolation=None)
     unit.optionxform = str  # systemd keys are case-sensitive
