@@ -78,6 +78,11 @@ def _section(
     value: Any, ctx: Context, keys: Mapping[str, Checker], required: tuple[str, ...]
 ) -> dict[str, Any]:
     """Check a nested mapping against `keys`; Invalid names the sub-key (`at`)."""
+    if isinstance(value, str) and re.match(r"[A-Za-z_][A-Za-z0-9_]*:(?!//)[^\s]", value):
+        # 'url:https://…': YAML's text, not a key and its value.
+        raise Invalid(
+            f"must be a mapping of 'key: value' lines, with a space after each colon, got {describe(value)}"
+        )
     if not isinstance(value, Mapping):
         raise Invalid(f"must be a mapping of 'key: value' lines, got {describe(value)}")
     out: dict[str, Any] = {}

@@ -29,6 +29,10 @@ DEFAULT_SEARCH: tuple[str, ...] = (
 )
 
 
+# A key, a colon and no space: 'mode:upload' (not a URL's 'http://').
+_NO_SPACE_RE = re.compile(r"[ \t]*[A-Za-z_][A-Za-z0-9_]*:(?!//)[^\s]")
+
+
 class NotYamlMapping(ConfigError):
     """The file is no YAML mapping at all (invalid YAML, or a document of another kind): perhaps a
     file of another format, which the command line can name (synkler.cli.migrate)."""
@@ -102,15 +106,14 @@ def config_from_text(
 ) -> Config:
     """Parse and check ``text``, the contents of the file at ``path``.
 
-    A file that is no YAML mapping raises NotYamlMapping; one that reads as 'key:value' lines
-    gets a hint saying what to do rather than the YAML parser's own words.
+    A file that is no YAML mapping raises NotYamlMapping; a 'key:value' line (no space after the
+    colon) is named with what to write rather than in the YAML parser's own words.
     """
     data = read_yaml(text, path)
     if data is not None and not isinstance(data, Mapping):
-        if isinstance(data, str) and re.search(r"^[A-Za-z_]+:[^\s]", text, re.MULTILINE):
-            raise NotYamlMapping(
-                path, None, "must be 'key: value' lines, with a space after each colon ('mode: upload')"
-            )
+        hint = _no_space(text, None) if isinstance(data, str) else None
+        if hint is not None:
+            raise NotYamlMapping(path, None, hint)
         raise NotYamlMapping(path, None, f"must be a mapping of 'key: value' lines, got {describe(data)}")
     return parse_config(data, path, check_dirs=check_dirs, environ=environ, home=home)
 
@@ -131,8 +134,13 @@ def read_yaml(text: str, path: Path) -> object:
             _no_key_twice(node, path)
         return loader.construct_document(node)
     except yaml.YAMLError as exc:
-        problem = _yaml_problem(exc)
-        raise NotYamlMapping(path, None, problem + _yaml_hint(problem)) from None
+        mark = getattr(exc, "problem_mark", None)
+        # PyYAML finds a missing space on a later line than the one that lacks it.
+        problem = _no_space(text, None if mark is None else mark.line + 1)
+        if problem is None:
+            problem = _yaml_problem(exc)
+            problem += _yaml_hint(problem)
+        raise NotYamlMapping(path, None, problem) from None
     finally:
         loader.dispose()
 
@@ -156,6 +164,22 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     if mark is not None:
         return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
     return f"invalid YAML: {problem}"
+
+
+def _no_space(text: str, last: int | None) -> str | None:
+    """The hint for the first line, up to line `last`, that reads 'key:value': YAML takes it for
+    text, not a key (a habit of other formats, and of synkler 0.0.x's INI, which took both)."""
+    for number, line in enumerate(text.splitlines(), 1):
+        if last is not None and number > last:
+            break
+        if _NO_SPACE_RE.match(line):
+            written = line.strip()
+            key, rest = written.split(":", 1)
+            return (
+                "must be 'key: value' lines, with a space after each colon: "
+                f"line {number} reads {describe(written)} (write {describe(f'{key}: {rest}')})"
+            )
+    return None
 
 
 def _yaml_hint(problem: str) -> str:

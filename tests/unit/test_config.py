@@ -648,6 +648,44 @@ def test_a_colon_without_a_space_says_to_add_one(conf_path: Path) -> None:
     assert "space after each colon" in info.value.problem
 
 
+@pytest.mark.parametrize(
+    "text, line, written",
+    [
+        ("mode:central\n", 1, "mode:central"),
+        ("mode:central\nid: lab\n", 1, "mode:central"),  # PyYAML stumbles at line 2
+        ("mode: central\nid:lab\nfile_dir: /x\n", 2, "id:lab"),
+        ("mode: upload\nrsync_opts:\n  - -v\nsynkler_server:mq.lab\n", 4, "synkler_server:mq.lab"),
+    ],
+    ids=["one-line", "first-of-two", "middle", "last"],
+)
+def test_a_colon_without_a_space_is_named_at_its_own_line_with_the_fix(
+    conf_path: Path, text: str, line: int, written: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(conf_path, text), check_dirs=False)
+    assert info.value.key is None
+    problem = info.value.problem
+    assert problem.startswith("must be 'key: value' lines, with a space after each colon: ")
+    assert f"line {line} reads '{written}'" in problem
+    key, value = written.split(":", 1)
+    assert f"(write '{key}: {value}')" in problem
+
+
+def test_a_nested_setting_without_a_space_after_the_colon_says_to_add_one(parse) -> None:
+    err = error_of(parse, alerts={"webhook": "url:https://hooks.example/x"})
+    assert err.key == "alerts.webhook"
+    assert err.problem == (
+        "must be a mapping of 'key: value' lines, with a space after each colon, "
+        "got 'url:https://hooks.example/x'"
+    )
+
+
+def test_other_yaml_errors_keep_the_parsers_line(conf_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(conf_path, "mode: upload\nurl: http://x\nfile_dir: [unclosed\n"), check_dirs=False)
+    assert info.value.problem.startswith("invalid YAML at line 4")
+
+
 def test_a_key_in_capitals_hints_at_the_lower_case_one(parse) -> None:
     assert error_of(parse, KEEP_MINUTES=5).problem == "unknown key; did you mean 'keep_minutes'?"
 
