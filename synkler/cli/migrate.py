@@ -5,6 +5,9 @@ section: mode, file_dir, keep_minutes, pidfile, rsync, rsync_opts, synkler_serve
 cleanup_script, free_percent. Most keys mean what they meant; where the meaning or the way a value is
 read changed, the value is rewritten so that it does what it did, and a comment above it says
 what changed. docs/upgrading.md tells the same story for people.
+
+Also the hint for a 0.0.x file given to the agent as it is (`load`: "this is an INI file ... convert
+it with synkler config migrate").
 """
 
 from __future__ import annotations
@@ -124,7 +127,12 @@ def migrate(text: str, path: Path) -> Migration:
         else:
             warnings.append(f"{key}: not a synkler setting; left out (commented)")
             settings[key] = _Setting(key, raw, ["not a synkler setting: left out"], commented_out=True)
+    _explain(settings)
+    return Migration(_render(settings, path), warnings)
 
+
+def _explain(settings: dict[str, _Setting]) -> None:
+    """Notes on the settings whose meaning changed since 0.0.x, or which this role ignores."""
     role = settings["mode"].value
     if "keep_minutes" in settings or role == "central":
         keep = settings.setdefault("keep_minutes", _Setting("keep_minutes", 30))
@@ -154,7 +162,6 @@ def migrate(text: str, path: Path) -> Migration:
             "RabbitMQ lets its guest user in from localhost only: remote agents need broker_username "
             "and broker_password."
         )
-    return Migration(_render(settings, path), warnings)
 
 
 def _typed(key: str, raw: str, base: Path, warnings: list[str]) -> Any:
