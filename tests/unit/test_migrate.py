@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from synkler.cli.migrate import load, migrate
 from synkler.config import load_config
 from synkler.errors import ConfigError
 from synkler.hops.cleanup import cleanup_argv
-from synkler.cli.migrate import load, migrate
 
 # The original synkler's sample-config (0.0.3), with its comments, as people copied it.
 SAMPLE_0_0 = """
