@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .text import shown
+
 
 @dataclass(frozen=True)
 class TlsSettings:
@@ -155,11 +157,6 @@ def _issuer(cert: dict) -> str | None:
     return None
 
 
-def _shown(text: str) -> str:
-    """A name from a certificate nobody vouched for: printable, so it cannot forge a log line."""
-    return text if text.isprintable() else ascii(text)
-
-
 def explain(
     error: BaseException | str,
     tls: TlsSettings,
@@ -171,69 +168,85 @@ def explain(
     """One line on why the TLS handshake with the broker failed, or None if `error` is no TLS
     failure. `error` is the ssl error, or its text where pika kept only that; `peer`, the broker's
     certificate as `ssl` decodes it, where it could be read (dates and names come from it)."""
-    now = time.time() if now is None else now
-    expected = tls.server_name or host
     if isinstance(error, ssl.SSLCertVerificationError):
-        code, message = error.verify_code, str(error.verify_message)
-        if code in _UNTRUSTED:
-            by = tls.ca_file or "a CA this system trusts (set broker_ca_file)"
-            issuer = _issuer(peer) if peer else None
-            issued = f" (it is signed by {_shown(issuer)!r})" if issuer else ""
-            return f"TLS: the broker's certificate is not signed by {by}{issued}"
-        if code == _EXPIRED:
-            if peer and "notAfter" in peer:
-                if _time(peer["notAfter"]) < now:
-                    return f"TLS: the broker's certificate expired on {_date(peer['notAfter'])}"
-                return f"TLS: a certificate in the broker's chain has expired ({message})"
-            return "TLS: the broker's certificate has expired"
-        if code == _NOT_YET_VALID:
-            since = f" before {_date(peer['notBefore'])}" if peer and "notBefore" in peer else " yet"
-            return f"TLS: the broker's certificate is not valid{since} (is a clock wrong?)"
-        if code in _NAME_MISMATCH:
-            names = ", ".join(_shown(n) for n in _names(peer)) if peer else ""
-            hint = "; set broker_tls_server_name if one of those is right" if names else ""
-            return f"TLS: the broker's certificate is for {names or 'another name'}, not {expected}{hint}"
-        return f"TLS: the broker's certificate was not accepted: {message}"
+        now = time.time() if now is None else now
+        return _not_verified(error, tls, tls.server_name or host, peer, now)
     text = error if isinstance(error, str) else f"{error!r} {error}"
     reasons = _REASON_RE.findall(text)
     reason = getattr(error, "reason", None)  # set by OpenSSL, not on an SSLError made by hand
     if isinstance(error, ssl.SSLError) and reason:
         reasons.insert(0, reason)
     for reason in reasons:
-        if reason == "SSLV3_ALERT_HANDSHAKE_FAILURE" and tls.cert_file is not None:
-            return (
-                f"TLS: the broker refused the handshake ({reason}): no TLS version or cipher in common, "
-                f"or it does not take our client certificate {tls.cert_file} "
-                "(is it made for client authentication?)"
-            )
-        if reason in _CLIENT_REFUSED:
-            if tls.cert_file is None:
-                if reason == "TLSV13_ALERT_CERTIFICATE_REQUIRED":
-                    return (
-                        "TLS: the broker requires a client certificate: set broker_cert_file and "
-                        "broker_key_file"
-                    )
-                return f"TLS: the broker refused the handshake ({reason})"
-            return (
-                f"TLS: the broker refused our client certificate {tls.cert_file}: {_CLIENT_REFUSED[reason]}"
-            )
-        if reason in _NOT_TLS:
-            return f"TLS: {host}:{port} does not answer in TLS (a plain AMQP port? amqps is usually 5671)"
+        refused = _refused(reason, tls, host, port)
+        if refused is not None:
+            return refused
     if reasons:
         return f"TLS: the handshake with the broker failed ({reasons[0]})"
     if "SSLEOFError" in text or "EOF occurred in violation of protocol" in text:
-        # TLS 1.3: the broker checks our certificate after we think the handshake is done, and its
-        # alert may be lost to the closing connection: we see only the end of the stream.
-        if tls.cert_file is not None:
-            return (
-                f"TLS: the broker closed the connection during the handshake: it does not take our "
-                f"client certificate {tls.cert_file} (is it signed by a CA the broker trusts, and made "
-                "for client authentication?)"
-            )
-        return "TLS: the broker closed the connection during the handshake"
+        return _closed(tls)
     if isinstance(error, ssl.SSLError):
         return f"TLS: the handshake with the broker failed: {error}"
     return None
+
+
+def _not_verified(
+    error: ssl.SSLCertVerificationError, tls: TlsSettings, expected: str, peer: dict | None, now: float
+) -> str:
+    """Why we did not accept the broker's certificate."""
+    code, message = error.verify_code, str(error.verify_message)
+    if code in _UNTRUSTED:
+        by = tls.ca_file or "a CA this system trusts (set broker_ca_file)"
+        issuer = _issuer(peer) if peer else None
+        issued = f" (it is signed by {shown(issuer)!r})" if issuer else ""
+        return f"TLS: the broker's certificate is not signed by {by}{issued}"
+    if code == _EXPIRED:
+        if peer and "notAfter" in peer:
+            if _time(peer["notAfter"]) < now:
+                return f"TLS: the broker's certificate expired on {_date(peer['notAfter'])}"
+            return f"TLS: a certificate in the broker's chain has expired ({message})"
+        return "TLS: the broker's certificate has expired"
+    if code == _NOT_YET_VALID:
+        since = f" before {_date(peer['notBefore'])}" if peer and "notBefore" in peer else " yet"
+        return f"TLS: the broker's certificate is not valid{since} (is a clock wrong?)"
+    if code in _NAME_MISMATCH:
+        # Names from a certificate nobody vouched for: escaped, so they cannot forge a log line.
+        names = ", ".join(shown(n) for n in _names(peer)) if peer else ""
+        hint = "; set broker_tls_server_name if one of those is right" if names else ""
+        return f"TLS: the broker's certificate is for {names or 'another name'}, not {expected}{hint}"
+    return f"TLS: the broker's certificate was not accepted: {message}"
+
+
+def _refused(reason: str, tls: TlsSettings, host: str, port: int) -> str | None:
+    """What OpenSSL's `reason` says of the broker's answer, if it tells anything."""
+    if reason == "SSLV3_ALERT_HANDSHAKE_FAILURE" and tls.cert_file is not None:
+        return (
+            f"TLS: the broker refused the handshake ({reason}): no TLS version or cipher in common, "
+            f"or it does not take our client certificate {tls.cert_file} "
+            "(is it made for client authentication?)"
+        )
+    if reason in _CLIENT_REFUSED:
+        if tls.cert_file is None:
+            if reason == "TLSV13_ALERT_CERTIFICATE_REQUIRED":
+                return (
+                    "TLS: the broker requires a client certificate: set broker_cert_file and broker_key_file"
+                )
+            return f"TLS: the broker refused the handshake ({reason})"
+        return f"TLS: the broker refused our client certificate {tls.cert_file}: {_CLIENT_REFUSED[reason]}"
+    if reason in _NOT_TLS:
+        return f"TLS: {host}:{port} does not answer in TLS (a plain AMQP port? amqps is usually 5671)"
+    return None
+
+
+def _closed(tls: TlsSettings) -> str:
+    # TLS 1.3: the broker checks our certificate after we think the handshake is done, and its
+    # alert may be lost to the closing connection: we see only the end of the stream.
+    if tls.cert_file is not None:
+        return (
+            f"TLS: the broker closed the connection during the handshake: it does not take our "
+            f"client certificate {tls.cert_file} (is it signed by a CA the broker trusts, and made "
+            "for client authentication?)"
+        )
+    return "TLS: the broker closed the connection during the handshake"
 
 
 def peer_certificate(host: str, port: int, tls: TlsSettings, timeout: float = 5) -> dict | None:

@@ -1,1 +1,2 @@
-"""The command line: the parser (main) and the commands. The top wing: it may import every other."""
+"""The command line: main (entry point and dispatch), parser, and one cmd_* module per command or family
+of commands (with checks, migrate, entries: their pure parts). The top wing: it may import every other."""

@@ -3,7 +3,7 @@
 Each check gives one line, `ok`, `WARN` or `FAIL`, with the reason (docs/status.md, "synkler
 check"). The decisions are plain functions over what was looked up (`peer_line`, `reserve_line`,
 `program_problem`, `writable_problem`, `ignored_lines`), so they are unit-tested without a broker;
-`cmd_check` in synkler.cli.main does the looking. Nothing here creates a file or a queue, so `check`
+synkler.cli.cmd_check does the looking. Nothing here creates a file or a queue, so `check`
 never disturbs a running agent.
 """
 

@@ -5,6 +5,9 @@ section: mode, file_dir, keep_minutes, pidfile, rsync, rsync_opts, synkler_serve
 cleanup_script, free_percent. Most keys mean what they meant; where the meaning or the way a value is
 read changed, the value is rewritten so that it does what it did, and a comment above it says
 what changed. docs/upgrading.md tells the same story for people.
+
+Also the hint for a 0.0.x file given to the agent as it is (`load`: "this is an INI file ... convert
+it with synkler config migrate").
 """
 
 from __future__ import annotations
@@ -20,12 +23,50 @@ from typing import Any
 import yaml
 
 from .. import __version__
-from ..config import KEYS, value_problem
+from ..config import KEYS, Config, NotYamlMapping, config_from_text, read_text, value_problem
 from ..errors import ConfigError
 
 SECTION = "default"  # the one section 0.0.x read
 
 _TOKEN = re.compile(r"%[fF]")
+
+# The keys of synkler 0.0.x's INI file, all kept (docs/upgrading.md).
+OLD_KEYS = frozenset(
+    ("mode", "file_dir", "keep_minutes", "pidfile", "rsync", "rsync_opts", "synkler_server")
+    + ("cleanup_script", "free_percent")
+)
+_SECTION_RE = re.compile(r"^\[[^\]\[,]+\][ \t]*$", re.MULTILINE)
+_INI_KEY_RE = re.compile(r"^[ \t]*([A-Za-z_][A-Za-z0-9_]*)[ \t]*=", re.MULTILINE)
+
+
+def load(path: Path) -> Config:
+    """load_config, and a synkler 0.0.x file (INI) told as such, with what to do about it, rather
+    than in the YAML parser's words."""
+    text = read_text(path)
+    try:
+        return config_from_text(text, path)
+    except NotYamlMapping:
+        if looks_like_ini(text):
+            raise ConfigError(path, None, _ini_hint(path)) from None
+        raise
+
+
+def looks_like_ini(text: str) -> bool:
+    """Whether text that is no YAML mapping reads like an INI file: synkler 0.0.x's format, with a
+    ``[section]`` line or ``key = value`` lines of its keys."""
+    if _SECTION_RE.search(text):
+        return True
+    return any(
+        m.group(1).lower() in OLD_KEYS or m.group(1).lower() in KEYS for m in _INI_KEY_RE.finditer(text)
+    )
+
+
+def _ini_hint(path: Path) -> str:
+    return (
+        "this is an INI file, the format of synkler 0.0.x; synkler now reads YAML. "
+        f"Convert it with: synkler config migrate {shlex.quote(str(path))} -o NEW.conf "
+        "(see docs/upgrading.md)"
+    )
 
 
 @dataclass
@@ -86,7 +127,12 @@ def migrate(text: str, path: Path) -> Migration:
         else:
             warnings.append(f"{key}: not a synkler setting; left out (commented)")
             settings[key] = _Setting(key, raw, ["not a synkler setting: left out"], commented_out=True)
+    _explain(settings)
+    return Migration(_render(settings, path), warnings)
 
+
+def _explain(settings: dict[str, _Setting]) -> None:
+    """Notes on the settings whose meaning changed since 0.0.x, or which this role ignores."""
     role = settings["mode"].value
     if "keep_minutes" in settings or role == "central":
         keep = settings.setdefault("keep_minutes", _Setting("keep_minutes", 30))
@@ -116,7 +162,6 @@ def migrate(text: str, path: Path) -> Migration:
             "RabbitMQ lets its guest user in from localhost only: remote agents need broker_username "
             "and broker_password."
         )
-    return Migration(_render(settings, path), warnings)
 
 
 def _typed(key: str, raw: str, base: Path, warnings: list[str]) -> Any:

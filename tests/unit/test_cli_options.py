@@ -9,11 +9,13 @@ import subprocess
 import pytest
 
 from synkler.cli import main as cli
+from synkler.cli import parser as cli_parser
+from synkler.cli.cmd_completion import completion_script
 from synkler.errors import ExitStatus
 
 
 def parse(*argv: str) -> argparse.Namespace:
-    return cli.build_parser().parse_args(cli._split_debug(argv))
+    return cli_parser.build_parser().parse_args(cli_parser.split_debug(argv))
 
 
 @pytest.mark.parametrize(
@@ -50,7 +52,7 @@ def test_debug_pika_is_debug_and_pika_s_own_lines():
     assert (parse("--debug").debug, parse("--debug").debug_pika) == (True, False)
     args = parse("check", "--debug=pika")
     assert (args.command, args.debug, args.debug_pika) == ("check", True, True)
-    assert cli._split_debug(["config", "migrate", "--", "--debug=pika"]) == [
+    assert cli_parser.split_debug(["config", "migrate", "--", "--debug=pika"]) == [
         "config",
         "migrate",
         "--",
@@ -85,7 +87,7 @@ def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
 
 
 def test_every_command_has_the_global_options_and_an_example():
-    found = list(_commands(cli.build_parser()))
+    found = list(_commands(cli_parser.build_parser()))
     assert {path for path, _ in found} >= {(), ("run",), ("status",), ("check",), ("config", "migrate")}
     for path, parser in found:
         assert {"-c", "--config", "-v", "--verbose", "--debug"} <= set(parser._option_string_actions), path
@@ -95,16 +97,16 @@ def test_every_command_has_the_global_options_and_an_example():
 
 def test_a_command_added_later_gets_the_global_options_too():
     parser = argparse.ArgumentParser()
-    cli._add_global_options(parser, top=True)
+    cli_parser.add_global_options(parser, top=True)
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("retry").add_argument("name")
-    cli._spread_global_options(parser)
+    cli_parser.spread_global_options(parser)
     args = parser.parse_args(["-v", "retry", "x", "-c", "y.conf"])
     assert (args.command, args.name, args.verbose, args.config) == ("retry", "x", True, "y.conf")
 
 
 def test_the_bash_completion_script_knows_commands_and_options():
-    script = cli.completion_script(cli.build_parser())
+    script = completion_script(cli_parser.build_parser())
     assert "complete -F _synkler synkler" in script
     for word in ("run", "status", "check", "migrate", "--json", "--config", "--output"):
         assert word in script
@@ -115,7 +117,7 @@ def test_the_bash_completion_script_knows_commands_and_options():
 
 def test_completion_in_bash_offers_commands_then_their_options(tmp_path):
     script = tmp_path / "synkler.bash"
-    script.write_text(cli.completion_script(cli.build_parser()))
+    script.write_text(completion_script(cli_parser.build_parser()))
 
     def complete(*words: str) -> list[str]:
         line = " ".join(f"'{w}'" for w in words)

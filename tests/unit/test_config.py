@@ -236,19 +236,19 @@ def test_home_file_comes_before_dot_config(home: Path) -> None:
 
 
 def test_dot_config_comes_before_etc(home: Path, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(config, "SYSTEM_CONFIG", write(tmp_path / "etc" / "synkler.conf", ""))
+    monkeypatch.setattr(config.load, "SYSTEM_CONFIG", write(tmp_path / "etc" / "synkler.conf", ""))
     second = write(home / ".config" / "synkler" / "synkler.conf", "")
     assert find_config(environ={}, home=home) == second
 
 
 def test_etc_is_the_last_resort(home: Path, tmp_path: Path, monkeypatch) -> None:
     system = write(tmp_path / "etc" / "synkler.conf", "")
-    monkeypatch.setattr(config, "SYSTEM_CONFIG", system)
+    monkeypatch.setattr(config.load, "SYSTEM_CONFIG", system)
     assert find_config(environ={"SYNKLER_CONF": ""}, home=home) == system
 
 
 def test_nothing_found_lists_every_place_looked_in(home: Path, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(config, "SYSTEM_CONFIG", tmp_path / "nowhere" / "synkler.conf")
+    monkeypatch.setattr(config.load, "SYSTEM_CONFIG", tmp_path / "nowhere" / "synkler.conf")
     with pytest.raises(ConfigError) as info:
         find_config(environ={}, home=home)
     message = str(info.value)
@@ -612,7 +612,7 @@ def test_the_systemd_unit_runs_a_command_line_the_cli_accepts():
     import configparser
     import shlex
 
-    from synkler.cli.main import build_parser
+    from synkler.cli.parser import build_parser
 
     unit = configparser.ConfigParser(strict=False, interpolation=None)
     unit.optionxform = str  # systemd keys are case-sensitive
@@ -625,25 +625,6 @@ def test_the_systemd_unit_runs_a_command_line_the_cli_accepts():
 
 
 # ---------------------------------------------------------------- people coming from synkler 0.0.x
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "[default]\nmode = upload\nfile_dir = /x\nsynkler_server = h\n",
-        "[default]\nmode: upload\n",  # INI allows ':' too
-        "[default]\n",
-        "mode = upload\nfile_dir = /x\n",  # no section: still the INI habit
-        "# synkler\nkeep_minutes=30\n",
-    ],
-    ids=["section", "colons", "only-section", "no-section", "no-spaces"],
-)
-def test_an_ini_file_says_to_run_config_migrate(conf_path: Path, text: str) -> None:
-    with pytest.raises(ConfigError) as info:
-        load_config(write(conf_path, text))
-    assert info.value.key is None
-    assert "synkler 0.0.x" in info.value.problem
-    assert f"synkler config migrate {conf_path} -o " in info.value.problem
 
 
 def test_a_file_that_is_not_utf8_says_where_and_how_to_convert_it(conf_path: Path) -> None:
@@ -665,6 +646,44 @@ def test_a_colon_without_a_space_says_to_add_one(conf_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(write(conf_path, "mode:upload\nfile_dir:/x\n"))
     assert "space after each colon" in info.value.problem
+
+
+@pytest.mark.parametrize(
+    "text, line, written",
+    [
+        ("mode:central\n", 1, "mode:central"),
+        ("mode:central\nid: lab\n", 1, "mode:central"),  # PyYAML stumbles at line 2
+        ("mode: central\nid:lab\nfile_dir: /x\n", 2, "id:lab"),
+        ("mode: upload\nrsync_opts:\n  - -v\nsynkler_server:mq.lab\n", 4, "synkler_server:mq.lab"),
+    ],
+    ids=["one-line", "first-of-two", "middle", "last"],
+)
+def test_a_colon_without_a_space_is_named_at_its_own_line_with_the_fix(
+    conf_path: Path, text: str, line: int, written: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(conf_path, text), check_dirs=False)
+    assert info.value.key is None
+    problem = info.value.problem
+    assert problem.startswith("must be 'key: value' lines, with a space after each colon: ")
+    assert f"line {line} reads '{written}'" in problem
+    key, value = written.split(":", 1)
+    assert f"(write '{key}: {value}')" in problem
+
+
+def test_a_nested_setting_without_a_space_after_the_colon_says_to_add_one(parse) -> None:
+    err = error_of(parse, alerts={"webhook": "url:https://hooks.example/x"})
+    assert err.key == "alerts.webhook"
+    assert err.problem == (
+        "must be a mapping of 'key: value' lines, with a space after each colon, "
+        "got 'url:https://hooks.example/x'"
+    )
+
+
+def test_other_yaml_errors_keep_the_parsers_line(conf_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(conf_path, "mode: upload\nurl: http://x\nfile_dir: [unclosed\n"), check_dirs=False)
+    assert info.value.problem.startswith("invalid YAML at line 4")
 
 
 def test_a_key_in_capitals_hints_at_the_lower_case_one(parse) -> None:

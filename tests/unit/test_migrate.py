@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from synkler.cli.migrate import load, migrate
 from synkler.config import load_config
 from synkler.errors import ConfigError
 from synkler.hops.cleanup import cleanup_argv
-from synkler.cli.migrate import migrate
 
 # The original synkler's sample-config (0.0.3), with its comments, as people copied it.
 SAMPLE_0_0 = """
@@ -176,3 +176,27 @@ def test_a_file_without_a_default_section_is_refused_naming_what_it_has(tmp_path
     with pytest.raises(ConfigError) as info:
         migrate("[upload]\nmode = upload\n", tmp_path / "x.conf")
     assert "no [default] section" in info.value.problem and "[upload]" in info.value.problem
+
+
+# ---------------------------------------------------------------- a 0.0.x file given to the agent
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[default]\nmode = upload\nfile_dir = /x\nsynkler_server = h\n",
+        "[default]\nmode: upload\n",  # INI allows ':' too
+        "[default]\n",
+        "mode = upload\nfile_dir = /x\n",  # no section: still the INI habit
+        "# synkler\nkeep_minutes=30\n",
+    ],
+    ids=["section", "colons", "only-section", "no-section", "no-spaces"],
+)
+def test_an_ini_file_says_to_run_config_migrate(tmp_path: Path, text: str) -> None:
+    conf_path = tmp_path / "synkler.conf"
+    conf_path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load(conf_path)
+    assert info.value.key is None
+    assert "synkler 0.0.x" in info.value.problem
+    assert f"synkler config migrate {conf_path} -o " in info.value.problem

@@ -12,7 +12,8 @@ from support.fakes import Role
 
 from synkler.agents.base import Cleanup
 from synkler.agents.pull import NotPulled, PullRun
-from synkler.cli.main import _resolve, _short_ids
+from synkler.cli.cmd_repair import resolve
+from synkler.cli.entries import short_ids
 from synkler.errors import MessageError, Refused
 from synkler.hops.checksum import md5_entry, stat_entry
 from synkler.hops.transfer import Result
@@ -310,8 +311,8 @@ def test_status_offers_each_entry_the_actions_that_apply_to_it(tmp_path: Path):
 
 def test_short_ids_are_8_digits_or_as_many_as_tell_them_apart():
     ids = ["0123456789" + "0" * 22, "0123456789" + "1" * 22, "f" * 32]
-    assert _short_ids(ids) == {ids[0]: "01234567890", ids[1]: "01234567891", ids[2]: "f" * 11}
-    assert _short_ids(["a" * 32]) == {"a" * 32: "a" * 8}
+    assert short_ids(ids) == {ids[0]: "01234567890", ids[1]: "01234567891", ids[2]: "f" * 11}
+    assert short_ids(["a" * 32]) == {"a" * 32: "a" * 8}
 
 
 def test_an_entry_is_named_by_its_id_a_start_of_it_or_its_name_where_that_is_unambiguous():
@@ -327,12 +328,12 @@ def test_an_entry_is_named_by_its_id_a_start_of_it_or_its_name_where_that_is_una
     )
     entries = [old, new, other]
     up = AGENTS["upload"]
-    assert _resolve(up, "retry", "c" * 32, entries) is other
-    assert _resolve(up, "retry", "cccc", entries) is other
-    assert _resolve(up, "resend", "r.txt", entries) is new  # only the newest version can be sent again
+    assert resolve(up, "retry", "c" * 32, entries) is other
+    assert resolve(up, "retry", "cccc", entries) is other
+    assert resolve(up, "resend", "r.txt", entries) is new  # only the newest version can be sent again
     with pytest.raises(Refused, match="fits 2 entries"):
-        _resolve(up, "forget", "r.txt", entries)
+        resolve(up, "forget", "r.txt", entries)
     with pytest.raises(Refused, match="no entry 'ccc'"):
-        _resolve(up, "retry", "ccc", entries)  # a start of an id has 4 digits at least
+        resolve(up, "retry", "ccc", entries)  # a start of an id has 4 digits at least
     with pytest.raises(Refused, match="no entry"):
-        _resolve(up, "retry", "nothing", entries)
+        resolve(up, "retry", "nothing", entries)

@@ -71,6 +71,7 @@ def test_a_name_from_the_certificate_cannot_break_the_line() -> None:
     e = verify_error(62, "Hostname mismatch")
     line = explain(e, TLS, "h", 5671, peer(subjectAltName=(("DNS", "evil\nFAKE line"),)))
     assert line is not None and "\n" not in line
+    assert "for evil\\nFAKE line, not h" in line  # escaped as every name shown to people (text.shown)
 
 
 def test_a_client_certificate_the_broker_refuses_is_named() -> None:

@@ -1,0 +1,148 @@
+"""`synkler check`: the config, the broker, the peers' queues, (upload/download) ssh + rsync to
+central, the cleanup script, the files and the disk, one line each as it is looked at. The decisions
+are in synkler.cli.checks; this module does the looking."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..broker.amqp import Broker, BrokerParams
+from ..config import Config
+from ..errors import BrokerError, ExitStatus, StateError
+from ..hops import transfer
+from ..linux.fs import free_bytes, total_bytes
+from ..messages import confined
+from ..private import exposed_secrets
+from ..state import State
+from ..text import shown
+from . import checks
+
+
+class _Lines:
+    """The lines said so far; each is printed at once (a slow check shows what came before it)."""
+
+    def __init__(self) -> None:
+        self.lines: list[checks.Line] = []
+
+    def say(self, line: checks.Line | None) -> None:
+        if line is not None:
+            self.lines.append(line)
+            print(checks.show(line), flush=True)
+
+    @property
+    def failed(self) -> bool:
+        return any(level == checks.FAIL for level, _ in self.lines)
+
+
+def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
+    out = _Lines()
+    out.say((checks.OK, f"config {cfg.path} ({cfg.mode}, id {cfg.id})"))
+    for problem in exposed_secrets(cfg.secret_files):  # reported, not failed: the relay works
+        out.say((checks.WARN, shown(problem)))
+    for line in checks.ignored_lines(cfg):
+        out.say(line)
+    central_report = _check_broker(cfg, out)
+    if cfg.mode in ("upload", "download"):
+        _check_central(cfg, central_report, out)
+    out.say(checks.cleanup_line(cfg, os.environ.get("PATH")))
+    for line in checks.files_lines(cfg):
+        out.say(line)
+    free = free_bytes(cfg.file_dir)
+    if cfg.mode == "central":
+        out.say(checks.reserve_line(cfg.file_dir, free, total_bytes(cfg.file_dir), cfg.free_percent))
+    else:
+        out.say((checks.OK, f"file_dir {cfg.file_dir} ({free / 1e9:.1f} GB free)"))
+    return ExitStatus.FAILURE if out.failed else ExitStatus.OK
+
+
+def _check_broker(cfg: Config, out: _Lines) -> dict | None:
+    """The broker, how messages are authenticated and the peers' queues; returns central's
+    presence report (None if it has none, or this is central)."""
+    central_report: dict | None = None
+    broker = Broker(BrokerParams.from_config(cfg), cfg.id, cfg.name)
+    try:
+        broker.connect(consume=False)
+        where = f"{cfg.synkler_server}:{cfg.broker_port} vhost {cfg.broker_vhost}"
+        out.say((checks.OK, f"broker {where}{_tls_note(cfg)}"))
+        if cfg.authenticate:
+            out.say((checks.OK, f"messages authenticated: this agent publishes as {cfg.broker_username}"))
+        else:
+            out.say(
+                (
+                    checks.WARN,
+                    "messages are not authenticated (authenticate: false): anyone who can publish "
+                    "to the broker can make this agent act (docs/security.md)",
+                )
+            )
+        uploads, outbox = _own_peers(cfg)
+        for peer in checks.peers_of(cfg, uploads):
+            report = checks.parse_report(broker.peek_presence(peer))
+            if peer == "central":
+                central_report = report
+            out.say(checks.peer_line(cfg.id, peer, broker.queue_info(peer), report, outbox.get(peer, 0)))
+    except BrokerError as e:
+        out.say((checks.FAIL, f"broker: {e}"))
+    finally:
+        broker.close()
+    return central_report
+
+
+def _check_central(cfg: Config, central_report: dict | None, out: _Lines) -> None:
+    """rsync itself, and ssh + rsync to central (as the transfers run them)."""
+    try:
+        transfer.rsync_protection(tuple(cfg.rsync))
+    except transfer.RsyncTooOld as e:
+        out.say((checks.FAIL, f"rsync: {e}"))
+    result = transfer.probe(cfg)
+    if result.ok:
+        out.say((checks.OK, f"ssh + rsync to central {cfg.central_host}"))
+        out.say(_place_line(cfg, central_report))
+    else:
+        out.say((checks.FAIL, f"ssh + rsync to central {cfg.central_host}: {result.summary()}"))
+
+
+def _place_line(cfg: Config, central: dict | None) -> checks.Line:
+    """Upload writes a file into its staging at central and removes it; download lists central's
+    store: over ssh, as the transfers do. Where those are, central's presence report says."""
+    place = central.get("place") if central else None
+    if not isinstance(place, str) or not confined(place, cfg.id):
+        return (checks.WARN, "central's directory not tried over ssh: central has not reported where it is")
+    if cfg.mode == "upload":
+        where = f"{place}/staging/{cfg.name}"
+        result, what = transfer.probe_write(cfg, where), "write into"
+    else:
+        where = f"{place}/stored"
+        result, what = transfer.probe_read(cfg, where), "read"
+    if result.ok:
+        return (checks.OK, f"{what} central's {shown(where)} over ssh")
+    return (checks.FAIL, f"cannot {what} central's {shown(where)} over ssh: {result.summary()}")
+
+
+def _own_peers(cfg: Config) -> tuple[list[str], dict[str, int]]:
+    """From this agent's state database, read-only (absent before the first run): the upload
+    agents central has had entries from, and the messages waiting in the outbox per destination."""
+    if not cfg.state_db.exists():
+        return [], {}
+    try:
+        state = State(cfg.state_db, readonly=True)
+    except StateError:
+        return [], {}
+    try:
+        uploads = state.peers(64) if cfg.mode == "central" else []
+        return uploads, state.outbox_counts()
+    except StateError:
+        return [], {}
+    finally:
+        state.close()
+
+
+def _tls_note(cfg: Config) -> str:
+    """How `check` connected: plain, or TLS verified against what, logged in how."""
+    if not cfg.broker_tls:
+        return " (plain AMQP, no TLS)"
+    ca = cfg.broker_ca_file or "the system's CAs"
+    name = cfg.broker_tls_server_name or cfg.synkler_server
+    login = "EXTERNAL login (client certificate)" if cfg.broker_login == "external" else "password login"
+    cert = f", client certificate {cfg.broker_cert_file}" if cfg.broker_cert_file else ""
+    return f" (TLS: certificate for {name} verified against {ca}{cert}; {login})"

@@ -1,0 +1,97 @@
+"""`synkler retry`, `forget` and `resend`: the repairs an operator asks of the running agent, written
+into its state database (no broker credentials needed: who may write the state database is the
+operator), with the agent's answer printed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from ..agents import AGENTS
+from ..agents.base import Agent
+from ..config import Config
+from ..errors import ExitStatus, Refused
+from ..service.pidfile import holder
+from ..state import Entry, State
+from ..text import shown
+from .entries import newest, present, short_ids
+
+POLL = 0.1  # seconds between looks for the agent's answer
+
+
+def cmd_request(cfg: Config, args: argparse.Namespace) -> int:
+    """retry, forget or resend: write the request for the running agent to take in its main loop,
+    and print its answer."""
+    action = args.command
+    if not cfg.state_db.exists():
+        raise Refused(f"no entry {args.entry!r}: no entries yet ({cfg.mode} agent, state {cfg.state_db})")
+    state = State(cfg.state_db)
+    try:
+        entries = state.all()
+        agent = AGENTS[cfg.mode]
+        entry = resolve(agent, action, args.entry, entries)
+        what = f"{shown(entry.name)} (entry {entry.id})"
+        latest = newest(entries)[entry.name] == entry.id
+        why = agent.refusal(action, entry, latest, present=present(cfg, entry))
+        if why is not None:
+            raise Refused(f"{what}: cannot {action}: {why}")
+        with state.transaction():
+            seq = state.add_request(entry.id, action)
+        pid = holder(cfg.pidfile)
+        if pid is None:
+            print(f"the {cfg.mode} agent is not running: it will {action} {what} when it starts")
+            return ExitStatus.OK
+        return _await_answer(state, seq, cfg, args, f"{action} {what}", pid)
+    finally:
+        state.close()
+
+
+def _await_answer(state: State, seq: int, cfg: Config, args: argparse.Namespace, asked: str, pid: int) -> int:
+    """Print the agent's answer to request `seq` (`asked`: its action and entry) when it comes within
+    --wait seconds."""
+    deadline = time.monotonic() + args.wait
+    while True:
+        request = state.get_request(seq)
+        if request is not None and request.answered is not None:
+            with state.transaction():
+                state.drop_request(seq)
+            if not request.ok:
+                raise Refused(request.answer or f"the agent refused to {asked}")
+            print(request.answer)
+            return ExitStatus.OK
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(POLL)
+    if args.wait <= 0:
+        print(f"asked the {cfg.mode} agent (pid {pid}) to {asked}; see `synkler status`")
+        return ExitStatus.OK
+    print(
+        f"synkler: no answer from the {cfg.mode} agent (pid {pid}) within {args.wait:g} s; it will "
+        f"{asked} when it gets to it: `synkler status` shows the outcome",
+        file=sys.stderr,
+    )
+    return ExitStatus.FAILURE
+
+
+def resolve(agent: type[Agent], action: str, ref: str, entries: list[Entry]) -> Entry:
+    """The entry `ref` names: its id, a start of its id (at least 4 digits), or its name. Where a name
+    or a start fits several, the one the action applies to, if only one does."""
+    key = ref.lower()
+    found = [
+        e
+        for e in entries
+        if (len(key) >= 4 and e.id.startswith(key)) or e.name == ref or shown(e.name) == ref
+    ]
+    if len(found) > 1:
+        latest = newest(entries)
+        # (Whether the file is there does not tell versions of one name apart: not asked here.)
+        fitting = [e for e in found if agent.refusal(action, e, latest[e.name] == e.id) is None]
+        if len(fitting) == 1:
+            return fitting[0]
+        short = short_ids([e.id for e in entries])
+        listed = "; ".join(f"{short[e.id]} {shown(e.name)} ({e.state})" for e in found[-5:])
+        raise Refused(f"{ref!r} fits {len(found)} entries, give the id: {listed}")
+    if not found:
+        raise Refused(f"no entry {ref!r} at this {agent.mode} agent (`synkler status` lists them)")
+    return found[0]

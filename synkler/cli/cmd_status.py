@@ -1,0 +1,116 @@
+"""`synkler status`: this agent's entries, from its state database (read-only), as a table or JSON.
+`--relay` shows the whole relay through the broker (synkler.observe.relayview)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..agents import AGENTS
+from ..config import Config
+from ..errors import ExitStatus
+from ..private import exposed_secrets
+from ..state import Entry, State
+from ..text import shown
+from .entries import iso, newest, present, short_ids
+
+
+def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
+    for problem in exposed_secrets(cfg.secret_files):
+        print(f"synkler: warning: {shown(problem)}", file=sys.stderr)
+    if args.relay or args.watch:
+        from ..observe.relayview import cmd_relay
+
+        return cmd_relay(cfg, as_json=args.json, watch=args.watch, all_finished=args.all)
+
+    entries, latest = _read(cfg, args)
+    agent = AGENTS[cfg.mode]
+    actions = {e.id: agent.actions(e, latest[e.name] == e.id, present=present(cfg, e)) for e in entries}
+    if args.json:
+        print(json.dumps([_row(e, actions[e.id]) for e in entries], indent=2))
+    elif not entries:
+        print(f"no entries ({cfg.mode} agent, state {cfg.state_db})")
+    else:
+        _print_table(entries, actions)
+    return ExitStatus.OK
+
+
+def _read(cfg: Config, args: argparse.Namespace) -> tuple[list[Entry], dict[str, str]]:
+    """The entries to show and, per name, the id of its newest version."""
+    if not cfg.state_db.exists():
+        return [], {}
+    hidden = 0
+    state = State(cfg.state_db, readonly=True)
+    try:
+        if args.all:
+            entries = state.all()
+            latest = newest(entries)
+        else:
+            entries, hidden = _status_entries(cfg, state, args.last)
+            latest = _latest_versions(state, entries)
+    finally:
+        state.close()
+    if hidden:
+        # On stderr: the table or JSON on stdout stays what it was for a reader.
+        print(
+            f"({hidden} older finished entries not shown: `synkler status --all` lists every entry)",
+            file=sys.stderr,
+        )
+    return entries, latest
+
+
+def _row(e: Entry, actions: list[str]) -> dict:
+    row = e.as_dict()
+    row["md5"] = e.md5 or ""  # as the column holds it: "" until it is known
+    row["updated"] = iso(e.updated)
+    row["created"] = iso(e.created)
+    row["actions"] = actions
+    return row
+
+
+def _print_table(entries: list[Entry], actions: dict[str, list[str]]) -> None:
+    header = ("ID", "NAME", "SIZE", "MD5", "STATE", "UPDATED", "ACTIONS", "NOTE")
+    table = [header]
+    short = short_ids([e.id for e in entries])
+    for e in entries:
+        note = e.reason or (f"as {shown(e.stored_as)}" if e.stored_as and e.stored_as != e.name else "")
+        if e.cleanup in ("failed", "interrupted", "skipped"):
+            note = f"cleanup {e.cleanup}" + (f": {note}" if note else "")
+        # A reason may come from a peer's message: shown escaped, like a name.
+        table.append(
+            (
+                short[e.id],
+                shown(e.name),
+                str(e.size),
+                e.md5 or "-",
+                e.state,
+                iso(e.updated, sep=" "),
+                ",".join(actions[e.id]) or "-",
+                shown(note),
+            )
+        )
+    widths = [max(len(line[i]) for line in table) for i in range(len(header) - 1)]
+    for line in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) + "  " + line[-1])
+
+
+def _status_entries(cfg: Config, state: State, last: int) -> tuple[list[Entry], int]:
+    """What `status` shows without --all, oldest first, and how many others there are: every entry
+    not finished (on its way, failed), every one whose cleanup script failed or was interrupted, and
+    the `last` most recently finished. Read through indexes: as quick with a million entries as with
+    a hundred."""
+    finished = {str(s) for s in AGENTS[cfg.mode].FINISHED}
+    counts = state.counts()
+    open_states = [s for s in counts if s not in finished]
+    listed = {e.id: e for e in state.by_state(*open_states)} if open_states else {}
+    listed.update((e.id, e) for e in state.cleanups_needing_a_person())
+    for e in state.listed([s for s in counts if s in finished], latest=True, limit=max(0, last)):
+        listed.setdefault(e.id, e)
+    return sorted(listed.values(), key=lambda e: e.created), sum(counts.values()) - len(listed)
+
+
+def _latest_versions(state: State, entries: list[Entry]) -> dict[str, str]:
+    """Name -> the id of its newest version, of the names of `entries`, wherever that version is."""
+    latest = {name: state.latest_by_name(name) for name in {e.name for e in entries}}
+    return {name: e.id for name, e in latest.items() if e is not None}

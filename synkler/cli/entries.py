@@ -1,0 +1,34 @@
+"""Entries as the commands show and name them (status, retry, forget, resend): short ids, the newest
+version of a name, times."""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+from ..config import Config
+from ..state import Entry
+
+
+def newest(entries: list[Entry]) -> dict[str, str]:
+    """Name -> the id of its newest version (entries come oldest first)."""
+    return {e.name: e.id for e in entries}
+
+
+def present(cfg: Config, entry: Entry) -> bool:
+    """Upload: is the entry's name in file_dir (what `retry` and `resend` would send)?"""
+    return cfg.mode != "upload" or os.path.lexists(os.path.join(cfg.file_dir, entry.name))
+
+
+def short_ids(ids: list[str]) -> dict[str, str]:
+    """The shortest start of every id, at least 8 digits, that tells it from every other."""
+    ordered = sorted(ids)
+    length = 8
+    for a, b in zip(ordered, ordered[1:]):
+        length = max(length, len(os.path.commonprefix([a, b])) + 1)
+    return {i: i[:length] for i in ids}
+
+
+def iso(ts: float, sep: str = "T") -> str:
+    """A time stamp in local time, to the second, with its UTC offset."""
+    return datetime.datetime.fromtimestamp(ts).astimezone().isoformat(sep=sep, timespec="seconds")

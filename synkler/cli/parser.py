@@ -1,0 +1,250 @@
+"""The command line's parser: every command, its options and its --help examples. The commands' code
+lives in the cmd_* modules, one per command or family of commands."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+from .. import __version__
+
+STATUS_LAST = 50  # finished entries `status` shows besides those on their way (--all: every one)
+REQUEST_WAIT = 30.0  # seconds the retry, forget and resend commands wait for the agent's answer
+
+
+# Each command's --help ends with examples; global options are shown there too.
+EXAMPLES = {
+    "": """\
+examples:
+  synkler -c /etc/synkler.conf -v            run this host's agent (run is the default command)
+  synkler -c /etc/synkler.conf status        what this agent has seen and where each entry is
+  synkler config migrate old.conf -o new.conf  convert a synkler 0.0.x configuration
+
+Global options (-c, -v, --debug) go before or after the command: `synkler status -c FILE` works.""",
+    "run": """\
+examples:
+  synkler -c /etc/synkler.conf run -v
+  synkler -c /etc/synkler.conf run --daemon    detached; log in log_file, reopened on SIGHUP
+  * * * * * /opt/synkler/bin/synkler -c /etc/synkler.conf >> /var/log/synkler/synkler.log 2>&1
+
+A second start on the same configuration finds the agent running and exits 0 at once (cron).""",
+    "status": """\
+examples:
+  synkler status -c /etc/synkler.conf
+  synkler status -c /etc/synkler.conf
+  synkler status -c /etc/synkler.conf --all --json | jq '.[] | select(.state == "failed")'
+  synkler status --relay                  all agents and entries of the relay, through the broker
+  synkler status --relay --watch          the same, redrawn every 2 s until Ctrl-C
+  synkler status --relay --json | jq .verdict
+
+Without --relay: every entry on its way, failed or with a failed cleanup script, and the most
+recently finished ones (--last); --all shows every entry the history keeps (keep_history_days).""",
+    "check": """\
+examples:
+  synkler check -c /etc/synkler.conf      one line per check; exits 1 if one says FAIL""",
+    "retry": """\
+examples:
+  synkler retry -c /etc/synkler.conf 3f2c81d0     a failed entry (its id or a start of it), or its cleanup
+  synkler retry -c /etc/synkler.conf run42.csv    by name, where one entry of that name can be retried
+
+Upload sends a failed entry again as a new entry, download pulls it again from central's copy.""",
+    "forget": """\
+examples:
+  synkler forget -c /etc/synkler.conf 3f2c81d0    end a stuck or failed entry at every role""",
+    "resend": """\
+examples:
+  synkler resend -c /etc/synkler.conf run42.csv   send the newest version of run42.csv again, unchanged""",
+    "demo": """\
+examples:
+  synkler demo                 relay generated files through all three roles on this machine
+  synkler demo --keep -v       keep the demo's directory and show the agents' log lines""",
+    "config": """\
+examples:
+  synkler config migrate /etc/synkler.conf.0.0 -o /etc/synkler.conf""",
+    "config migrate": """\
+examples:
+  synkler config migrate ~/synkler.conf                      print the YAML version
+  synkler config migrate /etc/synkler.conf.0.0 -o /etc/synkler.conf
+
+Reads a synkler 0.0.x configuration (INI, a [default] section) and writes the same settings in
+YAML, with comments saying what changed in meaning. An existing output file is not overwritten.""",
+    "broker-setup": """\
+examples:
+  synkler broker-setup -c /etc/synkler.conf --upload lab-a --upload lab-b
+  (umask 077; synkler broker-setup -c central.conf --upload lab-a > broker-setup.sh)
+
+Prints the rabbitmqctl commands that make one broker user per agent (<name>@<id>), each with a new
+random password and the least permissions it needs, and which settings each agent's configuration
+then needs (authenticate: true, broker_username, broker_password). The output holds the passwords:
+keep it private. See docs/security.md.""",
+    "completion": """\
+examples:
+  synkler completion bash > /etc/bash_completion.d/synkler
+  source <(synkler completion bash)""",
+}
+
+Commands = argparse._SubParsersAction
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples' lines as written."""
+
+
+def _command(sub: Commands, name: str, help: str, key: str | None = None) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name, help=help, description=help, epilog=EXAMPLES.get(key or name), formatter_class=_HelpFormatter
+    )
+
+
+def add_global_options(p: argparse.ArgumentParser, *, top: bool) -> None:
+    # Given to every command as well, with no default there, so that a value given before the
+    # command is not reset by the command's parser when it is not given again after it.
+    keep: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
+    group = p.add_argument_group("global options")
+    group.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="configuration file (default: $SYNKLER_CONF, ~/synkler.conf, "
+        "~/.config/synkler/synkler.conf, /etc/synkler.conf)",
+        **keep,
+    )
+    group.add_argument(
+        "-v", "--verbose", action="store_true", help="log the life of each entry (INFO)", **keep
+    )
+    group.add_argument(
+        "--debug",
+        action="store_true",
+        help="log synkler's detail, show tracebacks; --debug=pika adds pika's own log lines",
+        **keep,
+    )
+    group.add_argument("--debug-pika", action="store_true", help=argparse.SUPPRESS, **keep)
+
+
+def _add_run_options(p: argparse.ArgumentParser, *, top: bool) -> None:
+    # Before the command (`synkler --daemon`, run being the default) or after it, as the global ones.
+    keep: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
+    group = p.add_argument_group("run options").add_mutually_exclusive_group()
+    group.add_argument(
+        "--daemon", action="store_true", help="run: detach, log to log_file (daemon: true)", **keep
+    )
+    group.add_argument(
+        "--foreground", action="store_true", help="run: stay in the foreground despite daemon: true", **keep
+    )
+
+
+def spread_global_options(p: argparse.ArgumentParser) -> None:
+    """Give every command (and every command of a command) the global options."""
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in {id(s): s for s in action.choices.values()}.values():
+                if "--config" not in sub._option_string_actions:
+                    add_global_options(sub, top=False)
+                spread_global_options(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="synkler",
+        description="Relay files from an upload host to a download host through a central host.",
+        epilog=EXAMPLES[""],
+        formatter_class=_HelpFormatter,
+    )
+    add_global_options(p, top=True)
+    _add_run_options(p, top=True)
+    p.add_argument("--version", action="version", version=f"synkler {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="command")
+    run = _command(sub, "run", "run this host's agent (the default); in the foreground unless --daemon")
+    _add_run_options(run, top=False)
+    _add_status(sub)
+    _command(sub, "check", "check the config, the broker and (upload/download) ssh+rsync to central")
+    _add_repairs(sub)
+    demo = _command(sub, "demo", "relay generated files through all three roles on this machine")
+    demo.add_argument("--keep", action="store_true", help="keep the demo's directory afterwards")
+    demo.add_argument(
+        "--timeout", type=float, default=120, help="seconds to wait for the relay (default 120)"
+    )
+    _add_config(sub)
+    _add_broker_setup(sub)
+    completion = _command(sub, "completion", "print a shell completion script")
+    completion.add_argument(
+        "shell", choices=["bash"], help="the shell (bash; zsh reads it with bashcompinit)"
+    )
+    spread_global_options(p)
+    return p
+
+
+def _add_status(sub: Commands) -> None:
+    st = _command(sub, "status", "show this agent's entries")
+    st.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+    st.add_argument(
+        "--relay",
+        action="store_true",
+        help="the whole relay (every agent, entry and queue), through the broker",
+    )
+    st.add_argument("--watch", action="store_true", help="with --relay: redraw it every 2 s until Ctrl-C")
+    st.add_argument(
+        "--all",
+        action="store_true",
+        help="every entry this agent's history keeps, not only those on their way and the newest ended "
+        "(with --relay: every finished entry the agents report)",
+    )
+    st.add_argument(
+        "--last",
+        type=int,
+        default=STATUS_LAST,
+        metavar="N",
+        help=f"how many of the most recently finished entries to show (default {STATUS_LAST})",
+    )
+
+
+def _add_repairs(sub: Commands) -> None:
+    for action, what in (
+        ("retry", "take up a failed entry again, or run its failed cleanup script again"),
+        ("forget", "end an entry on its way or failed, at every role that has it"),
+        ("resend", "upload: send a delivered entry's file again as a new entry, unchanged"),
+    ):
+        cmd = _command(sub, action, f"{what} (the running agent does it)")
+        cmd.add_argument("entry", help="entry id, a unique start of it (status shows one), or the name")
+        cmd.add_argument(
+            "--wait",
+            type=float,
+            default=REQUEST_WAIT,
+            metavar="SECONDS",
+            help=f"how long to wait for the agent's answer (default {REQUEST_WAIT:g}; 0: do not wait)",
+        )
+
+
+def _add_config(sub: Commands) -> None:
+    config = _command(sub, "config", "work on configuration files")
+    config_sub = config.add_subparsers(dest="config_command", metavar="command", required=True)
+    migrate = _command(
+        config_sub, "migrate", "convert a synkler 0.0.x configuration (INI) to YAML", "config migrate"
+    )
+    migrate.add_argument("old", metavar="OLD", help="the 0.0.x configuration file")
+    migrate.add_argument(
+        "-o", "--output", metavar="NEW", help="write the YAML here (default: print it); never overwrites"
+    )
+
+
+def _add_broker_setup(sub: Commands) -> None:
+    setup = _command(sub, "broker-setup", "print the rabbitmqctl commands that make the relay's broker users")
+    setup.add_argument(
+        "--upload",
+        metavar="NAME",
+        action="append",
+        help="an upload agent's name (repeat for each; default: this config's name if it is an upload "
+        "agent's, else 'upload')",
+    )
+
+
+def split_debug(argv: Sequence[str]) -> list[str]:
+    """--debug=pika is --debug plus pika's own lines (argparse has no optional value for a flag
+    that may stand right before a command)."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return out + list(argv[i:])
+        out += ["--debug", "--debug-pika"] if arg == "--debug=pika" else [arg]
+    return out

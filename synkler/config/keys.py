@@ -1,0 +1,211 @@
+"""The key table: every setting described exactly once, in ``KEYS`` (how to check it, its default,
+whether it is required, which roles read it), and the Config it becomes.
+
+The loader, the list of known keys (used for "did you mean" hints) and the defaults all come from
+that one table, so a new setting cannot be half-added.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+from .alerts import Alerts, alerts
+from .values import (
+    Checker,
+    Context,
+    Invalid,
+    boolean,
+    choice,
+    cleanup_script,
+    command,
+    directory,
+    file,
+    host,
+    identifier,
+    integer,
+    listen,
+    number,
+    path,
+    rsync_opts,
+    string,
+    text,
+)
+
+MODES = ("upload", "central", "download")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A checked configuration; every field holds its final, typed value.
+
+    Fields have no defaults here on purpose: defaults live in ``KEYS`` only, and
+    a Config is meant to be built by ``parse_config``/``load_config``.
+    """
+
+    path: Path
+    mode: str
+    id: str
+    name: str
+    file_dir: Path
+    keep_minutes: float
+    keep_history_days: float
+    pidfile: Path
+    state_db: Path
+    rsync: tuple[str, ...]
+    rsync_opts: tuple[str, ...]
+    rsync_timeout: int
+    ssh_control_persist: int
+    synkler_server: str
+    central_host: str
+    broker_tls: bool
+    broker_tls_server_name: str | None
+    broker_ca_file: Path | None
+    broker_cert_file: Path | None
+    broker_key_file: Path | None
+    broker_login: str
+    broker_port: int
+    broker_username: str  # "" with EXTERNAL login and no name given: publishes name no user
+    broker_password: str
+    broker_password_file: Path | None
+    broker_vhost: str
+    broker_heartbeat: int
+    authenticate: bool
+    cleanup_script: str | None
+    cleanup_attempts: int
+    cleanup_timeout: float
+    free_percent: float
+    settle_seconds: float
+    max_transfers: int
+    max_attempts: int
+    retry_max_seconds: float
+    log_format: str
+    daemon: bool
+    log_file: Path | None
+    metrics_listen: tuple[str, int] | None
+    metrics_textfile: Path | None
+    # Not a key: the keys the file sets (`synkler check` warns of those this role ignores).
+    given: frozenset[str] = field(default=frozenset(), compare=False)
+    alerts: Alerts | None = None  # notices to people (synkler.observe.alerts); None: none are sent
+    # Not a key: the files that hold the broker password (this file when it sets one other than
+    # guest, or broker_password_file), which the agent tells about when others can read them.
+    secret_files: tuple[Path, ...] = ()
+
+    @property
+    def daemon_log(self) -> Path:
+        """The log of an agent that runs as a daemon: log_file, or <stem>.log beside state_db."""
+        return self.log_file or self.state_db.with_name(self.stem + ".log")
+
+    @property
+    def stem(self) -> str:
+        """Base name for per-agent files, unique per (id, mode, name) so agents can share a host."""
+        return stem(self.id, self.mode, self.name)
+
+    @property
+    def cleanup_argv(self) -> tuple[str, ...]:
+        """The cleanup command as argv; it is run without a shell, so it is split here, once."""
+        if self.cleanup_script is None:
+            return ()
+        return tuple(shlex.split(self.cleanup_script))
+
+
+def stem(id_: str, mode: str, name: str) -> str:
+    return f"{id_}-{mode}" if name == mode else f"{id_}-{mode}-{name}"
+
+
+class Derived(NamedTuple):
+    """A default computed from other settings once those are known."""
+
+    compute: Callable[[dict[str, Any], Context], Any]
+
+
+class Key(NamedTuple):
+    check: Checker
+    default: Any = None
+    required: bool = False
+    roles: tuple[str, ...] = MODES  # the modes that read it (docs/configuration.md, "used by")
+
+
+def _state_dir(ctx: Context) -> Path:
+    # systemd's StateDirectory= (the unit's own directory, so no "synkler" below it); it lists one
+    # path per StateDirectory= name, separated by ':'.
+    systemd = ctx.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if systemd and os.path.isabs(systemd):
+        return Path(systemd)
+    # XDG says relative values are invalid and must be ignored.
+    xdg = ctx.environ.get("XDG_STATE_HOME", "")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "synkler"
+    return ctx.home / ".local" / "state" / "synkler"
+
+
+def _state_file(suffix: str) -> Derived:
+    return Derived(lambda s, ctx: _state_dir(ctx) / f"{stem(s['id'], s['mode'], s['name'])}{suffix}")
+
+
+_ENDS = ("upload", "download")  # the roles that run rsync and cleanup scripts
+
+# Order matters for derived defaults: anything a Derived reads comes earlier.
+KEYS: dict[str, Key] = {
+    "mode": Key(choice(*MODES), required=True),
+    "id": Key(identifier, "default"),
+    "name": Key(identifier, Derived(lambda s, ctx: s["mode"])),
+    "file_dir": Key(directory, required=True),
+    "keep_minutes": Key(number(0), 30.0, roles=("central",)),
+    "keep_history_days": Key(number(0), 30.0),
+    "pidfile": Key(path, _state_file(".pid")),
+    "state_db": Key(path, _state_file(".sqlite")),
+    "rsync": Key(command, ("rsync",), roles=_ENDS),
+    "rsync_opts": Key(rsync_opts, (), roles=_ENDS),
+    "rsync_timeout": Key(integer(1), 300, roles=_ENDS),
+    "ssh_control_persist": Key(integer(0, 86400), 60, roles=_ENDS),
+    "synkler_server": Key(host, required=True),
+    "central_host": Key(host, Derived(lambda s, ctx: s["synkler_server"]), roles=_ENDS),
+    "broker_tls": Key(boolean, False),
+    "broker_tls_server_name": Key(host, None),
+    "broker_ca_file": Key(file, None),
+    "broker_cert_file": Key(file, None),
+    "broker_key_file": Key(file, None),
+    "broker_login": Key(choice("password", "external"), "password"),
+    "broker_port": Key(integer(1, 65535), Derived(lambda s, ctx: 5671 if s["broker_tls"] else 5672)),
+    # With EXTERNAL login the broker takes the user from the certificate; only a name given here
+    # goes into the publishes' user_id (and authenticate needs it).
+    "broker_username": Key(text, Derived(lambda s, ctx: "guest" if s["broker_login"] == "password" else "")),
+    "broker_password": Key(string, "guest"),
+    "broker_password_file": Key(path, None),
+    "broker_vhost": Key(text, "/"),
+    "broker_heartbeat": Key(integer(1, 3600), 30),
+    "authenticate": Key(boolean, False),
+    "cleanup_script": Key(cleanup_script, None, roles=_ENDS),
+    "cleanup_attempts": Key(integer(1, 100), 1, roles=_ENDS),
+    "cleanup_timeout": Key(number(0, above=True), 3600.0, roles=_ENDS),
+    "free_percent": Key(number(0, 100), 10.0, roles=("central",)),
+    "settle_seconds": Key(number(0), 1.0, roles=("upload",)),
+    "max_transfers": Key(integer(1), 4),
+    "max_attempts": Key(integer(1), 5),
+    "retry_max_seconds": Key(number(0, above=True), 300.0, roles=_ENDS),
+    "log_format": Key(choice("text", "json"), "text"),
+    "daemon": Key(boolean, False),
+    "log_file": Key(path, None),
+    "metrics_listen": Key(listen, None),
+    "metrics_textfile": Key(path, None),
+    "alerts": Key(alerts, None),
+}
+
+
+def ignored_keys(cfg: Config) -> list[str]:
+    """The keys the configuration sets that its mode does not read, in table order."""
+    return [key for key in KEYS if key in cfg.given and cfg.mode not in KEYS[key].roles]
+
+
+def value_problem(key: str, value: object, base: Path) -> str | None:
+    """Why ``value`` will not do for ``key`` (None if it will), without looking at the file system."""
+    ctx = Context(base=base, home=Path.home(), environ={}, check_dirs=False)
+    try:
+        KEYS[key].check(value, ctx)
+    except Invalid as exc:
+        return str(exc)
+    return None
