@@ -24,7 +24,7 @@ from synkler.agents import AGENTS
 from synkler.agents.base import Cleanup
 from synkler.agents.central import Checked
 from synkler.agents.pools import Pool
-from synkler.agents.pull import Mismatch, NotPulled, PullRun, Verified
+from synkler.hops.pull import Mismatch, NotPulled, PullRun, Verified
 from synkler.agents.upload import Hashed
 from synkler.errors import Interrupted
 from synkler.hops import checksum

@@ -29,9 +29,9 @@ from hypothesis import strategies as st
 from support.strategies import FIELDS, HEX, json_values, near_wire
 
 from synkler import messages
-from synkler.agents import AGENTS, pull
+from synkler.agents import AGENTS
 from synkler.broker.amqp import broker_user
-from synkler.hops import transfer
+from synkler.hops import pull, transfer
 from synkler.messages import SCHEMA, SCHEMAS, confined
 from synkler.state import Entry
 

@@ -11,7 +11,7 @@ import pytest
 from support.fakes import Role
 
 from synkler.agents.base import Cleanup
-from synkler.agents.pull import NotPulled, PullRun
+from synkler.hops.pull import NotPulled, PullRun
 from synkler.cli.main import _resolve, _short_ids
 from synkler.errors import MessageError, Refused
 from synkler.hops.checksum import md5_entry, stat_entry
