@@ -566,21 +566,7 @@ class Broker:
             self.close()
             raise BrokerError(f"broker operation failed: {_describe(e)}") from None
 
-    # administration (tests, demo, check) ---------------------------------------------------------
-
-    def get_dead(self) -> list[bytes]:
-        """Drain the dead-letter queue (for tests and inspection)."""
-        bodies: list[bytes] = []
-
-        def do(ch: BlockingChannel) -> None:
-            while True:
-                method, _props, body = ch.basic_get(dead_name(self.instance), auto_ack=True)
-                if method is None:
-                    return
-                bodies.append(body)
-
-        self._call(do)
-        return bodies
+    # administration (tests, demo) ---------------------------------------------------------------
 
     def delete_instance(self, agents: list[str]) -> None:
         """Remove every queue and exchange of this instance (demo and test clean-up)."""
