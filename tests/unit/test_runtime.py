@@ -8,6 +8,7 @@ from support.fakes import central_runtime
 from synkler import messages
 from synkler.runtime import consumer, inbox, outbox
 from synkler.errors import AgentActive, BrokerError, ExitStatus, PublishRefused
+from synkler.observe.hooks import Hook
 from synkler.runtime.loop import Runtime
 
 
@@ -166,3 +167,55 @@ def test_a_flood_of_bad_messages_is_logged_ten_a_minute_and_counted(rt, monkeypa
     assert any(
         m.startswith("15 more messages were dead-lettered") for m in (r.getMessage() for r in caplog.records)
     )
+
+
+class Recorder(Hook):
+    """An observer that notes the moments the loop tells it, and what it saw then."""
+
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+        self.seen: list[tuple[str, object]] = []
+
+    def in_pass(self, now: float) -> None:
+        self.seen.append(("in_pass", self.rt.state._depth > 0))  # inside the pass's transaction
+
+    def after_pass(self, now: float) -> None:
+        self.seen.append(("after_pass", len(self.rt.state.outbox(100))))  # the outbox went out first
+
+    def at_stop(self, now: float) -> None:
+        self.seen.append(("at_stop", None))
+
+    def after_stop(self) -> None:
+        self.seen.append(("after_stop", self.rt.broker))
+
+
+class Polled(FakeBroker):
+    """A broker with nothing to deliver; it says it is not connected: no presence reports."""
+
+    connected = False
+
+    def poll(self, timeout: float) -> list:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_observer_hears_of_each_pass_in_its_transaction_and_after_the_outbox_went_out(rt):
+    rt.broker = Polled(set())
+    recorder = Recorder(rt)
+    rt.hooks.hooks.append(recorder)
+    with rt.state.transaction():
+        rt.agent.startup()
+    enqueue(rt, "upload", 2)
+    rt._step()
+    assert recorder.seen == [("in_pass", True), ("after_pass", 0)]
+
+
+def test_an_observer_hears_of_an_orderly_stop_before_and_after_the_broker_is_closed(rt):
+    rt.broker = Polled(set())
+    recorder = Recorder(rt)
+    rt.hooks.hooks.append(recorder)
+    rt._started = True
+    rt._finish()
+    assert recorder.seen == [("at_stop", None), ("after_stop", None)]
