@@ -159,7 +159,11 @@ def test_an_upload_agent_named_dead_relays_and_rejected_messages_still_reach_the
     try:
         admin.publish("central", b"not json at all")
         dead: list[bytes] = []
-        relay.wait_for("the dead letter", lambda: dead.extend(take_dead_letters(relay.broker, relay.instance)) or bool(dead), 30)
+        relay.wait_for(
+            "the dead letter",
+            lambda: dead.extend(take_dead_letters(relay.broker, relay.instance)) or bool(dead),
+            30,
+        )
         assert dead == [b"not json at all"]
     finally:
         admin.close()

@@ -447,7 +447,11 @@ def test_malformed_and_hostile_messages_are_dead_lettered_and_the_relay_carries_
         admin.publish("download", bad[4])
         admin.publish("upload", bad[5])  # well-formed, but for an entry upload never offered
         dead: list[bytes] = []
-        relay.wait_for("six dead letters", lambda: dead.extend(take_dead_letters(admin_params, relay.instance)) or len(dead) == 6, 30)
+        relay.wait_for(
+            "six dead letters",
+            lambda: dead.extend(take_dead_letters(admin_params, relay.instance)) or len(dead) == 6,
+            30,
+        )
         assert sorted(dead) == sorted(bad)
     finally:
         admin.close()
