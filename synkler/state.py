@@ -390,14 +390,6 @@ class State:
         except sqlite3.Error as e:
             raise _error(e) from e
 
-    def next_due(self, *states: str) -> float | None:
-        sql = f"SELECT MIN(due) FROM entries WHERE state IN ({', '.join('?' * len(states))})"
-        try:
-            row = self._db.execute(sql, states).fetchone()
-        except sqlite3.Error as e:
-            raise _error(e) from e
-        return row[0]
-
     def all(self) -> list[Entry]:
         try:
             return [Entry(*r) for r in self._db.execute(f"{_SELECT} ORDER BY created")]

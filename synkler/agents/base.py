@@ -25,6 +25,7 @@ from ..text import shown
 from ..messages import EntryMessage, Forget, Message
 from ..state import Ended, Entry, Request, State
 from .history import History
+from .pools import Pool
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -108,7 +109,9 @@ def job_error(error: BaseException | None) -> BaseException:
 class Jobs(Protocol):
     """What an agent sees of the runtime that runs it."""
 
-    transfers: int  # rsync runs going on (jobs of the "transfer" pool)
+    @property
+    def transfers(self) -> int:
+        """rsync runs going on (jobs of Pool.TRANSFER)."""
 
     @property
     def stopping(self) -> bool:
@@ -117,7 +120,7 @@ class Jobs(Protocol):
     def busy(self, key: Key) -> bool:
         """Does a job hold `key`?"""
 
-    def submit(self, pool: str, keys: Sequence[Key], work: Callable[[], T], done: Done[T]) -> None:
+    def submit(self, pool: Pool, keys: Sequence[Key], work: Callable[[], T], done: Done[T]) -> None:
         """Run `work()` on a worker of `pool` once the current transaction commits; then
         `done(outcome, error)` runs in the main loop, in a transaction. `keys` stay busy meanwhile."""
 
@@ -485,7 +488,7 @@ class Endpoint(Agent):
 
     def submit_transfer(self, keys: Sequence[Key], work: Callable[[], T], done: Done[T]) -> None:
         """Run an rsync job on the transfer pool; when it ends its slot is free for the next."""
-        self.jobs.submit("transfer", keys, work, functools.partial(self._transfer_ended, done))
+        self.jobs.submit(Pool.TRANSFER, keys, work, functools.partial(self._transfer_ended, done))
 
     def _transfer_ended(self, done: Done[T], outcome: T | None, error: BaseException | None) -> None:
         self.transfer_due = True  # a slot is free, and retries may have been scheduled
@@ -666,7 +669,7 @@ class Endpoint(Agent):
         name, full_path = self.cleanup_target(entry)
         content = cleanup.Content(entry.kind, entry.md5, entry.signature)
         self.jobs.submit(
-            "script",
+            Pool.SCRIPT,
             [Key(CLEANUP, entry.id)],
             functools.partial(
                 cleanup.run_cleanup, self.cfg, entry.id, name, full_path, resume=resume, content=content

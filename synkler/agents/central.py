@@ -48,6 +48,7 @@ from .base import (
     hash_groups,
 )
 from .followers import Followers
+from .pools import Pool
 from .spool import Spool
 
 if TYPE_CHECKING:
@@ -423,7 +424,7 @@ class Central(Agent):
             ToCheck(e.id, e.name, self.spool.staged(e), self.spool.stored(e.id), e.known_md5()) for e in group
         ]
         self.jobs.submit(
-            "hash",
+            Pool.HASH,
             [Key(ENTRY, e.id) for e in group],
             functools.partial(check_pushed, items, self.followers.take),
             functools.partial(self._checked, group),
@@ -492,7 +493,7 @@ class Central(Agent):
     def _recheck(self, entry: Entry) -> None:
         """Verify the stored copy again; if it went bad, drop it and get the entry again from upload."""
         self.jobs.submit(
-            "hash",
+            Pool.HASH,
             [Key(RECHECK, entry.id)],
             functools.partial(md5_entry, self.spool.stored(entry.id)),
             functools.partial(self._rechecked, entry.id),
@@ -516,7 +517,7 @@ class Central(Agent):
 
     def _expire(self, entry: Entry) -> None:
         self.jobs.submit(
-            "hash",
+            Pool.REMOVE,
             [Key(ENTRY, entry.id)],
             functools.partial(remove_tree, self.spool.stored(entry.id)),
             functools.partial(self._expired, entry.id),

@@ -1,7 +1,7 @@
 """The download role: pull verified entries from central, verify them again, publish them by rename.
 
 The pulls themselves, and the early pull of a big file while it is pushed, are in
-synkler.agents.pull; the choice of a name that overwrites nothing in synkler.agents.naming. After the
+synkler.hops.pull; the choice of a name that overwrites nothing in synkler.agents.naming. After the
 md5 matches, the entry is renamed into ``file_dir`` without ever replacing anything: an existing
 entry of the same name and other content is kept and the new one is placed beside it as
 ``name (2).ext``. Same name and same md5: already there, nothing to do.
@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING
 
 from ..errors import MessageError
 from ..hops.checksum import stat_entry
+from ..hops.pull import Early, Mismatch, NotPulled, PullRun, Staging, pull, pull_early
 from ..linux.fs import remove_tree, rename_noreplace
 from ..text import some_entries
 from ..messages import Corrupt, Failed, Fetch, Fetched, Forget, Pushing, confined, is_valid_entry_id
 from ..private import private_dir
 from ..state import Entry, State
 from .base import CENTRAL, ENTRY, Endpoint, Jobs, Key, Status, Transitions, shown
-from .pull import Early, Mismatch, NotPulled, PullRun, Staging, pull, pull_early
+from .naming import choose_name
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -282,7 +283,7 @@ class Download(Endpoint):
         early = self.early.pop(batch[0].id, None) if len(batch) == 1 else None
         self.submit_transfer(
             [Key(ENTRY, e.id) for e in batch],
-            functools.partial(pull, self.cfg, self.staging, batch, early),
+            functools.partial(pull, self.cfg, self.staging, batch, early, choose_name),
             functools.partial(self._pulled, batch),
         )
 

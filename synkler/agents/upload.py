@@ -51,6 +51,7 @@ from .base import (
     hash_groups,
     shown,
 )
+from .pools import Pool
 from .watch import DirWatcher
 
 if TYPE_CHECKING:
@@ -272,7 +273,7 @@ class Upload(Endpoint):
     def _hash(self, name: str, signature: str) -> None:
         """md5 of a name relayed before, to tell new content from a touch."""
         self.jobs.submit(
-            "hash",
+            Pool.HASH,
             [Key(NAME, name)],
             functools.partial(hash_entry, self.path(name)),
             functools.partial(self._name_hashed, name, signature),
@@ -334,7 +335,7 @@ class Upload(Endpoint):
             else:
                 log.debug("hashing %s", some_entries([e.name for e in group]))
             self.jobs.submit(
-                "hash",
+                Pool.HASH,
                 [Key(HASHING, e.id) for e in group],
                 functools.partial(hash_each, [self.path(e.name) for e in group]),
                 functools.partial(self._group_hashed, group),
@@ -466,7 +467,7 @@ class Upload(Endpoint):
             self.changed.clear()
             self.last_scan = now
             self.jobs.submit(
-                "scan",
+                Pool.SCAN,
                 [SCAN],
                 functools.partial(scan, str(self.cfg.file_dir), self.watcher.take_renamed),
                 self._scanned,

@@ -12,7 +12,9 @@ object can be the name of another, of this instance or of any other):
   seconds, a superset of it, which `synkler status --relay` reads;
 - exchange and queue ``synkler:<id>:dead``: where rejected (malformed, hostile) messages end up.
 synkler 0.4 named them ``synkler.<id>``, ``synkler.<id>.<agent>`` and ``synkler.<id>.dead``; an agent
-moves what its old queue still holds into its new one when it connects (`_adopt_legacy`).
+moves what its old queue still holds into its new one when it connects (`_adopt_legacy`). That
+shim (`legacy_queue_name`, `_adopt_legacy`) is removed in synkler 0.7: a relay upgraded from 0.4
+starts a 0.5 or 0.6 agent once first (docs/upgrading.md).
 
 The connection has two channels: one consumes (and acks), one publishes with confirms. A publish
 the broker refuses (a queue declared by someone else with other arguments, a queue that rejects
@@ -130,7 +132,8 @@ def broker_user(instance: str, agent: str) -> str:
 
 def legacy_queue_name(instance: str, agent: str) -> str | None:
     """The agent's queue as synkler 0.4 named it, or None where that name is ambiguous: with a '.'
-    in the id or the name it may be another instance's queue, and 'dead' was the dead-letter queue."""
+    in the id or the name it may be another instance's queue, and 'dead' was the dead-letter queue.
+    A 0.4 compatibility shim: removed in synkler 0.7."""
     if "." in instance or "." in agent or agent == "dead":
         return None
     return f"synkler.{instance}.{agent}"
@@ -227,7 +230,7 @@ class Broker:
                 self._declare_topology(pub)
             if consume:
                 self._declare_queue(pub, self.agent)
-                self._adopt_legacy(pub)
+                self._adopt_legacy(pub)  # 0.4 compatibility: removed in 0.7
                 chan.basic_qos(prefetch_count=self.prefetch)
                 self._consume(chan)
         except _PIKA_ERRORS as e:
@@ -403,7 +406,8 @@ class Broker:
         )
 
     def _adopt_legacy(self, ch: BlockingChannel) -> None:
-        """Move what synkler 0.4's queue of this agent still holds into its queue, then delete it."""
+        """Move what synkler 0.4's queue of this agent still holds into its queue, then delete it.
+        A 0.4 compatibility shim: removed in synkler 0.7 (with `legacy_queue_name`)."""
         old = legacy_queue_name(self.instance, self.agent)
         if old is None:
             return
@@ -566,21 +570,7 @@ class Broker:
             self.close()
             raise BrokerError(f"broker operation failed: {_describe(e)}") from None
 
-    # administration (tests, demo, check) ---------------------------------------------------------
-
-    def get_dead(self) -> list[bytes]:
-        """Drain the dead-letter queue (for tests and inspection)."""
-        bodies: list[bytes] = []
-
-        def do(ch: BlockingChannel) -> None:
-            while True:
-                method, _props, body = ch.basic_get(dead_name(self.instance), auto_ack=True)
-                if method is None:
-                    return
-                bodies.append(body)
-
-        self._call(do)
-        return bodies
+    # administration (tests, demo) ---------------------------------------------------------------
 
     def delete_instance(self, agents: list[str]) -> None:
         """Remove every queue and exchange of this instance (demo and test clean-up)."""

@@ -92,17 +92,14 @@ def _hash_fd(fd: int, bufsize: int) -> str:
     return digest.hexdigest()
 
 
-def _open_regular(path: bytes, follow: bool) -> int:
+def _open_regular(path: bytes) -> int:
     """Open a path for reading only if it is a regular file.
 
     O_NONBLOCK keeps a FIFO from blocking the open forever; it has no effect on
-    reads from a regular file.  O_NOFOLLOW (when not following) closes the race
-    where a file listed by the walk is swapped for a symlink before we open it.
+    reads from a regular file.  O_NOFOLLOW closes the race where a file listed
+    by the walk is swapped for a symlink before we open it.
     """
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
-    if not follow:
-        flags |= os.O_NOFOLLOW
-    fd = os.open(path, flags)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ValueError(f"{os.fsdecode(path)!r} is not a regular file")
@@ -112,24 +109,8 @@ def _open_regular(path: bytes, follow: bool) -> int:
     return fd
 
 
-def md5_file(path: PathLike, bufsize: int = 4 << 20) -> str:
-    """Return the hex md5 of a regular file's content.
-
-    A symlink given here *is* followed, like md5sum does; use md5_entry for
-    relay entries, which never follows links.  Anything that is not a regular
-    file (directory, FIFO, device) raises ValueError rather than blocking.
-    """
-    if bufsize <= 0:
-        raise ValueError("bufsize must be positive")
-    fd = _open_regular(os.fsencode(path), follow=True)
-    try:
-        return _hash_fd(fd, bufsize)
-    finally:
-        os.close(fd)
-
-
 def _md5_file_nofollow(path: bytes, bufsize: int = 4 << 20) -> str:
-    fd = _open_regular(path, follow=False)
+    fd = _open_regular(path)
     try:
         return _hash_fd(fd, bufsize)
     finally:

@@ -37,12 +37,14 @@ from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any, Protocol, Union
 
 from ..agents.base import CENTRAL, DOWNLOAD, GIVE_UP_ADVICE, PERSON_REPEAT, Key
+from ..agents.pools import Pool
 from ..backoff import backoff
 from ..config import Alerts as AlertsConfig
 from ..config import CommandChannel, EmailChannel, WebhookChannel
-from ..errors import BrokerError
+from ..errors import BrokerError, StateUnavailable
 from ..linux.fs import free_bytes, total_bytes
 from ..text import shown
+from .hooks import Hook
 
 if TYPE_CHECKING:
     from ..broker.amqp import Broker
@@ -332,9 +334,12 @@ class Runner(Protocol):
     cfg: Config
     state: State
     broker: Broker | None
-    login_refused: str | None  # why the broker refuses this agent's login (None: it does not)
 
-    def submit(self, pool: str, keys: Sequence[Key], work: Any, done: Any) -> None: ...
+    @property
+    def login_refused(self) -> str | None:
+        """Why the broker refuses this agent's login (None: it does not)."""
+
+    def submit(self, pool: Pool, keys: Sequence[Key], work: Any, done: Any) -> None: ...
 
     def busy(self, key: Key) -> bool: ...
 
@@ -467,7 +472,7 @@ class Alerts:
             msg = message(notices, self.who(), now)
             seqs = [r[0] for r in rows]
             self.runtime.submit(
-                "alert",
+                Pool.ALERT,
                 [Key("alert", name)],
                 lambda channel=channel, msg=msg: deliver(channel, msg),
                 lambda _outcome, error, name=name, seqs=seqs, now=now: self._ended(name, seqs, error, now),
@@ -586,3 +591,35 @@ def _command(ch: CommandChannel, msg: Mapping[str, Any]) -> None:
 def describe(conditions: Iterable[Condition]) -> list[dict[str, Any]]:
     """Conditions as dicts (for tests and status)."""
     return [asdict(c) for c in conditions]
+
+
+class AlertsHook(Hook):
+    """The alerts in the loop: conditions looked at and due notices started in each pass, and
+    before the start too (a broker that refuses the login is told). A failure here costs only
+    this look (said every PERSON_REPEAT seconds), never the relay's work."""
+
+    def __init__(self, alerts: Alerts):
+        self.alerts = alerts
+        self._complained = float("-inf")
+
+    def in_pass(self, now: float) -> None:
+        if not self.alerts.enabled:
+            return
+        try:
+            with self.alerts.runtime.state.savepoint():
+                self.alerts.tick(now)
+        except Exception:
+            if now - self._complained >= PERSON_REPEAT:
+                self._complained = now
+                log.exception(
+                    "error while looking at the conditions for alerts (said again every 10 minutes)"
+                )
+
+    def waiting(self, now: float) -> None:
+        if not self.alerts.enabled:
+            return
+        try:
+            with self.alerts.runtime.state.transaction():
+                self.in_pass(now)
+        except (StateUnavailable, OSError) as e:
+            log.debug("alerts not looked at: %s", e)

@@ -28,6 +28,7 @@ from prometheus_client.exposition import start_http_server
 
 from ..agents.base import PERSON_REPEAT, Observer
 from ..state import Entry
+from .hooks import Hook
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -257,3 +258,21 @@ def metrics_for(cfg: Config, mode: str, states: Iterable[str]) -> Metrics | None
     if cfg.metrics_listen is None and cfg.metrics_textfile is None:
         return None
     return Metrics(cfg, mode, states)
+
+
+class MetricsHook(Hook):
+    """The metrics in the loop: the gauges set (from `figures`, synkler.observe.presence) at the
+    launch and after each pass when due; a last textfile at the stop."""
+
+    def __init__(self, metrics: Metrics, figures: Callable[[], Mapping[str, Any]]):
+        self.metrics = metrics
+        self.figures = figures
+
+    def at_launch(self, now: float) -> None:
+        self.metrics.tick(now, self.figures)
+
+    def after_pass(self, now: float) -> None:
+        self.metrics.tick(now, self.figures)
+
+    def after_stop(self) -> None:
+        self.metrics.close(self.figures())

@@ -9,8 +9,9 @@ agent's holder record (synkler.broker.amqp: a queue that keeps only the latest m
 is a superset, so nothing but the latest report is ever stored. `synkler status --relay` reads
 them (synkler.observe.relayview); an alerting module may read them the same way.
 
-The runtime calls `Presence.tick` after each pass of its main loop (a report is due every
-`INTERVAL` s, the first right after the agent's start) and `Presence.stopped` at an orderly stop.
+The runtime's loop calls `Presence.tick` after each pass (a report is due every `INTERVAL` s, the
+first right after the agent's start) and `Presence.stopped` at an orderly stop, through its hook
+(`PresenceHook`, synkler.observe.hooks).
 A report that cannot be built or published is skipped: it never stops the agent, and the
 messages of the outbox went out before it.
 """
@@ -30,6 +31,7 @@ from ..agents.base import PERSON_REPEAT
 from ..errors import BrokerError, PublishRefused
 from ..hops import checksum
 from ..linux.fs import free_bytes, total_bytes
+from .hooks import Hook
 from .progress import Meter, Progress, arrived
 from ..state import Entry
 
@@ -45,7 +47,10 @@ class Runner(Protocol):
     cfg: Config
     state: State
     broker: Broker | None
-    transfers: int  # rsync runs going on
+
+    @property
+    def transfers(self) -> int:
+        """rsync runs going on."""
 
 
 log = logging.getLogger("synkler")
@@ -265,3 +270,16 @@ class Presence:
                 log.info("%s: %s: %s", e.name, verb, p.text())
         self.meter.end_round()
         return out
+
+
+class PresenceHook(Hook):
+    """The reports in the loop: one after a pass when due, a last one at an orderly stop."""
+
+    def __init__(self, presence: Presence):
+        self.presence = presence
+
+    def after_pass(self, now: float) -> None:
+        self.presence.tick(now)  # after the outbox: a report never holds a message back
+
+    def at_stop(self, now: float) -> None:
+        self.presence.stopped(now)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pika
 import yaml
-from support.relay_helpers import deliver, place
+from support.relay_helpers import deliver, place, take_dead_letters
 
 from synkler import messages
 from synkler.broker.amqp import Broker, BrokerParams, queue_name
@@ -87,7 +87,7 @@ def test_a_second_central_agent_waits_as_a_standby_and_every_entry_is_delivered_
         admin = Broker(relay.broker, relay.instance, "test-admin")
         admin.connect(consume=False)
         try:
-            assert admin.get_dead() == []
+            assert take_dead_letters(relay.broker, relay.instance) == []
         finally:
             admin.close()
         # The first one restarts (as `systemctl restart` does): it finds its queue again, the standby
@@ -159,7 +159,11 @@ def test_an_upload_agent_named_dead_relays_and_rejected_messages_still_reach_the
     try:
         admin.publish("central", b"not json at all")
         dead: list[bytes] = []
-        relay.wait_for("the dead letter", lambda: dead.extend(admin.get_dead()) or bool(dead), 30)
+        relay.wait_for(
+            "the dead letter",
+            lambda: dead.extend(take_dead_letters(relay.broker, relay.instance)) or bool(dead),
+            30,
+        )
         assert dead == [b"not json at all"]
     finally:
         admin.close()

@@ -23,6 +23,7 @@ from support.relay_helpers import (
     deliver,
     every_log_says,
     place,
+    take_dead_letters,
     write_random,
 )
 
@@ -425,7 +426,8 @@ def test_malformed_and_hostile_messages_are_dead_lettered_and_the_relay_carries_
     relay.start()
     # An agent's queue is declared by that agent (and central's and download's by their peers too).
     relay.wait_for("all three connected", lambda: every_log_says(relay, "connected to broker"))
-    admin = Broker(BrokerParams(broker.host, broker.port), relay.instance, "test-admin")
+    admin_params = BrokerParams(broker.host, broker.port)
+    admin = Broker(admin_params, relay.instance, "test-admin")
     admin.connect(consume=False)
     try:
         entry, md5 = "0" * 32, "a" * 32
@@ -445,7 +447,11 @@ def test_malformed_and_hostile_messages_are_dead_lettered_and_the_relay_carries_
         admin.publish("download", bad[4])
         admin.publish("upload", bad[5])  # well-formed, but for an entry upload never offered
         dead: list[bytes] = []
-        relay.wait_for("six dead letters", lambda: dead.extend(admin.get_dead()) or len(dead) == 6, 30)
+        relay.wait_for(
+            "six dead letters",
+            lambda: dead.extend(take_dead_letters(admin_params, relay.instance)) or len(dead) == 6,
+            30,
+        )
         assert sorted(dead) == sorted(bad)
     finally:
         admin.close()

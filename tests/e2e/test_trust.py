@@ -8,7 +8,7 @@ import os
 import subprocess
 
 import pika
-from support.relay_helpers import deliver, place
+from support.relay_helpers import deliver, place, take_dead_letters
 
 from synkler import messages
 from synkler.broker.amqp import DEAD_MAX, Broker, dead_name, queue_name
@@ -37,7 +37,11 @@ def test_an_admit_pointing_outside_centrals_staging_is_dead_lettered_and_nothing
             "upload", messages.encode(messages.Admit(entry.id, "central", attempt=9, dest=str(target)))
         )
         dead: list[bytes] = []
-        relay.wait_for("the dead letter", lambda: dead.extend(admin.get_dead()) or bool(dead), 30)
+        relay.wait_for(
+            "the dead letter",
+            lambda: dead.extend(take_dead_letters(relay.broker, relay.instance)) or bool(dead),
+            30,
+        )
     finally:
         admin.close()
     assert os.listdir(target) == []

@@ -22,6 +22,7 @@ from synkler.agents import AGENTS
 from synkler.agents.base import Key
 from synkler.config import parse_config
 from synkler.messages import Message
+from synkler.runtime.inbox import Inbox
 from synkler.runtime.loop import Runtime
 from synkler.state import Entry, State
 
@@ -99,10 +100,10 @@ class Role:
             self.agent.on_message(msg)
 
     def apply(self, body: bytes, user: str | None = None) -> tuple[str, list[bytes]]:
-        """An AMQP body as the runtime's main loop handles it (Runtime._apply: decode, authenticate,
+        """An AMQP body as the runtime's main loop handles it (synkler.runtime.inbox: decode, authenticate,
         dispatch, each in a savepoint), in a transaction: ("ack" | "dead" | "requeue", dead elements)."""
         with self.state.transaction():
-            return _Loop(self)._apply(body, user)
+            return Inbox(self.cfg, self.state, self.agent).apply(body, user)
 
     def tick(self, now: float | None = None) -> None:
         with self.state.transaction():
@@ -165,14 +166,6 @@ class Role:
         return [(dest, messages.decode(body)) for _, dest, body in rows]
 
 
-class _Loop(Runtime):
-    """The runtime's message path alone, over a Role's agent: no broker, no worker threads."""
-
-    def __init__(self, role: Role):  # Runtime.__init__ would build pools, presence and signals
-        self.cfg, self.state, self.agent = role.cfg, role.state, role.agent
-        self._dead_window, self._dead_logged, self._dead_quiet = 0.0, 0, 0
-
-
 @contextmanager
 def central_runtime(tmp_path: Path, **settings: Any) -> Iterator[Runtime]:
     """The real runtime of a central agent on a real state database, no broker connected (a test
@@ -192,5 +185,4 @@ def central_runtime(tmp_path: Path, **settings: Any) -> Iterator[Runtime]:
         yield runtime
     finally:
         runtime.state.close()
-        for pool in runtime._pools.values():
-            pool.shutdown()
+        runtime.workers.shutdown()

@@ -7,6 +7,9 @@ import os
 import subprocess
 from pathlib import Path
 
+import pika
+
+from synkler.broker.amqp import BrokerParams, dead_name
 from synkler.hops.checksum import md5_entry
 
 TOOLS = Path(__file__).parent.parent / "tools"  # rsync wrappers that corrupt, cut off or fill disks
@@ -71,3 +74,26 @@ def close_connections_of(rabbitmqctl: str, instance: str) -> int:
             subprocess.run([rabbitmqctl, "-q", "close_connection", pid, "synkler test"], check=True)
             closed += 1
     return closed
+
+
+def take_dead_letters(params: BrokerParams, instance: str) -> list[bytes]:
+    """Drain the instance's dead-letter queue (plain AMQP, as the test broker speaks it)."""
+    assert params.tls is None, "a plain AMQP broker"
+    conn = pika.BlockingConnection(
+        pika.ConnectionParameters(
+            params.host,
+            params.port,
+            params.vhost,
+            pika.PlainCredentials(params.username, params.password),
+        )
+    )
+    try:
+        ch = conn.channel()
+        bodies: list[bytes] = []
+        while True:
+            method, _props, body = ch.basic_get(dead_name(instance), auto_ack=True)
+            if method is None:
+                return bodies
+            bodies.append(body)
+    finally:
+        conn.close()

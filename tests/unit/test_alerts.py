@@ -85,7 +85,7 @@ def test_conditions_of_entries_say_which_hop_why_and_what_to_do():
 
 
 def test_a_refused_broker_login_is_recognised_in_pikas_words():
-    from synkler.runtime.loop import _LOGIN_REFUSED
+    from synkler.runtime.consumer import _LOGIN_REFUSED
 
     refused = "cannot use broker h:5672: ProbableAuthenticationError: ConnectionClosedByBroker: (403) ..."
     assert _LOGIN_REFUSED.search(refused)

@@ -23,7 +23,8 @@ from support.fakes import Role
 from synkler.agents import AGENTS
 from synkler.agents.base import Cleanup
 from synkler.agents.central import Checked
-from synkler.agents.pull import Mismatch, NotPulled, PullRun, Verified
+from synkler.agents.pools import Pool
+from synkler.hops.pull import Mismatch, NotPulled, PullRun, Verified
 from synkler.agents.upload import Hashed
 from synkler.errors import Interrupted
 from synkler.hops import checksum
@@ -474,7 +475,7 @@ def central_removes_its_copy_keep_minutes_after_delivery(tmp_path: Path, _from: 
     e = r.given("delivered", peer="upload", due=time.time() - 1)
     Path(r.agent.spool.stored(e.id)).write_bytes(b"data")
     r.tick()
-    r.run(r.job("hash"))
+    r.run(r.job(Pool.REMOVE))
     assert not Path(r.agent.spool.stored(e.id)).exists()
     return r.entry(e.id)
 

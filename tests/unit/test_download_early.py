@@ -17,7 +17,7 @@ from support.fakes import Role
 from synkler.agents.base import ENTRY as ENTRY_KEY
 from synkler.agents.base import Key
 from synkler.agents.download import EARLY_KEEP, EARLY_MAX
-from synkler.agents.pull import Early
+from synkler.hops.pull import Early
 from synkler.errors import Interrupted
 from synkler.hops import transfer
 from synkler.hops.checksum import STOPPING

@@ -1,5 +1,5 @@
 """Property-based fuzzing (hypothesis) of each role's handlers, through the runtime's own message path
-(Runtime._apply: decode, authenticate, dispatch, savepoints; tests/unit/fakes.py).
+(synkler.runtime.inbox: decode, authenticate, dispatch, savepoints; tests/support/fakes.py).
 
 Each example gives an agent a state with a few entries (and their files where the role keeps them),
 then a run of well-formed and ill-formed messages and batches, about its entries and others, from
@@ -29,9 +29,9 @@ from hypothesis import strategies as st
 from support.strategies import FIELDS, HEX, json_values, near_wire
 
 from synkler import messages
-from synkler.agents import AGENTS, pull
+from synkler.agents import AGENTS
 from synkler.broker.amqp import broker_user
-from synkler.hops import transfer
+from synkler.hops import pull, transfer
 from synkler.messages import SCHEMA, SCHEMAS, confined
 from synkler.state import Entry
 

@@ -18,6 +18,7 @@ from support.fakes import Role
 from synkler import messages
 from synkler.agents import history
 from synkler.agents.history import DAY, PRUNE_AGAIN, PRUNE_INTERVAL, PRUNE_ROWS
+from synkler.agents.pools import Pool
 from synkler.errors import MessageError
 from synkler.hops.checksum import md5_entry, stat_entry
 from synkler.messages import (
@@ -249,7 +250,7 @@ def test_a_pass_that_fails_is_undone_alone_and_the_tick_goes_on(tmp_path: Path):
     r.agent.history.state.prune = broken  # type: ignore[method-assign]
     r.given("delivered", name="due", due=1)  # the tick's own work: an expiry is due
     r.tick()
-    assert r.job("hash")  # the expiry started anyway
+    assert r.job(Pool.REMOVE)  # the expiry started anyway
     assert e.id in ids(r)
 
 

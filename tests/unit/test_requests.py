@@ -11,9 +11,9 @@ import pytest
 from support.fakes import Role
 
 from synkler.agents.base import Cleanup
-from synkler.agents.pull import NotPulled, PullRun
 from synkler.cli.cmd_repair import resolve
 from synkler.cli.entries import short_ids
+from synkler.hops.pull import NotPulled, PullRun
 from synkler.errors import MessageError, Refused
 from synkler.hops.checksum import md5_entry, stat_entry
 from synkler.hops.transfer import Result

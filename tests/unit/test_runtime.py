@@ -6,8 +6,9 @@ import pytest
 from support.fakes import central_runtime
 
 from synkler import messages
-from synkler.runtime import loop as runtime
+from synkler.runtime import consumer, inbox, outbox
 from synkler.errors import AgentActive, BrokerError, ExitStatus, PublishRefused
+from synkler.observe.hooks import Hook
 from synkler.runtime.loop import Runtime
 
 
@@ -48,35 +49,35 @@ def test_a_refused_destination_is_held_back_in_order_and_the_others_go_out(rt, m
     ghost = enqueue(rt, "ghost", 3)
     up = enqueue(rt, "upload", 2)
     now = [1000.0]
-    monkeypatch.setattr(runtime.time, "time", lambda: now[0])
+    monkeypatch.setattr(outbox.time, "time", lambda: now[0])
 
-    rt._flush_outbox()
+    rt.outbox.flush(broker)
     assert broker.published == [("upload", up)]
     assert [dest for _, dest, _ in rt.state.outbox(100)] == ["ghost"] * 3
     # Held back: not tried again before its pause is over, while new messages to others go out.
     more = enqueue(rt, "upload", 1)
     now[0] += 0.1
-    rt._flush_outbox()
+    rt.outbox.flush(broker)
     assert broker.tried.count("ghost") == 1
     assert broker.published[-1] == ("upload", more)
     # The broker takes them again: they go out, in their order, and the hold is gone.
     broker.refusing.clear()
     now[0] += 120
-    rt._flush_outbox()
+    rt.outbox.flush(broker)
     assert broker.published[-1] == ("ghost", ghost)
     assert rt.state.outbox(100) == []
-    assert rt._held == {}
+    assert rt.outbox.held == {}
 
 
 def test_a_destination_refused_again_and_again_waits_longer_each_time_up_to_a_minute(rt, monkeypatch):
     broker = rt.broker = FakeBroker(refusing={"ghost"})
     enqueue(rt, "ghost", 1)
     now = [1000.0]
-    monkeypatch.setattr(runtime.time, "time", lambda: now[0])
+    monkeypatch.setattr(outbox.time, "time", lambda: now[0])
     pauses = []
     for _ in range(12):
-        rt._flush_outbox()
-        _n, until, _told = rt._held["ghost"]
+        rt.outbox.flush(broker)
+        _n, until, _told = rt.outbox.held["ghost"]
         pauses.append(until - now[0])
         now[0] = until
     assert broker.tried == ["ghost"] * 12
@@ -88,30 +89,30 @@ def test_a_lost_connection_is_not_taken_for_a_refusal(rt):
         def publish(self, agent: str, body: bytes) -> None:
             raise BrokerError("lost broker connection")
 
-    rt.broker = Lost(set())
+    broker = rt.broker = Lost(set())
     enqueue(rt, "upload", 1)
     with pytest.raises(BrokerError):
-        rt._flush_outbox()
-    assert rt._held == {}
+        rt.outbox.flush(broker)
+    assert rt.outbox.held == {}
     assert len(rt.state.outbox(100)) == 1
 
 
 def test_an_agent_refused_before_its_start_waits_as_a_standby(rt):
-    rt._rival(AgentActive("q", None))
+    rt.consumer.rival(AgentActive("q", None))
     assert not rt.stopping
     assert rt.exit_status == ExitStatus.OK
 
 
 def test_an_agent_whose_queue_another_took_while_the_broker_was_away_stops(rt):
-    rt._started = True
-    rt._rival(AgentActive("q", None))
+    rt.consumer.started = True
+    rt.consumer.rival(AgentActive("q", None))
     assert rt.stopping
     assert rt.exit_status == ExitStatus.FAILURE
 
 
 def test_an_agent_refused_by_its_own_stale_connection_waits_for_it(rt):
-    rt._started = True
-    rt._rival(AgentActive("q", None, mine=True))
+    rt.consumer.started = True
+    rt.consumer.rival(AgentActive("q", None, mine=True))
     assert not rt.stopping
 
 
@@ -134,35 +135,87 @@ class Probe:
 
 def test_a_standby_takes_over_only_once_its_queue_has_had_no_consumer_for_the_grace(rt, monkeypatch):
     now = [1000.0]
-    monkeypatch.setattr(runtime.time, "time", lambda: now[0])
-    rt._rival(AgentActive("q", None))
-    assert rt._standby
-    assert not rt._free_long_enough(Probe(1))  # the other one is there
-    assert not rt._free_long_enough(Probe(0))  # gone for a moment: a restart, a reconnect
-    now[0] += runtime.STANDBY_GRACE / 2
-    assert not rt._free_long_enough(Probe(0))
-    assert not rt._free_long_enough(Probe(1))  # it came back: the grace starts again
-    now[0] += runtime.STANDBY_GRACE
-    assert not rt._free_long_enough(Probe(0))
-    now[0] += runtime.STANDBY_GRACE - 1
-    assert not rt._free_long_enough(Probe(0))
+    monkeypatch.setattr(consumer.time, "time", lambda: now[0])
+    rt.consumer.rival(AgentActive("q", None))
+    assert rt.consumer.standby
+    assert not rt.consumer.free_long_enough(Probe(1))  # the other one is there
+    assert not rt.consumer.free_long_enough(Probe(0))  # gone for a moment: a restart, a reconnect
+    now[0] += consumer.STANDBY_GRACE / 2
+    assert not rt.consumer.free_long_enough(Probe(0))
+    assert not rt.consumer.free_long_enough(Probe(1))  # it came back: the grace starts again
+    now[0] += consumer.STANDBY_GRACE
+    assert not rt.consumer.free_long_enough(Probe(0))
+    now[0] += consumer.STANDBY_GRACE - 1
+    assert not rt.consumer.free_long_enough(Probe(0))
     now[0] += 1
     probe = Probe(0)
-    assert rt._free_long_enough(probe)
+    assert rt.consumer.free_long_enough(probe)
     assert not probe.consuming  # it only looked
 
 
 def test_a_flood_of_bad_messages_is_logged_ten_a_minute_and_counted(rt, monkeypatch, caplog):
     clock = [5000.0]
-    monkeypatch.setattr(runtime.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(inbox.time, "monotonic", lambda: clock[0])
     caplog.set_level("WARNING", logger="synkler")
     for _ in range(25):
-        assert rt._apply(b"not json at all") == ("dead", [])
+        assert rt.inbox.apply(b"not json at all") == ("dead", [])
     lines = [r.getMessage() for r in caplog.records]
-    assert len([m for m in lines if m.startswith("dead-lettering")]) == runtime.DEAD_LOG_BURST
+    assert len([m for m in lines if m.startswith("dead-lettering")]) == inbox.DEAD_LOG_BURST
     assert not any("more messages" in m for m in lines)
-    clock[0] += runtime.DEAD_LOG_WINDOW
+    clock[0] += inbox.DEAD_LOG_WINDOW
     rt._work([])  # the loop's next pass says how many were not shown
     assert any(
         m.startswith("15 more messages were dead-lettered") for m in (r.getMessage() for r in caplog.records)
     )
+
+
+class Recorder(Hook):
+    """An observer that notes the moments the loop tells it, and what it saw then."""
+
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+        self.seen: list[tuple[str, object]] = []
+
+    def in_pass(self, now: float) -> None:
+        self.seen.append(("in_pass", self.rt.state._depth > 0))  # inside the pass's transaction
+
+    def after_pass(self, now: float) -> None:
+        self.seen.append(("after_pass", len(self.rt.state.outbox(100))))  # the outbox went out first
+
+    def at_stop(self, now: float) -> None:
+        self.seen.append(("at_stop", None))
+
+    def after_stop(self) -> None:
+        self.seen.append(("after_stop", self.rt.broker))
+
+
+class Polled(FakeBroker):
+    """A broker with nothing to deliver; it says it is not connected: no presence reports."""
+
+    connected = False
+
+    def poll(self, timeout: float) -> list:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_observer_hears_of_each_pass_in_its_transaction_and_after_the_outbox_went_out(rt):
+    rt.broker = Polled(set())
+    recorder = Recorder(rt)
+    rt.hooks.hooks.append(recorder)
+    with rt.state.transaction():
+        rt.agent.startup()
+    enqueue(rt, "upload", 2)
+    rt._step()
+    assert recorder.seen == [("in_pass", True), ("after_pass", 0)]
+
+
+def test_an_observer_hears_of_an_orderly_stop_before_and_after_the_broker_is_closed(rt):
+    rt.broker = Polled(set())
+    recorder = Recorder(rt)
+    rt.hooks.hooks.append(recorder)
+    rt._started = True
+    rt._finish()
+    assert recorder.seen == [("at_stop", None), ("after_stop", None)]

@@ -185,14 +185,6 @@ def test_by_state_with_due_before_leaves_out_entries_due_later(state: State):
     assert len(state.by_state("waiting")) == 3
 
 
-def test_next_due_is_the_earliest_due_time_of_the_states(state: State):
-    state.insert(entry(state="waiting", due=50.0))
-    state.insert(entry(state="waiting", due=20.0))
-    state.insert(entry(state="stored", due=1.0))
-    assert state.next_due("waiting") == 20.0
-    assert state.next_due("expired") is None
-
-
 def test_latest_by_name_is_the_most_recently_created_version(state: State):
     state.insert(entry("data.csv", created=1.0))
     newest = state.insert(entry("data.csv", created=3.0))

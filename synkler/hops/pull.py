@@ -1,6 +1,8 @@
 """Download's pulls: rsync runs from central into the staging place, the md5 of what arrived, and the
 early pull of a big file while upload still pushes it. These run on worker threads and return
-typed outcomes; the download agent records them in the main loop.
+typed outcomes; the download agent (synkler.agents.download) records them in the main loop and
+decides what follows. The name a verified entry takes is the agent's choice too (`Choose`, from
+synkler.agents.naming), made here on the worker because it reads what file_dir holds.
 
 Pulls land in ``file_dir/.synkler-<id>/<entry id>`` (dot-prefixed, so nothing else mistakes them for
 finished data; owner-only, 0700, so nobody else reads them before they are placed; the entry itself
@@ -22,15 +24,14 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Callable, Union
 
 from ..errors import Interrupted
-from ..hops import transfer
-from ..hops.checksum import STOPPING, new_md5
-from ..hops.follow import Follower, verified_md5, worth_following
 from ..linux.fs import remove_tree
 from ..state import Entry
-from .naming import choose_name
+from . import transfer
+from .checksum import STOPPING, new_md5
+from .follow import Follower, verified_md5, worth_following
 
 if TYPE_CHECKING:
     import hashlib
@@ -45,6 +46,9 @@ EARLY_STEP = 8 << 20  # an early run that brought less than this waits EARLY_PAU
 EARLY_PAUSE = 0.25
 # rsync's error line for a source that does not exist ends with ENOENT's number, whatever the locale.
 _MISSING = re.compile(r"^rsync: \[sender\] .*\(2\)\s*$", re.MULTILINE)
+
+# Where a verified entry goes in file_dir: (file_dir, name, kind, md5) -> (name, already there).
+Choose = Callable[[str, str, str, str], "tuple[str, bool]"]
 
 
 class Staging:
@@ -206,7 +210,7 @@ def pull_early(cfg: Config, entry_id: str, path: str, size: int, early: Early) -
             early.fetched.wait(EARLY_PAUSE)
 
 
-def finish_early(cfg: Config, entry: Entry, early: Early) -> PullRun | None:
+def finish_early(cfg: Config, entry: Entry, early: Early, choose: Choose) -> PullRun | None:
     """Append the rest of an early-pulled file from its verified copy.
 
     The copy is whole and its md5 matched (Verified), or the link or the disk failed and the copy is
@@ -234,7 +238,7 @@ def finish_early(cfg: Config, entry: Entry, early: Early) -> PullRun | None:
             why = f"md5 mismatch at download: expected {entry.md5}, got {early.hexdigest()}"
         else:
             log.info("%s: %d of %d bytes were pulled while upload pushed it", entry.name, before, entry.size)
-            target, present = choose_name(str(cfg.file_dir), entry.name, entry.kind, entry.known_md5())
+            target, present = choose(str(cfg.file_dir), entry.name, entry.kind, entry.known_md5())
             return PullRun(result, {entry.id: Verified(target, present)})
     log.info("%s: the early copy is not used (%s); pulling it whole", entry.name, why)
     remove_tree(early.local)
@@ -244,10 +248,10 @@ def finish_early(cfg: Config, entry: Entry, early: Early) -> PullRun | None:
 # the pull of a batch -------------------------------------------------------------------------------
 
 
-def pull(cfg: Config, staging: Staging, batch: list[Entry], early: Early | None) -> PullRun:
+def pull(cfg: Config, staging: Staging, batch: list[Entry], early: Early | None, choose: Choose) -> PullRun:
     """One rsync run for entries stored under the same directory on central, then md5 of each."""
     if early is not None:
-        finished = finish_early(cfg, batch[0], early)
+        finished = finish_early(cfg, batch[0], early, choose)
         if finished is not None:
             return finished
     # Big files (and directories of them) are hashed while they arrive (synkler.hops.follow), at
@@ -284,7 +288,7 @@ def pull(cfg: Config, staging: Staging, batch: list[Entry], early: Early | None)
             staging.drop(e.id)
             outcomes[e.id] = Mismatch(md5)
             continue
-        target, present = choose_name(str(cfg.file_dir), e.name, e.kind, md5)
+        target, present = choose(str(cfg.file_dir), e.name, e.kind, md5)
         outcomes[e.id] = Verified(target, present)
     # rsync removes its partial dir only if this run made it: not after resuming a cut-off pull.
     staging.drop_empty_partial_dir()

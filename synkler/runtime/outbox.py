@@ -1,0 +1,89 @@
+"""The outbox's way out: its rows published many messages per AMQP body and per publisher confirm,
+in each destination's order; a destination whose publish the broker refuses is held back with a
+growing pause while the others' messages go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+from .. import messages
+from ..agents.base import PERSON_REPEAT
+from ..backoff import backoff
+from ..broker.amqp import Broker
+from ..errors import PublishRefused
+from ..state import State
+
+log = logging.getLogger("synkler")
+
+OUTBOX_BATCH = 2000  # rows read from the outbox at a time
+_CHUNK_BYTES = 256 * 1024  # an AMQP body holds about this much at most
+
+Row = tuple[int, str, bytes]  # (seq, destination, message)
+
+
+class Outbox:
+    """Publishes the outbox of one agent's state database."""
+
+    def __init__(self, state: State):
+        self.state = state
+        # destination -> (refusals in a row, no publish to it before, last ERROR logged)
+        self.held: dict[str, tuple[int, float, float]] = {}
+
+    def flush(self, broker: Broker) -> None:
+        """Publish the outbox; rows are deleted once the broker confirms them. A BrokerError (the
+        connection is lost) leaves the rest for the next flush."""
+        now = time.time()
+        held = {dest for dest, (_n, until, _told) in self.held.items() if until > now}
+        while True:
+            rows = self.state.outbox(OUTBOX_BATCH, held=held)
+            if not rows:
+                return
+            for dest, chunk in chunks(rows):
+                if dest in held:
+                    continue
+                try:
+                    broker.publish(dest, messages.encode_batch([body for _, _, body in chunk]))
+                except PublishRefused as e:
+                    held.add(dest)
+                    self._refused(dest, e, now)
+                    continue
+                with self.state.transaction():
+                    self.state.sent([seq for seq, _, _ in chunk])
+                if dest in self.held:
+                    del self.held[dest]
+                    log.warning("messages to agent %r go out again", dest)
+
+    def _refused(self, dest: str, e: PublishRefused, now: float) -> None:
+        refusals, _until, told = self.held.get(dest, (0, 0.0, float("-inf")))
+        refusals += 1
+        if now - told >= PERSON_REPEAT:
+            told = now
+            log.error(
+                "the broker refuses messages to agent %r (%s); they wait in the outbox, in order, "
+                "and the other agents' messages go on (said again every %d minutes)",
+                dest,
+                e,
+                PERSON_REPEAT // 60,
+            )
+        self.held[dest] = (refusals, now + backoff(refusals, base=1, cap=60), told)
+
+
+def chunks(rows: list[Row]) -> Iterator[tuple[str, list[Row]]]:
+    """Split outbox rows into per-destination chunks, keeping each destination's order."""
+    by_dest: dict[str, list[Row]] = {}
+    for row in rows:
+        by_dest.setdefault(row[1], []).append(row)
+    for dest, dest_rows in by_dest.items():
+        chunk: list[Row] = []
+        size = 0
+        for row in dest_rows:
+            if chunk and (size + len(row[2]) > _CHUNK_BYTES or len(chunk) >= messages.MAX_BATCH):
+                yield dest, chunk
+                chunk, size = [], 0
+            chunk.append(row)
+            size += len(row[2]) + 1
+        if chunk:
+            yield dest, chunk
