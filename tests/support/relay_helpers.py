@@ -38,12 +38,22 @@ def tree_listing(top: Path) -> list[str]:
     return sorted(str(p.relative_to(top)) for p in top.rglob("*"))
 
 
-def assert_clean(relay) -> None:
-    """No staging debris at central or download once everything is delivered."""
+def is_clean(relay) -> bool:
+    """No staging debris at central or download."""
     # Central keeps one (empty) staging directory per upload agent.
     staging = relay.dirs["central"] / relay.instance / "staging"
-    assert all((staging / p).is_dir() and "/" not in p for p in tree_listing(staging))
-    assert tree_listing(relay.dirs["download"] / f".synkler-{relay.instance}") == []
+    return all((staging / p).is_dir() and "/" not in p for p in tree_listing(staging)) and (
+        tree_listing(relay.dirs["download"] / f".synkler-{relay.instance}") == []
+    )
+
+
+def assert_clean(relay) -> None:
+    """No staging debris at central or download once everything is delivered."""
+    staging = relay.dirs["central"] / relay.instance / "staging"
+    assert is_clean(relay), (
+        tree_listing(staging),
+        tree_listing(relay.dirs["download"] / f".synkler-{relay.instance}"),
+    )
 
 
 def deliver(relay, md5s: dict[str, str], timeout: float = 60) -> None:
