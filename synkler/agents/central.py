@@ -47,6 +47,7 @@ from .base import (
     Transitions,
     hash_groups,
 )
+from .facts import PULL, PUSH, facts, hop
 from .followers import Followers
 from .spool import Spool
 
@@ -90,6 +91,26 @@ TRANSITIONS: Transitions = {
 }
 IN_FLIGHT = (Mid.WAITING, Mid.UPLOADING, Mid.VERIFYING)  # their staged copies may still be needed
 KEEP_STORED = (Mid.VERIFYING, Mid.DOWNLOADING, Mid.DELIVERED, Mid.FAILED)  # their stored/ copies stay
+# The reasons of entries that wait for room on file_dir say one of these.
+ROOM_WAIT, ABOVE_RESERVE = "waiting for room", "available above the"
+# What observers know of these states (synkler.agents.facts). Delivered is finished for the relay:
+# only its expiry is left (the history keeps it until then: Central.FINISHED).
+FACTS = facts(
+    "central",
+    Mid,
+    finished=(Mid.DELIVERED, Mid.EXPIRED, Mid.WITHDRAWN, Mid.FORGOTTEN),
+    failed=Mid.FAILED,
+    receiving=Mid.UPLOADING,
+    hashing=[Mid.VERIFYING],
+    transferring=[],
+    given_up=(Mid.FAILED, Mid.FORGOTTEN, Mid.WITHDRAWN, Mid.EXPIRED),
+    disk_waits=(ROOM_WAIT, ABOVE_RESERVE),
+    hops=(
+        hop(PUSH, [Mid.UPLOADING], [Mid.DOWNLOADING], during=[Mid.UPLOADING, Mid.VERIFYING]),  # admitted -> md5 verified
+        # verified -> download confirmed it (also after it failed here, when download retried it)
+        hop(PULL, [Mid.DOWNLOADING], [Mid.DELIVERED], during=[Mid.DOWNLOADING, Mid.FAILED]),
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -341,14 +362,14 @@ class Central(Agent):
                 self._never_fits(entry, capacity)
                 continue
             if blocked:
-                why = "older entries are waiting for room"
+                why = f"older entries are {ROOM_WAIT}"
             elif count >= MAX_ADMITTED:
                 why = blocked = f"{count} entries admitted and not yet verified"
             elif (entry.peer, entry.name) in busy_names:
                 why = "another version of this name is still being uploaded"
             elif entry.size > room:
                 available, reserve_pct = max(0, int(room)), self.cfg.free_percent
-                why = f"needs {entry.size} bytes, {available} available above the {reserve_pct}% reserve"
+                why = f"needs {entry.size} bytes, {available} {ABOVE_RESERVE} {reserve_pct}% reserve"
                 if first is None:
                     first = entry
                     if self.overtaken[entry.id] >= entry.size:
@@ -473,7 +494,7 @@ class Central(Agent):
             else f"cannot read upload: {result}"
         )
         if checked is not None:
-            self.state.after_commit(functools.partial(self.observer.mismatch, "push"))
+            self.state.after_commit(functools.partial(self.observer.mismatch, PUSH))
         self.spool.drop_staged(entry)
         if entry_now.attempt >= self.cfg.max_attempts:
             self._give_up(entry_now, "upload to central", why)

@@ -36,7 +36,9 @@ from dataclasses import asdict, dataclass, field
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any, Protocol, Union
 
-from ..agents.base import CENTRAL, DOWNLOAD, GIVE_UP_ADVICE, PERSON_REPEAT, Key
+from ..agents import FACTS
+from ..agents.base import CENTRAL, DOWNLOAD, GIVE_UP_ADVICE, PERSON_REPEAT, Cleanup, Key
+from ..agents.facts import needs_person_reason
 from ..backoff import backoff
 from ..config import Alerts as AlertsConfig
 from ..config import CommandChannel, EmailChannel, WebhookChannel
@@ -373,12 +375,14 @@ class Alerts:
         """The conditions that hold now, and the key prefixes that could not be looked at."""
         assert self.cfg is not None
         state, cfg, role = self.runtime.state, self.runtime.cfg, self.role
+        facts = FACTS[role]
         found: list[Condition | None] = []
         unknown: list[str] = []
         if role == CENTRAL:
-            found += [entry_failed(e) for e in state.by_state("failed")]
+            found += [entry_failed(e) for e in state.by_state(facts.failed)]
             offered_before = now - self.cfg.stuck_minutes * 60
-            waiting = state.listed(("waiting", "uploading", "verifying", "downloading"), limit=STUCK_LISTED)
+            on_the_way = [s for s in facts.unfinished if s != facts.failed]
+            waiting = state.listed(on_the_way, limit=STUCK_LISTED)
             found += [stuck(e, now, self.cfg.stuck_minutes) for e in waiting if e.created < offered_before]
             try:
                 found.append(
@@ -389,9 +393,9 @@ class Alerts:
             except OSError:
                 unknown.append("disk-full:")
         else:
-            found += [cleanup_failed(e, role) for e in state.by_cleanup("failed")]
-            unfinished = ("offered", "waiting", "uploading", "pushed", "fetching")
-            found.append(needs_person(state.reason_like("%: needs a person: %", unfinished, 100), role))
+            found += [cleanup_failed(e, role) for e in state.by_cleanup(Cleanup.FAILED)]
+            marked = state.reason_like(needs_person_reason("%", "%"), sorted(facts.transferring), 100)
+            found.append(needs_person(marked, role))
         found.append(broker_login(self.runtime.login_refused, role, cfg.broker_username))
         found += self._from_broker(now, unknown)
         return {c.key: c for c in found if c is not None}, unknown

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import __version__
+from ..agents import FACTS
 from ..agents.base import PERSON_REPEAT
 from ..errors import BrokerError, PublishRefused
 from ..hops import checksum
@@ -58,23 +59,6 @@ MAX_BYTES = 256 * 1024  # a report bigger than this lists fewer entries (long na
 REASON_MAX = 300  # characters of an entry's reason in a report
 PROGRESS_MIN = 1 << 20  # entries smaller than this get no progress figures
 PROGRESS_MAX = 32  # entries whose transfer is sampled per report at most
-
-# The states in which a role is finished with an entry; the others are "unfinished" (failed too:
-# a person must look at it).
-FINISHED: dict[str, tuple[str, ...]] = {
-    "upload": ("done", "superseded"),
-    "central": ("delivered", "expired", "withdrawn"),
-    "download": ("done",),
-}
-# The states in which a role receives an entry's bytes (the receiver sees them arrive) ...
-RECEIVING = {"central": "uploading", "download": "fetching"}
-# ... and in which it may be hashing it.
-HASHING = {
-    "upload": ("offered", "waiting", "uploading", "pushed"),
-    "central": ("verifying",),
-    "download": ("fetching",),
-}
-
 
 def entry_row(e: Entry, progress: Progress | None = None) -> dict[str, Any]:
     """One entry as a report lists it."""
@@ -121,7 +105,8 @@ class Presence:
         self.runtime = runtime
         self.cfg = runtime.cfg
         self.mode = mode
-        self.unfinished_states = [s for s in states if s not in FINISHED[mode]]
+        self.facts = FACTS[mode]
+        self.unfinished_states = [s for s in states if s not in self.facts.finished]
         # The finished entries and the peers change only when the counts do: read again only then
         # (an idle agent with 10,000 entries then reads the counts only, 1 ms).
         self._cached: tuple[dict[str, int], list[dict[str, Any]], list[str]] | None = None
@@ -162,7 +147,7 @@ class Presence:
 
     def report(self, now: float, stopped: float | None = None) -> dict[str, Any]:
         state = self.runtime.state
-        finished = FINISHED[self.mode]
+        finished = sorted(self.facts.finished)
         counts = state.counts()
         unfinished = state.listed(self.unfinished_states, limit=LISTED) if self.unfinished_states else []
         total_unfinished = sum(n for s, n in counts.items() if s not in finished)
@@ -238,14 +223,14 @@ class Presence:
     def _progress(self, now: float, unfinished: Iterable[Entry]) -> dict[str, Progress]:
         """Progress of the transfers and md5s of the listed entries; -v lines for long ones."""
         hashing = {h.path: h for h in checksum.running()}
-        receiving = RECEIVING.get(self.mode)
+        receiving = self.facts.receiving
         listing: dict[str, list[str]] = {}
         out: dict[str, Progress] = {}
         sampled = 0
         for e in unfinished:
             if e.size < PROGRESS_MIN or sampled >= PROGRESS_MAX:
                 continue
-            h = hashing.get(os.fsencode(self._hashed_path(e))) if e.state in HASHING[self.mode] else None
+            h = hashing.get(os.fsencode(self._hashed_path(e))) if e.state in self.facts.hashing else None
             if h is not None:
                 out[e.id] = self.meter.sample(e.id, "md5", h.done, h.total or e.size, now)
             elif e.state == receiving and self._receiving_dir is not None:

@@ -14,6 +14,10 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..agents import FACTS
+from ..agents.base import RERUN, Cleanup
+from ..agents.central import Mid
+from ..agents.facts import LINK_DOWN, NEEDS_PERSON
 from ..text import shown
 from .presence import INTERVAL
 from .progress import Progress, duration_text, size_text
@@ -234,22 +238,19 @@ def problems(view: Mapping[str, Any], now: float) -> list[str]:
     link: dict[str, int] = {}
     for e in view["entries"]:
         for role, place in e["roles"].items():
-            if place["state"] == "failed":
+            facts = FACTS[role]
+            if place["state"] == facts.failed:
                 failed.add(e["id"])
             reason = place["reason"]
             if e["finished"] or not reason:
                 continue
-            if "needs a person" in reason:
+            if NEEDS_PERSON in reason:
                 person[role] = person.get(role, 0) + 1
-            elif "waiting for disk space" in reason or (
-                role == "central"
-                and place["state"] == "waiting"
-                and ("bytes available" in reason or "waiting for room" in reason)
-            ):
+            elif any(marker in reason for marker in facts.disk_waits):
                 disk[role] = disk.get(role, 0) + 1
-            elif "link down" in reason:
+            elif LINK_DOWN in reason:
                 link[role] = link.get(role, 0) + 1
-    n_failed = max([len(failed)] + [a.get("counts", {}).get("failed", 0) for a in agents])
+    n_failed = max([len(failed)] + [a.get("counts", {}).get(FACTS[a["role"]].failed, 0) for a in agents])
     if n_failed:
         out.append(f"{n_failed} failed: a person must look (synkler status on the hosts says why)")
     out += [f"{_count(n, 'entry')} need a person at {role}" for role, n in person.items()]
@@ -264,10 +265,10 @@ def problems(view: Mapping[str, Any], now: float) -> list[str]:
 def _waiting_for(agent: Mapping[str, Any], central: Mapping[str, int], agents: list[dict[str, Any]]) -> int:
     """How many entries wait for a stopped or silent agent, as the others report them."""
     if agent["role"] == "download":
-        return int(central.get("downloading", 0))
+        return int(central.get(Mid.DOWNLOADING.value, 0))
     if agent["role"] == "central":
         return sum(a.get("unfinished", 0) for a in agents if a["role"] == "upload")
-    return int(central.get("uploading", 0)) if agent["role"] == "upload" else 0
+    return int(central.get(Mid.UPLOADING.value, 0)) if agent["role"] == "upload" else 0
 
 
 def verdict(view: Mapping[str, Any], now: float) -> str:
@@ -316,7 +317,7 @@ def _place_text(place: Mapping[str, Any] | None, now: float) -> str:
         parts.append(f"try {place['tries']}")
     if place.get("retry_at"):
         parts.append(f"retry {_clock(place['retry_at'], now)}")
-    if place.get("cleanup") in ("failed", "interrupted", "skipped"):
+    if place.get("cleanup") in (*RERUN, Cleanup.SKIPPED):
         parts.append(f"cleanup {place['cleanup']}")
     if "progress" in place:
         parts.append(_progress_text(place["progress"]))

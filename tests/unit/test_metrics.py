@@ -32,6 +32,18 @@ def test_a_download_hop_runs_from_the_fetch_to_the_verified_copy_and_ends_once()
     assert clock.change("placing", entry("done"), 14.0) == []  # already ended
 
 
+def test_a_delivery_at_download_ends_its_pull_once_whatever_follows_the_placing():
+    clock = HopClock("download")
+    clock.change(None, entry("fetching"), 10.0)
+    assert clock.change("fetching", entry("placing"), 12.0) == [("pull", 2.0)]
+    assert clock.change("placing", entry("delivered"), 13.0) == []  # renamed into place
+    assert clock.change("delivered", entry("done"), 14.0) == []  # its cleanup script ran
+    assert clock.change("done", entry("delivered"), 15.0) == []  # `retry` of a failed cleanup
+    assert clock.change("delivered", entry("done"), 16.0) == []
+    restarted = HopClock("download")  # a restart between the placing and the cleanup
+    assert restarted.change("delivered", entry("done"), 20.0) == []
+
+
 def test_central_ends_the_push_and_starts_the_pull_in_one_change():
     clock = HopClock("central")
     clock.change(None, entry("waiting"), 0.0)

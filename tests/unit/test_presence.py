@@ -8,10 +8,7 @@ import os
 import pytest
 from support.fakes import central_runtime
 
-from synkler.observe import presence
-from synkler.agents.central import Central
-from synkler.agents.download import Download
-from synkler.agents.upload import Upload
+from synkler.observe import presence, relayview
 from synkler.errors import BrokerError, PublishRefused
 from synkler.state import Entry
 
@@ -142,9 +139,13 @@ def test_small_entries_get_no_progress_figures(rt):
     assert "progress" not in rt.presence.report(NOW)["entries"][0]
 
 
-@pytest.mark.parametrize("role", [Upload, Central, Download])
-def test_the_finished_states_of_each_role_are_states_of_that_role(role):
-    states = {str(s) for s in role.STATES}
-    assert set(presence.FINISHED[role.mode]) <= states
-    assert set(presence.HASHING[role.mode]) <= states
-    assert presence.RECEIVING.get(role.mode, "fetching" if role.mode == "download" else "uploading") in states
+def test_forgotten_entries_are_reported_finished_and_the_relay_view_shows_none_in_flight(rt):
+    add(rt, 2, "forgotten")
+    add(rt, 1, "delivered", start=100)
+    r = rt.presence.report(NOW)
+    assert r["entries"] == [] and r["unfinished"] == 0 and r["oldest"] is None
+    assert sorted(e["name"] for e in r["finished"]) == ["delivered-0", "forgotten-0", "forgotten-1"]
+    seen = relayview.parse_report(json.dumps(r).encode())
+    view = relayview.assemble("lab", [("central", "central")], {"central": seen}, {"central": (0, 1)}, 0, NOW)
+    assert view["verdict"] == "all flowing, nothing in flight"
+    assert all(e["finished"] for e in view["entries"]) and view["finished_listed"] == 3

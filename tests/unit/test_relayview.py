@@ -178,7 +178,7 @@ def test_the_verdict_counts_waits_for_disk_a_person_failures_and_dead_letters():
                         "3" * 32,
                         "c",
                         "waiting",
-                        reason="needs 5 bytes, 1 bytes available above the 5% reserve",
+                        reason="needs 5 bytes, 1 available above the 5% reserve",
                     )
                 ],
                 counts={"failed": 1},
