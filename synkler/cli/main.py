@@ -21,6 +21,7 @@ from ..errors import BrokerError, ConfigError, ExitStatus, Refused, StateError, 
 if TYPE_CHECKING:  # annotations only: main() imports the config module when a command needs it
     from ..agents.base import Agent
     from ..config import Config
+    from ..observe.presence import Report
     from ..state import Entry, State
 
 log = logging.getLogger("synkler")
@@ -343,7 +344,7 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     for problem in exposed_secrets(cfg.secret_files):
         print(f"synkler: warning: {logs.shown(problem)}", file=sys.stderr)
     if args.relay or args.watch:
-        from ..observe.relayview import cmd_relay
+        from .relay import cmd_relay
 
         return cmd_relay(cfg, as_json=args.json, watch=args.watch, all_finished=args.all)
 
@@ -542,10 +543,11 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
     from ..broker.amqp import Broker, BrokerParams
     from ..hops import transfer
     from ..linux.fs import free_bytes, total_bytes
+    from ..observe.presence import Report
     from ..private import exposed_secrets
 
     lines: list[checks.Line] = []
-    central_report: dict | None = None
+    central_report: Report | None = None
 
     def say(line: checks.Line | None) -> None:
         if line is not None:
@@ -578,7 +580,7 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
             )
         uploads, outbox = _own_peers(cfg)
         for peer in checks.peers_of(cfg, uploads):
-            report = checks.parse_report(broker.peek_presence(peer))
+            report = Report.decode(broker.peek_presence(peer))
             if peer == "central":
                 central_report = report
             say(checks.peer_line(cfg.id, peer, broker.queue_info(peer), report, outbox.get(peer, 0)))
@@ -609,15 +611,15 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
     return ExitStatus.FAILURE if failed else ExitStatus.OK
 
 
-def _place_line(cfg: Config, central: dict | None) -> tuple[str, str]:
+def _place_line(cfg: Config, central: Report | None) -> tuple[str, str]:
     """Upload writes a file into its staging at central and removes it; download lists central's
     store: over ssh, as the transfers do. Where those are, central's presence report says."""
     from . import checks
     from ..hops import transfer
     from ..messages import confined
 
-    place = central.get("place") if central else None
-    if not isinstance(place, str) or not confined(place, cfg.id):
+    place = central.place if central else None
+    if place is None or not confined(place, cfg.id):
         return (checks.WARN, "central's directory not tried over ssh: central has not reported where it is")
     if cfg.mode == "upload":
         where = f"{place}/staging/{cfg.name}"

@@ -48,6 +48,7 @@ from ..text import shown
 
 if TYPE_CHECKING:
     from ..broker.amqp import Broker
+    from .presence import Report
     from ..config import Config
     from ..state import Entry, State
 
@@ -251,27 +252,25 @@ def needs_person(entries: Sequence[Entry], role: str) -> Condition | None:
 
 
 def silent(
-    role: str, name: str, report: Mapping[str, Any] | None, now: float, minutes: float, every: float
+    role: str, name: str, report: Report | None, now: float, minutes: float, every: float
 ) -> Condition | None:
     """An agent whose latest presence report is older than `minutes` (and 3 report intervals)."""
     if report is None:
         return None  # never ran under this id: nothing to miss
-    at = report.get("at", report.get("since"))
-    if not isinstance(at, (int, float)) or isinstance(at, bool):
+    at = report.at
+    if not at or now - at <= max(minutes * 60, 3 * every):  # no time in it: nothing to judge
         return None
-    if now - at <= max(minutes * 60, 3 * every):
-        return None
-    stopped = report.get("stopped")
+    stopped = report.stopped
     how = "stopped" if stopped else "silent"
     return Condition(
         key=f"agent-silent:{name}",
         severity=ERROR,
         summary=f"{role} agent {shown(name)} {how} for {int((now - at) // 60)} minutes",
-        todo=f"Start the {role} agent {shown(name)} on {shown(str(report.get('host', '?')))} "
+        todo=f"Start the {role} agent {shown(name)} on {shown(report.host)} "
         "(`systemctl status synkler@...`, or its log); entries wait for it meanwhile.",
         details={
             "agent": name,
-            "host": shown(str(report.get("host", ""))),
+            "host": shown(report.host),
             "last report": _when(at),
             "stopped": bool(stopped),
         },
@@ -403,7 +402,7 @@ class Alerts:
     def _from_broker(self, now: float, unknown: list[str]) -> list[Condition | None]:
         """Silent peers and dead letters, from what the broker holds (central; download: central)."""
         from .presence import INTERVAL
-        from .relayview import parse_report
+        from .presence import Report
 
         assert self.cfg is not None
         if self.role == CENTRAL:
@@ -419,7 +418,7 @@ class Alerts:
         out: list[Condition | None] = []
         try:
             for role, name in peers:
-                report = parse_report(broker.peek_presence(name))
+                report = Report.decode(broker.peek_presence(name))
                 out.append(silent(role, name, report, now, self.cfg.silent_minutes, INTERVAL))
             if self.role == CENTRAL:
                 out.append(dead_letters(broker.dead_count()))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, write_to_textfile
@@ -32,6 +32,7 @@ from ..state import Entry
 
 if TYPE_CHECKING:
     from ..config import Config
+    from .presence import Figures
 
 log = logging.getLogger("synkler")
 
@@ -153,7 +154,7 @@ class Metrics(Observer):
 
     # the figures, the server and the file (main loop) ------------------------------------------------
 
-    def tick(self, now: float, figures: Callable[[], Mapping[str, Any]]) -> None:
+    def tick(self, now: float, figures: Callable[[], Figures]) -> None:
         """Every EVERY seconds: set the gauges from `figures()` (counts, outbox, transfers, disk:
         synkler.observe.presence), write the textfile, and bind the HTTP server if that failed before."""
         if now < self._next:
@@ -163,17 +164,17 @@ class Metrics(Observer):
         self.serve(now)
         self.write(now)
 
-    def set_gauges(self, figures: Mapping[str, Any]) -> None:
-        counts = figures.get("counts", {})
+    def set_gauges(self, figures: Figures) -> None:
+        counts = figures.counts
         for state in {*self.states, *counts}:
             self.entries.labels(**self.labels, state=state).set(counts.get(state, 0))
-        self.outbox.labels(**self.labels).set(figures.get("outbox", 0))
-        self.transfers.labels(**self.labels).set(figures.get("transfers", 0))
-        disk = figures.get("disk")
+        self.outbox.labels(**self.labels).set(figures.outbox)
+        self.transfers.labels(**self.labels).set(figures.transfers)
+        disk = figures.disk
         if disk:
-            self.free.labels(**self.labels).set(disk["free"])
-            self.size.labels(**self.labels).set(disk["total"])
-            self.reserve.labels(**self.labels).set(disk["reserve"])
+            self.free.labels(**self.labels).set(disk.free)
+            self.size.labels(**self.labels).set(disk.total)
+            self.reserve.labels(**self.labels).set(disk.reserve)
 
     def serve(self, now: float) -> None:
         """Start the HTTP server on metrics_listen if it is set and not running."""
@@ -212,7 +213,7 @@ class Metrics(Observer):
             self._told[what] = now
             log.error(fmt + " (said again every %d minutes while it lasts)", *args, PERSON_REPEAT // 60)
 
-    def close(self, figures: Mapping[str, Any] | None = None) -> None:
+    def close(self, figures: Figures | None = None) -> None:
         """At the stop: a last textfile, and the HTTP server shut."""
         if figures is not None:
             self.set_gauges(figures)

@@ -24,6 +24,8 @@ def _another_meaning(node: ast.Constant, parents: dict[ast.AST, ast.AST]) -> boo
     parent = parents.get(node)
     if isinstance(parent, ast.Subscript) or (isinstance(parent, ast.Dict) and node in parent.keys):
         return True
+    if isinstance(parent, ast.Call) and isinstance(parent.func, ast.Attribute) and parent.func.attr == "get":
+        return True  # d.get("done"): a key
     while parent is not None:
         targets = [parent.target] if isinstance(parent, ast.AnnAssign) else getattr(parent, "targets", [])
         if isinstance(parent, (ast.Assign, ast.AnnAssign)) and any(

@@ -8,6 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from synkler.config import parse_config
 from synkler.observe.metrics import HopClock, Metrics
+from synkler.observe.presence import Disk, Figures
 from synkler.state import Entry
 
 
@@ -84,12 +85,7 @@ def test_the_registry_shows_counters_histograms_and_gauges_with_the_agent_labels
     m.heard_from("central", 1234.0)
     m.tick(
         0.0,
-        lambda: {
-            "counts": {"done": 2},
-            "outbox": 3,
-            "transfers": 1,
-            "disk": {"free": 5, "total": 9, "reserve": 0},
-        },
+        lambda: Figures({"done": 2}, outbox=3, transfers=1, disk=Disk(free=5, total=9, reserve=0)),
     )
     text = (tmp_path / "m.prom").read_text()
     samples = {
