@@ -24,7 +24,16 @@ from ..hops import cleanup, transfer
 from ..text import shown
 from ..messages import EntryMessage, Forget, Message
 from ..state import Ended, Entry, Request, State
-from .facts import DISK_WAIT, LINK_DOWN, PULL_FROM_CENTRAL, PUSH_TO_CENTRAL, needs_person_reason
+from .facts import (
+    ADMISSION_AT_CENTRAL,
+    DISK_WAIT,
+    LINK_DOWN,
+    PULL_FROM_CENTRAL,
+    PUSH_TO_CENTRAL,
+    STORE_AT_CENTRAL,
+    UPLOAD_TO_CENTRAL,
+    needs_person_reason,
+)
 from .history import History
 
 if TYPE_CHECKING:
@@ -46,11 +55,11 @@ GIVE_UP_ADVICE = {
     PULL_FROM_CENTRAL: "Upload keeps its copy, central its verified one (stored/<entry id>). Fix the "
     "cause on download's side or the path to central, then `synkler retry <entry>` on download pulls it "
     "again (docs/operations.md).",
-    "upload to central": "Upload keeps its copy. Find out why the copies differ (a file still being "
+    UPLOAD_TO_CENTRAL: "Upload keeps its copy. Find out why the copies differ (a file still being "
     "written, a disk or memory problem), " + REOFFER,
-    "store at central": "Upload keeps its copy. Central's copies keep going bad: check central's disk, "
+    STORE_AT_CENTRAL: "Upload keeps its copy. Central's copies keep going bad: check central's disk, "
     + REOFFER,
-    "admission at central": "Upload keeps its copy. Give central's file_dir a bigger file system (or a "
+    ADMISSION_AT_CENTRAL: "Upload keeps its copy. Give central's file_dir a bigger file system (or a "
     "lower free_percent), " + REOFFER,
 }
 

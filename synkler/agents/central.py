@@ -47,7 +47,7 @@ from .base import (
     Transitions,
     hash_groups,
 )
-from .facts import PULL, PUSH, facts, hop
+from .facts import ADMISSION_AT_CENTRAL, PULL, PUSH, STORE_AT_CENTRAL, UPLOAD_TO_CENTRAL, facts, hop
 from .followers import Followers
 from .spool import Spool
 
@@ -393,8 +393,8 @@ class Central(Agent):
             f"{max(0, int(capacity))} bytes above the {self.cfg.free_percent}% reserve"
         )
         self.move(entry, Mid.FAILED, reason=why)
-        self.send(entry.peer or "", Failed(entry.id, self.name, hop="admission at central", reason=why))
-        log.error("%s: %s; giving up at once. %s", entry.name, why, GIVE_UP_ADVICE["admission at central"])
+        self.send(entry.peer or "", Failed(entry.id, self.name, hop=ADMISSION_AT_CENTRAL, reason=why))
+        log.error("%s: %s; giving up at once. %s", entry.name, why, GIVE_UP_ADVICE[ADMISSION_AT_CENTRAL])
 
     def _admit(self, entry: Entry) -> None:
         self.spool.prepare(entry)
@@ -497,7 +497,7 @@ class Central(Agent):
             self.state.after_commit(functools.partial(self.observer.mismatch, PUSH))
         self.spool.drop_staged(entry)
         if entry_now.attempt >= self.cfg.max_attempts:
-            self._give_up(entry_now, "upload to central", why)
+            self._give_up(entry_now, UPLOAD_TO_CENTRAL, why)
         else:
             log.warning("%s: %s; asking upload again", entry.name, why)
             self._admit(entry_now)
@@ -529,7 +529,7 @@ class Central(Agent):
         why = f"stored copy at central went bad (md5 {md5})" if md5 else f"stored copy unreadable: {error}"
         self.spool.drop_stored(entry.id)
         if entry.attempt >= self.cfg.max_attempts:
-            self._give_up(entry, "store at central", why)
+            self._give_up(entry, STORE_AT_CENTRAL, why)
             return
         log.warning("%s: %s; getting it again from upload", entry.name, why)
         self.move(entry, Mid.WAITING, reason=why)

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 # The hops as the roles name them in reasons ("<hop>: <why>"), log lines and notices.
 PUSH_TO_CENTRAL = "push to central"  # upload's rsync into central's staging
 PULL_FROM_CENTRAL = "pull from central"  # download's rsync out of central's stored copies
+UPLOAD_TO_CENTRAL = "upload to central"  # central: what upload pushed kept arriving bad
+STORE_AT_CENTRAL = "store at central"  # central: its stored copy kept going bad
+ADMISSION_AT_CENTRAL = "admission at central"  # central: the entry can never fit
 # A reason that says a person must act (ssh refused a key, host key or host name):
 # "<hop>: needs a person: <why>".
 NEEDS_PERSON = "needs a person"

@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 import synkler
-from synkler.agents import AGENTS, FACTS
+from synkler.agents import AGENTS, FACTS, facts
 
 PACKAGE = Path(synkler.__file__).parent
 ROLE_MODULES = {PACKAGE / "agents" / f"{role}.py" for role in AGENTS}
@@ -64,6 +64,17 @@ def test_no_module_but_its_role_spells_a_state_name():
     assert state_names_outside_their_roles(PACKAGE) == []
 
 
+def test_no_module_but_the_facts_spells_a_hop_name():
+    hops = {facts.PUSH_TO_CENTRAL, facts.PULL_FROM_CENTRAL, facts.UPLOAD_TO_CENTRAL, facts.STORE_AT_CENTRAL}
+    hops.add(facts.ADMISSION_AT_CENTRAL)
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path != PACKAGE / "agents" / "facts.py":
+            tree = ast.parse(path.read_text(), str(path))
+            found += [f"{path}:{n.lineno}" for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in hops]
+    assert found == []
+
+
 def test_the_scan_finds_a_state_spelled_by_an_observer(tmp_path: Path):
     (tmp_path / "observer.py").write_text(
         'FINISHED = ("done", "superseded")\n'
@@ -78,13 +89,13 @@ def test_the_scan_finds_a_state_spelled_by_an_observer(tmp_path: Path):
 
 
 def test_every_fact_names_states_of_its_own_role():
-    for role, facts in FACTS.items():
-        states = set(facts.states)
-        assert facts.states == tuple(str(s) for s in AGENTS[role].STATES)
-        assert facts.finished | facts.hashing | facts.transferring | facts.given_up <= states
-        assert facts.failed in states and facts.failed not in facts.finished
-        assert facts.receiving is None or facts.receiving in states
-        for hop in facts.hops:
+    for role, known in FACTS.items():
+        states = set(known.states)
+        assert known.states == tuple(str(s) for s in AGENTS[role].STATES)
+        assert known.finished | known.hashing | known.transferring | known.given_up <= states
+        assert known.failed in states and known.failed not in known.finished
+        assert known.receiving is None or known.receiving in states
+        for hop in known.hops:
             assert hop.start | hop.during | hop.end <= states, hop
 
 
