@@ -93,12 +93,14 @@ IN_FLIGHT = (Mid.WAITING, Mid.UPLOADING, Mid.VERIFYING)  # their staged copies m
 KEEP_STORED = (Mid.VERIFYING, Mid.DOWNLOADING, Mid.DELIVERED, Mid.FAILED)  # their stored/ copies stay
 # The reasons of entries that wait for room on file_dir say one of these.
 ROOM_WAIT, ABOVE_RESERVE = "waiting for room", "available above the"
+# The states an entry ends in at this role (pruned from the history keep_history_days later).
+FINISHED = (Mid.EXPIRED, Mid.WITHDRAWN, Mid.FORGOTTEN)
 # What observers know of these states (synkler.agents.facts). Delivered is finished for the relay:
 # only its expiry is left (the history keeps it until then: Central.FINISHED).
 FACTS = facts(
     "central",
     Mid,
-    finished=(Mid.DELIVERED, Mid.EXPIRED, Mid.WITHDRAWN, Mid.FORGOTTEN),
+    finished=(Mid.DELIVERED, *FINISHED),
     failed=Mid.FAILED,
     receiving=Mid.UPLOADING,
     hashing=[Mid.VERIFYING],
@@ -162,7 +164,7 @@ class Central(Agent):
     TRANSITIONS = TRANSITIONS
     FORGOTTEN = Mid.FORGOTTEN
     FORGETTABLE = FORGETTABLE
-    FINISHED = (Mid.EXPIRED, Mid.WITHDRAWN, Mid.FORGOTTEN)
+    FINISHED = FINISHED
 
     def __init__(self, cfg: Config, state: State, jobs: Jobs):
         super().__init__(cfg, state, jobs)

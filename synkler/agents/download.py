@@ -66,11 +66,13 @@ TRANSITIONS: Transitions = {
     Down.FAILED: frozenset({Down.FETCHING, Down.FORGOTTEN}),
     Down.FORGOTTEN: frozenset(),
 }
+# The states an entry ends in at this role (pruned from the history keep_history_days later).
+FINISHED = (Down.DONE, Down.FORGOTTEN)
 # What observers know of these states (synkler.agents.facts).
 FACTS = facts(
     "download",
     Down,
-    finished=(Down.DONE, Down.FORGOTTEN),
+    finished=FINISHED,
     failed=Down.FAILED,
     receiving=Down.FETCHING,
     hashing=[Down.FETCHING],
@@ -91,7 +93,7 @@ class Download(Endpoint):
     DELIVERED, DONE, FAILED, FORGOTTEN = Down.DELIVERED, Down.DONE, Down.FAILED, Down.FORGOTTEN
     FORGETTABLE = FORGETTABLE
     RETRYABLE = frozenset({Down.FAILED})
-    FINISHED = (Down.DONE, Down.FORGOTTEN)
+    FINISHED = FINISHED
 
     def __init__(self, cfg: Config, state: State, jobs: Jobs):
         super().__init__(cfg, state, jobs)

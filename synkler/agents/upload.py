@@ -98,11 +98,13 @@ TRANSITIONS: Transitions = {
     Up.SUPERSEDED: frozenset(_ENDS),
     Up.FORGOTTEN: frozenset(),
 }
+# The states an entry ends in at this role (pruned from the history keep_history_days later).
+FINISHED = (Up.DONE, Up.SUPERSEDED, Up.FORGOTTEN)
 # What observers know of these states (synkler.agents.facts).
 FACTS = facts(
     "upload",
     Up,
-    finished=(Up.DONE, Up.SUPERSEDED, Up.FORGOTTEN),
+    finished=FINISHED,
     failed=Up.FAILED,
     receiving=None,
     hashing=UNSENT,
@@ -186,7 +188,7 @@ class Upload(Endpoint):
     DELIVERED, DONE, FAILED, FORGOTTEN = Up.DELIVERED, Up.DONE, Up.FAILED, Up.FORGOTTEN
     FORGETTABLE = FORGETTABLE
     RETRYABLE = frozenset({Up.FAILED})
-    FINISHED = (Up.DONE, Up.SUPERSEDED, Up.FORGOTTEN)
+    FINISHED = FINISHED
 
     def __init__(self, cfg: Config, state: State, jobs: Jobs):
         super().__init__(cfg, state, jobs)
