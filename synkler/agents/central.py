@@ -108,7 +108,8 @@ FACTS = facts(
     given_up=(Mid.FAILED, Mid.FORGOTTEN, Mid.WITHDRAWN, Mid.EXPIRED),
     disk_waits=(ROOM_WAIT, ABOVE_RESERVE),
     hops=(
-        hop(PUSH, [Mid.UPLOADING], [Mid.DOWNLOADING], during=[Mid.UPLOADING, Mid.VERIFYING]),  # admitted -> md5 verified
+        # admitted -> md5 verified
+        hop(PUSH, [Mid.UPLOADING], [Mid.DOWNLOADING], during=[Mid.UPLOADING, Mid.VERIFYING]),
         # verified -> download confirmed it (also after it failed here, when download retried it)
         hop(PULL, [Mid.DOWNLOADING], [Mid.DELIVERED], during=[Mid.DOWNLOADING, Mid.FAILED]),
     ),

@@ -54,7 +54,8 @@ class Hop:
 def hop(name: str, start: Iterable[str], end: Iterable[str], during: Iterable[str] | None = None) -> Hop:
     """A hop; `during` defaults to its start states."""
     starts = frozenset(str(s) for s in start)
-    return Hop(name, starts, starts if during is None else frozenset(str(s) for s in during), frozenset(map(str, end)))
+    inside = starts if during is None else frozenset(str(s) for s in during)
+    return Hop(name, starts, inside, frozenset(str(s) for s in end))
 
 
 @dataclass(frozen=True)

@@ -112,14 +112,18 @@ class Disk:
     @classmethod
     def decode(cls, d: object) -> Disk | None:
         got = _ints(d)
-        return cls(got["free"], got["total"], got.get("reserve", 0)) if {"free", "total"} <= set(got) else None
+        if not {"free", "total"} <= set(got):
+            return None
+        return cls(got["free"], got["total"], got.get("reserve", 0))
 
 
 def _progress(d: object) -> Progress | None:
     if not isinstance(d, dict):
         return None
     done, total, rate, eta = d.get("done"), d.get("total"), d.get("rate"), d.get("eta")
-    if not isinstance(done, int) or not isinstance(total, int) or isinstance(done, bool) or isinstance(total, bool):
+    if not isinstance(done, int) or not isinstance(total, int):
+        return None
+    if isinstance(done, bool) or isinstance(total, bool):
         return None
     return Progress(
         _str(d, "what"),

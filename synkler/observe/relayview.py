@@ -44,7 +44,9 @@ def agent_status(report: Report | None, now: float) -> tuple[str, float | None]:
     return "running", report.at
 
 
-def _agent_row(role: str, name: str, report: Report | None, queue: Queue | None, now: float) -> dict[str, Any]:
+def _agent_row(
+    role: str, name: str, report: Report | None, queue: Queue | None, now: float
+) -> dict[str, Any]:
     status, heard = agent_status(report, now)
     row: dict[str, Any] = {"role": role, "name": name, "status": status, "heard": heard}
     if report is not None:
@@ -145,7 +147,9 @@ def assemble(
         "finished_listed": len(finished),
         "broker": {
             "queues": [
-                {"agent": name, "messages": q[0], "consumers": q[1]} if q else {"agent": name, "exists": False}
+                {"agent": name, "messages": q[0], "consumers": q[1]}
+                if q
+                else {"agent": name, "exists": False}
                 for name, q in ((n, queues.get(n)) for _, n in agents)
             ],
             "dead_letters": dead,
@@ -213,7 +217,9 @@ def _entry_problems(view: Mapping[str, Any]) -> list[str]:
             waits[kind][role] = waits[kind].get(role, 0) + 1
     agents = view["agents"]
     n_failed = max([len(failed)] + [a.get("counts", {}).get(FACTS[a["role"]].failed, 0) for a in agents])
-    out = [f"{n_failed} failed: a person must look (synkler status on the hosts says why)"] if n_failed else []
+    out = []
+    if n_failed:
+        out.append(f"{n_failed} failed: a person must look (synkler status on the hosts says why)")
     out += [f"{_count(n, 'entry')} need a person at {role}" for role, n in waits["person"].items()]
     out += [f"{n} waiting for disk at {role}" for role, n in waits["disk"].items()]
     out += [f"{n} waiting for the link to central at {role}" for role, n in waits["link"].items()]
@@ -356,7 +362,8 @@ def _entry_lines(view: Mapping[str, Any], now: float) -> list[str]:
     rows = [["NAME", "SIZE", *(r.upper() for r in ROLES)]]
     notes: dict[int, list[str]] = {}
     for e in view["entries"]:
-        rows.append([shown(e["name"]), size_text(e["size"]), *(_place_text(e["roles"].get(r), now) for r in ROLES)])
+        places = (_place_text(e["roles"].get(r), now) for r in ROLES)
+        rows.append([shown(e["name"]), size_text(e["size"]), *places])
         notes[len(rows) - 1] = [
             f"    {role}: {shown(place['reason'][:SHOWN_REASON])}"
             for role, place in e["roles"].items()
@@ -372,7 +379,11 @@ def render(view: Mapping[str, Any], now: float) -> list[str]:
     """The view as lines of text for a person (names and reasons escaped)."""
     seen_from = view.get("seen_from")
     where = f", seen from {seen_from['role']} '{shown(seen_from['agent'])}'" if seen_from else ""
-    lines = [f"relay '{shown(view['instance'])}': {view['verdict']}", f"({_clock(view['at'], now)}{where})", ""]
+    lines = [
+        f"relay '{shown(view['instance'])}': {view['verdict']}",
+        f"({_clock(view['at'], now)}{where})",
+        "",
+    ]
     lines += _agent_lines(view, now)
     lines += ["", *_entry_lines(view, now)]
     dead = view["broker"]["dead_letters"]
