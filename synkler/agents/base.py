@@ -24,6 +24,16 @@ from ..hops import cleanup, transfer
 from ..text import shown
 from ..messages import EntryMessage, Forget, Message
 from ..state import Ended, Entry, Request, State
+from .facts import (
+    ADMISSION_AT_CENTRAL,
+    DISK_WAIT,
+    LINK_DOWN,
+    PULL_FROM_CENTRAL,
+    PUSH_TO_CENTRAL,
+    STORE_AT_CENTRAL,
+    UPLOAD_TO_CENTRAL,
+    needs_person_reason,
+)
 from .history import History
 from .pools import Pool
 
@@ -41,16 +51,16 @@ PERSON_REPEAT = 600  # seconds between ERROR lines while ssh refuses for a reaso
 # What a person can do when a hop gives up (after the log line that says which hop failed and why).
 REOFFER = "then `synkler retry <entry>` on upload relays it again (docs/runbook.md)."
 GIVE_UP_ADVICE = {
-    "push to central": "The entry stays in upload's file_dir. Fix the cause (`synkler check` tests "
+    PUSH_TO_CENTRAL: "The entry stays in upload's file_dir. Fix the cause (`synkler check` tests "
     "ssh and rsync to central), " + REOFFER,
-    "pull from central": "Upload keeps its copy, central its verified one (stored/<entry id>). Fix the "
+    PULL_FROM_CENTRAL: "Upload keeps its copy, central its verified one (stored/<entry id>). Fix the "
     "cause on download's side or the path to central, then `synkler retry <entry>` on download pulls it "
     "again (docs/runbook.md).",
-    "upload to central": "Upload keeps its copy. Find out why the copies differ (a file still being "
+    UPLOAD_TO_CENTRAL: "Upload keeps its copy. Find out why the copies differ (a file still being "
     "written, a disk or memory problem), " + REOFFER,
-    "store at central": "Upload keeps its copy. Central's copies keep going bad: check central's disk, "
+    STORE_AT_CENTRAL: "Upload keeps its copy. Central's copies keep going bad: check central's disk, "
     + REOFFER,
-    "admission at central": "Upload keeps its copy. Give central's file_dir a bigger file system (or a "
+    ADMISSION_AT_CENTRAL: "Upload keeps its copy. Give central's file_dir a bigger file system (or a "
     "lower free_percent), " + REOFFER,
 }
 
@@ -536,7 +546,7 @@ class Endpoint(Agent):
             self._needs_person(entry, hop, why, **changes)
             return True
         if out_of_space or link_down:
-            waiting = f"{hop}: waiting for disk space" if out_of_space else f"{hop}: link down"
+            waiting = f"{hop}: {DISK_WAIT if out_of_space else LINK_DOWN}"
             if out_of_space:
                 delay = backoff(6, cap=min(SPACE_WAIT, self.cfg.retry_max_seconds))
             else:
@@ -573,7 +583,7 @@ class Endpoint(Agent):
 
     def _needs_person(self, entry: Entry, hop: str, why: str, **changes: Any) -> None:
         delay = backoff(max(1, self.link_failures), cap=self.cfg.retry_max_seconds)
-        self.state.update(entry, due=time.time() + delay, reason=f"{hop}: needs a person: {why}", **changes)
+        self.state.update(entry, due=time.time() + delay, reason=needs_person_reason(hop, why), **changes)
         now = time.monotonic()
         if now - self.person_told < PERSON_REPEAT:
             log.debug("%s: %s refused again (%s); trying again in %.0f s", entry.name, hop, why, delay)

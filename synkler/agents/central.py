@@ -47,6 +47,7 @@ from .base import (
     Transitions,
     hash_groups,
 )
+from .facts import ADMISSION_AT_CENTRAL, PULL, PUSH, STORE_AT_CENTRAL, UPLOAD_TO_CENTRAL, facts, hop
 from .followers import Followers
 from .pools import Pool
 from .spool import Spool
@@ -91,6 +92,29 @@ TRANSITIONS: Transitions = {
 }
 IN_FLIGHT = (Mid.WAITING, Mid.UPLOADING, Mid.VERIFYING)  # their staged copies may still be needed
 KEEP_STORED = (Mid.VERIFYING, Mid.DOWNLOADING, Mid.DELIVERED, Mid.FAILED)  # their stored/ copies stay
+# The reasons of entries that wait for room on file_dir say one of these.
+ROOM_WAIT, ABOVE_RESERVE = "waiting for room", "available above the"
+# The states an entry ends in at this role (pruned from the history keep_history_days later).
+FINISHED = (Mid.EXPIRED, Mid.WITHDRAWN, Mid.FORGOTTEN)
+# What observers know of these states (synkler.agents.facts). Delivered is finished for the relay:
+# only its expiry is left (the history keeps it until then: Central.FINISHED).
+FACTS = facts(
+    "central",
+    Mid,
+    finished=(Mid.DELIVERED, *FINISHED),
+    failed=Mid.FAILED,
+    receiving=Mid.UPLOADING,
+    hashing=[Mid.VERIFYING],
+    transferring=[],
+    given_up=(Mid.FAILED, Mid.FORGOTTEN, Mid.WITHDRAWN, Mid.EXPIRED),
+    disk_waits=(ROOM_WAIT, ABOVE_RESERVE),
+    hops=(
+        # admitted -> md5 verified
+        hop(PUSH, [Mid.UPLOADING], [Mid.DOWNLOADING], during=[Mid.UPLOADING, Mid.VERIFYING]),
+        # verified -> download confirmed it (also after it failed here, when download retried it)
+        hop(PULL, [Mid.DOWNLOADING], [Mid.DELIVERED], during=[Mid.DOWNLOADING, Mid.FAILED]),
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -142,7 +166,7 @@ class Central(Agent):
     TRANSITIONS = TRANSITIONS
     FORGOTTEN = Mid.FORGOTTEN
     FORGETTABLE = FORGETTABLE
-    FINISHED = (Mid.EXPIRED, Mid.WITHDRAWN, Mid.FORGOTTEN)
+    FINISHED = FINISHED
 
     def __init__(self, cfg: Config, state: State, jobs: Jobs):
         super().__init__(cfg, state, jobs)
@@ -342,14 +366,14 @@ class Central(Agent):
                 self._never_fits(entry, capacity)
                 continue
             if blocked:
-                why = "older entries are waiting for room"
+                why = f"older entries are {ROOM_WAIT}"
             elif count >= MAX_ADMITTED:
                 why = blocked = f"{count} entries admitted and not yet verified"
             elif (entry.peer, entry.name) in busy_names:
                 why = "another version of this name is still being uploaded"
             elif entry.size > room:
                 available, reserve_pct = max(0, int(room)), self.cfg.free_percent
-                why = f"needs {entry.size} bytes, {available} available above the {reserve_pct}% reserve"
+                why = f"needs {entry.size} bytes, {available} {ABOVE_RESERVE} {reserve_pct}% reserve"
                 if first is None:
                     first = entry
                     if self.overtaken[entry.id] >= entry.size:
@@ -373,8 +397,8 @@ class Central(Agent):
             f"{max(0, int(capacity))} bytes above the {self.cfg.free_percent}% reserve"
         )
         self.move(entry, Mid.FAILED, reason=why)
-        self.send(entry.peer or "", Failed(entry.id, self.name, hop="admission at central", reason=why))
-        log.error("%s: %s; giving up at once. %s", entry.name, why, GIVE_UP_ADVICE["admission at central"])
+        self.send(entry.peer or "", Failed(entry.id, self.name, hop=ADMISSION_AT_CENTRAL, reason=why))
+        log.error("%s: %s; giving up at once. %s", entry.name, why, GIVE_UP_ADVICE[ADMISSION_AT_CENTRAL])
 
     def _admit(self, entry: Entry) -> None:
         self.spool.prepare(entry)
@@ -474,10 +498,10 @@ class Central(Agent):
             else f"cannot read upload: {result}"
         )
         if checked is not None:
-            self.state.after_commit(functools.partial(self.observer.mismatch, "push"))
+            self.state.after_commit(functools.partial(self.observer.mismatch, PUSH))
         self.spool.drop_staged(entry)
         if entry_now.attempt >= self.cfg.max_attempts:
-            self._give_up(entry_now, "upload to central", why)
+            self._give_up(entry_now, UPLOAD_TO_CENTRAL, why)
         else:
             log.warning("%s: %s; asking upload again", entry.name, why)
             self._admit(entry_now)
@@ -509,7 +533,7 @@ class Central(Agent):
         why = f"stored copy at central went bad (md5 {md5})" if md5 else f"stored copy unreadable: {error}"
         self.spool.drop_stored(entry.id)
         if entry.attempt >= self.cfg.max_attempts:
-            self._give_up(entry, "store at central", why)
+            self._give_up(entry, STORE_AT_CENTRAL, why)
             return
         log.warning("%s: %s; getting it again from upload", entry.name, why)
         self.move(entry, Mid.WAITING, reason=why)

@@ -25,6 +25,7 @@ from ..messages import Corrupt, Failed, Fetch, Fetched, Forget, Pushing, confine
 from ..private import private_dir
 from ..state import Entry, State
 from .base import CENTRAL, ENTRY, Endpoint, Jobs, Key, Status, Transitions, shown
+from .facts import DISK_WAIT, PULL, PULL_FROM_CENTRAL, facts, hop
 from .naming import choose_name
 
 if TYPE_CHECKING:
@@ -66,6 +67,23 @@ TRANSITIONS: Transitions = {
     Down.FAILED: frozenset({Down.FETCHING, Down.FORGOTTEN}),
     Down.FORGOTTEN: frozenset(),
 }
+# The states an entry ends in at this role (pruned from the history keep_history_days later).
+FINISHED = (Down.DONE, Down.FORGOTTEN)
+# What observers know of these states (synkler.agents.facts).
+FACTS = facts(
+    "download",
+    Down,
+    finished=FINISHED,
+    failed=Down.FAILED,
+    receiving=Down.FETCHING,
+    hashing=[Down.FETCHING],
+    transferring=[Down.FETCHING],
+    disk_waits=(DISK_WAIT,),
+    given_up=(Down.FAILED, Down.FORGOTTEN),
+    # fetch -> pulled and md5 verified (placing), or found already there (done). Only from fetching:
+    # the later delivered -> done, once the cleanup script ran, is not a second pull.
+    hops=(hop(PULL, [Down.FETCHING], [Down.PLACING, Down.DONE]),),
+)
 
 
 class Download(Endpoint):
@@ -76,7 +94,7 @@ class Download(Endpoint):
     DELIVERED, DONE, FAILED, FORGOTTEN = Down.DELIVERED, Down.DONE, Down.FAILED, Down.FORGOTTEN
     FORGETTABLE = FORGETTABLE
     RETRYABLE = frozenset({Down.FAILED})
-    FINISHED = (Down.DONE, Down.FORGOTTEN)
+    FINISHED = FINISHED
 
     def __init__(self, cfg: Config, state: State, jobs: Jobs):
         super().__init__(cfg, state, jobs)
@@ -301,7 +319,7 @@ class Download(Endpoint):
                 # Central re-checks its stored copy (and gets it again from upload if it is bad).
                 self.send(entry.peer or "", Corrupt(entry.id, self.name, got=outcome.got))
                 why = f"md5 mismatch at download: expected {entry.md5}, got {outcome.got}"
-                self.state.after_commit(functools.partial(self.observer.mismatch, "pull"))
+                self.state.after_commit(functools.partial(self.observer.mismatch, PULL))
             elif isinstance(outcome, NotPulled):
                 why = outcome.why
             else:
@@ -309,14 +327,14 @@ class Download(Endpoint):
                 continue
             if not self.retry_later(
                 entry_now,
-                "pull from central",
+                PULL_FROM_CENTRAL,
                 why,
                 out_of_space=isinstance(outcome, NotPulled) and outcome.cause == "space",
                 link_down=isinstance(outcome, NotPulled) and outcome.cause in ("link", "person"),
                 needs_person=isinstance(outcome, NotPulled) and outcome.cause == "person",
             ):
                 self.send(
-                    entry.peer or "", Failed(entry.id, self.name, hop="pull from central", reason=why[:1900])
+                    entry.peer or "", Failed(entry.id, self.name, hop=PULL_FROM_CENTRAL, reason=why[:1900])
                 )
 
     def _verified(self, entry: Entry, target: str, present: bool) -> None:

@@ -51,6 +51,7 @@ from .base import (
     hash_groups,
     shown,
 )
+from .facts import DISK_WAIT, PUSH, PUSH_TO_CENTRAL, RELAY, facts, hop
 from .pools import Pool
 from .watch import DirWatcher
 
@@ -98,6 +99,25 @@ TRANSITIONS: Transitions = {
     Up.SUPERSEDED: frozenset(_ENDS),
     Up.FORGOTTEN: frozenset(),
 }
+# The states an entry ends in at this role (pruned from the history keep_history_days later).
+FINISHED = (Up.DONE, Up.SUPERSEDED, Up.FORGOTTEN)
+# What observers know of these states (synkler.agents.facts).
+FACTS = facts(
+    "upload",
+    Up,
+    finished=FINISHED,
+    failed=Up.FAILED,
+    receiving=None,
+    hashing=UNSENT,
+    transferring=UNSENT,
+    disk_waits=(DISK_WAIT,),
+    given_up=(Up.FAILED, Up.FORGOTTEN, Up.SUPERSEDED),
+    hops=(
+        hop(PUSH, [Up.UPLOADING], [Up.PUSHED, Up.SENT]),  # rsync into central's staging ended well
+        # central confirmed delivery: timed from the offer (the entry's creation)
+        hop(RELAY, [], _ENDS, during=[s for s in Up if s not in _ENDS]),
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -169,7 +189,7 @@ class Upload(Endpoint):
     DELIVERED, DONE, FAILED, FORGOTTEN = Up.DELIVERED, Up.DONE, Up.FAILED, Up.FORGOTTEN
     FORGETTABLE = FORGETTABLE
     RETRYABLE = frozenset({Up.FAILED})
-    FINISHED = (Up.DONE, Up.SUPERSEDED, Up.FORGOTTEN)
+    FINISHED = FINISHED
 
     def __init__(self, cfg: Config, state: State, jobs: Jobs):
         super().__init__(cfg, state, jobs)
@@ -534,7 +554,7 @@ class Upload(Endpoint):
                 self.move(entry, Up.PUSHED, tries=0, reason=None)  # md5 to come
             elif not self.retry_later(
                 entry,
-                "push to central",
+                PUSH_TO_CENTRAL,
                 why,
                 out_of_space=bool(result and result.out_of_space),
                 link_down=bool(result and result.link_down),
@@ -542,7 +562,7 @@ class Upload(Endpoint):
             ):
                 self.send(
                     entry.peer or CENTRAL,
-                    Failed(entry.id, self.name, hop="push to central", reason=why[:1900]),
+                    Failed(entry.id, self.name, hop=PUSH_TO_CENTRAL, reason=why[:1900]),
                 )
         if ok and len(attempts) == 1:
             log.info("%s: pushed in %.1f s", first_name, time.time() - started)

@@ -9,15 +9,13 @@ never disturbs a running agent.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from ..config import KEYS, Config, ignored_keys
+from ..observe.presence import Report
 from ..text import shown
 
 OK, WARN, FAIL = "ok", "WARN", "FAIL"
@@ -49,7 +47,7 @@ def peer_line(
     instance: str,
     peer: str,
     queue: tuple[int, int] | None,
-    report: Mapping[str, Any] | None,
+    report: Report | None,
     outbox: int = 0,
 ) -> Line:
     """Does an agent consume `peer`'s queue?
@@ -70,26 +68,11 @@ def peer_line(
             f"no agent consumes {name}{wait}, and no {peer} agent has ever reported under id "
             f"{instance!r}: is the {peer} agent running, and is `id` the same on all three hosts?"
         )
-    stopped, at = report.get("stopped"), report.get("at")
-    when = stopped if isinstance(stopped, (int, float)) else at
-    stamp = "?"
-    if isinstance(when, (int, float)):
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
-    how = f"stopped at {stamp}" if stopped else f"was last heard at {stamp}"
-    host = report.get("host")
-    where = f" on host {shown(str(host))}" if host else ""
+    when = report.stopped or report.at
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) if when else "?"
+    how = f"stopped at {stamp}" if report.stopped else f"was last heard at {stamp}"
+    where = f" on host {shown(report.host)}" if report.host else ""
     return level, f"no agent consumes {name}{wait}: the {peer} agent{where} {how}; start it"
-
-
-def parse_report(body: bytes | None) -> dict[str, Any] | None:
-    """A presence report (or an older holder record) as a dict; None if there is none or it is garbage."""
-    if body is None:
-        return None
-    try:
-        report = json.loads(body)
-    except ValueError:
-        return None
-    return report if isinstance(report, dict) else None
 
 
 # central's free space --------------------------------------------------------------------------

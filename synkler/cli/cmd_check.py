@@ -13,6 +13,7 @@ from ..errors import BrokerError, ExitStatus, StateError
 from ..hops import transfer
 from ..linux.fs import free_bytes, total_bytes
 from ..messages import confined
+from ..observe.presence import Report
 from ..private import exposed_secrets
 from ..state import State
 from ..text import shown
@@ -56,10 +57,10 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
     return ExitStatus.FAILURE if out.failed else ExitStatus.OK
 
 
-def _check_broker(cfg: Config, out: _Lines) -> dict | None:
+def _check_broker(cfg: Config, out: _Lines) -> Report | None:
     """The broker, how messages are authenticated and the peers' queues; returns central's
     presence report (None if it has none, or this is central)."""
-    central_report: dict | None = None
+    central_report: Report | None = None
     broker = Broker(BrokerParams.from_config(cfg), cfg.id, cfg.name)
     try:
         broker.connect(consume=False)
@@ -77,7 +78,7 @@ def _check_broker(cfg: Config, out: _Lines) -> dict | None:
             )
         uploads, outbox = _own_peers(cfg)
         for peer in checks.peers_of(cfg, uploads):
-            report = checks.parse_report(broker.peek_presence(peer))
+            report = Report.decode(broker.peek_presence(peer))
             if peer == "central":
                 central_report = report
             out.say(checks.peer_line(cfg.id, peer, broker.queue_info(peer), report, outbox.get(peer, 0)))
@@ -88,7 +89,7 @@ def _check_broker(cfg: Config, out: _Lines) -> dict | None:
     return central_report
 
 
-def _check_central(cfg: Config, central_report: dict | None, out: _Lines) -> None:
+def _check_central(cfg: Config, central_report: Report | None, out: _Lines) -> None:
     """rsync itself, and ssh + rsync to central (as the transfers run them)."""
     try:
         transfer.rsync_protection(tuple(cfg.rsync))
@@ -102,11 +103,11 @@ def _check_central(cfg: Config, central_report: dict | None, out: _Lines) -> Non
         out.say((checks.FAIL, f"ssh + rsync to central {cfg.central_host}: {result.summary()}"))
 
 
-def _place_line(cfg: Config, central: dict | None) -> checks.Line:
+def _place_line(cfg: Config, central: Report | None) -> checks.Line:
     """Upload writes a file into its staging at central and removes it; download lists central's
     store: over ssh, as the transfers do. Where those are, central's presence report says."""
-    place = central.get("place") if central else None
-    if not isinstance(place, str) or not confined(place, cfg.id):
+    place = central.place if central else None
+    if place is None or not confined(place, cfg.id):
         return (checks.WARN, "central's directory not tried over ssh: central has not reported where it is")
     if cfg.mode == "upload":
         where = f"{place}/staging/{cfg.name}"

@@ -1,5 +1,5 @@
 """`synkler status`: this agent's entries, from its state database (read-only), as a table or JSON.
-`--relay` shows the whole relay through the broker (synkler.observe.relayview)."""
+`--relay` shows the whole relay through the broker (synkler.cli.relay)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     for problem in exposed_secrets(cfg.secret_files):
         print(f"synkler: warning: {shown(problem)}", file=sys.stderr)
     if args.relay or args.watch:
-        from ..observe.relayview import cmd_relay
+        from .relay import cmd_relay
 
         return cmd_relay(cfg, as_json=args.json, watch=args.watch, all_finished=args.all)
 

@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ..agents.central import Mid
 from ..errors import ExitStatus
 from ..hops.checksum import md5_entry
 from .localrelay import ROLES, LocalRelay
@@ -92,7 +93,7 @@ def run_demo(*, keep: bool = False, timeout: float = 120, verbose: bool = False)
                     relay.wait_for("every entry delivered", lambda: relay.all_done(set(md5s)), timeout)
                     relay.wait_for(
                         "central copies expired",
-                        lambda: all(s == "expired" for s in relay.states("central").values()),
+                        lambda: all(s == Mid.EXPIRED for s in relay.states("central").values()),
                         timeout,
                     )
                 finally:
@@ -134,7 +135,7 @@ def _report(relay: LocalRelay, md5s: dict[str, str], workdir: Path) -> bool:
         )
     base = relay.dirs["central"] / relay.instance
     leftovers = [*(base / "staging").glob("*/*"), *(base / "stored").iterdir()]
-    expired = all(e.state == "expired" for e in central.values())
+    expired = all(e.state == Mid.EXPIRED for e in central.values())
     print(
         f"\n  md5 verified at download for every entry: {md5_ok}; cleanup scripts ran once per entry on both "
         f"sides: {scripts_ok}; central's copies removed after keep_minutes: {expired and not leftovers}"

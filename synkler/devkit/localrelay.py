@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 import yaml
 
+from ..agents.download import Down
+from ..agents.upload import Up
 from ..broker.amqp import Broker, BrokerParams
 from ..config import load_config
 from ..errors import BrokerError
@@ -184,13 +186,13 @@ class LocalRelay:
     def all_done(self, names: set[str] | None = None) -> bool:
         """Every entry (or every named one) is done at upload and download and delivered at central."""
         # The newest version of each name counts; older ones are superseded (withdrawn).
-        up = {e.name: e.state for e in self.entries("upload") if e.state != "superseded"}
+        up = {e.name: e.state for e in self.entries("upload") if e.state != Up.SUPERSEDED}
         down = self.states("download")
         if names is not None and not names <= set(up):
             return False
         return (
             bool(up)
-            and all(s == "done" for s in up.values())
-            and all(s == "done" for s in down.values())
+            and all(s == Up.DONE for s in up.values())
+            and all(s == Down.DONE for s in down.values())
             and (set(down) >= set(up))
         )

@@ -36,7 +36,9 @@ from dataclasses import asdict, dataclass, field
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any, Protocol, Union
 
-from ..agents.base import CENTRAL, DOWNLOAD, GIVE_UP_ADVICE, PERSON_REPEAT, Key
+from ..agents import FACTS
+from ..agents.base import CENTRAL, DOWNLOAD, GIVE_UP_ADVICE, PERSON_REPEAT, Cleanup, Key
+from ..agents.facts import needs_person_reason
 from ..agents.pools import Pool
 from ..backoff import backoff
 from ..config import Alerts as AlertsConfig
@@ -48,6 +50,7 @@ from .hooks import Hook
 
 if TYPE_CHECKING:
     from ..broker.amqp import Broker
+    from .presence import Report
     from ..config import Config
     from ..state import Entry, State
 
@@ -251,27 +254,25 @@ def needs_person(entries: Sequence[Entry], role: str) -> Condition | None:
 
 
 def silent(
-    role: str, name: str, report: Mapping[str, Any] | None, now: float, minutes: float, every: float
+    role: str, name: str, report: Report | None, now: float, minutes: float, every: float
 ) -> Condition | None:
     """An agent whose latest presence report is older than `minutes` (and 3 report intervals)."""
     if report is None:
         return None  # never ran under this id: nothing to miss
-    at = report.get("at", report.get("since"))
-    if not isinstance(at, (int, float)) or isinstance(at, bool):
+    at = report.at
+    if not at or now - at <= max(minutes * 60, 3 * every):  # no time in it: nothing to judge
         return None
-    if now - at <= max(minutes * 60, 3 * every):
-        return None
-    stopped = report.get("stopped")
+    stopped = report.stopped
     how = "stopped" if stopped else "silent"
     return Condition(
         key=f"agent-silent:{name}",
         severity=ERROR,
         summary=f"{role} agent {shown(name)} {how} for {int((now - at) // 60)} minutes",
-        todo=f"Start the {role} agent {shown(name)} on {shown(str(report.get('host', '?')))} "
+        todo=f"Start the {role} agent {shown(name)} on {shown(report.host)} "
         "(`systemctl status synkler@...`, or its log); entries wait for it meanwhile.",
         details={
             "agent": name,
-            "host": shown(str(report.get("host", ""))),
+            "host": shown(report.host),
             "last report": _when(at),
             "stopped": bool(stopped),
         },
@@ -378,12 +379,14 @@ class Alerts:
         """The conditions that hold now, and the key prefixes that could not be looked at."""
         assert self.cfg is not None
         state, cfg, role = self.runtime.state, self.runtime.cfg, self.role
+        facts = FACTS[role]
         found: list[Condition | None] = []
         unknown: list[str] = []
         if role == CENTRAL:
-            found += [entry_failed(e) for e in state.by_state("failed")]
+            found += [entry_failed(e) for e in state.by_state(facts.failed)]
             offered_before = now - self.cfg.stuck_minutes * 60
-            waiting = state.listed(("waiting", "uploading", "verifying", "downloading"), limit=STUCK_LISTED)
+            on_the_way = [s for s in facts.unfinished if s != facts.failed]
+            waiting = state.listed(on_the_way, limit=STUCK_LISTED)
             found += [stuck(e, now, self.cfg.stuck_minutes) for e in waiting if e.created < offered_before]
             try:
                 found.append(
@@ -394,9 +397,9 @@ class Alerts:
             except OSError:
                 unknown.append("disk-full:")
         else:
-            found += [cleanup_failed(e, role) for e in state.by_cleanup("failed")]
-            unfinished = ("offered", "waiting", "uploading", "pushed", "fetching")
-            found.append(needs_person(state.reason_like("%: needs a person: %", unfinished, 100), role))
+            found += [cleanup_failed(e, role) for e in state.by_cleanup(Cleanup.FAILED)]
+            marked = state.reason_like(needs_person_reason("%", "%"), sorted(facts.transferring), 100)
+            found.append(needs_person(marked, role))
         found.append(broker_login(self.runtime.login_refused, role, cfg.broker_username))
         found += self._from_broker(now, unknown)
         return {c.key: c for c in found if c is not None}, unknown
@@ -404,7 +407,7 @@ class Alerts:
     def _from_broker(self, now: float, unknown: list[str]) -> list[Condition | None]:
         """Silent peers and dead letters, from what the broker holds (central; download: central)."""
         from .presence import INTERVAL
-        from .relayview import parse_report
+        from .presence import Report
 
         assert self.cfg is not None
         if self.role == CENTRAL:
@@ -420,7 +423,7 @@ class Alerts:
         out: list[Condition | None] = []
         try:
             for role, name in peers:
-                report = parse_report(broker.peek_presence(name))
+                report = Report.decode(broker.peek_presence(name))
                 out.append(silent(role, name, report, now, self.cfg.silent_minutes, INTERVAL))
             if self.role == CENTRAL:
                 out.append(dead_letters(broker.dead_count()))

@@ -19,19 +19,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, write_to_textfile
 from prometheus_client.exposition import start_http_server
 
+from ..agents import FACTS
 from ..agents.base import PERSON_REPEAT, Observer
+from ..agents.facts import METRIC_HOP
 from ..state import Entry
 from .hooks import Hook
 
 if TYPE_CHECKING:
     from ..config import Config
+    from .presence import Figures
 
 log = logging.getLogger("synkler")
 
@@ -42,41 +44,11 @@ BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 3 * 3600, 12 *
 LABELS = ("role", "agent", "instance")
 
 
-@dataclass(frozen=True)
-class Hop:
-    """A stretch of an entry's way that a role sees begin and end (by its state changes)."""
-
-    name: str  # push (upload -> central), pull (central -> download), relay (upload, end to end)
-    start: frozenset[str]  # entering one of these starts it (None-like empty: from the entry's creation)
-    end: frozenset[str]  # entering one of these (from a state outside them) ends it
-
-
-def _hop(name: str, start: Iterable[str], end: Iterable[str]) -> Hop:
-    return Hop(name, frozenset(start), frozenset(end))
-
-
-# Per role: the hops it counts. Each role counts what it sees end; a hop with no start states is
-# timed from the entry's creation (recorded in the database, so it survives a restart).
-HOPS: dict[str, tuple[Hop, ...]] = {
-    "upload": (
-        _hop("push", ["uploading"], ["pushed", "sent"]),  # rsync into central's staging ended well
-        _hop("relay", [], ["delivered", "done"]),  # central confirmed delivery: offered -> delivered
-    ),
-    "central": (
-        _hop("push", ["uploading"], ["downloading"]),  # admitted -> md5 verified at central
-        _hop("pull", ["downloading"], ["delivered"]),  # verified -> download confirmed it
-    ),
-    "download": (_hop("pull", ["fetching"], ["placing", "done"]),),  # fetch -> pulled, md5 verified
-}
-GIVEN_UP = frozenset(("failed", "forgotten", "withdrawn", "superseded", "expired"))
-SHORT_HOPS = {"push to central": "push", "pull from central": "pull"}  # retry_later's hop names
-
-
 class HopClock:
     """When each entry's hops began; which hops a state change ends, and how long they took. Pure."""
 
     def __init__(self, mode: str):
-        self.hops = HOPS.get(mode, ())
+        self.facts = FACTS[mode]
         self._began: dict[tuple[str, str], float] = {}
 
     def change(self, old: str | None, entry: Entry, now: float) -> list[tuple[str, float | None]]:
@@ -85,14 +57,14 @@ class HopClock:
         ended: list[tuple[str, float | None]] = []
         if old == entry.state:
             return ended
-        for hop in self.hops:
+        for hop in self.facts.hops:
             key = (hop.name, entry.id)
             if entry.state in hop.start and (old is None or old not in hop.start):
                 self._began[key] = now
-            elif entry.state in hop.end and (old is None or old not in hop.end):
+            elif entry.state in hop.end and old in hop.during:
                 began = self._began.pop(key, None) if hop.start else entry.created
                 ended.append((hop.name, None if began is None else max(0.0, now - began)))
-            elif entry.state in GIVEN_UP:
+            elif entry.state in self.facts.given_up:
                 self._began.pop(key, None)  # left the hop another way
         return ended
 
@@ -154,7 +126,7 @@ class Metrics(Observer):
         self.up.labels(**self.labels).set(time.time())
         for state in self.states:
             self.entries.labels(**self.labels, state=state).set(0)
-        for hop in HOPS.get(mode, ()):  # present from the start, at 0: rate() and alerts need them
+        for hop in FACTS[mode].hops:  # present from the start, at 0: rate() and alerts need them
             for family in (self.hop_entries, self.hop_bytes, self.mismatches):
                 family.labels(**self.labels, hop=hop.name)
             self.hop_seconds.labels(**self.labels, hop=hop.name)
@@ -173,17 +145,17 @@ class Metrics(Observer):
                 self.hop_seconds.labels(**self.labels, hop=hop).observe(seconds)
 
     def mismatch(self, hop: str) -> None:
-        self.mismatches.labels(**self.labels, hop=SHORT_HOPS.get(hop, hop)).inc()
+        self.mismatches.labels(**self.labels, hop=METRIC_HOP.get(hop, hop)).inc()
 
     def retried(self, hop: str, cause: str) -> None:
-        self.retries.labels(**self.labels, hop=SHORT_HOPS.get(hop, hop), cause=cause).inc()
+        self.retries.labels(**self.labels, hop=METRIC_HOP.get(hop, hop), cause=cause).inc()
 
     def heard_from(self, peer: str, now: float) -> None:
         self.heard.labels(**self.labels, peer=peer).set(now)
 
     # the figures, the server and the file (main loop) ------------------------------------------------
 
-    def tick(self, now: float, figures: Callable[[], Mapping[str, Any]]) -> None:
+    def tick(self, now: float, figures: Callable[[], Figures]) -> None:
         """Every EVERY seconds: set the gauges from `figures()` (counts, outbox, transfers, disk:
         synkler.observe.presence), write the textfile, and bind the HTTP server if that failed before."""
         if now < self._next:
@@ -193,17 +165,17 @@ class Metrics(Observer):
         self.serve(now)
         self.write(now)
 
-    def set_gauges(self, figures: Mapping[str, Any]) -> None:
-        counts = figures.get("counts", {})
+    def set_gauges(self, figures: Figures) -> None:
+        counts = figures.counts
         for state in {*self.states, *counts}:
             self.entries.labels(**self.labels, state=state).set(counts.get(state, 0))
-        self.outbox.labels(**self.labels).set(figures.get("outbox", 0))
-        self.transfers.labels(**self.labels).set(figures.get("transfers", 0))
-        disk = figures.get("disk")
+        self.outbox.labels(**self.labels).set(figures.outbox)
+        self.transfers.labels(**self.labels).set(figures.transfers)
+        disk = figures.disk
         if disk:
-            self.free.labels(**self.labels).set(disk["free"])
-            self.size.labels(**self.labels).set(disk["total"])
-            self.reserve.labels(**self.labels).set(disk["reserve"])
+            self.free.labels(**self.labels).set(disk.free)
+            self.size.labels(**self.labels).set(disk.total)
+            self.reserve.labels(**self.labels).set(disk.reserve)
 
     def serve(self, now: float) -> None:
         """Start the HTTP server on metrics_listen if it is set and not running."""
@@ -242,7 +214,7 @@ class Metrics(Observer):
             self._told[what] = now
             log.error(fmt + " (said again every %d minutes while it lasts)", *args, PERSON_REPEAT // 60)
 
-    def close(self, figures: Mapping[str, Any] | None = None) -> None:
+    def close(self, figures: Figures | None = None) -> None:
         """At the stop: a last textfile, and the HTTP server shut."""
         if figures is not None:
             self.set_gauges(figures)
@@ -264,7 +236,7 @@ class MetricsHook(Hook):
     """The metrics in the loop: the gauges set (from `figures`, synkler.observe.presence) at the
     launch and after each pass when due; a last textfile at the stop."""
 
-    def __init__(self, metrics: Metrics, figures: Callable[[], Mapping[str, Any]]):
+    def __init__(self, metrics: Metrics, figures: Callable[[], Figures]):
         self.metrics = metrics
         self.figures = figures
 

@@ -6,8 +6,9 @@ who the agent is (role, name, host, pid, version, since when), when it was writt
 central, the reserve) and its unfinished entries, oldest first (at most `LISTED`, with the count
 left out), each with its progress when a transfer or md5 of it is under way. It replaces the
 agent's holder record (synkler.broker.amqp: a queue that keeps only the latest message), of which it
-is a superset, so nothing but the latest report is ever stored. `synkler status --relay` reads
-them (synkler.observe.relayview); an alerting module may read them the same way.
+is a superset, so nothing but the latest report is ever stored. On the wire it is `Report.encode()`;
+every reader (`synkler status --relay` through synkler.observe.relayview, `synkler check`, the alerts)
+reads it with `Report.decode`, the one parser, which trusts nothing in it.
 
 The runtime's loop calls `Presence.tick` after each pass (a report is due every `INTERVAL` s, the
 first right after the agent's start) and `Presence.stopped` at an orderly stop, through its hook
@@ -23,10 +24,12 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Protocol
 
 from .. import __version__
+from ..agents import FACTS
 from ..agents.base import PERSON_REPEAT
 from ..errors import BrokerError, PublishRefused
 from ..hops import checksum
@@ -55,6 +58,7 @@ class Runner(Protocol):
 
 log = logging.getLogger("synkler")
 
+KIND = "synkler-presence"
 PRESENCE_V = 1
 INTERVAL = 5.0  # seconds between reports
 LISTED = 200  # unfinished entries listed in a report at most (the others are counted)
@@ -64,56 +68,282 @@ REASON_MAX = 300  # characters of an entry's reason in a report
 PROGRESS_MIN = 1 << 20  # entries smaller than this get no progress figures
 PROGRESS_MAX = 32  # entries whose transfer is sampled per report at most
 
-# The states in which a role is finished with an entry; the others are "unfinished" (failed too:
-# a person must look at it).
-FINISHED: dict[str, tuple[str, ...]] = {
-    "upload": ("done", "superseded"),
-    "central": ("delivered", "expired", "withdrawn"),
-    "download": ("done",),
-}
-# The states in which a role receives an entry's bytes (the receiver sees them arrive) ...
-RECEIVING = {"central": "uploading", "download": "fetching"}
-# ... and in which it may be hashing it.
-HASHING = {
-    "upload": ("offered", "waiting", "uploading", "pushed"),
-    "central": ("verifying",),
-    "download": ("fetching",),
-}
+# the report on the wire ------------------------------------------------------------------------------
+# Anyone allowed on the broker could have written what a reader finds: `decode` trusts nothing in it,
+# keeps what has the right type and gives the rest its default.
 
 
-def entry_row(e: Entry, progress: Progress | None = None) -> dict[str, Any]:
-    """One entry as a report lists it."""
-    row: dict[str, Any] = {
-        "id": e.id,
-        "name": e.name,
-        "size": e.size,
-        "state": e.state,
-        "attempt": e.attempt,
-        "tries": e.tries,
-        "due": round(e.due, 3),
-        "reason": (e.reason or "")[:REASON_MAX],
-        "created": round(e.created, 3),
-        "updated": round(e.updated, 3),
-    }
-    if e.stored_as and e.stored_as != e.name:
-        row["stored_as"] = e.stored_as
-    if e.cleanup:
-        row["cleanup"] = e.cleanup
-    if progress is not None:
-        row["progress"] = progress.as_dict()
-    return row
+def _num(d: Mapping[str, object], key: str, default: float = 0.0) -> float:
+    value = d.get(key)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
 
 
-def fit(report: dict[str, Any], max_bytes: int = MAX_BYTES) -> dict[str, Any]:
+def _opt(d: Mapping[str, object], key: str) -> float | None:
+    """A time that may be absent (0 and garbage count as absent)."""
+    return _num(d, key) or None
+
+
+def _int(d: Mapping[str, object], key: str) -> int:
+    return int(_num(d, key))
+
+
+def _str(d: Mapping[str, object], key: str) -> str:
+    value = d.get(key)
+    return value if isinstance(value, str) else ""
+
+
+def _ints(value: object) -> dict[str, int]:
+    """A dict of counts, keeping only what is one."""
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): v for k, v in value.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
+def _dicts(value: object) -> list[Mapping[str, object]]:
+    return [x for x in value if isinstance(x, dict)] if isinstance(value, list) else []
+
+
+@dataclass(frozen=True)
+class Disk:
+    """Free and total bytes of file_dir's file system; at central, the bytes kept free."""
+
+    free: int
+    total: int
+    reserve: int
+
+    def encode(self) -> dict[str, object]:
+        return {"free": self.free, "total": self.total, "reserve": self.reserve}
+
+    @classmethod
+    def decode(cls, d: object) -> Disk | None:
+        got = _ints(d)
+        if not {"free", "total"} <= set(got):
+            return None
+        return cls(got["free"], got["total"], got.get("reserve", 0))
+
+
+def _progress(d: object) -> Progress | None:
+    if not isinstance(d, dict):
+        return None
+    done, total, rate, eta = d.get("done"), d.get("total"), d.get("rate"), d.get("eta")
+    if not isinstance(done, int) or not isinstance(total, int):
+        return None
+    if isinstance(done, bool) or isinstance(total, bool):
+        return None
+    return Progress(
+        _str(d, "what"),
+        done,
+        total,
+        _num(d, "rate") if rate is not None else None,
+        _num(d, "eta") if eta is not None else None,
+        _num(d, "started"),
+    )
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One entry as a report lists it: its state at the reporting role, and its progress there."""
+
+    id: str
+    name: str
+    size: int
+    state: str
+    attempt: int
+    tries: int
+    due: float
+    reason: str
+    created: float
+    updated: float
+    stored_as: str | None = None  # download: the name it was placed under, when not its own
+    cleanup: str | None = None  # where its cleanup script is (synkler.agents.base.Cleanup)
+    progress: Progress | None = None
+
+    @classmethod
+    def of(cls, e: Entry, progress: Progress | None = None) -> Listed:
+        return cls(
+            id=e.id,
+            name=e.name,
+            size=e.size,
+            state=e.state,
+            attempt=e.attempt,
+            tries=e.tries,
+            due=round(e.due, 3),
+            reason=(e.reason or "")[:REASON_MAX],
+            created=round(e.created, 3),
+            updated=round(e.updated, 3),
+            stored_as=e.stored_as if e.stored_as and e.stored_as != e.name else None,
+            cleanup=e.cleanup or None,
+            progress=progress,
+        )
+
+    def encode(self) -> dict[str, object]:
+        row: dict[str, object] = {
+            "id": self.id,
+            "name": self.name,
+            "size": self.size,
+            "state": self.state,
+            "attempt": self.attempt,
+            "tries": self.tries,
+            "due": self.due,
+            "reason": self.reason,
+            "created": self.created,
+            "updated": self.updated,
+        }
+        if self.stored_as:
+            row["stored_as"] = self.stored_as
+        if self.cleanup:
+            row["cleanup"] = self.cleanup
+        if self.progress is not None:
+            row["progress"] = self.progress.as_dict()
+        return row
+
+    @classmethod
+    def decode(cls, d: Mapping[str, object]) -> Listed | None:
+        """None without an id: nothing to join it by."""
+        if not _str(d, "id"):
+            return None
+        return cls(
+            id=_str(d, "id"),
+            name=_str(d, "name"),
+            size=_int(d, "size"),
+            state=_str(d, "state"),
+            attempt=_int(d, "attempt"),
+            tries=_int(d, "tries"),
+            due=_num(d, "due"),
+            reason=_str(d, "reason"),
+            created=_num(d, "created"),
+            updated=_num(d, "updated"),
+            stored_as=_str(d, "stored_as") or None,
+            cleanup=_str(d, "cleanup") or None,
+            progress=_progress(d.get("progress")),
+        )
+
+
+def _listed(value: object) -> tuple[Listed, ...]:
+    return tuple(x for x in map(Listed.decode, _dicts(value)) if x is not None)
+
+
+@dataclass(frozen=True)
+class Report:
+    """A presence report (docs/protocol.md#presence-reports). Decoded from an older agent's holder
+    record (host, pid, since), it has the defaults for the rest and `at` is its `since`."""
+
+    host: str
+    role: str = ""
+    agent: str = ""
+    id: str = ""
+    pid: int = 0
+    version: str = ""
+    since: float = 0.0
+    at: float = 0.0
+    every: float = INTERVAL
+    stopped: float | None = None
+    counts: Mapping[str, int] = field(default_factory=dict)
+    unfinished: int = 0
+    oldest: float | None = None
+    outbox: int = 0
+    transfers: int = 0
+    hashes: int = 0
+    disk: Disk | None = None
+    peers: tuple[str, ...] = ()
+    # central: its directory of this instance (<file_dir>/<id>), where `check` on upload and
+    # download tries a write into staging and a read of stored over ssh
+    place: str | None = None
+    entries: tuple[Listed, ...] = ()  # unfinished, oldest first
+    left_out: int = 0  # unfinished entries not listed
+    finished: tuple[Listed, ...] = ()  # the latest finished
+
+    def encode(self) -> dict[str, object]:
+        """The JSON object on the wire (the broker adds its token)."""
+        return {
+            "kind": KIND,
+            "v": PRESENCE_V,
+            "id": self.id,
+            "role": self.role,
+            "agent": self.agent,
+            "host": self.host,
+            "pid": self.pid,
+            "version": self.version,
+            "since": self.since,
+            "at": self.at,
+            "every": self.every,
+            "stopped": self.stopped,
+            "counts": dict(self.counts),
+            "unfinished": self.unfinished,
+            "oldest": self.oldest,
+            "outbox": self.outbox,
+            "transfers": self.transfers,
+            "hashes": self.hashes,
+            "disk": None if self.disk is None else self.disk.encode(),
+            "peers": list(self.peers),
+            "place": self.place,
+            "entries": [e.encode() for e in self.entries],
+            "left_out": self.left_out,
+            "finished": [e.encode() for e in self.finished],
+        }
+
+    def size(self) -> int:
+        return len(json.dumps(self.encode(), ensure_ascii=True, separators=(",", ":")))
+
+    @classmethod
+    def decode(cls, body: bytes | None) -> Report | None:
+        """The report (or an older agent's holder record) in `body`; None if there is none or it is
+        not one: not a JSON object naming a host."""
+        if body is None:
+            return None
+        try:
+            d = json.loads(body)
+        except ValueError:
+            return None
+        if not isinstance(d, dict) or not isinstance(d.get("host"), str):
+            return None
+        peers = d.get("peers")
+        return cls(
+            host=d["host"],
+            role=_str(d, "role"),
+            agent=_str(d, "agent"),
+            id=_str(d, "id"),
+            pid=_int(d, "pid"),
+            version=_str(d, "version"),
+            since=_num(d, "since"),
+            at=_num(d, "at", _num(d, "since")),
+            every=_num(d, "every", INTERVAL) or INTERVAL,
+            stopped=_opt(d, "stopped"),
+            counts=_ints(d.get("counts")),
+            unfinished=_int(d, "unfinished"),
+            oldest=_opt(d, "oldest"),
+            outbox=_int(d, "outbox"),
+            transfers=_int(d, "transfers"),
+            hashes=_int(d, "hashes"),
+            disk=Disk.decode(d.get("disk")),
+            peers=tuple(p for p in peers if isinstance(p, str)) if isinstance(peers, list) else (),
+            place=_str(d, "place") or None,
+            entries=_listed(d.get("entries")),
+            left_out=_int(d, "left_out"),
+            finished=_listed(d.get("finished")),
+        )
+
+
+@dataclass(frozen=True)
+class Figures:
+    """What a report and the metrics' gauges both show."""
+
+    counts: Mapping[str, int]
+    outbox: int
+    transfers: int
+    disk: Disk | None
+
+
+def fit(report: Report, max_bytes: int = MAX_BYTES) -> Report:
     """The report with fewer entries listed (halved until it fits, finished ones first), the ones
     taken out counted in `left_out`."""
-    while len(json.dumps(report, ensure_ascii=True, separators=(",", ":"))) > max_bytes:
-        if report["finished"]:
-            report["finished"] = report["finished"][: len(report["finished"]) // 2]
-        elif report["entries"]:
-            keep = len(report["entries"]) // 2
-            report["left_out"] += len(report["entries"]) - keep
-            report["entries"] = report["entries"][:keep]
+    while report.size() > max_bytes:
+        if report.finished:
+            report = replace(report, finished=report.finished[: len(report.finished) // 2])
+        elif report.entries:
+            keep = len(report.entries) // 2
+            dropped = len(report.entries) - keep
+            report = replace(report, entries=report.entries[:keep], left_out=report.left_out + dropped)
         else:
             break
     return report
@@ -126,10 +356,11 @@ class Presence:
         self.runtime = runtime
         self.cfg = runtime.cfg
         self.mode = mode
-        self.unfinished_states = [s for s in states if s not in FINISHED[mode]]
+        self.facts = FACTS[mode]
+        self.unfinished_states = [s for s in states if s not in self.facts.finished]
         # The finished entries and the peers change only when the counts do: read again only then
         # (an idle agent with 10,000 entries then reads the counts only, 1 ms).
-        self._cached: tuple[dict[str, int], list[dict[str, Any]], list[str]] | None = None
+        self._cached: tuple[dict[str, int], tuple[Listed, ...], tuple[str, ...]] | None = None
         self.started = time.time()
         self.meter = Meter()
         self.next = 0.0
@@ -154,7 +385,7 @@ class Presence:
         if broker is None or not broker.connected:
             return
         try:
-            broker.publish_presence(self.report(now, stopped))
+            broker.publish_presence(self.report(now, stopped).encode())
         except (BrokerError, PublishRefused) as e:
             # The main loop finds a lost connection itself; a refusal costs only this report.
             log.debug("presence report not published: %s", e)
@@ -165,64 +396,56 @@ class Presence:
 
     # the report ----------------------------------------------------------------------------------
 
-    def report(self, now: float, stopped: float | None = None) -> dict[str, Any]:
+    def report(self, now: float, stopped: float | None = None) -> Report:
         state = self.runtime.state
-        finished = FINISHED[self.mode]
+        finished = sorted(self.facts.finished)
         counts = state.counts()
         unfinished = state.listed(self.unfinished_states, limit=LISTED) if self.unfinished_states else []
         total_unfinished = sum(n for s, n in counts.items() if s not in finished)
         if self._cached is None or self._cached[0] != counts:
-            latest = [entry_row(e) for e in state.listed(finished, latest=True, limit=FINISHED_LISTED)]
-            self._cached = (counts, latest, state.peers(64) if self.mode == "central" else [])
+            latest = tuple(map(Listed.of, state.listed(finished, latest=True, limit=FINISHED_LISTED)))
+            self._cached = (counts, latest, tuple(state.peers(64)) if self.mode == "central" else ())
         _counts, latest, peers = self._cached
         progress = self._progress(now, unfinished)
-        report: dict[str, Any] = {
-            "kind": "synkler-presence",
-            "v": PRESENCE_V,
-            "id": self.cfg.id,
-            "role": self.mode,
-            "agent": self.cfg.name,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "version": __version__,
-            "since": round(self.started, 3),
-            "at": round(now, 3),
-            "every": INTERVAL,
-            "stopped": None if stopped is None else round(stopped, 3),
-            "counts": counts,
-            "unfinished": total_unfinished,
-            "oldest": round(unfinished[0].created, 3) if unfinished else None,
-            "outbox": state.outbox_size(),
-            "transfers": self.runtime.transfers,
-            "hashes": len(checksum.running()),
-            "disk": self._disk(),
-            "peers": peers,
-            # central: its directory of this instance (<file_dir>/<id>), where `check` on upload and
-            # download tries a write into staging and a read of stored over ssh
-            "place": os.path.join(self.cfg.file_dir, self.cfg.id) if self.mode == "central" else None,
-            "entries": [entry_row(e, progress.get(e.id)) for e in unfinished],
-            "left_out": total_unfinished - len(unfinished),
-            "finished": list(latest),
-        }
-        return fit(report)
+        return fit(
+            Report(
+                id=self.cfg.id,
+                role=self.mode,
+                agent=self.cfg.name,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                version=__version__,
+                since=round(self.started, 3),
+                at=round(now, 3),
+                every=INTERVAL,
+                stopped=None if stopped is None else round(stopped, 3),
+                counts=counts,
+                unfinished=total_unfinished,
+                oldest=round(unfinished[0].created, 3) if unfinished else None,
+                outbox=state.outbox_size(),
+                transfers=self.runtime.transfers,
+                hashes=len(checksum.running()),
+                disk=self._disk(),
+                peers=peers,
+                place=os.path.join(self.cfg.file_dir, self.cfg.id) if self.mode == "central" else None,
+                entries=tuple(Listed.of(e, progress.get(e.id)) for e in unfinished),
+                left_out=total_unfinished - len(unfinished),
+                finished=latest,
+            )
+        )
 
-    def figures(self) -> dict[str, Any]:
+    def figures(self) -> Figures:
         """The figures a report carries that the agent's metrics show too (synkler.observe.metrics)."""
         state = self.runtime.state
-        return {
-            "counts": state.counts(),
-            "outbox": state.outbox_size(),
-            "transfers": self.runtime.transfers,
-            "disk": self._disk(),
-        }
+        return Figures(state.counts(), state.outbox_size(), self.runtime.transfers, self._disk())
 
-    def _disk(self) -> dict[str, int] | None:
+    def _disk(self) -> Disk | None:
         try:
             free, total = free_bytes(self.cfg.file_dir), total_bytes(self.cfg.file_dir)
         except OSError:
             return None
         reserve = int(total * self.cfg.free_percent / 100) if self.mode == "central" else 0
-        return {"free": free, "total": total, "reserve": reserve}
+        return Disk(free, total, reserve)
 
     def _receiving_place(self) -> str | None:
         """Where this role receives entries: central's staging (one directory per upload agent
@@ -243,14 +466,14 @@ class Presence:
     def _progress(self, now: float, unfinished: Iterable[Entry]) -> dict[str, Progress]:
         """Progress of the transfers and md5s of the listed entries; -v lines for long ones."""
         hashing = {h.path: h for h in checksum.running()}
-        receiving = RECEIVING.get(self.mode)
+        receiving = self.facts.receiving
         listing: dict[str, list[str]] = {}
         out: dict[str, Progress] = {}
         sampled = 0
         for e in unfinished:
             if e.size < PROGRESS_MIN or sampled >= PROGRESS_MAX:
                 continue
-            h = hashing.get(os.fsencode(self._hashed_path(e))) if e.state in HASHING[self.mode] else None
+            h = hashing.get(os.fsencode(self._hashed_path(e))) if e.state in self.facts.hashing else None
             if h is not None:
                 out[e.id] = self.meter.sample(e.id, "md5", h.done, h.total or e.size, now)
             elif e.state == receiving and self._receiving_dir is not None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import os
 import sys
 import threading
 from typing import Any, TextIO

@@ -91,3 +91,59 @@ def test_an_address_in_use_is_an_error_in_the_log_and_the_agent_relays_on(make_r
         deliver(relay, {"x": md5})
         log = relay.log_path("central").read_text()
         assert f"ERROR cannot serve metrics on 127.0.0.1:{port}" in log
+
+
+def hop_counters(port: int) -> dict[tuple[str, str], float]:
+    """(counter, hop) -> value, the hop counters only."""
+    names = ("synkler_hop_entries_total", "synkler_hop_bytes_total")
+    return {k: v for k, v in samples(scrape(port)).items() if k[0] in names}
+
+
+def expected(role: str, n: int, size: int) -> dict[tuple[str, str], float]:
+    hops = {"upload": ("push", "relay"), "central": ("push", "pull"), "download": ("pull",)}[role]
+    return {
+        **{("synkler_hop_entries_total", hop): n for hop in hops},
+        **{("synkler_hop_bytes_total", hop): size for hop in hops},
+    }
+
+
+def test_each_hop_counter_equals_the_deliveries_and_their_bytes_at_every_role_across_a_restart(
+    make_relay, tmp_path
+):
+    # Cleanup scripts at both ends, as in production: download's entries then go placing ->
+    # delivered -> done, and upload's delivered -> done.
+    script = tmp_path / "cleanup.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o755)
+    ports = {role: free_port() for role in ("upload", "central", "download")}
+    settings = {role: {"metrics_listen": f"127.0.0.1:{port}"} for role, port in ports.items()}
+    for role in ("upload", "download"):
+        settings[role]["cleanup_script"] = f"{script} %F"
+    relay = make_relay(settings)
+    relay.start()
+
+    def relay_batch(prefix: str, n: int) -> int:
+        sizes = {f"{prefix}{i}.bin": 1000 * (i + 1) for i in range(n)}
+        md5s = {name: place(relay.dirs["upload"], name, os.urandom(size)) for name, size in sizes.items()}
+        deliver(relay, md5s)
+        return sum(sizes.values())
+
+    total = relay_batch("a", 5)
+    for role, port in ports.items():
+        assert hop_counters(port) == expected(role, 5, total), role
+
+    relay.stop()
+    relay.start()
+
+    def serving() -> bool:
+        try:
+            return all(hop_counters(port) is not None for port in ports.values())
+        except OSError:
+            return False
+
+    relay.wait_for("metrics served again", serving, timeout=30)
+    for role, port in ports.items():  # a new process counts from 0: nothing replayed at its start
+        assert hop_counters(port) == expected(role, 0, 0), role
+    total = relay_batch("b", 4)
+    for role, port in ports.items():
+        assert hop_counters(port) == expected(role, 4, total), role

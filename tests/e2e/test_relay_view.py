@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
 import pexpect
-from support.relay_helpers import deliver, write_random
+from support.relay_helpers import TOOLS, deliver, write_random
 
 from synkler.broker.amqp import Broker
 from synkler.errors import BrokerError
@@ -144,6 +145,50 @@ def test_the_relay_view_from_each_host_shows_every_agent_and_where_a_slow_entry_
     # With -v, a transfer of more than a few seconds logs how far it got.
     assert "big.bin: arriving from upload: " in relay.log_path("central").read_text()
     assert "big.bin: pulling from central: " in relay.log_path("download").read_text()
+
+
+def test_entries_an_operator_forgot_are_finished_in_the_view_not_in_flight(make_relay):
+    # Download's rsync copies only small files and then fails as a cut link does: the two
+    # directories wait at download, in flight, until the operator forgets them.
+    relay = make_relay()
+    stalling = shlex.join([sys.executable, str(TOOLS / "stalling_rsync.py")])
+    relay.write_config("download", {"rsync": stalling, "retry_max_seconds": 1})
+    names = ("run-1", "run-2")
+    for name in names:
+        tree = relay.workdir / name
+        tree.mkdir()
+        (tree / "big.bin").write_bytes(os.urandom(200_000))
+        os.rename(tree, relay.dirs["upload"] / name)
+    relay.start()
+
+    def in_flight(view: dict) -> list[str]:
+        return sorted(e["name"] for e in view["entries"] if not e["finished"])
+
+    relay.wait_for(
+        "both in flight in the view", lambda: in_flight(view_of(relay, "upload")) == list(names), 30
+    )
+    for entry in relay.entries("central"):
+        done = subprocess.run(relay.command("download", "forget", entry.id), capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+    relay.wait_for(
+        "every role to forget them",
+        lambda: all(sorted(relay.states(r).values()) == ["forgotten"] * 2 for r in ROLES),
+    )
+    # The agents report every 5 s: wait for the reports written after the forget.
+    relay.wait_for(
+        "the view to see them forgotten",
+        lambda: all(
+            place_of(view_of(relay, "central"), n, r)["state"] == "forgotten" for n in names for r in ROLES
+        ),
+        20,
+    )
+    for role in ROLES:
+        view = view_of(relay, role)
+        assert in_flight(view) == [] and view["verdict"] == "all flowing, nothing in flight", view["verdict"]
+        assert [(a["unfinished"], a["oldest"]) for a in view["agents"]] == [(0, None)] * 3
+        assert sorted(e["name"] for e in view["entries"] if e["finished"]) == list(names)
+    text = text_of(relay, "upload")
+    assert "all flowing, nothing in flight" in text and "0 unfinished entr" in text, text
 
 
 def test_a_stopped_download_shows_as_stopped_and_a_killed_one_as_silent(make_relay):

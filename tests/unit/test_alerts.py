@@ -13,6 +13,7 @@ from support.fakes import FakeJobs
 
 from synkler.observe import alerts
 from synkler.observe.alerts import Alerts, Condition, changes, due_at, free_at, message
+from synkler.observe.presence import Report
 from synkler.config import parse_config
 from synkler.errors import ConfigError
 from synkler.state import Entry, State
@@ -73,7 +74,7 @@ def test_conditions_of_entries_say_which_hop_why_and_what_to_do():
     assert c.details["reason"] == "push to central: boom" and "synkler retry" in c.todo
     assert alerts.disk_full(5, 100, 90, "central").key == "disk-full:central"  # type: ignore[union-attr]
     assert alerts.disk_full(50, 100, 90, "central") is None
-    report = {"host": "h", "at": 1000.0, "stopped": 1000.0}
+    report = Report("h", at=1000.0, stopped=1000.0)
     assert alerts.silent("download", "download", report, 1000.0 + 30, 0.1, 5.0).key == (  # type: ignore[union-attr]
         "agent-silent:download"
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from synkler.cli import checks
+from synkler.observe.presence import Report
 from synkler.config import parse_config
 
 
@@ -44,7 +45,7 @@ def test_a_peer_not_consuming_with_nothing_waiting_is_only_a_warning():
 
 
 def test_a_peer_that_reported_and_stopped_is_named_with_its_host_and_when():
-    report = {"host": "dl-1", "at": 1.0e9, "stopped": 1.0e9}
+    report = Report("dl-1", at=1.0e9, stopped=1.0e9)
     level, text = checks.peer_line("lab", "download", (2, 0), report)
     assert level == "FAIL"
     assert "the download agent on host dl-1 stopped at 2001-09-0" in text and "start it" in text
@@ -57,10 +58,10 @@ def test_central_checks_download_and_the_upload_agents_it_has_entries_from(tmp_p
     assert checks.peers_of(cfg_of(tmp_path, mode="download"), ["x"]) == ["central"]
 
 
-def test_a_presence_report_that_is_not_json_counts_as_none():
-    assert checks.parse_report(b"{not json") is None
-    assert checks.parse_report(b"[1]") is None
-    assert checks.parse_report(b'{"at": 1}') == {"at": 1}
+def test_a_presence_report_that_is_not_one_counts_as_none():
+    assert Report.decode(b"{not json") is None
+    assert Report.decode(b"[1]") is None
+    assert Report.decode(b'{"at": 1}') is None  # names no host: not a report, nor a holder record
 
 
 # central's free space

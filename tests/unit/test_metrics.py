@@ -8,6 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from synkler.config import parse_config
 from synkler.observe.metrics import HopClock, Metrics
+from synkler.observe.presence import Disk, Figures
 from synkler.state import Entry
 
 
@@ -30,6 +31,18 @@ def test_a_download_hop_runs_from_the_fetch_to_the_verified_copy_and_ends_once()
     assert clock.change(None, entry("fetching"), 10.0) == []
     assert clock.change("fetching", entry("placing"), 13.5) == [("pull", 3.5)]
     assert clock.change("placing", entry("done"), 14.0) == []  # already ended
+
+
+def test_a_delivery_at_download_ends_its_pull_once_whatever_follows_the_placing():
+    clock = HopClock("download")
+    clock.change(None, entry("fetching"), 10.0)
+    assert clock.change("fetching", entry("placing"), 12.0) == [("pull", 2.0)]
+    assert clock.change("placing", entry("delivered"), 13.0) == []  # renamed into place
+    assert clock.change("delivered", entry("done"), 14.0) == []  # its cleanup script ran
+    assert clock.change("done", entry("delivered"), 15.0) == []  # `retry` of a failed cleanup
+    assert clock.change("delivered", entry("done"), 16.0) == []
+    restarted = HopClock("download")  # a restart between the placing and the cleanup
+    assert restarted.change("delivered", entry("done"), 20.0) == []
 
 
 def test_central_ends_the_push_and_starts_the_pull_in_one_change():
@@ -72,12 +85,7 @@ def test_the_registry_shows_counters_histograms_and_gauges_with_the_agent_labels
     m.heard_from("central", 1234.0)
     m.tick(
         0.0,
-        lambda: {
-            "counts": {"done": 2},
-            "outbox": 3,
-            "transfers": 1,
-            "disk": {"free": 5, "total": 9, "reserve": 0},
-        },
+        lambda: Figures({"done": 2}, outbox=3, transfers=1, disk=Disk(free=5, total=9, reserve=0)),
     )
     text = (tmp_path / "m.prom").read_text()
     samples = {

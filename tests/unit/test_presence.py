@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
 import pytest
 from support.fakes import central_runtime
 
-from synkler.observe import presence
-from synkler.agents.central import Central
-from synkler.agents.download import Download
-from synkler.agents.upload import Upload
+from synkler.observe import presence, relayview
 from synkler.errors import BrokerError, PublishRefused
 from synkler.state import Entry
 
@@ -25,7 +23,7 @@ class FakeBroker:
         self.error = error
         self.reports: list[dict] = []
 
-    def publish_presence(self, report: dict) -> None:
+    def publish_presence(self, report: dict) -> None:  # as Broker.publish_presence: the JSON object
         if self.error is not None:
             raise self.error
         self.reports.append(json.loads(json.dumps(report)))  # as it goes on the wire
@@ -39,6 +37,11 @@ def rt(tmp_path):
     with central_runtime(tmp_path, free_percent=10) as r:
         r.broker = FakeBroker()  # type: ignore[assignment]
         yield r
+
+
+def wire(rt, now: float) -> dict:
+    """The report as it goes on the wire."""
+    return json.loads(json.dumps(rt.presence.report(now).encode()))
 
 
 def add(rt, n: int, state: str, *, start: float = 0.0, **fields) -> list[Entry]:
@@ -62,7 +65,7 @@ def add(rt, n: int, state: str, *, start: float = 0.0, **fields) -> list[Entry]:
 def test_a_report_says_who_the_agent_is_and_its_figures(rt):
     add(rt, 2, "waiting", reason="needs 5 bytes")
     add(rt, 3, "delivered", start=100)
-    r = rt.presence.report(NOW)
+    r = wire(rt, NOW)
     assert (r["kind"], r["v"], r["role"], r["agent"], r["id"]) == (
         "synkler-presence",
         1,
@@ -81,17 +84,47 @@ def test_a_report_says_who_the_agent_is_and_its_figures(rt):
 def test_a_report_lists_at_most_so_many_entries_and_counts_the_others(rt, monkeypatch):
     monkeypatch.setattr(presence, "LISTED", 10)
     add(rt, 25, "waiting")
-    r = rt.presence.report(NOW)
+    r = wire(rt, NOW)
     assert len(r["entries"]) == 10 and r["left_out"] == 15 and r["unfinished"] == 25
     assert r["entries"][0]["name"] == "waiting-0"  # the oldest first
 
 
 def test_a_report_too_big_lists_fewer_entries():
-    rows = [{"id": str(i), "name": "é" * 255} for i in range(200)]
-    report = presence.fit({"entries": list(rows), "finished": list(rows), "left_out": 3}, max_bytes=64 * 1024)
-    assert len(json.dumps(report)) <= 64 * 1024
-    assert report["finished"] == [] and 0 < len(report["entries"]) < 200
-    assert report["left_out"] == 3 + 200 - len(report["entries"])
+    row = presence.Listed("", "é" * 255, 1, "waiting", 1, 0, 0.0, "", NOW, NOW)
+    rows = tuple(dataclasses.replace(row, id=str(i)) for i in range(200))
+    report = presence.fit(presence.Report("h", entries=rows, finished=rows, left_out=3), max_bytes=64 * 1024)
+    assert len(json.dumps(report.encode())) <= 64 * 1024
+    assert report.finished == () and 0 < len(report.entries) < 200
+    assert report.left_out == 3 + 200 - len(report.entries)
+
+
+WIRE_KEYS = (
+    "kind v id role agent host pid version since at every stopped counts unfinished oldest outbox transfers "
+    "hashes disk peers place entries left_out finished"
+).split()
+ROW_KEYS = "id name size state attempt tries due reason created updated".split()
+
+
+def test_the_report_on_the_wire_keeps_its_fields_and_order_and_reads_back_the_same(rt):
+    (e,) = add(rt, 1, "uploading", size=10 << 20)
+    add(rt, 1, "delivered", start=100, cleanup="failed")
+    staging = os.path.join(rt.cfg.file_dir, rt.cfg.id, "staging", "upload")
+    os.makedirs(staging)
+    with open(os.path.join(staging, f".{e.name}.Ab12Cd"), "wb") as f:
+        f.write(b"x" * (2 << 20))
+    report = rt.presence.report(NOW)
+    body = json.dumps(report.encode())
+    d = json.loads(body)
+    assert list(d) == WIRE_KEYS and list(d["disk"]) == ["free", "total", "reserve"]
+    assert list(d["entries"][0]) == [*ROW_KEYS, "progress"]
+    assert list(d["finished"][0]) == [*ROW_KEYS, "cleanup"]
+    assert presence.Report.decode(body.encode()) == report
+
+
+def test_a_holder_record_of_an_older_agent_reads_as_a_report_heard_at_its_start():
+    holder = {"host": "h", "pid": 7, "since": NOW - 5, "token": "t"}
+    report = presence.Report.decode(json.dumps(holder).encode())
+    assert report == presence.Report("h", pid=7, since=NOW - 5, at=NOW - 5)
 
 
 def test_a_report_is_published_every_interval_and_once_more_at_a_stop(rt):
@@ -128,23 +161,27 @@ def test_bytes_arriving_at_central_show_as_push_progress_and_a_long_one_is_logge
     temp = os.path.join(staging, f".{e.name}.Ab12Cd")
     with open(temp, "wb") as f:
         f.write(b"x" * (2 << 20))
-    first = rt.presence.report(NOW)["entries"][0]["progress"]
+    first = wire(rt, NOW)["entries"][0]["progress"]
     assert (first["what"], first["done"], first["total"], first["rate"]) == ("push", 2 << 20, 10 << 20, None)
     with open(temp, "ab") as f:
         f.write(b"x" * (3 << 20))
-    later = rt.presence.report(NOW + 5)["entries"][0]["progress"]
+    later = wire(rt, NOW + 5)["entries"][0]["progress"]
     assert later["done"] == 5 << 20 and later["rate"] == (3 << 20) / 5 and later["eta"] == 8.3
     assert "uploading-0: arriving from upload: 5.24 MB of 10.5 MB, 629 kB/s, 8 s left" in caplog.text
 
 
 def test_small_entries_get_no_progress_figures(rt):
     add(rt, 1, "uploading", size=1000)
-    assert "progress" not in rt.presence.report(NOW)["entries"][0]
+    assert "progress" not in wire(rt, NOW)["entries"][0]
 
 
-@pytest.mark.parametrize("role", [Upload, Central, Download])
-def test_the_finished_states_of_each_role_are_states_of_that_role(role):
-    states = {str(s) for s in role.STATES}
-    assert set(presence.FINISHED[role.mode]) <= states
-    assert set(presence.HASHING[role.mode]) <= states
-    assert presence.RECEIVING.get(role.mode, "fetching" if role.mode == "download" else "uploading") in states
+def test_forgotten_entries_are_reported_finished_and_the_relay_view_shows_none_in_flight(rt):
+    add(rt, 2, "forgotten")
+    add(rt, 1, "delivered", start=100)
+    r = wire(rt, NOW)
+    assert r["entries"] == [] and r["unfinished"] == 0 and r["oldest"] is None
+    assert sorted(e["name"] for e in r["finished"]) == ["delivered-0", "forgotten-0", "forgotten-1"]
+    seen = presence.Report.decode(json.dumps(r).encode())
+    view = relayview.assemble("lab", [("central", "central")], {"central": seen}, {"central": (0, 1)}, 0, NOW)
+    assert view["verdict"] == "all flowing, nothing in flight"
+    assert all(e["finished"] for e in view["entries"]) and view["finished_listed"] == 3

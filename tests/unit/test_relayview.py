@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 
-from synkler.observe.relayview import assemble, parse_report, render
+from synkler.observe.presence import Report
+from synkler.observe.relayview import assemble, render
 
 NOW = 1_800_000_000.0
 AGENTS = [("upload", "upload"), ("central", "central"), ("download", "download")]
@@ -43,8 +44,13 @@ E1 = "1" * 32
 E2 = "2" * 32
 
 
+def parse(d: dict | None) -> Report | None:
+    """A report as an agent reads it from the broker."""
+    return None if d is None else Report.decode(json.dumps(d).encode())
+
+
 def view(reports, queues=UP_Q, dead=0, **kw):
-    return assemble("lab", AGENTS, reports, queues, dead, NOW, **kw)
+    return assemble("lab", AGENTS, {name: parse(r) for name, r in reports.items()}, queues, dead, NOW, **kw)
 
 
 def test_an_agent_is_running_stopped_silent_or_never_seen():
@@ -178,7 +184,7 @@ def test_the_verdict_counts_waits_for_disk_a_person_failures_and_dead_letters():
                         "3" * 32,
                         "c",
                         "waiting",
-                        reason="needs 5 bytes, 1 bytes available above the 5% reserve",
+                        reason="needs 5 bytes, 1 available above the 5% reserve",
                     )
                 ],
                 counts={"failed": 1},
@@ -222,12 +228,10 @@ def test_names_reasons_and_hosts_are_escaped_in_the_text_view():
 
 
 def test_a_report_that_is_not_one_is_ignored():
-    assert parse_report(None) is None
-    assert parse_report(b"not json") is None
-    assert parse_report(b"[1, 2]") is None
-    assert parse_report(json.dumps({"host": 5}).encode()) is None
-    odd = parse_report(
-        json.dumps({"host": "h", "at": "soon", "entries": [1, {"id": ""}], "counts": "x"}).encode()
-    )
+    assert Report.decode(None) is None
+    assert Report.decode(b"not json") is None
+    assert Report.decode(b"[1, 2]") is None
+    assert Report.decode(json.dumps({"host": 5}).encode()) is None
+    odd = {"host": "h", "at": "soon", "entries": [1, {"id": ""}], "counts": "x"}
     v = view({"upload": odd, "central": report("central"), "download": report("download")})
     assert v["agents"][0]["status"] == "silent" and v["entries"] == []
