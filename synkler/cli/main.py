@@ -566,6 +566,8 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
                 f"broker {cfg.synkler_server}:{cfg.broker_port} vhost {cfg.broker_vhost}{_tls_note(cfg)}",
             )
         )
+        addresses = checks.broker_addresses(cfg.synkler_server, cfg.broker_port)
+        say(checks.plain_amqp_line(cfg.broker_tls, cfg.synkler_server, addresses))
         if cfg.authenticate:
             say((checks.OK, f"messages authenticated: this agent publishes as {cfg.broker_username}"))
         else:

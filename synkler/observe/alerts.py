@@ -42,6 +42,7 @@ from ..config import Alerts as AlertsConfig
 from ..config import CommandChannel, EmailChannel, WebhookChannel
 from ..errors import BrokerError
 from ..linux.fs import free_bytes, total_bytes
+from ..private import child_env
 from ..text import shown
 
 if TYPE_CHECKING:
@@ -570,7 +571,12 @@ def _email(ch: EmailChannel, msg: Mapping[str, Any]) -> None:
 def _command(ch: CommandChannel, msg: Mapping[str, Any]) -> None:
     try:
         done = subprocess.run(
-            list(ch.argv), input=body(msg), capture_output=True, timeout=ch.timeout, check=False
+            list(ch.argv),
+            input=body(msg),
+            capture_output=True,
+            timeout=ch.timeout,
+            check=False,
+            env=child_env(),
         )
     except FileNotFoundError:
         raise NoticeError(f"no such program: {ch.argv[0]}") from None
