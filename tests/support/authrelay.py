@@ -30,8 +30,11 @@ RECORD = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
 
 
 @contextmanager
-def authenticated_relay(node: Any, sshd: Any, workdir: Path, instance: str) -> Iterator[LocalRelay]:
+def authenticated_relay(
+    node: Any, sshd: Any, workdir: Path, instance: str, *, declare: bool = True
+) -> Iterator[LocalRelay]:
     """The relay (not started), with `up_log` and `down_log`: what each cleanup script recorded.
+    `declare` False: the instance's shared objects are not declared (central has never run).
     Its users, and mallory, are deleted afterwards."""
     names = ["central", "download", UPLOAD]
     passwords = {broker_user(instance, n): secrets.token_urlsafe(16) for n in names}
@@ -41,9 +44,10 @@ def authenticated_relay(node: Any, sshd: Any, workdir: Path, instance: str) -> I
     # Central's user declares the instance's shared objects (as central's first start would): the
     # other agents' users may not, and tests start them before central.
     central = broker_user(instance, "central")
-    admin = Broker(BrokerParams("127.0.0.1", node.port, central, passwords[central]), instance, "central")
-    admin.connect(consume=False)
-    admin.close()
+    if declare:
+        admin = Broker(BrokerParams("127.0.0.1", node.port, central, passwords[central]), instance, "central")
+        admin.connect(consume=False)
+        admin.close()
     node.ctl("add_user", *MALLORY)
     node.ctl("set_permissions", "-p", "/", MALLORY[0], ".*", ".*", ".*")
 
