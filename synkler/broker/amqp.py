@@ -259,6 +259,9 @@ class Broker:
         except _PIKA_ERRORS as e:
             self.close()
             why = self._explain_failure(e) or _describe(e)
+            if isinstance(e, pika.exceptions.ChannelClosedByBroker) and e.reply_code == _ACCESS_REFUSED:
+                # E.g. users made by an older broker-setup, without the presence exchange.
+                why += " (the broker user's permissions: see `synkler broker-setup`, docs/security.md)"
             raise BrokerError(f"cannot use broker {p.host}:{p.port}: {why}") from None
 
     def _explain_failure(self, e: BaseException) -> str | None:
