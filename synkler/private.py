@@ -56,6 +56,17 @@ def child_umask() -> int:
     return -1 if _started_umask is None else _started_umask
 
 
+# Secrets an agent may be given in its environment (synkler.config reads them). Programs it runs
+# (rsync, ssh, cleanup scripts, notice commands) do not need them and do not get them: a cleanup
+# script is the user's, and anything it starts would otherwise hold the agent's broker login.
+SECRET_ENV = ("SYNKLER_BROKER_PASSWORD",)
+
+
+def child_env() -> dict[str, str]:
+    """The environment for the programs an agent runs: its own, without its secrets."""
+    return {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+
+
 def make_dirs(path: PathLike) -> None:
     """Create `path` and its missing parents, each 0700; existing ones are left as they are.
 

@@ -6,11 +6,21 @@ object can be the name of another, of this instance or of any other):
 - queue ``synkler:<id>:agent:<agent>`` (durable, one per agent) bound with routing key ``<agent>``,
   so a message sent while that agent is down waits for it. Its agent consumes it exclusively: a
   second agent of the same name is refused by the broker (AgentActive) and waits as a standby;
-- exchange ``synkler:<id>:holder`` (direct) and queue ``synkler:<id>:holder:<agent>`` (durable,
-  at most one message): who consumes the agent's queue (host, pid, since when), so that the
-  refused one can name it; the agent's presence report (synkler.observe.presence) replaces it every few
-  seconds, a superset of it, which `synkler status --relay` reads;
-- exchange and queue ``synkler:<id>:dead``: where rejected (malformed, hostile) messages end up.
+- exchange ``synkler:<id>:presence`` (topic) and queue ``synkler:<id>:holder:<agent>`` (durable,
+  at most one message) bound with routing key ``<agent>``: who consumes the agent's queue (host,
+  pid, since when), so that the refused one can name it; the agent's presence report
+  (synkler.observe.presence) replaces it every few seconds, a superset of it, which `synkler status
+  --relay` reads. A topic exchange so that the broker's topic permissions (broker-setup) let each
+  agent's user write only its own report; with `authenticate` a reader also believes a report only
+  from its agent's user (`user_id`). (The direct exchange ``synkler:<id>:holder`` of earlier
+  versions is no longer used.);
+- exchange and queue ``synkler:<id>:dead``: where rejected (malformed, hostile) messages end up,
+  bounded in count and bytes.
+
+The instance's exchanges and dead-letter queue are shared: whoever may declares them (central's
+user under broker-setup, any user on a broker without per-agent users); a user that may not (an
+upload or download agent's) only checks that they exist, so that no agent login can delete,
+re-declare or re-type what the others rely on.
 synkler 0.4 named them ``synkler.<id>``, ``synkler.<id>.<agent>`` and ``synkler.<id>.dead``; an agent
 moves what its old queue still holds into its new one when it connects (`_adopt_legacy`). That
 shim (`legacy_queue_name`, `_adopt_legacy`) is removed in synkler 0.7: a relay upgraded from 0.4
@@ -59,6 +69,11 @@ _PIKA_ERRORS = (pika.exceptions.AMQPError, OSError)
 # make central create a durable queue (a publish to it is refused instead: PublishRefused).
 PEERS = ("central", "download")
 DEAD_MAX = 10_000  # dead letters kept; beyond that the oldest go (x-max-length, drop-head)
+# ... and at most this many bytes of them: the agents' own messages are a few kB, so only big
+# forged ones reach it (40 of 8 MiB kept 335 MB before the bound).
+DEAD_MAX_BYTES = 64 * 1024 * 1024
+DEAD_ARGUMENTS = {"x-max-length": DEAD_MAX, "x-max-length-bytes": DEAD_MAX_BYTES}
+_ACCESS_REFUSED, _NOT_FOUND, _PRECONDITION_FAILED = 403, 404, 406
 _PERSISTENT = pika.BasicProperties(delivery_mode=2, content_type="application/json")
 
 
@@ -80,6 +95,8 @@ class BrokerParams:
     heartbeat: int = 30
     tls: TlsSettings | None = None  # None: plain AMQP
     external: bool = False  # log in with the client certificate (EXTERNAL), not a password
+    # Believe a presence report only if its agent's broker user published it (`authenticate`).
+    authenticate: bool = False
 
     @classmethod
     def from_config(cls, cfg: Config) -> BrokerParams:
@@ -92,6 +109,7 @@ class BrokerParams:
             cfg.broker_heartbeat,
             tls_settings(cfg),
             cfg.broker_login == "external",
+            cfg.authenticate,
         )
 
 
@@ -116,7 +134,12 @@ def holder_name(instance: str, agent: str) -> str:
     return f"synkler:{instance}:holder:{agent}"
 
 
-def holder_exchange(instance: str) -> str:
+def presence_exchange(instance: str) -> str:
+    return f"synkler:{instance}:presence"
+
+
+def old_holder_exchange(instance: str) -> str:
+    """The direct exchange earlier versions wrote holder records through (no longer used)."""
     return f"synkler:{instance}:holder"
 
 
@@ -225,17 +248,23 @@ class Broker:
             self._conn = conn = pika.BlockingConnection(parameters)
             self._chan = chan = conn.channel()
             self._declared = set()
-            pub = self._publisher()
             if declare or consume:
-                self._declare_topology(pub)
+                self._declare_topology()
             if consume:
+                pub = self._publisher()
                 self._declare_queue(pub, self.agent)
                 self._adopt_legacy(pub)  # 0.4 compatibility: removed in 0.7
                 chan.basic_qos(prefetch_count=self.prefetch)
                 self._consume(chan)
+        except BrokerError:
+            self.close()
+            raise
         except _PIKA_ERRORS as e:
             self.close()
             why = self._explain_failure(e) or _describe(e)
+            if isinstance(e, pika.exceptions.ChannelClosedByBroker) and e.reply_code == _ACCESS_REFUSED:
+                # E.g. users made by an older broker-setup, without the presence exchange.
+                why += " (the broker user's permissions: see `synkler broker-setup`, docs/security.md)"
             raise BrokerError(f"cannot use broker {p.host}:{p.port}: {why}") from None
 
     def _explain_failure(self, e: BaseException) -> str | None:
@@ -287,15 +316,16 @@ class Broker:
         ).encode()
         self._holder_queue()
         self._publisher().basic_publish(
-            holder_exchange(self.instance), self.agent, body, properties=self._props, mandatory=True
+            presence_exchange(self.instance), self.agent, body, properties=self._props, mandatory=True
         )
 
     def _holder_queue(self) -> str:
         """Declare the agent's holder queue: at most one message, the latest holder's (drop-head: a
         new one replaces the old). Written through an exchange of the instance's, so that a broker
-        user limited to `^synkler:` may (not the default exchange)."""
-        ch, q, x = self._publisher(), holder_name(self.instance, self.agent), holder_exchange(self.instance)
-        ch.exchange_declare(x, exchange_type="direct", durable=True)
+        user limited to `^synkler:` may (not the default exchange), and a topic one, so that the
+        broker's topic permissions let only the agent's own user write it."""
+        ch, q = self._publisher(), holder_name(self.instance, self.agent)
+        x = presence_exchange(self.instance)
         ch.queue_declare(q, durable=True, arguments={"x-max-length": 1, "x-overflow": "drop-head"})
         ch.queue_bind(q, x, routing_key=self.agent)
         return q
@@ -343,7 +373,11 @@ class Broker:
                 self._holder_queue()
                 self._declared.add(":holder")  # ":" cannot occur in an agent name
             ch.basic_publish(
-                holder_exchange(self.instance), self.agent, body, properties=_PERSISTENT, mandatory=True
+                presence_exchange(self.instance),
+                self.agent,
+                body,
+                properties=self._props,
+                mandatory=True,
             )
 
         self._publish(do)
@@ -378,14 +412,25 @@ class Broker:
         def do(ch: BlockingChannel) -> bytes | None:
             # Usually one message; should a report published while another reader held the old one
             # have made two, the last is the newest. All go back.
-            latest, tag = None, None
+            latest, tag, user = None, None, None
             for _ in range(4):
-                method, _props, body = ch.basic_get(holder_name(self.instance, agent), auto_ack=False)
+                method, props, body = ch.basic_get(holder_name(self.instance, agent), auto_ack=False)
                 if method is None:
                     break
-                latest, tag = bytes(body), method.delivery_tag
+                latest, tag, user = bytes(body), method.delivery_tag, props.user_id
             if tag is not None:
                 ch.basic_nack(tag, multiple=True, requeue=True)
+            own = broker_user(self.instance, agent)
+            if latest is not None and self.params.authenticate and user != own:
+                # Another login wrote it (a broker without broker-setup's topic permissions):
+                # the agent's own report is gone, so there is none to show.
+                log.warning(
+                    "ignoring a presence report of %r published by %s, not by %s",
+                    agent,
+                    repr(user) if user else "a publisher that did not say who it is",
+                    own,
+                )
+                return None
             return latest
 
         return self._probe(do)
@@ -454,11 +499,72 @@ class Broker:
             except Exception:  # closing a broken connection: nothing left to save
                 pass
 
-    def _declare_topology(self, ch: BlockingChannel) -> None:
-        ch.exchange_declare(exchange_name(self.instance), exchange_type="topic", durable=True)
+    def _declare_topology(self) -> None:
+        """Declare the instance's shared exchanges and dead-letter queue; a broker user that may
+        not (refused: an upload or download agent's under broker-setup) checks that they exist."""
+        try:
+            x = exchange_name(self.instance)
+            self._publisher().exchange_declare(x, exchange_type="topic", durable=True)
+        except pika.exceptions.ChannelClosedByBroker as e:
+            if e.reply_code != _ACCESS_REFUSED:
+                raise
+            self._require_shared()
+            return
+        ch = self._publisher()
+        ch.exchange_declare(presence_exchange(self.instance), exchange_type="topic", durable=True)
         ch.exchange_declare(dead_name(self.instance), exchange_type="fanout", durable=True)
-        ch.queue_declare(dead_name(self.instance), durable=True, arguments={"x-max-length": DEAD_MAX})
-        ch.queue_bind(dead_name(self.instance), dead_name(self.instance))
+        self._declare_dead()
+
+    def _require_shared(self) -> None:
+        """BrokerError unless the shared objects exist (declared by a user that may)."""
+        x, p, dead = exchange_name(self.instance), presence_exchange(self.instance), dead_name(self.instance)
+        for name, declare in (
+            (x, lambda ch: ch.exchange_declare(x, passive=True)),
+            (p, lambda ch: ch.exchange_declare(p, passive=True)),
+            (dead, lambda ch: ch.exchange_declare(dead, passive=True)),
+            (dead, lambda ch: ch.queue_declare(dead, passive=True)),
+        ):
+            try:
+                declare(self._publisher())
+            except pika.exceptions.ChannelClosedByBroker as e:
+                if e.reply_code != _NOT_FOUND:
+                    raise
+                raise BrokerError(
+                    f"{name} does not exist yet, and broker user {self.params.username} may not "
+                    "declare it: central's user declares the instance's exchanges and dead-letter "
+                    "queue (start central, or run `synkler check` with its configuration, once)"
+                ) from None
+
+    def _declare_dead(self) -> None:
+        """Declare the dead-letter queue, bounded. One an earlier version made without the bound
+        in bytes refuses these arguments (PRECONDITION_FAILED): if empty it is made again with
+        them; if not, it is used as it is, and the agent says how to bound it."""
+        dead = dead_name(self.instance)
+        try:
+            self._publisher().queue_declare(dead, durable=True, arguments=DEAD_ARGUMENTS)
+        except pika.exceptions.ChannelClosedByBroker as e:
+            if e.reply_code != _PRECONDITION_FAILED:
+                raise
+            ch = self._publisher()
+            try:
+                # Only if empty, checked by the broker itself. A dead letter arriving before the
+                # queue is made again is lost: a moment, once per upgrade.
+                ch.queue_delete(dead, if_empty=True)
+            except pika.exceptions.ChannelClosedByBroker as e2:
+                if e2.reply_code != _PRECONDITION_FAILED:  # not empty
+                    raise
+                count = self._publisher().queue_declare(dead, passive=True).method.message_count
+                log.warning(
+                    "the dead-letter queue %s, made by an earlier synkler, is not bounded in bytes "
+                    "and holds %d messages: read and purge them (docs/runbook.md, Troubleshooting, "
+                    "Dead-letter queue); the next connection makes it again with the bound",
+                    dead,
+                    count,
+                )
+                return
+            self._publisher().queue_declare(dead, durable=True, arguments=DEAD_ARGUMENTS)
+            log.info("made the dead-letter queue %s again, bounded in bytes too", dead)
+        self._publisher().queue_bind(dead, dead)
 
     def _declare_queue(self, ch: BlockingChannel, agent: str) -> None:
         """Declare an agent's queue, so messages to an agent that never ran yet wait for it."""
@@ -581,7 +687,8 @@ class Broker:
                 ch.queue_delete(holder_name(self.instance, agent))
             ch.queue_delete(dead_name(self.instance))
             ch.exchange_delete(exchange_name(self.instance))
-            ch.exchange_delete(holder_exchange(self.instance))
+            ch.exchange_delete(presence_exchange(self.instance))
+            ch.exchange_delete(old_holder_exchange(self.instance))
             ch.exchange_delete(dead_name(self.instance))
 
         self._call(do)

@@ -2,13 +2,20 @@
 
 `commands` gives the `rabbitmqctl` commands that make them; `synkler broker-setup` prints them.
 Each agent's user `<name>@<id>` (see synkler.broker.amqp.broker_user) may
-- declare, bind and read only the instance's exchanges and dead-letter queue, its own queue and its
-  own holder queue (an authenticated agent declares no other agent's queue: each declares its own),
-  and read the other agents' presence reports (their holder queues: `status --relay`);
+- configure (declare, delete) only its own queue and its own holder queue; central's user also the
+  instance's shared objects (the topic exchange, the presence exchange, the dead-letter exchange
+  and queue), which it declares at its first start. So no upload or download login can delete,
+  re-declare or re-type what the others rely on (they only check that those exist);
+- write: publish to the instance's exchanges, bind its own queues;
+- read its own queue and the other agents' presence reports (their holder queues: `status
+  --relay`), and bind to the instance's exchanges; not the dead-letter queue (which read would let
+  it purge), except central's user, which binds it;
 - bind a queue to the instance's topic exchange only with its own name (topic read), so it cannot
   have another agent's messages copied to it;
 - publish to that exchange only with the routing keys of the agents it talks to (topic write):
-  upload and download only to `central`; central to anyone.
+  upload and download only to `central`; central to anyone;
+- publish a presence report only under its own name (topic write on the presence exchange), so it
+  cannot write another agent's.
 RabbitMQ checks the `user_id` of every publish against the login, so with `authenticate: true` an
 agent believes a message only when the broker user of the agent it claims to come from sent it.
 """
@@ -17,19 +24,36 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
-from .amqp import broker_user, exchange_name
+from .amqp import broker_user, exchange_name, presence_exchange
 
 
-def permissions(instance: str, mode: str, name: str) -> tuple[str, str, str, str, str]:
-    """(configure, write, read, topic write, topic read) regular expressions for one agent."""
+class Permissions(NamedTuple):
+    """Regular expressions of one agent's user (rabbitmqctl set_permissions, set_topic_permissions)."""
+
+    configure: str
+    write: str
+    read: str
+    topic_write: str  # on the instance's exchange
+    topic_read: str
+    presence: str  # topic write and read on the presence exchange
+
+
+def permissions(instance: str, mode: str, name: str) -> Permissions:
+    """The permissions of one agent's broker user."""
     base = re.escape(exchange_name(instance))
     own = re.escape(name)
-    resources = f"^{base}(:dead|:holder|:agent:{own}|:holder:{own})?$"
+    # Only central's user may declare (and so delete) the shared objects: the exchanges, the
+    # dead-letter queue; '' after the base is the topic exchange itself.
+    shared = "|:dead|:presence|" if mode == "central" else ""
+    configure = f"^{base}(:agent:{own}|:holder:{own}{shared})$"
+    write = f"^{base}(|:dead|:presence|:agent:{own}|:holder:{own})$"
+    dead = "|:dead" if mode == "central" else ""
     # Reading every agent's presence report (holder queue) is what `status --relay` does.
-    readable = f"^{base}(:dead|:holder|:agent:{own}|:holder:[^:]+)?$"
+    read = f"^{base}(|:presence{dead}|:agent:{own}|:holder:[^:]+)$"
     topic_write = ".*" if mode == "central" else "^central$"
-    return resources, resources, readable, topic_write, f"^{own}$"
+    return Permissions(configure, write, read, topic_write, f"^{own}$", f"^{own}$")
 
 
 def commands(
@@ -49,12 +73,15 @@ def commands(
     for mode, name in agents:
         user = broker_user(instance, name)
         password = (passwords or {}).get(user)
-        configure, write, read, topic_write, topic_read = permissions(instance, mode, name)
+        p = permissions(instance, mode, name)
+        topic = ["set_topic_permissions", "-p", vhost, user]
         out += [
             # `--`: a password may start with '-' (token_urlsafe makes one in 64), which rabbitmqctl
             # would otherwise take for an option and refuse the command.
             ["add_user", user, *(["--", password] if password is not None else [])],
-            ["set_permissions", "-p", vhost, user, configure, write, read],
-            ["set_topic_permissions", "-p", vhost, user, exchange_name(instance), topic_write, topic_read],
+            ["set_permissions", "-p", vhost, user, p.configure, p.write, p.read],
+            [*topic, exchange_name(instance), p.topic_write, p.topic_read],
+            # Only its own presence report (the holder queue bound with its own name).
+            [*topic, presence_exchange(instance), p.presence, p.presence],
         ]
     return out

@@ -9,9 +9,12 @@ never disturbs a running agent.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
+import socket
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..config import KEYS, Config, ignored_keys
@@ -170,3 +173,34 @@ def ignored_lines(cfg: Config) -> list[Line]:
         (WARN, f"{key} is set, but {agent} ignores it (used by {', '.join(KEYS[key].roles)})")
         for key in ignored_keys(cfg)
     ]
+
+
+# the way to the broker --------------------------------------------------------------------------
+
+
+def plain_amqp_line(tls: bool, host: str, addresses: Sequence[str]) -> Line | None:
+    """A WARN when the agent talks plain AMQP to a broker off this host: its password and every
+    message cross the network readable. `addresses`: what `host` resolves to (none: unknown)."""
+    if tls:
+        return None
+    if addresses and all(_loopback(a) for a in addresses):
+        return None  # never leaves this host
+    return WARN, (
+        f"plain AMQP to {shown(host)}: the broker password and every message cross the network "
+        "in clear; use TLS (broker_tls: true, docs/security.md)"
+    )
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def broker_addresses(host: str, port: int) -> list[str]:
+    """The addresses `host` resolves to ([] if it does not)."""
+    try:
+        return sorted({str(info[4][0]) for info in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)})
+    except OSError:
+        return []

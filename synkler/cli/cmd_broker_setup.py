@@ -25,4 +25,5 @@ def cmd_broker_setup(cfg: Config, args: argparse.Namespace) -> int:
     for user, password in passwords.items():
         name = user.split("@")[0]
         print(f"#   {name}: authenticate: true, broker_username: {user}, broker_password: {password}")
+    print("# Start central first: only its user may declare the instance's exchanges and dead-letter queue.")
     return ExitStatus.OK

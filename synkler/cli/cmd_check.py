@@ -66,6 +66,8 @@ def _check_broker(cfg: Config, out: _Lines) -> Report | None:
         broker.connect(consume=False)
         where = f"{cfg.synkler_server}:{cfg.broker_port} vhost {cfg.broker_vhost}"
         out.say((checks.OK, f"broker {where}{_tls_note(cfg)}"))
+        addresses = checks.broker_addresses(cfg.synkler_server, cfg.broker_port)
+        out.say(checks.plain_amqp_line(cfg.broker_tls, cfg.synkler_server, addresses))
         if cfg.authenticate:
             out.say((checks.OK, f"messages authenticated: this agent publishes as {cfg.broker_username}"))
         else:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from ..config import Config
 from ..linux.fs import fsync_dir
 from ..linux.process import read_pid
-from ..private import child_umask, private_dir
+from ..private import child_env, child_umask, private_dir
 from .checksum import md5_entry, stat_entry
 from .transfer import Result
 
@@ -144,7 +144,12 @@ def run_cleanup(
             # The script's files are the user's: it gets the umask the agent was started with, not
             # the agent's own 077 (the runner makes its records 0600 itself).
             subprocess.run(
-                argv, stdin=subprocess.DEVNULL, start_new_session=True, pass_fds=(fd,), umask=child_umask()
+                argv,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                pass_fds=(fd,),
+                umask=child_umask(),
+                env=child_env(),  # the runner's, and so the script's
             )
         finally:
             os.close(fd)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from ..config import Config
 from ..errors import SynklerError
 from ..linux.process import die_with_parent
-from ..private import child_umask
+from ..private import child_env, child_umask
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,9 @@ def preferred_ciphers(rsh: str, host: str) -> str | None:
 def _ssh_ciphers(argv: list[str]) -> list[str] | None:
     """The `ciphers` line of `ssh -G` (the configuration ssh would use; it connects nowhere)."""
     try:
-        out = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=10, env=child_env()
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     for line in out.stdout.splitlines() if out.returncode == 0 else ():
@@ -302,6 +304,7 @@ def run(
             # What rsync writes is the user's data: the agent's starting umask, not its own 077
             # (with --archive rsync gives files the sender's modes anyway; this covers --no-perms).
             umask=child_umask(),
+            env=child_env(),
         )
     except FileNotFoundError:
         return Result(False, 127, f"program not found: {argv[0]}", tuple(argv))

@@ -45,6 +45,7 @@ from ..config import Alerts as AlertsConfig
 from ..config import CommandChannel, EmailChannel, WebhookChannel
 from ..errors import BrokerError, StateUnavailable
 from ..linux.fs import free_bytes, total_bytes
+from ..private import child_env
 from ..text import shown
 from .hooks import Hook
 
@@ -578,7 +579,12 @@ def _email(ch: EmailChannel, msg: Mapping[str, Any]) -> None:
 def _command(ch: CommandChannel, msg: Mapping[str, Any]) -> None:
     try:
         done = subprocess.run(
-            list(ch.argv), input=body(msg), capture_output=True, timeout=ch.timeout, check=False
+            list(ch.argv),
+            input=body(msg),
+            capture_output=True,
+            timeout=ch.timeout,
+            check=False,
+            env=child_env(),
         )
     except FileNotFoundError:
         raise NoticeError(f"no such program: {ch.argv[0]}") from None

@@ -1,9 +1,10 @@
 """An authenticated relay on a private RabbitMQ node (tests/rabbitnode.py): one least-privileged broker
-user per agent, made with the commands `synkler broker-setup` prints, `authenticate: true` everywhere,
-and a cleanup script at upload and at download that records each run. Beside the agents' users, the
-node has `mallory`, a broker login with broad permissions (configure, write and read on everything,
-no topic permissions) but no agent's identity: the attacker of tests/e2e/test_authentication.py and
-tests/e2e/test_hostile_relay.py. The fixture `authenticated_relay` (tests/conftest.py) builds it."""
+user per agent, made with the commands `synkler broker-setup` prints, the instance's shared objects
+declared by central's user, `authenticate: true` everywhere, and a cleanup script at upload and at
+download that records each run. Beside the agents' users, the node has `mallory`, a broker login
+with broad permissions (configure, write and read on everything, no topic permissions) but no
+agent's identity: the attacker of tests/e2e/test_authentication.py and tests/e2e/test_hostile_relay.py.
+The fixture `authenticated_relay` (tests/conftest.py) builds it."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 
 import pika
 
-from synkler.broker.amqp import broker_user, dead_name, exchange_name
+from synkler.broker.amqp import Broker, BrokerParams, broker_user, dead_name, exchange_name
 from synkler.broker.users import commands
 from synkler.devkit.localrelay import LocalRelay
 from synkler.messages import Message, encode
@@ -29,14 +30,24 @@ RECORD = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
 
 
 @contextmanager
-def authenticated_relay(node: Any, sshd: Any, workdir: Path, instance: str) -> Iterator[LocalRelay]:
+def authenticated_relay(
+    node: Any, sshd: Any, workdir: Path, instance: str, *, declare: bool = True
+) -> Iterator[LocalRelay]:
     """The relay (not started), with `up_log` and `down_log`: what each cleanup script recorded.
+    `declare` False: the instance's shared objects are not declared (central has never run).
     Its users, and mallory, are deleted afterwards."""
     names = ["central", "download", UPLOAD]
     passwords = {broker_user(instance, n): secrets.token_urlsafe(16) for n in names}
     passwords[broker_user(instance, "central")] = "-" + secrets.token_urlsafe(16)  # as one in 64 starts
     for argv in commands(instance, [UPLOAD], passwords=passwords):
         node.ctl(*argv)
+    # Central's user declares the instance's shared objects (as central's first start would): the
+    # other agents' users may not, and tests start them before central.
+    central = broker_user(instance, "central")
+    if declare:
+        admin = Broker(BrokerParams("127.0.0.1", node.port, central, passwords[central]), instance, "central")
+        admin.connect(consume=False)
+        admin.close()
     node.ctl("add_user", *MALLORY)
     node.ctl("set_permissions", "-p", "/", MALLORY[0], ".*", ".*", ".*")
 

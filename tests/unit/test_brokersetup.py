@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from synkler.broker.users import commands
+import re
+
+import pytest
+
+from synkler.broker.users import commands, permissions
 
 
 def test_a_password_that_starts_with_a_dash_is_not_taken_for_an_option_by_rabbitmqctl():
@@ -12,3 +16,35 @@ def test_a_password_that_starts_with_a_dash_is_not_taken_for_an_option_by_rabbit
     assert adds[0] == ["add_user", "central@lab", "--", "-Xy_9"]
     assert adds[1] == ["add_user", "download@lab", "--", "plain"]
     assert adds[2] == ["add_user", "up@lab"]  # no password: rabbitmqctl reads it from its input
+
+
+def permitted(pattern: str, name: str) -> bool:
+    return re.search(pattern, name) is not None
+
+
+SHARED = ("synkler:lab", "synkler:lab:presence", "synkler:lab:dead")
+
+
+@pytest.mark.parametrize("mode,name", [("upload", "up"), ("download", "download")])
+def test_an_upload_or_download_user_may_configure_only_its_own_queues_never_the_shared_objects(mode, name):
+    p = permissions("lab", mode, name)
+    assert not any(permitted(p.configure, x) for x in SHARED)
+    assert permitted(p.configure, f"synkler:lab:agent:{name}")
+    assert permitted(p.configure, f"synkler:lab:holder:{name}")
+    assert not permitted(p.configure, "synkler:lab:agent:central")
+    assert not permitted(p.configure, "synkler:lab:holder:central")
+    assert not permitted(p.read, "synkler:lab:dead")  # read would let it purge the dead letters
+    assert p.presence == f"^{re.escape(name)}$"  # writes only its own presence report
+
+
+def test_only_centrals_user_may_declare_the_shared_objects_and_each_user_writes_only_its_own_report():
+    p = permissions("lab", "central", "central")
+    assert all(permitted(p.configure, x) for x in SHARED)
+    assert not permitted(p.configure, "synkler:lab:agent:download")
+    argv = commands("lab", ["up"])
+    presence = [a for a in argv if a[0] == "set_topic_permissions" and a[4] == "synkler:lab:presence"]
+    assert [(a[3], a[5], a[6]) for a in presence] == [
+        ("central@lab", "^central$", "^central$"),
+        ("download@lab", "^download$", "^download$"),
+        ("up@lab", "^up$", "^up$"),
+    ]

@@ -127,3 +127,20 @@ def test_keys_set_for_another_role_are_warned_of_by_name(tmp_path):
     ]
     central = cfg_of(tmp_path, mode="central", rsync_opts=["-v"], keep_minutes=5)
     assert [text.split(" is set")[0] for _, text in checks.ignored_lines(central)] == ["rsync_opts"]
+
+
+def test_plain_amqp_to_a_broker_off_this_host_is_a_warning_naming_tls():
+    level, text = checks.plain_amqp_line(False, "central.example.org", ["192.0.2.7"])
+    assert level == checks.WARN
+    assert "central.example.org" in text and "in clear" in text and "broker_tls" in text
+    # A name that resolves to a loopback address and to another one still leaves the host.
+    assert checks.plain_amqp_line(False, "central", ["127.0.1.1", "192.0.2.7"]) is not None
+    # Unresolvable: cannot tell, so warn.
+    assert checks.plain_amqp_line(False, "nowhere.invalid", []) is not None
+
+
+def test_plain_amqp_on_loopback_and_tls_anywhere_draw_no_warning():
+    assert checks.plain_amqp_line(False, "localhost", ["127.0.0.1", "::1"]) is None
+    assert checks.plain_amqp_line(False, "central", ["127.0.1.1"]) is None  # Debian's own hostname
+    assert checks.plain_amqp_line(True, "central.example.org", ["192.0.2.7"]) is None
+    assert checks.broker_addresses("127.0.0.1", 5672) == ["127.0.0.1"]

@@ -160,3 +160,19 @@ def test_the_cleanup_runner_s_records_are_owner_only_whatever_the_umask(tmp_path
     assert run_cleanup(cfg, ENTRY, "seen", str(record)).ok
     assert record.read_text() == "0o600"  # the runner's pid file, while the script runs
     assert mode(Path(status).parent) == 0o700
+
+
+def test_a_cleanup_script_and_rsync_do_not_see_the_broker_password_from_the_agents_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("SYNKLER_BROKER_PASSWORD", "s3cret-broker-pw")
+    monkeypatch.setenv("KEEP_ME", "the user's own")
+    record = tmp_path / "environment"
+    script = [sys.executable, "-c", "import os, sys; open(sys.argv[1], 'w').write(repr(dict(os.environ)))"]
+    result = run_cleanup(script_cfg(tmp_path, [*script, "%F"]), ENTRY, "env", str(record))
+    assert result.ok, result.output
+    seen = record.read_text()
+    assert "s3cret-broker-pw" not in seen and "SYNKLER_BROKER_PASSWORD" not in seen
+    assert "the user's own" in seen  # the rest of the environment is the script's as before
+    shown = run([sys.executable, "-c", "import os; print(dict(os.environ))"]).output  # rsync, ssh
+    assert "s3cret-broker-pw" not in shown and "the user's own" in shown
