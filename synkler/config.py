@@ -108,6 +108,7 @@ class Config:
     ssh_control_persist: int
     synkler_server: str
     central_host: str
+    rrsync_root: str | None  # the directory of central this agent's ssh key is confined to by rrsync
     broker_tls: bool
     broker_tls_server_name: str | None
     broker_ca_file: Path | None
@@ -357,13 +358,38 @@ def _rsync_opts(value: Any, ctx: _Context) -> tuple[str, ...]:
     # are dropped and empty items ignored, because rsync would take " --foo" or
     # "" as a file name, which is never what the user meant.
     if isinstance(value, list):
-        return _string_list(value, ctx)
-    text = _string(value, ctx)
-    try:
-        rows = list(csv.reader([text], skipinitialspace=True))
-    except csv.Error as exc:
-        raise _Invalid(f"cannot be read as comma-separated options ({exc})") from None
-    return tuple(item.strip() for row in rows for item in row if item.strip())
+        opts = _string_list(value, ctx)
+    else:
+        text = _string(value, ctx)
+        try:
+            rows = list(csv.reader([text], skipinitialspace=True))
+        except csv.Error as exc:
+            raise _Invalid(f"cannot be read as comma-separated options ({exc})") from None
+        opts = tuple(item.strip() for row in rows for item in row if item.strip())
+    for opt in opts:
+        if opt.split("=", 1)[0] in UNPROTECTING:
+            raise _Invalid(
+                f"{opt} would let central's shell parse remote paths (a path could run a command "
+                "there): synkler always protects them; remove it"
+            )
+    return opts
+
+
+# rsync options that hand remote paths to the remote shell again (synkler.hops.transfer passes
+# --protect-args, or, confined by rrsync, relies on rsync's own quoting: these undo either).
+UNPROTECTING = frozenset({"--old-args", "--no-protect-args", "--no-secluded-args", "--no-s"})
+
+
+def _remote_dir(value: Any, ctx: _Context) -> str:
+    """An absolute directory on central, spelled one way only (compared in full with the places
+    central announces)."""
+    text = _text(value, ctx)
+    parts = text.rstrip("/").split("/")
+    if not text.startswith("/") or any(p in ("", ".", "..") for p in parts[1:]) or len(parts) < 2:
+        raise _Invalid(f"must be an absolute directory on central without '.', '..' or '//', got {_describe(value)}")
+    if any(c.isspace() or ord(c) < 32 for c in text):
+        raise _Invalid(f"must not hold spaces or control characters, got {_describe(value)}")
+    return text.rstrip("/")
 
 
 def _listen(value: Any, ctx: _Context) -> tuple[str, int]:
@@ -603,6 +629,7 @@ KEYS: dict[str, _Key] = {
     "ssh_control_persist": _Key(_integer(0, 86400), 60, roles=_ENDS),
     "synkler_server": _Key(_host, required=True),
     "central_host": _Key(_host, _Derived(lambda s, ctx: s["synkler_server"]), roles=_ENDS),
+    "rrsync_root": _Key(_remote_dir, None, roles=_ENDS),
     "broker_tls": _Key(_boolean, False),
     "broker_tls_server_name": _Key(_host, None),
     "broker_ca_file": _Key(_file, None),

@@ -38,6 +38,7 @@ from .base import (
     DOWNLOAD,
     ENTRY,
     GIVE_UP_ADVICE,
+    REOFFER,
     RECHECK,
     RETRY,
     Agent,
@@ -48,7 +49,7 @@ from .base import (
     hash_groups,
 )
 from .followers import Followers
-from .spool import Spool
+from .spool import PlaceRefused, Spool
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -376,7 +377,14 @@ class Central(Agent):
         log.error("%s: %s; giving up at once. %s", entry.name, why, GIVE_UP_ADVICE["admission at central"])
 
     def _admit(self, entry: Entry) -> None:
-        self.spool.prepare(entry)
+        try:
+            self.spool.prepare(entry)
+        except PlaceRefused as e:
+            # A person must look (someone planted it, or changed its owner); nothing is pushed there.
+            self.move(entry, Mid.FAILED, reason=str(e))
+            self.send(entry.peer or "", Failed(entry.id, self.name, hop="admission at central", reason=str(e)))
+            log.error("%s: %s; giving up. Upload keeps its copy; %s", entry.name, e, REOFFER)
+            return
         self.move(entry, Mid.UPLOADING, attempt=entry.attempt + 1, tries=0, reason=None)
         self.send(
             entry.peer or "",

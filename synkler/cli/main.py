@@ -588,7 +588,7 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
         broker.close()
     if cfg.mode in ("upload", "download"):
         try:
-            transfer.rsync_protection(tuple(cfg.rsync))
+            transfer.protection(cfg)
         except transfer.RsyncTooOld as e:
             say((checks.FAIL, f"rsync: {e}"))
         result = transfer.probe(cfg)
@@ -625,9 +625,10 @@ def _place_line(cfg: Config, central: dict | None) -> tuple[str, str]:
     else:
         where = f"{place}/stored"
         result, what = transfer.probe_read(cfg, where), "read"
+    how = "over ssh" if cfg.rrsync_root is None else f"over ssh confined by rrsync to {logs.shown(cfg.rrsync_root)}"
     if result.ok:
-        return (checks.OK, f"{what} central's {logs.shown(where)} over ssh")
-    return (checks.FAIL, f"cannot {what} central's {logs.shown(where)} over ssh: {result.summary()}")
+        return (checks.OK, f"{what} central's {logs.shown(where)} {how}")
+    return (checks.FAIL, f"cannot {what} central's {logs.shown(where)} {how}: {result.summary()}")
 
 
 def _own_peers(cfg: Config) -> tuple[list[str], dict[str, int]]:

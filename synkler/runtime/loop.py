@@ -26,8 +26,8 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from .. import messages
-from ..agents.base import PERSON_REPEAT, Agent, Done, Key
+from .. import messages, places
+from ..agents.base import CENTRAL, PERSON_REPEAT, Agent, Done, Key
 from ..observe.alerts import Alerts
 from ..backoff import backoff
 from ..broker.amqp import PEERS, Broker, BrokerParams, Delivery, broker_user, exchange_name, queue_name
@@ -37,6 +37,7 @@ from ..errors import (
     ExitStatus,
     Interrupted,
     MessageError,
+    NotYet,
     PublishRefused,
     StateUnavailable,
 )
@@ -116,6 +117,8 @@ class Runtime:
         self.alerts = Alerts(self, agent_class.mode)
         self.login_refused: str | None = None  # the broker refuses this agent's login: why
         self._alerts_complained = float("-inf")
+        self._central_place: str | None = None  # central's directory of the instance, as it announced it
+        self._place_read = float("-inf")  # when central's presence report was last read for it
 
     # jobs ----------------------------------------------------------------------------------------
 
@@ -130,6 +133,17 @@ class Runtime:
 
     def busy(self, key: Key) -> bool:
         return key in self._busy
+
+    def central_place(self, fresh: bool = False) -> str | None:
+        """Central's directory of this instance as central announces it (its presence report's
+        `place`), read once and kept; `fresh` reads it again (at most once a second, so a flood of
+        forged paths costs no flood of reads). None while central has never reported."""
+        now = time.monotonic()
+        if (self._central_place is None or fresh) and now - self._place_read >= 1.0 and self.broker:
+            self._place_read = now
+            found = places.announced(self.broker.peek_presence(CENTRAL), self.cfg.id)
+            self._central_place = found or self._central_place
+        return self._central_place
 
     def _start(self, pool: str, keys: tuple[Key, ...], work: Callable[[], T], done: Done[T]) -> None:
         self._busy.update(keys)
@@ -199,6 +213,9 @@ class Runtime:
             with self.state.transaction():
                 self.agent.startup()
             self._started = True
+            # Central's first report (with `place`) goes out before its first admit or fetch:
+            # upload and download check the paths of those against it.
+            self.presence.tick(time.time())
             self.notify.ready(f"{self._who()}: working")
             while not self._stop.is_set():
                 self.notify.watchdog()
@@ -485,7 +502,7 @@ class Runtime:
                     except MessageError as e:
                         self._dead_log("dead-lettering a message: %s: %r", e, str(element)[:200])
                         dead.append(_reencode(element))
-        except (StateUnavailable, OSError) as e:
+        except (StateUnavailable, NotYet, OSError) as e:
             # Disk full, database locked, a directory we cannot write: the message is fine, we are not.
             # Let it come back later (handlers are idempotent) instead of dead-lettering a valid request.
             log.error("cannot act on a message now (%s); it stays queued", e)
