@@ -598,8 +598,9 @@ class Endpoint(Agent):
             return
         self.person_told = now
         log.error(
-            "%s: %s refused by ssh: %s. This needs a person: fix the key, known host or host name for "
-            "central (`synkler check` tests them). Entries wait and are tried again, not counted as "
+            "%s: %s refused by ssh or the key's forced command on central: %s. This needs a person: fix "
+            "the key, known host or host name for central, or the key's `rrsync` root and rrsync_root "
+            "(`synkler check` tests them). Entries wait and are tried again, not counted as "
             "failed attempts; said again every %d minutes while it lasts",
             entry.name,
             hop,

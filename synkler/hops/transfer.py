@@ -78,10 +78,13 @@ class Result:
 
 
 _LINK_CODES = frozenset({10, 12, 30, 35, 255})
+# rrsync's words for a source file (not a directory: that is a wrong root) that does not exist.
+RRSYNC_NO_FILE = r"post-realpath open failed \(race detected\): \S*[^/\s] No such file or directory"
 _NEEDS_PERSON = re.compile(
     r"Permission denied \((?:publickey|password|keyboard|gssapi|hostbased)|"
-    # The forced command on central (docs/security.md) refused the run: a root or key to fix.
-    r"rrsync error: |is outside rrsync_root|"
+    # The forced command on central (docs/security.md) refused the run: a root or key to fix
+    # (but not a single file that is not there, as rsync's own "[sender] ... (2)").
+    rf"rrsync error: (?!{RRSYNC_NO_FILE})|is outside rrsync_root|"
     r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED|"
     r"Identity file .* not accessible|Could not resolve hostname|Bad configuration option|"
     r"no such identity|Load key .*: "
@@ -444,6 +447,9 @@ def probe_read(cfg: Config, remote_dir: str) -> Result:
 
 
 def probe(cfg: Config) -> Result:
-    """ssh + remote rsync round trip to central, for `synkler check`: list the remote home."""
+    """ssh + remote rsync round trip to central, for `synkler check`: list the remote home (the
+    root of an rrsync confinement; upload's may be write-only: a write there instead)."""
+    if cfg.rrsync_root is not None and cfg.mode == "upload":
+        return probe_write(cfg, cfg.rrsync_root)
     argv = [*cfg.rsync, f"--timeout={min(cfg.rsync_timeout, 30)}", *cfg.rsync_opts, "--list-only"]
     return run([*argv, f"{cfg.central_host}:."], timeout=60)

@@ -575,3 +575,14 @@ def test_a_refusal_by_rrsync_needs_a_person_not_a_link_that_comes_back():
     )
     result = Result(False, 12, output)
     assert result.needs_person and "rrsync error" in result.summary()
+
+
+def test_a_single_file_rrsync_cannot_find_is_a_missing_file_not_a_refusal():
+    """An early pull of growing/<entry> after central dropped it: the fetch decides, no person."""
+    from synkler.hops.transfer import Result
+
+    output = (
+        "/usr/bin/rrsync error: post-realpath open failed (race detected): growing/0123abcd "
+        "No such file or directory\nrsync error: error in rsync protocol data stream (code 12)"
+    )
+    assert not Result(False, 12, output).needs_person
