@@ -278,3 +278,15 @@ def test_a_fetch_naming_the_instances_store_under_another_directory_is_refused(t
     with pytest.raises(MessageError, match="fetch: path"):
         r.deliver(fetch)
     assert r.state.get(entry_id) is None
+
+
+def test_the_runtime_keeps_a_message_queued_while_centrals_place_is_unknown(tmp_path):
+    from synkler import messages
+
+    r, entry_id = offered(tmp_path)
+    r.jobs.place = None
+    body = messages.encode(Admit(entry_id, "central", attempt=2, dest="/srv/central/lab/staging/upload"))
+    assert r.apply(body) == ("requeue", [])
+    r.jobs.place = "/srv/central/lab"
+    assert r.apply(body) == ("ack", [])
+    assert r.entry(entry_id).state == "uploading"
