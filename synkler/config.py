@@ -386,7 +386,9 @@ def _remote_dir(value: Any, ctx: _Context) -> str:
     text = _text(value, ctx)
     parts = text.rstrip("/").split("/")
     if not text.startswith("/") or any(p in ("", ".", "..") for p in parts[1:]) or len(parts) < 2:
-        raise _Invalid(f"must be an absolute directory on central without '.', '..' or '//', got {_describe(value)}")
+        raise _Invalid(
+            f"must be an absolute directory on central without '.', '..' or '//', got {_describe(value)}"
+        )
     if any(c.isspace() or ord(c) < 32 for c in text):
         raise _Invalid(f"must not hold spaces or control characters, got {_describe(value)}")
     return text.rstrip("/")

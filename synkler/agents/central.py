@@ -382,7 +382,8 @@ class Central(Agent):
         except PlaceRefused as e:
             # A person must look (someone planted it, or changed its owner); nothing is pushed there.
             self.move(entry, Mid.FAILED, reason=str(e))
-            self.send(entry.peer or "", Failed(entry.id, self.name, hop="admission at central", reason=str(e)))
+            failed = Failed(entry.id, self.name, hop="admission at central", reason=str(e))
+            self.send(entry.peer or "", failed)
             log.error("%s: %s; giving up. Upload keeps its copy; %s", entry.name, e, REOFFER)
             return
         self.move(entry, Mid.UPLOADING, attempt=entry.attempt + 1, tries=0, reason=None)

@@ -625,7 +625,9 @@ def _place_line(cfg: Config, central: dict | None) -> tuple[str, str]:
     else:
         where = f"{place}/stored"
         result, what = transfer.probe_read(cfg, where), "read"
-    how = "over ssh" if cfg.rrsync_root is None else f"over ssh confined by rrsync to {logs.shown(cfg.rrsync_root)}"
+    how = "over ssh"
+    if cfg.rrsync_root is not None:
+        how += f" confined by rrsync to {logs.shown(cfg.rrsync_root)}"
     if result.ok:
         return (checks.OK, f"{what} central's {logs.shown(where)} {how}")
     return (checks.FAIL, f"cannot {what} central's {logs.shown(where)} {how}: {result.summary()}")

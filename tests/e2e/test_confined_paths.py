@@ -24,6 +24,7 @@ from synkler import messages
 from synkler.broker.amqp import Broker
 from synkler.devkit.localrelay import LocalRelay
 from synkler.devkit.sshd import LocalSshd
+from synkler.hops.checksum import md5_entry
 
 RRSYNC = shutil.which("rrsync") or "/usr/bin/rrsync"
 pytestmark = pytest.mark.skipif(not os.access(RRSYNC, os.X_OK), reason="rrsync is not installed")
@@ -73,7 +74,8 @@ def confined(confined_sshd: LocalSshd, broker, instance_id, tmp_path) -> Iterato
     where = str(relay.dirs["central"] / instance_id)
     roots = {"upload": f"{where}/staging/upload", "download": where}
     for role, root in roots.items():
-        relay.write_config(role, {"rsync_opts": [f"--rsh={rsh_of(confined_sshd, role)}"], "rrsync_root": root})
+        opts = [f"--rsh={rsh_of(confined_sshd, role)}"]
+        relay.write_config(role, {"rsync_opts": opts, "rrsync_root": root})
     authorize(
         confined_sshd,
         upload=f"{RRSYNC} -wo -no-lock {roots['upload']}",
@@ -97,15 +99,14 @@ def central_reported(relay: LocalRelay) -> bool:
 def test_files_relay_md5_verified_with_both_keys_confined_by_rrsync_and_check_says_so(confined):
     relay = confined
     relay.start()
+    odd = "run 1; $(touch x) & more.dat"
     md5s = {
-        "run 1; $(touch x) & more.dat": place(relay.dirs["upload"], "run 1; $(touch x) & more.dat", os.urandom(5000)),
+        odd: place(relay.dirs["upload"], odd, os.urandom(5000)),
         "plain.bin": place(relay.dirs["upload"], "plain.bin", os.urandom(300_000)),
     }
     tree = relay.dirs["upload"] / "a dir"
     (tree / "sub").mkdir(parents=True)
     (tree / "sub" / "f.txt").write_bytes(b"inside")
-    from synkler.hops.checksum import md5_entry
-
     md5s["a dir"] = md5_entry(tree)
     deliver(relay, md5s)
     assert not (relay.dirs["central"] / "x").exists() and not Path("x").exists()
@@ -186,7 +187,8 @@ def test_a_forged_admit_with_a_shell_command_in_its_dest_runs_nothing_even_with_
     forge_admit(relay, entry_id, dest)
     assert not pwned.exists()
     assert relay.states("upload")["secret.bin"] == "offered"
-    assert f"is not <central's file_dir>/{relay.instance}/staging/upload" in relay.log_path("upload").read_text()
+    said = f"is not <central's file_dir>/{relay.instance}/staging/upload"
+    assert said in relay.log_path("upload").read_text()
     relay.start("central", "download")
     nasty = "a; touch PWNED2 $(id).txt"
     deliver(relay, {"secret.bin": md5, nasty: place(relay.dirs["upload"], nasty, b"quoted")})
@@ -195,7 +197,9 @@ def test_a_forged_admit_with_a_shell_command_in_its_dest_runs_nothing_even_with_
     assert not [p for p in tmp_path.rglob("PWNED*")] and not (Path.home() / "PWNED3").exists()
 
 
-def test_a_forged_admit_into_a_planted_symlink_ending_like_the_staging_writes_nothing_there(make_relay, tmp_path):
+def test_a_forged_admit_into_a_planted_symlink_ending_like_the_staging_writes_nothing_there(
+    make_relay, tmp_path
+):
     relay = make_relay()
     entry_id, md5 = offered_while_central_is_down(relay, "authorized_keys", b"ssh-ed25519 AAAA mallory\n")
     victim = tmp_path / "home" / ".ssh"
@@ -231,11 +235,13 @@ def test_centrals_own_staging_replaced_by_a_symlink_is_refused_and_the_relay_del
     assert "is a symlink" in relay.log_path("central").read_text()
     staging.unlink()
     entry = next(e for e in relay.entries("upload") if e.name == "authorized_keys")
-    retried = subprocess.run(relay.command("upload", "retry", entry.id), capture_output=True, text=True, timeout=60)
+    retried = subprocess.run(
+        relay.command("upload", "retry", entry.id), capture_output=True, text=True, timeout=60
+    )
     assert retried.returncode == 0, retried.stdout + retried.stderr
     relay.wait_for(
         "the retried entry delivered",
-        lambda: (relay.dirs["download"] / "authorized_keys").exists() and relay.states("download").get("authorized_keys") == "done",
+        lambda: relay.states("download").get("authorized_keys") == "done",
     )
     assert (relay.dirs["download"] / "authorized_keys").read_bytes() == b"mallory\n"
     assert (victim / "authorized_keys").read_text() == "precious\n"

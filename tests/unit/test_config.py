@@ -817,7 +817,9 @@ def test_external_login_with_authenticate_needs_the_agent_user_named(parse, cert
 
 
 @pytest.mark.parametrize("opt", ["--old-args", "--no-protect-args", "--no-secluded-args", "--no-s"])
-def test_an_rsync_option_that_hands_paths_to_centrals_shell_is_refused_naming_the_file_and_key(parse, opt) -> None:
+def test_an_rsync_option_that_hands_paths_to_centrals_shell_is_refused_naming_the_file_and_key(
+    parse, opt
+) -> None:
     with pytest.raises(ConfigError) as caught:
         parse(rsync_opts=["--bwlimit=100", opt])
     assert caught.value.key == "rsync_opts" and opt in str(caught.value)

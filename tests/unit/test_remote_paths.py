@@ -105,7 +105,8 @@ def test_every_rsync_is_told_to_protect_remote_paths_whatever_its_version(tmp_pa
 def test_an_rsync_confined_by_rrsync_is_not_told_to_protect_args_which_rrsync_refuses(tmp_path):
     from synkler.hops import transfer
 
-    assert transfer.rsync_protection(fake_rsync(tmp_path, "rsync  version 3.5.0  protocol version 32"), True) == ()
+    rsync = fake_rsync(tmp_path, "rsync  version 3.5.0  protocol version 32")
+    assert transfer.rsync_protection(rsync, True) == ()
 
 
 @pytest.mark.parametrize("line", ["rsync  version 2.6.9  protocol version 29", "something else entirely"])

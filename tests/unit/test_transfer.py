@@ -559,7 +559,8 @@ def test_under_rrsync_paths_go_relative_to_its_root_without_protect_args_which_i
 def test_a_place_outside_the_rrsync_root_is_not_tried_and_needs_a_person(tmp_path: Path):
     from synkler.hops import transfer
 
-    cfg = rsync_cfg(rsync=record_rsync(tmp_path), rsync_opts=(), rrsync_root="/srv/central/lab/staging/upload")
+    root = "/srv/central/lab/staging/upload"
+    cfg = rsync_cfg(rsync=record_rsync(tmp_path), rsync_opts=(), rrsync_root=root)
     result = transfer.pull(cfg, "/srv/central/lab/stored", ["x"], str(tmp_path / "in"))
     assert not (tmp_path / "run.json").exists()
     assert result.needs_person and "rrsync_root" in result.summary()
