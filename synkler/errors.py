@@ -64,6 +64,11 @@ class MessageError(SynklerError):
     """A message failed validation; it is dead-lettered, never acted upon."""
 
 
+class NotYet(SynklerError):
+    """A message cannot be judged yet (central has not announced where its directory is): it stays
+    queued and comes back, never acted upon before it can be checked."""
+
+
 class Refused(SynklerError):
     """An operator's request (retry, forget, resend) does not apply to the entry as it is now."""
 

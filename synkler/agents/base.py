@@ -17,9 +17,9 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, NamedTuple, Protocol, TypeVar
 
-from .. import messages
+from .. import messages, places
 from ..backoff import backoff
-from ..errors import MessageError, Refused
+from ..errors import MessageError, NotYet, Refused
 from ..hops import cleanup, transfer
 from ..text import shown
 from ..messages import EntryMessage, Forget, Message
@@ -136,6 +136,10 @@ class Jobs(Protocol):
 
     def wake(self) -> None:
         """Make the main loop pass soon (from any thread)."""
+
+    def central_place(self, fresh: bool = False) -> str | None:
+        """Central's directory of this instance, `<central's file_dir>/<id>`, as central announces
+        it; `fresh`: ask again (central's config may have changed). None if it never said."""
 
 
 class Observer:
@@ -336,6 +340,23 @@ class Agent:
             )
         return entry
 
+    def on_central(self, msg: Message, field: str, *parts: str) -> None:
+        """Refuse (dead-letter) the path on central in `msg`'s `field` unless it is central's
+        directory of this instance (as central announces it) joined with exactly `parts`, compared
+        in full: an agent never reads or writes anywhere else on central. While central has never
+        said where its directory is, the message waits (NotYet)."""
+        path = getattr(msg, field)
+        place = self.jobs.central_place()
+        if place is None or not places.is_exactly(path, place, *parts):
+            place = self.jobs.central_place(fresh=True)  # central may have moved (a new config)
+        if place is None:
+            raise NotYet(f"{msg.TYPE}: central has not yet announced where its directory is")
+        if not places.is_exactly(path, place, *parts):
+            raise MessageError(
+                f"{msg.TYPE}: {field} {path!r} is not <central's file_dir>/{self.cfg.id}/{'/'.join(parts)} "
+                f"({places.at(place, *parts)!r}, as central announces it)"
+            )
+
     def from_central(self, msg: Message) -> None:
         """Refuse a message that only central may send, from anyone else."""
         if msg.sender != CENTRAL:
@@ -480,7 +501,7 @@ class Endpoint(Agent):
     def __init__(self, cfg: Config, state: State, jobs: Jobs):
         super().__init__(cfg, state, jobs)
         # An rsync that would let central's shell parse a remote path is refused before anything runs.
-        transfer.rsync_protection(tuple(cfg.rsync))
+        transfer.protection(cfg)
         self.cleanup_due = True  # set when an entry's cleanup script becomes due
         self.transfer_due = True  # set when an entry may need a transfer, or a transfer slot freed up
         self.next_transfer_retry = float("inf")  # when a failed transfer is due to run again
@@ -590,8 +611,9 @@ class Endpoint(Agent):
             return
         self.person_told = now
         log.error(
-            "%s: %s refused by ssh: %s. This needs a person: fix the key, known host or host name for "
-            "central (`synkler check` tests them). Entries wait and are tried again, not counted as "
+            "%s: %s refused by ssh or the key's forced command on central: %s. This needs a person: fix "
+            "the key, known host or host name for central, or the key's `rrsync` root and rrsync_root "
+            "(`synkler check` tests them). Entries wait and are tried again, not counted as "
             "failed attempts; said again every %d minutes while it lasts",
             entry.name,
             hop,

@@ -38,6 +38,7 @@ from .base import (
     DOWNLOAD,
     ENTRY,
     GIVE_UP_ADVICE,
+    REOFFER,
     RECHECK,
     RETRY,
     Agent,
@@ -50,7 +51,7 @@ from .base import (
 from .facts import ADMISSION_AT_CENTRAL, PULL, PUSH, STORE_AT_CENTRAL, UPLOAD_TO_CENTRAL, facts, hop
 from .followers import Followers
 from .pools import Pool
-from .spool import Spool
+from .spool import PlaceRefused, Spool
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -401,7 +402,15 @@ class Central(Agent):
         log.error("%s: %s; giving up at once. %s", entry.name, why, GIVE_UP_ADVICE[ADMISSION_AT_CENTRAL])
 
     def _admit(self, entry: Entry) -> None:
-        self.spool.prepare(entry)
+        try:
+            self.spool.prepare(entry)
+        except PlaceRefused as e:
+            # A person must look (someone planted it, or changed its owner); nothing is pushed there.
+            self.move(entry, Mid.FAILED, reason=str(e))
+            failed = Failed(entry.id, self.name, hop=ADMISSION_AT_CENTRAL, reason=str(e))
+            self.send(entry.peer or "", failed)
+            log.error("%s: %s; giving up. Upload keeps its copy; %s", entry.name, e, REOFFER)
+            return
         self.move(entry, Mid.UPLOADING, attempt=entry.attempt + 1, tries=0, reason=None)
         self.send(
             entry.peer or "",

@@ -16,12 +16,11 @@ import stat
 import time
 from typing import TYPE_CHECKING
 
-from ..errors import MessageError
 from ..hops.checksum import stat_entry
 from ..hops.pull import Early, Mismatch, NotPulled, PullRun, Staging, pull, pull_early
 from ..linux.fs import remove_tree, rename_noreplace
 from ..text import some_entries
-from ..messages import Corrupt, Failed, Fetch, Fetched, Forget, Pushing, confined, is_valid_entry_id
+from ..messages import Corrupt, Failed, Fetch, Fetched, Forget, Pushing, is_valid_entry_id
 from ..private import private_dir
 from ..state import Entry, State
 from .base import CENTRAL, ENTRY, Endpoint, Jobs, Key, Status, Transitions, shown
@@ -141,10 +140,7 @@ class Download(Endpoint):
 
     def on_pushing(self, msg: Pushing) -> None:
         self.from_central(msg)
-        if not confined(msg.path, self.cfg.id, "growing", msg.entry):
-            raise MessageError(
-                f"pushing: path {msg.path!r} is not <central's file_dir>/{self.cfg.id}/growing/<entry id>"
-            )
+        self.on_central(msg, "path", "growing", msg.entry)
         early = self.early.get(msg.entry)
         if (
             self.state.get(msg.entry) is None
@@ -157,10 +153,7 @@ class Download(Endpoint):
 
     def on_fetch(self, msg: Fetch) -> None:
         self.from_central(msg)
-        if not confined(msg.path, self.cfg.id, "stored", msg.entry):
-            raise MessageError(
-                f"fetch: path {msg.path!r} is not <central's file_dir>/{self.cfg.id}/stored/<entry id>"
-            )
+        self.on_central(msg, "path", "stored", msg.entry)
         entry = self.state.get(msg.entry)
         if msg.entry in self.early:
             self.early[msg.entry].fetched.set()

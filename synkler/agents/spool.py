@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
+from ..errors import SynklerError
 from ..hops.transfer import PARTIAL_DIR
 from ..linux.fs import free_bytes, remove_tree, rename_noreplace, total_bytes, usable_bytes
 from ..messages import is_valid_entry_id
 from ..private import private_dir
 from ..state import Entry
+from ..text import shown
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -32,6 +35,34 @@ if TYPE_CHECKING:
 log = logging.getLogger("synkler")
 
 SWEEP_AGE = 60.0  # seconds: what has not changed for this long and is not live is swept
+
+
+class PlaceRefused(SynklerError):
+    """A directory of central's spool is a symlink or not the agent's own: pushes and pulls would
+    land where someone else chose, so it is not used."""
+
+
+def own_dir(path: str) -> None:
+    """Make `path` (0700) if missing; else it must be a real directory (not a symlink) owned by the
+    agent's user, or PlaceRefused. (file_dir itself may be a symlink: the operator chose it.)"""
+    try:
+        os.mkdir(path, 0o700)
+        return
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise PlaceRefused(
+            f"{shown(path)} is a symlink (to {shown(os.readlink(path))}): central does not use it; "
+            "remove it (central makes the directory again)"
+        )
+    if not stat.S_ISDIR(st.st_mode):
+        raise PlaceRefused(f"{shown(path)} is not a directory: central does not use it; remove it")
+    if st.st_uid != os.geteuid():
+        raise PlaceRefused(
+            f"{shown(path)} belongs to uid {st.st_uid}, not to central's user (uid {os.geteuid()}): "
+            "central does not use it; remove it or give it to central's user"
+        )
 
 
 class Spool:
@@ -74,8 +105,9 @@ class Spool:
     # changes -------------------------------------------------------------------------------------
 
     def prepare(self, entry: Entry) -> None:
-        """A fresh start for a push of the entry: its staging directory there, no old copy in it."""
-        os.makedirs(self.staging(entry), mode=0o700, exist_ok=True)
+        """A fresh start for a push of the entry: its staging directory there, no old copy in it.
+        PlaceRefused if that directory is a symlink or not the agent's own."""
+        own_dir(self.staging(entry))
         remove_tree(self.staged(entry))
 
     def store(self, entry: Entry) -> None:
@@ -134,6 +166,7 @@ class Spool:
         """
         # Data in transit is for the agent's user (who is also the ssh login of upload and download).
         for path in (self.base, self.staging_dir, self.stored_dir, self.growing_dir):
+            own_dir(path)
             private_dir(path)
         for name in os.listdir(self.growing_dir):  # pushes cut short by the stop start again
             remove_tree(os.path.join(self.growing_dir, name))

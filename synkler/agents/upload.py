@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Union
 
-from ..errors import MessageError, Refused
+from ..errors import Refused
 from ..hops import transfer
 from ..hops.checksum import EntryStat, md5_entry, stat_entry
 from ..linux.fs import open_for_writing
@@ -30,7 +30,6 @@ from ..messages import (
     Sent,
     Wait,
     Withdraw,
-    confined,
     name_problem,
     new_entry_id,
 )
@@ -391,10 +390,7 @@ class Upload(Endpoint):
     # messages ------------------------------------------------------------------------------------
 
     def on_admit(self, msg: Admit) -> None:
-        if not confined(msg.dest, self.cfg.id, "staging", self.name):
-            raise MessageError(
-                f"admit: dest {msg.dest!r} is not <central's file_dir>/{self.cfg.id}/staging/{self.name}"
-            )
+        self.on_central(msg, "dest", "staging", self.name)
         entry = self.entry_for(msg)
         newest = self.state.latest_by_name(entry.name)
         stale = newest is not None and newest.id != entry.id

@@ -94,7 +94,7 @@ def _check_broker(cfg: Config, out: _Lines) -> Report | None:
 def _check_central(cfg: Config, central_report: Report | None, out: _Lines) -> None:
     """rsync itself, and ssh + rsync to central (as the transfers run them)."""
     try:
-        transfer.rsync_protection(tuple(cfg.rsync))
+        transfer.protection(cfg)
     except transfer.RsyncTooOld as e:
         out.say((checks.FAIL, f"rsync: {e}"))
     result = transfer.probe(cfg)
@@ -117,9 +117,12 @@ def _place_line(cfg: Config, central: Report | None) -> checks.Line:
     else:
         where = f"{place}/stored"
         result, what = transfer.probe_read(cfg, where), "read"
+    how = "over ssh"
+    if cfg.rrsync_root is not None:
+        how += f" confined by rrsync to {shown(cfg.rrsync_root)}"
     if result.ok:
-        return (checks.OK, f"{what} central's {shown(where)} over ssh")
-    return (checks.FAIL, f"cannot {what} central's {shown(where)} over ssh: {result.summary()}")
+        return (checks.OK, f"{what} central's {shown(where)} {how}")
+    return (checks.FAIL, f"cannot {what} central's {shown(where)} {how}: {result.summary()}")
 
 
 def _own_peers(cfg: Config) -> tuple[list[str], dict[str, int]]:

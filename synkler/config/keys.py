@@ -30,6 +30,7 @@ from .values import (
     listen,
     number,
     path,
+    remote_dir,
     rsync_opts,
     string,
     text,
@@ -61,6 +62,7 @@ class Config:
     ssh_control_persist: int
     synkler_server: str
     central_host: str
+    rrsync_root: str | None  # the directory of central this agent's ssh key is confined to by rrsync
     broker_tls: bool
     broker_tls_server_name: str | None
     broker_ca_file: Path | None
@@ -164,6 +166,7 @@ KEYS: dict[str, Key] = {
     "ssh_control_persist": Key(integer(0, 86400), 60, roles=_ENDS),
     "synkler_server": Key(host, required=True),
     "central_host": Key(host, Derived(lambda s, ctx: s["synkler_server"]), roles=_ENDS),
+    "rrsync_root": Key(remote_dir, None, roles=_ENDS),
     "broker_tls": Key(boolean, False),
     "broker_tls_server_name": Key(host, None),
     "broker_ca_file": Key(file, None),

@@ -211,13 +211,40 @@ def rsync_opts(value: Any, ctx: Context) -> tuple[str, ...]:
     # are dropped and empty items ignored, because rsync would take " --foo" or
     # "" as a file name, which is never what the user meant.
     if isinstance(value, list):
-        return _string_list(value, ctx)
-    written = string(value, ctx)
-    try:
-        rows = list(csv.reader([written], skipinitialspace=True))
-    except csv.Error as exc:
-        raise Invalid(f"cannot be read as comma-separated options ({exc})") from None
-    return tuple(item.strip() for row in rows for item in row if item.strip())
+        opts = _string_list(value, ctx)
+    else:
+        written = string(value, ctx)
+        try:
+            rows = list(csv.reader([written], skipinitialspace=True))
+        except csv.Error as exc:
+            raise Invalid(f"cannot be read as comma-separated options ({exc})") from None
+        opts = tuple(item.strip() for row in rows for item in row if item.strip())
+    for opt in opts:
+        if opt.split("=", 1)[0] in UNPROTECTING:
+            raise Invalid(
+                f"{opt} would let central's shell parse remote paths (a path could run a command "
+                "there): synkler always protects them; remove it"
+            )
+    return opts
+
+
+# rsync options that hand remote paths to the remote shell again (synkler.hops.transfer passes
+# --protect-args, or, confined by rrsync, relies on rsync's own quoting: these undo either).
+UNPROTECTING = frozenset({"--old-args", "--no-protect-args", "--no-secluded-args", "--no-s"})
+
+
+def remote_dir(value: Any, ctx: Context) -> str:
+    """An absolute directory on central, spelled one way only (compared in full with the places
+    central announces)."""
+    written = text(value, ctx)
+    parts = written.rstrip("/").split("/")
+    if not written.startswith("/") or any(p in ("", ".", "..") for p in parts[1:]) or len(parts) < 2:
+        raise Invalid(
+            f"must be an absolute directory on central without '.', '..' or '//', got {describe(value)}"
+        )
+    if any(c.isspace() or ord(c) < 32 for c in written):
+        raise Invalid(f"must not hold spaces or control characters, got {describe(value)}")
+    return written.rstrip("/")
 
 
 def listen(value: Any, ctx: Context) -> tuple[str, int]:

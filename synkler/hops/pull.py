@@ -45,7 +45,9 @@ EARLY_WAIT = 60.0  # seconds an early pull waits for upload's push to begin befo
 EARLY_STEP = 8 << 20  # an early run that brought less than this waits EARLY_PAUSE before the next
 EARLY_PAUSE = 0.25
 # rsync's error line for a source that does not exist ends with ENOENT's number, whatever the locale.
-_MISSING = re.compile(r"^rsync: \[sender\] .*\(2\)\s*$", re.MULTILINE)
+_MISSING = re.compile(
+    rf"^rsync: \[sender\] .*\(2\)\s*$|rrsync error: {transfer.RRSYNC_NO_FILE}", re.MULTILINE
+)
 
 # Where a verified entry goes in file_dir: (file_dir, name, kind, md5) -> (name, already there).
 Choose = Callable[[str, str, str, str], "tuple[str, bool]"]

@@ -2,8 +2,11 @@
 
 Every command is an argument list, never a shell line. Paths are passed absolute so a name starting
 with '-' can never be taken for an option. The remote path of a hop must reach the remote rsync as
-it is, never parsed by the remote shell: rsync >= 3.2.4 protects it by default, an older one gets
---protect-args (rsync_protection), and one too old for that is refused.
+it is, never parsed by the remote shell: every run gets --protect-args (whatever the version and
+the environment: RSYNC_OLD_ARGS is not passed on, --old-args is refused in the config), and an
+rsync too old for it is refused. With `rrsync_root` (the agent's key is confined on central by
+rrsync, which refuses --protect-args because it must see the paths to check them) the remote paths
+are sent relative to that root, and rrsync, not a shell, parses them.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .. import places
 from ..config import Config
 from ..errors import SynklerError
 from ..linux.process import die_with_parent
@@ -74,8 +78,13 @@ class Result:
 
 
 _LINK_CODES = frozenset({10, 12, 30, 35, 255})
+# rrsync's words for a source file (not a directory: that is a wrong root) that does not exist.
+RRSYNC_NO_FILE = r"post-realpath open failed \(race detected\): \S*[^/\s] No such file or directory"
 _NEEDS_PERSON = re.compile(
     r"Permission denied \((?:publickey|password|keyboard|gssapi|hostbased)|"
+    # The forced command on central (docs/security.md) refused the run: a root or key to fix
+    # (but not a single file that is not there, as rsync's own "[sender] ... (2)").
+    rf"rrsync error: (?!{RRSYNC_NO_FILE})|is outside rrsync_root|"
     r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED|"
     r"Identity file .* not accessible|Could not resolve hostname|Bad configuration option|"
     r"no such identity|Load key .*: "
@@ -206,8 +215,7 @@ def close_shared_connection(cfg: Config) -> None:
         run([*shlex.split(shared), "-O", "exit", cfg.central_host], timeout=10, track=False)
 
 
-PROTECTS_BY_DEFAULT = (3, 2, 4)  # rsync protects remote arguments from the remote shell by itself
-CAN_PROTECT = (3, 0, 0)  # rsync has --protect-args (-s)
+CAN_PROTECT = (3, 0, 0)  # rsync has --protect-args (-s; --secluded-args since 3.2.4, both names work)
 _VERSION = re.compile(rb"version\s+v?(\d+)\.(\d+)(?:\.(\d+))?")
 
 
@@ -216,9 +224,11 @@ class RsyncTooOld(SynklerError):
 
 
 @functools.lru_cache(maxsize=8)
-def rsync_protection(rsync: tuple[str, ...]) -> tuple[str, ...]:
-    """What `rsync` needs so that remote paths are never parsed by the remote shell: nothing for
-    3.2.4 and newer, --protect-args for 3.0.0 to 3.2.3; RsyncTooOld for anything older or unknown."""
+def rsync_protection(rsync: tuple[str, ...], confined: bool = False) -> tuple[str, ...]:
+    """What `rsync` needs so that remote paths are never parsed by the remote shell: --protect-args
+    (rsync 3.2.4's own quoting is undone by RSYNC_OLD_ARGS or --old-args, so it is never relied
+    on alone); nothing when `confined` by rrsync on central, which refuses it and parses the paths
+    itself. RsyncTooOld for an rsync older than 3.0.0 or that does not say its version."""
     try:
         out = subprocess.run(
             [*rsync, "--version"], capture_output=True, timeout=30, stdin=subprocess.DEVNULL
@@ -230,14 +240,48 @@ def rsync_protection(rsync: tuple[str, ...]) -> tuple[str, ...]:
         raise RsyncTooOld(f"{shlex.join(rsync)} --version does not say which version it is")
     version = tuple(int(part or 0) for part in found.groups())
     shown = ".".join(map(str, version))
-    if version >= PROTECTS_BY_DEFAULT:
-        return ()
-    if version >= CAN_PROTECT:
-        return ("--protect-args",)
-    raise RsyncTooOld(
-        f"rsync {shown} ({shlex.join(rsync)}) cannot keep remote paths from the remote shell; "
-        "synkler needs rsync 3.0.0 or newer (3.2.4 or newer protects them by default)"
-    )
+    if version < CAN_PROTECT:
+        raise RsyncTooOld(
+            f"rsync {shown} ({shlex.join(rsync)}) cannot keep remote paths from the remote shell; "
+            "synkler needs rsync 3.0.0 or newer"
+        )
+    return () if confined else ("--protect-args",)
+
+
+def protection(cfg: Config) -> tuple[str, ...]:
+    """rsync_protection for this agent's rsync and confinement."""
+    return rsync_protection(tuple(cfg.rsync), cfg.rrsync_root is not None)
+
+
+def remote(cfg: Config, path: str, slash: str = "") -> str:
+    """`host:path` for a place on central, as rsync is given it: relative to `rrsync_root` when
+    the key is confined there. OutsideRoot when the path is not below that root."""
+    sent = places.over_ssh(path, cfg.rrsync_root)
+    if sent is None:
+        raise OutsideRoot(
+            f"central's {path} is outside rrsync_root {cfg.rrsync_root}: the forced command would "
+            "refuse it; set rrsync_root to the directory of the key's `rrsync` command"
+        )
+    return f"{cfg.central_host}:{sent}{slash}"
+
+
+class OutsideRoot(SynklerError):
+    """A place on central that this agent's confined key cannot reach (rrsync_root is wrong)."""
+
+    def result(self) -> Result:
+        """The run that could not be made, as a failure that needs a person (as rrsync's refusal)."""
+        return Result(False, 12, str(self))
+
+
+# What sshd, rsync and RSYNC_RSH would take from the environment to hand paths to central's shell
+# again (RSYNC_OLD_ARGS), or to turn on --protect-args where rrsync refuses it (RSYNC_PROTECT_ARGS).
+_UNPASSED = ("RSYNC_OLD_ARGS", "RSYNC_PROTECT_ARGS")
+
+
+def _child_env() -> dict[str, str]:
+    """The agent's environment without its secrets (synkler.private) and without what would undo
+    the protection of remote paths."""
+    return {k: v for k, v in child_env().items() if k not in _UNPASSED}
 
 
 def rsync_argv(cfg: Config, src: str, dest: str, *, listed: bool = False, append: bool = False) -> list[str]:
@@ -252,7 +296,7 @@ def rsync_argv(cfg: Config, src: str, dest: str, *, listed: bool = False, append
     """
     return [
         *cfg.rsync,
-        *rsync_protection(tuple(cfg.rsync)),
+        *protection(cfg),
         "--archive",
         *(("--append",) if append else ("--partial", f"--partial-dir={PARTIAL_DIR}")),
         f"--timeout={cfg.rsync_timeout}",
@@ -304,7 +348,7 @@ def run(
             # What rsync writes is the user's data: the agent's starting umask, not its own 077
             # (with --archive rsync gives files the sender's modes anyway; this covers --no-perms).
             umask=child_umask(),
-            env=child_env(),
+            env=_child_env(),
         )
     except FileNotFoundError:
         return Result(False, 127, f"program not found: {argv[0]}", tuple(argv))
@@ -341,10 +385,11 @@ def terminate_all() -> None:
 
 def push(cfg: Config, local_dir: str, names: Sequence[str], remote_dir: str) -> Result:
     """upload -> central: copy the entries `names` of `local_dir` into `remote_dir` on central, in one run."""
-    argv = rsync_argv(
-        cfg, local_dir.rstrip("/") + "/", f"{cfg.central_host}:{remote_dir.rstrip('/')}/", listed=True
-    )
-    return run(argv, input=_listing(names))
+    try:
+        target = remote(cfg, remote_dir, "/")
+    except OutsideRoot as e:
+        return e.result()
+    return run(rsync_argv(cfg, local_dir.rstrip("/") + "/", target, listed=True), input=_listing(names))
 
 
 def pull(cfg: Config, remote_dir: str, paths: Sequence[str], local_dir: str) -> Result:
@@ -352,11 +397,12 @@ def pull(cfg: Config, remote_dir: str, paths: Sequence[str], local_dir: str) -> 
 
     The relative paths are kept: "<entry id>" lands in local_dir/<entry id>.
     """
+    try:
+        source = remote(cfg, remote_dir, "/")
+    except OutsideRoot as e:
+        return e.result()
     os.makedirs(local_dir, mode=0o700, exist_ok=True)  # download made it private at start
-    argv = rsync_argv(
-        cfg, f"{cfg.central_host}:{remote_dir.rstrip('/')}/", local_dir.rstrip("/") + "/", listed=True
-    )
-    return run(argv, input=_listing(paths))
+    return run(rsync_argv(cfg, source, local_dir.rstrip("/") + "/", listed=True), input=_listing(paths))
 
 
 def pull_more(cfg: Config, remote_path: str, local_path: str) -> Result:
@@ -364,7 +410,10 @@ def pull_more(cfg: Config, remote_path: str, local_path: str) -> Result:
 
     A file shorter on central than here is left alone; what a run cut short appended stays.
     """
-    return run(rsync_argv(cfg, f"{cfg.central_host}:{remote_path}", local_path, append=True))
+    try:
+        return run(rsync_argv(cfg, remote(cfg, remote_path), local_path, append=True))
+    except OutsideRoot as e:
+        return e.result()
 
 
 def probe_write(cfg: Config, remote_dir: str) -> Result:
@@ -372,32 +421,39 @@ def probe_write(cfg: Config, remote_dir: str) -> Result:
     agent) and delete it again, the way the pushes go (rsync over the same ssh)."""
     mark = f".synkler-check-{os.getpid()}-{int(time.time())}"
     timeout = f"--timeout={min(cfg.rsync_timeout, 30)}"
-    base = [*cfg.rsync, *rsync_protection(tuple(cfg.rsync)), timeout, *cfg.rsync_opts]
-    remote = f"{cfg.central_host}:{remote_dir.rstrip('/')}/"
+    base = [*cfg.rsync, *protection(cfg), timeout, *cfg.rsync_opts]
+    try:
+        target = remote(cfg, remote_dir, "/")
+    except OutsideRoot as e:
+        return e.result()
     with tempfile.TemporaryDirectory(prefix="synkler-check-") as here:
         path = os.path.join(here, mark)
         with open(path, "w") as f:
             f.write("written by synkler check; removed at once\n")
-        wrote = run([*base, path, remote], timeout=60)
+        wrote = run([*base, path, target], timeout=60)
         if not wrote.ok:
             return wrote
         os.unlink(path)
         # An empty directory, synced with --delete, everything but our file excluded: only it goes.
         return run(
-            [*base, "--recursive", "--delete", f"--include=/{mark}", "--exclude=*", here + "/", remote],
+            [*base, "--recursive", "--delete", f"--include=/{mark}", "--exclude=*", here + "/", target],
             timeout=60,
         )
 
 
 def probe_read(cfg: Config, remote_dir: str) -> Result:
     """download's `check`: list `remote_dir` on central (central's store), the way the pulls read."""
-    argv = [*cfg.rsync, *rsync_protection(tuple(cfg.rsync)), f"--timeout={min(cfg.rsync_timeout, 30)}"]
-    return run(
-        [*argv, *cfg.rsync_opts, "--list-only", f"{cfg.central_host}:{remote_dir.rstrip('/')}/"], timeout=60
-    )
+    argv = [*cfg.rsync, *protection(cfg), f"--timeout={min(cfg.rsync_timeout, 30)}", *cfg.rsync_opts]
+    try:
+        return run([*argv, "--list-only", remote(cfg, remote_dir, "/")], timeout=60)
+    except OutsideRoot as e:
+        return e.result()
 
 
 def probe(cfg: Config) -> Result:
-    """ssh + remote rsync round trip to central, for `synkler check`: list the remote home."""
+    """ssh + remote rsync round trip to central, for `synkler check`: list the remote home (the
+    root of an rrsync confinement; upload's may be write-only: a write there instead)."""
+    if cfg.rrsync_root is not None and cfg.mode == "upload":
+        return probe_write(cfg, cfg.rrsync_root)
     argv = [*cfg.rsync, f"--timeout={min(cfg.rsync_timeout, 30)}", *cfg.rsync_opts, "--list-only"]
     return run([*argv, f"{cfg.central_host}:."], timeout=60)

@@ -501,6 +501,11 @@ class PresenceHook(Hook):
     def __init__(self, presence: Presence):
         self.presence = presence
 
+    def after_start(self) -> None:
+        # Central's first report (with `place`) goes out before its first admit or fetch: upload
+        # and download check the paths of those against it.
+        self.presence.tick(time.time())
+
     def after_pass(self, now: float) -> None:
         self.presence.tick(now)  # after the outbox: a report never holds a message back
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Literal
 from .. import messages
 from ..agents.base import Agent
 from ..broker.amqp import broker_user
-from ..errors import MessageError, StateUnavailable
+from ..errors import MessageError, NotYet, StateUnavailable
 from ..state import State
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ class Inbox:
                     except MessageError as e:
                         self._dead_log("dead-lettering a message: %s: %r", e, str(element)[:200])
                         dead.append(_reencode(element))
-        except (StateUnavailable, OSError) as e:
+        except (StateUnavailable, NotYet, OSError) as e:
             # Disk full, database locked, a directory we cannot write: the message is fine, we are not.
             # Let it come back later (handlers are idempotent) instead of dead-lettering a valid request.
             log.error("cannot act on a message now (%s); it stays queued", e)

@@ -25,7 +25,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from ..agents.base import PERSON_REPEAT, Agent, Done, Key
+from .. import places
+from ..agents.base import CENTRAL, PERSON_REPEAT, Agent, Done, Key
 from ..agents.pools import Pool
 from ..broker.amqp import Broker, Delivery, exchange_name
 from ..errors import BrokerError, ExitStatus, StateUnavailable
@@ -79,6 +80,8 @@ class Runtime:
         self.consumer = Consumer(cfg, agent_class.mode, self.hooks, self._taken_over)
         self.inbox = Inbox(cfg, self.state, self.agent)
         self.outbox = Outbox(self.state)
+        self._central_place: str | None = None  # central's directory of the instance, as it announced it
+        self._place_read = float("-inf")  # when central's presence report was last read for it
 
     def _observers(self) -> list[Hook]:
         """The loop's observers, in the order they are called."""
@@ -98,6 +101,17 @@ class Runtime:
 
     def busy(self, key: Key) -> bool:
         return self.workers.busy(key)
+
+    def central_place(self, fresh: bool = False) -> str | None:
+        """Central's directory of this instance as central announces it (its presence report's
+        `place`), read once and kept; `fresh` reads it again (at most once a second, so a flood of
+        forged paths costs no flood of reads). None while central has never reported."""
+        now = time.monotonic()
+        if (self._central_place is None or fresh) and now - self._place_read >= 1.0 and self.broker:
+            self._place_read = now
+            found = places.announced(self.broker.peek_presence(CENTRAL), self.cfg.id)
+            self._central_place = found or self._central_place
+        return self._central_place
 
     @property
     def transfers(self) -> int:

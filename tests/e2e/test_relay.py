@@ -479,7 +479,9 @@ def test_a_key_central_refuses_is_an_error_for_a_person_and_the_entry_waits_unco
     log = relay.log_path("upload").read_text()
     # ssh exits 255; rsync says so, or 12 if it noticed the closed stream first (a race).
     assert re.search(
-        r" ERROR waits\.txt: push to central refused by ssh: exit (255|12): .*Permission denied", log
+        r" ERROR waits\.txt: push to central refused by ssh or the key.s forced command on central: "
+        r"exit (255|12): .*Permission denied",
+        log,
     )
     relay.wait_for(
         "a few more tries", lambda: relay.log_path("upload").read_text().count("waits.txt: pushing") >= 3

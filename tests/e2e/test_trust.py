@@ -20,11 +20,24 @@ def publisher(relay) -> Broker:
     return admin
 
 
+def centrals_report(relay) -> bytes | None:
+    peek = Broker(relay.broker, relay.instance, "test-peek")
+    peek.connect(consume=False)
+    try:
+        return peek.peek_presence("central")
+    finally:
+        peek.close()
+
+
 def test_an_admit_pointing_outside_centrals_staging_is_dead_lettered_and_nothing_is_pushed_there(
     make_relay, tmp_path
 ):
     relay = make_relay()
-    # Central stays down: the entry stays offered at upload, and only the forged admit can move it.
+    # Central runs once (its report says where its directory is) and stays down: the entry stays
+    # offered at upload, and only the forged admit can move it.
+    relay.start("central")
+    relay.wait_for("central's first report", lambda: centrals_report(relay) is not None, 30)
+    relay.stop("central")
     relay.start("upload")
     secret_md5 = place(relay.dirs["upload"], "secret.bin", b"never to be pushed anywhere else")
     relay.wait_for("the offer", lambda: relay.states("upload").get("secret.bin") == "offered")

@@ -44,6 +44,7 @@ class FakeJobs:
         self.stopping = False
         self.pending: list[Job] = []
         self.held: set[Key] = set()
+        self.place: str | None = "/srv/central/lab"  # central's directory, as if it had announced it
 
     def busy(self, key: Key) -> bool:
         return key in self.held
@@ -59,6 +60,9 @@ class FakeJobs:
 
     def wake(self) -> None:
         pass
+
+    def central_place(self, fresh: bool = False) -> str | None:
+        return self.place
 
 
 class Role:
@@ -82,6 +86,7 @@ class Role:
         self.cfg = parse_config(data, tmp_path / "synkler.conf", environ={}, home=tmp_path)
         self.state = State(self.cfg.state_db)
         self.jobs = FakeJobs(self.state)
+        self.jobs.place = f"/srv/central/{self.cfg.id}"
         self.agent = AGENTS[mode](self.cfg, self.state, self.jobs)
         self.file_dir = file_dir
 

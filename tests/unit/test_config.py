@@ -82,6 +82,7 @@ def test_defaults_fill_every_optional_key(parse, file_dir: Path, home: Path, con
         ssh_control_persist=60,
         synkler_server="broker.example",
         central_host="broker.example",
+        rrsync_root=None,
         broker_tls=False,
         broker_tls_server_name=None,
         broker_ca_file=None,
@@ -832,3 +833,23 @@ def test_external_login_with_authenticate_needs_the_agent_user_named(parse, cert
     err = error_of(parse, **tls)
     assert err.key == "broker_username" and "'upload@lab'" in err.problem
     assert parse(**tls, broker_username="upload@lab").broker_username == "upload@lab"
+
+
+@pytest.mark.parametrize("opt", ["--old-args", "--no-protect-args", "--no-secluded-args", "--no-s"])
+def test_an_rsync_option_that_hands_paths_to_centrals_shell_is_refused_naming_the_file_and_key(
+    parse, opt
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse(rsync_opts=["--bwlimit=100", opt])
+    assert caught.value.key == "rsync_opts" and opt in str(caught.value)
+    assert "synkler.conf" in str(caught.value)
+
+
+@pytest.mark.parametrize("root", ["srv/lab", "/srv/../lab", "/srv//lab", "/srv/lab x", "/"])
+def test_an_rrsync_root_must_be_an_absolute_directory_spelled_one_way(parse, root) -> None:
+    with pytest.raises(ConfigError, match="rrsync_root"):
+        parse(rrsync_root=root)
+
+
+def test_an_rrsync_root_is_kept_without_its_trailing_slash(parse) -> None:
+    assert parse(rrsync_root="/srv/synkler/lab/").rrsync_root == "/srv/synkler/lab"

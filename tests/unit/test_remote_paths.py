@@ -87,19 +87,26 @@ def fake_rsync(tmp_path: Path, version_line: str) -> tuple[str, ...]:
 
 
 @pytest.mark.parametrize(
-    "line, opts",
+    "line",
     [
-        ("rsync  version 3.5.0  protocol version 32", ()),
-        ("rsync  version v3.2.4  protocol version 31", ()),
-        ("rsync  version 3.2.3  protocol version 31", ("--protect-args",)),
-        ("rsync  version 3.1.2  protocol version 31", ("--protect-args",)),
-        ("rsync  version 3.0.0  protocol version 30", ("--protect-args",)),
+        "rsync  version 3.5.0  protocol version 32",
+        "rsync  version v3.2.4  protocol version 31",
+        "rsync  version 3.2.3  protocol version 31",
+        "rsync  version 3.0.0  protocol version 30",
     ],
 )
-def test_an_rsync_that_does_not_protect_remote_paths_by_itself_is_told_to(tmp_path, line, opts):
+def test_every_rsync_is_told_to_protect_remote_paths_whatever_its_version(tmp_path, line):
+    """rsync 3.2.4's own quoting is undone by RSYNC_OLD_ARGS or --old-args (issue 22): never relied on."""
     from synkler.hops import transfer
 
-    assert transfer.rsync_protection(fake_rsync(tmp_path, line)) == opts
+    assert transfer.rsync_protection(fake_rsync(tmp_path, line)) == ("--protect-args",)
+
+
+def test_an_rsync_confined_by_rrsync_is_not_told_to_protect_args_which_rrsync_refuses(tmp_path):
+    from synkler.hops import transfer
+
+    rsync = fake_rsync(tmp_path, "rsync  version 3.5.0  protocol version 32")
+    assert transfer.rsync_protection(rsync, True) == ()
 
 
 @pytest.mark.parametrize("line", ["rsync  version 2.6.9  protocol version 29", "something else entirely"])
@@ -121,6 +128,7 @@ def test_the_protection_comes_before_every_other_option_of_a_hop(tmp_path):
         rsync_timeout=30,
         ssh_control_persist=0,
         central_host="central",
+        rrsync_root=None,
     )
     argv = transfer.rsync_argv(cfg, "/a/", "central:/srv/x y/lab/staging/upload/", listed=True)
     assert argv[1] == "--protect-args"
@@ -185,3 +193,101 @@ def test_download_takes_fetch_and_pushing_only_from_central(tmp_path):
     with pytest.raises(MessageError, match="only 'central'"):
         r.deliver(Pushing(entry_id, "upload", size=1 << 30, path=f"/srv/central/lab/growing/{entry_id}"))
     assert r.state.get(entry_id) is None and r.jobs.pending == []
+
+
+# The whole path, compared in full (issue 22); sent relative to rrsync's root (issue 23) --------------
+
+PLACE = "/srv/central/lab"
+
+
+@pytest.mark.parametrize(
+    "path, ok",
+    [
+        ("/srv/central/lab/staging/upload", True),
+        ("/srv/central/lab/staging/upload/", True),
+        # The attacks of issue 22: the same tail under another directory, a shell command before it.
+        ("/tmp/planted/lab/staging/upload", False),
+        ("/srv/central/x;touch /srv/central/PWNED;echo /lab/staging/upload", False),
+        ("/srv/central/lab/staging/upload/../../../../root/.ssh", False),
+        ("/srv//central/lab/staging/upload", False),
+        ("/srv/central/lab/staging/upload/more", False),
+        ("/srv/central/lab/staging", False),
+    ],
+)
+def test_only_the_announced_place_itself_is_believed_not_a_path_that_ends_the_same_way(path, ok):
+    from synkler import places
+
+    assert places.is_exactly(path, PLACE, "staging", "upload") is ok
+
+
+@pytest.mark.parametrize(
+    "report, place",
+    [
+        (b'{"place": "/srv/central/lab"}', "/srv/central/lab"),
+        (b'{"place": "/srv/central/lab/"}', "/srv/central/lab"),
+        (b'{"place": "/srv/central/other"}', None),  # another instance's
+        (b'{"place": "/srv/../lab"}', None),
+        (b'{"place": null}', None),
+        (b"[1]", None),
+        (b"not json", None),
+        (None, None),
+    ],
+)
+def test_centrals_place_is_taken_from_its_report_only_if_shaped_like_the_instances_directory(report, place):
+    from synkler import places
+
+    assert places.announced(report, "lab") == place
+
+
+@pytest.mark.parametrize(
+    "path, root, sent",
+    [
+        ("/srv/central/lab/stored", None, "/srv/central/lab/stored"),
+        ("/srv/central/lab/stored/", "/srv/central/lab", "stored"),
+        ("/srv/central/lab/staging/upload", "/srv/central/lab/staging/upload", "."),
+        ("/srv/central/lab/staging/upload", "/srv/central/lab/", "staging/upload"),
+        ("/srv/central/lab/stored", "/srv/central/lab/staging/upload", None),
+        ("/srv/central/laboratory/stored", "/srv/central/lab", None),
+    ],
+)
+def test_a_path_on_central_is_sent_relative_to_the_rrsync_root_and_never_outside_it(path, root, sent):
+    from synkler import places
+
+    assert places.over_ssh(path, root) == sent
+
+
+def test_an_admit_arriving_before_central_announced_its_place_waits_and_changes_nothing(tmp_path):
+    from synkler.errors import NotYet
+
+    r, entry_id = offered(tmp_path)
+    r.jobs.place = None
+    with pytest.raises(NotYet):
+        r.deliver(Admit(entry_id, "central", attempt=2, dest="/srv/central/lab/staging/upload"))
+    assert r.entry(entry_id).state == "offered"
+    r.jobs.place = "/srv/central/lab"
+    r.deliver(Admit(entry_id, "central", attempt=2, dest="/srv/central/lab/staging/upload"))
+    assert r.entry(entry_id).state == "uploading"
+
+
+def test_a_fetch_naming_the_instances_store_under_another_directory_is_refused(tmp_path):
+    r = Role("download", tmp_path)
+    entry_id = new_entry_id()
+    fetch = Fetch(
+        entry_id, "central", name="x", kind="file", size=1, files=1, md5=MD5, attempt=1,
+        path=f"/tmp/planted/lab/stored/{entry_id}",
+    )
+    with pytest.raises(MessageError, match="fetch: path"):
+        r.deliver(fetch)
+    assert r.state.get(entry_id) is None
+
+
+def test_the_runtime_keeps_a_message_queued_while_centrals_place_is_unknown(tmp_path):
+    from synkler import messages
+
+    r, entry_id = offered(tmp_path)
+    r.jobs.place = None
+    body = messages.encode(Admit(entry_id, "central", attempt=2, dest="/srv/central/lab/staging/upload"))
+    assert r.apply(body) == ("requeue", [])
+    r.jobs.place = "/srv/central/lab"
+    assert r.apply(body) == ("ack", [])
+    assert r.entry(entry_id).state == "uploading"

@@ -36,6 +36,7 @@ def rsync_cfg(**changes) -> SimpleNamespace:
         rsync_opts=("--rsh=ssh -p 2222 -i /home/me/.ssh/key", "--bwlimit=1000"),
         rsync_timeout=77,
         central_host="central.example",
+        rrsync_root=None,
         ssh_control_persist=0,
         id="default",
         name="upload",
@@ -505,3 +506,84 @@ def test_ssh_refusals_only_a_person_can_fix_are_told_from_a_link_that_is_down(ss
     assert result.needs_person == person
     if ssh_says.startswith("ssh: ") or person:
         assert ssh_says in result.summary()  # kept, though rsync's lines came after it
+
+
+# --------------------------------------------------------------------------------------------------
+# remote paths never reach central's shell (issue 22), and are relative under rrsync (issue 23)
+
+
+def record_rsync(tmp_path: Path) -> tuple[str, ...]:
+    """An "rsync" that says its version and otherwise writes down its arguments and environment."""
+    script = tmp_path / "rsync"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import json, os, sys\n"
+        "if sys.argv[1:] == ['--version']:\n"
+        "    print('rsync  version 3.5.0  protocol version 32'); sys.exit(0)\n"
+        f"open({str(tmp_path / 'run.json')!r}, 'w').write(json.dumps([sys.argv[1:], dict(os.environ)]))\n"
+    )
+    script.chmod(0o755)
+    return (str(script),)
+
+
+def recorded(tmp_path: Path) -> tuple[list[str], dict[str, str]]:
+    argv, env = json.loads((tmp_path / "run.json").read_text())
+    return argv, env
+
+
+def test_a_push_protects_its_paths_and_passes_no_rsync_old_args_on_whatever_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from synkler.hops import transfer
+
+    monkeypatch.setenv("RSYNC_OLD_ARGS", "1")
+    monkeypatch.setenv("RSYNC_PROTECT_ARGS", "0")
+    cfg = rsync_cfg(rsync=record_rsync(tmp_path), rsync_opts=())
+    assert transfer.push(cfg, str(tmp_path), ["a"], "/srv/central/lab/staging/upload").ok
+    argv, env = recorded(tmp_path)
+    assert "--protect-args" in argv
+    assert argv[-1] == "central.example:/srv/central/lab/staging/upload/"
+    assert "RSYNC_OLD_ARGS" not in env and "RSYNC_PROTECT_ARGS" not in env
+
+
+def test_under_rrsync_paths_go_relative_to_its_root_without_protect_args_which_it_refuses(tmp_path: Path):
+    from synkler.hops import transfer
+
+    cfg = rsync_cfg(rsync=record_rsync(tmp_path), rsync_opts=(), rrsync_root="/srv/central/lab")
+    assert transfer.pull(cfg, "/srv/central/lab/stored", ["x"], str(tmp_path / "in")).ok
+    argv, _env = recorded(tmp_path)
+    assert "--protect-args" not in argv
+    assert argv[-2:] == ["central.example:stored/", f"{tmp_path / 'in'}/"]
+
+
+def test_a_place_outside_the_rrsync_root_is_not_tried_and_needs_a_person(tmp_path: Path):
+    from synkler.hops import transfer
+
+    root = "/srv/central/lab/staging/upload"
+    cfg = rsync_cfg(rsync=record_rsync(tmp_path), rsync_opts=(), rrsync_root=root)
+    result = transfer.pull(cfg, "/srv/central/lab/stored", ["x"], str(tmp_path / "in"))
+    assert not (tmp_path / "run.json").exists()
+    assert result.needs_person and "rrsync_root" in result.summary()
+
+
+def test_a_refusal_by_rrsync_needs_a_person_not_a_link_that_comes_back():
+    from synkler.hops.transfer import Result
+
+    output = (
+        "/usr/bin/rrsync error: post-realpath open failed (race detected): /srv/central/lab/stored/ "
+        "No such file or directory\nrsync: connection unexpectedly closed (0 bytes received so far) "
+        "[Receiver]\nrsync error: error in rsync protocol data stream (code 12) at io.c(232) [Receiver=3.5.0]"
+    )
+    result = Result(False, 12, output)
+    assert result.needs_person and "rrsync error" in result.summary()
+
+
+def test_a_single_file_rrsync_cannot_find_is_a_missing_file_not_a_refusal():
+    """An early pull of growing/<entry> after central dropped it: the fetch decides, no person."""
+    from synkler.hops.transfer import Result
+
+    output = (
+        "/usr/bin/rrsync error: post-realpath open failed (race detected): growing/0123abcd "
+        "No such file or directory\nrsync error: error in rsync protocol data stream (code 12)"
+    )
+    assert not Result(False, 12, output).needs_person
