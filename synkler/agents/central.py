@@ -40,13 +40,13 @@ from .base import (
     GIVE_UP_ADVICE,
     RECHECK,
     RETRY,
-    Agent,
     Jobs,
     Key,
     Status,
     Transitions,
     hash_groups,
 )
+from .agent import Agent
 from .followers import Followers
 from .spool import Spool
 

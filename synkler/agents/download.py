@@ -23,7 +23,9 @@ from ..text import some_entries
 from ..messages import Corrupt, Failed, Fetch, Fetched, Forget, Pushing, confined, is_valid_entry_id
 from ..private import private_dir
 from ..state import Entry, State
-from .base import CENTRAL, ENTRY, Endpoint, Jobs, Key, Status, Transitions, shown
+from ..text import shown
+from .base import CENTRAL, ENTRY, Jobs, Key, Status, Transitions
+from .endpoint import Endpoint
 from .pull import Early, Mismatch, NotPulled, PullRun, Staging, pull, pull_early
 
 if TYPE_CHECKING:

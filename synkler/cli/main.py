@@ -19,7 +19,7 @@ from ..service import logs
 from ..errors import BrokerError, ConfigError, ExitStatus, Refused, StateError, SynklerError
 
 if TYPE_CHECKING:  # annotations only: main() imports the config module when a command needs it
-    from ..agents.base import Agent
+    from ..agents.agent import Agent
     from ..config import Config
     from ..state import Entry, State
 

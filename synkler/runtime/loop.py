@@ -27,7 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from .. import messages
-from ..agents.base import PERSON_REPEAT, Agent, Done, Key
+from ..agents.agent import Agent
+from ..agents.base import PERSON_REPEAT, Done, Key
 from ..observe.alerts import Alerts
 from ..backoff import backoff
 from ..broker.amqp import PEERS, Broker, BrokerParams, Delivery, broker_user, exchange_name, queue_name
