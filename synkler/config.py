@@ -99,6 +99,7 @@ class Config:
     name: str
     file_dir: Path
     keep_minutes: float
+    admission_lease_minutes: float
     keep_history_days: float
     pidfile: Path
     state_db: Path
@@ -594,6 +595,7 @@ KEYS: dict[str, _Key] = {
     "name": _Key(_identifier, _Derived(lambda s, ctx: s["mode"])),
     "file_dir": _Key(_directory, required=True),
     "keep_minutes": _Key(_number(0), 30.0, roles=("central",)),
+    "admission_lease_minutes": _Key(_number(0, above=True), 60.0, roles=("central",)),
     "keep_history_days": _Key(_number(0), 30.0),
     "pidfile": _Key(_path, _state_file(".pid")),
     "state_db": _Key(_path, _state_file(".sqlite")),

@@ -382,6 +382,18 @@ def central_passes_a_download_failure_on_to_upload(tmp_path: Path, _from: str, _
     return r.entry(e.id)
 
 
+@transition("central", ("uploading", "waiting"))
+def central_takes_back_an_admission_nothing_arrived_for(tmp_path: Path, _from: str, _to: str) -> Entry:
+    r = role(tmp_path, "central")
+    r.start()
+    e = r.given("uploading", peer="upload", attempt=1, md5=None, due=time.time() - 1)  # lease ended
+    r.tick()
+    r.run(r.job("scan"))  # the look at what arrived in staging: nothing
+    to, wait = only(r.sent(), Wait)
+    assert to == "upload" and "nothing arrived" in wait.reason
+    return r.entry(e.id)
+
+
 @transition("central", ("uploading", "verifying"))
 def central_checks_what_was_sent(tmp_path: Path, _from: str, _to: str) -> Entry:
     r = role(tmp_path, "central")
