@@ -22,7 +22,7 @@ from support.fakes import Role
 
 from synkler.agents import AGENTS
 from synkler.agents.base import Cleanup
-from synkler.agents.central import Checked
+from synkler.agents.staged import Checked
 from synkler.agents.pull import Mismatch, NotPulled, PullRun, Verified
 from synkler.agents.upload import Hashed
 from synkler.errors import Interrupted
