@@ -446,7 +446,7 @@ class Central(Agent):
                 self.spool.store(entry)
             self.spool.drop_partial(entry)
             stored = self.spool.stored(entry.id)
-            self.move(entry_now, Mid.DOWNLOADING, path=stored)
+            self.move(entry_now, Mid.DOWNLOADING, tries=0, path=stored)  # lapsed leases no longer matter
             self.send(
                 DOWNLOAD,
                 Fetch(

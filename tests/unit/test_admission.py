@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from support.fakes import Role
 
-from synkler.agents import admission
+from synkler.agents import admission, spool
 from synkler.messages import Admit, Failed, Offer, Sent, Wait
 from synkler.state import Entry
 
@@ -175,3 +175,23 @@ def test_more_bytes_than_offered_found_at_verification_are_never_stored(tmp_path
         "24 bytes pushed (found when it was verified), more than the 4 offered: discarded, never stored",
     )
     assert not path.exists() and not Path(r.agent.spool.stored(e.id)).exists()
+
+
+def test_what_arrived_counts_each_file_once_in_its_biggest_form(tmp_path):
+    """A resumed push holds a file's partial copy and rsync's temporary file at once: counting both
+    would take an honest push for an oversized one."""
+    (tmp_path / "a.dat").write_bytes(b"x" * 10)  # an older, smaller copy
+    (tmp_path / ".a.dat.Xy12Zq").write_bytes(b"x" * 30)  # rsync writing the resumed one
+    (tmp_path / ".synkler-partial").mkdir()
+    (tmp_path / ".synkler-partial" / "a.dat").write_bytes(b"x" * 20)
+    (tmp_path / ".b.dat.Xy12Zq").write_bytes(b"x" * 99)  # another entry's
+    run = tmp_path / "run"
+    (run / "sub" / ".synkler-partial").mkdir(parents=True)
+    (run / "f").write_bytes(b"1" * 5)
+    (run / "sub" / ".g.AbCdEf").write_bytes(b"1" * 9)
+    (run / "sub" / ".synkler-partial" / "g").write_bytes(b"1" * 8)
+    os.symlink("f", run / "link")  # an offer counts regular files only
+    assert spool.arrived(str(tmp_path), "a.dat").size == 30
+    assert spool.arrived(str(tmp_path), "run").size == 14
+    nothing = spool.arrived(str(tmp_path), "c.dat")
+    assert (nothing.size, nothing.changed) == (0, 0.0)
