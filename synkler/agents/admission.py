@@ -145,7 +145,6 @@ class Offers:
         self.counts: dict[str, int] = {}
         self.counted = -float("inf")  # monotonic
         self.refused: dict[str, tuple[int, float]] = {}  # agent -> (refusals not said yet, when said)
-        self.total = 0  # offers refused since the agent started
 
     def refusal(self, peer: str) -> str | None:
         """Why an offer from upload agent `peer` is refused now, or None (then it counts)."""
@@ -167,7 +166,6 @@ class Offers:
         """Count a refusal; say it (with those not said yet) at most once every REFUSAL_REPEAT s."""
         pending, said = self.refused.get(peer, (0, -float("inf")))
         pending += 1
-        self.total += 1
         if now - said < REFUSAL_REPEAT:
             self.refused[peer] = (pending, said)
             return

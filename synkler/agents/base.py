@@ -126,6 +126,9 @@ class Observer:
     def heard_from(self, peer: str, now: float) -> None:
         """A message from agent `peer` arrived."""
 
+    def refused_offer(self, peer: str) -> None:
+        """Central refused an offer of upload agent `peer`: it has as many entries as one may."""
+
 
 class Status(str, enum.Enum):
     """Base of each role's entry states. The value is what the state column holds and status shows."""

@@ -194,6 +194,7 @@ class Central(Agent):
             return  # a duplicate offer: already handled
         refused = self.offers.refusal(msg.sender)
         if refused is not None:  # not recorded: a flood of offers costs no rows
+            self.state.after_commit(functools.partial(self.observer.refused_offer, msg.sender))
             self.send(msg.sender, Failed(msg.entry, self.name, hop="admission at central", reason=refused))
             return
         entry = self.create(self.entry_from(msg, Mid.WAITING))
