@@ -20,7 +20,21 @@ from ..errors import MessageError, Refused
 from ..messages import EntryMessage, Forget, Message
 from ..state import Ended, Entry, Request, State
 from ..text import shown
-from .base import ACTIONS, CENTRAL, ENTRY, FORGET, RESEND, RETRY, Jobs, Key, Observer, Status, T, Transitions, job_error
+from .base import (
+    ACTIONS,
+    CENTRAL,
+    ENTRY,
+    FORGET,
+    RESEND,
+    RETRY,
+    Jobs,
+    Key,
+    Observer,
+    Status,
+    T,
+    Transitions,
+    job_error,
+)
 from .history import History
 
 if TYPE_CHECKING:

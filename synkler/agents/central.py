@@ -32,6 +32,9 @@ from ..messages import (
     Withdraw,
 )
 from ..state import Entry, State
+from . import admission
+from .admission import MAX_ADMITTED_PER_AGENT, Offers, Room, admission_pass
+from .agent import Agent
 from .base import (
     CENTRAL,
     DOWNLOAD,
@@ -45,9 +48,6 @@ from .base import (
     Transitions,
     hash_groups,
 )
-from . import admission
-from .admission import MAX_ADMITTED_PER_AGENT, Offers, Room, admission_pass
-from .agent import Agent
 from .followers import Followers
 from .spool import Arrival, Spool
 from .staged import Checked, Oversize, ToCheck, check_pushed, measure_arrivals

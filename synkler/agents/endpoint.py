@@ -112,7 +112,9 @@ class Endpoint(Agent):
             return self._count_failure(entry, hop, why, **changes)
         return True
 
-    def _wait_uncounted(self, entry: Entry, hop: str, why: str, *, out_of_space: bool, **changes: Any) -> None:
+    def _wait_uncounted(
+        self, entry: Entry, hop: str, why: str, *, out_of_space: bool, **changes: Any
+    ) -> None:
         """A step failed for lack of disk space or a link that is down: try again, not counted."""
         waiting = f"{hop}: waiting for disk space" if out_of_space else f"{hop}: link down"
         if out_of_space:

@@ -38,7 +38,9 @@ class Publisher:
 
     def publish(self, to: str, msg: messages.Message) -> None:
         props = pika.BasicProperties(delivery_mode=2, content_type="application/json")
-        self.ch.basic_publish(exchange_name(self.relay.instance), to, messages.encode(msg), props, mandatory=True)
+        self.ch.basic_publish(
+            exchange_name(self.relay.instance), to, messages.encode(msg), props, mandatory=True
+        )
 
     def close(self) -> None:
         self.conn.close()
@@ -92,7 +94,9 @@ def test_a_flood_of_offers_from_one_upload_login_does_not_stall_another_upload_a
     assert flood.count("uploading") == 2000 and flood.count("waiting") == FLOOD - 2000
 
 
-def test_an_admitted_entry_never_pushed_goes_back_after_its_lease_and_is_admitted_again(make_relay, publisher):
+def test_an_admitted_entry_never_pushed_goes_back_after_its_lease_and_is_admitted_again(
+    make_relay, publisher
+):
     relay = make_relay(central={"admission_lease_minutes": 0.1})  # 6 s
     started(relay, "central")
     pub = publisher(relay)
@@ -121,12 +125,16 @@ def push(relay: LocalRelay, name: str, size: int, dest: str) -> str:
 
 
 @pytest.mark.parametrize("sent_at_once", [False, True], ids=["while-arriving", "at-verification"])
-def test_a_push_of_more_bytes_than_offered_is_refused_and_nothing_is_stored(make_relay, publisher, sent_at_once):
+def test_a_push_of_more_bytes_than_offered_is_refused_and_nothing_is_stored(
+    make_relay, publisher, sent_at_once
+):
     relay = make_relay()
     started(relay, "central", "download")
     pub = publisher(relay)
     entry_id = offer(pub, "lab-a", "small.dat", 10)
-    relay.wait_for("admitted", lambda: getattr(central_entry(relay, entry_id), "state", "") == "uploading", 30)
+    relay.wait_for(
+        "admitted", lambda: getattr(central_entry(relay, entry_id), "state", "") == "uploading", 30
+    )
     staging = relay.dirs["central"] / relay.instance / "staging" / "lab-a"
     md5 = push(relay, "small.dat", 4 << 20, str(staging))
     if sent_at_once:

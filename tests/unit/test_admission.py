@@ -130,7 +130,9 @@ def test_an_admission_nothing_arrived_for_lapses_and_is_admitted_again_a_lease_l
     assert (entry.state, entry.tries, entry.attempt) == ("waiting", 1, 2)
     assert entry.due == pytest.approx(time.time() + 600, abs=5)
     to, wait = [(to, m) for to, m in r.sent() if isinstance(m, Wait)][0]
-    assert to == "lab-a" and wait.reason == "admitted, but nothing arrived in 10 min: admitted again in 10 min"
+    assert (
+        to == "lab-a" and wait.reason == "admitted, but nothing arrived in 10 min: admitted again in 10 min"
+    )
     r.tick()
     assert r.entry(e.id).state == "waiting"  # its slot went to others, for a lease
     with r.state.transaction():
@@ -162,7 +164,10 @@ def test_more_bytes_than_offered_seen_while_arriving_fail_the_entry_and_are_disc
     r, e = lapse(tmp_path, staged=b"far more than four bytes")
     entry = r.entry(e.id)
     assert entry.state == "failed"
-    assert entry.reason == "24 bytes pushed (seen while it arrived), more than the 4 offered: discarded, never stored"
+    assert (
+        entry.reason
+        == "24 bytes pushed (seen while it arrived), more than the 4 offered: discarded, never stored"
+    )
     assert not Path(r.agent.spool.staged(e)).exists()
     (failed,) = [m for to, m in r.sent() if isinstance(m, Failed) and to == "lab-a"]
     assert failed.hop == "upload to central"

@@ -22,8 +22,8 @@ from support.fakes import Role
 
 from synkler.agents import AGENTS
 from synkler.agents.base import Cleanup
-from synkler.agents.staged import Checked
 from synkler.agents.pull import Mismatch, NotPulled, PullRun, Verified
+from synkler.agents.staged import Checked
 from synkler.agents.upload import Hashed
 from synkler.errors import Interrupted
 from synkler.hops import checksum
