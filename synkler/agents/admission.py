@@ -10,8 +10,9 @@ starve the others; each is far above what honest work needs (thousands of files 
 - an agent may have at most MAX_OPEN_PER_AGENT entries on their way at central (waiting, admitted,
   being verified) or failed there: offers beyond that are refused with the reason, not recorded;
 - an admission is a lease (`admission_lease_minutes`): an entry admitted and not pushed in that time
-  (no `sent`, nothing arriving in its staging) goes back to waiting, not admitted again for as long,
-  and its slot is free for others; the upload agent is told again when it is admitted again.
+  (no `sent`, nothing arriving in its upload agent's staging, for it or another of its entries)
+  goes back to waiting, not admitted again for as long, and its slot is free for others; the upload
+  agent is told again when it is admitted again.
 """
 
 from __future__ import annotations
@@ -125,9 +126,9 @@ def oversize(entry: Entry, size: int, when: str) -> str | None:
 
 
 def lease_lapsed(entry: Entry, changed: float, now: float, lease: float) -> float | None:
-    """The lease of an admitted entry (`due`: when it ends) given the last change seen in its
-    staging: None if it has lapsed (nothing arrived for `lease` seconds), else when it ends now
-    (pushed data renews it)."""
+    """The lease of an admitted entry (`due`: when it ends) given the last change seen in its upload
+    agent's staging: None if it has lapsed (nothing arrived for `lease` seconds), else when it ends
+    now (pushed data renews it)."""
     if now < entry.due:
         return entry.due
     renewed = changed + lease

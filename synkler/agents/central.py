@@ -351,7 +351,9 @@ class Central(Agent):
 
     def _look_at_arrivals(self, now: float) -> None:
         """Measure what has arrived of each admitted entry, by one job: more bytes than offered fail
-        the entry as soon as they are seen; a lease that ended without anything arriving lapses."""
+        the entry as soon as they are seen; a lease that ended lapses if nothing arrived meanwhile,
+        neither of it nor of any other entry of its upload agent (an agent that is pushing works
+        through its admitted entries a few transfer runs at a time: they wait their turn)."""
         uploading = [e for e in self.state.by_state(Mid.UPLOADING) if not self.jobs.busy(Key(ENTRY, e.id))]
         if not uploading:
             self.next_arrival_look = now + admission.ARRIVAL_LOOK
@@ -361,22 +363,26 @@ class Central(Agent):
             "scan",  # not "hash": a look at a big tree never delays an md5 check
             [ARRIVALS],
             functools.partial(measure_arrivals, staging),
-            functools.partial(self._arrivals_seen, {e.id: e.attempt for e in uploading}, time.monotonic()),
+            functools.partial(
+                self._arrivals_seen, staging, {e.id: e.attempt for e in uploading}, time.monotonic()
+            ),
         )
 
     def _arrivals_seen(
         self,
+        staging: dict[str, tuple[str, str]],
         attempts: dict[str, int],
         started: float,
-        arrivals: dict[str, Arrival] | None,
+        measured: tuple[dict[str, Arrival], dict[str, float]] | None,
         error: BaseException | None,
     ) -> None:
         # A look costs at most a tenth of the time: a tree of many files is walked less often.
         took = time.monotonic() - started
         self.next_arrival_look = time.time() + max(admission.ARRIVAL_LOOK, 10 * took)
-        if arrivals is None:
+        if measured is None:
             log.error("cannot look at what arrives in central's staging: %r", error)
             return
+        arrivals, latest = measured
         now = time.time()
         for entry_id, arrival in arrivals.items():
             entry = self.state.get(entry_id)
@@ -386,7 +392,7 @@ class Central(Agent):
             if too_big is not None:
                 self._refuse_pushed(entry, too_big)
                 continue
-            lease_ends = admission.lease_lapsed(entry, arrival.changed, now, self.lease)
+            lease_ends = admission.lease_lapsed(entry, latest[staging[entry_id][0]], now, self.lease)
             if lease_ends is None:
                 self._lapse(entry)
             elif lease_ends != entry.due:

@@ -19,11 +19,10 @@ from typing import TYPE_CHECKING
 from ..errors import MessageError
 from ..hops.checksum import stat_entry
 from ..linux.fs import remove_tree, rename_noreplace
-from ..text import some_entries
+from ..text import shown, some_entries
 from ..messages import Corrupt, Failed, Fetch, Fetched, Forget, Pushing, confined, is_valid_entry_id
 from ..private import private_dir
 from ..state import Entry, State
-from ..text import shown
 from .base import CENTRAL, ENTRY, Jobs, Key, Status, Transitions
 from .endpoint import Endpoint
 from .pull import Early, Mismatch, NotPulled, PullRun, Staging, pull, pull_early

@@ -44,9 +44,19 @@ class Oversize(Exception):
         self.size = size
 
 
-def measure_arrivals(places: dict[str, tuple[str, str]]) -> dict[str, Arrival]:
-    """What has arrived of each entry (id -> its staging directory and name)."""
-    return {entry_id: arrived(*where) for entry_id, where in places.items()}
+def measure_arrivals(places: dict[str, tuple[str, str]]) -> tuple[dict[str, Arrival], dict[str, float]]:
+    """What has arrived of each entry (id -> its staging directory and name); and for each staging
+    directory (one per upload agent) the last change seen in it: to it, or to any entry measured."""
+    found = {entry_id: arrived(*where) for entry_id, where in places.items()}
+    latest: dict[str, float] = {}
+    for entry_id, (staging, _name) in places.items():
+        if staging not in latest:
+            try:
+                latest[staging] = os.stat(staging).st_ctime
+            except OSError:
+                latest[staging] = 0.0
+        latest[staging] = max(latest[staging], found[entry_id].changed)
+    return found, latest
 
 
 def check_pushed(

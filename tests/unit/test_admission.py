@@ -208,3 +208,21 @@ def test_what_arrived_counts_each_file_once_in_its_biggest_form(tmp_path):
     assert spool.arrived(str(tmp_path), "run").size == 14
     nothing = spool.arrived(str(tmp_path), "c.dat")
     assert (nothing.size, nothing.changed) == (0, 0.0)
+
+
+def test_an_agent_that_is_pushing_keeps_the_leases_of_its_entries_waiting_their_turn(tmp_path):
+    """Upload pushes its admitted entries a few transfer runs at a time: those waiting for a run
+    must not lapse while others of the same agent arrive. An agent that pushes nothing loses them."""
+    r = central(tmp_path, admission_lease_minutes=10)
+    ended = time.time() - 1
+    turn = r.given("uploading", name="later.dat", peer="lab-a", md5=None, attempt=1, due=ended)
+    busy = r.given("uploading", name="now.dat", peer="lab-a", md5=None, attempt=1, due=ended)
+    idle = r.given("uploading", name="idle.dat", peer="lab-b", md5=None, attempt=1, due=ended)
+    path = Path(r.agent.spool.staged(busy))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"da")  # arriving right now
+    r.tick()
+    r.run(r.job("scan"))
+    assert r.entry(turn.id).state == "uploading" and r.entry(busy.id).state == "uploading"
+    assert r.entry(turn.id).due == pytest.approx(time.time() + 600, abs=5)
+    assert r.entry(idle.id).state == "waiting"
