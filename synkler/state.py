@@ -433,6 +433,28 @@ class State:
         except sqlite3.Error as e:
             raise _error(e) from e
 
+    def oldest_per_peer(self, state: str, limit: int) -> list[Entry]:
+        """The `limit` oldest entries in `state` of each peer, all of them oldest first (central's
+        admission looks at no more than its share of each upload agent's waiting entries)."""
+        sql = (
+            f"SELECT {', '.join(_COLUMNS)} FROM (SELECT *, ROW_NUMBER() OVER "
+            "(PARTITION BY peer ORDER BY created) AS n FROM entries WHERE state = ?) "
+            "WHERE n <= ? ORDER BY created"
+        )
+        try:
+            return [Entry(*r) for r in self._db.execute(sql, (state, limit))]
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
+    def count_per_peer(self, *states: str) -> dict[str, int]:
+        """Entries in these states, per peer."""
+        marks = ", ".join("?" * len(states))
+        sql = f"SELECT peer, COUNT(*) FROM entries WHERE state IN ({marks}) GROUP BY peer"
+        try:
+            return {peer or "": n for peer, n in self._db.execute(sql, states)}
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
     def peers(self, limit: int) -> list[str]:
         """The agents entries came from or go to (central: its upload agents)."""
         sql = "SELECT DISTINCT peer FROM entries WHERE peer IS NOT NULL LIMIT ?"

@@ -1,22 +1,21 @@
 """The central role: admit offers, verify what upload pushed, hand it to download, expire it.
 
 Central never opens an ssh connection: upload pushes into its spool (synkler.agents.spool) and
-download pulls from it. Big files are hashed while they arrive (synkler.agents.followers).
+download pulls from it. Big files are hashed while they arrive (synkler.agents.followers); the
+md5 checks and the looks at what arrives run on workers (synkler.agents.staged). What is admitted
+when, and for how long, is decided in synkler.agents.admission.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import MessageError
 from ..hops.checksum import md5_entry
-from ..hops.follow import Follower, pulled_early, verified_md5, worth_following
+from ..hops.follow import pulled_early, worth_following
 from ..linux.fs import remove_tree
 from ..messages import (
     Admit,
@@ -33,6 +32,9 @@ from ..messages import (
     Withdraw,
 )
 from ..state import Entry, State
+from . import admission
+from .admission import ABOVE_RESERVE, MAX_ADMITTED_PER_AGENT, ROOM_WAIT, Offers, Room, admission_pass
+from .agent import Agent
 from .base import (
     CENTRAL,
     DOWNLOAD,
@@ -41,7 +43,6 @@ from .base import (
     REOFFER,
     RECHECK,
     RETRY,
-    Agent,
     Jobs,
     Key,
     Status,
@@ -51,14 +52,14 @@ from .base import (
 from .facts import ADMISSION_AT_CENTRAL, PULL, PUSH, STORE_AT_CENTRAL, UPLOAD_TO_CENTRAL, facts, hop
 from .followers import Followers
 from .pools import Pool
-from .spool import PlaceRefused, Spool
+from .spool import Arrival, PlaceRefused, Spool
+from .staged import Checked, Oversize, ToCheck, check_pushed, measure_arrivals
 
 if TYPE_CHECKING:
     from ..config import Config
 
 log = logging.getLogger("synkler")
 
-MAX_ADMITTED = 2000  # entries admitted but not yet verified; free space is the other limit
 ADMIT_RECHECK = 1.0  # seconds: waiting entries are looked at again this often (free space changes)
 SWEEP_INTERVAL = 60.0  # seconds between looks for stale partial files
 
@@ -82,7 +83,7 @@ class Mid(Status):
 FORGETTABLE = frozenset({Mid.WAITING, Mid.UPLOADING, Mid.VERIFYING, Mid.DOWNLOADING, Mid.FAILED})
 TRANSITIONS: Transitions = {
     Mid.WAITING: frozenset({Mid.UPLOADING, Mid.WITHDRAWN, Mid.FAILED, Mid.FORGOTTEN}),
-    Mid.UPLOADING: frozenset({Mid.VERIFYING, Mid.WITHDRAWN, Mid.FAILED, Mid.FORGOTTEN}),
+    Mid.UPLOADING: frozenset({Mid.VERIFYING, Mid.WAITING, Mid.WITHDRAWN, Mid.FAILED, Mid.FORGOTTEN}),
     Mid.VERIFYING: frozenset({Mid.DOWNLOADING, Mid.UPLOADING, Mid.WITHDRAWN, Mid.FAILED, Mid.FORGOTTEN}),
     Mid.DOWNLOADING: frozenset({Mid.DELIVERED, Mid.WAITING, Mid.FAILED, Mid.FORGOTTEN}),
     Mid.DELIVERED: frozenset({Mid.EXPIRED}),
@@ -92,9 +93,8 @@ TRANSITIONS: Transitions = {
     Mid.FORGOTTEN: frozenset(),
 }
 IN_FLIGHT = (Mid.WAITING, Mid.UPLOADING, Mid.VERIFYING)  # their staged copies may still be needed
+ARRIVALS = Key("arrivals")  # the look at what has arrived of admitted entries
 KEEP_STORED = (Mid.VERIFYING, Mid.DOWNLOADING, Mid.DELIVERED, Mid.FAILED)  # their stored/ copies stay
-# The reasons of entries that wait for room on file_dir say one of these.
-ROOM_WAIT, ABOVE_RESERVE = "waiting for room", "available above the"
 # The states an entry ends in at this role (pruned from the history keep_history_days later).
 FINISHED = (Mid.EXPIRED, Mid.WITHDRAWN, Mid.FORGOTTEN)
 # What observers know of these states (synkler.agents.facts). Delivered is finished for the relay:
@@ -116,48 +116,6 @@ FACTS = facts(
         hop(PULL, [Mid.DOWNLOADING], [Mid.DELIVERED], during=[Mid.DOWNLOADING, Mid.FAILED]),
     ),
 )
-
-
-@dataclass(frozen=True)
-class Checked:
-    """The md5 of what upload pushed; `in_store`: found already moved to stored/ (a crash between
-    that rename and its commit)."""
-
-    md5: str
-    in_store: bool
-
-
-@dataclass(frozen=True)
-class ToCheck:
-    """A staged copy to check: where it is (or, after a crash, was moved to) and its expected md5."""
-
-    entry_id: str
-    name: str
-    staged: str
-    stored: str
-    expected: str
-
-
-def check_pushed(
-    items: list[ToCheck], take_follower: Callable[[str], Follower | None]
-) -> list[Checked | Exception]:
-    """md5 of staged copies, each on its own (one that cannot be read does not stop the others). A
-    big file's follower usually has the md5 already (synkler.hops.follow)."""
-    results: list[Checked | Exception] = []
-    for item in items:
-        follower = take_follower(item.entry_id)
-        try:
-            followed = follower.finish() if follower else None
-            if not os.path.lexists(item.staged) and os.path.lexists(item.stored):
-                results.append(Checked(md5_entry(item.stored), True))
-            else:
-                md5, unread = verified_md5(item.staged, item.expected, followed)
-                if unread:
-                    log.debug("%s: hashed while it arrived", item.name)
-                results.append(Checked(md5, False))
-        except Exception as e:  # this entry only; the others of the group go on
-            results.append(e)
-    return results
 
 
 class Central(Agent):
@@ -186,6 +144,9 @@ class Central(Agent):
         self.next_admit_check = 0.0
         self.admit_due = self.verify_due = True
         self.overtaken: dict[str, int] = {}  # waiting entry id -> bytes admitted past it (see _admit_waiting)
+        self.offers = Offers(state, (*IN_FLIGHT, Mid.FAILED))
+        self.lease = cfg.admission_lease_minutes * 60
+        self.next_arrival_look = 0.0
 
     def startup(self) -> None:
         in_flight = {(e.peer or "", e.name) for e in self.state.by_state(*IN_FLIGHT)}
@@ -197,6 +158,8 @@ class Central(Agent):
             return None if entry.state in KEEP_STORED else entry.state
 
         self.spool.reconcile(in_flight, keep_stored)
+        for entry in self.state.by_state(Mid.UPLOADING, due_before=0):  # admitted by an older version
+            self.state.update(entry, due=time.time() + self.lease)
         self._follow_more()  # pushes cut short by the stop start again
 
     def shutdown(self) -> None:
@@ -253,6 +216,11 @@ class Central(Agent):
                     f"offer of entry {msg.entry} from {msg.sender!r}: {known.peer!r} offered it"
                 )
             return  # a duplicate offer: already handled
+        refused = self.offers.refusal(msg.sender)
+        if refused is not None:  # not recorded: a flood of offers costs no rows
+            self.state.after_commit(functools.partial(self.observer.refused_offer, msg.sender))
+            self.send(msg.sender, Failed(msg.entry, self.name, hop=ADMISSION_AT_CENTRAL, reason=refused))
+            return
         entry = self.create(self.entry_from(msg, Mid.WAITING))
         self.admit_due = True
         log.debug("%s: offered by %s (%d bytes)", entry.name, entry.peer, entry.size)
@@ -261,7 +229,7 @@ class Central(Agent):
     def on_sent(self, msg: Sent) -> None:
         entry = self.entry_for(msg)
         if entry.state == Mid.UPLOADING and msg.attempt == entry.attempt:
-            self.move(entry, Mid.VERIFYING, md5=msg.md5, tries=0, due=0)
+            self.move(entry, Mid.VERIFYING, md5=msg.md5, due=0)
             self.verify_due = True
 
     def on_fetched(self, msg: Fetched) -> None:
@@ -338,68 +306,26 @@ class Central(Agent):
     # admission -----------------------------------------------------------------------------------
 
     def _admit_waiting(self) -> None:
-        """Admit waiting entries, oldest first, while there is room; tell the others why they wait.
-
-        Room: at most MAX_ADMITTED entries between admission and verification, one version of a name
-        per upload agent at a time (they share a staging path), and free space on file_dir's
-        filesystem above the free_percent reserve, minus what admitted entries have yet to bring.
-
-        An entry bigger than the whole filesystem above the reserve can never be admitted: it fails
-        at once. One that does not fit now waits, and later entries that fit may pass it, until
-        together they have taken as many bytes as it needs; then later entries wait behind it
-        until it fits (the space admitted entries take is freed keep_minutes after delivery). So a
-        big entry neither blocks the relay while space is there nor waits for ever behind smaller
-        ones. What has passed it is counted in memory: a restart of central lets as much pass again.
-        """
-        waiting = self.state.by_state(Mid.WAITING)
+        """Admit waiting entries, oldest first, while there is room (synkler.agents.admission); tell
+        the others why they wait. What has passed a big entry is counted in memory: a restart of
+        central lets as much pass again."""
+        waiting = self.state.oldest_per_peer(Mid.WAITING, MAX_ADMITTED_PER_AGENT)
         self.overtaken = {e.id: self.overtaken.get(e.id, 0) for e in waiting}
         if not waiting:
             return
         active = self.state.by_state(Mid.UPLOADING, Mid.VERIFYING)
-        count = len(active)
-        busy_names = {(e.peer, e.name) for e in active}
-        room = self.spool.room() - sum(e.size for e in active if e.state == Mid.UPLOADING)
-        capacity = self.spool.capacity()
-        first: Entry | None = None  # the oldest entry that waits for room; later ones may pass it
-        blocked = None  # once set, later entries queue behind the entry that set it
-        for entry in waiting:
-            if entry.size > capacity:
-                self._never_fits(entry, capacity)
-                continue
-            if blocked:
-                why = f"older entries are {ROOM_WAIT}"
-            elif count >= MAX_ADMITTED:
-                why = blocked = f"{count} entries admitted and not yet verified"
-            elif (entry.peer, entry.name) in busy_names:
-                why = "another version of this name is still being uploaded"
-            elif entry.size > room:
-                available, reserve_pct = max(0, int(room)), self.cfg.free_percent
-                why = f"needs {entry.size} bytes, {available} {ABOVE_RESERVE} {reserve_pct}% reserve"
-                if first is None:
-                    first = entry
-                    if self.overtaken[entry.id] >= entry.size:
-                        blocked = why  # others have had their turn: now they wait for this one
-            else:
+        space = self.spool.room() - sum(e.size for e in active if e.state == Mid.UPLOADING)
+        room = Room(space, self.spool.capacity(), self.cfg.free_percent)
+        for verdict in admission_pass(waiting, active, room, self.overtaken, time.time()):
+            entry, why = verdict.entry, verdict.why
+            if verdict.never:
+                self._give_up(entry, ADMISSION_AT_CENTRAL, why or "", at_once=True)
+            elif why is None:
                 self._admit(entry)
-                if first is not None:
-                    self.overtaken[first.id] += entry.size
-                count += 1
-                busy_names.add((entry.peer, entry.name))
-                room -= entry.size
-                continue
-            if entry.reason != why:  # say it once per reason, not at every tick
+            elif entry.reason != why:  # say it once per reason, not at every tick
                 self.state.update(entry, reason=why)
                 self.send(entry.peer or "", Wait(entry.id, self.name, reason=why))
                 log.info("%s: waiting: %s", entry.name, why)
-
-    def _never_fits(self, entry: Entry, capacity: float) -> None:
-        why = (
-            f"needs {entry.size} bytes, more than central's file system can ever hold: "
-            f"{max(0, int(capacity))} bytes above the {self.cfg.free_percent}% reserve"
-        )
-        self.move(entry, Mid.FAILED, reason=why)
-        self.send(entry.peer or "", Failed(entry.id, self.name, hop=ADMISSION_AT_CENTRAL, reason=why))
-        log.error("%s: %s; giving up at once. %s", entry.name, why, GIVE_UP_ADVICE[ADMISSION_AT_CENTRAL])
 
     def _admit(self, entry: Entry) -> None:
         try:
@@ -411,7 +337,8 @@ class Central(Agent):
             self.send(entry.peer or "", failed)
             log.error("%s: %s; giving up. Upload keeps its copy; %s", entry.name, e, REOFFER)
             return
-        self.move(entry, Mid.UPLOADING, attempt=entry.attempt + 1, tries=0, reason=None)
+        lease_ends = time.time() + self.lease
+        self.move(entry, Mid.UPLOADING, attempt=entry.attempt + 1, due=lease_ends, reason=None)
         self.send(
             entry.peer or "",
             Admit(entry.id, self.name, attempt=entry.attempt, dest=self.spool.staging(entry)),
@@ -448,13 +375,87 @@ class Central(Agent):
         for entry in self.state.by_state(Mid.DELIVERED, due_before=now):
             if not self.jobs.busy(Key(ENTRY, entry.id)):
                 self._expire(entry)
+        if now >= self.next_arrival_look and not self.jobs.busy(ARRIVALS):
+            self._look_at_arrivals(now)
         self.prune_history(now)
+
+    # what arrives of admitted entries: more bytes than offered, and leases --------------------------
+
+    def _look_at_arrivals(self, now: float) -> None:
+        """Measure what has arrived of each admitted entry, by one job: more bytes than offered fail
+        the entry as soon as they are seen; a lease that ended lapses if nothing arrived meanwhile,
+        neither of it nor of any other entry of its upload agent (an agent that is pushing works
+        through its admitted entries a few transfer runs at a time: they wait their turn)."""
+        uploading = [e for e in self.state.by_state(Mid.UPLOADING) if not self.jobs.busy(Key(ENTRY, e.id))]
+        if not uploading:
+            self.next_arrival_look = now + admission.ARRIVAL_LOOK
+            return
+        staging = {e.id: (self.spool.staging(e), e.name) for e in uploading}
+        self.jobs.submit(
+            "scan",  # not "hash": a look at a big tree never delays an md5 check
+            [ARRIVALS],
+            functools.partial(measure_arrivals, staging),
+            functools.partial(
+                self._arrivals_seen, staging, {e.id: e.attempt for e in uploading}, time.monotonic()
+            ),
+        )
+
+    def _arrivals_seen(
+        self,
+        staging: dict[str, tuple[str, str]],
+        attempts: dict[str, int],
+        started: float,
+        measured: tuple[dict[str, Arrival], dict[str, float]] | None,
+        error: BaseException | None,
+    ) -> None:
+        # A look costs at most a tenth of the time: a tree of many files is walked less often.
+        took = time.monotonic() - started
+        self.next_arrival_look = time.time() + max(admission.ARRIVAL_LOOK, 10 * took)
+        if measured is None:
+            log.error("cannot look at what arrives in central's staging: %r", error)
+            return
+        arrivals, latest = measured
+        now = time.time()
+        for entry_id, arrival in arrivals.items():
+            entry = self.state.get(entry_id)
+            if entry is None or entry.state != Mid.UPLOADING or entry.attempt != attempts[entry_id]:
+                continue  # sent, withdrawn or forgotten meanwhile
+            too_big = admission.oversize(entry, arrival.size, "seen while it arrived")
+            if too_big is not None:
+                self._refuse_pushed(entry, too_big)
+                continue
+            lease_ends = admission.lease_lapsed(entry, latest[staging[entry_id][0]], now, self.lease)
+            if lease_ends is None:
+                self._lapse(entry)
+            elif lease_ends != entry.due:
+                self.state.update(entry, due=lease_ends)
+
+    def _refuse_pushed(self, entry: Entry, why: str) -> None:
+        """More bytes than offered arrived: a failed hop. What arrived is discarded (a push still
+        writing leaves a temporary file that the sweep removes once it stops changing)."""
+        self._unfollow(entry.id)
+        self.spool.drop_staged(entry)
+        self.spool.drop_partial(entry)
+        self.admit_due = True
+        self._give_up(entry, UPLOAD_TO_CENTRAL, why, at_once=True)
+
+    def _lapse(self, entry: Entry) -> None:
+        """Nothing was pushed for an admitted entry within its lease: its slot goes to others, and it
+        waits as long again before it is admitted again (counted in `tries`, not as an attempt)."""
+        minutes = self.lease / 60
+        why = f"admitted, but nothing arrived in {minutes:g} min: admitted again in {minutes:g} min"
+        self._unfollow(entry.id)
+        self.move(entry, Mid.WAITING, tries=entry.tries + 1, due=time.time() + self.lease, reason=why)
+        self.send(entry.peer or "", Wait(entry.id, self.name, reason=why))
+        self.admit_due = True
+        log.warning("%s: %s (upload agent %s)", entry.name, why, entry.peer)
 
     def _verify(self, group: list[Entry]) -> None:
         """md5 of the staged copies of a group of entries, by one job (small entries share one:
         one hand-over and one wake-up of the loop instead of one per entry)."""
         items = [
-            ToCheck(e.id, e.name, self.spool.staged(e), self.spool.stored(e.id), e.known_md5()) for e in group
+            ToCheck(e.id, e.name, self.spool.staged(e), self.spool.stored(e.id), e.known_md5(), e.size)
+            for e in group
         ]
         self.jobs.submit(
             Pool.HASH,
@@ -484,7 +485,7 @@ class Central(Agent):
                 self.spool.store(entry)
             self.spool.drop_partial(entry)
             stored = self.spool.stored(entry.id)
-            self.move(entry_now, Mid.DOWNLOADING, tries=0, path=stored)
+            self.move(entry_now, Mid.DOWNLOADING, tries=0, path=stored)  # lapsed leases no longer matter
             self.send(
                 DOWNLOAD,
                 Fetch(
@@ -501,6 +502,10 @@ class Central(Agent):
             )
             log.info("%s: md5 verified at central (%s); download may fetch it", entry.name, checked.md5)
             return
+        if isinstance(result, Oversize):
+            why = admission.oversize(entry, result.size, "found when it was verified")
+            self._refuse_pushed(entry_now, why or "")
+            return
         why = (
             f"md5 mismatch at central: expected {entry.md5}, got {checked.md5}"
             if checked is not None
@@ -509,19 +514,23 @@ class Central(Agent):
         if checked is not None:
             self.state.after_commit(functools.partial(self.observer.mismatch, PUSH))
         self.spool.drop_staged(entry)
-        if entry_now.attempt >= self.cfg.max_attempts:
+        if self._copies(entry_now) >= self.cfg.max_attempts:
             self._give_up(entry_now, UPLOAD_TO_CENTRAL, why)
         else:
             log.warning("%s: %s; asking upload again", entry.name, why)
             self._admit(entry_now)
 
-    def _give_up(self, entry: Entry, hop: str, why: str) -> None:
-        """max_attempts uploads did not give a good copy: fail the entry and tell upload."""
+    def _copies(self, entry: Entry) -> int:
+        """The copies upload was asked for (admissions, less those whose lease lapsed)."""
+        return entry.attempt - entry.tries
+
+    def _give_up(self, entry: Entry, hop: str, why: str, *, at_once: bool = False) -> None:
+        """Fail the entry and tell upload: max_attempts uploads did not give a good copy, or (at
+        once) it can never be admitted or more bytes arrived than it had."""
         self.move(entry, Mid.FAILED, reason=why)
         self.send(entry.peer or "", Failed(entry.id, self.name, hop=hop, reason=why))
-        log.error(
-            "%s: %s after %d attempts; giving up. %s", entry.name, why, entry.attempt, GIVE_UP_ADVICE[hop]
-        )
+        after = "at once" if at_once else f"after {self._copies(entry)} attempts"
+        log.error("%s: %s; giving up %s. %s", entry.name, why, after, GIVE_UP_ADVICE[hop])
 
     def _recheck(self, entry: Entry) -> None:
         """Verify the stored copy again; if it went bad, drop it and get the entry again from upload."""
@@ -541,7 +550,7 @@ class Central(Agent):
             return
         why = f"stored copy at central went bad (md5 {md5})" if md5 else f"stored copy unreadable: {error}"
         self.spool.drop_stored(entry.id)
-        if entry.attempt >= self.cfg.max_attempts:
+        if self._copies(entry) >= self.cfg.max_attempts:
             self._give_up(entry, STORE_AT_CENTRAL, why)
             return
         log.warning("%s: %s; getting it again from upload", entry.name, why)

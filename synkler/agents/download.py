@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING
 from ..hops.checksum import stat_entry
 from ..hops.pull import Early, Mismatch, NotPulled, PullRun, Staging, pull, pull_early
 from ..linux.fs import remove_tree, rename_noreplace
-from ..text import some_entries
+from ..text import shown, some_entries
 from ..messages import Corrupt, Failed, Fetch, Fetched, Forget, Pushing, is_valid_entry_id
 from ..private import private_dir
 from ..state import Entry, State
-from .base import CENTRAL, ENTRY, Endpoint, Jobs, Key, Status, Transitions, shown
+from .base import CENTRAL, ENTRY, Jobs, Key, Status, Transitions
+from .endpoint import Endpoint
 from .facts import DISK_WAIT, PULL, PULL_FROM_CENTRAL, facts, hop
 from .naming import choose_name
 

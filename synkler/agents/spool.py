@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import SynklerError
@@ -35,6 +37,60 @@ if TYPE_CHECKING:
 log = logging.getLogger("synkler")
 
 SWEEP_AGE = 60.0  # seconds: what has not changed for this long and is not live is swept
+TEMPORARY = re.compile(r"\.(.+)\.[^./]{6}\Z", re.S)  # rsync's temporary file of <name>: .<name>.XXXXXX
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """What has arrived of a push so far: its bytes (regular files, as an offer counts them; of each
+    file its biggest form: the file, rsync's temporary file or its partial file, since a resumed push
+    holds two of them at once) and the last change to any of it (ctime: rsync keeps the sender's
+    mtime); 0 if nothing is there."""
+
+    size: int
+    changed: float
+
+
+def arrived(staging: str, name: str) -> Arrival:
+    """What has arrived in `staging` of the entry `name` (on a worker: it may walk a whole tree)."""
+    sizes, changed = _sizes(staging, {name})
+    return Arrival(sizes.get(name, 0), changed)
+
+
+def _sizes(directory: str, only: Collection[str] | None = None) -> tuple[dict[str, int], float]:
+    """Bytes per name in `directory` (a subdirectory: all it holds), the temporary and partial files
+    of a name counted as that name; and the last change seen. `only`: these names alone."""
+    sizes: dict[str, int] = {}
+    changed = 0.0
+
+    def seen(name: str, size: int, ctime: float) -> None:
+        nonlocal changed
+        if only is None or name in only:
+            sizes[name] = max(sizes.get(name, 0), size)
+            changed = max(changed, ctime)
+
+    try:
+        items = list(os.scandir(directory))
+    except OSError:
+        return sizes, changed
+    for item in items:
+        try:
+            st = item.stat(follow_symlinks=False)
+        except OSError:
+            continue  # gone meanwhile
+        if item.name == PARTIAL_DIR and stat.S_ISDIR(st.st_mode):
+            partial, partial_changed = _sizes(item.path, only)
+            for name, size in partial.items():
+                seen(name, size, partial_changed)
+            continue
+        temporary = TEMPORARY.match(item.name)
+        name = temporary.group(1) if temporary and stat.S_ISREG(st.st_mode) else item.name
+        if stat.S_ISDIR(st.st_mode) and (only is None or name in only):
+            inside, inside_changed = _sizes(item.path)
+            seen(name, sum(inside.values()), max(st.st_ctime, inside_changed))
+        elif stat.S_ISREG(st.st_mode) or (stat.S_ISLNK(st.st_mode) and only is not None):  # a symlink entry
+            seen(name, st.st_size, st.st_ctime)
+    return sizes, changed
 
 
 class PlaceRefused(SynklerError):

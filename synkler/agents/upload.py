@@ -20,7 +20,7 @@ from ..errors import Refused
 from ..hops import transfer
 from ..hops.checksum import EntryStat, md5_entry, stat_entry
 from ..linux.fs import open_for_writing
-from ..text import some_entries
+from ..text import shown, some_entries
 from ..messages import (
     Admit,
     Delivered,
@@ -42,14 +42,13 @@ from .base import (
     RESEND,
     RETRY,
     SCAN,
-    Endpoint,
     Jobs,
     Key,
     Status,
     Transitions,
     hash_groups,
-    shown,
 )
+from .endpoint import Endpoint
 from .facts import DISK_WAIT, PUSH, PUSH_TO_CENTRAL, RELAY, facts, hop
 from .pools import Pool
 from .watch import DirWatcher

@@ -9,7 +9,7 @@ import sys
 import time
 
 from ..agents import AGENTS
-from ..agents.base import Agent
+from ..agents.agent import Agent
 from ..config import Config
 from ..errors import ExitStatus, Refused
 from ..service.pidfile import holder

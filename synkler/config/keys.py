@@ -53,6 +53,7 @@ class Config:
     name: str
     file_dir: Path
     keep_minutes: float
+    admission_lease_minutes: float
     keep_history_days: float
     pidfile: Path
     state_db: Path
@@ -157,6 +158,7 @@ KEYS: dict[str, Key] = {
     "name": Key(identifier, Derived(lambda s, ctx: s["mode"])),
     "file_dir": Key(directory, required=True),
     "keep_minutes": Key(number(0), 30.0, roles=("central",)),
+    "admission_lease_minutes": Key(number(0, above=True), 60.0, roles=("central",)),
     "keep_history_days": Key(number(0), 30.0),
     "pidfile": Key(path, _state_file(".pid")),
     "state_db": Key(path, _state_file(".sqlite")),

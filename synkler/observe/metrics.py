@@ -107,6 +107,12 @@ class Metrics(Observer):
             (*own, "hop", "cause"),
             registry=r,
         )
+        self.refused_offers = Counter(
+            "synkler_offers_refused",
+            "Offers central refused: their upload agent had as many entries at central as one may",
+            (*own, "peer"),
+            registry=r,
+        )
         self.transfers = Gauge("synkler_transfers_running", "rsync runs going on", own, registry=r)
         self.outbox = Gauge("synkler_outbox_messages", "Messages waiting in the outbox", own, registry=r)
         self.free = Gauge(
@@ -149,6 +155,9 @@ class Metrics(Observer):
 
     def retried(self, hop: str, cause: str) -> None:
         self.retries.labels(**self.labels, hop=METRIC_HOP.get(hop, hop), cause=cause).inc()
+
+    def refused_offer(self, peer: str) -> None:
+        self.refused_offers.labels(**self.labels, peer=peer).inc()
 
     def heard_from(self, peer: str, now: float) -> None:
         self.heard.labels(**self.labels, peer=peer).set(now)

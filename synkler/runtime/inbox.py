@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING, Literal
 
 from .. import messages
-from ..agents.base import Agent
+from ..agents.agent import Agent
 from ..broker.amqp import broker_user
 from ..errors import MessageError, NotYet, StateUnavailable
 from ..state import State

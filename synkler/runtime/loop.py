@@ -26,7 +26,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from .. import places
-from ..agents.base import CENTRAL, PERSON_REPEAT, Agent, Done, Key
+from ..agents.agent import Agent
+from ..agents.base import CENTRAL, PERSON_REPEAT, Done, Key
 from ..agents.pools import Pool
 from ..broker.amqp import Broker, Delivery, exchange_name
 from ..errors import BrokerError, ExitStatus, StateUnavailable

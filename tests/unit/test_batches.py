@@ -5,7 +5,8 @@ from __future__ import annotations
 from itertools import count
 from types import SimpleNamespace
 
-from synkler.agents.base import BATCH_BYTES, BATCH_ENTRIES, HASH_GROUP_BYTES, Endpoint, hash_groups
+from synkler.agents.base import HASH_GROUP_BYTES, hash_groups
+from synkler.agents.endpoint import BATCH_BYTES, BATCH_ENTRIES, Endpoint
 from synkler.state import Entry
 
 _ids = count(1)

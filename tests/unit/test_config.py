@@ -73,6 +73,7 @@ def test_defaults_fill_every_optional_key(parse, file_dir: Path, home: Path, con
         name="upload",
         file_dir=file_dir,
         keep_minutes=30.0,
+        admission_lease_minutes=60.0,
         keep_history_days=30.0,
         pidfile=state / "default-upload.pid",
         state_db=state / "default-upload.sqlite",

@@ -22,8 +22,8 @@ from support.fakes import Role
 
 from synkler.agents import AGENTS
 from synkler.agents.base import Cleanup
-from synkler.agents.central import Checked
 from synkler.agents.pools import Pool
+from synkler.agents.staged import Checked
 from synkler.hops.pull import Mismatch, NotPulled, PullRun, Verified
 from synkler.agents.upload import Hashed
 from synkler.errors import Interrupted
@@ -380,6 +380,18 @@ def central_passes_a_download_failure_on_to_upload(tmp_path: Path, _from: str, _
     r.deliver(Failed(e.id, "download", hop="pull from central", reason="exit 23"))
     to, failed = only(r.sent(), Failed)
     assert (to, failed.hop) == ("upload", "pull from central")
+    return r.entry(e.id)
+
+
+@transition("central", ("uploading", "waiting"))
+def central_takes_back_an_admission_nothing_arrived_for(tmp_path: Path, _from: str, _to: str) -> Entry:
+    r = role(tmp_path, "central")
+    r.start()
+    e = r.given("uploading", peer="upload", attempt=1, md5=None, due=time.time() - 1)  # lease ended
+    r.tick()
+    r.run(r.job("scan"))  # the look at what arrived in staging: nothing
+    to, wait = only(r.sent(), Wait)
+    assert to == "upload" and "nothing arrived" in wait.reason
     return r.entry(e.id)
 
 

@@ -1,0 +1,359 @@
+"""Upload and download, the ends of the relay (`Endpoint`): their rsync runs to central in batches,
+the retries of what failed, and the cleanup script of each delivered entry."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+from ..backoff import backoff
+from ..errors import Refused
+from ..hops import cleanup, transfer
+from ..state import Entry, State
+from ..text import shown
+from .agent import Agent
+from .base import CLEANUP, ENTRY, GIVE_UP_ADVICE, PERSON_REPEAT, RETRY, Cleanup, Done, Jobs, Key, Status, T
+from .facts import DISK_WAIT, LINK_DOWN, needs_person_reason
+from .pools import Pool
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+log = logging.getLogger("synkler")
+
+BATCH_ENTRIES = 500  # at most this many entries in one rsync run
+BATCH_BYTES = 64 << 20  # ... and about this many bytes; bigger entries get a run of their own
+SPACE_WAIT = 30.0  # seconds between tries of a step that failed for lack of disk space
+# Cleanup scripts an operator may run again (`synkler retry`): whether an interrupted one ended is
+# unknown, so synkler never runs it again by itself, but a person who has looked may.
+RERUN = (Cleanup.FAILED, Cleanup.INTERRUPTED)
+
+
+class Endpoint(Agent):
+    """Upload and download, the ends of the relay: they run rsync over ssh to central, retry what
+    failed, and run the cleanup script of each delivered entry exactly once."""
+
+    DELIVERED: ClassVar[Status]  # delivered; the cleanup script is pending or running
+    RETRIES = "a failed entry or cleanup script"
+    DONE: ClassVar[Status]
+    FAILED: ClassVar[Status]
+
+    def __init__(self, cfg: Config, state: State, jobs: Jobs):
+        super().__init__(cfg, state, jobs)
+        # An rsync that would let central's shell parse a remote path is refused before anything runs.
+        transfer.protection(cfg)
+        self.cleanup_due = True  # set when an entry's cleanup script becomes due
+        self.transfer_due = True  # set when an entry may need a transfer, or a transfer slot freed up
+        self.next_transfer_retry = float("inf")  # when a failed transfer is due to run again
+        self.next_cleanup_retry = float("inf")  # when a failed cleanup script is due to run again
+        self.link_failures = 0  # transfer runs in a row that could not reach central
+        self.person_told = -float("inf")  # when the agent last said that ssh needs a person (monotonic)
+
+    def look_again(self) -> None:
+        self.cleanup_due = self.transfer_due = True
+
+    def stopped(self) -> None:
+        transfer.close_shared_connection(self.cfg)
+
+    # transfers -----------------------------------------------------------------------------------
+
+    def submit_transfer(self, keys: Sequence[Key], work: Callable[[], T], done: Done[T]) -> None:
+        """Run an rsync job on the transfer pool; when it ends its slot is free for the next."""
+        self.jobs.submit(Pool.TRANSFER, keys, work, functools.partial(self._transfer_ended, done))
+
+    def _transfer_ended(self, done: Done[T], outcome: T | None, error: BaseException | None) -> None:
+        self.transfer_due = True  # a slot is free, and retries may have been scheduled
+        done(outcome, error)
+
+    def link_result(self, result: transfer.Result | None) -> None:
+        """Note how a transfer run went: the backoff for a link that is down grows with its failures."""
+        if result is not None and result.ok:
+            self.link_failures = 0
+        elif result is not None and result.link_down:
+            self.link_failures += 1
+
+    def retry_later(
+        self,
+        entry: Entry,
+        hop: str,
+        why: str,
+        *,
+        out_of_space: bool = False,
+        link_down: bool = False,
+        needs_person: bool = False,
+        **changes: Any,
+    ) -> bool:
+        """Count a failed step; schedule a retry, or mark the entry failed. True if it will retry.
+
+        Two causes are no fault of the entry's and do not count toward max_attempts:
+        `out_of_space` (a disk was full: tried again every SPACE_WAIT seconds, at most
+        retry_max_seconds) and `link_down` (central could not be reached, or the link broke or
+        stalled: tried again with a backoff that grows with the failed runs in a row, up to
+        retry_max_seconds). Either way the entry waits, however long that takes.
+
+        `needs_person` (with `link_down`): ssh refused for a reason only a person can fix (a key,
+        a host key, a host name). The entry waits as for a link that is down, and the agent says
+        so at ERROR, again every PERSON_REPEAT seconds while it lasts (once for all entries).
+        """
+        if self.jobs.stopping:
+            # A transfer cut short by our own shutdown is not the hop's fault: redo it at the next start.
+            log.info("%s: %s interrupted by shutdown; resumes at the next start", entry.name, hop)
+            return True
+        cause = "needs_person" if link_down and needs_person else "link_down" if link_down else "failure"
+        cause = "disk_full" if out_of_space else cause
+        if out_of_space or link_down or entry.tries + 1 < self.cfg.max_attempts:  # else: it fails now
+            self.state.after_commit(functools.partial(self.observer.retried, hop, cause))
+        if link_down and needs_person:
+            self._needs_person(entry, hop, why, **changes)
+        elif out_of_space or link_down:
+            self._wait_uncounted(entry, hop, why, out_of_space=out_of_space, **changes)
+        else:
+            return self._count_failure(entry, hop, why, **changes)
+        return True
+
+    def _wait_uncounted(
+        self, entry: Entry, hop: str, why: str, *, out_of_space: bool, **changes: Any
+    ) -> None:
+        """A step failed for lack of disk space or a link that is down: try again, not counted."""
+        waiting = f"{hop}: {DISK_WAIT if out_of_space else LINK_DOWN}"
+        if out_of_space:
+            delay = backoff(6, cap=min(SPACE_WAIT, self.cfg.retry_max_seconds))
+        else:
+            delay = backoff(max(1, self.link_failures), cap=self.cfg.retry_max_seconds)
+        said = (entry.reason or "").startswith(waiting)  # warn once, not at every try
+        self.state.update(entry, due=time.time() + delay, reason=f"{waiting}: {why}", **changes)
+        log.log(
+            logging.DEBUG if said else logging.WARNING,
+            "%s: %s failed %s (%s); trying again in %.0f s, not counted as a failed attempt",
+            entry.name,
+            hop,
+            "for lack of disk space" if out_of_space else "because the link to central is down",
+            why,
+            delay,
+        )
+
+    def _count_failure(self, entry: Entry, hop: str, why: str, **changes: Any) -> bool:
+        """A step failed through the entry's own fault: retry with a growing backoff, or, after
+        max_attempts, mark it failed (False)."""
+        tries = entry.tries + 1
+        if tries >= self.cfg.max_attempts:
+            self.move(entry, self.FAILED, tries=tries, reason=f"{hop}: {why}", **changes)
+            advice = GIVE_UP_ADVICE.get(hop, "The data stays where it is.")
+            log.error("%s: %s failed %d times, giving up: %s. %s", entry.name, hop, tries, why, advice)
+            return False
+        delay = backoff(tries, cap=self.cfg.retry_max_seconds)
+        self.state.update(entry, tries=tries, due=time.time() + delay, reason=f"{hop}: {why}", **changes)
+        log.warning("%s: %s failed (%s); retry %d in %.1f s", entry.name, hop, why, tries, delay)
+        return True
+
+    def _needs_person(self, entry: Entry, hop: str, why: str, **changes: Any) -> None:
+        delay = backoff(max(1, self.link_failures), cap=self.cfg.retry_max_seconds)
+        self.state.update(entry, due=time.time() + delay, reason=needs_person_reason(hop, why), **changes)
+        now = time.monotonic()
+        if now - self.person_told < PERSON_REPEAT:
+            log.debug("%s: %s refused again (%s); trying again in %.0f s", entry.name, hop, why, delay)
+            return
+        self.person_told = now
+        log.error(
+            "%s: %s refused by ssh or the key's forced command on central: %s. This needs a person: fix "
+            "the key, known host or host name for central, or the key's `rrsync` root and rrsync_root "
+            "(`synkler check` tests them). Entries wait and are tried again, not counted as "
+            "failed attempts; said again every %d minutes while it lasts",
+            entry.name,
+            hop,
+            why,
+            PERSON_REPEAT // 60,
+        )
+
+    def due_for_transfer(self, state: Status, now: float) -> list[Entry]:
+        """Entries in `state` whose transfer may start now and is not running, oldest first.
+
+        The loop passes after every message and finished job, and thousands of entries may be in
+        `state`: look only when something changed (`transfer_due`) or a retry has come due, and
+        load only the entries that are due and not already being transferred.
+        """
+        if self.jobs.transfers >= self.cfg.max_transfers:
+            return []  # transfer_due stays as it is: the run that ends frees a slot and sets it
+        if not self.transfer_due and now < self.next_transfer_retry:
+            return []
+        self.transfer_due, self.next_transfer_retry = False, float("inf")
+        due = []
+        for entry_id, entry_due in self.state.ids_by_state(state):
+            if self.jobs.busy(Key(ENTRY, entry_id)):
+                continue
+            if entry_due > now:
+                self.next_transfer_retry = min(self.next_transfer_retry, entry_due)
+            else:
+                due.append(self.entry(entry_id))
+        return due
+
+    def batches(self, entries: list[Entry], group: Callable[[Entry], object]) -> list[list[Entry]]:
+        """Group entries for transfer runs: many small entries share one rsync run, big ones go alone.
+
+        Only entries on their first try are grouped: one that failed before goes alone, so a single
+        bad entry cannot hold a whole batch back. Returns at most as many batches as there are free
+        transfer slots, oldest entries first.
+        """
+        free = self.cfg.max_transfers - self.jobs.transfers
+        out: list[list[Entry]] = []
+        open_batches: dict[object, tuple[list[Entry], int]] = {}
+        for entry in entries:
+            alone = bool(entry.tries) or entry.size >= BATCH_BYTES
+            key = group(entry)
+            batch, size = ([], 0) if alone else open_batches.get(key, ([], 0))
+            if not batch:
+                if len(out) >= free:
+                    continue  # no slot for a new run; entries of open batches may still join
+                out.append(batch)
+            batch.append(entry)
+            if alone:
+                continue
+            size += entry.size
+            if len(batch) >= BATCH_ENTRIES or size >= BATCH_BYTES:
+                open_batches.pop(key, None)  # full: the next entry of this group starts a new batch
+            else:
+                open_batches[key] = (batch, size)
+        return out
+
+    # cleanup scripts -----------------------------------------------------------------------------
+
+    def cleanup_target(self, entry: Entry) -> tuple[str, str]:
+        """(%f, %F) for the entry's cleanup script: its name and full path on this host."""
+        raise NotImplementedError
+
+    def delivered(self, entry: Entry, **changes: Any) -> None:
+        """The entry is delivered: its cleanup script is due, if there is one, else it is done."""
+        if self.cfg.cleanup_script:
+            self.move(entry, self.DELIVERED, cleanup=Cleanup.PENDING, **changes)
+            self.cleanup_due = True
+        else:
+            self.move(entry, self.DONE, cleanup=None, **changes)
+
+    def start_cleanup(self, entry: Entry, *, resume: bool = False) -> None:
+        """Run the cleanup script for a delivered entry exactly once, as far as anything can, and
+        only on the content that was delivered.
+
+        'running' is committed before the script starts. The script runs under a runner that
+        survives the agent (synkler.hops.scriptrunner): an agent killed meanwhile collects the result at
+        its next start. Only if the runner itself died mid-script is the cleanup 'interrupted';
+        it is then not run again. Right before the script starts, on the script's own thread, its
+        target is checked to hold the delivered content (the entry's kind, md5 and fingerprint);
+        if it does not, the cleanup is 'skipped'.
+        """
+        if not resume:
+            self.state.update(entry, cleanup=Cleanup.RUNNING)
+        name, full_path = self.cleanup_target(entry)
+        content = cleanup.Content(entry.kind, entry.md5, entry.signature)
+        self.jobs.submit(
+            Pool.SCRIPT,
+            [Key(CLEANUP, entry.id)],
+            functools.partial(
+                cleanup.run_cleanup, self.cfg, entry.id, name, full_path, resume=resume, content=content
+            ),
+            functools.partial(self._cleanup_ended, entry.id, name),
+        )
+
+    def _cleanup_ended(
+        self,
+        entry_id: str,
+        name: str,
+        result: transfer.Result | cleanup.Skipped | None,
+        error: BaseException | None,
+    ) -> None:
+        entry = self.entry(entry_id)
+        if isinstance(result, cleanup.Skipped):
+            runs = entry.tries  # failed runs before this one (cleanup_attempts)
+            after = f" (after {runs} failed run{'s' if runs > 1 else ''})" if runs else ""
+            self.move(entry, self.DONE, cleanup=Cleanup.SKIPPED, reason=f"{result.why}{after}")
+            log.warning(
+                "%s: cleanup script not run: %s no longer holds the delivered content: %s%s",
+                name,
+                self.cleanup_target(entry)[1],
+                result.why,
+                after,
+            )
+            return
+        if result is None and error is None:
+            self.move(entry, self.DONE, cleanup=Cleanup.INTERRUPTED, reason="cleanup script interrupted")
+            log.warning(
+                "%s: the cleanup script was interrupted (its runner died); not running it again", name
+            )
+            return
+        output = (result.output if result else "").strip()
+        if result is not None and result.ok:
+            self.move(entry, self.DONE, cleanup=Cleanup.DONE)
+            log.info("%s: cleanup script ran (exit 0)%s", name, f": {output}" if output else "")
+            return
+        why = repr(error) if error is not None or result is None else result.summary()
+        tries = entry.tries + 1
+        if tries < self.cfg.cleanup_attempts:
+            delay = backoff(tries, cap=self.cfg.retry_max_seconds)
+            self.state.update(
+                entry,
+                cleanup=Cleanup.PENDING,
+                tries=tries,
+                due=time.time() + delay,
+                reason=f"cleanup script: {why}",
+            )
+            self.next_cleanup_retry = min(self.next_cleanup_retry, entry.due)
+            log.warning(
+                "%s: cleanup script failed (%s); run %d of %d in %.1f s; output: %s",
+                name,
+                why,
+                tries + 1,
+                self.cfg.cleanup_attempts,
+                delay,
+                output,
+            )
+        else:
+            self.move(entry, self.DONE, cleanup=Cleanup.FAILED, reason=f"cleanup script: {why}")
+            log.error("%s: cleanup script failed (%s); output: %s", name, why, output)
+
+    def start_due_cleanups(self, now: float) -> None:
+        if not self.cleanup_due and now < self.next_cleanup_retry:
+            return
+        self.cleanup_due, self.next_cleanup_retry = False, float("inf")
+        for entry in self.state.by_state(self.DELIVERED):
+            if entry.cleanup != Cleanup.PENDING or self.jobs.busy(Key(CLEANUP, entry.id)):
+                continue
+            if entry.due > now:  # a retry after a failed run, not yet due
+                self.next_cleanup_retry = min(self.next_cleanup_retry, entry.due)
+                continue
+            self.start_cleanup(entry)
+
+    def resume_cleanups(self) -> None:
+        """At start: scripts marked running when the agent stopped are collected, not run again."""
+        for entry in self.state.by_state(self.DELIVERED):
+            if entry.cleanup == Cleanup.RUNNING:
+                log.info(
+                    "%s: the agent stopped while the cleanup script ran; collecting its result", entry.name
+                )
+                self.start_cleanup(entry, resume=True)
+
+    # an operator's requests ----------------------------------------------------------------------
+
+    @classmethod
+    def refusal(cls, action: str, entry: Entry, latest: bool, *, present: bool = True) -> str | None:
+        if action == RETRY and entry.state == cls.DONE and entry.cleanup in RERUN:
+            return None
+        return super().refusal(action, entry, latest, present=present)
+
+    def retry(self, entry: Entry) -> str:
+        if entry.state == self.DONE:
+            return self.retry_cleanup(entry)
+        return self.retry_failed(entry)
+
+    def retry_failed(self, entry: Entry) -> str:
+        raise NotImplementedError
+
+    def retry_cleanup(self, entry: Entry) -> str:
+        """Run a cleanup script that failed (or was interrupted) again, as an operator asks: due now,
+        with cleanup_attempts counted afresh."""
+        if not self.cfg.cleanup_script:
+            raise Refused(f"{shown(entry.name)}: no cleanup_script is set (any more)")
+        self.move(entry, self.DELIVERED, cleanup=Cleanup.PENDING, tries=0, due=0, reason=None)
+        self.cleanup_due = True
+        return f"{shown(entry.name)} (entry {entry.id}): its cleanup script runs again"
