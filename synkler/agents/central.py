@@ -392,7 +392,7 @@ class Central(Agent):
             return
         staging = {e.id: (self.spool.staging(e), e.name) for e in uploading}
         self.jobs.submit(
-            "scan",  # not "hash": a look at a big tree never delays an md5 check
+            Pool.SCAN,  # not Pool.HASH: a look at a big tree never delays an md5 check
             [ARRIVALS],
             functools.partial(measure_arrivals, staging),
             functools.partial(

@@ -13,7 +13,7 @@ class Pool(str, enum.Enum):
 
     TRANSFER = "transfer"  # rsync runs (max_transfers at once)
     HASH = "hash"  # md5 of entries: upload's offers, central's checks
-    SCAN = "scan"  # upload's listing of file_dir
+    SCAN = "scan"  # looks at trees: upload's listing of file_dir, what has arrived at central
     SCRIPT = "script"  # cleanup scripts
     REMOVE = "remove"  # removal of whole trees: central's copies after keep_minutes
     ALERT = "alert"  # notices (synkler.observe.alerts): a send that hangs holds up nothing else

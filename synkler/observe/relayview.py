@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..agents import FACTS
-from ..agents.base import RERUN, Cleanup
+from ..agents.base import Cleanup
+from ..agents.endpoint import RERUN
 from ..agents.central import Mid
 from ..agents.facts import LINK_DOWN, NEEDS_PERSON
 from ..text import shown
