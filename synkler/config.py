@@ -27,6 +27,7 @@ from typing import Any, Callable, NamedTuple
 import yaml
 
 from synkler.errors import ConfigError
+from synkler.receipts import load_public_key
 from synkler.tls import TlsFileError, TlsSettings, tls_context
 
 ENV_VAR = "SYNKLER_CONF"
@@ -122,6 +123,8 @@ class Config:
     broker_heartbeat: int
     authenticate: bool
     cleanup_script: str | None
+    receipt_key: Path | None  # download: the private key that signs its delivery receipts
+    download_public_key: str | None  # upload, central: download's public key (ed25519:<base64>)
     cleanup_attempts: int
     cleanup_timeout: float
     free_percent: float
@@ -379,6 +382,16 @@ def _listen(value: Any, ctx: _Context) -> tuple[str, int]:
     return host, int(port)
 
 
+def _public_key(value: Any, ctx: _Context) -> str:
+    """download_public_key: an Ed25519 public key as `synkler keygen` prints it."""
+    text = _text(value, ctx).strip()
+    try:
+        load_public_key(text)
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+    return text
+
+
 def _cleanup_script(value: Any, ctx: _Context) -> str:
     # Kept as written (it is shown in logs), but split now so a broken quote is
     # reported at start-up rather than after the first delivery.
@@ -621,6 +634,8 @@ KEYS: dict[str, _Key] = {
     "broker_heartbeat": _Key(_integer(1, 3600), 30),
     "authenticate": _Key(_boolean, False),
     "cleanup_script": _Key(_cleanup_script, None, roles=_ENDS),
+    "receipt_key": _Key(_file, None, roles=("download",)),
+    "download_public_key": _Key(_public_key, None, roles=("upload", "central")),
     "cleanup_attempts": _Key(_integer(1, 100), 1, roles=_ENDS),
     "cleanup_timeout": _Key(_number(0, above=True), 3600.0, roles=_ENDS),
     "free_percent": _Key(_number(0, 100), 10.0, roles=("central",)),

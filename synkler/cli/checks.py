@@ -187,3 +187,23 @@ def ignored_lines(cfg: Config) -> list[Line]:
         (WARN, f"{key} is set, but {agent} ignores it (used by {', '.join(KEYS[key].roles)})")
         for key in ignored_keys(cfg)
     ]
+
+
+def receipts_line(cfg: Config) -> Line:
+    """Whether deliveries are proven by download's signed receipts (docs/security.md, "Delivery
+    receipts"): download signs with receipt_key, upload and central pin download_public_key."""
+    if cfg.mode == "download":
+        if cfg.receipt_key is None:
+            return (
+                WARN,
+                "receipt_key is not set: deliveries are not proven (no signed receipt); "
+                "make one with `synkler keygen FILE` (docs/security.md)",
+            )
+        return (OK, f"delivery receipts signed with {cfg.receipt_key}")
+    if cfg.download_public_key is None:
+        return (
+            WARN,
+            "download_public_key is not set: deliveries are not proven, a `fetched` from download's "
+            "login is believed without a signed receipt (docs/security.md, 'Delivery receipts')",
+        )
+    return (OK, "deliveries proven: download's receipts are checked against its pinned public key")

@@ -95,6 +95,13 @@ Prints the rabbitmqctl commands that make one broker user per agent (<name>@<id>
 random password and the least permissions it needs, and which settings each agent's configuration
 then needs (authenticate: true, broker_username, broker_password). The output holds the passwords:
 keep it private. See docs/security.md.""",
+    "keygen": """\
+examples:
+  synkler keygen /etc/synkler/receipt.key             on download: write the key, print the config lines
+  synkler keygen --public /etc/synkler/receipt.key    print its public key again
+
+The private key (0600, never overwritten) goes into download's config as receipt_key; the public key
+it prints goes into upload's and central's configs as download_public_key. See docs/security.md.""",
     "completion": """\
 examples:
   synkler completion bash > /etc/bash_completion.d/synkler
@@ -232,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="an upload agent's name (repeat for each; default: this config's name if it is an upload "
         "agent's, else 'upload')",
     )
+    keygen = _command(
+        sub, "keygen", "download: make the key that signs delivery receipts; print its public key"
+    )
+    keygen.add_argument("file", metavar="FILE", help="where to write the private key (never overwritten)")
+    keygen.add_argument(
+        "--public", action="store_true", help="print the public key of the existing private key FILE"
+    )
     completion = _command(sub, "completion", "print a shell completion script")
     completion.add_argument(
         "shell", choices=["bash"], help="the shell (bash; zsh reads it with bashcompinit)"
@@ -281,6 +295,10 @@ def _main(argv: Sequence[str]) -> int:
             return run_demo(keep=args.keep, timeout=args.timeout, verbose=args.verbose or args.debug)
         if command == "config":
             return cmd_config_migrate(args)
+        if command == "keygen":
+            from .keygen import cmd_keygen
+
+            return cmd_keygen(args.file, public_only=args.public)
         if command == "completion":
             print(completion_script(build_parser()), end="")
             return ExitStatus.OK
@@ -350,6 +368,7 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     hidden = 0
     entries: list[Entry] = []
     newest: dict[str, str] = {}
+    signed: dict[str, dict[str, str]] = {}  # entry id -> its receipts (synkler.receipts), by destination
     if cfg.state_db.exists():
         state = State(cfg.state_db, readonly=True)
         try:
@@ -359,6 +378,8 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
             else:
                 entries, hidden = _status_entries(cfg, state, args.last)
                 newest = _latest_versions(state, entries)
+            if args.json:
+                signed = {e.id: state.receipts(e.id) for e in entries}
         finally:
             state.close()
     if hidden:
@@ -377,6 +398,7 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
             row["updated"] = _iso(e.updated)
             row["created"] = _iso(e.created)
             row["actions"] = actions[e.id]
+            row["receipts"] = signed.get(e.id, {})
             rows.append(row)
         print(json.dumps(rows, indent=2))
         return ExitStatus.OK
@@ -557,6 +579,7 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
         say((checks.WARN, logs.shown(problem)))
     for line in checks.ignored_lines(cfg):
         say(line)
+    say(checks.receipts_line(cfg))
     broker = Broker(BrokerParams.from_config(cfg), cfg.id, cfg.name)
     try:
         broker.connect(consume=False)
