@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .. import receipts
 from ..config import KEYS, Config, ignored_keys
 from ..text import shown
 
@@ -199,7 +200,11 @@ def receipts_line(cfg: Config) -> Line:
                 "receipt_key is not set: deliveries are not proven (no signed receipt); "
                 "make one with `synkler keygen FILE` (docs/security.md)",
             )
-        return (OK, f"delivery receipts signed with {cfg.receipt_key}")
+        try:
+            key = receipts.load_private_key(cfg.receipt_key)
+        except (OSError, ValueError) as e:
+            return (FAIL, f"receipt_key {cfg.receipt_key}: {e}")
+        return (OK, f"delivery receipts signed with {cfg.receipt_key} ({receipts.public_text(key)})")
     if cfg.download_public_key is None:
         return (
             WARN,

@@ -16,14 +16,17 @@ import time
 from pathlib import Path
 
 import pytest
-from support.fakes import Role
+from support.fakes import FakeJobs, Role
 
 from synkler import messages, receipts
+from synkler.agents import AGENTS
 from synkler.agents.base import Cleanup
 from synkler.cli.main import main
-from synkler.errors import MessageError
+from synkler.config import parse_config
+from synkler.errors import ConfigError, MessageError
 from synkler.messages import Delivered, Failed, Fetched
 from synkler.receipts import Receipt, ReceiptError
+from synkler.state import State
 
 MD5 = hashlib.md5(b"data").hexdigest()
 ODD_NAME = os.fsdecode(b"caf\xe9 #1.raw")  # not UTF-8: a name is bytes
@@ -278,7 +281,7 @@ def test_central_refuses_a_fetched_for_an_entry_it_never_asked_download_to_fetch
 def test_central_refuses_a_fetched_for_an_entry_that_failed_before_it_was_stored(tmp_path: Path):
     r = Role("central", tmp_path)
     r.start()
-    e = r.given("failed", peer="upload", reason="needs 10 bytes, more than central's file system can ever hold")
+    e = r.given("failed", peer="upload", reason="needs 10 bytes, more than central can ever hold")
     with pytest.raises(MessageError, match="never asked download to fetch it"):
         r.deliver(fetched(e))
     assert r.entry(e.id).state == "failed" and r.sent() == []
@@ -300,9 +303,16 @@ def test_a_stored_copy_that_went_bad_takes_downloads_say_away(tmp_path: Path):
 
 @pytest.mark.parametrize(
     "sender,state",
-    [("download", "waiting"), ("download", "uploading"), ("download", "verifying"), ("upload", "downloading")],
+    [
+        ("download", "waiting"),
+        ("download", "uploading"),
+        ("download", "verifying"),
+        ("upload", "downloading"),
+    ],
 )
-def test_central_takes_a_failure_only_from_the_agent_that_has_a_say_now(tmp_path: Path, sender: str, state: str):
+def test_central_takes_a_failure_only_from_the_agent_that_has_a_say_now(
+    tmp_path: Path, sender: str, state: str
+):
     r = Role("central", tmp_path)
     r.start()
     e = r.given(state, peer="upload", md5=MD5)
@@ -366,3 +376,33 @@ def test_a_receipt_of_a_dataclass_has_every_documented_field():
     documented = (Path(__file__).parents[2] / "docs" / "protocol.md").read_text()
     for f in dataclasses.fields(Receipt):
         assert f"`{f.name}`" in documented, f.name
+
+
+def test_check_says_whether_deliveries_are_proven_at_each_role(tmp_path: Path, keyfile, key):
+    from synkler.cli import checks
+
+    def line(mode: str, **settings: object) -> tuple[str, str]:
+        data = {"mode": mode, "file_dir": str(tmp_path), "synkler_server": "central.example", **settings}
+        return checks.receipts_line(parse_config(data, tmp_path / "synkler.conf", environ={}, home=tmp_path))
+
+    assert line("upload")[0] == checks.WARN and "not proven" in line("central")[1]
+    assert line("central", **pinned(key))[0] == checks.OK
+    assert line("download")[0] == checks.WARN
+    assert line("download", receipt_key=str(keyfile)) == (
+        checks.OK,
+        f"delivery receipts signed with {keyfile} ({receipts.public_text(key)})",
+    )
+    keyfile.write_text("not a key")
+    assert line("download", receipt_key=str(keyfile))[0] == checks.FAIL
+    cfg = parse_config(
+        {"mode": "download", "file_dir": str(tmp_path), "synkler_server": "c", "receipt_key": str(keyfile)},
+        tmp_path / "synkler.conf",
+        environ={},
+        home=tmp_path,
+    )
+    state = State(tmp_path / "download.sqlite")
+    try:
+        with pytest.raises(ConfigError, match="receipt_key"):  # and the agent does not start
+            AGENTS["download"](cfg, state, FakeJobs(state))
+    finally:
+        state.close()
