@@ -32,6 +32,7 @@ MAX_NAME_BYTES = 255
 
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 _AGENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_RECEIPT = re.compile(r"^(?:[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)?$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 KINDS = ("file", "dir", "symlink")
 
@@ -131,6 +132,13 @@ def _attempt(value: object) -> str | None:
 Check = Callable[[object], Union[str, None]]  # None: valid; else what is wrong with the value
 
 
+def _receipt(value: object) -> str | None:
+    # Only the shape here: synkler.receipts checks the signature and what it says.
+    if not isinstance(value, str) or len(value) > 4096 or not _RECEIPT.fullmatch(value):
+        return "must be a signed receipt (<payload>.<signature> in base64url) or empty"
+    return None
+
+
 def _outcome(value: object) -> str | None:
     return None if value in ("placed", "present") else "bad outcome"
 
@@ -138,6 +146,13 @@ def _outcome(value: object) -> str | None:
 def _checked(check: Check) -> dict[str, Check]:
     """The metadata of a body field: the validator of its value."""
     return {"check": check}
+
+
+def _optional(check: Check) -> dict[str, Any]:
+    """The metadata of a body field that may be missing on the wire (then it is ""), and is left out
+    when empty: a field added without a new schema version, so agents that do not use it (a 0.4
+    one, a relay without receipt keys) still understand each other."""
+    return {"check": check, "optional": True}
 
 
 @dataclass(frozen=True)
@@ -223,6 +238,7 @@ class Fetched(Message):
     TYPE: ClassVar[str] = "fetched"
     stored_as: str = field(metadata=_checked(name_problem))
     outcome: str = field(metadata=_checked(_outcome))  # "placed" | "present"
+    receipt: str = field(default="", metadata=_optional(_receipt))  # signed (synkler.receipts); "": none
 
 
 @dataclass(frozen=True)
@@ -231,6 +247,7 @@ class Delivered(Message):
 
     TYPE: ClassVar[str] = "delivered"
     stored_as: str = field(metadata=_checked(name_problem))
+    receipt: str = field(default="", metadata=_optional(_receipt))  # download's, passed on; "": none
 
 
 @dataclass(frozen=True)
@@ -289,11 +306,20 @@ SCHEMAS: dict[str, dict[str, Check]] = {
     name: {f.name: f.metadata["check"] for f in fields(cls) if "check" in f.metadata}
     for name, cls in TYPES.items()
 }
+# type -> its body fields that may be missing on the wire (see _optional)
+OPTIONAL: dict[str, frozenset[str]] = {
+    name: frozenset(f.name for f in fields(cls) if f.metadata.get("optional")) for name, cls in TYPES.items()
+}
 
 
 def body(msg: Message) -> dict[str, Any]:
-    """The body fields of a message, by name."""
-    return {name: getattr(msg, name) for name in SCHEMAS[msg.TYPE]}
+    """The body fields of a message, by name (an optional one only when it is not empty)."""
+    optional = OPTIONAL[msg.TYPE]
+    return {
+        name: getattr(msg, name)
+        for name in SCHEMAS[msg.TYPE]
+        if name not in optional or getattr(msg, name) != ""
+    }
 
 
 def encode(msg: Message) -> bytes:
@@ -374,15 +400,18 @@ def _validate(msg: object) -> Message:
     at = msg.get("at")
     if isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at):
         raise MessageError(f"{mtype}: 'at' must be a timestamp")
+    optional = OPTIONAL[cls.TYPE]
     for name, check in schema.items():
         if name not in msg:
+            if name in optional:
+                continue
             raise MessageError(f"{mtype}: missing field {name!r}")
         problem = check(msg[name])
         if problem:
             raise MessageError(f"{mtype}: field {name!r} {problem}")
-    if len(msg) != len(schema) + len(_ENVELOPE):
-        extra = set(msg) - set(schema) - set(_ENVELOPE)
+    extra = set(msg) - set(schema) - set(_ENVELOPE)
+    if extra:
         raise MessageError(f"{mtype}: unknown fields {sorted(extra)}")
-    message = cls(msg["entry"], msg["from"], *[msg[name] for name in schema])
+    message = cls(msg["entry"], msg["from"], *[msg.get(name, "") for name in schema])
     object.__setattr__(message, "at", float(at))  # not an argument: messages made to send have none
     return message

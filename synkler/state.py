@@ -52,6 +52,15 @@ CREATE TABLE IF NOT EXISTS pruned (
     one   INTEGER PRIMARY KEY CHECK (one = 1),
     until REAL NOT NULL
 );
+-- Signed delivery receipts (synkler.receipts), one per entry and destination (download agent); kept
+-- as long as the entry is.
+CREATE TABLE IF NOT EXISTS receipts (
+    entry       TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    token       TEXT NOT NULL,            -- <payload>.<signature>, as it was signed
+    created     REAL NOT NULL,
+    PRIMARY KEY (entry, destination)
+);
 CREATE TABLE IF NOT EXISTS outbox (
     seq     INTEGER PRIMARY KEY AUTOINCREMENT,
     dest    TEXT NOT NULL,
@@ -495,6 +504,7 @@ class State:
             return
         try:
             self._db.executemany("DELETE FROM entries WHERE rowid = ?", [(e.rowid,) for e in gone])
+            self._db.executemany("DELETE FROM receipts WHERE entry = ?", [(e.id,) for e in gone])
             self._db.execute(
                 "INSERT INTO pruned (one, until) VALUES (1, ?)"
                 " ON CONFLICT (one) DO UPDATE SET until = max(until, excluded.until)",
@@ -510,6 +520,34 @@ class State:
         except sqlite3.Error as e:
             raise _error(e) from e
         return row[0] if row else 0.0
+
+    # receipts ------------------------------------------------------------------------------------
+
+    def put_receipt(self, entry_id: str, destination: str, token: str) -> None:
+        """Keep a signed receipt (the latest one of a destination replaces an earlier one)."""
+        try:
+            self._db.execute(
+                "INSERT INTO receipts (entry, destination, token, created) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (entry, destination) DO UPDATE SET token = excluded.token,"
+                " created = excluded.created",
+                (entry_id, destination, token, time.time()),
+            )
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
+    def receipts(self, entry_id: str) -> dict[str, str]:
+        """The signed receipts kept for an entry: destination -> token."""
+        try:
+            rows = self._db.execute(
+                "SELECT destination, token FROM receipts WHERE entry = ? ORDER BY destination", (entry_id,)
+            ).fetchall()
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):  # read-only, on a database no agent of this version opened yet
+                return {}
+            raise _error(e) from e
+        except sqlite3.Error as e:
+            raise _error(e) from e
+        return dict(rows)
 
     # outbox --------------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from .. import receipts
 from ..errors import MessageError
 from ..hops.checksum import md5_entry
 from ..hops.follow import pulled_early, worth_following
@@ -147,8 +148,18 @@ class Central(Agent):
         self.offers = Offers(state, (*IN_FLIGHT, Mid.FAILED))
         self.lease = cfg.admission_lease_minutes * 60
         self.next_arrival_look = 0.0
+        key = cfg.download_public_key
+        self.download_key = receipts.load_public_key(key) if key else None  # checked by the config
 
     def startup(self) -> None:
+        if self.download_key is None:
+            log.warning(
+                "download_public_key is not set: deliveries are not proven (a `fetched` is believed "
+                "without download's signed receipt); see docs/security.md, 'Delivery receipts'"
+            )
+        self._reconcile()
+
+    def _reconcile(self) -> None:
         in_flight = {(e.peer or "", e.name) for e in self.state.by_state(*IN_FLIGHT)}
 
         def keep_stored(entry_id: str) -> str | None:
@@ -234,18 +245,58 @@ class Central(Agent):
 
     def on_fetched(self, msg: Fetched) -> None:
         entry = self.entry_for(msg, DOWNLOAD)
-        # A failed entry too: download, retried by an operator, got the verified copy central kept.
-        if entry.state in (Mid.DOWNLOADING, Mid.FAILED):
-            keep = self.cfg.keep_minutes * 60
-            self.move(entry, Mid.DELIVERED, stored_as=msg.stored_as, due=time.time() + keep, reason=None)
-            self.send(entry.peer or "", Delivered(entry.id, self.name, stored_as=msg.stored_as))
-            log.info(
-                "%s: delivered to %s as %s; central copy kept %g min",
-                entry.name,
-                msg.sender,
-                msg.stored_as,
-                self.cfg.keep_minutes,
+        if entry.state in (Mid.DELIVERED, Mid.EXPIRED, Mid.FORGOTTEN):
+            return  # a copy of one taken already, or an entry an operator forgot meanwhile
+        # Download has a say only over an entry central asked it to fetch: one downloading, or one
+        # failed since (`path` is set with the fetch): download, retried by an operator, got the
+        # verified copy central kept. Not one that failed before it was stored.
+        if not (entry.state == Mid.DOWNLOADING or (entry.state == Mid.FAILED and entry.path)):
+            raise MessageError(
+                f"fetched for entry {entry.id}, which is {entry.state} at central: "
+                "central never asked download to fetch it"
             )
+        self._check_receipt(entry, msg)
+        keep = self.cfg.keep_minutes * 60
+        self.move(entry, Mid.DELIVERED, stored_as=msg.stored_as, due=time.time() + keep, reason=None)
+        if msg.receipt:
+            self.state.put_receipt(entry.id, msg.sender, msg.receipt)
+        self.send(
+            entry.peer or "", Delivered(entry.id, self.name, stored_as=msg.stored_as, receipt=msg.receipt)
+        )
+        log.info(
+            "%s: delivered to %s as %s; central copy kept %g min",
+            entry.name,
+            msg.sender,
+            msg.stored_as,
+            self.cfg.keep_minutes,
+        )
+
+    def _check_receipt(self, entry: Entry, msg: Fetched) -> None:
+        """With download's key pinned, a `fetched` acts only with download's signed receipt for this
+        very entry and content (ReceiptError, a MessageError: dead-lettered, nothing done)."""
+        if self.download_key is None:
+            return
+        if not msg.receipt:
+            raise receipts.ReceiptError(f"fetched for entry {entry.id} without a receipt: not believed")
+        expected = self._expected(entry, msg.sender, msg.stored_as, msg.outcome)
+        receipts.check(msg.receipt, self.download_key, expected)
+
+    def _expected(
+        self, entry: Entry, destination: str, stored_as: str, outcome: str = ""
+    ) -> receipts.Receipt:
+        return receipts.Receipt(
+            instance=self.cfg.id,
+            entry=entry.id,
+            name=entry.name,
+            kind=entry.kind,
+            size=entry.size,
+            files=entry.files,
+            md5=entry.known_md5(),
+            destination=destination,
+            placed_at=0.0,
+            stored_as=stored_as,
+            outcome=outcome,
+        )
 
     def on_corrupt(self, msg: Corrupt) -> None:
         entry = self.entry_for(msg, DOWNLOAD)
@@ -270,13 +321,21 @@ class Central(Agent):
     def on_failed(self, msg: Failed) -> None:
         known = self.state.get(msg.entry)
         entry = self.entry_for(msg, (known.peer if known else None) or "", DOWNLOAD)
-        if entry.state not in (Mid.DELIVERED, Mid.EXPIRED, Mid.FAILED, Mid.WITHDRAWN, Mid.FORGOTTEN):
-            reason = f"{msg.hop}: {msg.reason}"
-            self.move(entry, Mid.FAILED, reason=reason)
-            self._unfollow(entry.id)
-            log.error("%s: %s reports failure: %s", entry.name, msg.sender, reason)
-            if msg.sender != entry.peer:
-                self.send(entry.peer or "", Failed(entry.id, self.name, hop=msg.hop, reason=msg.reason))
+        if entry.state in (Mid.DELIVERED, Mid.EXPIRED, Mid.FAILED, Mid.WITHDRAWN, Mid.FORGOTTEN):
+            return  # ended already (or failed: told once)
+        # Upload has a say while it sends the entry; download once central asked it to fetch it.
+        has_say = IN_FLIGHT if msg.sender == entry.peer else (Mid.DOWNLOADING,)
+        if entry.state not in has_say:
+            raise MessageError(
+                f"failed for entry {entry.id} from {msg.sender!r} while it is {entry.state} at central: "
+                f"{msg.sender!r} has no say over it now"
+            )
+        reason = f"{msg.hop}: {msg.reason}"
+        self.move(entry, Mid.FAILED, reason=reason)
+        self._unfollow(entry.id)
+        log.error("%s: %s reports failure: %s", entry.name, msg.sender, reason)
+        if msg.sender != entry.peer:
+            self.send(entry.peer or "", Failed(entry.id, self.name, hop=msg.hop, reason=msg.reason))
 
     # an operator's requests ----------------------------------------------------------------------
 
@@ -550,6 +609,8 @@ class Central(Agent):
             return
         why = f"stored copy at central went bad (md5 {md5})" if md5 else f"stored copy unreadable: {error}"
         self.spool.drop_stored(entry.id)
+        # No stored copy, no fetch download may answer: a `fetched` for it now is refused.
+        entry = self.state.update(entry, path=None)
         if self._copies(entry) >= self.cfg.max_attempts:
             self._give_up(entry, STORE_AT_CENTRAL, why)
             return
@@ -558,12 +619,31 @@ class Central(Agent):
         self.admit_due = True
 
     def _expire(self, entry: Entry) -> None:
+        problem = self._unproven(entry)
+        if problem:
+            # Only a changed key or a changed database gets here (`fetched` is refused without a
+            # good receipt): keep the copy, and say so every hour until a person looks.
+            self.state.update(entry, due=time.time() + 3600, reason=f"central copy kept: {problem}")
+            log.error("%s: not removing central's copy: %s", entry.name, problem)
+            return
         self.jobs.submit(
             Pool.REMOVE,
             [Key(ENTRY, entry.id)],
             functools.partial(remove_tree, self.spool.stored(entry.id)),
             functools.partial(self._expired, entry.id),
         )
+
+    def _unproven(self, entry: Entry) -> str | None:
+        """Why the delivery of an entry about to expire is not proven by the receipt central keeps
+        (None: it is, or no key is pinned, or it was delivered before a key was: no receipt kept)."""
+        token = self.state.receipts(entry.id).get(DOWNLOAD)
+        if self.download_key is None or token is None:
+            return None
+        try:
+            receipts.check(token, self.download_key, self._expected(entry, DOWNLOAD, entry.stored_as or ""))
+        except receipts.ReceiptError as e:
+            return str(e)
+        return None
 
     def _expired(self, entry_id: str, _result: None, error: BaseException | None) -> None:
         self.admit_due = True  # space was freed

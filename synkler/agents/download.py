@@ -16,6 +16,8 @@ import stat
 import time
 from typing import TYPE_CHECKING
 
+from .. import receipts
+from ..errors import ConfigError
 from ..hops.checksum import stat_entry
 from ..hops.pull import Early, Mismatch, NotPulled, PullRun, Staging, pull, pull_early
 from ..linux.fs import remove_tree, rename_noreplace
@@ -103,12 +105,23 @@ class Download(Endpoint):
         self.place_due = True  # set when an entry's name was chosen and it may be renamed into place
         self.early: dict[str, Early] = {}  # entry id -> its early pull (memory only)
         self.early_forgotten: set[str] = set()  # early pulls still running for entries central forgot
+        self.receipt_key = None
+        if cfg.receipt_key is not None:
+            try:
+                self.receipt_key = receipts.load_private_key(cfg.receipt_key)
+            except (OSError, ValueError) as e:
+                raise ConfigError(cfg.path, "receipt_key", f"{cfg.receipt_key}: {e}") from None
 
     def cleanup_target(self, entry: Entry) -> tuple[str, str]:
         stored_as = entry.stored_as or entry.name
         return stored_as, os.path.join(self.cfg.file_dir, stored_as)
 
     def startup(self) -> None:
+        if self.receipt_key is None:
+            log.warning(
+                "receipt_key is not set: deliveries are not proven (download signs no receipt, so upload "
+                "and central cannot tell them from forged ones); see docs/security.md, 'Delivery receipts'"
+            )
         private_dir(self.staging.dir)  # data in transit: the agent's user's alone
         # A pull cut short keeps what it got, and rsync's partial file, for its entry's next run;
         # so does an early pull whose fetch has not come yet. Anything else in staging is left over.
@@ -335,8 +348,12 @@ class Download(Endpoint):
         log.debug("%s: md5 verified at download (%s)", entry.name, entry.md5)
         if present:
             self.staging.drop(entry.id)
-            self.move(entry, Down.DONE, stored_as=target, tries=0, reason=None)
-            self.send(entry.peer or "", Fetched(entry.id, self.name, stored_as=target, outcome="present"))
+            entry = self.move(entry, Down.DONE, stored_as=target, tries=0, reason=None)
+            receipt = self._receipt(entry, "present")
+            self.send(
+                entry.peer or "",
+                Fetched(entry.id, self.name, stored_as=target, outcome="present", receipt=receipt),
+            )
             log.info(
                 "%s: already present as %s with the same md5 (%s); nothing to do",
                 entry.name,
@@ -370,8 +387,10 @@ class Download(Endpoint):
             self.transfer_due = True
             return
         self.delivered(entry, signature=signature)
+        receipt = self._receipt(entry, "placed")
         self.send(
-            entry.peer or "", Fetched(entry.id, self.name, stored_as=entry.stored_as or "", outcome="placed")
+            entry.peer or "",
+            Fetched(entry.id, self.name, stored_as=entry.stored_as or "", outcome="placed", receipt=receipt),
         )
         log.info(
             "%s: delivered into %s as %s (md5 %s verified)",
@@ -380,6 +399,29 @@ class Download(Endpoint):
             entry.stored_as,
             entry.md5,
         )
+
+
+    def _receipt(self, entry: Entry, outcome: str) -> str:
+        """The signed receipt of a verified copy just placed (or found present), kept in the state
+        with the entry's change; "" without a receipt_key."""
+        if self.receipt_key is None:
+            return ""
+        receipt = receipts.Receipt(
+            instance=self.cfg.id,
+            entry=entry.id,
+            name=entry.name,
+            kind=entry.kind,
+            size=entry.size,
+            files=entry.files,
+            md5=entry.known_md5(),
+            destination=self.name,
+            placed_at=time.time(),
+            stored_as=entry.stored_as or entry.name,
+            outcome=outcome,
+        )
+        token = receipts.sign(receipt, self.receipt_key)
+        self.state.put_receipt(entry.id, self.name, token)
+        return token
 
 
 def placed_signature(path: str, staged: os.stat_result) -> str | None:

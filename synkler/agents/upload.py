@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Union
 
-from ..errors import Refused
+from .. import receipts
+from ..errors import MessageError, Refused
 from ..hops import transfer
 from ..hops.checksum import EntryStat, md5_entry, stat_entry
 from ..linux.fs import open_for_writing
@@ -36,6 +37,7 @@ from ..messages import (
 from ..state import Ended, Entry, State
 from .base import (
     CENTRAL,
+    DOWNLOAD,
     ENTRY,
     HASHING,
     NAME,
@@ -49,7 +51,7 @@ from .base import (
     hash_groups,
 )
 from .endpoint import Endpoint
-from .facts import DISK_WAIT, PUSH, PUSH_TO_CENTRAL, RELAY, facts, hop
+from .facts import DISK_WAIT, PULL_FROM_CENTRAL, PUSH, PUSH_TO_CENTRAL, RELAY, facts, hop
 from .pools import Pool
 from .watch import DirWatcher
 
@@ -79,15 +81,19 @@ class Up(Status):
 
 
 UNSENT = (Up.OFFERED, Up.WAITING, Up.UPLOADING, Up.PUSHED)  # versions a newer one withdraws
-# `delivered` ends every state but the last two: central's word is final, even for a version upload
-# gave up on or withdrew after it was pushed.
+# `delivered` ends every state in which central may hold a verified copy: from the first push on
+# (central's word is final, even for a version upload gave up on or withdrew after it was pushed);
+# never one still offered or waiting, which central never had.
 _ENDS = (Up.DELIVERED, Up.DONE)
+# The hop of a failure after which central still holds a verified copy: download's pull (an
+# operator's retry at download may deliver it yet). The failure's reason starts with it.
+AFTER_STORE = PULL_FROM_CENTRAL
 # An operator may forget an entry on its way or failed (`retry` of a failed one forgets it too, and
 # offers the file again as a new entry), and run a failed cleanup script again (done -> delivered).
 FORGETTABLE = frozenset({*UNSENT, Up.SENT, Up.FAILED})
 TRANSITIONS: Transitions = {
-    Up.OFFERED: frozenset({Up.WAITING, Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, Up.FORGOTTEN, *_ENDS}),
-    Up.WAITING: frozenset({Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, Up.FORGOTTEN, *_ENDS}),
+    Up.OFFERED: frozenset({Up.WAITING, Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, Up.FORGOTTEN}),
+    Up.WAITING: frozenset({Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, Up.FORGOTTEN}),
     Up.UPLOADING: frozenset({Up.PUSHED, Up.SENT, Up.SUPERSEDED, Up.FAILED, Up.FORGOTTEN, *_ENDS}),
     Up.PUSHED: frozenset({Up.SENT, Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, Up.FORGOTTEN, *_ENDS}),
     Up.SENT: frozenset({Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, Up.FORGOTTEN, *_ENDS}),
@@ -209,6 +215,8 @@ class Upload(Endpoint):
         self.changed = threading.Event()
         self.watcher = DirWatcher(str(self.cfg.file_dir), self._on_change)
         self.watching = False
+        key = cfg.download_public_key
+        self.download_key = receipts.load_public_key(key) if key else None  # checked by the config
 
     def path(self, name: str) -> str:
         return os.path.join(self.cfg.file_dir, name)
@@ -217,6 +225,12 @@ class Upload(Endpoint):
         return entry.name, self.path(entry.name)
 
     def startup(self) -> None:
+        if self.download_key is None:
+            log.warning(
+                "download_public_key is not set: deliveries are not proven (the cleanup script runs on "
+                "central's word, without download's signed receipt); see docs/security.md, "
+                "'Delivery receipts'"
+            )
         self.resume_cleanups()
         # Hashes cut short by the stop start again.
         self._hash_entries([e for e in self.state.by_state(*UNSENT) if not e.md5])
@@ -407,9 +421,44 @@ class Upload(Endpoint):
 
     def on_delivered(self, msg: Delivered) -> None:
         entry = self.entry_for(msg)
-        if entry.state not in (Up.DELIVERED, Up.DONE, Up.FORGOTTEN):
-            self.delivered(entry, stored_as=msg.stored_as, reason=None, tries=0)
-            log.info("%s: delivered (md5 %s, as %s at download)", entry.name, entry.md5, msg.stored_as)
+        if entry.state in (Up.DELIVERED, Up.DONE, Up.FORGOTTEN):
+            return  # a copy of one taken already, or an entry an operator forgot meanwhile
+        if entry.state in (Up.OFFERED, Up.WAITING) or (
+            entry.state == Up.FAILED and not (entry.reason or "").startswith(f"{AFTER_STORE}: ")
+        ):
+            raise MessageError(
+                f"delivered for entry {entry.id}, which is {entry.state} at upload "
+                f"({shown(entry.reason or '')}): central never held a verified copy of it"
+            )
+        self._check_receipt(entry, msg)
+        self.delivered(entry, stored_as=msg.stored_as, reason=None, tries=0)
+        if msg.receipt:
+            self.state.put_receipt(entry.id, DOWNLOAD, msg.receipt)
+        log.info("%s: delivered (md5 %s, as %s at download)", entry.name, entry.md5, msg.stored_as)
+
+    def _check_receipt(self, entry: Entry, msg: Delivered) -> None:
+        """With download's key pinned, the cleanup script becomes due only on download's signed
+        receipt for this very entry and content (ReceiptError: dead-lettered, nothing done)."""
+        if self.download_key is None:
+            return
+        if not msg.receipt:
+            raise receipts.ReceiptError(f"delivered for entry {entry.id} without a receipt: not believed")
+        if entry.md5 is None:
+            raise receipts.ReceiptError(f"delivered for entry {entry.id}, which upload has not hashed yet")
+        expected = receipts.Receipt(
+            instance=self.cfg.id,
+            entry=entry.id,
+            name=entry.name,
+            kind=entry.kind,
+            size=entry.size,
+            files=entry.files,
+            md5=entry.md5,
+            destination=DOWNLOAD,
+            placed_at=0.0,
+            stored_as=msg.stored_as,
+            outcome="",
+        )
+        receipts.check(msg.receipt, self.download_key, expected)
 
     def on_failed(self, msg: Failed) -> None:
         entry = self.entry_for(msg)

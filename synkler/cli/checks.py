@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from .. import receipts
 from ..config import KEYS, Config, ignored_keys
 from ..observe.presence import Report
 from ..text import shown
@@ -204,3 +205,27 @@ def broker_addresses(host: str, port: int) -> list[str]:
         return sorted({str(info[4][0]) for info in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)})
     except OSError:
         return []
+
+
+def receipts_line(cfg: Config) -> Line:
+    """Whether deliveries are proven by download's signed receipts (docs/security.md, "Delivery
+    receipts"): download signs with receipt_key, upload and central pin download_public_key."""
+    if cfg.mode == "download":
+        if cfg.receipt_key is None:
+            return (
+                WARN,
+                "receipt_key is not set: deliveries are not proven (no signed receipt); "
+                "make one with `synkler keygen FILE` (docs/security.md)",
+            )
+        try:
+            key = receipts.load_private_key(cfg.receipt_key)
+        except (OSError, ValueError) as e:
+            return (FAIL, f"receipt_key {cfg.receipt_key}: {e}")
+        return (OK, f"delivery receipts signed with {cfg.receipt_key} ({receipts.public_text(key)})")
+    if cfg.download_public_key is None:
+        return (
+            WARN,
+            "download_public_key is not set: deliveries are not proven, a `fetched` from download's "
+            "login is believed without a signed receipt (docs/security.md, 'Delivery receipts')",
+        )
+    return (OK, "deliveries proven: download's receipts are checked against its pinned public key")

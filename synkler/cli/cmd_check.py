@@ -43,6 +43,7 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
         out.say((checks.WARN, shown(problem)))
     for line in checks.ignored_lines(cfg):
         out.say(line)
+    out.say(checks.receipts_line(cfg))
     central_report = _check_broker(cfg, out)
     if cfg.mode in ("upload", "download"):
         _check_central(cfg, central_report, out)

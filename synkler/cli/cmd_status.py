@@ -24,11 +24,11 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
 
         return cmd_relay(cfg, as_json=args.json, watch=args.watch, all_finished=args.all)
 
-    entries, latest = _read(cfg, args)
+    entries, latest, signed = _read(cfg, args)
     agent = AGENTS[cfg.mode]
     actions = {e.id: agent.actions(e, latest[e.name] == e.id, present=present(cfg, e)) for e in entries}
     if args.json:
-        print(json.dumps([_row(e, actions[e.id]) for e in entries], indent=2))
+        print(json.dumps([_row(e, actions[e.id], signed.get(e.id, {})) for e in entries], indent=2))
     elif not entries:
         print(f"no entries ({cfg.mode} agent, state {cfg.state_db})")
     else:
@@ -36,11 +36,15 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     return ExitStatus.OK
 
 
-def _read(cfg: Config, args: argparse.Namespace) -> tuple[list[Entry], dict[str, str]]:
-    """The entries to show and, per name, the id of its newest version."""
+def _read(
+    cfg: Config, args: argparse.Namespace
+) -> tuple[list[Entry], dict[str, str], dict[str, dict[str, str]]]:
+    """The entries to show, per name the id of its newest version, and with --json each entry's
+    receipts (synkler.receipts) by destination."""
     if not cfg.state_db.exists():
-        return [], {}
+        return [], {}, {}
     hidden = 0
+    signed: dict[str, dict[str, str]] = {}
     state = State(cfg.state_db, readonly=True)
     try:
         if args.all:
@@ -49,6 +53,8 @@ def _read(cfg: Config, args: argparse.Namespace) -> tuple[list[Entry], dict[str,
         else:
             entries, hidden = _status_entries(cfg, state, args.last)
             latest = _latest_versions(state, entries)
+        if args.json:
+            signed = {e.id: state.receipts(e.id) for e in entries}
     finally:
         state.close()
     if hidden:
@@ -57,15 +63,16 @@ def _read(cfg: Config, args: argparse.Namespace) -> tuple[list[Entry], dict[str,
             f"({hidden} older finished entries not shown: `synkler status --all` lists every entry)",
             file=sys.stderr,
         )
-    return entries, latest
+    return entries, latest, signed
 
 
-def _row(e: Entry, actions: list[str]) -> dict:
+def _row(e: Entry, actions: list[str], signed: dict[str, str]) -> dict:
     row = e.as_dict()
     row["md5"] = e.md5 or ""  # as the column holds it: "" until it is known
     row["updated"] = iso(e.updated)
     row["created"] = iso(e.created)
     row["actions"] = actions
+    row["receipts"] = signed
     return row
 
 

@@ -67,6 +67,10 @@ def _dispatch(command: str, args: argparse.Namespace) -> int:
         from .cmd_config import cmd_config_migrate
 
         return cmd_config_migrate(args)
+    if command == "keygen":
+        from .cmd_keygen import cmd_keygen
+
+        return cmd_keygen(args.file, public_only=args.public)
     if command == "completion":
         from .cmd_completion import completion_script
 

@@ -78,6 +78,13 @@ Prints the rabbitmqctl commands that make one broker user per agent (<name>@<id>
 random password and the least permissions it needs, and which settings each agent's configuration
 then needs (authenticate: true, broker_username, broker_password). The output holds the passwords:
 keep it private. See docs/security.md.""",
+    "keygen": """\
+examples:
+  synkler keygen /etc/synkler/receipt.key             on download: write the key, print the config lines
+  synkler keygen --public /etc/synkler/receipt.key    print its public key again
+
+The private key (0600, never overwritten) goes into download's config as receipt_key; the public key
+it prints goes into upload's and central's configs as download_public_key. See docs/security.md.""",
     "completion": """\
 examples:
   synkler completion bash > /etc/bash_completion.d/synkler
@@ -167,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config(sub)
     _add_broker_setup(sub)
+    _add_keygen(sub)
     completion = _command(sub, "completion", "print a shell completion script")
     completion.add_argument(
         "shell", choices=["bash"], help="the shell (bash; zsh reads it with bashcompinit)"
@@ -225,6 +233,14 @@ def _add_config(sub: Commands) -> None:
     migrate.add_argument("old", metavar="OLD", help="the 0.0.x configuration file")
     migrate.add_argument(
         "-o", "--output", metavar="NEW", help="write the YAML here (default: print it); never overwrites"
+    )
+
+
+def _add_keygen(sub: Commands) -> None:
+    keygen = _command(sub, "keygen", "download: make the key that signs delivery receipts; print its public key")
+    keygen.add_argument("file", metavar="FILE", help="where to write the private key (never overwritten)")
+    keygen.add_argument(
+        "--public", action="store_true", help="print the public key of the existing private key FILE"
     )
 
 

@@ -30,6 +30,7 @@ from .values import (
     listen,
     number,
     path,
+    public_key,
     remote_dir,
     rsync_opts,
     string,
@@ -78,6 +79,8 @@ class Config:
     broker_heartbeat: int
     authenticate: bool
     cleanup_script: str | None
+    receipt_key: Path | None  # download: the private key that signs its delivery receipts
+    download_public_key: str | None  # upload, central: download's public key (ed25519:<base64>)
     cleanup_attempts: int
     cleanup_timeout: float
     free_percent: float
@@ -185,6 +188,8 @@ KEYS: dict[str, Key] = {
     "broker_heartbeat": Key(integer(1, 3600), 30),
     "authenticate": Key(boolean, False),
     "cleanup_script": Key(cleanup_script, None, roles=_ENDS),
+    "receipt_key": Key(file, None, roles=("download",)),
+    "download_public_key": Key(public_key, None, roles=("upload", "central")),
     "cleanup_attempts": Key(integer(1, 100), 1, roles=_ENDS),
     "cleanup_timeout": Key(number(0, above=True), 3600.0, roles=_ENDS),
     "free_percent": Key(number(0, 100), 10.0, roles=("central",)),

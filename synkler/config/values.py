@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
+from ..receipts import load_public_key
+
 # Ids and names end up in exchange/queue names, a directory name on central and
 # file names of pidfiles, so keep them to characters that are safe in all four.
 _IDENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
@@ -258,6 +260,16 @@ def listen(value: Any, ctx: Context) -> tuple[str, int]:
     if name.startswith("-") or any(c.isspace() for c in name):
         raise Invalid(f"must be host:port, got {describe(value)}")
     return name, int(port)
+
+
+def public_key(value: Any, ctx: Context) -> str:
+    """download_public_key: an Ed25519 public key as `synkler keygen` prints it."""
+    written = text(value, ctx).strip()
+    try:
+        load_public_key(written)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+    return written
 
 
 def cleanup_script(value: Any, ctx: Context) -> str:

@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from .. import receipts
 from ..agents.central import Mid
 from ..errors import ExitStatus
 from ..hops.checksum import md5_entry
@@ -73,14 +74,22 @@ def run_demo(*, keep: bool = False, timeout: float = 120, verbose: bool = False)
         with LocalSshd(workdir / "sshd") as sshd:
             print(f"  sshd on {sshd.host}:{sshd.port} with throwaway keys")
             cleanup = [sys.executable, "-c", "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"]
+            # Deliveries proven as in production: download signs receipts, upload and central pin its key.
+            key = receipts.new_key()
+            key_file = workdir / "receipt.key"
+            key_file.write_bytes(receipts.private_bytes(key))
+            key_file.chmod(0o600)
+            pinned = receipts.public_text(key)
             settings: dict[str, dict[str, Any]] = {
                 "upload": {
-                    "cleanup_script": shlex.join([*cleanup, str(workdir / "upload-cleaned.txt"), "%f"])
+                    "cleanup_script": shlex.join([*cleanup, str(workdir / "upload-cleaned.txt"), "%f"]),
+                    "download_public_key": pinned,
                 },
                 "download": {
-                    "cleanup_script": shlex.join([*cleanup, str(workdir / "download-cleaned.txt"), "%f"])
+                    "cleanup_script": shlex.join([*cleanup, str(workdir / "download-cleaned.txt"), "%f"]),
+                    "receipt_key": str(key_file),
                 },
-                "central": {"keep_minutes": 0.05},
+                "central": {"keep_minutes": 0.05, "download_public_key": pinned},
             }
             with LocalRelay(workdir, sshd, instance, settings=settings, verbose=verbose) as relay:
                 relay.start()

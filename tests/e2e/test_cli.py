@@ -337,10 +337,12 @@ def test_check_against_the_real_broker_prints_ok_lines_and_the_unauthenticated_w
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert lines, "check printed nothing"
-    # The lines that are not "ok": this relay's messages are not authenticated (the shared login), and
-    # no download agent consumes its queue (none runs), which is only a warning while nothing waits.
+    # The lines that are not "ok": deliveries are not proven (no receipt keys), this relay's messages
+    # are not authenticated (the shared login), and no download agent consumes its queue (none runs),
+    # which is only a warning while nothing waits.
     warned = [line.split(" (")[0].split(",")[0] for line in lines if not line.startswith("ok")]
     assert warned == [
+        "WARN  download_public_key is not set: deliveries are not proven",
         "WARN  messages are not authenticated",
         f"WARN  no agent consumes synkler:{real_broker_settings['id']}:agent:download",
     ], result.stdout
@@ -369,7 +371,10 @@ def test_check_logs_in_to_the_real_broker_with_the_password_from_broker_password
     result = synkler("-c", str(config), "check")
     assert result.returncode == 0, result.stdout + result.stderr
     assert all(
-        line.startswith("ok") or "not authenticated" in line or line.startswith("WARN  no agent consumes")
+        line.startswith("ok")
+        or "not authenticated" in line
+        or "not proven" in line
+        or line.startswith("WARN  no agent consumes")
         for line in result.stdout.splitlines()
     ), result.stdout
     assert any(line.startswith("ok    broker") for line in result.stdout.splitlines())

@@ -20,6 +20,12 @@ LATIN1_NAME = os.fsdecode(b"caf\xe9.txt")  # not UTF-8: relays byte-exact
 
 
 UNAUTHENTICATED = "messages are not authenticated"
+NOT_PROVEN = "deliveries are not proven"  # no receipt keys (docs/security.md, "Delivery receipts")
+
+
+def at_start(message: str) -> bool:
+    """One of the warnings each agent of this test's relay says once at start."""
+    return UNAUTHENTICATED in message or NOT_PROVEN in message
 
 
 def test_a_relay_run_logs_lines_that_name_their_agent_and_escape_names_at_every_level(make_relay):
@@ -59,16 +65,18 @@ def test_a_relay_run_logs_lines_that_name_their_agent_and_escape_names_at_every_
     [refused] = [line for line in upload if escaped in line]
     assert " WARNING esc\\x1b[31mred\\nline.txt: not sending it" in refused
     # What a person must know, and nothing else: that messages are not authenticated (the test's shared
-    # login), said once at start, and the refused name.
+    # login) and deliveries not proven (no receipt keys), each said once at start, and the refused name.
     warned = [line for line in upload if TEXT_LINE.match(line).group(3) not in ("DEBUG", "INFO")]
-    assert [w for w in warned if UNAUTHENTICATED not in w] == [refused]
+    assert [w for w in warned if not at_start(w)] == [refused]
     assert len([w for w in warned if UNAUTHENTICATED in w]) == 1
+    assert len([w for w in warned if NOT_PROVEN in w]) == 1
 
     central = [json.loads(line) for line in raw["central"].decode().splitlines()]  # one object a line
     assert central
     assert {(r["role"], r["agent"], r["id"]) for r in central} == {("central", "central", relay.instance)}
-    said = [r for r in central if UNAUTHENTICATED not in r["message"]]
+    said = [r for r in central if not at_start(r["message"])]
     assert [r["level"] for r in central if UNAUTHENTICATED in r["message"]] == ["WARNING"]
+    assert [r["level"] for r in central if NOT_PROVEN in r["message"]] == ["WARNING"]
     assert {r["level"] for r in said} == {"DEBUG", "INFO"}, "a warning in a run where all went well"
     assert not [r for r in central if not r["logger"].startswith("synkler")], "a line not from synkler"
     entries = {r["entry"] for r in central}
@@ -76,6 +84,7 @@ def test_a_relay_run_logs_lines_that_name_their_agent_and_escape_names_at_every_
     delivered = [r for r in central if r["entry"] == "plain.txt" and ": delivered to" in r["message"]]
     assert len(delivered) == 1 and delivered[0]["level"] == "INFO"
 
-    # All went well: nothing to say but that messages are not authenticated.
+    # All went well: nothing to say but that messages are not authenticated and deliveries not proven.
     lines = raw["download"].decode().splitlines()
-    assert len(lines) == 1 and " WARNING " in lines[0] and UNAUTHENTICATED in lines[0], lines
+    assert len(lines) == 2 and all(" WARNING " in line and at_start(line) for line in lines), lines
+    assert any(UNAUTHENTICATED in line for line in lines) and any(NOT_PROVEN in line for line in lines)

@@ -1,10 +1,11 @@
 """An authenticated relay on a private RabbitMQ node (tests/rabbitnode.py): one least-privileged broker
 user per agent, made with the commands `synkler broker-setup` prints, the instance's shared objects
-declared by central's user, `authenticate: true` everywhere, and a cleanup script at upload and at
-download that records each run. Beside the agents' users, the node has `mallory`, a broker login
-with broad permissions (configure, write and read on everything, no topic permissions) but no
-agent's identity: the attacker of tests/e2e/test_authentication.py and tests/e2e/test_hostile_relay.py.
-The fixture `authenticated_relay` (tests/conftest.py) builds it."""
+declared by central's user, `authenticate: true` everywhere, a cleanup script at upload and at
+download that records each run, and delivery receipts: download signs with a key made as `synkler
+keygen` makes it, upload and central pin its public key. Beside the agents' users, the node has
+`mallory`, a broker login with broad permissions (configure, write and read on everything, no topic
+permissions) but no agent's identity: the attacker of tests/e2e/test_authentication.py and
+tests/e2e/test_hostile_relay.py. The fixture `authenticated_relay` (tests/conftest.py) builds it."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any
 
 import pika
 
+from synkler import receipts
 from synkler.broker.amqp import Broker, BrokerParams, broker_user, dead_name, exchange_name
 from synkler.broker.users import commands
 from synkler.devkit.localrelay import LocalRelay
@@ -59,6 +61,11 @@ def authenticated_relay(
         return shlex.join([sys.executable, "-c", RECORD, str(log), "%f"])
 
     up_log, down_log = workdir / "upload-cleanup.log", workdir / "download-cleanup.log"
+    key = receipts.new_key()
+    key_file = workdir / "receipt.key"
+    key_file.write_bytes(receipts.private_bytes(key))
+    key_file.chmod(0o600)
+    pinned = {"download_public_key": receipts.public_text(key)}
     relay = LocalRelay(
         workdir / "relay",
         sshd,
@@ -70,13 +77,19 @@ def authenticated_relay(
                 "name": UPLOAD,
                 "settle_seconds": 0.2,
                 "cleanup_script": recorder(up_log),
+                **pinned,
             },
-            "central": auth("central"),
-            "download": {**auth("download"), "cleanup_script": recorder(down_log)},
+            "central": {**auth("central"), **pinned},
+            "download": {
+                **auth("download"),
+                "cleanup_script": recorder(down_log),
+                "receipt_key": str(key_file),
+            },
         },
     )
     relay.up_log = up_log  # type: ignore[attr-defined]
     relay.down_log = down_log  # type: ignore[attr-defined]
+    relay.receipt_key = key  # type: ignore[attr-defined]
     try:
         yield relay
     finally:

@@ -98,6 +98,8 @@ def test_defaults_fill_every_optional_key(parse, file_dir: Path, home: Path, con
         broker_heartbeat=30,
         authenticate=False,
         cleanup_script=None,
+        receipt_key=None,
+        download_public_key=None,
         cleanup_attempts=1,
         cleanup_timeout=3600.0,
         free_percent=10.0,

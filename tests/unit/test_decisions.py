@@ -31,6 +31,7 @@ from synkler.hops import checksum
 from synkler.hops.checksum import EntryStat, md5_entry, stat_entry
 from synkler.hops.cleanup import script_status
 from synkler.hops.transfer import Result
+from synkler import messages
 from synkler.messages import (
     Admit,
     Corrupt,
@@ -144,11 +145,21 @@ def upload_fails_when_central_reports_failure(tmp_path: Path, from_: str, _to: s
     return r.entry(e.id)
 
 
-@transition("upload", *((s, "delivered") for s in (*UNSENT_AND_SENT, "failed", "superseded")))
-def upload_is_told_of_delivery_with_a_cleanup_script(tmp_path: Path, from_: str, _to: str) -> Entry:
-    r = role(tmp_path, "upload", cleanup_script="rm %F")
-    e = r.given(from_, peer="central")
+# Central may hold a verified copy from the first push on; a failed entry only if download's pull
+# failed (central keeps its copy: an operator's retry at download may deliver it yet).
+PUSHED_ONCE = ("uploading", "pushed", "sent", "failed", "superseded")
+
+
+def told_of_delivery(tmp_path: Path, from_: str, **settings: object) -> tuple[Role, Entry]:
+    r = role(tmp_path, "upload", **settings)
+    e = r.given(from_, peer="central", reason="pull from central: exit 23" if from_ == "failed" else None)
     r.deliver(Delivered(e.id, "central", stored_as="data (2).bin"))
+    return r, e
+
+
+@transition("upload", *((s, "delivered") for s in PUSHED_ONCE))
+def upload_is_told_of_delivery_with_a_cleanup_script(tmp_path: Path, from_: str, _to: str) -> Entry:
+    r, e = told_of_delivery(tmp_path, from_, cleanup_script="rm %F")
     entry = r.entry(e.id)
     assert (entry.cleanup, entry.stored_as) == (Cleanup.PENDING, "data (2).bin")
     r.tick()
@@ -156,11 +167,9 @@ def upload_is_told_of_delivery_with_a_cleanup_script(tmp_path: Path, from_: str,
     return entry
 
 
-@transition("upload", *((s, "done") for s in (*UNSENT_AND_SENT, "failed", "superseded")))
+@transition("upload", *((s, "done") for s in PUSHED_ONCE))
 def upload_is_told_of_delivery_without_a_cleanup_script(tmp_path: Path, from_: str, _to: str) -> Entry:
-    r = role(tmp_path, "upload")
-    e = r.given(from_, peer="central")
-    r.deliver(Delivered(e.id, "central", stored_as="data.bin"))
+    r, e = told_of_delivery(tmp_path, from_)
     assert r.entry(e.id).cleanup is None
     return r.entry(e.id)
 
@@ -496,8 +505,12 @@ def central_holding(tmp_path: Path, state: str) -> tuple[Role, Entry, Path, Path
     """Central with an entry in `state` and the copies it would hold: staged and stored."""
     r = role(tmp_path, "central")
     r.start()
-    e = r.given(state, peer="upload", md5=MD5)
-    staged, stored = Path(r.agent.spool.staged(e)), Path(r.agent.spool.stored(e.id))
+    entry_id = messages.new_entry_id()
+    stored = Path(r.agent.spool.stored(entry_id))
+    # An entry downloading, or failed since, has had its fetch sent: its path is the stored copy.
+    fetched = state in ("downloading", "failed")
+    e = r.given(state, entry_id=entry_id, peer="upload", md5=MD5, path=str(stored) if fetched else None)
+    staged = Path(r.agent.spool.staged(e))
     staged.parent.mkdir(parents=True, exist_ok=True)
     if state in ("uploading", "verifying"):
         staged.write_bytes(b"data")
