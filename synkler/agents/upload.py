@@ -267,40 +267,51 @@ class Upload(Endpoint):
         for name, st in found.items():
             if not isinstance(st, EntryStat):
                 self.pending.pop(name, None)
-                if st is not None and name not in self.warned:
-                    self.warned.add(name)
-                    log.warning("%s: not sending it: %s", name, st)
-                continue
-            problem = name_problem(name)
-            if problem:
-                if name not in self.warned:
-                    self.warned.add(name)
-                    log.warning("%s: not sending it (in %s): %s", name, self.cfg.file_dir, problem)
-                continue
-            if self.relayed.get(name) == st.signature:
-                continue  # this content is already on its way or delivered
-            latest = self.state.latest_by_name(name)
-            if latest is not None and latest.signature == st.signature:
-                self.pending.pop(name, None)
-                self.state.after_commit(functools.partial(self.relayed.__setitem__, name, st.signature))
-                continue
-            seen = self.pending.get(name)
-            if name in listing.whole:  # counts as settled already
-                log.debug("%s: renamed in and not open for writing: no need to wait for it to settle", name)
-                seen = (st.signature, float("-inf"))
-            if seen is None or seen[0] != st.signature:
-                self.pending[name] = (st.signature, now)
-            elif now - seen[1] >= self.cfg.settle_seconds and not self.jobs.busy(Key(NAME, name)):
-                if latest is None or latest.state == Up.FAILED:
-                    fresh.append(self._offer(name, st, None))
-                else:
-                    self._hash(name, st.signature)  # maybe only touched: compare before sending
+                if st is not None:
+                    self._warn_once(name, "%s: not sending it: %s", name, st)
+            elif self._sendable(name):
+                offered = self._look_at(name, st, name in listing.whole, now)
+                if offered is not None:
+                    fresh.append(offered)
         self._hash_entries(fresh)
         # Look again when the first pending entry may have settled (entries being hashed wait for that).
         deadlines = [since + self.cfg.settle_seconds for since in (s[1] for s in self.pending.values())]
         deadlines = [d for d in deadlines if d > now]
         if deadlines:
             self.next_scan = min(self.next_scan, min(deadlines))
+
+    def _warn_once(self, name: str, fmt: str, *args: object) -> None:
+        if name not in self.warned:
+            self.warned.add(name)
+            log.warning(fmt, *args)
+
+    def _sendable(self, name: str) -> bool:
+        problem = name_problem(name)
+        if problem:
+            self._warn_once(name, "%s: not sending it (in %s): %s", name, self.cfg.file_dir, problem)
+        return not problem
+
+    def _look_at(self, name: str, st: EntryStat, whole: bool, now: float) -> Entry | None:
+        """One entry of a listing: note it while it settles; once it has, offer it (returned, to be
+        hashed while it travels) or, for a name relayed before, compare its md5 first."""
+        if self.relayed.get(name) == st.signature:
+            return None  # this content is already on its way or delivered
+        latest = self.state.latest_by_name(name)
+        if latest is not None and latest.signature == st.signature:
+            self.pending.pop(name, None)
+            self.state.after_commit(functools.partial(self.relayed.__setitem__, name, st.signature))
+            return None
+        seen = self.pending.get(name)
+        if whole:  # counts as settled already
+            log.debug("%s: renamed in and not open for writing: no need to wait for it to settle", name)
+            seen = (st.signature, float("-inf"))
+        if seen is None or seen[0] != st.signature:
+            self.pending[name] = (st.signature, now)
+        elif now - seen[1] >= self.cfg.settle_seconds and not self.jobs.busy(Key(NAME, name)):
+            if latest is None or latest.state == Up.FAILED:
+                return self._offer(name, st, None)
+            self._hash(name, st.signature)  # maybe only touched: compare before sending
+        return None
 
     def _hash(self, name: str, signature: str) -> None:
         """md5 of a name relayed before, to tell new content from a touch."""

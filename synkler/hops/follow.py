@@ -265,16 +265,7 @@ class Follower:
 
     def _follow(self, inotify: Inotify) -> dict[bytes, Followed]:
         if not self.tree:
-            # A temporary file made before the watch began: the newest one (older ones are left-overs).
-            made = []
-            for name in os.listdir(self.directory):
-                if is_temp_name(self.name, name):
-                    try:
-                        made.append((os.lstat(os.path.join(self.directory, name)).st_ctime_ns, name))
-                    except FileNotFoundError:
-                        pass
-            if made:
-                self._open(max(made)[1])
+            self._open_newest_temp()
         last_progress = time.monotonic()
         while True:
             finishing = self._finish.is_set()
@@ -292,19 +283,40 @@ class Follower:
                 return {}
             ready, _, _ = select.select([inotify.fd, self._wake_r], [], [], 1.0)
             if ready and self._wake_r not in ready:
-                # Only the reading waits for writes to pile up (COALESCE); the events are taken at once
-                # and then every EVENTS_EVERY, so a file made and renamed meanwhile is still opened.
-                deadline = time.monotonic() + COALESCE
-                while True:
-                    events = self._events(inotify)
-                    if events is None:
-                        return {}
-                    if events:
-                        last_progress = time.monotonic()
-                    left = deadline - time.monotonic()
-                    if left <= 0 or self._finish.wait(min(left, EVENTS_EVERY)):
-                        break
+                arrived = self._take_events(inotify)
+                if arrived is None:
+                    return {}
+                if arrived:
+                    last_progress = time.monotonic()
         return {} if self._abandon else self._done
+
+    def _open_newest_temp(self) -> None:
+        """A temporary file made before the watch began: the newest one (older ones are left-overs)."""
+        made = []
+        for name in os.listdir(self.directory):
+            if is_temp_name(self.name, name):
+                try:
+                    made.append((os.lstat(os.path.join(self.directory, name)).st_ctime_ns, name))
+                except FileNotFoundError:
+                    pass
+        if made:
+            self._open(max(made)[1])
+
+    def _take_events(self, inotify: Inotify) -> bool | None:
+        """Events as they come for COALESCE seconds: True if any, None if some were lost.
+
+        Only the reading waits for writes to pile up (COALESCE); the events are taken at once and
+        then every EVENTS_EVERY, so a file made and renamed meanwhile is still opened."""
+        deadline = time.monotonic() + COALESCE
+        any_events = False
+        while True:
+            events = self._events(inotify)
+            if events is None:
+                return None
+            any_events = any_events or events
+            left = deadline - time.monotonic()
+            if left <= 0 or self._finish.wait(min(left, EVENTS_EVERY)):
+                return any_events
 
     def _events(self, inotify: Inotify) -> bool | None:
         """Act on the events that have come in; True if a file or directory to follow appeared,
