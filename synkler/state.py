@@ -398,7 +398,8 @@ class State:
         if reasons:
             sql += " AND (" + " OR ".join("reason LIKE ?" for _ in reasons) + ")"
         try:
-            return [Entry(*r) for r in self._db.execute(sql + " ORDER BY created", (*states, now, *reasons))]
+            rows = self._db.execute(sql + " ORDER BY created", (*states, now, *reasons))
+            return [Entry(*r) for r in rows]
         except sqlite3.Error as e:
             raise _error(e) from e
 

@@ -207,7 +207,7 @@ def _add_status(sub: Commands) -> None:
 
 def _add_repairs(sub: Commands) -> None:
     for action, what in (
-        ("retry", "take up a failed entry again, try a waiting one now, or run a failed cleanup script again"),
+        ("retry", "take up a failed entry again, a waiting one now, or run a failed cleanup script again"),
         ("forget", "end an entry on its way or failed, at every role that has it"),
         ("resend", "upload: send a delivered entry's file again as a new entry, unchanged"),
     ):

@@ -72,7 +72,8 @@ def test_a_push_that_reaches_central_ends_the_waits_for_the_link_and_only_those(
     r.tick()
     assert transfers(r) == {new.id}  # the others wait (up to retry_max_seconds)
     r.finish(r.job("transfer"), OK)
-    assert [r.entry(e.id).due for e in entries.values()] == [0, 0, entries["disk"].due, entries["failure"].due]
+    dues = [r.entry(e.id).due for e in entries.values()]
+    assert dues == [0, 0, entries["disk"].due, entries["failure"].due]
     r.tick()
     assert transfers(r) == {entries["link"].id, entries["person"].id}  # now, not minutes later
 
@@ -120,9 +121,8 @@ def test_an_operator_retries_one_waiting_entry_now_and_its_failed_tries_still_co
 def test_an_operator_retries_every_entry_waiting_for_one_cause(tmp_path: Path, cause: str, goes: set | None):
     r = upload(tmp_path, cleanup_script="true")
     entries = push_waits(r)
-    entries["cleanup"] = r.given(
-        "delivered", name="e", cleanup=Cleanup.PENDING, tries=1, due=time.time() + LATER, reason="cleanup script: exit 1"
-    )
+    due = time.time() + LATER
+    entries["cleanup"] = r.given("delivered", name="e", cleanup=Cleanup.PENDING, tries=1, due=due, reason="exit 1")
     entries["moving"] = r.given("uploading", name="f", peer="central", md5=MD5, path="/x")  # due: not waiting
     ok, answer = r.request("retry", waits.selector(cause))
     assert ok, answer
