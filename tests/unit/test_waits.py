@@ -189,3 +189,27 @@ def test_retry_takes_one_entry_or_waiting_entries_not_both_nor_neither(capsys):
             main(argv)
         assert exit.value.code == 2
     assert "an entry or --waiting" in capsys.readouterr().err
+
+
+def test_pulls_waiting_for_disk_space_go_once_space_comes_free(tmp_path: Path, monkeypatch):
+    from synkler.agents import download
+
+    free = [1000]
+    monkeypatch.setattr(download, "free_bytes", lambda _path: free[0])
+    r = Role("download", tmp_path)
+    r.start()
+    e = r.given("fetching", peer="central", md5=MD5, path="/srv/central/lab/stored/x")
+    other = waiting(r, "pull from central: exit 23: some files", "b", tries=1)
+    r.tick()
+    full = Result(False, 11, "rsync: write failed: No space left on device (28)")
+    r.finish(r.job("transfer"), PullRun(full, {e.id: NotPulled("space", full.summary())}))
+    assert "waiting for disk space" in (r.entry(e.id).reason or "")
+    due = r.entry(e.id).due
+    free[0] += download.DISK_FREED - 1  # not enough to make a difference
+    r.tick()
+    assert r.entry(e.id).due == due and transfers(r) == set()
+    free[0] += 1
+    r.tick(time.time() + download.DISK_LOOK)
+    assert r.entry(e.id).due == 0 and r.entry(other.id).due == other.due
+    r.tick()
+    assert transfers(r) == {e.id}
