@@ -527,6 +527,7 @@ class Endpoint(Agent):
         elif result is not None and result.link_down:
             self.link_failures += 1
         if result is not None and not result.link_down:
+            self.person_told = -float("inf")  # a refusal after this is news: said at once
             self.link_works()
 
     def retry_later(

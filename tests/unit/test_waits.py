@@ -174,6 +174,8 @@ def test_status_offers_retry_for_an_entry_that_waits_and_not_for_one_on_its_way(
     assert down.actions(entry("delivered", cleanup="pending"), latest=True) == []
     assert mid.actions(entry("waiting", reason="needs 10 bytes"), latest=True) == ["retry", "forget"]
     assert up.actions(entry("waiting", reason="needs 10 bytes"), latest=True) == ["forget"]  # central's call
+    why = up.refusal("retry", entry("waiting"), latest=True)
+    assert why is not None and "`synkler retry` on central" in why
 
 
 def test_retry_takes_one_entry_or_waiting_entries_not_both_nor_neither(capsys):
@@ -213,3 +215,14 @@ def test_pulls_waiting_for_disk_space_go_once_space_comes_free(tmp_path: Path, m
     assert r.entry(e.id).due == 0 and r.entry(other.id).due == other.due
     r.tick()
     assert transfers(r) == {e.id}
+
+
+def test_a_refusal_after_the_link_worked_again_is_said_at_once(tmp_path: Path, caplog):
+    r = upload(tmp_path)
+    refused = Result(False, 255, "root@central: Permission denied (publickey).")
+    for result in (refused, OK, refused):
+        r.given("uploading", peer="central", md5=MD5, path="/srv/central/lab/staging/upload")
+        r.tick()
+        r.finish(r.job("transfer"), result)
+    errors = [rec for rec in caplog.records if rec.levelname == "ERROR"]
+    assert len(errors) == 2 and all("This needs a person" in e.getMessage() for e in errors)
