@@ -520,13 +520,12 @@ class Endpoint(Agent):
 
     def link_result(self, result: transfer.Result | None) -> None:
         """Note how a transfer run went: the backoff for a link that is down grows with its failures.
-        A run that reached central (ended well, or failed for another reason than the link) ends
-        the waits of the entries that wait for the link."""
+        A run that reached central ends the waits of the entries that wait for the link."""
         if result is not None and result.ok:
             self.link_failures = 0
         elif result is not None and result.link_down:
             self.link_failures += 1
-        if result is not None and not result.link_down:
+        if waits.reached_central(result):
             self.person_told = -float("inf")  # a refusal after this is news: said at once
             self.link_works()
 

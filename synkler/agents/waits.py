@@ -5,8 +5,8 @@ in the future and a reason that says why (`Endpoint.retry_later`): the link to c
 refused (`link`), a disk is full (`disk`), or a try failed and the next is due later (`failure`; a
 cleanup script's failed run waits the same way). A wait need not run out: it ends at once
 
-- when the agent sees its cause clear: an rsync run that reached central (whatever became of it)
-  ends every wait for the link; at download, free space that grows on the staging file system ends
+- when the agent sees its cause clear: an rsync run that reached central (`reached_central`) ends
+  every wait for the link; at download, free space that grows on the staging file system ends
   the waits for disk space;
 - when an operator asks: `synkler retry ENTRY` on a waiting entry, or `synkler retry --waiting
   [CAUSE]` for every entry that waits (for that cause).
@@ -18,6 +18,7 @@ it takes the request.
 
 from __future__ import annotations
 
+from ..hops.transfer import Result
 from .facts import DISK_WAIT, LINK_DOWN, NEEDS_PERSON
 
 LINK, DISK, FAILURE = "link", "disk", "failure"
@@ -34,6 +35,16 @@ def cause_of(reason: str | None, hop: str) -> str:
     if reason.startswith(f"{hop}: {DISK_WAIT}: "):
         return DISK
     return FAILURE
+
+
+PARTIAL = (23, 24)  # rsync's "some files were not transferred" or "vanished": it talked to the other end
+
+
+def reached_central(result: Result | None) -> bool:
+    """Did an rsync run get through to central (so the link works), whatever became of it? It ended
+    well, or failed after ssh logged in: a disk full, some files not transferred. (Not any failure
+    that is not the link's: rsync may fail here before it connects.)"""
+    return result is not None and (result.ok or result.out_of_space or result.returncode in PARTIAL)
 
 
 def selector(cause: str) -> str:

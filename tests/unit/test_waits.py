@@ -78,12 +78,16 @@ def test_a_push_that_reaches_central_ends_the_waits_for_the_link_and_only_those(
     assert transfers(r) == {entries["link"].id, entries["person"].id}  # now, not minutes later
 
 
-def test_a_push_that_could_not_reach_central_ends_no_wait(tmp_path: Path):
+LOCAL = Result(False, 1, "rsync: syntax or usage error")  # before it connected
+
+
+@pytest.mark.parametrize("result", [LINK_DOWN, LOCAL, None], ids=["link", "local", "error"])
+def test_a_push_that_could_not_reach_central_ends_no_wait(tmp_path: Path, result: Result | None):
     r = upload(tmp_path)
     entries = push_waits(r)
     r.given("uploading", name="new", peer="central", md5=MD5, path="/srv/central/lab/staging/upload")
     r.tick()
-    r.finish(r.job("transfer"), LINK_DOWN)
+    r.finish(r.job("transfer"), result, None if result else RuntimeError("the job broke"))
     assert [r.entry(e.id).due for e in entries.values()] == [e.due for e in entries.values()]
 
 
@@ -122,7 +126,7 @@ def test_an_operator_retries_every_entry_waiting_for_one_cause(tmp_path: Path, c
     r = upload(tmp_path, cleanup_script="true")
     entries = push_waits(r)
     due = time.time() + LATER
-    entries["cleanup"] = r.given("delivered", name="e", cleanup=Cleanup.PENDING, tries=1, due=due, reason="exit 1")
+    entries["cleanup"] = r.given("delivered", name="e", cleanup=Cleanup.PENDING, tries=1, due=due, reason="x")
     entries["moving"] = r.given("uploading", name="f", peer="central", md5=MD5, path="/x")  # due: not waiting
     ok, answer = r.request("retry", waits.selector(cause))
     assert ok, answer
