@@ -399,6 +399,19 @@ class State:
         except sqlite3.Error as e:
             raise _error(e) from e
 
+    def waiting(self, states: Collection[str], now: float, *reasons: str) -> list[Entry]:
+        """Entries in `states` not due before `now` (waiting for a retry), oldest first; with
+        `reasons` (SQL LIKE patterns), only those whose reason matches one. Down the index on
+        (state, due): cheap when few wait, however many entries there are."""
+        sql = f"{_SELECT} WHERE state IN ({', '.join('?' * len(states))}) AND due > ?"
+        if reasons:
+            sql += " AND (" + " OR ".join("reason LIKE ?" for _ in reasons) + ")"
+        try:
+            rows = self._db.execute(sql + " ORDER BY created", (*states, now, *reasons))
+            return [Entry(*r) for r in rows]
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
     def all(self) -> list[Entry]:
         try:
             return [Entry(*r) for r in self._db.execute(f"{_SELECT} ORDER BY created")]

@@ -35,6 +35,7 @@ from .base import (
     Transitions,
     job_error,
 )
+from . import waits
 from .history import History
 
 if TYPE_CHECKING:
@@ -291,6 +292,11 @@ class Agent:
 
     def on_request(self, request: Request) -> str:
         """Do what an operator asked (inside a savepoint); the answer, or Refused with the reason."""
+        cause = waits.selected(request.entry)
+        if cause is not None:  # `synkler retry --waiting [CAUSE]`: the entries are picked now
+            if request.action != RETRY:
+                raise Refused(f"{request.action!r} takes one entry, not all those waiting")
+            return self.retry_waiting(cause)
         entry = self.state.get(request.entry)
         if entry is None:
             raise Refused(f"the {self.mode} agent has no entry {request.entry}")
@@ -312,6 +318,11 @@ class Agent:
 
     def resend(self, entry: Entry) -> str:
         raise Refused(f"{shown(entry.name)}: the {self.mode} agent does not send entries")
+
+    def retry_waiting(self, cause: str) -> str:
+        """End now the waits of every entry waiting for `cause` (waits.ANY: for anything), as an
+        operator asks (`synkler retry --waiting`); the answer for the operator."""
+        raise Refused(f"the {self.mode} agent has no entries that wait for a retry")
 
     def forget(self, entry: Entry, reason: str, told_by: str | None = None) -> None:
         """End an entry here: what this role holds of it is removed (`drop`), it becomes forgotten, and

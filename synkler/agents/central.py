@@ -18,6 +18,7 @@ from ..errors import MessageError
 from ..hops.checksum import md5_entry
 from ..hops.follow import pulled_early, worth_following
 from ..linux.fs import remove_tree
+from ..text import shown, some_entries
 from ..messages import (
     Admit,
     Corrupt,
@@ -51,6 +52,7 @@ from .base import (
     hash_groups,
 )
 from .facts import ADMISSION_AT_CENTRAL, PULL, PUSH, STORE_AT_CENTRAL, UPLOAD_TO_CENTRAL, facts, hop
+from . import waits
 from .followers import Followers
 from .pools import Pool
 from .spool import Arrival, PlaceRefused, Spool
@@ -341,12 +343,35 @@ class Central(Agent):
 
     @classmethod
     def refusal(cls, action: str, entry: Entry, latest: bool, *, present: bool = True) -> str | None:
+        if action == RETRY and entry.state == Mid.WAITING:
+            return None  # looked at again now (it is every second anyway)
         if action == RETRY:
             return (
                 "central does not retry: run `synkler retry` on upload (it sends the entry again), or on "
                 "download for a failed pull (it pulls central's verified copy again)"
             )
         return super().refusal(action, entry, latest, present=present)
+
+    def retry(self, entry: Entry) -> str:
+        """A waiting entry: admitted now if there is room, else the answer says what it waits for."""
+        self._admit_waiting()
+        now = self.entry(entry.id)
+        if now.state != Mid.WAITING:
+            return f"{shown(entry.name)} (entry {entry.id}): admitted now"
+        return f"{shown(entry.name)} (entry {entry.id}): still waits: {shown(now.reason or ROOM_WAIT)}"
+
+    def retry_waiting(self, cause: str) -> str:
+        """Central's entries wait only for room (a cause of `disk`): admitted now where there is."""
+        if cause not in (waits.DISK, waits.ANY):
+            return f"no entry at central waits for {waits.what(cause)}: central's entries wait only for room"
+        before = [e.id for e in self.state.by_state(Mid.WAITING)]
+        self._admit_waiting()
+        still = {e.id for e in self.state.by_state(Mid.WAITING)}
+        admitted = [e.name for e in map(self.entry, before) if e.state == Mid.UPLOADING]
+        if not before:
+            return "no entry at central waits for room"
+        told = f"{some_entries([shown(n) for n in admitted])} admitted now" if admitted else "none admitted"
+        return f"{told}; {len(still)} still waiting for room (`synkler status` says what each needs)"
 
     def peers(self, entry: Entry) -> list[str]:
         return [entry.peer or "", DOWNLOAD]

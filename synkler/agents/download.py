@@ -20,11 +20,12 @@ from .. import receipts
 from ..errors import ConfigError
 from ..hops.checksum import stat_entry
 from ..hops.pull import Early, Mismatch, NotPulled, PullRun, Staging, pull, pull_early
-from ..linux.fs import remove_tree, rename_noreplace
+from ..linux.fs import free_bytes, remove_tree, rename_noreplace
 from ..text import shown, some_entries
 from ..messages import Corrupt, Failed, Fetch, Fetched, Forget, Pushing, is_valid_entry_id
 from ..private import private_dir
 from ..state import Entry, State
+from . import waits
 from .base import CENTRAL, ENTRY, Jobs, Key, Status, Transitions
 from .endpoint import Endpoint
 from .facts import DISK_WAIT, PULL, PULL_FROM_CENTRAL, facts, hop
@@ -37,6 +38,8 @@ log = logging.getLogger("synkler")
 
 EARLY_MAX = 2  # files pulled early at a time
 EARLY_KEEP = 600.0  # seconds an early copy whose fetch never came is kept (central gave it up)
+DISK_LOOK = 1.0  # seconds between looks at the free space while pulls wait for it
+DISK_FREED = 1 << 20  # bytes that must come free after a pull found the disk full to try again at once
 
 
 def _early_copy(name: str, path: str) -> bool:
@@ -95,6 +98,7 @@ class Download(Endpoint):
     TRANSITIONS = TRANSITIONS
     DELIVERED, DONE, FAILED, FORGOTTEN = Down.DELIVERED, Down.DONE, Down.FAILED, Down.FORGOTTEN
     FORGETTABLE = FORGETTABLE
+    TRANSFERRING, HOP = Down.FETCHING, PULL_FROM_CENTRAL
     RETRYABLE = frozenset({Down.FAILED})
     FINISHED = FINISHED
 
@@ -111,6 +115,8 @@ class Download(Endpoint):
                 self.receipt_key = receipts.load_private_key(cfg.receipt_key)
             except (OSError, ValueError) as e:
                 raise ConfigError(cfg.path, "receipt_key", f"{cfg.receipt_key}: {e}") from None
+        self.full_at: int | None = None  # free bytes in staging when a pull last found the disk full
+        self.next_disk_look = 0.0
 
     def cleanup_target(self, entry: Entry) -> tuple[str, str]:
         stored_as = entry.stored_as or entry.name
@@ -262,6 +268,7 @@ class Download(Endpoint):
             for entry in self.state.by_state(Down.PLACING):
                 self._place(entry)
         self.start_due_cleanups(now)
+        self._look_at_disk(now)
         for entry_id, early in list(self.early.items()):
             if early.ended and now - early.ended > EARLY_KEEP and self.state.get(entry_id) is None:
                 log.info("dropping the early copy of entry %s: central never sent it", entry_id)
@@ -332,6 +339,8 @@ class Download(Endpoint):
             else:
                 self._verified(entry_now, outcome.target, outcome.present)
                 continue
+            if isinstance(outcome, NotPulled) and outcome.cause == "space":
+                self._disk_full()
             if not self.retry_later(
                 entry_now,
                 PULL_FROM_CENTRAL,
@@ -343,6 +352,34 @@ class Download(Endpoint):
                 self.send(
                     entry.peer or "", Failed(entry.id, self.name, hop=PULL_FROM_CENTRAL, reason=why[:1900])
                 )
+
+    def _disk_full(self) -> None:
+        """A pull found the disk full: note the free space, to see it grow (`_look_at_disk`)."""
+        try:
+            self.full_at = free_bytes(self.staging.dir)
+        except OSError:
+            self.full_at = None  # the waits run out as they would
+
+    def _look_at_disk(self, now: float) -> None:
+        """While pulls wait for disk space: once DISK_FREED bytes more are free than when the disk was
+        found full, they go now, not at the end of their wait."""
+        if self.full_at is None or now < self.next_disk_look:
+            return
+        self.next_disk_look = now + DISK_LOOK
+        try:
+            freed = free_bytes(self.staging.dir) - self.full_at
+        except OSError:
+            return
+        if freed < DISK_FREED:
+            return
+        self.full_at = None
+        ended = self.end_waits(waits.DISK, time.time())
+        if ended:
+            log.info(
+                "%.0f MB more free at download: %s waiting for disk space go now",
+                freed / 1e6,
+                some_entries([shown(e.name) for e in ended]),
+            )
 
     def _verified(self, entry: Entry, target: str, present: bool) -> None:
         log.debug("%s: md5 verified at download (%s)", entry.name, entry.md5)

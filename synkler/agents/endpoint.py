@@ -13,10 +13,11 @@ from ..backoff import backoff
 from ..errors import Refused
 from ..hops import cleanup, transfer
 from ..state import Entry, State
-from ..text import shown
+from ..text import shown, some_entries
 from .agent import Agent
 from .base import CLEANUP, ENTRY, GIVE_UP_ADVICE, PERSON_REPEAT, RETRY, Cleanup, Done, Jobs, Key, Status, T
-from .facts import DISK_WAIT, LINK_DOWN, needs_person_reason
+from . import waits
+from .facts import DISK_WAIT, LINK_DOWN, NEEDS_PERSON, needs_person_reason
 from .pools import Pool
 
 if TYPE_CHECKING:
@@ -37,7 +38,9 @@ class Endpoint(Agent):
     failed, and run the cleanup script of each delivered entry exactly once."""
 
     DELIVERED: ClassVar[Status]  # delivered; the cleanup script is pending or running
-    RETRIES = "a failed entry or cleanup script"
+    RETRIES = "a failed or waiting entry or cleanup script"
+    TRANSFERRING: ClassVar[Status]  # the state of the role's own transfer (waits for its retries in it)
+    HOP: ClassVar[str]  # the hop of that transfer, as reasons name it
     DONE: ClassVar[Status]
     FAILED: ClassVar[Status]
 
@@ -69,11 +72,15 @@ class Endpoint(Agent):
         done(outcome, error)
 
     def link_result(self, result: transfer.Result | None) -> None:
-        """Note how a transfer run went: the backoff for a link that is down grows with its failures."""
+        """Note how a transfer run went: the backoff for a link that is down grows with its failures.
+        A run that reached central ends the waits of the entries that wait for the link."""
         if result is not None and result.ok:
             self.link_failures = 0
         elif result is not None and result.link_down:
             self.link_failures += 1
+        if waits.reached_central(result):
+            self.person_told = -float("inf")  # a refusal after this is news: said at once
+            self.link_works()
 
     def retry_later(
         self,
@@ -339,11 +346,23 @@ class Endpoint(Agent):
     def refusal(cls, action: str, entry: Entry, latest: bool, *, present: bool = True) -> str | None:
         if action == RETRY and entry.state == cls.DONE and entry.cleanup in RERUN:
             return None
+        if action == RETRY and cls.is_waiting(entry):
+            return None
         return super().refusal(action, entry, latest, present=present)
+
+    @classmethod
+    def is_waiting(cls, entry: Entry) -> bool:
+        """Does the entry wait for a retry of its transfer (a reason says why), or of its cleanup
+        script (a failed run)? Pure, as `refusal`."""
+        if entry.state == cls.TRANSFERRING:
+            return bool(entry.reason)
+        return entry.state == cls.DELIVERED and entry.cleanup == Cleanup.PENDING and entry.tries > 0
 
     def retry(self, entry: Entry) -> str:
         if entry.state == self.DONE:
             return self.retry_cleanup(entry)
+        if entry.state in (self.TRANSFERRING, self.DELIVERED):
+            return self.retry_now(entry)
         return self.retry_failed(entry)
 
     def retry_failed(self, entry: Entry) -> str:
@@ -357,3 +376,50 @@ class Endpoint(Agent):
         self.move(entry, self.DELIVERED, cleanup=Cleanup.PENDING, tries=0, due=0, reason=None)
         self.cleanup_due = True
         return f"{shown(entry.name)} (entry {entry.id}): its cleanup script runs again"
+
+    # waits that end before their time (synkler.agents.waits) ---------------------------------------
+
+    def end_waits(self, cause: str, now: float) -> list[Entry]:
+        """Make every entry that waits for `cause` (waits.ANY: for anything) due now; those entries.
+        One query down the index of waiting entries: cheap when none waits."""
+        patterns: tuple[str, ...] = ()
+        if cause == waits.LINK:  # asked after every transfer run: the reasons are sorted out in SQL
+            patterns = (f"{self.HOP}: {LINK_DOWN}: %", f"{self.HOP}: {NEEDS_PERSON}: %")
+        found = self.state.waiting((self.TRANSFERRING, self.DELIVERED), now, *patterns)
+        if cause != waits.ANY:
+            found = [e for e in found if waits.cause_of(e.reason, self.HOP) == cause]
+        return self._due_now(found, now)
+
+    def _due_now(self, entries: list[Entry], now: float) -> list[Entry]:
+        """Those of `entries` that wait for a retry, made due now (their failed tries still count)."""
+        ended = [self.state.update(e, due=0) for e in entries if self.is_waiting(e) and e.due > now]
+        if ended:
+            self.transfer_due = self.cleanup_due = True
+        return ended
+
+    def link_works(self) -> None:
+        """A run reached central: the entries that wait for the link go now, not when their
+        backoff runs out (it grows to retry_max_seconds while the link is down)."""
+        ended = self.end_waits(waits.LINK, time.time())
+        if ended:
+            log.info(
+                "the link to central works again: %s waiting for it go now",
+                some_entries([shown(e.name) for e in ended]),
+            )
+
+    def retry_now(self, entry: Entry) -> str:
+        """End the wait of one entry for a retry of its transfer or cleanup script, as an operator
+        asks."""
+        what = f"{shown(entry.name)} (entry {entry.id})"
+        if self.jobs.busy(Key(ENTRY, entry.id)) or self.jobs.busy(Key(CLEANUP, entry.id)):
+            return f"{what}: already being tried again"
+        if not self._due_now([entry], time.time()):
+            return f"{what}: already due: tried again as soon as a transfer slot is free"
+        return f"{what}: tried again now (it waited: {shown(entry.reason or 'a retry')})"
+
+    def retry_waiting(self, cause: str) -> str:
+        ended = self.end_waits(cause, time.time())
+        if not ended:
+            return f"no entry at this {self.mode} agent waits for {waits.what(cause)}"
+        names = some_entries([shown(e.name) for e in ended])
+        return f"{names} waiting for {waits.what(cause)}: tried again now"

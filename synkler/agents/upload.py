@@ -192,6 +192,7 @@ class Upload(Endpoint):
     TRANSITIONS = TRANSITIONS
     DELIVERED, DONE, FAILED, FORGOTTEN = Up.DELIVERED, Up.DONE, Up.FAILED, Up.FORGOTTEN
     FORGETTABLE = FORGETTABLE
+    TRANSFERRING, HOP = Up.UPLOADING, PUSH_TO_CENTRAL
     RETRYABLE = frozenset({Up.FAILED})
     FINISHED = FINISHED
 
@@ -492,6 +493,11 @@ class Upload(Endpoint):
         # Retry (of a failed entry or its cleanup script) and resend act on what the name holds now.
         if action in (RETRY, RESEND) and not latest and entry.state != Up.SUPERSEDED:
             return "a newer version of its name has come since: act on that one"
+        if action == RETRY and entry.state == Up.WAITING:
+            return (
+                "it waits for central to admit it, which central does as soon as there is room (it looks "
+                "every second): `synkler retry` on central answers what it needs"
+            )
         if action == RESEND:
             why = None
             if entry.state not in (Up.DONE, Up.FORGOTTEN):

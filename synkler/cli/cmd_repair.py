@@ -9,7 +9,9 @@ import sys
 import time
 
 from ..agents import AGENTS
+from ..agents import waits
 from ..agents.agent import Agent
+from ..agents.base import RETRY
 from ..config import Config
 from ..errors import ExitStatus, Refused
 from ..service.pidfile import holder
@@ -24,6 +26,9 @@ def cmd_request(cfg: Config, args: argparse.Namespace) -> int:
     """retry, forget or resend: write the request for the running agent to take in its main loop,
     and print its answer."""
     action = args.command
+    cause = getattr(args, "waiting_for", None)
+    if cause is not None:  # (the parser makes sure it comes without an entry)
+        return _request_waiting(cfg, args, cause)
     if not cfg.state_db.exists():
         raise Refused(f"no entry {args.entry!r}: no entries yet ({cfg.mode} agent, state {cfg.state_db})")
     state = State(cfg.state_db)
@@ -43,6 +48,25 @@ def cmd_request(cfg: Config, args: argparse.Namespace) -> int:
             print(f"the {cfg.mode} agent is not running: it will {action} {what} when it starts")
             return ExitStatus.OK
         return _await_answer(state, seq, cfg, args, f"{action} {what}", pid)
+    finally:
+        state.close()
+
+
+def _request_waiting(cfg: Config, args: argparse.Namespace, cause: str) -> int:
+    """retry --waiting [CAUSE]: the agent tries every entry that waits (for CAUSE) now; it picks them
+    when it takes the request (synkler.agents.waits)."""
+    asked = f"retry the entries waiting for {waits.what(cause)}"
+    if not cfg.state_db.exists():
+        raise Refused(f"nothing waits: no entries yet ({cfg.mode} agent, state {cfg.state_db})")
+    state = State(cfg.state_db)
+    try:
+        with state.transaction():
+            seq = state.add_request(waits.selector(cause), RETRY)
+        pid = holder(cfg.pidfile)
+        if pid is None:
+            print(f"the {cfg.mode} agent is not running: it will {asked} when it starts")
+            return ExitStatus.OK
+        return _await_answer(state, seq, cfg, args, asked, pid)
     finally:
         state.close()
 

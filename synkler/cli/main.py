@@ -44,7 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str]) -> int:
-    args = build_parser().parse_args(split_debug(argv))
+    parser = build_parser()
+    args = parser.parse_args(split_debug(argv))
+    if args.command == "retry" and (args.entry is None) == (args.waiting_for is None):
+        parser.error("retry takes an entry or --waiting [CAUSE], one of the two")
     logs.setup(verbose=args.verbose, debug=args.debug, pika=args.debug_pika)
     try:
         return _dispatch(args.command or "run", args)

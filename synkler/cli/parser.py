@@ -11,6 +11,9 @@ from .. import __version__
 
 STATUS_LAST = 50  # finished entries `status` shows besides those on their way (--all: every one)
 REQUEST_WAIT = 30.0  # seconds the retry, forget and resend commands wait for the agent's answer
+# What `retry --waiting` takes: synkler.agents.waits CAUSES and ANY (spelled here so that parsing
+# does not import the agents; a test keeps them equal).
+WAIT_CAUSES, ANY_CAUSE = ("link", "disk", "failure"), "any"
 
 
 # Each command's --help ends with examples; global options are shown there too.
@@ -45,10 +48,13 @@ examples:
   synkler check -c /etc/synkler.conf      one line per check; exits 1 if one says FAIL""",
     "retry": """\
 examples:
-  synkler retry -c /etc/synkler.conf 3f2c81d0     a failed entry (its id or a start of it), or its cleanup
+  synkler retry -c /etc/synkler.conf 3f2c81d0     a failed or waiting entry (its id or a start of it)
   synkler retry -c /etc/synkler.conf run42.csv    by name, where one entry of that name can be retried
+  synkler retry -c /etc/synkler.conf --waiting link   every entry waiting for the link (a key fixed)
+  synkler retry -c /etc/synkler.conf --waiting        every entry waiting for a retry, whatever the cause
 
-Upload sends a failed entry again as a new entry, download pulls it again from central's copy.""",
+Upload sends a failed entry again as a new entry, download pulls it again from central's copy. A
+waiting entry is tried again now instead of when its wait runs out (causes: link, disk, failure).""",
     "forget": """\
 examples:
   synkler forget -c /etc/synkler.conf 3f2c81d0    end a stuck or failed entry at every role""",
@@ -209,12 +215,27 @@ def _add_status(sub: Commands) -> None:
 
 def _add_repairs(sub: Commands) -> None:
     for action, what in (
-        ("retry", "take up a failed entry again, or run its failed cleanup script again"),
+        ("retry", "take up a failed entry again, a waiting one now, or run a failed cleanup script again"),
         ("forget", "end an entry on its way or failed, at every role that has it"),
         ("resend", "upload: send a delivered entry's file again as a new entry, unchanged"),
     ):
         cmd = _command(sub, action, f"{what} (the running agent does it)")
-        cmd.add_argument("entry", help="entry id, a unique start of it (status shows one), or the name")
+        entry_help = "entry id, a unique start of it (status shows one), or the name"
+        if action == "retry":
+            cmd.add_argument("entry", nargs="?", help=entry_help)
+            cmd.add_argument(
+                "--waiting",
+                nargs="?",
+                const=ANY_CAUSE,
+                choices=(*WAIT_CAUSES, ANY_CAUSE),
+                metavar="CAUSE",
+                dest="waiting_for",
+                help="instead of one entry: every entry that waits for a retry, or only those waiting "
+                "for CAUSE: link (link down, ssh refused), disk (disk space, room at central) or "
+                "failure (the next try after a failed one)",
+            )
+        else:
+            cmd.add_argument("entry", help=entry_help)
         cmd.add_argument(
             "--wait",
             type=float,

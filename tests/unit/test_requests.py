@@ -235,13 +235,13 @@ def test_a_resent_file_that_changed_meanwhile_is_withdrawn_and_its_new_content_o
     ("mode", "state", "action", "why"),
     [
         ("upload", "sent", "resend", "only a delivered or forgotten entry can be sent again"),
-        ("upload", "done", "retry", "only a failed entry or cleanup script can be retried"),
+        ("upload", "done", "retry", "only a failed or waiting entry or cleanup script can be retried"),
         ("upload", "done", "forget", "only an entry on its way or failed can be forgotten"),
         ("upload", "delivered", "forget", "only an entry on its way or failed can be forgotten"),
         ("central", "failed", "retry", "central does not retry: run `synkler retry` on upload"),
         ("central", "delivered", "forget", "it is delivered"),
         ("download", "done", "resend", "only upload sends an entry again"),
-        ("download", "delivered", "retry", "only a failed entry or cleanup script can be retried"),
+        ("download", "delivered", "retry", "only a failed or waiting entry or cleanup script can be retried"),
     ],
 )
 def test_a_request_that_does_not_apply_is_refused_with_the_reason_and_changes_nothing(
