@@ -18,6 +18,7 @@ from ..private import exposed_secrets
 from ..state import State
 from ..text import shown
 from . import checks
+from .cmd_alerts import channel_lines
 
 
 class _Lines:
@@ -47,6 +48,8 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
     if cfg.mode in ("upload", "download"):
         _check_central(cfg, central_report, out)
     out.say(checks.cleanup_line(cfg, os.environ.get("PATH")))
+    for line in channel_lines(cfg):
+        out.say(line)
     for line in checks.files_lines(cfg):
         out.say(line)
     free = free_bytes(cfg.file_dir)

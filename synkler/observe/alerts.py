@@ -34,6 +34,7 @@ import urllib.request
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
 from typing import TYPE_CHECKING, Any, Protocol, Union
 
 from ..agents import FACTS
@@ -326,6 +327,22 @@ def dead_letters(count: int | None) -> Condition | None:
     )
 
 
+def test_condition(cfg: Config) -> Condition:
+    """The notice `synkler alerts test` sends: a channel works if it arrives."""
+    return Condition(
+        key="test",
+        severity=WARNING,
+        summary=f"a test notice from {cfg.mode} agent {shown(cfg.name)}: this channel works",
+        todo="Nothing: `synkler alerts test` sent it to try the channel.",
+        details={"config": shown(str(cfg.path))},
+    )
+
+
+def sender(cfg: Config, role: str) -> dict[str, str]:
+    """Who a message is from (its instance, role, agent and host fields)."""
+    return {"instance": cfg.id, "role": role, "agent": cfg.name, "host": socket.gethostname()}
+
+
 # the shell -----------------------------------------------------------------------------------------
 
 
@@ -482,8 +499,7 @@ class Alerts:
             )
 
     def who(self) -> dict[str, str]:
-        cfg = self.runtime.cfg
-        return {"instance": cfg.id, "role": self.role, "agent": cfg.name, "host": socket.gethostname()}
+        return sender(self.runtime.cfg, self.role)
 
     def _ended(self, name: str, seqs: list[int], error: BaseException | None, now: float) -> None:
         """In the main loop: a send begun at `now` ended. Sent: forget its notices. Not: keep them,
@@ -520,15 +536,15 @@ class Alerts:
 # channels (on the alert worker thread) ---------------------------------------------------------------
 
 
-def deliver(channel: Channel, msg: Mapping[str, Any]) -> None:
-    """Send one message on one channel; NoticeError if it did not go out."""
+def deliver(channel: Channel, msg: Mapping[str, Any]) -> str:
+    """Send one message on one channel and return what the other end answered, in one line
+    (`synkler alerts test` shows it); NoticeError if it did not go out."""
     try:
         if isinstance(channel, WebhookChannel):
-            _webhook(channel, msg)
-        elif isinstance(channel, EmailChannel):
-            _email(channel, msg)
-        else:
-            _command(channel, msg)
+            return _webhook(channel, msg)
+        if isinstance(channel, EmailChannel):
+            return _email(channel, msg)
+        return _command(channel, msg)
     except NoticeError:
         raise
     except (OSError, smtplib.SMTPException, ValueError, subprocess.SubprocessError) as e:
@@ -539,7 +555,7 @@ def body(msg: Mapping[str, Any]) -> bytes:
     return json.dumps(msg, ensure_ascii=True, sort_keys=False).encode("ascii")
 
 
-def _webhook(ch: WebhookChannel, msg: Mapping[str, Any]) -> None:
+def _webhook(ch: WebhookChannel, msg: Mapping[str, Any]) -> str:
     request = urllib.request.Request(ch.url, data=body(msg), method="POST")
     request.add_header("Content-Type", "application/json")
     request.add_header("User-Agent", "synkler")
@@ -548,19 +564,15 @@ def _webhook(ch: WebhookChannel, msg: Mapping[str, Any]) -> None:
     try:
         with urllib.request.urlopen(request, timeout=ch.timeout) as response:
             response.read(4096)
+            return f"HTTP {response.status} {response.reason}"
     except urllib.error.HTTPError as e:
         raise NoticeError(f"{ch.url} answered HTTP {e.code} {e.reason}") from None
     except urllib.error.URLError as e:
         raise NoticeError(f"{ch.url}: {e.reason}") from None
 
 
-def _email(ch: EmailChannel, msg: Mapping[str, Any]) -> None:
-    subject, text = email_text(msg)
-    mail = EmailMessage()
-    mail["Subject"] = subject
-    mail["From"] = ch.sender
-    mail["To"] = ", ".join(ch.to)
-    mail.set_content(text)
+def _email(ch: EmailChannel, msg: Mapping[str, Any]) -> str:
+    mail = email_message(ch, msg)
     context = ssl.create_default_context(cafile=str(ch.ca_file) if ch.ca_file else None)
     smtp: smtplib.SMTP
     if ch.tls == "ssl":
@@ -572,10 +584,49 @@ def _email(ch: EmailChannel, msg: Mapping[str, Any]) -> None:
             smtp.starttls(context=context)
         if ch.username:
             smtp.login(ch.username, ch.password or "")
-        smtp.send_message(mail)
+        return _send(smtp, mail, ch)
 
 
-def _command(ch: CommandChannel, msg: Mapping[str, Any]) -> None:
+def email_message(ch: EmailChannel, msg: Mapping[str, Any]) -> EmailMessage:
+    """The mail of a message, with the Date and Message-ID that mail systems expect (a mail
+    without them is scored as spam)."""
+    subject, text = email_text(msg)
+    mail = EmailMessage()
+    mail["Subject"] = subject
+    mail["From"] = ch.sender
+    mail["To"] = ", ".join(ch.to)
+    mail["Date"] = formatdate(msg.get("at") or time.time(), localtime=True)
+    # The sender's domain, not the host's name: socket.getfqdn() can wait on DNS for seconds.
+    mail["Message-ID"] = make_msgid("synkler", domain=ch.sender.rpartition("@")[2])
+    mail.set_content(text)
+    return mail
+
+
+def _send(smtp: smtplib.SMTP, mail: EmailMessage, ch: EmailChannel) -> str:
+    """Send `mail` as smtplib's send_message does, keeping the server's answer to the data (its
+    queue id, for the person who tests the channel)."""
+    smtp.ehlo_or_helo_if_needed()
+    code, answer = smtp.mail(ch.sender)
+    if code != 250:
+        smtp.rset()
+        raise smtplib.SMTPSenderRefused(code, answer, ch.sender)
+    refused = {}
+    for to in ch.to:
+        code, answer = smtp.rcpt(to)
+        if code not in (250, 251):
+            refused[to] = (code, answer)
+    if len(refused) == len(ch.to):
+        smtp.rset()
+        raise smtplib.SMTPRecipientsRefused(refused)
+    code, answer = smtp.data(mail.as_bytes())
+    said = f"SMTP {code} {answer.decode('utf-8', 'replace').strip()}"
+    if refused:
+        each = (f"{to} ({c} {a.decode('utf-8', 'replace')})" for to, (c, a) in refused.items())
+        said += "; refused " + ", ".join(each)
+    return said
+
+
+def _command(ch: CommandChannel, msg: Mapping[str, Any]) -> str:
     try:
         done = subprocess.run(
             list(ch.argv), input=body(msg), capture_output=True, timeout=ch.timeout, check=False
@@ -589,6 +640,7 @@ def _command(ch: CommandChannel, msg: Mapping[str, Any]) -> None:
     if done.returncode != 0:
         out = (done.stderr or done.stdout or b"").decode("utf-8", "replace").strip()[-300:]
         raise NoticeError(f"{ch.argv[0]} exited with {done.returncode}: {out}")
+    return f"{ch.argv[0]} exited with 0"
 
 
 def describe(conditions: Iterable[Condition]) -> list[dict[str, Any]]:

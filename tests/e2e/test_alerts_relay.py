@@ -5,8 +5,10 @@ starts and once when it clears."""
 from __future__ import annotations
 
 import email
+import email.utils
 import json
 import os
+import re
 import shlex
 import socket
 import ssl
@@ -260,3 +262,56 @@ def test_a_broker_that_refuses_the_login_is_told_and_cleared_once_the_password_i
     relay.write_config("upload", settings)
     relay.start("upload")
     relay.wait_for("the cleared notice", lambda: inbox.everywhere(key, ["started", "cleared"]), timeout=60)
+
+
+def test_alerts_test_sends_a_test_notice_on_every_channel_and_says_what_each_answered(make_relay, inbox):
+    relay = make_relay()
+    relay.write_config("central", {"alerts": inbox.settings()})
+    result = synkler(relay, "central", "alerts", "test")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[:2] for line in lines] == [["ok", "webhook:"], ["ok", "email:"], ["ok", "command:"]]
+    webhook, mail, command = lines
+    assert webhook.endswith(": HTTP 200 OK") and "/hook" not in webhook  # the path may be a secret
+    assert "through 127.0.0.1:" in mail and mail.endswith(": SMTP 250 OK")
+    assert command.endswith(f"{sys.executable} exited with 0")
+    for channel in ("webhook", "email", "command"):
+        assert inbox.told(channel, "test") == ["started"], channel
+    [hooked] = inbox.messages("webhook")
+    assert hooked["text"] == f"[synkler {relay.instance}/central] started: a test notice from central agent " \
+        "central: this channel works"
+    [(sent, _tls, _login)] = inbox.mails
+    assert email.utils.parsedate_to_datetime(sent["Date"]).tzinfo is not None
+    assert re.fullmatch(r"<[^@<>\s]+@relay\.test>", sent["Message-ID"])
+
+    # Nothing is recorded: the agent, when it runs, has no notice of the test to send.
+    state = relay.workdir / "central" / "state.sqlite"
+    assert not state.exists()
+
+
+def test_alerts_test_says_which_channel_failed_and_exits_1(make_relay, inbox):
+    relay = make_relay()
+    settings = inbox.settings()
+    settings["webhook"] = {"url": f"http://127.0.0.1:{_free_port()}/hook"}
+    settings["command"] = {"argv": [sys.executable, "-c", "import sys; sys.exit('no pager today')"]}
+    relay.write_config("upload", {"alerts": settings})
+    result = synkler(relay, "upload", "alerts", "test")
+    assert result.returncode == 1, result.stdout + result.stderr
+    webhook, mail, command = result.stdout.splitlines()
+    assert webhook.startswith("FAIL  webhook: POST to http://127.0.0.1:") and "Connection refused" in webhook
+    assert mail.startswith("ok    email: ") and inbox.told("email", "test") == ["started"]
+    assert command.startswith("FAIL  command: ") and command.endswith("exited with 1: no pager today")
+
+
+def test_check_lists_the_alert_channels_without_sending(make_relay, inbox):
+    relay = make_relay()
+    relay.write_config("central", {"alerts": inbox.settings()})
+    result = synkler(relay, "central", "check")
+    said = [line for line in result.stdout.splitlines() if " alerts: " in line]
+    assert [line.split()[:3] for line in said] == [
+        ["ok", "alerts:", "webhook:"],
+        ["ok", "alerts:", "email:"],
+        ["ok", "alerts:", "command:"],
+    ], result.stdout
+    assert "mail to ops@relay.test through 127.0.0.1:" in said[1] and "(starttls, login synkler)" in said[1]
+    assert inbox.messages("webhook") == inbox.mails == inbox.messages("command") == []

@@ -1,0 +1,62 @@
+"""`synkler alerts test`: a test notice sent on every configured alert channel, and what each
+answered (docs/notices.md, "Testing the channels"). `channel_lines` also gives `synkler check`
+its lines about the channels, which it shows without sending."""
+
+from __future__ import annotations
+
+import argparse
+import time
+import urllib.parse
+
+from ..config import CommandChannel, Config, EmailChannel, WebhookChannel
+from ..errors import ExitStatus
+from ..observe import alerts
+from ..text import shown
+from . import checks
+
+
+def where(channel: alerts.Channel) -> str:
+    """Where a channel sends, for a person: never a secret (a webhook's path and query often hold
+    its token, so only its scheme and host are shown)."""
+    if isinstance(channel, WebhookChannel):
+        url = urllib.parse.urlsplit(channel.url)
+        return f"POST to {url.scheme}://{url.netloc}/…"
+    if isinstance(channel, EmailChannel):
+        login = f", login {channel.username}" if channel.username else ""
+        to = ", ".join(channel.to)
+        return f"mail to {to} through {channel.host}:{channel.port} ({channel.tls}{login})"
+    assert isinstance(channel, CommandChannel)
+    return f"run {channel.argv[0]}"
+
+
+def channel_lines(cfg: Config) -> list[checks.Line]:
+    """`check`'s lines about the alert channels (nothing is sent)."""
+    channels = cfg.alerts.channels if cfg.alerts else {}
+    if not channels:
+        return [(checks.OK, "alerts: no channel configured (conditions are only logged and shown in status)")]
+    return [
+        (checks.OK, f"alerts: {name}: {shown(where(ch))} (not tried: `synkler alerts test` sends a notice)")
+        for name, ch in channels.items()
+    ]
+
+
+def cmd_alerts_test(cfg: Config, args: argparse.Namespace) -> int:
+    """Send one test notice on each channel, one line each with the answer; 1 if one failed."""
+    channels = cfg.alerts.channels if cfg.alerts else {}
+    if not channels:
+        print(checks.show((checks.FAIL, f"alerts: no channel configured in {shown(str(cfg.path))}")))
+        return ExitStatus.FAILURE
+    now = time.time()
+    msg = alerts.message(
+        [alerts.notice(alerts.test_condition(cfg), "started", now, now)], alerts.sender(cfg, cfg.mode), now
+    )
+    failed = False
+    for name, channel in channels.items():
+        try:
+            answer = alerts.deliver(channel, msg)
+        except alerts.NoticeError as e:
+            failed = True
+            print(checks.show((checks.FAIL, f"{name}: {shown(where(channel))}: {shown(str(e))}")), flush=True)
+        else:
+            print(checks.show((checks.OK, f"{name}: {shown(where(channel))}: {shown(answer)}")), flush=True)
+    return ExitStatus.FAILURE if failed else ExitStatus.OK
