@@ -21,7 +21,7 @@ from .. import messages
 from ..backoff import backoff
 from ..errors import MessageError, Refused
 from ..hops import cleanup, transfer
-from ..text import shown
+from ..text import count, shown
 from ..messages import EntryMessage, Forget, Message
 from ..state import Ended, Entry, Request, State
 from .facts import (
@@ -568,10 +568,10 @@ class Endpoint(Agent):
         if tries >= self.cfg.max_attempts:
             self.move(entry, self.FAILED, tries=tries, reason=f"{hop}: {why}", **changes)
             log.error(
-                "%s: %s failed %d times, giving up: %s. %s",
+                "%s: %s failed %s, giving up: %s. %s",
                 entry.name,
                 hop,
-                tries,
+                count(tries, "time"),
                 why,
                 GIVE_UP_ADVICE.get(hop, "The data stays where it is."),
             )

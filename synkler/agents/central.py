@@ -33,6 +33,7 @@ from ..messages import (
     Withdraw,
 )
 from ..state import Entry, State
+from ..text import count as counted
 from .base import (
     CENTRAL,
     DOWNLOAD,
@@ -368,7 +369,7 @@ class Central(Agent):
             if blocked:
                 why = f"older entries are {ROOM_WAIT}"
             elif count >= MAX_ADMITTED:
-                why = blocked = f"{count} entries admitted and not yet verified"
+                why = blocked = f"{counted(count, 'entry')} admitted and not yet verified"
             elif (entry.peer, entry.name) in busy_names:
                 why = "another version of this name is still being uploaded"
             elif entry.size > room:
@@ -511,7 +512,11 @@ class Central(Agent):
         self.move(entry, Mid.FAILED, reason=why)
         self.send(entry.peer or "", Failed(entry.id, self.name, hop=hop, reason=why))
         log.error(
-            "%s: %s after %d attempts; giving up. %s", entry.name, why, entry.attempt, GIVE_UP_ADVICE[hop]
+            "%s: %s after %s; giving up. %s",
+            entry.name,
+            why,
+            counted(entry.attempt, "attempt"),
+            GIVE_UP_ADVICE[hop],
         )
 
     def _recheck(self, entry: Entry) -> None:

@@ -521,9 +521,9 @@ class Upload(Endpoint):
     def _push(self, batch: list[Entry]) -> None:
         """One rsync run for entries admitted into the same directory on central."""
         names = [e.name for e in batch]
-        what = f"attempt {batch[0].attempt}" if len(batch) == 1 else some_entries(names)
+        what = some_entries(names)
         if len(batch) == 1:
-            log.info("%s: pushing to central (%s)", batch[0].name, what)
+            log.info("%s: pushing to central%s", batch[0].name, push_count(batch[0]))
         else:
             log.info("pushing %s to central", what)
         self.submit_transfer(
@@ -568,3 +568,12 @@ class Upload(Endpoint):
             log.info("%s: pushed in %.1f s", first_name, time.time() - started)
         elif ok:
             log.info("pushed %s in %.1f s", what, time.time() - started)
+
+
+def push_count(entry: Entry) -> str:
+    """Which push this is, for the log: nothing for the first, then ' (retry 2)' after local
+    failures and ' (upload 2 asked by central)' when central asked for it again (a bad md5)."""
+    parts = [f"retry {entry.tries}"] if entry.tries else []
+    if entry.attempt > 1:
+        parts.append(f"upload {entry.attempt} asked by central")
+    return f" ({', '.join(parts)})" if parts else ""

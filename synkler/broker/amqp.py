@@ -45,6 +45,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from .. import __version__
 from ..config import Config
 from ..errors import AgentActive, BrokerError, PublishRefused
+from ..text import count
 from ..tls import TlsFileError, TlsSettings, explain, peer_certificate, tls_context
 
 log = logging.getLogger("synkler.broker")  # the name operators filter on, as before the wings
@@ -429,7 +430,7 @@ class Broker:
             moved += 1
         probe.queue_delete(old, if_empty=True)
         probe.close()
-        log.info("moved %d messages from synkler 0.4's queue %s and deleted it", moved, old)
+        log.info("moved %s from synkler 0.4's queue %s and deleted it", count(moved, "message"), old)
 
     @property
     def connected(self) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..config import KEYS, Config, ignored_keys
 from ..observe.presence import Report
-from ..text import shown
+from ..text import count, shown
 
 OK, WARN, FAIL = "ok", "WARN", "FAIL"
 Line = tuple[str, str]  # (OK | WARN | FAIL, the text after it)
@@ -39,10 +39,6 @@ def peers_of(cfg: Config, upload_agents: list[str]) -> list[str]:
     return fixed + sorted(a for a in upload_agents if a not in fixed and a != cfg.name)
 
 
-def _plural(n: int, what: str) -> str:
-    return f"{n} {what}{'' if n == 1 else 's'}"
-
-
 def peer_line(
     instance: str,
     peer: str,
@@ -62,7 +58,7 @@ def peer_line(
         return OK, f"the {peer} agent consumes {name}"
     waiting = (queue[0] if queue is not None else 0) + outbox
     level = FAIL if waiting else WARN
-    wait = f" ({_plural(waiting, 'message')} wait for it)" if waiting else ""
+    wait = f" ({count(waiting, 'message')} wait for it)" if waiting else ""
     if not report:
         return level, (
             f"no agent consumes {name}{wait}, and no {peer} agent has ever reported under id "

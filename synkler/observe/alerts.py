@@ -46,7 +46,8 @@ from ..config import Alerts as AlertsConfig
 from ..config import CommandChannel, EmailChannel, WebhookChannel
 from ..errors import BrokerError, StateUnavailable
 from ..linux.fs import free_bytes, total_bytes
-from ..text import shown
+from .. import text
+from ..text import again, count, shown
 from .hooks import Hook
 
 if TYPE_CHECKING:
@@ -227,7 +228,8 @@ def stuck(e: Entry, now: float, minutes: float) -> Condition:
     return Condition(
         key=f"stuck:{e.id}",
         severity=WARNING,
-        summary=f"entry {shown(e.name)} not delivered {int((now - e.created) // 60)} minutes after its offer",
+        summary=f"entry {shown(e.name)} not delivered {count(int((now - e.created) // 60), 'minute')} "
+        "after its offer",
         todo="See where it waits with `synkler status --relay` (its state and reason); a peer that is "
         "silent, a full disk or a link that is down is told by its own notice.",
         details={
@@ -268,7 +270,7 @@ def silent(
     return Condition(
         key=f"agent-silent:{name}",
         severity=ERROR,
-        summary=f"{role} agent {shown(name)} {how} for {int((now - at) // 60)} minutes",
+        summary=f"{role} agent {shown(name)} {how} for {count(int((now - at) // 60), 'minute')}",
         todo=f"Start the {role} agent {shown(name)} on {shown(report.host)} "
         "(`systemctl status synkler@...`, or its log); entries wait for it meanwhile.",
         details={
@@ -320,7 +322,7 @@ def dead_letters(count: int | None) -> Condition | None:
     return Condition(
         key="dead-letters",
         severity=WARNING,
-        summary=f"{count} messages in the dead-letter queue",
+        summary=f"{text.count(count, 'message')} in the dead-letter queue",
         todo="Read why in the agents' logs (`dead-lettering a message: ...`) and look at the messages in "
         "the queue synkler:<id>:dead (docs/runbook.md, 'Dead-letter queue'); then purge it.",
         details={"messages": count},
@@ -524,12 +526,12 @@ class Alerts:
             level = logging.DEBUG
         log.log(
             level,
-            "alerts: cannot send %d notices by %s (%s); trying again in %.0f s (attempt %d)",
-            len(seqs),
+            "alerts: cannot send %s by %s (%s); trying again in %.0f s%s",
+            count(len(seqs), "notice"),
             name,
             error,
             delay,
-            failures,
+            again(failures),
         )
 
 

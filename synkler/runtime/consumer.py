@@ -17,6 +17,7 @@ from ..backoff import backoff
 from ..broker.amqp import PEERS, Broker, BrokerParams, queue_name
 from ..errors import AgentActive, BrokerError
 from ..observe.hooks import Hook
+from ..text import again
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -86,7 +87,7 @@ class Consumer:
         delay = backoff(self.failures, base=0.5, cap=30)
         self.next_connect = time.time() + delay
         level = logging.WARNING if self.failures in (1, 5) or self.failures % 20 == 0 else logging.DEBUG
-        log.log(level, "%s; retrying in %.1f s (attempt %d)", e, delay, self.failures)
+        log.log(level, "%s; retrying in %.1f s%s", e, delay, again(self.failures))
         self.hooks.connect_failed(str(e))
 
     def free_long_enough(self, broker: Broker) -> bool:

@@ -111,7 +111,7 @@ def test_a_json_line_carries_the_traceback_in_one_field(agent):
 
 
 def test_the_entry_of_a_line_is_its_leading_name_or_an_explicit_extra():
-    assert entry_of(record("%s: pushing to central (attempt %d)", "a.txt", 1)) == "a.txt"
+    assert entry_of(record("%s: pushing to central%s", "a.txt", " (retry 1)")) == "a.txt"
     assert entry_of(record("connected to broker %s:%s", "h", 1)) is None
     assert entry_of(record("%s; reconnecting", "a")) is None
     assert entry_of(record("pushing %s", "x", entry="b.txt")) == "b.txt"

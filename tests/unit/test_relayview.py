@@ -198,7 +198,7 @@ def test_the_verdict_counts_waits_for_disk_a_person_failures_and_dead_letters():
     )
     assert v["problems"] == [
         "1 failed: a person must look (synkler status on the hosts says why)",
-        "1 entry need a person at download",
+        "1 entry needs a person at download",
         "1 waiting for disk at central",
         "1 waiting for the link to central at upload",
         "2 dead-lettered messages in synkler:lab:dead",
@@ -209,6 +209,7 @@ def test_the_verdict_counts_waits_for_disk_a_person_failures_and_dead_letters():
 def test_nothing_in_flight_is_said_so():
     v = view({"upload": report("upload"), "central": report("central"), "download": report("download")})
     assert v["verdict"] == "all flowing, nothing in flight" and v["problems"] == []
+    assert "0 unfinished entries; 0 of the 0 latest finished shown" in render(v, NOW)
 
 
 def test_names_reasons_and_hosts_are_escaped_in_the_text_view():
