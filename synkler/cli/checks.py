@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..config import KEYS, Config, ignored_keys
 from ..observe.presence import Report
+from ..observe.progress import size_text
 from ..text import count, shown
 
 OK, WARN, FAIL = "ok", "WARN", "FAIL"
@@ -77,7 +78,7 @@ def peer_line(
 def reserve_line(file_dir: Path, free: int, total: int, free_percent: float) -> Line:
     """Central: is there room above the `free_percent` reserve? Without it nothing is admitted."""
     reserve = int(total * free_percent / 100)
-    figures = f"{free / 1e9:.1f} GB free, reserve {reserve / 1e9:.1f} GB (free_percent {free_percent:g})"
+    figures = f"{size_text(free)} free, reserve {size_text(reserve)} (free_percent {free_percent:g})"
     if free <= reserve:
         return FAIL, (
             f"file_dir {file_dir}: {figures}: no room above the reserve, so central admits nothing; "

@@ -14,6 +14,7 @@ from ..hops import transfer
 from ..linux.fs import free_bytes, total_bytes
 from ..messages import confined
 from ..observe.presence import Report
+from ..observe.progress import size_text
 from ..private import exposed_secrets
 from ..state import State
 from ..text import shown
@@ -56,7 +57,7 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
     if cfg.mode == "central":
         out.say(checks.reserve_line(cfg.file_dir, free, total_bytes(cfg.file_dir), cfg.free_percent))
     else:
-        out.say((checks.OK, f"file_dir {cfg.file_dir} ({free / 1e9:.1f} GB free)"))
+        out.say((checks.OK, f"file_dir {cfg.file_dir} ({size_text(free)} free)"))
     return ExitStatus.FAILURE if out.failed else ExitStatus.OK
 
 

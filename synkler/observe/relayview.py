@@ -271,12 +271,14 @@ def _clock(ts: float | None, now: float) -> str:
 
 
 def _progress_text(p: Mapping[str, Any]) -> str:
+    """A transfer's bytes as they are (its state says it is a push or a pull); an md5's labelled so,
+    since upload hashes while its state is already `uploading`."""
+    what = str(p.get("what", ""))
     try:
-        return Progress(
-            str(p.get("what", "")), int(p["done"]), int(p["total"]), p.get("rate"), p.get("eta"), 0.0
-        ).text()
+        text = Progress(what, int(p["done"]), int(p["total"]), p.get("rate"), p.get("eta"), 0.0).text()
     except (KeyError, TypeError, ValueError):
         return ""
+    return f"md5 {text}" if what == "md5" else text
 
 
 def _place_text(place: Mapping[str, Any] | None, now: float) -> str:
