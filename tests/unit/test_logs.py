@@ -214,3 +214,21 @@ def test_agent_log_lines_that_start_with_a_name_pass_the_entry_name_first():
                 if not first.endswith("name"):  # name, entry.name, batch[0].name, first_name
                     wrong.append(f"{path.name}:{call.lineno}: {first}")
     assert not wrong, wrong
+
+
+def test_the_daemons_log_file_is_made_0640_whatever_the_umask_and_an_existing_one_keeps_its_mode(
+    tmp_path: Path,
+):
+    from synkler.service.daemonize import LogFile
+
+    old = os.umask(0o077)  # the daemon's
+    try:
+        made = LogFile(tmp_path / "new.log")
+        own = tmp_path / "own.log"
+        own.touch(mode=0o600)
+        kept = LogFile(own)
+    finally:
+        os.umask(old)
+    os.close(made.fileno())
+    os.close(kept.fileno())
+    assert (made.path.stat().st_mode & 0o777, own.stat().st_mode & 0o777) == (0o640, 0o600)
