@@ -397,7 +397,8 @@ class Central(Agent):
             f"needs {entry.size} bytes, more than central's file system can ever hold: "
             f"{max(0, int(capacity))} bytes above the {self.cfg.free_percent}% reserve"
         )
-        self.move(entry, Mid.FAILED, reason=why)
+        # The reason names its hop, as every failed entry's does: the notice and status say where.
+        self.move(entry, Mid.FAILED, reason=f"{ADMISSION_AT_CENTRAL}: {why}")
         self.send(entry.peer or "", Failed(entry.id, self.name, hop=ADMISSION_AT_CENTRAL, reason=why))
         log.error("%s: %s; giving up at once. %s", entry.name, why, GIVE_UP_ADVICE[ADMISSION_AT_CENTRAL])
 
@@ -509,7 +510,7 @@ class Central(Agent):
 
     def _give_up(self, entry: Entry, hop: str, why: str) -> None:
         """max_attempts uploads did not give a good copy: fail the entry and tell upload."""
-        self.move(entry, Mid.FAILED, reason=why)
+        self.move(entry, Mid.FAILED, reason=f"{hop}: {why}")
         self.send(entry.peer or "", Failed(entry.id, self.name, hop=hop, reason=why))
         log.error(
             "%s: %s after %s; giving up. %s",
