@@ -620,7 +620,12 @@ def _send(smtp: smtplib.SMTP, mail: EmailMessage, ch: EmailChannel) -> str:
     if len(refused) == len(ch.to):
         smtp.rset()
         raise smtplib.SMTPRecipientsRefused(refused)
-    code, answer = smtp.data(mail.as_bytes())
+    # SMTP's lines end in CRLF (smtplib fixes them in a str only); its answer to the data is the
+    # server's word that it took the mail: anything but 250 is a refusal, as smtplib.sendmail has it.
+    code, answer = smtp.data(mail.as_bytes(policy=mail.policy.clone(linesep="\r\n")))
+    if code != 250:
+        smtp.rset()
+        raise smtplib.SMTPDataError(code, answer)
     said = f"SMTP {code} {answer.decode('utf-8', 'replace').strip()}"
     if refused:
         each = (f"{to} ({c} {a.decode('utf-8', 'replace')})" for to, (c, a) in refused.items())

@@ -29,8 +29,9 @@ STANDBY_RETRY = 5.0  # seconds between a standby's looks at its agent's queue
 # longest reconnect pause (30 s), so an agent that restarts, or reconnects after a broker outage,
 # finds its queue again and the standby never takes it in between.
 STANDBY_GRACE = 40.0
-# pika's words for a login or vhost the broker refuses (a person must fix the user or password).
-_LOGIN_REFUSED = re.compile(r"Authentication|AccessDenied|ACCESS_REFUSED - Login")
+# The words of synkler.broker.amqp (and the broker's own) for a login or vhost the broker refuses
+# (a person must fix the user or password).
+_LOGIN_REFUSED = re.compile(r"login refused by the broker|access denied by the broker|ACCESS_REFUSED - Login")
 
 
 class Consumer:

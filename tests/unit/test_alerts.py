@@ -88,9 +88,10 @@ def test_conditions_of_entries_say_which_hop_why_and_what_to_do():
 def test_a_refused_broker_login_is_recognised_in_pikas_words():
     from synkler.runtime.consumer import _LOGIN_REFUSED
 
-    refused = "cannot use broker h:5672: ProbableAuthenticationError: ConnectionClosedByBroker: (403) ..."
+    refused = "cannot use broker h:5672: login refused by the broker: 403 ACCESS_REFUSED - Login was ..."
     assert _LOGIN_REFUSED.search(refused)
-    assert not _LOGIN_REFUSED.search("cannot use broker h:5672: AMQPConnectionError: [Errno 111] refused")
+    assert _LOGIN_REFUSED.search("cannot use broker h:5672: access denied by the broker: 530 NOT_ALLOWED")
+    assert not _LOGIN_REFUSED.search("cannot use broker h:5672: Connection refused")
 
 
 class Runner:

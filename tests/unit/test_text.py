@@ -14,7 +14,8 @@ from synkler.text import again, count, some_entries
 def test_a_count_has_its_noun_agree():
     assert [count(n, "entry") for n in (0, 1, 2)] == ["0 entries", "1 entry", "2 entries"]
     assert count(0, "unfinished entry") == "0 unfinished entries"
-    assert [count(1, "minute"), count(1, "message"), count(5, "message")] == ["1 minute", "1 message", "5 messages"]
+    assert [count(1, "minute"), count(1, "message")] == ["1 minute", "1 message"]
+    assert count(5, "message") == "5 messages"
     assert count(2, "day") == "2 days" and count(3, "mouse", "mice") == "3 mice"
     assert some_entries(["a"]) == "1 entry (a)" and some_entries(["a", "b"]) == "2 entries (a, b)"
 
