@@ -20,7 +20,7 @@ from ..errors import MessageError, Refused
 from ..hops import transfer
 from ..hops.checksum import EntryStat, md5_entry, stat_entry
 from ..linux.fs import open_for_writing
-from ..text import some_entries
+from ..text import count, some_entries
 from ..messages import (
     Admit,
     Delivered,
@@ -338,11 +338,11 @@ class Upload(Endpoint):
         self.send(CENTRAL, Offer(entry.id, self.name, name=name, kind=st.kind, size=st.size, files=st.files))
         self.pending.pop(name, None)
         log.info(
-            "%s: offered (%s, %d bytes, %d files%s)",
+            "%s: offered (%s, %s, %s%s)",
             name,
             st.kind,
-            st.size,
-            st.files,
+            count(st.size, "byte"),
+            count(st.files, "file"),
             f", md5 {md5}" if md5 else "",
         )
         return entry

@@ -59,7 +59,8 @@ def agent() -> Agent:
 def test_a_text_line_has_time_agent_level_and_the_escaped_message(agent):
     line = TextFormatter(agent).format(record("%s: delivered", "bad\nname", level=logging.WARNING))
     assert "\n" not in line
-    assert line.endswith(" upload[lab-a] WARNING bad\\nname: delivered")
+    assert line.endswith(f" upload[lab-a@lab,pid={os.getpid()}] WARNING bad\\nname: delivered")
+    assert line.split()[3] == "WARNING"  # the level stays the fourth word
     assert line[:4].isdigit()
 
 
@@ -76,7 +77,7 @@ def test_every_line_of_a_traceback_names_the_agent(agent):
         rec.exc_info = sys.exc_info()
     lines = TextFormatter(agent).format(rec).splitlines()
     assert len(lines) > 2
-    assert all(" upload[lab-a] ERROR " in line for line in lines)
+    assert all(f" upload[lab-a@lab,pid={os.getpid()}] ERROR " in line for line in lines)
     assert lines[1].endswith("| Traceback (most recent call last):")
     assert lines[-1].endswith("| ValueError: boom\\x1b[2J")
 
@@ -92,6 +93,7 @@ def test_a_json_line_is_one_object_with_agent_entry_and_escaped_strings(agent):
         "role": "upload",
         "agent": "lab-a",
         "id": "lab",
+        "pid": os.getpid(),
         "entry": "caf\\xe9\\x1b.txt",
         "logger": "synkler",
         "message": "caf\\xe9\\x1b.txt: offered (4 bytes)",
@@ -154,7 +156,8 @@ def test_levels_default_v_and_debug_and_pika_only_on_request(stream, options, sh
         logging.getLogger("pika.connection").log(level, "pika's")
     lines = stream.getvalue().splitlines()
     assert {line.split()[3] for line in lines} == shown_levels
-    assert all(" download[download] " in line and line.endswith(" mine") for line in lines)
+    head = f" download[download@lab,pid={os.getpid()}] "
+    assert all(head in line and line.endswith(" mine") for line in lines)
 
 
 def test_debug_pika_adds_pika_s_own_lines(stream):
@@ -174,8 +177,9 @@ def test_a_thread_that_dies_is_a_log_line_naming_the_agent(stream):
     worker.start()
     worker.join()
     lines = stream.getvalue().splitlines()
-    assert lines[0].endswith(" central[central] ERROR thread worker-1 died")
-    assert lines[-1].endswith(" central[central] ERROR | RuntimeError: in a worker")
+    head = f" central[central@lab,pid={os.getpid()}] ERROR"
+    assert lines[0].endswith(f"{head} thread worker-1 died")
+    assert lines[-1].endswith(f"{head} | RuntimeError: in a worker")
 
 
 def test_use_agent_json_switches_the_format(stream):
