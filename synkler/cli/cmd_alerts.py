@@ -10,12 +10,12 @@ import urllib.parse
 
 from ..config import CommandChannel, Config, EmailChannel, WebhookChannel
 from ..errors import ExitStatus
-from ..observe import alerts
+from ..observe import alerts, channels
 from ..text import shown
 from . import checks
 
 
-def where(channel: alerts.Channel) -> str:
+def where(channel: channels.Channel) -> str:
     """Where a channel sends, for a person: never a secret (a webhook's path and query often hold
     its token, so only its scheme and host are shown)."""
     if isinstance(channel, WebhookChannel):
@@ -31,19 +31,19 @@ def where(channel: alerts.Channel) -> str:
 
 def channel_lines(cfg: Config) -> list[checks.Line]:
     """`check`'s lines about the alert channels (nothing is sent)."""
-    channels = cfg.alerts.channels if cfg.alerts else {}
-    if not channels:
+    configured = cfg.alerts.channels if cfg.alerts else {}
+    if not configured:
         return [(checks.OK, "alerts: no channel configured (conditions are only logged and shown in status)")]
     return [
         (checks.OK, f"alerts: {name}: {shown(where(ch))} (not tried: `synkler alerts test` sends a notice)")
-        for name, ch in channels.items()
+        for name, ch in configured.items()
     ]
 
 
 def cmd_alerts_test(cfg: Config, args: argparse.Namespace) -> int:
     """Send one test notice on each channel, one line each with the answer; 1 if one failed."""
-    channels = cfg.alerts.channels if cfg.alerts else {}
-    if not channels:
+    configured = cfg.alerts.channels if cfg.alerts else {}
+    if not configured:
         print(checks.show((checks.FAIL, f"alerts: no channel configured in {shown(str(cfg.path))}")))
         return ExitStatus.FAILURE
     now = time.time()
@@ -51,10 +51,10 @@ def cmd_alerts_test(cfg: Config, args: argparse.Namespace) -> int:
         [alerts.notice(alerts.test_condition(cfg), "started", now, now)], alerts.sender(cfg, cfg.mode), now
     )
     failed = False
-    for name, channel in channels.items():
+    for name, channel in configured.items():
         try:
-            answer = alerts.deliver(channel, msg)
-        except alerts.NoticeError as e:
+            answer = channels.deliver(channel, msg)
+        except channels.NoticeError as e:
             failed = True
             print(checks.show((checks.FAIL, f"{name}: {shown(where(channel))}: {shown(str(e))}")), flush=True)
         else:
