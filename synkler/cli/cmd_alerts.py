@@ -17,10 +17,12 @@ from . import checks
 
 def where(channel: channels.Channel) -> str:
     """Where a channel sends, for a person: never a secret (a webhook's path and query often hold
-    its token, so only its scheme and host are shown)."""
+    its token, and its URL may hold a login: only its scheme, host and port are shown)."""
     if isinstance(channel, WebhookChannel):
         url = urllib.parse.urlsplit(channel.url)
-        return f"POST to {url.scheme}://{url.netloc}/…"
+        host = f"[{url.hostname}]" if ":" in (url.hostname or "") else url.hostname
+        port = f":{url.port}" if url.port else ""
+        return f"POST to {url.scheme}://{host}{port}/…"
     if isinstance(channel, EmailChannel):
         login = f", login {channel.username}" if channel.username else ""
         to = ", ".join(channel.to)
