@@ -60,6 +60,9 @@ def deliver(channel: Channel, msg: Mapping[str, Any]) -> str:
         return _command(channel, msg)
     except NoticeError:
         raise
+    except smtplib.SMTPResponseException as e:  # the server's refusal, in its own words
+        said = e.smtp_error.decode("utf-8", "replace") if isinstance(e.smtp_error, bytes) else e.smtp_error
+        raise NoticeError(f"{type(e).__name__}: SMTP {e.smtp_code} {' '.join(str(said).split())}") from None
     except (OSError, smtplib.SMTPException, ValueError, subprocess.SubprocessError) as e:
         raise NoticeError(f"{type(e).__name__}: {e}") from None
 

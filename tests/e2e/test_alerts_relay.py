@@ -314,6 +314,17 @@ def test_alerts_test_says_which_channel_failed_and_exits_1(make_relay, inbox):
     assert mail.startswith("ok    email: ") and inbox.told("email", "test") == ["started"]
     assert command.startswith("FAIL  command: ") and command.endswith("exited with 1: no pager today")
 
+    # The mail server's refusal, in its words.
+    wrong = inbox.workdir / "wrong-password"
+    wrong.write_text("not-the-password\n")
+    wrong.chmod(0o600)
+    relay.write_config("upload", {"alerts": {"email": {**settings["email"], "password_file": str(wrong)}}})
+    result = synkler(relay, "upload", "alerts", "test")
+    assert result.returncode == 1, result.stdout + result.stderr
+    [mail] = result.stdout.splitlines()
+    assert mail.startswith("FAIL  email: mail to ops@relay.test through 127.0.0.1:"), mail
+    assert ": SMTPAuthenticationError: SMTP 535 " in mail and "b'" not in mail, mail
+
 
 def test_check_lists_the_alert_channels_without_sending(make_relay, inbox):
     relay = make_relay()
