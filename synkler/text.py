@@ -38,6 +38,22 @@ def shown(text: str) -> str:
 
 
 def some_entries(names: list[str], at_most: int = 3) -> str:
-    """A batch in one line: '3 entries (a, b, c)', '500 entries (a, b, c, …)'."""
+    """A batch in one line: '3 entries (a, b, c)', '500 entries (a, b, c, …)', '1 entry (a)'."""
     listed = ", ".join(names[:at_most]) + (", …" if len(names) > at_most else "")
-    return f"{len(names)} entries ({listed})"
+    return f"{count(len(names), 'entry')} ({listed})"
+
+
+def count(n: int, one: str, many: str | None = None) -> str:
+    """A count for people, its noun agreeing: '1 entry', '0 entries', '2 minutes', '1 message'.
+    `many` where the plural is not the noun + s or y -> ies."""
+    if n == 1:
+        return f"{n} {one}"
+    if many is None:
+        many = one[:-1] + "ies" if one.endswith("y") and one[-2:-1] not in "aeiou" else one + "s"
+    return f"{n} {many}"
+
+
+def again(failures: int) -> str:
+    """What a log line about a failure that will be tried again says of the ones before it: nothing
+    the first time, ' (failed 3 times in a row)' from the second on."""
+    return f" (failed {failures} times in a row)" if failures > 1 else ""

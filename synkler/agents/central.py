@@ -34,6 +34,7 @@ from ..messages import (
     Withdraw,
 )
 from ..state import Entry, State
+from ..text import count as counted
 from . import admission
 from .admission import ABOVE_RESERVE, MAX_ADMITTED_PER_AGENT, ROOM_WAIT, Offers, Room, admission_pass
 from .agent import Agent
@@ -416,7 +417,7 @@ class Central(Agent):
             self.spool.prepare(entry)
         except PlaceRefused as e:
             # A person must look (someone planted it, or changed its owner); nothing is pushed there.
-            self.move(entry, Mid.FAILED, reason=str(e))
+            self.move(entry, Mid.FAILED, reason=f"{ADMISSION_AT_CENTRAL}: {e}")
             failed = Failed(entry.id, self.name, hop=ADMISSION_AT_CENTRAL, reason=str(e))
             self.send(entry.peer or "", failed)
             log.error("%s: %s; giving up. Upload keeps its copy; %s", entry.name, e, REOFFER)
@@ -611,9 +612,10 @@ class Central(Agent):
     def _give_up(self, entry: Entry, hop: str, why: str, *, at_once: bool = False) -> None:
         """Fail the entry and tell upload: max_attempts uploads did not give a good copy, or (at
         once) it can never be admitted or more bytes arrived than it had."""
-        self.move(entry, Mid.FAILED, reason=why)
+        # The reason names its hop, as every failed entry's does: the notice and status say where.
+        self.move(entry, Mid.FAILED, reason=f"{hop}: {why}")
         self.send(entry.peer or "", Failed(entry.id, self.name, hop=hop, reason=why))
-        after = "at once" if at_once else f"after {self._copies(entry)} attempts"
+        after = "at once" if at_once else f"after {counted(self._copies(entry), 'attempt')}"
         log.error("%s: %s; giving up %s. %s", entry.name, why, after, GIVE_UP_ADVICE[hop])
 
     def _recheck(self, entry: Entry) -> None:

@@ -21,7 +21,7 @@ from ..errors import MessageError, Refused
 from ..hops import transfer
 from ..hops.checksum import EntryStat, md5_entry, stat_entry
 from ..linux.fs import open_for_writing
-from ..text import shown, some_entries
+from ..text import count, shown, some_entries
 from ..messages import (
     Admit,
     Delivered,
@@ -362,11 +362,11 @@ class Upload(Endpoint):
         self.send(CENTRAL, Offer(entry.id, self.name, name=name, kind=st.kind, size=st.size, files=st.files))
         self.pending.pop(name, None)
         log.info(
-            "%s: offered (%s, %d bytes, %d files%s)",
+            "%s: offered (%s, %s, %s%s)",
             name,
             st.kind,
-            st.size,
-            st.files,
+            count(st.size, "byte"),
+            count(st.files, "file"),
             f", md5 {md5}" if md5 else "",
         )
         return entry
@@ -582,9 +582,9 @@ class Upload(Endpoint):
     def _push(self, batch: list[Entry]) -> None:
         """One rsync run for entries admitted into the same directory on central."""
         names = [e.name for e in batch]
-        what = f"attempt {batch[0].attempt}" if len(batch) == 1 else some_entries(names)
+        what = some_entries(names)
         if len(batch) == 1:
-            log.info("%s: pushing to central (%s)", batch[0].name, what)
+            log.info("%s: pushing to central%s", batch[0].name, push_count(batch[0]))
         else:
             log.info("pushing %s to central", what)
         self.submit_transfer(
@@ -629,3 +629,12 @@ class Upload(Endpoint):
             log.info("%s: pushed in %.1f s", first_name, time.time() - started)
         elif ok:
             log.info("pushed %s in %.1f s", what, time.time() - started)
+
+
+def push_count(entry: Entry) -> str:
+    """Which push this is, for the log: nothing for the first, then ' (retry 2)' after local
+    failures and ' (upload 2 asked by central)' when central asked for it again (a bad md5)."""
+    parts = [f"retry {entry.tries}"] if entry.tries else []
+    if entry.attempt > 1:
+        parts.append(f"upload {entry.attempt} asked by central")
+    return f" ({', '.join(parts)})" if parts else ""

@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import ssl
 import time
@@ -55,6 +56,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from .. import __version__
 from ..config import Config
 from ..errors import AgentActive, BrokerError, PublishRefused
+from ..text import count
 from ..tls import TlsFileError, TlsSettings, explain, peer_certificate, tls_context
 
 log = logging.getLogger("synkler.broker")  # the name operators filter on, as before the wings
@@ -474,7 +476,7 @@ class Broker:
             moved += 1
         probe.queue_delete(old, if_empty=True)
         probe.close()
-        log.info("moved %d messages from synkler 0.4's queue %s and deleted it", moved, old)
+        log.info("moved %s from synkler 0.4's queue %s and deleted it", count(moved, "message"), old)
 
     @property
     def connected(self) -> bool:
@@ -703,7 +705,8 @@ def _causes(e: BaseException) -> list[BaseException]:
         if any(x is s for s in seen):
             continue
         seen.append(x)
-        todo += [a for a in (x.__cause__, x.__context__, *x.args) if isinstance(a, BaseException)]
+        wrapped = (x.__cause__, x.__context__, getattr(x, "exception", None), *x.args)
+        todo += [a for a in wrapped if isinstance(a, BaseException)]
         todo += [a for a in getattr(x, "exceptions", None) or () if isinstance(a, BaseException)]
     return seen
 
@@ -717,5 +720,42 @@ def _chain_text(e: BaseException) -> str:
 
 
 def _describe(e: BaseException) -> str:
-    text = str(e) or repr(e)
-    return f"{type(e).__name__}: {text}" if text != type(e).__name__ else text
+    """A pika exception as one line a person reads: what happened in words, the broker's reply code
+    and text, or the socket's error, never pika's nested reprs."""
+    x = pika.exceptions
+    if isinstance(e, x.ProbableAuthenticationError):
+        return f"login refused by the broker: {_plain(str(e))}"
+    if isinstance(e, x.ProbableAccessDeniedError):
+        return f"access denied by the broker: {_plain(str(e))}"
+    if isinstance(e, (x.ConnectionClosedByBroker, x.ChannelClosedByBroker)):
+        what = "channel" if isinstance(e, x.ChannelClosedByBroker) else "connection"
+        return f"the broker closed the {what}: {e.reply_code} {e.reply_text}"
+    if isinstance(e, x.StreamLostError):
+        return f"connection to the broker lost: {_plain(str(e))}"
+    inner = next((c for c in reversed(_causes(e)) if isinstance(c, OSError)), None)
+    if inner is not None:
+        return _os_text(inner)
+    text = _plain(str(e))
+    if isinstance(e, x.AMQPConnectionError) and not text:
+        return "cannot connect"
+    return text or type(e).__name__
+
+
+# pika wraps the broker's reply and socket errors in reprs: "ConnectionClosedByBroker: (403) 'X'",
+# "(404, 'X')", "ConnectionResetError(104, 'Connection reset by peer')".
+_REPLY = re.compile(r"""^(?:\w+: )?\((\d+)\)?,? ?['"](.*)['"]\)?$""")
+_OS_REPR = re.compile(r"""\b\w*(?:Error|Exception)\((?:-?\d+, )?['"]([^'"]*)['"]\)""")
+
+
+def _plain(text: str) -> str:
+    text = _OS_REPR.sub(r"\1", text.strip())
+    m = _REPLY.match(text)
+    return f"{m.group(1)} {m.group(2)}" if m else text
+
+
+def _os_text(e: OSError) -> str:
+    if isinstance(e, socket.gaierror):
+        return f"cannot resolve the broker's host name ({e.strerror})"
+    if isinstance(e, (TimeoutError, socket.timeout)):
+        return "timed out"
+    return _plain(e.strerror or str(e)) or type(e).__name__

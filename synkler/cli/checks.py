@@ -20,7 +20,8 @@ from pathlib import Path
 from .. import receipts
 from ..config import KEYS, Config, ignored_keys
 from ..observe.presence import Report
-from ..text import shown
+from ..observe.progress import size_text
+from ..text import count, shown
 
 OK, WARN, FAIL = "ok", "WARN", "FAIL"
 Line = tuple[str, str]  # (OK | WARN | FAIL, the text after it)
@@ -43,10 +44,6 @@ def peers_of(cfg: Config, upload_agents: list[str]) -> list[str]:
     return fixed + sorted(a for a in upload_agents if a not in fixed and a != cfg.name)
 
 
-def _plural(n: int, what: str) -> str:
-    return f"{n} {what}{'' if n == 1 else 's'}"
-
-
 def peer_line(
     instance: str,
     peer: str,
@@ -66,7 +63,7 @@ def peer_line(
         return OK, f"the {peer} agent consumes {name}"
     waiting = (queue[0] if queue is not None else 0) + outbox
     level = FAIL if waiting else WARN
-    wait = f" ({_plural(waiting, 'message')} wait for it)" if waiting else ""
+    wait = f" ({count(waiting, 'message')} wait for it)" if waiting else ""
     if not report:
         return level, (
             f"no agent consumes {name}{wait}, and no {peer} agent has ever reported under id "
@@ -85,7 +82,7 @@ def peer_line(
 def reserve_line(file_dir: Path, free: int, total: int, free_percent: float) -> Line:
     """Central: is there room above the `free_percent` reserve? Without it nothing is admitted."""
     reserve = int(total * free_percent / 100)
-    figures = f"{free / 1e9:.1f} GB free, reserve {reserve / 1e9:.1f} GB (free_percent {free_percent:g})"
+    figures = f"{size_text(free)} free, reserve {size_text(reserve)} (free_percent {free_percent:g})"
     if free <= reserve:
         return FAIL, (
             f"file_dir {file_dir}: {figures}: no room above the reserve, so central admits nothing; "

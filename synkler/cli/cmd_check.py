@@ -14,10 +14,12 @@ from ..hops import transfer
 from ..linux.fs import free_bytes, total_bytes
 from ..messages import confined
 from ..observe.presence import Report
+from ..observe.progress import size_text
 from ..private import exposed_secrets
 from ..state import State
 from ..text import shown
 from . import checks
+from .cmd_alerts import channel_lines
 
 
 class _Lines:
@@ -48,13 +50,15 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
     if cfg.mode in ("upload", "download"):
         _check_central(cfg, central_report, out)
     out.say(checks.cleanup_line(cfg, os.environ.get("PATH")))
+    for line in channel_lines(cfg):
+        out.say(line)
     for line in checks.files_lines(cfg):
         out.say(line)
     free = free_bytes(cfg.file_dir)
     if cfg.mode == "central":
         out.say(checks.reserve_line(cfg.file_dir, free, total_bytes(cfg.file_dir), cfg.free_percent))
     else:
-        out.say((checks.OK, f"file_dir {cfg.file_dir} ({free / 1e9:.1f} GB free)"))
+        out.say((checks.OK, f"file_dir {cfg.file_dir} ({size_text(free)} free)"))
     return ExitStatus.FAILURE if out.failed else ExitStatus.OK
 
 

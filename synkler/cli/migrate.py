@@ -77,6 +77,9 @@ class Migration:
     warnings: list[str] = field(default_factory=list)
 
 
+SHARED_PIDFILE = "/tmp/synkler.pid"  # the pidfile of 0.0.x's sample, which every agent then used
+
+
 @dataclass
 class _Setting:
     key: str
@@ -149,10 +152,19 @@ def _explain(settings: dict[str, _Setting]) -> None:
             "and removes only its own copies there. 0.0.x kept them in file_dir itself and deleted "
             "anything in it older than keep_minutes."
         )
-    if "pidfile" in settings:
-        settings["pidfile"].notes.append(
-            "Optional now: by default each agent has its own, ~/.local/state/synkler/<id>-<mode>.pid. "
-            "Three agents on one host must not share one."
+    pidfile = settings.get("pidfile")
+    if pidfile is not None and str(pidfile.value) == SHARED_PIDFILE:
+        pidfile.commented_out = True
+        pidfile.notes.append(
+            f"Left out: {SHARED_PIDFILE} was 0.0.x's usual lock, the same for every agent, and three "
+            "agents on one host must not share one. By default each agent now has its own, beside its "
+            "state database (~/.local/state/synkler/<id>-<mode>.pid; under systemd in StateDirectory)."
+        )
+    elif pidfile is not None:
+        pidfile.notes.append(
+            "Optional now: by default each agent has its own, beside its state database "
+            "(~/.local/state/synkler/<id>-<mode>.pid). Three agents on one host must not share one: "
+            "give each its own file, or leave the key out."
         )
     if "rsync" in settings and len(shlex.split(str(settings["rsync"].value))) > 1:
         settings["rsync"].notes.append("Split into words like a shell line, run without a shell.")

@@ -75,6 +75,16 @@ examples:
 
 Reads a synkler 0.0.x configuration (INI, a [default] section) and writes the same settings in
 YAML, with comments saying what changed in meaning. An existing output file is not overwritten.""",
+    "alerts": """\
+examples:
+  synkler alerts test -c /etc/synkler.conf""",
+    "alerts test": """\
+examples:
+  synkler alerts test -c /etc/synkler.conf
+
+Sends one test notice (key `test`) on each channel of the `alerts` setting and prints what each
+answered: the HTTP status, the mail server's reply, the command's exit status. Exits 1 if one
+failed. The agent need not run.""",
     "broker-setup": """\
 examples:
   synkler broker-setup -c /etc/synkler.conf --upload lab-a --upload lab-b
@@ -181,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(sub)
     _add_broker_setup(sub)
     _add_keygen(sub)
+    alerts = _command(sub, "alerts", "work on the alert channels")
+    alerts_sub = alerts.add_subparsers(dest="alerts_command", metavar="command", required=True)
+    _command(alerts_sub, "test", "send a test notice on every configured alert channel", "alerts test")
     completion = _command(sub, "completion", "print a shell completion script")
     completion.add_argument(
         "shell", choices=["bash"], help="the shell (bash; zsh reads it with bashcompinit)"

@@ -13,7 +13,8 @@ queued notices go out as one message once the oldest has waited `group_seconds` 
 that start together make one message) and the channel has sent fewer than `max_per_hour` messages in
 the last hour (the rest wait and go out together, listed up to LISTED and counted beyond). A message
 that cannot be sent stays queued and is tried again with a growing pause; the relay never waits for
-it. The message format is documented in docs/notices.md.
+it. The channels themselves are synkler.observe.channels; the message format is documented in
+docs/notices.md.
 
 Which agent tells what (so that no condition is told twice): central tells failed entries, stuck
 entries, its own disk, dead letters, and silent download and upload agents; download tells a silent
@@ -24,17 +25,11 @@ from __future__ import annotations
 
 import json
 import logging
-import smtplib
 import socket
-import ssl
-import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from email.message import EmailMessage
-from typing import TYPE_CHECKING, Any, Protocol, Union
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..agents import FACTS
 from ..agents.base import CENTRAL, DOWNLOAD, GIVE_UP_ADVICE, PERSON_REPEAT, Cleanup, Key
@@ -42,11 +37,11 @@ from ..agents.facts import needs_person_reason
 from ..agents.pools import Pool
 from ..backoff import backoff
 from ..config import Alerts as AlertsConfig
-from ..config import CommandChannel, EmailChannel, WebhookChannel
 from ..errors import BrokerError, StateUnavailable
 from ..linux.fs import free_bytes, total_bytes
-from ..private import child_env
-from ..text import shown
+from .. import text
+from ..text import again, count, shown
+from .channels import deliver, when_text
 from .hooks import Hook
 
 if TYPE_CHECKING:
@@ -63,13 +58,6 @@ TAKEN = 5000  # notices taken into one message at most (the rest go in the next)
 HOUR = 3600.0
 STUCK_LISTED = 200  # stuck entries told one by one at most
 ERROR, WARNING = "error", "warning"
-
-Channel = Union[WebhookChannel, EmailChannel, CommandChannel]
-
-
-class NoticeError(Exception):
-    """A message could not be sent on a channel (it stays queued and is tried again)."""
-
 
 @dataclass(frozen=True)
 class Condition:
@@ -162,29 +150,6 @@ def message(
     }
 
 
-def email_text(msg: Mapping[str, Any]) -> tuple[str, str]:
-    """(subject, body) of a message sent by email: the same facts as the JSON, for a person."""
-    lines = [
-        msg["text"],
-        "",
-        f"instance {msg.get('instance')}, {msg.get('role')} agent {msg.get('agent')!r} on {msg.get('host')}",
-    ]
-    for n in msg["notices"]:
-        lines += ["", f"{n['state'].upper()} ({n['severity']}): {n['summary']}", f"  condition: {n['key']}"]
-        lines.append(f"  since: {_when(n['since'])}; {n['state']} at {_when(n['at'])}")
-        for k, v in n.get("details", {}).items():
-            lines.append(f"  {k}: {v}")
-        lines.append(f"  what to do: {n['todo']}")
-    if msg.get("more"):
-        lines += ["", f"... and {msg['more']} more notices (see `synkler status` on the agent)."]
-    lines += ["", "What each notice means and what to do: docs/notices.md."]
-    return msg["text"][:200], "\n".join(lines) + "\n"
-
-
-def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(ts))
-
-
 # conditions (pure, from what the agent has) ----------------------------------------------------------
 
 
@@ -227,7 +192,8 @@ def stuck(e: Entry, now: float, minutes: float) -> Condition:
     return Condition(
         key=f"stuck:{e.id}",
         severity=WARNING,
-        summary=f"entry {shown(e.name)} not delivered {int((now - e.created) // 60)} minutes after its offer",
+        summary=f"entry {shown(e.name)} not delivered {count(int((now - e.created) // 60), 'minute')} "
+        "after its offer",
         todo="See where it waits with `synkler status --relay` (its state and reason); a peer that is "
         "silent, a full disk or a link that is down is told by its own notice.",
         details={
@@ -268,13 +234,13 @@ def silent(
     return Condition(
         key=f"agent-silent:{name}",
         severity=ERROR,
-        summary=f"{role} agent {shown(name)} {how} for {int((now - at) // 60)} minutes",
+        summary=f"{role} agent {shown(name)} {how} for {count(int((now - at) // 60), 'minute')}",
         todo=f"Start the {role} agent {shown(name)} on {shown(report.host)} "
         "(`systemctl status synkler@...`, or its log); entries wait for it meanwhile.",
         details={
             "agent": name,
             "host": shown(report.host),
-            "last report": _when(at),
+            "last report": when_text(at),
             "stopped": bool(stopped),
         },
     )
@@ -320,11 +286,27 @@ def dead_letters(count: int | None) -> Condition | None:
     return Condition(
         key="dead-letters",
         severity=WARNING,
-        summary=f"{count} messages in the dead-letter queue",
+        summary=f"{text.count(count, 'message')} in the dead-letter queue",
         todo="Read why in the agents' logs (`dead-lettering a message: ...`) and look at the messages in "
         "the queue synkler:<id>:dead (docs/runbook.md, 'Dead-letter queue'); then purge it.",
         details={"messages": count},
     )
+
+
+def test_condition(cfg: Config) -> Condition:
+    """The notice `synkler alerts test` sends: a channel works if it arrives."""
+    return Condition(
+        key="test",
+        severity=WARNING,
+        summary=f"a test notice from {cfg.mode} agent {shown(cfg.name)}: this channel works",
+        todo="Nothing: `synkler alerts test` sent it to try the channel.",
+        details={"config": shown(str(cfg.path))},
+    )
+
+
+def sender(cfg: Config, role: str) -> dict[str, str]:
+    """Who a message is from (its instance, role, agent and host fields)."""
+    return {"instance": cfg.id, "role": role, "agent": cfg.name, "host": socket.gethostname()}
 
 
 # the shell -----------------------------------------------------------------------------------------
@@ -483,8 +465,7 @@ class Alerts:
             )
 
     def who(self) -> dict[str, str]:
-        cfg = self.runtime.cfg
-        return {"instance": cfg.id, "role": self.role, "agent": cfg.name, "host": socket.gethostname()}
+        return sender(self.runtime.cfg, self.role)
 
     def _ended(self, name: str, seqs: list[int], error: BaseException | None, now: float) -> None:
         """In the main loop: a send begun at `now` ended. Sent: forget its notices. Not: keep them,
@@ -509,92 +490,13 @@ class Alerts:
             level = logging.DEBUG
         log.log(
             level,
-            "alerts: cannot send %d notices by %s (%s); trying again in %.0f s (attempt %d)",
-            len(seqs),
+            "alerts: cannot send %s by %s (%s); trying again in %.0f s%s",
+            count(len(seqs), "notice"),
             name,
             error,
             delay,
-            failures,
+            again(failures),
         )
-
-
-# channels (on the alert worker thread) ---------------------------------------------------------------
-
-
-def deliver(channel: Channel, msg: Mapping[str, Any]) -> None:
-    """Send one message on one channel; NoticeError if it did not go out."""
-    try:
-        if isinstance(channel, WebhookChannel):
-            _webhook(channel, msg)
-        elif isinstance(channel, EmailChannel):
-            _email(channel, msg)
-        else:
-            _command(channel, msg)
-    except NoticeError:
-        raise
-    except (OSError, smtplib.SMTPException, ValueError, subprocess.SubprocessError) as e:
-        raise NoticeError(f"{type(e).__name__}: {e}") from None
-
-
-def body(msg: Mapping[str, Any]) -> bytes:
-    return json.dumps(msg, ensure_ascii=True, sort_keys=False).encode("ascii")
-
-
-def _webhook(ch: WebhookChannel, msg: Mapping[str, Any]) -> None:
-    request = urllib.request.Request(ch.url, data=body(msg), method="POST")
-    request.add_header("Content-Type", "application/json")
-    request.add_header("User-Agent", "synkler")
-    for k, v in ch.headers:
-        request.add_header(k, v)
-    try:
-        with urllib.request.urlopen(request, timeout=ch.timeout) as response:
-            response.read(4096)
-    except urllib.error.HTTPError as e:
-        raise NoticeError(f"{ch.url} answered HTTP {e.code} {e.reason}") from None
-    except urllib.error.URLError as e:
-        raise NoticeError(f"{ch.url}: {e.reason}") from None
-
-
-def _email(ch: EmailChannel, msg: Mapping[str, Any]) -> None:
-    subject, text = email_text(msg)
-    mail = EmailMessage()
-    mail["Subject"] = subject
-    mail["From"] = ch.sender
-    mail["To"] = ", ".join(ch.to)
-    mail.set_content(text)
-    context = ssl.create_default_context(cafile=str(ch.ca_file) if ch.ca_file else None)
-    smtp: smtplib.SMTP
-    if ch.tls == "ssl":
-        smtp = smtplib.SMTP_SSL(ch.host, ch.port, timeout=ch.timeout, context=context)
-    else:
-        smtp = smtplib.SMTP(ch.host, ch.port, timeout=ch.timeout)
-    with smtp:
-        if ch.tls == "starttls":
-            smtp.starttls(context=context)
-        if ch.username:
-            smtp.login(ch.username, ch.password or "")
-        smtp.send_message(mail)
-
-
-def _command(ch: CommandChannel, msg: Mapping[str, Any]) -> None:
-    try:
-        done = subprocess.run(
-            list(ch.argv),
-            input=body(msg),
-            capture_output=True,
-            timeout=ch.timeout,
-            check=False,
-            env=child_env(),
-        )
-    except FileNotFoundError:
-        raise NoticeError(f"no such program: {ch.argv[0]}") from None
-    except PermissionError:
-        raise NoticeError(f"not executable: {ch.argv[0]}") from None
-    except subprocess.TimeoutExpired:
-        raise NoticeError(f"{ch.argv[0]} did not end within {ch.timeout:g} s") from None
-    if done.returncode != 0:
-        out = (done.stderr or done.stdout or b"").decode("utf-8", "replace").strip()[-300:]
-        raise NoticeError(f"{ch.argv[0]} exited with {done.returncode}: {out}")
 
 
 def describe(conditions: Iterable[Condition]) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from ..agents.base import Cleanup
 from ..agents.endpoint import RERUN
 from ..agents.central import Mid
 from ..agents.facts import LINK_DOWN, NEEDS_PERSON
-from ..text import shown
+from ..text import count, shown
 from .presence import Listed, Report
 from .progress import Progress, duration_text, size_text
 
@@ -164,10 +164,6 @@ def assemble(
 # the verdict ---------------------------------------------------------------------------------------
 
 
-def _count(n: int, what: str) -> str:
-    return f"{n} {what}" + ("" if n == 1 else "s")
-
-
 def _label(agent: Mapping[str, Any]) -> str:
     return agent["role"] if agent["name"] == agent["role"] else f"{agent['role']} '{shown(agent['name'])}'"
 
@@ -187,7 +183,7 @@ def _agent_problems(view: Mapping[str, Any], now: float) -> list[str]:
     central: Mapping[str, int] = next((a.get("counts", {}) for a in agents if a["role"] == "central"), {})
     for a in agents:
         waiting = _waiting_for(a, central, agents)
-        tail = f": {_count(waiting, 'entry')} {'waits' if waiting == 1 else 'wait'} for it" if waiting else ""
+        tail = f": {count(waiting, 'entry')} {'waits' if waiting == 1 else 'wait'} for it" if waiting else ""
         if a["status"] == "silent":
             out.append(f"{_label(a)} silent for {duration_text(now - (a['heard'] or now))}{tail}")
         elif a["status"] == "stopped":
@@ -221,7 +217,10 @@ def _entry_problems(view: Mapping[str, Any]) -> list[str]:
     out = []
     if n_failed:
         out.append(f"{n_failed} failed: a person must look (synkler status on the hosts says why)")
-    out += [f"{_count(n, 'entry')} need a person at {role}" for role, n in waits["person"].items()]
+    out += [
+        f"{count(n, 'entry')} {'needs' if n == 1 else 'need'} a person at {role}"
+        for role, n in waits["person"].items()
+    ]
     out += [f"{n} waiting for disk at {role}" for role, n in waits["disk"].items()]
     out += [f"{n} waiting for the link to central at {role}" for role, n in waits["link"].items()]
     return out
@@ -232,7 +231,7 @@ def problems(view: Mapping[str, Any], now: float) -> list[str]:
     out = _agent_problems(view, now) + _entry_problems(view)
     dead = view["broker"]["dead_letters"]
     if dead:
-        out.append(f"{_count(dead, 'dead-lettered message')} in {shown('synkler:' + view['instance'])}:dead")
+        out.append(f"{count(dead, 'dead-lettered message')} in {shown('synkler:' + view['instance'])}:dead")
     return out
 
 
@@ -256,7 +255,7 @@ def verdict(view: Mapping[str, Any], now: float) -> str:
     if not moving:
         return "all flowing, nothing in flight"
     transfers = sum(1 for e in view["entries"] for p in e["roles"].values() if "progress" in p)
-    return f"all flowing: {_count(moving, 'entry')} in flight" + (
+    return f"all flowing: {count(moving, 'entry')} in flight" + (
         f", {transfers} moving now" if transfers else ""
     )
 
@@ -273,12 +272,14 @@ def _clock(ts: float | None, now: float) -> str:
 
 
 def _progress_text(p: Mapping[str, Any]) -> str:
+    """A transfer's bytes as they are (its state says it is a push or a pull); an md5's labelled so,
+    since upload hashes while its state is already `uploading`."""
+    what = str(p.get("what", ""))
     try:
-        return Progress(
-            str(p.get("what", "")), int(p["done"]), int(p["total"]), p.get("rate"), p.get("eta"), 0.0
-        ).text()
+        text = Progress(what, int(p["done"]), int(p["total"]), p.get("rate"), p.get("eta"), 0.0).text()
     except (KeyError, TypeError, ValueError):
         return ""
+    return f"md5 {text}" if what == "md5" else text
 
 
 def _place_text(place: Mapping[str, Any] | None, now: float) -> str:
@@ -353,7 +354,7 @@ def _entry_lines(view: Mapping[str, Any], now: float) -> list[str]:
     unfinished = [e for e in view["entries"] if not e["finished"]]
     finished = [e for e in view["entries"] if e["finished"]]
     left = {a["role"]: a.get("left_out", 0) for a in view["agents"] if a.get("left_out")}
-    head = f"{_count(len(unfinished), 'unfinished entry')}"
+    head = f"{count(len(unfinished), 'unfinished entry')}"
     if left:
         head += " listed (" + ", ".join(f"{role} has {n} more" for role, n in left.items()) + ")"
     head += f"; {len(finished)} of the {view['finished_listed']} latest finished shown"

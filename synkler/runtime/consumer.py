@@ -17,6 +17,7 @@ from ..backoff import backoff
 from ..broker.amqp import PEERS, Broker, BrokerParams, queue_name
 from ..errors import AgentActive, BrokerError
 from ..observe.hooks import Hook
+from ..text import again
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -28,8 +29,9 @@ STANDBY_RETRY = 5.0  # seconds between a standby's looks at its agent's queue
 # longest reconnect pause (30 s), so an agent that restarts, or reconnects after a broker outage,
 # finds its queue again and the standby never takes it in between.
 STANDBY_GRACE = 40.0
-# pika's words for a login or vhost the broker refuses (a person must fix the user or password).
-_LOGIN_REFUSED = re.compile(r"Authentication|AccessDenied|ACCESS_REFUSED - Login")
+# The words of synkler.broker.amqp (and the broker's own) for a login or vhost the broker refuses
+# (a person must fix the user or password).
+_LOGIN_REFUSED = re.compile(r"login refused by the broker|access denied by the broker|ACCESS_REFUSED - Login")
 
 
 class Consumer:
@@ -86,7 +88,7 @@ class Consumer:
         delay = backoff(self.failures, base=0.5, cap=30)
         self.next_connect = time.time() + delay
         level = logging.WARNING if self.failures in (1, 5) or self.failures % 20 == 0 else logging.DEBUG
-        log.log(level, "%s; retrying in %.1f s (attempt %d)", e, delay, self.failures)
+        log.log(level, "%s; retrying in %.1f s%s", e, delay, again(self.failures))
         self.hooks.connect_failed(str(e))
 
     def free_long_enough(self, broker: Broker) -> bool:

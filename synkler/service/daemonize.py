@@ -17,6 +17,7 @@ from __future__ import annotations
 import faulthandler
 import logging
 import os
+import stat
 import sys
 import threading
 from pathlib import Path
@@ -32,9 +33,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("synkler")
 
-# The agent's own umask, as in the foreground (synkler.private); the log file, opened before the
-# detach, keeps its 0640.
+# The agent's own umask, as in the foreground (synkler.private). The log file is made 0640 whatever
+# the umask, and one made again at a SIGHUP gets the mode the old one had.
 UMASK = AGENT_UMASK
+LOG_MODE = 0o640
 WORKING_DIRECTORY = "/"  # a daemon holds no mount point busy; every configured path is absolute
 _STARTED = b"started"
 
@@ -48,9 +50,22 @@ class LogFile:
         self._reopen = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _open(self) -> int:
+    def _open(self, mode: int = LOG_MODE) -> int:
+        """Open the log file for appending; one that does not exist is made with `mode` (the daemon's
+        umask, 077, would narrow it: a log the operator's group reads must stay readable after a
+        rotation). An existing one keeps its mode: logrotate's `create` or the operator chose it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOCTTY, 0o640)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOCTTY
+        try:
+            fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, mode)
+        except FileExistsError:
+            return os.open(self.path, flags)
+        try:
+            os.fchmod(fd, mode)
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
 
     def fileno(self) -> int:
         return self._fd
@@ -82,7 +97,7 @@ class LogFile:
 
     def reopen(self) -> None:
         try:
-            fd = self._open()
+            fd = self._open(stat.S_IMODE(os.fstat(self._fd).st_mode))
         except OSError as e:
             log.error("cannot reopen the log file %s (%s); writing on to the old one", self.path, e)
             return

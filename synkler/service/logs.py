@@ -4,10 +4,13 @@ One handler on the root logger, set up once by the CLI (``setup``), then told wh
 for once the configuration is known (``use_agent``). The agent prefix and the escaping live here
 only, so no log call has to think about them.
 
-A text line reads ``2026-12-02 10:00:00,123 upload[lab-a] WARNING data.csv: …``: time, role and
-agent name, level, message. The level stays right before the message, as it was before the prefix
-came, so ``grep ' ERROR '`` and the like keep working. A JSON line (``log_format: json``) is one
-object: time, level, role, agent, id, entry, logger, message (and exception).
+A text line reads ``2026-12-02 10:00:00,123 upload[lab-a@lab,pid=4321] WARNING data.csv: …``: time,
+role, agent name, instance id and process id, level, message. The id and pid tell apart agents that
+share a log file: two instances' agents of one name, or a standby and the working agent (a
+standby's "stopped" is not the working agent's). The prefix holds no space, so the level stays the
+fourth word, right before the message, and ``grep ' ERROR '`` or ``awk '{print $4}'`` keep working. A JSON line
+(``log_format: json``) is one object: time, level, role, agent, id, pid, entry, logger, message
+(and exception).
 
 The entry of a line: agent log calls about one entry start with ``"%s: "`` and pass the entry's
 name first (``log.info("%s: delivered …", entry.name)``); ``entry_of`` reads it from there, or from
@@ -35,11 +38,12 @@ class Agent:
         self.name: str | None = None
         self.id: str | None = None
 
-    @property
-    def label(self) -> str:
+    def label(self, pid: int | None) -> str:
+        """`upload[lab-a@lab,pid=4321]`; `synkler` before the configuration is known."""
         if self.role is None:
             return "synkler"
-        return f"{self.role}[{shown(self.name or self.role)}]"
+        where = f"@{shown(self.id)}" if self.id else ""
+        return f"{self.role}[{shown(self.name or self.role)}{where},pid={pid}]"
 
 
 AGENT = Agent()
@@ -71,14 +75,14 @@ def _details(formatter: logging.Formatter, record: logging.LogRecord) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """``time role[name] LEVEL message``; each traceback line gets the same head and a '|'."""
+    """``time role[name@id,pid=N] LEVEL message``; each traceback line gets the same head and a '|'."""
 
     def __init__(self, agent: Agent = AGENT):
         super().__init__()
         self.agent = agent
 
     def format(self, record: logging.LogRecord) -> str:
-        head = f"{self.formatTime(record)} {self.agent.label} {record.levelname}"
+        head = f"{self.formatTime(record)} {self.agent.label(record.process)} {record.levelname}"
         lines = [f"{head} {shown(record.getMessage())}"]
         details = _details(self, record)
         lines += [f"{head} | {shown(line)}" for line in details.splitlines()]
@@ -101,6 +105,7 @@ class JsonFormatter(logging.Formatter):
             "role": self.agent.role,
             "agent": shown(self.agent.name) if self.agent.name is not None else None,
             "id": self.agent.id,
+            "pid": record.process,
             "entry": shown(entry) if entry is not None else None,
             "logger": record.name,
             "message": shown(record.getMessage()),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -500,7 +501,8 @@ def test_global_options_after_the_command_work_as_before_it(synkler, config, set
 def test_a_log_line_names_the_agent_it_comes_from(synkler, config, held_pidfile):
     result = synkler("-c", str(config), "run", "--verbose")
     [line] = result.stderr.splitlines()
-    assert " central[central] INFO already running (pid " in line
+    # Role, name, instance id and the process: a second agent's lines in a shared log read as its own.
+    assert re.search(r" central\[central@[\w.-]+,pid=\d+\] INFO already running \(pid ", line), line
 
 
 def _through_head(argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:

@@ -172,6 +172,7 @@ def test_sighup_reopens_the_log_file_that_logrotate_moved_away(relay, daemons, t
 
     os.kill(pid, signal.SIGHUP)
     wait_until("a new log file", lambda: "reopened" in text(log))
+    assert (log.stat().st_mode & 0o777) == 0o640  # the old one's mode, not the daemon's umask's 0600
     assert alive(pid)  # SIGHUP of a daemon is not a stop
     os.kill(pid, signal.SIGTERM)
     wait_until("the daemon to stop", lambda: not alive(pid))

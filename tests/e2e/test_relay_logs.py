@@ -11,9 +11,10 @@ from support.relay_helpers import deliver, place
 
 from synkler.hops.checksum import md5_entry
 
-# time, role[name], level, message
+# time, role[name@id,pid=N], level, message
 TEXT_LINE = re.compile(
-    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (\w+)\[([^\]]+)\] (DEBUG|INFO|WARNING|ERROR|CRITICAL) "
+    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (\w+)\[([^\]@]+)@([^\],]+),pid=(\d+)\] "
+    r"(DEBUG|INFO|WARNING|ERROR|CRITICAL) "
 )
 ESC_NAME = "esc\x1b[31mred\nline.txt"  # ESC and a newline: refused by upload, with one warning
 LATIN1_NAME = os.fsdecode(b"caf\xe9.txt")  # not UTF-8: relays byte-exact
@@ -35,6 +36,7 @@ def test_a_relay_run_logs_lines_that_name_their_agent_and_escape_names_at_every_
     relay.start("upload", flags=["-v"])
     relay.start("central", flags=["--debug"])
     relay.start("download", flags=[])
+    pids = {role: proc.pid for role, proc in relay.procs.items()}
     md5s = {"plain.txt": place(relay.dirs["upload"], "plain.txt", b"4 by")}
     (relay.dirs["upload"] / ESC_NAME).write_bytes(b"refused")
     tmp = relay.dirs["upload"].parent / ".latin1"
@@ -54,8 +56,9 @@ def test_a_relay_run_logs_lines_that_name_their_agent_and_escape_names_at_every_
     for line in upload:
         match = TEXT_LINE.match(line)
         assert match, line
-        assert match.group(1, 2) == ("upload", "upload"), line
-        assert match.group(3) != "DEBUG", line
+        assert match.group(1, 2, 3) == ("upload", "upload", relay.instance), line
+        assert int(match.group(4)) == pids["upload"], line
+        assert match.group(5) != "DEBUG", line
     text = "\n".join(upload)
     for name in ("plain.txt", "caf\\xe9.txt"):  # the life of each entry, the name escaped
         assert f" INFO {name}: offered" in text, name
@@ -66,7 +69,7 @@ def test_a_relay_run_logs_lines_that_name_their_agent_and_escape_names_at_every_
     assert " WARNING esc\\x1b[31mred\\nline.txt: not sending it" in refused
     # What a person must know, and nothing else: that messages are not authenticated (the test's shared
     # login) and deliveries not proven (no receipt keys), each said once at start, and the refused name.
-    warned = [line for line in upload if TEXT_LINE.match(line).group(3) not in ("DEBUG", "INFO")]
+    warned = [line for line in upload if TEXT_LINE.match(line).group(5) not in ("DEBUG", "INFO")]
     assert [w for w in warned if not at_start(w)] == [refused]
     assert len([w for w in warned if UNAUTHENTICATED in w]) == 1
     assert len([w for w in warned if NOT_PROVEN in w]) == 1
@@ -74,6 +77,7 @@ def test_a_relay_run_logs_lines_that_name_their_agent_and_escape_names_at_every_
     central = [json.loads(line) for line in raw["central"].decode().splitlines()]  # one object a line
     assert central
     assert {(r["role"], r["agent"], r["id"]) for r in central} == {("central", "central", relay.instance)}
+    assert {r["pid"] for r in central} == {pids["central"]}
     said = [r for r in central if not at_start(r["message"])]
     assert [r["level"] for r in central if UNAUTHENTICATED in r["message"]] == ["WARNING"]
     assert [r["level"] for r in central if NOT_PROVEN in r["message"]] == ["WARNING"]

@@ -188,7 +188,7 @@ def test_entries_an_operator_forgot_are_finished_in_the_view_not_in_flight(make_
         assert [(a["unfinished"], a["oldest"]) for a in view["agents"]] == [(0, None)] * 3
         assert sorted(e["name"] for e in view["entries"] if e["finished"]) == list(names)
     text = text_of(relay, "upload")
-    assert "all flowing, nothing in flight" in text and "0 unfinished entr" in text, text
+    assert "all flowing, nothing in flight" in text and "0 unfinished entries" in text, text
 
 
 def test_a_stopped_download_shows_as_stopped_and_a_killed_one_as_silent(make_relay):

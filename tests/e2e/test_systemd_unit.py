@@ -24,16 +24,33 @@ UNIT = REPO / "systemd" / "synkler@.service"
 INSTALLED_COMMAND = "/opt/synkler/bin/synkler"
 
 
-def directives() -> dict[str, list[str]]:
-    """Each directive of the unit and its values, in order (comments and sections dropped)."""
+DOCS = REPO / "docs" / "installing.md"
+DROP_IN = "# /etc/systemd/system/synkler@.service.d/user-per-role.conf"
+
+
+def directives(*drop_ins: str) -> dict[str, list[str]]:
+    """Each directive of the unit and its values, in order (comments and sections dropped), with
+    `drop_ins` (their text) applied after it as systemd does: an empty assignment resets a list."""
     out: dict[str, list[str]] = {}
-    for line in UNIT.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith(("#", ";", "[")):
-            continue
-        key, _, value = line.partition("=")
-        out.setdefault(key.strip(), []).append(value.strip())
+    for text in (UNIT.read_text(), *drop_ins):
+        for line in text.splitlines():
+            line = line.strip()
+            if not line or line.startswith(("#", ";", "[")):
+                continue
+            key, _, value = line.partition("=")
+            values = out.setdefault(key.strip(), [])
+            if value.strip():
+                values.append(value.strip())
+            else:
+                values.clear()
     return out
+
+
+def documented_drop_in() -> str:
+    """The drop-in docs/installing.md gives for several roles on one host, as written there."""
+    blocks = re.findall(r"^```\n(.*?)^```", DOCS.read_text(), re.M | re.S)
+    (block,) = [b for b in blocks if b.startswith(DROP_IN + "\n")]
+    return block
 
 
 def seconds(span: str) -> float:
@@ -67,6 +84,23 @@ def instance(tmp_path: Path) -> Path:
 def test_the_unit_passes_systemd_analyze_verify(instance: Path) -> None:
     run = subprocess.run([analyze(), "verify", str(instance)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and not run.stderr.strip(), run.stderr
+
+
+def test_the_documented_drop_in_for_a_user_per_role_passes_verify(instance: Path) -> None:
+    # Drop-ins of the template apply to each instance; verify reads them and reports a mistyped key.
+    drop_ins = instance.parent / "synkler@.service.d"
+    drop_ins.mkdir()
+    (drop_ins / "user-per-role.conf").write_text(documented_drop_in())
+    run = subprocess.run([analyze(), "verify", str(instance)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and not run.stderr.strip(), run.stderr
+
+
+def test_the_documented_drop_in_gives_each_role_its_own_user_and_only_its_own_state_directory() -> None:
+    # The agent takes the first directory of $STATE_DIRECTORY: the shared one must be gone, not
+    # merely followed by the role's.
+    d = directives(documented_drop_in())
+    assert d["User"][-1] == d["Group"][-1] == "synkler-%i"  # one value each: the last one given counts
+    assert d["StateDirectory"] == ["synkler-%i"] and d["LogsDirectory"] == ["synkler-%i"]
 
 
 def test_the_units_exposure_level_is_4_or_better(instance: Path) -> None:

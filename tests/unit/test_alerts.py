@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from support.fakes import FakeJobs
 
-from synkler.observe import alerts
+from synkler.observe import alerts, channels
 from synkler.observe.alerts import Alerts, Condition, changes, due_at, free_at, message
 from synkler.observe.presence import Report
 from synkler.config import parse_config
@@ -63,7 +63,7 @@ def test_a_message_lists_the_first_notices_and_counts_the_rest():
     assert msg["text"] == "[synkler lab/central] 5 started, 1 cleared: k0 happened, ..."
     one = message(ns[:1], {"instance": "lab", "agent": "central"}, 3.0)
     assert one["text"] == "[synkler lab/central] started: k0 happened" and one["more"] == 0
-    subject, text = alerts.email_text({**one, "role": "central", "host": "h"})
+    subject, text = channels.email_text({**one, "role": "central", "host": "h"})
     assert subject == one["text"] and "what to do: fix it" in text and "condition: k0" in text
 
 
@@ -88,9 +88,10 @@ def test_conditions_of_entries_say_which_hop_why_and_what_to_do():
 def test_a_refused_broker_login_is_recognised_in_pikas_words():
     from synkler.runtime.consumer import _LOGIN_REFUSED
 
-    refused = "cannot use broker h:5672: ProbableAuthenticationError: ConnectionClosedByBroker: (403) ..."
+    refused = "cannot use broker h:5672: login refused by the broker: 403 ACCESS_REFUSED - Login was ..."
     assert _LOGIN_REFUSED.search(refused)
-    assert not _LOGIN_REFUSED.search("cannot use broker h:5672: AMQPConnectionError: [Errno 111] refused")
+    assert _LOGIN_REFUSED.search("cannot use broker h:5672: access denied by the broker: 530 NOT_ALLOWED")
+    assert not _LOGIN_REFUSED.search("cannot use broker h:5672: Connection refused")
 
 
 class Runner:

@@ -69,7 +69,10 @@ def test_a_presence_report_that_is_not_one_counts_as_none():
 
 def test_central_without_room_above_its_reserve_fails_and_with_room_is_ok():
     level, text = checks.reserve_line(Path("/srv"), free=5 * 10**9, total=100 * 10**9, free_percent=10)
-    assert level == "FAIL" and "5.0 GB free, reserve 10.0 GB (free_percent 10)" in text
+    assert level == "FAIL" and "5 GB free, reserve 10 GB (free_percent 10)" in text
+    # A small disk is shown in units that fit it, not as "0.2 GB free, reserve 0.0 GB".
+    level, text = checks.reserve_line(Path("/srv"), free=20 * 10**6, total=400 * 10**6, free_percent=10)
+    assert level == "FAIL" and "20 MB free, reserve 40 MB (free_percent 10)" in text
     assert "central admits nothing" in text
     assert checks.reserve_line(Path("/srv"), 50 * 10**9, 100 * 10**9, 10)[0] == "ok"
 

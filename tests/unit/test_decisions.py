@@ -32,6 +32,7 @@ from synkler.hops.checksum import EntryStat, md5_entry, stat_entry
 from synkler.hops.cleanup import script_status
 from synkler.hops.transfer import Result
 from synkler import messages
+from synkler.observe import alerts
 from synkler.messages import (
     Admit,
     Corrupt,
@@ -451,6 +452,7 @@ def central_gives_up_after_max_attempts_mismatches(tmp_path: Path, _from: str, _
     r.run(r.job("hash"))
     to, failed = only(r.sent(), Failed)
     assert (to, failed.hop) == ("upload", "upload to central")
+    assert r.entry(e.id).reason.startswith("upload to central: ")  # type: ignore[union-attr]
     return r.entry(e.id)
 
 
@@ -579,6 +581,10 @@ def test_central_fails_at_once_an_entry_bigger_than_its_file_system(tmp_path: Pa
     assert (to, failed.hop) == ("upload", "admission at central")
     assert "can ever hold: 5000 bytes above the 10.0% reserve" in failed.reason
     assert r.entry(huge.id).state == "failed"
+    # Its notice names the hop, as every failed entry's does.
+    told = alerts.entry_failed(r.entry(huge.id))
+    assert told.details["hop"] == "admission at central"
+    assert told.summary == "entry huge failed (admission at central)"
 
 
 def test_later_entries_pass_a_big_one_until_they_have_taken_what_it_needs_then_wait_for_it(tmp_path: Path):

@@ -59,7 +59,8 @@ def agent() -> Agent:
 def test_a_text_line_has_time_agent_level_and_the_escaped_message(agent):
     line = TextFormatter(agent).format(record("%s: delivered", "bad\nname", level=logging.WARNING))
     assert "\n" not in line
-    assert line.endswith(" upload[lab-a] WARNING bad\\nname: delivered")
+    assert line.endswith(f" upload[lab-a@lab,pid={os.getpid()}] WARNING bad\\nname: delivered")
+    assert line.split()[3] == "WARNING"  # the level stays the fourth word
     assert line[:4].isdigit()
 
 
@@ -76,7 +77,7 @@ def test_every_line_of_a_traceback_names_the_agent(agent):
         rec.exc_info = sys.exc_info()
     lines = TextFormatter(agent).format(rec).splitlines()
     assert len(lines) > 2
-    assert all(" upload[lab-a] ERROR " in line for line in lines)
+    assert all(f" upload[lab-a@lab,pid={os.getpid()}] ERROR " in line for line in lines)
     assert lines[1].endswith("| Traceback (most recent call last):")
     assert lines[-1].endswith("| ValueError: boom\\x1b[2J")
 
@@ -92,6 +93,7 @@ def test_a_json_line_is_one_object_with_agent_entry_and_escaped_strings(agent):
         "role": "upload",
         "agent": "lab-a",
         "id": "lab",
+        "pid": os.getpid(),
         "entry": "caf\\xe9\\x1b.txt",
         "logger": "synkler",
         "message": "caf\\xe9\\x1b.txt: offered (4 bytes)",
@@ -111,7 +113,7 @@ def test_a_json_line_carries_the_traceback_in_one_field(agent):
 
 
 def test_the_entry_of_a_line_is_its_leading_name_or_an_explicit_extra():
-    assert entry_of(record("%s: pushing to central (attempt %d)", "a.txt", 1)) == "a.txt"
+    assert entry_of(record("%s: pushing to central%s", "a.txt", " (retry 1)")) == "a.txt"
     assert entry_of(record("connected to broker %s:%s", "h", 1)) is None
     assert entry_of(record("%s; reconnecting", "a")) is None
     assert entry_of(record("pushing %s", "x", entry="b.txt")) == "b.txt"
@@ -154,7 +156,8 @@ def test_levels_default_v_and_debug_and_pika_only_on_request(stream, options, sh
         logging.getLogger("pika.connection").log(level, "pika's")
     lines = stream.getvalue().splitlines()
     assert {line.split()[3] for line in lines} == shown_levels
-    assert all(" download[download] " in line and line.endswith(" mine") for line in lines)
+    head = f" download[download@lab,pid={os.getpid()}] "
+    assert all(head in line and line.endswith(" mine") for line in lines)
 
 
 def test_debug_pika_adds_pika_s_own_lines(stream):
@@ -174,8 +177,9 @@ def test_a_thread_that_dies_is_a_log_line_naming_the_agent(stream):
     worker.start()
     worker.join()
     lines = stream.getvalue().splitlines()
-    assert lines[0].endswith(" central[central] ERROR thread worker-1 died")
-    assert lines[-1].endswith(" central[central] ERROR | RuntimeError: in a worker")
+    head = f" central[central@lab,pid={os.getpid()}] ERROR"
+    assert lines[0].endswith(f"{head} thread worker-1 died")
+    assert lines[-1].endswith(f"{head} | RuntimeError: in a worker")
 
 
 def test_use_agent_json_switches_the_format(stream):
@@ -214,3 +218,21 @@ def test_agent_log_lines_that_start_with_a_name_pass_the_entry_name_first():
                 if not first.endswith("name"):  # name, entry.name, batch[0].name, first_name
                     wrong.append(f"{path.name}:{call.lineno}: {first}")
     assert not wrong, wrong
+
+
+def test_the_daemons_log_file_is_made_0640_whatever_the_umask_and_an_existing_one_keeps_its_mode(
+    tmp_path: Path,
+):
+    from synkler.service.daemonize import LogFile
+
+    old = os.umask(0o077)  # the daemon's
+    try:
+        made = LogFile(tmp_path / "new.log")
+        own = tmp_path / "own.log"
+        own.touch(mode=0o600)
+        kept = LogFile(own)
+    finally:
+        os.umask(old)
+    os.close(made.fileno())
+    os.close(kept.fileno())
+    assert (made.path.stat().st_mode & 0o777, own.stat().st_mode & 0o777) == (0o640, 0o600)

@@ -75,7 +75,10 @@ def test_the_0_0_x_sample_config_becomes_yaml_that_loads_with_the_same_settings(
     new, cfg, result = converted(tmp_path, SAMPLE_0_0, file_dir=file_dir)
     assert result.warnings == []
     assert (cfg.mode, cfg.file_dir, cfg.keep_minutes) == ("central", file_dir, 30)
-    assert cfg.pidfile == Path("/tmp/synkler.pid")
+    # 0.0.x's shared /tmp/synkler.pid is left out: each agent gets its own beside its state database.
+    assert cfg.pidfile == cfg.state_db.with_suffix(".pid") != Path("/tmp/synkler.pid")
+    assert "\n#pidfile: /tmp/synkler.pid\n" in new.read_text()
+    assert "three agents on one host must not share one" in comments(new.read_text())
     assert cfg.rsync == ("/usr/bin/env", "rsync")
     assert cfg.rsync_opts == ("--rsh=/usr/bin/ssh",)
     assert (cfg.synkler_server, cfg.central_host) == ("rabbitmq.example.com", "rabbitmq.example.com")

@@ -100,6 +100,19 @@ def test_reports_are_joined_by_entry_id_with_each_roles_place():
     assert "uploading (120 MB of 300 MB, 12 MB/s, 15 s left)" in text
 
 
+def test_uploads_md5_progress_is_labelled_as_an_md5_not_as_the_push():
+    md5 = {"what": "md5", "done": 3_100_000_000, "total": 8_000_000_000, "rate": 410e6, "eta": 12}
+    v = view(
+        {
+            "upload": report("upload", entries=[row(E1, "huge.tar", "uploading", progress=md5)]),
+            "central": report("central", entries=[row(E1, "huge.tar", "uploading")]),
+            "download": report("download"),
+        }
+    )
+    text = "\n".join(render(v, NOW))
+    assert "uploading (md5 3.1 GB of 8 GB, 410 MB/s, 12 s left)" in text
+
+
 def test_an_entry_is_finished_only_when_no_role_lists_it_as_unfinished():
     v = view(
         {
@@ -198,7 +211,7 @@ def test_the_verdict_counts_waits_for_disk_a_person_failures_and_dead_letters():
     )
     assert v["problems"] == [
         "1 failed: a person must look (synkler status on the hosts says why)",
-        "1 entry need a person at download",
+        "1 entry needs a person at download",
         "1 waiting for disk at central",
         "1 waiting for the link to central at upload",
         "2 dead-lettered messages in synkler:lab:dead",
@@ -209,6 +222,7 @@ def test_the_verdict_counts_waits_for_disk_a_person_failures_and_dead_letters():
 def test_nothing_in_flight_is_said_so():
     v = view({"upload": report("upload"), "central": report("central"), "download": report("download")})
     assert v["verdict"] == "all flowing, nothing in flight" and v["problems"] == []
+    assert "0 unfinished entries; 0 of the 0 latest finished shown" in render(v, NOW)
 
 
 def test_names_reasons_and_hosts_are_escaped_in_the_text_view():
