@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support.relay_helpers import deliver, place
+from support.relay_helpers import deliver, place, take_dead_letters
 
 from synkler import messages
 from synkler.broker.amqp import Broker
@@ -121,9 +121,7 @@ def test_a_refusal_by_the_forced_command_is_told_as_needing_a_person_not_a_link_
     wrong = tmp_path / "not-the-instances-directory"
     wrong.mkdir()
     upload_root = str(relay.dirs["central"] / relay.instance / "staging" / "upload")
-    authorize(
-        relay.sshd, upload=f"{RRSYNC} -wo -no-lock {upload_root}", download=f"{RRSYNC} -ro {wrong}"
-    )
+    authorize(relay.sshd, upload=f"{RRSYNC} -wo -no-lock {upload_root}", download=f"{RRSYNC} -ro {wrong}")
     relay.start()
     place(relay.dirs["upload"], "waits.bin", b"until the key is fixed")
 
@@ -152,7 +150,11 @@ def forge_admit(relay: LocalRelay, entry_id: str, dest: str) -> list[bytes]:
     try:
         attacker.publish("upload", messages.encode(messages.Admit(entry_id, "central", attempt=9, dest=dest)))
         dead: list[bytes] = []
-        relay.wait_for("the dead letter", lambda: dead.extend(attacker.get_dead()) or bool(dead), 30)
+        relay.wait_for(
+            "the dead letter",
+            lambda: dead.extend(take_dead_letters(relay.broker, relay.instance)) or bool(dead),
+            30,
+        )
         return dead
     finally:
         attacker.close()
