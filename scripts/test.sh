@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
-# Over synkler/ as [tool.mypy] in pyproject.toml says; a type error fails the run before any test.
+# Lint and format as [tool.ruff] in pyproject.toml says (complexity included), then types over
+# synkler/ as [tool.mypy] says; either failing fails the run before any test.
+.venv/bin/ruff check synkler tests bench
+.venv/bin/ruff format --check synkler tests bench
 .venv/bin/python -m mypy
 exec .venv/bin/python -m pytest -q "$@"
