@@ -15,7 +15,7 @@ from ..errors import ExitStatus, Refused
 from ..service.pidfile import holder
 from ..state import Entry, State
 from ..text import shown
-from .entries import newest, present, short_ids
+from .entries import agent_state, newest, present, short_ids
 
 POLL = 0.1  # seconds between looks for the agent's answer
 
@@ -24,8 +24,7 @@ def cmd_request(cfg: Config, args: argparse.Namespace) -> int:
     """retry, forget or resend: write the request for the running agent to take in its main loop,
     and print its answer."""
     action = args.command
-    if not cfg.state_db.exists():
-        raise Refused(f"no entry {args.entry!r}: no entries yet ({cfg.mode} agent, state {cfg.state_db})")
+    cfg = agent_state(cfg)
     state = State(cfg.state_db)
     try:
         entries = state.all()
