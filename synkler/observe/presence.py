@@ -378,11 +378,17 @@ class Presence:
     def tick(self, now: float) -> None:
         """Publish a report if one is due: every INTERVAL, and PROMPT after the last one when the
         counts changed since (read only then: 1 ms with 10,000 entries, twice a second at most)."""
-        if now < self.next and (now < self.last + PROMPT or self.runtime.state.counts() == self._reported):
+        if now < self.next and (now < self.last + PROMPT or not self._counts_changed()):
             return
         self.next = now + INTERVAL
         self.last = now
         self._publish(now, None)
+
+    def _counts_changed(self) -> bool:
+        try:
+            return self.runtime.state.counts() != self._reported
+        except Exception:  # a hook never raises: the report at the interval says what it can
+            return False
 
     def stopped(self, now: float) -> None:
         """The last report, at an orderly stop: says since when the agent is stopped."""
