@@ -73,6 +73,10 @@ class Refused(SynklerError):
     """An operator's request (retry, forget, resend) does not apply to the entry as it is now."""
 
 
+class NoState(SynklerError):
+    """The agent of this configuration has no state database in any place it may keep one."""
+
+
 class PidfileError(SynklerError):
     """The pidfile could not be created or holds garbage."""
 

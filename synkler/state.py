@@ -648,7 +648,7 @@ class State:
         except sqlite3.Error as e:
             raise _error(e) from e
 
-    # alerts (synkler.observe.alerts) -------------------------------------------------------------------------
+    # alerts (synkler.observe.alerts) ------------------------------------------------------------------
 
     def by_cleanup(self, *values: str) -> list[Entry]:
         """Entries whose cleanup script is in one of these states (failed, interrupted ...)."""

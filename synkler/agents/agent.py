@@ -20,6 +20,7 @@ from ..errors import MessageError, NotYet, Refused
 from ..messages import EntryMessage, Forget, Message
 from ..state import Ended, Entry, Request, State
 from ..text import shown
+from . import waits
 from .base import (
     ACTIONS,
     CENTRAL,
@@ -35,7 +36,6 @@ from .base import (
     Transitions,
     job_error,
 )
-from . import waits
 from .history import History
 
 if TYPE_CHECKING:

@@ -18,7 +18,6 @@ from ..errors import MessageError
 from ..hops.checksum import md5_entry
 from ..hops.follow import pulled_early, worth_following
 from ..linux.fs import remove_tree
-from ..text import shown, some_entries
 from ..messages import (
     Admit,
     Corrupt,
@@ -35,7 +34,8 @@ from ..messages import (
 )
 from ..state import Entry, State
 from ..text import count as counted
-from . import admission
+from ..text import shown, some_entries
+from . import admission, waits
 from .admission import ABOVE_RESERVE, MAX_ADMITTED_PER_AGENT, ROOM_WAIT, Offers, Room, admission_pass
 from .agent import Agent
 from .base import (
@@ -43,8 +43,8 @@ from .base import (
     DOWNLOAD,
     ENTRY,
     GIVE_UP_ADVICE,
-    REOFFER,
     RECHECK,
+    REOFFER,
     RETRY,
     Jobs,
     Key,
@@ -53,7 +53,6 @@ from .base import (
     hash_groups,
 )
 from .facts import ADMISSION_AT_CENTRAL, PULL, PUSH, STORE_AT_CENTRAL, UPLOAD_TO_CENTRAL, facts, hop
-from . import waits
 from .followers import Followers
 from .pools import Pool
 from .spool import Arrival, PlaceRefused, Spool

@@ -21,10 +21,10 @@ from ..errors import ConfigError
 from ..hops.checksum import stat_entry
 from ..hops.pull import Early, Mismatch, NotPulled, PullRun, Staging, pull, pull_early
 from ..linux.fs import free_bytes, remove_tree, rename_noreplace
-from ..text import shown, some_entries
 from ..messages import Corrupt, Failed, Fetch, Fetched, Forget, Pushing, is_valid_entry_id
 from ..private import private_dir
 from ..state import Entry, State
+from ..text import shown, some_entries
 from . import waits
 from .base import CENTRAL, ENTRY, Jobs, Key, Status, Transitions
 from .endpoint import Endpoint
@@ -436,7 +436,6 @@ class Download(Endpoint):
             entry.stored_as,
             entry.md5,
         )
-
 
     def _receipt(self, entry: Entry, outcome: str) -> str:
         """The signed receipt of a verified copy just placed (or found present), kept in the state

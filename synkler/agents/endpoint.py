@@ -14,9 +14,9 @@ from ..errors import Refused
 from ..hops import cleanup, transfer
 from ..state import Entry, State
 from ..text import count, shown, some_entries
+from . import waits
 from .agent import Agent
 from .base import CLEANUP, ENTRY, GIVE_UP_ADVICE, PERSON_REPEAT, RETRY, Cleanup, Done, Jobs, Key, Status, T
-from . import waits
 from .facts import DISK_WAIT, LINK_DOWN, NEEDS_PERSON, needs_person_reason
 from .pools import Pool
 
@@ -149,7 +149,9 @@ class Endpoint(Agent):
         if tries >= self.cfg.max_attempts:
             self.move(entry, self.FAILED, tries=tries, reason=f"{hop}: {why}", **changes)
             advice = GIVE_UP_ADVICE.get(hop, "The data stays where it is.")
-            log.error("%s: %s failed %s, giving up: %s. %s", entry.name, hop, count(tries, "time"), why, advice)
+            log.error(
+                "%s: %s failed %s, giving up: %s. %s", entry.name, hop, count(tries, "time"), why, advice
+            )
             return False
         delay = backoff(tries, cap=self.cfg.retry_max_seconds)
         self.state.update(entry, tries=tries, due=time.time() + delay, reason=f"{hop}: {why}", **changes)

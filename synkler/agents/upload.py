@@ -21,7 +21,6 @@ from ..errors import MessageError, Refused
 from ..hops import transfer
 from ..hops.checksum import EntryStat, md5_entry, stat_entry
 from ..linux.fs import open_for_writing
-from ..text import count, shown, some_entries
 from ..messages import (
     Admit,
     Delivered,
@@ -35,6 +34,7 @@ from ..messages import (
     new_entry_id,
 )
 from ..state import Ended, Entry, State
+from ..text import count, shown, some_entries
 from .base import (
     CENTRAL,
     DOWNLOAD,

@@ -360,7 +360,7 @@ class Broker:
         except (*_PIKA_ERRORS, ValueError, KeyError, TypeError):
             return None
 
-    # presence (synkler.observe.presence, synkler.observe.relayview) -----------------------------------------------
+    # presence (synkler.observe.presence, synkler.observe.relayview) ---------------------------------
 
     def publish_presence(self, report: dict[str, object]) -> None:
         """Replace the agent's record in its holder queue with its presence report (confirmed).

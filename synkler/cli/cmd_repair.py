@@ -8,8 +8,7 @@ import argparse
 import sys
 import time
 
-from ..agents import AGENTS
-from ..agents import waits
+from ..agents import AGENTS, waits
 from ..agents.agent import Agent
 from ..agents.base import RETRY
 from ..config import Config
@@ -17,7 +16,7 @@ from ..errors import ExitStatus, Refused
 from ..service.pidfile import holder
 from ..state import Entry, State
 from ..text import shown
-from .entries import newest, present, short_ids
+from .entries import agent_state, newest, present, short_ids
 
 POLL = 0.1  # seconds between looks for the agent's answer
 
@@ -26,11 +25,10 @@ def cmd_request(cfg: Config, args: argparse.Namespace) -> int:
     """retry, forget or resend: write the request for the running agent to take in its main loop,
     and print its answer."""
     action = args.command
+    cfg = agent_state(cfg)
     cause = getattr(args, "waiting_for", None)
     if cause is not None:  # (the parser makes sure it comes without an entry)
         return _request_waiting(cfg, args, cause)
-    if not cfg.state_db.exists():
-        raise Refused(f"no entry {args.entry!r}: no entries yet ({cfg.mode} agent, state {cfg.state_db})")
     state = State(cfg.state_db)
     try:
         entries = state.all()
@@ -56,8 +54,6 @@ def _request_waiting(cfg: Config, args: argparse.Namespace, cause: str) -> int:
     """retry --waiting [CAUSE]: the agent tries every entry that waits (for CAUSE) now; it picks them
     when it takes the request (synkler.agents.waits)."""
     asked = f"retry the entries waiting for {waits.what(cause)}"
-    if not cfg.state_db.exists():
-        raise Refused(f"nothing waits: no entries yet ({cfg.mode} agent, state {cfg.state_db})")
     state = State(cfg.state_db)
     try:
         with state.transaction():

@@ -13,7 +13,7 @@ from ..errors import ExitStatus
 from ..private import exposed_secrets
 from ..state import Entry, State
 from ..text import shown
-from .entries import iso, newest, present, short_ids
+from .entries import agent_state, iso, newest, present, short_ids
 
 
 def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
@@ -24,6 +24,7 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
 
         return cmd_relay(cfg, as_json=args.json, watch=args.watch, all_finished=args.all)
 
+    cfg = agent_state(cfg)
     entries, latest, signed = _read(cfg, args)
     agent = AGENTS[cfg.mode]
     actions = {e.id: agent.actions(e, latest[e.name] == e.id, present=present(cfg, e)) for e in entries}
@@ -41,8 +42,6 @@ def _read(
 ) -> tuple[list[Entry], dict[str, str], dict[str, dict[str, str]]]:
     """The entries to show, per name the id of its newest version, and with --json each entry's
     receipts (synkler.receipts) by destination."""
-    if not cfg.state_db.exists():
-        return [], {}, {}
     hidden = 0
     signed: dict[str, dict[str, str]] = {}
     state = State(cfg.state_db, readonly=True)

@@ -5,9 +5,28 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 
 from ..config import Config
+from ..config.places import find_state
+from ..errors import NoState
 from ..state import Entry
+from ..text import shown
+
+
+def agent_state(cfg: Config) -> Config:
+    """`cfg` with the state database (and pidfile) of its agent, wherever the agent was run from (by
+    the unit, by hand); refused, saying where it was looked for, when the agent has none."""
+    place = find_state(cfg)
+    for other in place.others:
+        print(
+            f"synkler: note: {shown(str(other))} also holds a state database of this agent (one run "
+            f"from another environment); using {shown(str(place.cfg.state_db))}",
+            file=sys.stderr,
+        )
+    if not place.found:
+        raise NoState(place.missing())
+    return place.cfg
 
 
 def newest(entries: list[Entry]) -> dict[str, str]:

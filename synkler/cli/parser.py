@@ -271,7 +271,9 @@ def _add_config(sub: Commands) -> None:
 
 
 def _add_keygen(sub: Commands) -> None:
-    keygen = _command(sub, "keygen", "download: make the key that signs delivery receipts; print its public key")
+    keygen = _command(
+        sub, "keygen", "download: make the key that signs delivery receipts; print its public key"
+    )
     keygen.add_argument("file", metavar="FILE", help="where to write the private key (never overwritten)")
     keygen.add_argument(
         "--public", action="store_true", help="print the public key of the existing private key FILE"

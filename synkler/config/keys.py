@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -135,17 +136,30 @@ class Key(NamedTuple):
     roles: tuple[str, ...] = MODES  # the modes that read it (docs/configuration.md, "used by")
 
 
+# The state directory of the systemd unit (StateDirectory=synkler): where `status` and the repairs
+# look when they are run from a shell without the unit's $STATE_DIRECTORY.
+UNIT_STATE_DIR = Path("/var/lib/synkler")
+
+
 def _state_dir(ctx: Context) -> Path:
+    return state_dirs(ctx.environ, ctx.home)[0]
+
+
+def state_dirs(environ: Mapping[str, str], home: Path) -> list[Path]:
+    """The directories an agent keeps its state in by default: first the one an agent run in
+    `environ` uses, then the others it may have used when run elsewhere (by the unit, by hand)."""
+    dirs: list[Path] = []
     # systemd's StateDirectory= (the unit's own directory, so no "synkler" below it); it lists one
     # path per StateDirectory= name, separated by ':'.
-    systemd = ctx.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    systemd = environ.get("STATE_DIRECTORY", "").split(":")[0]
     if systemd and os.path.isabs(systemd):
-        return Path(systemd)
+        dirs.append(Path(systemd))
     # XDG says relative values are invalid and must be ignored.
-    xdg = ctx.environ.get("XDG_STATE_HOME", "")
+    xdg = environ.get("XDG_STATE_HOME", "")
     if xdg and os.path.isabs(xdg):
-        return Path(xdg) / "synkler"
-    return ctx.home / ".local" / "state" / "synkler"
+        dirs.append(Path(xdg) / "synkler")
+    dirs += [home / ".local" / "state" / "synkler", UNIT_STATE_DIR]
+    return list(dict.fromkeys(dirs))
 
 
 def _state_file(suffix: str) -> Derived:

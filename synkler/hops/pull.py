@@ -193,7 +193,10 @@ def pull_early(cfg: Config, entry_id: str, path: str, size: int, early: Early) -
         log.info("pulling entry %s early again, from the %d bytes it has", entry_id, early.hashed)
     while not early.fetched.is_set():
         before = early.hashed
-        result = transfer.pull_more(cfg, path, early.local)
+        # The fetch ends a run at once: the run after it appends the rest from the verified copy in
+        # one go, rather than after this one has brought what the file held at its start (for a
+        # big file on a slow link, many seconds in which nothing seemed to happen).
+        result = transfer.pull_more(cfg, path, early.local, cancel=early.fetched)
         # Also what a run cut short appended: the next run, or the one after the fetch, goes on
         # from there.
         if not early.hash_more(size - 1):

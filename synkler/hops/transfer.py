@@ -315,6 +315,7 @@ def _listing(paths: Sequence[str]) -> bytes:
 
 _running: set[subprocess.Popen[bytes]] = set()
 _lock = threading.Lock()
+CANCEL_POLL = 0.1  # seconds between looks at a run's `cancel`
 
 
 def _die_with_agent() -> None:
@@ -332,11 +333,13 @@ def run(
     timeout: float | None = None,
     track: bool = True,
     input: bytes | None = None,
+    cancel: threading.Event | None = None,
 ) -> Result:
     """Run a command to completion, capturing its output; a missing program is a failed Result.
 
     Tracked commands (transfers) are terminated by `terminate_all` when the agent stops; cleanup
-    scripts are not tracked, so a stop never cuts one short.
+    scripts are not tracked, so a stop never cuts one short. `cancel` set ends the command too (a
+    failed Result): looked at every CANCEL_POLL seconds.
     """
     try:
         proc = subprocess.Popen(
@@ -360,16 +363,34 @@ def run(
         with _lock:
             _running.add(proc)
     try:
-        out, _ = proc.communicate(input, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-        text = out.decode("utf-8", "replace") + f"\ntimed out after {timeout} s"
-        return Result(False, -1, text, tuple(argv))
+        out, stopped = _communicate(proc, input, timeout, cancel)
     finally:
         with _lock:
             _running.discard(proc)
+    if stopped:
+        return Result(False, -1, out.decode("utf-8", "replace") + f"\n{stopped}", tuple(argv))
     return Result(proc.returncode == 0, proc.returncode, out.decode("utf-8", "replace"), tuple(argv))
+
+
+def _communicate(
+    proc: subprocess.Popen[bytes], input: bytes | None, timeout: float | None, cancel: threading.Event | None
+) -> tuple[bytes, str]:
+    """The command's output once it ended, and why it was ended ("" if it ended by itself)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        wait = left if cancel is None else min(CANCEL_POLL, CANCEL_POLL if left is None else left)
+        try:
+            out, _ = proc.communicate(input, timeout=wait)
+            return out, ""
+        except subprocess.TimeoutExpired:
+            if cancel is not None and cancel.is_set():
+                # SIGTERM: rsync ends cleanly, and what it appended in place stays.
+                proc.terminate()
+                return proc.communicate()[0], "stopped: no longer needed"
+            if deadline is not None and time.monotonic() >= deadline:
+                proc.kill()
+                return proc.communicate()[0], f"timed out after {timeout} s"
 
 
 def terminate_all() -> None:
@@ -405,13 +426,16 @@ def pull(cfg: Config, remote_dir: str, paths: Sequence[str], local_dir: str) -> 
     return run(rsync_argv(cfg, source, local_dir.rstrip("/") + "/", listed=True), input=_listing(paths))
 
 
-def pull_more(cfg: Config, remote_path: str, local_path: str) -> Result:
+def pull_more(
+    cfg: Config, remote_path: str, local_path: str, cancel: threading.Event | None = None
+) -> Result:
     """central -> download: append to `local_path` what `remote_path` on central has beyond its length.
 
-    A file shorter on central than here is left alone; what a run cut short appended stays.
+    A file shorter on central than here is left alone; what a run cut short appended stays (also
+    when `cancel` ends it).
     """
     try:
-        return run(rsync_argv(cfg, remote(cfg, remote_path), local_path, append=True))
+        return run(rsync_argv(cfg, remote(cfg, remote_path), local_path, append=True), cancel=cancel)
     except OutsideRoot as e:
         return e.result()
 

@@ -31,6 +31,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .. import text
 from ..agents import FACTS
 from ..agents.base import CENTRAL, DOWNLOAD, GIVE_UP_ADVICE, PERSON_REPEAT, Cleanup, Key
 from ..agents.facts import needs_person_reason
@@ -39,16 +40,15 @@ from ..backoff import backoff
 from ..config import Alerts as AlertsConfig
 from ..errors import BrokerError, StateUnavailable
 from ..linux.fs import free_bytes, total_bytes
-from .. import text
 from ..text import again, count, shown
 from .channels import deliver, when_text
 from .hooks import Hook
 
 if TYPE_CHECKING:
     from ..broker.amqp import Broker
-    from .presence import Report
     from ..config import Config
     from ..state import Entry, State
+    from .presence import Report
 
 log = logging.getLogger("synkler")
 
@@ -58,6 +58,7 @@ TAKEN = 5000  # notices taken into one message at most (the rest go in the next)
 HOUR = 3600.0
 STUCK_LISTED = 200  # stuck entries told one by one at most
 ERROR, WARNING = "error", "warning"
+
 
 @dataclass(frozen=True)
 class Condition:
@@ -160,8 +161,7 @@ def _advice(reason: str) -> tuple[str, str]:
             return hop, advice
     return (
         "",
-        "Read the reason and the agent's log, fix the cause, then `synkler retry <entry>` "
-        "(docs/runbook.md).",
+        "Read the reason and the agent's log, fix the cause, then `synkler retry <entry>` (docs/runbook.md).",
     )
 
 
@@ -389,8 +389,7 @@ class Alerts:
 
     def _from_broker(self, now: float, unknown: list[str]) -> list[Condition | None]:
         """Silent peers and dead letters, from what the broker holds (central; download: central)."""
-        from .presence import INTERVAL
-        from .presence import Report
+        from .presence import INTERVAL, Report
 
         assert self.cfg is not None
         if self.role == CENTRAL:

@@ -11,8 +11,8 @@ every reader (`synkler status --relay` through synkler.observe.relayview, `synkl
 reads it with `Report.decode`, the one parser, which trusts nothing in it.
 
 The runtime's loop calls `Presence.tick` after each pass (a report is due every `INTERVAL` s, the
-first right after the agent's start) and `Presence.stopped` at an orderly stop, through its hook
-(`PresenceHook`, synkler.observe.hooks).
+first right after the agent's start, and `PROMPT` s after the last one when the counts changed) and
+`Presence.stopped` at an orderly stop, through its hook (`PresenceHook`, synkler.observe.hooks).
 A report that cannot be built or published is skipped: it never stops the agent, and the
 messages of the outbox went out before it.
 """
@@ -34,9 +34,9 @@ from ..agents.base import PERSON_REPEAT
 from ..errors import BrokerError, PublishRefused
 from ..hops import checksum
 from ..linux.fs import free_bytes, total_bytes
+from ..state import Entry
 from .hooks import Hook
 from .progress import Meter, Progress, arrived
-from ..state import Entry
 
 if TYPE_CHECKING:
     from ..broker.amqp import Broker
@@ -61,6 +61,10 @@ log = logging.getLogger("synkler")
 KIND = "synkler-presence"
 PRESENCE_V = 1
 INTERVAL = 5.0  # seconds between reports
+# Least seconds between two reports when the entries' counts change (an entry arrived, moved on,
+# finished): the relay view is then fresh within about a second (the loop turns at least every
+# 0.5 s), and thousands of entries moving cost at most two reports a second per agent.
+PROMPT = 0.5
 LISTED = 200  # unfinished entries listed in a report at most (the others are counted)
 FINISHED_LISTED = 50  # the latest finished entries listed
 MAX_BYTES = 256 * 1024  # a report bigger than this lists fewer entries (long names, long reasons)
@@ -364,17 +368,27 @@ class Presence:
         self.started = time.time()
         self.meter = Meter()
         self.next = 0.0
+        self.last = float("-inf")  # when the last report was published
+        self._reported: Mapping[str, int] | None = None  # the counts the last report carried
         self._complained = float("-inf")
         self._receiving_dir = self._receiving_place()
 
     # publishing ----------------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        """Publish a report if one is due."""
-        if now < self.next:
+        """Publish a report if one is due: every INTERVAL, and PROMPT after the last one when the
+        counts changed since (read only then: 1 ms with 10,000 entries, twice a second at most)."""
+        if now < self.next and (now < self.last + PROMPT or not self._counts_changed()):
             return
         self.next = now + INTERVAL
+        self.last = now
         self._publish(now, None)
+
+    def _counts_changed(self) -> bool:
+        try:
+            return self.runtime.state.counts() != self._reported
+        except Exception:  # a hook never raises: the report at the interval says what it can
+            return False
 
     def stopped(self, now: float) -> None:
         """The last report, at an orderly stop: says since when the agent is stopped."""
@@ -385,7 +399,9 @@ class Presence:
         if broker is None or not broker.connected:
             return
         try:
-            broker.publish_presence(self.report(now, stopped).encode())
+            report = self.report(now, stopped)
+            self._reported = report.counts
+            broker.publish_presence(report.encode())
         except (BrokerError, PublishRefused) as e:
             # The main loop finds a lost connection itself; a refusal costs only this report.
             log.debug("presence report not published: %s", e)

@@ -14,8 +14,8 @@ from typing import Any
 
 from ..agents import FACTS
 from ..agents.base import Cleanup
-from ..agents.endpoint import RERUN
 from ..agents.central import Mid
+from ..agents.endpoint import RERUN
 from ..agents.facts import LINK_DOWN, NEEDS_PERSON
 from ..text import count, shown
 from .presence import Listed, Report

@@ -28,8 +28,8 @@ from ..private import AGENT_UMASK
 
 if TYPE_CHECKING:
     from ..config import Config
-    from .pidfile import Pidfile
     from ..runtime.loop import Runtime
+    from .pidfile import Pidfile
 
 log = logging.getLogger("synkler")
 

@@ -8,8 +8,8 @@ A text line reads ``2026-12-02 10:00:00,123 upload[lab-a@lab,pid=4321] WARNING d
 role, agent name, instance id and process id, level, message. The id and pid tell apart agents that
 share a log file: two instances' agents of one name, or a standby and the working agent (a
 standby's "stopped" is not the working agent's). The prefix holds no space, so the level stays the
-fourth word, right before the message, and ``grep ' ERROR '`` or ``awk '{print $4}'`` keep working. A JSON line
-(``log_format: json``) is one object: time, level, role, agent, id, pid, entry, logger, message
+fourth word, right before the message, and ``grep ' ERROR '`` or ``awk '{print $4}'`` keep working.
+A JSON line (``log_format: json``) is one object: time, level, role, agent, id, pid, entry, logger, message
 (and exception).
 
 The entry of a line: agent log calls about one entry start with ``"%s: "`` and pass the entry's
@@ -29,6 +29,7 @@ from typing import Any, TextIO
 from ..text import shown
 
 PIKA = "pika"  # the one library whose own log lines can be asked for: --debug=pika
+
 
 class Agent:
     """Whom the log lines speak for: the role and agent name once the configuration is loaded."""

@@ -130,12 +130,15 @@ def test_a_presence_report_written_by_another_login_is_not_shown_as_the_agents(r
     conn = connect(private_rabbit, "mallory", "mallory-pw")
     try:
         forged = {"host": "forged-central", "role": "central", "name": "central", "at": 0, "entries": []}
-        assert refused(
-            conn,
-            lambda ch: ch.basic_publish(
-                presence_exchange(relay.instance), "central", json.dumps(forged).encode(), mandatory=True
-            ),
-        ) == 0
+        assert (
+            refused(
+                conn,
+                lambda ch: ch.basic_publish(
+                    presence_exchange(relay.instance), "central", json.dumps(forged).encode(), mandatory=True
+                ),
+            )
+            == 0
+        )
     finally:
         conn.close()
     shown = status_relay(relay, "download")

@@ -190,11 +190,11 @@ def test_a_missing_config_file_given_with_c_exits_2_naming_it(synkler, tmp_path)
     assert "no such file" in lines[0]
 
 
-def test_synkler_conf_in_the_environment_is_used_when_no_c_is_given(synkler, config, env):
+def test_synkler_conf_in_the_environment_is_used_when_no_c_is_given(synkler, config, env, recorded):
     env["SYNKLER_CONF"] = str(config)
     result = synkler("status", "--json")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == []
+    assert [row["id"] for row in json.loads(result.stdout)] == [e.id for e in recorded]
 
 
 def test_no_config_anywhere_exits_2(synkler, tmp_path):
@@ -210,19 +210,26 @@ def test_no_config_anywhere_exits_2(synkler, tmp_path):
 # status
 
 
-def test_status_on_a_fresh_agent_says_there_are_no_entries(synkler, config, settings):
-    result = synkler("-c", str(config), "status")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("no entries")
-    assert "central" in result.stdout
-    assert result.stderr == ""
+@pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["resend", "x.dat"]])
+def test_status_and_repairs_of_an_agent_that_never_ran_fail_saying_where_they_looked(
+    synkler, config, settings, command
+):
+    # Not "no entries": that reads as an empty relay when the database is only elsewhere.
+    result = synkler("-c", str(config), *command)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert f"no state database of the central agent of {config} at {settings['state_db']}: " in line
+    assert "has the agent run" in line
     assert not Path(settings["state_db"]).exists()  # looking does not create the database
 
 
-def test_status_json_on_a_fresh_agent_prints_an_empty_array(synkler, config):
-    result = synkler("-c", str(config), "status", "--json")
+def test_status_of_an_agent_without_entries_says_so(synkler, config, settings):
+    State(settings["state_db"]).close()
+    result = synkler("-c", str(config), "status")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == []
+    assert result.stdout.startswith("no entries (central agent")
+    assert json.loads(synkler("-c", str(config), "status", "--json").stdout) == []
 
 
 @pytest.fixture
@@ -394,7 +401,7 @@ def test_the_password_comes_from_the_environment_only_when_the_config_names_none
 
 
 def test_a_config_holding_a_password_others_can_read_is_a_warn_line_in_check_and_a_warning_in_status(
-    synkler, settings, write_config
+    synkler, settings, write_config, recorded
 ):
     config = write_config(dict(settings, broker_password="s3cret"))
     config.chmod(0o644)
@@ -489,13 +496,15 @@ def test_run_while_another_agent_holds_the_pidfile_says_so_with_v(synkler, confi
 # habits: options after the command, a closed pipe, help
 
 
-def test_global_options_after_the_command_work_as_before_it(synkler, config, settings, held_pidfile):
+def test_global_options_after_the_command_work_as_before_it(
+    synkler, config, settings, held_pidfile, recorded
+):
     result = synkler("run", "-v", "-c", str(config))
     assert result.returncode == 0, result.stderr
     assert "already running" in result.stderr  # -v after the command was heard
     result = synkler("status", "--json", "-c", str(config))
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == []
+    assert len(json.loads(result.stdout)) == len(recorded)
 
 
 def test_a_log_line_names_the_agent_it_comes_from(synkler, config, held_pidfile):
@@ -637,8 +646,7 @@ def test_config_migrate_writes_a_yaml_config_the_agent_loads(synkler, old_conf, 
     assert result.stdout == ""
     assert "Traceback" not in result.stderr
     status = synkler("status", "--json", "-c", str(new))
-    assert status.returncode == 0, status.stderr
-    assert json.loads(status.stdout) == []
+    assert "no state database of the upload agent" in status.stderr  # loaded: only the agent never ran
     # Printed, it is the same text; and an existing file is never overwritten.
     printed = synkler("config", "migrate", str(old_conf))
     assert printed.returncode == 0, printed.stderr

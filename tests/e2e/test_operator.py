@@ -239,4 +239,7 @@ def test_a_failed_cleanup_script_is_run_again_on_request(make_relay):
     # Done now: a retry does not apply, and the command says why without asking the agent.
     again = synkler(relay, "upload", "retry", "once.txt")
     assert again.returncode == 1
-    assert "cannot retry: it is done: only a failed or waiting entry or cleanup script can be retried" in again.stderr
+    assert (
+        "cannot retry: it is done: only a failed or waiting entry or cleanup script can be retried"
+        in again.stderr
+    )

@@ -532,6 +532,40 @@ def test_an_early_copy_gone_bad_is_dropped_and_the_file_pulled_whole(make_relay)
     assert "download got md5" not in relay.log_path("central").read_text()
 
 
+def logged_at(log: str, text: str) -> float:
+    """The time of the first line of an agent's log that ends with `text`."""
+    for line in log.splitlines():
+        if line.endswith(text):
+            return time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")) + int(line[20:23]) / 1000
+    raise AssertionError(f"no line ending with {text!r} in\n{log}")
+
+
+def test_download_pulls_a_big_file_at_once_when_central_has_verified_it(make_relay, sshd):
+    # Download's link is slower than upload's (about 10 s of pushing): when the fetch comes,
+    # download's early pull is in the middle of a run that would go on for many seconds, bringing
+    # only what the file held when that run began. The fetch ends that run (what it appended stays)
+    # and the last run, from the verified copy, starts at once.
+    relay = make_relay(
+        upload={"rsync_opts": [*sshd.rsync_opts(), "--bwlimit=7000"]},  # KiB/s
+        download={"rsync_opts": [*sshd.rsync_opts(), "--bwlimit=2500"]},
+    )
+    big = relay.workdir / "big.bin"
+    write_random(big, 70 << 20)  # big enough to be pulled early (hops.follow.EARLY_MIN)
+    md5 = md5_entry(big)
+    relay.start()
+    os.rename(big, relay.dirs["upload"] / "big.bin")
+    deliver(relay, {"big.bin": md5}, timeout=120)
+    log = relay.log_path("download").read_text()
+    assert "early, while upload pushes it" in log
+    verified = logged_at(
+        relay.log_path("central").read_text(),
+        f"big.bin: md5 verified at central ({md5}); download may fetch it",
+    )
+    pulling = logged_at(log, "big.bin: pulling from central")
+    # Was mostly 10-25 s here (the early run went on to its end); a fetch and a pass take under 1 s.
+    assert 0 <= pulling - verified < 4, pulling - verified
+
+
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 def test_download_restarted_during_an_early_pull_keeps_what_it_had_and_resumes(make_relay, sshd, how):
     # Download pulls a big file while upload pushes it (slowly), and is stopped halfway, before the

@@ -13,9 +13,11 @@ import subprocess
 import sys
 
 import pexpect
-from support.relay_helpers import TOOLS, deliver, write_random
+from support.relay_helpers import TOOLS, deliver, place, write_random
 
 from synkler.broker.amqp import Broker
+from synkler.cli.relay import collect
+from synkler.config import load_config
 from synkler.errors import BrokerError
 from synkler.hops.checksum import md5_entry
 
@@ -145,6 +147,37 @@ def test_the_relay_view_from_each_host_shows_every_agent_and_where_a_slow_entry_
     # With -v, a transfer of more than a few seconds logs how far it got.
     assert "big.bin: arriving from upload: " in relay.log_path("central").read_text()
     assert "big.bin: pulling from central: " in relay.log_path("download").read_text()
+
+
+FINISHED_AT = {"upload": "done", "central": "delivered", "download": "done"}
+
+
+def test_each_agent_reports_a_delivery_within_a_second_of_its_own_change(make_relay):
+    # The reports go every 5 s; a change of an agent's counts is reported PROMPT (0.5 s) after its
+    # last report at the latest. Measured on the agents' own clocks (the report's time against the
+    # entry's last change in that agent's database), so a slow reader cannot make it flake.
+    relay = make_relay()
+    relay.start()
+    cfg = load_config(relay.configs["download"], check_dirs=False)
+    relay.wait_for("every agent to report", lambda: all_running(collect(cfg)), 30)
+    for name in ("one.txt", "two.txt", "three.txt"):
+        place(relay.dirs["upload"], name, name.encode() * 100)
+        seen: dict[str, float] = {}  # role -> time of the first report showing it finished there
+
+        def reported_everywhere(name: str = name, seen: dict[str, float] = seen) -> bool:
+            view = collect(cfg)
+            entry = next((e for e in view["entries"] if e["name"] == name), None)
+            for role, at in (entry or {}).get("roles", {}).items():
+                if at["state"] == FINISHED_AT[role]:
+                    seen.setdefault(role, agents(view)[role]["heard"])
+            return len(seen) == 3
+
+        relay.wait_for(f"the view to show {name} finished at every role", reported_everywhere, 30)
+        for role in ROLES:
+            [changed] = [e.updated for e in relay.entries(role) if e.name == name]
+            assert seen[role] - changed < 1.0, (name, role, seen[role] - changed)
+    # And the command shows it so, at once.
+    assert view_of(relay, "upload")["verdict"] == "all flowing, nothing in flight"
 
 
 def test_entries_an_operator_forgot_are_finished_in_the_view_not_in_flight(make_relay):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 import random
 
-from support import faultkit
 import pytest
+from support import faultkit
 
 
 def pytest_configure(config):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from support import faultkit
 import pytest
+from support import faultkit
 from support.faultkit import (
     build_workload,
     common_settings,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import shlex
 import sys
 
-from support import faultkit
 import pytest
+from support import faultkit
 from support.faultkit import build_workload, common_settings, verdict, wait_settled
 from support.relay_helpers import TOOLS
 

@@ -18,9 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from support import faultkit
 import pytest
 import yaml
+from support import faultkit
 from support.faultkit import build_workload, common_settings, delivered_count, verdict, wait_settled
 
 from synkler.hops.checksum import md5_entry

@@ -9,9 +9,9 @@ import json
 import os
 import time
 
-from support import faultkit
 import pika
 import pytest
+from support import faultkit
 from support.faultkit import build_workload, common_settings, verdict, wait_settled
 from support.relay_helpers import every_log_says
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from support import faultkit
 import pytest
+from support import faultkit
 from support.faultkit import build_workload, common_settings, flow_for, verdict, wait_settled
 
 

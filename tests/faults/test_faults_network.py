@@ -7,9 +7,17 @@ import dataclasses
 import re
 import time
 
-from support import faultkit
 import pytest
-from support.faultkit import build_workload, common_settings, flow_for, proxied_rsh, tree_size, verdict, wait_settled
+from support import faultkit
+from support.faultkit import (
+    build_workload,
+    common_settings,
+    flow_for,
+    proxied_rsh,
+    tree_size,
+    verdict,
+    wait_settled,
+)
 from support.netproxy import NetProxy
 
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from support.relay_helpers import write_random
-
 from synkler.hops.checksum import md5_entry
 
 TALLY = {

@@ -166,7 +166,8 @@ def test_more_bytes_than_offered_seen_while_arriving_fail_the_entry_and_are_disc
     assert entry.state == "failed"
     assert (
         entry.reason
-        == "upload to central: 24 bytes pushed (seen while it arrived), more than the 4 offered: discarded, never stored"
+        == "upload to central: 24 bytes pushed (seen while it arrived), more than the 4 offered: "
+        "discarded, never stored"
     )
     assert not Path(r.agent.spool.staged(e)).exists()
     (failed,) = [m for to, m in r.sent() if isinstance(m, Failed) and to == "lab-a"]
@@ -185,7 +186,8 @@ def test_more_bytes_than_offered_found_at_verification_are_never_stored(tmp_path
     entry = r.entry(e.id)
     assert (entry.state, entry.reason) == (
         "failed",
-        "upload to central: 24 bytes pushed (found when it was verified), more than the 4 offered: discarded, never stored",
+        "upload to central: 24 bytes pushed (found when it was verified), more than the 4 offered: "
+        "discarded, never stored",
     )
     assert not path.exists() and not Path(r.agent.spool.stored(e.id)).exists()
 

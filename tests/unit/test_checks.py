@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from synkler.cli import checks
-from synkler.observe.presence import Report
 from synkler.config import parse_config
+from synkler.observe.presence import Report
 
 
 def cfg_of(tmp_path: Path, **settings):

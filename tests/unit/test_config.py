@@ -856,3 +856,40 @@ def test_an_rrsync_root_must_be_an_absolute_directory_spelled_one_way(parse, roo
 
 def test_an_rrsync_root_is_kept_without_its_trailing_slash(parse) -> None:
     assert parse(rrsync_root="/srv/synkler/lab/").rrsync_root == "/srv/synkler/lab"
+
+
+def test_status_finds_the_database_the_unit_made_from_a_shell_without_its_environment(
+    parse, home: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from synkler.config import keys
+    from synkler.config.places import find_state
+
+    unit = tmp_path / "var" / "lib" / "synkler"
+    monkeypatch.setattr(keys, "UNIT_STATE_DIR", unit)
+    cfg = parse()  # a root shell: no $STATE_DIRECTORY
+    place = find_state(cfg, environ={}, home=home)
+    assert not place.found
+    mine = home / ".local" / "state" / "synkler" / "default-upload.sqlite"
+    assert place.looked == (mine, unit / "default-upload.sqlite")
+    assert f"at {mine} nor {unit / 'default-upload.sqlite'}: has the agent run" in place.missing()
+
+    unit.mkdir(parents=True)
+    (unit / "default-upload.sqlite").touch()
+    place = find_state(cfg, environ={}, home=home)
+    assert place.cfg.state_db == unit / "default-upload.sqlite"
+    assert place.cfg.pidfile == unit / "default-upload.pid"  # where the unit's agent holds it
+    assert place.others == ()
+
+    mine.parent.mkdir(parents=True)
+    mine.touch()  # an agent once run by hand from this shell: its own place first, the other told
+    place = find_state(cfg, environ={}, home=home)
+    assert place.cfg.state_db == mine and place.others == (unit / "default-upload.sqlite",)
+
+
+def test_a_state_db_set_in_the_configuration_is_the_only_place_looked_at(parse, tmp_path: Path) -> None:
+    from synkler.config.places import find_state
+
+    cfg = parse(state_db=str(tmp_path / "db.sqlite"))
+    place = find_state(cfg, environ={}, home=tmp_path)
+    assert place.looked == (tmp_path / "db.sqlite",) and not place.found
+    assert "state_db in the configuration" not in place.missing()

@@ -20,19 +20,18 @@ from pathlib import Path
 import pytest
 from support.fakes import Role
 
+from synkler import messages
 from synkler.agents import AGENTS
 from synkler.agents.base import Cleanup
 from synkler.agents.pools import Pool
 from synkler.agents.staged import Checked
-from synkler.hops.pull import Mismatch, NotPulled, PullRun, Verified
 from synkler.agents.upload import Hashed
 from synkler.errors import Interrupted
 from synkler.hops import checksum
 from synkler.hops.checksum import EntryStat, md5_entry, stat_entry
 from synkler.hops.cleanup import script_status
+from synkler.hops.pull import Mismatch, NotPulled, PullRun, Verified
 from synkler.hops.transfer import Result
-from synkler import messages
-from synkler.observe import alerts
 from synkler.messages import (
     Admit,
     Corrupt,
@@ -47,6 +46,7 @@ from synkler.messages import (
     Wait,
     Withdraw,
 )
+from synkler.observe import alerts
 from synkler.state import Entry
 
 MD5 = "a" * 32

@@ -17,10 +17,10 @@ from support.fakes import Role
 from synkler.agents.base import ENTRY as ENTRY_KEY
 from synkler.agents.base import Key
 from synkler.agents.download import EARLY_KEEP, EARLY_MAX
-from synkler.hops.pull import Early
 from synkler.errors import Interrupted
 from synkler.hops import transfer
 from synkler.hops.checksum import STOPPING
+from synkler.hops.pull import Early
 from synkler.hops.transfer import Result
 from synkler.messages import Fetch, Pushing
 
@@ -74,7 +74,7 @@ class Central:
     once: set[str] = field(default_factory=set)  # files gone after one run (a push that ends)
     appended_from: list[int] = field(default_factory=list)  # the length of download's copy at each run
 
-    def pull_more(self, _cfg: object, remote: str, local: str) -> Result:
+    def pull_more(self, _cfg: object, remote: str, local: str, cancel: object = None) -> Result:
         if remote not in self.files:
             return Result(False, 23, f'rsync: [sender] link_stat "{remote}" failed: No such file (2)\n')
         have = os.path.getsize(local) if os.path.exists(local) else 0

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.fakes import Role
 from hypothesis import given
 from hypothesis import strategies as st
+from support.fakes import Role
 from support.strategies import FIELDS, HEX, json_values, near_wire
 
 from synkler import messages

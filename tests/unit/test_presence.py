@@ -9,8 +9,8 @@ import os
 import pytest
 from support.fakes import central_runtime
 
-from synkler.observe import presence, relayview
 from synkler.errors import BrokerError, PublishRefused
+from synkler.observe import presence, relayview
 from synkler.state import Entry
 
 NOW = 1_800_000_000.0
@@ -135,6 +135,26 @@ def test_a_report_is_published_every_interval_and_once_more_at_a_stop(rt):
     rt.presence.stopped(NOW + 6)
     assert [r["at"] for r in broker.reports] == [NOW, NOW + presence.INTERVAL, NOW + 6]
     assert broker.reports[-1]["stopped"] == NOW + 6
+
+
+def test_a_change_of_the_counts_is_reported_within_a_second_and_at_most_twice_a_second(rt):
+    broker = rt.broker
+    rt.presence.tick(NOW)
+    rt.presence.tick(NOW + 0.6)  # nothing changed: the next report is the interval's
+    assert [r["at"] for r in broker.reports] == [NOW]
+    add(rt, 1, "delivered")
+    rt.presence.tick(NOW + 0.7)
+    assert [r["at"] for r in broker.reports] == [NOW, NOW + 0.7]
+    assert broker.reports[-1]["counts"] == {"delivered": 1}
+    # Thousands of entries moving, a pass every 0.1 s: a report every PROMPT at most.
+    for i in range(1, 20):
+        add(rt, 1, "delivered", start=i)
+        rt.presence.tick(NOW + 0.7 + i / 10)
+    times = [r["at"] for r in broker.reports[1:]]
+    assert all(b - a >= presence.PROMPT - 1e-6 for a, b in zip(times, times[1:]))
+    assert len(times) == 4 and broker.reports[-1]["counts"] == {"delivered": 16}
+    rt.presence.tick(NOW + 2.7)  # the last changes too, PROMPT after the last report
+    assert broker.reports[-1]["counts"] == {"delivered": 20}
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,16 @@ from __future__ import annotations
 import os
 
 from synkler.hops import checksum
-from synkler.observe.progress import EVERY, LONG, Meter, Progress, arrived, duration_text, rate_and_eta, size_text
+from synkler.observe.progress import (
+    EVERY,
+    LONG,
+    Meter,
+    Progress,
+    arrived,
+    duration_text,
+    rate_and_eta,
+    size_text,
+)
 
 
 def test_rate_and_eta_need_two_samples_apart_in_time():

@@ -273,7 +273,14 @@ def test_a_fetch_naming_the_instances_store_under_another_directory_is_refused(t
     r = Role("download", tmp_path)
     entry_id = new_entry_id()
     fetch = Fetch(
-        entry_id, "central", name="x", kind="file", size=1, files=1, md5=MD5, attempt=1,
+        entry_id,
+        "central",
+        name="x",
+        kind="file",
+        size=1,
+        files=1,
+        md5=MD5,
+        attempt=1,
         path=f"/tmp/planted/lab/stored/{entry_id}",
     )
     with pytest.raises(MessageError, match="fetch: path"):

@@ -13,9 +13,9 @@ from support.fakes import Role
 from synkler.agents.base import Cleanup
 from synkler.cli.cmd_repair import resolve
 from synkler.cli.entries import short_ids
-from synkler.hops.pull import NotPulled, PullRun
 from synkler.errors import MessageError, Refused
 from synkler.hops.checksum import md5_entry, stat_entry
+from synkler.hops.pull import NotPulled, PullRun
 from synkler.hops.transfer import Result
 from synkler.messages import Admit, Forget, Message, Offer, Pushing, Sent, Withdraw
 from synkler.state import Entry

@@ -6,9 +6,9 @@ import pytest
 from support.fakes import central_runtime
 
 from synkler import messages
-from synkler.runtime import consumer, inbox, outbox
 from synkler.errors import AgentActive, BrokerError, ExitStatus, PublishRefused
 from synkler.observe.hooks import Hook
+from synkler.runtime import consumer, inbox, outbox
 from synkler.runtime.loop import Runtime
 
 

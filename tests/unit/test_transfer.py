@@ -140,6 +140,25 @@ def test_run_reports_a_failing_exit_status_with_the_last_output_lines():
     assert result.summary() == "exit 23: a / b"
 
 
+def test_a_run_ends_when_it_is_no_longer_needed_with_what_it_said_so_far():
+    # download's early pull: the fetch ends the run that would go on pulling (here: for an hour).
+    cancel = threading.Event()
+    code = "import sys, time; print('appended 8 MB', flush=True); time.sleep(3600)"
+    threading.Timer(0.3, cancel.set).start()
+    result = run([sys.executable, "-c", code], cancel=cancel)
+    assert not result.ok
+    assert "appended 8 MB" in result.output and result.output.endswith("stopped: no longer needed")
+
+
+def test_a_run_with_a_cancel_never_set_ends_as_it_would_without(tmp_path: Path):
+    result = run(
+        [sys.executable, "-c", "import time; time.sleep(0.3); print('done')"], cancel=threading.Event()
+    )
+    assert result.ok and result.output == "done\n"
+    late = run([sys.executable, "-c", "import time; time.sleep(3600)"], timeout=0.3, cancel=threading.Event())
+    assert not late.ok and late.output.endswith("timed out after 0.3 s")
+
+
 def test_run_reports_a_missing_program_as_exit_127_naming_it(tmp_path: Path):
     missing = str(tmp_path / "no-such-rsync")
     result = run([missing, "--version"])
