@@ -22,13 +22,16 @@ import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .errors import MessageError
+
+if TYPE_CHECKING:
+    from .state import Entry
 
 VERSION = 1
 MAX_TOKEN = 4096  # characters of a signed receipt: a few hundred in practice, with two 255-byte names
@@ -60,6 +63,32 @@ class Receipt:
     placed_at: float  # when the copy was placed (or found present), seconds since the epoch
     stored_as: str  # the name it has in download's file_dir
     outcome: str  # "placed" | "present" (already there with the same md5)
+
+
+def for_entry(
+    instance: str,
+    entry: Entry,
+    destination: str,
+    stored_as: str,
+    *,
+    placed_at: float = 0.0,
+    outcome: str = "",
+) -> Receipt:
+    """The receipt of `entry`'s delivery to `destination` as its agent's state knows the entry. A
+    checker leaves `placed_at` and `outcome` empty: `mismatch` does not compare them."""
+    return Receipt(
+        instance=instance,
+        entry=entry.id,
+        name=entry.name,
+        kind=entry.kind,
+        size=entry.size,
+        files=entry.files,
+        md5=entry.known_md5(),
+        destination=destination,
+        placed_at=placed_at,
+        stored_as=stored_as,
+        outcome=outcome,
+    )
 
 
 def _name_out(name: str) -> Name:

@@ -286,19 +286,7 @@ class Central(Agent):
     def _expected(
         self, entry: Entry, destination: str, stored_as: str, outcome: str = ""
     ) -> receipts.Receipt:
-        return receipts.Receipt(
-            instance=self.cfg.id,
-            entry=entry.id,
-            name=entry.name,
-            kind=entry.kind,
-            size=entry.size,
-            files=entry.files,
-            md5=entry.known_md5(),
-            destination=destination,
-            placed_at=0.0,
-            stored_as=stored_as,
-            outcome=outcome,
-        )
+        return receipts.for_entry(self.cfg.id, entry, destination, stored_as, outcome=outcome)
 
     def on_corrupt(self, msg: Corrupt) -> None:
         entry = self.entry_for(msg, DOWNLOAD)

@@ -442,18 +442,9 @@ class Download(Endpoint):
         with the entry's change; "" without a receipt_key."""
         if self.receipt_key is None:
             return ""
-        receipt = receipts.Receipt(
-            instance=self.cfg.id,
-            entry=entry.id,
-            name=entry.name,
-            kind=entry.kind,
-            size=entry.size,
-            files=entry.files,
-            md5=entry.known_md5(),
-            destination=self.name,
-            placed_at=time.time(),
-            stored_as=entry.stored_as or entry.name,
-            outcome=outcome,
+        stored_as = entry.stored_as or entry.name
+        receipt = receipts.for_entry(
+            self.cfg.id, entry, self.name, stored_as, placed_at=time.time(), outcome=outcome
         )
         token = receipts.sign(receipt, self.receipt_key)
         self.state.put_receipt(entry.id, self.name, token)

@@ -457,19 +457,7 @@ class Upload(Endpoint):
             raise receipts.ReceiptError(f"delivered for entry {entry.id} without a receipt: not believed")
         if entry.md5 is None:
             raise receipts.ReceiptError(f"delivered for entry {entry.id}, which upload has not hashed yet")
-        expected = receipts.Receipt(
-            instance=self.cfg.id,
-            entry=entry.id,
-            name=entry.name,
-            kind=entry.kind,
-            size=entry.size,
-            files=entry.files,
-            md5=entry.md5,
-            destination=DOWNLOAD,
-            placed_at=0.0,
-            stored_as=msg.stored_as,
-            outcome="",
-        )
+        expected = receipts.for_entry(self.cfg.id, entry, DOWNLOAD, msg.stored_as)
         receipts.check(msg.receipt, self.download_key, expected)
 
     def on_failed(self, msg: Failed) -> None:

@@ -27,8 +27,8 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import text
@@ -496,11 +496,6 @@ class Alerts:
             delay,
             again(failures),
         )
-
-
-def describe(conditions: Iterable[Condition]) -> list[dict[str, Any]]:
-    """Conditions as dicts (for tests and status)."""
-    return [asdict(c) for c in conditions]
 
 
 class AlertsHook(Hook):
