@@ -19,8 +19,8 @@ from pathlib import Path
 
 from .. import receipts
 from ..config import KEYS, Config, ignored_keys
-from ..observe.presence import Report
 from ..observe.progress import size_text
+from ..observe.report import Report
 from ..text import count, shown
 
 OK, WARN, FAIL = "ok", "WARN", "FAIL"

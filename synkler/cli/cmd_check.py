@@ -13,8 +13,8 @@ from ..errors import BrokerError, ExitStatus, StateError
 from ..hops import transfer
 from ..linux.fs import free_bytes, total_bytes
 from ..messages import confined
-from ..observe.presence import Report
 from ..observe.progress import size_text
+from ..observe.report import Report
 from ..private import exposed_secrets
 from ..state import State
 from ..text import shown

@@ -13,8 +13,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BrokerError, ExitStatus
-from ..observe.presence import Report
 from ..observe.relayview import assemble, render
+from ..observe.report import Report
 from ..text import shown
 
 if TYPE_CHECKING:

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from ..broker.amqp import Broker
     from ..config import Config
     from ..state import Entry, State
-    from .presence import Report
+    from .report import Report
 
 log = logging.getLogger("synkler")
 
@@ -389,7 +389,7 @@ class Alerts:
 
     def _from_broker(self, now: float, unknown: list[str]) -> list[Condition | None]:
         """Silent peers and dead letters, from what the broker holds (central; download: central)."""
-        from .presence import INTERVAL, Report
+        from .report import INTERVAL, Report
 
         assert self.cfg is not None
         if self.role == CENTRAL:

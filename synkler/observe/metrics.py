@@ -33,7 +33,7 @@ from .hooks import Hook
 
 if TYPE_CHECKING:
     from ..config import Config
-    from .presence import Figures
+    from .report import Figures
 
 log = logging.getLogger("synkler")
 

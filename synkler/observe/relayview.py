@@ -1,6 +1,6 @@
 """The whole relay seen from any host: what `synkler status --relay` shows (synkler.cli.relay).
 
-Assembled from what the agents report through the broker (synkler.observe.presence.Report) and what
+Assembled from what the agents report through the broker (synkler.observe.report.Report) and what
 the broker tells of their queues; no other connection. Everything here is pure: `assemble` joins the
 reports into the view, `problems` and `verdict` judge it, `render` writes it for a person. The JSON
 view (`assemble`'s result, version `VIEW_V`) is documented in docs/status.md ("The JSON view").
@@ -18,8 +18,8 @@ from ..agents.central import Mid
 from ..agents.endpoint import RERUN
 from ..agents.facts import LINK_DOWN, NEEDS_PERSON
 from ..text import count, shown
-from .presence import Listed, Report
 from .progress import Progress, duration_text, size_text
+from .report import Listed, Report
 
 VIEW_V = 1
 ROLES = ("upload", "central", "download")

@@ -15,7 +15,7 @@ from synkler.config import parse_config
 from synkler.errors import ConfigError
 from synkler.observe import alerts, channels
 from synkler.observe.alerts import Alerts, Condition, changes, due_at, free_at, message
-from synkler.observe.presence import Report
+from synkler.observe.report import Report
 from synkler.state import Entry, State
 
 BASE = {"mode": "central", "file_dir": "/tmp", "synkler_server": "central.example"}

@@ -9,7 +9,7 @@ import pytest
 
 from synkler.cli import checks
 from synkler.config import parse_config
-from synkler.observe.presence import Report
+from synkler.observe.report import Report
 
 
 def cfg_of(tmp_path: Path, **settings):

@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from synkler.config import parse_config
 from synkler.observe.metrics import HopClock, Metrics
-from synkler.observe.presence import Disk, Figures
+from synkler.observe.report import Disk, Figures
 from synkler.state import Entry
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from synkler.observe.presence import Report
 from synkler.observe.relayview import assemble, render
+from synkler.observe.report import Report
 
 NOW = 1_800_000_000.0
 AGENTS = [("upload", "upload"), ("central", "central"), ("download", "download")]

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from synkler.agents.upload import push_count
 from synkler.observe import alerts
-from synkler.observe.presence import Report
+from synkler.observe.report import Report
 from synkler.state import Entry
 from synkler.text import again, count, some_entries
 
