@@ -18,7 +18,7 @@ from typing import Any, Callable
 import pytest
 import yaml
 
-from synkler import __version__
+from synkler import __version__, receipts
 from synkler.service.pidfile import Pidfile, read_pid
 from synkler.state import Entry, State
 
@@ -403,7 +403,10 @@ def test_the_password_comes_from_the_environment_only_when_the_config_names_none
 def test_a_config_holding_a_password_others_can_read_is_a_warn_line_in_check_and_a_warning_in_status(
     synkler, settings, write_config, recorded
 ):
-    config = write_config(dict(settings, broker_password="s3cret"))
+    # Receipts pinned and a state database there, so that the password is the only thing to warn of.
+    pinned = receipts.public_text(receipts.new_key())
+    config = write_config(dict(settings, broker_password="s3cret", download_public_key=pinned))
+    State(Path(settings["state_db"])).close()
     config.chmod(0o644)
     result = synkler("-c", str(config), "check")
     warns = [line for line in result.stdout.splitlines() if line.startswith("WARN")]
