@@ -26,7 +26,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
-from .amqp import broker_user, exchange_name, presence_exchange
+from .names import broker_user, exchange_name, presence_exchange
 
 
 class Permissions(NamedTuple):

@@ -7,7 +7,7 @@ import argparse
 import secrets
 import shlex
 
-from ..broker.amqp import broker_user
+from ..broker.names import broker_user
 from ..broker.users import commands
 from ..config import Config
 from ..errors import ExitStatus

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Callable
 
 from ..agents.base import PERSON_REPEAT
 from ..backoff import backoff
-from ..broker.amqp import PEERS, Broker, BrokerParams, queue_name
+from ..broker.amqp import Broker, BrokerParams
+from ..broker.names import PEERS, queue_name
 from ..errors import AgentActive, BrokerError
 from ..observe.hooks import Hook
 from ..text import again

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal
 
 from .. import messages
 from ..agents.agent import Agent
-from ..broker.amqp import broker_user
+from ..broker.names import broker_user
 from ..errors import MessageError, NotYet, StateUnavailable
 from ..state import State
 

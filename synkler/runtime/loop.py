@@ -29,7 +29,8 @@ from .. import places
 from ..agents.agent import Agent
 from ..agents.base import CENTRAL, PERSON_REPEAT, Done, Key
 from ..agents.pools import Pool
-from ..broker.amqp import Broker, Delivery, exchange_name
+from ..broker.amqp import Broker, Delivery
+from ..broker.names import exchange_name
 from ..errors import BrokerError, ExitStatus, StateUnavailable
 from ..hops import checksum, transfer
 from ..linux.sdnotify import Notifier

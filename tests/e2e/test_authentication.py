@@ -14,7 +14,7 @@ from support.authrelay import UPLOAD, connect
 from support.relay_helpers import deliver, place
 
 from synkler import messages
-from synkler.broker.amqp import broker_user, dead_name, exchange_name, queue_name
+from synkler.broker.names import broker_user, dead_name, exchange_name, queue_name
 from synkler.devkit.localrelay import LocalRelay
 
 

@@ -17,7 +17,7 @@ import pytest
 from support.relay_helpers import deliver, place, tree_listing
 
 from synkler import messages
-from synkler.broker.amqp import exchange_name
+from synkler.broker.names import exchange_name
 from synkler.config import load_config
 from synkler.devkit.localrelay import LocalRelay
 from synkler.hops import transfer

@@ -22,16 +22,8 @@ import pytest
 from support.authrelay import UPLOAD, connect
 from support.relay_helpers import deliver, place
 
-from synkler.broker.amqp import (
-    DEAD_ARGUMENTS,
-    DEAD_MAX_BYTES,
-    Broker,
-    BrokerParams,
-    dead_name,
-    exchange_name,
-    holder_name,
-    presence_exchange,
-)
+from synkler.broker.amqp import DEAD_ARGUMENTS, Broker, BrokerParams
+from synkler.broker.names import DEAD_MAX_BYTES, dead_name, exchange_name, holder_name, presence_exchange
 from synkler.config import load_config
 from synkler.devkit.localrelay import LocalRelay
 

@@ -22,7 +22,7 @@ from support.authrelay import Attacker, connect
 from support.relay_helpers import deliver, place
 
 from synkler import messages, receipts
-from synkler.broker.amqp import broker_user, exchange_name
+from synkler.broker.names import broker_user, exchange_name
 from synkler.devkit.localrelay import LocalRelay
 from synkler.hops.checksum import md5_entry
 from synkler.state import State

@@ -26,7 +26,7 @@ from support.authrelay import UPLOAD, Attacker, connect
 from support.relay_helpers import deliver, place
 
 from synkler import messages
-from synkler.broker.amqp import broker_user, exchange_name, queue_name
+from synkler.broker.names import broker_user, exchange_name, queue_name
 from synkler.devkit.localrelay import LocalRelay
 from synkler.hops.checksum import md5_entry
 

@@ -20,7 +20,8 @@ import yaml
 from support.relay_helpers import deliver, place, take_dead_letters
 
 from synkler import messages
-from synkler.broker.amqp import Broker, BrokerParams, queue_name
+from synkler.broker.amqp import Broker, BrokerParams
+from synkler.broker.names import queue_name
 from synkler.hops.checksum import md5_entry
 
 

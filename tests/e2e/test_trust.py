@@ -11,7 +11,8 @@ import pika
 from support.relay_helpers import deliver, place, take_dead_letters
 
 from synkler import messages
-from synkler.broker.amqp import DEAD_MAX, Broker, dead_name, queue_name
+from synkler.broker.amqp import Broker
+from synkler.broker.names import DEAD_MAX, dead_name, queue_name
 
 
 def publisher(relay) -> Broker:

@@ -15,7 +15,7 @@ from support import faultkit
 from support.faultkit import build_workload, common_settings, verdict, wait_settled
 from support.relay_helpers import every_log_says
 
-from synkler.broker.amqp import dead_name, queue_name
+from synkler.broker.names import dead_name, queue_name
 from synkler.messages import SCHEMA
 
 MARK = "pwned"  # every hostile name contains it, so anything written anywhere can be found

@@ -20,7 +20,8 @@ from typing import Any
 import pika
 
 from synkler import receipts
-from synkler.broker.amqp import Broker, BrokerParams, broker_user, dead_name, exchange_name
+from synkler.broker.amqp import Broker, BrokerParams
+from synkler.broker.names import broker_user, dead_name, exchange_name
 from synkler.broker.users import commands
 from synkler.devkit.localrelay import LocalRelay
 from synkler.messages import Message, encode

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pika
 
-from synkler.broker.amqp import BrokerParams, dead_name
+from synkler.broker.amqp import BrokerParams
+from synkler.broker.names import dead_name
 from synkler.hops.checksum import md5_entry
 
 TOOLS = Path(__file__).parent.parent / "tools"  # rsync wrappers that corrupt, cut off or fill disks

@@ -30,7 +30,7 @@ from support.strategies import FIELDS, HEX, json_values, near_wire
 
 from synkler import messages
 from synkler.agents import AGENTS
-from synkler.broker.amqp import broker_user
+from synkler.broker.names import broker_user
 from synkler.hops import pull, transfer
 from synkler.messages import SCHEMA, SCHEMAS, confined
 from synkler.state import Entry

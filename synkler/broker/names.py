@@ -1,0 +1,57 @@
+"""The names of an instance's broker objects and users, and the bounds of its dead-letter queue:
+pure, no pika (broker-setup and the tests use them without a connection). Every object is
+`synkler:<id>:…`; ':' occurs in no id or agent name, so no two instances or agents share one."""
+
+from __future__ import annotations
+
+# The agents whose queues a sender declares before its first publish to them, so that messages to
+# one that never ran yet wait for it: the two fixed roles (not with authentication, where each
+# agent's broker user may declare its own queue only: messages to an agent that never ran are then
+# held back in the outbox until it has). An upload agent's queue is declared only
+# by that agent itself, never because a message named it: an offer from an invented sender cannot
+# make central create a durable queue (a publish to it is refused instead: PublishRefused).
+PEERS = ("central", "download")
+DEAD_MAX = 10_000  # dead letters kept; beyond that the oldest go (x-max-length, drop-head)
+# ... and at most this many bytes of them: the agents' own messages are a few kB, so only big
+# forged ones reach it (40 of 8 MiB kept 335 MB before the bound).
+DEAD_MAX_BYTES = 64 * 1024 * 1024
+
+
+def exchange_name(instance: str) -> str:
+    return f"synkler:{instance}"
+
+
+def queue_name(instance: str, agent: str) -> str:
+    return f"synkler:{instance}:agent:{agent}"
+
+
+def holder_name(instance: str, agent: str) -> str:
+    return f"synkler:{instance}:holder:{agent}"
+
+
+def presence_exchange(instance: str) -> str:
+    return f"synkler:{instance}:presence"
+
+
+def old_holder_exchange(instance: str) -> str:
+    """The direct exchange earlier versions wrote holder records through (no longer used)."""
+    return f"synkler:{instance}:holder"
+
+
+def dead_name(instance: str) -> str:
+    return f"synkler:{instance}:dead"
+
+
+def broker_user(instance: str, agent: str) -> str:
+    """The broker user of an agent where messages are authenticated: `<name>@<id>` ('@' occurs in
+    neither, so no two agents of any instances share one)."""
+    return f"{agent}@{instance}"
+
+
+def legacy_queue_name(instance: str, agent: str) -> str | None:
+    """The agent's queue as synkler 0.4 named it, or None where that name is ambiguous: with a '.'
+    in the id or the name it may be another instance's queue, and 'dead' was the dead-letter queue.
+    A 0.4 compatibility shim: removed in synkler 0.7."""
+    if "." in instance or "." in agent or agent == "dead":
+        return None
+    return f"synkler.{instance}.{agent}"
