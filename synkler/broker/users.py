@@ -1,7 +1,7 @@
 """The broker users and permissions of an authenticated relay: one user per agent, least privilege.
 
 `commands` gives the `rabbitmqctl` commands that make them; `synkler broker-setup` prints them.
-Each agent's user `<name>@<id>` (see synkler.broker.amqp.broker_user) may
+Each agent's user `<name>@<id>` (see synkler.broker.names.broker_user) may
 - configure (declare, delete) only its own queue and its own holder queue; central's user also the
   instance's shared objects (the topic exchange, the presence exchange, the dead-letter exchange
   and queue), which it declares at its first start. So no upload or download login can delete,
