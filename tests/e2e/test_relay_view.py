@@ -200,7 +200,10 @@ def test_entries_an_operator_forgot_are_finished_in_the_view_not_in_flight(make_
     relay.wait_for(
         "both in flight in the view", lambda: in_flight(view_of(relay, "upload")) == list(names), 30
     )
-    for entry in relay.entries("central"):
+    # The view may hear of them from central before download has stored them: forget them
+    # at download once download holds both.
+    relay.wait_for("download to hold both", lambda: len(relay.entries("download")) == 2, 30)
+    for entry in relay.entries("download"):
         done = subprocess.run(relay.command("download", "forget", entry.id), capture_output=True, text=True)
         assert done.returncode == 0, done.stdout + done.stderr
     relay.wait_for(
