@@ -23,7 +23,6 @@ from ..text import shown
 from . import waits
 from .base import (
     ACTIONS,
-    CENTRAL,
     ENTRY,
     FORGET,
     RESEND,
@@ -216,8 +215,8 @@ class Agent:
 
     def from_central(self, msg: Message) -> None:
         """Refuse a message that only central may send, from anyone else."""
-        if msg.sender != CENTRAL:
-            raise MessageError(f"{msg.TYPE} from {msg.sender!r}: only {CENTRAL!r} sends it")
+        if msg.sender != self.cfg.central_name:
+            raise MessageError(f"{msg.TYPE} from {msg.sender!r}: only {self.cfg.central_name!r} sends it")
 
     def record_each(
         self,

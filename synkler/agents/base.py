@@ -26,8 +26,6 @@ from .pools import Pool
 
 log = logging.getLogger("synkler")
 
-CENTRAL = "central"  # the names of the two fixed roles: peers address them by these
-DOWNLOAD = "download"
 PERSON_REPEAT = 600  # seconds between ERROR lines while ssh refuses for a reason a person must fix
 # What a person can do when a hop gives up (after the log line that says which hop failed and why).
 REOFFER = "then `synkler retry <entry>` on upload relays it again (docs/runbook.md)."

@@ -39,8 +39,6 @@ from . import admission, waits
 from .admission import ABOVE_RESERVE, MAX_ADMITTED_PER_AGENT, ROOM_WAIT, Offers, Room, admission_pass
 from .agent import Agent
 from .base import (
-    CENTRAL,
-    DOWNLOAD,
     ENTRY,
     GIVE_UP_ADVICE,
     RECHECK,
@@ -220,7 +218,7 @@ class Central(Agent):
     # messages ------------------------------------------------------------------------------------
 
     def on_offer(self, msg: Offer) -> None:
-        if msg.sender in (CENTRAL, DOWNLOAD):
+        if msg.sender in (self.cfg.central_name, self.cfg.download_name):
             raise MessageError(f"offer from {msg.sender!r}: only upload agents offer")
         known = self.state.get(msg.entry)
         if known is not None:
@@ -246,7 +244,7 @@ class Central(Agent):
             self.verify_due = True
 
     def on_fetched(self, msg: Fetched) -> None:
-        entry = self.entry_for(msg, DOWNLOAD)
+        entry = self.entry_for(msg, self.cfg.download_name)
         if entry.state in (Mid.DELIVERED, Mid.EXPIRED, Mid.FORGOTTEN):
             return  # a copy of one taken already, or an entry an operator forgot meanwhile
         # Download has a say only over an entry central asked it to fetch: one downloading, or one
@@ -289,7 +287,7 @@ class Central(Agent):
         return receipts.for_entry(self.cfg.id, entry, destination, stored_as, outcome=outcome)
 
     def on_corrupt(self, msg: Corrupt) -> None:
-        entry = self.entry_for(msg, DOWNLOAD)
+        entry = self.entry_for(msg, self.cfg.download_name)
         if entry.state == Mid.DOWNLOADING and not self.jobs.busy(Key(RECHECK, entry.id)):
             log.warning(
                 "%s: download got md5 %s instead of %s; checking central's copy",
@@ -310,7 +308,7 @@ class Central(Agent):
 
     def on_failed(self, msg: Failed) -> None:
         known = self.state.get(msg.entry)
-        entry = self.entry_for(msg, (known.peer if known else None) or "", DOWNLOAD)
+        entry = self.entry_for(msg, (known.peer if known else None) or "", self.cfg.download_name)
         if entry.state in (Mid.DELIVERED, Mid.EXPIRED, Mid.FAILED, Mid.WITHDRAWN, Mid.FORGOTTEN):
             return  # ended already (or failed: told once)
         # Upload has a say while it sends the entry; download once central asked it to fetch it.
@@ -362,7 +360,7 @@ class Central(Agent):
         return f"{told}; {len(still)} still waiting for room (`synkler status` says what each needs)"
 
     def peers(self, entry: Entry) -> list[str]:
-        return [entry.peer or "", DOWNLOAD]
+        return [entry.peer or "", self.cfg.download_name]
 
     def drop(self, entry: Entry) -> None:
         """Its copies go: the staged one (a running push may still write there: the sweep removes that a
@@ -417,7 +415,7 @@ class Central(Agent):
         )
         if pulled_early(entry.kind, entry.size):
             path = self.spool.growing(entry.id)
-            self.send(DOWNLOAD, Pushing(entry.id, self.name, size=entry.size, path=path))
+            self.send(self.cfg.download_name, Pushing(entry.id, self.name, size=entry.size, path=path))
         self._follow(entry)
 
     # jobs ----------------------------------------------------------------------------------------
@@ -559,7 +557,7 @@ class Central(Agent):
             stored = self.spool.stored(entry.id)
             self.move(entry_now, Mid.DOWNLOADING, tries=0, path=stored)  # lapsed leases no longer matter
             self.send(
-                DOWNLOAD,
+                self.cfg.download_name,
                 Fetch(
                     entry.id,
                     self.name,
@@ -650,11 +648,13 @@ class Central(Agent):
     def _unproven(self, entry: Entry) -> str | None:
         """Why the delivery of an entry about to expire is not proven by the receipt central keeps
         (None: it is, or no key is pinned, or it was delivered before a key was: no receipt kept)."""
-        token = self.state.receipts(entry.id).get(DOWNLOAD)
+        token = self.state.receipts(entry.id).get(self.cfg.download_name)
         if self.download_key is None or token is None:
             return None
         try:
-            receipts.check(token, self.download_key, self._expected(entry, DOWNLOAD, entry.stored_as or ""))
+            receipts.check(
+                token, self.download_key, self._expected(entry, self.cfg.download_name, entry.stored_as or "")
+            )
         except receipts.ReceiptError as e:
             return str(e)
         return None

@@ -26,7 +26,7 @@ from ..private import private_dir
 from ..state import Entry, State
 from ..text import shown, some_entries
 from . import waits
-from .base import CENTRAL, ENTRY, Jobs, Key, Status, Transitions
+from .base import ENTRY, Jobs, Key, Status, Transitions
 from .endpoint import Endpoint
 from .facts import DISK_WAIT, PULL, PULL_FROM_CENTRAL, facts, hop
 from .naming import choose_name
@@ -215,11 +215,11 @@ class Download(Endpoint):
     # an operator's requests ----------------------------------------------------------------------
 
     def peers(self, entry: Entry) -> list[str]:
-        return [entry.peer or CENTRAL]
+        return [entry.peer or self.cfg.central_name]
 
     def on_forget(self, msg: Forget) -> None:
         early = self.early.get(msg.entry)
-        if early is not None and msg.sender == CENTRAL and self.state.get(msg.entry) is None:
+        if early is not None and msg.sender == self.cfg.central_name and self.state.get(msg.entry) is None:
             # Pulled early, and central forgot it before its fetch: what was pulled goes now (or
             # when the early pull ends), not EARLY_KEEP later. Nothing to pass on: download never had it.
             del self.early[msg.entry]

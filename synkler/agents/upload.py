@@ -36,8 +36,6 @@ from ..messages import (
 from ..state import Ended, Entry, State
 from ..text import count, shown, some_entries
 from .base import (
-    CENTRAL,
-    DOWNLOAD,
     ENTRY,
     HASHING,
     NAME,
@@ -351,7 +349,7 @@ class Upload(Endpoint):
             files=st.files,
             md5=md5,
             state=Up.OFFERED,
-            peer=CENTRAL,
+            peer=self.cfg.central_name,
             signature=st.signature,
         )
         # Older versions of this name not yet sent would now send the new content under the
@@ -359,7 +357,10 @@ class Upload(Endpoint):
         for older in self.state.by_name(name, *UNSENT):
             self._withdraw(older, "superseded by a newer version")
         self.create(entry)
-        self.send(CENTRAL, Offer(entry.id, self.name, name=name, kind=st.kind, size=st.size, files=st.files))
+        self.send(
+            self.cfg.central_name,
+            Offer(entry.id, self.name, name=name, kind=st.kind, size=st.size, files=st.files),
+        )
         self.pending.pop(name, None)
         log.info(
             "%s: offered (%s, %s, %s%s)",
@@ -409,7 +410,8 @@ class Upload(Endpoint):
         """Pushed and hashed: tell central, which verifies what arrived against the md5."""
         self.move(entry, Up.SENT, tries=0, reason=None)
         self.send(
-            entry.peer or CENTRAL, Sent(entry.id, self.name, attempt=entry.attempt, md5=entry.known_md5())
+            entry.peer or self.cfg.central_name,
+            Sent(entry.id, self.name, attempt=entry.attempt, md5=entry.known_md5()),
         )
 
     # messages ------------------------------------------------------------------------------------
@@ -445,7 +447,7 @@ class Upload(Endpoint):
         self._check_receipt(entry, msg)
         self.delivered(entry, stored_as=msg.stored_as, reason=None, tries=0)
         if msg.receipt:
-            self.state.put_receipt(entry.id, DOWNLOAD, msg.receipt)
+            self.state.put_receipt(entry.id, self.cfg.download_name, msg.receipt)
         log.info("%s: delivered (md5 %s, as %s at download)", entry.name, entry.md5, msg.stored_as)
 
     def _check_receipt(self, entry: Entry, msg: Delivered) -> None:
@@ -457,7 +459,7 @@ class Upload(Endpoint):
             raise receipts.ReceiptError(f"delivered for entry {entry.id} without a receipt: not believed")
         if entry.md5 is None:
             raise receipts.ReceiptError(f"delivered for entry {entry.id}, which upload has not hashed yet")
-        expected = receipts.for_entry(self.cfg.id, entry, DOWNLOAD, msg.stored_as)
+        expected = receipts.for_entry(self.cfg.id, entry, self.cfg.download_name, msg.stored_as)
         receipts.check(msg.receipt, self.download_key, expected)
 
     def on_failed(self, msg: Failed) -> None:
@@ -472,7 +474,7 @@ class Upload(Endpoint):
         if entry.state != Up.SUPERSEDED:
             self.move(entry, Up.SUPERSEDED, reason=why)
             log.info("%s: version %s withdrawn: %s", entry.name, entry.md5 or entry.id, why)
-        self.send(entry.peer or CENTRAL, Withdraw(entry.id, self.name, reason=why))
+        self.send(entry.peer or self.cfg.central_name, Withdraw(entry.id, self.name, reason=why))
 
     # an operator's requests ----------------------------------------------------------------------
 
@@ -501,7 +503,7 @@ class Upload(Endpoint):
         return os.path.lexists(self.path(entry.name))
 
     def peers(self, entry: Entry) -> list[str]:
-        return [entry.peer or CENTRAL]
+        return [entry.peer or self.cfg.central_name]
 
     def retry_failed(self, entry: Entry) -> str:
         """The file again as a new entry, and the failed one forgotten at every role (central drops a
@@ -610,7 +612,7 @@ class Upload(Endpoint):
                 needs_person=bool(result and result.needs_person),
             ):
                 self.send(
-                    entry.peer or CENTRAL,
+                    entry.peer or self.cfg.central_name,
                     Failed(entry.id, self.name, hop=PUSH_TO_CENTRAL, reason=why[:1900]),
                 )
         if ok and len(attempts) == 1:

@@ -61,7 +61,6 @@ from ..tls import TlsFileError, TlsSettings, explain, peer_certificate, tls_cont
 from .names import (
     DEAD_MAX,
     DEAD_MAX_BYTES,
-    PEERS,
     broker_user,
     dead_name,
     exchange_name,
@@ -155,10 +154,17 @@ class Broker:
         agent: str,
         *,
         prefetch: int = 64,
-        peers: Sequence[str] = PEERS,
+        peers: Sequence[str] = (),
     ):
         self.params = params
-        self.peers = tuple(peers)  # whose queues this agent declares before publishing to them
+        # The agents whose queues this one declares before its first publish to them, so that
+        # messages to one that never ran yet wait for it: central and download, by their names
+        # (not with authentication, where each agent's broker user may declare its own queue only:
+        # messages to an agent that never ran are then held back in the outbox until it has). An
+        # upload agent's queue is declared only by that agent itself, never because a message named
+        # it: an offer from an invented sender cannot make central create a durable queue (a
+        # publish to it is refused instead: PublishRefused).
+        self.peers = tuple(peers)
         self.instance = instance
         self.agent = agent
         self.prefetch = prefetch

@@ -4,13 +4,6 @@ pure, no pika (broker-setup and the tests use them without a connection). Every 
 
 from __future__ import annotations
 
-# The agents whose queues a sender declares before its first publish to them, so that messages to
-# one that never ran yet wait for it: the two fixed roles (not with authentication, where each
-# agent's broker user may declare its own queue only: messages to an agent that never ran are then
-# held back in the outbox until it has). An upload agent's queue is declared only
-# by that agent itself, never because a message named it: an offer from an invented sender cannot
-# make central create a durable queue (a publish to it is refused instead: PublishRefused).
-PEERS = ("central", "download")
 DEAD_MAX = 10_000  # dead letters kept; beyond that the oldest go (x-max-length, drop-head)
 # ... and at most this many bytes of them: the agents' own messages are a few kB, so only big
 # forged ones reach it (40 of 8 MiB kept 335 MB before the bound).

@@ -40,8 +40,9 @@ class Permissions(NamedTuple):
     presence: str  # topic write and read on the presence exchange
 
 
-def permissions(instance: str, mode: str, name: str) -> Permissions:
-    """The permissions of one agent's broker user."""
+def permissions(instance: str, mode: str, name: str, central: str = "central") -> Permissions:
+    """The permissions of one agent's broker user; `central` is the central agent's name, the only
+    one upload and download send to."""
     base = re.escape(exchange_name(instance))
     own = re.escape(name)
     # Only central's user may declare (and so delete) the shared objects: the exchanges, the
@@ -52,7 +53,7 @@ def permissions(instance: str, mode: str, name: str) -> Permissions:
     dead = "|:dead" if mode == "central" else ""
     # Reading every agent's presence report (holder queue) is what `status --relay` does.
     read = f"^{base}(|:presence{dead}|:agent:{own}|:holder:[^:]+)$"
-    topic_write = ".*" if mode == "central" else "^central$"
+    topic_write = ".*" if mode == "central" else f"^{re.escape(central)}$"
     return Permissions(configure, write, read, topic_write, f"^{own}$", f"^{own}$")
 
 
@@ -62,18 +63,20 @@ def commands(
     *,
     vhost: str = "/",
     passwords: Mapping[str, str] | None = None,
+    central: str = "central",
+    download: str = "download",
 ) -> list[list[str]]:
     """rabbitmqctl argument lists (without the program) that make the relay's users.
 
     `passwords`: user -> password; a user without one gets `add_user` without a password, which
     rabbitmqctl then reads from its standard input.
     """
-    agents = [("central", "central"), ("download", "download"), *(("upload", u) for u in uploads)]
+    agents = [("central", central), ("download", download), *(("upload", u) for u in uploads)]
     out: list[list[str]] = []
     for mode, name in agents:
         user = broker_user(instance, name)
         password = (passwords or {}).get(user)
-        p = permissions(instance, mode, name)
+        p = permissions(instance, mode, name, central)
         topic = ["set_topic_permissions", "-p", vhost, user]
         out += [
             # `--`: a password may start with '-' (token_urlsafe makes one in 64), which rabbitmqctl

@@ -37,8 +37,8 @@ def show(line: Line) -> str:
 
 def peers_of(cfg: Config, upload_agents: list[str]) -> list[str]:
     """The agents whose queues this agent's messages go to, or whose work it waits for: every role
-    but its own (the fixed ones by their names), and at central the upload agents it has heard of."""
-    fixed = [p for p in ("central", "download") if p != cfg.mode]
+    but its own (central and download by their names), and at central the upload agents it has heard of."""
+    fixed = [p for p in (cfg.central_name, cfg.download_name) if p != cfg.name]
     if cfg.mode != "central":
         return fixed
     return fixed + sorted(a for a in upload_agents if a not in fixed and a != cfg.name)

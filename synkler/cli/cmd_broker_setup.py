@@ -15,11 +15,12 @@ from ..errors import ExitStatus
 
 def cmd_broker_setup(cfg: Config, args: argparse.Namespace) -> int:
     uploads = args.upload or [cfg.name if cfg.mode == "upload" else "upload"]
-    names = ["central", "download", *uploads]
+    names = [cfg.central_name, cfg.download_name, *uploads]
     passwords = {broker_user(cfg.id, n): secrets.token_urlsafe(24) for n in names}
     print(f"# broker users of synkler instance {cfg.id!r} on vhost {cfg.broker_vhost!r}")
     print("# This holds new passwords: keep it private, run it on the broker's host, then delete it.")
-    for argv in commands(cfg.id, uploads, vhost=cfg.broker_vhost, passwords=passwords):
+    ends = {"central": cfg.central_name, "download": cfg.download_name}
+    for argv in commands(cfg.id, uploads, vhost=cfg.broker_vhost, passwords=passwords, **ends):
         print(shlex.join(["rabbitmqctl", *argv]))
     print("#\n# Then, in each agent's synkler.conf (or broker_password_file):")
     for user, password in passwords.items():

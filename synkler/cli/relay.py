@@ -28,8 +28,9 @@ def collect(cfg: Config, *, all_finished: bool = False) -> dict[str, Any]:
     broker = Broker(BrokerParams.from_config(cfg), cfg.id, cfg.name)
     broker.connect(consume=False, declare=False)
     try:
-        reports = {name: Report.decode(broker.peek_presence(name)) for name in ("central", "download")}
-        central = reports["central"]
+        ends = (cfg.central_name, cfg.download_name)
+        reports = {name: Report.decode(broker.peek_presence(name)) for name in ends}
+        central = reports[cfg.central_name]
         uploads = set(central.peers) if central is not None else set()
         if cfg.mode == "upload":
             uploads.add(cfg.name)
@@ -37,7 +38,7 @@ def collect(cfg: Config, *, all_finished: bool = False) -> dict[str, Any]:
             reports[name] = Report.decode(broker.peek_presence(name))
         if not uploads or reports["upload"] is not None:
             uploads.add("upload")  # the default name, when central has named no peer yet
-        agents = [("upload", n) for n in sorted(uploads)] + [("central", "central"), ("download", "download")]
+        agents = [("upload", n) for n in sorted(uploads)] + [("central", ends[0]), ("download", ends[1])]
         queues = {name: broker.queue_info(name) for _, name in agents}
         dead = broker.dead_count()
     finally:

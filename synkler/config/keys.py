@@ -53,6 +53,8 @@ class Config:
     mode: str
     id: str
     name: str
+    central_name: str  # the central agent's name (its own `name` at central)
+    download_name: str  # the download agent's name (its own `name` at download)
     file_dir: Path
     keep_minutes: float
     admission_lease_minutes: float
@@ -168,11 +170,23 @@ def _state_file(suffix: str) -> Derived:
 
 _ENDS = ("upload", "download")  # the roles that run rsync and cleanup scripts
 
+
+def _own_or(settings: dict[str, Any], role: str) -> str:
+    """The name of the relay's `role` agent by default: this agent's own if it is that role."""
+    return str(settings["name"]) if settings["mode"] == role else role
+
+
 # Order matters for derived defaults: anything a Derived reads comes earlier.
 KEYS: dict[str, Key] = {
     "mode": Key(choice(*MODES), required=True),
     "id": Key(identifier, "default"),
     "name": Key(identifier, Derived(lambda s, ctx: s["mode"])),
+    # The names of the relay's central and download agents, which peers address: an agent's own
+    # name where it is that role.
+    "central_name": Key(identifier, Derived(lambda s, ctx: _own_or(s, "central")), roles=_ENDS),
+    "download_name": Key(
+        identifier, Derived(lambda s, ctx: _own_or(s, "download")), roles=("upload", "central")
+    ),
     "file_dir": Key(directory, required=True),
     "keep_minutes": Key(number(0), 30.0, roles=("central",)),
     "admission_lease_minutes": Key(number(0, above=True), 60.0, roles=("central",)),

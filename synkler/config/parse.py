@@ -88,12 +88,14 @@ def _settings(data: Mapping[str, Any], path: Path, ctx: Context) -> dict[str, An
 
 
 def _check_name(settings: dict[str, Any], path: Path) -> None:
-    mode, name = settings["mode"], settings["name"]
-    if mode != "upload" and name != mode:
-        # Peers address central and download by their role's name; several of them come later.
-        raise ConfigError(path, "name", f"a {mode} agent must be named '{mode}' (for now)")
-    if mode == "upload" and name in ("central", "download"):
-        raise ConfigError(path, "name", f"an upload agent cannot be named {name!r}")
+    """The three roles' agents have names of their own: peers address each other by them."""
+    name, central, download = settings["name"], settings["central_name"], settings["download_name"]
+    if central == download:
+        key = "download_name" if settings["mode"] != "download" else "central_name"
+        raise ConfigError(path, key, f"central and download cannot both be named {central!r}")
+    if settings["mode"] == "upload" and name in (central, download):
+        role = "central" if name == central else "download"
+        raise ConfigError(path, "name", f"an upload agent cannot have the name of the {role} agent, {name!r}")
 
 
 def _check_username(settings: dict[str, Any], path: Path) -> None:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import text
 from ..agents import FACTS
-from ..agents.base import CENTRAL, DOWNLOAD, GIVE_UP_ADVICE, PERSON_REPEAT, Cleanup, Key
+from ..agents.base import GIVE_UP_ADVICE, PERSON_REPEAT, Cleanup, Key
 from ..agents.facts import needs_person_reason
 from ..agents.pools import Pool
 from ..backoff import backoff
@@ -365,7 +365,7 @@ class Alerts:
         facts = FACTS[role]
         found: list[Condition | None] = []
         unknown: list[str] = []
-        if role == CENTRAL:
+        if role == "central":
             found += [entry_failed(e) for e in state.by_state(facts.failed)]
             offered_before = now - self.cfg.stuck_minutes * 60
             on_the_way = [s for s in facts.unfinished if s != facts.failed]
@@ -392,10 +392,11 @@ class Alerts:
         from .report import INTERVAL, Report
 
         assert self.cfg is not None
-        if self.role == CENTRAL:
-            peers = [("download", DOWNLOAD)] + [("upload", p) for p in self.runtime.state.peers(64)]
+        cfg = self.runtime.cfg
+        if self.role == "central":
+            peers = [("download", cfg.download_name)] + [("upload", p) for p in self.runtime.state.peers(64)]
         elif self.role == "download":
-            peers = [("central", CENTRAL)]
+            peers = [("central", cfg.central_name)]
         else:
             return []
         broker = self.runtime.broker
@@ -407,7 +408,7 @@ class Alerts:
             for role, name in peers:
                 report = Report.decode(broker.peek_presence(name))
                 out.append(silent(role, name, report, now, self.cfg.silent_minutes, INTERVAL))
-            if self.role == CENTRAL:
+            if self.role == "central":
                 out.append(dead_letters(broker.dead_count()))
         except BrokerError:
             unknown += ["agent-silent:", "dead-letters"]

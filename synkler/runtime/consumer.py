@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable
 from ..agents.base import PERSON_REPEAT
 from ..backoff import backoff
 from ..broker.amqp import Broker, BrokerParams
-from ..broker.names import PEERS, queue_name
+from ..broker.names import queue_name
 from ..errors import AgentActive, BrokerError
 from ..observe.hooks import Hook
 from ..text import again
@@ -59,7 +59,8 @@ class Consumer:
 
     def connect(self) -> None:
         """Try to connect and consume the queue; on failure, schedule the next try."""
-        broker = Broker(self.params, self.cfg.id, self.cfg.name, peers=() if self.cfg.authenticate else PEERS)
+        peers = () if self.cfg.authenticate else (self.cfg.central_name, self.cfg.download_name)
+        broker = Broker(self.params, self.cfg.id, self.cfg.name, peers=peers)
         try:
             if self.standby and not self.free_long_enough(broker):
                 return

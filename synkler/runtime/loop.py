@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from .. import places
 from ..agents.agent import Agent
-from ..agents.base import CENTRAL, PERSON_REPEAT, Done, Key
+from ..agents.base import PERSON_REPEAT, Done, Key
 from ..agents.pools import Pool
 from ..broker.amqp import Broker, Delivery
 from ..broker.names import exchange_name
@@ -111,7 +111,7 @@ class Runtime:
         now = time.monotonic()
         if (self._central_place is None or fresh) and now - self._place_read >= 1.0 and self.broker:
             self._place_read = now
-            found = places.announced(self.broker.peek_presence(CENTRAL), self.cfg.id)
+            found = places.announced(self.broker.peek_presence(self.cfg.central_name), self.cfg.id)
             self._central_place = found or self._central_place
         return self._central_place
 

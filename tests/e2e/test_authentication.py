@@ -5,7 +5,9 @@ with a login to the broker (but not an agent's) publishes forged messages: nothi
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 from pathlib import Path
 
 import pika
@@ -16,6 +18,7 @@ from support.relay_helpers import deliver, place
 from synkler import messages
 from synkler.broker.names import broker_user, dead_name, exchange_name, queue_name
 from synkler.devkit.localrelay import LocalRelay
+from synkler.hops.checksum import md5_entry
 
 
 @pytest.fixture
@@ -122,3 +125,54 @@ def test_the_relay_view_works_with_an_agents_own_least_privileged_user(relay):
     for role in ("upload", "download"):
         # Central names its upload agents in its next report (every 5 s).
         relay.wait_for(f"the relay view from {role}", lambda role=role: view(role) == everyone, 30)
+
+
+def test_a_relay_whose_every_agent_has_a_name_of_its_own_delivers_and_is_seen_by_those_names(
+    private_rabbit, sshd, tmp_path, instance_id
+):
+    # Central "hub-1" and download "archive": messages, broker users, receipts and the relay view
+    # all go by those names (the users made as `synkler broker-setup` makes them for these names).
+    from support.authrelay import authenticated_relay
+
+    with authenticated_relay(
+        private_rabbit, sshd, tmp_path, instance_id, central_name="hub-1", download_name="archive"
+    ) as relay:
+        relay.start()
+        tree = tmp_path / "tree"
+        tree.mkdir()
+        (tree / "inside.dat").write_bytes(os.urandom(300))
+        md5s = {"tree": md5_entry(tree), "one.dat": place(relay.dirs["upload"], "one.dat", os.urandom(7000))}
+        os.rename(tree, relay.dirs["upload"] / "tree")
+        deliver(relay, md5s)
+        assert sorted(relay.up_log.read_text().split()) == ["one.dat", "tree"]  # each cleanup once
+        assert sorted(relay.down_log.read_text().split()) == ["one.dat", "tree"]
+        for role in ("upload", "central", "download"):
+            text = relay.log_path(role).read_text()
+            assert "dead-lettering" not in text and "not proven" not in text, role
+        # Upload checked download's receipts, which name their destination "archive".
+        status = subprocess.run(
+            relay.command("upload", "status", "--all", "--json"), capture_output=True, text=True
+        )
+        assert status.returncode == 0, status.stderr
+        listed = json.loads(status.stdout)
+        assert sorted(e["name"] for e in listed if set(e.get("receipts", {})) == {"archive"}) == [
+            "one.dat",
+            "tree",
+        ]
+
+        def view() -> dict:
+            out = subprocess.run(
+                relay.command("download", "status", "--relay", "--json"),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert out.returncode == 0, out.stderr
+            return {(a["role"], a["name"]): a["status"] for a in json.loads(out.stdout)["agents"]}
+
+        everyone = {
+            ("upload", UPLOAD): "running",
+            ("central", "hub-1"): "running",
+            ("download", "archive"): "running",
+        }
+        relay.wait_for("the relay view by the agents' names", lambda: view() == everyone, 30)

@@ -34,21 +34,31 @@ RECORD = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
 
 @contextmanager
 def authenticated_relay(
-    node: Any, sshd: Any, workdir: Path, instance: str, *, declare: bool = True
+    node: Any,
+    sshd: Any,
+    workdir: Path,
+    instance: str,
+    *,
+    declare: bool = True,
+    central_name: str = "central",
+    download_name: str = "download",
 ) -> Iterator[LocalRelay]:
     """The relay (not started), with `up_log` and `down_log`: what each cleanup script recorded.
     `declare` False: the instance's shared objects are not declared (central has never run).
-    Its users, and mallory, are deleted afterwards."""
-    names = ["central", "download", UPLOAD]
+    `central_name`, `download_name`: the names of those agents. Its users, and mallory, are
+    deleted afterwards."""
+    names = [central_name, download_name, UPLOAD]
     passwords = {broker_user(instance, n): secrets.token_urlsafe(16) for n in names}
-    passwords[broker_user(instance, "central")] = "-" + secrets.token_urlsafe(16)  # as one in 64 starts
-    for argv in commands(instance, [UPLOAD], passwords=passwords):
+    passwords[broker_user(instance, central_name)] = "-" + secrets.token_urlsafe(16)  # as one in 64 starts
+    ends = {"central": central_name, "download": download_name}
+    for argv in commands(instance, [UPLOAD], passwords=passwords, **ends):
         node.ctl(*argv)
     # Central's user declares the instance's shared objects (as central's first start would): the
     # other agents' users may not, and tests start them before central.
-    central = broker_user(instance, "central")
+    central = broker_user(instance, central_name)
     if declare:
-        admin = Broker(BrokerParams("127.0.0.1", node.port, central, passwords[central]), instance, "central")
+        params = BrokerParams("127.0.0.1", node.port, central, passwords[central])
+        admin = Broker(params, instance, central_name)
         admin.connect(consume=False)
         admin.close()
     node.ctl("add_user", *MALLORY)
@@ -67,6 +77,7 @@ def authenticated_relay(
     key_file.write_bytes(receipts.private_bytes(key))
     key_file.chmod(0o600)
     pinned = {"download_public_key": receipts.public_text(key)}
+    named = {"central_name": central_name, "download_name": download_name}
     relay = LocalRelay(
         workdir / "relay",
         sshd,
@@ -76,13 +87,16 @@ def authenticated_relay(
             "upload": {
                 **auth(UPLOAD),
                 "name": UPLOAD,
+                **named,
                 "settle_seconds": 0.2,
                 "cleanup_script": recorder(up_log),
                 **pinned,
             },
-            "central": {**auth("central"), **pinned},
+            "central": {**auth(central_name), **pinned, "name": central_name, "download_name": download_name},
             "download": {
-                **auth("download"),
+                **auth(download_name),
+                "name": download_name,
+                "central_name": central_name,
                 "cleanup_script": recorder(down_log),
                 "receipt_key": str(key_file),
             },

@@ -48,3 +48,14 @@ def test_only_centrals_user_may_declare_the_shared_objects_and_each_user_writes_
         ("download@lab", "^download$", "^download$"),
         ("up@lab", "^up$", "^up$"),
     ]
+
+
+def test_with_named_central_and_download_upload_and_download_may_route_only_to_central_by_its_name():
+    argv = commands("lab", ["up"], central="hub.1", download="archive")
+    routing = [a for a in argv if a[0] == "set_topic_permissions" and a[4] == "synkler:lab"]
+    assert [(a[3], a[5]) for a in routing] == [
+        ("hub.1@lab", ".*"),
+        ("archive@lab", r"^hub\.1$"),  # the name's '.' matches itself only
+        ("up@lab", r"^hub\.1$"),
+    ]
+    assert not permitted(routing[2][5], "hubx1") and permitted(routing[2][5], "hub.1")

@@ -56,6 +56,9 @@ def test_central_checks_download_and_the_upload_agents_it_has_entries_from(tmp_p
     assert checks.peers_of(central, ["lab-a", "lab-b"]) == ["download", "lab-a", "lab-b"]
     assert checks.peers_of(cfg_of(tmp_path), []) == ["central", "download"]
     assert checks.peers_of(cfg_of(tmp_path, mode="download"), ["x"]) == ["central"]
+    named = cfg_of(tmp_path, mode="central", name="hub", download_name="archive")
+    assert checks.peers_of(named, ["lab-a"]) == ["archive", "lab-a"]
+    assert checks.peers_of(cfg_of(tmp_path, name="lab-a", central_name="hub"), []) == ["hub", "download"]
 
 
 def test_a_presence_report_that_is_not_one_counts_as_none():

@@ -71,6 +71,8 @@ def test_defaults_fill_every_optional_key(parse, file_dir: Path, home: Path, con
         mode="upload",
         id="default",
         name="upload",
+        central_name="central",
+        download_name="download",
         file_dir=file_dir,
         keep_minutes=30.0,
         admission_lease_minutes=60.0,
@@ -156,11 +158,30 @@ def test_a_name_other_than_the_mode_is_part_of_the_stem(parse) -> None:
     assert cfg.state_db.name == "relay1-upload-lab2.sqlite"
 
 
-@pytest.mark.parametrize("mode", ["central", "download"])
-def test_central_and_download_agents_must_keep_their_roles_name_for_now(parse, mode) -> None:
-    with pytest.raises(ConfigError) as err:
-        parse(mode=mode, name="other")
-    assert err.value.key == "name" and f"must be named '{mode}'" in str(err.value)
+def test_every_role_may_be_named_and_peers_are_addressed_by_those_names(parse) -> None:
+    central = parse(mode="central", name="hub-1", download_name="archive")
+    assert (central.name, central.central_name, central.download_name) == ("hub-1", "hub-1", "archive")
+    download = parse(mode="download", name="archive", central_name="hub-1")
+    assert (download.central_name, download.download_name) == ("hub-1", "archive")
+    upload = parse(name="lab-a", central_name="hub-1", download_name="archive")
+    assert (upload.central_name, upload.download_name) == ("hub-1", "archive")
+    assert parse(mode="central").download_name == "download" and parse().central_name == "central"
+
+
+@pytest.mark.parametrize(
+    ("keys", "key", "words"),
+    [
+        ({"name": "hub", "central_name": "hub"}, "name", "the name of the central agent, 'hub'"),
+        ({"name": "central"}, "name", "the name of the central agent, 'central'"),
+        ({"name": "arch", "download_name": "arch"}, "name", "the name of the download agent, 'arch'"),
+        ({"central_name": "x", "download_name": "x"}, "download_name", "cannot both be named 'x'"),
+        ({"mode": "central", "name": "download"}, "download_name", "cannot both be named 'download'"),
+        ({"mode": "download", "name": "central"}, "central_name", "cannot both be named 'central'"),
+    ],
+)
+def test_two_roles_cannot_share_a_name(parse, keys, key, words) -> None:
+    err = error_of(parse, **keys)
+    assert err.key == key and words in str(err), str(err)
 
 
 def test_state_dir_follows_xdg_state_home(parse, tmp_path: Path) -> None:
