@@ -180,7 +180,9 @@ def test_a_destination_the_broker_refuses_holds_back_only_its_own_messages(make_
     try:
         conn.channel().queue_declare(queue_name(relay.instance, "ghost"), durable=False)
         relay.start()
-        admin = Broker(relay.broker, relay.instance, "test-admin")
+        # Declaring central's queue before the publish (as central's peers do), so that the offer
+        # waits there if central has not declared it yet.
+        admin = Broker(relay.broker, relay.instance, "test-admin", peers=("central",))
         admin.connect(consume=False)
         try:
             # An offer from 'ghost' first, so that central's reply to it is first in its outbox.
