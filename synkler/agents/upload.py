@@ -13,12 +13,12 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Union
 
 from .. import receipts
 from ..errors import MessageError, Refused
-from ..hops import transfer
+from ..hops import cleanup, transfer
 from ..hops.checksum import EntryStat, md5_entry, stat_entry
 from ..linux.fs import open_for_writing
 from ..messages import (
@@ -33,8 +33,10 @@ from ..messages import (
     name_problem,
     new_entry_id,
 )
+from ..metadata import Metadata, MetadataError, canonical, entry_of, is_sidecar, loads, sidecar_of
 from ..state import Ended, Entry, State
 from ..text import count, shown, some_entries
+from . import sidecars
 from .base import (
     CENTRAL,
     DOWNLOAD,
@@ -44,6 +46,7 @@ from .base import (
     RESEND,
     RETRY,
     SCAN,
+    Cleanup,
     Jobs,
     Key,
     Status,
@@ -51,8 +54,9 @@ from .base import (
     hash_groups,
 )
 from .endpoint import Endpoint
-from .facts import DISK_WAIT, PULL_FROM_CENTRAL, PUSH, PUSH_TO_CENTRAL, RELAY, facts, hop
+from .facts import DISK_WAIT, METADATA_AT_CENTRAL, PULL_FROM_CENTRAL, PUSH, PUSH_TO_CENTRAL, RELAY, facts, hop
 from .pools import Pool
+from .sidecars import Read, Sidecars
 from .watch import DirWatcher
 
 if TYPE_CHECKING:
@@ -126,10 +130,12 @@ FACTS = facts(
 
 @dataclass(frozen=True)
 class Hashed:
-    """An entry read whole: its md5, and its fingerprint taken after the read."""
+    """An entry read whole: its md5, and its fingerprint taken after the read (with its sidecar's,
+    see with_sidecar), and its metadata."""
 
     md5: str
     stat: EntryStat
+    meta: Read | None = None
 
 
 Found = Union[EntryStat, Exception, None]  # None: vanished while looked at
@@ -142,17 +148,44 @@ class Listing:
 
     found: dict[str, Found]
     whole: set[str]
+    meta: dict[str, Read] = field(default_factory=dict)  # the entries that have a sidecar
 
 
-def scan(file_dir: str, take_renamed: Callable[[], set[str]]) -> Listing:
+def with_sidecar(st: EntryStat, sidecar: str | None) -> EntryStat:
+    """An entry's fingerprint with its sidecar's: a sidecar written, changed or removed is a change."""
+    return st if sidecar is None else replace(st, signature=f"{st.signature}+{sidecar}")
+
+
+def data_signature(signature: str | None) -> str | None:
+    """The fingerprint of an entry's data alone (what the cleanup script's check compares)."""
+    return None if signature is None else signature.partition("+")[0]
+
+
+def _sidecar_stamp(file_dir: str, name: str) -> str | None:
+    try:
+        return sidecars.stamp(os.lstat(os.path.join(file_dir, sidecar_of(name))))
+    except FileNotFoundError:
+        return None
+
+
+def scan(file_dir: str, take_renamed: Callable[[], set[str]], cache: Sidecars | None = None) -> Listing:
     """Fingerprint every entry of file_dir; also say which are whole already: files renamed in
-    (nothing happened to them since) that no process holds open for writing."""
+    (nothing happened to them since) that no process holds open for writing. Sidecars
+    (NAME.meta.json) are no entries: their fingerprints join their entries', and their metadata is
+    read (`cache`: again only when they change)."""
     found: dict[str, Found] = {}
     whole: set[str] = set()
+    stamps: dict[str, str] = {}  # entry name -> its sidecar's fingerprint
     renamed = take_renamed()
     with os.scandir(file_dir) as it:
         for d in it:
             if d.name.startswith("."):
+                continue
+            if is_sidecar(d.name):
+                try:
+                    stamps[entry_of(d.name)] = sidecars.stamp(d.stat(follow_symlinks=False))
+                except FileNotFoundError:
+                    pass
                 continue
             try:
                 if d.name in renamed:  # asked before the fingerprint, so that is of the whole file
@@ -167,11 +200,34 @@ def scan(file_dir: str, take_renamed: Callable[[], set[str]]) -> Listing:
                 found[d.name] = None
             except (OSError, ValueError) as e:  # unreadable, or holds a fifo/socket/device
                 found[d.name] = e
-    return Listing(found, whole)
+    # A listing is no snapshot: a file renamed in just after its sidecar (`synkler send`) may be
+    # listed without it. Look for the sidecars of those offered at once.
+    for name in whole:
+        if name not in stamps:
+            sidecar = _sidecar_stamp(file_dir, name)
+            if sidecar is not None:
+                stamps[name] = sidecar
+    stamps = {name: s for name, s in stamps.items() if isinstance(found.get(name), EntryStat)}
+    for name, sidecar in stamps.items():
+        st = found[name]
+        assert isinstance(st, EntryStat)
+        found[name] = with_sidecar(st, sidecar)
+    meta = (cache or Sidecars(file_dir)).look(stamps)
+    return Listing(found, whole, meta)
 
 
 def hash_entry(path: str) -> Hashed:
-    return Hashed(md5_entry(path), stat_entry(path))
+    """md5 of an entry, its fingerprint after the read (with its sidecar's) and its metadata."""
+    md5 = md5_entry(path)
+    directory, name = os.path.split(path)
+    before = _sidecar_stamp(directory, name)
+    meta: Read | None = None
+    if before is not None:
+        try:
+            meta = sidecars.read(os.path.join(directory, sidecar_of(name)))
+        except (OSError, MetadataError) as e:
+            meta = e
+    return Hashed(md5, with_sidecar(stat_entry(path), before), meta)
 
 
 def hash_each(paths: list[str]) -> list[Hashed | Exception]:
@@ -215,6 +271,7 @@ class Upload(Endpoint):
         self.warned: set[str] = set()
         self.changed = threading.Event()
         self.watcher = DirWatcher(str(self.cfg.file_dir), self._on_change)
+        self.sidecars = Sidecars(str(self.cfg.file_dir))  # read by the scan job only
         self.watching = False
         key = cfg.download_public_key
         self.download_key = receipts.load_public_key(key) if key else None  # checked by the config
@@ -224,6 +281,32 @@ class Upload(Endpoint):
 
     def cleanup_target(self, entry: Entry) -> tuple[str, str]:
         return entry.name, self.path(entry.name)
+
+    def cleanup_content(self, entry: Entry) -> cleanup.Content:
+        # The entry's fingerprint holds its sidecar's: the script's check looks at the data alone.
+        return cleanup.Content(entry.kind, entry.md5, data_signature(entry.signature))
+
+    def _cleanup_ended(
+        self,
+        entry_id: str,
+        name: str,
+        result: transfer.Result | cleanup.Skipped | None,
+        error: BaseException | None,
+    ) -> None:
+        super()._cleanup_ended(entry_id, name, result, error)
+        if self.entry(entry_id).cleanup == Cleanup.DONE:
+            self.state.after_commit(functools.partial(self._drop_sidecar, name))
+
+    def _drop_sidecar(self, name: str) -> None:
+        """The sidecar goes with its entry: once the cleanup script has removed (or moved) the
+        entry, its sidecar is removed too. One left by a script that keeps the entry stays."""
+        if os.path.lexists(self.path(name)):
+            return
+        try:
+            if sidecars.remove(str(self.cfg.file_dir), name):
+                log.info("%s: its sidecar %s removed with it", name, sidecar_of(name))
+        except OSError as e:
+            log.warning("%s: cannot remove its sidecar %s: %s", name, sidecar_of(name), e)
 
     def startup(self) -> None:
         if self.download_key is None:
@@ -270,8 +353,9 @@ class Upload(Endpoint):
                 self.pending.pop(name, None)
                 if st is not None:
                     self._warn_once(name, "%s: not sending it: %s", name, st)
-            elif self._sendable(name):
-                offered = self._look_at(name, st, name in listing.whole, now)
+            elif self._sendable(name) and self._meta_usable(name, listing.meta.get(name)):
+                meta = listing.meta.get(name)
+                offered = self._look_at(name, st, name in listing.whole, now, meta)
                 if offered is not None:
                     fresh.append(offered)
         self._hash_entries(fresh)
@@ -292,7 +376,23 @@ class Upload(Endpoint):
             self._warn_once(name, "%s: not sending it (in %s): %s", name, self.cfg.file_dir, problem)
         return not problem
 
-    def _look_at(self, name: str, st: EntryStat, whole: bool, now: float) -> Entry | None:
+    def _meta_usable(self, name: str, meta: Read | None) -> bool:
+        """An entry whose sidecar is not valid metadata is not sent (said once) until it is."""
+        if isinstance(meta, Exception):
+            self.pending.pop(name, None)
+            self._warn_once(
+                sidecar_of(name),
+                "%s: not sending it: its sidecar %s (in %s) cannot be used: %s",
+                name,
+                sidecar_of(name),
+                self.cfg.file_dir,
+                meta,
+            )
+            return False
+        self.warned.discard(sidecar_of(name))
+        return True
+
+    def _look_at(self, name: str, st: EntryStat, whole: bool, now: float, meta: Read | None) -> Entry | None:
         """One entry of a listing: note it while it settles; once it has, offer it (returned, to be
         hashed while it travels) or, for a name relayed before, compare its md5 first."""
         if self.relayed.get(name) == st.signature:
@@ -310,7 +410,7 @@ class Upload(Endpoint):
             self.pending[name] = (st.signature, now)
         elif now - seen[1] >= self.cfg.settle_seconds and not self.jobs.busy(Key(NAME, name)):
             if latest is None or latest.state == Up.FAILED:
-                return self._offer(name, st, None)
+                return self._offer(name, st, None, meta if isinstance(meta, dict) else None)
             self._hash(name, st.signature)  # maybe only touched: compare before sending
         return None
 
@@ -333,16 +433,19 @@ class Upload(Endpoint):
         if hashed.stat.signature != signature:
             self.pending[name] = (hashed.stat.signature, time.time())  # changed while hashing: settle again
             return
+        if not self._meta_usable(name, hashed.meta):
+            return
         latest = self.state.latest_by_name(name)
         if latest is not None and latest.md5 == hashed.md5 and latest.state != Up.FAILED:
             self.state.update(
                 latest, signature=hashed.stat.signature
             )  # touched, same content: nothing to send
             return
-        self._offer(name, hashed.stat, hashed.md5)
+        self._offer(name, hashed.stat, hashed.md5, hashed.meta if isinstance(hashed.meta, dict) else None)
 
-    def _offer(self, name: str, st: EntryStat, md5: str | None) -> Entry:
-        """Record a new version of `name` and offer it (md5 None: not hashed yet; see _hash_entries)."""
+    def _offer(self, name: str, st: EntryStat, md5: str | None, meta: Metadata | None) -> Entry:
+        """Record a new version of `name` and offer it, with its metadata (md5 None: not hashed yet;
+        see _hash_entries)."""
         entry = Entry(
             id=new_entry_id(),
             name=name,
@@ -358,8 +461,16 @@ class Upload(Endpoint):
         # old md5: withdraw them (one already pushed and being verified goes on).
         for older in self.state.by_name(name, *UNSENT):
             self._withdraw(older, "superseded by a newer version")
+        # One central refused for its metadata: this version, with new metadata, takes its place.
+        for older in self.state.by_name(name, Up.FAILED):
+            if (older.reason or "").startswith(f"{METADATA_AT_CENTRAL}: "):
+                self.forget(older, f"offered again with new metadata as entry {entry.id}")
         self.create(entry)
-        self.send(CENTRAL, Offer(entry.id, self.name, name=name, kind=st.kind, size=st.size, files=st.files))
+        self.state.put_metadata(entry.id, canonical(meta) if meta else None)
+        offer = Offer(
+            entry.id, self.name, name=name, kind=st.kind, size=st.size, files=st.files, meta=meta or None
+        )
+        self.send(CENTRAL, offer)
         self.pending.pop(name, None)
         log.info(
             "%s: offered (%s, %s, %s%s)",
@@ -524,7 +635,7 @@ class Upload(Endpoint):
         if self.jobs.busy(Key(NAME, entry.name)):
             raise Refused(f"{shown(entry.name)}: upload is reading it right now; ask again in a moment")
         stat = EntryStat(entry.kind, entry.size, entry.files, entry.signature or "")
-        new = self._offer(entry.name, stat, None)
+        new = self._offer(entry.name, stat, None, loads(self.state.metadata(entry.id)))
         self._hash_entries([new])
         return new
 
@@ -538,7 +649,7 @@ class Upload(Endpoint):
             self.jobs.submit(
                 Pool.SCAN,
                 [SCAN],
-                functools.partial(scan, str(self.cfg.file_dir), self.watcher.take_renamed),
+                functools.partial(scan, str(self.cfg.file_dir), self.watcher.take_renamed, self.sidecars),
                 self._scanned,
             )
         due = self.due_for_transfer(Up.UPLOADING, now)
