@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 SIDECAR = ".meta.json"  # NAME.meta.json beside NAME holds NAME's metadata; never an entry itself
@@ -144,8 +144,9 @@ def pair(text: str) -> tuple[str, str]:
     return key, value
 
 
-def merged(base: Mapping[str, Any] | None, pairs: list[tuple[str, str]]) -> Metadata:
-    """`base` with the `-k` pairs added (a pair replaces a key of the same name); checked."""
+def merged(base: Mapping[str, Any] | None, pairs: Iterable[tuple[str, Any]]) -> Metadata:
+    """`base` with the `-k` pairs (or another object's items) added, a pair replacing a key of the
+    same name; checked."""
     out = dict(base or {})
     for key, value in pairs:
         out[key] = value

@@ -75,13 +75,11 @@ def write(directory: str, name: str, meta: Metadata, *, replace: bool) -> str:
     path = os.path.join(directory, sidecar_of(name))
     tmp = os.path.join(directory, f".{uuid.uuid4().hex}.meta.tmp")
     data = pretty(meta).encode("utf-8")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         if replace:
             os.replace(tmp, path)
         else:
