@@ -103,8 +103,10 @@ def _label_ok(key: str) -> bool:
 
 
 def _encoded(path: str) -> str:
-    """A payload path as manifests write it (RFC 8493 2.1.3: %, CR and LF percent-encoded)."""
-    return path.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    """A payload path as manifests write it: CR and LF percent-encoded. RFC 8493 (2.1.3) encodes
+    '%' as well, but bagit-python, the validator most use, does not decode it: a name with '%'
+    would not validate there. So '%' stays as it is (a name holding "%0A" itself is misread)."""
+    return path.replace("\r", "%0D").replace("\n", "%0A")
 
 
 def _digest(alg: str, data: bytes) -> str:
