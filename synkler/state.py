@@ -571,16 +571,16 @@ class State:
     # metadata ------------------------------------------------------------------------------------
 
     def put_metadata(self, entry_id: str, meta: str | None) -> None:
-        """Keep an entry's metadata (canonical JSON, synkler.metadata); None or "": it has none."""
+        """Keep an entry's metadata (canonical JSON, synkler.metadata); None or "": it has none, and
+        nothing is written (an entry without metadata costs no statement)."""
+        if not meta:
+            return
         try:
-            if meta:
-                self._db.execute(
-                    "INSERT INTO metadata (entry, meta) VALUES (?, ?)"
-                    " ON CONFLICT (entry) DO UPDATE SET meta = excluded.meta",
-                    (entry_id, meta),
-                )
-            else:
-                self._db.execute("DELETE FROM metadata WHERE entry = ?", (entry_id,))
+            self._db.execute(
+                "INSERT INTO metadata (entry, meta) VALUES (?, ?)"
+                " ON CONFLICT (entry) DO UPDATE SET meta = excluded.meta",
+                (entry_id, meta),
+            )
         except sqlite3.Error as e:
             raise _error(e) from e
 
