@@ -230,3 +230,38 @@ def test_a_bag_is_built_around_an_entry_and_can_be_finished_after_a_crash(tmp_pa
     assert "a:b" not in made.info and "list" not in made.info
     assert json.loads((bag / "metadata.json").read_text()) == meta
     assert md5_entry(bag / "data" / "run") == md5
+
+
+# download ------------------------------------------------------------------------------------------------
+
+
+def test_download_places_the_sidecar_then_the_data(tmp_path: Path):
+    r = Role("download", tmp_path)
+    r.start()
+    e = r.given("placing", name="run.raw", stored_as="run.raw", peer="central")
+    with r.state.transaction():
+        r.state.put_metadata(e.id, '{"sample_id":"S1"}')
+    staged = r.file_dir / f".synkler-{r.cfg.id}" / e.id
+    staged.write_bytes(b"data")
+    r.tick()
+    assert r.entry(e.id).state == "done"
+    assert (r.file_dir / "run.raw").read_bytes() == b"data"
+    assert json.loads((r.file_dir / "run.raw.meta.json").read_text()) == {"sample_id": "S1"}
+
+
+def test_download_finishes_a_bag_a_stop_cut_short_after_its_restart(tmp_path: Path):
+    bagit = pytest.importorskip("bagit")
+    r = Role("download", tmp_path, layout="bagit")
+    e = r.given("placing", name="run.raw", stored_as="run.raw", peer="central")
+    staging = r.file_dir / f".synkler-{r.cfg.id}"
+    (staging / f"{e.id}.bag.tmp" / "data").mkdir(parents=True)
+    (staging / f"{e.id}.bag.tmp" / "data" / "run.raw").write_bytes(b"data")
+    (staging / "0123").write_bytes(b"junk")  # a leftover that is no entry's: removed
+    r.start()
+    assert sorted(os.listdir(staging)) == [f"{e.id}.bag.tmp"]
+    r.tick()
+    r.run(r.job("hash"))
+    r.tick()
+    assert r.entry(e.id).state == "done" and os.listdir(staging) == []
+    bagit.Bag(str(r.file_dir / "run.raw")).validate()
+    assert (r.file_dir / "run.raw" / "data" / "run.raw").read_bytes() == b"data"
