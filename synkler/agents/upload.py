@@ -504,7 +504,8 @@ class Upload(Endpoint):
         """The file again as a new entry, and the failed one forgotten at every role (central drops a
         copy it kept, download what it pulled of it)."""
         new = self._offer_again(entry)
-        self.forget(entry, f"retried by an operator at upload: sent again as entry {new.id}")
+        if self.entry(entry.id).state != Up.FORGOTTEN:  # one refused for its metadata is already
+            self.forget(entry, f"retried by an operator at upload: sent again as entry {new.id}")
         return f"{shown(entry.name)}: sent again as entry {new.id}; the failed entry {entry.id} is forgotten"
 
     def resend(self, entry: Entry) -> str:

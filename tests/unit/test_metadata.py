@@ -265,3 +265,18 @@ def test_download_finishes_a_bag_a_stop_cut_short_after_its_restart(tmp_path: Pa
     assert r.entry(e.id).state == "done" and os.listdir(staging) == []
     bagit.Bag(str(r.file_dir / "run.raw")).validate()
     assert (r.file_dir / "run.raw" / "data" / "run.raw").read_bytes() == b"data"
+
+
+def test_retry_of_an_entry_refused_for_its_metadata_offers_it_again_and_forgets_it_once(tmp_path: Path):
+    r = Role("upload", tmp_path)
+    (r.file_dir / "data.bin").write_bytes(b"data")
+    r.start()
+    e = r.given("failed", peer="central", reason="metadata check at central: lacks …: sample_id is missing")
+    with r.state.transaction():
+        r.state.put_metadata(e.id, '{"project":"p"}')
+    ok, answer = r.request("retry", e.id)
+    assert ok, answer
+    sent = r.sent()
+    assert [m.meta for to, m in sent if isinstance(m, Offer)] == [{"project": "p"}]
+    assert [m.entry for to, m in sent if isinstance(m, Forget)] == [e.id]
+    assert r.entry(e.id).state == "forgotten"
