@@ -188,8 +188,10 @@ def test_upload_offers_a_refused_entry_again_once_its_sidecar_is_written(tmp_pat
     (r.file_dir / "data.bin").write_bytes(b"data")
     (r.file_dir / "other.meta.json").write_text("{}")  # a sidecar alone is no entry
     r.start()
-    for _ in range(2):
-        r.tick(time.time() + 10)
+    later = time.time()
+    for _ in range(2):  # each look later than the last: one the watcher asked for is due too
+        later += 10
+        r.tick(later)
         r.run(r.job("scan"))
     (first,) = [m for to, m in r.sent() if isinstance(m, Offer)]
     assert first.name == "data.bin" and first.meta is None
@@ -198,7 +200,8 @@ def test_upload_offers_a_refused_entry_again_once_its_sidecar_is_written(tmp_pat
     assert r.entry(first.entry).state == "failed"
     (r.file_dir / "data.bin.meta.json").write_text('{"sample_id": "S1"}')
     for _ in range(3):
-        r.tick(time.time() + 20)
+        later += 10
+        r.tick(later)
         r.run(r.job("scan"))
     sent = r.sent()
     offers = [m for to, m in sent if isinstance(m, Offer)]
