@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, ClassVar, Union
 
+from . import metadata
 from .errors import MessageError
 
 # 4: `pushing`, later also `forget` (a new type only, so no new version: every other message is the
@@ -139,6 +140,11 @@ def _receipt(value: object) -> str | None:
     return None
 
 
+def _meta(value: object) -> str | None:
+    # None: no metadata (a field left out of the wire builds it so); else a checked metadata object.
+    return None if value is None else metadata.problem(value)
+
+
 def _outcome(value: object) -> str | None:
     return None if value in ("placed", "present") else "bad outcome"
 
@@ -149,9 +155,9 @@ def _checked(check: Check) -> dict[str, Check]:
 
 
 def _optional(check: Check) -> dict[str, Any]:
-    """The metadata of a body field that may be missing on the wire (then it is ""), and is left out
-    when empty: a field added without a new schema version, so agents that do not use it (a 0.4
-    one, a relay without receipt keys) still understand each other."""
+    """The metadata of a body field that may be missing on the wire (then it is its default, "" or
+    None), and is left out when empty: a field added without a new schema version, so agents that do
+    not use it (a 0.4 one, a relay without receipt keys) still understand each other."""
     return {"check": check, "optional": True}
 
 
@@ -181,9 +187,11 @@ class EntryMessage(Message):
 
 @dataclass(frozen=True)
 class Offer(EntryMessage):
-    """upload -> central: an entry has settled and is ready to send (its md5 follows with `sent`)."""
+    """upload -> central: an entry has settled and is ready to send (its md5 follows with `sent`),
+    with its metadata, if it has some (synkler.metadata)."""
 
     TYPE: ClassVar[str] = "offer"
+    meta: dict[str, Any] | None = field(default=None, metadata=_optional(_meta))
 
 
 @dataclass(frozen=True)
@@ -229,6 +237,7 @@ class Fetch(EntryMessage):
     md5: str = field(metadata=_checked(_md5))
     attempt: int = field(metadata=_checked(_attempt))
     path: str = field(metadata=_checked(path_problem))
+    meta: dict[str, Any] | None = field(default=None, metadata=_optional(_meta))  # as offered
 
 
 @dataclass(frozen=True)
@@ -310,6 +319,11 @@ SCHEMAS: dict[str, dict[str, Check]] = {
 OPTIONAL: dict[str, frozenset[str]] = {
     name: frozenset(f.name for f in fields(cls) if f.metadata.get("optional")) for name, cls in TYPES.items()
 }
+# type -> the values its optional fields take when missing ("", or None for metadata)
+_EMPTY: dict[str, dict[str, Any]] = {
+    name: {f.name: f.default for f in fields(cls) if f.metadata.get("optional")}
+    for name, cls in TYPES.items()
+}
 
 
 def body(msg: Message) -> dict[str, Any]:
@@ -318,7 +332,7 @@ def body(msg: Message) -> dict[str, Any]:
     return {
         name: getattr(msg, name)
         for name in SCHEMAS[msg.TYPE]
-        if name not in optional or getattr(msg, name) != ""
+        if name not in optional or getattr(msg, name) not in ("", None, {})
     }
 
 
@@ -412,6 +426,8 @@ def _validate(msg: object) -> Message:
     extra = set(msg) - set(schema) - set(_ENVELOPE)
     if extra:
         raise MessageError(f"{mtype}: unknown fields {sorted(extra)}")
-    message = cls(msg["entry"], msg["from"], *[msg.get(name, "") for name in schema])
+    empty = _EMPTY[cls.TYPE]
+    values = [msg.get(name, "") if name not in empty else msg.get(name) or empty[name] for name in schema]
+    message = cls(msg["entry"], msg["from"], *values)
     object.__setattr__(message, "at", float(at))  # not an argument: messages made to send have none
     return message

@@ -61,6 +61,11 @@ CREATE TABLE IF NOT EXISTS receipts (
     created     REAL NOT NULL,
     PRIMARY KEY (entry, destination)
 );
+-- Each entry's metadata (synkler.metadata), as canonical JSON; kept as long as the entry is.
+CREATE TABLE IF NOT EXISTS metadata (
+    entry TEXT PRIMARY KEY,
+    meta  TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outbox (
     seq     INTEGER PRIMARY KEY AUTOINCREMENT,
     dest    TEXT NOT NULL,
@@ -518,6 +523,7 @@ class State:
         try:
             self._db.executemany("DELETE FROM entries WHERE rowid = ?", [(e.rowid,) for e in gone])
             self._db.executemany("DELETE FROM receipts WHERE entry = ?", [(e.id,) for e in gone])
+            self._db.executemany("DELETE FROM metadata WHERE entry = ?", [(e.id,) for e in gone])
             self._db.execute(
                 "INSERT INTO pruned (one, until) VALUES (1, ?)"
                 " ON CONFLICT (one) DO UPDATE SET until = max(until, excluded.until)",
@@ -561,6 +567,34 @@ class State:
         except sqlite3.Error as e:
             raise _error(e) from e
         return dict(rows)
+
+    # metadata ------------------------------------------------------------------------------------
+
+    def put_metadata(self, entry_id: str, meta: str | None) -> None:
+        """Keep an entry's metadata (canonical JSON, synkler.metadata); None or "": it has none, and
+        nothing is written (an entry without metadata costs no statement)."""
+        if not meta:
+            return
+        try:
+            self._db.execute(
+                "INSERT INTO metadata (entry, meta) VALUES (?, ?)"
+                " ON CONFLICT (entry) DO UPDATE SET meta = excluded.meta",
+                (entry_id, meta),
+            )
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
+    def metadata(self, entry_id: str) -> str | None:
+        """An entry's metadata as kept (canonical JSON), or None: it has none."""
+        try:
+            row = self._db.execute("SELECT meta FROM metadata WHERE entry = ?", (entry_id,)).fetchone()
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):  # read-only, on a database no agent of this version opened yet
+                return None
+            raise _error(e) from e
+        except sqlite3.Error as e:
+            raise _error(e) from e
+        return row[0] if row else None
 
     # outbox --------------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from typing import Callable, NamedTuple, Protocol, TypeVar
 from ..state import Entry
 from .facts import (
     ADMISSION_AT_CENTRAL,
+    METADATA_AT_CENTRAL,
     PULL_FROM_CENTRAL,
     PUSH_TO_CENTRAL,
     STORE_AT_CENTRAL,
@@ -41,6 +42,9 @@ GIVE_UP_ADVICE = {
     + REOFFER,
     ADMISSION_AT_CENTRAL: "Upload keeps its copy. Give central's file_dir a bigger file system (or a "
     "lower free_percent), " + REOFFER,
+    METADATA_AT_CENTRAL: "Upload keeps its copy. Add the metadata central requires: `synkler send -k "
+    "KEY:VALUE <name>` on upload, or write <name>.meta.json beside it; upload offers it again at once "
+    "(docs/metadata.md).",
 }
 
 

@@ -32,6 +32,7 @@ from ..messages import (
     Wait,
     Withdraw,
 )
+from ..metadata import canonical, loads, requirement_problems
 from ..state import Entry, State
 from ..text import count as counted
 from ..text import shown, some_entries
@@ -50,7 +51,16 @@ from .base import (
     Transitions,
     hash_groups,
 )
-from .facts import ADMISSION_AT_CENTRAL, PULL, PUSH, STORE_AT_CENTRAL, UPLOAD_TO_CENTRAL, facts, hop
+from .facts import (
+    ADMISSION_AT_CENTRAL,
+    METADATA_AT_CENTRAL,
+    PULL,
+    PUSH,
+    STORE_AT_CENTRAL,
+    UPLOAD_TO_CENTRAL,
+    facts,
+    hop,
+)
 from .followers import Followers
 from .pools import Pool
 from .spool import Arrival, PlaceRefused, Spool
@@ -233,9 +243,23 @@ class Central(Agent):
             self.send(msg.sender, Failed(msg.entry, self.name, hop=ADMISSION_AT_CENTRAL, reason=refused))
             return
         entry = self.create(self.entry_from(msg, Mid.WAITING))
+        self.state.put_metadata(entry.id, canonical(msg.meta) if msg.meta else None)
+        lacks = requirement_problems(msg.meta, self.cfg.require_metadata)
+        if lacks:
+            self._refuse_metadata(entry, lacks)
+            return
         self.admit_due = True
         log.debug("%s: offered by %s (%d bytes)", entry.name, entry.peer, entry.size)
         # admitted (or told to wait) by the tick that follows, in offer order
+
+    def _refuse_metadata(self, entry: Entry, lacks: list[str]) -> None:
+        """An entry without the metadata central requires (require_metadata) is refused at once: it
+        stays at upload, failed with the reason, until its metadata is added (upload then offers it
+        again as a new entry and forgets this one)."""
+        why = f"lacks the metadata central requires: {'; '.join(lacks)}"[:1900]
+        self.move(entry, Mid.FAILED, reason=f"{METADATA_AT_CENTRAL}: {why}")
+        self.send(entry.peer or "", Failed(entry.id, self.name, hop=METADATA_AT_CENTRAL, reason=why))
+        log.error("%s: refused: %s. %s", entry.name, why, GIVE_UP_ADVICE[METADATA_AT_CENTRAL])
 
     def on_sent(self, msg: Sent) -> None:
         entry = self.entry_for(msg)
@@ -568,6 +592,7 @@ class Central(Agent):
                     md5=entry.known_md5(),
                     attempt=entry_now.attempt,  # grows when central had to get the entry again
                     path=stored,
+                    meta=loads(self.state.metadata(entry.id)),
                 ),
             )
             log.info("%s: md5 verified at central (%s); download may fetch it", entry.name, checked.md5)

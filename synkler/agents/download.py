@@ -16,20 +16,23 @@ import stat
 import time
 from typing import TYPE_CHECKING
 
-from .. import receipts
+from .. import __version__, receipts
 from ..errors import ConfigError
+from ..hops.bagit import make_bag, work_dir
 from ..hops.checksum import stat_entry
 from ..hops.pull import Early, Mismatch, NotPulled, PullRun, Staging, pull, pull_early
 from ..linux.fs import free_bytes, remove_tree, rename_noreplace
 from ..messages import Corrupt, Failed, Fetch, Fetched, Forget, Pushing, is_valid_entry_id
+from ..metadata import Metadata, canonical, loads, sidecar_of
 from ..private import private_dir
 from ..state import Entry, State
 from ..text import shown, some_entries
-from . import waits
+from . import sidecars, waits
 from .base import ENTRY, Jobs, Key, Status, Transitions
 from .endpoint import Endpoint
 from .facts import DISK_WAIT, PULL, PULL_FROM_CENTRAL, facts, hop
-from .naming import choose_name
+from .naming import BAGIT, SIDECAR, chooser
+from .pools import Pool
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -133,7 +136,7 @@ class Download(Endpoint):
         # so does an early pull whose fetch has not come yet. Anything else in staging is left over.
         now = time.time()
         for name, path in self.staging.leftovers():
-            entry = self.state.get(name)
+            entry = self.state.get(_entry_id_of(name))
             if entry is not None and entry.state in (Down.FETCHING, Down.PLACING):
                 continue
             if entry is None and path == self.staging.of(name) and _early_copy(name, path):
@@ -180,7 +183,8 @@ class Download(Endpoint):
         if entry is None and self.history.may_have_pruned(msg):
             self._not_fetched(msg)
         elif entry is None:
-            self.create(self.entry_from(msg, Down.FETCHING, attempt=msg.attempt, path=msg.path))
+            entry = self.create(self.entry_from(msg, Down.FETCHING, attempt=msg.attempt, path=msg.path))
+            self.state.put_metadata(entry.id, canonical(msg.meta) if msg.meta else None)
             self.transfer_due = True
         elif entry.state in (Down.FETCHING, Down.FAILED) and msg.attempt > entry.attempt:
             # Central has a fresh copy (it found its stored one bad and got it again from upload).
@@ -266,7 +270,8 @@ class Download(Endpoint):
         if self.place_due:
             self.place_due = False
             for entry in self.state.by_state(Down.PLACING):
-                self._place(entry)
+                if not self.jobs.busy(Key(ENTRY, entry.id)):
+                    self._place(entry)
         self.start_due_cleanups(now)
         self._look_at_disk(now)
         for entry_id, early in list(self.early.items()):
@@ -313,9 +318,14 @@ class Download(Endpoint):
             log.info("pulling %s from central", some_entries([e.name for e in batch]))
         # Big files go alone (base.BATCH_BYTES): one pulled early has a batch of its own.
         early = self.early.pop(batch[0].id, None) if len(batch) == 1 else None
+        metas = {}
+        for e in batch:
+            meta = loads(self.state.metadata(e.id))
+            if meta:
+                metas[(e.name, e.known_md5())] = meta
         self.submit_transfer(
             [Key(ENTRY, e.id) for e in batch],
-            functools.partial(pull, self.cfg, self.staging, batch, early, choose_name),
+            functools.partial(pull, self.cfg, self.staging, batch, early, chooser(self.cfg.layout, metas)),
             functools.partial(self._pulled, batch),
         )
 
@@ -403,16 +413,32 @@ class Download(Endpoint):
         self.place_due = True
 
     def _place(self, entry: Entry) -> None:
-        """Rename the verified copy into file_dir; for its cleanup script, note its fingerprint there."""
+        """Rename the verified copy (or its bag) into file_dir, its metadata sidecar first; for its
+        cleanup script, note its fingerprint there."""
         src = self.staging.of(entry.id)
         dst = os.path.join(self.cfg.file_dir, entry.stored_as or entry.name)
+        meta = loads(self.state.metadata(entry.id))
+        if self.cfg.layout == BAGIT:
+            bag = self.staging.bag(entry.id)
+            if not os.path.lexists(bag) and (os.path.lexists(src) or os.path.lexists(work_dir(bag))):
+                self._build_bag(entry, meta)
+                return
+            src = bag
         signature = None  # not known: the cleanup script's check reads the md5 instead
         if os.path.lexists(src):
             staged = os.lstat(src)
+            wrote = self.cfg.layout == SIDECAR and meta is not None and self._write_sidecar(entry, meta)
+            if wrote is None:
+                return
             try:
                 rename_noreplace(src, dst)
             except FileExistsError:
-                # Someone put something there since we looked: choose again (the pull is a no-op now).
+                # Someone put something there since we looked: choose again (the pull is a no-op now;
+                # a bag is built again).
+                if wrote:
+                    sidecars.remove(str(self.cfg.file_dir), entry.stored_as or entry.name)
+                if src != self.staging.of(entry.id):
+                    remove_tree(src)
                 self.move(entry, Down.FETCHING, due=0)
                 self.transfer_due = True
                 return
@@ -437,6 +463,55 @@ class Download(Endpoint):
             entry.md5,
         )
 
+    def _write_sidecar(self, entry: Entry, meta: Metadata) -> bool | None:
+        """Put the entry's metadata beside the name it is about to take (before the data, so whoever
+        finds the data finds its metadata): True if written now, False if it was there already (a
+        restart), None if another sidecar holds the name (the entry is placed again, under another)."""
+        directory, name = str(self.cfg.file_dir), entry.stored_as or entry.name
+        try:
+            sidecars.write(directory, name, meta, replace=False)
+            return True
+        except FileExistsError:
+            if sidecars.holds(directory, name, meta):
+                return False
+        log.info("%s: %s is taken by another sidecar; choosing another name", entry.name, sidecar_of(name))
+        self.move(entry, Down.FETCHING, due=0)
+        self.transfer_due = True
+        return None
+
+    def _build_bag(self, entry: Entry, meta: Metadata | None) -> None:
+        """Build the entry's BagIt bag in staging (a job: it reads the entry again for its manifests)."""
+        log.debug("%s: building its BagIt bag", entry.name)
+        self.jobs.submit(
+            Pool.HASH,
+            [Key(ENTRY, entry.id)],
+            functools.partial(
+                make_bag,
+                self.staging.of(entry.id),
+                self.staging.bag(entry.id),
+                entry.name,
+                meta,
+                entry.id,
+                f"synkler {__version__}",
+            ),
+            functools.partial(self._bagged, entry.id),
+        )
+
+    def _bagged(self, entry_id: str, _result: None, error: BaseException | None) -> None:
+        self.place_due = True
+        entry = self.state.get(entry_id)
+        if entry is None or entry.state != Down.PLACING:
+            self._forgotten(entry_id)
+            return
+        if error is not None:
+            # A full disk, or a file that cannot be read: pulled and bagged again (failed tries
+            # count, as a failed pull's do).
+            self.staging.drop(entry_id)
+            entry = self.move(entry, Down.FETCHING)
+            if not self.retry_later(entry, PULL_FROM_CENTRAL, f"cannot build its BagIt bag: {error!r}"):
+                failed = Failed(entry.id, self.name, hop=PULL_FROM_CENTRAL, reason=f"BagIt: {error!r}"[:1900])
+                self.send(entry.peer or "", failed)
+
     def _receipt(self, entry: Entry, outcome: str) -> str:
         """The signed receipt of a verified copy just placed (or found present), kept in the state
         with the entry's change; "" without a receipt_key."""
@@ -449,6 +524,11 @@ class Download(Endpoint):
         token = receipts.sign(receipt, self.receipt_key)
         self.state.put_receipt(entry.id, self.name, token)
         return token
+
+
+def _entry_id_of(name: str) -> str:
+    """The entry a name in staging belongs to: the copy <id>, its bag <id>.bag, <id>.bag.tmp."""
+    return name.split(".", 1)[0]
 
 
 def placed_signature(path: str, staged: os.stat_result) -> str | None:

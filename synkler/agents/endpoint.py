@@ -233,6 +233,10 @@ class Endpoint(Agent):
         """(%f, %F) for the entry's cleanup script: its name and full path on this host."""
         raise NotImplementedError
 
+    def cleanup_content(self, entry: Entry) -> cleanup.Content:
+        """What the entry's name must hold for its cleanup script to run: the delivered content."""
+        return cleanup.Content(entry.kind, entry.md5, entry.signature)
+
     def delivered(self, entry: Entry, **changes: Any) -> None:
         """The entry is delivered: its cleanup script is due, if there is one, else it is done."""
         if self.cfg.cleanup_script:
@@ -255,7 +259,7 @@ class Endpoint(Agent):
         if not resume:
             self.state.update(entry, cleanup=Cleanup.RUNNING)
         name, full_path = self.cleanup_target(entry)
-        content = cleanup.Content(entry.kind, entry.md5, entry.signature)
+        content = self.cleanup_content(entry)
         self.jobs.submit(
             Pool.SCRIPT,
             [Key(CLEANUP, entry.id)],

@@ -17,6 +17,7 @@ PULL_FROM_CENTRAL = "pull from central"  # download's rsync out of central's sto
 UPLOAD_TO_CENTRAL = "upload to central"  # central: what upload pushed kept arriving bad
 STORE_AT_CENTRAL = "store at central"  # central: its stored copy kept going bad
 ADMISSION_AT_CENTRAL = "admission at central"  # central: the entry can never fit
+METADATA_AT_CENTRAL = "metadata check at central"  # central: the entry lacks required metadata
 # A reason that says a person must act (ssh refused a key, host key or host name):
 # "<hop>: needs a person: <why>".
 NEEDS_PERSON = "needs a person"

@@ -13,14 +13,12 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Union
+from typing import TYPE_CHECKING
 
 from .. import receipts
 from ..errors import MessageError, Refused
-from ..hops import transfer
-from ..hops.checksum import EntryStat, md5_entry, stat_entry
-from ..linux.fs import open_for_writing
+from ..hops import cleanup, transfer
+from ..hops.checksum import EntryStat
 from ..messages import (
     Admit,
     Delivered,
@@ -33,8 +31,10 @@ from ..messages import (
     name_problem,
     new_entry_id,
 )
+from ..metadata import Metadata, canonical, loads, sidecar_of
 from ..state import Ended, Entry, State
 from ..text import count, shown, some_entries
+from . import sidecars
 from .base import (
     ENTRY,
     HASHING,
@@ -42,6 +42,7 @@ from .base import (
     RESEND,
     RETRY,
     SCAN,
+    Cleanup,
     Jobs,
     Key,
     Status,
@@ -49,8 +50,10 @@ from .base import (
     hash_groups,
 )
 from .endpoint import Endpoint
-from .facts import DISK_WAIT, PULL_FROM_CENTRAL, PUSH, PUSH_TO_CENTRAL, RELAY, facts, hop
+from .facts import DISK_WAIT, METADATA_AT_CENTRAL, PULL_FROM_CENTRAL, PUSH, PUSH_TO_CENTRAL, RELAY, facts, hop
+from .listing import Hashed, Listing, data_signature, hash_each, hash_entry, scan
 from .pools import Pool
+from .sidecars import Read, Sidecars
 from .watch import DirWatcher
 
 if TYPE_CHECKING:
@@ -122,67 +125,6 @@ FACTS = facts(
 )
 
 
-@dataclass(frozen=True)
-class Hashed:
-    """An entry read whole: its md5, and its fingerprint taken after the read."""
-
-    md5: str
-    stat: EntryStat
-
-
-Found = Union[EntryStat, Exception, None]  # None: vanished while looked at
-
-
-@dataclass(frozen=True)
-class Listing:
-    """What a scan of file_dir found: each entry's fingerprint (or why it has none), and which
-    entries are whole already (renamed in, not open for writing)."""
-
-    found: dict[str, Found]
-    whole: set[str]
-
-
-def scan(file_dir: str, take_renamed: Callable[[], set[str]]) -> Listing:
-    """Fingerprint every entry of file_dir; also say which are whole already: files renamed in
-    (nothing happened to them since) that no process holds open for writing."""
-    found: dict[str, Found] = {}
-    whole: set[str] = set()
-    renamed = take_renamed()
-    with os.scandir(file_dir) as it:
-        for d in it:
-            if d.name.startswith("."):
-                continue
-            try:
-                if d.name in renamed:  # asked before the fingerprint, so that is of the whole file
-                    writing = open_for_writing(d.path)
-                    if writing is False:
-                        whole.add(d.name)
-                    else:
-                        why = "is still open for writing" if writing else "may still be written"
-                        log.debug("%s: renamed in, but %s: it settles first", d.name, why)
-                found[d.name] = stat_entry(d.path)
-            except FileNotFoundError:  # vanished while we looked
-                found[d.name] = None
-            except (OSError, ValueError) as e:  # unreadable, or holds a fifo/socket/device
-                found[d.name] = e
-    return Listing(found, whole)
-
-
-def hash_entry(path: str) -> Hashed:
-    return Hashed(md5_entry(path), stat_entry(path))
-
-
-def hash_each(paths: list[str]) -> list[Hashed | Exception]:
-    """md5 of several entries; an entry that cannot be read does not stop the others."""
-    results: list[Hashed | Exception] = []
-    for path in paths:
-        try:
-            results.append(hash_entry(path))
-        except Exception as e:  # this entry only; the others of the group go on
-            results.append(e)
-    return results
-
-
 class Upload(Endpoint):
     mode = "upload"
     STATES = Up
@@ -213,6 +155,7 @@ class Upload(Endpoint):
         self.warned: set[str] = set()
         self.changed = threading.Event()
         self.watcher = DirWatcher(str(self.cfg.file_dir), self._on_change)
+        self.sidecars = Sidecars(str(self.cfg.file_dir))  # read by the scan job only
         self.watching = False
         key = cfg.download_public_key
         self.download_key = receipts.load_public_key(key) if key else None  # checked by the config
@@ -222,6 +165,32 @@ class Upload(Endpoint):
 
     def cleanup_target(self, entry: Entry) -> tuple[str, str]:
         return entry.name, self.path(entry.name)
+
+    def cleanup_content(self, entry: Entry) -> cleanup.Content:
+        # The entry's fingerprint holds its sidecar's: the script's check looks at the data alone.
+        return cleanup.Content(entry.kind, entry.md5, data_signature(entry.signature))
+
+    def _cleanup_ended(
+        self,
+        entry_id: str,
+        name: str,
+        result: transfer.Result | cleanup.Skipped | None,
+        error: BaseException | None,
+    ) -> None:
+        super()._cleanup_ended(entry_id, name, result, error)
+        if self.entry(entry_id).cleanup == Cleanup.DONE:
+            self.state.after_commit(functools.partial(self._drop_sidecar, name))
+
+    def _drop_sidecar(self, name: str) -> None:
+        """The sidecar goes with its entry: once the cleanup script has removed (or moved) the
+        entry, its sidecar is removed too. One left by a script that keeps the entry stays."""
+        if os.path.lexists(self.path(name)):
+            return
+        try:
+            if sidecars.remove(str(self.cfg.file_dir), name):
+                log.info("%s: its sidecar %s removed with it", name, sidecar_of(name))
+        except OSError as e:
+            log.warning("%s: cannot remove its sidecar %s: %s", name, sidecar_of(name), e)
 
     def startup(self) -> None:
         if self.download_key is None:
@@ -268,8 +237,9 @@ class Upload(Endpoint):
                 self.pending.pop(name, None)
                 if st is not None:
                     self._warn_once(name, "%s: not sending it: %s", name, st)
-            elif self._sendable(name):
-                offered = self._look_at(name, st, name in listing.whole, now)
+            elif self._sendable(name) and self._meta_usable(name, listing.meta.get(name)):
+                meta = listing.meta.get(name)
+                offered = self._look_at(name, st, name in listing.whole, now, meta)
                 if offered is not None:
                     fresh.append(offered)
         self._hash_entries(fresh)
@@ -290,7 +260,23 @@ class Upload(Endpoint):
             self._warn_once(name, "%s: not sending it (in %s): %s", name, self.cfg.file_dir, problem)
         return not problem
 
-    def _look_at(self, name: str, st: EntryStat, whole: bool, now: float) -> Entry | None:
+    def _meta_usable(self, name: str, meta: Read | None) -> bool:
+        """An entry whose sidecar is not valid metadata is not sent (said once) until it is."""
+        if isinstance(meta, Exception):
+            self.pending.pop(name, None)
+            self._warn_once(
+                sidecar_of(name),
+                "%s: not sending it: its sidecar %s (in %s) cannot be used: %s",
+                name,
+                sidecar_of(name),
+                self.cfg.file_dir,
+                meta,
+            )
+            return False
+        self.warned.discard(sidecar_of(name))
+        return True
+
+    def _look_at(self, name: str, st: EntryStat, whole: bool, now: float, meta: Read | None) -> Entry | None:
         """One entry of a listing: note it while it settles; once it has, offer it (returned, to be
         hashed while it travels) or, for a name relayed before, compare its md5 first."""
         if self.relayed.get(name) == st.signature:
@@ -308,7 +294,7 @@ class Upload(Endpoint):
             self.pending[name] = (st.signature, now)
         elif now - seen[1] >= self.cfg.settle_seconds and not self.jobs.busy(Key(NAME, name)):
             if latest is None or latest.state == Up.FAILED:
-                return self._offer(name, st, None)
+                return self._offer(name, st, None, meta if isinstance(meta, dict) else None)
             self._hash(name, st.signature)  # maybe only touched: compare before sending
         return None
 
@@ -331,16 +317,19 @@ class Upload(Endpoint):
         if hashed.stat.signature != signature:
             self.pending[name] = (hashed.stat.signature, time.time())  # changed while hashing: settle again
             return
+        if not self._meta_usable(name, hashed.meta):
+            return
         latest = self.state.latest_by_name(name)
         if latest is not None and latest.md5 == hashed.md5 and latest.state != Up.FAILED:
             self.state.update(
                 latest, signature=hashed.stat.signature
             )  # touched, same content: nothing to send
             return
-        self._offer(name, hashed.stat, hashed.md5)
+        self._offer(name, hashed.stat, hashed.md5, hashed.meta if isinstance(hashed.meta, dict) else None)
 
-    def _offer(self, name: str, st: EntryStat, md5: str | None) -> Entry:
-        """Record a new version of `name` and offer it (md5 None: not hashed yet; see _hash_entries)."""
+    def _offer(self, name: str, st: EntryStat, md5: str | None, meta: Metadata | None) -> Entry:
+        """Record a new version of `name` and offer it, with its metadata (md5 None: not hashed yet;
+        see _hash_entries)."""
         entry = Entry(
             id=new_entry_id(),
             name=name,
@@ -356,11 +345,16 @@ class Upload(Endpoint):
         # old md5: withdraw them (one already pushed and being verified goes on).
         for older in self.state.by_name(name, *UNSENT):
             self._withdraw(older, "superseded by a newer version")
+        # One central refused for its metadata: this version, with new metadata, takes its place.
+        for older in self.state.by_name(name, Up.FAILED):
+            if (older.reason or "").startswith(f"{METADATA_AT_CENTRAL}: "):
+                self.forget(older, f"offered again with new metadata as entry {entry.id}")
         self.create(entry)
-        self.send(
-            self.cfg.central_name,
-            Offer(entry.id, self.name, name=name, kind=st.kind, size=st.size, files=st.files),
+        self.state.put_metadata(entry.id, canonical(meta) if meta else None)
+        offer = Offer(
+            entry.id, self.name, name=name, kind=st.kind, size=st.size, files=st.files, meta=meta or None
         )
+        self.send(self.cfg.central_name, offer)
         self.pending.pop(name, None)
         log.info(
             "%s: offered (%s, %s, %s%s)",
@@ -509,7 +503,8 @@ class Upload(Endpoint):
         """The file again as a new entry, and the failed one forgotten at every role (central drops a
         copy it kept, download what it pulled of it)."""
         new = self._offer_again(entry)
-        self.forget(entry, f"retried by an operator at upload: sent again as entry {new.id}")
+        if self.entry(entry.id).state != Up.FORGOTTEN:  # one refused for its metadata is already
+            self.forget(entry, f"retried by an operator at upload: sent again as entry {new.id}")
         return f"{shown(entry.name)}: sent again as entry {new.id}; the failed entry {entry.id} is forgotten"
 
     def resend(self, entry: Entry) -> str:
@@ -526,7 +521,7 @@ class Upload(Endpoint):
         if self.jobs.busy(Key(NAME, entry.name)):
             raise Refused(f"{shown(entry.name)}: upload is reading it right now; ask again in a moment")
         stat = EntryStat(entry.kind, entry.size, entry.files, entry.signature or "")
-        new = self._offer(entry.name, stat, None)
+        new = self._offer(entry.name, stat, None, loads(self.state.metadata(entry.id)))
         self._hash_entries([new])
         return new
 
@@ -540,7 +535,7 @@ class Upload(Endpoint):
             self.jobs.submit(
                 Pool.SCAN,
                 [SCAN],
-                functools.partial(scan, str(self.cfg.file_dir), self.watcher.take_renamed),
+                functools.partial(scan, str(self.cfg.file_dir), self.watcher.take_renamed, self.sidecars),
                 self._scanned,
             )
         due = self.due_for_transfer(Up.UPLOADING, now)

@@ -10,6 +10,7 @@ import sys
 from ..agents import AGENTS
 from ..config import Config
 from ..errors import ExitStatus
+from ..metadata import Metadata, entry_metadata
 from ..private import exposed_secrets
 from ..state import Entry, State
 from ..text import shown
@@ -25,11 +26,15 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
         return cmd_relay(cfg, as_json=args.json, watch=args.watch, all_finished=args.all)
 
     cfg = agent_state(cfg)
-    entries, latest, signed = _read(cfg, args)
+    entries, latest, signed, metas = _read(cfg, args)
     agent = AGENTS[cfg.mode]
     actions = {e.id: agent.actions(e, latest[e.name] == e.id, present=present(cfg, e)) for e in entries}
     if args.json:
-        print(json.dumps([_row(e, actions[e.id], signed.get(e.id, {})) for e in entries], indent=2))
+        print(
+            json.dumps(
+                [_row(e, actions[e.id], signed.get(e.id, {}), metas.get(e.id, {})) for e in entries], indent=2
+            )
+        )
     elif not entries:
         print(f"no entries ({cfg.mode} agent, state {cfg.state_db})")
     else:
@@ -39,11 +44,12 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
 
 def _read(
     cfg: Config, args: argparse.Namespace
-) -> tuple[list[Entry], dict[str, str], dict[str, dict[str, str]]]:
+) -> tuple[list[Entry], dict[str, str], dict[str, dict[str, str]], dict[str, Metadata]]:
     """The entries to show, per name the id of its newest version, and with --json each entry's
-    receipts (synkler.receipts) by destination."""
+    receipts (synkler.receipts) by destination and its metadata (synkler.metadata)."""
     hidden = 0
     signed: dict[str, dict[str, str]] = {}
+    metas: dict[str, Metadata] = {}
     state = State(cfg.state_db, readonly=True)
     try:
         if args.all:
@@ -54,6 +60,7 @@ def _read(
             latest = _latest_versions(state, entries)
         if args.json:
             signed = {e.id: state.receipts(e.id) for e in entries}
+            metas = {e.id: entry_metadata(state.metadata(e.id)) for e in entries}
     finally:
         state.close()
     if hidden:
@@ -62,16 +69,17 @@ def _read(
             f"({hidden} older finished entries not shown: `synkler status --all` lists every entry)",
             file=sys.stderr,
         )
-    return entries, latest, signed
+    return entries, latest, signed, metas
 
 
-def _row(e: Entry, actions: list[str], signed: dict[str, str]) -> dict:
+def _row(e: Entry, actions: list[str], signed: dict[str, str], meta: Metadata) -> dict:
     row = e.as_dict()
     row["md5"] = e.md5 or ""  # as the column holds it: "" until it is known
     row["updated"] = iso(e.updated)
     row["created"] = iso(e.created)
     row["actions"] = actions
     row["receipts"] = signed
+    row["metadata"] = meta
     return row
 
 

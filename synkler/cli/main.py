@@ -1,6 +1,6 @@
 """Command line: the entry point, logging set-up, exit codes, one top-level error handler, and the
 dispatch to the commands (one module each: cmd_run, cmd_status, cmd_check, cmd_repair, cmd_config,
-cmd_alerts, cmd_broker_setup, cmd_completion; the parser is in parser)."""
+cmd_alerts, cmd_broker_setup, cmd_completion, cmd_send; the parser is in parser)."""
 
 from __future__ import annotations
 
@@ -105,6 +105,10 @@ def _agent_command(command: str) -> Command:
         from .cmd_alerts import cmd_alerts_test  # its only command: test
 
         return cmd_alerts_test
+    if command == "send":
+        from .cmd_send import cmd_send
+
+        return cmd_send
     if command == "broker-setup":
         from .cmd_broker_setup import cmd_broker_setup
 

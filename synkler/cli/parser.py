@@ -101,6 +101,17 @@ examples:
 
 The private key (0600, never overwritten) goes into download's config as receipt_key; the public key
 it prints goes into upload's and central's configs as download_public_key. See docs/security.md.""",
+    "send": """\
+examples:
+  synkler send -k sample_id:S12 -k project:soil run42.raw     copy it into file_dir with its metadata
+  synkler send -m run42.json --move /data/incoming/run42      rename it in (same file system)
+  synkler send -k sample_id:S12 run42.raw                     an entry already in file_dir: set its metadata
+
+The metadata is written first, as NAME.meta.json beside NAME, then the data appears whole (a copy
+under a hidden name, renamed in), so upload never offers it without its metadata. -m gives a JSON
+object, -k adds string values (KEY:VALUE, repeatable, after -m). On an entry already in file_dir the
+keys are added to its sidecar, and an entry central refused for its metadata is offered again.
+See docs/metadata.md.""",
     "completion": """\
 examples:
   synkler completion bash > /etc/bash_completion.d/synkler
@@ -191,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(sub)
     _add_broker_setup(sub)
     _add_keygen(sub)
+    _add_send(sub)
     alerts = _command(sub, "alerts", "work on the alert channels")
     alerts_sub = alerts.add_subparsers(dest="alerts_command", metavar="command", required=True)
     _command(alerts_sub, "test", "send a test notice on every configured alert channel", "alerts test")
@@ -277,6 +289,22 @@ def _add_keygen(sub: Commands) -> None:
     keygen.add_argument("file", metavar="FILE", help="where to write the private key (never overwritten)")
     keygen.add_argument(
         "--public", action="store_true", help="print the public key of the existing private key FILE"
+    )
+
+
+def _add_send(sub: Commands) -> None:
+    send = _command(sub, "send", "upload: put files into file_dir with their metadata, or set an entry's")
+    send.add_argument("paths", nargs="+", metavar="PATH", help="a file or directory, or an entry of file_dir")
+    send.add_argument("-m", "--meta", metavar="FILE", help="the metadata: a JSON object in FILE")
+    send.add_argument(
+        "-k",
+        "--key",
+        action="append",
+        metavar="KEY:VALUE",
+        help="a metadata key and its (string) value; repeat for more; over -m's keys of the same name",
+    )
+    send.add_argument(
+        "--move", action="store_true", help="rename PATH into file_dir instead of copying (same file system)"
     )
 
 

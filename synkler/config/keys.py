@@ -8,6 +8,7 @@ that one table, so a new setting cannot be half-added.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from .values import (
     path,
     public_key,
     remote_dir,
+    required_metadata,
     rsync_opts,
     string,
     text,
@@ -96,6 +98,8 @@ class Config:
     log_file: Path | None
     metrics_listen: tuple[str, int] | None
     metrics_textfile: Path | None
+    require_metadata: dict[str, re.Pattern[str] | None]  # central: metadata keys an entry must have
+    layout: str  # download: "sidecar" (NAME.meta.json beside NAME) or "bagit" (a bag per entry)
     # Not a key: the keys the file sets (`synkler check` warns of those this role ignores).
     given: frozenset[str] = field(default=frozenset(), compare=False)
     alerts: Alerts | None = None  # notices to people (synkler.observe.alerts); None: none are sent
@@ -230,6 +234,8 @@ KEYS: dict[str, Key] = {
     "log_file": Key(path, None),
     "metrics_listen": Key(listen, None),
     "metrics_textfile": Key(path, None),
+    "require_metadata": Key(required_metadata, {}, roles=("central",)),
+    "layout": Key(choice("sidecar", "bagit"), "sidecar", roles=("download",)),
     "alerts": Key(alerts, None),
 }
 

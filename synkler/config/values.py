@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
+from ..metadata import key_problem
 from ..receipts import load_public_key
 
 # Ids and names end up in exchange/queue names, a directory name on central and
@@ -314,3 +315,27 @@ def read_secret(secret_file: Path) -> str:
     if "\n" in secret or "\r" in secret:
         raise bad("holds more than one line (the password must be its only line)")
     return secret
+
+
+def required_metadata(value: Any, ctx: Context) -> dict[str, re.Pattern[str] | None]:
+    """`require_metadata`: the keys an entry's metadata must have, each with a regular expression its
+    value must match (searched: ^ and $ anchor it) or null (any value). A list of keys is accepted."""
+    if isinstance(value, list):
+        value = {key: None for key in value}
+    if not isinstance(value, Mapping):
+        raise Invalid(f"must be a mapping of metadata keys to patterns (or null), got {describe(value)}")
+    out: dict[str, re.Pattern[str] | None] = {}
+    for key, pattern in value.items():
+        why = key_problem(key)
+        if why:
+            raise Invalid(f"{why[4:] if why.startswith('has ') else why}", at=str(key))
+        if pattern is None:
+            out[key] = None
+            continue
+        if not isinstance(pattern, str):
+            raise Invalid(f"must be a regular expression or null, got {describe(pattern)}", at=key)
+        try:
+            out[key] = re.compile(pattern)
+        except re.error as e:
+            raise Invalid(f"is not a valid regular expression: {e}", at=key) from None
+    return out

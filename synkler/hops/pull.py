@@ -30,6 +30,7 @@ from ..errors import Interrupted
 from ..linux.fs import remove_tree
 from ..state import Entry
 from . import transfer
+from .bagit import work_dir
 from .checksum import STOPPING, new_md5
 from .follow import Follower, verified_md5, worth_following
 
@@ -49,6 +50,8 @@ _MISSING = re.compile(
     rf"^rsync: \[sender\] .*\(2\)\s*$|rrsync error: {transfer.RRSYNC_NO_FILE}", re.MULTILINE
 )
 
+BAG = ".bag"  # the bag of entry <id> is built as <id>.bag in staging
+
 # Where a verified entry goes in file_dir: (file_dir, name, kind, md5) -> (name, already there).
 Choose = Callable[[str, str, str, str], "tuple[str, bool]"]
 
@@ -64,9 +67,17 @@ class Staging:
         """Where the entry is pulled to (file, directory or symlink), named by its id."""
         return os.path.join(self.dir, entry_id)
 
+    def bag(self, entry_id: str) -> str:
+        """Where the entry's BagIt bag is built (`layout: bagit`; synkler.hops.bagit)."""
+        return self.of(entry_id) + BAG
+
     def drop(self, entry_id: str) -> None:
-        """Remove what a pull of the entry left in staging: the copy and rsync's partial file."""
+        """Remove what a pull of the entry left in staging: the copy, its bag (built or being built)
+        and rsync's partial file."""
         remove_tree(self.of(entry_id))
+        for path in (self.bag(entry_id), work_dir(self.bag(entry_id))):
+            if os.path.lexists(path):
+                remove_tree(path)
         if os.path.lexists(self.partial_dir):
             remove_tree(os.path.join(self.partial_dir, entry_id))
             self.drop_empty_partial_dir()

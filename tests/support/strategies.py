@@ -9,7 +9,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from synkler import messages
+from synkler import messages, metadata
 from synkler.messages import KINDS, MAX_SIZE, SCHEMA, SCHEMAS
 
 HEX = "0123456789abcdef"
@@ -20,6 +20,24 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
+
+
+def metadata_objects() -> st.SearchStrategy[dict[str, Any]]:
+    """Metadata objects the validator accepts (synkler.metadata): string keys, JSON values."""
+    keys = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=12)
+    leaves = (
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**53), 2**53)
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(max_size=20)
+    )
+    values = st.recursive(
+        leaves,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=4),
+        max_leaves=12,
+    )
+    return st.dictionaries(keys, values, min_size=1, max_size=6).filter(lambda m: metadata.problem(m) is None)
 
 
 def names() -> st.SearchStrategy[str]:
@@ -58,6 +76,7 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "outcome": st.sampled_from(["placed", "present"]),
     # Its shape only (synkler.receipts checks the signature); an empty one is left out on the wire.
     "receipt": st.from_regex(r"\A[A-Za-z0-9_-]{1,40}\.[A-Za-z0-9_-]{1,40}\Z"),
+    "meta": metadata_objects(),
 }
 senders = st.from_regex(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
 

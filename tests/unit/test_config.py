@@ -114,6 +114,8 @@ def test_defaults_fill_every_optional_key(parse, file_dir: Path, home: Path, con
         log_file=None,
         metrics_listen=None,
         metrics_textfile=None,
+        require_metadata={},
+        layout="sidecar",
     )
     assert cfg.cleanup_argv == ()
     assert cfg.daemon_log == state / "default-upload.log"
@@ -914,3 +916,26 @@ def test_a_state_db_set_in_the_configuration_is_the_only_place_looked_at(parse, 
     place = find_state(cfg, environ={}, home=tmp_path)
     assert place.looked == (tmp_path / "db.sqlite",) and not place.found
     assert "state_db in the configuration" not in place.missing()
+
+
+def test_require_metadata_takes_patterns_or_null_and_a_list_of_keys(parse) -> None:
+    cfg = parse(mode="central", require_metadata={"sample_id": "^S[0-9]+$", "project": None})
+    assert cfg.require_metadata["project"] is None
+    assert cfg.require_metadata["sample_id"].pattern == "^S[0-9]+$"
+    assert list(parse(mode="central", require_metadata=["a", "b"]).require_metadata) == ["a", "b"]
+
+
+def test_a_bad_pattern_in_require_metadata_names_the_file_and_the_key(parse) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse(mode="central", require_metadata={"sample_id": "^S[0-9+$"})
+    assert caught.value.key == "require_metadata.sample_id"
+    assert "regular expression" in str(caught.value)
+    assert caught.value.exit_code == 2 and str(caught.value.path).endswith(".conf")
+
+
+def test_layout_is_sidecar_or_bagit(parse) -> None:
+    assert parse(mode="download").layout == "sidecar"
+    assert parse(mode="download", layout="bagit").layout == "bagit"
+    with pytest.raises(ConfigError) as caught:
+        parse(mode="download", layout="zip")
+    assert caught.value.key == "layout"

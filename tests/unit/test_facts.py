@@ -67,6 +67,7 @@ def test_no_module_but_its_role_spells_a_state_name():
 def test_no_module_but_the_facts_spells_a_hop_name():
     hops = {facts.PUSH_TO_CENTRAL, facts.PULL_FROM_CENTRAL, facts.UPLOAD_TO_CENTRAL, facts.STORE_AT_CENTRAL}
     hops.add(facts.ADMISSION_AT_CENTRAL)
+    hops.add(facts.METADATA_AT_CENTRAL)
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):
         if path != PACKAGE / "agents" / "facts.py":

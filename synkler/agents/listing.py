@@ -1,0 +1,135 @@
+"""What upload's scan of file_dir finds: each entry's fingerprint (with its sidecar's), which entries
+are whole already, their metadata; and the md5 of entries (on workers, for synkler.agents.upload).
+
+A sidecar (``NAME.meta.json``, synkler.metadata) is no entry of its own: its fingerprint joins its
+entry's, so writing, changing or removing it is a change of the entry (which settles again, and
+is offered again if central refused it for its metadata).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field, replace
+from typing import Callable, Union
+
+from ..hops.checksum import EntryStat, md5_entry, stat_entry
+from ..linux.fs import open_for_writing
+from ..metadata import MetadataError, entry_of, is_sidecar, sidecar_of
+from . import sidecars
+from .sidecars import Read, Sidecars
+
+log = logging.getLogger("synkler")
+
+
+@dataclass(frozen=True)
+class Hashed:
+    """An entry read whole: its md5, and its fingerprint taken after the read (with its sidecar's,
+    see with_sidecar), and its metadata."""
+
+    md5: str
+    stat: EntryStat
+    meta: Read | None = None
+
+
+Found = Union[EntryStat, Exception, None]  # None: vanished while looked at
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What a scan of file_dir found: each entry's fingerprint (or why it has none), and which
+    entries are whole already (renamed in, not open for writing)."""
+
+    found: dict[str, Found]
+    whole: set[str]
+    meta: dict[str, Read] = field(default_factory=dict)  # the entries that have a sidecar
+
+
+def with_sidecar(st: EntryStat, sidecar: str | None) -> EntryStat:
+    """An entry's fingerprint with its sidecar's: a sidecar written, changed or removed is a change."""
+    return st if sidecar is None else replace(st, signature=f"{st.signature}+{sidecar}")
+
+
+def data_signature(signature: str | None) -> str | None:
+    """The fingerprint of an entry's data alone (what the cleanup script's check compares)."""
+    return None if signature is None else signature.partition("+")[0]
+
+
+def _sidecar_stamp(file_dir: str, name: str) -> str | None:
+    try:
+        return sidecars.stamp(os.lstat(os.path.join(file_dir, sidecar_of(name))))
+    except FileNotFoundError:
+        return None
+
+
+def scan(file_dir: str, take_renamed: Callable[[], set[str]], cache: Sidecars | None = None) -> Listing:
+    """Fingerprint every entry of file_dir; also say which are whole already: files renamed in
+    (nothing happened to them since) that no process holds open for writing. Sidecars
+    (NAME.meta.json) are no entries: their fingerprints join their entries', and their metadata is
+    read (`cache`: again only when they change)."""
+    found: dict[str, Found] = {}
+    whole: set[str] = set()
+    stamps: dict[str, str] = {}  # entry name -> its sidecar's fingerprint
+    renamed = take_renamed()
+    with os.scandir(file_dir) as it:
+        for d in it:
+            if d.name.startswith("."):
+                continue
+            if is_sidecar(d.name):
+                try:
+                    stamps[entry_of(d.name)] = sidecars.stamp(d.stat(follow_symlinks=False))
+                except FileNotFoundError:
+                    pass
+                continue
+            try:
+                if d.name in renamed:  # asked before the fingerprint, so that is of the whole file
+                    writing = open_for_writing(d.path)
+                    if writing is False:
+                        whole.add(d.name)
+                    else:
+                        why = "is still open for writing" if writing else "may still be written"
+                        log.debug("%s: renamed in, but %s: it settles first", d.name, why)
+                found[d.name] = stat_entry(d.path)
+            except FileNotFoundError:  # vanished while we looked
+                found[d.name] = None
+            except (OSError, ValueError) as e:  # unreadable, or holds a fifo/socket/device
+                found[d.name] = e
+    # A listing is no snapshot: a file renamed in just after its sidecar (`synkler send`) may be
+    # listed without it. Look for the sidecars of those offered at once.
+    for name in whole:
+        if name not in stamps:
+            sidecar = _sidecar_stamp(file_dir, name)
+            if sidecar is not None:
+                stamps[name] = sidecar
+    stamps = {name: s for name, s in stamps.items() if isinstance(found.get(name), EntryStat)}
+    for name, sidecar in stamps.items():
+        st = found[name]
+        assert isinstance(st, EntryStat)
+        found[name] = with_sidecar(st, sidecar)
+    meta = (cache or Sidecars(file_dir)).look(stamps)
+    return Listing(found, whole, meta)
+
+
+def hash_entry(path: str) -> Hashed:
+    """md5 of an entry, its fingerprint after the read (with its sidecar's) and its metadata."""
+    md5 = md5_entry(path)
+    directory, name = os.path.split(path)
+    before = _sidecar_stamp(directory, name)
+    meta: Read | None = None
+    if before is not None:
+        try:
+            meta = sidecars.read(os.path.join(directory, sidecar_of(name)))
+        except (OSError, MetadataError) as e:
+            meta = e
+    return Hashed(md5, with_sidecar(stat_entry(path), before), meta)
+
+
+def hash_each(paths: list[str]) -> list[Hashed | Exception]:
+    """md5 of several entries; an entry that cannot be read does not stop the others."""
+    results: list[Hashed | Exception] = []
+    for path in paths:
+        try:
+            results.append(hash_entry(path))
+        except Exception as e:  # this entry only; the others of the group go on
+            results.append(e)
+    return results
