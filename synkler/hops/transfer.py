@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import IO
 
 from .. import places
 from ..config import Config
@@ -395,6 +396,10 @@ def _communicate(
     stall: Stall | None,
 ) -> tuple[bytes, str]:
     """The command's output once it ended, and why it was ended ("" if it ended by itself)."""
+    if input is not None and proc.stdin is not None:
+        # Written by a thread of its own: communicate() cannot go on writing it after a timeout.
+        stdin, proc.stdin = proc.stdin, None
+        threading.Thread(target=_feed, args=(stdin, input), name="rsync-input", daemon=True).start()
     deadline = None if timeout is None else time.monotonic() + timeout
     tree = None if stall is None else ProcessTree(proc.pid)
     polls = [p for p, wanted in ((CANCEL_POLL, cancel), (STALL_POLL, stall)) if wanted is not None]
@@ -402,7 +407,7 @@ def _communicate(
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         wait = min([*polls, *([] if left is None else [left])], default=None)
         try:
-            out, _ = proc.communicate(input, timeout=wait)
+            out, _ = proc.communicate(timeout=wait)
             return out, ""
         except subprocess.TimeoutExpired:
             if cancel is not None and cancel.is_set():
@@ -415,6 +420,19 @@ def _communicate(
             if stall is not None and tree is not None and stall.seen(tree.bytes_read(), time.monotonic()):
                 why = f"{_STALLED}nothing moved for {stall.seconds:g} s (stall_seconds); stopped"
                 return _stop_tree(proc, tree), why
+
+
+def _feed(stdin: IO[bytes], data: bytes) -> None:
+    """Write a command's input and close it (a command that ended or stopped reading ends it)."""
+    try:
+        stdin.write(data)
+    except OSError:  # BrokenPipeError: the command no longer reads
+        pass
+    finally:
+        try:
+            stdin.close()
+        except OSError:
+            pass
 
 
 STOP_GRACE = 5.0  # seconds a stalled command has to end after SIGTERM, then after SIGKILL

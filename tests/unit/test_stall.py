@@ -88,3 +88,10 @@ def test_without_a_stall_time_nothing_is_watched():
     result = transfer.run(["sh", "-c", "sleep 1.5; echo done"], stall=0)
     assert result.ok and "done" in result.output
     assert os.path.exists("/proc/self/io")  # what the watch reads, where these tests run
+
+
+def test_a_watched_command_gets_all_its_input_however_long_it_runs():
+    # Input (rsync's list of paths) given once; the looks every second go on without it.
+    listing = b"./a\0./b\0" * 10_000
+    result = transfer.run(["sh", "-c", "sleep 2.5; wc -c"], input=listing, stall=60.0)
+    assert result.ok and result.output.strip() == str(len(listing)), result
