@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Callable
 
 from .. import places
 from ..config import Config
@@ -340,6 +340,7 @@ def run(
     input: bytes | None = None,
     cancel: threading.Event | None = None,
     stall: float = 0,
+    on_stall: Callable[[], object] | None = None,
 ) -> Result:
     """Run a command to completion, capturing its output; a missing program is a failed Result.
 
@@ -347,7 +348,7 @@ def run(
     scripts are not tracked, so a stop never cuts one short. `cancel` set ends the command too (a
     failed Result): looked at every CANCEL_POLL seconds. `stall` > 0: the command and everything
     it started are stopped once they moved almost nothing for that many seconds (synkler.hops.stall;
-    a failed Result, `stalled`, exit STALLED).
+    a failed Result, `stalled`, exit STALLED), and `on_stall` is called meanwhile.
     """
     try:
         proc = subprocess.Popen(
@@ -372,7 +373,7 @@ def run(
             _running.add(proc)
     watch = Stall(stall, time.monotonic()) if stall > 0 else None
     try:
-        out, stopped = _communicate(proc, input, timeout, cancel, watch)
+        out, stopped = _communicate(proc, input, timeout, cancel, watch, on_stall)
     finally:
         with _lock:
             _running.discard(proc)
@@ -394,6 +395,7 @@ def _communicate(
     timeout: float | None,
     cancel: threading.Event | None,
     stall: Stall | None,
+    on_stall: Callable[[], object] | None,
 ) -> tuple[bytes, str]:
     """The command's output once it ended, and why it was ended ("" if it ended by itself)."""
     if input is not None and proc.stdin is not None:
@@ -419,7 +421,7 @@ def _communicate(
                 return proc.communicate()[0], f"timed out after {timeout} s"
             if stall is not None and tree is not None and stall.seen(tree.bytes_read(), time.monotonic()):
                 why = f"{_STALLED}nothing moved for {stall.seconds:g} s (stall_seconds); stopped"
-                return _stop_tree(proc, tree), why
+                return _stop_tree(proc, tree, on_stall), why
 
 
 def _feed(stdin: IO[bytes], data: bytes) -> None:
@@ -438,12 +440,17 @@ def _feed(stdin: IO[bytes], data: bytes) -> None:
 STOP_GRACE = 5.0  # seconds a stalled command has to end after SIGTERM, then after SIGKILL
 
 
-def _stop_tree(proc: subprocess.Popen[bytes], tree: ProcessTree) -> bytes:
+def _stop_tree(
+    proc: subprocess.Popen[bytes], tree: ProcessTree, on_stall: Callable[[], object] | None
+) -> bytes:
     """Stop a stalled command and what it started (rsync's receiver, ssh), which hold its output
     pipe open: SIGTERM first (rsync keeps its partial file), SIGKILL if that is not enough. The
     output so far, or nothing if the pipe never closes."""
     for signal_all in (tree.stop, tree.kill):
         signal_all()
+        if on_stall is not None:
+            on_stall()  # (an ssh master connection holds the pipe too: it goes here)
+            on_stall = None
         try:
             return proc.communicate(timeout=STOP_GRACE)[0]
         except subprocess.TimeoutExpired:
@@ -471,14 +478,11 @@ def terminate_all() -> None:
 def _hop(
     cfg: Config, argv: Sequence[str], *, input: bytes | None = None, cancel: threading.Event | None = None
 ) -> Result:
-    """One rsync run of a hop, stopped if it stalls for stall_seconds. After a stall the shared ssh
-    connection is closed too: it carries the stalled link, and every run over it would hang until
-    ssh's keep-alives end it; the next run connects afresh."""
-    result = run(argv, input=input, cancel=cancel, stall=cfg.stall_seconds)
-    if result.stalled:
-        log.debug("closing the shared ssh connection to central after a stalled run")
-        close_shared_connection(cfg)
-    return result
+    """One rsync run of a hop, stopped if it stalls for stall_seconds. The shared ssh connection is
+    closed with it: it carries the stalled link (every run over it would hang until ssh's
+    keep-alives end it; the next run connects afresh), and it holds the run's output pipe."""
+    closing = functools.partial(close_shared_connection, cfg)
+    return run(argv, input=input, cancel=cancel, stall=cfg.stall_seconds, on_stall=closing)
 
 
 def push(cfg: Config, local_dir: str, names: Sequence[str], remote_dir: str) -> Result:
