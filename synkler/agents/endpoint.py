@@ -154,8 +154,8 @@ class Endpoint(Agent):
         )
 
     def _link_due(self, now: float) -> float:
-        """When an entry that could not reach central is tried again: when the link is, with every
-        other entry that waits for it (an outage opened by a run of this agent's, or at once)."""
+        """When an entry that could not reach central is tried again: at the outage's next try of
+        the link, with every other entry that waits for it (the first backoff if none is open)."""
         return self.outage.due(now) if self.outage.down else now + backoff(1, cap=self.cfg.retry_max_seconds)
 
     def _count_failure(self, entry: Entry, hop: str, why: str, **changes: Any) -> bool:
