@@ -26,22 +26,19 @@ BACK_WITHIN = 20.0  # seconds after the link is back by which every entry is at 
 STALL_SECONDS = 5
 
 
-def blip_relay(make_relay, sshd, proxy: NetProxy, **download):
-    """A relay whose download reaches sshd through `proxy` (upload goes straight to sshd), with
-    recording cleanup scripts at both ends."""
+def blip_relay(make_relay, sshd, proxy: NetProxy, via: str = "download", **settings):
+    """A relay whose `via` role (upload or download) reaches sshd through `proxy`, with `settings`
+    (the other goes straight to sshd), and recording cleanup scripts at both ends."""
     workdir = make_relay.next_dir()
-    return make_relay(
-        {
-            "upload": {"settle_seconds": 0.3, "cleanup_script": recorder(workdir / "cleanup-upload.log")},
-            "download": {
-                "cleanup_script": recorder(workdir / "cleanup-download.log"),
-                "rsync_opts": [f"--rsh={proxied_rsh(sshd, proxy.port)}"],
-                "max_transfers": ENTRIES + 1,
-                **download,
-            },
+    roles = {
+        "upload": {"settle_seconds": 0.3, "cleanup_script": recorder(workdir / "cleanup-upload.log")},
+        "download": {
+            "cleanup_script": recorder(workdir / "cleanup-download.log"),
+            "max_transfers": ENTRIES + 1,
         },
-        verbose=False,
-    )
+    }
+    roles[via].update({"rsync_opts": [f"--rsh={proxied_rsh(sshd, proxy.port)}"], **settings})
+    return make_relay(roles, verbose=False)
 
 
 def add(relay, wl: Workload, name: str, data: bytes) -> None:
@@ -120,24 +117,25 @@ def test_one_cut_of_the_link_under_fifteen_pulls_is_one_failure_and_all_arrive_w
         verdict(relay, wl, faults=1)
 
 
-@pytest.mark.parametrize("stalled_for", [STALL_SECONDS * 3])
+@pytest.mark.parametrize("via", ["download", "upload"])
 def test_a_stalled_link_is_noticed_within_stall_seconds_and_the_entry_arrives_once_after(
-    make_relay, sshd, stalled_for
+    make_relay, sshd, via
 ):
     with NetProxy(sshd.port) as proxy:
-        relay = blip_relay(make_relay, sshd, proxy, stall_seconds=STALL_SECONDS)
+        relay = blip_relay(make_relay, sshd, proxy, via, stall_seconds=STALL_SECONDS)
         relay.start()
         proxy.throttle(200_000)
         wl = Workload()
         add(relay, wl, "stalled.bin", os.urandom(4 << 20))
-        staging = relay.dirs["download"] / f".synkler-{relay.instance}"
 
-        def pulled() -> int:
+        def moved() -> int:  # what has arrived of it at the other end of the stalled hop
+            if via == "upload":
+                return tree_size(relay.dirs["central"] / relay.instance / "staging", "stalled.bin")
             entry = next(iter(relay.entries("download")), None)
-            return tree_size(staging, entry.id) if entry else 0
+            return tree_size(relay.dirs["download"] / f".synkler-{relay.instance}", entry.id) if entry else 0
 
-        relay.wait_for("the file half a MiB pulled", lambda: pulled() > 512 << 10, 60, interval=0.05)
-        log = relay.log_path("download")
+        relay.wait_for("half a MiB of the file moved", lambda: moved() > 512 << 10, 60, interval=0.05)
+        log = relay.log_path(via)
         proxy.stall()
         began = time.monotonic()
         try:
@@ -147,9 +145,9 @@ def test_a_stalled_link_is_noticed_within_stall_seconds_and_the_entry_arrives_on
             relay.wait_for(
                 "a try during the stall stopped too",
                 lambda: log.read_text().count("stalled: nothing moved") >= 2,
-                stalled_for,
+                STALL_SECONDS * 3,
             )
-            assert relay.states("download") == {"stalled.bin": "fetching"}
+            assert relay.states(via) == {"stalled.bin": "uploading" if via == "upload" else "fetching"}
         finally:
             proxy.throttle(None)
             proxy.restore()
@@ -161,7 +159,7 @@ def test_a_stalled_link_is_noticed_within_stall_seconds_and_the_entry_arrives_on
         # ssh's keep-alives (60 s).
         assert STALL_SECONDS <= noticed < STALL_SECONDS + 10, noticed
         assert took < BACK_WITHIN, took
-        [entry] = relay.entries("download")
+        [entry] = relay.entries(via)
         assert entry.tries == 0  # a link that stalls is not the entry's fault
         relay.wait_for("every cleanup script run", lambda: relay.all_done(wl.names), 60)
         verdict(relay, wl, faults=1)
