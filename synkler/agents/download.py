@@ -326,11 +326,13 @@ class Download(Endpoint):
         self.submit_transfer(
             [Key(ENTRY, e.id) for e in batch],
             functools.partial(pull, self.cfg, self.staging, batch, early, chooser(self.cfg.layout, metas)),
-            functools.partial(self._pulled, batch),
+            functools.partial(self._pulled, batch, time.time()),
         )
 
-    def _pulled(self, batch: list[Entry], run: PullRun | None, error: BaseException | None) -> None:
-        self.link_result(run.result if run else None)
+    def _pulled(
+        self, batch: list[Entry], started: float, run: PullRun | None, error: BaseException | None
+    ) -> None:
+        self.link_result(run.result if run else None, started)
         if run is not None and run.early is not None and self.entry(batch[0].id).state == Down.FETCHING:
             self.early[batch[0].id] = run.early  # the next try goes on from it
         for entry in batch:

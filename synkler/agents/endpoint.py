@@ -18,6 +18,7 @@ from . import waits
 from .agent import Agent
 from .base import CLEANUP, ENTRY, GIVE_UP_ADVICE, PERSON_REPEAT, RETRY, Cleanup, Done, Jobs, Key, Status, T
 from .facts import DISK_WAIT, LINK_DOWN, NEEDS_PERSON, needs_person_reason
+from .outage import Outage
 from .pools import Pool
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ class Endpoint(Agent):
         self.transfer_due = True  # set when an entry may need a transfer, or a transfer slot freed up
         self.next_transfer_retry = float("inf")  # when a failed transfer is due to run again
         self.next_cleanup_retry = float("inf")  # when a failed cleanup script is due to run again
-        self.link_failures = 0  # transfer runs in a row that could not reach central
+        self.outage = Outage()  # the link to central: down since when, tried again when
         self.person_told = -float("inf")  # when the agent last said that ssh needs a person (monotonic)
 
     def look_again(self) -> None:
@@ -71,16 +72,25 @@ class Endpoint(Agent):
         self.transfer_due = True  # a slot is free, and retries may have been scheduled
         done(outcome, error)
 
-    def link_result(self, result: transfer.Result | None) -> None:
-        """Note how a transfer run went: the backoff for a link that is down grows with its failures.
-        A run that reached central ends the waits of the entries that wait for the link."""
-        if result is not None and result.ok:
-            self.link_failures = 0
-        elif result is not None and result.link_down:
-            self.link_failures += 1
+    def link_result(self, result: transfer.Result | None, started: float) -> None:
+        """Note how a transfer run that began at `started` went. A run that could not reach central
+        opens an outage of the link or goes on with it (counted once however many runs it cut:
+        synkler.agents.outage); a run that reached central ends it, and the waits of the entries
+        that wait for the link."""
         if waits.reached_central(result):
             self.person_told = -float("inf")  # a refusal after this is news: said at once
+            self.outage.works()
             self.link_works()
+        elif result is not None and result.link_down:
+            now = time.time()
+            if self.outage.failed(started, now, self.cfg.retry_max_seconds):
+                log.warning(
+                    "the link to central is down (failure %d of this outage: %s); entries that wait "
+                    "for it are tried again in %.1f s",
+                    self.outage.failures,
+                    result.summary(),
+                    self.outage.next_try - now,
+                )
 
     def retry_later(
         self,
@@ -126,12 +136,13 @@ class Endpoint(Agent):
     ) -> None:
         """A step failed for lack of disk space or a link that is down: try again, not counted."""
         waiting = f"{hop}: {DISK_WAIT if out_of_space else LINK_DOWN}"
+        now = time.time()
         if out_of_space:
-            delay = backoff(6, cap=min(SPACE_WAIT, self.cfg.retry_max_seconds))
+            due = now + backoff(6, cap=min(SPACE_WAIT, self.cfg.retry_max_seconds))
         else:
-            delay = backoff(max(1, self.link_failures), cap=self.cfg.retry_max_seconds)
+            due = self._link_due(now)
         said = (entry.reason or "").startswith(waiting)  # warn once, not at every try
-        self.state.update(entry, due=time.time() + delay, reason=f"{waiting}: {why}", **changes)
+        self.state.update(entry, due=due, reason=f"{waiting}: {why}", **changes)
         log.log(
             logging.DEBUG if said else logging.WARNING,
             "%s: %s failed %s (%s); trying again in %.0f s, not counted as a failed attempt",
@@ -139,8 +150,13 @@ class Endpoint(Agent):
             hop,
             "for lack of disk space" if out_of_space else "because the link to central is down",
             why,
-            delay,
+            due - now,
         )
+
+    def _link_due(self, now: float) -> float:
+        """When an entry that could not reach central is tried again: at the outage's next try of
+        the link, with every other entry that waits for it (the first backoff if none is open)."""
+        return self.outage.due(now) if self.outage.down else now + backoff(1, cap=self.cfg.retry_max_seconds)
 
     def _count_failure(self, entry: Entry, hop: str, why: str, **changes: Any) -> bool:
         """A step failed through the entry's own fault: retry with a growing backoff, or, after
@@ -159,8 +175,9 @@ class Endpoint(Agent):
         return True
 
     def _needs_person(self, entry: Entry, hop: str, why: str, **changes: Any) -> None:
-        delay = backoff(max(1, self.link_failures), cap=self.cfg.retry_max_seconds)
-        self.state.update(entry, due=time.time() + delay, reason=needs_person_reason(hop, why), **changes)
+        due = self._link_due(time.time())
+        delay = due - time.time()
+        self.state.update(entry, due=due, reason=needs_person_reason(hop, why), **changes)
         now = time.monotonic()
         if now - self.person_told < PERSON_REPEAT:
             log.debug("%s: %s refused again (%s); trying again in %.0f s", entry.name, hop, why, delay)

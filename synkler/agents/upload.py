@@ -587,7 +587,7 @@ class Upload(Endpoint):
         result: transfer.Result | None,
         error: BaseException | None,
     ) -> None:
-        self.link_result(result)
+        self.link_result(result, started)
         ok = result is not None and result.ok
         why = "" if ok else repr(error) if result is None else result.summary()
         for entry_id, attempt in attempts.items():

@@ -66,6 +66,7 @@ class Config:
     rsync: tuple[str, ...]
     rsync_opts: tuple[str, ...]
     rsync_timeout: int
+    stall_seconds: float  # a transfer that moves nothing this long is stopped (0: only rsync_timeout)
     ssh_control_persist: int
     synkler_server: str
     central_host: str
@@ -200,6 +201,7 @@ KEYS: dict[str, Key] = {
     "rsync": Key(command, ("rsync",), roles=_ENDS),
     "rsync_opts": Key(rsync_opts, (), roles=_ENDS),
     "rsync_timeout": Key(integer(1), 300, roles=_ENDS),
+    "stall_seconds": Key(number(0), 60.0, roles=_ENDS),
     "ssh_control_persist": Key(integer(0, 86400), 60, roles=_ENDS),
     "synkler_server": Key(host, required=True),
     "central_host": Key(host, Derived(lambda s, ctx: s["synkler_server"]), roles=_ENDS),

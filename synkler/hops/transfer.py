@@ -25,12 +25,15 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import IO, Callable
 
 from .. import places
 from ..config import Config
 from ..errors import SynklerError
 from ..linux.process import die_with_parent
 from ..private import child_env, child_umask
+from .stall import POLL as STALL_POLL
+from .stall import ProcessTree, Stall
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,7 @@ class Result:
     returncode: int
     output: str
     argv: tuple[str, ...] = ()
+    stalled: bool = False  # stopped by the agent: nothing moved for stall_seconds (synkler.hops.stall)
 
     def summary(self) -> str:
         """The exit status, ssh's own complaints (rsync's lines after them would push them out of
@@ -63,9 +67,10 @@ class Result:
         """Did the run fail because central could not be reached or the link broke or stalled?
 
         ssh's own failures (refused, unreachable, host key, closed) are exit 255; a connection that
-        broke mid-run is 10 or 12; rsync's --timeout is 30 (35 for a daemon connection).
+        broke mid-run is 10 or 12; rsync's --timeout is 30 (35 for a daemon connection), and so is
+        a run the agent stopped because nothing moved for stall_seconds (`stalled`).
         """
-        return not self.ok and self.returncode in _LINK_CODES and not self.out_of_space
+        return self.stalled or (not self.ok and self.returncode in _LINK_CODES and not self.out_of_space)
 
     @property
     def out_of_space(self) -> bool:
@@ -334,12 +339,16 @@ def run(
     track: bool = True,
     input: bytes | None = None,
     cancel: threading.Event | None = None,
+    stall: float = 0,
+    on_stall: Callable[[], object] | None = None,
 ) -> Result:
     """Run a command to completion, capturing its output; a missing program is a failed Result.
 
     Tracked commands (transfers) are terminated by `terminate_all` when the agent stops; cleanup
     scripts are not tracked, so a stop never cuts one short. `cancel` set ends the command too (a
-    failed Result): looked at every CANCEL_POLL seconds.
+    failed Result): looked at every CANCEL_POLL seconds. `stall` > 0: the command and everything
+    it started are stopped once they moved almost nothing for that many seconds (synkler.hops.stall;
+    a failed Result, `stalled`, exit STALLED), and `on_stall` is called meanwhile.
     """
     try:
         proc = subprocess.Popen(
@@ -362,26 +371,45 @@ def run(
     if track:
         with _lock:
             _running.add(proc)
+    watch = Stall(stall, time.monotonic()) if stall > 0 else None
     try:
-        out, stopped = _communicate(proc, input, timeout, cancel)
+        out, stopped = _communicate(proc, input, timeout, cancel, watch, on_stall)
     finally:
         with _lock:
             _running.discard(proc)
+    text = out.decode("utf-8", "replace")
+    if stopped.startswith(_STALLED):
+        return Result(False, STALLED, f"{text}\n{stopped}", tuple(argv), stalled=True)
     if stopped:
-        return Result(False, -1, out.decode("utf-8", "replace") + f"\n{stopped}", tuple(argv))
-    return Result(proc.returncode == 0, proc.returncode, out.decode("utf-8", "replace"), tuple(argv))
+        return Result(False, -1, f"{text}\n{stopped}", tuple(argv))
+    return Result(proc.returncode == 0, proc.returncode, text, tuple(argv))
+
+
+STALLED = 30  # the exit status of a run stopped because it stalled: rsync's own for its --timeout
+_STALLED = "stalled: "
 
 
 def _communicate(
-    proc: subprocess.Popen[bytes], input: bytes | None, timeout: float | None, cancel: threading.Event | None
+    proc: subprocess.Popen[bytes],
+    input: bytes | None,
+    timeout: float | None,
+    cancel: threading.Event | None,
+    stall: Stall | None,
+    on_stall: Callable[[], object] | None,
 ) -> tuple[bytes, str]:
     """The command's output once it ended, and why it was ended ("" if it ended by itself)."""
+    if input is not None and proc.stdin is not None:
+        # Written by a thread of its own: communicate() cannot go on writing it after a timeout.
+        stdin, proc.stdin = proc.stdin, None
+        threading.Thread(target=_feed, args=(stdin, input), name="rsync-input", daemon=True).start()
     deadline = None if timeout is None else time.monotonic() + timeout
+    tree = None if stall is None else ProcessTree(proc.pid)
+    polls = [p for p, wanted in ((CANCEL_POLL, cancel), (STALL_POLL, stall)) if wanted is not None]
     while True:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        wait = left if cancel is None else min(CANCEL_POLL, CANCEL_POLL if left is None else left)
+        wait = min([*polls, *([] if left is None else [left])], default=None)
         try:
-            out, _ = proc.communicate(input, timeout=wait)
+            out, _ = proc.communicate(timeout=wait)
             return out, ""
         except subprocess.TimeoutExpired:
             if cancel is not None and cancel.is_set():
@@ -391,6 +419,49 @@ def _communicate(
             if deadline is not None and time.monotonic() >= deadline:
                 proc.kill()
                 return proc.communicate()[0], f"timed out after {timeout} s"
+            if stall is not None and tree is not None and stall.seen(tree.bytes_read(), time.monotonic()):
+                why = f"{_STALLED}nothing moved for {stall.seconds:g} s (stall_seconds); stopped"
+                return _stop_tree(proc, tree, on_stall), why
+
+
+def _feed(stdin: IO[bytes], data: bytes) -> None:
+    """Write a command's input and close it (a command that ended or stopped reading ends it)."""
+    try:
+        stdin.write(data)
+    except OSError:  # BrokenPipeError: the command no longer reads
+        pass
+    finally:
+        try:
+            stdin.close()
+        except OSError:
+            pass
+
+
+STOP_GRACE = 5.0  # seconds a stalled command has to end after SIGTERM, then after SIGKILL
+
+
+def _stop_tree(
+    proc: subprocess.Popen[bytes], tree: ProcessTree, on_stall: Callable[[], object] | None
+) -> bytes:
+    """Stop a stalled command and what it started (rsync's receiver, ssh), which hold its output
+    pipe open: SIGTERM first (rsync keeps its partial file), SIGKILL if that is not enough. The
+    output so far, or nothing if the pipe never closes."""
+    for signal_all in (tree.stop, tree.kill):
+        signal_all()
+        if on_stall is not None:
+            on_stall()  # (an ssh master connection holds the pipe too: it goes here)
+            on_stall = None
+        try:
+            return proc.communicate(timeout=STOP_GRACE)[0]
+        except subprocess.TimeoutExpired:
+            continue
+    # Something outside the tree holds the pipe (a process that left it before it was seen): the
+    # command itself has ended; what it wrote is given up rather than waited for.
+    proc.kill()
+    if proc.stdout is not None:
+        proc.stdout.close()
+    proc.wait()
+    return b""
 
 
 def terminate_all() -> None:
@@ -404,13 +475,23 @@ def terminate_all() -> None:
             pass
 
 
+def _hop(
+    cfg: Config, argv: Sequence[str], *, input: bytes | None = None, cancel: threading.Event | None = None
+) -> Result:
+    """One rsync run of a hop, stopped if it stalls for stall_seconds. The shared ssh connection is
+    closed with it: it carries the stalled link (every run over it would hang until ssh's
+    keep-alives end it; the next run connects afresh), and it holds the run's output pipe."""
+    closing = functools.partial(close_shared_connection, cfg)
+    return run(argv, input=input, cancel=cancel, stall=cfg.stall_seconds, on_stall=closing)
+
+
 def push(cfg: Config, local_dir: str, names: Sequence[str], remote_dir: str) -> Result:
     """upload -> central: copy the entries `names` of `local_dir` into `remote_dir` on central, in one run."""
     try:
         target = remote(cfg, remote_dir, "/")
     except OutsideRoot as e:
         return e.result()
-    return run(rsync_argv(cfg, local_dir.rstrip("/") + "/", target, listed=True), input=_listing(names))
+    return _hop(cfg, rsync_argv(cfg, local_dir.rstrip("/") + "/", target, listed=True), input=_listing(names))
 
 
 def pull(cfg: Config, remote_dir: str, paths: Sequence[str], local_dir: str) -> Result:
@@ -423,7 +504,7 @@ def pull(cfg: Config, remote_dir: str, paths: Sequence[str], local_dir: str) -> 
     except OutsideRoot as e:
         return e.result()
     os.makedirs(local_dir, mode=0o700, exist_ok=True)  # download made it private at start
-    return run(rsync_argv(cfg, source, local_dir.rstrip("/") + "/", listed=True), input=_listing(paths))
+    return _hop(cfg, rsync_argv(cfg, source, local_dir.rstrip("/") + "/", listed=True), input=_listing(paths))
 
 
 def pull_more(
@@ -435,7 +516,7 @@ def pull_more(
     when `cancel` ends it).
     """
     try:
-        return run(rsync_argv(cfg, remote(cfg, remote_path), local_path, append=True), cancel=cancel)
+        return _hop(cfg, rsync_argv(cfg, remote(cfg, remote_path), local_path, append=True), cancel=cancel)
     except OutsideRoot as e:
         return e.result()
 

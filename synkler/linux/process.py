@@ -1,4 +1,5 @@
-"""Processes: what a child asks of the kernel about its parent (prctl(2)), and the pid a pidfile holds."""
+"""Processes: what a child asks of the kernel about its parent (prctl(2)), the pid a pidfile holds,
+and what /proc tells of a running process (its children, when it started, the bytes it has read)."""
 
 from __future__ import annotations
 
@@ -47,3 +48,45 @@ def read_pid(path: PathLike) -> int | None:
     except ValueError:
         return None
     return pid if pid > 0 else None
+
+
+def children(pid: int) -> list[int]:
+    """The processes `pid` started that still run (or are not yet reaped), as /proc lists them;
+    empty if it is gone or the kernel does not list children."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found.extend(int(child) for child in f.read().split())
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def start_time(pid: int) -> int | None:
+    """When the process `pid` started (clock ticks after boot): with the pid, it names one process
+    even after the pid is reused. None if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        # The command name (field 2) is in parentheses and may hold anything: count after its end.
+        return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def bytes_read(pid: int) -> int | None:
+    """How many bytes the process `pid` has read so far, from files, pipes and sockets alike
+    (`rchar` of /proc/PID/io); None if that cannot be read."""
+    try:
+        with open(f"/proc/{pid}/io", "rb") as f:
+            for line in f:
+                if line.startswith(b"rchar:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

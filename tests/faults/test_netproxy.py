@@ -99,3 +99,18 @@ def test_stall_holds_bytes_with_the_socket_open_until_restored(echo_port):
         while len(got) < 6:
             got += s.recv(10)
         assert got == b"during"
+
+
+def test_throttle_slows_the_bytes_down_until_lifted(echo_port):
+    import time
+
+    with NetProxy(echo_port) as proxy, socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+        proxy.throttle(100_000)  # bytes a second each way
+        began = time.monotonic()
+        assert roundtrip(s, b"x" * 100_000) == b"x" * 100_000
+        slow = time.monotonic() - began
+        assert slow >= 0.9, slow  # 100 kB at 100 kB/s, at least a second (both ways overlap)
+        proxy.throttle(None)
+        began = time.monotonic()
+        assert roundtrip(s, b"y" * 1_000_000) == b"y" * 1_000_000
+        assert time.monotonic() - began < slow, "still throttled"

@@ -6,7 +6,9 @@
 - `sever()`: close every live connection at once, and close each new one as soon as it is accepted,
   until `restore()`;
 - `stall()`: keep every socket open but stop moving bytes (new connections are accepted and then
-  stall too), until `restore()`: a link that hangs without closing.
+  stall too), until `restore()`: a link that hangs without closing;
+- `throttle(rate)`: move at most `rate` bytes a second each way on each connection (a slow link, so
+  that transfers are still under way when a fault comes), until `throttle(None)`.
 
 `bytes_forwarded` and `connections` say whether a fault really hit live traffic.
 """
@@ -29,6 +31,7 @@ class NetProxy:
         self._flowing = threading.Event()  # clear while stalled
         self._flowing.set()
         self._severed = False
+        self._rate: int | None = None
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
         self.bytes_forwarded = 0
@@ -54,6 +57,10 @@ class NetProxy:
     def stall(self) -> None:
         """Stop forwarding bytes; sockets stay open."""
         self._flowing.clear()
+
+    def throttle(self, rate: int | None) -> None:
+        """At most `rate` bytes a second each way per connection from now on (None: as fast as it goes)."""
+        self._rate = rate
 
     def restore(self) -> None:
         with self._lock:
@@ -131,7 +138,8 @@ class NetProxy:
                 if not ready:
                     continue
                 self._flowing.wait()  # a stall that began while we waited holds the bytes back
-                data = src.recv(65536)
+                rate = self._rate
+                data = src.recv(65536 if rate is None else max(512, rate // 20))
                 if not data:  # half-close: pass it on, the other direction may go on
                     dst.shutdown(socket.SHUT_WR)
                     clean = True
@@ -139,6 +147,8 @@ class NetProxy:
                 with self._lock:  # counted first, so the count never lags what the peer received
                     self.bytes_forwarded += len(data)
                 dst.sendall(data)
+                if rate is not None:
+                    self._stopped.wait(len(data) / rate)
         except (OSError, ValueError):
             pass
         finally:

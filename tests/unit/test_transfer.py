@@ -35,6 +35,7 @@ def rsync_cfg(**changes) -> SimpleNamespace:
         rsync=("rsync",),
         rsync_opts=("--rsh=ssh -p 2222 -i /home/me/.ssh/key", "--bwlimit=1000"),
         rsync_timeout=77,
+        stall_seconds=60.0,
         central_host="central.example",
         rrsync_root=None,
         ssh_control_persist=0,
