@@ -9,7 +9,8 @@ processes, the local RabbitMQ, a private sshd; synkler.devkit.localrelay):
 - an idle agent: CPU% of each agent over `--idle-seconds` (utime + stime from /proc/PID/stat), the
   presence report every 5 s included;
 - `synkler status`, `status --json` (upload and central) and `status --relay --json`, the median of
-  `--status-runs` runs each, as subprocesses;
+  `--status-runs` runs each, as subprocesses: wall time, and CPU time (user + system, which
+  says more on a shared machine), beside `synkler --version` (Python's and synkler's start-up);
 - in-process: one presence report of each backlogged agent (synkler.observe.presence), its median.
 
     .venv/bin/python bench/backlog_bench.py                          # 100,000 entries, about 2 minutes
@@ -22,6 +23,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -100,22 +102,31 @@ def idle(relay: LocalRelay, seconds: float) -> dict[str, float]:
     return out
 
 
-def timed(argv: list[str], runs: int) -> float:
-    """The median wall time of `runs` runs of a command (which must succeed)."""
-    times = []
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(argv: list[str], runs: int) -> dict[str, float]:
+    """The median wall time and CPU time (user + system) of `runs` runs of a command (which must
+    succeed): on a shared machine the CPU time says more of the command's own cost."""
+    walls, cpus = [], []
     for _ in range(runs):
-        started = time.monotonic()
+        started, cpu = time.monotonic(), children_cpu()
         run = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-        times.append(time.monotonic() - started)
+        walls.append(time.monotonic() - started)
+        cpus.append(children_cpu() - cpu)
         if run.returncode != 0:
             raise RuntimeError(f"{argv}: {run.returncode} {run.stderr}")
-    return statistics.median(times)
+    return {"wall_s": statistics.median(walls), "cpu_s": statistics.median(cpus)}
 
 
-def status_times(relay: LocalRelay, runs: int) -> dict[str, float]:
+def status_times(relay: LocalRelay, runs: int) -> dict[str, dict[str, float]]:
     exe = Path(sys.executable).parent / "synkler"
     base = [str(exe)] if exe.exists() else [sys.executable, "-m", "synkler"]
-    out: dict[str, float] = {}
+    out: dict[str, dict[str, float]] = {
+        "synkler --version (start-up alone)": timed([*base, "--version"], runs)
+    }
     for role in BACKLOG:
         conf = ["-c", str(relay.configs[role])]
         out[f"{role} status"] = timed([*base, *conf, "status"], runs)
@@ -173,8 +184,8 @@ def run(args: argparse.Namespace, root: Path, sshd: LocalSshd) -> dict[str, Any]
         results["idle_cpu_pct"] = idle(relay, args.idle_seconds)
         say("  idle: " + ", ".join(f"{r} {v:.2f}%" for r, v in results["idle_cpu_pct"].items()))
         results["status_s"] = status_times(relay, args.status_runs)
-        for what, s in results["status_s"].items():
-            say(f"  {what}: {s:.2f} s")
+        for what, t in results["status_s"].items():
+            say(f"  {what}: {t['wall_s']:.2f} s ({t['cpu_s']:.2f} s CPU)")
         relay.stop()
     finally:
         relay.close()
