@@ -64,6 +64,9 @@ log = logging.getLogger("synkler")
 SCAN_INTERVAL = 0.5  # seconds between looks at file_dir when inotify is not available
 RESCAN_INTERVAL = 5.0  # backstop rescan when inotify tells us about changes
 MIN_SCAN_GAP = 0.05  # a burst of changes costs one scan per this many seconds at most
+# Settled entries offered in one pass at most: a scan that finds 100,000 new files offers them a
+# few thousand a pass (each pass one commit), and the loop still answers messages and stops between.
+OFFERS_PER_PASS = 2000
 
 
 class Up(Status):
@@ -150,6 +153,11 @@ class Upload(Endpoint):
         # what is on its way or delivered without a query per name. The signature holds the ctime,
         # so a file never gets back a signature it had; a changed one is looked up again.
         self.relayed: dict[str, str] = {}
+        # Names of file_dir the state holds no version of (as a lookup found): a new name settling
+        # is not looked up again at every scan. Only `_offer` makes a version of a name.
+        self.unseen: set[str] = set()
+        # Settled names to offer, in the order found: OFFERS_PER_PASS of them a pass.
+        self.ripe: dict[str, tuple[EntryStat, Metadata | None]] = {}
         self.next_scan = 0.0
         self.last_scan = 0.0
         self.warned: set[str] = set()
@@ -215,6 +223,11 @@ class Upload(Endpoint):
         self.jobs.wake()
 
     def next_wakeup(self) -> float | None:
+        if self.ripe:
+            return 0.0  # settled entries left to offer: the next pass offers more
+        return self._scan_due()
+
+    def _scan_due(self) -> float | None:
         if self.jobs.busy(SCAN):
             return None  # the scan's completion wakes the loop; a past time here would make it spin
         return self.last_scan + MIN_SCAN_GAP if self.changed.is_set() else self.next_scan
@@ -228,21 +241,33 @@ class Upload(Endpoint):
             log.error("cannot scan %s: %s", self.cfg.file_dir, error)
             return
         found = listing.found
-        for known in (self.pending, self.relayed):
+        for known in (self.pending, self.relayed, self.ripe):
             for name in [n for n in known if n not in found]:
                 del known[name]
-        fresh: list[Entry] = []  # offered now, to be hashed while they travel
+        self.unseen.intersection_update(found)
+        looks: list[tuple[str, EntryStat]] = []
         for name, st in found.items():
             if not isinstance(st, EntryStat):
                 self.pending.pop(name, None)
+                self.ripe.pop(name, None)
                 if st is not None:
                     self._warn_once(name, "%s: not sending it: %s", name, st)
-            elif self._sendable(name) and self._meta_usable(name, listing.meta.get(name)):
-                meta = listing.meta.get(name)
-                offered = self._look_at(name, st, name in listing.whole, now, meta)
-                if offered is not None:
-                    fresh.append(offered)
-        self._hash_entries(fresh)
+            elif self.relayed.get(name) == st.signature:
+                continue  # this content is already on its way or delivered
+            elif name in self.ripe and self.ripe[name][0].signature == st.signature:
+                continue  # settled, to be offered in a coming pass
+            else:
+                self.ripe.pop(name, None)  # changed since it settled: it settles again
+                if self._sendable(name) and self._meta_usable(name, listing.meta.get(name)):
+                    looks.append((name, st))
+        # What the state holds of the names not known yet: a few queries for the whole listing.
+        latest = self.state.latest_by_names([n for n, _ in looks if n not in self.unseen])
+        for name, st in looks:
+            if name not in latest:
+                self.unseen.add(name)
+            meta = listing.meta.get(name)
+            self._look_at(name, st, name in listing.whole, now, latest.get(name), meta)
+        self._offer_ripe()
         # Look again when the first pending entry may have settled (entries being hashed wait for that).
         deadlines = [since + self.cfg.settle_seconds for since in (s[1] for s in self.pending.values())]
         deadlines = [d for d in deadlines if d > now]
@@ -276,16 +301,16 @@ class Upload(Endpoint):
         self.warned.discard(sidecar_of(name))
         return True
 
-    def _look_at(self, name: str, st: EntryStat, whole: bool, now: float, meta: Read | None) -> Entry | None:
-        """One entry of a listing: note it while it settles; once it has, offer it (returned, to be
-        hashed while it travels) or, for a name relayed before, compare its md5 first."""
-        if self.relayed.get(name) == st.signature:
-            return None  # this content is already on its way or delivered
-        latest = self.state.latest_by_name(name)
+    def _look_at(
+        self, name: str, st: EntryStat, whole: bool, now: float, latest: Entry | None, meta: Read | None
+    ) -> None:
+        """One entry of a listing, not on its way with this content (`latest`: its name's latest
+        version; `meta`: its sidecar's metadata): note it while it settles; once it has, offer it
+        (in this pass or a coming one, `ripe`) or, for a name relayed before, compare its md5 first."""
         if latest is not None and latest.signature == st.signature:
             self.pending.pop(name, None)
             self.state.after_commit(functools.partial(self.relayed.__setitem__, name, st.signature))
-            return None
+            return
         seen = self.pending.get(name)
         if whole:  # counts as settled already
             log.debug("%s: renamed in and not open for writing: no need to wait for it to settle", name)
@@ -294,9 +319,19 @@ class Upload(Endpoint):
             self.pending[name] = (st.signature, now)
         elif now - seen[1] >= self.cfg.settle_seconds and not self.jobs.busy(Key(NAME, name)):
             if latest is None or latest.state == Up.FAILED:
-                return self._offer(name, st, None, meta if isinstance(meta, dict) else None)
-            self._hash(name, st.signature)  # maybe only touched: compare before sending
-        return None
+                self.pending.pop(name, None)
+                self.ripe[name] = (st, meta if isinstance(meta, dict) else None)
+            else:
+                self._hash(name, st.signature)  # maybe only touched: compare before sending
+
+    def _offer_ripe(self) -> None:
+        """Offer settled entries, OFFERS_PER_PASS at most, and hash them while they travel."""
+        fresh: list[Entry] = []  # offered now, to be hashed while they travel
+        while self.ripe and len(fresh) < OFFERS_PER_PASS:
+            name = next(iter(self.ripe))
+            st, meta = self.ripe.pop(name)
+            fresh.append(self._offer(name, st, None, meta))
+        self._hash_entries(fresh)
 
     def _hash(self, name: str, signature: str) -> None:
         """md5 of a name relayed before, to tell new content from a touch."""
@@ -342,13 +377,17 @@ class Upload(Endpoint):
             signature=st.signature,
         )
         # Older versions of this name not yet sent would now send the new content under the
-        # old md5: withdraw them (one already pushed and being verified goes on).
-        for older in self.state.by_name(name, *UNSENT):
-            self._withdraw(older, "superseded by a newer version")
-        # One central refused for its metadata: this version, with new metadata, takes its place.
-        for older in self.state.by_name(name, Up.FAILED):
-            if (older.reason or "").startswith(f"{METADATA_AT_CENTRAL}: "):
-                self.forget(older, f"offered again with new metadata as entry {entry.id}")
+        # old md5: withdraw them (one already pushed and being verified goes on). A name the
+        # state holds no version of has none.
+        if name in self.unseen:
+            self.unseen.discard(name)
+        else:
+            for older in self.state.by_name(name, *UNSENT):
+                self._withdraw(older, "superseded by a newer version")
+            # One central refused for its metadata: this version, with new metadata, takes its place.
+            for older in self.state.by_name(name, Up.FAILED):
+                if (older.reason or "").startswith(f"{METADATA_AT_CENTRAL}: "):
+                    self.forget(older, f"offered again with new metadata as entry {entry.id}")
         self.create(entry)
         self.state.put_metadata(entry.id, canonical(meta) if meta else None)
         offer = Offer(
@@ -356,6 +395,8 @@ class Upload(Endpoint):
         )
         self.send(self.cfg.central_name, offer)
         self.pending.pop(name, None)
+        self.ripe.pop(name, None)
+        self.state.after_commit(functools.partial(self.relayed.__setitem__, name, st.signature))
         log.info(
             "%s: offered (%s, %s, %s%s)",
             name,
@@ -528,7 +569,8 @@ class Upload(Endpoint):
     # jobs ----------------------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        wakeup = self.next_wakeup()
+        self._offer_ripe()
+        wakeup = self._scan_due()
         if wakeup is not None and now >= wakeup:
             self.changed.clear()
             self.last_scan = now

@@ -3,7 +3,11 @@
 Only the top level is watched: a new name, a rename into the directory, a closed write, a change of
 attributes or a removal. Changes deep inside a directory entry are caught by the settle re-check
 that follows any change, and a slow periodic rescan stays as the backstop (and the only mechanism
-where inotify is unavailable). The watcher also remembers which files were renamed into the
+where inotify is unavailable). When files come faster than inotify can queue their events
+(fs.inotify.max_queued_events, 16,384 by default), the kernel drops events and says so
+(IN_Q_OVERFLOW): the watcher then asks for a scan as for any change, and a scan lists the whole
+directory, so nothing is missed; it says so in the log once (again at most every OVERFLOW_REPEAT s,
+with the number of overflows since). The watcher also remembers which files were renamed into the
 directory and left alone since, so upload can tell a file put in place whole from one still being
 written where it stands.
 """
@@ -15,6 +19,7 @@ import logging
 import os
 import select
 import threading
+import time
 from typing import Callable
 
 from ..linux.inotify import (
@@ -29,7 +34,9 @@ from ..linux.inotify import (
     IN_MOVED_TO,
     IN_Q_OVERFLOW,
     Inotify,
+    max_queued_events,
 )
+from ..text import shown
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,9 @@ _MASK = (
 )
 
 
+OVERFLOW_REPEAT = 600.0  # seconds between two log lines about lost events
+
+
 class DirWatcher:
     """Calls `on_change()` from a background thread whenever something happens in `path`."""
 
@@ -58,6 +68,9 @@ class DirWatcher:
         self._inotify: Inotify | None = None
         self._stop_r, self._stop_w = -1, -1
         self._thread: threading.Thread | None = None
+        self.overflows = 0  # times the kernel dropped events since the start
+        self._overflow_said = float("-inf")  # when the log last said so
+        self._overflows_said = 0  # overflows the log has told of
 
     def start(self) -> bool:
         """Begin watching; False (and a debug line) where inotify cannot be used."""
@@ -110,8 +123,29 @@ class DirWatcher:
                 for _wd, mask, _cookie, name in events:
                     if mask & IN_Q_OVERFLOW:
                         self._renamed.clear()  # events were lost: no name is known to be whole
+                        self._overflowed()
                     elif mask & IN_MOVED_TO and not mask & IN_ISDIR:
                         self._renamed.add(os.fsdecode(name))
                     elif name:
                         self._renamed.discard(os.fsdecode(name))
             self.on_change()
+
+    def _overflowed(self) -> None:
+        """The kernel dropped events: the scan that follows finds what they told of. Said once, not
+        at every overflow of a burst of files (there is one each time the queue fills)."""
+        self.overflows += 1
+        now = time.monotonic()
+        if now - self._overflow_said < OVERFLOW_REPEAT:
+            return
+        since = self.overflows - self._overflows_said
+        self._overflow_said, self._overflows_said = now, self.overflows
+        limit = max_queued_events()
+        log.warning(
+            "files came faster than inotify could tell of them (its queue of %s events overflowed%s) in "
+            "%s: rescanning the directory whole, so none is missed, only noticed later. Said at most "
+            "every %d minutes; raise fs.inotify.max_queued_events if this comes often",
+            "unknown" if limit is None else f"{limit:,}",
+            "" if since == 1 else f" {since:,} times since this was last said",
+            shown(self.path),
+            OVERFLOW_REPEAT // 60,
+        )

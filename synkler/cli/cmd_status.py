@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from ..agents import AGENTS
+from ..agents import AGENTS, FACTS
 from ..config import Config
 from ..errors import ExitStatus
 from ..metadata import Metadata, entry_metadata
@@ -47,7 +47,7 @@ def _read(
 ) -> tuple[list[Entry], dict[str, str], dict[str, dict[str, str]], dict[str, Metadata]]:
     """The entries to show, per name the id of its newest version, and with --json each entry's
     receipts (synkler.receipts) by destination and its metadata (synkler.metadata)."""
-    hidden = 0
+    hidden = hidden_open = 0
     signed: dict[str, dict[str, str]] = {}
     metas: dict[str, Metadata] = {}
     state = State(cfg.state_db, readonly=True)
@@ -56,15 +56,21 @@ def _read(
             entries = state.all()
             latest = newest(entries)
         else:
-            entries, hidden = _status_entries(cfg, state, args.last)
+            entries, hidden, hidden_open = _status_entries(cfg, state, args.last, args.open)
             latest = _latest_versions(state, entries)
         if args.json:
             signed = {e.id: state.receipts(e.id) for e in entries}
             metas = {e.id: entry_metadata(state.metadata(e.id)) for e in entries}
     finally:
         state.close()
+    # On stderr: the table or JSON on stdout stays what it was for a reader.
+    if hidden_open:
+        print(
+            f"({hidden_open} more entries on their way not shown, the newest: `synkler status --open N` "
+            "shows the N oldest of each kind)",
+            file=sys.stderr,
+        )
     if hidden:
-        # On stderr: the table or JSON on stdout stays what it was for a reader.
         print(
             f"({hidden} older finished entries not shown: `synkler status --all` lists every entry)",
             file=sys.stderr,
@@ -109,19 +115,26 @@ def _print_table(entries: list[Entry], actions: dict[str, list[str]]) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) + "  " + line[-1])
 
 
-def _status_entries(cfg: Config, state: State, last: int) -> tuple[list[Entry], int]:
-    """What `status` shows without --all, oldest first, and how many others there are: every entry
-    not finished (on its way, failed), every one whose cleanup script failed or was interrupted, and
-    the `last` most recently finished. Read through indexes: as quick with a million entries as with
-    a hundred."""
+def _status_entries(cfg: Config, state: State, last: int, first: int) -> tuple[list[Entry], int, int]:
+    """What `status` shows without --all, oldest first, how many finished entries it leaves out and
+    how many on their way: the `first` oldest entries on their way, and as many of the failed ones
+    (a person must look at those), every one whose cleanup script failed or was interrupted, and the
+    `last` most recently finished. Read through indexes: as quick with a million entries (or 100,000
+    on their way) as with a hundred."""
     finished = {str(s) for s in AGENTS[cfg.mode].FINISHED}
+    failed = FACTS[cfg.mode].failed
     counts = state.counts()
     open_states = [s for s in counts if s not in finished]
-    listed = {e.id: e for e in state.by_state(*open_states)} if open_states else {}
+    listed: dict[str, Entry] = {}
+    for group in ([s for s in open_states if s == failed], [s for s in open_states if s != failed]):
+        if group:
+            listed.update((e.id, e) for e in state.listed(group, limit=max(0, first)))
+    hidden_open = sum(counts[s] for s in open_states) - len(listed)
     listed.update((e.id, e) for e in state.cleanups_needing_a_person())
     for e in state.listed([s for s in counts if s in finished], latest=True, limit=max(0, last)):
         listed.setdefault(e.id, e)
-    return sorted(listed.values(), key=lambda e: e.created), sum(counts.values()) - len(listed)
+    hidden = sum(counts.values()) - len(listed) - hidden_open
+    return sorted(listed.values(), key=lambda e: e.created), hidden, hidden_open
 
 
 def _latest_versions(state: State, entries: list[Entry]) -> dict[str, str]:

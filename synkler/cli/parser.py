@@ -9,6 +9,7 @@ from typing import Any
 
 from .. import __version__
 
+STATUS_OPEN = 1000  # entries on their way `status` shows at most, the oldest (and as many failed ones)
 STATUS_LAST = 50  # finished entries `status` shows besides those on their way (--all: every one)
 REQUEST_WAIT = 30.0  # seconds the retry, forget and resend commands wait for the agent's answer
 # What `retry --waiting` takes: synkler.agents.waits CAUSES and ANY (spelled here so that parsing
@@ -228,6 +229,14 @@ def _add_status(sub: Commands) -> None:
         action="store_true",
         help="every entry this agent's history keeps, not only those on their way and the newest ended "
         "(with --relay: every finished entry the agents report)",
+    )
+    st.add_argument(
+        "--open",
+        type=int,
+        default=STATUS_OPEN,
+        metavar="N",
+        help=f"how many of the entries on their way to show, the oldest, and as many failed ones "
+        f"(default {STATUS_OPEN})",
     )
     st.add_argument(
         "--last",

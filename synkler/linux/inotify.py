@@ -29,6 +29,16 @@ IN_CLOEXEC = 0o2000000
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of NUL-padded name
 
 
+def max_queued_events() -> int | None:
+    """The kernel's limit of events queued on one inotify instance (fs.inotify.max_queued_events;
+    16,384 by default), beyond which it drops them and queues IN_Q_OVERFLOW; None if unknown."""
+    try:
+        with open("/proc/sys/fs/inotify/max_queued_events") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
 class Inotify:
     """One inotify instance: watches on directories, and their events with the names in them.
 

@@ -549,7 +549,8 @@ def test_status_into_a_pipe_closed_early_ends_quietly_with_status_141(config, se
                 )
     finally:
         state.close()
-    result = _through_head(["status", "-c", str(config)], env, tmp_path)
+    # --open: all 2,000 shown (by default the 1,000 oldest, and a note on stderr about the others)
+    result = _through_head(["status", "-c", str(config), "--open", "5000"], env, tmp_path)
     assert result.stdout.split() == ["ID", "NAME", "SIZE", "MD5", "STATE", "UPDATED", "ACTIONS", "NOTE"]
     assert result.stderr == ""
     assert result.returncode == 141

@@ -205,3 +205,16 @@ def test_forgotten_entries_are_reported_finished_and_the_relay_view_shows_none_i
     view = relayview.assemble("lab", [("central", "central")], {"central": seen}, {"central": (0, 1)}, 0, NOW)
     assert view["verdict"] == "all flowing, nothing in flight"
     assert all(e["finished"] for e in view["entries"]) and view["finished_listed"] == 3
+
+
+def test_a_report_with_a_big_backlog_counts_it_and_lists_the_oldest_of_every_state(rt):
+    # 3,000 on their way in three states, the oldest of all in the state added last.
+    add(rt, 1000, "waiting", start=2000)
+    add(rt, 1000, "verifying", start=1000)
+    downloading = add(rt, 1000, "downloading")
+    r = wire(rt, NOW + 5000)
+    assert r["counts"] == {"waiting": 1000, "verifying": 1000, "downloading": 1000}
+    assert r["unfinished"] == 3000 and r["left_out"] == 3000 - len(r["entries"])
+    assert r["oldest"] == round(downloading[0].created, 3)
+    created = [e["created"] for e in r["entries"]]
+    assert created == sorted(created) and r["entries"][0]["name"] == "downloading-0"

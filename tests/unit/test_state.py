@@ -590,3 +590,38 @@ def test_a_database_made_before_counts_were_kept_is_counted_once_when_opened(db_
             assert s.counts() == {"done": 2, "failed": 1}
         finally:
             s.close()
+
+
+def test_the_oldest_entries_of_several_states_are_merged_oldest_first_each_read_down_an_index(state: State):
+    made = {"offered": [3, 7, 11], "waiting": [1, 9], "sent": [5, 2, 13]}
+    with state.transaction():
+        for status, times in made.items():
+            for t in times:
+                state.insert(entry(name=f"{status}-{t}", state=status, created=float(t)))
+    oldest = state.listed(["offered", "waiting", "sent"], limit=4)
+    assert [e.created for e in oldest] == [1.0, 2.0, 3.0, 5.0]
+    assert [e.created for e in state.listed(["offered", "sent"], limit=10)] == [
+        2.0,
+        3.0,
+        5.0,
+        7.0,
+        11.0,
+        13.0,
+    ]
+    sql = "SELECT * FROM entries WHERE state = ? ORDER BY created LIMIT ?"
+    plan = " ".join(row[3] for row in state._db.execute("EXPLAIN QUERY PLAN " + sql, ("offered", 4)))
+    assert "INDEX entries_age" in plan and "TEMP B-TREE" not in plan, plan
+
+
+def test_latest_by_names_gives_each_names_latest_version_as_latest_by_name_does(state: State):
+    odd = os.fsdecode(b"caf\xe9.bin")  # not UTF-8: held as its bytes
+    names = [f"n{i}" for i in range(1200)] + [odd, "only-old", "never"]
+    with state.transaction():
+        for i, name in enumerate(names[:-1]):
+            state.insert(entry(name=name, state="done", created=float(i)))
+            if i % 3 == 0:
+                state.insert(entry(name=name, state="offered", created=float(i) + 5000))
+    found = state.latest_by_names(names)
+    assert set(found) == set(names[:-1])  # "never" has no version
+    for name in names[:-1]:
+        assert found[name].id == state.latest_by_name(name).id, name

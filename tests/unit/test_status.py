@@ -123,3 +123,48 @@ def test_status_offers_actions_knowing_the_newest_version_even_when_it_is_not_sh
     [row] = json.loads(capsys.readouterr().out)
     assert row["id"] == "1" * 32
     assert "retry" not in row["actions"]  # a newer version (hidden, delivered) has come since
+
+
+def test_status_with_a_big_backlog_shows_the_oldest_on_their_way_every_failed_one_and_counts_the_others(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    state = State(tmp_path / "state.sqlite")
+    try:
+        with state.transaction():
+            # 5,000 on their way in two states, interleaved in age, and 30 failed among them.
+            for i in range(5000):
+                status = "failed" if i % 170 == 0 else ("fetching" if i % 2 else "placing")
+                state.insert(
+                    Entry(
+                        id=f"{i:032x}",
+                        name=f"e-{i}",
+                        kind="file",
+                        md5="a" * 32,
+                        state=status,
+                        created=10_000 - i,
+                    )
+                )
+            state.insert(
+                Entry(id="d" * 32, name="done-0", kind="file", md5="a" * 32, state="done", created=1)
+            )
+    finally:
+        state.close()
+    assert cli.main(["-c", str(config), "status", "--json", "--open", "100"]) == 0
+    out, err = capsys.readouterr()
+    rows = json.loads(out)
+    on_the_way = [r for r in rows if r["state"] in ("fetching", "placing")]
+    # The oldest 100 of those on their way (the highest numbers: made oldest), oldest first.
+    oldest_first = sorted((i for i in range(5000) if i % 170), reverse=True)[:100]
+    assert [r["name"] for r in on_the_way] == [f"e-{i}" for i in oldest_first]
+    assert sorted(r["name"] for r in rows if r["state"] == "failed") == sorted(
+        f"e-{i}" for i in range(0, 5000, 170)
+    )
+    assert [r["name"] for r in rows if r["state"] == "done"] == ["done-0"]
+    assert [r["created"] for r in rows] == sorted(r["created"] for r in rows)
+    assert f"{5000 - 30 - 100} more entries on their way not shown" in err
+    assert "older finished" not in err
+
+    assert cli.main(["-c", str(config), "status"]) == 0  # the default: 1,000
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 1 + 1000 + 30 + 1
+    assert f"{5000 - 30 - 1000} more entries on their way not shown" in err

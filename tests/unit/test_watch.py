@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from synkler.agents.watch import DirWatcher
+from synkler.linux.inotify import max_queued_events
 
 
 @pytest.fixture
@@ -80,3 +81,34 @@ def test_a_directory_renamed_in_is_not_vouched_for(watched):
     (d / ".run" / "f").write_bytes(b"x")
     os.rename(d / ".run", d / "run")
     assert renamed_after(d, w) == set()
+
+
+def flood(d: Path, w: DirWatcher, prefix: str, n: int = 20_000) -> None:
+    """More events than inotify's queue holds (16,384 by default; two a file) while the watcher
+    thread is held (it waits for its lock after reading what was queued): the kernel drops events."""
+    before = w.overflows
+    with w._lock:
+        for i in range(n):
+            os.close(os.open(d / f"{prefix}-{i}", os.O_CREAT | os.O_WRONLY, 0o644))
+    deadline = time.monotonic() + 30  # until the thread has read the queue up to the overflow
+    while w.overflows == before:
+        assert time.monotonic() < deadline, "no overflow"
+        time.sleep(0.01)
+
+
+def test_lost_events_void_the_renamed_files_and_are_logged_once_for_many_overflows(watched, caplog):
+    d, w = watched
+    limit = max_queued_events()
+    if limit is None or limit > 30_000:
+        pytest.skip(f"fs.inotify.max_queued_events is {limit}: this flood would not overflow it")
+    rename_in(d, "whole.raw")
+    flood(d, w, "first")
+    assert renamed_after(d, w) == set()  # whole.raw's rename may be among the events lost
+    assert w.overflows == 1
+    rename_in(d, "second.raw")
+    flood(d, w, "second")
+    assert renamed_after(d, w) == set()
+    assert w.overflows == 2
+    said = [r for r in caplog.records if "faster than inotify" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "WARNING"
+    assert f"{limit:,} events overflowed" in said[0].getMessage()

@@ -1,0 +1,160 @@
+"""Files that come faster than inotify can tell of them: upload offers every one, once.
+
+The kernel queues at most fs.inotify.max_queued_events (16,384 by default) events per watcher and
+drops the rest, saying so once (IN_Q_OVERFLOW). The test makes that happen with the default limit,
+as it happens on a busy host: it stops the upload agent (SIGSTOP, so its watcher reads nothing)
+while tens of thousands of files are made, then lets it go on. Each file must be offered exactly
+once (upload's state database: one entry per name, none withdrawn), a file still being written
+meanwhile only once it is whole, and the log says once that events were lost, however many
+overflows there were.
+
+The `scale` test writes 1,000,000 files within a minute into a running upload agent (run it with
+`-m scale`; a few minutes; SYNKLER_SCALE_FILES=N writes N instead).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from synkler.agents.upload import Up
+from synkler.state import State
+
+# The scale test's files; fewer on a machine too busy to write a million within minutes.
+SCALE_FILES = int(os.environ.get("SYNKLER_SCALE_FILES", "1000000"))
+OVERFLOW_LINE = "files came faster than inotify could tell of them"
+
+
+def make_files(where: Path, names: list[str]) -> None:
+    """Empty files, as fast as Python makes them (two events each: create, close after write)."""
+    for name in names:
+        os.close(os.open(where / name, os.O_CREAT | os.O_WRONLY, 0o644))
+
+
+def offered_names(db: Path) -> collections.Counter:
+    """How many versions of each name upload's state database holds (read-only, as `status` reads it)."""
+    if not db.exists():
+        return collections.Counter()
+    state = State(db, readonly=True)
+    try:
+        return collections.Counter(e.name for e in state.all())
+    except Exception:  # the agent may be making the schema right now
+        return collections.Counter()
+    finally:
+        state.close()
+
+
+def upload_counts(db: Path) -> dict[str, int]:
+    state = State(db, readonly=True)
+    try:
+        return state.counts()
+    finally:
+        state.close()
+
+
+class SlowWriter(threading.Thread):
+    """Appends to one file every 0.2 s, `times` times: a file being written while the flood comes."""
+
+    def __init__(self, path: Path, times: int):
+        super().__init__(daemon=True)
+        self.path, self.times = path, times
+        self.content = b""
+
+    def run(self) -> None:
+        with open(self.path, "ab") as f:
+            for i in range(self.times):
+                chunk = f"line {i}\n".encode() * 100
+                f.write(chunk)
+                f.flush()
+                self.content += chunk
+                time.sleep(0.2)
+
+
+def test_a_flood_of_files_that_overflows_inotify_is_offered_whole_each_file_once(make_relay):
+    relay = make_relay(verbose=False, upload={"settle_seconds": 1})
+    files = relay.dirs["upload"]
+    db = relay.workdir / "upload" / "state.sqlite"
+    relay.start("upload")
+    (files / "probe").write_bytes(b"probe")
+    relay.wait_for("the probe offered", lambda: offered_names(db)["probe"] == 1, timeout=60)
+    agent = relay.procs["upload"]
+
+    expected = {"probe"}
+    writer = SlowWriter(files / "growing.log", times=20)  # written for 4 s: settles only after
+    for burst in range(2):  # two floods, two overflows at least: the log says it once
+        names = [f"burst{burst}-{i:05d}.dat" for i in range(20_000)]  # 40,000 events > 16,384
+        agent.send_signal(signal.SIGSTOP)
+        try:
+            make_files(files, names)
+            if burst == 1:
+                writer.start()
+        finally:
+            agent.send_signal(signal.SIGCONT)
+        expected.update(names)
+        relay.wait_for(
+            f"flood {burst + 1} offered",
+            lambda: set(offered_names(db)) >= expected,
+            timeout=300,
+            interval=1.0,
+        )
+    writer.join()
+    expected.add("growing.log")
+    relay.wait_for("the growing file offered", lambda: "growing.log" in offered_names(db), timeout=60)
+
+    counts = offered_names(db)
+    assert set(counts) == expected, "a file was missed, or something else was offered"
+    twice = [n for n, c in counts.items() if c != 1]
+    assert not twice, f"offered more than once: {twice[:10]}"
+    # None withdrawn: nothing was offered before it was whole (a version offered while being written
+    # is withdrawn when its hash sees it change, and its name offered again).
+    assert Up.SUPERSEDED not in upload_counts(db)
+    state = State(db, readonly=True)
+    try:
+        (growing,) = [e for e in state.all() if e.name == "growing.log"]
+    finally:
+        state.close()
+    assert growing.size == len(writer.content)
+    relay.stop("upload")
+
+    log = relay.log_path("upload").read_text(errors="replace")
+    assert log.count(OVERFLOW_LINE) == 1, [line for line in log.splitlines() if OVERFLOW_LINE in line]
+
+
+@pytest.mark.scale
+def test_a_million_files_written_within_a_minute_are_each_offered_once(make_relay):
+    relay = make_relay(verbose=False, upload={"settle_seconds": 1})
+    files = relay.dirs["upload"]
+    db = relay.workdir / "upload" / "state.sqlite"
+    relay.start("upload")
+    (files / "probe").write_bytes(b"probe")
+    relay.wait_for("the probe offered", lambda: offered_names(db)["probe"] == 1, timeout=60)
+
+    started = time.monotonic()
+    names = [f"f{i:07d}" for i in range(SCALE_FILES)]
+    for i in range(0, len(names), 10_000):
+        make_files(files, names[i : i + 10_000])
+    written = time.monotonic() - started  # about 10 s on an idle machine; said at the end
+
+    def all_offered() -> bool:
+        counts = upload_counts(db)
+        return sum(counts.values()) >= len(names) + 1
+
+    relay.wait_for(f"{len(names):,} offers", all_offered, timeout=3600, interval=5.0)
+    took = time.monotonic() - started
+    counts = offered_names(db)
+    assert set(counts) == {"probe", *names}
+    assert max(counts.values()) == 1, "a file was offered more than once"
+    assert Up.SUPERSEDED not in upload_counts(db)
+    relay.stop("upload")
+    log = relay.log_path("upload").read_text(errors="replace")
+    assert log.count(OVERFLOW_LINE) <= 1
+    print(
+        f"\n{len(names):,} files written in {written:.1f} s, all offered {took:.0f} s after the first was"
+        " written"
+    )
