@@ -513,6 +513,19 @@ class Broker:
             pub.confirm_delivery()
         return pub
 
+    def _drop_publisher(self) -> None:
+        """Close the publishing channel after a refused publish, so that the next one opens a fresh
+        channel. A channel keeps its own view of each quorum queue it published to (its leader):
+        on RabbitMQ 3.10, one that published while a queue's leader was being elected (a node just
+        died) had every later publish to that queue NACKed, for minutes, though the queue had a
+        new leader within a second (tests/faults/test_faults_cluster.py)."""
+        pub, self._pub = self._pub, None
+        if pub is not None and pub.is_open:
+            try:
+                pub.close()
+            except _PIKA_ERRORS:
+                pass
+
     def close(self) -> None:
         conn, self._conn, self._chan, self._pub = self._conn, None, None, None
         self._inbox = []
@@ -685,6 +698,7 @@ class Broker:
             if not self.connected:
                 self.close()
                 raise BrokerError(f"broker operation failed: {_describe(e)}") from None
+            self._drop_publisher()
             raise PublishRefused(_describe(e)) from None
         except _PIKA_ERRORS as e:
             self.close()

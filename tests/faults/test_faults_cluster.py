@@ -71,14 +71,20 @@ def kill_busiest(relay: LocalRelay, cluster: RabbitCluster) -> RabbitNode:
     on_it = sorted(role for role, (_count, p) in before.items() if p == port)
     print(f"killing the node on port {port}, which {', '.join(on_it)} are connected to")
     node.kill()
-    relay.wait_for(
-        f"{', '.join(on_it)} connected to another node",
-        lambda: all(
-            (now := connections(relay).get(role)) is not None and now[0] > before[role][0] and now[1] != port
-            for role in on_it
-        ),
-        60,
-    )
+    try:
+        relay.wait_for(
+            f"{', '.join(on_it)} connected to another node",
+            lambda: all(
+                (now := connections(relay).get(role)) is not None
+                and now[0] > before[role][0]
+                and now[1] != port
+                for role in on_it
+            ),
+            60,
+        )
+    except BaseException:
+        cluster.restart(node)
+        raise
     return node
 
 
@@ -98,6 +104,7 @@ def profiles():
 def test_a_relay_on_a_cluster_loses_nothing_when_broker_nodes_die(
     cluster, sshd, tmp_path, instance_id, rng, profile
 ):
+    cluster.heal()
     settings = common_settings(tmp_path, profile, sshd.rsync_opts())
     for role in ROLES:
         settings[role]["broker_hosts"] = cluster.addresses
@@ -125,15 +132,17 @@ def test_a_relay_on_a_cluster_loses_nothing_when_broker_nodes_die(
             killed_at = time.monotonic()
             node = kill_busiest(relay, cluster)
             faults += 1
-            # While the node is down (a minority): the relay goes on delivering.
-            relay.wait_for(
-                "entries delivered with a node down",
-                lambda before=before: delivered_count(relay) >= before + 2 or settled(relay, wl),
-                90,
-            )
-            if profile is CHAOS:
-                faultkit.flow_for(relay, wl, rng.uniform(0, 6))
-            cluster.restart(node)
+            try:
+                # While the node is down (a minority): the relay goes on delivering.
+                relay.wait_for(
+                    "entries delivered with a node down",
+                    lambda before=before: delivered_count(relay) >= before + 2 or settled(relay, wl),
+                    90,
+                )
+                if profile is CHAOS:
+                    faultkit.flow_for(relay, wl, rng.uniform(0, 6))
+            finally:
+                cluster.restart(node)
             if profile is CHAOS:  # the next node dies 20 s after this one did
                 faultkit.flow_for(relay, wl, max(0.0, 20 - (time.monotonic() - killed_at)))
         last_fault = time.monotonic()

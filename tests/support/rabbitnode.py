@@ -212,6 +212,13 @@ class RabbitCluster:
         node.launch()
         node.await_started(timeout)
 
+    def heal(self, timeout: float = 120) -> None:
+        """Start again every node that is down (a test that failed between a kill and its restart),
+        so that the next test begins with the whole cluster."""
+        for node in self.nodes:
+            if node.pid() is None:
+                self.restart(node, timeout)
+
     def stop(self) -> None:
         for node in reversed(self.nodes):
             node.stop()
