@@ -148,6 +148,10 @@ def test_a_relay_on_a_cluster_loses_nothing_when_broker_nodes_die(
         last_fault = time.monotonic()
         faultkit.wait_settled(relay, wl, profile.deliver_timeout)
         print(f"settled {time.monotonic() - last_fault:.0f} s after the last node came back")
+        for role in ROLES:  # what a failover cost, as the agents tell it
+            for line in relay.log_path(role).read_text(errors="replace").splitlines():
+                if "refuses messages" in line or "go out again" in line or "still holds" in line:
+                    print(line)
         verdict(relay, wl, faults=faults)
         admin = Broker(BrokerParams("127.0.0.1", cluster.nodes[0].port), relay.instance, "admin")
         admin.connect(consume=False, declare=False)
