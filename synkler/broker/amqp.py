@@ -516,9 +516,10 @@ class Broker:
     def _drop_publisher(self) -> None:
         """Close the publishing channel after a refused publish, so that the next one opens a fresh
         channel. A channel keeps its own view of each quorum queue it published to (its leader):
-        on RabbitMQ 3.10, one that published while a queue's leader was being elected (a node just
-        died) had every later publish to that queue NACKed, for minutes, though the queue had a
-        new leader within a second (tests/faults/test_faults_cluster.py)."""
+        on RabbitMQ 3.10, one whose publish was NACKed while a queue's leader was being elected (a
+        node just died) had its later publishes to that queue refused too, for more than 90 s,
+        though the queue had a new leader within a second; a fresh channel's went through 1 s
+        later (tests/faults/test_faults_cluster.py)."""
         pub, self._pub = self._pub, None
         if pub is not None and pub.is_open:
             try:
