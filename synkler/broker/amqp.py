@@ -3,10 +3,12 @@
 Topology of an instance `id` (':' cannot occur in an id or an agent name, so no name of one
 object can be the name of another, of this instance or of any other):
 - exchange ``synkler:<id>`` (topic, durable): every message, routed by the receiving agent's name;
-- queue ``synkler:<id>:agent:<agent>`` (durable, one per agent) bound with routing key ``<agent>``,
-  so a message sent while that agent is down waits for it. Its agent consumes it exclusively: a
-  second agent of the same name is refused by the broker (AgentActive) and waits as a standby;
-- exchange ``synkler:<id>:presence`` (topic) and queue ``synkler:<id>:holder:<agent>`` (durable,
+- queue ``synkler:<id>:inbox:<agent>`` (a quorum queue, one per agent: synkler.broker.topology has
+  the arguments of every queue) bound with routing key ``<agent>``, so a message sent while that
+  agent is down waits for it. Its agent consumes it alone: it first declares its exclusive lock
+  queue ``synkler:<id>:lock:<agent>``, which the broker refuses to a second connection
+  (AgentActive: that agent waits as a standby);
+- exchange ``synkler:<id>:presence`` (topic) and queue ``synkler:<id>:holder:<agent>`` (quorum,
   at most one message) bound with routing key ``<agent>``: who consumes the agent's queue (host,
   pid, since when), so that the refused one can name it; the agent's presence report
   (synkler.observe.presence) replaces it every few seconds, a superset of it, which `synkler status
@@ -14,8 +16,10 @@ object can be the name of another, of this instance or of any other):
   agent's user write only its own report; with `authenticate` a reader also believes a report only
   from its agent's user (`user_id`). (The direct exchange ``synkler:<id>:holder`` of earlier
   versions is no longer used.);
-- exchange and queue ``synkler:<id>:dead``: where rejected (malformed, hostile) messages end up,
-  bounded in count and bytes.
+- exchange and queue ``synkler:<id>:dead`` (quorum): where rejected (malformed, hostile) messages
+  end up, bounded in count and bytes.
+
+The broker may be a cluster (synkler.broker.connect): `connect` tries its nodes in turn.
 
 The instance's exchanges and dead-letter queue are shared: whoever may declares them (central's
 user under broker-setup, any user on a broker without per-agent users); a user that may not (an
@@ -24,7 +28,9 @@ re-declare or re-type what the others rely on.
 synkler 0.4 named them ``synkler.<id>``, ``synkler.<id>.<agent>`` and ``synkler.<id>.dead``; an agent
 moves what its old queue still holds into its new one when it connects (`_adopt_legacy`). That
 shim (`legacy_queue_name`, `_adopt_legacy`) is removed in synkler 0.7: a relay upgraded from 0.4
-starts a 0.5 or 0.6 agent once first (docs/upgrading.md).
+starts a 0.5 or 0.6 agent once first (docs/upgrading.md). synkler 0.5 named an agent's queue
+``synkler:<id>:agent:<agent>``, a classic queue: the agent consumes what it still holds and deletes
+it once empty (`_drain_classic`, removed in synkler 0.8).
 
 The connection has two channels: one consumes (and acks), one publishes with confirms. A publish
 the broker refuses (a queue declared by someone else with other arguments, a queue that rejects
@@ -54,29 +60,31 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from .. import __version__
-from ..config import Config
 from ..errors import AgentActive, BrokerError, PublishRefused
 from ..text import count
-from ..tls import TlsFileError, TlsSettings, explain, peer_certificate, tls_context
+from ..tls import TlsFileError, explain, peer_certificate, tls_context
+from .connect import Address, BrokerParams, address_text, connection_order, tls_settings
 from .names import (
-    DEAD_MAX,
-    DEAD_MAX_BYTES,
     broker_user,
+    classic_queue_name,
     dead_name,
     exchange_name,
     holder_name,
     legacy_queue_name,
+    lock_name,
     old_holder_exchange,
     presence_exchange,
     queue_name,
 )
+from .topology import DEAD_ARGUMENTS, HOLDER_ARGUMENTS, agent_queue_arguments
+
+__all__ = ["DEAD_ARGUMENTS", "Broker", "BrokerParams", "Delivery", "Holder", "tls_settings"]
 
 log = logging.getLogger("synkler.broker")  # the name operators filter on, as before the wings
 T = TypeVar("T")
 
 _PIKA_ERRORS = (pika.exceptions.AMQPError, OSError)
-DEAD_ARGUMENTS = {"x-max-length": DEAD_MAX, "x-max-length-bytes": DEAD_MAX_BYTES}
-_ACCESS_REFUSED, _NOT_FOUND, _PRECONDITION_FAILED = 403, 404, 406
+_ACCESS_REFUSED, _NOT_FOUND, _RESOURCE_LOCKED, _PRECONDITION_FAILED = 403, 404, 405, 406
 _PERSISTENT = pika.BasicProperties(delivery_mode=2, content_type="application/json")
 
 
@@ -86,43 +94,6 @@ class Delivery(NamedTuple):
     # The broker user that published it, as the broker vouches: RabbitMQ refuses a publish whose
     # user_id is not the publisher's own login (unless that user is tagged impersonator).
     user: str | None
-
-
-@dataclass(frozen=True)
-class BrokerParams:
-    host: str
-    port: int = 5672
-    username: str = "guest"
-    password: str = "guest"
-    vhost: str = "/"
-    heartbeat: int = 30
-    tls: TlsSettings | None = None  # None: plain AMQP
-    external: bool = False  # log in with the client certificate (EXTERNAL), not a password
-    # Believe a presence report only if its agent's broker user published it (`authenticate`).
-    authenticate: bool = False
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> BrokerParams:
-        return cls(
-            cfg.synkler_server,
-            cfg.broker_port,
-            cfg.broker_username,
-            cfg.broker_password,
-            cfg.broker_vhost,
-            cfg.broker_heartbeat,
-            tls_settings(cfg),
-            cfg.broker_login == "external",
-            cfg.authenticate,
-        )
-
-
-def tls_settings(cfg: Config) -> TlsSettings | None:
-    """The TLS settings of a configuration, None if it does not use TLS."""
-    if not cfg.broker_tls:
-        return None
-    return TlsSettings.of(
-        cfg.broker_ca_file, cfg.broker_cert_file, cfg.broker_key_file, cfg.broker_tls_server_name
-    )
 
 
 @dataclass(frozen=True)
@@ -137,6 +108,10 @@ class Holder:
     def __str__(self) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
         return f"host {self.host}, pid {self.pid}, since {when}"
+
+
+class _AddressFailed(Exception):
+    """One address of the broker would not do (why, in words): the next is tried."""
 
 
 # One per process: an agent refused by a connection of its own that the broker has not yet seen
@@ -173,6 +148,7 @@ class Broker:
         self._pub: BlockingChannel | None = None  # publishes with confirms; reopened after a refusal
         self._declared: set[str] = set()
         self._inbox: list[Delivery] = []
+        self.address: Address = params.addresses[0]  # the node connected to (last)
         # Every publish says who publishes it; the broker checks that it is this connection's user.
         # With EXTERNAL login and no broker_username, synkler does not know that user's name (the
         # broker takes it from the certificate): then publishes say nothing (not authenticated).
@@ -183,30 +159,47 @@ class Broker:
     # connection ----------------------------------------------------------------------------------
 
     def connect(self, *, consume: bool = True, declare: bool = True) -> None:
-        """Connect; `consume`: the agent's own queue, exclusively. `declare` False (with consume
-        False): declare nothing, only look (`synkler status --relay` of a mistyped id creates
-        nothing)."""
+        """Connect to the first node that takes the connection, of the broker's addresses in
+        `connection_order`; `consume`: the agent's own queue, exclusively. `declare` False (with
+        consume False): declare nothing, only look (`synkler status --relay` of a mistyped id
+        creates nothing). BrokerError if no node will do, saying why for each; AgentActive at once
+        (another agent of this name holds the queue, whichever node one asks)."""
+        failures: list[str] = []
+        for address in connection_order(self.params.addresses):
+            try:
+                self._connect_to(address, consume=consume, declare=declare)
+            except _AddressFailed as e:
+                failures.append(f"{address_text(address)}: {e}")
+                continue
+            self.address = address
+            return
+        if len(failures) == 1:
+            raise BrokerError(f"cannot use broker {failures[0]}")
+        raise BrokerError(f"cannot use any node of the broker ({'; '.join(sorted(failures))})")
+
+    def _parameters(self, address: Address) -> pika.ConnectionParameters:
         p = self.params
+        host, port = address
         ssl_options = None
         if p.tls is not None:
             try:
-                ssl_options = pika.SSLOptions(tls_context(p.tls), p.tls.server_name or p.host)
+                ssl_options = pika.SSLOptions(tls_context(p.tls), p.tls.server_name or host)
             except TlsFileError as e:  # changed since the configuration was read
-                raise BrokerError(f"cannot use broker {p.host}:{p.port}: TLS: {e.key}: {e}") from None
+                raise _AddressFailed(f"TLS: {e.key}: {e}") from None
         credentials: pika.PlainCredentials | pika.credentials.ExternalCredentials
         if p.external:
             credentials = pika.credentials.ExternalCredentials()
         else:
             credentials = pika.PlainCredentials(p.username, p.password)
-        parameters = pika.ConnectionParameters(
-            host=p.host,
-            port=p.port,
+        return pika.ConnectionParameters(
+            host=host,
+            port=port,
             virtual_host=p.vhost,
             credentials=credentials,
             ssl_options=ssl_options,
             heartbeat=p.heartbeat,
             blocked_connection_timeout=120,
-            connection_attempts=1,
+            connection_attempts=1,  # the other nodes next, then the agent's backoff
             socket_timeout=5,
             stack_timeout=10,
             client_properties={
@@ -214,6 +207,9 @@ class Broker:
                 f" pid {os.getpid()}"
             },
         )
+
+    def _connect_to(self, address: Address, *, consume: bool, declare: bool) -> None:
+        parameters = self._parameters(address)
         try:
             self._conn = conn = pika.BlockingConnection(parameters)
             self._chan = chan = conn.channel()
@@ -222,32 +218,37 @@ class Broker:
                 self._declare_topology()
             if consume:
                 pub = self._publisher()
+                self._lock()
                 self._declare_queue(pub, self.agent)
                 self._adopt_legacy(pub)  # 0.4 compatibility: removed in 0.7
                 chan.basic_qos(prefetch_count=self.prefetch)
                 self._consume(chan)
-        except BrokerError:
+                self._drain_classic(chan)  # 0.5 compatibility: removed in 0.8
+        except AgentActive:
+            raise  # closed already
+        except BrokerError as e:
             self.close()
-            raise
+            raise _AddressFailed(str(e)) from None
         except _PIKA_ERRORS as e:
             self.close()
-            why = self._explain_failure(e) or _describe(e)
+            why = self._explain_failure(e, address) or _describe(e)
             if isinstance(e, pika.exceptions.ChannelClosedByBroker) and e.reply_code == _ACCESS_REFUSED:
                 # E.g. users made by an older broker-setup, without the presence exchange.
                 why += " (the broker user's permissions: see `synkler broker-setup`, docs/security.md)"
-            raise BrokerError(f"cannot use broker {p.host}:{p.port}: {why}") from None
+            raise _AddressFailed(why) from None
 
-    def _explain_failure(self, e: BaseException) -> str | None:
+    def _explain_failure(self, e: BaseException, address: Address) -> str | None:
         """A failed TLS handshake or EXTERNAL login in one line (None: another failure). pika wraps
         the ssl error, sometimes only as text: dig it out."""
         p = self.params
+        host, port = address
         if p.tls is None:
             return None
         error = _ssl_error(e)
         peer = None
         if isinstance(error, ssl.SSLCertVerificationError):
-            peer = peer_certificate(p.host, p.port, p.tls)  # for dates and names
-        why = explain(error if error is not None else _chain_text(e), p.tls, p.host, p.port, peer)
+            peer = peer_certificate(host, port, p.tls)  # for dates and names
+        why = explain(error if error is not None else _chain_text(e), p.tls, host, port, peer)
         if why is not None or not p.external:
             return why
         text = _chain_text(e)
@@ -264,17 +265,35 @@ class Broker:
             )
         return None
 
-    def _consume(self, chan: BlockingChannel) -> None:
-        """Consume the agent's own queue, alone: the broker refuses a second exclusive consumer."""
-        queue = queue_name(self.instance, self.agent)
+    def _lock(self) -> None:
+        """Declare the agent's lock queue, exclusive to this connection: the broker refuses it to a
+        second one (RESOURCE_LOCKED) while this one lives, on whichever node it asks, and deletes
+        it with the connection. AgentActive if another connection holds it."""
+        assert self._conn is not None
+        probe = self._conn.channel()
         try:
-            chan.basic_consume(queue, self._on_message, exclusive=True)
+            probe.queue_declare(lock_name(self.instance, self.agent), exclusive=True, auto_delete=True)
         except pika.exceptions.ChannelClosedByBroker as e:
-            if e.reply_code != 403:  # ACCESS_REFUSED: "in exclusive use"
+            if e.reply_code != _RESOURCE_LOCKED:
                 raise
-            holder = self._read_holder()
-            self.close()
-            raise AgentActive(queue, holder, mine=holder is not None and holder.token == TOKEN) from None
+            self._refused()
+        probe.close()
+
+    def _refused(self) -> None:
+        holder = self._read_holder()
+        self.close()
+        queue = queue_name(self.instance, self.agent)
+        raise AgentActive(queue, holder, mine=holder is not None and holder.token == TOKEN) from None
+
+    def _consume(self, chan: BlockingChannel) -> None:
+        """Consume the agent's own queue, alone: the lock refused any other agent of this name, and
+        the consumer is exclusive too (which RabbitMQ 3.10 enforces on classic queues only)."""
+        try:
+            chan.basic_consume(queue_name(self.instance, self.agent), self._on_message, exclusive=True)
+        except pika.exceptions.ChannelClosedByBroker as e:
+            if e.reply_code != _ACCESS_REFUSED:  # "in exclusive use"
+                raise
+            self._refused()
         body = json.dumps(
             {
                 "host": socket.gethostname(),
@@ -296,7 +315,17 @@ class Broker:
         broker's topic permissions let only the agent's own user write it."""
         ch, q = self._publisher(), holder_name(self.instance, self.agent)
         x = presence_exchange(self.instance)
-        ch.queue_declare(q, durable=True, arguments={"x-max-length": 1, "x-overflow": "drop-head"})
+        try:
+            ch.queue_declare(q, durable=True, arguments=HOLDER_ARGUMENTS)
+        except pika.exceptions.ChannelClosedByBroker as e:
+            if e.reply_code != _PRECONDITION_FAILED:
+                raise
+            # A classic one of synkler 0.5: its record is rewritten every few seconds, so it is
+            # made again as a quorum queue (the agent's user may configure its own holder queue).
+            ch = self._publisher()
+            ch.queue_delete(q)
+            ch.queue_declare(q, durable=True, arguments=HOLDER_ARGUMENTS)
+            log.info("made the holder queue %s again, as a quorum queue", q)
         ch.queue_bind(q, x, routing_key=self.agent)
         return q
 
@@ -420,6 +449,36 @@ class Broker:
             lambda ch: int(ch.queue_declare(dead_name(self.instance), passive=True).method.message_count)
         )
 
+    def _drain_classic(self, chan: BlockingChannel) -> None:
+        """Consume what synkler 0.5's classic queue of this agent still holds, beside its quorum
+        queue, on the same channel: each message as it was published (its user_id too, which a
+        move would lose). Unbound first, so that nothing new goes to it; deleted once empty (at a
+        connection that finds it so). A 0.5 compatibility shim: removed in synkler 0.8."""
+        old = classic_queue_name(self.instance, self.agent)
+        assert self._conn is not None
+        probe = self._conn.channel()
+        try:
+            waiting = probe.queue_declare(old, passive=True).method.message_count
+        except pika.exceptions.ChannelClosedByBroker:
+            return  # no such queue: the usual case
+        probe.queue_unbind(old, exchange_name(self.instance), routing_key=self.agent)
+        if waiting == 0:
+            try:
+                probe.queue_delete(old, if_empty=True)
+                probe.close()
+                log.info("deleted synkler 0.5's queue %s (empty)", old)
+                return
+            except pika.exceptions.ChannelClosedByBroker:
+                pass  # one arrived meanwhile: consume it
+        else:
+            probe.close()
+        chan.basic_consume(old, self._on_message, exclusive=True)
+        log.info(
+            "consuming synkler 0.5's queue %s (%s) until empty, then deleting it",
+            old,
+            count(waiting, "message"),
+        )
+
     def _adopt_legacy(self, ch: BlockingChannel) -> None:
         """Move what synkler 0.4's queue of this agent still holds into its queue, then delete it.
         A 0.4 compatibility shim: removed in synkler 0.7 (with `legacy_queue_name`)."""
@@ -459,6 +518,20 @@ class Broker:
             self._pub = pub = self._conn.channel()
             pub.confirm_delivery()
         return pub
+
+    def _drop_publisher(self) -> None:
+        """Close the publishing channel after a refused publish, so that the next one opens a fresh
+        channel. A channel keeps its own view of each quorum queue it published to (its leader):
+        on RabbitMQ 3.10, one whose publish was NACKed while a queue's leader was being elected (a
+        node just died) had its later publishes to that queue refused too, for more than 90 s,
+        though the queue had a new leader within a second; a fresh channel's went through 1 s
+        later (tests/faults/test_faults_cluster.py)."""
+        pub, self._pub = self._pub, None
+        if pub is not None and pub.is_open:
+            try:
+                pub.close()
+            except _PIKA_ERRORS:
+                pass
 
     def close(self) -> None:
         conn, self._conn, self._chan, self._pub = self._conn, None, None, None
@@ -506,9 +579,10 @@ class Broker:
                 ) from None
 
     def _declare_dead(self) -> None:
-        """Declare the dead-letter queue, bounded. One an earlier version made without the bound
-        in bytes refuses these arguments (PRECONDITION_FAILED): if empty it is made again with
-        them; if not, it is used as it is, and the agent says how to bound it."""
+        """Declare the dead-letter queue: a quorum queue, bounded. One an earlier version made (a
+        classic queue, or one without the bound in bytes) refuses these arguments
+        (PRECONDITION_FAILED): if empty it is made again with them; if not, it is used as it is,
+        and the agent says what to do."""
         dead = dead_name(self.instance)
         try:
             self._publisher().queue_declare(dead, durable=True, arguments=DEAD_ARGUMENTS)
@@ -525,15 +599,16 @@ class Broker:
                     raise
                 count = self._publisher().queue_declare(dead, passive=True).method.message_count
                 log.warning(
-                    "the dead-letter queue %s, made by an earlier synkler, is not bounded in bytes "
-                    "and holds %d messages: read and purge them (docs/runbook.md, Troubleshooting, "
-                    "Dead-letter queue); the next connection makes it again with the bound",
+                    "the dead-letter queue %s, made by an earlier synkler, is a classic queue (not "
+                    "replicated on a cluster) and holds %d messages: read and purge them "
+                    "(docs/runbook.md, Troubleshooting, Dead-letter queue); the next connection "
+                    "makes it again as a quorum queue",
                     dead,
                     count,
                 )
                 return
             self._publisher().queue_declare(dead, durable=True, arguments=DEAD_ARGUMENTS)
-            log.info("made the dead-letter queue %s again, bounded in bytes too", dead)
+            log.info("made the dead-letter queue %s again, as a quorum queue", dead)
         self._publisher().queue_bind(dead, dead)
 
     def _declare_queue(self, ch: BlockingChannel, agent: str) -> None:
@@ -541,7 +616,7 @@ class Broker:
         if agent in self._declared:
             return
         q = queue_name(self.instance, agent)
-        ch.queue_declare(q, durable=True, arguments={"x-dead-letter-exchange": dead_name(self.instance)})
+        ch.queue_declare(q, durable=True, arguments=agent_queue_arguments(self.instance))
         ch.queue_bind(q, exchange_name(self.instance), routing_key=agent)
         self._declared.add(agent)
 
@@ -630,6 +705,7 @@ class Broker:
             if not self.connected:
                 self.close()
                 raise BrokerError(f"broker operation failed: {_describe(e)}") from None
+            self._drop_publisher()
             raise PublishRefused(_describe(e)) from None
         except _PIKA_ERRORS as e:
             self.close()
@@ -654,6 +730,7 @@ class Broker:
         def do(ch: BlockingChannel) -> None:
             for agent in agents:
                 ch.queue_delete(queue_name(self.instance, agent))
+                ch.queue_delete(classic_queue_name(self.instance, agent))
                 ch.queue_delete(holder_name(self.instance, agent))
             ch.queue_delete(dead_name(self.instance))
             ch.exchange_delete(exchange_name(self.instance))

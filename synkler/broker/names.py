@@ -15,7 +15,20 @@ def exchange_name(instance: str) -> str:
 
 
 def queue_name(instance: str, agent: str) -> str:
+    """The agent's queue (a quorum queue: synkler.broker.topology)."""
+    return f"synkler:{instance}:inbox:{agent}"
+
+
+def classic_queue_name(instance: str, agent: str) -> str:
+    """The agent's queue as synkler 0.5 named it (a classic queue, which cannot be declared again as
+    a quorum queue): the agent moves what it still holds into its new one. Removed in synkler 0.8."""
     return f"synkler:{instance}:agent:{agent}"
+
+
+def lock_name(instance: str, agent: str) -> str:
+    """The exclusive queue whose owner is the agent's one active process: the broker refuses to
+    declare it on a second connection (RESOURCE_LOCKED), and deletes it with its connection."""
+    return f"synkler:{instance}:lock:{agent}"
 
 
 def holder_name(instance: str, agent: str) -> str:

@@ -2,7 +2,8 @@
 
 `commands` gives the `rabbitmqctl` commands that make them; `synkler broker-setup` prints them.
 Each agent's user `<name>@<id>` (see synkler.broker.names.broker_user) may
-- configure (declare, delete) only its own queue and its own holder queue; central's user also the
+- configure (declare, delete) only its own queue, its own holder and lock queues (and synkler
+  0.5's name of its queue, to empty and delete it); central's user also the
   instance's shared objects (the topic exchange, the presence exchange, the dead-letter exchange
   and queue), which it declares at its first start. So no upload or download login can delete,
   re-declare or re-type what the others rely on (they only check that those exist);
@@ -48,11 +49,15 @@ def permissions(instance: str, mode: str, name: str, central: str = "central") -
     # Only central's user may declare (and so delete) the shared objects: the exchanges, the
     # dead-letter queue; '' after the base is the topic exchange itself.
     shared = "|:dead|:presence|" if mode == "central" else ""
-    configure = f"^{base}(:agent:{own}|:holder:{own}{shared})$"
-    write = f"^{base}(|:dead|:presence|:agent:{own}|:holder:{own})$"
+    # `:agent:<own>`: synkler 0.5's classic queue, which the agent empties into its quorum queue
+    # `:inbox:<own>` and deletes (removed in 0.8). `:lock:<own>`: the exclusive queue that makes the
+    # agent the only active one of its name.
+    mine = f":inbox:{own}|:agent:{own}|:holder:{own}"
+    configure = f"^{base}({mine}|:lock:{own}{shared})$"
+    write = f"^{base}(|:dead|:presence|{mine})$"
     dead = "|:dead" if mode == "central" else ""
     # Reading every agent's presence report (holder queue) is what `status --relay` does.
-    read = f"^{base}(|:presence{dead}|:agent:{own}|:holder:[^:]+)$"
+    read = f"^{base}(|:presence{dead}|:inbox:{own}|:agent:{own}|:holder:[^:]+)$"
     topic_write = ".*" if mode == "central" else f"^{re.escape(central)}$"
     return Permissions(configure, write, read, topic_write, f"^{own}$", f"^{own}$")
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import receipts
+from ..broker.names import queue_name
 from ..config import KEYS, Config, ignored_keys
 from ..observe.progress import size_text
 from ..observe.report import Report
@@ -53,12 +54,12 @@ def peer_line(
 ) -> Line:
     """Does an agent consume `peer`'s queue?
 
-    `queue`: (messages, consumers) of `synkler:<id>:agent:<peer>`, None if it does not exist;
+    `queue`: (messages, consumers) of `synkler:<id>:inbox:<peer>`, None if it does not exist;
     `report`: the peer's latest presence report (None: it never reported under this id); `outbox`:
     this agent's messages to it not yet published. No consumer while messages wait for it is a
     FAIL (nothing moves until a person acts); with nothing waiting yet, a WARN.
     """
-    name = f"synkler:{instance}:agent:{peer}"
+    name = queue_name(instance, peer)
     if queue is not None and queue[1] > 0:
         return OK, f"the {peer} agent consumes {name}"
     waiting = (queue[0] if queue is not None else 0) + outbox

@@ -19,6 +19,7 @@ def cmd_broker_setup(cfg: Config, args: argparse.Namespace) -> int:
     passwords = {broker_user(cfg.id, n): secrets.token_urlsafe(24) for n in names}
     print(f"# broker users of synkler instance {cfg.id!r} on vhost {cfg.broker_vhost!r}")
     print("# This holds new passwords: keep it private, run it on the broker's host, then delete it.")
+    print("# On a RabbitMQ cluster, run it on one node: users and permissions are the cluster's.")
     ends = {"central": cfg.central_name, "download": cfg.download_name}
     for argv in commands(cfg.id, uploads, vhost=cfg.broker_vhost, passwords=passwords, **ends):
         print(shlex.join(["rabbitmqctl", *argv]))

@@ -8,6 +8,7 @@ import argparse
 import os
 
 from ..broker.amqp import Broker, BrokerParams
+from ..broker.connect import address_text
 from ..config import Config
 from ..errors import BrokerError, ExitStatus, StateError
 from ..hops import transfer
@@ -66,13 +67,16 @@ def _check_broker(cfg: Config, out: _Lines) -> Report | None:
     """The broker, how messages are authenticated and the peers' queues; returns central's
     presence report (None if it has none, or this is central)."""
     central_report: Report | None = None
-    broker = Broker(BrokerParams.from_config(cfg), cfg.id, cfg.name)
+    params = BrokerParams.from_config(cfg)
+    broker = Broker(params, cfg.id, cfg.name)
     try:
         broker.connect(consume=False)
-        where = f"{cfg.synkler_server}:{cfg.broker_port} vhost {cfg.broker_vhost}"
+        node = f" (connected to {address_text(broker.address)})" if len(params.addresses) > 1 else ""
+        where = f"{params.where} vhost {cfg.broker_vhost}{node}"
         out.say((checks.OK, f"broker {where}{_tls_note(cfg)}"))
-        addresses = checks.broker_addresses(cfg.synkler_server, cfg.broker_port)
-        out.say(checks.plain_amqp_line(cfg.broker_tls, cfg.synkler_server, addresses))
+        for host, port in params.addresses:
+            addresses = checks.broker_addresses(host, port)
+            out.say(checks.plain_amqp_line(cfg.broker_tls, host, addresses))
         if cfg.authenticate:
             out.say((checks.OK, f"messages authenticated: this agent publishes as {cfg.broker_username}"))
         else:

@@ -21,6 +21,7 @@ from .values import (
     Context,
     Invalid,
     boolean,
+    broker_hosts,
     choice,
     cleanup_script,
     command,
@@ -78,6 +79,7 @@ class Config:
     broker_key_file: Path | None
     broker_login: str
     broker_port: int
+    broker_hosts: tuple[tuple[str, int | None], ...]  # () : synkler_server alone
     broker_username: str  # "" with EXTERNAL login and no name given: publishes name no user
     broker_password: str
     broker_password_file: Path | None
@@ -213,6 +215,8 @@ KEYS: dict[str, Key] = {
     "broker_key_file": Key(file, None),
     "broker_login": Key(choice("password", "external"), "password"),
     "broker_port": Key(integer(1, 65535), Derived(lambda s, ctx: 5671 if s["broker_tls"] else 5672)),
+    # A RabbitMQ cluster: its nodes, tried in turn (synkler.broker.connect); empty: synkler_server.
+    "broker_hosts": Key(broker_hosts, ()),
     # With EXTERNAL login the broker takes the user from the certificate; only a name given here
     # goes into the publishes' user_id (and authenticate needs it).
     "broker_username": Key(text, Derived(lambda s, ctx: "guest" if s["broker_login"] == "password" else "")),

@@ -105,6 +105,41 @@ def host(value: Any, ctx: Context) -> str:
     return value
 
 
+def broker_hosts(value: Any, ctx: Context) -> tuple[tuple[str, int | None], ...]:
+    """The nodes of a RabbitMQ cluster: a list (or one string, separated by commas or spaces) of
+    `host`, `host:port` or `[v6 address]:port`; a port left out is broker_port's."""
+    items = value.replace(",", " ").split() if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise Invalid(
+            f"must be a list of host or host:port (e.g. [rabbit1, rabbit2:5673]), got {describe(value)}"
+        )
+    out: list[tuple[str, int | None]] = []
+    for index, item in enumerate(items, 1):
+        if not isinstance(item, str) or not item.strip():
+            raise Invalid(f"item {index} must be host or host:port, got {describe(item)}")
+        written = item.strip()
+        name, port = written, None
+        if written.startswith("["):
+            name, close, rest = written[1:].partition("]")
+            if not close or (rest and not rest.startswith(":")):
+                raise Invalid(f"item {index} must be [v6 address] or [v6 address]:port, got {describe(item)}")
+            port_text = rest[1:] if rest else None
+        elif written.count(":") == 1:
+            name, _, port_text = written.partition(":")
+        else:  # a bare IPv6 address, or a plain name
+            port_text = None
+        if port_text is not None:
+            if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+                raise Invalid(f"item {index}: the port must be 1 to 65535, got {describe(item)}")
+            port = int(port_text)
+        if not name or name.startswith("-") or any(c.isspace() for c in name):
+            raise Invalid(f"item {index} must be host or host:port, got {describe(item)}")
+        if (name, port) in out:
+            raise Invalid(f"item {index} repeats {written}")
+        out.append((name, port))
+    return tuple(out)
+
+
 def number(
     minimum: float, maximum: float | None = None, *, above: bool = False
 ) -> Callable[[Any, Context], float]:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable
 from ..agents.base import PERSON_REPEAT
 from ..backoff import backoff
 from ..broker.amqp import Broker, BrokerParams
+from ..broker.connect import address_text
 from ..broker.names import queue_name
 from ..errors import AgentActive, BrokerError
 from ..observe.hooks import Hook
@@ -75,9 +76,9 @@ class Consumer:
             log.warning("the other %s agent %r is gone: this one takes over", self.mode, self.cfg.name)
             self.standby = False
         if self.failures:
-            log.info("connected to broker %s:%s again", self.params.host, self.params.port)
+            log.info("connected to broker %s again", address_text(broker.address))
         else:
-            log.info("connected to broker %s:%s", self.params.host, self.params.port)
+            log.info("connected to broker %s", address_text(broker.address))
         self.failures = 0
         self.login_refused = None
         self.broker = broker

@@ -31,7 +31,7 @@ def test_an_id_mistyped_on_upload_is_one_fail_line_naming_the_likely_cause(make_
         fails = lines(result, "FAIL")
         assert len(fails) == 1, result.stdout
         # The offer waits, in upload's outbox or in a queue nobody reads.
-        assert fails[0].startswith(f"FAIL  no agent consumes synkler:{typo}:agent:central (1 message wait")
+        assert fails[0].startswith(f"FAIL  no agent consumes synkler:{typo}:inbox:central (1 message wait")
         assert "is `id` the same on all three hosts?" in fails[0]
         # Seen from the hosts whose id is right, the peers are there.
         down = check(relay, "download")

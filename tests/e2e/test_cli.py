@@ -352,7 +352,7 @@ def test_check_against_the_real_broker_prints_ok_lines_and_the_unauthenticated_w
     assert warned == [
         "WARN  download_public_key is not set: deliveries are not proven",
         "WARN  messages are not authenticated",
-        f"WARN  no agent consumes synkler:{real_broker_settings['id']}:agent:download",
+        f"WARN  no agent consumes synkler:{real_broker_settings['id']}:inbox:download",
     ], result.stdout
     assert any("broker" in line for line in lines)
     assert any("config" in line and str(config) in line for line in lines)

@@ -15,15 +15,21 @@ def pytest_configure(config):
         "markers",
         "long: the long fault variant (more kills, bigger files, longer stalls); SYNKLER_FAULTS=long",
     )
+    config.addinivalue_line(
+        "markers",
+        "chaos: a broker node of a cluster killed every 20 s over many entries; SYNKLER_FAULTS=chaos",
+    )
 
 
 def pytest_collection_modifyitems(config, items):
-    if os.environ.get("SYNKLER_FAULTS") == "long":
-        return
-    skip = pytest.mark.skip(reason="long fault variant: set SYNKLER_FAULTS=long to run it")
-    for item in items:
-        if "long" in item.keywords:
-            item.add_marker(skip)
+    chosen = os.environ.get("SYNKLER_FAULTS", "")
+    for marker in ("long", "chaos"):
+        if marker == chosen:
+            continue
+        skip = pytest.mark.skip(reason=f"{marker} fault variant: set SYNKLER_FAULTS={marker} to run it")
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -1,12 +1,14 @@
 """A private RabbitMQ node for the tests that need a broker set up differently from the shared one
-(users and permissions, TLS): its own node name, ports, configuration and data directory, started
-for the test module and stopped after it. The shared broker on 5672 is never touched."""
+(users and permissions, TLS), or a cluster of them: its own node name, ports, configuration and data
+directory, started for the test module and stopped after it. The shared broker on 5672 is never
+touched."""
 
 from __future__ import annotations
 
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -79,15 +81,8 @@ class RabbitNode:
             return "there is no rabbitmq user to run a private node as"
         return None
 
-    def start(self, timeout: float = 90) -> RabbitNode:
-        (self.dir / "rabbitmq.conf").write_text("\n".join(self.conf_lines) + "\n")
-        # No management plugin: no port 15672 clash.
-        (self.dir / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
-        user = pwd.getpwnam("rabbitmq")
-        for path in (self.dir, *self.dir.rglob("*")):
-            os.chown(path, user.pw_uid, user.pw_gid)
-        os.chmod(self.dir, 0o755)
-        env = {
+    def _env(self) -> dict[str, str]:
+        return {
             **os.environ,
             "RABBITMQ_NODENAME": self.name,
             "RABBITMQ_NODE_PORT": str(self.port),
@@ -98,8 +93,21 @@ class RabbitNode:
             "RABBITMQ_LOG_BASE": str(self.dir / "log"),
             "RABBITMQ_PID_FILE": str(self.dir / "pid"),
         }
-        subprocess.run(["rabbitmq-server", "-detached"], env=env, check=True, capture_output=True)
+
+    def launch(self) -> None:
+        """Start the node's process (detached); `await_started` waits for it."""
+        if not (self.dir / "rabbitmq.conf").exists():
+            (self.dir / "rabbitmq.conf").write_text("\n".join(self.conf_lines) + "\n")
+            # No management plugin: no port 15672 clash.
+            (self.dir / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
+            user = pwd.getpwnam("rabbitmq")
+            for path in (self.dir, *self.dir.rglob("*")):
+                os.chown(path, user.pw_uid, user.pw_gid)
+            os.chmod(self.dir, 0o755)
+        subprocess.run(["rabbitmq-server", "-detached"], env=self._env(), check=True, capture_output=True)
         self.started = True
+
+    def await_started(self, timeout: float = 90) -> RabbitNode:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             done = subprocess.run(
@@ -111,6 +119,30 @@ class RabbitNode:
                 return self
             time.sleep(0.5)
         raise RuntimeError(f"private RabbitMQ node {self.name} did not start: {self.log_tail()}")
+
+    def start(self, timeout: float = 90) -> RabbitNode:
+        self.launch()
+        return self.await_started(timeout)
+
+    def pid(self) -> int | None:
+        """The node's (Erlang VM's) process id, None if it is not running."""
+        try:
+            pid = int((self.dir / "pid").read_text().strip())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        return pid
+
+    def kill(self, timeout: float = 30) -> None:
+        """SIGKILL the node, as a crash or a power cut would end it (its data directory stays)."""
+        pid = self.pid()
+        assert pid is not None, f"{self.name} is not running"
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while self.pid() is not None:
+            assert time.monotonic() < deadline, f"{self.name} (pid {pid}) survived SIGKILL"
+            time.sleep(0.05)
+        (self.dir / "pid").unlink(missing_ok=True)
 
     def ctl(self, *args: str) -> str:
         done = subprocess.run(
@@ -133,5 +165,60 @@ class RabbitNode:
     def stop(self) -> None:
         if self.started:
             subprocess.run(["rabbitmqctl", "-n", self.name, "stop"], capture_output=True, timeout=60)
+            pid = self.pid()  # `stop` failed (the node hung, or is half started): no survivor
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
             self.started = False
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RabbitCluster:
+    """`size` private nodes joined in one RabbitMQ cluster on this machine, as RabbitMQ's clustering
+    guide does it on a single machine: each its own node name, ports and data directory, the same
+    Erlang cookie (the rabbitmq user's, as every node here runs as that user); the others join the
+    first (`stop_app; join_cluster; start_app`). `stop` stops every node, also after a failed start."""
+
+    def __init__(self, size: int = 3, conf_lines: list[str] | None = None):
+        self.nodes = [RabbitNode(conf_lines) for _ in range(size)]
+
+    def start(self, timeout: float = 180) -> RabbitCluster:
+        try:
+            for node in self.nodes:  # all at once: they boot in parallel
+                node.launch()
+            for node in self.nodes:
+                node.await_started(timeout)
+            first = self.nodes[0]
+            for node in self.nodes[1:]:
+                node.ctl("stop_app")
+                node.ctl("join_cluster", first.name)
+                node.ctl("start_app")
+            running = first.ctl("eval", "length(rabbit_nodes:all_running()).").strip()
+            if running != str(len(self.nodes)):
+                raise RuntimeError(f"cluster of {running} running nodes, not {len(self.nodes)}")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @property
+    def addresses(self) -> list[str]:
+        return [f"127.0.0.1:{node.port}" for node in self.nodes]
+
+    def node_on(self, port: int) -> RabbitNode:
+        return next(node for node in self.nodes if node.port == port)
+
+    def restart(self, node: RabbitNode, timeout: float = 120) -> None:
+        """Start a node again after `kill`: it rejoins the cluster from its data directory."""
+        node.launch()
+        node.await_started(timeout)
+
+    def heal(self, timeout: float = 120) -> None:
+        """Start again every node that is down (a test that failed between a kill and its restart),
+        so that the next test begins with the whole cluster."""
+        for node in self.nodes:
+            if node.pid() is None:
+                self.restart(node, timeout)
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):
+            node.stop()

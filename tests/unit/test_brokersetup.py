@@ -29,9 +29,15 @@ SHARED = ("synkler:lab", "synkler:lab:presence", "synkler:lab:dead")
 def test_an_upload_or_download_user_may_configure_only_its_own_queues_never_the_shared_objects(mode, name):
     p = permissions("lab", mode, name)
     assert not any(permitted(p.configure, x) for x in SHARED)
-    assert permitted(p.configure, f"synkler:lab:agent:{name}")
+    assert permitted(p.configure, f"synkler:lab:inbox:{name}")
+    assert permitted(p.configure, f"synkler:lab:lock:{name}")
+    assert permitted(p.configure, f"synkler:lab:agent:{name}")  # 0.5's name: to empty and delete it
     assert permitted(p.configure, f"synkler:lab:holder:{name}")
-    assert not permitted(p.configure, "synkler:lab:agent:central")
+    assert permitted(p.read, f"synkler:lab:inbox:{name}") and permitted(p.write, f"synkler:lab:inbox:{name}")
+    for other in ("central", "download2"):
+        for kind in ("inbox", "agent", "lock", "holder"):
+            assert not permitted(p.configure, f"synkler:lab:{kind}:{other}")
+        assert not permitted(p.read, f"synkler:lab:inbox:{other}")
     assert not permitted(p.configure, "synkler:lab:holder:central")
     assert not permitted(p.read, "synkler:lab:dead")  # read would let it purge the dead letters
     assert p.presence == f"^{re.escape(name)}$"  # writes only its own presence report

@@ -23,14 +23,14 @@ def cfg_of(tmp_path: Path, **settings):
 def test_a_peer_that_consumes_its_queue_is_ok():
     assert checks.peer_line("lab", "central", (0, 1), None) == (
         "ok",
-        "the central agent consumes synkler:lab:agent:central",
+        "the central agent consumes synkler:lab:inbox:central",
     )
 
 
 def test_messages_waiting_for_a_peer_that_never_reported_fail_naming_the_id_as_the_likely_cause():
     level, text = checks.peer_line("lab-typo", "central", (3, 0), None)
     assert level == "FAIL"
-    assert "no agent consumes synkler:lab-typo:agent:central (3 messages wait for it)" in text
+    assert "no agent consumes synkler:lab-typo:inbox:central (3 messages wait for it)" in text
     assert "is the central agent running, and is `id` the same on all three hosts?" in text
 
 

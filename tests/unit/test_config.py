@@ -94,6 +94,7 @@ def test_defaults_fill_every_optional_key(parse, file_dir: Path, home: Path, con
         broker_key_file=None,
         broker_login="password",
         broker_port=5672,
+        broker_hosts=(),
         broker_username="guest",
         broker_password="guest",
         broker_password_file=None,

@@ -131,5 +131,5 @@ def test_the_ssl_error_is_dug_out_of_pikas_wrappers() -> None:
 )
 def test_an_external_login_the_broker_refuses_is_explained(error, expected) -> None:
     broker = Broker(BrokerParams("h", 5671, tls=TlsSettings(CA, "/c.pem", "/c.key"), external=True), "i", "a")
-    why = broker._explain_failure(error)
+    why = broker._explain_failure(error, ("h", 5671))
     assert why is not None and why.startswith(expected)
