@@ -20,7 +20,7 @@ import stat
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Union
 
 from ..errors import Interrupted
@@ -67,13 +67,61 @@ def new_md5() -> hashlib._Hash:
         return hashlib.md5()
 
 
+# The second hash an entry may carry beside its md5 (`checksum:` in upload's config; docs/checksums.md).
+STRONG = ("sha256", "blake2b")
+_STRONG_HEX = {"sha256": 64, "blake2b": 128}
+
+
+def new_hash(alg: str) -> hashlib._Hash:
+    """A fresh hash object of `alg` (md5 or one of STRONG)."""
+    if alg == "md5":
+        return new_md5()
+    if alg not in STRONG:
+        raise ValueError(f"unknown checksum {alg!r}: one of md5, {', '.join(STRONG)}")
+    return hashlib.new(alg)
+
+
+def strong_problem(value: object) -> str | None:
+    """Why `value` is not a second hash as messages and receipts carry it, `<alg>:<hex>` (None: it is)."""
+    if not isinstance(value, str) or ":" not in value:
+        return f"must be <alg>:<hex> with alg one of {', '.join(STRONG)}"
+    alg, _, hexdigest = value.partition(":")
+    if alg not in _STRONG_HEX or len(hexdigest) != _STRONG_HEX[alg]:
+        return f"must be <alg>:<hex> with alg one of {', '.join(STRONG)} and its full digest"
+    if any(c not in "0123456789abcdef" for c in hexdigest):
+        return "the digest must be lowercase hex"
+    return None
+
+
+class _Pair:
+    """md5 and, when asked for, a second hash, fed the same bytes: one read of the data for both."""
+
+    __slots__ = ("md5", "strong")
+
+    def __init__(self, strong: str | None):
+        self.md5 = new_md5()
+        self.strong = new_hash(strong) if strong else None
+
+    def update(self, data: Any) -> None:
+        self.md5.update(data)
+        if self.strong is not None:
+            self.strong.update(data)
+
+    def hexdigests(self) -> tuple[str, str | None]:
+        return self.md5.hexdigest(), self.strong.hexdigest() if self.strong is not None else None
+
+
 def _hash_fd(fd: int, bufsize: int) -> str:
+    return _hash_fd2(fd, bufsize, None)[0]
+
+
+def _hash_fd2(fd: int, bufsize: int, strong: str | None) -> tuple[str, str | None]:
     """Hash an open file with one reusable buffer: large reads keep the GIL released most of the time."""
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
     except (AttributeError, OSError):  # only a hint; some filesystems refuse it
         pass
-    digest = new_md5()
+    digest = _Pair(strong)
     # No bigger than the file: zeroing a 4 MiB buffer costs more than hashing a small file.
     # (A file that grows meanwhile is still read to its end, in more reads.)
     buf = bytearray(max(1, min(bufsize, os.fstat(fd).st_size + 1)))
@@ -89,7 +137,7 @@ def _hash_fd(fd: int, bufsize: int) -> str:
             digest.update(view[:n])
             if counter is not None:
                 counter.done += n
-    return digest.hexdigest()
+    return digest.hexdigests()
 
 
 def _open_regular(path: bytes) -> int:
@@ -110,9 +158,13 @@ def _open_regular(path: bytes) -> int:
 
 
 def _md5_file_nofollow(path: bytes, bufsize: int = 4 << 20) -> str:
+    return _file_nofollow(path, None, bufsize)[0]
+
+
+def _file_nofollow(path: bytes, strong: str | None, bufsize: int = 4 << 20) -> tuple[str, str | None]:
     fd = _open_regular(path)
     try:
-        return _hash_fd(fd, bufsize)
+        return _hash_fd2(fd, bufsize, strong)
     finally:
         os.close(fd)
 
@@ -155,28 +207,104 @@ def _walk(top: bytes) -> list[tuple[bytes, bytes, bytes, os.stat_result]]:
 
 
 def _md5_dir(top: bytes, known: Mapping[bytes, Any] | None = None) -> str:
-    """Return the deterministic digest of a directory tree (format in docs/checksums.md).
+    """Return the deterministic digest of a directory tree (format in docs/checksums.md)."""
+    return _dir_digest(top, None, known, None)[0]
+
+
+def _dir_digest(
+    top: bytes, strong: str | None, known: Mapping[bytes, Any] | None, records: list[FileDigest] | None
+) -> tuple[str, str | None]:
+    """The tree digests of a directory (md5, and `strong` if asked), each file read once for both.
 
     Each record is kind, relative path and payload separated and terminated by
     NUL bytes; NUL cannot occur in a file name, so two different trees can
-    never produce the same byte stream.
+    never produce the same byte stream. The strong tree digest is the same stream with each file's
+    strong digest as its payload, hashed with the strong hash. `records`, if given, gets one
+    FileDigest per regular file and symlink, in path order (what a receipt lists).
     """
-    digest = new_md5()
+    digest = _Pair(strong)
+    strong_tree = new_hash(strong) if strong else None
     items = _walk(top)
     counter = _RUNNING.get(threading.get_ident())
     if counter is not None and counter.path == top:
         counter.total = sum(st.st_size for _rel, kind, _full, st in items if kind == _KIND_FILE)
-    for rel, kind, full, _st in items:
+    for rel, kind, full, st in items:
+        second: bytes | None = None
         if kind == _KIND_FILE:
-            seen = known.get(rel) if known else None
-            md5 = seen.md5 if seen is not None and seen.matches(full) else _md5_file_nofollow(full)
+            seen = known.get(rel) if known and strong is None else None
+            if seen is not None and seen.matches(full):
+                md5, other = seen.md5, None
+            else:
+                md5, other = _file_nofollow(full, strong)
             payload = md5.encode("ascii")
+            second = other.encode("ascii") if other is not None else None
+            if records is not None:
+                records.append(FileDigest(rel, "file", st.st_size, md5, other))
         elif kind == _KIND_LINK:
-            payload = os.readlink(full)
+            payload = second = os.readlink(full)
+            if records is not None:
+                pair = _Pair(strong)
+                pair.update(payload)
+                records.append(FileDigest(rel, "link", len(payload), *pair.hexdigests()))
         else:
-            payload = b""
-        digest.update(kind + b"\0" + rel + b"\0" + payload + b"\0")
-    return digest.hexdigest()
+            payload = second = b""
+        digest.md5.update(kind + b"\0" + rel + b"\0" + payload + b"\0")
+        if strong_tree is not None:
+            strong_tree.update(kind + b"\0" + rel + b"\0" + (second or b"") + b"\0")
+    return digest.md5.hexdigest(), strong_tree.hexdigest() if strong_tree is not None else None
+
+
+@dataclass(frozen=True)
+class FileDigest:
+    """One regular file (or symlink) of an entry: its path within the entry (b"" for the entry itself),
+    kind ("file" or "link"), size (a link: the length of its target) and digests (a link: of its target)."""
+
+    path: bytes
+    kind: str
+    size: int
+    md5: str
+    strong: str | None = None  # hex, of the entry's second hash; None: none asked for
+
+
+@dataclass(frozen=True)
+class EntryDigest:
+    """An entry's md5, its second hash if one was asked for (`<alg>:<hex>`), and its files."""
+
+    md5: str
+    strong: str | None = None
+    files: list[FileDigest] = field(default_factory=list)
+
+
+def digest_entry(
+    path: PathLike, strong: str | None = None, known: Mapping[bytes, Any] | None = None
+) -> EntryDigest:
+    """md5_entry, and in the same read of the data the second hash `strong` (one of STRONG, or None)
+    and each file's digests (for a receipt). `known` stands in for reading a file only when no second
+    hash is asked for (what a follower read gave an md5 only)."""
+    p = os.fsencode(path)
+    st = os.lstat(p)
+    label = (lambda hexdigest: f"{strong}:{hexdigest}") if strong else (lambda hexdigest: None)
+    if stat.S_ISLNK(st.st_mode):
+        pair = _Pair(strong)
+        pair.update(os.readlink(p))
+        md5, other = pair.hexdigests()
+        return EntryDigest(md5, label(other), [FileDigest(b"", "link", st.st_size, md5, other)])
+    thread = threading.get_ident()
+    outermost = thread not in _RUNNING
+    if outermost:
+        _RUNNING[thread] = Hashing(p, st.st_size if stat.S_ISREG(st.st_mode) else 0, time.time())
+    try:
+        if stat.S_ISREG(st.st_mode):
+            md5, other = _file_nofollow(p, strong)
+            return EntryDigest(md5, label(other), [FileDigest(b"", "file", st.st_size, md5, other)])
+        if stat.S_ISDIR(st.st_mode):
+            records: list[FileDigest] = []
+            md5, other = _dir_digest(p, strong, known, records)
+            return EntryDigest(md5, label(other), records)
+        raise _unsupported(p)
+    finally:
+        if outermost:
+            del _RUNNING[thread]
 
 
 def md5_entry(path: PathLike, known: Mapping[bytes, Any] | None = None) -> str:
