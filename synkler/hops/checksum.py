@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from ..errors import Interrupted
+from ..messages import STRONG
 
 PathLike = Union[str, bytes, os.PathLike]
 
@@ -67,11 +68,6 @@ def new_md5() -> hashlib._Hash:
         return hashlib.md5()
 
 
-# The second hash an entry may carry beside its md5 (`checksum:` in upload's config; docs/checksums.md).
-STRONG = ("sha256", "blake2b")
-_STRONG_HEX = {"sha256": 64, "blake2b": 128}
-
-
 def new_hash(alg: str) -> hashlib._Hash:
     """A fresh hash object of `alg` (md5 or one of STRONG)."""
     if alg == "md5":
@@ -79,18 +75,6 @@ def new_hash(alg: str) -> hashlib._Hash:
     if alg not in STRONG:
         raise ValueError(f"unknown checksum {alg!r}: one of md5, {', '.join(STRONG)}")
     return hashlib.new(alg)
-
-
-def strong_problem(value: object) -> str | None:
-    """Why `value` is not a second hash as messages and receipts carry it, `<alg>:<hex>` (None: it is)."""
-    if not isinstance(value, str) or ":" not in value:
-        return f"must be <alg>:<hex> with alg one of {', '.join(STRONG)}"
-    alg, _, hexdigest = value.partition(":")
-    if alg not in _STRONG_HEX or len(hexdigest) != _STRONG_HEX[alg]:
-        return f"must be <alg>:<hex> with alg one of {', '.join(STRONG)} and its full digest"
-    if any(c not in "0123456789abcdef" for c in hexdigest):
-        return "the digest must be lowercase hex"
-    return None
 
 
 class _Pair:
@@ -387,3 +371,37 @@ def stat_entry(path: PathLike) -> EntryStat:
             size += child.st_size
             files += 1
     return EntryStat("dir", size, files, digest.hexdigest())
+
+
+def alg_of(checksum: str) -> str | None:
+    """The algorithm of a second hash `<alg>:<hex>` ("" : None, md5 only)."""
+    return checksum.partition(":")[0] if checksum else None
+
+
+def hop_mismatch(where: str, md5: str, checksum: str, got_md5: str, got_checksum: str | None) -> str | None:
+    """Why the copy at a hop is not the entry (None: it is): its md5 must match, and so must the second
+    hash when the entry carries one. Either mismatch fails the copy alike (asked again, then failed).
+    A second hash named without a digest (`sha256:`) is one this hop computes for its own record only."""
+    if got_md5 != md5:
+        return f"md5 mismatch at {where}: expected {md5}, got {got_md5}"
+    if checksum and not checksum.endswith(":") and got_checksum != checksum:
+        return f"{alg_of(checksum)} mismatch at {where}: expected {checksum}, got {got_checksum or 'none'}"
+    return None
+
+
+def list_entry(path: PathLike) -> list[FileDigest]:
+    """The files and symlinks of an entry with their sizes, from lstat only (digests left empty), in
+    the order digest_entry lists them."""
+    p = os.fsencode(path)
+    st = os.lstat(p)
+    if stat.S_ISLNK(st.st_mode):
+        return [FileDigest(b"", "link", st.st_size, "")]
+    if stat.S_ISREG(st.st_mode):
+        return [FileDigest(b"", "file", st.st_size, "")]
+    if not stat.S_ISDIR(st.st_mode):
+        raise _unsupported(p)
+    return [
+        FileDigest(rel, "file" if kind == _KIND_FILE else "link", child.st_size, "")
+        for rel, kind, _full, child in _walk(p)
+        if kind != _KIND_DIR
+    ]
