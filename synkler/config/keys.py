@@ -208,7 +208,12 @@ KEYS: dict[str, Key] = {
     "receipt_key": Key(file, None, roles=("download",)),
     "download_public_key": Key(public_key, None, roles=("upload", "central")),
     "checksum": Key(choice("md5", "sha256", "blake2b"), "md5", roles=_ENDS),
-    "receipt_dir": Key(path, _state_file("-receipts"), roles=_ENDS),
+    # Beside the state database: a relay that moves its state keeps its receipts with it.
+    "receipt_dir": Key(
+        path,
+        Derived(lambda s, ctx: Path(s["state_db"]).parent / f"{stem(s['id'], s['mode'], s['name'])}-receipts"),
+        roles=_ENDS,
+    ),
     "receipt_keep_days": Key(number(0), 0.0, roles=_ENDS),
     "cleanup_attempts": Key(integer(1, 100), 1, roles=_ENDS),
     "cleanup_timeout": Key(number(0, above=True), 3600.0, roles=_ENDS),
