@@ -211,7 +211,9 @@ KEYS: dict[str, Key] = {
     # Beside the state database: a relay that moves its state keeps its receipts with it.
     "receipt_dir": Key(
         path,
-        Derived(lambda s, ctx: Path(s["state_db"]).parent / f"{stem(s['id'], s['mode'], s['name'])}-receipts"),
+        Derived(
+            lambda s, ctx: Path(s["state_db"]).parent / f"{stem(s['id'], s['mode'], s['name'])}-receipts"
+        ),
         roles=_ENDS,
     ),
     "receipt_keep_days": Key(number(0), 0.0, roles=_ENDS),
