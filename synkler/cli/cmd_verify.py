@@ -1,5 +1,5 @@
-"""`synkler verify`: delivered data checked again against its receipts (docs/running.md, "Verifying
-deliveries").
+"""`synkler verify`: delivered data checked again against its receipts (docs/running.md, "Receipts
+and synkler verify").
 
 On download: every receipt document kept in receipt_dir (or those of one entry, or of a date range)
 is checked — its signature with download's own key, its listing, and the delivered copy in file_dir
