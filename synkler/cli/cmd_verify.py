@@ -89,7 +89,29 @@ def verify_all(cfg: Config, args: argparse.Namespace) -> tuple[list[audit.Verdic
             elif cfg.mode == "upload":
                 audit.at_upload(kept, verdict)
         checked.append(verdict)
+    if cfg.mode == "upload" and not args.entry and cfg.state_db.exists():
+        checked += unheld(cfg, {v.entry for v in checked}, since, until)
     return checked, [v for v in checked if not v.ok]
+
+
+def unheld(cfg: Config, held: set[str], since: float, until: float) -> list[audit.Verdict]:
+    """Upload: the entries its history says were delivered with download's signed receipt (in the
+    selected range) whose receipt document it does not hold."""
+    from ..agents.upload import Up
+    from ..state import State
+
+    state = State(cfg.state_db, readonly=True)
+    try:
+        missing = []
+        for e in state.by_state(Up.DELIVERED, Up.DONE):
+            if e.id in held or not since <= e.updated <= until or not state.receipts(e.id):
+                continue
+            verdict = audit.Verdict(cfg.receipt_dir, entry=e.id, name=e.name, delivered_at=e.updated)
+            verdict.problems.append("delivered with a signed receipt, but no receipt document is kept")
+            missing.append(verdict)
+        return missing
+    finally:
+        state.close()
 
 
 def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -108,10 +109,19 @@ def test_every_delivery_has_a_signed_receipt_at_both_ends_that_matches_the_data(
         run = _verify(relay, role, "--depth", "full")
         assert run.returncode == 0, run.stdout + run.stderr
         assert "2 entries checked" in run.stdout and "2 ok, 0 with differences" in run.stdout
+    # Upload also checks that it holds a document for each delivery its history has a receipt of.
+    up["run.raw"]["_path"].unlink()
+    run = _verify(relay, "upload")
+    assert run.returncode == 1 and "run.raw" in run.stdout and "no receipt document is kept" in run.stdout
 
 
-def test_verify_finds_each_damage_at_the_depths_that_can_see_it(make_relay):
-    relay, _key = _keyed(make_relay)
+APPEND = "import sys; open(sys.argv[1], 'a').write(sys.stdin.read().replace(chr(10), ' ') + chr(10))"
+
+
+def test_verify_finds_each_damage_at_the_depths_that_can_see_it(make_relay, tmp_path):
+    told = tmp_path / "notices.jsonl"
+    command = {"argv": [sys.executable, "-c", APPEND, str(told)]}
+    relay, _key = _keyed(make_relay, download={"alerts": {"command": command}})
     relay.start()
     files = {"a.dat": os.urandom(4000), "b.dat": os.urandom(3000), "deep/c.dat": os.urandom(2000)}
     md5s = {name: _relay_tree(relay, name, files) for name in ("clean", "flipped", "missing", "short")}
@@ -146,6 +156,13 @@ def test_verify_finds_each_damage_at_the_depths_that_can_see_it(make_relay):
     assert "'deep/c.dat' is missing" in _verify(relay, "download", "missing").stdout
     assert "'b.dat' has 2999 bytes, not 3000" in _verify(relay, "download", "short").stdout
     assert _verify(relay, "download", "--depth", "full", "clean").returncode == 0
+    # From cron: the result as a notice on the alert channels, only when something differs.
+    assert _verify(relay, "download", "--depth", "full", "clean", "--notify").returncode == 0
+    assert not told.exists()
+    assert _verify(relay, "download", "--depth", "full", "--notify").returncode == 1
+    (notice,) = json.loads(told.read_text())["notices"]
+    assert notice["key"] == "verify" and notice["severity"] == "error"
+    assert "3 with differences" in notice["summary"] and len(notice["details"]) == 3
 
 
 def test_a_receipt_signed_by_another_key_is_reported_at_both_ends(make_relay):
