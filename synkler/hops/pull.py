@@ -306,7 +306,9 @@ def pull(
             )
             continue
         checksum = checksums.get(e.id, "")
-        digest = read_copy(path, e.known_md5(), checksum, followed.get(e.id))
+        digest, unread = read_copy(path, e.known_md5(), checksum, followed.get(e.id))
+        if unread:
+            log.debug("%s: hashed while it arrived", e.name)
         wrong = hop_mismatch("download", e.known_md5(), checksum, digest.md5, digest.strong)
         if wrong and not result.ok:
             # The run broke off: a directory may be incomplete. That is no corruption: keep what
@@ -325,19 +327,23 @@ def pull(
     return PullRun(result, outcomes)
 
 
-def read_copy(path: str, md5: str, checksum: str, followed: dict[bytes, Followed] | None) -> EntryDigest:
-    """The digests of a pulled copy, with each file's (for its receipt), reading each file once: what a
-    follower read stands in for a read as in verified_md5 (md5 only, so not with a second hash)."""
+def read_copy(
+    path: str, md5: str, checksum: str, followed: dict[bytes, Followed] | None
+) -> tuple[EntryDigest, bool]:
+    """The digests of a pulled copy, with each file's (for its receipt), reading each file once; and
+    whether what a follower read stood in for reading some of it (as in verified_md5; md5 only, so
+    never with a second hash)."""
     if checksum:
-        return digest_entry(path, alg_of(checksum))
+        return digest_entry(path, alg_of(checksum)), False
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode):
         got, unread = verified_md5(path, md5, followed)
-        if unread:
-            log.debug("%s: hashed while it arrived", path)
         kind = "link" if stat.S_ISLNK(st.st_mode) else "file"
-        return EntryDigest(got, None, [FileDigest(b"", kind, st.st_size, got)])
+        return EntryDigest(got, None, [FileDigest(b"", kind, st.st_size, got)]), unread
     digest = digest_entry(path, None, known=followed)
-    if digest.md5 != md5 and followed:
-        digest = digest_entry(path)  # only a match ever rests on what was followed
-    return digest
+    if not followed:
+        return digest, False
+    if digest.md5 != md5:
+        return digest_entry(path), False  # only a match ever rests on what was followed
+    top = os.fsencode(path)
+    return digest, any(f.matches(os.path.join(top, rel)) for rel, f in followed.items())
