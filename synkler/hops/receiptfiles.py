@@ -37,7 +37,7 @@ def write(top: Path, entry_id: str, when: float, document: dict[str, Any]) -> Pa
     data = json.dumps(document, ensure_ascii=True, indent=1, sort_keys=True).encode("ascii") + b"\n"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, data) if len(data) < (1 << 20) else _write_all(fd, data)
+        _write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
