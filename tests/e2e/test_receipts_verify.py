@@ -208,3 +208,18 @@ def test_a_stronger_hash_travels_with_file_and_directory_and_is_in_both_receipts
         assert f"{alg} mismatch" not in relay.log_path(role).read_text()
     run = _verify(relay, "download", "--depth", "full")
     assert run.returncode == 0, run.stdout
+
+
+def test_download_asking_for_a_hash_upload_does_not_send_computes_it_for_its_receipt(make_relay):
+    relay, _key = _keyed(make_relay, download={"checksum": "sha256"})
+    relay.start()
+    data = os.urandom(50_000)
+    md5s = {"plain.raw": place(relay.dirs["upload"], "plain.raw", data)}
+    deliver(relay, md5s)
+    _wait_for_receipts(relay, set(md5s))
+    # The stronger of the two settings ends up in the receipt; upload sent none, so none is compared.
+    doc = _docs(relay, "download")["plain.raw"]
+    assert doc["receipt"]["checksum"] == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert doc["listing"][0]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert _docs(relay, "upload")["plain.raw"]["upload"]["checksum"] == ""
+    assert _verify(relay, "download", "--depth", "full").returncode == 0
