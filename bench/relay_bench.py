@@ -414,6 +414,8 @@ class Bench:
             settings["download"]["settle_seconds"] = self.args.settle
         for role in ("upload", "download"):
             settings[role]["rsync_opts"] = [*self.sshd.rsync_opts(), *self.bwlimit()]
+        if self.args.checksum:
+            settings["upload"]["checksum"] = self.args.checksum  # a second hash beside md5 (issue 27)
         host, _, port = self.args.broker.rpartition(":")
         relay = LocalRelay(
             self.root / name,
@@ -1107,6 +1109,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--many-kb", type=int, help=f"size of each small file in KiB (full {FULL['many_kb']})")
     p.add_argument("--mixed", type=int, help=f"number of mixed files (full {FULL['mixed']})")
     p.add_argument("--mixed-mb", type=int, help=f"size of each mixed file in MiB (full {FULL['mixed_mb']})")
+    p.add_argument(
+        "--checksum",
+        choices=("sha256", "blake2b"),
+        help="relay with this second hash beside md5 (upload's checksum)",
+    )
     p.add_argument(
         "--idle-seconds", type=float, help=f"idle measuring window (full {FULL['idle_seconds']:g})"
     )

@@ -20,6 +20,7 @@ from typing import Any, Callable, ClassVar, Union
 
 from . import metadata
 from .errors import MessageError
+from .proofs import wire_problem
 
 # 4: `pushing`, later also `forget` (a new type only, so no new version: every other message is the
 # same, and a 0.4 agent dead-letters a `forget`); 3: `fetch.path` is stored/<entry id>, the entry
@@ -36,6 +37,22 @@ _AGENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _RECEIPT = re.compile(r"^(?:[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)?$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 KINDS = ("file", "dir", "symlink")
+
+# The second hash an entry may carry beside its md5 (`checksum:` in upload's config; docs/checksums.md).
+STRONG = ("sha256", "blake2b")
+_STRONG_HEX = {"sha256": 64, "blake2b": 128}
+
+
+def strong_problem(value: object) -> str | None:
+    """Why `value` is not a second hash as messages and receipts carry it, `<alg>:<hex>` (None: it is)."""
+    if not isinstance(value, str) or ":" not in value:
+        return f"must be <alg>:<hex> with alg one of {', '.join(STRONG)}"
+    alg, _, hexdigest = value.partition(":")
+    if alg not in _STRONG_HEX or len(hexdigest) != _STRONG_HEX[alg]:
+        return f"must be <alg>:<hex> with alg one of {', '.join(STRONG)} and its full digest"
+    if any(c not in "0123456789abcdef" for c in hexdigest):
+        return "the digest must be lowercase hex"
+    return None
 
 
 def new_entry_id() -> str:
@@ -145,6 +162,13 @@ def _meta(value: object) -> str | None:
     return None if value is None else metadata.problem(value)
 
 
+def _strong(value: object) -> str | None:
+    # `<alg>:<hex>`: the entry's second hash beside its md5 (docs/checksums.md); "" when it has none.
+    if not isinstance(value, str) or len(value) > 200:
+        return "must be <alg>:<hex>"
+    return strong_problem(value) if value else None
+
+
 def _outcome(value: object) -> str | None:
     return None if value in ("placed", "present") else "bad outcome"
 
@@ -218,6 +242,7 @@ class Sent(Message):
     TYPE: ClassVar[str] = "sent"
     attempt: int = field(metadata=_checked(_attempt))
     md5: str = field(metadata=_checked(_md5))
+    checksum: str = field(default="", metadata=_optional(_strong))  # "sha256:<hex>" …; "": md5 only
 
 
 @dataclass(frozen=True)
@@ -238,6 +263,7 @@ class Fetch(EntryMessage):
     attempt: int = field(metadata=_checked(_attempt))
     path: str = field(metadata=_checked(path_problem))
     meta: dict[str, Any] | None = field(default=None, metadata=_optional(_meta))  # as offered
+    checksum: str = field(default="", metadata=_optional(_strong))  # upload's, passed on; "": md5 only
 
 
 @dataclass(frozen=True)
@@ -248,6 +274,7 @@ class Fetched(Message):
     stored_as: str = field(metadata=_checked(name_problem))
     outcome: str = field(metadata=_checked(_outcome))  # "placed" | "present"
     receipt: str = field(default="", metadata=_optional(_receipt))  # signed (synkler.receipts); "": none
+    proof: Any = field(default="", metadata=_optional(wire_problem))  # receipt document (synkler.proofs)
 
 
 @dataclass(frozen=True)
@@ -257,6 +284,7 @@ class Delivered(Message):
     TYPE: ClassVar[str] = "delivered"
     stored_as: str = field(metadata=_checked(name_problem))
     receipt: str = field(default="", metadata=_optional(_receipt))  # download's, passed on; "": none
+    proof: Any = field(default="", metadata=_optional(wire_problem))  # download's document, passed on
 
 
 @dataclass(frozen=True)

@@ -144,6 +144,20 @@ _FIELDS = {
 }
 
 
+def sign_bytes(body: bytes, key: Ed25519PrivateKey) -> str:
+    """A detached signature of `body` (a receipt document's, synkler.proofs), base64url."""
+    return _b64(key.sign(body))
+
+
+def signed_by(body: bytes, signature: str, key: Ed25519PublicKey) -> bool:
+    """Did `key` make `signature` (base64url) of `body`?"""
+    try:
+        key.verify(_unb64(signature), body)
+    except (InvalidSignature, binascii.Error, ValueError):
+        return False
+    return True
+
+
 def parse(token: str) -> tuple[Receipt, bytes, bytes]:
     """The receipt in a signed token, the payload and the signature (not checked here)."""
     if not isinstance(token, str) or len(token) > MAX_TOKEN or not _TOKEN.fullmatch(token):
@@ -241,6 +255,14 @@ def public_text(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
     public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return PUBLIC_KEY_PREFIX + base64.b64encode(raw).decode("ascii")
+
+
+def public_of(key: Ed25519PrivateKey) -> Ed25519PublicKey:
+    return key.public_key()
+
+
+PrivateKey = Ed25519PrivateKey
+PublicKey = Ed25519PublicKey
 
 
 def load_public_key(text: str) -> Ed25519PublicKey:

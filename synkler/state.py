@@ -69,6 +69,12 @@ CREATE TABLE IF NOT EXISTS metadata (
     entry TEXT PRIMARY KEY,
     meta  TEXT NOT NULL
 );
+-- An entry's second hash beside its md5 (`checksum:`, docs/checksums.md), `<alg>:<hex>`; kept as
+-- long as the entry is.
+CREATE TABLE IF NOT EXISTS checksums (
+    entry    TEXT PRIMARY KEY,
+    checksum TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outbox (
     seq     INTEGER PRIMARY KEY AUTOINCREMENT,
     dest    TEXT NOT NULL,
@@ -541,6 +547,7 @@ class State:
             self._db.executemany("DELETE FROM entries WHERE rowid = ?", [(e.rowid,) for e in gone])
             self._db.executemany("DELETE FROM receipts WHERE entry = ?", [(e.id,) for e in gone])
             self._db.executemany("DELETE FROM metadata WHERE entry = ?", [(e.id,) for e in gone])
+            self._db.executemany("DELETE FROM checksums WHERE entry = ?", [(e.id,) for e in gone])
             self._db.execute(
                 "INSERT INTO pruned (one, until) VALUES (1, ?)"
                 " ON CONFLICT (one) DO UPDATE SET until = max(until, excluded.until)",
@@ -612,6 +619,34 @@ class State:
         except sqlite3.Error as e:
             raise _error(e) from e
         return row[0] if row else None
+
+    # second hashes -------------------------------------------------------------------------------
+
+    def put_checksum(self, entry_id: str, checksum: str) -> None:
+        """Keep an entry's second hash (`<alg>:<hex>`); "" forgets it."""
+        try:
+            if checksum:
+                self._db.execute(
+                    "INSERT INTO checksums (entry, checksum) VALUES (?, ?)"
+                    " ON CONFLICT (entry) DO UPDATE SET checksum = excluded.checksum",
+                    (entry_id, checksum),
+                )
+            else:
+                self._db.execute("DELETE FROM checksums WHERE entry = ?", (entry_id,))
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
+    def checksum(self, entry_id: str) -> str:
+        """An entry's second hash, `<alg>:<hex>`; "": it has none (md5 only)."""
+        try:
+            row = self._db.execute("SELECT checksum FROM checksums WHERE entry = ?", (entry_id,)).fetchone()
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):  # read-only, on a database no agent of this version opened yet
+                return ""
+            raise _error(e) from e
+        except sqlite3.Error as e:
+            raise _error(e) from e
+        return row[0] if row else ""
 
     # outbox --------------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from .. import receipts
 from ..errors import MessageError
-from ..hops.checksum import md5_entry
+from ..hops.checksum import alg_of, hop_mismatch, md5_entry
 from ..hops.follow import pulled_early, worth_following
 from ..linux.fs import remove_tree
 from ..messages import (
@@ -265,6 +265,7 @@ class Central(Agent):
         entry = self.entry_for(msg)
         if entry.state == Mid.UPLOADING and msg.attempt == entry.attempt:
             self.move(entry, Mid.VERIFYING, md5=msg.md5, due=0)
+            self.state.put_checksum(entry.id, msg.checksum)
             self.verify_due = True
 
     def on_fetched(self, msg: Fetched) -> None:
@@ -285,7 +286,8 @@ class Central(Agent):
         if msg.receipt:
             self.state.put_receipt(entry.id, msg.sender, msg.receipt)
         self.send(
-            entry.peer or "", Delivered(entry.id, self.name, stored_as=msg.stored_as, receipt=msg.receipt)
+            entry.peer or "",
+            Delivered(entry.id, self.name, stored_as=msg.stored_as, receipt=msg.receipt, proof=msg.proof),
         )
         log.info(
             "%s: delivered to %s as %s; central copy kept %g min",
@@ -548,7 +550,15 @@ class Central(Agent):
         """md5 of the staged copies of a group of entries, by one job (small entries share one:
         one hand-over and one wake-up of the loop instead of one per entry)."""
         items = [
-            ToCheck(e.id, e.name, self.spool.staged(e), self.spool.stored(e.id), e.known_md5(), e.size)
+            ToCheck(
+                e.id,
+                e.name,
+                self.spool.staged(e),
+                self.spool.stored(e.id),
+                e.known_md5(),
+                e.size,
+                alg_of(self.state.checksum(e.id)),
+            )
             for e in group
         ]
         self.jobs.submit(
@@ -574,7 +584,13 @@ class Central(Agent):
             return
         self.spool.drop_growing(entry.id)  # download pulls the rest from stored/, or all of it again
         checked = result if isinstance(result, Checked) else None
-        if checked is not None and checked.md5 == entry.md5:
+        checksum = self.state.checksum(entry.id)
+        wrong = (
+            hop_mismatch("central", entry.known_md5(), checksum, checked.md5, checked.checksum)
+            if checked is not None
+            else None
+        )
+        if checked is not None and wrong is None:
             if not checked.in_store:
                 self.spool.store(entry)
             self.spool.drop_partial(entry)
@@ -593,6 +609,7 @@ class Central(Agent):
                     attempt=entry_now.attempt,  # grows when central had to get the entry again
                     path=stored,
                     meta=loads(self.state.metadata(entry.id)),
+                    checksum=checksum,
                 ),
             )
             log.info("%s: md5 verified at central (%s); download may fetch it", entry.name, checked.md5)
@@ -601,11 +618,7 @@ class Central(Agent):
             why = admission.oversize(entry, result.size, "found when it was verified")
             self._refuse_pushed(entry_now, why or "")
             return
-        why = (
-            f"md5 mismatch at central: expected {entry.md5}, got {checked.md5}"
-            if checked is not None
-            else f"cannot read upload: {result}"
-        )
+        why = wrong if checked is not None and wrong else f"cannot read upload: {result}"
         if checked is not None:
             self.state.after_commit(functools.partial(self.observer.mismatch, PUSH))
         self.spool.drop_staged(entry)

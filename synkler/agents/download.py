@@ -16,11 +16,12 @@ import stat
 import time
 from typing import TYPE_CHECKING
 
-from .. import __version__, receipts
+from .. import __version__, proofs, receipts
 from ..errors import ConfigError
+from ..hops import receiptfiles
 from ..hops.bagit import make_bag, work_dir
-from ..hops.checksum import stat_entry
-from ..hops.pull import Early, Mismatch, NotPulled, PullRun, Staging, pull, pull_early
+from ..hops.checksum import EntryDigest, alg_of, stat_entry
+from ..hops.pull import Early, Mismatch, NotPulled, PullRun, Staging, Verified, pull, pull_early
 from ..linux.fs import free_bytes, remove_tree, rename_noreplace
 from ..messages import Corrupt, Failed, Fetch, Fetched, Forget, Pushing, is_valid_entry_id
 from ..metadata import Metadata, canonical, loads, sidecar_of
@@ -119,6 +120,8 @@ class Download(Endpoint):
             except (OSError, ValueError) as e:
                 raise ConfigError(cfg.path, "receipt_key", f"{cfg.receipt_key}: {e}") from None
         self.full_at: int | None = None  # free bytes in staging when a pull last found the disk full
+        self.proofs: dict[str, dict | str] = {}  # entry id -> its receipt document, until `fetched` is sent
+        self.retention = receiptfiles.Retention(cfg.receipt_dir, cfg.receipt_keep_days)
         self.next_disk_look = 0.0
 
     def cleanup_target(self, entry: Entry) -> tuple[str, str]:
@@ -185,11 +188,22 @@ class Download(Endpoint):
         elif entry is None:
             entry = self.create(self.entry_from(msg, Down.FETCHING, attempt=msg.attempt, path=msg.path))
             self.state.put_metadata(entry.id, canonical(msg.meta) if msg.meta else None)
+            self._second_hash(msg)
             self.transfer_due = True
         elif entry.state in (Down.FETCHING, Down.FAILED) and msg.attempt > entry.attempt:
             # Central has a fresh copy (it found its stored one bad and got it again from upload).
             self.move(entry, Down.FETCHING, attempt=msg.attempt, path=msg.path, tries=0, due=0)
+            self._second_hash(msg)
             self.transfer_due = True
+
+    def _second_hash(self, msg: Fetch) -> None:
+        """The entry's second hash: upload's, as central passes it on; without one, download's own
+        `checksum:` if it asks for one (computed here only, so it is in the receipt, not compared
+        with upload's: docs/checksums.md, "Where the choice lives")."""
+        checksum = msg.checksum
+        if not checksum and self.cfg.checksum != "md5":
+            checksum = f"{self.cfg.checksum}:"  # to compute: download's own
+        self.state.put_checksum(msg.entry, checksum)
 
     def _not_fetched(self, msg: Fetch) -> None:
         """A fetch for an entry this agent does not have, sent no later than entries it has pruned
@@ -280,6 +294,7 @@ class Download(Endpoint):
                 del self.early[entry_id]
                 remove_tree(early.local)
         self.prune_history(now)
+        self.retention.tick(now)
 
     def shutdown(self) -> None:
         for early in self.early.values():
@@ -323,9 +338,11 @@ class Download(Endpoint):
             meta = loads(self.state.metadata(e.id))
             if meta:
                 metas[(e.name, e.known_md5())] = meta
+        checksums = {e.id: self.state.checksum(e.id) for e in batch}
+        chosen = chooser(self.cfg.layout, metas)
         self.submit_transfer(
             [Key(ENTRY, e.id) for e in batch],
-            functools.partial(pull, self.cfg, self.staging, batch, early, chooser(self.cfg.layout, metas)),
+            functools.partial(pull, self.cfg, self.staging, batch, early, chosen, checksums),
             functools.partial(self._pulled, batch, time.time()),
         )
 
@@ -344,12 +361,12 @@ class Download(Endpoint):
             if isinstance(outcome, Mismatch):
                 # Central re-checks its stored copy (and gets it again from upload if it is bad).
                 self.send(entry.peer or "", Corrupt(entry.id, self.name, got=outcome.got))
-                why = f"md5 mismatch at download: expected {entry.md5}, got {outcome.got}"
+                why = outcome.why or f"md5 mismatch at download: expected {entry.md5}, got {outcome.got}"
                 self.state.after_commit(functools.partial(self.observer.mismatch, PULL))
             elif isinstance(outcome, NotPulled):
                 why = outcome.why
             else:
-                self._verified(entry_now, outcome.target, outcome.present)
+                self._verified(entry_now, outcome)
                 continue
             if isinstance(outcome, NotPulled) and outcome.cause == "space":
                 self._disk_full()
@@ -393,15 +410,19 @@ class Download(Endpoint):
                 some_entries([shown(e.name) for e in ended]),
             )
 
-    def _verified(self, entry: Entry, target: str, present: bool) -> None:
+    def _verified(self, entry: Entry, verified: Verified) -> None:
+        target, present = verified.target, verified.present
         log.debug("%s: md5 verified at download (%s)", entry.name, entry.md5)
         if present:
             self.staging.drop(entry.id)
             entry = self.move(entry, Down.DONE, stored_as=target, tries=0, reason=None)
             receipt = self._receipt(entry, "present")
+            proof = self._document(entry, "present", verified.digest)
             self.send(
                 entry.peer or "",
-                Fetched(entry.id, self.name, stored_as=target, outcome="present", receipt=receipt),
+                Fetched(
+                    entry.id, self.name, stored_as=target, outcome="present", receipt=receipt, proof=proof
+                ),
             )
             log.info(
                 "%s: already present as %s with the same md5 (%s); nothing to do",
@@ -411,7 +432,9 @@ class Download(Endpoint):
             )
             return
         # Commit the chosen name before the rename, so a crash in between is recognised at restart.
-        self.move(entry, Down.PLACING, stored_as=target, tries=0, reason=None)
+        entry = self.move(entry, Down.PLACING, stored_as=target, tries=0, reason=None)
+        # Written now, from what the verification read: by the time of the rename it is gone.
+        self.proofs[entry.id] = self._document(entry, "placed", verified.digest)
         self.place_due = True
 
     def _place(self, entry: Entry) -> None:
@@ -453,9 +476,17 @@ class Download(Endpoint):
             return
         self.delivered(entry, signature=signature)
         receipt = self._receipt(entry, "placed")
+        proof = self.proofs.pop(entry.id, None) or self._kept_document(entry)
         self.send(
             entry.peer or "",
-            Fetched(entry.id, self.name, stored_as=entry.stored_as or "", outcome="placed", receipt=receipt),
+            Fetched(
+                entry.id,
+                self.name,
+                stored_as=entry.stored_as or "",
+                outcome="placed",
+                receipt=receipt,
+                proof=proof,
+            ),
         )
         log.info(
             "%s: delivered into %s as %s (md5 %s verified)",
@@ -526,6 +557,50 @@ class Download(Endpoint):
         token = receipts.sign(receipt, self.receipt_key)
         self.state.put_receipt(entry.id, self.name, token)
         return token
+
+    def _document(self, entry: Entry, outcome: str, digest: EntryDigest | None) -> dict | str:
+        """Write the receipt document of a verified copy (synkler.proofs) into receipt_dir, signed
+        with receipt_key if there is one; what goes back with `fetched` (the listing stays here)."""
+        if digest is None:
+            return ""
+        checksum = digest.strong or ""
+        now = time.time()
+        items = proofs.listing(digest.files, alg_of(checksum))
+        hops = [
+            {"role": "central", "agent": entry.peer or "", "at": entry.created},
+            {"role": "download", "agent": self.name, "at": now},
+        ]
+        doc = proofs.document(
+            instance=self.cfg.id,
+            entry=entry,
+            checksum=checksum,
+            destination=self.name,
+            stored_as=entry.stored_as or entry.name,
+            outcome=outcome,
+            hops=hops,
+            items=items,
+            metadata=loads(self.state.metadata(entry.id)),
+        )
+        sealed = proofs.seal(doc, self.receipt_key)
+        try:
+            receiptfiles.write(self.cfg.receipt_dir, entry.id, now, {**sealed, "listing": items})
+        except OSError as e:
+            log.error(
+                "%s: cannot write its receipt document into %s: %s", entry.name, self.cfg.receipt_dir, e
+            )
+        return sealed if not proofs.wire_problem(sealed) else ""
+
+    def _kept_document(self, entry: Entry) -> dict | str:
+        """The receipt document written when the copy was verified (after a restart: from its file)."""
+        for path in reversed(receiptfiles.find(self.cfg.receipt_dir, entry.id)):
+            try:
+                kept = receiptfiles.read(path)
+            except (OSError, ValueError):
+                continue
+            sealed = {"receipt": kept.get("receipt"), "signature": kept.get("signature")}
+            if not proofs.wire_problem(sealed):
+                return sealed
+        return ""
 
 
 def _entry_id_of(name: str) -> str:

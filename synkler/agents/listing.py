@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Callable, Union
 
-from ..hops.checksum import EntryStat, md5_entry, stat_entry
+from ..hops.checksum import EntryStat, digest_entry, stat_entry
 from ..linux.fs import open_for_writing
 from ..metadata import MetadataError, entry_of, is_sidecar, sidecar_of
 from . import sidecars
@@ -25,11 +25,12 @@ log = logging.getLogger("synkler")
 @dataclass(frozen=True)
 class Hashed:
     """An entry read whole: its md5, and its fingerprint taken after the read (with its sidecar's,
-    see with_sidecar), and its metadata."""
+    see with_sidecar), its metadata, and its second hash."""
 
     md5: str
     stat: EntryStat
     meta: Read | None = None
+    checksum: str = ""  # the second hash (`checksum:`), `<alg>:<hex>`, from the same read; "": none
 
 
 Found = Union[EntryStat, Exception, None]  # None: vanished while looked at
@@ -110,9 +111,10 @@ def scan(file_dir: str, take_renamed: Callable[[], set[str]], cache: Sidecars | 
     return Listing(found, whole, meta)
 
 
-def hash_entry(path: str) -> Hashed:
-    """md5 of an entry, its fingerprint after the read (with its sidecar's) and its metadata."""
-    md5 = md5_entry(path)
+def hash_entry(path: str, strong: str | None = None) -> Hashed:
+    """md5 of an entry (and its second hash `strong`, in the same read), its fingerprint after the
+    read (with its sidecar's) and its metadata."""
+    digest = digest_entry(path, strong)
     directory, name = os.path.split(path)
     before = _sidecar_stamp(directory, name)
     meta: Read | None = None
@@ -121,15 +123,15 @@ def hash_entry(path: str) -> Hashed:
             meta = sidecars.read(os.path.join(directory, sidecar_of(name)))
         except (OSError, MetadataError) as e:
             meta = e
-    return Hashed(md5, with_sidecar(stat_entry(path), before), meta)
+    return Hashed(digest.md5, with_sidecar(stat_entry(path), before), meta, digest.strong or "")
 
 
-def hash_each(paths: list[str]) -> list[Hashed | Exception]:
+def hash_each(paths: list[str], strong: str | None = None) -> list[Hashed | Exception]:
     """md5 of several entries; an entry that cannot be read does not stop the others."""
     results: list[Hashed | Exception] = []
     for path in paths:
         try:
-            results.append(hash_entry(path))
+            results.append(hash_entry(path, strong))
         except Exception as e:  # this entry only; the others of the group go on
             results.append(e)
     return results

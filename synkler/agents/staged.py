@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..hops.checksum import md5_entry, stat_entry
+from ..hops.checksum import digest_entry, stat_entry
 from ..hops.follow import Follower, verified_md5
 from .spool import Arrival, arrived
 
@@ -22,6 +22,7 @@ class Checked:
 
     md5: str
     in_store: bool
+    checksum: str = ""  # the second hash of the copy, when the entry carries one
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class ToCheck:
     stored: str
     expected: str
     size: int  # as offered
+    strong: str | None = None  # the second hash to compute beside the md5, in the same read
 
 
 class Oversize(Exception):
@@ -73,8 +75,10 @@ def check_pushed(
             size = stat_entry(item.stored if in_store else item.staged).size  # before reading it all
             if size > item.size:
                 results.append(Oversize(size))
-            elif in_store:
-                results.append(Checked(md5_entry(item.stored), True))
+            elif in_store or item.strong:
+                # What a follower read has its md5 only: with a second hash, both come from one read.
+                digest = digest_entry(item.stored if in_store else item.staged, item.strong)
+                results.append(Checked(digest.md5, in_store, digest.strong or ""))
             else:
                 md5, unread = verified_md5(item.staged, item.expected, followed)
                 if unread:

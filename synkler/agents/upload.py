@@ -15,9 +15,9 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from .. import receipts
+from .. import proofs, receipts
 from ..errors import MessageError, Refused
-from ..hops import cleanup, transfer
+from ..hops import cleanup, receiptfiles, transfer
 from ..hops.checksum import EntryStat
 from ..messages import (
     Admit,
@@ -167,6 +167,9 @@ class Upload(Endpoint):
         self.watching = False
         key = cfg.download_public_key
         self.download_key = receipts.load_public_key(key) if key else None  # checked by the config
+        # The second hash every entry gets beside its md5, computed in the same read (docs/checksums.md).
+        self.strong = None if cfg.checksum == "md5" else cfg.checksum
+        self.retention = receiptfiles.Retention(cfg.receipt_dir, cfg.receipt_keep_days)
 
     def path(self, name: str) -> str:
         return os.path.join(self.cfg.file_dir, name)
@@ -338,7 +341,7 @@ class Upload(Endpoint):
         self.jobs.submit(
             Pool.HASH,
             [Key(NAME, name)],
-            functools.partial(hash_entry, self.path(name)),
+            functools.partial(hash_entry, self.path(name), self.strong),
             functools.partial(self._name_hashed, name, signature),
         )
 
@@ -360,11 +363,14 @@ class Upload(Endpoint):
                 latest, signature=hashed.stat.signature
             )  # touched, same content: nothing to send
             return
-        self._offer(name, hashed.stat, hashed.md5, hashed.meta if isinstance(hashed.meta, dict) else None)
+        meta = hashed.meta if isinstance(hashed.meta, dict) else None
+        self._offer(name, hashed.stat, hashed.md5, meta, hashed.checksum)
 
-    def _offer(self, name: str, st: EntryStat, md5: str | None, meta: Metadata | None) -> Entry:
+    def _offer(
+        self, name: str, st: EntryStat, md5: str | None, meta: Metadata | None, checksum: str = ""
+    ) -> Entry:
         """Record a new version of `name` and offer it, with its metadata (md5 None: not hashed yet;
-        see _hash_entries)."""
+        see _hash_entries) and its second hash (`checksum:`)."""
         entry = Entry(
             id=new_entry_id(),
             name=name,
@@ -390,6 +396,8 @@ class Upload(Endpoint):
                     self.forget(older, f"offered again with new metadata as entry {entry.id}")
         self.create(entry)
         self.state.put_metadata(entry.id, canonical(meta) if meta else None)
+        if checksum:
+            self.state.put_checksum(entry.id, checksum)
         offer = Offer(
             entry.id, self.name, name=name, kind=st.kind, size=st.size, files=st.files, meta=meta or None
         )
@@ -417,7 +425,7 @@ class Upload(Endpoint):
             self.jobs.submit(
                 Pool.HASH,
                 [Key(HASHING, e.id) for e in group],
-                functools.partial(hash_each, [self.path(e.name) for e in group]),
+                functools.partial(hash_each, [self.path(e.name) for e in group], self.strong),
                 functools.partial(self._group_hashed, group),
             )
 
@@ -432,6 +440,7 @@ class Upload(Endpoint):
             return
         if isinstance(result, Hashed) and result.stat.signature == entry.signature:
             self.state.update(now_entry, md5=result.md5)
+            self.state.put_checksum(now_entry.id, result.checksum)
             log.debug("%s: md5 %s", entry.name, result.md5)  # INFO gives it in the "delivered" line
             if now_entry.state == Up.PUSHED:
                 self._sent(now_entry)
@@ -446,7 +455,13 @@ class Upload(Endpoint):
         self.move(entry, Up.SENT, tries=0, reason=None)
         self.send(
             entry.peer or self.cfg.central_name,
-            Sent(entry.id, self.name, attempt=entry.attempt, md5=entry.known_md5()),
+            Sent(
+                entry.id,
+                self.name,
+                attempt=entry.attempt,
+                md5=entry.known_md5(),
+                checksum=self.state.checksum(entry.id),
+            ),
         )
 
     # messages ------------------------------------------------------------------------------------
@@ -480,10 +495,53 @@ class Upload(Endpoint):
                 f"({shown(entry.reason or '')}): central never held a verified copy of it"
             )
         self._check_receipt(entry, msg)
+        self._check_proof(entry, msg)
         self.delivered(entry, stored_as=msg.stored_as, reason=None, tries=0)
         if msg.receipt:
             self.state.put_receipt(entry.id, self.cfg.download_name, msg.receipt)
+        self._keep_proof(entry, msg)
         log.info("%s: delivered (md5 %s, as %s at download)", entry.name, entry.md5, msg.stored_as)
+
+    def _check_proof(self, entry: Entry, msg: Delivered) -> None:
+        """Download's receipt document, passed on by central, must be about this entry and content,
+        and signed by download's pinned key (ReceiptError: dead-lettered, nothing done)."""
+        if not msg.proof:
+            return
+        doc = msg.proof["receipt"]
+        mine = self.state.checksum(entry.id)
+        if doc["entry"] != entry.id or doc["md5"] != entry.md5 or (mine and doc["checksum"] != mine):
+            raise receipts.ReceiptError(
+                f"delivered for entry {entry.id}: its receipt document is about other content "
+                f"(md5 {doc['md5']}, {doc['checksum'] or 'no second hash'})"
+            )
+        if self.download_key is not None:
+            why = proofs.signature_problem(msg.proof, self.download_key)
+            if why:
+                raise receipts.ReceiptError(f"delivered for entry {entry.id}: receipt document {why}")
+
+    def _keep_proof(self, entry: Entry, msg: Delivered) -> None:
+        """Keep upload's copy of the receipt (docs/running.md, "Receipts"): download's document as it
+        signed it, and what upload knows of the entry, so that delivery can be shown after cleanup."""
+        now = time.time()
+        kept = {
+            "receipt": msg.proof["receipt"] if msg.proof else None,
+            "signature": msg.proof["signature"] if msg.proof else "",
+            "token": msg.receipt,
+            "upload": {
+                "agent": self.name,
+                "entry": entry.id,
+                "name": proofs.name_out(os.fsencode(entry.name)),
+                "md5": entry.md5,
+                "checksum": self.state.checksum(entry.id),
+                "offered_at": entry.created,
+                "delivered_at": now,
+                "stored_as": proofs.name_out(os.fsencode(msg.stored_as)),
+            },
+        }
+        try:
+            receiptfiles.write(self.cfg.receipt_dir, entry.id, now, kept)
+        except OSError as e:
+            log.error("%s: cannot write its receipt into %s: %s", entry.name, self.cfg.receipt_dir, e)
 
     def _check_receipt(self, entry: Entry, msg: Delivered) -> None:
         """With download's key pinned, the cleanup script becomes due only on download's signed
@@ -585,6 +643,7 @@ class Upload(Endpoint):
             self._push(batch)
         self.start_due_cleanups(now)
         self.prune_history(now)
+        self.retention.tick(now)
 
     def prune_later(self) -> bool:
         # A listing under way may still show a name that is gone now, and the scan would take it for

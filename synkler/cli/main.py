@@ -1,6 +1,6 @@
 """Command line: the entry point, logging set-up, exit codes, one top-level error handler, and the
 dispatch to the commands (one module each: cmd_run, cmd_status, cmd_check, cmd_repair, cmd_config,
-cmd_alerts, cmd_broker_setup, cmd_completion, cmd_send; the parser is in parser)."""
+cmd_alerts, cmd_verify, cmd_broker_setup, cmd_completion, cmd_send; the parser is in parser)."""
 
 from __future__ import annotations
 
@@ -101,6 +101,10 @@ def _agent_command(command: str) -> Command:
         from .cmd_check import cmd_check
 
         return cmd_check
+    if command == "verify":
+        from .cmd_verify import cmd_verify
+
+        return cmd_verify
     if command == "alerts":
         from .cmd_alerts import cmd_alerts_test  # its only command: test
 

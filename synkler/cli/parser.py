@@ -62,6 +62,15 @@ examples:
     "resend": """\
 examples:
   synkler resend -c /etc/synkler.conf run42.csv   send the newest version of run42.csv again, unchanged""",
+    "verify": """\
+examples:
+  synkler verify -c /etc/synkler.conf                      every delivery, every file present (complete)
+  synkler verify -c /etc/synkler.conf --depth full run42   read every file of run42 again
+  synkler verify -c /etc/synkler.conf --since 2026-03-01 --until 2026-03-31 --depth fast
+  0 3 * * 0 synkler -c /etc/synkler.conf verify --depth full --notify
+
+On download: the delivered data against its receipts; on upload: the receipts it keeps (their
+signatures). Exits 1 on any difference; --notify sends the result on the alert channels.""",
     "demo": """\
 examples:
   synkler demo                 relay generated files through all three roles on this machine
@@ -204,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_broker_setup(sub)
     _add_keygen(sub)
     _add_send(sub)
+    _add_verify(sub)
     alerts = _command(sub, "alerts", "work on the alert channels")
     alerts_sub = alerts.add_subparsers(dest="alerts_command", metavar="command", required=True)
     _command(alerts_sub, "test", "send a test notice on every configured alert channel", "alerts test")
@@ -314,6 +324,31 @@ def _add_send(sub: Commands) -> None:
     )
     send.add_argument(
         "--move", action="store_true", help="rename PATH into file_dir instead of copying (same file system)"
+    )
+
+
+def _add_verify(sub: Commands) -> None:
+    verify = _command(
+        sub, "verify", "check delivered data (download) or receipts (upload) against the receipts"
+    )
+    verify.add_argument(
+        "entry", nargs="?", help="one entry: its id, a start of it, or its name (default: all)"
+    )
+    verify.add_argument(
+        "--depth",
+        choices=("fast", "complete", "full"),
+        default="complete",
+        help="fast: file count and bytes; complete: every file present, nothing extra (default); "
+        "full: every file's hashes read again",
+    )
+    verify.add_argument("--since", metavar="DATE", help="deliveries from this date (YYYY-MM-DD, local time)")
+    verify.add_argument("--until", metavar="DATE", help="deliveries up to this date, included")
+    verify.add_argument(
+        "--notify",
+        nargs="?",
+        const="differences",
+        choices=("differences", "always"),
+        help="send the result as a notice on the alert channels: on a difference (default), or always",
     )
 
 

@@ -89,6 +89,9 @@ class Config:
     cleanup_script: str | None
     receipt_key: Path | None  # download: the private key that signs its delivery receipts
     download_public_key: str | None  # upload, central: download's public key (ed25519:<base64>)
+    checksum: str  # upload, download: "md5", or the second hash beside it ("sha256", "blake2b")
+    receipt_dir: Path  # upload, download: where each delivery's receipt document is kept
+    receipt_keep_days: float  # upload, download: how long receipt documents are kept (0: for ever)
     cleanup_attempts: int
     cleanup_timeout: float
     free_percent: float
@@ -228,6 +231,16 @@ KEYS: dict[str, Key] = {
     "cleanup_script": Key(cleanup_script, None, roles=_ENDS),
     "receipt_key": Key(file, None, roles=("download",)),
     "download_public_key": Key(public_key, None, roles=("upload", "central")),
+    "checksum": Key(choice("md5", "sha256", "blake2b"), "md5", roles=_ENDS),
+    # Beside the state database: a relay that moves its state keeps its receipts with it.
+    "receipt_dir": Key(
+        path,
+        Derived(
+            lambda s, ctx: Path(s["state_db"]).parent / f"{stem(s['id'], s['mode'], s['name'])}-receipts"
+        ),
+        roles=_ENDS,
+    ),
+    "receipt_keep_days": Key(number(0), 0.0, roles=_ENDS),
     "cleanup_attempts": Key(integer(1, 100), 1, roles=_ENDS),
     "cleanup_timeout": Key(number(0, above=True), 3600.0, roles=_ENDS),
     "free_percent": Key(number(0, 100), 10.0, roles=("central",)),

@@ -20,10 +20,11 @@ import stat
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Union
 
 from ..errors import Interrupted
+from ..messages import STRONG
 
 PathLike = Union[str, bytes, os.PathLike]
 
@@ -67,13 +68,44 @@ def new_md5() -> hashlib._Hash:
         return hashlib.md5()
 
 
+def new_hash(alg: str) -> hashlib._Hash:
+    """A fresh hash object of `alg` (md5 or one of STRONG)."""
+    if alg == "md5":
+        return new_md5()
+    if alg not in STRONG:
+        raise ValueError(f"unknown checksum {alg!r}: one of md5, {', '.join(STRONG)}")
+    return hashlib.new(alg)
+
+
+class _Pair:
+    """md5 and, when asked for, a second hash, fed the same bytes: one read of the data for both."""
+
+    __slots__ = ("md5", "strong")
+
+    def __init__(self, strong: str | None):
+        self.md5 = new_md5()
+        self.strong = new_hash(strong) if strong else None
+
+    def update(self, data: Any) -> None:
+        self.md5.update(data)
+        if self.strong is not None:
+            self.strong.update(data)
+
+    def hexdigests(self) -> tuple[str, str | None]:
+        return self.md5.hexdigest(), self.strong.hexdigest() if self.strong is not None else None
+
+
 def _hash_fd(fd: int, bufsize: int) -> str:
+    return _hash_fd2(fd, bufsize, None)[0]
+
+
+def _hash_fd2(fd: int, bufsize: int, strong: str | None) -> tuple[str, str | None]:
     """Hash an open file with one reusable buffer: large reads keep the GIL released most of the time."""
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
     except (AttributeError, OSError):  # only a hint; some filesystems refuse it
         pass
-    digest = new_md5()
+    digest = _Pair(strong)
     # No bigger than the file: zeroing a 4 MiB buffer costs more than hashing a small file.
     # (A file that grows meanwhile is still read to its end, in more reads.)
     buf = bytearray(max(1, min(bufsize, os.fstat(fd).st_size + 1)))
@@ -89,7 +121,7 @@ def _hash_fd(fd: int, bufsize: int) -> str:
             digest.update(view[:n])
             if counter is not None:
                 counter.done += n
-    return digest.hexdigest()
+    return digest.hexdigests()
 
 
 def _open_regular(path: bytes) -> int:
@@ -110,9 +142,13 @@ def _open_regular(path: bytes) -> int:
 
 
 def _md5_file_nofollow(path: bytes, bufsize: int = 4 << 20) -> str:
+    return _file_nofollow(path, None, bufsize)[0]
+
+
+def _file_nofollow(path: bytes, strong: str | None, bufsize: int = 4 << 20) -> tuple[str, str | None]:
     fd = _open_regular(path)
     try:
-        return _hash_fd(fd, bufsize)
+        return _hash_fd2(fd, bufsize, strong)
     finally:
         os.close(fd)
 
@@ -155,28 +191,104 @@ def _walk(top: bytes) -> list[tuple[bytes, bytes, bytes, os.stat_result]]:
 
 
 def _md5_dir(top: bytes, known: Mapping[bytes, Any] | None = None) -> str:
-    """Return the deterministic digest of a directory tree (format in docs/checksums.md).
+    """Return the deterministic digest of a directory tree (format in docs/checksums.md)."""
+    return _dir_digest(top, None, known, None)[0]
+
+
+def _dir_digest(
+    top: bytes, strong: str | None, known: Mapping[bytes, Any] | None, records: list[FileDigest] | None
+) -> tuple[str, str | None]:
+    """The tree digests of a directory (md5, and `strong` if asked), each file read once for both.
 
     Each record is kind, relative path and payload separated and terminated by
     NUL bytes; NUL cannot occur in a file name, so two different trees can
-    never produce the same byte stream.
+    never produce the same byte stream. The strong tree digest is the same stream with each file's
+    strong digest as its payload, hashed with the strong hash. `records`, if given, gets one
+    FileDigest per regular file and symlink, in path order (what a receipt lists).
     """
-    digest = new_md5()
+    digest = _Pair(strong)
+    strong_tree = new_hash(strong) if strong else None
     items = _walk(top)
     counter = _RUNNING.get(threading.get_ident())
     if counter is not None and counter.path == top:
         counter.total = sum(st.st_size for _rel, kind, _full, st in items if kind == _KIND_FILE)
-    for rel, kind, full, _st in items:
+    for rel, kind, full, st in items:
+        second: bytes | None = None
         if kind == _KIND_FILE:
-            seen = known.get(rel) if known else None
-            md5 = seen.md5 if seen is not None and seen.matches(full) else _md5_file_nofollow(full)
+            seen = known.get(rel) if known and strong is None else None
+            if seen is not None and seen.matches(full):
+                md5, other = seen.md5, None
+            else:
+                md5, other = _file_nofollow(full, strong)
             payload = md5.encode("ascii")
+            second = other.encode("ascii") if other is not None else None
+            if records is not None:
+                records.append(FileDigest(rel, "file", st.st_size, md5, other))
         elif kind == _KIND_LINK:
-            payload = os.readlink(full)
+            payload = second = os.readlink(full)
+            if records is not None:
+                pair = _Pair(strong)
+                pair.update(payload)
+                records.append(FileDigest(rel, "link", len(payload), *pair.hexdigests()))
         else:
-            payload = b""
-        digest.update(kind + b"\0" + rel + b"\0" + payload + b"\0")
-    return digest.hexdigest()
+            payload = second = b""
+        digest.md5.update(kind + b"\0" + rel + b"\0" + payload + b"\0")
+        if strong_tree is not None:
+            strong_tree.update(kind + b"\0" + rel + b"\0" + (second or b"") + b"\0")
+    return digest.md5.hexdigest(), strong_tree.hexdigest() if strong_tree is not None else None
+
+
+@dataclass(frozen=True)
+class FileDigest:
+    """One regular file (or symlink) of an entry: its path within the entry (b"" for the entry itself),
+    kind ("file" or "link"), size (a link: the length of its target) and digests (a link: of its target)."""
+
+    path: bytes
+    kind: str
+    size: int
+    md5: str
+    strong: str | None = None  # hex, of the entry's second hash; None: none asked for
+
+
+@dataclass(frozen=True)
+class EntryDigest:
+    """An entry's md5, its second hash if one was asked for (`<alg>:<hex>`), and its files."""
+
+    md5: str
+    strong: str | None = None
+    files: list[FileDigest] = field(default_factory=list)
+
+
+def digest_entry(
+    path: PathLike, strong: str | None = None, known: Mapping[bytes, Any] | None = None
+) -> EntryDigest:
+    """md5_entry, and in the same read of the data the second hash `strong` (one of STRONG, or None)
+    and each file's digests (for a receipt). `known` stands in for reading a file only when no second
+    hash is asked for (what a follower read gave an md5 only)."""
+    p = os.fsencode(path)
+    st = os.lstat(p)
+    label = (lambda hexdigest: f"{strong}:{hexdigest}") if strong else (lambda hexdigest: None)
+    if stat.S_ISLNK(st.st_mode):
+        pair = _Pair(strong)
+        pair.update(os.readlink(p))
+        md5, other = pair.hexdigests()
+        return EntryDigest(md5, label(other), [FileDigest(b"", "link", st.st_size, md5, other)])
+    thread = threading.get_ident()
+    outermost = thread not in _RUNNING
+    if outermost:
+        _RUNNING[thread] = Hashing(p, st.st_size if stat.S_ISREG(st.st_mode) else 0, time.time())
+    try:
+        if stat.S_ISREG(st.st_mode):
+            md5, other = _file_nofollow(p, strong)
+            return EntryDigest(md5, label(other), [FileDigest(b"", "file", st.st_size, md5, other)])
+        if stat.S_ISDIR(st.st_mode):
+            records: list[FileDigest] = []
+            md5, other = _dir_digest(p, strong, known, records)
+            return EntryDigest(md5, label(other), records)
+        raise _unsupported(p)
+    finally:
+        if outermost:
+            del _RUNNING[thread]
 
 
 def md5_entry(path: PathLike, known: Mapping[bytes, Any] | None = None) -> str:
@@ -259,3 +371,37 @@ def stat_entry(path: PathLike) -> EntryStat:
             size += child.st_size
             files += 1
     return EntryStat("dir", size, files, digest.hexdigest())
+
+
+def alg_of(checksum: str) -> str | None:
+    """The algorithm of a second hash `<alg>:<hex>` ("" : None, md5 only)."""
+    return checksum.partition(":")[0] if checksum else None
+
+
+def hop_mismatch(where: str, md5: str, checksum: str, got_md5: str, got_checksum: str | None) -> str | None:
+    """Why the copy at a hop is not the entry (None: it is): its md5 must match, and so must the second
+    hash when the entry carries one. Either mismatch fails the copy alike (asked again, then failed).
+    A second hash named without a digest (`sha256:`) is one this hop computes for its own record only."""
+    if got_md5 != md5:
+        return f"md5 mismatch at {where}: expected {md5}, got {got_md5}"
+    if checksum and not checksum.endswith(":") and got_checksum != checksum:
+        return f"{alg_of(checksum)} mismatch at {where}: expected {checksum}, got {got_checksum or 'none'}"
+    return None
+
+
+def list_entry(path: PathLike) -> list[FileDigest]:
+    """The files and symlinks of an entry with their sizes, from lstat only (digests left empty), in
+    the order digest_entry lists them."""
+    p = os.fsencode(path)
+    st = os.lstat(p)
+    if stat.S_ISLNK(st.st_mode):
+        return [FileDigest(b"", "link", st.st_size, "")]
+    if stat.S_ISREG(st.st_mode):
+        return [FileDigest(b"", "file", st.st_size, "")]
+    if not stat.S_ISDIR(st.st_mode):
+        raise _unsupported(p)
+    return [
+        FileDigest(rel, "file" if kind == _KIND_FILE else "link", child.st_size, "")
+        for rel, kind, _full, child in _walk(p)
+        if kind != _KIND_DIR
+    ]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,8 +32,8 @@ from ..linux.fs import remove_tree
 from ..state import Entry
 from . import transfer
 from .bagit import work_dir
-from .checksum import STOPPING, new_md5
-from .follow import Follower, verified_md5, worth_following
+from .checksum import STOPPING, EntryDigest, FileDigest, alg_of, digest_entry, hop_mismatch, new_md5
+from .follow import Followed, Follower, verified_md5, worth_following
 
 if TYPE_CHECKING:
     import hashlib
@@ -105,13 +106,15 @@ class Verified:
 
     target: str
     present: bool
+    digest: EntryDigest | None = None  # what was read of it (for its receipt); None: not kept
 
 
 @dataclass(frozen=True)
 class Mismatch:
-    """The copy arrived whole with another md5 (and was removed)."""
+    """The copy arrived whole with another md5 or second hash (and was removed)."""
 
     got: str
+    why: str = ""
 
 
 @dataclass(frozen=True)
@@ -226,7 +229,9 @@ def pull_early(cfg: Config, entry_id: str, path: str, size: int, early: Early) -
             early.fetched.wait(EARLY_PAUSE)
 
 
-def finish_early(cfg: Config, entry: Entry, early: Early, choose: Choose) -> PullRun | None:
+def finish_early(
+    cfg: Config, entry: Entry, early: Early, choose: Choose, checksum: str = ""
+) -> PullRun | None:
     """Append the rest of an early-pulled file from its verified copy.
 
     The copy is whole and its md5 matched (Verified), or the link or the disk failed and the copy is
@@ -254,8 +259,17 @@ def finish_early(cfg: Config, entry: Entry, early: Early, choose: Choose) -> Pul
             why = f"md5 mismatch at download: expected {entry.md5}, got {early.hexdigest()}"
         else:
             log.info("%s: %d of %d bytes were pulled while upload pushed it", entry.name, before, entry.size)
-            target, present = choose(str(cfg.file_dir), entry.name, entry.kind, entry.known_md5())
-            return PullRun(result, {entry.id: Verified(target, present)})
+            # The early copy was hashed with md5 as it came; a second hash takes one more read of it.
+            digest = digest_entry(early.local, alg_of(checksum)) if checksum else None
+            strong = digest.strong if digest else None
+            wrong = hop_mismatch("download", entry.known_md5(), checksum, early.hexdigest(), strong)
+            if wrong is None:
+                other = digest.files[0].strong if digest else None
+                record = FileDigest(b"", "file", entry.size, early.hexdigest(), other)
+                target, present = choose(str(cfg.file_dir), entry.name, entry.kind, entry.known_md5())
+                found = EntryDigest(early.hexdigest(), strong, [record])
+                return PullRun(result, {entry.id: Verified(target, present, found)})
+            why = wrong
     log.info("%s: the early copy is not used (%s); pulling it whole", entry.name, why)
     remove_tree(early.local)
     return None
@@ -264,15 +278,26 @@ def finish_early(cfg: Config, entry: Entry, early: Early, choose: Choose) -> Pul
 # the pull of a batch -------------------------------------------------------------------------------
 
 
-def pull(cfg: Config, staging: Staging, batch: list[Entry], early: Early | None, choose: Choose) -> PullRun:
-    """One rsync run for entries stored under the same directory on central, then md5 of each."""
+def pull(
+    cfg: Config,
+    staging: Staging,
+    batch: list[Entry],
+    early: Early | None,
+    choose: Choose,
+    checksums: dict[str, str] | None = None,
+) -> PullRun:
+    """One rsync run for entries stored under the same directory on central, then md5 of each (and
+    its second hash, entry id -> `<alg>:<hex>` in `checksums`, in the same read)."""
+    checksums = checksums or {}
     if early is not None:
-        finished = finish_early(cfg, batch[0], early, choose)
+        finished = finish_early(cfg, batch[0], early, choose, checksums.get(batch[0].id, ""))
         if finished is not None:
             return finished
     # Big files (and directories of them) are hashed while they arrive (synkler.hops.follow), at
-    # most FOLLOWERS entries per run.
-    follow = [e for e in batch if worth_following(e.kind, e.size, e.files)][:FOLLOWERS]
+    # most FOLLOWERS entries per run. Not those with a second hash: a follower makes an md5 only.
+    follow = [e for e in batch if worth_following(e.kind, e.size, e.files) and not checksums.get(e.id)][
+        :FOLLOWERS
+    ]
     followers = {e.id: Follower(staging.dir, e.id, e.kind).start() for e in follow}
     try:
         result = transfer.pull(cfg, os.path.dirname(batch[0].path or ""), [e.id for e in batch], staging.dir)
@@ -291,21 +316,45 @@ def pull(cfg: Config, staging: Staging, batch: list[Entry], early: Early | None,
                 _failure(result), result.summary() if not result.ok else "nothing arrived"
             )
             continue
-        md5, unread = verified_md5(path, e.known_md5(), followed.get(e.id))
+        checksum = checksums.get(e.id, "")
+        digest, unread = read_copy(path, e.known_md5(), checksum, followed.get(e.id))
         if unread:
             log.debug("%s: hashed while it arrived", e.name)
-        if md5 != e.md5 and not result.ok:
+        wrong = hop_mismatch("download", e.known_md5(), checksum, digest.md5, digest.strong)
+        if wrong and not result.ok:
             # The run broke off: a directory may be incomplete. That is no corruption: keep what
             # arrived for the next run to complete.
             outcomes[e.id] = NotPulled(_failure(result), result.summary())
             continue
-        if md5 != e.md5:
+        if wrong:
             # rsync's quick check would take a bad copy for done: remove it, pull it anew.
             staging.drop(e.id)
-            outcomes[e.id] = Mismatch(md5)
+            outcomes[e.id] = Mismatch(digest.md5, wrong)
             continue
-        target, present = choose(str(cfg.file_dir), e.name, e.kind, md5)
-        outcomes[e.id] = Verified(target, present)
+        target, present = choose(str(cfg.file_dir), e.name, e.kind, digest.md5)
+        outcomes[e.id] = Verified(target, present, digest)
     # rsync removes its partial dir only if this run made it: not after resuming a cut-off pull.
     staging.drop_empty_partial_dir()
     return PullRun(result, outcomes)
+
+
+def read_copy(
+    path: str, md5: str, checksum: str, followed: dict[bytes, Followed] | None
+) -> tuple[EntryDigest, bool]:
+    """The digests of a pulled copy, with each file's (for its receipt), reading each file once; and
+    whether what a follower read stood in for reading some of it (as in verified_md5; md5 only, so
+    never with a second hash)."""
+    if checksum:
+        return digest_entry(path, alg_of(checksum)), False
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        got, unread = verified_md5(path, md5, followed)
+        kind = "link" if stat.S_ISLNK(st.st_mode) else "file"
+        return EntryDigest(got, None, [FileDigest(b"", kind, st.st_size, got)]), unread
+    digest = digest_entry(path, None, known=followed)
+    if not followed:
+        return digest, False
+    if digest.md5 != md5:
+        return digest_entry(path), False  # only a match ever rests on what was followed
+    top = os.fsencode(path)
+    return digest, any(f.matches(os.path.join(top, rel)) for rel, f in followed.items())

@@ -77,6 +77,36 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
     # Its shape only (synkler.receipts checks the signature); an empty one is left out on the wire.
     "receipt": st.from_regex(r"\A[A-Za-z0-9_-]{1,40}\.[A-Za-z0-9_-]{1,40}\Z"),
     "meta": metadata_objects(),
+    # `<alg>:<hex>` (an empty one is left out on the wire)
+    "checksum": st.one_of(
+        st.text(HEX, min_size=64, max_size=64).map(lambda h: "sha256:" + h),
+        st.text(HEX, min_size=128, max_size=128).map(lambda h: "blake2b:" + h),
+    ),
+    # A receipt document (synkler.proofs) of any content, signed or not: its shape only.
+    "proof": st.fixed_dictionaries(
+        {
+            "receipt": st.fixed_dictionaries(
+                {
+                    "v": st.just(1),
+                    "instance": st.text(max_size=10),
+                    "entry": st.text(HEX, min_size=32, max_size=32),
+                    "name": names(),
+                    "stored_as": names(),
+                    "kind": st.sampled_from(KINDS),
+                    "size": st.integers(0, MAX_SIZE),
+                    "files": st.integers(0, MAX_SIZE),
+                    "md5": st.text(HEX, min_size=32, max_size=32),
+                    "checksum": st.just(""),
+                    "destination": st.text(max_size=10),
+                    "outcome": st.sampled_from(["placed", "present"]),
+                    "hops": st.just([]),
+                    "metadata": st.none(),
+                    "listing_sha256": st.text(HEX, min_size=64, max_size=64),
+                }
+            ),
+            "signature": st.from_regex(r"\A[A-Za-z0-9_-]{0,40}\Z"),
+        }
+    ),
 }
 senders = st.from_regex(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
 

@@ -110,12 +110,12 @@ def test_the_md5_of_a_directory_knows_its_total_before_reading(tmp_path, monkeyp
     (tmp_path / "d" / "a").write_bytes(b"a" * 100)
     (tmp_path / "d" / "b").write_bytes(b"b" * 50)
     totals = []
-    real = checksum._md5_file_nofollow
+    real = checksum._file_nofollow
 
-    def spy(p, bufsize=4 << 20):
+    def spy(p, strong, bufsize=4 << 20):
         totals.append([h.total for h in checksum.running()])
-        return real(p, bufsize)
+        return real(p, strong, bufsize)
 
-    monkeypatch.setattr(checksum, "_md5_file_nofollow", spy)
+    monkeypatch.setattr(checksum, "_file_nofollow", spy)
     checksum.md5_entry(tmp_path / "d")
     assert totals == [[150], [150]]
