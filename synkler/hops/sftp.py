@@ -353,7 +353,7 @@ def _os_error(e: OSError) -> tuple[int, str]:
         return 11, f"sftp: {e.filename or ''}: {os.strerror(e.errno)} ({e.errno})"
     if isinstance(e, IOError) and e.errno is None and "closed" in str(e).lower():
         return 255, f"ssh: the connection to central closed: {e}"
-    return 23, f"sftp: {e}"
+    return 23, f"sftp: {e.strerror or e}" + (f": {e.filename}" if e.filename else "")
 
 
 def push(cfg: Config, local_dir: str, names: Sequence[str], remote_dir: str) -> Result:
@@ -403,7 +403,12 @@ def probe_write(cfg: Config, remote_dir: str) -> Result:
     """upload's `check`: write a small file into `remote_dir` on central and remove it."""
 
     def work(client: paramiko.SFTPClient) -> None:
-        path = f"{remote_path(cfg, remote_dir).rstrip('/')}/.synkler-check-{os.getpid()}-{int(time.time())}"
+        where = remote_path(cfg, remote_dir)
+        try:
+            client.mkdir(where, 0o700)  # as rsync makes the last directory of a target (central's own)
+        except OSError:
+            pass  # there already (or the write below says why not)
+        path = f"{where.rstrip('/')}/.synkler-check-{os.getpid()}-{int(time.time())}"
         with client.open(path, "wx") as f:
             f.write(b"written by synkler check; removed at once\n")
         client.remove(path)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import secrets
 import stat
@@ -28,6 +29,8 @@ import paramiko
 from paramiko.sftp import CMD_FSETSTAT
 
 from .transfer import PARTIAL_DIR
+
+log = logging.getLogger(__name__)
 
 BIG = 1 << 20  # files from this size go through a temporary file and may resume
 TAIL = 1 << 20  # bytes at the end of a partial file compared with the source before resuming
@@ -233,6 +236,9 @@ class Pusher(_Copier):
                 self.client.remove(path)
         if best is None:
             return 0
+        log.info(
+            "%s: resuming the push from the %d of %d bytes an earlier run left", name, best[0], st.st_size
+        )
         self.client.posix_rename(best[1], temp)
         try:
             self.client.rmdir(f"{parent.rstrip('/')}/{PARTIAL_DIR}")
@@ -362,6 +368,7 @@ class Puller(_Copier):
                 os.unlink(path)
         if best is None:
             return 0
+        log.info("%s: resuming the pull from the %d of %d bytes an earlier run left", name, best[0], size)
         os.rename(best[1], temp)
         try:
             os.rmdir(os.path.join(parent, PARTIAL_DIR))
