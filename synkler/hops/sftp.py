@@ -363,8 +363,7 @@ def push(cfg: Config, local_dir: str, names: Sequence[str], remote_dir: str) -> 
     def work(client: paramiko.SFTPClient) -> None:
         dest = remote_path(cfg, remote_dir)
         copier = sftpcopy.Pusher(client, stopping)
-        for name in names:
-            copier.entry(os.path.join(local_dir, name), f"{dest.rstrip('/')}/{name}")
+        copier.entries(local_dir, list(names), dest)
         if copier.failures:
             raise copier.failures[0]
 
@@ -379,8 +378,7 @@ def pull(cfg: Config, remote_dir: str, paths: Sequence[str], local_dir: str) -> 
     def work(client: paramiko.SFTPClient) -> None:
         source = remote_path(cfg, remote_dir)
         copier = sftpcopy.Puller(client, stopping)
-        for rel in paths:
-            copier.entry(f"{source.rstrip('/')}/{rel}", os.path.join(local_dir, rel))
+        copier.entries(source, list(paths), local_dir)
         if copier.failures:
             raise copier.failures[0]
 

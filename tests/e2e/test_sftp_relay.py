@@ -121,7 +121,7 @@ def _temporary_bytes(top: Path) -> int:
 
 def test_a_push_cut_mid_file_by_a_killed_upload_resumes_from_what_arrived(make_sftp_relay):
     relay = make_sftp_relay(HOPS["push"])
-    write_random(relay.workdir / "big.bin", 400 << 20)
+    write_random(relay.workdir / "big.bin", 192 << 20)
     md5s = {"big.bin": md5_entry(relay.workdir / "big.bin")}
     os.rename(relay.workdir / "big.bin", relay.dirs["upload"] / "big.bin")
     relay.start()
@@ -143,7 +143,7 @@ def test_a_pull_cut_mid_file_by_a_stopped_download_resumes_from_what_arrived(mak
     relay = make_sftp_relay(HOPS["pull"])
     tree = relay.workdir / "dir"  # a directory: pulled after central verified it, never early
     tree.mkdir()
-    write_random(tree / "big.bin", 400 << 20)
+    write_random(tree / "big.bin", 192 << 20)
     md5s = {"dir": md5_entry(tree)}
     os.rename(tree, relay.dirs["upload"] / "dir")
     relay.start()
