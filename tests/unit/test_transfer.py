@@ -37,6 +37,7 @@ def rsync_cfg(**changes) -> SimpleNamespace:
         rsync_timeout=77,
         central_host="central.example",
         rrsync_root=None,
+        transport="rsync",
         ssh_control_persist=0,
         id="default",
         name="upload",
