@@ -423,17 +423,18 @@ class Pusher(_Copier):
                 best = (size, path)
             else:
                 self.client.remove(_b(path))
-        if best is None:
-            return 0
-        log.info(
-            "%s: resuming the push from the %d of %d bytes an earlier run left", name, best[0], st.st_size
-        )
-        self.client.posix_rename(_b(best[1]), _b(temp))
-        try:
-            self.client.rmdir(_b(_join(parent, PARTIAL_DIR)))
-        except OSError:
-            pass  # not there, or holds other partial files
-        return best[0]
+        if best is not None:
+            log.info(
+                "%s: resuming the push from the %d of %d bytes an earlier run left", name, best[0], st.st_size
+            )
+            self.client.posix_rename(_b(best[1]), _b(temp))
+        if PARTIAL_DIR in here:
+            try:
+                self.client.rmdir(_b(_join(parent, PARTIAL_DIR)))
+                del here[PARTIAL_DIR]
+            except OSError:
+                pass  # holds other partial files
+        return 0 if best is None else best[0]
 
     def _keep_partial(self, temp: str, partial: str) -> None:
         """A stop: the temporary file into the partial dir, which central's sweep leaves to a live
@@ -597,15 +598,14 @@ class Puller(_Copier):
                 best = (st.st_size, path)
             else:
                 os.unlink(path)
-        if best is None:
-            return 0
-        log.info("%s: resuming the pull from the %d of %d bytes an earlier run left", name, best[0], size)
-        os.rename(best[1], temp)
+        if best is not None:
+            log.info("%s: resuming the pull from the %d of %d bytes an earlier run left", name, best[0], size)
+            os.rename(best[1], temp)
         try:
             os.rmdir(os.path.join(parent, PARTIAL_DIR))
         except OSError:
-            pass
-        return best[0]
+            pass  # not there, or holds other partial files
+        return 0 if best is None else best[0]
 
     def _finish(self, local: str, attr: Attrs) -> None:
         os.chmod(local, stat.S_IMODE(attr.st_mode or 0o600))
