@@ -273,8 +273,10 @@ def session(cfg: Config) -> Iterator[Session]:
             s.used = time.monotonic()
             if ok and cfg.ssh_control_persist > 0 and s.alive():
                 _idle.append(s)
-            else:
+            elif ok:
                 s.close()
+            else:  # the link may hang: no goodbye on it, just the socket closed
+                s.transport.close()
 
 
 def close_all() -> None:

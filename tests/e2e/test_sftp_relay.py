@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.netproxy import NetProxy
 from support.relay_helpers import deliver, place, write_random
 from support.sftphost import chrooted_sshd, sftp_settings
 
@@ -190,3 +191,49 @@ def test_check_logs_in_writes_into_staging_and_reads_the_store_over_sftp(make_sf
         ok = subprocess.run(relay.command(role, "check"), capture_output=True, text=True, timeout=60)
         assert f"ok    ssh + SFTP to central {sftp_server.target}" in ok.stdout, ok.stdout + ok.stderr
         assert re.search(rf"ok    {line} .* over SFTP chrooted to", ok.stdout), ok.stdout
+
+
+@pytest.mark.parametrize("fault", ["sever", "stall"])
+def test_a_push_whose_link_is_severed_or_stalls_mid_file_resumes_without_loss_or_repetition(
+    make_sftp_relay, sftp_server, fault
+):
+    with NetProxy(sftp_server.port) as proxy:
+        relay = make_sftp_relay(HOPS["push"])
+        known = relay.workdir / "known_hosts"  # central's key, for the proxy's port
+        keytype, blob = sftp_server.known_hosts.read_text().split()[1:3]
+        known.write_text(f"[127.0.0.1]:{proxy.port} {keytype} {blob}\n")
+        down_log = relay.workdir / "down.log"
+        relay.write_config(
+            "upload",
+            {
+                **sftp_settings(sftp_server),
+                "sftp_port": proxy.port,
+                "known_hosts": str(known),
+                "rsync_timeout": 4,  # a stalled link is given up after 4 s without an answer
+                "max_attempts": 1,  # a link that is down must not use up attempts
+            },
+        )
+        relay.write_config("download", {"cleanup_script": recorder(down_log)})
+        write_random(relay.workdir / "big.bin", 192 << 20)
+        md5s = {"big.bin": md5_entry(relay.workdir / "big.bin")}
+        os.rename(relay.workdir / "big.bin", relay.dirs["upload"] / "big.bin")
+        relay.start()
+        staging = relay.dirs["central"] / relay.instance / "staging"
+        relay.wait_for("upload mid-push", lambda: _temporary_bytes(staging) > 16 << 20, 60, interval=0.02)
+        if fault == "sever":
+            assert proxy.sever() > 0
+        else:
+            proxy.stall()
+        relay.wait_for(
+            "upload to notice the link is down",
+            lambda: "big.bin: push to central failed" in relay.log_path("upload").read_text(),
+            60,
+        )
+        arrived = _temporary_bytes(staging)
+        proxy.restore()
+        deliver(relay, md5s, timeout=180)
+    log = relay.log_path("upload").read_text()
+    resumed = re.search(r"big\.bin: resuming the push from the (\d+) of (\d+) bytes", log)
+    assert resumed and int(resumed[1]) >= arrived > 0, log[-3000:]
+    relay.wait_for("download's cleanup script", lambda: runs(down_log) == ["big.bin"])
+    assert [(e.state, e.tries) for e in relay.entries("upload")][0][0] == "done"
