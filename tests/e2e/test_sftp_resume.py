@@ -123,3 +123,21 @@ def test_an_early_pull_appends_what_central_has_beyond_the_copy_and_a_missing_fi
     from synkler.hops.pull import _MISSING
 
     assert _MISSING.search(missing.output), missing.output
+
+
+def test_names_that_are_not_utf8_travel_byte_exact_both_ways(hop):
+    up, down, local, central = hop
+    name = os.fsdecode(b"caf\xe9 #1")  # Latin-1: not UTF-8
+    (local / name).write_bytes(b"one")
+    tree = local / "tree"
+    (tree / os.fsdecode(b"sub\xff")).mkdir(parents=True)
+    (tree / os.fsdecode(b"sub\xff") / os.fsdecode(b"\xe8t\xe9")).write_bytes(b"two")
+    assert transfer.push(up, str(local), [name, "tree"], str(central)).ok
+    assert (central / name).read_bytes() == b"one"
+    assert (central / "tree" / os.fsdecode(b"sub\xff") / os.fsdecode(b"\xe8t\xe9")).read_bytes() == b"two"
+    back = local / "back"
+    result = transfer.pull(down, str(central), [name, "tree"], str(back))
+    assert result.ok, result.output
+    assert os.listdir(os.fsencode(back / "tree")) == [b"sub\xff"]
+    assert (back / "tree" / os.fsdecode(b"sub\xff") / os.fsdecode(b"\xe8t\xe9")).read_bytes() == b"two"
+    assert (back / name).read_bytes() == b"one"
