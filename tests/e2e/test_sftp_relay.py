@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import missing_infrastructure
 from support.netproxy import NetProxy
 from support.relay_helpers import deliver, place, write_random
 from support.sftphost import chrooted_sshd, sftp_settings
@@ -38,6 +39,8 @@ def runs(log: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def sftp_server(tmp_path_factory) -> Iterator:
+    if os.geteuid() != 0:
+        missing_infrastructure("an sshd that chroots its SFTP account must run as root")
     with chrooted_sshd(tmp_path_factory.mktemp("sftp-sshd")) as server:
         yield server
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import missing_infrastructure
 from support.relay_helpers import write_random
 from support.sftphost import chrooted_sshd, sftp_settings
 
@@ -21,6 +22,8 @@ SIZE = 6 << 20
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    if os.geteuid() != 0:
+        missing_infrastructure("an sshd that chroots its SFTP account must run as root")
     with chrooted_sshd(tmp_path_factory.mktemp("sftp-sshd")) as s:
         yield s
     sftp.close_all()
