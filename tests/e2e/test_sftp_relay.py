@@ -18,10 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import missing_infrastructure
 from support.netproxy import NetProxy
 from support.relay_helpers import deliver, place, write_random
-from support.sftphost import chrooted_sshd, sftp_settings
+from support.sftphost import chrooted_sshd, need_root, sftp_settings
 
 from synkler.devkit.localrelay import ROLES, LocalRelay
 from synkler.hops.checksum import md5_entry
@@ -39,8 +38,7 @@ def runs(log: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def sftp_server(tmp_path_factory) -> Iterator:
-    if os.geteuid() != 0:
-        missing_infrastructure("an sshd that chroots its SFTP account must run as root")
+    need_root()
     with chrooted_sshd(tmp_path_factory.mktemp("sftp-sshd")) as server:
         yield server
 

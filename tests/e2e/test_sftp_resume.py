@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import missing_infrastructure
 from support.relay_helpers import write_random
-from support.sftphost import chrooted_sshd, sftp_settings
+from support.sftphost import chrooted_sshd, need_root, sftp_settings
 
 from synkler.config import load_config
 from synkler.hops import sftp, transfer
@@ -22,8 +21,7 @@ SIZE = 6 << 20
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if os.geteuid() != 0:
-        missing_infrastructure("an sshd that chroots its SFTP account must run as root")
+    need_root()
     with chrooted_sshd(tmp_path_factory.mktemp("sftp-sshd")) as s:
         yield s
     sftp.close_all()

@@ -12,11 +12,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from synkler.devkit.sshd import LocalSshd
 
 # sshd wants a chroot and every directory above it owned by root and writable by nobody else, so
 # not under /tmp (1777): a directory of our own under /srv.
 BASE = Path("/srv/synkler-sftp-tests")
+
+
+def need_root() -> None:
+    """sshd chroots only as root: skip without it, fail in CI (CI must not go green by skipping)."""
+    if os.geteuid() == 0:
+        return
+    reason = "an sshd that chroots its SFTP account must run as root"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true, so this is a failure, not a skip)", pytrace=False)
+    pytest.skip(reason)
 
 
 @contextmanager
