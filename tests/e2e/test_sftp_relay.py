@@ -238,3 +238,16 @@ def test_a_push_whose_link_is_severed_or_stalls_mid_file_resumes_without_loss_or
     assert resumed and int(resumed[1]) >= arrived > 0, log[-3000:]
     relay.wait_for("download's cleanup script", lambda: runs(down_log) == ["big.bin"])
     assert [(e.state, e.tries) for e in relay.entries("upload")][0][0] == "done"
+
+
+def test_a_big_file_is_pulled_over_sftp_while_it_is_pushed_over_sftp(make_sftp_relay):
+    relay = make_sftp_relay(HOPS["both"])
+    write_random(relay.workdir / "big.bin", 192 << 20)  # from 64 MiB, download pulls while upload pushes
+    md5s = {"big.bin": md5_entry(relay.workdir / "big.bin")}
+    os.rename(relay.workdir / "big.bin", relay.dirs["upload"] / "big.bin")
+    relay.start()
+    deliver(relay, md5s, timeout=180)
+    log = relay.log_path("download").read_text()
+    assert re.search(r"pulling entry \w+ early, while upload pushes it", log), log[-3000:]
+    early = re.search(r"big\.bin: (\d+) of (\d+) bytes were pulled while upload pushed it", log)
+    assert early and 0 < int(early[1]) <= int(early[2]) == 192 << 20, log[-3000:]
