@@ -141,7 +141,8 @@ def test_a_push_cut_mid_file_by_a_killed_upload_resumes_from_what_arrived(make_s
     assert [e.state for e in relay.entries("upload")] == ["done"]
 
 
-def test_a_pull_cut_mid_file_by_a_stopped_download_resumes_from_what_arrived(make_sftp_relay):
+@pytest.mark.parametrize("how", ["stop", "kill"])
+def test_a_pull_cut_mid_file_by_a_stopped_or_killed_download_resumes_from_what_arrived(make_sftp_relay, how):
     relay = make_sftp_relay(HOPS["pull"])
     tree = relay.workdir / "dir"  # a directory: pulled after central verified it, never early
     tree.mkdir()
@@ -151,7 +152,10 @@ def test_a_pull_cut_mid_file_by_a_stopped_download_resumes_from_what_arrived(mak
     relay.start()
     staging = relay.dirs["download"] / f".synkler-{relay.instance}"
     relay.wait_for("download mid-pull", lambda: _temporary_bytes(staging) > 16 << 20, 60, interval=0.02)
-    relay.stop("download")  # the orderly stop: the partial file is kept
+    if how == "stop":
+        relay.stop("download")  # the orderly stop: the temporary file goes to the partial dir
+    else:
+        relay.kill("download")  # the temporary file stays in the entry's directory, which is kept
     arrived = _temporary_bytes(staging)
     relay.start("download")
     deliver(relay, md5s, timeout=180)
