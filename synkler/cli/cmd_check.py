@@ -107,11 +107,12 @@ def _check_central(cfg: Config, central_report: Report | None, out: _Lines) -> N
     except transfer.RsyncTooOld as e:
         out.say((checks.FAIL, f"rsync: {e}"))
     result = transfer.probe(cfg)
+    link = "ssh + SFTP" if cfg.transport == "sftp" else "ssh + rsync"
     if result.ok:
-        out.say((checks.OK, f"ssh + rsync to central {cfg.central_host}"))
+        out.say((checks.OK, f"{link} to central {cfg.central_host}"))
         out.say(_place_line(cfg, central_report))
     else:
-        out.say((checks.FAIL, f"ssh + rsync to central {cfg.central_host}: {result.summary()}"))
+        out.say((checks.FAIL, f"{link} to central {cfg.central_host}: {result.summary()}"))
 
 
 def _place_line(cfg: Config, central: Report | None) -> checks.Line:
@@ -126,8 +127,10 @@ def _place_line(cfg: Config, central: Report | None) -> checks.Line:
     else:
         where = f"{place}/stored"
         result, what = transfer.probe_read(cfg, where), "read"
-    how = "over ssh"
-    if cfg.rrsync_root is not None:
+    how = "over SFTP" if cfg.transport == "sftp" else "over ssh"
+    if cfg.transport == "sftp" and cfg.sftp_root is not None:
+        how += f" chrooted to {shown(cfg.sftp_root)}"
+    elif cfg.rrsync_root is not None:
         how += f" confined by rrsync to {shown(cfg.rrsync_root)}"
     if result.ok:
         return (checks.OK, f"{what} central's {shown(where)} {how}")

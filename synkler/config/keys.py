@@ -72,6 +72,11 @@ class Config:
     synkler_server: str
     central_host: str
     rrsync_root: str | None  # the directory of central this agent's ssh key is confined to by rrsync
+    transport: str  # how this end's hop moves data: "rsync" (over ssh) or "sftp" (synkler.hops.sftp)
+    sftp_port: int | None  # the SFTP transport's ssh port (None: ~/.ssh/config's, else 22)
+    sftp_identity: Path | None  # its private key (None: ~/.ssh/config's IdentityFile, the agent, ~/.ssh/id_*)
+    known_hosts: Path | None  # the host keys it trusts (None: ~/.ssh/known_hosts and ssh_config's)
+    sftp_root: str | None  # the directory of central the SFTP account sees as / (its chroot)
     broker_tls: bool
     broker_tls_server_name: str | None
     broker_ca_file: Path | None
@@ -211,6 +216,11 @@ KEYS: dict[str, Key] = {
     "synkler_server": Key(host, required=True),
     "central_host": Key(host, Derived(lambda s, ctx: s["synkler_server"]), roles=_ENDS),
     "rrsync_root": Key(remote_dir, None, roles=_ENDS),
+    "transport": Key(choice("rsync", "sftp"), "rsync", roles=_ENDS),
+    "sftp_port": Key(integer(1, 65535), None, roles=_ENDS),
+    "sftp_identity": Key(file, None, roles=_ENDS),
+    "known_hosts": Key(file, None, roles=_ENDS),
+    "sftp_root": Key(remote_dir, None, roles=_ENDS),
     "broker_tls": Key(boolean, False),
     "broker_tls_server_name": Key(host, None),
     "broker_ca_file": Key(file, None),

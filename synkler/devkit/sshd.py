@@ -116,9 +116,15 @@ class LocalSshd:
 
     host: str = "127.0.0.1"
 
-    def __init__(self, workdir: Path) -> None:
-        """Prepare paths under *workdir* (created if needed); nothing runs until start()."""
+    def __init__(self, workdir: Path, sftp_chroot: Path | None = None) -> None:
+        """Prepare paths under *workdir* (created if needed); nothing runs until start().
+
+        *sftp_chroot*: serve only OpenSSH's ``internal-sftp``, chrooted there (no shell, no rsync,
+        no forwarding), as an SFTP-only central does (docs/security.md). sshd wants that directory
+        and every one above it owned by root and writable by nobody else: not under /tmp.
+        """
         self.workdir = Path(workdir).resolve()
+        self.sftp_chroot = None if sftp_chroot is None else Path(sftp_chroot).resolve()
         self.port: int = 0
         # The uid sshd will run as decides who can log in; $USER/$LOGNAME may disagree with
         # it (su without -l, containers), so ask the password database instead.
@@ -303,6 +309,13 @@ class LocalSshd:
             # runs `pyenv init`: 0.15 s of CPU per rsync run.)
             "SetEnv SHLVL=1",
         ]
+        if self.sftp_chroot is not None:
+            lines += [
+                f"ChrootDirectory {_config_value(self.sftp_chroot)}",
+                "ForceCommand internal-sftp",
+                "DisableForwarding yes",
+                "PermitTTY no",
+            ]
         self.config.write_text("\n".join(lines) + "\n")
 
     def _write_known_hosts(self) -> None:
@@ -372,9 +385,16 @@ class LocalSshd:
     def _check_login(self, deadline: float) -> None:
         """Run ``ssh target true`` once; on failure stop sshd and raise with both logs."""
         remaining = max(deadline - time.monotonic(), 5.0)
+        # An SFTP-only server runs no command: a session of the sftp subsystem that lists its root.
+        sftp_only = self.sftp_chroot is not None
+        argv = (
+            [*self.ssh_command(), "-s", self.target, "sftp"]
+            if sftp_only
+            else [*self.ssh_command(), self.target, "true"]
+        )
         try:
             result = subprocess.run(
-                [*self.ssh_command(), self.target, "true"],
+                argv,
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 timeout=remaining,

@@ -48,7 +48,9 @@ EARLY_STEP = 8 << 20  # an early run that brought less than this waits EARLY_PAU
 EARLY_PAUSE = 0.25
 # rsync's error line for a source that does not exist ends with ENOENT's number, whatever the locale.
 _MISSING = re.compile(
-    rf"^rsync: \[sender\] .*\(2\)\s*$|rrsync error: {transfer.RRSYNC_NO_FILE}", re.MULTILINE
+    rf"^rsync: \[sender\] .*\(2\)\s*$|rrsync error: {transfer.RRSYNC_NO_FILE}|"
+    r"^sftp: .*: No such file or directory$",
+    re.MULTILINE,
 )
 
 BAG = ".bag"  # the bag of entry <id> is built as <id>.bag in staging

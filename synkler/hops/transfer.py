@@ -20,11 +20,13 @@ import shlex
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import IO, Callable
 
 from .. import places
@@ -213,8 +215,22 @@ def _cpu_has_aes() -> bool:
     return False
 
 
+def _sftp(cfg: Config) -> ModuleType | None:
+    """synkler.hops.sftp when this agent's hop goes over SFTP (`transport: sftp`), else None.
+    Imported only then: paramiko is loaded by the agents that use it."""
+    if cfg.transport != "sftp":
+        return None
+    from . import sftp
+
+    return sftp
+
+
 def close_shared_connection(cfg: Config) -> None:
     """Ask this agent's ssh master connection to exit (agent shutdown); harmless if there is none."""
+    sftp = _sftp(cfg)
+    if sftp is not None:
+        sftp.close_all()
+        return
     _opts, shared = effective_opts(cfg)
     if shared is not None:
         run([*shlex.split(shared), "-O", "exit", cfg.central_host], timeout=10, track=False)
@@ -254,7 +270,9 @@ def rsync_protection(rsync: tuple[str, ...], confined: bool = False) -> tuple[st
 
 
 def protection(cfg: Config) -> tuple[str, ...]:
-    """rsync_protection for this agent's rsync and confinement."""
+    """rsync_protection for this agent's rsync and confinement (nothing over SFTP: no rsync runs)."""
+    if cfg.transport == "sftp":
+        return ()
     return rsync_protection(tuple(cfg.rsync), cfg.rrsync_root is not None)
 
 
@@ -466,6 +484,9 @@ def _stop_tree(
 
 def terminate_all() -> None:
     """Stop every running transfer (agent shutdown); partial data stays for the next start to resume."""
+    sftp = sys.modules.get(f"{__package__}.sftp")
+    if sftp is not None:
+        sftp.stop_all()
     with _lock:
         procs = list(_running)
     for proc in procs:
@@ -487,6 +508,9 @@ def _hop(
 
 def push(cfg: Config, local_dir: str, names: Sequence[str], remote_dir: str) -> Result:
     """upload -> central: copy the entries `names` of `local_dir` into `remote_dir` on central, in one run."""
+    sftp = _sftp(cfg)
+    if sftp is not None:
+        return sftp.push(cfg, local_dir, names, remote_dir)
     try:
         target = remote(cfg, remote_dir, "/")
     except OutsideRoot as e:
@@ -499,6 +523,9 @@ def pull(cfg: Config, remote_dir: str, paths: Sequence[str], local_dir: str) -> 
 
     The relative paths are kept: "<entry id>" lands in local_dir/<entry id>.
     """
+    sftp = _sftp(cfg)
+    if sftp is not None:
+        return sftp.pull(cfg, remote_dir, paths, local_dir)
     try:
         source = remote(cfg, remote_dir, "/")
     except OutsideRoot as e:
@@ -515,6 +542,9 @@ def pull_more(
     A file shorter on central than here is left alone; what a run cut short appended stays (also
     when `cancel` ends it).
     """
+    sftp = _sftp(cfg)
+    if sftp is not None:
+        return sftp.pull_more(cfg, remote_path, local_path, cancel)
     try:
         return _hop(cfg, rsync_argv(cfg, remote(cfg, remote_path), local_path, append=True), cancel=cancel)
     except OutsideRoot as e:
@@ -523,7 +553,10 @@ def pull_more(
 
 def probe_write(cfg: Config, remote_dir: str) -> Result:
     """upload's `check`: write a small file into `remote_dir` on central (central's staging of this
-    agent) and delete it again, the way the pushes go (rsync over the same ssh)."""
+    agent) and delete it again, the way the pushes go (rsync over the same ssh, or SFTP)."""
+    sftp = _sftp(cfg)
+    if sftp is not None:
+        return sftp.probe_write(cfg, remote_dir)
     mark = f".synkler-check-{os.getpid()}-{int(time.time())}"
     timeout = f"--timeout={min(cfg.rsync_timeout, 30)}"
     base = [*cfg.rsync, *protection(cfg), timeout, *cfg.rsync_opts]
@@ -548,6 +581,9 @@ def probe_write(cfg: Config, remote_dir: str) -> Result:
 
 def probe_read(cfg: Config, remote_dir: str) -> Result:
     """download's `check`: list `remote_dir` on central (central's store), the way the pulls read."""
+    sftp = _sftp(cfg)
+    if sftp is not None:
+        return sftp.probe_read(cfg, remote_dir)
     argv = [*cfg.rsync, *protection(cfg), f"--timeout={min(cfg.rsync_timeout, 30)}", *cfg.rsync_opts]
     try:
         return run([*argv, "--list-only", remote(cfg, remote_dir, "/")], timeout=60)
@@ -557,7 +593,11 @@ def probe_read(cfg: Config, remote_dir: str) -> Result:
 
 def probe(cfg: Config) -> Result:
     """ssh + remote rsync round trip to central, for `synkler check`: list the remote home (the
-    root of an rrsync confinement; upload's may be write-only: a write there instead)."""
+    root of an rrsync confinement; upload's may be write-only: a write there instead). Over SFTP:
+    a login and an SFTP session."""
+    sftp = _sftp(cfg)
+    if sftp is not None:
+        return sftp.probe(cfg)
     if cfg.rrsync_root is not None and cfg.mode == "upload":
         return probe_write(cfg, cfg.rrsync_root)
     argv = [*cfg.rsync, f"--timeout={min(cfg.rsync_timeout, 30)}", *cfg.rsync_opts, "--list-only"]

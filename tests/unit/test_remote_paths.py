@@ -129,6 +129,7 @@ def test_the_protection_comes_before_every_other_option_of_a_hop(tmp_path):
         ssh_control_persist=0,
         central_host="central",
         rrsync_root=None,
+        transport="rsync",
     )
     argv = transfer.rsync_argv(cfg, "/a/", "central:/srv/x y/lab/staging/upload/", listed=True)
     assert argv[1] == "--protect-args"

@@ -38,6 +38,7 @@ def rsync_cfg(**changes) -> SimpleNamespace:
         stall_seconds=60.0,
         central_host="central.example",
         rrsync_root=None,
+        transport="rsync",
         ssh_control_persist=0,
         id="default",
         name="upload",
