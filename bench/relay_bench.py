@@ -19,6 +19,7 @@ missed are reported as MISS, not as an error: this is a measuring tool), 1 when 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import errno
 import hashlib
@@ -27,6 +28,7 @@ import os
 import platform
 import random
 import shutil
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -436,6 +438,11 @@ class Bench:
         self.root = root
         self.sshd = sshd
         self.cpu = cpu
+        # Where each role's processes start (links: in that host's network namespace); the direct
+        # rsync starts where upload's agent does.
+        self.place: Callable[[str], contextlib.AbstractContextManager[None]] = lambda role: (
+            contextlib.nullcontext()
+        )
         self.results: dict[str, Any] = {}
         self.effective: dict[str, Any] = {}
 
@@ -490,7 +497,9 @@ class Bench:
         """Start all three agents, wait until each has logged its broker connection, then a quiet time."""
         # Everything the agents start (rsync, ssh, the ssh master that leaves them) counts in their group.
         with self.cpu.inside(f"agents-{relay.workdir.name}-{relay.instance}"):
-            relay.start()
+            for role in ROLES:
+                with self.place(role):
+                    relay.start(role)
 
         def connected() -> bool:
             for role in ROLES:
@@ -619,7 +628,7 @@ class Bench:
         remote0 = self.cpu.seconds("sshd")
         local0 = self.cpu.seconds(name)
         started = time.monotonic()
-        with self.cpu.inside(name):
+        with self.cpu.inside(name), self.place("upload"):
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
             )
@@ -1531,8 +1540,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def interrupted(signum: int, _frame: Any) -> None:
+    """SIGTERM: end like Ctrl-C, so every cleanup (agents, mounts, namespaces) runs."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, interrupted)
     started = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="synkler-bench-", dir="/tmp"))
     report: dict[str, Any] = {"machine": machine(), "settings": {}, "results": {}}
