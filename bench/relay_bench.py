@@ -3,8 +3,10 @@
 
 Every figure is measured in the same run as its baseline (a direct ``rsync -a`` over ssh of the same data
 to the same loopback sshd, right before the relay moves it), so the ratios survive a noisy or slow
-machine better than absolute times do. See docs/performance.md for what each figure means and the
-targets.
+machine better than absolute times do. Each timed run writes into a file system made for it alone
+(freshfs.py), and reports the CPU time of all its processes beside its wall time (cpuacct.py). The
+links scenario (links.py) runs the hosts in network namespaces (netns.py). See docs/performance.md
+for what each figure means and the targets.
 
 Run it from the repository with the project's venv (synkler must be importable, and the agents are
 started with the same interpreter)::
@@ -197,8 +199,9 @@ def link_or_copy(src: str | Path, dst: str | Path) -> None:
 
 
 def link_into(sources: Iterable[Path], file_dir: Path) -> Callable[[], None]:
-    """Prepare hard links of finished entries for upload's file_dir; the returned function puts them
-    in place. Each entry is linked (a directory file by file) under a hidden name first (upload
+    """Prepare hard links (copies, across file systems) of finished entries for upload's file_dir;
+    the returned function puts them in place. Each entry is linked (a directory file by file) under
+    a hidden name first (upload
     ignores names starting with '.') and then renamed into place, as a careful writer does. The
     sources stay for the next repetition and its direct rsync."""
     moves: list[tuple[Path, Path]] = []
@@ -1192,7 +1195,16 @@ def machine() -> dict[str, Any]:
         "ssh": first_line(["ssh", "-V"]),
         "synkler": synkler.__version__,
         "commit": commit,
+        "loadavg": loadavg(),
     }
+
+
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages: how busy the machine was with work of others."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
 
 
 def verdict(ok: bool) -> str:
@@ -1362,6 +1374,8 @@ def scale_rows(results: dict[str, Any]) -> list[dict[str, str]]:
                     verdict(case["cpu_ratio"] <= TARGET_SCALE_CPU_RATIO),
                 )
             )
+    if results.get("links", {}).get("skipped"):
+        rows.append(row("links", f"skipped: {results['links']['skipped']}"))
     for case in results.get("links", {}).get("cases", []):
         each = size_text(case["file_bytes"])
         what = f"{case['files']} × {each}" if case["files"] > 1 else each
@@ -1619,7 +1633,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     m = report["machine"]
     say(
         f"\n{m['date']}, {m['nproc']} CPUs ({m['cpu']}), {m['mem_gb']} GiB, Python {m['python']}, "
-        f"{m['rsync']}; took {report['elapsed_s']:.0f} s"
+        f"{m['rsync']}; took {report['elapsed_s']:.0f} s; load average {m['loadavg']} at the start, "
+        f"{loadavg()} at the end"
         + (f"; every rsync run limited to {args.link_mib:g} MiB/s" if args.link_mib else "")
     )
     if args.json:
