@@ -201,9 +201,8 @@ def link_or_copy(src: str | Path, dst: str | Path) -> None:
 def link_into(sources: Iterable[Path], file_dir: Path) -> Callable[[], None]:
     """Prepare hard links (copies, across file systems) of finished entries for upload's file_dir;
     the returned function puts them in place. Each entry is linked (a directory file by file) under
-    a hidden name first (upload
-    ignores names starting with '.') and then renamed into place, as a careful writer does. The
-    sources stay for the next repetition and its direct rsync."""
+    a hidden name first (upload ignores names starting with '.') and then renamed into place, as a
+    careful writer does. The sources stay for the next repetition and its direct rsync."""
     moves: list[tuple[Path, Path]] = []
     for src in sources:
         hidden = file_dir / f".bench-{src.name}"
