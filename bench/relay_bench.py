@@ -853,7 +853,10 @@ class Bench:
         try:
             self.wait_delivered(relay, state, label, set(md5s), started, timeout)
         except DeliveryTimeout as e:
-            unfinished = {"after_s": e.waited, "done": e.done, "entries": len(md5s)}
+            unfinished = {"after_s": e.waited, "done": e.done, "entries": len(md5s), "cpu_so_far_s": None}
+            if agents0 is not None and sshd0 is not None:  # a lower bound of what the whole would cost
+                spent = (self.cpu.seconds(group) or 0.0) - agents0 + (self.cpu.seconds("sshd") or 0.0) - sshd0
+                unfinished["cpu_so_far_s"] = spent
             say(f"  {label}: NOT FINISHED: {e.done}/{len(md5s)} done at download after {e.waited:.0f} s")
         finally:
             concurrency = sampler.stop() if sampler else None
@@ -927,15 +930,22 @@ class Bench:
         minutes), against a direct rsync of the same set. A relay still unfinished after
         --scale-timeout is reported with how far it got."""
         size = self.args.many_kb << 10
+        top = max([*self.args.scale, self.args.scale_tree])
+        # The sources (one pool of files, each case's set hard links into it) get a file system of
+        # their own too: unmounting it at the end deletes no 100,000 files one by one from the
+        # working directory's disk (each freed extent a discard, where it is mounted with discard).
+        with self.fresh("scale-sources", top * size, top) as sources:
+            return self.scale_cases(sources, size, top)
+
+    def scale_cases(self, sources: Path, size: int, top: int) -> dict[str, Any]:
         counts, tree_n = self.args.scale, self.args.scale_tree
-        pool = self.root / "scale-pool"
-        top = max([*counts, tree_n])
+        pool = sources / "pool"
         say(f"  scale: writing {top} × {size_text(size)} of random data")
         md5s = make_files(pool, "scale-", top, size)
         names = sorted(md5s)
         cases: list[dict[str, Any]] = []
         for n in counts:
-            src = self.root / f"scale-{n}-src"
+            src = sources / f"scale-{n}-src"
             src.mkdir()
             for name in names[:n]:
                 os.link(pool / name, src / name)
@@ -950,7 +960,7 @@ class Bench:
                 timeout=self.args.scale_timeout,
             )
             cases.append({"case": "files", **summarize([run], n, size)})
-        src = self.root / "scale-tree-src"
+        src = sources / "scale-tree-src"
         (src / "tree").mkdir(parents=True)
         for name in names[:tree_n]:
             os.link(pool / name, src / "tree" / name)
@@ -1353,6 +1363,18 @@ def scale_rows(results: dict[str, Any]) -> list[dict[str, str]]:
                     "MISS",
                 )
             )
+            if u.get("cpu_so_far_s") and case.get("direct_cpu_s"):
+                so_far = u["cpu_so_far_s"] / case["direct_cpu_s"]
+                rows.append(
+                    row(
+                        f"{what}, CPU time",
+                        f"> {u['cpu_so_far_s']:.2f} CPU-s (spent by then)",
+                        f"{case['direct_cpu_s']:.2f} CPU-s",
+                        f"> {so_far:.2f}×",
+                        f"<= {TARGET_SCALE_CPU_RATIO:g}× direct",
+                        "MISS" if so_far > TARGET_SCALE_CPU_RATIO else "-",
+                    )
+                )
             continue
         rows.append(
             row(
