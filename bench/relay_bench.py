@@ -1667,4 +1667,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # everything was cleaned up on the way out (agents, mounts, namespaces)
+        say("\nBENCHMARK INTERRUPTED")
+        sys.exit(130)
