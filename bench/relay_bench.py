@@ -1591,6 +1591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     error: str | None = None
     bench: Bench | None = None
     cpu = CpuGroups()
+    accounting = cpu.version if cpu.available else None
     if not cpu.available:
         say(f"({cpu.why}: wall times only)")
     try:
@@ -1628,7 +1629,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "repeat": args.repeat,
         "quiet_s": args.quiet,
         "fs": args.fs,
-        "cpu_accounting": cpu.version if hasattr(cpu, "version") else None,
+        "cpu_accounting": accounting,
         "scale": args.scale,
         "scale_tree": args.scale_tree,
         "scale_timeout_s": args.scale_timeout,
