@@ -96,9 +96,14 @@ def mounted_under(path: str) -> list[str]:
 
 
 def run_bench(broker, tmp_path, *extra: str) -> tuple[subprocess.CompletedProcess[str], dict]:
+    """Run the benchmark; the result's `args` is its pid (which names its network namespaces)."""
     out = tmp_path / "bench.json"
     argv = [sys.executable, str(BENCH), "--quick", *extra, "--broker", f"{broker.host}:{broker.port}"]
-    run = subprocess.run([*argv, "--json", str(out)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.Popen(
+        [*argv, "--json", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    stdout, stderr = proc.communicate(timeout=600)
+    run = subprocess.CompletedProcess(proc.pid, proc.returncode, stdout, stderr)
     assert run.returncode == 0, run.stdout + run.stderr
     work = run.stdout.split("working in ", 1)[1].split()[0]
     assert not Path(work).exists(), "work dir left behind"
@@ -139,7 +144,7 @@ def test_links_runs_the_relay_across_namespaces_and_removes_them(broker, sshd, t
     run, report = run_bench(broker, tmp_path, "--only", "links", *extra)
     listing = ["ip", "netns", "list"]
     left = subprocess.run(listing, capture_output=True, text=True).stdout if shutil.which("ip") else ""
-    assert netns.PREFIX not in left, "a network namespace left behind"
+    assert f"{netns.PREFIX}{run.args}-" not in left, "a network namespace left behind"
     links = report["results"]["links"]
     why = netns.missing()
     if why:
