@@ -1401,14 +1401,17 @@ def scale_rows(results: dict[str, Any]) -> list[dict[str, str]]:
         each = size_text(case["file_bytes"])
         what = f"{case['files']} × {each}" if case["files"] > 1 else each
         what = f"links at {results['links']['rate_mbit']:g} Mbit/s, {what}"
+        # As for big and many: the target counts as met only if every run's own ratio meets it.
+        ratios = [run["relay_s"] / run["direct_s"] for run in case["runs"]]
+        spread = f" (runs {min(ratios):.2f}–{max(ratios):.2f}×)" if len(ratios) > 1 else ""
         rows.append(
             row(
-                what,
+                what + (f", median of {len(ratios)}" if len(ratios) > 1 else ""),
                 f"{case['relay_s']:.2f} s",
                 f"{case['direct_s']:.2f} s",
-                f"{case['ratio']:.2f}×",
-                f"<= {TARGET_LINKS_RATIO:g}× one hop",
-                verdict(case["ratio"] <= TARGET_LINKS_RATIO),
+                f"{case['ratio']:.2f}×{spread}",
+                f"<= {TARGET_LINKS_RATIO:g}× one hop, every run",
+                verdict(max(ratios) <= TARGET_LINKS_RATIO),
             )
         )
         if case.get("cpu_ratio"):
