@@ -7,6 +7,7 @@ test that fails on a slow CI runner would say nothing about synkler.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -88,3 +89,68 @@ def test_the_benchmark_runs_and_reports_positive_figures(broker, sshd, tmp_path)
     assert any(f.startswith("latency, 1 KiB file written in place") for f in figures)
     assert "| figure" in run.stdout and "BENCHMARK FAILED" not in run.stdout
     assert not Path(run.stdout.split("working in ", 1)[1].split()[0]).exists(), "work dir left behind"
+
+
+def mounted_under(path: str) -> list[str]:
+    return [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines() if path in line]
+
+
+def run_bench(broker, tmp_path, *extra: str) -> tuple[subprocess.CompletedProcess[str], dict]:
+    """Run the benchmark; the result's `args` is its pid (which names its network namespaces)."""
+    out = tmp_path / "bench.json"
+    argv = [sys.executable, str(BENCH), "--quick", *extra, "--broker", f"{broker.host}:{broker.port}"]
+    proc = subprocess.Popen(
+        [*argv, "--json", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    stdout, stderr = proc.communicate(timeout=600)
+    run = subprocess.CompletedProcess(proc.pid, proc.returncode, stdout, stderr)
+    assert run.returncode == 0, run.stdout + run.stderr
+    work = run.stdout.split("working in ", 1)[1].split()[0]
+    assert not Path(work).exists(), "work dir left behind"
+    assert not mounted_under(work), "a file system of a timed run is still mounted"
+    return run, json.loads(out.read_text())
+
+
+def test_scale_reports_wall_and_cpu_against_a_direct_rsync_of_the_same_set(broker, sshd, tmp_path):
+    """A tiny `--only scale`: two counts of top-level files and one directory entry, each with its
+    direct rsync; every run writes into a file system of its own (--fs) that is gone afterwards."""
+    run, report = run_bench(broker, tmp_path, "--only", "scale", "--scale", "3,6", "--scale-tree", "5")
+    assert "error" not in report
+    assert report["settings"]["scale"] == [3, 6] and report["settings"]["fs"] in ("ext4", "tmpfs", "dir")
+    cases = report["results"]["scale"]["cases"]
+    assert [(c["case"], c["files"]) for c in cases] == [("files", 3), ("files", 6), ("tree", 5)]
+    for case in cases:
+        assert positive(case["relay_s"]) and positive(case["direct_s"]) and positive(case["ratio"])
+        if report["settings"]["cpu_accounting"]:  # root with a cgroup hierarchy, as here and in CI
+            assert positive(case["relay_cpu_s"]) and positive(case["direct_cpu_s"])
+            direct = case["runs"][0]["direct_cpu"]
+            assert positive(direct["local_s"]) and positive(direct["remote_s"])  # rsync+ssh, sshd side
+            relay = case["runs"][0]["relay_cpu"]
+            assert positive(relay["agents_s"]) and positive(relay["sshd_s"])
+    figures = [row["figure"] for row in report["table"]]
+    assert "scale, 6 × 4 KiB" in figures and "scale, 5 × 4 KiB in one directory entry" in figures
+    if report["settings"]["cpu_accounting"]:
+        assert "scale, 6 × 4 KiB, CPU time" in figures
+
+
+def test_links_runs_the_relay_across_namespaces_and_removes_them(broker, sshd, tmp_path):
+    """A tiny `--only links` (needs root and iproute2, else it reports itself skipped)."""
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        import netns
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    extra = ["--links-big-mb", "2", "--links-files", "2", "--links-file-mb", "1", "--links-rate-mbit", "400"]
+    run, report = run_bench(broker, tmp_path, "--only", "links", *extra)
+    listing = ["ip", "netns", "list"]
+    left = subprocess.run(listing, capture_output=True, text=True).stdout if shutil.which("ip") else ""
+    assert f"{netns.PREFIX}{run.args}-" not in left, "a network namespace left behind"
+    links = report["results"]["links"]
+    why = netns.missing()
+    if why:
+        assert links["skipped"] == why and "links: SKIPPED" in run.stdout
+        return
+    assert [(c["case"], c["files"]) for c in links["cases"]] == [("links-big", 1), ("links-mixed", 2)]
+    for case in links["cases"]:
+        assert positive(case["relay_s"]) and positive(case["direct_s"])
+    assert any(row["figure"].startswith("links at 400 Mbit/s") for row in report["table"])
