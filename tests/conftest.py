@@ -33,6 +33,17 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `scale` (20,000 entries and more) run only when asked for: `-m scale`."""
+    if "scale" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason="a scale test: select it with -m scale")
+    for item in items:
+        if "scale" in item.keywords:
+            item.add_marker(skip)
+
+
 # Sent by an AMQP 0-9-1 client first; a broker answers it with Connection.Start (or with
 # its own header if it speaks another version), so any reply means "a broker is there".
 AMQP_PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
