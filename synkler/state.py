@@ -235,7 +235,8 @@ class State:
             else:
                 # Made 0600 before SQLite opens it: SQLite gives its -wal and -shm the same mode.
                 private_file(self.path, ("-wal", "-shm"))
-                self._db = sqlite3.connect(str(self.path), isolation_level=None)
+                # The agents' statements (an UPDATE per set of changed columns, …) stay prepared.
+                self._db = sqlite3.connect(str(self.path), isolation_level=None, cached_statements=512)
                 self._db.execute("PRAGMA busy_timeout=5000")
                 self._db.execute("PRAGMA journal_mode=WAL")
                 # FULL: a commit that acknowledged a message survives a power cut, not only a crash.
@@ -309,6 +310,8 @@ class State:
         callbacks are undone, the rest of the transaction goes on. Lets many messages share one commit."""
         if not self._depth:
             raise RuntimeError("savepoint() outside a transaction")
+        # Named by depth, not numbered: a few statements SQLite prepares once and keeps, instead of
+        # new ones at every savepoint (each prepared anew, pushing others out of the statement cache).
         self._savepoints += 1
         name = f"sp{self._savepoints}"
         pending = len(self._after_commit)
@@ -320,6 +323,8 @@ class State:
             self._run(f"RELEASE {name}")
             del self._after_commit[pending:]
             raise
+        finally:
+            self._savepoints -= 1
         self._run(f"RELEASE {name}")
 
     def _run(self, sql: str) -> None:
