@@ -227,6 +227,9 @@ _NAMES_A_QUERY = 500  # names in one `IN (...)` (SQLite allows 32,766 parameters
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM entries"
 
 
+CACHE_KIB = 16384  # the most SQLite keeps of the database in memory
+
+
 def _error(e: sqlite3.Error) -> StateError:
     """synkler's exception for an SQLite error, with SQLite's message."""
     if isinstance(e, sqlite3.OperationalError):
@@ -247,11 +250,17 @@ class State:
             else:
                 # Made 0600 before SQLite opens it: SQLite gives its -wal and -shm the same mode.
                 private_file(self.path, ("-wal", "-shm"))
-                self._db = sqlite3.connect(str(self.path), isolation_level=None)
+                # The agents' statements (an UPDATE per set of changed columns, …) stay prepared.
+                self._db = sqlite3.connect(str(self.path), isolation_level=None, cached_statements=512)
                 self._db.execute("PRAGMA busy_timeout=5000")
                 self._db.execute("PRAGMA journal_mode=WAL")
                 # FULL: a commit that acknowledged a message survives a power cut, not only a crash.
                 self._db.execute("PRAGMA synchronous=FULL")
+                # SQLite's default page cache (2 MiB) holds the pages of a few thousand entries: past
+                # that, each step of an entry reads its pages again from the file (a relay of 20,000
+                # small files spent a third of its state time so). Pages are cached only as they are
+                # read, so an idle agent with a small database stays small.
+                self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
                 self._db.executescript(_SCHEMA)
                 self._db.executescript(_COUNTS)
             self._db.execute("PRAGMA busy_timeout=5000")
@@ -268,8 +277,13 @@ class State:
             raise _error(e) from e
 
     @contextmanager
-    def transaction(self) -> Iterator[State]:
-        """One atomic change; nested uses join the outer transaction."""
+    def transaction(self, *, durable: bool = True) -> Iterator[State]:
+        """One atomic change; nested uses join the outer transaction.
+
+        `durable=False`: the commit is not flushed to the disk (it survives a crash of the agent, not
+        a power cut, which may undo it): only for changes whose loss repeats work and loses nothing,
+        such as forgetting outbox rows the broker confirmed (lost, they are sent again, and every
+        handler takes a duplicate as a no-op). The next durable commit flushes it as well."""
         if self._depth:
             self._depth += 1
             try:
@@ -277,25 +291,31 @@ class State:
             finally:
                 self._depth -= 1
             return
-        self._run("BEGIN IMMEDIATE")
-        self._depth = 1
+        if not durable:
+            self._run("PRAGMA synchronous=NORMAL")
         try:
-            yield self
-        except BaseException:
-            self._depth = 0
-            self._after_commit = []
-            self._run("ROLLBACK")
-            raise
-        self._depth = 0
-        callbacks, self._after_commit = self._after_commit, []
-        try:
-            self._db.execute("COMMIT")
-        except BaseException as e:
-            if self._db.in_transaction:
+            self._run("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield self
+            except BaseException:
+                self._depth = 0
+                self._after_commit = []
                 self._run("ROLLBACK")
-            if isinstance(e, sqlite3.Error):
-                raise _error(e) from e
-            raise
+                raise
+            self._depth = 0
+            callbacks, self._after_commit = self._after_commit, []
+            try:
+                self._db.execute("COMMIT")
+            except BaseException as e:
+                if self._db.in_transaction:
+                    self._run("ROLLBACK")
+                if isinstance(e, sqlite3.Error):
+                    raise _error(e) from e
+                raise
+        finally:
+            if not durable:
+                self._run("PRAGMA synchronous=FULL")
         for fn in callbacks:
             fn()
 
@@ -305,6 +325,8 @@ class State:
         callbacks are undone, the rest of the transaction goes on. Lets many messages share one commit."""
         if not self._depth:
             raise RuntimeError("savepoint() outside a transaction")
+        # Named by depth, not numbered: a few statements SQLite prepares once and keeps, instead of
+        # new ones at every savepoint (each prepared anew, pushing others out of the statement cache).
         self._savepoints += 1
         name = f"sp{self._savepoints}"
         pending = len(self._after_commit)
@@ -316,6 +338,8 @@ class State:
             self._run(f"RELEASE {name}")
             del self._after_commit[pending:]
             raise
+        finally:
+            self._savepoints -= 1
         self._run(f"RELEASE {name}")
 
     def _run(self, sql: str) -> None:

@@ -34,11 +34,11 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
-def pytest_collection_modifyitems(config, items):
-    """`scale` tests (a million files) run only when asked for: `-m scale`."""
-    if "scale" in (config.getoption("markexpr") or ""):
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `scale` (20,000 entries to a million files) run only when asked for: `-m scale`."""
+    if "scale" in (config.option.markexpr or ""):
         return
-    skip = pytest.mark.skip(reason="a scale test: run it with -m scale")
+    skip = pytest.mark.skip(reason="a scale test: select it with -m scale")
     for item in items:
         if "scale" in item.keywords:
             item.add_marker(skip)

@@ -36,6 +36,11 @@ MAX_OPEN_PER_AGENT = 100_000  # entries of one upload agent on their way at cent
 RECOUNT = 1.0  # seconds: the entries per agent are counted again at most this often
 REFUSAL_REPEAT = 60.0  # seconds between WARNING lines about one agent's refused offers
 ARRIVAL_LOOK = 10.0  # seconds between looks at what has arrived of admitted entries (at least)
+# seconds an entry that only waits its turn (the caps on admitted entries are reached) waits before
+# its upload agent is told (`wait`): in a burst of small files most are admitted within that time,
+# and a `wait` each (a message, a state change and a log line at both ends) would cost the relay
+# as much as a step of their own. Central records the reason at once; a wait for room is told at once.
+TURN_TELL = 10.0
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,7 @@ class Verdict:
     entry: Entry
     why: str | None = None
     never: bool = False
+    turn: bool = False  # it only waits its turn behind the caps on admitted entries (see TURN_TELL)
 
 
 @dataclass
@@ -87,12 +93,16 @@ def admission_pass(
             continue
         if entry.due > now:
             continue  # its lease lapsed: not admitted again before `due` (its reason says so)
+        turn = False
         if blocked:
             why = f"older entries are {ROOM_WAIT}"
+            turn = ABOVE_RESERVE not in blocked  # behind the cap, not behind an entry waiting for room
         elif count >= MAX_ADMITTED:
             why = blocked = f"{count} entries admitted and not yet verified"
+            turn = True
         elif per_agent.get(peer, 0) >= MAX_ADMITTED_PER_AGENT:
             why = f"{per_agent[peer]} entries of {peer} admitted and not yet verified, the most for one agent"
+            turn = True
         elif (entry.peer, entry.name) in busy_names:
             why = "another version of this name is still being uploaded"
         elif entry.size > space:
@@ -111,7 +121,7 @@ def admission_pass(
             busy_names.add((entry.peer, entry.name))
             space -= entry.size
             continue
-        yield Verdict(entry, why)
+        yield Verdict(entry, why, turn=turn)
 
 
 def never_fits(entry: Entry, room: Room) -> str:

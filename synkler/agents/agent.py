@@ -145,7 +145,7 @@ class Agent:
         if entry.state not in self.NEW:
             raise TransitionError(f"{self.mode}: a new entry cannot start in {entry.state!r}")
         created = self.state.insert(entry)
-        self.state.after_commit(functools.partial(self.observer.moved, None, copy.copy(created)))
+        self._tell_moved(None, created)
         return created
 
     def move(self, entry: Entry, to: Status, **changes: Any) -> Entry:
@@ -154,9 +154,17 @@ class Agent:
             raise TransitionError(f"{self.mode}: entry {entry.id}: {entry.state} -> {to} is not a transition")
         old = entry.state
         moved = self.state.update(entry, state=to, **changes)
-        if to != old:  # a copy: the entry may change again before the commit
-            self.state.after_commit(functools.partial(self.observer.moved, old, copy.copy(moved)))
+        if to != old:
+            self._tell_moved(old, moved)
         return moved
+
+    def _tell_moved(self, old: str | None, entry: Entry) -> None:
+        """Tell the observer (metrics) of a new entry or a change of state once it commits, with a
+        copy: the entry may change again before the commit. Nothing at all when no observer listens
+        (no metrics): a copy and a callback per step of every entry are not free."""
+        if type(self.observer).moved is Observer.moved:
+            return
+        self.state.after_commit(functools.partial(self.observer.moved, old, copy.copy(entry)))
 
     def entry_from(self, msg: EntryMessage, state: Status, **fields: Any) -> Entry:
         """A new entry described by an offer or fetch message (name, kind, size, files, and the md5

@@ -155,6 +155,8 @@ class Central(Agent):
         self.next_admit_check = 0.0
         self.admit_due = self.verify_due = True
         self.overtaken: dict[str, int] = {}  # waiting entry id -> bytes admitted past it (see _admit_waiting)
+        # waiting entry id -> when it was first seen waiting its turn, not told yet (None: told)
+        self.in_line: dict[str, float | None] = {}
         self.offers = Offers(state, (*IN_FLIGHT, Mid.FAILED))
         self.lease = cfg.admission_lease_minutes * 60
         self.next_arrival_look = 0.0
@@ -401,27 +403,51 @@ class Central(Agent):
 
     # admission -----------------------------------------------------------------------------------
 
-    def _admit_waiting(self) -> None:
+    def _admit_waiting(self, now: float | None = None) -> None:
         """Admit waiting entries, oldest first, while there is room (synkler.agents.admission); tell
         the others why they wait. What has passed a big entry is counted in memory: a restart of
         central lets as much pass again."""
         waiting = self.state.oldest_per_peer(Mid.WAITING, MAX_ADMITTED_PER_AGENT)
         self.overtaken = {e.id: self.overtaken.get(e.id, 0) for e in waiting}
+        self.in_line = {e.id: self.in_line[e.id] for e in waiting if e.id in self.in_line}
         if not waiting:
             return
         active = self.state.by_state(Mid.UPLOADING, Mid.VERIFYING)
         space = self.spool.room() - sum(e.size for e in active if e.state == Mid.UPLOADING)
         room = Room(space, self.spool.capacity(), self.cfg.free_percent)
-        for verdict in admission_pass(waiting, active, room, self.overtaken, time.time()):
+        now = time.time() if now is None else now
+        for verdict in admission_pass(waiting, active, room, self.overtaken, now):
             entry, why = verdict.entry, verdict.why
             if verdict.never:
                 self._give_up(entry, ADMISSION_AT_CENTRAL, why or "", at_once=True)
             elif why is None:
                 self._admit(entry)
-            elif entry.reason != why:  # say it once per reason, not at every tick
+            else:
+                self._waits(entry, why, verdict.turn, now)
+
+    def _waits(self, entry: Entry, why: str, turn: bool, now: float) -> None:
+        """Record why an entry waits and tell its upload agent, once per reason; one that only waits
+        its turn behind the caps is told only once it has waited TURN_TELL seconds (in a burst, most
+        are admitted before). After a restart of central such an entry may be told twice: upload
+        takes a `wait` again as a no-op."""
+        if not turn:
+            self.in_line.pop(entry.id, None)
+            if entry.reason != why:
                 self.state.update(entry, reason=why)
-                self.send(entry.peer or "", Wait(entry.id, self.name, reason=why))
-                log.info("%s: waiting: %s", entry.name, why)
+                self._tell_wait(entry, why)
+            return
+        if entry.reason != why:
+            self.state.update(entry, reason=why)
+            self.in_line[entry.id] = now  # told once this reason has lasted
+            return
+        first = self.in_line.setdefault(entry.id, now)  # after a restart: counted from now
+        if first is not None and now - first >= admission.TURN_TELL:
+            self.in_line[entry.id] = None
+            self._tell_wait(entry, why)
+
+    def _tell_wait(self, entry: Entry, why: str) -> None:
+        self.send(entry.peer or "", Wait(entry.id, self.name, reason=why))
+        log.info("%s: waiting: %s", entry.name, why)
 
     def _admit(self, entry: Entry) -> None:
         try:
@@ -454,7 +480,7 @@ class Central(Agent):
         # thousands of) waiting and verifying entries only when something may have changed.
         if self.admit_due or now >= self.next_admit_check:
             self.admit_due, self.next_admit_check = False, now + ADMIT_RECHECK
-            self._admit_waiting()
+            self._admit_waiting(now)
         if now >= self.next_sweep:
             self.next_sweep = now + SWEEP_INTERVAL
             self.spool.sweep(now, {(e.peer or "", e.name) for e in self.state.by_state(*IN_FLIGHT)})

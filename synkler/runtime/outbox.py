@@ -50,7 +50,8 @@ class Outbox:
                     held.add(dest)
                     self._refused(dest, e, now)
                     continue
-                with self.state.transaction():
+                # Not flushed to the disk on its own: a power cut that undoes it sends these again.
+                with self.state.transaction(durable=False):
                     self.state.sent([seq for seq, _, _ in chunk])
                 if dest in self.held:
                     del self.held[dest]

@@ -71,6 +71,23 @@ def test_an_agent_at_its_share_waits_with_the_reason_while_others_are_admitted(t
     assert admitted(r) == {"lab-b": 1}
 
 
+def test_an_entry_waiting_its_turn_is_told_once_it_has_waited_a_while(tmp_path, small_limits):
+    # Issue 24: in a burst most entries behind the caps are admitted within seconds; a `wait` each
+    # would cost a message, a state change and a log line at both ends. Told after TURN_TELL, once.
+    r = central(tmp_path)
+    offer(r, "flood", 4)
+    r.tick()
+    assert admitted(r) == {"flood": 3}
+    (fourth,) = r.state.by_state("waiting")
+    assert fourth.reason and "the most for one agent" in fourth.reason  # recorded at once
+    assert not [m for _, m in r.sent() if isinstance(m, Wait)]
+    r.tick(time.time() + admission.TURN_TELL + 1)
+    waits = [(to, m) for to, m in r.sent() if isinstance(m, Wait)]
+    assert [(to, m.entry, m.reason) for to, m in waits] == [("flood", fourth.id, fourth.reason)]
+    r.tick(time.time() + 2 * admission.TURN_TELL + 2)
+    assert not [m for _, m in r.sent() if isinstance(m, Wait)]  # once per reason
+
+
 def test_offers_beyond_the_cap_per_agent_are_refused_and_not_recorded(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(admission, "MAX_OPEN_PER_AGENT", 3)
     r = central(tmp_path)

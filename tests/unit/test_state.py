@@ -625,3 +625,23 @@ def test_latest_by_names_gives_each_names_latest_version_as_latest_by_name_does(
     assert set(found) == set(names[:-1])  # "never" has no version
     for name in names[:-1]:
         assert found[name].id == state.latest_by_name(name).id, name
+
+
+def test_a_commit_not_flushed_on_its_own_is_committed_and_later_commits_are_flushed_again(
+    state: State, db_path: Path
+):
+    # Issue 24: forgetting confirmed outbox rows need not cost an fsync (a power cut sends them again).
+    with state.transaction():
+        state.enqueue("central", b"offer")
+    [(seq, _, _)] = state.outbox()
+    with state.transaction(durable=False):
+        state.sent([seq])
+    probe = sqlite3.connect(db_path)
+    try:
+        assert probe.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
+    finally:
+        probe.close()
+    assert state._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
+    with pytest.raises(Boom), state.transaction(durable=False):
+        raise Boom
+    assert state._db.execute("PRAGMA synchronous").fetchone()[0] == 2

@@ -1,0 +1,119 @@
+"""Many small files through the real relay, with each agent killed while they cross (issue 24).
+
+What a user checks after a big batch: every file at download once, under its own name, with its md5;
+each cleanup script run exactly once per file on each side; central's copies gone keep_minutes after
+delivery; nothing left in any staging place. The default suite relays 2,000 files; the `scale`
+marker selects 20,000 (`pytest -m scale tests/e2e/test_relay_scale.py`).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sqlite3
+from pathlib import Path
+
+import pytest
+from support.relay_helpers import assert_clean
+
+from synkler.devkit.localrelay import LocalRelay
+from synkler.hops.checksum import md5_entry
+
+KEEP_MINUTES = 0.1  # central's copies go 6 s after delivery
+# A cleanup script as cheap as one can be (a shell appending the name), run without a shell of
+# synkler's own: thousands of them run during the test.
+RECORD = 'printf \'%s\\n\' "$1" >> "$0"'
+
+
+def recorder(log: Path) -> str:
+    return shlex.join(["sh", "-c", RECORD, str(log), "%f"])
+
+
+def done_count(relay: LocalRelay, role: str, state: str = "done") -> int:
+    """Entries of `role` in `state`, by one cheap query (LocalRelay.entries builds every row)."""
+    path = relay.workdir / role / "state.sqlite"
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(path.absolute().as_uri() + "?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT COUNT(*) FROM entries WHERE state = ?", (state,)).fetchone()[0]
+    except sqlite3.OperationalError:  # the agent is creating the schema
+        return 0
+    finally:
+        db.close()
+
+
+def lines(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def relay_many_with_kills(make_relay, count: int, timeout: float) -> None:
+    relay = make_relay(verbose=False, central={"keep_minutes": KEEP_MINUTES})
+    up_log, down_log = relay.workdir / "up.log", relay.workdir / "down.log"
+    relay.write_config("upload", {"cleanup_script": recorder(up_log)})
+    relay.write_config("download", {"cleanup_script": recorder(down_log)})
+    # Written beside file_dir, then renamed in one by one (as a careful writer does).
+    source = relay.workdir / "source"
+    source.mkdir()
+    md5s: dict[str, str] = {}
+    for i in range(count):
+        path = source / f"f{i:05d}.bin"
+        path.write_bytes(os.urandom(4096))
+        md5s[path.name] = md5_entry(path)
+    relay.start()
+    for role in ("upload", "central", "download"):
+        relay.wait_for(
+            f"{role} connected", lambda r=role: "connected to broker" in relay.log_path(r).read_text()
+        )
+    for name in md5s:
+        os.rename(source / name, relay.dirs["upload"] / name)
+
+    # Kill each agent in turn while entries cross, each at a later point of the batch.
+    for victim, fraction in (("download", 0.15), ("central", 0.4), ("upload", 0.65)):
+        relay.wait_for(
+            f"{fraction:.0%} done at download before {victim} is killed",
+            lambda f=fraction: done_count(relay, "download") >= f * count,
+            timeout,
+            interval=0.2,
+        )
+        relay.kill(victim)
+        relay.start(victim)
+
+    relay.wait_for(
+        "every file done at upload and download",
+        lambda: done_count(relay, "download") == count and done_count(relay, "upload") == count,
+        timeout,
+        interval=0.5,
+    )
+    relay.wait_for(
+        "every cleanup script run",
+        lambda: len(lines(up_log)) >= count and len(lines(down_log)) >= count,
+        timeout,
+        interval=0.5,
+    )
+    # Central removes its copies keep_minutes after delivery.
+    relay.wait_for(
+        "every central copy expired", lambda: done_count(relay, "central", "expired") == count, timeout, 0.5
+    )
+
+    down = relay.dirs["download"]
+    assert sorted(os.listdir(down)) == sorted([*md5s, f".synkler-{relay.instance}"])  # nothing twice
+    wrong = [n for n, md5 in md5s.items() if md5_entry(down / n) != md5]
+    assert wrong == []
+    # Exactly once on each side: every name once, no name twice.
+    assert sorted(lines(up_log)) == sorted(md5s)
+    assert sorted(lines(down_log)) == sorted(md5s)
+    # One entry per file at each role: nothing was offered, fetched or placed a second time.
+    for role in ("upload", "central", "download"):
+        assert len(relay.entries(role)) == count, role
+    assert os.listdir(relay.dirs["central"] / relay.instance / "stored") == []
+    assert_clean(relay)
+
+
+def test_two_thousand_small_files_cross_once_each_while_every_agent_is_killed(make_relay):
+    relay_many_with_kills(make_relay, 2000, timeout=600)
+
+
+@pytest.mark.scale
+def test_twenty_thousand_small_files_cross_once_each_while_every_agent_is_killed(make_relay):
+    relay_many_with_kills(make_relay, 20_000, timeout=3600)
