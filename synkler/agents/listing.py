@@ -59,8 +59,10 @@ def data_signature(signature: str | None) -> str | None:
 def _sidecar_stamp(file_dir: str, name: str) -> str | None:
     try:
         return sidecars.stamp(os.lstat(os.path.join(file_dir, sidecar_of(name))))
-    except FileNotFoundError:
-        return None
+    except OSError as e:
+        if sidecars.none_there(e):
+            return None
+        raise
 
 
 def scan(file_dir: str, take_renamed: Callable[[], set[str]], cache: Sidecars | None = None) -> Listing:

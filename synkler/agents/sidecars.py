@@ -7,6 +7,7 @@ directory, flushed, then renamed into place, so a reader never sees half a sidec
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import uuid
@@ -17,6 +18,12 @@ from ..linux.fs import fsync_dir, rename_noreplace
 from ..metadata import MAX_BYTES, Metadata, MetadataError, parse, pretty, sidecar_of
 
 Read = Union[Metadata, Exception]  # a sidecar's metadata, or why it cannot be used
+
+
+def none_there(e: OSError) -> bool:
+    """Does `e` say there is no such sidecar? Also when the entry's name is so long (255 bytes) that
+    its sidecar's name could not exist (ENAMETOOLONG): such an entry never has one."""
+    return isinstance(e, FileNotFoundError) or e.errno == errno.ENAMETOOLONG
 
 
 def stamp(st: os.stat_result) -> str:
@@ -103,8 +110,10 @@ def remove(directory: str, name: str) -> bool:
     """Remove the sidecar of `name` (its entry is gone); False if there was none."""
     try:
         os.unlink(os.path.join(directory, sidecar_of(name)))
-    except FileNotFoundError:
-        return False
+    except OSError as e:
+        if none_there(e):
+            return False
+        raise
     return True
 
 

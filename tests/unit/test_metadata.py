@@ -17,7 +17,7 @@ from support.strategies import json_values, metadata_objects
 
 from synkler import messages, metadata
 from synkler.agents import sidecars
-from synkler.agents.listing import scan
+from synkler.agents.listing import hash_entry, scan
 from synkler.agents.naming import choose_name
 from synkler.hops.bagit import make_bag, work_dir
 from synkler.hops.checksum import md5_entry
@@ -151,6 +151,17 @@ def test_a_file_renamed_in_is_listed_with_the_sidecar_written_before_it(tmp_path
     (tmp_path / "a.meta.json").write_text('{"k": "v"}')
     listing = scan(str(tmp_path), lambda: {"a"})
     assert listing.whole == {"a"} and listing.meta == {"a": {"k": "v"}}
+
+
+def test_an_entry_whose_name_is_too_long_for_a_sidecar_has_none_and_is_hashed_and_cleaned_up(tmp_path: Path):
+    # 255 bytes: NAME.meta.json cannot exist (ENAMETOOLONG), which means "no sidecar", not an error.
+    longest = "é" * 127 + "x"
+    (tmp_path / longest).write_bytes(b"data")
+    listing = scan(str(tmp_path), lambda: {longest})
+    assert listing.whole == {longest} and listing.meta == {}
+    hashed = hash_entry(str(tmp_path / longest))
+    assert hashed.md5 == md5_entry(tmp_path / longest) and hashed.meta is None
+    assert sidecars.remove(str(tmp_path), longest) is False
 
 
 def test_download_takes_a_name_whose_sidecar_is_free_and_knows_its_own_copy(tmp_path: Path):
