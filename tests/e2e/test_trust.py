@@ -16,7 +16,9 @@ from synkler.broker.names import DEAD_MAX, dead_name, queue_name
 
 
 def publisher(relay) -> Broker:
-    admin = Broker(relay.broker, relay.instance, "test-attacker")
+    # Central's and download's queues declared before publishing, as their peers do, so that a
+    # message published before central has declared its own waits there.
+    admin = Broker(relay.broker, relay.instance, "test-attacker", peers=("central", "download"))
     admin.connect(consume=False)
     return admin
 
