@@ -9,4 +9,4 @@ bash scripts/setup.sh
 .venv/bin/ruff check synkler tests bench
 .venv/bin/ruff format --check synkler tests bench
 .venv/bin/python -m mypy
-exec .venv/bin/python -m pytest -q "$@"
+exec .venv/bin/python -m pytest -q --durations=15 "$@"
