@@ -252,6 +252,7 @@ def test_a_big_file_is_pulled_over_sftp_while_it_is_pushed_over_sftp(make_sftp_r
     relay.start()
     deliver(relay, md5s, timeout=180)
     log = relay.log_path("download").read_text()
-    assert re.search(r"pulling entry \w+ early, while upload pushes it", log), log[-3000:]
+    # (A fetch that comes while the first early run still goes cancels it: the bytes it brought
+    # count, though no run of it ended to say "pulling entry … early".)
     early = re.search(r"big\.bin: (\d+) of (\d+) bytes were pulled while upload pushed it", log)
     assert early and 0 < int(early[1]) <= int(early[2]) == 192 << 20, log[-3000:]
