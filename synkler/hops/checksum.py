@@ -19,7 +19,8 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -259,6 +260,21 @@ class EntryDigest:
     files: list[FileDigest] = field(default_factory=list)
 
 
+@contextmanager
+def _hashing(p: bytes, st: os.stat_result) -> Iterator[None]:
+    """Count this thread's hash of `p` as under way (`running`, the progress figures), unless an
+    outer hash on the same thread counts it already."""
+    thread = threading.get_ident()
+    outermost = thread not in _RUNNING
+    if outermost:
+        _RUNNING[thread] = Hashing(p, st.st_size if stat.S_ISREG(st.st_mode) else 0, time.time())
+    try:
+        yield
+    finally:
+        if outermost:
+            del _RUNNING[thread]
+
+
 def digest_entry(
     path: PathLike, strong: str | None = None, known: Mapping[bytes, Any] | None = None
 ) -> EntryDigest:
@@ -273,11 +289,7 @@ def digest_entry(
         pair.update(os.readlink(p))
         md5, other = pair.hexdigests()
         return EntryDigest(md5, label(other), [FileDigest(b"", "link", st.st_size, md5, other)])
-    thread = threading.get_ident()
-    outermost = thread not in _RUNNING
-    if outermost:
-        _RUNNING[thread] = Hashing(p, st.st_size if stat.S_ISREG(st.st_mode) else 0, time.time())
-    try:
+    with _hashing(p, st):
         if stat.S_ISREG(st.st_mode):
             md5, other = _file_nofollow(p, strong)
             return EntryDigest(md5, label(other), [FileDigest(b"", "file", st.st_size, md5, other)])
@@ -286,9 +298,6 @@ def digest_entry(
             md5, other = _dir_digest(p, strong, known, records)
             return EntryDigest(md5, label(other), records)
         raise _unsupported(p)
-    finally:
-        if outermost:
-            del _RUNNING[thread]
 
 
 def md5_entry(path: PathLike, known: Mapping[bytes, Any] | None = None) -> str:
@@ -308,19 +317,12 @@ def md5_entry(path: PathLike, known: Mapping[bytes, Any] | None = None) -> str:
         digest = new_md5()
         digest.update(os.readlink(p))
         return digest.hexdigest()
-    thread = threading.get_ident()
-    outermost = thread not in _RUNNING
-    if outermost:
-        _RUNNING[thread] = Hashing(p, st.st_size if stat.S_ISREG(st.st_mode) else 0, time.time())
-    try:
+    with _hashing(p, st):
         if stat.S_ISREG(st.st_mode):
             return _md5_file_nofollow(p)
         if stat.S_ISDIR(st.st_mode):
             return _md5_dir(p, known)
         raise _unsupported(p)
-    finally:
-        if outermost:
-            del _RUNNING[thread]
 
 
 @dataclass(frozen=True)
