@@ -55,6 +55,15 @@ def strong_problem(value: object) -> str | None:
     return None
 
 
+OFFERS = "offers:"  # the routing keys of offers in a pool of centrals: offers:<upload name>
+
+
+def offers_key(upload: str) -> str:
+    """The routing key of an upload agent's offers in a pool of centrals (and the outbox's
+    destination of them): no agent name has a ':', so it is never an agent's queue's."""
+    return f"{OFFERS}{upload}"
+
+
 def new_entry_id() -> str:
     """A fresh entry id: one per version of an entry, so a changed file is a new entry."""
     return uuid.uuid4().hex
@@ -173,6 +182,12 @@ def _outcome(value: object) -> str | None:
     return None if value in ("placed", "present") else "bad outcome"
 
 
+def _epoch(value: object) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1 << 31:
+        return f"must be an integer between 1 and {1 << 31}"
+    return None
+
+
 def _checked(check: Check) -> dict[str, Check]:
     """The metadata of a body field: the validator of its value."""
     return {"check": check}
@@ -216,6 +231,8 @@ class Offer(EntryMessage):
 
     TYPE: ClassVar[str] = "offer"
     meta: dict[str, Any] | None = field(default=None, metadata=_optional(_meta))
+    # The entry's ownership in a pool (docs/architecture.md, "Who owns an entry"); None: one central.
+    epoch: int | None = field(default=None, metadata=_optional(_epoch))
 
 
 @dataclass(frozen=True)
@@ -225,6 +242,8 @@ class Admit(Message):
     TYPE: ClassVar[str] = "admit"
     attempt: int = field(metadata=_checked(_attempt))
     dest: str = field(metadata=_checked(path_problem))
+    # The entry's ownership in a pool (docs/architecture.md, "Who owns an entry"); None: one central.
+    epoch: int | None = field(default=None, metadata=_optional(_epoch))
 
 
 @dataclass(frozen=True)
@@ -233,6 +252,8 @@ class Wait(Message):
 
     TYPE: ClassVar[str] = "wait"
     reason: str = field(metadata=_checked(_text))
+    # The entry's ownership in a pool (docs/architecture.md, "Who owns an entry"); None: one central.
+    epoch: int | None = field(default=None, metadata=_optional(_epoch))
 
 
 @dataclass(frozen=True)
@@ -243,6 +264,8 @@ class Sent(Message):
     attempt: int = field(metadata=_checked(_attempt))
     md5: str = field(metadata=_checked(_md5))
     checksum: str = field(default="", metadata=_optional(_strong))  # "sha256:<hex>" …; "": md5 only
+    # The entry's ownership in a pool (docs/architecture.md, "Who owns an entry"); None: one central.
+    epoch: int | None = field(default=None, metadata=_optional(_epoch))
 
 
 @dataclass(frozen=True)
@@ -264,6 +287,8 @@ class Fetch(EntryMessage):
     path: str = field(metadata=_checked(path_problem))
     meta: dict[str, Any] | None = field(default=None, metadata=_optional(_meta))  # as offered
     checksum: str = field(default="", metadata=_optional(_strong))  # upload's, passed on; "": md5 only
+    # The entry's ownership in a pool (docs/architecture.md, "Who owns an entry"); None: one central.
+    epoch: int | None = field(default=None, metadata=_optional(_epoch))
 
 
 @dataclass(frozen=True)
@@ -285,6 +310,8 @@ class Delivered(Message):
     stored_as: str = field(metadata=_checked(name_problem))
     receipt: str = field(default="", metadata=_optional(_receipt))  # download's, passed on; "": none
     proof: Any = field(default="", metadata=_optional(wire_problem))  # download's document, passed on
+    # The entry's ownership in a pool (docs/architecture.md, "Who owns an entry"); None: one central.
+    epoch: int | None = field(default=None, metadata=_optional(_epoch))
 
 
 @dataclass(frozen=True)
@@ -294,6 +321,8 @@ class Failed(Message):
     TYPE: ClassVar[str] = "failed"
     hop: str = field(metadata=_checked(_text))
     reason: str = field(metadata=_checked(_text))
+    # The entry's ownership in a pool (docs/architecture.md, "Who owns an entry"); None: one central.
+    epoch: int | None = field(default=None, metadata=_optional(_epoch))
 
 
 @dataclass(frozen=True)
@@ -310,6 +339,8 @@ class Withdraw(Message):
 
     TYPE: ClassVar[str] = "withdraw"
     reason: str = field(metadata=_checked(_text))
+    # The entry's ownership in a pool (docs/architecture.md, "Who owns an entry"); None: one central.
+    epoch: int | None = field(default=None, metadata=_optional(_epoch))
 
 
 @dataclass(frozen=True)
@@ -318,6 +349,8 @@ class Forget(Message):
 
     TYPE: ClassVar[str] = "forget"
     reason: str = field(metadata=_checked(_text))
+    # The entry's ownership in a pool (docs/architecture.md, "Who owns an entry"); None: one central.
+    epoch: int | None = field(default=None, metadata=_optional(_epoch))
 
 
 TYPES: dict[str, type[Message]] = {

@@ -75,11 +75,22 @@ CREATE TABLE IF NOT EXISTS checksums (
     entry    TEXT PRIMARY KEY,
     checksum TEXT NOT NULL
 );
+-- In a pool of centrals (docs/architecture.md, "Who owns an entry"): the entry's ownership, numbered
+-- (upload: the current one; central: the one it holds the entry for; download: the highest it saw).
+CREATE TABLE IF NOT EXISTS epochs (
+    entry TEXT PRIMARY KEY,
+    epoch INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outbox (
     seq     INTEGER PRIMARY KEY AUTOINCREMENT,
     dest    TEXT NOT NULL,
     body    BLOB NOT NULL,
     created REAL NOT NULL
+);
+-- What an operator set on the agent as a whole, by name (a central's `drain`: docs/running.md).
+CREATE TABLE IF NOT EXISTS flags (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 -- What an operator asked of one entry (synkler retry | forget | resend), taken by the running agent.
 CREATE TABLE IF NOT EXISTS requests (
@@ -572,6 +583,7 @@ class State:
             self._db.executemany("DELETE FROM receipts WHERE entry = ?", [(e.id,) for e in gone])
             self._db.executemany("DELETE FROM metadata WHERE entry = ?", [(e.id,) for e in gone])
             self._db.executemany("DELETE FROM checksums WHERE entry = ?", [(e.id,) for e in gone])
+            self._db.executemany("DELETE FROM epochs WHERE entry = ?", [(e.id,) for e in gone])
             self._db.execute(
                 "INSERT INTO pruned (one, until) VALUES (1, ?)"
                 " ON CONFLICT (one) DO UPDATE SET until = max(until, excluded.until)",
@@ -671,6 +683,54 @@ class State:
         except sqlite3.Error as e:
             raise _error(e) from e
         return row[0] if row else ""
+
+    def put_flag(self, name: str, value: str | None) -> None:
+        """Set (None: clear) one of the flags an operator sets on the agent."""
+        try:
+            if value is None:
+                self._db.execute("DELETE FROM flags WHERE name = ?", (name,))
+            else:
+                self._db.execute(
+                    "INSERT INTO flags (name, value) VALUES (?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    (name, value),
+                )
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
+    def flag(self, name: str) -> str | None:
+        try:
+            row = self._db.execute("SELECT value FROM flags WHERE name = ?", (name,)).fetchone()
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):  # read-only, on a database no agent of this version opened yet
+                return None
+            raise _error(e) from e
+        except sqlite3.Error as e:
+            raise _error(e) from e
+        return str(row[0]) if row else None
+
+    def put_epoch(self, entry_id: str, epoch: int) -> None:
+        """Record the entry's ownership number (a pool of centrals)."""
+        try:
+            self._db.execute(
+                "INSERT INTO epochs (entry, epoch) VALUES (?, ?)"
+                " ON CONFLICT (entry) DO UPDATE SET epoch = excluded.epoch",
+                (entry_id, epoch),
+            )
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
+    def epoch(self, entry_id: str) -> int:
+        """The entry's ownership number; 0: none recorded (one central, or not yet owned)."""
+        try:
+            row = self._db.execute("SELECT epoch FROM epochs WHERE entry = ?", (entry_id,)).fetchone()
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):  # read-only, on a database no agent of this version opened yet
+                return 0
+            raise _error(e) from e
+        except sqlite3.Error as e:
+            raise _error(e) from e
+        return int(row[0]) if row else 0
 
     # outbox --------------------------------------------------------------------------------------
 

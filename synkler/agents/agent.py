@@ -10,6 +10,7 @@ and calls `tick` after each pass. A test can do the same with jobs run at once (
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import logging
 from collections.abc import Sequence
@@ -92,10 +93,25 @@ class Agent:
         handler = self.handlers.get(type(msg))
         if handler is None:
             raise MessageError(f"{self.mode} does not take {msg.TYPE!r} messages")
+        stale = self.fenced(msg) if self.pooled else None
+        if stale is not None:
+            log.info("%s from %s about entry %s ignored: %s", msg.TYPE, msg.sender, msg.entry, stale)
+            return
         try:
             handler(msg)
         except Pruned as e:  # raised by entry_for, before the handler changed anything
             log.info("%s", e)
+
+    @property
+    def pooled(self) -> bool:
+        """Is this agent part of a pool of centrals (`centrals` at upload and download, `uploads` at
+        central)? Then every message about an entry carries its epoch."""
+        return bool(self.cfg.centrals or self.cfg.uploads)
+
+    def fenced(self, msg: Message) -> str | None:
+        """In a pool: why a message belongs to an ownership of its entry that has ended (an old
+        epoch), so that it must not act; None: it may."""
+        return None
 
     def tick(self, now: float) -> None:
         """Start what is due. Called often: keep it cheap."""
@@ -103,6 +119,11 @@ class Agent:
     def next_wakeup(self) -> float | None:
         """When `tick` next has something to do on its own (None: nothing timed)."""
         return None
+
+    def offer_room(self) -> int:
+        """Central in a pool: how many offers it may take now (0: none; its consumers of the
+        offers queues are cancelled while it has no room)."""
+        return 0
 
     def look_again(self) -> None:
         """Forget the hints that let `tick` skip work (after a tick was rolled back)."""
@@ -137,7 +158,10 @@ class Agent:
     # helpers -------------------------------------------------------------------------------------
 
     def send(self, to: str, msg: Message) -> None:
-        """Queue a message in the outbox, in the caller's transaction."""
+        """Queue a message in the outbox, in the caller's transaction. In a pool, a message about an
+        entry carries the entry's epoch as this agent knows it."""
+        if self.pooled and getattr(msg, "epoch", 0) is None:
+            msg = dataclasses.replace(msg, epoch=self.state.epoch(msg.entry) or None)  # type: ignore[call-arg]
         self.state.enqueue(to, messages.encode(msg))
 
     def create(self, entry: Entry) -> Entry:
@@ -208,23 +232,26 @@ class Agent:
         """Refuse (dead-letter) the path on central in `msg`'s `field` unless it is central's
         directory of this instance (as central announces it) joined with exactly `parts`, compared
         in full: an agent never reads or writes anywhere else on central. While central has never
-        said where its directory is, the message waits (NotYet)."""
+        said where its directory is, the message waits (NotYet). In a pool, the central is the
+        message's sender (one of `centrals`, checked by `from_central`)."""
         path = getattr(msg, field)
-        place = self.jobs.central_place()
+        central = msg.sender if self.cfg.centrals else None
+        place = self.jobs.central_place(central=central)
         if place is None or not places.is_exactly(path, place, *parts):
-            place = self.jobs.central_place(fresh=True)  # central may have moved (a new config)
+            place = self.jobs.central_place(fresh=True, central=central)  # it may have moved (a new config)
         if place is None:
-            raise NotYet(f"{msg.TYPE}: central has not yet announced where its directory is")
+            raise NotYet(f"{msg.TYPE}: {msg.sender} has not yet announced where its directory is")
         if not places.is_exactly(path, place, *parts):
             raise MessageError(
                 f"{msg.TYPE}: {field} {path!r} is not <central's file_dir>/{self.cfg.id}/{'/'.join(parts)} "
-                f"({places.at(place, *parts)!r}, as central announces it)"
+                f"({places.at(place, *parts)!r}, as {msg.sender} announces it)"
             )
 
     def from_central(self, msg: Message) -> None:
-        """Refuse a message that only central may send, from anyone else."""
-        if msg.sender != self.cfg.central_name:
-            raise MessageError(f"{msg.TYPE} from {msg.sender!r}: only {self.cfg.central_name!r} sends it")
+        """Refuse a message that only central (a central of the pool) may send, from anyone else."""
+        if msg.sender not in self.cfg.central_names:
+            allowed = " or ".join(repr(c) for c in self.cfg.central_names)
+            raise MessageError(f"{msg.TYPE} from {msg.sender!r}: only {allowed} sends it")
 
     def record_each(
         self,

@@ -120,9 +120,13 @@ class Jobs(Protocol):
     def wake(self) -> None:
         """Make the main loop pass soon (from any thread)."""
 
-    def central_place(self, fresh: bool = False) -> str | None:
+    def central_place(self, fresh: bool = False, central: str | None = None) -> str | None:
         """Central's directory of this instance, `<central's file_dir>/<id>`, as central announces
-        it; `fresh`: ask again (central's config may have changed). None if it never said."""
+        it; `fresh`: ask again (central's config may have changed). None if it never said.
+        `central`: which central of a pool (default: central_name)."""
+
+    def consumers(self, agent: str) -> int | None:
+        """How many consume an agent's queue now (None: not known: not connected, or no queue)."""
 
 
 class Observer:

@@ -38,7 +38,6 @@ from ..text import count as counted
 from ..text import shown, some_entries
 from . import admission, waits
 from .admission import ABOVE_RESERVE, MAX_ADMITTED_PER_AGENT, ROOM_WAIT, Offers, Room, admission_pass
-from .agent import Agent
 from .base import (
     ENTRY,
     GIVE_UP_ADVICE,
@@ -51,6 +50,7 @@ from .base import (
     Transitions,
     hash_groups,
 )
+from .central_pool import PoolCentral
 from .facts import (
     ADMISSION_AT_CENTRAL,
     METADATA_AT_CENTRAL,
@@ -129,8 +129,9 @@ FACTS = facts(
 )
 
 
-class Central(Agent):
+class Central(PoolCentral):
     mode = "central"
+    TAKING = IN_FLIGHT
     STATES = Mid
     NEW = (Mid.WAITING,)
     TRANSITIONS = TRANSITIONS
@@ -233,6 +234,8 @@ class Central(Agent):
         if msg.sender in (self.cfg.central_name, self.cfg.download_name):
             raise MessageError(f"offer from {msg.sender!r}: only upload agents offer")
         known = self.state.get(msg.entry)
+        if self.pool_offer(msg, known):
+            return
         if known is not None:
             if known.peer != msg.sender:
                 raise MessageError(
@@ -245,6 +248,7 @@ class Central(Agent):
             self.send(msg.sender, Failed(msg.entry, self.name, hop=ADMISSION_AT_CENTRAL, reason=refused))
             return
         entry = self.create(self.entry_from(msg, Mid.WAITING))
+        self.took(entry, msg)
         self.state.put_metadata(entry.id, canonical(msg.meta) if msg.meta else None)
         lacks = requirement_problems(msg.meta, self.cfg.require_metadata)
         if lacks:

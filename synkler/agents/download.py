@@ -30,7 +30,7 @@ from ..state import Entry, State
 from ..text import shown, some_entries
 from . import sidecars, waits
 from .base import ENTRY, Jobs, Key, Status, Transitions
-from .endpoint import Endpoint
+from .download_pool import PoolDownload
 from .facts import DISK_WAIT, PULL, PULL_FROM_CENTRAL, facts, hop
 from .naming import BAGIT, SIDECAR, chooser
 from .pools import Pool
@@ -95,7 +95,7 @@ FACTS = facts(
 )
 
 
-class Download(Endpoint):
+class Download(PoolDownload):
     mode = "download"
     STATES = Down
     NEW = (Down.FETCHING,)
@@ -187,10 +187,16 @@ class Download(Endpoint):
             self._not_fetched(msg)
         elif entry is None:
             entry = self.create(self.entry_from(msg, Down.FETCHING, attempt=msg.attempt, path=msg.path))
+            if msg.epoch is not None:
+                self.state.put_epoch(entry.id, msg.epoch)
             self.state.put_metadata(entry.id, canonical(msg.meta) if msg.meta else None)
             self._second_hash(msg)
             self.transfer_due = True
-        elif entry.state in (Down.FETCHING, Down.FAILED) and msg.attempt > entry.attempt:
+        elif self.pooled and self.new_owner(msg, entry):
+            return
+        elif entry.state in (Down.FETCHING, Down.FAILED) and (
+            msg.attempt > entry.attempt or (self.pooled and msg.path != entry.path)
+        ):
             # Central has a fresh copy (it found its stored one bad and got it again from upload).
             self.move(entry, Down.FETCHING, attempt=msg.attempt, path=msg.path, tries=0, due=0)
             self._second_hash(msg)
@@ -279,7 +285,7 @@ class Download(Endpoint):
 
     def tick(self, now: float) -> None:
         due = self.due_for_transfer(Down.FETCHING, now)
-        for batch in self.batches(due, group=lambda e: os.path.dirname(e.path or "")):
+        for batch in self.batches(due, group=lambda e: (e.peer, os.path.dirname(e.path or ""))):
             self._fetch(batch)
         if self.place_due:
             self.place_due = False
@@ -342,7 +348,7 @@ class Download(Endpoint):
         chosen = chooser(self.cfg.layout, metas)
         self.submit_transfer(
             [Key(ENTRY, e.id) for e in batch],
-            functools.partial(pull, self.cfg, self.staging, batch, early, chosen, checksums),
+            functools.partial(pull, self.link_cfg(batch[0]), self.staging, batch, early, chosen, checksums),
             functools.partial(self._pulled, batch, time.time()),
         )
 
@@ -589,6 +595,9 @@ class Download(Endpoint):
                 "%s: cannot write its receipt document into %s: %s", entry.name, self.cfg.receipt_dir, e
             )
         return sealed if not proofs.wire_problem(sealed) else ""
+
+    def kept_proof(self, entry: Entry) -> dict | str:
+        return self._kept_document(entry)
 
     def _kept_document(self, entry: Entry) -> dict | str:
         """The receipt document written when the copy was verified (after a restart: from its file)."""

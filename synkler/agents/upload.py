@@ -49,11 +49,11 @@ from .base import (
     Transitions,
     hash_groups,
 )
-from .endpoint import Endpoint
 from .facts import DISK_WAIT, METADATA_AT_CENTRAL, PULL_FROM_CENTRAL, PUSH, PUSH_TO_CENTRAL, RELAY, facts, hop
 from .listing import Hashed, Listing, data_signature, hash_each, hash_entry, scan
 from .pools import Pool
 from .sidecars import Read, Sidecars
+from .upload_pool import PoolUpload
 from .watch import DirWatcher
 
 if TYPE_CHECKING:
@@ -102,10 +102,11 @@ AFTER_STORE = PULL_FROM_CENTRAL
 FORGETTABLE = frozenset({*UNSENT, Up.SENT, Up.FAILED})
 TRANSITIONS: Transitions = {
     Up.OFFERED: frozenset({Up.WAITING, Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, Up.FORGOTTEN}),
-    Up.WAITING: frozenset({Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, Up.FORGOTTEN}),
-    Up.UPLOADING: frozenset({Up.PUSHED, Up.SENT, Up.SUPERSEDED, Up.FAILED, Up.FORGOTTEN, *_ENDS}),
-    Up.PUSHED: frozenset({Up.SENT, Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, Up.FORGOTTEN, *_ENDS}),
-    Up.SENT: frozenset({Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, Up.FORGOTTEN, *_ENDS}),
+    # ... -> offered: re-owned (a pool of centrals: its central is gone; synkler.agents.ownership)
+    Up.WAITING: frozenset({Up.OFFERED, Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, Up.FORGOTTEN}),
+    Up.UPLOADING: frozenset({Up.OFFERED, Up.PUSHED, Up.SENT, Up.SUPERSEDED, Up.FAILED, Up.FORGOTTEN, *_ENDS}),
+    Up.PUSHED: frozenset({Up.OFFERED, Up.SENT, Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, Up.FORGOTTEN, *_ENDS}),
+    Up.SENT: frozenset({Up.OFFERED, Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, Up.FORGOTTEN, *_ENDS}),
     Up.DELIVERED: frozenset({Up.DONE}),
     Up.DONE: frozenset({Up.DELIVERED}),
     Up.FAILED: frozenset({*_ENDS, Up.FORGOTTEN}),
@@ -133,8 +134,10 @@ FACTS = facts(
 )
 
 
-class Upload(Endpoint):
+class Upload(PoolUpload):
     mode = "upload"
+    OWNED = (Up.WAITING, Up.UPLOADING, Up.PUSHED, Up.SENT)
+    OFFERED = Up.OFFERED
     STATES = Up
     NEW = (Up.OFFERED,)
     TRANSITIONS = TRANSITIONS
@@ -387,7 +390,7 @@ class Upload(Endpoint):
             files=st.files,
             md5=md5,
             state=Up.OFFERED,
-            peer=self.cfg.central_name,
+            peer=None if self.cfg.centrals else self.cfg.central_name,
             signature=st.signature,
         )
         # Older versions of this name not yet sent would now send the new content under the
@@ -409,7 +412,7 @@ class Upload(Endpoint):
         offer = Offer(
             entry.id, self.name, name=name, kind=st.kind, size=st.size, files=st.files, meta=meta or None
         )
-        self.send(self.cfg.central_name, offer)
+        self.send_offer(entry, offer)
         self.pending.pop(name, None)
         self.ripe.pop(name, None)
         self.state.after_commit(functools.partial(self.relayed.__setitem__, name, st.signature))
@@ -461,8 +464,8 @@ class Upload(Endpoint):
     def _sent(self, entry: Entry) -> None:
         """Pushed and hashed: tell central, which verifies what arrived against the md5."""
         self.move(entry, Up.SENT, tries=0, reason=None)
-        self.send(
-            entry.peer or self.cfg.central_name,
+        self.send_to_owner(
+            entry,
             Sent(
                 entry.id,
                 self.name,
@@ -475,6 +478,7 @@ class Upload(Endpoint):
     # messages ------------------------------------------------------------------------------------
 
     def on_admit(self, msg: Admit) -> None:
+        self.take_admit(msg)
         self.on_central(msg, "dest", "staging", self.name)
         entry = self.entry_for(msg)
         newest = self.state.latest_by_name(entry.name)
@@ -575,7 +579,7 @@ class Upload(Endpoint):
         if entry.state != Up.SUPERSEDED:
             self.move(entry, Up.SUPERSEDED, reason=why)
             log.info("%s: version %s withdrawn: %s", entry.name, entry.md5 or entry.id, why)
-        self.send(entry.peer or self.cfg.central_name, Withdraw(entry.id, self.name, reason=why))
+        self.send_to_owner(entry, Withdraw(entry.id, self.name, reason=why))
 
     # an operator's requests ----------------------------------------------------------------------
 
@@ -604,7 +608,8 @@ class Upload(Endpoint):
         return os.path.lexists(self.path(entry.name))
 
     def peers(self, entry: Entry) -> list[str]:
-        return [entry.peer or self.cfg.central_name]
+        owner = self.owner(entry)
+        return [owner] if owner else []
 
     def retry_failed(self, entry: Entry) -> str:
         """The file again as a new entry, and the failed one forgotten at every role (central drops a
@@ -647,8 +652,9 @@ class Upload(Endpoint):
                 functools.partial(scan, str(self.cfg.file_dir), self.watcher.take_renamed, self.sidecars),
                 self._scanned,
             )
+        self.reown_gone(now)
         due = self.due_for_transfer(Up.UPLOADING, now)
-        for batch in self.batches(due, group=lambda e: e.path):
+        for batch in self.batches(due, group=lambda e: (e.peer, e.path)):
             self._push(batch)
         self.start_due_cleanups(now)
         self.prune_history(now)
@@ -684,7 +690,9 @@ class Upload(Endpoint):
             log.info("pushing %s to central", what)
         self.submit_transfer(
             [Key(ENTRY, e.id) for e in batch],
-            functools.partial(transfer.push, self.cfg, str(self.cfg.file_dir), names, batch[0].path or ""),
+            functools.partial(
+                transfer.push, self.link_cfg(batch[0]), str(self.cfg.file_dir), names, batch[0].path or ""
+            ),
             functools.partial(self._pushed, {e.id: e.attempt for e in batch}, names[0], what, time.time()),
         )
 
@@ -716,10 +724,7 @@ class Upload(Endpoint):
                 link_down=bool(result and result.link_down),
                 needs_person=bool(result and result.needs_person),
             ):
-                self.send(
-                    entry.peer or self.cfg.central_name,
-                    Failed(entry.id, self.name, hop=PUSH_TO_CENTRAL, reason=why[:1900]),
-                )
+                self.send_to_owner(entry, Failed(entry.id, self.name, hop=PUSH_TO_CENTRAL, reason=why[:1900]))
         if ok and len(attempts) == 1:
             log.info("%s: pushed in %.1f s", first_name, time.time() - started)
         elif ok:

@@ -61,6 +61,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from .. import __version__
 from ..errors import AgentActive, BrokerError, PublishRefused
+from ..messages import OFFERS
 from ..text import count
 from ..tls import TlsFileError, explain, peer_certificate, tls_context
 from .connect import Address, BrokerParams, address_text, connection_order, tls_settings
@@ -72,6 +73,8 @@ from .names import (
     holder_name,
     legacy_queue_name,
     lock_name,
+    offers_key,
+    offers_queue,
     old_holder_exchange,
     presence_exchange,
     queue_name,
@@ -130,6 +133,7 @@ class Broker:
         *,
         prefetch: int = 64,
         peers: Sequence[str] = (),
+        offers: Sequence[str] = (),
     ):
         self.params = params
         # The agents whose queues this one declares before its first publish to them, so that
@@ -140,6 +144,12 @@ class Broker:
         # it: an offer from an invented sender cannot make central create a durable queue (a
         # publish to it is refused instead: PublishRefused).
         self.peers = tuple(peers)
+        # A pool of centrals: the upload agents whose offers queues this agent declares (upload:
+        # its own, which its offers go to; central: those it takes offers from, `take_offers`).
+        self.offers = tuple(offers)
+        self._offers_chan: BlockingChannel | None = None  # central: consumes offers, while it has room
+        self._offer_tags: dict[int, int] = {}  # the inbox's tag of an offer -> its tag on that channel
+        self._next_offer_tag = -1  # offers get negative tags: never one of the agent's own queue
         self.instance = instance
         self.agent = agent
         self.prefetch = prefetch
@@ -221,6 +231,8 @@ class Broker:
                 self._lock()
                 self._declare_queue(pub, self.agent)
                 self._adopt_legacy(pub)  # 0.4 compatibility: removed in 0.7
+                for upload in self.offers:
+                    self._declare_offers(pub, upload)
                 chan.basic_qos(prefetch_count=self.prefetch)
                 self._consume(chan)
                 self._drain_classic(chan)  # 0.5 compatibility: removed in 0.8
@@ -535,6 +547,7 @@ class Broker:
 
     def close(self) -> None:
         conn, self._conn, self._chan, self._pub = self._conn, None, None, None
+        self._offers_chan, self._offer_tags = None, {}
         self._inbox = []
         if conn is not None and conn.is_open:
             try:
@@ -611,6 +624,58 @@ class Broker:
             log.info("made the dead-letter queue %s again, as a quorum queue", dead)
         self._publisher().queue_bind(dead, dead)
 
+    def _declare_offers(self, ch: BlockingChannel, upload: str) -> None:
+        """Declare an upload agent's offers queue (a pool of centrals), bound to its offers' key."""
+        q = offers_queue(self.instance, upload)
+        ch.queue_declare(q, durable=True, arguments=agent_queue_arguments(self.instance))
+        ch.queue_bind(q, exchange_name(self.instance), routing_key=offers_key(upload))
+
+    # a pool of centrals: offers, taken while there is room --------------------------------------
+
+    @property
+    def taking_offers(self) -> bool:
+        return self._offers_chan is not None
+
+    def take_offers(self, room: int) -> None:
+        """Consume every upload agent's offers queue (`offers`), at most `room` unacked at a time
+        (a competing consumer: the broker gives each offer to one central that asks); room 0 cancels
+        the consumers (the offers go to the other centrals meanwhile)."""
+        if room > 0 and self._offers_chan is None and self.offers:
+            conn = self._conn
+            if conn is None:
+                raise BrokerError("not connected to the broker")
+
+            def do(ch: BlockingChannel) -> None:
+                ch.basic_qos(prefetch_count=room)
+                for upload in self.offers:
+                    ch.basic_consume(offers_queue(self.instance, upload), self._on_offer)
+
+            try:
+                chan = conn.channel()
+            except _PIKA_ERRORS as e:
+                self.close()
+                raise BrokerError(f"broker operation failed: {_describe(e)}") from None
+            self._call(do, chan)
+            self._offers_chan = chan
+        elif room <= 0 and self._offers_chan is not None:
+            chan, self._offers_chan = self._offers_chan, None
+            # Closing the channel requeues the offers it holds unacked: every one taken was
+            # recorded and acked in the pass that took it, before this.
+            self._offer_tags = {}
+            self._inbox = [d for d in self._inbox if d.tag >= 0]
+            self._call(lambda ch: ch.close(), chan)
+
+    def _on_offer(
+        self,
+        _chan: BlockingChannel,
+        method: pika.spec.Basic.Deliver,
+        props: pika.BasicProperties,
+        body: bytes,
+    ) -> None:
+        tag, self._next_offer_tag = self._next_offer_tag, self._next_offer_tag - 1
+        self._offer_tags[tag] = method.delivery_tag
+        self._inbox.append(Delivery(tag, body, props.user_id))
+
     def _declare_queue(self, ch: BlockingChannel, agent: str) -> None:
         """Declare an agent's queue, so messages to an agent that never ran yet wait for it."""
         if agent in self._declared:
@@ -646,11 +711,25 @@ class Broker:
         return batch
 
     def ack(self, tag: int) -> None:
+        if tag < 0:
+            self._settle_offer(tag, lambda ch, real: ch.basic_ack(real))
+            return
         self._call(lambda ch: ch.basic_ack(tag), self._chan)
 
     def reject(self, tag: int, *, requeue: bool = False) -> None:
         """Reject a delivery; without requeue it goes to the dead-letter queue."""
+        if tag < 0:
+            self._settle_offer(tag, lambda ch, real: ch.basic_nack(real, requeue=requeue))
+            return
         self._call(lambda ch: ch.basic_nack(tag, requeue=requeue), self._chan)
+
+    def _settle_offer(self, tag: int, fn: Callable[[BlockingChannel, int], None]) -> None:
+        """Ack or reject an offer on the channel it came by; one of a channel closed since is back
+        in its queue already (nothing to do)."""
+        real = self._offer_tags.pop(tag, None)
+        if real is None or self._offers_chan is None:
+            return
+        self._call(lambda ch: fn(ch, real), self._offers_chan)
 
     def wake(self) -> None:
         """Make a running `poll` return early; callable from any thread."""
@@ -673,6 +752,8 @@ class Broker:
         def do(ch: BlockingChannel) -> None:
             if agent in self.peers:
                 self._declare_queue(ch, agent)
+            elif agent.startswith(OFFERS) and agent[len(OFFERS) :] in self.offers:
+                self._declare_offers(ch, agent[len(OFFERS) :])
             ch.basic_publish(
                 exchange_name(self.instance), agent, body, properties=self._props, mandatory=True
             )
@@ -732,6 +813,7 @@ class Broker:
                 ch.queue_delete(queue_name(self.instance, agent))
                 ch.queue_delete(classic_queue_name(self.instance, agent))
                 ch.queue_delete(holder_name(self.instance, agent))
+                ch.queue_delete(offers_queue(self.instance, agent))
             ch.queue_delete(dead_name(self.instance))
             ch.exchange_delete(exchange_name(self.instance))
             ch.exchange_delete(presence_exchange(self.instance))

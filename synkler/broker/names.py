@@ -4,6 +4,10 @@ pure, no pika (broker-setup and the tests use them without a connection). Every 
 
 from __future__ import annotations
 
+from ..messages import offers_key
+
+__all__ = ["offers_key"]
+
 DEAD_MAX = 10_000  # dead letters kept; beyond that the oldest go (x-max-length, drop-head)
 # ... and at most this many bytes of them: the agents' own messages are a few kB, so only big
 # forged ones reach it (40 of 8 MiB kept 335 MB before the bound).
@@ -17,6 +21,11 @@ def exchange_name(instance: str) -> str:
 def queue_name(instance: str, agent: str) -> str:
     """The agent's queue (a quorum queue: synkler.broker.topology)."""
     return f"synkler:{instance}:inbox:{agent}"
+
+
+def offers_queue(instance: str, upload: str) -> str:
+    """An upload agent's offers in a pool of centrals (a quorum queue every central consumes)."""
+    return f"synkler:{instance}:offers:{upload}"
 
 
 def classic_queue_name(instance: str, agent: str) -> str:

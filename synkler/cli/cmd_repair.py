@@ -50,6 +50,32 @@ def cmd_request(cfg: Config, args: argparse.Namespace) -> int:
         state.close()
 
 
+def cmd_drain(cfg: Config, args: argparse.Namespace) -> int:
+    """`synkler drain CENTRAL [--undo]`: the central stops (or starts again) taking offers; written for
+    the running agent as the repairs are, with its answer printed."""
+    if cfg.mode != "central" or cfg.name != args.central:
+        raise Refused(
+            f"this configuration ({cfg.path}) is of {cfg.mode} agent {cfg.name!r}, not of central "
+            f"{args.central!r}: run `synkler drain` with that central's configuration, on its host"
+        )
+    if not cfg.uploads:
+        raise Refused(f"central {cfg.name!r} is not in a pool (its configuration sets no `uploads`)")
+    cfg = agent_state(cfg)
+    action = "undrain" if args.undo else "drain"
+    state = State(cfg.state_db)
+    try:
+        with state.transaction():
+            seq = state.add_request("", action)
+        asked = "take offers again" if args.undo else "drain"
+        pid = holder(cfg.pidfile)
+        if pid is None:
+            print(f"the central agent is not running: it will {asked} when it starts")
+            return ExitStatus.OK
+        return _await_answer(state, seq, cfg, args, asked, pid)
+    finally:
+        state.close()
+
+
 def _request_waiting(cfg: Config, args: argparse.Namespace, cause: str) -> int:
     """retry --waiting [CAUSE]: the agent tries every entry that waits (for CAUSE) now; it picks them
     when it takes the request (synkler.agents.waits)."""

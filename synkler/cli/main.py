@@ -117,6 +117,10 @@ def _agent_command(command: str) -> Command:
         from .cmd_broker_setup import cmd_broker_setup
 
         return cmd_broker_setup
+    if command == "drain":
+        from .cmd_repair import cmd_drain
+
+        return cmd_drain
     from .cmd_repair import cmd_request  # retry, forget, resend
 
     return cmd_request

@@ -62,6 +62,12 @@ examples:
     "resend": """\
 examples:
   synkler resend -c /etc/synkler.conf run42.csv   send the newest version of run42.csv again, unchanged""",
+    "drain": """\
+examples:
+  synkler drain -c /etc/synkler.conf central-b          central-b takes no new offers, finishes the rest
+  synkler drain -c /etc/synkler.conf central-b --undo   it takes offers again
+
+A central of a pool only (its configuration sets `uploads`); CENTRAL is its own name, as a check.""",
     "verify": """\
 examples:
   synkler verify -c /etc/synkler.conf                      every delivery, every file present (complete)
@@ -204,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_status(sub)
     _command(sub, "check", "check the config, the broker and (upload/download) ssh+rsync to central")
     _add_repairs(sub)
+    _add_drain(sub)
     demo = _command(sub, "demo", "relay generated files through all three roles on this machine")
     demo.add_argument("--keep", action="store_true", help="keep the demo's directory afterwards")
     demo.add_argument(
@@ -287,6 +294,21 @@ def _add_repairs(sub: Commands) -> None:
             metavar="SECONDS",
             help=f"how long to wait for the agent's answer (default {REQUEST_WAIT:g}; 0: do not wait)",
         )
+
+
+def _add_drain(sub: Commands) -> None:
+    drain = _command(
+        sub, "drain", "central of a pool: take no new offers and finish what it holds (the running agent)"
+    )
+    drain.add_argument("central", metavar="CENTRAL", help="the central's name (its `name`; a check)")
+    drain.add_argument("--undo", action="store_true", help="take offers again")
+    drain.add_argument(
+        "--wait",
+        type=float,
+        default=REQUEST_WAIT,
+        metavar="SECONDS",
+        help=f"how long to wait for the agent's answer (default {REQUEST_WAIT:g}; 0: do not wait)",
+    )
 
 
 def _add_config(sub: Commands) -> None:

@@ -22,6 +22,7 @@ from .values import (
     Invalid,
     boolean,
     broker_hosts,
+    centrals,
     choice,
     cleanup_script,
     command,
@@ -31,6 +32,7 @@ from .values import (
     identifier,
     integer,
     listen,
+    names,
     number,
     path,
     public_key,
@@ -58,6 +60,10 @@ class Config:
     name: str
     central_name: str  # the central agent's name (its own `name` at central)
     download_name: str  # the download agent's name (its own `name` at download)
+    # upload, download: the pool of centrals, name -> ssh destination ({}: central_name at central_host)
+    centrals: dict[str, str]
+    uploads: tuple[str, ...]  # central: the upload agents whose offers queues it takes offers from
+    reown_seconds: float  # upload: a central whose queue has no consumer this long loses its entries
     file_dir: Path
     keep_minutes: float
     admission_lease_minutes: float
@@ -122,6 +128,15 @@ class Config:
     def daemon_log(self) -> Path:
         """The log of an agent that runs as a daemon: log_file, or <stem>.log beside state_db."""
         return self.log_file or self.state_db.with_name(self.stem + ".log")
+
+    @property
+    def central_names(self) -> tuple[str, ...]:
+        """The centrals an upload or download agent works with: the pool's, else central_name."""
+        return tuple(self.centrals) or (self.central_name,)
+
+    def central_host_of(self, central: str) -> str:
+        """The ssh destination of a central this agent works with (central_host without a pool)."""
+        return self.centrals.get(central, self.central_host) if self.centrals else self.central_host
 
     @property
     def stem(self) -> str:
@@ -202,6 +217,10 @@ KEYS: dict[str, Key] = {
     "download_name": Key(
         identifier, Derived(lambda s, ctx: _own_or(s, "download")), roles=("upload", "central")
     ),
+    # A pool of centrals (docs/design-pool-and-fanout.md): their names and ssh destinations.
+    "centrals": Key(centrals, {}, roles=_ENDS),
+    "uploads": Key(names, (), roles=("central",)),
+    "reown_seconds": Key(number(5), 40.0, roles=("upload",)),
     "file_dir": Key(directory, required=True),
     "keep_minutes": Key(number(0), 30.0, roles=("central",)),
     "admission_lease_minutes": Key(number(0, above=True), 60.0, roles=("central",)),

@@ -105,6 +105,33 @@ def host(value: Any, ctx: Context) -> str:
     return value
 
 
+def centrals(value: Any, ctx: Context) -> dict[str, str]:
+    """`centrals`: the pool of centrals an upload or download agent works with, each central's agent
+    name mapped to its ssh destination (host or user@host). Empty: one central, `central_name` at
+    `central_host`, as without the key."""
+    if not isinstance(value, Mapping) or not value:
+        raise Invalid(
+            f"must be a mapping of central names to ssh destinations (e.g. {{central-a: host-a}}), "
+            f"got {describe(value)}"
+        )
+    out: dict[str, str] = {}
+    for name, destination in value.items():
+        identifier(name, ctx)
+        try:
+            out[name] = host(destination, ctx)
+        except Invalid as e:
+            raise Invalid(str(e), at=str(name)) from None
+    return out
+
+
+def names(value: Any, ctx: Context) -> tuple[str, ...]:
+    """A list of agent names (or one string, separated by commas or spaces)."""
+    items = value.replace(",", " ").split() if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise Invalid(f"must be a list of agent names, got {describe(value)}")
+    return tuple(dict.fromkeys(identifier(item, ctx) for item in items))
+
+
 def broker_hosts(value: Any, ctx: Context) -> tuple[tuple[str, int | None], ...]:
     """The nodes of a RabbitMQ cluster: a list (or one string, separated by commas or spaces) of
     `host`, `host:port` or `[v6 address]:port`; a port left out is broker_port's."""

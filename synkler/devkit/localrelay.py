@@ -57,10 +57,19 @@ class LocalRelay:
             self.dirs[role].mkdir(parents=True, exist_ok=True)
             self.write_config(role, (settings or {}).get(role, {}))
 
-    def write_config(self, role: str, extra: dict[str, Any]) -> None:
+    def add_agent(self, key: str, mode: str, extra: dict[str, Any]) -> None:
+        """One more agent of `mode` (e.g. a second central of a pool), known here as `key`: its own
+        file_dir, config, state and log under <workdir>/<key>; started and stopped as the roles are."""
+        self.dirs[key] = self.workdir / key / "files"
+        self.configs[key] = self.workdir / key / "synkler.conf"
+        self.dirs[key].mkdir(parents=True, exist_ok=True)
+        self.write_config(key, extra, mode=mode)
+
+    def write_config(self, role: str, extra: dict[str, Any], *, mode: str | None = None) -> None:
         base = self.workdir / role
+        mode = mode or (role if role in ROLES else load_config(self.configs[role], check_dirs=False).mode)
         cfg: dict[str, Any] = {
-            "mode": role,
+            "mode": mode,
             "id": self.instance,
             "file_dir": str(self.dirs[role]),
             "synkler_server": self.broker.host,
@@ -69,7 +78,7 @@ class LocalRelay:
             "state_db": str(base / "state.sqlite"),
             "keep_minutes": 30,
         }
-        if role != "central":
+        if mode != "central":
             cfg["central_host"] = self.sshd.target
             cfg["rsync_opts"] = self.sshd.rsync_opts()
         cfg.update(extra)
@@ -99,7 +108,7 @@ class LocalRelay:
 
     def stop(self, *roles: str, timeout: float = 30) -> None:
         """SIGTERM and wait: the orderly stop a user (or systemd) does."""
-        for role in roles or ROLES:
+        for role in roles or list(self.procs):
             proc = self.procs.pop(role, None)
             if proc is None or proc.poll() is not None:
                 continue
@@ -126,7 +135,7 @@ class LocalRelay:
             # A SIGKILLed agent leaves its ssh master connection to time out: end it now.
             transfer.close_shared_connection(load_config(self.configs[role], check_dirs=False))
         # The agents' names as configured (an upload agent may have its own), besides the roles'.
-        names = {load_config(self.configs[role], check_dirs=False).name for role in ROLES}
+        names = {load_config(path, check_dirs=False).name for path in self.configs.values()}
         try:
             broker = Broker(self.admin, self.instance, "admin")
             broker.connect(consume=False)
@@ -181,7 +190,7 @@ class LocalRelay:
         return f"--- {role} log ---\n" + "\n".join(text.splitlines()[-lines:])
 
     def all_logs_tail(self) -> str:
-        return "\n".join(self.log_tail(role) for role in ROLES)
+        return "\n".join(self.log_tail(role) for role in self.configs)
 
     def all_done(self, names: set[str] | None = None) -> bool:
         """Every entry (or every named one) is done at upload and download and delivered at central."""

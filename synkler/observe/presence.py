@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Protocol
 from .. import __version__
 from ..agents import FACTS
 from ..agents.base import PERSON_REPEAT
+from ..agents.central_pool import DRAINING
 from ..errors import BrokerError, PublishRefused
 from ..hops import checksum
 from ..linux.fs import free_bytes, total_bytes
@@ -161,6 +162,7 @@ class Presence:
                 entries=tuple(Listed.of(e, progress.get(e.id)) for e in unfinished),
                 left_out=total_unfinished - len(unfinished),
                 finished=latest,
+                draining=self.mode == "central" and self.runtime.state.flag(DRAINING) is not None,
             )
         )
 

@@ -49,6 +49,8 @@ def _agent_row(
     role: str, name: str, report: Report | None, queue: Queue | None, now: float
 ) -> dict[str, Any]:
     status, heard = agent_status(report, now)
+    if report is not None and report.draining and status == "running":
+        status = "draining"  # a central of a pool that takes no new offers (`synkler drain`)
     row: dict[str, Any] = {"role": role, "name": name, "status": status, "heard": heard}
     if report is not None:
         row.update(

@@ -207,6 +207,7 @@ class Report:
     entries: tuple[Listed, ...] = ()  # unfinished, oldest first
     left_out: int = 0  # unfinished entries not listed
     finished: tuple[Listed, ...] = ()  # the latest finished
+    draining: bool = False  # a central of a pool that takes no new offers (`synkler drain`)
 
     def encode(self) -> dict[str, object]:
         """The JSON object on the wire (the broker adds its token)."""
@@ -235,6 +236,7 @@ class Report:
             "entries": [e.encode() for e in self.entries],
             "left_out": self.left_out,
             "finished": [e.encode() for e in self.finished],
+            "draining": self.draining,
         }
 
     def size(self) -> int:
@@ -276,6 +278,7 @@ class Report:
             entries=_listed(d.get("entries")),
             left_out=_int(d, "left_out"),
             finished=_listed(d.get("finished")),
+            draining=d.get("draining") is True,
         )
 
 

@@ -60,8 +60,8 @@ class Consumer:
 
     def connect(self) -> None:
         """Try to connect and consume the queue; on failure, schedule the next try."""
-        peers = () if self.cfg.authenticate else (self.cfg.central_name, self.cfg.download_name)
-        broker = Broker(self.params, self.cfg.id, self.cfg.name, peers=peers)
+        peers = () if self.cfg.authenticate else (*self.cfg.central_names, self.cfg.download_name)
+        broker = Broker(self.params, self.cfg.id, self.cfg.name, peers=peers, offers=self._offers())
         try:
             if self.standby and not self.free_long_enough(broker):
                 return
@@ -83,6 +83,13 @@ class Consumer:
         self.login_refused = None
         self.broker = broker
         self.hooks.connected()
+
+    def _offers(self) -> tuple[str, ...]:
+        """The offers queues this agent declares in a pool of centrals: an upload agent its own,
+        a central those of the upload agents it takes offers from (`uploads`)."""
+        if self.mode == "upload":
+            return (self.cfg.name,) if self.cfg.centrals else ()
+        return self.cfg.uploads if self.mode == "central" else ()
 
     def _failed(self, e: BrokerError) -> None:
         self._free_since = None

@@ -82,8 +82,10 @@ class Runtime:
         self.consumer = Consumer(cfg, agent_class.mode, self.hooks, self._taken_over)
         self.inbox = Inbox(cfg, self.state, self.agent)
         self.outbox = Outbox(self.state)
-        self._central_place: str | None = None  # central's directory of the instance, as it announced it
-        self._place_read = float("-inf")  # when central's presence report was last read for it
+        # each central's directory of the instance, as it announced it, and when its presence
+        # report was last read for it
+        self._central_place: dict[str, str] = {}
+        self._place_read: dict[str, float] = {}
 
     def _observers(self) -> list[Hook]:
         """The loop's observers, in the order they are called."""
@@ -104,16 +106,28 @@ class Runtime:
     def busy(self, key: Key) -> bool:
         return self.workers.busy(key)
 
-    def central_place(self, fresh: bool = False) -> str | None:
-        """Central's directory of this instance as central announces it (its presence report's
+    def central_place(self, fresh: bool = False, central: str | None = None) -> str | None:
+        """A central's directory of this instance as it announces it (its presence report's
         `place`), read once and kept; `fresh` reads it again (at most once a second, so a flood of
-        forged paths costs no flood of reads). None while central has never reported."""
+        forged paths costs no flood of reads). None while it has never reported. `central`: which
+        one, in a pool (default: central_name)."""
+        central = central or self.cfg.central_name
         now = time.monotonic()
-        if (self._central_place is None or fresh) and now - self._place_read >= 1.0 and self.broker:
-            self._place_read = now
-            found = places.announced(self.broker.peek_presence(self.cfg.central_name), self.cfg.id)
-            self._central_place = found or self._central_place
-        return self._central_place
+        known = self._central_place.get(central)
+        if (known is None or fresh) and now - self._place_read.get(central, -1e9) >= 1.0 and self.broker:
+            self._place_read[central] = now
+            found = places.announced(self.broker.peek_presence(central), self.cfg.id)
+            if found:
+                self._central_place[central] = found
+        return self._central_place.get(central)
+
+    def consumers(self, agent: str) -> int | None:
+        """How many consume an agent's queue now (None: not known, not connected or no queue)."""
+        broker = self.broker
+        if broker is None:
+            return None
+        info = broker.queue_info(agent)
+        return None if info is None else info[1]
 
     @property
     def transfers(self) -> int:
@@ -263,6 +277,8 @@ class Runtime:
                 self._wake.wait(max(0.0, min(timeout, self.consumer.next_connect - now)))
             self._wake.clear()
             self._work(deliveries)
+            if self.broker is not None and self.cfg.uploads and self.agent.mode == "central":
+                self.broker.take_offers(self.agent.offer_room())  # a pool: offers while it has room
             self._flush_outbox()
             self.hooks.after_pass(time.time())
         except BrokerError as e:

@@ -22,6 +22,9 @@ OUTBOX_BATCH = 2000  # rows read from the outbox at a time
 _CHUNK_BYTES = 256 * 1024  # an AMQP body holds about this much at most
 
 Row = tuple[int, str, bytes]  # (seq, destination, message)
+# Offers to an offers queue (a pool of centrals) go one per AMQP body: a body is taken whole by one
+# central, so a batch of offers would all go to the same one.
+_OFFERS = messages.OFFERS
 
 
 class Outbox:
@@ -81,7 +84,8 @@ def chunks(rows: list[Row]) -> Iterator[tuple[str, list[Row]]]:
         chunk: list[Row] = []
         size = 0
         for row in dest_rows:
-            if chunk and (size + len(row[2]) > _CHUNK_BYTES or len(chunk) >= messages.MAX_BATCH):
+            full = len(chunk) >= (1 if dest.startswith(_OFFERS) else messages.MAX_BATCH)
+            if chunk and (size + len(row[2]) > _CHUNK_BYTES or full):
                 yield dest, chunk
                 chunk, size = [], 0
             chunk.append(row)

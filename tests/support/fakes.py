@@ -45,6 +45,8 @@ class FakeJobs:
         self.pending: list[Job] = []
         self.held: set[Key] = set()
         self.place: str | None = "/srv/central/lab"  # central's directory, as if it had announced it
+        self.places: dict[str, str] = {}  # a pool's other centrals' directories
+        self.consumer_counts: dict[str, int] = {}  # agent -> consumers of its queue (a pool)
 
     def busy(self, key: Key) -> bool:
         return key in self.held
@@ -61,8 +63,11 @@ class FakeJobs:
     def wake(self) -> None:
         pass
 
-    def central_place(self, fresh: bool = False) -> str | None:
-        return self.place
+    def central_place(self, fresh: bool = False, central: str | None = None) -> str | None:
+        return self.places.get(central or "", self.place)
+
+    def consumers(self, agent: str) -> int | None:
+        return self.consumer_counts.get(agent, 1)
 
 
 class Role:

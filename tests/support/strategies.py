@@ -69,6 +69,7 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "md5": st.text(HEX, min_size=32, max_size=32),
     "got": st.text(HEX, min_size=32, max_size=32),
     "attempt": st.integers(1, 1000),
+    "epoch": st.integers(1, 3),  # a pool of centrals' ownership number
     "dest": paths(),
     "path": paths(),
     "reason": st.text(max_size=300),

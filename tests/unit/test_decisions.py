@@ -125,6 +125,36 @@ def upload_is_admitted(tmp_path: Path, from_: str, _to: str) -> Entry:
     return entry
 
 
+POOL = {"central-a": "synkler@host-a", "central-b": "synkler@host-b"}
+
+
+@transition("upload", *((s, "offered") for s in ("waiting", "uploading", "pushed", "sent")))
+def upload_reowns_the_entries_of_a_central_gone(tmp_path: Path, from_: str, _to: str) -> Entry:
+    r = role(tmp_path, "upload", centrals=POOL, reown_seconds=10)
+    e = r.given(from_, peer="central-a", attempt=1)
+    with r.state.transaction():
+        r.state.put_epoch(e.id, 1)
+    r.jobs.consumer_counts["central-a"] = 0
+    start = time.time()
+    r.tick(start)  # seen gone: not yet for long enough
+    assert r.entry(e.id).state == from_
+    r.tick(start + 11)
+    entry = r.entry(e.id)
+    assert (entry.peer, r.state.epoch(e.id)) == (None, 2)
+    sent = r.sent()
+    to, offer = only(sent, Offer)
+    assert (to, offer.epoch) == ("offers:upload", 2)
+    to, forget = only(sent, Forget)
+    assert (to, forget.epoch) == ("central-a", 2) and "re-owned" in forget.reason
+    # The old owner's messages of epoch 1 are ignored; the new owner's admission is taken.
+    r.deliver(Admit(e.id, "central-a", attempt=2, dest="/srv/central/lab/staging/upload", epoch=1))
+    assert r.entry(e.id).state == "offered"
+    r.jobs.places["central-b"] = "/srv/b/lab"
+    r.deliver(Admit(e.id, "central-b", attempt=1, dest="/srv/b/lab/staging/upload", epoch=2))
+    assert (r.entry(e.id).state, r.entry(e.id).peer) == ("uploading", "central-b")
+    return entry
+
+
 @transition("upload", *((s, "superseded") for s in UNSENT_AND_SENT))
 def upload_withdraws_a_version_a_newer_one_replaced(tmp_path: Path, from_: str, _to: str) -> Entry:
     r = role(tmp_path, "upload")

@@ -1,0 +1,120 @@
+"""Central's part in a pool of centrals (`uploads` in its config: the upload agents whose offers
+queues it takes offers from; docs/architecture.md, "Who owns an entry").
+
+A central takes offers while it has room (`offer_room`: the runtime cancels its consumers of the
+offers queues at 0), owns each entry it takes for the offer's epoch, stamps that epoch on every
+message about it (synkler.agents.agent.Agent.send), and ignores a message of another epoch. A
+`forget` from upload with a newer epoch means upload re-owned the entry (this central was gone):
+its copies go, and nothing is passed on (download answers the new owner).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..errors import MessageError, NotYet, Refused
+from ..messages import Forget, Message, Offer
+from ..state import Entry, Request
+from .agent import Agent
+from .base import Status
+from .ownership import stale
+
+log = logging.getLogger("synkler")
+
+DRAIN, UNDRAIN = "drain", "undrain"  # an operator's requests (`synkler drain [--undo]`)
+DRAINING = "draining"  # the flag in the state: since when (a timestamp)
+
+# Entries a central of a pool holds before it has been pushed their data (waiting, being pushed,
+# being verified): it takes no more offers while it holds twice max_transfers of them.
+ROOM_FACTOR = 2
+
+
+class PoolCentral(Agent):
+    """The pool's rules at central; `TAKING` (set by Central): the states an entry counts against
+    the offers it takes."""
+
+    TAKING: tuple[Status, ...] = ()
+
+    _draining: bool | None = None  # the flag, as read from the state (None: not read yet)
+
+    @property
+    def draining(self) -> bool:
+        """`synkler drain`: this central takes no new offers and finishes what it holds."""
+        if self._draining is None:
+            self._draining = self.state.flag(DRAINING) is not None
+        return self._draining
+
+    def on_request(self, request: Request) -> str:
+        if request.action not in (DRAIN, UNDRAIN):
+            return super().on_request(request)
+        if not self.cfg.uploads:
+            raise Refused(
+                f"{self.name} is not a central of a pool (no `uploads`): it takes offers in its own queue"
+            )
+        held = len(self.state.ids_by_state(*self.TAKING))
+        if request.action == UNDRAIN:
+            self.state.put_flag(DRAINING, None)
+            self.state.after_commit(self._read_again)
+            return f"{self.name} takes offers again"
+        if not self.draining:
+            self.state.put_flag(DRAINING, repr(request.created))
+            self.state.after_commit(self._read_again)
+        return (
+            f"{self.name} is draining: it takes no new offers and finishes the {held} entries it holds "
+            "on their way (`synkler drain --undo` ends it)"
+        )
+
+    def _read_again(self) -> None:
+        self._draining = None
+
+    def offer_room(self) -> int:
+        if not self.cfg.uploads or self.draining:
+            return 0
+        held = len(self.state.ids_by_state(*self.TAKING))
+        return max(0, ROOM_FACTOR * self.cfg.max_transfers - held)
+
+    def pool_offer(self, msg: Offer, known: Entry | None) -> bool:
+        """Check an offer in a pool: True if it was handled here (nothing more to do)."""
+        if not self.cfg.uploads:
+            return False
+        if msg.sender not in self.cfg.uploads:
+            raise MessageError(f"offer from {msg.sender!r}, not one of the upload agents of `uploads`")
+        if msg.epoch is None:
+            raise MessageError(f"offer from {msg.sender!r} without an epoch: not from a pool's upload agent")
+        if known is None:
+            return False
+        held = self.state.epoch(known.id)
+        if msg.epoch > held:
+            # Re-owned from this central while it was gone, and offered again: upload's `forget`
+            # for the old epoch comes first; until then, let another central take it.
+            raise NotYet(f"offer of entry {known.id} at epoch {msg.epoch}: this central held it at {held}")
+        return True  # a duplicate
+
+    def took(self, entry: Entry, msg: Offer) -> None:
+        if msg.epoch is not None:
+            self.state.put_epoch(entry.id, msg.epoch)
+
+    def fenced(self, msg: Message) -> str | None:
+        epoch = getattr(msg, "epoch", None)
+        if isinstance(msg, Offer) or epoch is None:
+            return None
+        entry = self.state.get(msg.entry)
+        if entry is None:
+            return None
+        held = self.state.epoch(entry.id)
+        if isinstance(msg, Forget) and msg.sender == entry.peer and epoch > held:
+            return None  # upload re-owned it: on_forget drops it
+        return stale(epoch, held, msg.sender, None)
+
+    def on_forget(self, msg: Forget) -> None:
+        entry = self.state.get(msg.entry)
+        held = self.state.epoch(msg.entry) if entry is not None else 0
+        if entry is None or msg.epoch is None or msg.epoch <= held or msg.sender != entry.peer:
+            super().on_forget(msg)
+            return
+        # Re-owned by upload: drop what this central holds of it, and pass nothing on.
+        self.state.put_epoch(entry.id, msg.epoch)
+        if self.STATES(entry.state) in self.FORGETTABLE:
+            self.drop(entry)
+            self.move(entry, self.FORGOTTEN, reason=msg.reason)
+        log.warning("%s: %s; this central's copy is dropped", entry.name, msg.reason)

@@ -1,0 +1,108 @@
+"""Upload's part in a pool of centrals (`centrals` in its config): offers go to its offers queue,
+the central that takes one owns the entry for its epoch, and the entries of a central that is gone
+are re-owned (synkler.agents.ownership; docs/architecture.md, "Who owns an entry").
+
+Upload is the owner of record: it believes a central's message about an entry only from the
+entry's owner at its current epoch, pushes only to that central, and re-offers an entry (epoch+1)
+once its owner's queue has had no consumer for `reown_seconds`, telling the old owner to `forget`
+it (with the new epoch: the old owner drops its copy and passes nothing on).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import TYPE_CHECKING
+
+from ..messages import Admit, Forget, Message, Offer, offers_key
+from ..metadata import loads
+from ..state import Entry, State
+from .base import Jobs, Status
+from .endpoint import Endpoint
+from .ownership import Reowner, stale
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+log = logging.getLogger("synkler")
+
+
+class PoolUpload(Endpoint):
+    """The pool's rules at upload; the states it re-owns from are `OWNED` (set by Upload)."""
+
+    OWNED: tuple[Status, ...] = ()  # admitted by a central, not yet delivered: re-owned when it is gone
+    OFFERED: Status
+
+    def __init__(self, cfg: Config, state: State, jobs: Jobs):
+        super().__init__(cfg, state, jobs)
+        self.reowner = Reowner(cfg.reown_seconds)
+
+    def owner(self, entry: Entry) -> str | None:
+        """The central messages about the entry go to: its owner; without a pool, central_name. None:
+        in a pool, an entry no central has taken yet (its offer waits in the offers queue)."""
+        return entry.peer or (None if self.cfg.centrals else self.cfg.central_name)
+
+    def send_to_owner(self, entry: Entry, msg: Message) -> None:
+        owner = self.owner(entry)
+        if owner is not None:
+            self.send(owner, msg)
+
+    def send_offer(self, entry: Entry, offer: Offer) -> None:
+        """To central, or in a pool to this agent's offers queue, at the entry's epoch (1 at first)."""
+        if not self.cfg.centrals:
+            self.send(self.cfg.central_name, offer)
+            return
+        epoch = self.state.epoch(entry.id) + 1
+        self.state.put_epoch(entry.id, epoch)
+        self.send(offers_key(self.name), dataclasses.replace(offer, epoch=epoch))
+
+    def fenced(self, msg: Message) -> str | None:
+        """A central's message of an ownership that has ended, or from a central not in `centrals`."""
+        entry = self.state.get(msg.entry)
+        if entry is None:
+            return None  # the handler says what is wrong (or that it was pruned)
+        if msg.sender not in self.cfg.centrals:
+            return f"{msg.sender} is not a central of this upload agent's pool (`centrals`)"
+        return stale(getattr(msg, "epoch", None), self.state.epoch(entry.id), msg.sender, entry.peer)
+
+    def take_admit(self, msg: Admit) -> None:
+        """The first admission of an entry not owned yet: the central that sent it owns it now."""
+        entry = self.state.get(msg.entry)
+        if self.cfg.centrals and entry is not None and entry.peer is None:
+            self.on_central(msg, "dest", "staging", self.name)  # before it counts as the owner
+            self.state.update(entry, peer=msg.sender)
+            log.info("%s: taken by central %s (epoch %d)", entry.name, msg.sender, msg.epoch or 0)
+
+    def link_cfg(self, entry: Entry) -> Config:
+        """The configuration a transfer to the entry's owner runs with (its ssh destination)."""
+        if not self.cfg.centrals or entry.peer is None:
+            return self.cfg
+        return dataclasses.replace(self.cfg, central_host=self.cfg.central_host_of(entry.peer))
+
+    def reown_gone(self, now: float) -> None:
+        """Offer again (next epoch) the entries of centrals gone for `reown_seconds`."""
+        if not self.cfg.centrals or not self.reowner.due(now):
+            return
+        owned = [e for e in self.state.by_state(*self.OWNED) if e.peer]
+        gone = self.reowner.gone({e.peer or "" for e in owned}, self.jobs.consumers, now)
+        for entry in owned:
+            if entry.peer in gone:
+                self.reown(entry)
+
+    def reown(self, entry: Entry) -> None:
+        old, old_epoch = entry.peer or "", self.state.epoch(entry.id)
+        reason = f"re-owned by upload at epoch {old_epoch + 1}: {old} was gone"
+        entry = self.move(entry, self.OFFERED, peer=None, attempt=0, tries=0, due=0, path=None, reason=None)
+        offer = Offer(
+            entry.id,
+            self.name,
+            name=entry.name,
+            kind=entry.kind,
+            size=entry.size,
+            files=entry.files,
+            meta=loads(self.state.metadata(entry.id)) or None,
+        )
+        self.send_offer(entry, offer)
+        # Waits in the old owner's queue: if it comes back, it drops its copy before it touches it.
+        self.send(old, Forget(entry.id, self.name, reason=reason, epoch=old_epoch + 1))
+        log.warning("%s: %s; offered again", entry.name, reason)

@@ -1,0 +1,165 @@
+"""A pool of two centrals on the real broker, sshd and rsync (docs/architecture.md, "A pool of
+centrals"): offers are shared between them; a central killed for good has its entries re-owned by
+the other and delivered once, each cleanup script run once; brought back, it touches none of them.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from synkler.agents.central import Mid
+from synkler.agents.download import Down
+from synkler.agents.upload import Up
+from synkler.devkit.localrelay import LocalRelay
+from synkler.hops.checksum import md5_entry
+
+# A cleanup script that appends the name it ran for to a file: exactly once per entry is the check.
+RECORDER = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
+
+
+def recorder(record: Path) -> str:
+    return shlex.join([sys.executable, "-c", RECORDER, str(record), "%f"])
+
+
+def pool_relay(make_relay) -> tuple[LocalRelay, dict[str, Path]]:
+    """Upload, download and the centrals central-a (the relay's `central`) and central-b."""
+    relay = make_relay()
+    target = relay.sshd.target
+    centrals = {"central-a": target, "central-b": target}
+    records = {side: relay.workdir / f"{side}-cleanups" for side in ("upload", "download")}
+    relay.write_config("central", {"name": "central-a", "uploads": ["upload"]})
+    relay.add_agent("central-b", "central", {"name": "central-b", "uploads": ["upload"], "keep_minutes": 30})
+    relay.write_config(
+        "upload", {"centrals": centrals, "reown_seconds": 5, "cleanup_script": recorder(records["upload"])}
+    )
+    relay.write_config("download", {"centrals": centrals, "cleanup_script": recorder(records["download"])})
+    return relay, records
+
+
+def start_centrals(relay: LocalRelay) -> None:
+    relay.start("central", "central-b")
+    relay.wait_for(
+        "both centrals connected",
+        lambda: all(
+            relay.log_path(key).exists()
+            and "connected to broker" in relay.log_path(key).read_text(errors="replace")
+            for key in ("central", "central-b")
+        ),
+    )
+
+
+def put(relay: LocalRelay, names: list[str], size: int = 4096) -> dict[str, str]:
+    md5s = {}
+    for name in names:
+        tmp = relay.workdir / f".{name}"
+        tmp.write_bytes(name.encode() * (size // len(name)))
+        md5s[name] = md5_entry(tmp)
+        tmp.rename(relay.dirs["upload"] / name)
+    return md5s
+
+
+def takers(relay: LocalRelay, names: set[str]) -> dict[str, set[str]]:
+    """Which central holds each of these entries (by name): central key -> names."""
+    return {key: {e.name for e in relay.entries(key) if e.name in names} for key in ("central", "central-b")}
+
+
+def cleanups(record: Path) -> list[str]:
+    return sorted(record.read_text().split()) if record.exists() else []
+
+
+def test_two_centrals_share_the_offers_and_one_killed_for_good_loses_its_entries_to_the_other(make_relay):
+    relay, records = pool_relay(make_relay)
+    start_centrals(relay)
+    first = put(relay, [f"first-{i}.dat" for i in range(8)])
+    relay.start("upload", "download")
+    relay.wait_for("the first entries delivered", lambda: relay.all_done(set(first)), 60)
+    held = takers(relay, set(first))
+    assert held["central"] and held["central-b"], held  # both took offers
+    assert held["central"] | held["central-b"] == set(first) and not held["central"] & held["central-b"]
+
+    # The second lot: download is stopped, so whatever central-a takes stays stored there.
+    relay.stop("download")
+    second = put(relay, [f"second-{i}.dat" for i in range(8)])
+    relay.wait_for(
+        "the second lot verified at the centrals",
+        lambda: (
+            sum(len(v) for v in takers(relay, set(second)).values()) == len(second)
+            and all(
+                e.state == Mid.DOWNLOADING
+                for key in ("central", "central-b")
+                for e in relay.entries(key)
+                if e.name in second
+            )
+        ),
+    )
+    lost = takers(relay, set(second))["central"]
+    assert lost, "central-a took none of the second lot"
+    relay.kill("central")  # for good, mid-run: its entries are stored there, not delivered
+    relay.wait_for(
+        "central-a's entries re-owned by central-b",
+        lambda: lost <= takers(relay, lost)["central-b"],
+        30,
+    )
+    relay.start("download")
+    relay.wait_for("every entry delivered", lambda: relay.all_done(set(first) | set(second)), 60)
+    relay.wait_for(
+        "every cleanup script run",
+        lambda: len(cleanups(records["upload"])) >= 16 and len(cleanups(records["download"])) >= 16,
+    )
+    down = relay.dirs["download"]
+    for name, md5 in {**first, **second}.items():
+        assert md5_entry(down / name) == md5, name
+    assert sorted(p.name for p in down.iterdir() if not p.name.startswith(".")) == sorted({**first, **second})
+    expected = sorted({**first, **second})
+    assert cleanups(records["upload"]) == expected  # each exactly once
+    assert cleanups(records["download"]) == expected
+
+    # Brought back, central-a drops what was re-owned and touches nothing else.
+    relay.start("central")
+    relay.wait_for(
+        "central-a dropped what was re-owned",
+        lambda: all(e.state == Mid.FORGOTTEN for e in relay.entries("central") if e.name in lost),
+        30,
+    )
+    stored = relay.dirs["central"] / relay.instance / "stored"
+    ids = {e.id for e in relay.entries("central") if e.name in lost}
+    assert not ids & {p.name for p in stored.iterdir()} if stored.exists() else True
+    relay.wait_for(
+        "upload and download still done",
+        lambda: (
+            all(e.state == Up.DONE for e in relay.entries("upload") if e.name in lost)
+            and all(e.state == Down.DONE for e in relay.entries("download") if e.name in lost)
+        ),
+    )
+    assert cleanups(records["upload"]) == expected
+    assert cleanups(records["download"]) == expected
+    assert "re-owned by upload at epoch 2" in relay.log_path("central").read_text(errors="replace")
+
+
+def test_a_drained_central_takes_no_offers_and_the_relay_view_says_so(make_relay):
+    relay, _records = pool_relay(make_relay)
+    start_centrals(relay)
+    drained = subprocess.run(
+        relay.command("central-b", "drain", "central-b"), capture_output=True, text=True, timeout=60
+    )
+    assert drained.returncode == 0, drained.stderr
+    assert "central-b is draining" in drained.stdout
+    wrong = subprocess.run(
+        relay.command("central-b", "drain", "central-a"), capture_output=True, text=True, timeout=60
+    )
+    assert wrong.returncode != 0 and "not of central 'central-a'" in wrong.stderr
+    md5s = put(relay, [f"lot-{i}.dat" for i in range(6)])
+    relay.start("upload", "download")
+    relay.wait_for("the entries delivered", lambda: relay.all_done(set(md5s)), 60)
+    assert takers(relay, set(md5s)) == {"central": set(md5s), "central-b": set()}
+    view = subprocess.run(
+        relay.command("central-b", "status", "--relay"), capture_output=True, text=True, timeout=60
+    )
+    assert any("central-b" in line and "draining" in line for line in view.stdout.splitlines()), view.stdout
+    undone = subprocess.run(
+        relay.command("central-b", "drain", "central-b", "--undo"), capture_output=True, text=True, timeout=60
+    )
+    assert undone.returncode == 0 and "takes offers again" in undone.stdout, undone.stderr

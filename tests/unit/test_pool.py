@@ -1,0 +1,171 @@
+"""A pool of centrals, decided without a broker (synkler.agents.ownership and the roles' pool
+parts): who may act on an entry at which epoch, when a central counts as gone, and what each role
+does with a message of an ownership that has ended."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from support.fakes import Role
+
+from synkler.agents.central import Mid
+from synkler.agents.central_pool import DRAIN, UNDRAIN
+from synkler.agents.download import Down
+from synkler.agents.ownership import Reowner, stale
+from synkler.errors import NotYet
+from synkler.messages import Admit, Delivered, Fetch, Fetched, Forget, Offer, Sent
+
+MD5 = "a" * 32
+POOL = {"central-a": "synkler@host-a", "central-b": "synkler@host-b"}
+
+
+def test_a_message_acts_only_from_the_owner_at_the_current_epoch():
+    assert stale(2, 2, "central-b", "central-b") is None
+    assert stale(2, 2, "central-b", None) is None  # not taken yet: the central that took the offer
+    assert "epoch 1" in (stale(1, 2, "central-a", "central-b") or "")
+    assert "owned by central-b" in (stale(2, 2, "central-a", "central-b") or "")
+    assert "no epoch" in (stale(None, 2, "central-a", "central-a") or "")
+
+
+def test_a_central_counts_as_gone_only_after_the_grace_without_a_consumer():
+    watch = Reowner(grace=40)
+    counts = {"central-a": 0, "central-b": 1}
+    assert watch.gone({"central-a", "central-b"}, counts.get, 100) == []
+    assert watch.gone({"central-a", "central-b"}, counts.get, 139) == []
+    counts["central-a"] = 1  # back in time: counted again from zero
+    assert watch.gone({"central-a"}, counts.get, 141) == []
+    counts["central-a"] = 0
+    assert watch.gone({"central-a"}, counts.get, 150) == []
+    assert watch.gone({"central-a"}, counts.get, 189) == []
+    # Not known (upload was not connected): counted again from zero, as the central may be
+    # reconnecting after the same outage.
+    assert watch.gone({"central-a"}, lambda c: None, 170) == []
+    assert watch.gone({"central-a"}, counts.get, 190) == []
+    assert watch.gone({"central-a"}, counts.get, 230) == ["central-a"]
+
+
+def pooled_central(tmp_path: Path, name: str = "central-a") -> Role:
+    r = Role("central", tmp_path, name=name, uploads=["upload"])
+    r.start()
+    return r
+
+
+def offer(entry_id: str, epoch: int | None) -> Offer:
+    return Offer(entry_id, "upload", name="data.bin", kind="file", size=4, files=1, epoch=epoch)
+
+
+def test_central_takes_an_offer_at_its_epoch_and_stamps_it_on_what_it_says(tmp_path: Path):
+    r = pooled_central(tmp_path)
+    r.deliver(offer("1" * 32, 1))
+    r.tick()
+    to, admit = [(to, m) for to, m in r.sent() if isinstance(m, Admit)][0]
+    assert (to, admit.epoch) == ("upload", 1)
+    # upload's `sent` of another epoch does nothing
+    r.deliver(Sent("1" * 32, "upload", attempt=1, md5=MD5, epoch=2))
+    assert r.entry("1" * 32).state == Mid.UPLOADING
+
+
+def test_central_refuses_offers_from_unknown_uploads_and_requeues_a_reoffer_of_its_own(tmp_path: Path):
+    r = pooled_central(tmp_path)
+    assert r.apply(b"") == ("dead", [])
+    bad = Offer("2" * 32, "lab-x", name="x", kind="file", size=1, files=1, epoch=1)
+    from synkler import messages
+
+    assert r.apply(messages.encode(bad))[0] == "dead"
+    r.deliver(offer("3" * 32, 1))
+    with pytest.raises(NotYet):
+        r.deliver(offer("3" * 32, 2))  # re-owned from it: another central takes it
+
+
+def test_a_reown_forget_drops_the_copy_and_passes_nothing_on(tmp_path: Path):
+    r = pooled_central(tmp_path)
+    e = r.given("downloading", peer="upload")
+    with r.state.transaction():
+        r.state.put_epoch(e.id, 1)
+    r.deliver(Forget(e.id, "upload", reason="re-owned by upload at epoch 2: central-a was gone", epoch=2))
+    assert r.entry(e.id).state == Mid.FORGOTTEN
+    assert r.sent() == []  # download is not told: it answers the new owner
+    # download's `fetched` arriving later changes nothing
+    r.deliver(Fetched(e.id, "download", stored_as="data.bin", outcome="placed"))
+    assert r.entry(e.id).state == Mid.FORGOTTEN and r.sent() == []
+
+
+def test_a_drained_central_has_no_room_for_offers(tmp_path: Path):
+    r = pooled_central(tmp_path)
+    assert r.agent.offer_room() == 2 * r.cfg.max_transfers
+    with r.state.transaction():
+        seq = r.state.add_request("", DRAIN)
+    with r.state.transaction():
+        r.agent.take_requests()
+    request = r.state.get_request(seq)
+    assert request is not None and request.ok and "draining" in (request.answer or "")
+    assert r.agent.offer_room() == 0
+    with r.state.transaction():
+        r.state.add_request("", UNDRAIN)
+    with r.state.transaction():
+        r.agent.take_requests()
+    assert r.agent.offer_room() == 2 * r.cfg.max_transfers
+
+
+def fetch(entry_id: str, sender: str, epoch: int, path: str) -> Fetch:
+    return Fetch(
+        entry_id,
+        sender,
+        name="data.bin",
+        kind="file",
+        size=4,
+        files=1,
+        md5=MD5,
+        attempt=1,
+        path=path,
+        epoch=epoch,
+    )
+
+
+def test_download_follows_the_newest_owner_and_ignores_an_old_one(tmp_path: Path):
+    r = Role("download", tmp_path, centrals=POOL)
+    r.jobs.places = {"central-a": "/srv/a/lab", "central-b": "/srv/b/lab"}
+    entry_id = "4" * 32
+    r.deliver(fetch(entry_id, "central-b", 2, f"/srv/b/lab/stored/{entry_id}"))
+    r.deliver(fetch(entry_id, "central-a", 1, f"/srv/a/lab/stored/{entry_id}"))  # old: ignored
+    entry = r.entry(entry_id)
+    assert (entry.peer, entry.path, r.state.epoch(entry_id)) == (
+        "central-b",
+        f"/srv/b/lab/stored/{entry_id}",
+        2,
+    )
+    assert r.agent.link_cfg(entry).central_host == "synkler@host-b"
+
+
+def test_download_that_finished_answers_the_new_owner_again(tmp_path: Path):
+    r = Role("download", tmp_path, centrals=POOL)
+    r.jobs.places = {"central-a": "/srv/a/lab", "central-b": "/srv/b/lab"}
+    e = r.given(Down.DONE, peer="central-a", stored_as="data.bin")
+    with r.state.transaction():
+        r.state.put_epoch(e.id, 1)
+    r.deliver(fetch(e.id, "central-b", 2, f"/srv/b/lab/stored/{e.id}"))
+    sent = r.sent()
+    assert [(to, type(m)) for to, m in sent] == [("central-b", Fetched)]
+    assert r.entry(e.id).state == Down.DONE  # pulled once, cleaned up once
+
+
+def test_upload_believes_a_delivery_only_from_the_owner_at_its_epoch(tmp_path: Path):
+    r = Role("upload", tmp_path, centrals=POOL)
+    e = r.given("sent", peer="central-b")
+    with r.state.transaction():
+        r.state.put_epoch(e.id, 2)
+    r.deliver(Delivered(e.id, "central-a", stored_as="data.bin", epoch=1))
+    assert r.entry(e.id).state == "sent"
+    r.deliver(Delivered(e.id, "central-b", stored_as="data.bin", epoch=2))
+    assert r.entry(e.id).state in ("delivered", "done")
+
+
+def test_without_a_pool_nothing_changes(tmp_path: Path):
+    r = Role("upload", tmp_path)
+    assert not r.agent.pooled
+    e = r.given("sent", peer="central")
+    r.deliver(Delivered(e.id, "central", stored_as="data.bin"))
+    assert r.entry(e.id).state in ("delivered", "done")
+    assert time.time() > 0
