@@ -101,7 +101,8 @@ TRANSITIONS: Transitions = {
     Mid.EXPIRED: frozenset(),
     Mid.WITHDRAWN: frozenset(),
     Mid.FAILED: frozenset({Mid.DELIVERED, Mid.FORGOTTEN}),
-    Mid.FORGOTTEN: frozenset(),
+    # forgotten -> waiting: in a pool, an entry re-owned from this central and offered to it again
+    Mid.FORGOTTEN: frozenset({Mid.WAITING}),
 }
 IN_FLIGHT = (Mid.WAITING, Mid.UPLOADING, Mid.VERIFYING)  # their staged copies may still be needed
 ARRIVALS = Key("arrivals")  # the look at what has arrived of admitted entries
@@ -131,7 +132,7 @@ FACTS = facts(
 
 class Central(PoolCentral):
     mode = "central"
-    TAKING = IN_FLIGHT
+    TAKING, WAITING = IN_FLIGHT, Mid.WAITING
     STATES = Mid
     NEW = (Mid.WAITING,)
     TRANSITIONS = TRANSITIONS

@@ -34,6 +34,7 @@ class PoolCentral(Agent):
     the offers it takes."""
 
     TAKING: tuple[Status, ...] = ()
+    WAITING: Status  # where an offer taken starts
 
     _draining: bool | None = None  # the flag, as read from the state (None: not read yet)
 
@@ -84,11 +85,18 @@ class PoolCentral(Agent):
         if known is None:
             return False
         held = self.state.epoch(known.id)
-        if msg.epoch > held:
-            # Re-owned from this central while it was gone, and offered again: upload's `forget`
-            # for the old epoch comes first; until then, let another central take it.
-            raise NotYet(f"offer of entry {known.id} at epoch {msg.epoch}: this central held it at {held}")
-        return True  # a duplicate
+        if msg.epoch <= held:
+            return True  # a duplicate
+        if known.state == self.FORGOTTEN and known.peer == msg.sender:
+            # Re-owned from this central (its copy is gone) and offered to it again: taken afresh.
+            self.move(known, self.WAITING, attempt=0, tries=0, due=0, path=None, reason=None)
+            self.state.put_epoch(known.id, msg.epoch)
+            self.look_again()
+            log.info("%s: taken again at epoch %d", known.name, msg.epoch)
+            return True
+        # Re-owned from this central while it was gone, and offered again before upload's `forget`
+        # of the old epoch was read here: until it is, another central may take it.
+        raise NotYet(f"offer of entry {known.id} at epoch {msg.epoch}: this central held it at {held}")
 
     def took(self, entry: Entry, msg: Offer) -> None:
         if msg.epoch is not None:

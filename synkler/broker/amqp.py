@@ -43,6 +43,7 @@ call `wake()`. pika errors are re-raised as BrokerError so no other module sees 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -51,7 +52,7 @@ import socket
 import ssl
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, TypeVar
 
@@ -111,6 +112,13 @@ class Holder:
     def __str__(self) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
         return f"host {self.host}, pid {self.pid}, since {when}"
+
+
+# Seconds the broker may take to answer a declaration, a consume or a publish's confirm. A RabbitMQ
+# cluster that has lost the majority of its nodes keeps the connection alive (heartbeats flow) but
+# answers nothing about its quorum queues: without a bound an agent would wait there for ever. Past
+# it the connection is ended (ERROR) and the agent reconnects with its backoff, to another node.
+OPERATION_TIMEOUT = 30.0
 
 
 class _AddressFailed(Exception):
@@ -218,24 +226,46 @@ class Broker:
             },
         )
 
+    @contextlib.contextmanager
+    def _bounded(self, what: str) -> Iterator[None]:
+        """End the connection (a pika error where the broker's answer was awaited) unless the
+        broker answers within OPERATION_TIMEOUT. pika's blocking waits have no timeout of their own;
+        the timer runs on the connection's I/O loop, which those waits run."""
+        conn = self._conn
+        if conn is None:
+            yield
+            return
+        impl = conn._impl  # pika's own I/O loop: the only way to bound a blocking wait
+        fired = []
+
+        def expire() -> None:
+            fired.append(True)
+            log.error(
+                "the broker has not answered %s within %.0f s (a RabbitMQ cluster without a majority "
+                "of its nodes up answers nothing about its queues): dropping the connection to "
+                "reconnect, to another node if there is one",
+                what,
+                OPERATION_TIMEOUT,
+            )
+            impl._terminate_stream(
+                pika.exceptions.StreamLostError(f"no answer to {what} within {OPERATION_TIMEOUT:.0f} s")
+            )
+
+        timer = impl._adapter_call_later(OPERATION_TIMEOUT, expire)
+        try:
+            yield
+        finally:
+            if not fired:
+                impl._adapter_remove_timeout(timer)
+
     def _connect_to(self, address: Address, *, consume: bool, declare: bool) -> None:
         parameters = self._parameters(address)
         try:
             self._conn = conn = pika.BlockingConnection(parameters)
             self._chan = chan = conn.channel()
             self._declared = set()
-            if declare or consume:
-                self._declare_topology()
-            if consume:
-                pub = self._publisher()
-                self._lock()
-                self._declare_queue(pub, self.agent)
-                self._adopt_legacy(pub)  # 0.4 compatibility: removed in 0.7
-                for upload in self.offers:
-                    self._declare_offers(pub, upload)
-                chan.basic_qos(prefetch_count=self.prefetch)
-                self._consume(chan)
-                self._drain_classic(chan)  # 0.5 compatibility: removed in 0.8
+            with self._bounded("the declaration of the instance's queues"):
+                self._declare_and_consume(chan, consume=consume, declare=declare)
         except AgentActive:
             raise  # closed already
         except BrokerError as e:
@@ -248,6 +278,20 @@ class Broker:
                 # E.g. users made by an older broker-setup, without the presence exchange.
                 why += " (the broker user's permissions: see `synkler broker-setup`, docs/security.md)"
             raise _AddressFailed(why) from None
+
+    def _declare_and_consume(self, chan: BlockingChannel, *, consume: bool, declare: bool) -> None:
+        if declare or consume:
+            self._declare_topology()
+        if consume:
+            pub = self._publisher()
+            self._lock()
+            self._declare_queue(pub, self.agent)
+            self._adopt_legacy(pub)  # 0.4 compatibility: removed in 0.7
+            for upload in self.offers:
+                self._declare_offers(pub, upload)
+            chan.basic_qos(prefetch_count=self.prefetch)
+            self._consume(chan)
+            self._drain_classic(chan)  # 0.5 compatibility: removed in 0.8
 
     def _explain_failure(self, e: BaseException, address: Address) -> str | None:
         """A failed TLS handshake or EXTERNAL login in one line (None: another failure). pika wraps
@@ -777,7 +821,8 @@ class Broker:
             self.close()
             raise BrokerError(f"broker operation failed: {_describe(e)}") from None
         try:
-            fn(pub)
+            with self._bounded("a publish (its confirm)"):
+                fn(pub)
         except (
             pika.exceptions.ChannelClosedByBroker,
             pika.exceptions.UnroutableError,

@@ -159,3 +159,34 @@ def test_a_relay_on_a_cluster_loses_nothing_when_broker_nodes_die(
             assert admin.dead_count() == 0, "a message was dead-lettered"
         finally:
             admin.close()
+
+
+def test_without_a_majority_an_agent_waits_a_bounded_time_for_the_broker_and_says_why(cluster, monkeypatch):
+    """Two nodes of three down: the last one keeps the connection alive but answers nothing about the
+    quorum queues. The declaration is bounded (OPERATION_TIMEOUT, made short here): the connection
+    is dropped with an ERROR saying why, so the agent reconnects with its backoff instead of waiting
+    for ever. Both nodes come back after (the next test of the module needs the whole cluster)."""
+    from synkler.broker import amqp
+    from synkler.errors import BrokerError
+
+    monkeypatch.setattr(amqp, "OPERATION_TIMEOUT", 3.0)
+    first, *others = cluster.nodes
+    instance = f"nomajority-{os.getpid()}"
+    setup = Broker(BrokerParams("127.0.0.1", first.port), instance, "central")
+    setup.connect()  # the queues exist, as in a relay that ran before the outage
+    setup.close()
+    for node in others:
+        node.kill()
+    try:
+        started = time.monotonic()
+        broker = Broker(BrokerParams("127.0.0.1", first.port), instance, "central")
+        with pytest.raises(BrokerError, match="no answer to"):
+            broker.connect()
+        assert time.monotonic() - started < 30
+    finally:
+        for node in others:
+            cluster.restart(node)
+    admin = Broker(BrokerParams("127.0.0.1", first.port), instance, "admin")
+    admin.connect(consume=False)
+    admin.delete_instance(["central"])
+    admin.close()

@@ -375,6 +375,25 @@ def test_a_cleanup_script_whose_runner_died_is_interrupted_and_not_run_again(tmp
 # central
 
 
+@transition("central", ("forgotten", "waiting"))
+def central_takes_again_an_entry_reowned_from_it(tmp_path: Path, _from: str, _to: str) -> Entry:
+    r = role(tmp_path, "central", uploads=["upload"])
+    r.start()
+    e = r.given("forgotten", peer="upload", attempt=2)
+    with r.state.transaction():
+        r.state.put_epoch(e.id, 2)  # upload's re-own `forget` of epoch 2 was read
+    offer = Offer(e.id, "upload", name=e.name, kind="file", size=4, files=1, epoch=2)
+    r.deliver(offer)
+    assert r.entry(e.id).state == "forgotten"  # a copy of the offer it had: nothing
+    r.deliver(Offer(e.id, "upload", name=e.name, kind="file", size=4, files=1, epoch=3))
+    entry = r.entry(e.id)
+    assert (entry.attempt, r.state.epoch(e.id)) == (0, 3)
+    r.tick()
+    to, admit = only(r.sent(), Admit)
+    assert (to, admit.attempt, admit.epoch) == ("upload", 1, 3)
+    return entry
+
+
 @transition("central", ("", "waiting"))
 def central_records_an_offer(tmp_path: Path, _from: str, _to: str) -> Entry:
     r = role(tmp_path, "central")
