@@ -242,8 +242,8 @@ class Broker:
             fired.append(True)
             log.error(
                 "the broker has not answered %s within %.0f s (a RabbitMQ cluster without a majority "
-                "of its nodes up answers nothing about its queues): dropping the connection to "
-                "reconnect, to another node if there is one",
+                "of its nodes up answers nothing about its quorum queues): dropping the connection "
+                "to reconnect, to another node if there is one",
                 what,
                 OPERATION_TIMEOUT,
             )
@@ -699,7 +699,8 @@ class Broker:
             except _PIKA_ERRORS as e:
                 self.close()
                 raise BrokerError(f"broker operation failed: {_describe(e)}") from None
-            self._call(do, chan)
+            with self._bounded("the consume of the offers queues"):
+                self._call(do, chan)
             self._offers_chan = chan
         elif room <= 0 and self._offers_chan is not None:
             chan, self._offers_chan = self._offers_chan, None
