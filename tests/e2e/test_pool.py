@@ -5,69 +5,14 @@ the other and delivered once, each cleanup script run once; brought back, it tou
 
 from __future__ import annotations
 
-import shlex
 import subprocess
-import sys
-from pathlib import Path
+
+from support.pool import cleanups, pool_relay, put, start_centrals, takers
 
 from synkler.agents.central import Mid
 from synkler.agents.download import Down
 from synkler.agents.upload import Up
-from synkler.devkit.localrelay import LocalRelay
 from synkler.hops.checksum import md5_entry
-
-# A cleanup script that appends the name it ran for to a file: exactly once per entry is the check.
-RECORDER = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
-
-
-def recorder(record: Path) -> str:
-    return shlex.join([sys.executable, "-c", RECORDER, str(record), "%f"])
-
-
-def pool_relay(make_relay) -> tuple[LocalRelay, dict[str, Path]]:
-    """Upload, download and the centrals central-a (the relay's `central`) and central-b."""
-    relay = make_relay()
-    target = relay.sshd.target
-    centrals = {"central-a": target, "central-b": target}
-    records = {side: relay.workdir / f"{side}-cleanups" for side in ("upload", "download")}
-    relay.write_config("central", {"name": "central-a", "uploads": ["upload"]})
-    relay.add_agent("central-b", "central", {"name": "central-b", "uploads": ["upload"], "keep_minutes": 30})
-    relay.write_config(
-        "upload", {"centrals": centrals, "reown_seconds": 5, "cleanup_script": recorder(records["upload"])}
-    )
-    relay.write_config("download", {"centrals": centrals, "cleanup_script": recorder(records["download"])})
-    return relay, records
-
-
-def start_centrals(relay: LocalRelay) -> None:
-    relay.start("central", "central-b")
-    relay.wait_for(
-        "both centrals connected",
-        lambda: all(
-            relay.log_path(key).exists()
-            and "connected to broker" in relay.log_path(key).read_text(errors="replace")
-            for key in ("central", "central-b")
-        ),
-    )
-
-
-def put(relay: LocalRelay, names: list[str], size: int = 4096) -> dict[str, str]:
-    md5s = {}
-    for name in names:
-        tmp = relay.workdir / f".{name}"
-        tmp.write_bytes(name.encode() * (size // len(name)))
-        md5s[name] = md5_entry(tmp)
-        tmp.rename(relay.dirs["upload"] / name)
-    return md5s
-
-
-def takers(relay: LocalRelay, names: set[str]) -> dict[str, set[str]]:
-    """Which central holds each of these entries (by name): central key -> names."""
-    return {key: {e.name for e in relay.entries(key) if e.name in names} for key in ("central", "central-b")}
-
-
-def cleanups(record: Path) -> list[str]:
-    return sorted(record.read_text().split()) if record.exists() else []
 
 
 def test_two_centrals_share_the_offers_and_one_killed_for_good_loses_its_entries_to_the_other(make_relay):
@@ -155,10 +100,19 @@ def test_a_drained_central_takes_no_offers_and_the_relay_view_says_so(make_relay
     relay.start("upload", "download")
     relay.wait_for("the entries delivered", lambda: relay.all_done(set(md5s)), 60)
     assert takers(relay, set(md5s)) == {"central": set(md5s), "central-b": set()}
-    view = subprocess.run(
-        relay.command("central-b", "status", "--relay"), capture_output=True, text=True, timeout=60
+
+    def view() -> str:
+        return subprocess.run(
+            relay.command("central-b", "status", "--relay"), capture_output=True, text=True, timeout=60
+        ).stdout
+
+    # Its presence report says so within one report interval (5 s).
+    relay.wait_for(
+        "the relay view showing central-b draining",
+        lambda: any("central-b" in line and "draining" in line for line in view().splitlines()),
+        30,
+        interval=1,
     )
-    assert any("central-b" in line and "draining" in line for line in view.stdout.splitlines()), view.stdout
     undone = subprocess.run(
         relay.command("central-b", "drain", "central-b", "--undo"), capture_output=True, text=True, timeout=60
     )

@@ -1,0 +1,65 @@
+"""A pool of two centrals for the tests (docs/architecture.md, "A pool of centrals"): upload,
+download and the centrals central-a (the relay's `central`) and central-b, each cleanup script
+recording the names it ran for."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+from synkler.devkit.localrelay import LocalRelay
+from synkler.hops.checksum import md5_entry
+
+# A cleanup script that appends the name it ran for to a file: exactly once per entry is the check.
+RECORDER = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
+
+
+def recorder(record: Path) -> str:
+    return shlex.join([sys.executable, "-c", RECORDER, str(record), "%f"])
+
+
+def pool_relay(make_relay) -> tuple[LocalRelay, dict[str, Path]]:
+    """Upload, download and the centrals central-a (the relay's `central`) and central-b."""
+    relay = make_relay()
+    target = relay.sshd.target
+    centrals = {"central-a": target, "central-b": target}
+    records = {side: relay.workdir / f"{side}-cleanups" for side in ("upload", "download")}
+    relay.write_config("central", {"name": "central-a", "uploads": ["upload"]})
+    relay.add_agent("central-b", "central", {"name": "central-b", "uploads": ["upload"], "keep_minutes": 30})
+    relay.write_config(
+        "upload", {"centrals": centrals, "reown_seconds": 5, "cleanup_script": recorder(records["upload"])}
+    )
+    relay.write_config("download", {"centrals": centrals, "cleanup_script": recorder(records["download"])})
+    return relay, records
+
+
+def start_centrals(relay: LocalRelay) -> None:
+    relay.start("central", "central-b")
+    relay.wait_for(
+        "both centrals connected",
+        lambda: all(
+            relay.log_path(key).exists()
+            and "connected to broker" in relay.log_path(key).read_text(errors="replace")
+            for key in ("central", "central-b")
+        ),
+    )
+
+
+def put(relay: LocalRelay, names: list[str], size: int = 4096) -> dict[str, str]:
+    md5s = {}
+    for name in names:
+        tmp = relay.workdir / f".{name}"
+        tmp.write_bytes(name.encode() * (size // len(name)))
+        md5s[name] = md5_entry(tmp)
+        tmp.rename(relay.dirs["upload"] / name)
+    return md5s
+
+
+def takers(relay: LocalRelay, names: set[str]) -> dict[str, set[str]]:
+    """Which central holds each of these entries (by name): central key -> names."""
+    return {key: {e.name for e in relay.entries(key) if e.name in names} for key in ("central", "central-b")}
+
+
+def cleanups(record: Path) -> list[str]:
+    return sorted(record.read_text().split()) if record.exists() else []
