@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import paramiko
 
 from .. import places
-from . import sftpcopy, transfer
+from . import sftpcopy, sftpwire, transfer
 from .transfer import Result
 
 if TYPE_CHECKING:
@@ -216,7 +216,7 @@ def connect(cfg: Config) -> Session:
         _check_host_key(transport, host, port, files)
         _authenticate(cfg, conf, transport, user, host)
         transport.set_keepalive(KEEPALIVE)
-        client = paramiko.SFTPClient.from_transport(transport, window_size=WINDOW, max_packet_size=PACKET)
+        client = sftpwire.open_sftp(transport, WINDOW, PACKET)
         if client is None:
             raise paramiko.SSHException("central opened no SFTP session")
         client.get_channel().settimeout(cfg.rsync_timeout)
