@@ -107,3 +107,21 @@ def test_only_the_host_key_in_known_hosts_is_believed(tmp_path):
         sftp._check_host_key(_server(ours), "central", 2222, [str(known)])
     with pytest.raises(sftp.Refused, match="no host key is known"):
         sftp._check_host_key(_server(ours), "central", 2222, [str(tmp_path / "missing")])
+
+
+def test_proxyjump_hops_are_read_as_ssh_reads_them_each_with_its_own_ssh_config(tmp_path, monkeypatch):
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "config").write_text(
+        "Host bastion\n    HostName bastion.example.org\n    Port 2200\n    User gate\n"
+    )
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert sftp.jump_hosts({}) == [] and sftp.jump_hosts({"proxyjump": "none"}) == []
+    hops = sftp.jump_hosts({"proxyjump": "bastion, me@10.0.0.1:2022,[fe80::1]:23"})
+    assert [hop[:3] for hop in hops] == [
+        ("bastion.example.org", 2200, "gate"),
+        ("10.0.0.1", 2022, "me"),
+        ("fe80::1", 23, hops[2][2]),
+    ]
+    for bad in ("ssh://gate@bastion", "bastion:port", "me@"):
+        with pytest.raises(sftp.Refused, match="Bad ProxyJump"):
+            sftp.jump_hosts({"proxyjump": bad})
