@@ -91,11 +91,15 @@ class ChunkPipe:
 
     def wait_for(self, nbytes: int, timeout: float | None = None) -> None:
         """Wait until `nbytes` are held (or the pipe is closed): one wake-up for a whole answer,
-        not one per packet. PipeTimeout after `timeout` seconds without them."""
+        not one per packet. PipeTimeout after `timeout` seconds in which nothing came (as a
+        read's timeout: a slow link that keeps sending is not a stalled one)."""
         with self._lock:
             deadline = None if timeout is None else time.monotonic() + timeout
+            seen = self._size
             try:
                 while self._size < nbytes and not self._closed:
+                    if self._size > seen and timeout is not None:
+                        seen, deadline = self._size, time.monotonic() + timeout
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         raise PipeTimeout()

@@ -78,3 +78,25 @@ def test_the_event_of_a_select_says_whether_bytes_are_held():
     assert not event.is_set()
     pipe.close()
     assert event.is_set()
+
+
+def test_wait_for_times_out_on_a_silence_not_on_a_slow_answer_that_keeps_coming():
+    pipe = ChunkPipe()
+    done = threading.Event()
+
+    def trickle():
+        for _ in range(60):  # 3 s in all, longer than the timeout, never silent for long
+            if done.wait(0.05):
+                return
+            pipe.feed(b"x")
+
+    feeder = threading.Thread(target=trickle)
+    feeder.start()
+    try:
+        started = time.monotonic()
+        pipe.wait_for(60, timeout=2.0)
+        assert time.monotonic() - started > 2.0
+    finally:
+        done.set()
+        feeder.join()
+    assert len(pipe) == 60
