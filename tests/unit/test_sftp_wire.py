@@ -1,17 +1,22 @@
 """The SFTP channel's buffer that keeps packets as they came (synkler.hops.sftpwire.ChunkPipe): it
 gives back exactly the bytes fed, in order, across and within packets, and waits as paramiko's own
-buffer waits (a timeout, the end of the channel)."""
+buffer waits (a timeout, the end of the channel); and the reader of answers on it (Replies)."""
 
 from __future__ import annotations
 
+import io
 import os
+import socket
+import struct
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 from paramiko.buffered_pipe import PipeTimeout
+from paramiko.sftp import CMD_DATA, CMD_HANDLE
 
-from synkler.hops.sftpwire import ChunkPipe
+from synkler.hops.sftpwire import ChunkPipe, Replies
 
 
 def test_reads_of_any_size_give_back_the_fed_bytes_in_order_across_and_within_packets():
@@ -100,3 +105,48 @@ def test_wait_for_times_out_on_a_silence_not_on_a_slow_answer_that_keeps_coming(
         done.set()
         feeder.join()
     assert len(pipe) == 60
+
+
+class _Channel:
+    """The little of paramiko's Channel that Replies reads from: its buffer, recv, its timeout."""
+
+    def __init__(self, timeout: float):
+        self.in_buffer = ChunkPipe()
+        self.timeout = timeout
+
+    def gettimeout(self) -> float:
+        return self.timeout
+
+    def recv(self, n: int) -> bytes:
+        return self.in_buffer.read(n, self.timeout)
+
+
+def _replies(timeout: float = 5.0):
+    chan = _Channel(timeout)
+    client = SimpleNamespace(sock=chan, _lock=threading.Lock(), _expecting={})
+    replies = Replies(client)
+    return replies, chan, client
+
+
+def test_the_data_of_a_read_goes_whole_into_the_file_and_other_answers_wait_by_number():
+    replies, chan, client = _replies()
+    client._expecting.update({7: replies, 8: replies})
+    data = os.urandom(300_000)
+    handle = struct.pack(">IBII", 1 + 4 + 4 + 3, CMD_HANDLE, 8, 3) + b"abc"
+    answer = struct.pack(">IBII", 1 + 4 + 4 + len(data), CMD_DATA, 7, len(data)) + data
+    wire = handle + answer
+    for at in range(0, len(wire), 32768):  # as OpenSSH's sshd sends it: packets of 32 KiB
+        chan.in_buffer.feed(wire[at : at + 32768])
+    out = io.BytesIO()
+    assert replies.stream(7, out) == len(data)
+    assert out.getvalue() == data
+    assert replies.wait(8, CMD_HANDLE).get_binary() == b"abc"
+    assert client._expecting == {}
+
+
+def test_central_that_falls_silent_is_a_timeout_of_the_link_as_with_paramikos_own_reads():
+    replies, chan, client = _replies(timeout=0.1)
+    client._expecting[1] = replies
+    chan.in_buffer.feed(b"\x00\x00")  # half the length of an answer, then nothing
+    with pytest.raises(socket.timeout):
+        replies.stream(1, io.BytesIO())
