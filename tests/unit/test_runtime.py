@@ -219,3 +219,51 @@ def test_an_observer_hears_of_an_orderly_stop_before_and_after_the_broker_is_clo
     rt._started = True
     rt._finish()
     assert recorder.seen == [("at_stop", None), ("after_stop", None)]
+
+
+def test_a_message_waiting_a_moment_for_centrals_announcement_is_not_an_error_but_a_lasting_wait_warns(
+    rt, monkeypatch, caplog
+):
+    from synkler.errors import NotYet, StateUnavailable
+
+    clock = [7000.0]
+    monkeypatch.setattr(inbox.time, "monotonic", lambda: clock[0])
+    why = [NotYet("admit: central has not yet announced where its directory is")]
+
+    def on_message(msg):
+        raise why[0]
+
+    monkeypatch.setattr(rt.agent, "on_message", on_message)
+    body = messages.encode(messages.Wait(messages.new_entry_id(), "central", reason="no room"))
+    caplog.set_level("DEBUG", logger="synkler")
+
+    def apply():
+        with rt.state.transaction():  # as the loop's pass holds one
+            return rt.inbox.apply(body)
+
+    def said(level: str) -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelname == level]
+
+    # Just after a start: the message comes back each second and is acted upon once central reports.
+    for _ in range(int(inbox.NOT_YET_PATIENCE) - 1):
+        assert apply() == ("requeue", [])
+        clock[0] += 1
+    assert said("WARNING") == [] and said("ERROR") == []
+    assert any(m.startswith("cannot act on a message yet (admit: central has not") for m in said("DEBUG"))
+    # Lasting: a warning saying for how long, then once a minute while it lasts, not once a pass.
+    for _ in range(2 * int(inbox.NOT_YET_PATIENCE) + 1):
+        assert apply() == ("requeue", [])
+        clock[0] += 1
+    assert said("ERROR") == []
+    [first, second] = said("WARNING")
+    assert first.startswith("cannot act on messages for 60 seconds (admit: central has not yet announced")
+    assert "synkler check" in first and second.startswith("cannot act on messages for 120 seconds")
+    # A pause ends the spell: the next wait is a moment again.
+    caplog.clear()
+    clock[0] += inbox.NOT_YET_GAP + 1
+    assert apply() == ("requeue", [])
+    assert said("WARNING") == []
+    # A state that cannot be written is no moment's wait: an error at once.
+    why[0] = StateUnavailable("database is locked")
+    assert apply() == ("requeue", [])
+    assert said("ERROR") == ["cannot act on a message now (database is locked); it stays queued"]
