@@ -60,7 +60,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from .. import __version__
-from ..errors import AgentActive, BrokerError, PublishRefused
+from ..errors import AgentActive, BrokerError, NoQueueYet, PublishRefused
 from ..text import count
 from ..tls import TlsFileError, explain, peer_certificate, tls_context
 from .connect import Address, BrokerParams, address_text, connection_order, tls_settings
@@ -706,6 +706,8 @@ class Broker:
                 self.close()
                 raise BrokerError(f"broker operation failed: {_describe(e)}") from None
             self._drop_publisher()
+            if isinstance(e, pika.exceptions.UnroutableError):
+                raise NoQueueYet(_describe(e)) from None
             raise PublishRefused(_describe(e)) from None
         except _PIKA_ERRORS as e:
             self.close()

@@ -13,7 +13,7 @@ from .. import messages
 from ..agents.base import PERSON_REPEAT
 from ..backoff import backoff
 from ..broker.amqp import Broker
-from ..errors import PublishRefused
+from ..errors import NoQueueYet, PublishRefused
 from ..state import State
 
 log = logging.getLogger("synkler")
@@ -29,14 +29,14 @@ class Outbox:
 
     def __init__(self, state: State):
         self.state = state
-        # destination -> (refusals in a row, no publish to it before, last ERROR logged)
-        self.held: dict[str, tuple[int, float, float]] = {}
+        # destination -> (refusals in a row, no publish to it before, last ERROR logged, first refusal)
+        self.held: dict[str, tuple[int, float, float, float]] = {}
 
     def flush(self, broker: Broker) -> None:
         """Publish the outbox; rows are deleted once the broker confirms them. A BrokerError (the
         connection is lost) leaves the rest for the next flush."""
         now = time.time()
-        held = {dest for dest, (_n, until, _told) in self.held.items() if until > now}
+        held = {dest for dest, (_n, until, _told, _since) in self.held.items() if until > now}
         while True:
             rows = self.state.outbox(OUTBOX_BATCH, held=held)
             if not rows:
@@ -58,9 +58,20 @@ class Outbox:
                     log.warning("messages to agent %r go out again", dest)
 
     def _refused(self, dest: str, e: PublishRefused, now: float) -> None:
-        refusals, _until, told = self.held.get(dest, (0, 0.0, float("-inf")))
+        """Hold `dest` back. A destination with no queue yet (its agent has not run: with
+        authentication it declares its own) is normal for a while after a first start: a WARNING,
+        an ERROR only once it has lasted PERSON_REPEAT. Any other refusal is an ERROR at once."""
+        refusals, _until, told, since = self.held.get(dest, (0, 0.0, float("-inf"), now))
         refusals += 1
-        if now - told >= PERSON_REPEAT:
+        if isinstance(e, NoQueueYet) and now - since < PERSON_REPEAT:
+            if refusals == 1:
+                log.warning(
+                    "no queue for agent %r yet (%s): has it ever run? Its messages wait in the outbox, "
+                    "in order, and the other agents' messages go on",
+                    dest,
+                    e,
+                )
+        elif now - told >= PERSON_REPEAT:
             told = now
             log.error(
                 "the broker refuses messages to agent %r (%s); they wait in the outbox, in order, "
@@ -69,7 +80,7 @@ class Outbox:
                 e,
                 PERSON_REPEAT // 60,
             )
-        self.held[dest] = (refusals, now + backoff(refusals, base=1, cap=60), told)
+        self.held[dest] = (refusals, now + backoff(refusals, base=1, cap=60), told, since)
 
 
 def chunks(rows: list[Row]) -> Iterator[tuple[str, list[Row]]]:
