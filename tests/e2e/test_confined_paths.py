@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support.relay_helpers import deliver, place, take_dead_letters
+from support.relay_helpers import deliver, place, take_dead_letters, write_random
 
 from synkler import messages
 from synkler.broker.amqp import Broker
@@ -138,6 +138,79 @@ def test_a_refusal_by_the_forced_command_is_told_as_needing_a_person_not_a_link_
     assert os.listdir(wrong) == []
     check = subprocess.run(relay.command("download", "check"), capture_output=True, text=True, timeout=120)
     assert "FAIL  cannot read central's" in check.stdout and "rrsync error" in check.stdout, check.stdout
+
+
+def test_the_production_set_up_of_security_md_to_its_end_relays_and_check_says_every_line_ok(
+    private_rabbit, confined_sshd: LocalSshd, instance_id: str, tmp_path: Path
+):
+    """docs/security.md, "Setting up a production relay", as 0.6 has it: broker-setup's least
+    privileged users with `authenticate: true` (step 1, 3), upload named lab-a with its key forced
+    to `rrsync -wo -no-lock <place>/staging/lab-a`, download's to `rrsync -ro <place>` (step 4),
+    receipts signed by download and pinned at upload and central (step 5). A big file (pulled while
+    it is pushed, through `growing/`), a directory and a small file arrive md5-verified, each
+    cleanup script runs once per entry, no agent logs an ERROR, and `check` (step 6) says every
+    line ok."""
+    from support.authrelay import UPLOAD, authenticated_relay
+
+    with authenticated_relay(private_rabbit, confined_sshd, tmp_path, instance_id) as relay:
+        where = relay.dirs["central"] / instance_id
+        roots = {"upload": f"{where}/staging/{UPLOAD}", "download": str(where)}
+        for role in ("upload", "central", "download"):
+            cfg = yaml.safe_load(relay.configs[role].read_text())
+            password = relay.workdir / role / "broker.password"  # step 3: in a file only the agent reads
+            password.touch(mode=0o600)
+            password.write_text(cfg.pop("broker_password") + "\n")
+            cfg["broker_password_file"] = str(password)
+            if role in roots:
+                del cfg["keep_minutes"]  # the harness's, which only central reads (check warns)
+                cfg.update(rsync_opts=[f"--rsh={rsh_of(confined_sshd, role)}"], rrsync_root=roots[role])
+            relay.configs[role].write_text(yaml.safe_dump(cfg, sort_keys=False))
+        authorize(
+            confined_sshd,
+            upload=f"{RRSYNC} -wo -no-lock {roots['upload']}",
+            download=f"{RRSYNC} -ro {roots['download']}",
+        )
+        relay.start("central")  # first, as step 4 says: it makes <place>/staging
+        relay.wait_for("central's staging", lambda: (where / "staging").is_dir(), 30)
+        (where / "staging" / UPLOAD).mkdir(mode=0o700, exist_ok=True)
+        relay.start("download")
+        relay.start("upload")
+        big = relay.dirs["upload"].parent / ".big"
+        write_random(big, 80 << 20)  # above the early pull's 64 MiB
+        md5s = {"big.bin": md5_entry(big), "small.txt": place(relay.dirs["upload"], "small.txt", b"s" * 999)}
+        os.rename(big, relay.dirs["upload"] / "big.bin")
+        tree = relay.dirs["upload"] / "run 7"
+        (tree / "sub").mkdir(parents=True)
+        (tree / "sub" / "f.txt").write_bytes(b"inside")
+        md5s["run 7"] = md5_entry(tree)
+        deliver(relay, md5s, timeout=180)
+        for log in (relay.up_log, relay.down_log):
+            relay.wait_for(
+                f"{log.name}: one run per entry",
+                lambda log=log: log.exists() and len(log.read_text().splitlines()) == 3,
+            )
+        for role in ("upload", "central", "download"):
+            assert " ERROR " not in relay.log_path(role).read_text(), role
+        want = {
+            "upload": [
+                "ok    messages authenticated",
+                "ok    deliveries proven",
+                "ok    write into central's",
+            ],
+            "central": ["ok    messages authenticated", "ok    deliveries proven"],
+            "download": [
+                "ok    messages authenticated",
+                "ok    delivery receipts signed with",
+                "ok    read central's",
+            ],
+        }
+        for role, lines in want.items():
+            out = subprocess.run(relay.command(role, "check"), capture_output=True, text=True, timeout=120)
+            assert out.returncode == 0 and "FAIL" not in out.stdout and "WARN" not in out.stdout, out.stdout
+            for line in lines:
+                assert line in out.stdout, (role, line, out.stdout)
+            if role != "central":
+                assert f"confined by rrsync to {roots[role]}" in out.stdout, out.stdout
 
 
 # The attacks of issue 22 (item 3), on an unconfined relay: each harmless -------------------------
