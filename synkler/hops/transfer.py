@@ -236,6 +236,14 @@ def close_shared_connection(cfg: Config) -> None:
         run([*shlex.split(shared), "-O", "exit", cfg.central_host], timeout=10, track=False)
 
 
+def retire_shared_connection(cfg: Config) -> None:
+    """Let the next rsync run log in to central afresh (`ssh -O stop`: the master connection takes no
+    new runs; those under way on it finish). Harmless if there is none."""
+    _opts, shared = effective_opts(cfg)
+    if shared is not None:
+        run([*shlex.split(shared), "-O", "stop", cfg.central_host], timeout=10, track=False)
+
+
 CAN_PROTECT = (3, 0, 0)  # rsync has --protect-args (-s; --secluded-args since 3.2.4, both names work)
 _VERSION = re.compile(rb"version\s+v?(\d+)\.(\d+)(?:\.(\d+))?")
 
@@ -503,7 +511,14 @@ def _hop(
     closed with it: it carries the stalled link (every run over it would hang until ssh's
     keep-alives end it; the next run connects afresh), and it holds the run's output pipe."""
     closing = functools.partial(close_shared_connection, cfg)
-    return run(argv, input=input, cancel=cancel, stall=cfg.stall_seconds, on_stall=closing)
+    result = run(argv, input=input, cancel=cancel, stall=cfg.stall_seconds, on_stall=closing)
+    if result.needs_person:
+        # What a key may do on central (its forced command) is fixed when ssh logs in: a master
+        # connection that lived on would keep a refused forced command for every later run, so a
+        # fixed authorized_keys took effect only once the connection had been idle for
+        # ssh_control_persist, and an operator's `synkler retry` was refused again.
+        retire_shared_connection(cfg)
+    return result
 
 
 def push(cfg: Config, local_dir: str, names: Sequence[str], remote_dir: str) -> Result:

@@ -9,10 +9,12 @@ delivers afterwards.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,15 +124,31 @@ def test_a_refusal_by_the_forced_command_is_told_as_needing_a_person_not_a_link_
     wrong.mkdir()
     upload_root = str(relay.dirs["central"] / relay.instance / "staging" / "upload")
     authorize(relay.sshd, upload=f"{RRSYNC} -wo -no-lock {upload_root}", download=f"{RRSYNC} -ro {wrong}")
+    notices = tmp_path / "notices.jsonl"  # download's alerts, by a command that appends each message
+    append = "import sys; open(sys.argv[1], 'a').write(sys.stdin.read() + '\\n')"
+    cfg = yaml.safe_load(relay.configs["download"].read_text())
+    cfg["alerts"] = {
+        "command": {"argv": [sys.executable, "-c", append, str(notices)]},
+        "check_seconds": 1,
+        "group_seconds": 0,
+    }
+    relay.configs["download"].write_text(yaml.safe_dump(cfg, sort_keys=False))
     relay.start()
-    place(relay.dirs["upload"], "waits.bin", b"until the key is fixed")
+    md5 = place(relay.dirs["upload"], "waits.bin", b"until the key is fixed")
 
-    def told() -> bool:
-        return any("needs a person" in (e.reason or "") for e in relay.entries("download"))
+    def told() -> list[str]:
+        lines = notices.read_text().splitlines() if notices.exists() else []
+        return [
+            n["state"] for m in map(json.loads, lines) for n in m["notices"] if n["key"] == "needs-person:ssh"
+        ]
 
-    relay.wait_for("download to say the forced command refused", told, 60)
+    relay.wait_for("download's notice that ssh needs a person", lambda: told() == ["started"], 60)
     entry = relay.entries("download")[0]
-    assert entry.state == "fetching" and "rrsync error" in (entry.reason or "")
+    assert (
+        entry.state == "fetching"
+        and "rrsync error" in (entry.reason or "")
+        and "needs a person" in entry.reason
+    )
     log = relay.log_path("download").read_text()
     assert " ERROR waits.bin: pull from central refused by ssh or the key's forced command" in log
     status = subprocess.run(relay.command("download", "status"), capture_output=True, text=True, timeout=60)
@@ -138,6 +156,18 @@ def test_a_refusal_by_the_forced_command_is_told_as_needing_a_person_not_a_link_
     assert os.listdir(wrong) == []
     check = subprocess.run(relay.command("download", "check"), capture_output=True, text=True, timeout=120)
     assert "FAIL  cannot read central's" in check.stdout and "rrsync error" in check.stdout, check.stdout
+    # The operator fixes the forced command and makes the waiting entry move now (issue 23, item 4).
+    authorize(
+        relay.sshd,
+        upload=f"{RRSYNC} -wo -no-lock {upload_root}",
+        download=f"{RRSYNC} -ro {relay.dirs['central'] / relay.instance}",
+    )
+    retried = subprocess.run(
+        relay.command("download", "retry", "--waiting"), capture_output=True, text=True, timeout=60
+    )
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    deliver(relay, {"waits.bin": md5}, timeout=60)
+    relay.wait_for("the notice that it cleared", lambda: told() == ["started", "cleared"], 60)
 
 
 def test_the_production_set_up_of_security_md_to_its_end_relays_and_check_says_every_line_ok(
