@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 from .. import messages
 from ..agents.base import PERSON_REPEAT
@@ -27,8 +27,11 @@ Row = tuple[int, str, bytes]  # (seq, destination, message)
 class Outbox:
     """Publishes the outbox of one agent's state database."""
 
-    def __init__(self, state: State):
+    def __init__(self, state: State, expected: Collection[str] = ()):
+        """`expected`: the agents this one sends to whatever happens (central, download), whose
+        queue may not exist for a while after a first start; not an upload agent named in a message."""
         self.state = state
+        self.expected = frozenset(expected)
         # destination -> (refusals in a row, no publish to it before, last ERROR logged, first refusal)
         self.held: dict[str, tuple[int, float, float, float]] = {}
 
@@ -58,12 +61,13 @@ class Outbox:
                     log.warning("messages to agent %r go out again", dest)
 
     def _refused(self, dest: str, e: PublishRefused, now: float) -> None:
-        """Hold `dest` back. A destination with no queue yet (its agent has not run: with
-        authentication it declares its own) is normal for a while after a first start: a WARNING,
-        an ERROR only once it has lasted PERSON_REPEAT. Any other refusal is an ERROR at once."""
+        """Hold `dest` back. Central or download with no queue yet (with authentication each agent
+        declares its own, so one that has not run has none) is normal for a while after a first
+        start: a WARNING, an ERROR only once it has lasted PERSON_REPEAT. Any other refusal (an
+        upload agent without a queue included: an invented sender) is an ERROR at once."""
         refusals, _until, told, since = self.held.get(dest, (0, 0.0, float("-inf"), now))
         refusals += 1
-        if isinstance(e, NoQueueYet) and now - since < PERSON_REPEAT:
+        if isinstance(e, NoQueueYet) and dest in self.expected and now - since < PERSON_REPEAT:
             if refusals == 1:
                 log.warning(
                     "no queue for agent %r yet (%s): has it ever run? Its messages wait in the outbox, "
