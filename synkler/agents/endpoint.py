@@ -84,7 +84,10 @@ class Endpoint(Agent):
         elif result is not None and result.link_down:
             now = time.time()
             if self.outage.failed(started, now, self.cfg.retry_max_seconds):
-                log.warning(
+                # A refusal by ssh or the forced command is said at ERROR with what to fix
+                # (Endpoint._needs_person), not also as a link that is down.
+                log.log(
+                    logging.DEBUG if result.needs_person else logging.WARNING,
                     "the link to central is down (failure %d of this outage: %s); entries that wait "
                     "for it are tried again in %.1f s",
                     self.outage.failures,
