@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support.metrics_helpers import expected, free_port, hop_counters
 from support.relay_helpers import deliver, place, take_dead_letters, write_random
 
 from synkler import messages
@@ -178,15 +179,17 @@ def test_the_production_set_up_of_security_md_to_its_end_relays_and_check_says_e
     to `rrsync -wo -no-lock <place>/staging/lab-a`, download's to `rrsync -ro <place>` (step 4),
     receipts signed by download and pinned at upload and central (step 5). A big file (pulled while
     it is pushed, through `growing/`), a directory and a small file arrive md5-verified, each
-    cleanup script runs once per entry, no agent logs an ERROR, and `check` (step 6) says every
-    line ok."""
+    cleanup script runs once per entry, no agent logs an ERROR, each agent's hop counters equal
+    the deliveries and their bytes, and `check` (step 6) says every line ok."""
     from support.authrelay import UPLOAD, authenticated_relay
 
     with authenticated_relay(private_rabbit, confined_sshd, tmp_path, instance_id) as relay:
         where = relay.dirs["central"] / instance_id
         roots = {"upload": f"{where}/staging/{UPLOAD}", "download": str(where)}
+        ports = {role: free_port() for role in ("upload", "central", "download")}
         for role in ("upload", "central", "download"):
             cfg = yaml.safe_load(relay.configs[role].read_text())
+            cfg["metrics_listen"] = f"127.0.0.1:{ports[role]}"
             password = relay.workdir / role / "broker.password"  # step 3: in a file only the agent reads
             password.touch(mode=0o600)
             password.write_text(cfg.pop("broker_password") + "\n")
@@ -221,6 +224,8 @@ def test_the_production_set_up_of_security_md_to_its_end_relays_and_check_says_e
             )
         for role in ("upload", "central", "download"):
             assert " ERROR " not in relay.log_path(role).read_text(), role
+            # Every hop counter equals the deliveries and their bytes (issue 23, item 2).
+            assert hop_counters(ports[role]) == expected(role, 3, (80 << 20) + 999 + 6), role
         want = {
             "upload": [
                 "ok    messages authenticated",
