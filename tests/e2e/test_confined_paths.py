@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support.metrics_helpers import expected, free_port, hop_counters
+from support.metrics_helpers import expected, hop_counters
+from support.rabbitnode import free_port
 from support.relay_helpers import deliver, place, take_dead_letters, write_random
 
 from synkler import messages
@@ -172,7 +173,7 @@ def test_a_refusal_by_the_forced_command_is_told_as_needing_a_person_not_a_link_
 
 
 def test_the_production_set_up_of_security_md_to_its_end_relays_and_check_says_every_line_ok(
-    private_rabbit, confined_sshd: LocalSshd, instance_id: str, tmp_path: Path
+    private_rabbit, confined_sshd: LocalSshd, instance_id: str, tmp_path: Path, tmp_path_factory
 ):
     """docs/security.md, "Setting up a production relay", as 0.6 has it: broker-setup's least
     privileged users with `authenticate: true` (step 1, 3), upload named lab-a with its key forced
@@ -180,10 +181,17 @@ def test_the_production_set_up_of_security_md_to_its_end_relays_and_check_says_e
     receipts signed by download and pinned at upload and central (step 5). A big file (pulled while
     it is pushed, through `growing/`), a directory and a small file arrive md5-verified, each
     cleanup script runs once per entry, no agent logs an ERROR, each agent's hop counters equal
-    the deliveries and their bytes, and `check` (step 6) says every line ok."""
+    the deliveries and their bytes, and `check` (step 6) says every line ok. From an operator's
+    shell (another home, no systemd environment), `status` finds each agent's database and `alerts
+    test` reaches the webhook, the mail server and the command (issue 23, items 6 and 7); no agent
+    sent a notice of its own on the way (no false alarm)."""
+    from support.alertinbox import serving
     from support.authrelay import UPLOAD, authenticated_relay
 
-    with authenticated_relay(private_rabbit, confined_sshd, tmp_path, instance_id) as relay:
+    with (
+        serving(tmp_path_factory.mktemp("inbox")) as inbox,
+        authenticated_relay(private_rabbit, confined_sshd, tmp_path, instance_id) as relay,
+    ):
         where = relay.dirs["central"] / instance_id
         roots = {"upload": f"{where}/staging/{UPLOAD}", "download": str(where)}
         ports = {role: free_port() for role in ("upload", "central", "download")}
@@ -194,6 +202,7 @@ def test_the_production_set_up_of_security_md_to_its_end_relays_and_check_says_e
             password.touch(mode=0o600)
             password.write_text(cfg.pop("broker_password") + "\n")
             cfg["broker_password_file"] = str(password)
+            cfg["alerts"] = inbox.settings()
             if role in roots:
                 del cfg["keep_minutes"]  # the harness's, which only central reads (check warns)
                 cfg.update(rsync_opts=[f"--rsh={rsh_of(confined_sshd, role)}"], rrsync_root=roots[role])
@@ -246,6 +255,28 @@ def test_the_production_set_up_of_security_md_to_its_end_relays_and_check_says_e
                 assert line in out.stdout, (role, line, out.stdout)
             if role != "central":
                 assert f"confined by rrsync to {roots[role]}" in out.stdout, out.stdout
+        assert inbox.messages("webhook") == [], inbox.messages("webhook")  # no false alarm on the way
+
+        shell = {k: v for k, v in os.environ.items() if k not in ("STATE_DIRECTORY", "XDG_STATE_HOME")}
+        shell["HOME"] = str(tmp_path / "operator-home")
+        for role in ("upload", "central", "download"):
+            out = subprocess.run(
+                relay.command(role, "status", "--json"), capture_output=True, text=True, timeout=60, env=shell
+            )
+            assert out.returncode == 0, out.stderr
+            assert {row["name"] for row in json.loads(out.stdout)} == set(md5s), (role, out.stdout)
+            out = subprocess.run(
+                relay.command(role, "alerts", "test"), capture_output=True, text=True, timeout=60, env=shell
+            )
+            assert out.returncode == 0, out.stdout + out.stderr
+            assert [line.split()[:2] for line in out.stdout.splitlines()] == [
+                ["ok", "webhook:"],
+                ["ok", "email:"],
+                ["ok", "command:"],
+            ], out.stdout
+        for channel in ("webhook", "email", "command"):
+            assert inbox.told(channel, "test") == ["started"] * 3, channel
+        assert not (tmp_path / "operator-home").exists()  # nothing made in the shell's own places
 
 
 # The attacks of issue 22 (item 3), on an unconfined relay: each harmless -------------------------

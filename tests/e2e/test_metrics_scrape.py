@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 import socket
 
-from support.metrics_helpers import expected, free_port, hop_counters, samples, scrape
+from support.metrics_helpers import expected, hop_counters, samples, scrape
+from support.rabbitnode import free_port
 from support.relay_helpers import deliver, place
 
 

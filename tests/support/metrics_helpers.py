@@ -3,16 +3,9 @@ compared with what was relayed (tests/e2e/test_metrics_scrape.py, test_confined_
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def samples(text: str) -> dict[tuple[str, str], float]:
