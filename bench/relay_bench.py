@@ -278,8 +278,8 @@ class Bench(Runs):
             self.wait_delivered(relay, state, label, set(md5s), started, timeout)
         except DeliveryTimeout as e:
             spent = self.cpu_since(group, agents0, sshd0)  # a lower bound of what the whole would cost
-            unfinished = {"after_s": e.waited, "done": e.done, "entries": len(md5s), "cpu_so_far_s": None}
-            unfinished["cpu_so_far_s"] = sum(spent) if spent else None
+            so_far = sum(spent) if spent else None
+            unfinished = {"after_s": e.waited, "done": e.done, "entries": len(md5s), "cpu_so_far_s": so_far}
             say(f"  {label}: NOT FINISHED: {e.done}/{len(md5s)} done at download after {e.waited:.0f} s")
         finally:
             concurrency = sampler.stop() if sampler else None
