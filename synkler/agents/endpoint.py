@@ -321,6 +321,10 @@ class Endpoint(Agent):
             log.info("%s: cleanup script ran (exit 0)%s", name, f": {output}" if output else "")
             return
         why = repr(error) if error is not None or result is None else result.summary()
+        self._cleanup_failed(entry, name, why, output)
+
+    def _cleanup_failed(self, entry: Entry, name: str, why: str, output: str) -> None:
+        """A cleanup script that failed runs again later, up to cleanup_attempts runs in all."""
         tries = entry.tries + 1
         if tries < self.cfg.cleanup_attempts:
             delay = backoff(tries, cap=self.cfg.retry_max_seconds)

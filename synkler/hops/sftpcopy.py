@@ -56,7 +56,7 @@ from paramiko.sftp import (
     int64,
 )
 
-from .transfer import PARTIAL_DIR
+from .outcome import PARTIAL_DIR
 
 log = logging.getLogger(__name__)
 
