@@ -407,3 +407,65 @@ def test_check_says_whether_deliveries_are_proven_at_each_role(tmp_path: Path, k
             AGENTS["download"](cfg, state, FakeJobs(state))
     finally:
         state.close()
+
+
+# the set-up-order trap: `synkler resend` on download ----------------------------------------------
+
+
+def test_resend_on_download_signs_a_delivered_entrys_receipt_with_the_key_it_has_now(
+    tmp_path: Path, keyfile, key
+):
+    r = Role("download", tmp_path, receipt_key=str(keyfile))
+    r.start()
+    e = r.given("done", entry_id="e" * 32, peer="central", stored_as="data.bin", md5=MD5)  # before any key
+    ok, answer = r.request("resend", e.id)
+    assert ok and "sent to central again" in answer
+    [(to, msg)] = r.sent()
+    assert to == "central" and isinstance(msg, Fetched) and msg.outcome == "placed"
+    receipts.check(msg.receipt, key.public_key(), receipt_for(e, placed_at=0.0))
+    assert r.state.receipts(e.id) == {"download": msg.receipt} and r.entry(e.id).state == "done"
+    # Signed with another key before (a key replaced since): the time it was placed is kept.
+    old = receipts.sign(receipt_for(e, outcome="present"), receipts.new_key())
+    with r.state.transaction():
+        r.state.put_receipt(e.id, "download", old)
+    assert r.request("resend", e.id)[0]
+    [(_, again)] = r.sent()
+    got = receipts.verify(again.receipt, key.public_key())
+    assert (got.placed_at, got.outcome, again.outcome) == (1_700_000_000.25, "present", "present")
+
+
+def test_resend_on_download_is_refused_for_an_entry_not_delivered_or_without_a_receipt_key(
+    tmp_path: Path, keyfile
+):
+    (tmp_path / "keyed").mkdir()
+    (tmp_path / "bare").mkdir()
+    r = Role("download", tmp_path / "keyed", receipt_key=str(keyfile))
+    r.start()
+    e = r.given("fetching", peer="central", md5=MD5)
+    ok, answer = r.request("resend", e.id)
+    assert not ok and "only a delivered entry's receipt can be sent again" in answer
+    bare = Role("download", tmp_path / "bare")
+    bare.start()
+    e = bare.given("done", peer="central", stored_as="data.bin", md5=MD5)
+    ok, answer = bare.request("resend", e.id)
+    assert not ok and "no receipt_key" in answer
+    assert r.sent() == [] and bare.sent() == []
+
+
+@pytest.mark.parametrize("state", ["delivered", "expired"])
+def test_central_passes_a_receipt_that_comes_again_for_a_delivered_entry_on_to_upload(
+    tmp_path: Path, key, state: str
+):
+    r, e = downloading(tmp_path, key, state=state, stored_as="data.bin")
+    with pytest.raises(ReceiptError):  # not download's
+        r.deliver(fetched(e, receipts.sign(receipt_for(e), receipts.new_key())))
+    elsewhere = receipts.sign(receipt_for(e, stored_as="other.bin"), key)
+    with pytest.raises(MessageError):  # not where it was delivered
+        r.deliver(Fetched(e.id, "download", stored_as="other.bin", outcome="placed", receipt=elsewhere))
+    assert r.sent() == [] and r.state.receipts(e.id) == {}
+    token = receipts.sign(receipt_for(e), key)
+    r.deliver(fetched(e, token))
+    assert r.sent() == [("upload", Delivered(e.id, "central", stored_as="data.bin", receipt=token))]
+    assert r.state.receipts(e.id) == {"download": token} and r.entry(e.id).state == state
+    r.deliver(fetched(e))  # a copy of the first `fetched`, without a receipt: nothing, as before
+    assert r.sent() == []
