@@ -469,3 +469,57 @@ def test_central_passes_a_receipt_that_comes_again_for_a_delivered_entry_on_to_u
     assert r.state.receipts(e.id) == {"download": token} and r.entry(e.id).state == state
     r.deliver(fetched(e))  # a copy of the first `fetched`, without a receipt: nothing, as before
     assert r.sent() == []
+
+
+# the receipt document (`proof`) that travels beside the receipt ------------------------------------
+
+
+def a_document(e, key, **changes: object) -> dict:
+    from synkler import proofs
+
+    doc = proofs.document(
+        instance="lab",
+        entry=e,
+        checksum="",
+        destination="download",
+        stored_as="data.bin",
+        outcome="placed",
+        hops=[{"role": "download", "agent": "download", "at": 1.0}],
+        items=[],
+    )
+    doc.update(changes)
+    return proofs.seal(doc, key)
+
+
+@pytest.mark.parametrize("why", ["another key", "unsigned", "another entry", "other content"])
+def test_upload_runs_no_cleanup_script_on_a_good_receipt_beside_a_forged_receipt_document(
+    tmp_path: Path, key, why: str
+):
+    r, e = upload_sent(tmp_path, key)
+    proof = {
+        "another key": a_document(e, receipts.new_key()),
+        "unsigned": a_document(e, None),
+        "another entry": a_document(e, key, entry="f" * 32),
+        "other content": a_document(e, key, md5="0" * 32),
+    }[why]
+    token = receipts.sign(receipt_for(e), key)
+    with pytest.raises(ReceiptError):
+        r.deliver(Delivered(e.id, "central", stored_as="data.bin", receipt=token, proof=proof))
+    r.tick()
+    assert r.entry(e.id).state == "sent" and not [j for j in r.jobs.pending if j.pool == "script"]
+    assert not list(r.agent.cfg.receipt_dir.rglob("*.json"))
+
+
+def test_a_receipt_document_naming_a_path_out_of_place_is_kept_only_as_upload_names_it(tmp_path: Path, key):
+    # Download's own word (signed), passed on by central: upload keeps it under its own entry id,
+    # never under a name or path the document says.
+    r, e = upload_sent(tmp_path, key)
+    proof = a_document(e, key, stored_as="../../../.ssh/authorized_keys", name="../x")
+    r.deliver(
+        Delivered(
+            e.id, "central", stored_as="data.bin", receipt=receipts.sign(receipt_for(e), key), proof=proof
+        )
+    )
+    top = r.agent.cfg.receipt_dir
+    assert [p.relative_to(top).parts[2] for p in top.rglob("*.json")] == [f"{e.id}.json"]
+    assert not (tmp_path / ".ssh").exists()
