@@ -37,6 +37,7 @@ from synkler.broker.names import (
 )
 from synkler.config import load_config
 from synkler.devkit.localrelay import LocalRelay
+from synkler.hops.checksum import md5_entry
 
 MiB = 1024 * 1024
 
@@ -259,3 +260,41 @@ def test_a_dead_letter_queue_made_without_the_bound_in_bytes_is_made_again_once_
         agent.close()
     finally:
         conn.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap (issue 22 audit): an agent started while another agent's login holds every one of "
+    "central's presence reports never learns central's place, and waits for it for ever",
+)
+@pytest.mark.parametrize("role", ["upload", "download"])
+def test_an_agents_login_that_keeps_taking_centrals_presence_reports_does_not_stall_the_relay(
+    relay, private_rabbit, role
+):
+    """Every agent's user may read the others' presence reports (`status --relay`), and reading
+    includes consuming: a standing consumer that never acks holds each of central's reports as it
+    comes. Upload and download learn where central's directory is from that report (the `place`
+    they compare every path with), so an agent started meanwhile must still deliver."""
+    relay.start()
+    deliver(relay, {"before.dat": place(relay.dirs["upload"], "before.dat", os.urandom(3000))})
+    relay.stop("upload", "download")
+    user, password = login(relay, role)
+    conn = connect(private_rabbit, user, password)
+    taken: list[bytes] = []
+    try:
+        ch = conn.channel()
+        reports = holder_name(relay.instance, "central")
+        ch.basic_consume(reports, lambda _c, _m, _p, body: taken.append(body), auto_ack=False)
+        conn.process_data_events(1)
+        relay.start("upload", "download")
+        md5 = place(relay.dirs["upload"], "during.dat", os.urandom(3000))
+
+        def delivered() -> bool:
+            conn.process_data_events(0)  # keeps taking reports (and answers the broker's heartbeats)
+            return relay.states("download").get("during.dat") == "done"
+
+        relay.wait_for("delivered while central's reports are taken", delivered, timeout=30)
+        assert taken  # the attacker did hold central's reports
+    finally:
+        conn.close()
+    assert md5_entry(relay.dirs["download"] / "during.dat") == md5
