@@ -13,6 +13,7 @@ that verifies, and each cleanup script ran exactly once.
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -220,3 +221,47 @@ def test_every_delivery_has_a_receipt_that_verifies_at_every_role_and_cleanup_ru
         assert receipt.entry == entry_named(relay, "upload", name).id
     assert sorted(cleanup_runs(relay.up_log)) == sorted(md5s)
     assert sorted(cleanup_runs(relay.down_log)) == sorted(md5s)
+
+
+def test_a_receipt_key_made_after_a_delivery_is_put_to_use_by_resend_on_download_and_upload_cleans_up_once(
+    relay, counter
+):
+    """The set-up-order trap: download delivers before it has its receipt_key (upload and central
+    already pin its public key), so central refuses its `fetched` as not proven and upload keeps its
+    data; once the key is there, `synkler resend` on download sends the signed receipt, and upload's
+    cleanup script runs, once."""
+    import yaml
+
+    conf = relay.configs["download"]
+    keyed = conf.read_text()
+    unkeyed = yaml.safe_load(keyed)
+    del unkeyed["receipt_key"]
+    conf.write_text(yaml.safe_dump(unkeyed))
+    before = counter.dead()
+    relay.start()
+    md5 = place(relay.dirs["upload"], "late.dat", os.urandom(3000))
+    relay.wait_for("placed at download", lambda: relay.states("download").get("late.dat") == "done")
+    counter.wait_dead(before + 1)  # central's refusal of the `fetched` without a receipt
+    assert md5_entry(relay.dirs["download"] / "late.dat") == md5
+    assert relay.states("central")["late.dat"] == "downloading"
+    assert (relay.dirs["upload"] / "late.dat").exists() and cleanup_runs(relay.up_log) == []
+
+    relay.stop("download")
+    conf.write_text(keyed)
+    relay.start("download")
+    done = subprocess.run(
+        relay.command("download", "resend", "late.dat"), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    # (the agent takes the request when it runs: now, or as it starts)
+    assert "sent to central again" in done.stdout or "when it starts" in done.stdout
+    relay.wait_for("cleaned up at upload", lambda: relay.states("upload").get("late.dat") == "done")
+    assert relay.states("central")["late.dat"] == "delivered"
+    assert cleanup_runs(relay.up_log) == ["late.dat"] and cleanup_runs(relay.down_log) == ["late.dat"]
+    public = relay.receipt_key.public_key()
+    for role in ("upload", "central"):
+        receipt = receipts.verify(receipts_of(relay, role)["late.dat"]["download"], public)
+        assert (receipt.name, receipt.md5, receipt.stored_as) == ("late.dat", md5, "late.dat")
+    checked = subprocess.run(relay.command("upload", "verify"), capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    counter.wait_dead(before + 1)  # nothing more was refused

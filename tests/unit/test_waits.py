@@ -175,8 +175,8 @@ def test_status_offers_retry_for_an_entry_that_waits_and_not_for_one_on_its_way(
         "retry",
         "forget",
     ]
-    assert down.actions(entry("delivered", cleanup="pending", tries=1), latest=True) == ["retry"]
-    assert down.actions(entry("delivered", cleanup="pending"), latest=True) == []
+    assert down.actions(entry("delivered", cleanup="pending", tries=1), latest=True) == ["retry", "resend"]
+    assert down.actions(entry("delivered", cleanup="pending"), latest=True) == ["resend"]
     assert mid.actions(entry("waiting", reason="needs 10 bytes"), latest=True) == ["retry", "forget"]
     assert up.actions(entry("waiting", reason="needs 10 bytes"), latest=True) == ["forget"]  # central's call
     why = up.refusal("retry", entry("waiting"), latest=True)
