@@ -262,11 +262,6 @@ def test_a_dead_letter_queue_made_without_the_bound_in_bytes_is_made_again_once_
         conn.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (issue 22 audit): an agent started while another agent's login holds every one of "
-    "central's presence reports never learns central's place, and waits for it for ever",
-)
 @pytest.mark.parametrize("role", ["upload", "download"])
 def test_an_agents_login_that_keeps_taking_centrals_presence_reports_does_not_stall_the_relay(
     relay, private_rabbit, role
