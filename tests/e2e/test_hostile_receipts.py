@@ -56,6 +56,11 @@ class AsDownload:
         props = pika.BasicProperties(delivery_mode=2, content_type="application/json", user_id=self.user)
         self.ch.basic_publish(exchange_name(self.relay.instance), "central", messages.encode(msg), props)
 
+    def failed(self, entry_id: str) -> None:
+        msg = messages.Failed(entry_id, "download", hop="pull from central", reason="forged")
+        props = pika.BasicProperties(delivery_mode=2, content_type="application/json", user_id=self.user)
+        self.ch.basic_publish(exchange_name(self.relay.instance), "central", messages.encode(msg), props)
+
     def close(self) -> None:
         if self.conn.is_open:
             self.conn.close()
@@ -198,6 +203,24 @@ def test_downloads_login_cannot_make_upload_delete_an_entry_download_never_pulle
     deliver(relay, {"only-at-central.raw": md5})
     restart_all_and_deliver(relay, ("only-at-central.raw", md5))
     assert sorted(cleanup_runs(relay.up_log)) == ["after.dat", "first.dat", "only-at-central.raw"]
+
+
+def test_downloads_login_cannot_fail_an_entry_central_has_not_asked_it_to_fetch(relay, as_download, counter):
+    """A `failed` from download counts only for an entry central asked download to fetch: one
+    published with download's login for an entry central has only just been offered is
+    dead-lettered, and the entry is delivered once."""
+    first_delivery(relay)
+    relay.stop("central")
+    md5 = place(relay.dirs["upload"], "told-nothing.raw", os.urandom(4096))
+    relay.wait_for("the offer", lambda: relay.states("upload").get("told-nothing.raw") == "offered")
+    entry = entry_named(relay, "upload", "told-nothing.raw")
+    before = counter.dead()
+    as_download.failed(entry.id)  # queued behind the offer, in central's queue
+    relay.start("central")
+    counter.wait_dead(before + 1)
+    delivered(relay, {"told-nothing.raw": md5})
+    restart_all_and_deliver(relay, ("told-nothing.raw", md5))
+    assert sorted(cleanup_runs(relay.up_log)) == ["after.dat", "first.dat", "told-nothing.raw"]
 
 
 def test_every_delivery_has_a_receipt_that_verifies_at_every_role_and_cleanup_runs_once(relay):
