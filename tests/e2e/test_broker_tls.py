@@ -23,6 +23,9 @@ from support.relay_helpers import deliver, place
 from synkler.broker.amqp import BrokerParams
 from synkler.devkit.localrelay import ROLES, LocalRelay
 
+# A RabbitMQ node of its own (tls_rabbit): one such module at a time.
+pytestmark = pytest.mark.xdist_group("rabbit-nodes")
+
 # Broker users of the EXTERNAL relay: the common names of the agents' certificates.
 CLIENTS = {role: f"tls-{role}" for role in ROLES}
 

@@ -27,6 +27,9 @@ from synkler.devkit.localrelay import LocalRelay
 from synkler.hops.checksum import md5_entry
 from synkler.state import State
 
+# A RabbitMQ node of its own (private_rabbit): one such module at a time.
+pytestmark = pytest.mark.xdist_group("rabbit-nodes")
+
 
 @pytest.fixture
 def relay(authenticated_relay) -> LocalRelay:

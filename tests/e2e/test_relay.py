@@ -381,6 +381,7 @@ def test_heartbeats_keep_the_connection_up_during_a_long_transfer(make_relay, ss
         assert "reconnecting" not in relay.log_path(role).read_text(), role
 
 
+@pytest.mark.alone  # "at once" is timed
 def test_a_second_run_with_the_same_pidfile_exits_at_once(make_relay):
     relay = make_relay()
     relay.start("central")
@@ -684,6 +685,7 @@ def test_a_copy_corrupted_on_every_try_ends_failed_with_the_original_untouched(m
     assert flips(relay, "upload").read_text().splitlines() == ["doomed.bin", "doomed.bin"]
 
 
+@pytest.mark.alone  # "within seconds" is timed
 def test_an_agent_hashing_a_10_tib_file_stops_within_seconds_and_hashes_it_again_next_start(make_relay):
     relay = make_relay()
 
@@ -711,6 +713,7 @@ def test_an_agent_hashing_a_10_tib_file_stops_within_seconds_and_hashes_it_again
     assert log().count("huge.img: offered") == 1
 
 
+@pytest.mark.alone  # it stops the shared broker, which every other relay would see go
 def test_a_broker_restart_loses_nothing_and_the_agents_carry_on(make_relay, rabbitmqctl):
     relay = make_relay()
     relay.start()
