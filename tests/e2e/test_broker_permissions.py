@@ -27,8 +27,9 @@ from synkler.broker.names import DEAD_MAX_BYTES, dead_name, exchange_name, holde
 from synkler.config import load_config
 from synkler.devkit.localrelay import LocalRelay
 
-# A RabbitMQ node of its own (private_rabbit): one such module at a time.
-pytestmark = pytest.mark.xdist_group("rabbit-nodes")
+# A RabbitMQ node of its own (private_rabbit): one such module of its group at a time
+# (two groups, balanced by their run time: one would hold a worker for most of the run).
+pytestmark = pytest.mark.xdist_group("rabbit-nodes-2")
 
 MiB = 1024 * 1024
 

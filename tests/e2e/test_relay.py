@@ -164,6 +164,7 @@ def test_a_hundred_small_files_all_arrive(make_relay):
     assert len(relay.entries("central")) == 100
 
 
+@pytest.mark.alone  # download pulls part of it while upload still pushes: a matter of timing
 def test_a_200_mb_file_arrives_intact(make_relay):
     relay = make_relay()
     relay.start()
