@@ -12,7 +12,7 @@ bash scripts/setup.sh
 # Most end-to-end tests wait on timers (ticks, backoffs, rsync), not on the CPU: several pytest-xdist
 # workers overlap those waits. Each test has its own instance id, temp dirs and ports, and each worker
 # its own private sshd. `--dist loadgroup` keeps an xdist_group on one worker (the modules that start
-# a RabbitMQ node of their own run one after the other); a test marked `alone` (it stops the shared
-# broker, or its timing is the point) runs with the others waiting (tests/support/workers.py).
-# 3 workers on 2 cores: measured in the commit that set it, beside a CPU hog too.
+# RabbitMQ nodes of their own are two groups: at most two such modules at once); a test marked `alone`
+# (it stops the shared broker, or its timing is the point) runs with the others waiting
+# (tests/support/workers.py). 3 workers on 2 cores, so timers overlap without starving the agents.
 exec .venv/bin/python -m pytest -q --durations=15 -n "${SYNKLER_TEST_WORKERS:-3}" --dist loadgroup "$@"
