@@ -39,6 +39,10 @@ from synkler.config import load_config
 from synkler.devkit.localrelay import LocalRelay
 from synkler.hops.checksum import md5_entry
 
+# A RabbitMQ node of its own (private_rabbit): one such module of its group at a time
+# (two groups, balanced by their run time: one would hold a worker for most of the run).
+pytestmark = pytest.mark.xdist_group("rabbit-nodes-2")
+
 MiB = 1024 * 1024
 
 

@@ -28,6 +28,10 @@ from synkler.devkit.localrelay import LocalRelay
 from synkler.hops.checksum import md5_entry
 from synkler.state import State
 
+# A RabbitMQ node of its own (private_rabbit): one such module of its group at a time
+# (two groups, balanced by their run time: one would hold a worker for most of the run).
+pytestmark = pytest.mark.xdist_group("rabbit-nodes-1")
+
 
 @pytest.fixture
 def relay(authenticated_relay) -> LocalRelay:

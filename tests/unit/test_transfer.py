@@ -146,7 +146,7 @@ def test_a_run_ends_when_it_is_no_longer_needed_with_what_it_said_so_far():
     # download's early pull: the fetch ends the run that would go on pulling (here: for an hour).
     cancel = threading.Event()
     code = "import sys, time; print('appended 8 MB', flush=True); time.sleep(3600)"
-    threading.Timer(0.3, cancel.set).start()
+    threading.Timer(2.0, cancel.set).start()  # the child's first line is out by then, even on a busy machine
     result = run([sys.executable, "-c", code], cancel=cancel)
     assert not result.ok
     assert "appended 8 MB" in result.output and result.output.endswith("stopped: no longer needed")
