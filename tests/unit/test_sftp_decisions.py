@@ -4,6 +4,7 @@ copies may be resumed, how failures are classed, and which host keys are believe
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from types import SimpleNamespace
 
@@ -125,3 +126,12 @@ def test_proxyjump_hops_are_read_as_ssh_reads_them_each_with_its_own_ssh_config(
     for bad in ("ssh://gate@bastion", "bastion:port", "me@"):
         with pytest.raises(sftp.Refused, match="Bad ProxyJump"):
             sftp.jump_hosts({"proxyjump": bad})
+
+
+@pytest.mark.parametrize("raw", [b"../../.ssh", b"a/b", b"/etc", b"", b"..", b".", b"x\0y"])
+def test_a_name_listed_by_the_server_that_is_no_file_name_ends_the_run_before_anything_is_written(raw):
+    # Only a server that lies lists one (a file system makes no such name); a pull would have joined it
+    # to its place and written outside it.
+    with pytest.raises(OSError, match="no file name"):
+        sftpcopy.component(raw, "/data/lab/stored/e1")
+    assert sftpcopy.component(b"caf\xe9 #1;x", "/d") == os.fsdecode(b"caf\xe9 #1;x")
