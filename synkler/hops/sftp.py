@@ -1,4 +1,5 @@
-"""SFTP to central with paramiko (`transport: sftp`): the only module that imports paramiko.
+"""SFTP to central with paramiko (`transport: sftp`): the connection; with sftpcopy.py (the copies) and
+sftpwire.py (the reader of answers), the only modules that import paramiko.
 
 For a central that offers only OpenSSH's `internal-sftp` (often chrooted), where rsync cannot run.
 The runs return the same `transfer.Result` as rsync's, classed the same way (a link that is down,
