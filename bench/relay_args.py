@@ -10,9 +10,9 @@ from typing import Any
 from freshfs import KINDS as FS_KINDS
 from freshfs import check_kind, default_kind
 
-SCENARIOS = ("latency", "big", "many", "tree", "mixed", "idle", "scale", "links")
-# What runs without --only: scale and links take many minutes (and links needs root), so they run
-# only when named.
+SCENARIOS = ("latency", "big", "many", "tree", "mixed", "idle", "scale", "links", "sftp")
+# What runs without --only: scale and links take many minutes (links and sftp need root), so they
+# run only when named.
 DEFAULT_SCENARIOS = ("latency", "big", "many", "tree", "mixed", "idle")
 
 # Sizes of a full run (what the issue asks for) and of --quick (fits in about a minute). An explicit
@@ -66,7 +66,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--only",
         default=",".join(DEFAULT_SCENARIOS),
-        help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all but scale and links)",
+        help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all but scale, links and sftp)",
     )
     p.add_argument(
         "--fs",

@@ -405,6 +405,20 @@ class Bench(Runs):
 
         return links.run(self)
 
+    def sftp(self) -> dict[str, Any]:
+        """The SFTP transport against OpenSSH's scp, sftp and rsync (bench/sftp_bench.py, which
+        needs root for its chrooted internal-sftp account): its figures, as it prints them."""
+        out = self.root / "sftp.json"
+        argv = [sys.executable, str(Path(__file__).with_name("sftp_bench.py")), "--json", str(out)]
+        argv += ["--quick"] if self.args.quick else []
+        done = subprocess.run(argv, text=True, capture_output=True)
+        for line in done.stdout.splitlines():
+            say(f"  {line}")
+        if done.returncode != 0:
+            raise BenchError(f"bench/sftp_bench.py failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+        figures: dict[str, Any] = json.loads(out.read_text())
+        return figures
+
     def mixed(self) -> dict[str, Any]:
         return self.bulk("mixed", self.args.mixed, self.args.mixed_mb << 20, verify_all=True, sampled=True)
 

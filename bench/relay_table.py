@@ -33,7 +33,41 @@ def verdict(ok: bool) -> str:
 
 def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
     """One row per figure: measured, baseline, ratio, target and PASS/MISS (or '-' if only reported)."""
-    return latency_rows(results) + transfer_rows(results) + idle_rows(results)
+    return latency_rows(results) + transfer_rows(results) + idle_rows(results) + sftp_rows(results)
+
+
+TARGET_SFTP_OF_SCP = 0.8  # a big file over synkler's SFTP at no less than this share of scp's MB/s
+
+
+def sftp_rows(results: dict[str, Any]) -> list[dict[str, str]]:
+    """Rows of sftp (bench/sftp_bench.py's figures): a big file each way against scp, and the cost
+    per small file against rsync."""
+    if "sftp" not in results:
+        return []
+    big, many = results["sftp"].get("big MB/s", {}), results["sftp"].get("many ms per file", {})
+    rows: list[dict[str, str]] = []
+    for way in ("push", "pull") if big else ():
+        ratio = big[f"{way} synkler sftp / scp"]
+        rows.append(
+            row(
+                f"sftp {way}, big file (MB/s, of scp's)",
+                f"{big[f'{way} synkler sftp']:.0f} MB/s",
+                baseline=f"scp {big[f'{way} scp']:.0f} MB/s",
+                ratio=f"{ratio:.2f}",
+                target=f">= {TARGET_SFTP_OF_SCP}",
+                result=verdict(ratio >= TARGET_SFTP_OF_SCP),
+            )
+        )
+    for way in ("push", "pull") if many else ():
+        rows.append(
+            row(
+                f"sftp {way}, small files (ms per file)",
+                f"{many[f'{way} synkler sftp']:.2f} ms",
+                baseline=f"rsync {many[f'{way} rsync']:.2f} ms",
+                ratio=f"{many[f'{way} synkler sftp / rsync']:.2f}",
+            )
+        )
+    return rows
 
 
 def latency_rows(results: dict[str, Any]) -> list[dict[str, str]]:
