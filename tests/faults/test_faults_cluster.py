@@ -31,6 +31,10 @@ from support.relay_helpers import place
 from synkler.broker.amqp import Broker, BrokerParams
 from synkler.devkit.localrelay import ROLES, LocalRelay
 
+# A cluster of RabbitMQ nodes of its own: one such module of its group at a time
+# (two groups, balanced by their run time: one would hold a worker for most of the run).
+pytestmark = pytest.mark.xdist_group("rabbit-nodes-2")
+
 DEFAULT = Profile("cluster", small=24, medium=2, big_mb=20, bwlimit=8000, deliver_timeout=240.0)
 CHAOS = Profile("chaos", small=120, medium=6, big_mb=100, bwlimit=20000, deliver_timeout=900.0)
 CONNECTED = re.compile(rb"connected to broker 127\.0\.0\.1:(\d+)")
@@ -166,10 +170,10 @@ def test_without_a_majority_an_agent_waits_a_bounded_time_for_the_broker_and_say
     quorum queues. The declaration is bounded (OPERATION_TIMEOUT, made short here): the connection
     is dropped with an ERROR saying why, so the agent reconnects with its backoff instead of waiting
     for ever. Both nodes come back after (the next test of the module needs the whole cluster)."""
-    from synkler.broker import amqp
+    from synkler.broker.amqp import base
     from synkler.errors import BrokerError
 
-    monkeypatch.setattr(amqp, "OPERATION_TIMEOUT", 3.0)
+    monkeypatch.setattr(base, "OPERATION_TIMEOUT", 3.0)
     first, *others = cluster.nodes
     instance = f"nomajority-{os.getpid()}"
     setup = Broker(BrokerParams("127.0.0.1", first.port), instance, "central")
