@@ -268,6 +268,7 @@ class State:
             raise _error(e) from e
         self._depth = 0
         self._after_commit: list[Callable[[], object]] = []
+        self._before_commit: list[Callable[[], object]] = []
         self._savepoints = 0
 
     def close(self) -> None:
@@ -298,9 +299,10 @@ class State:
             self._depth = 1
             try:
                 yield self
+                self._before_commit_run()
             except BaseException:
                 self._depth = 0
-                self._after_commit = []
+                self._after_commit, self._before_commit = [], []
                 self._run("ROLLBACK")
                 raise
             self._depth = 0
@@ -348,6 +350,21 @@ class State:
             self._db.execute(sql)
         except sqlite3.Error as e:
             raise _error(e) from e
+
+    def before_commit(self, fn: Callable[[], object]) -> None:
+        """Run `fn` once, when the current transaction's work is done, just before it commits (at once
+        outside one). Kept through a savepoint's rollback; dropped with the transaction's. Lets work
+        that many changes of one transaction ask for be done once for them all (receipt documents
+        written with one flush to the disk: synkler.hops.receiptfiles.Batch). If `fn` raises, the
+        transaction is rolled back."""
+        if not self._depth:
+            fn()
+        elif fn not in self._before_commit:
+            self._before_commit.append(fn)
+
+    def _before_commit_run(self) -> None:
+        while self._before_commit:
+            self._before_commit.pop(0)()
 
     def after_commit(self, fn: Callable[[], object]) -> None:
         """Run `fn` once the current transaction has committed (at once outside one); dropped on rollback.

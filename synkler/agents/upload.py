@@ -176,6 +176,7 @@ class Upload(Endpoint):
         # The second hash every entry gets beside its md5, computed in the same read (docs/checksums.md).
         self.strong = None if cfg.checksum == "md5" else cfg.checksum
         self.retention = receiptfiles.Retention(cfg.receipt_dir, cfg.receipt_keep_days)
+        self.receipts = receiptfiles.Batch(cfg.receipt_dir, state.before_commit)
 
     def path(self, name: str) -> str:
         return os.path.join(self.cfg.file_dir, name)
@@ -546,10 +547,7 @@ class Upload(Endpoint):
                 "stored_as": proofs.name_out(os.fsencode(msg.stored_as)),
             },
         }
-        try:
-            receiptfiles.write(self.cfg.receipt_dir, entry.id, now, kept)
-        except OSError as e:
-            log.error("%s: cannot write its receipt into %s: %s", entry.name, self.cfg.receipt_dir, e)
+        self.receipts.keep(entry.id, shown(entry.name), now, kept)  # with the transaction's others
 
     def _check_receipt(self, entry: Entry, msg: Delivered) -> None:
         """With download's key pinned, the cleanup script becomes due only on download's signed
