@@ -355,7 +355,7 @@ class State:
         """Run `fn` once, when the current transaction's work is done, just before it commits (at once
         outside one). Kept through a savepoint's rollback; dropped with the transaction's. Lets work
         that many changes of one transaction ask for be done once for them all (receipt documents
-        written with one flush to the disk: synkler.hops.receiptfiles.Batch). If `fn` raises, the
+        flushed to the disk together: synkler.hops.receiptfiles.Batch). If `fn` raises, the
         transaction is rolled back."""
         if not self._depth:
             fn()

@@ -3,8 +3,8 @@
 YYYY/MM is the month (UTC) the entry was delivered in, so a date range is a few directories and
 `receipt_keep_days` removes old months file by file. Each file is written whole or not at all
 (a temporary file, flushed to the disk, renamed), owner-only like the state database. The
-documents of one transaction of an agent are written together just before it commits, with one
-flush for them all (Batch).
+documents of one transaction of an agent are written together just before it commits, their
+flushes to the disk all under way at once (Batch).
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ def write(top: Path, entry_id: str, when: float, document: dict[str, Any]) -> Pa
 
 
 def write_many(top: Path, documents: dict[Path, dict[str, Any]]) -> list[tuple[Path, OSError]]:
-    """Keep documents (path_for -> document), each whole or not at all, with one flush to the disk
-    for them all: each is written into a temporary file, the files are flushed together
+    """Keep documents (path_for -> document), each whole or not at all, flushed to the disk
+    together: each is written into a temporary file, the files are flushed at once
     (synkler.linux.fs.sync_files), then each is renamed into place and its directory flushed. Those
     that cannot be written, with why; the others are kept."""
     failed: list[tuple[Path, OSError]] = []
@@ -64,7 +64,7 @@ def write_many(top: Path, documents: dict[Path, dict[str, Any]]) -> list[tuple[P
     if not written:
         return failed
     try:
-        sync_files([tmp for tmp, _ in written], top)
+        sync_files([tmp for tmp, _ in written])
     except OSError as e:
         return failed + [(path, e) for _, path in written]
     placed: set[Path] = set()
@@ -92,10 +92,11 @@ def _remove(path: Path) -> None:
 
 class Batch:
     """The receipt documents an agent decides in one transaction, kept together just before it
-    commits (synkler.state.State.before_commit): one flush to the disk for the batch, not an fsync
-    per document (3-5 ms of waiting each, on the main loop, on a busy disk: with 20,000 small
-    entries delivered, most of download's time). A document that cannot be written is logged, as
-    one written alone is: the entry goes on without it."""
+    commits (synkler.state.State.before_commit), their fsyncs all under way at once (one commit of
+    the file system's journal for the batch), not one after the other (3-5 ms of waiting each, on
+    the main loop, on a busy disk: with 20,000 small entries delivered, most of download's time).
+    A document that cannot be written is logged, as one written alone is: the entry goes on
+    without it."""
 
     def __init__(self, top: Path, before_commit: Callable[[Callable[[], object]], None]):
         self.top = top

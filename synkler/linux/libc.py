@@ -1,5 +1,5 @@
-"""The C library, bound once for the Linux calls the os module does not offer (renameat2, syncfs,
-inotify, prctl)."""
+"""The C library, bound once for the Linux calls the os module does not offer (renameat2, inotify,
+prctl)."""
 
 from __future__ import annotations
 
