@@ -3,21 +3,20 @@
 YYYY/MM is the month (UTC) the entry was delivered in, so a date range is a few directories and
 `receipt_keep_days` removes old months file by file. Each file is written whole or not at all
 (a temporary file, flushed to the disk, renamed), owner-only like the state database. The
-documents of one transaction of an agent are written together just before it commits, their
-flushes to the disk all under way at once (Batch).
+documents of one transaction of an agent are written together just before it commits, many at
+once (Batch).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..linux.fs import fsync_dir, sync_files
+from ..linux.fs import write_whole
 from ..private import private_dir
 
 log = logging.getLogger("synkler")
@@ -39,61 +38,28 @@ def write(top: Path, entry_id: str, when: float, document: dict[str, Any]) -> Pa
 
 
 def write_many(top: Path, documents: dict[Path, dict[str, Any]]) -> list[tuple[Path, OSError]]:
-    """Keep documents (path_for -> document), each whole or not at all, flushed to the disk
-    together: each is written into a temporary file, the files are flushed at once
-    (synkler.linux.fs.sync_files), then each is renamed into place and its directory flushed. Those
-    that cannot be written, with why; the others are kept."""
+    """Keep documents (path_for -> document), each whole or not at all (synkler.linux.fs.write_whole:
+    many at once). Those that cannot be written, with why; the others are kept."""
     failed: list[tuple[Path, OSError]] = []
-    written: list[tuple[Path, Path]] = []
+    files: dict[str, bytes] = {}
     for path, document in documents.items():
-        tmp = path.with_name(f".{path.name}.tmp")
         try:
             for directory in (top, path.parent.parent, path.parent):
                 if not directory.is_dir():
                     private_dir(directory)
-            data = json.dumps(document, ensure_ascii=True, indent=1, sort_keys=True).encode("ascii")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                _write_all(fd, data + b"\n")
-            finally:
-                os.close(fd)
-            written.append((tmp, path))
         except OSError as e:
             failed.append((path, e))
-            _remove(tmp)
-    if not written:
-        return failed
-    try:
-        sync_files([tmp for tmp, _ in written])
-    except OSError as e:
-        return failed + [(path, e) for _, path in written]
-    placed: set[Path] = set()
-    for tmp, path in written:
-        try:
-            os.replace(tmp, path)
-            placed.add(path.parent)
-        except OSError as e:
-            failed.append((path, e))
-            _remove(tmp)
-    for directory in placed:
-        try:
-            fsync_dir(directory)
-        except OSError as e:
-            failed.extend((path, e) for _, path in written if path.parent == directory)
+            continue
+        data = json.dumps(document, ensure_ascii=True, indent=1, sort_keys=True).encode("ascii")
+        files[str(path)] = data + b"\n"
+    failed.extend((Path(path), error) for path, error in write_whole(files).items())
     return failed
-
-
-def _remove(path: Path) -> None:
-    try:
-        path.unlink()
-    except OSError:
-        pass
 
 
 class Batch:
     """The receipt documents an agent decides in one transaction, kept together just before it
-    commits (synkler.state.State.before_commit), their fsyncs all under way at once (one commit of
-    the file system's journal for the batch), not one after the other (3-5 ms of waiting each, on
+    commits (synkler.state.State.before_commit), many at once (their fsyncs and renames share
+    the commits of the file system's journal), not one after the other (3-5 ms of waiting each, on
     the main loop, on a busy disk: with 20,000 small entries delivered, most of download's time).
     A document that cannot be written is logged, as one written alone is: the entry goes on
     without it."""
@@ -116,12 +82,6 @@ class Batch:
         failed = write_many(self.top, {path: document for path, (_, document) in queued.items()})
         for path, error in failed:
             log.error("%s: cannot write its receipt document into %s: %s", queued[path][0], self.top, error)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def read(path: Path) -> Any:

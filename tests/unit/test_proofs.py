@@ -226,7 +226,7 @@ def test_documents_are_kept_by_month_and_found_by_entry_id(tmp_path: Path) -> No
 def test_the_documents_of_a_transaction_are_written_together_just_before_it_commits(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A batch of documents (more than sync_files flushes one by one) appears whole, before the
+    """A batch of documents (more than write_whole writes one by one) appears whole, before the
     commit of the transaction that decided them; one that cannot be written is logged and the
     others are kept; a transaction rolled back writes none of those it queued."""
     state = State(tmp_path / "state.db")
