@@ -58,8 +58,8 @@ def write_many(top: Path, documents: dict[Path, dict[str, Any]]) -> list[tuple[P
 
 class Batch:
     """The receipt documents an agent decides in one transaction, kept together just before it
-    commits (synkler.state.State.before_commit), many at once (their fsyncs and renames share
-    the commits of the file system's journal), not one after the other (3-5 ms of waiting each, on
+    commits (synkler.state.State.before_commit), many at once (their waits on the disk
+    overlap), not one after the other (3-5 ms of waiting each, on
     the main loop, on a busy disk: with 20,000 small entries delivered, most of download's time).
     A document that cannot be written is logged, as one written alone is: the entry goes on
     without it."""
