@@ -272,6 +272,9 @@ class Central(Agent):
 
     def on_fetched(self, msg: Fetched) -> None:
         entry = self.entry_for(msg, self.cfg.download_name)
+        if entry.state in (Mid.DELIVERED, Mid.EXPIRED) and msg.receipt:
+            self._delivered_again(entry, msg)
+            return
         if entry.state in (Mid.DELIVERED, Mid.EXPIRED, Mid.FORGOTTEN):
             return  # a copy of one taken already, or an entry an operator forgot meanwhile
         # Download has a say only over an entry central asked it to fetch: one downloading, or one
@@ -298,6 +301,22 @@ class Central(Agent):
             msg.stored_as,
             self.cfg.keep_minutes,
         )
+
+    def _delivered_again(self, entry: Entry, msg: Fetched) -> None:
+        """Download's receipt of a delivered (or since expired) entry, again (`synkler resend` on
+        download, or a copy): kept, and passed on to upload, which may have refused the first as not
+        proven (its key was pinned after the delivery); upload takes it once."""
+        if msg.stored_as != entry.stored_as:
+            raise MessageError(
+                f"fetched for entry {entry.id} as {msg.stored_as!r}: it was delivered as {entry.stored_as!r}"
+            )
+        self._check_receipt(entry, msg)
+        self.state.put_receipt(entry.id, msg.sender, msg.receipt)
+        self.send(
+            entry.peer or "",
+            Delivered(entry.id, self.name, stored_as=msg.stored_as, receipt=msg.receipt, proof=msg.proof),
+        )
+        log.info("%s: download's receipt came again; passed on to %s", entry.name, entry.peer)
 
     def _check_receipt(self, entry: Entry, msg: Fetched) -> None:
         """With download's key pinned, a `fetched` acts only with download's signed receipt for this

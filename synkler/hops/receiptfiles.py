@@ -37,6 +37,13 @@ def write(top: Path, entry_id: str, when: float, document: dict[str, Any]) -> Pa
     return path
 
 
+def write_at(path: Path, document: dict[str, Any]) -> Path:
+    """Write a document at `path` (its directory exists), whole or not at all."""
+    for error in write_whole({str(path): _encoded(document)}).values():
+        raise error
+    return path
+
+
 def write_many(top: Path, documents: dict[Path, dict[str, Any]]) -> list[tuple[Path, OSError]]:
     """Keep documents (path_for -> document), each whole or not at all (synkler.linux.fs.write_whole:
     many at once). Those that cannot be written, with why; the others are kept."""
@@ -50,8 +57,7 @@ def write_many(top: Path, documents: dict[Path, dict[str, Any]]) -> list[tuple[P
         except OSError as e:
             failed.append((path, e))
             continue
-        data = json.dumps(document, ensure_ascii=True, indent=1, sort_keys=True).encode("ascii")
-        files[str(path)] = data + b"\n"
+        files[str(path)] = _encoded(document)
     failed.extend((Path(path), error) for path, error in write_whole(files).items())
     return failed
 
@@ -82,6 +88,10 @@ class Batch:
         failed = write_many(self.top, {path: document for path, (_, document) in queued.items()})
         for path, error in failed:
             log.error("%s: cannot write its receipt document into %s: %s", queued[path][0], self.top, error)
+
+
+def _encoded(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, ensure_ascii=True, indent=1, sort_keys=True).encode("ascii") + b"\n"
 
 
 def read(path: Path) -> Any:

@@ -1,4 +1,5 @@
-"""SFTP to central with paramiko (`transport: sftp`): the only module that imports paramiko.
+"""SFTP to central with paramiko (`transport: sftp`): the connection; with sftpcopy.py (the copies) and
+sftpwire.py (the reader of answers), the only modules that import paramiko.
 
 For a central that offers only OpenSSH's `internal-sftp` (often chrooted), where rsync cannot run.
 The runs return the same `transfer.Result` as rsync's, classed the same way (a link that is down,
@@ -34,8 +35,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import paramiko
 
 from .. import places
-from . import sftpcopy, transfer
-from .transfer import Result
+from . import sftpcopy, sftpwire
+from .outcome import OutsideRoot, Result
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -57,12 +58,20 @@ class Refused(Exception):
 
 
 class Session:
-    """One ssh connection with its SFTP session."""
+    """One ssh connection with its SFTP session (and the connections to the jump hosts it goes
+    through, ssh_config's ProxyJump)."""
 
-    def __init__(self, key: tuple[str, int, str], transport: paramiko.Transport, client: paramiko.SFTPClient):
+    def __init__(
+        self,
+        key: tuple[str, int, str],
+        transport: paramiko.Transport,
+        client: paramiko.SFTPClient,
+        jumps: Sequence[paramiko.Transport] = (),
+    ):
         self.key = key
         self.transport = transport
         self.sftp = client
+        self.jumps = list(jumps)
         self.used = time.monotonic()
 
     def alive(self) -> bool:
@@ -72,7 +81,12 @@ class Session:
         try:
             self.sftp.close()
         finally:
-            self.transport.close()
+            self.cut()
+
+    def cut(self) -> None:
+        """Close the connections without a goodbye (the link may hang)."""
+        for t in [self.transport, *reversed(self.jumps)]:
+            t.close()
 
 
 _idle: list[Session] = []
@@ -194,14 +208,77 @@ def _load_key(path: str) -> paramiko.PKey:
     raise Refused(f"Load key {path}: invalid format ({last})")
 
 
+def jump_hosts(conf: dict[str, Any]) -> list[tuple[str, int, str, dict[str, Any]]]:
+    """(host name, port, user, ssh_config's settings) of each jump host of ssh_config's ProxyJump
+    (`[user@]host[:port]`, several separated by commas), in the order they are gone through."""
+    spec = str(conf.get("proxyjump") or "none").strip()
+    if spec.lower() == "none":
+        return []
+    hops = []
+    for hop in spec.split(","):
+        user, _, rest = hop.strip().rpartition("@")
+        host, port = rest, ""
+        if rest.startswith("["):  # [IPv6]:port
+            host, _, port = rest[1:].partition("]")
+            port = port.lstrip(":")
+        elif rest.count(":") == 1:
+            host, _, port = rest.partition(":")
+        if not host or (port and not port.isdigit()) or "://" in hop:
+            raise Refused(f"Bad ProxyJump {spec!r} in ~/.ssh/config: each hop is [user@]host[:port]")
+        jconf = _ssh_config(host)
+        hops.append(
+            (
+                jconf.get("hostname", host),
+                int(port or jconf.get("port", 22)),
+                user or jconf.get("user") or getpass.getuser(),
+                jconf,
+            )
+        )
+    return hops
+
+
 def connect(cfg: Config) -> Session:
-    """A new ssh connection to central and its SFTP session. Refused, or OSError/SSHException."""
+    """A new ssh connection to central (through ssh_config's ProxyJump hosts, if any) and its SFTP
+    session. Refused, or OSError/SSHException."""
     host, port, user, conf = target(cfg)
-    files = known_hosts_files(cfg, conf)
+    route = [*jump_hosts(conf), (host, port, user, conf)]
+    opened: list[paramiko.Transport] = []
     try:
-        sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
-    except socket.gaierror as e:
-        raise Refused(f"ssh: Could not resolve hostname {host}: {e.strerror}") from None
+        for h, p, u, c in route:
+            carried = None
+            if opened:  # through the jump host before it, as ssh -J does (a direct-tcpip channel)
+                try:
+                    carried = opened[-1].open_channel(
+                        "direct-tcpip", (h, p), ("127.0.0.1", 0), timeout=CONNECT_TIMEOUT
+                    )
+                except paramiko.ChannelException as e:
+                    why = f"the jump host {opened[-1].getpeername()[0]} did not connect to {h} port {p}: {e}"
+                    if e.code == paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED:
+                        raise Refused(f"ssh: {why} (it allows no forwarding)") from None
+                    raise ConnectionRefusedError(errno.ECONNREFUSED, why) from None
+            opened.append(_login(cfg, h, p, u, c, carried))
+        client = sftpwire.open_sftp(opened[-1], WINDOW, PACKET)
+        if client is None:
+            raise paramiko.SSHException("central opened no SFTP session")
+        client.get_channel().settimeout(cfg.rsync_timeout)
+    except BaseException:
+        for t in reversed(opened):
+            t.close()
+        raise
+    return Session((host, port, user), opened[-1], client, opened[:-1])
+
+
+def _login(
+    cfg: Config, host: str, port: int, user: str, conf: dict[str, Any], sock: Any = None
+) -> paramiko.Transport:
+    """An ssh connection to `host`, its key checked and logged in; over `sock` (a channel through
+    a jump host) or a new TCP connection."""
+    files = known_hosts_files(cfg, conf)
+    if sock is None:
+        try:
+            sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
+        except socket.gaierror as e:
+            raise Refused(f"ssh: Could not resolve hostname {host}: {e.strerror}") from None
     transport = paramiko.Transport(sock, default_window_size=WINDOW, default_max_packet_size=PACKET)
     try:
         options = transport.get_security_options()
@@ -216,14 +293,10 @@ def connect(cfg: Config) -> Session:
         _check_host_key(transport, host, port, files)
         _authenticate(cfg, conf, transport, user, host)
         transport.set_keepalive(KEEPALIVE)
-        client = paramiko.SFTPClient.from_transport(transport, window_size=WINDOW, max_packet_size=PACKET)
-        if client is None:
-            raise paramiko.SSHException("central opened no SFTP session")
-        client.get_channel().settimeout(cfg.rsync_timeout)
     except BaseException:
         transport.close()
         raise
-    return Session((host, port, user), transport, client)
+    return transport
 
 
 def _authenticate(
@@ -276,7 +349,7 @@ def session(cfg: Config) -> Iterator[Session]:
             elif ok:
                 s.close()
             else:  # the link may hang: no goodbye on it, just the socket closed
-                s.transport.close()
+                s.cut()
 
 
 def close_all() -> None:
@@ -296,7 +369,7 @@ def stop_all(grace: float = 2.0) -> None:
         with _lock:
             busy = list(_busy)
         for s in busy:
-            s.transport.close()
+            s.cut()
 
     timer = threading.Timer(grace, cut)
     timer.daemon = True
@@ -311,7 +384,7 @@ def remote_path(cfg: Config, path: str) -> str:
     """A path on central as the SFTP account sees it: below `sftp_root` (its chroot) from "/"."""
     sent = places.over_ssh(path, cfg.sftp_root)
     if sent is None:
-        raise transfer.OutsideRoot(
+        raise OutsideRoot(
             f"central's {path} is outside sftp_root {cfg.sftp_root}: the SFTP account cannot reach it; "
             "set sftp_root to the directory the account is chrooted to"
         )
@@ -328,7 +401,7 @@ def _run(cfg: Config, what: str, work: Callable[[paramiko.SFTPClient], T]) -> tu
             return Result(True, 0, "", argv), work(s.sftp)
     except Refused as e:
         return Result(False, 255, str(e), argv), None
-    except transfer.OutsideRoot as e:
+    except OutsideRoot as e:
         return Result(False, 12, str(e), argv), None
     except sftpcopy.Stopped as e:
         return Result(False, -1, f"stopped: {e}", argv), None

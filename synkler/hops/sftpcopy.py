@@ -14,7 +14,8 @@ Speed: nothing waits for an answer it does not need yet. Big files go in pipelin
 WRITE_REQUEST / READ_REQUEST bytes with IN_FLIGHT bytes of reads in flight; small files go AHEAD at a time
 (open, write or read, set mode and mtime, close, all sent before the first answer is read), so
 a batch of small files costs about one round trip, not five, per file. This uses paramiko's
-request machinery (`_async_request`, `_read_response`), stable since paramiko 1.x.
+request machinery (`_async_request`, its table of requests in flight), stable since paramiko 1.x;
+answers are read by synkler.hops.sftpwire, the data of a big file's reads straight into the file.
 
 Names are bytes on the wire (os.fsencode), so a name that is not UTF-8 travels as it is.
 """
@@ -52,11 +53,11 @@ from paramiko.sftp import (
     SFTP_FLAG_READ,
     SFTP_FLAG_TRUNC,
     SFTP_FLAG_WRITE,
-    SFTPError,
     int64,
 )
 
-from .transfer import PARTIAL_DIR
+from .outcome import PARTIAL_DIR
+from .sftpwire import Replies
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,11 @@ WRITE_REQUEST = 128 << 10  # bytes per SFTP write (paramiko: 32 KiB; OpenSSH tak
 # Bytes per SFTP read: OpenSSH from 8.6 answers up to 255 KiB, older ones 64 KiB; a shorter answer
 # before the end of the file sets the size of the reads that follow (`_Copier.read_size`).
 READ_REQUEST = 255 << 10
-# Bytes of reads in flight for a big file. More is slower, not faster: paramiko's channel buffer
-# moves what it holds at every read from it, so answers waiting there cost in proportion (a 256 MiB
-# pull: 52 MiB/s with 1 MiB in flight, 45 with 2 MiB, 35 with 8 MiB, on loopback).
-IN_FLIGHT = 1 << 20
+# Bytes of reads in flight for a big file (64 reads, as OpenSSH's client keeps; below the window).
+# Deep enough that central never waits for the next request; affordable because the answers wait
+# in the channel as they came (synkler.hops.sftpwire), not in paramiko's buffer, which moved all
+# it held at every read (1 MiB was its best: a 256 MiB pull at 52 MiB/s, 35 with 8 MiB).
+IN_FLIGHT = 16 << 20
 AHEAD = 64  # small files in flight
 _ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
@@ -99,6 +101,15 @@ def _same(size: int, mtime: float, other_size: int | None, other_mtime: float | 
     return other_size == size and other_mtime is not None and int(other_mtime) == int(mtime)
 
 
+def component(raw: bytes, directory: str) -> str:
+    """A name the server listed in `directory`, if it is one path component (as a file system
+    makes them): a name with '/' or NUL, or empty, could make a pull write outside its place, so it
+    ends the run (OSError)."""
+    if not raw or b"/" in raw or b"\0" in raw or raw in (b".", b".."):
+        raise OSError(errno.EINVAL, f"{directory} on central lists {raw!r}, which is no file name")
+    return os.fsdecode(raw)
+
+
 def _b(path: str) -> bytes:
     return os.fsencode(path)
 
@@ -113,34 +124,6 @@ def _attrs(mode: int, mtime: float, atime: float | None = None) -> Attrs:
     attr.st_mtime = int(mtime)
     attr.st_atime = int(mtime if atime is None else atime)
     return attr
-
-
-class Replies:
-    """Requests sent without waiting, and their answers by request number (paramiko hands each
-    answer to `_async_response` of the object that sent it)."""
-
-    def __init__(self, client: paramiko.SFTPClient):
-        self.client = client
-        self.got: dict[int, tuple[int, Any]] = {}
-
-    def _async_response(self, t: int, msg: Any, num: int) -> None:
-        self.got[num] = (t, msg)
-
-    def send(self, t: int, *args: Any) -> int:
-        return int(self.client._async_request(self, t, *args))
-
-    def wait(self, num: int, expect: int) -> Any:
-        """The answer to request `num`: its message; an error status raised as paramiko raises it."""
-        while num not in self.got:
-            self.client._read_response()
-        t, msg = self.got.pop(num)
-        if t == CMD_STATUS:
-            self.client._convert_status(msg)  # raises unless the status is OK
-            if expect == CMD_STATUS:
-                return msg
-        if t != expect:
-            raise SFTPError(f"central answered {t} to a request that expects {expect}")
-        return msg
 
 
 class _Copier:
@@ -176,11 +159,11 @@ class _Copier:
                 except EOFError:
                     break
                 for _ in range(msg.get_int()):
-                    name = os.fsdecode(msg.get_string())
+                    raw = msg.get_string()
                     msg.get_string()  # the long name, for people
                     attr = paramiko.SFTPAttributes._from_msg(msg)
-                    if name not in (".", ".."):
-                        found[name] = attr
+                    if raw not in (b".", b".."):
+                        found[component(raw, path)] = attr
         finally:
             r.wait(r.send(CMD_CLOSE, handle), CMD_STATUS)
         return found
@@ -211,21 +194,20 @@ class _Copier:
                 ask += n
             num, n = pending.popleft()
             try:
-                data = r.wait(num, CMD_DATA).get_string()
+                got = r.stream(num, out)
             except EOFError:
-                data = b""
-            out.write(data)
-            done += len(data)
-            if len(data) < n:  # a short answer or the end: drop what is in flight, go on from here
-                if data and done < size:
-                    self.read_size = max(len(data), 4096)  # central's limit
+                got = 0
+            done += got
+            if got < n:  # a short answer or the end: drop what is in flight, go on from here
+                if got and done < size:
+                    self.read_size = max(got, 4096)  # central's limit
                 for later, _ in pending:
                     try:
                         r.wait(later, CMD_DATA)
                     except EOFError:
                         pass
                 pending.clear()
-                if not data:
+                if not got:
                     break
                 ask = done
             if (done - offset) % CHUNK < self.read_size:

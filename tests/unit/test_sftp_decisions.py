@@ -4,6 +4,7 @@ copies may be resumed, how failures are classed, and which host keys are believe
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from types import SimpleNamespace
 
@@ -107,3 +108,30 @@ def test_only_the_host_key_in_known_hosts_is_believed(tmp_path):
         sftp._check_host_key(_server(ours), "central", 2222, [str(known)])
     with pytest.raises(sftp.Refused, match="no host key is known"):
         sftp._check_host_key(_server(ours), "central", 2222, [str(tmp_path / "missing")])
+
+
+def test_proxyjump_hops_are_read_as_ssh_reads_them_each_with_its_own_ssh_config(tmp_path, monkeypatch):
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "config").write_text(
+        "Host bastion\n    HostName bastion.example.org\n    Port 2200\n    User gate\n"
+    )
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert sftp.jump_hosts({}) == [] and sftp.jump_hosts({"proxyjump": "none"}) == []
+    hops = sftp.jump_hosts({"proxyjump": "bastion, me@10.0.0.1:2022,[fe80::1]:23"})
+    assert [hop[:3] for hop in hops] == [
+        ("bastion.example.org", 2200, "gate"),
+        ("10.0.0.1", 2022, "me"),
+        ("fe80::1", 23, hops[2][2]),
+    ]
+    for bad in ("ssh://gate@bastion", "bastion:port", "me@"):
+        with pytest.raises(sftp.Refused, match="Bad ProxyJump"):
+            sftp.jump_hosts({"proxyjump": bad})
+
+
+@pytest.mark.parametrize("raw", [b"../../.ssh", b"a/b", b"/etc", b"", b"..", b".", b"x\0y"])
+def test_a_name_listed_by_the_server_that_is_no_file_name_ends_the_run_before_anything_is_written(raw):
+    # Only a server that lies lists one (a file system makes no such name); a pull would have joined it
+    # to its place and written outside it.
+    with pytest.raises(OSError, match="no file name"):
+        sftpcopy.component(raw, "/data/lab/stored/e1")
+    assert sftpcopy.component(b"caf\xe9 #1;x", "/d") == os.fsdecode(b"caf\xe9 #1;x")
