@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
+from .destinations import SCHEMA as DESTINATIONS_SCHEMA
 from .errors import StateError, StateUnavailable
 from .private import private_file
 
@@ -242,6 +243,7 @@ class State:
 
     def __init__(self, path: str | Path, *, readonly: bool = False):
         self.path = Path(path)
+        self._readonly = readonly
         try:
             if readonly:
                 self._db = sqlite3.connect(
@@ -263,6 +265,7 @@ class State:
                 self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
                 self._db.executescript(_SCHEMA)
                 self._db.executescript(_COUNTS)
+                self._db.executescript(DESTINATIONS_SCHEMA)
             self._db.execute("PRAGMA busy_timeout=5000")
         except sqlite3.Error as e:
             raise _error(e) from e
@@ -346,6 +349,18 @@ class State:
         """One statement of transaction control (BEGIN, SAVEPOINT, ROLLBACK, ...)."""
         try:
             self._db.execute(sql)
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
+    def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """One statement of a table kept by a module of its own (synkler.destinations), and its rows
+        ([] when a read-only look finds a database no agent of this version opened yet)."""
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e) and self._readonly:
+                return []
+            raise _error(e) from e
         except sqlite3.Error as e:
             raise _error(e) from e
 
@@ -572,6 +587,7 @@ class State:
             self._db.executemany("DELETE FROM receipts WHERE entry = ?", [(e.id,) for e in gone])
             self._db.executemany("DELETE FROM metadata WHERE entry = ?", [(e.id,) for e in gone])
             self._db.executemany("DELETE FROM checksums WHERE entry = ?", [(e.id,) for e in gone])
+            self._db.executemany("DELETE FROM destinations WHERE entry = ?", [(e.id,) for e in gone])
             self._db.execute(
                 "INSERT INTO pruned (one, until) VALUES (1, ?)"
                 " ON CONFLICT (one) DO UPDATE SET until = max(until, excluded.until)",

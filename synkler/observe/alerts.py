@@ -394,7 +394,9 @@ class Alerts:
         assert self.cfg is not None
         cfg = self.runtime.cfg
         if self.role == "central":
-            peers = [("download", cfg.download_name)] + [("upload", p) for p in self.runtime.state.peers(64)]
+            peers = [("download", d) for d in cfg.destinations] + [
+                ("upload", p) for p in self.runtime.state.peers(64)
+            ]
         elif self.role == "download":
             peers = [("central", cfg.central_name)]
         else:
