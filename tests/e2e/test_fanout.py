@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import os
+import sys
 from pathlib import Path
 
 from support.faultkit import recorder, script_runs
@@ -62,7 +63,20 @@ def _relay(make_relay):
             "download_public_key": pinned,
             "cleanup_script": recorder(work / f"cleanup-{name}.log"),
         }
-    settings["central"] = {"routes": ROUTES, "download_public_key": pinned, "keep_minutes": 0.02}
+    notices = work / "notices.log"
+    told = "import sys; open(sys.argv[1], 'a').write(sys.stdin.read() + '\\n')"
+    alerts = {
+        "command": {"argv": [sys.executable, "-c", told, str(notices)]},
+        "stuck_minutes": 0.1,  # 6 s: group's entries are told, the others are delivered sooner
+        "check_seconds": 1,
+        "group_seconds": 0,
+    }
+    settings["central"] = {
+        "routes": ROUTES,
+        "download_public_key": pinned,
+        "keep_minutes": 0.02,
+        "alerts": alerts,
+    }
     extra = {"lab-b": "upload", "archive": "download", "group": "download"}
     return make_relay(settings, extra=extra, verbose=False), work
 
@@ -127,6 +141,10 @@ def test_entries_reach_exactly_their_destinations_and_clean_up_after_the_last(ma
     )
     central = collections.Counter(e.state for e in relay.entries("central"))
     assert central["downloading"] == len(with_group), central
+    # Told per destination: stuck at group, not at the destinations that have them.
+    said = lambda: (work / "notices.log").read_text() if (work / "notices.log").exists() else ""  # noqa: E731
+    relay.wait_for("group's entries told stuck", lambda: "not delivered to group" in said(), 30)
+    assert "not delivered to download" not in said() and "not delivered to archive" not in said()
 
     relay.start("group")
     relay.wait_for("group gets an entry", lambda: relay.entries("group"), 30)
