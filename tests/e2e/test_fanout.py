@@ -12,7 +12,9 @@ each cleanup script ran once per entry, upload's only after the last destination
 from __future__ import annotations
 
 import collections
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -141,10 +143,18 @@ def test_entries_reach_exactly_their_destinations_and_clean_up_after_the_last(ma
     )
     central = collections.Counter(e.state for e in relay.entries("central"))
     assert central["downloading"] == len(with_group), central
+    # `synkler status` at central and at upload: where each entry stands at each destination.
+    for key in ("central", "upload"):
+        shown = subprocess.run(relay.command(key, "status"), capture_output=True, text=True, timeout=60)
+        line = next(x for x in shown.stdout.splitlines() if " c.all " in x)
+        group = "fetching" if key == "central" else "routed"  # asked to fetch; no receipt from it yet
+        assert f"to archive fetched, download fetched, group {group}" in line, shown.stdout
     # Told per destination: stuck at group, not at the destinations that have them.
     said = lambda: (work / "notices.log").read_text() if (work / "notices.log").exists() else ""  # noqa: E731
     relay.wait_for("group's entries told stuck", lambda: "not delivered to group" in said(), 30)
-    assert "not delivered to download" not in said() and "not delivered to archive" not in said()
+    notices = [n for line in said().splitlines() for n in json.loads(line)["notices"]]
+    at_group = {n["details"]["name"] for n in notices if n["details"].get("destination") == "group"}
+    assert at_group <= {name for _, name in with_group}, at_group
 
     relay.start("group")
     relay.wait_for("group gets an entry", lambda: relay.entries("group"), 30)
