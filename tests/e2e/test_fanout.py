@@ -149,6 +149,10 @@ def test_entries_reach_exactly_their_destinations_and_clean_up_after_the_last(ma
         line = next(x for x in shown.stdout.splitlines() if " c.all " in x)
         group = "fetching" if key == "central" else "routed"  # asked to fetch; no receipt from it yet
         assert f"to archive fetched, download fetched, group {group}" in line, shown.stdout
+    relay_view = relay.command("lab-b", "status", "--relay")
+    view = subprocess.run(relay_view, capture_output=True, text=True, timeout=60)
+    assert "    to: archive fetched, download fetched, group fetching" in view.stdout, view.stdout
+    assert "'group'" in view.stdout, view.stdout  # its row in the agents' table: away
     # Told per destination: stuck at group, not at the destinations that have them.
     said = lambda: (work / "notices.log").read_text() if (work / "notices.log").exists() else ""  # noqa: E731
     relay.wait_for("group's entries told stuck", lambda: "not delivered to group" in said(), 30)
