@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from .. import destinations as dests
 from .. import receipts
-from ..errors import MessageError
+from ..errors import MessageError, Refused
 from ..hops.checksum import alg_of, hop_mismatch, md5_entry
 from ..hops.follow import pulled_early, worth_following
 from ..linux.fs import remove_tree
@@ -34,7 +34,7 @@ from ..messages import (
     Withdraw,
 )
 from ..metadata import canonical, loads, requirement_problems
-from ..state import Entry, State
+from ..state import Entry, Request, State
 from ..text import count as counted
 from ..text import shown, some_entries
 from . import admission, fanout, waits
@@ -42,6 +42,7 @@ from .admission import ABOVE_RESERVE, MAX_ADMITTED_PER_AGENT, ROOM_WAIT, Offers,
 from .agent import Agent
 from .base import (
     ENTRY,
+    FORGET,
     GIVE_UP_ADVICE,
     RECHECK,
     REOFFER,
@@ -423,6 +424,13 @@ class Central(Agent):
 
     @classmethod
     def refusal(cls, action: str, entry: Entry, latest: bool, *, present: bool = True) -> str | None:
+        base, _, destination = action.partition(":")
+        if destination:  # at one destination: only forget, once central asked it to fetch
+            if base != FORGET:
+                return f"only forget takes a destination, not {base}"
+            if entry.state == Mid.DOWNLOADING or (entry.state == Mid.FAILED and entry.path):
+                return None
+            return f"it is {entry.state}: only a stored, undelivered entry is forgotten at one destination"
         if action == RETRY and entry.state == Mid.WAITING:
             return None  # looked at again now (it is every second anyway)
         if action == RETRY:
@@ -431,6 +439,43 @@ class Central(Agent):
                 "download for a failed pull (it pulls central's verified copy again)"
             )
         return super().refusal(action, entry, latest, present=present)
+
+    def on_request(self, request: Request) -> str:
+        action, _, destination = request.action.partition(":")
+        if not destination:
+            return super().on_request(request)
+        entry = self.state.get(request.entry)
+        if entry is None:
+            raise Refused(f"the central agent has no entry {request.entry}")
+        why = self.refusal(request.action, entry, True)
+        if why is not None:
+            raise Refused(f"{shown(entry.name)} (entry {entry.id}): cannot {action} at {destination}: {why}")
+        return self._forget_at(entry, destination)
+
+    def _forget_at(self, entry: Entry, destination: str) -> str:
+        """`forget --to DEST`: the entry ends at that destination only (it is told, and so is upload,
+        which stops waiting for its receipt); once every other destination has fetched it, it is
+        delivered."""
+        rows = dests.of(self.state, entry.id, self.cfg.download_name)
+        what = f"{shown(entry.name)} (entry {entry.id})"
+        if destination not in rows:
+            raise Refused(f"{what} does not go to {destination!r} (it goes to {', '.join(rows)})")
+        if rows[destination].state in dests.ENDED:
+            raise Refused(f"{what}: {destination} has {rows[destination].state} it already")
+        reason = f"forgotten at {destination} by an operator at central"
+        dests.mark(self.state, entry.id, destination, dests.FORGOTTEN, reason=reason)
+        self.send(destination, Forget(entry.id, self.name, reason=reason))
+        self.send(entry.peer or "", Forget(entry.id, self.name, reason=reason, destination=destination))
+        log.info("%s: %s", entry.name, reason)
+        rows = dests.of(self.state, entry.id, self.cfg.download_name)
+        if dests.all_fetched(rows):
+            keep = self.cfg.keep_minutes * 60
+            self.move(entry, Mid.DELIVERED, due=time.time() + keep, reason=None)
+            return f"{what} is forgotten at {destination}; every other destination has it: delivered"
+        if not dests.waiting_for(rows):  # forgotten everywhere
+            self.forget(entry, reason)
+            return f"{what} is forgotten at every destination, so here too; its peers are told"
+        return f"{what} is forgotten at {destination}; still waiting for {', '.join(dests.waiting_for(rows))}"
 
     def retry(self, entry: Entry) -> str:
         """A waiting entry: admitted now if there is room, else the answer says what it waits for."""

@@ -591,6 +591,24 @@ class Upload(Endpoint):
         expected = receipts.for_entry(self.cfg.id, entry, dest, msg.stored_as)
         receipts.check(msg.receipt, key, expected)
 
+    def on_forget(self, msg: Forget) -> None:
+        """`forget` with a destination: an operator at central forgot the entry there only. Upload
+        stops waiting for that destination's receipt; once every other has sent one, it is delivered."""
+        if not msg.destination:
+            super().on_forget(msg)
+            return
+        entry = self.entry_for(msg)
+        rows = dests.of(self.state, entry.id, self.cfg.download_name)
+        if msg.destination not in rows or rows[msg.destination].state in dests.ENDED:
+            return  # not one of its destinations, or ended there already: nothing to do
+        dests.mark(self.state, entry.id, msg.destination, dests.FORGOTTEN, reason=msg.reason)
+        log.info("%s: %s", entry.name, msg.reason)
+        rows = dests.of(self.state, entry.id, self.cfg.download_name)
+        if dests.all_fetched(rows) and entry.state in (*UNSENT, Up.SENT, Up.SUPERSEDED, Up.FAILED):
+            stored_as = next(r.stored_as for r in rows.values() if r.state == dests.FETCHED)
+            self.delivered(entry, stored_as=stored_as or entry.name, reason=None, tries=0)
+            log.info("%s: delivered to every destination it still goes to", entry.name)
+
     def on_failed(self, msg: Failed) -> None:
         entry = self.entry_for(msg)
         if msg.destination in dests.rows(self.state, entry.id):

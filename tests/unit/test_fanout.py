@@ -13,7 +13,7 @@ from synkler import destinations as dests
 from synkler import routes
 from synkler.config import parse_config
 from synkler.errors import ConfigError, MessageError
-from synkler.messages import Admit, Delivered, Failed, Fetch, Fetched
+from synkler.messages import Admit, Delivered, Failed, Fetch, Fetched, Forget
 
 RULES = [
     {"from": "lab-a", "name": "*.raw", "to": ["analysis", "archive"]},
@@ -205,3 +205,48 @@ def test_upload_keeps_the_destinations_of_the_first_admission(tmp_path: Path) ->
     r.deliver(Admit(e.id, "central", attempt=1, dest=dest, to=("analysis", "archive")))
     r.deliver(Admit(e.id, "central", attempt=2, dest=dest, to=("group-p1",)))
     assert list(dests.rows(r.state, e.id)) == ["analysis", "archive"]
+
+
+def _request(r: Role, entry_id: str, action: str) -> tuple[bool, str]:
+    with r.state.transaction():
+        seq = r.state.add_request(entry_id, action)
+        r.agent.take_requests()
+    answered = r.state.get_request(seq)
+    assert answered is not None
+    return bool(answered.ok), str(answered.answer)
+
+
+def test_forget_to_one_destination_ends_the_entry_there_and_delivers_it_when_the_others_have_it(
+    tmp_path: Path,
+) -> None:
+    r = _central(tmp_path)
+    e = _stored_for(r, "analysis", "archive")
+    r.deliver(Fetched(e.id, "archive", stored_as="run_1.raw", outcome="placed"))
+    r.sent()
+    ok, answer = _request(r, e.id, "forget:group-p1")
+    assert not ok and "does not go to 'group-p1'" in answer
+    ok, answer = _request(r, e.id, "forget:analysis")
+    assert ok and "delivered" in answer, answer
+    assert r.entry(e.id).state == "delivered"
+    told = {(to, m.destination) for to, m in r.sent() if isinstance(m, Forget)}
+    assert told == {("analysis", ""), ("lab-a", "analysis")}
+
+
+def test_upload_told_of_a_forgotten_destination_cleans_up_once_the_others_have_it(tmp_path: Path) -> None:
+    r = Role("upload", tmp_path, cleanup_script="true")
+    r.start()
+    e = r.given("sent", name="run_1.raw", peer="central", md5="a" * 32)
+    with r.state.transaction():
+        dests.route(r.state, e.id, ["analysis", "archive"])
+    r.deliver(Delivered(e.id, "central", stored_as="run_1.raw", destination="archive"))
+    r.deliver(Forget(e.id, "central", reason="forgotten at analysis", destination="analysis"))
+    assert r.entry(e.id).state == "delivered"
+    assert dests.rows(r.state, e.id)["analysis"].state == dests.FORGOTTEN
+
+
+def test_only_central_forgets_at_one_destination(tmp_path: Path) -> None:
+    r = Role("download", tmp_path)
+    r.start()
+    e = r.given("fetching", peer="central")
+    ok, answer = _request(r, e.id, "forget:archive")
+    assert not ok and "only central" in answer
