@@ -182,3 +182,29 @@ def test_entries_reach_exactly_their_destinations_and_clean_up_after_the_last(ma
         runs = script_runs(work / f"cleanup-{up}.log")
         assert sorted(runs) == sorted((name, md5s[u, name]) for u, name in everything if u == up), up
     assert {e.state for e in relay.entries("central")} <= {"delivered", "expired"}
+
+
+def test_an_operator_forgets_an_absent_destination_and_upload_cleans_up_after_the_others(make_relay):
+    """A download gone for good: `synkler forget ENTRY --to archive` on central, and the entry is
+    delivered (upload's cleanup runs once), while archive never got it."""
+    work = make_relay.next_dir()
+    settings = {
+        "upload": {"settle_seconds": 0.3, "cleanup_script": recorder(work / "cleanup-upload.log")},
+        "central": {"routes": [{"to": ["download", "archive"]}], "keep_minutes": 0.02},
+    }
+    relay = make_relay(settings, extra={"archive": "download"}, verbose=False)
+    relay.start("central", "download", "upload")  # archive stays away
+    md5 = place(relay.dirs["upload"], "data.bin", b"x" * 1000)
+    relay.wait_for("download has it", lambda: _states(relay, "download").get("data.bin") == "done", 30)
+    assert _states(relay, "upload")["data.bin"] == "sent" and script_runs(work / "cleanup-upload.log") == []
+    forgot = subprocess.run(
+        relay.command("central", "forget", "data.bin", "--to", "archive"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert forgot.returncode == 0 and "every other destination has it: delivered" in forgot.stdout, forgot
+    relay.wait_for("upload cleans up", lambda: _states(relay, "upload")["data.bin"] == "done", 30)
+    assert script_runs(work / "cleanup-upload.log") == [("data.bin", md5)]
+    relay.wait_for("central empties", lambda: _stored(relay) == [], 30)
+    assert os.listdir(relay.dirs["archive"]) == []
