@@ -121,6 +121,12 @@ def all_fetched(found: dict[str, Row]) -> bool:
     return any(r.state == FETCHED for r in found.values()) and not waiting_for(found)
 
 
+def counts(state: State) -> dict[tuple[str, str], int]:
+    """(destination, row state) -> how many entries (the metrics' synkler_destination_entries)."""
+    found = state.rows("SELECT destination, state, count(*) FROM destinations GROUP BY destination, state")
+    return {(d, s): n for d, s, n in found}
+
+
 def open_rows(state: State, states: Collection[str] = OPEN, limit: int = 10000) -> list[tuple[str, Row]]:
     """(entry id, row) of the rows in `states`, oldest first: what status and the alerts show."""
     marks = ", ".join("?" for _ in states)

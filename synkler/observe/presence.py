@@ -179,7 +179,8 @@ class Presence:
     def figures(self) -> Figures:
         """The figures a report carries that the agent's metrics show too (synkler.observe.metrics)."""
         state = self.runtime.state
-        return Figures(state.counts(), state.outbox_size(), self.runtime.transfers, self._disk())
+        rows = dests.counts(state) if self.mode == "central" and self.cfg.routes else {}
+        return Figures(state.counts(), state.outbox_size(), self.runtime.transfers, self._disk(), rows)
 
     def _disk(self) -> Disk | None:
         try:

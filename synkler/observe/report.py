@@ -303,6 +303,8 @@ class Figures:
     outbox: int
     transfers: int
     disk: Disk | None
+    # central with routes: (destination, row state) -> entries (synkler.destinations)
+    destinations: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
 
 def fit(report: Report, max_bytes: int = MAX_BYTES) -> Report:

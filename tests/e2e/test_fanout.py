@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +79,7 @@ def _relay(make_relay):
         "download_public_key": pinned,
         "keep_minutes": 0.02,
         "alerts": alerts,
+        "metrics_textfile": str(work / "central.prom"),
     }
     extra = {"lab-b": "upload", "archive": "download", "group": "download"}
     return make_relay(settings, extra=extra, verbose=False), work
@@ -153,7 +155,18 @@ def test_entries_reach_exactly_their_destinations_and_clean_up_after_the_last(ma
     view = subprocess.run(relay_view, capture_output=True, text=True, timeout=60)
     assert "    to: archive fetched, download fetched, group fetching" in view.stdout, view.stdout
     assert "'group'" in view.stdout, view.stdout  # its row in the agents' table: away
-    # Told per destination: stuck at group, not at the destinations that have them.
+    # The metrics count the entries per destination and state.
+    prom = work / "central.prom"
+    fetching = re.compile(
+        r'^synkler_destination_entries\{[^}]*destination="group"[^}]*state="fetching"[^}]*\} (\S+)$', re.M
+    )
+
+    def fetching_at_group() -> float:
+        found = fetching.search(prom.read_text()) if prom.exists() else None
+        return float(found.group(1)) if found else -1.0
+
+    relay.wait_for("the metrics count group's entries", lambda: fetching_at_group() == len(with_group), 30)
+    # Told per destination: the stuck entries at group name group.
     said = lambda: (work / "notices.log").read_text() if (work / "notices.log").exists() else ""  # noqa: E731
     relay.wait_for("group's entries told stuck", lambda: "not delivered to group" in said(), 30)
     notices = [n for line in said().splitlines() for n in json.loads(line)["notices"]]
