@@ -298,75 +298,99 @@ def run(args: argparse.Namespace, root: Path, sshd: LocalSshd) -> dict[str, Any]
     try:
         dbs = {role: relay.workdir / role / "state.sqlite" for role in ROLES}
         cfgs = {role: load_config(relay.configs[role]) for role in ROLES}
-
-        say("startup with an empty state database:")
-        results["startup_empty_s"] = {role: start_timed(relay, role) for role in ROLES}
-        say("  " + ", ".join(f"{r} {s:.2f} s" for r, s in results["startup_empty_s"].items()))
-        relay.stop()
-        for db in dbs.values():
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{db}{suffix}").unlink(missing_ok=True)
-
-        say(f"building {args.entries:,} finished entries per role ({args.per_day:,} a day):")
-        results["build_s"] = {role: build(dbs[role], role, args.entries, args.per_day) for role in ROLES}
-        for role in ROLES:
-            shutil.copyfile(dbs[role], f"{dbs[role]}.orig")
-        results["db"] = {role: db_pages(dbs[role]) for role in ROLES}
-        say("  " + ", ".join(f"{r} {results['db'][r]['bytes'] / 2**20:.0f} MiB" for r in ROLES))
-
-        say("keep_history_days 0: startup, idle agents, status")
-        results["startup_s"] = {role: start_timed(relay, role) for role in ROLES}
-        say("  startup: " + ", ".join(f"{r} {s:.2f} s" for r, s in results["startup_s"].items()))
-        time.sleep(2)  # the first passes and scans
-        results["idle"] = idle(relay, args.idle_seconds)
-        shown = [f"{r} {v['cpu_pct']:.2f}% {v['rss_mb']:.0f} MiB" for r, v in results["idle"].items()]
-        say("  idle: " + ", ".join(shown))
-        results["status"] = status_times(relay, args.status_runs)
-        st = results["status"]
-        say(
-            f"  status {st['table']['max_s']:.2f} s, status --json {st['json']['max_s']:.2f} s "
-            "(slowest role); "
-            f"status --all (download, {st['all_download_lines']:,} lines) {st['all_download_s']:.1f} s"
-        )
-        relay.stop()
-
-        say(f"pruning in-process, keep_history_days {args.keep_days:g}:")
-        results["prune"] = {}
-        for role in ROLES:
-            p = results["prune"][role] = prune_in_process(cfgs[role], args.keep_days)
-            say(
-                f"  {role}: one pass pruned {p['first_pass']['pruned']} in "
-                f"{p['first_pass']['s'] * 1000:.1f} ms; "
-                f"the backlog of {p['backlog']['pruned']:,} in {p['backlog']['passes']} passes, "
-                f"{p['backlog']['s']:.1f} s ({p['per_second']:,.0f}/s); {p['backlog']['left']:,} left; "
-                f"file {p['db_before']['bytes'] / 2**20:.0f} MiB, "
-                f"{p['db_after']['free_pages']:,} pages free after; "
-                f"{p['refill']['entries']:,} new entries: file {p['refill']['db']['bytes'] / 2**20:.0f} MiB, "
-                f"{p['refill']['db']['free_pages']:,} pages free"
-            )
-
-        say(f"agents working through that backlog (keep_history_days {args.keep_days:g}):")
-        for role in ROLES:
-            for suffix in ("-wal", "-shm"):
-                Path(f"{dbs[role]}{suffix}").unlink(missing_ok=True)
-            shutil.copyfile(f"{dbs[role]}.orig", dbs[role])
-            relay.write_config(role, {"keep_history_days": args.keep_days})
-        results["startup_pruning_s"] = {role: start_timed(relay, role) for role in ROLES}
-        before = {role: count(dbs[role]) for role in ROLES}
-        results["pruning_agents"] = idle(relay, args.idle_seconds)
-        for role in ROLES:
-            results["pruning_agents"][role]["pruned"] = before[role] - count(dbs[role])
-        say(
-            "  "
-            + ", ".join(
-                f"{r} {v['cpu_pct']:.2f}% CPU, {v['pruned']:,} pruned in {args.idle_seconds:g} s"
-                for r, v in results["pruning_agents"].items()
-            )
-        )
-        relay.stop()
+        startup_empty(relay, dbs, results)
+        build_history(args, dbs, results)
+        idle_and_status(args, relay, results)
+        prune_each(args, cfgs, results)
+        agents_pruning(args, relay, dbs, results)
     finally:
         relay.close()
     return results
+
+
+def startup_empty(relay: LocalRelay, dbs: dict[str, Path], results: dict[str, Any]) -> None:
+    """Each agent's start with an empty state database (then the databases go)."""
+    say("startup with an empty state database:")
+    results["startup_empty_s"] = {role: start_timed(relay, role) for role in ROLES}
+    say("  " + ", ".join(f"{r} {s:.2f} s" for r, s in results["startup_empty_s"].items()))
+    relay.stop()
+    for db in dbs.values():
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+
+
+def build_history(args: argparse.Namespace, dbs: dict[str, Path], results: dict[str, Any]) -> None:
+    """Finished entries written into each role's database (a copy kept for agents_pruning)."""
+    say(f"building {args.entries:,} finished entries per role ({args.per_day:,} a day):")
+    results["build_s"] = {role: build(dbs[role], role, args.entries, args.per_day) for role in ROLES}
+    for role in ROLES:
+        shutil.copyfile(dbs[role], f"{dbs[role]}.orig")
+    results["db"] = {role: db_pages(dbs[role]) for role in ROLES}
+    say("  " + ", ".join(f"{r} {results['db'][r]['bytes'] / 2**20:.0f} MiB" for r in ROLES))
+
+
+def idle_and_status(args: argparse.Namespace, relay: LocalRelay, results: dict[str, Any]) -> None:
+    """With keep_history_days 0 (nothing pruned): the agents' start, their idle CPU and memory, and
+    the status commands."""
+    say("keep_history_days 0: startup, idle agents, status")
+    results["startup_s"] = {role: start_timed(relay, role) for role in ROLES}
+    say("  startup: " + ", ".join(f"{r} {s:.2f} s" for r, s in results["startup_s"].items()))
+    time.sleep(2)  # the first passes and scans
+    results["idle"] = idle(relay, args.idle_seconds)
+    shown = [f"{r} {v['cpu_pct']:.2f}% {v['rss_mb']:.0f} MiB" for r, v in results["idle"].items()]
+    say("  idle: " + ", ".join(shown))
+    results["status"] = status_times(relay, args.status_runs)
+    st = results["status"]
+    say(
+        f"  status {st['table']['max_s']:.2f} s, status --json {st['json']['max_s']:.2f} s "
+        "(slowest role); "
+        f"status --all (download, {st['all_download_lines']:,} lines) {st['all_download_s']:.1f} s"
+    )
+    relay.stop()
+
+
+def prune_each(args: argparse.Namespace, cfgs: dict[str, Config], results: dict[str, Any]) -> None:
+    """Pruning in this process, role by role: one pass, the whole backlog, and the file after."""
+    say(f"pruning in-process, keep_history_days {args.keep_days:g}:")
+    results["prune"] = {}
+    for role in ROLES:
+        p = results["prune"][role] = prune_in_process(cfgs[role], args.keep_days)
+        say(
+            f"  {role}: one pass pruned {p['first_pass']['pruned']} in "
+            f"{p['first_pass']['s'] * 1000:.1f} ms; "
+            f"the backlog of {p['backlog']['pruned']:,} in {p['backlog']['passes']} passes, "
+            f"{p['backlog']['s']:.1f} s ({p['per_second']:,.0f}/s); {p['backlog']['left']:,} left; "
+            f"file {p['db_before']['bytes'] / 2**20:.0f} MiB, "
+            f"{p['db_after']['free_pages']:,} pages free after; "
+            f"{p['refill']['entries']:,} new entries: file {p['refill']['db']['bytes'] / 2**20:.0f} MiB, "
+            f"{p['refill']['db']['free_pages']:,} pages free"
+        )
+
+
+def agents_pruning(
+    args: argparse.Namespace, relay: LocalRelay, dbs: dict[str, Path], results: dict[str, Any]
+) -> None:
+    """The agents started on the full databases with keep_history_days set: what they prune while
+    idle, and at what CPU."""
+    say(f"agents working through that backlog (keep_history_days {args.keep_days:g}):")
+    for role in ROLES:
+        for suffix in ("-wal", "-shm"):
+            Path(f"{dbs[role]}{suffix}").unlink(missing_ok=True)
+        shutil.copyfile(f"{dbs[role]}.orig", dbs[role])
+        relay.write_config(role, {"keep_history_days": args.keep_days})
+    results["startup_pruning_s"] = {role: start_timed(relay, role) for role in ROLES}
+    before = {role: count(dbs[role]) for role in ROLES}
+    results["pruning_agents"] = idle(relay, args.idle_seconds)
+    for role in ROLES:
+        results["pruning_agents"][role]["pruned"] = before[role] - count(dbs[role])
+    say(
+        "  "
+        + ", ".join(
+            f"{r} {v['cpu_pct']:.2f}% CPU, {v['pruned']:,} pruned in {args.idle_seconds:g} s"
+            for r, v in results["pruning_agents"].items()
+        )
+    )
+    relay.stop()
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -46,28 +46,36 @@ def run(bench: Any) -> dict[str, Any]:
         saved = bench.sshd, bench.place
         bench.sshd, bench.place = sshd, place
         try:
-            mib = 1 << 20
-            for label, count, size in (
-                ("links-big", 1, args.links_big_mb * mib),
-                ("links-mixed", args.links_files, args.links_file_mb * mib),
-            ):
-                src = bench.root / f"{label}-src"
-                rb.say(f"  {label}: writing {count} × {rb.size_text(size)} of random data")
-                md5s = rb.make_files(src, f"{label}-", count, size)
-                runs = [
-                    bench.bulk_once(
-                        f"{label}-{i + 1}" if args.repeat > 1 else label,
-                        src,
-                        md5s,
-                        size,
-                        verify_all=True,
-                        sampled=False,
-                    )
-                    for i in range(args.repeat)
-                ]
-                out["cases"].append({"case": label, **rb.summarize(runs, count, size)})
-                bench.discard(src)
+            out["cases"] = cases(bench, rb)
         finally:
             bench.sshd, bench.place = saved
             sshd.stop()
     return out
+
+
+def cases(bench: Any, rb: Any) -> list[dict[str, Any]]:
+    """The big file and the mid-sized files, each relayed --repeat times across the links."""
+    args = bench.args
+    found: list[dict[str, Any]] = []
+    mib = 1 << 20
+    for label, count, size in (
+        ("links-big", 1, args.links_big_mb * mib),
+        ("links-mixed", args.links_files, args.links_file_mb * mib),
+    ):
+        src = bench.root / f"{label}-src"
+        rb.say(f"  {label}: writing {count} × {rb.size_text(size)} of random data")
+        md5s = rb.make_files(src, f"{label}-", count, size)
+        runs = [
+            bench.bulk_once(
+                f"{label}-{i + 1}" if args.repeat > 1 else label,
+                src,
+                md5s,
+                size,
+                verify_all=True,
+                sampled=False,
+            )
+            for i in range(args.repeat)
+        ]
+        found.append({"case": label, **rb.summarize(runs, count, size)})
+        bench.discard(src)
+    return found

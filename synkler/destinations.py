@@ -3,8 +3,8 @@
 Central keeps one row per entry and destination (asked to fetch, fetched with a verified receipt,
 failed, forgotten); upload keeps one per destination of the `to` central sent in `admit`, and
 marks each `fetched` when that destination's receipt comes. The table lives in the agent's state
-database (synkler.state creates it and prunes its rows with their entries); this module holds its
-rows' meaning and the statements on it.
+database (synkler.state creates it, in its schema, and prunes its rows with their entries); this
+module holds its rows' meaning and the statements on it.
 """
 
 from __future__ import annotations
@@ -17,19 +17,6 @@ from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from .state import State
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS destinations (
-    entry       TEXT NOT NULL,
-    destination TEXT NOT NULL,            -- a download agent's name
-    state       TEXT NOT NULL,            -- ROUTED, FETCHING, FETCHED, FAILED, FORGOTTEN
-    stored_as   BLOB,                     -- its name there, once fetched (its bytes: names need not be UTF-8)
-    reason      TEXT,
-    updated     REAL NOT NULL,
-    PRIMARY KEY (entry, destination)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS destinations_state ON destinations(destination, state);
-"""
 
 
 class Dest(str, enum.Enum):

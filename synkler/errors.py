@@ -49,6 +49,11 @@ class PublishRefused(BrokerError):
     or rejects messages); the connection is fine and other destinations' messages can go."""
 
 
+class NoQueueYet(PublishRefused):
+    """The broker has no queue for the destination (unroutable): with authentication each agent
+    declares only its own queue, so one that has not run yet has none; its messages wait."""
+
+
 class AgentActive(BrokerError):
     """Another agent of this instance and name consumes the agent's queue: this one may not work."""
 

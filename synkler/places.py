@@ -31,6 +31,19 @@ def announced(report: bytes | None, instance: str) -> str | None:
     return place.rstrip("/")
 
 
+def vouched(path: str, instance: str, *parts: str) -> str | None:
+    """Central's directory as a message central sent names it: `path` without `parts`, if that is
+    shaped like central's directory of `instance`; else None. Believed only from a message the
+    broker proved central's login published (`authenticate`), while no presence report of central
+    is to be had: one that another agent's login holds unacknowledged is kept from every reader."""
+    tail = "/" + "/".join(parts)
+    base = path.rstrip("/")
+    if not base.endswith(tail):
+        return None
+    base = base[: -len(tail)]
+    return base if confined(base, instance) else None
+
+
 def at(place: str, *parts: str) -> str:
     """The full path of `parts` in central's directory `place`."""
     return "/".join((place.rstrip("/"), *parts))

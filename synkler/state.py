@@ -17,7 +17,6 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
-from .destinations import SCHEMA as DESTINATIONS_SCHEMA
 from .errors import StateError, StateUnavailable
 from .private import private_file
 
@@ -65,6 +64,17 @@ CREATE TABLE IF NOT EXISTS receipts (
     created     REAL NOT NULL,
     PRIMARY KEY (entry, destination)
 );
+-- Where an entry stands at each download it goes to (synkler.destinations); kept as long as it is.
+CREATE TABLE IF NOT EXISTS destinations (
+    entry       TEXT NOT NULL,
+    destination TEXT NOT NULL,            -- a download agent's name
+    state       TEXT NOT NULL,            -- ROUTED, FETCHING, FETCHED, FAILED, FORGOTTEN
+    stored_as   BLOB,                     -- its name there, once fetched (its bytes: names need not be UTF-8)
+    reason      TEXT,
+    updated     REAL NOT NULL,
+    PRIMARY KEY (entry, destination)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS destinations_state ON destinations(destination, state);
 -- Each entry's metadata (synkler.metadata), as canonical JSON; kept as long as the entry is.
 CREATE TABLE IF NOT EXISTS metadata (
     entry TEXT PRIMARY KEY,
@@ -265,7 +275,6 @@ class State:
                 self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
                 self._db.executescript(_SCHEMA)
                 self._db.executescript(_COUNTS)
-                self._db.executescript(DESTINATIONS_SCHEMA)
             self._db.execute("PRAGMA busy_timeout=5000")
         except sqlite3.Error as e:
             raise _error(e) from e

@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import pytest
 from hypothesis import HealthCheck, settings
+from support.workers import SuiteLock, is_alone, xdist_worker
 
 from synkler.devkit.localrelay import ROLES, LocalRelay
 from synkler.devkit.sshd import LocalSshd
@@ -34,8 +35,34 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """On xdist workers (scripts/test.sh), a test marked `alone` waits for the tests running and
+    keeps the others waiting until it is done (tests/support/workers.py); around the whole protocol,
+    so its fixtures (the relays it starts, a module's own) are inside too."""
+    if xdist_worker() is None:
+        return (yield)
+    global _suite_lock
+    if _suite_lock is None:  # the worker's basetemp is <the run's basetemp>/<worker id>
+        _suite_lock = SuiteLock(Path(item.config.option.basetemp).parent)
+    _suite_lock.take(alone=is_alone(item))
+    try:
+        return (yield)
+    finally:
+        if not (is_alone(item) and is_alone(nextitem)):  # the next `alone` test keeps it
+            _suite_lock.release()
+
+
+_suite_lock: SuiteLock | None = None
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked `scale` (20,000 entries to a million files) run only when asked for: `-m scale`."""
+    """Tests marked `scale` (20,000 entries to a million files) run only when asked for: `-m scale`.
+    Tests marked `alone` go to one xdist group, to run one after the other on one worker."""
+    for item in items:
+        if is_alone(item):
+            item.add_marker(pytest.mark.xdist_group("alone"))
     if "scale" in (config.option.markexpr or ""):
         return
     skip = pytest.mark.skip(reason="a scale test: select it with -m scale")

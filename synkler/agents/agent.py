@@ -208,11 +208,15 @@ class Agent:
         """Refuse (dead-letter) the path on central in `msg`'s `field` unless it is central's
         directory of this instance (as central announces it) joined with exactly `parts`, compared
         in full: an agent never reads or writes anywhere else on central. While central has never
-        said where its directory is, the message waits (NotYet)."""
+        said where its directory is, the message waits (NotYet); with `authenticate`, a message
+        the broker proves central sent says it itself (places.vouched): another agent's login that
+        holds central's presence reports stalls nothing."""
         path = getattr(msg, field)
         place = self.jobs.central_place()
         if place is None or not places.is_exactly(path, place, *parts):
             place = self.jobs.central_place(fresh=True)  # central may have moved (a new config)
+        if place is None and self.cfg.authenticate and msg.sender == self.cfg.central_name:
+            place = places.vouched(path, self.cfg.id, *parts)
         if place is None:
             raise NotYet(f"{msg.TYPE}: central has not yet announced where its directory is")
         if not places.is_exactly(path, place, *parts):

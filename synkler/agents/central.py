@@ -279,6 +279,9 @@ class Central(Agent):
 
     def on_fetched(self, msg: Fetched) -> None:
         entry, row = self._at_destination(msg)
+        if row.state == dests.FETCHED and msg.receipt and entry.state != Mid.FORGOTTEN:
+            self._delivered_again(entry, row, msg)
+            return
         if entry.state in (Mid.DELIVERED, Mid.EXPIRED, Mid.FORGOTTEN) or row.state in dests.ENDED:
             return  # a copy of one taken already, or an entry an operator forgot meanwhile
         # Download has a say only over an entry central asked it to fetch: one downloading, or one
@@ -331,9 +334,36 @@ class Central(Agent):
         rows = dests.of(self.state, msg.entry, self.cfg.download_name)
         entry = self.entry_for(msg, *rows)
         row = rows[msg.sender]
-        if not row.updated and (entry.state == Mid.DOWNLOADING or (entry.state == Mid.FAILED and entry.path)):
-            row = row._replace(state=dests.FETCHING)  # fetched by an older synkler, which kept no rows
+        if not row.updated:  # an entry of an older synkler, which kept no rows: as its state says
+            if entry.state == Mid.DOWNLOADING or (entry.state == Mid.FAILED and entry.path):
+                row = row._replace(state=dests.FETCHING)
+            elif entry.state in (Mid.DELIVERED, Mid.EXPIRED):
+                row = row._replace(state=dests.FETCHED, stored_as=entry.stored_as)
         return entry, row
+
+    def _delivered_again(self, entry: Entry, row: dests.Row, msg: Fetched) -> None:
+        """A destination's receipt of an entry it fetched, again (`synkler resend` on download, or a
+        copy): kept, and passed on to upload, which may have refused the first as not proven (its key
+        was pinned after the delivery); upload takes it once."""
+        if msg.stored_as != row.stored_as:
+            raise MessageError(
+                f"fetched for entry {entry.id} as {msg.stored_as!r}: it was delivered as {row.stored_as!r}"
+            )
+        self._check_receipt(entry, msg)
+        self.state.put_receipt(entry.id, msg.sender, msg.receipt)
+        where = msg.sender if self.cfg.routes else ""
+        self.send(
+            entry.peer or "",
+            Delivered(
+                entry.id,
+                self.name,
+                stored_as=msg.stored_as,
+                receipt=msg.receipt,
+                proof=msg.proof,
+                destination=where,
+            ),
+        )
+        log.info("%s: %s's receipt came again; passed on to %s", entry.name, msg.sender, entry.peer)
 
     def _check_receipt(self, entry: Entry, msg: Fetched) -> None:
         """With download's key pinned, a `fetched` acts only with download's signed receipt for this

@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .. import __version__, proofs, receipts
-from ..errors import ConfigError
+from ..errors import ConfigError, Refused
 from ..hops import receiptfiles
 from ..hops.bagit import make_bag, work_dir
 from ..hops.checksum import EntryDigest, alg_of, stat_entry
@@ -29,7 +29,7 @@ from ..private import private_dir
 from ..state import Entry, State
 from ..text import shown, some_entries
 from . import sidecars, waits
-from .base import ENTRY, Jobs, Key, Status, Transitions
+from .base import ENTRY, RESEND, Jobs, Key, Status, Transitions
 from .endpoint import Endpoint
 from .facts import DISK_WAIT, PULL, PULL_FROM_CENTRAL, facts, hop
 from .naming import BAGIT, SIDECAR, chooser
@@ -248,6 +248,37 @@ class Download(Endpoint):
                 remove_tree(early.local)
             return
         super().on_forget(msg)
+
+    @classmethod
+    def refusal(cls, action: str, entry: Entry, latest: bool, *, present: bool = True) -> str | None:
+        if action == RESEND:
+            if entry.state in (Down.DELIVERED, Down.DONE):
+                return None
+            return f"it is {entry.state}: only a delivered entry's receipt can be sent again"
+        return super().refusal(action, entry, latest, present=present)
+
+    def resend(self, entry: Entry) -> str:
+        """Send `fetched` of a delivered entry again, with its receipt and receipt document signed by
+        the receipt_key download has now: the way out when that key was made, or its public key pinned
+        (or corrected) at central or upload, only after the delivery, which they then refused as not
+        proven (docs/security.md, "Delivery receipts"). What download signs is what it verified then."""
+        what = f"{shown(entry.name)} (entry {entry.id})"
+        if self.receipt_key is None:
+            raise Refused(f"{what}: cannot resend: download has no receipt_key, so it has no receipt to send")
+        proof = self._kept_document(entry, reseal=True)
+        kept = self.state.receipts(entry.id).get(self.name)
+        placed_at, outcome = resent_receipt_times(kept, proof, entry)
+        stored_as = entry.stored_as or entry.name
+        receipt = receipts.for_entry(
+            self.cfg.id, entry, self.name, stored_as, placed_at=placed_at, outcome=outcome
+        )
+        token = receipts.sign(receipt, self.receipt_key)
+        self.state.put_receipt(entry.id, self.name, token)
+        self.send(
+            entry.peer or self.cfg.central_name,
+            Fetched(entry.id, self.name, stored_as=stored_as, outcome=outcome, receipt=token, proof=proof),
+        )
+        return f"{what}: its signed receipt is sent to {entry.peer or self.cfg.central_name} again"
 
     def retry_failed(self, entry: Entry) -> str:
         """Pull a failed entry again: central keeps the verified copy of an entry it could not deliver."""
@@ -590,17 +621,45 @@ class Download(Endpoint):
             )
         return sealed if not proofs.wire_problem(sealed) else ""
 
-    def _kept_document(self, entry: Entry) -> dict | str:
-        """The receipt document written when the copy was verified (after a restart: from its file)."""
+    def _kept_document(self, entry: Entry, *, reseal: bool = False) -> dict | str:
+        """The receipt document written when the copy was verified (after a restart: from its file).
+        `reseal`: one not signed by receipt_key (made before it was) is signed with it now, in its file
+        too."""
         for path in reversed(receiptfiles.find(self.cfg.receipt_dir, entry.id)):
             try:
                 kept = receiptfiles.read(path)
             except (OSError, ValueError):
                 continue
             sealed = {"receipt": kept.get("receipt"), "signature": kept.get("signature")}
-            if not proofs.wire_problem(sealed):
-                return sealed
+            if proofs.wire_problem(sealed):
+                continue
+            key = self.receipt_key
+            if reseal and key is not None and proofs.signature_problem(sealed, receipts.public_of(key)):
+                sealed = proofs.seal(sealed["receipt"], key)
+                try:
+                    receiptfiles.write_at(path, {**kept, **sealed})
+                except OSError as e:
+                    log.error("%s: cannot sign its receipt document %s again: %s", entry.name, path, e)
+            return sealed
         return ""
+
+
+def resent_receipt_times(kept: str | None, proof: dict | str, entry: Entry) -> tuple[float, str]:
+    """When the copy was placed (or found present) and which of the two, for a receipt sent again:
+    from the receipt kept (signed before, perhaps with another key), else the receipt document, else
+    the entry's last change. Pure."""
+    if kept:
+        try:
+            receipt = receipts.parse(kept)[0]
+            return receipt.placed_at, receipt.outcome
+        except receipts.ReceiptError:
+            pass
+    if isinstance(proof, dict):
+        doc = proof["receipt"]
+        at = [h.get("at") for h in doc.get("hops", []) if isinstance(h, dict) and h.get("role") == "download"]
+        when = at[-1] if at and isinstance(at[-1], (int, float)) else entry.updated
+        return float(when), doc["outcome"]
+    return entry.updated, "placed"
 
 
 def _entry_id_of(name: str) -> str:

@@ -84,7 +84,10 @@ class Endpoint(Agent):
         elif result is not None and result.link_down:
             now = time.time()
             if self.outage.failed(started, now, self.cfg.retry_max_seconds):
-                log.warning(
+                # A refusal by ssh or the forced command is said at ERROR with what to fix
+                # (Endpoint._needs_person), not also as a link that is down.
+                log.log(
+                    logging.DEBUG if result.needs_person else logging.WARNING,
                     "the link to central is down (failure %d of this outage: %s); entries that wait "
                     "for it are tried again in %.1f s",
                     self.outage.failures,
@@ -318,6 +321,10 @@ class Endpoint(Agent):
             log.info("%s: cleanup script ran (exit 0)%s", name, f": {output}" if output else "")
             return
         why = repr(error) if error is not None or result is None else result.summary()
+        self._cleanup_failed(entry, name, why, output)
+
+    def _cleanup_failed(self, entry: Entry, name: str, why: str, output: str) -> None:
+        """A cleanup script that failed runs again later, up to cleanup_attempts runs in all."""
         tries = entry.tries + 1
         if tries < self.cfg.cleanup_attempts:
             delay = backoff(tries, cap=self.cfg.retry_max_seconds)

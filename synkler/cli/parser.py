@@ -61,7 +61,8 @@ examples:
   synkler forget -c /etc/synkler.conf 3f2c81d0    end a stuck or failed entry at every role""",
     "resend": """\
 examples:
-  synkler resend -c /etc/synkler.conf run42.csv   send the newest version of run42.csv again, unchanged""",
+  synkler resend -c /etc/synkler.conf run42.csv   send the newest version of run42.csv again, unchanged
+  synkler resend -c /etc/synkler.conf run42.csv   (download) sign and send run42.csv's receipt again""",
     "verify": """\
 examples:
   synkler verify -c /etc/synkler.conf                      every delivery, every file present (complete)
@@ -261,7 +262,11 @@ def _add_repairs(sub: Commands) -> None:
     for action, what in (
         ("retry", "take up a failed entry again, a waiting one now, or run a failed cleanup script again"),
         ("forget", "end an entry on its way or failed, at every role that has it"),
-        ("resend", "upload: send a delivered entry's file again as a new entry, unchanged"),
+        (
+            "resend",
+            "upload: send a delivered entry's file again as a new entry, unchanged; "
+            "download: send a delivered entry's signed receipt again",
+        ),
     ):
         cmd = _command(sub, action, f"{what} (the running agent does it)")
         entry_help = "entry id, a unique start of it (status shows one), or the name"

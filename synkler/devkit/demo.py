@@ -73,24 +73,7 @@ def run_demo(*, keep: bool = False, timeout: float = 120, verbose: bool = False)
     try:
         with LocalSshd(workdir / "sshd") as sshd:
             print(f"  sshd on {sshd.host}:{sshd.port} with throwaway keys")
-            cleanup = [sys.executable, "-c", "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"]
-            # Deliveries proven as in production: download signs receipts, upload and central pin its key.
-            key = receipts.new_key()
-            key_file = workdir / "receipt.key"
-            key_file.write_bytes(receipts.private_bytes(key))
-            key_file.chmod(0o600)
-            pinned = receipts.public_text(key)
-            settings: dict[str, dict[str, Any]] = {
-                "upload": {
-                    "cleanup_script": shlex.join([*cleanup, str(workdir / "upload-cleaned.txt"), "%f"]),
-                    "download_public_key": pinned,
-                },
-                "download": {
-                    "cleanup_script": shlex.join([*cleanup, str(workdir / "download-cleaned.txt"), "%f"]),
-                    "receipt_key": str(key_file),
-                },
-                "central": {"keep_minutes": 0.05, "download_public_key": pinned},
-            }
+            settings = _settings(workdir)
             with LocalRelay(workdir, sshd, instance, settings=settings, verbose=verbose) as relay:
                 relay.start()
                 stop = threading.Event()
@@ -118,6 +101,30 @@ def run_demo(*, keep: bool = False, timeout: float = 120, verbose: bool = False)
             shutil.rmtree(workdir, ignore_errors=True)
     print(f"demo {'passed' if ok else 'FAILED'} in {time.monotonic() - started:.1f} s")
     return ExitStatus.OK if ok else ExitStatus.FAILURE
+
+
+def _settings(workdir: Path) -> dict[str, dict[str, Any]]:
+    """Each role's settings: cleanup scripts that write down what they cleaned, and deliveries
+    proven as in production (download signs receipts, upload and central pin its key)."""
+    cleanup = [sys.executable, "-c", "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"]
+    # Deliveries proven as in production: download signs receipts, upload and central pin its key.
+    key = receipts.new_key()
+    key_file = workdir / "receipt.key"
+    key_file.write_bytes(receipts.private_bytes(key))
+    key_file.chmod(0o600)
+    pinned = receipts.public_text(key)
+    settings: dict[str, dict[str, Any]] = {
+        "upload": {
+            "cleanup_script": shlex.join([*cleanup, str(workdir / "upload-cleaned.txt"), "%f"]),
+            "download_public_key": pinned,
+        },
+        "download": {
+            "cleanup_script": shlex.join([*cleanup, str(workdir / "download-cleaned.txt"), "%f"]),
+            "receipt_key": str(key_file),
+        },
+        "central": {"keep_minutes": 0.05, "download_public_key": pinned},
+    }
+    return settings
 
 
 def _report(relay: LocalRelay, md5s: dict[str, str], workdir: Path) -> bool:

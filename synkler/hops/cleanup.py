@@ -112,47 +112,65 @@ def run_cleanup(
     script is not started and Skipped says why.
     """
     status = script_status(cfg, entry_id)
-    if resume and not os.path.exists(status) and os.path.exists(status + ".pid"):
-        while _locked(status + ".pid") and not os.path.exists(status):
-            time.sleep(0.2)  # a runner has it: one still starting has written no pid yet
-        pid = read_pid(status + ".pid")
-        while pid is not None and _runs(pid, status) and not os.path.exists(status):
-            time.sleep(0.2)
-        if not os.path.exists(status):
-            os.unlink(status + ".pid")
-            if pid is not None:
-                return None
-            # No pid: the agent died before its runner started, so the script never ran.
+    if resume and not os.path.exists(status) and os.path.exists(status + ".pid") and _runner_died(status):
+        return None
     if not os.path.exists(status):
         why = content.missing_from(full_path) if content is not None else None
         if why is not None:
             return Skipped(why)
-        argv = [
-            sys.executable,
-            "-m",
-            "synkler.hops.scriptrunner",
-            status,
-            "--timeout",
-            str(cfg.cleanup_timeout),
-        ]
-        # The pid file exists, locked, before the runner does; the runner inherits the lock.
-        fd = os.open(status + ".pid", os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            fsync_dir(os.path.dirname(status))
-            argv += ["--lock-fd", str(fd), "--", *cleanup_argv(cfg.cleanup_argv, name, full_path)]
-            # The script's files are the user's: it gets the umask the agent was started with, not
-            # the agent's own 077 (the runner makes its records 0600 itself).
-            subprocess.run(
-                argv,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                pass_fds=(fd,),
-                umask=child_umask(),
-                env=child_env(),  # the runner's, and so the script's
-            )
-        finally:
-            os.close(fd)
+        _start_runner(cfg, status, name, full_path)
+    return _collect(status)
+
+
+def _runner_died(status: str) -> bool:
+    """After a restart, wait for the runner that has the script, if one runs. True: it died while
+    the script ran, leaving no result (whether the script finished is unknown). False: a result is
+    there to collect, or the script never started."""
+    while _locked(status + ".pid") and not os.path.exists(status):
+        time.sleep(0.2)  # a runner has it: one still starting has written no pid yet
+    pid = read_pid(status + ".pid")
+    while pid is not None and _runs(pid, status) and not os.path.exists(status):
+        time.sleep(0.2)
+    if not os.path.exists(status):
+        os.unlink(status + ".pid")
+        if pid is not None:
+            return True
+        # No pid: the agent died before its runner started, so the script never ran.
+    return False
+
+
+def _start_runner(cfg: Config, status: str, name: str, full_path: str) -> None:
+    """Run the script through a runner of its own session, which writes its result to `status`."""
+    argv = [
+        sys.executable,
+        "-m",
+        "synkler.hops.scriptrunner",
+        status,
+        "--timeout",
+        str(cfg.cleanup_timeout),
+    ]
+    # The pid file exists, locked, before the runner does; the runner inherits the lock.
+    fd = os.open(status + ".pid", os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        fsync_dir(os.path.dirname(status))
+        argv += ["--lock-fd", str(fd), "--", *cleanup_argv(cfg.cleanup_argv, name, full_path)]
+        # The script's files are the user's: it gets the umask the agent was started with, not
+        # the agent's own 077 (the runner makes its records 0600 itself).
+        subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            pass_fds=(fd,),
+            umask=child_umask(),
+            env=child_env(),  # the runner's, and so the script's
+        )
+    finally:
+        os.close(fd)
+
+
+def _collect(status: str) -> Result:
+    """The result the runner wrote, once read gone (a failure if it left none)."""
     try:
         with open(status, "rb") as f:
             outcome = json.load(f)

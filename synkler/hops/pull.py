@@ -308,36 +308,45 @@ def pull(
             follower.stop()
         raise
     followed = {entry_id: follower.finish() for entry_id, follower in followers.items()}
-    outcomes: dict[str, Outcome] = {}
     # Verify every entry even if rsync failed: whatever arrived whole is good (rsync only ever puts
     # complete files in place; partial ones wait in the partial dir).
-    for e in batch:
-        path = staging.of(e.id)
-        if not os.path.lexists(path):
-            outcomes[e.id] = NotPulled(
-                _failure(result), result.summary() if not result.ok else "nothing arrived"
-            )
-            continue
-        checksum = checksums.get(e.id, "")
-        digest, unread = read_copy(path, e.known_md5(), checksum, followed.get(e.id))
-        if unread:
-            log.debug("%s: hashed while it arrived", e.name)
-        wrong = hop_mismatch("download", e.known_md5(), checksum, digest.md5, digest.strong)
-        if wrong and not result.ok:
-            # The run broke off: a directory may be incomplete. That is no corruption: keep what
-            # arrived for the next run to complete.
-            outcomes[e.id] = NotPulled(_failure(result), result.summary())
-            continue
-        if wrong:
-            # rsync's quick check would take a bad copy for done: remove it, pull it anew.
-            staging.drop(e.id)
-            outcomes[e.id] = Mismatch(digest.md5, wrong)
-            continue
-        target, present = choose(str(cfg.file_dir), e.name, e.kind, digest.md5)
-        outcomes[e.id] = Verified(target, present, digest)
+    outcomes: dict[str, Outcome] = {
+        e.id: _outcome(cfg, staging, e, result, checksums.get(e.id, ""), followed.get(e.id), choose)
+        for e in batch
+    }
     # rsync removes its partial dir only if this run made it: not after resuming a cut-off pull.
     staging.drop_empty_partial_dir()
     return PullRun(result, outcomes)
+
+
+def _outcome(
+    cfg: Config,
+    staging: Staging,
+    e: Entry,
+    result: transfer.Result,
+    checksum: str,
+    followed: dict[bytes, Followed] | None,
+    choose: Choose,
+) -> Outcome:
+    """What a pull run (`result`) left of one entry: verified (and the name it takes), a mismatch
+    (the copy removed), or not pulled."""
+    path = staging.of(e.id)
+    if not os.path.lexists(path):
+        return NotPulled(_failure(result), result.summary() if not result.ok else "nothing arrived")
+    digest, unread = read_copy(path, e.known_md5(), checksum, followed)
+    if unread:
+        log.debug("%s: hashed while it arrived", e.name)
+    wrong = hop_mismatch("download", e.known_md5(), checksum, digest.md5, digest.strong)
+    if wrong and not result.ok:
+        # The run broke off: a directory may be incomplete. That is no corruption: keep what
+        # arrived for the next run to complete.
+        return NotPulled(_failure(result), result.summary())
+    if wrong:
+        # rsync's quick check would take a bad copy for done: remove it, pull it anew.
+        staging.drop(e.id)
+        return Mismatch(digest.md5, wrong)
+    target, present = choose(str(cfg.file_dir), e.name, e.kind, digest.md5)
+    return Verified(target, present, digest)
 
 
 def read_copy(

@@ -33,6 +33,11 @@ def write(top: Path, entry_id: str, when: float, document: dict[str, Any]) -> Pa
     for directory in (top, path.parent.parent, path.parent):
         if not directory.is_dir():
             private_dir(directory)
+    return write_at(path, document)
+
+
+def write_at(path: Path, document: dict[str, Any]) -> Path:
+    """Write a document at `path` (its directory exists), whole or not at all."""
     tmp = path.with_name(f".{path.name}.tmp")
     data = json.dumps(document, ensure_ascii=True, indent=1, sort_keys=True).encode("ascii") + b"\n"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)

@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import paramiko
 
 from .. import places
-from . import sftpcopy, transfer
-from .transfer import Result
+from . import sftpcopy
+from .outcome import OutsideRoot, Result
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -311,7 +311,7 @@ def remote_path(cfg: Config, path: str) -> str:
     """A path on central as the SFTP account sees it: below `sftp_root` (its chroot) from "/"."""
     sent = places.over_ssh(path, cfg.sftp_root)
     if sent is None:
-        raise transfer.OutsideRoot(
+        raise OutsideRoot(
             f"central's {path} is outside sftp_root {cfg.sftp_root}: the SFTP account cannot reach it; "
             "set sftp_root to the directory the account is chrooted to"
         )
@@ -328,7 +328,7 @@ def _run(cfg: Config, what: str, work: Callable[[paramiko.SFTPClient], T]) -> tu
             return Result(True, 0, "", argv), work(s.sftp)
     except Refused as e:
         return Result(False, 255, str(e), argv), None
-    except transfer.OutsideRoot as e:
+    except OutsideRoot as e:
         return Result(False, 12, str(e), argv), None
     except sftpcopy.Stopped as e:
         return Result(False, -1, f"stopped: {e}", argv), None

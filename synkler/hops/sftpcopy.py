@@ -56,7 +56,7 @@ from paramiko.sftp import (
     int64,
 )
 
-from .transfer import PARTIAL_DIR
+from .outcome import PARTIAL_DIR
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,15 @@ def is_temporary_of(candidate: str, name: str) -> bool:
 def _same(size: int, mtime: float, other_size: int | None, other_mtime: float | None) -> bool:
     """rsync's quick check: same size and the same mtime in whole seconds."""
     return other_size == size and other_mtime is not None and int(other_mtime) == int(mtime)
+
+
+def component(raw: bytes, directory: str) -> str:
+    """A name the server listed in `directory`, if it is one path component (as a file system
+    makes them): a name with '/' or NUL, or empty, could make a pull write outside its place, so it
+    ends the run (OSError)."""
+    if not raw or b"/" in raw or b"\0" in raw or raw in (b".", b".."):
+        raise OSError(errno.EINVAL, f"{directory} on central lists {raw!r}, which is no file name")
+    return os.fsdecode(raw)
 
 
 def _b(path: str) -> bytes:
@@ -176,11 +185,11 @@ class _Copier:
                 except EOFError:
                     break
                 for _ in range(msg.get_int()):
-                    name = os.fsdecode(msg.get_string())
+                    raw = msg.get_string()
                     msg.get_string()  # the long name, for people
                     attr = paramiko.SFTPAttributes._from_msg(msg)
-                    if name not in (".", ".."):
-                        found[name] = attr
+                    if raw not in (b".", b".."):
+                        found[component(raw, path)] = attr
         finally:
             r.wait(r.send(CMD_CLOSE, handle), CMD_STATUS)
         return found

@@ -25,7 +25,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from types import ModuleType
 from typing import IO, Callable
 
@@ -34,69 +33,15 @@ from ..config import Config
 from ..errors import SynklerError
 from ..linux.process import die_with_parent
 from ..private import child_env, child_umask
+
+# What a run comes to lives in synkler.hops.outcome (sftp imports it from there); its names stay
+# readable here, as transfer.Result, transfer.OutsideRoot, transfer.RRSYNC_NO_FILE.
+from .outcome import PARTIAL_DIR, OutsideRoot, Result
+from .outcome import RRSYNC_NO_FILE as RRSYNC_NO_FILE
 from .stall import POLL as STALL_POLL
 from .stall import ProcessTree, Stall
 
 log = logging.getLogger(__name__)
-
-PARTIAL_DIR = ".synkler-partial"
-
-
-@dataclass(frozen=True)
-class Result:
-    ok: bool
-    returncode: int
-    output: str
-    argv: tuple[str, ...] = ()
-    stalled: bool = False  # stopped by the agent: nothing moved for stall_seconds (synkler.hops.stall)
-
-    def summary(self) -> str:
-        """The exit status, ssh's own complaints (rsync's lines after them would push them out of
-        view), and the last three lines of output."""
-        lines = self.output.strip().splitlines()
-        shown = [line for line in lines[:-3] if line.startswith("ssh: ") or _NEEDS_PERSON.search(line)]
-        shown += lines[-3:]
-        return f"exit {self.returncode}" + (f": {' / '.join(shown)}" if shown else "")
-
-    @property
-    def needs_person(self) -> bool:
-        """Did ssh refuse for a reason that only a person can fix: a key not accepted or not
-        readable, a host key unknown or changed, a host name that does not resolve?"""
-        return not self.ok and self.returncode in _LINK_CODES and bool(_NEEDS_PERSON.search(self.output))
-
-    @property
-    def link_down(self) -> bool:
-        """Did the run fail because central could not be reached or the link broke or stalled?
-
-        ssh's own failures (refused, unreachable, host key, closed) are exit 255; a connection that
-        broke mid-run is 10 or 12; rsync's --timeout is 30 (35 for a daemon connection), and so is
-        a run the agent stopped because nothing moved for stall_seconds (`stalled`).
-        """
-        return self.stalled or (not self.ok and self.returncode in _LINK_CODES and not self.out_of_space)
-
-    @property
-    def out_of_space(self) -> bool:
-        """Did the run fail because a disk (or quota) was full, on either side?
-
-        rsync ends such an error line with the errno in parentheses whatever the locale:
-        ENOSPC is 28 and EDQUOT 122 on Linux.
-        """
-        return not self.ok and any(_NO_SPACE.search(line) for line in self.output.splitlines())
-
-
-_LINK_CODES = frozenset({10, 12, 30, 35, 255})
-# rrsync's words for a source file (not a directory: that is a wrong root) that does not exist.
-RRSYNC_NO_FILE = r"post-realpath open failed \(race detected\): \S*[^/\s] No such file or directory"
-_NEEDS_PERSON = re.compile(
-    r"Permission denied \((?:publickey|password|keyboard|gssapi|hostbased)|"
-    # The forced command on central (docs/security.md) refused the run: a root or key to fix
-    # (but not a single file that is not there, as rsync's own "[sender] ... (2)").
-    rf"rrsync error: (?!{RRSYNC_NO_FILE})|is outside rrsync_root|"
-    r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED|"
-    r"Identity file .* not accessible|Could not resolve hostname|Bad configuration option|"
-    r"no such identity|Load key .*: "
-)
-_NO_SPACE = re.compile(r"No space left on device|Disk quota exceeded|: [^:]*\((?:28|122)\)\s*$")
 
 
 def _rsh_option(opts: Sequence[str]) -> tuple[int, int, str | None]:
@@ -236,6 +181,14 @@ def close_shared_connection(cfg: Config) -> None:
         run([*shlex.split(shared), "-O", "exit", cfg.central_host], timeout=10, track=False)
 
 
+def retire_shared_connection(cfg: Config) -> None:
+    """Let the next rsync run log in to central afresh (`ssh -O stop`: the master connection takes no
+    new runs; those under way on it finish). Harmless if there is none."""
+    _opts, shared = effective_opts(cfg)
+    if shared is not None:
+        run([*shlex.split(shared), "-O", "stop", cfg.central_host], timeout=10, track=False)
+
+
 CAN_PROTECT = (3, 0, 0)  # rsync has --protect-args (-s; --secluded-args since 3.2.4, both names work)
 _VERSION = re.compile(rb"version\s+v?(\d+)\.(\d+)(?:\.(\d+))?")
 
@@ -286,14 +239,6 @@ def remote(cfg: Config, path: str, slash: str = "") -> str:
             "refuse it; set rrsync_root to the directory of the key's `rrsync` command"
         )
     return f"{cfg.central_host}:{sent}{slash}"
-
-
-class OutsideRoot(SynklerError):
-    """A place on central that this agent's confined key cannot reach (rrsync_root is wrong)."""
-
-    def result(self) -> Result:
-        """The run that could not be made, as a failure that needs a person (as rrsync's refusal)."""
-        return Result(False, 12, str(self))
 
 
 # What sshd, rsync and RSYNC_RSH would take from the environment to hand paths to central's shell
@@ -368,8 +313,30 @@ def run(
     it started are stopped once they moved almost nothing for that many seconds (synkler.hops.stall;
     a failed Result, `stalled`, exit STALLED), and `on_stall` is called meanwhile.
     """
+    proc = _start(argv, input, track)
+    if isinstance(proc, Result):
+        return proc
+    if track:
+        with _lock:
+            _running.add(proc)
+    watch = Stall(stall, time.monotonic()) if stall > 0 else None
     try:
-        proc = subprocess.Popen(
+        out, stopped = _communicate(proc, input, timeout, cancel, watch, on_stall)
+    finally:
+        with _lock:
+            _running.discard(proc)
+    text = out.decode("utf-8", "replace")
+    if stopped.startswith(_STALLED):
+        return Result(False, STALLED, f"{text}\n{stopped}", tuple(argv), stalled=True)
+    if stopped:
+        return Result(False, -1, f"{text}\n{stopped}", tuple(argv))
+    return Result(proc.returncode == 0, proc.returncode, text, tuple(argv))
+
+
+def _start(argv: Sequence[str], input: bytes | None, track: bool) -> subprocess.Popen[bytes] | Result:
+    """The command started, or a failed Result saying why it could not be."""
+    try:
+        return subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -386,21 +353,6 @@ def run(
         return Result(False, 126, f"program not executable: {argv[0]}", tuple(argv))
     except OSError as e:  # e.g. a script without a #! line
         return Result(False, 126, f"cannot run {argv[0]}: {e.strerror}", tuple(argv))
-    if track:
-        with _lock:
-            _running.add(proc)
-    watch = Stall(stall, time.monotonic()) if stall > 0 else None
-    try:
-        out, stopped = _communicate(proc, input, timeout, cancel, watch, on_stall)
-    finally:
-        with _lock:
-            _running.discard(proc)
-    text = out.decode("utf-8", "replace")
-    if stopped.startswith(_STALLED):
-        return Result(False, STALLED, f"{text}\n{stopped}", tuple(argv), stalled=True)
-    if stopped:
-        return Result(False, -1, f"{text}\n{stopped}", tuple(argv))
-    return Result(proc.returncode == 0, proc.returncode, text, tuple(argv))
 
 
 STALLED = 30  # the exit status of a run stopped because it stalled: rsync's own for its --timeout
@@ -503,7 +455,14 @@ def _hop(
     closed with it: it carries the stalled link (every run over it would hang until ssh's
     keep-alives end it; the next run connects afresh), and it holds the run's output pipe."""
     closing = functools.partial(close_shared_connection, cfg)
-    return run(argv, input=input, cancel=cancel, stall=cfg.stall_seconds, on_stall=closing)
+    result = run(argv, input=input, cancel=cancel, stall=cfg.stall_seconds, on_stall=closing)
+    if result.needs_person:
+        # What a key may do on central (its forced command) is fixed when ssh logs in: a master
+        # connection that lived on would keep a refused forced command for every later run, so a
+        # fixed authorized_keys took effect only once the connection had been idle for
+        # ssh_control_persist, and an operator's `synkler retry` was refused again.
+        retire_shared_connection(cfg)
+    return result
 
 
 def push(cfg: Config, local_dir: str, names: Sequence[str], remote_dir: str) -> Result:

@@ -252,6 +252,15 @@ class _Frame:
             self.entries = iter([(e.name, e.is_dir(follow_symlinks=False)) for e in listing])
 
 
+def _push(stack: list[_Frame], fd: int, name: str | bytes, parent_fd: int | None) -> None:
+    """Put the directory open as `fd` on the stack of those being emptied (`fd` closed if that fails)."""
+    try:
+        stack.append(_Frame(fd, name, parent_fd))
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def remove_tree(path: PathLike) -> None:
     """Delete a file, symlink or whole directory tree; a missing path is not an error.
 
@@ -272,12 +281,7 @@ def remove_tree(path: PathLike) -> None:
         return
     stack: list[_Frame] = []
     try:
-        fd = _open_dir(top, None)
-        try:
-            stack.append(_Frame(fd, top, None))
-        except BaseException:
-            os.close(fd)
-            raise
+        _push(stack, _open_dir(top, None), top, None)
         while stack:
             frame = stack[-1]
             descended = False
@@ -287,11 +291,7 @@ def remove_tree(path: PathLike) -> None:
                         fd = _open_dir(name, frame.fd)
                     except FileNotFoundError:
                         continue
-                    try:
-                        stack.append(_Frame(fd, name, frame.fd))
-                    except BaseException:
-                        os.close(fd)
-                        raise
+                    _push(stack, fd, name, frame.fd)
                     descended = True
                     break
                 _remove_at(name, frame.fd, is_dir=False)

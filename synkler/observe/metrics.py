@@ -78,6 +78,15 @@ class Metrics(Observer):
         self.registry = CollectorRegistry(auto_describe=True)
         self.clock = HopClock(mode)
         self.labels = {"role": mode, "agent": cfg.name, "instance": cfg.id}
+        self._families()
+        self._present_from_start(mode)
+        self._server: Any = None
+        self._next_bind = 0.0
+        self._next = 0.0
+        self._told: dict[str, float] = {}
+
+    def _families(self) -> None:
+        """Every metric family, in the agent's own registry: the entries and their hops here."""
         r, own = self.registry, LABELS
         self.entries = Gauge(
             "synkler_entries", "Entries this agent holds by state", (*own, "state"), registry=r
@@ -113,6 +122,11 @@ class Metrics(Observer):
             (*own, "peer"),
             registry=r,
         )
+        self._gauges()
+
+    def _gauges(self) -> None:
+        """The gauges of the agent's work and its file system, set from the presence figures."""
+        r, own = self.registry, LABELS
         self.destinations = Gauge(
             "synkler_destination_entries",
             "Central with routes: entries by destination and their state there",
@@ -136,6 +150,9 @@ class Metrics(Observer):
             registry=r,
         )
         self.up = Gauge("synkler_agent_start_timestamp_seconds", "When the agent started", own, registry=r)
+
+    def _present_from_start(self, mode: str) -> None:
+        """The series rate() and alerts need, present from the start at 0, and the start time."""
         self.up.labels(**self.labels).set(time.time())
         for state in self.states:
             self.entries.labels(**self.labels, state=state).set(0)
@@ -143,10 +160,6 @@ class Metrics(Observer):
             for family in (self.hop_entries, self.hop_bytes, self.mismatches):
                 family.labels(**self.labels, hop=hop.name)
             self.hop_seconds.labels(**self.labels, hop=hop.name)
-        self._server: Any = None
-        self._next_bind = 0.0
-        self._next = 0.0
-        self._told: dict[str, float] = {}
 
     # what happens (Observer; called in the main loop) ----------------------------------------------
 

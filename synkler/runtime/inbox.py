@@ -16,6 +16,7 @@ from ..agents.agent import Agent
 from ..broker.names import broker_user
 from ..errors import MessageError, NotYet, StateUnavailable
 from ..state import State
+from ..text import count
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -24,6 +25,11 @@ log = logging.getLogger("synkler")
 
 DEAD_LOG_BURST = 10  # dead letters logged one by one per DEAD_LOG_WINDOW; the rest are counted
 DEAD_LOG_WINDOW = 60.0
+# A message that cannot be judged yet (NotYet: central has not announced where its directory is)
+# is normal for a moment after a start; only once it has lasted this long is it worth a warning
+# (then once per NOT_YET_PATIENCE while it lasts). A gap of NOT_YET_GAP without one ends the spell.
+NOT_YET_PATIENCE = 60.0
+NOT_YET_GAP = 10.0
 
 # What becomes of a body: acked (its effect is committed with the pass), dead-lettered, or left
 # queued to come back (the agent cannot act now; the message is fine).
@@ -40,6 +46,9 @@ class Inbox:
         self._dead_window = 0.0  # when the current window of dead-letter log lines began
         self._dead_logged = 0  # dead letters logged one by one in it
         self._dead_quiet = 0  # and those only counted
+        self._not_yet_since: float | None = None  # when the current spell of NotYet began
+        self._not_yet_last = 0.0  # the last NotYet of it
+        self._not_yet_warned = 0.0  # when it was last warned about
 
     def apply(self, body: bytes, user: str | None = None) -> tuple[Outcome, list[bytes]]:
         """Handle one AMQP body published by broker user `user`, in the caller's transaction: what
@@ -65,7 +74,12 @@ class Inbox:
                     except MessageError as e:
                         self._dead_log("dead-lettering a message: %s: %r", e, str(element)[:200])
                         dead.append(_reencode(element))
-        except (StateUnavailable, NotYet, OSError) as e:
+        except NotYet as e:
+            # Central's first presence report comes a moment after a start: the message comes back
+            # and is acted upon then. Said only when it lasts (a central that never reports).
+            self._not_yet(e, time.monotonic())
+            return "requeue", []
+        except (StateUnavailable, OSError) as e:
             # Disk full, database locked, a directory we cannot write: the message is fine, we are not.
             # Let it come back later (handlers are idempotent) instead of dead-lettering a valid request.
             log.error("cannot act on a message now (%s); it stays queued", e)
@@ -76,6 +90,24 @@ class Inbox:
         if len(items) == 1 and dead:
             return "dead", []  # a single message is dead-lettered as it came
         return "ack", dead
+
+    def _not_yet(self, e: NotYet, now: float) -> None:
+        """Log a message that must wait for central's announcement: at DEBUG while the wait is
+        young, at WARNING once it has lasted NOT_YET_PATIENCE (and again each NOT_YET_PATIENCE)."""
+        if self._not_yet_since is None or now - self._not_yet_last > NOT_YET_GAP:
+            self._not_yet_since, self._not_yet_warned = now, now
+        self._not_yet_last = now
+        lasted = now - self._not_yet_since
+        if lasted < NOT_YET_PATIENCE or now - self._not_yet_warned < NOT_YET_PATIENCE:
+            log.debug("cannot act on a message yet (%s); it stays queued", e)
+            return
+        self._not_yet_warned = now
+        log.warning(
+            "cannot act on messages for %s (%s); they stay queued: is central running, and may this "
+            "agent's broker user read its reports? (synkler check)",
+            count(round(lasted), "second"),
+            e,
+        )
 
     def authenticate(self, msg: messages.Message, user: str | None) -> None:
         """With `authenticate`, a message counts only if the broker user that published it is the

@@ -81,7 +81,7 @@ class Runtime:
         self.hooks = Hooks(self._observers())
         self.consumer = Consumer(cfg, agent_class.mode, self.hooks, self._taken_over)
         self.inbox = Inbox(cfg, self.state, self.agent)
-        self.outbox = Outbox(self.state)
+        self.outbox = Outbox(self.state, expected={cfg.central_name, cfg.download_name} - {cfg.name})
         self._central_place: str | None = None  # central's directory of the instance, as it announced it
         self._place_read = float("-inf")  # when central's presence report was last read for it
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 from .. import messages
 from ..agents.base import PERSON_REPEAT
 from ..backoff import backoff
 from ..broker.amqp import Broker
-from ..errors import PublishRefused
+from ..errors import NoQueueYet, PublishRefused
 from ..state import State
 
 log = logging.getLogger("synkler")
@@ -27,16 +27,19 @@ Row = tuple[int, str, bytes]  # (seq, destination, message)
 class Outbox:
     """Publishes the outbox of one agent's state database."""
 
-    def __init__(self, state: State):
+    def __init__(self, state: State, expected: Collection[str] = ()):
+        """`expected`: the agents this one sends to whatever happens (central, download), whose
+        queue may not exist for a while after a first start; not an upload agent named in a message."""
         self.state = state
-        # destination -> (refusals in a row, no publish to it before, last ERROR logged)
-        self.held: dict[str, tuple[int, float, float]] = {}
+        self.expected = frozenset(expected)
+        # destination -> (refusals in a row, no publish to it before, last ERROR logged, first refusal)
+        self.held: dict[str, tuple[int, float, float, float]] = {}
 
     def flush(self, broker: Broker) -> None:
         """Publish the outbox; rows are deleted once the broker confirms them. A BrokerError (the
         connection is lost) leaves the rest for the next flush."""
         now = time.time()
-        held = {dest for dest, (_n, until, _told) in self.held.items() if until > now}
+        held = {dest for dest, (_n, until, _told, _since) in self.held.items() if until > now}
         while True:
             rows = self.state.outbox(OUTBOX_BATCH, held=held)
             if not rows:
@@ -58,9 +61,21 @@ class Outbox:
                     log.warning("messages to agent %r go out again", dest)
 
     def _refused(self, dest: str, e: PublishRefused, now: float) -> None:
-        refusals, _until, told = self.held.get(dest, (0, 0.0, float("-inf")))
+        """Hold `dest` back. Central or download with no queue yet (with authentication each agent
+        declares its own, so one that has not run has none) is normal for a while after a first
+        start: a WARNING, an ERROR only once it has lasted PERSON_REPEAT. Any other refusal (an
+        upload agent without a queue included: an invented sender) is an ERROR at once."""
+        refusals, _until, told, since = self.held.get(dest, (0, 0.0, float("-inf"), now))
         refusals += 1
-        if now - told >= PERSON_REPEAT:
+        if isinstance(e, NoQueueYet) and dest in self.expected and now - since < PERSON_REPEAT:
+            if refusals == 1:
+                log.warning(
+                    "no queue for agent %r yet (%s): has it ever run? Its messages wait in the outbox, "
+                    "in order, and the other agents' messages go on",
+                    dest,
+                    e,
+                )
+        elif now - told >= PERSON_REPEAT:
             told = now
             log.error(
                 "the broker refuses messages to agent %r (%s); they wait in the outbox, in order, "
@@ -69,7 +84,7 @@ class Outbox:
                 e,
                 PERSON_REPEAT // 60,
             )
-        self.held[dest] = (refusals, now + backoff(refusals, base=1, cap=60), told)
+        self.held[dest] = (refusals, now + backoff(refusals, base=1, cap=60), told, since)
 
 
 def chunks(rows: list[Row]) -> Iterator[tuple[str, list[Row]]]:

@@ -102,38 +102,48 @@ class Pidfile:
             except OSError as exc:
                 raise self._fail("open pidfile", exc) from exc
             try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError as exc:
-                    if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                        os.close(fd)
-                        return False
-                    raise self._fail("lock pidfile", exc) from exc
-                # The previous owner may have unlinked the file (release) between our open and
-                # our lock; then we locked an orphan inode and must start again on the new one.
-                try:
-                    current = os.lstat(self.path)
-                except FileNotFoundError:
-                    os.close(fd)
-                    continue
-                except OSError as exc:
-                    raise self._fail("stat pidfile", exc) from exc
-                mine = os.fstat(fd)
-                if (current.st_ino, current.st_dev) != (mine.st_ino, mine.st_dev):
-                    os.close(fd)
-                    continue
-                self._write_pid(fd)
+                taken = self._take(fd)
             except BaseException:
                 try:
                     os.close(fd)
                 except OSError:
                     pass
                 raise
+            if taken is None:
+                continue
+            if not taken:
+                return False
             self._fd = fd
             self._owner_pid = os.getpid()
             atexit.register(self.release)
             return True
         raise PidfileError(f"{self.path}: cannot lock pidfile: it keeps being replaced by another process")
+
+    def _take(self, fd: int) -> bool | None:
+        """Lock the open pidfile `fd` and write our pid: True. False: a live process holds it; None:
+        the file was replaced meanwhile, try again (both close `fd`)."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                os.close(fd)
+                return False
+            raise self._fail("lock pidfile", exc) from exc
+        # The previous owner may have unlinked the file (release) between our open and
+        # our lock; then we locked an orphan inode and must start again on the new one.
+        try:
+            current = os.lstat(self.path)
+        except FileNotFoundError:
+            os.close(fd)
+            return None
+        except OSError as exc:
+            raise self._fail("stat pidfile", exc) from exc
+        mine = os.fstat(fd)
+        if (current.st_ino, current.st_dev) != (mine.st_ino, mine.st_dev):
+            os.close(fd)
+            return None
+        self._write_pid(fd)
+        return True
 
     def _write_pid(self, fd: int) -> None:
         try:

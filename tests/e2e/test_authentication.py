@@ -20,6 +20,10 @@ from synkler.broker.names import broker_user, dead_name, exchange_name, queue_na
 from synkler.devkit.localrelay import LocalRelay
 from synkler.hops.checksum import md5_entry
 
+# A RabbitMQ node of its own (private_rabbit): one such module of its group at a time
+# (two groups, balanced by their run time: one would hold a worker for most of the run).
+pytestmark = pytest.mark.xdist_group("rabbit-nodes-2")
+
 
 @pytest.fixture
 def relay(authenticated_relay) -> LocalRelay:

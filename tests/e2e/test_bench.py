@@ -12,6 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# Network namespaces and timed runs: one benchmark at a time.
+pytestmark = pytest.mark.xdist_group("bench")
+
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "relay_bench.py"
 
 

@@ -92,6 +92,11 @@ def test_a_flood_of_offers_from_one_upload_login_does_not_stall_another_upload_a
     assert (relay.dirs["download"] / "measurement.raw").read_bytes() == data
     flood = [e.state for e in relay.entries("central") if e.peer == "flood"]
     assert flood.count("uploading") == 2000 and flood.count("waiting") == FLOOD - 2000
+    # After a restart of every agent, with the flood still recorded, the relay still delivers.
+    relay.stop()
+    relay.start()
+    again = place(relay.dirs["upload"], "after-restart.raw", os.urandom(50_000))
+    deliver(relay, {"after-restart.raw": again}, timeout=120)
 
 
 def test_an_admitted_entry_never_pushed_goes_back_after_its_lease_and_is_admitted_again(

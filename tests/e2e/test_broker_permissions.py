@@ -4,9 +4,11 @@ and the dead-letter queue's bounds on the shared broker.
 
 With an upload or download agent's broker login, an attacker tries what took the relay down before:
 delete or re-declare (as another type, or without its limits) the instance's topic exchange, its
-presence exchange and its dead-letter queue, purge the dead letters, and write a presence report as
-another agent. The broker refuses each; the relay delivers after the attack and after a restart of
-every agent.
+presence exchange and its dead-letter queue, purge the dead letters, write a presence report as
+another agent, and, on every other agent's queues (its quorum queue, its lock queue, its presence
+report queue, 0.5's name of its queue), delete, purge, read, re-declare or take them. The broker
+refuses each; the relay delivers while the attacker's connection is open, after the attack and after
+a restart of every agent.
 """
 
 from __future__ import annotations
@@ -23,9 +25,23 @@ from support.authrelay import UPLOAD, connect
 from support.relay_helpers import deliver, place
 
 from synkler.broker.amqp import DEAD_ARGUMENTS, Broker, BrokerParams
-from synkler.broker.names import DEAD_MAX_BYTES, dead_name, exchange_name, holder_name, presence_exchange
+from synkler.broker.names import (
+    DEAD_MAX_BYTES,
+    classic_queue_name,
+    dead_name,
+    exchange_name,
+    holder_name,
+    lock_name,
+    presence_exchange,
+    queue_name,
+)
 from synkler.config import load_config
 from synkler.devkit.localrelay import LocalRelay
+from synkler.hops.checksum import md5_entry
+
+# A RabbitMQ node of its own (private_rabbit): one such module of its group at a time
+# (two groups, balanced by their run time: one would hold a worker for most of the run).
+pytestmark = pytest.mark.xdist_group("rabbit-nodes-2")
 
 MiB = 1024 * 1024
 
@@ -71,6 +87,26 @@ def attacks(instance: str, name: str) -> dict[str, Callable[[Any], object]]:
         "bind its own report queue under central's name": lambda ch: ch.queue_bind(
             holder_name(instance, name), p, "central"
         ),
+        "bind its own queue to the topic exchange under central's name": lambda ch: ch.queue_bind(
+            queue_name(instance, name), x, "central"
+        ),
+    }
+
+
+def queue_attacks(instance: str, other: str) -> dict[str, Callable[[Any], object]]:
+    """What an agent's login might try on another agent's queues (synkler 0.6: quorum queues, lock
+    queues, presence report queues, and 0.5's name of the agent's queue)."""
+    inbox, lock = queue_name(instance, other), lock_name(instance, other)
+    report, old = holder_name(instance, other), classic_queue_name(instance, other)
+    return {
+        f"delete {other}'s queue": lambda ch: ch.queue_delete(inbox),
+        f"purge {other}'s queue": lambda ch: ch.queue_purge(inbox),
+        f"re-declare {other}'s queue as a classic queue": lambda ch: ch.queue_declare(inbox, durable=True),
+        f"read {other}'s queue": lambda ch: ch.basic_get(inbox),
+        f"take {other}'s lock queue": lambda ch: ch.queue_declare(lock, exclusive=True),
+        f"delete {other}'s presence report queue": lambda ch: ch.queue_delete(report),
+        f"re-declare {other}'s report queue unbounded": lambda ch: ch.queue_declare(report, durable=True),
+        f"declare {other}'s queue under synkler 0.5's name": lambda ch: ch.queue_declare(old, durable=True),
     }
 
 
@@ -88,14 +124,23 @@ def test_an_agents_login_can_neither_delete_nor_redeclare_the_shared_objects_and
 ):
     relay.start()
     deliver(relay, {"before.dat": place(relay.dirs["upload"], "before.dat", os.urandom(3000))})
+    # The agents are down while the attacker acts (so their lock queues are free to be taken), and
+    # its connection stays open while they start again and deliver: a lock queue it took, or a queue
+    # it deleted or re-declared, would show there.
+    relay.stop()
     user, password = login(relay, role)
     name = UPLOAD if role == "upload" else "download"
+    everything = attacks(relay.instance, name)
+    for other in {"central", "download", UPLOAD} - {name}:
+        everything.update(queue_attacks(relay.instance, other))
     conn = connect(private_rabbit, user, password)
     try:
-        outcomes = {what: refused(conn, attack) for what, attack in attacks(relay.instance, name).items()}
+        outcomes = {what: refused(conn, attack) for what, attack in everything.items()}
+        assert outcomes == {what: 403 for what in outcomes}  # ACCESS_REFUSED, every one
+        relay.start()
+        deliver(relay, {"during.dat": place(relay.dirs["upload"], "during.dat", os.urandom(3000))})
     finally:
         conn.close()
-    assert outcomes == {what: 403 for what in outcomes}  # ACCESS_REFUSED, every one
     # Still a topic exchange, and a dead-letter queue with its limits: declaring them as they are
     # passes (with mallory's broad login), any difference would be PRECONDITION_FAILED.
     x, dead = exchange_name(relay.instance), dead_name(relay.instance)
@@ -219,3 +264,36 @@ def test_a_dead_letter_queue_made_without_the_bound_in_bytes_is_made_again_once_
         agent.close()
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("role", ["upload", "download"])
+def test_an_agents_login_that_keeps_taking_centrals_presence_reports_does_not_stall_the_relay(
+    relay, private_rabbit, role
+):
+    """Every agent's user may read the others' presence reports (`status --relay`), and reading
+    includes consuming: a standing consumer that never acks holds each of central's reports as it
+    comes. Upload and download learn where central's directory is from that report (the `place`
+    they compare every path with), so an agent started meanwhile must still deliver."""
+    relay.start()
+    deliver(relay, {"before.dat": place(relay.dirs["upload"], "before.dat", os.urandom(3000))})
+    relay.stop("upload", "download")
+    user, password = login(relay, role)
+    conn = connect(private_rabbit, user, password)
+    taken: list[bytes] = []
+    try:
+        ch = conn.channel()
+        reports = holder_name(relay.instance, "central")
+        ch.basic_consume(reports, lambda _c, _m, _p, body: taken.append(body), auto_ack=False)
+        conn.process_data_events(1)
+        relay.start("upload", "download")
+        md5 = place(relay.dirs["upload"], "during.dat", os.urandom(3000))
+
+        def delivered() -> bool:
+            conn.process_data_events(0)  # keeps taking reports (and answers the broker's heartbeats)
+            return relay.states("download").get("during.dat") == "done"
+
+        relay.wait_for("delivered while central's reports are taken", delivered, timeout=30)
+        assert taken  # the attacker did hold central's reports
+    finally:
+        conn.close()
+    assert md5_entry(relay.dirs["download"] / "during.dat") == md5

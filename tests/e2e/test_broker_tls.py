@@ -23,6 +23,10 @@ from support.relay_helpers import deliver, place
 from synkler.broker.amqp import BrokerParams
 from synkler.devkit.localrelay import ROLES, LocalRelay
 
+# A RabbitMQ node of its own (tls_rabbit): one such module of its group at a time
+# (two groups, balanced by their run time: one would hold a worker for most of the run).
+pytestmark = pytest.mark.xdist_group("rabbit-nodes-2")
+
 # Broker users of the EXTERNAL relay: the common names of the agents' certificates.
 CLIENTS = {role: f"tls-{role}" for role in ROLES}
 

@@ -9,16 +9,20 @@ delivers afterwards.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from support.relay_helpers import deliver, place, take_dead_letters
+from support.metrics_helpers import expected, hop_counters
+from support.rabbitnode import free_port
+from support.relay_helpers import deliver, place, take_dead_letters, write_random
 
 from synkler import messages
 from synkler.broker.amqp import Broker
@@ -122,15 +126,31 @@ def test_a_refusal_by_the_forced_command_is_told_as_needing_a_person_not_a_link_
     wrong.mkdir()
     upload_root = str(relay.dirs["central"] / relay.instance / "staging" / "upload")
     authorize(relay.sshd, upload=f"{RRSYNC} -wo -no-lock {upload_root}", download=f"{RRSYNC} -ro {wrong}")
+    notices = tmp_path / "notices.jsonl"  # download's alerts, by a command that appends each message
+    append = "import sys; open(sys.argv[1], 'a').write(sys.stdin.read() + '\\n')"
+    cfg = yaml.safe_load(relay.configs["download"].read_text())
+    cfg["alerts"] = {
+        "command": {"argv": [sys.executable, "-c", append, str(notices)]},
+        "check_seconds": 1,
+        "group_seconds": 0,
+    }
+    relay.configs["download"].write_text(yaml.safe_dump(cfg, sort_keys=False))
     relay.start()
-    place(relay.dirs["upload"], "waits.bin", b"until the key is fixed")
+    md5 = place(relay.dirs["upload"], "waits.bin", b"until the key is fixed")
 
-    def told() -> bool:
-        return any("needs a person" in (e.reason or "") for e in relay.entries("download"))
+    def told() -> list[str]:
+        lines = notices.read_text().splitlines() if notices.exists() else []
+        return [
+            n["state"] for m in map(json.loads, lines) for n in m["notices"] if n["key"] == "needs-person:ssh"
+        ]
 
-    relay.wait_for("download to say the forced command refused", told, 60)
+    relay.wait_for("download's notice that ssh needs a person", lambda: told() == ["started"], 60)
     entry = relay.entries("download")[0]
-    assert entry.state == "fetching" and "rrsync error" in (entry.reason or "")
+    assert (
+        entry.state == "fetching"
+        and "rrsync error" in (entry.reason or "")
+        and "needs a person" in entry.reason
+    )
     log = relay.log_path("download").read_text()
     assert " ERROR waits.bin: pull from central refused by ssh or the key's forced command" in log
     status = subprocess.run(relay.command("download", "status"), capture_output=True, text=True, timeout=60)
@@ -138,6 +158,125 @@ def test_a_refusal_by_the_forced_command_is_told_as_needing_a_person_not_a_link_
     assert os.listdir(wrong) == []
     check = subprocess.run(relay.command("download", "check"), capture_output=True, text=True, timeout=120)
     assert "FAIL  cannot read central's" in check.stdout and "rrsync error" in check.stdout, check.stdout
+    # The operator fixes the forced command and makes the waiting entry move now (issue 23, item 4).
+    authorize(
+        relay.sshd,
+        upload=f"{RRSYNC} -wo -no-lock {upload_root}",
+        download=f"{RRSYNC} -ro {relay.dirs['central'] / relay.instance}",
+    )
+    retried = subprocess.run(
+        relay.command("download", "retry", "--waiting"), capture_output=True, text=True, timeout=60
+    )
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    deliver(relay, {"waits.bin": md5}, timeout=60)
+    relay.wait_for("the notice that it cleared", lambda: told() == ["started", "cleared"], 60)
+
+
+def test_the_production_set_up_of_security_md_to_its_end_relays_and_check_says_every_line_ok(
+    private_rabbit, confined_sshd: LocalSshd, instance_id: str, tmp_path: Path, tmp_path_factory
+):
+    """docs/security.md, "Setting up a production relay", as 0.6 has it: broker-setup's least
+    privileged users with `authenticate: true` (step 1, 3), upload named lab-a with its key forced
+    to `rrsync -wo -no-lock <place>/staging/lab-a`, download's to `rrsync -ro <place>` (step 4),
+    receipts signed by download and pinned at upload and central (step 5). A big file (pulled while
+    it is pushed, through `growing/`), a directory and a small file arrive md5-verified, each
+    cleanup script runs once per entry, no agent logs an ERROR, each agent's hop counters equal
+    the deliveries and their bytes, and `check` (step 6) says every line ok. From an operator's
+    shell (another home, no systemd environment), `status` finds each agent's database and `alerts
+    test` reaches the webhook, the mail server and the command (issue 23, items 6 and 7); no agent
+    sent a notice of its own on the way (no false alarm)."""
+    from support.alertinbox import serving
+    from support.authrelay import UPLOAD, authenticated_relay
+
+    with (
+        serving(tmp_path_factory.mktemp("inbox")) as inbox,
+        authenticated_relay(private_rabbit, confined_sshd, tmp_path, instance_id) as relay,
+    ):
+        where = relay.dirs["central"] / instance_id
+        roots = {"upload": f"{where}/staging/{UPLOAD}", "download": str(where)}
+        ports = {role: free_port() for role in ("upload", "central", "download")}
+        for role in ("upload", "central", "download"):
+            cfg = yaml.safe_load(relay.configs[role].read_text())
+            cfg["metrics_listen"] = f"127.0.0.1:{ports[role]}"
+            password = relay.workdir / role / "broker.password"  # step 3: in a file only the agent reads
+            password.touch(mode=0o600)
+            password.write_text(cfg.pop("broker_password") + "\n")
+            cfg["broker_password_file"] = str(password)
+            cfg["alerts"] = inbox.settings()
+            if role in roots:
+                del cfg["keep_minutes"]  # the harness's, which only central reads (check warns)
+                cfg.update(rsync_opts=[f"--rsh={rsh_of(confined_sshd, role)}"], rrsync_root=roots[role])
+            relay.configs[role].write_text(yaml.safe_dump(cfg, sort_keys=False))
+        authorize(
+            confined_sshd,
+            upload=f"{RRSYNC} -wo -no-lock {roots['upload']}",
+            download=f"{RRSYNC} -ro {roots['download']}",
+        )
+        relay.start("central")  # first, as step 4 says: it makes <place>/staging
+        relay.wait_for("central's staging", lambda: (where / "staging").is_dir(), 30)
+        (where / "staging" / UPLOAD).mkdir(mode=0o700, exist_ok=True)
+        relay.start("download")
+        relay.start("upload")
+        big = relay.dirs["upload"].parent / ".big"
+        write_random(big, 80 << 20)  # above the early pull's 64 MiB
+        md5s = {"big.bin": md5_entry(big), "small.txt": place(relay.dirs["upload"], "small.txt", b"s" * 999)}
+        os.rename(big, relay.dirs["upload"] / "big.bin")
+        tree = relay.dirs["upload"] / "run 7"
+        (tree / "sub").mkdir(parents=True)
+        (tree / "sub" / "f.txt").write_bytes(b"inside")
+        md5s["run 7"] = md5_entry(tree)
+        deliver(relay, md5s, timeout=180)
+        for log in (relay.up_log, relay.down_log):
+            relay.wait_for(
+                f"{log.name}: one run per entry",
+                lambda log=log: log.exists() and len(log.read_text().splitlines()) == 3,
+            )
+        for role in ("upload", "central", "download"):
+            assert " ERROR " not in relay.log_path(role).read_text(), role
+            # Every hop counter equals the deliveries and their bytes (issue 23, item 2).
+            assert hop_counters(ports[role]) == expected(role, 3, (80 << 20) + 999 + 6), role
+        want = {
+            "upload": [
+                "ok    messages authenticated",
+                "ok    deliveries proven",
+                "ok    write into central's",
+            ],
+            "central": ["ok    messages authenticated", "ok    deliveries proven"],
+            "download": [
+                "ok    messages authenticated",
+                "ok    delivery receipts signed with",
+                "ok    read central's",
+            ],
+        }
+        for role, lines in want.items():
+            out = subprocess.run(relay.command(role, "check"), capture_output=True, text=True, timeout=120)
+            assert out.returncode == 0 and "FAIL" not in out.stdout and "WARN" not in out.stdout, out.stdout
+            for line in lines:
+                assert line in out.stdout, (role, line, out.stdout)
+            if role != "central":
+                assert f"confined by rrsync to {roots[role]}" in out.stdout, out.stdout
+        assert inbox.messages("webhook") == [], inbox.messages("webhook")  # no false alarm on the way
+
+        shell = {k: v for k, v in os.environ.items() if k not in ("STATE_DIRECTORY", "XDG_STATE_HOME")}
+        shell["HOME"] = str(tmp_path / "operator-home")
+        for role in ("upload", "central", "download"):
+            out = subprocess.run(
+                relay.command(role, "status", "--json"), capture_output=True, text=True, timeout=60, env=shell
+            )
+            assert out.returncode == 0, out.stderr
+            assert {row["name"] for row in json.loads(out.stdout)} == set(md5s), (role, out.stdout)
+            out = subprocess.run(
+                relay.command(role, "alerts", "test"), capture_output=True, text=True, timeout=60, env=shell
+            )
+            assert out.returncode == 0, out.stdout + out.stderr
+            assert [line.split()[:2] for line in out.stdout.splitlines()] == [
+                ["ok", "webhook:"],
+                ["ok", "email:"],
+                ["ok", "command:"],
+            ], out.stdout
+        for channel in ("webhook", "email", "command"):
+            assert inbox.told(channel, "test") == ["started"] * 3, channel
+        assert not (tmp_path / "operator-home").exists()  # nothing made in the shell's own places
 
 
 # The attacks of issue 22 (item 3), on an unconfined relay: each harmless -------------------------

@@ -13,6 +13,7 @@ that verifies, and each cleanup script ran exactly once.
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,10 @@ from synkler.broker.names import broker_user, exchange_name
 from synkler.devkit.localrelay import LocalRelay
 from synkler.hops.checksum import md5_entry
 from synkler.state import State
+
+# A RabbitMQ node of its own (private_rabbit): one such module of its group at a time
+# (two groups, balanced by their run time: one would hold a worker for most of the run).
+pytestmark = pytest.mark.xdist_group("rabbit-nodes-1")
 
 
 @pytest.fixture
@@ -52,6 +57,11 @@ class AsDownload:
 
     def fetched(self, entry_id: str, name: str, receipt: str) -> None:
         msg = messages.Fetched(entry_id, "download", stored_as=name, outcome="placed", receipt=receipt)
+        props = pika.BasicProperties(delivery_mode=2, content_type="application/json", user_id=self.user)
+        self.ch.basic_publish(exchange_name(self.relay.instance), "central", messages.encode(msg), props)
+
+    def failed(self, entry_id: str) -> None:
+        msg = messages.Failed(entry_id, "download", hop="pull from central", reason="forged")
         props = pika.BasicProperties(delivery_mode=2, content_type="application/json", user_id=self.user)
         self.ch.basic_publish(exchange_name(self.relay.instance), "central", messages.encode(msg), props)
 
@@ -199,6 +209,24 @@ def test_downloads_login_cannot_make_upload_delete_an_entry_download_never_pulle
     assert sorted(cleanup_runs(relay.up_log)) == ["after.dat", "first.dat", "only-at-central.raw"]
 
 
+def test_downloads_login_cannot_fail_an_entry_central_has_not_asked_it_to_fetch(relay, as_download, counter):
+    """A `failed` from download counts only for an entry central asked download to fetch: one
+    published with download's login for an entry central has only just been offered is
+    dead-lettered, and the entry is delivered once."""
+    first_delivery(relay)
+    relay.stop("central")
+    md5 = place(relay.dirs["upload"], "told-nothing.raw", os.urandom(4096))
+    relay.wait_for("the offer", lambda: relay.states("upload").get("told-nothing.raw") == "offered")
+    entry = entry_named(relay, "upload", "told-nothing.raw")
+    before = counter.dead()
+    as_download.failed(entry.id)  # queued behind the offer, in central's queue
+    relay.start("central")
+    counter.wait_dead(before + 1)
+    delivered(relay, {"told-nothing.raw": md5})
+    restart_all_and_deliver(relay, ("told-nothing.raw", md5))
+    assert sorted(cleanup_runs(relay.up_log)) == ["after.dat", "first.dat", "told-nothing.raw"]
+
+
 def test_every_delivery_has_a_receipt_that_verifies_at_every_role_and_cleanup_runs_once(relay):
     relay.start()
     names = ["a.dat", "naïve #1 ✓.dat"]  # not UTF-8 ones: tests/unit/test_receipts.py
@@ -220,3 +248,47 @@ def test_every_delivery_has_a_receipt_that_verifies_at_every_role_and_cleanup_ru
         assert receipt.entry == entry_named(relay, "upload", name).id
     assert sorted(cleanup_runs(relay.up_log)) == sorted(md5s)
     assert sorted(cleanup_runs(relay.down_log)) == sorted(md5s)
+
+
+def test_a_receipt_key_made_after_a_delivery_is_put_to_use_by_resend_on_download_and_upload_cleans_up_once(
+    relay, counter
+):
+    """The set-up-order trap: download delivers before it has its receipt_key (upload and central
+    already pin its public key), so central refuses its `fetched` as not proven and upload keeps its
+    data; once the key is there, `synkler resend` on download sends the signed receipt, and upload's
+    cleanup script runs, once."""
+    import yaml
+
+    conf = relay.configs["download"]
+    keyed = conf.read_text()
+    unkeyed = yaml.safe_load(keyed)
+    del unkeyed["receipt_key"]
+    conf.write_text(yaml.safe_dump(unkeyed))
+    before = counter.dead()
+    relay.start()
+    md5 = place(relay.dirs["upload"], "late.dat", os.urandom(3000))
+    relay.wait_for("placed at download", lambda: relay.states("download").get("late.dat") == "done")
+    counter.wait_dead(before + 1)  # central's refusal of the `fetched` without a receipt
+    assert md5_entry(relay.dirs["download"] / "late.dat") == md5
+    assert relay.states("central")["late.dat"] == "downloading"
+    assert (relay.dirs["upload"] / "late.dat").exists() and cleanup_runs(relay.up_log) == []
+
+    relay.stop("download")
+    conf.write_text(keyed)
+    relay.start("download")
+    done = subprocess.run(
+        relay.command("download", "resend", "late.dat"), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    # (the agent takes the request when it runs: now, or as it starts)
+    assert "sent to central again" in done.stdout or "when it starts" in done.stdout
+    relay.wait_for("cleaned up at upload", lambda: relay.states("upload").get("late.dat") == "done")
+    assert relay.states("central")["late.dat"] == "delivered"
+    assert cleanup_runs(relay.up_log) == ["late.dat"] and cleanup_runs(relay.down_log) == ["late.dat"]
+    public = relay.receipt_key.public_key()
+    for role in ("upload", "central"):
+        receipt = receipts.verify(receipts_of(relay, role)["late.dat"]["download"], public)
+        assert (receipt.name, receipt.md5, receipt.stored_as) == ("late.dat", md5, "late.dat")
+    checked = subprocess.run(relay.command("upload", "verify"), capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    counter.wait_dead(before + 1)  # nothing more was refused

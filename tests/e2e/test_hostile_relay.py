@@ -30,6 +30,10 @@ from synkler.broker.names import broker_user, exchange_name, queue_name
 from synkler.devkit.localrelay import LocalRelay
 from synkler.hops.checksum import md5_entry
 
+# A RabbitMQ node of its own (private_rabbit): one such module of its group at a time
+# (two groups, balanced by their run time: one would hold a worker for most of the run).
+pytestmark = pytest.mark.xdist_group("rabbit-nodes-1")
+
 AUTHORIZED_KEYS = b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKeepThisExactlyAsItIs owner@host\n"
 
 

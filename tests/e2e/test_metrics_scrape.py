@@ -5,30 +5,10 @@ from __future__ import annotations
 
 import os
 import socket
-import urllib.request
 
-from prometheus_client.parser import text_string_to_metric_families
+from support.metrics_helpers import expected, hop_counters, samples, scrape
+from support.rabbitnode import free_port
 from support.relay_helpers import deliver, place
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def samples(text: str) -> dict[tuple[str, str], float]:
-    """(sample name, its hop or state label) -> value, from Prometheus text."""
-    return {
-        (s.name, s.labels.get("hop") or s.labels.get("state") or s.labels.get("peer") or ""): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        return response.read().decode()
 
 
 def test_counters_and_histograms_count_every_entry_and_byte_relayed_and_the_textfile_parses(
@@ -91,20 +71,6 @@ def test_an_address_in_use_is_an_error_in_the_log_and_the_agent_relays_on(make_r
         deliver(relay, {"x": md5})
         log = relay.log_path("central").read_text()
         assert f"ERROR cannot serve metrics on 127.0.0.1:{port}" in log
-
-
-def hop_counters(port: int) -> dict[tuple[str, str], float]:
-    """(counter, hop) -> value, the hop counters only."""
-    names = ("synkler_hop_entries_total", "synkler_hop_bytes_total")
-    return {k: v for k, v in samples(scrape(port)).items() if k[0] in names}
-
-
-def expected(role: str, n: int, size: int) -> dict[tuple[str, str], float]:
-    hops = {"upload": ("push", "relay"), "central": ("push", "pull"), "download": ("pull",)}[role]
-    return {
-        **{("synkler_hop_entries_total", hop): n for hop in hops},
-        **{("synkler_hop_bytes_total", hop): size for hop in hops},
-    }
 
 
 def test_each_hop_counter_equals_the_deliveries_and_their_bytes_at_every_role_across_a_restart(

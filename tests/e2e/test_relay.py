@@ -164,6 +164,7 @@ def test_a_hundred_small_files_all_arrive(make_relay):
     assert len(relay.entries("central")) == 100
 
 
+@pytest.mark.alone  # download pulls part of it while upload still pushes: a matter of timing
 def test_a_200_mb_file_arrives_intact(make_relay):
     relay = make_relay()
     relay.start()
@@ -381,6 +382,7 @@ def test_heartbeats_keep_the_connection_up_during_a_long_transfer(make_relay, ss
         assert "reconnecting" not in relay.log_path(role).read_text(), role
 
 
+@pytest.mark.alone  # "at once" is timed
 def test_a_second_run_with_the_same_pidfile_exits_at_once(make_relay):
     relay = make_relay()
     relay.start("central")
@@ -684,6 +686,7 @@ def test_a_copy_corrupted_on_every_try_ends_failed_with_the_original_untouched(m
     assert flips(relay, "upload").read_text().splitlines() == ["doomed.bin", "doomed.bin"]
 
 
+@pytest.mark.alone  # "within seconds" is timed
 def test_an_agent_hashing_a_10_tib_file_stops_within_seconds_and_hashes_it_again_next_start(make_relay):
     relay = make_relay()
 
@@ -711,6 +714,7 @@ def test_an_agent_hashing_a_10_tib_file_stops_within_seconds_and_hashes_it_again
     assert log().count("huge.img: offered") == 1
 
 
+@pytest.mark.alone  # it stops the shared broker, which every other relay would see go
 def test_a_broker_restart_loses_nothing_and_the_agents_carry_on(make_relay, rabbitmqctl):
     relay = make_relay()
     relay.start()

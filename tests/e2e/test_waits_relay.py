@@ -23,6 +23,10 @@ from synkler.hops.checksum import md5_entry
 WAIT_AT_LEAST = 6.0  # seconds left of the backoff when the key comes back: plenty for one delivery
 
 
+# "As soon as it is back", well before the backoff, is timed.
+pytestmark = pytest.mark.alone
+
+
 @pytest.mark.parametrize("how", ["a new entry", "retry --waiting link", "retry of the entry"])
 def test_entries_waiting_for_a_missing_key_go_as_soon_as_it_is_back(make_relay, sshd, how):
     relay = make_relay()

@@ -18,6 +18,9 @@ from support.relay_helpers import place
 
 from synkler.backoff import backoff
 
+# The seconds it takes to notice a stall and to deliver after a blip are the point.
+pytestmark = pytest.mark.alone
+
 ENTRIES = 15
 SIZE = 256 << 10
 SLOW = 4000  # bytes a second each way per connection: the fifteen pulls all still run at the cut

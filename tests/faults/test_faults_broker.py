@@ -16,6 +16,9 @@ from support.faultkit import (
 )
 from support.relay_helpers import close_connections_of, every_log_says
 
+# It stops the shared broker, which every other relay would see go.
+pytestmark = pytest.mark.alone
+
 
 @pytest.mark.parametrize("profile", faultkit.profiles())
 def test_broker_closing_connections_and_restarting_mid_run_loses_nothing(

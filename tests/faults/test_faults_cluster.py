@@ -31,6 +31,10 @@ from support.relay_helpers import place
 from synkler.broker.amqp import Broker, BrokerParams
 from synkler.devkit.localrelay import ROLES, LocalRelay
 
+# A cluster of RabbitMQ nodes of its own: one such module of its group at a time
+# (two groups, balanced by their run time: one would hold a worker for most of the run).
+pytestmark = pytest.mark.xdist_group("rabbit-nodes-2")
+
 DEFAULT = Profile("cluster", small=24, medium=2, big_mb=20, bwlimit=8000, deliver_timeout=240.0)
 CHAOS = Profile("chaos", small=120, medium=6, big_mb=100, bwlimit=20000, deliver_timeout=900.0)
 CONNECTED = re.compile(rb"connected to broker 127\.0\.0\.1:(\d+)")

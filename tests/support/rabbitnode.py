@@ -160,7 +160,7 @@ class RabbitNode:
 
     def log_tail(self, lines: int = 30) -> str:
         logs = list((self.dir / "log").glob("*.log")) if (self.dir / "log").exists() else []
-        return "\n".join(p.read_text(errors="replace").splitlines()[-lines:] for p in logs)
+        return "\n".join("\n".join(p.read_text(errors="replace").splitlines()[-lines:]) for p in logs)
 
     def stop(self) -> None:
         if self.started:

@@ -7,7 +7,7 @@ import socket
 import pika.exceptions as pe
 from pika.adapters.utils.connection_workflow import AMQPConnectorSocketConnectError
 
-from synkler.broker.amqp import _describe
+from synkler.broker.amqp.words import describe as _describe
 
 LOGIN = "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN."
 

@@ -70,3 +70,69 @@ def test_every_import_goes_the_way_the_arrows_point() -> None:
             if there != here and there not in allowed[here] and (rel, there) not in EXCEPTIONS:
                 against.append(f"{rel} ({here}) imports {module} ({there})")
     assert not against, "\n".join(against)
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(REPO).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The modules that import each other, directly or round a longer way (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def imported_modules(path: Path, known: set[str]) -> set[str]:
+    """The modules of synkler a file imports, wherever the import stands: for `from x import y`,
+    the module x.y if there is one, else x."""
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            parts = package.split(".")
+            base = ".".join(parts[: len(parts) - node.level + 1] if node.level else [])
+            module = ".".join(x for x in (base, node.module or "") if x)
+            found |= {f"{module}.{a.name}" if f"{module}.{a.name}" in known else module for a in node.names}
+    return {m for m in found if m in known}
+
+
+def test_no_modules_import_each_other() -> None:
+    """Not even through an import inside a function: what a module imports never imports it back."""
+    paths = sorted(PACKAGE.rglob("*.py"))
+    known = {module_name(p) for p in paths}
+    graph = {module_name(p): imported_modules(p, known) - {module_name(p)} for p in paths}
+    assert cycles(graph) == []
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

@@ -114,3 +114,37 @@ def test_the_registry_shows_counters_histograms_and_gauges_with_the_agent_labels
         "instance": "lab",
     }
     m.close()
+
+
+def test_the_example_alert_rules_of_the_docs_pass_promtool_and_name_only_metrics_the_agents_export(
+    tmp_path: Path,
+):
+    import re
+    import shutil
+    import subprocess
+
+    import pytest
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    rules = re.search(r"Example alert rules.*?```yaml\n(.*?)```", docs, re.S)
+    assert rules is not None
+    data = {"mode": "central", "id": "lab", "file_dir": str(tmp_path), "synkler_server": "b"}
+    data["metrics_textfile"] = str(tmp_path / "m.prom")
+    cfg = parse_config(data, tmp_path / "c.conf", check_dirs=False, environ={}, home=tmp_path)
+    m = Metrics(cfg, "central", ["stored", "failed"])
+    m.moved(None, entry("stored"))
+    m.tick(0.0, lambda: Figures({"failed": 0}, outbox=0, transfers=0, disk=Disk(free=5, total=9, reserve=1)))
+    m.close()
+    exported = {
+        s.name for f in text_string_to_metric_families((tmp_path / "m.prom").read_text()) for s in f.samples
+    }
+    named = set(re.findall(r"\bsynkler_[a-z_]+", rules.group(1)))
+    assert named and named <= exported, named - exported
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (apt-get install prometheus): the rules' syntax is unchecked")
+    (tmp_path / "rules.yml").write_text(rules.group(1))
+    done = subprocess.run(
+        [promtool, "check", "rules", str(tmp_path / "rules.yml")], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -407,3 +407,119 @@ def test_check_says_whether_deliveries_are_proven_at_each_role(tmp_path: Path, k
             AGENTS["download"](cfg, state, FakeJobs(state))
     finally:
         state.close()
+
+
+# the set-up-order trap: `synkler resend` on download ----------------------------------------------
+
+
+def test_resend_on_download_signs_a_delivered_entrys_receipt_with_the_key_it_has_now(
+    tmp_path: Path, keyfile, key
+):
+    r = Role("download", tmp_path, receipt_key=str(keyfile))
+    r.start()
+    e = r.given("done", entry_id="e" * 32, peer="central", stored_as="data.bin", md5=MD5)  # before any key
+    ok, answer = r.request("resend", e.id)
+    assert ok and "sent to central again" in answer
+    [(to, msg)] = r.sent()
+    assert to == "central" and isinstance(msg, Fetched) and msg.outcome == "placed"
+    receipts.check(msg.receipt, key.public_key(), receipt_for(e, placed_at=0.0))
+    assert r.state.receipts(e.id) == {"download": msg.receipt} and r.entry(e.id).state == "done"
+    # Signed with another key before (a key replaced since): the time it was placed is kept.
+    old = receipts.sign(receipt_for(e, outcome="present"), receipts.new_key())
+    with r.state.transaction():
+        r.state.put_receipt(e.id, "download", old)
+    assert r.request("resend", e.id)[0]
+    [(_, again)] = r.sent()
+    got = receipts.verify(again.receipt, key.public_key())
+    assert (got.placed_at, got.outcome, again.outcome) == (1_700_000_000.25, "present", "present")
+
+
+def test_resend_on_download_is_refused_for_an_entry_not_delivered_or_without_a_receipt_key(
+    tmp_path: Path, keyfile
+):
+    (tmp_path / "keyed").mkdir()
+    (tmp_path / "bare").mkdir()
+    r = Role("download", tmp_path / "keyed", receipt_key=str(keyfile))
+    r.start()
+    e = r.given("fetching", peer="central", md5=MD5)
+    ok, answer = r.request("resend", e.id)
+    assert not ok and "only a delivered entry's receipt can be sent again" in answer
+    bare = Role("download", tmp_path / "bare")
+    bare.start()
+    e = bare.given("done", peer="central", stored_as="data.bin", md5=MD5)
+    ok, answer = bare.request("resend", e.id)
+    assert not ok and "no receipt_key" in answer
+    assert r.sent() == [] and bare.sent() == []
+
+
+@pytest.mark.parametrize("state", ["delivered", "expired"])
+def test_central_passes_a_receipt_that_comes_again_for_a_delivered_entry_on_to_upload(
+    tmp_path: Path, key, state: str
+):
+    r, e = downloading(tmp_path, key, state=state, stored_as="data.bin")
+    with pytest.raises(ReceiptError):  # not download's
+        r.deliver(fetched(e, receipts.sign(receipt_for(e), receipts.new_key())))
+    elsewhere = receipts.sign(receipt_for(e, stored_as="other.bin"), key)
+    with pytest.raises(MessageError):  # not where it was delivered
+        r.deliver(Fetched(e.id, "download", stored_as="other.bin", outcome="placed", receipt=elsewhere))
+    assert r.sent() == [] and r.state.receipts(e.id) == {}
+    token = receipts.sign(receipt_for(e), key)
+    r.deliver(fetched(e, token))
+    assert r.sent() == [("upload", Delivered(e.id, "central", stored_as="data.bin", receipt=token))]
+    assert r.state.receipts(e.id) == {"download": token} and r.entry(e.id).state == state
+    r.deliver(fetched(e))  # a copy of the first `fetched`, without a receipt: nothing, as before
+    assert r.sent() == []
+
+
+# the receipt document (`proof`) that travels beside the receipt ------------------------------------
+
+
+def a_document(e, key, **changes: object) -> dict:
+    from synkler import proofs
+
+    doc = proofs.document(
+        instance="lab",
+        entry=e,
+        checksum="",
+        destination="download",
+        stored_as="data.bin",
+        outcome="placed",
+        hops=[{"role": "download", "agent": "download", "at": 1.0}],
+        items=[],
+    )
+    doc.update(changes)
+    return proofs.seal(doc, key)
+
+
+@pytest.mark.parametrize("why", ["another key", "unsigned", "another entry", "other content"])
+def test_upload_runs_no_cleanup_script_on_a_good_receipt_beside_a_forged_receipt_document(
+    tmp_path: Path, key, why: str
+):
+    r, e = upload_sent(tmp_path, key)
+    proof = {
+        "another key": a_document(e, receipts.new_key()),
+        "unsigned": a_document(e, None),
+        "another entry": a_document(e, key, entry="f" * 32),
+        "other content": a_document(e, key, md5="0" * 32),
+    }[why]
+    token = receipts.sign(receipt_for(e), key)
+    with pytest.raises(ReceiptError):
+        r.deliver(Delivered(e.id, "central", stored_as="data.bin", receipt=token, proof=proof))
+    r.tick()
+    assert r.entry(e.id).state == "sent" and not [j for j in r.jobs.pending if j.pool == "script"]
+    assert not list(r.agent.cfg.receipt_dir.rglob("*.json"))
+
+
+def test_a_receipt_document_naming_a_path_out_of_place_is_kept_only_as_upload_names_it(tmp_path: Path, key):
+    # Download's own word (signed), passed on by central: upload keeps it under its own entry id,
+    # never under a name or path the document says.
+    r, e = upload_sent(tmp_path, key)
+    proof = a_document(e, key, stored_as="../../../.ssh/authorized_keys", name="../x")
+    r.deliver(
+        Delivered(
+            e.id, "central", stored_as="data.bin", receipt=receipts.sign(receipt_for(e), key), proof=proof
+        )
+    )
+    top = r.agent.cfg.receipt_dir
+    assert [p.relative_to(top).parts[2] for p in top.rglob("*.json")] == [f"{e.id}.json"]
+    assert not (tmp_path / ".ssh").exists()

@@ -299,3 +299,36 @@ def test_the_runtime_keeps_a_message_queued_while_centrals_place_is_unknown(tmp_
     r.jobs.place = "/srv/central/lab"
     assert r.apply(body) == ("ack", [])
     assert r.entry(entry_id).state == "uploading"
+
+
+@pytest.mark.parametrize(
+    "path, place",
+    [
+        ("/srv/central/lab/staging/upload", "/srv/central/lab"),
+        ("/srv/central/lab/staging/upload/", "/srv/central/lab"),
+        ("/srv/central/other/staging/upload", None),  # another instance's
+        ("/srv/central/../lab/staging/upload", None),
+        ("/srv/central/lab/staging/download", None),  # not the parts the message may name
+        ("lab/staging/upload", None),
+    ],
+)
+def test_a_message_from_central_vouches_for_its_place_only_if_shaped_like_the_instance_dir(path, place):
+    from synkler import places
+
+    assert places.vouched(path, "lab", "staging", "upload") == place
+
+
+def test_with_authenticate_an_admit_central_sent_goes_ahead_while_its_reports_are_held_by_someone(tmp_path):
+    """Another agent's login may consume central's presence reports and never ack them: with
+    `authenticate`, the broker proves an admit came from central's login, so its dest says where
+    central's directory is (issue 22: no single login stalls the relay)."""
+    from synkler.errors import NotYet
+
+    r = Role("upload", tmp_path, authenticate=True, broker_username="upload@lab")
+    entry_id = r.given("offered", peer="central", attempt=1).id
+    r.jobs.place = None
+    with pytest.raises(NotYet):  # not shaped like this instance's directory: it vouches for nothing
+        r.deliver(Admit(entry_id, "central", attempt=2, dest="/tmp/planted/other/staging/upload"))
+    assert r.entry(entry_id).state == "offered"
+    r.deliver(Admit(entry_id, "central", attempt=2, dest="/srv/central/lab/staging/upload"))
+    assert r.entry(entry_id).state == "uploading"

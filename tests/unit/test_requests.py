@@ -240,7 +240,8 @@ def test_a_resent_file_that_changed_meanwhile_is_withdrawn_and_its_new_content_o
         ("upload", "delivered", "forget", "only an entry on its way or failed can be forgotten"),
         ("central", "failed", "retry", "central does not retry: run `synkler retry` on upload"),
         ("central", "delivered", "forget", "it is delivered"),
-        ("download", "done", "resend", "only upload sends an entry again"),
+        ("download", "fetching", "resend", "only a delivered entry's receipt can be sent again"),
+        ("central", "delivered", "resend", "only upload sends an entry again"),
         ("download", "delivered", "retry", "only a failed or waiting entry or cleanup script can be retried"),
     ],
 )
@@ -306,7 +307,9 @@ def test_status_offers_each_entry_the_actions_that_apply_to_it(tmp_path: Path):
     assert AGENTS["central"].actions(entry("failed"), latest=True) == ["forget"]
     assert AGENTS["central"].actions(entry("stored"), latest=True) == []  # not a state of its
     assert AGENTS["download"].actions(entry("failed"), latest=True) == ["retry", "forget"]
-    assert AGENTS["download"].actions(entry("done", cleanup="interrupted"), latest=True) == ["retry"]
+    down = AGENTS["download"]
+    assert down.actions(entry("done", cleanup="interrupted"), latest=True) == ["retry", "resend"]
+    assert down.actions(entry("done"), latest=True) == ["resend"]  # its receipt, again
 
 
 def test_short_ids_are_8_digits_or_as_many_as_tell_them_apart():

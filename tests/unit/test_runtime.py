@@ -6,23 +6,27 @@ import pytest
 from support.fakes import central_runtime
 
 from synkler import messages
-from synkler.errors import AgentActive, BrokerError, ExitStatus, PublishRefused
+from synkler.agents.base import PERSON_REPEAT
+from synkler.errors import AgentActive, BrokerError, ExitStatus, NoQueueYet, PublishRefused
 from synkler.observe.hooks import Hook
 from synkler.runtime import consumer, inbox, outbox
 from synkler.runtime.loop import Runtime
 
 
 class FakeBroker:
-    """Publishes into a list; refuses every publish to the agents in `refusing`."""
+    """Publishes into a list; refuses every publish to the agents in `refusing` (with `why`)."""
 
-    def __init__(self, refusing: set[str]):
+    def __init__(self, refusing: set[str], why: type[PublishRefused] = PublishRefused):
         self.refusing = refusing
+        self.why = why
         self.published: list[tuple[str, list[str]]] = []
         self.tried: list[str] = []
 
     def publish(self, agent: str, body: bytes) -> None:
         self.tried.append(agent)
         if agent in self.refusing:
+            if self.why is NoQueueYet:
+                raise NoQueueYet("1 message returned as unroutable")
             raise PublishRefused("PRECONDITION_FAILED - inequivalent arg 'durable'")
         self.published.append((agent, [m.entry for _, m in messages.decode_many(body)]))
 
@@ -77,11 +81,60 @@ def test_a_destination_refused_again_and_again_waits_longer_each_time_up_to_a_mi
     pauses = []
     for _ in range(12):
         rt.outbox.flush(broker)
-        _n, until, _told = rt.outbox.held["ghost"]
+        _n, until, _told, _since = rt.outbox.held["ghost"]
         pauses.append(until - now[0])
         now[0] = until
     assert broker.tried == ["ghost"] * 12
     assert pauses[-1] <= 60 and pauses[-1] > pauses[0]
+
+
+def test_an_agent_without_a_queue_yet_is_a_warning_and_an_error_only_once_it_lasts(rt, monkeypatch, caplog):
+    # With authentication each agent declares only its own queue: right after a first start, central
+    # may answer before download has declared its queue. That is no person's business yet.
+    broker = rt.broker = FakeBroker(refusing={"download"}, why=NoQueueYet)
+    enqueue(rt, "download", 2)
+    now = [1000.0]
+    monkeypatch.setattr(outbox.time, "time", lambda: now[0])
+    caplog.set_level("WARNING", logger="synkler")
+
+    def said(level: str) -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelname == level]
+
+    while now[0] < 1000.0 + PERSON_REPEAT - 60:
+        rt.outbox.flush(broker)
+        now[0] = rt.outbox.held["download"][1]
+    assert said("ERROR") == []
+    [warned] = said("WARNING")
+    assert warned.startswith(
+        "no queue for agent 'download' yet (1 message returned as unroutable): has it ever run?"
+    )
+    # An upload agent without a queue is no first start's wait (an offer from an invented sender).
+    enqueue(rt, "ghost", 1)
+    broker.refusing.add("ghost")
+    rt.outbox.flush(broker)
+    [ghost] = said("ERROR")
+    assert ghost.startswith("the broker refuses messages to agent 'ghost'")
+    caplog.clear()
+    # Still none after ten minutes: a person must look (a name mistyped, an agent never started).
+    while now[0] < 1000.0 + PERSON_REPEAT + 60:
+        rt.outbox.flush(broker)
+        now[0] = rt.outbox.held["download"][1]
+    [error] = said("ERROR")
+    assert error.startswith(
+        "the broker refuses messages to agent 'download' (1 message returned as unroutable)"
+    )
+    broker.refusing.clear()
+    rt.outbox.flush(broker)
+    assert sorted(dest for dest, _ in broker.published) == ["download", "ghost"]
+
+
+def test_a_queue_declared_otherwise_is_an_error_at_once(rt, monkeypatch, caplog):
+    broker = rt.broker = FakeBroker(refusing={"ghost"})
+    enqueue(rt, "ghost", 1)
+    monkeypatch.setattr(outbox.time, "time", lambda: 1000.0)
+    caplog.set_level("WARNING", logger="synkler")
+    rt.outbox.flush(broker)
+    assert [r.levelname for r in caplog.records] == ["ERROR"]
 
 
 def test_a_lost_connection_is_not_taken_for_a_refusal(rt):
@@ -219,3 +272,51 @@ def test_an_observer_hears_of_an_orderly_stop_before_and_after_the_broker_is_clo
     rt._started = True
     rt._finish()
     assert recorder.seen == [("at_stop", None), ("after_stop", None)]
+
+
+def test_a_message_waiting_a_moment_for_centrals_announcement_is_not_an_error_but_a_lasting_wait_warns(
+    rt, monkeypatch, caplog
+):
+    from synkler.errors import NotYet, StateUnavailable
+
+    clock = [7000.0]
+    monkeypatch.setattr(inbox.time, "monotonic", lambda: clock[0])
+    why = [NotYet("admit: central has not yet announced where its directory is")]
+
+    def on_message(msg):
+        raise why[0]
+
+    monkeypatch.setattr(rt.agent, "on_message", on_message)
+    body = messages.encode(messages.Wait(messages.new_entry_id(), "central", reason="no room"))
+    caplog.set_level("DEBUG", logger="synkler")
+
+    def apply():
+        with rt.state.transaction():  # as the loop's pass holds one
+            return rt.inbox.apply(body)
+
+    def said(level: str) -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelname == level]
+
+    # Just after a start: the message comes back each second and is acted upon once central reports.
+    for _ in range(int(inbox.NOT_YET_PATIENCE) - 1):
+        assert apply() == ("requeue", [])
+        clock[0] += 1
+    assert said("WARNING") == [] and said("ERROR") == []
+    assert any(m.startswith("cannot act on a message yet (admit: central has not") for m in said("DEBUG"))
+    # Lasting: a warning saying for how long, then once a minute while it lasts, not once a pass.
+    for _ in range(2 * int(inbox.NOT_YET_PATIENCE) + 1):
+        assert apply() == ("requeue", [])
+        clock[0] += 1
+    assert said("ERROR") == []
+    [first, second] = said("WARNING")
+    assert first.startswith("cannot act on messages for 60 seconds (admit: central has not yet announced")
+    assert "synkler check" in first and second.startswith("cannot act on messages for 120 seconds")
+    # A pause ends the spell: the next wait is a moment again.
+    caplog.clear()
+    clock[0] += inbox.NOT_YET_GAP + 1
+    assert apply() == ("requeue", [])
+    assert said("WARNING") == []
+    # A state that cannot be written is no moment's wait: an error at once.
+    why[0] = StateUnavailable("database is locked")
+    assert apply() == ("requeue", [])
+    assert said("ERROR") == ["cannot act on a message now (database is locked); it stays queued"]

@@ -4,6 +4,7 @@ copies may be resumed, how failures are classed, and which host keys are believe
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from types import SimpleNamespace
 
@@ -107,3 +108,12 @@ def test_only_the_host_key_in_known_hosts_is_believed(tmp_path):
         sftp._check_host_key(_server(ours), "central", 2222, [str(known)])
     with pytest.raises(sftp.Refused, match="no host key is known"):
         sftp._check_host_key(_server(ours), "central", 2222, [str(tmp_path / "missing")])
+
+
+@pytest.mark.parametrize("raw", [b"../../.ssh", b"a/b", b"/etc", b"", b"..", b".", b"x\0y"])
+def test_a_name_listed_by_the_server_that_is_no_file_name_ends_the_run_before_anything_is_written(raw):
+    # Only a server that lies lists one (a file system makes no such name); a pull would have joined it
+    # to its place and written outside it.
+    with pytest.raises(OSError, match="no file name"):
+        sftpcopy.component(raw, "/data/lab/stored/e1")
+    assert sftpcopy.component(b"caf\xe9 #1;x", "/d") == os.fsdecode(b"caf\xe9 #1;x")

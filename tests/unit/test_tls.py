@@ -8,7 +8,8 @@ import ssl
 import pika.exceptions
 import pytest
 
-from synkler.broker.amqp import Broker, BrokerParams, _ssl_error
+from synkler.broker.amqp import Broker, BrokerParams
+from synkler.broker.amqp.words import ssl_error as _ssl_error
 from synkler.tls import TlsSettings, explain
 
 CA = "/etc/synkler/ca.pem"

@@ -146,7 +146,7 @@ def test_a_run_ends_when_it_is_no_longer_needed_with_what_it_said_so_far():
     # download's early pull: the fetch ends the run that would go on pulling (here: for an hour).
     cancel = threading.Event()
     code = "import sys, time; print('appended 8 MB', flush=True); time.sleep(3600)"
-    threading.Timer(0.3, cancel.set).start()
+    threading.Timer(2.0, cancel.set).start()  # the child's first line is out by then, even on a busy machine
     result = run([sys.executable, "-c", code], cancel=cancel)
     assert not result.ok
     assert "appended 8 MB" in result.output and result.output.endswith("stopped: no longer needed")
@@ -608,3 +608,32 @@ def test_a_single_file_rrsync_cannot_find_is_a_missing_file_not_a_refusal():
         "No such file or directory\nrsync error: error in rsync protocol data stream (code 12)"
     )
     assert not Result(False, 12, output).needs_person
+
+
+@pytest.mark.parametrize("refused, retired", [(True, 1), (False, 0)])
+def test_a_run_refused_by_the_forced_command_makes_the_next_log_in_afresh(
+    tmp_path, monkeypatch, refused, retired
+):
+    """A key's forced command is fixed when ssh logs in: once it refused, the shared connection takes
+    no new runs, so a fixed authorized_keys on central counts from the next run (issue 23, item 4)."""
+    output = "/usr/bin/rrsync error: post-realpath open failed (race detected): stored/ No such file"
+    outcome = (
+        transfer.Result(False, 12, output) if refused else transfer.Result(False, 12, "connection reset")
+    )
+    assert outcome.needs_person is refused
+    monkeypatch.setattr(transfer, "run", lambda *a, **k: outcome)
+    stops: list[object] = []
+    monkeypatch.setattr(transfer, "retire_shared_connection", stops.append)
+    cfg = rsync_cfg(rsync=record_rsync(tmp_path))
+    assert transfer.pull(cfg, "/srv/central/lab/stored", ["x"], str(tmp_path / "in")) is outcome
+    assert stops == [cfg] * retired
+
+
+def test_retiring_the_shared_connection_asks_its_master_to_stop_not_to_exit(monkeypatch, tmp_path):
+    monkeypatch.setattr(transfer, "control_dir", lambda: tmp_path)
+    ran: list[list[str]] = []
+    monkeypatch.setattr(transfer, "run", lambda argv, **k: ran.append(list(argv)))
+    monkeypatch.setattr(transfer, "preferred_ciphers", lambda rsh, host: None)
+    transfer.retire_shared_connection(rsync_cfg(ssh_control_persist=60))
+    [argv] = ran
+    assert argv[-3:] == ["-O", "stop", "central.example"] and argv[0] == "ssh"

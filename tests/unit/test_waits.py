@@ -175,8 +175,8 @@ def test_status_offers_retry_for_an_entry_that_waits_and_not_for_one_on_its_way(
         "retry",
         "forget",
     ]
-    assert down.actions(entry("delivered", cleanup="pending", tries=1), latest=True) == ["retry"]
-    assert down.actions(entry("delivered", cleanup="pending"), latest=True) == []
+    assert down.actions(entry("delivered", cleanup="pending", tries=1), latest=True) == ["retry", "resend"]
+    assert down.actions(entry("delivered", cleanup="pending"), latest=True) == ["resend"]
     assert mid.actions(entry("waiting", reason="needs 10 bytes"), latest=True) == ["retry", "forget"]
     assert up.actions(entry("waiting", reason="needs 10 bytes"), latest=True) == ["forget"]  # central's call
     why = up.refusal("retry", entry("waiting"), latest=True)
@@ -231,3 +231,16 @@ def test_a_refusal_after_the_link_worked_again_is_said_at_once(tmp_path: Path, c
         r.finish(r.job("transfer"), result)
     errors = [rec for rec in caplog.records if rec.levelname == "ERROR"]
     assert len(errors) == 2 and all("This needs a person" in e.getMessage() for e in errors)
+
+
+def test_a_refusal_is_said_as_needing_a_person_not_also_as_a_link_that_is_down(tmp_path: Path, caplog):
+    r = upload(tmp_path)
+    refused = Result(
+        False, 12, "/usr/bin/rrsync error: post-realpath open failed (race detected): . No such file"
+    )
+    r.given("uploading", peer="central", md5=MD5, path="/srv/central/lab/staging/upload")
+    r.tick()
+    r.finish(r.job("transfer"), refused)
+    said = [(rec.levelname, rec.getMessage()) for rec in caplog.records if rec.levelno >= 30]
+    assert [level for level, _ in said] == ["ERROR"], said
+    assert "refused by ssh or the key's forced command" in said[0][1]
