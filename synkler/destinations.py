@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import os
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
@@ -112,14 +112,3 @@ def counts(state: State) -> dict[tuple[str, str], int]:
     """(destination, row state) -> how many entries (the metrics' synkler_destination_entries)."""
     found = state.rows("SELECT destination, state, count(*) FROM destinations GROUP BY destination, state")
     return {(d, s): n for d, s, n in found}
-
-
-def open_rows(state: State, states: Collection[str] = OPEN, limit: int = 10000) -> list[tuple[str, Row]]:
-    """(entry id, row) of the rows in `states`, oldest first: what status and the alerts show."""
-    marks = ", ".join("?" for _ in states)
-    found = state.rows(
-        "SELECT entry, destination, state, stored_as, reason, updated FROM destinations"
-        f" WHERE state IN ({marks}) ORDER BY updated LIMIT ?",
-        (*states, limit),
-    )
-    return [(r[0], _row(r[1:])) for r in found]
