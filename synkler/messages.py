@@ -173,6 +173,22 @@ def _outcome(value: object) -> str | None:
     return None if value in ("placed", "present") else "bad outcome"
 
 
+def _destinations(value: object) -> str | None:
+    # The download agents an entry goes to (central's routes, frozen when it admits the entry).
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) > 32
+        or any(_agent(v) for v in value)
+        or len(set(value)) != len(value)
+    ):
+        return "must be a list of up to 32 distinct agent names"
+    return None
+
+
+def _agent_or_empty(value: object) -> str | None:
+    return None if value == "" else _agent(value)
+
+
 def _checked(check: Check) -> dict[str, Check]:
     """The metadata of a body field: the validator of its value."""
     return {"check": check}
@@ -225,6 +241,8 @@ class Admit(Message):
     TYPE: ClassVar[str] = "admit"
     attempt: int = field(metadata=_checked(_attempt))
     dest: str = field(metadata=_checked(path_problem))
+    # The downloads the entry goes to, frozen at its first admission; (): download_name only.
+    to: tuple[str, ...] = field(default=(), metadata=_optional(_destinations))
 
 
 @dataclass(frozen=True)
@@ -285,6 +303,9 @@ class Delivered(Message):
     stored_as: str = field(metadata=_checked(name_problem))
     receipt: str = field(default="", metadata=_optional(_receipt))  # download's, passed on; "": none
     proof: Any = field(default="", metadata=_optional(wire_problem))  # download's document, passed on
+    destination: str = field(
+        default="", metadata=_optional(_agent_or_empty)
+    )  # the download; "": download_name
 
 
 @dataclass(frozen=True)
@@ -294,6 +315,7 @@ class Failed(Message):
     TYPE: ClassVar[str] = "failed"
     hop: str = field(metadata=_checked(_text))
     reason: str = field(metadata=_checked(_text))
+    destination: str = field(default="", metadata=_optional(_agent_or_empty))  # central -> upload: where
 
 
 @dataclass(frozen=True)
@@ -318,6 +340,7 @@ class Forget(Message):
 
     TYPE: ClassVar[str] = "forget"
     reason: str = field(metadata=_checked(_text))
+    destination: str = field(default="", metadata=_optional(_agent_or_empty))  # only this one; "": all
 
 
 TYPES: dict[str, type[Message]] = {
@@ -358,9 +381,9 @@ def body(msg: Message) -> dict[str, Any]:
     """The body fields of a message, by name (an optional one only when it is not empty)."""
     optional = OPTIONAL[msg.TYPE]
     return {
-        name: getattr(msg, name)
+        name: list(value) if isinstance(value := getattr(msg, name), tuple) else value  # `to`: a list
         for name in SCHEMAS[msg.TYPE]
-        if name not in optional or getattr(msg, name) not in ("", None, {})
+        if name not in optional or getattr(msg, name) not in ("", None, {}, ())
     }
 
 
@@ -456,6 +479,7 @@ def _validate(msg: object) -> Message:
         raise MessageError(f"{mtype}: unknown fields {sorted(extra)}")
     empty = _EMPTY[cls.TYPE]
     values = [msg.get(name, "") if name not in empty else msg.get(name) or empty[name] for name in schema]
+    values = [tuple(v) if isinstance(v, list) else v for v in values]  # lists (`to`) are kept as tuples
     message = cls(msg["entry"], msg["from"], *values)
     object.__setattr__(message, "at", float(at))  # not an argument: messages made to send have none
     return message

@@ -64,6 +64,17 @@ CREATE TABLE IF NOT EXISTS receipts (
     created     REAL NOT NULL,
     PRIMARY KEY (entry, destination)
 );
+-- Where an entry stands at each download it goes to (synkler.destinations); kept as long as it is.
+CREATE TABLE IF NOT EXISTS destinations (
+    entry       TEXT NOT NULL,
+    destination TEXT NOT NULL,            -- a download agent's name
+    state       TEXT NOT NULL,            -- ROUTED, FETCHING, FETCHED, FAILED, FORGOTTEN
+    stored_as   BLOB,                     -- its name there, once fetched (its bytes: names need not be UTF-8)
+    reason      TEXT,
+    updated     REAL NOT NULL,
+    PRIMARY KEY (entry, destination)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS destinations_state ON destinations(destination, state);
 -- Each entry's metadata (synkler.metadata), as canonical JSON; kept as long as the entry is.
 CREATE TABLE IF NOT EXISTS metadata (
     entry TEXT PRIMARY KEY,
@@ -242,6 +253,7 @@ class State:
 
     def __init__(self, path: str | Path, *, readonly: bool = False):
         self.path = Path(path)
+        self._readonly = readonly
         try:
             if readonly:
                 self._db = sqlite3.connect(
@@ -365,6 +377,18 @@ class State:
     def _before_commit_run(self) -> None:
         while self._before_commit:
             self._before_commit.pop(0)()
+
+    def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """One statement of a table kept by a module of its own (synkler.destinations), and its rows
+        ([] when a read-only look finds a database no agent of this version opened yet)."""
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e) and self._readonly:
+                return []
+            raise _error(e) from e
+        except sqlite3.Error as e:
+            raise _error(e) from e
 
     def after_commit(self, fn: Callable[[], object]) -> None:
         """Run `fn` once the current transaction has committed (at once outside one); dropped on rollback.
@@ -589,6 +613,7 @@ class State:
             self._db.executemany("DELETE FROM receipts WHERE entry = ?", [(e.id,) for e in gone])
             self._db.executemany("DELETE FROM metadata WHERE entry = ?", [(e.id,) for e in gone])
             self._db.executemany("DELETE FROM checksums WHERE entry = ?", [(e.id,) for e in gone])
+            self._db.executemany("DELETE FROM destinations WHERE entry = ?", [(e.id,) for e in gone])
             self._db.execute(
                 "INSERT INTO pruned (one, until) VALUES (1, ?)"
                 " ON CONFLICT (one) DO UPDATE SET until = max(until, excluded.until)",
