@@ -55,14 +55,18 @@ def _run(argv: list[str]) -> None:
 
 class FreshFs:
     """`with FreshFs(kind, path, data_bytes, files) as where:` a never-filled place at `where`, big
-    enough for `data_bytes` in `files` files (sized generously: the relay writes three copies)."""
+    enough for `data_bytes` in `files` files (sized generously: the relay writes three copies and
+    two receipt documents)."""
 
     def __init__(self, kind: str, path: Path, data_bytes: int, files: int):
         self.kind = kind
         self.path = path
         self.image = path.with_name(path.name + ".img")
-        self.size = max(MIN_BYTES, 4 * data_bytes + (256 << 20) + 3 * files * 4096)
-        self.inodes = 4 * files + 16384
+        # Per file: three copies (upload, central, download) and two receipt documents (upload's and
+        # download's: each a file of a block or two). With four inodes per file, a relay of 20,000
+        # ran out of inodes near its end unless central had expired enough of its copies by then.
+        self.size = max(MIN_BYTES, 4 * data_bytes + (256 << 20) + 5 * files * 4096)
+        self.inodes = 6 * files + 16384
         self.mounted = False
 
     def __enter__(self) -> Path:

@@ -188,6 +188,22 @@ def _epoch(value: object) -> str | None:
     return None
 
 
+def _destinations(value: object) -> str | None:
+    # The download agents an entry goes to (central's routes, frozen when it admits the entry).
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) > 32
+        or any(_agent(v) for v in value)
+        or len(set(value)) != len(value)
+    ):
+        return "must be a list of up to 32 distinct agent names"
+    return None
+
+
+def _agent_or_empty(value: object) -> str | None:
+    return None if value == "" else _agent(value)
+
+
 def _checked(check: Check) -> dict[str, Check]:
     """The metadata of a body field: the validator of its value."""
     return {"check": check}
@@ -244,6 +260,8 @@ class Admit(Message):
     dest: str = field(metadata=_checked(path_problem))
     # The entry's ownership in a pool (docs/architecture.md, "Who owns an entry"); None: one central.
     epoch: int | None = field(default=None, metadata=_optional(_epoch))
+    # The downloads the entry goes to, frozen at its first admission; (): download_name only.
+    to: tuple[str, ...] = field(default=(), metadata=_optional(_destinations))
 
 
 @dataclass(frozen=True)
@@ -312,6 +330,9 @@ class Delivered(Message):
     proof: Any = field(default="", metadata=_optional(wire_problem))  # download's document, passed on
     # The entry's ownership in a pool (docs/architecture.md, "Who owns an entry"); None: one central.
     epoch: int | None = field(default=None, metadata=_optional(_epoch))
+    destination: str = field(
+        default="", metadata=_optional(_agent_or_empty)
+    )  # the download; "": download_name
 
 
 @dataclass(frozen=True)
@@ -323,6 +344,7 @@ class Failed(Message):
     reason: str = field(metadata=_checked(_text))
     # The entry's ownership in a pool (docs/architecture.md, "Who owns an entry"); None: one central.
     epoch: int | None = field(default=None, metadata=_optional(_epoch))
+    destination: str = field(default="", metadata=_optional(_agent_or_empty))  # central -> upload: where
 
 
 @dataclass(frozen=True)
@@ -351,6 +373,7 @@ class Forget(Message):
     reason: str = field(metadata=_checked(_text))
     # The entry's ownership in a pool (docs/architecture.md, "Who owns an entry"); None: one central.
     epoch: int | None = field(default=None, metadata=_optional(_epoch))
+    destination: str = field(default="", metadata=_optional(_agent_or_empty))  # only this one; "": all
 
 
 TYPES: dict[str, type[Message]] = {
@@ -391,9 +414,9 @@ def body(msg: Message) -> dict[str, Any]:
     """The body fields of a message, by name (an optional one only when it is not empty)."""
     optional = OPTIONAL[msg.TYPE]
     return {
-        name: getattr(msg, name)
+        name: list(value) if isinstance(value := getattr(msg, name), tuple) else value  # `to`: a list
         for name in SCHEMAS[msg.TYPE]
-        if name not in optional or getattr(msg, name) not in ("", None, {})
+        if name not in optional or getattr(msg, name) not in ("", None, {}, ())
     }
 
 
@@ -489,6 +512,7 @@ def _validate(msg: object) -> Message:
         raise MessageError(f"{mtype}: unknown fields {sorted(extra)}")
     empty = _EMPTY[cls.TYPE]
     values = [msg.get(name, "") if name not in empty else msg.get(name) or empty[name] for name in schema]
+    values = [tuple(v) if isinstance(v, list) else v for v in values]  # lists (`to`) are kept as tuples
     message = cls(msg["entry"], msg["from"], *values)
     object.__setattr__(message, "at", float(at))  # not an argument: messages made to send have none
     return message

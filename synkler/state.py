@@ -64,6 +64,17 @@ CREATE TABLE IF NOT EXISTS receipts (
     created     REAL NOT NULL,
     PRIMARY KEY (entry, destination)
 );
+-- Where an entry stands at each download it goes to (synkler.destinations); kept as long as it is.
+CREATE TABLE IF NOT EXISTS destinations (
+    entry       TEXT NOT NULL,
+    destination TEXT NOT NULL,            -- a download agent's name
+    state       TEXT NOT NULL,            -- ROUTED, FETCHING, FETCHED, FAILED, FORGOTTEN
+    stored_as   BLOB,                     -- its name there, once fetched (its bytes: names need not be UTF-8)
+    reason      TEXT,
+    updated     REAL NOT NULL,
+    PRIMARY KEY (entry, destination)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS destinations_state ON destinations(destination, state);
 -- Each entry's metadata (synkler.metadata), as canonical JSON; kept as long as the entry is.
 CREATE TABLE IF NOT EXISTS metadata (
     entry TEXT PRIMARY KEY,
@@ -253,6 +264,7 @@ class State:
 
     def __init__(self, path: str | Path, *, readonly: bool = False):
         self.path = Path(path)
+        self._readonly = readonly
         try:
             if readonly:
                 self._db = sqlite3.connect(
@@ -279,6 +291,7 @@ class State:
             raise _error(e) from e
         self._depth = 0
         self._after_commit: list[Callable[[], object]] = []
+        self._before_commit: list[Callable[[], object]] = []
         self._savepoints = 0
 
     def close(self) -> None:
@@ -309,9 +322,10 @@ class State:
             self._depth = 1
             try:
                 yield self
+                self._before_commit_run()
             except BaseException:
                 self._depth = 0
-                self._after_commit = []
+                self._after_commit, self._before_commit = [], []
                 self._run("ROLLBACK")
                 raise
             self._depth = 0
@@ -357,6 +371,33 @@ class State:
         """One statement of transaction control (BEGIN, SAVEPOINT, ROLLBACK, ...)."""
         try:
             self._db.execute(sql)
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
+    def before_commit(self, fn: Callable[[], object]) -> None:
+        """Run `fn` once, when the current transaction's work is done, just before it commits (at once
+        outside one). Kept through a savepoint's rollback; dropped with the transaction's. Lets work
+        that many changes of one transaction ask for be done once for them all (receipt documents
+        flushed to the disk together: synkler.hops.receiptfiles.Batch). If `fn` raises, the
+        transaction is rolled back."""
+        if not self._depth:
+            fn()
+        elif fn not in self._before_commit:
+            self._before_commit.append(fn)
+
+    def _before_commit_run(self) -> None:
+        while self._before_commit:
+            self._before_commit.pop(0)()
+
+    def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """One statement of a table kept by a module of its own (synkler.destinations), and its rows
+        ([] when a read-only look finds a database no agent of this version opened yet)."""
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e) and self._readonly:
+                return []
+            raise _error(e) from e
         except sqlite3.Error as e:
             raise _error(e) from e
 
@@ -584,6 +625,7 @@ class State:
             self._db.executemany("DELETE FROM metadata WHERE entry = ?", [(e.id,) for e in gone])
             self._db.executemany("DELETE FROM checksums WHERE entry = ?", [(e.id,) for e in gone])
             self._db.executemany("DELETE FROM epochs WHERE entry = ?", [(e.id,) for e in gone])
+            self._db.executemany("DELETE FROM destinations WHERE entry = ?", [(e.id,) for e in gone])
             self._db.execute(
                 "INSERT INTO pruned (one, until) VALUES (1, ?)"
                 " ON CONFLICT (one) DO UPDATE SET until = max(until, excluded.until)",

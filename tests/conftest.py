@@ -195,7 +195,13 @@ def make_relay(tmp_path, sshd, broker, instance_id):
     afterwards. `make.next_dir()` is the work directory the next relay will get."""
     relays: list[LocalRelay] = []
 
-    def make(settings: dict[str, dict] | None = None, *, verbose: bool = True, **by_role) -> LocalRelay:
+    def make(
+        settings: dict[str, dict] | None = None,
+        *,
+        verbose: bool = True,
+        extra: dict[str, str] | None = None,
+        **by_role,
+    ) -> LocalRelay:
         settings = {**(settings or {}), **by_role}
         n = len(relays)
         relay = LocalRelay(
@@ -204,8 +210,9 @@ def make_relay(tmp_path, sshd, broker, instance_id):
             f"{instance_id}-{n}",
             broker_host=broker.host,
             broker_port=broker.port,
-            settings={role: settings.get(role, {}) for role in ROLES},
+            settings={role: settings.get(role, {}) for role in (*ROLES, *(extra or {}))},
             verbose=verbose,
+            extra=extra,
         )
         relays.append(relay)
         return relay

@@ -303,6 +303,8 @@ class Agent:
             return None if state in cls.RETRYABLE else f"it is {state}: only {cls.RETRIES} can be retried"
         if action == RESEND:
             return "only upload sends an entry again: run `synkler resend` there"
+        if ":" in action:
+            return "only central forgets an entry at one destination (`synkler forget --to` there)"
         return f"{action!r} is not an action ({', '.join(ACTIONS)})"
 
     @classmethod

@@ -90,6 +90,12 @@ SCAN = Key("scan")  # upload: the listing of file_dir
 RETRY, FORGET, RESEND = "retry", "forget", "resend"
 ACTIONS = (RETRY, FORGET, RESEND)
 
+
+def at_destination(action: str, destination: str) -> str:
+    """An operator's action at one destination of an entry (`forget --to DEST`), as a request holds it."""
+    return f"{action}:{destination}"
+
+
 T = TypeVar("T")
 Done = Callable[["T | None", "BaseException | None"], None]
 

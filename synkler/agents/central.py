@@ -13,8 +13,9 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from .. import destinations as dests
 from .. import receipts
-from ..errors import MessageError
+from ..errors import MessageError, Refused
 from ..hops.checksum import alg_of, hop_mismatch, md5_entry
 from ..hops.follow import pulled_early, worth_following
 from ..linux.fs import remove_tree
@@ -33,13 +34,14 @@ from ..messages import (
     Withdraw,
 )
 from ..metadata import canonical, loads, requirement_problems
-from ..state import Entry, State
+from ..state import Entry, Request, State
 from ..text import count as counted
 from ..text import shown, some_entries
-from . import admission, waits
+from . import admission, fanout, waits
 from .admission import ABOVE_RESERVE, MAX_ADMITTED_PER_AGENT, ROOM_WAIT, Offers, Room, admission_pass
 from .base import (
     ENTRY,
+    FORGET,
     GIVE_UP_ADVICE,
     RECHECK,
     REOFFER,
@@ -162,11 +164,16 @@ class Central(PoolCentral):
         self.offers = Offers(state, (*IN_FLIGHT, Mid.FAILED))
         self.lease = cfg.admission_lease_minutes * 60
         self.next_arrival_look = 0.0
-        key = cfg.download_public_key
-        self.download_key = receipts.load_public_key(key) if key else None  # checked by the config
+        # download name -> its pinned public key (checked by the config)
+        self.download_keys = {d: receipts.load_public_key(k) for d, k in cfg.download_keys().items()}
 
     def startup(self) -> None:
-        if self.download_key is None:
+        unpinned = [d for d in self.cfg.destinations if d not in self.download_keys]
+        if unpinned and self.download_keys:
+            log.warning(
+                "download_public_key pins no key for %s: deliveries there are not proven", ", ".join(unpinned)
+            )
+        if not self.download_keys:
             log.warning(
                 "download_public_key is not set: deliveries are not proven (a `fetched` is believed "
                 "without download's signed receipt); see docs/security.md, 'Delivery receipts'"
@@ -232,7 +239,7 @@ class Central(PoolCentral):
     # messages ------------------------------------------------------------------------------------
 
     def on_offer(self, msg: Offer) -> None:
-        if msg.sender in (self.cfg.central_name, self.cfg.download_name):
+        if msg.sender in (self.cfg.central_name, self.cfg.download_name, *self.cfg.destinations):
             raise MessageError(f"offer from {msg.sender!r}: only upload agents offer")
         known = self.state.get(msg.entry)
         if self.pool_offer(msg, known):
@@ -276,11 +283,11 @@ class Central(PoolCentral):
             self.verify_due = True
 
     def on_fetched(self, msg: Fetched) -> None:
-        entry = self.entry_for(msg, self.cfg.download_name)
-        if entry.state in (Mid.DELIVERED, Mid.EXPIRED) and msg.receipt:
-            self._delivered_again(entry, msg)
+        entry, row = self._at_destination(msg)
+        if row.state == dests.FETCHED and msg.receipt and entry.state != Mid.FORGOTTEN:
+            self._delivered_again(entry, row, msg)
             return
-        if entry.state in (Mid.DELIVERED, Mid.EXPIRED, Mid.FORGOTTEN):
+        if entry.state in (Mid.DELIVERED, Mid.EXPIRED, Mid.FORGOTTEN) or row.state in dests.ENDED:
             return  # a copy of one taken already, or an entry an operator forgot meanwhile
         # Download has a say only over an entry central asked it to fetch: one downloading, or one
         # failed since (`path` is set with the fetch): download, retried by an operator, got the
@@ -291,14 +298,33 @@ class Central(PoolCentral):
                 "central never asked download to fetch it"
             )
         self._check_receipt(entry, msg)
-        keep = self.cfg.keep_minutes * 60
-        self.move(entry, Mid.DELIVERED, stored_as=msg.stored_as, due=time.time() + keep, reason=None)
+        dests.mark(self.state, entry.id, msg.sender, dests.FETCHED, stored_as=msg.stored_as)
         if msg.receipt:
             self.state.put_receipt(entry.id, msg.sender, msg.receipt)
+        where = msg.sender if self.cfg.routes else ""  # a relay without routes: as before (download_name)
         self.send(
             entry.peer or "",
-            Delivered(entry.id, self.name, stored_as=msg.stored_as, receipt=msg.receipt, proof=msg.proof),
+            Delivered(
+                entry.id,
+                self.name,
+                stored_as=msg.stored_as,
+                receipt=msg.receipt,
+                proof=msg.proof,
+                destination=where,
+            ),
         )
+        rest = dests.waiting_for(dests.of(self.state, entry.id, self.cfg.download_name))
+        if rest:
+            log.info(
+                "%s: delivered to %s as %s; central copy kept for %s",
+                entry.name,
+                msg.sender,
+                msg.stored_as,
+                ", ".join(rest),
+            )
+            return
+        keep = self.cfg.keep_minutes * 60
+        self.move(entry, Mid.DELIVERED, stored_as=msg.stored_as, due=time.time() + keep, reason=None)
         log.info(
             "%s: delivered to %s as %s; central copy kept %g min",
             entry.name,
@@ -307,31 +333,58 @@ class Central(PoolCentral):
             self.cfg.keep_minutes,
         )
 
-    def _delivered_again(self, entry: Entry, msg: Fetched) -> None:
-        """Download's receipt of a delivered (or since expired) entry, again (`synkler resend` on
-        download, or a copy): kept, and passed on to upload, which may have refused the first as not
-        proven (its key was pinned after the delivery); upload takes it once."""
-        if msg.stored_as != entry.stored_as:
+    def _at_destination(self, msg: Fetched | Corrupt | Failed) -> tuple[Entry, dests.Row]:
+        """The entry a download's message is about, and that download's row: only a destination of
+        the entry has a say over it (MessageError otherwise)."""
+        rows = dests.of(self.state, msg.entry, self.cfg.download_name)
+        entry = self.entry_for(msg, *rows)
+        row = rows[msg.sender]
+        if not row.updated:  # an entry of an older synkler, which kept no rows: as its state says
+            if entry.state == Mid.DOWNLOADING or (entry.state == Mid.FAILED and entry.path):
+                row = row._replace(state=dests.FETCHING)
+            elif entry.state in (Mid.DELIVERED, Mid.EXPIRED):
+                row = row._replace(state=dests.FETCHED, stored_as=entry.stored_as)
+        return entry, row
+
+    def _delivered_again(self, entry: Entry, row: dests.Row, msg: Fetched) -> None:
+        """A destination's receipt of an entry it fetched, again (`synkler resend` on download, or a
+        copy): kept, and passed on to upload, which may have refused the first as not proven (its key
+        was pinned after the delivery); upload takes it once."""
+        if msg.stored_as != row.stored_as:
             raise MessageError(
-                f"fetched for entry {entry.id} as {msg.stored_as!r}: it was delivered as {entry.stored_as!r}"
+                f"fetched for entry {entry.id} as {msg.stored_as!r}: it was delivered as {row.stored_as!r}"
             )
         self._check_receipt(entry, msg)
         self.state.put_receipt(entry.id, msg.sender, msg.receipt)
+        where = msg.sender if self.cfg.routes else ""
         self.send(
             entry.peer or "",
-            Delivered(entry.id, self.name, stored_as=msg.stored_as, receipt=msg.receipt, proof=msg.proof),
+            Delivered(
+                entry.id,
+                self.name,
+                stored_as=msg.stored_as,
+                receipt=msg.receipt,
+                proof=msg.proof,
+                destination=where,
+            ),
         )
-        log.info("%s: download's receipt came again; passed on to %s", entry.name, entry.peer)
+        log.info("%s: %s's receipt came again; passed on to %s", entry.name, msg.sender, entry.peer)
 
     def _check_receipt(self, entry: Entry, msg: Fetched) -> None:
         """With download's key pinned, a `fetched` acts only with download's signed receipt for this
         very entry and content (ReceiptError, a MessageError: dead-lettered, nothing done)."""
-        if self.download_key is None:
+        key = self.download_keys.get(msg.sender)
+        if key is None:
+            if self.download_keys:
+                raise receipts.ReceiptError(
+                    f"fetched for entry {entry.id} from {msg.sender!r}, whose key download_public_key does "
+                    "not pin: not believed"
+                )
             return
         if not msg.receipt:
             raise receipts.ReceiptError(f"fetched for entry {entry.id} without a receipt: not believed")
         expected = self._expected(entry, msg.sender, msg.stored_as, msg.outcome)
-        receipts.check(msg.receipt, self.download_key, expected)
+        receipts.check(msg.receipt, key, expected)
 
     def _expected(
         self, entry: Entry, destination: str, stored_as: str, outcome: str = ""
@@ -339,7 +392,7 @@ class Central(PoolCentral):
         return receipts.for_entry(self.cfg.id, entry, destination, stored_as, outcome=outcome)
 
     def on_corrupt(self, msg: Corrupt) -> None:
-        entry = self.entry_for(msg, self.cfg.download_name)
+        entry, _ = self._at_destination(msg)
         if entry.state == Mid.DOWNLOADING and not self.jobs.busy(Key(RECHECK, entry.id)):
             log.warning(
                 "%s: download got md5 %s instead of %s; checking central's copy",
@@ -360,12 +413,15 @@ class Central(PoolCentral):
 
     def on_failed(self, msg: Failed) -> None:
         known = self.state.get(msg.entry)
-        entry = self.entry_for(msg, (known.peer if known else None) or "", self.cfg.download_name)
+        rows = dests.of(self.state, msg.entry, self.cfg.download_name)
+        entry = self.entry_for(msg, (known.peer if known else None) or "", *rows)
+        if msg.sender != entry.peer:
+            self._failed_at(*self._at_destination(msg), msg)
+            return
         if entry.state in (Mid.DELIVERED, Mid.EXPIRED, Mid.FAILED, Mid.WITHDRAWN, Mid.FORGOTTEN):
             return  # ended already (or failed: told once)
-        # Upload has a say while it sends the entry; download once central asked it to fetch it.
-        has_say = IN_FLIGHT if msg.sender == entry.peer else (Mid.DOWNLOADING,)
-        if entry.state not in has_say:
+        # Upload has a say while it sends the entry.
+        if entry.state not in IN_FLIGHT:
             raise MessageError(
                 f"failed for entry {entry.id} from {msg.sender!r} while it is {entry.state} at central: "
                 f"{msg.sender!r} has no say over it now"
@@ -374,13 +430,42 @@ class Central(PoolCentral):
         self.move(entry, Mid.FAILED, reason=reason)
         self._unfollow(entry.id)
         log.error("%s: %s reports failure: %s", entry.name, msg.sender, reason)
-        if msg.sender != entry.peer:
-            self.send(entry.peer or "", Failed(entry.id, self.name, hop=msg.hop, reason=msg.reason))
+
+    def _failed_at(self, entry: Entry, row: dests.Row, msg: Failed) -> None:
+        """A destination gave up its pull: its row fails (the others go on), the entry fails (a person
+        must look; central keeps its verified copy), and upload is told."""
+        ended = (Mid.FAILED, Mid.DELIVERED, Mid.EXPIRED, Mid.WITHDRAWN, Mid.FORGOTTEN)
+        if row.state in (dests.FAILED, *dests.ENDED) or (
+            row.state != dests.FETCHING and entry.state in ended
+        ):
+            return  # ended already (or failed: told once)
+        if row.state != dests.FETCHING or entry.state not in (Mid.DOWNLOADING, Mid.FAILED):
+            raise MessageError(
+                f"failed for entry {entry.id} from {msg.sender!r} while it is {entry.state} at central: "
+                f"{msg.sender!r} has no say over it now"
+            )
+        reason = f"{msg.hop}: {msg.reason}"
+        dests.mark(self.state, entry.id, msg.sender, dests.FAILED, reason=reason)
+        if entry.state == Mid.DOWNLOADING:
+            self.move(entry, Mid.FAILED, reason=reason)
+        self._unfollow(entry.id)
+        log.error("%s: %s reports failure: %s", entry.name, msg.sender, reason)
+        where = msg.sender if self.cfg.routes else ""
+        self.send(
+            entry.peer or "", Failed(entry.id, self.name, hop=msg.hop, reason=msg.reason, destination=where)
+        )
 
     # an operator's requests ----------------------------------------------------------------------
 
     @classmethod
     def refusal(cls, action: str, entry: Entry, latest: bool, *, present: bool = True) -> str | None:
+        base, _, destination = action.partition(":")
+        if destination:  # at one destination: only forget, once central asked it to fetch
+            if base != FORGET:
+                return f"only forget takes a destination, not {base}"
+            if entry.state == Mid.DOWNLOADING or (entry.state == Mid.FAILED and entry.path):
+                return None
+            return f"it is {entry.state}: only a stored, undelivered entry is forgotten at one destination"
         if action == RETRY and entry.state == Mid.WAITING:
             return None  # looked at again now (it is every second anyway)
         if action == RETRY:
@@ -389,6 +474,43 @@ class Central(PoolCentral):
                 "download for a failed pull (it pulls central's verified copy again)"
             )
         return super().refusal(action, entry, latest, present=present)
+
+    def on_request(self, request: Request) -> str:
+        action, _, destination = request.action.partition(":")
+        if not destination:
+            return super().on_request(request)
+        entry = self.state.get(request.entry)
+        if entry is None:
+            raise Refused(f"the central agent has no entry {request.entry}")
+        why = self.refusal(request.action, entry, True)
+        if why is not None:
+            raise Refused(f"{shown(entry.name)} (entry {entry.id}): cannot {action} at {destination}: {why}")
+        return self._forget_at(entry, destination)
+
+    def _forget_at(self, entry: Entry, destination: str) -> str:
+        """`forget --to DEST`: the entry ends at that destination only (it is told, and so is upload,
+        which stops waiting for its receipt); once every other destination has fetched it, it is
+        delivered."""
+        rows = dests.of(self.state, entry.id, self.cfg.download_name)
+        what = f"{shown(entry.name)} (entry {entry.id})"
+        if destination not in rows:
+            raise Refused(f"{what} does not go to {destination!r} (it goes to {', '.join(rows)})")
+        if rows[destination].state in dests.ENDED:
+            raise Refused(f"{what}: {destination} has {rows[destination].state} it already")
+        reason = f"forgotten at {destination} by an operator at central"
+        dests.mark(self.state, entry.id, destination, dests.FORGOTTEN, reason=reason)
+        self.send(destination, Forget(entry.id, self.name, reason=reason))
+        self.send(entry.peer or "", Forget(entry.id, self.name, reason=reason, destination=destination))
+        log.info("%s: %s", entry.name, reason)
+        rows = dests.of(self.state, entry.id, self.cfg.download_name)
+        if dests.all_fetched(rows):
+            keep = self.cfg.keep_minutes * 60
+            self.move(entry, Mid.DELIVERED, due=time.time() + keep, reason=None)
+            return f"{what} is forgotten at {destination}; every other destination has it: delivered"
+        if not dests.waiting_for(rows):  # forgotten everywhere
+            self.forget(entry, reason)
+            return f"{what} is forgotten at every destination, so here too; its peers are told"
+        return f"{what} is forgotten at {destination}; still waiting for {', '.join(dests.waiting_for(rows))}"
 
     def retry(self, entry: Entry) -> str:
         """A waiting entry: admitted now if there is room, else the answer says what it waits for."""
@@ -412,7 +534,7 @@ class Central(PoolCentral):
         return f"{told}; {len(still)} still waiting for room (`synkler status` says what each needs)"
 
     def peers(self, entry: Entry) -> list[str]:
-        return [entry.peer or "", self.cfg.download_name]
+        return [entry.peer or "", *dests.of(self.state, entry.id, self.cfg.download_name)]
 
     def drop(self, entry: Entry) -> None:
         """Its copies go: the staged one (a running push may still write there: the sweep removes that a
@@ -485,13 +607,21 @@ class Central(PoolCentral):
             return
         lease_ends = time.time() + self.lease
         self.move(entry, Mid.UPLOADING, attempt=entry.attempt + 1, due=lease_ends, reason=None)
+        to = fanout.route(self.state, self.cfg, entry)  # frozen at the first admission
         self.send(
             entry.peer or "",
-            Admit(entry.id, self.name, attempt=entry.attempt, dest=self.spool.staging(entry)),
+            Admit(
+                entry.id,
+                self.name,
+                attempt=entry.attempt,
+                dest=self.spool.staging(entry),
+                to=tuple(to) if self.cfg.routes else (),
+            ),
         )
         if pulled_early(entry.kind, entry.size):
             path = self.spool.growing(entry.id)
-            self.send(self.cfg.download_name, Pushing(entry.id, self.name, size=entry.size, path=path))
+            for dest in to:
+                self.send(dest, Pushing(entry.id, self.name, size=entry.size, path=path))
         self._follow(entry)
 
     # jobs ----------------------------------------------------------------------------------------
@@ -646,23 +776,23 @@ class Central(PoolCentral):
             self.spool.drop_partial(entry)
             stored = self.spool.stored(entry.id)
             self.move(entry_now, Mid.DOWNLOADING, tries=0, path=stored)  # lapsed leases no longer matter
-            self.send(
-                self.cfg.download_name,
-                Fetch(
-                    entry.id,
-                    self.name,
-                    name=entry.name,
-                    kind=entry.kind,
-                    size=entry.size,
-                    files=entry.files,
-                    md5=entry.known_md5(),
-                    attempt=entry_now.attempt,  # grows when central had to get the entry again
-                    path=stored,
-                    meta=loads(self.state.metadata(entry.id)),
-                    checksum=checksum,
-                ),
+            fetch = Fetch(
+                entry.id,
+                self.name,
+                name=entry.name,
+                kind=entry.kind,
+                size=entry.size,
+                files=entry.files,
+                md5=entry.known_md5(),
+                attempt=entry_now.attempt,  # grows when central had to get the entry again
+                path=stored,
+                meta=loads(self.state.metadata(entry.id)),
+                checksum=checksum,
             )
-            log.info("%s: md5 verified at central (%s); download may fetch it", entry.name, checked.md5)
+            to = fanout.ask_to_fetch(self.state, self.cfg, entry, fetch, self.send)
+            log.info(
+                "%s: md5 verified at central (%s); %s may fetch it", entry.name, checked.md5, ", ".join(to)
+            )
             return
         if isinstance(result, Oversize):
             why = admission.oversize(entry, result.size, "found when it was verified")
@@ -736,15 +866,17 @@ class Central(PoolCentral):
     def _unproven(self, entry: Entry) -> str | None:
         """Why the delivery of an entry about to expire is not proven by the receipt central keeps
         (None: it is, or no key is pinned, or it was delivered before a key was: no receipt kept)."""
-        token = self.state.receipts(entry.id).get(self.cfg.download_name)
-        if self.download_key is None or token is None:
-            return None
-        try:
-            receipts.check(
-                token, self.download_key, self._expected(entry, self.cfg.download_name, entry.stored_as or "")
-            )
-        except receipts.ReceiptError as e:
-            return str(e)
+        tokens = self.state.receipts(entry.id)
+        for dest, row in dests.of(self.state, entry.id, self.cfg.download_name).items():
+            token, key = tokens.get(dest), self.download_keys.get(dest)
+            if key is None or token is None:
+                continue
+            try:
+                receipts.check(
+                    token, key, self._expected(entry, dest, row.stored_as or entry.stored_as or "")
+                )
+            except receipts.ReceiptError as e:
+                return f"{dest}: {e}"
         return None
 
     def _expired(self, entry_id: str, _result: None, error: BaseException | None) -> None:

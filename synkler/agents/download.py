@@ -122,6 +122,7 @@ class Download(PoolDownload):
         self.full_at: int | None = None  # free bytes in staging when a pull last found the disk full
         self.proofs: dict[str, dict | str] = {}  # entry id -> its receipt document, until `fetched` is sent
         self.retention = receiptfiles.Retention(cfg.receipt_dir, cfg.receipt_keep_days)
+        self.receipts = receiptfiles.Batch(cfg.receipt_dir, state.before_commit)
         self.next_disk_look = 0.0
 
     def cleanup_target(self, entry: Entry) -> tuple[str, str]:
@@ -619,12 +620,8 @@ class Download(PoolDownload):
             metadata=loads(self.state.metadata(entry.id)),
         )
         sealed = proofs.seal(doc, self.receipt_key)
-        try:
-            receiptfiles.write(self.cfg.receipt_dir, entry.id, now, {**sealed, "listing": items})
-        except OSError as e:
-            log.error(
-                "%s: cannot write its receipt document into %s: %s", entry.name, self.cfg.receipt_dir, e
-            )
+        # Written with the other documents of the transaction, just before it commits.
+        self.receipts.keep(entry.id, shown(entry.name), now, {**sealed, "listing": items})
         return sealed if not proofs.wire_problem(sealed) else ""
 
     def kept_proof(self, entry: Entry) -> dict | str:

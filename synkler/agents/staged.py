@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..hops.checksum import digest_entry, stat_entry
 from ..hops.follow import Follower, verified_md5
-from .spool import Arrival, arrived
+from .spool import Arrival, arrivals
 
 log = logging.getLogger("synkler")
 
@@ -48,16 +48,20 @@ class Oversize(Exception):
 
 def measure_arrivals(places: dict[str, tuple[str, str]]) -> tuple[dict[str, Arrival], dict[str, float]]:
     """What has arrived of each entry (id -> its staging directory and name); and for each staging
-    directory (one per upload agent) the last change seen in it: to it, or to any entry measured."""
-    found = {entry_id: arrived(*where) for entry_id, where in places.items()}
+    directory (one per upload agent) the last change seen in it: to it, or to any entry measured.
+    Each staging directory is listed once for all its entries."""
+    names: dict[str, list[str]] = {}
+    for staging, name in places.values():
+        names.setdefault(staging, []).append(name)
+    seen = {staging: arrivals(staging, these) for staging, these in names.items()}
+    found = {entry_id: seen[staging][name] for entry_id, (staging, name) in places.items()}
     latest: dict[str, float] = {}
-    for entry_id, (staging, _name) in places.items():
-        if staging not in latest:
-            try:
-                latest[staging] = os.stat(staging).st_ctime
-            except OSError:
-                latest[staging] = 0.0
-        latest[staging] = max(latest[staging], found[entry_id].changed)
+    for staging, arrived in seen.items():
+        try:
+            latest[staging] = os.stat(staging).st_ctime
+        except OSError:
+            latest[staging] = 0.0
+        latest[staging] = max([latest[staging], *(a.changed for a in arrived.values())])
     return found, latest
 
 

@@ -15,6 +15,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from .. import destinations as dests
 from .. import proofs, receipts
 from ..errors import MessageError, Refused
 from ..hops import cleanup, receiptfiles, transfer
@@ -174,11 +175,12 @@ class Upload(PoolUpload):
         self.watcher = DirWatcher(str(self.cfg.file_dir), self._on_change)
         self.sidecars = Sidecars(str(self.cfg.file_dir))  # read by the scan job only
         self.watching = False
-        key = cfg.download_public_key
-        self.download_key = receipts.load_public_key(key) if key else None  # checked by the config
+        # download name -> its pinned public key (checked by the config)
+        self.download_keys = {d: receipts.load_public_key(k) for d, k in cfg.download_keys().items()}
         # The second hash every entry gets beside its md5, computed in the same read (docs/checksums.md).
         self.strong = None if cfg.checksum == "md5" else cfg.checksum
         self.retention = receiptfiles.Retention(cfg.receipt_dir, cfg.receipt_keep_days)
+        self.receipts = receiptfiles.Batch(cfg.receipt_dir, state.before_commit)
 
     def path(self, name: str) -> str:
         return os.path.join(self.cfg.file_dir, name)
@@ -213,7 +215,7 @@ class Upload(PoolUpload):
             log.warning("%s: cannot remove its sidecar %s: %s", name, sidecar_of(name), e)
 
     def startup(self) -> None:
-        if self.download_key is None:
+        if not self.download_keys:
             log.warning(
                 "download_public_key is not set: deliveries are not proven (the cleanup script runs on "
                 "central's word, without download's signed receipt); see docs/security.md, "
@@ -488,6 +490,8 @@ class Upload(PoolUpload):
             self._withdraw(entry, "superseded by a newer version")
         elif entry.state in (*UNSENT, Up.SENT) and msg.attempt > entry.attempt:
             self.move(entry, Up.UPLOADING, attempt=msg.attempt, path=msg.dest, tries=0, due=0, reason=None)
+            if msg.to and not dests.rows(self.state, entry.id):  # frozen at the first admission
+                dests.route(self.state, entry.id, msg.to)
             self.transfer_due = True
 
     def on_wait(self, msg: Wait) -> None:
@@ -497,7 +501,14 @@ class Upload(PoolUpload):
 
     def on_delivered(self, msg: Delivered) -> None:
         entry = self.entry_for(msg)
-        if entry.state in (Up.DELIVERED, Up.DONE, Up.FORGOTTEN):
+        dest = msg.destination or self.cfg.download_name
+        rows = dests.of(self.state, entry.id, self.cfg.download_name)
+        if dest not in rows:
+            raise MessageError(
+                f"delivered for entry {entry.id} to {dest!r}, which is not one of its destinations "
+                f"({', '.join(rows)})"
+            )
+        if entry.state in (Up.DELIVERED, Up.DONE, Up.FORGOTTEN) or rows[dest].state in dests.ENDED:
             return  # a copy of one taken already, or an entry an operator forgot meanwhile
         if entry.state in (Up.OFFERED, Up.WAITING) or (
             entry.state == Up.FAILED and not (entry.reason or "").startswith(f"{AFTER_STORE}: ")
@@ -506,15 +517,26 @@ class Upload(PoolUpload):
                 f"delivered for entry {entry.id}, which is {entry.state} at upload "
                 f"({shown(entry.reason or '')}): central never held a verified copy of it"
             )
-        self._check_receipt(entry, msg)
-        self._check_proof(entry, msg)
-        self.delivered(entry, stored_as=msg.stored_as, reason=None, tries=0)
+        self._check_receipt(entry, msg, dest)
+        self._check_proof(entry, msg, dest)
+        dests.mark(self.state, entry.id, dest, dests.FETCHED, stored_as=msg.stored_as)
         if msg.receipt:
-            self.state.put_receipt(entry.id, self.cfg.download_name, msg.receipt)
+            self.state.put_receipt(entry.id, dest, msg.receipt)
         self._keep_proof(entry, msg)
-        log.info("%s: delivered (md5 %s, as %s at download)", entry.name, entry.md5, msg.stored_as)
+        rest = dests.waiting_for(dests.of(self.state, entry.id, self.cfg.download_name))
+        if rest:  # the cleanup script waits for every destination's verified copy
+            log.info(
+                "%s: delivered to %s (as %s); waiting for %s",
+                entry.name,
+                dest,
+                msg.stored_as,
+                ", ".join(rest),
+            )
+            return
+        self.delivered(entry, stored_as=msg.stored_as, reason=None, tries=0)
+        log.info("%s: delivered (md5 %s, as %s at %s)", entry.name, entry.md5, msg.stored_as, dest)
 
-    def _check_proof(self, entry: Entry, msg: Delivered) -> None:
+    def _check_proof(self, entry: Entry, msg: Delivered, dest: str) -> None:
         """Download's receipt document, passed on by central, must be about this entry and content,
         and signed by download's pinned key (ReceiptError: dead-lettered, nothing done)."""
         if not msg.proof:
@@ -526,8 +548,9 @@ class Upload(PoolUpload):
                 f"delivered for entry {entry.id}: its receipt document is about other content "
                 f"(md5 {doc['md5']}, {doc['checksum'] or 'no second hash'})"
             )
-        if self.download_key is not None:
-            why = proofs.signature_problem(msg.proof, self.download_key)
+        key = self.download_keys.get(dest)
+        if key is not None:
+            why = proofs.signature_problem(msg.proof, key)
             if why:
                 raise receipts.ReceiptError(f"delivered for entry {entry.id}: receipt document {why}")
 
@@ -550,25 +573,48 @@ class Upload(PoolUpload):
                 "stored_as": proofs.name_out(os.fsencode(msg.stored_as)),
             },
         }
-        try:
-            receiptfiles.write(self.cfg.receipt_dir, entry.id, now, kept)
-        except OSError as e:
-            log.error("%s: cannot write its receipt into %s: %s", entry.name, self.cfg.receipt_dir, e)
+        self.receipts.keep(entry.id, shown(entry.name), now, kept)  # with the transaction's others
 
-    def _check_receipt(self, entry: Entry, msg: Delivered) -> None:
-        """With download's key pinned, the cleanup script becomes due only on download's signed
-        receipt for this very entry and content (ReceiptError: dead-lettered, nothing done)."""
-        if self.download_key is None:
+    def _check_receipt(self, entry: Entry, msg: Delivered, dest: str) -> None:
+        """With the destination's key pinned, its delivery counts only with its signed receipt for this
+        very entry and content (ReceiptError: dead-lettered, nothing done)."""
+        key = self.download_keys.get(dest)
+        if key is None:
+            if self.download_keys:
+                raise receipts.ReceiptError(
+                    f"delivered for entry {entry.id} to {dest!r}, whose key download_public_key does not "
+                    "pin: not believed"
+                )
             return
         if not msg.receipt:
             raise receipts.ReceiptError(f"delivered for entry {entry.id} without a receipt: not believed")
         if entry.md5 is None:
             raise receipts.ReceiptError(f"delivered for entry {entry.id}, which upload has not hashed yet")
-        expected = receipts.for_entry(self.cfg.id, entry, self.cfg.download_name, msg.stored_as)
-        receipts.check(msg.receipt, self.download_key, expected)
+        expected = receipts.for_entry(self.cfg.id, entry, dest, msg.stored_as)
+        receipts.check(msg.receipt, key, expected)
+
+    def on_forget(self, msg: Forget) -> None:
+        """`forget` with a destination: an operator at central forgot the entry there only. Upload
+        stops waiting for that destination's receipt; once every other has sent one, it is delivered."""
+        if not msg.destination:
+            super().on_forget(msg)
+            return
+        entry = self.entry_for(msg)
+        rows = dests.of(self.state, entry.id, self.cfg.download_name)
+        if msg.destination not in rows or rows[msg.destination].state in dests.ENDED:
+            return  # not one of its destinations, or ended there already: nothing to do
+        dests.mark(self.state, entry.id, msg.destination, dests.FORGOTTEN, reason=msg.reason)
+        log.info("%s: %s", entry.name, msg.reason)
+        rows = dests.of(self.state, entry.id, self.cfg.download_name)
+        if dests.all_fetched(rows) and entry.state in (*UNSENT, Up.SENT, Up.SUPERSEDED, Up.FAILED):
+            stored_as = next(r.stored_as for r in rows.values() if r.state == dests.FETCHED)
+            self.delivered(entry, stored_as=stored_as or entry.name, reason=None, tries=0)
+            log.info("%s: delivered to every destination it still goes to", entry.name)
 
     def on_failed(self, msg: Failed) -> None:
         entry = self.entry_for(msg)
+        if msg.destination in dests.rows(self.state, entry.id):
+            dests.mark(self.state, entry.id, msg.destination, dests.FAILED, reason=f"{msg.hop}: {msg.reason}")
         if entry.state not in (Up.DELIVERED, Up.DONE, Up.FAILED, Up.SUPERSEDED, Up.FORGOTTEN):
             self.move(entry, Up.FAILED, reason=f"{msg.hop}: {msg.reason}")
             log.error(

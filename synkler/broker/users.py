@@ -69,14 +69,15 @@ def commands(
     vhost: str = "/",
     passwords: Mapping[str, str] | None = None,
     central: str = "central",
-    download: str = "download",
+    download: str | Sequence[str] = "download",
 ) -> list[list[str]]:
     """rabbitmqctl argument lists (without the program) that make the relay's users.
 
     `passwords`: user -> password; a user without one gets `add_user` without a password, which
     rabbitmqctl then reads from its standard input.
     """
-    agents = [("central", central), ("download", download), *(("upload", u) for u in uploads)]
+    downloads = [download] if isinstance(download, str) else list(download)  # several: central's routes
+    agents = [("central", central), *(("download", d) for d in downloads), *(("upload", u) for u in uploads)]
     out: list[list[str]] = []
     for mode, name in agents:
         user = broker_user(instance, name)

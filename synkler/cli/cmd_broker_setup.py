@@ -15,13 +15,22 @@ from ..errors import ExitStatus
 
 def cmd_broker_setup(cfg: Config, args: argparse.Namespace) -> int:
     uploads = args.upload or [cfg.name if cfg.mode == "upload" else "upload"]
-    names = [cfg.central_name, cfg.download_name, *uploads]
+    # Central with routes: a user for each download they name.
+    downloads = cfg.destinations if cfg.mode == "central" and cfg.routes else [cfg.download_name]
+    names = [cfg.central_name, *downloads, *uploads]
     passwords = {broker_user(cfg.id, n): secrets.token_urlsafe(24) for n in names}
     print(f"# broker users of synkler instance {cfg.id!r} on vhost {cfg.broker_vhost!r}")
     print("# This holds new passwords: keep it private, run it on the broker's host, then delete it.")
     print("# On a RabbitMQ cluster, run it on one node: users and permissions are the cluster's.")
-    ends = {"central": cfg.central_name, "download": cfg.download_name}
-    for argv in commands(cfg.id, uploads, vhost=cfg.broker_vhost, passwords=passwords, **ends):
+    made = commands(
+        cfg.id,
+        uploads,
+        vhost=cfg.broker_vhost,
+        passwords=passwords,
+        central=cfg.central_name,
+        download=downloads,
+    )
+    for argv in made:
         print(shlex.join(["rabbitmqctl", *argv]))
     print("#\n# Then, in each agent's synkler.conf (or broker_password_file):")
     for user, password in passwords.items():

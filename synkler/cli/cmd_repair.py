@@ -10,7 +10,7 @@ import time
 
 from ..agents import AGENTS, waits
 from ..agents.agent import Agent
-from ..agents.base import RETRY
+from ..agents.base import RETRY, at_destination
 from ..config import Config
 from ..errors import ExitStatus, Refused
 from ..service.pidfile import holder
@@ -25,6 +25,8 @@ def cmd_request(cfg: Config, args: argparse.Namespace) -> int:
     """retry, forget or resend: write the request for the running agent to take in its main loop,
     and print its answer."""
     action = args.command
+    if getattr(args, "to", None):
+        action = at_destination(action, args.to)  # `forget --to DEST`: that destination only
     cfg = agent_state(cfg)
     cause = getattr(args, "waiting_for", None)
     if cause is not None:  # (the parser makes sure it comes without an entry)

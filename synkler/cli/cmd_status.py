@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 
+from .. import destinations as dests
 from ..agents import AGENTS, FACTS
 from ..config import Config
 from ..errors import ExitStatus
@@ -26,27 +27,33 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
         return cmd_relay(cfg, as_json=args.json, watch=args.watch, all_finished=args.all)
 
     cfg = agent_state(cfg)
-    entries, latest, signed, metas = _read(cfg, args)
+    entries, latest, signed, metas, rows = _read(cfg, args)
     agent = AGENTS[cfg.mode]
     actions = {e.id: agent.actions(e, latest[e.name] == e.id, present=present(cfg, e)) for e in entries}
     if args.json:
         print(
             json.dumps(
-                [_row(e, actions[e.id], signed.get(e.id, {}), metas.get(e.id, {})) for e in entries], indent=2
+                [
+                    _row(e, actions[e.id], signed.get(e.id, {}), metas.get(e.id, {})) | _where(rows[e.id])
+                    for e in entries
+                ],
+                indent=2,
             )
         )
     elif not entries:
         print(f"no entries ({cfg.mode} agent, state {cfg.state_db})")
     else:
-        _print_table(entries, actions)
+        shown_rows = {i: r for i, r in rows.items() if len(r) > 1 or set(r) - {cfg.download_name}}
+        _print_table(entries, actions, shown_rows)
     return ExitStatus.OK
 
 
 def _read(
     cfg: Config, args: argparse.Namespace
-) -> tuple[list[Entry], dict[str, str], dict[str, dict[str, str]], dict[str, Metadata]]:
-    """The entries to show, per name the id of its newest version, and with --json each entry's
-    receipts (synkler.receipts) by destination and its metadata (synkler.metadata)."""
+) -> tuple[list[Entry], dict[str, str], dict[str, dict[str, str]], dict[str, Metadata], dict[str, Rows]]:
+    """The entries to show, per name the id of its newest version, with --json each entry's
+    receipts (synkler.receipts) by destination and its metadata (synkler.metadata), and each entry's
+    rows per destination (synkler.destinations)."""
     hidden = hidden_open = 0
     signed: dict[str, dict[str, str]] = {}
     metas: dict[str, Metadata] = {}
@@ -61,6 +68,7 @@ def _read(
         if args.json:
             signed = {e.id: state.receipts(e.id) for e in entries}
             metas = {e.id: entry_metadata(state.metadata(e.id)) for e in entries}
+        rows = {e.id: dests.rows(state, e.id) for e in entries}
     finally:
         state.close()
     # On stderr: the table or JSON on stdout stays what it was for a reader.
@@ -75,7 +83,19 @@ def _read(
             f"({hidden} older finished entries not shown: `synkler status --all` lists every entry)",
             file=sys.stderr,
         )
-    return entries, latest, signed, metas
+    return entries, latest, signed, metas, rows
+
+
+Rows = dict[str, dests.Row]  # an entry's rows per destination
+
+
+def _where(rows: dict[str, dests.Row]) -> dict[str, object]:
+    """--json: where the entry stands at each of its destinations (none: download_name only)."""
+    return {"destinations": {d: {"state": r.state, "stored_as": r.stored_as} for d, r in rows.items()}}
+
+
+def _at(rows: dict[str, dests.Row]) -> str:
+    return "to " + ", ".join(f"{d} {r.state}" for d, r in rows.items())
 
 
 def _row(e: Entry, actions: list[str], signed: dict[str, str], meta: Metadata) -> dict:
@@ -89,7 +109,9 @@ def _row(e: Entry, actions: list[str], signed: dict[str, str], meta: Metadata) -
     return row
 
 
-def _print_table(entries: list[Entry], actions: dict[str, list[str]]) -> None:
+def _print_table(
+    entries: list[Entry], actions: dict[str, list[str]], rows: dict[str, dict[str, dests.Row]]
+) -> None:
     header = ("ID", "NAME", "SIZE", "MD5", "STATE", "UPDATED", "ACTIONS", "NOTE")
     table = [header]
     short = short_ids([e.id for e in entries])
@@ -97,6 +119,8 @@ def _print_table(entries: list[Entry], actions: dict[str, list[str]]) -> None:
         note = e.reason or (f"as {shown(e.stored_as)}" if e.stored_as and e.stored_as != e.name else "")
         if e.cleanup in ("failed", "interrupted", "skipped"):
             note = f"cleanup {e.cleanup}" + (f": {note}" if note else "")
+        if e.id in rows:  # several destinations: where it stands at each
+            note = _at(rows[e.id]) + (f"; {note}" if note else "")
         # A reason may come from a peer's message: shown escaped, like a name.
         table.append(
             (

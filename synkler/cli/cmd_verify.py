@@ -59,8 +59,11 @@ def _key(cfg: Config) -> receipts.PublicKey | None:
             return receipts.public_of(receipts.load_private_key(cfg.receipt_key))
         except (OSError, ValueError) as e:
             raise ConfigError(cfg.path, "receipt_key", f"{cfg.receipt_key}: {e}") from None
-    if cfg.mode == "upload" and cfg.download_public_key:
-        return receipts.load_public_key(cfg.download_public_key)
+    keys = cfg.download_keys() if cfg.mode == "upload" else {}
+    # With several downloads, the documents of download_name's deliveries are checked (one key).
+    text = keys.get(cfg.download_name) or (next(iter(keys.values())) if len(keys) == 1 else None)
+    if text:
+        return receipts.load_public_key(text)
     return None
 
 

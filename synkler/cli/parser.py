@@ -292,6 +292,13 @@ def _add_repairs(sub: Commands) -> None:
             )
         else:
             cmd.add_argument("entry", help=entry_help)
+        if action == "forget":
+            cmd.add_argument(
+                "--to",
+                metavar="DEST",
+                help="central: forget the entry at this destination (download) only; the others keep it, "
+                "and upload cleans up once every other destination has it",
+            )
         cmd.add_argument(
             "--wait",
             type=float,

@@ -38,7 +38,12 @@ def collect(cfg: Config, *, all_finished: bool = False) -> dict[str, Any]:
             reports[name] = Report.decode(broker.peek_presence(name))
         if not uploads or reports["upload"] is not None:
             uploads.add("upload")  # the default name, when central has named no peer yet
-        agents = [("upload", n) for n in sorted(uploads)] + [("central", ends[0]), ("download", ends[1])]
+        # Central with routes names its downloads; download_name first (its column in the table).
+        downloads = [ends[1], *(d for d in (central.destinations if central else ()) if d != ends[1])]
+        for name in downloads[1:]:
+            reports[name] = Report.decode(broker.peek_presence(name))
+        agents = [("upload", n) for n in sorted(uploads)] + [("central", ends[0])]
+        agents += [("download", d) for d in downloads]
         queues = {name: broker.queue_info(name) for _, name in agents}
         dead = broker.dead_count()
     finally:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
+from ..routes import Route, every_destination
 from .alerts import Alerts, alerts
 from .values import (
     Checker,
@@ -35,9 +36,10 @@ from .values import (
     names,
     number,
     path,
-    public_key,
+    public_keys,
     remote_dir,
     required_metadata,
+    route_rules,
     rsync_opts,
     string,
     text,
@@ -99,7 +101,8 @@ class Config:
     authenticate: bool
     cleanup_script: str | None
     receipt_key: Path | None  # download: the private key that signs its delivery receipts
-    download_public_key: str | None  # upload, central: download's public key (ed25519:<base64>)
+    # upload, central: download's public key (ed25519:<base64>), or download name -> its key
+    download_public_key: str | dict[str, str] | None
     checksum: str  # upload, download: "md5", or the second hash beside it ("sha256", "blake2b")
     receipt_dir: Path  # upload, download: where each delivery's receipt document is kept
     receipt_keep_days: float  # upload, download: how long receipt documents are kept (0: for ever)
@@ -117,12 +120,25 @@ class Config:
     metrics_textfile: Path | None
     require_metadata: dict[str, re.Pattern[str] | None]  # central: metadata keys an entry must have
     layout: str  # download: "sidecar" (NAME.meta.json beside NAME) or "bagit" (a bag per entry)
+    routes: tuple[Route, ...]  # central: which downloads an entry goes to (empty: download_name)
     # Not a key: the keys the file sets (`synkler check` warns of those this role ignores).
     given: frozenset[str] = field(default=frozenset(), compare=False)
     alerts: Alerts | None = None  # notices to people (synkler.observe.alerts); None: none are sent
     # Not a key: the files that hold the broker password (this file when it sets one other than
     # guest, or broker_password_file), which the agent tells about when others can read them.
     secret_files: tuple[Path, ...] = ()
+
+    @property
+    def destinations(self) -> list[str]:
+        """Central: every download its routes name (download_name when it has none)."""
+        return every_destination(self.routes) if self.routes else [self.download_name]
+
+    def download_keys(self) -> dict[str, str]:
+        """Upload, central: the pinned public key of each download (a single key is download_name's)."""
+        keys = self.download_public_key
+        if keys is None:
+            return {}
+        return dict(keys) if isinstance(keys, Mapping) else {self.download_name: keys}
 
     @property
     def daemon_log(self) -> Path:
@@ -259,7 +275,7 @@ KEYS: dict[str, Key] = {
     "authenticate": Key(boolean, False),
     "cleanup_script": Key(cleanup_script, None, roles=_ENDS),
     "receipt_key": Key(file, None, roles=("download",)),
-    "download_public_key": Key(public_key, None, roles=("upload", "central")),
+    "download_public_key": Key(public_keys, None, roles=("upload", "central")),
     "checksum": Key(choice("md5", "sha256", "blake2b"), "md5", roles=_ENDS),
     # Beside the state database: a relay that moves its state keeps its receipts with it.
     "receipt_dir": Key(
@@ -284,6 +300,7 @@ KEYS: dict[str, Key] = {
     "metrics_textfile": Key(path, None),
     "require_metadata": Key(required_metadata, {}, roles=("central",)),
     "layout": Key(choice("sidecar", "bagit"), "sidecar", roles=("download",)),
+    "routes": Key(route_rules, (), roles=("central",)),
     "alerts": Key(alerts, None),
 }
 

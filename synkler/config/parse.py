@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .. import routes
 from ..errors import ConfigError
 from ..tls import TlsFileError, TlsSettings, tls_context
 from .alerts import Alerts
@@ -93,6 +94,10 @@ def _check_name(settings: dict[str, Any], path: Path) -> None:
     if central == download:
         key = "download_name" if settings["mode"] != "download" else "central_name"
         raise ConfigError(path, key, f"central and download cannot both be named {central!r}")
+    if central in routes.every_destination(settings["routes"]):
+        raise ConfigError(
+            path, "routes", f"sends entries to {central!r}, the central agent: `to` names downloads"
+        )
     if settings["mode"] == "upload" and name in (central, download):
         role = "central" if name == central else "download"
         raise ConfigError(path, "name", f"an upload agent cannot have the name of the {role} agent, {name!r}")

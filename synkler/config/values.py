@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
+from .. import routes
 from ..metadata import key_problem
 from ..receipts import load_public_key
 
@@ -326,13 +327,41 @@ def listen(value: Any, ctx: Context) -> tuple[str, int]:
 
 
 def public_key(value: Any, ctx: Context) -> str:
-    """download_public_key: an Ed25519 public key as `synkler keygen` prints it."""
+    """An Ed25519 public key as `synkler keygen` prints it."""
     written = text(value, ctx).strip()
     try:
         load_public_key(written)
     except ValueError as exc:
         raise Invalid(str(exc)) from None
     return written
+
+
+def public_keys(value: Any, ctx: Context) -> str | dict[str, str]:
+    """download_public_key: one key (download_name's), or a mapping of download agent names to keys
+    (a relay with several downloads)."""
+    if not isinstance(value, Mapping):
+        return public_key(value, ctx)
+    if not value:
+        raise Invalid(
+            "must be a public key or a mapping of download names to public keys, got an empty mapping"
+        )
+    out: dict[str, str] = {}
+    for name, key in value.items():
+        name = str(name)
+        try:
+            identifier(name, ctx)
+            out[name] = public_key(key, ctx)
+        except Invalid as exc:
+            raise Invalid(str(exc), at=name) from None
+    return out
+
+
+def route_rules(value: Any, ctx: Context) -> tuple[routes.Route, ...]:
+    """routes: central's rules of which downloads an entry goes to (synkler.routes)."""
+    try:
+        return routes.parse(value)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
 
 
 def cleanup_script(value: Any, ctx: Context) -> str:

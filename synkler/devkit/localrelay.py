@@ -41,9 +41,13 @@ class LocalRelay:
         settings: dict[str, dict[str, Any]] | None = None,
         verbose: bool = True,
         admin: BrokerParams | None = None,
+        extra: dict[str, str] | None = None,
     ):
         """`admin`: how `close` reaches the broker to remove the instance's queues (default: guest
-        on broker_host:broker_port; another port where the agents' needs TLS)."""
+        on broker_host:broker_port; another port where the agents' needs TLS). `extra`: more agents
+        beside the three, by key (their work directory, and their `name` unless settings give one)
+        -> mode: a relay with several uploads or downloads. Every method that takes a role takes
+        such a key too."""
         self.workdir = Path(workdir)
         self.sshd = sshd
         self.instance = instance
@@ -51,25 +55,27 @@ class LocalRelay:
         self.admin = admin or self.broker
         self.verbose = verbose
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.dirs = {role: self.workdir / role / "files" for role in ROLES}
-        self.configs = {role: self.workdir / role / "synkler.conf" for role in ROLES}
-        for role in ROLES:
-            self.dirs[role].mkdir(parents=True, exist_ok=True)
-            self.write_config(role, (settings or {}).get(role, {}))
+        self.modes = {**{role: role for role in ROLES}, **(extra or {})}  # agent key -> its mode
+        self.dirs = {key: self.workdir / key / "files" for key in self.modes}
+        self.configs = {key: self.workdir / key / "synkler.conf" for key in self.modes}
+        for key, mode in self.modes.items():
+            self.dirs[key].mkdir(parents=True, exist_ok=True)
+            named = {} if key == mode else {"name": key}
+            self.write_config(key, {**named, **(settings or {}).get(key, {})})
 
     def add_agent(self, key: str, mode: str, extra: dict[str, Any]) -> None:
         """One more agent of `mode` (e.g. a second central of a pool), known here as `key`: its own
         file_dir, config, state and log under <workdir>/<key>; started and stopped as the roles are."""
+        self.modes[key] = mode
         self.dirs[key] = self.workdir / key / "files"
         self.configs[key] = self.workdir / key / "synkler.conf"
         self.dirs[key].mkdir(parents=True, exist_ok=True)
-        self.write_config(key, extra, mode=mode)
+        self.write_config(key, extra)
 
-    def write_config(self, role: str, extra: dict[str, Any], *, mode: str | None = None) -> None:
+    def write_config(self, role: str, extra: dict[str, Any]) -> None:
         base = self.workdir / role
-        mode = mode or (role if role in ROLES else load_config(self.configs[role], check_dirs=False).mode)
         cfg: dict[str, Any] = {
-            "mode": mode,
+            "mode": self.modes[role],
             "id": self.instance,
             "file_dir": str(self.dirs[role]),
             "synkler_server": self.broker.host,
@@ -78,7 +84,7 @@ class LocalRelay:
             "state_db": str(base / "state.sqlite"),
             "keep_minutes": 30,
         }
-        if mode != "central":
+        if self.modes[role] != "central":
             cfg["central_host"] = self.sshd.target
             cfg["rsync_opts"] = self.sshd.rsync_opts()
         cfg.update(extra)
@@ -95,7 +101,7 @@ class LocalRelay:
     def start(self, *roles: str, flags: Sequence[str] | None = None) -> None:
         """Start the agents of `roles` (all three by default) with `flags` (default: --debug if
         verbose, else -v), each logging to its log_path."""
-        for role in roles or ROLES:
+        for role in roles or self.modes:
             if role in self.procs and self.procs[role].poll() is None:
                 continue
             log = open(self.log_path(role), "ab")
@@ -108,7 +114,7 @@ class LocalRelay:
 
     def stop(self, *roles: str, timeout: float = 30) -> None:
         """SIGTERM and wait: the orderly stop a user (or systemd) does."""
-        for role in roles or list(self.procs):
+        for role in roles or self.modes:
             proc = self.procs.pop(role, None)
             if proc is None or proc.poll() is not None:
                 continue
@@ -131,11 +137,12 @@ class LocalRelay:
 
     def close(self) -> None:
         self.stop()
-        for role in ("upload", "download"):
-            # A SIGKILLed agent leaves its ssh master connection to time out: end it now.
-            transfer.close_shared_connection(load_config(self.configs[role], check_dirs=False))
+        for role, mode in self.modes.items():
+            if mode != "central":
+                # A SIGKILLed agent leaves its ssh master connection to time out: end it now.
+                transfer.close_shared_connection(load_config(self.configs[role], check_dirs=False))
         # The agents' names as configured (an upload agent may have its own), besides the roles'.
-        names = {load_config(path, check_dirs=False).name for path in self.configs.values()}
+        names = {load_config(self.configs[role], check_dirs=False).name for role in self.modes}
         try:
             broker = Broker(self.admin, self.instance, "admin")
             broker.connect(consume=False)
@@ -190,7 +197,7 @@ class LocalRelay:
         return f"--- {role} log ---\n" + "\n".join(text.splitlines()[-lines:])
 
     def all_logs_tail(self) -> str:
-        return "\n".join(self.log_tail(role) for role in self.configs)
+        return "\n".join(self.log_tail(role) for role in self.modes)
 
     def all_done(self, names: set[str] | None = None) -> bool:
         """Every entry (or every named one) is done at upload and download and delivered at central."""

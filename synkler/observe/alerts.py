@@ -31,6 +31,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .. import destinations as dests
 from .. import text
 from ..agents import FACTS
 from ..agents.base import GIVE_UP_ADVICE, PERSON_REPEAT, Cleanup, Key
@@ -188,11 +189,14 @@ def cleanup_failed(e: Entry, role: str) -> Condition:
     )
 
 
-def stuck(e: Entry, now: float, minutes: float) -> Condition:
+def stuck(e: Entry, now: float, minutes: float, destination: str | None = None) -> Condition:
+    """An entry not delivered stuck_minutes after its offer; with several downloads, one condition
+    per destination that has not fetched it yet (the others are not held up by it)."""
+    to = f" to {shown(destination)}" if destination else ""
     return Condition(
-        key=f"stuck:{e.id}",
+        key=f"stuck:{e.id}:{destination}" if destination else f"stuck:{e.id}",
         severity=WARNING,
-        summary=f"entry {shown(e.name)} not delivered {count(int((now - e.created) // 60), 'minute')} "
+        summary=f"entry {shown(e.name)} not delivered{to} {count(int((now - e.created) // 60), 'minute')} "
         "after its offer",
         todo="See where it waits with `synkler status --relay` (its state and reason); a peer that is "
         "silent, a full disk or a link that is down is told by its own notice.",
@@ -202,6 +206,7 @@ def stuck(e: Entry, now: float, minutes: float) -> Condition:
             "state": e.state,
             "reason": shown(e.reason or ""),
             "stuck_minutes": minutes,
+            **({"destination": destination} if destination else {}),
         },
     )
 
@@ -370,7 +375,9 @@ class Alerts:
             offered_before = now - self.cfg.stuck_minutes * 60
             on_the_way = [s for s in facts.unfinished if s != facts.failed]
             waiting = state.listed(on_the_way, limit=STUCK_LISTED)
-            found += [stuck(e, now, self.cfg.stuck_minutes) for e in waiting if e.created < offered_before]
+            for e in waiting:
+                if e.created < offered_before:
+                    found += [stuck(e, now, self.cfg.stuck_minutes, d) for d in self._stuck_at(e)]
             try:
                 found.append(
                     disk_full(
@@ -387,6 +394,14 @@ class Alerts:
         found += self._from_broker(now, unknown)
         return {c.key: c for c in found if c is not None}, unknown
 
+    def _stuck_at(self, e: Entry) -> list[str | None]:
+        """Where a stuck entry waits: with routes, each destination that has not fetched it (once
+        stored: before that it waits for upload, which is one place); else one place, unnamed."""
+        cfg = self.runtime.cfg
+        if not cfg.routes or not e.path:
+            return [None]
+        return list(dests.waiting_for(dests.of(self.runtime.state, e.id, cfg.download_name))) or [None]
+
     def _from_broker(self, now: float, unknown: list[str]) -> list[Condition | None]:
         """Silent peers and dead letters, from what the broker holds (central; download: central)."""
         from .report import INTERVAL, Report
@@ -394,7 +409,9 @@ class Alerts:
         assert self.cfg is not None
         cfg = self.runtime.cfg
         if self.role == "central":
-            peers = [("download", cfg.download_name)] + [("upload", p) for p in self.runtime.state.peers(64)]
+            peers = [("download", d) for d in cfg.destinations] + [
+                ("upload", p) for p in self.runtime.state.peers(64)
+            ]
         elif self.role == "download":
             peers = [("central", cfg.central_name)]
         else:

@@ -127,6 +127,13 @@ class Metrics(Observer):
     def _gauges(self) -> None:
         """The gauges of the agent's work and its file system, set from the presence figures."""
         r, own = self.registry, LABELS
+        self.destinations = Gauge(
+            "synkler_destination_entries",
+            "Central with routes: entries by destination and their state there",
+            (*own, "destination", "state"),
+            registry=r,
+        )
+        self._destinations: set[tuple[str, str]] = set()  # the (destination, state) pairs set once
         self.transfers = Gauge("synkler_transfers_running", "rsync runs going on", own, registry=r)
         self.outbox = Gauge("synkler_outbox_messages", "Messages waiting in the outbox", own, registry=r)
         self.free = Gauge(
@@ -193,6 +200,11 @@ class Metrics(Observer):
             self.entries.labels(**self.labels, state=state).set(counts.get(state, 0))
         self.outbox.labels(**self.labels).set(figures.outbox)
         self.transfers.labels(**self.labels).set(figures.transfers)
+        rows = figures.destinations
+        self._destinations |= set(rows)
+        for dest, state in self._destinations:  # a state no entry is in any more goes back to 0
+            gauge = self.destinations.labels(**self.labels, destination=dest, state=state)
+            gauge.set(rows.get((dest, state), 0))
         disk = figures.disk
         if disk:
             self.free.labels(**self.labels).set(disk.free)

@@ -24,9 +24,11 @@ import os
 import socket
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
 from .. import __version__
+from .. import destinations as dests
 from ..agents import FACTS
 from ..agents.base import PERSON_REPEAT
 from ..agents.central_pool import DRAINING
@@ -158,18 +160,29 @@ class Presence:
                 hashes=len(checksum.running()),
                 disk=self._disk(),
                 peers=peers,
+                destinations=tuple(self.cfg.destinations)
+                if self.mode == "central" and self.cfg.routes
+                else (),
                 place=os.path.join(self.cfg.file_dir, self.cfg.id) if self.mode == "central" else None,
-                entries=tuple(Listed.of(e, progress.get(e.id)) for e in unfinished),
+                entries=tuple(self._at(Listed.of(e, progress.get(e.id)), e) for e in unfinished),
                 left_out=total_unfinished - len(unfinished),
                 finished=latest,
                 draining=self.mode == "central" and self.runtime.state.flag(DRAINING) is not None,
             )
         )
 
+    def _at(self, listed: Listed, e: Entry) -> Listed:
+        """Central with routes: where a stored entry stands at each of its destinations."""
+        if self.mode != "central" or not self.cfg.routes or not e.path:
+            return listed
+        rows = dests.rows(self.runtime.state, e.id)
+        return replace(listed, at={d: str(r.state) for d, r in rows.items()}) if rows else listed
+
     def figures(self) -> Figures:
         """The figures a report carries that the agent's metrics show too (synkler.observe.metrics)."""
         state = self.runtime.state
-        return Figures(state.counts(), state.outbox_size(), self.runtime.transfers, self._disk())
+        rows = dests.counts(state) if self.mode == "central" and self.cfg.routes else {}
+        return Figures(state.counts(), state.outbox_size(), self.runtime.transfers, self._disk(), rows)
 
     def _disk(self) -> Disk | None:
         try:

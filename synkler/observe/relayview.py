@@ -119,7 +119,12 @@ def _join(
                     e["name"] = r.name  # upload's name is the entry's; download's may differ
                 e["finished"] = e["finished"] and done
                 e["updated"] = max(e["updated"], r.updated)
-                e["roles"][role] = _place(r, name, now)
+                if role == "download" and "download" in e["roles"]:  # another destination of it
+                    e.setdefault("destinations", {})[name] = _place(r, name, now)
+                else:
+                    e["roles"][role] = _place(r, name, now)
+                if r.at:
+                    e["at"] = dict(r.at)  # central's rows: where it stands at each destination
     return entries
 
 
@@ -373,6 +378,8 @@ def _entry_lines(view: Mapping[str, Any], now: float) -> list[str]:
             for role, place in e["roles"].items()
             if place["reason"] and not e["finished"]
         ]
+        if e.get("at") and not e["finished"]:
+            notes[len(rows) - 1].insert(0, "    to: " + ", ".join(f"{d} {s}" for d, s in e["at"].items()))
     for i, line in enumerate(_table(rows)):
         lines.append(line.rstrip())
         lines += notes.get(i, [])

@@ -54,6 +54,12 @@ def _ints(value: object) -> dict[str, int]:
     return {str(k): v for k, v in value.items() if isinstance(v, int) and not isinstance(v, bool)}
 
 
+def _texts(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
+
+
 def _dicts(value: object) -> list[Mapping[str, object]]:
     return [x for x in value if isinstance(x, dict)] if isinstance(value, list) else []
 
@@ -112,6 +118,8 @@ class Listed:
     stored_as: str | None = None  # download: the name it was placed under, when not its own
     cleanup: str | None = None  # where its cleanup script is (synkler.agents.base.Cleanup)
     progress: Progress | None = None
+    # central with routes: destination -> the entry's state there (synkler.destinations)
+    at: Mapping[str, str] | None = None
 
     @classmethod
     def of(cls, e: Entry, progress: Progress | None = None) -> Listed:
@@ -150,6 +158,8 @@ class Listed:
             row["cleanup"] = self.cleanup
         if self.progress is not None:
             row["progress"] = self.progress.as_dict()
+        if self.at:
+            row["at"] = dict(self.at)
         return row
 
     @classmethod
@@ -171,6 +181,7 @@ class Listed:
             stored_as=_str(d, "stored_as") or None,
             cleanup=_str(d, "cleanup") or None,
             progress=_progress(d.get("progress")),
+            at=_texts(d.get("at")) or None,
         )
 
 
@@ -201,6 +212,7 @@ class Report:
     hashes: int = 0
     disk: Disk | None = None
     peers: tuple[str, ...] = ()
+    destinations: tuple[str, ...] = ()  # central with routes: the downloads they name
     # central: its directory of this instance (<file_dir>/<id>), where `check` on upload and
     # download tries a write into staging and a read of stored over ssh
     place: str | None = None
@@ -232,6 +244,7 @@ class Report:
             "hashes": self.hashes,
             "disk": None if self.disk is None else self.disk.encode(),
             "peers": list(self.peers),
+            "destinations": list(self.destinations),
             "place": self.place,
             "entries": [e.encode() for e in self.entries],
             "left_out": self.left_out,
@@ -254,7 +267,7 @@ class Report:
             return None
         if not isinstance(d, dict) or not isinstance(d.get("host"), str):
             return None
-        peers = d.get("peers")
+        peers, destinations = d.get("peers"), d.get("destinations")
         return cls(
             host=d["host"],
             role=_str(d, "role"),
@@ -274,6 +287,9 @@ class Report:
             hashes=_int(d, "hashes"),
             disk=Disk.decode(d.get("disk")),
             peers=tuple(p for p in peers if isinstance(p, str)) if isinstance(peers, list) else (),
+            destinations=tuple(p for p in destinations if isinstance(p, str))
+            if isinstance(destinations, list)
+            else (),
             place=_str(d, "place") or None,
             entries=_listed(d.get("entries")),
             left_out=_int(d, "left_out"),
@@ -290,6 +306,8 @@ class Figures:
     outbox: int
     transfers: int
     disk: Disk | None
+    # central with routes: (destination, row state) -> entries (synkler.destinations)
+    destinations: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
 
 def fit(report: Report, max_bytes: int = MAX_BYTES) -> Report:

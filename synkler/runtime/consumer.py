@@ -60,7 +60,9 @@ class Consumer:
 
     def connect(self) -> None:
         """Try to connect and consume the queue; on failure, schedule the next try."""
-        peers = () if self.cfg.authenticate else (*self.cfg.central_names, self.cfg.download_name)
+        ends = (*self.cfg.central_names, self.cfg.download_name)
+        routed = tuple(self.cfg.destinations) if self.cfg.mode == "central" else ()
+        peers = () if self.cfg.authenticate else tuple(dict.fromkeys(ends + routed))
         broker = Broker(self.params, self.cfg.id, self.cfg.name, peers=peers, offers=self._offers())
         try:
             if self.standby and not self.free_long_enough(broker):

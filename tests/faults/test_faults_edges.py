@@ -148,7 +148,7 @@ def test_ordinary_inputs_and_operator_mistakes_lose_stall_or_duplicate_nothing(
         relay.wait_for("the first deliveries", lambda: delivered_count(relay) >= 3, 60)
         key.rename(workdir / "download-key.away")
         log = relay.log_path("download")
-        relay.wait_for("download to say it needs a person", lambda: "needs a person" in log.read_text(), 60)
+        relay.wait_for("download to say it needs a person", lambda: "needs a person" in log.read_text(), 180)
         time.sleep(profile.sever_s)  # the fault's length: entries wait, none fails
         (workdir / "download-key.away").rename(key)
         faults += 1

@@ -75,6 +75,10 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "reason": st.text(max_size=300),
     "hop": st.text(max_size=50),
     "outcome": st.sampled_from(["placed", "present"]),
+    # Download agent names: where an entry goes (`to` of admit), which one fetched or failed it or is
+    # forgotten (`destination`).
+    "to": st.lists(st.sampled_from(["download", "analysis", "archive"]), min_size=1, max_size=3, unique=True),
+    "destination": st.sampled_from(["download", "analysis", "archive"]),
     # Its shape only (synkler.receipts checks the signature); an empty one is left out on the wire.
     "receipt": st.from_regex(r"\A[A-Za-z0-9_-]{1,40}\.[A-Za-z0-9_-]{1,40}\Z"),
     "meta": metadata_objects(),

@@ -13,6 +13,7 @@ from support.fakes import Role
 
 from synkler.agents import admission, spool
 from synkler.agents.base import Observer
+from synkler.agents.staged import measure_arrivals
 from synkler.messages import Admit, Failed, Offer, Sent, Wait
 from synkler.state import Entry
 
@@ -245,3 +246,26 @@ def test_an_agent_that_is_pushing_keeps_the_leases_of_its_entries_waiting_their_
     assert r.entry(turn.id).state == "uploading" and r.entry(busy.id).state == "uploading"
     assert r.entry(turn.id).due == pytest.approx(time.time() + 600, abs=5)
     assert r.entry(idle.id).state == "waiting"
+
+
+def test_one_look_at_a_staging_directory_measures_each_of_its_entries_alone(tmp_path):
+    """The entries of one upload agent are measured by one listing of its staging directory; each
+    gets its own bytes (its file, rsync's temporary file, its partial file or its tree), and the
+    directory the last change to any of them."""
+    staging = tmp_path / "up"
+    (staging / ".synkler-partial").mkdir(parents=True)
+    (staging / "a.bin").write_bytes(b"x" * 10)
+    (staging / ".b.bin.Ab12Cd").write_bytes(b"x" * 20)
+    (staging / ".synkler-partial" / "b.bin").write_bytes(b"x" * 30)
+    (staging / "tree" / "sub").mkdir(parents=True)
+    (staging / "tree" / "sub" / "f").write_bytes(b"x" * 5)
+    (staging / "tree" / "g").write_bytes(b"x" * 7)
+    (staging / "other.bin").write_bytes(b"x" * 1000)  # not measured: not asked for
+    places = {
+        i: (str(staging), name) for i, name in (("1", "a.bin"), ("2", "b.bin"), ("3", "tree"), ("4", "gone"))
+    }
+    found, latest = measure_arrivals(places)
+    assert {i: a.size for i, a in found.items()} == {"1": 10, "2": 30, "3": 12, "4": 0}
+    assert found["4"].changed == 0.0
+    assert found["1"].changed == os.lstat(staging / "a.bin").st_ctime
+    assert latest[str(staging)] == max(os.stat(staging).st_ctime, *(a.changed for a in found.values()))

@@ -129,6 +129,7 @@ def test_defaults_fill_every_optional_key(parse, file_dir: Path, home: Path, con
         metrics_textfile=None,
         require_metadata={},
         layout="sidecar",
+        routes=(),
     )
     assert cfg.cleanup_argv == ()
     assert cfg.daemon_log == state / "default-upload.log"

@@ -33,7 +33,10 @@ def _another_meaning(node: ast.Constant, parents: dict[ast.AST, ast.AST]) -> boo
         ):
             return True
         if isinstance(parent, ast.ClassDef):
-            return any(isinstance(b, ast.Name) and b.id == "Status" for b in parent.bases)
+            # A role's states (Status), or the states of an entry at one destination (Dest).
+            return parent.name == "Dest" or any(
+                isinstance(b, ast.Name) and b.id == "Status" for b in parent.bases
+            )
         if isinstance(parent, ast.Compare):
             left = parent.left
             return (isinstance(left, ast.Attribute) and left.attr == "cleanup") or (

@@ -14,7 +14,7 @@ from synkler import messages, proofs, receipts
 from synkler.errors import MessageError
 from synkler.hops import checksum, receiptfiles
 from synkler.hops.checksum import FileDigest, digest_entry, hop_mismatch, list_entry, md5_entry
-from synkler.state import Entry
+from synkler.state import Entry, State
 
 
 def tree(top: Path) -> Path:
@@ -221,6 +221,42 @@ def test_documents_are_kept_by_month_and_found_by_entry_id(tmp_path: Path) -> No
     assert [p.stem for p in receiptfiles.every(tmp_path / "r")] == ["a" * 32, "b" * 32]
     assert receiptfiles.find(tmp_path / "r", "b" * 32)[0].parent.name == "04"
     assert receiptfiles.read(path) == {"x": 1}
+
+
+def test_the_documents_of_a_transaction_are_written_together_just_before_it_commits(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch of documents (more than write_whole writes one by one) appears whole, before the
+    commit of the transaction that decided them; one that cannot be written is logged and the
+    others are kept; a transaction rolled back writes none of those it queued."""
+    state = State(tmp_path / "state.db")
+    top = tmp_path / "r"
+    batch = receiptfiles.Batch(top, state.before_commit)
+    now = time.time()
+    (top / time.strftime("%Y/%m", time.gmtime(now))).mkdir(parents=True)
+    (top / time.strftime("%Y/%m", time.gmtime(now)) / ("f" * 32 + ".json")).mkdir()  # taken by a dir
+    ids = [c * 32 for c in "abcdef"]
+
+    def kept() -> list[str]:
+        return [p.stem for p in receiptfiles.every(top) if p.is_file()]
+
+    on_disk_at_commit: list[list[str]] = []
+    with state.transaction():
+        for entry_id in ids:
+            batch.keep(entry_id, f"entry {entry_id[0]}", now, {"id": entry_id})
+        assert kept() == []  # not yet: with the others, at the commit
+        state.after_commit(lambda: on_disk_at_commit.append(kept()))
+    assert on_disk_at_commit == [ids[:-1]]
+    assert all(receiptfiles.read(receiptfiles.find(top, i)[0]) == {"id": i} for i in ids[:-1])
+    assert "entry f: cannot write its receipt document" in caplog.text
+    assert not [p for p in top.rglob(".*.tmp")]
+    with pytest.raises(RuntimeError), state.transaction():
+        batch.keep("9" * 32, "entry 9", now, {"id": "9"})
+        raise RuntimeError("rolled back")
+    with state.transaction():
+        pass
+    assert receiptfiles.find(top, "9" * 32) == []
+    state.close()
 
 
 def test_retention_removes_only_documents_older_than_the_setting(tmp_path: Path) -> None:

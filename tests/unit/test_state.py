@@ -349,6 +349,35 @@ def test_after_commit_outside_a_transaction_runs_at_once(state: State):
     assert seen == ["ran"]
 
 
+def test_before_commit_runs_once_per_transaction_inside_it_and_kept_through_a_savepoint_rollback(
+    state: State, reader: State
+):
+    """What many changes of a transaction ask for is done once, before the commit, with the
+    transaction's changes not yet seen by others; what a rolled-back transaction asked for, never."""
+    seen: list[int] = []
+
+    def flush() -> None:
+        seen.append(reader.count())
+        state.insert(entry("written-by-the-flush"))  # still inside the transaction
+
+    with state.transaction():
+        state.insert(entry())
+        with pytest.raises(Boom), state.savepoint():
+            state.before_commit(flush)
+            raise Boom
+        state.before_commit(flush)  # asked again: still once
+        assert seen == []
+    assert seen == [0] and reader.count() == 2
+    with pytest.raises(Boom), state.transaction():
+        state.before_commit(lambda: seen.append(-1))
+        raise Boom
+    with state.transaction():
+        pass
+    assert seen == [0]
+    state.before_commit(lambda: seen.append(1))  # outside a transaction: at once
+    assert seen == [0, 1]
+
+
 # --------------------------------------------------------------------------------------------------
 # Durability and read-only access
 
