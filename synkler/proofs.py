@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from . import receipts
 from .errors import MessageError
+from .text import shown
 
 if TYPE_CHECKING:
     from .state import Entry
@@ -222,7 +223,8 @@ def _key(item: dict[str, Any]) -> bytes:
 
 
 def _shown(path: bytes) -> str:
-    return repr(os.fsdecode(path)) if path else "the entry"
+    """A path in the entry, quoted, escaped as every name shown to people is (synkler.text)."""
+    return f"'{shown(os.fsdecode(path))}'" if path else "the entry"
 
 
 def differences(

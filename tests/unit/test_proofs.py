@@ -267,3 +267,10 @@ def test_retention_removes_only_documents_older_than_the_setting(tmp_path: Path)
     assert receiptfiles.prune(tmp_path, 0, now) == 0  # 0: kept for ever
     assert receiptfiles.prune(tmp_path, 30, now) == 1
     assert not old.exists() and new.exists() and not old.parent.exists()
+
+
+def test_a_path_that_differs_is_shown_as_every_name_is_its_bytes_as_xnn_not_as_python_writes_them():
+    from synkler import proofs
+
+    assert proofs._shown(b"r\xe9sum\xe9\n.dat") == "'r\\xe9sum\\xe9\\n.dat'"
+    assert proofs._shown(b"") == "the entry"
