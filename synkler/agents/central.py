@@ -135,6 +135,7 @@ FACTS = facts(
 class Central(PoolCentral):
     mode = "central"
     TAKING, WAITING = IN_FLIGHT, Mid.WAITING
+    SETTLED = (Mid.DELIVERED, Mid.EXPIRED)
     STATES = Mid
     NEW = (Mid.WAITING,)
     TRANSITIONS = TRANSITIONS

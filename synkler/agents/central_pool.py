@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 
+from .. import destinations as dests
 from ..errors import MessageError, NotYet, Refused
-from ..messages import Forget, Message, Offer
+from ..messages import Delivered, Forget, Message, Offer
 from ..state import Entry, Request
 from .agent import Agent
 from .base import Status
@@ -35,6 +36,7 @@ class PoolCentral(Agent):
 
     TAKING: tuple[Status, ...] = ()
     WAITING: Status  # where an offer taken starts
+    SETTLED: tuple[Status, ...] = ()  # delivered to every destination (its copy kept, or expired since)
 
     _draining: bool | None = None  # the flag, as read from the state (None: not read yet)
 
@@ -94,9 +96,43 @@ class PoolCentral(Agent):
             self.look_again()
             log.info("%s: taken again at epoch %d", known.name, msg.epoch)
             return True
+        if known.state in self.SETTLED and known.peer == msg.sender:
+            self.delivered_again(known, msg.epoch)
+            return True
         # Re-owned from this central while it was gone, and offered again before upload's `forget`
         # of the old epoch was read here: until it is, another central may take it.
         raise NotYet(f"offer of entry {known.id} at epoch {msg.epoch}: this central held it at {held}")
+
+    def delivered_again(self, entry: Entry, offered_at: int) -> None:
+        """An entry this central delivered (at the epoch it held: upload had re-owned it meanwhile), offered
+        to it again: it tells upload `delivered` again with the receipts it kept, at that epoch (upload
+        believes it on a good signed receipt), and drops the offer rather than requeue it for ever."""
+        tokens = self.state.receipts(entry.id)
+        rows = dests.of(self.state, entry.id, self.cfg.download_name)
+        for dest, row in rows.items():
+            if row.state != dests.FETCHED and row.updated:  # no row at all: an older synkler's, delivered
+                continue
+            self.send(
+                entry.peer or "",
+                Delivered(
+                    entry.id,
+                    self.name,
+                    stored_as=row.stored_as or entry.stored_as or entry.name,
+                    receipt=tokens.get(dest, ""),
+                    destination=dest if self.cfg.routes else "",
+                ),
+            )
+        log.warning(
+            "%s: offered again at epoch %d, but this central delivered it (epoch %d): offer dropped, "
+            "delivered sent again with the receipts it kept%s",
+            entry.name,
+            offered_at,
+            self.state.epoch(entry.id),
+            ""
+            if tokens
+            else " (none: upload, with no download_public_key, cannot believe it; see "
+            "docs/architecture.md, 'Limits of this version')",
+        )
 
     def took(self, entry: Entry, msg: Offer) -> None:
         if msg.epoch is not None:

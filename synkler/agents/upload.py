@@ -93,7 +93,8 @@ class Up(Status):
 UNSENT = (Up.OFFERED, Up.WAITING, Up.UPLOADING, Up.PUSHED)  # versions a newer one withdraws
 # `delivered` ends every state in which central may hold a verified copy: from the first push on
 # (central's word is final, even for a version upload gave up on or withdrew after it was pushed);
-# never one still offered or waiting, which central never had.
+# not one still offered or waiting, which central never had, except in a pool: a `delivered` of an
+# older epoch with the destination's signed receipt (a central re-owned from delivered it meanwhile).
 _ENDS = (Up.DELIVERED, Up.DONE)
 # The hop of a failure after which central still holds a verified copy: download's pull (an
 # operator's retry at download may deliver it yet). The failure's reason starts with it.
@@ -102,9 +103,10 @@ AFTER_STORE = PULL_FROM_CENTRAL
 # offers the file again as a new entry), and run a failed cleanup script again (done -> delivered).
 FORGETTABLE = frozenset({*UNSENT, Up.SENT, Up.FAILED})
 TRANSITIONS: Transitions = {
-    Up.OFFERED: frozenset({Up.WAITING, Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, Up.FORGOTTEN}),
+    # offered/waiting -> delivered/done: only a pool's late `delivered` with a signed receipt (above)
+    Up.OFFERED: frozenset({Up.WAITING, Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, Up.FORGOTTEN, *_ENDS}),
     # ... -> offered: re-owned (a pool of centrals: its central is gone; synkler.agents.ownership)
-    Up.WAITING: frozenset({Up.OFFERED, Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, Up.FORGOTTEN}),
+    Up.WAITING: frozenset({Up.OFFERED, Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, Up.FORGOTTEN, *_ENDS}),
     Up.UPLOADING: frozenset({Up.OFFERED, Up.PUSHED, Up.SENT, Up.SUPERSEDED, Up.FAILED, Up.FORGOTTEN, *_ENDS}),
     Up.PUSHED: frozenset({Up.OFFERED, Up.SENT, Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, Up.FORGOTTEN, *_ENDS}),
     Up.SENT: frozenset({Up.OFFERED, Up.UPLOADING, Up.SUPERSEDED, Up.FAILED, Up.FORGOTTEN, *_ENDS}),
@@ -483,6 +485,10 @@ class Upload(PoolUpload):
         self.take_admit(msg)
         self.on_central(msg, "dest", "staging", self.name)
         entry = self.entry_for(msg)
+        if self.cfg.centrals and entry.state in _ENDS:
+            # Taken from the offers queue after a central re-owned from delivered it (signed receipts).
+            self.release(entry, msg.sender, "delivered already through another central (signed receipts)")
+            return
         newest = self.state.latest_by_name(entry.name)
         stale = newest is not None and newest.id != entry.id
         if entry.state == Up.SUPERSEDED or (stale and entry.state in (*UNSENT, Up.SENT)):
@@ -500,7 +506,8 @@ class Upload(PoolUpload):
             self.move(entry, Up.WAITING, reason=msg.reason)
 
     def on_delivered(self, msg: Delivered) -> None:
-        entry = self.entry_for(msg)
+        late = self.late_proof(msg)  # of an older epoch, with a receipt: checked below as any other
+        entry = self.entry_for(msg, *self.cfg.centrals) if late else self.entry_for(msg)
         dest = msg.destination or self.cfg.download_name
         rows = dests.of(self.state, entry.id, self.cfg.download_name)
         if dest not in rows:
@@ -510,7 +517,7 @@ class Upload(PoolUpload):
             )
         if entry.state in (Up.DELIVERED, Up.DONE, Up.FORGOTTEN) or rows[dest].state in dests.ENDED:
             return  # a copy of one taken already, or an entry an operator forgot meanwhile
-        if entry.state in (Up.OFFERED, Up.WAITING) or (
+        if (entry.state in (Up.OFFERED, Up.WAITING) and not late) or (
             entry.state == Up.FAILED and not (entry.reason or "").startswith(f"{AFTER_STORE}: ")
         ):
             raise MessageError(
@@ -533,8 +540,12 @@ class Upload(PoolUpload):
                 ", ".join(rest),
             )
             return
+        owner = entry.peer
         self.delivered(entry, stored_as=msg.stored_as, reason=None, tries=0)
         log.info("%s: delivered (md5 %s, as %s at %s)", entry.name, entry.md5, msg.stored_as, dest)
+        if late and owner and owner != msg.sender:
+            why = f"delivered through {msg.sender} at epoch {msg.epoch} (signed receipts)"
+            self.release(entry, owner, why)
 
     def _check_proof(self, entry: Entry, msg: Delivered, dest: str) -> None:
         """Download's receipt document, passed on by central, must be about this entry and content,

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
-from ..messages import Admit, Forget, Message, Offer, offers_key
+from ..messages import Admit, Delivered, Forget, Message, Offer, offers_key
 from ..metadata import loads
 from ..state import Entry, State
 from .base import Jobs, Status
@@ -32,6 +32,7 @@ class PoolUpload(Endpoint):
 
     OWNED: tuple[Status, ...] = ()  # admitted by a central, not yet delivered: re-owned when it is gone
     OFFERED: Status
+    download_keys: dict  # destination -> its pinned public key (set by Upload)
 
     def __init__(self, cfg: Config, state: State, jobs: Jobs):
         super().__init__(cfg, state, jobs)
@@ -63,7 +64,29 @@ class PoolUpload(Endpoint):
             return None  # the handler says what is wrong (or that it was pruned)
         if msg.sender not in self.cfg.centrals:
             return f"{msg.sender} is not a central of this upload agent's pool (`centrals`)"
-        return stale(getattr(msg, "epoch", None), self.state.epoch(entry.id), msg.sender, entry.peer)
+        why = stale(getattr(msg, "epoch", None), self.state.epoch(entry.id), msg.sender, entry.peer)
+        if why is not None and self.late_proof(msg):
+            return None  # the proof is the receipt, not the central: on_delivered checks it as any other
+        return why
+
+    def late_proof(self, msg: Message) -> bool:
+        """A `delivered` of an ownership that has ended (a central re-owned from, come back) that upload
+        believes all the same: it carries a receipt, and the destination's key is pinned to check it.
+        Without a pinned key (central's word only), an old epoch's `delivered` is ignored."""
+        if not isinstance(msg, Delivered) or msg.epoch is None or not msg.receipt:
+            return False
+        if msg.epoch >= self.state.epoch(msg.entry):
+            return False
+        return (msg.destination or self.cfg.download_name) in self.download_keys
+
+    def release(self, entry: Entry, central: str, why: str) -> None:
+        """Tell a central to drop an entry that was delivered meanwhile through another (a signed
+        receipt of an older epoch): a `forget` of the next epoch, as when re-owning, ends its needless
+        transfer; the central drops its copy and passes nothing on."""
+        epoch = self.state.epoch(entry.id) + 1
+        self.state.put_epoch(entry.id, epoch)
+        self.send(central, Forget(entry.id, self.name, reason=why, epoch=epoch))
+        log.info("%s: %s; told %s to drop its copy", entry.name, why, central)
 
     def take_admit(self, msg: Admit) -> None:
         """The first admission of an entry not owned yet: the central that sent it owns it now."""

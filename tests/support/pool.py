@@ -8,6 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from synkler import receipts
 from synkler.devkit.localrelay import LocalRelay
 from synkler.hops.checksum import md5_entry
 
@@ -19,18 +20,32 @@ def recorder(record: Path) -> str:
     return shlex.join([sys.executable, "-c", RECORDER, str(record), "%f"])
 
 
-def pool_relay(make_relay) -> tuple[LocalRelay, dict[str, Path]]:
-    """Upload, download and the centrals central-a (the relay's `central`) and central-b."""
+def pool_relay(make_relay, *, signed: bool = False) -> tuple[LocalRelay, dict[str, Path]]:
+    """Upload, download and the centrals central-a (the relay's `central`) and central-b; `signed`:
+    download signs receipts, and upload and the centrals pin its key (a late `delivered` counts)."""
     relay = make_relay()
     target = relay.sshd.target
     centrals = {"central-a": target, "central-b": target}
     records = {side: relay.workdir / f"{side}-cleanups" for side in ("upload", "download")}
-    relay.write_config("central", {"name": "central-a", "uploads": ["upload"]})
-    relay.add_agent("central-b", "central", {"name": "central-b", "uploads": ["upload"], "keep_minutes": 30})
-    relay.write_config(
-        "upload", {"centrals": centrals, "reown_seconds": 5, "cleanup_script": recorder(records["upload"])}
+    pinned: dict[str, str] = {}
+    keyed: dict[str, str] = {}
+    if signed:
+        key = receipts.new_key()
+        key_file = relay.workdir / "download-receipt.key"
+        key_file.write_bytes(receipts.private_bytes(key))
+        key_file.chmod(0o600)
+        pinned, keyed = {"download_public_key": receipts.public_text(key)}, {"receipt_key": str(key_file)}
+    relay.write_config("central", {"name": "central-a", "uploads": ["upload"], **pinned})
+    relay.add_agent(
+        "central-b", "central", {"name": "central-b", "uploads": ["upload"], "keep_minutes": 30, **pinned}
     )
-    relay.write_config("download", {"centrals": centrals, "cleanup_script": recorder(records["download"])})
+    relay.write_config(
+        "upload",
+        {"centrals": centrals, "reown_seconds": 5, "cleanup_script": recorder(records["upload"]), **pinned},
+    )
+    relay.write_config(
+        "download", {"centrals": centrals, "cleanup_script": recorder(records["download"]), **keyed}
+    )
     return relay, records
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from support.fakes import Role
 
-from synkler import messages
+from synkler import messages, receipts
 from synkler.agents import AGENTS
 from synkler.agents.base import Cleanup
 from synkler.agents.pools import Pool
@@ -203,6 +203,26 @@ def upload_is_told_of_delivery_without_a_cleanup_script(tmp_path: Path, from_: s
     r, e = told_of_delivery(tmp_path, from_)
     assert r.entry(e.id).cleanup is None
     return r.entry(e.id)
+
+
+@transition("upload", *((s, to) for s in ("offered", "waiting") for to in ("delivered", "done")))
+def upload_believes_a_late_delivery_on_its_signed_receipt(tmp_path: Path, from_: str, to: str) -> Entry:
+    """A pool: the central re-owned from delivered the entry meanwhile (an older epoch): its
+    receipt, signed by the destination's pinned key, is the proof."""
+    key = receipts.new_key()
+    script = {"cleanup_script": "rm %F"} if to == "delivered" else {}
+    pinned = {"download_public_key": receipts.public_text(key)}
+    r = role(tmp_path, "upload", centrals=POOL, **pinned, **script)
+    e = r.given(from_, peer="central-b" if from_ == "waiting" else None)
+    with r.state.transaction():
+        r.state.put_epoch(e.id, 2)
+    token = receipts.sign(receipts.for_entry(r.cfg.id, e, "download", "data.bin", placed_at=1.0), key)
+    r.deliver(Delivered(e.id, "central-a", stored_as="data.bin", receipt=token, epoch=1))
+    entry = r.entry(e.id)
+    assert entry.cleanup == (Cleanup.PENDING if to == "delivered" else None)
+    told = [(dest, m.epoch) for dest, m in r.sent() if isinstance(m, Forget)]
+    assert told == ([("central-b", 3)] if from_ == "waiting" else [])  # the new owner drops its copy
+    return entry
 
 
 def pushing(tmp_path: Path, md5: str, **settings: object) -> tuple[Role, Entry]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from support.fakes import Role
 
+from synkler import receipts
 from synkler.agents.central import Mid
 from synkler.agents.central_pool import DRAIN, UNDRAIN
 from synkler.agents.download import Down
@@ -18,6 +19,8 @@ from synkler.errors import NotYet
 from synkler.messages import Admit, Delivered, Fetch, Fetched, Forget, Offer, Sent
 
 MD5 = "a" * 32
+KEY = receipts.new_key()
+PINNED = {"download_public_key": receipts.public_text(KEY)}
 POOL = {"central-a": "synkler@host-a", "central-b": "synkler@host-b"}
 
 
@@ -169,3 +172,78 @@ def test_without_a_pool_nothing_changes(tmp_path: Path):
     r.deliver(Delivered(e.id, "central", stored_as="data.bin"))
     assert r.entry(e.id).state in ("delivered", "done")
     assert time.time() > 0
+
+
+# a late `delivered`: a central re-owned from delivered the entry meanwhile ---------------------------
+
+
+def signed(r: Role, entry_id: str, key=KEY) -> str:
+    """Download's receipt of the entry as upload (or central) knows it, signed with `key`."""
+    e = r.entry(entry_id)
+    got = receipts.for_entry(r.cfg.id, e, "download", "data.bin", placed_at=1.0, outcome="placed")
+    return receipts.sign(got, key)
+
+
+def reowned_upload(tmp_path: Path, state: str, owner: str | None, **settings: object) -> tuple[Role, str]:
+    """Upload with an entry re-owned from central-a: at epoch 2, in `state`, owned by `owner`."""
+    r = Role("upload", tmp_path, centrals=POOL, cleanup_script="true", **settings)
+    r.start()
+    e = r.given(state, peer=owner, md5=MD5)
+    with r.state.transaction():
+        r.state.put_epoch(e.id, 2)
+    return r, e.id
+
+
+@pytest.mark.parametrize(
+    "state, owner", [("offered", None), ("waiting", "central-b"), ("uploading", "central-b")]
+)
+def test_upload_believes_a_late_delivery_on_its_signed_receipt(tmp_path: Path, state: str, owner):
+    r, entry_id = reowned_upload(tmp_path, state, owner, **PINNED)
+    late = Delivered(entry_id, "central-a", stored_as="data.bin", receipt=signed(r, entry_id), epoch=1)
+    r.deliver(late)
+    assert r.entry(entry_id).state == "delivered"
+    # the current owner, if any, drops its copy (a `forget` of the next epoch, as a re-own's)
+    told = [(to, m.epoch) for to, m in r.sent() if isinstance(m, Forget)]
+    assert told == ([(owner, 3)] if owner else [])
+    r.deliver(late)  # again (a copy, or the central answering a later offer): nothing more
+    r.tick()
+    assert r.job("script")  # the cleanup script, once
+    assert r.sent() == []
+
+
+def test_upload_checks_a_late_receipt_as_any_other(tmp_path: Path):
+    r, entry_id = reowned_upload(tmp_path, "uploading", "central-b", **PINNED)
+    forged = signed(r, entry_id, receipts.new_key())
+    with pytest.raises(receipts.ReceiptError):
+        r.deliver(Delivered(entry_id, "central-a", stored_as="data.bin", receipt=forged, epoch=1))
+    r.deliver(Delivered(entry_id, "central-a", stored_as="data.bin", epoch=1))  # no receipt: ignored
+    assert r.entry(entry_id).state == "uploading" and r.sent() == []
+
+
+def test_without_pinned_keys_upload_ignores_a_late_delivery(tmp_path: Path):
+    r, entry_id = reowned_upload(tmp_path, "uploading", "central-b")
+    r.deliver(Delivered(entry_id, "central-a", stored_as="data.bin", receipt="", epoch=1))
+    assert r.entry(entry_id).state == "uploading" and r.sent() == []
+    r.deliver(Delivered(entry_id, "central-b", stored_as="data.bin", epoch=2))  # the current owner's word
+    assert r.entry(entry_id).state == "delivered"
+
+
+def test_a_central_that_takes_the_offer_of_an_entry_delivered_meanwhile_is_told_to_drop_it(tmp_path: Path):
+    r, entry_id = reowned_upload(tmp_path, "offered", None, **PINNED)
+    r.deliver(Delivered(entry_id, "central-a", stored_as="data.bin", receipt=signed(r, entry_id), epoch=1))
+    r.deliver(Admit(entry_id, "central-b", attempt=1, dest="/srv/central/lab/staging/upload", epoch=2))
+    assert r.entry(entry_id).state == "delivered"
+    assert [(to, type(m), m.epoch) for to, m in r.sent()] == [("central-b", Forget, 3)]
+
+
+def test_a_central_offered_an_entry_it_delivered_answers_with_its_receipt(tmp_path: Path):
+    r = pooled_central(tmp_path)
+    e = r.given(Mid.DELIVERED, peer="upload", stored_as="data.bin")
+    token = signed(r, e.id)
+    with r.state.transaction():
+        r.state.put_epoch(e.id, 2)  # delivered at 1, then upload's re-own `forget` of epoch 2 came
+        r.state.put_receipt(e.id, "download", token)
+    r.deliver(offer(e.id, 3))  # the new owner was lost too: offered again, not requeued for ever
+    again = Delivered(e.id, "central-a", stored_as="data.bin", receipt=token, epoch=2)
+    assert r.sent() == [("upload", again)]
+    assert r.entry(e.id).state == Mid.DELIVERED
