@@ -389,6 +389,18 @@ class State:
         while self._before_commit:
             self._before_commit.pop(0)()
 
+    def _later(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """The rows of a statement on a table a later version added: [] on a database no agent of
+        this version opened yet (a read-only look from a newer command line)."""
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):
+                return []
+            raise _error(e) from e
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
     def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """One statement of a table kept by a module of its own (synkler.destinations), and its rows
         ([] when a read-only look finds a database no agent of this version opened yet)."""
@@ -658,17 +670,8 @@ class State:
 
     def receipts(self, entry_id: str) -> dict[str, str]:
         """The signed receipts kept for an entry: destination -> token."""
-        try:
-            rows = self._db.execute(
-                "SELECT destination, token FROM receipts WHERE entry = ? ORDER BY destination", (entry_id,)
-            ).fetchall()
-        except sqlite3.OperationalError as e:
-            if "no such table" in str(e):  # read-only, on a database no agent of this version opened yet
-                return {}
-            raise _error(e) from e
-        except sqlite3.Error as e:
-            raise _error(e) from e
-        return dict(rows)
+        sql = "SELECT destination, token FROM receipts WHERE entry = ? ORDER BY destination"
+        return dict(self._later(sql, (entry_id,)))
 
     # metadata ------------------------------------------------------------------------------------
 
@@ -688,15 +691,8 @@ class State:
 
     def metadata(self, entry_id: str) -> str | None:
         """An entry's metadata as kept (canonical JSON), or None: it has none."""
-        try:
-            row = self._db.execute("SELECT meta FROM metadata WHERE entry = ?", (entry_id,)).fetchone()
-        except sqlite3.OperationalError as e:
-            if "no such table" in str(e):  # read-only, on a database no agent of this version opened yet
-                return None
-            raise _error(e) from e
-        except sqlite3.Error as e:
-            raise _error(e) from e
-        return row[0] if row else None
+        rows = self._later("SELECT meta FROM metadata WHERE entry = ?", (entry_id,))
+        return rows[0][0] if rows else None
 
     # second hashes -------------------------------------------------------------------------------
 
@@ -716,15 +712,8 @@ class State:
 
     def checksum(self, entry_id: str) -> str:
         """An entry's second hash, `<alg>:<hex>`; "": it has none (md5 only)."""
-        try:
-            row = self._db.execute("SELECT checksum FROM checksums WHERE entry = ?", (entry_id,)).fetchone()
-        except sqlite3.OperationalError as e:
-            if "no such table" in str(e):  # read-only, on a database no agent of this version opened yet
-                return ""
-            raise _error(e) from e
-        except sqlite3.Error as e:
-            raise _error(e) from e
-        return row[0] if row else ""
+        rows = self._later("SELECT checksum FROM checksums WHERE entry = ?", (entry_id,))
+        return rows[0][0] if rows else ""
 
     def put_flag(self, name: str, value: str | None) -> None:
         """Set (None: clear) one of the flags an operator sets on the agent."""
@@ -741,15 +730,8 @@ class State:
             raise _error(e) from e
 
     def flag(self, name: str) -> str | None:
-        try:
-            row = self._db.execute("SELECT value FROM flags WHERE name = ?", (name,)).fetchone()
-        except sqlite3.OperationalError as e:
-            if "no such table" in str(e):  # read-only, on a database no agent of this version opened yet
-                return None
-            raise _error(e) from e
-        except sqlite3.Error as e:
-            raise _error(e) from e
-        return str(row[0]) if row else None
+        rows = self._later("SELECT value FROM flags WHERE name = ?", (name,))
+        return str(rows[0][0]) if rows else None
 
     def put_epoch(self, entry_id: str, epoch: int) -> None:
         """Record the entry's ownership number (a pool of centrals)."""
@@ -764,15 +746,8 @@ class State:
 
     def epoch(self, entry_id: str) -> int:
         """The entry's ownership number; 0: none recorded (one central, or not yet owned)."""
-        try:
-            row = self._db.execute("SELECT epoch FROM epochs WHERE entry = ?", (entry_id,)).fetchone()
-        except sqlite3.OperationalError as e:
-            if "no such table" in str(e):  # read-only, on a database no agent of this version opened yet
-                return 0
-            raise _error(e) from e
-        except sqlite3.Error as e:
-            raise _error(e) from e
-        return int(row[0]) if row else 0
+        rows = self._later("SELECT epoch FROM epochs WHERE entry = ?", (entry_id,))
+        return int(rows[0][0]) if rows else 0
 
     # outbox --------------------------------------------------------------------------------------
 

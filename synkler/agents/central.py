@@ -302,18 +302,7 @@ class Central(PoolCentral):
         dests.mark(self.state, entry.id, msg.sender, dests.FETCHED, stored_as=msg.stored_as)
         if msg.receipt:
             self.state.put_receipt(entry.id, msg.sender, msg.receipt)
-        where = msg.sender if self.cfg.routes else ""  # a relay without routes: as before (download_name)
-        self.send(
-            entry.peer or "",
-            Delivered(
-                entry.id,
-                self.name,
-                stored_as=msg.stored_as,
-                receipt=msg.receipt,
-                proof=msg.proof,
-                destination=where,
-            ),
-        )
+        self._pass_on(entry, msg)
         rest = dests.waiting_for(dests.of(self.state, entry.id, self.cfg.download_name))
         if rest:
             log.info(
@@ -357,19 +346,14 @@ class Central(PoolCentral):
             )
         self._check_receipt(entry, msg)
         self.state.put_receipt(entry.id, msg.sender, msg.receipt)
-        where = msg.sender if self.cfg.routes else ""
-        self.send(
-            entry.peer or "",
-            Delivered(
-                entry.id,
-                self.name,
-                stored_as=msg.stored_as,
-                receipt=msg.receipt,
-                proof=msg.proof,
-                destination=where,
-            ),
-        )
+        self._pass_on(entry, msg)
         log.info("%s: %s's receipt came again; passed on to %s", entry.name, msg.sender, entry.peer)
+
+    def _pass_on(self, entry: Entry, msg: Fetched) -> None:
+        """Tell upload of a destination's `fetched`, with its receipt and receipt document."""
+        where = msg.sender if self.cfg.routes else ""  # a relay without routes: as before (download_name)
+        said = dict(stored_as=msg.stored_as, receipt=msg.receipt, proof=msg.proof, destination=where)
+        self.send(entry.peer or "", Delivered(entry.id, self.name, **said))
 
     def _check_receipt(self, entry: Entry, msg: Fetched) -> None:
         """With download's key pinned, a `fetched` acts only with download's signed receipt for this
