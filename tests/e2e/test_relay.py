@@ -165,8 +165,11 @@ def test_a_hundred_small_files_all_arrive(make_relay):
 
 
 @pytest.mark.alone  # download pulls part of it while upload still pushes: a matter of timing
-def test_a_200_mb_file_arrives_intact(make_relay):
-    relay = make_relay()
+def test_a_200_mb_file_arrives_intact(make_relay, sshd):
+    # The push is held to 40 MB/s (about 5 s), so that download's early pull always has part of the
+    # file to take before the push ends: unlimited on loopback, a quiet machine pushes 200 MB in
+    # about a second, and the `fetch` can end the early pull before it took a byte.
+    relay = make_relay(upload={"rsync_opts": [*sshd.rsync_opts(), "--bwlimit=40000"]})
     relay.start()
     big = relay.workdir / "big.bin"
     write_random(big, 200 << 20)
