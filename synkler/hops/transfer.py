@@ -92,7 +92,7 @@ def effective_opts(cfg: Config) -> tuple[tuple[str, ...], str | None]:
     directory = control_dir()
     if os.path.basename(program) != "ssh" or directory is None:
         return opts, None
-    tag = hashlib.sha1(f"{cfg.id}\0{cfg.name}\0{cfg.state_db}".encode()).hexdigest()[:12]
+    tag = control_tag(cfg)
     # Keep-alives: a link that stalls without closing is noticed within a minute, even by the
     # master connection that outlives single rsync runs (rsync's --timeout covers the data).
     shared = (
@@ -168,6 +168,12 @@ def _sftp(cfg: Config) -> ModuleType | None:
     from . import sftp
 
     return sftp
+
+
+def control_tag(cfg: Config) -> str:
+    """What names this agent's ssh master connection (its control socket `<tag>-%C`, and the
+    master's process title): one per agent, whatever else runs on the host."""
+    return hashlib.sha1(f"{cfg.id}\0{cfg.name}\0{cfg.state_db}".encode()).hexdigest()[:12]
 
 
 def close_shared_connection(cfg: Config) -> None:

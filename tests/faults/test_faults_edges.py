@@ -23,6 +23,8 @@ import yaml
 from support import faultkit
 from support.faultkit import build_workload, common_settings, delivered_count, verdict, wait_settled
 
+from synkler.config import load_config
+from synkler.hops import transfer
 from synkler.hops.checksum import md5_entry
 
 AWKWARD = [
@@ -147,6 +149,10 @@ def test_ordinary_inputs_and_operator_mistakes_lose_stall_or_duplicate_nothing(
         # Download's key goes away while entries still flow, and comes back.
         relay.wait_for("the first deliveries", lambda: delivered_count(relay) >= 3, 60)
         key.rename(workdir / "download-key.away")
+        # ssh's master connection logged in with the key and would carry every pull on without it:
+        # end it, so that the next pull logs in afresh, as after the master's ControlPersist.
+        tag = transfer.control_tag(load_config(relay.configs["download"]))
+        subprocess.run(["pkill", "-f", f"{tag}-.*\\[mux\\]"], check=False)
         log = relay.log_path("download")
         relay.wait_for("download to say it needs a person", lambda: "needs a person" in log.read_text(), 180)
         time.sleep(profile.sever_s)  # the fault's length: entries wait, none fails
