@@ -518,10 +518,12 @@ def corrupting_rsync(relay, side: str, times: int) -> str:
     )
 
 
-def test_an_early_copy_gone_bad_is_dropped_and_the_file_pulled_whole(make_relay):
+def test_an_early_copy_gone_bad_is_dropped_and_the_file_pulled_whole(make_relay, sshd):
     # Download's first pull of the file while upload pushes it gets a byte flipped: the md5 after
     # the fetch must catch it, and the file is pulled whole (central's copy is fine: no `corrupt`).
-    relay = make_relay()
+    # The push is held to 40 MB/s (about 4 s): unlimited, a quiet machine pushes it in a second and
+    # the fetch can end the early pull before it took anything.
+    relay = make_relay(upload={"rsync_opts": [*sshd.rsync_opts(), "--bwlimit=40000"]})
     relay.write_config("download", {"rsync": corrupting_rsync(relay, "download", 1)})
     big = relay.workdir / "big.bin"
     write_random(big, 160 << 20)
