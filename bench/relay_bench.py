@@ -405,6 +405,11 @@ class Bench(Runs):
 
         return links.run(self)
 
+    def centrals(self) -> dict[str, Any]:
+        import centrals  # bench/centrals.py: a pool of centrals, each in a network namespace
+
+        return centrals.run(self)
+
     def sftp(self) -> dict[str, Any]:
         """The SFTP transport against OpenSSH's scp, sftp and rsync (bench/sftp_bench.py, which
         needs root for its chrooted internal-sftp account): its figures, as it prints them."""
@@ -519,7 +524,9 @@ def say_cpu(label: str, cpu: dict[str, Any], elapsed: float) -> None:
     """Each agent's CPU (itself + its reaped children) and the whole machine's, during a relay."""
     say(
         f"  {label}: CPU s: "
-        + ", ".join(f"{r} {cpu[r]['agent_s']:.2f}+{cpu[r]['children_s']:.2f}" for r in ROLES)
+        + ", ".join(
+            f"{r} {v['agent_s']:.2f}+{v['children_s']:.2f}" for r, v in cpu.items() if r != "machine_s"
+        )
         + f" (agent+its reaped rsync/ssh); whole machine {cpu['machine_s']:.2f} in {elapsed:.2f} s"
     )
 
@@ -560,6 +567,10 @@ def settings(args: argparse.Namespace, bench: Bench | None, accounting: str | No
         "links_big_mb": args.links_big_mb,
         "links_files": args.links_files,
         "links_file_mb": args.links_file_mb,
+        "centrals": args.centrals,
+        "centrals_rate_mbit": args.centrals_rate_mbit,
+        "centrals_files": args.centrals_files,
+        "centrals_file_mb": args.centrals_file_mb,
         "settle_override": args.settle,
         **(bench.effective if bench else {}),
         "broker": args.broker,
