@@ -2,10 +2,13 @@
 host of its own with a rate-limited link (netns_star.py): does capacity add up?
 
 upload's agent runs in the upload namespace, download's in download's, central number i's agent and
-its sshd in central-i's. Every central's link is limited to --centrals-rate-mbit (100 Mbit/s: the
-three links together carry 37.5 MB/s each way, well under what two shared CPUs can relay, so the
-links and not the CPUs set the pace); upload's and download's links are not limited, since they
-carry the sum of every central's traffic. The same --centrals-files files of --centrals-file-mb MiB
+its sshd in central-i's. Every central's link is limited to --centrals-rate-mbit (40 Mbit/s: the
+relay spends about 0.025 CPU-s per MB, so three such links, 15 MB/s, need 0.4 of a core of this
+shared two-core machine, and the links, not the CPUs, set the pace); upload's and download's links
+are not limited, since they carry the sum of every central's traffic. The number of entries counts
+more than their size: a central holds up to 8 entries being pushed or verified, which cost the same
+time whatever the number of centrals (relay_table.TARGET_CENTRALS_ADDED), so the default is many
+(100 × 4 MiB). The same --centrals-files files of --centrals-file-mb MiB
 are relayed with each pool size in --centrals, one after another, --repeat times (each repetition
 all sizes in turn, so that a change of the machine's load meets every size alike). Every relay is a
 pool (`centrals` at upload and download, `uploads` at each central), also that of one central, and

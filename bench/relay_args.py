@@ -35,8 +35,8 @@ FULL: dict[str, Any] = {
     "links_files": 20,
     "links_file_mb": 50,
     "centrals": "1,2,3",
-    "centrals_files": 40,
-    "centrals_file_mb": 16,
+    "centrals_files": 100,
+    "centrals_file_mb": 4,
 }
 QUICK: dict[str, Any] = {
     "big_mb": 32,
@@ -56,8 +56,8 @@ QUICK: dict[str, Any] = {
     "links_files": 4,
     "links_file_mb": 8,
     "centrals": "1,2,3",
-    "centrals_files": 6,
-    "centrals_file_mb": 4,
+    "centrals_files": 12,
+    "centrals_file_mb": 1,
 }
 
 
@@ -129,7 +129,7 @@ def add_centrals_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--centrals-rate-mbit",
         type=float,
-        default=100.0,
+        default=40.0,
         help="centrals: rate of each central's link, Mbit/s (upload's and download's: not limited; "
         "default %(default)s)",
     )

@@ -21,10 +21,12 @@ TARGET_SCALE_RATIO = 2.0
 TARGET_SCALE_CPU_RATIO = 3.0
 TARGET_LINKS_RATIO = 1.1
 # Issue 25: a pool of n link-bound centrals relays at least 1 + 0.7 (n - 1) times one central's
-# throughput (2: 1.7×, 3: 2.4×). Not n×: what a relay costs beyond its links does not shrink with more
-# centrals (the first file's push before any pull can begin, the last one's pull after every push
-# has ended, the md5 at each hop, the start of the transfers), and the last entries are not spread
-# evenly over the centrals (each holds up to 2 × max_transfers).
+# throughput (2: 1.7×, 3: 2.4×). Not n×: a central holds up to 2 × max_transfers (8) entries being
+# pushed or verified, and pulls none of them before they are verified, so its first 8 cross its link
+# before anything leaves it and its last 8 leave after everything came in: N entries take about
+# N/n + 8 entries' time on one link, whatever n. For the default 100 entries that is 1.86× and 2.61×
+# at best; the target leaves about a tenth for the rest (md5 at each hop, messages, entries not
+# spread quite evenly over the centrals).
 TARGET_CENTRALS_ADDED = 0.7
 
 
