@@ -52,6 +52,7 @@ def run(bench: Any) -> dict[str, Any]:
     out: dict[str, Any] = {
         "rate_mbit": args.centrals_rate_mbit,
         "edge_mbit": None,
+        "max_transfers": args.centrals_transfers,
         "files": count,
         "file_bytes": size,
         "total_bytes": count * size,
@@ -120,9 +121,11 @@ def placer(star: netns_star.Star) -> Any:
     return place
 
 
-def make_pool(relay: LocalRelay, n: int, sshd: LocalSshd, star: netns_star.Star) -> list[str]:
-    """Make `relay` a pool of `n` centrals (keys central, central-2 …, named central-1 …): the agent
-    keys of its centrals."""
+def make_pool(
+    relay: LocalRelay, n: int, sshd: LocalSshd, star: netns_star.Star, max_transfers: int | None
+) -> list[str]:
+    """Make `relay` a pool of `n` centrals (keys central, central-2 …, named central-1 …), with upload's
+    and download's `max_transfers` if given: the agent keys of its centrals."""
     keys = ["central", *(f"central-{i}" for i in range(2, n + 1))]
     centrals = {f"central-{i}": f"{sshd.user}@{star.addr[f'central-{i}']}" for i in range(1, n + 1)}
     for i, key in enumerate(keys, 1):
@@ -131,8 +134,9 @@ def make_pool(relay: LocalRelay, n: int, sshd: LocalSshd, star: netns_star.Star)
             amend(relay, key, pool)
         else:
             relay.add_agent(key, "central", pool)
+    transfers = {"max_transfers": max_transfers} if max_transfers else {}
     for side in ("upload", "download"):
-        amend(relay, side, {"centrals": centrals})
+        amend(relay, side, {"centrals": centrals, **transfers})
     return keys
 
 
@@ -152,7 +156,7 @@ def pool_once(
     data = (len(md5s) * size, len(md5s))
     with bench.fresh(f"relay-{label}", *data) as where:
         relay = bench.new_relay(label, where)
-        keys = make_pool(relay, n, bench.sshd, star)
+        keys = make_pool(relay, n, bench.sshd, star, bench.args.centrals_transfers)
         state = readers(relay)
         try:
             bench.start(relay)

@@ -134,6 +134,12 @@ def add_centrals_options(p: argparse.ArgumentParser) -> None:
         "default %(default)s)",
     )
     p.add_argument(
+        "--centrals-transfers",
+        type=int,
+        help="centrals: max_transfers of upload and download (default: the agents' default, shared by "
+        "every central of the pool)",
+    )
+    p.add_argument(
         "--centrals-files", type=int, help=f"centrals: number of files (full {FULL['centrals_files']})"
     )
     p.add_argument(
@@ -223,6 +229,8 @@ def check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         args.centrals = sorted({int(n) for n in str(args.centrals).split(",") if n.strip()})
     except ValueError:
         p.error(f"--centrals takes comma-separated pool sizes (got {args.centrals!r})")
+    if args.centrals_transfers is not None and args.centrals_transfers < 1:
+        p.error("--centrals-transfers must be at least 1")
     if not args.centrals or min(args.centrals) != 1 or max(args.centrals) > 9:
         p.error("--centrals takes pool sizes from 1 to 9, 1 among them (the baseline)")
     args.fs = args.fs or default_kind()

@@ -571,6 +571,7 @@ def settings(args: argparse.Namespace, bench: Bench | None, accounting: str | No
         "centrals_rate_mbit": args.centrals_rate_mbit,
         "centrals_files": args.centrals_files,
         "centrals_file_mb": args.centrals_file_mb,
+        "centrals_transfers": args.centrals_transfers,
         "settle_override": args.settle,
         **(bench.effective if bench else {}),
         "broker": args.broker,

@@ -319,7 +319,7 @@ def centrals_rows(results: dict[str, Any]) -> list[dict[str, str]]:
         n, ratios = case["centrals"], case["ratios"]
         data = f"{r['files']} × {size_text(r['file_bytes'])}"
         what = f"centrals at {r['rate_mbit']:g} Mbit/s each, {n} of them, {data}"
-        spread = f" (runs {min(ratios):.2f}–{max(ratios):.2f}×)" if len(ratios) > 1 else ""
+        spread = f" (runs {min(ratios):.2f}–{max(ratios):.2f}×)" if len(ratios) > 1 and n > 1 else ""
         target = centrals_target(n)
         rows.append(
             row(
