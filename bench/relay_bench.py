@@ -5,7 +5,8 @@ Every figure is measured in the same run as its baseline (a direct ``rsync -a`` 
 to the same loopback sshd, right before the relay moves it), so the ratios survive a noisy or slow
 machine better than absolute times do. Each timed run writes into a file system made for it alone
 (freshfs.py), and reports the CPU time of all its processes beside its wall time (cpuacct.py). The
-links scenario (links.py) runs the hosts in network namespaces (netns.py). See docs/performance.md
+links scenario (links.py) runs the hosts in network namespaces (netns.py), and the centrals scenario
+(centrals.py) a pool of centrals, each a host of its own (netns_star.py). See docs/performance.md
 for what each figure means and the targets.
 
 Run it from the repository with the project's venv (synkler must be importable, and the agents are
