@@ -543,7 +543,7 @@ class Upload(PoolUpload):
         dests.mark(self.state, entry.id, dest, dests.FETCHED, stored_as=msg.stored_as)
         if msg.receipt:
             self.state.put_receipt(entry.id, dest, msg.receipt)
-        self._keep_proof(entry, msg)
+        self._keep_proof(entry, msg, dest)
         rest = dests.waiting_for(dests.of(self.state, entry.id, self.cfg.download_name))
         if rest:  # the cleanup script waits for every destination's verified copy
             log.info(
@@ -579,9 +579,11 @@ class Upload(PoolUpload):
             if why:
                 raise receipts.ReceiptError(f"delivered for entry {entry.id}: receipt document {why}")
 
-    def _keep_proof(self, entry: Entry, msg: Delivered) -> None:
+    def _keep_proof(self, entry: Entry, msg: Delivered, dest: str) -> None:
         """Keep upload's copy of the receipt (docs/running.md, "Receipts"): download's document as it
-        signed it, and what upload knows of the entry, so that delivery can be shown after cleanup."""
+        signed it, and what upload knows of the entry, so that delivery can be shown after cleanup.
+        With central's routes, one document per destination (`<entry id>.<destination>.json`), each
+        naming its destination: never one in place of another."""
         now = time.time()
         kept = {
             "receipt": msg.proof["receipt"] if msg.proof else None,
@@ -596,9 +598,11 @@ class Upload(PoolUpload):
                 "offered_at": entry.created,
                 "delivered_at": now,
                 "stored_as": proofs.name_out(os.fsencode(msg.stored_as)),
+                "destination": dest,
             },
         }
-        self.receipts.keep(entry.id, shown(entry.name), now, kept)  # with the transaction's others
+        # (with the transaction's others)
+        self.receipts.keep(entry.id, shown(entry.name), now, kept, msg.destination)
 
     def _check_receipt(self, entry: Entry, msg: Delivered, dest: str) -> None:
         """With the destination's key pinned, its delivery counts only with its signed receipt for this
