@@ -773,6 +773,7 @@ class Central(PoolCentral):
                 path=stored,
                 meta=loads(self.state.metadata(entry.id)),
                 checksum=checksum,
+                source=entry.peer or "",  # the upload agent: download's subdir_per_upload
             )
             to = fanout.ask_to_fetch(self.state, self.cfg, entry, fetch, self.send)
             log.info(
