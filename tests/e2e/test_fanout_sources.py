@@ -20,7 +20,10 @@ from synkler import proofs, receipts
 from synkler.hops.checksum import md5_entry
 
 UPLOADS = ("upload", "lab-b")
-NAMES = ("x", "same.txt")  # x: other content from each upload; same.txt: the same bytes from both
+# x: other content from each upload; same.txt: the same bytes from both; and more of each, for the
+# kills of download to land while entries are being placed.
+NAMES = ("x", "same.txt", *(f"f{i:02d}.dat" for i in range(12)))
+KILLS = 3
 
 
 def _relay(make_relay):
@@ -75,17 +78,26 @@ def test_the_same_name_from_two_uploads_lands_in_each_uploads_directory(make_rel
     relay.start("central", "download", *UPLOADS)
     md5s = {}
     for up in UPLOADS:
-        md5s[up, "x"] = place(relay.dirs[up], "x", f"x from {up}\n".encode() * 100)
-        md5s[up, "same.txt"] = place(relay.dirs[up], "same.txt", b"the same bytes from both\n" * 100)
-    # Killed while entries are on their way (pulled, placed or about to be): the restart places each once.
-    relay.wait_for("download gets an entry", lambda: relay.entries("download"), 60)
-    relay.kill("download")
-    relay.start("download")
+        for name in NAMES:
+            data = b"the same bytes from both\n" if name == "same.txt" else f"{name} from {up}\n".encode()
+            md5s[up, name] = place(relay.dirs[up], name, data * 2000)
+    total = len(md5s)
 
     def all_done() -> bool:
-        return all(_done(relay, up) == sorted(NAMES) for up in UPLOADS) and len(_done(relay, "download")) == 4
+        at_uploads = all(_done(relay, up) == sorted(NAMES) for up in UPLOADS)
+        return at_uploads and len(_done(relay, "download")) == total
 
-    relay.wait_for("every entry done at both uploads and at download", all_done, 120)
+    # Killed while entries are on their way (pulled, placed or about to be): the restart places each once.
+    placed = 0
+    for _ in range(KILLS):
+        more = lambda n=placed: len(_done(relay, "download")) > n or all_done()  # noqa: E731
+        relay.wait_for("download places more", more, 60)
+        if all_done():
+            break
+        placed = len(_done(relay, "download"))
+        relay.kill("download")
+        relay.start("download")
+    relay.wait_for("every entry done at both uploads and at download", all_done, 180)
     file_dir = relay.dirs["download"]
     assert _listing(file_dir) == {up: sorted(NAMES) for up in UPLOADS}  # nothing directly in file_dir
     for (up, name), md5 in md5s.items():
@@ -109,13 +121,14 @@ def test_the_same_name_from_two_uploads_lands_in_each_uploads_directory(make_rel
     view = _run(relay, "lab-b", "status", "--relay", "--all")
     assert "done (as lab-b/x)" in view.stdout and "done (as upload/x)" in view.stdout, view.stdout
     for key in ("download", *UPLOADS):
-        relay.wait_for(f"{key}'s receipt documents", lambda key=key: len(_documents(relay, key)) >= 2, 30)
+        want = total if key == "download" else len(NAMES)
+        relay.wait_for(f"{key}'s receipt documents", lambda k=key, n=want: len(_documents(relay, k)) == n, 30)
     down_docs = _documents(relay, "download")
     assert down_docs == {i: e.stored_as for i, e in at_download.items()}
     for up in UPLOADS:
         assert sorted(_documents(relay, up).values()) == [f"{up}/{name}" for name in sorted(NAMES)], up
     checked = _run(relay, "download", "verify", "--depth", "full")
-    assert checked.returncode == 0 and "4 ok, 0 with differences" in checked.stdout, checked.stdout
+    assert checked.returncode == 0 and f"{total} ok, 0 with differences" in checked.stdout, checked.stdout
     aside = work / "lab-b-x-aside"
     os.rename(file_dir / "lab-b" / "x", aside)  # verify looks where the entry was placed
     checked = _run(relay, "download", "verify")
@@ -124,13 +137,13 @@ def test_the_same_name_from_two_uploads_lands_in_each_uploads_directory(make_rel
 
     # A new version of upload's x is upload's: placed beside upload/x, lab-b's x untouched.
     md5s["upload", "x (2)"] = place(relay.dirs["upload"], "x", b"x from upload, version 2\n" * 100)
-    beside = ["same.txt", "x", "x (2)"]
+    beside = sorted([*NAMES, "x (2)"])
     relay.wait_for("the new version placed", lambda: sorted(os.listdir(file_dir / "upload")) == beside, 60)
-    relay.wait_for("download done with it", lambda: len(_done(relay, "download")) == 5, 60)
+    relay.wait_for("download done with it", lambda: len(_done(relay, "download")) == total + 1, 60)
     assert md5_entry(file_dir / "upload" / "x (2)") == md5s["upload", "x (2)"]
     assert md5_entry(file_dir / "upload" / "x") == md5s["upload", "x"]
     assert sorted(os.listdir(file_dir / "lab-b")) == sorted(NAMES)
     assert md5_entry(file_dir / "lab-b" / "x") == md5s["lab-b", "x"]
     cleaned = work / "cleanup-download.log"
-    relay.wait_for("its cleanup at download", lambda: len(script_runs(cleaned)) == 5, 30)
+    relay.wait_for("its cleanup at download", lambda: len(script_runs(cleaned)) == total + 1, 30)
     assert script_runs(cleaned)[-1] == ("upload/x (2)", md5s["upload", "x (2)"])
