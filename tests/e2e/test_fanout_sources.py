@@ -118,6 +118,9 @@ def test_the_same_name_from_two_uploads_lands_in_each_uploads_directory(make_rel
     shown = _run(relay, "download", "status", "--all")
     for e in at_download.values():
         assert f"as {e.stored_as}" in shown.stdout, shown.stdout
+    for up in UPLOADS:  # upload hears where download placed each of its entries
+        shown = _run(relay, up, "status", "--all")
+        assert all(f"as {up}/{name}" in shown.stdout for name in NAMES), shown.stdout
     view = _run(relay, "lab-b", "status", "--relay", "--all")
     assert "done (as lab-b/x)" in view.stdout and "done (as upload/x)" in view.stdout, view.stdout
     for key in ("download", *UPLOADS):
