@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 from support.fakes import Role
 
-from synkler import messages
+from synkler import messages, proofs
 from synkler.agents.naming import chooser, stored_in, upload_dir, upload_dir_problem
 from synkler.errors import MessageError
-from synkler.hops.checksum import md5_entry
+from synkler.hops import audit
+from synkler.hops.checksum import digest_entry, md5_entry
 from synkler.messages import Failed, Fetch, Fetched, stored_problem
 from synkler.state import Entry
 
@@ -242,3 +243,37 @@ def test_an_entry_placed_in_file_dir_itself_is_untouched_by_the_key(tmp_path: Pa
     r.tick()
     assert md5_entry(r.file_dir / "data.bin") == hashlib.md5(b"data").hexdigest()
     assert r.entry(e.id).state == "done" and not (r.file_dir / "lab-a").exists()
+
+
+# synkler verify -------------------------------------------------------------------------------------
+
+
+def document(stored_as: str, copy: Path) -> dict:
+    """A receipt document (unsigned) of `copy`, placed as `stored_as`, with its listing."""
+    items = proofs.listing(digest_entry(copy, None).files, None)
+    e = Entry(id="f" * 32, name="x", kind="file", md5=md5_entry(copy), state="done", size=4, files=1)
+    doc = proofs.document(
+        instance="lab",
+        entry=e,
+        checksum="",
+        destination="download",
+        stored_as=stored_as,
+        outcome="placed",
+        hops=[],
+        items=items,
+    )
+    return {**proofs.seal(doc, None), "listing": items}
+
+
+def test_verify_checks_the_copy_in_its_upload_directory_never_a_path_out_of_file_dir(tmp_path: Path) -> None:
+    file_dir = tmp_path / "files"
+    (file_dir / "lab-a").mkdir(parents=True)
+    (file_dir / "lab-a" / "x").write_bytes(b"data")
+    verdict = audit.Verdict(tmp_path)
+    audit.at_download(document("lab-a/x", file_dir / "lab-a" / "x"), file_dir, "full", verdict)
+    assert verdict.problems == []
+    (tmp_path / "x").write_bytes(b"data")  # the same content, outside file_dir
+    for hostile in ("../x", "lab-a/../../x", "/x"):
+        verdict = audit.Verdict(tmp_path)
+        audit.at_download(document(hostile, tmp_path / "x"), file_dir, "full", verdict)
+        assert len(verdict.problems) == 1 and "is not a place in file_dir" in verdict.problems[0], hostile
