@@ -201,6 +201,7 @@ class Download(PoolDownload):
         ):
             # Central has a fresh copy (it found its stored one bad and got it again from upload).
             self.move(entry, Down.FETCHING, attempt=msg.attempt, path=msg.path, tries=0, due=0)
+            self.state.put_source(entry.id, msg.source)
             self._second_hash(msg)
             self.transfer_due = True
 

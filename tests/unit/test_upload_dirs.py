@@ -5,6 +5,7 @@ a real disk with a fake runtime."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -148,6 +149,14 @@ def test_download_records_the_upload_agent_of_each_fetch(tmp_path: Path) -> None
     assert r.state.source(entry_id) == "lab-a"
     r.tick()
     assert r.job("transfer").keys  # the pull starts
+
+
+def test_a_fetch_of_a_fresh_copy_records_its_upload_agent_too(tmp_path: Path) -> None:
+    # Failed for want of an upload name (an older central), then fetched again by an upgraded one.
+    r = download(tmp_path)
+    e = r.given("failed", peer="central", attempt=1, path="/srv/central/lab/stored/x")
+    r.deliver(dataclasses.replace(fetch_for(e.id, "lab-a"), attempt=2))
+    assert (r.entry(e.id).state, r.state.source(e.id)) == ("fetching", "lab-a")
 
 
 @pytest.mark.parametrize("source", ["", "..", "a/b"])
