@@ -60,6 +60,7 @@ def fetch_of(state: State, central: str, entry: Entry, *, again: str = "") -> Fe
         meta=loads(state.metadata(entry.id)),
         checksum=state.checksum(entry.id),
         again=again,
+        source=entry.peer or "",  # the upload agent: download's subdir_per_upload
     )
 
 

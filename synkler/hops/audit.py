@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import proofs, receipts
 from ..hops import receiptfiles
+from ..messages import stored_problem
 from .checksum import alg_of, digest_entry, list_entry
 
 
@@ -105,7 +106,12 @@ def at_download(kept: dict[str, Any], file_dir: Path, depth: str, verdict: Verdi
         verdict.problems.append(why)
         return
     doc = kept["receipt"]
-    where = os.path.join(os.fsencode(file_dir), proofs.name_in(doc["stored_as"]))
+    stored = proofs.name_in(doc["stored_as"])
+    wrong = stored_problem(os.fsdecode(stored))
+    if wrong:  # never a path that leads out of file_dir: only a name, or <upload agent>/<name>
+        verdict.problems.append(f"stored_as {os.fsdecode(stored)!r} is not a place in file_dir ({wrong})")
+        return
+    where = os.path.join(os.fsencode(file_dir), stored)
     if not os.path.lexists(where):
         verdict.problems.append(
             f"{os.fsdecode(where)!r} is missing (moved or removed since it was delivered?)"

@@ -62,11 +62,13 @@ def paths() -> st.SearchStrategy[str]:
 
 FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "name": names(),
-    "stored_as": names(),
+    # A name, or `<upload agent>/<name>` (download's subdir_per_upload).
+    "stored_as": names() | st.tuples(st.sampled_from(["upload", "lab-a"]), names()).map("/".join),
     "kind": st.sampled_from(KINDS),
     "size": st.integers(0, MAX_SIZE),
     "files": st.integers(0, MAX_SIZE),
     "md5": st.text(HEX, min_size=32, max_size=32),
+    "source": st.sampled_from(["upload", "lab-a", "lab-b"]),  # the upload agent of a fetch
     "got": st.text(HEX, min_size=32, max_size=32),
     "attempt": st.integers(1, 1000),
     "epoch": st.integers(1, 3),  # a pool of centrals' ownership number
