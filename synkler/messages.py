@@ -22,9 +22,9 @@ from . import metadata
 from .errors import MessageError
 from .proofs import wire_problem
 
-# 4: `pushing`, later also `forget` (a new type only, so no new version: every other message is the
-# same, and a 0.4 agent dead-letters a `forget`); 3: `fetch.path` is stored/<entry id>, the entry
-# itself; 2: md5 in `sent`, not in `offer`
+# 4: `pushing`, later also `forget`, then `hello`, `open` and `greeted` (new types only, so no new
+# version: every other message is the same, and an older agent dead-letters them); 3: `fetch.path`
+# is stored/<entry id>, the entry itself; 2: md5 in `sent`, not in `offer`
 SCHEMA = 4
 MAX_BODY = 64 * 1024  # one message
 MAX_BATCH_BODY = 1024 * 1024  # one AMQP body carrying a JSON array of messages
@@ -211,6 +211,31 @@ def _destinations(value: object) -> str | None:
     return None
 
 
+ROLES = ("upload", "download")  # the roles whose standby says `hello`
+# Where an entry central describes in `open` is (central's states, in words of their own):
+# not admitted yet, admitted (its push under way), arrived (verified or being verified: central
+# holds the copy), relayed (delivered, its copy kept or expired since), given up (failed).
+UNADMITTED, ADMITTED, ARRIVED, RELAYED, GIVEN_UP = HELD = (
+    "unadmitted",
+    "admitted",
+    "arrived",
+    "relayed",
+    "given-up",
+)
+
+
+def _role(value: object) -> str | None:
+    return None if value in ROLES else f"must be one of {', '.join(ROLES)}"
+
+
+def _held(value: object) -> str | None:
+    return None if value in HELD else f"must be one of {', '.join(HELD)}"
+
+
+def _md5_or_empty(value: object) -> str | None:
+    return None if value == "" else _md5(value)
+
+
 def _agent_or_empty(value: object) -> str | None:
     return None if value == "" else _agent(value)
 
@@ -393,6 +418,40 @@ class Forget(Message):
     destination: str = field(default="", metadata=_optional(_agent_or_empty))  # only this one; "": all
 
 
+@dataclass(frozen=True)
+class Hello(Message):
+    """upload or download -> each central: this agent took over from another of its name (a
+    standby) and has a state of its own; re-announce what you hold open for it. `entry` is a fresh
+    token, which `greeted` carries back."""
+
+    TYPE: ClassVar[str] = "hello"
+    role: str = field(metadata=_checked(_role))
+
+
+@dataclass(frozen=True)
+class Open(EntryMessage):
+    """central -> upload, answering `hello`: an entry of this upload agent that central holds
+    (`held`: where it is), so that the agent that took over adopts it under the same id."""
+
+    TYPE: ClassVar[str] = "open"
+    held: str = field(metadata=_checked(_held))
+    md5: str = field(default="", metadata=_optional(_md5_or_empty))  # "": not pushed yet
+    reason: str = field(default="", metadata=_optional(_text))  # why it failed
+    meta: dict[str, Any] | None = field(default=None, metadata=_optional(_meta))  # as offered
+    # The entry's ownership in a pool (docs/architecture.md, "Who owns an entry"); None: one central.
+    epoch: int | None = field(default=None, metadata=_optional(_epoch))
+    to: tuple[str, ...] = field(default=(), metadata=_optional(_destinations))  # frozen at admission
+
+
+@dataclass(frozen=True)
+class Greeted(Message):
+    """central -> the agent that said `hello` (`entry`: its token): that was all it holds open
+    (`entries` of them: `open` to upload, `fetch` to download)."""
+
+    TYPE: ClassVar[str] = "greeted"
+    entries: int = field(metadata=_checked(_int(MAX_SIZE)))
+
+
 TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
@@ -408,6 +467,9 @@ TYPES: dict[str, type[Message]] = {
         Corrupt,
         Withdraw,
         Forget,
+        Hello,
+        Open,
+        Greeted,
     )
 }
 _ENVELOPE = ("v", "type", "entry", "from", "at")

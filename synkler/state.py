@@ -740,6 +740,13 @@ class State:
         rows = self._later("SELECT value FROM flags WHERE name = ?", (name,))
         return str(rows[0][0]) if rows else None
 
+    def flags_like(self, prefix: str) -> list[tuple[str, str]]:
+        """The flags whose names start with `prefix`, and their values."""
+        rows = self._later(
+            "SELECT name, value FROM flags WHERE substr(name, 1, ?) = ?", (len(prefix), prefix)
+        )
+        return [(str(n), str(v)) for n, v in rows]
+
     def put_epoch(self, entry_id: str, epoch: int) -> None:
         """Record the entry's ownership number (a pool of centrals)."""
         try:

@@ -88,6 +88,11 @@ class Agent:
     def startup(self) -> None:
         """Reconcile the disk with the durable state after a (possibly unclean) stop."""
 
+    def took_over(self) -> None:
+        """This agent was a standby and has just taken its queue over from another of its name,
+        whose state it does not have (upload and download then greet the centrals:
+        synkler.agents.greeting). Called before `startup`, in its transaction."""
+
     def on_message(self, msg: Message) -> None:
         """Act on one message, inside the caller's savepoint; MessageError dead-letters it."""
         handler = self.handlers.get(type(msg))

@@ -20,12 +20,19 @@ from ..hops.checksum import alg_of, hop_mismatch, md5_entry
 from ..hops.follow import pulled_early, worth_following
 from ..linux.fs import remove_tree
 from ..messages import (
+    ADMITTED,
+    ARRIVED,
+    GIVEN_UP,
+    RELAYED,
+    UNADMITTED,
     Admit,
     Corrupt,
     Delivered,
     Failed,
+    Fetch,
     Fetched,
     Forget,
+    Hello,
     Offer,
     Pushing,
     Sent,
@@ -142,6 +149,17 @@ class Central(PoolCentral):
     FORGOTTEN = Mid.FORGOTTEN
     FORGETTABLE = FORGETTABLE
     FINISHED = FINISHED
+    # What a standby upload agent that says `hello` is told of its entries (`open`), by state.
+    HELD = {
+        Mid.WAITING: UNADMITTED,
+        Mid.UPLOADING: ADMITTED,
+        Mid.VERIFYING: ARRIVED,
+        Mid.DOWNLOADING: ARRIVED,
+        Mid.DELIVERED: RELAYED,
+        Mid.EXPIRED: RELAYED,
+        Mid.FAILED: GIVEN_UP,
+    }
+    UPLOADING, STORED = Mid.UPLOADING, (Mid.DOWNLOADING, Mid.FAILED)
 
     def __init__(self, cfg: Config, state: State, jobs: Jobs):
         super().__init__(cfg, state, jobs)
@@ -153,6 +171,7 @@ class Central(PoolCentral):
             Withdraw: self.on_withdraw,
             Failed: self.on_failed,
             Forget: self.on_forget,
+            Hello: self.on_hello,
         }
         self.spool = Spool(self.cfg)
         self.followers = Followers(self.cfg.max_transfers)
@@ -626,23 +645,23 @@ class Central(PoolCentral):
             log.error("%s: %s; giving up. Upload keeps its copy; %s", entry.name, e, REOFFER)
             return
         lease_ends = time.time() + self.lease
-        self.move(entry, Mid.UPLOADING, attempt=entry.attempt + 1, due=lease_ends, reason=None)
+        entry = self.move(entry, Mid.UPLOADING, attempt=entry.attempt + 1, due=lease_ends, reason=None)
         to = fanout.route(self.state, self.cfg, entry)  # frozen at the first admission
-        self.send(
-            entry.peer or "",
-            Admit(
-                entry.id,
-                self.name,
-                attempt=entry.attempt,
-                dest=self.spool.staging(entry),
-                to=tuple(to) if self.cfg.routes else (),
-            ),
-        )
+        self.send(entry.peer or "", self.admit_for(entry))
         if pulled_early(entry.kind, entry.size):
             path = self.spool.growing(entry.id)
             for dest in to:
                 self.send(dest, Pushing(entry.id, self.name, size=entry.size, path=path))
         self._follow(entry)
+
+    def admit_for(self, entry: Entry) -> Admit:
+        """The `admit` of the entry's current attempt (its destinations frozen already)."""
+        to = tuple(dests.rows(self.state, entry.id)) if self.cfg.routes else ()
+        return Admit(entry.id, self.name, attempt=entry.attempt, dest=self.spool.staging(entry), to=to)
+
+    def fetch_for(self, entry: Entry) -> Fetch:
+        """The `fetch` of the entry's verified, stored copy."""
+        return fanout.fetch_of(self.state, self.name, entry)
 
     # jobs ----------------------------------------------------------------------------------------
 
@@ -795,10 +814,8 @@ class Central(PoolCentral):
                 self.spool.store(entry)
             self.spool.drop_partial(entry)
             stored = self.spool.stored(entry.id)
-            # (lapsed leases no longer matter)
-            stored_now = self.move(entry_now, Mid.DOWNLOADING, tries=0, path=stored)
-            fetch = fanout.fetch_of(self.state, self.name, stored_now)
-            to = fanout.ask_to_fetch(self.state, self.cfg, entry, fetch, self.send)
+            entry_now = self.move(entry_now, Mid.DOWNLOADING, tries=0, path=stored)  # leases no longer matter
+            to = fanout.ask_to_fetch(self.state, self.cfg, entry, self.fetch_for(entry_now), self.send)
             log.info(
                 "%s: md5 verified at central (%s); %s may fetch it", entry.name, checked.md5, ", ".join(to)
             )

@@ -16,8 +16,8 @@ from .. import destinations as dests
 from ..errors import MessageError, NotYet, Refused
 from ..messages import Delivered, Forget, Message, Offer
 from ..state import Entry, Request
-from .agent import Agent
 from .base import Status
+from .central_hello import Answering
 from .ownership import stale
 
 log = logging.getLogger("synkler")
@@ -30,7 +30,7 @@ DRAINING = "draining"  # the flag in the state: since when (a timestamp)
 ROOM_FACTOR = 2
 
 
-class PoolCentral(Agent):
+class PoolCentral(Answering):
     """The pool's rules at central; `TAKING` (set by Central): the states an entry counts against
     the offers it takes."""
 

@@ -23,7 +23,7 @@ from ..hops.bagit import make_bag, work_dir
 from ..hops.checksum import EntryDigest, alg_of, stat_entry
 from ..hops.pull import Early, Mismatch, NotPulled, PullRun, Staging, Verified, pull, pull_early
 from ..linux.fs import free_bytes, remove_tree, rename_noreplace
-from ..messages import Corrupt, Failed, Fetch, Fetched, Forget, Pushing, is_valid_entry_id
+from ..messages import Corrupt, Failed, Fetch, Fetched, Forget, Greeted, Pushing, is_valid_entry_id
 from ..metadata import Metadata, canonical, loads, sidecar_of
 from ..private import private_dir
 from ..state import Entry, State
@@ -108,7 +108,12 @@ class Download(PoolDownload):
 
     def __init__(self, cfg: Config, state: State, jobs: Jobs):
         super().__init__(cfg, state, jobs)
-        self.handlers = {Pushing: self.on_pushing, Fetch: self.on_fetch, Forget: self.on_forget}
+        self.handlers = {
+            Pushing: self.on_pushing,
+            Fetch: self.on_fetch,
+            Forget: self.on_forget,
+            Greeted: self.on_greeted,
+        }
         self.staging = Staging(self.cfg)
         self.place_due = True  # set when an entry's name was chosen and it may be renamed into place
         self.early: dict[str, Early] = {}  # entry id -> its early pull (memory only)
@@ -150,6 +155,7 @@ class Download(PoolDownload):
             remove_tree(path)
         self.staging.drop_empty_partial_dir()
         self.resume_cleanups()
+        self.greet_again()
 
     def _keep_early(self, entry_id: str, path: str, now: float) -> None:
         """Keep the copy an early pull left for its fetch (or a `pushing` sent again), to go on from.
@@ -333,6 +339,7 @@ class Download(PoolDownload):
                     self._place(entry)
         self.start_due_cleanups(now)
         self._look_at_disk(now)
+        self.tick_greeting(now)
         for entry_id, early in list(self.early.items()):
             if early.ended and now - early.ended > EARLY_KEEP and self.state.get(entry_id) is None:
                 log.info("dropping the early copy of entry %s: central never sent it", entry_id)

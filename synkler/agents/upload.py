@@ -25,7 +25,9 @@ from ..messages import (
     Delivered,
     Failed,
     Forget,
+    Greeted,
     Offer,
+    Open,
     Sent,
     Wait,
     Withdraw,
@@ -36,6 +38,7 @@ from ..metadata import Metadata, canonical, loads, sidecar_of
 from ..state import Ended, Entry, State
 from ..text import count, shown, some_entries
 from . import sidecars
+from .adoption import Adopting
 from .base import (
     ENTRY,
     HASHING,
@@ -54,7 +57,6 @@ from .facts import DISK_WAIT, METADATA_AT_CENTRAL, PULL_FROM_CENTRAL, PUSH, PUSH
 from .listing import Hashed, Listing, data_signature, hash_each, hash_entry, scan
 from .pools import Pool
 from .sidecars import Read, Sidecars
-from .upload_pool import PoolUpload
 from .watch import DirWatcher
 
 if TYPE_CHECKING:
@@ -137,10 +139,10 @@ FACTS = facts(
 )
 
 
-class Upload(PoolUpload):
+class Upload(Adopting):
     mode = "upload"
     OWNED = (Up.WAITING, Up.UPLOADING, Up.PUSHED, Up.SENT)
-    OFFERED = Up.OFFERED
+    OFFERED, WAITING, SENT = Up.OFFERED, Up.WAITING, Up.SENT
     STATES = Up
     NEW = (Up.OFFERED,)
     TRANSITIONS = TRANSITIONS
@@ -158,6 +160,8 @@ class Upload(PoolUpload):
             Delivered: self.on_delivered,
             Failed: self.on_failed,
             Forget: self.on_forget,
+            Open: self.on_open,
+            Greeted: self.on_greeted,
         }
         self.pending: dict[str, tuple[str, float]] = {}  # name -> (signature, unchanged since)
         # name -> signature of the name's latest version in the state, as committed: a rescan skips
@@ -226,6 +230,7 @@ class Upload(PoolUpload):
         self.resume_cleanups()
         # Hashes cut short by the stop start again.
         self._hash_entries([e for e in self.state.by_state(*UNSENT) if not e.md5])
+        self.greet_again()
         self.watching = self.watcher.start()
         if self.watching:
             log.debug("watching %s through inotify", self.cfg.file_dir)
@@ -238,7 +243,12 @@ class Upload(PoolUpload):
         self.changed.set()
         self.jobs.wake()
 
+    def hash_adopted(self, entry: Entry) -> None:
+        self._hash_entries([entry])
+
     def next_wakeup(self) -> float | None:
+        if self.greeting is not None:
+            return None  # nothing offered while the first agent's entries are announced (adoption)
         if self.ripe:
             return 0.0  # settled entries left to offer: the next pass offers more
         return self._scan_due()
@@ -325,6 +335,8 @@ class Upload(PoolUpload):
         """One entry of a listing, not on its way with this content (`latest`: its name's latest
         version; `meta`: its sidecar's metadata): note it while it settles; once it has, offer it
         (in this pass or a coming one, `ripe`) or, for a name relayed before, compare its md5 first."""
+        if latest is not None and latest.md5 is None and self.jobs.busy(Key(HASHING, latest.id)):
+            return  # being hashed (one adopted from the first agent): its md5 decides, then the scan
         if latest is not None and latest.signature == st.signature:
             self.pending.pop(name, None)
             self.state.after_commit(functools.partial(self.relayed.__setitem__, name, st.signature))
@@ -467,8 +479,10 @@ class Upload(PoolUpload):
         now_entry = self.entry(entry.id)
         if now_entry.state == Up.SUPERSEDED or now_entry.md5:
             return
-        if isinstance(result, Hashed) and result.stat.signature == entry.signature:
-            self.state.update(now_entry, md5=result.md5)
+        if isinstance(result, Hashed) and (
+            result.stat.signature == entry.signature or adopted(entry, result)
+        ):
+            self.state.update(now_entry, md5=result.md5, signature=result.stat.signature)
             self.state.put_checksum(now_entry.id, result.checksum)
             log.debug("%s: md5 %s", entry.name, result.md5)  # INFO gives it in the "delivered" line
             if now_entry.state == Up.PUSHED:
@@ -731,8 +745,11 @@ class Upload(PoolUpload):
     # jobs ----------------------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        self._offer_ripe()
-        wakeup = self._scan_due()
+        self.tick_greeting(now)
+        greeting = self.greeting is not None  # file_dir waits until the first agent's entries are known
+        if not greeting:
+            self._offer_ripe()
+        wakeup = None if greeting else self._scan_due()
         if wakeup is not None and now >= wakeup:
             self.changed.clear()
             self.last_scan = now
@@ -820,6 +837,14 @@ class Upload(PoolUpload):
             log.info("%s: pushed in %.1f s", first_name, time.time() - started)
         elif ok:
             log.info("pushed %s in %.1f s", what, time.time() - started)
+
+
+def adopted(entry: Entry, result: Hashed) -> bool:
+    """An entry adopted from the first agent (no fingerprint of its own yet) whose name holds what
+    central was offered (kind, size, files): hashed here, it is pushed (again, or on from where
+    the first agent's push stopped) under its id. Anything else is withdrawn, and offered anew."""
+    st = result.stat
+    return entry.signature is None and (st.kind, st.size, st.files) == (entry.kind, entry.size, entry.files)
 
 
 def push_count(entry: Entry) -> str:

@@ -18,7 +18,7 @@ from ..messages import Admit, Delivered, Forget, Message, Offer, offers_key
 from ..metadata import loads
 from ..state import Entry, State
 from .base import Jobs, Status
-from .endpoint import Endpoint
+from .greeting import Greeting
 from .ownership import Reowner, stale
 
 if TYPE_CHECKING:
@@ -27,9 +27,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("synkler")
 
 
-class PoolUpload(Endpoint):
+class PoolUpload(Greeting):
     """The pool's rules at upload; the states it re-owns from are `OWNED` (set by Upload)."""
 
+    ROLE = "upload"
     OWNED: tuple[Status, ...] = ()  # admitted by a central, not yet delivered: re-owned when it is gone
     OFFERED: Status
     download_keys: dict  # destination -> its pinned public key (set by Upload)

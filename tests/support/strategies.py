@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from synkler import messages, metadata
-from synkler.messages import KINDS, MAX_SIZE, SCHEMA, SCHEMAS
+from synkler.messages import HELD, KINDS, MAX_SIZE, ROLES, SCHEMA, SCHEMAS
 
 HEX = "0123456789abcdef"
 
@@ -77,6 +77,9 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "reason": st.text(max_size=300),
     "hop": st.text(max_size=50),
     "outcome": st.sampled_from(["placed", "present"]),
+    "role": st.sampled_from(ROLES),  # a standby's `hello`
+    "held": st.sampled_from(HELD),  # where central holds an entry it announces again (`open`)
+    "entries": st.integers(0, MAX_SIZE),
     # Download agent names: where an entry goes (`to` of admit), which one fetched or failed it or is
     # forgotten (`destination`).
     "to": st.lists(st.sampled_from(["download", "analysis", "archive"]), min_size=1, max_size=3, unique=True),
