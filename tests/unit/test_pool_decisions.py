@@ -285,3 +285,20 @@ def test_a_central_back_after_a_reown_answers_the_new_epoch_s_offer_with_its_rec
     r.deliver(offer(e.id, 2))
     again = Delivered(e.id, "central-a", stored_as="data.bin", receipt=token, epoch=1)
     assert r.sent() == [("upload", again)]
+
+
+def test_a_central_that_took_an_entry_again_ignores_download_s_answer_to_its_earlier_fetch(tmp_path: Path):
+    # Found by the pool chaos test: download finished the pull of the first ownership (epoch 1)
+    # while the central, back from the dead, had taken the entry again at epoch 2; its `fetched`
+    # was dead-lettered. It is a leftover: the fetch of epoch 2 gets the answer that counts.
+    r = pooled_central(tmp_path)
+    e = r.given(Mid.DOWNLOADING, peer="upload", path="/srv/central/lab/stored/x")
+    with r.state.transaction():
+        r.state.put_epoch(e.id, 1)
+    r.deliver(dataclasses.replace(REOWN_FORGET, entry=e.id))
+    r.deliver(offer(e.id, 2))
+    assert r.entry(e.id).state == Mid.WAITING
+    r.tick()
+    r.sent()
+    r.deliver(Fetched(e.id, "download", stored_as="data.bin", outcome="placed"))
+    assert r.entry(e.id).state in (Mid.WAITING, Mid.UPLOADING) and r.sent() == []
