@@ -3,6 +3,7 @@ the retries of what failed, and the cleanup script of each delivered entry."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -74,7 +75,9 @@ class Endpoint(Agent):
         return self.outage_of("")
 
     def stopped(self) -> None:
-        transfer.close_shared_connection(self.cfg)
+        """Ask the ssh master connection to central (to each central of a pool) to exit."""
+        for host in dict.fromkeys([self.cfg.central_host, *self.cfg.centrals.values()]):
+            transfer.close_shared_connection(dataclasses.replace(self.cfg, central_host=host))
 
     # transfers -----------------------------------------------------------------------------------
 

@@ -302,3 +302,15 @@ def test_a_central_that_took_an_entry_again_ignores_download_s_answer_to_its_ear
     r.sent()
     r.deliver(Fetched(e.id, "download", stored_as="data.bin", outcome="placed"))
     assert r.entry(e.id).state in (Mid.WAITING, Mid.UPLOADING) and r.sent() == []
+
+
+def test_an_end_agent_of_a_pool_closes_its_ssh_master_connection_to_each_central_at_stop(
+    tmp_path: Path, monkeypatch
+):
+    from synkler.hops import transfer
+
+    closed: list[str] = []
+    monkeypatch.setattr(transfer, "close_shared_connection", lambda cfg: closed.append(cfg.central_host))
+    r = Role("upload", tmp_path, centrals=POOL)
+    r.agent.stopped()
+    assert closed[1:] == ["synkler@host-a", "synkler@host-b"] and len(closed) == 3
