@@ -96,6 +96,17 @@ def name_problem(name: object) -> str | None:
     return None
 
 
+def stored_problem(stored_as: object) -> str | None:
+    """Why `stored_as` cannot be where download placed an entry, relative to its file_dir (None if it
+    can): an entry name, or `<upload agent>/<name>` (download's `subdir_per_upload`), each part one
+    path component by name_problem's rules, so it never leads out of file_dir."""
+    if isinstance(stored_as, str) and stored_as.count("/") == 1:
+        subdir, name = stored_as.split("/")
+        why = name_problem(subdir)
+        return f"its directory: {why}" if why else name_problem(name)
+    return name_problem(stored_as)
+
+
 def path_problem(path: object) -> str | None:
     """Why `path` cannot be a remote path in a message: absolute, no '..', no control characters."""
     if not isinstance(path, str) or not path.startswith("/"):
@@ -249,6 +260,8 @@ class Offer(EntryMessage):
     meta: dict[str, Any] | None = field(default=None, metadata=_optional(_meta))
     # The entry's ownership in a pool (docs/architecture.md, "Who owns an entry"); None: one central.
     epoch: int | None = field(default=None, metadata=_optional(_epoch))
+    # The downloads an operator sends it to again (`synkler resend --to`); (): as central's routes say.
+    to: tuple[str, ...] = field(default=(), metadata=_optional(_destinations))
 
 
 @dataclass(frozen=True)
@@ -307,6 +320,10 @@ class Fetch(EntryMessage):
     checksum: str = field(default="", metadata=_optional(_strong))  # upload's, passed on; "": md5 only
     # The entry's ownership in a pool (docs/architecture.md, "Who owns an entry"); None: one central.
     epoch: int | None = field(default=None, metadata=_optional(_epoch))
+    # Why central asks again for an entry this download failed (`synkler retry --to` at central); "": not.
+    again: str = field(default="", metadata=_optional(_text))
+    # The upload agent it came from (its subdirectory with download's subdir_per_upload); "": unsaid.
+    source: str = field(default="", metadata=_optional(_agent_or_empty))
 
 
 @dataclass(frozen=True)
@@ -314,7 +331,7 @@ class Fetched(Message):
     """download -> central: verified and placed under `stored_as` (or already present with the same md5)."""
 
     TYPE: ClassVar[str] = "fetched"
-    stored_as: str = field(metadata=_checked(name_problem))
+    stored_as: str = field(metadata=_checked(stored_problem))
     outcome: str = field(metadata=_checked(_outcome))  # "placed" | "present"
     receipt: str = field(default="", metadata=_optional(_receipt))  # signed (synkler.receipts); "": none
     proof: Any = field(default="", metadata=_optional(wire_problem))  # receipt document (synkler.proofs)
@@ -325,7 +342,7 @@ class Delivered(Message):
     """central -> upload: download has a verified copy; upload may run its cleanup script."""
 
     TYPE: ClassVar[str] = "delivered"
-    stored_as: str = field(metadata=_checked(name_problem))
+    stored_as: str = field(metadata=_checked(stored_problem))
     receipt: str = field(default="", metadata=_optional(_receipt))  # download's, passed on; "": none
     proof: Any = field(default="", metadata=_optional(wire_problem))  # download's document, passed on
     # The entry's ownership in a pool (docs/architecture.md, "Who owns an entry"); None: one central.

@@ -32,7 +32,7 @@ from . import sidecars, waits
 from .base import ENTRY, RESEND, Jobs, Key, Status, Transitions
 from .download_pool import PoolDownload
 from .facts import DISK_WAIT, PULL, PULL_FROM_CENTRAL, facts, hop
-from .naming import BAGIT, SIDECAR, chooser
+from .naming import BAGIT, SIDECAR, chooser, upload_dir
 from .pools import Pool
 
 if TYPE_CHECKING:
@@ -191,6 +191,7 @@ class Download(PoolDownload):
             if msg.epoch is not None:
                 self.state.put_epoch(entry.id, msg.epoch)
             self.state.put_metadata(entry.id, canonical(msg.meta) if msg.meta else None)
+            self.state.put_source(entry.id, msg.source)
             self._second_hash(msg)
             self.transfer_due = True
         elif self.pooled and self.new_owner(msg, entry):
@@ -200,8 +201,14 @@ class Download(PoolDownload):
         ):
             # Central has a fresh copy (it found its stored one bad and got it again from upload).
             self.move(entry, Down.FETCHING, attempt=msg.attempt, path=msg.path, tries=0, due=0)
+            self.state.put_source(entry.id, msg.source)
             self._second_hash(msg)
             self.transfer_due = True
+        elif entry.state == Down.FAILED and msg.again and msg.attempt == entry.attempt:
+            # Central asks again (an operator's `synkler retry --to` there): pulled from its copy.
+            self.move(entry, Down.FETCHING, tries=0, due=0, reason=None)
+            self.transfer_due = True
+            log.info("%s: central asks again (%s): pulling it again", entry.name, shown(msg.again))
 
     def _second_hash(self, msg: Fetch) -> None:
         """The entry's second hash: upload's, as central passes it on; without one, download's own
@@ -264,7 +271,7 @@ class Download(PoolDownload):
             return f"it is {entry.state}: only a delivered entry's receipt can be sent again"
         return super().refusal(action, entry, latest, present=present)
 
-    def resend(self, entry: Entry) -> str:
+    def resend(self, entry: Entry, to: str | None = None) -> str:
         """Send `fetched` of a delivered entry again, with its receipt and receipt document signed by
         the receipt_key download has now: the way out when that key was made, or its public key pinned
         (or corrected) at central or upload, only after the delivery, which they then refused as not
@@ -365,6 +372,12 @@ class Download(PoolDownload):
 
     def _fetch(self, batch: list[Entry]) -> None:
         """One rsync run for entries stored under the same directory on central, then md5 of each."""
+        sources: dict[str, str] = {}
+        if self.cfg.subdir_per_upload:
+            sources = self._upload_dirs(batch)
+            batch = [e for e in batch if e.id in sources]
+            if not batch:
+                return
         if len(batch) == 1:
             log.info("%s: pulling from central", batch[0].name)
         else:
@@ -375,14 +388,31 @@ class Download(PoolDownload):
         for e in batch:
             meta = loads(self.state.metadata(e.id))
             if meta:
-                metas[(e.name, e.known_md5())] = meta
+                metas[e.id] = meta
         checksums = {e.id: self.state.checksum(e.id) for e in batch}
-        chosen = chooser(self.cfg.layout, metas)
+        chosen = chooser(str(self.cfg.file_dir), self.cfg.layout, metas, sources)
         self.submit_transfer(
             [Key(ENTRY, e.id) for e in batch],
             functools.partial(pull, self.link_cfg(batch[0]), self.staging, batch, early, chosen, checksums),
             functools.partial(self._pulled, batch, time.time()),
         )
+
+    def _upload_dirs(self, batch: list[Entry]) -> dict[str, str]:
+        """With subdir_per_upload: the upload agent (the subdirectory of file_dir) of each entry of
+        the batch that can go into its own; the others fail now, before a pull, with the reason: a
+        person must act (central keeps its verified copy: `synkler retry` pulls it again)."""
+        sources = {}
+        for entry in batch:
+            source = self.state.source(entry.id)
+            why = upload_dir(str(self.cfg.file_dir), source)
+            if why is None:
+                sources[entry.id] = source
+                continue
+            why = f"subdir_per_upload: {why}"
+            log.error("%s (entry %s): not pulled: %s", shown(entry.name), entry.id, why)
+            self.move(entry, Down.FAILED, reason=why)
+            self.send(entry.peer or "", Failed(entry.id, self.name, hop=PULL_FROM_CENTRAL, reason=why[:1900]))
+        return sources
 
     def _pulled(
         self, batch: list[Entry], started: float, run: PullRun | None, error: BaseException | None
@@ -489,6 +519,8 @@ class Download(PoolDownload):
             src = bag
         signature = None  # not known: the cleanup script's check reads the md5 instead
         if os.path.lexists(src):
+            if not self._upload_dir_made(entry):
+                return
             staged = os.lstat(src)
             wrote = self.cfg.layout == SIDECAR and meta is not None and self._write_sidecar(entry, meta)
             if wrote is None:
@@ -499,7 +531,7 @@ class Download(PoolDownload):
                 # Someone put something there since we looked: choose again (the pull is a no-op now;
                 # a bag is built again).
                 if wrote:
-                    sidecars.remove(str(self.cfg.file_dir), entry.stored_as or entry.name)
+                    sidecars.remove(*os.path.split(dst))
                 if src != self.staging.of(entry.id):
                     remove_tree(src)
                 self.move(entry, Down.FETCHING, due=0)
@@ -534,11 +566,25 @@ class Download(PoolDownload):
             entry.md5,
         )
 
+    def _upload_dir_made(self, entry: Entry) -> bool:
+        """An entry placed in a subdirectory per upload (`<upload>/<name>`): is that directory there (made
+        now if not)? If something else took its place since the pull, the entry is pulled and
+        placed again, and that counts as a failed try."""
+        subdir, _ = os.path.split(entry.stored_as or "")
+        why = upload_dir(str(self.cfg.file_dir), subdir, make=True) if subdir else None
+        if why is None:
+            return True
+        why = f"subdir_per_upload: {why}"
+        entry = self.move(entry, Down.FETCHING)
+        if not self.retry_later(entry, PULL_FROM_CENTRAL, why):
+            self.send(entry.peer or "", Failed(entry.id, self.name, hop=PULL_FROM_CENTRAL, reason=why[:1900]))
+        return False
+
     def _write_sidecar(self, entry: Entry, meta: Metadata) -> bool | None:
         """Put the entry's metadata beside the name it is about to take (before the data, so whoever
         finds the data finds its metadata): True if written now, False if it was there already (a
         restart), None if another sidecar holds the name (the entry is placed again, under another)."""
-        directory, name = str(self.cfg.file_dir), entry.stored_as or entry.name
+        directory, name = os.path.split(os.path.join(self.cfg.file_dir, entry.stored_as or entry.name))
         try:
             sidecars.write(directory, name, meta, replace=False)
             return True

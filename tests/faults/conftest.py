@@ -1,5 +1,6 @@
 """Fixtures of the fault suite: relays built on the shared sshd/broker fixtures, a three-node RabbitMQ
-cluster, the `long` and `chaos` markers, and the summary printed at the end of the run."""
+cluster, the `long` and `chaos` markers, and the summary printed at the end of the run: one line,
+one per destination of the fan-out cases, and one per pool scenario."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import random
 from collections.abc import Iterator
 
 import pytest
-from support import faultkit
+from support import fanoutkit, faultkit
 from support.rabbitnode import RabbitCluster, RabbitNode
 
 
@@ -44,7 +45,9 @@ def pytest_terminal_summary(terminalreporter):
         f"failed={t['failed']} lost={t['lost']} corrupt={t['corrupt']} duplicated={t['duplicated']} "
         f"stalled={t['stalled']}"
     )
-    for line in faultkit.NOTES:
+    for line in fanoutkit.summary_lines():  # the fan-out cases: one line per destination
+        terminalreporter.write_line(line)
+    for line in faultkit.NOTES:  # the pool scenarios
         terminalreporter.write_line(line)
 
 
