@@ -315,6 +315,15 @@ class Central(PoolCentral):
         # failed since (`path` is set with the fetch): download, retried by an operator, got the
         # verified copy central kept. Not one that failed before it was stored.
         if not (entry.state == Mid.DOWNLOADING or (entry.state == Mid.FAILED and entry.path)):
+            if self.cfg.uploads:
+                # A pool: download's answer to this central's fetch of an earlier ownership, which
+                # ended (re-owned) and began again here since. The fetch of this one is still to come.
+                log.info(
+                    "%s: fetched of an earlier ownership (it is %s here now): ignored",
+                    entry.name,
+                    entry.state,
+                )
+                return
             raise MessageError(
                 f"fetched for entry {entry.id}, which is {entry.state} at central: "
                 "central never asked download to fetch it"

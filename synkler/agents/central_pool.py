@@ -152,12 +152,23 @@ class PoolCentral(Answering):
 
     def on_forget(self, msg: Forget) -> None:
         entry = self.state.get(msg.entry)
-        held = self.state.epoch(msg.entry) if entry is not None else 0
-        if entry is None or msg.epoch is None or msg.epoch <= held or msg.sender != entry.peer:
-            super().on_forget(msg)
+        if entry is None or msg.epoch is None or msg.sender != entry.peer:
+            super().on_forget(msg)  # an operator's forget (it carries no epoch), or none of ours
             return
-        # Re-owned by upload: drop what this central holds of it, and pass nothing on.
-        self.state.put_epoch(entry.id, msg.epoch)
+        held = self.state.epoch(entry.id)
+        if msg.epoch <= held:
+            # A pool's forget (upload's re-own or release) of an ownership older than the one this
+            # central holds now (it took the entry again since, at that epoch): it ends nothing.
+            log.debug(
+                "%s: forget of epoch %d while this central holds epoch %d: nothing to do",
+                entry.name,
+                msg.epoch,
+                held,
+            )
+            return
+        # Re-owned by upload: drop what this central holds of it, and pass nothing on. The epoch it
+        # held stays recorded: the offer of the new epoch (upload sends it with this forget) is
+        # then newer, and taken afresh, or answered with the receipts of a delivery (pool_offer).
         if self.STATES(entry.state) in self.FORGETTABLE:
             self.drop(entry)
             self.move(entry, self.FORGOTTEN, reason=msg.reason)

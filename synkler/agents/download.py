@@ -424,7 +424,7 @@ class Download(PoolDownload):
     def _pulled(
         self, batch: list[Entry], started: float, run: PullRun | None, error: BaseException | None
     ) -> None:
-        self.link_result(run.result if run else None, started)
+        self.link_result(run.result if run else None, started, self.link_of(batch[0]))
         if run is not None and run.early is not None and self.entry(batch[0].id).state == Down.FETCHING:
             self.early[batch[0].id] = run.early  # the next try goes on from it
         for entry in batch:

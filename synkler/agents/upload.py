@@ -801,7 +801,14 @@ class Upload(Adopting):
             functools.partial(
                 transfer.push, self.link_cfg(batch[0]), str(self.cfg.file_dir), names, batch[0].path or ""
             ),
-            functools.partial(self._pushed, {e.id: e.attempt for e in batch}, names[0], what, time.time()),
+            functools.partial(
+                self._pushed,
+                {e.id: e.attempt for e in batch},
+                names[0],
+                what,
+                self.link_of(batch[0]),
+                time.time(),
+            ),
         )
 
     def _pushed(
@@ -809,11 +816,12 @@ class Upload(Adopting):
         attempts: dict[str, int],
         first_name: str,
         what: str,
+        link: str,
         started: float,
         result: transfer.Result | None,
         error: BaseException | None,
     ) -> None:
-        self.link_result(result, started)
+        self.link_result(result, started, link)
         ok = result is not None and result.ok
         why = "" if ok else repr(error) if result is None else result.summary()
         for entry_id, attempt in attempts.items():
