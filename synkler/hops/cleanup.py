@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Union
 
 from ..config import Config
 from ..linux.fs import fsync_dir
@@ -99,6 +100,7 @@ def run_cleanup(
     *,
     resume: bool = False,
     content: Content | None = None,
+    keep: bool = False,
 ) -> Result | Skipped | None:
     """Run an entry's cleanup script (once) through synkler.hops.scriptrunner, and return its result.
 
@@ -110,6 +112,10 @@ def run_cleanup(
     `content`: what was delivered. Right before the script would start (and only then: a script
     that ran or runs is collected as it is), `full_path` is checked to still hold it; if not, the
     script is not started and Skipped says why.
+
+    `keep`: the result stays in its file until the agent has recorded it (`forget_result`), so that
+    an agent killed in between collects it again at its next start instead of running the script a
+    second time (a bundle's members, whose results are recorded many at a time).
     """
     status = script_status(cfg, entry_id)
     if resume and not os.path.exists(status) and os.path.exists(status + ".pid") and _runner_died(status):
@@ -119,7 +125,32 @@ def run_cleanup(
         if why is not None:
             return Skipped(why)
         _start_runner(cfg, status, name, full_path)
-    return _collect(status)
+    return _collect(status, keep=keep)
+
+
+Outcome = Union[Result, Skipped, None, Exception]
+
+
+def run_each(cfg: Config, scripts: Sequence[tuple[str, str, str, Content]]) -> list[Outcome]:
+    """The cleanup scripts of several members of a bundle, one after another: (key, name, full
+    path, content) each. Each is run as `run_cleanup` with `resume` (a result left by an earlier
+    run of the agent is collected, not run again) and `keep`; one that cannot be started does not
+    stop the others."""
+    out: list[Outcome] = []
+    for key, name, full_path, content in scripts:
+        try:
+            out.append(run_cleanup(cfg, key, name, full_path, resume=True, content=content, keep=True))
+        except Exception as e:  # this member only
+            out.append(e)
+    return out
+
+
+def forget_result(cfg: Config, key: str) -> None:
+    """Remove a kept result once the agent has recorded it (see `run_cleanup`, `keep`)."""
+    try:
+        os.unlink(script_status(cfg, key))
+    except FileNotFoundError:
+        pass
 
 
 def _runner_died(status: str) -> bool:
@@ -169,14 +200,15 @@ def _start_runner(cfg: Config, status: str, name: str, full_path: str) -> None:
         os.close(fd)
 
 
-def _collect(status: str) -> Result:
-    """The result the runner wrote, once read gone (a failure if it left none)."""
+def _collect(status: str, *, keep: bool = False) -> Result:
+    """The result the runner wrote, once read gone unless `keep` (a failure if it left none)."""
     try:
         with open(status, "rb") as f:
             outcome = json.load(f)
     except (OSError, ValueError) as e:
         return Result(False, -1, f"the script runner left no result: {e}", ())
-    os.unlink(status)
+    if not keep:
+        os.unlink(status)
     return Result(outcome["returncode"] == 0, outcome["returncode"], outcome["output"], ())
 
 
