@@ -127,7 +127,7 @@ class BundleDownload(BundleCleanups):
             log.warning(
                 "%s: the staged copies of %s vanished before they were placed; fetching the bundle again",
                 entry.name,
-                some_entries(missing),
+                some_entries(missing, noun="file"),
             )
             self.move(entry, self.FETCHING, due=0)
             self.transfer_due = True

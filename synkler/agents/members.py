@@ -28,7 +28,7 @@ from .pools import Pool
 
 log = logging.getLogger("synkler")
 
-SCRIPTS_A_JOB = 25  # members' cleanup scripts run one after another by one job
+SCRIPTS_A_JOB = 100  # members' cleanup scripts run one after another by one job (and one runner)
 # What the bundle's own cleanup state is once no member's script is pending or running.
 _WORST = (Cleanup.FAILED, Cleanup.INTERRUPTED, Cleanup.SKIPPED)
 
@@ -64,17 +64,12 @@ class BundleCleanups(Endpoint):
         for i in range(0, len(running), SCRIPTS_A_JOB):
             chunk = running[i : i + SCRIPTS_A_JOB]
             scripts = [
-                (
-                    bundles.script_key(m.bundle, m.seq),
-                    *self.member_target(m),
-                    cleanup.Content("file", m.md5, m.signature),
-                )
-                for m in chunk
+                (m.seq, *self.member_target(m), cleanup.Content("file", m.md5, m.signature)) for m in chunk
             ]
             self.jobs.submit(
                 Pool.SCRIPT,
                 [Key(CLEANUP, bundles.script_key(entry.id, chunk[0].seq))],
-                functools.partial(cleanup.run_each, self.cfg, scripts),
+                functools.partial(cleanup.run_members, self.cfg, entry.id, scripts),
                 functools.partial(self._members_cleaned, entry.id, chunk),
             )
 
@@ -86,6 +81,8 @@ class BundleCleanups(Endpoint):
         error: BaseException | None,
     ) -> None:
         entry = self.entry(entry_id)
+        if outcomes is None and self.jobs.stopping:
+            return  # cut short by the stop: they stay running, and are collected at the next start
         if outcomes is None:  # the job itself failed: every script of it counts as failed
             failure = error if isinstance(error, Exception) else RuntimeError(f"no outcome: {error!r}")
             outcomes = [failure] * len(chunk)
@@ -107,10 +104,10 @@ class BundleCleanups(Endpoint):
                 log.error("%s: cleanup script failed (%s)", name, why)
         bundles.set_each(self.state, entry_id, "cleanup", states)
         bundles.set_each(self.state, entry_id, "reason", reasons)
-        keys = [bundles.script_key(m.bundle, m.seq) for m in chunk]
-        self.state.after_commit(functools.partial(_forget_results, self.cfg, keys))
         if ran:
-            log.info("cleanup script ran (exit 0) for %s of %s", some_entries(ran), shown(entry.name))
+            log.info(
+                "cleanup script ran (exit 0) for %s of %s", some_entries(ran, noun="file"), shown(entry.name)
+            )
         if entry.state == self.DELIVERED and not bundles.of(self.state, entry_id, cleanup=Cleanup.RUNNING):
             self._bundle_cleaned(entry)
 
@@ -122,11 +119,14 @@ class BundleCleanups(Endpoint):
         if worst != Cleanup.DONE:
             reason = f"cleanup script {worst} for {count(counts[worst], 'member')} of {entry.files}"
         self.move(entry, self.DONE, cleanup=worst, reason=reason)
+        # Its journal is read no more: every member's script is recorded.
+        self.state.after_commit(functools.partial(cleanup.forget_journal, self.cfg, entry.id))
 
     def retry_cleanup(self, entry: Entry) -> str:
         if entry.kind == bundles.KIND:
             if not self.cfg.cleanup_script:
                 raise Refused(f"{shown(entry.name)}: no cleanup_script is set (any more)")
+            cleanup.forget_journal(self.cfg, entry.id)  # the failed runs are recorded: run them anew
             again = bundles.set_all(
                 self.state, entry.id, cleanup=Cleanup.PENDING, where=(Cleanup.FAILED, Cleanup.INTERRUPTED)
             )
@@ -147,8 +147,3 @@ def _member_outcome(outcome: cleanup.Outcome) -> tuple[str, str | None]:
         output = outcome.output.strip()
         return Cleanup.FAILED, f"cleanup script: {outcome.summary()}{': ' + output if output else ''}"[:1900]
     return Cleanup.FAILED, f"cleanup script: {outcome!r}"[:1900]
-
-
-def _forget_results(cfg: Any, keys: list[str]) -> None:
-    for key in keys:
-        cleanup.forget_result(cfg, key)

@@ -163,7 +163,7 @@ class BundleUpload(BundleCleanups, PoolUpload):
             name,
             count(len(members), "file"),
             count(st.size, "byte"),
-            some_entries([m[0] for m in members]),
+            some_entries([m[0] for m in members], noun="file"),
         )
         return entry
 
