@@ -10,9 +10,11 @@ with its md5, and its cleanup script runs exactly once at each end.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -222,6 +224,18 @@ def relay_bundles(make_relay, count: int, timeout: float, kills: bool) -> None:
     assert os.listdir(relay.dirs["central"] / relay.instance / "stored") == []
     assert os.listdir(relay.dirs["upload"] / bundles.UPLOAD_DIR) == []
     assert_clean(relay)
+    # status --json at download lists each bundle's files, where each went and its cleanup.
+    out = subprocess.run(
+        relay.command("download", "status", "--all", "--json"), capture_output=True, text=True, check=True
+    )
+    shown = [m for row in json.loads(out.stdout) for m in row.get("members", [])]
+    assert sorted(m["name"] for m in shown) == sorted(n for n in md5s if n not in single_names(relay))
+    assert {(m["placed"], m["cleanup"]) for m in shown} == {("placed", "done")}
+    assert all(m["md5"] == md5s[m["name"]] and m["stored_as"] == m["name"] for m in shown)
+
+
+def single_names(relay: LocalRelay) -> set[str]:
+    return {n for (n,) in query(relay, "download", "SELECT name FROM entries WHERE kind != 'bundle'")}
 
 
 def test_two_thousand_small_files_cross_in_bundles_each_placed_and_cleaned_up_once(make_relay):
