@@ -354,10 +354,9 @@ class Upload(BundleUpload):
 
     def _offer_ripe(self) -> None:
         """Offer settled entries, OFFERS_PER_PASS at most, and hash them while they travel."""
-        self.bundle_ripe()
+        later = self.bundle_ripe()  # for the bundles of the coming passes: not offered alone
         fresh: list[Entry] = []  # offered now, to be hashed while they travel
-        while self.ripe and len(fresh) < OFFERS_PER_PASS:
-            name = next(iter(self.ripe))
+        for name in [n for n in self.ripe if n not in later][:OFFERS_PER_PASS]:
             st, meta = self.ripe.pop(name)
             fresh.append(self._offer(name, st, None, meta))
         self.hash_entries(fresh)

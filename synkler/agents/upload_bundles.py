@@ -53,6 +53,7 @@ class BundleUpload(BundleCleanups, PoolUpload):
     relayed: dict[str, str]
     unseen: set[str]
     bundleable: set[str]  # ripe names that have no version yet: they may go in a bundle
+    bundling_failed = False  # the bundles' directory cannot be made: no bundles until a restart
 
     def path(self, name: str) -> str:
         raise NotImplementedError
@@ -90,24 +91,28 @@ class BundleUpload(BundleCleanups, PoolUpload):
 
     # making bundles ------------------------------------------------------------------------------
 
-    def bundle_ripe(self) -> None:
-        """Put settled small files into bundles, if enough of them wait (bundles.plan)."""
-        if not self.cfg.bundle_files:
-            return
+    def bundle_ripe(self) -> set[str]:
+        """Put settled small files into bundles, if enough of them wait (bundles.plan), at most
+        BUNDLED_PER_PASS files a pass; the names held back for the coming passes' bundles."""
+        if not self.cfg.bundle_files or self.bundling_failed:
+            return set()
         limit = self.cfg.bundle_file_kib * 1024
         candidates = [
             (name, st.size)
             for name, (st, meta) in self.ripe.items()
             if name in self.bundleable and st.kind == "file" and st.size <= limit and meta is None
-        ][:BUNDLED_PER_PASS]
+        ]
+        if len(candidates) < self.cfg.bundle_min:
+            return set()
         plan = bundles.plan(
-            candidates,
+            candidates[:BUNDLED_PER_PASS],
             files=self.cfg.bundle_files,
-            least=self.cfg.bundle_min,
+            least=min(self.cfg.bundle_min, BUNDLED_PER_PASS),
             max_bytes=self.cfg.bundle_mib << 20,
         )
         fresh = [b for b in (self._make_bundle(names) for names in plan) if b is not None]
         self.hash_entries(fresh)
+        return {name for name, _ in candidates[BUNDLED_PER_PASS:]}
 
     def _make_bundle(self, names: list[str]) -> Entry | None:
         """Link the files into a new bundle's directory and offer it. A file that cannot be linked
@@ -118,7 +123,12 @@ class BundleUpload(BundleCleanups, PoolUpload):
         try:
             os.makedirs(where, mode=0o700)
         except OSError as e:
-            log.warning("cannot make a bundle in %s (%s): these files go one by one", self.bundle_root, e)
+            log.warning(
+                "cannot make a bundle in %s (%s): files go one by one until the agent restarts",
+                self.bundle_root,
+                e,
+            )
+            self.bundling_failed = True
             return None
         members: list[tuple[str, int, str | None]] = []
         for member_name in names:

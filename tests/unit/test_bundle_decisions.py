@@ -221,3 +221,15 @@ def test_download_refuses_a_bundle_that_holds_more_than_top_level_files(tmp_path
     assert r.entry(entry_id).state == "failed"
     assert "not a bundle of top-level files" in (r.entry(entry_id).reason or "")
     assert os.listdir(r.file_dir) == [f".synkler-{r.cfg.id}"]
+
+
+def test_files_waiting_for_a_later_passs_bundle_are_not_offered_alone_meanwhile(tmp_path: Path, monkeypatch):
+    from synkler.agents import upload_bundles
+
+    monkeypatch.setattr(upload_bundles, "BUNDLED_PER_PASS", 10)
+    r, now = upload_with(tmp_path, 25, bundle_files=5)
+    assert [(o.kind, o.files) for o in offers(r)] == [("bundle", 5)] * 2  # 10 a pass, none alone
+    assert r.agent.next_wakeup() == 0.0
+    r.tick(now)
+    r.tick(now)
+    assert [(o.kind, o.files) for o in offers(r)] == [("bundle", 5)] * 3
