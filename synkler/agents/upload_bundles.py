@@ -35,7 +35,6 @@ from ..text import count, shown, some_entries
 from .base import Status
 from .members import BundleCleanups
 from .upload_pool import PoolUpload
-from .watch import DirWatcher
 
 if TYPE_CHECKING:
     from .listing import Hashed
@@ -54,7 +53,6 @@ class BundleUpload(BundleCleanups, PoolUpload):
     relayed: dict[str, str]
     unseen: set[str]
     bundleable: set[str]  # ripe names that have no version yet: they may go in a bundle
-    watcher: DirWatcher
     bundling_failed = False  # the bundles' directory cannot be made: no bundles until a restart
 
     def path(self, name: str) -> str:
@@ -133,7 +131,6 @@ class BundleUpload(BundleCleanups, PoolUpload):
             self.bundling_failed = True
             return None
         members: list[tuple[str, int, str | None]] = []
-        self.watcher.expect(names)
         for member_name in names:
             st = self.ripe[member_name][0]
             try:
@@ -203,9 +200,7 @@ class BundleUpload(BundleCleanups, PoolUpload):
         for changed."""
         where = self.entry_path(entry)
         refreshed: list[tuple[int, object]] = []
-        found = bundles.of(self.state, entry.id)
-        self.watcher.expect([m.name for m in found])
-        for member in found:
+        for member in bundles.of(self.state, entry.id):
             link = os.path.join(where, member.name)
             try:
                 before = os.lstat(link)

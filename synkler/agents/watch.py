@@ -53,7 +53,6 @@ _MASK = (
 
 
 OVERFLOW_REPEAT = 600.0  # seconds between two log lines about lost events
-OURS_FOR = 5.0  # seconds an attribute change upload said it makes itself is waited for
 
 
 class DirWatcher:
@@ -65,9 +64,6 @@ class DirWatcher:
         # Files whose last event was their rename into `path` (nothing written, changed, created
         # or removed under that name since); emptied by take_renamed and by a lost event.
         self._renamed: set[str] = set()
-        # Names whose next attribute change is upload's own (a hard link to it made or removed for a
-        # bundle: its link count and ctime change), until when (monotonic): not told as a change.
-        self._ours: dict[bytes, float] = {}
         self._lock = threading.Lock()
         self._inotify: Inotify | None = None
         self._stop_r, self._stop_w = -1, -1
@@ -100,18 +96,6 @@ class DirWatcher:
             names, self._renamed = self._renamed, set()
         return names
 
-    def expect(self, names: list[str]) -> None:
-        """Upload is about to change the attributes of these files itself (a hard link made or
-        removed): their next IN_ATTRIB (within OURS_FOR s) wakes no scan. Told before the change,
-        so that its event cannot come first. A change of a person's coalesced with it by the kernel
-        is then seen by the next scan instead (the backstop's at the latest)."""
-        until = time.monotonic() + OURS_FOR
-        with self._lock:
-            if len(self._ours) > 100_000:
-                now = time.monotonic()
-                self._ours = {n: t for n, t in self._ours.items() if t > now}
-            self._ours.update((os.fsencode(n), until) for n in names)
-
     def stop(self) -> None:
         if self._thread is None:
             return
@@ -135,13 +119,8 @@ class DirWatcher:
                     log.warning("inotify on %s failed (%s); relying on periodic rescans", self.path, e)
                     return
                 events = []
-            told = not events
-            now = time.monotonic()
             with self._lock:
                 for _wd, mask, _cookie, name in events:
-                    if mask == IN_ATTRIB and self._ours.pop(name, 0.0) > now:
-                        continue  # upload's own link or unlink: nothing to look at
-                    told = True
                     if mask & IN_Q_OVERFLOW:
                         self._renamed.clear()  # events were lost: no name is known to be whole
                         self._overflowed()
@@ -149,8 +128,7 @@ class DirWatcher:
                         self._renamed.add(os.fsdecode(name))
                     elif name:
                         self._renamed.discard(os.fsdecode(name))
-            if told:
-                self.on_change()
+            self.on_change()
 
     def _overflowed(self) -> None:
         """The kernel dropped events: the scan that follows finds what they told of. Said once, not

@@ -112,32 +112,3 @@ def test_lost_events_void_the_renamed_files_and_are_logged_once_for_many_overflo
     said = [r for r in caplog.records if "faster than inotify" in r.getMessage()]
     assert len(said) == 1 and said[0].levelname == "WARNING"
     assert f"{limit:,} events overflowed" in said[0].getMessage()
-
-
-def test_a_hard_link_upload_said_it_makes_wakes_no_scan_and_anothers_change_does(tmp_path: Path):
-    d = tmp_path / "files"
-    (d / ".synkler-bundles").mkdir(parents=True)
-    (d / "a").write_bytes(b"a")
-    (d / "b").write_bytes(b"b")
-    woken: list[float] = []
-    w = DirWatcher(str(d), lambda: woken.append(time.monotonic()))
-    if not w.start():
-        pytest.skip("no inotify here")
-    try:
-        w.expect(["a"])
-        os.link(d / "a", d / ".synkler-bundles" / "a")  # upload's own: the link count of a changes
-        deadline = time.monotonic() + 10
-        while True:  # until the watcher has read the link's event
-            with w._lock:
-                if b"a" not in w._ours:
-                    break
-            assert time.monotonic() < deadline, "the watcher never read the link's event"
-            time.sleep(0.01)
-        assert woken == []
-        os.chmod(d / "b", 0o600)  # anyone else's change of attributes is told
-        deadline = time.monotonic() + 10
-        while not woken:
-            assert time.monotonic() < deadline, "the watcher never told of b's change"
-            time.sleep(0.01)
-    finally:
-        w.stop()
