@@ -233,3 +233,38 @@ def test_files_waiting_for_a_later_passs_bundle_are_not_offered_alone_meanwhile(
     r.tick(now)
     r.tick(now)
     assert [(o.kind, o.files) for o in offers(r)] == [("bundle", 5)] * 3
+
+
+def test_retry_of_a_failed_bundle_forgets_it_and_sends_its_files_again(tmp_path: Path):
+    r, now = upload_with(tmp_path, 6)
+    (offer,) = offers(r)
+    hash_all(r)
+    with r.state.transaction():
+        r.state.update(r.entry(offer.entry), state="failed", reason="push to central: no")
+    ok, answer = r.request("retry", offer.entry)
+    assert ok, answer
+    assert r.entry(offer.entry).state == "forgotten"
+    r.tick(now + 1)
+    (again,) = offers(r)
+    assert (again.kind, again.files) == ("bundle", 6) and again.entry != offer.entry
+
+
+def test_retry_of_a_bundles_cleanup_runs_only_the_members_whose_script_failed(tmp_path: Path):
+    r, now = upload_with(tmp_path, 6, cleanup_script="true")
+    (offer,) = offers(r)
+    hash_all(r)
+    with r.state.transaction():
+        r.state.update(r.entry(offer.entry), state="sent", attempt=1)
+    r.deliver(Delivered(offer.entry, "central", stored_as=offer.name))
+    r.tick(now + 1)
+    r.finish(r.job("script"), [OK, Result(False, 1, "no"), OK, OK, OK, OK])
+    entry = r.entry(offer.entry)
+    assert (entry.state, entry.cleanup) == ("done", Cleanup.FAILED)
+    assert entry.reason == "cleanup script failed for 1 member of 6"
+    ok, answer = r.request("retry", offer.entry)
+    assert ok and "for 1 member" in answer, answer
+    r.tick(now + 2)
+    job = r.job("script")
+    assert [m.cleanup for m in bundles.of(r.state, offer.entry)].count(Cleanup.RUNNING) == 1
+    r.finish(job, [OK])
+    assert (r.entry(offer.entry).state, r.entry(offer.entry).cleanup) == ("done", Cleanup.DONE)
