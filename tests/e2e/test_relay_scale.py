@@ -244,3 +244,8 @@ def test_two_thousand_small_files_cross_in_bundles_each_placed_and_cleaned_up_on
 
 def test_bundles_cross_once_each_while_every_agent_is_killed(make_relay):
     relay_bundles(make_relay, 2000, timeout=900, kills=True)
+
+
+@pytest.mark.scale
+def test_twenty_thousand_small_files_cross_in_bundles_while_every_agent_is_killed(make_relay):
+    relay_bundles(make_relay, 20_000, timeout=3600, kills=True)
