@@ -121,7 +121,11 @@ class BundleUpload(BundleCleanups, PoolUpload):
         name = bundles.name_of(entry_id)
         where = os.path.join(self.bundle_root, name)
         try:
-            os.makedirs(where, mode=0o700)
+            os.makedirs(where)
+            # As a directory a person makes (the agent's umask is 077): central's agent, which may
+            # not be the ssh user that writes its staging, reads the pushed copy; the files keep
+            # their own modes.
+            os.chmod(where, 0o755)
         except OSError as e:
             log.warning(
                 "cannot make a bundle in %s (%s): files go one by one until the agent restarts",
