@@ -251,6 +251,8 @@ class Offer(EntryMessage):
     meta: dict[str, Any] | None = field(default=None, metadata=_optional(_meta))
     # The entry's ownership in a pool (docs/architecture.md, "Who owns an entry"); None: one central.
     epoch: int | None = field(default=None, metadata=_optional(_epoch))
+    # The downloads an operator sends it to again (`synkler resend --to`); (): as central's routes say.
+    to: tuple[str, ...] = field(default=(), metadata=_optional(_destinations))
 
 
 @dataclass(frozen=True)
@@ -309,6 +311,8 @@ class Fetch(EntryMessage):
     checksum: str = field(default="", metadata=_optional(_strong))  # upload's, passed on; "": md5 only
     # The entry's ownership in a pool (docs/architecture.md, "Who owns an entry"); None: one central.
     epoch: int | None = field(default=None, metadata=_optional(_epoch))
+    # Why central asks again for an entry this download failed (`synkler retry --to` at central); "": not.
+    again: str = field(default="", metadata=_optional(_text))
 
 
 @dataclass(frozen=True)

@@ -350,13 +350,14 @@ class Agent:
             return f"{shown(entry.name)} (entry {entry.id}) is forgotten here; its peers are told"
         if request.action == RETRY:
             return self.retry(entry)
-        return self.resend(entry)
+        return self.resend(entry, request.action.partition(":")[2] or None)
 
     def retry(self, entry: Entry) -> str:
         """Take up again an entry in one of the RETRYABLE states; the answer for the operator."""
         raise Refused(f"{shown(entry.name)}: the {self.mode} agent does not retry")
 
-    def resend(self, entry: Entry) -> str:
+    def resend(self, entry: Entry, to: str | None = None) -> str:
+        """Send the entry again (`to`: to that destination only); the answer for the operator."""
         raise Refused(f"{shown(entry.name)}: the {self.mode} agent does not send entries")
 
     def retry_waiting(self, cause: str) -> str:

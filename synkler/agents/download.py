@@ -204,6 +204,11 @@ class Download(BundleDownload, PoolDownload):
             self.move(entry, Down.FETCHING, attempt=msg.attempt, path=msg.path, tries=0, due=0)
             self._second_hash(msg)
             self.transfer_due = True
+        elif entry.state == Down.FAILED and msg.again and msg.attempt == entry.attempt:
+            # Central asks again (an operator's `synkler retry --to` there): pulled from its copy.
+            self.move(entry, Down.FETCHING, tries=0, due=0, reason=None)
+            self.transfer_due = True
+            log.info("%s: central asks again (%s): pulling it again", entry.name, shown(msg.again))
 
     def _second_hash(self, msg: Fetch) -> None:
         """The entry's second hash: upload's, as central passes it on; without one, download's own
@@ -266,7 +271,7 @@ class Download(BundleDownload, PoolDownload):
             return f"it is {entry.state}: only a delivered entry's receipt can be sent again"
         return super().refusal(action, entry, latest, present=present)
 
-    def resend(self, entry: Entry) -> str:
+    def resend(self, entry: Entry, to: str | None = None) -> str:
         """Send `fetched` of a delivered entry again, with its receipt and receipt document signed by
         the receipt_key download has now: the way out when that key was made, or its public key pinned
         (or corrected) at central or upload, only after the delivery, which they then refused as not

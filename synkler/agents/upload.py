@@ -390,10 +390,17 @@ class Upload(BundleUpload):
         self._offer(name, hashed.stat, hashed.md5, meta, hashed.checksum)
 
     def _offer(
-        self, name: str, st: EntryStat, md5: str | None, meta: Metadata | None, checksum: str = ""
+        self,
+        name: str,
+        st: EntryStat,
+        md5: str | None,
+        meta: Metadata | None,
+        checksum: str = "",
+        to: tuple[str, ...] = (),
     ) -> Entry:
         """Record a new version of `name` and offer it, with its metadata (md5 None: not hashed yet;
-        see hash_entries) and its second hash (`checksum:`)."""
+        see hash_entries), its second hash (`checksum:`) and the destinations an operator sends it
+        to again (`to`; (): central's routes decide)."""
         entry = Entry(
             id=new_entry_id(),
             name=name,
@@ -422,7 +429,14 @@ class Upload(BundleUpload):
         if checksum:
             self.state.put_checksum(entry.id, checksum)
         offer = Offer(
-            entry.id, self.name, name=name, kind=st.kind, size=st.size, files=st.files, meta=meta or None
+            entry.id,
+            self.name,
+            name=name,
+            kind=st.kind,
+            size=st.size,
+            files=st.files,
+            meta=meta or None,
+            to=to,
         )
         self.send_offer(entry, offer)
         self.pending.pop(name, None)
@@ -544,7 +558,7 @@ class Upload(BundleUpload):
         dests.mark(self.state, entry.id, dest, dests.FETCHED, stored_as=msg.stored_as)
         if msg.receipt:
             self.state.put_receipt(entry.id, dest, msg.receipt)
-        self._keep_proof(entry, msg)
+        self._keep_proof(entry, msg, dest)
         rest = dests.waiting_for(dests.of(self.state, entry.id, self.cfg.download_name))
         if rest:  # the cleanup script waits for every destination's verified copy
             log.info(
@@ -580,9 +594,11 @@ class Upload(BundleUpload):
             if why:
                 raise receipts.ReceiptError(f"delivered for entry {entry.id}: receipt document {why}")
 
-    def _keep_proof(self, entry: Entry, msg: Delivered) -> None:
+    def _keep_proof(self, entry: Entry, msg: Delivered, dest: str) -> None:
         """Keep upload's copy of the receipt (docs/running.md, "Receipts"): download's document as it
-        signed it, and what upload knows of the entry, so that delivery can be shown after cleanup."""
+        signed it, and what upload knows of the entry, so that delivery can be shown after cleanup.
+        With central's routes, one document per destination (`<entry id>.<destination>.json`), each
+        naming its destination: never one in place of another."""
         now = time.time()
         kept = {
             "receipt": msg.proof["receipt"] if msg.proof else None,
@@ -597,9 +613,11 @@ class Upload(BundleUpload):
                 "offered_at": entry.created,
                 "delivered_at": now,
                 "stored_as": proofs.name_out(os.fsencode(msg.stored_as)),
+                "destination": dest,
             },
         }
-        self.receipts.keep(entry.id, shown(entry.name), now, kept)  # with the transaction's others
+        # (with the transaction's others)
+        self.receipts.keep(entry.id, shown(entry.name), now, kept, msg.destination)
 
     def _check_receipt(self, entry: Entry, msg: Delivered, dest: str) -> None:
         """With the destination's key pinned, its delivery counts only with its signed receipt for this
@@ -659,6 +677,14 @@ class Upload(BundleUpload):
 
     @classmethod
     def refusal(cls, action: str, entry: Entry, latest: bool, *, present: bool = True) -> str | None:
+        action, _, to = action.partition(":")
+        if to and action == RETRY:
+            return (
+                f"a destination's failed pull is retried at central, which keeps the verified copy: "
+                f"`synkler retry ENTRY --to {to}` there"
+            )
+        if to and action != RESEND:
+            return f"central forgets an entry at one destination: `synkler {action} ENTRY --to {to}` there"
         # Retry (of a failed entry or its cleanup script) and resend act on what the name holds now.
         if action in (RETRY, RESEND) and not latest and entry.state != Up.SUPERSEDED:
             return "a newer version of its name has come since: act on that one"
@@ -699,11 +725,19 @@ class Upload(BundleUpload):
             self.forget(entry, f"retried by an operator at upload: sent again as entry {new.id}")
         return f"{shown(entry.name)}: sent again as entry {new.id}; the failed entry {entry.id} is forgotten"
 
-    def resend(self, entry: Entry) -> str:
-        new = self._offer_again(entry)
-        return f"{shown(entry.name)}: sent again as entry {new.id} (entry {entry.id} stays as it was)"
+    def resend(self, entry: Entry, to: str | None = None) -> str:
+        """Send the entry again as a new one, to the destinations it went to (`to`: that one only)."""
+        rows = dests.rows(self.state, entry.id)  # {}: routed by central's download_name, as then
+        found = rows or dests.of(self.state, entry.id, self.cfg.download_name)
+        try:
+            again = tuple(dests.acted_on(RESEND, found, to))
+        except ValueError as e:
+            raise Refused(f"{shown(entry.name)} (entry {entry.id}): cannot resend: {e}") from None
+        new = self._offer_again(entry, again if rows or to else ())
+        where = f" to {', '.join(again)}" if rows or to else ""
+        return f"{shown(entry.name)}: sent again{where} as entry {new.id} (entry {entry.id} stays as it was)"
 
-    def _offer_again(self, entry: Entry) -> Entry:
+    def _offer_again(self, entry: Entry, to: tuple[str, ...] = ()) -> Entry:
         """Offer what the entry's name holds as a new version, without waiting for a change.
 
         The new version starts from the fingerprint last recorded for the name's content, and is
@@ -713,7 +747,7 @@ class Upload(BundleUpload):
         if self.jobs.busy(Key(NAME, entry.name)):
             raise Refused(f"{shown(entry.name)}: upload is reading it right now; ask again in a moment")
         stat = EntryStat(entry.kind, entry.size, entry.files, entry.signature or "")
-        new = self._offer(entry.name, stat, None, loads(self.state.metadata(entry.id)))
+        new = self._offer(entry.name, stat, None, loads(self.state.metadata(entry.id)), to=to)
         self.hash_entries([new])
         return new
 

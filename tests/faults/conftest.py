@@ -1,5 +1,6 @@
 """Fixtures of the fault suite: relays built on the shared sshd/broker fixtures, the `long` marker,
-and the one summary line printed at the end of the run."""
+and the summary printed at the end of the run: one line, and one per destination of the fan-out
+cases."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import random
 
 import pytest
-from support import faultkit
+from support import fanoutkit, faultkit
 
 
 def pytest_configure(config):
@@ -41,6 +42,8 @@ def pytest_terminal_summary(terminalreporter):
         f"failed={t['failed']} lost={t['lost']} corrupt={t['corrupt']} duplicated={t['duplicated']} "
         f"stalled={t['stalled']}"
     )
+    for line in fanoutkit.summary_lines():  # the fan-out cases: one line per destination
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture

@@ -79,6 +79,8 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
     # forgotten (`destination`).
     "to": st.lists(st.sampled_from(["download", "analysis", "archive"]), min_size=1, max_size=3, unique=True),
     "destination": st.sampled_from(["download", "analysis", "archive"]),
+    # Why central asks a download again for an entry it failed (`synkler retry --to` at central).
+    "again": st.text(min_size=1, max_size=100),  # ("" is left out on the wire)
     # Its shape only (synkler.receipts checks the signature); an empty one is left out on the wire.
     "receipt": st.from_regex(r"\A[A-Za-z0-9_-]{1,40}\.[A-Za-z0-9_-]{1,40}\Z"),
     "meta": metadata_objects(),
