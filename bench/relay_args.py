@@ -195,6 +195,12 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         "a link slower than this machine's CPUs, as between real hosts (default: no limit)",
     )
     p.add_argument(
+        "--bundle-files",
+        type=int,
+        help="bundle_files for upload: small files that settle together cross as bundles of up to N "
+        "(issue 24; 0: none; default: the relay's own setting)",
+    )
+    p.add_argument(
         "--settle", type=float, help="settle_seconds for upload and download (default: not overridden)"
     )
     p.add_argument(

@@ -294,7 +294,11 @@ class Bench(Runs):
             relay,
             state,
             f"{label}: every entry done at upload",
-            lambda: len(state["upload"].names("done") & set(md5s)) == len(md5s),
+            lambda: (
+                state["upload"].files("done") >= len(md5s)
+                if self.args.bundle_files
+                else len(state["upload"].names("done") & set(md5s)) == len(md5s)
+            ),
             0.1,
         )
         since = self.cpu_since(group, agents0, sshd0)
@@ -316,6 +320,9 @@ class Bench(Runs):
         """Every entry under its own name at download with the right size; md5 of all (or of a sample)."""
         down = relay.dirs["download"]
         stored = dict(state["download"].query("SELECT name, stored_as FROM entries WHERE state = 'done'"))
+        if self.args.bundle_files:  # the files of bundles, each placed on its own (names: their bytes)
+            members = state["download"].query("SELECT name, stored_as FROM members WHERE placed = 1")
+            stored.update((os.fsdecode(n), os.fsdecode(s)) for n, s in members)
         wrong = [n for n in md5s if stored.get(n) != n]
         if wrong:
             raise BenchError(f"{len(wrong)} entries not stored under their own name, e.g. {wrong[:3]}")

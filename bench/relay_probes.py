@@ -59,6 +59,13 @@ class StateReader:
         rows = self.query(f"SELECT COUNT(*) FROM entries WHERE state IN ({marks})", states)
         return int(rows[0][0]) if rows else 0
 
+    def files(self, state: str) -> int:
+        """Files in entries in `state`: a bundle counts its files (synkler.bundles), an entry one."""
+        each = "CASE WHEN kind = 'bundle' THEN files ELSE 1 END"
+        sql = f"SELECT COALESCE(SUM({each}), 0) FROM entries WHERE state = ?"
+        rows = self.query(sql, (state,))
+        return int(rows[0][0]) if rows else 0
+
     def names(self, state: str) -> set[str]:
         return {r[0] for r in self.query("SELECT name FROM entries WHERE state = ?", (state,))}
 

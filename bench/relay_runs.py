@@ -114,6 +114,8 @@ class Runs:
             settings["download"]["settle_seconds"] = self.args.settle
         for role in ("upload", "download"):
             settings[role]["rsync_opts"] = [*self.sshd.rsync_opts(), *self.bwlimit()]
+        if self.args.bundle_files is not None:  # small files as bundles (issue 24)
+            settings["upload"]["bundle_files"] = self.args.bundle_files
         if self.args.checksum:
             settings["upload"]["checksum"] = self.args.checksum  # a second hash beside md5 (issue 27)
         host, _, port = self.args.broker.rpartition(":")
@@ -220,7 +222,9 @@ class Runs:
         done = [0]
 
         def delivered() -> bool:
-            if len(names) > 1000:
+            if self.args.bundle_files:
+                done[0] = state["download"].files("done")
+            elif len(names) > 1000:
                 done[0] = state["download"].count("done")
             else:
                 done[0] = len(state["download"].names("done") & names)

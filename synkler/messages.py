@@ -36,7 +36,9 @@ _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 _AGENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _RECEIPT = re.compile(r"^(?:[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)?$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-KINDS = ("file", "dir", "symlink")
+# "bundle": many small top-level files of upload's file_dir travelling as one entry, a directory of
+# them (docs/architecture.md, "Bundles"); central treats it as a directory, download places each file.
+KINDS = ("file", "dir", "symlink", "bundle")
 
 # The second hash an entry may carry beside its md5 (`checksum:` in upload's config; docs/checksums.md).
 STRONG = ("sha256", "blake2b")

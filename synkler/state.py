@@ -75,6 +75,22 @@ CREATE TABLE IF NOT EXISTS destinations (
     PRIMARY KEY (entry, destination)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS destinations_state ON destinations(destination, state);
+-- The files of a bundle (synkler.bundles): many small files that travel as one entry, each placed,
+-- checked and cleaned up on its own; kept as long as the bundle's entry is.
+CREATE TABLE IF NOT EXISTS members (
+    bundle    TEXT NOT NULL,              -- the bundle's entry id
+    seq       INTEGER NOT NULL,           -- its number in the bundle (its cleanup script's key)
+    name      BLOB NOT NULL,              -- its name (its bytes: names need not be UTF-8)
+    size      INTEGER NOT NULL,
+    md5       TEXT,                       -- NULL until known (upload: the bundle is hashed)
+    signature TEXT,                       -- its fingerprint in file_dir (bundled / placed)
+    stored_as BLOB,                       -- download: the name chosen for it in file_dir
+    placed    INTEGER NOT NULL DEFAULT 0, -- download: 1 renamed into file_dir, 2 found there already
+    cleanup   TEXT,                       -- its cleanup script, as an entry's (pending, running, done …)
+    reason    TEXT,
+    PRIMARY KEY (bundle, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS members_name ON members(name);
 -- Each entry's metadata (synkler.metadata), as canonical JSON; kept as long as the entry is.
 CREATE TABLE IF NOT EXISTS metadata (
     entry TEXT PRIMARY KEY,
@@ -419,6 +435,14 @@ class State:
         except sqlite3.Error as e:
             raise _error(e) from e
 
+    def many(self, sql: str, params: Collection[tuple[Any, ...]]) -> None:
+        """One statement for each of many rows of a table kept by a module of its own
+        (synkler.bundles: the members of a bundle, a thousand in one go)."""
+        try:
+            self._db.executemany(sql, params)
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
     def after_commit(self, fn: Callable[[], object]) -> None:
         """Run `fn` once the current transaction has committed (at once outside one); dropped on rollback.
 
@@ -645,6 +669,7 @@ class State:
             self._db.executemany("DELETE FROM epochs WHERE entry = ?", [(e.id,) for e in gone])
             self._db.executemany("DELETE FROM sources WHERE entry = ?", [(e.id,) for e in gone])
             self._db.executemany("DELETE FROM destinations WHERE entry = ?", [(e.id,) for e in gone])
+            self._db.executemany("DELETE FROM members WHERE bundle = ?", [(e.id,) for e in gone])
             self._db.execute(
                 "INSERT INTO pruned (one, until) VALUES (1, ?)"
                 " ON CONFLICT (one) DO UPDATE SET until = max(until, excluded.until)",

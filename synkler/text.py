@@ -37,10 +37,11 @@ def shown(text: str) -> str:
     return _UNSAFE.sub(_escape, text)
 
 
-def some_entries(names: list[str], at_most: int = 3) -> str:
-    """A batch in one line: '3 entries (a, b, c)', '500 entries (a, b, c, …)', '1 entry (a)'."""
+def some_entries(names: list[str], at_most: int = 3, noun: str = "entry") -> str:
+    """A batch in one line: '3 entries (a, b, c)', '500 entries (a, b, c, …)', '1 entry (a)'
+    (`noun`: of files, '2 files (a, b)')."""
     listed = ", ".join(names[:at_most]) + (", …" if len(names) > at_most else "")
-    return f"{count(len(names), 'entry')} ({listed})"
+    return f"{count(len(names), noun)} ({listed})"
 
 
 def count(n: int, one: str, many: str | None = None) -> str:

@@ -16,11 +16,11 @@ import stat
 import time
 from typing import TYPE_CHECKING
 
-from .. import __version__, proofs, receipts
+from .. import __version__, bundles, proofs, receipts
 from ..errors import ConfigError, Refused
 from ..hops import receiptfiles
 from ..hops.bagit import make_bag, work_dir
-from ..hops.checksum import EntryDigest, alg_of, stat_entry
+from ..hops.checksum import EntryDigest, alg_of
 from ..hops.pull import Early, Mismatch, NotPulled, PullRun, Staging, Verified, pull, pull_early
 from ..linux.fs import free_bytes, remove_tree, rename_noreplace
 from ..messages import Corrupt, Failed, Fetch, Fetched, Forget, Greeted, Pushing, is_valid_entry_id
@@ -30,6 +30,7 @@ from ..state import Entry, State
 from ..text import shown, some_entries
 from . import sidecars, waits
 from .base import ENTRY, RESEND, Jobs, Key, Status, Transitions
+from .download_bundles import BundleDownload, placed_signature
 from .download_pool import PoolDownload
 from .facts import DISK_WAIT, PULL, PULL_FROM_CENTRAL, facts, hop
 from .naming import BAGIT, SIDECAR, chooser, upload_dir
@@ -95,12 +96,13 @@ FACTS = facts(
 )
 
 
-class Download(PoolDownload):
+class Download(BundleDownload, PoolDownload):
     mode = "download"
     STATES = Down
     NEW = (Down.FETCHING,)
     TRANSITIONS = TRANSITIONS
     DELIVERED, DONE, FAILED, FORGOTTEN = Down.DELIVERED, Down.DONE, Down.FAILED, Down.FORGOTTEN
+    PLACING, FETCHING = Down.PLACING, Down.FETCHING
     FORGETTABLE = FORGETTABLE
     TRANSFERRING, HOP = Down.FETCHING, PULL_FROM_CENTRAL
     RETRYABLE = frozenset({Down.FAILED})
@@ -488,11 +490,14 @@ class Download(PoolDownload):
     def _verified(self, entry: Entry, verified: Verified) -> None:
         target, present = verified.target, verified.present
         log.debug("%s: md5 verified at download (%s)", entry.name, entry.md5)
+        if entry.kind == bundles.KIND:
+            self.bundle_verified(entry, verified)
+            return
         if present:
             self.staging.drop(entry.id)
             entry = self.move(entry, Down.DONE, stored_as=target, tries=0, reason=None)
             receipt = self._receipt(entry, "present")
-            proof = self._document(entry, "present", verified.digest)
+            proof = self.document(entry, "present", verified.digest)
             self.send(
                 entry.peer or "",
                 Fetched(
@@ -509,12 +514,15 @@ class Download(PoolDownload):
         # Commit the chosen name before the rename, so a crash in between is recognised at restart.
         entry = self.move(entry, Down.PLACING, stored_as=target, tries=0, reason=None)
         # Written now, from what the verification read: by the time of the rename it is gone.
-        self.proofs[entry.id] = self._document(entry, "placed", verified.digest)
+        self.proofs[entry.id] = self.document(entry, "placed", verified.digest)
         self.place_due = True
 
     def _place(self, entry: Entry) -> None:
         """Rename the verified copy (or its bag) into file_dir, its metadata sidecar first; for its
         cleanup script, note its fingerprint there."""
+        if entry.kind == bundles.KIND:
+            self.unpack(entry)
+            return
         src = self.staging.of(entry.id)
         dst = os.path.join(self.cfg.file_dir, entry.stored_as or entry.name)
         meta = loads(self.state.metadata(entry.id))
@@ -552,6 +560,18 @@ class Download(PoolDownload):
             self.transfer_due = True
             return
         self.delivered(entry, signature=signature)
+        self.tell_placed(entry)
+        log.info(
+            "%s: delivered into %s as %s (md5 %s verified)",
+            entry.name,
+            self.cfg.file_dir,
+            entry.stored_as,
+            entry.md5,
+        )
+
+    def tell_placed(self, entry: Entry) -> None:
+        """`fetched` to central, with the signed receipt and the receipt document, for a verified
+        copy just placed."""
         receipt = self._receipt(entry, "placed")
         proof = self.proofs.pop(entry.id, None) or self._kept_document(entry)
         self.send(
@@ -564,13 +584,6 @@ class Download(PoolDownload):
                 receipt=receipt,
                 proof=proof,
             ),
-        )
-        log.info(
-            "%s: delivered into %s as %s (md5 %s verified)",
-            entry.name,
-            self.cfg.file_dir,
-            entry.stored_as,
-            entry.md5,
         )
 
     def _upload_dir_made(self, entry: Entry) -> bool:
@@ -649,7 +662,7 @@ class Download(PoolDownload):
         self.state.put_receipt(entry.id, self.name, token)
         return token
 
-    def _document(self, entry: Entry, outcome: str, digest: EntryDigest | None) -> dict | str:
+    def document(self, entry: Entry, outcome: str, digest: EntryDigest | None) -> dict | str:
         """Write the receipt document of a verified copy (synkler.proofs) into receipt_dir, signed
         with receipt_key if there is one; what goes back with `fetched` (the listing stays here)."""
         if digest is None:
@@ -724,14 +737,3 @@ def resent_receipt_times(kept: str | None, proof: dict | str, entry: Entry) -> t
 def _entry_id_of(name: str) -> str:
     """The entry a name in staging belongs to: the copy <id>, its bag <id>.bag, <id>.bag.tmp."""
     return name.split(".", 1)[0]
-
-
-def placed_signature(path: str, staged: os.stat_result) -> str | None:
-    """The fingerprint (checksum.stat_entry) of what was just renamed to `path`, taken after the rename
-    (which changes the ctime); None if `path` is no longer the inode that was renamed there."""
-    try:
-        signature = stat_entry(path).signature
-        now = os.lstat(path)
-    except (OSError, ValueError):
-        return None
-    return signature if (now.st_dev, now.st_ino) == (staged.st_dev, staged.st_ino) else None

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from typing import Callable, Union
 
-from ..hops.checksum import EntryStat, digest_entry, stat_entry
+from ..hops.checksum import EntryStat, FileDigest, digest_entry, stat_entry
 from ..linux.fs import open_for_writing
 from ..metadata import MetadataError, entry_of, is_sidecar, sidecar_of
 from . import sidecars
@@ -31,6 +32,7 @@ class Hashed:
     stat: EntryStat
     meta: Read | None = None
     checksum: str = ""  # the second hash (`checksum:`), `<alg>:<hex>`, from the same read; "": none
+    files: tuple[FileDigest, ...] = ()  # each file's digests (a bundle keeps its members' md5s)
 
 
 Found = Union[EntryStat, Exception, None]  # None: vanished while looked at
@@ -113,9 +115,9 @@ def scan(file_dir: str, take_renamed: Callable[[], set[str]], cache: Sidecars | 
     return Listing(found, whole, meta)
 
 
-def hash_entry(path: str, strong: str | None = None) -> Hashed:
+def hash_entry(path: str, strong: str | None = None, files: bool = False) -> Hashed:
     """md5 of an entry (and its second hash `strong`, in the same read), its fingerprint after the
-    read (with its sidecar's) and its metadata."""
+    read (with its sidecar's) and its metadata; with `files`, each file's digests too."""
     digest = digest_entry(path, strong)
     directory, name = os.path.split(path)
     before = _sidecar_stamp(directory, name)
@@ -125,15 +127,19 @@ def hash_entry(path: str, strong: str | None = None) -> Hashed:
             meta = sidecars.read(os.path.join(directory, sidecar_of(name)))
         except (OSError, MetadataError) as e:
             meta = e
-    return Hashed(digest.md5, with_sidecar(stat_entry(path), before), meta, digest.strong or "")
+    listed = tuple(digest.files) if files else ()
+    return Hashed(digest.md5, with_sidecar(stat_entry(path), before), meta, digest.strong or "", listed)
 
 
-def hash_each(paths: list[str], strong: str | None = None) -> list[Hashed | Exception]:
-    """md5 of several entries; an entry that cannot be read does not stop the others."""
+def hash_each(
+    paths: list[str], strong: str | None = None, files: Collection[str] = ()
+) -> list[Hashed | Exception]:
+    """md5 of several entries (with each file's digests for those in `files`: bundles); an entry
+    that cannot be read does not stop the others."""
     results: list[Hashed | Exception] = []
     for path in paths:
         try:
-            results.append(hash_entry(path, strong))
+            results.append(hash_entry(path, strong, path in files))
         except Exception as e:  # this entry only; the others of the group go on
             results.append(e)
     return results

@@ -15,8 +15,8 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from .. import bundles, proofs, receipts
 from .. import destinations as dests
-from .. import proofs, receipts
 from ..errors import MessageError, Refused
 from ..hops import cleanup, receiptfiles, transfer
 from ..hops.checksum import EntryStat
@@ -57,6 +57,7 @@ from .facts import DISK_WAIT, METADATA_AT_CENTRAL, PULL_FROM_CENTRAL, PUSH, PUSH
 from .listing import Hashed, Listing, data_signature, hash_each, hash_entry, scan
 from .pools import Pool
 from .sidecars import Read, Sidecars
+from .upload_bundles import BundleUpload
 from .watch import DirWatcher
 
 if TYPE_CHECKING:
@@ -139,8 +140,9 @@ FACTS = facts(
 )
 
 
-class Upload(Adopting):
+class Upload(BundleUpload, Adopting):
     mode = "upload"
+    WITHDRAWN = (Up.SUPERSEDED,)
     OWNED = (Up.WAITING, Up.UPLOADING, Up.PUSHED, Up.SENT)
     OFFERED, WAITING, SENT = Up.OFFERED, Up.WAITING, Up.SENT
     STATES = Up
@@ -171,6 +173,7 @@ class Upload(Adopting):
         # Names of file_dir the state holds no version of (as a lookup found): a new name settling
         # is not looked up again at every scan. Only `_offer` makes a version of a name.
         self.unseen: set[str] = set()
+        self.bundleable: set[str] = set()  # ripe names with no version: they may go in a bundle
         # Settled names to offer, in the order found: OFFERS_PER_PASS of them a pass.
         self.ripe: dict[str, tuple[EntryStat, Metadata | None]] = {}
         self.next_scan = 0.0
@@ -228,8 +231,9 @@ class Upload(Adopting):
                 "'Delivery receipts'"
             )
         self.resume_cleanups()
+        self.sweep_bundles()
         # Hashes cut short by the stop start again.
-        self._hash_entries([e for e in self.state.by_state(*UNSENT) if not e.md5])
+        self.hash_entries([e for e in self.state.by_state(*UNSENT) if not e.md5])
         self.greet_again()
         self.watching = self.watcher.start()
         if self.watching:
@@ -238,13 +242,17 @@ class Upload(Adopting):
     def shutdown(self) -> None:
         self.watcher.stop()
 
+    def changed_now(self) -> None:
+        """Look at file_dir again soon, as if inotify had told of a change."""
+        self._on_change()
+
     def _on_change(self) -> None:
         """Called by the watcher thread: something happened in file_dir; look soon."""
         self.changed.set()
         self.jobs.wake()
 
     def hash_adopted(self, entry: Entry) -> None:
-        self._hash_entries([entry])
+        self.hash_entries([entry])
 
     def next_wakeup(self) -> float | None:
         if self.greeting is not None:
@@ -273,6 +281,7 @@ class Upload(Adopting):
             for name in [n for n in known if n not in found]:
                 del known[name]
         self.unseen.intersection_update(found)
+        self.bundleable.intersection_update(self.ripe)
         looks: list[tuple[str, EntryStat]] = []
         for name, st in found.items():
             if not isinstance(st, EntryStat):
@@ -289,7 +298,7 @@ class Upload(Adopting):
                 if self._sendable(name) and self._meta_usable(name, listing.meta.get(name)):
                     looks.append((name, st))
         # What the state holds of the names not known yet: a few queries for the whole listing.
-        latest = self.state.latest_by_names([n for n, _ in looks if n not in self.unseen])
+        latest = self.versions([n for n, _ in looks if n not in self.unseen])
         for name, st in looks:
             if name not in latest:
                 self.unseen.add(name)
@@ -351,17 +360,19 @@ class Upload(Adopting):
             if latest is None or latest.state == Up.FAILED:
                 self.pending.pop(name, None)
                 self.ripe[name] = (st, meta if isinstance(meta, dict) else None)
+                if latest is None:
+                    self.bundleable.add(name)
             else:
                 self._hash(name, st.signature)  # maybe only touched: compare before sending
 
     def _offer_ripe(self) -> None:
         """Offer settled entries, OFFERS_PER_PASS at most, and hash them while they travel."""
+        later = self.bundle_ripe()  # for the bundles of the coming passes: not offered alone
         fresh: list[Entry] = []  # offered now, to be hashed while they travel
-        while self.ripe and len(fresh) < OFFERS_PER_PASS:
-            name = next(iter(self.ripe))
+        for name in [n for n in self.ripe if n not in later][:OFFERS_PER_PASS]:
             st, meta = self.ripe.pop(name)
             fresh.append(self._offer(name, st, None, meta))
-        self._hash_entries(fresh)
+        self.hash_entries(fresh)
 
     def _hash(self, name: str, signature: str) -> None:
         """md5 of a name relayed before, to tell new content from a touch."""
@@ -384,11 +395,9 @@ class Upload(Adopting):
             return
         if not self._meta_usable(name, hashed.meta):
             return
-        latest = self.state.latest_by_name(name)
+        latest = self.version(name)
         if latest is not None and latest.md5 == hashed.md5 and latest.state != Up.FAILED:
-            self.state.update(
-                latest, signature=hashed.stat.signature
-            )  # touched, same content: nothing to send
+            self.touched(latest, hashed.stat.signature)  # same content: nothing to send
             return
         meta = hashed.meta if isinstance(hashed.meta, dict) else None
         self._offer(name, hashed.stat, hashed.md5, meta, hashed.checksum)
@@ -403,7 +412,7 @@ class Upload(Adopting):
         to: tuple[str, ...] = (),
     ) -> Entry:
         """Record a new version of `name` and offer it, with its metadata (md5 None: not hashed yet;
-        see _hash_entries), its second hash (`checksum:`) and the destinations an operator sends it
+        see hash_entries), its second hash (`checksum:`) and the destinations an operator sends it
         to again (`to`; (): central's routes decide)."""
         entry = Entry(
             id=new_entry_id(),
@@ -456,7 +465,7 @@ class Upload(Adopting):
         )
         return entry
 
-    def _hash_entries(self, entries: list[Entry]) -> None:
+    def hash_entries(self, entries: list[Entry]) -> None:
         """md5 of offered entries while they wait for admission and while they are pushed."""
         for group in hash_groups(entries):
             if len(group) == 1:
@@ -466,7 +475,12 @@ class Upload(Adopting):
             self.jobs.submit(
                 Pool.HASH,
                 [Key(HASHING, e.id) for e in group],
-                functools.partial(hash_each, [self.path(e.name) for e in group], self.strong),
+                functools.partial(
+                    hash_each,
+                    [self.entry_path(e) for e in group],
+                    self.strong,
+                    {self.entry_path(e) for e in group if e.kind == bundles.KIND},
+                ),
                 functools.partial(self._group_hashed, group),
             )
 
@@ -484,6 +498,8 @@ class Upload(Adopting):
         ):
             self.state.update(now_entry, md5=result.md5, signature=result.stat.signature)
             self.state.put_checksum(now_entry.id, result.checksum)
+            if now_entry.kind == bundles.KIND:
+                self.bundle_hashed(now_entry, result)
             log.debug("%s: md5 %s", entry.name, result.md5)  # INFO gives it in the "delivered" line
             if now_entry.state == Up.PUSHED:
                 self._sent(now_entry)
@@ -667,6 +683,8 @@ class Upload(Adopting):
     def _withdraw(self, entry: Entry, why: str) -> None:
         if entry.state != Up.SUPERSEDED:
             self.move(entry, Up.SUPERSEDED, reason=why)
+            if entry.kind == bundles.KIND:
+                self.bundle_withdrawn(entry)
             log.info("%s: version %s withdrawn: %s", entry.name, entry.md5 or entry.id, why)
         self.send_to_owner(entry, Withdraw(entry.id, self.name, reason=why))
 
@@ -692,7 +710,9 @@ class Upload(Adopting):
             )
         if action == RESEND:
             why = None
-            if entry.state not in (Up.DONE, Up.FORGOTTEN):
+            if entry.kind == bundles.KIND:
+                why = "a bundle is not sent again as a whole: `synkler send` (or touch) its files"
+            elif entry.state not in (Up.DONE, Up.FORGOTTEN):
                 why = f"it is {entry.state}: only a delivered or forgotten entry can be sent again"
         else:
             why = super().refusal(action, entry, latest, present=present)
@@ -702,6 +722,8 @@ class Upload(Adopting):
         return why
 
     def present(self, entry: Entry) -> bool:
+        if entry.kind == bundles.KIND:
+            return self.bundle_present(entry)
         return os.path.lexists(self.path(entry.name))
 
     def peers(self, entry: Entry) -> list[str]:
@@ -711,6 +733,8 @@ class Upload(Adopting):
     def retry_failed(self, entry: Entry) -> str:
         """The file again as a new entry, and the failed one forgotten at every role (central drops a
         copy it kept, download what it pulled of it)."""
+        if entry.kind == bundles.KIND:
+            return self.retry_bundle(entry)
         new = self._offer_again(entry)
         if self.entry(entry.id).state != Up.FORGOTTEN:  # one refused for its metadata is already
             self.forget(entry, f"retried by an operator at upload: sent again as entry {new.id}")
@@ -739,7 +763,7 @@ class Upload(Adopting):
             raise Refused(f"{shown(entry.name)}: upload is reading it right now; ask again in a moment")
         stat = EntryStat(entry.kind, entry.size, entry.files, entry.signature or "")
         new = self._offer(entry.name, stat, None, loads(self.state.metadata(entry.id)), to=to)
-        self._hash_entries([new])
+        self.hash_entries([new])
         return new
 
     # jobs ----------------------------------------------------------------------------------------
@@ -762,7 +786,7 @@ class Upload(Adopting):
             )
         self.reown_gone(now)
         due = self.due_for_transfer(Up.UPLOADING, now)
-        for batch in self.batches(due, group=lambda e: (e.peer, e.path)):
+        for batch in self.batches(due, group=lambda e: (e.peer, e.path, e.kind == bundles.KIND)):
             self._push(batch)
         self.start_due_cleanups(now)
         self.prune_history(now)
@@ -779,6 +803,11 @@ class Upload(Adopting):
         that is still here from being offered again. Older versions, and names no longer here, go."""
         keep = super().kept(ended)
         for row in ended:
+            if row.name.startswith(bundles.PREFIX):
+                bundle = self.state.get(row.id)
+                if bundle is not None and bundle.kind == bundles.KIND and self.bundle_present(bundle):
+                    keep.add(row.id)  # what its members' names hold is compared with its members
+                continue
             latest = self.state.latest_by_name(row.name)
             if latest is None or latest.id != row.id:
                 continue
@@ -799,7 +828,7 @@ class Upload(Adopting):
         self.submit_transfer(
             [Key(ENTRY, e.id) for e in batch],
             functools.partial(
-                transfer.push, self.link_cfg(batch[0]), str(self.cfg.file_dir), names, batch[0].path or ""
+                transfer.push, self.link_cfg(batch[0]), self._source(batch[0]), names, batch[0].path or ""
             ),
             functools.partial(
                 self._pushed,
@@ -845,6 +874,10 @@ class Upload(Adopting):
             log.info("%s: pushed in %.1f s", first_name, time.time() - started)
         elif ok:
             log.info("pushed %s in %.1f s", what, time.time() - started)
+
+    def _source(self, entry: Entry) -> str:
+        """The directory a batch of entries is pushed from: file_dir, or for bundles their own."""
+        return self.bundle_root if entry.kind == bundles.KIND else str(self.cfg.file_dir)
 
 
 def adopted(entry: Entry, result: Hashed) -> bool:

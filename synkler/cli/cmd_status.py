@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 
+from .. import bundles
 from .. import destinations as dests
 from ..agents import AGENTS, FACTS
 from ..config import Config
@@ -14,7 +15,7 @@ from ..errors import ExitStatus
 from ..metadata import Metadata, entry_metadata
 from ..private import exposed_secrets
 from ..state import Entry, State
-from ..text import shown
+from ..text import shown, some_entries
 from .entries import agent_state, iso, newest, present, short_ids
 
 
@@ -27,14 +28,16 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
         return cmd_relay(cfg, as_json=args.json, watch=args.watch, all_finished=args.all)
 
     cfg = agent_state(cfg)
-    entries, latest, signed, metas, rows = _read(cfg, args)
+    entries, latest, signed, metas, rows, members = _read(cfg, args)
     agent = AGENTS[cfg.mode]
     actions = {e.id: agent.actions(e, latest[e.name] == e.id, present=present(cfg, e)) for e in entries}
     if args.json:
         print(
             json.dumps(
                 [
-                    _row(e, actions[e.id], signed.get(e.id, {}), metas.get(e.id, {})) | _where(rows[e.id])
+                    _row(e, actions[e.id], signed.get(e.id, {}), metas.get(e.id, {}))
+                    | _where(rows[e.id])
+                    | _members(members.get(e.id))
                     for e in entries
                 ],
                 indent=2,
@@ -44,16 +47,18 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
         print(f"no entries ({cfg.mode} agent, state {cfg.state_db})")
     else:
         shown_rows = {i: r for i, r in rows.items() if len(r) > 1 or set(r) - {cfg.download_name}}
-        _print_table(entries, actions, shown_rows)
+        _print_table(entries, actions, shown_rows, members)
     return ExitStatus.OK
 
 
 def _read(
     cfg: Config, args: argparse.Namespace
-) -> tuple[list[Entry], dict[str, str], dict[str, dict[str, str]], dict[str, Metadata], dict[str, Rows]]:
+) -> tuple[
+    list[Entry], dict[str, str], dict[str, dict[str, str]], dict[str, Metadata], dict[str, Rows], Members
+]:
     """The entries to show, per name the id of its newest version, with --json each entry's
-    receipts (synkler.receipts) by destination and its metadata (synkler.metadata), and each entry's
-    rows per destination (synkler.destinations)."""
+    receipts (synkler.receipts) by destination and its metadata (synkler.metadata), each entry's
+    rows per destination (synkler.destinations), and each bundle's members (synkler.bundles)."""
     hidden = hidden_open = 0
     signed: dict[str, dict[str, str]] = {}
     metas: dict[str, Metadata] = {}
@@ -69,6 +74,7 @@ def _read(
             signed = {e.id: state.receipts(e.id) for e in entries}
             metas = {e.id: entry_metadata(state.metadata(e.id)) for e in entries}
         rows = {e.id: dests.rows(state, e.id) for e in entries}
+        members = {e.id: bundles.of(state, e.id) for e in entries if e.kind == bundles.KIND}
     finally:
         state.close()
     # On stderr: the table or JSON on stdout stays what it was for a reader.
@@ -83,10 +89,36 @@ def _read(
             f"({hidden} older finished entries not shown: `synkler status --all` lists every entry)",
             file=sys.stderr,
         )
-    return entries, latest, signed, metas, rows
+    return entries, latest, signed, metas, rows, members
 
 
 Rows = dict[str, dests.Row]  # an entry's rows per destination
+Members = dict[str, list[bundles.Member]]  # a bundle's members, by the bundle's entry id
+
+
+def _members(found: list[bundles.Member] | None) -> dict[str, object]:
+    """--json: a bundle's files, each with its md5, the name it took at download and its cleanup."""
+    if found is None:
+        return {}
+    return {
+        "members": [
+            {
+                "name": m.name,
+                "size": m.size,
+                "md5": m.md5 or "",
+                "stored_as": m.stored_as,
+                "placed": ("no", "placed", "present")[m.placed] if m.placed in (0, 1, 2) else m.placed,
+                "cleanup": m.cleanup,
+                "reason": m.reason,
+            }
+            for m in found
+        ]
+    }
+
+
+def _bundle_note(found: list[bundles.Member]) -> str:
+    """The table's note of a bundle: its files, the first few named."""
+    return f"bundle of {some_entries([m.name for m in found], noun='file')}"
 
 
 def _where(rows: dict[str, dests.Row]) -> dict[str, object]:
@@ -110,7 +142,10 @@ def _row(e: Entry, actions: list[str], signed: dict[str, str], meta: Metadata) -
 
 
 def _print_table(
-    entries: list[Entry], actions: dict[str, list[str]], rows: dict[str, dict[str, dests.Row]]
+    entries: list[Entry],
+    actions: dict[str, list[str]],
+    rows: dict[str, dict[str, dests.Row]],
+    members: Members,
 ) -> None:
     header = ("ID", "NAME", "SIZE", "MD5", "STATE", "UPDATED", "ACTIONS", "NOTE")
     table = [header]
@@ -121,6 +156,8 @@ def _print_table(
             note = f"cleanup {e.cleanup}" + (f": {note}" if note else "")
         if e.id in rows:  # several destinations: where it stands at each
             note = _at(rows[e.id]) + (f"; {note}" if note else "")
+        if e.id in members:
+            note = _bundle_note(members[e.id]) + (f"; {note}" if note else "")
         # A reason may come from a peer's message: shown escaped, like a name.
         table.append(
             (

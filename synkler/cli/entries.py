@@ -7,6 +7,7 @@ import datetime
 import os
 import sys
 
+from .. import bundles
 from ..config import Config
 from ..config.places import find_state
 from ..errors import NoState
@@ -35,8 +36,11 @@ def newest(entries: list[Entry]) -> dict[str, str]:
 
 
 def present(cfg: Config, entry: Entry) -> bool:
-    """Upload: is the entry's name in file_dir (what `retry` and `resend` would send)?"""
-    return cfg.mode != "upload" or os.path.lexists(os.path.join(cfg.file_dir, entry.name))
+    """Upload: is the entry's name in file_dir (what `retry` and `resend` would send)? A bundle's
+    files are looked at by the agent when asked."""
+    if cfg.mode != "upload" or entry.kind == bundles.KIND:
+        return True
+    return os.path.lexists(os.path.join(cfg.file_dir, entry.name))
 
 
 def short_ids(ids: list[str]) -> dict[str, str]:

@@ -111,6 +111,10 @@ class Config:
     free_percent: float
     settle_seconds: float
     max_transfers: int
+    bundle_files: int  # upload: most files in one bundle (0: no bundles; docs/architecture.md, "Bundles")
+    bundle_min: int  # upload: bundle only when at least this many small files have settled at once
+    bundle_file_kib: int  # upload: only files up to this size go into bundles
+    bundle_mib: int  # upload: most bytes in one bundle
     max_attempts: int
     retry_max_seconds: float
     log_format: str
@@ -292,6 +296,10 @@ KEYS: dict[str, Key] = {
     "free_percent": Key(number(0, 100), 10.0, roles=("central",)),
     "settle_seconds": Key(number(0), 1.0, roles=("upload",)),
     "max_transfers": Key(integer(1), 4),
+    "bundle_files": Key(integer(0, 10000), 0, roles=("upload",)),
+    "bundle_min": Key(integer(2, 100000), 50, roles=("upload",)),
+    "bundle_file_kib": Key(integer(1, 65536), 1024, roles=("upload",)),
+    "bundle_mib": Key(integer(1, 4096), 64, roles=("upload",)),
     "max_attempts": Key(integer(1), 5),
     "retry_max_seconds": Key(number(0, above=True), 300.0, roles=_ENDS),
     "log_format": Key(choice("text", "json"), "text"),

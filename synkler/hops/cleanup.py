@@ -19,12 +19,14 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Union
 
 from ..config import Config
 from ..linux.fs import fsync_dir
 from ..linux.process import read_pid
 from ..private import child_env, child_umask, private_dir
 from .checksum import md5_entry, stat_entry
+from .scriptrunner import journal_lines
 from .transfer import Result
 
 
@@ -120,6 +122,88 @@ def run_cleanup(
             return Skipped(why)
         _start_runner(cfg, status, name, full_path)
     return _collect(status)
+
+
+Outcome = Union[Result, Skipped, None, Exception]
+
+
+def journal_of(cfg: Config, bundle: str) -> str:
+    """Where the runners of a bundle's members' scripts record them (scriptrunner --each)."""
+    return script_status(cfg, bundle)[: -len(".json")] + ".journal"
+
+
+def run_members(cfg: Config, bundle: str, scripts: Sequence[tuple[int, str, str, Content]]) -> list[Outcome]:
+    """The cleanup scripts of members of a bundle, (number, name, full path, content) each, each
+    exactly once: one runner (scriptrunner --each) runs them one after another and records each in
+    the bundle's journal. A member the journal already has (an agent killed meanwhile) is collected,
+    not run again: its result, or None if it started and never ended (the runner died). Right
+    before the runner starts, each target is checked to hold the delivered content (Skipped if not)."""
+    journal = journal_of(cfg, bundle)
+    lock = journal + ".lock"
+    while _locked(lock):  # a runner of an earlier run of the agent still going: wait for it
+        time.sleep(0.2)
+    found = _journal(journal)
+    todo: list[tuple[int, list[str]]] = []
+    skipped: dict[int, Skipped] = {}
+    for number, name, full_path, content in scripts:
+        if number not in found:
+            why = content.missing_from(full_path)
+            if why is not None:
+                skipped[number] = Skipped(why)
+            else:
+                todo.append((number, cleanup_argv(cfg.cleanup_argv, name, full_path)))
+    if todo:
+        manifest = journal[: -len(".journal")] + ".manifest"
+        with open(os.open(manifest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "w") as f:
+            json.dump(todo, f)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            argv = [sys.executable, "-m", "synkler.hops.scriptrunner", "--each", journal, manifest]
+            argv += ["--timeout", str(cfg.cleanup_timeout)]
+            subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                pass_fds=(fd,),
+                umask=child_umask(),
+                env=child_env(),
+            )
+        finally:
+            os.close(fd)
+        found = _journal(journal)
+    out: list[Outcome] = []
+    for number, *_ in scripts:
+        if number in skipped:
+            out.append(skipped[number])
+        elif number not in found:
+            out.append(Result(False, -1, "the script runner left no result", ()))
+        else:
+            out.append(found[number])
+    return out
+
+
+def _journal(path: str) -> dict[int, Result | None]:
+    """What a bundle's journal says of each member's script: its result, or None (started, never
+    ended: interrupted)."""
+    out: dict[int, Result | None] = {}
+    for item in journal_lines(path):
+        if "start" in item:
+            out.setdefault(item["start"], None)
+        elif "end" in item:
+            rc = item.get("returncode", -1)
+            out[item["end"]] = Result(rc == 0, rc, str(item.get("output", "")), ())
+    return out
+
+
+def forget_journal(cfg: Config, bundle: str) -> None:
+    """A bundle's journal and its companions go once every member's script is recorded."""
+    journal = journal_of(cfg, bundle)
+    for path in (journal, journal + ".lock", journal[: -len(".journal")] + ".manifest"):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 def _runner_died(status: str) -> bool:

@@ -13,6 +13,15 @@ which inherits the lock as --lock-fd and writes its pid into that file. So from 
 exists until it ends, the file is locked: an agent restarted while the runner is still starting
 (Python takes a moment) waits for it instead of starting the script a second time.
 
+With --each JOURNAL MANIFEST it runs the scripts of a bundle's members one after another (MANIFEST:
+a JSON list of [number, [COMMAND, ARG...]]), with one interpreter for them all: it appends a line
+{"start": N} to JOURNAL and flushes it to the disk before script N starts, and {"end": N, "returncode":
+…, "output": …} once it has ended. A number that has a line in JOURNAL already is not run again. The
+agent holds an flock on JOURNAL.lock, which the runner inherits (--lock-fd) and keeps until it exits:
+an agent restarted meanwhile waits for it, then reads JOURNAL: an end is a result, a start without an
+end a script interrupted (not run again), no line a script that never started
+(synkler.hops.cleanup.run_members).
+
 A script still running after --timeout seconds is stopped: SIGTERM to its whole process group,
 SIGKILL 10 s later. It then counts as failed (exit status -15 or -9), with a note in its output.
 """
@@ -79,7 +88,51 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
+def journal_lines(path: str) -> list[dict]:
+    """The lines of a journal (--each), a torn last one left out."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read().splitlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in raw:
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(item, dict):
+            out.append(item)
+    return out
+
+
+def run_each(journal: str, manifest: str, timeout: float | None) -> int:
+    """--each: the scripts of MANIFEST, each once, each recorded in JOURNAL."""
+    with open(manifest, "rb") as f:
+        todo = json.load(f)
+    seen = {item.get("start") for item in journal_lines(journal)}
+    fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fsync_dir(os.path.dirname(journal) or ".")
+        for number, command in todo:
+            if number in seen:
+                continue
+            os.write(fd, json.dumps({"start": number}).encode() + b"\n")
+            os.fdatasync(fd)  # a script that started is never started again, even after a power cut
+            rc, output = run(command, timeout)
+            line = {"end": number, "returncode": rc, "output": output[-MAX_OUTPUT:]}
+            os.write(fd, json.dumps(line).encode() + b"\n")
+    finally:
+        os.fsync(fd)
+        os.close(fd)
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) >= 3 and argv[0] == "--each":
+        journal, manifest, rest = argv[1], argv[2], argv[3:]
+        timeout = float(rest[1]) if len(rest) >= 2 and rest[0] == "--timeout" else None
+        return run_each(journal, manifest, timeout)  # the lock fd (--lock-fd) is held by inheritance
     timeout = lock_fd = None
     if len(argv) >= 3 and argv[1] == "--timeout":
         timeout, argv = float(argv[2]), [argv[0], *argv[3:]]

@@ -3,19 +3,24 @@
 What a user checks after a big batch: every file at download once, under its own name, with its md5;
 each cleanup script run exactly once per file on each side; central's copies gone keep_minutes after
 delivery; nothing left in any staging place. The default suite relays 2,000 files; the `scale`
-marker selects 20,000 (`pytest -m scale tests/e2e/test_relay_scale.py`).
+marker selects 20,000 (`pytest -m scale tests/e2e/test_relay_scale.py`). The same with bundles
+(many small files as one entry, synkler.bundles): every file still arrives once, under its own name,
+with its md5, and its cleanup script runs exactly once at each end.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
 from support.relay_helpers import assert_clean
 
+from synkler import bundles
 from synkler.devkit.localrelay import LocalRelay
 from synkler.hops.checksum import md5_entry
 
@@ -117,3 +122,130 @@ def test_two_thousand_small_files_cross_once_each_while_every_agent_is_killed(ma
 @pytest.mark.scale
 def test_twenty_thousand_small_files_cross_once_each_while_every_agent_is_killed(make_relay):
     relay_many_with_kills(make_relay, 20_000, timeout=3600)
+
+
+# bundles ------------------------------------------------------------------------------------
+
+BUNDLES = {"bundle_files": 100, "bundle_min": 20}
+
+
+def query(relay: LocalRelay, role: str, sql: str, *params: object) -> list[tuple]:
+    path = relay.workdir / role / "state.sqlite"
+    if not path.exists():
+        return []
+    db = sqlite3.connect(path.absolute().as_uri() + "?mode=ro", uri=True)
+    try:
+        return db.execute(sql, params).fetchall()
+    except sqlite3.OperationalError:  # the agent is creating the schema
+        return []
+    finally:
+        db.close()
+
+
+def placed(relay: LocalRelay) -> int:
+    """Files placed at download: members of bundles, and single entries."""
+    rows = query(relay, "download", "SELECT count(*) FROM members WHERE placed = ?", bundles.PLACED)
+    sql = "SELECT count(*) FROM entries WHERE kind != ? AND state = ?"
+    single = query(relay, "download", sql, "bundle", "done")
+    return (rows[0][0] if rows else 0) + (single[0][0] if single else 0)
+
+
+def all_done(relay: LocalRelay, role: str) -> bool:
+    rows = query(relay, role, "SELECT count(*), sum(state = 'done') FROM entries")
+    return bool(rows) and rows[0][0] > 0 and rows[0][0] == rows[0][1]
+
+
+def relay_bundles(make_relay, count: int, timeout: float, kills: bool) -> None:
+    relay = make_relay(verbose=False, central={"keep_minutes": KEEP_MINUTES})
+    up_log, down_log = relay.workdir / "up.log", relay.workdir / "down.log"
+    relay.write_config("upload", {"cleanup_script": recorder(up_log), **BUNDLES})
+    relay.write_config("download", {"cleanup_script": recorder(down_log)})
+    source = relay.workdir / "source"
+    source.mkdir()
+    md5s: dict[str, str] = {}
+    for i in range(count):
+        path = source / f"f{i:05d}.bin"
+        path.write_bytes(os.urandom(4096))
+        md5s[path.name] = md5_entry(path)
+    relay.start()
+    for role in ("upload", "central", "download"):
+        relay.wait_for(
+            f"{role} connected", lambda r=role: "connected to broker" in relay.log_path(r).read_text()
+        )
+    for name in md5s:
+        os.rename(source / name, relay.dirs["upload"] / name)
+
+    if kills:
+        for victim, fraction in (("download", 0.15), ("central", 0.4), ("upload", 0.65)):
+            relay.wait_for(
+                f"{fraction:.0%} placed at download before {victim} is killed",
+                lambda f=fraction: placed(relay) >= f * count,
+                timeout,
+                interval=0.2,
+            )
+            relay.kill(victim)
+            relay.start(victim)
+
+    relay.wait_for(
+        "every file placed, every entry done at upload and download",
+        lambda: placed(relay) == count and all_done(relay, "upload") and all_done(relay, "download"),
+        timeout,
+        interval=0.5,
+    )
+    relay.wait_for(
+        "every cleanup script run",
+        lambda: len(lines(up_log)) >= count and len(lines(down_log)) >= count,
+        timeout,
+        interval=0.5,
+    )
+    relay.wait_for(
+        "every central copy expired",
+        lambda: all(s == "expired" for (s,) in query(relay, "central", "SELECT state FROM entries")),
+        timeout,
+        0.5,
+    )
+
+    down = relay.dirs["download"]
+    assert sorted(os.listdir(down)) == sorted([*md5s, f".synkler-{relay.instance}"])  # nothing twice
+    assert [n for n, md5 in md5s.items() if md5_entry(down / n) != md5] == []
+    # Exactly once on each side: every name once, no name twice.
+    assert sorted(lines(up_log)) == sorted(md5s)
+    assert sorted(lines(down_log)) == sorted(md5s)
+    # Most files crossed in bundles: far fewer entries than files.
+    kinds = query(relay, "central", "SELECT kind, count(*), sum(files) FROM entries GROUP BY kind")
+    in_bundles = sum(n for kind, _, n in kinds if kind == "bundle")
+    assert in_bundles >= count * 0.9, kinds
+    assert len(relay.entries("central")) < count / 10, kinds
+    # Each member's md5 at upload is the one download placed, and its receipt document lists it.
+    up = dict(query(relay, "upload", "SELECT name, md5 FROM members"))
+    assert {os.fsdecode(n): m for n, m in up.items() if os.fsdecode(n) in md5s} == {
+        n: md5s[n] for n in (os.fsdecode(n) for n in up)
+    }
+    assert os.listdir(relay.dirs["central"] / relay.instance / "stored") == []
+    assert os.listdir(relay.dirs["upload"] / bundles.UPLOAD_DIR) == []
+    assert_clean(relay)
+    # status --json at download lists each bundle's files, where each went and its cleanup.
+    out = subprocess.run(
+        relay.command("download", "status", "--all", "--json"), capture_output=True, text=True, check=True
+    )
+    shown = [m for row in json.loads(out.stdout) for m in row.get("members", [])]
+    assert sorted(m["name"] for m in shown) == sorted(n for n in md5s if n not in single_names(relay))
+    assert {(m["placed"], m["cleanup"]) for m in shown} == {("placed", "done")}
+    assert all(m["md5"] == md5s[m["name"]] and m["stored_as"] == m["name"] for m in shown)
+
+
+def single_names(relay: LocalRelay) -> set[str]:
+    return {n for (n,) in query(relay, "download", "SELECT name FROM entries WHERE kind != 'bundle'")}
+
+
+def test_two_thousand_small_files_cross_in_bundles_each_placed_and_cleaned_up_once(make_relay):
+    relay_bundles(make_relay, 2000, timeout=600, kills=False)
+
+
+def test_bundles_cross_once_each_while_every_agent_is_killed(make_relay):
+    relay_bundles(make_relay, 2000, timeout=900, kills=True)
+
+
+@pytest.mark.scale
+def test_twenty_thousand_small_files_cross_in_bundles_while_every_agent_is_killed(make_relay):
+    relay_bundles(make_relay, 20_000, timeout=3600, kills=True)

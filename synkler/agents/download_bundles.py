@@ -1,0 +1,163 @@
+"""Download's bundles (synkler.bundles): a verified bundle is unpacked, each member renamed into
+file_dir as a top-level file of its own, under the same rules as an entry (never over anything: a
+name that holds other content gets the next versioned name; the same content there already counts
+as placed).
+
+Crash-safe as an entry's placing is: the name each member takes is committed (with the bundle's
+move to `placing`) before any rename; the renames of a pass are recorded in that pass's commit; a
+member whose staged copy is gone and whose chosen name holds a file was renamed by an agent killed
+before its commit, and counts as placed. So each member is placed exactly once, whenever the agent
+is killed, and its cleanup script (synkler.agents.members) runs once.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from typing import Any
+
+from .. import bundles
+from ..hops.checksum import stat_entry
+from ..hops.pull import Staging, Verified
+from ..linux.fs import rename_noreplace
+from ..messages import Failed, name_problem
+from ..state import Entry
+from ..text import count, shown, some_entries
+from .base import Status
+from .facts import PULL_FROM_CENTRAL
+from .members import BundleCleanups
+from .naming import BAGIT, choose_name
+
+log = logging.getLogger("synkler")
+
+
+class BundleDownload(BundleCleanups):
+    """Download's side of bundles; pulls and single entries are in Download."""
+
+    PLACING: Status
+    FETCHING: Status
+    staging: Staging
+    proofs: dict[str, dict | str]
+    place_due: bool
+
+    def document(self, entry: Entry, outcome: str, digest: Any) -> dict | str:
+        raise NotImplementedError
+
+    def tell_placed(self, entry: Entry) -> None:
+        raise NotImplementedError
+
+    def member_target(self, member: bundles.Member) -> tuple[str, str]:
+        stored_as = member.stored_as or member.name
+        return stored_as, os.path.join(self.cfg.file_dir, stored_as)
+
+    def member_cleanups_due(self, entry: Entry) -> None:
+        # Only the members placed here: one found there already was not delivered by this bundle.
+        self.state.rows(
+            "UPDATE members SET cleanup = 'pending' WHERE bundle = ? AND placed = ? AND cleanup IS NULL",
+            (entry.id, bundles.PLACED),
+        )
+
+    def bundle_verified(self, entry: Entry, verified: Verified) -> None:
+        """The bundle's md5 matched: choose each member's name, and commit them before any rename."""
+        files = verified.digest.files if verified.digest else []
+        wrong = next((f for f in files if f.kind != "file" or b"/" in f.path or _bad(f.path)), None)
+        why = None
+        if wrong is not None or not files:
+            why = f"not a bundle of top-level files: {shown(os.fsdecode(wrong.path)) if wrong else 'empty'}"
+        elif self.cfg.layout == BAGIT:
+            why = "a bundle cannot be placed with layout: bagit (set bundle_files: 0 at upload)"
+        if why is not None:
+            self.move(entry, self.FAILED, reason=f"{PULL_FROM_CENTRAL}: {why}")
+            self.send(entry.peer or "", Failed(entry.id, self.name, hop=PULL_FROM_CENTRAL, reason=why))
+            log.error("%s: %s", entry.name, why)
+            return
+        file_dir = str(self.cfg.file_dir)
+        known = bundles.of(self.state, entry.id)
+        if not known:  # first verification; after a pull again, those not placed choose again
+            chosen = []
+            for f in files:
+                name = os.fsdecode(f.path)
+                target, present = choose_name(file_dir, name, "file", f.md5)
+                chosen.append((name, f.size, f.md5, target, present))
+            bundles.add_verified(self.state, entry.id, chosen)
+        else:
+            again = [
+                (m.seq, choose_name(file_dir, m.name, "file", m.md5 or "")[0])
+                for m in known
+                if m.placed == bundles.NOT_PLACED
+            ]
+            bundles.set_each(self.state, entry.id, "stored_as", again)
+        entry = self.move(entry, self.PLACING, stored_as=entry.name, tries=0, reason=None)
+        self.proofs[entry.id] = self.document(entry, "placed", verified.digest)
+        self.place_due = True
+
+    def unpack(self, entry: Entry) -> None:
+        """Rename the members not placed yet into file_dir, under the names committed for them."""
+        staged = self.staging.of(entry.id)
+        file_dir = str(self.cfg.file_dir)
+        placed: list[tuple[int, object]] = []
+        signatures: list[tuple[int, object]] = []
+        present: list[tuple[int, object]] = []
+        again: list[tuple[int, object]] = []
+        missing: list[str] = []
+        for m in bundles.of(self.state, entry.id, placed=bundles.NOT_PLACED):
+            src, dst = os.path.join(staged, m.name), os.path.join(file_dir, m.stored_as or m.name)
+            try:
+                st = os.lstat(src)
+            except FileNotFoundError:
+                if os.path.lexists(dst):  # renamed by an agent killed before it recorded it
+                    placed.append((m.seq, bundles.PLACED))
+                else:
+                    missing.append(m.name)
+                continue
+            try:
+                rename_noreplace(src, dst)
+            except FileExistsError:  # taken since it was chosen: choose again, rename in a next pass
+                target, there = choose_name(file_dir, m.name, "file", m.md5 or "")
+                (present if there else again).append((m.seq, bundles.PRESENT if there else target))
+                continue
+            placed.append((m.seq, bundles.PLACED))
+            if self.cfg.cleanup_script:
+                signatures.append((m.seq, placed_signature(dst, st)))
+        bundles.set_each(self.state, entry.id, "placed", [*placed, *present])
+        bundles.set_each(self.state, entry.id, "signature", signatures)
+        bundles.set_each(self.state, entry.id, "stored_as", again)
+        if missing:
+            log.warning(
+                "%s: the staged copies of %s vanished before they were placed; fetching the bundle again",
+                entry.name,
+                some_entries(missing, noun="file"),
+            )
+            self.move(entry, self.FETCHING, due=0)
+            self.transfer_due = True
+            return
+        if again:
+            self.place_due = True
+            return
+        self.state.after_commit(functools.partial(self.staging.drop, entry.id))
+        self.delivered(entry, signature=None)
+        self.tell_placed(entry)
+        here = bundles.of(self.state, entry.id, placed=bundles.PRESENT)
+        log.info(
+            "%s: delivered into %s: %s placed%s (md5 of each verified)",
+            entry.name,
+            self.cfg.file_dir,
+            count(entry.files - len(here), "file"),
+            f", {len(here)} there already with the same md5" if here else "",
+        )
+
+
+def _bad(path: bytes) -> bool:
+    return name_problem(os.fsdecode(path)) is not None
+
+
+def placed_signature(path: str, staged: os.stat_result) -> str | None:
+    """The fingerprint (checksum.stat_entry) of what was just renamed to `path`, taken after the rename
+    (which changes the ctime); None if `path` is no longer the inode that was renamed there."""
+    try:
+        signature = stat_entry(path).signature
+        now = os.lstat(path)
+    except (OSError, ValueError):
+        return None
+    return signature if (now.st_dev, now.st_ino) == (staged.st_dev, staged.st_ino) else None
