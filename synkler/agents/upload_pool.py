@@ -14,6 +14,7 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
+from .. import destinations as dests
 from ..messages import Admit, Delivered, Forget, Message, Offer, offers_key
 from ..metadata import loads
 from ..state import Entry, State
@@ -117,6 +118,9 @@ class PoolUpload(Greeting):
         old, old_epoch = entry.peer or "", self.state.epoch(entry.id)
         reason = f"re-owned by upload at epoch {old_epoch + 1}: {old} was gone"
         entry = self.move(entry, self.OFFERED, peer=None, attempt=0, tries=0, due=0, path=None, reason=None)
+        # Routes frozen at the first admission stay the entry's: the next owner sends to the
+        # destinations that have not proved a copy yet, whatever its own routes say now.
+        found = dests.rows(self.state, entry.id)
         offer = Offer(
             entry.id,
             self.name,
@@ -125,6 +129,7 @@ class PoolUpload(Greeting):
             size=entry.size,
             files=entry.files,
             meta=loads(self.state.metadata(entry.id)) or None,
+            to=tuple(dests.waiting_for(found)) if found else (),
         )
         self.send_offer(entry, offer)
         # Waits in the old owner's queue: if it comes back, it drops its copy before it touches it.

@@ -314,3 +314,26 @@ def test_an_end_agent_of_a_pool_closes_its_ssh_master_connection_to_each_central
     r = Role("upload", tmp_path, centrals=POOL)
     r.agent.stopped()
     assert closed[1:] == ["synkler@host-a", "synkler@host-b"] and len(closed) == 3
+
+
+def test_a_reowned_entry_keeps_the_destinations_frozen_at_its_first_admission(tmp_path: Path):
+    """Re-owned, an entry routed to two destinations of which one already proved a copy is offered
+    again to the other only (`to`), so the next central does not route it by its own rules."""
+    from synkler import destinations as dests
+
+    r = Role("upload", tmp_path, centrals=POOL)
+    r.start()
+    e = r.given("sent", peer="central-a", md5=MD5)
+    with r.state.transaction():
+        r.state.put_epoch(e.id, 1)
+        dests.route(r.state, e.id, ["download", "archive"])
+        dests.mark(r.state, e.id, "download", dests.FETCHED)
+    with r.state.transaction():
+        r.agent.reown(r.entry(e.id))
+    offers = [m for _, m in r.sent() if isinstance(m, Offer)]
+    assert len(offers) == 1 and offers[0].to == ("archive",) and offers[0].epoch == 2
+    # without routes (one destination), the offer names none: central's default
+    plain = r.given("sent", name="plain.bin", peer="central-a", md5=MD5)
+    with r.state.transaction():
+        r.agent.reown(r.entry(plain.id))
+    assert [m.to for _, m in r.sent() if isinstance(m, Offer) and m.entry == plain.id] == [()]
