@@ -5,6 +5,7 @@ the other and delivered once, each cleanup script run once; brought back, it tou
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 from support.pool import cleanups, pool_relay, put, start_centrals, takers
@@ -117,3 +118,42 @@ def test_a_drained_central_takes_no_offers_and_the_relay_view_says_so(make_relay
         relay.command("central-b", "drain", "central-b", "--undo"), capture_output=True, text=True, timeout=60
     )
     assert undone.returncode == 0 and "takes offers again" in undone.stdout, undone.stderr
+
+
+def test_the_relay_view_of_a_pool_shows_both_centrals_and_each_entry_at_the_central_that_took_it(make_relay):
+    relay, _records = pool_relay(make_relay)
+    start_centrals(relay)
+    relay.start("upload")  # no download: what each central takes stays stored there
+    md5s = put(relay, [f"held-{i}.dat" for i in range(8)])
+    relay.wait_for(
+        "every entry stored at a central",
+        lambda: (
+            sum(len(v) for v in takers(relay, set(md5s)).values()) == len(md5s)
+            and all(e.state == Mid.DOWNLOADING for k in ("central", "central-b") for e in relay.entries(k))
+        ),
+        60,
+    )
+    held = takers(relay, set(md5s))
+    expected = {name: key for key, names in held.items() for name in names}
+    central_name = {"central": "central-a", "central-b": "central-b"}
+
+    def view() -> dict:
+        done = subprocess.run(
+            relay.command("upload", "status", "--relay", "--json"), capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def shown_right() -> bool:
+        v = view()
+        where = {e["name"]: e["roles"].get("central", {}).get("agent") for e in v["entries"]}
+        return where == {name: central_name[key] for name, key in expected.items()}
+
+    # Reports come every 5 s (sooner when counts change): wait for the ones that list every entry.
+    relay.wait_for("the view listing each entry at its central", shown_right, 30, interval=1)
+    centrals = {a["name"]: a for a in view()["agents"] if a["role"] == "central"}
+    assert set(centrals) == {"central-a", "central-b"}
+    for name, key in central_name.items():
+        a = centrals[key]
+        assert a["status"] == "running" and isinstance(a["room"], int) and a["room"] > 0
+        assert a["counts"].get(Mid.DOWNLOADING.value, 0) == len(held[name])
