@@ -140,7 +140,7 @@ FACTS = facts(
 class Upload(PoolUpload):
     mode = "upload"
     OWNED = (Up.WAITING, Up.UPLOADING, Up.PUSHED, Up.SENT)
-    OFFERED = Up.OFFERED
+    OFFERED, WAITING = Up.OFFERED, Up.WAITING
     STATES = Up
     NEW = (Up.OFFERED,)
     TRANSITIONS = TRANSITIONS
@@ -501,6 +501,9 @@ class Upload(PoolUpload):
             self.transfer_due = True
 
     def on_wait(self, msg: Wait) -> None:
+        known = self.state.get(msg.entry)
+        if known is not None and known.state == Up.OFFERED:
+            self.take_wait(known, msg.sender)  # in a pool: the central that took the offer holds it
         entry = self.entry_for(msg)
         if entry.state == Up.OFFERED:
             self.move(entry, Up.WAITING, reason=msg.reason)

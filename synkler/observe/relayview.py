@@ -45,6 +45,17 @@ def agent_status(report: Report | None, now: float) -> tuple[str, float | None]:
     return "running", report.at
 
 
+def pool_room(report: Report | None, now: float) -> tuple[int, float] | None:
+    """A central of a pool as its report says now: (the offers it may take, the bytes it may still
+    take above its reserve); None unless it is running (heard lately, not stopped, not draining)
+    and says both."""
+    if report is None or report.room is None or report.draining or report.disk is None:
+        return None
+    if agent_status(report, now)[0] != "running":
+        return None
+    return report.room, float(report.disk.free - report.disk.reserve)
+
+
 def _agent_row(
     role: str, name: str, report: Report | None, queue: Queue | None, now: float
 ) -> dict[str, Any]:

@@ -25,9 +25,13 @@ def recorder(record: Path) -> str:
     return shlex.join([sys.executable, "-c", RECORDER, str(record), "%f"])
 
 
-def pool_relay(make_relay, *, signed: bool = False) -> tuple[LocalRelay, dict[str, Path]]:
+def pool_relay(
+    make_relay, *, signed: bool = False, more: dict[str, dict] | None = None
+) -> tuple[LocalRelay, dict[str, Path]]:
     """Upload, download and the centrals central-a (the relay's `central`) and central-b; `signed`:
-    download signs receipts, and upload and the centrals pin its key (a late `delivered` counts)."""
+    download signs receipts, and upload and the centrals pin its key (a late `delivered` counts).
+    `more`: agent key -> more settings of its config."""
+    more = more or {}
     relay = make_relay()
     target = relay.sshd.target
     centrals = {"central-a": target, "central-b": target}
@@ -40,14 +44,14 @@ def pool_relay(make_relay, *, signed: bool = False) -> tuple[LocalRelay, dict[st
         key_file.write_bytes(receipts.private_bytes(key))
         key_file.chmod(0o600)
         pinned, keyed = {"download_public_key": receipts.public_text(key)}, {"receipt_key": str(key_file)}
-    relay.write_config("central", {"name": "central-a", "uploads": ["upload"], **pinned})
+    relay.write_config(
+        "central", {"name": "central-a", "uploads": ["upload"], **pinned, **more.get("central", {})}
+    )
     relay.add_agent(
         "central-b", "central", {"name": "central-b", "uploads": ["upload"], "keep_minutes": 30, **pinned}
     )
-    relay.write_config(
-        "upload",
-        {"centrals": centrals, "reown_seconds": 5, "cleanup_script": recorder(records["upload"]), **pinned},
-    )
+    up = {"centrals": centrals, "reown_seconds": 5, "cleanup_script": recorder(records["upload"]), **pinned}
+    relay.write_config("upload", {**up, **more.get("upload", {})})
     relay.write_config(
         "download", {"centrals": centrals, "cleanup_script": recorder(records["download"]), **keyed}
     )
