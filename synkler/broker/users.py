@@ -65,7 +65,6 @@ def permissions(
     from, and then, with `downloads`, the only agents it sends to)."""
     base = re.escape(exchange_name(instance))
     own = re.escape(name)
-    centrals = [central] if isinstance(central, str) else list(central)
     # Only central's user may declare (and so delete) the shared objects: the exchanges, the
     # dead-letter queue; '' after the base is the topic exchange itself.
     shared = "|:dead|:presence|" if mode == "central" else ""
@@ -73,29 +72,34 @@ def permissions(
     # `:inbox:<own>` and deletes (removed in 0.8). `:lock:<own>`: the exclusive queue that makes the
     # agent the only active one of its name.
     mine = f":inbox:{own}|:agent:{own}|:holder:{own}"
-    offers = [re.escape(u) for u in offers]
-    # An upload agent of a pool declares and binds its own offers queue; a central only consumes.
-    # (Declaring a queue with a dead-letter target takes read on it too: RabbitMQ's check.)
-    if mode == "upload" and offers:
-        mine += f"|:offers:{own}"
-    taken = f"|:offers:({'|'.join(offers)})" if mode == "central" and offers else ""
-    if mode == "upload" and offers:
-        taken = f"|:offers:{own}"
-    configure = f"^{base}({mine}|:lock:{own}{shared})$"
-    write = f"^{base}(|:dead|:presence|{mine})$"
+    # A pool: an upload agent declares, binds and reads its own offers queue (declaring a queue with
+    # a dead-letter target takes read on it: RabbitMQ's check); a central only reads (consumes).
+    uploads = [re.escape(u) for u in offers]
+    feeds = f"|:offers:{own}" if mode == "upload" and offers else ""
+    takes = f"|:offers:{_either(uploads)}" if mode == "central" and offers else feeds
+    configure = f"^{base}({mine}{feeds}|:lock:{own}{shared})$"
+    write = f"^{base}(|:dead|:presence|{mine}{feeds})$"
     dead = "|:dead" if mode == "central" else ""
     # Reading every agent's presence report (holder queue) is what `status --relay` does.
-    read = f"^{base}(|:presence{dead}|:inbox:{own}|:agent:{own}|:holder:[^:]+{taken})$"
-    keys = [re.escape(c) for c in centrals]
-    if mode == "upload" and offers:
-        keys.append(f"offers:{own}")
-    elif mode == "central":
-        # Alone, central sends to any agent; in a pool, to its upload agents and downloads only (no
-        # other central, and no offer: `offers:<name>`).
-        keys = [*offers, *(re.escape(d) for d in downloads)] if offers else [".*"]
-    topic_write = ".*" if keys == [".*"] else f"^{_either(keys)}$"
-    topic_read = f"^{_either([own, f'offers:{own}'] if mode == 'upload' and offers else [own])}$"
-    return Permissions(configure, write, read, topic_write, topic_read, f"^{own}$")
+    read = f"^{base}(|:presence{dead}|:inbox:{own}|:agent:{own}|:holder:[^:]+{takes})$"
+    keys = _routes(mode, own, central, uploads, downloads)
+    topic_read = f"^{_either([own, f'offers:{own}'] if feeds else [own])}$"
+    return Permissions(configure, write, read, keys, topic_read, f"^{own}$")
+
+
+def _routes(
+    mode: str, own: str, central: str | Sequence[str], uploads: Sequence[str], downloads: Sequence[str]
+) -> str:
+    """The routing keys an agent may publish with (`own`, `uploads`: escaped already): upload and
+    download to the central(s), an upload agent of a pool also its offers (`offers:<name>`). Central
+    alone to any agent; in a pool, to its upload agents and downloads only (no other central, no
+    offer)."""
+    if mode != "central":
+        keys = [re.escape(c) for c in ([central] if isinstance(central, str) else central)]
+        return f"^{_either([*keys, f'offers:{own}'] if mode == 'upload' and uploads else keys)}$"
+    if not uploads:
+        return ".*"
+    return f"^{_either([*uploads, *(re.escape(d) for d in downloads)])}$"
 
 
 def _either(patterns: Sequence[str]) -> str:
