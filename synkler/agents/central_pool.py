@@ -18,7 +18,7 @@ from ..messages import Delivered, Forget, Message, Offer
 from ..state import Entry, Request
 from .agent import Agent
 from .base import Status
-from .ownership import stale
+from .ownership import REOWNED, stale
 
 log = logging.getLogger("synkler")
 
@@ -91,7 +91,10 @@ class PoolCentral(Agent):
         if known is None:
             return False
         held = self.state.epoch(known.id)
-        if msg.epoch <= held:
+        # Re-owned from this central: upload's `forget` (read already: the entry is forgotten, at the
+        # forget's epoch) comes with an offer of that epoch, which this central never took.
+        reowned = (known.reason or "").startswith(REOWNED) and msg.epoch == held
+        if msg.epoch <= held and not (reowned and known.state == self.FORGOTTEN):
             return True  # a duplicate
         if known.state == self.FORGOTTEN and known.peer == msg.sender:
             # Re-owned from this central (its copy is gone) and offered to it again: taken afresh.

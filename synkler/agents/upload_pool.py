@@ -21,7 +21,7 @@ from ..metadata import loads
 from ..state import Entry, State
 from .base import Jobs, Status
 from .endpoint import Endpoint
-from .ownership import Reowner, reoffers, stale
+from .ownership import Reowner, reoffers, reowned, stale
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -144,7 +144,7 @@ class PoolUpload(Endpoint):
         """Offer the entry again at the next epoch, and tell its old owner to drop it; `why`: what
         made upload take it back (default: its owner was gone)."""
         old, old_epoch = entry.peer or "", self.state.epoch(entry.id)
-        reason = f"re-owned by upload at epoch {old_epoch + 1}: {why or f'{old} was gone'}"
+        reason = reowned(old_epoch + 1, why or f"{old} was gone")
         entry = self.move(entry, self.OFFERED, peer=None, attempt=0, tries=0, due=0, path=None, reason=None)
         offer = Offer(
             entry.id,

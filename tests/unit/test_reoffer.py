@@ -4,6 +4,7 @@ upload's and central's pool parts), decided without a broker."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -85,3 +86,31 @@ def test_a_central_whose_offer_waits_for_disk_space_takes_no_more_offers(tmp_pat
     r.tick()
     assert r.entry(entry_id).state == Mid.FORGOTTEN
     assert r.agent.offer_room() == 2 * r.cfg.max_transfers  # nothing waits for room now
+
+
+def test_a_central_that_read_the_reown_forget_first_takes_the_offer_of_that_epoch_afresh(tmp_path: Path):
+    # Upload re-owns (its holder was gone, or held it waiting too long) with a `forget` and an offer
+    # of the same epoch; the old holder may read the forget first, and be the only central with room.
+    r = Role("central", tmp_path, name="central-a", uploads=["upload"])
+    r.start()
+    entry_id = "2" * 32
+    offer = Offer(entry_id, "upload", name="data.bin", kind="file", size=4, files=1, epoch=1)
+    r.deliver(offer)
+    r.tick()
+    r.deliver(Forget(entry_id, "upload", reason="re-owned by upload at epoch 2: central-a was gone", epoch=2))
+    assert r.entry(entry_id).state == Mid.FORGOTTEN
+    r.deliver(dataclasses.replace(offer, epoch=2))
+    assert (r.entry(entry_id).state, r.state.epoch(entry_id)) == (Mid.WAITING, 2)  # not lost as a duplicate
+    r.deliver(dataclasses.replace(offer, epoch=2))  # a copy of it: nothing more
+    r.deliver(offer)  # the old epoch's: nothing
+    assert r.entry(entry_id).state in (Mid.WAITING, Mid.UPLOADING) and r.state.epoch(entry_id) == 2
+
+
+def test_an_offer_again_of_an_entry_an_operator_forgot_at_central_is_a_duplicate(tmp_path: Path):
+    r = Role("central", tmp_path, name="central-a", uploads=["upload"])
+    r.start()
+    e = r.given("forgotten", peer="upload", reason="forgotten by an operator")
+    with r.state.transaction():
+        r.state.put_epoch(e.id, 1)
+    r.deliver(Offer(e.id, "upload", name="data.bin", kind="file", size=4, files=1, epoch=1))
+    assert r.entry(e.id).state == Mid.FORGOTTEN
