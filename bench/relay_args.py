@@ -10,9 +10,9 @@ from typing import Any
 from freshfs import KINDS as FS_KINDS
 from freshfs import check_kind, default_kind
 
-SCENARIOS = ("latency", "big", "many", "tree", "mixed", "idle", "scale", "links", "sftp")
-# What runs without --only: scale and links take many minutes (links and sftp need root), so they
-# run only when named.
+SCENARIOS = ("latency", "big", "many", "tree", "mixed", "idle", "scale", "links", "centrals", "sftp")
+# What runs without --only: scale, links and centrals take many minutes (links, centrals and sftp
+# need root), so they run only when named.
 DEFAULT_SCENARIOS = ("latency", "big", "many", "tree", "mixed", "idle")
 
 # Sizes of a full run (what the issue asks for) and of --quick (fits in about a minute). An explicit
@@ -34,6 +34,9 @@ FULL: dict[str, Any] = {
     "links_big_mb": 1024,
     "links_files": 20,
     "links_file_mb": 50,
+    "centrals": "1,2,3",
+    "centrals_files": 100,
+    "centrals_file_mb": 4,
 }
 QUICK: dict[str, Any] = {
     "big_mb": 32,
@@ -52,6 +55,9 @@ QUICK: dict[str, Any] = {
     "links_big_mb": 64,
     "links_files": 4,
     "links_file_mb": 8,
+    "centrals": "1,2,3",
+    "centrals_files": 12,
+    "centrals_file_mb": 1,
 }
 
 
@@ -66,7 +72,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--only",
         default=",".join(DEFAULT_SCENARIOS),
-        help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all but scale, links and sftp)",
+        help=f"comma-separated subset of {','.join(SCENARIOS)} "
+        "(default: all but scale, links, centrals and sftp)",
     )
     p.add_argument(
         "--fs",
@@ -75,6 +82,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "a loop-mounted ext4, a tmpfs, or a new directory (default: ext4 as root, else dir)",
     )
     add_scale_options(p)
+    add_centrals_options(p)
     add_size_options(p)
     add_run_options(p)
     args = p.parse_args(argv)
@@ -110,6 +118,32 @@ def add_scale_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--links-file-mb", type=int, help=f"links: size of each, MiB (full {FULL['links_file_mb']})"
+    )
+
+
+def add_centrals_options(p: argparse.ArgumentParser) -> None:
+    """Options of the centrals scenario (bench/centrals.py)."""
+    p.add_argument(
+        "--centrals", help=f"centrals: pool sizes to relay with, comma-separated (full {FULL['centrals']})"
+    )
+    p.add_argument(
+        "--centrals-rate-mbit",
+        type=float,
+        default=40.0,
+        help="centrals: rate of each central's link, Mbit/s (upload's and download's: not limited; "
+        "default %(default)s)",
+    )
+    p.add_argument(
+        "--centrals-transfers",
+        type=int,
+        help="centrals: max_transfers of upload and download (default: the agents' default, shared by "
+        "every central of the pool)",
+    )
+    p.add_argument(
+        "--centrals-files", type=int, help=f"centrals: number of files (full {FULL['centrals_files']})"
+    )
+    p.add_argument(
+        "--centrals-file-mb", type=int, help=f"centrals: size of each, MiB (full {FULL['centrals_file_mb']})"
     )
 
 
@@ -191,6 +225,14 @@ def check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--scale takes comma-separated counts (got {args.scale!r})")
     if not args.scale or min(args.scale) < 1:
         p.error("--scale takes counts of at least 1")
+    try:
+        args.centrals = sorted({int(n) for n in str(args.centrals).split(",") if n.strip()})
+    except ValueError:
+        p.error(f"--centrals takes comma-separated pool sizes (got {args.centrals!r})")
+    if args.centrals_transfers is not None and args.centrals_transfers < 1:
+        p.error("--centrals-transfers must be at least 1")
+    if not args.centrals or min(args.centrals) != 1 or max(args.centrals) > 9:
+        p.error("--centrals takes pool sizes from 1 to 9, 1 among them (the baseline)")
     args.fs = args.fs or default_kind()
     why = check_kind(args.fs)
     if why:
@@ -209,10 +251,16 @@ def check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         "links_big_mb",
         "links_files",
         "links_file_mb",
+        "centrals_files",
+        "centrals_file_mb",
     ):
         if getattr(args, key) < 1:
             p.error(f"--{key.replace('_', '-')} must be at least 1")
-    if min(args.idle_seconds, args.timeout, args.scale_timeout, args.links_rate_mbit) <= 0:
-        p.error("--idle-seconds, --timeout, --scale-timeout and --links-rate-mbit must be positive")
+    rates = (args.links_rate_mbit, args.centrals_rate_mbit)
+    if min(args.idle_seconds, args.timeout, args.scale_timeout, *rates) <= 0:
+        p.error(
+            "--idle-seconds, --timeout, --scale-timeout, --links-rate-mbit and --centrals-rate-mbit "
+            "must be positive"
+        )
     if args.quiet < 0:
         p.error("--quiet must not be negative")

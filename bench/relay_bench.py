@@ -5,7 +5,8 @@ Every figure is measured in the same run as its baseline (a direct ``rsync -a`` 
 to the same loopback sshd, right before the relay moves it), so the ratios survive a noisy or slow
 machine better than absolute times do. Each timed run writes into a file system made for it alone
 (freshfs.py), and reports the CPU time of all its processes beside its wall time (cpuacct.py). The
-links scenario (links.py) runs the hosts in network namespaces (netns.py). See docs/performance.md
+links scenario (links.py) runs the hosts in network namespaces (netns.py), and the centrals scenario
+(centrals.py) a pool of centrals, each a host of its own (netns_star.py). See docs/performance.md
 for what each figure means and the targets.
 
 Run it from the repository with the project's venv (synkler must be importable, and the agents are
@@ -405,6 +406,11 @@ class Bench(Runs):
 
         return links.run(self)
 
+    def centrals(self) -> dict[str, Any]:
+        import centrals  # bench/centrals.py: a pool of centrals, each in a network namespace
+
+        return centrals.run(self)
+
     def sftp(self) -> dict[str, Any]:
         """The SFTP transport against OpenSSH's scp, sftp and rsync (bench/sftp_bench.py, which
         needs root for its chrooted internal-sftp account): its figures, as it prints them."""
@@ -519,7 +525,9 @@ def say_cpu(label: str, cpu: dict[str, Any], elapsed: float) -> None:
     """Each agent's CPU (itself + its reaped children) and the whole machine's, during a relay."""
     say(
         f"  {label}: CPU s: "
-        + ", ".join(f"{r} {cpu[r]['agent_s']:.2f}+{cpu[r]['children_s']:.2f}" for r in ROLES)
+        + ", ".join(
+            f"{r} {v['agent_s']:.2f}+{v['children_s']:.2f}" for r, v in cpu.items() if r != "machine_s"
+        )
         + f" (agent+its reaped rsync/ssh); whole machine {cpu['machine_s']:.2f} in {elapsed:.2f} s"
     )
 
@@ -560,6 +568,11 @@ def settings(args: argparse.Namespace, bench: Bench | None, accounting: str | No
         "links_big_mb": args.links_big_mb,
         "links_files": args.links_files,
         "links_file_mb": args.links_file_mb,
+        "centrals": args.centrals,
+        "centrals_rate_mbit": args.centrals_rate_mbit,
+        "centrals_files": args.centrals_files,
+        "centrals_file_mb": args.centrals_file_mb,
+        "centrals_transfers": args.centrals_transfers,
         "settle_override": args.settle,
         **(bench.effective if bench else {}),
         "broker": args.broker,

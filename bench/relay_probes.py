@@ -16,7 +16,7 @@ from typing import Any
 
 import synkler
 from synkler.config import Config, load_config
-from synkler.devkit.localrelay import ROLES, LocalRelay
+from synkler.devkit.localrelay import LocalRelay
 
 SAMPLE_S = 0.05  # how often the concurrency sampler looks at rsync processes and states
 
@@ -82,8 +82,9 @@ def agent_config(relay: LocalRelay, role: str) -> Config:
 
 
 def readers(relay: LocalRelay) -> dict[str, StateReader]:
-    """One StateReader per role (connections open lazily, once the agent has made its database)."""
-    return {role: StateReader(agent_config(relay, role).state_db) for role in ROLES}
+    """One StateReader per agent (the roles, and a pool's other centrals by their keys; connections
+    open lazily, once the agent has made its database)."""
+    return {key: StateReader(agent_config(relay, key).state_db) for key in relay.modes}
 
 
 def close_all(state: dict[str, StateReader]) -> None:
@@ -129,7 +130,7 @@ def cpu_snapshot(relay: LocalRelay) -> dict[str, Any]:
 def cpu_used(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """CPU seconds spent between two snapshots: per agent (itself, its children) and by the whole machine."""
     used: dict[str, Any] = {"machine_s": after["machine"] - before["machine"]}
-    for role in ROLES:
+    for role in (key for key in after if key != "machine"):  # every agent: a pool has more centrals
         used[role] = {
             "agent_s": after[role][0] - before[role][0],
             "children_s": after[role][1] - before[role][1],

@@ -132,21 +132,22 @@ class Runs:
         return relay
 
     def start(self, relay: LocalRelay) -> None:
-        """Start all three agents, wait until each has logged its broker connection, then a quiet time."""
+        """Start every agent (the three roles, and a pool's other centrals), wait until each has
+        logged its broker connection, then a quiet time."""
         # Everything the agents start (rsync, ssh, the ssh master that leaves them) counts in their group.
         with self.cpu.inside(f"agents-{relay.workdir.name}-{relay.instance}"):
-            for role in ROLES:
+            for role in relay.modes:
                 with self.place(role):
                     relay.start(role)
 
         def connected() -> bool:
-            for role in ROLES:
+            for role in relay.modes:
                 path = relay.log_path(role)
                 if not path.exists() or "connected to broker" not in path.read_text(errors="replace"):
                     return False
             return True
 
-        relay.wait_for("all three agents connected to the broker", connected, CONNECT_TIMEOUT_S)
+        relay.wait_for("every agent connected to the broker", connected, CONNECT_TIMEOUT_S)
         time.sleep(QUIET_AFTER_CONNECT_S)
 
     def finish(self, relay: LocalRelay) -> None:
@@ -159,8 +160,8 @@ class Runs:
             self.discard(relay.workdir)
 
     def check_no_failures(self, relay: LocalRelay, state: dict[str, StateReader]) -> None:
-        for role in ROLES:
-            if state[role].count("failed"):
+        for role, reader in state.items():
+            if reader.count("failed"):
                 raise BenchError(f"{role} has failed entries\n{relay.all_logs_tail()}")
 
     def poll_until(
@@ -200,7 +201,7 @@ class Runs:
             relay.wait_for(what, check, limit, interval)
         except AssertionError:
             waited = time.monotonic() - began
-            if timeout is None or waited < limit or not all(relay.alive(r) for r in ROLES):
+            if timeout is None or waited < limit or not all(relay.alive(r) for r in relay.modes):
                 raise
             raise DeliveryTimeout(waited) from None
         return seen[0]

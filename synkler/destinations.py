@@ -112,3 +112,25 @@ def counts(state: State) -> dict[tuple[str, str], int]:
     """(destination, row state) -> how many entries (the metrics' synkler_destination_entries)."""
     found = state.rows("SELECT destination, state, count(*) FROM destinations GROUP BY destination, state")
     return {(d, s): n for d, s, n in found}
+
+
+def acted_on(action: str, found: dict[str, Row], to: str | None) -> list[str]:
+    """The destinations an operator's `retry`, `forget` or `resend` of an entry acts on
+    (docs/runbook.md, "At one destination"): `to` alone when given; without it, every destination
+    the action applies to: `retry` those where the entry failed (never one that has it), `forget` and
+    `resend` all of them. ValueError says why there is none: `to` is not one of the entry's, or the
+    entry did not fail there."""
+    if to is not None and to not in found:
+        raise ValueError(f"it does not go to {to!r} (it goes to {', '.join(found)})")
+    if action != "retry":
+        return [to] if to is not None else list(found)
+    if to is not None:
+        if found[to].state != FAILED:
+            why = "only a destination where it failed is retried"
+            raise ValueError(f"it is {found[to].state} at {to}: {why}")
+        return [to]
+    failed = [d for d, r in found.items() if r.state == FAILED]
+    if not failed:
+        states = ", ".join(f"{d} {r.state}" for d, r in found.items())
+        raise ValueError(f"it failed at none of its destinations ({states})")
+    return failed

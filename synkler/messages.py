@@ -22,9 +22,9 @@ from . import metadata
 from .errors import MessageError
 from .proofs import wire_problem
 
-# 4: `pushing`, later also `forget` (a new type only, so no new version: every other message is the
-# same, and a 0.4 agent dead-letters a `forget`); 3: `fetch.path` is stored/<entry id>, the entry
-# itself; 2: md5 in `sent`, not in `offer`
+# 4: `pushing`, later also `forget`, then `hello`, `open` and `greeted` (new types only, so no new
+# version: every other message is the same, and an older agent dead-letters them); 3: `fetch.path`
+# is stored/<entry id>, the entry itself; 2: md5 in `sent`, not in `offer`
 SCHEMA = 4
 MAX_BODY = 64 * 1024  # one message
 MAX_BATCH_BODY = 1024 * 1024  # one AMQP body carrying a JSON array of messages
@@ -94,6 +94,17 @@ def name_problem(name: object) -> str | None:
     if len(encoded) > MAX_NAME_BYTES:
         return f"name is longer than {MAX_NAME_BYTES} bytes"
     return None
+
+
+def stored_problem(stored_as: object) -> str | None:
+    """Why `stored_as` cannot be where download placed an entry, relative to its file_dir (None if it
+    can): an entry name, or `<upload agent>/<name>` (download's `subdir_per_upload`), each part one
+    path component by name_problem's rules, so it never leads out of file_dir."""
+    if isinstance(stored_as, str) and stored_as.count("/") == 1:
+        subdir, name = stored_as.split("/")
+        why = name_problem(subdir)
+        return f"its directory: {why}" if why else name_problem(name)
+    return name_problem(stored_as)
 
 
 def path_problem(path: object) -> str | None:
@@ -200,6 +211,31 @@ def _destinations(value: object) -> str | None:
     return None
 
 
+ROLES = ("upload", "download")  # the roles whose standby says `hello`
+# Where an entry central describes in `open` is (central's states, in words of their own):
+# not admitted yet, admitted (its push under way), arrived (verified or being verified: central
+# holds the copy), relayed (delivered, its copy kept or expired since), given up (failed).
+UNADMITTED, ADMITTED, ARRIVED, RELAYED, GIVEN_UP = HELD = (
+    "unadmitted",
+    "admitted",
+    "arrived",
+    "relayed",
+    "given-up",
+)
+
+
+def _role(value: object) -> str | None:
+    return None if value in ROLES else f"must be one of {', '.join(ROLES)}"
+
+
+def _held(value: object) -> str | None:
+    return None if value in HELD else f"must be one of {', '.join(HELD)}"
+
+
+def _md5_or_empty(value: object) -> str | None:
+    return None if value == "" else _md5(value)
+
+
 def _agent_or_empty(value: object) -> str | None:
     return None if value == "" else _agent(value)
 
@@ -249,6 +285,8 @@ class Offer(EntryMessage):
     meta: dict[str, Any] | None = field(default=None, metadata=_optional(_meta))
     # The entry's ownership in a pool (docs/architecture.md, "Who owns an entry"); None: one central.
     epoch: int | None = field(default=None, metadata=_optional(_epoch))
+    # The downloads an operator sends it to again (`synkler resend --to`); (): as central's routes say.
+    to: tuple[str, ...] = field(default=(), metadata=_optional(_destinations))
 
 
 @dataclass(frozen=True)
@@ -307,6 +345,10 @@ class Fetch(EntryMessage):
     checksum: str = field(default="", metadata=_optional(_strong))  # upload's, passed on; "": md5 only
     # The entry's ownership in a pool (docs/architecture.md, "Who owns an entry"); None: one central.
     epoch: int | None = field(default=None, metadata=_optional(_epoch))
+    # Why central asks again for an entry this download failed (`synkler retry --to` at central); "": not.
+    again: str = field(default="", metadata=_optional(_text))
+    # The upload agent it came from (its subdirectory with download's subdir_per_upload); "": unsaid.
+    source: str = field(default="", metadata=_optional(_agent_or_empty))
 
 
 @dataclass(frozen=True)
@@ -314,7 +356,7 @@ class Fetched(Message):
     """download -> central: verified and placed under `stored_as` (or already present with the same md5)."""
 
     TYPE: ClassVar[str] = "fetched"
-    stored_as: str = field(metadata=_checked(name_problem))
+    stored_as: str = field(metadata=_checked(stored_problem))
     outcome: str = field(metadata=_checked(_outcome))  # "placed" | "present"
     receipt: str = field(default="", metadata=_optional(_receipt))  # signed (synkler.receipts); "": none
     proof: Any = field(default="", metadata=_optional(wire_problem))  # receipt document (synkler.proofs)
@@ -325,7 +367,7 @@ class Delivered(Message):
     """central -> upload: download has a verified copy; upload may run its cleanup script."""
 
     TYPE: ClassVar[str] = "delivered"
-    stored_as: str = field(metadata=_checked(name_problem))
+    stored_as: str = field(metadata=_checked(stored_problem))
     receipt: str = field(default="", metadata=_optional(_receipt))  # download's, passed on; "": none
     proof: Any = field(default="", metadata=_optional(wire_problem))  # download's document, passed on
     # The entry's ownership in a pool (docs/architecture.md, "Who owns an entry"); None: one central.
@@ -376,6 +418,40 @@ class Forget(Message):
     destination: str = field(default="", metadata=_optional(_agent_or_empty))  # only this one; "": all
 
 
+@dataclass(frozen=True)
+class Hello(Message):
+    """upload or download -> each central: this agent took over from another of its name (a
+    standby) and has a state of its own; re-announce what you hold open for it. `entry` is a fresh
+    token, which `greeted` carries back."""
+
+    TYPE: ClassVar[str] = "hello"
+    role: str = field(metadata=_checked(_role))
+
+
+@dataclass(frozen=True)
+class Open(EntryMessage):
+    """central -> upload, answering `hello`: an entry of this upload agent that central holds
+    (`held`: where it is), so that the agent that took over adopts it under the same id."""
+
+    TYPE: ClassVar[str] = "open"
+    held: str = field(metadata=_checked(_held))
+    md5: str = field(default="", metadata=_optional(_md5_or_empty))  # "": not pushed yet
+    reason: str = field(default="", metadata=_optional(_text))  # why it failed
+    meta: dict[str, Any] | None = field(default=None, metadata=_optional(_meta))  # as offered
+    # The entry's ownership in a pool (docs/architecture.md, "Who owns an entry"); None: one central.
+    epoch: int | None = field(default=None, metadata=_optional(_epoch))
+    to: tuple[str, ...] = field(default=(), metadata=_optional(_destinations))  # frozen at admission
+
+
+@dataclass(frozen=True)
+class Greeted(Message):
+    """central -> the agent that said `hello` (`entry`: its token): that was all it holds open
+    (`entries` of them: `open` to upload, `fetch` to download)."""
+
+    TYPE: ClassVar[str] = "greeted"
+    entries: int = field(metadata=_checked(_int(MAX_SIZE)))
+
+
 TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
@@ -391,6 +467,9 @@ TYPES: dict[str, type[Message]] = {
         Corrupt,
         Withdraw,
         Forget,
+        Hello,
+        Open,
+        Greeted,
     )
 }
 _ENVELOPE = ("v", "type", "entry", "from", "at")

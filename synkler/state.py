@@ -92,6 +92,12 @@ CREATE TABLE IF NOT EXISTS epochs (
     entry TEXT PRIMARY KEY,
     epoch INTEGER NOT NULL
 );
+-- Download: the upload agent each entry came from, as central's `fetch` says (its subdirectory of
+-- file_dir with `subdir_per_upload`); kept as long as the entry is.
+CREATE TABLE IF NOT EXISTS sources (
+    entry  TEXT PRIMARY KEY,
+    source TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outbox (
     seq     INTEGER PRIMARY KEY AUTOINCREMENT,
     dest    TEXT NOT NULL,
@@ -637,6 +643,7 @@ class State:
             self._db.executemany("DELETE FROM metadata WHERE entry = ?", [(e.id,) for e in gone])
             self._db.executemany("DELETE FROM checksums WHERE entry = ?", [(e.id,) for e in gone])
             self._db.executemany("DELETE FROM epochs WHERE entry = ?", [(e.id,) for e in gone])
+            self._db.executemany("DELETE FROM sources WHERE entry = ?", [(e.id,) for e in gone])
             self._db.executemany("DELETE FROM destinations WHERE entry = ?", [(e.id,) for e in gone])
             self._db.execute(
                 "INSERT INTO pruned (one, until) VALUES (1, ?)"
@@ -733,6 +740,13 @@ class State:
         rows = self._later("SELECT value FROM flags WHERE name = ?", (name,))
         return str(rows[0][0]) if rows else None
 
+    def flags_like(self, prefix: str) -> list[tuple[str, str]]:
+        """The flags whose names start with `prefix`, and their values."""
+        rows = self._later(
+            "SELECT name, value FROM flags WHERE substr(name, 1, ?) = ?", (len(prefix), prefix)
+        )
+        return [(str(n), str(v)) for n, v in rows]
+
     def put_epoch(self, entry_id: str, epoch: int) -> None:
         """Record the entry's ownership number (a pool of centrals)."""
         try:
@@ -748,6 +762,24 @@ class State:
         """The entry's ownership number; 0: none recorded (one central, or not yet owned)."""
         rows = self._later("SELECT epoch FROM epochs WHERE entry = ?", (entry_id,))
         return int(rows[0][0]) if rows else 0
+
+    def put_source(self, entry_id: str, source: str) -> None:
+        """Record the upload agent an entry came from (download); "" records nothing."""
+        if not source:
+            return
+        try:
+            self._db.execute(
+                "INSERT INTO sources (entry, source) VALUES (?, ?)"
+                " ON CONFLICT (entry) DO UPDATE SET source = excluded.source",
+                (entry_id, source),
+            )
+        except sqlite3.Error as e:
+            raise _error(e) from e
+
+    def source(self, entry_id: str) -> str:
+        """The upload agent an entry came from; "": not known."""
+        rows = self._later("SELECT source FROM sources WHERE entry = ?", (entry_id,))
+        return str(rows[0][0]) if rows else ""
 
     # outbox --------------------------------------------------------------------------------------
 

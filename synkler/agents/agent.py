@@ -88,6 +88,11 @@ class Agent:
     def startup(self) -> None:
         """Reconcile the disk with the durable state after a (possibly unclean) stop."""
 
+    def took_over(self) -> None:
+        """This agent was a standby and has just taken its queue over from another of its name,
+        whose state it does not have (upload and download then greet the centrals:
+        synkler.agents.greeting). Called before `startup`, in its transaction."""
+
     def on_message(self, msg: Message) -> None:
         """Act on one message, inside the caller's savepoint; MessageError dead-letters it."""
         handler = self.handlers.get(type(msg))
@@ -350,13 +355,14 @@ class Agent:
             return f"{shown(entry.name)} (entry {entry.id}) is forgotten here; its peers are told"
         if request.action == RETRY:
             return self.retry(entry)
-        return self.resend(entry)
+        return self.resend(entry, request.action.partition(":")[2] or None)
 
     def retry(self, entry: Entry) -> str:
         """Take up again an entry in one of the RETRYABLE states; the answer for the operator."""
         raise Refused(f"{shown(entry.name)}: the {self.mode} agent does not retry")
 
-    def resend(self, entry: Entry) -> str:
+    def resend(self, entry: Entry, to: str | None = None) -> str:
+        """Send the entry again (`to`: to that destination only); the answer for the operator."""
         raise Refused(f"{shown(entry.name)}: the {self.mode} agent does not send entries")
 
     def retry_waiting(self, cause: str) -> str:

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Callable, NamedTuple, Protocol, TypeVar
 
+from ..errors import Refused
 from ..state import Entry
 from .facts import (
     ADMISSION_AT_CENTRAL,
@@ -94,6 +95,23 @@ ACTIONS = (RETRY, FORGET, RESEND)
 def at_destination(action: str, destination: str) -> str:
     """An operator's action at one destination of an entry (`forget --to DEST`), as a request holds it."""
     return f"{action}:{destination}"
+
+
+def request_for(mode: str, name: str, action: str, to: str | None) -> str:
+    """The request the agent (`mode`, `name`) is given for an operator's `action [--to DEST]`
+    (docs/runbook.md, "At one destination"). Central and upload take the destination (each agent
+    refuses what it cannot do there); a download is one destination itself: `--to` naming it is the
+    same as none, and naming another is an error (that entry is the other download's)."""
+    if to is None:
+        return action
+    if mode != "download":
+        return at_destination(action, to)
+    if to == name:
+        return action
+    raise Refused(
+        f"this is download {name!r}: {to!r} is another download; run `synkler {action}` with {to}'s "
+        f"configuration, or `synkler {action} ENTRY --to {to}` on central"
+    )
 
 
 T = TypeVar("T")

@@ -20,6 +20,11 @@ from ..hops.checksum import alg_of, hop_mismatch, md5_entry
 from ..hops.follow import pulled_early, worth_following
 from ..linux.fs import remove_tree
 from ..messages import (
+    ADMITTED,
+    ARRIVED,
+    GIVEN_UP,
+    RELAYED,
+    UNADMITTED,
     Admit,
     Corrupt,
     Delivered,
@@ -27,13 +32,14 @@ from ..messages import (
     Fetch,
     Fetched,
     Forget,
+    Hello,
     Offer,
     Pushing,
     Sent,
     Wait,
     Withdraw,
 )
-from ..metadata import canonical, loads, requirement_problems
+from ..metadata import canonical, requirement_problems
 from ..state import Entry, Request, State
 from ..text import count as counted
 from ..text import shown, some_entries
@@ -102,7 +108,8 @@ TRANSITIONS: Transitions = {
     Mid.DELIVERED: frozenset({Mid.EXPIRED}),
     Mid.EXPIRED: frozenset(),
     Mid.WITHDRAWN: frozenset(),
-    Mid.FAILED: frozenset({Mid.DELIVERED, Mid.FORGOTTEN}),
+    # failed -> downloading: an operator's retry at the destinations where it failed
+    Mid.FAILED: frozenset({Mid.DOWNLOADING, Mid.DELIVERED, Mid.FORGOTTEN}),
     # forgotten -> waiting: in a pool, an entry re-owned from this central and offered to it again
     Mid.FORGOTTEN: frozenset({Mid.WAITING}),
 }
@@ -142,6 +149,17 @@ class Central(PoolCentral):
     FORGOTTEN = Mid.FORGOTTEN
     FORGETTABLE = FORGETTABLE
     FINISHED = FINISHED
+    # What a standby upload agent that says `hello` is told of its entries (`open`), by state.
+    HELD = {
+        Mid.WAITING: UNADMITTED,
+        Mid.UPLOADING: ADMITTED,
+        Mid.VERIFYING: ARRIVED,
+        Mid.DOWNLOADING: ARRIVED,
+        Mid.DELIVERED: RELAYED,
+        Mid.EXPIRED: RELAYED,
+        Mid.FAILED: GIVEN_UP,
+    }
+    UPLOADING, STORED = Mid.UPLOADING, (Mid.DOWNLOADING, Mid.FAILED)
 
     def __init__(self, cfg: Config, state: State, jobs: Jobs):
         super().__init__(cfg, state, jobs)
@@ -153,6 +171,7 @@ class Central(PoolCentral):
             Withdraw: self.on_withdraw,
             Failed: self.on_failed,
             Forget: self.on_forget,
+            Hello: self.on_hello,
         }
         self.spool = Spool(self.cfg)
         self.followers = Followers(self.cfg.max_transfers)
@@ -251,7 +270,7 @@ class Central(PoolCentral):
                     f"offer of entry {msg.entry} from {msg.sender!r}: {known.peer!r} offered it"
                 )
             return  # a duplicate offer: already handled
-        refused = self.offers.refusal(msg.sender)
+        refused = self.offers.refusal(msg.sender) or fanout.unknown(self.cfg, msg.to)
         if refused is not None:  # not recorded: a flood of offers costs no rows
             self.state.after_commit(functools.partial(self.observer.refused_offer, msg.sender))
             self.send(msg.sender, Failed(msg.entry, self.name, hop=ADMISSION_AT_CENTRAL, reason=refused))
@@ -263,6 +282,8 @@ class Central(PoolCentral):
         if lacks:
             self._refuse_metadata(entry, lacks)
             return
+        if msg.to:
+            dests.route(self.state, entry.id, msg.to)  # an operator's resend: in place of the routes'
         self.admit_due = True
         log.debug("%s: offered by %s (%d bytes)", entry.name, entry.peer, entry.size)
         # admitted (or told to wait) by the tick that follows, in offer order
@@ -294,6 +315,15 @@ class Central(PoolCentral):
         # failed since (`path` is set with the fetch): download, retried by an operator, got the
         # verified copy central kept. Not one that failed before it was stored.
         if not (entry.state == Mid.DOWNLOADING or (entry.state == Mid.FAILED and entry.path)):
+            if self.cfg.uploads:
+                # A pool: download's answer to this central's fetch of an earlier ownership, which
+                # ended (re-owned) and began again here since. The fetch of this one is still to come.
+                log.info(
+                    "%s: fetched of an earlier ownership (it is %s here now): ignored",
+                    entry.name,
+                    entry.state,
+                )
+                return
             raise MessageError(
                 f"fetched for entry {entry.id}, which is {entry.state} at central: "
                 "central never asked download to fetch it"
@@ -445,12 +475,17 @@ class Central(PoolCentral):
     @classmethod
     def refusal(cls, action: str, entry: Entry, latest: bool, *, present: bool = True) -> str | None:
         base, _, destination = action.partition(":")
-        if destination:  # at one destination: only forget, once central asked it to fetch
-            if base != FORGET:
-                return f"only forget takes a destination, not {base}"
-            if entry.state == Mid.DOWNLOADING or (entry.state == Mid.FAILED and entry.path):
+        stored = entry.state == Mid.DOWNLOADING or (entry.state == Mid.FAILED and entry.path)
+        if base == RETRY and entry.state == Mid.FAILED and entry.path:  # where its pulls failed
+            return None
+        if destination:  # at one destination: forget, once central asked it to fetch; retry, above
+            if base not in (FORGET, RETRY):
+                return f"only upload sends an entry again: `synkler {base} ENTRY --to {destination}` there"
+            if base == FORGET and stored:
                 return None
-            return f"it is {entry.state}: only a stored, undelivered entry is forgotten at one destination"
+            if base == FORGET:
+                return f"it is {entry.state}: only a stored, undelivered entry is forgotten at a destination"
+            return f"it is {entry.state}: only an entry that failed at a destination is retried there"
         if action == RETRY and entry.state == Mid.WAITING:
             return None  # looked at again now (it is every second anyway)
         if action == RETRY:
@@ -470,6 +505,8 @@ class Central(PoolCentral):
         why = self.refusal(request.action, entry, True)
         if why is not None:
             raise Refused(f"{shown(entry.name)} (entry {entry.id}): cannot {action} at {destination}: {why}")
+        if action == RETRY:
+            return self._retry_at(entry, destination)
         return self._forget_at(entry, destination)
 
     def _forget_at(self, entry: Entry, destination: str) -> str:
@@ -497,8 +534,34 @@ class Central(PoolCentral):
             return f"{what} is forgotten at every destination, so here too; its peers are told"
         return f"{what} is forgotten at {destination}; still waiting for {', '.join(dests.waiting_for(rows))}"
 
+    def _retry_at(self, entry: Entry, destination: str | None) -> str:
+        """`retry [--to DEST]` of an entry that failed at a destination: central asks it (without
+        `--to`: every destination where it failed) to pull the verified copy it kept again; the
+        others are not touched. The entry is on its way again once no destination has failed."""
+        what = f"{shown(entry.name)} (entry {entry.id})"
+        rows = dests.of(self.state, entry.id, self.cfg.download_name)
+        try:
+            chosen = dests.acted_on(RETRY, rows, destination)
+        except ValueError as e:
+            raise Refused(f"{what}: cannot retry: {e}") from None
+        fetch = fanout.fetch_of(self.state, self.name, entry, again="retried by an operator at central")
+        for dest in chosen:
+            self.send(dest, fetch)
+            dests.mark(self.state, entry.id, dest, dests.FETCHING)
+        rows = dests.of(self.state, entry.id, self.cfg.download_name)
+        failed = [d for d, r in rows.items() if r.state == dests.FAILED]
+        if not failed:
+            self.move(entry, Mid.DOWNLOADING, reason=None)
+        log.info("%s: retried by an operator at %s", entry.name, ", ".join(chosen))
+        others = [d for d in rows if d not in chosen]
+        told = f"; {', '.join(others)} not touched" if others else ""
+        return f"{what}: {', '.join(chosen)} asked to pull central's verified copy again{told}"
+
     def retry(self, entry: Entry) -> str:
-        """A waiting entry: admitted now if there is room, else the answer says what it waits for."""
+        """A waiting entry: admitted now if there is room, else the answer says what it waits for; one
+        that failed at its destinations: asked again there (_retry_at)."""
+        if entry.state == Mid.FAILED:
+            return self._retry_at(entry, None)
         self._admit_waiting()
         now = self.entry(entry.id)
         if now.state != Mid.WAITING:
@@ -593,23 +656,23 @@ class Central(PoolCentral):
             log.error("%s: %s; giving up. Upload keeps its copy; %s", entry.name, e, REOFFER)
             return
         lease_ends = time.time() + self.lease
-        self.move(entry, Mid.UPLOADING, attempt=entry.attempt + 1, due=lease_ends, reason=None)
+        entry = self.move(entry, Mid.UPLOADING, attempt=entry.attempt + 1, due=lease_ends, reason=None)
         to = fanout.route(self.state, self.cfg, entry)  # frozen at the first admission
-        self.send(
-            entry.peer or "",
-            Admit(
-                entry.id,
-                self.name,
-                attempt=entry.attempt,
-                dest=self.spool.staging(entry),
-                to=tuple(to) if self.cfg.routes else (),
-            ),
-        )
+        self.send(entry.peer or "", self.admit_for(entry))
         if pulled_early(entry.kind, entry.size):
             path = self.spool.growing(entry.id)
             for dest in to:
                 self.send(dest, Pushing(entry.id, self.name, size=entry.size, path=path))
         self._follow(entry)
+
+    def admit_for(self, entry: Entry) -> Admit:
+        """The `admit` of the entry's current attempt (its destinations frozen already)."""
+        to = tuple(dests.rows(self.state, entry.id)) if self.cfg.routes else ()
+        return Admit(entry.id, self.name, attempt=entry.attempt, dest=self.spool.staging(entry), to=to)
+
+    def fetch_for(self, entry: Entry) -> Fetch:
+        """The `fetch` of the entry's verified, stored copy."""
+        return fanout.fetch_of(self.state, self.name, entry)
 
     # jobs ----------------------------------------------------------------------------------------
 
@@ -762,21 +825,8 @@ class Central(PoolCentral):
                 self.spool.store(entry)
             self.spool.drop_partial(entry)
             stored = self.spool.stored(entry.id)
-            self.move(entry_now, Mid.DOWNLOADING, tries=0, path=stored)  # lapsed leases no longer matter
-            fetch = Fetch(
-                entry.id,
-                self.name,
-                name=entry.name,
-                kind=entry.kind,
-                size=entry.size,
-                files=entry.files,
-                md5=entry.known_md5(),
-                attempt=entry_now.attempt,  # grows when central had to get the entry again
-                path=stored,
-                meta=loads(self.state.metadata(entry.id)),
-                checksum=checksum,
-            )
-            to = fanout.ask_to_fetch(self.state, self.cfg, entry, fetch, self.send)
+            entry_now = self.move(entry_now, Mid.DOWNLOADING, tries=0, path=stored)  # leases no longer matter
+            to = fanout.ask_to_fetch(self.state, self.cfg, entry, self.fetch_for(entry_now), self.send)
             log.info(
                 "%s: md5 verified at central (%s); %s may fetch it", entry.name, checked.md5, ", ".join(to)
             )

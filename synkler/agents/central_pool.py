@@ -16,9 +16,9 @@ from .. import destinations as dests
 from ..errors import MessageError, NotYet, Refused
 from ..messages import Delivered, Forget, Message, Offer
 from ..state import Entry, Request
-from .agent import Agent
 from .base import Status
-from .ownership import REOWNED, stale
+from .central_hello import Answering
+from .ownership import stale
 
 log = logging.getLogger("synkler")
 
@@ -30,7 +30,7 @@ DRAINING = "draining"  # the flag in the state: since when (a timestamp)
 ROOM_FACTOR = 2
 
 
-class PoolCentral(Agent):
+class PoolCentral(Answering):
     """The pool's rules at central; `TAKING` (set by Central): the states an entry counts against
     the offers it takes."""
 
@@ -91,10 +91,7 @@ class PoolCentral(Agent):
         if known is None:
             return False
         held = self.state.epoch(known.id)
-        # Re-owned from this central: upload's `forget` (read already: the entry is forgotten, at the
-        # forget's epoch) comes with an offer of that epoch, which this central never took.
-        reowned = (known.reason or "").startswith(REOWNED) and msg.epoch == held
-        if msg.epoch <= held and not (reowned and known.state == self.FORGOTTEN):
+        if msg.epoch <= held:
             return True  # a duplicate
         if known.state == self.FORGOTTEN and known.peer == msg.sender:
             # Re-owned from this central (its copy is gone) and offered to it again: taken afresh.
@@ -159,12 +156,23 @@ class PoolCentral(Agent):
 
     def on_forget(self, msg: Forget) -> None:
         entry = self.state.get(msg.entry)
-        held = self.state.epoch(msg.entry) if entry is not None else 0
-        if entry is None or msg.epoch is None or msg.epoch <= held or msg.sender != entry.peer:
-            super().on_forget(msg)
+        if entry is None or msg.epoch is None or msg.sender != entry.peer:
+            super().on_forget(msg)  # an operator's forget (it carries no epoch), or none of ours
             return
-        # Re-owned by upload: drop what this central holds of it, and pass nothing on.
-        self.state.put_epoch(entry.id, msg.epoch)
+        held = self.state.epoch(entry.id)
+        if msg.epoch <= held:
+            # A pool's forget (upload's re-own or release) of an ownership older than the one this
+            # central holds now (it took the entry again since, at that epoch): it ends nothing.
+            log.debug(
+                "%s: forget of epoch %d while this central holds epoch %d: nothing to do",
+                entry.name,
+                msg.epoch,
+                held,
+            )
+            return
+        # Re-owned by upload: drop what this central holds of it, and pass nothing on. The epoch it
+        # held stays recorded: the offer of the new epoch (upload sends it with this forget) is
+        # then newer, and taken afresh, or answered with the receipts of a delivery (pool_offer).
         if self.STATES(entry.state) in self.FORGETTABLE:
             self.drop(entry)
             self.move(entry, self.FORGOTTEN, reason=msg.reason)

@@ -23,7 +23,7 @@ from ..hops.bagit import make_bag, work_dir
 from ..hops.checksum import EntryDigest, alg_of, stat_entry
 from ..hops.pull import Early, Mismatch, NotPulled, PullRun, Staging, Verified, pull, pull_early
 from ..linux.fs import free_bytes, remove_tree, rename_noreplace
-from ..messages import Corrupt, Failed, Fetch, Fetched, Forget, Pushing, is_valid_entry_id
+from ..messages import Corrupt, Failed, Fetch, Fetched, Forget, Greeted, Pushing, is_valid_entry_id
 from ..metadata import Metadata, canonical, loads, sidecar_of
 from ..private import private_dir
 from ..state import Entry, State
@@ -32,7 +32,7 @@ from . import sidecars, waits
 from .base import ENTRY, RESEND, Jobs, Key, Status, Transitions
 from .download_pool import PoolDownload
 from .facts import DISK_WAIT, PULL, PULL_FROM_CENTRAL, facts, hop
-from .naming import BAGIT, SIDECAR, chooser
+from .naming import BAGIT, SIDECAR, chooser, upload_dir
 from .pools import Pool
 
 if TYPE_CHECKING:
@@ -108,7 +108,12 @@ class Download(PoolDownload):
 
     def __init__(self, cfg: Config, state: State, jobs: Jobs):
         super().__init__(cfg, state, jobs)
-        self.handlers = {Pushing: self.on_pushing, Fetch: self.on_fetch, Forget: self.on_forget}
+        self.handlers = {
+            Pushing: self.on_pushing,
+            Fetch: self.on_fetch,
+            Forget: self.on_forget,
+            Greeted: self.on_greeted,
+        }
         self.staging = Staging(self.cfg)
         self.place_due = True  # set when an entry's name was chosen and it may be renamed into place
         self.early: dict[str, Early] = {}  # entry id -> its early pull (memory only)
@@ -150,6 +155,7 @@ class Download(PoolDownload):
             remove_tree(path)
         self.staging.drop_empty_partial_dir()
         self.resume_cleanups()
+        self.greet_again()
 
     def _keep_early(self, entry_id: str, path: str, now: float) -> None:
         """Keep the copy an early pull left for its fetch (or a `pushing` sent again), to go on from.
@@ -191,6 +197,7 @@ class Download(PoolDownload):
             if msg.epoch is not None:
                 self.state.put_epoch(entry.id, msg.epoch)
             self.state.put_metadata(entry.id, canonical(msg.meta) if msg.meta else None)
+            self.state.put_source(entry.id, msg.source)
             self._second_hash(msg)
             self.transfer_due = True
         elif self.pooled and self.new_owner(msg, entry):
@@ -200,8 +207,14 @@ class Download(PoolDownload):
         ):
             # Central has a fresh copy (it found its stored one bad and got it again from upload).
             self.move(entry, Down.FETCHING, attempt=msg.attempt, path=msg.path, tries=0, due=0)
+            self.state.put_source(entry.id, msg.source)
             self._second_hash(msg)
             self.transfer_due = True
+        elif entry.state == Down.FAILED and msg.again and msg.attempt == entry.attempt:
+            # Central asks again (an operator's `synkler retry --to` there): pulled from its copy.
+            self.move(entry, Down.FETCHING, tries=0, due=0, reason=None)
+            self.transfer_due = True
+            log.info("%s: central asks again (%s): pulling it again", entry.name, shown(msg.again))
 
     def _second_hash(self, msg: Fetch) -> None:
         """The entry's second hash: upload's, as central passes it on; without one, download's own
@@ -264,7 +277,7 @@ class Download(PoolDownload):
             return f"it is {entry.state}: only a delivered entry's receipt can be sent again"
         return super().refusal(action, entry, latest, present=present)
 
-    def resend(self, entry: Entry) -> str:
+    def resend(self, entry: Entry, to: str | None = None) -> str:
         """Send `fetched` of a delivered entry again, with its receipt and receipt document signed by
         the receipt_key download has now: the way out when that key was made, or its public key pinned
         (or corrected) at central or upload, only after the delivery, which they then refused as not
@@ -326,6 +339,7 @@ class Download(PoolDownload):
                     self._place(entry)
         self.start_due_cleanups(now)
         self._look_at_disk(now)
+        self.tick_greeting(now)
         for entry_id, early in list(self.early.items()):
             if early.ended and now - early.ended > EARLY_KEEP and self.state.get(entry_id) is None:
                 log.info("dropping the early copy of entry %s: central never sent it", entry_id)
@@ -365,6 +379,12 @@ class Download(PoolDownload):
 
     def _fetch(self, batch: list[Entry]) -> None:
         """One rsync run for entries stored under the same directory on central, then md5 of each."""
+        sources: dict[str, str] = {}
+        if self.cfg.subdir_per_upload:
+            sources = self._upload_dirs(batch)
+            batch = [e for e in batch if e.id in sources]
+            if not batch:
+                return
         if len(batch) == 1:
             log.info("%s: pulling from central", batch[0].name)
         else:
@@ -375,19 +395,36 @@ class Download(PoolDownload):
         for e in batch:
             meta = loads(self.state.metadata(e.id))
             if meta:
-                metas[(e.name, e.known_md5())] = meta
+                metas[e.id] = meta
         checksums = {e.id: self.state.checksum(e.id) for e in batch}
-        chosen = chooser(self.cfg.layout, metas)
+        chosen = chooser(str(self.cfg.file_dir), self.cfg.layout, metas, sources)
         self.submit_transfer(
             [Key(ENTRY, e.id) for e in batch],
             functools.partial(pull, self.link_cfg(batch[0]), self.staging, batch, early, chosen, checksums),
             functools.partial(self._pulled, batch, time.time()),
         )
 
+    def _upload_dirs(self, batch: list[Entry]) -> dict[str, str]:
+        """With subdir_per_upload: the upload agent (the subdirectory of file_dir) of each entry of
+        the batch that can go into its own; the others fail now, before a pull, with the reason: a
+        person must act (central keeps its verified copy: `synkler retry` pulls it again)."""
+        sources = {}
+        for entry in batch:
+            source = self.state.source(entry.id)
+            why = upload_dir(str(self.cfg.file_dir), source)
+            if why is None:
+                sources[entry.id] = source
+                continue
+            why = f"subdir_per_upload: {why}"
+            log.error("%s (entry %s): not pulled: %s", shown(entry.name), entry.id, why)
+            self.move(entry, Down.FAILED, reason=why)
+            self.send(entry.peer or "", Failed(entry.id, self.name, hop=PULL_FROM_CENTRAL, reason=why[:1900]))
+        return sources
+
     def _pulled(
         self, batch: list[Entry], started: float, run: PullRun | None, error: BaseException | None
     ) -> None:
-        self.link_result(run.result if run else None, started)
+        self.link_result(run.result if run else None, started, self.link_of(batch[0]))
         if run is not None and run.early is not None and self.entry(batch[0].id).state == Down.FETCHING:
             self.early[batch[0].id] = run.early  # the next try goes on from it
         for entry in batch:
@@ -489,6 +526,8 @@ class Download(PoolDownload):
             src = bag
         signature = None  # not known: the cleanup script's check reads the md5 instead
         if os.path.lexists(src):
+            if not self._upload_dir_made(entry):
+                return
             staged = os.lstat(src)
             wrote = self.cfg.layout == SIDECAR and meta is not None and self._write_sidecar(entry, meta)
             if wrote is None:
@@ -499,7 +538,7 @@ class Download(PoolDownload):
                 # Someone put something there since we looked: choose again (the pull is a no-op now;
                 # a bag is built again).
                 if wrote:
-                    sidecars.remove(str(self.cfg.file_dir), entry.stored_as or entry.name)
+                    sidecars.remove(*os.path.split(dst))
                 if src != self.staging.of(entry.id):
                     remove_tree(src)
                 self.move(entry, Down.FETCHING, due=0)
@@ -534,11 +573,25 @@ class Download(PoolDownload):
             entry.md5,
         )
 
+    def _upload_dir_made(self, entry: Entry) -> bool:
+        """An entry placed in a subdirectory per upload (`<upload>/<name>`): is that directory there (made
+        now if not)? If something else took its place since the pull, the entry is pulled and
+        placed again, and that counts as a failed try."""
+        subdir, _ = os.path.split(entry.stored_as or "")
+        why = upload_dir(str(self.cfg.file_dir), subdir, make=True) if subdir else None
+        if why is None:
+            return True
+        why = f"subdir_per_upload: {why}"
+        entry = self.move(entry, Down.FETCHING)
+        if not self.retry_later(entry, PULL_FROM_CENTRAL, why):
+            self.send(entry.peer or "", Failed(entry.id, self.name, hop=PULL_FROM_CENTRAL, reason=why[:1900]))
+        return False
+
     def _write_sidecar(self, entry: Entry, meta: Metadata) -> bool | None:
         """Put the entry's metadata beside the name it is about to take (before the data, so whoever
         finds the data finds its metadata): True if written now, False if it was there already (a
         restart), None if another sidecar holds the name (the entry is placed again, under another)."""
-        directory, name = str(self.cfg.file_dir), entry.stored_as or entry.name
+        directory, name = os.path.split(os.path.join(self.cfg.file_dir, entry.stored_as or entry.name))
         try:
             sidecars.write(directory, name, meta, replace=False)
             return True

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from ..messages import Fetch, Fetched, Message, Pushing
 from ..state import Entry
-from .endpoint import Endpoint
+from .greeting import Greeting
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -21,8 +21,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("synkler")
 
 
-class PoolDownload(Endpoint):
-    """The pool's rules at download."""
+class PoolDownload(Greeting):
+    """The pool's rules at download (and its greeting of the centrals after a takeover)."""
+
+    ROLE = "download"
 
     def fenced(self, msg: Message) -> str | None:
         if isinstance(msg, Pushing):

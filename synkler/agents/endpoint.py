@@ -3,6 +3,7 @@ the retries of what failed, and the cleanup script of each delivered entry."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -53,14 +54,30 @@ class Endpoint(Agent):
         self.transfer_due = True  # set when an entry may need a transfer, or a transfer slot freed up
         self.next_transfer_retry = float("inf")  # when a failed transfer is due to run again
         self.next_cleanup_retry = float("inf")  # when a failed cleanup script is due to run again
-        self.outage = Outage()  # the link to central: down since when, tried again when
+        # The link to each central (one in a pool, by name; "" with one central): down since when,
+        # tried again when. One central's outage never holds back the entries of another.
+        self.outages: dict[str, Outage] = {}
         self.person_told = -float("inf")  # when the agent last said that ssh needs a person (monotonic)
 
     def look_again(self) -> None:
         self.cleanup_due = self.transfer_due = True
 
+    def link_of(self, entry: Entry) -> str:
+        """The link an entry's transfers go over: its central's in a pool, else the one link ("")."""
+        return (entry.peer or "") if self.cfg.centrals else ""
+
+    def outage_of(self, link: str) -> Outage:
+        return self.outages.setdefault(link, Outage())
+
+    @property
+    def outage(self) -> Outage:
+        """The link to the one central (of a relay without a pool)."""
+        return self.outage_of("")
+
     def stopped(self) -> None:
-        transfer.close_shared_connection(self.cfg)
+        """Ask the ssh master connection to central (to each central of a pool) to exit."""
+        for host in dict.fromkeys([self.cfg.central_host, *self.cfg.centrals.values()]):
+            transfer.close_shared_connection(dataclasses.replace(self.cfg, central_host=host))
 
     # transfers -----------------------------------------------------------------------------------
 
@@ -72,27 +89,29 @@ class Endpoint(Agent):
         self.transfer_due = True  # a slot is free, and retries may have been scheduled
         done(outcome, error)
 
-    def link_result(self, result: transfer.Result | None, started: float) -> None:
-        """Note how a transfer run that began at `started` went. A run that could not reach central
-        opens an outage of the link or goes on with it (counted once however many runs it cut:
-        synkler.agents.outage); a run that reached central ends it, and the waits of the entries
-        that wait for the link."""
+    def link_result(self, result: transfer.Result | None, started: float, link: str = "") -> None:
+        """Note how a transfer run over `link` (link_of) that began at `started` went. A run that
+        could not reach central opens an outage of the link or goes on with it (counted once however
+        many runs it cut: synkler.agents.outage); a run that reached central ends it, and the waits
+        of the entries that wait for that link."""
+        outage = self.outage_of(link)
         if waits.reached_central(result):
             self.person_told = -float("inf")  # a refusal after this is news: said at once
-            self.outage.works()
-            self.link_works()
+            outage.works()
+            self.link_works(link)
         elif result is not None and result.link_down:
             now = time.time()
-            if self.outage.failed(started, now, self.cfg.retry_max_seconds):
+            if outage.failed(started, now, self.cfg.retry_max_seconds):
                 # A refusal by ssh or the forced command is said at ERROR with what to fix
                 # (Endpoint._needs_person), not also as a link that is down.
                 log.log(
                     logging.DEBUG if result.needs_person else logging.WARNING,
-                    "the link to central is down (failure %d of this outage: %s); entries that wait "
-                    "for it are tried again in %.1f s",
-                    self.outage.failures,
+                    "the link to central%s is down (failure %d of this outage: %s); entries that "
+                    "wait for it are tried again in %.1f s",
+                    f" {link}" if link else "",
+                    outage.failures,
                     result.summary(),
-                    self.outage.next_try - now,
+                    outage.next_try - now,
                 )
 
     def retry_later(
@@ -143,7 +162,7 @@ class Endpoint(Agent):
         if out_of_space:
             due = now + backoff(6, cap=min(SPACE_WAIT, self.cfg.retry_max_seconds))
         else:
-            due = self._link_due(now)
+            due = self._link_due(now, self.link_of(entry))
         said = (entry.reason or "").startswith(waiting)  # warn once, not at every try
         self.state.update(entry, due=due, reason=f"{waiting}: {why}", **changes)
         log.log(
@@ -156,10 +175,12 @@ class Endpoint(Agent):
             due - now,
         )
 
-    def _link_due(self, now: float) -> float:
-        """When an entry that could not reach central is tried again: at the outage's next try of
-        the link, with every other entry that waits for it (the first backoff if none is open)."""
-        return self.outage.due(now) if self.outage.down else now + backoff(1, cap=self.cfg.retry_max_seconds)
+    def _link_due(self, now: float, link: str) -> float:
+        """When an entry that could not reach central over `link` is tried again: at the outage's
+        next try of that link, with every other entry that waits for it (the first backoff if none
+        is open)."""
+        outage = self.outage_of(link)
+        return outage.due(now) if outage.down else now + backoff(1, cap=self.cfg.retry_max_seconds)
 
     def _count_failure(self, entry: Entry, hop: str, why: str, **changes: Any) -> bool:
         """A step failed through the entry's own fault: retry with a growing backoff, or, after
@@ -178,7 +199,7 @@ class Endpoint(Agent):
         return True
 
     def _needs_person(self, entry: Entry, hop: str, why: str, **changes: Any) -> None:
-        due = self._link_due(time.time())
+        due = self._link_due(time.time(), self.link_of(entry))
         delay = due - time.time()
         self.state.update(entry, due=due, reason=needs_person_reason(hop, why), **changes)
         now = time.monotonic()
@@ -409,15 +430,18 @@ class Endpoint(Agent):
 
     # waits that end before their time (synkler.agents.waits) ---------------------------------------
 
-    def end_waits(self, cause: str, now: float) -> list[Entry]:
-        """Make every entry that waits for `cause` (waits.ANY: for anything) due now; those entries.
-        One query down the index of waiting entries: cheap when none waits."""
+    def end_waits(self, cause: str, now: float, link: str | None = None) -> list[Entry]:
+        """Make every entry that waits for `cause` (waits.ANY: for anything; with `link`, only those
+        whose transfers go over that link) due now; those entries. One query down the index of
+        waiting entries: cheap when none waits."""
         patterns: tuple[str, ...] = ()
         if cause == waits.LINK:  # asked after every transfer run: the reasons are sorted out in SQL
             patterns = (f"{self.HOP}: {LINK_DOWN}: %", f"{self.HOP}: {NEEDS_PERSON}: %")
         found = self.state.waiting((self.TRANSFERRING, self.DELIVERED), now, *patterns)
         if cause != waits.ANY:
             found = [e for e in found if waits.cause_of(e.reason, self.HOP) == cause]
+        if link is not None:
+            found = [e for e in found if self.link_of(e) == link]
         return self._due_now(found, now)
 
     def _due_now(self, entries: list[Entry], now: float) -> list[Entry]:
@@ -427,13 +451,14 @@ class Endpoint(Agent):
             self.transfer_due = self.cleanup_due = True
         return ended
 
-    def link_works(self) -> None:
-        """A run reached central: the entries that wait for the link go now, not when their
-        backoff runs out (it grows to retry_max_seconds while the link is down)."""
-        ended = self.end_waits(waits.LINK, time.time())
+    def link_works(self, link: str = "") -> None:
+        """A run reached central over `link`: the entries that wait for that link go now, not when
+        their backoff runs out (it grows to retry_max_seconds while the link is down)."""
+        ended = self.end_waits(waits.LINK, time.time(), link)
         if ended:
             log.info(
-                "the link to central works again: %s waiting for it go now",
+                "the link to central%s works again: %s waiting for it go now",
+                f" {link}" if link else "",
                 some_entries([shown(e.name) for e in ended]),
             )
 

@@ -7,11 +7,12 @@ from typing import TYPE_CHECKING, Callable
 
 from .. import destinations as dests
 from .. import routes
+from ..messages import Fetch
 from ..metadata import loads
 
 if TYPE_CHECKING:
     from ..config import Config
-    from ..messages import Fetch, Message
+    from ..messages import Message
     from ..state import Entry, State
 
 
@@ -29,6 +30,38 @@ def route(state: State, cfg: Config, entry: Entry) -> list[str]:
         to = [cfg.download_name]
     dests.route(state, entry.id, to)
     return to
+
+
+def unknown(cfg: Config, to: tuple[str, ...]) -> str | None:
+    """Why central refuses an offer's `to` (an operator's `synkler resend --to` at upload, recorded
+    as the entry's destinations in place of the routes'): it names a download central does not send
+    to. None: it may."""
+    strangers = [d for d in to if d not in cfg.destinations]
+    if not strangers:
+        return None
+    return (
+        f"sent again to {', '.join(strangers)}, which central does not send to "
+        f"(its destinations: {', '.join(cfg.destinations)})"
+    )
+
+
+def fetch_of(state: State, central: str, entry: Entry, *, again: str = "") -> Fetch:
+    """The `fetch` of a stored entry (`again`: why central asks a destination that failed again)."""
+    return Fetch(
+        entry.id,
+        central,
+        name=entry.name,
+        kind=entry.kind,
+        size=entry.size,
+        files=entry.files,
+        md5=entry.known_md5(),
+        attempt=entry.attempt,  # grows when central had to get the entry again
+        path=entry.path or "",
+        meta=loads(state.metadata(entry.id)),
+        checksum=state.checksum(entry.id),
+        again=again,
+        source=entry.peer or "",  # the upload agent: download's subdir_per_upload
+    )
 
 
 def ask_to_fetch(

@@ -18,14 +18,6 @@ from typing import Callable
 log = logging.getLogger("synkler")
 
 REOWN_LOOK = 5.0  # seconds between upload's looks at the queues of the centrals that hold its entries
-# How the reason of upload's re-own `forget` begins: the old owner that reads it knows that upload
-# offers the entry again at the forget's epoch, which it may then take afresh.
-REOWNED = "re-owned by upload at epoch"
-
-
-def reowned(epoch: int, why: str) -> str:
-    """The reason of a re-own `forget` (and of the entry's move back to `offered` at upload)."""
-    return f"{REOWNED} {epoch}: {why}"
 
 
 def stale(msg_epoch: int | None, epoch: int, sender: str, owner: str | None) -> str | None:

@@ -25,7 +25,9 @@ from ..messages import (
     Delivered,
     Failed,
     Forget,
+    Greeted,
     Offer,
+    Open,
     Sent,
     Wait,
     Withdraw,
@@ -36,6 +38,7 @@ from ..metadata import Metadata, canonical, loads, sidecar_of
 from ..state import Ended, Entry, State
 from ..text import count, shown, some_entries
 from . import sidecars
+from .adoption import Adopting
 from .base import (
     ENTRY,
     HASHING,
@@ -54,7 +57,6 @@ from .facts import DISK_WAIT, METADATA_AT_CENTRAL, PULL_FROM_CENTRAL, PUSH, PUSH
 from .listing import Hashed, Listing, data_signature, hash_each, hash_entry, scan
 from .pools import Pool
 from .sidecars import Read, Sidecars
-from .upload_pool import PoolUpload
 from .watch import DirWatcher
 
 if TYPE_CHECKING:
@@ -137,10 +139,10 @@ FACTS = facts(
 )
 
 
-class Upload(PoolUpload):
+class Upload(Adopting):
     mode = "upload"
     OWNED = (Up.WAITING, Up.UPLOADING, Up.PUSHED, Up.SENT)
-    OFFERED, WAITING = Up.OFFERED, Up.WAITING
+    OFFERED, WAITING, SENT = Up.OFFERED, Up.WAITING, Up.SENT
     STATES = Up
     NEW = (Up.OFFERED,)
     TRANSITIONS = TRANSITIONS
@@ -158,6 +160,8 @@ class Upload(PoolUpload):
             Delivered: self.on_delivered,
             Failed: self.on_failed,
             Forget: self.on_forget,
+            Open: self.on_open,
+            Greeted: self.on_greeted,
         }
         self.pending: dict[str, tuple[str, float]] = {}  # name -> (signature, unchanged since)
         # name -> signature of the name's latest version in the state, as committed: a rescan skips
@@ -226,6 +230,7 @@ class Upload(PoolUpload):
         self.resume_cleanups()
         # Hashes cut short by the stop start again.
         self._hash_entries([e for e in self.state.by_state(*UNSENT) if not e.md5])
+        self.greet_again()
         self.watching = self.watcher.start()
         if self.watching:
             log.debug("watching %s through inotify", self.cfg.file_dir)
@@ -238,7 +243,12 @@ class Upload(PoolUpload):
         self.changed.set()
         self.jobs.wake()
 
+    def hash_adopted(self, entry: Entry) -> None:
+        self._hash_entries([entry])
+
     def next_wakeup(self) -> float | None:
+        if self.greeting is not None:
+            return None  # nothing offered while the first agent's entries are announced (adoption)
         if self.ripe:
             return 0.0  # settled entries left to offer: the next pass offers more
         return self._scan_due()
@@ -325,6 +335,8 @@ class Upload(PoolUpload):
         """One entry of a listing, not on its way with this content (`latest`: its name's latest
         version; `meta`: its sidecar's metadata): note it while it settles; once it has, offer it
         (in this pass or a coming one, `ripe`) or, for a name relayed before, compare its md5 first."""
+        if latest is not None and latest.md5 is None and self.jobs.busy(Key(HASHING, latest.id)):
+            return  # being hashed (one adopted from the first agent): its md5 decides, then the scan
         if latest is not None and latest.signature == st.signature:
             self.pending.pop(name, None)
             self.state.after_commit(functools.partial(self.relayed.__setitem__, name, st.signature))
@@ -382,10 +394,17 @@ class Upload(PoolUpload):
         self._offer(name, hashed.stat, hashed.md5, meta, hashed.checksum)
 
     def _offer(
-        self, name: str, st: EntryStat, md5: str | None, meta: Metadata | None, checksum: str = ""
+        self,
+        name: str,
+        st: EntryStat,
+        md5: str | None,
+        meta: Metadata | None,
+        checksum: str = "",
+        to: tuple[str, ...] = (),
     ) -> Entry:
         """Record a new version of `name` and offer it, with its metadata (md5 None: not hashed yet;
-        see _hash_entries) and its second hash (`checksum:`)."""
+        see _hash_entries), its second hash (`checksum:`) and the destinations an operator sends it
+        to again (`to`; (): central's routes decide)."""
         entry = Entry(
             id=new_entry_id(),
             name=name,
@@ -414,7 +433,14 @@ class Upload(PoolUpload):
         if checksum:
             self.state.put_checksum(entry.id, checksum)
         offer = Offer(
-            entry.id, self.name, name=name, kind=st.kind, size=st.size, files=st.files, meta=meta or None
+            entry.id,
+            self.name,
+            name=name,
+            kind=st.kind,
+            size=st.size,
+            files=st.files,
+            meta=meta or None,
+            to=to,
         )
         self.send_offer(entry, offer)
         self.pending.pop(name, None)
@@ -453,8 +479,10 @@ class Upload(PoolUpload):
         now_entry = self.entry(entry.id)
         if now_entry.state == Up.SUPERSEDED or now_entry.md5:
             return
-        if isinstance(result, Hashed) and result.stat.signature == entry.signature:
-            self.state.update(now_entry, md5=result.md5)
+        if isinstance(result, Hashed) and (
+            result.stat.signature == entry.signature or adopted(entry, result)
+        ):
+            self.state.update(now_entry, md5=result.md5, signature=result.stat.signature)
             self.state.put_checksum(now_entry.id, result.checksum)
             log.debug("%s: md5 %s", entry.name, result.md5)  # INFO gives it in the "delivered" line
             if now_entry.state == Up.PUSHED:
@@ -532,7 +560,7 @@ class Upload(PoolUpload):
         dests.mark(self.state, entry.id, dest, dests.FETCHED, stored_as=msg.stored_as)
         if msg.receipt:
             self.state.put_receipt(entry.id, dest, msg.receipt)
-        self._keep_proof(entry, msg)
+        self._keep_proof(entry, msg, dest)
         rest = dests.waiting_for(dests.of(self.state, entry.id, self.cfg.download_name))
         if rest:  # the cleanup script waits for every destination's verified copy
             log.info(
@@ -568,9 +596,11 @@ class Upload(PoolUpload):
             if why:
                 raise receipts.ReceiptError(f"delivered for entry {entry.id}: receipt document {why}")
 
-    def _keep_proof(self, entry: Entry, msg: Delivered) -> None:
+    def _keep_proof(self, entry: Entry, msg: Delivered, dest: str) -> None:
         """Keep upload's copy of the receipt (docs/running.md, "Receipts"): download's document as it
-        signed it, and what upload knows of the entry, so that delivery can be shown after cleanup."""
+        signed it, and what upload knows of the entry, so that delivery can be shown after cleanup.
+        With central's routes, one document per destination (`<entry id>.<destination>.json`), each
+        naming its destination: never one in place of another."""
         now = time.time()
         kept = {
             "receipt": msg.proof["receipt"] if msg.proof else None,
@@ -585,9 +615,11 @@ class Upload(PoolUpload):
                 "offered_at": entry.created,
                 "delivered_at": now,
                 "stored_as": proofs.name_out(os.fsencode(msg.stored_as)),
+                "destination": dest,
             },
         }
-        self.receipts.keep(entry.id, shown(entry.name), now, kept)  # with the transaction's others
+        # (with the transaction's others)
+        self.receipts.keep(entry.id, shown(entry.name), now, kept, msg.destination)
 
     def _check_receipt(self, entry: Entry, msg: Delivered, dest: str) -> None:
         """With the destination's key pinned, its delivery counts only with its signed receipt for this
@@ -645,6 +677,14 @@ class Upload(PoolUpload):
 
     @classmethod
     def refusal(cls, action: str, entry: Entry, latest: bool, *, present: bool = True) -> str | None:
+        action, _, to = action.partition(":")
+        if to and action == RETRY:
+            return (
+                f"a destination's failed pull is retried at central, which keeps the verified copy: "
+                f"`synkler retry ENTRY --to {to}` there"
+            )
+        if to and action != RESEND:
+            return f"central forgets an entry at one destination: `synkler {action} ENTRY --to {to}` there"
         # Retry (of a failed entry or its cleanup script) and resend act on what the name holds now.
         if action in (RETRY, RESEND) and not latest and entry.state != Up.SUPERSEDED:
             return "a newer version of its name has come since: act on that one"
@@ -679,11 +719,19 @@ class Upload(PoolUpload):
             self.forget(entry, f"retried by an operator at upload: sent again as entry {new.id}")
         return f"{shown(entry.name)}: sent again as entry {new.id}; the failed entry {entry.id} is forgotten"
 
-    def resend(self, entry: Entry) -> str:
-        new = self._offer_again(entry)
-        return f"{shown(entry.name)}: sent again as entry {new.id} (entry {entry.id} stays as it was)"
+    def resend(self, entry: Entry, to: str | None = None) -> str:
+        """Send the entry again as a new one, to the destinations it went to (`to`: that one only)."""
+        rows = dests.rows(self.state, entry.id)  # {}: routed by central's download_name, as then
+        found = rows or dests.of(self.state, entry.id, self.cfg.download_name)
+        try:
+            again = tuple(dests.acted_on(RESEND, found, to))
+        except ValueError as e:
+            raise Refused(f"{shown(entry.name)} (entry {entry.id}): cannot resend: {e}") from None
+        new = self._offer_again(entry, again if rows or to else ())
+        where = f" to {', '.join(again)}" if rows or to else ""
+        return f"{shown(entry.name)}: sent again{where} as entry {new.id} (entry {entry.id} stays as it was)"
 
-    def _offer_again(self, entry: Entry) -> Entry:
+    def _offer_again(self, entry: Entry, to: tuple[str, ...] = ()) -> Entry:
         """Offer what the entry's name holds as a new version, without waiting for a change.
 
         The new version starts from the fingerprint last recorded for the name's content, and is
@@ -693,15 +741,18 @@ class Upload(PoolUpload):
         if self.jobs.busy(Key(NAME, entry.name)):
             raise Refused(f"{shown(entry.name)}: upload is reading it right now; ask again in a moment")
         stat = EntryStat(entry.kind, entry.size, entry.files, entry.signature or "")
-        new = self._offer(entry.name, stat, None, loads(self.state.metadata(entry.id)))
+        new = self._offer(entry.name, stat, None, loads(self.state.metadata(entry.id)), to=to)
         self._hash_entries([new])
         return new
 
     # jobs ----------------------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        self._offer_ripe()
-        wakeup = self._scan_due()
+        self.tick_greeting(now)
+        greeting = self.greeting is not None  # file_dir waits until the first agent's entries are known
+        if not greeting:
+            self._offer_ripe()
+        wakeup = None if greeting else self._scan_due()
         if wakeup is not None and now >= wakeup:
             self.changed.clear()
             self.last_scan = now
@@ -753,7 +804,14 @@ class Upload(PoolUpload):
             functools.partial(
                 transfer.push, self.link_cfg(batch[0]), str(self.cfg.file_dir), names, batch[0].path or ""
             ),
-            functools.partial(self._pushed, {e.id: e.attempt for e in batch}, names[0], what, time.time()),
+            functools.partial(
+                self._pushed,
+                {e.id: e.attempt for e in batch},
+                names[0],
+                what,
+                self.link_of(batch[0]),
+                time.time(),
+            ),
         )
 
     def _pushed(
@@ -761,11 +819,12 @@ class Upload(PoolUpload):
         attempts: dict[str, int],
         first_name: str,
         what: str,
+        link: str,
         started: float,
         result: transfer.Result | None,
         error: BaseException | None,
     ) -> None:
-        self.link_result(result, started)
+        self.link_result(result, started, link)
         ok = result is not None and result.ok
         why = "" if ok else repr(error) if result is None else result.summary()
         for entry_id, attempt in attempts.items():
@@ -789,6 +848,14 @@ class Upload(PoolUpload):
             log.info("%s: pushed in %.1f s", first_name, time.time() - started)
         elif ok:
             log.info("pushed %s in %.1f s", what, time.time() - started)
+
+
+def adopted(entry: Entry, result: Hashed) -> bool:
+    """An entry adopted from the first agent (no fingerprint of its own yet) whose name holds what
+    central was offered (kind, size, files): hashed here, it is pushed (again, or on from where
+    the first agent's push stopped) under its id. Anything else is withdrawn, and offered anew."""
+    st = result.stat
+    return entry.signature is None and (st.kind, st.size, st.files) == (entry.kind, entry.size, entry.files)
 
 
 def push_count(entry: Entry) -> str:

@@ -20,8 +20,8 @@ from ..messages import Admit, Delivered, Forget, Message, Offer, offers_key
 from ..metadata import loads
 from ..state import Entry, State
 from .base import Jobs, Status
-from .endpoint import Endpoint
-from .ownership import Reowner, reoffers, reowned, stale
+from .greeting import Greeting
+from .ownership import Reowner, reoffers, stale
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -29,9 +29,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("synkler")
 
 
-class PoolUpload(Endpoint):
+class PoolUpload(Greeting):
     """The pool's rules at upload; the states it re-owns from are `OWNED` (set by Upload)."""
 
+    ROLE = "upload"
     OWNED: tuple[Status, ...] = ()  # admitted by a central, not yet delivered: re-owned when it is gone
     OFFERED: Status
     WAITING: Status  # a central took the offer and holds the entry until it has room
@@ -144,7 +145,7 @@ class PoolUpload(Endpoint):
         """Offer the entry again at the next epoch, and tell its old owner to drop it; `why`: what
         made upload take it back (default: its owner was gone)."""
         old, old_epoch = entry.peer or "", self.state.epoch(entry.id)
-        reason = reowned(old_epoch + 1, why or f"{old} was gone")
+        reason = f"re-owned by upload at epoch {old_epoch + 1}: {why or f'{old} was gone'}"
         entry = self.move(entry, self.OFFERED, peer=None, attempt=0, tries=0, due=0, path=None, reason=None)
         offer = Offer(
             entry.id,

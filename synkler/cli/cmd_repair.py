@@ -8,9 +8,10 @@ import argparse
 import sys
 import time
 
+from .. import destinations as dests
 from ..agents import AGENTS, waits
 from ..agents.agent import Agent
-from ..agents.base import RETRY, at_destination
+from ..agents.base import RETRY, request_for
 from ..config import Config
 from ..errors import ExitStatus, Refused
 from ..service.pidfile import holder
@@ -24,11 +25,12 @@ POLL = 0.1  # seconds between looks for the agent's answer
 def cmd_request(cfg: Config, args: argparse.Namespace) -> int:
     """retry, forget or resend: write the request for the running agent to take in its main loop,
     and print its answer."""
-    action = args.command
-    if getattr(args, "to", None):
-        action = at_destination(action, args.to)  # `forget --to DEST`: that destination only
+    to = getattr(args, "to", None)
+    action = request_for(cfg.mode, cfg.name, args.command, to)  # `--to DEST`: that destination only
     cfg = agent_state(cfg)
     cause = getattr(args, "waiting_for", None)
+    if cause is not None and to:
+        raise Refused("--to takes one entry, not --waiting (central retries an entry's destinations)")
     if cause is not None:  # (the parser makes sure it comes without an entry)
         return _request_waiting(cfg, args, cause)
     state = State(cfg.state_db)
@@ -39,8 +41,10 @@ def cmd_request(cfg: Config, args: argparse.Namespace) -> int:
         what = f"{shown(entry.name)} (entry {entry.id})"
         latest = newest(entries)[entry.name] == entry.id
         why = agent.refusal(action, entry, latest, present=present(cfg, entry))
+        if why is None and ":" in action:  # an entry's destinations: a clear error before asking
+            why = _not_there(state, cfg, entry, args.command, to)
         if why is not None:
-            raise Refused(f"{what}: cannot {action}: {why}")
+            raise Refused(f"{what}: cannot {args.command}{f' at {to}' if to else ''}: {why}")
         with state.transaction():
             seq = state.add_request(entry.id, action)
         pid = holder(cfg.pidfile)
@@ -50,6 +54,15 @@ def cmd_request(cfg: Config, args: argparse.Namespace) -> int:
         return _await_answer(state, seq, cfg, args, f"{action} {what}", pid)
     finally:
         state.close()
+
+
+def _not_there(state: State, cfg: Config, entry: Entry, action: str, to: str | None) -> str | None:
+    """Why the entry cannot take `action --to`: not one of its destinations, or not failed there."""
+    try:
+        dests.acted_on(action, dests.of(state, entry.id, cfg.download_name), to)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def cmd_drain(cfg: Config, args: argparse.Namespace) -> int:

@@ -53,18 +53,29 @@ def chosen(cfg: Config, args: argparse.Namespace) -> Iterator[Path]:
     yield from paths
 
 
-def _key(cfg: Config) -> receipts.PublicKey | None:
+def _keys(cfg: Config) -> dict[str, receipts.PublicKey]:
+    """The keys documents are checked with: download's own (under ""), or at upload the pinned key of
+    each destination (download_public_key, a single key being download_name's)."""
     if cfg.mode == "download" and cfg.receipt_key is not None:
         try:
-            return receipts.public_of(receipts.load_private_key(cfg.receipt_key))
+            return {"": receipts.public_of(receipts.load_private_key(cfg.receipt_key))}
         except (OSError, ValueError) as e:
             raise ConfigError(cfg.path, "receipt_key", f"{cfg.receipt_key}: {e}") from None
     keys = cfg.download_keys() if cfg.mode == "upload" else {}
-    # With several downloads, the documents of download_name's deliveries are checked (one key).
-    text = keys.get(cfg.download_name) or (next(iter(keys.values())) if len(keys) == 1 else None)
-    if text:
-        return receipts.load_public_key(text)
-    return None
+    return {dest: receipts.load_public_key(text) for dest, text in keys.items()}
+
+
+def key_for(
+    keys: dict[str, receipts.PublicKey], verdict: audit.Verdict
+) -> tuple[receipts.PublicKey | None, str | None]:
+    """(the key a document is checked with, or why there is none): its destination's; a single key
+    (download's own, or upload's one pinned key) checks every document, as before routes."""
+    if len(keys) == 1:
+        return next(iter(keys.values())), None
+    if not keys or verdict.destination in keys:
+        return keys.get(verdict.destination), None
+    where = verdict.destination or "a destination it does not name"
+    return None, f"download_public_key pins no key for {where}: its signature cannot be checked"
 
 
 def _wanted(verdict: audit.Verdict, args: argparse.Namespace, since: float, until: float) -> bool:
@@ -79,12 +90,15 @@ def verify_all(cfg: Config, args: argparse.Namespace) -> tuple[list[audit.Verdic
     """(every verdict, those with problems)."""
     since = parse_when(args.since, end=False) if args.since else 0.0
     until = parse_when(args.until, end=True) if args.until else float("inf")
-    key = _key(cfg)
+    keys = _keys(cfg)
     checked: list[audit.Verdict] = []
     for path in chosen(cfg, args):
         kept, verdict = audit.load(path)
         if kept is not None and not _wanted(verdict, args, since, until):
             continue
+        key, missing = key_for(keys, verdict)
+        if missing and kept is not None and kept.get("receipt") is not None:
+            verdict.problems.append(missing)
         if kept is not None:
             audit.signature(kept, key, verdict)
             if cfg.mode == "download" and kept.get("receipt") is not None and not verdict.problems:
@@ -93,25 +107,32 @@ def verify_all(cfg: Config, args: argparse.Namespace) -> tuple[list[audit.Verdic
                 audit.at_upload(kept, verdict)
         checked.append(verdict)
     if cfg.mode == "upload" and not args.entry and cfg.state_db.exists():
-        checked += unheld(cfg, {v.entry for v in checked}, since, until)
+        checked += unheld(cfg, {(v.entry, v.destination) for v in checked}, since, until)
     return checked, [v for v in checked if not v.ok]
 
 
-def unheld(cfg: Config, held: set[str], since: float, until: float) -> list[audit.Verdict]:
-    """Upload: the entries its history says were delivered with download's signed receipt (in the
-    selected range) whose receipt document it does not hold."""
+def unheld(cfg: Config, held: set[tuple[str, str]], since: float, until: float) -> list[audit.Verdict]:
+    """Upload: the entries its history says were delivered with a download's signed receipt (in the
+    selected range) whose receipt document it does not hold, one per destination that signed one."""
     from ..agents.upload import Up
     from ..state import State
 
     state = State(cfg.state_db, readonly=True)
     try:
         missing = []
+        entries = {entry for entry, _ in held}
         for e in state.by_state(Up.DELIVERED, Up.DONE):
-            if e.id in held or not since <= e.updated <= until or not state.receipts(e.id):
-                continue
-            verdict = audit.Verdict(cfg.receipt_dir, entry=e.id, name=e.name, delivered_at=e.updated)
-            verdict.problems.append("delivered with a signed receipt, but no receipt document is kept")
-            missing.append(verdict)
+            signed = state.receipts(e.id)  # destination -> its signed receipt
+            if not since <= e.updated <= until or not signed or (len(signed) == 1 and e.id in entries):
+                continue  # (one destination: its document, whatever name it gives it)
+            for dest in sorted(d for d in signed if (e.id, d) not in held):
+                verdict = audit.Verdict(
+                    cfg.receipt_dir, entry=e.id, name=e.name, delivered_at=e.updated, destination=dest
+                )
+                verdict.problems.append(
+                    f"delivered with {dest}'s signed receipt, but no receipt document is kept"
+                )
+                missing.append(verdict)
         return missing
     finally:
         state.close()
@@ -122,9 +143,10 @@ def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:
         raise ConfigError(cfg.path, "mode", "verify runs on download (the data) or upload (its receipts)")
     checked, bad = verify_all(cfg, args)
     for verdict in bad:
-        label = (
-            f"{shown(verdict.name)} (entry {verdict.entry})" if verdict.entry else shown(str(verdict.path))
-        )
+        to = f", to {verdict.destination}" if verdict.destination and cfg.mode == "upload" else ""
+        label = shown(str(verdict.path))
+        if verdict.entry:
+            label = f"{shown(verdict.name)} (entry {verdict.entry}{to})"
         for problem in verdict.problems:
             print(f"FAIL {label}: {shown(problem)}")
     what = "the data against its receipts" if cfg.mode == "download" else "the receipts kept"

@@ -11,6 +11,15 @@ from .. import __version__
 
 STATUS_OPEN = 1000  # entries on their way `status` shows at most, the oldest (and as many failed ones)
 STATUS_LAST = 50  # finished entries `status` shows besides those on their way (--all: every one)
+# `--to DEST` of retry, forget and resend (docs/runbook.md, "At one destination")
+TO_HELP = {
+    "retry": "central: ask this destination (download) only to pull the verified copy again, where the "
+    "entry failed; without it, every destination where it failed (never one that has it)",
+    "forget": "central: forget the entry at this destination (download) only; the others keep it, "
+    "and upload cleans up once every other destination has it",
+    "resend": "upload: send the entry again to this destination (download) only; without it, to every "
+    "destination it went to",
+}
 REQUEST_WAIT = 30.0  # seconds the retry, forget and resend commands wait for the agent's answer
 # What `retry --waiting` takes: synkler.agents.waits CAUSES and ANY (spelled here so that parsing
 # does not import the agents; a test keeps them equal).
@@ -53,16 +62,19 @@ examples:
   synkler retry -c /etc/synkler.conf run42.csv    by name, where one entry of that name can be retried
   synkler retry -c /etc/synkler.conf --waiting link   every entry waiting for the link (a key fixed)
   synkler retry -c /etc/synkler.conf --waiting        every entry waiting for a retry, whatever the cause
+  synkler retry -c central.conf 3f2c81d0 --to archive   (central) archive pulls the verified copy again
 
 Upload sends a failed entry again as a new entry, download pulls it again from central's copy. A
 waiting entry is tried again now instead of when its wait runs out (causes: link, disk, failure).""",
     "forget": """\
 examples:
-  synkler forget -c /etc/synkler.conf 3f2c81d0    end a stuck or failed entry at every role""",
+  synkler forget -c /etc/synkler.conf 3f2c81d0    end a stuck or failed entry at every role
+  synkler forget -c central.conf 3f2c81d0 --to archive   (central) at that destination only""",
     "resend": """\
 examples:
   synkler resend -c /etc/synkler.conf run42.csv   send the newest version of run42.csv again, unchanged
-  synkler resend -c /etc/synkler.conf run42.csv   (download) sign and send run42.csv's receipt again""",
+  synkler resend -c /etc/synkler.conf run42.csv   (download) sign and send run42.csv's receipt again
+  synkler resend -c upload.conf run42.csv --to archive   (upload) to that destination only""",
     "drain": """\
 examples:
   synkler drain -c /etc/synkler.conf central-b          central-b takes no new offers, finishes the rest
@@ -293,13 +305,7 @@ def _add_repairs(sub: Commands) -> None:
             )
         else:
             cmd.add_argument("entry", help=entry_help)
-        if action == "forget":
-            cmd.add_argument(
-                "--to",
-                metavar="DEST",
-                help="central: forget the entry at this destination (download) only; the others keep it, "
-                "and upload cleans up once every other destination has it",
-            )
+        cmd.add_argument("--to", metavar="DEST", help=TO_HELP[action])
         cmd.add_argument(
             "--wait",
             type=float,

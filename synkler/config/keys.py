@@ -121,6 +121,7 @@ class Config:
     metrics_textfile: Path | None
     require_metadata: dict[str, re.Pattern[str] | None]  # central: metadata keys an entry must have
     layout: str  # download: "sidecar" (NAME.meta.json beside NAME) or "bagit" (a bag per entry)
+    subdir_per_upload: bool  # download: place each entry in <file_dir>/<its upload agent>/
     routes: tuple[Route, ...]  # central: which downloads an entry goes to (empty: download_name)
     # Not a key: the keys the file sets (`synkler check` warns of those this role ignores).
     given: frozenset[str] = field(default=frozenset(), compare=False)
@@ -302,6 +303,7 @@ KEYS: dict[str, Key] = {
     "metrics_textfile": Key(path, None),
     "require_metadata": Key(required_metadata, {}, roles=("central",)),
     "layout": Key(choice("sidecar", "bagit"), "sidecar", roles=("download",)),
+    "subdir_per_upload": Key(boolean, False, roles=("download",)),
     "routes": Key(route_rules, (), roles=("central",)),
     "alerts": Key(alerts, None),
 }

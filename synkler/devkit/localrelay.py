@@ -7,6 +7,7 @@ local RabbitMQ under a unique instance id.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -139,8 +140,10 @@ class LocalRelay:
         self.stop()
         for role, mode in self.modes.items():
             if mode != "central":
-                # A SIGKILLed agent leaves its ssh master connection to time out: end it now.
-                transfer.close_shared_connection(load_config(self.configs[role], check_dirs=False))
+                # A SIGKILLed agent leaves its ssh master connections to time out: end them now.
+                cfg = load_config(self.configs[role], check_dirs=False)
+                for host in dict.fromkeys([cfg.central_host, *cfg.centrals.values()]):
+                    transfer.close_shared_connection(dataclasses.replace(cfg, central_host=host))
         # The agents' names as configured (an upload agent may have its own), besides the roles'.
         names = {load_config(self.configs[role], check_dirs=False).name for role in self.modes}
         try:

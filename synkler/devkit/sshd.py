@@ -116,8 +116,11 @@ class LocalSshd:
 
     host: str = "127.0.0.1"
 
-    def __init__(self, workdir: Path, sftp_chroot: Path | None = None) -> None:
+    def __init__(self, workdir: Path, sftp_chroot: Path | None = None, port: int = 0) -> None:
         """Prepare paths under *workdir* (created if needed); nothing runs until start().
+
+        *port*: listen on this port (0: a free one, found at start). Several sshds in network
+        namespaces of their own can share one port, and with it one ssh command line.
 
         *sftp_chroot*: serve only OpenSSH's ``internal-sftp``, chrooted there (no shell, no rsync,
         no forwarding), as an SFTP-only central does (docs/security.md). sshd wants that directory
@@ -125,6 +128,7 @@ class LocalSshd:
         """
         self.workdir = Path(workdir).resolve()
         self.sftp_chroot = None if sftp_chroot is None else Path(sftp_chroot).resolve()
+        self.fixed_port = port
         self.port: int = 0
         # The uid sshd will run as decides who can log in; $USER/$LOGNAME may disagree with
         # it (su without -l, containers), so ask the password database instead.
@@ -211,7 +215,7 @@ class LocalSshd:
         self._prepare_files()
         failures: list[str] = []
         for _attempt in range(_PORT_ATTEMPTS):
-            self.port = _free_port(self.host)
+            self.port = self.fixed_port or _free_port(self.host)
             self._write_config()
             self._write_known_hosts()
             self._launch(sshd)
@@ -319,9 +323,11 @@ class LocalSshd:
         self.config.write_text("\n".join(lines) + "\n")
 
     def _write_known_hosts(self) -> None:
-        """Pin our host key for ``[127.0.0.1]:PORT`` so StrictHostKeyChecking can stay on."""
+        """Pin our host key for ``[127.0.0.1]:PORT`` so StrictHostKeyChecking can stay on (ssh
+        names a host on port 22 without brackets and port)."""
         keytype, blob = _pub(self.host_key).read_text().split()[:2]
-        self.known_hosts.write_text(f"[{self.host}]:{self.port} {keytype} {blob}\n")
+        name = self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+        self.known_hosts.write_text(f"{name} {keytype} {blob}\n")
 
     def _launch(self, sshd: str) -> None:
         """Spawn ``sshd -D -e`` (foreground, log to stderr) with stderr appended to sshd.log."""

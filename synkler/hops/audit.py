@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import proofs, receipts
 from ..hops import receiptfiles
+from ..messages import stored_problem
 from .checksum import alg_of, digest_entry, list_entry
 
 
@@ -27,6 +28,7 @@ class Verdict:
     entry: str = ""
     name: str = ""
     delivered_at: float = 0.0
+    destination: str = ""  # the download whose delivery it proves ("": not said)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -42,9 +44,18 @@ def delivered_at(doc: dict[str, Any]) -> float:
     return 0.0
 
 
+def delivered_by(doc: dict[str, Any]) -> str:
+    """The download agent that signed it (its hop's agent; "" if it names none)."""
+    for hop in doc.get("hops") or ():
+        if isinstance(hop, dict) and hop.get("role") == "download":
+            return str(hop.get("agent") or "")
+    return ""
+
+
 def load(path: Path) -> tuple[dict[str, Any] | None, Verdict]:
     """A kept document and the verdict to fill; None if it cannot be read as one."""
-    verdict = Verdict(path, entry=path.stem)
+    entry_id, destination = receiptfiles.named(path.stem)
+    verdict = Verdict(path, entry=entry_id, destination=destination)
     try:
         kept = receiptfiles.read(path)
     except (OSError, ValueError) as e:
@@ -53,8 +64,10 @@ def load(path: Path) -> tuple[dict[str, Any] | None, Verdict]:
     if not isinstance(kept, dict):
         verdict.problems.append("not a receipt document")
         return None, verdict
-    if kept.get("receipt") is None and isinstance(kept.get("upload"), dict):  # upload's, without download's
-        up = kept["upload"]
+    up = kept.get("upload")
+    if isinstance(up, dict) and isinstance(up.get("destination"), str):  # upload's record says whose
+        verdict.destination = verdict.destination or up["destination"]
+    if kept.get("receipt") is None and isinstance(up, dict):  # upload's, without download's
         verdict.entry, verdict.name = str(up.get("entry", "")), _name(up.get("name"))
         verdict.delivered_at = float(up.get("delivered_at") or 0.0)
         return kept, verdict
@@ -64,6 +77,7 @@ def load(path: Path) -> tuple[dict[str, Any] | None, Verdict]:
         return None, verdict
     doc = kept["receipt"]
     verdict.entry, verdict.name, verdict.delivered_at = doc["entry"], _name(doc["name"]), delivered_at(doc)
+    verdict.destination = verdict.destination or delivered_by(doc)
     return kept, verdict
 
 
@@ -92,7 +106,12 @@ def at_download(kept: dict[str, Any], file_dir: Path, depth: str, verdict: Verdi
         verdict.problems.append(why)
         return
     doc = kept["receipt"]
-    where = os.path.join(os.fsencode(file_dir), proofs.name_in(doc["stored_as"]))
+    stored = proofs.name_in(doc["stored_as"])
+    wrong = stored_problem(os.fsdecode(stored))
+    if wrong:  # never a path that leads out of file_dir: only a name, or <upload agent>/<name>
+        verdict.problems.append(f"stored_as {os.fsdecode(stored)!r} is not a place in file_dir ({wrong})")
+        return
+    where = os.path.join(os.fsencode(file_dir), stored)
     if not os.path.lexists(where):
         verdict.problems.append(
             f"{os.fsdecode(where)!r} is missing (moved or removed since it was delivered?)"
@@ -111,10 +130,18 @@ def at_download(kept: dict[str, Any], file_dir: Path, depth: str, verdict: Verdi
 
 
 def at_upload(kept: dict[str, Any], verdict: Verdict) -> None:
-    """Upload's copy: download's document is about the entry and content upload sent."""
+    """Upload's copy: download's document is about the entry and content upload sent, and was signed
+    by the destination it is kept for."""
     up, doc = kept.get("upload"), kept.get("receipt")
     if not isinstance(up, dict) or doc is None:
         return
+    named = receiptfiles.named(verdict.path.stem)[1]
+    names = {n for n in (named, up.get("destination"), delivered_by(doc)) if n}
+    if len(names) > 1:  # one destination's receipt kept as another's
+        verdict.problems.append(
+            f"its file name, upload's record and download's signed document do not name one "
+            f"destination ({', '.join(sorted(map(str, names)))})"
+        )
     if doc["entry"] != up.get("entry") or doc["md5"] != up.get("md5"):
         verdict.problems.append(
             f"download's receipt is about entry {doc['entry']} md5 {doc['md5']}, upload sent "

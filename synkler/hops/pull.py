@@ -55,8 +55,8 @@ _MISSING = re.compile(
 
 BAG = ".bag"  # the bag of entry <id> is built as <id>.bag in staging
 
-# Where a verified entry goes in file_dir: (file_dir, name, kind, md5) -> (name, already there).
-Choose = Callable[[str, str, str, str], "tuple[str, bool]"]
+# Where a verified entry goes in file_dir: (entry, md5) -> (its stored_as, already there).
+Choose = Callable[[Entry, str], "tuple[str, bool]"]
 
 
 class Staging:
@@ -268,7 +268,7 @@ def finish_early(
             if wrong is None:
                 other = digest.files[0].strong if digest else None
                 record = FileDigest(b"", "file", entry.size, early.hexdigest(), other)
-                target, present = choose(str(cfg.file_dir), entry.name, entry.kind, entry.known_md5())
+                target, present = choose(entry, entry.known_md5())
                 found = EntryDigest(early.hexdigest(), strong, [record])
                 return PullRun(result, {entry.id: Verified(target, present, found)})
             why = wrong
@@ -345,7 +345,7 @@ def _outcome(
         # rsync's quick check would take a bad copy for done: remove it, pull it anew.
         staging.drop(e.id)
         return Mismatch(digest.md5, wrong)
-    target, present = choose(str(cfg.file_dir), e.name, e.kind, digest.md5)
+    target, present = choose(e, digest.md5)
     return Verified(target, present, digest)
 
 

@@ -1,4 +1,6 @@
-"""Where receipt documents (synkler.proofs) are kept: ``<receipt_dir>/YYYY/MM/<entry id>.json``.
+"""Where receipt documents (synkler.proofs) are kept: ``<receipt_dir>/YYYY/MM/<entry id>.json``, and
+at upload, for an entry central routed to several downloads, one per destination:
+``<entry id>.<destination>.json`` (an entry id is 32 hex digits, so the name tells both apart).
 
 YYYY/MM is the month (UTC) the entry was delivered in, so a date range is a few directories and
 `receipt_keep_days` removes old months file by file. Each file is written whole or not at all
@@ -24,9 +26,22 @@ log = logging.getLogger("synkler")
 DAY = 86400.0
 
 
-def path_for(top: Path, entry_id: str, when: float) -> Path:
+def path_for(top: Path, entry_id: str, when: float, destination: str = "") -> Path:
+    """A document's place (`destination`: the download whose delivery it proves, at upload with
+    routes; "": the entry's only one)."""
     month = time.strftime("%Y/%m", time.gmtime(when))
-    return top / month / f"{entry_id}.json"
+    return top / month / f"{file_name(entry_id, destination)}.json"
+
+
+def file_name(entry_id: str, destination: str = "") -> str:
+    """A document's file name without `.json`: the entry id, and its destination when it has one."""
+    return f"{entry_id}.{destination}" if destination else entry_id
+
+
+def named(stem: str) -> tuple[str, str]:
+    """(entry id, destination) a document's file name (without `.json`) says; "" where it says none."""
+    entry_id, _, destination = stem.partition(".")
+    return entry_id, destination
 
 
 def write(top: Path, entry_id: str, when: float, document: dict[str, Any]) -> Path:
@@ -75,10 +90,12 @@ class Batch:
         self._before_commit = before_commit
         self._queued: dict[Path, tuple[str, dict[str, Any]]] = {}
 
-    def keep(self, entry_id: str, label: str, when: float, document: dict[str, Any]) -> None:
-        """Keep `document` for the entry (`label`: how a log line names it) with the others of the
-        transaction."""
-        self._queued[path_for(self.top, entry_id, when)] = (label, document)
+    def keep(
+        self, entry_id: str, label: str, when: float, document: dict[str, Any], destination: str = ""
+    ) -> None:
+        """Keep `document` for the entry (`label`: how a log line names it; `destination`: the
+        download it is from, at upload with routes) with the others of the transaction."""
+        self._queued[path_for(self.top, entry_id, when, destination)] = (label, document)
         self._before_commit(self.flush)
 
     def flush(self) -> None:
@@ -114,8 +131,11 @@ def every(top: Path) -> Iterator[Path]:
 
 
 def find(top: Path, entry_id: str) -> list[Path]:
-    """The documents of one entry id (usually one)."""
-    return [month / f"{entry_id}.json" for month in months(top) if (month / f"{entry_id}.json").exists()]
+    """The documents of one entry id (usually one; at upload, one per destination with routes)."""
+    found = []
+    for month in months(top):
+        found += sorted(p for p in month.glob(f"{entry_id}*.json") if named(p.stem)[0] == entry_id)
+    return found
 
 
 def prune(top: Path, keep_days: float, now: float) -> int:

@@ -332,6 +332,8 @@ def _place_text(place: Mapping[str, Any] | None, now: float, *, named: bool = Fa
         parts.append(f"try {place['tries']}")
     if place.get("retry_at"):
         parts.append(f"retry {_clock(place['retry_at'], now)}")
+    if place.get("stored_as"):  # download: placed under another name (versioned, or per upload)
+        parts.append(f"as {shown(place['stored_as'])}")
     if place.get("cleanup") in (*RERUN, Cleanup.SKIPPED):
         parts.append(f"cleanup {place['cleanup']}")
     if "progress" in place:

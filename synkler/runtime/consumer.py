@@ -50,6 +50,7 @@ class Consumer:
         self.failures = 0  # tries to connect that failed in a row
         self.next_connect = 0.0
         self.standby = False  # another agent of this name held the queue when this one started
+        self.took_over = False  # it was a standby and took the queue over (its peers are greeted)
         self._standby_told = float("-inf")  # when the last ERROR about a rival agent was logged
         self._free_since: float | None = None  # a standby: since when its queue has had no consumer
         self.login_refused: str | None = None  # the broker refuses this agent's login: why
@@ -77,6 +78,7 @@ class Consumer:
         if self.standby:
             log.warning("the other %s agent %r is gone: this one takes over", self.mode, self.cfg.name)
             self.standby = False
+            self.took_over = not self.started
         if self.failures:
             log.info("connected to broker %s again", address_text(broker.address))
         else:

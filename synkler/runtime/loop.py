@@ -202,6 +202,8 @@ class Runtime:
             if not self._wait_for_queue():
                 return
             with self.state.transaction():
+                if self.consumer.took_over:
+                    self.agent.took_over()  # before startup: it says hello to the centrals
                 self.agent.startup()
             self._started = self.consumer.started = True
             self.hooks.after_start()

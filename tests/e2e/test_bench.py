@@ -159,3 +159,42 @@ def test_links_runs_the_relay_across_namespaces_and_removes_them(broker, sshd, t
     for case in links["cases"]:
         assert positive(case["relay_s"]) and positive(case["direct_s"])
     assert any(row["figure"].startswith("links at 400 Mbit/s") for row in report["table"])
+
+
+def test_centrals_relays_through_pools_of_one_and_two_centrals_and_removes_the_namespaces(
+    broker, sshd, tmp_path
+):
+    """A tiny `--only centrals`: the same files through a pool of one central and of two, each central
+    a host of its own (needs root, iproute2 and the kernel's bridge, else it reports itself skipped)."""
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        import netns
+        import netns_star
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    extra = ["--centrals", "1,2", "--centrals-files", "4", "--centrals-file-mb", "1"]
+    run, report = run_bench(broker, tmp_path, "--only", "centrals", *extra, "--centrals-rate-mbit", "400")
+    listing = ["ip", "netns", "list"]
+    left = subprocess.run(listing, capture_output=True, text=True).stdout if shutil.which("ip") else ""
+    assert f"{netns.PREFIX}{run.args}-" not in left, "a network namespace left behind"
+    centrals = report["results"]["centrals"]
+    why = netns.missing() or netns_star.missing_bridge()
+    if why:
+        assert centrals["skipped"] == why and "centrals: SKIPPED" in run.stdout
+        return
+    assert report["settings"]["centrals"] == [1, 2] and centrals["rate_mbit"] == 400
+    assert centrals["files"] == 4 and centrals["total_bytes"] == 4 << 20
+    # Every central of each pool took entries (and every entry was delivered, md5 checked, or the
+    # benchmark would have failed).
+    assert [(r["centrals"], len(r["taken"])) for r in centrals["runs"]] == [(1, 1), (2, 2)]
+    for r in centrals["runs"]:
+        assert sum(r["taken"]) == 4 and min(r["taken"]) > 0, r["taken"]
+        assert positive(r["relay_s"])
+    one, two = centrals["cases"]
+    assert (one["centrals"], two["centrals"]) == (1, 2) and one["ratio"] == 1
+    for case in (one, two):
+        assert positive(case["mb_per_s"]) and positive(case["link_share"]) and positive(case["ratio"])
+        if report["settings"]["cpu_accounting"]:
+            assert positive(case["relay_cpu_s"])
+    figures = [row["figure"] for row in report["table"]]
+    assert "centrals at 400 Mbit/s each, 2 of them, 4 × 1 MiB" in figures

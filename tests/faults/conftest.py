@@ -1,13 +1,16 @@
-"""Fixtures of the fault suite: relays built on the shared sshd/broker fixtures, the `long` marker,
-and the one summary line printed at the end of the run."""
+"""Fixtures of the fault suite: relays built on the shared sshd/broker fixtures, a three-node RabbitMQ
+cluster, the `long` and `chaos` markers, and the summary printed at the end of the run: one line,
+one per destination of the fan-out cases, and one per pool scenario."""
 
 from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
 
 import pytest
-from support import faultkit
+from support import fanoutkit, faultkit
+from support.rabbitnode import RabbitCluster, RabbitNode
 
 
 def pytest_configure(config):
@@ -17,7 +20,8 @@ def pytest_configure(config):
     )
     config.addinivalue_line(
         "markers",
-        "chaos: a broker node of a cluster killed every 20 s over many entries; SYNKLER_FAULTS=chaos",
+        "chaos: the long runs on a RabbitMQ cluster (broker nodes, centrals and links failing); "
+        "SYNKLER_FAULTS=chaos",
     )
 
 
@@ -41,6 +45,26 @@ def pytest_terminal_summary(terminalreporter):
         f"failed={t['failed']} lost={t['lost']} corrupt={t['corrupt']} duplicated={t['duplicated']} "
         f"stalled={t['stalled']}"
     )
+    for line in fanoutkit.summary_lines():  # the fan-out cases: one line per destination
+        terminalreporter.write_line(line)
+    for line in faultkit.NOTES:  # the pool scenarios
+        terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RabbitCluster]:
+    """A three-node RabbitMQ cluster of the module's own (tests/support/rabbitnode.py), stopped after
+    it, also on failure. A module that uses it joins a `rabbit-nodes-N` xdist group."""
+    why = RabbitNode.available()
+    if why is not None:  # as tests/conftest.py's missing_infrastructure: CI never skips it
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{why} (CI=true, so this is a failure, not a skip)", pytrace=False)
+        pytest.skip(why)
+    nodes = RabbitCluster(3)
+    try:
+        yield nodes.start()
+    finally:
+        nodes.stop()
 
 
 @pytest.fixture

@@ -17,13 +17,12 @@ before each kill).
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
 from support import faultkit
+from support.chaos import connections
 from support.faultkit import Profile, build_workload, common_settings, delivered_count, settled, verdict
 from support.rabbitnode import RabbitCluster, RabbitNode
 from support.relay_helpers import place
@@ -37,32 +36,6 @@ pytestmark = pytest.mark.xdist_group("rabbit-nodes-2")
 
 DEFAULT = Profile("cluster", small=24, medium=2, big_mb=20, bwlimit=8000, deliver_timeout=240.0)
 CHAOS = Profile("chaos", small=120, medium=6, big_mb=100, bwlimit=20000, deliver_timeout=900.0)
-CONNECTED = re.compile(rb"connected to broker 127\.0\.0\.1:(\d+)")
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RabbitCluster]:
-    why = RabbitNode.available()
-    if why is not None:  # as tests/conftest.py's missing_infrastructure: CI never skips it
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{why} (CI=true, so this is a failure, not a skip)", pytrace=False)
-        pytest.skip(why)
-    nodes = RabbitCluster(3)
-    try:
-        yield nodes.start()
-    finally:
-        nodes.stop()
-
-
-def connections(relay: LocalRelay) -> dict[str, tuple[int, int]]:
-    """role -> (how many times it connected so far, the port of the node it connected to last)."""
-    out = {}
-    for role in ROLES:
-        path = relay.log_path(role)
-        found = CONNECTED.findall(path.read_bytes()) if path.exists() else []
-        if found:
-            out[role] = (len(found), int(found[-1]))
-    return out
 
 
 def kill_busiest(relay: LocalRelay, cluster: RabbitCluster) -> RabbitNode:

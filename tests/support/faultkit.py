@@ -27,6 +27,7 @@ TALLY = {
     "duplicated": 0,
     "stalled": 0,
 }
+NOTES: list[str] = []  # one line per scenario that has more to say (the pool chaos), after the tally
 
 # One line per run: the name (as bytes, so that a name that is not UTF-8 is recorded as it is) and
 # the md5 of what %F held when the script ran ("-": nothing), to prove that a cleanup script only

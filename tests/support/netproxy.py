@@ -10,7 +10,9 @@
 - `throttle(rate)`: move at most `rate` bytes a second each way on each connection (a slow link, so
   that transfers are still under way when a fault comes), until `throttle(None)`.
 
-`bytes_forwarded` and `connections` say whether a fault really hit live traffic.
+`bytes_forwarded` and `connections` say whether a fault really hit live traffic. `listen` puts the
+proxy on another loopback address (127.0.0.2, ...) and port: one proxy per central of a pool, each
+reached under its own address with the same ssh options.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import threading
 
 
 class NetProxy:
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1"):
+    def __init__(
+        self, target_port: int, target_host: str = "127.0.0.1", *, listen: tuple[str, int] = ("127.0.0.1", 0)
+    ):
         self.target = (target_host, target_port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = socket.create_server(listen)
         self._listener.settimeout(0.2)
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()

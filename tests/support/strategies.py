@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from synkler import messages, metadata
-from synkler.messages import KINDS, MAX_SIZE, SCHEMA, SCHEMAS
+from synkler.messages import HELD, KINDS, MAX_SIZE, ROLES, SCHEMA, SCHEMAS
 
 HEX = "0123456789abcdef"
 
@@ -62,11 +62,13 @@ def paths() -> st.SearchStrategy[str]:
 
 FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "name": names(),
-    "stored_as": names(),
+    # A name, or `<upload agent>/<name>` (download's subdir_per_upload).
+    "stored_as": names() | st.tuples(st.sampled_from(["upload", "lab-a"]), names()).map("/".join),
     "kind": st.sampled_from(KINDS),
     "size": st.integers(0, MAX_SIZE),
     "files": st.integers(0, MAX_SIZE),
     "md5": st.text(HEX, min_size=32, max_size=32),
+    "source": st.sampled_from(["upload", "lab-a", "lab-b"]),  # the upload agent of a fetch
     "got": st.text(HEX, min_size=32, max_size=32),
     "attempt": st.integers(1, 1000),
     "epoch": st.integers(1, 3),  # a pool of centrals' ownership number
@@ -75,10 +77,15 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "reason": st.text(max_size=300),
     "hop": st.text(max_size=50),
     "outcome": st.sampled_from(["placed", "present"]),
+    "role": st.sampled_from(ROLES),  # a standby's `hello`
+    "held": st.sampled_from(HELD),  # where central holds an entry it announces again (`open`)
+    "entries": st.integers(0, MAX_SIZE),
     # Download agent names: where an entry goes (`to` of admit), which one fetched or failed it or is
     # forgotten (`destination`).
     "to": st.lists(st.sampled_from(["download", "analysis", "archive"]), min_size=1, max_size=3, unique=True),
     "destination": st.sampled_from(["download", "analysis", "archive"]),
+    # Why central asks a download again for an entry it failed (`synkler retry --to` at central).
+    "again": st.text(min_size=1, max_size=100),  # ("" is left out on the wire)
     # Its shape only (synkler.receipts checks the signature); an empty one is left out on the wire.
     "receipt": st.from_regex(r"\A[A-Za-z0-9_-]{1,40}\.[A-Za-z0-9_-]{1,40}\Z"),
     "meta": metadata_objects(),

@@ -130,6 +130,7 @@ def test_defaults_fill_every_optional_key(parse, file_dir: Path, home: Path, con
         metrics_textfile=None,
         require_metadata={},
         layout="sidecar",
+        subdir_per_upload=False,
         routes=(),
     )
     assert cfg.cleanup_argv == ()
@@ -947,6 +948,15 @@ def test_a_bad_pattern_in_require_metadata_names_the_file_and_the_key(parse) -> 
     assert caught.value.key == "require_metadata.sample_id"
     assert "regular expression" in str(caught.value)
     assert caught.value.exit_code == 2 and str(caught.value.path).endswith(".conf")
+
+
+def test_subdir_per_upload_is_off_unless_set_and_a_bad_value_names_the_file_and_the_key(parse) -> None:
+    assert parse(mode="download").subdir_per_upload is False
+    assert parse(mode="download", subdir_per_upload=True).subdir_per_upload is True
+    with pytest.raises(ConfigError) as caught:
+        parse(mode="download", subdir_per_upload="yes")
+    assert caught.value.key == "subdir_per_upload"
+    assert "must be true or false" in str(caught.value) and str(caught.value.path).endswith(".conf")
 
 
 def test_layout_is_sidecar_or_bagit(parse) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from support.fakes import Role
 
+from synkler import destinations as dests
 from synkler import messages, receipts
 from synkler.agents import AGENTS
 from synkler.agents.base import Cleanup
@@ -629,6 +630,20 @@ def central_delivers_a_failed_entry_that_download_got_after_a_retry(
     to, delivered = only(r.sent(), Delivered)
     assert (to, delivered.stored_as) == ("upload", "data.bin")
     assert r.entry(e.id).reason is None and stored.exists()  # expires keep_minutes from now, as any
+    return r.entry(e.id)
+
+
+@transition("central", ("failed", "downloading"))
+def central_asks_a_destination_where_the_entry_failed_again_on_an_operators_retry(
+    tmp_path: Path, _from: str, _to: str
+) -> Entry:
+    r, e, _staged, stored = central_holding(tmp_path, "failed")
+    with r.state.transaction():
+        dests.mark(r.state, e.id, "download", dests.FAILED, reason="pull from central: exit 23")
+    ok, answer = r.request("retry", e.id)
+    assert ok and "download asked to pull central's verified copy again" in answer, answer
+    to, fetch = only(r.sent(), Fetch)
+    assert (to, fetch.path, bool(fetch.again)) == ("download", str(stored), True)
     return r.entry(e.id)
 
 

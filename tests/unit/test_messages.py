@@ -32,6 +32,9 @@ BODIES: dict[str, dict[str, Any]] = {
     "withdraw": {"reason": "superseded by a newer version"},
     "corrupt": {"got": "0" * 32},
     "forget": {"reason": "forgotten by an operator at upload"},
+    "hello": {"role": "upload"},
+    "open": dict(META, held="arrived", md5=MD5),
+    "greeted": {"entries": 3},
 }
 
 
@@ -78,6 +81,19 @@ def without(mtype: str, field: str) -> dict[str, Any]:
 
 def test_every_message_type_has_a_sample_body_in_these_tests():
     assert set(BODIES) == set(SCHEMAS)
+
+
+@pytest.mark.parametrize(
+    ("mtype", "field", "value"),
+    [
+        ("hello", "role", "central"),  # only upload's and download's standbys greet
+        ("open", "held", "delivered"),  # central's own words, not a state name
+        ("open", "md5", "not-hex"),
+        ("greeted", "entries", -1),
+    ],
+)
+def test_a_greeting_message_with_a_bad_field_is_refused(mtype: str, field: str, value: object):
+    assert f"field {field!r}" in rejected(envelope(mtype, **{field: value}))
 
 
 @pytest.mark.parametrize("mtype", sorted(SCHEMAS))

@@ -127,3 +127,37 @@ def test_a_pull_stopped_because_it_stalled_is_the_link_down_counted_once(tmp_pat
         entry = r.entry(entry_id)
         assert entry.state == "fetching" and entry.tries == 0
         assert "link down: exit 30" in (entry.reason or "") and "stalled" in (entry.reason or "")
+
+
+# a pool of centrals: a link each ------------------------------------------------------------------
+
+
+def test_in_a_pool_one_central_s_outage_neither_holds_back_nor_is_ended_by_another_s_link(tmp_path: Path):
+    pool = {"central-a": "synkler@host-a", "central-b": "synkler@host-b"}
+    r = Role("upload", tmp_path, max_transfers=16, centrals=pool)
+    place = "/srv/central/lab/staging/upload"
+    at_b = [r.given("uploading", name=f"b{i}", peer="central-b", md5=MD5, path=place).id for i in range(2)]
+    r.agent.look_again()
+    r.tick()
+    # central-b's host has been down a long while: its link's next try is minutes away.
+    b_link = r.agent.outage_of("central-b")
+    b_link.failures, b_link.counted, b_link.next_try = 9, time.time() - 1, time.time() + 200
+    for job in pushes(r):
+        r.finish(job, REFUSED)
+    assert all(r.entry(i).due == b_link.next_try for i in at_b)
+    # central-a's link fails once: its entry waits the first backoff, not central-b's long wait.
+    a = r.given("uploading", name="a0", peer="central-a", md5=MD5, path=place)
+    r.agent.look_again()
+    r.tick()
+    (a_push,) = pushes(r)
+    failed_at = time.time()
+    r.finish(a_push, REFUSED)
+    assert r.agent.outage_of("central-a").failures == 1 and b_link.failures == 9
+    assert r.entry(a.id).due <= failed_at + backoff(1, rand=1.0)
+    # central-a's link works again: its entries go at once; central-b's keep waiting for their link.
+    r.tick(r.entry(a.id).due)
+    (a_push,) = pushes(r)
+    r.finish(a_push, OK)
+    assert r.entry(a.id).state == "sent"
+    assert not r.agent.outage_of("central-a").down and b_link.down
+    assert all(r.entry(i).due == b_link.next_try and r.entry(i).state == "uploading" for i in at_b)

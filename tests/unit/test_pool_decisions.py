@@ -4,6 +4,7 @@ does with a message of an ownership that has ended."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -241,9 +242,75 @@ def test_a_central_offered_an_entry_it_delivered_answers_with_its_receipt(tmp_pa
     e = r.given(Mid.DELIVERED, peer="upload", stored_as="data.bin")
     token = signed(r, e.id)
     with r.state.transaction():
-        r.state.put_epoch(e.id, 2)  # delivered at 1, then upload's re-own `forget` of epoch 2 came
+        r.state.put_epoch(e.id, 2)  # delivered at 2 (re-owned once before)
         r.state.put_receipt(e.id, "download", token)
     r.deliver(offer(e.id, 3))  # the new owner was lost too: offered again, not requeued for ever
     again = Delivered(e.id, "central-a", stored_as="data.bin", receipt=token, epoch=2)
     assert r.sent() == [("upload", again)]
     assert r.entry(e.id).state == Mid.DELIVERED
+
+
+REOWN_FORGET = Forget("", "upload", reason="re-owned by upload at epoch 2: central-a was gone", epoch=2)
+
+
+def test_a_central_back_after_a_reown_takes_the_new_epoch_s_offer_afresh(tmp_path: Path):
+    # Found by the pool chaos test: the central came back, read the re-own `forget` of epoch 2, then
+    # the offer of epoch 2 (sent with it), took it for a duplicate and dropped it: upload waited at
+    # `offered` for ever.
+    r = pooled_central(tmp_path)
+    r.deliver(offer("4" * 32, 1))
+    r.tick()
+    r.sent()
+    r.deliver(dataclasses.replace(REOWN_FORGET, entry="4" * 32))
+    assert r.entry("4" * 32).state == Mid.FORGOTTEN
+    r.deliver(offer("4" * 32, 2))
+    assert r.entry("4" * 32).state == Mid.WAITING
+    r.tick()
+    assert [(to, m.epoch) for to, m in r.sent() if isinstance(m, Admit)] == [("upload", 2)]
+    # The forget of epoch 2 again (upload's outbox sent it twice): it ends nothing now.
+    r.deliver(dataclasses.replace(REOWN_FORGET, entry="4" * 32))
+    assert r.entry("4" * 32).state != Mid.FORGOTTEN and r.sent() == []
+
+
+def test_a_central_back_after_a_reown_answers_the_new_epoch_s_offer_with_its_receipt(tmp_path: Path):
+    # As above, of an entry it had delivered before the re-own: dropped as a duplicate, the offer
+    # left upload waiting; answered with the receipt, upload settles it.
+    r = pooled_central(tmp_path)
+    e = r.given(Mid.DELIVERED, peer="upload", stored_as="data.bin")
+    token = signed(r, e.id)
+    with r.state.transaction():
+        r.state.put_epoch(e.id, 1)
+        r.state.put_receipt(e.id, "download", token)
+    r.deliver(dataclasses.replace(REOWN_FORGET, entry=e.id))
+    r.deliver(offer(e.id, 2))
+    again = Delivered(e.id, "central-a", stored_as="data.bin", receipt=token, epoch=1)
+    assert r.sent() == [("upload", again)]
+
+
+def test_a_central_that_took_an_entry_again_ignores_download_s_answer_to_its_earlier_fetch(tmp_path: Path):
+    # Found by the pool chaos test: download finished the pull of the first ownership (epoch 1)
+    # while the central, back from the dead, had taken the entry again at epoch 2; its `fetched`
+    # was dead-lettered. It is a leftover: the fetch of epoch 2 gets the answer that counts.
+    r = pooled_central(tmp_path)
+    e = r.given(Mid.DOWNLOADING, peer="upload", path="/srv/central/lab/stored/x")
+    with r.state.transaction():
+        r.state.put_epoch(e.id, 1)
+    r.deliver(dataclasses.replace(REOWN_FORGET, entry=e.id))
+    r.deliver(offer(e.id, 2))
+    assert r.entry(e.id).state == Mid.WAITING
+    r.tick()
+    r.sent()
+    r.deliver(Fetched(e.id, "download", stored_as="data.bin", outcome="placed"))
+    assert r.entry(e.id).state in (Mid.WAITING, Mid.UPLOADING) and r.sent() == []
+
+
+def test_an_end_agent_of_a_pool_closes_its_ssh_master_connection_to_each_central_at_stop(
+    tmp_path: Path, monkeypatch
+):
+    from synkler.hops import transfer
+
+    closed: list[str] = []
+    monkeypatch.setattr(transfer, "close_shared_connection", lambda cfg: closed.append(cfg.central_host))
+    r = Role("upload", tmp_path, centrals=POOL)
+    r.agent.stopped()
+    assert closed[1:] == ["synkler@host-a", "synkler@host-b"] and len(closed) == 3

@@ -126,6 +126,22 @@ def test_an_entry_is_finished_only_when_no_role_lists_it_as_unfinished():
     assert by_id[E1]["name"] == "a" and by_id[E1]["roles"]["download"]["stored_as"] == "a (2)"
 
 
+def test_the_view_says_where_download_placed_an_entry_under_another_name():
+    # Versioned beside another (`a (2)`) or in its upload agent's directory (subdir_per_upload).
+    v = view(
+        {
+            "upload": report("upload", finished=[row(E1, "a", "done"), row(E2, "x", "done")]),
+            "central": report("central", finished=[row(E1, "a", "delivered"), row(E2, "x", "delivered")]),
+            "download": report(
+                "download",
+                finished=[row(E1, "a", "done", stored_as="a (2)"), row(E2, "x", "done", stored_as="lab-a/x")],
+            ),
+        }
+    )
+    text = "\n".join(render(v, NOW))
+    assert "done (as a (2))" in text and "done (as lab-a/x)" in text
+
+
 def test_only_the_latest_finished_entries_are_kept_unless_all_are_asked_for():
     done = [row(f"{i:032x}", f"f{i}", "done", updated=NOW - i) for i in range(20)]
     reports = {
