@@ -152,6 +152,11 @@ class Jobs(Protocol):
     def consumers(self, agent: str) -> int | None:
         """How many consume an agent's queue now (None: not known: not connected, or no queue)."""
 
+    def room(self, central: str) -> tuple[int, float] | None:
+        """A central of a pool, as its presence report says now: (the offers it may take, the
+        bytes it may still take above its reserve); None if it does not report room (no fresh
+        report, stopped, draining, or not a pool's)."""
+
 
 class Observer:
     """What an agent tells about as it happens, for its metrics (synkler.observe.metrics); by default nothing.

@@ -604,6 +604,7 @@ class Central(PoolCentral):
         waiting = self.state.oldest_per_peer(Mid.WAITING, MAX_ADMITTED_PER_AGENT)
         self.overtaken = {e.id: self.overtaken.get(e.id, 0) for e in waiting}
         self.in_line = {e.id: self.in_line[e.id] for e in waiting if e.id in self.in_line}
+        self.short_of_space = False
         if not waiting:
             return
         active = self.state.by_state(Mid.UPLOADING, Mid.VERIFYING)
@@ -617,6 +618,7 @@ class Central(PoolCentral):
             elif why is None:
                 self._admit(entry)
             else:
+                self.short_of_space |= ABOVE_RESERVE in why  # it waits for room above the reserve
                 self._waits(entry, why, verdict.turn, now)
 
     def _waits(self, entry: Entry, why: str, turn: bool, now: float) -> None:

@@ -39,6 +39,10 @@ class PoolCentral(Answering):
     SETTLED: tuple[Status, ...] = ()  # delivered to every destination (its copy kept, or expired since)
 
     _draining: bool | None = None  # the flag, as read from the state (None: not read yet)
+    # An entry waits for room above the reserve (the last admission pass): no room for more offers,
+    # which go to the other centrals meanwhile; upload offers the waiting ones elsewhere after
+    # `reoffer_minutes` (synkler.agents.upload_pool).
+    short_of_space = False
 
     @property
     def draining(self) -> bool:
@@ -71,7 +75,7 @@ class PoolCentral(Answering):
         self._draining = None
 
     def offer_room(self) -> int:
-        if not self.cfg.uploads or self.draining:
+        if not self.cfg.uploads or self.draining or self.short_of_space:
             return 0
         held = len(self.state.ids_by_state(*self.TAKING))
         return max(0, ROOM_FACTOR * self.cfg.max_transfers - held)

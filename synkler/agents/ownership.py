@@ -12,6 +12,7 @@ messages of an older epoch are ignored wherever they arrive.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Callable
 
 log = logging.getLogger("synkler")
@@ -32,6 +33,25 @@ def stale(msg_epoch: int | None, epoch: int, sender: str, owner: str | None) -> 
     if owner is not None and sender != owner:
         return f"the entry is owned by {owner} at epoch {epoch}"
     return None
+
+
+def reoffers(
+    waiting: Sequence[tuple[str, int, str]], rooms: Mapping[str, tuple[int, float] | None]
+) -> list[tuple[str, str]]:
+    """Which of the entries held waiting for room (id, size, the central that holds it), oldest
+    first, to offer again, each with the central that reports room for it: one other than its
+    holder, with an offer to spare and as many bytes above its reserve as the entry (each entry
+    counted against the room it is given). Those that no other central has room for stay where they
+    are."""
+    left = {c: r for c, r in rooms.items() if r is not None}
+    out = []
+    for entry, size, holder in waiting:
+        for central, (offers, space) in sorted(left.items(), key=lambda kv: -kv[1][1]):
+            if central != holder and offers > 0 and space >= size:
+                left[central] = (offers - 1, space - size)
+                out.append((entry, central))
+                break
+    return out
 
 
 class Reowner:

@@ -545,6 +545,9 @@ class Upload(BundleUpload, Adopting):
             self.transfer_due = True
 
     def on_wait(self, msg: Wait) -> None:
+        known = self.state.get(msg.entry)
+        if known is not None and known.state == Up.OFFERED:
+            self.take_wait(known, msg.sender)  # in a pool: the central that took the offer holds it
         entry = self.entry_for(msg)
         if entry.state == Up.OFFERED:
             self.move(entry, Up.WAITING, reason=msg.reason)

@@ -5,7 +5,9 @@ are re-owned (synkler.agents.ownership; docs/architecture.md, "Who owns an entry
 Upload is the owner of record: it believes a central's message about an entry only from the
 entry's owner at its current epoch, pushes only to that central, and re-offers an entry (epoch+1)
 once its owner's queue has had no consumer for `reown_seconds`, telling the old owner to `forget`
-it (with the new epoch: the old owner drops its copy and passes nothing on).
+it (with the new epoch: the old owner drops its copy and passes nothing on). An entry a central
+holds waiting for room for `reoffer_minutes` is re-offered the same way while another central
+reports room for it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from ..metadata import loads
 from ..state import Entry, State
 from .base import Jobs, Status
 from .greeting import Greeting
-from .ownership import Reowner, stale
+from .ownership import Reowner, reoffers, stale
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -34,6 +36,7 @@ class PoolUpload(Greeting):
     ROLE = "upload"
     OWNED: tuple[Status, ...] = ()  # admitted by a central, not yet delivered: re-owned when it is gone
     OFFERED: Status
+    WAITING: Status  # a central took the offer and holds the entry until it has room
     download_keys: dict  # destination -> its pinned public key (set by Upload)
 
     def __init__(self, cfg: Config, state: State, jobs: Jobs):
@@ -98,6 +101,14 @@ class PoolUpload(Greeting):
             self.state.update(entry, peer=msg.sender)
             log.info("%s: taken by central %s (epoch %d)", entry.name, msg.sender, msg.epoch or 0)
 
+    def take_wait(self, entry: Entry, central: str) -> None:
+        """The first `wait` of an entry not owned yet (its epoch checked: `fenced`): the central
+        that sent it took the offer and holds it, so it is the one upload hears from, and the one a
+        re-own or a re-offer tells."""
+        if self.cfg.centrals and entry.peer is None:
+            self.state.update(entry, peer=central)
+            log.info("%s: taken by central %s, which holds it until it has room", entry.name, central)
+
     def link_cfg(self, entry: Entry) -> Config:
         """The configuration a transfer to the entry's owner runs with (its ssh destination)."""
         if not self.cfg.centrals or entry.peer is None:
@@ -113,10 +124,29 @@ class PoolUpload(Greeting):
         for entry in owned:
             if entry.peer in gone:
                 self.reown(entry)
+        self.reoffer_waiting(now)
 
-    def reown(self, entry: Entry) -> None:
+    def reoffer_waiting(self, now: float) -> None:
+        """Offer again (next epoch) the entries held waiting for room `reoffer_minutes` or longer
+        by a central, while another central reports room for them (its presence report)."""
+        minutes = self.cfg.reoffer_minutes
+        if not minutes or not self.state.counts().get(str(self.WAITING)):
+            return
+        rooms = {c: self.jobs.room(c) for c in self.cfg.centrals}
+        if not any(r and r[0] > 0 for r in rooms.values()):
+            return  # nowhere else to go: the waiting entries are not even read
+        ripe = [e for e in self.state.by_state(self.WAITING) if e.peer and now - e.updated >= minutes * 60]
+        chosen = dict(reoffers([(e.id, e.size, e.peer or "") for e in ripe], rooms))
+        for entry in ripe:
+            if entry.id in chosen:
+                waited = f"held waiting for room by {entry.peer} for {(now - entry.updated) / 60:.0f} min"
+                self.reown(entry, f"{waited}, while {chosen[entry.id]} reports room")
+
+    def reown(self, entry: Entry, why: str | None = None) -> None:
+        """Offer the entry again at the next epoch, and tell its old owner to drop it; `why`: what
+        made upload take it back (default: its owner was gone)."""
         old, old_epoch = entry.peer or "", self.state.epoch(entry.id)
-        reason = f"re-owned by upload at epoch {old_epoch + 1}: {old} was gone"
+        reason = f"re-owned by upload at epoch {old_epoch + 1}: {why or f'{old} was gone'}"
         entry = self.move(entry, self.OFFERED, peer=None, attempt=0, tries=0, due=0, path=None, reason=None)
         # Routes frozen at the first admission stay the entry's: the next owner sends to the
         # destinations that have not proved a copy yet, whatever its own routes say now.

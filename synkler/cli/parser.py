@@ -118,6 +118,7 @@ failed. The agent need not run.""",
 examples:
   synkler broker-setup -c /etc/synkler.conf --upload lab-a --upload lab-b
   (umask 077; synkler broker-setup -c central.conf --upload lab-a > broker-setup.sh)
+  synkler broker-setup -c upload.conf          a pool: every central of upload's `centrals`
 
 Prints the rabbitmqctl commands that make one broker user per agent (<name>@<id>), each with a new
 random password and the least permissions it needs, and which settings each agent's configuration
@@ -398,8 +399,15 @@ def _add_broker_setup(sub: Commands) -> None:
         "--upload",
         metavar="NAME",
         action="append",
-        help="an upload agent's name (repeat for each; default: this config's name if it is an upload "
-        "agent's, else 'upload')",
+        help="an upload agent's name (repeat for each; default: a central's `uploads`, this config's "
+        "name if it is an upload agent's, else 'upload')",
+    )
+    setup.add_argument(
+        "--central",
+        metavar="NAME",
+        action="append",
+        help="a central's name (repeat for each central of a pool; default: the config's `centrals`, "
+        "else central's name)",
     )
 
 

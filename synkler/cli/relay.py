@@ -28,21 +28,23 @@ def collect(cfg: Config, *, all_finished: bool = False) -> dict[str, Any]:
     broker = Broker(BrokerParams.from_config(cfg), cfg.id, cfg.name)
     broker.connect(consume=False, declare=False)
     try:
-        ends = (cfg.central_name, cfg.download_name)
-        reports = {name: Report.decode(broker.peek_presence(name)) for name in ends}
-        central = reports[cfg.central_name]
-        uploads = set(central.peers) if central is not None else set()
+        # A pool: every central of upload's and download's `centrals` (a central knows only itself).
+        centrals = list(cfg.central_names)
+        reports = {name: Report.decode(broker.peek_presence(name)) for name in (*centrals, cfg.download_name)}
+        told = [r for r in (reports[c] for c in centrals) if r is not None]
+        uploads = {p for r in told for p in r.peers}
         if cfg.mode == "upload":
             uploads.add(cfg.name)
         for name in sorted(uploads | {"upload"}):
             reports[name] = Report.decode(broker.peek_presence(name))
         if not uploads or reports["upload"] is not None:
             uploads.add("upload")  # the default name, when central has named no peer yet
-        # Central with routes names its downloads; download_name first (its column in the table).
-        downloads = [ends[1], *(d for d in (central.destinations if central else ()) if d != ends[1])]
+        # Centrals with routes name their downloads; download_name first (its column in the table).
+        named = dict.fromkeys(d for r in told for d in r.destinations)
+        downloads = [cfg.download_name, *(d for d in named if d != cfg.download_name)]
         for name in downloads[1:]:
             reports[name] = Report.decode(broker.peek_presence(name))
-        agents = [("upload", n) for n in sorted(uploads)] + [("central", ends[0])]
+        agents = [("upload", n) for n in sorted(uploads)] + [("central", c) for c in centrals]
         agents += [("download", d) for d in downloads]
         queues = {name: broker.queue_info(name) for _, name in agents}
         dead = broker.dead_count()

@@ -66,6 +66,7 @@ class Config:
     centrals: dict[str, str]
     uploads: tuple[str, ...]  # central: the upload agents whose offers queues it takes offers from
     reown_seconds: float  # upload: a central whose queue has no consumer this long loses its entries
+    reoffer_minutes: float  # upload: an entry held waiting for room this long is offered elsewhere (0: never)
     file_dir: Path
     keep_minutes: float
     admission_lease_minutes: float
@@ -242,6 +243,7 @@ KEYS: dict[str, Key] = {
     "centrals": Key(centrals, {}, roles=_ENDS),
     "uploads": Key(names, (), roles=("central",)),
     "reown_seconds": Key(number(5), 40.0, roles=("upload",)),
+    "reoffer_minutes": Key(number(0), 10.0, roles=("upload",)),
     "file_dir": Key(directory, required=True),
     "keep_minutes": Key(number(0), 30.0, roles=("central",)),
     "admission_lease_minutes": Key(number(0, above=True), 60.0, roles=("central",)),

@@ -46,12 +46,21 @@ if TYPE_CHECKING:
     from ..state import State
 
 
+class Roomy(Protocol):
+    def offer_room(self) -> int:
+        """A central of a pool: the offers it may take now."""
+
+
 class Runner(Protocol):
     """What a report is made of: the runtime (synkler.runtime.loop) that runs the agent."""
 
     cfg: Config
     state: State
     broker: Broker | None
+
+    @property
+    def agent(self) -> Roomy:
+        """The agent (read for a central's room in a pool)."""
 
     @property
     def transfers(self) -> int:
@@ -168,6 +177,7 @@ class Presence:
                 left_out=total_unfinished - len(unfinished),
                 finished=latest,
                 draining=self.mode == "central" and self.runtime.state.flag(DRAINING) is not None,
+                room=self.runtime.agent.offer_room() if self.mode == "central" and self.cfg.uploads else None,
             )
         )
 

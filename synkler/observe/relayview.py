@@ -45,6 +45,17 @@ def agent_status(report: Report | None, now: float) -> tuple[str, float | None]:
     return "running", report.at
 
 
+def pool_room(report: Report | None, now: float) -> tuple[int, float] | None:
+    """A central of a pool as its report says now: (the offers it may take, the bytes it may still
+    take above its reserve); None unless it is running (heard lately, not stopped, not draining)
+    and says both."""
+    if report is None or report.room is None or report.draining or report.disk is None:
+        return None
+    if agent_status(report, now)[0] != "running":
+        return None
+    return report.room, float(report.disk.free - report.disk.reserve)
+
+
 def _agent_row(
     role: str, name: str, report: Report | None, queue: Queue | None, now: float
 ) -> dict[str, Any]:
@@ -68,6 +79,8 @@ def _agent_row(
             disk=None if report.disk is None else report.disk.encode(),
             left_out=report.left_out,
         )
+        if report.room is not None:
+            row["room"] = report.room  # a central of a pool: the offers it may take now
     row["queue"] = None if queue is None else {"messages": queue[0], "consumers": queue[1]}
     return row
 
@@ -97,6 +110,7 @@ def _join(
     """Entry id -> the entry with its place at each role that lists it. An entry is finished when
     no role lists it as unfinished."""
     entries: dict[str, dict[str, Any]] = {}
+    owners: dict[str, Listed] = {}  # a pool: the row of the central that owns each entry
     for role, name in agents:
         report = reports.get(name)
         if report is None:
@@ -121,11 +135,25 @@ def _join(
                 e["updated"] = max(e["updated"], r.updated)
                 if role == "download" and "download" in e["roles"]:  # another destination of it
                     e.setdefault("destinations", {})[name] = _place(r, name, now)
-                else:
+                elif role != "central" or _owns(r, owners.get(r.id)):
                     e["roles"][role] = _place(r, name, now)
+                    if role == "central":
+                        owners[r.id] = r
                 if r.at:
                     e["at"] = dict(r.at)  # central's rows: where it stands at each destination
     return entries
+
+
+def _owns(listed: Listed, other: Listed | None) -> bool:
+    """A pool of centrals: is this central's row of an entry the owner's, rather than `other`
+    (another central's)? One that dropped the entry (re-owned from it: `forgotten`) is not; of the
+    others, the one that acted on it last (the new owner's rows are newer than those a lost central
+    last reported)."""
+    if other is None:
+        return True
+    if (listed.state == Mid.FORGOTTEN) != (other.state == Mid.FORGOTTEN):
+        return listed.state != Mid.FORGOTTEN
+    return listed.updated > other.updated
 
 
 def assemble(
@@ -187,7 +215,11 @@ def _agent_problems(view: Mapping[str, Any], now: float) -> list[str]:
     elif never:
         names = " and ".join(map(_label, never))
         out.append(f"{names} never seen under instance '{instance}': is the id right on every host?")
-    central: Mapping[str, int] = next((a.get("counts", {}) for a in agents if a["role"] == "central"), {})
+    central: dict[str, int] = {}  # the centrals' counts (a pool's added up)
+    for a in agents:
+        if a["role"] == "central":
+            for state, n in a.get("counts", {}).items():
+                central[state] = central.get(state, 0) + n
     for a in agents:
         waiting = _waiting_for(a, central, agents)
         tail = f": {count(waiting, 'entry')} {'waits' if waiting == 1 else 'wait'} for it" if waiting else ""
@@ -289,10 +321,11 @@ def _progress_text(p: Mapping[str, Any]) -> str:
     return f"md5 {text}" if what == "md5" else text
 
 
-def _place_text(place: Mapping[str, Any] | None, now: float) -> str:
+def _place_text(place: Mapping[str, Any] | None, now: float, *, named: bool = False) -> str:
+    """`named`: say which agent (a pool's central that owns the entry)."""
     if place is None:
         return "-"
-    parts = [shown(place["state"])]
+    parts = [f"{shown(place['agent'])}: {shown(place['state'])}" if named else shown(place["state"])]
     if place["attempt"] > 1:
         parts.append(f"attempt {place['attempt']}")
     if place["tries"]:
@@ -322,6 +355,8 @@ def _figures(a: Mapping[str, Any], now: float) -> str:
         figures.append(f"outbox {a['outbox']}")
     if a.get("oldest"):
         figures.append(f"oldest unfinished {duration_text(now - a['oldest'])}")
+    if a.get("room") is not None:
+        figures.append(f"room {a['room']}")
     disk = a.get("disk")
     if isinstance(disk, dict) and a["role"] == "central":
         free, reserve = int(disk.get("free", 0)), int(disk.get("reserve", 0))
@@ -372,8 +407,9 @@ def _entry_lines(view: Mapping[str, Any], now: float) -> list[str]:
         return lines
     rows = [["NAME", "SIZE", *(r.upper() for r in ROLES)]]
     notes: dict[int, list[str]] = {}
+    pool = sum(1 for a in view["agents"] if a["role"] == "central") > 1
     for e in view["entries"]:
-        places = (_place_text(e["roles"].get(r), now) for r in ROLES)
+        places = (_place_text(e["roles"].get(r), now, named=pool and r == "central") for r in ROLES)
         rows.append([shown(e["name"]), size_text(e["size"]), *places])
         notes[len(rows) - 1] = [
             f"    {role}: {shown(place['reason'][:SHOWN_REASON])}"

@@ -220,6 +220,7 @@ class Report:
     left_out: int = 0  # unfinished entries not listed
     finished: tuple[Listed, ...] = ()  # the latest finished
     draining: bool = False  # a central of a pool that takes no new offers (`synkler drain`)
+    room: int | None = None  # a central of a pool: the offers it may take now (None: not a pool's)
 
     def encode(self) -> dict[str, object]:
         """The JSON object on the wire (the broker adds its token)."""
@@ -250,6 +251,7 @@ class Report:
             "left_out": self.left_out,
             "finished": [e.encode() for e in self.finished],
             "draining": self.draining,
+            "room": self.room,
         }
 
     def size(self) -> int:
@@ -295,6 +297,7 @@ class Report:
             left_out=_int(d, "left_out"),
             finished=_listed(d.get("finished")),
             draining=d.get("draining") is True,
+            room=_int(d, "room") if isinstance(d.get("room"), int) else None,
         )
 
 

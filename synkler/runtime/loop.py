@@ -38,6 +38,8 @@ from ..observe.alerts import Alerts, AlertsHook
 from ..observe.hooks import Hook, Hooks
 from ..observe.metrics import MetricsHook, metrics_for
 from ..observe.presence import Presence, PresenceHook
+from ..observe.relayview import pool_room
+from ..observe.report import Report
 from ..observe.systemd import SystemdHook
 from ..private import exposed_secrets
 from ..state import State
@@ -128,6 +130,13 @@ class Runtime:
             return None
         info = broker.queue_info(agent)
         return None if info is None else info[1]
+
+    def room(self, central: str) -> tuple[int, float] | None:
+        """A central of a pool: the room its presence report says it has now (None: none said)."""
+        broker = self.broker
+        if broker is None:
+            return None
+        return pool_room(Report.decode(broker.peek_presence(central)), time.time())
 
     @property
     def transfers(self) -> int:

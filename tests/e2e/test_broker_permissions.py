@@ -21,17 +21,15 @@ from typing import Any
 
 import pika
 import pytest
-from support.authrelay import UPLOAD, connect
+from support.authrelay import UPLOAD, connect, queue_attacks, refused
 from support.relay_helpers import deliver, place
 
 from synkler.broker.amqp import DEAD_ARGUMENTS, Broker, BrokerParams
 from synkler.broker.names import (
     DEAD_MAX_BYTES,
-    classic_queue_name,
     dead_name,
     exchange_name,
     holder_name,
-    lock_name,
     presence_exchange,
     queue_name,
 )
@@ -56,18 +54,6 @@ def login(relay: LocalRelay, role: str) -> tuple[str, str]:
     return cfg.broker_username, cfg.broker_password
 
 
-def refused(conn: Any, attack: Callable[[Any], object]) -> int:
-    """Run `attack` on a channel of its own; the reply code the broker closed it with (0: it did not)."""
-    ch = conn.channel()
-    ch.confirm_delivery()  # a refused publish then raises here, not later
-    try:
-        attack(ch)
-    except pika.exceptions.ChannelClosedByBroker as e:
-        return int(e.reply_code)
-    ch.close()
-    return 0
-
-
 def attacks(instance: str, name: str) -> dict[str, Callable[[Any], object]]:
     """What took the relay down with an agent's login before (`name`: that agent's)."""
     x, p, dead = exchange_name(instance), presence_exchange(instance), dead_name(instance)
@@ -90,23 +76,6 @@ def attacks(instance: str, name: str) -> dict[str, Callable[[Any], object]]:
         "bind its own queue to the topic exchange under central's name": lambda ch: ch.queue_bind(
             queue_name(instance, name), x, "central"
         ),
-    }
-
-
-def queue_attacks(instance: str, other: str) -> dict[str, Callable[[Any], object]]:
-    """What an agent's login might try on another agent's queues (synkler 0.6: quorum queues, lock
-    queues, presence report queues, and 0.5's name of the agent's queue)."""
-    inbox, lock = queue_name(instance, other), lock_name(instance, other)
-    report, old = holder_name(instance, other), classic_queue_name(instance, other)
-    return {
-        f"delete {other}'s queue": lambda ch: ch.queue_delete(inbox),
-        f"purge {other}'s queue": lambda ch: ch.queue_purge(inbox),
-        f"re-declare {other}'s queue as a classic queue": lambda ch: ch.queue_declare(inbox, durable=True),
-        f"read {other}'s queue": lambda ch: ch.basic_get(inbox),
-        f"take {other}'s lock queue": lambda ch: ch.queue_declare(lock, exclusive=True),
-        f"delete {other}'s presence report queue": lambda ch: ch.queue_delete(report),
-        f"re-declare {other}'s report queue unbounded": lambda ch: ch.queue_declare(report, durable=True),
-        f"declare {other}'s queue under synkler 0.5's name": lambda ch: ch.queue_declare(old, durable=True),
     }
 
 

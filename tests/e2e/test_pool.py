@@ -5,6 +5,8 @@ the other and delivered once, each cleanup script run once; brought back, it tou
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 
 from support.pool import cleanups, pool_relay, put, start_centrals, takers
@@ -117,3 +119,92 @@ def test_a_drained_central_takes_no_offers_and_the_relay_view_says_so(make_relay
         relay.command("central-b", "drain", "central-b", "--undo"), capture_output=True, text=True, timeout=60
     )
     assert undone.returncode == 0 and "takes offers again" in undone.stdout, undone.stderr
+
+
+def test_the_relay_view_of_a_pool_shows_both_centrals_and_each_entry_at_the_central_that_took_it(make_relay):
+    relay, _records = pool_relay(make_relay)
+    start_centrals(relay)
+    relay.start("upload")  # no download: what each central takes stays stored there
+    md5s = put(relay, [f"held-{i}.dat" for i in range(8)])
+    relay.wait_for(
+        "every entry stored at a central",
+        lambda: (
+            sum(len(v) for v in takers(relay, set(md5s)).values()) == len(md5s)
+            and all(e.state == Mid.DOWNLOADING for k in ("central", "central-b") for e in relay.entries(k))
+        ),
+        60,
+    )
+    held = takers(relay, set(md5s))
+    expected = {name: key for key, names in held.items() for name in names}
+    central_name = {"central": "central-a", "central-b": "central-b"}
+
+    def view() -> dict:
+        done = subprocess.run(
+            relay.command("upload", "status", "--relay", "--json"), capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def shown_right() -> bool:
+        v = view()
+        where = {e["name"]: e["roles"].get("central", {}).get("agent") for e in v["entries"]}
+        return where == {name: central_name[key] for name, key in expected.items()}
+
+    # Reports come every 5 s (sooner when counts change): wait for the ones that list every entry.
+    relay.wait_for("the view listing each entry at its central", shown_right, 30, interval=1)
+    centrals = {a["name"]: a for a in view()["agents"] if a["role"] == "central"}
+    assert set(centrals) == {"central-a", "central-b"}
+    for name, key in central_name.items():
+        a = centrals[key]
+        assert a["status"] == "running" and isinstance(a["room"], int) and a["room"] > 0
+        assert a["counts"].get(Mid.DOWNLOADING.value, 0) == len(held[name])
+
+
+def test_entries_a_full_central_holds_waiting_are_offered_again_and_delivered_through_the_other(make_relay):
+    # central-a's reserve is more than its disk has free: whatever it takes waits for room there.
+    usage = shutil.disk_usage(make_relay.next_dir().parent)
+    reserve = min(99.0, 100 * usage.free / usage.total + 5)
+    more = {"central": {"free_percent": reserve}, "upload": {"reoffer_minutes": 0.1}}
+    relay, records = pool_relay(make_relay, more=more)
+    relay.start("central")  # central-a alone takes the offers
+    relay.start("upload", "download")
+    md5s = put(relay, [f"wait-{i}.dat" for i in range(3)])
+
+    def held_waiting() -> bool:
+        # central-a takes one, which waits for room there; then it has no room (the others stay on
+        # offer, for a central with room).
+        states = {e.name: (e.state, e.peer) for e in relay.entries("upload") if e.name in md5s}
+        return len(states) == 3 and (Up.WAITING, "central-a") in states.values()
+
+    relay.wait_for("an entry held waiting for room by central-a", held_waiting, 60)
+
+    def central_a_room() -> int | None:
+        done = subprocess.run(
+            relay.command("central", "status", "--relay", "--json"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        rows = [a for a in json.loads(done.stdout or "{}").get("agents", []) if a["name"] == "central-a"]
+        return rows[0].get("room") if rows else None
+
+    relay.wait_for("central-a reporting no room", lambda: central_a_room() == 0, 30, interval=1)
+    held = {e.name for e in relay.entries("upload") if e.state == Up.WAITING}
+    assert len(held) == 1 and {e.state for e in relay.entries("upload") if e.name not in held} == {Up.OFFERED}
+    relay.start("central-b")  # reports room: after reoffer_minutes (6 s) the entries go there
+    relay.wait_for("every entry delivered", lambda: relay.all_done(set(md5s)), 90)
+    relay.wait_for(
+        "every cleanup script run", lambda: all(len(cleanups(r)) >= 3 for r in records.values()), 30
+    )
+    down = relay.dirs["download"]
+    for name, md5 in md5s.items():
+        assert md5_entry(down / name) == md5, name
+    assert cleanups(records["upload"]) == sorted(md5s) and cleanups(records["download"]) == sorted(md5s)
+    delivered_by = {e.name for e in relay.entries("central-b") if e.state == Mid.DELIVERED}
+    assert delivered_by == set(md5s)
+    relay.wait_for(
+        "central-a dropped them",
+        lambda: all(e.state == Mid.FORGOTTEN for e in relay.entries("central") if e.name in md5s),
+        30,
+    )
+    assert "held waiting for room by central-a" in relay.log_path("upload").read_text(errors="replace")

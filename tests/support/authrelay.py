@@ -15,13 +15,21 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pika
 
 from synkler import receipts
 from synkler.broker.amqp import Broker, BrokerParams
-from synkler.broker.names import broker_user, dead_name, exchange_name
+from synkler.broker.names import (
+    broker_user,
+    classic_queue_name,
+    dead_name,
+    exchange_name,
+    holder_name,
+    lock_name,
+    queue_name,
+)
 from synkler.broker.users import commands
 from synkler.devkit.localrelay import LocalRelay
 from synkler.messages import Message, encode
@@ -118,6 +126,35 @@ def connect(node: Any, user: str, password: str) -> pika.BlockingConnection:
     return pika.BlockingConnection(
         pika.ConnectionParameters("127.0.0.1", node.port, credentials=pika.PlainCredentials(user, password))
     )
+
+
+def refused(conn: Any, attack: Callable[[Any], object]) -> int:
+    """Run `attack` on a channel of its own; the reply code the broker closed it with (0: it did not)."""
+    ch = conn.channel()
+    ch.confirm_delivery()  # a refused publish then raises here, not later
+    try:
+        attack(ch)
+    except pika.exceptions.ChannelClosedByBroker as e:
+        return int(e.reply_code)
+    ch.close()
+    return 0
+
+
+def queue_attacks(instance: str, other: str) -> dict[str, Callable[[Any], object]]:
+    """What an agent's login might try on another agent's queues (synkler 0.6: quorum queues, lock
+    queues, presence report queues, and 0.5's name of the agent's queue)."""
+    inbox, lock = queue_name(instance, other), lock_name(instance, other)
+    report, old = holder_name(instance, other), classic_queue_name(instance, other)
+    return {
+        f"delete {other}'s queue": lambda ch: ch.queue_delete(inbox),
+        f"purge {other}'s queue": lambda ch: ch.queue_purge(inbox),
+        f"re-declare {other}'s queue as a classic queue": lambda ch: ch.queue_declare(inbox, durable=True),
+        f"read {other}'s queue": lambda ch: ch.basic_get(inbox),
+        f"take {other}'s lock queue": lambda ch: ch.queue_declare(lock, exclusive=True),
+        f"delete {other}'s presence report queue": lambda ch: ch.queue_delete(report),
+        f"re-declare {other}'s report queue unbounded": lambda ch: ch.queue_declare(report, durable=True),
+        f"declare {other}'s queue under synkler 0.5's name": lambda ch: ch.queue_declare(old, durable=True),
+    }
 
 
 class Attacker:

@@ -47,6 +47,7 @@ class FakeJobs:
         self.place: str | None = "/srv/central/lab"  # central's directory, as if it had announced it
         self.places: dict[str, str] = {}  # a pool's other centrals' directories
         self.consumer_counts: dict[str, int] = {}  # agent -> consumers of its queue (a pool)
+        self.rooms: dict[str, tuple[int, float]] = {}  # a pool's central -> (offers, bytes) it reports
 
     def busy(self, key: Key) -> bool:
         return key in self.held
@@ -68,6 +69,9 @@ class FakeJobs:
 
     def consumers(self, agent: str) -> int | None:
         return self.consumer_counts.get(agent, 1)
+
+    def room(self, central: str) -> tuple[int, float] | None:
+        return self.rooms.get(central)
 
 
 class Role:

@@ -76,6 +76,7 @@ def test_defaults_fill_every_optional_key(parse, file_dir: Path, home: Path, con
         centrals={},
         uploads=(),
         reown_seconds=40.0,
+        reoffer_minutes=10.0,
         file_dir=file_dir,
         keep_minutes=30.0,
         admission_lease_minutes=60.0,

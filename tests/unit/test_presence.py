@@ -100,7 +100,7 @@ def test_a_report_too_big_lists_fewer_entries():
 
 WIRE_KEYS = (
     "kind v id role agent host pid version since at every stopped counts unfinished oldest outbox transfers "
-    "hashes disk peers destinations place entries left_out finished draining"
+    "hashes disk peers destinations place entries left_out finished draining room"
 ).split()
 ROW_KEYS = "id name size state attempt tries due reason created updated".split()
 

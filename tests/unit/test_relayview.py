@@ -265,3 +265,63 @@ def test_a_report_that_is_not_one_is_ignored():
     odd = {"host": "h", "at": "soon", "entries": [1, {"id": ""}], "counts": "x"}
     v = view({"upload": odd, "central": report("central"), "download": report("download")})
     assert v["agents"][0]["status"] == "silent" and v["entries"] == []
+
+
+POOL = [("upload", "upload"), ("central", "central-a"), ("central", "central-b"), ("download", "download")]
+
+
+def pool_view(reports):
+    queues = {name: (0, 1) for _, name in POOL}
+    return assemble("lab", POOL, {name: parse(r) for name, r in reports.items()}, queues, 0, NOW)
+
+
+def test_a_pool_shows_every_central_with_its_room_and_each_entry_at_the_central_that_owns_it():
+    held_a = [row(E1, "a.raw", "downloading"), row(E2, "moved.raw", "forgotten", updated=NOW - 2)]
+    v = pool_view(
+        {
+            "upload": report(
+                "upload", entries=[row(E1, "a.raw", "uploaded"), row(E2, "moved.raw", "uploading")]
+            ),
+            "central-a": {**report("central", entries=held_a, counts={"downloading": 1}), "room": 7},
+            "central-b": {
+                **report("central", entries=[row(E2, "moved.raw", "uploading", updated=NOW - 5)]),
+                "agent": "central-b",
+                "room": 0,
+                "draining": True,
+            },
+            "download": report("download"),
+        }
+    )
+    centrals = [a for a in v["agents"] if a["role"] == "central"]
+    assert [(a["name"], a["status"], a["room"]) for a in centrals] == [
+        ("central-a", "running", 7),
+        ("central-b", "draining", 0),
+    ]
+    owners = {
+        e["name"]: (e["roles"]["central"]["agent"], e["roles"]["central"]["state"]) for e in v["entries"]
+    }
+    # moved.raw was re-owned from central-a (forgotten there, though later): central-b owns it.
+    assert owners == {"a.raw": ("central-a", "downloading"), "moved.raw": ("central-b", "uploading")}
+    text = "\n".join(render(v, NOW))
+    assert any("central-a" in line and "room 7" in line for line in text.splitlines())
+    assert any("central-b" in line and "draining" in line and "room 0" in line for line in text.splitlines())
+    assert any(line.startswith("moved.raw") and "central-b: uploading" in line for line in text.splitlines())
+
+
+def test_in_a_pool_the_newer_of_two_centrals_rows_is_the_owners():
+    # A central killed with the entry stored there reports no more; the new owner's row is newer.
+    stale = report("central", at=NOW - 300, entries=[row(E1, "x.raw", "downloading", updated=NOW - 320)])
+    fresh = {
+        **report("central", entries=[row(E1, "x.raw", "uploading", updated=NOW - 30)]),
+        "agent": "central-b",
+    }
+    v = pool_view({"upload": report("upload"), "central-a": stale, "central-b": fresh, "download": None})
+    (e,) = v["entries"]
+    assert (e["roles"]["central"]["agent"], e["roles"]["central"]["state"]) == ("central-b", "uploading")
+    assert "central 'central-a' silent for" in v["verdict"]
+
+
+def test_one_central_shows_no_room_and_no_names_in_the_entries():
+    v = view({"upload": report("upload"), "central": report("central", entries=[row(E1, "a", "stored")])})
+    assert "room" not in v["agents"][1]
+    assert not any("central: stored" in line for line in render(v, NOW))

@@ -55,6 +55,8 @@ class Channels:
     _inbox: list[Delivery]
     _offers_chan: BlockingChannel | None  # a central of a pool: consumes offers (synkler.broker.amqp.offers)
     _offer_tags: dict[int, int]
+    _offers_taken: frozenset[str] = frozenset()  # the offers queues the offers channel consumes
+    _offers_looked = float("-inf")  # when the missing ones were last looked for
     _props: pika.BasicProperties
 
     @property
@@ -88,6 +90,7 @@ class Channels:
     def close(self) -> None:
         conn, self._conn, self._chan, self._pub = self._conn, None, None, None
         self._offers_chan, self._offer_tags = None, {}
+        self._offers_taken, self._offers_looked = frozenset(), float("-inf")
         self._inbox = []
         if conn is not None and conn.is_open:
             try:

@@ -154,8 +154,8 @@ class Broker(Legacy, Reading, Holding, Offering):
             self._lock()
             self._declare_queue(pub, self.agent)
             self._adopt_legacy(pub)  # 0.4 compatibility: removed in 0.7
-            for upload in self.offers:
-                self._declare_offers(pub, upload)
+            if self.agent in self.offers:  # an upload agent of a pool: its own (a central's: take_offers)
+                self._declare_offers(pub, self.agent)
             chan.basic_qos(prefetch_count=self.prefetch)
             self._consume(chan)
             self._drain_classic(chan)  # 0.5 compatibility: removed in 0.8
