@@ -135,8 +135,12 @@ def valid_wire(draw: st.DrawFn) -> dict[str, Any]:
         "at": draw(st.floats(allow_nan=False, allow_infinity=False) | st.integers(0, 2**40)),
     }
     for name in SCHEMAS[mtype]:
-        if name not in messages.OPTIONAL[mtype] or draw(st.booleans()):
+        if name not in messages.OPTIONAL[mtype]:
             wire[name] = draw(FIELDS[name])
+        elif draw(st.booleans()):
+            value = draw(FIELDS[name])
+            if value not in ("", None, (), [], {}):  # an empty optional field is left out on the wire
+                wire[name] = value
     return wire
 
 
