@@ -152,6 +152,10 @@ class Jobs(Protocol):
     def consumers(self, agent: str) -> int | None:
         """How many consume an agent's queue now (None: not known: not connected, or no queue)."""
 
+    def offers_ready(self, upload: str) -> int | None:
+        """Offers waiting in an upload agent's offers queue of a pool, not yet taken by a central
+        (None: not known: not connected, or no queue)."""
+
     def room(self, central: str) -> tuple[int, float] | None:
         """A central of a pool, as its presence report says now: (the offers it may take, the
         bytes it may still take above its reserve); None if it does not report room (no fresh

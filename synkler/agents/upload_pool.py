@@ -17,7 +17,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from .. import destinations as dests
-from ..messages import Admit, Delivered, Forget, Message, Offer, offers_key
+from ..messages import Admit, Delivered, Forget, Message, Offer, Wait, offers_key
 from ..metadata import loads
 from ..state import Entry, State
 from .base import Jobs, Status
@@ -38,6 +38,7 @@ class PoolUpload(Greeting):
     OFFERED: Status
     WAITING: Status  # a central took the offer and holds the entry until it has room
     download_keys: dict  # destination -> its pinned public key (set by Upload)
+    offers_empty_since: float | None = None  # when upload last found its offers queue empty (a pool)
 
     def __init__(self, cfg: Config, state: State, jobs: Jobs):
         super().__init__(cfg, state, jobs)
@@ -72,6 +73,8 @@ class PoolUpload(Greeting):
         why = stale(getattr(msg, "epoch", None), self.state.epoch(entry.id), msg.sender, entry.peer)
         if why is not None and self.late_proof(msg):
             return None  # the proof is the receipt, not the central: on_delivered checks it as any other
+        if why is not None:
+            self.answer_stale(entry, msg)
         return why
 
     def late_proof(self, msg: Message) -> bool:
@@ -125,6 +128,7 @@ class PoolUpload(Greeting):
             if entry.peer in gone:
                 self.reown(entry)
         self.reoffer_waiting(now)
+        self.reoffer_unanswered(now)
 
     def reoffer_waiting(self, now: float) -> None:
         """Offer again (next epoch) the entries held waiting for room `reoffer_minutes` or longer
@@ -148,8 +152,15 @@ class PoolUpload(Greeting):
         old, old_epoch = entry.peer or "", self.state.epoch(entry.id)
         reason = f"re-owned by upload at epoch {old_epoch + 1}: {why or f'{old} was gone'}"
         entry = self.move(entry, self.OFFERED, peer=None, attempt=0, tries=0, due=0, path=None, reason=None)
-        # Routes frozen at the first admission stay the entry's: the next owner sends to the
-        # destinations that have not proved a copy yet, whatever its own routes say now.
+        self.offer_again(entry)
+        # Waits in the old owner's queue: if it comes back, it drops its copy before it touches it.
+        self.send(old, Forget(entry.id, self.name, reason=reason, epoch=old_epoch + 1))
+        log.warning("%s: %s; offered again", entry.name, reason)
+
+    def offer_again(self, entry: Entry) -> None:
+        """Offer the entry again, at the next epoch. Routes frozen at its first admission stay the
+        entry's: the next owner sends it to the destinations that have not proved a copy yet,
+        whatever its own routes say now."""
         found = dests.rows(self.state, entry.id)
         offer = Offer(
             entry.id,
@@ -162,6 +173,50 @@ class PoolUpload(Greeting):
             to=tuple(dests.waiting_for(found)) if found else (),
         )
         self.send_offer(entry, offer)
-        # Waits in the old owner's queue: if it comes back, it drops its copy before it touches it.
-        self.send(old, Forget(entry.id, self.name, reason=reason, epoch=old_epoch + 1))
-        log.warning("%s: %s; offered again", entry.name, reason)
+
+    def reoffer_unanswered(self, now: float) -> None:
+        """Offer again (next epoch) what a central took from the offers queue and never answered:
+        it died for good between taking the offer (its ack, after its commit) and publishing its
+        `admit` or `wait`. Such an entry is neither in the queue nor owned by anyone upload knows.
+        A live central answers an offer it took within seconds (a `wait` for its turn within 10 s),
+        so once the offers queue has been empty for `reown_seconds` and the entry was offered at
+        least that long ago, nobody holds it. (If one does after all, its answer is of the old
+        epoch: `answer_stale` tells it to drop its copy.)"""
+        if self.greeting is not None:
+            return
+        ready = self.jobs.offers_ready(self.name)
+        if ready != 0:  # None: not known now; more: offers still wait there for a central with room
+            self.offers_empty_since = None
+            return
+        if self.offers_empty_since is None:
+            self.offers_empty_since = now
+        since = now - self.cfg.reown_seconds
+        if self.offers_empty_since > since:
+            return
+        for entry in self.state.by_state(self.OFFERED):
+            if entry.peer is None and entry.updated <= since:
+                self.offers_empty_since = now  # offered again now: the queue holds it until taken
+                epoch = self.state.epoch(entry.id)
+                self.state.update(entry)  # offered again now: its wait starts again
+                self.offer_again(entry)
+                log.warning(
+                    "%s: its offer of epoch %d was taken from the offers queue, but no central answered "
+                    "for %d s (one that died as it took it); offered again at epoch %d",
+                    entry.name,
+                    epoch,
+                    now - self.offers_empty_since,
+                    epoch + 1,
+                )
+
+    def answer_stale(self, entry: Entry, msg: Message) -> None:
+        """A central's `admit` or `wait` of an epoch the entry has left, from a central that does not
+        own it: it holds the entry at that old epoch (it took an offer it answered too late, or came
+        back). Tell it to drop its copy (a `forget` of the current epoch ends nothing newer)."""
+        epoch = self.state.epoch(entry.id)
+        msg_epoch = getattr(msg, "epoch", None)
+        if not isinstance(msg, (Admit, Wait)) or msg_epoch is None or msg_epoch >= epoch:
+            return
+        if msg.sender == entry.peer or entry.state in self.FINISHED:
+            return
+        why = f"offered again at epoch {epoch}: the answer of epoch {msg_epoch} came too late"
+        self.send(msg.sender, Forget(entry.id, self.name, reason=why, epoch=epoch))

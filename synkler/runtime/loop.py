@@ -131,6 +131,14 @@ class Runtime:
         info = broker.queue_info(agent)
         return None if info is None else info[1]
 
+    def offers_ready(self, upload: str) -> int | None:
+        """Offers waiting in an upload agent's offers queue (None: not known, or no queue)."""
+        broker = self.broker
+        if broker is None:
+            return None
+        info = broker.offers_info(upload)
+        return None if info is None else info[0]
+
     def room(self, central: str) -> tuple[int, float] | None:
         """A central of a pool: the room its presence report says it has now (None: none said)."""
         broker = self.broker

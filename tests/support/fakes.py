@@ -47,6 +47,7 @@ class FakeJobs:
         self.place: str | None = "/srv/central/lab"  # central's directory, as if it had announced it
         self.places: dict[str, str] = {}  # a pool's other centrals' directories
         self.consumer_counts: dict[str, int] = {}  # agent -> consumers of its queue (a pool)
+        self.offers_waiting: int | None = 1  # offers ready in the upload's offers queue (a pool)
         self.rooms: dict[str, tuple[int, float]] = {}  # a pool's central -> (offers, bytes) it reports
 
     def busy(self, key: Key) -> bool:
@@ -69,6 +70,9 @@ class FakeJobs:
 
     def consumers(self, agent: str) -> int | None:
         return self.consumer_counts.get(agent, 1)
+
+    def offers_ready(self, upload: str) -> int | None:
+        return self.offers_waiting
 
     def room(self, central: str) -> tuple[int, float] | None:
         return self.rooms.get(central)

@@ -337,3 +337,48 @@ def test_a_reowned_entry_keeps_the_destinations_frozen_at_its_first_admission(tm
     with r.state.transaction():
         r.agent.reown(r.entry(plain.id))
     assert [m.to for _, m in r.sent() if isinstance(m, Offer) and m.entry == plain.id] == [()]
+
+
+def test_an_offer_a_central_took_and_never_answered_is_offered_again_once_the_queue_stays_empty(
+    tmp_path: Path,
+):
+    """A central that died for good between taking an offer from the offers queue (its ack) and
+    answering it leaves the entry neither queued nor owned: once the queue has been empty for
+    `reown_seconds` and the entry was offered at least that long ago, upload offers it again; the
+    late answer of a central that held it after all is of the old epoch and told to drop it."""
+    r = Role("upload", tmp_path, centrals=POOL)
+    r.start()
+    e = r.given("offered", md5=MD5)
+    with r.state.transaction():
+        r.state.put_epoch(e.id, 1)
+    grace = r.cfg.reown_seconds
+    start = time.time() + 100
+
+    def look(now: float) -> list[Offer]:
+        with r.state.transaction():
+            r.agent.reoffer_unanswered(now)
+        return [m for _, m in r.sent() if isinstance(m, Offer)]
+
+    r.jobs.offers_waiting = 2  # offers still wait for a central with room: nobody took it
+    assert look(start) == [] and look(start + 2 * grace) == []
+    r.jobs.offers_waiting = None  # not known (the broker is away): nothing decided
+    assert look(start + 3 * grace) == []
+    r.jobs.offers_waiting = 0  # taken from the queue ...
+    assert look(start + 4 * grace) == []
+    assert look(start + 5 * grace - 1) == []  # ... and not yet answered for reown_seconds
+    again = look(start + 5 * grace)
+    assert [(o.entry, o.epoch) for o in again] == [(e.id, 2)]
+    assert r.entry(e.id).state == "offered" and r.entry(e.id).peer is None
+    assert look(start + 5 * grace + 1) == []  # offered again just now: its wait starts again
+
+    # central-a held it after all and answers at epoch 1: ignored, and told to drop its copy
+    r.deliver(Admit(e.id, "central-a", attempt=1, dest="/srv/a/lab/staging/upload", epoch=1))
+    assert r.entry(e.id).state == "offered"
+    forgets = [(to, m) for to, m in r.sent() if isinstance(m, Forget)]
+    assert [(to, m.epoch) for to, m in forgets] == [("central-a", 2)]
+    # central-b takes the offer of epoch 2: it owns the entry
+    r.deliver(Admit(e.id, "central-b", attempt=1, dest="/srv/central/lab/staging/upload", epoch=2))
+    assert r.entry(e.id).peer == "central-b"
+    # a late answer of the old epoch from the owner itself is only ignored
+    r.deliver(Admit(e.id, "central-b", attempt=1, dest="/srv/central/lab/staging/upload", epoch=1))
+    assert not [m for _, m in r.sent() if isinstance(m, Forget)]

@@ -8,7 +8,7 @@ import json
 
 from pika.adapters.blocking_connection import BlockingChannel
 
-from ..names import broker_user, dead_name, holder_name, presence_exchange, queue_name
+from ..names import broker_user, dead_name, holder_name, offers_queue, presence_exchange, queue_name
 from .base import log
 from .declare import Declaring
 from .holder import TOKEN
@@ -76,6 +76,16 @@ class Reading(Declaring):
 
         def do(ch: BlockingChannel) -> tuple[int, int]:
             m = ch.queue_declare(queue_name(self.instance, agent), passive=True).method
+            return int(m.message_count), int(m.consumer_count)
+
+        return self._probe(do)
+
+    def offers_info(self, upload: str) -> tuple[int, int] | None:
+        """(messages ready, consumers) of an upload agent's offers queue (a pool), or None if it does
+        not exist. Declares nothing."""
+
+        def do(ch: BlockingChannel) -> tuple[int, int]:
+            m = ch.queue_declare(offers_queue(self.instance, upload), passive=True).method
             return int(m.message_count), int(m.consumer_count)
 
         return self._probe(do)
