@@ -7,6 +7,7 @@ from support.fakes import central_runtime
 
 from synkler import messages
 from synkler.agents.base import PERSON_REPEAT
+from synkler.broker.amqp import Broker, BrokerParams
 from synkler.errors import AgentActive, BrokerError, ExitStatus, NoQueueYet, PublishRefused
 from synkler.observe.hooks import Hook
 from synkler.runtime import consumer, inbox, outbox
@@ -124,8 +125,54 @@ def test_an_agent_without_a_queue_yet_is_a_warning_and_an_error_only_once_it_las
         "the broker refuses messages to agent 'download' (1 message returned as unroutable)"
     )
     broker.refusing.clear()
+    now[0] = max(until for _n, until, _told, _since in rt.outbox.held.values())
     rt.outbox.flush(broker)
     assert sorted(dest for dest, _ in broker.published) == ["download", "ghost"]
+
+
+def test_an_agent_without_a_queue_yet_is_looked_for_again_within_seconds_however_long_it_lasted(
+    rt, monkeypatch
+):
+    # Download started a minute after central: its messages go out seconds after its queue appears,
+    # not after a pause grown over its absence. Another refusal still backs off to a minute.
+    broker = rt.broker = FakeBroker(refusing={"download", "ghost"})
+    broker.why = NoQueueYet
+    enqueue(rt, "download", 1)
+    enqueue(rt, "ghost", 1)  # an upload agent with no queue: no first start's wait
+    now = [1000.0]
+    monkeypatch.setattr(outbox.time, "time", lambda: now[0])
+    pauses: dict[str, list[float]] = {"download": [], "ghost": []}
+    while now[0] < 1000.0 + 600:
+        rt.outbox.flush(broker)
+        for dest, seen in pauses.items():
+            refusals, until, _told, _since = rt.outbox.held[dest]
+            if refusals > len(seen):  # refused again just now
+                seen.append(until - now[0])
+        now[0] = min(until for _n, until, _told, _since in rt.outbox.held.values())
+    assert max(pauses["download"]) <= outbox.NO_QUEUE_CAP
+    assert max(pauses["ghost"]) > outbox.NO_QUEUE_CAP
+    broker.refusing.discard("download")
+    now[0] = rt.outbox.held["download"][1]
+    rt.outbox.flush(broker)
+    assert [dest for dest, _ in broker.published] == ["download"]
+
+
+def test_a_publish_looks_for_the_queue_of_an_agent_it_does_not_declare_once_per_connection():
+    # A publish that some queue takes is confirmed, whichever queue: one bound with `#` (an
+    # operator's tap) takes what is sent to an agent that never ran. So with `authenticate` (each
+    # agent declares only its own queue) the publisher looks for that agent's queue first.
+    params = BrokerParams("broker.example", authenticate=True)
+    authenticated = Broker(params, "lab", "lab-a", offers=("lab-a",))
+    assert authenticated.queue_to_find("central") == "synkler:lab:inbox:central"
+    assert authenticated.queue_to_find("download") == "synkler:lab:inbox:download"
+    assert authenticated.queue_to_find("offers:lab-a") is None  # its own offers queue: declared
+    assert authenticated.queue_to_find("offers:lab-b") == "synkler:lab:offers:lab-b"
+    authenticated._declared.add("central")  # found once: not looked for again on this connection
+    assert authenticated.queue_to_find("central") is None
+    # Without authentication an agent declares central's and download's queues itself.
+    declaring = Broker(params, "lab", "lab-a", peers=("central", "download"))
+    assert declaring.queue_to_find("central") is None
+    assert declaring.queue_to_find("ghost") == "synkler:lab:inbox:ghost"
 
 
 def test_a_queue_declared_otherwise_is_an_error_at_once(rt, monkeypatch, caplog):
