@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from unittest import mock
+
 import pytest
 from support.fakes import central_runtime
 
 from synkler import messages
 from synkler.agents.base import PERSON_REPEAT
+from synkler.agents.pools import Pool
 from synkler.broker.amqp import Broker, BrokerParams
 from synkler.errors import AgentActive, BrokerError, ExitStatus, NoQueueYet, PublishRefused
 from synkler.observe.hooks import Hook
@@ -367,3 +373,34 @@ def test_a_message_waiting_a_moment_for_centrals_announcement_is_not_an_error_bu
     why[0] = StateUnavailable("database is locked")
     assert apply() == ("requeue", [])
     assert said("ERROR") == ["cannot act on a message now (database is locked); it stays queued"]
+
+
+def test_a_stop_starts_no_queued_job_while_it_waits_for_a_running_one(tmp_path):
+    # A pull ends slowly at the stop, while cleanup scripts are queued behind one that runs: none
+    # of those starts meanwhile (each would hold the stop up by its run time).
+    with central_runtime(tmp_path) as rt:
+        workers, ran = rt.workers, []
+        script_runs, cancelled = threading.Event(), threading.Event()
+
+        def pull() -> None:
+            cancelled.wait(10)  # the queues are cancelled before any pool is waited for
+            script_runs.set()  # the running script ends...
+            ran.append("pull")
+
+        def script(n: int) -> None:
+            if n == 1:
+                script_runs.wait(30)
+            ran.append(f"script {n}")
+
+        def cancel_then_end_the_pull(executor, real=ThreadPoolExecutor.shutdown, **kw):
+            real(executor, **kw)
+            if not kw.get("wait", True) and executor is workers._pools[Pool.SCRIPT]:
+                cancelled.set()
+
+        with rt.state.transaction():
+            workers.submit(Pool.TRANSFER, [], pull, lambda *_: None)
+            for n in (1, 2, 3):
+                workers.submit(Pool.SCRIPT, [], functools.partial(script, n), lambda *_: None)
+        with mock.patch.object(ThreadPoolExecutor, "shutdown", cancel_then_end_the_pull):
+            workers.shutdown()
+        assert sorted(ran) == ["pull", "script 1"]
