@@ -515,7 +515,15 @@ class Download(BundleDownload, PoolDownload):
         entry = self.move(entry, Down.PLACING, stored_as=target, tries=0, reason=None)
         # Written now, from what the verification read: by the time of the rename it is gone.
         self.proofs[entry.id] = self.document(entry, "placed", verified.digest)
+        self.state.after_commit(self.place_soon)
+
+    def place_soon(self) -> None:
+        """Once `placing` (the chosen name) is committed: the rename comes in the next pass, never
+        in the one that chose the name. Else a crash (or a failed commit) between the rename and
+        the pass's commit left the file in file_dir while the state still said `fetching`: the
+        restart found it "already present with the same md5" and its cleanup script never ran."""
         self.place_due = True
+        self.jobs.wake()
 
     def _place(self, entry: Entry) -> None:
         """Rename the verified copy (or its bag) into file_dir, its metadata sidecar first; for its

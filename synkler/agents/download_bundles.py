@@ -47,6 +47,9 @@ class BundleDownload(BundleCleanups):
     def tell_placed(self, entry: Entry) -> None:
         raise NotImplementedError
 
+    def place_soon(self) -> None:
+        raise NotImplementedError
+
     def member_target(self, member: bundles.Member) -> tuple[str, str]:
         stored_as = member.stored_as or member.name
         return stored_as, os.path.join(self.cfg.file_dir, stored_as)
@@ -90,7 +93,7 @@ class BundleDownload(BundleCleanups):
             bundles.set_each(self.state, entry.id, "stored_as", again)
         entry = self.move(entry, self.PLACING, stored_as=entry.name, tries=0, reason=None)
         self.proofs[entry.id] = self.document(entry, "placed", verified.digest)
-        self.place_due = True
+        self.state.after_commit(self.place_soon)  # the renames once the names are committed
 
     def unpack(self, entry: Entry) -> None:
         """Rename the members not placed yet into file_dir, under the names committed for them."""

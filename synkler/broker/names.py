@@ -4,7 +4,7 @@ pure, no pika (broker-setup and the tests use them without a connection). Every 
 
 from __future__ import annotations
 
-from ..messages import offers_key
+from ..messages import OFFERS, offers_key
 
 __all__ = ["offers_key"]
 
@@ -26,6 +26,14 @@ def queue_name(instance: str, agent: str) -> str:
 def offers_queue(instance: str, upload: str) -> str:
     """An upload agent's offers in a pool of centrals (a quorum queue every central consumes)."""
     return f"synkler:{instance}:offers:{upload}"
+
+
+def queue_for(instance: str, key: str) -> str:
+    """The queue a message to routing key `key` of the instance's exchange is meant for: an agent's
+    queue, or (`offers:<upload>`) an upload agent's offers queue."""
+    if key.startswith(OFFERS):
+        return offers_queue(instance, key[len(OFFERS) :])
+    return queue_name(instance, key)
 
 
 def classic_queue_name(instance: str, agent: str) -> str:

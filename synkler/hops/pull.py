@@ -251,6 +251,8 @@ def finish_early(
         before = early.hashed
         os.truncate(early.local, early.hashed)  # the copy is what was hashed, no more
         result = transfer.pull_more(cfg, entry.path or "", early.local)
+        if not result.ok and STOPPING.is_set():
+            raise Interrupted("the agent is stopping")  # ended by the stop: the copy stays for the next start
         if result.link_down or result.out_of_space:  # (needs_person is a link_down)
             return PullRun(result, {entry.id: NotPulled(_failure(result), result.summary())}, early)
         if not result.ok:

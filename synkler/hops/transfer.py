@@ -30,12 +30,13 @@ from typing import IO, Callable
 
 from .. import places
 from ..config import Config
-from ..errors import SynklerError
+from ..errors import Interrupted, SynklerError
 from ..linux.process import die_with_parent
 from ..private import child_env, child_umask
 
 # What a run comes to lives in synkler.hops.outcome (sftp imports it from there); its names stay
 # readable here, as transfer.Result, transfer.OutsideRoot, transfer.RRSYNC_NO_FILE.
+from .checksum import STOPPING
 from .outcome import PARTIAL_DIR, OutsideRoot, Result
 from .outcome import RRSYNC_NO_FILE as RRSYNC_NO_FILE
 from .stall import POLL as STALL_POLL
@@ -313,18 +314,25 @@ def run(
 ) -> Result:
     """Run a command to completion, capturing its output; a missing program is a failed Result.
 
-    Tracked commands (transfers) are terminated by `terminate_all` when the agent stops; cleanup
-    scripts are not tracked, so a stop never cuts one short. `cancel` set ends the command too (a
+    Tracked commands (transfers) are terminated by `terminate_all` when the agent stops, and none
+    starts once it stops (Interrupted: checksum.STOPPING); cleanup scripts are not tracked, so a
+    stop never cuts one short. `cancel` set ends the command too (a
     failed Result): looked at every CANCEL_POLL seconds. `stall` > 0: the command and everything
     it started are stopped once they moved almost nothing for that many seconds (synkler.hops.stall;
     a failed Result, `stalled`, exit STALLED), and `on_stall` is called meanwhile.
     """
+    if track and STOPPING.is_set():
+        # The agent is stopping (terminate_all ends the runs going on): a job that would start
+        # another one (a pull whole after its early copy's run was ended) leaves it to the next start.
+        raise Interrupted("the agent is stopping")
     proc = _start(argv, input, track)
     if isinstance(proc, Result):
         return proc
     if track:
         with _lock:
             _running.add(proc)
+        if STOPPING.is_set():  # set meanwhile: terminate_all may have looked before the add
+            proc.terminate()
     watch = Stall(stall, time.monotonic()) if stall > 0 else None
     try:
         out, stopped = _communicate(proc, input, timeout, cancel, watch, on_stall)

@@ -100,7 +100,12 @@ class Workers:
                 log.exception("bug while recording a job's result")
 
     def shutdown(self) -> None:
-        """Cancel the jobs not started and wait for the running ones (the stop has cut them short),
-        except a notice being sent: unsent, it stays queued for the next start."""
+        """Cancel the jobs not started, in every pool, then wait for the running ones (the stop has
+        cut them short), except a notice being sent: unsent, it stays queued for the next start.
+        Every pool first: a pool whose queue waited for another pool's running job would go on
+        starting its jobs meanwhile (cleanup scripts, one after the other, while a pull ends)."""
+        for executor in self._pools.values():
+            executor.shutdown(wait=False, cancel_futures=True)
         for pool, executor in self._pools.items():
-            executor.shutdown(wait=pool != Pool.ALERT, cancel_futures=True)
+            if pool != Pool.ALERT:
+                executor.shutdown(wait=True)

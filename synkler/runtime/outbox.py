@@ -1,6 +1,6 @@
 """The outbox's way out: its rows published many messages per AMQP body and per publisher confirm,
 in each destination's order; a destination whose publish the broker refuses is held back with a
-growing pause while the others' messages go on.
+growing pause (central or download without a queue yet: a short one) while the others' messages go on.
 """
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ from ..state import State
 log = logging.getLogger("synkler")
 
 OUTBOX_BATCH = 2000  # rows read from the outbox at a time
+REFUSED_CAP = 60.0  # longest pause before a refused destination is tried again
+# ... and before central or download without a queue yet is looked for again (a passive declare):
+# once it has started, its messages go out within seconds, not after a pause grown over its absence.
+NO_QUEUE_CAP = 5.0
 _CHUNK_BYTES = 256 * 1024  # an AMQP body holds about this much at most
 
 Row = tuple[int, str, bytes]  # (seq, destination, message)
@@ -70,7 +74,8 @@ class Outbox:
         upload agent without a queue included: an invented sender) is an ERROR at once."""
         refusals, _until, told, since = self.held.get(dest, (0, 0.0, float("-inf"), now))
         refusals += 1
-        if isinstance(e, NoQueueYet) and dest in self.expected and now - since < PERSON_REPEAT:
+        expected = isinstance(e, NoQueueYet) and dest in self.expected
+        if expected and now - since < PERSON_REPEAT:
             if refusals == 1:
                 log.warning(
                     "no queue for agent %r yet (%s): has it ever run? Its messages wait in the outbox, "
@@ -87,7 +92,8 @@ class Outbox:
                 e,
                 PERSON_REPEAT // 60,
             )
-        self.held[dest] = (refusals, now + backoff(refusals, base=1, cap=60), told, since)
+        cap = NO_QUEUE_CAP if expected else REFUSED_CAP
+        self.held[dest] = (refusals, now + backoff(refusals, base=1, cap=cap), told, since)
 
 
 def chunks(rows: list[Row]) -> Iterator[tuple[str, list[Row]]]:

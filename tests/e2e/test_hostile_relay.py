@@ -410,6 +410,24 @@ def test_a_broker_login_with_broad_permissions_reads_every_entry_but_makes_no_ag
     deliver_another(relay, ("seen.dat", md5))
 
 
+def test_a_queue_bound_to_every_message_swallows_no_offer_to_a_central_that_never_ran(relay, attacker):
+    # A queue bound with `#` (an operator's tap, or a login with broad permissions) takes every
+    # message: a publish to a central that has never run (with `authenticate` each agent declares
+    # only its own queue) is then not returned unroutable but confirmed into that queue alone, and
+    # central never gets it. Upload and central started at the same moment (systemd) meet this when
+    # upload offers first. Upload holds the offer back until central's queue exists.
+    listen, heard = listen_to_everything(attacker, relay)
+    start(relay, "upload", "download")
+    md5 = place(relay.dirs["upload"], "early.dat", os.urandom(4096))
+    relay.wait_for(
+        "upload to hold the offer back",
+        lambda: "no queue for agent 'central' yet" in relay.log_path("upload").read_text(),
+    )
+    assert heard_so_far(listen, heard) == []
+    start(relay, "central")
+    deliver(relay, {"early.dat": md5})
+
+
 # helpers ------------------------------------------------------------------------------------------
 
 

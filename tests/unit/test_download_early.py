@@ -209,6 +209,56 @@ def test_hashing_a_kept_copy_ends_at_once_when_the_agent_stops_and_the_copy_stay
     assert copy.read_bytes() == DATA[:200_000]
 
 
+def test_an_early_copys_last_run_ended_by_the_stop_keeps_the_copy_and_pulls_nothing_whole(
+    down: Role, central: Central, monkeypatch: pytest.MonkeyPatch
+):
+    # The stop ends the run that appends the rest (rsync exits 20 on SIGTERM): that is no reason to
+    # drop what was pulled early and start a whole pull, which nothing would then end.
+    copy = left_by_an_early_pull(down, 200_000)
+    down.start()
+    central.files[STORED] = DATA
+    down.deliver(fetch())
+    down.tick()
+    job = down.job("transfer")
+
+    def ended_by_the_stop(*_args: object, **_kw: object) -> Result:
+        STOPPING.set()
+        return Result(False, 20, "rsync error: received SIGINT, SIGTERM, or SIGHUP (code 20)")
+
+    monkeypatch.setattr(transfer, "pull_more", ended_by_the_stop)
+    try:
+        with pytest.raises(Interrupted):
+            job.work()
+    finally:
+        STOPPING.clear()
+    assert copy.read_bytes() == DATA[:200_000]
+
+
+def test_a_pass_that_records_a_pull_and_is_undone_has_placed_nothing_in_file_dir(
+    down: Role, central: Central
+):
+    # The runtime records job results and ticks in one pass, one commit. Were the rename into
+    # file_dir done in the pass that chose the name (`placing`), a crash before its commit would
+    # leave the file there with the entry still `fetching`: the restart took it for one already
+    # present (`done`, "nothing to do") and its cleanup script never ran.
+    left_by_an_early_pull(down, 200_000)
+    down.start()
+    central.files[STORED] = DATA
+    down.deliver(fetch())
+    down.tick()
+    job = down.job("transfer")
+    outcome = job.work()
+    down.jobs.pending.remove(job)
+    down.jobs.held.difference_update(job.keys)
+    down.jobs.transfers -= 1
+    with pytest.raises(KeyboardInterrupt), down.state.transaction():  # killed before the commit
+        job.done(outcome, None)
+        down.agent.tick(time.time())
+        raise KeyboardInterrupt
+    assert not (down.file_dir / "data.bin").exists()
+    assert down.entry(ENTRY).state == "fetching"  # pulled again at the restart, then placed
+
+
 def test_copies_kept_at_start_up_leave_room_for_new_early_pulls(down: Role, central: Central):
     kept = [uuid.uuid4().hex for _ in range(EARLY_MAX)]
     for entry_id in kept:

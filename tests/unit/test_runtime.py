@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from unittest import mock
+
 import pytest
 from support.fakes import central_runtime
 
 from synkler import messages
 from synkler.agents.base import PERSON_REPEAT
+from synkler.agents.pools import Pool
+from synkler.broker.amqp import Broker, BrokerParams
 from synkler.errors import AgentActive, BrokerError, ExitStatus, NoQueueYet, PublishRefused
 from synkler.observe.hooks import Hook
 from synkler.runtime import consumer, inbox, outbox
@@ -124,8 +131,54 @@ def test_an_agent_without_a_queue_yet_is_a_warning_and_an_error_only_once_it_las
         "the broker refuses messages to agent 'download' (1 message returned as unroutable)"
     )
     broker.refusing.clear()
+    now[0] = max(until for _n, until, _told, _since in rt.outbox.held.values())
     rt.outbox.flush(broker)
     assert sorted(dest for dest, _ in broker.published) == ["download", "ghost"]
+
+
+def test_an_agent_without_a_queue_yet_is_looked_for_again_within_seconds_however_long_it_lasted(
+    rt, monkeypatch
+):
+    # Download started a minute after central: its messages go out seconds after its queue appears,
+    # not after a pause grown over its absence. Another refusal still backs off to a minute.
+    broker = rt.broker = FakeBroker(refusing={"download", "ghost"})
+    broker.why = NoQueueYet
+    enqueue(rt, "download", 1)
+    enqueue(rt, "ghost", 1)  # an upload agent with no queue: no first start's wait
+    now = [1000.0]
+    monkeypatch.setattr(outbox.time, "time", lambda: now[0])
+    pauses: dict[str, list[float]] = {"download": [], "ghost": []}
+    while now[0] < 1000.0 + 600:
+        rt.outbox.flush(broker)
+        for dest, seen in pauses.items():
+            refusals, until, _told, _since = rt.outbox.held[dest]
+            if refusals > len(seen):  # refused again just now
+                seen.append(until - now[0])
+        now[0] = min(until for _n, until, _told, _since in rt.outbox.held.values())
+    assert max(pauses["download"]) <= outbox.NO_QUEUE_CAP
+    assert max(pauses["ghost"]) > outbox.NO_QUEUE_CAP
+    broker.refusing.discard("download")
+    now[0] = rt.outbox.held["download"][1]
+    rt.outbox.flush(broker)
+    assert [dest for dest, _ in broker.published] == ["download"]
+
+
+def test_a_publish_looks_for_the_queue_of_an_agent_it_does_not_declare_once_per_connection():
+    # A publish that some queue takes is confirmed, whichever queue: one bound with `#` (an
+    # operator's tap) takes what is sent to an agent that never ran. So with `authenticate` (each
+    # agent declares only its own queue) the publisher looks for that agent's queue first.
+    params = BrokerParams("broker.example", authenticate=True)
+    authenticated = Broker(params, "lab", "lab-a", offers=("lab-a",))
+    assert authenticated.queue_to_find("central") == "synkler:lab:inbox:central"
+    assert authenticated.queue_to_find("download") == "synkler:lab:inbox:download"
+    assert authenticated.queue_to_find("offers:lab-a") is None  # its own offers queue: declared
+    assert authenticated.queue_to_find("offers:lab-b") == "synkler:lab:offers:lab-b"
+    authenticated._declared.add("central")  # found once: not looked for again on this connection
+    assert authenticated.queue_to_find("central") is None
+    # Without authentication an agent declares central's and download's queues itself.
+    declaring = Broker(params, "lab", "lab-a", peers=("central", "download"))
+    assert declaring.queue_to_find("central") is None
+    assert declaring.queue_to_find("ghost") == "synkler:lab:inbox:ghost"
 
 
 def test_a_queue_declared_otherwise_is_an_error_at_once(rt, monkeypatch, caplog):
@@ -320,3 +373,34 @@ def test_a_message_waiting_a_moment_for_centrals_announcement_is_not_an_error_bu
     why[0] = StateUnavailable("database is locked")
     assert apply() == ("requeue", [])
     assert said("ERROR") == ["cannot act on a message now (database is locked); it stays queued"]
+
+
+def test_a_stop_starts_no_queued_job_while_it_waits_for_a_running_one(tmp_path):
+    # A pull ends slowly at the stop, while cleanup scripts are queued behind one that runs: none
+    # of those starts meanwhile (each would hold the stop up by its run time).
+    with central_runtime(tmp_path) as rt:
+        workers, ran = rt.workers, []
+        script_runs, cancelled = threading.Event(), threading.Event()
+
+        def pull() -> None:
+            cancelled.wait(10)  # the queues are cancelled before any pool is waited for
+            script_runs.set()  # the running script ends...
+            ran.append("pull")
+
+        def script(n: int) -> None:
+            if n == 1:
+                script_runs.wait(30)
+            ran.append(f"script {n}")
+
+        def cancel_then_end_the_pull(executor, real=ThreadPoolExecutor.shutdown, **kw):
+            real(executor, **kw)
+            if not kw.get("wait", True) and executor is workers._pools[Pool.SCRIPT]:
+                cancelled.set()
+
+        with rt.state.transaction():
+            workers.submit(Pool.TRANSFER, [], pull, lambda *_: None)
+            for n in (1, 2, 3):
+                workers.submit(Pool.SCRIPT, [], functools.partial(script, n), lambda *_: None)
+        with mock.patch.object(ThreadPoolExecutor, "shutdown", cancel_then_end_the_pull):
+            workers.shutdown()
+        assert sorted(ran) == ["pull", "script 1"]

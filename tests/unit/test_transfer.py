@@ -14,7 +14,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from synkler.hops import cleanup, transfer
+from synkler.errors import Interrupted
+from synkler.hops import checksum, cleanup, transfer
 from synkler.hops.cleanup import cleanup_argv, run_cleanup
 from synkler.hops.transfer import PARTIAL_DIR, effective_opts, rsync_argv, run
 
@@ -292,6 +293,20 @@ def test_transfers_are_tracked_for_shutdown_but_cleanup_scripts_are_not(
     assert run([sys.executable, "-c", "pass"]).ok
     assert len(running.added) == 1
     assert len(running) == 0  # and forgotten once finished
+
+
+def test_no_transfer_starts_once_the_agent_stops_but_a_cleanup_script_does(tmp_path: Path):
+    # terminate_all ends the transfers going on; one a job would start after it would run unended.
+    started = tmp_path / "started"
+    checksum.STOPPING.set()
+    try:
+        with pytest.raises(Interrupted):
+            run([sys.executable, "-c", f"open({str(started)!r}, 'w')"])
+        assert not started.exists()
+        cfg = script_cfg(tmp_path, (sys.executable, "-c", "pass", "%f"))
+        assert run_cleanup(cfg, ENTRY, "a", "/files/a").ok  # a stop never cuts a script short
+    finally:
+        checksum.STOPPING.clear()
 
 
 # ---------------------------------------------------------------- ssh connection sharing

@@ -51,7 +51,7 @@ class Channels:
     _conn: pika.BlockingConnection | None
     _chan: BlockingChannel | None  # consumes and acks
     _pub: BlockingChannel | None  # publishes with confirms; reopened after a refusal
-    _declared: set[str]
+    _declared: set[str]  # the queues this connection declared or found (by routing key), ":holder"
     _inbox: list[Delivery]
     _offers_chan: BlockingChannel | None  # a central of a pool: consumes offers (synkler.broker.amqp.offers)
     _offer_tags: dict[int, int]

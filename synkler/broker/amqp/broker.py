@@ -12,11 +12,11 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from ...errors import AgentActive, BrokerError
+from ...errors import AgentActive, BrokerError, NoQueueYet
 from ...messages import OFFERS
 from ...tls import TlsFileError, explain, peer_certificate, tls_context
 from ..connect import Address, BrokerParams, address_text, connection_order
-from ..names import dead_name, exchange_name
+from ..names import dead_name, exchange_name, queue_for
 from .base import ACCESS_REFUSED, PIKA_ERRORS, Delivery
 from .holder import Holding
 from .legacy import Legacy
@@ -239,11 +239,42 @@ class Broker(Legacy, Reading, Holding, Offering):
                 self._declare_queue(ch, agent)
             elif agent.startswith(OFFERS) and agent[len(OFFERS) :] in self.offers:
                 self._declare_offers(ch, agent[len(OFFERS) :])
+            else:
+                self._find_queue(agent)
             ch.basic_publish(
                 exchange_name(self.instance), agent, body, properties=self._props, mandatory=True
             )
 
-        self._publish(do)
+        try:
+            self._publish(do)
+        except NoQueueYet:
+            self._declared.discard(agent)  # deleted since: declared (or looked for) again next time
+            raise
+
+    def queue_to_find(self, agent: str) -> str | None:
+        """The queue that must exist before a publish to `agent` goes out; None if this connection
+        declares it itself (`peers`, its own offers queues) or has found it already.
+
+        A publish no queue takes comes back unroutable (NoQueueYet), but only if nothing at all is
+        bound to its routing key: a queue bound with `#` (an operator's tap, or anyone whose login
+        may bind one) takes every message, so the broker confirms one to an agent that has never
+        run (with `authenticate` each agent declares only its own queue) and that agent never gets
+        it. So the queue of an agent this one does not declare is looked for first."""
+        if agent in self.peers or agent in self._declared:
+            return None
+        if agent.startswith(OFFERS) and agent[len(OFFERS) :] in self.offers:
+            return None
+        return queue_for(self.instance, agent)
+
+    def _find_queue(self, agent: str) -> None:
+        """NoQueueYet unless the queue `queue_to_find` names exists (a passive declare, on a channel
+        of its own: it needs no permission and creates nothing); once per connection and queue."""
+        queue = self.queue_to_find(agent)
+        if queue is None:
+            return
+        if self._probe(lambda ch: ch.queue_declare(queue, passive=True)) is None:
+            raise NoQueueYet(f"queue {queue} does not exist")
+        self._declared.add(agent)
 
     def dead_letter(self, body: bytes) -> None:
         """Put one rejected message (e.g. a bad element of a batch) on the dead-letter queue."""
