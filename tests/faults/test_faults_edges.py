@@ -153,6 +153,14 @@ def test_ordinary_inputs_and_operator_mistakes_lose_stall_or_duplicate_nothing(
         # end it, so that the next pull logs in afresh, as after the master's ControlPersist.
         tag = transfer.control_tag(load_config(relay.configs["download"]))
         subprocess.run(["pkill", "-f", f"{tag}-.*\\[mux\\]"], check=False)
+        # Entries that must cross while the key is away (on a quiet machine the rest may all have
+        # crossed already): download has to log in for them, and is refused.
+        for i in range(3):
+            tmp = scratch / f"while-key-away-{i}"
+            tmp.write_bytes(os.urandom(2000 + i))
+            wl.md5s[tmp.name + ".dat"] = md5_entry(tmp)
+            wl.kinds[tmp.name + ".dat"] = "file"
+            os.rename(tmp, relay.dirs["upload"] / (tmp.name + ".dat"))
         log = relay.log_path("download")
         relay.wait_for("download to say it needs a person", lambda: "needs a person" in log.read_text(), 180)
         time.sleep(profile.sever_s)  # the fault's length: entries wait, none fails
