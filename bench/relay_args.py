@@ -213,6 +213,11 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         "--broker", default="127.0.0.1:5672", help="RabbitMQ HOST:PORT, guest/guest (default %(default)s)"
     )
     p.add_argument("--keep", action="store_true", help="keep the working directory under /tmp")
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="the agents log at DEBUG (with --keep: a timeline of each hop from their logs; costs some CPU)",
+    )
 
 
 def check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -126,7 +126,7 @@ class Runs:
             broker_host=host,
             broker_port=int(port),
             settings=settings,
-            verbose=False,
+            verbose=bool(self.args.debug),  # --debug: the agents' DEBUG lines, for a timeline with --keep
         )
         if not self.effective:
             up = agent_config(relay, "upload")

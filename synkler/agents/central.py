@@ -174,7 +174,9 @@ class Central(PoolCentral):
             Hello: self.on_hello,
         }
         self.spool = Spool(self.cfg)
-        self.followers = Followers(self.cfg.max_transfers)
+        # Twice max_transfers: upload's runs carry files under 64 MiB two or more to a run, and
+        # the file a run pushes next is followed (and pulled early) from its first byte too.
+        self.followers = Followers(2 * self.cfg.max_transfers, wake=jobs.wake)
         self.next_sweep = 0.0
         self.next_admit_check = 0.0
         self.admit_due = self.verify_due = True
@@ -225,11 +227,7 @@ class Central(PoolCentral):
         self._unfollow(entry.id)
         if not worth_following(entry.kind, entry.size, entry.files):
             return
-        link = (
-            functools.partial(self.spool.link_growing, entry.id)
-            if pulled_early(entry.kind, entry.size)
-            else None
-        )
+        link = self.spool.link_growing if pulled_early(entry.kind, entry.size) else None
         start = functools.partial(
             self.followers.start, entry.id, self.spool.staging(entry), entry.name, entry.kind, link
         )
@@ -251,6 +249,18 @@ class Central(PoolCentral):
             ):
                 self._follow(entry)
                 free -= 1
+
+    def _tell_pushing(self) -> None:
+        """Tell the entry's downloads that its push has begun and where what has arrived of it may
+        be pulled early: when it begins (central's follower linked rsync's file), not when it is
+        admitted, so that download pulls what is being pushed and not what waits its turn."""
+        for entry_id in self.followers.begun():
+            entry = self.state.get(entry_id)
+            if entry is None or entry.state != Mid.UPLOADING:
+                continue
+            path = self.spool.growing(entry.id)
+            for dest in fanout.route(self.state, self.cfg, entry):
+                self.send(dest, Pushing(entry.id, self.name, size=entry.size, path=path))
 
     def _unfollow(self, entry_id: str) -> None:
         self.followers.stop(entry_id)
@@ -657,13 +667,9 @@ class Central(PoolCentral):
             return
         lease_ends = time.time() + self.lease
         entry = self.move(entry, Mid.UPLOADING, attempt=entry.attempt + 1, due=lease_ends, reason=None)
-        to = fanout.route(self.state, self.cfg, entry)  # frozen at the first admission
+        fanout.route(self.state, self.cfg, entry)  # frozen at the first admission
         self.send(entry.peer or "", self.admit_for(entry))
-        if pulled_early(entry.kind, entry.size):
-            path = self.spool.growing(entry.id)
-            for dest in to:
-                self.send(dest, Pushing(entry.id, self.name, size=entry.size, path=path))
-        self._follow(entry)
+        self._follow(entry)  # download is told `pushing` when the push begins (_tell_pushing)
 
     def admit_for(self, entry: Entry) -> Admit:
         """The `admit` of the entry's current attempt (its destinations frozen already)."""
@@ -682,6 +688,7 @@ class Central(PoolCentral):
     def tick(self, now: float) -> None:
         # The loop ticks after every message batch and finished job: look at the (possibly
         # thousands of) waiting and verifying entries only when something may have changed.
+        self._tell_pushing()
         if self.admit_due or now >= self.next_admit_check:
             self.admit_due, self.next_admit_check = False, now + ADMIT_RECHECK
             self._admit_waiting(now)

@@ -21,7 +21,18 @@ from ..errors import ConfigError, Refused
 from ..hops import receiptfiles
 from ..hops.bagit import make_bag, work_dir
 from ..hops.checksum import EntryDigest, alg_of
-from ..hops.pull import Early, Mismatch, NotPulled, PullRun, Staging, Verified, pull, pull_early
+from ..hops.pull import (
+    EARLY_QUEUE,
+    Early,
+    Mismatch,
+    NotPulled,
+    PullRun,
+    Staging,
+    Verified,
+    early_room,
+    pull,
+    pull_early,
+)
 from ..linux.fs import free_bytes, remove_tree, rename_noreplace
 from ..messages import Corrupt, Failed, Fetch, Fetched, Forget, Greeted, Pushing, is_valid_entry_id
 from ..metadata import Metadata, canonical, loads, sidecar_of
@@ -41,7 +52,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("synkler")
 
-EARLY_MAX = 2  # files pulled early at a time
 EARLY_KEEP = 600.0  # seconds an early copy whose fetch never came is kept (central gave it up)
 DISK_LOOK = 1.0  # seconds between looks at the free space while pulls wait for it
 DISK_FREED = 1 << 20  # bytes that must come free after a pull found the disk full to try again at once
@@ -120,6 +130,7 @@ class Download(BundleDownload, PoolDownload):
         self.place_due = True  # set when an entry's name was chosen and it may be renamed into place
         self.early: dict[str, Early] = {}  # entry id -> its early pull (memory only)
         self.early_forgotten: set[str] = set()  # early pulls still running for entries central forgot
+        self.pushed: dict[str, Pushing] = {}  # pushes begun, to pull early when a slot is free (memory only)
         self.receipt_key = None
         if cfg.receipt_key is not None:
             try:
@@ -181,15 +192,20 @@ class Download(BundleDownload, PoolDownload):
             self.state.get(msg.entry) is None
             and not self.history.may_have_pruned(msg)  # a copy, about an entry delivered long ago
             and (early is None or early.ended is not None)  # not pulling it early right now
-            and sum(e.ended is None for e in self.early.values()) < EARLY_MAX
-            and self.jobs.transfers < self.cfg.max_transfers
         ):
-            self._pull_early(msg, early)
+            # Pulled early by the tick of this pass, after the fetches (they go first), or once a
+            # slot is free; the oldest are forgotten beyond EARLY_QUEUE (they are pulled after
+            # their fetch, as any entry).
+            self.pushed.pop(msg.entry, None)
+            self.pushed[msg.entry] = msg
+            for old in list(self.pushed)[: max(0, len(self.pushed) - EARLY_QUEUE)]:
+                del self.pushed[old]
 
     def on_fetch(self, msg: Fetch) -> None:
         self.from_central(msg)
         self.on_central(msg, "path", "stored", msg.entry)
         entry = self.state.get(msg.entry)
+        self.pushed.pop(msg.entry, None)
         if msg.entry in self.early:
             self.early[msg.entry].fetched.set()
         if entry is None and self.history.may_have_pruned(msg):
@@ -258,6 +274,7 @@ class Download(BundleDownload, PoolDownload):
         return [entry.peer or self.cfg.central_name]
 
     def on_forget(self, msg: Forget) -> None:
+        self.pushed.pop(msg.entry, None)
         early = self.early.get(msg.entry)
         if early is not None and msg.sender == self.cfg.central_name and self.state.get(msg.entry) is None:
             # Pulled early, and central forgot it before its fetch: what was pulled goes now (or
@@ -332,8 +349,11 @@ class Download(BundleDownload, PoolDownload):
 
     def tick(self, now: float) -> None:
         due = self.due_for_transfer(Down.FETCHING, now)
-        for batch in self.batches(due, group=lambda e: (e.peer, os.path.dirname(e.path or ""))):
+        batches = self.batches(due, group=lambda e: (e.peer, os.path.dirname(e.path or "")))
+        for batch in batches:
             self._fetch(batch)
+        if self.pushed:
+            self._start_early(self.jobs.transfers + len(batches))
         if self.place_due:
             self.place_due = False
             for entry in self.state.by_state(Down.PLACING):
@@ -353,6 +373,21 @@ class Download(BundleDownload, PoolDownload):
     def shutdown(self) -> None:
         for early in self.early.values():
             early.fetched.set()
+
+    def _start_early(self, transfers: int) -> None:
+        """Pull early the pushes begun, oldest first, while there is room (hops.pull.early_room);
+        `transfers`: the runs going on or submitted in this pass."""
+        for entry_id, msg in list(self.pushed.items()):
+            pulling = sum(e.ended is None for e in self.early.values())
+            if not early_room(pulling, transfers, self.cfg.max_transfers):
+                return
+            early = self.early.get(entry_id)
+            if early is not None and early.ended is None or self.jobs.busy(Key(ENTRY, entry_id)):
+                continue  # its last early pull is still ending: next pass
+            del self.pushed[entry_id]
+            if self.state.get(entry_id) is None:  # its fetch has not come
+                self._pull_early(msg, early)
+                transfers += 1
 
     def _pull_early(self, msg: Pushing, early: Early | None) -> None:
         """Pull early, into a new copy or on from one kept (a restart, an earlier try of the push)."""

@@ -2,6 +2,11 @@
 
 The main loop starts and stops them; a verify job takes its entry's follower from a worker thread,
 hence the lock. A follower that gave up on its own (nothing arrived for a while) frees its place.
+
+A follower of a file download may pull early links rsync's temporary file where download can read
+it as soon as it opens it (`link`, on the follower's thread); the entries whose push has begun so
+are kept for the main loop (`begun`), which tells download (`pushing`), and the loop is woken
+(`wake`) so that it does at once.
 """
 
 from __future__ import annotations
@@ -11,25 +16,44 @@ from collections.abc import Callable
 
 from ..hops.follow import Follower
 
+Link = Callable[[str, int], bool]  # (entry id, fd of rsync's temporary file) -> linked
+
 
 class Followers:
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, wake: Callable[[], None] | None = None):
         self.limit = limit
+        self.wake = wake
         self._lock = threading.Lock()
         self._running: dict[str, Follower] = {}  # entry id -> its follower
+        self._begun: dict[str, None] = {}  # entries whose push began and was linked, in order
 
     def __contains__(self, entry_id: str) -> bool:
         with self._lock:
             return entry_id in self._running
 
-    def start(
-        self, entry_id: str, directory: str, name: str, kind: str, on_open: Callable[[int], None] | None
-    ) -> None:
-        """Follow `name` in `directory` for the entry, if there is a free place and it has none."""
+    def start(self, entry_id: str, directory: str, name: str, kind: str, link: Link | None) -> None:
+        """Follow `name` in `directory` for the entry, if there is a free place and it has none;
+        with `link`, link each temporary file of it that rsync begins for an early pull."""
         with self._lock:
             if len(self._running) >= self.limit or entry_id in self._running:
                 return
+            on_open = None if link is None else lambda fd: self._opened(entry_id, fd, link)
             self._running[entry_id] = Follower(directory, name, kind, on_open=on_open).start()
+
+    def _opened(self, entry_id: str, fd: int, link: Link) -> None:
+        """On the follower's thread: a push (or a new try of it) has begun."""
+        if not link(entry_id, fd):
+            return
+        with self._lock:
+            self._begun[entry_id] = None
+        if self.wake is not None:
+            self.wake()
+
+    def begun(self) -> list[str]:
+        """The entries whose push began (and was linked) since the last call, oldest first."""
+        with self._lock:
+            begun, self._begun = list(self._begun), {}
+        return begun
 
     def ended(self) -> list[str]:
         """The entries whose followers stopped on their own (they still hold their places)."""

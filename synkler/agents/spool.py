@@ -192,9 +192,9 @@ class Spool:
         except OSError:
             pass  # missing, or still holds partial files of running pushes
 
-    def link_growing(self, entry_id: str, fd: int) -> None:
+    def link_growing(self, entry_id: str, fd: int) -> bool:
         """On a follower's thread: make growing/<entry id> the file rsync has just begun to write
-        (a new try replaces the link of the one before)."""
+        (a new try replaces the link of the one before). False: it could not be linked."""
         path = self.growing(entry_id)
         try:
             # linkat() with AT_SYMLINK_FOLLOW links the open file itself, whatever its name is by now
@@ -208,6 +208,8 @@ class Spool:
         except OSError as e:  # download then pulls the verified copy, as it would anyway
             log.debug("cannot link %s for an early pull: %s", path, e)
             remove_tree(path + ".new")
+            return False
+        return True
 
     def drop_growing(self, entry_id: str) -> None:
         remove_tree(self.growing(entry_id))

@@ -50,7 +50,9 @@ from .checksum import md5_entry, new_md5
 log = logging.getLogger(__name__)
 
 FOLLOW_MIN = 16 << 20  # smaller files are read again after the hop: following them would not pay
-EARLY_MIN = 64 << 20  # smaller files are pulled once they are verified at central
+# Smaller files are pulled once they are verified at central. The same as FOLLOW_MIN: the early
+# pull reads what central's follower links, and download is told only once a push has begun.
+EARLY_MIN = FOLLOW_MIN
 IDLE_GIVE_UP = 120.0  # seconds without a byte of its file after which a follower stops
 # Seconds to let writes pile up before reading them: one read per burst, not per write. Fewer, larger
 # reads cost the hop less: a 1 GiB push with a follower took 2.93 s (median of 6) reading every
@@ -68,8 +70,9 @@ _READ = 1 << 20
 
 def pulled_early(kind: str, size: int) -> bool:
     """Is a file big enough for download to pull it while upload still pushes it? Each early run
-    costs an ssh session and a remote rsync; a file of a few tens of MiB is pushed in well under a
-    second on a fast link."""
+    costs an rsync at both ends (over the shared ssh connection); on a fast link a file of a few
+    tens of MiB is pushed before download's first run, which then ends with the fetch. On a link
+    slower than the disks, every such file would otherwise cross the two links one after the other."""
     return kind == "file" and size >= EARLY_MIN
 
 

@@ -43,9 +43,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("synkler")
 
 FOLLOWERS = 4  # entries of one pull hashed while they arrive (synkler.hops.follow); the others after it
+EARLY_QUEUE = 64  # pushes begun that wait, in download's memory, for a slot to be pulled early
 EARLY_WAIT = 60.0  # seconds an early pull waits for upload's push to begin before it gives up
 EARLY_STEP = 8 << 20  # an early run that brought less than this waits EARLY_PAUSE before the next
 EARLY_PAUSE = 0.25
+TRAIL_EVERY = 0.1  # seconds between two looks at what an early pull's runs appended, to hash it
 # rsync's error line for a source that does not exist ends with ENOENT's number, whatever the locale.
 _MISSING = re.compile(
     rf"^rsync: \[sender\] .*\(2\)\s*$|rrsync error: {transfer.RRSYNC_NO_FILE}|"
@@ -168,9 +170,9 @@ class Early:
     ino: int | None = None
     ended: float | None = None  # when the early pulling stopped
 
-    def hash_more(self, limit: int) -> bool:
-        """Hash what has been appended (at most up to `limit`); False if the copy is not the file
-        hashed so far."""
+    def hash_more(self, limit: int, stop: threading.Event | None = None) -> bool:
+        """Hash what has been appended (at most up to `limit`, less if `stop` is set meanwhile);
+        False if the copy is not the file hashed so far (`hash_more(hashed)` only checks that)."""
         try:
             fd = os.open(self.local, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -184,6 +186,8 @@ class Early:
             while self.hashed < min(st.st_size, limit):
                 if STOPPING.is_set():
                     raise Interrupted("the agent is stopping")
+                if stop is not None and stop.is_set():
+                    break
                 block = os.pread(fd, min(1 << 20, limit - self.hashed), self.hashed)
                 if not block:
                     break
@@ -197,38 +201,92 @@ class Early:
         return self.digest.hexdigest()
 
 
+def early_room(pulling_early: int, transfers: int, max_transfers: int) -> bool:
+    """May download begin one more early pull? While a transfer slot is free and fewer are pulled
+    early than max_transfers less one (at least one): that slot stays for pulls of entries already
+    fetched, since an early pull ends only with its fetch or with its push."""
+    return transfers < max_transfers and pulling_early < max(1, max_transfers - 1)
+
+
 def pull_early(cfg: Config, entry_id: str, path: str, size: int, early: Early) -> None:
-    """Pull a file while upload pushes it to central, until its fetch comes or the push ends."""
+    """Pull a file while upload pushes it to central, until its fetch comes or the push ends.
+
+    Each run brings what central's file held when the run began, so download's link idles between
+    two runs while upload's carries on: the copy falls behind by that much each run. What a run
+    appended is therefore hashed on a thread of its own while the next run goes (`Trailing`), not
+    between the runs."""
     give_up = time.monotonic() + EARLY_WAIT
-    # A copy kept from an earlier run (a restart, an earlier try of the push) is hashed first: the
-    # pull goes on where it ends, and its push has begun.
-    if not early.hash_more(size - 1):
+    if not early.hash_more(early.hashed):
         raise OSError(f"{early.local} was replaced while it was pulled early")
-    arrived = early.hashed > 0
+    # A copy kept from an earlier run (a restart, an earlier try of the push): the pull goes on
+    # where it ends (what is not hashed yet is hashed meanwhile), and its push has begun.
+    arrived = _length(early.local) > 0
     if arrived:
-        log.info("pulling entry %s early again, from the %d bytes it has", entry_id, early.hashed)
-    while not early.fetched.is_set():
-        before = early.hashed
-        # The fetch ends a run at once: the run after it appends the rest from the verified copy in
-        # one go, rather than after this one has brought what the file held at its start (for a
-        # big file on a slow link, many seconds in which nothing seemed to happen).
-        result = transfer.pull_more(cfg, path, early.local, cancel=early.fetched)
-        # Also what a run cut short appended: the next run, or the one after the fetch, goes on
-        # from there.
-        if not early.hash_more(size - 1):
-            raise OSError(f"{early.local} was replaced while it was pulled early")
-        if not result.ok:
-            if not _MISSING.search(result.output) or arrived or time.monotonic() > give_up:
-                # The push is over (or failed, or never began): the fetch decides.
-                log.debug("early pull of entry %s ends: %s", entry_id, result.summary())
-                return
-            early.fetched.wait(EARLY_PAUSE)
-            continue
-        if not arrived:
-            arrived = True
-            log.info("pulling entry %s early, while upload pushes it", entry_id)
-        if early.hashed - before < EARLY_STEP:
-            early.fetched.wait(EARLY_PAUSE)
+        log.info("pulling entry %s early again, from the %d bytes it has", entry_id, _length(early.local))
+    with Trailing(early, size - 1) as trailing:
+        while not early.fetched.is_set() and not trailing.replaced:
+            before = _length(early.local)
+            # The fetch ends a run at once: the run after it appends the rest from the verified copy
+            # in one go, rather than after this one has brought what the file held at its start (for
+            # a big file on a slow link, many seconds in which nothing seemed to happen).
+            began = time.monotonic()
+            result = transfer.pull_more(cfg, path, early.local, cancel=early.fetched)
+            brought = _length(early.local) - before  # also what a run cut short appended: kept
+            log.debug(
+                "early run of entry %s: %d bytes in %.2f s", entry_id, brought, time.monotonic() - began
+            )
+            if not result.ok:
+                if not _MISSING.search(result.output) or arrived or time.monotonic() > give_up:
+                    # The push is over (or failed, or never began): the fetch decides.
+                    log.debug("early pull of entry %s ends: %s", entry_id, result.summary())
+                    break
+                early.fetched.wait(EARLY_PAUSE)
+                continue
+            if not arrived:
+                arrived = True
+                log.info("pulling entry %s early, while upload pushes it", entry_id)
+            if brought < EARLY_STEP:
+                early.fetched.wait(EARLY_PAUSE)
+    # What is not hashed yet is hashed by the run after the fetch, while it runs.
+    if trailing.replaced or not early.hash_more(early.hashed):
+        raise OSError(f"{early.local} was replaced while it was pulled early")
+
+
+def _length(path: str) -> int:
+    try:
+        return os.lstat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+class Trailing:
+    """`with Trailing(early, limit):` hash what is appended to an early copy (up to `limit`) on a
+    thread of its own, every TRAIL_EVERY seconds, until the block ends. `replaced`: the copy is no
+    longer the file hashed (the caller gives the early pull up)."""
+
+    def __init__(self, early: Early, limit: int):
+        self.early = early
+        self.limit = limit
+        self.replaced = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="early-md5", daemon=True)
+
+    def __enter__(self) -> Trailing:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()  # a hash under way ends at its next block: the rest is hashed later
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            while not self._done.wait(TRAIL_EVERY):
+                if not self.early.hash_more(self.limit, stop=self._done):
+                    self.replaced = True
+                    return
+        except Interrupted:
+            return  # the agent stops: the job's own hash_more says so
 
 
 def finish_early(
@@ -240,24 +298,29 @@ def finish_early(
     kept for the next try (NotPulled, with `early` in the run). None: the copy was removed, pull
     the file whole.
     """
-    # A copy kept across a restart is hashed here, on the worker (a stop ends it: Interrupted).
+    # What the early pull had not hashed yet (all of a copy kept across a restart) is hashed while
+    # the last run goes, on a thread of the worker (a stop ends it: Interrupted).
     if entry.kind != "file":
         why = f"the entry is a {entry.kind}"
-    elif not early.hash_more(entry.size - 1):
+    elif not early.hash_more(early.hashed):
         why = "it was replaced"
-    elif not early.hashed:
+    elif not min(_length(early.local), entry.size - 1):
         why = "nothing was pulled early"
     else:
-        before = early.hashed
-        os.truncate(early.local, early.hashed)  # the copy is what was hashed, no more
-        result = transfer.pull_more(cfg, entry.path or "", early.local)
+        # Never the last byte: the last run must write to the file for rsync to set its mode and mtime.
+        before = min(_length(early.local), entry.size - 1)
+        os.truncate(early.local, before)
+        if STOPPING.is_set():
+            raise Interrupted("the agent is stopping")  # the copy stays for the next start
+        with Trailing(early, entry.size - 1) as trailing:  # no second read of it after the hop
+            result = transfer.pull_more(cfg, entry.path or "", early.local)
         if not result.ok and STOPPING.is_set():
             raise Interrupted("the agent is stopping")  # ended by the stop: the copy stays for the next start
         if result.link_down or result.out_of_space:  # (needs_person is a link_down)
             return PullRun(result, {entry.id: NotPulled(_failure(result), result.summary())}, early)
         if not result.ok:
             why = result.summary()
-        elif not early.hash_more(entry.size) or early.hashed != entry.size:
+        elif trailing.replaced or not early.hash_more(entry.size) or early.hashed != entry.size:
             why = f"{early.hashed} bytes instead of {entry.size}"
         elif early.hexdigest() != entry.md5:
             why = f"md5 mismatch at download: expected {entry.md5}, got {early.hexdigest()}"

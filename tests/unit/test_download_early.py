@@ -16,7 +16,7 @@ from support.fakes import Role
 
 from synkler.agents.base import ENTRY as ENTRY_KEY
 from synkler.agents.base import Key
-from synkler.agents.download import EARLY_KEEP, EARLY_MAX
+from synkler.agents.download import EARLY_KEEP
 from synkler.errors import Interrupted
 from synkler.hops import transfer
 from synkler.hops.checksum import STOPPING
@@ -167,6 +167,7 @@ def test_a_pushing_sent_again_after_a_restart_goes_on_pulling_early_from_where_t
     central.files[GROWING] = DATA[:250_000]  # the push goes on
     central.once.add(GROWING)  # then it is over: the link goes, and the early pull stops
     down.deliver(pushing())  # a redelivery, or a new try of the push
+    down.tick()  # pushes begun are pulled early by the tick, after the fetches
     down.run(down.job("transfer"))
     assert central.appended_from == [100_000]
     early = down.agent.early[ENTRY]
@@ -260,12 +261,14 @@ def test_a_pass_that_records_a_pull_and_is_undone_has_placed_nothing_in_file_dir
 
 
 def test_copies_kept_at_start_up_leave_room_for_new_early_pulls(down: Role, central: Central):
-    kept = [uuid.uuid4().hex for _ in range(EARLY_MAX)]
+    kept = [uuid.uuid4().hex for _ in range(down.cfg.max_transfers)]
     for entry_id in kept:
         left_by_an_early_pull(down, 1000, entry_id)
     down.start()
     assert set(down.agent.early) == set(kept)
     down.deliver(pushing())
+    down.tick()
     assert down.job("transfer").keys == (Key(ENTRY_KEY, ENTRY),)
     down.deliver(pushing())  # the same file, sent again while it is pulled: one pull
+    down.tick()
     assert len(down.jobs.pending) == 1

@@ -138,6 +138,7 @@ def test_an_early_copy_of_an_entry_central_forgot_before_its_fetch_goes_when_its
     r.start()
     entry_id = "7" * 32
     r.deliver(Pushing(entry_id, "central", size=1 << 30, path=f"/srv/central/lab/growing/{entry_id}"))
+    r.tick()
     early = r.job("transfer")
     copy = Path(r.agent.staging.of(entry_id))
     copy.write_bytes(b"the first bytes")
