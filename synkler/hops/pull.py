@@ -224,6 +224,7 @@ def pull_early(cfg: Config, entry_id: str, path: str, size: int, early: Early) -
     if arrived:
         log.info("pulling entry %s early again, from the %d bytes it has", entry_id, _length(early.local))
     with Trailing(early, size - 1) as trailing:
+        trailing.ended(_length(early.local))
         while not early.fetched.is_set() and not trailing.replaced:
             before = _length(early.local)
             # The fetch ends a run at once: the run after it appends the rest from the verified copy
@@ -232,6 +233,7 @@ def pull_early(cfg: Config, entry_id: str, path: str, size: int, early: Early) -
             began = time.monotonic()
             result = transfer.pull_more(cfg, path, early.local, cancel=early.fetched)
             brought = _length(early.local) - before  # also what a run cut short appended: kept
+            trailing.ended(before + brought)
             log.debug(
                 "early run of entry %s: %d bytes in %.2f s", entry_id, brought, time.monotonic() - began
             )
@@ -245,6 +247,8 @@ def pull_early(cfg: Config, entry_id: str, path: str, size: int, early: Early) -
             if not arrived:
                 arrived = True
                 log.info("pulling entry %s early, while upload pushes it", entry_id)
+            if _length(early.local) >= size:
+                break  # all of it is here: its slot goes to another push (the fetch checks it)
             if brought < EARLY_STEP:
                 early.fetched.wait(EARLY_PAUSE)
     # What is not hashed yet is hashed by the run after the fetch, while it runs.
@@ -260,13 +264,17 @@ def _length(path: str) -> int:
 
 
 class Trailing:
-    """`with Trailing(early, limit):` hash what is appended to an early copy (up to `limit`) on a
-    thread of its own, every TRAIL_EVERY seconds, until the block ends. `replaced`: the copy is no
-    longer the file hashed (the caller gives the early pull up)."""
+    """`with Trailing(early, limit) as trailing:` hash an early copy on a thread of its own, every
+    TRAIL_EVERY seconds, up to what the runs that have ended appended (`ended(length)` after each;
+    at most `limit`), while the next run goes; until the block ends. Only bytes whose run has ended
+    are hashed, as when each run was followed by a read: a byte gone bad once rsync wrote it (the
+    tests' corrupting rsync) is read bad. `replaced`: the copy is no longer the file hashed (the
+    caller gives the early pull up)."""
 
     def __init__(self, early: Early, limit: int):
         self.early = early
         self.limit = limit
+        self.upto = early.hashed
         self.replaced = False
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="early-md5", daemon=True)
@@ -279,10 +287,14 @@ class Trailing:
         self._done.set()  # a hash under way ends at its next block: the rest is hashed later
         self._thread.join()
 
+    def ended(self, length: int) -> None:
+        """A run has ended with the copy `length` bytes long: those may be hashed."""
+        self.upto = max(self.upto, min(length, self.limit))
+
     def _run(self) -> None:
         try:
             while not self._done.wait(TRAIL_EVERY):
-                if not self.early.hash_more(self.limit, stop=self._done):
+                if not self.early.hash_more(self.upto, stop=self._done):
                     self.replaced = True
                     return
         except Interrupted:
@@ -299,7 +311,8 @@ def finish_early(
     the file whole.
     """
     # What the early pull had not hashed yet (all of a copy kept across a restart) is hashed while
-    # the last run goes, on a thread of the worker (a stop ends it: Interrupted).
+    # the last run goes, on a thread of the worker (a stop ends it: Interrupted); what that run
+    # brings, once it has ended.
     if entry.kind != "file":
         why = f"the entry is a {entry.kind}"
     elif not early.hash_more(early.hashed):
@@ -312,7 +325,8 @@ def finish_early(
         os.truncate(early.local, before)
         if STOPPING.is_set():
             raise Interrupted("the agent is stopping")  # the copy stays for the next start
-        with Trailing(early, entry.size - 1) as trailing:  # no second read of it after the hop
+        with Trailing(early, entry.size - 1) as trailing:
+            trailing.ended(before)
             result = transfer.pull_more(cfg, entry.path or "", early.local)
         if not result.ok and STOPPING.is_set():
             raise Interrupted("the agent is stopping")  # ended by the stop: the copy stays for the next start

@@ -20,7 +20,7 @@ from synkler.agents.download import EARLY_KEEP
 from synkler.errors import Interrupted
 from synkler.hops import transfer
 from synkler.hops.checksum import STOPPING
-from synkler.hops.pull import Early
+from synkler.hops.pull import Early, Trailing, early_room
 from synkler.hops.transfer import Result
 from synkler.messages import Fetch, Pushing
 
@@ -132,7 +132,7 @@ def fetch(entry_id: str = ENTRY) -> Fetch:
         files=1,
         md5=hashlib.md5(DATA).hexdigest(),
         attempt=1,
-        path=STORED,
+        path=f"/srv/central/lab/stored/{entry_id}",
     )
 
 
@@ -272,3 +272,86 @@ def test_copies_kept_at_start_up_leave_room_for_new_early_pulls(down: Role, cent
     down.deliver(pushing())  # the same file, sent again while it is pulled: one pull
     down.tick()
     assert len(down.jobs.pending) == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Which pushes are pulled early, and when an early pull ends.
+
+
+def test_early_pulls_leave_one_transfer_slot_for_entries_already_fetched():
+    assert early_room(0, 0, 4) and early_room(2, 2, 4)
+    assert not early_room(3, 3, 4)  # the fourth slot is for fetched entries
+    assert not early_room(1, 4, 4)  # no slot free at all
+    assert early_room(0, 0, 1) and not early_room(1, 1, 1)  # one slot: it may pull early
+
+
+def test_pushes_without_a_slot_wait_and_are_pulled_early_once_one_is_free(down: Role, central: Central):
+    down.start()
+    ids = [uuid.uuid4().hex for _ in range(down.cfg.max_transfers)]
+    for entry_id in ids:
+        down.deliver(pushing(entry_id))
+    down.tick()
+    early = [j for j in down.jobs.pending if j.pool == "transfer"]
+    assert [j.keys for j in early] == [(Key(ENTRY_KEY, i),) for i in ids[:-1]]
+    down.finish(early[0], None)  # that push is over: its early pull ended
+    down.tick()
+    assert down.jobs.pending[-1].keys == (Key(ENTRY_KEY, ids[-1]),)
+
+
+def test_a_push_whose_fetch_comes_before_a_slot_is_not_pulled_early(down: Role, central: Central):
+    down.start()
+    ids = [uuid.uuid4().hex for _ in range(down.cfg.max_transfers)]
+    for entry_id in ids:
+        down.deliver(pushing(entry_id))
+    down.tick()
+    first = down.jobs.pending[0]
+    down.deliver(fetch(ids[-1]))  # verified at central before download had room to pull it early
+    down.finish(first, None)
+    down.tick()
+    pulls = [j for j in down.jobs.pending if Key(ENTRY_KEY, ids[-1]) in j.keys]
+    assert len(pulls) == 1 and ids[-1] not in down.agent.early  # its pull from the verified copy
+
+
+def test_an_early_pull_ends_once_the_copy_is_whole_without_waiting_for_the_fetch(
+    down: Role, central: Central
+):
+    down.start()
+    central.files[GROWING] = DATA  # pushed whole; central has not checked it yet
+    down.deliver(pushing())
+    down.tick()
+    down.run(down.job("transfer"))  # would go on until the fetch if it did not end by itself
+    assert central.appended_from == [0]
+    assert down.agent.early[ENTRY].ended is not None and copy_of(down).read_bytes() == DATA
+    central.files[STORED] = DATA
+    down.deliver(fetch())
+    down.tick()
+    down.run(down.job("transfer"))
+    assert central.appended_from == [0, len(DATA) - 1]  # the last byte again, for mode and mtime
+    down.tick()
+    assert (down.file_dir / "data.bin").read_bytes() == DATA
+
+
+def test_what_each_run_appended_is_hashed_once_it_has_ended_while_the_next_goes(tmp_path: Path):
+    local = tmp_path / "copy"
+    early = Early(str(local))
+    seen = bytearray()
+    with Trailing(early, len(DATA) - 1) as trailing, open(local, "r+b" if local.exists() else "w+b") as f:
+        for start in range(0, len(DATA), 100_000):
+            chunk = bytearray(DATA[start : start + 100_000])
+            f.write(chunk)
+            f.flush()
+            if start == 100_000:  # a byte goes bad once rsync wrote it, before the run ends
+                chunk[500] ^= 0xFF
+                f.seek(start + 500)
+                f.write(chunk[500:501])
+                f.seek(0, os.SEEK_END)
+                f.flush()
+            seen += chunk
+            trailing.ended(f.tell())
+            deadline = time.monotonic() + 10
+            while early.hashed < min(f.tell(), len(DATA) - 1) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert early.hashed == min(f.tell(), len(DATA) - 1)  # while the block (the pull) goes on
+    assert (
+        early.hexdigest() == hashlib.md5(bytes(seen[:-1])).hexdigest() != hashlib.md5(DATA[:-1]).hexdigest()
+    )
