@@ -518,15 +518,34 @@ def corrupting_rsync(relay, side: str, times: int) -> str:
     )
 
 
+def test_a_file_pulled_while_it_is_pushed_below_64_mib_arrives_right(make_relay, sshd):
+    # A 24 MiB file on a slow link (about 4 s of pushing): download pulls it while upload pushes it
+    # (files from 16 MiB are, since the early pull begins when the push does), and what it places
+    # is the file, md5-checked after the fetch.
+    relay = make_relay(upload={"rsync_opts": [*sshd.rsync_opts(), "--bwlimit=6000"]})
+    big = relay.workdir / "mid.bin"
+    write_random(big, 24 << 20)
+    md5 = md5_entry(big)
+    relay.start()
+    os.rename(big, relay.dirs["upload"] / "mid.bin")
+    deliver(relay, {"mid.bin": md5}, timeout=120)
+    log = relay.log_path("download").read_text()
+    assert "early, while upload pushes it" in log
+    pulled = re.search(r"mid\.bin: (\d+) of 25165824 bytes were pulled while upload pushed it", log)
+    assert pulled and int(pulled[1]) > 0, log[-3000:]
+    assert "the early copy is not used" not in log
+    assert_clean(relay)
+
+
 def test_an_early_copy_gone_bad_is_dropped_and_the_file_pulled_whole(make_relay, sshd):
     # Download's first pull of the file while upload pushes it gets a byte flipped: the md5 after
     # the fetch must catch it, and the file is pulled whole (central's copy is fine: no `corrupt`).
-    # The push is held to 40 MB/s (about 4 s): unlimited, a quiet machine pushes it in a second and
+    # The push is held to 10 MB/s (about 4 s): unlimited, a quiet machine pushes it in a second and
     # the fetch can end the early pull before it took anything.
-    relay = make_relay(upload={"rsync_opts": [*sshd.rsync_opts(), "--bwlimit=40000"]})
+    relay = make_relay(upload={"rsync_opts": [*sshd.rsync_opts(), "--bwlimit=10000"]})
     relay.write_config("download", {"rsync": corrupting_rsync(relay, "download", 1)})
     big = relay.workdir / "big.bin"
-    write_random(big, 160 << 20)
+    write_random(big, 40 << 20)
     md5 = md5_entry(big)
     relay.start()
     os.rename(big, relay.dirs["upload"] / "big.bin")
