@@ -1,7 +1,7 @@
 """The download role: pull verified entries from central, verify them again, publish them by rename.
 
-The pulls themselves, and the early pull of a big file while it is pushed, are in
-synkler.hops.pull; the choice of a name that overwrites nothing in synkler.agents.naming. After the
+The pulls themselves are in synkler.hops.pull, the early pull of a big file while it is pushed in
+synkler.hops.early; the choice of a name that overwrites nothing in synkler.agents.naming. After the
 md5 matches, the entry is renamed into ``file_dir`` without ever replacing anything: an existing
 entry of the same name and other content is kept and the new one is placed beside it as
 ``name (2).ext``. Same name and same md5: already there, nothing to do.
@@ -21,18 +21,8 @@ from ..errors import ConfigError, Refused
 from ..hops import receiptfiles
 from ..hops.bagit import make_bag, work_dir
 from ..hops.checksum import EntryDigest, alg_of
-from ..hops.pull import (
-    EARLY_QUEUE,
-    Early,
-    Mismatch,
-    NotPulled,
-    PullRun,
-    Staging,
-    Verified,
-    early_room,
-    pull,
-    pull_early,
-)
+from ..hops.early import EARLY_QUEUE, Early, early_room, pull_early
+from ..hops.pull import Mismatch, NotPulled, PullRun, Staging, Verified, pull
 from ..linux.fs import free_bytes, remove_tree, rename_noreplace
 from ..messages import Corrupt, Failed, Fetch, Fetched, Forget, Greeted, Pushing, is_valid_entry_id
 from ..metadata import Metadata, canonical, loads, sidecar_of
@@ -375,7 +365,7 @@ class Download(BundleDownload, PoolDownload):
             early.fetched.set()
 
     def _start_early(self, transfers: int) -> None:
-        """Pull early the pushes begun, oldest first, while there is room (hops.pull.early_room);
+        """Pull early the pushes begun, oldest first, while there is room (hops.early.early_room);
         `transfers`: the runs going on or submitted in this pass."""
         for entry_id, msg in list(self.pushed.items()):
             pulling = sum(e.ended is None for e in self.early.values())

@@ -20,7 +20,7 @@ from synkler.agents.download import EARLY_KEEP
 from synkler.errors import Interrupted
 from synkler.hops import transfer
 from synkler.hops.checksum import STOPPING
-from synkler.hops.pull import Early, Trailing, early_room
+from synkler.hops.early import Early, Trailing, early_room
 from synkler.hops.transfer import Result
 from synkler.messages import Fetch, Pushing
 
