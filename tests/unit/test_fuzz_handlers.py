@@ -31,7 +31,7 @@ from support.strategies import FIELDS, HEX, json_values, near_wire
 from synkler import messages
 from synkler.agents import AGENTS
 from synkler.broker.names import broker_user
-from synkler.hops import pull, transfer
+from synkler.hops import early, pull, transfer
 from synkler.messages import SCHEMA, SCHEMAS, confined
 from synkler.state import Entry
 
@@ -193,7 +193,7 @@ def remote_paths(role: Role) -> Iterator[tuple[str, str, tuple[str, ...]]]:
         elif fn is pull.pull:
             for e in args[2]:
                 yield "pull", e.path or "", (ID, "stored", e.id)
-        elif fn is pull.pull_early:
+        elif fn is early.pull_early:
             yield "early pull", args[2], (ID, "growing", args[1])
 
 
