@@ -339,7 +339,10 @@ class Download(BundleDownload, PoolDownload):
 
     def tick(self, now: float) -> None:
         due = self.due_for_transfer(Down.FETCHING, now)
-        batches = self.batches(due, group=lambda e: (e.peer, os.path.dirname(e.path or "")))
+        # An entry with an early copy goes alone: its run appends to that copy (hops.pull.finish_early).
+        batches = self.batches(
+            due, group=lambda e: (e.peer, os.path.dirname(e.path or ""), e.id if e.id in self.early else "")
+        )
         for batch in batches:
             self._fetch(batch)
         if self.pushed:
@@ -416,7 +419,7 @@ class Download(BundleDownload, PoolDownload):
             log.info("%s: pulling from central", batch[0].name)
         else:
             log.info("pulling %s from central", some_entries([e.name for e in batch]))
-        # Big files go alone (base.BATCH_BYTES): one pulled early has a batch of its own.
+        # One pulled early has a batch of its own (tick).
         early = self.early.pop(batch[0].id, None) if len(batch) == 1 else None
         metas = {}
         for e in batch:

@@ -355,3 +355,19 @@ def test_what_each_run_appended_is_hashed_once_it_has_ended_while_the_next_goes(
     assert (
         early.hexdigest() == hashlib.md5(bytes(seen[:-1])).hexdigest() != hashlib.md5(DATA[:-1]).hexdigest()
     )
+
+
+def test_a_fetched_entry_with_an_early_copy_is_pulled_alone_on_from_its_copy(down: Role, central: Central):
+    # Files under 64 MiB share a pull run; one pulled early must not: its run appends to its copy.
+    left_by_an_early_pull(down, 200_000)
+    down.start()
+    other = uuid.uuid4().hex
+    central.files[STORED] = DATA
+    down.deliver(fetch())
+    down.deliver(fetch(other))
+    down.tick()
+    runs = [j.keys for j in down.jobs.pending if j.pool == "transfer"]
+    assert sorted(runs) == sorted([(Key(ENTRY_KEY, ENTRY),), (Key(ENTRY_KEY, other),)])
+    [early] = [j for j in down.jobs.pending if j.keys == (Key(ENTRY_KEY, ENTRY),)]
+    down.run(early)
+    assert central.appended_from == [200_000]  # on from its copy, not pulled whole with the other
