@@ -24,9 +24,9 @@ from synkler import destinations as dests
 from synkler import messages, receipts
 from synkler.agents import AGENTS
 from synkler.agents.base import Cleanup
+from synkler.agents.listing import Hashed
 from synkler.agents.pools import Pool
 from synkler.agents.staged import Checked
-from synkler.agents.upload import Hashed
 from synkler.errors import Interrupted
 from synkler.hops import checksum
 from synkler.hops.checksum import EntryStat, md5_entry, stat_entry
