@@ -122,7 +122,7 @@ def test_an_early_pull_appends_what_central_has_beyond_the_copy_and_a_missing_fi
     assert copy.read_bytes() == (central / "growing").read_bytes()
     missing = transfer.pull_more(down, str(central / "not-yet"), str(local / "other"))
     assert not missing.ok and not missing.link_down
-    from synkler.hops.pull import _MISSING
+    from synkler.hops.early import _MISSING
 
     assert _MISSING.search(missing.output), missing.output
 
