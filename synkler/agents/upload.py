@@ -841,6 +841,7 @@ class Upload(BundleUpload, Adopting):
                 self.link_of(batch[0]),
                 time.time(),
             ),
+            self.link_of(batch[0]),
         )
 
     def _pushed(
