@@ -55,14 +55,17 @@ class Star(Hosts):
         super().__init__([*self.hosts, "switch"], broker_port)
         self.addr = {**ADDRS, **{f"central-{i}": central_addr(i) for i in range(1, centrals + 1)}}
         self.rate = {host: rate_mbit if host.startswith("central") else edge_mbit for host in self.hosts}
+        # each host's link: its end in the host's namespace, and its end on the switch
+        self.near = {host: f"{self.short}h{i}" for i, host in enumerate(self.hosts)}
+        self.far = {host: f"{self.short}s{i}" for i, host in enumerate(self.hosts)}
 
     def _build(self) -> None:
         switch = self.ns["switch"]
         self._add_namespaces()
         _check(["ip", "-n", switch, "link", "add", "br0", "type", "bridge"])
         _check(["ip", "-n", switch, "link", "set", "br0", "up"])
-        for i, host in enumerate(self.hosts):
-            ns, near, far = self.ns[host], f"{self.short}h{i}", f"{self.short}s{i}"
+        for host in self.hosts:
+            ns, near, far = self.ns[host], self.near[host], self.far[host]
             _check(["ip", "link", "add", near, "netns", ns, "type", "veth",
                     "peer", "name", far, "netns", switch])  # fmt: skip
             _check(["ip", "-n", ns, "addr", "add", f"{self.addr[host]}/24", "dev", near])
