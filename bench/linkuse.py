@@ -17,7 +17,9 @@ from typing import Any
 import netns
 
 INTERVAL = 0.5  # seconds between samples
-IDLE_SHARE = 0.05  # an interval that moved less than this share of the rate either way is idle
+IDLE_SHARE = (
+    0.05  # an interval that moved less than this share of the rate either way is idle
+)
 
 
 def counters(ifnames: dict[str, str]) -> dict[str, tuple[int, int]]:
@@ -36,14 +38,20 @@ class LinkWatch:
     the relay starts, `stop()` once it ended, and `figures(seconds it took)`."""
 
     def __init__(self, switch_ns: str, ifnames: dict[str, str], rate_mbit: float):
-        self.switch_ns, self.ifnames, self.rate = switch_ns, ifnames, rate_mbit * 1e6 / 8
+        self.switch_ns, self.ifnames, self.rate = (
+            switch_ns,
+            ifnames,
+            rate_mbit * 1e6 / 8,
+        )
         self.samples: list[tuple[float, dict[str, tuple[int, int]]]] = []
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._sample, daemon=True)
 
     def start(self) -> None:
         self.thread.start()
-        while not self.samples and self.thread.is_alive():  # the first sample is the start
+        while (
+            not self.samples and self.thread.is_alive()
+        ):  # the first sample is the start
             time.sleep(0.01)
 
     def _sample(self) -> None:
@@ -61,14 +69,19 @@ class LinkWatch:
 
     def figures(self, seconds: float | None) -> dict[str, dict[str, Any]]:
         """Each host's figures over the first `seconds` (None: all) after start."""
-        return figures(self.samples, seconds, self.rate) if len(self.samples) > 1 else {}
+        return (
+            figures(self.samples, seconds, self.rate) if len(self.samples) > 1 else {}
+        )
 
 
 def figures(
-    samples: list[tuple[float, dict[str, tuple[int, int]]]], seconds: float | None, rate: float
+    samples: list[tuple[float, dict[str, tuple[int, int]]]],
+    seconds: float | None,
+    rate: float,
 ) -> dict[str, dict[str, Any]]:
     """Per host, from the first sample to `seconds` after it: MB each way (10^6 bytes), the
-    share of the link's `rate` (bytes/s) used each way, and the seconds it moved next to nothing."""
+    share of the link's `rate` (bytes/s) used each way, the seconds it moved next to nothing (in all,
+    and between its first and last busy interval), and when it was first and last busy."""
     t0 = samples[0][0]
     end = t0 + seconds if seconds is not None else samples[-1][0]
     # up to the first sample at or after the end: the relay's last bytes are in it (it stopped moving)
@@ -77,11 +90,14 @@ def figures(
     span = kept[-1][0] - t0
     out: dict[str, dict[str, Any]] = {}
     for host in samples[0][1]:
-        idle = 0.0
+        busy = []  # (from, to) of each interval that moved data, seconds after the start
         for (ta, a), (tb, b) in zip(kept, kept[1:]):
-            moved = max(b[host][1] - a[host][1], b[host][0] - a[host][0])  # the busier way
-            if moved < IDLE_SHARE * rate * (tb - ta):
-                idle += tb - ta
+            moved = max(
+                b[host][1] - a[host][1], b[host][0] - a[host][0]
+            )  # the busier way
+            if moved >= IDLE_SHARE * rate * (tb - ta):
+                busy.append((ta - t0, tb - t0))
+        busy_s = sum(b - a for a, b in busy)
         first, last = kept[0][1][host], kept[-1][1][host]
         sent_in, got_out = last[1] - first[1], last[0] - first[0]
         out[host] = {
@@ -89,14 +105,21 @@ def figures(
             "out_mb": got_out / 1e6,
             "in_share": sent_in / (rate * span) if span else None,
             "out_share": got_out / (rate * span) if span else None,
-            "idle_s": idle,
+            "idle_s": span - busy_s,
+            # idle between its first and last interval that moved data: neither the start (the
+            # first offers) nor the end (its last entry out while other centrals still work)
+            "gap_s": (busy[-1][1] - busy[0][0] - busy_s) if busy else None,
+            "busy_from_s": busy[0][0] if busy else None,
+            "busy_to_s": busy[-1][1] if busy else None,
         }
     return out
 
 
 def text(links: dict[str, dict[str, Any]]) -> str:
-    """One line: each central's share of its rate in and out, and its idle seconds."""
+    """One line: each central's share of its rate in and out, its idle seconds, when it was busy."""
     return "; ".join(
-        f"{host} in {f['in_share']:.0%} out {f['out_share']:.0%} idle {f['idle_s']:.1f} s"
+        f"{host} in {f['in_share']:.0%} out {f['out_share']:.0%} idle {f['idle_s']:.1f} s "
+        f"(busy from {f['busy_from_s'] or 0:.1f} to {f['busy_to_s'] or 0:.1f} s, "
+        f"idle {f['gap_s'] or 0:.1f} s between)"
         for host, f in links.items()
     )
