@@ -17,9 +17,7 @@ from typing import Any
 import netns
 
 INTERVAL = 0.5  # seconds between samples
-IDLE_SHARE = (
-    0.05  # an interval that moved less than this share of the rate either way is idle
-)
+IDLE_SHARE = 0.05  # an interval that moved less than this share of the rate either way is idle
 
 
 def counters(ifnames: dict[str, str]) -> dict[str, tuple[int, int]]:
@@ -49,9 +47,7 @@ class LinkWatch:
 
     def start(self) -> None:
         self.thread.start()
-        while (
-            not self.samples and self.thread.is_alive()
-        ):  # the first sample is the start
+        while not self.samples and self.thread.is_alive():  # the first sample is the start
             time.sleep(0.01)
 
     def _sample(self) -> None:
@@ -69,9 +65,7 @@ class LinkWatch:
 
     def figures(self, seconds: float | None) -> dict[str, dict[str, Any]]:
         """Each host's figures over the first `seconds` (None: all) after start."""
-        return (
-            figures(self.samples, seconds, self.rate) if len(self.samples) > 1 else {}
-        )
+        return figures(self.samples, seconds, self.rate) if len(self.samples) > 1 else {}
 
 
 def figures(
@@ -92,9 +86,7 @@ def figures(
     for host in samples[0][1]:
         busy = []  # (from, to) of each interval that moved data, seconds after the start
         for (ta, a), (tb, b) in zip(kept, kept[1:]):
-            moved = max(
-                b[host][1] - a[host][1], b[host][0] - a[host][0]
-            )  # the busier way
+            moved = max(b[host][1] - a[host][1], b[host][0] - a[host][0])  # the busier way
             if moved >= IDLE_SHARE * rate * (tb - ta):
                 busy.append((ta - t0, tb - t0))
         busy_s = sum(b - a for a, b in busy)
