@@ -26,6 +26,7 @@ from ..messages import (
     Failed,
     Forget,
     Greeted,
+    Hello,
     Offer,
     Open,
     Sent,
@@ -164,6 +165,7 @@ class Upload(BundleUpload, Adopting):
             Forget: self.on_forget,
             Open: self.on_open,
             Greeted: self.on_greeted,
+            Hello: self.on_hello,
         }
         self.pending: dict[str, tuple[str, float]] = {}  # name -> (signature, unchanged since)
         # name -> signature of the name's latest version in the state, as committed: a rescan skips
