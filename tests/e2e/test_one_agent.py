@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pika
 import yaml
-from support.relay_helpers import deliver, place, take_dead_letters
+from support.relay_helpers import START_UP, deliver, place, take_dead_letters
 
 from synkler import messages
 from synkler.broker.amqp import Broker, BrokerParams
@@ -74,7 +74,7 @@ def test_a_second_central_agent_waits_as_a_standby_and_every_entry_is_delivered_
         relay.wait_for(
             "the second central to wait as a standby",
             lambda: "waits as a standby" in log_path.read_text(),
-            30,
+            START_UP,  # it starts meanwhile
         )
         told = log_path.read_text()
         assert f"pid {first_pid}" in told and "ERROR" in told, told
@@ -130,7 +130,7 @@ def test_a_second_download_agent_waits_as_a_standby_and_takes_over_when_the_firs
         relay.wait_for(
             "the second download to wait as a standby",
             lambda: "waits as a standby" in log_path.read_text(),
-            30,
+            START_UP,  # it starts meanwhile
         )
         assert f"pid {relay.procs['download'].pid}" in log_path.read_text()
         md5s = {
