@@ -13,8 +13,8 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from .. import bundles, receipts
 from .. import destinations as dests
-from .. import receipts
 from ..errors import MessageError, Refused
 from ..hops.checksum import alg_of, hop_mismatch, md5_entry
 from ..hops.follow import pulled_early, worth_following
@@ -61,6 +61,7 @@ from .base import (
 from .central_pool import PoolCentral
 from .facts import (
     ADMISSION_AT_CENTRAL,
+    BUNDLE_AT_CENTRAL,
     METADATA_AT_CENTRAL,
     PULL,
     PUSH,
@@ -270,6 +271,12 @@ class Central(PoolCentral):
                     f"offer of entry {msg.entry} from {msg.sender!r}: {known.peer!r} offered it"
                 )
             return  # a duplicate offer: already handled
+        if msg.kind == bundles.KIND and (why := fanout.bundle_refusal(self.cfg)) is not None:
+            # Not recorded: upload takes the bundle apart and offers its files one by one.
+            hop = BUNDLE_AT_CENTRAL
+            self.send(msg.sender, Failed(msg.entry, self.name, hop=hop, reason=why, epoch=msg.epoch))
+            log.info("%s: not taken from %s: %s", msg.name, msg.sender, why)
+            return
         refused = self.offers.refusal(msg.sender) or fanout.unknown(self.cfg, msg.to)
         if refused is not None:  # not recorded: a flood of offers costs no rows
             self.state.after_commit(functools.partial(self.observer.refused_offer, msg.sender))

@@ -53,7 +53,17 @@ from .base import (
     Transitions,
     hash_groups,
 )
-from .facts import DISK_WAIT, METADATA_AT_CENTRAL, PULL_FROM_CENTRAL, PUSH, PUSH_TO_CENTRAL, RELAY, facts, hop
+from .facts import (
+    BUNDLE_AT_CENTRAL,
+    DISK_WAIT,
+    METADATA_AT_CENTRAL,
+    PULL_FROM_CENTRAL,
+    PUSH,
+    PUSH_TO_CENTRAL,
+    RELAY,
+    facts,
+    hop,
+)
 from .listing import Hashed, Listing, data_signature, hash_each, hash_entry, scan
 from .pools import Pool
 from .sidecars import Read, Sidecars
@@ -674,6 +684,9 @@ class Upload(BundleUpload, Adopting):
             log.info("%s: delivered to every destination it still goes to", entry.name)
 
     def on_failed(self, msg: Failed) -> None:
+        if msg.hop == BUNDLE_AT_CENTRAL:
+            self.bundle_refused(msg)
+            return
         entry = self.entry_for(msg)
         if msg.destination in dests.rows(self.state, entry.id):
             dests.mark(self.state, entry.id, msg.destination, dests.FAILED, reason=f"{msg.hop}: {msg.reason}")

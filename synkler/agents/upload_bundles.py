@@ -25,10 +25,10 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING, ClassVar
 
 from .. import bundles
-from ..errors import Refused
+from ..errors import MessageError, Refused
 from ..hops.checksum import EntryStat, stat_entry
 from ..linux.fs import remove_tree
-from ..messages import Offer, new_entry_id
+from ..messages import Failed, Offer, new_entry_id
 from ..metadata import Metadata
 from ..state import Entry
 from ..text import count, shown, some_entries
@@ -53,7 +53,8 @@ class BundleUpload(BundleCleanups, PoolUpload):
     relayed: dict[str, str]
     unseen: set[str]
     bundleable: set[str]  # ripe names that have no version yet: they may go in a bundle
-    bundling_failed = False  # the bundles' directory cannot be made: no bundles until a restart
+    # The bundles' directory cannot be made, or central does not take bundles: none until a restart.
+    bundling_failed = False
 
     def path(self, name: str) -> str:
         raise NotImplementedError
@@ -258,9 +259,16 @@ class BundleUpload(BundleCleanups, PoolUpload):
     def retry_bundle(self, entry: Entry) -> str:
         """A failed bundle: forgotten, and its members that are still here settle again as new files
         (in bundles again, if enough of them are here)."""
-        members = bundles.of(self.state, entry.id)
+        again = self._unbundle(entry, "retried by an operator at upload: its files are sent again")
+        if not again:
+            raise Refused(f"{shown(entry.name)}: none of its files is in upload's file_dir any more")
+        return f"{shown(entry.name)}: {count(again, 'file')} of it sent again; the failed bundle is forgotten"
+
+    def _unbundle(self, entry: Entry, why: str, told_by: str | None = None) -> int:
+        """Forget a bundle that did not go, and make its files that are still here ripe again (to go in
+        a bundle again, unless bundles are off now); how many."""
         again = 0
-        for member in members:
+        for member in bundles.of(self.state, entry.id):
             try:
                 st = stat_entry(self.path(member.name))
             except (OSError, ValueError):
@@ -268,11 +276,28 @@ class BundleUpload(BundleCleanups, PoolUpload):
             self.ripe[member.name] = (st, None)
             self.bundleable.add(member.name)
             again += 1
-        self.forget(entry, "retried by an operator at upload: its files are sent again")
+        self.forget(entry, why, told_by=told_by)
         self.release_links(entry)
-        if not again:
-            raise Refused(f"{shown(entry.name)}: none of its files is in upload's file_dir any more")
-        return f"{shown(entry.name)}: {count(again, 'file')} of it sent again; the failed bundle is forgotten"
+        return again
+
+    def bundle_refused(self, msg: Failed) -> None:
+        """Central does not take bundles (its routes choose by name, fanout.bundle_refusal): bundles are
+        off until the agent restarts, and this one's files are offered one by one."""
+        entry = self.state.get(msg.entry)
+        if entry is None or entry.kind != bundles.KIND:
+            raise MessageError(f"{msg.TYPE} ({msg.hop}) for entry {msg.entry}, which is no bundle here")
+        entry = self.entry_for(msg, *((entry.peer,) if entry.peer else self.cfg.central_names))
+        if entry.state != self.OFFERED:
+            return  # a duplicate: taken apart already
+        if not self.bundling_failed:
+            log.warning(
+                "%s does not take bundles: %s; until upload restarts, files go one by one",
+                msg.sender,
+                msg.reason,
+            )
+        self.bundling_failed = True
+        again = self._unbundle(entry, f"{msg.hop}: {msg.reason}", told_by=msg.sender)
+        log.info("%s: taken apart: %s offered one by one", entry.name, count(again, "file"))
 
 
 def _as_entry(v: bundles.Version) -> Entry:

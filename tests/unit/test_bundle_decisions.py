@@ -12,10 +12,11 @@ from support.fakes import Role
 
 from synkler import bundles
 from synkler.agents.base import Cleanup
+from synkler.agents.facts import BUNDLE_AT_CENTRAL
 from synkler.hops.checksum import digest_entry, md5_entry
 from synkler.hops.pull import PullRun, Verified
 from synkler.hops.transfer import Result
-from synkler.messages import Delivered, Fetch, Fetched, Offer, Withdraw
+from synkler.messages import Delivered, Failed, Fetch, Fetched, Forget, Offer, Withdraw
 
 OK = Result(True, 0, "")
 BUNDLED = {"settle_seconds": 0, "bundle_files": 10, "bundle_min": 5}
@@ -268,3 +269,78 @@ def test_retry_of_a_bundles_cleanup_runs_only_the_members_whose_script_failed(tm
     assert [m.cleanup for m in bundles.of(r.state, offer.entry)].count(Cleanup.RUNNING) == 1
     r.finish(job, [OK])
     assert (r.entry(offer.entry).state, r.entry(offer.entry).cleanup) == ("done", Cleanup.DONE)
+
+
+# --------------------------------------------------------------------------------------------------
+# where bundles meet routes and subdirectories per upload
+
+
+def test_a_central_whose_routes_choose_by_name_refuses_a_bundle_without_recording_it(tmp_path: Path):
+    routes = [{"name": "*.all", "to": ["download", "archive"]}, {"to": ["download"]}]
+    r = Role("central", tmp_path, routes=routes)
+    r.start()
+    offer = Offer("d" * 32, "upload", name=bundles.name_of("d" * 32), kind="bundle", size=12, files=6)
+    r.deliver(offer)
+    (failed,) = [m for _, m in r.sent() if isinstance(m, Failed)]
+    assert (failed.entry, failed.hop) == (offer.entry, BUNDLE_AT_CENTRAL)
+    assert "routes entries by name" in failed.reason and "'*.all'" in failed.reason
+    assert r.state.get(offer.entry) is None
+    # Routes by upload agent only: a bundle's files come from one upload, so it routes as one.
+    (tmp_path / "other").mkdir()
+    by_agent = [{"from": "lab-*", "to": ["archive"]}, {"to": ["download"]}]
+    other = Role("central", tmp_path / "other", routes=by_agent)
+    other.start()
+    other.deliver(offer)
+    assert [m for _, m in other.sent() if isinstance(m, Failed)] == []
+    assert other.state.get(offer.entry) is not None
+
+
+def test_upload_takes_apart_a_bundle_central_refuses_and_offers_its_files_one_by_one(tmp_path: Path):
+    r, now = upload_with(tmp_path, 6)
+    (offer,) = offers(r)
+    r.deliver(Failed(offer.entry, "central", hop=BUNDLE_AT_CENTRAL, reason="central routes entries by name"))
+    assert r.entry(offer.entry).state == "forgotten"
+    assert not (r.file_dir / bundles.UPLOAD_DIR / offer.name).exists()
+    assert [m for _, m in r.sent() if isinstance(m, Forget)] == []  # central never recorded it
+    r.tick(now + 1)
+    scan(r, now + 2)
+    got = offers(r)
+    assert sorted((o.kind, o.name) for o in got) == [("file", f"f{i:02d}") for i in range(6)]
+    # Bundles stay off until a restart: more files that settle together go one by one too.
+    for i in range(6, 12):
+        (r.file_dir / f"f{i:02d}").write_bytes(b"later")
+    scan(r, now + 3)
+    scan(r, now + 4)
+    assert sorted((o.kind, o.name) for o in offers(r)) == [("file", f"f{i:02d}") for i in range(6, 12)]
+
+
+def test_with_a_subdirectory_per_upload_each_member_goes_into_its_uploads_directory(tmp_path: Path):
+    (tmp_path / "files" / "lab-b").mkdir(parents=True)
+    (tmp_path / "files" / "lab-b" / "b").write_bytes(b"lab-b's earlier b")
+    (tmp_path / "files" / "a").write_bytes(b"a at the top, from before")
+    r = Role("download", tmp_path, subdir_per_upload=True, cleanup_script="true")
+    r.start()
+    entry_id = "e" * 32
+    staged = Path(r.agent.staging.of(entry_id))
+    staged.mkdir()
+    files = {"a": b"new a", "b": b"new b"}
+    for name, data in files.items():
+        (staged / name).write_bytes(data)
+    digest = digest_entry(staged)
+    fetch = Fetch(
+        entry_id, "central", name=bundles.name_of(entry_id), kind="bundle", size=10, files=2,
+        md5=digest.md5, attempt=1, path=f"/srv/central/lab/stored/{entry_id}", source="lab-b",
+    )  # fmt: skip
+    r.deliver(fetch)
+    r.tick()
+    r.finish(r.job("transfer"), PullRun(OK, {entry_id: Verified("", False, digest)}))
+    r.tick()
+    assert r.entry(entry_id).state == "delivered"
+    assert {m.name: m.stored_as for m in bundles.of(r.state, entry_id)} == {
+        "a": "lab-b/a",
+        "b": "lab-b/b (2)",
+    }
+    assert (r.file_dir / "lab-b" / "a").read_bytes() == b"new a"
+    assert (r.file_dir / "lab-b" / "b (2)").read_bytes() == b"new b"
+    assert (r.file_dir / "lab-b" / "b").read_bytes() == b"lab-b's earlier b"
+    assert (r.file_dir / "a").read_bytes() == b"a at the top, from before"
