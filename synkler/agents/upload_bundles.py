@@ -32,7 +32,7 @@ from ..messages import Failed, Offer, new_entry_id
 from ..metadata import Metadata
 from ..state import Entry
 from ..text import count, shown, some_entries
-from .base import Status
+from .base import NAME, Key, Status
 from .members import BundleCleanups
 from .upload_pool import PoolUpload
 
@@ -263,6 +263,38 @@ class BundleUpload(BundleCleanups, PoolUpload):
         if not again:
             raise Refused(f"{shown(entry.name)}: none of its files is in upload's file_dir any more")
         return f"{shown(entry.name)}: {count(again, 'file')} of it sent again; the failed bundle is forgotten"
+
+    def resend_bundle(self, entry: Entry, to: tuple[str, ...], where: str) -> str:
+        """`synkler resend` of a delivered (or forgotten) bundle: each of its files still here is sent
+        again as an entry of its own (to the destinations `to`; (): central's routes), from the
+        fingerprint recorded for it, hashed on its way as any new version (a file changed since is
+        withdrawn by its hash, and the scan offers what is there now)."""
+        here = [m for m in bundles.of(self.state, entry.id) if os.path.lexists(self.path(m.name))]
+        busy = [m.name for m in here if self.jobs.busy(Key(NAME, m.name))]
+        if busy:
+            raise Refused(f"{shown(busy[0])}: upload is reading it right now; ask again in a moment")
+        if not here:
+            raise Refused(f"{shown(entry.name)}: none of its files is in upload's file_dir any more")
+        sent = [
+            self._offer(m.name, EntryStat("file", m.size, 1, m.signature or ""), None, None, to=to)
+            for m in here
+        ]
+        self.hash_entries(sent)
+        return (
+            f"{shown(entry.name)}: {count(len(sent), 'file')} of it sent again{where}, each as an entry "
+            f"of its own (entry {entry.id} stays as it was)"
+        )
+
+    def _offer(
+        self,
+        name: str,
+        st: EntryStat,
+        md5: str | None,
+        meta: Metadata | None,
+        checksum: str = "",
+        to: tuple[str, ...] = (),
+    ) -> Entry:
+        raise NotImplementedError
 
     def _unbundle(self, entry: Entry, why: str, told_by: str | None = None) -> int:
         """Forget a bundle that did not go, and make its files that are still here ripe again (to go in

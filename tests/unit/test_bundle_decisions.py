@@ -344,3 +344,23 @@ def test_with_a_subdirectory_per_upload_each_member_goes_into_its_uploads_direct
     assert (r.file_dir / "lab-b" / "b (2)").read_bytes() == b"new b"
     assert (r.file_dir / "lab-b" / "b").read_bytes() == b"lab-b's earlier b"
     assert (r.file_dir / "a").read_bytes() == b"a at the top, from before"
+
+
+def test_resend_of_a_delivered_bundle_sends_each_of_its_files_again_as_an_entry_of_its_own(tmp_path: Path):
+    r, now = upload_with(tmp_path, 6)
+    (offer,) = offers(r)
+    hash_all(r)
+    with r.state.transaction():
+        r.state.update(r.entry(offer.entry), state="sent", attempt=1)
+    r.deliver(Delivered(offer.entry, "central", stored_as=offer.name))
+    r.tick(now + 1)
+    assert r.entry(offer.entry).state == "done"
+    (r.file_dir / "f02").unlink()  # gone since: not sent again
+    ok, answer = r.request("resend", offer.entry)
+    assert ok, answer
+    assert "5 files of it sent again" in answer
+    again = offers(r)
+    assert sorted((o.kind, o.name) for o in again) == [("file", f"f{i:02d}") for i in (0, 1, 3, 4, 5)]
+    assert r.entry(offer.entry).state == "done"  # the bundle stays as it was
+    hash_all(r)
+    assert all(r.entry(o.entry).md5 == md5_entry(r.file_dir / o.name) for o in again)
