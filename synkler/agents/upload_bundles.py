@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 from collections.abc import Collection
 from typing import TYPE_CHECKING, ClassVar
 
@@ -42,6 +43,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("synkler")
 
 BUNDLED_PER_PASS = 5000  # files linked into bundles in one pass of the loop at most
+# A central that has not reported yet (started with upload): how long settled small files wait for
+# its version before they go one by one, and how often it is looked for meanwhile.
+VERSION_WAIT = 10.0
+VERSION_LOOK = 0.25
 
 
 class BundleUpload(BundleCleanups, PoolUpload):
@@ -55,6 +60,11 @@ class BundleUpload(BundleCleanups, PoolUpload):
     bundleable: set[str]  # ripe names that have no version yet: they may go in a bundle
     # The bundles' directory cannot be made, or central does not take bundles: none until a restart.
     bundling_failed = False
+    old_centrals: list[str] = []  # centrals that run a synkler older than bundles (said once)
+    # Settled files held for bundles until a central says its version: when to look again (time.time();
+    # 0: none held), and until when they are held at most (time.monotonic(); None: not yet waited).
+    bundles_wait = 0.0
+    awaited_until: float | None = None
 
     def path(self, name: str) -> str:
         raise NotImplementedError
@@ -95,6 +105,7 @@ class BundleUpload(BundleCleanups, PoolUpload):
     def bundle_ripe(self) -> set[str]:
         """Put settled small files into bundles, if enough of them wait (bundles.plan), at most
         BUNDLED_PER_PASS files a pass; the names held back for the coming passes' bundles."""
+        self.bundles_wait = 0.0
         if not self.cfg.bundle_files or self.bundling_failed:
             return set()
         limit = self.cfg.bundle_file_kib * 1024
@@ -105,6 +116,12 @@ class BundleUpload(BundleCleanups, PoolUpload):
         ]
         if len(candidates) < self.cfg.bundle_min:
             return set()
+        take = self.centrals_take_bundles()
+        if take is None and self.centrals_awaited():
+            self.bundles_wait = time.time() + VERSION_LOOK
+            return {name for name, _ in candidates}  # held until a central has said its version
+        if not take:
+            return set()
         plan = bundles.plan(
             candidates[:BUNDLED_PER_PASS],
             files=self.cfg.bundle_files,
@@ -114,6 +131,32 @@ class BundleUpload(BundleCleanups, PoolUpload):
         fresh = [b for b in (self._make_bundle(names) for names in plan) if b is not None]
         self.hash_entries(fresh)
         return {name for name, _ in candidates[BUNDLED_PER_PASS:]}
+
+    def centrals_awaited(self) -> bool:
+        """No central has reported yet: are its files still held for bundles (the first VERSION_WAIT
+        seconds the agent waits for one; after, they go one by one until one reports)?"""
+        now = time.monotonic()
+        if self.awaited_until is None:
+            self.awaited_until = now + VERSION_WAIT
+        return now < self.awaited_until
+
+    def centrals_take_bundles(self) -> bool | None:
+        """Do the centrals run a synkler that knows bundles (0.8.0 or newer, by their presence
+        reports)? One that never reported does not count (a pool's central never started), but one
+        must have (None while none has); an older one is said once (WARNING), and files go one by
+        one while it runs."""
+        versions = {c: self.jobs.central_version(c) for c in self.cfg.central_names}
+        known = {c: v for c, v in versions.items() if v is not None}
+        old = sorted(c for c, v in known.items() if not bundles.knows_bundles(v))
+        if old and old != self.old_centrals:
+            log.warning(
+                "%s runs synkler %s, which does not know bundles: small files go one by one until it "
+                "is upgraded",
+                old[0],
+                known[old[0]] or "older than 0.5",
+            )
+        self.old_centrals = old
+        return None if not known else not old
 
     def _make_bundle(self, names: list[str]) -> Entry | None:
         """Link the files into a new bundle's directory and offer it. A file that cannot be linked

@@ -364,3 +364,58 @@ def test_resend_of_a_delivered_bundle_sends_each_of_its_files_again_as_an_entry_
     assert r.entry(offer.entry).state == "done"  # the bundle stays as it was
     hash_all(r)
     assert all(r.entry(o.entry).md5 == md5_entry(r.file_dir / o.name) for o in again)
+
+
+def test_no_bundles_while_central_runs_a_synkler_that_does_not_know_them(tmp_path: Path, caplog):
+    r = Role("upload", tmp_path, **BUNDLED)
+    r.jobs.versions["central"] = "0.7.0"
+    for i in range(6):
+        (r.file_dir / f"f{i:02d}").write_bytes(b"x")
+    r.start()
+    now = time.time() + 10
+    scan(r, now)
+    scan(r, now + 1)
+    assert sorted((o.kind, o.name) for o in offers(r)) == [("file", f"f{i:02d}") for i in range(6)]
+    assert "central runs synkler 0.7.0, which does not know bundles" in caplog.text
+    # Upgraded (its next report says so): the next files that settle together go in a bundle.
+    r.jobs.versions["central"] = "0.9.0"
+    for i in range(6, 12):
+        (r.file_dir / f"f{i:02d}").write_bytes(b"y")
+    scan(r, now + 2)
+    scan(r, now + 3)
+    assert [(o.kind, o.files) for o in offers(r)] == [("bundle", 6)]
+
+
+def test_which_versions_know_bundles():
+    assert [bundles.knows_bundles(v) for v in ("0.8.0", "0.9.0rc1", "1.0", "0.7.9", "", "x.y.z")] == [
+        True, True, True, False, False, False,
+    ]  # fmt: skip
+
+
+def test_files_wait_for_bundles_a_little_while_central_has_not_said_its_version(tmp_path: Path, monkeypatch):
+    from synkler.agents import upload_bundles
+
+    r = Role("upload", tmp_path, **BUNDLED)
+    r.jobs.versions["central"] = None  # started with upload: no presence report yet
+    for i in range(6):
+        (r.file_dir / f"f{i:02d}").write_bytes(b"x")
+    r.start()
+    now = time.time() + 10
+    scan(r, now)
+    scan(r, now + 1)
+    assert offers(r) == []  # held for a bundle, and looked at again soon, not in a busy loop
+    assert time.time() < r.agent.next_wakeup() <= time.time() + 1
+    r.jobs.versions["central"] = "0.9.0"
+    r.tick(now + 1)
+    assert [(o.kind, o.files) for o in offers(r)] == [("bundle", 6)]
+    # A central that never says: after VERSION_WAIT the files go one by one.
+    monkeypatch.setattr(upload_bundles, "VERSION_WAIT", 0.0)
+    (tmp_path / "again").mkdir()
+    again = Role("upload", tmp_path / "again", **BUNDLED)
+    again.jobs.versions["central"] = None
+    for i in range(6):
+        (again.file_dir / f"g{i:02d}").write_bytes(b"x")
+    again.start()
+    scan(again, now)
+    scan(again, now + 1)
+    assert sorted(o.kind for o in offers(again)) == ["file"] * 6
