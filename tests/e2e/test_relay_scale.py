@@ -53,9 +53,11 @@ def lines(log: Path) -> list[str]:
 
 
 def relay_many_with_kills(make_relay, count: int, timeout: float) -> None:
+    """Each file an entry of its own (`bundle_files: 0`): the per-entry path at scale, every step of
+    it killed; the same with bundles is relay_bundles."""
     relay = make_relay(verbose=False, central={"keep_minutes": KEEP_MINUTES})
     up_log, down_log = relay.workdir / "up.log", relay.workdir / "down.log"
-    relay.write_config("upload", {"cleanup_script": recorder(up_log)})
+    relay.write_config("upload", {"cleanup_script": recorder(up_log), "bundle_files": 0})
     relay.write_config("download", {"cleanup_script": recorder(down_log)})
     # Written beside file_dir, then renamed in one by one (as a careful writer does).
     source = relay.workdir / "source"
