@@ -136,6 +136,9 @@ def test_bundled_files_beside_taken_names_and_sidecars_each_placed_once_and_veri
     verified = run(relay, "download", "verify", "--depth", "full")
     assert verified.returncode == 1 and "'f07.dat' has md5" in verified.stdout, verified.stdout
     assert "f03" not in verified.stdout  # its file, under its versioned name, is as delivered
+    # At upload: the copies of download's receipt documents it keeps are about what it sent.
+    kept = run(relay, "upload", "verify")
+    assert kept.returncode == 0 and " ok, 0 with differences" in kept.stdout, kept.stdout + kept.stderr
 
     # resend: a file of a bundle is named by its bundle; the bundle's files go again, each alone.
     bundle = next(m for row in json.loads(run(relay, "upload", "status", "--all", "--json").stdout)
