@@ -156,6 +156,10 @@ class BundleDownload(BundleCleanups):
         if again:
             self.place_due = True
             return
+        self._unpacked(entry)
+
+    def _unpacked(self, entry: Entry) -> None:
+        """Every member is placed: the bundle is delivered here, `fetched` goes to central."""
         self.state.after_commit(functools.partial(self.staging.drop, entry.id))
         self.delivered(entry, signature=None)
         self.tell_placed(entry)
