@@ -11,7 +11,7 @@ from support.transitions import MD5, OK, RSYNC_FAILED, only, role, transition
 
 from synkler import receipts
 from synkler.agents.base import Cleanup
-from synkler.agents.upload import Hashed
+from synkler.agents.listing import Hashed
 from synkler.hops.checksum import EntryStat, md5_entry, stat_entry
 from synkler.hops.transfer import Result
 from synkler.messages import (
