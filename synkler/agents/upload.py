@@ -227,6 +227,7 @@ class Upload(Answers, Noticing, Adopting):
                 self.link_of(batch[0]),
                 time.time(),
             ),
+            self.link_of(batch[0]),
         )
 
     def _pushed(
