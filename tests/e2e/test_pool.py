@@ -10,6 +10,7 @@ import shutil
 import subprocess
 
 from support.pool import cleanups, pool_relay, put, start_centrals, takers
+from support.relay_helpers import started
 
 from synkler.agents.central import Mid
 from synkler.agents.download import Down
@@ -65,7 +66,7 @@ def test_two_centrals_share_the_offers_and_one_killed_for_good_loses_its_entries
     assert cleanups(records["download"]) == expected
 
     # Brought back, central-a drops what was re-owned and touches nothing else.
-    relay.start("central")
+    started(relay, "central")
     relay.wait_for(
         "central-a dropped what was re-owned",
         lambda: all(e.state == Mid.FORGOTTEN for e in relay.entries("central") if e.name in lost),

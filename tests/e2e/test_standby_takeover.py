@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,52 +17,28 @@ from pathlib import Path
 import yaml
 from support.pool import cleanups, pool_relay, recorder, start_centrals, takers
 from support.relay_helpers import take_dead_letters, write_random
+from support.standby import second_agent, second_entries
 
 from synkler.agents.central import Mid
 from synkler.agents.download import Down
 from synkler.agents.upload import Up
 from synkler.hops.checksum import md5_entry
-from synkler.state import Entry, State
+from synkler.state import Entry
 
 TAKEOVER = 150  # seconds: 40 s of grace, a look every 5 s, a start; generous on a busy machine
 
 
 @contextmanager
 def standby(relay, role: str) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
-    """A second agent of `role` from a copy of its config: its own pidfile and state_db (as on
-    another host), the same file_dir (a shared mount)."""
-    base = relay.workdir / f"{role}-standby"
-    base.mkdir()
-    cfg = yaml.safe_load(relay.configs[role].read_text())
-    cfg.update(pidfile=str(base / "synkler.pid"), state_db=str(base / "state.sqlite"))
-    conf = base / "synkler.conf"
-    conf.write_text(yaml.safe_dump(cfg))
-    log_path = base / "agent.log"
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "synkler", "-c", str(conf), "-v", "run"],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-        )
-    try:
+    """A second agent of `role` (support/standby.py: its own pidfile and state_db, as on another
+    host; the same file_dir, a shared mount), once it waits as a standby."""
+    with second_agent(relay, role, "standby") as (proc, log_path):
         relay.wait_for(f"the second {role} to wait", lambda: "waits as a standby" in log_path.read_text(), 60)
         yield proc, log_path
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 def standby_entries(relay, role: str) -> list[Entry]:
-    state = State(relay.workdir / f"{role}-standby" / "state.sqlite", readonly=True)
-    try:
-        return state.all()
-    finally:
-        state.close()
+    return second_entries(relay, role, "standby")
 
 
 def put(relay, name: str, size: int) -> str:
