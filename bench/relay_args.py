@@ -198,7 +198,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         "--bundle-files",
         type=int,
         help="bundle_files for upload: small files that settle together cross as bundles of up to N "
-        "(issue 24; 0: none; default: the relay's own setting)",
+        "(issue 24; 0: none; default: the relay's own setting, bundles of up to 1000)",
     )
     p.add_argument(
         "--settle", type=float, help="settle_seconds for upload and download (default: not overridden)"
@@ -218,6 +218,12 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="the agents log at DEBUG (with --keep: a timeline of each hop from their logs; costs some CPU)",
     )
+
+
+def bundled(args: argparse.Namespace) -> bool:
+    """May files cross in bundles (issue 24)? Unless --bundle-files 0, as the relay's own default
+    (bundles on) or the number given: the benchmark then counts files, not entries."""
+    return args.bundle_files is None or args.bundle_files > 0
 
 
 def check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cpuacct import CpuGroups
-from relay_args import SCENARIOS, parse_args
+from relay_args import SCENARIOS, bundled, parse_args
 from relay_data import link_into, make_files, seed_states
 from relay_probes import (
     SAMPLE_S,
@@ -296,7 +296,7 @@ class Bench(Runs):
             f"{label}: every entry done at upload",
             lambda: (
                 state["upload"].files("done") >= len(md5s)
-                if self.args.bundle_files
+                if bundled(self.args)
                 else len(state["upload"].names("done") & set(md5s)) == len(md5s)
             ),
             0.1,
@@ -320,7 +320,7 @@ class Bench(Runs):
         """Every entry under its own name at download with the right size; md5 of all (or of a sample)."""
         down = relay.dirs["download"]
         stored = dict(state["download"].query("SELECT name, stored_as FROM entries WHERE state = 'done'"))
-        if self.args.bundle_files:  # the files of bundles, each placed on its own (names: their bytes)
+        if bundled(self.args):  # the files of bundles, each placed on its own (names: their bytes)
             members = state["download"].query("SELECT name, stored_as FROM members WHERE placed = 1")
             stored.update((os.fsdecode(n), os.fsdecode(s)) for n, s in members)
         wrong = [n for n in md5s if stored.get(n) != n]

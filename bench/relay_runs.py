@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from cpuacct import CpuGroups
 from freshfs import FreshFs
+from relay_args import bundled
 from relay_probes import BenchError, StateReader, agent_config
 
 from synkler.devkit.localrelay import ROLES, LocalRelay
@@ -222,7 +223,7 @@ class Runs:
         done = [0]
 
         def delivered() -> bool:
-            if self.args.bundle_files:
+            if bundled(self.args):
                 done[0] = state["download"].files("done")
             elif len(names) > 1000:
                 done[0] = state["download"].count("done")

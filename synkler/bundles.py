@@ -14,6 +14,7 @@ schema and prunes its rows with their bundles).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -25,6 +26,16 @@ NOT_PLACED, PLACED, PRESENT = 0, 1, 2  # download: where a member stands (`place
 PREFIX = "synkler-bundle-"
 # upload: where its bundles are made, in file_dir (a dot name: never an entry of its own)
 UPLOAD_DIR = ".synkler-bundles"
+
+
+SINCE = (0, 8, 0)  # the first synkler whose central and download take bundles
+
+
+def knows_bundles(version: str) -> bool:
+    """Does an agent of this synkler version (its presence report's `version`) know bundles? An
+    unreadable one does not."""
+    found = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version)
+    return found is not None and tuple(int(n or 0) for n in found.groups()) >= SINCE
 
 
 def name_of(entry_id: str) -> str:

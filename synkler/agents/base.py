@@ -149,6 +149,10 @@ class Jobs(Protocol):
         it; `fresh`: ask again (central's config may have changed). None if it never said.
         `central`: which central of a pool (default: central_name)."""
 
+    def central_version(self, central: str) -> str | None:
+        """The synkler version a central's presence report says it runs (read again at most once a
+        minute); None if it never reported (or not known: not connected)."""
+
     def consumers(self, agent: str) -> int | None:
         """How many consume an agent's queue now (None: not known: not connected, or no queue)."""
 

@@ -19,6 +19,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from .. import bundles
 from .. import destinations as dests
 from ..errors import MessageError
 from ..messages import (
@@ -44,7 +45,7 @@ from .base import ENTRY, GIVE_UP_ADVICE, Jobs, Key, Transitions, hash_groups
 from .central_admit import ARRIVALS
 from .central_requests import Operating
 from .central_states import IN_FLIGHT, Mid
-from .facts import ADMISSION_AT_CENTRAL, METADATA_AT_CENTRAL, PULL, PUSH, facts, hop
+from .facts import ADMISSION_AT_CENTRAL, BUNDLE_AT_CENTRAL, METADATA_AT_CENTRAL, PULL, PUSH, facts, hop
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -176,6 +177,12 @@ class Central(Operating):
                     f"offer of entry {msg.entry} from {msg.sender!r}: {known.peer!r} offered it"
                 )
             return  # a duplicate offer: already handled
+        if msg.kind == bundles.KIND and (why := fanout.bundle_refusal(self.cfg)) is not None:
+            # Not recorded: upload takes the bundle apart and offers its files one by one.
+            hop = BUNDLE_AT_CENTRAL
+            self.send(msg.sender, Failed(msg.entry, self.name, hop=hop, reason=why, epoch=msg.epoch))
+            log.info("%s: not taken from %s: %s", msg.name, msg.sender, why)
+            return
         refused = self.offers.refusal(msg.sender) or fanout.unknown(self.cfg, msg.to)
         if refused is not None:  # not recorded: a flood of offers costs no rows
             self.state.after_commit(functools.partial(self.observer.refused_offer, msg.sender))

@@ -27,7 +27,7 @@ from ..text import count, shown, some_entries
 from .base import Status
 from .facts import PULL_FROM_CENTRAL
 from .members import BundleCleanups
-from .naming import BAGIT, choose_name
+from .naming import BAGIT, choose_name, stored_in
 
 log = logging.getLogger("synkler")
 
@@ -48,6 +48,9 @@ class BundleDownload(BundleCleanups):
         raise NotImplementedError
 
     def place_soon(self) -> None:
+        raise NotImplementedError
+
+    def upload_dir_made(self, entry: Entry, subdir: str) -> bool:
         raise NotImplementedError
 
     def member_target(self, member: bundles.Member) -> tuple[str, str]:
@@ -75,18 +78,18 @@ class BundleDownload(BundleCleanups):
             self.send(entry.peer or "", Failed(entry.id, self.name, hop=PULL_FROM_CENTRAL, reason=why))
             log.error("%s: %s", entry.name, why)
             return
-        file_dir = str(self.cfg.file_dir)
+        source = self.members_source(entry)
         known = bundles.of(self.state, entry.id)
         if not known:  # first verification; after a pull again, those not placed choose again
             chosen = []
             for f in files:
                 name = os.fsdecode(f.path)
-                target, present = choose_name(file_dir, name, "file", f.md5)
+                target, present = self.member_name(source, name, f.md5)
                 chosen.append((name, f.size, f.md5, target, present))
             bundles.add_verified(self.state, entry.id, chosen)
         else:
             again = [
-                (m.seq, choose_name(file_dir, m.name, "file", m.md5 or "")[0])
+                (m.seq, self.member_name(source, m.name, m.md5 or "")[0])
                 for m in known
                 if m.placed == bundles.NOT_PLACED
             ]
@@ -95,10 +98,25 @@ class BundleDownload(BundleCleanups):
         self.proofs[entry.id] = self.document(entry, "placed", verified.digest)
         self.state.after_commit(self.place_soon)  # the renames once the names are committed
 
+    def members_source(self, entry: Entry) -> str:
+        """With subdir_per_upload, the upload agent whose subdirectory of file_dir takes the bundle's
+        members (checked before the pull); "" without it: file_dir itself."""
+        return self.state.source(entry.id) if self.cfg.subdir_per_upload else ""
+
+    def member_name(self, source: str, name: str, md5: str) -> tuple[str, bool]:
+        """A member's stored_as (`name`, a versioned name, or `<upload>/<name>`) and whether the same
+        content is there already: choose_name, as for a single file."""
+        directory = os.path.join(self.cfg.file_dir, source) if source else str(self.cfg.file_dir)
+        target, present = choose_name(directory, name, "file", md5)
+        return stored_in(source, target), present
+
     def unpack(self, entry: Entry) -> None:
         """Rename the members not placed yet into file_dir, under the names committed for them."""
         staged = self.staging.of(entry.id)
         file_dir = str(self.cfg.file_dir)
+        source = self.members_source(entry)
+        if source and not self.upload_dir_made(entry, source):
+            return
         placed: list[tuple[int, object]] = []
         signatures: list[tuple[int, object]] = []
         present: list[tuple[int, object]] = []
@@ -117,7 +135,7 @@ class BundleDownload(BundleCleanups):
             try:
                 rename_noreplace(src, dst)
             except FileExistsError:  # taken since it was chosen: choose again, rename in a next pass
-                target, there = choose_name(file_dir, m.name, "file", m.md5 or "")
+                target, there = self.member_name(source, m.name, m.md5 or "")
                 (present if there else again).append((m.seq, bundles.PRESENT if there else target))
                 continue
             placed.append((m.seq, bundles.PLACED))
@@ -138,6 +156,10 @@ class BundleDownload(BundleCleanups):
         if again:
             self.place_due = True
             return
+        self._unpacked(entry)
+
+    def _unpacked(self, entry: Entry) -> None:
+        """Every member is placed: the bundle is delivered here, `fetched` goes to central."""
         self.state.after_commit(functools.partial(self.staging.drop, entry.id))
         self.delivered(entry, signature=None)
         self.tell_placed(entry)

@@ -114,7 +114,8 @@ class Placing(DownloadProofs):
         """Rename the staged copy (or its bag) to `dst`, its metadata sidecar first: whether it was
         renamed, and its fingerprint there for the cleanup script (None: no script, none noted). Not
         renamed: it waits for its upload's directory, or its name is chosen again."""
-        if not self._upload_dir_made(entry):
+        subdir = os.path.split(entry.stored_as or "")[0]
+        if subdir and not self.upload_dir_made(entry, subdir):
             return False, None
         staged = os.lstat(src)
         wrote = self.cfg.layout == SIDECAR and meta is not None and self._write_sidecar(entry, meta)
@@ -151,12 +152,11 @@ class Placing(DownloadProofs):
             ),
         )
 
-    def _upload_dir_made(self, entry: Entry) -> bool:
-        """An entry placed in a subdirectory per upload (`<upload>/<name>`): is that directory there (made
-        now if not)? If something else took its place since the pull, the entry is pulled and
-        placed again, and that counts as a failed try."""
-        subdir, _ = os.path.split(entry.stored_as or "")
-        why = upload_dir(str(self.cfg.file_dir), subdir, make=True) if subdir else None
+    def upload_dir_made(self, entry: Entry, subdir: str) -> bool:
+        """An entry (or a bundle's members) placed in a subdirectory per upload (`<upload>/<name>`): is
+        that directory there (made now if not)? If something else took its place since the pull, the
+        entry is pulled and placed again, and that counts as a failed try."""
+        why = upload_dir(str(self.cfg.file_dir), subdir, make=True)
         if why is None:
             return True
         why = f"subdir_per_upload: {why}"

@@ -18,6 +18,8 @@ UPLOAD_TO_CENTRAL = "upload to central"  # central: what upload pushed kept arri
 STORE_AT_CENTRAL = "store at central"  # central: its stored copy kept going bad
 ADMISSION_AT_CENTRAL = "admission at central"  # central: the entry can never fit
 METADATA_AT_CENTRAL = "metadata check at central"  # central: the entry lacks required metadata
+# central: a bundle it cannot route (its routes choose by name); upload sends its files one by one
+BUNDLE_AT_CENTRAL = "bundle at central"
 # A reason that says a person must act (ssh refused a key, host key or host name):
 # "<hop>: needs a person: <why>".
 NEEDS_PERSON = "needs a person"

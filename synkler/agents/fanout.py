@@ -32,6 +32,20 @@ def route(state: State, cfg: Config, entry: Entry) -> list[str]:
     return to
 
 
+def bundle_refusal(cfg: Config) -> str | None:
+    """Why central cannot take a bundle (synkler.bundles): a rule of its routes chooses by name, and
+    a bundle's name says nothing of its files' (the offer does not list them). None: it can (no
+    routes, or rules by upload agent and metadata only, which a bundle's files match as one: they
+    come from one upload and have no metadata)."""
+    by_name = [r for r in cfg.routes if r.name is not None]
+    if not by_name:
+        return None
+    return (
+        f"central routes entries by name (a rule with name: {by_name[0].name!r}), which a bundle's name "
+        "does not tell: its files go one by one (set bundle_files: 0 at upload to skip this round)"
+    )
+
+
 def unknown(cfg: Config, to: tuple[str, ...]) -> str | None:
     """Why central refuses an offer's `to` (an operator's `synkler resend --to` at upload, recorded
     as the entry's destinations in place of the routes'): it names a download central does not send

@@ -137,9 +137,7 @@ class Upload(Answers, Noticing, Adopting):
             )
         if action == RESEND:
             why = None
-            if entry.kind == bundles.KIND:
-                why = "a bundle is not sent again as a whole: `synkler send` (or touch) its files"
-            elif entry.state not in (Up.DONE, Up.FORGOTTEN):
+            if entry.state not in (Up.DONE, Up.FORGOTTEN):
                 why = f"it is {entry.state}: only a delivered or forgotten entry can be sent again"
         else:
             why = super().refusal(action, entry, latest, present=present)
@@ -175,8 +173,10 @@ class Upload(Answers, Noticing, Adopting):
             again = tuple(dests.acted_on(RESEND, found, to))
         except ValueError as e:
             raise Refused(f"{shown(entry.name)} (entry {entry.id}): cannot resend: {e}") from None
-        new = self._offer_again(entry, again if rows or to else ())
         where = f" to {', '.join(again)}" if rows or to else ""
+        if entry.kind == bundles.KIND:
+            return self.resend_bundle(entry, again if rows or to else (), where)
+        new = self._offer_again(entry, again if rows or to else ())
         return f"{shown(entry.name)}: sent again{where} as entry {new.id} (entry {entry.id} stays as it was)"
 
     def _offer_again(self, entry: Entry, to: tuple[str, ...] = ()) -> Entry:

@@ -17,6 +17,7 @@ from ..messages import Admit, Delivered, Failed, Forget, Wait
 from ..state import Entry, State
 from ..text import shown
 from .base import Jobs
+from .facts import BUNDLE_AT_CENTRAL
 from .upload_offers import Offering
 from .upload_states import AFTER_STORE, ENDS, UNSENT, Up
 
@@ -184,6 +185,9 @@ class Answers(Offering):
             log.info("%s: delivered to every destination it still goes to", entry.name)
 
     def on_failed(self, msg: Failed) -> None:
+        if msg.hop == BUNDLE_AT_CENTRAL:
+            self.bundle_refused(msg)
+            return
         entry = self.entry_for(msg)
         if msg.destination in dests.rows(self.state, entry.id):
             dests.mark(self.state, entry.id, msg.destination, dests.FAILED, reason=f"{msg.hop}: {msg.reason}")

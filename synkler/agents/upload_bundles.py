@@ -21,17 +21,19 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 from collections.abc import Collection
 from typing import TYPE_CHECKING, ClassVar
 
 from .. import bundles
-from ..errors import Refused
-from ..hops.checksum import stat_entry
+from ..errors import MessageError, Refused
+from ..hops.checksum import EntryStat, stat_entry
 from ..linux.fs import remove_tree
-from ..messages import new_entry_id
+from ..messages import Failed, new_entry_id
+from ..metadata import Metadata
 from ..state import Entry
 from ..text import count, shown, some_entries
-from .base import Status
+from .base import NAME, Key, Status
 from .members import BundleCleanups
 from .upload_offers import Offering
 
@@ -41,6 +43,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("synkler")
 
 BUNDLED_PER_PASS = 5000  # files linked into bundles in one pass of the loop at most
+# A central that has not reported yet (started with upload): how long settled small files wait for
+# its version before they go one by one, and how often it is looked for meanwhile.
+VERSION_WAIT = 10.0
+VERSION_LOOK = 0.25
 
 
 class BundleUpload(BundleCleanups, Offering):
@@ -48,7 +54,13 @@ class BundleUpload(BundleCleanups, Offering):
     (synkler.agents.upload_scan)."""
 
     WITHDRAWN: ClassVar[tuple[Status, ...]]  # a bundle in these carries nothing (set by Upload)
-    bundling_failed = False  # the bundles' directory cannot be made: no bundles until a restart
+    # The bundles' directory cannot be made, or central does not take bundles: none until a restart.
+    bundling_failed = False
+    old_centrals: list[str] = []  # centrals that run a synkler older than bundles (said once)
+    # Settled files held for bundles until a central says its version: when to look again (time.time();
+    # 0: none held), and until when they are held at most (time.monotonic(); None: not yet waited).
+    bundles_wait = 0.0
+    awaited_until: float | None = None
 
     def path(self, name: str) -> str:
         raise NotImplementedError
@@ -89,6 +101,7 @@ class BundleUpload(BundleCleanups, Offering):
     def bundle_ripe(self) -> set[str]:
         """Put settled small files into bundles, if enough of them wait (bundles.plan), at most
         BUNDLED_PER_PASS files a pass; the names held back for the coming passes' bundles."""
+        self.bundles_wait = 0.0
         if not self.cfg.bundle_files or self.bundling_failed:
             return set()
         limit = self.cfg.bundle_file_kib * 1024
@@ -99,6 +112,12 @@ class BundleUpload(BundleCleanups, Offering):
         ]
         if len(candidates) < self.cfg.bundle_min:
             return set()
+        take = self.centrals_take_bundles()
+        if take is None and self.centrals_awaited():
+            self.bundles_wait = time.time() + VERSION_LOOK
+            return {name for name, _ in candidates}  # held until a central has said its version
+        if not take:
+            return set()
         plan = bundles.plan(
             candidates[:BUNDLED_PER_PASS],
             files=self.cfg.bundle_files,
@@ -108,6 +127,32 @@ class BundleUpload(BundleCleanups, Offering):
         fresh = [b for b in (self._make_bundle(names) for names in plan) if b is not None]
         self.hash_entries(fresh)
         return {name for name, _ in candidates[BUNDLED_PER_PASS:]}
+
+    def centrals_awaited(self) -> bool:
+        """No central has reported yet: are its files still held for bundles (the first VERSION_WAIT
+        seconds the agent waits for one; after, they go one by one until one reports)?"""
+        now = time.monotonic()
+        if self.awaited_until is None:
+            self.awaited_until = now + VERSION_WAIT
+        return now < self.awaited_until
+
+    def centrals_take_bundles(self) -> bool | None:
+        """Do the centrals run a synkler that knows bundles (0.8.0 or newer, by their presence
+        reports)? One that never reported does not count (a pool's central never started), but one
+        must have (None while none has); an older one is said once (WARNING), and files go one by
+        one while it runs."""
+        versions = {c: self.jobs.central_version(c) for c in self.cfg.central_names}
+        known = {c: v for c, v in versions.items() if v is not None}
+        old = sorted(c for c, v in known.items() if not bundles.knows_bundles(v))
+        if old and old != self.old_centrals:
+            log.warning(
+                "%s runs synkler %s, which does not know bundles: small files go one by one until it "
+                "is upgraded",
+                old[0],
+                known[old[0]] or "older than 0.5",
+            )
+        self.old_centrals = old
+        return None if not known else not old
 
     def _make_bundle(self, names: list[str]) -> Entry | None:
         """Link the files into a new bundle's directory and offer it. A file that cannot be linked
@@ -239,9 +284,48 @@ class BundleUpload(BundleCleanups, Offering):
     def retry_bundle(self, entry: Entry) -> str:
         """A failed bundle: forgotten, and its members that are still here settle again as new files
         (in bundles again, if enough of them are here)."""
-        members = bundles.of(self.state, entry.id)
+        again = self._unbundle(entry, "retried by an operator at upload: its files are sent again")
+        if not again:
+            raise Refused(f"{shown(entry.name)}: none of its files is in upload's file_dir any more")
+        return f"{shown(entry.name)}: {count(again, 'file')} of it sent again; the failed bundle is forgotten"
+
+    def resend_bundle(self, entry: Entry, to: tuple[str, ...], where: str) -> str:
+        """`synkler resend` of a delivered (or forgotten) bundle: each of its files still here is sent
+        again as an entry of its own (to the destinations `to`; (): central's routes), from the
+        fingerprint recorded for it, hashed on its way as any new version (a file changed since is
+        withdrawn by its hash, and the scan offers what is there now)."""
+        here = [m for m in bundles.of(self.state, entry.id) if os.path.lexists(self.path(m.name))]
+        busy = [m.name for m in here if self.jobs.busy(Key(NAME, m.name))]
+        if busy:
+            raise Refused(f"{shown(busy[0])}: upload is reading it right now; ask again in a moment")
+        if not here:
+            raise Refused(f"{shown(entry.name)}: none of its files is in upload's file_dir any more")
+        sent = [
+            self._offer(m.name, EntryStat("file", m.size, 1, m.signature or ""), None, None, to=to)
+            for m in here
+        ]
+        self.hash_entries(sent)
+        return (
+            f"{shown(entry.name)}: {count(len(sent), 'file')} of it sent again{where}, each as an entry "
+            f"of its own (entry {entry.id} stays as it was)"
+        )
+
+    def _offer(
+        self,
+        name: str,
+        st: EntryStat,
+        md5: str | None,
+        meta: Metadata | None,
+        checksum: str = "",
+        to: tuple[str, ...] = (),
+    ) -> Entry:
+        raise NotImplementedError
+
+    def _unbundle(self, entry: Entry, why: str, told_by: str | None = None) -> int:
+        """Forget a bundle that did not go, and make its files that are still here ripe again (to go in
+        a bundle again, unless bundles are off now); how many."""
         again = 0
-        for member in members:
+        for member in bundles.of(self.state, entry.id):
             try:
                 st = stat_entry(self.path(member.name))
             except (OSError, ValueError):
@@ -249,11 +333,28 @@ class BundleUpload(BundleCleanups, Offering):
             self.ripe[member.name] = (st, None)
             self.bundleable.add(member.name)
             again += 1
-        self.forget(entry, "retried by an operator at upload: its files are sent again")
+        self.forget(entry, why, told_by=told_by)
         self.release_links(entry)
-        if not again:
-            raise Refused(f"{shown(entry.name)}: none of its files is in upload's file_dir any more")
-        return f"{shown(entry.name)}: {count(again, 'file')} of it sent again; the failed bundle is forgotten"
+        return again
+
+    def bundle_refused(self, msg: Failed) -> None:
+        """Central does not take bundles (its routes choose by name, fanout.bundle_refusal): bundles are
+        off until the agent restarts, and this one's files are offered one by one."""
+        entry = self.state.get(msg.entry)
+        if entry is None or entry.kind != bundles.KIND:
+            raise MessageError(f"{msg.TYPE} ({msg.hop}) for entry {msg.entry}, which is no bundle here")
+        entry = self.entry_for(msg, *((entry.peer,) if entry.peer else self.cfg.central_names))
+        if entry.state != self.OFFERED:
+            return  # a duplicate: taken apart already
+        if not self.bundling_failed:
+            log.warning(
+                "%s does not take bundles: %s; until upload restarts, files go one by one",
+                msg.sender,
+                msg.reason,
+            )
+        self.bundling_failed = True
+        again = self._unbundle(entry, f"{msg.hop}: {msg.reason}", told_by=msg.sender)
+        log.info("%s: taken apart: %s offered one by one", entry.name, count(again, "file"))
 
 
 def _as_entry(v: bundles.Version) -> Entry:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from .. import bundles
 from ..hops.checksum import EntryStat
-from ..messages import Offer, Sent, Withdraw
+from ..messages import Failed, Offer, Sent, Withdraw
 from ..metadata import Metadata, canonical
 from ..state import Entry, State
 from ..text import some_entries
@@ -47,6 +47,10 @@ class Offering(PoolUpload):
         self.ripe: dict[str, tuple[EntryStat, Metadata | None]] = {}
 
     def entry_path(self, entry: Entry) -> str:
+        raise NotImplementedError
+
+    def bundle_refused(self, msg: Failed) -> None:
+        """Central does not take this bundle (BundleUpload)."""
         raise NotImplementedError
 
     def offer_version(

@@ -80,7 +80,9 @@ class Noticing(BundleUpload):
         if self.greeting is not None:
             return None  # nothing offered while the first agent's entries are announced (adoption)
         if self.ripe:
-            return 0.0  # settled entries left to offer: the next pass offers more
+            # Settled entries left to offer: the next pass offers more (files held for bundles
+            # until central says its version: a little later).
+            return self.bundles_wait
         return self._scan_due()
 
     def _scan_due(self) -> float | None:

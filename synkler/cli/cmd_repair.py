@@ -8,6 +8,7 @@ import argparse
 import sys
 import time
 
+from .. import bundles
 from .. import destinations as dests
 from ..agents import AGENTS, waits
 from ..agents.agent import Agent
@@ -37,7 +38,7 @@ def cmd_request(cfg: Config, args: argparse.Namespace) -> int:
     try:
         entries = state.all()
         agent = AGENTS[cfg.mode]
-        entry = resolve(agent, action, args.entry, entries)
+        entry = resolve(agent, action, args.entry, entries, member_of(state, cfg, args.entry))
         what = f"{shown(entry.name)} (entry {entry.id})"
         latest = newest(entries)[entry.name] == entry.id
         why = agent.refusal(action, entry, latest, present=present(cfg, entry))
@@ -135,9 +136,20 @@ def _await_answer(state: State, seq: int, cfg: Config, args: argparse.Namespace,
     return ExitStatus.FAILURE
 
 
-def resolve(agent: type[Agent], action: str, ref: str, entries: list[Entry]) -> Entry:
+def member_of(state: State, cfg: Config, name: str) -> bundles.Version | None:
+    """Upload: the latest bundle that holds a file of this name, if one does (what `ref` names when
+    it names no entry)."""
+    if cfg.mode != "upload":
+        return None
+    return bundles.latest_by_names(state, [name]).get(name)
+
+
+def resolve(
+    agent: type[Agent], action: str, ref: str, entries: list[Entry], member: bundles.Version | None = None
+) -> Entry:
     """The entry `ref` names: its id, a start of its id (at least 4 digits), or its name. Where a name
-    or a start fits several, the one the action applies to, if only one does."""
+    or a start fits several, the one the action applies to, if only one does. A name that is only a
+    file of a bundle (`member`) is refused with the bundle to act on."""
     key = ref.lower()
     found = [
         e
@@ -153,6 +165,12 @@ def resolve(agent: type[Agent], action: str, ref: str, entries: list[Entry]) -> 
         short = short_ids([e.id for e in entries])
         listed = "; ".join(f"{short[e.id]} {shown(e.name)} ({e.state})" for e in found[-5:])
         raise Refused(f"{ref!r} fits {len(found)} entries, give the id: {listed}")
+    if not found and member is not None:
+        verb, bundle = action.partition(":")[0], member.member.bundle
+        raise Refused(
+            f"{shown(ref)} went in a bundle, which is the entry: `synkler {verb} {bundle}` acts on the "
+            f"bundle ({member.state}) and so on every file in it"
+        )
     if not found:
         raise Refused(f"no entry {ref!r} at this {agent.mode} agent (`synkler status` lists them)")
     return found[0]

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .. import receipts
+from .. import bundles, receipts
 from ..config import Config
 from ..errors import ConfigError, ExitStatus
 from ..hops import audit, receiptfiles
@@ -92,6 +93,7 @@ def verify_all(cfg: Config, args: argparse.Namespace) -> tuple[list[audit.Verdic
     until = parse_when(args.until, end=True) if args.until else float("inf")
     keys = _keys(cfg)
     checked: list[audit.Verdict] = []
+    places = MemberPlaces(cfg)
     for path in chosen(cfg, args):
         kept, verdict = audit.load(path)
         if kept is not None and not _wanted(verdict, args, since, until):
@@ -102,13 +104,37 @@ def verify_all(cfg: Config, args: argparse.Namespace) -> tuple[list[audit.Verdic
         if kept is not None:
             audit.signature(kept, key, verdict)
             if cfg.mode == "download" and kept.get("receipt") is not None and not verdict.problems:
-                audit.at_download(kept, cfg.file_dir, args.depth, verdict)
+                members = places.of(verdict.entry) if kept["receipt"].get("kind") == bundles.KIND else None
+                audit.at_download(kept, cfg.file_dir, args.depth, verdict, members)
             elif cfg.mode == "upload":
                 audit.at_upload(kept, verdict)
         checked.append(verdict)
     if cfg.mode == "upload" and not args.entry and cfg.state_db.exists():
         checked += unheld(cfg, {(v.entry, v.destination) for v in checked}, since, until)
     return checked, [v for v in checked if not v.ok]
+
+
+class MemberPlaces:
+    """Download: where each file of a bundle was placed (`stored_as` in its members table), read
+    from the state database when a bundle's document is checked."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+
+    def of(self, entry_id: str) -> dict[bytes, bytes]:
+        from ..state import State
+
+        if not self.cfg.state_db.exists():
+            return {}
+        state = State(self.cfg.state_db, readonly=True)
+        try:
+            return {
+                os.fsencode(m.name): os.fsencode(m.stored_as)
+                for m in bundles.of(state, entry_id)
+                if m.stored_as
+            }
+        finally:
+            state.close()
 
 
 def unheld(cfg: Config, held: set[tuple[str, str]], since: float, until: float) -> list[audit.Verdict]:

@@ -298,7 +298,7 @@ KEYS: dict[str, Key] = {
     "free_percent": Key(number(0, 100), 10.0, roles=("central",)),
     "settle_seconds": Key(number(0), 1.0, roles=("upload",)),
     "max_transfers": Key(integer(1), 4),
-    "bundle_files": Key(integer(0, 10000), 0, roles=("upload",)),
+    "bundle_files": Key(integer(0, 10000), 1000, roles=("upload",)),
     "bundle_min": Key(integer(2, 100000), 50, roles=("upload",)),
     "bundle_file_kib": Key(integer(1, 65536), 1024, roles=("upload",)),
     "bundle_mib": Key(integer(1, 4096), 64, roles=("upload",)),

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import yaml
 
+from .. import bundles
 from ..agents.download import Down
 from ..agents.upload import Up
 from ..broker.amqp import Broker, BrokerParams
@@ -177,6 +178,23 @@ class LocalRelay:
     def states(self, role: str) -> dict[str, str]:
         return {e.name: e.state for e in self.entries(role)}
 
+    def bundle_files(self, role: str) -> dict[str, list[bundles.Member]]:
+        """The files of each bundle (synkler.bundles) at `role`, by the bundle's entry id."""
+        path = self.workdir / role / "state.sqlite"
+        if not path.exists():
+            return {}
+        state = State(path, readonly=True)
+        try:
+            return {e.id: bundles.of(state, e.id) for e in state.all() if e.kind == bundles.KIND}
+        except Exception:  # the agent may be creating the schema right now
+            return {}
+        finally:
+            state.close()
+
+    def members(self, role: str) -> set[str]:
+        """The names of the files that went in bundles at `role`."""
+        return {m.name for found in self.bundle_files(role).values() for m in found}
+
     def wait_for(
         self, what: str, predicate: Callable[[], bool], timeout: float = 60, interval: float = 0.1
     ) -> None:
@@ -203,11 +221,12 @@ class LocalRelay:
         return "\n".join(self.log_tail(role) for role in self.modes)
 
     def all_done(self, names: set[str] | None = None) -> bool:
-        """Every entry (or every named one) is done at upload and download and delivered at central."""
+        """Every entry (or every named one: an entry, or a file of a bundle) is done at upload and
+        download and delivered at central."""
         # The newest version of each name counts; older ones are superseded (withdrawn).
         up = {e.name: e.state for e in self.entries("upload") if e.state != Up.SUPERSEDED}
         down = self.states("download")
-        if names is not None and not names <= set(up):
+        if names is not None and not names <= set(up) | (self.members("upload") if bundled(up) else set()):
             return False
         return (
             bool(up)
@@ -215,3 +234,8 @@ class LocalRelay:
             and all(s == Down.DONE for s in down.values())
             and (set(down) >= set(up))
         )
+
+
+def bundled(names: dict[str, str]) -> bool:
+    """Do these entries (name -> state) include a bundle (its name: synkler.bundles.name_of)?"""
+    return any(n.startswith(bundles.PREFIX) for n in names)

@@ -10,11 +10,11 @@ and content upload sent. Reading data goes through synkler.hops.checksum (one re
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .. import proofs, receipts
+from .. import bundles, proofs, receipts
 from ..hops import receiptfiles
 from ..messages import stored_problem
 from .checksum import alg_of, digest_entry, list_entry
@@ -99,13 +99,24 @@ def signature(kept: dict[str, Any], key: receipts.PublicKey | None, verdict: Ver
         verdict.problems.append(f"receipt {why}")
 
 
-def at_download(kept: dict[str, Any], file_dir: Path, depth: str, verdict: Verdict) -> None:
-    """The delivered copy in file_dir against the document's listing, at `depth`."""
+def at_download(
+    kept: dict[str, Any],
+    file_dir: Path,
+    depth: str,
+    verdict: Verdict,
+    members: dict[bytes, bytes] | None = None,
+) -> None:
+    """The delivered copy in file_dir against the document's listing, at `depth`. A bundle's files
+    are each where download placed it: `members` maps a file's path in the bundle to its place in
+    file_dir (from download's state; a file it does not know is looked for under its own name)."""
     why = proofs.listing_problem(kept)
     if why:
         verdict.problems.append(why)
         return
     doc = kept["receipt"]
+    if doc.get("kind") == bundles.KIND:
+        _bundle_at_download(kept, os.fsencode(file_dir), depth, verdict, members or {})
+        return
     stored = proofs.name_in(doc["stored_as"])
     wrong = stored_problem(os.fsdecode(stored))
     if wrong:  # never a path that leads out of file_dir: only a name, or <upload agent>/<name>
@@ -123,6 +134,34 @@ def at_download(kept: dict[str, Any], file_dir: Path, depth: str, verdict: Verdi
     except (OSError, ValueError) as e:
         verdict.problems.append(f"cannot read {os.fsdecode(where)!r}: {e}")
         return
+    shown = proofs.differences(kept["listing"], found, depth, alg)
+    verdict.problems += shown[: proofs.MAX_SHOWN]
+    if len(shown) > proofs.MAX_SHOWN:
+        verdict.problems.append(f"… and {len(shown) - proofs.MAX_SHOWN} more")
+
+
+def _bundle_at_download(
+    kept: dict[str, Any], file_dir: bytes, depth: str, verdict: Verdict, members: dict[bytes, bytes]
+) -> None:
+    """A bundle's document: each file of its listing read at its own place in file_dir."""
+    alg = alg_of(kept["receipt"]["checksum"])
+    found = []
+    for item in kept["listing"]:
+        path = proofs.name_in(item.get("path"))
+        stored = members.get(path, path)
+        wrong = stored_problem(os.fsdecode(stored))
+        if wrong:
+            verdict.problems.append(f"{os.fsdecode(stored)!r} is not a place in file_dir ({wrong})")
+            continue
+        where = os.path.join(file_dir, stored)
+        if not os.path.lexists(where):
+            continue  # reported as missing by the comparison
+        try:
+            files = digest_entry(where, alg).files if depth == "full" else list_entry(where)
+        except (OSError, ValueError) as e:
+            verdict.problems.append(f"cannot read {os.fsdecode(where)!r}: {e}")
+            continue
+        found += [replace(f, path=path) for f in files if not f.path]  # a member is one file
     shown = proofs.differences(kept["listing"], found, depth, alg)
     verdict.problems += shown[: proofs.MAX_SHOWN]
     if len(shown) > proofs.MAX_SHOWN:

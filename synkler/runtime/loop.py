@@ -56,6 +56,7 @@ T = TypeVar("T")
 log = logging.getLogger("synkler")
 
 TICK = 0.5  # longest the loop sleeps when nothing happens; events wake it at once
+VERSION_READ = 60.0  # seconds a central's version (its presence report) is believed before it is read again
 
 
 class Runtime:
@@ -88,6 +89,7 @@ class Runtime:
         # report was last read for it
         self._central_place: dict[str, str] = {}
         self._place_read: dict[str, float] = {}
+        self._central_version: dict[str, tuple[float, str | None]] = {}  # central -> (read at, version)
 
     def _observers(self) -> list[Hook]:
         """The loop's observers, in the order they are called."""
@@ -138,6 +140,17 @@ class Runtime:
             return None
         info = broker.offers_info(upload)
         return None if info is None else info[0]
+
+    def central_version(self, central: str) -> str | None:
+        now = time.monotonic()
+        known = self._central_version.get(central)
+        # Not reported yet (a central starting with upload): looked for again within a second.
+        again = VERSION_READ if known is not None and known[1] is not None else 1.0
+        if (known is None or now - known[0] >= again) and self.broker:
+            report = Report.decode(self.broker.peek_presence(central))
+            self._central_version[central] = (now, report.version if report is not None else None)
+        found = self._central_version.get(central)
+        return found[1] if found else None
 
     def room(self, central: str) -> tuple[int, float] | None:
         """A central of a pool: the room its presence report says it has now (None: none said)."""

@@ -28,6 +28,9 @@ from synkler.state import State
 
 # The scale test's files; fewer on a machine too busy to write a million within minutes.
 SCALE_FILES = int(os.environ.get("SYNKLER_SCALE_FILES", "1000000"))
+# What is tested is how upload notices names (each offered once), so each file is an entry of its
+# own: no bundles (which the default makes of files that settle together).
+ONE_BY_ONE = {"settle_seconds": 1, "bundle_files": 0}
 OVERFLOW_LINE = "files came faster than inotify could tell of them"
 
 
@@ -77,7 +80,7 @@ class SlowWriter(threading.Thread):
 
 
 def test_a_flood_of_files_that_overflows_inotify_is_offered_whole_each_file_once(make_relay):
-    relay = make_relay(verbose=False, upload={"settle_seconds": 1})
+    relay = make_relay(verbose=False, upload=ONE_BY_ONE)
     files = relay.dirs["upload"]
     db = relay.workdir / "upload" / "state.sqlite"
     relay.start("upload")
@@ -128,7 +131,7 @@ def test_a_flood_of_files_that_overflows_inotify_is_offered_whole_each_file_once
 
 @pytest.mark.scale
 def test_a_million_files_written_within_a_minute_are_each_offered_once(make_relay):
-    relay = make_relay(verbose=False, upload={"settle_seconds": 1})
+    relay = make_relay(verbose=False, upload=ONE_BY_ONE)
     files = relay.dirs["upload"]
     db = relay.workdir / "upload" / "state.sqlite"
     relay.start("upload")

@@ -119,7 +119,9 @@ def assert_each_file_once(relay: LocalRelay, up_log: Path, down_log: Path, md5s:
 
 
 def relay_many_with_kills(make_relay, count: int, timeout: float) -> None:
-    relay, up_log, down_log, md5s = relay_of_files(make_relay, count)
+    """Each file an entry of its own (`bundle_files: 0`): the per-entry path at scale, every step of
+    it killed; the same with bundles is relay_bundles."""
+    relay, up_log, down_log, md5s = relay_of_files(make_relay, count, bundle_files=0)
     kill_each_agent_in_turn(relay, lambda: done_count(relay, "download"), "done", count, timeout)
     relay.wait_for(
         "every file done at upload and download",

@@ -110,6 +110,36 @@ def test_files_a_directory_and_awkward_names_relay_over_sftp_verified_and_cleane
     assert sorted(runs(up_log)) == sorted(runs(down_log)) == sorted(md5s)
 
 
+@pytest.mark.parametrize("over", ["push", "pull"])
+def test_small_files_in_bundles_relay_over_sftp_each_placed_and_cleaned_up_once(
+    make_sftp_relay, over, tmp_path
+):
+    """Bundles (many small files as one entry, a directory of links at upload) over SFTP: each file
+    verified, placed under its own name and cleaned up once at each end."""
+    up_log, down_log = tmp_path / "up.log", tmp_path / "down.log"
+    relay = make_sftp_relay(
+        HOPS[over],
+        upload={"cleanup_script": recorder(up_log), "bundle_files": 20, "bundle_min": 5},
+        download={"cleanup_script": recorder(down_log)},
+    )
+    source = relay.workdir / "source"
+    source.mkdir()
+    names = [f"s{i:02d} é.dat" for i in range(30)]
+    md5s = {}
+    for name in names:
+        (source / name).write_bytes(os.urandom(3000))
+        md5s[name] = md5_entry(source / name)
+    relay.start()
+    relay.wait_for("upload connected", lambda: "connected to broker" in relay.log_path("upload").read_text())
+    for name in names:  # one after another: they settle together
+        os.rename(source / name, relay.dirs["upload"] / name)
+    deliver(relay, md5s, timeout=120)
+    assert any(e.kind == "bundle" for e in relay.entries("central"))
+    assert sum(e.files for e in relay.entries("central")) == len(names)  # each file crossed once
+    relay.wait_for("cleanup scripts", lambda: len(runs(up_log)) == len(md5s) == len(runs(down_log)))
+    assert sorted(runs(up_log)) == sorted(runs(down_log)) == sorted(md5s)
+
+
 def _temporary_bytes(top: Path) -> int:
     """Bytes in temporary and partial files below `top` (rsync's and SFTP's: dot-names)."""
     if not top.exists():

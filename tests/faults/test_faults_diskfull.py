@@ -55,3 +55,4 @@ def test_entries_wait_while_central_is_full_and_flow_once_space_is_freed(
     ballast.unlink()
     wait_settled(relay, wl, profile.deliver_timeout)
     verdict(relay, wl, faults=1)
+    assert faultkit.bundled(relay, wl) > 0, "no small files crossed in bundles"

@@ -29,4 +29,5 @@ def test_agents_killed_at_random_moments_lose_nothing_and_repeat_nothing(make_re
     print(f"kills during the flow: {hits}")
     wait_settled(relay, wl, profile.deliver_timeout)
     verdict(relay, wl, faults=len(hits))
+    assert faultkit.bundled(relay, wl) > 0, "no small files crossed in bundles"
     assert set(hits) == {"upload", "central", "download"}, f"not every role was killed mid-flow: {hits}"

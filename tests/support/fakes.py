@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from synkler import messages
+from synkler import __version__, messages
 from synkler.agents import AGENTS
 from synkler.agents.base import Key
 from synkler.config import parse_config
@@ -49,6 +49,7 @@ class FakeJobs:
         self.consumer_counts: dict[str, int] = {}  # agent -> consumers of its queue (a pool)
         self.offers_waiting: int | None = 1  # offers ready in the upload's offers queue (a pool)
         self.rooms: dict[str, tuple[int, float]] = {}  # a pool's central -> (offers, bytes) it reports
+        self.versions: dict[str, str | None] = {}  # central -> the synkler version it reports (default: ours)
 
     def busy(self, key: Key) -> bool:
         return key in self.held
@@ -67,6 +68,9 @@ class FakeJobs:
 
     def central_place(self, fresh: bool = False, central: str | None = None) -> str | None:
         return self.places.get(central or "", self.place)
+
+    def central_version(self, central: str) -> str | None:
+        return self.versions.get(central, __version__)
 
     def consumers(self, agent: str) -> int | None:
         return self.consumer_counts.get(agent, 1)

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from support.relay_helpers import write_random
+from synkler import bundles
 from synkler.hops.checksum import md5_entry
+from synkler.state import Entry
 
 TALLY = {
     "entries": 0,
@@ -156,12 +158,18 @@ def proxied_rsh(sshd, port: int, *extra: str) -> str:
     return shlex.join(cmd)
 
 
+# Small bundles (issue 24): the workload's small files that settle together cross as bundles of a
+# few, so every scenario has bundles and single entries side by side.
+BUNDLES = {"bundle_files": 8, "bundle_min": 4}
+
+
 def common_settings(relay_dir: Path, profile: Profile, rsync_opts: list[str]) -> dict[str, dict]:
     up_log, down_log = relay_dir / "cleanup-upload.log", relay_dir / "cleanup-download.log"
     fast = {"retry_max_seconds": 2, "max_attempts": 8}
     return {
         "upload": {
             **fast,
+            **BUNDLES,
             "settle_seconds": 0.3,
             "cleanup_script": recorder(up_log),
             "rsync_opts": [*rsync_opts, f"--bwlimit={profile.bwlimit}"],
@@ -198,9 +206,49 @@ def tree_size(top: Path, named: str = "") -> int:
     return total
 
 
+def upload_names(relay) -> dict[str, Entry]:
+    """Upload's latest version of each name: its entry, or for a file that went in a bundle that
+    bundle's entry (its state and reason are the file's). A bundle withdrawn, or forgotten (taken
+    apart, retried), carries nothing: its files went again."""
+    files = relay.bundle_files("upload")
+    out: dict[str, Entry] = {}
+    for e in sorted(relay.entries("upload"), key=lambda e: e.created):
+        if e.state == "superseded":
+            continue
+        if e.kind != bundles.KIND:
+            out[e.name] = e
+        elif e.state != "forgotten":
+            out.update((m.name, e) for m in files.get(e.id, []))
+    return out
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A file or entry as download recorded it: its name, where it went, its entry's state, and
+    whether download placed it (False: the same content was there already)."""
+
+    name: str
+    stored_as: str
+    state: str
+    placed: bool = True
+
+
+def download_places(relay) -> list[Placed]:
+    """Every entry at download, and every file of its bundles, with where it went."""
+    files = relay.bundle_files("download")
+    out = []
+    for e in relay.entries("download"):
+        if e.kind != bundles.KIND:
+            out.append(Placed(e.name, e.stored_as or e.name, e.state))
+            continue
+        for m in files.get(e.id, []):
+            out.append(Placed(m.name, m.stored_as or m.name, e.state, m.placed != bundles.PRESENT))
+    return out
+
+
 def settled(relay, wl: Workload) -> bool:
     """Every workload entry has reached an end state at upload, with download done for the delivered."""
-    up = {e.name: e for e in relay.entries("upload") if e.state != "superseded"}
+    up = upload_names(relay)
     if not wl.names <= set(up):
         return False
     if any(up[n].state not in ("done", "failed") for n in wl.names):
@@ -209,7 +257,7 @@ def settled(relay, wl: Workload) -> bool:
     if any(e.state not in ("done", "failed") for e in down):
         return False
     delivered = {n for n in wl.names if up[n].state == "done"}
-    stored = {e.stored_as or e.name for e in down if e.state == "done"}
+    stored = {p.stored_as for p in download_places(relay) if p.state == "done"}
     return len(stored) >= len(delivered)
 
 
@@ -227,8 +275,14 @@ def flow_for(relay, wl: Workload, seconds: float) -> bool:
     return False
 
 
+def bundled(relay, wl: Workload) -> int:
+    """Files of the workload that crossed in a bundle (upload's bundles that were delivered)."""
+    up = upload_names(relay)
+    return sum(1 for n in wl.names if n in up and up[n].kind == bundles.KIND and up[n].state == "done")
+
+
 def delivered_count(relay) -> int:
-    return sum(1 for e in relay.entries("upload") if e.state == "done")
+    return sum(1 for e in upload_names(relay).values() if e.state == "done")
 
 
 def wait_settled(relay, wl: Workload, timeout: float) -> None:
@@ -236,7 +290,7 @@ def wait_settled(relay, wl: Workload, timeout: float) -> None:
     try:
         relay.wait_for(f"{len(wl.names)} entries settled", lambda: settled(relay, wl), timeout, interval=0.5)
     except AssertionError:
-        up = {e.name: e.state for e in relay.entries("upload") if e.state != "superseded"}
+        up = {n: e.state for n, e in upload_names(relay).items()}
         stalled = sorted(n for n in wl.names if up.get(n) not in ("done", "failed"))
         TALLY["entries"] += len(wl.names)
         TALLY["stalled"] += max(1, len(stalled))
@@ -287,7 +341,7 @@ def verdict(
     Returns the names of the failed entries.
     """
     replaced = replaced or {}
-    up = {e.name: e for e in relay.entries("upload") if e.state != "superseded"}
+    up = upload_names(relay)
     out = Outcome()
     _sort_entries(relay, wl, up, out)
     _find_versions_and_extras(relay, wl, replaced, out)
@@ -338,7 +392,7 @@ def _find_versions_and_extras(relay, wl: Workload, replaced: Replaced, out: Outc
     """Both versions of each replaced name at download; anything else there is a duplicate."""
     down_dir = relay.dirs["download"]
     for name, (v1, v2) in replaced.items():
-        stored = [e.stored_as or e.name for e in relay.entries("download") if e.name == name]
+        stored = [p.stored_as for p in download_places(relay) if p.name == name]
         got = sorted(md5_entry(down_dir / s) for s in stored if os.path.lexists(down_dir / s))
         if got != sorted([v1, v2]):
             out.lost.append(name)
@@ -364,7 +418,7 @@ def _tally(relay, wl: Workload, faults: int, out: Outcome) -> None:
     print(
         f"\n{relay.instance}: entries={len(wl.names)} faults={faults} delivered={len(out.delivered)} "
         f"failed={len(out.failed)} lost={len(out.lost)} corrupt={len(out.corrupt)} "
-        f"duplicated={len(out.duplicated)}"
+        f"duplicated={len(out.duplicated)} (in bundles: {bundled(relay, wl)})"
     )
 
 
@@ -388,11 +442,8 @@ def _check_cleanup_runs(relay, wl: Workload, replaced: Replaced, out: Outcome) -
         # came, and then on its own content.
         assert seen.count(v2) == 1 and seen.count(v1) <= 1 and set(seen) <= {v1, v2}, (name, seen, v1, v2)
     down_runs = [(n, md5) for n, md5 in script_runs(down_log) if n not in out.versions]
-    placed = sorted(
-        e.stored_as or e.name
-        for e in relay.entries("download")
-        if e.state == "done" and e.name not in replaced
-    )
+    places = download_places(relay)
+    placed = sorted(p.stored_as for p in places if p.state == "done" and p.name not in replaced)
     assert sorted(n for n, _ in down_runs) == placed == sorted(out.delivered), (
         "download cleanup runs != delivered entries"
     )
@@ -400,8 +451,9 @@ def _check_cleanup_runs(relay, wl: Workload, replaced: Replaced, out: Outcome) -
     assert sorted((n, m) for n, m in script_runs(down_log) if n in out.versions) == sorted(
         out.versions.items()
     ), "download cleanup runs of the replaced names' versions"
-    ours = [e for e in relay.entries("download") if e.name not in replaced]
-    assert len(ours) == len(placed) + sum(1 for e in ours if e.state == "failed")
+    ours = [p for p in places if p.name not in replaced]
+    assert len(ours) == len(placed) + sum(1 for p in ours if p.state == "failed")
+    assert all(p.placed for p in ours), "a file of a bundle found 'there already' at download"
 
 
 def _check_no_debris(relay) -> None:

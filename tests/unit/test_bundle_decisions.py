@@ -12,10 +12,11 @@ from support.fakes import Role
 
 from synkler import bundles
 from synkler.agents.base import Cleanup
+from synkler.agents.facts import BUNDLE_AT_CENTRAL
 from synkler.hops.checksum import digest_entry, md5_entry
 from synkler.hops.pull import PullRun, Verified
 from synkler.hops.transfer import Result
-from synkler.messages import Delivered, Fetch, Fetched, Offer, Withdraw
+from synkler.messages import Delivered, Failed, Fetch, Fetched, Forget, Offer, Withdraw
 
 OK = Result(True, 0, "")
 BUNDLED = {"settle_seconds": 0, "bundle_files": 10, "bundle_min": 5}
@@ -268,3 +269,153 @@ def test_retry_of_a_bundles_cleanup_runs_only_the_members_whose_script_failed(tm
     assert [m.cleanup for m in bundles.of(r.state, offer.entry)].count(Cleanup.RUNNING) == 1
     r.finish(job, [OK])
     assert (r.entry(offer.entry).state, r.entry(offer.entry).cleanup) == ("done", Cleanup.DONE)
+
+
+# --------------------------------------------------------------------------------------------------
+# where bundles meet routes and subdirectories per upload
+
+
+def test_a_central_whose_routes_choose_by_name_refuses_a_bundle_without_recording_it(tmp_path: Path):
+    routes = [{"name": "*.all", "to": ["download", "archive"]}, {"to": ["download"]}]
+    r = Role("central", tmp_path, routes=routes)
+    r.start()
+    offer = Offer("d" * 32, "upload", name=bundles.name_of("d" * 32), kind="bundle", size=12, files=6)
+    r.deliver(offer)
+    (failed,) = [m for _, m in r.sent() if isinstance(m, Failed)]
+    assert (failed.entry, failed.hop) == (offer.entry, BUNDLE_AT_CENTRAL)
+    assert "routes entries by name" in failed.reason and "'*.all'" in failed.reason
+    assert r.state.get(offer.entry) is None
+    # Routes by upload agent only: a bundle's files come from one upload, so it routes as one.
+    (tmp_path / "other").mkdir()
+    by_agent = [{"from": "lab-*", "to": ["archive"]}, {"to": ["download"]}]
+    other = Role("central", tmp_path / "other", routes=by_agent)
+    other.start()
+    other.deliver(offer)
+    assert [m for _, m in other.sent() if isinstance(m, Failed)] == []
+    assert other.state.get(offer.entry) is not None
+
+
+def test_upload_takes_apart_a_bundle_central_refuses_and_offers_its_files_one_by_one(tmp_path: Path):
+    r, now = upload_with(tmp_path, 6)
+    (offer,) = offers(r)
+    r.deliver(Failed(offer.entry, "central", hop=BUNDLE_AT_CENTRAL, reason="central routes entries by name"))
+    assert r.entry(offer.entry).state == "forgotten"
+    assert not (r.file_dir / bundles.UPLOAD_DIR / offer.name).exists()
+    assert [m for _, m in r.sent() if isinstance(m, Forget)] == []  # central never recorded it
+    r.tick(now + 1)
+    scan(r, now + 2)
+    got = offers(r)
+    assert sorted((o.kind, o.name) for o in got) == [("file", f"f{i:02d}") for i in range(6)]
+    # Bundles stay off until a restart: more files that settle together go one by one too.
+    for i in range(6, 12):
+        (r.file_dir / f"f{i:02d}").write_bytes(b"later")
+    scan(r, now + 3)
+    scan(r, now + 4)
+    assert sorted((o.kind, o.name) for o in offers(r)) == [("file", f"f{i:02d}") for i in range(6, 12)]
+
+
+def test_with_a_subdirectory_per_upload_each_member_goes_into_its_uploads_directory(tmp_path: Path):
+    (tmp_path / "files" / "lab-b").mkdir(parents=True)
+    (tmp_path / "files" / "lab-b" / "b").write_bytes(b"lab-b's earlier b")
+    (tmp_path / "files" / "a").write_bytes(b"a at the top, from before")
+    r = Role("download", tmp_path, subdir_per_upload=True, cleanup_script="true")
+    r.start()
+    entry_id = "e" * 32
+    staged = Path(r.agent.staging.of(entry_id))
+    staged.mkdir()
+    files = {"a": b"new a", "b": b"new b"}
+    for name, data in files.items():
+        (staged / name).write_bytes(data)
+    digest = digest_entry(staged)
+    fetch = Fetch(
+        entry_id, "central", name=bundles.name_of(entry_id), kind="bundle", size=10, files=2,
+        md5=digest.md5, attempt=1, path=f"/srv/central/lab/stored/{entry_id}", source="lab-b",
+    )  # fmt: skip
+    r.deliver(fetch)
+    r.tick()
+    r.finish(r.job("transfer"), PullRun(OK, {entry_id: Verified("", False, digest)}))
+    r.tick()
+    assert r.entry(entry_id).state == "delivered"
+    assert {m.name: m.stored_as for m in bundles.of(r.state, entry_id)} == {
+        "a": "lab-b/a",
+        "b": "lab-b/b (2)",
+    }
+    assert (r.file_dir / "lab-b" / "a").read_bytes() == b"new a"
+    assert (r.file_dir / "lab-b" / "b (2)").read_bytes() == b"new b"
+    assert (r.file_dir / "lab-b" / "b").read_bytes() == b"lab-b's earlier b"
+    assert (r.file_dir / "a").read_bytes() == b"a at the top, from before"
+
+
+def test_resend_of_a_delivered_bundle_sends_each_of_its_files_again_as_an_entry_of_its_own(tmp_path: Path):
+    r, now = upload_with(tmp_path, 6)
+    (offer,) = offers(r)
+    hash_all(r)
+    with r.state.transaction():
+        r.state.update(r.entry(offer.entry), state="sent", attempt=1)
+    r.deliver(Delivered(offer.entry, "central", stored_as=offer.name))
+    r.tick(now + 1)
+    assert r.entry(offer.entry).state == "done"
+    (r.file_dir / "f02").unlink()  # gone since: not sent again
+    ok, answer = r.request("resend", offer.entry)
+    assert ok, answer
+    assert "5 files of it sent again" in answer
+    again = offers(r)
+    assert sorted((o.kind, o.name) for o in again) == [("file", f"f{i:02d}") for i in (0, 1, 3, 4, 5)]
+    assert r.entry(offer.entry).state == "done"  # the bundle stays as it was
+    hash_all(r)
+    assert all(r.entry(o.entry).md5 == md5_entry(r.file_dir / o.name) for o in again)
+
+
+def test_no_bundles_while_central_runs_a_synkler_that_does_not_know_them(tmp_path: Path, caplog):
+    r = Role("upload", tmp_path, **BUNDLED)
+    r.jobs.versions["central"] = "0.7.0"
+    for i in range(6):
+        (r.file_dir / f"f{i:02d}").write_bytes(b"x")
+    r.start()
+    now = time.time() + 10
+    scan(r, now)
+    scan(r, now + 1)
+    assert sorted((o.kind, o.name) for o in offers(r)) == [("file", f"f{i:02d}") for i in range(6)]
+    assert "central runs synkler 0.7.0, which does not know bundles" in caplog.text
+    # Upgraded (its next report says so): the next files that settle together go in a bundle.
+    r.jobs.versions["central"] = "0.9.0"
+    for i in range(6, 12):
+        (r.file_dir / f"f{i:02d}").write_bytes(b"y")
+    scan(r, now + 2)
+    scan(r, now + 3)
+    assert [(o.kind, o.files) for o in offers(r)] == [("bundle", 6)]
+
+
+def test_which_versions_know_bundles():
+    assert [bundles.knows_bundles(v) for v in ("0.8.0", "0.9.0rc1", "1.0", "0.7.9", "", "x.y.z")] == [
+        True, True, True, False, False, False,
+    ]  # fmt: skip
+
+
+def test_files_wait_for_bundles_a_little_while_central_has_not_said_its_version(tmp_path: Path, monkeypatch):
+    from synkler.agents import upload_bundles
+
+    r = Role("upload", tmp_path, **BUNDLED)
+    r.jobs.versions["central"] = None  # started with upload: no presence report yet
+    for i in range(6):
+        (r.file_dir / f"f{i:02d}").write_bytes(b"x")
+    r.start()
+    now = time.time() + 10
+    scan(r, now)
+    scan(r, now + 1)
+    assert offers(r) == []  # held for a bundle, and looked at again soon, not in a busy loop
+    assert time.time() < r.agent.next_wakeup() <= time.time() + 1
+    r.jobs.versions["central"] = "0.9.0"
+    r.tick(now + 1)
+    assert [(o.kind, o.files) for o in offers(r)] == [("bundle", 6)]
+    # A central that never says: after VERSION_WAIT the files go one by one.
+    monkeypatch.setattr(upload_bundles, "VERSION_WAIT", 0.0)
+    (tmp_path / "again").mkdir()
+    again = Role("upload", tmp_path / "again", **BUNDLED)
+    again.jobs.versions["central"] = None
+    for i in range(6):
+        (again.file_dir / f"g{i:02d}").write_bytes(b"x")
+    again.start()
+    scan(again, now)
+    scan(again, now + 1)
+    assert sorted(o.kind for o in offers(again)) == ["file"] * 6

@@ -74,7 +74,7 @@ def test_defaults_fill_every_optional_key(parse, file_dir: Path, home: Path, con
         free_percent=10.0,
         settle_seconds=1.0,
         max_transfers=4,
-        bundle_files=0,
+        bundle_files=1000,
         bundle_min=50,
         bundle_file_kib=1024,
         bundle_mib=64,
