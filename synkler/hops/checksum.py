@@ -15,6 +15,7 @@ outside the entry.
 from __future__ import annotations
 
 import hashlib
+import operator
 import os
 import stat
 import threading
@@ -100,16 +101,26 @@ def _hash_fd(fd: int, bufsize: int) -> str:
     return _hash_fd2(fd, bufsize, None)[0]
 
 
-def _hash_fd2(fd: int, bufsize: int, strong: str | None) -> tuple[str, str | None]:
-    """Hash an open file with one reusable buffer: large reads keep the GIL released most of the time."""
+# A file smaller than this is read with plain reads of its size: no buffer to zero, no read-ahead
+# hint, no file object (for a tree of 4 KiB files, these cost more than the md5 of the data).
+SMALL_FILE = 1 << 20
+
+
+def _hash_fd2(fd: int, bufsize: int, strong: str | None, size: int | None = None) -> tuple[str, str | None]:
+    """Hash an open file (of `size` bytes when it was opened, if known) from its start to its end."""
+    if size is None:
+        size = os.fstat(fd).st_size
+    if size < SMALL_FILE:
+        return _hash_small(fd, min(bufsize, size + 1), strong)
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
     except (AttributeError, OSError):  # only a hint; some filesystems refuse it
         pass
     digest = _Pair(strong)
-    # No bigger than the file: zeroing a 4 MiB buffer costs more than hashing a small file.
-    # (A file that grows meanwhile is still read to its end, in more reads.)
-    buf = bytearray(max(1, min(bufsize, os.fstat(fd).st_size + 1)))
+    # One reusable buffer: large reads keep the GIL released most of the time. No bigger than the
+    # file: zeroing a 4 MiB buffer costs more than hashing a small file. (A file that grows
+    # meanwhile is still read to its end, in more reads.)
+    buf = bytearray(max(1, min(bufsize, size + 1)))
     view = memoryview(buf)
     counter = _RUNNING.get(threading.get_ident())
     with open(fd, "rb", buffering=0, closefd=False) as stream:
@@ -125,8 +136,24 @@ def _hash_fd2(fd: int, bufsize: int, strong: str | None) -> tuple[str, str | Non
     return digest.hexdigests()
 
 
-def _open_regular(path: bytes) -> int:
-    """Open a path for reading only if it is a regular file.
+def _hash_small(fd: int, chunk: int, strong: str | None) -> tuple[str, str | None]:
+    """Hash a small file in reads of `chunk` bytes (its size and one: usually one read with data and
+    the one that finds the end), to its end even if it grew."""
+    digest = _Pair(strong)
+    counter = _RUNNING.get(threading.get_ident())
+    while True:
+        if STOPPING.is_set():
+            raise Interrupted("the agent is stopping")
+        data = os.read(fd, chunk)
+        if not data:
+            return digest.hexdigests()
+        digest.update(data)
+        if counter is not None:
+            counter.done += len(data)
+
+
+def _open_regular(path: bytes) -> tuple[int, int]:
+    """Open a path for reading only if it is a regular file: its descriptor and its size then.
 
     O_NONBLOCK keeps a FIFO from blocking the open forever; it has no effect on
     reads from a regular file.  O_NOFOLLOW closes the race where a file listed
@@ -134,12 +161,13 @@ def _open_regular(path: bytes) -> int:
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise ValueError(f"{os.fsdecode(path)!r} is not a regular file")
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return fd, st.st_size
 
 
 def _md5_file_nofollow(path: bytes, bufsize: int = 4 << 20) -> str:
@@ -147,9 +175,9 @@ def _md5_file_nofollow(path: bytes, bufsize: int = 4 << 20) -> str:
 
 
 def _file_nofollow(path: bytes, strong: str | None, bufsize: int = 4 << 20) -> tuple[str, str | None]:
-    fd = _open_regular(path)
+    fd, size = _open_regular(path)
     try:
-        return _hash_fd2(fd, bufsize, strong)
+        return _hash_fd2(fd, bufsize, strong, size)
     finally:
         os.close(fd)
 
@@ -158,6 +186,9 @@ def _unsupported(path: bytes) -> ValueError:
     return ValueError(
         f"{os.fsdecode(path)!r}: unsupported file type (only regular files, directories and symlinks relay)"
     )
+
+
+_first = operator.itemgetter(0)
 
 
 def _walk(top: bytes) -> list[tuple[bytes, bytes, bytes, os.stat_result]]:
@@ -171,33 +202,46 @@ def _walk(top: bytes) -> list[tuple[bytes, bytes, bytes, os.stat_result]]:
     pending: list[tuple[bytes, bytes]] = [(top, b"")]
     while pending:
         directory, rel_dir = pending.pop()
-        with os.scandir(directory) as listing:
+        prefix = rel_dir + b"/" if rel_dir else b""
+        with os.scandir(directory) as listing:  # a bytes path: names and paths come as bytes
             for entry in listing:
-                name = os.fsencode(entry.name)
-                rel = rel_dir + b"/" + name if rel_dir else name
-                full = os.fsencode(entry.path)
+                rel = prefix + entry.name
+                full = entry.path
                 st = entry.stat(follow_symlinks=False)
-                if stat.S_ISLNK(st.st_mode):
-                    kind = _KIND_LINK
-                elif stat.S_ISDIR(st.st_mode):
+                mode = st.st_mode
+                if stat.S_ISREG(mode):
+                    kind = _KIND_FILE
+                elif stat.S_ISDIR(mode):
                     kind = _KIND_DIR
                     pending.append((full, rel))
-                elif stat.S_ISREG(st.st_mode):
-                    kind = _KIND_FILE
+                elif stat.S_ISLNK(mode):
+                    kind = _KIND_LINK
                 else:
                     raise _unsupported(full)
                 items.append((rel, kind, full, st))
-    items.sort(key=lambda item: item[0])
+    items.sort(key=_first)
     return items
 
 
-def _md5_dir(top: bytes, known: Mapping[bytes, Any] | None = None) -> str:
+class TooBig(Exception):
+    """A directory holds more bytes than the caller allows (`limit`): nothing of it was read."""
+
+    def __init__(self, size: int):
+        super().__init__(f"{size} bytes")
+        self.size = size
+
+
+def _md5_dir(top: bytes, known: Mapping[bytes, Any] | None = None, limit: int | None = None) -> str:
     """Return the deterministic digest of a directory tree (format in docs/checksums.md)."""
-    return _dir_digest(top, None, known, None)[0]
+    return _dir_digest(top, None, known, None, limit)[0]
 
 
 def _dir_digest(
-    top: bytes, strong: str | None, known: Mapping[bytes, Any] | None, records: list[FileDigest] | None
+    top: bytes,
+    strong: str | None,
+    known: Mapping[bytes, Any] | None,
+    records: list[FileDigest] | None,
+    limit: int | None = None,
 ) -> tuple[str, str | None]:
     """The tree digests of a directory (md5, and `strong` if asked), each file read once for both.
 
@@ -211,8 +255,12 @@ def _dir_digest(
     strong_tree = new_hash(strong) if strong else None
     items = _walk(top)
     counter = _RUNNING.get(threading.get_ident())
-    if counter is not None and counter.path == top:
-        counter.total = sum(st.st_size for _rel, kind, _full, st in items if kind == _KIND_FILE)
+    if limit is not None or (counter is not None and counter.path == top):
+        total = sum(st.st_size for _rel, kind, _full, st in items if kind == _KIND_FILE)
+        if limit is not None and total > limit:
+            raise TooBig(total)  # from the listing the digest walks anyway: no walk of its own
+        if counter is not None and counter.path == top:
+            counter.total = total
     for rel, kind, full, st in items:
         second: bytes | None = None
         if kind == _KIND_FILE:
@@ -260,6 +308,14 @@ class EntryDigest:
     files: list[FileDigest] = field(default_factory=list)
 
 
+def _within(st: os.stat_result, limit: int | None) -> os.stat_result:
+    """An entry's lstat, if a file or symlink of it is within `limit` bytes (else TooBig); a
+    directory's bytes are counted by its walk."""
+    if limit is not None and not stat.S_ISDIR(st.st_mode) and st.st_size > limit:
+        raise TooBig(st.st_size)
+    return st
+
+
 @contextmanager
 def _hashing(p: bytes, st: os.stat_result) -> Iterator[None]:
     """Count this thread's hash of `p` as under way (`running`, the progress figures), unless an
@@ -276,13 +332,16 @@ def _hashing(p: bytes, st: os.stat_result) -> Iterator[None]:
 
 
 def digest_entry(
-    path: PathLike, strong: str | None = None, known: Mapping[bytes, Any] | None = None
+    path: PathLike,
+    strong: str | None = None,
+    known: Mapping[bytes, Any] | None = None,
+    limit: int | None = None,
 ) -> EntryDigest:
     """md5_entry, and in the same read of the data the second hash `strong` (one of STRONG, or None)
     and each file's digests (for a receipt). `known` stands in for reading a file only when no second
-    hash is asked for (what a follower read gave an md5 only)."""
+    hash is asked for (what a follower read gave an md5 only). `limit`: as for md5_entry."""
     p = os.fsencode(path)
-    st = os.lstat(p)
+    st = _within(os.lstat(p), limit)
     label = (lambda hexdigest: f"{strong}:{hexdigest}") if strong else (lambda hexdigest: None)
     if stat.S_ISLNK(st.st_mode):
         pair = _Pair(strong)
@@ -295,12 +354,12 @@ def digest_entry(
             return EntryDigest(md5, label(other), [FileDigest(b"", "file", st.st_size, md5, other)])
         if stat.S_ISDIR(st.st_mode):
             records: list[FileDigest] = []
-            md5, other = _dir_digest(p, strong, known, records)
+            md5, other = _dir_digest(p, strong, known, records, limit)
             return EntryDigest(md5, label(other), records)
         raise _unsupported(p)
 
 
-def md5_entry(path: PathLike, known: Mapping[bytes, Any] | None = None) -> str:
+def md5_entry(path: PathLike, known: Mapping[bytes, Any] | None = None, limit: int | None = None) -> str:
     """Return the digest synkler compares between hops for one entry.
 
     A regular file gives the md5 of its content (what md5sum prints), a
@@ -310,9 +369,13 @@ def md5_entry(path: PathLike, known: Mapping[bytes, Any] | None = None) -> str:
 
     `known`: for a directory, digests of some files already taken (synkler.hops.follow), by path within
     the directory; each is used instead of reading the file only while its `matches(path)` holds.
+
+    `limit`: the most bytes the entry may hold, counted as stat_entry counts its size (the bytes of
+    its regular files; a symlink, its target's length); more raise TooBig before anything is read
+    (a directory: from the listing its digest walks anyway, not from a walk of its own).
     """
     p = os.fsencode(path)
-    st = os.lstat(p)
+    st = _within(os.lstat(p), limit)
     if stat.S_ISLNK(st.st_mode):
         digest = new_md5()
         digest.update(os.readlink(p))
@@ -321,7 +384,7 @@ def md5_entry(path: PathLike, known: Mapping[bytes, Any] | None = None) -> str:
         if stat.S_ISREG(st.st_mode):
             return _md5_file_nofollow(p)
         if stat.S_ISDIR(st.st_mode):
-            return _md5_dir(p, known)
+            return _md5_dir(p, known, limit)
         raise _unsupported(p)
 
 
@@ -364,14 +427,15 @@ def stat_entry(path: PathLike) -> EntryStat:
         return EntryStat("file", st.st_size, 1, digest.hexdigest())
     if not stat.S_ISDIR(st.st_mode):
         raise _unsupported(p)
-    digest.update(_stat_record(_KIND_DIR, b"", st))
+    records = [_stat_record(_KIND_DIR, b"", st)]
     size = 0
     files = 0
     for rel, kind, _full, child in _walk(p):
-        digest.update(_stat_record(kind, rel, child))
+        records.append(_stat_record(kind, rel, child))
         if kind == _KIND_FILE:
             size += child.st_size
             files += 1
+    digest.update(b"".join(records))  # the same bytes as one update per record, in one call
     return EntryStat("dir", size, files, digest.hexdigest())
 
 
