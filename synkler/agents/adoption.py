@@ -140,24 +140,38 @@ class Adopting(PoolUpload):
         if self.state.get(msg.entry) is not None:
             return  # known already: a restart's second answer, or this agent's own entry
         if self.greeting is None and self.state.latest_by_name(msg.name) is not None:
-            # A late answer (a pool's central that was gone while this agent greeted): the name has a
-            # version of this agent's own since. The central drops its copy, as when re-owning.
-            epoch = (msg.epoch or 0) + 1
-            why = f"re-owned by upload at epoch {epoch}: announced after the takeover, and offered anew since"
-            self.send(
-                msg.sender, Forget(msg.entry, self.name, reason=why, epoch=epoch if msg.epoch else None)
-            )
-            log.warning(
-                "%s: entry %s of %s %s; told it to drop its copy", msg.name, msg.entry, msg.sender, why
-            )
+            self._reown_late(msg)
             return
         parked = [
             messages.decode(raw.encode("ascii"))
             for raw in json.loads(self.state.flag(PARKED + msg.entry) or "[]")
         ]
+        entry = self._adopt(msg, parked=bool(parked))
+        self.state.put_flag(PARKED + msg.entry, None)
+        for delivered in parked:
+            try:
+                with self.state.savepoint():
+                    self.on_message(delivered)
+            except MessageError as e:
+                log.warning("%s: the delivered kept for it is not taken: %s", msg.name, e)
+        now = self.entry(entry.id)
+        if msg.held == RELAYED and now.state == self.SENT:  # another destination's was taken before
+            self.move(now, self.DONE, cleanup=Cleanup.INTERRUPTED, reason=NOT_KNOWN)
+
+    def _reown_late(self, msg: Open) -> None:
+        """A late answer (a pool's central that was gone while this agent greeted): the name has a
+        version of this agent's own since. The central drops its copy, as when re-owning."""
+        epoch = (msg.epoch or 0) + 1
+        why = f"re-owned by upload at epoch {epoch}: announced after the takeover, and offered anew since"
+        self.send(msg.sender, Forget(msg.entry, self.name, reason=why, epoch=epoch if msg.epoch else None))
+        log.warning("%s: entry %s of %s %s; told it to drop its copy", msg.name, msg.entry, msg.sender, why)
+
+    def _adopt(self, msg: Open, *, parked: bool) -> Entry:
+        """Record the entry central describes where `adoption` says it starts, and hash it if it
+        has no md5 yet (`parked`: a `delivered` of it is kept, to be taken next)."""
         decided = self.adoption(
             msg.held,
-            parked=bool(parked),
+            parked=parked,
             script=bool(self.cfg.cleanup_script),
             present=os.path.lexists(os.path.join(self.cfg.file_dir, msg.name)),
             reason=msg.reason,
@@ -192,16 +206,7 @@ class Adopting(PoolUpload):
             log.warning("%s: %s", msg.name, NOT_KNOWN)
         if entry.md5 is None:
             self.hash_adopted(entry)
-        self.state.put_flag(PARKED + msg.entry, None)
-        for delivered in parked:
-            try:
-                with self.state.savepoint():
-                    self.on_message(delivered)
-            except MessageError as e:
-                log.warning("%s: the delivered kept for it is not taken: %s", msg.name, e)
-        now = self.entry(entry.id)
-        if msg.held == RELAYED and now.state == self.SENT:  # another destination's was taken before
-            self.move(now, self.DONE, cleanup=Cleanup.INTERRUPTED, reason=NOT_KNOWN)
+        return entry
 
     def greeted(self) -> None:
         """Every central has answered: a `delivered` still kept is of an entry no central holds any

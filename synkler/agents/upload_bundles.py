@@ -26,15 +26,14 @@ from typing import TYPE_CHECKING, ClassVar
 
 from .. import bundles
 from ..errors import Refused
-from ..hops.checksum import EntryStat, stat_entry
+from ..hops.checksum import stat_entry
 from ..linux.fs import remove_tree
-from ..messages import Offer, new_entry_id
-from ..metadata import Metadata
+from ..messages import new_entry_id
 from ..state import Entry
 from ..text import count, shown, some_entries
 from .base import Status
 from .members import BundleCleanups
-from .upload_pool import PoolUpload
+from .upload_offers import Offering
 
 if TYPE_CHECKING:
     from .listing import Hashed
@@ -44,15 +43,11 @@ log = logging.getLogger("synkler")
 BUNDLED_PER_PASS = 5000  # files linked into bundles in one pass of the loop at most
 
 
-class BundleUpload(BundleCleanups, PoolUpload):
-    """Upload's side of bundles; the scan and the offers of single entries are in Upload."""
+class BundleUpload(BundleCleanups, Offering):
+    """Upload's side of bundles; the scan and the offers of single entries are in Noticing
+    (synkler.agents.upload_scan)."""
 
     WITHDRAWN: ClassVar[tuple[Status, ...]]  # a bundle in these carries nothing (set by Upload)
-    ripe: dict[str, tuple[EntryStat, Metadata | None]]
-    pending: dict[str, tuple[str, float]]
-    relayed: dict[str, str]
-    unseen: set[str]
-    bundleable: set[str]  # ripe names that have no version yet: they may go in a bundle
     bundling_failed = False  # the bundles' directory cannot be made: no bundles until a restart
 
     def path(self, name: str) -> str:
@@ -134,6 +129,27 @@ class BundleUpload(BundleCleanups, PoolUpload):
             )
             self.bundling_failed = True
             return None
+        members = self._link_members(where, names)
+        if len(members) < 2:
+            remove_tree(where)
+            return None
+        st = stat_entry(where)
+        entry = self.offer_version(entry_id, name, st, kind=bundles.KIND)
+        bundles.add(self.state, entry_id, members)
+        for member, _size, signature in members:
+            self.name_offered(member, signature or "")
+        log.info(
+            "%s: offered, a bundle of %s (%s): %s",
+            name,
+            count(len(members), "file"),
+            count(st.size, "byte"),
+            some_entries([m[0] for m in members], noun="file"),
+        )
+        return entry
+
+    def _link_members(self, where: str, names: list[str]) -> list[tuple[str, int, str | None]]:
+        """Hard links to the ripe files in the bundle's directory: (name, size, fingerprint since the
+        link) of each linked; one that cannot be linked, or changed since it settled, is left out."""
         members: list[tuple[str, int, str | None]] = []
         for member_name in names:
             st = self.ripe[member_name][0]
@@ -147,42 +163,7 @@ class BundleUpload(BundleCleanups, PoolUpload):
                 os.unlink(os.path.join(where, member_name))
                 continue
             members.append((member_name, st.size, now.signature))
-        if len(members) < 2:
-            remove_tree(where)
-            return None
-        st = stat_entry(where)
-        entry = Entry(
-            id=entry_id,
-            name=name,
-            kind=bundles.KIND,
-            size=st.size,
-            files=st.files,
-            md5=None,
-            state=self.OFFERED,
-            peer=None if self.cfg.centrals else self.cfg.central_name,
-            signature=st.signature,
-        )
-        self.create(entry)
-        bundles.add(self.state, entry_id, members)
-        offer = Offer(entry_id, self.name, name=name, kind=bundles.KIND, size=st.size, files=st.files)
-        self.send_offer(entry, offer)
-        for member, _size, signature in members:
-            self.ripe.pop(member, None)
-            self.pending.pop(member, None)
-            self.unseen.discard(member)
-            self.bundleable.discard(member)
-            self.state.after_commit(functools.partial(self.relayed.__setitem__, member, signature or ""))
-        log.info(
-            "%s: offered, a bundle of %s (%s): %s",
-            name,
-            count(len(members), "file"),
-            count(st.size, "byte"),
-            some_entries([m[0] for m in members], noun="file"),
-        )
-        return entry
-
-    def hash_entries(self, entries: list[Entry]) -> None:
-        raise NotImplementedError
+        return members
 
     def bundle_hashed(self, entry: Entry, hashed: Hashed) -> None:
         """Keep each member's md5 from the bundle's hash."""

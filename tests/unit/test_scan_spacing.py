@@ -8,7 +8,8 @@ from pathlib import Path
 
 from support.fakes import Role
 
-from synkler.agents.upload import MAX_SCAN_GAP, RESCAN_INTERVAL, SCAN_INTERVAL, SCAN_SHARE, Listing
+from synkler.agents.listing import Listing
+from synkler.agents.upload_scan import MAX_SCAN_GAP, RESCAN_INTERVAL, SCAN_INTERVAL, SCAN_SHARE
 
 
 def scanned_after(tmp_path: Path, took: float) -> tuple[float, bool]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from support.fakes import Role
 
-from synkler.agents import upload
+from synkler.agents import upload_scan as upload
 from synkler.messages import Offer
 
 
