@@ -15,7 +15,6 @@ outside the entry.
 from __future__ import annotations
 
 import hashlib
-import operator
 import os
 import stat
 import threading
@@ -23,12 +22,13 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from ..errors import Interrupted
 from ..messages import STRONG
-
-PathLike = Union[str, bytes, os.PathLike]
+from .treewalk import KIND_DIR, KIND_FILE, KIND_LINK, PathLike, new_md5, unsupported, walk
+from .treewalk import EntryStat as EntryStat  # where synkler imports them from
+from .treewalk import stat_entry as stat_entry
 
 # Set when the agent stops: a hash under way ends at its next read with Interrupted, so that
 # stopping never waits for the md5 of a big file (it is hashed again at the next start).
@@ -54,20 +54,6 @@ class Hashing:
 def running() -> list[Hashing]:
     """The hashes under way now (a snapshot; their counts keep moving)."""
     return list(_RUNNING.values())
-
-
-# Kind markers fed into the directory digest; part of the documented format.
-_KIND_DIR = b"d"
-_KIND_FILE = b"f"
-_KIND_LINK = b"l"
-
-
-def new_md5() -> hashlib._Hash:
-    """md5 is an integrity check here, not security; say so, so FIPS builds allow it."""
-    try:
-        return hashlib.md5(usedforsecurity=False)
-    except TypeError:  # pragma: no cover - interpreters without the keyword
-        return hashlib.md5()
 
 
 def new_hash(alg: str) -> hashlib._Hash:
@@ -182,47 +168,6 @@ def _file_nofollow(path: bytes, strong: str | None, bufsize: int = 4 << 20) -> t
         os.close(fd)
 
 
-def _unsupported(path: bytes) -> ValueError:
-    return ValueError(
-        f"{os.fsdecode(path)!r}: unsupported file type (only regular files, directories and symlinks relay)"
-    )
-
-
-_first = operator.itemgetter(0)
-
-
-def _walk(top: bytes) -> list[tuple[bytes, bytes, bytes, os.stat_result]]:
-    """List everything below a directory as (relpath, kind, fullpath, lstat), sorted by relpath bytes.
-
-    An explicit stack instead of recursion so very deep trees do not hit
-    Python's recursion limit.  Bytes paths throughout so names that are not
-    valid in the filesystem encoding still hash exactly as stored.
-    """
-    items: list[tuple[bytes, bytes, bytes, os.stat_result]] = []
-    pending: list[tuple[bytes, bytes]] = [(top, b"")]
-    while pending:
-        directory, rel_dir = pending.pop()
-        prefix = rel_dir + b"/" if rel_dir else b""
-        with os.scandir(directory) as listing:  # a bytes path: names and paths come as bytes
-            for entry in listing:
-                rel = prefix + entry.name
-                full = entry.path
-                st = entry.stat(follow_symlinks=False)
-                mode = st.st_mode
-                if stat.S_ISREG(mode):
-                    kind = _KIND_FILE
-                elif stat.S_ISDIR(mode):
-                    kind = _KIND_DIR
-                    pending.append((full, rel))
-                elif stat.S_ISLNK(mode):
-                    kind = _KIND_LINK
-                else:
-                    raise _unsupported(full)
-                items.append((rel, kind, full, st))
-    items.sort(key=_first)
-    return items
-
-
 class TooBig(Exception):
     """A directory holds more bytes than the caller allows (`limit`): nothing of it was read."""
 
@@ -253,17 +198,17 @@ def _dir_digest(
     """
     digest = _Pair(strong)
     strong_tree = new_hash(strong) if strong else None
-    items = _walk(top)
+    items = walk(top)
     counter = _RUNNING.get(threading.get_ident())
     if limit is not None or (counter is not None and counter.path == top):
-        total = sum(st.st_size for _rel, kind, _full, st in items if kind == _KIND_FILE)
+        total = sum(st.st_size for _rel, kind, _full, st in items if kind == KIND_FILE)
         if limit is not None and total > limit:
             raise TooBig(total)  # from the listing the digest walks anyway: no walk of its own
         if counter is not None and counter.path == top:
             counter.total = total
     for rel, kind, full, st in items:
         second: bytes | None = None
-        if kind == _KIND_FILE:
+        if kind == KIND_FILE:
             seen = known.get(rel) if known and strong is None else None
             if seen is not None and seen.matches(full):
                 md5, other = seen.md5, None
@@ -273,7 +218,7 @@ def _dir_digest(
             second = other.encode("ascii") if other is not None else None
             if records is not None:
                 records.append(FileDigest(rel, "file", st.st_size, md5, other))
-        elif kind == _KIND_LINK:
+        elif kind == KIND_LINK:
             payload = second = os.readlink(full)
             if records is not None:
                 pair = _Pair(strong)
@@ -356,7 +301,7 @@ def digest_entry(
             records: list[FileDigest] = []
             md5, other = _dir_digest(p, strong, known, records, limit)
             return EntryDigest(md5, label(other), records)
-        raise _unsupported(p)
+        raise unsupported(p)
 
 
 def md5_entry(path: PathLike, known: Mapping[bytes, Any] | None = None, limit: int | None = None) -> str:
@@ -385,58 +330,7 @@ def md5_entry(path: PathLike, known: Mapping[bytes, Any] | None = None, limit: i
             return _md5_file_nofollow(p)
         if stat.S_ISDIR(st.st_mode):
             return _md5_dir(p, known, limit)
-        raise _unsupported(p)
-
-
-@dataclass(frozen=True)
-class EntryStat:
-    """What an lstat-only look at an entry tells, enough to notice it is still being written.
-
-    kind: 'file', 'dir' or 'symlink'.
-    size: total bytes of regular files inside (a symlink: length of its target).
-    files: number of regular files (1 for a file entry, 0 for a symlink).
-    signature: hex fingerprint that changes whenever any path, kind, size,
-    mtime_ns or ctime_ns inside the entry (the top included) changes.
-    """
-
-    kind: str
-    size: int
-    files: int
-    signature: str
-
-
-def _stat_record(kind: bytes, rel: bytes, st: os.stat_result) -> bytes:
-    # ctime catches a file replaced by one with the same size and a preserved mtime (mv of an rsync copy).
-    return b"%s\0%s\0%d\0%d\0%d\0" % (kind, rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def stat_entry(path: PathLike) -> EntryStat:
-    """Fingerprint an entry from lstat data only, reading no file content.
-
-    Cheap enough to call repeatedly on a large tree, which is how a watcher
-    decides that an upload has stopped changing before paying for md5_entry.
-    """
-    p = os.fsencode(path)
-    st = os.lstat(p)
-    digest = new_md5()
-    if stat.S_ISLNK(st.st_mode):
-        digest.update(_stat_record(_KIND_LINK, b"", st))
-        return EntryStat("symlink", st.st_size, 0, digest.hexdigest())
-    if stat.S_ISREG(st.st_mode):
-        digest.update(_stat_record(_KIND_FILE, b"", st))
-        return EntryStat("file", st.st_size, 1, digest.hexdigest())
-    if not stat.S_ISDIR(st.st_mode):
-        raise _unsupported(p)
-    records = [_stat_record(_KIND_DIR, b"", st)]
-    size = 0
-    files = 0
-    for rel, kind, _full, child in _walk(p):
-        records.append(_stat_record(kind, rel, child))
-        if kind == _KIND_FILE:
-            size += child.st_size
-            files += 1
-    digest.update(b"".join(records))  # the same bytes as one update per record, in one call
-    return EntryStat("dir", size, files, digest.hexdigest())
+        raise unsupported(p)
 
 
 def alg_of(checksum: str) -> str | None:
@@ -465,9 +359,9 @@ def list_entry(path: PathLike) -> list[FileDigest]:
     if stat.S_ISREG(st.st_mode):
         return [FileDigest(b"", "file", st.st_size, "")]
     if not stat.S_ISDIR(st.st_mode):
-        raise _unsupported(p)
+        raise unsupported(p)
     return [
-        FileDigest(rel, "file" if kind == _KIND_FILE else "link", child.st_size, "")
-        for rel, kind, _full, child in _walk(p)
-        if kind != _KIND_DIR
+        FileDigest(rel, "file" if kind == KIND_FILE else "link", child.st_size, "")
+        for rel, kind, _full, child in walk(p)
+        if kind != KIND_DIR
     ]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from synkler.hops import checksum
+from synkler.hops import checksum, treewalk
 from synkler.hops.checksum import EntryStat, md5_entry, stat_entry
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "checksums.md"
@@ -354,4 +354,4 @@ def test_a_walk_lists_names_that_are_not_utf8_byte_exact_and_sorted(tmp_path: Pa
     top.mkdir()
     for name in (b"b\xff", b"a", b"\xe9t\xe9"):
         (top / os.fsdecode(name)).write_bytes(name)
-    assert [rel for rel, *_ in checksum._walk(os.fsencode(top))] == [b"a", b"b\xff", b"\xe9t\xe9"]
+    assert [rel for rel, *_ in treewalk.walk(os.fsencode(top))] == [b"a", b"b\xff", b"\xe9t\xe9"]
