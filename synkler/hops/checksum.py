@@ -22,12 +22,13 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from ..errors import Interrupted
 from ..messages import STRONG
-
-PathLike = Union[str, bytes, os.PathLike]
+from .treewalk import KIND_DIR, KIND_FILE, KIND_LINK, PathLike, new_md5, unsupported, walk
+from .treewalk import EntryStat as EntryStat  # where synkler imports them from
+from .treewalk import stat_entry as stat_entry
 
 # Set when the agent stops: a hash under way ends at its next read with Interrupted, so that
 # stopping never waits for the md5 of a big file (it is hashed again at the next start).
@@ -53,20 +54,6 @@ class Hashing:
 def running() -> list[Hashing]:
     """The hashes under way now (a snapshot; their counts keep moving)."""
     return list(_RUNNING.values())
-
-
-# Kind markers fed into the directory digest; part of the documented format.
-_KIND_DIR = b"d"
-_KIND_FILE = b"f"
-_KIND_LINK = b"l"
-
-
-def new_md5() -> hashlib._Hash:
-    """md5 is an integrity check here, not security; say so, so FIPS builds allow it."""
-    try:
-        return hashlib.md5(usedforsecurity=False)
-    except TypeError:  # pragma: no cover - interpreters without the keyword
-        return hashlib.md5()
 
 
 def new_hash(alg: str) -> hashlib._Hash:
@@ -100,16 +87,26 @@ def _hash_fd(fd: int, bufsize: int) -> str:
     return _hash_fd2(fd, bufsize, None)[0]
 
 
-def _hash_fd2(fd: int, bufsize: int, strong: str | None) -> tuple[str, str | None]:
-    """Hash an open file with one reusable buffer: large reads keep the GIL released most of the time."""
+# A file smaller than this is read with plain reads of its size: no buffer to zero, no read-ahead
+# hint, no file object (for a tree of 4 KiB files, these cost more than the md5 of the data).
+SMALL_FILE = 1 << 20
+
+
+def _hash_fd2(fd: int, bufsize: int, strong: str | None, size: int | None = None) -> tuple[str, str | None]:
+    """Hash an open file (of `size` bytes when it was opened, if known) from its start to its end."""
+    if size is None:
+        size = os.fstat(fd).st_size
+    if size < SMALL_FILE:
+        return _hash_small(fd, min(bufsize, size + 1), strong)
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
     except (AttributeError, OSError):  # only a hint; some filesystems refuse it
         pass
     digest = _Pair(strong)
-    # No bigger than the file: zeroing a 4 MiB buffer costs more than hashing a small file.
-    # (A file that grows meanwhile is still read to its end, in more reads.)
-    buf = bytearray(max(1, min(bufsize, os.fstat(fd).st_size + 1)))
+    # One reusable buffer: large reads keep the GIL released most of the time. No bigger than the
+    # file: zeroing a 4 MiB buffer costs more than hashing a small file. (A file that grows
+    # meanwhile is still read to its end, in more reads.)
+    buf = bytearray(max(1, min(bufsize, size + 1)))
     view = memoryview(buf)
     counter = _RUNNING.get(threading.get_ident())
     with open(fd, "rb", buffering=0, closefd=False) as stream:
@@ -125,8 +122,24 @@ def _hash_fd2(fd: int, bufsize: int, strong: str | None) -> tuple[str, str | Non
     return digest.hexdigests()
 
 
-def _open_regular(path: bytes) -> int:
-    """Open a path for reading only if it is a regular file.
+def _hash_small(fd: int, chunk: int, strong: str | None) -> tuple[str, str | None]:
+    """Hash a small file in reads of `chunk` bytes (its size and one: usually one read with data and
+    the one that finds the end), to its end even if it grew."""
+    digest = _Pair(strong)
+    counter = _RUNNING.get(threading.get_ident())
+    while True:
+        if STOPPING.is_set():
+            raise Interrupted("the agent is stopping")
+        data = os.read(fd, chunk)
+        if not data:
+            return digest.hexdigests()
+        digest.update(data)
+        if counter is not None:
+            counter.done += len(data)
+
+
+def _open_regular(path: bytes) -> tuple[int, int]:
+    """Open a path for reading only if it is a regular file: its descriptor and its size then.
 
     O_NONBLOCK keeps a FIFO from blocking the open forever; it has no effect on
     reads from a regular file.  O_NOFOLLOW closes the race where a file listed
@@ -134,12 +147,13 @@ def _open_regular(path: bytes) -> int:
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise ValueError(f"{os.fsdecode(path)!r} is not a regular file")
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return fd, st.st_size
 
 
 def _md5_file_nofollow(path: bytes, bufsize: int = 4 << 20) -> str:
@@ -147,57 +161,32 @@ def _md5_file_nofollow(path: bytes, bufsize: int = 4 << 20) -> str:
 
 
 def _file_nofollow(path: bytes, strong: str | None, bufsize: int = 4 << 20) -> tuple[str, str | None]:
-    fd = _open_regular(path)
+    fd, size = _open_regular(path)
     try:
-        return _hash_fd2(fd, bufsize, strong)
+        return _hash_fd2(fd, bufsize, strong, size)
     finally:
         os.close(fd)
 
 
-def _unsupported(path: bytes) -> ValueError:
-    return ValueError(
-        f"{os.fsdecode(path)!r}: unsupported file type (only regular files, directories and symlinks relay)"
-    )
+class TooBig(Exception):
+    """A directory holds more bytes than the caller allows (`limit`): nothing of it was read."""
+
+    def __init__(self, size: int):
+        super().__init__(f"{size} bytes")
+        self.size = size
 
 
-def _walk(top: bytes) -> list[tuple[bytes, bytes, bytes, os.stat_result]]:
-    """List everything below a directory as (relpath, kind, fullpath, lstat), sorted by relpath bytes.
-
-    An explicit stack instead of recursion so very deep trees do not hit
-    Python's recursion limit.  Bytes paths throughout so names that are not
-    valid in the filesystem encoding still hash exactly as stored.
-    """
-    items: list[tuple[bytes, bytes, bytes, os.stat_result]] = []
-    pending: list[tuple[bytes, bytes]] = [(top, b"")]
-    while pending:
-        directory, rel_dir = pending.pop()
-        with os.scandir(directory) as listing:
-            for entry in listing:
-                name = os.fsencode(entry.name)
-                rel = rel_dir + b"/" + name if rel_dir else name
-                full = os.fsencode(entry.path)
-                st = entry.stat(follow_symlinks=False)
-                if stat.S_ISLNK(st.st_mode):
-                    kind = _KIND_LINK
-                elif stat.S_ISDIR(st.st_mode):
-                    kind = _KIND_DIR
-                    pending.append((full, rel))
-                elif stat.S_ISREG(st.st_mode):
-                    kind = _KIND_FILE
-                else:
-                    raise _unsupported(full)
-                items.append((rel, kind, full, st))
-    items.sort(key=lambda item: item[0])
-    return items
-
-
-def _md5_dir(top: bytes, known: Mapping[bytes, Any] | None = None) -> str:
+def _md5_dir(top: bytes, known: Mapping[bytes, Any] | None = None, limit: int | None = None) -> str:
     """Return the deterministic digest of a directory tree (format in docs/checksums.md)."""
-    return _dir_digest(top, None, known, None)[0]
+    return _dir_digest(top, None, known, None, limit)[0]
 
 
 def _dir_digest(
-    top: bytes, strong: str | None, known: Mapping[bytes, Any] | None, records: list[FileDigest] | None
+    top: bytes,
+    strong: str | None,
+    known: Mapping[bytes, Any] | None,
+    records: list[FileDigest] | None,
+    limit: int | None = None,
 ) -> tuple[str, str | None]:
     """The tree digests of a directory (md5, and `strong` if asked), each file read once for both.
 
@@ -209,13 +198,17 @@ def _dir_digest(
     """
     digest = _Pair(strong)
     strong_tree = new_hash(strong) if strong else None
-    items = _walk(top)
+    items = walk(top)
     counter = _RUNNING.get(threading.get_ident())
-    if counter is not None and counter.path == top:
-        counter.total = sum(st.st_size for _rel, kind, _full, st in items if kind == _KIND_FILE)
+    if limit is not None or (counter is not None and counter.path == top):
+        total = sum(st.st_size for _rel, kind, _full, st in items if kind == KIND_FILE)
+        if limit is not None and total > limit:
+            raise TooBig(total)  # from the listing the digest walks anyway: no walk of its own
+        if counter is not None and counter.path == top:
+            counter.total = total
     for rel, kind, full, st in items:
         second: bytes | None = None
-        if kind == _KIND_FILE:
+        if kind == KIND_FILE:
             seen = known.get(rel) if known and strong is None else None
             if seen is not None and seen.matches(full):
                 md5, other = seen.md5, None
@@ -225,7 +218,7 @@ def _dir_digest(
             second = other.encode("ascii") if other is not None else None
             if records is not None:
                 records.append(FileDigest(rel, "file", st.st_size, md5, other))
-        elif kind == _KIND_LINK:
+        elif kind == KIND_LINK:
             payload = second = os.readlink(full)
             if records is not None:
                 pair = _Pair(strong)
@@ -260,6 +253,14 @@ class EntryDigest:
     files: list[FileDigest] = field(default_factory=list)
 
 
+def _within(st: os.stat_result, limit: int | None) -> os.stat_result:
+    """An entry's lstat, if a file or symlink of it is within `limit` bytes (else TooBig); a
+    directory's bytes are counted by its walk."""
+    if limit is not None and not stat.S_ISDIR(st.st_mode) and st.st_size > limit:
+        raise TooBig(st.st_size)
+    return st
+
+
 @contextmanager
 def _hashing(p: bytes, st: os.stat_result) -> Iterator[None]:
     """Count this thread's hash of `p` as under way (`running`, the progress figures), unless an
@@ -276,13 +277,16 @@ def _hashing(p: bytes, st: os.stat_result) -> Iterator[None]:
 
 
 def digest_entry(
-    path: PathLike, strong: str | None = None, known: Mapping[bytes, Any] | None = None
+    path: PathLike,
+    strong: str | None = None,
+    known: Mapping[bytes, Any] | None = None,
+    limit: int | None = None,
 ) -> EntryDigest:
     """md5_entry, and in the same read of the data the second hash `strong` (one of STRONG, or None)
     and each file's digests (for a receipt). `known` stands in for reading a file only when no second
-    hash is asked for (what a follower read gave an md5 only)."""
+    hash is asked for (what a follower read gave an md5 only). `limit`: as for md5_entry."""
     p = os.fsencode(path)
-    st = os.lstat(p)
+    st = _within(os.lstat(p), limit)
     label = (lambda hexdigest: f"{strong}:{hexdigest}") if strong else (lambda hexdigest: None)
     if stat.S_ISLNK(st.st_mode):
         pair = _Pair(strong)
@@ -295,12 +299,12 @@ def digest_entry(
             return EntryDigest(md5, label(other), [FileDigest(b"", "file", st.st_size, md5, other)])
         if stat.S_ISDIR(st.st_mode):
             records: list[FileDigest] = []
-            md5, other = _dir_digest(p, strong, known, records)
+            md5, other = _dir_digest(p, strong, known, records, limit)
             return EntryDigest(md5, label(other), records)
-        raise _unsupported(p)
+        raise unsupported(p)
 
 
-def md5_entry(path: PathLike, known: Mapping[bytes, Any] | None = None) -> str:
+def md5_entry(path: PathLike, known: Mapping[bytes, Any] | None = None, limit: int | None = None) -> str:
     """Return the digest synkler compares between hops for one entry.
 
     A regular file gives the md5 of its content (what md5sum prints), a
@@ -310,9 +314,13 @@ def md5_entry(path: PathLike, known: Mapping[bytes, Any] | None = None) -> str:
 
     `known`: for a directory, digests of some files already taken (synkler.hops.follow), by path within
     the directory; each is used instead of reading the file only while its `matches(path)` holds.
+
+    `limit`: the most bytes the entry may hold, counted as stat_entry counts its size (the bytes of
+    its regular files; a symlink, its target's length); more raise TooBig before anything is read
+    (a directory: from the listing its digest walks anyway, not from a walk of its own).
     """
     p = os.fsencode(path)
-    st = os.lstat(p)
+    st = _within(os.lstat(p), limit)
     if stat.S_ISLNK(st.st_mode):
         digest = new_md5()
         digest.update(os.readlink(p))
@@ -321,58 +329,8 @@ def md5_entry(path: PathLike, known: Mapping[bytes, Any] | None = None) -> str:
         if stat.S_ISREG(st.st_mode):
             return _md5_file_nofollow(p)
         if stat.S_ISDIR(st.st_mode):
-            return _md5_dir(p, known)
-        raise _unsupported(p)
-
-
-@dataclass(frozen=True)
-class EntryStat:
-    """What an lstat-only look at an entry tells, enough to notice it is still being written.
-
-    kind: 'file', 'dir' or 'symlink'.
-    size: total bytes of regular files inside (a symlink: length of its target).
-    files: number of regular files (1 for a file entry, 0 for a symlink).
-    signature: hex fingerprint that changes whenever any path, kind, size,
-    mtime_ns or ctime_ns inside the entry (the top included) changes.
-    """
-
-    kind: str
-    size: int
-    files: int
-    signature: str
-
-
-def _stat_record(kind: bytes, rel: bytes, st: os.stat_result) -> bytes:
-    # ctime catches a file replaced by one with the same size and a preserved mtime (mv of an rsync copy).
-    return b"%s\0%s\0%d\0%d\0%d\0" % (kind, rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def stat_entry(path: PathLike) -> EntryStat:
-    """Fingerprint an entry from lstat data only, reading no file content.
-
-    Cheap enough to call repeatedly on a large tree, which is how a watcher
-    decides that an upload has stopped changing before paying for md5_entry.
-    """
-    p = os.fsencode(path)
-    st = os.lstat(p)
-    digest = new_md5()
-    if stat.S_ISLNK(st.st_mode):
-        digest.update(_stat_record(_KIND_LINK, b"", st))
-        return EntryStat("symlink", st.st_size, 0, digest.hexdigest())
-    if stat.S_ISREG(st.st_mode):
-        digest.update(_stat_record(_KIND_FILE, b"", st))
-        return EntryStat("file", st.st_size, 1, digest.hexdigest())
-    if not stat.S_ISDIR(st.st_mode):
-        raise _unsupported(p)
-    digest.update(_stat_record(_KIND_DIR, b"", st))
-    size = 0
-    files = 0
-    for rel, kind, _full, child in _walk(p):
-        digest.update(_stat_record(kind, rel, child))
-        if kind == _KIND_FILE:
-            size += child.st_size
-            files += 1
-    return EntryStat("dir", size, files, digest.hexdigest())
+            return _md5_dir(p, known, limit)
+        raise unsupported(p)
 
 
 def alg_of(checksum: str) -> str | None:
@@ -401,9 +359,9 @@ def list_entry(path: PathLike) -> list[FileDigest]:
     if stat.S_ISREG(st.st_mode):
         return [FileDigest(b"", "file", st.st_size, "")]
     if not stat.S_ISDIR(st.st_mode):
-        raise _unsupported(p)
+        raise unsupported(p)
     return [
-        FileDigest(rel, "file" if kind == _KIND_FILE else "link", child.st_size, "")
-        for rel, kind, _full, child in _walk(p)
-        if kind != _KIND_DIR
+        FileDigest(rel, "file" if kind == KIND_FILE else "link", child.st_size, "")
+        for rel, kind, _full, child in walk(p)
+        if kind != KIND_DIR
     ]

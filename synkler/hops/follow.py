@@ -45,7 +45,7 @@ from ..linux.inotify import (
     IN_Q_OVERFLOW,
     Inotify,
 )
-from .checksum import md5_entry, new_md5
+from .checksum import TooBig, md5_entry, new_md5
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,11 @@ class Followed:
         )
 
 
-def verified_md5(path: str, expected: str, followed: dict[bytes, Followed] | None) -> tuple[str, bool]:
+def verified_md5(
+    path: str, expected: str, followed: dict[bytes, Followed] | None, limit: int | None = None
+) -> tuple[str, bool]:
     """(md5 of the entry at `path`, whether what a follower read stood in for reading it again).
+    `limit`: as for checksum.md5_entry (more bytes raise TooBig, before anything is read).
 
     A file: the follower's digest, if it is the expected one and the file is still the one read.
     A directory: the tree digest with the followed files' digests where those files are still the
@@ -117,15 +120,18 @@ def verified_md5(path: str, expected: str, followed: dict[bytes, Followed] | Non
     again, so that only a match ever rests on what was followed.
     """
     if followed:
-        mode = os.lstat(path).st_mode
+        st = os.lstat(path)
+        mode = st.st_mode
+        if limit is not None and stat.S_ISREG(mode) and st.st_size > limit:
+            raise TooBig(st.st_size)
         if stat.S_ISREG(mode):
             mine = followed.get(b"")
             if mine is not None and mine.md5 == expected and mine.matches(path):
                 return mine.md5, True
-        elif stat.S_ISDIR(mode) and md5_entry(path, known=followed) == expected:
+        elif stat.S_ISDIR(mode) and md5_entry(path, known=followed, limit=limit) == expected:
             top = os.fsencode(path)
             return expected, any(f.matches(os.path.join(top, rel)) for rel, f in followed.items())
-    return md5_entry(path), False
+    return md5_entry(path, limit=limit), False
 
 
 _TEMP = re.compile(rb"\.(.+)\.[A-Za-z0-9]{6}", re.DOTALL)

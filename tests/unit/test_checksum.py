@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from synkler.hops import checksum
+from synkler.hops import checksum, treewalk
 from synkler.hops.checksum import EntryStat, md5_entry, stat_entry
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "checksums.md"
@@ -299,3 +299,59 @@ def test_a_hash_under_way_ends_with_interrupted_when_the_agent_stops(tmp_path: P
     finally:
         checksum.STOPPING.clear()
     assert md5_entry(path) == hashlib.md5(b"x" * 100).hexdigest()
+
+
+SIZES = [0, 1, 4095, 4096, checksum.SMALL_FILE - 1, checksum.SMALL_FILE, (3 << 20) + 7]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_a_file_of_any_size_on_either_side_of_the_small_file_read_has_its_md5(tmp_path: Path, size) -> None:
+    data = os.urandom(size)
+    (tmp_path / "f").write_bytes(data)
+    assert md5_entry(tmp_path / "f") == hashlib.md5(data).hexdigest()
+    strong = checksum.digest_entry(tmp_path / "f", "sha256").strong
+    assert strong == f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+def test_a_small_file_that_grows_while_it_is_read_is_read_to_its_end(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"a" * 100)
+    real = os.read
+    grown = []
+
+    def read_then_grow(fd: int, n: int) -> bytes:
+        data = real(fd, n)
+        if not grown:
+            grown.append(True)
+            with open(path, "ab") as f:
+                f.write(b"b" * 50)
+        return data
+
+    monkeypatch.setattr(checksum.os, "read", read_then_grow)
+    assert md5_entry(path) == hashlib.md5(b"a" * 100 + b"b" * 50).hexdigest()
+
+
+def test_an_entry_over_the_limit_is_refused_before_any_file_is_read(tmp_path: Path, monkeypatch) -> None:
+    tree = build_tree(tmp_path / "t")  # 5 + 6 + 0 + 3 bytes of regular files, and a link
+    size = stat_entry(tree).size
+    opened: list[bytes] = []
+    real = checksum._open_regular
+    monkeypatch.setattr(checksum, "_open_regular", lambda p: opened.append(p) or real(p))
+    with pytest.raises(checksum.TooBig) as too_big:
+        md5_entry(tree, limit=size - 1)
+    assert too_big.value.size == size and opened == []
+    with pytest.raises(checksum.TooBig):
+        checksum.digest_entry(tree, "sha256", limit=size - 1)
+    with pytest.raises(checksum.TooBig) as too_big:
+        md5_entry(tree / "a.txt", limit=4)
+    assert too_big.value.size == 5 and opened == []
+    assert md5_entry(tree, limit=size) == md5_entry(tree)  # at the limit: read as always
+    assert checksum.digest_entry(tree, limit=size).md5 == md5_entry(tree)
+
+
+def test_a_walk_lists_names_that_are_not_utf8_byte_exact_and_sorted(tmp_path: Path) -> None:
+    top = tmp_path / "t"
+    top.mkdir()
+    for name in (b"b\xff", b"a", b"\xe9t\xe9"):
+        (top / os.fsdecode(name)).write_bytes(name)
+    assert [rel for rel, *_ in treewalk.walk(os.fsencode(top))] == [b"a", b"b\xff", b"\xe9t\xe9"]
