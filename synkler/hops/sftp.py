@@ -35,7 +35,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import paramiko
 
 from .. import places
+from ..errors import Interrupted
 from . import sftpcopy, sftpwire
+from .checksum import STOPPING
 from .outcome import OutsideRoot, Result
 
 if TYPE_CHECKING:
@@ -96,8 +98,14 @@ _stops = [0]  # how many times stop_all was called: a run begun before the last 
 
 
 def _stopping() -> Callable[[], bool]:
-    """For a run beginning now: has stop_all been called since?"""
+    """For a run beginning now: has stop_all been called since? None begins once the agent stops
+    (Interrupted: checksum.STOPPING), as no rsync run does: stop_all ends only the runs going on,
+    so one a job began after it would run unended (the job leaves it to the next start)."""
     begun = _stops[0]
+    # Looked at after `begun` is read: the stop sets STOPPING before it calls stop_all, so a run
+    # that read the count after stop_all raised it sees STOPPING here, and one before sees the count.
+    if STOPPING.is_set():
+        raise Interrupted("the agent is stopping")
     return lambda: _stops[0] != begun
 
 

@@ -14,7 +14,8 @@ from support.relay_helpers import write_random
 from support.sftphost import chrooted_sshd, need_root, sftp_settings
 
 from synkler.config import load_config
-from synkler.hops import sftp, transfer
+from synkler.errors import Interrupted
+from synkler.hops import checksum, sftp, transfer
 
 SIZE = 6 << 20
 
@@ -142,3 +143,23 @@ def test_names_that_are_not_utf8_travel_byte_exact_both_ways(hop):
     assert os.listdir(os.fsencode(back / "tree")) == [b"sub\xff"]
     assert (back / "tree" / os.fsdecode(b"sub\xff") / os.fsdecode(b"\xe8t\xe9")).read_bytes() == b"two"
     assert (back / name).read_bytes() == b"one"
+
+
+def test_no_sftp_push_or_pull_starts_once_the_agent_is_stopping(hop):
+    # stop_all ends the runs going on; one a job would begin after it would run unended.
+    up, down, local, central = hop
+    (local / "a.bin").write_bytes(b"one")
+    (central / "b.bin").write_bytes(b"two")
+    checksum.STOPPING.set()
+    try:
+        with pytest.raises(Interrupted):
+            transfer.push(up, str(local), ["a.bin"], str(central))
+        with pytest.raises(Interrupted):
+            transfer.pull(down, str(central), ["b.bin"], str(local / "staging"))
+        with pytest.raises(Interrupted):
+            transfer.pull_more(down, str(central / "b.bin"), str(local / "copy"))
+    finally:
+        checksum.STOPPING.clear()
+    assert sorted(os.listdir(central)) == ["b.bin"] and sorted(os.listdir(local)) == ["a.bin"]
+    assert transfer.push(up, str(local), ["a.bin"], str(central)).ok  # the next start pushes it
+    assert (central / "a.bin").read_bytes() == b"one"

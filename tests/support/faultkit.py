@@ -254,6 +254,23 @@ def rabbitmqctl_run(rabbitmqctl: str, *args: str, timeout: float = 120) -> str:
 # the verdict --------------------------------------------------------------------------------------
 
 
+Replaced = dict[str, tuple[str, str]]  # name -> md5s of its first and second versions (verdict)
+
+
+@dataclass
+class Outcome:
+    """What became of a workload's entries: names by fate, with a line about each one that is not
+    simply delivered, and the versions of the replaced names at download (stored name -> md5)."""
+
+    delivered: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)
+    duplicated: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+
+
 def verdict(
     relay, wl: Workload, *, faults: int, replaced: dict[str, tuple[str, str]] | None = None
 ) -> list[str]:
@@ -269,66 +286,90 @@ def verdict(
     runs once for the second version and never on content that was not delivered.
     Returns the names of the failed entries.
     """
+    replaced = replaced or {}
     up = {e.name: e for e in relay.entries("upload") if e.state != "superseded"}
+    out = Outcome()
+    _sort_entries(relay, wl, up, out)
+    _find_versions_and_extras(relay, wl, replaced, out)
+    _tally(relay, wl, faults, out)
+    assert not out.lost and not out.corrupt and not out.duplicated, "\n".join(out.problems)
+    for name in out.failed:
+        print(f"  failed: {name}: {up[name].reason}")
+    _check_cleanup_runs(relay, wl, replaced, out)
+    _check_no_debris(relay)
+    # Nobody died on their own: wait_for raised already if one had; check once more explicitly.
+    assert all(relay.alive(r) for r in ("upload", "central", "download")), {
+        r: relay.alive(r) for r in ("upload", "central", "download")
+    }
+    return out.failed
+
+
+def _sort_entries(relay, wl: Workload, up: dict, out: Outcome) -> None:
+    """Each name of the workload: delivered, failed (its data in place, a reason), lost or corrupt."""
     down_dir = relay.dirs["download"]
-    staging_name = f".synkler-{relay.instance}"
-    present = sorted(p for p in os.listdir(down_dir) if p != staging_name)
-    delivered, failed, lost, corrupt, duplicated = [], [], [], [], []
-    problems: list[str] = []
     for name in sorted(wl.names):
         entry = up.get(name)
         at_down = down_dir / name
         if entry is not None and entry.state == "done":
             if not os.path.lexists(at_down) or md5_entry(at_down) != wl.md5s[name]:
-                corrupt.append(name)
-                problems.append(f"{name}: done at upload but missing or wrong md5 at download")
+                out.corrupt.append(name)
+                out.problems.append(f"{name}: done at upload but missing or wrong md5 at download")
             else:
-                delivered.append(name)
+                out.delivered.append(name)
         elif entry is not None and entry.state == "failed":
             src = relay.dirs["upload"] / name
             if os.path.lexists(src) and md5_entry(src) == wl.md5s[name] and entry.reason:
-                failed.append(name)
-                problems.append(f"{name}: failed ({entry.reason})")  # allowed, but reported below
+                out.failed.append(name)
+                out.problems.append(f"{name}: failed ({entry.reason})")  # allowed, but reported below
             else:
-                lost.append(name)
-                problems.append(f"{name}: failed without its data in place or without a reason")
+                out.lost.append(name)
+                out.problems.append(f"{name}: failed without its data in place or without a reason")
         elif os.path.lexists(at_down) and md5_entry(at_down) == wl.md5s[name]:
-            delivered.append(name)  # arrived, but upload has not recorded it: flagged below
-            problems.append(f"{name}: at download but {entry.state if entry else 'unknown'} at upload")
+            out.delivered.append(name)  # arrived, but upload has not recorded it: flagged below
+            out.problems.append(f"{name}: at download but {entry.state if entry else 'unknown'} at upload")
         else:
-            lost.append(name)
-            problems.append(
+            out.lost.append(name)
+            out.problems.append(
                 f"{name}: {entry.state if entry else 'never recorded'} at upload, not at download"
             )
-    versions: dict[str, str] = {}  # stored name at download -> md5, of the replaced names' versions
-    for name, (v1, v2) in (replaced or {}).items():
+
+
+def _find_versions_and_extras(relay, wl: Workload, replaced: Replaced, out: Outcome) -> None:
+    """Both versions of each replaced name at download; anything else there is a duplicate."""
+    down_dir = relay.dirs["download"]
+    for name, (v1, v2) in replaced.items():
         stored = [e.stored_as or e.name for e in relay.entries("download") if e.name == name]
         got = sorted(md5_entry(down_dir / s) for s in stored if os.path.lexists(down_dir / s))
         if got != sorted([v1, v2]):
-            lost.append(name)
-            problems.append(f"{name}: versions at download {got}, not {sorted([v1, v2])}")
-        versions.update((s, md5_entry(down_dir / s)) for s in stored if os.path.lexists(down_dir / s))
-    extra = sorted(set(present) - wl.names - set(versions))
+            out.lost.append(name)
+            out.problems.append(f"{name}: versions at download {got}, not {sorted([v1, v2])}")
+        out.versions.update((s, md5_entry(down_dir / s)) for s in stored if os.path.lexists(down_dir / s))
+    staging_name = f".synkler-{relay.instance}"
+    present = sorted(p for p in os.listdir(down_dir) if p != staging_name)
+    extra = sorted(set(present) - wl.names - set(out.versions))
     if extra:
-        duplicated.extend(extra)
-        problems.append(f"unexpected entries at download (duplicates?): {extra}")
+        out.duplicated.extend(extra)
+        out.problems.append(f"unexpected entries at download (duplicates?): {extra}")
+
+
+def _tally(relay, wl: Workload, faults: int, out: Outcome) -> None:
+    """Add the scenario to the suite's TALLY, and say its line."""
     TALLY["entries"] += len(wl.names)
     TALLY["faults"] += faults
-    TALLY["delivered"] += len(delivered)
-    TALLY["failed"] += len(failed)
-    TALLY["lost"] += len(lost)
-    TALLY["corrupt"] += len(corrupt)
-    TALLY["duplicated"] += len(duplicated)
+    TALLY["delivered"] += len(out.delivered)
+    TALLY["failed"] += len(out.failed)
+    TALLY["lost"] += len(out.lost)
+    TALLY["corrupt"] += len(out.corrupt)
+    TALLY["duplicated"] += len(out.duplicated)
     print(
-        f"\n{relay.instance}: entries={len(wl.names)} faults={faults} delivered={len(delivered)} "
-        f"failed={len(failed)} lost={len(lost)} corrupt={len(corrupt)} duplicated={len(duplicated)}"
+        f"\n{relay.instance}: entries={len(wl.names)} faults={faults} delivered={len(out.delivered)} "
+        f"failed={len(out.failed)} lost={len(out.lost)} corrupt={len(out.corrupt)} "
+        f"duplicated={len(out.duplicated)}"
     )
 
-    assert not lost and not corrupt and not duplicated, "\n".join(problems)
-    for name in failed:
-        print(f"  failed: {name}: {up[name].reason}")
 
-    # Cleanup scripts: exactly once per delivered entry, never for a failed one.
+def _check_cleanup_runs(relay, wl: Workload, replaced: Replaced, out: Outcome) -> None:
+    """Cleanup scripts: exactly once per delivered entry, on its content; never for a failed one."""
     up_log, down_log = cleanup_logs(relay)
     relay.wait_for(
         "cleanup scripts recorded",
@@ -338,31 +379,34 @@ def verdict(
         ),
         30,
     )
-    up_runs = [(n, md5) for n, md5 in script_runs(up_log) if n not in (replaced or {})]
-    assert sorted(n for n, _ in up_runs) == sorted(delivered), "upload cleanup runs != delivered entries"
+    up_runs = [(n, md5) for n, md5 in script_runs(up_log) if n not in replaced]
+    assert sorted(n for n, _ in up_runs) == sorted(out.delivered), "upload cleanup runs != delivered entries"
     assert all(md5 == wl.md5s[n] for n, md5 in up_runs), "an upload cleanup script saw other content"
-    for name, (v1, v2) in (replaced or {}).items():
+    for name, (v1, v2) in replaced.items():
         seen = [md5 for n, md5 in script_runs(up_log) if n == name]
         # The second version's once; the first one's only if it was delivered before the second
         # came, and then on its own content.
         assert seen.count(v2) == 1 and seen.count(v1) <= 1 and set(seen) <= {v1, v2}, (name, seen, v1, v2)
-    down_runs = [(n, md5) for n, md5 in script_runs(down_log) if n not in versions]
+    down_runs = [(n, md5) for n, md5 in script_runs(down_log) if n not in out.versions]
     placed = sorted(
         e.stored_as or e.name
         for e in relay.entries("download")
-        if e.state == "done" and e.name not in (replaced or {})
+        if e.state == "done" and e.name not in replaced
     )
-    assert sorted(n for n, _ in down_runs) == placed == sorted(delivered), (
+    assert sorted(n for n, _ in down_runs) == placed == sorted(out.delivered), (
         "download cleanup runs != delivered entries"
     )
     assert all(md5 == wl.md5s[n] for n, md5 in down_runs), "a download cleanup script saw other content"
-    assert sorted((n, m) for n, m in script_runs(down_log) if n in versions) == sorted(versions.items()), (
-        "download cleanup runs of the replaced names' versions"
-    )
-    ours = [e for e in relay.entries("download") if e.name not in (replaced or {})]
+    assert sorted((n, m) for n, m in script_runs(down_log) if n in out.versions) == sorted(
+        out.versions.items()
+    ), "download cleanup runs of the replaced names' versions"
+    ours = [e for e in relay.entries("download") if e.name not in replaced]
     assert len(ours) == len(placed) + sum(1 for e in ours if e.state == "failed")
 
-    # No debris: central staging empty once every entry is settled, download staging empty, no partials.
+
+def _check_no_debris(relay) -> None:
+    """Central's staging and growing/ empty once every entry is settled, download's staging empty,
+    no partial dirs."""
     staging = relay.dirs["central"] / relay.instance / "staging"
     relay.wait_for(
         "central staging empty",
@@ -376,17 +420,12 @@ def verdict(
     growing = relay.dirs["central"] / relay.instance / "growing"
     relay.wait_for("central growing/ empty", lambda: not growing.exists() or not any(growing.iterdir()), 10)
     # Download removes the emptied per-entry directories by a job after the commit: soon, not at once.
-    relay.wait_for("download staging empty", lambda: not any((down_dir / staging_name).iterdir()), 10)
+    down_staging = relay.dirs["download"] / f".synkler-{relay.instance}"
+    relay.wait_for("download staging empty", lambda: not any(down_staging.iterdir()), 10)
     partials = [
         str(p) for role in ("central", "download") for p in relay.dirs[role].rglob(".synkler-partial")
     ]
     assert partials == [], partials
-
-    # Nobody died on their own: wait_for raised already if one had; check once more explicitly.
-    assert all(relay.alive(r) for r in ("upload", "central", "download")), {
-        r: relay.alive(r) for r in ("upload", "central", "download")
-    }
-    return failed
 
 
 def wait_until(what: str, predicate, timeout: float, interval: float = 0.1) -> None:

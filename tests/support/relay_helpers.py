@@ -4,7 +4,9 @@ conftest.py, so both import this module by name)."""
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pika
@@ -23,6 +25,21 @@ def place(upload_dir: Path, name: str, data: bytes) -> str:
     md5 = md5_entry(tmp)
     os.rename(tmp, upload_dir / name)
     return md5
+
+
+RECORD = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\t' + sys.argv[3] + '\\n')"
+
+
+def recorder(log: Path) -> str:
+    """A cleanup_script that appends '%f<TAB>%F' to `log`, run without a shell."""
+    return shlex.join([sys.executable, "-c", RECORD, str(log), "%f", "%F"])
+
+
+def runs(log: Path) -> list[tuple[str, str]]:
+    """What `recorder` wrote: (%f, %F) of each run."""
+    if not log.exists():
+        return []
+    return [tuple(line.split("\t")) for line in log.read_text().splitlines()]
 
 
 def write_random(path: Path, size: int, chunk: int = 8 << 20) -> None:

@@ -14,7 +14,7 @@ DOC = REPO / "docs" / "architecture.md"
 # The import against the arrows that the document names: the entry point of `python -m synkler`.
 EXCEPTIONS = {("__main__.py", "cli")}
 # Packages that belong to the core although they are folders (config/ is planned as one).
-CORE_PACKAGES = {"config"}
+CORE_PACKAGES = {"config", "state"}
 
 
 def drawn() -> dict[str, set[str]]:

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "synkler"
 # library -> the modules (or a package, ending in /) that may import it
 OWNERS = {
     "pika": {"broker/amqp/"},
-    "sqlite3": {"state.py"},
+    "sqlite3": {"state/"},
     "paramiko": {"hops/sftp.py", "hops/sftpcopy.py", "hops/sftpwire.py"},
     "prometheus_client": {"observe/metrics.py"},
     "smtplib": {"observe/channels.py"},

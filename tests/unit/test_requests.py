@@ -1,7 +1,7 @@
 """An operator's requests (synkler retry | forget | resend) and the `forget` message, decided by the
 agents through the fake runtime (tests/unit/fakes.py): what each role does, what it refuses and why,
 and that a forget ends an entry once at every role without looping. The transitions they make are
-in tests/unit/test_decisions.py with the others."""
+in tests/unit/test_decisions_*.py with the others."""
 
 from __future__ import annotations
 

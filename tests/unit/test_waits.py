@@ -199,7 +199,7 @@ def test_retry_takes_one_entry_or_waiting_entries_not_both_nor_neither(capsys):
 
 
 def test_pulls_waiting_for_disk_space_go_once_space_comes_free(tmp_path: Path, monkeypatch):
-    from synkler.agents import download
+    from synkler.agents import download_pulls as download
 
     free = [1000]
     monkeypatch.setattr(download, "free_bytes", lambda _path: free[0])

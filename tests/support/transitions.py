@@ -1,0 +1,46 @@
+"""The scenarios of tests/unit/test_decisions*.py: each puts an entry in a state (as an earlier run
+would have left it), hands the agent a message, a tick or a job's outcome through the fake runtime
+(support/fakes.py), and checks the state it went to and what it sent. `transition` registers one
+for each move of a role's state table it drives; test_decisions.py runs them all and checks that
+they cover the table."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from support.fakes import Role
+from synkler.hops.transfer import Result
+from synkler.messages import Message
+from synkler.state import Entry
+
+MD5 = "a" * 32
+OTHER = "b" * 32
+OK = Result(True, 0, "")
+RSYNC_FAILED = Result(False, 23, "rsync: some files could not be transferred")
+
+Scenario = Callable[[Path, str, str], Entry]
+SCENARIOS: dict[tuple[str, str, str], Scenario] = {}
+
+
+def transition(role: str, *pairs: tuple[str, str]) -> Callable[[Scenario], Scenario]:
+    """Register a scenario for each (from, to) of `role`; from "" is a new entry."""
+
+    def register(fn: Scenario) -> Scenario:
+        for pair in pairs:
+            assert (role, *pair) not in SCENARIOS, pair
+            SCENARIOS[(role, *pair)] = fn
+        return fn
+
+    return register
+
+
+def role(tmp_path: Path, mode: str, **settings: object) -> Role:
+    r = Role(mode, tmp_path, **settings)
+    return r
+
+
+def only(sent: list[tuple[str, Message]], kind: type[Message]) -> tuple[str, Message]:
+    found = [(to, m) for to, m in sent if isinstance(m, kind)]
+    assert len(found) == 1, sent
+    return found[0]
