@@ -121,7 +121,7 @@ def _list_all(file_dir: str, renamed: set[str], whole: set[str]) -> tuple[dict[s
                     pass
                 continue
             try:
-                found[d.name] = _look_at(d.path, d.name in renamed, whole)
+                found[d.name] = _look_at(d.path, d.name, d.name in renamed, whole)
             except FileNotFoundError:  # vanished while we looked
                 found[d.name] = None
             except (OSError, ValueError) as e:  # unreadable, or holds a fifo/socket/device
@@ -139,7 +139,7 @@ def _list_some(
     for name in names:
         path = os.path.join(file_dir, name)
         try:
-            found[name] = _look_at(path, name in renamed, whole)
+            found[name] = _look_at(path, name, name in renamed, whole)
         except FileNotFoundError:
             continue
         except (OSError, ValueError) as e:
@@ -151,16 +151,16 @@ def _list_some(
     return found, stamps
 
 
-def _look_at(path: str, renamed: bool, whole: set[str]) -> EntryStat:
+def _look_at(path: str, name: str, renamed: bool, whole: set[str]) -> EntryStat:
     """One entry's fingerprint; a file renamed in that no process holds open for writing is added
     to `whole` (asked before the fingerprint, so that is of the whole file)."""
     if renamed:
         writing = open_for_writing(path)
         if writing is False:
-            whole.add(os.path.basename(path))
+            whole.add(name)
         else:
             why = "is still open for writing" if writing else "may still be written"
-            log.debug("%s: renamed in, but %s: it settles first", os.path.basename(path), why)
+            log.debug("%s: renamed in, but %s: it settles first", name, why)
     return stat_entry(path)
 
 
