@@ -27,9 +27,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import linkuse
 import netns
 import netns_star
 import yaml
+from linkuse import LinkWatch
 from relay_data import link_into, make_files
 from relay_probes import BenchError, close_all, readers
 
@@ -162,15 +164,36 @@ def pool_once(
             bench.start(relay)
             put = link_into(sorted(src.iterdir()), relay.dirs["upload"])
             bench.rest()
-            figures = bench.relay_side(relay, state, label, put, md5s, size, True, False, None)
+            hosts = star.hosts[2 : 2 + n]
+            watch = LinkWatch(
+                star.ns["switch"], {h: star.far[h] for h in hosts}, bench.args.centrals_rate_mbit
+            )
+            try:
+                figures = bench.relay_side(
+                    relay, state, label, watched(put, watch), md5s, size, True, False, None
+                )
+            finally:
+                watch.stop()
+            links = watch.figures(figures.get("relay_s"))
+            rb.say(f"  {label}: each central's link (share of its rate, in and out): {linkuse.text(links)}")
             taken = {key: len(state[key].names("delivered") | state[key].names("expired")) for key in keys}
             rb.say(f"  {label}: entries taken by each central: {taken}")
             if sum(taken.values()) < len(md5s):
                 raise BenchError(f"{label}: the centrals delivered {sum(taken.values())} of {len(md5s)}")
-            return {**figures, "taken": list(taken.values())}
+            return {**figures, "taken": list(taken.values()), "links": links}
         finally:
             close_all(state)
             bench.finish(relay)
+
+
+def watched(put: Any, watch: LinkWatch) -> Any:
+    """`put`, which starts the clock of a relay, with the links watched from then on."""
+
+    def start_and_put() -> None:
+        watch.start()
+        put()
+
+    return start_and_put
 
 
 def cases(runs: list[dict[str, Any]], total: int, rate_mbit: float) -> list[dict[str, Any]]:

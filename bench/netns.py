@@ -32,11 +32,13 @@ import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
+from typing import TypeVar
 
 CLONE_NEWNET = 0x40000000
 CENTRAL_ADDR = "10.201.0.1"
 PREFIX = "synkler-bench-"
 _libc = ctypes.CDLL(None, use_errno=True)
+H = TypeVar("H", bound="Hosts")
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
@@ -145,22 +147,19 @@ class Forwarder:
                 s.close()
 
 
-class Topology:
-    """`with Topology(rate_mbit, broker_port) as topo:` topo.ns[role] is each host's namespace."""
+class Hosts:
+    """Network namespaces (`ns`: name -> namespace) with a broker forwarder in each of `forwarded`:
+    made on entering (after removing those of runs killed outright), removed on exit, also when
+    making them failed half-way. A subclass makes its links in `_build`, after `_add_namespaces`."""
 
-    def __init__(self, rate_mbit: float, broker_port: int):
+    def __init__(self, names: list[str], broker_port: int):
         tag = f"{os.getpid()}-{uuid.uuid4().hex[:4]}"
-        self.ns = {role: f"{PREFIX}{tag}-{role}" for role in ("upload", "central", "download")}
-        self.rate_mbit = rate_mbit
+        self.ns = {name: f"{PREFIX}{tag}-{name}" for name in names}
         self.broker_port = broker_port
         self.forwarders: list[Forwarder] = []
-        short = f"sb{os.getpid():x}{tag[-2:]}"  # interface names: 15 characters at most
-        self.links = [
-            ("upload", f"{short}u", "10.201.1.1", "central", f"{short}cu", "10.201.1.2"),
-            ("central", f"{short}cd", "10.201.2.1", "download", f"{short}d", "10.201.2.2"),
-        ]
+        self.short = f"sb{os.getpid():x}{tag[-2:]}"  # a prefix of interface names: 15 characters at most
 
-    def __enter__(self) -> Topology:
+    def __enter__(self: H) -> H:
         remove_stale()
         try:
             self._build()
@@ -170,23 +169,16 @@ class Topology:
         return self
 
     def _build(self) -> None:
+        raise NotImplementedError
+
+    def _add_namespaces(self) -> None:
         for ns in self.ns.values():
             _check(["ip", "netns", "add", ns])
             _check(["ip", "-n", ns, "link", "set", "lo", "up"])
-        _check(["ip", "-n", self.ns["central"], "addr", "add", f"{CENTRAL_ADDR}/32", "dev", "lo"])
-        for role_a, if_a, addr_a, role_b, if_b, addr_b in self.links:
-            a, b = self.ns[role_a], self.ns[role_b]
-            _check(["ip", "link", "add", if_a, "netns", a, "type", "veth", "peer", "name", if_b, "netns", b])
-            for ns, ifname, addr in ((a, if_a, addr_a), (b, if_b, addr_b)):
-                _check(["ip", "-n", ns, "addr", "add", f"{addr}/30", "dev", ifname])
-                _check(["ip", "-n", ns, "link", "set", ifname, "up"])
-                _check(["tc", "-n", ns, "qdisc", "add", "dev", ifname, "root", "tbf",
-                        "rate", f"{self.rate_mbit:g}mbit", "burst", "256kb", "latency", "100ms"])  # fmt: skip
-        # upload and download reach central's sshd address over their own link.
-        _check(["ip", "-n", self.ns["upload"], "route", "add", f"{CENTRAL_ADDR}/32", "via", "10.201.1.2"])
-        _check(["ip", "-n", self.ns["download"], "route", "add", f"{CENTRAL_ADDR}/32", "via", "10.201.2.1"])
-        for ns in self.ns.values():
-            self.forwarders.append(Forwarder(ns, self.broker_port))
+
+    def _forward_broker(self, names: list[str]) -> None:
+        for name in names:
+            self.forwarders.append(Forwarder(self.ns[name], self.broker_port))
 
     def __exit__(self, *exc: object) -> None:
         for f in self.forwarders:
@@ -194,3 +186,37 @@ class Topology:
         self.forwarders = []
         for ns in self.ns.values():
             _run(["ip", "netns", "del", ns])  # its veth ends, and so the links, go with it
+
+
+def limit(ns: str, ifname: str, rate_mbit: float) -> None:
+    """A token bucket at `rate_mbit` on what leaves `ifname` in namespace `ns`."""
+    _check(["tc", "-n", ns, "qdisc", "add", "dev", ifname, "root", "tbf",
+            "rate", f"{rate_mbit:g}mbit", "burst", "256kb", "latency", "100ms"])  # fmt: skip
+
+
+class Topology(Hosts):
+    """`with Topology(rate_mbit, broker_port) as topo:` topo.ns[role] is each host's namespace."""
+
+    def __init__(self, rate_mbit: float, broker_port: int):
+        super().__init__(["upload", "central", "download"], broker_port)
+        self.rate_mbit = rate_mbit
+        short = self.short
+        self.links = [
+            ("upload", f"{short}u", "10.201.1.1", "central", f"{short}cu", "10.201.1.2"),
+            ("central", f"{short}cd", "10.201.2.1", "download", f"{short}d", "10.201.2.2"),
+        ]
+
+    def _build(self) -> None:
+        self._add_namespaces()
+        _check(["ip", "-n", self.ns["central"], "addr", "add", f"{CENTRAL_ADDR}/32", "dev", "lo"])
+        for role_a, if_a, addr_a, role_b, if_b, addr_b in self.links:
+            a, b = self.ns[role_a], self.ns[role_b]
+            _check(["ip", "link", "add", if_a, "netns", a, "type", "veth", "peer", "name", if_b, "netns", b])
+            for ns, ifname, addr in ((a, if_a, addr_a), (b, if_b, addr_b)):
+                _check(["ip", "-n", ns, "addr", "add", f"{addr}/30", "dev", ifname])
+                _check(["ip", "-n", ns, "link", "set", ifname, "up"])
+                limit(ns, ifname, self.rate_mbit)
+        # upload and download reach central's sshd address over their own link.
+        _check(["ip", "-n", self.ns["upload"], "route", "add", f"{CENTRAL_ADDR}/32", "via", "10.201.1.2"])
+        _check(["ip", "-n", self.ns["download"], "route", "add", f"{CENTRAL_ADDR}/32", "via", "10.201.2.1"])
+        self._forward_broker(list(self.ns))

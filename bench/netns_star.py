@@ -21,9 +21,8 @@ removed on exit, also on an exception or Ctrl-C; those of a run killed outright 
 from __future__ import annotations
 
 import os
-import uuid
 
-from netns import PREFIX, Forwarder, _check, _run, remove_stale
+from netns import PREFIX, Hosts, _check, _run, limit
 
 SUBNET = "10.203.0"
 ADDRS = {"upload": f"{SUBNET}.1", "download": f"{SUBNET}.2"}
@@ -47,38 +46,26 @@ def missing_bridge() -> str | None:
     return None
 
 
-class Star:
+class Star(Hosts):
     """`with Star(centrals, rate_mbit, broker_port) as star:` star.ns[host] is each host's namespace
     (upload, download, central-1 …), star.addr[host] its address."""
 
     def __init__(self, centrals: int, rate_mbit: float, broker_port: int, edge_mbit: float | None = None):
-        tag = f"{os.getpid()}-{uuid.uuid4().hex[:4]}"
         self.hosts = ["upload", "download", *(f"central-{i}" for i in range(1, centrals + 1))]
-        self.ns = {host: f"{PREFIX}{tag}-{host}" for host in [*self.hosts, "switch"]}
+        super().__init__([*self.hosts, "switch"], broker_port)
         self.addr = {**ADDRS, **{f"central-{i}": central_addr(i) for i in range(1, centrals + 1)}}
         self.rate = {host: rate_mbit if host.startswith("central") else edge_mbit for host in self.hosts}
-        self.broker_port = broker_port
-        self.forwarders: list[Forwarder] = []
-        self.short = f"sb{os.getpid():x}{tag[-2:]}"  # interface names: 15 characters at most
-
-    def __enter__(self) -> Star:
-        remove_stale()
-        try:
-            self._build()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
+        # each host's link: its end in the host's namespace, and its end on the switch
+        self.near = {host: f"{self.short}h{i}" for i, host in enumerate(self.hosts)}
+        self.far = {host: f"{self.short}s{i}" for i, host in enumerate(self.hosts)}
 
     def _build(self) -> None:
         switch = self.ns["switch"]
-        for ns in self.ns.values():
-            _check(["ip", "netns", "add", ns])
-            _check(["ip", "-n", ns, "link", "set", "lo", "up"])
+        self._add_namespaces()
         _check(["ip", "-n", switch, "link", "add", "br0", "type", "bridge"])
         _check(["ip", "-n", switch, "link", "set", "br0", "up"])
-        for i, host in enumerate(self.hosts):
-            ns, near, far = self.ns[host], f"{self.short}h{i}", f"{self.short}s{i}"
+        for host in self.hosts:
+            ns, near, far = self.ns[host], self.near[host], self.far[host]
             _check(["ip", "link", "add", near, "netns", ns, "type", "veth",
                     "peer", "name", far, "netns", switch])  # fmt: skip
             _check(["ip", "-n", ns, "addr", "add", f"{self.addr[host]}/24", "dev", near])
@@ -86,15 +73,6 @@ class Star:
             _check(["ip", "-n", switch, "link", "set", far, "master", "br0", "up"])
             rate = self.rate[host]
             if rate:
-                for where, ifname in ((ns, near), (switch, far)):
-                    _check(["tc", "-n", where, "qdisc", "add", "dev", ifname, "root", "tbf",
-                            "rate", f"{rate:g}mbit", "burst", "256kb", "latency", "100ms"])  # fmt: skip
-        for host in self.hosts:
-            self.forwarders.append(Forwarder(self.ns[host], self.broker_port))
-
-    def __exit__(self, *exc: object) -> None:
-        for f in self.forwarders:
-            f.close()
-        self.forwarders = []
-        for ns in self.ns.values():
-            _run(["ip", "netns", "del", ns])  # its veth ends go with it, and the switch's bridge
+                limit(ns, near, rate)
+                limit(switch, far, rate)
+        self._forward_broker(self.hosts)

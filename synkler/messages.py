@@ -213,7 +213,9 @@ def _destinations(value: object) -> str | None:
     return None
 
 
-ROLES = ("upload", "download")  # the roles whose standby says `hello`
+# The roles whose standby says `hello`: upload and download to the centrals; a central of a pool
+# to its upload agents, which then re-own what they held at it.
+ROLES = ("upload", "download", "central")
 # Where an entry central describes in `open` is (central's states, in words of their own):
 # not admitted yet, admitted (its push under way), arrived (verified or being verified: central
 # holds the copy), relayed (delivered, its copy kept or expired since), given up (failed).
@@ -424,7 +426,9 @@ class Forget(Message):
 class Hello(Message):
     """upload or download -> each central: this agent took over from another of its name (a
     standby) and has a state of its own; re-announce what you hold open for it. `entry` is a fresh
-    token, which `greeted` carries back."""
+    token, which `greeted` carries back. A central of a pool -> each of its upload agents (`role`
+    central): the same, and upload offers again (next epoch) what it held at that central; no
+    `greeted` follows."""
 
     TYPE: ClassVar[str] = "hello"
     role: str = field(metadata=_checked(_role))

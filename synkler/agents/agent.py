@@ -91,7 +91,8 @@ class Agent:
     def took_over(self) -> None:
         """This agent was a standby and has just taken its queue over from another of its name,
         whose state it does not have (upload and download then greet the centrals:
-        synkler.agents.greeting). Called before `startup`, in its transaction."""
+        synkler.agents.greeting; a central of a pool greets its upload agents, which re-own what
+        they held at it: synkler.agents.central_pool). Called before `startup`, in its transaction."""
 
     def on_message(self, msg: Message) -> None:
         """Act on one message, inside the caller's savepoint; MessageError dead-letters it."""

@@ -44,6 +44,8 @@ class Answering(Agent):
         raise NotImplementedError
 
     def on_hello(self, msg: Hello) -> None:
+        if msg.role == "central":
+            raise MessageError(f"hello from {msg.sender!r} as a central: only upload agents take it")
         downloads = (self.cfg.download_name, *self.cfg.destinations)
         if msg.role == "download":
             if msg.sender not in downloads:

@@ -6,15 +6,20 @@ offers queues at 0), owns each entry it takes for the offer's epoch, stamps that
 message about it (synkler.agents.agent.Agent.send), and ignores a message of another epoch. A
 `forget` from upload with a newer epoch means upload re-owned the entry (this central was gone):
 its copies go, and nothing is passed on (download answers the new owner).
+
+A central's standby that takes over (same name, a state of its own) says `hello` to its upload
+agents, which re-own every entry they held at the first one (synkler.agents.upload_pool); the
+messages about those entries that reach it meanwhile are ignored, not dead-lettered.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 from .. import destinations as dests
 from ..errors import MessageError, NotYet, Refused
-from ..messages import Delivered, Forget, Message, Offer
+from ..messages import Delivered, Forget, Hello, Message, Offer, new_entry_id
 from ..state import Entry, Request
 from .base import Status
 from .central_hello import Answering
@@ -24,6 +29,7 @@ log = logging.getLogger("synkler")
 
 DRAIN, UNDRAIN = "drain", "undrain"  # an operator's requests (`synkler drain [--undo]`)
 DRAINING = "draining"  # the flag in the state: since when (a timestamp)
+TOOK_OVER = "took-over"  # the flag in the state: this central took over from a standby, when
 
 # Entries a central of a pool holds before it has been pushed their data (waiting, being pushed,
 # being verified): it takes no more offers while it holds twice max_transfers of them.
@@ -138,21 +144,55 @@ class PoolCentral(Answering):
             "docs/architecture.md, 'Limits of this version')",
         )
 
+    def took_over(self) -> None:
+        """This central was a standby and took over with a state of its own: in a pool, it says
+        `hello` to its upload agents, which re-own (next epoch, offered again) what they held at the
+        first central; without a pool (no epochs to fence the first central with), they do not."""
+        if not self.cfg.uploads:
+            log.warning(
+                "central agent %r took over with a state of its own: the entries the first one held stop "
+                "where they were (only a pool of centrals, `uploads`, offers them again: docs/protocol.md)",
+                self.name,
+            )
+            return
+        self.state.put_flag(TOOK_OVER, repr(time.time()))
+        token = new_entry_id()
+        for upload in self.cfg.uploads:
+            self.send(upload, Hello(token, self.name, role="central"))
+        log.warning(
+            "central agent %r took over with a state of its own: asking %s to offer again the entries "
+            "the first one held",
+            self.name,
+            ", ".join(self.cfg.uploads),
+        )
+
     def took(self, entry: Entry, msg: Offer) -> None:
         if msg.epoch is not None:
             self.state.put_epoch(entry.id, msg.epoch)
 
     def fenced(self, msg: Message) -> str | None:
         epoch = getattr(msg, "epoch", None)
-        if isinstance(msg, Offer) or epoch is None:
+        if isinstance(msg, (Offer, Hello)):
             return None
         entry = self.state.get(msg.entry)
         if entry is None:
+            return self._first_ones()
+        if epoch is None:
             return None
         held = self.state.epoch(entry.id)
         if isinstance(msg, Forget) and msg.sender == entry.peer and epoch > held:
             return None  # upload re-owned it: on_forget drops it
         return stale(epoch, held, msg.sender, None)
+
+    def _first_ones(self) -> str | None:
+        """After a takeover: a message about an entry this central never had is about one the first
+        central of its name held (or an upload's re-own of one): upload offers it again, so it is
+        ignored rather than dead-lettered. None: no takeover, the handler says what is wrong."""
+        if self.state.flag(TOOK_OVER) is None:
+            return None
+        return (
+            "an entry this central never had: the first central of its name held it (upload offers it again)"
+        )
 
     def on_forget(self, msg: Forget) -> None:
         entry = self.state.get(msg.entry)

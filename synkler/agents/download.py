@@ -171,6 +171,7 @@ class Download(Pulls):
         self.from_central(msg)
         self.on_central(msg, "path", "stored", msg.entry)
         entry = self.state.get(msg.entry)
+        newer = self.newer(msg)  # read before new_owner records the new epoch
         if msg.entry in self.early:
             self.early[msg.entry].fetched.set()
         if entry is None and self.history.may_have_pruned(msg):
@@ -186,9 +187,10 @@ class Download(Pulls):
         elif self.pooled and self.new_owner(msg, entry):
             return
         elif entry.state in (Down.FETCHING, Down.FAILED) and (
-            msg.attempt > entry.attempt or (self.pooled and msg.path != entry.path)
+            msg.attempt > entry.attempt or newer or (self.pooled and msg.path != entry.path)
         ):
-            # Central has a fresh copy (it found its stored one bad and got it again from upload).
+            # Central has a fresh copy (it found its stored one bad and got it again from upload), or
+            # upload re-owned the entry (a newer epoch): pulled afresh from that copy.
             self.move(entry, Down.FETCHING, attempt=msg.attempt, path=msg.path, tries=0, due=0)
             self.state.put_source(entry.id, msg.source)
             self._second_hash(msg)

@@ -38,12 +38,17 @@ class PoolDownload(Greeting):
             return f"it is of epoch {epoch}; this agent has seen epoch {seen} of the entry"
         return None
 
+    def newer(self, msg: Fetch) -> bool:
+        """Is this fetch of a newer ownership than the last download saw (upload re-owned the
+        entry: from another central, or from a central whose standby took over with a state of its
+        own, under the same name)? Its pull then starts afresh from the new owner's copy."""
+        return self.pooled and (msg.epoch or 0) > self.state.epoch(msg.entry)
+
     def new_owner(self, msg: Fetch, entry: Entry) -> bool:
-        """A fetch of a newer epoch from another central (upload re-owned the entry): that central
-        is the one download answers now. True if the entry needs no more (its `fetched` went again)."""
+        """A fetch of a newer epoch (upload re-owned the entry): its central is the one download
+        answers now. True if the entry needs no more (its `fetched` went again)."""
         epoch = msg.epoch or 0
-        if epoch <= self.state.epoch(entry.id) or msg.sender == entry.peer:
-            self.state.put_epoch(entry.id, max(epoch, self.state.epoch(entry.id)))
+        if epoch <= self.state.epoch(entry.id):
             return False
         self.state.put_epoch(entry.id, epoch)
         log.info("%s: now owned by %s (epoch %d)", entry.name, msg.sender, epoch)

@@ -71,7 +71,7 @@ class Pulls(Placing):
             log.info("%s: pulling from central", batch[0].name)
         else:
             log.info("pulling %s from central", some_entries([e.name for e in batch]))
-        # Big files go alone (base.BATCH_BYTES): one pulled early has a batch of its own.
+        # Big files go alone (slots.BATCH_BYTES): one pulled early has a batch of its own.
         early = self.early.pop(batch[0].id, None) if len(batch) == 1 else None
         metas = {}
         for e in batch:
@@ -84,6 +84,7 @@ class Pulls(Placing):
             [Key(ENTRY, e.id) for e in batch],
             functools.partial(pull, self.link_cfg(batch[0]), self.staging, batch, early, chosen, checksums),
             functools.partial(self._pulled, batch, time.time()),
+            self.link_of(batch[0]),
         )
 
     def _upload_dirs(self, batch: list[Entry]) -> dict[str, str]:

@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
@@ -15,7 +16,7 @@ from ..errors import Refused
 from ..hops import cleanup, transfer
 from ..state import Entry, State
 from ..text import count, shown, some_entries
-from . import waits
+from . import slots, waits
 from .agent import Agent
 from .base import CLEANUP, ENTRY, GIVE_UP_ADVICE, PERSON_REPEAT, RETRY, Cleanup, Done, Jobs, Key, Status, T
 from .facts import DISK_WAIT, LINK_DOWN, NEEDS_PERSON, needs_person_reason
@@ -27,8 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("synkler")
 
-BATCH_ENTRIES = 500  # at most this many entries in one rsync run
-BATCH_BYTES = 64 << 20  # ... and about this many bytes; bigger entries get a run of their own
 SPACE_WAIT = 30.0  # seconds between tries of a step that failed for lack of disk space
 # Cleanup scripts an operator may run again (`synkler retry`): whether an interrupted one ended is
 # unknown, so synkler never runs it again by itself, but a person who has looked may.
@@ -53,6 +52,8 @@ class Endpoint(Agent):
         self.cleanup_due = True  # set when an entry's cleanup script becomes due
         self.transfer_due = True  # set when an entry may need a transfer, or a transfer slot freed up
         self.next_transfer_retry = float("inf")  # when a failed transfer is due to run again
+        # Transfer runs going on over each link (link_of), which the free slots are shared by.
+        self.running: Counter[str] = Counter()
         self.next_cleanup_retry = float("inf")  # when a failed cleanup script is due to run again
         # The link to each central (one in a pool, by name; "" with one central): down since when,
         # tried again when. One central's outage never holds back the entries of another.
@@ -81,11 +82,23 @@ class Endpoint(Agent):
 
     # transfers -----------------------------------------------------------------------------------
 
-    def submit_transfer(self, keys: Sequence[Key], work: Callable[[], T], done: Done[T]) -> None:
-        """Run an rsync job on the transfer pool; when it ends its slot is free for the next."""
-        self.jobs.submit(Pool.TRANSFER, keys, work, functools.partial(self._transfer_ended, done))
+    def submit_transfer(
+        self, keys: Sequence[Key], work: Callable[[], T], done: Done[T], link: str = ""
+    ) -> None:
+        """Run an rsync job over `link` (link_of) on the transfer pool; when it ends its slot is free
+        for the next."""
+        self.state.after_commit(functools.partial(self._count_run, link, 1))  # as the job starts
+        self.jobs.submit(Pool.TRANSFER, keys, work, functools.partial(self._transfer_ended, link, done))
 
-    def _transfer_ended(self, done: Done[T], outcome: T | None, error: BaseException | None) -> None:
+    def _count_run(self, link: str, change: int) -> None:
+        self.running[link] += change
+        if self.running[link] <= 0:
+            del self.running[link]
+
+    def _transfer_ended(
+        self, link: str, done: Done[T], outcome: T | None, error: BaseException | None
+    ) -> None:
+        self._count_run(link, -1)
         self.transfer_due = True  # a slot is free, and retries may have been scheduled
         done(outcome, error)
 
@@ -241,32 +254,13 @@ class Endpoint(Agent):
         return due
 
     def batches(self, entries: list[Entry], group: Callable[[Entry], object]) -> list[list[Entry]]:
-        """Group entries for transfer runs: many small entries share one rsync run, big ones go alone.
-
-        Only entries on their first try are grouped: one that failed before goes alone, so a single
-        bad entry cannot hold a whole batch back. Returns at most as many batches as there are free
-        transfer slots, oldest entries first.
-        """
+        """The transfer runs to start now of `entries` (oldest first; synkler.agents.slots): many
+        small entries share one rsync run, big ones and those that failed before go alone; at most
+        as many runs as there are free transfer slots, shared fairly by the links to the centrals
+        of a pool (each link with work due gets a run before any gets a second), oldest first
+        within a link."""
         free = self.cfg.max_transfers - self.jobs.transfers
-        out: list[list[Entry]] = []
-        open_batches: dict[object, tuple[list[Entry], int]] = {}
-        for entry in entries:
-            alone = bool(entry.tries) or entry.size >= BATCH_BYTES
-            key = group(entry)
-            batch, size = ([], 0) if alone else open_batches.get(key, ([], 0))
-            if not batch:
-                if len(out) >= free:
-                    continue  # no slot for a new run; entries of open batches may still join
-                out.append(batch)
-            batch.append(entry)
-            if alone:
-                continue
-            size += entry.size
-            if len(batch) >= BATCH_ENTRIES or size >= BATCH_BYTES:
-                open_batches.pop(key, None)  # full: the next entry of this group starts a new batch
-            else:
-                open_batches[key] = (batch, size)
-        return out
+        return slots.share(slots.runs(entries, group), free, self.link_of, self.running)
 
     # cleanup scripts -----------------------------------------------------------------------------
 

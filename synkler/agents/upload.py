@@ -19,7 +19,7 @@ from .. import destinations as dests
 from ..errors import Refused
 from ..hops import cleanup, receiptfiles, transfer
 from ..hops.checksum import EntryStat
-from ..messages import Admit, Delivered, Failed, Forget, Greeted, Open, Wait
+from ..messages import Admit, Delivered, Failed, Forget, Greeted, Hello, Open, Wait
 from ..metadata import loads, sidecar_of
 from ..state import Entry, State
 from ..text import shown, some_entries
@@ -63,6 +63,7 @@ class Upload(Answers, Noticing, Adopting):
             Forget: self.on_forget,
             Open: self.on_open,
             Greeted: self.on_greeted,
+            Hello: self.on_hello,
         }
         # The second hash every entry gets beside its md5, computed in the same read (docs/checksums.md).
         self.strong = None if cfg.checksum == "md5" else cfg.checksum
@@ -226,6 +227,7 @@ class Upload(Answers, Noticing, Adopting):
                 self.link_of(batch[0]),
                 time.time(),
             ),
+            self.link_of(batch[0]),
         )
 
     def _pushed(

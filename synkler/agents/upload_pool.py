@@ -17,7 +17,8 @@ import logging
 from typing import TYPE_CHECKING
 
 from .. import destinations as dests
-from ..messages import Admit, Delivered, Forget, Message, Offer, Wait, offers_key
+from ..errors import MessageError
+from ..messages import Admit, Delivered, Forget, Hello, Message, Offer, Wait, offers_key
 from ..metadata import loads
 from ..state import Entry, State
 from .base import Jobs, Status
@@ -145,6 +146,25 @@ class PoolUpload(Greeting):
             if entry.id in chosen:
                 waited = f"held waiting for room by {entry.peer} for {(now - entry.updated) / 60:.0f} min"
                 self.reown(entry, f"{waited}, while {chosen[entry.id]} reports room")
+
+    def on_hello(self, msg: Hello) -> None:
+        """A central of the pool took over from another of its name with a state of its own (its
+        standby): what upload held at that central is lost there, so each entry is re-owned (next
+        epoch, offered again) as when a central is gone; one delivered meanwhile is proven by its
+        late receipt, and the first central, if it comes back, holds only old epochs."""
+        if msg.role != "central" or msg.sender not in self.cfg.centrals:
+            raise MessageError(
+                f"hello from {msg.sender!r} as {msg.role}: upload takes a hello only from a central of "
+                "its pool (`centrals`) that took over"
+            )
+        held = [e for e in self.state.by_state(*self.OWNED) if e.peer == msg.sender]
+        for entry in held:
+            self.reown(entry, f"{msg.sender} took over with a state of its own")
+        log.warning(
+            "central %s took over with a state of its own: %d entries it held offered again",
+            msg.sender,
+            len(held),
+        )
 
     def reown(self, entry: Entry, why: str | None = None) -> None:
         """Offer the entry again at the next epoch, and tell its old owner to drop it; `why`: what

@@ -190,6 +190,11 @@ def test_centrals_relays_through_pools_of_one_and_two_centrals_and_removes_the_n
     for r in centrals["runs"]:
         assert sum(r["taken"]) == 4 and min(r["taken"]) > 0, r["taken"]
         assert positive(r["relay_s"])
+        # each central's link, counted on the switch, carried at least its entries in and out
+        links = [r["links"][f"central-{i}"] for i in range(1, r["centrals"] + 1)]
+        for link, taken in zip(links, r["taken"]):
+            assert min(link["in_mb"], link["out_mb"]) >= taken * (1 << 20) / 1e6, (link, taken)
+            assert 0 < link["in_share"] <= 1.2 and 0 <= link["idle_s"] < r["relay_s"] + 1, link
     one, two = centrals["cases"]
     assert (one["centrals"], two["centrals"]) == (1, 2) and one["ratio"] == 1
     for case in (one, two):

@@ -14,7 +14,7 @@ import uuid
 
 import pika
 import pytest
-from support.relay_helpers import deliver, place, tree_listing
+from support.relay_helpers import deliver, place, started, tree_listing
 
 from synkler import messages
 from synkler.broker.names import exchange_name
@@ -57,14 +57,6 @@ def publisher(broker):
     yield make
     for p in made:
         p.close()
-
-
-def started(relay: LocalRelay, *roles: str) -> None:
-    relay.start(*roles)
-    for role in roles or ("upload", "central", "download"):
-        relay.wait_for(
-            f"{role} connected", lambda role=role: "connected to broker" in relay.log_path(role).read_text()
-        )
 
 
 def central_entry(relay: LocalRelay, entry_id: str):

@@ -22,7 +22,7 @@ from typing import Any
 import pika
 import pytest
 from support.authrelay import UPLOAD, connect, queue_attacks, refused
-from support.relay_helpers import deliver, place
+from support.relay_helpers import deliver, place, started
 
 from synkler.broker.amqp import DEAD_ARGUMENTS, Broker, BrokerParams
 from synkler.broker.names import (
@@ -254,7 +254,7 @@ def test_an_agents_login_that_keeps_taking_centrals_presence_reports_does_not_st
         reports = holder_name(relay.instance, "central")
         ch.basic_consume(reports, lambda _c, _m, _p, body: taken.append(body), auto_ack=False)
         conn.process_data_events(1)
-        relay.start("upload", "download")
+        started(relay, "upload", "download")
         md5 = place(relay.dirs["upload"], "during.dat", os.urandom(3000))
 
         def delivered() -> bool:

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from support.metrics_helpers import expected, hop_counters
 from support.rabbitnode import free_port
-from support.relay_helpers import deliver, place, take_dead_letters, write_random
+from support.relay_helpers import deliver, place, started, take_dead_letters, write_random
 
 from synkler import messages
 from synkler.broker.amqp import Broker
@@ -212,7 +212,7 @@ def test_the_production_set_up_of_security_md_to_its_end_relays_and_check_says_e
             upload=f"{RRSYNC} -wo -no-lock {roots['upload']}",
             download=f"{RRSYNC} -ro {roots['download']}",
         )
-        relay.start("central")  # first, as step 4 says: it makes <place>/staging
+        started(relay, "central")  # first, as step 4 says: it makes <place>/staging
         relay.wait_for("central's staging", lambda: (where / "staging").is_dir(), 30)
         (where / "staging" / UPLOAD).mkdir(mode=0o700, exist_ok=True)
         relay.start("download")
@@ -302,7 +302,7 @@ def forge_admit(relay: LocalRelay, entry_id: str, dest: str) -> list[bytes]:
 def offered_while_central_is_down(relay: LocalRelay, name: str, data: bytes) -> tuple[str, str]:
     """Central has run once (its report says where its directory is), then stops: the entry stays
     offered at upload and only a forged admit could move it. (entry id, md5)"""
-    relay.start("central")
+    started(relay, "central")
     relay.wait_for("central's first report", lambda: central_reported(relay), 30)
     relay.stop("central")
     relay.start("upload")

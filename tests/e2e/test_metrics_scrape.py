@@ -8,7 +8,7 @@ import socket
 
 from support.metrics_helpers import expected, hop_counters, samples, scrape
 from support.rabbitnode import free_port
-from support.relay_helpers import deliver, place
+from support.relay_helpers import deliver, place, started
 
 
 def test_counters_and_histograms_count_every_entry_and_byte_relayed_and_the_textfile_parses(
@@ -99,7 +99,7 @@ def test_each_hop_counter_equals_the_deliveries_and_their_bytes_at_every_role_ac
         assert hop_counters(port) == expected(role, 5, total), role
 
     relay.stop()
-    relay.start()
+    started(relay)
 
     def serving() -> bool:
         try:

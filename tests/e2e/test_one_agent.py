@@ -9,57 +9,15 @@ destination the broker refuses holds back only its own messages.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import pika
-import yaml
-from support.relay_helpers import deliver, place, take_dead_letters
+from support.relay_helpers import START_UP, deliver, place, take_dead_letters
+from support.standby import second_agent, second_entries
 
 from synkler import messages
 from synkler.broker.amqp import Broker, BrokerParams
 from synkler.broker.names import queue_name
 from synkler.hops.checksum import md5_entry
-
-
-@contextmanager
-def second_agent(relay, role: str, **changes: object) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
-    """A second agent of `role`, from a copy of its config with its own pidfile and state_db."""
-    base = relay.workdir / f"{role}-2"
-    base.mkdir()
-    cfg = yaml.safe_load(relay.configs[role].read_text())
-    cfg.update(pidfile=str(base / "synkler.pid"), state_db=str(base / "state.sqlite"), **changes)
-    conf = base / "synkler.conf"
-    conf.write_text(yaml.safe_dump(cfg))
-    log_path = base / "agent.log"
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "synkler", "-c", str(conf), "-v", "run"],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-        )
-    try:
-        yield proc, log_path
-    finally:
-        proc.terminate()
-        proc.wait(30)
-
-
-def standby_entries(relay, role: str) -> list:
-    from synkler.state import State
-
-    path = relay.workdir / f"{role}-2" / "state.sqlite"
-    if not path.exists():
-        return []
-    state = State(path, readonly=True)
-    try:
-        return state.all()
-    finally:
-        state.close()
 
 
 def test_a_second_central_agent_waits_as_a_standby_and_every_entry_is_delivered_by_the_first(make_relay):
@@ -74,7 +32,7 @@ def test_a_second_central_agent_waits_as_a_standby_and_every_entry_is_delivered_
         relay.wait_for(
             "the second central to wait as a standby",
             lambda: "waits as a standby" in log_path.read_text(),
-            30,
+            START_UP,  # it starts meanwhile
         )
         told = log_path.read_text()
         assert f"pid {first_pid}" in told and "ERROR" in told, told
@@ -84,7 +42,7 @@ def test_a_second_central_agent_waits_as_a_standby_and_every_entry_is_delivered_
         }
         deliver(relay, md5s)
         assert second.poll() is None
-        assert standby_entries(relay, "central") == []
+        assert second_entries(relay, "central") == []
         admin = Broker(relay.broker, relay.instance, "test-admin")
         admin.connect(consume=False)
         try:
@@ -113,7 +71,7 @@ def test_a_second_central_agent_waits_as_a_standby_and_every_entry_is_delivered_
             60,
         )
         assert md5_entry(relay.dirs["download"] / "after-takeover.dat") == md5
-        assert [e.name for e in standby_entries(relay, "central")] == ["after-takeover.dat"]
+        assert [e.name for e in second_entries(relay, "central")] == ["after-takeover.dat"]
         for name, md5 in md5s.items():  # the takeover lost nothing that was already delivered
             assert md5_entry(relay.dirs["download"] / name) == md5
 
@@ -130,7 +88,7 @@ def test_a_second_download_agent_waits_as_a_standby_and_takes_over_when_the_firs
         relay.wait_for(
             "the second download to wait as a standby",
             lambda: "waits as a standby" in log_path.read_text(),
-            30,
+            START_UP,  # it starts meanwhile
         )
         assert f"pid {relay.procs['download'].pid}" in log_path.read_text()
         md5s = {
@@ -139,7 +97,7 @@ def test_a_second_download_agent_waits_as_a_standby_and_takes_over_when_the_firs
         }
         deliver(relay, md5s)
         assert sorted(os.listdir(other_dir)) == []  # nothing split off to the second one
-        assert standby_entries(relay, "download") == []
+        assert second_entries(relay, "download") == []
         relay.kill("download")  # a crash: the broker drops its connection, the standby takes over
         relay.wait_for("the standby to take over", lambda: "this one takes over" in log_path.read_text(), 90)
         md5 = place(relay.dirs["upload"], "late.tif", b"pulled by the second download")

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 
 from support.pool import cleanups, pool_relay, put, start_centrals, takers
+from support.relay_helpers import started
 
 from synkler.agents.central import Mid
 from synkler.agents.download import Down
@@ -65,7 +66,7 @@ def test_two_centrals_share_the_offers_and_one_killed_for_good_loses_its_entries
     assert cleanups(records["download"]) == expected
 
     # Brought back, central-a drops what was re-owned and touches nothing else.
-    relay.start("central")
+    started(relay, "central")
     relay.wait_for(
         "central-a dropped what was re-owned",
         lambda: all(e.state == Mid.FORGOTTEN for e in relay.entries("central") if e.name in lost),
@@ -189,8 +190,10 @@ def test_entries_a_full_central_holds_waiting_are_offered_again_and_delivered_th
         return rows[0].get("room") if rows else None
 
     relay.wait_for("central-a reporting no room", lambda: central_a_room() == 0, 30, interval=1)
+    # Usually one; on a busy machine central-a may take a second offer in the same pass, before its
+    # first verdict says it has no room. Every other entry stays on offer.
     held = {e.name for e in relay.entries("upload") if e.state == Up.WAITING}
-    assert len(held) == 1 and {e.state for e in relay.entries("upload") if e.name not in held} == {Up.OFFERED}
+    assert held and {e.state for e in relay.entries("upload") if e.name not in held} <= {Up.OFFERED}
     relay.start("central-b")  # reports room: after reoffer_minutes (6 s) the entries go there
     relay.wait_for("every entry delivered", lambda: relay.all_done(set(md5s)), 90)
     relay.wait_for(

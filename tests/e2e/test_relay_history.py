@@ -14,7 +14,7 @@ import sqlite3
 import sys
 import time
 
-from support.relay_helpers import place
+from support.relay_helpers import place, started
 
 from synkler import messages
 from synkler.broker.amqp import Broker, BrokerParams
@@ -93,7 +93,7 @@ def test_old_entries_are_pruned_while_the_agents_run_and_nothing_is_sent_twice(m
     for name in ("gone-1", "gone-2"):
         os.remove(up / name)  # taken away, as upload's cleanup script would
     back_date(relay, 30)
-    relay.start()
+    started(relay)
 
     # Pruned while they run: all of central's and download's, and at upload all but the latest version
     # of each name still in file_dir.

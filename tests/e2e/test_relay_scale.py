@@ -15,10 +15,11 @@ import os
 import shlex
 import sqlite3
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support.relay_helpers import assert_clean
+from support.relay_helpers import assert_clean, started
 
 from synkler import bundles
 from synkler.devkit.localrelay import LocalRelay
@@ -36,14 +37,20 @@ def recorder(log: Path) -> str:
 
 def done_count(relay: LocalRelay, role: str, state: str = "done") -> int:
     """Entries of `role` in `state`, by one cheap query (LocalRelay.entries builds every row)."""
+    rows = query(relay, role, "SELECT COUNT(*) FROM entries WHERE state = ?", state)
+    return rows[0][0] if rows else 0
+
+
+def query(relay: LocalRelay, role: str, sql: str, *params: object) -> list[tuple]:
+    """Rows of `sql` on `role`'s state database, read-only; none while the agent makes its schema."""
     path = relay.workdir / role / "state.sqlite"
     if not path.exists():
-        return 0
+        return []
     db = sqlite3.connect(path.absolute().as_uri() + "?mode=ro", uri=True)
     try:
-        return db.execute("SELECT COUNT(*) FROM entries WHERE state = ?", (state,)).fetchone()[0]
+        return db.execute(sql, params).fetchall()
     except sqlite3.OperationalError:  # the agent is creating the schema
-        return 0
+        return []
     finally:
         db.close()
 
@@ -52,10 +59,13 @@ def lines(log: Path) -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
 
 
-def relay_many_with_kills(make_relay, count: int, timeout: float) -> None:
+def relay_of_files(make_relay, count: int, **upload: object) -> tuple[LocalRelay, Path, Path, dict[str, str]]:
+    """A relay whose cleanup scripts log each name (up.log, down.log), started, and `count` files of
+    4 KiB renamed into upload's file_dir once every agent is connected: (relay, up_log, down_log,
+    md5 of each name)."""
     relay = make_relay(verbose=False, central={"keep_minutes": KEEP_MINUTES})
     up_log, down_log = relay.workdir / "up.log", relay.workdir / "down.log"
-    relay.write_config("upload", {"cleanup_script": recorder(up_log)})
+    relay.write_config("upload", {"cleanup_script": recorder(up_log), **upload})
     relay.write_config("download", {"cleanup_script": recorder(down_log)})
     # Written beside file_dir, then renamed in one by one (as a careful writer does).
     source = relay.workdir / "source"
@@ -65,49 +75,64 @@ def relay_many_with_kills(make_relay, count: int, timeout: float) -> None:
         path = source / f"f{i:05d}.bin"
         path.write_bytes(os.urandom(4096))
         md5s[path.name] = md5_entry(path)
-    relay.start()
-    for role in ("upload", "central", "download"):
-        relay.wait_for(
-            f"{role} connected", lambda r=role: "connected to broker" in relay.log_path(r).read_text()
-        )
+    started(relay)
     for name in md5s:
         os.rename(source / name, relay.dirs["upload"] / name)
+    return relay, up_log, down_log, md5s
 
-    # Kill each agent in turn while entries cross, each at a later point of the batch.
+
+def kill_each_agent_in_turn(
+    relay: LocalRelay, done: Callable[[], int], what: str, count: int, timeout: float
+) -> None:
+    """Kill each agent in turn while entries cross, each at a later point of the batch (`done` of
+    `count` so far), and start it again at once."""
     for victim, fraction in (("download", 0.15), ("central", 0.4), ("upload", 0.65)):
         relay.wait_for(
-            f"{fraction:.0%} done at download before {victim} is killed",
-            lambda f=fraction: done_count(relay, "download") >= f * count,
+            f"{fraction:.0%} {what} at download before {victim} is killed",
+            lambda f=fraction: done() >= f * count,
             timeout,
             interval=0.2,
         )
         relay.kill(victim)
         relay.start(victim)
 
-    relay.wait_for(
-        "every file done at upload and download",
-        lambda: done_count(relay, "download") == count and done_count(relay, "upload") == count,
-        timeout,
-        interval=0.5,
-    )
+
+def wait_for_every_cleanup_script(
+    relay: LocalRelay, up_log: Path, down_log: Path, count: int, timeout: float
+) -> None:
     relay.wait_for(
         "every cleanup script run",
         lambda: len(lines(up_log)) >= count and len(lines(down_log)) >= count,
         timeout,
         interval=0.5,
     )
+
+
+def assert_each_file_once(relay: LocalRelay, up_log: Path, down_log: Path, md5s: dict[str, str]) -> None:
+    """Every file at download once, with its md5; each cleanup script run once per name on each side."""
+    down = relay.dirs["download"]
+    assert sorted(os.listdir(down)) == sorted([*md5s, f".synkler-{relay.instance}"])  # nothing twice
+    assert [n for n, md5 in md5s.items() if md5_entry(down / n) != md5] == []
+    # Exactly once on each side: every name once, no name twice.
+    assert sorted(lines(up_log)) == sorted(md5s)
+    assert sorted(lines(down_log)) == sorted(md5s)
+
+
+def relay_many_with_kills(make_relay, count: int, timeout: float) -> None:
+    relay, up_log, down_log, md5s = relay_of_files(make_relay, count)
+    kill_each_agent_in_turn(relay, lambda: done_count(relay, "download"), "done", count, timeout)
+    relay.wait_for(
+        "every file done at upload and download",
+        lambda: done_count(relay, "download") == count and done_count(relay, "upload") == count,
+        timeout,
+        interval=0.5,
+    )
+    wait_for_every_cleanup_script(relay, up_log, down_log, count, timeout)
     # Central removes its copies keep_minutes after delivery.
     relay.wait_for(
         "every central copy expired", lambda: done_count(relay, "central", "expired") == count, timeout, 0.5
     )
-
-    down = relay.dirs["download"]
-    assert sorted(os.listdir(down)) == sorted([*md5s, f".synkler-{relay.instance}"])  # nothing twice
-    wrong = [n for n, md5 in md5s.items() if md5_entry(down / n) != md5]
-    assert wrong == []
-    # Exactly once on each side: every name once, no name twice.
-    assert sorted(lines(up_log)) == sorted(md5s)
-    assert sorted(lines(down_log)) == sorted(md5s)
+    assert_each_file_once(relay, up_log, down_log, md5s)
     # One entry per file at each role: nothing was offered, fetched or placed a second time.
     for role in ("upload", "central", "download"):
         assert len(relay.entries(role)) == count, role
@@ -129,19 +154,6 @@ def test_twenty_thousand_small_files_cross_once_each_while_every_agent_is_killed
 BUNDLES = {"bundle_files": 100, "bundle_min": 20}
 
 
-def query(relay: LocalRelay, role: str, sql: str, *params: object) -> list[tuple]:
-    path = relay.workdir / role / "state.sqlite"
-    if not path.exists():
-        return []
-    db = sqlite3.connect(path.absolute().as_uri() + "?mode=ro", uri=True)
-    try:
-        return db.execute(sql, params).fetchall()
-    except sqlite3.OperationalError:  # the agent is creating the schema
-        return []
-    finally:
-        db.close()
-
-
 def placed(relay: LocalRelay) -> int:
     """Files placed at download: members of bundles, and single entries."""
     rows = query(relay, "download", "SELECT count(*) FROM members WHERE placed = ?", bundles.PLACED)
@@ -156,61 +168,23 @@ def all_done(relay: LocalRelay, role: str) -> bool:
 
 
 def relay_bundles(make_relay, count: int, timeout: float, kills: bool) -> None:
-    relay = make_relay(verbose=False, central={"keep_minutes": KEEP_MINUTES})
-    up_log, down_log = relay.workdir / "up.log", relay.workdir / "down.log"
-    relay.write_config("upload", {"cleanup_script": recorder(up_log), **BUNDLES})
-    relay.write_config("download", {"cleanup_script": recorder(down_log)})
-    source = relay.workdir / "source"
-    source.mkdir()
-    md5s: dict[str, str] = {}
-    for i in range(count):
-        path = source / f"f{i:05d}.bin"
-        path.write_bytes(os.urandom(4096))
-        md5s[path.name] = md5_entry(path)
-    relay.start()
-    for role in ("upload", "central", "download"):
-        relay.wait_for(
-            f"{role} connected", lambda r=role: "connected to broker" in relay.log_path(r).read_text()
-        )
-    for name in md5s:
-        os.rename(source / name, relay.dirs["upload"] / name)
-
+    relay, up_log, down_log, md5s = relay_of_files(make_relay, count, **BUNDLES)
     if kills:
-        for victim, fraction in (("download", 0.15), ("central", 0.4), ("upload", 0.65)):
-            relay.wait_for(
-                f"{fraction:.0%} placed at download before {victim} is killed",
-                lambda f=fraction: placed(relay) >= f * count,
-                timeout,
-                interval=0.2,
-            )
-            relay.kill(victim)
-            relay.start(victim)
-
+        kill_each_agent_in_turn(relay, lambda: placed(relay), "placed", count, timeout)
     relay.wait_for(
         "every file placed, every entry done at upload and download",
         lambda: placed(relay) == count and all_done(relay, "upload") and all_done(relay, "download"),
         timeout,
         interval=0.5,
     )
-    relay.wait_for(
-        "every cleanup script run",
-        lambda: len(lines(up_log)) >= count and len(lines(down_log)) >= count,
-        timeout,
-        interval=0.5,
-    )
+    wait_for_every_cleanup_script(relay, up_log, down_log, count, timeout)
     relay.wait_for(
         "every central copy expired",
         lambda: all(s == "expired" for (s,) in query(relay, "central", "SELECT state FROM entries")),
         timeout,
         0.5,
     )
-
-    down = relay.dirs["download"]
-    assert sorted(os.listdir(down)) == sorted([*md5s, f".synkler-{relay.instance}"])  # nothing twice
-    assert [n for n, md5 in md5s.items() if md5_entry(down / n) != md5] == []
-    # Exactly once on each side: every name once, no name twice.
-    assert sorted(lines(up_log)) == sorted(md5s)
-    assert sorted(lines(down_log)) == sorted(md5s)
+    assert_each_file_once(relay, up_log, down_log, md5s)
     # Most files crossed in bundles: far fewer entries than files.
     kinds = query(relay, "central", "SELECT kind, count(*), sum(files) FROM entries GROUP BY kind")
     in_bundles = sum(n for kind, _, n in kinds if kind == "bundle")

@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 import pexpect
-from support.relay_helpers import TOOLS, deliver, place, write_random
+from support.relay_helpers import TOOLS, deliver, place, started, write_random
 
 from synkler.broker.amqp import Broker
 from synkler.cli.relay import collect
@@ -99,7 +99,7 @@ def test_the_relay_view_from_each_host_shows_every_agent_and_where_a_slow_entry_
     relay = make_relay(
         upload={"rsync_opts": slow}, download={"rsync_opts": [*sshd.rsync_opts(), "--bwlimit=1000"]}
     )
-    relay.start()
+    started(relay)
     relay.wait_for("every agent to report", lambda: all_running(view_of(relay, "download")), 30)
     for role in ROLES:
         view = view_of(relay, role)
@@ -161,7 +161,7 @@ def test_each_agent_reports_a_delivery_within_a_second_of_its_own_change(make_re
     # last report at the latest. Measured on the agents' own clocks (the report's time against the
     # entry's last change in that agent's database), so a slow reader cannot make it flake.
     relay = make_relay()
-    relay.start()
+    started(relay)
     cfg = load_config(relay.configs["download"], check_dirs=False)
     relay.wait_for("every agent to report", lambda: all_running(collect(cfg)), 30)
     for name in ("one.txt", "two.txt", "three.txt"):
@@ -196,7 +196,7 @@ def test_entries_an_operator_forgot_are_finished_in_the_view_not_in_flight(make_
         tree.mkdir()
         (tree / "big.bin").write_bytes(os.urandom(200_000))
         os.rename(tree, relay.dirs["upload"] / name)
-    relay.start()
+    started(relay)
 
     def in_flight(view: dict) -> list[str]:
         return sorted(e["name"] for e in view["entries"] if not e["finished"])
@@ -233,7 +233,7 @@ def test_entries_an_operator_forgot_are_finished_in_the_view_not_in_flight(make_
 
 def test_a_stopped_download_shows_as_stopped_and_a_killed_one_as_silent(make_relay):
     relay = make_relay()
-    relay.start()
+    started(relay)
     relay.wait_for("every agent to report", lambda: all_running(view_of(relay, "upload")), 30)
     relay.stop("download")
     view = view_of(relay, "central")
@@ -251,7 +251,7 @@ def test_a_stopped_download_shows_as_stopped_and_a_killed_one_as_silent(make_rel
     )
     assert "download stopped" in text_of(relay, "upload").splitlines()[0]
 
-    relay.start("download")
+    started(relay, "download")
     relay.wait_for(
         "download back", lambda: agents(view_of(relay, "upload"))["download"]["status"] == "running", 30
     )
@@ -269,7 +269,7 @@ def test_an_instance_id_mistyped_on_upload_shows_central_and_download_as_never_s
     relay = make_relay()
     typo = relay.instance + "-typo"
     relay.write_config("upload", {"id": typo})
-    relay.start()
+    started(relay)
     try:
         (relay.dirs["upload"] / "lost.txt").write_bytes(b"offered to nobody")
         relay.wait_for(
@@ -299,7 +299,7 @@ def test_an_instance_id_mistyped_on_upload_shows_central_and_download_as_never_s
 
 def test_watch_redraws_the_view_on_a_terminal_and_ctrl_c_quits_with_status_0(make_relay):
     relay = make_relay()
-    relay.start()
+    started(relay)
     relay.wait_for("every agent to report", lambda: all_running(view_of(relay, "upload")), 30)
     cmd = relay.command("central", "status", "--relay", "--watch")
     child = pexpect.spawn(cmd[0], cmd[1:], dimensions=(40, 200), encoding="utf-8", timeout=20)

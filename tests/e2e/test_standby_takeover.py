@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,52 +17,28 @@ from pathlib import Path
 import yaml
 from support.pool import cleanups, pool_relay, recorder, start_centrals, takers
 from support.relay_helpers import take_dead_letters, write_random
+from support.standby import second_agent, second_entries
 
 from synkler.agents.central import Mid
 from synkler.agents.download import Down
 from synkler.agents.upload import Up
 from synkler.hops.checksum import md5_entry
-from synkler.state import Entry, State
+from synkler.state import Entry
 
 TAKEOVER = 150  # seconds: 40 s of grace, a look every 5 s, a start; generous on a busy machine
 
 
 @contextmanager
 def standby(relay, role: str) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
-    """A second agent of `role` from a copy of its config: its own pidfile and state_db (as on
-    another host), the same file_dir (a shared mount)."""
-    base = relay.workdir / f"{role}-standby"
-    base.mkdir()
-    cfg = yaml.safe_load(relay.configs[role].read_text())
-    cfg.update(pidfile=str(base / "synkler.pid"), state_db=str(base / "state.sqlite"))
-    conf = base / "synkler.conf"
-    conf.write_text(yaml.safe_dump(cfg))
-    log_path = base / "agent.log"
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "synkler", "-c", str(conf), "-v", "run"],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-        )
-    try:
+    """A second agent of `role` (support/standby.py: its own pidfile and state_db, as on another
+    host; the same file_dir, a shared mount), once it waits as a standby."""
+    with second_agent(relay, role, "standby") as (proc, log_path):
         relay.wait_for(f"the second {role} to wait", lambda: "waits as a standby" in log_path.read_text(), 60)
         yield proc, log_path
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 def standby_entries(relay, role: str) -> list[Entry]:
-    state = State(relay.workdir / f"{role}-standby" / "state.sqlite", readonly=True)
-    try:
-        return state.all()
-    finally:
-        state.close()
+    return second_entries(relay, role, "standby")
 
 
 def put(relay, name: str, size: int) -> str:
@@ -79,9 +54,16 @@ def at(relay, role: str, names: set[str], *states: str) -> set[str]:
 
 
 def settle_and_check(
-    relay, md5s: dict[str, str], records: dict[str, Path], upload_entries, centrals=("central",)
+    relay,
+    md5s: dict[str, str],
+    records: dict[str, Path],
+    upload_entries,
+    centrals=("central",),
+    central_entries=None,
 ) -> None:
-    """Every entry delivered once, right md5, each cleanup once, central empty after keep_minutes."""
+    """Every entry delivered once, right md5, each cleanup once, central empty after keep_minutes
+    (`central_entries`: a central's entries by its key, relay.entries by default)."""
+    central_entries = central_entries or relay.entries
     names = set(md5s)
     relay.wait_for(
         "every entry delivered and each cleanup script run",
@@ -98,7 +80,7 @@ def settle_and_check(
         assert md5_entry(down / name) == md5, name
     relay.wait_for(
         "central's copies removed after keep_minutes",
-        lambda: all(e.state == Mid.EXPIRED for c in centrals for e in relay.entries(c) if e.name in names),
+        lambda: all(e.state == Mid.EXPIRED for c in centrals for e in central_entries(c) if e.name in names),
         120,
         interval=1,
     )
@@ -252,4 +234,93 @@ def test_in_a_pool_an_upload_standby_greets_every_central_and_resumes_their_entr
         assert sorted(e.name for e in standby_entries(relay, "upload")) == sorted(md5s)
         told = log_path.read_text()
         assert told.count("announced again") == 2  # both centrals answered
+        assert second.poll() is None
+
+
+def test_in_a_pool_a_central_standby_takes_over_and_every_entry_of_the_first_one_arrives_once(
+    make_relay, sshd
+):
+    """The central is SIGKILLed with entries at every step (offered, admitted and being pushed, stored,
+    being pulled); its standby (a state of its own, the same file_dir) takes over and says `hello`,
+    upload re-owns what it held there (reown_seconds is far off: only the hello does it), and the
+    first central, started again later, waits as a standby and acts on nothing."""
+    # KB/s: pushes at 3 MB/s, pulls at 0.8 MB/s, so that a big file is mid-push and another mid-pull
+    push, pull = ([*sshd.rsync_opts(), f"--bwlimit={kbs}"] for kbs in (3000, 800))
+    relay, records = recording_relay(make_relay)
+    centrals = {"central": relay.sshd.target}
+    relay.write_config("central", {"name": "central", "uploads": ["upload"], "keep_minutes": 0.1})
+    ends = {"centrals": centrals, "max_transfers": 1}
+    relay.write_config(
+        "upload",
+        {**ends, "rsync_opts": push, "reown_seconds": 3600, "cleanup_script": recorder(records["upload"])},
+    )
+    relay.write_config(
+        "download", {**ends, "rsync_opts": pull, "cleanup_script": recorder(records["download"])}
+    )
+    relay.start("central", "upload")
+    md5s = {"pulled.bin": put(relay, "pulled.bin", 24 << 20)}  # pulled in ~30 s
+    relay.wait_for("pulled.bin stored", lambda: at(relay, "central", {"pulled.bin"}, Mid.DOWNLOADING), 90)
+    relay.start("download")
+    relay.wait_for(
+        "pulled.bin being pulled",
+        lambda: any(
+            p.is_file() and p.stat().st_size > 0
+            for p in (relay.dirs["download"] / f".synkler-{relay.instance}").rglob("*")
+        ),
+        60,
+        interval=0.2,
+    )
+    with standby(relay, "central") as (second, log_path):
+        stored = {f"stored-{i}.dat": put(relay, f"stored-{i}.dat", 20_000 + i) for i in range(4)}
+        md5s.update(stored)
+        relay.wait_for(
+            "the small entries stored",
+            lambda: len(at(relay, "central", set(stored), Mid.DOWNLOADING)) == 4,
+            60,
+        )
+        md5s["pushed.bin"] = put(relay, "pushed.bin", 30 << 20)
+        relay.wait_for(
+            "pushed.bin being pushed",
+            lambda: (
+                at(relay, "central", {"pushed.bin"}, Mid.UPLOADING)
+                and any(
+                    p.is_file() and p.stat().st_size > 0
+                    for p in (relay.dirs["central"] / relay.instance / "staging").rglob("*")
+                )
+            ),
+            120,
+            interval=0.2,
+        )
+        assert at(relay, "download", {"pulled.bin"}, Down.FETCHING)  # still being pulled
+        relay.kill("central")  # SIGKILL, entries in flight
+        first = {e.id: (e.state, e.updated) for e in relay.entries("central")}
+        offered = {f"offered-{i}.dat": put(relay, f"offered-{i}.dat", 5_000 + i) for i in range(3)}
+        md5s.update(offered)  # into the offers queue while no central takes offers
+        relay.wait_for("the standby to take over", lambda: "takes over" in log_path.read_text(), TAKEOVER)
+        settle_and_check(
+            relay,
+            md5s,
+            records,
+            lambda: relay.entries("upload"),
+            central_entries=lambda c: standby_entries(relay, c),
+        )
+        assert "asking upload to offer again" in log_path.read_text()
+        upload_log = relay.log_path("upload").read_text(errors="replace")
+        assert "central central took over with a state of its own" in upload_log
+        # Each name once at download and at the standby (the first central's entries, offered again).
+        assert sorted(e.name for e in standby_entries(relay, "central")) == sorted(md5s)
+        # The first central, started again, waits as a standby: it acts on nothing.
+        relay.start("central")
+        first_log = relay.log_path("central")
+        relay.wait_for(
+            "the first central to wait as a standby",
+            lambda: first_log.read_text(errors="replace").count("waits as a standby") >= 1,
+            60,
+        )
+        assert {e.id: (e.state, e.updated) for e in relay.entries("central")} == first
+        stored_dir = relay.dirs["central"] / relay.instance / "stored"
+        assert not stored_dir.exists() or list(stored_dir.iterdir()) == []
+        assert cleanups(records["upload"]) == sorted(md5s)
+        assert cleanups(records["download"]) == sorted(md5s)
+        assert take_dead_letters(relay.broker, relay.instance) == []
         assert second.poll() is None

@@ -8,7 +8,7 @@ import os
 import subprocess
 
 import pika
-from support.relay_helpers import deliver, place, take_dead_letters
+from support.relay_helpers import deliver, place, started, take_dead_letters
 
 from synkler import messages
 from synkler.broker.amqp import Broker
@@ -38,7 +38,7 @@ def test_an_admit_pointing_outside_centrals_staging_is_dead_lettered_and_nothing
     relay = make_relay()
     # Central runs once (its report says where its directory is) and stays down: the entry stays
     # offered at upload, and only the forged admit can move it.
-    relay.start("central")
+    started(relay, "central")
     relay.wait_for("central's first report", lambda: centrals_report(relay) is not None, 30)
     relay.stop("central")
     relay.start("upload")

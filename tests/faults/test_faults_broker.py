@@ -14,7 +14,7 @@ from support.faultkit import (
     verdict,
     wait_settled,
 )
-from support.relay_helpers import close_connections_of, every_log_says
+from support.relay_helpers import close_connections_of, every_log_says, started
 
 # It stops the shared broker, which every other relay would see go.
 pytestmark = pytest.mark.alone
@@ -27,8 +27,7 @@ def test_broker_closing_connections_and_restarting_mid_run_loses_nothing(
     workdir = make_relay.next_dir()
     relay = make_relay(common_settings(workdir, profile, sshd.rsync_opts()), verbose=False)
     wl = build_workload(relay.dirs["upload"], rng, profile, scratch=workdir / "scratch")
-    relay.start()
-    relay.wait_for("all three connected", lambda: every_log_says(relay, "connected to broker"), 30)
+    started(relay)  # all three connected
     relay.wait_for("a few entries delivered", lambda: delivered_count(relay) >= 3, 60)
     assert not settled(relay, wl)
     assert close_connections_of(rabbitmqctl, relay.instance) == 3

@@ -14,15 +14,14 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from support import faultkit
 from support.faultkit import build_workload, common_settings, delivered_count, verdict, wait_settled
+from support.standby import start_second
 
 from synkler.config import load_config
 from synkler.hops import transfer
@@ -46,23 +45,6 @@ def add_awkward(wl: faultkit.Workload, upload_dir: Path, scratch: Path) -> None:
         wl.md5s[name] = md5_entry(tmp)
         wl.kinds[name] = "file"
         os.rename(tmp, upload_dir / name)
-
-
-def start_second(relay, role: str, **changes: object) -> tuple[subprocess.Popen[bytes], Path]:
-    """A second agent of `role` from a copy of its config, with its own pidfile and state_db."""
-    base = relay.workdir / f"{role}-2"
-    base.mkdir()
-    cfg = yaml.safe_load(relay.configs[role].read_text())
-    cfg.update(pidfile=str(base / "synkler.pid"), state_db=str(base / "state.sqlite"), **changes)
-    (base / "synkler.conf").write_text(yaml.safe_dump(cfg))
-    with open(base / "agent.log", "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "synkler", "-c", str(base / "synkler.conf"), "-v", "run"],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-        )
-    return proc, base / "agent.log"
 
 
 def stop_and_start(relay, role: str) -> float:

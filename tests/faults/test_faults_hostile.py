@@ -13,7 +13,7 @@ import pika
 import pytest
 from support import faultkit
 from support.faultkit import build_workload, common_settings, verdict, wait_settled
-from support.relay_helpers import every_log_says
+from support.relay_helpers import started
 
 from synkler.broker.names import dead_name, queue_name
 from synkler.messages import SCHEMA
@@ -121,8 +121,7 @@ def test_hostile_messages_are_dead_lettered_and_the_relay_carries_on(
     workdir = make_relay.next_dir()
     relay = make_relay(common_settings(workdir, profile, sshd.rsync_opts()), verbose=False)
     wl = build_workload(relay.dirs["upload"], rng, profile, scratch=workdir / "scratch")
-    relay.start()
-    relay.wait_for("all three connected", lambda: every_log_says(relay, "connected to broker"), 30)
+    started(relay)  # all three connected
     relay.wait_for("an offer recorded at central", lambda: bool(relay.entries("central")), 30)
     before_tmp = set(marked_paths("/tmp")) if os.path.isdir("/tmp") else set()
     messages = hostile_messages(relay.entries("central")[0])

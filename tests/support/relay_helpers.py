@@ -82,6 +82,26 @@ def deliver(relay, md5s: dict[str, str], timeout: float = 60) -> None:
     assert_clean(relay)
 
 
+START_UP = 60  # seconds an agent may take to start on a loaded machine: LocalRelay.wait_for's default
+
+
+def started(relay, *roles: str, timeout: float = START_UP) -> None:
+    """Start the agents of `roles` (all by default) and wait until each has connected to the broker,
+    so that a test's own deadlines count from there, not from the start of processes that a loaded
+    machine may take many seconds to bring up. A restarted agent waits for a line of its own (the
+    lines are counted: its log is appended to)."""
+    roles = tuple(r for r in roles or relay.modes if not relay.alive(r))  # start() skips those
+    before = {role: _connected_lines(relay, role) for role in roles}
+    relay.start(*roles)
+    for role in roles:
+        relay.wait_for(f"{role} connected", lambda r=role: _connected_lines(relay, r) > before[r], timeout)
+
+
+def _connected_lines(relay, role: str) -> int:
+    path = relay.log_path(role)
+    return path.read_text(errors="replace").count("connected to broker") if path.exists() else 0
+
+
 def every_log_says(relay, text: str) -> bool:
     """Has each of the three agents logged `text` (e.g. "connected to broker")?"""
     return all(text in relay.log_path(role).read_text() for role in ("upload", "central", "download"))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from support.fakes import Role
 from synkler.hops.transfer import Result
-from synkler.messages import Message
+from synkler.messages import Fetch, Message
 from synkler.state import Entry
 
 MD5 = "a" * 32
@@ -44,3 +44,11 @@ def only(sent: list[tuple[str, Message]], kind: type[Message]) -> tuple[str, Mes
     found = [(to, m) for to, m in sent if isinstance(m, kind)]
     assert len(found) == 1, sent
     return found[0]
+
+
+def fetch_for(entry_id: str, attempt: int = 1, **fields: object) -> Fetch:
+    """Central's `fetch` of a 4-byte data.bin stored as <entry id>, as download gets it; `fields`
+    (md5, again, source …) replace or add to those."""
+    given: dict = {"name": "data.bin", "kind": "file", "size": 4, "files": 1, "md5": MD5}
+    given.update(attempt=attempt, path=f"/srv/central/lab/stored/{entry_id}", **fields)
+    return Fetch(entry_id, "central", **given)

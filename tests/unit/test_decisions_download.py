@@ -6,32 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from support.fakes import Role
-from support.transitions import MD5, OK, OTHER, RSYNC_FAILED, only, role, transition
+from support.transitions import OK, OTHER, RSYNC_FAILED, fetch_for, only, role, transition
 
 from synkler.agents.base import Cleanup
 from synkler.hops.pull import Mismatch, NotPulled, PullRun, Verified
 from synkler.messages import (
     Corrupt,
     Failed,
-    Fetch,
     Fetched,
     Forget,
 )
 from synkler.state import Entry
-
-
-def fetch_for(entry_id: str, attempt: int = 1) -> Fetch:
-    return Fetch(
-        entry_id,
-        "central",
-        name="data.bin",
-        kind="file",
-        size=4,
-        files=1,
-        md5=MD5,
-        attempt=attempt,
-        path=f"/srv/central/lab/stored/{entry_id}",
-    )
 
 
 @transition("download", ("", "fetching"))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from support.fakes import Role
+from support.transitions import fetch_for
 
 from synkler import destinations as dests
 from synkler.agents.base import Cleanup, request_for
@@ -133,21 +134,6 @@ def test_central_retries_no_destination_of_an_entry_on_its_way(tmp_path: Path) -
 # download: central's fetch again ----------------------------------------------------------------
 
 
-def _fetch(entry_id: str, again: str = "") -> Fetch:
-    return Fetch(
-        entry_id,
-        "central",
-        name="data.bin",
-        kind="file",
-        size=4,
-        files=1,
-        md5="a" * 32,
-        attempt=1,
-        path=f"/srv/central/lab/stored/{entry_id}",
-        again=again,
-    )
-
-
 def test_download_pulls_a_failed_entry_again_only_when_central_asks_again(tmp_path: Path) -> None:
     r = Role("download", tmp_path)
     r.start()
@@ -158,12 +144,12 @@ def test_download_pulls_a_failed_entry_again_only_when_central_asks_again(tmp_pa
         peer="central",
         attempt=1,
         reason="pull: exit 23",
-        path=_fetch(entry_id).path,
+        path=fetch_for(entry_id).path,
     )
     e = r.entry(entry_id)
-    r.deliver(_fetch(e.id))  # a copy of the first fetch: a failed entry stays failed
+    r.deliver(fetch_for(e.id))  # a copy of the first fetch: a failed entry stays failed
     assert r.entry(e.id).state == "failed"
-    r.deliver(_fetch(e.id, again="retried by an operator at central"))
+    r.deliver(fetch_for(e.id, again="retried by an operator at central"))
     assert (r.entry(e.id).state, r.entry(e.id).tries, r.entry(e.id).reason) == ("fetching", 0, None)
 
 

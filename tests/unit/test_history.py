@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from support.fakes import Role
+from support.transitions import fetch_for
 
 from synkler import messages
 from synkler.agents import history
@@ -26,7 +27,6 @@ from synkler.messages import (
     Corrupt,
     Delivered,
     Failed,
-    Fetch,
     Fetched,
     Message,
     Pushing,
@@ -305,33 +305,19 @@ def test_a_recent_message_about_an_entry_never_had_is_still_refused(tmp_path: Pa
         r.deliver(sent_days_ago(Sent("1" * 32, "upload", attempt=1, md5=MD5), 0.01))
 
 
-def fetch(entry_id: str, attempt: int = 1) -> Fetch:
-    return Fetch(
-        entry_id,
-        "central",
-        name="data.bin",
-        kind="file",
-        size=4,
-        files=1,
-        md5=MD5,
-        attempt=attempt,
-        path=f"/srv/central/lab/stored/{entry_id}",
-    )
-
-
 def test_download_does_not_pull_again_a_fetch_redelivered_after_its_entry_was_pruned(tmp_path: Path):
     r = role(tmp_path, "download")
     delivered = old(r, "done", days=KEEP + 1)
     r.tick()
     assert ids(r) == set()
     # The fetch that started it comes again (held back by a broker for weeks, or published twice).
-    r.deliver(sent_days_ago(fetch(delivered.id), KEEP + 1.01))
+    r.deliver(sent_days_ago(fetch_for(delivered.id), KEEP + 1.01))
     again = r.entry(delivered.id)
     assert again.state == "failed" and "may be a copy of one delivered before" in (again.reason or "")
     r.tick()
     assert r.jobs.pending == []  # nothing is pulled
     assert r.sent() == []  # central forgot it too: nothing to tell it
-    r.deliver(sent_days_ago(fetch(delivered.id), KEEP + 1.01))  # and once more: nothing new
+    r.deliver(sent_days_ago(fetch_for(delivered.id), KEEP + 1.01))  # and once more: nothing new
     assert r.sent() == [] and r.entry(delivered.id).state == "failed"
 
 
@@ -342,7 +328,7 @@ def test_download_pulls_an_old_fetch_it_never_had_that_came_after_what_it_pruned
     old(r, "done", days=KEEP + 30)
     r.tick()
     assert ids(r) == set() and r.state.pruned_until() > 0
-    waiting = fetch("2" * 32)
+    waiting = fetch_for("2" * 32)
     r.deliver(sent_days_ago(waiting, KEEP + 20))
     assert r.entry(waiting.entry).state == "fetching"
     r.tick()

@@ -86,7 +86,7 @@ def test_every_message_type_has_a_sample_body_in_these_tests():
 @pytest.mark.parametrize(
     ("mtype", "field", "value"),
     [
-        ("hello", "role", "central"),  # only upload's and download's standbys greet
+        ("hello", "role", "relay"),  # only the standbys of upload, download and a pool's central greet
         ("open", "held", "delivered"),  # central's own words, not a state name
         ("open", "md5", "not-hex"),
         ("greeted", "entries", -1),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from support.fakes import Role
+from support.transitions import fetch_for
 
 from synkler import destinations as dests
 from synkler import messages
@@ -219,17 +220,7 @@ def test_an_adopted_entry_whose_name_holds_something_else_is_withdrawn_and_offer
 def test_a_download_standby_pulls_what_central_fetches_again(tmp_path):
     r = standby(tmp_path, "download")
     token = r.sent()[0][1].entry
-    fetch = Fetch(
-        "1" * 32,
-        "central",
-        name="data.bin",
-        kind="file",
-        size=4,
-        files=1,
-        md5=MD5,
-        attempt=1,
-        path="/srv/central/lab/stored/" + "1" * 32,
-    )
+    fetch = fetch_for("1" * 32)
     r.deliver(fetch)
     r.deliver(Greeted(token, "central", entries=1))
     assert r.entry("1" * 32).state == Down.FETCHING

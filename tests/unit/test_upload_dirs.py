@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from support import transitions
 from support.fakes import Role
 
 from synkler import messages, proofs
@@ -53,18 +54,7 @@ def test_a_stored_as_that_leads_out_of_file_dir_is_refused(stored_as: str) -> No
 
 
 def fetch_for(entry_id: str, source: str = "") -> Fetch:
-    return Fetch(
-        entry_id,
-        "central",
-        name="data.bin",
-        kind="file",
-        size=4,
-        files=1,
-        md5=hashlib.md5(b"data").hexdigest(),
-        attempt=1,
-        path=f"/srv/central/lab/stored/{entry_id}",
-        source=source,
-    )
+    return transitions.fetch_for(entry_id, md5=hashlib.md5(b"data").hexdigest(), source=source)
 
 
 def test_a_fetch_names_its_upload_agent_and_a_hostile_one_is_dead_lettered() -> None:
