@@ -40,12 +40,14 @@ Found = Union[EntryStat, Exception, None]  # None: vanished while looked at
 
 @dataclass(frozen=True)
 class Listing:
-    """What a scan of file_dir found: each entry's fingerprint (or why it has none), and which
-    entries are whole already (renamed in, not open for writing)."""
+    """What a look at file_dir found: each entry's fingerprint (or why it has none), and which
+    entries are whole already (renamed in, not open for writing). `looked`: the names looked at
+    (None: the whole directory was listed); a name looked at and not found is gone."""
 
     found: dict[str, Found]
     whole: set[str]
     meta: dict[str, Read] = field(default_factory=dict)  # the entries that have a sidecar
+    looked: frozenset[str] | None = None
 
 
 def with_sidecar(st: EntryStat, sidecar: str | None) -> EntryStat:
@@ -67,38 +69,26 @@ def _sidecar_stamp(file_dir: str, name: str) -> str | None:
         raise
 
 
-def scan(file_dir: str, take_renamed: Callable[[], set[str]], cache: Sidecars | None = None) -> Listing:
-    """Fingerprint every entry of file_dir; also say which are whole already: files renamed in
-    (nothing happened to them since) that no process holds open for writing. Sidecars
-    (NAME.meta.json) are no entries: their fingerprints join their entries', and their metadata is
-    read (`cache`: again only when they change)."""
-    found: dict[str, Found] = {}
-    whole: set[str] = set()
-    stamps: dict[str, str] = {}  # entry name -> its sidecar's fingerprint
+def scan(
+    file_dir: str,
+    take_renamed: Callable[[], set[str]],
+    cache: Sidecars | None = None,
+    names: Collection[str] | None = None,
+) -> Listing:
+    """Fingerprint every entry of file_dir, or with `names` those only (names of sidecars stand for
+    their entries; dot names are skipped; the files renamed in are looked at too); also say which
+    are whole already: files renamed in (nothing happened to them since) that no process holds
+    open for writing. Sidecars (NAME.meta.json) are no entries: their fingerprints join their
+    entries', and their metadata is read (`cache`: again only when they change)."""
     renamed = take_renamed()
-    with os.scandir(file_dir) as it:
-        for d in it:
-            if d.name.startswith("."):
-                continue
-            if is_sidecar(d.name):
-                try:
-                    stamps[entry_of(d.name)] = sidecars.stamp(d.stat(follow_symlinks=False))
-                except FileNotFoundError:
-                    pass
-                continue
-            try:
-                if d.name in renamed:  # asked before the fingerprint, so that is of the whole file
-                    writing = open_for_writing(d.path)
-                    if writing is False:
-                        whole.add(d.name)
-                    else:
-                        why = "is still open for writing" if writing else "may still be written"
-                        log.debug("%s: renamed in, but %s: it settles first", d.name, why)
-                found[d.name] = stat_entry(d.path)
-            except FileNotFoundError:  # vanished while we looked
-                found[d.name] = None
-            except (OSError, ValueError) as e:  # unreadable, or holds a fifo/socket/device
-                found[d.name] = e
+    whole: set[str] = set()
+    if names is None:
+        found, stamps = _list_all(file_dir, renamed, whole)
+        looked = None
+    else:
+        looked = frozenset(entry_of(n) if is_sidecar(n) else n for n in (*names, *renamed))
+        looked = frozenset(n for n in looked if not n.startswith("."))
+        found, stamps = _list_some(file_dir, looked, renamed, whole)
     # A listing is no snapshot: a file renamed in just after its sidecar (`synkler send`) may be
     # listed without it. Look for the sidecars of those offered at once.
     for name in whole:
@@ -111,8 +101,67 @@ def scan(file_dir: str, take_renamed: Callable[[], set[str]], cache: Sidecars | 
         st = found[name]
         assert isinstance(st, EntryStat)
         found[name] = with_sidecar(st, sidecar)
-    meta = (cache or Sidecars(file_dir)).look(stamps)
-    return Listing(found, whole, meta)
+    meta = (cache or Sidecars(file_dir)).look(stamps, among=looked)
+    return Listing(found, whole, meta, looked)
+
+
+def _list_all(file_dir: str, renamed: set[str], whole: set[str]) -> tuple[dict[str, Found], dict[str, str]]:
+    """Every entry of file_dir fingerprinted (those found whole added to `whole`), and the
+    fingerprints of the sidecars listed, by entry name."""
+    found: dict[str, Found] = {}
+    stamps: dict[str, str] = {}  # entry name -> its sidecar's fingerprint
+    with os.scandir(file_dir) as it:
+        for d in it:
+            if d.name.startswith("."):
+                continue
+            if is_sidecar(d.name):
+                try:
+                    stamps[entry_of(d.name)] = sidecars.stamp(d.stat(follow_symlinks=False))
+                except FileNotFoundError:
+                    pass
+                continue
+            try:
+                found[d.name] = _look_at(d.path, d.name, d.name in renamed, whole)
+            except FileNotFoundError:  # vanished while we looked
+                found[d.name] = None
+            except (OSError, ValueError) as e:  # unreadable, or holds a fifo/socket/device
+                found[d.name] = e
+    return found, stamps
+
+
+def _list_some(
+    file_dir: str, names: Collection[str], renamed: set[str], whole: set[str]
+) -> tuple[dict[str, Found], dict[str, str]]:
+    """These entries of file_dir fingerprinted, with their sidecars' fingerprints; one that is not
+    there is left out (gone)."""
+    found: dict[str, Found] = {}
+    stamps: dict[str, str] = {}
+    for name in names:
+        path = os.path.join(file_dir, name)
+        try:
+            found[name] = _look_at(path, name, name in renamed, whole)
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as e:
+            found[name] = e
+            continue
+        sidecar = _sidecar_stamp(file_dir, name)
+        if sidecar is not None:
+            stamps[name] = sidecar
+    return found, stamps
+
+
+def _look_at(path: str, name: str, renamed: bool, whole: set[str]) -> EntryStat:
+    """One entry's fingerprint; a file renamed in that no process holds open for writing is added
+    to `whole` (asked before the fingerprint, so that is of the whole file)."""
+    if renamed:
+        writing = open_for_writing(path)
+        if writing is False:
+            whole.add(name)
+        else:
+            why = "is still open for writing" if writing else "may still be written"
+            log.debug("%s: renamed in, but %s: it settles first", name, why)
+    return stat_entry(path)
 
 
 def hash_entry(path: str, strong: str | None = None, files: bool = False) -> Hashed:

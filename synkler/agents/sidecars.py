@@ -11,6 +11,7 @@ import errno
 import os
 import stat
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Union
 
@@ -55,10 +56,12 @@ class Sidecars:
         self.file_dir = file_dir
         self.seen: dict[str, _Seen] = {}  # entry name -> its sidecar
 
-    def look(self, stamps: dict[str, str]) -> dict[str, Read]:
-        """The metadata of the entries whose sidecars have these fingerprints (name -> stamp)."""
-        for name in [n for n in self.seen if n not in stamps]:
-            del self.seen[name]
+    def look(self, stamps: dict[str, str], among: Collection[str] | None = None) -> dict[str, Read]:
+        """The metadata of the entries whose sidecars have these fingerprints (name -> stamp), of
+        all entries (`among`: of those named; what is known of the others is kept)."""
+        for name in [n for n in self.seen if n not in stamps] if among is None else among:
+            if name not in stamps:
+                self.seen.pop(name, None)
         out: dict[str, Read] = {}
         for name, st in stamps.items():
             seen = self.seen.get(name)

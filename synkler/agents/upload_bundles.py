@@ -247,13 +247,11 @@ class BundleUpload(BundleCleanups, Offering):
 
     def bundle_withdrawn(self, entry: Entry) -> None:
         """A withdrawn bundle carries nothing: its members settle again as new files (the next scan)."""
-        for member in bundles.of(self.state, entry.id):
-            self.relayed.pop(member.name, None)
+        names = [member.name for member in bundles.of(self.state, entry.id)]
+        for name in names:
+            self.relayed.pop(name, None)
         self.state.after_commit(functools.partial(remove_tree, self.entry_path(entry)))
-        self.state.after_commit(self.changed_now)
-
-    def changed_now(self) -> None:
-        raise NotImplementedError
+        self.state.after_commit(functools.partial(self.look_again_at, names))
 
     def delivered(self, entry: Entry, **changes: object) -> None:
         if entry.kind == bundles.KIND:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from .. import bundles
@@ -152,6 +153,8 @@ class Offering(PoolUpload):
             # The scan offers the new content as a new version.
             why = f"cannot read it ({result})" if isinstance(result, BaseException) else "changed while sent"
             self.withdraw(now_entry, why)
+            if now_entry.kind != bundles.KIND:  # (a bundle's members are looked at again: bundle_withdrawn)
+                self.state.after_commit(functools.partial(self.look_again_at, [now_entry.name]))
 
     def bundle_hashed(self, entry: Entry, hashed: Hashed) -> None:
         raise NotImplementedError
@@ -179,6 +182,10 @@ class Offering(PoolUpload):
         self.send_to_owner(entry, Withdraw(entry.id, self.name, reason=why))
 
     def bundle_withdrawn(self, entry: Entry) -> None:
+        raise NotImplementedError
+
+    def look_again_at(self, names: Iterable[str]) -> None:
+        """Look at these names of file_dir again soon (the scan's)."""
         raise NotImplementedError
 
 

@@ -1,7 +1,11 @@
 """Upload's scan of file_dir: which names are new or changed, when each has settled (docs/
 architecture.md, "Settle detection (upload)"), and the offer of each settled name as a new version,
 a few thousand a pass. A name relayed before is hashed first, so an entry that was only touched
-(same content) is not sent again."""
+(same content) is not sent again.
+
+With inotify, a look at file_dir is a look at the names its events told of, and at the names
+settling whose time has come; the whole directory is listed at start, after events were lost (the
+kernel's queue overflowed), and on the clock as a backstop (MAX_SCAN_GAP at the latest)."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from .. import bundles
@@ -58,6 +63,7 @@ class Noticing(BundleUpload):
         self.watcher = DirWatcher(str(self.cfg.file_dir), self._on_change)
         self.sidecars = Sidecars(str(self.cfg.file_dir))  # read by the scan job only
         self.watching = False
+        self.look_names: set[str] = set()  # names to look at again, besides those inotify tells of
 
     def start_watching(self) -> None:
         self.watching = self.watcher.start()
@@ -67,8 +73,10 @@ class Noticing(BundleUpload):
     def shutdown(self) -> None:
         self.watcher.stop()
 
-    def changed_now(self) -> None:
-        """Look at file_dir again soon, as if inotify had told of a change."""
+    def look_again_at(self, names: Iterable[str]) -> None:
+        """Look at these names of file_dir again soon, as if inotify had told of a change to them
+        (one whose change inotify does not tell of: deep inside a directory)."""
+        self.look_names.update(names)
         self._on_change()
 
     def _on_change(self) -> None:
@@ -88,7 +96,27 @@ class Noticing(BundleUpload):
     def _scan_due(self) -> float | None:
         if self.jobs.busy(SCAN):
             return None  # the scan's completion wakes the loop; a past time here would make it spin
-        return self.last_scan + MIN_SCAN_GAP if self.changed.is_set() else self.next_scan
+        if self.changed.is_set() or self.look_names:
+            return self.last_scan + MIN_SCAN_GAP
+        settles = self._next_settle()
+        return self.next_scan if settles is None else min(self.next_scan, settles)
+
+    def _next_settle(self) -> float | None:
+        """When the first name settling that the last look did not look at as settled may have
+        settled (those it did and that still settle wait for their hash: inotify tells of a change)."""
+        for _, since in self.pending.values():  # in the order of their `since`
+            if since + self.cfg.settle_seconds > self.last_scan:
+                return since + self.cfg.settle_seconds
+        return None
+
+    def _settled_by(self, now: float) -> list[str]:
+        """The names settling whose time has come: a look at them tells whether they changed."""
+        due = []
+        for name, (_, since) in self.pending.items():
+            if since + self.cfg.settle_seconds > now:
+                break
+            due.append(name)
+        return due
 
     def tick_scan(self, now: float) -> None:
         """Offer what has settled, and look at file_dir when it is due (not while greeting: file_dir
@@ -97,16 +125,23 @@ class Noticing(BundleUpload):
             return
         self._offer_ripe()
         wakeup = self._scan_due()
-        if wakeup is not None and now >= wakeup:
-            self.changed.clear()
-            self.last_scan = now
-            self.scan_started = time.monotonic()
-            self.jobs.submit(
-                Pool.SCAN,
-                [SCAN],
-                functools.partial(scan, str(self.cfg.file_dir), self.watcher.take_renamed, self.sidecars),
-                self._scanned,
-            )
+        if wakeup is None or now < wakeup:
+            return
+        self.changed.clear()
+        told, whole = self.watcher.take_changes()  # what a whole listing would also find
+        names: set[str] | None = None  # None: the whole directory
+        if self.watching and not whole and now < self.next_scan:
+            names = told | self.look_names
+            names.update(self._settled_by(now))
+        self.look_names = set()
+        self.last_scan = now
+        self.scan_started = time.monotonic()
+        self.jobs.submit(
+            Pool.SCAN,
+            [SCAN],
+            functools.partial(scan, str(self.cfg.file_dir), self.watcher.take_renamed, self.sidecars, names),
+            self._scanned,
+        )
 
     def prune_later(self) -> bool:
         # A listing under way may still show a name that is gone now, and the scan would take it for
@@ -137,18 +172,15 @@ class Noticing(BundleUpload):
 
     def _scanned(self, listing: Listing | None, error: BaseException | None) -> None:
         now = time.time()
-        took = time.monotonic() - self.scan_started
-        interval = RESCAN_INTERVAL if self.watching else SCAN_INTERVAL
-        self.next_scan = now + min(max(interval, took / SCAN_SHARE[self.watching]), MAX_SCAN_GAP)
+        if listing is None or listing.looked is None:  # a whole listing: the next on the clock
+            took = time.monotonic() - self.scan_started
+            interval = RESCAN_INTERVAL if self.watching else SCAN_INTERVAL
+            self.next_scan = now + min(max(interval, took / SCAN_SHARE[self.watching]), MAX_SCAN_GAP)
         if listing is None:
             log.error("cannot scan %s: %s", self.cfg.file_dir, error)
             return
         found = listing.found
-        for known in (self.pending, self.relayed, self.ripe):
-            for name in [n for n in known if n not in found]:
-                del known[name]
-        self.unseen.intersection_update(found)
-        self.bundleable.intersection_update(self.ripe)
+        self._forget_gone(listing)
         looks: list[tuple[str, EntryStat]] = []
         for name, st in found.items():
             if not isinstance(st, EntryStat):
@@ -172,11 +204,23 @@ class Noticing(BundleUpload):
             meta = listing.meta.get(name)
             self._look_at(name, st, name in listing.whole, now, latest.get(name), meta)
         self._offer_ripe()
-        # Look again when the first pending entry may have settled (entries being hashed wait for that).
-        deadlines = [since + self.cfg.settle_seconds for since in (s[1] for s in self.pending.values())]
-        deadlines = [d for d in deadlines if d > now]
-        if deadlines:
-            self.next_scan = min(self.next_scan, min(deadlines))
+
+    def _forget_gone(self, listing: Listing) -> None:
+        """What was known of the names no longer in file_dir goes (only a cache: a name that comes
+        back is looked up again)."""
+        found = listing.found
+        if listing.looked is None:
+            for known in (self.pending, self.relayed, self.ripe):
+                for name in [n for n in known if n not in found]:
+                    del known[name]
+            self.unseen.intersection_update(found)
+        else:
+            for name in listing.looked - found.keys():
+                self.pending.pop(name, None)
+                self.relayed.pop(name, None)
+                self.ripe.pop(name, None)
+                self.unseen.discard(name)
+        self.bundleable.intersection_update(self.ripe)
 
     def _warn_once(self, name: str, fmt: str, *args: object) -> None:
         if name not in self.warned:
@@ -222,6 +266,7 @@ class Noticing(BundleUpload):
             log.debug("%s: renamed in and not open for writing: no need to wait for it to settle", name)
             seen = (st.signature, float("-inf"))
         if seen is None or seen[0] != st.signature:
+            self.pending.pop(name, None)  # kept in the order of their `since` (_settled_by)
             self.pending[name] = (st.signature, now)
         elif now - seen[1] >= self.cfg.settle_seconds and not self.jobs.busy(Key(NAME, name)):
             if latest is None or latest.state == Up.FAILED:
@@ -258,7 +303,8 @@ class Noticing(BundleUpload):
             self.pending.pop(name, None)
             return
         if hashed.stat.signature != signature:
-            self.pending[name] = (hashed.stat.signature, time.time())  # changed while hashing: settle again
+            self.pending.pop(name, None)  # changed while hashing: it settles again
+            self.pending[name] = (hashed.stat.signature, time.time())
             return
         if not self._meta_usable(name, hashed.meta):
             return

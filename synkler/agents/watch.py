@@ -1,15 +1,16 @@
 """Noticing changes in upload's file_dir at once, through Linux inotify (synkler.linux.inotify).
 
 Only the top level is watched: a new name, a rename into the directory, a closed write, a change of
-attributes or a removal. Changes deep inside a directory entry are caught by the settle re-check
-that follows any change, and a slow periodic rescan stays as the backstop (and the only mechanism
-where inotify is unavailable). When files come faster than inotify can queue their events
-(fs.inotify.max_queued_events, 16,384 by default), the kernel drops events and says so
-(IN_Q_OVERFLOW): the watcher then asks for a scan as for any change, and a scan lists the whole
-directory, so nothing is missed; it says so in the log once (again at most every OVERFLOW_REPEAT s,
-with the number of overflows since). The watcher also remembers which files were renamed into the
-directory and left alone since, so upload can tell a file put in place whole from one still being
-written where it stands.
+attributes or a removal. The watcher keeps the names events told of, for upload to look at those
+names only (not the whole directory); changes deep inside a directory entry are caught by the
+settle re-check that follows any change, and a slow periodic rescan stays as the backstop (and the
+only mechanism where inotify is unavailable). When files come faster than inotify can queue their
+events (fs.inotify.max_queued_events, 16,384 by default), the kernel drops events and says so
+(IN_Q_OVERFLOW): the watcher then asks for a listing of the whole directory, so nothing is missed;
+it says so in the log once (again at most every OVERFLOW_REPEAT s, with the number of overflows
+since). An event about the directory itself (moved, removed, its attributes) asks for a whole
+listing too. The watcher also remembers which files were renamed into the directory and left alone
+since, so upload can tell a file put in place whole from one still being written where it stands.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ class DirWatcher:
         # Files whose last event was their rename into `path` (nothing written, changed, created
         # or removed under that name since); emptied by take_renamed and by a lost event.
         self._renamed: set[str] = set()
+        self._names: set[str] = set()  # names events told of since take_changes
+        self._whole = False  # events were lost (or were about the directory): list it whole
         self._lock = threading.Lock()
         self._inotify: Inotify | None = None
         self._stop_r, self._stop_w = -1, -1
@@ -96,6 +99,14 @@ class DirWatcher:
             names, self._renamed = self._renamed, set()
         return names
 
+    def take_changes(self) -> tuple[set[str], bool]:
+        """The names events told of since the last call, and whether the directory must be listed
+        whole (events were lost, or one was about the directory itself); each is handed out once."""
+        with self._lock:
+            names, self._names = self._names, set()
+            whole, self._whole = self._whole, False
+        return names, whole
+
     def stop(self) -> None:
         if self._thread is None:
             return
@@ -121,14 +132,24 @@ class DirWatcher:
                 events = []
             with self._lock:
                 for _wd, mask, _cookie, name in events:
-                    if mask & IN_Q_OVERFLOW:
-                        self._renamed.clear()  # events were lost: no name is known to be whole
-                        self._overflowed()
-                    elif mask & IN_MOVED_TO and not mask & IN_ISDIR:
-                        self._renamed.add(os.fsdecode(name))
-                    elif name:
-                        self._renamed.discard(os.fsdecode(name))
+                    self._take(mask, os.fsdecode(name) if name else "")
             self.on_change()
+
+    def _take(self, mask: int, name: str) -> None:
+        """One event (under the lock)."""
+        if mask & IN_Q_OVERFLOW:
+            self._renamed.clear()  # events were lost: no name is known to be whole
+            self._whole = True
+            self._overflowed()
+            return
+        if not name:  # the directory itself (moved, removed, its attributes)
+            self._whole = True
+            return
+        self._names.add(name)
+        if mask & IN_MOVED_TO and not mask & IN_ISDIR:
+            self._renamed.add(name)
+        else:
+            self._renamed.discard(name)
 
     def _overflowed(self) -> None:
         """The kernel dropped events: the scan that follows finds what they told of. Said once, not

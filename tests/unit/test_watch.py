@@ -112,3 +112,21 @@ def test_lost_events_void_the_renamed_files_and_are_logged_once_for_many_overflo
     said = [r for r in caplog.records if "faster than inotify" in r.getMessage()]
     assert len(said) == 1 and said[0].levelname == "WARNING"
     assert f"{limit:,} events overflowed" in said[0].getMessage()
+
+
+def test_the_names_events_told_of_are_handed_out_once_and_lost_events_ask_for_a_whole_listing(watched):
+    d, w = watched
+    (d / "written").write_bytes(b"x")
+    rename_in(d, "renamed")
+    (d / "written").unlink()
+    renamed_after(d, w)
+    names, whole = w.take_changes()
+    assert {"written", "renamed", "sentinel"} <= names and not whole
+    assert w.take_changes() == (set(), False)
+    limit = max_queued_events()
+    if limit is None or limit > 30_000:
+        pytest.skip(f"fs.inotify.max_queued_events is {limit}: this flood would not overflow it")
+    flood(d, w, "lost")
+    names, whole = w.take_changes()
+    assert whole  # some of the flood's names are not among `names`: only a whole listing finds them
+    assert w.take_changes()[1] is False
