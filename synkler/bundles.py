@@ -1,10 +1,11 @@
 """Bundles: many small top-level files of upload's file_dir that travel the relay as one entry.
 
-A bundle is an entry of kind "bundle": upload hard-links its files (its *members*) into a directory
-of its own, which crosses every hop as a directory entry does (one state row, one set of messages,
-one rsync run, one md5 of the tree with each file's md5 in it, one receipt); download then places
-each member into its file_dir as a top-level file of its own, and each end runs the cleanup script
-once per member. docs/architecture.md, "Bundles", has the whole story.
+A bundle is an entry of kind "bundle": a list of files (its *members*) of upload's file_dir, read
+where they are and pushed into a directory of its own at central, from where it crosses the
+other hops as a directory entry does (one state row, one set of messages, one rsync run, one md5
+of the tree with each file's md5 in it, one receipt); download then places each member into its
+file_dir as a top-level file of its own, and each end runs the cleanup script once per member.
+docs/architecture.md, "Bundles", has the whole story.
 
 This module holds the pure decision of which settled files go into bundles (`plan`) and the
 statements on the `members` table of the agent's state database (synkler.state creates it in its
@@ -16,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Collection, Iterable, Sequence
+from hashlib import md5
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
@@ -24,7 +26,8 @@ if TYPE_CHECKING:
 KIND = "bundle"
 NOT_PLACED, PLACED, PRESENT = 0, 1, 2  # download: where a member stands (`placed`)
 PREFIX = "synkler-bundle-"
-# upload: where its bundles are made, in file_dir (a dot name: never an entry of its own)
+# upload: where synkler 0.9 and older made its bundles' hard links, in file_dir (a dot name: never an
+# entry of its own); a start removes what an older agent left there.
 UPLOAD_DIR = ".synkler-bundles"
 
 
@@ -68,6 +71,15 @@ def plan(candidates: Sequence[tuple[str, int]], *, files: int, least: int, max_b
         size += n
     out.append(current)
     return [b for b in out if len(b) >= 2]
+
+
+def signature(members: Iterable[tuple[str, str | None]]) -> str:
+    """A bundle's fingerprint, from its members' (name, fingerprint) in their order: it changes when
+    any member's does (the scan's fingerprint of a file: its size, mtime and ctime). Pure."""
+    digest = md5(usedforsecurity=False)
+    for name, sig in members:
+        digest.update(os.fsencode(name) + b"\0" + (sig or "").encode("ascii") + b"\0")
+    return digest.hexdigest()
 
 
 class Member(NamedTuple):

@@ -110,6 +110,7 @@ class Upload(Answers, Noticing, Adopting):
             )
         self.resume_cleanups()
         self.sweep_bundles()
+        self.ready_bundle_top()
         # Hashes cut short by the stop start again.
         self.hash_entries([e for e in self.state.by_state(*UNSENT) if not e.md5])
         self.greet_again()
@@ -200,7 +201,7 @@ class Upload(Answers, Noticing, Adopting):
         self.tick_scan(now)
         self.reown_gone(now)
         due = self.due_for_transfer(Up.UPLOADING, now)
-        for batch in self.batches(due, group=lambda e: (e.peer, e.path, e.kind == bundles.KIND)):
+        for batch in self.batches(due, group=push_group):
             self._push(batch)
         self.start_due_cleanups(now)
         self.prune_history(now)
@@ -210,15 +211,20 @@ class Upload(Answers, Noticing, Adopting):
         """One rsync run for entries admitted into the same directory on central."""
         names = [e.name for e in batch]
         what = some_entries(names)
+        how = self.bundle_push(batch[0]) if batch[0].kind == bundles.KIND else None
+        if how is None and batch[0].kind == bundles.KIND:
+            return  # withdrawn
+        if how is None:
+            how = functools.partial(
+                transfer.push, self.link_cfg(batch[0]), str(self.cfg.file_dir), names, batch[0].path or ""
+            )
         if len(batch) == 1:
             log.info("%s: pushing to central%s", batch[0].name, push_count(batch[0]))
         else:
             log.info("pushing %s to central", what)
         self.submit_transfer(
             [Key(ENTRY, e.id) for e in batch],
-            functools.partial(
-                transfer.push, self.link_cfg(batch[0]), self._source(batch[0]), names, batch[0].path or ""
-            ),
+            how,
             functools.partial(
                 self._pushed,
                 {e.id: e.attempt for e in batch},
@@ -247,6 +253,9 @@ class Upload(Answers, Noticing, Adopting):
             entry = self.entry(entry_id)
             if entry.state != Up.UPLOADING or entry.attempt != attempt:
                 continue  # superseded meanwhile
+            if not ok and entry.kind == bundles.KIND and (changed := self.bundle_changed(entry)):
+                self.withdraw(entry, changed)  # its files settle again; those gone are in no bundle
+                continue
             if ok and entry.md5:
                 self.sent(entry)
             elif ok:
@@ -265,9 +274,11 @@ class Upload(Answers, Noticing, Adopting):
         elif ok:
             log.info("pushed %s in %.1f s", what, time.time() - started)
 
-    def _source(self, entry: Entry) -> str:
-        """The directory a batch of entries is pushed from: file_dir, or for bundles their own."""
-        return self.bundle_root if entry.kind == bundles.KIND else str(self.cfg.file_dir)
+
+def push_group(entry: Entry) -> tuple[object, ...]:
+    """Which entries may share a push: those admitted into the same directory of the same central;
+    a bundle goes alone (its run makes its directory on central from files of file_dir)."""
+    return (entry.peer, entry.path, entry.id if entry.kind == bundles.KIND else "")
 
 
 def push_count(entry: Entry) -> str:

@@ -9,8 +9,8 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+from .. import bundles, proofs, receipts
 from .. import destinations as dests
-from .. import proofs, receipts
 from ..errors import MessageError
 from ..hops import receiptfiles
 from ..messages import Admit, Delivered, Failed, Forget, Wait
@@ -50,6 +50,11 @@ class Answers(Offering):
             # Central asks again for a version that has changed since: withdraw it (again).
             self.withdraw(entry, "superseded by a newer version")
         elif entry.state in (*UNSENT, Up.SENT) and msg.attempt > entry.attempt:
+            if entry.attempt and entry.kind == bundles.KIND and (changed := self.bundle_changed(entry)):
+                # Asked again (central's md5 did not match): a bundle whose files changed since is
+                # not pushed again and again; they settle again, and go as they are now.
+                self.withdraw(entry, changed)
+                return
             self.move(entry, Up.UPLOADING, attempt=msg.attempt, path=msg.dest, tries=0, due=0, reason=None)
             if msg.to and not dests.rows(self.state, entry.id):  # frozen at the first admission
                 dests.route(self.state, entry.id, msg.to)

@@ -22,19 +22,23 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, ClassVar
 
 from .. import bundles
 from ..errors import MessageError, Refused
+from ..hops import transfer
 from ..hops.checksum import EntryStat, stat_entry
 from ..linux.fs import remove_tree
 from ..messages import Failed, new_entry_id
 from ..metadata import Metadata
+from ..private import private_dir
 from ..state import Entry
 from ..text import count, shown, some_entries
-from .base import NAME, Key, Status
+from . import bundle_reads
+from .base import HASHING, NAME, Key, Status
 from .members import BundleCleanups
+from .pools import Pool
 from .upload_offers import Offering
 
 if TYPE_CHECKING:
@@ -42,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("synkler")
 
-BUNDLED_PER_PASS = 5000  # files linked into bundles in one pass of the loop at most
+BUNDLED_PER_PASS = 5000  # files put into bundles in one pass of the loop at most
 # A central that has not reported yet (started with upload): how long settled small files wait for
 # its version before they go one by one, and how often it is looked for meanwhile.
 VERSION_WAIT = 10.0
@@ -65,14 +69,8 @@ class BundleUpload(BundleCleanups, Offering):
     def path(self, name: str) -> str:
         raise NotImplementedError
 
-    @property
-    def bundle_root(self) -> str:
-        return os.path.join(self.cfg.file_dir, bundles.UPLOAD_DIR)
-
     def entry_path(self, entry: Entry) -> str:
-        """Where an entry's data is: its name in file_dir, a bundle's directory of links."""
-        if entry.kind == bundles.KIND:
-            return os.path.join(self.bundle_root, entry.name)
+        """Where an entry's data is: its name in file_dir (a bundle's: its members', bundles.of)."""
         return self.path(entry.name)
 
     # the latest version of a name ----------------------------------------------------------------
@@ -154,61 +152,36 @@ class BundleUpload(BundleCleanups, Offering):
         self.old_centrals = old
         return None if not known else not old
 
-    def _make_bundle(self, names: list[str]) -> Entry | None:
-        """Link the files into a new bundle's directory and offer it. A file that cannot be linked
-        (or changed meanwhile) stays ripe, to go on its own."""
+    def _make_bundle(self, names: list[str]) -> Entry:
+        """Record a new bundle of these ripe files, each with the fingerprint it settled with, and
+        offer it. Nothing is linked, copied or looked at again: the hash reads the files in place."""
         entry_id = new_entry_id()
         name = bundles.name_of(entry_id)
-        where = os.path.join(self.bundle_root, name)
-        try:
-            os.makedirs(where)
-            # As a directory a person makes (the agent's umask is 077): central's agent, which may
-            # not be the ssh user that writes its staging, reads the pushed copy; the files keep
-            # their own modes.
-            os.chmod(where, 0o755)
-        except OSError as e:
-            log.warning(
-                "cannot make a bundle in %s (%s): files go one by one until the agent restarts",
-                self.bundle_root,
-                e,
-            )
-            self.bundling_failed = True
-            return None
-        members = self._link_members(where, names)
-        if len(members) < 2:
-            remove_tree(where)
-            return None
-        st = stat_entry(where)
+        members = [(n, self.ripe[n][0].size, self.ripe[n][0].signature) for n in names]
+        size = sum(m[1] for m in members)
+        st = EntryStat(bundles.KIND, size, len(members), bundles.signature((m[0], m[2]) for m in members))
         entry = self.offer_version(entry_id, name, st, kind=bundles.KIND)
         bundles.add(self.state, entry_id, members)
         for member, _size, signature in members:
-            self.name_offered(member, signature or "")
+            self.name_offered(member, signature)
         log.info(
             "%s: offered, a bundle of %s (%s): %s",
             name,
             count(len(members), "file"),
-            count(st.size, "byte"),
-            some_entries([m[0] for m in members], noun="file"),
+            count(size, "byte"),
+            some_entries(names, noun="file"),
         )
         return entry
 
-    def _link_members(self, where: str, names: list[str]) -> list[tuple[str, int, str | None]]:
-        """Hard links to the ripe files in the bundle's directory: (name, size, fingerprint since the
-        link) of each linked; one that cannot be linked, or changed since it settled, is left out."""
-        members: list[tuple[str, int, str | None]] = []
-        for member_name in names:
-            st = self.ripe[member_name][0]
-            try:
-                os.link(self.path(member_name), os.path.join(where, member_name), follow_symlinks=False)
-                now = stat_entry(self.path(member_name))  # its ctime moved with the link
-            except (OSError, ValueError) as e:
-                log.debug("%s: not bundled (%s)", member_name, e)
-                continue
-            if now.kind != "file" or now.size != st.size:
-                os.unlink(os.path.join(where, member_name))
-                continue
-            members.append((member_name, st.size, now.signature))
-        return members
+    def hash_bundle(self, entry: Entry) -> None:
+        """md5 of a bundle, its members read where they are (a job of its own)."""
+        members = bundles.of(self.state, entry.id)
+        self.jobs.submit(
+            Pool.HASH,
+            [Key(HASHING, entry.id)],
+            functools.partial(bundle_reads.hash_each, str(self.cfg.file_dir), members, self.strong),
+            functools.partial(self._group_hashed, [entry]),
+        )
 
     def bundle_hashed(self, entry: Entry, hashed: Hashed) -> None:
         """Keep each member's md5 from the bundle's hash."""
@@ -224,57 +197,105 @@ class BundleUpload(BundleCleanups, Offering):
     def member_cleanups_due(self, entry: Entry) -> None:
         bundles.set_all(self.state, entry.id, cleanup="pending", where=(None,))
 
-    def release_links(self, entry: Entry) -> None:
-        """A delivered (or forgotten) bundle's links go. Removing a link moves the ctime of its file
-        in file_dir: the member's fingerprint is taken again, so the scan does not take the file
-        for changed."""
-        where = self.entry_path(entry)
+    def bundle_withdrawn(self, entry: Entry) -> None:
+        """A withdrawn bundle carries nothing: its members settle again as new files (the next scan)."""
+        names = [member.name for member in bundles.of(self.state, entry.id)]
+        for name in names:
+            self.relayed.pop(name, None)
+        self.state.after_commit(functools.partial(self.look_again_at, names))
+
+    def bundle_changed(self, entry: Entry) -> str | None:
+        """Why a bundle on its way cannot go on as it is (None: it can): one of its members no longer
+        holds the content it was bundled with (changed in place, replaced, removed), or none is known
+        here (a bundle adopted from another upload agent)."""
+        members = bundles.of(self.state, entry.id)
+        if not members:
+            return "its files are not known here (a bundle of another upload agent)"
+        changed = bundle_reads.changed(str(self.cfg.file_dir), members)
+        if changed:
+            return f"{some_entries(changed, noun='file')} of it changed or gone since it was bundled"
+        return None
+
+    def bundle_push(self, entry: Entry) -> Callable[[], transfer.Result] | None:
+        """The push of an admitted bundle: its files from file_dir into its directory in central's
+        staging, in one run; None when it cannot go (withdrawn here: no files of it known)."""
+        members = bundles.of(self.state, entry.id)
+        if not members:
+            self.withdraw(entry, "its files are not known here (a bundle of another upload agent)")
+            return None
+        return functools.partial(
+            transfer.push_bundle,
+            self.link_cfg(entry),
+            str(self.cfg.file_dir),
+            [m.name for m in members],
+            entry.path or "",
+            entry.name,
+            self.bundle_top,
+        )
+
+    @property
+    def bundle_top(self) -> str:
+        """An empty private directory of the agent's: what stands for a bundle's own directory in
+        its push (transfer.push_bundle)."""
+        db = str(self.cfg.state_db)
+        return os.path.join(os.path.dirname(db), os.path.basename(db) + ".bundle")
+
+    def ready_bundle_top(self) -> None:
+        """At start: bundle_top made, and empty (anything in it would go in every bundle)."""
+        private_dir(self.bundle_top)
+        for name in os.listdir(self.bundle_top):
+            log.warning("removing %s from %s, which must stay empty", shown(name), self.bundle_top)
+            remove_tree(os.path.join(self.bundle_top, name))
+
+    # what an older synkler left ------------------------------------------------------------------
+
+    def sweep_bundles(self) -> None:
+        """At start: the hard links an older synkler made for its bundles (file_dir/.synkler-bundles)
+        go; this one makes none. A bundle of it still on its way goes on from its files in place,
+        their fingerprints taken again (removing a link moves its file's ctime)."""
+        root = os.path.join(self.cfg.file_dir, bundles.UPLOAD_DIR)
+        try:
+            found = os.listdir(root)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            log.warning("cannot look into %s, left by an older synkler: %s", shown(root), e)
+            return
+        for name in found:
+            where = os.path.join(root, name)
+            entry = self.state.get(name[len(bundles.PREFIX) :]) if name.startswith(bundles.PREFIX) else None
+            if (
+                entry is not None
+                and entry.kind == bundles.KIND
+                and entry.state not in (*self.WITHDRAWN, *self.FINISHED)
+            ):
+                self._unlink_old(entry, where)
+            log.info("removing the hard links of bundle %s (made by an older synkler)", shown(name))
+            remove_tree(where)
+        try:
+            os.rmdir(root)
+        except OSError as e:
+            log.warning("cannot remove %s, left by an older synkler: %s", shown(root), e)
+
+    def _unlink_old(self, entry: Entry, where: str) -> None:
+        """An older synkler's bundle on its way: its links go, and each member whose name still holds
+        the linked file gets its fingerprint again; the bundle's follows from theirs."""
         refreshed: list[tuple[int, object]] = []
-        for member in bundles.of(self.state, entry.id):
+        members = bundles.of(self.state, entry.id)
+        for member in members:
             link = os.path.join(where, member.name)
             try:
                 before = os.lstat(link)
                 os.unlink(link)
                 now = os.lstat(self.path(member.name))
                 if (now.st_dev, now.st_ino) == (before.st_dev, before.st_ino):
-                    signature = stat_entry(self.path(member.name)).signature
-                    refreshed.append((member.seq, signature))
-                    self.relayed[member.name] = signature
+                    refreshed.append((member.seq, stat_entry(self.path(member.name)).signature))
             except (OSError, ValueError):
                 continue
         bundles.set_each(self.state, entry.id, "signature", refreshed)
-        remove_tree(where)
-
-    def bundle_withdrawn(self, entry: Entry) -> None:
-        """A withdrawn bundle carries nothing: its members settle again as new files (the next scan)."""
-        names = [member.name for member in bundles.of(self.state, entry.id)]
-        for name in names:
-            self.relayed.pop(name, None)
-        self.state.after_commit(functools.partial(remove_tree, self.entry_path(entry)))
-        self.state.after_commit(functools.partial(self.look_again_at, names))
-
-    def delivered(self, entry: Entry, **changes: object) -> None:
-        if entry.kind == bundles.KIND:
-            self.release_links(entry)
-        super().delivered(entry, **changes)
-
-    def drop(self, entry: Entry) -> None:
-        if entry.kind == bundles.KIND:  # forgotten: its links go (its members' files stay, as any entry's)
-            self.state.after_commit(functools.partial(remove_tree, self.entry_path(entry)))
-        super().drop(entry)
-
-    def sweep_bundles(self) -> None:
-        """At start: bundle directories of bundles that ended, or were never recorded (a crash between
-        the links and the commit), go."""
-        try:
-            found = os.listdir(self.bundle_root)
-        except FileNotFoundError:
-            return
-        for name in found:
-            entry = self.state.get(name[len(bundles.PREFIX) :]) if name.startswith(bundles.PREFIX) else None
-            if entry is None or entry.state in (*self.WITHDRAWN, *self.FINISHED):
-                log.info("removing leftover bundle %s", shown(name))
-                remove_tree(os.path.join(self.bundle_root, name))
+        signatures = dict(refreshed)
+        now_members = [(m.name, signatures.get(m.seq, m.signature)) for m in members]
+        self.state.update(entry, signature=bundles.signature(now_members))  # type: ignore[arg-type]
 
     def bundle_present(self, entry: Entry) -> bool:
         return any(os.path.lexists(self.path(m.name)) for m in bundles.of(self.state, entry.id))
@@ -332,7 +353,6 @@ class BundleUpload(BundleCleanups, Offering):
             self.bundleable.add(member.name)
             again += 1
         self.forget(entry, why, told_by=told_by)
-        self.release_links(entry)
         return again
 
     def bundle_refused(self, msg: Failed) -> None:

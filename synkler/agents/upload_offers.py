@@ -54,6 +54,10 @@ class Offering(PoolUpload):
         """Central does not take this bundle (BundleUpload)."""
         raise NotImplementedError
 
+    def bundle_changed(self, entry: Entry) -> str | None:
+        """Why a bundle on its way cannot go on as it is; None: it can (BundleUpload)."""
+        raise NotImplementedError
+
     def offer_version(
         self,
         entry_id: str,
@@ -109,7 +113,10 @@ class Offering(PoolUpload):
 
     def hash_entries(self, entries: list[Entry]) -> None:
         """md5 of offered entries while they wait for admission and while they are pushed."""
-        for group in hash_groups(entries):
+        for entry in entries:
+            if entry.kind == bundles.KIND:
+                self.hash_bundle(entry)
+        for group in hash_groups(e for e in entries if e.kind != bundles.KIND):
             if len(group) == 1:
                 log.debug("%s: hashing", group[0].name)
             else:
@@ -117,14 +124,13 @@ class Offering(PoolUpload):
             self.jobs.submit(
                 Pool.HASH,
                 [Key(HASHING, e.id) for e in group],
-                functools.partial(
-                    hash_each,
-                    [self.entry_path(e) for e in group],
-                    self.strong,
-                    {self.entry_path(e) for e in group if e.kind == bundles.KIND},
-                ),
+                functools.partial(hash_each, [self.entry_path(e) for e in group], self.strong),
                 functools.partial(self._group_hashed, group),
             )
+
+    def hash_bundle(self, entry: Entry) -> None:
+        """md5 of a bundle, read in place (BundleUpload)."""
+        raise NotImplementedError
 
     def hash_adopted(self, entry: Entry) -> None:
         self.hash_entries([entry])

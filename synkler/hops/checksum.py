@@ -19,7 +19,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -365,3 +365,42 @@ def list_entry(path: PathLike) -> list[FileDigest]:
         for rel, kind, _full, child in walk(p)
         if kind != KIND_DIR
     ]
+
+
+def digest_listed(
+    directory: PathLike, names: Sequence[str | bytes], strong: str | None = None
+) -> EntryDigest:
+    """digest_entry of a directory that would hold exactly the regular files `names` of `directory`
+    (a bundle's members, read where they are): the same tree md5, second hash and files as those of
+    a directory holding copies of them (its own name, mode and times are no part of a digest).
+
+    Each name must be a regular file of `directory`: anything else (a symlink, a directory, a name
+    with a slash, a missing name) raises OSError or ValueError, as a bundle holds files only."""
+    top = os.fsencode(directory)
+    rels = sorted({os.fsencode(n) for n in names})  # the walk's order: by the names' bytes
+    for rel in rels:
+        if not rel or b"/" in rel or rel in (b".", b".."):
+            raise ValueError(f"{os.fsdecode(rel)!r}: not a name of a file in {os.fsdecode(top)!r}")
+    digest = _Pair(strong)
+    strong_tree = new_hash(strong) if strong else None
+    records: list[FileDigest] = []
+    thread = threading.get_ident()
+    outermost = thread not in _RUNNING
+    if outermost:  # counted as one hash under way (presence's progress), its total unknown
+        _RUNNING[thread] = Hashing(top, 0, time.time())
+    try:
+        for rel in rels:
+            fd, size = _open_regular(top + b"/" + rel)
+            try:
+                md5, other = _hash_fd2(fd, 4 << 20, strong, size)
+            finally:
+                os.close(fd)
+            records.append(FileDigest(rel, "file", size, md5, other))
+            digest.md5.update(KIND_FILE + b"\0" + rel + b"\0" + md5.encode("ascii") + b"\0")
+            if strong_tree is not None:
+                strong_tree.update(KIND_FILE + b"\0" + rel + b"\0" + (other or "").encode("ascii") + b"\0")
+    finally:
+        if outermost:
+            del _RUNNING[thread]
+    label = f"{strong}:{strong_tree.hexdigest()}" if strong_tree is not None else None
+    return EntryDigest(digest.md5.hexdigest(), label, records)

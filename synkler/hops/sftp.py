@@ -453,6 +453,20 @@ def push(cfg: Config, local_dir: str, names: Sequence[str], remote_dir: str) -> 
     return _run(cfg, f"push {len(names)} into {remote_dir}", work)[0]
 
 
+def push_bundle(cfg: Config, local_dir: str, names: Sequence[str], remote_dir: str, bundle: str) -> Result:
+    """upload -> central: the files `names` of `local_dir` into the directory `bundle` of `remote_dir`
+    (0755), on one session (transfer.push_bundle)."""
+    stopping = _stopping()
+
+    def work(client: paramiko.SFTPClient) -> None:
+        copier = sftpcopy.Pusher(client, stopping)
+        copier.listed(local_dir, list(names), remote_path(cfg, remote_dir), bundle)
+        if copier.failures:
+            raise copier.failures[0]
+
+    return _run(cfg, f"push bundle {bundle} of {len(names)} into {remote_dir}", work)[0]
+
+
 def pull(cfg: Config, remote_dir: str, paths: Sequence[str], local_dir: str) -> Result:
     """central -> download: `paths` (relative to `remote_dir`) into `local_dir`, on one session."""
     stopping = _stopping()

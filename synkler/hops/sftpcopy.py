@@ -279,6 +279,28 @@ class Pusher(_Copier):
             self._node(local, remote_dir, name, st, here)
         self.flush()
 
+    def listed(self, local_dir: str, names: list[str], remote_dir: str, directory: str) -> None:
+        """The files `names` of `local_dir` into `remote_dir`/`directory` (made if missing, then 0755:
+        a bundle's). A name missing is a failure (Missing), as rsync's exit 23; the others go."""
+        where = _join(remote_dir, directory)
+        there = self.listdir(remote_dir).get(directory)
+        if there is not None and not stat.S_ISDIR(there.st_mode or 0):
+            self._remove(where, there)
+            there = None
+        if there is None:
+            self.client.mkdir(_b(where), 0o700)
+        inside = self.listdir(where) if there is not None else {}
+        for name in names:
+            local = os.path.join(local_dir, name)
+            try:
+                st = os.lstat(local)
+            except FileNotFoundError:
+                self.failures.append(Missing(local))
+                continue
+            self._node(local, where, name, st, inside)
+        self.flush()
+        self.client.chmod(_b(where), 0o755)
+
     def _node(self, local: str, parent: str, name: str, st: os.stat_result, here: dict[str, Attrs]) -> None:
         self.check()
         remote = _join(parent, name)

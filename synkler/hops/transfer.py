@@ -259,13 +259,17 @@ def _child_env() -> dict[str, str]:
     return {k: v for k, v in child_env().items() if k not in _UNPASSED}
 
 
-def rsync_argv(cfg: Config, src: str, dest: str, *, listed: bool = False, append: bool = False) -> list[str]:
+def rsync_argv(
+    cfg: Config, src: str, dest: str, *, listed: bool = False, append: bool = False, flat: bool = False
+) -> list[str]:
     """The rsync command for one hop: archive mode, resumable, with a stall timeout.
 
     `listed`: the paths to copy (relative to `src`, a directory) come NUL-separated on stdin, so one
     run carries many entries and no name is ever parsed as an option or by a shell.
     `append`: add to the destination file what the source has beyond its length, in place (rsync
     refuses a partial dir with it; what arrived stays where it is).
+    `flat`: listed, without recursion: the paths are files, and directories whose contents (their
+    top level only) go too; every directory arrives 0755 (a bundle's, push_bundle).
     The user's `rsync_opts` come last so that anything they set (e.g. --rsh with their ssh port and
     key, a --bwlimit) is honoured as given.
     """
@@ -276,6 +280,7 @@ def rsync_argv(cfg: Config, src: str, dest: str, *, listed: bool = False, append
         *(("--append",) if append else ("--partial", f"--partial-dir={PARTIAL_DIR}")),
         f"--timeout={cfg.rsync_timeout}",
         *(("--recursive", "--from0", "--files-from=-") if listed else ()),
+        *(("--dirs", "--chmod=D0755", "--from0", "--files-from=-") if flat else ()),
         *effective_opts(cfg)[0],
         src,
         dest,
@@ -489,6 +494,34 @@ def push(cfg: Config, local_dir: str, names: Sequence[str], remote_dir: str) -> 
     except OutsideRoot as e:
         return e.result()
     return _hop(cfg, rsync_argv(cfg, local_dir.rstrip("/") + "/", target, listed=True), input=_listing(names))
+
+
+def push_bundle(
+    cfg: Config, local_dir: str, names: Sequence[str], remote_dir: str, bundle: str, top: str
+) -> Result:
+    """upload -> central: the files `names` of `local_dir` into the directory `bundle` of `remote_dir`
+    on central (made 0755, as a person's: central's agent may not be the ssh user), in one run.
+
+    rsync cannot give a file another path than its own below the source, so the source is "/" and
+    each path says with "/./" where its copy's path starts: the empty directory `top` stands for
+    the bundle's directory itself (its contents: none), each member for itself. A name missing is
+    exit 23, one gone while pushed exit 24 (synkler.agents.upload_bundles withdraws the bundle)."""
+    sftp = _sftp(cfg)
+    if sftp is not None:
+        return sftp.push_bundle(cfg, local_dir, names, remote_dir, bundle)
+    try:
+        target = remote(cfg, f"{remote_dir.rstrip('/')}/{bundle}", "/")
+    except OutsideRoot as e:
+        return e.result()
+    argv = rsync_argv(cfg, "/", target, flat=True)
+    return _hop(cfg, argv, input=_rooted(top, [""]) + _rooted(local_dir, names))
+
+
+def _rooted(directory: str, names: Sequence[str]) -> bytes:
+    """Paths for `--files-from=- --from0` from "/": `./<directory>/./<name>` (its copy's path: name;
+    "" for the directory itself), "./" first so that no line starts as a comment."""
+    base = b"./" + os.fsencode(os.path.abspath(directory)).lstrip(b"/") + b"/./"
+    return b"".join(base + os.fsencode(n) + b"\0" for n in names)
 
 
 def pull(cfg: Config, remote_dir: str, paths: Sequence[str], local_dir: str) -> Result:

@@ -54,12 +54,16 @@ def test_many_small_files_settled_at_once_go_in_bundles_each_file_once(tmp_path:
     assert [(o.kind, o.files) for o in offered] == [("bundle", 10), ("bundle", 10), ("bundle", 3)]
     members = [m for o in offered for m in bundles.of(r.state, o.entry)]
     assert sorted(m.name for m in members) == [f"f{i:02d}" for i in range(23)]
-    # The bundle is a directory of hard links to the files: nothing copied.
-    first = bundles.of(r.state, offered[0].entry)[0]
-    link = r.file_dir / bundles.UPLOAD_DIR / offered[0].name / first.name
-    assert os.path.samefile(link, r.file_dir / first.name)
+    # A bundle is a list of the files: nothing linked, copied or made in file_dir.
+    assert sorted(os.listdir(r.file_dir)) == [f"f{i:02d}" for i in range(23)]
     hash_all(r)
     assert all(m.md5 == md5_entry(r.file_dir / m.name) for o in offered for m in bundles.of(r.state, o.entry))
+    # Its md5 is the one central and download compute of the directory its push makes.
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for m in bundles.of(r.state, offered[2].entry):
+        (copy / m.name).write_bytes((r.file_dir / m.name).read_bytes())
+    assert r.entry(offered[2].entry).md5 == digest_entry(copy).md5
     scan(r, now + 1)
     scan(r, now + 2)
     assert offers(r) == []  # on their way in their bundles: none offered again
@@ -97,7 +101,6 @@ def test_a_member_changed_before_the_bundle_is_hashed_withdraws_it_and_its_files
     hash_all(r)
     assert r.entry(first.entry).state == "superseded"
     assert [m.entry for _, m in r.sent() if isinstance(m, Withdraw)] == [first.entry]
-    assert not (r.file_dir / bundles.UPLOAD_DIR / first.name).exists()
     scan(r, now + 1)
     scan(r, now + 2)
     (again,) = offers(r)
@@ -107,7 +110,9 @@ def test_a_member_changed_before_the_bundle_is_hashed_withdraws_it_and_its_files
     assert f00.md5 == md5_entry(r.file_dir / "f00")
 
 
-def test_a_delivered_bundle_drops_its_links_and_runs_each_members_cleanup_once(tmp_path: Path):
+def test_a_delivered_bundle_runs_each_members_cleanup_once_and_its_files_are_not_taken_for_changed(
+    tmp_path: Path,
+):
     r, now = upload_with(tmp_path, 6, cleanup_script="true")
     (offer,) = offers(r)
     hash_all(r)
@@ -116,15 +121,14 @@ def test_a_delivered_bundle_drops_its_links_and_runs_each_members_cleanup_once(t
         r.state.update(bundle, state="sent", attempt=1)
     r.deliver(Delivered(bundle.id, "central", stored_as=bundle.name))
     assert r.entry(bundle.id).state == "delivered"
-    assert not (r.file_dir / bundles.UPLOAD_DIR / bundle.name).exists()
     r.tick(now + 1)
     job = r.job("script")
     assert [m.cleanup for m in bundles.of(r.state, bundle.id)] == [Cleanup.RUNNING] * 6
     r.finish(job, [OK] * 6)
     assert [m.cleanup for m in bundles.of(r.state, bundle.id)] == [Cleanup.DONE] * 6
     assert (r.entry(bundle.id).state, r.entry(bundle.id).cleanup) == ("done", Cleanup.DONE)
-    # The links' removal moved the files' ctimes: their fingerprints were taken again, so the scan
-    # does not take them for changed.
+    # Nothing touched the files: the fingerprints they settled with still hold, and the scan does not
+    # take them for changed.
     scan(r, now + 2)
     scan(r, now + 3)
     assert offers(r) == [] and r.jobs.pending == []
@@ -300,7 +304,6 @@ def test_upload_takes_apart_a_bundle_central_refuses_and_offers_its_files_one_by
     (offer,) = offers(r)
     r.deliver(Failed(offer.entry, "central", hop=BUNDLE_AT_CENTRAL, reason="central routes entries by name"))
     assert r.entry(offer.entry).state == "forgotten"
-    assert not (r.file_dir / bundles.UPLOAD_DIR / offer.name).exists()
     assert [m for _, m in r.sent() if isinstance(m, Forget)] == []  # central never recorded it
     r.tick(now + 1)
     scan(r, now + 2)
