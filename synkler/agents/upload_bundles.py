@@ -1,19 +1,25 @@
 """Upload's bundles (synkler.bundles): many small settled files offered as one entry.
 
 When at least `bundle_min` small files (`bundle_file_kib`) with no metadata and no earlier version
-have settled at once, they go in bundles of up to `bundle_files` files and `bundle_mib` MiB: each a
-directory of hard links to them under ``file_dir/.synkler-bundles/<bundle name>``, made in the pass
-that offers the bundle (a dot name: never an entry of its own). From then on the bundle is an entry
-like a directory: hashed (each member's md5 is kept from the same read), pushed, verified at central
-and download. Its members stay in file_dir: each is a version of its name, which the scan compares
-as it compares single entries (`versions`). Once the bundle is delivered its links go, and each
-member's cleanup script runs once (synkler.agents.members).
+have settled at once, they go in bundles of up to `bundle_files` files and `bundle_mib` MiB. A bundle
+is a list of files of file_dir, each recorded with the fingerprint it settled with (the `members`
+table): nothing is linked, copied or made in file_dir. From then on the bundle is an entry like a
+directory: hashed with its members read in place (synkler.agents.bundle_reads: the tree md5 of the
+directory its push makes, each member's md5 kept from the same read), pushed alone by one run from
+file_dir into its own directory on central (transfer.push_bundle), verified at central and
+download. Its members stay in file_dir: each is a version of its name, which the scan compares as
+it compares single entries (`versions`); as nothing touches them, the fingerprints they settled
+with still hold when the bundle is delivered, and each member's cleanup script runs once if its
+name still holds that content (synkler.agents.members).
 
-A member changed in place changes the bundle (same inode): the bundle's md5 finds it, the bundle is
-withdrawn, and its members settle again as new files. A member replaced (a new file renamed over
-its name) or removed is not in the bundle any more than in file_dir: the bundle carries the content
-it settled with (its link holds it), and the new file is a new version of the name, relayed on its
-own; the old member's cleanup script is skipped, as the name holds other content.
+The bundle carries what its names hold when read, so a member changed in place, replaced (a file
+renamed over its name) or removed before central has verified the bundle withdraws it, and its
+members settle again as new files (one gone for good is in no bundle): the hash finds a change up
+to its read (the fingerprints after it); later, a failed push (rsync's exit 23, a name missing, or
+24, one gone while pushed) or central asking again (its md5 did not match) has upload look at the
+members' fingerprints (`bundle_changed`) before it pushes again. A change after central verified
+the bundle changes nothing delivered: that member's cleanup script is skipped, and the new content
+is a new version of the name, relayed on its own.
 """
 
 from __future__ import annotations
