@@ -22,7 +22,9 @@ def hash_bundle(file_dir: str, members: Sequence[bundles.Member], strong: str | 
     gives another fingerprint, one gone an error, and the bundle is withdrawn."""
     if not members:
         raise ValueError("its files are not known here (a bundle of another upload agent)")
-    digest = digest_listed(file_dir, [m.name for m in members], strong)
+    # (counted as the hash of file_dir/<bundle name>, the path presence looks for)
+    shown_as = os.path.join(file_dir, bundles.name_of(members[0].bundle))
+    digest = digest_listed(file_dir, [m.name for m in members], strong, shown_as)
     now = [(m.name, stat_entry(os.path.join(file_dir, m.name))) for m in members]
     size = sum(st.size for _name, st in now)
     stat = EntryStat(bundles.KIND, size, len(now), bundles.signature((n, st.signature) for n, st in now))

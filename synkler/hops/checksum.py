@@ -368,14 +368,15 @@ def list_entry(path: PathLike) -> list[FileDigest]:
 
 
 def digest_listed(
-    directory: PathLike, names: Sequence[str | bytes], strong: str | None = None
+    directory: PathLike, names: Sequence[str | bytes], strong: str | None = None, shown_as: PathLike = ""
 ) -> EntryDigest:
     """digest_entry of a directory that would hold exactly the regular files `names` of `directory`
     (a bundle's members, read where they are): the same tree md5, second hash and files as those of
     a directory holding copies of them (its own name, mode and times are no part of a digest).
 
     Each name must be a regular file of `directory`: anything else (a symlink, a directory, a name
-    with a slash, a missing name) raises OSError or ValueError, as a bundle holds files only."""
+    with a slash, a missing name) raises OSError or ValueError, as a bundle holds files only.
+    `shown_as`: the path the hash under way is counted as (`running`; default `directory`)."""
     top = os.fsencode(directory)
     rels = sorted({os.fsencode(n) for n in names})  # the walk's order: by the names' bytes
     for rel in rels:
@@ -387,7 +388,7 @@ def digest_listed(
     thread = threading.get_ident()
     outermost = thread not in _RUNNING
     if outermost:  # counted as one hash under way (presence's progress), its total unknown
-        _RUNNING[thread] = Hashing(top, 0, time.time())
+        _RUNNING[thread] = Hashing(os.fsencode(shown_as) or top, 0, time.time())
     try:
         for rel in rels:
             fd, size = _open_regular(top + b"/" + rel)
