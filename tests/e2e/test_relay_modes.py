@@ -105,6 +105,7 @@ def test_a_running_relay_keeps_its_own_files_owner_only_and_delivers_each_file_w
             private[base / name] = 0o600
     for side in ("upload", "download"):
         private[relay.workdir / side / "state.sqlite.scripts"] = 0o700
+    private[relay.workdir / "upload" / "state.sqlite.bundle"] = 0o700  # (empty: a bundle's push)
     spool = relay.dirs["central"] / relay.instance
     # (staging/upload itself takes the mode of upload's file_dir from rsync: staging keeps others out.)
     for path in (spool, spool / "staging", spool / "stored", spool / "growing"):
