@@ -28,6 +28,7 @@ from ..errors import Interrupted
 from ..messages import STRONG
 from .treewalk import KIND_DIR, KIND_FILE, KIND_LINK, PathLike, new_md5, unsupported, walk
 from .treewalk import EntryStat as EntryStat  # where synkler imports them from
+from .treewalk import file_stat as file_stat
 from .treewalk import stat_entry as stat_entry
 
 # Set when the agent stops: a hash under way ends at its next read with Interrupted, so that
