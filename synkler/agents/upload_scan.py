@@ -251,7 +251,8 @@ class Noticing(BundleUpload):
                 meta,
             )
             return False
-        self.warned.discard(sidecar_of(name))
+        if self.warned:  # (nearly always empty: no name to make for each entry)
+            self.warned.discard(sidecar_of(name))
         return True
 
     def _look_at(
