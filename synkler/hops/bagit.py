@@ -28,6 +28,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..errors import Interrupted
@@ -35,6 +36,7 @@ from ..linux.fs import fsync_dir, remove_tree
 from .checksum import STOPPING, new_md5
 
 METADATA_FILE = "metadata.json"
+BAG_THREADS = 8  # the bags of a bundle's files built at once
 ALGORITHMS = ("md5", "sha256")
 _BUF = 1 << 20
 
@@ -62,10 +64,25 @@ def make_member_bags(staged: str, bags: str, members: Sequence[tuple[str, str, s
     if not os.path.isdir(bags):
         os.mkdir(bags)
         fsync_dir(os.path.dirname(bags))
-    for name, bag, identifier in members:
+
+    def one(member: tuple[str, str, str]) -> None:
+        name, bag, identifier = member
         if STOPPING.is_set():
             raise Interrupted("the agent is stopping")
         make_bag(os.path.join(staged, name), os.path.join(bags, bag), name, None, identifier, agent)
+
+    if len(members) <= BAG_THREADS // 2:
+        for member in members:
+            one(member)
+        return
+    # A small file's bag costs its fsyncs (each tag file, the directories), not its reading: several
+    # at once overlap their waits on the disk, as fs.write_whole does.
+    pool = ThreadPoolExecutor(BAG_THREADS, thread_name_prefix="bag")
+    try:
+        for _ in pool.map(one, members):
+            pass
+    finally:  # a failure (or the stop) starts no more of them
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def make_bag(

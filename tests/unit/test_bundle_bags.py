@@ -229,3 +229,26 @@ def test_a_single_file_entry_placed_as_a_bag_has_its_cleanup_checked_against_its
     name, path = r.agent.cleanup_target(entry)
     assert (name, path) == ("run.raw", str(r.file_dir / "run.raw"))  # %F: the bag
     assert r.agent.cleanup_content(entry).missing_from(path) is None  # was: "holds a dir, not the file"
+
+
+def test_many_member_bags_are_built_at_once_and_a_stop_ends_them_all(tmp_path: Path):
+    validator = pytest.importorskip("bagit")
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    for i in range(40):
+        (staged / f"f{i:02d}").write_bytes(os.urandom(100 + i))
+    members = [(f"f{i:02d}", str(i + 1), member_identifier(ENTRY, f"f{i:02d}")) for i in range(40)]
+    STOPPING.set()
+    try:
+        with pytest.raises(Interrupted):
+            make_member_bags(str(staged), str(tmp_path / "bags"), members, "synkler test")
+    finally:
+        STOPPING.clear()
+    assert os.listdir(tmp_path / "bags") == [] and len(os.listdir(staged)) == 40
+    make_member_bags(str(staged), str(tmp_path / "bags"), members, "synkler test")
+    assert sorted(os.listdir(tmp_path / "bags"), key=int) == [str(i + 1) for i in range(40)]
+    assert os.listdir(staged) == []
+    for i in range(40):
+        made = validator.Bag(str(tmp_path / "bags" / str(i + 1)))
+        made.validate()
+        assert made.info["Payload-Oxum"] == f"{100 + i}.1"
