@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,10 @@ def bag_runs(log: Path) -> list[tuple[str, str, str]]:
         return []
     rows = (line.split(b"\t") for line in log.read_bytes().splitlines())
     return [(os.fsdecode(name), os.fsdecode(bag), md5.decode()) for name, bag, md5 in rows]
+
+
+def synkler(relay: LocalRelay, key: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(relay.command(key, *args), capture_output=True, text=True, timeout=120)
 
 
 def put_together(relay: LocalRelay, n: int, size: int) -> dict[str, str]:
@@ -137,6 +142,12 @@ def test_bundled_files_each_arrive_as_their_own_valid_bag_and_are_cleaned_up_onc
         "bag-info.txt", "bagit.txt", "data", "manifest-md5.txt", "manifest-sha256.txt",
         "tagmanifest-md5.txt", "tagmanifest-sha256.txt",
     ]  # fmt: skip
+    # synkler verify at download reads each file in its bag.
+    verified = synkler(relay, "download", "verify", "--depth", "full")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    (down / "s007.dat" / "data" / "s007.dat").write_bytes(os.urandom(3007))  # the same size, other bytes
+    verified = synkler(relay, "download", "verify", "--depth", "full")
+    assert verified.returncode == 1 and "'s007.dat' has md5" in verified.stdout, verified.stdout
 
 
 def building_bags(staging: Path) -> tuple[int, int] | None:
