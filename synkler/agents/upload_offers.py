@@ -107,6 +107,8 @@ class Offering(PoolUpload):
         small = st.kind == "file" and st.size <= self.cfg.bundle_file_kib * 1024 and meta is None
         if fresh and small and self.cfg.bundle_files:
             self.bundleable[name] = st.size
+        else:
+            self.bundleable.pop(name, None)
 
     def unripe(self, name: str) -> None:
         """Not (or no longer) to be offered as settled: changed, gone, or offered."""
