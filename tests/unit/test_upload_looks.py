@@ -156,6 +156,40 @@ def test_lost_events_make_the_next_look_a_whole_listing(tmp_path, monkeypatch):
     assert (looks.whole, looks.some) == (2, []) and "missed" in r.agent.pending
 
 
+def test_events_lost_again_and_again_cost_a_whole_listing_only_now_and_then(tmp_path, monkeypatch):
+    """A flood that overflows inotify's queue after every listing: the names the events that were
+    not lost tell of are looked at as they come, and the whole directory is listed again only once
+    the last whole listing's time, three times over, has passed (LOST_SHARE of the time at most)."""
+    looks = Looks(monkeypatch)
+    r = watching(tmp_path, monkeypatch, settle_seconds=1000)
+    look(r)
+    lost = {"now": True}
+    take = r.agent.watcher.take_changes
+    # As after IN_Q_OVERFLOW each time: the events of the names "missed…" were lost.
+    monkeypatch.setattr(
+        r.agent.watcher,
+        "take_changes",
+        lambda: ({n for n in take()[0] if not n.startswith("missed")}, lost["now"]),
+    )
+    (r.file_dir / "missed").write_bytes(b"m")
+    r.agent.changed.set()
+    look(r)  # the first loss: listed whole at once
+    assert (looks.whole, looks.some) == (2, []) and "missed" in r.agent.pending
+    # As if that listing had taken 10 s: the next one for lost events waits 30 s.
+    r.agent.relist_after = time.time() + 30
+    (r.file_dir / "told").write_bytes(b"t")
+    (r.file_dir / "missed-too").write_bytes(b"m")
+    told(r)
+    look(r)  # lost again, but too soon: a look at the names told
+    assert looks.whole == 2 and "told" in looks.some[-1] and "told" in r.agent.pending
+    assert "missed-too" not in r.agent.pending
+    lost["now"] = False
+    assert r.agent.lost and r.agent.next_wakeup() == pytest.approx(r.agent.relist_after)
+    r.tick(r.agent.relist_after)
+    r.run(r.job("scan"))
+    assert looks.whole == 3 and "missed-too" in r.agent.pending and not r.agent.lost
+
+
 def test_the_whole_directory_is_listed_again_on_the_clock(tmp_path, monkeypatch):
     looks = Looks(monkeypatch)
     r = watching(tmp_path, monkeypatch, settle_seconds=1000)
