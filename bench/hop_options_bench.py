@@ -116,9 +116,8 @@ def main() -> None:
             print(
                 f"{args.files} × {args.size} B in one directory; µs of CPU per file, median of {args.repeat}"
             )
-            print(
-                f"{'variant':<20} {'way':<5} {'wall s':>7} {'receiver µs':>12} {'sender µs':>10}  runs (receiver)"
-            )
+            head = f"{'variant':<20} {'way':<5} {'wall s':>7} {'receiver µs':>12} {'sender µs':>10}"
+            print(f"{head}  runs (receiver)")
             for variant in args.variants.split(","):
                 for way in args.ways.split(","):
                     runs = [
@@ -127,9 +126,10 @@ def main() -> None:
                     ]
                     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
                     each = " ".join(f"{r['receiver'] / args.files * 1e6:.0f}" for r in runs)
+                    per = {k: v / args.files * 1e6 for k, v in med.items()}
                     print(
-                        f"{variant:<20} {way:<5} {med['wall']:7.2f} {med['receiver'] / args.files * 1e6:12.0f} "
-                        f"{med['sender'] / args.files * 1e6:10.0f}  {each}",
+                        f"{variant:<20} {way:<5} {med['wall']:7.2f} {per['receiver']:12.0f} "
+                        f"{per['sender']:10.0f}  {each}",
                         flush=True,
                     )
         finally:
