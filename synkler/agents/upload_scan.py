@@ -136,10 +136,15 @@ class Noticing(BundleUpload):
         self.look_names = set()
         self.last_scan = now
         self.scan_started = time.monotonic()
+        # With inotify, its events tell of every sidecar written: the scan asks the file system for
+        # no other sidecar than those and those it found before.
+        sidecars = self.watcher.take_sidecars if self.watching else None
         self.jobs.submit(
             Pool.SCAN,
             [SCAN],
-            functools.partial(scan, str(self.cfg.file_dir), self.watcher.take_renamed, self.sidecars, names),
+            functools.partial(
+                scan, str(self.cfg.file_dir), self.watcher.take_renamed, self.sidecars, names, sidecars
+            ),
             self._scanned,
         )
 
@@ -246,7 +251,8 @@ class Noticing(BundleUpload):
                 meta,
             )
             return False
-        self.warned.discard(sidecar_of(name))
+        if self.warned:  # (nearly always empty: no name to make for each entry)
+            self.warned.discard(sidecar_of(name))
         return True
 
     def _look_at(
