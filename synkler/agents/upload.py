@@ -19,6 +19,7 @@ from .. import destinations as dests
 from ..errors import Refused
 from ..hops import cleanup, receiptfiles, transfer
 from ..hops.checksum import EntryStat
+from ..hops.follow import worth_following
 from ..messages import Admit, Delivered, Failed, Forget, Greeted, Hello, Open, Wait
 from ..metadata import loads, sidecar_of
 from ..state import Entry, State
@@ -216,7 +217,14 @@ class Upload(Answers, Noticing, Adopting):
             return  # withdrawn
         if how is None:
             how = functools.partial(
-                transfer.push, self.link_cfg(batch[0]), str(self.cfg.file_dir), names, batch[0].path or ""
+                transfer.push,
+                self.link_cfg(batch[0]),
+                str(self.cfg.file_dir),
+                names,
+                batch[0].path or "",
+                # Central follows big entries by rsync's temporary files: the others are written in
+                # place (central's staging is its own; its md5 judges what a cut-off run left).
+                inplace=not any(worth_following(e.kind, e.size, e.files) for e in batch),
             )
         if len(batch) == 1:
             log.info("%s: pushing to central%s", batch[0].name, push_count(batch[0]))
