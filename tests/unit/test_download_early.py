@@ -4,6 +4,7 @@ what becomes of it when download restarts before the fetch."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 import uuid
@@ -21,8 +22,10 @@ from synkler.errors import Interrupted
 from synkler.hops import transfer
 from synkler.hops.checksum import STOPPING
 from synkler.hops.early import Early, Trailing, early_room
+from synkler.hops.pull import Verified, finish_early
 from synkler.hops.transfer import Result
 from synkler.messages import Fetch, Pushing
+from synkler.state import Entry
 
 
 def test_the_digest_covers_what_was_appended_up_to_the_limit(tmp_path):
@@ -371,3 +374,49 @@ def test_a_fetched_entry_with_an_early_copy_is_pulled_alone_on_from_its_copy(dow
     [early] = [j for j in down.jobs.pending if j.keys == (Key(ENTRY_KEY, ENTRY),)]
     down.run(early)
     assert central.appended_from == [200_000]  # on from its copy, not pulled whole with the other
+
+
+def completing(early_bytes: bytes, tmp_path: Path) -> tuple[Early, Path]:
+    """An early copy of DATA's first bytes whose running md5 took `early_bytes` (a byte gone bad)."""
+    local = tmp_path / "copy"
+    local.write_bytes(early_bytes)
+    early = Early(str(local))
+    assert early.hash_more(len(early_bytes))
+    return early, local
+
+
+def fetched_entry() -> Entry:
+    md5 = hashlib.md5(DATA).hexdigest()
+    return Entry(ENTRY, "data.bin", "file", md5, "fetching", size=len(DATA), files=1, path=STORED)
+
+
+def test_an_early_copy_whose_running_md5_went_wrong_but_whose_bytes_are_right_is_used(
+    tmp_path: Path, central: Central, caplog: pytest.LogCaptureFixture
+):
+    bad = bytearray(DATA[:200_000])
+    bad[1000] ^= 1
+    early, local = completing(bytes(bad), tmp_path)
+    local.write_bytes(DATA[:200_000])  # the bytes on disk are right; what was hashed was not
+    central.files[STORED] = DATA
+    run = finish_early(None, fetched_entry(), early, lambda e, md5: ("data.bin", False))  # type: ignore[arg-type]
+    assert run is not None and isinstance(run.outcomes[ENTRY], Verified)
+    assert run.outcomes[ENTRY].digest.md5 == hashlib.md5(DATA).hexdigest()  # type: ignore[union-attr]
+    assert local.read_bytes() == DATA
+    assert "the bytes on disk are right, the copy is used" in caplog.text
+
+
+def test_an_early_copy_whose_bytes_went_bad_is_dropped_even_when_read_again(
+    tmp_path: Path, central: Central, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.INFO, logger="synkler")
+    bad = bytearray(DATA[:200_000])
+    bad[1000] ^= 1
+    early, local = completing(bytes(bad), tmp_path)  # bad on disk as well
+    central.files[STORED] = DATA
+    run = finish_early(None, fetched_entry(), early, lambda e, md5: ("data.bin", False))  # type: ignore[arg-type]
+    assert run is None and not local.exists()  # pulled whole by the caller
+    assert "the bytes on disk differ too" in caplog.text
+    assert (
+        f"the early copy is not used (md5 mismatch at download: expected {hashlib.md5(DATA).hexdigest()}"
+        in (caplog.text)
+    )
