@@ -29,8 +29,8 @@ from ..linux.fs import remove_tree
 from ..state import Entry
 from . import transfer
 from .bagit import work_dir
-from .checksum import STOPPING, EntryDigest, FileDigest, alg_of, digest_entry, hop_mismatch, md5_entry
-from .early import Early, Trailing, length
+from .checksum import STOPPING, EntryDigest, FileDigest, alg_of, digest_entry, hop_mismatch
+from .early import Early, Trailing, length, trimmed
 from .follow import Followed, Follower, verified_md5, worth_following
 
 if TYPE_CHECKING:
@@ -164,6 +164,7 @@ def finish_early(
         with Trailing(early, entry.size - 1) as trailing:
             trailing.ended(before)
             result = transfer.pull_more(cfg, entry.path or "", early.local)
+            trimmed(early.local, before, result)  # a run ended by the stop: the copy stays for the next
         if not result.ok and STOPPING.is_set():
             raise Interrupted("the agent is stopping")  # ended by the stop: the copy stays for the next start
         if result.link_down or result.out_of_space:  # (needs_person is a link_down)
@@ -172,7 +173,7 @@ def finish_early(
             why = result.summary()
         elif trailing.replaced or not early.hash_more(entry.size) or early.hashed != entry.size:
             why = f"{early.hashed} bytes instead of {entry.size}"
-        elif (got := early_md5(entry, early)) != entry.md5:
+        elif (got := early.hexdigest()) != entry.md5:
             why = f"md5 mismatch at download: expected {entry.md5}, got {got}"
         else:
             log.info("%s: %d of %d bytes were pulled while upload pushed it", entry.name, before, entry.size)
@@ -190,36 +191,6 @@ def finish_early(
     log.info("%s: the early copy is not used (%s); pulling it whole", entry.name, why)
     remove_tree(early.local)
     return None
-
-
-def early_md5(entry: Entry, early: Early) -> str:
-    """The md5 of a completed early copy: the one taken as its bytes came, or, when that is not the
-    entry's, the md5 of the copy read once more from the disk.
-
-    The two should never differ: each byte is hashed once the run that wrote it has ended. Yet in
-    the 20 × 50 MiB runs of `relay_bench.py --only links`, 3 of 10 early copies whose last run the
-    fetch ended came out with another md5, and each such file was pulled whole again (up to 30 s
-    under load), which a read of 50 MiB (a fraction of a second) can spare when the bytes on disk
-    are right. Only the md5 of what is on disk, read whole, ever lets the copy be used; the WARNING
-    says which of the two went wrong, for the cause to be found."""
-    got = early.hexdigest()
-    if got == entry.md5:
-        return got
-    again = md5_entry(early.local)
-    log.warning(
-        "%s: the md5 taken while it was pulled early (%s) is not the entry's (%s); read again, the "
-        "copy's md5 is %s: %s",
-        entry.name,
-        got,
-        entry.md5,
-        again,
-        "the bytes on disk are right, the copy is used"
-        if again == entry.md5
-        else "the bytes on disk differ too"
-        if again == got
-        else "the bytes on disk differ, and changed",
-    )
-    return again
 
 
 # the pull of a batch -------------------------------------------------------------------------------
