@@ -107,43 +107,21 @@ class BundleDownload(BundleCleanups):
         """A member's stored_as (`name`, a versioned name, or `<upload>/<name>`) and whether the same
         content is there already: choose_name, as for a single file."""
         directory = os.path.join(self.cfg.file_dir, source) if source else str(self.cfg.file_dir)
+        try:
+            os.lstat(f"{directory}/{name}")  # (a name of a bundle holds no '/')
+        except FileNotFoundError:  # choose_name's first answer, without its search (most members)
+            return stored_in(source, name), False
+        except OSError:
+            pass
         target, present = choose_name(directory, name, "file", md5)
         return stored_in(source, target), present
 
     def unpack(self, entry: Entry) -> None:
         """Rename the members not placed yet into file_dir, under the names committed for them."""
-        staged = self.staging.of(entry.id)
-        file_dir = str(self.cfg.file_dir)
         source = self.members_source(entry)
         if source and not self.upload_dir_made(entry, source):
             return
-        placed: list[tuple[int, object]] = []
-        signatures: list[tuple[int, object]] = []
-        present: list[tuple[int, object]] = []
-        again: list[tuple[int, object]] = []
-        missing: list[str] = []
-        for m in bundles.of(self.state, entry.id, placed=bundles.NOT_PLACED):
-            src, dst = os.path.join(staged, m.name), os.path.join(file_dir, m.stored_as or m.name)
-            try:
-                st = os.lstat(src)
-            except FileNotFoundError:
-                if os.path.lexists(dst):  # renamed by an agent killed before it recorded it
-                    placed.append((m.seq, bundles.PLACED))
-                else:
-                    missing.append(m.name)
-                continue
-            try:
-                rename_noreplace(src, dst)
-            except FileExistsError:  # taken since it was chosen: choose again, rename in a next pass
-                target, there = self.member_name(source, m.name, m.md5 or "")
-                (present if there else again).append((m.seq, bundles.PRESENT if there else target))
-                continue
-            placed.append((m.seq, bundles.PLACED))
-            if self.cfg.cleanup_script:
-                signatures.append((m.seq, placed_signature(dst, st)))
-        bundles.set_each(self.state, entry.id, "placed", [*placed, *present])
-        bundles.set_each(self.state, entry.id, "signature", signatures)
-        bundles.set_each(self.state, entry.id, "stored_as", again)
+        missing, again = self._rename_members(entry, source)
         if missing:
             log.warning(
                 "%s: the staged copies of %s vanished before they were placed; fetching the bundle again",
@@ -157,6 +135,45 @@ class BundleDownload(BundleCleanups):
             self.place_due = True
             return
         self._unpacked(entry)
+
+    def _rename_members(self, entry: Entry, source: str) -> tuple[list[str], bool]:
+        """One pass of renames, recorded in the pass's commit. The names of the members whose staged
+        copy vanished unplaced; and whether some must be renamed in a next pass (under another name:
+        theirs was taken since it was chosen)."""
+        staged, file_dir = self.staging.of(entry.id), str(self.cfg.file_dir)
+        placed: list[tuple[int, object]] = []
+        signatures: list[tuple[int, object]] = []
+        present: list[tuple[int, object]] = []
+        again: list[tuple[int, object]] = []
+        missing: list[str] = []
+        signed = bool(self.cfg.cleanup_script)  # a cleanup script needs each file's fingerprint
+        for m in bundles.of(self.state, entry.id, placed=bundles.NOT_PLACED):
+            # os.path.join, for a thousand members: neither a name nor a stored_as begins with '/'
+            src, dst = f"{staged}/{m.name}", f"{file_dir}/{m.stored_as or m.name}"
+            st = None
+            try:
+                if signed:
+                    st = os.lstat(src)
+                rename_noreplace(src, dst)  # without a script, it tells whether the staged copy is gone
+            except FileExistsError:  # taken since it was chosen: choose again, rename in a next pass
+                target, there = self.member_name(source, m.name, m.md5 or "")
+                (present if there else again).append((m.seq, bundles.PRESENT if there else target))
+                continue
+            except FileNotFoundError:
+                if st is not None or os.path.lexists(src):
+                    raise  # the staged copy is there: something else is missing
+                if os.path.lexists(dst):  # renamed by an agent killed before it recorded it
+                    placed.append((m.seq, bundles.PLACED))
+                else:
+                    missing.append(m.name)
+                continue
+            placed.append((m.seq, bundles.PLACED))
+            if st is not None:
+                signatures.append((m.seq, placed_signature(dst, st)))
+        bundles.set_each(self.state, entry.id, "placed", [*placed, *present])
+        bundles.set_each(self.state, entry.id, "signature", signatures)
+        bundles.set_each(self.state, entry.id, "stored_as", again)
+        return missing, bool(again)
 
     def _unpacked(self, entry: Entry) -> None:
         """Every member is placed: the bundle is delivered here, `fetched` goes to central."""
