@@ -20,7 +20,7 @@ def functions(paths: list[Path]) -> list[tuple[int, int, str]]:
     for path in paths:
         tree = ast.parse(path.read_text(encoding="utf-8"))
 
-        def walk(node: ast.AST, prefix: str) -> None:
+        def walk(node: ast.AST, prefix: str, path: Path = path) -> None:
             for n in ast.iter_child_nodes(node):
                 if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                     start = min([n.lineno] + [d.lineno for d in n.decorator_list])
@@ -54,7 +54,9 @@ def import_graph(root: Path) -> dict[str, set[str]]:
                 parts = package.split(".")
                 base = ".".join(parts[: len(parts) - node.level + 1] if node.level else [])
                 module = ".".join(x for x in (base, node.module or "") if x)
-                found |= {f"{module}.{a.name}" if f"{module}.{a.name}" in names else module for a in node.names}
+                found |= {
+                    f"{module}.{a.name}" if f"{module}.{a.name}" in names else module for a in node.names
+                }
         graph[name] = {m for m in found if m in names and m != name}
     return graph
 
@@ -106,7 +108,8 @@ def main() -> int:
     p.add_argument("--top", type=int, default=10)
     p.add_argument("--min-lines", type=int, default=50, help="functions at least this long")
     args = p.parse_args()
-    files = sorted(f for path in map(Path, args.paths) for f in (path.rglob("*.py") if path.is_dir() else [path]))
+    roots = map(Path, args.paths)
+    files = sorted(f for path in roots for f in (path.rglob("*.py") if path.is_dir() else [path]))
     sizes = sorted(((len(f.read_text(encoding="utf-8").splitlines()), str(f)) for f in files), reverse=True)
     print(f"{sum(n for n, _ in sizes):,} lines in {len(files)} modules; the biggest:")
     print("\n".join(f"  {n:5} {f}" for n, f in sizes[: args.top]))
@@ -122,8 +125,10 @@ def main() -> int:
             graph = import_graph(root)
             found = cycles(graph)
             chain = longest_chain(graph) if not found else []
-            print(f"{root}: {len(graph)} modules, {sum(map(len, graph.values()))} imports between them, "
-                  f"{len(found)} cycles" + "".join(f"\n  cycle: {' '.join(c)}" for c in found))
+            print(
+                f"{root}: {len(graph)} modules, {sum(map(len, graph.values()))} imports between them, "
+                f"{len(found)} cycles" + "".join(f"\n  cycle: {' '.join(c)}" for c in found)
+            )
             if chain:
                 print(f"  longest chain of imports: {len(chain)} modules: {' -> '.join(chain)}")
     return 0

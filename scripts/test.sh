@@ -6,8 +6,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 # Lint and format as [tool.ruff] in pyproject.toml says (complexity included), then types over
 # synkler/ as [tool.mypy] says; either failing fails the run before any test.
-.venv/bin/ruff check synkler tests bench
-.venv/bin/ruff format --check synkler tests bench
+.venv/bin/ruff check synkler tests bench scripts
+.venv/bin/ruff format --check synkler tests bench scripts
 .venv/bin/python -m mypy
 # Most end-to-end tests wait on timers (ticks, backoffs, rsync), not on the CPU: several pytest-xdist
 # workers overlap those waits. Each test has its own instance id, temp dirs and ports, and each worker
