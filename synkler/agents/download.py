@@ -17,6 +17,8 @@ import stat
 import time
 from typing import TYPE_CHECKING
 
+from ..hops import cleanup
+from ..hops.bagit import payload_of
 from ..hops.early import EARLY_QUEUE, Early
 from ..hops.pull import Staging
 from ..linux.fs import remove_tree
@@ -28,6 +30,7 @@ from ..text import shown
 from .base import ENTRY, RESEND, Jobs, Key, Status, Transitions
 from .download_pulls import Pulls
 from .facts import DISK_WAIT, PULL, PULL_FROM_CENTRAL, facts, hop
+from .naming import BAGIT
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -117,6 +120,11 @@ class Download(Pulls):
     def cleanup_target(self, entry: Entry) -> tuple[str, str]:
         stored_as = entry.stored_as or entry.name
         return stored_as, os.path.join(self.cfg.file_dir, stored_as)
+
+    def cleanup_content(self, entry: Entry) -> cleanup.Content:
+        # With `layout: bagit`, %F is the entry's bag and what was delivered is in it.
+        inside = payload_of(entry.name) if self.cfg.layout == BAGIT else ""
+        return cleanup.Content(entry.kind, entry.md5, entry.signature, inside)
 
     def startup(self) -> None:
         if self.receipt_key is None:

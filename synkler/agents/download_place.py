@@ -9,7 +9,7 @@ import logging
 import os
 
 from .. import __version__, bundles
-from ..hops.bagit import make_bag, work_dir
+from ..hops.bagit import make_bag, payload_of, work_dir
 from ..hops.pull import Verified
 from ..linux.fs import remove_tree, rename_noreplace
 from ..messages import Failed, Fetched
@@ -117,7 +117,9 @@ class Placing(DownloadProofs):
         subdir = os.path.split(entry.stored_as or "")[0]
         if subdir and not self.upload_dir_made(entry, subdir):
             return False, None
-        staged = os.lstat(src)
+        # With `layout: bagit`, the fingerprint is of the data in the bag: what the script's check reads.
+        inside = payload_of(entry.name) if self.cfg.layout == BAGIT else ""
+        staged = os.lstat(os.path.join(src, inside) if inside else src)
         wrote = self.cfg.layout == SIDECAR and meta is not None and self._write_sidecar(entry, meta)
         if wrote is None:
             return False, None
@@ -133,7 +135,8 @@ class Placing(DownloadProofs):
             self.move(entry, self.FETCHING, due=0)
             self.transfer_due = True
             return False, None
-        return True, placed_signature(dst, staged) if self.cfg.cleanup_script else None
+        placed = os.path.join(dst, inside) if inside else dst
+        return True, placed_signature(placed, staged) if self.cfg.cleanup_script else None
 
     def tell_placed(self, entry: Entry) -> None:
         """`fetched` to central, with the signed receipt and the receipt document, for a verified

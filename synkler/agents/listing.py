@@ -14,8 +14,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from typing import Callable, Union
 
-from ..hops.checksum import EntryStat, FileDigest, digest_entry, stat_entry
-from ..linux.fs import open_for_writing
+from ..hops.checksum import EntryStat, FileDigest, digest_entry, file_stat, stat_entry
+from ..linux.fs import written_or_stat
 from ..metadata import MetadataError, entry_of, is_sidecar, sidecar_of
 from . import sidecars
 from .sidecars import Read, Sidecars
@@ -74,34 +74,43 @@ def scan(
     take_renamed: Callable[[], set[str]],
     cache: Sidecars | None = None,
     names: Collection[str] | None = None,
+    take_sidecars: Callable[[], set[str] | None] | None = None,
 ) -> Listing:
     """Fingerprint every entry of file_dir, or with `names` those only (names of sidecars stand for
     their entries; dot names are skipped; the files renamed in are looked at too); also say which
     are whole already: files renamed in (nothing happened to them since) that no process holds
     open for writing. Sidecars (NAME.meta.json) are no entries: their fingerprints join their
-    entries', and their metadata is read (`cache`: again only when they change)."""
+    entries', and their metadata is read (`cache`: again only when they change).
+
+    `take_sidecars`: the entries whose sidecars events told of since it was last called, None if
+    events were lost (the watcher's; with a `cache`): the file system is then asked for the sidecars
+    only of those and of the entries the last whole listing found one for (`cache.may_have`), not
+    for every name looked at (nearly all have none)."""
     renamed = take_renamed()
+    cache = cache or Sidecars(file_dir)
+    # After take_renamed: the sidecar of a file renamed in, written before it, is among those told.
+    told = None if take_sidecars is None else take_sidecars()
     whole: set[str] = set()
     if names is None:
         found, stamps = _list_all(file_dir, renamed, whole)
+        cache.listed(stamps, told)
         looked = None
+        # A listing is no snapshot: a file renamed in just after its sidecar (`synkler send`) may be
+        # listed without it. Look for the sidecars of those offered at once.
+        for name in whole:
+            if name not in stamps:
+                _look_for_sidecar(file_dir, name, cache, stamps)
     else:
         looked = frozenset(entry_of(n) if is_sidecar(n) else n for n in (*names, *renamed))
         looked = frozenset(n for n in looked if not n.startswith("."))
-        found, stamps = _list_some(file_dir, looked, renamed, whole)
-    # A listing is no snapshot: a file renamed in just after its sidecar (`synkler send`) may be
-    # listed without it. Look for the sidecars of those offered at once.
-    for name in whole:
-        if name not in stamps:
-            sidecar = _sidecar_stamp(file_dir, name)
-            if sidecar is not None:
-                stamps[name] = sidecar
+        cache.told(told)
+        found, stamps = _list_some(file_dir, looked, renamed, whole, cache)
     stamps = {name: s for name, s in stamps.items() if isinstance(found.get(name), EntryStat)}
     for name, sidecar in stamps.items():
         st = found[name]
         assert isinstance(st, EntryStat)
         found[name] = with_sidecar(st, sidecar)
-    meta = (cache or Sidecars(file_dir)).look(stamps, among=looked)
+    meta = cache.look(stamps, among=looked)
     return Listing(found, whole, meta, looked)
 
 
@@ -130,10 +139,10 @@ def _list_all(file_dir: str, renamed: set[str], whole: set[str]) -> tuple[dict[s
 
 
 def _list_some(
-    file_dir: str, names: Collection[str], renamed: set[str], whole: set[str]
+    file_dir: str, names: Collection[str], renamed: set[str], whole: set[str], cache: Sidecars
 ) -> tuple[dict[str, Found], dict[str, str]]:
-    """These entries of file_dir fingerprinted, with their sidecars' fingerprints; one that is not
-    there is left out (gone)."""
+    """These entries of file_dir fingerprinted, with their sidecars' fingerprints (asked for only
+    where one may be: `cache.may_have`); one that is not there is left out (gone)."""
     found: dict[str, Found] = {}
     stamps: dict[str, str] = {}
     for name in names:
@@ -145,22 +154,33 @@ def _list_some(
         except (OSError, ValueError) as e:
             found[name] = e
             continue
-        sidecar = _sidecar_stamp(file_dir, name)
-        if sidecar is not None:
-            stamps[name] = sidecar
+        _look_for_sidecar(file_dir, name, cache, stamps)
     return found, stamps
+
+
+def _look_for_sidecar(file_dir: str, name: str, cache: Sidecars, stamps: dict[str, str]) -> None:
+    """The fingerprint of the sidecar of `name` into `stamps`, if it may have one and has."""
+    if not cache.may_have(name):
+        return
+    sidecar = _sidecar_stamp(file_dir, name)
+    if sidecar is None:
+        cache.none_for(name)
+    else:
+        stamps[name] = sidecar
 
 
 def _look_at(path: str, name: str, renamed: bool, whole: set[str]) -> EntryStat:
     """One entry's fingerprint; a file renamed in that no process holds open for writing is added
-    to `whole` (asked before the fingerprint, so that is of the whole file)."""
-    if renamed:
-        writing = open_for_writing(path)
-        if writing is False:
-            whole.add(name)
-        else:
-            why = "is still open for writing" if writing else "may still be written"
-            log.debug("%s: renamed in, but %s: it settles first", name, why)
+    to `whole` (its fingerprint taken under the lease that says so: that of the whole file, and
+    the same as stat_entry's, with one lstat less)."""
+    if not renamed:
+        return stat_entry(path)
+    writing, st = written_or_stat(path)
+    if st is not None:
+        whole.add(name)
+        return file_stat(st)
+    why = "is still open for writing" if writing else "may still be written"
+    log.debug("%s: renamed in, but %s: it settles first", name, why)
     return stat_entry(path)
 
 

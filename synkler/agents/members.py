@@ -40,6 +40,10 @@ class BundleCleanups(Endpoint):
         """(%f, %F) of a member's cleanup script on this host."""
         raise NotImplementedError
 
+    def member_content(self, member: bundles.Member) -> cleanup.Content:
+        """What a member's %F must hold for its cleanup script to run: the file delivered."""
+        return cleanup.Content("file", member.md5, member.signature)
+
     def member_cleanups_due(self, entry: Entry) -> None:
         """The bundle is delivered: the scripts of its members here are due (called before the
         bundle's entry moves to delivered)."""
@@ -63,9 +67,7 @@ class BundleCleanups(Endpoint):
             return
         for i in range(0, len(running), SCRIPTS_A_JOB):
             chunk = running[i : i + SCRIPTS_A_JOB]
-            scripts = [
-                (m.seq, *self.member_target(m), cleanup.Content("file", m.md5, m.signature)) for m in chunk
-            ]
+            scripts = [(m.seq, *self.member_target(m), self.member_content(m)) for m in chunk]
             self.jobs.submit(
                 Pool.SCRIPT,
                 [Key(CLEANUP, bundles.script_key(entry.id, chunk[0].seq))],

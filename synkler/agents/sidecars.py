@@ -55,6 +55,31 @@ class Sidecars:
     def __init__(self, file_dir: str):
         self.file_dir = file_dir
         self.seen: dict[str, _Seen] = {}  # entry name -> its sidecar
+        # The entries whose sidecar may be there: those the last listing of the whole directory
+        # found one for, and those events told of since (None: any entry; nothing is known).
+        self.maybe: set[str] | None = None
+
+    def listed(self, stamps: Collection[str], told: Collection[str] | None) -> None:
+        """A listing of the whole directory found the sidecars of these entries (`stamps`), and
+        events told of these (`told`, taken before the listing; None: no events are told of)."""
+        self.maybe = None if told is None else {*stamps, *told}
+
+    def told(self, names: Collection[str] | None) -> None:
+        """Events told of the sidecars of these entries (None: no events are told of)."""
+        if names is None:
+            self.maybe = None
+        elif self.maybe is not None:
+            self.maybe.update(names)
+
+    def may_have(self, name: str) -> bool:
+        """May entry `name` have a sidecar? (If not, none was written since the file system last
+        said so: its creation would have been told.)"""
+        return self.maybe is None or name in self.maybe
+
+    def none_for(self, name: str) -> None:
+        """The file system says entry `name` has no sidecar now."""
+        if self.maybe is not None:
+            self.maybe.discard(name)
 
     def look(self, stamps: dict[str, str], among: Collection[str] | None = None) -> dict[str, Read]:
         """The metadata of the entries whose sidecars have these fingerprints (name -> stamp), of

@@ -19,6 +19,7 @@ from .. import destinations as dests
 from ..errors import Refused
 from ..hops import cleanup, receiptfiles, transfer
 from ..hops.checksum import EntryStat
+from ..hops.follow import worth_following
 from ..messages import Admit, Delivered, Failed, Forget, Greeted, Hello, Open, Wait
 from ..metadata import loads, sidecar_of
 from ..state import Entry, State
@@ -217,7 +218,14 @@ class Upload(Answers, Noticing, Adopting):
         self.submit_transfer(
             [Key(ENTRY, e.id) for e in batch],
             functools.partial(
-                transfer.push, self.link_cfg(batch[0]), self._source(batch[0]), names, batch[0].path or ""
+                transfer.push,
+                self.link_cfg(batch[0]),
+                self._source(batch[0]),
+                names,
+                batch[0].path or "",
+                # Central follows big entries by rsync's temporary files: the others are written in
+                # place (central's staging is its own; its md5 judges what a cut-off run left).
+                inplace=not any(worth_following(e.kind, e.size, e.files) for e in batch),
             ),
             functools.partial(
                 self._pushed,

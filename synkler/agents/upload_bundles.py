@@ -19,6 +19,7 @@ own; the old member's cleanup script is skipped, as the name holds other content
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import os
 import time
@@ -98,35 +99,31 @@ class BundleUpload(BundleCleanups, Offering):
 
     # making bundles ------------------------------------------------------------------------------
 
-    def bundle_ripe(self) -> set[str]:
+    def bundle_ripe(self) -> Collection[str]:
         """Put settled small files into bundles, if enough of them wait (bundles.plan), at most
-        BUNDLED_PER_PASS files a pass; the names held back for the coming passes' bundles."""
+        BUNDLED_PER_PASS files a pass (the first found); the names held back for the coming passes'
+        bundles. What a pass costs does not grow with the number waiting (a flood of a million)."""
         self.bundles_wait = 0.0
-        if not self.cfg.bundle_files or self.bundling_failed:
-            return set()
-        limit = self.cfg.bundle_file_kib * 1024
-        candidates = [
-            (name, st.size)
-            for name, (st, meta) in self.ripe.items()
-            if name in self.bundleable and st.kind == "file" and st.size <= limit and meta is None
-        ]
-        if len(candidates) < self.cfg.bundle_min:
-            return set()
+        if self.bundling_failed or len(self.bundleable) < self.cfg.bundle_min:
+            return ()
         take = self.centrals_take_bundles()
         if take is None and self.centrals_awaited():
             self.bundles_wait = time.time() + VERSION_LOOK
-            return {name for name, _ in candidates}  # held until a central has said its version
+            return self.bundleable.keys()  # held until a central has said its version
         if not take:
-            return set()
+            return ()
+        first = list(itertools.islice(self.bundleable.items(), BUNDLED_PER_PASS))
         plan = bundles.plan(
-            candidates[:BUNDLED_PER_PASS],
+            first,
             files=self.cfg.bundle_files,
             least=min(self.cfg.bundle_min, BUNDLED_PER_PASS),
             max_bytes=self.cfg.bundle_mib << 20,
         )
         fresh = [b for b in (self._make_bundle(names) for names in plan) if b is not None]
         self.hash_entries(fresh)
-        return {name for name, _ in candidates[BUNDLED_PER_PASS:]}
+        for name, _ in first:  # one not bundled (a last one alone, a link that failed) goes alone
+            self.bundleable.pop(name, None)
+        return self.bundleable.keys()
 
     def centrals_awaited(self) -> bool:
         """No central has reported yet: are its files still held for bundles (the first VERSION_WAIT
@@ -328,8 +325,7 @@ class BundleUpload(BundleCleanups, Offering):
                 st = stat_entry(self.path(member.name))
             except (OSError, ValueError):
                 continue
-            self.ripe[member.name] = (st, None)
-            self.bundleable.add(member.name)
+            self.ripen(member.name, st, None, fresh=True)
             again += 1
         self.forget(entry, why, told_by=told_by)
         self.release_links(entry)

@@ -43,9 +43,11 @@ class Offering(PoolUpload):
         # Names of file_dir the state holds no version of (as a lookup found): a new name settling
         # is not looked up again at every scan. Only an offer makes a version of a name.
         self.unseen: set[str] = set()
-        self.bundleable: set[str] = set()  # ripe names with no version: they may go in a bundle
         # Settled names to offer, in the order found: OFFERS_PER_PASS of them a pass.
         self.ripe: dict[str, tuple[EntryStat, Metadata | None]] = {}
+        # Those of them that may go in a bundle (small files with no metadata and no version: name ->
+        # size), in the same order: a pass takes the first ones, however many wait (a flood).
+        self.bundleable: dict[str, int] = {}
 
     def entry_path(self, entry: Entry) -> str:
         raise NotImplementedError
@@ -98,13 +100,27 @@ class Offering(PoolUpload):
         self.send_offer(entry, offer)
         return entry
 
+    def ripen(self, name: str, st: EntryStat, meta: Metadata | None, *, fresh: bool) -> None:
+        """The name has settled: to be offered in this pass or a coming one; in a bundle, if it is a
+        small file with no metadata and its name has no version yet (`fresh`)."""
+        self.ripe[name] = (st, meta)
+        small = st.kind == "file" and st.size <= self.cfg.bundle_file_kib * 1024 and meta is None
+        if fresh and small and self.cfg.bundle_files:
+            self.bundleable[name] = st.size
+        else:
+            self.bundleable.pop(name, None)
+
+    def unripe(self, name: str) -> None:
+        """Not (or no longer) to be offered as settled: changed, gone, or offered."""
+        self.ripe.pop(name, None)
+        self.bundleable.pop(name, None)
+
     def name_offered(self, name: str, signature: str) -> None:
         """The name's content is on its way (alone or in a bundle): it no longer settles, and once
         committed the scan knows it as relayed."""
         self.pending.pop(name, None)
-        self.ripe.pop(name, None)
+        self.unripe(name)
         self.unseen.discard(name)
-        self.bundleable.discard(name)
         self.state.after_commit(functools.partial(self.relayed.__setitem__, name, signature))
 
     def hash_entries(self, entries: list[Entry]) -> None:

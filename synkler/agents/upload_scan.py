@@ -10,6 +10,7 @@ kernel's queue overflowed), and on the clock as a backstop (MAX_SCAN_GAP at the 
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import os
 import threading
@@ -47,7 +48,15 @@ OFFERS_PER_PASS = 2000
 # of 20,000 entries takes 0.1-0.3 s to list, and a rescan every 5 s of what is already relayed was
 # a third of upload's CPU in a relay of 20,000 small files. Never less often than MAX_SCAN_GAP.
 SCAN_SHARE = {True: 0.02, False: 0.1}  # with inotify (a backstop), without (the only way to notice)
-MAX_SCAN_GAP = 60.0
+# Without inotify a listing is the only way to notice: one a minute at least, whatever it costs. With
+# it, the backstop waits up to 10 minutes: a listing of a million names (10-30 s) once a minute was
+# a third of upload's CPU, while it offered the million inotify told of.
+MAX_SCAN_GAP = {True: 600.0, False: 60.0}
+# After lost events (inotify's queue overflowed) the whole directory is listed, but such listings
+# take at most this share of the time: in a flood that overflows the queue again and again, a
+# listing of a directory growing to a million names after each overflow would be all upload did.
+# Meanwhile the names the events that were not lost tell of are looked at as they come.
+LOST_SHARE = 0.25
 
 
 class Noticing(BundleUpload):
@@ -64,6 +73,8 @@ class Noticing(BundleUpload):
         self.sidecars = Sidecars(str(self.cfg.file_dir))  # read by the scan job only
         self.watching = False
         self.look_names: set[str] = set()  # names to look at again, besides those inotify tells of
+        self.lost = False  # events were lost since the last whole listing began: list it whole
+        self.relist_after = 0.0  # time.time(): a whole listing for lost events not before
 
     def start_watching(self) -> None:
         self.watching = self.watcher.start()
@@ -98,8 +109,11 @@ class Noticing(BundleUpload):
             return None  # the scan's completion wakes the loop; a past time here would make it spin
         if self.changed.is_set() or self.look_names:
             return self.last_scan + MIN_SCAN_GAP
+        due = self.next_scan
+        if self.lost:
+            due = min(due, max(self.relist_after, self.last_scan + MIN_SCAN_GAP))
         settles = self._next_settle()
-        return self.next_scan if settles is None else min(self.next_scan, settles)
+        return due if settles is None else min(due, settles)
 
     def _next_settle(self) -> float | None:
         """When the first name settling that the last look did not look at as settled may have
@@ -129,17 +143,25 @@ class Noticing(BundleUpload):
             return
         self.changed.clear()
         told, whole = self.watcher.take_changes()  # what a whole listing would also find
+        self.lost = self.lost or whole
         names: set[str] | None = None  # None: the whole directory
-        if self.watching and not whole and now < self.next_scan:
+        if self.watching and now < self.next_scan and not (self.lost and now >= self.relist_after):
             names = told | self.look_names
             names.update(self._settled_by(now))
+        else:
+            self.lost = False
         self.look_names = set()
         self.last_scan = now
         self.scan_started = time.monotonic()
+        # With inotify, its events tell of every sidecar written: the scan asks the file system for
+        # no other sidecar than those and those it found before.
+        sidecars = self.watcher.take_sidecars if self.watching else None
         self.jobs.submit(
             Pool.SCAN,
             [SCAN],
-            functools.partial(scan, str(self.cfg.file_dir), self.watcher.take_renamed, self.sidecars, names),
+            functools.partial(
+                scan, str(self.cfg.file_dir), self.watcher.take_renamed, self.sidecars, names, sidecars
+            ),
             self._scanned,
         )
 
@@ -175,7 +197,9 @@ class Noticing(BundleUpload):
         if listing is None or listing.looked is None:  # a whole listing: the next on the clock
             took = time.monotonic() - self.scan_started
             interval = RESCAN_INTERVAL if self.watching else SCAN_INTERVAL
-            self.next_scan = now + min(max(interval, took / SCAN_SHARE[self.watching]), MAX_SCAN_GAP)
+            gap = min(max(interval, took / SCAN_SHARE[self.watching]), MAX_SCAN_GAP[self.watching])
+            self.next_scan = now + gap
+            self.relist_after = now + took * (1 / LOST_SHARE - 1)
         if listing is None:
             log.error("cannot scan %s: %s", self.cfg.file_dir, error)
             return
@@ -185,7 +209,7 @@ class Noticing(BundleUpload):
         for name, st in found.items():
             if not isinstance(st, EntryStat):
                 self.pending.pop(name, None)
-                self.ripe.pop(name, None)
+                self.unripe(name)
                 if st is not None:
                     self._warn_once(name, "%s: not sending it: %s", name, st)
             elif self.relayed.get(name) == st.signature:
@@ -193,7 +217,7 @@ class Noticing(BundleUpload):
             elif name in self.ripe and self.ripe[name][0].signature == st.signature:
                 continue  # settled, to be offered in a coming pass
             else:
-                self.ripe.pop(name, None)  # changed since it settled: it settles again
+                self.unripe(name)  # changed since it settled: it settles again
                 if self._sendable(name) and self._meta_usable(name, listing.meta.get(name)):
                     looks.append((name, st))
         # What the state holds of the names not known yet: a few queries for the whole listing.
@@ -210,7 +234,7 @@ class Noticing(BundleUpload):
         back is looked up again)."""
         found = listing.found
         if listing.looked is None:
-            for known in (self.pending, self.relayed, self.ripe):
+            for known in (self.pending, self.relayed, self.ripe, self.bundleable):
                 for name in [n for n in known if n not in found]:
                     del known[name]
             self.unseen.intersection_update(found)
@@ -218,9 +242,8 @@ class Noticing(BundleUpload):
             for name in listing.looked - found.keys():
                 self.pending.pop(name, None)
                 self.relayed.pop(name, None)
-                self.ripe.pop(name, None)
+                self.unripe(name)
                 self.unseen.discard(name)
-        self.bundleable.intersection_update(self.ripe)
 
     def _warn_once(self, name: str, fmt: str, *args: object) -> None:
         if name not in self.warned:
@@ -246,7 +269,8 @@ class Noticing(BundleUpload):
                 meta,
             )
             return False
-        self.warned.discard(sidecar_of(name))
+        if self.warned:  # (nearly always empty: no name to make for each entry)
+            self.warned.discard(sidecar_of(name))
         return True
 
     def _look_at(
@@ -271,9 +295,7 @@ class Noticing(BundleUpload):
         elif now - seen[1] >= self.cfg.settle_seconds and not self.jobs.busy(Key(NAME, name)):
             if latest is None or latest.state == Up.FAILED:
                 self.pending.pop(name, None)
-                self.ripe[name] = (st, meta if isinstance(meta, dict) else None)
-                if latest is None:
-                    self.bundleable.add(name)
+                self.ripen(name, st, meta if isinstance(meta, dict) else None, fresh=latest is None)
             else:
                 self._hash(name, st.signature)  # maybe only touched: compare before sending
 
@@ -281,8 +303,12 @@ class Noticing(BundleUpload):
         """Offer settled entries, OFFERS_PER_PASS at most, and hash them while they travel."""
         later = self.bundle_ripe()  # for the bundles of the coming passes: not offered alone
         fresh: list[Entry] = []  # offered now, to be hashed while they travel
-        for name in [n for n in self.ripe if n not in later][:OFFERS_PER_PASS]:
-            st, meta = self.ripe.pop(name)
+        # The first few of a flood, not a look at each ripe name a pass: in a flood of small files
+        # all are held for bundles (none to look at), else the first OFFERS_PER_PASS go.
+        alone = () if len(later) >= len(self.ripe) else (n for n in self.ripe if n not in later)
+        for name in list(itertools.islice(alone, OFFERS_PER_PASS)):
+            st, meta = self.ripe[name]
+            self.unripe(name)
             fresh.append(self._offer(name, st, None, meta))
         self.hash_entries(fresh)
 

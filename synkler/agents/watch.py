@@ -37,6 +37,7 @@ from ..linux.inotify import (
     Inotify,
     max_queued_events,
 )
+from ..metadata import entry_of, is_sidecar
 from ..text import shown
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ class DirWatcher:
         # or removed under that name since); emptied by take_renamed and by a lost event.
         self._renamed: set[str] = set()
         self._names: set[str] = set()  # names events told of since take_changes
+        # Entries whose sidecars events told of since take_sidecars (None: events were lost since).
+        self._sidecars: set[str] | None = set()
         self._whole = False  # events were lost (or were about the directory): list it whole
         self._lock = threading.Lock()
         self._inotify: Inotify | None = None
@@ -97,6 +100,15 @@ class DirWatcher:
         events read so far tell; each name is handed out once."""
         with self._lock:
             names, self._renamed = self._renamed, set()
+        return names
+
+    def take_sidecars(self) -> set[str] | None:
+        """The entries whose sidecars (NAME.meta.json) events told of since the last call (written,
+        replaced or removed), each handed out once; None if events were lost (or were about the
+        directory) since: any entry may have one. Upload's scan asks the file system for the
+        sidecars of these and of those it found before, not for every name (synkler.agents.listing)."""
+        with self._lock:
+            names, self._sidecars = self._sidecars, set()
         return names
 
     def take_changes(self) -> tuple[set[str], bool]:
@@ -139,13 +151,17 @@ class DirWatcher:
         """One event (under the lock)."""
         if mask & IN_Q_OVERFLOW:
             self._renamed.clear()  # events were lost: no name is known to be whole
+            self._sidecars = None  # nor known to have no sidecar
             self._whole = True
             self._overflowed()
             return
         if not name:  # the directory itself (moved, removed, its attributes)
+            self._sidecars = None
             self._whole = True
             return
         self._names.add(name)
+        if self._sidecars is not None and is_sidecar(name):
+            self._sidecars.add(entry_of(name))
         if mask & IN_MOVED_TO and not mask & IN_ISDIR:
             self._renamed.add(name)
         else:

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .. import bundles, receipts
+from ..agents.naming import BAGIT
 from ..config import Config
 from ..errors import ConfigError, ExitStatus
 from ..hops import audit, receiptfiles
@@ -105,7 +106,8 @@ def verify_all(cfg: Config, args: argparse.Namespace) -> tuple[list[audit.Verdic
             audit.signature(kept, key, verdict)
             if cfg.mode == "download" and kept.get("receipt") is not None and not verdict.problems:
                 members = places.of(verdict.entry) if kept["receipt"].get("kind") == bundles.KIND else None
-                audit.at_download(kept, cfg.file_dir, args.depth, verdict, members)
+                bagit = cfg.layout == BAGIT
+                audit.at_download(kept, cfg.file_dir, args.depth, verdict, members, bagit=bagit)
             elif cfg.mode == "upload":
                 audit.at_upload(kept, verdict)
         checked.append(verdict)

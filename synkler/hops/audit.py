@@ -105,17 +105,20 @@ def at_download(
     depth: str,
     verdict: Verdict,
     members: dict[bytes, bytes] | None = None,
+    *,
+    bagit: bool = False,
 ) -> None:
     """The delivered copy in file_dir against the document's listing, at `depth`. A bundle's files
     are each where download placed it: `members` maps a file's path in the bundle to its place in
-    file_dir (from download's state; a file it does not know is looked for under its own name)."""
+    file_dir (from download's state; a file it does not know is looked for under its own name).
+    `bagit` (download's `layout: bagit`): each place is a bag, the copy in it at `data/<name>`."""
     why = proofs.listing_problem(kept)
     if why:
         verdict.problems.append(why)
         return
     doc = kept["receipt"]
     if doc.get("kind") == bundles.KIND:
-        _bundle_at_download(kept, os.fsencode(file_dir), depth, verdict, members or {})
+        _bundle_at_download(kept, os.fsencode(file_dir), depth, verdict, members or {}, bagit)
         return
     stored = proofs.name_in(doc["stored_as"])
     wrong = stored_problem(os.fsdecode(stored))
@@ -123,6 +126,8 @@ def at_download(
         verdict.problems.append(f"stored_as {os.fsdecode(stored)!r} is not a place in file_dir ({wrong})")
         return
     where = os.path.join(os.fsencode(file_dir), stored)
+    if bagit:
+        where = os.path.join(where, b"data", proofs.name_in(doc["name"]))
     if not os.path.lexists(where):
         verdict.problems.append(
             f"{os.fsdecode(where)!r} is missing (moved or removed since it was delivered?)"
@@ -141,7 +146,12 @@ def at_download(
 
 
 def _bundle_at_download(
-    kept: dict[str, Any], file_dir: bytes, depth: str, verdict: Verdict, members: dict[bytes, bytes]
+    kept: dict[str, Any],
+    file_dir: bytes,
+    depth: str,
+    verdict: Verdict,
+    members: dict[bytes, bytes],
+    bagit: bool,
 ) -> None:
     """A bundle's document: each file of its listing read at its own place in file_dir."""
     alg = alg_of(kept["receipt"]["checksum"])
@@ -153,7 +163,7 @@ def _bundle_at_download(
         if wrong:
             verdict.problems.append(f"{os.fsdecode(stored)!r} is not a place in file_dir ({wrong})")
             continue
-        where = os.path.join(file_dir, stored)
+        where = os.path.join(file_dir, stored, b"data", path) if bagit else os.path.join(file_dir, stored)
         if not os.path.lexists(where):
             continue  # reported as missing by the comparison
         try:

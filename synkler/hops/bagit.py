@@ -15,6 +15,10 @@ The bag is built in download's staging place and renamed into file_dir whole, li
 
 Building reads the entry once more (both manifests in one read); it runs on a worker. It can be
 resumed: a bag cut short by a stop or a crash is found in its work directory and finished.
+
+The files of a bundle (synkler.bundles) become a bag each (`make_member_bags`), built side by side
+in one directory of staging: the bag of a member is what its file would have had as an entry of
+its own, but for External-Identifier, which names the bundle and the member (`member_identifier`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..errors import Interrupted
@@ -30,6 +36,7 @@ from ..linux.fs import fsync_dir, remove_tree
 from .checksum import STOPPING, new_md5
 
 METADATA_FILE = "metadata.json"
+BAG_THREADS = 8  # the bags of a bundle's files built at once
 ALGORITHMS = ("md5", "sha256")
 _BUF = 1 << 20
 
@@ -37,6 +44,45 @@ _BUF = 1 << 20
 def work_dir(bag: str) -> str:
     """Where the bag is built before it is renamed to `bag`."""
     return bag + ".tmp"
+
+
+def payload_of(name: str) -> str:
+    """Where the entry `name` is in its bag, relative to the bag."""
+    return os.path.join("data", name)
+
+
+def member_identifier(bundle: str, name: str) -> str:
+    """The External-Identifier of a bundle's member's bag: the bundle's entry id and the member's
+    name, `<bundle id>/<name>` (a line feed or carriage return in it written as in the manifests)."""
+    return f"{bundle}/{_encoded(name)}"
+
+
+def make_member_bags(staged: str, bags: str, members: Sequence[tuple[str, str, str]], agent: str) -> None:
+    """Build the bags of members of a bundle pulled to `staged`: for each (name, bag, identifier),
+    the file `staged/name` moved into the bag `bags/bag` (make_bag: a bag there already is kept, a
+    half-built one finished). Between two bags, the agent's stop ends it (Interrupted)."""
+    if not os.path.isdir(bags):
+        os.mkdir(bags)
+        fsync_dir(os.path.dirname(bags))
+
+    def one(member: tuple[str, str, str]) -> None:
+        name, bag, identifier = member
+        if STOPPING.is_set():
+            raise Interrupted("the agent is stopping")
+        make_bag(os.path.join(staged, name), os.path.join(bags, bag), name, None, identifier, agent)
+
+    if len(members) <= BAG_THREADS // 2:
+        for member in members:
+            one(member)
+        return
+    # A small file's bag costs its fsyncs (each tag file, the directories), not its reading: several
+    # at once overlap their waits on the disk, as fs.write_whole does.
+    pool = ThreadPoolExecutor(BAG_THREADS, thread_name_prefix="bag")
+    try:
+        for _ in pool.map(one, members):
+            pass
+    finally:  # a failure (or the stop) starts no more of them
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def make_bag(

@@ -28,6 +28,7 @@ from ..errors import Interrupted
 from ..messages import STRONG
 from .treewalk import KIND_DIR, KIND_FILE, KIND_LINK, PathLike, new_md5, unsupported, walk
 from .treewalk import EntryStat as EntryStat  # where synkler imports them from
+from .treewalk import file_stat as file_stat
 from .treewalk import stat_entry as stat_entry
 
 # Set when the agent stops: a hash under way ends at its next read with Interrupted, so that
@@ -125,14 +126,15 @@ def _hash_fd2(fd: int, bufsize: int, strong: str | None, size: int | None = None
 def _hash_small(fd: int, chunk: int, strong: str | None) -> tuple[str, str | None]:
     """Hash a small file in reads of `chunk` bytes (its size and one: usually one read with data and
     the one that finds the end), to its end even if it grew."""
-    digest = _Pair(strong)
+    # md5 alone (nearly always): the md5 object itself, no pair to go through for each file
+    digest: Any = new_md5() if strong is None else _Pair(strong)
     counter = _RUNNING.get(threading.get_ident())
     while True:
         if STOPPING.is_set():
             raise Interrupted("the agent is stopping")
         data = os.read(fd, chunk)
         if not data:
-            return digest.hexdigests()
+            return (digest.hexdigest(), None) if strong is None else digest.hexdigests()
         digest.update(data)
         if counter is not None:
             counter.done += len(data)

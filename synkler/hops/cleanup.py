@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 import time
@@ -37,14 +38,26 @@ class Content:
     kind: str  # 'file', 'dir' or 'symlink'
     md5: str | None  # None: not known (upload: a version central delivered before upload hashed it)
     signature: str | None  # its fingerprint in place (checksum.stat_entry); None: not known
+    # Where in `path` the content is: "" for `path` itself; with download's `layout: bagit`, `path` is
+    # the bag and the content its payload, `data/NAME` (hops.bagit.payload_of).
+    inside: str = ""
 
     def missing_from(self, path: str) -> str | None:
-        """Why `path` does not hold this content now; None if it does.
+        """Why `path` (or its part `inside`) does not hold this content now; None if it does.
 
         An unchanged fingerprint says so from lstat alone. A changed one (a touch, or other content)
         is settled by the md5: a touch keeps the content, and the script may run. The md5 ends with
         Interrupted when the agent stops (checksum.STOPPING).
         """
+        if self.inside:
+            try:
+                if not stat.S_ISDIR(os.lstat(path).st_mode):
+                    return "the name no longer holds a bag (not a directory)"
+            except FileNotFoundError:
+                return "the name is gone"
+            except OSError as e:
+                return f"it cannot be read ({_why(e)})"
+            path = os.path.join(path, self.inside)
         try:
             before = stat_entry(path)
             if before.kind != self.kind:

@@ -216,15 +216,20 @@ def pull(
         :FOLLOWERS
     ]
     followers = {e.id: Follower(staging.dir, e.id, e.kind).start() for e in follow}
+    # A batch with nothing to follow is written in place (no temporary file and rename per file):
+    # staging is download's own, and what a cut-off run left is verified before it counts.
+    inplace = not follow
     try:
-        result = transfer.pull(cfg, os.path.dirname(batch[0].path or ""), [e.id for e in batch], staging.dir)
+        where = os.path.dirname(batch[0].path or "")
+        result = transfer.pull(cfg, where, [e.id for e in batch], staging.dir, inplace=inplace)
     except BaseException:
         for follower in followers.values():
             follower.stop()
         raise
     followed = {entry_id: follower.finish() for entry_id, follower in followers.items()}
-    # Verify every entry even if rsync failed: whatever arrived whole is good (rsync only ever puts
-    # complete files in place; partial ones wait in the partial dir).
+    # Verify every entry even if rsync failed: whatever arrived whole is good, what did not fails its
+    # md5 (with a temporary file rsync only puts complete files in place, partial ones wait in the
+    # partial dir; in place, a cut-off file is where it goes, and stays there for the next run).
     outcomes: dict[str, Outcome] = {
         e.id: _outcome(cfg, staging, e, result, checksums.get(e.id, ""), followed.get(e.id), choose)
         for e in batch

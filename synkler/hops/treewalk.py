@@ -92,6 +92,14 @@ def _stat_record(kind: bytes, rel: bytes, st: os.stat_result) -> bytes:
     return b"%s\0%s\0%d\0%d\0%d\0" % (kind, rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def file_stat(st: os.stat_result) -> EntryStat:
+    """The fingerprint stat_entry gives a regular file, from its lstat (or the fstat of the file
+    opened without following a symlink: the same inode's)."""
+    digest = new_md5()
+    digest.update(_stat_record(KIND_FILE, b"", st))
+    return EntryStat("file", st.st_size, 1, digest.hexdigest())
+
+
 def stat_entry(path: PathLike) -> EntryStat:
     """Fingerprint an entry from lstat data only, reading no file content.
 
@@ -100,13 +108,12 @@ def stat_entry(path: PathLike) -> EntryStat:
     """
     p = os.fsencode(path)
     st = os.lstat(p)
+    if stat.S_ISREG(st.st_mode):  # the common case first: one lstat, one md5 of one record
+        return file_stat(st)
     digest = new_md5()
     if stat.S_ISLNK(st.st_mode):
         digest.update(_stat_record(KIND_LINK, b"", st))
         return EntryStat("symlink", st.st_size, 0, digest.hexdigest())
-    if stat.S_ISREG(st.st_mode):
-        digest.update(_stat_record(KIND_FILE, b"", st))
-        return EntryStat("file", st.st_size, 1, digest.hexdigest())
     if not stat.S_ISDIR(st.st_mode):
         raise unsupported(p)
     records = [_stat_record(KIND_DIR, b"", st)]

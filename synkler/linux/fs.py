@@ -209,23 +209,33 @@ def open_for_writing(path: PathLike) -> bool | None:
     asked for and dropped at once. None: cannot tell (not a regular file, a symlink, leases off or
     unsupported on this filesystem, neither the file's owner nor CAP_LEASE, ...).
     """
+    return written_or_stat(path)[0]
+
+
+def written_or_stat(path: PathLike) -> tuple[bool | None, os.stat_result | None]:
+    """open_for_writing's answer and, when it is False, the file's fstat taken while the lease was
+    held (no writer had it open then: the fingerprint of the whole file, without another lstat).
+
+    The fstat is of the file opened without following a symlink, so the same inode an lstat of
+    `path` would tell of (unless the name was replaced meanwhile: then of the file the answer is of).
+    """
     try:
         # O_NONBLOCK: where someone holds a write lease (Samba's oplocks), fail instead of waiting.
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        return True if exc.errno == errno.EWOULDBLOCK else None
+        return (True if exc.errno == errno.EWOULDBLOCK else None), None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
         # A writer opening the file in the microseconds we hold the lease makes the kernel signal
         # us: SIGURG, ignored by default, instead of SIGIO, whose default action would kill us.
+        # The kernel leases regular files only (EINVAL for anything else: cannot tell).
         fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        st = os.fstat(fd)
     except OSError as exc:
-        return True if exc.errno == errno.EAGAIN else None
+        return (True if exc.errno == errno.EAGAIN else None), None
     finally:
         os.close(fd)  # drops the lease
-    return False
+    return (False, st) if stat.S_ISREG(st.st_mode) else (None, None)
 
 
 def free_bytes(path: PathLike) -> int:

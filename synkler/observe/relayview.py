@@ -131,6 +131,8 @@ def _join(
                 )
                 if role == "upload" or not e["name"]:
                     e["name"] = r.name  # upload's name is the entry's; download's may differ
+                if r.bundle:
+                    e["bundle"] = r.bundle  # how many files the bundle holds
                 e["finished"] = e["finished"] and done
                 e["updated"] = max(e["updated"], r.updated)
                 if role == "download" and "download" in e["roles"]:  # another destination of it
@@ -290,13 +292,24 @@ def verdict(view: Mapping[str, Any], now: float) -> str:
         found = problems(view, now)
     if found:
         return "; ".join(found)
-    moving = sum(1 for e in view["entries"] if not e["finished"])
+    moving = [e for e in view["entries"] if not e["finished"]]
     if not moving:
         return "all flowing, nothing in flight"
     transfers = sum(1 for e in view["entries"] for p in e["roles"].values() if "progress" in p)
-    return f"all flowing: {count(moving, 'entry')} in flight" + (
+    return f"all flowing: {in_flight(moving, 'entry')} in flight" + (
         f", {transfers} moving now" if transfers else ""
     )
+
+
+def in_flight(entries: list[Mapping[str, Any]], noun: str) -> str:
+    """How many entries, a bundle's files counted as files: '3 entries', '2 entries and 40 files in
+    1 bundle', '40 files in 1 bundle'."""
+    bundled = [int(e["bundle"]) for e in entries if e.get("bundle")]
+    single = count(len(entries) - len(bundled), noun)
+    if not bundled:
+        return single
+    files = f"{count(sum(bundled), 'file')} in {count(len(bundled), 'bundle')}"
+    return files if len(bundled) == len(entries) else f"{single} and {files}"
 
 
 # the text view -------------------------------------------------------------------------------------
@@ -398,7 +411,7 @@ def _entry_lines(view: Mapping[str, Any], now: float) -> list[str]:
     unfinished = [e for e in view["entries"] if not e["finished"]]
     finished = [e for e in view["entries"] if e["finished"]]
     left = {a["role"]: a.get("left_out", 0) for a in view["agents"] if a.get("left_out")}
-    head = f"{count(len(unfinished), 'unfinished entry')}"
+    head = in_flight(unfinished, "unfinished entry")
     if left:
         head += " listed (" + ", ".join(f"{role} has {n} more" for role, n in left.items()) + ")"
     head += f"; {len(finished)} of the {view['finished_listed']} latest finished shown"
@@ -410,7 +423,8 @@ def _entry_lines(view: Mapping[str, Any], now: float) -> list[str]:
     pool = sum(1 for a in view["agents"] if a["role"] == "central") > 1
     for e in view["entries"]:
         places = (_place_text(e["roles"].get(r), now, named=pool and r == "central") for r in ROLES)
-        rows.append([shown(e["name"]), size_text(e["size"]), *places])
+        name = shown(e["name"]) + (f" ({count(int(e['bundle']), 'file')})" if e.get("bundle") else "")
+        rows.append([name, size_text(e["size"]), *places])
         notes[len(rows) - 1] = [
             f"    {role}: {shown(place['reason'][:SHOWN_REASON])}"
             for role, place in e["roles"].items()

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from .. import bundles
 from .progress import Progress
 
 if TYPE_CHECKING:
@@ -120,6 +121,7 @@ class Listed:
     progress: Progress | None = None
     # central with routes: destination -> the entry's state there (synkler.destinations)
     at: Mapping[str, str] | None = None
+    bundle: int = 0  # a bundle (synkler.bundles): how many files it holds; 0: not a bundle
 
     @classmethod
     def of(cls, e: Entry, progress: Progress | None = None) -> Listed:
@@ -137,6 +139,7 @@ class Listed:
             stored_as=e.stored_as if e.stored_as and e.stored_as != e.name else None,
             cleanup=e.cleanup or None,
             progress=progress,
+            bundle=e.files if e.kind == bundles.KIND else 0,
         )
 
     def encode(self) -> dict[str, object]:
@@ -160,6 +163,8 @@ class Listed:
             row["progress"] = self.progress.as_dict()
         if self.at:
             row["at"] = dict(self.at)
+        if self.bundle:
+            row["bundle"] = self.bundle
         return row
 
     @classmethod
@@ -182,6 +187,7 @@ class Listed:
             cleanup=_str(d, "cleanup") or None,
             progress=_progress(d.get("progress")),
             at=_texts(d.get("at")) or None,
+            bundle=max(0, _int(d, "bundle")),
         )
 
 

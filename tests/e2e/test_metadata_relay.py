@@ -149,4 +149,6 @@ def test_a_bagit_layout_delivers_bags_that_bagit_python_validates(make_relay):
     assert json.loads((down / "run9" / "metadata.json").read_text()) == meta
     assert not (down / "plain.bin" / "metadata.json").exists()
     assert sorted(n for n in os.listdir(down) if not n.startswith(".")) == ["plain.bin", "run9"]
+    verified = synkler(relay, "download", "verify", "--depth", "full")  # reads the data in each bag
+    assert verified.returncode == 0, verified.stdout + verified.stderr
     assert_clean(relay)

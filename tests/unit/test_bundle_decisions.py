@@ -268,6 +268,25 @@ def test_files_waiting_for_a_later_passs_bundle_are_not_offered_alone_meanwhile(
     assert [(o.kind, o.files) for o in offers(r)] == [("bundle", 5)] * 3
 
 
+def test_a_big_file_among_small_ones_held_for_later_bundles_goes_alone_at_once(tmp_path: Path, monkeypatch):
+    from synkler.agents import upload_bundles
+
+    monkeypatch.setattr(upload_bundles, "BUNDLED_PER_PASS", 10)
+    r = Role("upload", tmp_path, **{**BUNDLED, "bundle_files": 5, "bundle_file_kib": 1})
+    for i in range(25):
+        (r.file_dir / f"f{i:02d}").write_bytes(b"x")
+    (r.file_dir / "big").write_bytes(b"x" * 2048)  # over bundle_file_kib: never in a bundle
+    r.start()
+    now = time.time() + 10
+    scan(r, now)
+    scan(r, now + 1)
+    offered = offers(r)
+    assert sorted((o.kind, o.files) for o in offered) == [("bundle", 5)] * 2 + [("file", 1)]
+    bundled = {m.name for o in offered if o.kind == "bundle" for m in bundles.of(r.state, o.entry)}
+    assert set(r.agent.bundleable) == {f"f{i:02d}" for i in range(25)} - bundled  # the next passes'
+    assert set(r.agent.ripe) == set(r.agent.bundleable)
+
+
 def test_retry_of_a_failed_bundle_forgets_it_and_sends_its_files_again(tmp_path: Path):
     r, now = upload_with(tmp_path, 6)
     (offer,) = offers(r)

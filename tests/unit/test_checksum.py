@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from synkler.hops import checksum, treewalk
-from synkler.hops.checksum import EntryStat, md5_entry, stat_entry
+from synkler.hops.checksum import EntryStat, file_stat, md5_entry, stat_entry
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "checksums.md"
 
@@ -216,6 +216,33 @@ def test_stat_entry_counts_regular_files_and_their_bytes(tmp_path: Path) -> None
     assert (single.kind, single.size, single.files) == ("file", 5, 1)
     link = stat_entry(tree / "link")
     assert (link.kind, link.size, link.files) == ("symlink", len("a.txt"), 0)
+
+
+def test_stat_entry_signatures_are_the_md5_of_the_same_records_as_ever(tmp_path: Path) -> None:
+    """Fingerprints are kept in state databases and compared across versions: their bytes never change."""
+    tree = build_tree(tmp_path / "t")
+
+    def record(kind: bytes, rel: bytes, st: os.stat_result) -> bytes:
+        return b"%s\0%s\0%d\0%d\0%d\0" % (kind, rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def md5(data: bytes) -> str:
+        return hashlib.md5(data).hexdigest()
+
+    one = os.lstat(tree / "a.txt")
+    assert stat_entry(tree / "a.txt").signature == md5(record(b"f", b"", one))
+    assert file_stat(one) == stat_entry(tree / "a.txt")
+    assert stat_entry(tree / "link").signature == md5(record(b"l", b"", os.lstat(tree / "link")))
+    below = sorted(
+        (os.path.relpath(os.path.join(d, n), tree).encode(), os.path.join(d, n))
+        for d, dirs, files in os.walk(tree)
+        for n in (*dirs, *files)
+    )
+
+    def kind(p: str) -> bytes:
+        return b"l" if os.path.islink(p) else b"d" if os.path.isdir(p) else b"f"
+
+    records = [record(b"d", b"", os.lstat(tree))] + [record(kind(p), rel, os.lstat(p)) for rel, p in below]
+    assert stat_entry(tree).signature == md5(b"".join(records))
 
 
 def test_stat_entry_signature_is_stable_for_an_untouched_tree(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from synkler.linux.fs import (
     remove_tree,
     rename_noreplace,
     total_bytes,
+    written_or_stat,
 )
 
 NOBODY = 65534
@@ -449,6 +450,23 @@ def test_open_for_writing_leaves_the_file_free_for_a_writer_at_once(tmp_path: Pa
     assert open_for_writing(f) is False
     fd = os.open(f, os.O_WRONLY | os.O_NONBLOCK)  # would fail with EWOULDBLOCK if a lease were left
     os.close(fd)
+
+
+def test_a_file_no_process_writes_comes_with_its_stat_taken_under_the_lease(tmp_path: Path) -> None:
+    f = tmp_path / "done.raw"
+    f.write_bytes(b"x" * 100)
+    writing, st = written_or_stat(f)
+    assert writing is False and st is not None
+    lst = os.lstat(f)
+    assert (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) == (
+        lst.st_ino, lst.st_size, lst.st_mtime_ns, lst.st_ctime_ns,
+    )  # fmt: skip
+    with open(f, "ab"):
+        assert written_or_stat(f) == (True, None)
+    (tmp_path / "link").symlink_to("done.raw")
+    (tmp_path / "dir").mkdir()
+    for other in ("link", "dir", "missing"):
+        assert written_or_stat(tmp_path / other) == (None, None)
 
 
 def test_open_for_writing_cannot_tell_for_directories_symlinks_and_missing_names(tmp_path: Path) -> None:

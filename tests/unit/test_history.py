@@ -226,7 +226,8 @@ def test_a_pass_stops_when_its_time_is_up(tmp_path: Path, monkeypatch: pytest.Mo
     assert r.state.count() == 0
 
 
-def test_entries_upload_keeps_do_not_stop_the_walk_from_reaching_the_others(tmp_path: Path):
+def test_entries_upload_keeps_do_not_stop_the_walk_from_reaching_the_others(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(history, "PRUNE_BUDGET", 60.0)  # passes bound in entries, whatever the load
     r = role(tmp_path, "upload")
     kept = []
     for i in range(PRUNE_ROWS + 5):  # older than any other, and all still in file_dir
@@ -236,9 +237,8 @@ def test_entries_upload_keeps_do_not_stop_the_walk_from_reaching_the_others(tmp_
     now = time.time()
     r.tick(now)
     r.run(r.job("scan"))
-    # A pass stops at its time budget, which a busy machine reaches sooner: give the walk a few
-    # passes. Were the kept entries to stop it, every pass would start over on them and never reach
-    # "gone".
+    # A pass stops after PRUNE_ROWS: give the walk a few passes. Were the kept entries to stop it,
+    # every pass would start over on them and never reach "gone".
     for n in range(1, 20):
         r.tick(now + n * PRUNE_AGAIN)
         if gone.id not in ids(r):

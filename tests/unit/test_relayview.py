@@ -325,3 +325,21 @@ def test_one_central_shows_no_room_and_no_names_in_the_entries():
     v = view({"upload": report("upload"), "central": report("central", entries=[row(E1, "a", "stored")])})
     assert "room" not in v["agents"][1]
     assert not any("central: stored" in line for line in render(v, NOW))
+
+
+def test_the_files_of_bundles_count_as_files_in_the_verdict_and_the_heading():
+    bundle = row(E2, "synkler-bundle-" + E2, "uploading", bundle=400)
+    v = view(
+        {
+            "upload": report("upload", entries=[row(E1, "run 42.raw", "uploading"), bundle]),
+            "central": report("central", entries=[row(E2, "synkler-bundle-" + E2, "stored", bundle=400)]),
+            "download": report("download"),
+        }
+    )
+    assert v["verdict"] == "all flowing: 1 entry and 400 files in 1 bundle in flight"
+    assert [e.get("bundle") for e in v["entries"]] == [None, 400]
+    text = render(v, NOW)
+    assert "1 unfinished entry and 400 files in 1 bundle; 0 of the 0 latest finished shown" in text
+    assert any(line.startswith(f"synkler-bundle-{E2} (400 files)") for line in text)
+    alone = view({"upload": report("upload", entries=[bundle]), "central": None, "download": None})
+    assert any(line.startswith("400 files in 1 bundle; 0 of the 0") for line in render(alone, NOW))

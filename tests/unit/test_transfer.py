@@ -111,6 +111,28 @@ def test_rsync_argv_uses_a_dot_prefixed_partial_dir_and_the_configured_timeout()
     assert "--timeout=5" in argv
 
 
+def test_rsync_argv_in_place_writes_without_temporary_files_or_a_partial_dir():
+    argv = rsync_argv(rsync_cfg(), "a", "b", inplace=True)
+    assert "--inplace" in argv
+    assert "--partial" not in argv
+    assert not any(o.startswith("--partial-dir") for o in argv)
+
+
+@pytest.mark.parametrize(
+    "theirs", ["--partial-dir=.p", "--delay-updates", "--temp-dir=/tmp", "-T", "--inplace", "--append"]
+)
+def test_rsync_argv_keeps_temporary_files_where_the_users_options_forbid_writing_in_place(theirs):
+    argv = rsync_argv(rsync_cfg(rsync_opts=(theirs,)), "a", "b", inplace=True)
+    assert argv.count("--inplace") == (1 if theirs == "--inplace" else 0)
+    assert f"--partial-dir={PARTIAL_DIR}" in argv
+
+
+def test_rsync_argv_appends_rather_than_writing_in_place_when_asked_both():
+    argv = rsync_argv(rsync_cfg(), "a", "b", append=True, inplace=True)
+    assert "--append" in argv
+    assert "--inplace" not in argv
+
+
 def test_rsync_argv_keeps_a_multi_word_rsync_command_and_works_without_user_options():
     argv = rsync_argv(rsync_cfg(rsync=("/usr/bin/env", "rsync"), rsync_opts=()), "/src", "host:/dst/")
     assert argv[:2] == ["/usr/bin/env", "rsync"]

@@ -156,6 +156,40 @@ def test_lost_events_make_the_next_look_a_whole_listing(tmp_path, monkeypatch):
     assert (looks.whole, looks.some) == (2, []) and "missed" in r.agent.pending
 
 
+def test_events_lost_again_and_again_cost_a_whole_listing_only_now_and_then(tmp_path, monkeypatch):
+    """A flood that overflows inotify's queue after every listing: the names the events that were
+    not lost tell of are looked at as they come, and the whole directory is listed again only once
+    the last whole listing's time, three times over, has passed (LOST_SHARE of the time at most)."""
+    looks = Looks(monkeypatch)
+    r = watching(tmp_path, monkeypatch, settle_seconds=1000)
+    look(r)
+    lost = {"now": True}
+    take = r.agent.watcher.take_changes
+    # As after IN_Q_OVERFLOW each time: the events of the names "missed…" were lost.
+    monkeypatch.setattr(
+        r.agent.watcher,
+        "take_changes",
+        lambda: ({n for n in take()[0] if not n.startswith("missed")}, lost["now"]),
+    )
+    (r.file_dir / "missed").write_bytes(b"m")
+    r.agent.changed.set()
+    look(r)  # the first loss: listed whole at once
+    assert (looks.whole, looks.some) == (2, []) and "missed" in r.agent.pending
+    # As if that listing had taken 10 s: the next one for lost events waits 30 s.
+    r.agent.relist_after = time.time() + 30
+    (r.file_dir / "told").write_bytes(b"t")
+    (r.file_dir / "missed-too").write_bytes(b"m")
+    told(r)
+    look(r)  # lost again, but too soon: a look at the names told
+    assert looks.whole == 2 and "told" in looks.some[-1] and "told" in r.agent.pending
+    assert "missed-too" not in r.agent.pending
+    lost["now"] = False
+    assert r.agent.lost and r.agent.next_wakeup() == pytest.approx(r.agent.relist_after)
+    r.tick(r.agent.relist_after)
+    r.run(r.job("scan"))
+    assert looks.whole == 3 and "missed-too" in r.agent.pending and not r.agent.lost
+
+
 def test_the_whole_directory_is_listed_again_on_the_clock(tmp_path, monkeypatch):
     looks = Looks(monkeypatch)
     r = watching(tmp_path, monkeypatch, settle_seconds=1000)
@@ -186,3 +220,119 @@ def test_a_directory_that_changed_while_it_was_sent_is_looked_at_again(tmp_path,
     r.run(r.job("hash"))
     (second,) = offers(r)
     assert (second.name, second.files, looks.whole) == ("run", 2, 1)
+
+
+class SidecarLooks:
+    """The names whose sidecars the scan asks the file system for."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        self.asked: list[str] = []
+        stamp = listing._sidecar_stamp
+
+        def counted(file_dir, name):
+            self.asked.append(name)
+            return stamp(file_dir, name)
+
+        monkeypatch.setattr(listing, "_sidecar_stamp", counted)
+
+
+def read_with_its_sidecar(r: Role, name: str, meta: dict) -> bool:
+    """Does the agent's fingerprint of `name` hold its sidecar's, and its metadata the sidecar's?"""
+    signature = r.agent.pending[name][0]
+    seen = r.agent.sidecars.seen.get(name)
+    return listing.data_signature(signature) != signature and seen is not None and seen.read == meta
+
+
+def rename_in(r: Role, name: str, data: bytes) -> None:
+    """As `synkler send` puts a file (or its sidecar) in place: written under a dot name, renamed."""
+    (r.file_dir / f".{name}.part").write_bytes(data)
+    os.rename(r.file_dir / f".{name}.part", r.file_dir / name)
+
+
+@pytest.mark.parametrize("order", ["sidecar-first", "together", "file-first"])
+def test_a_sidecar_written_before_with_or_after_its_file_is_read(tmp_path, monkeypatch, order):
+    sidecar_looks = SidecarLooks(monkeypatch)
+    r = watching(tmp_path, monkeypatch, settle_seconds=1000)
+    look(r)  # the whole listing at start: no sidecar in file_dir
+    meta = {"sample": "A1"}
+    if order == "sidecar-first":
+        (r.file_dir / "scan.tif.meta.json").write_text('{"sample": "A1"}')
+        told(r)
+        look(r)
+    (r.file_dir / "plain.tif").write_bytes(b"p")  # written with it, has no sidecar
+    (r.file_dir / "scan.tif").write_bytes(b"t")
+    if order == "together":
+        (r.file_dir / "scan.tif.meta.json").write_text('{"sample": "A1"}')
+    told(r)
+    look(r)
+    if order == "file-first":
+        (r.file_dir / "scan.tif.meta.json").write_text('{"sample": "A1"}')
+        told(r)
+        look(r)
+    assert read_with_its_sidecar(r, "scan.tif", meta)
+    assert "plain.tif" in r.agent.pending and "plain.tif" not in sidecar_looks.asked  # none asked for
+
+
+def test_a_sidecar_there_before_the_agent_started_is_read_when_its_file_comes(tmp_path, monkeypatch):
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "scan.tif.meta.json").write_text('{"sample": "B2"}')  # no event tells of it
+    r = watching(tmp_path, monkeypatch, settle_seconds=1000)
+    look(r)  # the whole listing finds it
+    (r.file_dir / "scan.tif").write_bytes(b"t")
+    told(r)
+    look(r)
+    assert read_with_its_sidecar(r, "scan.tif", {"sample": "B2"})
+
+
+def test_a_sidecar_left_when_its_file_went_is_read_when_the_file_comes_back(tmp_path, monkeypatch):
+    r = watching(tmp_path, monkeypatch, settle_seconds=1000)
+    look(r)
+    (r.file_dir / "scan.tif.meta.json").write_text('{"sample": "C3"}')
+    (r.file_dir / "scan.tif").write_bytes(b"t")
+    told(r)
+    look(r)
+    (r.file_dir / "scan.tif").unlink()
+    told(r)
+    look(r)
+    assert "scan.tif" not in r.agent.pending
+    (r.file_dir / "scan.tif").write_bytes(b"again")
+    told(r)
+    look(r)
+    assert read_with_its_sidecar(r, "scan.tif", {"sample": "C3"})
+
+
+def test_a_file_renamed_in_just_after_its_sidecar_is_offered_at_once_with_its_metadata(tmp_path, monkeypatch):
+    r = watching(tmp_path, monkeypatch, settle_seconds=1000)
+    look(r)
+    rename_in(r, "scan.tif.meta.json", b'{"sample": "D4"}')
+    rename_in(r, "scan.tif", b"t")
+    told(r)
+    look(r)
+    (offer,) = offers(r)
+    assert (offer.name, offer.meta) == ("scan.tif", {"sample": "D4"})
+
+
+def test_after_lost_events_every_name_looked_at_is_asked_for_its_sidecar(tmp_path, monkeypatch):
+    sidecar_looks = SidecarLooks(monkeypatch)
+    r = watching(tmp_path, monkeypatch, settle_seconds=1000)
+    look(r)
+    take = r.agent.watcher.take_sidecars
+    monkeypatch.setattr(r.agent.watcher, "take_sidecars", lambda: None)  # as after IN_Q_OVERFLOW
+    (r.file_dir / "a").write_bytes(b"a")
+    told(r)
+    look(r)
+    assert sidecar_looks.asked == ["a"]
+    monkeypatch.setattr(r.agent.watcher, "take_sidecars", take)
+    (r.file_dir / "b").write_bytes(b"b")
+    told(r)
+    look(r)  # still unknown until a whole listing
+    assert sidecar_looks.asked == ["a", "b"]
+    changes = r.agent.watcher.take_changes
+    monkeypatch.setattr(r.agent.watcher, "take_changes", lambda: (changes()[0], True))
+    r.agent.changed.set()
+    look(r)  # a whole listing (as the lost events ask for)
+    monkeypatch.setattr(r.agent.watcher, "take_changes", changes)
+    (r.file_dir / "c").write_bytes(b"c")
+    told(r)
+    look(r)
+    assert "c" not in sidecar_looks.asked

@@ -130,3 +130,22 @@ def test_the_names_events_told_of_are_handed_out_once_and_lost_events_ask_for_a_
     names, whole = w.take_changes()
     assert whole  # some of the flood's names are not among `names`: only a whole listing finds them
     assert w.take_changes()[1] is False
+
+
+def test_the_sidecars_events_told_of_are_handed_out_once_by_entry_and_lost_events_make_them_unknown(watched):
+    d, w = watched
+    (d / "scan.tif.meta.json").write_text("{}")
+    rename_in(d, "plate.raw.meta.json")
+    (d / "plain.raw").write_bytes(b"x")  # no sidecar: not among them
+    renamed_after(d, w)
+    assert w.take_sidecars() == {"scan.tif", "plate.raw"}
+    assert w.take_sidecars() == set()
+    (d / "scan.tif.meta.json").unlink()  # removed: told of too (the scan finds it gone)
+    renamed_after(d, w)
+    assert w.take_sidecars() == {"scan.tif"}
+    limit = max_queued_events()
+    if limit is None or limit > 30_000:
+        pytest.skip(f"fs.inotify.max_queued_events is {limit}: this flood would not overflow it")
+    flood(d, w, "lost")
+    assert w.take_sidecars() is None  # a sidecar's event may be among those lost: any may be there
+    assert w.take_sidecars() == set()
