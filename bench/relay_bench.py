@@ -203,12 +203,14 @@ class Bench(Runs):
         sampled: bool,
         files: int | None = None,
         timeout: float | None = None,
+        watch: Any = None,
     ) -> dict[str, Any]:
         """One direct rsync of `src` and one relay of its entries (`files` files of `size` bytes in
         all), each writing into a file system of its own that was never filled before (--fs). The
         relay is timed from the moment the entries appear in upload's file_dir to the last entry
         recorded 'done' at download. With `timeout`, a relay still unfinished then is reported as such
-        (how far it got) instead of failing the run."""
+        (how far it got) instead of failing the run. `watch` (links.Watch): sampled from the moment
+        the entries appear to the end of the relay; its figures go under "watch"."""
         count = len(md5s)
         data = ((files or count) * size, files or count)
         with self.fresh(f"relay-{label}", *data) as where:
@@ -219,10 +221,18 @@ class Bench(Runs):
                 direct = self.direct_side(label, src, md5s, data)
                 put = link_into(sorted(src.iterdir()), relay.dirs["upload"])
                 self.rest()
-                return {
-                    **direct,
-                    **self.relay_side(relay, state, label, put, md5s, size, verify_all, sampled, timeout),
-                }
+                if watch is None:
+                    return {
+                        **direct,
+                        **self.relay_side(relay, state, label, put, md5s, size, verify_all, sampled, timeout),
+                    }
+                try:
+                    figures = self.relay_side(
+                        relay, state, label, watch.around(put), md5s, size, verify_all, sampled, timeout
+                    )
+                finally:
+                    watch.stop()
+                return {**direct, **figures, "watch": watch.report(label, figures.get("relay_s"))}
             finally:
                 close_all(state)
                 self.finish(relay)

@@ -35,6 +35,13 @@ EARLY_WAIT = 60.0  # seconds an early pull waits for upload's push to begin befo
 EARLY_STEP = 8 << 20  # an early run that brought less than this waits EARLY_PAUSE before the next
 EARLY_PAUSE = 0.25
 TRAIL_EVERY = 0.1  # seconds between two looks at what an early pull's runs appended, to hash it
+# rsync ended by a signal may write its last write buffer (256 KiB) a second time, at the end of the
+# file it appends to: its signal handler flushes the buffer again when the signal comes after the
+# buffer was written and before it was emptied. Seen in the links benchmark (rsync 3.5.0): an early
+# copy whose run the fetch ended had its last 256 KiB repeat the 256 KiB before them, so the copy
+# failed its md5 and the file was pulled whole. What a run that did not end well appended last is
+# therefore cut off (at most this much, never what the copy held before the run) and pulled again.
+CUT_TAIL = 1 << 20
 # rsync's error line for a source that does not exist ends with ENOENT's number, whatever the locale.
 _MISSING = re.compile(
     rf"^rsync: \[sender\] .*\(2\)\s*$|rrsync error: {transfer.RRSYNC_NO_FILE}|"
@@ -125,7 +132,8 @@ def pull_early(cfg: Config, entry_id: str, path: str, size: int, early: Early) -
             # a big file on a slow link, many seconds in which nothing seemed to happen).
             began = time.monotonic()
             result = transfer.pull_more(cfg, path, early.local, cancel=early.fetched)
-            brought = length(early.local) - before  # also what a run cut short appended: kept
+            # What a run cut short appended is kept, less the tail its end may have spoiled.
+            brought = trimmed(early.local, before, result) - before
             trailing.ended(before + brought)
             log.debug(
                 "early run of entry %s: %d bytes in %.2f s", entry_id, brought, time.monotonic() - began
@@ -147,6 +155,18 @@ def pull_early(cfg: Config, entry_id: str, path: str, size: int, early: Early) -
     # What is not hashed yet is hashed by the run after the fetch, while it runs.
     if trailing.replaced or not early.hash_more(early.hashed):
         raise OSError(f"{early.local} was replaced while it was pulled early")
+
+
+def trimmed(local: str, before: int, result: transfer.Result) -> int:
+    """The length of the copy at `local` after a run that began with it `before` bytes long: when
+    the run did not end well (ended by the fetch or the stop, or failed), its last CUT_TAIL bytes
+    are cut off first, down to `before` at most."""
+    now = length(local)
+    if result.ok or now <= before:
+        return now
+    keep = max(before, now - CUT_TAIL)
+    os.truncate(local, keep)
+    return keep
 
 
 def length(path: str) -> int:

@@ -30,7 +30,7 @@ from ..state import Entry
 from . import transfer
 from .bagit import work_dir
 from .checksum import STOPPING, EntryDigest, FileDigest, alg_of, digest_entry, hop_mismatch
-from .early import Early, Trailing, length
+from .early import Early, Trailing, length, trimmed
 from .follow import Followed, Follower, verified_md5, worth_following
 
 if TYPE_CHECKING:
@@ -164,6 +164,7 @@ def finish_early(
         with Trailing(early, entry.size - 1) as trailing:
             trailing.ended(before)
             result = transfer.pull_more(cfg, entry.path or "", early.local)
+            trimmed(early.local, before, result)  # a run ended by the stop: the copy stays for the next
         if not result.ok and STOPPING.is_set():
             raise Interrupted("the agent is stopping")  # ended by the stop: the copy stays for the next start
         if result.link_down or result.out_of_space:  # (needs_person is a link_down)
@@ -172,19 +173,19 @@ def finish_early(
             why = result.summary()
         elif trailing.replaced or not early.hash_more(entry.size) or early.hashed != entry.size:
             why = f"{early.hashed} bytes instead of {entry.size}"
-        elif early.hexdigest() != entry.md5:
-            why = f"md5 mismatch at download: expected {entry.md5}, got {early.hexdigest()}"
+        elif (got := early.hexdigest()) != entry.md5:
+            why = f"md5 mismatch at download: expected {entry.md5}, got {got}"
         else:
             log.info("%s: %d of %d bytes were pulled while upload pushed it", entry.name, before, entry.size)
             # The early copy was hashed with md5 as it came; a second hash takes one more read of it.
             digest = digest_entry(early.local, alg_of(checksum)) if checksum else None
             strong = digest.strong if digest else None
-            wrong = hop_mismatch("download", entry.known_md5(), checksum, early.hexdigest(), strong)
+            wrong = hop_mismatch("download", entry.known_md5(), checksum, got, strong)
             if wrong is None:
                 other = digest.files[0].strong if digest else None
-                record = FileDigest(b"", "file", entry.size, early.hexdigest(), other)
+                record = FileDigest(b"", "file", entry.size, got, other)
                 target, present = choose(entry, entry.known_md5())
-                found = EntryDigest(early.hexdigest(), strong, [record])
+                found = EntryDigest(got, strong, [record])
                 return PullRun(result, {entry.id: Verified(target, present, found)})
             why = wrong
     log.info("%s: the early copy is not used (%s); pulling it whole", entry.name, why)

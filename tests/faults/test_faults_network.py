@@ -20,6 +20,8 @@ from support.faultkit import (
 )
 from support.netproxy import NetProxy
 
+from synkler.hops.early import CUT_TAIL
+
 
 def proxied_relay(make_relay, sshd, rng, profile, proxy, **per_role):
     """A relay whose upload and download reach sshd through `proxy` (ssh keep-alives every 2 s,
@@ -128,7 +130,8 @@ def test_a_link_severed_while_download_pulls_a_big_file_early_loses_none_of_it(
         early = re.search(
             rf"{re.escape(big)}: (\d+) of \d+ bytes were pulled while", relay.log_path("download").read_text()
         )
-        assert early and int(early[1]) > 20 << 20, "the early copy was not used"
+        # All of it but the tail the severed run may have spoiled (hops.early.CUT_TAIL, pulled again).
+        assert early and int(early[1]) > (20 << 20) - CUT_TAIL, "the early copy was not used"
         resent = proxy.bytes_forwarded - 2 * payload
         print(f"{proxy.bytes_forwarded} bytes through the proxy for 2 x {payload}: {resent} more")
         assert resent < 20 << 20, "the cut pushes or pulls started over instead of going on"

@@ -18,11 +18,14 @@ from synkler.agents.base import ENTRY as ENTRY_KEY
 from synkler.agents.base import Key
 from synkler.agents.download import EARLY_KEEP
 from synkler.errors import Interrupted
+from synkler.hops import early as early_module
 from synkler.hops import transfer
 from synkler.hops.checksum import STOPPING
-from synkler.hops.early import Early, Trailing, early_room
+from synkler.hops.early import CUT_TAIL, Early, Trailing, early_room, pull_early, trimmed
+from synkler.hops.pull import Verified, finish_early
 from synkler.hops.transfer import Result
 from synkler.messages import Fetch, Pushing
+from synkler.state import Entry
 
 
 def test_the_digest_covers_what_was_appended_up_to_the_limit(tmp_path):
@@ -371,3 +374,52 @@ def test_a_fetched_entry_with_an_early_copy_is_pulled_alone_on_from_its_copy(dow
     [early] = [j for j in down.jobs.pending if j.keys == (Key(ENTRY_KEY, ENTRY),)]
     down.run(early)
     assert central.appended_from == [200_000]  # on from its copy, not pulled whole with the other
+
+
+def fetched_entry() -> Entry:
+    md5 = hashlib.md5(DATA).hexdigest()
+    return Entry(ENTRY, "data.bin", "file", md5, "fetching", size=len(DATA), files=1, path=STORED)
+
+
+def test_an_early_run_ended_by_the_fetch_that_wrote_its_last_buffer_twice_leaves_no_bad_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # rsync ended by a signal may flush its last write buffer a second time: the copy then ends with
+    # a repeat of the block before. The early pull cuts that tail off, and the fetch's run brings it.
+    monkeypatch.setattr(early_module, "CUT_TAIL", 65_536)
+    block = 65_536
+    local = tmp_path / "copy"
+    early = Early(str(local))
+
+    def cut_run(_cfg: object, remote: str, path: str, cancel: object = None) -> Result:
+        assert remote == GROWING
+        with open(path, "ab") as f:
+            f.write(DATA[:200_000])
+            f.write(DATA[200_000 - block : 200_000])  # the last buffer, written again
+        early.fetched.set()
+        return Result(False, -1, "rsync error: received SIGUSR1 (code 19)\n\nstopped: no longer needed")
+
+    monkeypatch.setattr(transfer, "pull_more", cut_run)
+    pull_early(None, ENTRY, GROWING, len(DATA), early)  # type: ignore[arg-type]
+    assert local.read_bytes() == DATA[:200_000]
+
+    def last_run(_cfg: object, remote: str, path: str, cancel: object = None) -> Result:
+        assert remote == STORED
+        with open(path, "ab") as f:
+            f.write(DATA[os.path.getsize(path) :])
+        return Result(True, 0, "")
+
+    monkeypatch.setattr(transfer, "pull_more", last_run)
+    run = finish_early(None, fetched_entry(), early, lambda e, md5: ("data.bin", False))  # type: ignore[arg-type]
+    assert run is not None and isinstance(run.outcomes[ENTRY], Verified)
+    assert local.read_bytes() == DATA
+
+
+def test_a_run_that_failed_keeps_what_the_copy_held_before_it_and_loses_at_most_its_tail(tmp_path: Path):
+    local = tmp_path / "copy"
+    local.write_bytes(b"a" * (3 << 20))
+    failed = Result(False, 12, "rsync error")
+    assert trimmed(str(local), 1 << 20, failed) == (3 << 20) - CUT_TAIL
+    assert trimmed(str(local), (3 << 20) - CUT_TAIL - 10, failed) == (3 << 20) - CUT_TAIL - 10
+    assert trimmed(str(local), 0, Result(True, 0, "")) == (3 << 20) - CUT_TAIL - 10  # a run that ended well
+    assert local.stat().st_size == (3 << 20) - CUT_TAIL - 10
