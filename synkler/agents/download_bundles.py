@@ -119,6 +119,12 @@ class BundleDownload(BundleCleanups):
         """A member's stored_as (`name`, a versioned name, or `<upload>/<name>`) and whether the same
         content is there already: choose_name, as for a single file."""
         directory = os.path.join(self.cfg.file_dir, source) if source else str(self.cfg.file_dir)
+        try:
+            os.lstat(f"{directory}/{name}")  # (a name of a bundle holds no '/')
+        except FileNotFoundError:  # choose_name's first answer, without its search (most members)
+            return stored_in(source, name), False
+        except OSError:
+            pass
         target, present = choose_name(directory, name, "file", md5, layout=self.cfg.layout)
         return stored_in(source, target), present
 
@@ -128,38 +134,7 @@ class BundleDownload(BundleCleanups):
         source = self.members_source(entry)
         if source and not self.upload_dir_made(entry, source):
             return
-        placed: list[tuple[int, object]] = []
-        signatures: list[tuple[int, object]] = []
-        present: list[tuple[int, object]] = []
-        again: list[tuple[int, object]] = []
-        missing: list[str] = []
-        to_bag: list[bundles.Member] = []
-        for m in bundles.of(self.state, entry.id, placed=bundles.NOT_PLACED):
-            src, inside = self.member_source(entry, m)
-            dst = os.path.join(self.cfg.file_dir, m.stored_as or m.name)
-            if src is None:
-                to_bag.append(m)
-                continue
-            try:
-                st = os.lstat(_within(src, inside))
-            except FileNotFoundError:
-                if os.path.lexists(dst):  # renamed by an agent killed before it recorded it
-                    placed.append((m.seq, bundles.PLACED))
-                else:
-                    missing.append(m.name)
-                continue
-            try:
-                rename_noreplace(src, dst)
-            except FileExistsError:  # taken since it was chosen: choose again, rename in a next pass
-                target, there = self.member_name(source, m.name, m.md5 or "")
-                (present if there else again).append((m.seq, bundles.PRESENT if there else target))
-                continue
-            placed.append((m.seq, bundles.PLACED))
-            if self.cfg.cleanup_script:
-                signatures.append((m.seq, placed_signature(_within(dst, inside), st)))
-        bundles.set_each(self.state, entry.id, "placed", [*placed, *present])
-        bundles.set_each(self.state, entry.id, "signature", signatures)
-        bundles.set_each(self.state, entry.id, "stored_as", again)
+        missing, to_bag, again = self._rename_members(entry, source)
         if missing:
             log.warning(
                 "%s: the staged copies of %s vanished before they were placed; fetching the bundle again",
@@ -207,6 +182,61 @@ class BundleDownload(BundleCleanups):
             ),
             functools.partial(self._bagged, entry.id),
         )
+
+    def _rename_members(self, entry: Entry, source: str) -> tuple[list[str], list[bundles.Member], bool]:
+        """One pass of renames, recorded in the pass's commit. The names of the members whose staged
+        copy vanished unplaced; those whose bag is to be built first (`layout: bagit`); and whether
+        some must be renamed in a next pass (under another name: theirs was taken since chosen)."""
+        staged, file_dir = self.staging.of(entry.id), str(self.cfg.file_dir)
+        placed: list[tuple[int, object]] = []
+        signatures: list[tuple[int, object]] = []
+        present: list[tuple[int, object]] = []
+        again: list[tuple[int, object]] = []
+        missing: list[str] = []
+        to_bag: list[bundles.Member] = []
+        bagit = self.cfg.layout == BAGIT
+        # A cleanup script needs each file's fingerprint: the staged file is looked at first. Without
+        # a script or a bag, the rename tells whether the staged copy is gone.
+        look = bool(self.cfg.cleanup_script) or bagit
+
+        def gone(m: bundles.Member, dst: str) -> None:
+            if os.path.lexists(dst):  # renamed by an agent killed before it recorded it
+                placed.append((m.seq, bundles.PLACED))
+            else:
+                missing.append(m.name)
+
+        for m in bundles.of(self.state, entry.id, placed=bundles.NOT_PLACED):
+            src, inside = self.member_source(entry, m) if bagit else (f"{staged}/{m.name}", "")
+            if src is None:
+                to_bag.append(m)
+                continue
+            # (os.path.join, for a thousand members: a name holds no '/', nor begins a stored_as with one)
+            dst = f"{file_dir}/{m.stored_as or m.name}"
+            st = None
+            if look:
+                try:
+                    st = os.lstat(_within(src, inside))
+                except FileNotFoundError:
+                    gone(m, dst)
+                    continue
+            try:
+                rename_noreplace(src, dst)
+            except FileExistsError:  # taken since it was chosen: choose again, rename in a next pass
+                target, there = self.member_name(source, m.name, m.md5 or "")
+                (present if there else again).append((m.seq, bundles.PRESENT if there else target))
+                continue
+            except FileNotFoundError:
+                if look or os.path.lexists(src):
+                    raise  # the staged copy is there: something else is missing
+                gone(m, dst)
+                continue
+            placed.append((m.seq, bundles.PLACED))
+            if st is not None and self.cfg.cleanup_script:
+                signatures.append((m.seq, placed_signature(_within(dst, inside), st)))
+        bundles.set_each(self.state, entry.id, "placed", [*placed, *present])
+        bundles.set_each(self.state, entry.id, "signature", signatures)
+        bundles.set_each(self.state, entry.id, "stored_as", again)
+        return missing, to_bag, bool(again)
 
     def _unpacked(self, entry: Entry) -> None:
         """Every member is placed: the bundle is delivered here, `fetched` goes to central."""

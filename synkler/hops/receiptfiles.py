@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..jsontext import indented
 from ..linux.fs import write_whole
 from ..private import private_dir
 
@@ -108,7 +109,7 @@ class Batch:
 
 
 def _encoded(document: dict[str, Any]) -> bytes:
-    return json.dumps(document, ensure_ascii=True, indent=1, sort_keys=True).encode("ascii") + b"\n"
+    return indented(document).encode("ascii") + b"\n"  # json.dumps(indent=1, sort_keys=True), faster
 
 
 def read(path: Path) -> Any:

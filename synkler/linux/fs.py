@@ -22,7 +22,7 @@ import platform
 import signal
 import stat
 from concurrent.futures import ThreadPoolExecutor
-from typing import Union
+from typing import Any, Union
 
 from . import libc
 
@@ -35,23 +35,31 @@ _RENAME_NOREPLACE = 1
 _SYS_RENAMEAT2: dict[str, int] = {"x86_64": 316, "aarch64": 276, "riscv64": 276}
 
 
+@functools.cache
+def _renameat2() -> Any:
+    """The C library's renameat2() with its argument types set (once: setting them costs more than
+    the call), or None where it has none."""
+    func = getattr(libc.load(), "renameat2", None)
+    if func is not None:
+        func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        func.restype = ctypes.c_int
+    return func
+
+
 def _renameat2_noreplace(src: bytes, dst: bytes) -> None:
     """Call renameat2(AT_FDCWD, src, AT_FDCWD, dst, RENAME_NOREPLACE); raise OSError on failure.
 
     Raises OSError(ENOSYS) when neither a libc wrapper nor a known syscall
     number is available, so the caller can fall back.
     """
-    lib = libc.load()
-    func = getattr(lib, "renameat2", None)
+    func = _renameat2()
     if func is not None:
-        func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-        func.restype = ctypes.c_int
         result = func(_AT_FDCWD, src, _AT_FDCWD, dst, _RENAME_NOREPLACE)
     else:
         number = _SYS_RENAMEAT2.get(platform.machine())
         if number is None:
             raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS), os.fsdecode(src), None, os.fsdecode(dst))
-        syscall = lib.syscall
+        syscall = libc.load().syscall
         syscall.restype = ctypes.c_long
         result = syscall(
             ctypes.c_long(number),

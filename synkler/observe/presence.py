@@ -37,7 +37,7 @@ from ..hops import checksum
 from ..linux.fs import free_bytes, total_bytes
 from ..state import Entry
 from .hooks import Hook
-from .progress import Meter, Progress, arrived
+from .progress import Arrivals, Meter, Progress
 from .report import INTERVAL, Disk, Figures, Listed, Report, fit
 
 if TYPE_CHECKING:
@@ -93,6 +93,7 @@ class Presence:
         self._cached: tuple[dict[str, int], tuple[Listed, ...], tuple[str, ...]] | None = None
         self.started = time.time()
         self.meter = Meter()
+        self.arrivals = Arrivals()
         self.next = 0.0
         self.last = float("-inf")  # when the last report was published
         self._reported: Mapping[str, int] | None = None  # the counts the last report carried
@@ -222,7 +223,7 @@ class Presence:
         """Progress of the transfers and md5s of the listed entries; -v lines for long ones."""
         hashing = {h.path: h for h in checksum.running()}
         receiving = self.facts.receiving
-        listing: dict[str, list[str]] = {}
+        self.arrivals.new_round()
         out: dict[str, Progress] = {}
         sampled = 0
         for e in unfinished:
@@ -237,8 +238,14 @@ class Presence:
                 else:
                     where, name = self._receiving_dir, e.id
                 what = "push" if self.mode == "central" else "pull"
-                done = min(arrived(where, name, listing), e.size)
-                out[e.id] = self.meter.sample(e.id, what, done, e.size, now)
+                done = self.arrivals.look(where, name, now)
+                if done is None:  # a directory walked a moment ago: its last figures stand
+                    kept = self.meter.last(e.id, what, e.size)
+                    if kept is not None:
+                        out[e.id] = kept
+                        sampled += 1
+                    continue
+                out[e.id] = self.meter.sample(e.id, what, min(done, e.size), e.size, now)
             else:
                 continue
             sampled += 1

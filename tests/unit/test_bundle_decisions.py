@@ -8,6 +8,7 @@ import os
 import time
 from pathlib import Path
 
+import pytest
 from support.fakes import Role
 
 from synkler import bundles
@@ -191,21 +192,52 @@ def test_download_places_each_member_under_its_own_name_never_over_another(tmp_p
     assert not Path(r.agent.staging.of(entry_id)).exists()
 
 
-def test_download_killed_while_it_unpacks_places_each_member_exactly_once(tmp_path: Path):
+@pytest.mark.parametrize("script", [None, "true"])
+def test_download_killed_while_it_unpacks_places_each_member_exactly_once(tmp_path: Path, script):
     files = {f"m{i}": f"data {i}".encode() for i in range(5)}
-    r, entry_id = download_verified(tmp_path, files)
+    r, entry_id = download_verified(tmp_path, files, cleanup_script=script)
     staged = Path(r.agent.staging.of(entry_id))
     # Killed after it renamed two members and before it recorded them: the names were committed.
     os.rename(staged / "m0", r.file_dir / "m0")
     os.rename(staged / "m3", r.file_dir / "m3")
     r.close()
-    again = Role("download", tmp_path)
+    again = Role("download", tmp_path, cleanup_script=script)
     again.start()
     again.tick()
     assert sorted(os.listdir(again.file_dir)) == [f".synkler-{again.cfg.id}", *sorted(files)]
     assert {n: (again.file_dir / n).read_bytes() for n in files} == files
-    assert again.entry(entry_id).state == "done"
-    assert all(m.placed == bundles.PLACED for m in bundles.of(again.state, entry_id))
+    members = bundles.of(again.state, entry_id)
+    assert all(m.placed == bundles.PLACED for m in members)
+    if script:  # a cleanup for each, once; those placed in this pass have their fingerprints
+        assert again.entry(entry_id).state == "delivered"
+        assert [m.cleanup for m in members] == [Cleanup.RUNNING] * 5
+        assert [m.signature is not None for m in members] == [False, True, True, False, True]
+    else:
+        assert again.entry(entry_id).state == "done"
+
+
+@pytest.mark.parametrize("script", [None, "true"])
+def test_download_fetches_a_bundle_again_when_staged_members_vanished_unplaced(tmp_path: Path, script):
+    files = {f"m{i}": f"data {i}".encode() for i in range(3)}
+    r, entry_id = download_verified(tmp_path, files, cleanup_script=script)
+    os.unlink(Path(r.agent.staging.of(entry_id)) / "m1")  # gone, and not into file_dir
+    r.tick()
+    assert r.entry(entry_id).state == "fetching"
+    assert [(m.name, m.placed) for m in bundles.of(r.state, entry_id)] == [
+        ("m0", bundles.PLACED),
+        ("m1", bundles.NOT_PLACED),
+        ("m2", bundles.PLACED),
+    ]
+    assert sorted(os.listdir(r.file_dir)) == [f".synkler-{r.cfg.id}", "m0", "m2"]
+
+
+def test_download_does_not_take_a_missing_directory_of_file_dir_for_a_vanished_staged_copy(tmp_path: Path):
+    r, entry_id = download_verified(tmp_path, {"a": b"a", "b": b"b"})
+    with r.state.transaction():
+        bundles.set_each(r.state, entry_id, "stored_as", [(1, "nowhere/a")])
+    with pytest.raises(FileNotFoundError):
+        r.tick()
+    assert sorted(os.listdir(r.agent.staging.of(entry_id))) == ["a", "b"]
 
 
 def test_download_refuses_a_bundle_that_holds_more_than_top_level_files(tmp_path: Path):

@@ -10,7 +10,7 @@ import pytest
 from support.fakes import central_runtime
 
 from synkler.errors import BrokerError, PublishRefused
-from synkler.observe import presence, relayview
+from synkler.observe import presence, progress, relayview
 from synkler.state import Entry
 
 NOW = 1_800_000_000.0
@@ -46,12 +46,12 @@ def wire(rt, now: float) -> dict:
 
 def add(rt, n: int, state: str, *, start: float = 0.0, **fields) -> list[Entry]:
     out = []
+    fields = {"kind": "file", **fields}
     with rt.state.transaction():
         for i in range(n):
             e = Entry(
                 id=f"{len(out) + int(start):08d}".rjust(32, "a"),
                 name=f"{state}-{i}",
-                kind="file",
                 md5=None,
                 state=state,
                 peer="upload",
@@ -188,6 +188,21 @@ def test_bytes_arriving_at_central_show_as_push_progress_and_a_long_one_is_logge
     later = wire(rt, NOW + 5)["entries"][0]["progress"]
     assert later["done"] == 5 << 20 and later["rate"] == (3 << 20) / 5 and later["eta"] == 8.3
     assert "uploading-0: arriving from upload: 5.24 MB of 10.5 MB, 629 kB/s, 8 s left" in caplog.text
+
+
+def test_a_directory_arriving_at_central_is_walked_now_and_then_and_its_figures_stand_between(rt):
+    (e,) = add(rt, 1, "uploading", size=10 << 20, kind="dir")
+    tree = os.path.join(rt.cfg.file_dir, rt.cfg.id, "staging", "upload", e.name)
+    os.makedirs(tree)
+    with open(os.path.join(tree, "a"), "wb") as f:
+        f.write(b"x" * (2 << 20))
+    first = wire(rt, NOW)["entries"][0]["progress"]
+    assert (first["what"], first["done"], first["total"]) == ("push", 2 << 20, 10 << 20)
+    with open(os.path.join(tree, "b"), "wb") as f:
+        f.write(b"x" * (3 << 20))
+    assert wire(rt, NOW + 1)["entries"][0]["progress"] == first  # not walked again yet
+    later = wire(rt, NOW + progress.WALK_EVERY)["entries"][0]["progress"]
+    assert later["done"] == 5 << 20 and later["rate"] == (3 << 20) / progress.WALK_EVERY
 
 
 def test_small_entries_get_no_progress_figures(rt):

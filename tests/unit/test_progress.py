@@ -8,6 +8,8 @@ from synkler.hops import checksum
 from synkler.observe.progress import (
     EVERY,
     LONG,
+    WALK_EVERY,
+    Arrivals,
     Meter,
     Progress,
     arrived,
@@ -86,6 +88,52 @@ def test_arrived_counts_rsyncs_temporary_file_its_partial_file_and_a_growing_dir
     os.symlink("a", tree / "link")
     assert arrived(str(tmp_path), "run", {}) == 30
     assert arrived(str(tmp_path), "missing", {}) == 0
+
+
+def test_a_file_arriving_is_looked_at_every_round_and_a_directory_walked_again_only_after_a_while(tmp_path):
+    arrivals = Arrivals()
+    (tmp_path / ".big.bin.AbC123").write_bytes(b"x" * 700)
+    tree = tmp_path / "run"
+    tree.mkdir()
+    (tree / "a").write_bytes(b"a" * 10)
+    arrivals.new_round()
+    assert arrivals.look(str(tmp_path), "big.bin", 0.0) == 700
+    assert arrivals.look(str(tmp_path), "run", 0.0) == 10
+    (tmp_path / ".big.bin.AbC123").write_bytes(b"x" * 900)
+    (tree / "b").write_bytes(b"b" * 20)
+    arrivals.new_round()
+    assert arrivals.look(str(tmp_path), "big.bin", 1.0) == 900  # a file: every round
+    assert arrivals.look(str(tmp_path), "run", 1.0) is None  # walked a moment ago: its figure stands
+    arrivals.new_round()
+    assert arrivals.look(str(tmp_path), "run", WALK_EVERY) == 30
+    assert arrivals.look(str(tmp_path), "missing", WALK_EVERY) == 0
+
+
+def test_a_round_walks_directories_only_while_its_budget_lasts_and_the_others_get_their_turn_next(tmp_path):
+    arrivals = Arrivals(every=10.0, budget=5)
+    for d in ("one", "two", "three"):
+        (tmp_path / d).mkdir()
+        for i in range(3):
+            (tmp_path / d / str(i)).write_bytes(b"z" * 100)
+    staging = str(tmp_path)
+    seen = []
+    for now in (0.0, 1.0, 2.0, 3.0):
+        arrivals.new_round()
+        seen.append([arrivals.look(staging, d, now) for d in ("one", "two", "three")])
+    # 3 files a walk, 5 a round: two walks, then none; those walked wait 10 s for the next
+    assert seen == [[300, 300, None], [None, None, 300], [None, None, None], [None, None, None]]
+
+
+def test_the_meter_gives_the_last_figures_again_without_a_new_sample():
+    m = Meter()
+    assert m.last("e1", "push", 100) is None
+    m.sample("e1", "push", 10, 100, 0.0)
+    m.sample("e1", "push", 30, 100, 2.0)
+    m.end_round()
+    p = m.last("e1", "push", 100)
+    assert p is not None and (p.done, p.rate, p.eta, p.started) == (30, 10.0, 7.0, 0.0)
+    m.end_round()  # kept in the last round: still known
+    assert m.last("e1", "push", 100) is not None
 
 
 def test_an_md5_under_way_counts_the_bytes_it_has_read(tmp_path, monkeypatch):
