@@ -268,15 +268,7 @@ class Pusher(_Copier):
         self.listings: dict[str, dict[str, Attrs]] = {}
 
     def entries(self, local_dir: str, names: list[str], remote_dir: str) -> None:
-        here = self.listdir(remote_dir)
-        for name in names:
-            local = os.path.join(local_dir, name)
-            try:
-                st = os.lstat(local)
-            except FileNotFoundError:
-                self.failures.append(Missing(local))
-                continue
-            self._node(local, remote_dir, name, st, here)
+        self._nodes(local_dir, names, remote_dir, self.listdir(remote_dir))
         self.flush()
 
     def listed(self, local_dir: str, names: list[str], remote_dir: str, directory: str) -> None:
@@ -289,7 +281,13 @@ class Pusher(_Copier):
             there = None
         if there is None:
             self.client.mkdir(_b(where), 0o700)
-        inside = self.listdir(where) if there is not None else {}
+        self._nodes(local_dir, names, where, self.listdir(where) if there is not None else {})
+        self.flush()
+        self.client.chmod(_b(where), 0o755)
+
+    def _nodes(self, local_dir: str, names: list[str], parent: str, here: dict[str, Attrs]) -> None:
+        """Each of `names` of `local_dir` into `parent` (whose listing is `here`); one missing is a
+        failure (Missing), the others go."""
         for name in names:
             local = os.path.join(local_dir, name)
             try:
@@ -297,9 +295,7 @@ class Pusher(_Copier):
             except FileNotFoundError:
                 self.failures.append(Missing(local))
                 continue
-            self._node(local, where, name, st, inside)
-        self.flush()
-        self.client.chmod(_b(where), 0o755)
+            self._node(local, parent, name, st, here)
 
     def _node(self, local: str, parent: str, name: str, st: os.stat_result, here: dict[str, Attrs]) -> None:
         self.check()

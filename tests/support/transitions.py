@@ -11,7 +11,7 @@ from pathlib import Path
 
 from support.fakes import Role
 from synkler.hops.transfer import Result
-from synkler.messages import Fetch, Message
+from synkler.messages import Fetch, Message, Offer
 from synkler.state import Entry
 
 MD5 = "a" * 32
@@ -52,3 +52,15 @@ def fetch_for(entry_id: str, attempt: int = 1, **fields: object) -> Fetch:
     given: dict = {"name": "data.bin", "kind": "file", "size": 4, "files": 1, "md5": MD5}
     given.update(attempt=attempt, path=f"/srv/central/lab/stored/{entry_id}", **fields)
     return Fetch(entry_id, "central", **given)
+
+
+def scan(r: Role, now: float) -> None:
+    """One listing of upload's file_dir, handed back as the runtime does."""
+    r.agent.changed.set()
+    r.tick(now)
+    r.run(r.job("scan"))
+
+
+def offers(r: Role) -> list[Offer]:
+    """The offers upload has sent."""
+    return [m for _, m in r.sent() if isinstance(m, Offer)]

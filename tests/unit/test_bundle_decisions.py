@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from support.fakes import Role
+from support.transitions import offers, scan
 
 from synkler import bundles
 from synkler.agents.base import Cleanup
@@ -21,16 +22,6 @@ from synkler.messages import Delivered, Failed, Fetch, Fetched, Forget, Offer, W
 
 OK = Result(True, 0, "")
 BUNDLED = {"settle_seconds": 0, "bundle_files": 10, "bundle_min": 5}
-
-
-def scan(r: Role, now: float) -> None:
-    r.agent.changed.set()
-    r.tick(now)
-    r.run(r.job("scan"))
-
-
-def offers(r: Role) -> list[Offer]:
-    return [m for _, m in r.sent() if isinstance(m, Offer)]
 
 
 def upload_with(tmp_path: Path, n: int, **settings: object) -> tuple[Role, float]:

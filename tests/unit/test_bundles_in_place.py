@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from support.fakes import Role
+from support.transitions import offers, scan
 
 from synkler import bundles
 from synkler.agents.base import Cleanup
@@ -22,16 +23,6 @@ from synkler.messages import Admit, Delivered, Offer, Sent, Withdraw
 OK = Result(True, 0, "")
 BUNDLED = {"settle_seconds": 0, "bundle_files": 10, "bundle_min": 5}
 STAGING = "/srv/central/lab/staging/upload"
-
-
-def scan(r: Role, now: float) -> None:
-    r.agent.changed.set()
-    r.tick(now)
-    r.run(r.job("scan"))
-
-
-def offers(r: Role) -> list[Offer]:
-    return [m for _, m in r.sent() if isinstance(m, Offer)]
 
 
 def offered_again(r: Role, first: Offer) -> dict[str, str]:

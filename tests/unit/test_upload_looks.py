@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 from support.fakes import Role
+from support.transitions import offers
 
 from synkler.agents import listing, upload_scan
-from synkler.messages import Offer, Withdraw
+from synkler.messages import Withdraw
 
 
 class Looks:
@@ -75,10 +76,6 @@ def look(r: Role) -> None:
     when_due(r)
     r.tick()
     r.run(r.job("scan"))
-
-
-def offers(r: Role) -> list[Offer]:
-    return [m for _, m in r.sent() if isinstance(m, Offer)]
 
 
 def test_after_the_first_listing_a_look_takes_only_the_names_inotify_told_of(tmp_path, monkeypatch):

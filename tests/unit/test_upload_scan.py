@@ -8,20 +8,9 @@ from pathlib import Path
 
 import pytest
 from support.fakes import Role
+from support.transitions import offers, scan
 
 from synkler.agents import upload_scan as upload
-from synkler.messages import Offer
-
-
-def scan(r: Role, now: float) -> None:
-    """One listing of file_dir, handed back as the runtime does."""
-    r.agent.changed.set()
-    r.tick(now)
-    r.run(r.job("scan"))
-
-
-def offers(r: Role) -> list[Offer]:
-    return [m for _, m in r.sent() if isinstance(m, Offer)]
 
 
 def test_many_settled_files_are_offered_a_bounded_number_a_pass_each_once(
